@@ -1,0 +1,52 @@
+//! Per-verdict counters: every packet the redirector program sees bumps
+//! exactly one of these (`COUNTERS`, a per-CPU array indexed by `Counter`).
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident => $label:literal,)*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $name,)*
+        }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$name,)*];
+
+            /// Stable snake_case name for stats output.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $(Counter::$name => $label,)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Not UDP to a service address:port (nor a nat reply): passed untouched.
+    NotService => "not_service",
+    /// Client known, forwarded to its home server without user space.
+    Forwarded => "forwarded",
+    /// nat mode: a home server's reply rewritten back to its client.
+    NatReply => "nat_reply",
+    /// Client unknown: passed to user space for first contact.
+    PassMiss => "pass_miss",
+    /// Client's home server is down or its slot unused: passed to user space.
+    PassServerDown => "pass_server_down",
+    /// The FIB had no route or no neighbour yet (or the packet would need
+    /// fragmenting): passed to the kernel, which resolves it.
+    FibMiss => "fib_miss",
+    /// The home server or edge has no address of the packet's family: passed.
+    NoAddressForFamily => "no_address_for_family",
+    /// dsr: the driver left no headroom for the outer header: passed untouched.
+    NoHeadroom => "no_headroom",
+    /// Truncated or inconsistent headers: passed untouched when the packet is
+    /// not known to be ours, dropped when it is addressed to a service.
+    Malformed => "malformed",
+    /// IP fragments: passed to the kernel, which reassembles them.
+    Fragment => "fragment",
+    /// redirector_decap: outer IPIP / IPv6-in-IPv6 header removed.
+    Decapsulated => "decapsulated",
+}
+
+pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

@@ -1,0 +1,14 @@
+//! Types and constants shared by redirector's XDP programs and user space.
+//!
+//! Every map key and value is `#[repr(C)]` and derives bytemuck's `Pod`, so
+//! implicit padding is a compile error and both sides agree byte for byte.
+//! Multi-byte fields named `*_be` hold network byte order, exactly as they
+//! appear on the wire, so the data plane compares them without swapping.
+#![no_std]
+
+pub mod checksum;
+pub mod counters;
+pub mod maps;
+
+pub use counters::{COUNTER_COUNT, Counter};
+pub use maps::*;

@@ -1,0 +1,172 @@
+//! Map names, sizes, keys and values.
+
+use bytemuck::{Pod, Zeroable};
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Home servers are addressed by their index in `SERVERS`.
+pub const MAX_SERVERS: u32 = 256;
+/// Clients on the fast path; the LRU evicts beyond this and evicted clients
+/// come back through first contact.
+pub const MAX_CLIENTS: u32 = 1 << 20;
+pub const MAX_SERVICES: u32 = 64;
+pub const MAX_DECAP_ADDRESSES: u32 = 64;
+
+pub const CONFIG_MAP: &str = "CONFIG";
+pub const SERVICES_MAP: &str = "SERVICES";
+pub const SERVERS_MAP: &str = "SERVERS";
+pub const CLIENTS_MAP: &str = "CLIENTS";
+pub const NAT_REPLIES_MAP: &str = "NAT_REPLIES";
+pub const COUNTERS_MAP: &str = "COUNTERS";
+pub const SERVER_STATS_MAP: &str = "SERVER_STATS";
+pub const DECAP_ADDRESSES_MAP: &str = "DECAP_ADDRESSES";
+
+pub const REDIRECTOR_PROGRAM: &str = "redirector";
+pub const DECAP_PROGRAM: &str = "redirector_decap";
+pub const PASS_PROGRAM: &str = "redirector_pass";
+
+/// An address and UDP port of either family. IPv4 uses the first 4 bytes of
+/// `addr` and leaves the rest zero, so one key type serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Endpoint {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+impl Endpoint {
+    pub const fn v4(addr: [u8; 4], port_be: u16) -> Self {
+        let mut full = [0u8; 16];
+        full[0] = addr[0];
+        full[1] = addr[1];
+        full[2] = addr[2];
+        full[3] = addr[3];
+        Self {
+            addr: full,
+            port_be,
+            family: FAMILY_V4,
+            _pad: 0,
+        }
+    }
+
+    pub const fn v6(addr: [u8; 16], port_be: u16) -> Self {
+        Self {
+            addr,
+            port_be,
+            family: FAMILY_V6,
+            _pad: 0,
+        }
+    }
+}
+
+/// Forwarding mode, see DESIGN.md "Data plane".
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// IPIP / IPv6-in-IPv6 to the home server, which answers the client directly.
+    Dsr = 0,
+    /// Destination to the home server, source to the edge; replies rewritten back.
+    Nat = 1,
+}
+
+pub const CONFIG_HAS_EDGE_V4: u8 = 1;
+pub const CONFIG_HAS_EDGE_V6: u8 = 2;
+
+/// `CONFIG[0]`: the edge's own addresses (outer source in dsr, rewritten
+/// source in nat) and the mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    pub edge_v4: [u8; 4],
+    pub edge_v6: [u8; 16],
+    pub mode: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Lifecycle of a home server as the data plane sees it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// Slot not in use: its clients fall back to user space.
+    Unused = 0,
+    Active = 1,
+    /// Takes no new clients, but the ones it has keep the fast path until moved.
+    Draining = 2,
+    /// Its clients fall back to user space until they are moved.
+    Down = 3,
+}
+
+impl ServerState {
+    pub const fn forwards(state: u8) -> bool {
+        state == ServerState::Active as u8 || state == ServerState::Draining as u8
+    }
+}
+
+pub const SERVER_HAS_V4: u8 = 1;
+pub const SERVER_HAS_V6: u8 = 2;
+
+/// `SERVERS[index]`: a home server's addresses and SIP port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Server {
+    pub v4: [u8; 4],
+    pub v6: [u8; 16],
+    pub port_be: u16,
+    pub state: u8,
+    pub flags: u8,
+}
+
+/// `CLIENTS[client endpoint]`: where the client's traffic goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ClientEntry {
+    pub server: u32,
+    /// nat mode: the edge source port this client's traffic leaves with,
+    /// chosen by user space and unique per edge address. 0 in dsr mode.
+    pub nat_port_be: u16,
+    pub _pad: u16,
+}
+
+/// `NAT_REPLIES` key: the edge port a home server's reply is addressed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct NatKey {
+    pub edge_port_be: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// `NAT_REPLIES` value: how to rewrite a reply back to the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatEntry {
+    pub client: Endpoint,
+    /// The service address and port the client talked to: the reply's source.
+    pub service: Endpoint,
+    /// Only replies from this server's address and port are rewritten.
+    pub server: u32,
+}
+
+/// `SERVER_STATS[index]` (per CPU): what the fast path sent to a home server.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServerStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: every type is #[repr(C)] and bytemuck::Pod (no padding, any bit pattern valid).
+    unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Server {}
+    unsafe impl aya::Pod for super::ClientEntry {}
+    unsafe impl aya::Pod for super::NatKey {}
+    unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::ServerStats {}
+}

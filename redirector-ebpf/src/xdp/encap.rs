@@ -1,0 +1,115 @@
+//! dsr: wrap the client's IP packet in an outer IPv4 (IPIP) or IPv6
+//! (IPv6-in-IPv6) header addressed to the home server, Katran style. The
+//! outer header copies the inner TOS / traffic class, has no flow label,
+//! identification 0, no DF, and a hop limit of `ENCAP_TTL`.
+
+use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use redirector_ebpf::{Endpoint, FAMILY_V4, checksum};
+
+use super::{
+    headers::*,
+    packet::{Ip, ptr_at},
+};
+
+/// Bytes the outer header adds for a packet of this family.
+#[inline(always)]
+pub const fn overhead(family: u8) -> usize {
+    if family == FAMILY_V4 {
+        IPV4_HLEN
+    } else {
+        IPV6_HLEN
+    }
+}
+
+/// Grows the frame at the front and writes the outer header. `None` means
+/// the frame could not be grown (it is then unchanged) or, after growing,
+/// a bounds check failed (the caller drops it: it is no longer the input).
+#[inline(always)]
+pub fn encapsulate(ctx: &XdpContext, ip: &Ip, src: &Endpoint, dst: &Endpoint) -> Option<()> {
+    let grow = overhead(ip.family);
+    // SAFETY: the helper checks the headroom itself and fails without change.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
+        return None;
+    }
+    move_l2_header(ctx, grow, ip.vlan)?;
+    if ip.family == FAMILY_V4 {
+        write_ipv4(ctx, ip, grow, src, dst)
+    } else {
+        write_ipv6(ctx, ip, grow, src, dst)
+    }
+}
+
+/// Copies the Ethernet header (and VLAN tag) from `from` to the frame start.
+#[inline(always)]
+pub fn move_l2_header_to(ctx: &XdpContext, from: usize, to: usize, vlan: bool) -> Option<()> {
+    let src: *const EthHdr = ptr_at(ctx, from)?;
+    let dst: *mut EthHdr = ptr_at(ctx, to)?;
+    unsafe { *dst = *src };
+    if vlan {
+        let src: *const [u8; VLAN_HLEN] = ptr_at(ctx, from + ETH_HLEN)?;
+        let dst: *mut [u8; VLAN_HLEN] = ptr_at(ctx, to + ETH_HLEN)?;
+        unsafe { *dst = *src };
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn move_l2_header(ctx: &XdpContext, grown: usize, vlan: bool) -> Option<()> {
+    move_l2_header_to(ctx, grown, 0, vlan)
+}
+
+#[inline(always)]
+fn write_ipv4(
+    ctx: &XdpContext,
+    ip: &Ip,
+    grow: usize,
+    src: &Endpoint,
+    dst: &Endpoint,
+) -> Option<()> {
+    let inner: *const Ipv4Hdr = ptr_at(ctx, ip.l3 + grow)?;
+    let tos = unsafe { (*inner).tos };
+    let total = ((ip.len + IPV4_HLEN) as u16).to_be_bytes();
+    let mut outer = [0u8; IPV4_HLEN];
+    outer[0] = 0x45;
+    outer[1] = tos;
+    outer[2] = total[0];
+    outer[3] = total[1];
+    outer[8] = ENCAP_TTL;
+    outer[9] = IPPROTO_IPIP;
+    outer[12..16].copy_from_slice(&src.addr[..4]);
+    outer[16..20].copy_from_slice(&dst.addr[..4]);
+    let check = checksum::compute(&outer).to_be_bytes();
+    outer[10] = check[0];
+    outer[11] = check[1];
+    let slot: *mut [u8; IPV4_HLEN] = ptr_at(ctx, ip.l3)?;
+    unsafe { *slot = outer };
+    Some(())
+}
+
+#[inline(always)]
+fn write_ipv6(
+    ctx: &XdpContext,
+    ip: &Ip,
+    grow: usize,
+    src: &Endpoint,
+    dst: &Endpoint,
+) -> Option<()> {
+    let inner: *const Ipv6Hdr = ptr_at(ctx, ip.l3 + grow)?;
+    let (byte0, byte1) = unsafe {
+        (
+            (*inner).version_class_flow[0],
+            (*inner).version_class_flow[1],
+        )
+    };
+    let payload = (ip.len as u16).to_be_bytes();
+    let outer: *mut Ipv6Hdr = ptr_at(ctx, ip.l3)?;
+    unsafe {
+        (*outer).version_class_flow = [byte0, byte1 & 0xf0, 0, 0];
+        (*outer).payload_len = payload;
+        (*outer).next_header = IPPROTO_IPV6;
+        (*outer).hop_limit = ENCAP_TTL;
+        (*outer).src = src.addr;
+        (*outer).dst = dst.addr;
+    }
+    Some(())
+}

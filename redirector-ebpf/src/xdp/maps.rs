@@ -1,0 +1,57 @@
+//! The maps, declared once; names match `redirector_ebpf::*_MAP`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use redirector_ebpf::{
+    COUNTER_COUNT, ClientEntry, Config, Endpoint, MAX_CLIENTS, MAX_DECAP_ADDRESSES, MAX_SERVERS,
+    MAX_SERVICES, NatEntry, NatKey, Server, ServerStats,
+};
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Service endpoints (VIP and port); the value is unused.
+#[map]
+pub static SERVICES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+pub static SERVERS: Array<Server> = Array::with_max_entries(MAX_SERVERS, 0);
+
+#[map]
+pub static CLIENTS: LruHashMap<Endpoint, ClientEntry> =
+    LruHashMap::with_max_entries(MAX_CLIENTS, 0);
+
+#[map]
+pub static NAT_REPLIES: LruHashMap<NatKey, NatEntry> = LruHashMap::with_max_entries(MAX_CLIENTS, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+#[map]
+pub static SERVER_STATS: PerCpuArray<ServerStats> = PerCpuArray::with_max_entries(MAX_SERVERS, 0);
+
+/// Outer destinations redirector_decap strips (port 0); the value is unused.
+#[map]
+pub static DECAP_ADDRESSES: HashMap<Endpoint, u8> =
+    HashMap::with_max_entries(MAX_DECAP_ADDRESSES, 0);
+
+#[inline(always)]
+pub fn count(counter: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_server(index: u32, bytes: u64) {
+    if let Some(stats) = SERVER_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += bytes;
+        }
+    }
+}

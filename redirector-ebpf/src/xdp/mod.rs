@@ -1,0 +1,32 @@
+//! The data plane's rules, in the order a packet meets them:
+//!
+//! 1. Ethernet, optionally one 802.1Q tag, then IPv4 (options allowed) or
+//!    IPv6 (UDP directly after the fixed header). Any other frame is
+//!    `XDP_PASS`, counted `not_service`.
+//! 2. Headers that are truncated or inconsistent (IHL < 5, total length
+//!    beyond the frame, wrong version…) are `XDP_PASS`ed untouched and
+//!    counted `malformed`: the kernel drops what it cannot use, and the edge
+//!    never drops what it cannot prove is its own.
+//! 3. IP fragments are `XDP_PASS`ed (the kernel reassembles; the daemon sees
+//!    the whole datagram), counted `fragment`.
+//! 4. UDP to a `SERVICES` endpoint whose UDP length is below 8 or beyond the
+//!    IP payload is `XDP_DROP`ped, counted `malformed`: it is ours and garbage.
+//! 5. A client in `CLIENTS` whose home server is active or draining is
+//!    forwarded (dsr or nat, `XDP_TX`, or `XDP_REDIRECT` when the FIB says
+//!    another interface); an unknown client or a down server is passed to
+//!    user space (`pass_miss`, `pass_server_down`).
+//! 6. In nat mode, UDP to the edge address on a port in `NAT_REPLIES` from
+//!    that entry's home server is rewritten back to the client.
+//! 7. Whenever the FIB has no complete answer, the packet is passed untouched
+//!    (`fib_miss`): it is never rewritten before the route is known.
+//!
+//! No path returns `XDP_ABORTED`.
+
+mod decap;
+mod encap;
+mod headers;
+mod maps;
+mod nat;
+mod packet;
+mod program;
+mod route;

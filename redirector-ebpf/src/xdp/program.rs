@@ -1,0 +1,231 @@
+//! The entry points: `redirector` (edge), `redirector_decap` (home servers
+//! in dsr mode) and `redirector_pass` (veth peers, benchmark baseline).
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use redirector_ebpf::{
+    CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter, Endpoint, FAMILY_V4,
+    Mode, NatKey, SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState,
+};
+
+use super::{
+    decap, encap,
+    maps::{CLIENTS, CONFIG, NAT_REPLIES, SERVERS, SERVICES, count, count_server},
+    nat,
+    packet::{Datagram, parse_udp, udp_length_ok},
+    route::{self, NextHop},
+};
+
+/// An XDP action and the counter it is accounted to, in one register:
+/// BPF subprograms cannot return aggregates.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct Verdict(u64);
+
+impl Verdict {
+    const fn new(action: u32, counter: Counter) -> Self {
+        Self(((action as u64) << 32) | counter as u64)
+    }
+
+    const fn action(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    const fn counter(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+const PASS_MISS: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassMiss);
+const NOT_SERVICE: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::NotService);
+const NO_ADDRESS: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::NoAddressForFamily);
+const FIB_MISS: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::FibMiss);
+const MALFORMED_OURS: Verdict = Verdict::new(xdp_action::XDP_DROP, Counter::Malformed);
+/// Reached only if a bounds check fails after the frame was changed.
+const BROKEN: Verdict = Verdict::new(xdp_action::XDP_DROP, Counter::Malformed);
+
+#[xdp]
+pub fn redirector(ctx: XdpContext) -> u32 {
+    let verdict = match parse_udp(&ctx) {
+        Ok(datagram) => route_datagram(&ctx, &datagram),
+        Err(counter) => Verdict::new(xdp_action::XDP_PASS, counter),
+    };
+    count(verdict.counter());
+    verdict.action()
+}
+
+#[xdp]
+pub fn redirector_decap(ctx: XdpContext) -> u32 {
+    count(decap::strip_tunnel(&ctx) as u32);
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn redirector_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
+    let Some(config) = CONFIG.get(0) else {
+        return NOT_SERVICE;
+    };
+    let service = unsafe { SERVICES.get(&datagram.dst) }.is_some();
+    if service {
+        if !udp_length_ok(ctx, &datagram.ip) {
+            return MALFORMED_OURS;
+        }
+        return route_client(ctx, config, datagram);
+    }
+    if config.mode == Mode::Nat as u8 && is_edge_address(config, &datagram.dst) {
+        return route_nat_reply(ctx, datagram);
+    }
+    NOT_SERVICE
+}
+
+#[inline(always)]
+fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict {
+    let Some(client) = (unsafe { CLIENTS.get(&datagram.src) }) else {
+        return PASS_MISS;
+    };
+    let client: ClientEntry = *client;
+    let Some(server) = SERVERS.get(client.server) else {
+        return PASS_MISS;
+    };
+    if !ServerState::forwards(server.state) {
+        return Verdict::new(xdp_action::XDP_PASS, Counter::PassServerDown);
+    }
+    let (Some(edge), Some(server_addr)) = (
+        edge_endpoint(config, datagram.ip.family, client.nat_port_be),
+        server_endpoint(server, datagram.ip.family),
+    ) else {
+        return NO_ADDRESS;
+    };
+    let verdict = if config.mode == Mode::Nat as u8 {
+        forward_nat(ctx, datagram, &edge, &server_addr)
+    } else {
+        forward_dsr(ctx, datagram, &edge, &server_addr)
+    };
+    if verdict.counter() == Counter::Forwarded as u32 {
+        count_server(client.server, (ctx.data_end() - ctx.data()) as u64);
+    }
+    verdict
+}
+
+// A separate BPF subprogram: its stack does not add to its siblings'.
+#[inline(never)]
+fn forward_dsr(
+    ctx: &XdpContext,
+    datagram: &Datagram,
+    edge: &Endpoint,
+    server: &Endpoint,
+) -> Verdict {
+    let ip = &datagram.ip;
+    let mut hop = NextHop::default();
+    if !route::lookup(
+        ctx,
+        edge,
+        server,
+        ip.len + encap::overhead(ip.family),
+        &mut hop,
+    ) {
+        return FIB_MISS;
+    }
+    let len_before = ctx.data_end() - ctx.data();
+    if encap::encapsulate(ctx, ip, edge, server).is_none() {
+        let unchanged = ctx.data_end() - ctx.data() == len_before;
+        return if unchanged {
+            Verdict::new(xdp_action::XDP_PASS, Counter::NoHeadroom)
+        } else {
+            BROKEN
+        };
+    }
+    transmit(ctx, &hop, ip.vlan)
+}
+
+// A separate BPF subprogram: its stack does not add to its siblings'.
+#[inline(never)]
+fn forward_nat(
+    ctx: &XdpContext,
+    datagram: &Datagram,
+    edge: &Endpoint,
+    server: &Endpoint,
+) -> Verdict {
+    if edge.port_be == 0 {
+        return PASS_MISS;
+    }
+    let mut hop = NextHop::default();
+    if !route::lookup(ctx, edge, server, datagram.ip.len, &mut hop) {
+        return FIB_MISS;
+    }
+    if nat::rewrite(ctx, &datagram.ip, edge, server).is_none() {
+        return BROKEN;
+    }
+    transmit(ctx, &hop, datagram.ip.vlan)
+}
+
+// A separate BPF subprogram: its stack does not add to its siblings'.
+#[inline(never)]
+fn route_nat_reply(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
+    let key = NatKey {
+        edge_port_be: datagram.dst.port_be,
+        family: datagram.ip.family,
+        _pad: 0,
+    };
+    let Some(entry) = (unsafe { NAT_REPLIES.get(&key) }) else {
+        return NOT_SERVICE;
+    };
+    let Some(server) = SERVERS.get(entry.server) else {
+        return NOT_SERVICE;
+    };
+    if server_endpoint(server, datagram.ip.family) != Some(datagram.src) {
+        return NOT_SERVICE;
+    }
+    if !udp_length_ok(ctx, &datagram.ip) {
+        return MALFORMED_OURS;
+    }
+    let (service, client) = (entry.service, entry.client);
+    let mut hop = NextHop::default();
+    if !route::lookup(ctx, &service, &client, datagram.ip.len, &mut hop) {
+        return FIB_MISS;
+    }
+    if nat::rewrite(ctx, &datagram.ip, &service, &client).is_none() {
+        return BROKEN;
+    }
+    match route::send(ctx, &hop, datagram.ip.vlan) {
+        Some(action) => Verdict::new(action, Counter::NatReply),
+        None => BROKEN,
+    }
+}
+
+#[inline(always)]
+fn transmit(ctx: &XdpContext, hop: &NextHop, vlan: bool) -> Verdict {
+    match route::send(ctx, hop, vlan) {
+        Some(action) => Verdict::new(action, Counter::Forwarded),
+        None => BROKEN,
+    }
+}
+
+#[inline(always)]
+fn is_edge_address(config: &Config, dst: &Endpoint) -> bool {
+    edge_endpoint(config, dst.family, 0).is_some_and(|edge| edge.addr == dst.addr)
+}
+
+/// The edge's own address of `family` with `port_be`, if configured.
+#[inline(always)]
+fn edge_endpoint(config: &Config, family: u8, port_be: u16) -> Option<Endpoint> {
+    if family == FAMILY_V4 {
+        (config.flags & CONFIG_HAS_EDGE_V4 != 0).then(|| Endpoint::v4(config.edge_v4, port_be))
+    } else {
+        (config.flags & CONFIG_HAS_EDGE_V6 != 0).then(|| Endpoint::v6(config.edge_v6, port_be))
+    }
+}
+
+/// The home server's address of `family` and SIP port, if it has one.
+#[inline(always)]
+fn server_endpoint(server: &Server, family: u8) -> Option<Endpoint> {
+    if family == FAMILY_V4 {
+        (server.flags & SERVER_HAS_V4 != 0).then(|| Endpoint::v4(server.v4, server.port_be))
+    } else {
+        (server.flags & SERVER_HAS_V6 != 0).then(|| Endpoint::v6(server.v6, server.port_be))
+    }
+}

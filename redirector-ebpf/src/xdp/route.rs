@@ -1,0 +1,101 @@
+//! Next hop from the kernel FIB, and sending the rewritten frame.
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use redirector_ebpf::{Endpoint, FAMILY_V4};
+
+use super::{headers::EthHdr, packet::ptr_at};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+#[derive(Default)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// Asks the FIB how to reach `dst` from `src` with an IP packet of `len`
+/// bytes and fills `hop`. False when there is no route, no resolved
+/// neighbour yet, or the packet would need fragmenting: the caller then
+/// passes it to the kernel. (`hop` is an out-parameter because BPF
+/// subprograms cannot return aggregates.)
+#[inline(never)]
+pub fn lookup(
+    ctx: &XdpContext,
+    src: &Endpoint,
+    dst: &Endpoint,
+    len: usize,
+    hop: &mut NextHop,
+) -> bool {
+    // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented initial state.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.__bindgen_anon_1.tot_len = len as u16;
+    if src.family == FAMILY_V4 {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src =
+            u32::from_ne_bytes([src.addr[0], src.addr[1], src.addr[2], src.addr[3]]);
+        params.__bindgen_anon_4.ipv4_dst =
+            u32::from_ne_bytes([dst.addr[0], dst.addr[1], dst.addr[2], dst.addr[3]]);
+    } else {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = words(&src.addr);
+        params.__bindgen_anon_4.ipv6_dst = words(&dst.addr);
+    }
+    let size = size_of::<bpf_fib_lookup>() as i32;
+    // SAFETY: params is a valid, initialised bpf_fib_lookup of `size` bytes.
+    let ret = unsafe { fib_lookup(ctx.ctx.cast(), &mut params, size, 0) };
+    if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return false;
+    }
+    *hop = NextHop {
+        ifindex: params.ifindex,
+        smac: params.smac,
+        dmac: params.dmac,
+    };
+    true
+}
+
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        out[i] = u32::from_ne_bytes([
+            addr[4 * i],
+            addr[4 * i + 1],
+            addr[4 * i + 2],
+            addr[4 * i + 3],
+        ]);
+        i += 1;
+    }
+    out
+}
+
+/// Writes the next hop's MACs and sends the frame: back out of the ingress
+/// device (`XDP_TX`) or redirected to the FIB's egress device. A VLAN-tagged
+/// frame always leaves where it came in, keeping its tag: the FIB's egress
+/// would be the VLAN device, which cannot take XDP frames.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, hop: &NextHop, vlan: bool) -> Option<u32> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    unsafe {
+        (*eth).dst = hop.dmac;
+        (*eth).src = hop.smac;
+    }
+    if vlan || hop.ifindex == ctx.ingress_ifindex() as u32 {
+        return Some(xdp_action::XDP_TX);
+    }
+    // SAFETY: plain helper call; it returns XDP_REDIRECT or XDP_ABORTED.
+    let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
+    Some(if action == xdp_action::XDP_REDIRECT {
+        action
+    } else {
+        xdp_action::XDP_DROP
+    })
+}

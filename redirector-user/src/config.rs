@@ -1,0 +1,404 @@
+//! The daemon's TOML configuration: parsed with serde, then validated so
+//! that every problem is reported with the field it is in.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config field `{field}`: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardingMode {
+    /// IPIP / IPv6-in-IPv6 to the home server, which answers the client directly.
+    Dsr,
+    /// Rewrite to the home server; replies come back through the edge.
+    Nat,
+}
+
+/// How the program is attached; `native` needs driver support (veth has it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    #[default]
+    Native,
+    Skb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    Active,
+    Draining,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The edge interface the XDP program is attached to.
+    pub interface: String,
+    pub mode: ForwardingMode,
+    #[serde(default)]
+    pub attach: AttachMode,
+    pub service: Service,
+    #[serde(default)]
+    pub edge: Edge,
+    pub servers: Vec<Server>,
+    #[serde(default)]
+    pub clients: Vec<Client>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The service addresses (VIPs) clients send to.
+    pub addresses: Vec<IpAddr>,
+    #[serde(default = "default_ports")]
+    pub ports: Vec<u16>,
+}
+
+fn default_ports() -> Vec<u16> {
+    vec![5060]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Edge {
+    /// Source of dsr outer headers and of nat-rewritten packets.
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// nat mode: the edge source ports handed to clients, `[first, last]`.
+    #[serde(default = "default_nat_ports")]
+    pub nat_ports: [u16; 2],
+}
+
+impl Default for Edge {
+    fn default() -> Self {
+        Self {
+            ipv4: None,
+            ipv6: None,
+            nat_ports: default_nat_ports(),
+        }
+    }
+}
+
+fn default_nat_ports() -> [u16; 2] {
+    [20000, 59999]
+}
+
+impl Edge {
+    pub fn nat_port_range(&self) -> RangeInclusive<u16> {
+        self.nat_ports[0]..=self.nat_ports[1]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub name: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(default = "default_sip_port")]
+    pub port: u16,
+    #[serde(default = "default_state")]
+    pub state: ServerState,
+}
+
+fn default_sip_port() -> u16 {
+    5060
+}
+
+fn default_state() -> ServerState {
+    ServerState::Active
+}
+
+/// A client pinned to a home server before any first contact.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    /// The client's source address and port.
+    pub address: SocketAddr,
+    /// The `name` of its home server.
+    pub server: String,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|err| match err {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.into(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Index of the server called `name` in `servers` (its `SERVERS` slot).
+    pub fn server_index(&self, name: &str) -> Option<u32> {
+        self.servers
+            .iter()
+            .position(|server| server.name == name)
+            .map(|index| index as u32)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.interface.is_empty() {
+            return Err(invalid(
+                "interface",
+                "must name the edge interface, e.g. \"eth0\"",
+            ));
+        }
+        self.validate_service()?;
+        self.validate_edge()?;
+        self.validate_servers()?;
+        self.validate_clients()
+    }
+
+    fn validate_service(&self) -> Result<(), ConfigError> {
+        if self.service.addresses.is_empty() {
+            return Err(invalid(
+                "service.addresses",
+                "must list at least one service address",
+            ));
+        }
+        if self.service.ports.is_empty() || self.service.ports.contains(&0) {
+            return Err(invalid(
+                "service.ports",
+                "must list at least one port, none of them 0",
+            ));
+        }
+        let count = self.service.addresses.len() * self.service.ports.len();
+        if count > redirector_ebpf::MAX_SERVICES as usize {
+            return Err(invalid(
+                "service",
+                format!(
+                    "{count} address:port pairs; at most {} fit",
+                    redirector_ebpf::MAX_SERVICES
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_edge(&self) -> Result<(), ConfigError> {
+        let families = self.service.addresses.iter().map(|a| a.is_ipv4());
+        for is_v4 in families {
+            if is_v4 && self.edge.ipv4.is_none() {
+                return Err(invalid(
+                    "edge.ipv4",
+                    "required: service.addresses has an IPv4 address",
+                ));
+            }
+            if !is_v4 && self.edge.ipv6.is_none() {
+                return Err(invalid(
+                    "edge.ipv6",
+                    "required: service.addresses has an IPv6 address",
+                ));
+            }
+        }
+        let [first, last] = self.edge.nat_ports;
+        if first == 0 || first > last {
+            return Err(invalid(
+                "edge.nat_ports",
+                format!("[{first}, {last}] is not a range [first, last] of non-zero ports"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_servers(&self) -> Result<(), ConfigError> {
+        if self.servers.is_empty() {
+            return Err(invalid("servers", "must list at least one home server"));
+        }
+        if self.servers.len() > redirector_ebpf::MAX_SERVERS as usize {
+            return Err(invalid(
+                "servers",
+                format!(
+                    "{} servers; at most {} fit",
+                    self.servers.len(),
+                    redirector_ebpf::MAX_SERVERS
+                ),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, server) in self.servers.iter().enumerate() {
+            if server.name.is_empty() {
+                return Err(invalid(format!("servers[{i}].name"), "must not be empty"));
+            }
+            if !names.insert(server.name.as_str()) {
+                return Err(invalid(
+                    format!("servers[{i}].name"),
+                    format!("\"{}\" is used by an earlier server", server.name),
+                ));
+            }
+            if server.ipv4.is_none() && server.ipv6.is_none() {
+                return Err(invalid(
+                    format!("servers[{i}]"),
+                    format!("server \"{}\" needs ipv4, ipv6 or both", server.name),
+                ));
+            }
+            if server.port == 0 {
+                return Err(invalid(format!("servers[{i}].port"), "must not be 0"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_clients(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, client) in self.clients.iter().enumerate() {
+            if self.server_index(&client.server).is_none() {
+                let known: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
+                return Err(invalid(
+                    format!("clients[{i}].server"),
+                    format!(
+                        "no server named \"{}\" (known: {})",
+                        client.server,
+                        known.join(", ")
+                    ),
+                ));
+            }
+            if !seen.insert(client.address) {
+                return Err(invalid(
+                    format!("clients[{i}].address"),
+                    format!("{} is listed twice", client.address),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+        interface = "edge0"
+        mode = "dsr"
+        [service]
+        addresses = ["192.0.2.10", "2001:db8::10"]
+        [edge]
+        ipv4 = "10.0.0.1"
+        ipv6 = "fd00::1"
+        [[servers]]
+        name = "home1"
+        ipv4 = "10.0.0.11"
+        [[servers]]
+        name = "home2"
+        ipv6 = "fd00::12"
+        port = 5070
+        state = "draining"
+        [[clients]]
+        address = "10.0.0.2:5060"
+        server = "home2"
+    "#;
+
+    fn error_for(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn valid_config_gets_defaults_and_indexes() {
+        let config = Config::parse(VALID).unwrap();
+        assert_eq!(config.service.ports, vec![5060]);
+        assert_eq!(config.attach, AttachMode::Native);
+        assert_eq!(config.edge.nat_port_range(), 20000..=59999);
+        assert_eq!(config.servers[1].state, ServerState::Draining);
+        assert_eq!(config.server_index("home2"), Some(1));
+        assert_eq!(config.server_index("nope"), None);
+    }
+
+    #[test]
+    fn unknown_server_names_the_field_and_the_known_servers() {
+        let err = error_for(&VALID.replace("server = \"home2\"", "server = \"home9\""));
+        assert_eq!(
+            err,
+            "config field `clients[0].server`: no server named \"home9\" (known: home1, home2)"
+        );
+    }
+
+    #[test]
+    fn missing_edge_address_for_a_service_family_is_refused() {
+        let err = error_for(&VALID.replace("ipv6 = \"fd00::1\"", ""));
+        assert_eq!(
+            err,
+            "config field `edge.ipv6`: required: service.addresses has an IPv6 address"
+        );
+    }
+
+    #[test]
+    fn duplicate_server_and_empty_lists_are_refused() {
+        let err = error_for(&VALID.replace("name = \"home2\"", "name = \"home1\""));
+        assert!(err.starts_with("config field `servers[1].name`"), "{err}");
+        let err = error_for(&VALID.replace(
+            "addresses = [\"192.0.2.10\", \"2001:db8::10\"]",
+            "addresses = []",
+        ));
+        assert!(err.starts_with("config field `service.addresses`"), "{err}");
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_reported_with_their_key() {
+        let err = error_for(&VALID.replace("mode = \"dsr\"", "mode = \"dssr\""));
+        assert!(err.contains("mode") && err.contains("dssr"), "{err}");
+        let err = error_for(&VALID.replace(
+            "interface = \"edge0\"",
+            "interface = \"edge0\"\ninterfce = \"x\"",
+        ));
+        assert!(err.contains("interfce"), "{err}");
+        let err = error_for(&VALID.replace("ipv4 = \"10.0.0.11\"", "ipv4 = \"10.0.0.300\""));
+        assert!(err.contains("ipv4") && err.contains("10.0.0.300"), "{err}");
+    }
+
+    #[test]
+    fn bad_nat_range_and_serverless_addresses_are_refused() {
+        let err = error_for(&VALID.replace(
+            "ipv6 = \"fd00::1\"",
+            "ipv6 = \"fd00::1\"\nnat_ports = [30000, 20000]",
+        ));
+        assert!(err.starts_with("config field `edge.nat_ports`"), "{err}");
+        let err = error_for(&VALID.replace("ipv4 = \"10.0.0.11\"", ""));
+        assert!(err.starts_with("config field `servers[0]`"), "{err}");
+    }
+}

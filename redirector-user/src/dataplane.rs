@@ -1,0 +1,344 @@
+//! Loading the embedded XDP object, filling its maps, attaching programs and
+//! reading counters. Conversions from config to the shared map types are
+//! plain functions, tested on the host.
+
+use std::net::IpAddr;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use redirector_ebpf::{
+    CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry,
+    Counter, DECAP_ADDRESSES_MAP, DECAP_PROGRAM, Endpoint, Mode, NAT_REPLIES_MAP, NatEntry, NatKey,
+    PASS_PROGRAM, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP,
+    SERVICES_MAP, Server, ServerStats,
+};
+
+use crate::{
+    config::{self, Config, ForwardingMode},
+    nat_ports::{NatPorts, NatPortsExhausted},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error(
+        "loading the XDP object into the kernel failed (redirector needs root or CAP_BPF + CAP_NET_ADMIN): {0}"
+    )]
+    Load(#[from] aya::EbpfError),
+    #[error("XDP program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error(
+        "attaching `{program}` to interface {interface} in {mode:?} mode failed (does the interface exist? is another XDP program attached?): {source}"
+    )]
+    Attach {
+        program: &'static str,
+        interface: String,
+        mode: XdpMode,
+        source: ProgramError,
+    },
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("BPF map {0} is missing from the XDP object; rebuild it with `cargo xtask build-ebpf`")]
+    MissingMap(&'static str),
+    #[error(transparent)]
+    NatPorts(#[from] NatPortsExhausted),
+}
+
+type Result<T, E = DataPlaneError> = std::result::Result<T, E>;
+
+/// The loaded object: programs verified and loaded, maps created.
+pub struct DataPlane {
+    ebpf: Ebpf,
+}
+
+impl DataPlane {
+    /// Loads the object embedded in this binary and its three programs.
+    pub fn load() -> Result<Self> {
+        let mut ebpf = Ebpf::load(crate::PROGRAM)?;
+        for name in [REDIRECTOR_PROGRAM, DECAP_PROGRAM, PASS_PROGRAM] {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DataPlaneError::Program { name, source })?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp> {
+        program(&mut self.ebpf, name)
+    }
+
+    /// Attaches a program; it stays attached until this `DataPlane` is dropped.
+    pub fn attach(
+        &mut self,
+        name: &'static str,
+        interface: &str,
+        mode: XdpMode,
+    ) -> Result<XdpLinkId> {
+        self.program(name)?
+            .attach(interface, mode)
+            .map_err(|source| DataPlaneError::Attach {
+                program: name,
+                interface: interface.into(),
+                mode,
+                source,
+            })
+    }
+
+    /// Writes mode, edge addresses, services and servers, then the static clients.
+    pub fn configure(&mut self, config: &Config) -> Result<()> {
+        self.set_config(edge_config(config))?;
+        for service in service_endpoints(config) {
+            self.add_service(service)?;
+        }
+        for (index, server) in config.servers.iter().enumerate() {
+            self.set_server(index as u32, server_entry(server))?;
+        }
+        self.install_static_clients(config)
+    }
+
+    fn install_static_clients(&mut self, config: &Config) -> Result<()> {
+        let mut nat_ports = NatPorts::new(config.edge.nat_port_range());
+        for client in &config.clients {
+            let server = config
+                .server_index(&client.server)
+                .expect("validated: clients name known servers");
+            let endpoint = endpoint(client.address.ip(), client.address.port());
+            let mut entry = ClientEntry {
+                server,
+                ..Default::default()
+            };
+            if config.mode == ForwardingMode::Nat {
+                let port = nat_ports.allocate()?;
+                entry.nat_port_be = port.to_be();
+                // Static clients have not said which service address they use:
+                // replies come from the first one of their family.
+                let service = service_endpoints(config)
+                    .find(|s| s.family == endpoint.family)
+                    .unwrap_or_default();
+                let key = NatKey {
+                    edge_port_be: port.to_be(),
+                    family: endpoint.family,
+                    _pad: 0,
+                };
+                self.install_nat_reply(
+                    key,
+                    NatEntry {
+                        client: endpoint,
+                        service,
+                        server,
+                    },
+                )?;
+            }
+            self.install_client(endpoint, entry)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_config(&mut self, value: redirector_ebpf::Config) -> Result<()> {
+        let mut map: Array<_, redirector_ebpf::Config> = self.map(CONFIG_MAP)?;
+        map.set(0, value, 0).map_err(map_error(CONFIG_MAP))
+    }
+
+    pub fn add_service(&mut self, service: Endpoint) -> Result<()> {
+        let mut map: HashMap<_, Endpoint, u8> = self.map(SERVICES_MAP)?;
+        map.insert(service, 1, 0).map_err(map_error(SERVICES_MAP))
+    }
+
+    pub fn set_server(&mut self, index: u32, server: Server) -> Result<()> {
+        let mut map: Array<_, Server> = self.map(SERVERS_MAP)?;
+        map.set(index, server, 0).map_err(map_error(SERVERS_MAP))
+    }
+
+    pub fn install_client(&mut self, client: Endpoint, entry: ClientEntry) -> Result<()> {
+        let mut map: HashMap<_, Endpoint, ClientEntry> = self.map(CLIENTS_MAP)?;
+        map.insert(client, entry, 0).map_err(map_error(CLIENTS_MAP))
+    }
+
+    pub fn install_nat_reply(&mut self, key: NatKey, entry: NatEntry) -> Result<()> {
+        let mut map: HashMap<_, NatKey, NatEntry> = self.map(NAT_REPLIES_MAP)?;
+        map.insert(key, entry, 0)
+            .map_err(map_error(NAT_REPLIES_MAP))
+    }
+
+    pub fn add_decap_address(&mut self, address: IpAddr) -> Result<()> {
+        let mut map: HashMap<_, Endpoint, u8> = self.map(DECAP_ADDRESSES_MAP)?;
+        map.insert(endpoint(address, 0), 1, 0)
+            .map_err(map_error(DECAP_ADDRESSES_MAP))
+    }
+
+    /// Every verdict counter, summed over CPUs, in `Counter::ALL` order.
+    pub fn counters(&mut self) -> Result<Vec<(Counter, u64)>> {
+        let map: PerCpuArray<_, u64> = self.map(COUNTERS_MAP)?;
+        Counter::ALL
+            .iter()
+            .map(|&counter| {
+                let per_cpu = map
+                    .get(&(counter as u32), 0)
+                    .map_err(map_error(COUNTERS_MAP))?;
+                Ok((counter, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn counter(&mut self, counter: Counter) -> Result<u64> {
+        Ok(self
+            .counters()?
+            .into_iter()
+            .find(|(c, _)| *c == counter)
+            .map_or(0, |(_, n)| n))
+    }
+
+    /// What the fast path sent to the server in slot `index`, summed over CPUs.
+    pub fn server_stats(&mut self, index: u32) -> Result<ServerStats> {
+        let map: PerCpuArray<_, ServerStats> = self.map(SERVER_STATS_MAP)?;
+        let per_cpu = map.get(&index, 0).map_err(map_error(SERVER_STATS_MAP))?;
+        Ok(per_cpu
+            .iter()
+            .fold(ServerStats::default(), |sum, cpu| ServerStats {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+            }))
+    }
+
+    fn map<'a, M>(&'a mut self, name: &'static str) -> Result<M>
+    where
+        M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataPlaneError::MissingMap(name))?;
+        M::try_from(map).map_err(map_error(name))
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
+    let program = ebpf.program_mut(name).ok_or(DataPlaneError::Program {
+        name,
+        source: ProgramError::NotLoaded,
+    })?;
+    program
+        .try_into()
+        .map_err(|source| DataPlaneError::Program { name, source })
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> DataPlaneError {
+    move |source| DataPlaneError::Map { name, source }
+}
+
+pub fn endpoint(address: IpAddr, port: u16) -> Endpoint {
+    match address {
+        IpAddr::V4(v4) => Endpoint::v4(v4.octets(), port.to_be()),
+        IpAddr::V6(v6) => Endpoint::v6(v6.octets(), port.to_be()),
+    }
+}
+
+pub fn service_endpoints(config: &Config) -> impl Iterator<Item = Endpoint> + '_ {
+    config.service.addresses.iter().flat_map(|&address| {
+        config
+            .service
+            .ports
+            .iter()
+            .map(move |&port| endpoint(address, port))
+    })
+}
+
+pub fn edge_config(config: &Config) -> redirector_ebpf::Config {
+    let mut value = redirector_ebpf::Config {
+        mode: match config.mode {
+            ForwardingMode::Dsr => Mode::Dsr as u8,
+            ForwardingMode::Nat => Mode::Nat as u8,
+        },
+        ..Default::default()
+    };
+    if let Some(v4) = config.edge.ipv4 {
+        value.edge_v4 = v4.octets();
+        value.flags |= CONFIG_HAS_EDGE_V4;
+    }
+    if let Some(v6) = config.edge.ipv6 {
+        value.edge_v6 = v6.octets();
+        value.flags |= CONFIG_HAS_EDGE_V6;
+    }
+    value
+}
+
+pub fn server_entry(server: &config::Server) -> Server {
+    let mut entry = Server {
+        port_be: server.port.to_be(),
+        state: match server.state {
+            config::ServerState::Active => redirector_ebpf::ServerState::Active,
+            config::ServerState::Draining => redirector_ebpf::ServerState::Draining,
+            config::ServerState::Down => redirector_ebpf::ServerState::Down,
+        } as u8,
+        ..Default::default()
+    };
+    if let Some(v4) = server.ipv4 {
+        entry.v4 = v4.octets();
+        entry.flags |= SERVER_HAS_V4;
+    }
+    if let Some(v6) = server.ipv6 {
+        entry.v6 = v6.octets();
+        entry.flags |= SERVER_HAS_V6;
+    }
+    entry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_carry_wire_order_ports_and_family() {
+        let v4 = endpoint("192.0.2.10".parse().unwrap(), 5060);
+        assert_eq!(&v4.addr[..4], &[192, 0, 2, 10]);
+        assert_eq!(&v4.addr[4..], &[0; 12]);
+        assert_eq!(v4.port_be.to_ne_bytes(), [0x13, 0xc4]);
+        assert_eq!(v4.family, redirector_ebpf::FAMILY_V4);
+        let v6 = endpoint("2001:db8::1".parse().unwrap(), 1);
+        assert_eq!(v6.addr[0..2], [0x20, 0x01]);
+        assert_eq!(v6.family, redirector_ebpf::FAMILY_V6);
+    }
+
+    #[test]
+    fn config_becomes_map_values() {
+        let config = Config::parse(
+            r#"
+            interface = "e"
+            mode = "nat"
+            [service]
+            addresses = ["192.0.2.10"]
+            ports = [5060, 5080]
+            [edge]
+            ipv4 = "10.0.0.1"
+            [[servers]]
+            name = "a"
+            ipv6 = "fd00::a"
+            state = "down"
+            "#,
+        )
+        .unwrap();
+        let edge = edge_config(&config);
+        assert_eq!(
+            (edge.mode, edge.flags, edge.edge_v4),
+            (Mode::Nat as u8, CONFIG_HAS_EDGE_V4, [10, 0, 0, 1])
+        );
+        let ports: Vec<u16> = service_endpoints(&config)
+            .map(|s| u16::from_be(s.port_be))
+            .collect();
+        assert_eq!(ports, vec![5060, 5080]);
+        let server = server_entry(&config.servers[0]);
+        assert_eq!(
+            (server.flags, server.state),
+            (SERVER_HAS_V6, redirector_ebpf::ServerState::Down as u8)
+        );
+        assert_eq!(u16::from_be(server.port_be), 5060);
+    }
+}

@@ -1,0 +1,10 @@
+//! redirector's user-space side: configuration, and the data-plane plumbing
+//! that loads the embedded XDP object, fills its maps and attaches it.
+
+pub mod config;
+pub mod dataplane;
+pub mod nat_ports;
+
+/// The XDP object built from `redirector-ebpf` by this crate's build script.
+pub static PROGRAM: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));

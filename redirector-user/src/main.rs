@@ -1,0 +1,158 @@
+//! The `redirector` binary: the edge daemon and its helpers.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::XdpMode;
+use clap::{Parser, Subcommand, ValueEnum};
+use redirector::{
+    config::{AttachMode, Config},
+    dataplane::DataPlane,
+};
+use redirector_ebpf::{DECAP_PROGRAM, REDIRECTOR_PROGRAM};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+/// Keeps each SIP client on its home server: an XDP fast path on the edge
+/// interface, with user space handling what the fast path passes up.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the XDP program on the edge interface, fill its maps from the
+    /// config and run until SIGINT or SIGTERM, then detach.
+    Run {
+        /// TOML config: interface, mode, service, edge, servers, clients
+        /// (see redirector.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// On a home server behind a dsr edge: strip the IPIP / IPv6-in-IPv6
+    /// header of packets to ADDRESS in XDP (for kernels without ipip devices).
+    /// The service address must be on the server's loopback.
+    Decap {
+        /// Interface the encapsulated packets arrive on.
+        #[arg(long, short)]
+        interface: String,
+        /// This server's address, the outer destination to strip (repeatable).
+        #[arg(long = "address", short, required = true)]
+        addresses: Vec<IpAddr>,
+        #[arg(long, value_enum, default_value_t = CliAttachMode::Native)]
+        attach: CliAttachMode,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CliAttachMode {
+    Native,
+    Skb,
+}
+
+fn xdp_mode(mode: AttachMode) -> XdpMode {
+    match mode {
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Skb => XdpMode::Skb,
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Run { config } => run(config).await,
+        Command::Decap {
+            interface,
+            addresses,
+            attach,
+        } => {
+            let mode = match attach {
+                CliAttachMode::Native => AttachMode::Native,
+                CliAttachMode::Skb => AttachMode::Skb,
+            };
+            decap(&interface, &addresses, mode).await
+        }
+    }
+}
+
+async fn run(path: PathBuf) -> Result<()> {
+    let config = Config::load(&path)?;
+    check_forwarding(&config)?;
+    let mut dataplane = DataPlane::load()?;
+    dataplane.configure(&config)?;
+    dataplane.attach(
+        REDIRECTOR_PROGRAM,
+        &config.interface,
+        xdp_mode(config.attach),
+    )?;
+    info!(interface = %config.interface, mode = ?config.mode, attach = ?config.attach, servers = config.servers.len(), clients = config.clients.len(), "redirector attached");
+    wait_for_shutdown().await?;
+    drop(dataplane);
+    info!(interface = %config.interface, "redirector detached");
+    Ok(())
+}
+
+/// `bpf_fib_lookup` answers only on interfaces that forward; without it every
+/// fast-path packet would fall back to the kernel.
+fn check_forwarding(config: &Config) -> Result<()> {
+    let families = [
+        (
+            config.edge.ipv4.is_some(),
+            format!("/proc/sys/net/ipv4/conf/{}/forwarding", config.interface),
+            "net.ipv4.conf.{}.forwarding",
+        ),
+        (
+            config.edge.ipv6.is_some(),
+            format!("/proc/sys/net/ipv6/conf/{}/forwarding", config.interface),
+            "net.ipv6.conf.{}.forwarding",
+        ),
+    ];
+    for (needed, path, sysctl) in families {
+        if !needed {
+            continue;
+        }
+        let value = std::fs::read_to_string(&path).with_context(|| {
+            format!("reading {path}: does interface {} exist?", config.interface)
+        })?;
+        if value.trim() != "1" {
+            let name = sysctl.replace("{}", &config.interface);
+            bail!(
+                "forwarding is off on {}: the fast path's FIB lookups need it. Run `sysctl -w {name}=1`",
+                config.interface
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn decap(interface: &str, addresses: &[IpAddr], mode: AttachMode) -> Result<()> {
+    let mut dataplane = DataPlane::load()?;
+    for &address in addresses {
+        dataplane.add_decap_address(address)?;
+    }
+    dataplane.attach(DECAP_PROGRAM, interface, xdp_mode(mode))?;
+    info!(interface, ?addresses, "decapsulator attached");
+    wait_for_shutdown().await?;
+    drop(dataplane);
+    info!(interface, "decapsulator detached");
+    Ok(())
+}
+
+async fn wait_for_shutdown() -> Result<()> {
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => info!("SIGTERM received"),
+        _ = interrupt.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Edge source ports for nat mode: each client gets its own, so a home
+//! server's reply (to the edge address and that port) maps back to exactly
+//! one client.
+
+use std::ops::RangeInclusive;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("all {size} nat ports in {start}-{end} are in use; widen edge.nat_ports")]
+pub struct NatPortsExhausted {
+    pub start: u16,
+    pub end: u16,
+    pub size: usize,
+}
+
+/// Hands out ports from a range in order; freed ports are reused first.
+#[derive(Debug)]
+pub struct NatPorts {
+    range: RangeInclusive<u16>,
+    next: u32,
+    freed: Vec<u16>,
+}
+
+impl NatPorts {
+    pub fn new(range: RangeInclusive<u16>) -> Self {
+        let next = u32::from(*range.start());
+        Self {
+            range,
+            next,
+            freed: Vec::new(),
+        }
+    }
+
+    pub fn allocate(&mut self) -> Result<u16, NatPortsExhausted> {
+        if let Some(port) = self.freed.pop() {
+            return Ok(port);
+        }
+        if self.next > u32::from(*self.range.end()) {
+            let (start, end) = (*self.range.start(), *self.range.end());
+            return Err(NatPortsExhausted {
+                start,
+                end,
+                size: self.range.len(),
+            });
+        }
+        let port = self.next as u16;
+        self.next += 1;
+        Ok(port)
+    }
+
+    pub fn release(&mut self, port: u16) {
+        if self.range.contains(&port) && u32::from(port) < self.next && !self.freed.contains(&port)
+        {
+            self.freed.push(port);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hands_out_each_port_once_then_reports_exhaustion() {
+        let mut ports = NatPorts::new(65534..=65535);
+        assert_eq!(ports.allocate(), Ok(65534));
+        assert_eq!(ports.allocate(), Ok(65535));
+        let err = ports.allocate().unwrap_err();
+        assert_eq!(
+            err,
+            NatPortsExhausted {
+                start: 65534,
+                end: 65535,
+                size: 2
+            }
+        );
+        assert!(err.to_string().contains("edge.nat_ports"));
+    }
+
+    #[test]
+    fn released_ports_are_reused_and_foreign_ones_ignored() {
+        let mut ports = NatPorts::new(100..=101);
+        let first = ports.allocate().unwrap();
+        ports.release(first);
+        ports.release(first);
+        ports.release(5);
+        assert_eq!(ports.allocate(), Ok(first));
+        assert_eq!(ports.allocate(), Ok(101));
+        assert!(ports.allocate().is_err());
+    }
+}
