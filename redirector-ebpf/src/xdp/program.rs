@@ -100,13 +100,14 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     ) else {
         return NO_ADDRESS;
     };
+    let received_bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = if config.mode == Mode::Nat as u8 {
         forward_nat(ctx, datagram, &edge, &server_addr)
     } else {
         forward_dsr(ctx, datagram, &edge, &server_addr)
     };
     if verdict.counter() == Counter::Forwarded as u32 {
-        count_server(client.server, (ctx.data_end() - ctx.data()) as u64);
+        count_server(client.server, received_bytes);
     }
     verdict
 }

@@ -1,0 +1,185 @@
+//! BPF_PROG_TEST_RUN fixtures: the real program, loaded and configured the
+//! way `redirector run` does it, run on one frame at a time inside a
+//! namespace whose FIB and neighbour table are fixed, so the next hop and
+//! hence every output byte is known in advance.
+//!
+//! Topology (namespace `rdr-fx-*`):
+//! * `fx0` (MAC `EDGE_MAC`): 10.0.0.1/24, fd00::1/64 — the edge interface.
+//!   Permanent neighbours: client 10.0.0.2 / fd00::2 (`CLIENT_MAC`), home1
+//!   10.0.0.11 / fd00::11 (`HOME1_MAC`), home2 10.0.0.12, home3 10.0.0.13.
+//!   home4 10.0.0.99 has a route but no neighbour (a FIB miss).
+//! * `fx2` (MAC `OTHER_EDGE_MAC`): 10.1.0.1/24 with home5 10.1.0.5
+//!   (`HOME5_MAC`) behind it — reached by `XDP_REDIRECT`.
+
+use aya::programs::{TestRun, TestRunOptions};
+use redirector::{config::Config, dataplane::DataPlane};
+use redirector_ebpf::{Counter, REDIRECTOR_PROGRAM};
+
+use crate::{netns::NetNs, packets::Mac};
+
+pub const EDGE_MAC: Mac = [0x02, 0, 0, 0, 0, 0x01];
+pub const OTHER_EDGE_MAC: Mac = [0x02, 0, 0, 0, 0, 0xf2];
+pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
+pub const HOME1_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
+pub const HOME2_MAC: Mac = [0x02, 0, 0, 0, 0, 0x12];
+pub const HOME5_MAC: Mac = [0x02, 0, 0, 0, 0, 0x15];
+
+/// Clients and the home server each is pinned to.
+const CLIENTS: &str = r#"
+[[clients]]
+address = "10.0.0.2:5060"
+server = "home1"
+[[clients]]
+address = "[fd00::2]:5060"
+server = "home1"
+[[clients]]
+address = "10.0.0.2:5062"
+server = "home2"
+[[clients]]
+address = "10.0.0.2:5063"
+server = "home3"
+[[clients]]
+address = "10.0.0.2:5064"
+server = "home4"
+[[clients]]
+address = "10.0.0.2:5065"
+server = "home5"
+"#;
+
+pub fn config_text(mode: &str) -> String {
+    format!(
+        r#"
+interface = "fx0"
+mode = "{mode}"
+[service]
+addresses = ["192.0.2.10", "2001:db8::10"]
+ports = [5060]
+[edge]
+ipv4 = "10.0.0.1"
+ipv6 = "fd00::1"
+[[servers]]
+name = "home1"
+ipv4 = "10.0.0.11"
+ipv6 = "fd00::11"
+[[servers]]
+name = "home2"
+ipv4 = "10.0.0.12"
+state = "draining"
+[[servers]]
+name = "home3"
+ipv4 = "10.0.0.13"
+state = "down"
+[[servers]]
+name = "home4"
+ipv4 = "10.0.0.99"
+[[servers]]
+name = "home5"
+ipv4 = "10.1.0.5"
+{CLIENTS}"#
+    )
+}
+
+pub struct Fixture {
+    pub ns: NetNs,
+    pub dataplane: DataPlane,
+    pub ifindex: u32,
+}
+
+/// What the program did with one frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: u32,
+    pub frame: Vec<u8>,
+}
+
+impl Fixture {
+    /// `mode` is "dsr" or "nat".
+    pub fn new(mode: &str) -> Self {
+        let ns = NetNs::new("rdr-fx");
+        ns.ip("link add fx0 address 02:00:00:00:00:01 type veth peer name fx1");
+        ns.ip("link add fx2 address 02:00:00:00:00:f2 type veth peer name fx3");
+        for link in ["fx0", "fx1", "fx2", "fx3"] {
+            ns.ip(&format!("link set {link} up"));
+        }
+        ns.ip("addr add 10.0.0.1/24 dev fx0");
+        ns.ip("addr add fd00::1/64 dev fx0 nodad");
+        ns.ip("addr add 10.1.0.1/24 dev fx2");
+        for (addr, mac) in [
+            ("10.0.0.2", CLIENT_MAC),
+            ("fd00::2", CLIENT_MAC),
+            ("10.0.0.11", HOME1_MAC),
+            ("fd00::11", HOME1_MAC),
+            ("10.0.0.12", HOME2_MAC),
+            ("10.0.0.13", [0x02, 0, 0, 0, 0, 0x13]),
+        ] {
+            ns.ip(&format!(
+                "neigh replace {addr} lladdr {} dev fx0 nud permanent",
+                mac_text(mac)
+            ));
+        }
+        ns.ip(&format!(
+            "neigh replace 10.1.0.5 lladdr {} dev fx2 nud permanent",
+            mac_text(HOME5_MAC)
+        ));
+        ns.ip("route add 10.0.0.99/32 dev fx0");
+        for setting in [
+            "net.ipv4.conf.all.forwarding=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ] {
+            ns.sysctl(setting);
+        }
+        let config = Config::parse(&config_text(mode)).expect("fixture config");
+        let mut dataplane = DataPlane::load().expect("loading the XDP object");
+        dataplane.configure(&config).expect("configuring maps");
+        let ifindex = ns.ifindex("fx0");
+        Self {
+            ns,
+            dataplane,
+            ifindex,
+        }
+    }
+
+    /// Runs `frame` through the redirector program as if it arrived on fx0.
+    pub fn run(&mut self, frame: &[u8]) -> Outcome {
+        self.run_program(REDIRECTOR_PROGRAM, frame)
+    }
+
+    pub fn run_program(&mut self, program: &'static str, frame: &[u8]) -> Outcome {
+        let mut ctx = [0u32; 6];
+        ctx[1] = frame.len() as u32;
+        ctx[3] = self.ifindex;
+        let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|word| word.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let _inside = self.ns.enter();
+        let program = self.dataplane.program(program).expect("program");
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx_bytes),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        Outcome {
+            action: result.return_value,
+            frame: out,
+        }
+    }
+
+    pub fn counter(&mut self, counter: Counter) -> u64 {
+        self.dataplane.counter(counter).expect("reading counters")
+    }
+
+    /// Every counter's value, to check that exactly one moved.
+    pub fn counters(&mut self) -> Vec<(Counter, u64)> {
+        self.dataplane.counters().expect("reading counters")
+    }
+}
+
+pub fn mac_text(mac: Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
