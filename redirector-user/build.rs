@@ -18,16 +18,12 @@ fn main() {
     let workspace = manifest_dir.parent().unwrap();
     let ebpf_crate = workspace.join("redirector-ebpf");
     for watched in ["src", "Cargo.toml"] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            ebpf_crate.join(watched).display()
-        );
+        println!("cargo:rerun-if-changed={}", ebpf_crate.join(watched).display());
     }
     let target_dir = workspace.join("target").join("ebpf");
     let object = build(workspace, &target_dir);
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("redirector.bpf.o");
-    std::fs::copy(&object, &out)
-        .unwrap_or_else(|e| panic!("copying {} to {}: {e}", object.display(), out.display()));
+    std::fs::copy(&object, &out).unwrap_or_else(|e| panic!("copying {} to {}: {e}", object.display(), out.display()));
 }
 
 fn build(workspace: &Path, target_dir: &Path) -> PathBuf {
@@ -46,10 +42,7 @@ fn build(workspace: &Path, target_dir: &Path) -> PathBuf {
         cargo.env_remove(var);
     }
     if Path::new(DEBIAN_RUSTC).exists() && Path::new(DEBIAN_BPF_CORE).exists() {
-        cargo
-            .env("RUSTC", DEBIAN_RUSTC)
-            .env("RUSTC_BOOTSTRAP", "1")
-            .arg("build");
+        cargo.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1").arg("build");
     } else if nightly_has_rust_src() {
         cargo.args(["+nightly", "build", "-Z", "build-std=core"]);
     } else {
@@ -61,28 +54,12 @@ fn build(workspace: &Path, target_dir: &Path) -> PathBuf {
     }
     cargo
         .current_dir(workspace)
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
-        )
-        .args([
-            "--package",
-            "redirector-ebpf",
-            "--bin",
-            "redirector",
-            "--release",
-            "--target",
-            TARGET,
-        ])
-        .args([
-            "--config",
-            &format!("target.{TARGET}.linker=\"bpf-linker\""),
-        ])
+        .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"))
+        .args(["--package", "redirector-ebpf", "--bin", "redirector", "--release", "--target", TARGET])
+        .args(["--config", &format!("target.{TARGET}.linker=\"bpf-linker\"")])
         .arg("--target-dir")
         .arg(target_dir);
-    let status = cargo
-        .status()
-        .unwrap_or_else(|e| panic!("running {cargo:?}: {e}"));
+    let status = cargo.status().unwrap_or_else(|e| panic!("running {cargo:?}: {e}"));
     assert!(
         status.success(),
         "building the XDP program failed ({status}); if bpf-linker is missing, run `cargo xtask setup`"
@@ -94,9 +71,5 @@ fn nightly_has_rust_src() -> bool {
     Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()
-        .is_ok_and(|out| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|line| line.starts_with("rust-src"))
-        })
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).lines().any(|line| line.starts_with("rust-src")))
 }

@@ -44,21 +44,11 @@ impl Endpoint {
         full[1] = addr[1];
         full[2] = addr[2];
         full[3] = addr[3];
-        Self {
-            addr: full,
-            port_be,
-            family: FAMILY_V4,
-            _pad: 0,
-        }
+        Self { addr: full, port_be, family: FAMILY_V4, _pad: 0 }
     }
 
     pub const fn v6(addr: [u8; 16], port_be: u16) -> Self {
-        Self {
-            addr,
-            port_be,
-            family: FAMILY_V6,
-            _pad: 0,
-        }
+        Self { addr, port_be, family: FAMILY_V6, _pad: 0 }
     }
 }
 

@@ -13,24 +13,15 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("config field `{field}`: {problem}")]
     Invalid { field: String, problem: String },
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        problem: problem.into(),
-    }
+    ConfigError::Invalid { field: field.into(), problem: problem.into() }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -101,11 +92,7 @@ pub struct Edge {
 
 impl Default for Edge {
     fn default() -> Self {
-        Self {
-            ipv4: None,
-            ipv6: None,
-            nat_ports: default_nat_ports(),
-        }
+        Self { ipv4: None, ipv6: None, nat_ports: default_nat_ports() }
     }
 }
 
@@ -151,42 +138,28 @@ pub struct Client {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(&text).map_err(|err| match err {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
-                path: path.into(),
-                source,
-            },
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.into(), source },
             other => other,
         })
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: PathBuf::new(),
-            source: Box::new(source),
-        })?;
+        let config: Self = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: PathBuf::new(), source: Box::new(source) })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Index of the server called `name` in `servers` (its `SERVERS` slot).
     pub fn server_index(&self, name: &str) -> Option<u32> {
-        self.servers
-            .iter()
-            .position(|server| server.name == name)
-            .map(|index| index as u32)
+        self.servers.iter().position(|server| server.name == name).map(|index| index as u32)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.interface.is_empty() {
-            return Err(invalid(
-                "interface",
-                "must name the edge interface, e.g. \"eth0\"",
-            ));
+            return Err(invalid("interface", "must name the edge interface, e.g. \"eth0\""));
         }
         self.validate_service()?;
         self.validate_edge()?;
@@ -196,25 +169,16 @@ impl Config {
 
     fn validate_service(&self) -> Result<(), ConfigError> {
         if self.service.addresses.is_empty() {
-            return Err(invalid(
-                "service.addresses",
-                "must list at least one service address",
-            ));
+            return Err(invalid("service.addresses", "must list at least one service address"));
         }
         if self.service.ports.is_empty() || self.service.ports.contains(&0) {
-            return Err(invalid(
-                "service.ports",
-                "must list at least one port, none of them 0",
-            ));
+            return Err(invalid("service.ports", "must list at least one port, none of them 0"));
         }
         let count = self.service.addresses.len() * self.service.ports.len();
         if count > redirector_ebpf::MAX_SERVICES as usize {
             return Err(invalid(
                 "service",
-                format!(
-                    "{count} address:port pairs; at most {} fit",
-                    redirector_ebpf::MAX_SERVICES
-                ),
+                format!("{count} address:port pairs; at most {} fit", redirector_ebpf::MAX_SERVICES),
             ));
         }
         Ok(())
@@ -224,16 +188,10 @@ impl Config {
         let families = self.service.addresses.iter().map(|a| a.is_ipv4());
         for is_v4 in families {
             if is_v4 && self.edge.ipv4.is_none() {
-                return Err(invalid(
-                    "edge.ipv4",
-                    "required: service.addresses has an IPv4 address",
-                ));
+                return Err(invalid("edge.ipv4", "required: service.addresses has an IPv4 address"));
             }
             if !is_v4 && self.edge.ipv6.is_none() {
-                return Err(invalid(
-                    "edge.ipv6",
-                    "required: service.addresses has an IPv6 address",
-                ));
+                return Err(invalid("edge.ipv6", "required: service.addresses has an IPv6 address"));
             }
         }
         let [first, last] = self.edge.nat_ports;
@@ -253,11 +211,7 @@ impl Config {
         if self.servers.len() > redirector_ebpf::MAX_SERVERS as usize {
             return Err(invalid(
                 "servers",
-                format!(
-                    "{} servers; at most {} fit",
-                    self.servers.len(),
-                    redirector_ebpf::MAX_SERVERS
-                ),
+                format!("{} servers; at most {} fit", self.servers.len(), redirector_ebpf::MAX_SERVERS),
             ));
         }
         let mut names = HashSet::new();
@@ -291,18 +245,11 @@ impl Config {
                 let known: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
                 return Err(invalid(
                     format!("clients[{i}].server"),
-                    format!(
-                        "no server named \"{}\" (known: {})",
-                        client.server,
-                        known.join(", ")
-                    ),
+                    format!("no server named \"{}\" (known: {})", client.server, known.join(", ")),
                 ));
             }
             if !seen.insert(client.address) {
-                return Err(invalid(
-                    format!("clients[{i}].address"),
-                    format!("{} is listed twice", client.address),
-                ));
+                return Err(invalid(format!("clients[{i}].address"), format!("{} is listed twice", client.address)));
             }
         }
         Ok(())
@@ -352,29 +299,20 @@ mod tests {
     #[test]
     fn unknown_server_names_the_field_and_the_known_servers() {
         let err = error_for(&VALID.replace("server = \"home2\"", "server = \"home9\""));
-        assert_eq!(
-            err,
-            "config field `clients[0].server`: no server named \"home9\" (known: home1, home2)"
-        );
+        assert_eq!(err, "config field `clients[0].server`: no server named \"home9\" (known: home1, home2)");
     }
 
     #[test]
     fn missing_edge_address_for_a_service_family_is_refused() {
         let err = error_for(&VALID.replace("ipv6 = \"fd00::1\"", ""));
-        assert_eq!(
-            err,
-            "config field `edge.ipv6`: required: service.addresses has an IPv6 address"
-        );
+        assert_eq!(err, "config field `edge.ipv6`: required: service.addresses has an IPv6 address");
     }
 
     #[test]
     fn duplicate_server_and_empty_lists_are_refused() {
         let err = error_for(&VALID.replace("name = \"home2\"", "name = \"home1\""));
         assert!(err.starts_with("config field `servers[1].name`"), "{err}");
-        let err = error_for(&VALID.replace(
-            "addresses = [\"192.0.2.10\", \"2001:db8::10\"]",
-            "addresses = []",
-        ));
+        let err = error_for(&VALID.replace("addresses = [\"192.0.2.10\", \"2001:db8::10\"]", "addresses = []"));
         assert!(err.starts_with("config field `service.addresses`"), "{err}");
     }
 
@@ -382,10 +320,7 @@ mod tests {
     fn typos_and_bad_values_are_reported_with_their_key() {
         let err = error_for(&VALID.replace("mode = \"dsr\"", "mode = \"dssr\""));
         assert!(err.contains("mode") && err.contains("dssr"), "{err}");
-        let err = error_for(&VALID.replace(
-            "interface = \"edge0\"",
-            "interface = \"edge0\"\ninterfce = \"x\"",
-        ));
+        let err = error_for(&VALID.replace("interface = \"edge0\"", "interface = \"edge0\"\ninterfce = \"x\""));
         assert!(err.contains("interfce"), "{err}");
         let err = error_for(&VALID.replace("ipv4 = \"10.0.0.11\"", "ipv4 = \"10.0.0.300\""));
         assert!(err.contains("ipv4") && err.contains("10.0.0.300"), "{err}");
@@ -393,10 +328,7 @@ mod tests {
 
     #[test]
     fn bad_nat_range_and_serverless_addresses_are_refused() {
-        let err = error_for(&VALID.replace(
-            "ipv6 = \"fd00::1\"",
-            "ipv6 = \"fd00::1\"\nnat_ports = [30000, 20000]",
-        ));
+        let err = error_for(&VALID.replace("ipv6 = \"fd00::1\"", "ipv6 = \"fd00::1\"\nnat_ports = [30000, 20000]"));
         assert!(err.starts_with("config field `edge.nat_ports`"), "{err}");
         let err = error_for(&VALID.replace("ipv4 = \"10.0.0.11\"", ""));
         assert!(err.starts_with("config field `servers[0]`"), "{err}");

@@ -10,10 +10,9 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use redirector_ebpf::{
-    CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry,
-    Counter, DECAP_ADDRESSES_MAP, DECAP_PROGRAM, Endpoint, Mode, NAT_REPLIES_MAP, NatEntry, NatKey,
-    PASS_PROGRAM, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP,
-    SERVICES_MAP, Server, ServerStats,
+    CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
+    DECAP_ADDRESSES_MAP, DECAP_PROGRAM, Endpoint, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PASS_PROGRAM,
+    REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICES_MAP, Server, ServerStats,
 };
 
 use crate::{
@@ -23,29 +22,16 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
-    #[error(
-        "loading the XDP object into the kernel failed (redirector needs root or CAP_BPF + CAP_NET_ADMIN): {0}"
-    )]
+    #[error("loading the XDP object into the kernel failed (redirector needs root or CAP_BPF + CAP_NET_ADMIN): {0}")]
     Load(#[from] aya::EbpfError),
     #[error("XDP program `{name}`: {source}")]
-    Program {
-        name: &'static str,
-        source: ProgramError,
-    },
+    Program { name: &'static str, source: ProgramError },
     #[error(
         "attaching `{program}` to interface {interface} in {mode:?} mode failed (does the interface exist? is another XDP program attached?): {source}"
     )]
-    Attach {
-        program: &'static str,
-        interface: String,
-        mode: XdpMode,
-        source: ProgramError,
-    },
+    Attach { program: &'static str, interface: String, mode: XdpMode, source: ProgramError },
     #[error("BPF map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
+    Map { name: &'static str, source: MapError },
     #[error("BPF map {0} is missing from the XDP object; rebuild it with `cargo xtask build-ebpf`")]
     MissingMap(&'static str),
     #[error(transparent)]
@@ -64,9 +50,7 @@ impl DataPlane {
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(crate::PROGRAM)?;
         for name in [REDIRECTOR_PROGRAM, DECAP_PROGRAM, PASS_PROGRAM] {
-            program(&mut ebpf, name)?
-                .load()
-                .map_err(|source| DataPlaneError::Program { name, source })?;
+            program(&mut ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
         }
         Ok(Self { ebpf })
     }
@@ -76,20 +60,13 @@ impl DataPlane {
     }
 
     /// Attaches a program; it stays attached until this `DataPlane` is dropped.
-    pub fn attach(
-        &mut self,
-        name: &'static str,
-        interface: &str,
-        mode: XdpMode,
-    ) -> Result<XdpLinkId> {
-        self.program(name)?
-            .attach(interface, mode)
-            .map_err(|source| DataPlaneError::Attach {
-                program: name,
-                interface: interface.into(),
-                mode,
-                source,
-            })
+    pub fn attach(&mut self, name: &'static str, interface: &str, mode: XdpMode) -> Result<XdpLinkId> {
+        self.program(name)?.attach(interface, mode).map_err(|source| DataPlaneError::Attach {
+            program: name,
+            interface: interface.into(),
+            mode,
+            source,
+        })
     }
 
     /// Writes mode, edge addresses, services and servers, then the static clients.
@@ -107,35 +84,17 @@ impl DataPlane {
     fn install_static_clients(&mut self, config: &Config) -> Result<()> {
         let mut nat_ports = NatPorts::new(config.edge.nat_port_range());
         for client in &config.clients {
-            let server = config
-                .server_index(&client.server)
-                .expect("validated: clients name known servers");
+            let server = config.server_index(&client.server).expect("validated: clients name known servers");
             let endpoint = endpoint(client.address.ip(), client.address.port());
-            let mut entry = ClientEntry {
-                server,
-                ..Default::default()
-            };
+            let mut entry = ClientEntry { server, ..Default::default() };
             if config.mode == ForwardingMode::Nat {
                 let port = nat_ports.allocate()?;
                 entry.nat_port_be = port.to_be();
                 // Static clients have not said which service address they use:
                 // replies come from the first one of their family.
-                let service = service_endpoints(config)
-                    .find(|s| s.family == endpoint.family)
-                    .unwrap_or_default();
-                let key = NatKey {
-                    edge_port_be: port.to_be(),
-                    family: endpoint.family,
-                    _pad: 0,
-                };
-                self.install_nat_reply(
-                    key,
-                    NatEntry {
-                        client: endpoint,
-                        service,
-                        server,
-                    },
-                )?;
+                let service = service_endpoints(config).find(|s| s.family == endpoint.family).unwrap_or_default();
+                let key = NatKey { edge_port_be: port.to_be(), family: endpoint.family, _pad: 0 };
+                self.install_nat_reply(key, NatEntry { client: endpoint, service, server })?;
             }
             self.install_client(endpoint, entry)?;
         }
@@ -164,14 +123,12 @@ impl DataPlane {
 
     pub fn install_nat_reply(&mut self, key: NatKey, entry: NatEntry) -> Result<()> {
         let mut map: HashMap<_, NatKey, NatEntry> = self.map(NAT_REPLIES_MAP)?;
-        map.insert(key, entry, 0)
-            .map_err(map_error(NAT_REPLIES_MAP))
+        map.insert(key, entry, 0).map_err(map_error(NAT_REPLIES_MAP))
     }
 
     pub fn add_decap_address(&mut self, address: IpAddr) -> Result<()> {
         let mut map: HashMap<_, Endpoint, u8> = self.map(DECAP_ADDRESSES_MAP)?;
-        map.insert(endpoint(address, 0), 1, 0)
-            .map_err(map_error(DECAP_ADDRESSES_MAP))
+        map.insert(endpoint(address, 0), 1, 0).map_err(map_error(DECAP_ADDRESSES_MAP))
     }
 
     /// Every verdict counter, summed over CPUs, in `Counter::ALL` order.
@@ -180,54 +137,38 @@ impl DataPlane {
         Counter::ALL
             .iter()
             .map(|&counter| {
-                let per_cpu = map
-                    .get(&(counter as u32), 0)
-                    .map_err(map_error(COUNTERS_MAP))?;
+                let per_cpu = map.get(&(counter as u32), 0).map_err(map_error(COUNTERS_MAP))?;
                 Ok((counter, per_cpu.iter().sum()))
             })
             .collect()
     }
 
     pub fn counter(&mut self, counter: Counter) -> Result<u64> {
-        Ok(self
-            .counters()?
-            .into_iter()
-            .find(|(c, _)| *c == counter)
-            .map_or(0, |(_, n)| n))
+        Ok(self.counters()?.into_iter().find(|(c, _)| *c == counter).map_or(0, |(_, n)| n))
     }
 
     /// What the fast path sent to the server in slot `index`, summed over CPUs.
     pub fn server_stats(&mut self, index: u32) -> Result<ServerStats> {
         let map: PerCpuArray<_, ServerStats> = self.map(SERVER_STATS_MAP)?;
         let per_cpu = map.get(&index, 0).map_err(map_error(SERVER_STATS_MAP))?;
-        Ok(per_cpu
-            .iter()
-            .fold(ServerStats::default(), |sum, cpu| ServerStats {
-                packets: sum.packets + cpu.packets,
-                bytes: sum.bytes + cpu.bytes,
-            }))
+        Ok(per_cpu.iter().fold(ServerStats::default(), |sum, cpu| ServerStats {
+            packets: sum.packets + cpu.packets,
+            bytes: sum.bytes + cpu.bytes,
+        }))
     }
 
     fn map<'a, M>(&'a mut self, name: &'static str) -> Result<M>
     where
         M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
     {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DataPlaneError::MissingMap(name))?;
+        let map = self.ebpf.map_mut(name).ok_or(DataPlaneError::MissingMap(name))?;
         M::try_from(map).map_err(map_error(name))
     }
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
-    let program = ebpf.program_mut(name).ok_or(DataPlaneError::Program {
-        name,
-        source: ProgramError::NotLoaded,
-    })?;
-    program
-        .try_into()
-        .map_err(|source| DataPlaneError::Program { name, source })
+    let program = ebpf.program_mut(name).ok_or(DataPlaneError::Program { name, source: ProgramError::NotLoaded })?;
+    program.try_into().map_err(|source| DataPlaneError::Program { name, source })
 }
 
 fn map_error(name: &'static str) -> impl Fn(MapError) -> DataPlaneError {
@@ -242,13 +183,11 @@ pub fn endpoint(address: IpAddr, port: u16) -> Endpoint {
 }
 
 pub fn service_endpoints(config: &Config) -> impl Iterator<Item = Endpoint> + '_ {
-    config.service.addresses.iter().flat_map(|&address| {
-        config
-            .service
-            .ports
-            .iter()
-            .map(move |&port| endpoint(address, port))
-    })
+    config
+        .service
+        .addresses
+        .iter()
+        .flat_map(|&address| config.service.ports.iter().map(move |&port| endpoint(address, port)))
 }
 
 pub fn edge_config(config: &Config) -> redirector_ebpf::Config {
@@ -326,19 +265,11 @@ mod tests {
         )
         .unwrap();
         let edge = edge_config(&config);
-        assert_eq!(
-            (edge.mode, edge.flags, edge.edge_v4),
-            (Mode::Nat as u8, CONFIG_HAS_EDGE_V4, [10, 0, 0, 1])
-        );
-        let ports: Vec<u16> = service_endpoints(&config)
-            .map(|s| u16::from_be(s.port_be))
-            .collect();
+        assert_eq!((edge.mode, edge.flags, edge.edge_v4), (Mode::Nat as u8, CONFIG_HAS_EDGE_V4, [10, 0, 0, 1]));
+        let ports: Vec<u16> = service_endpoints(&config).map(|s| u16::from_be(s.port_be)).collect();
         assert_eq!(ports, vec![5060, 5080]);
         let server = server_entry(&config.servers[0]);
-        assert_eq!(
-            (server.flags, server.state),
-            (SERVER_HAS_V6, redirector_ebpf::ServerState::Down as u8)
-        );
+        assert_eq!((server.flags, server.state), (SERVER_HAS_V6, redirector_ebpf::ServerState::Down as u8));
         assert_eq!(u16::from_be(server.port_be), 5060);
     }
 }

@@ -6,5 +6,4 @@ pub mod dataplane;
 pub mod nat_ports;
 
 /// The XDP object built from `redirector-ebpf` by this crate's build script.
-pub static PROGRAM: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));
+pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));

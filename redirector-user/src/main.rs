@@ -63,17 +63,11 @@ fn xdp_mode(mode: AttachMode) -> XdpMode {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match Cli::parse().command {
         Command::Run { config } => run(config).await,
-        Command::Decap {
-            interface,
-            addresses,
-            attach,
-        } => {
+        Command::Decap { interface, addresses, attach } => {
             let mode = match attach {
                 CliAttachMode::Native => AttachMode::Native,
                 CliAttachMode::Skb => AttachMode::Skb,
@@ -88,11 +82,7 @@ async fn run(path: PathBuf) -> Result<()> {
     check_forwarding(&config)?;
     let mut dataplane = DataPlane::load()?;
     dataplane.configure(&config)?;
-    dataplane.attach(
-        REDIRECTOR_PROGRAM,
-        &config.interface,
-        xdp_mode(config.attach),
-    )?;
+    dataplane.attach(REDIRECTOR_PROGRAM, &config.interface, xdp_mode(config.attach))?;
     info!(interface = %config.interface, mode = ?config.mode, attach = ?config.attach, servers = config.servers.len(), clients = config.clients.len(), "redirector attached");
     wait_for_shutdown().await?;
     drop(dataplane);
@@ -119,9 +109,8 @@ fn check_forwarding(config: &Config) -> Result<()> {
         if !needed {
             continue;
         }
-        let value = std::fs::read_to_string(&path).with_context(|| {
-            format!("reading {path}: does interface {} exist?", config.interface)
-        })?;
+        let value = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {path}: does interface {} exist?", config.interface))?;
         if value.trim() != "1" {
             let name = sysctl.replace("{}", &config.interface);
             bail!(
@@ -147,8 +136,7 @@ async fn decap(interface: &str, addresses: &[IpAddr], mode: AttachMode) -> Resul
 }
 
 async fn wait_for_shutdown() -> Result<()> {
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::select! {
         _ = terminate.recv() => info!("SIGTERM received"),

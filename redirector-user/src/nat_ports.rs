@@ -23,11 +23,7 @@ pub struct NatPorts {
 impl NatPorts {
     pub fn new(range: RangeInclusive<u16>) -> Self {
         let next = u32::from(*range.start());
-        Self {
-            range,
-            next,
-            freed: Vec::new(),
-        }
+        Self { range, next, freed: Vec::new() }
     }
 
     pub fn allocate(&mut self) -> Result<u16, NatPortsExhausted> {
@@ -36,11 +32,7 @@ impl NatPorts {
         }
         if self.next > u32::from(*self.range.end()) {
             let (start, end) = (*self.range.start(), *self.range.end());
-            return Err(NatPortsExhausted {
-                start,
-                end,
-                size: self.range.len(),
-            });
+            return Err(NatPortsExhausted { start, end, size: self.range.len() });
         }
         let port = self.next as u16;
         self.next += 1;
@@ -48,8 +40,7 @@ impl NatPorts {
     }
 
     pub fn release(&mut self, port: u16) {
-        if self.range.contains(&port) && u32::from(port) < self.next && !self.freed.contains(&port)
-        {
+        if self.range.contains(&port) && u32::from(port) < self.next && !self.freed.contains(&port) {
             self.freed.push(port);
         }
     }
@@ -65,14 +56,7 @@ mod tests {
         assert_eq!(ports.allocate(), Ok(65534));
         assert_eq!(ports.allocate(), Ok(65535));
         let err = ports.allocate().unwrap_err();
-        assert_eq!(
-            err,
-            NatPortsExhausted {
-                start: 65534,
-                end: 65535,
-                size: 2
-            }
-        );
+        assert_eq!(err, NatPortsExhausted { start: 65534, end: 65535, size: 2 });
         assert!(err.to_string().contains("edge.nat_ports"));
     }
 

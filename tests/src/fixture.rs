@@ -112,31 +112,18 @@ impl Fixture {
             ("10.0.0.12", HOME2_MAC),
             ("10.0.0.13", [0x02, 0, 0, 0, 0, 0x13]),
         ] {
-            ns.ip(&format!(
-                "neigh replace {addr} lladdr {} dev fx0 nud permanent",
-                mac_text(mac)
-            ));
+            ns.ip(&format!("neigh replace {addr} lladdr {} dev fx0 nud permanent", mac_text(mac)));
         }
-        ns.ip(&format!(
-            "neigh replace 10.1.0.5 lladdr {} dev fx2 nud permanent",
-            mac_text(HOME5_MAC)
-        ));
+        ns.ip(&format!("neigh replace 10.1.0.5 lladdr {} dev fx2 nud permanent", mac_text(HOME5_MAC)));
         ns.ip("route add 10.0.0.99/32 dev fx0");
-        for setting in [
-            "net.ipv4.conf.all.forwarding=1",
-            "net.ipv6.conf.all.forwarding=1",
-        ] {
+        for setting in ["net.ipv4.conf.all.forwarding=1", "net.ipv6.conf.all.forwarding=1"] {
             ns.sysctl(setting);
         }
         let config = Config::parse(&config_text(mode)).expect("fixture config");
         let mut dataplane = DataPlane::load().expect("loading the XDP object");
         dataplane.configure(&config).expect("configuring maps");
         let ifindex = ns.ifindex("fx0");
-        Self {
-            ns,
-            dataplane,
-            ifindex,
-        }
+        Self { ns, dataplane, ifindex }
     }
 
     /// Runs `frame` through the redirector program as if it arrived on fx0.
@@ -161,10 +148,7 @@ impl Fixture {
             })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(result.data_size_out as usize);
-        Outcome {
-            action: result.return_value,
-            frame: out,
-        }
+        Outcome { action: result.return_value, frame: out }
     }
 
     pub fn counter(&mut self, counter: Counter) -> u64 {
@@ -178,8 +162,5 @@ impl Fixture {
 }
 
 pub fn mac_text(mac: Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }

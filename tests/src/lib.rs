@@ -17,8 +17,6 @@ pub fn privileged() -> bool {
         std::env::var("CI").as_deref() != Ok("true"),
         "this test needs root (BPF, network namespaces) and CI=true forbids skipping it"
     );
-    eprintln!(
-        "SKIPPED: this test needs root (BPF, network namespaces); run it with sudo or as root"
-    );
+    eprintln!("SKIPPED: this test needs root (BPF, network namespaces); run it with sudo or as root");
     false
 }

@@ -16,11 +16,7 @@ pub struct NetNs {
 impl NetNs {
     /// A fresh namespace named `{prefix}-{pid}-{n}` with loopback up.
     pub fn new(prefix: &str) -> Self {
-        let name = format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
         ns.ip("link set lo up");
@@ -29,17 +25,12 @@ impl NetNs {
 
     /// `ip -n NAME ARGS…` (ARGS split on whitespace); panics with stderr on failure.
     pub fn ip(&self, args: &str) {
-        run(Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args.split_whitespace()));
+        run(Command::new("ip").args(["-n", &self.name]).args(args.split_whitespace()));
     }
 
     /// Runs a command inside the namespace and waits for it.
     pub fn exec(&self, program: &str, args: &[&str]) -> Output {
-        let output = self
-            .command(program, args)
-            .output()
-            .unwrap_or_else(|e| panic!("running {program}: {e}"));
+        let output = self.command(program, args).output().unwrap_or_else(|e| panic!("running {program}: {e}"));
         assert!(
             output.status.success(),
             "{program} {args:?} in {} failed: {}",
@@ -52,9 +43,7 @@ impl NetNs {
     /// A command that will run inside the namespace.
     pub fn command(&self, program: &str, args: &[&str]) -> Command {
         let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.name, program])
-            .args(args);
+        command.args(["netns", "exec", &self.name, program]).args(args);
         command
     }
 
@@ -65,8 +54,7 @@ impl NetNs {
     /// Moves the calling thread into the namespace until the guard drops.
     pub fn enter(&self) -> Entered {
         let original = File::open("/proc/thread-self/ns/net").expect("opening this thread's netns");
-        let target =
-            File::open(format!("/run/netns/{}", self.name)).expect("opening the test netns");
+        let target = File::open(format!("/run/netns/{}", self.name)).expect("opening the test netns");
         setns(&target);
         Entered { original }
     }
@@ -83,9 +71,7 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -106,12 +92,6 @@ fn setns(ns: &File) {
 }
 
 fn run(command: &mut Command) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = command.output().unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
 }

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header,
-    SingleVlanHeader, UdpHeader, VlanId,
+    EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, SingleVlanHeader,
+    UdpHeader, VlanId,
 };
 
 pub type Mac = [u8; 6];
@@ -55,23 +55,15 @@ impl Datagram {
                     dst.octets(),
                 )
                 .unwrap();
-                ip.options = self
-                    .ipv4_options
-                    .as_slice()
-                    .try_into()
-                    .expect("options are a multiple of 4 bytes, at most 40");
+                ip.options =
+                    self.ipv4_options.as_slice().try_into().expect("options are a multiple of 4 bytes, at most 40");
                 ip.total_len = (ip.header_len() + 8 + self.payload.len()) as u16;
                 ip.dscp = etherparse::IpDscp::try_new(self.tos >> 2).unwrap();
                 ip.dont_fragment = false;
                 ip.identification = 0x1234;
                 ip.header_checksum = ip.calc_header_checksum();
-                let mut udp = UdpHeader::with_ipv4_checksum(
-                    self.src.port(),
-                    self.dst.port(),
-                    &ip,
-                    &self.payload,
-                )
-                .unwrap();
+                let mut udp =
+                    UdpHeader::with_ipv4_checksum(self.src.port(), self.dst.port(), &ip, &self.payload).unwrap();
                 if self.zero_udp_checksum {
                     udp.checksum = 0;
                 }
@@ -88,13 +80,7 @@ impl Datagram {
                     source: src.octets(),
                     destination: dst.octets(),
                 };
-                let udp = UdpHeader::with_ipv6_checksum(
-                    self.src.port(),
-                    self.dst.port(),
-                    &ip,
-                    &self.payload,
-                )
-                .unwrap();
+                let udp = UdpHeader::with_ipv6_checksum(self.src.port(), self.dst.port(), &ip, &self.payload).unwrap();
                 out.extend_from_slice(&ip.to_bytes());
                 out.extend_from_slice(&udp.to_bytes());
             }
@@ -105,32 +91,17 @@ impl Datagram {
     }
 
     pub fn ethertype(&self) -> EtherType {
-        if self.src.is_ipv4() {
-            EtherType::IPV4
-        } else {
-            EtherType::IPV6
-        }
+        if self.src.is_ipv4() { EtherType::IPV4 } else { EtherType::IPV6 }
     }
 }
 
 /// An Ethernet frame, optionally with one 802.1Q tag.
-pub fn ethernet(
-    src: Mac,
-    dst: Mac,
-    vlan: Option<u16>,
-    ether_type: EtherType,
-    payload: &[u8],
-) -> Vec<u8> {
+pub fn ethernet(src: Mac, dst: Mac, vlan: Option<u16>, ether_type: EtherType, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     match vlan {
         Some(id) => {
             out.extend_from_slice(
-                &Ethernet2Header {
-                    source: src,
-                    destination: dst,
-                    ether_type: EtherType::VLAN_TAGGED_FRAME,
-                }
-                .to_bytes(),
+                &Ethernet2Header { source: src, destination: dst, ether_type: EtherType::VLAN_TAGGED_FRAME }.to_bytes(),
             );
             let tag = SingleVlanHeader {
                 pcp: Default::default(),
@@ -140,14 +111,7 @@ pub fn ethernet(
             };
             out.extend_from_slice(&tag.to_bytes());
         }
-        None => out.extend_from_slice(
-            &Ethernet2Header {
-                source: src,
-                destination: dst,
-                ether_type,
-            }
-            .to_bytes(),
-        ),
+        None => out.extend_from_slice(&Ethernet2Header { source: src, destination: dst, ether_type }.to_bytes()),
     }
     out.extend_from_slice(payload);
     out
@@ -158,14 +122,7 @@ pub fn ipip(outer_src: IpAddr, outer_dst: IpAddr, inner: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     match (outer_src, outer_dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let mut ip = Ipv4Header::new(
-                inner.len() as u16,
-                64,
-                IpNumber::IPV4,
-                src.octets(),
-                dst.octets(),
-            )
-            .unwrap();
+            let mut ip = Ipv4Header::new(inner.len() as u16, 64, IpNumber::IPV4, src.octets(), dst.octets()).unwrap();
             ip.dscp = etherparse::IpDscp::try_new(inner[1] >> 2).unwrap();
             ip.ecn = etherparse::IpEcn::try_new(inner[1] & 3).unwrap();
             ip.dont_fragment = false;

@@ -17,13 +17,7 @@ const VIP4: &str = "192.0.2.10:5060";
 const VIP6: &str = "[2001:db8::10]:5060";
 
 fn from_client(datagram: &Datagram) -> Vec<u8> {
-    ethernet(
-        CLIENT_MAC,
-        EDGE_MAC,
-        None,
-        datagram.ethertype(),
-        &datagram.ip_packet(),
-    )
+    ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet())
 }
 
 /// Runs `frame` and checks the verdict, the output, and that exactly
@@ -36,13 +30,7 @@ fn check(fx: &mut Fixture, frame: &[u8], action: u32, expected: &[u8], counter: 
     let after = fx.counters();
     for ((name, was), (_, now)) in before.iter().zip(&after) {
         let expected_delta = u64::from(*name == counter);
-        assert_eq!(
-            now - was,
-            expected_delta,
-            "counter {} (expected only {} to count)",
-            name.label(),
-            counter.label()
-        );
+        assert_eq!(now - was, expected_delta, "counter {} (expected only {} to count)", name.label(), counter.label());
     }
 }
 
@@ -56,16 +44,8 @@ fn unknown_client_is_passed_to_user_space_untouched() {
         return;
     }
     let mut fx = Fixture::new("dsr");
-    check_passed_untouched(
-        &mut fx,
-        &from_client(&Datagram::new("10.0.0.2:7777", VIP4)),
-        Counter::PassMiss,
-    );
-    check_passed_untouched(
-        &mut fx,
-        &from_client(&Datagram::new("[fd00::2]:7777", VIP6)),
-        Counter::PassMiss,
-    );
+    check_passed_untouched(&mut fx, &from_client(&Datagram::new("10.0.0.2:7777", VIP4)), Counter::PassMiss);
+    check_passed_untouched(&mut fx, &from_client(&Datagram::new("[fd00::2]:7777", VIP6)), Counter::PassMiss);
 }
 
 #[test]
@@ -81,24 +61,11 @@ fn dsr_v4_hit_is_ipip_encapsulated_to_the_home_server() {
         HOME1_MAC,
         None,
         datagram.ethertype(),
-        &ipip(
-            "10.0.0.1".parse().unwrap(),
-            "10.0.0.11".parse().unwrap(),
-            &inner,
-        ),
+        &ipip("10.0.0.1".parse().unwrap(), "10.0.0.11".parse().unwrap(), &inner),
     );
-    check(
-        &mut fx,
-        &from_client(&datagram),
-        XDP_TX,
-        &expected,
-        Counter::Forwarded,
-    );
+    check(&mut fx, &from_client(&datagram), XDP_TX, &expected, Counter::Forwarded);
     let stats = fx.dataplane.server_stats(0).unwrap();
-    assert_eq!(
-        (stats.packets, stats.bytes),
-        (1, from_client(&datagram).len() as u64)
-    );
+    assert_eq!((stats.packets, stats.bytes), (1, from_client(&datagram).len() as u64));
 }
 
 #[test]
@@ -113,19 +80,9 @@ fn dsr_v6_hit_is_ipv6_in_ipv6_encapsulated() {
         HOME1_MAC,
         None,
         datagram.ethertype(),
-        &ipip(
-            "fd00::1".parse().unwrap(),
-            "fd00::11".parse().unwrap(),
-            &datagram.ip_packet(),
-        ),
+        &ipip("fd00::1".parse().unwrap(), "fd00::11".parse().unwrap(), &datagram.ip_packet()),
     );
-    check(
-        &mut fx,
-        &from_client(&datagram),
-        XDP_TX,
-        &expected,
-        Counter::Forwarded,
-    );
+    check(&mut fx, &from_client(&datagram), XDP_TX, &expected, Counter::Forwarded);
 }
 
 #[test]
@@ -136,23 +93,13 @@ fn dsr_keeps_the_vlan_tag_and_ipv4_options() {
     let mut fx = Fixture::new("dsr");
     let datagram = Datagram::new("10.0.0.2:5060", VIP4)
         .with(|d| d.ipv4_options = vec![0x01, 0x01, 0x01, 0x00, 0x94, 0x04, 0x00, 0x00]);
-    let frame = ethernet(
-        CLIENT_MAC,
-        EDGE_MAC,
-        Some(42),
-        datagram.ethertype(),
-        &datagram.ip_packet(),
-    );
+    let frame = ethernet(CLIENT_MAC, EDGE_MAC, Some(42), datagram.ethertype(), &datagram.ip_packet());
     let expected = ethernet(
         EDGE_MAC,
         HOME1_MAC,
         Some(42),
         datagram.ethertype(),
-        &ipip(
-            "10.0.0.1".parse().unwrap(),
-            "10.0.0.11".parse().unwrap(),
-            &datagram.ip_packet(),
-        ),
+        &ipip("10.0.0.1".parse().unwrap(), "10.0.0.11".parse().unwrap(), &datagram.ip_packet()),
     );
     check(&mut fx, &frame, XDP_TX, &expected, Counter::Forwarded);
 }
@@ -165,20 +112,8 @@ fn nat_v4_hit_rewrites_both_endpoints_with_valid_checksums() {
     let mut fx = Fixture::new("nat");
     let datagram = Datagram::new("10.0.0.2:5060", VIP4);
     let rewritten = Datagram::new("10.0.0.1:20000", "10.0.0.11:5060");
-    let expected = ethernet(
-        EDGE_MAC,
-        HOME1_MAC,
-        None,
-        rewritten.ethertype(),
-        &rewritten.ip_packet(),
-    );
-    check(
-        &mut fx,
-        &from_client(&datagram),
-        XDP_TX,
-        &expected,
-        Counter::Forwarded,
-    );
+    let expected = ethernet(EDGE_MAC, HOME1_MAC, None, rewritten.ethertype(), &rewritten.ip_packet());
+    check(&mut fx, &from_client(&datagram), XDP_TX, &expected, Counter::Forwarded);
 }
 
 #[test]
@@ -196,20 +131,8 @@ fn nat_v4_with_options_vlan_and_zero_udp_checksum() {
         d.ipv4_options = options.clone();
         d.zero_udp_checksum = true;
     });
-    let frame = ethernet(
-        CLIENT_MAC,
-        EDGE_MAC,
-        Some(7),
-        datagram.ethertype(),
-        &datagram.ip_packet(),
-    );
-    let expected = ethernet(
-        EDGE_MAC,
-        HOME1_MAC,
-        Some(7),
-        rewritten.ethertype(),
-        &rewritten.ip_packet(),
-    );
+    let frame = ethernet(CLIENT_MAC, EDGE_MAC, Some(7), datagram.ethertype(), &datagram.ip_packet());
+    let expected = ethernet(EDGE_MAC, HOME1_MAC, Some(7), rewritten.ethertype(), &rewritten.ip_packet());
     check(&mut fx, &frame, XDP_TX, &expected, Counter::Forwarded);
 }
 
@@ -222,20 +145,8 @@ fn nat_v6_hit_rewrites_both_endpoints_with_valid_checksum() {
     let datagram = Datagram::new("[fd00::2]:5060", VIP6);
     // Static clients get nat ports in config order: fd00::2 is the second.
     let rewritten = Datagram::new("[fd00::1]:20001", "[fd00::11]:5060");
-    let expected = ethernet(
-        EDGE_MAC,
-        HOME1_MAC,
-        None,
-        rewritten.ethertype(),
-        &rewritten.ip_packet(),
-    );
-    check(
-        &mut fx,
-        &from_client(&datagram),
-        XDP_TX,
-        &expected,
-        Counter::Forwarded,
-    );
+    let expected = ethernet(EDGE_MAC, HOME1_MAC, None, rewritten.ethertype(), &rewritten.ip_packet());
+    check(&mut fx, &from_client(&datagram), XDP_TX, &expected, Counter::Forwarded);
 }
 
 #[test]
@@ -244,43 +155,19 @@ fn nat_reply_from_the_home_server_is_rewritten_back_to_the_client() {
         return;
     }
     let mut fx = Fixture::new("nat");
-    let reply = Datagram::new("10.0.0.11:5060", "10.0.0.1:20000")
-        .with(|d| d.payload = b"SIP/2.0 200 OK\r\n\r\n".to_vec());
-    let frame = ethernet(
-        HOME1_MAC,
-        EDGE_MAC,
-        None,
-        reply.ethertype(),
-        &reply.ip_packet(),
-    );
+    let reply =
+        Datagram::new("10.0.0.11:5060", "10.0.0.1:20000").with(|d| d.payload = b"SIP/2.0 200 OK\r\n\r\n".to_vec());
+    let frame = ethernet(HOME1_MAC, EDGE_MAC, None, reply.ethertype(), &reply.ip_packet());
     let back = Datagram::new(VIP4, "10.0.0.2:5060").with(|d| d.payload = reply.payload.clone());
-    let expected = ethernet(
-        EDGE_MAC,
-        CLIENT_MAC,
-        None,
-        back.ethertype(),
-        &back.ip_packet(),
-    );
+    let expected = ethernet(EDGE_MAC, CLIENT_MAC, None, back.ethertype(), &back.ip_packet());
     check(&mut fx, &frame, XDP_TX, &expected, Counter::NatReply);
 
     let reply6 = Datagram::new("[fd00::11]:5060", "[fd00::1]:20001");
     let back6 = Datagram::new(VIP6, "[fd00::2]:5060");
-    let expected6 = ethernet(
-        EDGE_MAC,
-        CLIENT_MAC,
-        None,
-        back6.ethertype(),
-        &back6.ip_packet(),
-    );
+    let expected6 = ethernet(EDGE_MAC, CLIENT_MAC, None, back6.ethertype(), &back6.ip_packet());
     check(
         &mut fx,
-        &ethernet(
-            HOME1_MAC,
-            EDGE_MAC,
-            None,
-            reply6.ethertype(),
-            &reply6.ip_packet(),
-        ),
+        &ethernet(HOME1_MAC, EDGE_MAC, None, reply6.ethertype(), &reply6.ip_packet()),
         XDP_TX,
         &expected6,
         Counter::NatReply,
@@ -298,13 +185,7 @@ fn nat_reply_from_anyone_but_the_home_server_is_not_rewritten() {
         Datagram::new("10.0.0.11:5061", "10.0.0.1:20000"),
         Datagram::new("10.0.0.11:5060", "10.0.0.1:29999"),
     ] {
-        let frame = ethernet(
-            HOME2_MAC,
-            EDGE_MAC,
-            None,
-            spoofed.ethertype(),
-            &spoofed.ip_packet(),
-        );
+        let frame = ethernet(HOME2_MAC, EDGE_MAC, None, spoofed.ethertype(), &spoofed.ip_packet());
         check_passed_untouched(&mut fx, &frame, Counter::NotService);
     }
 }
@@ -321,24 +202,10 @@ fn draining_server_keeps_its_clients_and_down_server_passes_them_up() {
         HOME2_MAC,
         None,
         draining.ethertype(),
-        &ipip(
-            "10.0.0.1".parse().unwrap(),
-            "10.0.0.12".parse().unwrap(),
-            &draining.ip_packet(),
-        ),
+        &ipip("10.0.0.1".parse().unwrap(), "10.0.0.12".parse().unwrap(), &draining.ip_packet()),
     );
-    check(
-        &mut fx,
-        &from_client(&draining),
-        XDP_TX,
-        &expected,
-        Counter::Forwarded,
-    );
-    check_passed_untouched(
-        &mut fx,
-        &from_client(&Datagram::new("10.0.0.2:5063", VIP4)),
-        Counter::PassServerDown,
-    );
+    check(&mut fx, &from_client(&draining), XDP_TX, &expected, Counter::Forwarded);
+    check_passed_untouched(&mut fx, &from_client(&Datagram::new("10.0.0.2:5063", VIP4)), Counter::PassServerDown);
 }
 
 #[test]
@@ -348,11 +215,7 @@ fn server_without_a_resolved_neighbour_is_a_fib_miss_passed_untouched() {
     }
     for mode in ["dsr", "nat"] {
         let mut fx = Fixture::new(mode);
-        check_passed_untouched(
-            &mut fx,
-            &from_client(&Datagram::new("10.0.0.2:5064", VIP4)),
-            Counter::FibMiss,
-        );
+        check_passed_untouched(&mut fx, &from_client(&Datagram::new("10.0.0.2:5064", VIP4)), Counter::FibMiss);
     }
 }
 
@@ -368,19 +231,9 @@ fn server_behind_another_interface_is_reached_by_redirect() {
         HOME5_MAC,
         None,
         datagram.ethertype(),
-        &ipip(
-            "10.0.0.1".parse().unwrap(),
-            "10.1.0.5".parse().unwrap(),
-            &datagram.ip_packet(),
-        ),
+        &ipip("10.0.0.1".parse().unwrap(), "10.1.0.5".parse().unwrap(), &datagram.ip_packet()),
     );
-    check(
-        &mut fx,
-        &from_client(&datagram),
-        XDP_REDIRECT,
-        &expected,
-        Counter::Forwarded,
-    );
+    check(&mut fx, &from_client(&datagram), XDP_REDIRECT, &expected, Counter::Forwarded);
 }
 
 #[test]
@@ -391,20 +244,8 @@ fn server_without_an_address_of_the_clients_family_passes() {
     let mut fx = Fixture::new("dsr");
     // home5 has no IPv6 address; pin an IPv6 client to it.
     let client = redirector::dataplane::endpoint("fd00::2".parse().unwrap(), 5070);
-    fx.dataplane
-        .install_client(
-            client,
-            redirector_ebpf::ClientEntry {
-                server: 4,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    check_passed_untouched(
-        &mut fx,
-        &from_client(&Datagram::new("[fd00::2]:5070", VIP6)),
-        Counter::NoAddressForFamily,
-    );
+    fx.dataplane.install_client(client, redirector_ebpf::ClientEntry { server: 4, ..Default::default() }).unwrap();
+    check_passed_untouched(&mut fx, &from_client(&Datagram::new("[fd00::2]:5070", VIP6)), Counter::NoAddressForFamily);
 }
 
 #[test]
@@ -415,13 +256,7 @@ fn fragments_are_passed_to_the_kernel() {
     let mut fx = Fixture::new("dsr");
     let datagram = Datagram::new("10.0.0.2:5060", VIP4);
     for (more, offset) in [(true, 0), (false, 185), (true, 185)] {
-        let frame = ethernet(
-            CLIENT_MAC,
-            EDGE_MAC,
-            None,
-            datagram.ethertype(),
-            &ipv4_fragment(&datagram, more, offset),
-        );
+        let frame = ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &ipv4_fragment(&datagram, more, offset));
         check_passed_untouched(&mut fx, &frame, Counter::Fragment);
     }
     // IPv6: a fragment header (44) after the fixed header.
@@ -429,13 +264,7 @@ fn fragments_are_passed_to_the_kernel() {
     packet[6] = 44;
     check_passed_untouched(
         &mut fx,
-        &ethernet(
-            CLIENT_MAC,
-            EDGE_MAC,
-            None,
-            etherparse::EtherType::IPV6,
-            &packet,
-        ),
+        &ethernet(CLIENT_MAC, EDGE_MAC, None, etherparse::EtherType::IPV6, &packet),
         Counter::Fragment,
     );
 }
@@ -448,13 +277,7 @@ fn every_truncation_of_the_headers_is_passed_untouched_and_counted_malformed() {
     let mut fx = Fixture::new("dsr");
     let v4 = Datagram::new("10.0.0.2:5060", VIP4);
     let v6 = Datagram::new("[fd00::2]:5060", VIP6);
-    let tagged = ethernet(
-        CLIENT_MAC,
-        EDGE_MAC,
-        Some(5),
-        v4.ethertype(),
-        &v4.ip_packet(),
-    );
+    let tagged = ethernet(CLIENT_MAC, EDGE_MAC, Some(5), v4.ethertype(), &v4.ip_packet());
     for full in [from_client(&v4), from_client(&v6), tagged] {
         // BPF_PROG_TEST_RUN refuses frames below an Ethernet header (EINVAL),
         // so cuts start there; every shorter-than-whole frame is still
@@ -472,12 +295,11 @@ fn inconsistent_ip_headers_are_passed_untouched_and_counted_malformed() {
     }
     let mut fx = Fixture::new("dsr");
     let good = from_client(&Datagram::new("10.0.0.2:5060", VIP4));
-    let edits: [(&str, fn(&mut Vec<u8>)); 4] = [
+    type Edit = (&'static str, fn(&mut Vec<u8>));
+    let edits: [Edit; 4] = [
         ("IHL below 5", |f| f[14] = 0x44),
         ("version 6 in an IPv4 ethertype", |f| f[14] = 0x65),
-        ("total length beyond the frame", |f| {
-            f[17] = f[17].wrapping_add(1)
-        }),
+        ("total length beyond the frame", |f| f[17] = f[17].wrapping_add(1)),
         ("total length below the header", |f| {
             f[16] = 0;
             f[17] = 19
@@ -487,11 +309,7 @@ fn inconsistent_ip_headers_are_passed_untouched_and_counted_malformed() {
         let mut frame = good.clone();
         edit(&mut frame);
         let outcome = fx.run(&frame);
-        assert_eq!(
-            (outcome.action, &outcome.frame),
-            (XDP_PASS, &frame),
-            "{what}"
-        );
+        assert_eq!((outcome.action, &outcome.frame), (XDP_PASS, &frame), "{what}");
     }
     assert_eq!(fx.counter(Counter::Malformed), 4);
 }
@@ -515,11 +333,7 @@ fn udp_length_lies_to_a_service_are_dropped_and_short_lengths_are_legal() {
     short[udp_len_at..udp_len_at + 2].copy_from_slice(&8u16.to_be_bytes());
     let outcome = fx.run(&short);
     assert_eq!(outcome.action, XDP_TX);
-    assert_eq!(
-        &outcome.frame[14 + 20..],
-        &short[14..],
-        "inner packet carried unchanged"
-    );
+    assert_eq!(&outcome.frame[14 + 20..], &short[14..], "inner packet carried unchanged");
 }
 
 #[test]
@@ -531,15 +345,8 @@ fn ethernet_padding_after_the_ip_packet_is_carried_along() {
     let datagram = Datagram::new("10.0.0.2:5060", VIP4).with(|d| d.payload = b"x".to_vec());
     let mut frame = from_client(&datagram);
     frame.resize(60, 0);
-    let rewritten =
-        Datagram::new("10.0.0.1:20000", "10.0.0.11:5060").with(|d| d.payload = b"x".to_vec());
-    let mut expected = ethernet(
-        EDGE_MAC,
-        HOME1_MAC,
-        None,
-        rewritten.ethertype(),
-        &rewritten.ip_packet(),
-    );
+    let rewritten = Datagram::new("10.0.0.1:20000", "10.0.0.11:5060").with(|d| d.payload = b"x".to_vec());
+    let mut expected = ethernet(EDGE_MAC, HOME1_MAC, None, rewritten.ethertype(), &rewritten.ip_packet());
     expected.resize(60, 0);
     check(&mut fx, &frame, XDP_TX, &expected, Counter::Forwarded);
 }
@@ -554,20 +361,8 @@ fn traffic_that_is_not_ours_is_passed_untouched() {
     let other_address = from_client(&Datagram::new("10.0.0.2:5060", "192.0.2.11:5060"));
     let mut tcp = Datagram::new("10.0.0.2:5060", VIP4).ip_packet();
     tcp[9] = 6;
-    let tcp = ethernet(
-        CLIENT_MAC,
-        EDGE_MAC,
-        None,
-        etherparse::EtherType::IPV4,
-        &tcp,
-    );
-    let arp = ethernet(
-        CLIENT_MAC,
-        [0xff; 6],
-        None,
-        etherparse::EtherType::ARP,
-        &[0u8; 28],
-    );
+    let tcp = ethernet(CLIENT_MAC, EDGE_MAC, None, etherparse::EtherType::IPV4, &tcp);
+    let arp = ethernet(CLIENT_MAC, [0xff; 6], None, etherparse::EtherType::ARP, &[0u8; 28]);
     let to_edge_not_nat = from_client(&Datagram::new("10.0.0.2:5060", "10.0.0.1:22"));
     for frame in [other_port, other_address, tcp, arp, to_edge_not_nat] {
         check_passed_untouched(&mut fx, &frame, Counter::NotService);
@@ -580,40 +375,22 @@ fn decapsulator_strips_tunnels_to_its_addresses_only() {
         return;
     }
     let mut fx = Fixture::new("dsr");
-    fx.dataplane
-        .add_decap_address("10.0.0.11".parse().unwrap())
-        .unwrap();
-    fx.dataplane
-        .add_decap_address("fd00::11".parse().unwrap())
-        .unwrap();
-    for (client, vip, edge, home) in [
-        ("10.0.0.2:5060", VIP4, "10.0.0.1", "10.0.0.11"),
-        ("[fd00::2]:5060", VIP6, "fd00::1", "fd00::11"),
-    ] {
+    fx.dataplane.add_decap_address("10.0.0.11".parse().unwrap()).unwrap();
+    fx.dataplane.add_decap_address("fd00::11".parse().unwrap()).unwrap();
+    for (client, vip, edge, home) in
+        [("10.0.0.2:5060", VIP4, "10.0.0.1", "10.0.0.11"), ("[fd00::2]:5060", VIP6, "fd00::1", "fd00::11")]
+    {
         let inner = Datagram::new(client, vip);
         let tunnelled = ethernet(
             EDGE_MAC,
             HOME1_MAC,
             Some(3),
             inner.ethertype(),
-            &ipip(
-                edge.parse().unwrap(),
-                home.parse().unwrap(),
-                &inner.ip_packet(),
-            ),
+            &ipip(edge.parse().unwrap(), home.parse().unwrap(), &inner.ip_packet()),
         );
         let outcome = fx.run_program(DECAP_PROGRAM, &tunnelled);
         assert_eq!(outcome.action, XDP_PASS);
-        assert_eq!(
-            outcome.frame,
-            ethernet(
-                EDGE_MAC,
-                HOME1_MAC,
-                Some(3),
-                inner.ethertype(),
-                &inner.ip_packet()
-            )
-        );
+        assert_eq!(outcome.frame, ethernet(EDGE_MAC, HOME1_MAC, Some(3), inner.ethertype(), &inner.ip_packet()));
     }
     assert_eq!(fx.counter(Counter::Decapsulated), 2);
     let elsewhere = ethernet(

@@ -1,1 +1,142 @@
-fn main() {}
+//! `cargo xtask …`: set up a machine, build, lint, test, run the demo and
+//! the benchmarks. Every step prints what it runs.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "redirector's developer and operator tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (apt packages, bpf-linker,
+    /// test peers). Idempotent; needs root to install.
+    Setup,
+    /// Build the XDP object (release, BTF) that redirector embeds.
+    BuildEbpf,
+    /// rustfmt and clippy (host crates, and the XDP program for its BPF target).
+    Lint,
+    /// Set up, then run every test: host unit tests, BPF fixtures,
+    /// property tests and network-namespace end-to-end tests.
+    Test,
+    /// Run the daemon: `cargo xtask run -- --config FILE`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then show the fast path at work in network namespaces.
+    Demo,
+    /// Set up, then measure per-packet costs as ratios to a minimal program.
+    Bench {
+        /// Fewer repetitions, for a first look and for CI.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::ensure(),
+        Task::BuildEbpf => build_ebpf(),
+        Task::Lint => lint(),
+        Task::Test => {
+            setup::ensure()?;
+            test()
+        }
+        Task::Run { args } => cargo(
+            &[&["run", "--release", "--package", "redirector-user", "--bin", "redirector", "--"], &as_strs(&args)[..]]
+                .concat(),
+        ),
+        Task::Demo => {
+            setup::ensure()?;
+            cargo(&["run", "--release", "--package", "redirector-tests", "--bin", "demo"])
+        }
+        Task::Bench { quick } => {
+            setup::ensure()?;
+            let mut args = vec!["run", "--release", "--package", "redirector-tests", "--bin", "bench", "--"];
+            if quick {
+                args.push("--quick");
+            }
+            cargo(&args)
+        }
+    }
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// redirector-user's build script builds the object; building the crate is
+/// the one way to get it, so it is never stale.
+fn build_ebpf() -> Result<()> {
+    cargo(&["build", "--release", "--package", "redirector-user"])?;
+    println!("XDP object: target/ebpf/bpfel-unknown-none/release/redirector (embedded in target/release/redirector)");
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--exclude", "redirector-ebpf", "--", "-D", "warnings"])?;
+    // On the host only the shared-types library of the eBPF crate compiles.
+    cargo(&["clippy", "--package", "redirector-ebpf", "--lib", "--", "-D", "warnings"])?;
+    lint_bpf_program()
+}
+
+/// The program only compiles for the BPF target, so it is linted with the
+/// clippy that matches the rustc building it (Debian's rust-web-clippy).
+fn lint_bpf_program() -> Result<()> {
+    let clippy = "/usr/bin/cargo-clippy";
+    if !std::path::Path::new(clippy).exists() {
+        bail!("{clippy} is missing: run `cargo xtask setup` (it installs rust-web-clippy)");
+    }
+    run_command(
+        Command::new(clippy)
+            .args([
+                "clippy",
+                "--package",
+                "redirector-ebpf",
+                "--bin",
+                "redirector",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+            ])
+            .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
+            .env("RUSTC", "/usr/bin/rustc")
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
+}
+
+fn test() -> Result<()> {
+    cargo(&["test", "--workspace", "--exclude", "redirector-ebpf"])
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    run_command(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
+}
+
+pub fn run_command(command: &mut Command) -> Result<()> {
+    println!("+ {}", describe(command));
+    let status = command.status().with_context(|| format!("starting {}", describe(command)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(command));
+    }
+    Ok(())
+}
+
+fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|s| s.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

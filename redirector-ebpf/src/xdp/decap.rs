@@ -20,18 +20,14 @@ pub fn strip_tunnel(ctx: &XdpContext) -> Counter {
         Ok(ip) => ip,
         Err(counter) => return counter,
     };
-    let inner_protocol = if ip.family == FAMILY_V4 {
-        IPPROTO_IPIP
-    } else {
-        IPPROTO_IPV6
-    };
+    let inner_protocol = if ip.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
     if ip.protocol != inner_protocol {
         return Counter::NotService;
     }
     let Some(outer_dst) = outer_destination(ctx, &ip) else {
         return Counter::Malformed;
     };
-    if unsafe { DECAP_ADDRESSES.get(&outer_dst) }.is_none() {
+    if unsafe { DECAP_ADDRESSES.get(outer_dst) }.is_none() {
         return Counter::NotService;
     }
     let outer_len = ip.l4 - ip.l3;

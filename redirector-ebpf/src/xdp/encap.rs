@@ -14,11 +14,7 @@ use super::{
 /// Bytes the outer header adds for a packet of this family.
 #[inline(always)]
 pub const fn overhead(family: u8) -> usize {
-    if family == FAMILY_V4 {
-        IPV4_HLEN
-    } else {
-        IPV6_HLEN
-    }
+    if family == FAMILY_V4 { IPV4_HLEN } else { IPV6_HLEN }
 }
 
 /// Grows the frame at the front and writes the outer header. `None` means
@@ -32,11 +28,7 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, src: &Endpoint, dst: &Endpoint) ->
         return None;
     }
     move_l2_header(ctx, grow, ip.vlan)?;
-    if ip.family == FAMILY_V4 {
-        write_ipv4(ctx, ip, grow, src, dst)
-    } else {
-        write_ipv6(ctx, ip, grow, src, dst)
-    }
+    if ip.family == FAMILY_V4 { write_ipv4(ctx, ip, grow, src, dst) } else { write_ipv6(ctx, ip, grow, src, dst) }
 }
 
 /// Copies the Ethernet header (and VLAN tag) from `from` to the frame start.
@@ -59,13 +51,7 @@ fn move_l2_header(ctx: &XdpContext, grown: usize, vlan: bool) -> Option<()> {
 }
 
 #[inline(always)]
-fn write_ipv4(
-    ctx: &XdpContext,
-    ip: &Ip,
-    grow: usize,
-    src: &Endpoint,
-    dst: &Endpoint,
-) -> Option<()> {
+fn write_ipv4(ctx: &XdpContext, ip: &Ip, grow: usize, src: &Endpoint, dst: &Endpoint) -> Option<()> {
     let inner: *const Ipv4Hdr = ptr_at(ctx, ip.l3 + grow)?;
     let tos = unsafe { (*inner).tos };
     let total = ((ip.len + IPV4_HLEN) as u16).to_be_bytes();
@@ -87,20 +73,9 @@ fn write_ipv4(
 }
 
 #[inline(always)]
-fn write_ipv6(
-    ctx: &XdpContext,
-    ip: &Ip,
-    grow: usize,
-    src: &Endpoint,
-    dst: &Endpoint,
-) -> Option<()> {
+fn write_ipv6(ctx: &XdpContext, ip: &Ip, grow: usize, src: &Endpoint, dst: &Endpoint) -> Option<()> {
     let inner: *const Ipv6Hdr = ptr_at(ctx, ip.l3 + grow)?;
-    let (byte0, byte1) = unsafe {
-        (
-            (*inner).version_class_flow[0],
-            (*inner).version_class_flow[1],
-        )
-    };
+    let (byte0, byte1) = unsafe { ((*inner).version_class_flow[0], (*inner).version_class_flow[1]) };
     let payload = (ip.len as u16).to_be_bytes();
     let outer: *mut Ipv6Hdr = ptr_at(ctx, ip.l3)?;
     unsafe {

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use redirector_ebpf::{
-    COUNTER_COUNT, ClientEntry, Config, Endpoint, MAX_CLIENTS, MAX_DECAP_ADDRESSES, MAX_SERVERS,
-    MAX_SERVICES, NatEntry, NatKey, Server, ServerStats,
+    COUNTER_COUNT, ClientEntry, Config, Endpoint, MAX_CLIENTS, MAX_DECAP_ADDRESSES, MAX_SERVERS, MAX_SERVICES,
+    NatEntry, NatKey, Server, ServerStats,
 };
 
 #[map]
@@ -20,8 +20,7 @@ pub static SERVICES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_SERVI
 pub static SERVERS: Array<Server> = Array::with_max_entries(MAX_SERVERS, 0);
 
 #[map]
-pub static CLIENTS: LruHashMap<Endpoint, ClientEntry> =
-    LruHashMap::with_max_entries(MAX_CLIENTS, 0);
+pub static CLIENTS: LruHashMap<Endpoint, ClientEntry> = LruHashMap::with_max_entries(MAX_CLIENTS, 0);
 
 #[map]
 pub static NAT_REPLIES: LruHashMap<NatKey, NatEntry> = LruHashMap::with_max_entries(MAX_CLIENTS, 0);
@@ -34,8 +33,7 @@ pub static SERVER_STATS: PerCpuArray<ServerStats> = PerCpuArray::with_max_entrie
 
 /// Outer destinations redirector_decap strips (port 0); the value is unused.
 #[map]
-pub static DECAP_ADDRESSES: HashMap<Endpoint, u8> =
-    HashMap::with_max_entries(MAX_DECAP_ADDRESSES, 0);
+pub static DECAP_ADDRESSES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRESSES, 0);
 
 #[inline(always)]
 pub fn count(counter: u32) {

@@ -38,12 +38,7 @@ pub fn rewrite(ctx: &XdpContext, ip: &Ip, src: &Endpoint, dst: &Endpoint) -> Opt
 /// Rewrites both IPv4 addresses and the header checksum; returns the diff
 /// the UDP pseudo-header saw.
 #[inline(always)]
-fn rewrite_ipv4_addresses(
-    ctx: &XdpContext,
-    ip: &Ip,
-    src: &Endpoint,
-    dst: &Endpoint,
-) -> Option<u32> {
+fn rewrite_ipv4_addresses(ctx: &XdpContext, ip: &Ip, src: &Endpoint, dst: &Endpoint) -> Option<u32> {
     let hdr: *mut Ipv4Hdr = ptr_at(ctx, ip.l3)?;
     let old: *mut [u8; 8] = ptr_at(ctx, ip.l3 + IPV4_ADDRS_AT)?;
     let mut new = [0u8; 8];
@@ -59,12 +54,7 @@ fn rewrite_ipv4_addresses(
 }
 
 #[inline(always)]
-fn rewrite_ipv6_addresses(
-    ctx: &XdpContext,
-    ip: &Ip,
-    src: &Endpoint,
-    dst: &Endpoint,
-) -> Option<u32> {
+fn rewrite_ipv6_addresses(ctx: &XdpContext, ip: &Ip, src: &Endpoint, dst: &Endpoint) -> Option<u32> {
     let old: *mut [u8; 32] = ptr_at(ctx, ip.l3 + IPV6_ADDRS_AT)?;
     let mut new = [0u8; 32];
     new[..16].copy_from_slice(&src.addr);
@@ -78,13 +68,5 @@ fn rewrite_ipv6_addresses(
 #[inline(always)]
 fn csum_diff<const N: usize>(old: *mut [u8; N], new: &mut [u8; N], seed: u32) -> u32 {
     // SAFETY: both pointers cover N readable bytes (packet bounds checked by the caller).
-    unsafe {
-        bpf_csum_diff(
-            old.cast(),
-            N as u32,
-            new.as_mut_ptr().cast(),
-            N as u32,
-            seed,
-        ) as u32
-    }
+    unsafe { bpf_csum_diff(old.cast(), N as u32, new.as_mut_ptr().cast(), N as u32, seed) as u32 }
 }

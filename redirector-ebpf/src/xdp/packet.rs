@@ -68,25 +68,14 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize, vlan: bool, frame_len: usize) -> Resu
     if fragment {
         return Err(Counter::Fragment);
     }
-    Ok(Ip {
-        l3,
-        vlan,
-        family: FAMILY_V4,
-        l4: l3 + header_len,
-        len,
-        protocol,
-    })
+    Ok(Ip { l3, vlan, family: FAMILY_V4, l4: l3 + header_len, len, protocol })
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, l3: usize, vlan: bool, frame_len: usize) -> Result<Ip, Counter> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3).ok_or(Counter::Malformed)?;
     let (version, payload_len, next_header) = unsafe {
-        (
-            (*ip).version_class_flow[0] >> 4,
-            u16::from_be_bytes((*ip).payload_len) as usize,
-            (*ip).next_header,
-        )
+        ((*ip).version_class_flow[0] >> 4, u16::from_be_bytes((*ip).payload_len) as usize, (*ip).next_header)
     };
     let len = IPV6_HLEN + payload_len;
     if version != 6 || l3 + len > frame_len {
@@ -95,14 +84,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize, vlan: bool, frame_len: usize) -> Resu
     if next_header == IPV6_FRAGMENT {
         return Err(Counter::Fragment);
     }
-    Ok(Ip {
-        l3,
-        vlan,
-        family: FAMILY_V6,
-        l4: l3 + IPV6_HLEN,
-        len,
-        protocol: next_header,
-    })
+    Ok(Ip { l3, vlan, family: FAMILY_V6, l4: l3 + IPV6_HLEN, len, protocol: next_header })
 }
 
 /// A UDP datagram's endpoints as read from the packet.
@@ -124,28 +106,13 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<Datagram, Counter> {
         return Err(Counter::Malformed);
     }
     let udp: *const UdpHdr = ptr_at(ctx, ip.l4).ok_or(Counter::Malformed)?;
-    let (sport, dport) = unsafe {
-        (
-            u16::from_ne_bytes((*udp).src),
-            u16::from_ne_bytes((*udp).dst),
-        )
-    };
+    let (sport, dport) = unsafe { (u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst)) };
     let (src, dst) = if ip.family == FAMILY_V4 {
         let hdr: *const Ipv4Hdr = ptr_at(ctx, ip.l3).ok_or(Counter::Malformed)?;
-        unsafe {
-            (
-                Endpoint::v4((*hdr).src, sport),
-                Endpoint::v4((*hdr).dst, dport),
-            )
-        }
+        unsafe { (Endpoint::v4((*hdr).src, sport), Endpoint::v4((*hdr).dst, dport)) }
     } else {
         let hdr: *const Ipv6Hdr = ptr_at(ctx, ip.l3).ok_or(Counter::Malformed)?;
-        unsafe {
-            (
-                Endpoint::v6((*hdr).src, sport),
-                Endpoint::v6((*hdr).dst, dport),
-            )
-        }
+        unsafe { (Endpoint::v6((*hdr).src, sport), Endpoint::v6((*hdr).dst, dport)) }
     };
     Ok(Datagram { ip, src, dst })
 }

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use redirector_ebpf::{
-    CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter, Endpoint, FAMILY_V4,
-    Mode, NatKey, SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState,
+    CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter, Endpoint, FAMILY_V4, Mode, NatKey,
+    SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState,
 };
 
 use super::{
@@ -69,7 +69,7 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
     let Some(config) = CONFIG.get(0) else {
         return NOT_SERVICE;
     };
-    let service = unsafe { SERVICES.get(&datagram.dst) }.is_some();
+    let service = unsafe { SERVICES.get(datagram.dst) }.is_some();
     if service {
         if !udp_length_ok(ctx, &datagram.ip) {
             return MALFORMED_OURS;
@@ -84,7 +84,7 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
 
 #[inline(always)]
 fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict {
-    let Some(client) = (unsafe { CLIENTS.get(&datagram.src) }) else {
+    let Some(client) = (unsafe { CLIENTS.get(datagram.src) }) else {
         return PASS_MISS;
     };
     let client: ClientEntry = *client;
@@ -94,10 +94,9 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     if !ServerState::forwards(server.state) {
         return Verdict::new(xdp_action::XDP_PASS, Counter::PassServerDown);
     }
-    let (Some(edge), Some(server_addr)) = (
-        edge_endpoint(config, datagram.ip.family, client.nat_port_be),
-        server_endpoint(server, datagram.ip.family),
-    ) else {
+    let (Some(edge), Some(server_addr)) =
+        (edge_endpoint(config, datagram.ip.family, client.nat_port_be), server_endpoint(server, datagram.ip.family))
+    else {
         return NO_ADDRESS;
     };
     let received_bytes = (ctx.data_end() - ctx.data()) as u64;
@@ -114,43 +113,23 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
 
 // A separate BPF subprogram: its stack does not add to its siblings'.
 #[inline(never)]
-fn forward_dsr(
-    ctx: &XdpContext,
-    datagram: &Datagram,
-    edge: &Endpoint,
-    server: &Endpoint,
-) -> Verdict {
+fn forward_dsr(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &Endpoint) -> Verdict {
     let ip = &datagram.ip;
     let mut hop = NextHop::default();
-    if !route::lookup(
-        ctx,
-        edge,
-        server,
-        ip.len + encap::overhead(ip.family),
-        &mut hop,
-    ) {
+    if !route::lookup(ctx, edge, server, ip.len + encap::overhead(ip.family), &mut hop) {
         return FIB_MISS;
     }
     let len_before = ctx.data_end() - ctx.data();
     if encap::encapsulate(ctx, ip, edge, server).is_none() {
         let unchanged = ctx.data_end() - ctx.data() == len_before;
-        return if unchanged {
-            Verdict::new(xdp_action::XDP_PASS, Counter::NoHeadroom)
-        } else {
-            BROKEN
-        };
+        return if unchanged { Verdict::new(xdp_action::XDP_PASS, Counter::NoHeadroom) } else { BROKEN };
     }
     transmit(ctx, &hop, ip.vlan)
 }
 
 // A separate BPF subprogram: its stack does not add to its siblings'.
 #[inline(never)]
-fn forward_nat(
-    ctx: &XdpContext,
-    datagram: &Datagram,
-    edge: &Endpoint,
-    server: &Endpoint,
-) -> Verdict {
+fn forward_nat(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &Endpoint) -> Verdict {
     if edge.port_be == 0 {
         return PASS_MISS;
     }
@@ -167,12 +146,8 @@ fn forward_nat(
 // A separate BPF subprogram: its stack does not add to its siblings'.
 #[inline(never)]
 fn route_nat_reply(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
-    let key = NatKey {
-        edge_port_be: datagram.dst.port_be,
-        family: datagram.ip.family,
-        _pad: 0,
-    };
-    let Some(entry) = (unsafe { NAT_REPLIES.get(&key) }) else {
+    let key = NatKey { edge_port_be: datagram.dst.port_be, family: datagram.ip.family, _pad: 0 };
+    let Some(entry) = (unsafe { NAT_REPLIES.get(key) }) else {
         return NOT_SERVICE;
     };
     let Some(server) = SERVERS.get(entry.server) else {

@@ -25,23 +25,15 @@ pub struct NextHop {
 /// passes it to the kernel. (`hop` is an out-parameter because BPF
 /// subprograms cannot return aggregates.)
 #[inline(never)]
-pub fn lookup(
-    ctx: &XdpContext,
-    src: &Endpoint,
-    dst: &Endpoint,
-    len: usize,
-    hop: &mut NextHop,
-) -> bool {
+pub fn lookup(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, len: usize, hop: &mut NextHop) -> bool {
     // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.ifindex = ctx.ingress_ifindex() as u32;
     params.__bindgen_anon_1.tot_len = len as u16;
     if src.family == FAMILY_V4 {
         params.family = AF_INET;
-        params.__bindgen_anon_3.ipv4_src =
-            u32::from_ne_bytes([src.addr[0], src.addr[1], src.addr[2], src.addr[3]]);
-        params.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([dst.addr[0], dst.addr[1], dst.addr[2], dst.addr[3]]);
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src.addr[0], src.addr[1], src.addr[2], src.addr[3]]);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst.addr[0], dst.addr[1], dst.addr[2], dst.addr[3]]);
     } else {
         params.family = AF_INET6;
         params.__bindgen_anon_3.ipv6_src = words(&src.addr);
@@ -53,11 +45,7 @@ pub fn lookup(
     if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return false;
     }
-    *hop = NextHop {
-        ifindex: params.ifindex,
-        smac: params.smac,
-        dmac: params.dmac,
-    };
+    *hop = NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac };
     true
 }
 
@@ -66,12 +54,7 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
     let mut out = [0u32; 4];
     let mut i = 0;
     while i < 4 {
-        out[i] = u32::from_ne_bytes([
-            addr[4 * i],
-            addr[4 * i + 1],
-            addr[4 * i + 2],
-            addr[4 * i + 3],
-        ]);
+        out[i] = u32::from_ne_bytes([addr[4 * i], addr[4 * i + 1], addr[4 * i + 2], addr[4 * i + 3]]);
         i += 1;
     }
     out
@@ -93,9 +76,5 @@ pub fn send(ctx: &XdpContext, hop: &NextHop, vlan: bool) -> Option<u32> {
     }
     // SAFETY: plain helper call; it returns XDP_REDIRECT or XDP_ABORTED.
     let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
-    Some(if action == xdp_action::XDP_REDIRECT {
-        action
-    } else {
-        xdp_action::XDP_DROP
-    })
+    Some(if action == xdp_action::XDP_REDIRECT { action } else { xdp_action::XDP_DROP })
 }
