@@ -9,7 +9,7 @@ use redirector::{
     config::{AttachMode, Config},
     dataplane::DataPlane,
 };
-use redirector_ebpf::{DECAP_PROGRAM, REDIRECTOR_PROGRAM};
+use redirector_ebpf::{DECAP_PROGRAM, PASS_PROGRAM, REDIRECTOR_PROGRAM};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
@@ -45,6 +45,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CliAttachMode::Native)]
         attach: CliAttachMode,
     },
+    /// Attach a pass-through XDP program to INTERFACE until SIGINT/SIGTERM.
+    /// Native XDP_TX on a veth only delivers when the veth's peer runs an
+    /// XDP program too: run this on the peer of the edge interface.
+    Pass {
+        #[arg(long, short)]
+        interface: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,7 +79,14 @@ async fn main() -> Result<()> {
                 CliAttachMode::Native => AttachMode::Native,
                 CliAttachMode::Skb => AttachMode::Skb,
             };
-            decap(&interface, &addresses, mode).await
+            let mut dataplane = DataPlane::load()?;
+            for &address in &addresses {
+                dataplane.add_decap_address(address)?;
+            }
+            hold_attached(dataplane, DECAP_PROGRAM, &interface, mode).await
+        }
+        Command::Pass { interface } => {
+            hold_attached(DataPlane::load()?, PASS_PROGRAM, &interface, AttachMode::Native).await
         }
     }
 }
@@ -122,16 +136,18 @@ fn check_forwarding(config: &Config) -> Result<()> {
     Ok(())
 }
 
-async fn decap(interface: &str, addresses: &[IpAddr], mode: AttachMode) -> Result<()> {
-    let mut dataplane = DataPlane::load()?;
-    for &address in addresses {
-        dataplane.add_decap_address(address)?;
-    }
-    dataplane.attach(DECAP_PROGRAM, interface, xdp_mode(mode))?;
-    info!(interface, ?addresses, "decapsulator attached");
+/// Attaches `program` and keeps it attached until SIGINT or SIGTERM.
+async fn hold_attached(
+    mut dataplane: DataPlane,
+    program: &'static str,
+    interface: &str,
+    mode: AttachMode,
+) -> Result<()> {
+    dataplane.attach(program, interface, xdp_mode(mode))?;
+    info!(program, interface, "attached");
     wait_for_shutdown().await?;
     drop(dataplane);
-    info!(interface, "decapsulator detached");
+    info!(program, interface, "detached");
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 pub mod fixture;
 pub mod netns;
 pub mod packets;
+pub mod topology;
 
 /// Whether privileged tests can run. Without root they are skipped with a
 /// message, except under `CI=true`, where a skip is a failure.

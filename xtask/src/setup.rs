@@ -21,6 +21,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libzstd-dev", "linked by bpf-linker's LLVM 22 build"),
     ("iproute2", "network namespaces, veth and bridges for the tests and the demo"),
     ("procps", "sysctl, for forwarding in test namespaces"),
+    ("ethtool", "turns off veth checksum offload in test namespaces"),
     ("sip-tester", "SIPp, the SIP traffic generator of the end-to-end tests"),
 ];
 

@@ -1,0 +1,334 @@
+//! A small SIP pool in network namespaces: a client, an edge and home
+//! servers on one bridge (itself in a namespace, so the host is untouched).
+//!
+//! ```text
+//!  client 10.77.0.2 ─┐
+//!  edge   10.77.0.1 ─┼─ br0 (namespace "lan")     service 192.0.2.10:5060
+//!  homeN  10.77.0.1N ┘                            (on the edge's and homes' lo)
+//! ```
+//! The edge runs `redirector run` on `e0`; in dsr mode each home runs
+//! `redirector decap` on its interface, with the service address on lo.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::netns::NetNs;
+
+pub const SERVICE: &str = "192.0.2.10:5060";
+pub const EDGE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+/// Where a home server listens: the service address in dsr mode (packets
+/// arrive addressed to it and replies must come from it), any address in
+/// nat mode (the edge rewrites the destination to the home's own address).
+pub fn home_listen_address(mode: &str) -> &'static str {
+    if mode == "dsr" { SERVICE } else { "0.0.0.0:5060" }
+}
+
+pub fn home_address(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, 11 + index as u8)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    Native,
+    Skb,
+}
+
+impl Attach {
+    pub fn name(self) -> &'static str {
+        match self {
+            Attach::Native => "native",
+            Attach::Skb => "skb",
+        }
+    }
+}
+
+pub struct Topology {
+    pub lan: NetNs,
+    pub client: NetNs,
+    pub edge: NetNs,
+    pub homes: Vec<NetNs>,
+    pub mode: &'static str,
+    pub attach: Attach,
+    /// `redirector run` on the edge, once started.
+    edge_daemon: Option<Child>,
+    /// Decapsulators and pass programs; killed on drop if still running.
+    daemons: Vec<Child>,
+    workdir: tempdir::Dir,
+}
+
+impl Topology {
+    /// Builds the namespaces and links; nothing is attached yet.
+    pub fn new(mode: &'static str, attach: Attach, homes: usize) -> Self {
+        let lan = NetNs::new("rdr-lan");
+        lan.ip("link add br0 type bridge");
+        lan.ip("link set br0 up");
+        let client = host(&lan, "rdr-client", "c", CLIENT, 0x02);
+        let edge = host(&lan, "rdr-edge", "e", EDGE, 0x01);
+        edge.ip("addr add 192.0.2.10/32 dev lo");
+        edge.sysctl("net.ipv4.conf.all.forwarding=1");
+        edge.sysctl("net.ipv4.conf.e0.forwarding=1");
+        client.ip(&format!("route add 192.0.2.10/32 via {EDGE}"));
+        let homes: Vec<NetNs> = (0..homes)
+            .map(|i| {
+                let home = host(&lan, "rdr-home", &format!("h{i}"), home_address(i), 0x11 + i as u8);
+                home.ip("addr add 192.0.2.10/32 dev lo");
+                // Decapsulated packets arrive on h0 from a client address.
+                home.sysctl("net.ipv4.conf.all.rp_filter=0");
+                home.sysctl(&format!("net.ipv4.conf.h{i}0.rp_filter=0"));
+                home
+            })
+            .collect();
+        // Static neighbours everywhere: a burst sent before ARP resolves
+        // would otherwise overflow the kernel's unresolved queue (~90
+        // packets), and the edge's very first packet needs a FIB answer.
+        let edge_neighbours: Vec<(Ipv4Addr, u8)> = std::iter::once((CLIENT, 0x02))
+            .chain((0..homes.len()).map(|i| (home_address(i), 0x11 + i as u8)))
+            .collect();
+        add_neighbours(&edge, "e0", &edge_neighbours);
+        add_neighbours(&client, "c0", &[(EDGE, 0x01)]);
+        for (i, home) in homes.iter().enumerate() {
+            add_neighbours(home, &format!("h{i}0"), &[(EDGE, 0x01), (CLIENT, 0x02)]);
+        }
+        Self {
+            lan,
+            client,
+            edge,
+            homes,
+            mode,
+            attach,
+            edge_daemon: None,
+            daemons: Vec::new(),
+            workdir: tempdir::Dir::new(),
+        }
+    }
+
+    /// The edge config: every home server, and `clients` pinned to home 0.
+    pub fn config(&self, clients: &[SocketAddr]) -> String {
+        let mut text = format!(
+            "interface = \"e0\"\nmode = \"{}\"\nattach = \"{}\"\n[service]\naddresses = [\"192.0.2.10\"]\nports = [5060]\n[edge]\nipv4 = \"{EDGE}\"\n",
+            self.mode,
+            self.attach.name()
+        );
+        for i in 0..self.homes.len() {
+            text += &format!("[[servers]]\nname = \"home{i}\"\nipv4 = \"{}\"\n", home_address(i));
+        }
+        for client in clients {
+            text += &format!("[[clients]]\naddress = \"{client}\"\nserver = \"home0\"\n");
+        }
+        text
+    }
+
+    /// Starts `redirector run` on the edge (and the decapsulators in dsr
+    /// mode) and waits until the programs are attached.
+    pub fn start(&mut self, clients: &[SocketAddr]) {
+        let path = self.workdir.path().join("edge.toml");
+        std::fs::write(&path, self.config(clients)).expect("writing the edge config");
+        if self.attach == Attach::Native {
+            // Native XDP_TX on a veth delivers only if the peer runs XDP too.
+            self.lan_pass_programs();
+        }
+        self.edge_daemon = Some(spawn(&self.edge, &["run", "--config", path.to_str().unwrap()]));
+        wait_for_xdp(&self.edge, "e0");
+        if self.mode == "dsr" {
+            for i in 0..self.homes.len() {
+                let interface = format!("h{i}0");
+                let address = home_address(i).to_string();
+                let decap = spawn(
+                    &self.homes[i],
+                    &["decap", "--interface", &interface, "--address", &address, "--attach", self.attach.name()],
+                );
+                self.daemons.push(decap);
+                wait_for_xdp(&self.homes[i], &interface);
+            }
+        }
+    }
+
+    /// Stops the edge daemon with SIGTERM; returns whether it exited 0 and
+    /// whether e0 is free of XDP afterwards.
+    pub fn stop_edge(&mut self) -> (bool, bool) {
+        let mut run = self.edge_daemon.take().expect("the edge daemon was started");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
+        let status = wait_bounded(&mut run, Duration::from_secs(10));
+        (status, !has_xdp(&self.edge, "e0"))
+    }
+
+    fn lan_pass_programs(&mut self) {
+        let mut ports = vec!["e0-br".to_string(), "c0-br".to_string()];
+        ports.extend((0..self.homes.len()).map(|i| format!("h{i}0-br")));
+        for port in ports {
+            let child = spawn(&self.lan, &["pass", "--interface", &port]);
+            self.daemons.push(child);
+            wait_for_xdp(&self.lan, &port);
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for daemon in self.edge_daemon.iter_mut().chain(&mut self.daemons) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+    }
+}
+
+/// A namespace `{prefix}` with veth `{name}0` whose peer `{name}0-br` is on br0.
+fn host(lan: &NetNs, prefix: &str, name: &str, address: Ipv4Addr, mac_tail: u8) -> NetNs {
+    let ns = NetNs::new(prefix);
+    let inner = format!("{name}0");
+    let outer = format!("{name}0-br");
+    lan.ip(&format!("link add {outer} type veth peer name {inner} address {} netns {}", mac(mac_tail), ns.name));
+    lan.ip(&format!("link set {outer} master br0 up"));
+    ns.ip(&format!("addr add {address}/24 dev {inner}"));
+    ns.ip(&format!("link set {inner} up"));
+    // veth leaves UDP checksums to "offload"; a frame that then crosses a
+    // native XDP program loses that note and arrives with a bad checksum.
+    // Real NICs deliver complete checksums, so the hosts compute them.
+    ns.exec("ethtool", &["-K", &inner, "tx", "off"]);
+    ns
+}
+
+fn add_neighbours(ns: &NetNs, interface: &str, neighbours: &[(Ipv4Addr, u8)]) {
+    for (address, mac_tail) in neighbours {
+        ns.ip(&format!("neigh replace {address} lladdr {} dev {interface} nud permanent", mac(*mac_tail)));
+    }
+}
+
+pub fn mac(tail: u8) -> String {
+    format!("02:00:00:00:00:{tail:02x}")
+}
+
+/// The `redirector` binary built beside the test executables.
+pub fn redirector_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("exe dir");
+    let candidates = [dir.join("redirector"), dir.parent().expect("target dir").join("redirector")];
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!(
+            "no redirector binary beside {}: run `cargo build -p redirector-user` (cargo xtask test does)",
+            exe.display()
+        )
+    })
+}
+
+fn spawn(ns: &NetNs, args: &[&str]) -> Child {
+    let binary = redirector_binary();
+    ns.command(binary.to_str().unwrap(), args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting redirector {args:?}: {e}"))
+}
+
+pub fn has_xdp(ns: &NetNs, interface: &str) -> bool {
+    let out = ns.exec("ip", &["-d", "link", "show", "dev", interface]);
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+fn wait_for_xdp(ns: &NetNs, interface: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !has_xdp(ns, interface) {
+        assert!(Instant::now() < deadline, "no XDP program attached to {interface} in {} after 20 s", ns.name);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for redirector") {
+            return status.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A UDP socket bound inside `ns` (it stays in that namespace).
+pub fn socket_in(ns: &NetNs, address: &str) -> UdpSocket {
+    let _inside = ns.enter();
+    let socket = UdpSocket::bind(address).unwrap_or_else(|e| panic!("binding {address} in {}: {e}", ns.name));
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    // A burst must not overflow the default ~200 KiB buffer before it is read.
+    let size: libc::c_int = 4 << 20;
+    // SAFETY: setsockopt on an open socket with a correctly sized int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+    socket
+}
+
+/// Receives until `expected` datagrams arrived or `limit` passed.
+pub fn receive(socket: &UdpSocket, expected: usize, limit: Duration) -> Vec<(SocketAddr, Vec<u8>)> {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while got.len() < expected && Instant::now() < deadline {
+        if let Ok((len, from)) = socket.recv_from(&mut buf) {
+            got.push((from, buf[..len].to_vec()));
+        }
+    }
+    got
+}
+
+/// Answers every datagram with "echo:" + payload, `count` times at most.
+pub fn echo(socket: UdpSocket, count: usize, limit: Duration) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        let mut answered = 0;
+        let mut buf = [0u8; 2048];
+        while answered < count && Instant::now() < deadline {
+            if let Ok((len, from)) = socket.recv_from(&mut buf) {
+                let reply = [b"echo:".as_slice(), &buf[..len]].concat();
+                socket.send_to(&reply, from).expect("echo reply");
+                answered += 1;
+            }
+        }
+        answered
+    })
+}
+
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A directory under the system temp dir, removed on drop.
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new() -> Self {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!("redirector-test-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&path).expect("creating a temp dir");
+            Self(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

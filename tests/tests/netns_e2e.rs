@@ -1,0 +1,98 @@
+//! End to end in network namespaces: the real `redirector run` attached to
+//! the edge (native and skb), real datagrams from a client to the service
+//! address, real sockets on the home server and the edge.
+
+use std::{net::SocketAddr, time::Duration};
+
+use redirector_tests::{
+    privileged,
+    topology::{Attach, CLIENT, SERVICE, Topology, echo, home_listen_address, receive, socket_in},
+};
+
+const DATAGRAMS: usize = 200;
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A pinned client sends DATAGRAMS to the service; all reach home 0 (not the
+/// edge's own socket) and every echo comes back to the client from the
+/// service address. Then SIGTERM detaches the program cleanly.
+fn pinned_client_reaches_its_home_server(mode: &'static str, attach: Attach) {
+    let mut topology = Topology::new(mode, attach, 2);
+    let client_address: SocketAddr = format!("{CLIENT}:5060").parse().unwrap();
+    let edge_socket = socket_in(&topology.edge, SERVICE);
+    let home_socket = socket_in(&topology.homes[0], home_listen_address(mode));
+    let other_home_socket = socket_in(&topology.homes[1], home_listen_address(mode));
+    let client = socket_in(&topology.client, &client_address.to_string());
+    topology.start(&[client_address]);
+
+    let echoes = echo(home_socket, DATAGRAMS, WAIT);
+    for i in 0..DATAGRAMS {
+        client.send_to(format!("REGISTER {i}").as_bytes(), SERVICE).unwrap();
+    }
+    let replies = receive(&client, DATAGRAMS, WAIT);
+    let answered = echoes.join().unwrap();
+    if answered != DATAGRAMS {
+        let stats = topology.homes[0].exec("nstat", &["-az", "UdpRcvbufErrors", "UdpInCsumErrors", "UdpInErrors"]);
+        eprintln!("home UDP stats: {}", String::from_utf8_lossy(&stats.stdout));
+    }
+    assert_eq!(answered, DATAGRAMS, "{mode}/{attach:?}: datagrams answered by the home server");
+    assert_eq!(replies.len(), DATAGRAMS, "{mode}/{attach:?}: replies back at the client");
+    let service: SocketAddr = SERVICE.parse().unwrap();
+    assert!(replies.iter().all(|(from, _)| *from == service), "replies come from the service address");
+    let mut payloads: Vec<String> = replies.iter().map(|(_, p)| String::from_utf8_lossy(p).into_owned()).collect();
+    payloads.sort();
+    let mut sent: Vec<String> = (0..DATAGRAMS).map(|i| format!("echo:REGISTER {i}")).collect();
+    sent.sort();
+    assert_eq!(payloads, sent, "every datagram arrived once, unchanged");
+    assert!(receive(&edge_socket, 1, Duration::from_millis(300)).is_empty(), "the fast path kept them from the edge");
+    assert!(receive(&other_home_socket, 1, Duration::from_millis(100)).is_empty(), "nothing went to another home");
+
+    let (exited_cleanly, detached) = topology.stop_edge();
+    assert!(exited_cleanly, "redirector run exits 0 on SIGTERM");
+    assert!(detached, "no XDP program left on e0");
+}
+
+#[test]
+fn dsr_native_forwards_to_the_home_server_which_answers_directly() {
+    if privileged() {
+        pinned_client_reaches_its_home_server("dsr", Attach::Native);
+    }
+}
+
+#[test]
+fn dsr_skb_forwards_to_the_home_server_which_answers_directly() {
+    if privileged() {
+        pinned_client_reaches_its_home_server("dsr", Attach::Skb);
+    }
+}
+
+#[test]
+fn nat_native_forwards_and_rewrites_replies_back() {
+    if privileged() {
+        pinned_client_reaches_its_home_server("nat", Attach::Native);
+    }
+}
+
+#[test]
+fn nat_skb_forwards_and_rewrites_replies_back() {
+    if privileged() {
+        pinned_client_reaches_its_home_server("nat", Attach::Skb);
+    }
+}
+
+#[test]
+fn unknown_client_reaches_the_edges_own_socket() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Native, 1);
+    let edge_socket = socket_in(&topology.edge, SERVICE);
+    let home_socket = socket_in(&topology.homes[0], SERVICE);
+    let client = socket_in(&topology.client, &format!("{CLIENT}:5099"));
+    topology.start(&[format!("{CLIENT}:5060").parse().unwrap()]);
+    for i in 0..DATAGRAMS {
+        client.send_to(format!("first contact {i}").as_bytes(), SERVICE).unwrap();
+    }
+    let at_edge = receive(&edge_socket, DATAGRAMS, WAIT);
+    assert_eq!(at_edge.len(), DATAGRAMS, "every first-contact datagram reached the edge's socket");
+    assert!(receive(&home_socket, 1, Duration::from_millis(300)).is_empty(), "none reached the home server");
+}
