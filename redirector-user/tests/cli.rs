@@ -1,0 +1,43 @@
+//! The binary's contract with an operator: helpful --help, and a bad config
+//! refused before anything touches the kernel, naming the field.
+
+use std::process::Command;
+
+fn redirector(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_redirector")).args(args).output().expect("running redirector")
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let out = redirector(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for subcommand in ["run", "decap", "pass"] {
+        assert!(help.contains(subcommand), "--help mentions {subcommand}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_config_is_refused_with_the_field_named() {
+    let dir = std::env::temp_dir().join(format!("redirector-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "interface = \"eth0\"\nmode = \"dsr\"\n[service]\naddresses = [\"192.0.2.10\"]\n[edge]\nipv4 = \"10.0.0.1\"\n\
+         [[servers]]\nname = \"home1\"\nipv4 = \"10.0.0.11\"\n[[clients]]\naddress = \"10.0.0.2:5060\"\nserver = \"home2\"\n",
+    )
+    .unwrap();
+    let out = redirector(&["run", "--config", path.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("clients[0].server") && stderr.contains("home2"), "{stderr}");
+}
+
+#[test]
+fn missing_config_file_says_which_file() {
+    let out = redirector(&["run", "--config", "/nonexistent/redirector.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/redirector.toml"));
+}
