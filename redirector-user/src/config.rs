@@ -286,6 +286,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let example = include_str!("../../redirector.example.toml");
+        let config = Config::parse(example).unwrap();
+        assert_eq!(config.servers.len(), 2);
+    }
+
+    #[test]
     fn valid_config_gets_defaults_and_indexes() {
         let config = Config::parse(VALID).unwrap();
         assert_eq!(config.service.ports, vec![5060]);

@@ -109,8 +109,9 @@ impl Topology {
         }
     }
 
-    /// The edge config: every home server, and `clients` pinned to home 0.
-    pub fn config(&self, clients: &[SocketAddr]) -> String {
+    /// The edge config: every home server, and each client pinned to the
+    /// home server of the given index.
+    pub fn config(&self, clients: &[(SocketAddr, usize)]) -> String {
         let mut text = format!(
             "interface = \"e0\"\nmode = \"{}\"\nattach = \"{}\"\n[service]\naddresses = [\"192.0.2.10\"]\nports = [5060]\n[edge]\nipv4 = \"{EDGE}\"\n",
             self.mode,
@@ -119,15 +120,15 @@ impl Topology {
         for i in 0..self.homes.len() {
             text += &format!("[[servers]]\nname = \"home{i}\"\nipv4 = \"{}\"\n", home_address(i));
         }
-        for client in clients {
-            text += &format!("[[clients]]\naddress = \"{client}\"\nserver = \"home0\"\n");
+        for (client, home) in clients {
+            text += &format!("[[clients]]\naddress = \"{client}\"\nserver = \"home{home}\"\n");
         }
         text
     }
 
     /// Starts `redirector run` on the edge (and the decapsulators in dsr
     /// mode) and waits until the programs are attached.
-    pub fn start(&mut self, clients: &[SocketAddr]) {
+    pub fn start(&mut self, clients: &[(SocketAddr, usize)]) {
         let path = self.workdir.path().join("edge.toml");
         std::fs::write(&path, self.config(clients)).expect("writing the edge config");
         if self.attach == Attach::Native {

@@ -22,7 +22,7 @@ fn pinned_client_reaches_its_home_server(mode: &'static str, attach: Attach) {
     let home_socket = socket_in(&topology.homes[0], home_listen_address(mode));
     let other_home_socket = socket_in(&topology.homes[1], home_listen_address(mode));
     let client = socket_in(&topology.client, &client_address.to_string());
-    topology.start(&[client_address]);
+    topology.start(&[(client_address, 0)]);
 
     let echoes = echo(home_socket, DATAGRAMS, WAIT);
     for i in 0..DATAGRAMS {
@@ -88,7 +88,7 @@ fn unknown_client_reaches_the_edges_own_socket() {
     let edge_socket = socket_in(&topology.edge, SERVICE);
     let home_socket = socket_in(&topology.homes[0], SERVICE);
     let client = socket_in(&topology.client, &format!("{CLIENT}:5099"));
-    topology.start(&[format!("{CLIENT}:5060").parse().unwrap()]);
+    topology.start(&[(format!("{CLIENT}:5060").parse().unwrap(), 0)]);
     for i in 0..DATAGRAMS {
         client.send_to(format!("first contact {i}").as_bytes(), SERVICE).unwrap();
     }

@@ -57,6 +57,8 @@ fn main() -> Result<()> {
         ),
         Task::Demo => {
             setup::ensure()?;
+            // The demo starts the daemon binary in its namespaces.
+            cargo(&["build", "--release", "--package", "redirector-user", "--bin", "redirector"])?;
             cargo(&["run", "--release", "--package", "redirector-tests", "--bin", "demo"])
         }
         Task::Bench { quick } => {
@@ -116,8 +118,48 @@ fn lint_bpf_program() -> Result<()> {
     )
 }
 
+/// Runs the tests, echoing cargo's output, and closes with one tally line.
 fn test() -> Result<()> {
-    cargo(&["test", "--workspace", "--exclude", "redirector-ebpf"])
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(["test", "--workspace", "--exclude", "redirector-ebpf"]).stdout(std::process::Stdio::piped());
+    println!("+ {}", describe(&command));
+    let mut child = command.spawn().context("starting cargo test")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some((p, f)) = tally(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("tests failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Passed and failed counts from a libtest summary line.
+fn tally(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| {
+        rest.split(';').find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(word)?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    Some((count(" passed")?, count(" failed")?))
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {

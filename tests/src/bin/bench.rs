@@ -1,0 +1,179 @@
+//! Per-packet cost of the XDP program through BPF_PROG_TEST_RUN, as ratios
+//! to a minimal XDP_PASS program measured the same way in the same run.
+//! `cargo xtask bench [--quick]`; writes target/bench/xdp.json.
+//!
+//! The kernel does not restore a frame's bytes between repetitions, so a
+//! path that rewrites the frame would be a hit only once. Two methods:
+//! * `repeat`: one call, 1,000,000 repetitions timed by the kernel. NAT hits
+//!   are made fixed points: the rewritten datagram (edge → home) is itself
+//!   a pinned client of a service, so every repetition rewrites it to the
+//!   same bytes through the full hit path.
+//! * `single`: dsr grows the frame, so it has no fixed point; 1,000,000
+//!   calls of one repetition each, every one on a fresh copy, timed by the
+//!   kernel per call (which adds the kernel timer's own cost to every case,
+//!   the baseline included).
+//!
+//! Every case asserts that all repetitions were counted on its path.
+
+use aya::programs::{TestRun, TestRunOptions};
+use redirector::dataplane::endpoint;
+use redirector_ebpf::{ClientEntry, Counter, PASS_PROGRAM, REDIRECTOR_PROGRAM};
+use redirector_tests::{
+    fixture::{CLIENT_MAC, EDGE_MAC, Fixture},
+    packets::{Datagram, ethernet},
+};
+
+const RUNS: u32 = 1_000_000;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Method {
+    Repeat,
+    Single,
+}
+
+struct Case {
+    name: &'static str,
+    method: Method,
+    nat: bool,
+    program: &'static str,
+    frame: Vec<u8>,
+    counter: Option<Counter>,
+}
+
+fn frame(src: &str, dst: &str) -> Vec<u8> {
+    let datagram = Datagram::new(src, dst);
+    ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet())
+}
+
+fn cases() -> Vec<Case> {
+    let hit4 = frame("10.0.0.2:5060", "192.0.2.10:5060");
+    let hit6 = frame("[fd00::2]:5060", "[2001:db8::10]:5060");
+    let mut malformed = hit4.clone();
+    malformed.truncate(30);
+    let case = |name, method, nat, program, frame: &Vec<u8>, counter| Case {
+        name,
+        method,
+        nat,
+        program,
+        frame: frame.clone(),
+        counter,
+    };
+    use Method::{Repeat, Single};
+    vec![
+        case("baseline: XDP_PASS program", Repeat, false, PASS_PROGRAM, &hit4, None),
+        case("hit, nat, IPv4", Repeat, true, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
+        case("hit, nat, IPv6", Repeat, true, REDIRECTOR_PROGRAM, &hit6, Some(Counter::Forwarded)),
+        case(
+            "miss (first contact)",
+            Repeat,
+            false,
+            REDIRECTOR_PROGRAM,
+            &frame("10.0.0.2:7777", "192.0.2.10:5060"),
+            Some(Counter::PassMiss),
+        ),
+        case("malformed", Repeat, false, REDIRECTOR_PROGRAM, &malformed, Some(Counter::Malformed)),
+        case(
+            "not for the service",
+            Repeat,
+            false,
+            REDIRECTOR_PROGRAM,
+            &frame("10.0.0.2:5060", "192.0.2.99:5060"),
+            Some(Counter::NotService),
+        ),
+        case("baseline: XDP_PASS program", Single, false, PASS_PROGRAM, &hit4, None),
+        case("hit, dsr, IPv4", Single, false, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
+        case("hit, dsr, IPv6", Single, false, REDIRECTOR_PROGRAM, &hit6, Some(Counter::Forwarded)),
+    ]
+}
+
+/// Makes the nat rewrite a fixed point (see the module docs): the edge's
+/// nat endpoint, talking to home1's address as a service, is pinned to home1
+/// with the same nat port.
+fn make_nat_hits_fixed_points(fx: &mut Fixture) {
+    for (edge, home, nat_port) in [("10.0.0.1", "10.0.0.11", 20000), ("fd00::1", "fd00::11", 20001)] {
+        fx.dataplane.add_service(endpoint(home.parse().unwrap(), 5060)).unwrap();
+        let entry = ClientEntry { server: 0, nat_port_be: u16::to_be(nat_port), _pad: 0 };
+        fx.dataplane.install_client(endpoint(edge.parse().unwrap(), nat_port), entry).unwrap();
+    }
+}
+
+/// Average nanoseconds per run, as the kernel timed them.
+fn measure(fx: &mut Fixture, case: &Case) -> f64 {
+    let before = case.counter.map(|c| fx.counter(c));
+    let mut ctx = [0u32; 6];
+    ctx[1] = case.frame.len() as u32;
+    ctx[3] = fx.ifindex;
+    let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let (calls, repeat) = match case.method {
+        Method::Repeat => (1, RUNS),
+        Method::Single => (RUNS, 1),
+    };
+    let mut total_ns = 0u128;
+    {
+        let _inside = fx.ns.enter();
+        let program = fx.dataplane.program(case.program).expect("program");
+        for _ in 0..calls {
+            let result = program
+                .test_run(TestRunOptions {
+                    data_in: Some(&case.frame),
+                    ctx_in: Some(&ctx_bytes),
+                    repeat,
+                    ..Default::default()
+                })
+                .expect("BPF_PROG_TEST_RUN");
+            total_ns += result.duration.as_nanos();
+        }
+    }
+    if let (Some(counter), Some(before)) = (case.counter, before) {
+        let moved = fx.counter(counter) - before;
+        assert_eq!(moved, u64::from(RUNS), "{}: every run must be counted as {}", case.name, counter.label());
+    }
+    total_ns as f64 / f64::from(calls)
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rounds = if quick { 1 } else { 5 };
+    let mut plain = Fixture::new("dsr");
+    let mut nat = Fixture::new("nat");
+    make_nat_hits_fixed_points(&mut nat);
+    let cases = cases();
+    // Rounds interleave the cases so drift on a shared 2-core machine hits all alike.
+    let mut samples = vec![Vec::new(); cases.len()];
+    for _ in 0..rounds {
+        for (case, out) in cases.iter().zip(&mut samples) {
+            let fx = if case.nat { &mut nat } else { &mut plain };
+            out.push(measure(fx, case));
+        }
+    }
+    let medians: Vec<f64> = samples.into_iter().map(median).collect();
+    let mut json = Vec::new();
+    for (method, title) in [
+        (Method::Repeat, format!("one call, repeat {RUNS}")),
+        (Method::Single, format!("{RUNS} calls of one run each, fresh frame every time")),
+    ] {
+        let baseline =
+            cases.iter().zip(&medians).find(|(c, _)| c.method == method && c.program == PASS_PROGRAM).unwrap().1;
+        println!("\nXDP per-packet cost, BPF_PROG_TEST_RUN {title}, median of {rounds} round(s)");
+        println!("{:<28} {:>10} {:>8}", "case", "ns/packet", "ratio");
+        for (case, ns) in cases.iter().zip(&medians).filter(|(c, _)| c.method == method) {
+            println!("{:<28} {:>10.1} {:>8.2}", case.name, ns, ns / baseline);
+            let method = if method == Method::Repeat { "repeat" } else { "single" };
+            json.push(format!(
+                "{{\"case\":\"{}\",\"method\":\"{method}\",\"ns_per_packet\":{ns:.2},\"ratio_to_baseline\":{:.3}}}",
+                case.name,
+                ns / baseline
+            ));
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).expect("creating target/bench");
+    let body = format!("{{\"runs\":{RUNS},\"rounds\":{rounds},\"results\":[{}]}}\n", json.join(","));
+    std::fs::write(dir.join("xdp.json"), body).expect("writing target/bench/xdp.json");
+    println!("\nwrote target/bench/xdp.json");
+}
