@@ -132,10 +132,7 @@ impl Fixture {
     }
 
     pub fn run_program(&mut self, program: &'static str, frame: &[u8]) -> Outcome {
-        let mut ctx = [0u32; 6];
-        ctx[1] = frame.len() as u32;
-        ctx[3] = self.ifindex;
-        let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|word| word.to_ne_bytes()).collect();
+        let ctx_bytes = self.xdp_md(frame);
         let mut out = vec![0u8; frame.len() + 256];
         let _inside = self.ns.enter();
         let program = self.dataplane.program(program).expect("program");
@@ -149,6 +146,13 @@ impl Fixture {
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(result.data_size_out as usize);
         Outcome { action: result.return_value, frame: out }
+    }
+
+    /// The `xdp_md` context BPF_PROG_TEST_RUN wants: the frame arriving on fx0.
+    pub fn xdp_md(&self, frame: &[u8]) -> Vec<u8> {
+        // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let ctx = [0, frame.len() as u32, 0, self.ifindex, 0, 0];
+        ctx.iter().flat_map(|word| word.to_ne_bytes()).collect()
     }
 
     pub fn counter(&mut self, counter: Counter) -> u64 {

@@ -100,10 +100,7 @@ fn make_nat_hits_fixed_points(fx: &mut Fixture) {
 /// Average nanoseconds per run, as the kernel timed them.
 fn measure(fx: &mut Fixture, case: &Case) -> f64 {
     let before = case.counter.map(|c| fx.counter(c));
-    let mut ctx = [0u32; 6];
-    ctx[1] = case.frame.len() as u32;
-    ctx[3] = fx.ifindex;
-    let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ctx_bytes = fx.xdp_md(&case.frame);
     let (calls, repeat) = match case.method {
         Method::Repeat => (1, RUNS),
         Method::Single => (RUNS, 1),
