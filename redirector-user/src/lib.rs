@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dataplane;
 pub mod nat_ports;
+pub mod sip;
 
 /// The XDP object built from `redirector-ebpf` by this crate's build script.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));

@@ -1,0 +1,13 @@
+//! SIP over UDP: a zero-copy message scanner (RFC 3261 §7, §20, §25) and
+//! the few header grammars first contact needs (Via, name-addr URIs, CSeq).
+
+mod message;
+mod uri;
+mod via;
+
+pub use message::{Header, HeaderKind, Message, ParseError, StartLine, split_list, unfold};
+pub use uri::{Aor, NameAddr, tag};
+pub use via::Via;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+//! name-addr / addr-spec values (To, From, Contact) and the address of
+//! record a client is known by.
+
+use std::fmt;
+
+use super::ParseError;
+
+/// A To / From / Contact value split into its URI and header parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddr<'a> {
+    pub uri: &'a str,
+    /// Parameters after the URI (`;tag=…`), unparsed.
+    pub params: &'a str,
+}
+
+impl<'a> NameAddr<'a> {
+    pub fn parse(value: &'a str, header: &'static str) -> Result<Self, ParseError> {
+        let malformed = ParseError::Malformed(header);
+        let value = value.trim();
+        if let Some(open) = find_unquoted(value, '<') {
+            let close = value[open..].find('>').ok_or(malformed.clone())? + open;
+            let uri = value[open + 1..close].trim();
+            let params = value[close + 1..].trim();
+            if uri.is_empty() || !(params.is_empty() || params.starts_with(';')) {
+                return Err(malformed);
+            }
+            return Ok(Self { uri, params });
+        }
+        // addr-spec without brackets: parameters belong to the header.
+        let (uri, params) = value.split_once(';').map_or((value, ""), |(u, p)| (u, p));
+        if uri.is_empty() || uri.contains(char::is_whitespace) {
+            return Err(malformed);
+        }
+        Ok(Self { uri: uri.trim(), params: params.trim() })
+    }
+}
+
+fn find_unquoted(value: &str, target: char) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == target && !quoted => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The `tag` parameter of a To / From value, if any.
+pub fn tag(value: &str) -> Option<&str> {
+    let params = NameAddr::parse(value, "To").ok()?.params;
+    params.split(';').find_map(|p| {
+        let (key, val) = p.split_once('=')?;
+        key.trim().eq_ignore_ascii_case("tag").then(|| val.trim()).filter(|v| !v.is_empty())
+    })
+}
+
+/// An address of record in canonical form (RFC 3261 §10.3): scheme (`sips`
+/// folded into `sip`), user as given, host lower-cased; no port, no
+/// parameters, no headers. The key a client's assignment is stored under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Aor(String);
+
+impl Aor {
+    pub fn from_uri(uri: &str, header: &'static str) -> Result<Self, ParseError> {
+        let malformed = ParseError::Malformed(header);
+        let (scheme, rest) = uri.split_once(':').ok_or(malformed.clone())?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme == "tel" {
+            let number = rest.split([';', '?']).next().unwrap_or("");
+            return if number.is_empty() { Err(malformed) } else { Ok(Self(format!("tel:{number}"))) };
+        }
+        if scheme != "sip" && scheme != "sips" {
+            return Err(malformed);
+        }
+        let rest = rest.split([';', '?']).next().unwrap_or("");
+        let (user, hostport) = match rest.rsplit_once('@') {
+            Some((user, hostport)) => (Some(user.split(':').next().unwrap_or(user)), hostport),
+            None => (None, rest),
+        };
+        let host = if hostport.starts_with('[') {
+            hostport.split_inclusive(']').next().unwrap_or(hostport)
+        } else {
+            hostport.split(':').next().unwrap_or(hostport)
+        };
+        if host.is_empty() || user.is_some_and(str::is_empty) {
+            return Err(malformed);
+        }
+        let host = host.to_ascii_lowercase();
+        Ok(Self(match user {
+            Some(user) => format!("sip:{user}@{host}"),
+            None => format!("sip:{host}"),
+        }))
+    }
+
+    /// Parses a stored canonical AOR back (trusted input).
+    pub fn from_canonical(text: String) -> Self {
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Aor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
