@@ -3,8 +3,11 @@
 
 pub mod config;
 pub mod dataplane;
+pub mod first_contact;
 pub mod nat_ports;
+pub mod rendezvous;
 pub mod sip;
+pub mod store;
 
 /// The XDP object built from `redirector-ebpf` by this crate's build script.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));

@@ -2,6 +2,7 @@
 //! the few header grammars first contact needs (Via, name-addr URIs, CSeq).
 
 mod message;
+pub mod response;
 mod uri;
 mod via;
 

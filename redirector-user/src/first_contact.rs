@@ -1,0 +1,422 @@
+//! What the daemon does with a datagram the fast path passed up: the
+//! client's first contact. Pure decisions returning `Action`s; sockets and
+//! maps are the caller's (see `daemon`).
+//!
+//! * A request straight from its client (one Via value) is answered with a
+//!   `302` naming the client's home server; a request already forwarded by
+//!   another proxy (more Via values) is proxied statelessly (RFC 3261
+//!   §16.11). `Policy` can force either.
+//! * The client is its address of record: the `To` URI of a REGISTER, the
+//!   `From` URI of any other request.
+//! * A client that talked to us directly has its source address put on the
+//!   fast path. A forwarded request's source is the upstream proxy, which
+//!   speaks for many clients, so it is never installed.
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::{
+    rendezvous::{self, Candidate},
+    sip::{
+        Aor, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
+        response::{self, Basis},
+        tag, unfold,
+    },
+    store::{Assignment, AssignmentStore, StoreError},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Redirect requests with one Via value, proxy the others.
+    #[default]
+    Auto,
+    /// Redirect everything (the response goes back along the Vias).
+    Redirect,
+    /// Proxy everything (for clients that do not follow 302 for REGISTER).
+    Proxy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HomeState {
+    Active,
+    Draining,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HomeServer {
+    pub name: String,
+    /// Slot in the kernel's SERVERS map.
+    pub index: u32,
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    pub port: u16,
+    pub state: HomeState,
+    pub weight: f64,
+}
+
+impl HomeServer {
+    /// The server's SIP address in the family of `peer`.
+    pub fn address_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        match peer {
+            SocketAddr::V4(_) => self.ipv4.map(|ip| SocketAddr::new(ip.into(), self.port)),
+            SocketAddr::V6(_) => self.ipv6.map(|ip| SocketAddr::new(ip.into(), self.port)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: Policy,
+    /// `Expires` of a 302.
+    pub redirect_expires: u32,
+    /// `Retry-After` of a 503.
+    pub retry_after: u32,
+    /// Where proxied requests leave from and responses come back to.
+    pub proxy: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send from the socket the datagram arrived on.
+    Reply { to: SocketAddr, bytes: Vec<u8> },
+    /// Send from the proxy socket.
+    Forward { to: SocketAddr, bytes: Vec<u8> },
+    /// Put `client` on the fast path to the server in slot `server`.
+    Install { client: SocketAddr, server: u32, aor: Aor },
+}
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// What first contact did, since start.
+        #[derive(Debug, Default)]
+        pub struct Counters { $($(#[doc = $doc])* pub $name: AtomicU64,)* }
+
+        impl Counters {
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Requests that reached first contact at all.
+    requests,
+    /// 302 sent.
+    redirected,
+    /// Requests proxied to a home server.
+    proxied,
+    /// Home servers' responses relayed back.
+    relayed,
+    /// 400: the request was malformed.
+    bad_request,
+    /// 483: Max-Forwards reached zero.
+    too_many_hops,
+    /// 503: no active home server.
+    unavailable,
+    /// 500: the assignment database failed.
+    server_error,
+    /// ACKs for our own 302s, absorbed.
+    absorbed_acks,
+    /// Datagrams that were not SIP, or responses not ours to relay.
+    dropped,
+    /// New assignments stored.
+    assigned,
+    /// Client addresses put on the fast path.
+    installed,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub struct FirstContact {
+    settings: Settings,
+    servers: Vec<HomeServer>,
+    store: Box<dyn AssignmentStore>,
+    pub counters: Counters,
+}
+
+impl FirstContact {
+    pub fn new(settings: Settings, servers: Vec<HomeServer>, store: Box<dyn AssignmentStore>) -> Self {
+        Self { settings, servers, store, counters: Counters::default() }
+    }
+
+    pub fn store(&self) -> &dyn AssignmentStore {
+        self.store.as_ref()
+    }
+
+    /// A datagram on a service socket.
+    pub fn on_service_datagram(&self, datagram: &[u8], source: SocketAddr) -> Vec<Action> {
+        match Message::parse(datagram) {
+            Ok(message) if message.is_request() => {
+                bump(&self.counters.requests);
+                self.on_request(&message, source)
+            }
+            Ok(_) => self.drop(),
+            Err(error) if response::looks_like_request(datagram) => {
+                bump(&self.counters.requests);
+                let mut basis = Basis::salvage(datagram);
+                self.reject(&mut basis, source, 400, &error.to_string(), &self.counters.bad_request)
+            }
+            Err(_) => self.drop(),
+        }
+    }
+
+    /// A datagram on the proxy socket: a home server's response to relay.
+    pub fn on_proxy_datagram(&self, datagram: &[u8]) -> Vec<Action> {
+        let Ok(message) = Message::parse(datagram) else {
+            return self.drop();
+        };
+        let StartLine::Response { .. } = message.start else {
+            return self.drop();
+        };
+        let vias: Vec<String> = message.via_values().map(|v| v.into_owned()).collect();
+        let ours = vias.first().and_then(|top| Via::parse(top).ok()).is_some_and(|top| self.is_our_via(&top));
+        let next = vias.get(1).and_then(|v| Via::parse(v).ok()?.response_address());
+        match (ours, next) {
+            (true, Some(to)) => {
+                bump(&self.counters.relayed);
+                vec![Action::Reply { to, bytes: rewrite(&message, &vias[1..], None) }]
+            }
+            _ => self.drop(),
+        }
+    }
+
+    fn on_request(&self, message: &Message<'_>, source: SocketAddr) -> Vec<Action> {
+        let mut basis = Basis::of(message);
+        if message.max_forwards().ok().flatten() == Some(0) {
+            return self.reject(&mut basis, source, 483, "Too Many Hops", &self.counters.too_many_hops);
+        }
+        let direct = basis.vias.len() == 1;
+        if message.method() == Some("ACK") && direct {
+            bump(&self.counters.absorbed_acks);
+            return Vec::new();
+        }
+        let aor = match identity(message) {
+            Ok(aor) => aor,
+            Err(error) => return self.reject(&mut basis, source, 400, &error.to_string(), &self.counters.bad_request),
+        };
+        let assignment = match self.assignment(&aor) {
+            Ok(Some(assignment)) => assignment,
+            Ok(None) => {
+                let retry = [("Retry-After", self.settings.retry_after.to_string())];
+                return self.reject_with(
+                    &mut basis,
+                    source,
+                    503,
+                    "Service Unavailable",
+                    &retry,
+                    &self.counters.unavailable,
+                );
+            }
+            Err(error) => {
+                tracing::error!(%aor, %error, "assignment database failed");
+                return self.reject(&mut basis, source, 500, "Assignment Database Failed", &self.counters.server_error);
+            }
+        };
+        let Some(home) = self.servers.iter().find(|s| s.name == assignment.server) else {
+            tracing::warn!(%aor, server = assignment.server, "assigned to a server no longer configured");
+            let retry = [("Retry-After", self.settings.retry_after.to_string())];
+            return self.reject_with(
+                &mut basis,
+                source,
+                503,
+                "Service Unavailable",
+                &retry,
+                &self.counters.unavailable,
+            );
+        };
+        let Some(home_address) = home.address_for(source) else {
+            let retry = [("Retry-After", self.settings.retry_after.to_string())];
+            return self.reject_with(
+                &mut basis,
+                source,
+                503,
+                "No Home Server Of This Family",
+                &retry,
+                &self.counters.unavailable,
+            );
+        };
+        let redirect = match self.settings.policy {
+            Policy::Auto => direct,
+            Policy::Redirect => true,
+            Policy::Proxy => false,
+        };
+        let mut actions = if redirect {
+            self.redirect(message, &mut basis, source, home_address)
+        } else {
+            self.proxy(message, source, home_address)
+        };
+        if direct && home.state != HomeState::Down {
+            bump(&self.counters.installed);
+            actions.push(Action::Install { client: source, server: home.index, aor });
+        }
+        actions
+    }
+
+    /// The stored assignment, or a new one (stored durably first) on an
+    /// active server; `None` when no server is active.
+    fn assignment(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError> {
+        if let Some(existing) = self.store.get(aor)? {
+            return Ok(Some(existing));
+        }
+        let candidates: Vec<Candidate<'_>> = self
+            .servers
+            .iter()
+            .filter(|s| s.state == HomeState::Active)
+            .map(|s| Candidate { name: &s.name, weight: s.weight })
+            .collect();
+        let Some(server) = rendezvous::choose(aor.as_str(), &candidates) else {
+            return Ok(None);
+        };
+        let assignment = Assignment::new(aor.clone(), server.to_owned());
+        self.store.put(&assignment)?;
+        bump(&self.counters.assigned);
+        Ok(Some(assignment))
+    }
+
+    fn redirect(&self, message: &Message<'_>, basis: &mut Basis, source: SocketAddr, home: SocketAddr) -> Vec<Action> {
+        let StartLine::Request { uri, .. } = message.start else { unreachable!("only requests are redirected") };
+        let contact = format!("<{}>", redirect_target(uri, home));
+        let extra = [("Contact", contact), ("Expires", self.settings.redirect_expires.to_string())];
+        bump(&self.counters.redirected);
+        basis.stamp_top_via(source);
+        let to = basis.response_address(source);
+        vec![Action::Reply { to, bytes: response::build(basis, 302, "Moved Temporarily", &to_tag(basis), &extra) }]
+    }
+
+    fn proxy(&self, message: &Message<'_>, source: SocketAddr, home: SocketAddr) -> Vec<Action> {
+        let mut vias: Vec<String> = message.via_values().map(|v| v.into_owned()).collect();
+        if let Some(top) = vias.first_mut()
+            && let Ok(via) = Via::parse(top)
+        {
+            *top = via.stamped(source);
+        }
+        let ours = format!("SIP/2.0/UDP {};branch={}", self.settings.proxy, branch(message));
+        vias.insert(0, ours);
+        let max_forwards = message.max_forwards().ok().flatten().map_or(70, |n| n.saturating_sub(1));
+        bump(&self.counters.proxied);
+        vec![Action::Forward { to: home, bytes: rewrite(message, &vias, Some(max_forwards)) }]
+    }
+
+    fn is_our_via(&self, via: &Via<'_>) -> bool {
+        let sent_by = match via.port {
+            Some(port) => format!("{}:{port}", via.host),
+            None => via.host.to_owned(),
+        };
+        sent_by == self.settings.proxy.to_string() && via.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+    }
+
+    fn reject(
+        &self,
+        basis: &mut Basis,
+        source: SocketAddr,
+        code: u16,
+        reason: &str,
+        counter: &AtomicU64,
+    ) -> Vec<Action> {
+        self.reject_with(basis, source, code, reason, &[], counter)
+    }
+
+    fn reject_with(
+        &self,
+        basis: &mut Basis,
+        source: SocketAddr,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, String)],
+        counter: &AtomicU64,
+    ) -> Vec<Action> {
+        bump(counter);
+        basis.stamp_top_via(source);
+        let to = basis.response_address(source);
+        vec![Action::Reply { to, bytes: response::build(basis, code, reason, &to_tag(basis), extra) }]
+    }
+
+    fn drop(&self) -> Vec<Action> {
+        bump(&self.counters.dropped);
+        Vec::new()
+    }
+}
+
+/// The client's AOR: To of a REGISTER, From of anything else.
+pub fn identity(message: &Message<'_>) -> Result<Aor, ParseError> {
+    let (kind, name) =
+        if message.method() == Some("REGISTER") { (HeaderKind::To, "To") } else { (HeaderKind::From, "From") };
+    let value = message.value(kind).ok_or(ParseError::Missing(name))?;
+    Aor::from_uri(NameAddr::parse(&value, name)?.uri, name)
+}
+
+/// The request URI re-pointed at the home server: same scheme and user.
+fn redirect_target(request_uri: &str, home: SocketAddr) -> String {
+    let rest = request_uri.split_once(':').map_or("", |(_, rest)| rest);
+    let rest = rest.split([';', '?']).next().unwrap_or("");
+    match rest.rsplit_once('@') {
+        Some((user, _)) => format!("sip:{user}@{home}"),
+        None => format!("sip:{home}"),
+    }
+}
+
+const BRANCH_PREFIX: &str = "z9hG4bK-rdr-";
+
+/// The same request always gets the same branch (so a retransmission is
+/// the same transaction at the home server), different requests different
+/// ones (RFC 3261 §16.11).
+fn branch(message: &Message<'_>) -> String {
+    let mut key = String::new();
+    let start = match message.start {
+        StartLine::Request { method, uri } => format!("{method} {uri}"),
+        StartLine::Response { .. } => String::new(),
+    };
+    key += &start;
+    for kind in [HeaderKind::CallId, HeaderKind::CSeq, HeaderKind::From, HeaderKind::To] {
+        key.push('\n');
+        key += &message.value(kind).unwrap_or_default();
+    }
+    key.push('\n');
+    key += &message.via_values().next().unwrap_or_default();
+    format!("{BRANCH_PREFIX}{:016x}", xxh3_64(key.as_bytes()))
+}
+
+/// A stateless To tag: the same request gets the same tag.
+fn to_tag(basis: &Basis) -> String {
+    let key = format!("{:?}{:?}{:?}", basis.call_id, basis.from.as_deref().and_then(tag), basis.cseq);
+    format!("rdr{:012x}", xxh3_64(key.as_bytes()) & 0xffff_ffff_ffff)
+}
+
+/// The message with its Vias replaced by `vias` (one per line) and, for a
+/// request, Max-Forwards set; every other header and the body unchanged.
+fn rewrite(message: &Message<'_>, vias: &[String], max_forwards: Option<u8>) -> Vec<u8> {
+    let mut out = match message.start {
+        StartLine::Request { method, uri } => format!("{method} {uri} SIP/2.0\r\n"),
+        StartLine::Response { code, reason } => format!("SIP/2.0 {code} {reason}\r\n"),
+    };
+    for via in vias {
+        out += &format!("Via: {via}\r\n");
+    }
+    if let Some(max_forwards) = max_forwards {
+        out += &format!("Max-Forwards: {max_forwards}\r\n");
+    }
+    for header in &message.headers {
+        let replaced =
+            header.kind == HeaderKind::Via || (max_forwards.is_some() && header.kind == HeaderKind::MaxForwards);
+        if !replaced {
+            out += &format!("{}: {}\r\n", header.name, unfold(header.value));
+        }
+    }
+    out += "\r\n";
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(message.body);
+    bytes
+}
+
+#[cfg(test)]
+#[path = "first_contact_tests.rs"]
+mod tests;

@@ -1,0 +1,221 @@
+use std::net::SocketAddr;
+
+use super::*;
+use crate::store::RedbStore;
+
+const CLIENT: &str = "203.0.113.7:5062";
+const PROXY: &str = "198.51.100.1:5060";
+
+struct Setup {
+    fc: FirstContact,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn home(name: &str, index: u32, last: u8, state: HomeState) -> HomeServer {
+    HomeServer {
+        name: name.into(),
+        index,
+        ipv4: Some(std::net::Ipv4Addr::new(198, 51, 100, last)),
+        ipv6: None,
+        port: 5060,
+        state,
+        weight: 1.0,
+    }
+}
+
+fn setup_with(policy: Policy, servers: Vec<HomeServer>) -> Setup {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "redirector-fc-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let store = RedbStore::open(&dir.join("a.redb")).unwrap();
+    let settings = Settings { policy, redirect_expires: 600, retry_after: 30, proxy: PROXY.parse().unwrap() };
+    Setup { fc: FirstContact::new(settings, servers, Box::new(store)), _dir: TempDir(dir) }
+}
+
+fn setup(policy: Policy) -> Setup {
+    setup_with(policy, vec![home("home1", 0, 11, HomeState::Active), home("home2", 1, 12, HomeState::Active)])
+}
+
+fn register(vias: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "REGISTER sip:example.net SIP/2.0\r\n{vias}To: <sip:alice@example.net>\r\n\
+         From: <sip:alice@example.net>;tag=a1\r\nCall-ID: c1@x\r\nCSeq: 7 REGISTER\r\n\
+         Contact: <sip:alice@203.0.113.7:5062>\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+const ONE_VIA: &str = "Via: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1;rport\r\n";
+const TWO_VIAS: &str = "Via: SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKp1\r\nVia: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1;received=203.0.113.7\r\n";
+
+fn client() -> SocketAddr {
+    CLIENT.parse().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn only_reply(actions: &[Action]) -> (SocketAddr, String) {
+    match actions {
+        [Action::Reply { to, bytes }, ..] => (*to, text(bytes)),
+        other => panic!("expected a reply first, got {other:?}"),
+    }
+}
+
+fn assigned_home(s: &Setup) -> SocketAddr {
+    let server = s.fc.store().get(&Aor::from_uri("sip:alice@example.net", "To").unwrap()).unwrap().unwrap().server;
+    if server == "home1" { "198.51.100.11:5060" } else { "198.51.100.12:5060" }.parse().unwrap()
+}
+
+#[test]
+fn direct_register_is_redirected_and_installed() {
+    let s = setup(Policy::Auto);
+    let actions = s.fc.on_service_datagram(&register(ONE_VIA, "Max-Forwards: 70\r\n"), client());
+    let (to, response) = only_reply(&actions);
+    assert_eq!(to, client(), "answered where it came from (rport)");
+    let home = assigned_home(&s);
+    assert!(response.starts_with("SIP/2.0 302 Moved Temporarily\r\n"), "{response}");
+    assert!(response.contains(&format!("Contact: <sip:{home}>\r\n")), "{response}");
+    assert!(response.contains("Expires: 600\r\n"));
+    assert!(
+        response.contains("Via: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1;received=203.0.113.7;rport=5062\r\n")
+    );
+    assert!(response.contains("From: <sip:alice@example.net>;tag=a1\r\n"));
+    assert!(response.contains("To: <sip:alice@example.net>;tag=rdr"));
+    assert!(response.contains("Call-ID: c1@x\r\nCSeq: 7 REGISTER\r\n"));
+    let index = if home.port() == 5060 && home.ip().to_string().ends_with(".11") { 0 } else { 1 };
+    let aor = Aor::from_uri("sip:alice@example.net", "To").unwrap();
+    assert_eq!(actions[1], Action::Install { client: client(), server: index, aor });
+    assert_eq!(s.fc.counters.redirected.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn the_same_aor_stays_on_its_server_and_is_assigned_once() {
+    let s = setup(Policy::Auto);
+    let first = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client())).1;
+    let again = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), "203.0.113.8:5000".parse().unwrap())).1;
+    let contact = |r: &str| r.lines().find(|l| l.starts_with("Contact:")).unwrap().to_owned();
+    assert_eq!(contact(&first), contact(&again));
+    assert_eq!(s.fc.counters.assigned.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn forwarded_register_is_proxied_with_our_via_on_top_and_not_installed() {
+    let s = setup(Policy::Auto);
+    let upstream: SocketAddr = "192.0.2.99:5060".parse().unwrap();
+    let request = register(TWO_VIAS, "Max-Forwards: 10\r\nX-Custom: kept\r\n");
+    let actions = s.fc.on_service_datagram(&request, upstream);
+    let [Action::Forward { to, bytes }] = actions.as_slice() else { panic!("{actions:?}") };
+    assert_eq!(*to, assigned_home(&s));
+    let forwarded = text(bytes);
+    let vias: Vec<&str> = forwarded.lines().filter(|l| l.starts_with("Via:")).collect();
+    assert_eq!(vias.len(), 3);
+    assert!(vias[0].starts_with(&format!("Via: SIP/2.0/UDP {PROXY};branch=z9hG4bK-rdr-")), "{}", vias[0]);
+    assert_eq!(vias[1], "Via: SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bKp1");
+    assert_eq!(vias[2], "Via: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1;received=203.0.113.7");
+    assert!(forwarded.contains("Max-Forwards: 9\r\n") && !forwarded.contains("Max-Forwards: 10"));
+    assert!(forwarded.contains("X-Custom: kept\r\n") && forwarded.starts_with("REGISTER sip:example.net SIP/2.0\r\n"));
+    let again = s.fc.on_service_datagram(&request, upstream);
+    assert_eq!(actions, again, "a retransmission gets the same branch");
+}
+
+#[test]
+fn the_home_servers_response_is_relayed_with_our_via_popped() {
+    let s = setup(Policy::Auto);
+    let actions = s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap());
+    let [Action::Forward { bytes, .. }] = actions.as_slice() else { panic!("{actions:?}") };
+    let forwarded = text(bytes);
+    let vias: String = forwarded.lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
+    let ok = format!(
+        "SIP/2.0 200 OK\r\n{vias}To: <sip:alice@example.net>;tag=h\r\nFrom: <sip:alice@example.net>;tag=a1\r\n\
+         Call-ID: c1@x\r\nCSeq: 7 REGISTER\r\nContact: <sip:alice@203.0.113.7:5062>;expires=600\r\nContent-Length: 0\r\n\r\n"
+    );
+    let (to, relayed) = only_reply(&s.fc.on_proxy_datagram(ok.as_bytes()));
+    assert_eq!(to, "192.0.2.99:5060".parse::<SocketAddr>().unwrap());
+    let expected_vias: Vec<&str> = vias.lines().skip(1).collect();
+    assert_eq!(relayed.lines().filter(|l| l.starts_with("Via:")).collect::<Vec<_>>(), expected_vias);
+    assert!(relayed.contains("Contact: <sip:alice@203.0.113.7:5062>;expires=600\r\n"));
+    let foreign = ok.replacen(&format!("SIP/2.0/UDP {PROXY}"), "SIP/2.0/UDP 192.0.2.50:5060", 1);
+    assert!(s.fc.on_proxy_datagram(foreign.as_bytes()).is_empty(), "not our Via: dropped");
+    assert_eq!(s.fc.counters.dropped.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn policy_can_force_redirect_or_proxy() {
+    let s = setup(Policy::Redirect);
+    let (to, response) =
+        only_reply(&s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap()));
+    assert!(response.starts_with("SIP/2.0 302"));
+    assert_eq!(to, "192.0.2.99:5060".parse::<SocketAddr>().unwrap(), "back along the top Via");
+    let s = setup(Policy::Proxy);
+    let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), client());
+    assert!(matches!(actions[0], Action::Forward { .. }));
+    assert!(matches!(actions[1], Action::Install { .. }), "a direct client is installed whatever the policy");
+}
+
+#[test]
+fn max_forwards_zero_gets_483_and_missing_gets_70() {
+    let s = setup(Policy::Auto);
+    let (_, response) = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, "Max-Forwards: 0\r\n"), client()));
+    assert!(response.starts_with("SIP/2.0 483 Too Many Hops\r\n"), "{response}");
+    let actions = s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap());
+    let [Action::Forward { bytes, .. }] = actions.as_slice() else { panic!() };
+    assert!(text(bytes).contains("Max-Forwards: 70\r\n"));
+}
+
+#[test]
+fn no_active_server_gets_503_with_retry_after() {
+    let s = setup_with(
+        Policy::Auto,
+        vec![home("home1", 0, 11, HomeState::Down), home("home2", 1, 12, HomeState::Draining)],
+    );
+    let (_, response) = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client()));
+    assert!(response.starts_with("SIP/2.0 503 Service Unavailable\r\n") && response.contains("Retry-After: 30\r\n"));
+    assert!(s.fc.store().all().unwrap().is_empty(), "nothing assigned");
+}
+
+#[test]
+fn malformed_requests_get_400_naming_the_problem_and_garbage_is_dropped() {
+    let s = setup(Policy::Auto);
+    let no_call_id = text(&register(ONE_VIA, "")).replace("Call-ID: c1@x\r\n", "");
+    let (to, response) = only_reply(&s.fc.on_service_datagram(no_call_id.as_bytes(), client()));
+    assert_eq!(to, client());
+    assert!(response.starts_with("SIP/2.0 400 Missing Call-ID Header\r\n"), "{response}");
+    assert!(response.contains("CSeq: 7 REGISTER\r\n"), "salvaged headers are copied");
+    let bad_to = text(&register(ONE_VIA, "")).replace("To: <sip:alice@example.net>", "To: <mailto:alice@example.net>");
+    assert!(
+        only_reply(&s.fc.on_service_datagram(bad_to.as_bytes(), client()))
+            .1
+            .starts_with("SIP/2.0 400 Malformed To Header")
+    );
+    assert!(s.fc.on_service_datagram(b"\x16\x03\x01 not sip at all", client()).is_empty());
+    assert!(s.fc.on_service_datagram(b"SIP/2.0 200 OK\r\n\r\n", client()).is_empty(), "stray responses are dropped");
+    assert_eq!(s.fc.counters.bad_request.load(Ordering::Relaxed), 2);
+    assert_eq!(s.fc.counters.dropped.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn invite_is_identified_by_from_and_its_ack_absorbed() {
+    let s = setup(Policy::Auto);
+    let invite = "INVITE sip:bob@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKi\r\n\
+        To: <sip:bob@example.net>\r\nFrom: <sip:carol@example.net>;tag=c\r\nCall-ID: i@x\r\nCSeq: 1 INVITE\r\n\r\n";
+    let actions = s.fc.on_service_datagram(invite.as_bytes(), client());
+    let (_, response) = only_reply(&actions);
+    assert!(response.contains("Contact: <sip:bob@198.51.100."), "user of the request URI kept: {response}");
+    assert!(s.fc.store().get(&Aor::from_uri("sip:carol@example.net", "From").unwrap()).unwrap().is_some());
+    let ack = invite.replace("INVITE sip", "ACK sip").replace("1 INVITE", "1 ACK");
+    assert!(s.fc.on_service_datagram(ack.as_bytes(), client()).is_empty());
+    assert_eq!(s.fc.counters.absorbed_acks.load(Ordering::Relaxed), 1);
+}

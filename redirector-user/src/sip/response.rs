@@ -1,0 +1,112 @@
+//! Building responses (RFC 3261 §8.2.6) from what a request carried, even
+//! when the request itself was malformed.
+
+use std::net::SocketAddr;
+
+use super::{HeaderKind, Message, StartLine, Via, split_list, tag, unfold};
+
+/// The request headers a response copies. From a parsed message or, for a
+/// request that failed to parse, salvaged line by line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Basis {
+    pub vias: Vec<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub call_id: Option<String>,
+    pub cseq: Option<String>,
+}
+
+impl Basis {
+    pub fn of(message: &Message<'_>) -> Self {
+        let value = |kind| message.value(kind).map(|v| v.into_owned());
+        Self {
+            vias: message.via_values().map(|v| v.into_owned()).collect(),
+            from: value(HeaderKind::From),
+            to: value(HeaderKind::To),
+            call_id: value(HeaderKind::CallId),
+            cseq: value(HeaderKind::CSeq),
+        }
+    }
+
+    /// Whatever response headers can be read from a datagram that did not
+    /// parse: every line that looks like `Name: value` is tried.
+    pub fn salvage(datagram: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(datagram);
+        let mut basis = Self::default();
+        for line in text.lines().skip(1).take_while(|l| !l.trim().is_empty()) {
+            let Some((name, value)) = line.split_once(':') else { continue };
+            let value = value.trim().to_owned();
+            match HeaderKind::of(name.trim()) {
+                HeaderKind::Via => basis.vias.extend(split_list(&value).map(|v| unfold(v).into_owned())),
+                HeaderKind::From => basis.from = basis.from.or(Some(value)),
+                HeaderKind::To => basis.to = basis.to.or(Some(value)),
+                HeaderKind::CallId => basis.call_id = basis.call_id.or(Some(value)),
+                HeaderKind::CSeq => basis.cseq = basis.cseq.or(Some(value)),
+                _ => {}
+            }
+        }
+        basis
+    }
+
+    /// The top Via stamped with where the request really came from, so the
+    /// response can be routed back (§18.2.1, RFC 3581).
+    pub fn stamp_top_via(&mut self, source: SocketAddr) {
+        if let Some(top) = self.vias.first_mut()
+            && let Ok(via) = Via::parse(top)
+        {
+            *top = via.stamped(source);
+        }
+    }
+
+    /// Where the response goes: the stamped top Via, else the source.
+    pub fn response_address(&self, source: SocketAddr) -> SocketAddr {
+        self.vias.first().and_then(|v| Via::parse(v).ok()?.response_address()).unwrap_or(source)
+    }
+}
+
+/// A response with the basis headers, `to_tag` added to To when it has
+/// none, then `extra` headers, and an empty body.
+pub fn build(basis: &Basis, code: u16, reason: &str, to_tag: &str, extra: &[(&str, String)]) -> Vec<u8> {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for via in &basis.vias {
+        out += &format!("Via: {via}\r\n");
+    }
+    if let Some(from) = &basis.from {
+        out += &format!("From: {from}\r\n");
+    }
+    if let Some(to) = &basis.to {
+        if tag(to).is_none() && code > 100 {
+            out += &format!("To: {to};tag={to_tag}\r\n");
+        } else {
+            out += &format!("To: {to}\r\n");
+        }
+    }
+    if let Some(call_id) = &basis.call_id {
+        out += &format!("Call-ID: {call_id}\r\n");
+    }
+    if let Some(cseq) = &basis.cseq {
+        out += &format!("CSeq: {cseq}\r\n");
+    }
+    for (name, value) in extra {
+        out += &format!("{name}: {value}\r\n");
+    }
+    out += "Content-Length: 0\r\n\r\n";
+    out.into_bytes()
+}
+
+/// Whether a datagram at least starts like a SIP request (so a malformed
+/// one deserves a 400 rather than silence).
+pub fn looks_like_request(datagram: &[u8]) -> bool {
+    let first_line = datagram.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let first_line = String::from_utf8_lossy(first_line);
+    let mut parts = first_line.split_whitespace();
+    let (method, uri, version) = (parts.next(), parts.next(), parts.next());
+    method.is_some_and(|m| m.bytes().all(|b| b.is_ascii_uppercase()))
+        && uri.is_some_and(|u| u.contains(':'))
+        && version.is_some_and(|v| v.starts_with("SIP/"))
+}
+
+/// Whether a parsed message is a response (for routing on the proxy socket).
+pub fn is_response(message: &Message<'_>) -> bool {
+    matches!(message.start, StartLine::Response { .. })
+}

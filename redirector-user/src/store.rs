@@ -1,0 +1,139 @@
+//! The client-to-home-server assignment database. `AssignmentStore` is the
+//! seam for shared stores; `RedbStore` is the embedded default: every `put`
+//! is a committed, fsynced transaction before it returns, so an assignment
+//! that was answered survives a crash (SIGKILL, power loss).
+
+use std::{path::Path, time::SystemTime};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::sip::Aor;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub aor: Aor,
+    /// The home server's `name` (stable across config reordering).
+    pub server: String,
+    /// Seconds since the Unix epoch.
+    pub assigned_at: u64,
+    /// Bumped by every move; 1 for a first assignment.
+    pub generation: u64,
+}
+
+impl Assignment {
+    pub fn new(aor: Aor, server: String) -> Self {
+        let assigned_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Self { aor, server, assigned_at, generation: 1 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening the assignment database {path}: {source} (is another redirector using it?)")]
+    Open { path: String, source: Box<redb::DatabaseError> },
+    #[error("assignment database: {0}")]
+    Database(#[from] Box<redb::Error>),
+}
+
+fn db_error(error: impl Into<redb::Error>) -> StoreError {
+    StoreError::Database(Box::new(error.into()))
+}
+
+pub trait AssignmentStore: Send + Sync {
+    fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError>;
+    /// Stores `assignment` durably before returning.
+    fn put(&self, assignment: &Assignment) -> Result<(), StoreError>;
+    fn all(&self) -> Result<Vec<Assignment>, StoreError>;
+}
+
+/// AOR → (server, assigned_at, generation).
+const ASSIGNMENTS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition::new("assignments");
+
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens or creates the database file (and its directory).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open { path: path.display().to_string(), source: Box::new(source) };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_error(redb::DatabaseError::Storage(e.into())))?;
+        }
+        let db = Database::create(path).map_err(open_error)?;
+        let txn = db.begin_write().map_err(db_error)?;
+        txn.open_table(ASSIGNMENTS).map_err(db_error)?;
+        txn.commit().map_err(db_error)?;
+        Ok(Self { db })
+    }
+}
+
+impl AssignmentStore for RedbStore {
+    fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
+        let row = table.get(aor.as_str()).map_err(db_error)?;
+        Ok(row.map(|value| {
+            let (server, assigned_at, generation) = value.value();
+            Assignment { aor: aor.clone(), server: server.to_owned(), assigned_at, generation }
+        }))
+    }
+
+    fn put(&self, assignment: &Assignment) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
+            let value = (assignment.server.as_str(), assignment.assigned_at, assignment.generation);
+            table.insert(assignment.aor.as_str(), value).map_err(db_error)?;
+        }
+        txn.commit().map_err(db_error)
+    }
+
+    fn all(&self) -> Result<Vec<Assignment>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
+        table
+            .iter()
+            .map_err(db_error)?
+            .map(|row| {
+                let (key, value) = row.map_err(db_error)?;
+                let (server, assigned_at, generation) = value.value();
+                Ok(Assignment {
+                    aor: Aor::from_canonical(key.value().to_owned()),
+                    server: server.to_owned(),
+                    assigned_at,
+                    generation,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aor(user: &str) -> Aor {
+        Aor::from_uri(&format!("sip:{user}@example.net"), "To").unwrap()
+    }
+
+    #[test]
+    fn assignments_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("redirector-store-{}", std::process::id()));
+        let path = dir.join("nested/assignments.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            assert_eq!(store.get(&aor("alice")).unwrap(), None);
+            store.put(&Assignment::new(aor("alice"), "home1".into())).unwrap();
+            let mut moved = Assignment::new(aor("bob"), "home2".into());
+            moved.generation = 3;
+            store.put(&moved).unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.get(&aor("alice")).unwrap().unwrap().server, "home1");
+        let all = store.all().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all.iter().find(|a| a.aor == aor("bob")).unwrap().generation, 3);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
