@@ -50,7 +50,7 @@ pub enum ServerState {
     Down,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The edge interface the XDP program is attached to.
@@ -64,6 +64,55 @@ pub struct Config {
     pub servers: Vec<Server>,
     #[serde(default)]
     pub clients: Vec<Client>,
+    #[serde(default)]
+    pub sip: Sip,
+}
+
+/// First contact: how the daemon answers what the fast path passes up.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sip {
+    /// `auto` (redirect direct clients, proxy forwarded requests),
+    /// `redirect` or `proxy` for every request.
+    #[serde(default)]
+    pub first_contact: crate::first_contact::Policy,
+    /// The embedded assignment database (redb), created if missing.
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// `Expires` of a 302, in seconds.
+    #[serde(default = "default_redirect_expires")]
+    pub redirect_expires: u32,
+    /// `Retry-After` of a 503, in seconds.
+    #[serde(default = "default_retry_after")]
+    pub retry_after: u32,
+    /// Where proxied requests leave from and home servers answer to; an
+    /// edge address, not a service address. Default: `edge.ipv4` (else
+    /// `edge.ipv6`), port 5060.
+    pub proxy_address: Option<SocketAddr>,
+}
+
+impl Default for Sip {
+    fn default() -> Self {
+        Self {
+            first_contact: Default::default(),
+            database: default_database(),
+            redirect_expires: default_redirect_expires(),
+            retry_after: default_retry_after(),
+            proxy_address: None,
+        }
+    }
+}
+
+fn default_database() -> PathBuf {
+    PathBuf::from("/var/lib/redirector/assignments.redb")
+}
+
+fn default_redirect_expires() -> u32 {
+    3600
+}
+
+fn default_retry_after() -> u32 {
+    30
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -106,7 +155,7 @@ impl Edge {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     pub name: String,
@@ -116,6 +165,13 @@ pub struct Server {
     pub port: u16,
     #[serde(default = "default_state")]
     pub state: ServerState,
+    /// Share of new clients relative to the other servers.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+}
+
+fn default_weight() -> f64 {
+    1.0
 }
 
 fn default_sip_port() -> u16 {
@@ -164,7 +220,17 @@ impl Config {
         self.validate_service()?;
         self.validate_edge()?;
         self.validate_servers()?;
-        self.validate_clients()
+        self.validate_clients()?;
+        if self.proxy_address().is_none() {
+            return Err(invalid("sip.proxy_address", "needed when the edge has no address to default it from"));
+        }
+        Ok(())
+    }
+
+    /// `sip.proxy_address`, or the edge's own address on port 5060.
+    pub fn proxy_address(&self) -> Option<SocketAddr> {
+        let edge = self.edge.ipv4.map(IpAddr::V4).or(self.edge.ipv6.map(IpAddr::V6));
+        self.sip.proxy_address.or(edge.map(|ip| SocketAddr::new(ip, 5060)))
     }
 
     fn validate_service(&self) -> Result<(), ConfigError> {
@@ -234,6 +300,12 @@ impl Config {
             if server.port == 0 {
                 return Err(invalid(format!("servers[{i}].port"), "must not be 0"));
             }
+            if !(server.weight.is_finite() && server.weight > 0.0) {
+                return Err(invalid(
+                    format!("servers[{i}].weight"),
+                    format!("{} is not a positive number", server.weight),
+                ));
+            }
         }
         Ok(())
     }
@@ -301,6 +373,21 @@ mod tests {
         assert_eq!(config.servers[1].state, ServerState::Draining);
         assert_eq!(config.server_index("home2"), Some(1));
         assert_eq!(config.server_index("nope"), None);
+        assert_eq!(config.sip.first_contact, crate::first_contact::Policy::Auto);
+        assert_eq!(config.proxy_address(), Some("10.0.0.1:5060".parse().unwrap()));
+        assert_eq!(config.servers[0].weight, 1.0);
+    }
+
+    #[test]
+    fn sip_section_and_weights_are_validated() {
+        let text = format!("{VALID}\n[sip]\nfirst_contact = \"proxy\"\nproxy_address = \"10.0.0.1:5070\"\n");
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(config.sip.first_contact, crate::first_contact::Policy::Proxy);
+        assert_eq!(config.proxy_address(), Some("10.0.0.1:5070".parse().unwrap()));
+        let err = error_for(&VALID.replace("port = 5070", "port = 5070\nweight = 0"));
+        assert_eq!(err, "config field `servers[1].weight`: 0 is not a positive number");
+        let err = error_for(&format!("{VALID}\n[sip]\nfirst_contact = \"sometimes\"\n"));
+        assert!(err.contains("sometimes"), "{err}");
     }
 
     #[test]

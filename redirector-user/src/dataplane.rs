@@ -15,10 +15,7 @@ use redirector_ebpf::{
     REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICES_MAP, Server, ServerStats,
 };
 
-use crate::{
-    config::{self, Config, ForwardingMode},
-    nat_ports::{NatPorts, NatPortsExhausted},
-};
+use crate::config::{self, Config, ForwardingMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
@@ -34,8 +31,6 @@ pub enum DataPlaneError {
     Map { name: &'static str, source: MapError },
     #[error("BPF map {0} is missing from the XDP object; rebuild it with `cargo xtask build-ebpf`")]
     MissingMap(&'static str),
-    #[error(transparent)]
-    NatPorts(#[from] NatPortsExhausted),
 }
 
 type Result<T, E = DataPlaneError> = std::result::Result<T, E>;
@@ -69,7 +64,8 @@ impl DataPlane {
         })
     }
 
-    /// Writes mode, edge addresses, services and servers, then the static clients.
+    /// Writes mode, edge addresses, services and servers. Clients are
+    /// `FastPath`'s business.
     pub fn configure(&mut self, config: &Config) -> Result<()> {
         self.set_config(edge_config(config))?;
         for service in service_endpoints(config) {
@@ -77,26 +73,6 @@ impl DataPlane {
         }
         for (index, server) in config.servers.iter().enumerate() {
             self.set_server(index as u32, server_entry(server))?;
-        }
-        self.install_static_clients(config)
-    }
-
-    fn install_static_clients(&mut self, config: &Config) -> Result<()> {
-        let mut nat_ports = NatPorts::new(config.edge.nat_port_range());
-        for client in &config.clients {
-            let server = config.server_index(&client.server).expect("validated: clients name known servers");
-            let endpoint = endpoint(client.address.ip(), client.address.port());
-            let mut entry = ClientEntry { server, ..Default::default() };
-            if config.mode == ForwardingMode::Nat {
-                let port = nat_ports.allocate()?;
-                entry.nat_port_be = port.to_be();
-                // Static clients have not said which service address they use:
-                // replies come from the first one of their family.
-                let service = service_endpoints(config).find(|s| s.family == endpoint.family).unwrap_or_default();
-                let key = NatKey { edge_port_be: port.to_be(), family: endpoint.family, _pad: 0 };
-                self.install_nat_reply(key, NatEntry { client: endpoint, service, server })?;
-            }
-            self.install_client(endpoint, entry)?;
         }
         Ok(())
     }
@@ -179,6 +155,16 @@ pub fn endpoint(address: IpAddr, port: u16) -> Endpoint {
     match address {
         IpAddr::V4(v4) => Endpoint::v4(v4.octets(), port.to_be()),
         IpAddr::V6(v6) => Endpoint::v6(v6.octets(), port.to_be()),
+    }
+}
+
+/// The IP address an `Endpoint` holds.
+pub fn endpoint_ip(endpoint: &Endpoint) -> IpAddr {
+    if endpoint.family == redirector_ebpf::FAMILY_V4 {
+        let [a, b, c, d, ..] = endpoint.addr;
+        IpAddr::from([a, b, c, d])
+    } else {
+        IpAddr::from(endpoint.addr)
     }
 }
 

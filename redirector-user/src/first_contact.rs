@@ -87,6 +87,9 @@ pub enum Action {
     Reply { to: SocketAddr, bytes: Vec<u8> },
     /// Send from the proxy socket.
     Forward { to: SocketAddr, bytes: Vec<u8> },
+    /// A relayed response: send from a service socket (where the request
+    /// this answers arrived).
+    Relay { to: SocketAddr, bytes: Vec<u8> },
     /// Put `client` on the fast path to the server in slot `server`.
     Install { client: SocketAddr, server: u32, aor: Aor },
 }
@@ -183,7 +186,7 @@ impl FirstContact {
         match (ours, next) {
             (true, Some(to)) => {
                 bump(&self.counters.relayed);
-                vec![Action::Reply { to, bytes: rewrite(&message, &vias[1..], None) }]
+                vec![Action::Relay { to, bytes: rewrite(&message, &vias[1..], None) }]
             }
             _ => self.drop(),
         }

@@ -142,7 +142,9 @@ fn the_home_servers_response_is_relayed_with_our_via_popped() {
         "SIP/2.0 200 OK\r\n{vias}To: <sip:alice@example.net>;tag=h\r\nFrom: <sip:alice@example.net>;tag=a1\r\n\
          Call-ID: c1@x\r\nCSeq: 7 REGISTER\r\nContact: <sip:alice@203.0.113.7:5062>;expires=600\r\nContent-Length: 0\r\n\r\n"
     );
-    let (to, relayed) = only_reply(&s.fc.on_proxy_datagram(ok.as_bytes()));
+    let relayed = s.fc.on_proxy_datagram(ok.as_bytes());
+    let [Action::Relay { to, bytes }] = relayed.as_slice() else { panic!("{relayed:?}") };
+    let (to, relayed) = (*to, text(bytes));
     assert_eq!(to, "192.0.2.99:5060".parse::<SocketAddr>().unwrap());
     let expected_vias: Vec<&str> = vias.lines().skip(1).collect();
     assert_eq!(relayed.lines().filter(|l| l.starts_with("Via:")).collect::<Vec<_>>(), expected_vias);

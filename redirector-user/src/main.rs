@@ -7,9 +7,10 @@ use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use redirector::{
     config::{AttachMode, Config},
+    daemon::Daemon,
     dataplane::DataPlane,
 };
-use redirector_ebpf::{DECAP_PROGRAM, PASS_PROGRAM, REDIRECTOR_PROGRAM};
+use redirector_ebpf::{DECAP_PROGRAM, PASS_PROGRAM};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
@@ -24,8 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the XDP program on the edge interface, fill its maps from the
-    /// config and run until SIGINT or SIGTERM, then detach.
+    /// The edge daemon: load the XDP program on the edge interface, fill
+    /// its maps from the config, answer first contacts (302 or proxy) on the
+    /// service addresses, and run until SIGINT or SIGTERM, then detach.
     Run {
         /// TOML config: interface, mode, service, edge, servers, clients
         /// (see redirector.example.toml).
@@ -44,6 +46,15 @@ enum Command {
         addresses: Vec<IpAddr>,
         #[arg(long, value_enum, default_value_t = CliAttachMode::Native)]
         attach: CliAttachMode,
+    },
+    /// A minimal SIP registrar (REGISTER, OPTIONS) for tests and demos: a
+    /// home server needing nothing else.
+    Home {
+        /// Address:port to answer on (repeatable); replies leave from the
+        /// address a request arrived on. Behind a dsr edge, list the service
+        /// address (on this host's loopback) and the host's own address.
+        #[arg(long = "listen", short, required = true)]
+        listen: Vec<std::net::SocketAddr>,
     },
     /// Attach a pass-through XDP program to INTERFACE until SIGINT/SIGTERM.
     /// Native XDP_TX on a veth only delivers when the veth's peer runs an
@@ -74,6 +85,14 @@ async fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run { config } => run(config).await,
+        Command::Home { listen } => {
+            let registrar = std::sync::Arc::new(redirector::home::Registrar::default());
+            info!(?listen, "registrar answering");
+            redirector::home::serve(registrar.clone(), &listen, shutdown_signal()?).await?;
+            let registered = registrar.registered.load(std::sync::atomic::Ordering::Relaxed);
+            info!(registered, "registrar stopped");
+            Ok(())
+        }
         Command::Decap { interface, addresses, attach } => {
             let mode = match attach {
                 CliAttachMode::Native => AttachMode::Native,
@@ -94,12 +113,13 @@ async fn main() -> Result<()> {
 async fn run(path: PathBuf) -> Result<()> {
     let config = Config::load(&path)?;
     check_forwarding(&config)?;
-    let mut dataplane = DataPlane::load()?;
-    dataplane.configure(&config)?;
-    dataplane.attach(REDIRECTOR_PROGRAM, &config.interface, xdp_mode(config.attach))?;
-    info!(interface = %config.interface, mode = ?config.mode, attach = ?config.attach, servers = config.servers.len(), clients = config.clients.len(), "redirector attached");
-    wait_for_shutdown().await?;
-    drop(dataplane);
+    let daemon = Daemon::start(&config)?;
+    info!(interface = %config.interface, mode = ?config.mode, attach = ?config.attach, servers = config.servers.len(), "redirector attached, answering first contacts");
+    daemon.serve(shutdown_signal()?).await?;
+    let (first_contact, kernel) = daemon.report();
+    let kernel: Vec<(&str, u64)> = kernel.iter().map(|(c, n)| (c.label(), *n)).collect();
+    info!(?first_contact, ?kernel, "counters at shutdown");
+    drop(daemon);
     info!(interface = %config.interface, "redirector detached");
     Ok(())
 }
@@ -145,18 +165,20 @@ async fn hold_attached(
 ) -> Result<()> {
     dataplane.attach(program, interface, xdp_mode(mode))?;
     info!(program, interface, "attached");
-    wait_for_shutdown().await?;
+    shutdown_signal()?.await;
     drop(dataplane);
     info!(program, interface, "detached");
     Ok(())
 }
 
-async fn wait_for_shutdown() -> Result<()> {
+/// Completes on SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => info!("SIGTERM received"),
-        _ = interrupt.recv() => info!("SIGINT received"),
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => info!("SIGTERM received"),
+            _ = interrupt.recv() => info!("SIGINT received"),
+        }
+    })
 }

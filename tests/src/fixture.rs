@@ -12,7 +12,7 @@
 //!   (`HOME5_MAC`) behind it — reached by `XDP_REDIRECT`.
 
 use aya::programs::{TestRun, TestRunOptions};
-use redirector::{config::Config, dataplane::DataPlane};
+use redirector::{config::Config, dataplane::DataPlane, fast_path::FastPath};
 use redirector_ebpf::{Counter, REDIRECTOR_PROGRAM};
 
 use crate::{netns::NetNs, packets::Mac};
@@ -81,7 +81,7 @@ ipv4 = "10.1.0.5"
 
 pub struct Fixture {
     pub ns: NetNs,
-    pub dataplane: DataPlane,
+    pub fast_path: FastPath,
     pub ifindex: u32,
 }
 
@@ -122,8 +122,9 @@ impl Fixture {
         let config = Config::parse(&config_text(mode)).expect("fixture config");
         let mut dataplane = DataPlane::load().expect("loading the XDP object");
         dataplane.configure(&config).expect("configuring maps");
+        let fast_path = FastPath::new(dataplane, &config).expect("installing static clients");
         let ifindex = ns.ifindex("fx0");
-        Self { ns, dataplane, ifindex }
+        Self { ns, fast_path, ifindex }
     }
 
     /// Runs `frame` through the redirector program as if it arrived on fx0.
@@ -135,7 +136,7 @@ impl Fixture {
         let ctx_bytes = self.xdp_md(frame);
         let mut out = vec![0u8; frame.len() + 256];
         let _inside = self.ns.enter();
-        let program = self.dataplane.program(program).expect("program");
+        let program = self.fast_path.dataplane().program(program).expect("program");
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -148,6 +149,10 @@ impl Fixture {
         Outcome { action: result.return_value, frame: out }
     }
 
+    pub fn dataplane(&mut self) -> &mut DataPlane {
+        self.fast_path.dataplane()
+    }
+
     /// The `xdp_md` context BPF_PROG_TEST_RUN wants: the frame arriving on fx0.
     pub fn xdp_md(&self, frame: &[u8]) -> Vec<u8> {
         // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
@@ -156,12 +161,12 @@ impl Fixture {
     }
 
     pub fn counter(&mut self, counter: Counter) -> u64 {
-        self.dataplane.counter(counter).expect("reading counters")
+        self.fast_path.dataplane().counter(counter).expect("reading counters")
     }
 
     /// Every counter's value, to check that exactly one moved.
     pub fn counters(&mut self) -> Vec<(Counter, u64)> {
-        self.dataplane.counters().expect("reading counters")
+        self.fast_path.dataplane().counters().expect("reading counters")
     }
 }
 

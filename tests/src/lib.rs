@@ -5,6 +5,7 @@
 pub mod fixture;
 pub mod netns;
 pub mod packets;
+pub mod sip_pool;
 pub mod topology;
 
 /// Whether privileged tests can run. Without root they are skipped with a

@@ -23,6 +23,11 @@ impl NetNs {
         ns
     }
 
+    /// A handle on a namespace someone else made (not removed on drop).
+    pub fn existing(name: &str) -> std::mem::ManuallyDrop<Self> {
+        std::mem::ManuallyDrop::new(Self { name: name.to_owned() })
+    }
+
     /// `ip -n NAME ARGS…` (ARGS split on whitespace); panics with stderr on failure.
     pub fn ip(&self, args: &str) {
         run(Command::new("ip").args(["-n", &self.name]).args(args.split_whitespace()));

@@ -56,6 +56,10 @@ pub struct Topology {
     pub homes: Vec<NetNs>,
     pub mode: &'static str,
     pub attach: Attach,
+    /// Extra lines for the edge config's `[sip]` section.
+    pub sip_extra: String,
+    /// The `state` every home server is configured with.
+    pub server_state: &'static str,
     /// `redirector run` on the edge, once started.
     edge_daemon: Option<Child>,
     /// Decapsulators and pass programs; killed on drop if still running.
@@ -103,6 +107,8 @@ impl Topology {
             homes,
             mode,
             attach,
+            sip_extra: String::new(),
+            server_state: "active",
             edge_daemon: None,
             daemons: Vec::new(),
             workdir: tempdir::Dir::new(),
@@ -118,37 +124,63 @@ impl Topology {
             self.attach.name()
         );
         for i in 0..self.homes.len() {
-            text += &format!("[[servers]]\nname = \"home{i}\"\nipv4 = \"{}\"\n", home_address(i));
+            text += &format!(
+                "[[servers]]\nname = \"home{i}\"\nipv4 = \"{}\"\nstate = \"{}\"\n",
+                home_address(i),
+                self.server_state
+            );
         }
         for (client, home) in clients {
             text += &format!("[[clients]]\naddress = \"{client}\"\nserver = \"home{home}\"\n");
         }
+        let database = self.workdir.path().join("assignments.redb");
+        text += &format!("[sip]\ndatabase = \"{}\"\n{}", database.display(), self.sip_extra);
         text
     }
 
-    /// Starts `redirector run` on the edge (and the decapsulators in dsr
-    /// mode) and waits until the programs are attached.
+    /// Starts `redirector run` on the edge (after `prepare_edge`) and waits
+    /// until the program is attached.
     pub fn start(&mut self, clients: &[(SocketAddr, usize)]) {
+        self.prepare_edge();
         let path = self.workdir.path().join("edge.toml");
         std::fs::write(&path, self.config(clients)).expect("writing the edge config");
+        self.edge_daemon = Some(spawn(&self.edge, &["run", "--config", path.to_str().unwrap()]));
+        wait_for_xdp(&self.edge, "e0");
+    }
+
+    /// What the edge needs besides its daemon: pass programs on the bridge
+    /// ports in native mode, decapsulators on the homes in dsr mode.
+    pub fn prepare_edge(&mut self) {
         if self.attach == Attach::Native {
             // Native XDP_TX on a veth delivers only if the peer runs XDP too.
             self.lan_pass_programs();
         }
-        self.edge_daemon = Some(spawn(&self.edge, &["run", "--config", path.to_str().unwrap()]));
-        wait_for_xdp(&self.edge, "e0");
         if self.mode == "dsr" {
             for i in 0..self.homes.len() {
                 let interface = format!("h{i}0");
                 let address = home_address(i).to_string();
-                let decap = spawn(
-                    &self.homes[i],
-                    &["decap", "--interface", &interface, "--address", &address, "--attach", self.attach.name()],
-                );
+                let args = ["decap", "--interface", &interface, "--address", &address, "--attach", self.attach.name()];
+                let decap = spawn(&self.homes[i], &args);
                 self.daemons.push(decap);
                 wait_for_xdp(&self.homes[i], &interface);
             }
         }
+    }
+
+    /// Starts `redirector ARGS` in home `index`'s namespace.
+    pub fn spawn_in_home(&self, index: usize, args: &[String]) -> Child {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        spawn(&self.homes[index], &args)
+    }
+
+    /// Keeps a process to be killed when the topology goes.
+    pub fn adopt(&mut self, child: Child) {
+        self.daemons.push(child);
+    }
+
+    /// A path in the topology's scratch directory.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.workdir.path().join(name)
     }
 
     /// Stops the edge daemon with SIGTERM; returns whether it exited 0 and

@@ -64,7 +64,7 @@ fn dsr_v4_hit_is_ipip_encapsulated_to_the_home_server() {
         &ipip("10.0.0.1".parse().unwrap(), "10.0.0.11".parse().unwrap(), &inner),
     );
     check(&mut fx, &from_client(&datagram), XDP_TX, &expected, Counter::Forwarded);
-    let stats = fx.dataplane.server_stats(0).unwrap();
+    let stats = fx.dataplane().server_stats(0).unwrap();
     assert_eq!((stats.packets, stats.bytes), (1, from_client(&datagram).len() as u64));
 }
 
@@ -244,7 +244,7 @@ fn server_without_an_address_of_the_clients_family_passes() {
     let mut fx = Fixture::new("dsr");
     // home5 has no IPv6 address; pin an IPv6 client to it.
     let client = redirector::dataplane::endpoint("fd00::2".parse().unwrap(), 5070);
-    fx.dataplane.install_client(client, redirector_ebpf::ClientEntry { server: 4, ..Default::default() }).unwrap();
+    fx.dataplane().install_client(client, redirector_ebpf::ClientEntry { server: 4, ..Default::default() }).unwrap();
     check_passed_untouched(&mut fx, &from_client(&Datagram::new("[fd00::2]:5070", VIP6)), Counter::NoAddressForFamily);
 }
 
@@ -375,8 +375,8 @@ fn decapsulator_strips_tunnels_to_its_addresses_only() {
         return;
     }
     let mut fx = Fixture::new("dsr");
-    fx.dataplane.add_decap_address("10.0.0.11".parse().unwrap()).unwrap();
-    fx.dataplane.add_decap_address("fd00::11".parse().unwrap()).unwrap();
+    fx.dataplane().add_decap_address("10.0.0.11".parse().unwrap()).unwrap();
+    fx.dataplane().add_decap_address("fd00::11".parse().unwrap()).unwrap();
     for (client, vip, edge, home) in
         [("10.0.0.2:5060", VIP4, "10.0.0.1", "10.0.0.11"), ("[fd00::2]:5060", VIP6, "fd00::1", "fd00::11")]
     {

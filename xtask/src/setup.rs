@@ -23,6 +23,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl, for forwarding in test namespaces"),
     ("ethtool", "turns off veth checksum offload in test namespaces"),
     ("sip-tester", "SIPp, the SIP traffic generator of the end-to-end tests"),
+    ("kamailio", "a real SIP registrar as home server in the end-to-end tests"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -91,9 +91,9 @@ fn cases() -> Vec<Case> {
 /// with the same nat port.
 fn make_nat_hits_fixed_points(fx: &mut Fixture) {
     for (edge, home, nat_port) in [("10.0.0.1", "10.0.0.11", 20000), ("fd00::1", "fd00::11", 20001)] {
-        fx.dataplane.add_service(endpoint(home.parse().unwrap(), 5060)).unwrap();
+        fx.dataplane().add_service(endpoint(home.parse().unwrap(), 5060)).unwrap();
         let entry = ClientEntry { server: 0, nat_port_be: u16::to_be(nat_port), _pad: 0 };
-        fx.dataplane.install_client(endpoint(edge.parse().unwrap(), nat_port), entry).unwrap();
+        fx.dataplane().install_client(endpoint(edge.parse().unwrap(), nat_port), entry).unwrap();
     }
 }
 
@@ -108,7 +108,7 @@ fn measure(fx: &mut Fixture, case: &Case) -> f64 {
     let mut total_ns = 0u128;
     {
         let _inside = fx.ns.enter();
-        let program = fx.dataplane.program(case.program).expect("program");
+        let program = fx.dataplane().program(case.program).expect("program");
         for _ in 0..calls {
             let result = program
                 .test_run(TestRunOptions {

@@ -1,0 +1,177 @@
+//! The edge daemon: the XDP program attached, the assignment database open,
+//! and UDP sockets on every service address (what the fast path passes up)
+//! and on the proxy address (home servers' responses), each served by a
+//! tokio task that applies first contact's actions.
+//!
+//! Assignments are reloaded from the database on start; the kernel map is
+//! refilled lazily: it is keyed by client source address, which only a
+//! client's next first contact tells us.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use aya::programs::XdpMode;
+use redirector_ebpf::{Counter, REDIRECTOR_PROGRAM};
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{self, AttachMode, Config},
+    dataplane::{DataPlane, service_endpoints},
+    fast_path::FastPath,
+    first_contact::{Action, FirstContact, HomeServer, HomeState, Settings},
+    store::{AssignmentStore, RedbStore},
+};
+
+pub struct Daemon {
+    pub first_contact: Arc<FirstContact>,
+    pub fast_path: Arc<Mutex<FastPath>>,
+    services: Vec<std::net::UdpSocket>,
+    proxy: std::net::UdpSocket,
+}
+
+impl Daemon {
+    /// Loads, configures and attaches the program, opens the database and
+    /// binds the sockets. The program stays attached until `Daemon` drops.
+    pub fn start(config: &Config) -> Result<Self> {
+        let mut dataplane = DataPlane::load()?;
+        dataplane.configure(config)?;
+        let mut fast_path = FastPath::new(dataplane, config)?;
+        let mode = match config.attach {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        };
+        fast_path.dataplane().attach(REDIRECTOR_PROGRAM, &config.interface, mode)?;
+        let store = RedbStore::open(&config.sip.database)?;
+        let known = store.all()?.len();
+        info!(database = %config.sip.database.display(), assignments = known, "assignment database open");
+        let services = service_endpoints(config)
+            .map(|endpoint| {
+                let address = SocketAddr::new(crate::dataplane::endpoint_ip(&endpoint), u16::from_be(endpoint.port_be));
+                bind(address, "service address (it must be assigned to the edge, e.g. on lo)")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let proxy_address = config.proxy_address().expect("validated: a proxy address exists");
+        let proxy = bind(proxy_address, "sip.proxy_address (an address of the edge's own)")?;
+        let settings = Settings {
+            policy: config.sip.first_contact,
+            redirect_expires: config.sip.redirect_expires,
+            retry_after: config.sip.retry_after,
+            proxy: proxy_address,
+        };
+        let first_contact = FirstContact::new(settings, home_servers(config), Box::new(store));
+        Ok(Self { first_contact: Arc::new(first_contact), fast_path: Arc::new(Mutex::new(fast_path)), services, proxy })
+    }
+
+    /// Serves until `shutdown` completes or a socket fails.
+    pub async fn serve(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let services: Vec<Arc<UdpSocket>> = self
+            .services
+            .iter()
+            .map(|s| Ok(Arc::new(UdpSocket::from_std(s.try_clone()?)?)))
+            .collect::<std::io::Result<_>>()?;
+        let proxy = Arc::new(UdpSocket::from_std(self.proxy.try_clone()?)?);
+        let mut tasks = tokio::task::JoinSet::new();
+        for socket in &services {
+            tasks.spawn(self.receive_loop(socket.clone(), false, services.clone(), proxy.clone()));
+        }
+        tasks.spawn(self.receive_loop(proxy.clone(), true, services.clone(), proxy.clone()));
+        tokio::select! {
+            () = shutdown => Ok(()),
+            Some(result) = tasks.join_next() => result.context("a socket task panicked")?,
+        }
+    }
+
+    fn receive_loop(
+        &self,
+        socket: Arc<UdpSocket>,
+        is_proxy: bool,
+        services: Vec<Arc<UdpSocket>>,
+        proxy: Arc<UdpSocket>,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let first_contact = self.first_contact.clone();
+        let fast_path = self.fast_path.clone();
+        async move {
+            let local = socket.local_addr()?;
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                let (len, source) =
+                    socket.recv_from(&mut buf).await.with_context(|| format!("receiving on {local}"))?;
+                let datagram = &buf[..len];
+                let actions = if is_proxy {
+                    first_contact.on_proxy_datagram(datagram)
+                } else {
+                    first_contact.on_service_datagram(datagram, source)
+                };
+                debug!(%source, %local, ?actions, "first contact");
+                apply(&actions, local, &fast_path);
+                for action in &actions {
+                    let (from, to, bytes) = match action {
+                        Action::Reply { to, bytes } => (&socket, to, bytes),
+                        Action::Forward { to, bytes } => (&proxy, to, bytes),
+                        Action::Relay { to, bytes } => {
+                            (service_socket_for(&services, *to).unwrap_or(&proxy), to, bytes)
+                        }
+                        Action::Install { .. } => continue,
+                    };
+                    if let Err(error) = from.send_to(bytes, to).await {
+                        warn!(%to, %error, "sending failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// First contact's counters and the kernel's verdict counters.
+    pub fn report(&self) -> (Vec<(&'static str, u64)>, Vec<(Counter, u64)>) {
+        let kernel = self.fast_path.lock().expect("fast path lock").dataplane().counters().unwrap_or_default();
+        (self.first_contact.counters.snapshot(), kernel)
+    }
+}
+
+/// Installs come first, so the client's very next packet takes the fast path.
+fn apply(actions: &[Action], service: SocketAddr, fast_path: &Mutex<FastPath>) {
+    for action in actions {
+        if let Action::Install { client, server, aor } = action {
+            let result = fast_path.lock().expect("fast path lock").install(aor, *client, *server, service);
+            match result {
+                Ok(()) => debug!(%aor, %client, server, "on the fast path"),
+                Err(error) => warn!(%aor, %client, %error, "could not put the client on the fast path"),
+            }
+        }
+    }
+}
+
+fn service_socket_for(services: &[Arc<UdpSocket>], to: SocketAddr) -> Option<&Arc<UdpSocket>> {
+    services.iter().find(|s| s.local_addr().is_ok_and(|local| local.is_ipv4() == to.is_ipv4()))
+}
+
+fn bind(address: SocketAddr, what: &str) -> Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(address).with_context(|| format!("binding {address}, the {what}"))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn home_servers(config: &Config) -> Vec<HomeServer> {
+    config
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(index, server)| HomeServer {
+            name: server.name.clone(),
+            index: index as u32,
+            ipv4: server.ipv4,
+            ipv6: server.ipv6,
+            port: server.port,
+            state: match server.state {
+                config::ServerState::Active => HomeState::Active,
+                config::ServerState::Draining => HomeState::Draining,
+                config::ServerState::Down => HomeState::Down,
+            },
+            weight: server.weight,
+        })
+        .collect()
+}

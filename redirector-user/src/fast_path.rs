@@ -1,0 +1,97 @@
+//! Which clients the kernel forwards: the one place client entries (and in
+//! nat mode their edge ports and reply entries) are written, for static
+//! clients and first contacts alike. Keeps AOR → installed client keys so
+//! a later move can find and update them.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use redirector_ebpf::{ClientEntry, Endpoint, NatEntry, NatKey};
+
+use crate::{
+    config::{Config, ForwardingMode},
+    dataplane::{DataPlane, DataPlaneError, endpoint, service_endpoints},
+    nat_ports::{NatPorts, NatPortsExhausted},
+    sip::Aor,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FastPathError {
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    #[error(transparent)]
+    NatPorts(#[from] NatPortsExhausted),
+}
+
+pub struct FastPath {
+    dataplane: DataPlane,
+    mode: ForwardingMode,
+    nat_ports: NatPorts,
+    /// A client keeps its edge port across re-installs.
+    nat_port_of: HashMap<Endpoint, u16>,
+    installed: HashMap<Aor, Vec<Endpoint>>,
+}
+
+impl FastPath {
+    /// Takes a configured data plane and installs the config's static clients.
+    pub fn new(dataplane: DataPlane, config: &Config) -> Result<Self, FastPathError> {
+        let mut fast_path = Self {
+            dataplane,
+            mode: config.mode,
+            nat_ports: NatPorts::new(config.edge.nat_port_range()),
+            nat_port_of: HashMap::new(),
+            installed: HashMap::new(),
+        };
+        for client in &config.clients {
+            let server = config.server_index(&client.server).expect("validated: clients name known servers");
+            // Static clients have not said which service address they use:
+            // nat replies come from the first one of their family.
+            let family = endpoint(client.address.ip(), 0).family;
+            let service = service_endpoints(config).find(|s| s.family == family).unwrap_or_default();
+            fast_path.put(endpoint(client.address.ip(), client.address.port()), server, service)?;
+        }
+        Ok(fast_path)
+    }
+
+    pub fn dataplane(&mut self) -> &mut DataPlane {
+        &mut self.dataplane
+    }
+
+    /// Forwards `client`'s traffic to the server in slot `server`; `service`
+    /// is the address:port it talked to (the source of nat replies).
+    pub fn install(
+        &mut self,
+        aor: &Aor,
+        client: SocketAddr,
+        server: u32,
+        service: SocketAddr,
+    ) -> Result<(), FastPathError> {
+        let key = endpoint(client.ip(), client.port());
+        self.put(key, server, endpoint(service.ip(), service.port()))?;
+        let keys = self.installed.entry(aor.clone()).or_default();
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+        Ok(())
+    }
+
+    /// The client keys installed for `aor`.
+    pub fn installed(&self, aor: &Aor) -> &[Endpoint] {
+        self.installed.get(aor).map_or(&[], Vec::as_slice)
+    }
+
+    fn put(&mut self, client: Endpoint, server: u32, service: Endpoint) -> Result<(), FastPathError> {
+        let mut entry = ClientEntry { server, ..Default::default() };
+        if self.mode == ForwardingMode::Nat {
+            let port = match self.nat_port_of.get(&client) {
+                Some(&port) => port,
+                None => self.nat_ports.allocate()?,
+            };
+            self.nat_port_of.insert(client, port);
+            entry.nat_port_be = port.to_be();
+            let key = NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 };
+            self.dataplane.install_nat_reply(key, NatEntry { client, service, server })?;
+        }
+        self.dataplane.install_client(client, entry)?;
+        Ok(())
+    }
+}

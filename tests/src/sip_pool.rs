@@ -1,0 +1,212 @@
+//! SIP on top of the namespace topology: home servers running a registrar
+//! (redirector's own, or a real Kamailio), an edge daemon run inside the
+//! test process so its counters can be read, and SIPp as the client.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Output, Stdio},
+    sync::{Arc, mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use redirector::{config::Config, daemon::Daemon};
+
+use crate::{
+    netns::NetNs,
+    topology::{Topology, home_address},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registrar {
+    /// `redirector home`.
+    Own,
+    /// Kamailio 5.6 with usrloc + registrar, from Debian's package.
+    Kamailio,
+}
+
+/// Starts a registrar on every home server, listening on its own address
+/// and, in dsr mode, on the service address too.
+pub fn start_registrars(topology: &mut Topology, registrar: Registrar) {
+    for i in 0..topology.homes.len() {
+        let mut listen = vec![format!("{}:5060", home_address(i))];
+        if topology.mode == "dsr" {
+            listen.push(crate::topology::SERVICE.to_owned());
+        }
+        let child = match registrar {
+            Registrar::Own => {
+                let mut args = vec!["home".to_owned()];
+                for address in &listen {
+                    args.extend(["--listen".to_owned(), address.clone()]);
+                }
+                topology.spawn_in_home(i, &args)
+            }
+            Registrar::Kamailio => {
+                start_kamailio(&topology.homes[i], &listen, &topology.scratch(&format!("kamailio{i}")))
+            }
+        };
+        topology.adopt(child);
+    }
+    for i in 0..topology.homes.len() {
+        wait_for_udp_listener(&topology.homes[i], 5060);
+    }
+}
+
+fn start_kamailio(ns: &NetNs, listen: &[String], dir: &Path) -> Child {
+    std::fs::create_dir_all(dir).expect("kamailio scratch dir");
+    let listen: String = listen.iter().map(|a| format!("listen=udp:{a}\n")).collect();
+    let config = format!(
+        r#"#!KAMAILIO
+debug=1
+log_stderror=yes
+children=2
+{listen}mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+modparam("usrloc", "db_mode", 0)
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (is_method("REGISTER")) {{ if (!save("location")) {{ sl_reply_error(); }} exit; }}
+    if (is_method("OPTIONS")) {{ sl_send_reply("200", "OK"); exit; }}
+    sl_send_reply("404", "Not Here");
+}}
+"#
+    );
+    let path = dir.join("kamailio.cfg");
+    std::fs::write(&path, config).expect("writing kamailio.cfg");
+    let pid = dir.join("kamailio.pid");
+    ns.command(
+        "kamailio",
+        &["-DD", "-E", "-f", path.to_str().unwrap(), "-Y", dir.to_str().unwrap(), "-P", pid.to_str().unwrap()],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("starting kamailio (apt-get install kamailio)")
+}
+
+fn wait_for_udp_listener(ns: &NetNs, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ns.exec("ss", &["-Hlun", &format!("sport = :{port}")]);
+        if !out.stdout.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing listening on UDP {port} in {} after 20 s", ns.name);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The edge daemon running on a thread inside the edge namespace.
+pub struct InProcessEdge {
+    pub daemon: Arc<Daemon>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl InProcessEdge {
+    pub fn start(topology: &mut Topology, clients: &[(std::net::SocketAddr, usize)]) -> Self {
+        topology.prepare_edge();
+        let config = Config::parse(&topology.config(clients)).expect("edge config");
+        let ns_name = topology.edge.name.clone();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let ns = NetNs::existing(&ns_name);
+            let _inside = ns.enter();
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let daemon = match Daemon::start(&config) {
+                Ok(daemon) => Arc::new(daemon),
+                Err(error) => {
+                    ready_tx.send(Err(format!("{error:#}"))).unwrap();
+                    return;
+                }
+            };
+            ready_tx.send(Ok(daemon.clone())).unwrap();
+            runtime
+                .block_on(daemon.serve(async {
+                    let _ = stop_rx.await;
+                }))
+                .expect("edge daemon");
+        });
+        let daemon = ready_rx.recv().expect("edge thread").unwrap_or_else(|e| panic!("starting the edge daemon: {e}"));
+        Self { daemon, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// A first-contact counter by name.
+    pub fn first_contact(&self, name: &str) -> u64 {
+        let (counters, _) = self.daemon.report();
+        counters.into_iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no counter {name}")).1
+    }
+
+    pub fn kernel(&self, counter: redirector_ebpf::Counter) -> u64 {
+        let (_, kernel) = self.daemon.report();
+        kernel.into_iter().find(|(c, _)| *c == counter).map_or(0, |(_, n)| n)
+    }
+}
+
+impl Drop for InProcessEdge {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The scenarios in tests/sipp.
+pub fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sipp").join(name)
+}
+
+/// Runs SIPp in the client namespace against the service address: `calls`
+/// calls of `scenario`, bounded by a 30 s timeout. Every call has a socket
+/// of its own (`-t un`): once a client address has had its first contact it
+/// is on the fast path, so calls sharing one would not meet the daemon.
+/// `local_port` is the first call's port.
+pub fn sipp(topology: &Topology, scenario_name: &str, calls: u32, local_port: u16) -> Output {
+    let scenario = scenario(scenario_name);
+    let errors = topology.scratch(&format!("sipp-{scenario_name}-{local_port}.errors"));
+    let args = [
+        crate::topology::SERVICE,
+        "-sf",
+        scenario.to_str().unwrap(),
+        "-m",
+        &calls.to_string(),
+        "-r",
+        "50",
+        "-t",
+        "un",
+        "-max_socket",
+        "1000",
+        "-i",
+        &crate::topology::CLIENT.to_string(),
+        "-p",
+        &local_port.to_string(),
+        "-timeout",
+        "30s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        errors.to_str().unwrap(),
+    ];
+    let output = topology
+        .client
+        .command("sipp", &args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running sipp (apt-get install sip-tester)");
+    if !output.status.success() {
+        let errors = std::fs::read_to_string(&errors).unwrap_or_default();
+        eprintln!("sipp {scenario_name} failed:\n{}\n{errors}", String::from_utf8_lossy(&output.stdout));
+    }
+    output
+}

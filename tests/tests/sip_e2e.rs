@@ -1,0 +1,159 @@
+//! First contact end to end: SIPp clients, the edge daemon (in this process,
+//! so its counters can be read) and real registrars as home servers, in
+//! network namespaces.
+
+use std::time::Duration;
+
+use redirector_ebpf::Counter;
+use redirector_tests::{
+    privileged,
+    sip_pool::{InProcessEdge, Registrar, sipp, start_registrars},
+    topology::{Attach, CLIENT, SERVICE, Topology, receive, socket_in},
+};
+
+fn pool(mode: &'static str, attach: Attach, registrar: Registrar) -> Topology {
+    let mut topology = Topology::new(mode, attach, 3);
+    start_registrars(&mut topology, registrar);
+    topology
+}
+
+fn assert_sipp_ok(topology: &Topology, scenario: &str, calls: u32, port: u16) {
+    let output = sipp(topology, scenario, calls, port);
+    assert!(output.status.success(), "sipp {scenario}: {}", String::from_utf8_lossy(&output.stdout));
+}
+
+fn clients_spread_over_homes(edge: &InProcessEdge, expected: usize) {
+    let assignments = edge.daemon.first_contact.store().all().unwrap();
+    assert_eq!(assignments.len(), expected);
+    let homes: std::collections::HashSet<&str> = assignments.iter().map(|a| a.server.as_str()).collect();
+    assert!(homes.len() > 1, "rendezvous hashing spread {expected} AORs over more than one home: {homes:?}");
+}
+
+#[test]
+fn sipp_client_follows_the_302_to_its_home_server() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = pool("dsr", Attach::Native, Registrar::Own);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    assert_sipp_ok(&topology, "register_follow_redirect.xml", 20, 5070);
+    assert_eq!(edge.first_contact("redirected"), 20);
+    assert_eq!(edge.first_contact("assigned"), 20);
+    clients_spread_over_homes(&edge, 20);
+}
+
+#[test]
+fn kamailio_home_servers_take_redirected_and_fast_path_registrations() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = pool("dsr", Attach::Native, Registrar::Kamailio);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    assert_sipp_ok(&topology, "register_follow_redirect.xml", 10, 5070);
+    assert_sipp_ok(&topology, "reregister_fast_path.xml", 1, 5071);
+    assert_eq!(edge.first_contact("redirected"), 11);
+    assert!(edge.kernel(Counter::Forwarded) >= 1, "the re-REGISTER went through XDP");
+}
+
+#[test]
+fn register_through_an_upstream_proxy_is_proxied_and_the_200_relayed() {
+    if !privileged() {
+        return;
+    }
+    for (mode, attach) in [("dsr", Attach::Native), ("nat", Attach::Skb)] {
+        let mut topology = pool(mode, attach, Registrar::Own);
+        let edge = InProcessEdge::start(&mut topology, &[]);
+        assert_sipp_ok(&topology, "register_via_upstream_proxy.xml", 10, 5070);
+        assert_eq!(edge.first_contact("proxied"), 10, "{mode}");
+        assert_eq!(edge.first_contact("relayed"), 10, "{mode}");
+        assert_eq!(edge.first_contact("installed"), 0, "an upstream proxy is never put on the fast path");
+    }
+}
+
+#[test]
+fn after_first_contact_the_client_takes_the_fast_path() {
+    if !privileged() {
+        return;
+    }
+    for (mode, attach) in [("dsr", Attach::Native), ("nat", Attach::Native), ("dsr", Attach::Skb)] {
+        let mut topology = pool(mode, attach, Registrar::Own);
+        let edge = InProcessEdge::start(&mut topology, &[]);
+        let forwarded_before = edge.kernel(Counter::Forwarded);
+        assert_sipp_ok(&topology, "reregister_fast_path.xml", 1, 5070);
+        assert_eq!(edge.first_contact("requests"), 1, "{mode}/{attach:?}: only the first REGISTER reached the daemon");
+        assert_eq!(edge.first_contact("installed"), 1);
+        assert!(
+            edge.kernel(Counter::Forwarded) > forwarded_before,
+            "{mode}/{attach:?}: the kernel forwarded the re-REGISTER"
+        );
+    }
+}
+
+#[test]
+fn compact_folded_comma_listed_malformed_and_hop_limited_requests() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = pool("dsr", Attach::Native, Registrar::Own);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    // Each from its own port: a redirected client's port is on the fast path.
+    for (scenario, port) in [
+        ("compact_headers.xml", 5071),
+        ("comma_vias.xml", 5072),
+        ("malformed_max_forwards.xml", 5073),
+        ("max_forwards_zero.xml", 5074),
+    ] {
+        assert_sipp_ok(&topology, scenario, 1, port);
+    }
+    // SIPp cannot send a folded line (it trims every scenario line), so:
+    let client = socket_in(&topology.client, &format!("{CLIENT}:5075"));
+    let folded = format!(
+        "REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP {CLIENT}:5075\r\n ;branch=z9hG4bKfold;rport\r\n\
+         To: Folded\r\n\t<sip:folded@example.net>\r\nFrom: <sip:folded@example.net>;tag=f\r\nCall-ID: fold@c\r\n\
+         CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+    );
+    client.send_to(folded.as_bytes(), SERVICE).unwrap();
+    let answer = receive(&client, 1, Duration::from_secs(5));
+    assert_eq!(answer.len(), 1, "the folded REGISTER was answered");
+    let answer = String::from_utf8_lossy(&answer[0].1).into_owned();
+    assert!(answer.starts_with("SIP/2.0 302 Moved Temporarily\r\n"), "{answer}");
+    assert!(answer.contains("To: Folded <sip:folded@example.net>;tag="), "unfolded in the answer: {answer}");
+    for (counter, expected) in
+        [("redirected", 2), ("proxied", 1), ("relayed", 1), ("bad_request", 1), ("too_many_hops", 1)]
+    {
+        assert_eq!(edge.first_contact(counter), expected, "{counter}");
+    }
+}
+
+#[test]
+fn no_active_home_server_gets_503() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Skb, 2);
+    topology.server_state = "down";
+    start_registrars(&mut topology, Registrar::Own);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    assert_sipp_ok(&topology, "register_unavailable.xml", 3, 5070);
+    assert_eq!(edge.first_contact("unavailable"), 3);
+    assert!(edge.daemon.first_contact.store().all().unwrap().is_empty());
+}
+
+#[test]
+fn the_same_aor_keeps_its_home_server_across_restarts() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = pool("nat", Attach::Skb, Registrar::Own);
+    let before = {
+        let edge = InProcessEdge::start(&mut topology, &[]);
+        assert_sipp_ok(&topology, "register_follow_redirect.xml", 8, 5070);
+        assert_eq!(edge.first_contact("assigned"), 8);
+        edge.daemon.first_contact.store().all().unwrap()
+    };
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    assert_sipp_ok(&topology, "register_follow_redirect.xml", 8, 5071);
+    assert_eq!(edge.first_contact("redirected"), 8);
+    assert_eq!(edge.first_contact("assigned"), 0, "every AOR was found in the database");
+    assert_eq!(edge.daemon.first_contact.store().all().unwrap(), before);
+}
