@@ -193,6 +193,13 @@ impl Topology {
         (status, !has_xdp(&self.edge, "e0"))
     }
 
+    /// Kills the edge daemon with SIGKILL, as a crash would.
+    pub fn kill_edge(&mut self) {
+        let mut run = self.edge_daemon.take().expect("the edge daemon was started");
+        run.kill().expect("SIGKILL");
+        run.wait().expect("reaping the edge daemon");
+    }
+
     fn lan_pass_programs(&mut self) {
         let mut ports = vec!["e0-br".to_string(), "c0-br".to_string()];
         ports.extend((0..self.homes.len()).map(|i| format!("h{i}0-br")));
