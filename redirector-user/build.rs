@@ -28,6 +28,11 @@ fn main() {
 
 fn build(workspace: &Path, target_dir: &Path) -> PathBuf {
     let mut cargo = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    if !debian_route() && nightly_has_rust_src() {
+        // CARGO is the toolchain's own cargo, which knows no `+nightly`.
+        cargo = Command::new("rustup");
+        cargo.args(["run", "nightly", "cargo"]);
+    }
     // Nothing the outer build set for its own rustc may leak into this one.
     for var in [
         "RUSTC",
@@ -41,10 +46,10 @@ fn build(workspace: &Path, target_dir: &Path) -> PathBuf {
     ] {
         cargo.env_remove(var);
     }
-    if Path::new(DEBIAN_RUSTC).exists() && Path::new(DEBIAN_BPF_CORE).exists() {
+    if debian_route() {
         cargo.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1").arg("build");
     } else if nightly_has_rust_src() {
-        cargo.args(["+nightly", "build", "-Z", "build-std=core"]);
+        cargo.args(["build", "-Z", "build-std=core"]);
     } else {
         panic!(
             "no way to build the XDP program for {TARGET}: neither Debian's rustc-web with its BPF core \
@@ -65,6 +70,10 @@ fn build(workspace: &Path, target_dir: &Path) -> PathBuf {
         "building the XDP program failed ({status}); if bpf-linker is missing, run `cargo xtask setup`"
     );
     target_dir.join(TARGET).join("release").join("redirector")
+}
+
+fn debian_route() -> bool {
+    Path::new(DEBIAN_RUSTC).exists() && Path::new(DEBIAN_BPF_CORE).exists()
 }
 
 fn nightly_has_rust_src() -> bool {

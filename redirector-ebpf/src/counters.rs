@@ -33,8 +33,8 @@ counters! {
     PassMiss => "pass_miss",
     /// Client's home server is down or its slot unused: passed to user space.
     PassServerDown => "pass_server_down",
-    /// The FIB had no route or no neighbour yet (or the packet would need
-    /// fragmenting): passed to the kernel, which resolves it.
+    /// The FIB had no route or no resolved neighbour (or the packet would
+    /// need fragmenting): passed untouched, so it reaches the daemon.
     FibMiss => "fib_miss",
     /// The home server or edge has no address of the packet's family: passed.
     NoAddressForFamily => "no_address_for_family",

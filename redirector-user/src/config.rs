@@ -85,6 +85,10 @@ pub struct Sip {
     /// `Retry-After` of a 503, in seconds.
     #[serde(default = "default_retry_after")]
     pub retry_after: u32,
+    /// Seconds between reachability pings (OPTIONS) to every home server;
+    /// they keep the kernel's neighbour entries for them resolved.
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval: u16,
     /// Where proxied requests leave from and home servers answer to; an
     /// edge address, not a service address. Default: `edge.ipv4` (else
     /// `edge.ipv6`), port 5060.
@@ -98,6 +102,7 @@ impl Default for Sip {
             database: default_database(),
             redirect_expires: default_redirect_expires(),
             retry_after: default_retry_after(),
+            ping_interval: default_ping_interval(),
             proxy_address: None,
         }
     }
@@ -113,6 +118,10 @@ fn default_redirect_expires() -> u32 {
 
 fn default_retry_after() -> u32 {
     30
+}
+
+fn default_ping_interval() -> u16 {
+    5
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -145,8 +154,10 @@ impl Default for Edge {
     }
 }
 
+/// Below Linux's default ephemeral range (32768-60999), so the edge's own
+/// outgoing connections never land on a port the fast path rewrites.
 fn default_nat_ports() -> [u16; 2] {
-    [20000, 59999]
+    [20000, 32767]
 }
 
 impl Edge {
@@ -221,6 +232,9 @@ impl Config {
         self.validate_edge()?;
         self.validate_servers()?;
         self.validate_clients()?;
+        if self.sip.ping_interval == 0 {
+            return Err(invalid("sip.ping_interval", "must be at least 1 second"));
+        }
         if self.proxy_address().is_none() {
             return Err(invalid("sip.proxy_address", "needed when the edge has no address to default it from"));
         }
@@ -266,6 +280,17 @@ impl Config {
                 "edge.nat_ports",
                 format!("[{first}, {last}] is not a range [first, last] of non-zero ports"),
             ));
+        }
+        if self.mode == ForwardingMode::Nat {
+            for is_v4 in [true, false] {
+                let count =
+                    self.service.addresses.iter().filter(|a| a.is_ipv4() == is_v4).count() * self.service.ports.len();
+                if count > 1 {
+                    // A nat client's replies must come from the endpoint it
+                    // talked to, and its entry records only one.
+                    return Err(invalid("service", "nat mode supports one address:port per address family"));
+                }
+            }
         }
         Ok(())
     }
@@ -369,7 +394,7 @@ mod tests {
         let config = Config::parse(VALID).unwrap();
         assert_eq!(config.service.ports, vec![5060]);
         assert_eq!(config.attach, AttachMode::Native);
-        assert_eq!(config.edge.nat_port_range(), 20000..=59999);
+        assert_eq!(config.edge.nat_port_range(), 20000..=32767);
         assert_eq!(config.servers[1].state, ServerState::Draining);
         assert_eq!(config.server_index("home2"), Some(1));
         assert_eq!(config.server_index("nope"), None);
@@ -418,6 +443,14 @@ mod tests {
         assert!(err.contains("interfce"), "{err}");
         let err = error_for(&VALID.replace("ipv4 = \"10.0.0.11\"", "ipv4 = \"10.0.0.300\""));
         assert!(err.contains("ipv4") && err.contains("10.0.0.300"), "{err}");
+    }
+
+    #[test]
+    fn nat_mode_takes_one_service_endpoint_per_family() {
+        let nat = VALID.replace("mode = \"dsr\"", "mode = \"nat\"");
+        assert!(Config::parse(&nat).is_ok());
+        let err = error_for(&nat.replace("addresses = [", "ports = [5060, 5080]\naddresses = ["));
+        assert_eq!(err, "config field `service`: nat mode supports one address:port per address family");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -31,6 +32,7 @@ pub struct Daemon {
     pub fast_path: Arc<Mutex<FastPath>>,
     services: Vec<std::net::UdpSocket>,
     proxy: std::net::UdpSocket,
+    ping_interval: Duration,
 }
 
 impl Daemon {
@@ -63,7 +65,13 @@ impl Daemon {
             proxy: proxy_address,
         };
         let first_contact = FirstContact::new(settings, home_servers(config), Box::new(store));
-        Ok(Self { first_contact: Arc::new(first_contact), fast_path: Arc::new(Mutex::new(fast_path)), services, proxy })
+        Ok(Self {
+            first_contact: Arc::new(first_contact),
+            fast_path: Arc::new(Mutex::new(fast_path)),
+            services,
+            proxy,
+            ping_interval: Duration::from_secs(config.sip.ping_interval.into()),
+        })
     }
 
     /// Serves until `shutdown` completes or a socket fails.
@@ -79,6 +87,7 @@ impl Daemon {
             tasks.spawn(self.receive_loop(socket.clone(), false, services.clone(), proxy.clone()));
         }
         tasks.spawn(self.receive_loop(proxy.clone(), true, services.clone(), proxy.clone()));
+        tasks.spawn(ping_loop(self.first_contact.clone(), proxy.clone(), self.ping_interval));
         tokio::select! {
             () = shutdown => Ok(()),
             Some(result) = tasks.join_next() => result.context("a socket task panicked")?,
@@ -130,6 +139,22 @@ impl Daemon {
         let kernel = self.fast_path.lock().expect("fast path lock").dataplane().counters().unwrap_or_default();
         (self.first_contact.counters.snapshot(), kernel)
     }
+}
+
+/// Pings every home server now and then every `interval`.
+async fn ping_loop(first_contact: Arc<FirstContact>, proxy: Arc<UdpSocket>, interval: Duration) -> Result<()> {
+    let mut ticks = tokio::time::interval(interval);
+    for sequence in 1u32.. {
+        ticks.tick().await;
+        for action in first_contact.pings(sequence) {
+            if let Action::Forward { to, bytes } = action
+                && let Err(error) = proxy.send_to(&bytes, to).await
+            {
+                warn!(%to, %error, "reachability ping failed");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Installs come first, so the client's very next packet takes the fast path.

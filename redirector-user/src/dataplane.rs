@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapError, PerCpuArray},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
@@ -43,7 +43,19 @@ pub struct DataPlane {
 impl DataPlane {
     /// Loads the object embedded in this binary and its three programs.
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(crate::PROGRAM)?;
+        Self::load_with(EbpfLoader::new())
+    }
+
+    /// For `decap` and `pass`, which forward no clients: the client maps get
+    /// one entry instead of a million (about 226 MB of kernel memory).
+    pub fn load_without_clients() -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(CLIENTS_MAP, 1).map_max_entries(NAT_REPLIES_MAP, 1);
+        Self::load_with(loader)
+    }
+
+    fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self> {
+        let mut ebpf = loader.load(crate::PROGRAM)?;
         for name in [REDIRECTOR_PROGRAM, DECAP_PROGRAM, PASS_PROGRAM] {
             program(&mut ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
         }
@@ -237,7 +249,7 @@ mod tests {
         let config = Config::parse(
             r#"
             interface = "e"
-            mode = "nat"
+            mode = "dsr"
             [service]
             addresses = ["192.0.2.10"]
             ports = [5060, 5080]
@@ -251,7 +263,7 @@ mod tests {
         )
         .unwrap();
         let edge = edge_config(&config);
-        assert_eq!((edge.mode, edge.flags, edge.edge_v4), (Mode::Nat as u8, CONFIG_HAS_EDGE_V4, [10, 0, 0, 1]));
+        assert_eq!((edge.mode, edge.flags, edge.edge_v4), (Mode::Dsr as u8, CONFIG_HAS_EDGE_V4, [10, 0, 0, 1]));
         let ports: Vec<u16> = service_endpoints(&config).map(|s| u16::from_be(s.port_be)).collect();
         assert_eq!(ports, vec![5060, 5080]);
         let server = server_entry(&config.servers[0]);

@@ -133,6 +133,10 @@ counters! {
     assigned,
     /// Client addresses put on the fast path.
     installed,
+    /// Reachability pings (OPTIONS) sent to home servers.
+    pings_sent,
+    /// Answers to them.
+    pings_answered,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -181,7 +185,12 @@ impl FirstContact {
             return self.drop();
         };
         let vias: Vec<String> = message.via_values().map(|v| v.into_owned()).collect();
-        let ours = vias.first().and_then(|top| Via::parse(top).ok()).is_some_and(|top| self.is_our_via(&top));
+        let top = vias.first().and_then(|top| Via::parse(top).ok());
+        if top.is_some_and(|top| self.is_our_via(&top) && top.branch().is_some_and(|b| b.starts_with(PING_PREFIX))) {
+            bump(&self.counters.pings_answered);
+            return Vec::new();
+        }
+        let ours = top.is_some_and(|top| self.is_our_via(&top));
         let next = vias.get(1).and_then(|v| Via::parse(v).ok()?.response_address());
         match (ours, next) {
             (true, Some(to)) => {
@@ -309,6 +318,27 @@ impl FirstContact {
         vec![Action::Forward { to: home, bytes: rewrite(message, &vias, Some(max_forwards)) }]
     }
 
+    /// OPTIONS to every home server of the proxy address's family. Sending
+    /// them makes the kernel resolve and refresh each server's neighbour
+    /// entry, which the fast path's FIB lookups need: in dsr mode the edge
+    /// sends the servers nothing else.
+    pub fn pings(&self, sequence: u32) -> Vec<Action> {
+        let proxy = self.settings.proxy;
+        self.servers
+            .iter()
+            .filter_map(|server| server.address_for(proxy))
+            .map(|to| {
+                bump(&self.counters.pings_sent);
+                let bytes = format!(
+                    "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {proxy};branch={PING_PREFIX}{sequence:x}\r\n\
+                     Max-Forwards: 70\r\nTo: <sip:{to}>\r\nFrom: <sip:redirector@{proxy}>;tag=rdr-ping\r\n\
+                     Call-ID: rdr-ping-{sequence:x}@{proxy}\r\nCSeq: {sequence} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+                );
+                Action::Forward { to, bytes: bytes.into_bytes() }
+            })
+            .collect()
+    }
+
     fn is_our_via(&self, via: &Via<'_>) -> bool {
         let sent_by = match via.port {
             Some(port) => format!("{}:{port}", via.host),
@@ -368,6 +398,7 @@ fn redirect_target(request_uri: &str, home: SocketAddr) -> String {
 }
 
 const BRANCH_PREFIX: &str = "z9hG4bK-rdr-";
+const PING_PREFIX: &str = "z9hG4bK-rdr-ping-";
 
 /// The same request always gets the same branch (so a retransmission is
 /// the same transaction at the home server), different requests different

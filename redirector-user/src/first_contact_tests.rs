@@ -221,3 +221,26 @@ fn invite_is_identified_by_from_and_its_ack_absorbed() {
     assert!(s.fc.on_service_datagram(ack.as_bytes(), client()).is_empty());
     assert_eq!(s.fc.counters.absorbed_acks.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn pings_go_to_every_home_server_and_their_answers_are_counted_not_relayed() {
+    let s = setup(Policy::Auto);
+    let pings = s.fc.pings(7);
+    let targets: Vec<SocketAddr> = pings
+        .iter()
+        .map(|a| match a {
+            Action::Forward { to, .. } => *to,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(targets, ["198.51.100.11:5060".parse().unwrap(), "198.51.100.12:5060".parse::<SocketAddr>().unwrap()]);
+    let Action::Forward { bytes, .. } = &pings[0] else { unreachable!() };
+    let ping = text(bytes);
+    let message = Message::parse(ping.as_bytes()).unwrap();
+    assert_eq!(message.method(), Some("OPTIONS"));
+    let answer = ping.replacen("OPTIONS sip:198.51.100.11:5060 SIP/2.0", "SIP/2.0 200 OK", 1);
+    assert!(s.fc.on_proxy_datagram(answer.as_bytes()).is_empty());
+    assert_eq!(s.fc.counters.pings_sent.load(Ordering::Relaxed), 2);
+    assert_eq!(s.fc.counters.pings_answered.load(Ordering::Relaxed), 1);
+    assert_eq!(s.fc.counters.relayed.load(Ordering::Relaxed), 0);
+}

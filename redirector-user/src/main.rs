@@ -98,14 +98,14 @@ async fn main() -> Result<()> {
                 CliAttachMode::Native => AttachMode::Native,
                 CliAttachMode::Skb => AttachMode::Skb,
             };
-            let mut dataplane = DataPlane::load()?;
+            let mut dataplane = DataPlane::load_without_clients()?;
             for &address in &addresses {
                 dataplane.add_decap_address(address)?;
             }
             hold_attached(dataplane, DECAP_PROGRAM, &interface, mode).await
         }
         Command::Pass { interface } => {
-            hold_attached(DataPlane::load()?, PASS_PROGRAM, &interface, AttachMode::Native).await
+            hold_attached(DataPlane::load_without_clients()?, PASS_PROGRAM, &interface, AttachMode::Native).await
         }
     }
 }
@@ -113,6 +113,7 @@ async fn main() -> Result<()> {
 async fn run(path: PathBuf) -> Result<()> {
     let config = Config::load(&path)?;
     check_forwarding(&config)?;
+    check_nat_ports(&config)?;
     let daemon = Daemon::start(&config)?;
     info!(interface = %config.interface, mode = ?config.mode, attach = ?config.attach, servers = config.servers.len(), "redirector attached, answering first contacts");
     daemon.serve(shutdown_signal()?).await?;
@@ -157,6 +158,27 @@ fn check_forwarding(config: &Config) -> Result<()> {
 }
 
 /// Attaches `program` and keeps it attached until SIGINT or SIGTERM.
+/// nat replies are recognised by their edge port alone: a port the kernel
+/// also hands to the edge's own sockets would have their replies rewritten.
+fn check_nat_ports(config: &Config) -> Result<()> {
+    if config.mode != redirector::config::ForwardingMode::Nat {
+        return Ok(());
+    }
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    let range = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let bounds: Vec<u16> = range.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    let [low, high] = bounds[..] else { bail!("{path} does not hold two ports: {range:?}") };
+    let [first, last] = config.edge.nat_ports;
+    if first <= high && low <= last {
+        bail!(
+            "edge.nat_ports [{first}, {last}] overlaps the kernel's ephemeral ports {low}-{high}: \
+             move edge.nat_ports, or run `sysctl -w net.ipv4.ip_local_port_range=\"{} {high}\"`",
+            last.saturating_add(1).max(low)
+        );
+    }
+    Ok(())
+}
+
 async fn hold_attached(
     mut dataplane: DataPlane,
     program: &'static str,

@@ -68,8 +68,18 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Builds the namespaces and links; nothing is attached yet.
+    /// Builds the namespaces and links, with static neighbour entries;
+    /// nothing is attached yet.
     pub fn new(mode: &'static str, attach: Attach, homes: usize) -> Self {
+        Self::build(mode, attach, homes, true)
+    }
+
+    /// As `new`, but every host resolves its neighbours itself (ARP).
+    pub fn with_dynamic_neighbours(mode: &'static str, attach: Attach, homes: usize) -> Self {
+        Self::build(mode, attach, homes, false)
+    }
+
+    fn build(mode: &'static str, attach: Attach, homes: usize, static_neighbours: bool) -> Self {
         let lan = NetNs::new("rdr-lan");
         lan.ip("link add br0 type bridge");
         lan.ip("link set br0 up");
@@ -89,16 +99,17 @@ impl Topology {
                 home
             })
             .collect();
-        // Static neighbours everywhere: a burst sent before ARP resolves
-        // would otherwise overflow the kernel's unresolved queue (~90
-        // packets), and the edge's very first packet needs a FIB answer.
-        let edge_neighbours: Vec<(Ipv4Addr, u8)> = std::iter::once((CLIENT, 0x02))
-            .chain((0..homes.len()).map(|i| (home_address(i), 0x11 + i as u8)))
-            .collect();
-        add_neighbours(&edge, "e0", &edge_neighbours);
-        add_neighbours(&client, "c0", &[(EDGE, 0x01)]);
-        for (i, home) in homes.iter().enumerate() {
-            add_neighbours(home, &format!("h{i}0"), &[(EDGE, 0x01), (CLIENT, 0x02)]);
+        // Static neighbours (the default): a burst sent before ARP resolves
+        // would overflow the kernel's unresolved queue (~90 packets).
+        if static_neighbours {
+            let edge_neighbours: Vec<(Ipv4Addr, u8)> = std::iter::once((CLIENT, 0x02))
+                .chain((0..homes.len()).map(|i| (home_address(i), 0x11 + i as u8)))
+                .collect();
+            add_neighbours(&edge, "e0", &edge_neighbours);
+            add_neighbours(&client, "c0", &[(EDGE, 0x01)]);
+            for (i, home) in homes.iter().enumerate() {
+                add_neighbours(home, &format!("h{i}0"), &[(EDGE, 0x01), (CLIENT, 0x02)]);
+            }
         }
         Self {
             lan,

@@ -90,6 +90,23 @@ fn after_first_contact_the_client_takes_the_fast_path() {
 }
 
 #[test]
+fn reachability_pings_resolve_home_servers_so_the_fast_path_works_without_static_neighbours() {
+    if !privileged() {
+        return;
+    }
+    for mode in ["dsr", "nat"] {
+        let mut topology = Topology::with_dynamic_neighbours(mode, Attach::Skb, 2);
+        start_registrars(&mut topology, Registrar::Own);
+        let edge = InProcessEdge::start(&mut topology, &[]);
+        assert_sipp_ok(&topology, "reregister_fast_path.xml", 1, 5070);
+        assert_eq!(edge.first_contact("requests"), 1, "{mode}: the re-REGISTER was not a FIB miss");
+        assert!(edge.kernel(Counter::Forwarded) >= 1, "{mode}");
+        assert_eq!(edge.kernel(Counter::FibMiss), 0, "{mode}");
+        assert!(edge.first_contact("pings_answered") >= 1, "{mode}: home servers answered the pings");
+    }
+}
+
+#[test]
 fn compact_folded_comma_listed_malformed_and_hop_limited_requests() {
     if !privileged() {
         return;

@@ -9,16 +9,20 @@
 //!    never drops what it cannot prove is its own.
 //! 3. IP fragments are `XDP_PASS`ed (the kernel reassembles; the daemon sees
 //!    the whole datagram), counted `fragment`.
-//! 4. UDP to a `SERVICES` endpoint whose UDP length is below 8 or beyond the
-//!    IP payload is `XDP_DROP`ped, counted `malformed`: it is ours and garbage.
+//! 4. UDP to a `SERVICES` endpoint, or a nat reply, whose UDP length is below
+//!    8 or beyond the IP payload is `XDP_DROP`ped, counted `malformed`: it is
+//!    ours and garbage.
 //! 5. A client in `CLIENTS` whose home server is active or draining is
 //!    forwarded (dsr or nat, `XDP_TX`, or `XDP_REDIRECT` when the FIB says
-//!    another interface); an unknown client or a down server is passed to
-//!    user space (`pass_miss`, `pass_server_down`).
+//!    another interface; a VLAN-tagged frame always leaves by `XDP_TX` with
+//!    its tag); an unknown client, a nat entry without an edge port, or a
+//!    down server is passed to user space (`pass_miss`, `pass_server_down`).
 //! 6. In nat mode, UDP to the edge address on a port in `NAT_REPLIES` from
 //!    that entry's home server is rewritten back to the client.
 //! 7. Whenever the FIB has no complete answer, the packet is passed untouched
-//!    (`fib_miss`): it is never rewritten before the route is known.
+//!    (`fib_miss`): it is never rewritten before the route is known. Passed
+//!    up, it reaches the daemon as a first contact; the daemon's reachability
+//!    pings keep the home servers' neighbour entries resolved.
 //!
 //! No path returns `XDP_ABORTED`.
 
