@@ -135,10 +135,17 @@ impl Daemon {
     }
 
     /// First contact's counters and the kernel's verdict counters.
-    pub fn report(&self) -> (Vec<(&'static str, u64)>, Vec<(Counter, u64)>) {
+    pub fn report(&self) -> Report {
         let kernel = self.fast_path.lock().expect("fast path lock").dataplane().counters().unwrap_or_default();
-        (self.first_contact.counters.snapshot(), kernel)
+        Report { first_contact: self.first_contact.counters.snapshot(), kernel }
     }
+}
+
+/// A snapshot of the counters, by name.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub first_contact: Vec<(&'static str, u64)>,
+    pub kernel: Vec<(Counter, u64)>,
 }
 
 /// Pings every home server now and then every `interval`.

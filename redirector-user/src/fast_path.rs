@@ -17,9 +17,15 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum FastPathError {
     #[error(transparent)]
-    DataPlane(#[from] DataPlaneError),
+    DataPlane(Box<DataPlaneError>),
     #[error(transparent)]
     NatPorts(#[from] NatPortsExhausted),
+}
+
+impl From<DataPlaneError> for FastPathError {
+    fn from(error: DataPlaneError) -> Self {
+        Self::DataPlane(Box::new(error))
+    }
 }
 
 pub struct FastPath {

@@ -117,9 +117,9 @@ async fn run(path: PathBuf) -> Result<()> {
     let daemon = Daemon::start(&config)?;
     info!(interface = %config.interface, mode = ?config.mode, attach = ?config.attach, servers = config.servers.len(), "redirector attached, answering first contacts");
     daemon.serve(shutdown_signal()?).await?;
-    let (first_contact, kernel) = daemon.report();
-    let kernel: Vec<(&str, u64)> = kernel.iter().map(|(c, n)| (c.label(), *n)).collect();
-    info!(?first_contact, ?kernel, "counters at shutdown");
+    let report = daemon.report();
+    let kernel: Vec<(&str, u64)> = report.kernel.iter().map(|(c, n)| (c.label(), *n)).collect();
+    info!(first_contact = ?report.first_contact, ?kernel, "counters at shutdown");
     drop(daemon);
     info!(interface = %config.interface, "redirector detached");
     Ok(())

@@ -140,13 +140,17 @@ impl InProcessEdge {
 
     /// A first-contact counter by name.
     pub fn first_contact(&self, name: &str) -> u64 {
-        let (counters, _) = self.daemon.report();
-        counters.into_iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no counter {name}")).1
+        self.daemon
+            .report()
+            .first_contact
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+            .1
     }
 
     pub fn kernel(&self, counter: redirector_ebpf::Counter) -> u64 {
-        let (_, kernel) = self.daemon.report();
-        kernel.into_iter().find(|(c, _)| *c == counter).map_or(0, |(_, n)| n)
+        self.daemon.report().kernel.into_iter().find(|(c, _)| *c == counter).map_or(0, |(_, n)| n)
     }
 }
 
