@@ -407,3 +407,43 @@ fn decapsulator_strips_tunnels_to_its_addresses_only() {
     let outcome = fx.run_program(DECAP_PROGRAM, &elsewhere);
     assert_eq!((outcome.action, outcome.frame), (XDP_PASS, elsewhere));
 }
+
+#[test]
+fn an_ip_length_that_cuts_into_the_udp_header_is_malformed() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    let v4 = from_client(&Datagram::new("10.0.0.2:5060", VIP4));
+    for udp_bytes in 0..8u16 {
+        // The frame keeps every byte; only the IP header's length shrinks.
+        let mut frame = v4.clone();
+        frame[16..18].copy_from_slice(&(20 + udp_bytes).to_be_bytes());
+        let check = etherparse::Ipv4HeaderSlice::from_slice(&frame[14..34]).unwrap().to_header().calc_header_checksum();
+        frame[24..26].copy_from_slice(&check.to_be_bytes());
+        check_passed_untouched(&mut fx, &frame, Counter::Malformed);
+    }
+    let v6 = from_client(&Datagram::new("[fd00::2]:5060", VIP6));
+    for udp_bytes in 0..8u16 {
+        let mut frame = v6.clone();
+        frame[18..20].copy_from_slice(&udp_bytes.to_be_bytes());
+        check_passed_untouched(&mut fx, &frame, Counter::Malformed);
+    }
+}
+
+#[test]
+fn udp_length_lies_over_ipv6_and_on_the_nat_reply_path_are_dropped() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("nat");
+    let mut v6 = from_client(&Datagram::new("[fd00::2]:5060", VIP6));
+    let udp_len_at = 14 + 40 + 4;
+    v6[udp_len_at..udp_len_at + 2].copy_from_slice(&4u16.to_be_bytes());
+    check(&mut fx, &v6, XDP_DROP, &v6, Counter::Malformed);
+    let reply = Datagram::new("10.0.0.11:5060", "10.0.0.1:20000");
+    let mut frame = ethernet(HOME1_MAC, EDGE_MAC, None, reply.ethertype(), &reply.ip_packet());
+    let udp_len_at = 14 + 20 + 4;
+    frame[udp_len_at..udp_len_at + 2].copy_from_slice(&9000u16.to_be_bytes());
+    check(&mut fx, &frame, XDP_DROP, &frame, Counter::Malformed);
+}

@@ -51,6 +51,9 @@ pub enum HeaderKind {
     ContentType,
     Expires,
     Event,
+    Supported,
+    Subject,
+    ContentEncoding,
     Other,
 }
 
@@ -69,6 +72,9 @@ impl HeaderKind {
             ("content-type", Some("c"), HeaderKind::ContentType),
             ("expires", None, HeaderKind::Expires),
             ("event", Some("o"), HeaderKind::Event),
+            ("supported", Some("k"), HeaderKind::Supported),
+            ("subject", Some("s"), HeaderKind::Subject),
+            ("content-encoding", Some("e"), HeaderKind::ContentEncoding),
         ];
         NAMES
             .iter()
@@ -91,6 +97,9 @@ impl HeaderKind {
             HeaderKind::ContentType => "Content-Type",
             HeaderKind::Expires => "Expires",
             HeaderKind::Event => "Event",
+            HeaderKind::Supported => "Supported",
+            HeaderKind::Subject => "Subject",
+            HeaderKind::ContentEncoding => "Content-Encoding",
             HeaderKind::Other => "",
         }
     }

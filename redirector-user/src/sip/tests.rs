@@ -34,11 +34,21 @@ fn a_register_is_scanned_without_copies() {
 #[test]
 fn compact_and_case_insensitive_header_names() {
     let compact = "INVITE sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bK1\r\nT: <sip:a@b>\r\nf: <sip:c@d>;tag=1\r\n\
-        I: id\r\ncseq: 1 INVITE\r\nm: <sip:c@1.2.3.4>\r\nL: 0\r\no: presence\r\n\r\n";
+        I: id\r\ncseq: 1 INVITE\r\nm: <sip:c@1.2.3.4>\r\nL: 0\r\no: presence\r\nk: path\r\ns: hi\r\nE: gzip\r\nc: text/plain\r\n\r\n";
     let message = parse(compact).unwrap();
-    for kind in
-        [HeaderKind::Via, HeaderKind::To, HeaderKind::From, HeaderKind::CallId, HeaderKind::Contact, HeaderKind::Event]
-    {
+    for kind in [
+        HeaderKind::Via,
+        HeaderKind::To,
+        HeaderKind::From,
+        HeaderKind::CallId,
+        HeaderKind::Contact,
+        HeaderKind::Event,
+        HeaderKind::Supported,
+        HeaderKind::Subject,
+        HeaderKind::ContentEncoding,
+        HeaderKind::ContentType,
+        HeaderKind::ContentLength,
+    ] {
         assert!(message.header(kind).is_some(), "{kind:?}");
     }
     assert_eq!(message.value(HeaderKind::CallId).unwrap(), "id");
