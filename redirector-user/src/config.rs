@@ -66,6 +66,27 @@ pub struct Config {
     pub clients: Vec<Client>,
     #[serde(default)]
     pub sip: Sip,
+    #[serde(default)]
+    pub control: Control,
+}
+
+/// The local control API `redirector stats` and friends talk to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// Unix socket, created root-only (mode 0600).
+    #[serde(default = "default_control_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self { socket: default_control_socket() }
+    }
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from(crate::control::DEFAULT_SOCKET)
 }
 
 /// First contact: how the daemon answers what the fast path passes up.

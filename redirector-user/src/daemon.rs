@@ -21,32 +21,29 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::{self, AttachMode, Config},
+    control,
     dataplane::{DataPlane, service_endpoints},
     fast_path::FastPath,
     first_contact::{Action, FirstContact, HomeServer, HomeState, Settings},
+    operations::Operations,
     store::{AssignmentStore, RedbStore},
 };
 
 pub struct Daemon {
     pub first_contact: Arc<FirstContact>,
     pub fast_path: Arc<Mutex<FastPath>>,
+    control: std::os::unix::net::UnixListener,
     services: Vec<std::net::UdpSocket>,
     proxy: std::net::UdpSocket,
     ping_interval: Duration,
 }
 
 impl Daemon {
-    /// Loads, configures and attaches the program, opens the database and
-    /// binds the sockets. The program stays attached until `Daemon` drops.
+    /// Opens the database, binds every socket, then loads, configures and
+    /// attaches the program — in that order, so no first contact the
+    /// program passes up finds no socket. The program stays attached until
+    /// `Daemon` drops.
     pub fn start(config: &Config) -> Result<Self> {
-        let mut dataplane = DataPlane::load()?;
-        dataplane.configure(config)?;
-        let mut fast_path = FastPath::new(dataplane, config)?;
-        let mode = match config.attach {
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
-        };
-        fast_path.dataplane().attach(REDIRECTOR_PROGRAM, &config.interface, mode)?;
         let store = RedbStore::open(&config.sip.database)?;
         let known = store.all()?.len();
         info!(database = %config.sip.database.display(), assignments = known, "assignment database open");
@@ -58,6 +55,16 @@ impl Daemon {
             .collect::<Result<Vec<_>>>()?;
         let proxy_address = config.proxy_address().expect("validated: a proxy address exists");
         let proxy = bind(proxy_address, "sip.proxy_address (an address of the edge's own)")?;
+        let control = control::bind(&config.control.socket)
+            .with_context(|| format!("creating the control socket {}", config.control.socket.display()))?;
+        let mut dataplane = DataPlane::load()?;
+        dataplane.configure(config)?;
+        let mut fast_path = FastPath::new(dataplane, config)?;
+        let mode = match config.attach {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        };
+        fast_path.dataplane().attach(REDIRECTOR_PROGRAM, &config.interface, mode)?;
         let settings = Settings {
             policy: config.sip.first_contact,
             redirect_expires: config.sip.redirect_expires,
@@ -68,6 +75,7 @@ impl Daemon {
         Ok(Self {
             first_contact: Arc::new(first_contact),
             fast_path: Arc::new(Mutex::new(fast_path)),
+            control,
             services,
             proxy,
             ping_interval: Duration::from_secs(config.sip.ping_interval.into()),
@@ -88,6 +96,7 @@ impl Daemon {
         }
         tasks.spawn(self.receive_loop(proxy.clone(), true, services.clone(), proxy.clone()));
         tasks.spawn(ping_loop(self.first_contact.clone(), proxy.clone(), self.ping_interval));
+        tasks.spawn(control::serve(self.control.try_clone()?, Arc::new(self.operations())));
         tokio::select! {
             () = shutdown => Ok(()),
             Some(result) = tasks.join_next() => result.context("a socket task panicked")?,
@@ -132,6 +141,11 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// What operators can do to this edge.
+    pub fn operations(&self) -> Operations {
+        Operations { first_contact: self.first_contact.clone(), fast_path: self.fast_path.clone() }
     }
 
     /// First contact's counters and the kernel's verdict counters.

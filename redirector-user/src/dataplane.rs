@@ -2,7 +2,7 @@
 //! reading counters. Conversions from config to the shared map types are
 //! plain functions, tested on the host.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -15,7 +15,10 @@ use redirector_ebpf::{
     REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICES_MAP, Server, ServerStats,
 };
 
-use crate::config::{self, Config, ForwardingMode};
+use crate::{
+    config::{self, Config, ForwardingMode},
+    first_contact::{HomeServer, HomeState},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
@@ -107,6 +110,25 @@ impl DataPlane {
     pub fn install_client(&mut self, client: Endpoint, entry: ClientEntry) -> Result<()> {
         let mut map: HashMap<_, Endpoint, ClientEntry> = self.map(CLIENTS_MAP)?;
         map.insert(client, entry, 0).map_err(map_error(CLIENTS_MAP))
+    }
+
+    /// A client's entry, if it has one.
+    pub fn client(&mut self, client: Endpoint) -> Result<Option<ClientEntry>> {
+        let map: HashMap<_, Endpoint, ClientEntry> = self.map(CLIENTS_MAP)?;
+        match map.get(&client, 0) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataPlaneError::Map { name: CLIENTS_MAP, source }),
+        }
+    }
+
+    /// Removes a client's entry (absent is fine: the LRU may have evicted it).
+    pub fn remove_client(&mut self, client: Endpoint) -> Result<()> {
+        let mut map: HashMap<_, Endpoint, ClientEntry> = self.map(CLIENTS_MAP)?;
+        match map.remove(&client) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataPlaneError::Map { name: CLIENTS_MAP, source }),
+        }
     }
 
     pub fn install_nat_reply(&mut self, key: NatKey, entry: NatEntry) -> Result<()> {
@@ -208,20 +230,31 @@ pub fn edge_config(config: &Config) -> redirector_ebpf::Config {
 }
 
 pub fn server_entry(server: &config::Server) -> Server {
-    let mut entry = Server {
-        port_be: server.port.to_be(),
-        state: match server.state {
-            config::ServerState::Active => redirector_ebpf::ServerState::Active,
-            config::ServerState::Draining => redirector_ebpf::ServerState::Draining,
-            config::ServerState::Down => redirector_ebpf::ServerState::Down,
-        } as u8,
-        ..Default::default()
+    let state = match server.state {
+        config::ServerState::Active => redirector_ebpf::ServerState::Active,
+        config::ServerState::Draining => redirector_ebpf::ServerState::Draining,
+        config::ServerState::Down => redirector_ebpf::ServerState::Down,
     };
-    if let Some(v4) = server.ipv4 {
+    entry(server.ipv4, server.ipv6, server.port, state)
+}
+
+/// The kernel's view of a home server as first contact knows it now.
+pub fn home_server_entry(home: &HomeServer) -> Server {
+    let state = match home.state {
+        HomeState::Active => redirector_ebpf::ServerState::Active,
+        HomeState::Draining => redirector_ebpf::ServerState::Draining,
+        HomeState::Down => redirector_ebpf::ServerState::Down,
+    };
+    entry(home.ipv4, home.ipv6, home.port, state)
+}
+
+fn entry(ipv4: Option<Ipv4Addr>, ipv6: Option<Ipv6Addr>, port: u16, state: redirector_ebpf::ServerState) -> Server {
+    let mut entry = Server { port_be: port.to_be(), state: state as u8, ..Default::default() };
+    if let Some(v4) = ipv4 {
         entry.v4 = v4.octets();
         entry.flags |= SERVER_HAS_V4;
     }
-    if let Some(v6) = server.ipv6 {
+    if let Some(v6) = ipv6 {
         entry.v6 = v6.octets();
         entry.flags |= SERVER_HAS_V6;
     }

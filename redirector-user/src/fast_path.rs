@@ -34,7 +34,15 @@ pub struct FastPath {
     nat_ports: NatPorts,
     /// A client keeps its edge port across re-installs.
     nat_port_of: HashMap<Endpoint, u16>,
-    installed: HashMap<Aor, Vec<Endpoint>>,
+    /// AOR → (client key, service endpoint it talked to).
+    installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>>,
+}
+
+/// A client's kernel entries, taken off the fast path during a move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withdrawn {
+    aor: Aor,
+    entries: Vec<(Endpoint, Endpoint)>,
 }
 
 impl FastPath {
@@ -71,18 +79,37 @@ impl FastPath {
         server: u32,
         service: SocketAddr,
     ) -> Result<(), FastPathError> {
-        let key = endpoint(client.ip(), client.port());
-        self.put(key, server, endpoint(service.ip(), service.port()))?;
-        let keys = self.installed.entry(aor.clone()).or_default();
-        if !keys.contains(&key) {
-            keys.push(key);
+        let entry = (endpoint(client.ip(), client.port()), endpoint(service.ip(), service.port()));
+        self.put(entry.0, server, entry.1)?;
+        let entries = self.installed.entry(aor.clone()).or_default();
+        if !entries.contains(&entry) {
+            entries.push(entry);
         }
         Ok(())
     }
 
     /// The client keys installed for `aor`.
-    pub fn installed(&self, aor: &Aor) -> &[Endpoint] {
-        self.installed.get(aor).map_or(&[], Vec::as_slice)
+    pub fn installed(&self, aor: &Aor) -> Vec<Endpoint> {
+        self.installed.get(aor).map_or_else(Vec::new, |entries| entries.iter().map(|(client, _)| *client).collect())
+    }
+
+    /// Takes `aor`'s clients off the fast path: until `restore`, their
+    /// packets go up to first contact, which answers from the database.
+    pub fn withdraw(&mut self, aor: &Aor) -> Result<Withdrawn, FastPathError> {
+        let entries = self.installed.remove(aor).unwrap_or_default();
+        for (client, _) in &entries {
+            self.dataplane.remove_client(*client)?;
+        }
+        Ok(Withdrawn { aor: aor.clone(), entries })
+    }
+
+    /// Puts withdrawn clients back on the fast path, to the server in slot `server`.
+    pub fn restore(&mut self, withdrawn: Withdrawn, server: u32) -> Result<(), FastPathError> {
+        for &(client, service) in &withdrawn.entries {
+            self.put(client, server, service)?;
+        }
+        self.installed.entry(withdrawn.aor).or_default().extend(withdrawn.entries);
+        Ok(())
     }
 
     fn put(&mut self, client: Endpoint, server: u32, service: Endpoint) -> Result<(), FastPathError> {

@@ -14,7 +14,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -41,7 +44,8 @@ pub enum Policy {
     Proxy,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HomeState {
     Active,
     Draining,
@@ -145,14 +149,53 @@ fn bump(counter: &AtomicU64) {
 
 pub struct FirstContact {
     settings: Settings,
-    servers: Vec<HomeServer>,
+    /// Changed by drain / undrain (and health checks).
+    servers: RwLock<Vec<HomeServer>>,
     store: Box<dyn AssignmentStore>,
     pub counters: Counters,
 }
 
 impl FirstContact {
     pub fn new(settings: Settings, servers: Vec<HomeServer>, store: Box<dyn AssignmentStore>) -> Self {
-        Self { settings, servers, store, counters: Counters::default() }
+        Self { settings, servers: RwLock::new(servers), store, counters: Counters::default() }
+    }
+
+    /// The home servers as first contact sees them now.
+    pub fn servers(&self) -> Vec<HomeServer> {
+        self.servers.read().expect("servers lock").clone()
+    }
+
+    pub fn server(&self, name: &str) -> Option<HomeServer> {
+        self.servers.read().expect("servers lock").iter().find(|s| s.name == name).cloned()
+    }
+
+    /// Sets a server's state; `None` if there is no such server.
+    pub fn set_state(&self, name: &str, state: HomeState) -> Option<HomeServer> {
+        let mut servers = self.servers.write().expect("servers lock");
+        let server = servers.iter_mut().find(|s| s.name == name)?;
+        server.state = state;
+        Some(server.clone())
+    }
+
+    /// Where rendezvous hashing puts `aor` among the active servers, other
+    /// than `excluding`.
+    pub fn choose_server(&self, aor: &Aor, excluding: Option<&str>) -> Option<HomeServer> {
+        let servers = self.servers.read().expect("servers lock");
+        let candidates: Vec<Candidate<'_>> = servers
+            .iter()
+            .filter(|s| s.state == HomeState::Active && Some(s.name.as_str()) != excluding)
+            .map(|s| Candidate { name: &s.name, weight: s.weight })
+            .collect();
+        let name = rendezvous::choose(aor.as_str(), &candidates)?;
+        servers.iter().find(|s| s.name == name).cloned()
+    }
+
+    /// Records `aor` on `server` with the next generation, durably.
+    pub fn reassign(&self, aor: &Aor, server: &str) -> Result<Assignment, StoreError> {
+        let generation = self.store.get(aor)?.map_or(0, |a| a.generation) + 1;
+        let assignment = Assignment { generation, ..Assignment::new(aor.clone(), server.to_owned()) };
+        self.store.put(&assignment)?;
+        Ok(assignment)
     }
 
     pub fn store(&self) -> &dyn AssignmentStore {
@@ -233,7 +276,7 @@ impl FirstContact {
                 return self.reject(&mut basis, source, 500, "Assignment Database Failed", &self.counters.server_error);
             }
         };
-        let Some(home) = self.servers.iter().find(|s| s.name == assignment.server) else {
+        let Some(home) = self.server(&assignment.server) else {
             tracing::warn!(%aor, server = assignment.server, "assigned to a server no longer configured");
             let retry = [("Retry-After", self.settings.retry_after.to_string())];
             return self.reject_with(
@@ -279,16 +322,10 @@ impl FirstContact {
         if let Some(existing) = self.store.get(aor)? {
             return Ok(Some(existing));
         }
-        let candidates: Vec<Candidate<'_>> = self
-            .servers
-            .iter()
-            .filter(|s| s.state == HomeState::Active)
-            .map(|s| Candidate { name: &s.name, weight: s.weight })
-            .collect();
-        let Some(server) = rendezvous::choose(aor.as_str(), &candidates) else {
+        let Some(server) = self.choose_server(aor, None) else {
             return Ok(None);
         };
-        let assignment = Assignment::new(aor.clone(), server.to_owned());
+        let assignment = Assignment::new(aor.clone(), server.name);
         self.store.put(&assignment)?;
         bump(&self.counters.assigned);
         Ok(Some(assignment))
@@ -324,7 +361,7 @@ impl FirstContact {
     /// sends the servers nothing else.
     pub fn pings(&self, sequence: u32) -> Vec<Action> {
         let proxy = self.settings.proxy;
-        self.servers
+        self.servers()
             .iter()
             .filter_map(|server| server.address_for(proxy))
             .map(|to| {

@@ -2,13 +2,16 @@
 //! that loads the embedded XDP object, fills its maps and attaches it.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod fast_path;
 pub mod first_contact;
 pub mod home;
 pub mod nat_ports;
+pub mod operations;
 pub mod rendezvous;
+pub mod report;
 pub mod sip;
 pub mod store;
 

@@ -7,8 +7,10 @@ use aya::programs::XdpMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use redirector::{
     config::{AttachMode, Config},
+    control::{self, Reply, Request},
     daemon::Daemon,
     dataplane::DataPlane,
+    report,
 };
 use redirector_ebpf::{DECAP_PROGRAM, PASS_PROGRAM};
 use tokio::signal::unix::{SignalKind, signal};
@@ -21,6 +23,9 @@ use tracing::info;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The daemon's control socket (`control.socket` in its config).
+    #[arg(long, global = true, default_value = control::DEFAULT_SOCKET)]
+    socket: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +61,40 @@ enum Command {
         #[arg(long = "listen", short, required = true)]
         listen: Vec<std::net::SocketAddr>,
     },
+    /// Statistics of the running daemon: per home server and per verdict.
+    Stats {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECONDS, like top (Ctrl-C stops).
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
+    },
+    /// Home servers: state, address, clients, fast-path load.
+    Servers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The AORs assigned to a home server.
+    Clients {
+        #[arg(long)]
+        server: String,
+    },
+    /// Move AOR (e.g. sip:alice@example.net) to SERVER: database and kernel map.
+    Assign { aor: String, server: String },
+    /// Stop giving SERVER new clients and move all its clients elsewhere.
+    Drain { server: String },
+    /// Let SERVER take new clients again.
+    Undrain { server: String },
+    /// Export the assignment table (AOR, server, address, generation), so
+    /// clients or other tools can go straight to the owner.
+    Routes {
+        #[arg(long)]
+        json: bool,
+    },
     /// Attach a pass-through XDP program to INTERFACE until SIGINT/SIGTERM.
     /// Native XDP_TX on a veth only delivers when the veth's peer runs an
     /// XDP program too: run this on the peer of the edge interface.
@@ -83,7 +122,34 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let socket = cli.socket;
+    match cli.command {
+        Command::Stats { json, watch, count } => stats(&socket, json, watch, count),
+        Command::Servers { json } => match ask(&socket, Request::Servers)? {
+            Reply::Servers(servers) => print(json, &servers[..], report::servers),
+            other => unexpected(other),
+        },
+        Command::Clients { server } => match ask(&socket, Request::Clients { server })? {
+            Reply::Clients(aors) => {
+                aors.iter().for_each(|aor| println!("{aor}"));
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Command::Assign { aor, server } => show_moves(ask(&socket, Request::Assign { aor, server })?),
+        Command::Drain { server } => show_moves(ask(&socket, Request::Drain { server })?),
+        Command::Undrain { server } => match ask(&socket, Request::Undrain { server })? {
+            Reply::Server(status) => {
+                println!("{} takes new clients again", status.name);
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Command::Routes { json } => match ask(&socket, Request::Routes)? {
+            Reply::Routes(routes) => print(json, &routes[..], report::routes),
+            other => unexpected(other),
+        },
         Command::Run { config } => run(config).await,
         Command::Home { listen } => {
             let registrar = std::sync::Arc::new(redirector::home::Registrar::default());
@@ -190,6 +256,65 @@ async fn hold_attached(
     shutdown_signal()?.await;
     drop(dataplane);
     info!(program, interface, "detached");
+    Ok(())
+}
+
+/// One request to the daemon; its errors become this command's.
+fn ask(socket: &std::path::Path, request: Request) -> Result<Reply> {
+    match control::request(socket, &request)? {
+        Reply::Error(message) => bail!("{message}"),
+        reply => Ok(reply),
+    }
+}
+
+fn unexpected(reply: Reply) -> Result<()> {
+    bail!("the daemon answered with something else than asked for: {reply:?}")
+}
+
+fn print<T: serde::Serialize + ?Sized>(json: bool, value: &T, table: impl Fn(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", table(value));
+    }
+    Ok(())
+}
+
+fn show_moves(reply: Reply) -> Result<()> {
+    match reply {
+        Reply::Moves(moves) => {
+            print!("{}", report::moves(&moves));
+            Ok(())
+        }
+        other => unexpected(other),
+    }
+}
+
+fn stats(socket: &std::path::Path, json: bool, watch: Option<f64>, count: Option<u64>) -> Result<()> {
+    let fetch = || match ask(socket, Request::Stats)? {
+        Reply::Stats(stats) => Ok(stats),
+        other => bail!("the daemon answered with something else than stats: {other:?}"),
+    };
+    let Some(seconds) = watch else {
+        return print(json, &fetch()?, |s| report::stats(s, None));
+    };
+    let interval = std::time::Duration::from_secs_f64(seconds.max(0.1));
+    let mut previous: Option<(redirector::operations::Stats, std::time::Instant)> = None;
+    for refresh in 1.. {
+        let now = fetch()?;
+        if json {
+            println!("{}", serde_json::to_string(&now)?);
+        } else {
+            let rates = previous.as_ref().map(|(p, at)| (p, at.elapsed().as_secs_f64()));
+            // Clear the screen and home the cursor, like top.
+            print!("\x1b[2J\x1b[H{}", report::stats(&now, rates));
+        }
+        if count.is_some_and(|count| refresh >= count) {
+            break;
+        }
+        previous = Some((now, std::time::Instant::now()));
+        std::thread::sleep(interval);
+    }
     Ok(())
 }
 

@@ -171,11 +171,26 @@ pub fn scenario(name: &str) -> PathBuf {
 }
 
 /// Runs SIPp in the client namespace against the service address: `calls`
-/// calls of `scenario`, bounded by a 30 s timeout. Every call has a socket
-/// of its own (`-t un`): once a client address has had its first contact it
-/// is on the fast path, so calls sharing one would not meet the daemon.
-/// `local_port` is the first call's port.
+/// calls of `scenario` from one socket on `local_port`, bounded by a 30 s
+/// timeout. Once a client address has had its first contact it is on the
+/// fast path, so calls that must each meet the daemon need `sipp_clients`.
 pub fn sipp(topology: &Topology, scenario_name: &str, calls: u32, local_port: u16) -> Output {
+    run_sipp(topology, scenario_name, calls, local_port, "user")
+}
+
+/// `clients` clients, each one SIPp call of `scenario` from its own port
+/// (`first_port` + i) and its own AOR prefix (SIPp -s `{prefix}{i}-`).
+/// Fixed ports, not SIPp's random per-call ones: a port that an earlier
+/// client left on the fast path must not be handed to a new one. Returns
+/// whether every call succeeded.
+pub fn sipp_clients(topology: &Topology, scenario_name: &str, clients: u16, first_port: u16, prefix: &str) -> bool {
+    (0..clients).all(|i| {
+        let output = run_sipp(topology, scenario_name, 1, first_port + i, &format!("{prefix}{i}-"));
+        output.status.success()
+    })
+}
+
+fn run_sipp(topology: &Topology, scenario_name: &str, calls: u32, local_port: u16, service: &str) -> Output {
     let scenario = scenario(scenario_name);
     let errors = topology.scratch(&format!("sipp-{scenario_name}-{local_port}.errors"));
     let args = [
@@ -184,12 +199,10 @@ pub fn sipp(topology: &Topology, scenario_name: &str, calls: u32, local_port: u1
         scenario.to_str().unwrap(),
         "-m",
         &calls.to_string(),
+        "-s",
+        service,
         "-r",
         "50",
-        "-t",
-        "un",
-        "-max_socket",
-        "1000",
         "-i",
         &crate::topology::CLIENT.to_string(),
         "-p",

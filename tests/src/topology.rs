@@ -145,6 +145,7 @@ impl Topology {
             text += &format!("[[clients]]\naddress = \"{client}\"\nserver = \"home{home}\"\n");
         }
         let database = self.workdir.path().join("assignments.redb");
+        text += &format!("[control]\nsocket = \"{}\"\n", self.control_socket().display());
         text += &format!("[sip]\ndatabase = \"{}\"\n{}", database.display(), self.sip_extra);
         text
     }
@@ -157,6 +158,8 @@ impl Topology {
         std::fs::write(&path, self.config(clients)).expect("writing the edge config");
         self.edge_daemon = Some(spawn(&self.edge, &["run", "--config", path.to_str().unwrap()]));
         wait_for_xdp(&self.edge, "e0");
+        // Attaching is the daemon's last step; its sockets are bound by then.
+        assert!(self.control_socket().exists(), "the edge daemon attached without its control socket");
     }
 
     /// What the edge needs besides its daemon: pass programs on the bridge
@@ -187,6 +190,21 @@ impl Topology {
     /// Keeps a process to be killed when the topology goes.
     pub fn adopt(&mut self, child: Child) {
         self.daemons.push(child);
+    }
+
+    /// The edge daemon's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.workdir.path().join("control.sock")
+    }
+
+    /// Runs the `redirector` CLI against the edge daemon's control socket.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(redirector_binary())
+            .args(args)
+            .arg("--socket")
+            .arg(self.control_socket())
+            .output()
+            .expect("running the redirector CLI")
     }
 
     /// A path in the topology's scratch directory.

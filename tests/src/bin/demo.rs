@@ -11,22 +11,29 @@ use std::{collections::BTreeMap, process::ExitCode};
 use redirector_ebpf::Counter;
 use redirector_tests::{
     privileged,
-    sip_pool::{InProcessEdge, Registrar, sipp, start_registrars},
+    sip_pool::{InProcessEdge, Registrar, sipp, sipp_clients, start_registrars},
     topology::{Attach, Topology, home_address},
 };
 
 const HOMES: usize = 3;
 
-/// (scenario, calls, first local port, what it shows)
-const STEPS: &[(&str, u32, u16, &str)] = &[
+/// (scenario, calls, first local port, one client per call, what it shows)
+const STEPS: &[(&str, u16, u16, bool, &str)] = &[
     (
         "register_follow_redirect.xml",
         30,
         6000,
+        true,
         "clients REGISTER at the service address, follow the 302, 200 from home",
     ),
-    ("register_via_upstream_proxy.xml", 10, 7000, "REGISTERs forwarded by an upstream proxy: proxied, 200 relayed"),
-    ("reregister_fast_path.xml", 10, 8000, "first contact 302, then the re-REGISTER goes through XDP"),
+    (
+        "register_via_upstream_proxy.xml",
+        10,
+        7000,
+        false,
+        "REGISTERs forwarded by an upstream proxy: proxied, 200 relayed",
+    ),
+    ("reregister_fast_path.xml", 10, 8000, true, "first contact 302, then the re-REGISTER goes through XDP"),
 ];
 
 fn run_mode(mode: &'static str) -> bool {
@@ -35,9 +42,12 @@ fn run_mode(mode: &'static str) -> bool {
     start_registrars(&mut topology, Registrar::Own);
     let edge = InProcessEdge::start(&mut topology, &[]);
     let mut ok = true;
-    for (scenario, calls, port, what) in STEPS {
-        let output = sipp(&topology, scenario, *calls, *port);
-        let passed = output.status.success();
+    for &(scenario, calls, port, per_client, what) in STEPS {
+        let passed = if per_client {
+            sipp_clients(&topology, scenario, calls, port, "user")
+        } else {
+            sipp(&topology, scenario, calls.into(), port).status.success()
+        };
         ok &= passed;
         println!("  {:<4} {calls:>3} calls  {what}", if passed { "ok" } else { "FAIL" });
     }

@@ -1,0 +1,150 @@
+//! The daemon's local control API: a Unix socket (mode 0600, so root only)
+//! speaking JSON lines — one request object per line, one reply object per
+//! line. `{"command":"stats"}` → `{"stats":{…}}`; failures come back as
+//! `{"error":"…"}` naming what failed.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::{fs::PermissionsExt, net::UnixStream},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt},
+    net::UnixListener,
+};
+
+use crate::operations::{Move, OperationError, Operations, Route, ServerStatus, Stats};
+
+pub const DEFAULT_SOCKET: &str = "/run/redirector/control.sock";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Stats,
+    Servers,
+    Clients { server: String },
+    Assign { aor: String, server: String },
+    Drain { server: String },
+    Undrain { server: String },
+    Routes,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Stats(Stats),
+    Servers(Vec<ServerStatus>),
+    Clients(Vec<String>),
+    Moves(Vec<Move>),
+    Server(ServerStatus),
+    Routes(Vec<Route>),
+    Error(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "cannot reach the redirector daemon at {path}: {source} (is `redirector run` running? pass --socket if it uses another path)"
+    )]
+    Unreachable { path: PathBuf, source: std::io::Error },
+    #[error("talking to the redirector daemon at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the daemon's reply is not understood: {0}")]
+    Reply(#[from] serde_json::Error),
+}
+
+pub fn answer(operations: &Operations, request: Request) -> Reply {
+    let result = match request {
+        Request::Stats => operations.stats().map(Reply::Stats),
+        Request::Servers => operations.servers().map(Reply::Servers),
+        Request::Clients { server } => operations.clients(&server).map(Reply::Clients),
+        Request::Assign { aor, server } => operations.assign(&aor, &server).map(|m| Reply::Moves(vec![m])),
+        Request::Drain { server } => operations.drain(&server).map(Reply::Moves),
+        Request::Undrain { server } => operations.undrain(&server).map(Reply::Server),
+        Request::Routes => operations.routes().map(Reply::Routes),
+    };
+    result.unwrap_or_else(|error: OperationError| Reply::Error(error.to_string()))
+}
+
+/// Binds the socket (replacing a stale one), root-only.
+pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves connections until the task is dropped; requests run on the
+/// blocking pool (they touch the database and the kernel maps).
+pub async fn serve(listener: std::os::unix::net::UnixListener, operations: Arc<Operations>) -> anyhow::Result<()> {
+    let listener = UnixListener::from_std(listener)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let operations = operations.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply = match serde_json::from_str::<Request>(&line) {
+                    Ok(request) => {
+                        let operations = operations.clone();
+                        tokio::task::spawn_blocking(move || answer(&operations, request))
+                            .await
+                            .unwrap_or_else(|e| Reply::Error(format!("the request failed: {e}")))
+                    }
+                    Err(error) => Reply::Error(format!("not a request: {error}")),
+                };
+                let mut text = serde_json::to_string(&reply).expect("replies serialize");
+                text.push('\n');
+                if write.write_all(text.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Sends one request and waits (at most 30 s) for its reply.
+pub fn request(path: &Path, request: &Request) -> Result<Reply, ControlError> {
+    let unreachable = |source| ControlError::Unreachable { path: path.to_owned(), source };
+    let io = |source| ControlError::Io { path: path.to_owned(), source };
+    let mut stream = UnixStream::connect(path).map_err(unreachable)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).map_err(io)?;
+    Ok(serde_json::from_str(&reply)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_json_lines_with_a_command_tag() {
+        let text = serde_json::to_string(&Request::Assign { aor: "sip:a@b".into(), server: "home1".into() }).unwrap();
+        assert_eq!(text, r#"{"command":"assign","aor":"sip:a@b","server":"home1"}"#);
+        assert_eq!(serde_json::from_str::<Request>(r#"{"command":"stats"}"#).unwrap(), Request::Stats);
+        assert!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn an_absent_daemon_is_named_with_its_socket() {
+        let error = request(Path::new("/nonexistent/control.sock"), &Request::Stats).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("/nonexistent/control.sock") && text.contains("redirector run"), "{text}");
+    }
+}

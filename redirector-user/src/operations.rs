@@ -1,0 +1,247 @@
+//! What operators can do to a running edge, and what they can see: moves of
+//! clients between home servers, drain / undrain, statistics and the route
+//! table. The control API (`control`) is only transport around this.
+//!
+//! A move never leaves a window in which a client is forwarded to a server
+//! it no longer belongs to: its kernel entries are withdrawn first (its
+//! packets then go up to first contact, which answers from the database),
+//! the new assignment is committed (generation + 1), and only then are the
+//! entries restored, pointing at the new server.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dataplane,
+    fast_path::{FastPath, FastPathError},
+    first_contact::{FirstContact, HomeServer, HomeState},
+    sip::{Aor, ParseError},
+    store::StoreError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperationError {
+    #[error("no home server named \"{0}\" (`redirector servers` lists them)")]
+    UnknownServer(String),
+    #[error("no assignment for {0} (`redirector routes` lists them)")]
+    UnknownAor(String),
+    #[error("\"{0}\" is not an address of record ({1}); write it as sip:user@domain")]
+    BadAor(String, ParseError),
+    #[error("home server {0} is down: assign clients to an active or draining server")]
+    ServerDown(String),
+    #[error("no active home server to take the clients of {0}; undrain or bring one up first")]
+    NoActiveServer(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    FastPath(#[from] FastPathError),
+}
+
+type Result<T, E = OperationError> = std::result::Result<T, E>;
+
+/// One client moved from one home server to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub aor: String,
+    pub from: String,
+    pub to: String,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub name: String,
+    pub state: HomeState,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub port: u16,
+    pub weight: f64,
+    /// Assignments in the database.
+    pub clients: u64,
+    /// What the fast path sent it.
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub servers: Vec<ServerStatus>,
+    /// The kernel's verdict counters.
+    pub verdicts: BTreeMap<String, u64>,
+    /// What first contact did.
+    pub first_contact: BTreeMap<String, u64>,
+}
+
+/// One row of the assignment table, as clients or other tools would use it
+/// to go straight to the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub aor: String,
+    pub server: String,
+    pub address: Option<SocketAddr>,
+    pub generation: u64,
+}
+
+pub struct Operations {
+    pub first_contact: Arc<FirstContact>,
+    pub fast_path: Arc<Mutex<FastPath>>,
+}
+
+impl Operations {
+    /// `redirector assign AOR SERVER`.
+    pub fn assign(&self, aor: &str, server: &str) -> Result<Move> {
+        let aor = Aor::from_uri(aor, "AOR").map_err(|e| OperationError::BadAor(aor.to_owned(), e))?;
+        let to = self.server(server)?;
+        if to.state == HomeState::Down {
+            return Err(OperationError::ServerDown(to.name));
+        }
+        self.move_aor(&aor, &to)
+    }
+
+    /// Takes `server` out of new assignments and moves all its clients to
+    /// the other active servers (rendezvous hashing over them).
+    pub fn drain(&self, server: &str) -> Result<Vec<Move>> {
+        self.set_state(server, HomeState::Draining)?;
+        let mut moves = Vec::new();
+        for assignment in self.first_contact.store().all()?.into_iter().filter(|a| a.server == server) {
+            let to = self
+                .first_contact
+                .choose_server(&assignment.aor, Some(server))
+                .ok_or_else(|| OperationError::NoActiveServer(server.to_owned()))?;
+            moves.push(self.move_aor(&assignment.aor, &to)?);
+        }
+        tracing::info!(server, moved = moves.len(), "drained");
+        Ok(moves)
+    }
+
+    /// Lets `server` take new clients again.
+    pub fn undrain(&self, server: &str) -> Result<ServerStatus> {
+        self.set_state(server, HomeState::Active)?;
+        tracing::info!(server, "undrained");
+        self.status(server)
+    }
+
+    /// Sets a server's state for first contact and the kernel at once.
+    pub fn set_state(&self, server: &str, state: HomeState) -> Result<HomeServer> {
+        let home = self
+            .first_contact
+            .set_state(server, state)
+            .ok_or_else(|| OperationError::UnknownServer(server.to_owned()))?;
+        let entry = dataplane::home_server_entry(&home);
+        self.fast_path
+            .lock()
+            .expect("fast path lock")
+            .dataplane()
+            .set_server(home.index, entry)
+            .map_err(FastPathError::from)?;
+        Ok(home)
+    }
+
+    fn move_aor(&self, aor: &Aor, to: &HomeServer) -> Result<Move> {
+        let from = self.first_contact.store().get(aor)?.ok_or_else(|| OperationError::UnknownAor(aor.to_string()))?;
+        let old = self.server(&from.server).ok();
+        let mut fast_path = self.fast_path.lock().expect("fast path lock");
+        let withdrawn = fast_path.withdraw(aor)?;
+        match self.first_contact.reassign(aor, &to.name) {
+            Ok(assignment) => {
+                fast_path.restore(withdrawn, to.index)?;
+                tracing::info!(%aor, from = from.server, to = to.name, generation = assignment.generation, "moved");
+                Ok(Move {
+                    aor: aor.to_string(),
+                    from: from.server,
+                    to: to.name.clone(),
+                    generation: assignment.generation,
+                })
+            }
+            Err(error) => {
+                if let Some(old) = old {
+                    fast_path.restore(withdrawn, old.index)?;
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    fn server(&self, name: &str) -> Result<HomeServer> {
+        self.first_contact.server(name).ok_or_else(|| OperationError::UnknownServer(name.to_owned()))
+    }
+
+    pub fn servers(&self) -> Result<Vec<ServerStatus>> {
+        let mut clients: BTreeMap<String, u64> = BTreeMap::new();
+        for assignment in self.first_contact.store().all()? {
+            *clients.entry(assignment.server).or_default() += 1;
+        }
+        let mut fast_path = self.fast_path.lock().expect("fast path lock");
+        self.first_contact
+            .servers()
+            .into_iter()
+            .map(|home| {
+                let sent = fast_path.dataplane().server_stats(home.index).map_err(FastPathError::from)?;
+                Ok(ServerStatus {
+                    clients: clients.get(&home.name).copied().unwrap_or(0),
+                    name: home.name,
+                    state: home.state,
+                    ipv4: home.ipv4,
+                    ipv6: home.ipv6,
+                    port: home.port,
+                    weight: home.weight,
+                    packets: sent.packets,
+                    bytes: sent.bytes,
+                })
+            })
+            .collect()
+    }
+
+    fn status(&self, server: &str) -> Result<ServerStatus> {
+        self.servers()?
+            .into_iter()
+            .find(|s| s.name == server)
+            .ok_or_else(|| OperationError::UnknownServer(server.into()))
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let servers = self.servers()?;
+        let verdicts =
+            self.fast_path.lock().expect("fast path lock").dataplane().counters().map_err(FastPathError::from)?;
+        Ok(Stats {
+            servers,
+            verdicts: verdicts.into_iter().map(|(counter, n)| (counter.label().to_owned(), n)).collect(),
+            first_contact: self
+                .first_contact
+                .counters
+                .snapshot()
+                .into_iter()
+                .map(|(name, n)| (name.to_owned(), n))
+                .collect(),
+        })
+    }
+
+    /// The AORs assigned to `server`.
+    pub fn clients(&self, server: &str) -> Result<Vec<String>> {
+        self.server(server)?;
+        let assignments = self.first_contact.store().all()?;
+        Ok(assignments.into_iter().filter(|a| a.server == server).map(|a| a.aor.to_string()).collect())
+    }
+
+    pub fn routes(&self) -> Result<Vec<Route>> {
+        let servers = self.first_contact.servers();
+        let assignments = self.first_contact.store().all()?;
+        Ok(assignments
+            .into_iter()
+            .map(|a| {
+                let home = servers.iter().find(|s| s.name == a.server);
+                let address = home.and_then(|h| {
+                    h.ipv4
+                        .map(|ip| SocketAddr::new(ip.into(), h.port))
+                        .or(h.ipv6.map(|ip| SocketAddr::new(ip.into(), h.port)))
+                });
+                Route { aor: a.aor.to_string(), server: a.server, address, generation: a.generation }
+            })
+            .collect())
+    }
+}

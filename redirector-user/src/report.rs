@@ -1,0 +1,108 @@
+//! Human-readable tables for the CLI.
+
+use std::fmt::Write;
+
+use crate::operations::{Move, Route, ServerStatus, Stats};
+
+/// `redirector stats`: servers, then verdict and first-contact counters.
+/// With `previous` (and the seconds since), per-server packet rates too.
+pub fn stats(stats: &Stats, previous: Option<(&Stats, f64)>) -> String {
+    let mut out = servers_with_rates(&stats.servers, previous.map(|(p, secs)| (&p.servers[..], secs)));
+    out.push('\n');
+    out += &counters("fast path (kernel)", &stats.verdicts);
+    out += &counters("first contact (daemon)", &stats.first_contact);
+    out
+}
+
+pub fn servers(servers: &[ServerStatus]) -> String {
+    servers_with_rates(servers, None)
+}
+
+fn servers_with_rates(servers: &[ServerStatus], previous: Option<(&[ServerStatus], f64)>) -> String {
+    let mut out = format!(
+        "{:<12} {:<9} {:<22} {:>6} {:>9} {:>12} {:>14} {:>10}\n",
+        "server", "state", "address", "weight", "clients", "packets", "bytes", "pkt/s"
+    );
+    for server in servers {
+        let address = server
+            .ipv4
+            .map(|ip| format!("{ip}:{}", server.port))
+            .or(server.ipv6.map(|ip| format!("[{ip}]:{}", server.port)))
+            .unwrap_or_default();
+        let rate = previous
+            .and_then(|(before, secs)| {
+                let was = before.iter().find(|s| s.name == server.name)?;
+                (secs > 0.0).then(|| format!("{:.1}", server.packets.saturating_sub(was.packets) as f64 / secs))
+            })
+            .unwrap_or_else(|| "-".into());
+        let state = format!("{:?}", server.state).to_lowercase();
+        let _ = writeln!(
+            out,
+            "{:<12} {:<9} {:<22} {:>6} {:>9} {:>12} {:>14} {:>10}",
+            server.name, state, address, server.weight, server.clients, server.packets, server.bytes, rate
+        );
+    }
+    out
+}
+
+fn counters(title: &str, counters: &std::collections::BTreeMap<String, u64>) -> String {
+    let shown: Vec<String> = counters.iter().filter(|(_, n)| **n > 0).map(|(name, n)| format!("{name} {n}")).collect();
+    let shown = if shown.is_empty() { "nothing yet".to_owned() } else { shown.join(", ") };
+    format!("{title}: {shown}\n")
+}
+
+pub fn moves(moves: &[Move]) -> String {
+    if moves.is_empty() {
+        return "no client moved\n".into();
+    }
+    let mut out = String::new();
+    for m in moves {
+        let _ = writeln!(out, "{}: {} -> {} (generation {})", m.aor, m.from, m.to, m.generation);
+    }
+    let _ = writeln!(out, "{} client(s) moved", moves.len());
+    out
+}
+
+pub fn routes(routes: &[Route]) -> String {
+    let mut out = format!("{:<40} {:<12} {:<22} {:>10}\n", "aor", "server", "address", "generation");
+    for route in routes {
+        let address = route.address.map(|a| a.to_string()).unwrap_or_default();
+        let _ = writeln!(out, "{:<40} {:<12} {:<22} {:>10}", route.aor, route.server, address, route.generation);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::first_contact::HomeState;
+
+    fn server(name: &str, packets: u64) -> ServerStatus {
+        ServerStatus {
+            name: name.into(),
+            state: HomeState::Draining,
+            ipv4: Some("10.0.0.11".parse().unwrap()),
+            ipv6: None,
+            port: 5060,
+            weight: 1.0,
+            clients: 3,
+            packets,
+            bytes: packets * 100,
+        }
+    }
+
+    #[test]
+    fn stats_table_shows_servers_rates_and_nonzero_counters() {
+        let verdicts = BTreeMap::from([("forwarded".to_owned(), 30), ("malformed".to_owned(), 0)]);
+        let now = Stats { servers: vec![server("home1", 30)], verdicts, first_contact: BTreeMap::new() };
+        let before = Stats { servers: vec![server("home1", 10)], ..now.clone() };
+        let table = stats(&now, Some((&before, 2.0)));
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.starts_with("home1") && row.contains("draining") && row.contains("10.0.0.11:5060"), "{row}");
+        assert!(row.trim_end().ends_with("10.0"), "20 packets in 2 s: {row}");
+        assert!(table.contains("fast path (kernel): forwarded 30\n"), "{table}");
+        assert!(table.contains("first contact (daemon): nothing yet\n"));
+    }
+}

@@ -1,0 +1,137 @@
+//! The operator's surface end to end: the `redirector` CLI against a running
+//! edge's control socket, with real traffic through namespaces.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use redirector::{
+    operations::{Route, Stats},
+    sip::Aor,
+};
+use redirector_tests::{
+    privileged,
+    sip_pool::{InProcessEdge, Registrar, sipp_clients, start_registrars},
+    topology::{Attach, CLIENT, SERVICE, Topology, echo, home_listen_address, receive, socket_in},
+};
+
+fn cli_ok(topology: &Topology, args: &[&str]) -> String {
+    let output = topology.cli(args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "redirector {args:?}: {}{stdout}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+fn routes(topology: &Topology) -> Vec<Route> {
+    serde_json::from_str(&cli_ok(topology, &["routes", "--json"])).expect("routes --json")
+}
+
+fn register(topology: &Topology, prefix: &str, clients: u16, first_port: u16) {
+    assert!(
+        sipp_clients(topology, "register_follow_redirect.xml", clients, first_port, prefix),
+        "sipp clients {prefix}"
+    );
+}
+
+#[test]
+fn stats_json_counts_what_the_fast_path_forwarded() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Native, 2);
+    let client_address: SocketAddr = format!("{CLIENT}:5060").parse().unwrap();
+    let home = socket_in(&topology.homes[0], home_listen_address("dsr"));
+    let client = socket_in(&topology.client, &client_address.to_string());
+    topology.start(&[(client_address, 0)]);
+    const SENT: usize = 100;
+    let echoes = echo(home, SENT, Duration::from_secs(5));
+    let payload = [b'x'; 50];
+    for _ in 0..SENT {
+        client.send_to(&payload, SERVICE).unwrap();
+    }
+    assert_eq!(echoes.join().unwrap(), SENT);
+    assert_eq!(receive(&client, SENT, Duration::from_secs(5)).len(), SENT);
+    let stats: Stats = serde_json::from_str(&cli_ok(&topology, &["stats", "--json"])).expect("stats --json");
+    assert_eq!(stats.verdicts["forwarded"], SENT as u64);
+    let home0 = stats.servers.iter().find(|s| s.name == "home0").unwrap();
+    let frame = 14 + 20 + 8 + payload.len() as u64;
+    assert_eq!((home0.packets, home0.bytes), (SENT as u64, SENT as u64 * frame));
+    assert_eq!(stats.servers.iter().find(|s| s.name == "home1").unwrap().packets, 0);
+    let table = cli_ok(&topology, &["stats", "--watch", "0.2", "--count", "2"]);
+    assert!(table.contains("home0") && table.contains("forwarded 100"), "{table}");
+    let absent = std::process::Command::new(redirector_tests::topology::redirector_binary())
+        .args(["stats", "--socket", "/nonexistent/control.sock"])
+        .output()
+        .unwrap();
+    assert!(!absent.status.success());
+    assert!(String::from_utf8_lossy(&absent.stderr).contains("/nonexistent/control.sock"));
+}
+
+#[test]
+fn drain_moves_every_client_and_undrain_takes_new_ones_again() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Native, 3);
+    start_registrars(&mut topology, Registrar::Own);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    register(&topology, "early", 30, 6000);
+    let before = routes(&topology);
+    let on_home0: Vec<&Route> = before.iter().filter(|r| r.server == "home0").collect();
+    assert!(!on_home0.is_empty(), "rendezvous hashing gave home0 some of 30 AORs");
+
+    let drained = cli_ok(&topology, &["drain", "home0"]);
+    assert!(drained.contains(&format!("{} client(s) moved", on_home0.len())), "{drained}");
+    let after = routes(&topology);
+    let aors = |routes: &[Route]| routes.iter().map(|r| r.aor.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(aors(&after), aors(&before), "no client lost or duplicated");
+    assert_eq!(after.len(), before.len());
+    assert!(after.iter().all(|r| r.server != "home0"), "home0 has no client left");
+    for route in after.iter().filter(|r| on_home0.iter().any(|m| m.aor == r.aor)) {
+        assert_eq!(route.generation, 2, "{} moved once", route.aor);
+        let aor = Aor::from_canonical(route.aor.clone());
+        let index: u32 = route.server.trim_start_matches("home").parse().unwrap();
+        let mut fast_path = edge.daemon.fast_path.lock().unwrap();
+        for key in fast_path.installed(&aor) {
+            let entry = fast_path.dataplane().client(key).unwrap().expect("still on the fast path");
+            assert_eq!(entry.server, index, "{aor}'s kernel entry follows the move");
+        }
+    }
+    let servers = cli_ok(&topology, &["servers"]);
+    assert!(servers.lines().any(|l| l.starts_with("home0") && l.contains("draining")), "{servers}");
+
+    register(&topology, "late", 20, 7000);
+    assert!(routes(&topology).iter().all(|r| r.server != "home0"), "a draining server takes no new client");
+
+    cli_ok(&topology, &["undrain", "home0"]);
+    register(&topology, "again", 30, 8000);
+    assert!(
+        routes(&topology).iter().any(|r| r.server == "home0" && r.aor.contains("again")),
+        "home0 takes new clients"
+    );
+}
+
+#[test]
+fn assign_moves_one_client_and_errors_name_what_failed() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("nat", Attach::Skb, 2);
+    start_registrars(&mut topology, Registrar::Own);
+    let _edge = InProcessEdge::start(&mut topology, &[]);
+    register(&topology, "solo", 1, 6000);
+    let route = routes(&topology).pop().unwrap();
+    let other = if route.server == "home0" { "home1" } else { "home0" };
+    let moved = cli_ok(&topology, &["assign", &route.aor, other]);
+    assert!(moved.contains(&format!("{}: {} -> {other} (generation 2)", route.aor, route.server)), "{moved}");
+    let clients = cli_ok(&topology, &["clients", "--server", other]);
+    assert_eq!(clients.trim(), route.aor);
+    for (args, message) in [
+        (vec!["assign", &route.aor, "home9"], "no home server named \"home9\""),
+        (vec!["assign", "sip:nobody@example.net", "home0"], "no assignment for sip:nobody@example.net"),
+        (vec!["drain", "home7"], "no home server named \"home7\""),
+    ] {
+        let output = topology.cli(&args);
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
