@@ -68,6 +68,8 @@ pub struct Config {
     pub sip: Sip,
     #[serde(default)]
     pub control: Control,
+    #[serde(default)]
+    pub health: Health,
 }
 
 /// The local control API `redirector stats` and friends talk to.
@@ -106,10 +108,6 @@ pub struct Sip {
     /// `Retry-After` of a 503, in seconds.
     #[serde(default = "default_retry_after")]
     pub retry_after: u32,
-    /// Seconds between reachability pings (OPTIONS) to every home server;
-    /// they keep the kernel's neighbour entries for them resolved.
-    #[serde(default = "default_ping_interval")]
-    pub ping_interval: u16,
     /// Where proxied requests leave from and home servers answer to; an
     /// edge address, not a service address. Default: `edge.ipv4` (else
     /// `edge.ipv6`), port 5060.
@@ -123,7 +121,6 @@ impl Default for Sip {
             database: default_database(),
             redirect_expires: default_redirect_expires(),
             retry_after: default_retry_after(),
-            ping_interval: default_ping_interval(),
             proxy_address: None,
         }
     }
@@ -141,8 +138,40 @@ fn default_retry_after() -> u32 {
     30
 }
 
-fn default_ping_interval() -> u16 {
-    5
+/// Health checks: SIP OPTIONS to every home server from the proxy address.
+/// They also keep the kernel's neighbour entries for the servers resolved,
+/// which the fast path's FIB lookups need.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Seconds between checks (fractions allowed).
+    #[serde(default = "default_health_interval")]
+    pub interval: f64,
+    /// Unanswered checks in a row before a server is marked down (its
+    /// clients are then moved).
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    /// Answered checks in a row before it is marked up again.
+    #[serde(default = "default_up_after")]
+    pub up_after: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { interval: default_health_interval(), down_after: default_down_after(), up_after: default_up_after() }
+    }
+}
+
+fn default_health_interval() -> f64 {
+    5.0
+}
+
+fn default_down_after() -> u32 {
+    3
+}
+
+fn default_up_after() -> u32 {
+    2
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -253,8 +282,14 @@ impl Config {
         self.validate_edge()?;
         self.validate_servers()?;
         self.validate_clients()?;
-        if self.sip.ping_interval == 0 {
-            return Err(invalid("sip.ping_interval", "must be at least 1 second"));
+        if !(self.health.interval.is_finite() && self.health.interval >= 0.05) {
+            return Err(invalid(
+                "health.interval",
+                format!("{} is not a number of seconds >= 0.05", self.health.interval),
+            ));
+        }
+        if self.health.down_after == 0 || self.health.up_after == 0 {
+            return Err(invalid("health", "down_after and up_after must be at least 1"));
         }
         if self.proxy_address().is_none() {
             return Err(invalid("sip.proxy_address", "needed when the edge has no address to default it from"));

@@ -25,6 +25,7 @@ use crate::{
     dataplane::{DataPlane, service_endpoints},
     fast_path::FastPath,
     first_contact::{Action, FirstContact, HomeServer, HomeState, Settings},
+    health::{Tracker, Transition},
     operations::Operations,
     store::{AssignmentStore, RedbStore},
 };
@@ -35,7 +36,8 @@ pub struct Daemon {
     control: std::os::unix::net::UnixListener,
     services: Vec<std::net::UdpSocket>,
     proxy: std::net::UdpSocket,
-    ping_interval: Duration,
+    health: config::Health,
+    tracker: Arc<Mutex<Tracker>>,
 }
 
 impl Daemon {
@@ -78,7 +80,12 @@ impl Daemon {
             control,
             services,
             proxy,
-            ping_interval: Duration::from_secs(config.sip.ping_interval.into()),
+            health: config.health.clone(),
+            tracker: Arc::new(Mutex::new(Tracker::new(
+                config.servers.len(),
+                config.health.down_after,
+                config.health.up_after,
+            ))),
         })
     }
 
@@ -95,7 +102,8 @@ impl Daemon {
             tasks.spawn(self.receive_loop(socket.clone(), false, services.clone(), proxy.clone()));
         }
         tasks.spawn(self.receive_loop(proxy.clone(), true, services.clone(), proxy.clone()));
-        tasks.spawn(ping_loop(self.first_contact.clone(), proxy.clone(), self.ping_interval));
+        let interval = Duration::from_secs_f64(self.health.interval);
+        tasks.spawn(health_loop(Arc::new(self.operations()), self.tracker.clone(), proxy.clone(), interval));
         tasks.spawn(control::serve(self.control.try_clone()?, Arc::new(self.operations())));
         tokio::select! {
             () = shutdown => Ok(()),
@@ -112,6 +120,8 @@ impl Daemon {
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let first_contact = self.first_contact.clone();
         let fast_path = self.fast_path.clone();
+        let operations = Arc::new(self.operations());
+        let tracker = self.tracker.clone();
         async move {
             let local = socket.local_addr()?;
             let mut buf = vec![0u8; 65_535];
@@ -126,6 +136,7 @@ impl Daemon {
                 };
                 debug!(%source, %local, ?actions, "first contact");
                 apply(&actions, local, &fast_path);
+                record_answers(&actions, &tracker, &operations);
                 for action in &actions {
                     let (from, to, bytes) = match action {
                         Action::Reply { to, bytes } => (&socket, to, bytes),
@@ -133,7 +144,7 @@ impl Daemon {
                         Action::Relay { to, bytes } => {
                             (service_socket_for(&services, *to).unwrap_or(&proxy), to, bytes)
                         }
-                        Action::Install { .. } => continue,
+                        Action::Install { .. } | Action::PingAnswered { .. } => continue,
                     };
                     if let Err(error) = from.send_to(bytes, to).await {
                         warn!(%to, %error, "sending failed");
@@ -162,20 +173,53 @@ pub struct Report {
     pub kernel: Vec<(Counter, u64)>,
 }
 
-/// Pings every home server now and then every `interval`.
-async fn ping_loop(first_contact: Arc<FirstContact>, proxy: Arc<UdpSocket>, interval: Duration) -> Result<()> {
+/// Health checks: every `interval`, closes the previous round (marking
+/// servers down that missed too many), then pings every home server.
+async fn health_loop(
+    operations: Arc<Operations>,
+    tracker: Arc<Mutex<Tracker>>,
+    proxy: Arc<UdpSocket>,
+    interval: Duration,
+) -> Result<()> {
     let mut ticks = tokio::time::interval(interval);
     for sequence in 1u32.. {
         ticks.tick().await;
-        for action in first_contact.pings(sequence) {
+        let transitions = tracker.lock().expect("health lock").tick(sequence);
+        for transition in transitions {
+            let operations = operations.clone();
+            // A down server's clients are moved: database commits.
+            tokio::task::spawn_blocking(move || apply_health(&operations, transition));
+        }
+        for action in operations.first_contact.pings(sequence) {
             if let Action::Forward { to, bytes } = action
                 && let Err(error) = proxy.send_to(&bytes, to).await
             {
-                warn!(%to, %error, "reachability ping failed");
+                warn!(%to, %error, "health check could not be sent");
             }
         }
     }
     Ok(())
+}
+
+fn record_answers(actions: &[Action], tracker: &Mutex<Tracker>, operations: &Operations) {
+    for action in actions {
+        if let Action::PingAnswered { server, sequence } = action {
+            let transition = tracker.lock().expect("health lock").answered(*server, *sequence);
+            if let Some(transition) = transition {
+                apply_health(operations, transition);
+            }
+        }
+    }
+}
+
+fn apply_health(operations: &Operations, transition: Transition) {
+    let (server, healthy) = match transition {
+        Transition::Down(server) => (server, false),
+        Transition::Up(server) => (server, true),
+    };
+    if let Err(error) = operations.set_health(server, healthy) {
+        warn!(server, healthy, %error, "applying a health verdict failed");
+    }
 }
 
 /// Installs come first, so the client's very next packet takes the fast path.
@@ -217,6 +261,7 @@ fn home_servers(config: &Config) -> Vec<HomeServer> {
                 config::ServerState::Draining => HomeState::Draining,
                 config::ServerState::Down => HomeState::Down,
             },
+            healthy: true,
             weight: server.weight,
         })
         .collect()

@@ -240,7 +240,7 @@ pub fn server_entry(server: &config::Server) -> Server {
 
 /// The kernel's view of a home server as first contact knows it now.
 pub fn home_server_entry(home: &HomeServer) -> Server {
-    let state = match home.state {
+    let state = match home.effective_state() {
         HomeState::Active => redirector_ebpf::ServerState::Active,
         HomeState::Draining => redirector_ebpf::ServerState::Draining,
         HomeState::Down => redirector_ebpf::ServerState::Down,

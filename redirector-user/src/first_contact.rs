@@ -60,11 +60,24 @@ pub struct HomeServer {
     pub ipv4: Option<std::net::Ipv4Addr>,
     pub ipv6: Option<std::net::Ipv6Addr>,
     pub port: u16,
+    /// The operator's state (config, drain / undrain).
     pub state: HomeState,
+    /// The health checks' verdict; an unhealthy server counts as down.
+    pub healthy: bool,
     pub weight: f64,
 }
 
 impl HomeServer {
+    /// What the kernel and first contact act on.
+    pub fn effective_state(&self) -> HomeState {
+        if self.healthy { self.state } else { HomeState::Down }
+    }
+
+    /// May take new clients.
+    pub fn accepts_new(&self) -> bool {
+        self.effective_state() == HomeState::Active
+    }
+
     /// The server's SIP address in the family of `peer`.
     pub fn address_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
         match peer {
@@ -96,6 +109,8 @@ pub enum Action {
     Relay { to: SocketAddr, bytes: Vec<u8> },
     /// Put `client` on the fast path to the server in slot `server`.
     Install { client: SocketAddr, server: u32, aor: Aor },
+    /// The server in slot `server` answered health ping `sequence`.
+    PingAnswered { server: u32, sequence: u32 },
 }
 
 macro_rules! counters {
@@ -135,9 +150,12 @@ counters! {
     dropped,
     /// New assignments stored.
     assigned,
+    /// Clients of a down server given a new one at their next first contact.
+    reassigned,
     /// Client addresses put on the fast path.
     installed,
-    /// Reachability pings (OPTIONS) sent to home servers.
+    /// Reachability pings (OPTIONS) sent to home servers; they are also the
+    /// health checks.
     pings_sent,
     /// Answers to them.
     pings_answered,
@@ -169,6 +187,14 @@ impl FirstContact {
         self.servers.read().expect("servers lock").iter().find(|s| s.name == name).cloned()
     }
 
+    /// Records a health verdict for the server in slot `index`.
+    pub fn set_health(&self, index: u32, healthy: bool) -> Option<HomeServer> {
+        let mut servers = self.servers.write().expect("servers lock");
+        let server = servers.iter_mut().find(|s| s.index == index)?;
+        server.healthy = healthy;
+        Some(server.clone())
+    }
+
     /// Sets a server's state; `None` if there is no such server.
     pub fn set_state(&self, name: &str, state: HomeState) -> Option<HomeServer> {
         let mut servers = self.servers.write().expect("servers lock");
@@ -183,7 +209,7 @@ impl FirstContact {
         let servers = self.servers.read().expect("servers lock");
         let candidates: Vec<Candidate<'_>> = servers
             .iter()
-            .filter(|s| s.state == HomeState::Active && Some(s.name.as_str()) != excluding)
+            .filter(|s| s.accepts_new() && Some(s.name.as_str()) != excluding)
             .map(|s| Candidate { name: &s.name, weight: s.weight })
             .collect();
         let name = rendezvous::choose(aor.as_str(), &candidates)?;
@@ -229,9 +255,10 @@ impl FirstContact {
         };
         let vias: Vec<String> = message.via_values().map(|v| v.into_owned()).collect();
         let top = vias.first().and_then(|top| Via::parse(top).ok());
-        if top.is_some_and(|top| self.is_our_via(&top) && top.branch().is_some_and(|b| b.starts_with(PING_PREFIX))) {
+        let ping = top.filter(|top| self.is_our_via(top)).and_then(|top| parse_ping_branch(top.branch()?));
+        if let Some((sequence, server)) = ping {
             bump(&self.counters.pings_answered);
-            return Vec::new();
+            return vec![Action::PingAnswered { server, sequence }];
         }
         let ours = top.is_some_and(|top| self.is_our_via(&top));
         let next = vias.get(1).and_then(|v| Via::parse(v).ok()?.response_address());
@@ -309,7 +336,7 @@ impl FirstContact {
         } else {
             self.proxy(message, source, home_address)
         };
-        if direct && home.state != HomeState::Down {
+        if direct && home.effective_state() != HomeState::Down {
             bump(&self.counters.installed);
             actions.push(Action::Install { client: source, server: home.index, aor });
         }
@@ -317,10 +344,19 @@ impl FirstContact {
     }
 
     /// The stored assignment, or a new one (stored durably first) on an
-    /// active server; `None` when no server is active.
+    /// active server; `None` when no server is active. A client whose
+    /// server is down (or gone from the config) is reassigned now.
     fn assignment(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError> {
         if let Some(existing) = self.store.get(aor)? {
-            return Ok(Some(existing));
+            let available = self.server(&existing.server).is_some_and(|s| s.effective_state() != HomeState::Down);
+            if available {
+                return Ok(Some(existing));
+            }
+            let Some(server) = self.choose_server(aor, Some(&existing.server)) else {
+                return Ok(None);
+            };
+            bump(&self.counters.reassigned);
+            return self.reassign(aor, &server.name).map(Some);
         }
         let Some(server) = self.choose_server(aor, None) else {
             return Ok(None);
@@ -363,13 +399,13 @@ impl FirstContact {
         let proxy = self.settings.proxy;
         self.servers()
             .iter()
-            .filter_map(|server| server.address_for(proxy))
-            .map(|to| {
+            .filter_map(|server| Some((server.address_for(proxy)?, server.index)))
+            .map(|(to, index)| {
                 bump(&self.counters.pings_sent);
                 let bytes = format!(
-                    "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {proxy};branch={PING_PREFIX}{sequence:x}\r\n\
+                    "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {proxy};branch={PING_PREFIX}{sequence:x}-{index}\r\n\
                      Max-Forwards: 70\r\nTo: <sip:{to}>\r\nFrom: <sip:redirector@{proxy}>;tag=rdr-ping\r\n\
-                     Call-ID: rdr-ping-{sequence:x}@{proxy}\r\nCSeq: {sequence} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+                     Call-ID: rdr-ping-{sequence:x}-{index}@{proxy}\r\nCSeq: {sequence} OPTIONS\r\nContent-Length: 0\r\n\r\n"
                 );
                 Action::Forward { to, bytes: bytes.into_bytes() }
             })
@@ -454,6 +490,12 @@ fn branch(message: &Message<'_>) -> String {
     key.push('\n');
     key += &message.via_values().next().unwrap_or_default();
     format!("{BRANCH_PREFIX}{:016x}", xxh3_64(key.as_bytes()))
+}
+
+/// (sequence, server slot) from a ping's branch.
+fn parse_ping_branch(branch: &str) -> Option<(u32, u32)> {
+    let (sequence, server) = branch.strip_prefix(PING_PREFIX)?.split_once('-')?;
+    Some((u32::from_str_radix(sequence, 16).ok()?, server.parse().ok()?))
 }
 
 /// A stateless To tag: the same request gets the same tag.

@@ -27,6 +27,7 @@ fn home(name: &str, index: u32, last: u8, state: HomeState) -> HomeServer {
         ipv6: None,
         port: 5060,
         state,
+        healthy: true,
         weight: 1.0,
     }
 }
@@ -239,8 +240,24 @@ fn pings_go_to_every_home_server_and_their_answers_are_counted_not_relayed() {
     let message = Message::parse(ping.as_bytes()).unwrap();
     assert_eq!(message.method(), Some("OPTIONS"));
     let answer = ping.replacen("OPTIONS sip:198.51.100.11:5060 SIP/2.0", "SIP/2.0 200 OK", 1);
-    assert!(s.fc.on_proxy_datagram(answer.as_bytes()).is_empty());
+    assert_eq!(s.fc.on_proxy_datagram(answer.as_bytes()), [Action::PingAnswered { server: 0, sequence: 7 }]);
     assert_eq!(s.fc.counters.pings_sent.load(Ordering::Relaxed), 2);
     assert_eq!(s.fc.counters.pings_answered.load(Ordering::Relaxed), 1);
     assert_eq!(s.fc.counters.relayed.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_client_of_an_unhealthy_server_is_reassigned_at_its_next_first_contact() {
+    let s = setup(Policy::Auto);
+    only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client()));
+    let aor = Aor::from_uri("sip:alice@example.net", "To").unwrap();
+    let first = s.fc.store().get(&aor).unwrap().unwrap();
+    let index = if first.server == "home1" { 0 } else { 1 };
+    s.fc.set_health(index, false).unwrap();
+    let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), client());
+    let now = s.fc.store().get(&aor).unwrap().unwrap();
+    assert_ne!(now.server, first.server);
+    assert_eq!(now.generation, 2);
+    assert!(matches!(actions[1], Action::Install { server, .. } if server != index));
+    assert_eq!(s.fc.counters.reassigned.load(Ordering::Relaxed), 1);
 }

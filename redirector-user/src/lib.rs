@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod fast_path;
 pub mod first_contact;
+pub mod health;
 pub mod home;
 pub mod nat_ports;
 pub mod operations;

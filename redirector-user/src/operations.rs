@@ -56,7 +56,10 @@ pub struct Move {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerStatus {
     pub name: String,
+    /// The operator's state.
     pub state: HomeState,
+    /// The health checks' verdict.
+    pub healthy: bool,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     pub port: u16,
@@ -107,6 +110,38 @@ impl Operations {
     /// the other active servers (rendezvous hashing over them).
     pub fn drain(&self, server: &str) -> Result<Vec<Move>> {
         self.set_state(server, HomeState::Draining)?;
+        let moves = self.move_all_from(server)?;
+        tracing::info!(server, moved = moves.len(), "drained");
+        Ok(moves)
+    }
+
+    /// Applies a health verdict for the server in slot `index`: to first
+    /// contact and the kernel at once (so the fast path stops sending to a
+    /// down server immediately), and a down server's clients are moved.
+    pub fn set_health(&self, index: u32, healthy: bool) -> Result<Vec<Move>> {
+        let home = self
+            .first_contact
+            .set_health(index, healthy)
+            .ok_or_else(|| OperationError::UnknownServer(index.to_string()))?;
+        let entry = dataplane::home_server_entry(&home);
+        self.fast_path
+            .lock()
+            .expect("fast path lock")
+            .dataplane()
+            .set_server(home.index, entry)
+            .map_err(FastPathError::from)?;
+        if healthy {
+            tracing::info!(server = home.name, "home server up");
+            return Ok(Vec::new());
+        }
+        let moves = self.move_all_from(&home.name)?;
+        tracing::warn!(server = home.name, moved = moves.len(), "home server down, its clients moved");
+        Ok(moves)
+    }
+
+    /// Moves every client of `server` to the other servers that take new
+    /// clients (rendezvous hashing over them).
+    fn move_all_from(&self, server: &str) -> Result<Vec<Move>> {
         let mut moves = Vec::new();
         for assignment in self.first_contact.store().all()?.into_iter().filter(|a| a.server == server) {
             let to = self
@@ -115,7 +150,6 @@ impl Operations {
                 .ok_or_else(|| OperationError::NoActiveServer(server.to_owned()))?;
             moves.push(self.move_aor(&assignment.aor, &to)?);
         }
-        tracing::info!(server, moved = moves.len(), "drained");
         Ok(moves)
     }
 
@@ -186,6 +220,7 @@ impl Operations {
                     clients: clients.get(&home.name).copied().unwrap_or(0),
                     name: home.name,
                     state: home.state,
+                    healthy: home.healthy,
                     ipv4: home.ipv4,
                     ipv6: home.ipv6,
                     port: home.port,

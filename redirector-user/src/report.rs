@@ -35,7 +35,7 @@ fn servers_with_rates(servers: &[ServerStatus], previous: Option<(&[ServerStatus
                 (secs > 0.0).then(|| format!("{:.1}", server.packets.saturating_sub(was.packets) as f64 / secs))
             })
             .unwrap_or_else(|| "-".into());
-        let state = format!("{:?}", server.state).to_lowercase();
+        let state = if server.healthy { format!("{:?}", server.state).to_lowercase() } else { "unhealthy".into() };
         let _ = writeln!(
             out,
             "{:<12} {:<9} {:<22} {:>6} {:>9} {:>12} {:>14} {:>10}",
@@ -83,6 +83,7 @@ mod tests {
         ServerStatus {
             name: name.into(),
             state: HomeState::Draining,
+            healthy: true,
             ipv4: Some("10.0.0.11".parse().unwrap()),
             ipv6: None,
             port: 5060,

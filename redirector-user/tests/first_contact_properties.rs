@@ -38,6 +38,7 @@ fn first_contact(name: &str) -> FirstContact {
         ipv6: None,
         port: 5060,
         state: HomeState::Active,
+        healthy: true,
         weight: 1.0,
     };
     let settings = Settings {

@@ -25,31 +25,34 @@ pub enum Registrar {
     Kamailio,
 }
 
-/// Starts a registrar on every home server, listening on its own address
-/// and, in dsr mode, on the service address too.
+/// Starts a registrar on every home server.
 pub fn start_registrars(topology: &mut Topology, registrar: Registrar) {
     for i in 0..topology.homes.len() {
-        let mut listen = vec![format!("{}:5060", home_address(i))];
-        if topology.mode == "dsr" {
-            listen.push(crate::topology::SERVICE.to_owned());
+        start_registrar(topology, i, registrar);
+    }
+}
+
+/// Starts a registrar on home `index`, listening on its own address and,
+/// in dsr mode, on the service address too; waits until it listens.
+pub fn start_registrar(topology: &mut Topology, index: usize, registrar: Registrar) {
+    let mut listen = vec![format!("{}:5060", home_address(index))];
+    if topology.mode == "dsr" {
+        listen.push(crate::topology::SERVICE.to_owned());
+    }
+    let child = match registrar {
+        Registrar::Own => {
+            let mut args = vec!["home".to_owned()];
+            for address in &listen {
+                args.extend(["--listen".to_owned(), address.clone()]);
+            }
+            topology.spawn_in_home(index, &args)
         }
-        let child = match registrar {
-            Registrar::Own => {
-                let mut args = vec!["home".to_owned()];
-                for address in &listen {
-                    args.extend(["--listen".to_owned(), address.clone()]);
-                }
-                topology.spawn_in_home(i, &args)
-            }
-            Registrar::Kamailio => {
-                start_kamailio(&topology.homes[i], &listen, &topology.scratch(&format!("kamailio{i}")))
-            }
-        };
-        topology.adopt(child);
-    }
-    for i in 0..topology.homes.len() {
-        wait_for_udp_listener(&topology.homes[i], 5060);
-    }
+        Registrar::Kamailio => {
+            start_kamailio(&topology.homes[index], &listen, &topology.scratch(&format!("kamailio{index}")))
+        }
+    };
+    topology.set_registrar(index, child);
+    wait_for_udp_listener(&topology.homes[index], 5060);
 }
 
 fn start_kamailio(ns: &NetNs, listen: &[String], dir: &Path) -> Child {

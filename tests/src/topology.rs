@@ -58,6 +58,10 @@ pub struct Topology {
     pub attach: Attach,
     /// Extra lines for the edge config's `[sip]` section.
     pub sip_extra: String,
+    /// Extra sections appended to the edge config.
+    pub extra_config: String,
+    /// The registrar process of each home, when one runs.
+    registrars: Vec<Option<Child>>,
     /// The `state` every home server is configured with.
     pub server_state: &'static str,
     /// `redirector run` on the edge, once started.
@@ -119,6 +123,8 @@ impl Topology {
             mode,
             attach,
             sip_extra: String::new(),
+            extra_config: String::new(),
+            registrars: Vec::new(),
             server_state: "active",
             edge_daemon: None,
             daemons: Vec::new(),
@@ -147,6 +153,7 @@ impl Topology {
         let database = self.workdir.path().join("assignments.redb");
         text += &format!("[control]\nsocket = \"{}\"\n", self.control_socket().display());
         text += &format!("[sip]\ndatabase = \"{}\"\n{}", database.display(), self.sip_extra);
+        text += &self.extra_config;
         text
     }
 
@@ -185,6 +192,21 @@ impl Topology {
     pub fn spawn_in_home(&self, index: usize, args: &[String]) -> Child {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         spawn(&self.homes[index], &args)
+    }
+
+    /// Records home `index`'s registrar process (replacing a stopped one).
+    pub fn set_registrar(&mut self, index: usize, child: Child) {
+        if self.registrars.len() <= index {
+            self.registrars.resize_with(index + 1, || None);
+        }
+        self.registrars[index] = Some(child);
+    }
+
+    /// Kills home `index`'s registrar, as a crashed server process would go.
+    pub fn stop_registrar(&mut self, index: usize) {
+        let mut child = self.registrars[index].take().expect("a registrar runs on that home");
+        child.kill().expect("killing the registrar");
+        child.wait().expect("reaping the registrar");
     }
 
     /// Keeps a process to be killed when the topology goes.
@@ -242,7 +264,8 @@ impl Topology {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        for daemon in self.edge_daemon.iter_mut().chain(&mut self.daemons) {
+        let registrars = self.registrars.iter_mut().flatten();
+        for daemon in self.edge_daemon.iter_mut().chain(&mut self.daemons).chain(registrars) {
             let _ = daemon.kill();
             let _ = daemon.wait();
         }

@@ -1,0 +1,82 @@
+//! Health checks end to end: a home server whose process dies is marked
+//! down within the detection time, its clients are reassigned, and their
+//! next packets reach the new home server through XDP; when it comes back
+//! nothing moves back.
+
+use std::time::{Duration, Instant};
+
+use redirector::operations::{Route, ServerStatus};
+use redirector_ebpf::Counter;
+use redirector_tests::{
+    privileged,
+    sip_pool::{InProcessEdge, Registrar, sipp, start_registrar, start_registrars},
+    topology::{Attach, Topology},
+};
+
+const INTERVAL: f64 = 0.2;
+const DOWN_AFTER: u32 = 3;
+const UP_AFTER: u32 = 2;
+
+fn cli_json<T: serde::de::DeserializeOwned>(topology: &Topology, args: &[&str]) -> T {
+    let output = topology.cli(args);
+    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
+fn healthy(topology: &Topology, server: &str) -> bool {
+    let servers: Vec<ServerStatus> = cli_json(topology, &["servers", "--json"]);
+    servers.iter().find(|s| s.name == server).expect("server listed").healthy
+}
+
+/// Waits (bounded) until `server`'s health is `wanted`; returns how long it took.
+fn wait_health(topology: &Topology, server: &str, wanted: bool) -> Duration {
+    let start = Instant::now();
+    while healthy(topology, server) != wanted {
+        assert!(start.elapsed() < Duration::from_secs(10), "{server} never became healthy={wanted}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+fn assert_sipp_ok(topology: &Topology, scenario: &str, port: u16) {
+    let output = sipp(topology, scenario, 1, port);
+    assert!(output.status.success(), "sipp {scenario}: {}", String::from_utf8_lossy(&output.stdout));
+}
+
+#[test]
+fn a_dead_home_servers_clients_move_and_keep_the_fast_path() {
+    if !privileged() {
+        return;
+    }
+    for mode in ["dsr", "nat"] {
+        let mut topology = Topology::new(mode, Attach::Native, 2);
+        topology.extra_config =
+            format!("[health]\ninterval = {INTERVAL}\ndown_after = {DOWN_AFTER}\nup_after = {UP_AFTER}\n");
+        start_registrars(&mut topology, Registrar::Own);
+        let edge = InProcessEdge::start(&mut topology, &[]);
+        assert_sipp_ok(&topology, "reregister_fast_path.xml", 5070);
+        let route: Route = cli_json::<Vec<Route>>(&topology, &["routes", "--json"]).pop().unwrap();
+        let dead: usize = route.server.trim_start_matches("home").parse().unwrap();
+        let survivor = 1 - dead;
+
+        topology.stop_registrar(dead);
+        let detected = wait_health(&topology, &route.server, false);
+        let bound = Duration::from_secs_f64(INTERVAL * f64::from(DOWN_AFTER + 2));
+        assert!(detected <= bound, "{mode}: detected in {detected:?}, configured for about {bound:?}");
+        let moved: Route = cli_json::<Vec<Route>>(&topology, &["routes", "--json"]).pop().unwrap();
+        assert_eq!((moved.server.as_str(), moved.generation), (format!("home{survivor}").as_str(), 2), "{mode}");
+
+        let first_contacts = edge.first_contact("requests");
+        let forwarded = edge.kernel(Counter::Forwarded);
+        assert_sipp_ok(&topology, "register_expect_200.xml", 5070);
+        assert_eq!(edge.first_contact("requests"), first_contacts, "{mode}: the next REGISTER did not need the daemon");
+        assert!(edge.kernel(Counter::Forwarded) > forwarded, "{mode}: it went through XDP");
+        let sent = edge.daemon.fast_path.lock().unwrap().dataplane().server_stats(survivor as u32).unwrap();
+        assert!(sent.packets >= 1, "{mode}: to the surviving home server");
+
+        start_registrar(&mut topology, dead, Registrar::Own);
+        wait_health(&topology, &route.server, true);
+        let after: Route = cli_json::<Vec<Route>>(&topology, &["routes", "--json"]).pop().unwrap();
+        assert_eq!(after.server, moved.server, "{mode}: nothing moves back when the server returns");
+    }
+}
