@@ -288,15 +288,7 @@ impl FirstContact {
         let assignment = match self.assignment(&aor) {
             Ok(Some(assignment)) => assignment,
             Ok(None) => {
-                let retry = [("Retry-After", self.settings.retry_after.to_string())];
-                return self.reject_with(
-                    &mut basis,
-                    source,
-                    503,
-                    "Service Unavailable",
-                    &retry,
-                    &self.counters.unavailable,
-                );
+                return self.unavailable(&mut basis, source, "Service Unavailable");
             }
             Err(error) => {
                 tracing::error!(%aor, %error, "assignment database failed");
@@ -305,26 +297,10 @@ impl FirstContact {
         };
         let Some(home) = self.server(&assignment.server) else {
             tracing::warn!(%aor, server = assignment.server, "assigned to a server no longer configured");
-            let retry = [("Retry-After", self.settings.retry_after.to_string())];
-            return self.reject_with(
-                &mut basis,
-                source,
-                503,
-                "Service Unavailable",
-                &retry,
-                &self.counters.unavailable,
-            );
+            return self.unavailable(&mut basis, source, "Service Unavailable");
         };
         let Some(home_address) = home.address_for(source) else {
-            let retry = [("Retry-After", self.settings.retry_after.to_string())];
-            return self.reject_with(
-                &mut basis,
-                source,
-                503,
-                "No Home Server Of This Family",
-                &retry,
-                &self.counters.unavailable,
-            );
+            return self.unavailable(&mut basis, source, "No Home Server Of This Family");
         };
         let redirect = match self.settings.policy {
             Policy::Auto => direct,
@@ -418,6 +394,12 @@ impl FirstContact {
             None => via.host.to_owned(),
         };
         sent_by == self.settings.proxy.to_string() && via.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+    }
+
+    /// 503 with Retry-After.
+    fn unavailable(&self, basis: &mut Basis, source: SocketAddr, reason: &str) -> Vec<Action> {
+        let retry = [("Retry-After", self.settings.retry_after.to_string())];
+        self.reject_with(basis, source, 503, reason, &retry, &self.counters.unavailable)
     }
 
     fn reject(

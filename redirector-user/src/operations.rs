@@ -123,13 +123,7 @@ impl Operations {
             .first_contact
             .set_health(index, healthy)
             .ok_or_else(|| OperationError::UnknownServer(index.to_string()))?;
-        let entry = dataplane::home_server_entry(&home);
-        self.fast_path
-            .lock()
-            .expect("fast path lock")
-            .dataplane()
-            .set_server(home.index, entry)
-            .map_err(FastPathError::from)?;
+        self.publish(&home)?;
         if healthy {
             tracing::info!(server = home.name, "home server up");
             return Ok(Vec::new());
@@ -137,6 +131,14 @@ impl Operations {
         let moves = self.move_all_from(&home.name)?;
         tracing::warn!(server = home.name, moved = moves.len(), "home server down, its clients moved");
         Ok(moves)
+    }
+
+    /// Writes a server's effective state to the kernel's SERVERS map.
+    fn publish(&self, home: &HomeServer) -> Result<()> {
+        let entry = dataplane::home_server_entry(home);
+        let mut fast_path = self.fast_path.lock().expect("fast path lock");
+        fast_path.dataplane().set_server(home.index, entry).map_err(FastPathError::from)?;
+        Ok(())
     }
 
     /// Moves every client of `server` to the other servers that take new
@@ -166,13 +168,7 @@ impl Operations {
             .first_contact
             .set_state(server, state)
             .ok_or_else(|| OperationError::UnknownServer(server.to_owned()))?;
-        let entry = dataplane::home_server_entry(&home);
-        self.fast_path
-            .lock()
-            .expect("fast path lock")
-            .dataplane()
-            .set_server(home.index, entry)
-            .map_err(FastPathError::from)?;
+        self.publish(&home)?;
         Ok(home)
     }
 

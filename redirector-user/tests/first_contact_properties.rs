@@ -7,6 +7,9 @@ use std::{
     sync::{LazyLock, atomic::Ordering},
 };
 
+mod common;
+
+use common::mutate;
 use proptest::prelude::*;
 use redirector::{
     first_contact::{Action, FirstContact, HomeServer, HomeState, Policy, Settings},
@@ -48,19 +51,6 @@ fn first_contact(name: &str) -> FirstContact {
         proxy: "198.51.100.1:5060".parse().unwrap(),
     };
     FirstContact::new(settings, vec![home], Box::new(store))
-}
-
-fn mutate(base: &[u8], edits: Vec<(usize, u8, u8)>) -> Vec<u8> {
-    let mut bytes = base.to_vec();
-    for (at, byte, kind) in edits {
-        let at = at % (bytes.len() + 1);
-        match kind {
-            0 if at < bytes.len() => bytes[at] = byte,
-            1 => bytes.insert(at, byte),
-            _ => bytes.truncate(at),
-        }
-    }
-    bytes
 }
 
 fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {

@@ -1,5 +1,8 @@
 //! The SIP scanner against arbitrary, mutated and generated datagrams.
 
+mod common;
+
+use common::mutate;
 use proptest::prelude::*;
 use redirector::sip::{HeaderKind, Message, Via};
 
@@ -37,18 +40,7 @@ fn mutated() -> impl Strategy<Value = Vec<u8>> {
     let interesting =
         prop::sample::select(vec![b'\r', b'\n', b' ', b'\t', b',', b'"', b'<', b'>', b';', b':', b'/', 0xff, 0]);
     let edit = (any::<usize>(), prop_oneof![interesting, any::<u8>()], 0u8..3);
-    prop::collection::vec(edit, 1..8).prop_map(|edits| {
-        let mut bytes = REGISTER.to_vec();
-        for (at, byte, kind) in edits {
-            let at = at % (bytes.len() + 1);
-            match kind {
-                0 if at < bytes.len() => bytes[at] = byte,
-                1 => bytes.insert(at, byte),
-                _ => bytes.truncate(at),
-            }
-        }
-        bytes
-    })
+    prop::collection::vec(edit, 1..8).prop_map(|edits| mutate(REGISTER, edits))
 }
 
 /// A valid REGISTER with random header-name spellings, folds, and its Vias
