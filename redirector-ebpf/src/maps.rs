@@ -119,6 +119,9 @@ pub struct ClientEntry {
     /// chosen by user space and unique per edge address. 0 in dsr mode.
     pub nat_port_be: u16,
     pub _pad: u16,
+    /// CLOCK_MONOTONIC (coarse) of the client's last packet, written by the
+    /// program; user space removes entries idle too long.
+    pub last_seen_ns: u64,
 }
 
 /// `NAT_REPLIES` key: the edge port a home server's reply is addressed to.

@@ -70,6 +70,29 @@ pub struct Config {
     pub control: Control,
     #[serde(default)]
     pub health: Health,
+    #[serde(default)]
+    pub fast_path: FastPathSettings,
+}
+
+/// The kernel's client entries.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FastPathSettings {
+    /// Seconds without a packet after which a learned client leaves the fast
+    /// path (its next packet is a first contact again). Its address and port
+    /// may by then belong to another client. Config-pinned clients stay.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: f64,
+}
+
+impl Default for FastPathSettings {
+    fn default() -> Self {
+        Self { idle_timeout: default_idle_timeout() }
+    }
+}
+
+fn default_idle_timeout() -> f64 {
+    900.0
 }
 
 /// The local control API `redirector stats` and friends talk to.
@@ -287,6 +310,10 @@ impl Config {
                 "health.interval",
                 format!("{} is not a number of seconds >= 0.05", self.health.interval),
             ));
+        }
+        if !(self.fast_path.idle_timeout.is_finite() && self.fast_path.idle_timeout >= 0.1) {
+            let value = self.fast_path.idle_timeout;
+            return Err(invalid("fast_path.idle_timeout", format!("{value} is not a number of seconds >= 0.1")));
         }
         if self.health.down_after == 0 || self.health.up_after == 0 {
             return Err(invalid("health", "down_after and up_after must be at least 1"));

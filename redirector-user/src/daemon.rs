@@ -37,6 +37,7 @@ pub struct Daemon {
     services: Vec<std::net::UdpSocket>,
     proxy: std::net::UdpSocket,
     health: config::Health,
+    idle_timeout: Duration,
     tracker: Arc<Mutex<Tracker>>,
 }
 
@@ -81,6 +82,7 @@ impl Daemon {
             services,
             proxy,
             health: config.health.clone(),
+            idle_timeout: Duration::from_secs_f64(config.fast_path.idle_timeout),
             tracker: Arc::new(Mutex::new(Tracker::new(
                 config.servers.len(),
                 config.health.down_after,
@@ -103,6 +105,7 @@ impl Daemon {
         }
         tasks.spawn(self.receive_loop(proxy.clone(), true, services.clone(), proxy.clone()));
         let interval = Duration::from_secs_f64(self.health.interval);
+        tasks.spawn(sweep_loop(self.fast_path.clone(), self.idle_timeout));
         tasks.spawn(health_loop(Arc::new(self.operations()), self.tracker.clone(), proxy.clone(), interval));
         tasks.spawn(control::serve(self.control.try_clone()?, Arc::new(self.operations())));
         tokio::select! {
@@ -171,6 +174,21 @@ impl Daemon {
 pub struct Report {
     pub first_contact: Vec<(&'static str, u64)>,
     pub kernel: Vec<(Counter, u64)>,
+}
+
+/// Removes idle learned clients from the fast path, a few times per timeout.
+async fn sweep_loop(fast_path: Arc<Mutex<FastPath>>, idle: Duration) -> Result<()> {
+    let mut ticks = tokio::time::interval((idle / 4).min(Duration::from_secs(30)));
+    loop {
+        ticks.tick().await;
+        let fast_path = fast_path.clone();
+        let swept = tokio::task::spawn_blocking(move || fast_path.lock().expect("fast path lock").sweep(idle)).await?;
+        match swept {
+            Ok(0) => {}
+            Ok(removed) => debug!(removed, "idle clients left the fast path"),
+            Err(error) => warn!(%error, "sweeping idle clients failed"),
+        }
+    }
 }
 
 /// Health checks: every `interval`, closes the previous round (marking

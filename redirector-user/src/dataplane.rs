@@ -131,6 +131,15 @@ impl DataPlane {
         }
     }
 
+    /// Removes a nat reply entry (absent is fine).
+    pub fn remove_nat_reply(&mut self, key: NatKey) -> Result<()> {
+        let mut map: HashMap<_, NatKey, NatEntry> = self.map(NAT_REPLIES_MAP)?;
+        match map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataPlaneError::Map { name: NAT_REPLIES_MAP, source }),
+        }
+    }
+
     pub fn install_nat_reply(&mut self, key: NatKey, entry: NatEntry) -> Result<()> {
         let mut map: HashMap<_, NatKey, NatEntry> = self.map(NAT_REPLIES_MAP)?;
         map.insert(key, entry, 0).map_err(map_error(NAT_REPLIES_MAP))

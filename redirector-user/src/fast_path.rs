@@ -3,7 +3,7 @@
 //! clients and first contacts alike. Keeps AOR → installed client keys so
 //! a later move can find and update them.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use redirector_ebpf::{ClientEntry, Endpoint, NatEntry, NatKey};
 
@@ -112,8 +112,45 @@ impl FastPath {
         Ok(())
     }
 
+    /// Removes the learned clients whose last packet is older than `idle`,
+    /// with their nat ports and reply entries: a client gone that long no
+    /// longer owns its address and port, which another client may reuse.
+    /// Config-pinned clients never expire. Returns how many were removed.
+    pub fn sweep(&mut self, idle: Duration) -> Result<usize, FastPathError> {
+        let now = monotonic_ns();
+        let idle = idle.as_nanos() as u64;
+        let mut expired = Vec::new();
+        for entries in self.installed.values() {
+            for &(client, _) in entries {
+                let last_seen = self.dataplane.client(client)?.map(|entry| entry.last_seen_ns);
+                // Gone from the map (the LRU evicted it) or idle too long.
+                if last_seen.is_none_or(|seen| now.saturating_sub(seen) > idle) {
+                    expired.push(client);
+                }
+            }
+        }
+        for client in &expired {
+            self.remove(*client)?;
+        }
+        self.installed.retain(|_, entries| {
+            entries.retain(|(client, _)| !expired.contains(client));
+            !entries.is_empty()
+        });
+        Ok(expired.len())
+    }
+
+    fn remove(&mut self, client: Endpoint) -> Result<(), FastPathError> {
+        self.dataplane.remove_client(client)?;
+        if let Some(port) = self.nat_port_of.remove(&client) {
+            let key = NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 };
+            self.dataplane.remove_nat_reply(key)?;
+            self.nat_ports.release(port);
+        }
+        Ok(())
+    }
+
     fn put(&mut self, client: Endpoint, server: u32, service: Endpoint) -> Result<(), FastPathError> {
-        let mut entry = ClientEntry { server, ..Default::default() };
+        let mut entry = ClientEntry { server, last_seen_ns: monotonic_ns(), ..Default::default() };
         if self.mode == ForwardingMode::Nat {
             let port = match self.nat_port_of.get(&client) {
                 Some(&port) => port,
@@ -127,4 +164,13 @@ impl FastPath {
         self.dataplane.install_client(client, entry)?;
         Ok(())
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock the program's
+/// `bpf_ktime_get_coarse_ns` stamps `last_seen_ns` with.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

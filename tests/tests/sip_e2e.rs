@@ -175,3 +175,35 @@ fn the_same_aor_keeps_its_home_server_across_restarts() {
     assert_eq!(edge.first_contact("assigned"), 0, "every AOR was found in the database");
     assert_eq!(edge.daemon.first_contact.store().all().unwrap(), before);
 }
+
+#[test]
+fn idle_clients_leave_the_fast_path_and_active_ones_stay() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = pool("nat", Attach::Skb, Registrar::Own);
+    topology.extra_config = "[fast_path]\nidle_timeout = 1.0\n".into();
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    let aor = redirector::sip::Aor::from_canonical("sip:user1@example.net".into());
+    assert_sipp_ok(&topology, "reregister_fast_path.xml", 1, 5070);
+    let key = edge.daemon.fast_path.lock().unwrap().installed(&aor)[0];
+
+    // Active: a REGISTER through the fast path every 0.4 s for 2 s.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        assert_sipp_ok(&topology, "register_expect_200.xml", 1, 5070);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_eq!(edge.first_contact("requests"), 1, "the active client never fell back to first contact");
+
+    // Idle: gone within a few sweeps of the 1 s timeout.
+    let idle_since = std::time::Instant::now();
+    while !edge.daemon.fast_path.lock().unwrap().installed(&aor).is_empty() {
+        assert!(idle_since.elapsed() < Duration::from_secs(6), "the idle client never left the fast path");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(edge.daemon.fast_path.lock().unwrap().dataplane().client(key).unwrap(), None);
+    // Its next REGISTER is a first contact again (302, then 200 via XDP).
+    assert_sipp_ok(&topology, "reregister_fast_path.xml", 1, 5070);
+    assert_eq!(edge.first_contact("requests"), 2);
+}

@@ -12,7 +12,8 @@
 //! 4. UDP to a `SERVICES` endpoint, or a nat reply, whose UDP length is below
 //!    8 or beyond the IP payload is `XDP_DROP`ped, counted `malformed`: it is
 //!    ours and garbage.
-//! 5. A client in `CLIENTS` whose home server is active or draining is
+//! 5. A client in `CLIENTS` (its `last_seen_ns` is stamped on every hit, for
+//!    user space's idle expiry) whose home server is active or draining is
 //!    forwarded (dsr or nat, `XDP_TX`, or `XDP_REDIRECT` when the FIB says
 //!    another interface; a VLAN-tagged frame always leaves by `XDP_TX` with
 //!    its tag); an unknown client, a nat entry without an edge port, or a

@@ -1,7 +1,7 @@
 //! The entry points: `redirector` (edge), `redirector_decap` (home servers
 //! in dsr mode) and `redirector_pass` (veth peers, benchmark baseline).
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use redirector_ebpf::{
     CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter, Endpoint, FAMILY_V4, Mode, NatKey,
     SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState,
@@ -84,10 +84,14 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
 
 #[inline(always)]
 fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict {
-    let Some(client) = (unsafe { CLIENTS.get(datagram.src) }) else {
+    let Some(client) = CLIENTS.get_ptr_mut(datagram.src) else {
         return PASS_MISS;
     };
-    let client: ClientEntry = *client;
+    // SAFETY: a live map value; a racing writer can only store a time too.
+    let client: ClientEntry = unsafe {
+        (*client).last_seen_ns = bpf_ktime_get_coarse_ns();
+        *client
+    };
     let Some(server) = SERVERS.get(client.server) else {
         return PASS_MISS;
     };
