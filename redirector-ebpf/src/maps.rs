@@ -122,6 +122,9 @@ pub struct ClientEntry {
     /// CLOCK_MONOTONIC (coarse) of the client's last packet, written by the
     /// program; user space removes entries idle too long.
     pub last_seen_ns: u64,
+    /// Packets the fast path saw from this client: the rebalancer's load
+    /// estimate (incremented without atomics, see the program).
+    pub packets: u64,
 }
 
 /// `NAT_REPLIES` key: the edge port a home server's reply is addressed to.

@@ -72,6 +72,85 @@ pub struct Config {
     pub health: Health,
     #[serde(default)]
     pub fast_path: FastPathSettings,
+    #[serde(default)]
+    pub rebalance: Rebalance,
+}
+
+/// Rebalancing on skewed fast-path load (see `rebalance`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rebalance {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Seconds between load samples.
+    #[serde(default = "default_rebalance_interval")]
+    pub interval: f64,
+    /// Act when the busiest server (per unit of weight) exceeds this many
+    /// times the mean…
+    #[serde(default = "default_trigger")]
+    pub trigger: f64,
+    /// …and move clients until it is under this many times the mean.
+    #[serde(default = "default_settle")]
+    pub settle: f64,
+    /// Moves per round at most.
+    #[serde(default = "default_max_moves")]
+    pub max_moves: usize,
+    /// Samples in a row the skew must show before anything moves.
+    #[serde(default = "default_sustain")]
+    pub sustain: u32,
+    /// Samples to rest after moving.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: u32,
+    /// Below this many packets/s in all, nothing is balanced.
+    #[serde(default = "default_min_rate")]
+    pub min_rate: f64,
+}
+
+impl Default for Rebalance {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: default_rebalance_interval(),
+            trigger: default_trigger(),
+            settle: default_settle(),
+            max_moves: default_max_moves(),
+            sustain: default_sustain(),
+            cooldown: default_cooldown(),
+            min_rate: default_min_rate(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_rebalance_interval() -> f64 {
+    10.0
+}
+
+fn default_trigger() -> f64 {
+    1.5
+}
+
+fn default_settle() -> f64 {
+    1.1
+}
+
+fn default_max_moves() -> usize {
+    10
+}
+
+fn default_sustain() -> u32 {
+    2
+}
+
+fn default_cooldown() -> u32 {
+    3
+}
+
+fn default_min_rate() -> f64 {
+    10.0
 }
 
 /// The kernel's client entries.
@@ -314,6 +393,13 @@ impl Config {
         if !(self.fast_path.idle_timeout.is_finite() && self.fast_path.idle_timeout >= 0.1) {
             let value = self.fast_path.idle_timeout;
             return Err(invalid("fast_path.idle_timeout", format!("{value} is not a number of seconds >= 0.1")));
+        }
+        let rebalance = &self.rebalance;
+        if !(rebalance.interval >= 0.05 && rebalance.settle >= 1.0 && rebalance.trigger > rebalance.settle) {
+            return Err(invalid(
+                "rebalance",
+                "needs interval >= 0.05 seconds and trigger > settle >= 1 (e.g. trigger = 1.5, settle = 1.1)",
+            ));
         }
         if self.health.down_after == 0 || self.health.up_after == 0 {
             return Err(invalid("health", "down_after and up_after must be at least 1"));

@@ -7,7 +7,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::{fs::PermissionsExt, net::UnixStream},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -17,7 +17,10 @@ use tokio::{
     net::UnixListener,
 };
 
-use crate::operations::{Move, OperationError, Operations, Route, ServerStatus, Stats};
+use crate::{
+    operations::{Move, OperationError, Operations, PlannedMove, Route, ServerStatus, Stats},
+    rebalance::Rebalancer,
+};
 
 pub const DEFAULT_SOCKET: &str = "/run/redirector/control.sock";
 
@@ -31,6 +34,7 @@ pub enum Request {
     Drain { server: String },
     Undrain { server: String },
     Routes,
+    Rebalance { dry_run: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +46,7 @@ pub enum Reply {
     Moves(Vec<Move>),
     Server(ServerStatus),
     Routes(Vec<Route>),
+    Plan(Vec<PlannedMove>),
     Error(String),
 }
 
@@ -57,7 +62,7 @@ pub enum ControlError {
     Reply(#[from] serde_json::Error),
 }
 
-pub fn answer(operations: &Operations, request: Request) -> Reply {
+pub fn answer(operations: &Operations, rebalancer: &Mutex<Rebalancer>, request: Request) -> Reply {
     let result = match request {
         Request::Stats => operations.stats().map(Reply::Stats),
         Request::Servers => operations.servers().map(Reply::Servers),
@@ -66,6 +71,7 @@ pub fn answer(operations: &Operations, request: Request) -> Reply {
         Request::Drain { server } => operations.drain(&server).map(Reply::Moves),
         Request::Undrain { server } => operations.undrain(&server).map(Reply::Server),
         Request::Routes => operations.routes().map(Reply::Routes),
+        Request::Rebalance { dry_run } => operations.rebalance(rebalancer, dry_run).map(Reply::Plan),
     };
     result.unwrap_or_else(|error: OperationError| Reply::Error(error.to_string()))
 }
@@ -87,19 +93,24 @@ pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
 
 /// Serves connections until the task is dropped; requests run on the
 /// blocking pool (they touch the database and the kernel maps).
-pub async fn serve(listener: std::os::unix::net::UnixListener, operations: Arc<Operations>) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    operations: Arc<Operations>,
+    rebalancer: Arc<Mutex<Rebalancer>>,
+) -> anyhow::Result<()> {
     let listener = UnixListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let operations = operations.clone();
+        let rebalancer = rebalancer.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let reply = match serde_json::from_str::<Request>(&line) {
                     Ok(request) => {
-                        let operations = operations.clone();
-                        tokio::task::spawn_blocking(move || answer(&operations, request))
+                        let (operations, rebalancer) = (operations.clone(), rebalancer.clone());
+                        tokio::task::spawn_blocking(move || answer(&operations, &rebalancer, request))
                             .await
                             .unwrap_or_else(|e| Reply::Error(format!("the request failed: {e}")))
                     }

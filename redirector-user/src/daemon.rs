@@ -27,6 +27,7 @@ use crate::{
     first_contact::{Action, FirstContact, HomeServer, HomeState, Settings},
     health::{Tracker, Transition},
     operations::Operations,
+    rebalance::{Rebalancer, Thresholds},
     store::{AssignmentStore, RedbStore},
 };
 
@@ -38,6 +39,8 @@ pub struct Daemon {
     proxy: std::net::UdpSocket,
     health: config::Health,
     idle_timeout: Duration,
+    rebalance: config::Rebalance,
+    rebalancer: Arc<Mutex<Rebalancer>>,
     tracker: Arc<Mutex<Tracker>>,
 }
 
@@ -83,6 +86,8 @@ impl Daemon {
             proxy,
             health: config.health.clone(),
             idle_timeout: Duration::from_secs_f64(config.fast_path.idle_timeout),
+            rebalance: config.rebalance.clone(),
+            rebalancer: Arc::new(Mutex::new(rebalancer(&config.rebalance))),
             tracker: Arc::new(Mutex::new(Tracker::new(
                 config.servers.len(),
                 config.health.down_after,
@@ -107,7 +112,11 @@ impl Daemon {
         let interval = Duration::from_secs_f64(self.health.interval);
         tasks.spawn(sweep_loop(self.fast_path.clone(), self.idle_timeout));
         tasks.spawn(health_loop(Arc::new(self.operations()), self.tracker.clone(), proxy.clone(), interval));
-        tasks.spawn(control::serve(self.control.try_clone()?, Arc::new(self.operations())));
+        tasks.spawn(control::serve(self.control.try_clone()?, Arc::new(self.operations()), self.rebalancer.clone()));
+        if self.rebalance.enabled {
+            let interval = Duration::from_secs_f64(self.rebalance.interval);
+            tasks.spawn(rebalance_loop(Arc::new(self.operations()), self.rebalancer.clone(), interval));
+        }
         tokio::select! {
             () = shutdown => Ok(()),
             Some(result) = tasks.join_next() => result.context("a socket task panicked")?,
@@ -174,6 +183,44 @@ impl Daemon {
 pub struct Report {
     pub first_contact: Vec<(&'static str, u64)>,
     pub kernel: Vec<(Counter, u64)>,
+}
+
+fn rebalancer(settings: &config::Rebalance) -> Rebalancer {
+    let thresholds = Thresholds {
+        trigger: settings.trigger,
+        settle: settings.settle,
+        max_moves: settings.max_moves,
+        min_rate: settings.min_rate,
+    };
+    Rebalancer::new(thresholds, settings.sustain, settings.cooldown)
+}
+
+/// Samples the fast path's per-client load every `interval` and makes the
+/// moves the rebalancer decides on.
+async fn rebalance_loop(
+    operations: Arc<Operations>,
+    rebalancer: Arc<Mutex<Rebalancer>>,
+    interval: Duration,
+) -> Result<()> {
+    let mut ticks = tokio::time::interval(interval);
+    let mut last = tokio::time::Instant::now();
+    loop {
+        ticks.tick().await;
+        let seconds = last.elapsed().as_secs_f64();
+        last = tokio::time::Instant::now();
+        let (operations, rebalancer) = (operations.clone(), rebalancer.clone());
+        let round = tokio::task::spawn_blocking(move || -> Result<usize> {
+            let samples = operations.samples()?;
+            let targets = operations.balance_targets();
+            let planned = rebalancer.lock().expect("rebalancer lock").observe(&targets, &samples, seconds);
+            Ok(operations.apply_plan(&planned, "load skew")?.len())
+        });
+        match round.await? {
+            Ok(0) => {}
+            Ok(moved) => info!(moved, "rebalanced"),
+            Err(error) => warn!(%error, "rebalancing failed"),
+        }
+    }
 }
 
 /// Removes idle learned clients from the fast path, a few times per timeout.

@@ -112,6 +112,21 @@ impl FastPath {
         Ok(())
     }
 
+    /// Each learned client's fast-path packet count: (AOR, server slot, a
+    /// key for the client address, packets).
+    pub fn samples(&mut self) -> Result<Vec<(Aor, u32, u64, u64)>, FastPathError> {
+        let mut samples = Vec::new();
+        for (aor, entries) in &self.installed {
+            for &(client, _) in entries {
+                if let Some(entry) = self.dataplane.client(client)? {
+                    let key = xxhash_rust::xxh3::xxh3_64(bytemuck::bytes_of(&client));
+                    samples.push((aor.clone(), entry.server, key, entry.packets));
+                }
+            }
+        }
+        Ok(samples)
+    }
+
     /// Removes the learned clients whose last packet is older than `idle`,
     /// with their nat ports and reply entries: a client gone that long no
     /// longer owns its address and port, which another client may reuse.

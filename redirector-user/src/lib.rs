@@ -11,6 +11,7 @@ pub mod health;
 pub mod home;
 pub mod nat_ports;
 pub mod operations;
+pub mod rebalance;
 pub mod rendezvous;
 pub mod report;
 pub mod sip;

@@ -89,6 +89,13 @@ enum Command {
     Drain { server: String },
     /// Let SERVER take new clients again.
     Undrain { server: String },
+    /// Move clients off servers whose fast-path load is skewed, now, using
+    /// the rebalancer's latest sample (it also runs by itself, see [rebalance]).
+    Rebalance {
+        /// Show the plan without moving anyone.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Export the assignment table (AOR, server, address, generation), so
     /// clients or other tools can go straight to the owner.
     Routes {
@@ -142,6 +149,13 @@ async fn main() -> Result<()> {
         Command::Undrain { server } => match ask(&socket, Request::Undrain { server })? {
             Reply::Server(status) => {
                 println!("{} takes new clients again", status.name);
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Command::Rebalance { dry_run } => match ask(&socket, Request::Rebalance { dry_run })? {
+            Reply::Plan(planned) => {
+                print!("{}", report::plan(&planned, dry_run));
                 Ok(())
             }
             other => unexpected(other),

@@ -20,6 +20,7 @@ use crate::{
     dataplane,
     fast_path::{FastPath, FastPathError},
     first_contact::{FirstContact, HomeServer, HomeState},
+    rebalance::{Planned, Rebalancer, Sample, ServerLoad, plan},
     sip::{Aor, ParseError},
     store::StoreError,
 };
@@ -78,6 +79,16 @@ pub struct Stats {
     pub verdicts: BTreeMap<String, u64>,
     /// What first contact did.
     pub first_contact: BTreeMap<String, u64>,
+}
+
+/// A move the rebalancer would make (or made).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedMove {
+    pub aor: String,
+    pub from: String,
+    pub to: String,
+    /// The client's fast-path packets per second.
+    pub rate: f64,
 }
 
 /// One row of the assignment table, as clients or other tools would use it
@@ -170,6 +181,55 @@ impl Operations {
             .ok_or_else(|| OperationError::UnknownServer(server.to_owned()))?;
         self.publish(&home)?;
         Ok(home)
+    }
+
+    /// Servers that take new clients, as the rebalancer weighs them.
+    pub fn balance_targets(&self) -> Vec<ServerLoad> {
+        let servers = self.first_contact.servers();
+        servers
+            .into_iter()
+            .filter(HomeServer::accepts_new)
+            .map(|s| ServerLoad { name: s.name, weight: s.weight })
+            .collect()
+    }
+
+    /// A load sample of every learned client, by server name.
+    pub fn samples(&self) -> Result<Vec<Sample>> {
+        let servers = self.first_contact.servers();
+        let raw = self.fast_path.lock().expect("fast path lock").samples()?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(aor, index, key, packets)| {
+                let server = servers.iter().find(|s| s.index == index)?.name.clone();
+                Some(Sample { aor, server, key, packets })
+            })
+            .collect())
+    }
+
+    /// The rebalancer's plan on its latest rates; applied unless `dry_run`.
+    pub fn rebalance(&self, rebalancer: &Mutex<Rebalancer>, dry_run: bool) -> Result<Vec<PlannedMove>> {
+        let planned = {
+            let rebalancer = rebalancer.lock().expect("rebalancer lock");
+            plan(&self.balance_targets(), &rebalancer.latest, &rebalancer.thresholds)
+        };
+        if !dry_run {
+            self.apply_plan(&planned, "requested")?;
+        }
+        Ok(planned
+            .into_iter()
+            .map(|p| PlannedMove { aor: p.aor.to_string(), from: p.from, to: p.to, rate: p.rate })
+            .collect())
+    }
+
+    /// Makes planned moves, logging why.
+    pub fn apply_plan(&self, planned: &[Planned], reason: &str) -> Result<Vec<Move>> {
+        planned
+            .iter()
+            .map(|p| {
+                tracing::info!(aor = %p.aor, from = p.from, to = p.to, rate = p.rate, reason, "rebalancing");
+                self.move_aor(&p.aor, &self.server(&p.to)?)
+            })
+            .collect()
     }
 
     fn move_aor(&self, aor: &Aor, to: &HomeServer) -> Result<Move> {

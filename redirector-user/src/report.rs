@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::operations::{Move, Route, ServerStatus, Stats};
+use crate::operations::{Move, PlannedMove, Route, ServerStatus, Stats};
 
 /// `redirector stats`: servers, then verdict and first-contact counters.
 /// With `previous` (and the seconds since), per-server packet rates too.
@@ -60,6 +60,19 @@ pub fn moves(moves: &[Move]) -> String {
         let _ = writeln!(out, "{}: {} -> {} (generation {})", m.aor, m.from, m.to, m.generation);
     }
     let _ = writeln!(out, "{} client(s) moved", moves.len());
+    out
+}
+
+pub fn plan(planned: &[PlannedMove], dry_run: bool) -> String {
+    if planned.is_empty() {
+        return "balanced: nothing to move\n".into();
+    }
+    let mut out = String::new();
+    for p in planned {
+        let _ = writeln!(out, "{}: {} -> {} ({:.1} pkt/s)", p.aor, p.from, p.to, p.rate);
+    }
+    let verb = if dry_run { "would move" } else { "moved" };
+    let _ = writeln!(out, "{verb} {} client(s)", planned.len());
     out
 }
 

@@ -135,3 +135,63 @@ fn assign_moves_one_client_and_errors_name_what_failed() {
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
 }
+
+/// Sends to the service from `port` at `rate` datagrams per second until `until`.
+fn blast(topology: &Topology, port: u16, rate: u32, until: std::time::Instant) -> std::thread::JoinHandle<()> {
+    let socket = socket_in(&topology.client, &format!("{CLIENT}:{port}"));
+    std::thread::spawn(move || {
+        while std::time::Instant::now() < until {
+            for _ in 0..rate / 100 {
+                let _ = socket.send_to(b"load", SERVICE);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
+fn moves_so_far(routes: &[Route]) -> u64 {
+    routes.iter().map(|r| r.generation - 1).sum()
+}
+
+#[test]
+fn skewed_load_moves_a_bounded_set_and_then_stays_put() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Native, 3);
+    topology.extra_config =
+        "[rebalance]\ninterval = 0.3\ntrigger = 1.5\nsettle = 1.1\nsustain = 2\ncooldown = 3\nmin_rate = 10\n".into();
+    start_registrars(&mut topology, Registrar::Own);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    register(&topology, "load", 9, 6000);
+    let before = routes(&topology);
+    let port_of =
+        |aor: &str| 6000 + aor.trim_start_matches("sip:load").split('-').next().unwrap().parse::<u16>().unwrap();
+    let crowded = (0..3)
+        .map(|i| format!("home{i}"))
+        .find(|home| before.iter().filter(|r| &r.server == home).count() >= 2)
+        .expect("9 AORs on 3 homes put two on one");
+    let hot: Vec<&Route> = before.iter().filter(|r| r.server == crowded).take(2).collect();
+
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    let senders =
+        [blast(&topology, port_of(&hot[0].aor), 600, until), blast(&topology, port_of(&hot[1].aor), 300, until)];
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while moves_so_far(&routes(&topology)) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the skew on {crowded} was never rebalanced");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let moved_at = routes(&topology);
+    senders.into_iter().for_each(|s| s.join().unwrap());
+    let after = routes(&topology);
+    assert_eq!(moves_so_far(&moved_at), 1, "one move restores the balance");
+    assert_eq!(after, moved_at, "no flapping while the load went on");
+    let moved = after.iter().find(|r| r.generation == 2).unwrap();
+    assert!(hot.iter().any(|h| h.aor == moved.aor), "a hot client moved: {moved:?}");
+    assert_ne!(moved.server, crowded);
+    let index: u32 = moved.server.trim_start_matches("home").parse().unwrap();
+    let sent = edge.daemon.fast_path.lock().unwrap().dataplane().server_stats(index).unwrap();
+    assert!(sent.packets > 0, "its traffic reached the new home server through XDP");
+    let dry = cli_ok(&topology, &["rebalance", "--dry-run"]);
+    assert!(dry.contains("balanced") || dry.contains("would move 0"), "{dry}");
+}

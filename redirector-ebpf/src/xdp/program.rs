@@ -87,9 +87,12 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     let Some(client) = CLIENTS.get_ptr_mut(datagram.src) else {
         return PASS_MISS;
     };
-    // SAFETY: a live map value; a racing writer can only store a time too.
+    // SAFETY: a live map value. The packet count is a load estimate: the
+    // BPF target has no atomic add, and a client's packets normally arrive on
+    // one CPU (RSS), so an increment lost to a race only nudges an estimate.
     let client: ClientEntry = unsafe {
         (*client).last_seen_ns = bpf_ktime_get_coarse_ns();
+        (*client).packets += 1;
         *client
     };
     let Some(server) = SERVERS.get(client.server) else {
