@@ -142,12 +142,12 @@ impl Daemon {
                     socket.recv_from(&mut buf).await.with_context(|| format!("receiving on {local}"))?;
                 let datagram = &buf[..len];
                 let actions = if is_proxy {
-                    first_contact.on_proxy_datagram(datagram)
+                    first_contact.on_proxy_datagram(datagram, source)
                 } else {
                     first_contact.on_service_datagram(datagram, source)
                 };
                 debug!(%source, %local, ?actions, "first contact");
-                apply(&actions, local, &fast_path);
+                apply(&actions, local, &first_contact, &fast_path);
                 record_answers(&actions, &tracker, &operations);
                 for action in &actions {
                     let (from, to, bytes) = match action {
@@ -287,15 +287,22 @@ fn apply_health(operations: &Operations, transition: Transition) {
     }
 }
 
-/// Installs come first, so the client's very next packet takes the fast path.
-fn apply(actions: &[Action], service: SocketAddr, fast_path: &Mutex<FastPath>) {
+/// Installs come first, so the client's very next packet takes the fast
+/// path. Each is made only if the assignment it was decided on is still
+/// current, checked under the fast-path lock that moves hold too: a move
+/// between decision and install must not be undone.
+fn apply(actions: &[Action], service: SocketAddr, first_contact: &FirstContact, fast_path: &Mutex<FastPath>) {
     for action in actions {
-        if let Action::Install { client, server, aor } = action {
-            let result = fast_path.lock().expect("fast path lock").install(aor, *client, *server, service);
-            match result {
-                Ok(()) => debug!(%aor, %client, server, "on the fast path"),
-                Err(error) => warn!(%aor, %client, %error, "could not put the client on the fast path"),
-            }
+        let Action::Install { client, server, aor, generation } = action else { continue };
+        let mut fast_path = fast_path.lock().expect("fast path lock");
+        let current = first_contact.store().get(aor).ok().flatten().map(|a| a.generation);
+        if current != Some(*generation) {
+            debug!(%aor, %client, "not installed: the assignment moved meanwhile");
+            continue;
+        }
+        match fast_path.install(aor, *client, *server, service) {
+            Ok(()) => debug!(%aor, %client, server, "on the fast path"),
+            Err(error) => warn!(%aor, %client, %error, "could not put the client on the fast path"),
         }
     }
 }

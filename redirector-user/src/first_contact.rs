@@ -107,8 +107,10 @@ pub enum Action {
     /// A relayed response: send from a service socket (where the request
     /// this answers arrived).
     Relay { to: SocketAddr, bytes: Vec<u8> },
-    /// Put `client` on the fast path to the server in slot `server`.
-    Install { client: SocketAddr, server: u32, aor: Aor },
+    /// Put `client` on the fast path to the server in slot `server`, if
+    /// `aor`'s assignment still has `generation` (a move may have happened
+    /// since this was decided).
+    Install { client: SocketAddr, server: u32, aor: Aor, generation: u64 },
     /// The server in slot `server` answered health ping `sequence`.
     PingAnswered { server: u32, sequence: u32 },
 }
@@ -144,8 +146,11 @@ counters! {
     unavailable,
     /// 500: the assignment database failed.
     server_error,
-    /// ACKs for our own 302s, absorbed.
+    /// ACKs for our own answers (or unroutable ones), absorbed: an ACK is
+    /// never answered.
     absorbed_acks,
+    /// CANCELs of redirected INVITEs, answered 200.
+    cancels_answered,
     /// Datagrams that were not SIP, or responses not ours to relay.
     dropped,
     /// New assignments stored.
@@ -236,6 +241,7 @@ impl FirstContact {
                 self.on_request(&message, source)
             }
             Ok(_) => self.drop(),
+            Err(_) if datagram.starts_with(b"ACK ") => self.absorb_ack(),
             Err(error) if response::looks_like_request(datagram) => {
                 bump(&self.counters.requests);
                 let mut basis = Basis::salvage(datagram);
@@ -246,7 +252,18 @@ impl FirstContact {
     }
 
     /// A datagram on the proxy socket: a home server's response to relay.
-    pub fn on_proxy_datagram(&self, datagram: &[u8]) -> Vec<Action> {
+    /// Only home servers may use it: anything else would make the edge a
+    /// relay to whatever a forged Via names, or fake a health answer.
+    pub fn on_proxy_datagram(&self, datagram: &[u8], source: SocketAddr) -> Vec<Action> {
+        let from_home = self
+            .servers
+            .read()
+            .expect("servers lock")
+            .iter()
+            .any(|s| s.ipv4.is_some_and(|ip| source.ip() == ip) || s.ipv6.is_some_and(|ip| source.ip() == ip));
+        if !from_home {
+            return self.drop();
+        }
         let Ok(message) = Message::parse(datagram) else {
             return self.drop();
         };
@@ -273,13 +290,29 @@ impl FirstContact {
 
     fn on_request(&self, message: &Message<'_>, source: SocketAddr) -> Vec<Action> {
         let mut basis = Basis::of(message);
+        let direct = basis.vias.len() == 1;
+        let redirect = match self.settings.policy {
+            Policy::Auto => direct,
+            Policy::Redirect => true,
+            Policy::Proxy => false,
+        };
+        match message.method() {
+            // Nothing ever answers an ACK (RFC 3261 §17): it acknowledges our
+            // own final answer, or goes where its INVITE was proxied.
+            Some("ACK") if redirect => return self.absorb_ack(),
+            Some("ACK") => return self.proxy_ack(message, source),
+            // The INVITE it cancels was already answered (302): the CANCEL
+            // itself gets 200 (§9.2), statelessly, and nothing is installed.
+            Some("CANCEL") if redirect => {
+                bump(&self.counters.cancels_answered);
+                basis.stamp_top_via(source);
+                let to = basis.response_address(source);
+                return vec![Action::Reply { to, bytes: response::build(&basis, 200, "OK", &to_tag(&basis), &[]) }];
+            }
+            _ => {}
+        }
         if message.max_forwards().ok().flatten() == Some(0) {
             return self.reject(&mut basis, source, 483, "Too Many Hops", &self.counters.too_many_hops);
-        }
-        let direct = basis.vias.len() == 1;
-        if message.method() == Some("ACK") && direct {
-            bump(&self.counters.absorbed_acks);
-            return Vec::new();
         }
         let aor = match identity(message) {
             Ok(aor) => aor,
@@ -302,11 +335,6 @@ impl FirstContact {
         let Some(home_address) = home.address_for(source) else {
             return self.unavailable(&mut basis, source, "No Home Server Of This Family");
         };
-        let redirect = match self.settings.policy {
-            Policy::Auto => direct,
-            Policy::Redirect => true,
-            Policy::Proxy => false,
-        };
         let mut actions = if redirect {
             self.redirect(message, &mut basis, source, home_address)
         } else {
@@ -314,9 +342,33 @@ impl FirstContact {
         };
         if direct && home.effective_state() != HomeState::Down {
             bump(&self.counters.installed);
-            actions.push(Action::Install { client: source, server: home.index, aor });
+            actions.push(Action::Install {
+                client: source,
+                server: home.index,
+                aor,
+                generation: assignment.generation,
+            });
         }
         actions
+    }
+
+    fn absorb_ack(&self) -> Vec<Action> {
+        bump(&self.counters.absorbed_acks);
+        Vec::new()
+    }
+
+    /// An ACK for a proxied INVITE's non-2xx answer follows the INVITE (same
+    /// branch, see `branch`); without an assignment there was no INVITE.
+    fn proxy_ack(&self, message: &Message<'_>, source: SocketAddr) -> Vec<Action> {
+        let home = identity(message)
+            .ok()
+            .and_then(|aor| self.store.get(&aor).ok().flatten())
+            .and_then(|assignment| self.server(&assignment.server))
+            .and_then(|home| home.address_for(source));
+        match (home, message.max_forwards().ok().flatten()) {
+            (Some(home), max_forwards) if max_forwards != Some(0) => self.proxy(message, source, home),
+            _ => self.absorb_ack(),
+        }
     }
 
     /// The stored assignment, or a new one (stored durably first) on an
@@ -455,22 +507,30 @@ fn redirect_target(request_uri: &str, home: SocketAddr) -> String {
 const BRANCH_PREFIX: &str = "z9hG4bK-rdr-";
 const PING_PREFIX: &str = "z9hG4bK-rdr-ping-";
 
-/// The same request always gets the same branch (so a retransmission is
-/// the same transaction at the home server), different requests different
-/// ones (RFC 3261 §16.11).
+/// The branch of our Via on a proxied request (RFC 3261 §16.11): the same
+/// for a retransmission, and for the CANCEL and non-2xx ACK of an INVITE, so
+/// the home server matches them to its transaction. An RFC 3261 branch on
+/// the incoming top Via already is unique per transaction and shared by
+/// those, so it alone is hashed; older requests hash the fields that
+/// identify the transaction (the CSeq number, not its method).
 fn branch(message: &Message<'_>) -> String {
-    let mut key = String::new();
-    let start = match message.start {
-        StartLine::Request { method, uri } => format!("{method} {uri}"),
-        StartLine::Response { .. } => String::new(),
-    };
-    key += &start;
-    for kind in [HeaderKind::CallId, HeaderKind::CSeq, HeaderKind::From, HeaderKind::To] {
-        key.push('\n');
-        key += &message.value(kind).unwrap_or_default();
-    }
-    key.push('\n');
-    key += &message.via_values().next().unwrap_or_default();
+    let top = message.via_values().next().unwrap_or_default();
+    let incoming =
+        Via::parse(&top).ok().and_then(|via| via.branch()).filter(|b| b.starts_with("z9hG4bK")).map(str::to_owned);
+    let key = incoming.unwrap_or_else(|| {
+        let uri = match message.start {
+            StartLine::Request { uri, .. } => uri,
+            StartLine::Response { .. } => "",
+        };
+        let header = |kind| message.value(kind).unwrap_or_default().into_owned();
+        let cseq_number = message.cseq().map_or(0, |(number, _)| number);
+        format!(
+            "{:?}\n{:?}\n{}\n{cseq_number}\n{uri}\n{top}",
+            tag(&header(HeaderKind::To)),
+            tag(&header(HeaderKind::From)),
+            header(HeaderKind::CallId)
+        )
+    });
     format!("{BRANCH_PREFIX}{:016x}", xxh3_64(key.as_bytes()))
 }
 

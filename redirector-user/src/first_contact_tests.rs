@@ -98,7 +98,7 @@ fn direct_register_is_redirected_and_installed() {
     assert!(response.contains("Call-ID: c1@x\r\nCSeq: 7 REGISTER\r\n"));
     let index = if home.port() == 5060 && home.ip().to_string().ends_with(".11") { 0 } else { 1 };
     let aor = Aor::from_uri("sip:alice@example.net", "To").unwrap();
-    assert_eq!(actions[1], Action::Install { client: client(), server: index, aor });
+    assert_eq!(actions[1], Action::Install { client: client(), server: index, aor, generation: 1 });
     assert_eq!(s.fc.counters.redirected.load(Ordering::Relaxed), 1);
 }
 
@@ -143,7 +143,8 @@ fn the_home_servers_response_is_relayed_with_our_via_popped() {
         "SIP/2.0 200 OK\r\n{vias}To: <sip:alice@example.net>;tag=h\r\nFrom: <sip:alice@example.net>;tag=a1\r\n\
          Call-ID: c1@x\r\nCSeq: 7 REGISTER\r\nContact: <sip:alice@203.0.113.7:5062>;expires=600\r\nContent-Length: 0\r\n\r\n"
     );
-    let relayed = s.fc.on_proxy_datagram(ok.as_bytes());
+    let home = assigned_home(&s);
+    let relayed = s.fc.on_proxy_datagram(ok.as_bytes(), home);
     let [Action::Relay { to, bytes }] = relayed.as_slice() else { panic!("{relayed:?}") };
     let (to, relayed) = (*to, text(bytes));
     assert_eq!(to, "192.0.2.99:5060".parse::<SocketAddr>().unwrap());
@@ -151,7 +152,7 @@ fn the_home_servers_response_is_relayed_with_our_via_popped() {
     assert_eq!(relayed.lines().filter(|l| l.starts_with("Via:")).collect::<Vec<_>>(), expected_vias);
     assert!(relayed.contains("Contact: <sip:alice@203.0.113.7:5062>;expires=600\r\n"));
     let foreign = ok.replacen(&format!("SIP/2.0/UDP {PROXY}"), "SIP/2.0/UDP 192.0.2.50:5060", 1);
-    assert!(s.fc.on_proxy_datagram(foreign.as_bytes()).is_empty(), "not our Via: dropped");
+    assert!(s.fc.on_proxy_datagram(foreign.as_bytes(), home).is_empty(), "not our Via: dropped");
     assert_eq!(s.fc.counters.dropped.load(Ordering::Relaxed), 1);
 }
 
@@ -240,7 +241,10 @@ fn pings_go_to_every_home_server_and_their_answers_are_counted_not_relayed() {
     let message = Message::parse(ping.as_bytes()).unwrap();
     assert_eq!(message.method(), Some("OPTIONS"));
     let answer = ping.replacen("OPTIONS sip:198.51.100.11:5060 SIP/2.0", "SIP/2.0 200 OK", 1);
-    assert_eq!(s.fc.on_proxy_datagram(answer.as_bytes()), [Action::PingAnswered { server: 0, sequence: 7 }]);
+    let home1: SocketAddr = "198.51.100.11:5060".parse().unwrap();
+    assert_eq!(s.fc.on_proxy_datagram(answer.as_bytes(), home1), [Action::PingAnswered { server: 0, sequence: 7 }]);
+    let stranger: SocketAddr = "203.0.113.66:5060".parse().unwrap();
+    assert!(s.fc.on_proxy_datagram(answer.as_bytes(), stranger).is_empty(), "a forged health answer is dropped");
     assert_eq!(s.fc.counters.pings_sent.load(Ordering::Relaxed), 2);
     assert_eq!(s.fc.counters.pings_answered.load(Ordering::Relaxed), 1);
     assert_eq!(s.fc.counters.relayed.load(Ordering::Relaxed), 0);
@@ -260,4 +264,69 @@ fn a_client_of_an_unhealthy_server_is_reassigned_at_its_next_first_contact() {
     assert_eq!(now.generation, 2);
     assert!(matches!(actions[1], Action::Install { server, .. } if server != index));
     assert_eq!(s.fc.counters.reassigned.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn the_proxy_socket_relays_nothing_for_strangers() {
+    let s = setup(Policy::Auto);
+    let forged = format!(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {PROXY};branch=z9hG4bK-rdr-0000000000000000\r\n\
+         Via: SIP/2.0/UDP 8.8.8.8:53;branch=z9hG4bKx\r\nTo: <sip:a@b>;tag=1\r\nFrom: <sip:a@b>;tag=2\r\n\
+         Call-ID: x\r\nCSeq: 1 REGISTER\r\n\r\n"
+    );
+    let stranger: SocketAddr = "203.0.113.66:5060".parse().unwrap();
+    assert!(s.fc.on_proxy_datagram(forged.as_bytes(), stranger).is_empty());
+    assert_eq!(s.fc.counters.dropped.load(Ordering::Relaxed), 1);
+}
+
+fn invite(vias: &str, method: &str, cseq: &str, max_forwards: &str) -> Vec<u8> {
+    format!(
+        "{method} sip:bob@example.net SIP/2.0\r\n{vias}To: <sip:bob@example.net>\r\nFrom: <sip:carol@example.net>;tag=c\r\n\
+         Call-ID: i@x\r\nCSeq: {cseq}\r\n{max_forwards}\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn an_ack_is_never_answered() {
+    let s = setup(Policy::Auto);
+    for ack in [
+        invite(ONE_VIA, "ACK", "1 ACK", "Max-Forwards: 0\r\n"),
+        invite(ONE_VIA, "ACK", "1 ACK", "Max-Forwards: many\r\n"),
+        invite(TWO_VIAS, "ACK", "1 ACK", "Max-Forwards: 0\r\n"),
+    ] {
+        assert!(s.fc.on_service_datagram(&ack, client()).is_empty(), "{}", text(&ack));
+    }
+    let s = setup(Policy::Redirect);
+    assert!(s.fc.on_service_datagram(&invite(TWO_VIAS, "ACK", "1 ACK", ""), client()).is_empty());
+}
+
+#[test]
+fn cancel_and_ack_of_a_proxied_invite_share_its_branch() {
+    let s = setup(Policy::Auto);
+    let upstream: SocketAddr = "192.0.2.99:5060".parse().unwrap();
+    let branch_of = |actions: Vec<Action>| match actions.as_slice() {
+        [Action::Forward { bytes, .. }] => {
+            let forwarded = text(bytes);
+            forwarded.lines().find(|l| l.starts_with("Via:")).unwrap().to_owned()
+        }
+        other => panic!("expected one forward, got {other:?}"),
+    };
+    let invite_branch = branch_of(s.fc.on_service_datagram(&invite(TWO_VIAS, "INVITE", "1 INVITE", ""), upstream));
+    let cancel_branch = branch_of(s.fc.on_service_datagram(&invite(TWO_VIAS, "CANCEL", "1 CANCEL", ""), upstream));
+    let ack_branch = branch_of(s.fc.on_service_datagram(&invite(TWO_VIAS, "ACK", "1 ACK", ""), upstream));
+    assert_eq!(cancel_branch, invite_branch);
+    assert_eq!(ack_branch, invite_branch);
+    let other = TWO_VIAS.replace("z9hG4bKp1", "z9hG4bKp2");
+    let next = branch_of(s.fc.on_service_datagram(&invite(&other, "INVITE", "2 INVITE", ""), upstream));
+    assert_ne!(next, invite_branch, "a new transaction gets a new branch");
+}
+
+#[test]
+fn a_direct_cancel_of_a_redirected_invite_gets_200() {
+    let s = setup(Policy::Auto);
+    let actions = s.fc.on_service_datagram(&invite(ONE_VIA, "CANCEL", "1 CANCEL", ""), client());
+    let (_, response) = only_reply(&actions);
+    assert!(response.starts_with("SIP/2.0 200 OK\r\n"), "{response}");
+    assert_eq!(actions.len(), 1, "nothing installed");
 }
