@@ -33,7 +33,7 @@ pub enum OperationError {
     UnknownAor(String),
     #[error("\"{0}\" is not an address of record ({1}); write it as sip:user@domain")]
     BadAor(String, ParseError),
-    #[error("home server {0} is down: assign clients to an active or draining server")]
+    #[error("home server {0} is down or failing its health checks: assign clients to an active or draining server")]
     ServerDown(String),
     #[error("no active home server to take the clients of {0}; undrain or bring one up first")]
     NoActiveServer(String),
@@ -111,7 +111,7 @@ impl Operations {
     pub fn assign(&self, aor: &str, server: &str) -> Result<Move> {
         let aor = Aor::from_uri(aor, "AOR").map_err(|e| OperationError::BadAor(aor.to_owned(), e))?;
         let to = self.server(server)?;
-        if to.state == HomeState::Down {
+        if to.effective_state() == HomeState::Down {
             return Err(OperationError::ServerDown(to.name));
         }
         self.move_aor(&aor, &to)

@@ -203,6 +203,10 @@ impl<'a> Message<'a> {
         let Some(value) = self.value(HeaderKind::ContentLength) else {
             return Ok(self.body);
         };
+        // Repeated values that disagree would let two parsers see two bodies.
+        if self.headers_of(HeaderKind::ContentLength).any(|h| h.value.trim() != value.trim()) {
+            return Err(ParseError::ContentLength);
+        }
         let length: usize = value.trim().parse().map_err(|_| ParseError::ContentLength)?;
         self.body.get(..length).ok_or(ParseError::ContentLengthTooLarge)
     }

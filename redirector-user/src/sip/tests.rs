@@ -98,6 +98,10 @@ fn content_length_is_checked_against_the_datagram() {
     assert_eq!(parse(&lying).unwrap_err(), ParseError::ContentLengthTooLarge);
     let garbage = REGISTER.replace("Content-Length: 0", "l: zero");
     assert_eq!(parse(&garbage).unwrap_err(), ParseError::ContentLength);
+    let twice = REGISTER.replace("Content-Length: 0", "Content-Length: 0\r\nl: 4") + "abcd";
+    assert_eq!(parse(&twice).unwrap_err(), ParseError::ContentLength, "disagreeing repeats");
+    let agreeing = REGISTER.replace("Content-Length: 0", "Content-Length: 0\r\nl: 0");
+    assert!(parse(&agreeing).is_ok());
 }
 
 #[test]
