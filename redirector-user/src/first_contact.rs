@@ -221,12 +221,14 @@ impl FirstContact {
         servers.iter().find(|s| s.name == name).cloned()
     }
 
-    /// Records `aor` on `server` with the next generation, durably.
+    /// Records `aor` on `server` with the next generation, durably and
+    /// atomically (read and write in one transaction).
     pub fn reassign(&self, aor: &Aor, server: &str) -> Result<Assignment, StoreError> {
-        let generation = self.store.get(aor)?.map_or(0, |a| a.generation) + 1;
-        let assignment = Assignment { generation, ..Assignment::new(aor.clone(), server.to_owned()) };
-        self.store.put(&assignment)?;
-        Ok(assignment)
+        let stored = self.store.update(aor, &mut |current| {
+            let generation = current.map_or(0, |a| a.generation) + 1;
+            Some(Assignment { generation, ..Assignment::new(aor.clone(), server.to_owned()) })
+        })?;
+        Ok(stored.expect("update stored an assignment"))
     }
 
     pub fn store(&self) -> &dyn AssignmentStore {
@@ -375,24 +377,26 @@ impl FirstContact {
     /// active server; `None` when no server is active. A client whose
     /// server is down (or gone from the config) is reassigned now.
     fn assignment(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError> {
-        if let Some(existing) = self.store.get(aor)? {
-            let available = self.server(&existing.server).is_some_and(|s| s.effective_state() != HomeState::Down);
+        let mut outcome = None;
+        let stored = self.store.update(aor, &mut |current| {
+            let available =
+                current.is_some_and(|a| self.server(&a.server).is_some_and(|s| s.effective_state() != HomeState::Down));
             if available {
-                return Ok(Some(existing));
+                return None;
             }
-            let Some(server) = self.choose_server(aor, Some(&existing.server)) else {
-                return Ok(None);
-            };
-            bump(&self.counters.reassigned);
-            return self.reassign(aor, &server.name).map(Some);
+            let excluding = current.map(|a| a.server.as_str());
+            let server = self.choose_server(aor, excluding)?;
+            outcome = Some(current.is_some());
+            let generation = current.map_or(0, |a| a.generation) + 1;
+            Some(Assignment { generation, ..Assignment::new(aor.clone(), server.name) })
+        })?;
+        match outcome {
+            Some(true) => bump(&self.counters.reassigned),
+            Some(false) => bump(&self.counters.assigned),
+            None => {}
         }
-        let Some(server) = self.choose_server(aor, None) else {
-            return Ok(None);
-        };
-        let assignment = Assignment::new(aor.clone(), server.name);
-        self.store.put(&assignment)?;
-        bump(&self.counters.assigned);
-        Ok(Some(assignment))
+        // Kept on an unavailable server only when no other server is active.
+        Ok(stored.filter(|a| self.server(&a.server).is_some_and(|s| s.effective_state() != HomeState::Down)))
     }
 
     fn redirect(&self, message: &Message<'_>, basis: &mut Basis, source: SocketAddr, home: SocketAddr) -> Vec<Action> {

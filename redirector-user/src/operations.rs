@@ -154,14 +154,24 @@ impl Operations {
 
     /// Moves every client of `server` to the other servers that take new
     /// clients (rendezvous hashing over them).
+    /// Passes repeat until one finds nobody left: a first contact that chose
+    /// `server` just before it stopped taking clients may commit after a pass
+    /// read the table.
     fn move_all_from(&self, server: &str) -> Result<Vec<Move>> {
+        const PASSES: usize = 3;
         let mut moves = Vec::new();
-        for assignment in self.first_contact.store().all()?.into_iter().filter(|a| a.server == server) {
-            let to = self
-                .first_contact
-                .choose_server(&assignment.aor, Some(server))
-                .ok_or_else(|| OperationError::NoActiveServer(server.to_owned()))?;
-            moves.push(self.move_aor(&assignment.aor, &to)?);
+        for _ in 0..PASSES {
+            let left: Vec<_> = self.first_contact.store().all()?.into_iter().filter(|a| a.server == server).collect();
+            if left.is_empty() {
+                break;
+            }
+            for assignment in left {
+                let to = self
+                    .first_contact
+                    .choose_server(&assignment.aor, Some(server))
+                    .ok_or_else(|| OperationError::NoActiveServer(server.to_owned()))?;
+                moves.push(self.move_aor(&assignment.aor, &to)?);
+            }
         }
         Ok(moves)
     }

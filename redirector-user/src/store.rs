@@ -1,6 +1,6 @@
 //! The client-to-home-server assignment database. `AssignmentStore` is the
-//! seam for shared stores; `RedbStore` is the embedded default: every `put`
-//! is a committed, fsynced transaction before it returns, so an assignment
+//! seam for shared stores; `RedbStore` is the embedded default: every
+//! `update` is a committed, fsynced transaction before it returns, so an assignment
 //! that was answered survives a crash (SIGKILL, power loss).
 
 use std::{path::Path, time::SystemTime};
@@ -41,8 +41,14 @@ fn db_error(error: impl Into<redb::Error>) -> StoreError {
 
 pub trait AssignmentStore: Send + Sync {
     fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError>;
-    /// Stores `assignment` durably before returning.
-    fn put(&self, assignment: &Assignment) -> Result<(), StoreError>;
+    /// Reads `aor`'s assignment and, if `change` returns a new one, stores
+    /// it — in one transaction, durably, so no concurrent writer slips in
+    /// between. Returns the assignment as stored afterwards.
+    fn update(
+        &self,
+        aor: &Aor,
+        change: &mut dyn FnMut(Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Option<Assignment>, StoreError>;
     fn all(&self) -> Result<Vec<Assignment>, StoreError>;
 }
 
@@ -79,14 +85,29 @@ impl AssignmentStore for RedbStore {
         }))
     }
 
-    fn put(&self, assignment: &Assignment) -> Result<(), StoreError> {
+    fn update(
+        &self,
+        aor: &Aor,
+        change: &mut dyn FnMut(Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Option<Assignment>, StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
-        {
+        let stored = {
             let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
-            let value = (assignment.server.as_str(), assignment.assigned_at, assignment.generation);
-            table.insert(assignment.aor.as_str(), value).map_err(db_error)?;
-        }
-        txn.commit().map_err(db_error)
+            let current = table.get(aor.as_str()).map_err(db_error)?.map(|value| {
+                let (server, assigned_at, generation) = value.value();
+                Assignment { aor: aor.clone(), server: server.to_owned(), assigned_at, generation }
+            });
+            match change(current.as_ref()) {
+                Some(new) => {
+                    let value = (new.server.as_str(), new.assigned_at, new.generation);
+                    table.insert(aor.as_str(), value).map_err(db_error)?;
+                    Some(new)
+                }
+                None => current,
+            }
+        };
+        txn.commit().map_err(db_error)?;
+        Ok(stored)
     }
 
     fn all(&self) -> Result<Vec<Assignment>, StoreError> {
@@ -124,13 +145,23 @@ mod tests {
         {
             let store = RedbStore::open(&path).unwrap();
             assert_eq!(store.get(&aor("alice")).unwrap(), None);
-            store.put(&Assignment::new(aor("alice"), "home1".into())).unwrap();
+            store.update(&aor("alice"), &mut |_| Some(Assignment::new(aor("alice"), "home1".into()))).unwrap();
             let mut moved = Assignment::new(aor("bob"), "home2".into());
             moved.generation = 3;
-            store.put(&moved).unwrap();
+            store.update(&aor("bob"), &mut |_| Some(moved.clone())).unwrap();
         }
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(store.get(&aor("alice")).unwrap().unwrap().server, "home1");
+        let kept = store.update(&aor("alice"), &mut |current| {
+            assert_eq!(current.map(|a| a.server.as_str()), Some("home1"));
+            None
+        });
+        assert_eq!(kept.unwrap().unwrap().server, "home1", "no change keeps what is stored");
+        let moved = store.update(&aor("alice"), &mut |current| {
+            let current = current.unwrap();
+            Some(Assignment { server: "home3".into(), generation: current.generation + 1, ..current.clone() })
+        });
+        assert_eq!(moved.unwrap().unwrap().generation, 2);
         let all = store.all().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all.iter().find(|a| a.aor == aor("bob")).unwrap().generation, 3);
