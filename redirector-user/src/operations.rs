@@ -130,11 +130,7 @@ impl Operations {
     /// contact and the kernel at once (so the fast path stops sending to a
     /// down server immediately), and a down server's clients are moved.
     pub fn set_health(&self, index: u32, healthy: bool) -> Result<Vec<Move>> {
-        let home = self
-            .first_contact
-            .set_health(index, healthy)
-            .ok_or_else(|| OperationError::UnknownServer(index.to_string()))?;
-        self.publish(&home)?;
+        let home = self.change_server(|first_contact| first_contact.set_health(index, healthy), &index.to_string())?;
         if healthy {
             tracing::info!(server = home.name, "home server up");
             return Ok(Vec::new());
@@ -144,12 +140,21 @@ impl Operations {
         Ok(moves)
     }
 
-    /// Writes a server's effective state to the kernel's SERVERS map.
-    fn publish(&self, home: &HomeServer) -> Result<()> {
-        let entry = dataplane::home_server_entry(home);
+    /// Changes a server for first contact and writes its effective state to
+    /// the kernel, both under the fast-path lock: concurrent changes (a drain
+    /// racing a health verdict) reach the kernel in the order they were made.
+    fn change_server(
+        &self,
+        change: impl FnOnce(&FirstContact) -> Option<HomeServer>,
+        name: &str,
+    ) -> Result<HomeServer> {
         let mut fast_path = self.fast_path.lock().expect("fast path lock");
-        fast_path.dataplane().set_server(home.index, entry).map_err(FastPathError::from)?;
-        Ok(())
+        let home = change(&self.first_contact).ok_or_else(|| OperationError::UnknownServer(name.to_owned()))?;
+        fast_path
+            .dataplane()
+            .set_server(home.index, dataplane::home_server_entry(&home))
+            .map_err(FastPathError::from)?;
+        Ok(home)
     }
 
     /// Moves every client of `server` to the other servers that take new
@@ -185,12 +190,7 @@ impl Operations {
 
     /// Sets a server's state for first contact and the kernel at once.
     pub fn set_state(&self, server: &str, state: HomeState) -> Result<HomeServer> {
-        let home = self
-            .first_contact
-            .set_state(server, state)
-            .ok_or_else(|| OperationError::UnknownServer(server.to_owned()))?;
-        self.publish(&home)?;
-        Ok(home)
+        self.change_server(|first_contact| first_contact.set_state(server, state), server)
     }
 
     /// Servers that take new clients, as the rebalancer weighs them.
