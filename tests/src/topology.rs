@@ -56,8 +56,6 @@ pub struct Topology {
     pub homes: Vec<NetNs>,
     pub mode: &'static str,
     pub attach: Attach,
-    /// Extra lines for the edge config's `[sip]` section.
-    pub sip_extra: String,
     /// Extra sections appended to the edge config.
     pub extra_config: String,
     /// The registrar process of each home, when one runs.
@@ -122,7 +120,6 @@ impl Topology {
             homes,
             mode,
             attach,
-            sip_extra: String::new(),
             extra_config: String::new(),
             registrars: Vec::new(),
             server_state: "active",
@@ -152,7 +149,7 @@ impl Topology {
         }
         let database = self.workdir.path().join("assignments.redb");
         text += &format!("[control]\nsocket = \"{}\"\n", self.control_socket().display());
-        text += &format!("[sip]\ndatabase = \"{}\"\n{}", database.display(), self.sip_extra);
+        text += &format!("[sip]\ndatabase = \"{}\"\n", database.display());
         text += &self.extra_config;
         text
     }
