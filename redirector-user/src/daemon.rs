@@ -136,6 +136,7 @@ impl Daemon {
         let tracker = self.tracker.clone();
         async move {
             let local = socket.local_addr()?;
+            let service_addresses = services.iter().map(|s| s.local_addr()).collect::<std::io::Result<Vec<_>>>()?;
             let mut buf = vec![0u8; 65_535];
             loop {
                 let (len, source) =
@@ -154,7 +155,7 @@ impl Daemon {
                         Action::Reply { to, bytes } => (&socket, to, bytes),
                         Action::Forward { to, bytes } => (&proxy, to, bytes),
                         Action::Relay { to, bytes } => {
-                            (service_socket_for(&services, *to).unwrap_or(&proxy), to, bytes)
+                            (service_socket_for(&services, &service_addresses, *to).unwrap_or(&proxy), to, bytes)
                         }
                         Action::Install { .. } | Action::PingAnswered { .. } => continue,
                     };
@@ -307,8 +308,13 @@ fn apply(actions: &[Action], service: SocketAddr, first_contact: &FirstContact, 
     }
 }
 
-fn service_socket_for(services: &[Arc<UdpSocket>], to: SocketAddr) -> Option<&Arc<UdpSocket>> {
-    services.iter().find(|s| s.local_addr().is_ok_and(|local| local.is_ipv4() == to.is_ipv4()))
+/// A service socket of `to`'s family (their addresses, in order, are `addresses`).
+fn service_socket_for<'a>(
+    services: &'a [Arc<UdpSocket>],
+    addresses: &[SocketAddr],
+    to: SocketAddr,
+) -> Option<&'a Arc<UdpSocket>> {
+    addresses.iter().position(|local| local.is_ipv4() == to.is_ipv4()).map(|i| &services[i])
 }
 
 fn bind(address: SocketAddr, what: &str) -> Result<std::net::UdpSocket> {

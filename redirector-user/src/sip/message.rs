@@ -350,6 +350,24 @@ pub fn unfold(value: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Position of the first character outside double quotes (backslash
+/// escapes honoured inside them) for which `stop` is true; `stop` sees only
+/// unquoted characters.
+pub(super) fn find_unquoted(value: &str, mut stop: impl FnMut(char) -> bool) -> Option<usize> {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ if quoted => {}
+            c if stop(c) => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Splits a header value on commas outside double quotes and angle
 /// brackets, trimming each element (RFC 3261 §7.3.1).
 pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
@@ -357,22 +375,16 @@ pub fn split_list(value: &str) -> impl Iterator<Item = &str> {
     std::iter::from_fn(move || {
         loop {
             let current = rest?;
-            let (mut quoted, mut angle, mut escaped) = (false, false, false);
-            let mut cut = None;
-            for (i, c) in current.char_indices() {
+            let mut angle = false;
+            let cut = find_unquoted(current, |c| {
                 match c {
-                    _ if escaped => escaped = false,
-                    '\\' if quoted => escaped = true,
-                    '"' => quoted = !quoted,
-                    '<' if !quoted => angle = true,
-                    '>' if !quoted => angle = false,
-                    ',' if !quoted && !angle => {
-                        cut = Some(i);
-                        break;
-                    }
+                    '<' => angle = true,
+                    '>' => angle = false,
+                    ',' => return !angle,
                     _ => {}
                 }
-            }
+                false
+            });
             let (item, next) = match cut {
                 Some(i) => (&current[..i], Some(&current[i + 1..])),
                 None => (current, None),

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::ParseError;
+use super::{ParseError, message::find_unquoted};
 
 /// A To / From / Contact value split into its URI and header parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +17,7 @@ impl<'a> NameAddr<'a> {
     pub fn parse(value: &'a str, header: &'static str) -> Result<Self, ParseError> {
         let malformed = ParseError::Malformed(header);
         let value = value.trim();
-        if let Some(open) = find_unquoted(value, '<') {
+        if let Some(open) = find_unquoted(value, |c| c == '<') {
             let close = value[open..].find('>').ok_or(malformed.clone())? + open;
             let uri = value[open + 1..close].trim();
             let params = value[close + 1..].trim();
@@ -33,21 +33,6 @@ impl<'a> NameAddr<'a> {
         }
         Ok(Self { uri: uri.trim(), params: params.trim() })
     }
-}
-
-fn find_unquoted(value: &str, target: char) -> Option<usize> {
-    let mut quoted = false;
-    let mut escaped = false;
-    for (i, c) in value.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            c if c == target && !quoted => return Some(i),
-            _ => {}
-        }
-    }
-    None
 }
 
 /// The `tag` parameter of a To / From value, if any.
