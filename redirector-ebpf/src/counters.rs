@@ -31,6 +31,9 @@ counters! {
     NatReply => "nat_reply",
     /// Client unknown: passed to user space for first contact.
     PassMiss => "pass_miss",
+    /// A SUBSCRIBE to a service: always the daemon's, which records the
+    /// watcher's dialog and routes it to the watched client's home server.
+    PassSubscribe => "pass_subscribe",
     /// Client's home server is down or its slot unused: passed to user space.
     PassServerDown => "pass_server_down",
     /// The FIB had no route or no resolved neighbour (or the packet would

@@ -49,6 +49,32 @@ fn unknown_client_is_passed_to_user_space_untouched() {
 }
 
 #[test]
+fn subscribe_is_passed_to_user_space_even_from_a_known_client() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    let subscribe =
+        |src| Datagram::new(src, VIP4).with(|d| d.payload = b"SUBSCRIBE sip:bob@example.net SIP/2.0\r\n\r\n".to_vec());
+    check_passed_untouched(&mut fx, &from_client(&subscribe("10.0.0.2:5060")), Counter::PassSubscribe);
+    check_passed_untouched(&mut fx, &from_client(&subscribe("10.0.0.2:7777")), Counter::PassSubscribe);
+    let v6 = Datagram::new("[fd00::2]:5060", VIP6).with(|d| d.payload = b"SUBSCRIBE sip:b@x SIP/2.0\r\n".to_vec());
+    check_passed_untouched(&mut fx, &from_client(&v6), Counter::PassSubscribe);
+    // Only the exact method: anything else from a known client stays on the fast path.
+    for payload in [&b"SUBSCRIB"[..], b"subscribe sip:b@x SIP/2.0\r\n", b"NOTIFY sip:b@x SIP/2.0\r\n"] {
+        let datagram = Datagram::new("10.0.0.2:5060", VIP4).with(|d| d.payload = payload.to_vec());
+        let expected = ethernet(
+            EDGE_MAC,
+            HOME1_MAC,
+            None,
+            datagram.ethertype(),
+            &ipip("10.0.0.1".parse().unwrap(), "10.0.0.11".parse().unwrap(), &datagram.ip_packet()),
+        );
+        check(&mut fx, &from_client(&datagram), XDP_TX, &expected, Counter::Forwarded);
+    }
+}
+
+#[test]
 fn dsr_v4_hit_is_ipip_encapsulated_to_the_home_server() {
     if !privileged() {
         return;

@@ -12,15 +12,21 @@
 //! 4. UDP to a `SERVICES` endpoint, or a nat reply, whose UDP length is below
 //!    8 or beyond the IP payload is `XDP_DROP`ped, counted `malformed`: it is
 //!    ours and garbage.
-//! 5. A client in `CLIENTS` (its `last_seen_ns` is stamped on every hit, for
+//! 5. A SUBSCRIBE request to a service is `XDP_PASS`ed whoever sends it
+//!    (`pass_subscribe`): the daemon records the watcher's dialog, to send
+//!    it a NOTIFY when the watched client moves, and routes it to the
+//!    watched client's home server, not the sender's. It is recognised by
+//!    the first ten payload bytes, `SUBSCRIBE ` (RFC 3261 method names are
+//!    case-sensitive; a request line has no leading whitespace).
+//! 6. A client in `CLIENTS` (its `last_seen_ns` is stamped on every hit, for
 //!    user space's idle expiry) whose home server is active or draining is
 //!    forwarded (dsr or nat, `XDP_TX`, or `XDP_REDIRECT` when the FIB says
 //!    another interface; a VLAN-tagged frame always leaves by `XDP_TX` with
 //!    its tag); an unknown client, a nat entry without an edge port, or a
 //!    down server is passed to user space (`pass_miss`, `pass_server_down`).
-//! 6. In nat mode, UDP to the edge address on a port in `NAT_REPLIES` from
+//! 7. In nat mode, UDP to the edge address on a port in `NAT_REPLIES` from
 //!    that entry's home server is rewritten back to the client.
-//! 7. Whenever the FIB has no complete answer, the packet is passed untouched
+//! 8. Whenever the FIB has no complete answer, the packet is passed untouched
 //!    (`fib_miss`): it is never rewritten before the route is known. Passed
 //!    up, it reaches the daemon as a first contact; the daemon's reachability
 //!    pings keep the home servers' neighbour entries resolved.

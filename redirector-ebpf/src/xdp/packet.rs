@@ -127,3 +127,19 @@ pub fn udp_length_ok(ctx: &XdpContext, ip: &Ip) -> bool {
     let len = u16::from_be_bytes(unsafe { (*udp).len }) as usize;
     len >= UDP_HLEN && ip.l4 + len <= ip.l3 + ip.len
 }
+
+/// `SUBSCRIBE ` as the two loads that compare it: no memcmp on BPF.
+const SUBSCRIBE_HEAD: u64 = u64::from_ne_bytes(*b"SUBSCRIB");
+const SUBSCRIBE_TAIL: u16 = u16::from_ne_bytes(*b"E ");
+
+/// The UDP payload starts with a SUBSCRIBE request line.
+#[inline(always)]
+pub fn is_subscribe(ctx: &XdpContext, ip: &Ip) -> bool {
+    let Some(start) = ptr_at::<[u8; 10]>(ctx, ip.l4 + UDP_HLEN) else {
+        return false;
+    };
+    let bytes = unsafe { *start };
+    let head = u64::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let tail = u16::from_ne_bytes([bytes[8], bytes[9]]);
+    head == SUBSCRIBE_HEAD && tail == SUBSCRIBE_TAIL
+}

@@ -11,7 +11,7 @@ use super::{
     decap, encap,
     maps::{CLIENTS, CONFIG, NAT_REPLIES, SERVERS, SERVICES, count, count_server},
     nat,
-    packet::{Datagram, parse_udp, udp_length_ok},
+    packet::{self, Datagram, parse_udp, udp_length_ok},
     route::{self, NextHop},
 };
 
@@ -73,6 +73,9 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
     if service {
         if !udp_length_ok(ctx, &datagram.ip) {
             return MALFORMED_OURS;
+        }
+        if packet::is_subscribe(ctx, &datagram.ip) {
+            return Verdict::new(xdp_action::XDP_PASS, Counter::PassSubscribe);
         }
         return route_client(ctx, config, datagram);
     }
