@@ -74,6 +74,52 @@ pub struct Config {
     pub fast_path: FastPathSettings,
     #[serde(default)]
     pub rebalance: Rebalance,
+    #[serde(default)]
+    pub watchers: WatchersSettings,
+    #[serde(default)]
+    pub stats: StatsSettings,
+}
+
+/// SUBSCRIBE dialogs kept to notify watchers when their client moves.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchersSettings {
+    /// Most subscriptions kept; beyond it the oldest is dropped (counted).
+    #[serde(default = "default_watcher_capacity")]
+    pub capacity: usize,
+}
+
+impl Default for WatchersSettings {
+    fn default() -> Self {
+        Self { capacity: default_watcher_capacity() }
+    }
+}
+
+fn default_watcher_capacity() -> usize {
+    crate::watchers::DEFAULT_CAPACITY
+}
+
+/// The statistics stream: how often the kernel counters are sampled, and
+/// where (if anywhere) they are served in Prometheus text format.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsSettings {
+    /// Seconds between samples.
+    #[serde(default = "default_stats_interval")]
+    pub interval: f64,
+    /// `address:port` of the Prometheus endpoint (`GET /metrics`); off when absent.
+    #[serde(default)]
+    pub prometheus: Option<SocketAddr>,
+}
+
+impl Default for StatsSettings {
+    fn default() -> Self {
+        Self { interval: default_stats_interval(), prometheus: None }
+    }
+}
+
+fn default_stats_interval() -> f64 {
+    1.0
 }
 
 /// Rebalancing on skewed fast-path load (see `rebalance`).
@@ -393,6 +439,15 @@ impl Config {
         if !(self.fast_path.idle_timeout.is_finite() && self.fast_path.idle_timeout >= 0.1) {
             let value = self.fast_path.idle_timeout;
             return Err(invalid("fast_path.idle_timeout", format!("{value} is not a number of seconds >= 0.1")));
+        }
+        if !(self.stats.interval.is_finite() && self.stats.interval >= 0.05) {
+            return Err(invalid(
+                "stats.interval",
+                format!("{} is not a number of seconds >= 0.05", self.stats.interval),
+            ));
+        }
+        if self.watchers.capacity == 0 {
+            return Err(invalid("watchers.capacity", "0: keep at least one subscription".to_owned()));
         }
         let rebalance = &self.rebalance;
         if !(rebalance.interval >= 0.05 && rebalance.settle >= 1.0 && rebalance.trigger > rebalance.settle) {

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::programs::XdpMode;
 use redirector_ebpf::{Counter, REDIRECTOR_PROGRAM};
-use tokio::net::UdpSocket;
+use tokio::{net::UdpSocket, sync::mpsc};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -26,9 +26,11 @@ use crate::{
     fast_path::FastPath,
     first_contact::{Action, FirstContact, HomeServer, HomeState, Settings},
     health::{Tracker, Transition},
+    notifier::Notifier,
     operations::Operations,
     rebalance::{Rebalancer, Thresholds},
     store::{AssignmentStore, RedbStore},
+    watchers::{Subscription, Watchers},
 };
 
 pub struct Daemon {
@@ -42,6 +44,9 @@ pub struct Daemon {
     rebalance: config::Rebalance,
     rebalancer: Arc<Mutex<Rebalancer>>,
     tracker: Arc<Mutex<Tracker>>,
+    pub watchers: Arc<Watchers>,
+    /// Subscriptions whose client moved; taken by `serve`'s notifier.
+    deactivated: Mutex<Option<mpsc::UnboundedReceiver<Subscription>>>,
 }
 
 impl Daemon {
@@ -78,7 +83,10 @@ impl Daemon {
             proxy: proxy_address,
         };
         let first_contact = FirstContact::new(settings, home_servers(config), Box::new(store));
+        let (watchers, deactivated) = Watchers::new(config.watchers.capacity);
         Ok(Self {
+            watchers: Arc::new(watchers),
+            deactivated: Mutex::new(Some(deactivated)),
             first_contact: Arc::new(first_contact),
             fast_path: Arc::new(Mutex::new(fast_path)),
             control,
@@ -104,11 +112,15 @@ impl Daemon {
             .map(|s| Ok(Arc::new(UdpSocket::from_std(s.try_clone()?)?)))
             .collect::<std::io::Result<_>>()?;
         let proxy = Arc::new(UdpSocket::from_std(self.proxy.try_clone()?)?);
+        let notifier = Arc::new(Notifier::new(proxy.clone(), proxy.local_addr()?, self.watchers.counters.clone()));
+        let deactivated = self.deactivated.lock().expect("receiver lock").take().context("serve runs once")?;
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(notifier.clone().run(deactivated));
+        let sockets = Sockets { services: services.clone(), proxy: proxy.clone() };
         for socket in &services {
-            tasks.spawn(self.receive_loop(socket.clone(), false, services.clone(), proxy.clone()));
+            tasks.spawn(self.receive_loop(socket.clone(), false, sockets.clone(), notifier.clone()));
         }
-        tasks.spawn(self.receive_loop(proxy.clone(), true, services.clone(), proxy.clone()));
+        tasks.spawn(self.receive_loop(proxy.clone(), true, sockets, notifier));
         let interval = Duration::from_secs_f64(self.health.interval);
         tasks.spawn(sweep_loop(self.fast_path.clone(), self.idle_timeout));
         tasks.spawn(health_loop(Arc::new(self.operations()), self.tracker.clone(), proxy.clone(), interval));
@@ -127,10 +139,11 @@ impl Daemon {
         &self,
         socket: Arc<UdpSocket>,
         is_proxy: bool,
-        services: Vec<Arc<UdpSocket>>,
-        proxy: Arc<UdpSocket>,
+        Sockets { services, proxy }: Sockets,
+        notifier: Arc<Notifier>,
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let first_contact = self.first_contact.clone();
+        let watchers = self.watchers.clone();
         let fast_path = self.fast_path.clone();
         let operations = Arc::new(self.operations());
         let tracker = self.tracker.clone();
@@ -150,6 +163,7 @@ impl Daemon {
                 debug!(%source, %local, ?actions, "first contact");
                 apply(&actions, local, &first_contact, &fast_path);
                 record_answers(&actions, &tracker, &operations);
+                record_watchers(&actions, &watchers, &notifier);
                 for action in &actions {
                     let (from, to, bytes) = match action {
                         Action::Reply { to, bytes } => (&socket, to, bytes),
@@ -157,7 +171,7 @@ impl Daemon {
                         Action::Relay { to, bytes } => {
                             (service_socket_for(&services, &service_addresses, *to).unwrap_or(&proxy), to, bytes)
                         }
-                        Action::Install { .. } | Action::PingAnswered { .. } => continue,
+                        _ => continue,
                     };
                     if let Err(error) = from.send_to(bytes, to).await {
                         warn!(%to, %error, "sending failed");
@@ -169,7 +183,11 @@ impl Daemon {
 
     /// What operators can do to this edge.
     pub fn operations(&self) -> Operations {
-        Operations { first_contact: self.first_contact.clone(), fast_path: self.fast_path.clone() }
+        Operations {
+            first_contact: self.first_contact.clone(),
+            fast_path: self.fast_path.clone(),
+            watchers: self.watchers.clone(),
+        }
     }
 
     /// First contact's counters and the kernel's verdict counters.
@@ -177,6 +195,13 @@ impl Daemon {
         let kernel = self.fast_path.lock().expect("fast path lock").dataplane().counters().unwrap_or_default();
         Report { first_contact: self.first_contact.counters.snapshot(), kernel }
     }
+}
+
+/// The sockets replies leave from.
+#[derive(Clone)]
+struct Sockets {
+    services: Vec<Arc<UdpSocket>>,
+    proxy: Arc<UdpSocket>,
 }
 
 /// A snapshot of the counters, by name.
@@ -274,6 +299,22 @@ fn record_answers(actions: &[Action], tracker: &Mutex<Tracker>, operations: &Ope
             if let Some(transition) = transition {
                 apply_health(operations, transition);
             }
+        }
+    }
+}
+
+fn record_watchers(actions: &[Action], watchers: &Watchers, notifier: &Notifier) {
+    for action in actions {
+        match action {
+            Action::Watch { subscription, expires } => watchers.subscribed((**subscription).clone(), *expires),
+            Action::SubscribeAnswered { id, code, notifier_tag } => {
+                watchers.answered(id, *code, notifier_tag.as_deref());
+            }
+            Action::NotifyAnswered { branch, code, from } if !notifier.answered(branch, *code, *from) => {
+                debug!(%from, branch, "answer to a NOTIFY no longer pending");
+            }
+            Action::Moved { aor } => watchers.client_moved(aor),
+            _ => {}
         }
     }
 }

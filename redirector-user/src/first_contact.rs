@@ -7,22 +7,25 @@
 //!   another proxy (more Via values) is proxied statelessly (RFC 3261
 //!   §16.11). `Policy` can force either.
 //! * The client is its address of record: the `To` URI of a REGISTER, the
-//!   `From` URI of any other request.
+//!   `From` URI of any other request — except SUBSCRIBE, whose `To` names
+//!   the watched client: it is always proxied to that client's home server
+//!   (a redirect would hide the dialog from the edge), its sender is never
+//!   installed, and its dialog is recorded (`Action::Watch`) so the watcher
+//!   can be told when the client moves (see `watchers`).
 //! * A client that talked to us directly has its source address put on the
 //!   fast path. A forwarded request's source is the upstream proxy, which
 //!   speaks for many clients, so it is never installed.
 
 use std::{
     net::SocketAddr,
-    sync::{
-        RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{RwLock, atomic::AtomicU64},
 };
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::{
+    counters::bump,
+    notifier::NOTIFY_BRANCH_PREFIX,
     rendezvous::{self, Candidate},
     sip::{
         Aor, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
@@ -30,6 +33,7 @@ use crate::{
         tag, unfold,
     },
     store::{Assignment, AssignmentStore, StoreError},
+    watchers::{DialogId, Subscription},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -113,23 +117,18 @@ pub enum Action {
     Install { client: SocketAddr, server: u32, aor: Aor, generation: u64 },
     /// The server in slot `server` answered health ping `sequence`.
     PingAnswered { server: u32, sequence: u32 },
+    /// A SUBSCRIBE is being proxied: record its dialog.
+    Watch { subscription: Box<Subscription>, expires: Option<u32> },
+    /// The notifier's answer to a SUBSCRIBE, relayed to the watcher.
+    SubscribeAnswered { id: DialogId, code: u16, notifier_tag: Option<String> },
+    /// A watcher's answer to one of our NOTIFYs.
+    NotifyAnswered { branch: String, code: u16, from: SocketAddr },
+    /// First contact gave `aor` a new home server (its old one is down).
+    Moved { aor: Aor },
 }
 
-macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
-        /// What first contact did, since start.
-        #[derive(Debug, Default)]
-        pub struct Counters { $($(#[doc = $doc])* pub $name: AtomicU64,)* }
-
-        impl Counters {
-            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
-            }
-        }
-    };
-}
-
-counters! {
+crate::counters::counters! {
+    Counters, "What first contact did, since start.",
     /// Requests that reached first contact at all.
     requests,
     /// 302 sent.
@@ -164,10 +163,10 @@ counters! {
     pings_sent,
     /// Answers to them.
     pings_answered,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    /// SUBSCRIBEs proxied to the watched client's home server.
+    subscribes_proxied,
+    /// Of those, not recorded: a header a NOTIFY needs was missing.
+    subscribes_unrecordable,
 }
 
 pub struct FirstContact {
@@ -242,7 +241,7 @@ impl FirstContact {
                 bump(&self.counters.requests);
                 self.on_request(&message, source)
             }
-            Ok(_) => self.drop(),
+            Ok(message) => notify_answer(&message, source).map_or_else(|| self.drop(), |answer| vec![answer]),
             Err(_) if datagram.starts_with(b"ACK ") => self.absorb_ack(),
             Err(error) if response::looks_like_request(datagram) => {
                 bump(&self.counters.requests);
@@ -253,25 +252,23 @@ impl FirstContact {
         }
     }
 
-    /// A datagram on the proxy socket: a home server's response to relay.
-    /// Only home servers may use it: anything else would make the edge a
-    /// relay to whatever a forged Via names, or fake a health answer.
+    /// A datagram on the proxy socket: a home server's response to relay,
+    /// or a watcher's answer to a NOTIFY. Only home servers may have their
+    /// responses relayed: anything else would make the edge a relay to
+    /// whatever a forged Via names, or fake a health answer.
     pub fn on_proxy_datagram(&self, datagram: &[u8], source: SocketAddr) -> Vec<Action> {
-        let from_home = self
-            .servers
-            .read()
-            .expect("servers lock")
-            .iter()
-            .any(|s| s.ipv4.is_some_and(|ip| source.ip() == ip) || s.ipv6.is_some_and(|ip| source.ip() == ip));
-        if !from_home {
-            return self.drop();
-        }
         let Ok(message) = Message::parse(datagram) else {
             return self.drop();
         };
-        let StartLine::Response { .. } = message.start else {
+        let StartLine::Response { code, .. } = message.start else {
             return self.drop();
         };
+        if let Some(answer) = notify_answer(&message, source) {
+            return vec![answer];
+        }
+        if !self.is_home(source) {
+            return self.drop();
+        }
         let vias: Vec<String> = message.via_values().map(|v| v.into_owned()).collect();
         let top = vias.first().and_then(|top| Via::parse(top).ok());
         let ping = top.filter(|top| self.is_our_via(top)).and_then(|top| parse_ping_branch(top.branch()?));
@@ -281,19 +278,28 @@ impl FirstContact {
         }
         let ours = top.is_some_and(|top| self.is_our_via(&top));
         let next = vias.get(1).and_then(|v| Via::parse(v).ok()?.response_address());
-        match (ours, next) {
-            (true, Some(to)) => {
-                bump(&self.counters.relayed);
-                vec![Action::Relay { to, bytes: rewrite(&message, &vias[1..], None) }]
-            }
-            _ => self.drop(),
+        let (true, Some(to)) = (ours, next) else {
+            return self.drop();
+        };
+        bump(&self.counters.relayed);
+        let mut actions = vec![Action::Relay { to, bytes: rewrite(&message, &vias[1..], None) }];
+        if message.cseq().is_ok_and(|(_, method)| method == "SUBSCRIBE") {
+            actions.extend(subscribe_answer(&message, code));
         }
+        actions
+    }
+
+    fn is_home(&self, source: SocketAddr) -> bool {
+        let servers = self.servers.read().expect("servers lock");
+        servers.iter().any(|s| s.ipv4.is_some_and(|ip| source.ip() == ip) || s.ipv6.is_some_and(|ip| source.ip() == ip))
     }
 
     fn on_request(&self, message: &Message<'_>, source: SocketAddr) -> Vec<Action> {
         let mut basis = Basis::of(message);
         let direct = basis.vias.len() == 1;
+        let subscribe = message.method() == Some("SUBSCRIBE");
         let redirect = match self.settings.policy {
+            _ if subscribe => false,
             Policy::Auto => direct,
             Policy::Redirect => true,
             Policy::Proxy => false,
@@ -320,7 +326,7 @@ impl FirstContact {
             Ok(aor) => aor,
             Err(error) => return self.reject(&mut basis, source, 400, &error.to_string(), &self.counters.bad_request),
         };
-        let assignment = match self.assignment(&aor) {
+        let (assignment, moved) = match self.assignment(&aor) {
             Ok(Some(assignment)) => assignment,
             Ok(None) => {
                 return self.unavailable(&mut basis, source, "Service Unavailable");
@@ -342,7 +348,12 @@ impl FirstContact {
         } else {
             self.proxy(message, source, home_address)
         };
-        if direct && home.effective_state() != HomeState::Down {
+        if moved {
+            actions.push(Action::Moved { aor: aor.clone() });
+        }
+        if subscribe {
+            actions.extend(self.watch(message, aor, source));
+        } else if direct && home.effective_state() != HomeState::Down {
             bump(&self.counters.installed);
             actions.push(Action::Install {
                 client: source,
@@ -352,6 +363,19 @@ impl FirstContact {
             });
         }
         actions
+    }
+
+    /// The dialog of a SUBSCRIBE being proxied, to record.
+    fn watch(&self, message: &Message<'_>, presentity: Aor, source: SocketAddr) -> Option<Action> {
+        bump(&self.counters.subscribes_proxied);
+        match Subscription::from_request(message, presentity, source) {
+            Ok((subscription, expires)) => Some(Action::Watch { subscription: Box::new(subscription), expires }),
+            Err(error) => {
+                bump(&self.counters.subscribes_unrecordable);
+                tracing::debug!(%source, %error, "SUBSCRIBE proxied but not recorded");
+                None
+            }
+        }
     }
 
     fn absorb_ack(&self) -> Vec<Action> {
@@ -375,8 +399,8 @@ impl FirstContact {
 
     /// The stored assignment, or a new one (stored durably first) on an
     /// active server; `None` when no server is active. A client whose
-    /// server is down (or gone from the config) is reassigned now.
-    fn assignment(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError> {
+    /// server is down (or gone from the config) is reassigned now (`true`).
+    fn assignment(&self, aor: &Aor) -> Result<Option<(Assignment, bool)>, StoreError> {
         let mut outcome = None;
         let stored = self.store.update(aor, &mut |current| {
             let available =
@@ -396,7 +420,8 @@ impl FirstContact {
             None => {}
         }
         // Kept on an unavailable server only when no other server is active.
-        Ok(stored.filter(|a| self.server(&a.server).is_some_and(|s| s.effective_state() != HomeState::Down)))
+        let usable = stored.filter(|a| self.server(&a.server).is_some_and(|s| s.effective_state() != HomeState::Down));
+        Ok(usable.map(|a| (a, outcome == Some(true))))
     }
 
     fn redirect(&self, message: &Message<'_>, basis: &mut Basis, source: SocketAddr, home: SocketAddr) -> Vec<Action> {
@@ -490,10 +515,13 @@ impl FirstContact {
     }
 }
 
-/// The client's AOR: To of a REGISTER, From of anything else.
+/// The client's AOR: To of a REGISTER or SUBSCRIBE (the watched client),
+/// From of anything else.
 pub fn identity(message: &Message<'_>) -> Result<Aor, ParseError> {
-    let (kind, name) =
-        if message.method() == Some("REGISTER") { (HeaderKind::To, "To") } else { (HeaderKind::From, "From") };
+    let (kind, name) = match message.method() {
+        Some("REGISTER" | "SUBSCRIBE") => (HeaderKind::To, "To"),
+        _ => (HeaderKind::From, "From"),
+    };
     let value = message.value(kind).ok_or(ParseError::Missing(name))?;
     Aor::from_uri(NameAddr::parse(&value, name)?.uri, name)
 }
@@ -536,6 +564,22 @@ fn branch(message: &Message<'_>) -> String {
         )
     });
     format!("{BRANCH_PREFIX}{:016x}", xxh3_64(key.as_bytes()))
+}
+
+/// A response to one of our NOTIFYs (by its top Via's branch).
+fn notify_answer(message: &Message<'_>, from: SocketAddr) -> Option<Action> {
+    let StartLine::Response { code, .. } = message.start else { return None };
+    let top = message.via_values().next()?;
+    let branch = Via::parse(&top).ok()?.branch()?.to_owned();
+    branch.starts_with(NOTIFY_BRANCH_PREFIX).then_some(Action::NotifyAnswered { branch, code, from })
+}
+
+/// What a relayed response to a SUBSCRIBE tells the watchers' registry.
+fn subscribe_answer(message: &Message<'_>, code: u16) -> Option<Action> {
+    let call_id = message.value(HeaderKind::CallId)?.trim().to_owned();
+    let watcher_tag = tag(&message.value(HeaderKind::From)?)?.to_owned();
+    let notifier_tag = message.value(HeaderKind::To).and_then(|to| tag(&to).map(str::to_owned));
+    (code >= 200).then_some(Action::SubscribeAnswered { id: DialogId { call_id, watcher_tag }, code, notifier_tag })
 }
 
 /// (sequence, server slot) from a ping's branch.

@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::atomic::Ordering};
 
 use super::*;
 use crate::store::RedbStore;
@@ -262,7 +262,8 @@ fn a_client_of_an_unhealthy_server_is_reassigned_at_its_next_first_contact() {
     let now = s.fc.store().get(&aor).unwrap().unwrap();
     assert_ne!(now.server, first.server);
     assert_eq!(now.generation, 2);
-    assert!(matches!(actions[1], Action::Install { server, .. } if server != index));
+    assert_eq!(actions[1], Action::Moved { aor }, "its watchers are to be told");
+    assert!(matches!(actions[2], Action::Install { server, .. } if server != index));
     assert_eq!(s.fc.counters.reassigned.load(Ordering::Relaxed), 1);
 }
 
@@ -329,4 +330,78 @@ fn a_direct_cancel_of_a_redirected_invite_gets_200() {
     let (_, response) = only_reply(&actions);
     assert!(response.starts_with("SIP/2.0 200 OK\r\n"), "{response}");
     assert_eq!(actions.len(), 1, "nothing installed");
+}
+
+fn subscribe(from_tag: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "SUBSCRIBE sip:alice@example.net SIP/2.0\r\n{ONE_VIA}To: <sip:alice@example.net>\r\n\
+         From: <sip:bob@example.net>;tag={from_tag}\r\nCall-ID: s1@x\r\nCSeq: 3 SUBSCRIBE\r\n\
+         Contact: <sip:bob@203.0.113.7:5062>\r\nEvent: presence\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn subscribe_is_proxied_to_the_watched_clients_home_and_recorded_even_when_redirecting() {
+    for policy in [Policy::Auto, Policy::Redirect] {
+        let s = setup(policy);
+        let actions = s.fc.on_service_datagram(&subscribe("b1", "Expires: 600\r\n"), client());
+        let [Action::Forward { to, bytes }, Action::Watch { subscription, expires }] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(*to, assigned_home(&s), "the home of alice (To), not of bob (the sender)");
+        assert!(text(bytes).starts_with("SUBSCRIBE sip:alice@example.net SIP/2.0\r\n"));
+        assert_eq!(*expires, Some(600));
+        assert_eq!(subscription.presentity.as_str(), "sip:alice@example.net");
+        assert_eq!((subscription.id.call_id.as_str(), subscription.id.watcher_tag.as_str()), ("s1@x", "b1"));
+        assert_eq!(subscription.reply_to, client());
+        assert_eq!(s.fc.counters.subscribes_proxied.load(Ordering::Relaxed), 1);
+        assert_eq!(s.fc.counters.installed.load(Ordering::Relaxed), 0, "the watcher is not the watched client");
+    }
+}
+
+#[test]
+fn a_subscribe_without_event_is_proxied_but_not_recorded() {
+    let s = setup(Policy::Auto);
+    let bytes = text(&subscribe("b1", "")).replace("Event: presence\r\n", "");
+    let actions = s.fc.on_service_datagram(bytes.as_bytes(), client());
+    assert!(matches!(actions.as_slice(), [Action::Forward { .. }]), "{actions:?}");
+    assert_eq!(s.fc.counters.subscribes_unrecordable.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn the_notifiers_answer_to_a_subscribe_is_relayed_and_reported() {
+    let s = setup(Policy::Auto);
+    let actions = s.fc.on_service_datagram(&subscribe("b1", ""), client());
+    let Action::Forward { bytes, .. } = &actions[0] else { panic!("{actions:?}") };
+    let vias: String = text(bytes).lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
+    let answer = |code: &str| {
+        format!(
+            "SIP/2.0 {code}\r\n{vias}To: <sip:alice@example.net>;tag=n9\r\nFrom: <sip:bob@example.net>;tag=b1\r\n\
+             Call-ID: s1@x\r\nCSeq: 3 SUBSCRIBE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let relayed = s.fc.on_proxy_datagram(answer("200 OK").as_bytes(), assigned_home(&s));
+    let [Action::Relay { to, .. }, Action::SubscribeAnswered { id, code, notifier_tag }] = relayed.as_slice() else {
+        panic!("{relayed:?}")
+    };
+    assert_eq!(*to, client());
+    assert_eq!((id.call_id.as_str(), id.watcher_tag.as_str(), *code), ("s1@x", "b1", 200));
+    assert_eq!(notifier_tag.as_deref(), Some("n9"));
+    let provisional = s.fc.on_proxy_datagram(answer("100 Trying").as_bytes(), assigned_home(&s));
+    assert!(matches!(provisional.as_slice(), [Action::Relay { .. }]), "{provisional:?}");
+}
+
+#[test]
+fn answers_to_our_notify_are_taken_on_any_socket_from_anyone() {
+    let s = setup(Policy::Auto);
+    let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 198.51.100.1:5060;branch=z9hG4bK-rdr-notify-00ff;rport=5060\r\n\
+              To: <sip:bob@example.net>;tag=b1\r\nFrom: <sip:alice@example.net>;tag=n9\r\nCall-ID: s1@x\r\n\
+              CSeq: 2147483647 NOTIFY\r\nContent-Length: 0\r\n\r\n";
+    let expected = Action::NotifyAnswered { branch: "z9hG4bK-rdr-notify-00ff".into(), code: 200, from: client() };
+    assert_eq!(s.fc.on_proxy_datagram(ok.as_bytes(), client()), vec![expected.clone()], "not a home server, still ours");
+    assert_eq!(s.fc.on_service_datagram(ok.as_bytes(), client()), vec![expected]);
+    let other = ok.replace("z9hG4bK-rdr-notify-00ff", "z9hG4bKelse");
+    assert!(s.fc.on_service_datagram(other.as_bytes(), client()).is_empty());
+    assert!(s.fc.on_proxy_datagram(other.as_bytes(), client()).is_empty());
 }

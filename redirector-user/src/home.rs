@@ -1,7 +1,10 @@
 //! `redirector home`: a minimal registrar for tests and the demo. Keeps
 //! bindings in memory, answers REGISTER with 200 and the current contacts
 //! with their expiry (RFC 3261 §10.3, simplified: no authentication, no
-//! Call-ID/CSeq ordering), OPTIONS with 200, and other methods with 405.
+//! Call-ID/CSeq ordering), OPTIONS with 200, SUBSCRIBE with 200 naming the
+//! address it arrived at in its Contact (so a test can tell which home
+//! server took a subscription; no NOTIFYs are sent), and other methods with
+//! 405.
 
 use std::{
     collections::HashMap,
@@ -24,7 +27,7 @@ use crate::sip::{
 };
 
 const DEFAULT_EXPIRES: u32 = 3600;
-const ALLOW: &str = "REGISTER, OPTIONS";
+const ALLOW: &str = "REGISTER, OPTIONS, SUBSCRIBE";
 
 #[derive(Debug, Default)]
 pub struct Registrar {
@@ -40,8 +43,8 @@ struct Binding {
 }
 
 impl Registrar {
-    /// The answer to a datagram, if it deserves one.
-    pub fn on_datagram(&self, datagram: &[u8], source: SocketAddr) -> Option<(SocketAddr, Vec<u8>)> {
+    /// The answer to a datagram from `source` to `local`, if it deserves one.
+    pub fn on_datagram(&self, datagram: &[u8], source: SocketAddr, local: SocketAddr) -> Option<(SocketAddr, Vec<u8>)> {
         let message = match Message::parse(datagram) {
             Ok(message) => message,
             Err(error) if response::looks_like_request(datagram) => {
@@ -54,6 +57,7 @@ impl Registrar {
         match method {
             "REGISTER" => Some(self.register(&message, &mut basis, source)),
             "OPTIONS" => Some(answer(&mut basis, source, 200, "OK", &[("Allow", ALLOW.into())])),
+            "SUBSCRIBE" => Some(subscribe(&message, &mut basis, source, local)),
             "ACK" => None,
             _ => Some(answer(&mut basis, source, 405, "Method Not Allowed", &[("Allow", ALLOW.into())])),
         }
@@ -114,6 +118,13 @@ impl Registrar {
     }
 }
 
+/// 200 for any SUBSCRIBE, granting at most an hour.
+fn subscribe(message: &Message<'_>, basis: &mut Basis, source: SocketAddr, local: SocketAddr) -> (SocketAddr, Vec<u8>) {
+    let requested = message.value(HeaderKind::Expires).and_then(|v| v.trim().parse().ok()).unwrap_or(DEFAULT_EXPIRES);
+    let extra = [("Contact", format!("<sip:{local}>")), ("Expires", requested.min(DEFAULT_EXPIRES).to_string())];
+    answer(basis, source, 200, "OK", &extra)
+}
+
 fn expires_param(params: &str) -> Option<u32> {
     params.split(';').find_map(|p| {
         let (key, value) = p.split_once('=')?;
@@ -150,7 +161,7 @@ pub async fn serve(
             loop {
                 let (len, source) =
                     socket.recv_from(&mut buf).await.with_context(|| format!("receiving on {address}"))?;
-                if let Some((to, bytes)) = registrar.on_datagram(&buf[..len], source) {
+                if let Some((to, bytes)) = registrar.on_datagram(&buf[..len], source, address) {
                     socket.send_to(&bytes, to).await.with_context(|| format!("answering {to}"))?;
                 }
             }
@@ -179,6 +190,10 @@ mod tests {
         "203.0.113.7:5062".parse().unwrap()
     }
 
+    fn answer_to(registrar: &Registrar, datagram: &[u8], source: SocketAddr) -> Option<(SocketAddr, Vec<u8>)> {
+        registrar.on_datagram(datagram, source, "192.0.2.11:5060".parse().unwrap())
+    }
+
     fn text(answer: Option<(SocketAddr, Vec<u8>)>) -> String {
         String::from_utf8(answer.unwrap().1).unwrap()
     }
@@ -186,14 +201,16 @@ mod tests {
     #[test]
     fn register_binds_and_answers_with_the_contact_and_expiry() {
         let registrar = Registrar::default();
-        let ok = text(
-            registrar.on_datagram(&register("Contact: <sip:alice@203.0.113.7:5062>\r\n", "Expires: 600\r\n"), source()),
-        );
+        let ok = text(answer_to(
+            &registrar,
+            &register("Contact: <sip:alice@203.0.113.7:5062>\r\n", "Expires: 600\r\n"),
+            source(),
+        ));
         assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
         assert!(ok.contains("Contact: <sip:alice@203.0.113.7:5062>;expires=600\r\n"), "{ok}");
         let aor = Aor::from_uri("sip:alice@example.net", "To").unwrap();
         assert_eq!(registrar.contacts(&aor), ["sip:alice@203.0.113.7:5062"]);
-        registrar.on_datagram(&register("Contact: <sip:alice@203.0.113.7:5062>;expires=0\r\n", ""), source());
+        answer_to(&registrar, &register("Contact: <sip:alice@203.0.113.7:5062>;expires=0\r\n", ""), source());
         assert!(registrar.contacts(&aor).is_empty(), "expires=0 removes the binding");
     }
 
@@ -201,13 +218,17 @@ mod tests {
     fn options_other_methods_and_malformed_requests() {
         let registrar = Registrar::default();
         let options = String::from_utf8(register("", "")).unwrap().replace("REGISTER", "OPTIONS");
-        assert!(text(registrar.on_datagram(options.as_bytes(), source())).contains("Allow: REGISTER, OPTIONS"));
+        assert!(text(answer_to(&registrar, options.as_bytes(), source())).contains("Allow: REGISTER, OPTIONS"));
+        let subscribe = String::from_utf8(register("", "Expires: 7200\r\n")).unwrap().replace("REGISTER", "SUBSCRIBE");
+        let ok = text(answer_to(&registrar, subscribe.as_bytes(), source()));
+        assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+        assert!(ok.contains("\r\nContact: <sip:192.0.2.11:5060>\r\nExpires: 3600\r\n"), "{ok}");
         let invite = String::from_utf8(register("", "")).unwrap().replace("REGISTER", "INVITE");
-        assert!(text(registrar.on_datagram(invite.as_bytes(), source())).starts_with("SIP/2.0 405"));
+        assert!(text(answer_to(&registrar, invite.as_bytes(), source())).starts_with("SIP/2.0 405"));
         let broken = String::from_utf8(register("", "")).unwrap().replace("Call-ID: r@x\r\n", "");
         assert!(
-            text(registrar.on_datagram(broken.as_bytes(), source())).starts_with("SIP/2.0 400 Missing Call-ID Header")
+            text(answer_to(&registrar, broken.as_bytes(), source())).starts_with("SIP/2.0 400 Missing Call-ID Header")
         );
-        assert!(registrar.on_datagram(b"SIP/2.0 200 OK\r\n\r\n", source()).is_none());
+        assert!(answer_to(&registrar, b"SIP/2.0 200 OK\r\n\r\n", source()).is_none());
     }
 }

@@ -52,7 +52,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CliAttachMode::Native)]
         attach: CliAttachMode,
     },
-    /// A minimal SIP registrar (REGISTER, OPTIONS) for tests and demos: a
+    /// A minimal SIP registrar (REGISTER, OPTIONS, SUBSCRIBE) for tests and demos: a
     /// home server needing nothing else.
     Home {
         /// Address:port to answer on (repeatable); replies leave from the

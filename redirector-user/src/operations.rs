@@ -6,7 +6,8 @@
 //! it no longer belongs to: its kernel entries are withdrawn first (its
 //! packets then go up to first contact, which answers from the database),
 //! the new assignment is committed (generation + 1), and only then are the
-//! entries restored, pointing at the new server.
+//! entries restored, pointing at the new server. Then the client's watchers
+//! are queued for their NOTIFY.
 
 use std::{
     collections::BTreeMap,
@@ -23,6 +24,7 @@ use crate::{
     rebalance::{Planned, Rebalancer, Sample, ServerLoad, plan},
     sip::{Aor, ParseError},
     store::StoreError,
+    watchers::Watchers,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,8 @@ pub struct Route {
 pub struct Operations {
     pub first_contact: Arc<FirstContact>,
     pub fast_path: Arc<Mutex<FastPath>>,
+    /// Told of every move, so the client's watchers get their NOTIFY.
+    pub watchers: Arc<Watchers>,
 }
 
 impl Operations {
@@ -249,6 +253,7 @@ impl Operations {
         let withdrawn = fast_path.withdraw(aor)?;
         match self.first_contact.reassign(aor, &to.name) {
             Ok(assignment) => {
+                self.watchers.client_moved(aor);
                 fast_path.restore(withdrawn, to.index)?;
                 tracing::info!(%aor, from = from.server, to = to.name, generation = assignment.generation, "moved");
                 Ok(Move {

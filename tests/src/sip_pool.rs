@@ -4,7 +4,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::{Arc, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -194,6 +194,56 @@ pub fn sipp_clients(topology: &Topology, scenario_name: &str, clients: u16, firs
 }
 
 fn run_sipp(topology: &Topology, scenario_name: &str, calls: u32, local_port: u16, service: &str) -> Output {
+    let (mut command, errors) = sipp_command(topology, scenario_name, calls, local_port, service);
+    let output = command.stdin(Stdio::null()).output().expect("running sipp (apt-get install sip-tester)");
+    if !output.status.success() {
+        let errors = std::fs::read_to_string(&errors).unwrap_or_default();
+        eprintln!("sipp {scenario_name} failed:\n{}\n{errors}", String::from_utf8_lossy(&output.stdout));
+    }
+    output
+}
+
+/// One call of `scenario` from `local_port`, in the background.
+pub struct BackgroundSipp {
+    child: Child,
+    log: PathBuf,
+    errors: PathBuf,
+}
+
+impl BackgroundSipp {
+    pub fn spawn(topology: &Topology, scenario_name: &str, local_port: u16) -> Self {
+        let (mut command, errors) = sipp_command(topology, scenario_name, 1, local_port, "user");
+        let log = topology.scratch(&format!("sipp-{scenario_name}-{local_port}.log"));
+        command.args(["-trace_logs", "-log_file", log.to_str().unwrap()]);
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("running sipp (apt-get install sip-tester)");
+        Self { child, log, errors }
+    }
+
+    /// Waits for the call to end (SIPp's own timeout bounds it): what its
+    /// `<log>` actions wrote, or its errors if it failed.
+    pub fn wait(mut self) -> Result<String, String> {
+        let status = self.child.wait().expect("waiting for sipp");
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if status.success() {
+            Ok(log)
+        } else {
+            Err(format!("{status}; log: {log}; errors: {}", std::fs::read_to_string(&self.errors).unwrap_or_default()))
+        }
+    }
+}
+
+/// SIPp's command line, bounded by a 30 s timeout, and where its errors go.
+fn sipp_command(
+    topology: &Topology,
+    scenario_name: &str,
+    calls: u32,
+    local_port: u16,
+    service: &str,
+) -> (Command, PathBuf) {
     let scenario = scenario(scenario_name);
     let errors = topology.scratch(&format!("sipp-{scenario_name}-{local_port}.errors"));
     let args = [
@@ -218,15 +268,5 @@ fn run_sipp(topology: &Topology, scenario_name: &str, calls: u32, local_port: u1
         "-error_file",
         errors.to_str().unwrap(),
     ];
-    let output = topology
-        .client
-        .command("sipp", &args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running sipp (apt-get install sip-tester)");
-    if !output.status.success() {
-        let errors = std::fs::read_to_string(&errors).unwrap_or_default();
-        eprintln!("sipp {scenario_name} failed:\n{}\n{errors}", String::from_utf8_lossy(&output.stdout));
-    }
-    output
+    (topology.client.command("sipp", &args), errors)
 }

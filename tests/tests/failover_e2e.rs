@@ -1,7 +1,9 @@
 //! Health checks end to end: a home server whose process dies is marked
 //! down within the detection time, its clients are reassigned, and their
-//! next packets reach the new home server through XDP; when it comes back
-//! nothing moves back.
+//! next packets reach the new home server through XDP; a SIPp watcher
+//! subscribed to a moved client gets the NOTIFY ending its subscription,
+//! re-subscribes and gets 200 from the new home server; when the dead
+//! server comes back nothing moves back.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +11,8 @@ use redirector::operations::{Route, ServerStatus};
 use redirector_ebpf::Counter;
 use redirector_tests::{
     privileged,
-    sip_pool::{InProcessEdge, Registrar, sipp, start_registrar, start_registrars},
-    topology::{Attach, Topology},
+    sip_pool::{BackgroundSipp, InProcessEdge, Registrar, sipp, start_registrar, start_registrars},
+    topology::{Attach, Topology, home_address},
 };
 
 const INTERVAL: f64 = 0.2;
@@ -38,6 +40,15 @@ fn wait_health(topology: &Topology, server: &str, wanted: bool) -> Duration {
     start.elapsed()
 }
 
+/// Waits (bounded) for `condition`.
+fn wait_until(condition: impl Fn() -> bool, what: &str) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn assert_sipp_ok(topology: &Topology, scenario: &str, port: u16) {
     let output = sipp(topology, scenario, 1, port);
     assert!(output.status.success(), "sipp {scenario}: {}", String::from_utf8_lossy(&output.stdout));
@@ -58,6 +69,8 @@ fn a_dead_home_servers_clients_move_and_keep_the_fast_path() {
         let route: Route = cli_json::<Vec<Route>>(&topology, &["routes", "--json"]).pop().unwrap();
         let dead: usize = route.server.trim_start_matches("home").parse().unwrap();
         let survivor = 1 - dead;
+        let watcher = BackgroundSipp::spawn(&topology, "watch_until_moved.xml", 5080);
+        wait_until(|| edge.first_contact("relayed") >= 1, "the watcher's SUBSCRIBE was answered");
 
         topology.stop_registrar(dead);
         let detected = wait_health(&topology, &route.server, false);
@@ -73,6 +86,14 @@ fn a_dead_home_servers_clients_move_and_keep_the_fast_path() {
         assert!(edge.kernel(Counter::Forwarded) > forwarded, "{mode}: it went through XDP");
         let sent = edge.daemon.fast_path.lock().unwrap().dataplane().server_stats(survivor as u32).unwrap();
         assert!(sent.packets >= 1, "{mode}: to the surviving home server");
+
+        let logged = watcher.wait().unwrap_or_else(|e| panic!("{mode}: the watcher's scenario failed: {e}"));
+        let homes = format!("homes {} {}", home_address(dead), home_address(survivor));
+        assert!(logged.contains(&homes), "{mode}: expected \"{homes}\" in the watcher's log: {logged}");
+        let watchers = edge.daemon.watchers.counters.snapshot();
+        let count = |name| watchers.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!((count("notifies_sent"), count("notifies_answered")), (1, 1), "{mode}: {watchers:?}");
+        assert_eq!(edge.kernel(Counter::PassSubscribe), 2, "{mode}: both SUBSCRIBEs reached the daemon");
 
         start_registrar(&mut topology, dead, Registrar::Own);
         wait_health(&topology, &route.server, true);

@@ -1,0 +1,450 @@
+//! Watchers: SUBSCRIBE dialogs that passed through the edge, kept by the
+//! client they watch, so that when that client moves each watcher can be
+//! told (`NOTIFY` with `Subscription-State: terminated;reason=deactivated`,
+//! RFC 6665 §4.2.2) and re-subscribe at the new home server.
+//!
+//! The edge is a stateless proxy without Record-Route, so it sees a
+//! dialog's first SUBSCRIBE and the notifier's answer to it, but not
+//! refreshes sent straight to the notifier. A subscription is therefore
+//! kept until the client moves, the watcher unsubscribes through the edge
+//! (`Expires: 0`), the SUBSCRIBE is refused, or the registry is full (the
+//! oldest goes first) — never by its own expiry, which the edge cannot
+//! follow. A NOTIFY for a dialog that ended meanwhile costs one datagram
+//! and is answered 481.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    counters::{add, bump},
+    sip::{Aor, HeaderKind, Message, NameAddr, ParseError, tag},
+};
+
+/// How many subscriptions an edge keeps by default.
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
+/// A dialog's identity as the edge sees it before the notifier's tag is known.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DialogId {
+    pub call_id: String,
+    /// The watcher's (From) tag.
+    pub watcher_tag: String,
+}
+
+/// One watcher's subscription to one client (the presentity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub id: DialogId,
+    pub presentity: Aor,
+    /// The SUBSCRIBE's To value without a tag: the NOTIFY's From.
+    pub presentity_header: String,
+    /// The SUBSCRIBE's From value, tag included: the NOTIFY's To.
+    pub watcher_header: String,
+    /// The watcher's Contact URI: the NOTIFY's Request-URI.
+    pub watcher_contact: String,
+    /// The Event header (package and id), echoed in the NOTIFY.
+    pub event: String,
+    /// The watcher's CSeq number on its SUBSCRIBE.
+    pub cseq: u32,
+    /// Where the SUBSCRIBE came from, and so where the NOTIFY goes back.
+    pub reply_to: SocketAddr,
+    /// The notifier's (To) tag, from its 2xx; `None` until it answered.
+    pub notifier_tag: Option<String>,
+}
+
+impl Subscription {
+    /// The dialog a SUBSCRIBE for `presentity` from `source` opens, and the
+    /// expiry it asks for. Errors name the header a watcher got wrong.
+    pub fn from_request(
+        message: &Message<'_>,
+        presentity: Aor,
+        source: SocketAddr,
+    ) -> Result<(Self, Option<u32>), ParseError> {
+        let header = |kind, name| message.value(kind).map(|v| v.into_owned()).ok_or(ParseError::Missing(name));
+        let from = header(HeaderKind::From, "From")?;
+        let to = header(HeaderKind::To, "To")?;
+        let contact = header(HeaderKind::Contact, "Contact")?;
+        let watcher_tag = tag(&from).ok_or(ParseError::Missing("From tag"))?.to_owned();
+        let watcher_contact = NameAddr::parse(&contact, "Contact")?.uri.to_owned();
+        let expires = message.value(HeaderKind::Expires).and_then(|v| v.trim().parse().ok());
+        let subscription = Self {
+            id: DialogId { call_id: header(HeaderKind::CallId, "Call-ID")?.trim().to_owned(), watcher_tag },
+            presentity,
+            presentity_header: without_tag(&to),
+            watcher_header: from.trim().to_owned(),
+            watcher_contact,
+            event: header(HeaderKind::Event, "Event")?.trim().to_owned(),
+            cseq: message.cseq()?.0,
+            reply_to: source,
+            notifier_tag: None,
+        };
+        Ok((subscription, expires))
+    }
+}
+
+/// A To / From value without its `tag` parameter.
+fn without_tag(value: &str) -> String {
+    let value = value.trim();
+    let Ok(name_addr) = NameAddr::parse(value, "To") else {
+        return value.to_owned();
+    };
+    let head = value[..value.len() - name_addr.params.len()].trim_end().trim_end_matches(';');
+    let is_tag = |p: &str| p.split('=').next().unwrap_or_default().trim().eq_ignore_ascii_case("tag");
+    let kept: String = name_addr
+        .params
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !is_tag(p))
+        .map(|p| format!(";{p}"))
+        .collect();
+    format!("{head}{kept}")
+}
+
+/// What recording a SUBSCRIBE did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Kept; `evicted` older subscriptions made room for it.
+    Kept { evicted: usize },
+    /// `Expires: 0`: the watcher ended it.
+    Ended,
+}
+
+/// The subscriptions, by dialog and by watched client, oldest first.
+#[derive(Debug)]
+pub struct Registry {
+    capacity: usize,
+    next_age: u64,
+    dialogs: HashMap<DialogId, (u64, Subscription)>,
+    by_age: BTreeMap<u64, DialogId>,
+    by_presentity: HashMap<Aor, Vec<DialogId>>,
+}
+
+impl Registry {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            next_age: 0,
+            dialogs: HashMap::new(),
+            by_age: BTreeMap::new(),
+            by_presentity: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.dialogs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dialogs.is_empty()
+    }
+
+    /// Records a SUBSCRIBE that is being proxied. A repeated one keeps the
+    /// notifier's tag already learned.
+    pub fn subscribed(&mut self, mut subscription: Subscription, expires: Option<u32>) -> Recorded {
+        let previous = self.remove(&subscription.id);
+        if expires == Some(0) {
+            return Recorded::Ended;
+        }
+        if subscription.notifier_tag.is_none() {
+            subscription.notifier_tag = previous.and_then(|p| p.notifier_tag);
+        }
+        let mut evicted = 0;
+        while self.dialogs.len() >= self.capacity {
+            let Some((_, oldest)) = self.by_age.pop_first() else { break };
+            self.remove(&oldest);
+            evicted += 1;
+        }
+        let age = self.next_age;
+        self.next_age += 1;
+        self.by_age.insert(age, subscription.id.clone());
+        self.by_presentity.entry(subscription.presentity.clone()).or_default().push(subscription.id.clone());
+        self.dialogs.insert(subscription.id.clone(), (age, subscription));
+        Recorded::Kept { evicted }
+    }
+
+    /// The notifier's final answer to a SUBSCRIBE: a 2xx confirms the
+    /// dialog with its tag; a refusal ends a dialog that was never confirmed
+    /// (a refused refresh leaves a confirmed one to its notifier).
+    pub fn answered(&mut self, id: &DialogId, code: u16, notifier_tag: Option<&str>) {
+        let Some((_, subscription)) = self.dialogs.get_mut(id) else { return };
+        match code {
+            200..=299 if subscription.notifier_tag.is_none() => {
+                subscription.notifier_tag = notifier_tag.map(str::to_owned);
+            }
+            300.. if subscription.notifier_tag.is_none() => {
+                self.remove(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes every subscription to `presentity`; returns the confirmed
+    /// ones (an unconfirmed dialog does not exist at the watcher yet).
+    pub fn take(&mut self, presentity: &Aor) -> Vec<Subscription> {
+        let ids = self.by_presentity.remove(presentity).unwrap_or_default();
+        ids.iter()
+            .filter_map(|id| {
+                let (age, subscription) = self.dialogs.remove(id)?;
+                self.by_age.remove(&age);
+                Some(subscription)
+            })
+            .filter(|s| s.notifier_tag.is_some())
+            .collect()
+    }
+
+    fn remove(&mut self, id: &DialogId) -> Option<Subscription> {
+        let (age, subscription) = self.dialogs.remove(id)?;
+        self.by_age.remove(&age);
+        if let Some(ids) = self.by_presentity.get_mut(&subscription.presentity) {
+            ids.retain(|other| other != id);
+            if ids.is_empty() {
+                self.by_presentity.remove(&subscription.presentity);
+            }
+        }
+        Some(subscription)
+    }
+}
+
+crate::counters::counters! {
+    WatcherCounters, "What the edge did for watchers, since start.",
+    /// SUBSCRIBEs recorded (new dialogs and repeats).
+    subscriptions_recorded,
+    /// SUBSCRIBEs not recorded: a header the NOTIFY needs was missing.
+    subscriptions_unrecordable,
+    /// Subscriptions dropped, oldest first, to stay within capacity.
+    subscriptions_evicted,
+    /// Subscriptions ended by the watcher (Expires: 0) or refused.
+    subscriptions_ended,
+    /// NOTIFY transactions started because a watched client moved.
+    notifies_sent,
+    /// Of those, answered with a final response.
+    notifies_answered,
+    /// Of those, never answered before Timer F.
+    notifies_timed_out,
+}
+
+/// The registry shared by first contact and moves, and the queue of
+/// subscriptions whose client moved, which the notifier drains.
+pub struct Watchers {
+    registry: Mutex<Registry>,
+    deactivated: mpsc::UnboundedSender<Subscription>,
+    pub counters: Arc<WatcherCounters>,
+}
+
+impl Watchers {
+    pub fn new(capacity: usize) -> (Self, mpsc::UnboundedReceiver<Subscription>) {
+        let (deactivated, receiver) = mpsc::unbounded_channel();
+        let watchers = Self { registry: Mutex::new(Registry::new(capacity)), deactivated, counters: Arc::default() };
+        (watchers, receiver)
+    }
+
+    pub fn subscribed(&self, subscription: Subscription, expires: Option<u32>) {
+        let recorded = self.registry.lock().expect("watchers lock").subscribed(subscription, expires);
+        match recorded {
+            Recorded::Kept { evicted } => {
+                bump(&self.counters.subscriptions_recorded);
+                add(&self.counters.subscriptions_evicted, evicted as u64);
+            }
+            Recorded::Ended => bump(&self.counters.subscriptions_ended),
+        }
+    }
+
+    pub fn answered(&self, id: &DialogId, code: u16, notifier_tag: Option<&str>) {
+        self.registry.lock().expect("watchers lock").answered(id, code, notifier_tag);
+    }
+
+    /// `aor` moved to another home server: its watchers are to be told.
+    pub fn client_moved(&self, aor: &Aor) {
+        let moved = self.registry.lock().expect("watchers lock").take(aor);
+        for subscription in moved {
+            tracing::info!(%aor, call_id = subscription.id.call_id, "watcher to be told its client moved");
+            // The receiver lives as long as the daemon serves; after that
+            // nobody is left to send the NOTIFY anyway.
+            let _ = self.deactivated.send(subscription);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.registry.lock().expect("watchers lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The highest CSeq RFC 3261 §8.1.1.5 allows. The edge never sees the
+/// notifier's own NOTIFYs (no Record-Route), so it cannot count on from
+/// theirs; a number no notifier has passed cannot be rejected as out of
+/// order (§12.2.2), and the dialog ends with this request.
+pub const NOTIFY_CSEQ: u32 = (1 << 31) - 1;
+
+/// The NOTIFY ending `subscription`, sent by the edge at `sent_by`.
+pub fn notify(subscription: &Subscription, sent_by: SocketAddr, branch: &str) -> Vec<u8> {
+    let notifier_tag = subscription.notifier_tag.as_deref().unwrap_or_default();
+    format!(
+        "NOTIFY {contact} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {sent_by};branch={branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: {presentity};tag={notifier_tag}\r\n\
+         To: {watcher}\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {NOTIFY_CSEQ} NOTIFY\r\n\
+         Contact: <sip:{sent_by}>\r\n\
+         Event: {event}\r\n\
+         Subscription-State: terminated;reason=deactivated\r\n\
+         Content-Length: 0\r\n\r\n",
+        contact = subscription.watcher_contact,
+        presentity = subscription.presentity_header,
+        watcher = subscription.watcher_header,
+        call_id = subscription.id.call_id,
+        event = subscription.event,
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscribe(call_id: &str, from_tag: &str, extra: &str) -> Vec<u8> {
+        format!(
+            "SUBSCRIBE sip:bob@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 198.51.100.7:5070;branch=z9hG4bK1\r\n\
+             From: \"Alice\" <sip:alice@example.net>;tag={from_tag}\r\nTo: <sip:bob@example.net>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 7 SUBSCRIBE\r\nContact: <sip:alice@198.51.100.7:5070>\r\n\
+             Event: presence;id=4\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn bob() -> Aor {
+        Aor::from_uri("sip:bob@example.net", "To").unwrap()
+    }
+
+    fn source() -> SocketAddr {
+        "198.51.100.7:5070".parse().unwrap()
+    }
+
+    fn parsed(call_id: &str, from_tag: &str, extra: &str) -> (Subscription, Option<u32>) {
+        let bytes = subscribe(call_id, from_tag, extra);
+        let message = Message::parse(&bytes).unwrap();
+        Subscription::from_request(&message, bob(), source()).unwrap()
+    }
+
+    fn confirmed(registry: &mut Registry, call_id: &str) -> DialogId {
+        let (subscription, expires) = parsed(call_id, "w1", "");
+        let id = subscription.id.clone();
+        registry.subscribed(subscription, expires);
+        registry.answered(&id, 200, Some("n1"));
+        id
+    }
+
+    #[test]
+    fn a_subscribe_yields_the_dialog_the_notify_needs() {
+        let (subscription, expires) = parsed("c1@x", "w1", "Expires: 600\r\n");
+        assert_eq!(expires, Some(600));
+        assert_eq!(subscription.id, DialogId { call_id: "c1@x".into(), watcher_tag: "w1".into() });
+        assert_eq!(subscription.watcher_header, "\"Alice\" <sip:alice@example.net>;tag=w1");
+        assert_eq!(subscription.presentity_header, "<sip:bob@example.net>");
+        assert_eq!(subscription.watcher_contact, "sip:alice@198.51.100.7:5070");
+        assert_eq!((subscription.event.as_str(), subscription.cseq), ("presence;id=4", 7));
+    }
+
+    #[test]
+    fn a_subscribe_without_what_a_notify_needs_is_named() {
+        for (missing, name) in [("Contact", "Contact"), ("Event", "Event")] {
+            let text = String::from_utf8(subscribe("c", "w", "")).unwrap();
+            let line = text.lines().find(|l| l.starts_with(missing)).unwrap().to_owned() + "\r\n";
+            let bytes = text.replace(&line, "").into_bytes();
+            let error = Subscription::from_request(&Message::parse(&bytes).unwrap(), bob(), source()).unwrap_err();
+            assert_eq!(error, ParseError::Missing(name));
+        }
+        let bytes = String::from_utf8(subscribe("c", "w", "")).unwrap().replace(";tag=w", "").into_bytes();
+        let error = Subscription::from_request(&Message::parse(&bytes).unwrap(), bob(), source()).unwrap_err();
+        assert_eq!(error, ParseError::Missing("From tag"));
+    }
+
+    #[test]
+    fn a_move_takes_only_confirmed_dialogs_of_that_client() {
+        let mut registry = Registry::new(10);
+        let id = confirmed(&mut registry, "c1");
+        let (pending, _) = parsed("c2", "w2", "");
+        registry.subscribed(pending, None);
+        let taken = registry.take(&bob());
+        assert_eq!(taken.len(), 1);
+        assert_eq!((&taken[0].id, taken[0].notifier_tag.as_deref()), (&id, Some("n1")));
+        assert!(registry.is_empty(), "both are gone: the pending one has no dialog at the watcher");
+        assert!(registry.take(&bob()).is_empty());
+    }
+
+    #[test]
+    fn unsubscribe_refusal_and_repeats() {
+        let mut registry = Registry::new(10);
+        let id = confirmed(&mut registry, "c1");
+        let (repeat, _) = parsed("c1", "w1", "");
+        assert_eq!(registry.subscribed(repeat, Some(300)), Recorded::Kept { evicted: 0 });
+        assert_eq!(registry.len(), 1);
+        assert_eq!(registry.take(&bob())[0].notifier_tag.as_deref(), Some("n1"), "a repeat keeps the tag");
+
+        let id2 = confirmed(&mut registry, "c2");
+        registry.answered(&id2, 489, None);
+        assert_eq!(registry.len(), 1, "a refused refresh leaves a confirmed dialog");
+        let (unsubscribe, expires) = parsed("c2", "w1", "Expires: 0\r\n");
+        assert_eq!(registry.subscribed(unsubscribe, expires), Recorded::Ended);
+        assert!(registry.is_empty());
+
+        let (pending, _) = parsed("c3", "w1", "");
+        let pending_id = pending.id.clone();
+        registry.subscribed(pending, None);
+        registry.answered(&pending_id, 489, None);
+        assert!(registry.is_empty(), "a refused first SUBSCRIBE leaves nothing");
+        registry.answered(&id, 200, Some("late"));
+        assert!(registry.is_empty(), "answers for unknown dialogs are ignored");
+    }
+
+    #[test]
+    fn a_full_registry_evicts_the_oldest() {
+        let mut registry = Registry::new(2);
+        confirmed(&mut registry, "c1");
+        confirmed(&mut registry, "c2");
+        let (third, _) = parsed("c3", "w1", "");
+        assert_eq!(registry.subscribed(third, None), Recorded::Kept { evicted: 1 });
+        let (fourth, _) = parsed("c2", "w1", "");
+        assert_eq!(registry.subscribed(fourth, None), Recorded::Kept { evicted: 0 }, "a repeat takes its own place");
+        let left: Vec<String> = registry.dialogs.keys().map(|id| id.call_id.clone()).collect();
+        assert_eq!(left.len(), 2);
+        assert!(!left.contains(&"c1".to_owned()), "{left:?}");
+    }
+
+    #[test]
+    fn the_notify_ends_the_dialog_as_the_watcher_knows_it() {
+        let (mut subscription, _) = parsed("c1@x", "w1", "");
+        subscription.notifier_tag = Some("n1".into());
+        let bytes = notify(&subscription, "192.0.2.1:5060".parse().unwrap(), "z9hG4bK-rdr-notify-1");
+        let message = Message::parse(&bytes).unwrap();
+        assert_eq!(message.method(), Some("NOTIFY"));
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.starts_with("NOTIFY sip:alice@198.51.100.7:5070 SIP/2.0\r\n"), "{text}");
+        let value = |kind| message.value(kind).unwrap().into_owned();
+        assert_eq!(value(HeaderKind::From), "<sip:bob@example.net>;tag=n1");
+        assert_eq!(value(HeaderKind::To), "\"Alice\" <sip:alice@example.net>;tag=w1");
+        assert_eq!(value(HeaderKind::CallId), "c1@x");
+        assert_eq!(value(HeaderKind::Event), "presence;id=4");
+        assert_eq!(message.cseq().unwrap(), (NOTIFY_CSEQ, "NOTIFY".to_owned()));
+        assert!(text.contains("\r\nSubscription-State: terminated;reason=deactivated\r\n"), "{text}");
+        assert!(text.contains("\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-rdr-notify-1;rport\r\n"), "{text}");
+    }
+
+    #[test]
+    fn tags_are_cut_from_to_headers_with_other_parameters() {
+        assert_eq!(without_tag("<sip:b@x>;tag=abc"), "<sip:b@x>");
+        assert_eq!(without_tag("<sip:b@x>;foo=1;tag=abc;bar"), "<sip:b@x>;foo=1;bar");
+        assert_eq!(without_tag("sip:b@x;tag=abc"), "sip:b@x");
+        assert_eq!(without_tag(" <sip:b@x> "), "<sip:b@x>");
+    }
+}
