@@ -20,6 +20,7 @@ use tokio::{
 use crate::{
     operations::{Move, OperationError, Operations, PlannedMove, Route, ServerStatus, Stats},
     rebalance::Rebalancer,
+    stats::Latest,
 };
 
 pub const DEFAULT_SOCKET: &str = "/run/redirector/control.sock";
@@ -62,9 +63,14 @@ pub enum ControlError {
     Reply(#[from] serde_json::Error),
 }
 
-pub fn answer(operations: &Operations, rebalancer: &Mutex<Rebalancer>, request: Request) -> Reply {
+/// `stats` is the statistics stream's newest reading (a fresh one, without
+/// rates, before the first); everything else acts or reads now.
+pub fn answer(operations: &Operations, rebalancer: &Mutex<Rebalancer>, latest: &Latest, request: Request) -> Reply {
     let result = match request {
-        Request::Stats => operations.stats().map(Reply::Stats),
+        Request::Stats => match latest.get() {
+            Some(stats) => Ok(Reply::Stats(stats.as_ref().clone())),
+            None => operations.stats().map(Reply::Stats),
+        },
         Request::Servers => operations.servers().map(Reply::Servers),
         Request::Clients { server } => operations.clients(&server).map(Reply::Clients),
         Request::Assign { aor, server } => operations.assign(&aor, &server).map(|m| Reply::Moves(vec![m])),
@@ -97,20 +103,22 @@ pub async fn serve(
     listener: std::os::unix::net::UnixListener,
     operations: Arc<Operations>,
     rebalancer: Arc<Mutex<Rebalancer>>,
+    latest: Arc<Latest>,
 ) -> anyhow::Result<()> {
     let listener = UnixListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let operations = operations.clone();
         let rebalancer = rebalancer.clone();
+        let latest = latest.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let reply = match serde_json::from_str::<Request>(&line) {
                     Ok(request) => {
-                        let (operations, rebalancer) = (operations.clone(), rebalancer.clone());
-                        tokio::task::spawn_blocking(move || answer(&operations, &rebalancer, request))
+                        let (operations, rebalancer, latest) = (operations.clone(), rebalancer.clone(), latest.clone());
+                        tokio::task::spawn_blocking(move || answer(&operations, &rebalancer, &latest, request))
                             .await
                             .unwrap_or_else(|e| Reply::Error(format!("the request failed: {e}")))
                     }

@@ -26,10 +26,12 @@ use crate::{
     fast_path::FastPath,
     first_contact::{Action, FirstContact, HomeServer, HomeState, Settings},
     health::{Tracker, Transition},
+    metrics,
     notifier::Notifier,
     operations::Operations,
     rebalance::{Rebalancer, Thresholds},
-    store::{AssignmentStore, RedbStore},
+    stats::{self, Latest, LoadReceiver},
+    store::RedbStore,
     watchers::{Subscription, Watchers},
 };
 
@@ -42,6 +44,10 @@ pub struct Daemon {
     health: config::Health,
     idle_timeout: Duration,
     rebalance: config::Rebalance,
+    stats_interval: Duration,
+    prometheus: Option<std::net::TcpListener>,
+    /// The statistics stream's newest reading.
+    pub latest: Arc<Latest>,
     rebalancer: Arc<Mutex<Rebalancer>>,
     tracker: Arc<Mutex<Tracker>>,
     pub watchers: Arc<Watchers>,
@@ -56,8 +62,6 @@ impl Daemon {
     /// `Daemon` drops.
     pub fn start(config: &Config) -> Result<Self> {
         let store = RedbStore::open(&config.sip.database)?;
-        let known = store.all()?.len();
-        info!(database = %config.sip.database.display(), assignments = known, "assignment database open");
         let services = service_endpoints(config)
             .map(|endpoint| {
                 let address = SocketAddr::new(crate::dataplane::endpoint_ip(&endpoint), u16::from_be(endpoint.port_be));
@@ -66,6 +70,7 @@ impl Daemon {
             .collect::<Result<Vec<_>>>()?;
         let proxy_address = config.proxy_address().expect("validated: a proxy address exists");
         let proxy = bind(proxy_address, "sip.proxy_address (an address of the edge's own)")?;
+        let prometheus = config.stats.prometheus.map(metrics::bind).transpose()?;
         let control = control::bind(&config.control.socket)
             .with_context(|| format!("creating the control socket {}", config.control.socket.display()))?;
         let mut dataplane = DataPlane::load()?;
@@ -82,7 +87,9 @@ impl Daemon {
             retry_after: config.sip.retry_after,
             proxy: proxy_address,
         };
-        let first_contact = FirstContact::new(settings, home_servers(config), Box::new(store));
+        let first_contact = FirstContact::new(settings, home_servers(config), Box::new(store))?;
+        let assignments: u64 = first_contact.client_counts().values().sum();
+        info!(database = %config.sip.database.display(), assignments, "assignment database open");
         let (watchers, deactivated) = Watchers::new(config.watchers.capacity);
         Ok(Self {
             watchers: Arc::new(watchers),
@@ -95,6 +102,9 @@ impl Daemon {
             health: config.health.clone(),
             idle_timeout: Duration::from_secs_f64(config.fast_path.idle_timeout),
             rebalance: config.rebalance.clone(),
+            stats_interval: Duration::from_secs_f64(config.stats.interval),
+            prometheus,
+            latest: Arc::default(),
             rebalancer: Arc::new(Mutex::new(rebalancer(&config.rebalance))),
             tracker: Arc::new(Mutex::new(Tracker::new(
                 config.servers.len(),
@@ -124,11 +134,21 @@ impl Daemon {
         let interval = Duration::from_secs_f64(self.health.interval);
         tasks.spawn(sweep_loop(self.fast_path.clone(), self.idle_timeout));
         tasks.spawn(health_loop(Arc::new(self.operations()), self.tracker.clone(), proxy.clone(), interval));
-        tasks.spawn(control::serve(self.control.try_clone()?, Arc::new(self.operations()), self.rebalancer.clone()));
-        if self.rebalance.enabled {
-            let interval = Duration::from_secs_f64(self.rebalance.interval);
-            tasks.spawn(rebalance_loop(Arc::new(self.operations()), self.rebalancer.clone(), interval));
+        tasks.spawn(control::serve(
+            self.control.try_clone()?,
+            Arc::new(self.operations()),
+            self.rebalancer.clone(),
+            self.latest.clone(),
+        ));
+        let load = self.rebalance.enabled.then(|| {
+            let (sender, receiver) = stats::load_queue(LOAD_QUEUE);
+            tasks.spawn(rebalance_loop(Arc::new(self.operations()), self.rebalancer.clone(), receiver));
+            (sender, Duration::from_secs_f64(self.rebalance.interval))
+        });
+        if let Some(listener) = &self.prometheus {
+            tasks.spawn(metrics::serve(listener.try_clone()?, self.latest.clone()));
         }
+        tasks.spawn(stats::run(Arc::new(self.operations()), self.latest.clone(), self.stats_interval, load));
         tokio::select! {
             () = shutdown => Ok(()),
             Some(result) = tasks.join_next() => result.context("a socket task panicked")?,
@@ -221,24 +241,24 @@ fn rebalancer(settings: &config::Rebalance) -> Rebalancer {
     Rebalancer::new(thresholds, settings.sustain, settings.cooldown)
 }
 
-/// Samples the fast path's per-client load every `interval` and makes the
-/// moves the rebalancer decides on.
+/// Load samples the stats task may queue before the rebalancer takes them.
+const LOAD_QUEUE: usize = 8;
+
+/// Makes the moves the rebalancer decides on, sample by sample.
 async fn rebalance_loop(
     operations: Arc<Operations>,
     rebalancer: Arc<Mutex<Rebalancer>>,
-    interval: Duration,
+    mut samples: LoadReceiver,
 ) -> Result<()> {
-    let mut ticks = tokio::time::interval(interval);
-    let mut last = tokio::time::Instant::now();
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
-        ticks.tick().await;
-        let seconds = last.elapsed().as_secs_f64();
-        last = tokio::time::Instant::now();
+        let sample = samples.newest().await;
+        let seconds = last.map_or(0.0, |at| (sample.taken - at).as_secs_f64());
+        last = Some(sample.taken);
         let (operations, rebalancer) = (operations.clone(), rebalancer.clone());
         let round = tokio::task::spawn_blocking(move || -> Result<usize> {
-            let samples = operations.samples()?;
             let targets = operations.balance_targets();
-            let planned = rebalancer.lock().expect("rebalancer lock").observe(&targets, &samples, seconds);
+            let planned = rebalancer.lock().expect("rebalancer lock").observe(&targets, &sample.clients, seconds);
             Ok(operations.apply_plan(&planned, "load skew")?.len())
         });
         match round.await? {

@@ -17,8 +17,9 @@
 //!   speaks for many clients, so it is never installed.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
-    sync::{RwLock, atomic::AtomicU64},
+    sync::{Mutex, RwLock, atomic::AtomicU64},
 };
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -174,12 +175,38 @@ pub struct FirstContact {
     /// Changed by drain / undrain (and health checks).
     servers: RwLock<Vec<HomeServer>>,
     store: Box<dyn AssignmentStore>,
+    /// Assignments per server name, kept with every write (they all go
+    /// through here), so statistics never scan the database.
+    client_counts: Mutex<HashMap<String, u64>>,
     pub counters: Counters,
 }
 
 impl FirstContact {
-    pub fn new(settings: Settings, servers: Vec<HomeServer>, store: Box<dyn AssignmentStore>) -> Self {
-        Self { settings, servers: RwLock::new(servers), store, counters: Counters::default() }
+    /// Counts the stored assignments once.
+    pub fn new(
+        settings: Settings,
+        servers: Vec<HomeServer>,
+        store: Box<dyn AssignmentStore>,
+    ) -> Result<Self, StoreError> {
+        let mut client_counts = HashMap::new();
+        for assignment in store.all()? {
+            *client_counts.entry(assignment.server).or_default() += 1;
+        }
+        let client_counts = Mutex::new(client_counts);
+        Ok(Self { settings, servers: RwLock::new(servers), store, client_counts, counters: Counters::default() })
+    }
+
+    /// How many clients each server has in the database.
+    pub fn client_counts(&self) -> HashMap<String, u64> {
+        self.client_counts.lock().expect("client counts lock").clone()
+    }
+
+    fn count_move(&self, from: Option<&str>, to: &str) {
+        let mut counts = self.client_counts.lock().expect("client counts lock");
+        if let Some(count) = from.and_then(|from| counts.get_mut(from)) {
+            *count = count.saturating_sub(1);
+        }
+        *counts.entry(to.to_owned()).or_default() += 1;
     }
 
     /// The home servers as first contact sees them now.
@@ -223,10 +250,13 @@ impl FirstContact {
     /// Records `aor` on `server` with the next generation, durably and
     /// atomically (read and write in one transaction).
     pub fn reassign(&self, aor: &Aor, server: &str) -> Result<Assignment, StoreError> {
+        let mut previous = None;
         let stored = self.store.update(aor, &mut |current| {
+            previous = current.map(|a| a.server.clone());
             let generation = current.map_or(0, |a| a.generation) + 1;
             Some(Assignment { generation, ..Assignment::new(aor.clone(), server.to_owned()) })
         })?;
+        self.count_move(previous.as_deref(), server);
         Ok(stored.expect("update stored an assignment"))
     }
 
@@ -402,6 +432,7 @@ impl FirstContact {
     /// server is down (or gone from the config) is reassigned now (`true`).
     fn assignment(&self, aor: &Aor) -> Result<Option<(Assignment, bool)>, StoreError> {
         let mut outcome = None;
+        let mut previous = None;
         let stored = self.store.update(aor, &mut |current| {
             let available =
                 current.is_some_and(|a| self.server(&a.server).is_some_and(|s| s.effective_state() != HomeState::Down));
@@ -411,6 +442,7 @@ impl FirstContact {
             let excluding = current.map(|a| a.server.as_str());
             let server = self.choose_server(aor, excluding)?;
             outcome = Some(current.is_some());
+            previous = current.map(|a| a.server.clone());
             let generation = current.map_or(0, |a| a.generation) + 1;
             Some(Assignment { generation, ..Assignment::new(aor.clone(), server.name) })
         })?;
@@ -418,6 +450,9 @@ impl FirstContact {
             Some(true) => bump(&self.counters.reassigned),
             Some(false) => bump(&self.counters.assigned),
             None => {}
+        }
+        if let (Some(_), Some(stored)) = (outcome, &stored) {
+            self.count_move(previous.as_deref(), &stored.server);
         }
         // Kept on an unavailable server only when no other server is active.
         let usable = stored.filter(|a| self.server(&a.server).is_some_and(|s| s.effective_state() != HomeState::Down));

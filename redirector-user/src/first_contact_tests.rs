@@ -41,7 +41,7 @@ fn setup_with(policy: Policy, servers: Vec<HomeServer>) -> Setup {
     ));
     let store = RedbStore::open(&dir.join("a.redb")).unwrap();
     let settings = Settings { policy, redirect_expires: 600, retry_after: 30, proxy: PROXY.parse().unwrap() };
-    Setup { fc: FirstContact::new(settings, servers, Box::new(store)), _dir: TempDir(dir) }
+    Setup { fc: FirstContact::new(settings, servers, Box::new(store)).unwrap(), _dir: TempDir(dir) }
 }
 
 fn setup(policy: Policy) -> Setup {
@@ -110,6 +110,8 @@ fn the_same_aor_stays_on_its_server_and_is_assigned_once() {
     let contact = |r: &str| r.lines().find(|l| l.starts_with("Contact:")).unwrap().to_owned();
     assert_eq!(contact(&first), contact(&again));
     assert_eq!(s.fc.counters.assigned.load(Ordering::Relaxed), 1);
+    let home = s.fc.store().get(&Aor::from_uri("sip:alice@example.net", "To").unwrap()).unwrap().unwrap().server;
+    assert_eq!(s.fc.client_counts(), HashMap::from([(home, 1)]));
 }
 
 #[test]
@@ -262,6 +264,7 @@ fn a_client_of_an_unhealthy_server_is_reassigned_at_its_next_first_contact() {
     let now = s.fc.store().get(&aor).unwrap().unwrap();
     assert_ne!(now.server, first.server);
     assert_eq!(now.generation, 2);
+    assert_eq!(s.fc.client_counts(), HashMap::from([(first.server.clone(), 0), (now.server.clone(), 1)]));
     assert_eq!(actions[1], Action::Moved { aor }, "its watchers are to be told");
     assert!(matches!(actions[2], Action::Install { server, .. } if server != index));
     assert_eq!(s.fc.counters.reassigned.load(Ordering::Relaxed), 1);
@@ -399,7 +402,11 @@ fn answers_to_our_notify_are_taken_on_any_socket_from_anyone() {
               To: <sip:bob@example.net>;tag=b1\r\nFrom: <sip:alice@example.net>;tag=n9\r\nCall-ID: s1@x\r\n\
               CSeq: 2147483647 NOTIFY\r\nContent-Length: 0\r\n\r\n";
     let expected = Action::NotifyAnswered { branch: "z9hG4bK-rdr-notify-00ff".into(), code: 200, from: client() };
-    assert_eq!(s.fc.on_proxy_datagram(ok.as_bytes(), client()), vec![expected.clone()], "not a home server, still ours");
+    assert_eq!(
+        s.fc.on_proxy_datagram(ok.as_bytes(), client()),
+        vec![expected.clone()],
+        "not a home server, still ours"
+    );
     assert_eq!(s.fc.on_service_datagram(ok.as_bytes(), client()), vec![expected]);
     let other = ok.replace("z9hG4bK-rdr-notify-00ff", "z9hG4bKelse");
     assert!(s.fc.on_service_datagram(other.as_bytes(), client()).is_empty());

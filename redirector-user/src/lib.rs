@@ -10,6 +10,7 @@ pub mod fast_path;
 pub mod first_contact;
 pub mod health;
 pub mod home;
+pub mod metrics;
 pub mod nat_ports;
 pub mod notifier;
 pub mod operations;
@@ -17,6 +18,7 @@ pub mod rebalance;
 pub mod rendezvous;
 pub mod report;
 pub mod sip;
+pub mod stats;
 pub mod store;
 pub mod watchers;
 

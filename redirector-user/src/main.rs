@@ -310,23 +310,20 @@ fn stats(socket: &std::path::Path, json: bool, watch: Option<f64>, count: Option
         other => bail!("the daemon answered with something else than stats: {other:?}"),
     };
     let Some(seconds) = watch else {
-        return print(json, &fetch()?, |s| report::stats(s, None));
+        return print(json, &fetch()?, report::stats);
     };
     let interval = std::time::Duration::from_secs_f64(seconds.max(0.1));
-    let mut previous: Option<(redirector::operations::Stats, std::time::Instant)> = None;
     for refresh in 1.. {
         let now = fetch()?;
         if json {
             println!("{}", serde_json::to_string(&now)?);
         } else {
-            let rates = previous.as_ref().map(|(p, at)| (p, at.elapsed().as_secs_f64()));
             // Clear the screen and home the cursor, like top.
-            print!("\x1b[2J\x1b[H{}", report::stats(&now, rates));
+            print!("\x1b[2J\x1b[H{}", report::stats(&now));
         }
         if count.is_some_and(|count| refresh >= count) {
             break;
         }
-        previous = Some((now, std::time::Instant::now()));
         std::thread::sleep(interval);
     }
     Ok(())

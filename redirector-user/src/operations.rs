@@ -72,15 +72,26 @@ pub struct ServerStatus {
     /// What the fast path sent it.
     pub packets: u64,
     pub bytes: u64,
+    /// Fast-path rates over the statistics stream's last interval.
+    #[serde(default)]
+    pub packets_per_second: Option<f64>,
+    #[serde(default)]
+    pub bytes_per_second: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Seconds since the previous reading (0 for the first).
+    #[serde(default)]
+    pub interval: f64,
     pub servers: Vec<ServerStatus>,
     /// The kernel's verdict counters.
     pub verdicts: BTreeMap<String, u64>,
     /// What first contact did.
     pub first_contact: BTreeMap<String, u64>,
+    /// What was done for watchers.
+    #[serde(default)]
+    pub watchers: BTreeMap<String, u64>,
 }
 
 /// A move the rebalancer would make (or made).
@@ -277,10 +288,7 @@ impl Operations {
     }
 
     pub fn servers(&self) -> Result<Vec<ServerStatus>> {
-        let mut clients: BTreeMap<String, u64> = BTreeMap::new();
-        for assignment in self.first_contact.store().all()? {
-            *clients.entry(assignment.server).or_default() += 1;
-        }
+        let clients = self.first_contact.client_counts();
         let mut fast_path = self.fast_path.lock().expect("fast path lock");
         self.first_contact
             .servers()
@@ -298,6 +306,8 @@ impl Operations {
                     weight: home.weight,
                     packets: sent.packets,
                     bytes: sent.bytes,
+                    packets_per_second: None,
+                    bytes_per_second: None,
                 })
             })
             .collect()
@@ -310,20 +320,18 @@ impl Operations {
             .ok_or_else(|| OperationError::UnknownServer(server.into()))
     }
 
+    /// A fresh reading of every figure (rates are the stats stream's job).
     pub fn stats(&self) -> Result<Stats> {
         let servers = self.servers()?;
         let verdicts =
             self.fast_path.lock().expect("fast path lock").dataplane().counters().map_err(FastPathError::from)?;
+        let named = |counters: Vec<(&'static str, u64)>| counters.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
         Ok(Stats {
+            interval: 0.0,
             servers,
             verdicts: verdicts.into_iter().map(|(counter, n)| (counter.label().to_owned(), n)).collect(),
-            first_contact: self
-                .first_contact
-                .counters
-                .snapshot()
-                .into_iter()
-                .map(|(name, n)| (name.to_owned(), n))
-                .collect(),
+            first_contact: named(self.first_contact.counters.snapshot()),
+            watchers: named(self.watchers.counters.snapshot()),
         })
     }
 

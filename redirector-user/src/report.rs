@@ -4,21 +4,18 @@ use std::fmt::Write;
 
 use crate::operations::{Move, PlannedMove, Route, ServerStatus, Stats};
 
-/// `redirector stats`: servers, then verdict and first-contact counters.
-/// With `previous` (and the seconds since), per-server packet rates too.
-pub fn stats(stats: &Stats, previous: Option<(&Stats, f64)>) -> String {
-    let mut out = servers_with_rates(&stats.servers, previous.map(|(p, secs)| (&p.servers[..], secs)));
+/// `redirector stats`: servers with their rates, then the counters.
+pub fn stats(stats: &Stats) -> String {
+    let mut out = servers(&stats.servers);
     out.push('\n');
     out += &counters("fast path (kernel)", &stats.verdicts);
     out += &counters("first contact (daemon)", &stats.first_contact);
+    out += &counters("watchers (daemon)", &stats.watchers);
     out
 }
 
+/// One row per server; rates are `-` until the stats stream has two readings.
 pub fn servers(servers: &[ServerStatus]) -> String {
-    servers_with_rates(servers, None)
-}
-
-fn servers_with_rates(servers: &[ServerStatus], previous: Option<(&[ServerStatus], f64)>) -> String {
     let mut out = format!(
         "{:<12} {:<9} {:<22} {:>6} {:>9} {:>12} {:>14} {:>10}\n",
         "server", "state", "address", "weight", "clients", "packets", "bytes", "pkt/s"
@@ -29,12 +26,7 @@ fn servers_with_rates(servers: &[ServerStatus], previous: Option<(&[ServerStatus
             .map(|ip| format!("{ip}:{}", server.port))
             .or(server.ipv6.map(|ip| format!("[{ip}]:{}", server.port)))
             .unwrap_or_default();
-        let rate = previous
-            .and_then(|(before, secs)| {
-                let was = before.iter().find(|s| s.name == server.name)?;
-                (secs > 0.0).then(|| format!("{:.1}", server.packets.saturating_sub(was.packets) as f64 / secs))
-            })
-            .unwrap_or_else(|| "-".into());
+        let rate = server.packets_per_second.map_or_else(|| "-".into(), |rate| format!("{rate:.1}"));
         let state = if server.healthy { format!("{:?}", server.state).to_lowercase() } else { "unhealthy".into() };
         let _ = writeln!(
             out,
@@ -104,18 +96,19 @@ mod tests {
             clients: 3,
             packets,
             bytes: packets * 100,
+            packets_per_second: Some(packets as f64 / 3.0),
+            bytes_per_second: None,
         }
     }
 
     #[test]
     fn stats_table_shows_servers_rates_and_nonzero_counters() {
         let verdicts = BTreeMap::from([("forwarded".to_owned(), 30), ("malformed".to_owned(), 0)]);
-        let now = Stats { servers: vec![server("home1", 30)], verdicts, first_contact: BTreeMap::new() };
-        let before = Stats { servers: vec![server("home1", 10)], ..now.clone() };
-        let table = stats(&now, Some((&before, 2.0)));
+        let now = Stats { servers: vec![server("home1", 30)], verdicts, ..Stats::default() };
+        let table = stats(&now);
         let row = table.lines().nth(1).unwrap();
         assert!(row.starts_with("home1") && row.contains("draining") && row.contains("10.0.0.11:5060"), "{row}");
-        assert!(row.trim_end().ends_with("10.0"), "20 packets in 2 s: {row}");
+        assert!(row.trim_end().ends_with("10.0"), "the stream's rate: {row}");
         assert!(table.contains("fast path (kernel): forwarded 30\n"), "{table}");
         assert!(table.contains("first contact (daemon): nothing yet\n"));
     }

@@ -50,7 +50,7 @@ fn first_contact(name: &str) -> FirstContact {
         retry_after: 5,
         proxy: "198.51.100.1:5060".parse().unwrap(),
     };
-    FirstContact::new(settings, vec![home], Box::new(store))
+    FirstContact::new(settings, vec![home], Box::new(store)).expect("first contact")
 }
 
 fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {

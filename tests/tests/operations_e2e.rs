@@ -31,12 +31,41 @@ fn register(topology: &Topology, prefix: &str, clients: u16, first_port: u16) {
     );
 }
 
+const PROMETHEUS: &str = "127.0.0.1:9464";
+
+/// Polls `stats --json` (bounded) until a reading satisfies `wanted`.
+fn stats_once(topology: &Topology, wanted: impl Fn(&Stats) -> bool) -> Stats {
+    let start = std::time::Instant::now();
+    loop {
+        let stats: Stats = serde_json::from_str(&cli_ok(topology, &["stats", "--json"])).expect("stats --json");
+        if wanted(&stats) {
+            return stats;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no such reading; the last: {stats:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `GET /metrics` from inside the edge's namespace.
+fn scrape(topology: &Topology) -> String {
+    use std::io::{Read, Write};
+    let _inside = topology.edge.enter();
+    let mut stream = std::net::TcpStream::connect(PROMETHEUS).expect("the Prometheus endpoint listens");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: edge\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    response
+}
+
 #[test]
 fn stats_json_counts_what_the_fast_path_forwarded() {
     if !privileged() {
         return;
     }
     let mut topology = Topology::new("dsr", Attach::Native, 2);
+    topology.extra_config = format!("[stats]\ninterval = 0.2\nprometheus = \"{PROMETHEUS}\"\n");
     let client_address: SocketAddr = format!("{CLIENT}:5060").parse().unwrap();
     let home = socket_in(&topology.homes[0], home_listen_address("dsr"));
     let client = socket_in(&topology.client, &client_address.to_string());
@@ -49,12 +78,22 @@ fn stats_json_counts_what_the_fast_path_forwarded() {
     }
     assert_eq!(echoes.join().unwrap(), SENT);
     assert_eq!(receive(&client, SENT, Duration::from_secs(5)).len(), SENT);
-    let stats: Stats = serde_json::from_str(&cli_ok(&topology, &["stats", "--json"])).expect("stats --json");
-    assert_eq!(stats.verdicts["forwarded"], SENT as u64);
+    let stats = stats_once(&topology, |stats| stats.verdicts["forwarded"] == SENT as u64);
+    assert!(stats.interval > 0.0, "a reading of the stats stream");
     let home0 = stats.servers.iter().find(|s| s.name == "home0").unwrap();
     let frame = 14 + 20 + 8 + payload.len() as u64;
     assert_eq!((home0.packets, home0.bytes), (SENT as u64, SENT as u64 * frame));
     assert_eq!(stats.servers.iter().find(|s| s.name == "home1").unwrap().packets, 0);
+    let quiet = stats_once(&topology, |stats| stats.servers[0].packets_per_second == Some(0.0));
+    assert_eq!(quiet.servers[0].packets, SENT as u64, "no traffic since: a rate of zero");
+    let metrics = scrape(&topology);
+    for line in [
+        format!("redirector_verdicts_total{{verdict=\"forwarded\"}} {SENT}"),
+        format!("redirector_server_packets_total{{server=\"home0\"}} {SENT}"),
+        format!("redirector_server_bytes_total{{server=\"home0\"}} {}", SENT as u64 * frame),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in:\n{metrics}");
+    }
     let table = cli_ok(&topology, &["stats", "--watch", "0.2", "--count", "2"]);
     assert!(table.contains("home0") && table.contains("forwarded 100"), "{table}");
     let absent = std::process::Command::new(redirector_tests::topology::redirector_binary())
