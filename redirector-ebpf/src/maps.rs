@@ -21,6 +21,10 @@ pub const NAT_REPLIES_MAP: &str = "NAT_REPLIES";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const SERVER_STATS_MAP: &str = "SERVER_STATS";
 pub const DECAP_ADDRESSES_MAP: &str = "DECAP_ADDRESSES";
+pub const EVENTS_MAP: &str = "EVENTS";
+
+/// Bytes of the `EVENTS` ring buffer (a power of two, a multiple of the page).
+pub const EVENTS_BYTES: u32 = 64 * 1024;
 
 pub const REDIRECTOR_PROGRAM: &str = "redirector";
 pub const DECAP_PROGRAM: &str = "redirector_decap";
@@ -153,6 +157,24 @@ pub struct NatEntry {
 pub struct ServerStats {
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// What an `EVENTS` record reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A client's packet found no complete FIB answer (route or resolved
+    /// neighbour) towards its home server `server`: user space should make
+    /// the kernel resolve it now rather than at the next health check.
+    FibMiss = 1,
+}
+
+/// One `EVENTS` record: something the program saw that user space must act on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Event {
+    pub kind: u32,
+    pub server: u32,
 }
 
 #[cfg(feature = "user")]

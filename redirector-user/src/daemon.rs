@@ -8,21 +8,27 @@
 //! client's next first contact tells us.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
 use aya::programs::XdpMode;
-use redirector_ebpf::{Counter, REDIRECTOR_PROGRAM};
-use tokio::{net::UdpSocket, sync::mpsc};
+use redirector_ebpf::{Counter, EventKind, REDIRECTOR_PROGRAM};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    net::UdpSocket,
+    sync::mpsc,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
     config::{self, AttachMode, Config},
     control,
-    dataplane::{DataPlane, service_endpoints},
+    dataplane::{DataPlane, decode_event, service_endpoints},
     fast_path::FastPath,
     first_contact::{Action, FirstContact, HomeServer, HomeState, Settings},
     health::{Tracker, Transition},
@@ -53,6 +59,8 @@ pub struct Daemon {
     pub watchers: Arc<Watchers>,
     /// Subscriptions whose client moved; taken by `serve`'s notifier.
     deactivated: Mutex<Option<mpsc::UnboundedReceiver<Subscription>>>,
+    /// The program's event ring buffer; taken by `serve`'s reader.
+    events: Mutex<Option<RingBuf<MapData>>>,
 }
 
 impl Daemon {
@@ -75,6 +83,7 @@ impl Daemon {
             .with_context(|| format!("creating the control socket {}", config.control.socket.display()))?;
         let mut dataplane = DataPlane::load()?;
         dataplane.configure(config)?;
+        let events = dataplane.take_events()?;
         let mut fast_path = FastPath::new(dataplane, config)?;
         let mode = match config.attach {
             AttachMode::Native => XdpMode::Driver,
@@ -94,6 +103,7 @@ impl Daemon {
         Ok(Self {
             watchers: Arc::new(watchers),
             deactivated: Mutex::new(Some(deactivated)),
+            events: Mutex::new(Some(events)),
             first_contact: Arc::new(first_contact),
             fast_path: Arc::new(Mutex::new(fast_path)),
             control,
@@ -124,8 +134,10 @@ impl Daemon {
         let proxy = Arc::new(UdpSocket::from_std(self.proxy.try_clone()?)?);
         let notifier = Arc::new(Notifier::new(proxy.clone(), proxy.local_addr()?, self.watchers.counters.clone()));
         let deactivated = self.deactivated.lock().expect("receiver lock").take().context("serve runs once")?;
+        let events = self.events.lock().expect("events lock").take().context("serve runs once")?;
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(notifier.clone().run(deactivated));
+        tasks.spawn(events_loop(events, self.first_contact.clone(), proxy.clone()));
         let sockets = Sockets { services: services.clone(), proxy: proxy.clone() };
         for socket in &services {
             tasks.spawn(self.receive_loop(socket.clone(), false, sockets.clone(), notifier.clone()));
@@ -265,6 +277,44 @@ async fn rebalance_loop(
             Ok(0) => {}
             Ok(moved) => info!(moved, "rebalanced"),
             Err(error) => warn!(%error, "rebalancing failed"),
+        }
+    }
+}
+
+/// How often one server may get a resolution ping: a FIB miss repeats for
+/// every packet until its neighbour resolves.
+const RESOLUTION_PING_GAP: Duration = Duration::from_millis(200);
+
+/// Acts on the program's events: a FIB miss towards a home server makes the
+/// kernel resolve that server's neighbour now (by pinging it), not at the
+/// next health check.
+async fn events_loop(events: RingBuf<MapData>, first_contact: Arc<FirstContact>, proxy: Arc<UdpSocket>) -> Result<()> {
+    // SAFETY: the ring buffer owns its map's fd, which stays open and the
+    // same for as long as the AsyncFd owns the ring buffer.
+    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    let mut last_ping: HashMap<u32, tokio::time::Instant> = HashMap::new();
+    loop {
+        let mut guard = events.readable_mut().await.context("polling the event ring buffer")?;
+        let mut servers = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            match decode_event(&item) {
+                Some(event) if event.kind == EventKind::FibMiss as u32 => servers.push(event.server),
+                _ => warn!(bytes = item.len(), "unknown record in the event ring buffer"),
+            }
+        }
+        guard.clear_ready();
+        let now = tokio::time::Instant::now();
+        for server in servers {
+            if last_ping.get(&server).is_some_and(|at| now - *at < RESOLUTION_PING_GAP) {
+                continue;
+            }
+            last_ping.insert(server, now);
+            if let Some(Action::Forward { to, bytes }) = first_contact.resolution_ping(server)
+                && let Err(error) = proxy.send_to(&bytes, to).await
+            {
+                warn!(%to, %error, "resolution ping could not be sent");
+            }
         }
     }
 }

@@ -6,13 +6,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use redirector_ebpf::{
     CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
-    DECAP_ADDRESSES_MAP, DECAP_PROGRAM, Endpoint, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PASS_PROGRAM,
-    REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICES_MAP, Server, ServerStats,
+    DECAP_ADDRESSES_MAP, DECAP_PROGRAM, EVENTS_MAP, Endpoint, Event, Mode, NAT_REPLIES_MAP, NatEntry, NatKey,
+    PASS_PROGRAM, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICES_MAP,
+    Server, ServerStats,
 };
 
 use crate::{
@@ -176,6 +177,12 @@ impl DataPlane {
         }))
     }
 
+    /// The program's event ring buffer, taken out for its one reader.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(DataPlaneError::MissingMap(EVENTS_MAP))?;
+        RingBuf::try_from(map).map_err(map_error(EVENTS_MAP))
+    }
+
     fn map<'a, M>(&'a mut self, name: &'static str) -> Result<M>
     where
         M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
@@ -192,6 +199,11 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
 
 fn map_error(name: &'static str) -> impl Fn(MapError) -> DataPlaneError {
     move |source| DataPlaneError::Map { name, source }
+}
+
+/// An `EVENTS` record's bytes as the program wrote them.
+pub fn decode_event(bytes: &[u8]) -> Option<Event> {
+    (bytes.len() == size_of::<Event>()).then(|| bytemuck::pod_read_unaligned(bytes))
 }
 
 pub fn endpoint(address: IpAddr, port: u16) -> Endpoint {

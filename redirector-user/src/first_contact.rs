@@ -164,6 +164,9 @@ crate::counters::counters! {
     pings_sent,
     /// Answers to them.
     pings_answered,
+    /// Of the pings, those sent at once because the fast path reported a
+    /// FIB miss towards the server (an unresolved neighbour).
+    resolution_pings,
     /// SUBSCRIBEs proxied to the watched client's home server.
     subscribes_proxied,
     /// Of those, not recorded: a header a NOTIFY needs was missing.
@@ -488,20 +491,29 @@ impl FirstContact {
     /// entry, which the fast path's FIB lookups need: in dsr mode the edge
     /// sends the servers nothing else.
     pub fn pings(&self, sequence: u32) -> Vec<Action> {
+        self.servers().iter().filter_map(|server| self.ping(server, sequence)).collect()
+    }
+
+    /// An OPTIONS to the server in slot `index` outside the health rounds
+    /// (sequence 0, which no round uses), for the kernel to resolve its
+    /// neighbour now: the fast path reported a FIB miss towards it.
+    pub fn resolution_ping(&self, index: u32) -> Option<Action> {
+        let server = self.servers().into_iter().find(|s| s.index == index)?;
+        let ping = self.ping(&server, 0)?;
+        bump(&self.counters.resolution_pings);
+        Some(ping)
+    }
+
+    fn ping(&self, server: &HomeServer, sequence: u32) -> Option<Action> {
         let proxy = self.settings.proxy;
-        self.servers()
-            .iter()
-            .filter_map(|server| Some((server.address_for(proxy)?, server.index)))
-            .map(|(to, index)| {
-                bump(&self.counters.pings_sent);
-                let bytes = format!(
-                    "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {proxy};branch={PING_PREFIX}{sequence:x}-{index}\r\n\
-                     Max-Forwards: 70\r\nTo: <sip:{to}>\r\nFrom: <sip:redirector@{proxy}>;tag=rdr-ping\r\n\
-                     Call-ID: rdr-ping-{sequence:x}-{index}@{proxy}\r\nCSeq: {sequence} OPTIONS\r\nContent-Length: 0\r\n\r\n"
-                );
-                Action::Forward { to, bytes: bytes.into_bytes() }
-            })
-            .collect()
+        let (to, index) = (server.address_for(proxy)?, server.index);
+        bump(&self.counters.pings_sent);
+        let bytes = format!(
+            "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {proxy};branch={PING_PREFIX}{sequence:x}-{index}\r\n\
+             Max-Forwards: 70\r\nTo: <sip:{to}>\r\nFrom: <sip:redirector@{proxy}>;tag=rdr-ping\r\n\
+             Call-ID: rdr-ping-{sequence:x}-{index}@{proxy}\r\nCSeq: {sequence} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        Some(Action::Forward { to, bytes: bytes.into_bytes() })
     }
 
     fn is_our_via(&self, via: &Via<'_>) -> bool {

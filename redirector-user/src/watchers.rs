@@ -214,8 +214,6 @@ crate::counters::counters! {
     WatcherCounters, "What the edge did for watchers, since start.",
     /// SUBSCRIBEs recorded (new dialogs and repeats).
     subscriptions_recorded,
-    /// SUBSCRIBEs not recorded: a header the NOTIFY needs was missing.
-    subscriptions_unrecordable,
     /// Subscriptions dropped, oldest first, to stay within capacity.
     subscriptions_evicted,
     /// Subscriptions ended by the watcher (Expires: 0) or refused.

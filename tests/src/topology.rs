@@ -227,6 +227,22 @@ impl Topology {
     }
 
     /// A path in the topology's scratch directory.
+    /// Polls `redirector stats --json` (bounded) until a reading satisfies
+    /// `wanted`: the stats stream publishes once per `[stats] interval`.
+    pub fn stats_when(&self, wanted: impl Fn(&redirector::operations::Stats) -> bool) -> redirector::operations::Stats {
+        let start = Instant::now();
+        loop {
+            let output = self.cli(&["stats", "--json"]);
+            assert!(output.status.success(), "stats --json: {}", String::from_utf8_lossy(&output.stderr));
+            let stats = serde_json::from_slice(&output.stdout).expect("stats --json");
+            if wanted(&stats) {
+                return stats;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no such reading; the last: {stats:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn scratch(&self, name: &str) -> PathBuf {
         self.workdir.path().join(name)
     }

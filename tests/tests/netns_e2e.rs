@@ -98,3 +98,44 @@ fn unknown_client_reaches_the_edge_daemon_which_redirects_it() {
     assert!(String::from_utf8_lossy(answer).starts_with("SIP/2.0 302 Moved Temporarily\r\n"));
     assert!(receive(&home_socket, 1, Duration::from_millis(300)).is_empty(), "nothing reached the home server");
 }
+
+/// With dynamic neighbours and health checks far apart: after the edge
+/// forgets the home server's neighbour entry, a client's packet is a FIB
+/// miss that the program reports; the daemon pings that server at once, so
+/// the client's next packets take the fast path again within moments, not
+/// at the next health check.
+#[test]
+fn a_fib_miss_makes_the_daemon_resolve_the_neighbour_at_once() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::with_dynamic_neighbours("dsr", Attach::Skb, 1);
+    topology.extra_config = "[health]\ninterval = 60\n[stats]\ninterval = 0.1\n".into();
+    let client_address: SocketAddr = format!("{CLIENT}:5060").parse().unwrap();
+    let client = socket_in(&topology.client, &client_address.to_string());
+    topology.start(&[(client_address, 0)]);
+    until_echoed(&topology, &client);
+    topology.edge.ip("neigh flush all");
+    let resent = until_echoed(&topology, &client);
+    assert!(resent >= 2, "the first datagram after the flush was not forwarded");
+    let stats = topology.stats_when(|stats| stats.verdicts["forwarded"] >= 2);
+    assert!(stats.verdicts["fib_miss"] >= 1, "{stats:?}");
+    assert_eq!(stats.first_contact["pings_sent"], 1 + stats.first_contact["resolution_pings"], "one health round");
+    assert!(stats.first_contact["resolution_pings"] >= 1, "the daemon pinged on the event: {stats:?}");
+}
+
+/// Sends a datagram every 100 ms until the home server's echo comes back
+/// (bounded by WAIT); returns how many were sent. Datagrams the fast path
+/// cannot forward go to the daemon, which drops them (not SIP).
+fn until_echoed(topology: &Topology, client: &std::net::UdpSocket) -> usize {
+    let echoes = echo(socket_in(&topology.homes[0], home_listen_address("dsr")), 1, WAIT);
+    for sent in 1.. {
+        client.send_to(b"ping", SERVICE).unwrap();
+        if !receive(client, 1, Duration::from_millis(100)).is_empty() {
+            assert_eq!(echoes.join().unwrap(), 1);
+            return sent;
+        }
+        assert!(sent < 50, "not forwarded after {sent} datagrams: {:?}", topology.edge.exec("ip", &["neigh"]));
+    }
+    unreachable!()
+}

@@ -3,10 +3,7 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
-use redirector::{
-    operations::{Route, Stats},
-    sip::Aor,
-};
+use redirector::{operations::Route, sip::Aor};
 use redirector_tests::{
     privileged,
     sip_pool::{InProcessEdge, Registrar, sipp_clients, start_registrars},
@@ -32,19 +29,6 @@ fn register(topology: &Topology, prefix: &str, clients: u16, first_port: u16) {
 }
 
 const PROMETHEUS: &str = "127.0.0.1:9464";
-
-/// Polls `stats --json` (bounded) until a reading satisfies `wanted`.
-fn stats_once(topology: &Topology, wanted: impl Fn(&Stats) -> bool) -> Stats {
-    let start = std::time::Instant::now();
-    loop {
-        let stats: Stats = serde_json::from_str(&cli_ok(topology, &["stats", "--json"])).expect("stats --json");
-        if wanted(&stats) {
-            return stats;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "no such reading; the last: {stats:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// `GET /metrics` from inside the edge's namespace.
 fn scrape(topology: &Topology) -> String {
@@ -78,13 +62,13 @@ fn stats_json_counts_what_the_fast_path_forwarded() {
     }
     assert_eq!(echoes.join().unwrap(), SENT);
     assert_eq!(receive(&client, SENT, Duration::from_secs(5)).len(), SENT);
-    let stats = stats_once(&topology, |stats| stats.verdicts["forwarded"] == SENT as u64);
+    let stats = topology.stats_when(|stats| stats.verdicts["forwarded"] == SENT as u64);
     assert!(stats.interval > 0.0, "a reading of the stats stream");
     let home0 = stats.servers.iter().find(|s| s.name == "home0").unwrap();
     let frame = 14 + 20 + 8 + payload.len() as u64;
     assert_eq!((home0.packets, home0.bytes), (SENT as u64, SENT as u64 * frame));
     assert_eq!(stats.servers.iter().find(|s| s.name == "home1").unwrap().packets, 0);
-    let quiet = stats_once(&topology, |stats| stats.servers[0].packets_per_second == Some(0.0));
+    let quiet = topology.stats_when(|stats| stats.servers[0].packets_per_second == Some(0.0));
     assert_eq!(quiet.servers[0].packets, SENT as u64, "no traffic since: a rate of zero");
     let metrics = scrape(&topology);
     for line in [

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use redirector_ebpf::{
-    COUNTER_COUNT, ClientEntry, Config, Endpoint, MAX_CLIENTS, MAX_DECAP_ADDRESSES, MAX_SERVERS, MAX_SERVICES,
-    NatEntry, NatKey, Server, ServerStats,
+    COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, MAX_CLIENTS, MAX_DECAP_ADDRESSES,
+    MAX_SERVERS, MAX_SERVICES, NatEntry, NatKey, Server, ServerStats,
 };
 
 #[map]
@@ -34,6 +34,16 @@ pub static SERVER_STATS: PerCpuArray<ServerStats> = PerCpuArray::with_max_entrie
 /// Outer destinations redirector_decap strips (port 0); the value is unused.
 #[map]
 pub static DECAP_ADDRESSES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRESSES, 0);
+
+/// Events for user space. A full buffer drops the event: each is a hint
+/// that a periodic mechanism (the health pings) also covers.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[inline(always)]
+pub fn report(kind: EventKind, server: u32) {
+    let _ = EVENTS.output::<Event>(Event { kind: kind as u32, server }, 0);
+}
 
 #[inline(always)]
 pub fn count(counter: u32) {

@@ -28,8 +28,10 @@
 //!    that entry's home server is rewritten back to the client.
 //! 8. Whenever the FIB has no complete answer, the packet is passed untouched
 //!    (`fib_miss`): it is never rewritten before the route is known. Passed
-//!    up, it reaches the daemon as a first contact; the daemon's reachability
-//!    pings keep the home servers' neighbour entries resolved.
+//!    up, it reaches the daemon as a first contact; a client's FIB miss is
+//!    also reported in `EVENTS` with its server, so the daemon makes the
+//!    kernel resolve that neighbour at once (its reachability pings keep
+//!    the entries fresh otherwise).
 //!
 //! No path returns `XDP_ABORTED`.
 

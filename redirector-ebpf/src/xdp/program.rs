@@ -3,13 +3,13 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use redirector_ebpf::{
-    CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter, Endpoint, FAMILY_V4, Mode, NatKey,
+    CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter, Endpoint, EventKind, FAMILY_V4, Mode, NatKey,
     SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState,
 };
 
 use super::{
     decap, encap,
-    maps::{CLIENTS, CONFIG, NAT_REPLIES, SERVERS, SERVICES, count, count_server},
+    maps::{CLIENTS, CONFIG, NAT_REPLIES, SERVERS, SERVICES, count, count_server, report},
     nat,
     packet::{self, Datagram, parse_udp, udp_length_ok},
     route::{self, NextHop},
@@ -117,6 +117,8 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     };
     if verdict.counter() == Counter::Forwarded as u32 {
         count_server(client.server, received_bytes);
+    } else if verdict.counter() == Counter::FibMiss as u32 {
+        report(EventKind::FibMiss, client.server);
     }
     verdict
 }
