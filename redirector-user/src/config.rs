@@ -446,6 +446,15 @@ impl Config {
                 format!("{} is not a number of seconds >= 0.05", self.stats.interval),
             ));
         }
+        if self.rebalance.enabled && self.rebalance.interval < self.stats.interval {
+            return Err(invalid(
+                "rebalance.interval",
+                format!(
+                    "{} is shorter than stats.interval ({}): the stats task takes the load samples, so lower stats.interval",
+                    self.rebalance.interval, self.stats.interval
+                ),
+            ));
+        }
         if self.watchers.capacity == 0 {
             return Err(invalid("watchers.capacity", "0: keep at least one subscription".to_owned()));
         }
@@ -667,6 +676,12 @@ mod tests {
         assert!(err.contains("interfce"), "{err}");
         let err = error_for(&VALID.replace("ipv4 = \"10.0.0.11\"", "ipv4 = \"10.0.0.300\""));
         assert!(err.contains("ipv4") && err.contains("10.0.0.300"), "{err}");
+        let err = error_for(&format!("{VALID}[stats]\ninterval = 2\n[rebalance]\ninterval = 1\n"));
+        assert!(err.contains("rebalance.interval") && err.contains("lower stats.interval"), "{err}");
+        let err = error_for(&format!("{VALID}[watchers]\ncapacity = 0\n"));
+        assert!(err.contains("watchers.capacity"), "{err}");
+        let err = error_for(&format!("{VALID}[stats]\nprometheus = \"localhost\"\n"));
+        assert!(err.contains("prometheus"), "{err}");
     }
 
     #[test]

@@ -183,7 +183,7 @@ fn skewed_load_moves_a_bounded_set_and_then_stays_put() {
     }
     let mut topology = Topology::new("dsr", Attach::Native, 3);
     topology.extra_config =
-        "[rebalance]\ninterval = 0.3\ntrigger = 1.5\nsettle = 1.1\nsustain = 2\ncooldown = 3\nmin_rate = 10\n".into();
+        "[stats]\ninterval = 0.1\n[rebalance]\ninterval = 0.3\ntrigger = 1.5\nsettle = 1.1\nsustain = 2\ncooldown = 3\nmin_rate = 10\n".into();
     start_registrars(&mut topology, Registrar::Own);
     let edge = InProcessEdge::start(&mut topology, &[]);
     register(&topology, "load", 9, 6000);
