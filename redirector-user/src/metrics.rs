@@ -184,18 +184,9 @@ mod tests {
     fn latest() -> Arc<Latest> {
         let latest = Arc::new(Latest::default());
         let server = ServerStatus {
-            name: "home0".into(),
-            state: HomeState::Active,
-            healthy: true,
-            ipv4: None,
-            ipv6: None,
-            port: 5060,
-            weight: 1.0,
             clients: 3,
-            packets: 42,
-            bytes: 4200,
             packets_per_second: Some(2.5),
-            bytes_per_second: Some(250.0),
+            ..crate::stats::tests::server("home0", 42, 4200)
         };
         latest.publish(Stats {
             servers: vec![server],

@@ -151,11 +151,11 @@ pub async fn run(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{first_contact::HomeState, operations::ServerStatus, sip::Aor};
 
-    fn server(name: &str, packets: u64, bytes: u64) -> ServerStatus {
+    pub(crate) fn server(name: &str, packets: u64, bytes: u64) -> ServerStatus {
         ServerStatus {
             name: name.into(),
             state: HomeState::Active,

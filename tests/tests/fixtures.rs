@@ -5,7 +5,7 @@ use redirector::dataplane::decode_event;
 use redirector_ebpf::{Counter, DECAP_PROGRAM, Event, EventKind};
 use redirector_tests::{
     fixture::{CLIENT_MAC, EDGE_MAC, Fixture, HOME1_MAC, HOME2_MAC, HOME5_MAC, OTHER_EDGE_MAC},
-    packets::{Datagram, ethernet, ipip, ipv4_fragment},
+    packets::{Datagram, Mac, ethernet, ipip, ipv4_fragment},
     privileged,
 };
 
@@ -33,6 +33,12 @@ fn check(fx: &mut Fixture, frame: &[u8], action: u32, expected: &[u8], counter: 
         let expected_delta = u64::from(*name == counter);
         assert_eq!(now - was, expected_delta, "counter {} (expected only {} to count)", name.label(), counter.label());
     }
+}
+
+/// `datagram` as the edge sends it in dsr mode: tunnelled from `edge` to `home`.
+fn tunnelled(datagram: &Datagram, src: Mac, dst: Mac, vlan: Option<u16>, edge: &str, home: &str) -> Vec<u8> {
+    let outer = ipip(edge.parse().unwrap(), home.parse().unwrap(), &datagram.ip_packet());
+    ethernet(src, dst, vlan, datagram.ethertype(), &outer)
 }
 
 fn check_passed_untouched(fx: &mut Fixture, frame: &[u8], counter: Counter) {
@@ -64,13 +70,7 @@ fn subscribe_is_passed_to_user_space_even_from_a_known_client() {
     // Only the exact method: anything else from a known client stays on the fast path.
     for payload in [&b"SUBSCRIB"[..], b"subscribe sip:b@x SIP/2.0\r\n", b"NOTIFY sip:b@x SIP/2.0\r\n"] {
         let datagram = Datagram::new("10.0.0.2:5060", VIP4).with(|d| d.payload = payload.to_vec());
-        let expected = ethernet(
-            EDGE_MAC,
-            HOME1_MAC,
-            None,
-            datagram.ethertype(),
-            &ipip("10.0.0.1".parse().unwrap(), "10.0.0.11".parse().unwrap(), &datagram.ip_packet()),
-        );
+        let expected = tunnelled(&datagram, EDGE_MAC, HOME1_MAC, None, "10.0.0.1", "10.0.0.11");
         check(&mut fx, &from_client(&datagram), XDP_TX, &expected, Counter::Forwarded);
     }
 }
@@ -82,14 +82,7 @@ fn dsr_v4_hit_is_ipip_encapsulated_to_the_home_server() {
     }
     let mut fx = Fixture::new("dsr");
     let datagram = Datagram::new("10.0.0.2:5060", VIP4);
-    let inner = datagram.ip_packet();
-    let expected = ethernet(
-        EDGE_MAC,
-        HOME1_MAC,
-        None,
-        datagram.ethertype(),
-        &ipip("10.0.0.1".parse().unwrap(), "10.0.0.11".parse().unwrap(), &inner),
-    );
+    let expected = tunnelled(&datagram, EDGE_MAC, HOME1_MAC, None, "10.0.0.1", "10.0.0.11");
     check(&mut fx, &from_client(&datagram), XDP_TX, &expected, Counter::Forwarded);
     let stats = fx.dataplane().server_stats(0).unwrap();
     assert_eq!((stats.packets, stats.bytes), (1, from_client(&datagram).len() as u64));
@@ -102,13 +95,7 @@ fn dsr_v6_hit_is_ipv6_in_ipv6_encapsulated() {
     }
     let mut fx = Fixture::new("dsr");
     let datagram = Datagram::new("[fd00::2]:5060", VIP6);
-    let expected = ethernet(
-        EDGE_MAC,
-        HOME1_MAC,
-        None,
-        datagram.ethertype(),
-        &ipip("fd00::1".parse().unwrap(), "fd00::11".parse().unwrap(), &datagram.ip_packet()),
-    );
+    let expected = tunnelled(&datagram, EDGE_MAC, HOME1_MAC, None, "fd00::1", "fd00::11");
     check(&mut fx, &from_client(&datagram), XDP_TX, &expected, Counter::Forwarded);
 }
 
@@ -121,13 +108,7 @@ fn dsr_keeps_the_vlan_tag_and_ipv4_options() {
     let datagram = Datagram::new("10.0.0.2:5060", VIP4)
         .with(|d| d.ipv4_options = vec![0x01, 0x01, 0x01, 0x00, 0x94, 0x04, 0x00, 0x00]);
     let frame = ethernet(CLIENT_MAC, EDGE_MAC, Some(42), datagram.ethertype(), &datagram.ip_packet());
-    let expected = ethernet(
-        EDGE_MAC,
-        HOME1_MAC,
-        Some(42),
-        datagram.ethertype(),
-        &ipip("10.0.0.1".parse().unwrap(), "10.0.0.11".parse().unwrap(), &datagram.ip_packet()),
-    );
+    let expected = tunnelled(&datagram, EDGE_MAC, HOME1_MAC, Some(42), "10.0.0.1", "10.0.0.11");
     check(&mut fx, &frame, XDP_TX, &expected, Counter::Forwarded);
 }
 
@@ -224,13 +205,7 @@ fn draining_server_keeps_its_clients_and_down_server_passes_them_up() {
     }
     let mut fx = Fixture::new("dsr");
     let draining = Datagram::new("10.0.0.2:5062", VIP4);
-    let expected = ethernet(
-        EDGE_MAC,
-        HOME2_MAC,
-        None,
-        draining.ethertype(),
-        &ipip("10.0.0.1".parse().unwrap(), "10.0.0.12".parse().unwrap(), &draining.ip_packet()),
-    );
+    let expected = tunnelled(&draining, EDGE_MAC, HOME2_MAC, None, "10.0.0.1", "10.0.0.12");
     check(&mut fx, &from_client(&draining), XDP_TX, &expected, Counter::Forwarded);
     check_passed_untouched(&mut fx, &from_client(&Datagram::new("10.0.0.2:5063", VIP4)), Counter::PassServerDown);
 }
@@ -260,13 +235,7 @@ fn server_behind_another_interface_is_reached_by_redirect() {
     }
     let mut fx = Fixture::new("dsr");
     let datagram = Datagram::new("10.0.0.2:5065", VIP4);
-    let expected = ethernet(
-        OTHER_EDGE_MAC,
-        HOME5_MAC,
-        None,
-        datagram.ethertype(),
-        &ipip("10.0.0.1".parse().unwrap(), "10.1.0.5".parse().unwrap(), &datagram.ip_packet()),
-    );
+    let expected = tunnelled(&datagram, OTHER_EDGE_MAC, HOME5_MAC, None, "10.0.0.1", "10.1.0.5");
     check(&mut fx, &from_client(&datagram), XDP_REDIRECT, &expected, Counter::Forwarded);
 }
 
@@ -415,29 +384,13 @@ fn decapsulator_strips_tunnels_to_its_addresses_only() {
         [("10.0.0.2:5060", VIP4, "10.0.0.1", "10.0.0.11"), ("[fd00::2]:5060", VIP6, "fd00::1", "fd00::11")]
     {
         let inner = Datagram::new(client, vip);
-        let tunnelled = ethernet(
-            EDGE_MAC,
-            HOME1_MAC,
-            Some(3),
-            inner.ethertype(),
-            &ipip(edge.parse().unwrap(), home.parse().unwrap(), &inner.ip_packet()),
-        );
-        let outcome = fx.run_program(DECAP_PROGRAM, &tunnelled);
+        let outcome = fx.run_program(DECAP_PROGRAM, &tunnelled(&inner, EDGE_MAC, HOME1_MAC, Some(3), edge, home));
         assert_eq!(outcome.action, XDP_PASS);
         assert_eq!(outcome.frame, ethernet(EDGE_MAC, HOME1_MAC, Some(3), inner.ethertype(), &inner.ip_packet()));
     }
     assert_eq!(fx.counter(Counter::Decapsulated), 2);
-    let elsewhere = ethernet(
-        EDGE_MAC,
-        HOME2_MAC,
-        None,
-        etherparse::EtherType::IPV4,
-        &ipip(
-            "10.0.0.1".parse().unwrap(),
-            "10.0.0.12".parse().unwrap(),
-            &Datagram::new("10.0.0.2:5060", VIP4).ip_packet(),
-        ),
-    );
+    let elsewhere =
+        tunnelled(&Datagram::new("10.0.0.2:5060", VIP4), EDGE_MAC, HOME2_MAC, None, "10.0.0.1", "10.0.0.12");
     let outcome = fx.run_program(DECAP_PROGRAM, &elsewhere);
     assert_eq!((outcome.action, outcome.frame), (XDP_PASS, elsewhere));
 }
