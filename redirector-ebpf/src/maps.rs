@@ -163,9 +163,9 @@ pub struct ServerStats {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// A client's packet found no complete FIB answer (route or resolved
-    /// neighbour) towards its home server `server`: user space should make
-    /// the kernel resolve it now rather than at the next health check.
+    /// A client's packet found a route but no resolved neighbour towards its
+    /// home server `server`: user space should make the kernel resolve it
+    /// now rather than at the next health check.
     FibMiss = 1,
 }
 

@@ -195,7 +195,7 @@ impl Daemon {
                 debug!(%source, %local, ?actions, "first contact");
                 apply(&actions, local, &first_contact, &fast_path);
                 record_answers(&actions, &tracker, &operations);
-                record_watchers(&actions, &watchers, &notifier);
+                record_watchers(&actions, &first_contact, &fast_path, &watchers, &notifier);
                 for action in &actions {
                     let (from, to, bytes) = match action {
                         Action::Reply { to, bytes } => (&socket, to, bytes),
@@ -373,14 +373,27 @@ fn record_answers(actions: &[Action], tracker: &Mutex<Tracker>, operations: &Ope
     }
 }
 
-fn record_watchers(actions: &[Action], watchers: &Watchers, notifier: &Notifier) {
+/// Watcher bookkeeping. A SUBSCRIBE is recorded under the fast-path lock
+/// that moves hold, against the generation it was routed by: a move in
+/// between must not go unnoticed.
+fn record_watchers(
+    actions: &[Action],
+    first_contact: &FirstContact,
+    fast_path: &Mutex<FastPath>,
+    watchers: &Watchers,
+    notifier: &Notifier,
+) {
     for action in actions {
         match action {
-            Action::Watch { subscription, expires } => watchers.subscribed((**subscription).clone(), *expires),
+            Action::Watch { subscription, expires, generation } => {
+                let _moves = fast_path.lock().expect("fast path lock");
+                let current = first_contact.store().get(&subscription.presentity).ok().flatten().map(|a| a.generation);
+                watchers.subscribed((**subscription).clone(), *expires, current != Some(*generation));
+            }
             Action::SubscribeAnswered { id, code, notifier_tag } => {
                 watchers.answered(id, *code, notifier_tag.as_deref());
             }
-            Action::NotifyAnswered { branch, code, from } if !notifier.answered(branch, *code, *from) => {
+            Action::NotifyAnswered { branch, code, from } if !notifier.answered(branch, *code) => {
                 debug!(%from, branch, "answer to a NOTIFY no longer pending");
             }
             Action::Moved { aor } => watchers.client_moved(aor),

@@ -118,8 +118,10 @@ pub enum Action {
     Install { client: SocketAddr, server: u32, aor: Aor, generation: u64 },
     /// The server in slot `server` answered health ping `sequence`.
     PingAnswered { server: u32, sequence: u32 },
-    /// A SUBSCRIBE is being proxied: record its dialog.
-    Watch { subscription: Box<Subscription>, expires: Option<u32> },
+    /// A SUBSCRIBE is being proxied: record its dialog, routed by the
+    /// watched client's assignment `generation` (if it moved since, the
+    /// watcher is to be told once the old home server confirms).
+    Watch { subscription: Box<Subscription>, expires: Option<u32>, generation: u64 },
     /// The notifier's answer to a SUBSCRIBE, relayed to the watcher.
     SubscribeAnswered { id: DialogId, code: u16, notifier_tag: Option<String> },
     /// A watcher's answer to one of our NOTIFYs.
@@ -179,8 +181,9 @@ pub struct FirstContact {
     servers: RwLock<Vec<HomeServer>>,
     store: Box<dyn AssignmentStore>,
     /// Assignments per server name, kept with every write (they all go
-    /// through here), so statistics never scan the database.
-    client_counts: Mutex<HashMap<String, u64>>,
+    /// through here), so statistics never scan the database. Signed, and
+    /// never clamped, so that updates applied out of order still add up.
+    client_counts: Mutex<HashMap<String, i64>>,
     pub counters: Counters,
 }
 
@@ -201,13 +204,14 @@ impl FirstContact {
 
     /// How many clients each server has in the database.
     pub fn client_counts(&self) -> HashMap<String, u64> {
-        self.client_counts.lock().expect("client counts lock").clone()
+        let counts = self.client_counts.lock().expect("client counts lock");
+        counts.iter().map(|(server, n)| (server.clone(), (*n).max(0) as u64)).collect()
     }
 
     fn count_move(&self, from: Option<&str>, to: &str) {
         let mut counts = self.client_counts.lock().expect("client counts lock");
-        if let Some(count) = from.and_then(|from| counts.get_mut(from)) {
-            *count = count.saturating_sub(1);
+        if let Some(from) = from {
+            *counts.entry(from.to_owned()).or_default() -= 1;
         }
         *counts.entry(to.to_owned()).or_default() += 1;
     }
@@ -385,7 +389,7 @@ impl FirstContact {
             actions.push(Action::Moved { aor: aor.clone() });
         }
         if subscribe {
-            actions.extend(self.watch(message, aor, source));
+            actions.extend(self.watch(message, aor, source, assignment.generation));
         } else if direct && home.effective_state() != HomeState::Down {
             bump(&self.counters.installed);
             actions.push(Action::Install {
@@ -399,10 +403,12 @@ impl FirstContact {
     }
 
     /// The dialog of a SUBSCRIBE being proxied, to record.
-    fn watch(&self, message: &Message<'_>, presentity: Aor, source: SocketAddr) -> Option<Action> {
+    fn watch(&self, message: &Message<'_>, presentity: Aor, source: SocketAddr, generation: u64) -> Option<Action> {
         bump(&self.counters.subscribes_proxied);
         match Subscription::from_request(message, presentity, source) {
-            Ok((subscription, expires)) => Some(Action::Watch { subscription: Box::new(subscription), expires }),
+            Ok((subscription, expires)) => {
+                Some(Action::Watch { subscription: Box::new(subscription), expires, generation })
+            }
             Err(error) => {
                 bump(&self.counters.subscribes_unrecordable);
                 tracing::debug!(%source, %error, "SUBSCRIBE proxied but not recorded");

@@ -349,7 +349,9 @@ fn subscribe_is_proxied_to_the_watched_clients_home_and_recorded_even_when_redir
     for policy in [Policy::Auto, Policy::Redirect] {
         let s = setup(policy);
         let actions = s.fc.on_service_datagram(&subscribe("b1", "Expires: 600\r\n"), client());
-        let [Action::Forward { to, bytes }, Action::Watch { subscription, expires }] = actions.as_slice() else {
+        let [Action::Forward { to, bytes }, Action::Watch { subscription, expires, generation: 1 }] =
+            actions.as_slice()
+        else {
             panic!("{actions:?}")
         };
         assert_eq!(*to, assigned_home(&s), "the home of alice (To), not of bob (the sender)");

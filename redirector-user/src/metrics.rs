@@ -15,14 +15,17 @@ use prometheus_client::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{first_contact::HomeState, stats::Latest};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const MAX_REQUEST: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const CONCURRENT_SCRAPES: usize = 8;
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 struct StatsCollector(Arc<Latest>);
@@ -128,17 +131,28 @@ pub fn bind(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// Serves `GET /metrics` until the task is dropped.
+/// Serves `GET /metrics` until the task is dropped, a few scrapes at a
+/// time; a failed accept (out of descriptors, say) is logged, not fatal.
 pub async fn serve(listener: std::net::TcpListener, latest: Arc<Latest>) -> anyhow::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+    let slots = Arc::new(Semaphore::new(CONCURRENT_SCRAPES));
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let slot = slots.clone().acquire_owned().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "accepting a metrics connection failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         let latest = latest.clone();
         tokio::spawn(async move {
             if let Err(error) = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, &latest)).await {
                 debug!(%peer, %error, "metrics request timed out");
             }
+            drop(slot);
         });
     }
 }

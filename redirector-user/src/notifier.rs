@@ -5,8 +5,15 @@
 //!
 //! NOTIFYs leave from the proxy socket with the proxy address in their Via,
 //! so a watcher that answers by its Via reaches the daemon even when its
-//! own address is on the fast path; answers that arrive at a service
-//! address instead (some clients answer where they send) are taken too.
+//! own address is on the fast path. Answers that arrive at a service
+//! address instead (some clients, SIPp among them, answer where they send)
+//! are taken too, unless the watcher's address is on the fast path, which
+//! then forwards them to the watcher's own home server. Answers are matched
+//! by branch alone (§17.1.3): it is random, and only the watcher saw it.
+//!
+//! Known limit: a watcher behind a NAT or firewall that only lets in what
+//! comes from the service address it talked to will not receive the NOTIFY
+//! from the proxy address.
 
 use std::{
     collections::HashMap,
@@ -36,30 +43,11 @@ pub fn next_interval(current: Duration, proceeding: bool) -> Duration {
     if proceeding { T2 } else { (current * 2).min(T2) }
 }
 
-/// When a transaction started at 0 sends, if nothing ever answers.
-pub fn send_times() -> Vec<Duration> {
-    let mut times = vec![Duration::ZERO];
-    let mut interval = T1;
-    while let Some(&last) = times.last()
-        && last + interval < TIMER_F
-    {
-        times.push(last + interval);
-        interval = next_interval(interval, false);
-    }
-    times
-}
-
-/// A response on one of our sockets, for the transaction with `branch`.
-#[derive(Debug, Clone, Copy)]
-struct Answer {
-    code: u16,
-    from: SocketAddr,
-}
-
 pub struct Notifier {
     socket: Arc<UdpSocket>,
     sent_by: SocketAddr,
-    pending: Mutex<HashMap<String, mpsc::UnboundedSender<Answer>>>,
+    /// Status codes of the answers to each pending transaction, by branch.
+    pending: Mutex<HashMap<String, mpsc::UnboundedSender<u16>>>,
     counters: Arc<WatcherCounters>,
 }
 
@@ -79,10 +67,9 @@ impl Notifier {
     }
 
     /// A response whose top Via branch is `branch`; true if it was ours.
-    /// Only the address the NOTIFY went to may answer it.
-    pub fn answered(&self, branch: &str, code: u16, from: SocketAddr) -> bool {
+    pub fn answered(&self, branch: &str, code: u16) -> bool {
         match self.pending.lock().expect("notifier lock").get(branch) {
-            Some(transaction) => transaction.send(Answer { code, from }).is_ok(),
+            Some(transaction) => transaction.send(code).is_ok(),
             None => false,
         }
     }
@@ -101,17 +88,11 @@ impl Notifier {
                 warn!(%to, %error, "sending a NOTIFY failed");
             }
             let retransmit = (Instant::now() + interval).min(give_up);
-            let answer = loop {
-                tokio::select! {
-                    Some(answer) = answers.recv() => if answer.from == to { break Some(answer) },
-                    () = tokio::time::sleep_until(retransmit) => break None,
-                }
-            };
-            match answer {
-                Some(Answer { code: 100..=199, .. }) => proceeding = true,
-                Some(Answer { code, .. }) => break Some(code),
-                None if Instant::now() >= give_up => break None,
-                None => {}
+            if let Some(code) = final_answer(&mut answers, retransmit, &mut proceeding).await {
+                break Some(code);
+            }
+            if Instant::now() >= give_up {
+                break None;
             }
             interval = next_interval(interval, proceeding);
         };
@@ -130,6 +111,24 @@ impl Notifier {
     }
 }
 
+/// Waits until `deadline` for a final answer; a provisional one only
+/// records that the watcher is proceeding (§17.1.2.2).
+async fn final_answer(
+    answers: &mut mpsc::UnboundedReceiver<u16>,
+    deadline: Instant,
+    proceeding: &mut bool,
+) -> Option<u16> {
+    loop {
+        tokio::select! {
+            Some(code) = answers.recv() => match code {
+                100..=199 => *proceeding = true,
+                code => return Some(code),
+            },
+            () = tokio::time::sleep_until(deadline) => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +136,19 @@ mod tests {
         sip::{Aor, HeaderKind, Message, Via},
         watchers::DialogId,
     };
+
+    /// When a transaction started at 0 sends, if nothing ever answers.
+    fn send_times() -> Vec<Duration> {
+        let mut times = vec![Duration::ZERO];
+        let mut interval = T1;
+        while let Some(&last) = times.last()
+            && last + interval < TIMER_F
+        {
+            times.push(last + interval);
+            interval = next_interval(interval, false);
+        }
+        times
+    }
 
     #[test]
     fn timer_e_doubles_to_t2_and_timer_f_ends_it() {
@@ -158,6 +170,7 @@ mod tests {
             watcher_contact: format!("sip:alice@{reply_to}"),
             event: "presence".into(),
             cseq: 1,
+            route_set: Vec::new(),
             reply_to,
             notifier_tag: Some("n".into()),
         }
@@ -179,7 +192,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn retransmits_until_answered_and_ignores_other_senders() {
+    async fn retransmits_until_a_final_answer() {
         let (notifier, watcher, counters) = setup().await;
         let task = tokio::spawn(notifier.clone().transaction(subscription(watcher.local_addr().unwrap())));
         let mut buf = [0u8; 2048];
@@ -189,14 +202,28 @@ mod tests {
             branches.push(branch_of(&buf[..len]));
         }
         assert!(branches.iter().all(|b| b == &branches[0] && b.starts_with(NOTIFY_BRANCH_PREFIX)), "{branches:?}");
-        let stranger: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        assert!(notifier.answered(&branches[0], 200, stranger), "delivered, but not accepted from a stranger");
-        assert!(!notifier.answered("z9hG4bK-other", 200, watcher.local_addr().unwrap()));
-        watcher.recv(&mut buf).await.unwrap();
-        assert!(notifier.answered(&branches[0], 200, watcher.local_addr().unwrap()));
+        assert!(!notifier.answered("z9hG4bK-other", 200), "another branch is not this transaction");
+        assert!(notifier.answered(&branches[0], 200));
         task.await.unwrap();
         assert_eq!(counters.notifies_answered.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert!(!notifier.answered(&branches[0], 200, watcher.local_addr().unwrap()), "the transaction is over");
+        assert!(!notifier.answered(&branches[0], 200), "the transaction is over");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provisional_answer_slows_retransmission_to_t2() {
+        let (notifier, watcher, _) = setup().await;
+        let task = tokio::spawn(notifier.clone().transaction(subscription(watcher.local_addr().unwrap())));
+        let mut buf = [0u8; 2048];
+        let len = watcher.recv(&mut buf).await.unwrap();
+        let branch = branch_of(&buf[..len]);
+        let proceeding = Instant::now();
+        assert!(notifier.answered(&branch, 100));
+        watcher.recv(&mut buf).await.unwrap();
+        assert_eq!(proceeding.elapsed(), T1, "the retransmission already scheduled, not one per 100");
+        watcher.recv(&mut buf).await.unwrap();
+        assert_eq!(proceeding.elapsed(), T1 + T2, "then every T2");
+        assert!(notifier.answered(&branch, 200));
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

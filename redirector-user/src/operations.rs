@@ -331,7 +331,11 @@ impl Operations {
             servers,
             verdicts: verdicts.into_iter().map(|(counter, n)| (counter.label().to_owned(), n)).collect(),
             first_contact: named(self.first_contact.counters.snapshot()),
-            watchers: named(self.watchers.counters.snapshot()),
+            watchers: {
+                let mut watchers: BTreeMap<String, u64> = named(self.watchers.counters.snapshot());
+                watchers.insert("subscriptions_kept".into(), self.watchers.kept() as u64);
+                watchers
+            },
         })
     }
 

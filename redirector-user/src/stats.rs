@@ -109,7 +109,7 @@ pub fn with_rates(mut now: Stats, previous: Option<&Stats>, seconds: f64) -> Sta
 }
 
 /// Reads and publishes every `interval`; with `load`, also queues a load
-/// sample for the rebalancer every `load.1`.
+/// sample for the rebalancer every `load.1`, rounded up to whole intervals.
 pub async fn run(
     operations: Arc<Operations>,
     latest: Arc<Latest>,
@@ -120,8 +120,9 @@ pub async fn run(
     let mut previous: Option<(Arc<Stats>, Instant)> = None;
     let mut last_load: Option<Instant> = None;
     loop {
-        ticks.tick().await;
-        let now = Instant::now();
+        // The tick's scheduled instant, not the time it ran: load samples
+        // fall due on whole ticks, never a jittered one late.
+        let now = ticks.tick().await;
         let load_due = load.as_ref().is_some_and(|(_, every)| last_load.is_none_or(|at| now - at >= *every));
         let reader = operations.clone();
         let reading = tokio::task::spawn_blocking(move || {

@@ -9,11 +9,15 @@
 //! kept until the client moves, the watcher unsubscribes through the edge
 //! (`Expires: 0`), the SUBSCRIBE is refused, or the registry is full (the
 //! oldest goes first) — never by its own expiry, which the edge cannot
-//! follow. A NOTIFY for a dialog that ended meanwhile costs one datagram
-//! and is answered 481.
+//! follow. A NOTIFY for a dialog that ended meanwhile is answered 481 (or,
+//! if the watcher is gone, retransmitted until Timer F).
+//!
+//! A dialog still waiting for the notifier's answer when its client moves
+//! is marked moved: if the old home server then confirms it, the watcher
+//! is told at once.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
@@ -22,11 +26,14 @@ use tokio::sync::mpsc;
 
 use crate::{
     counters::{add, bump},
-    sip::{Aor, HeaderKind, Message, NameAddr, ParseError, tag},
+    sip::{Aor, HeaderKind, Message, NameAddr, ParseError, split_list, tag, unfold},
 };
 
 /// How many subscriptions an edge keeps by default.
 pub const DEFAULT_CAPACITY: usize = 100_000;
+/// Longest header value recorded: a subscription's size is bounded, not
+/// set by whoever sends the SUBSCRIBE.
+pub const MAX_FIELD: usize = 1024;
 
 /// A dialog's identity as the edge sees it before the notifier's tag is known.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,8 +56,12 @@ pub struct Subscription {
     pub watcher_contact: String,
     /// The Event header (package and id), echoed in the NOTIFY.
     pub event: String,
-    /// The watcher's CSeq number on its SUBSCRIBE.
+    /// The watcher's CSeq number on its SUBSCRIBE (for the log).
     pub cseq: u32,
+    /// The SUBSCRIBE's Record-Route values in order: the NOTIFY's Route
+    /// set (RFC 3261 §12.1.1), for proxies before the edge that stay on
+    /// the dialog's path.
+    pub route_set: Vec<String>,
     /// Where the SUBSCRIBE came from, and so where the NOTIFY goes back.
     pub reply_to: SocketAddr,
     /// The notifier's (To) tag, from its 2xx; `None` until it answered.
@@ -72,6 +83,12 @@ impl Subscription {
         let watcher_tag = tag(&from).ok_or(ParseError::Missing("From tag"))?.to_owned();
         let watcher_contact = NameAddr::parse(&contact, "Contact")?.uri.to_owned();
         let expires = message.value(HeaderKind::Expires).and_then(|v| v.trim().parse().ok());
+        let route_set: Vec<String> = message
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("Record-Route"))
+            .flat_map(|h| split_list(h.value).map(|v| unfold(v).trim().to_owned()))
+            .collect();
         let subscription = Self {
             id: DialogId { call_id: header(HeaderKind::CallId, "Call-ID")?.trim().to_owned(), watcher_tag },
             presentity,
@@ -80,10 +97,20 @@ impl Subscription {
             watcher_contact,
             event: header(HeaderKind::Event, "Event")?.trim().to_owned(),
             cseq: message.cseq()?.0,
+            route_set,
             reply_to: source,
             notifier_tag: None,
         };
+        if subscription.fields().any(|field| field.len() > MAX_FIELD) {
+            return Err(ParseError::Malformed("SUBSCRIBE (a header over 1024 bytes)"));
+        }
         Ok((subscription, expires))
+    }
+
+    fn fields(&self) -> impl Iterator<Item = &str> {
+        let headers = [&self.id.call_id, &self.id.watcher_tag, &self.presentity_header, &self.watcher_header];
+        let more = [&self.watcher_contact, &self.event];
+        headers.into_iter().chain(more).chain(&self.route_set).map(String::as_str)
     }
 }
 
@@ -114,14 +141,35 @@ pub enum Recorded {
     Ended,
 }
 
+/// What the notifier's final answer to a SUBSCRIBE did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answered {
+    /// Nothing to do (a provisional, a repeat, an unknown dialog).
+    Nothing,
+    /// Confirmed; kept until its client moves.
+    Confirmed,
+    /// Refused before it was ever confirmed: forgotten.
+    Refused,
+    /// Confirmed after its client moved: the watcher is to be told now.
+    Moved(Box<Subscription>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    age: u64,
+    subscription: Subscription,
+    /// Its client moved while the notifier had not answered yet.
+    moved: bool,
+}
+
 /// The subscriptions, by dialog and by watched client, oldest first.
 #[derive(Debug)]
 pub struct Registry {
     capacity: usize,
     next_age: u64,
-    dialogs: HashMap<DialogId, (u64, Subscription)>,
+    dialogs: HashMap<DialogId, Entry>,
     by_age: BTreeMap<u64, DialogId>,
-    by_presentity: HashMap<Aor, Vec<DialogId>>,
+    by_presentity: HashMap<Aor, HashSet<DialogId>>,
 }
 
 impl Registry {
@@ -143,15 +191,16 @@ impl Registry {
         self.dialogs.is_empty()
     }
 
-    /// Records a SUBSCRIBE that is being proxied. A repeated one keeps the
-    /// notifier's tag already learned.
-    pub fn subscribed(&mut self, mut subscription: Subscription, expires: Option<u32>) -> Recorded {
+    /// Records a SUBSCRIBE that is being proxied; `moved` when its client
+    /// moved after the SUBSCRIBE was routed. A repeat keeps the notifier's
+    /// tag already learned.
+    pub fn subscribed(&mut self, mut subscription: Subscription, expires: Option<u32>, moved: bool) -> Recorded {
         let previous = self.remove(&subscription.id);
         if expires == Some(0) {
             return Recorded::Ended;
         }
         if subscription.notifier_tag.is_none() {
-            subscription.notifier_tag = previous.and_then(|p| p.notifier_tag);
+            subscription.notifier_tag = previous.and_then(|p| p.subscription.notifier_tag);
         }
         let mut evicted = 0;
         while self.dialogs.len() >= self.capacity {
@@ -161,52 +210,65 @@ impl Registry {
         }
         let age = self.next_age;
         self.next_age += 1;
-        self.by_age.insert(age, subscription.id.clone());
-        self.by_presentity.entry(subscription.presentity.clone()).or_default().push(subscription.id.clone());
-        self.dialogs.insert(subscription.id.clone(), (age, subscription));
+        let id = subscription.id.clone();
+        self.by_age.insert(age, id.clone());
+        self.by_presentity.entry(subscription.presentity.clone()).or_default().insert(id.clone());
+        self.dialogs.insert(id, Entry { age, subscription, moved });
         Recorded::Kept { evicted }
     }
 
     /// The notifier's final answer to a SUBSCRIBE: a 2xx confirms the
     /// dialog with its tag; a refusal ends a dialog that was never confirmed
     /// (a refused refresh leaves a confirmed one to its notifier).
-    pub fn answered(&mut self, id: &DialogId, code: u16, notifier_tag: Option<&str>) {
-        let Some((_, subscription)) = self.dialogs.get_mut(id) else { return };
+    pub fn answered(&mut self, id: &DialogId, code: u16, notifier_tag: Option<&str>) -> Answered {
+        let Some(entry) = self.dialogs.get_mut(id) else { return Answered::Nothing };
+        if entry.subscription.notifier_tag.is_some() {
+            return Answered::Nothing;
+        }
         match code {
-            200..=299 if subscription.notifier_tag.is_none() => {
-                subscription.notifier_tag = notifier_tag.map(str::to_owned);
+            200..=299 => {
+                entry.subscription.notifier_tag = notifier_tag.map(str::to_owned);
+                if !entry.moved {
+                    return Answered::Confirmed;
+                }
+                let moved = self.remove(id).map(|e| e.subscription);
+                moved.map_or(Answered::Nothing, |s| Answered::Moved(Box::new(s)))
             }
-            300.. if subscription.notifier_tag.is_none() => {
+            300.. => {
                 self.remove(id);
+                Answered::Refused
             }
-            _ => {}
+            _ => Answered::Nothing,
         }
     }
 
-    /// Removes every subscription to `presentity`; returns the confirmed
-    /// ones (an unconfirmed dialog does not exist at the watcher yet).
+    /// `presentity` moved: removes and returns its confirmed subscriptions;
+    /// those still waiting for the notifier are marked moved.
     pub fn take(&mut self, presentity: &Aor) -> Vec<Subscription> {
-        let ids = self.by_presentity.remove(presentity).unwrap_or_default();
-        ids.iter()
-            .filter_map(|id| {
-                let (age, subscription) = self.dialogs.remove(id)?;
-                self.by_age.remove(&age);
-                Some(subscription)
-            })
-            .filter(|s| s.notifier_tag.is_some())
-            .collect()
-    }
-
-    fn remove(&mut self, id: &DialogId) -> Option<Subscription> {
-        let (age, subscription) = self.dialogs.remove(id)?;
-        self.by_age.remove(&age);
-        if let Some(ids) = self.by_presentity.get_mut(&subscription.presentity) {
-            ids.retain(|other| other != id);
-            if ids.is_empty() {
-                self.by_presentity.remove(&subscription.presentity);
+        let ids: Vec<DialogId> =
+            self.by_presentity.get(presentity).map(|ids| ids.iter().cloned().collect()).unwrap_or_default();
+        let mut confirmed = Vec::new();
+        for id in ids {
+            match self.dialogs.get_mut(&id) {
+                Some(entry) if entry.subscription.notifier_tag.is_none() => entry.moved = true,
+                Some(_) => confirmed.extend(self.remove(&id).map(|e| e.subscription)),
+                None => {}
             }
         }
-        Some(subscription)
+        confirmed
+    }
+
+    fn remove(&mut self, id: &DialogId) -> Option<Entry> {
+        let entry = self.dialogs.remove(id)?;
+        self.by_age.remove(&entry.age);
+        let presentity = &entry.subscription.presentity;
+        if let Some(ids) = self.by_presentity.get_mut(presentity) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_presentity.remove(presentity);
+            }
+        }
+        Some(entry)
     }
 }
 
@@ -216,8 +278,10 @@ crate::counters::counters! {
     subscriptions_recorded,
     /// Subscriptions dropped, oldest first, to stay within capacity.
     subscriptions_evicted,
-    /// Subscriptions ended by the watcher (Expires: 0) or refused.
-    subscriptions_ended,
+    /// SUBSCRIBEs with Expires: 0 (the watcher ending its subscription).
+    unsubscribes,
+    /// Subscriptions the notifier refused before confirming them.
+    subscriptions_refused,
     /// NOTIFY transactions started because a watched client moved.
     notifies_sent,
     /// Of those, answered with a final response.
@@ -241,38 +305,46 @@ impl Watchers {
         (watchers, receiver)
     }
 
-    pub fn subscribed(&self, subscription: Subscription, expires: Option<u32>) {
-        let recorded = self.registry.lock().expect("watchers lock").subscribed(subscription, expires);
+    /// Records a SUBSCRIBE being proxied; `moved` if its client moved
+    /// since the SUBSCRIBE was routed (the caller checks under the lock
+    /// that moves hold).
+    pub fn subscribed(&self, subscription: Subscription, expires: Option<u32>, moved: bool) {
+        let recorded = self.registry.lock().expect("watchers lock").subscribed(subscription, expires, moved);
         match recorded {
             Recorded::Kept { evicted } => {
                 bump(&self.counters.subscriptions_recorded);
                 add(&self.counters.subscriptions_evicted, evicted as u64);
             }
-            Recorded::Ended => bump(&self.counters.subscriptions_ended),
+            Recorded::Ended => bump(&self.counters.unsubscribes),
         }
     }
 
     pub fn answered(&self, id: &DialogId, code: u16, notifier_tag: Option<&str>) {
-        self.registry.lock().expect("watchers lock").answered(id, code, notifier_tag);
+        let answered = self.registry.lock().expect("watchers lock").answered(id, code, notifier_tag);
+        match answered {
+            Answered::Refused => bump(&self.counters.subscriptions_refused),
+            Answered::Moved(subscription) => self.tell(*subscription),
+            Answered::Confirmed | Answered::Nothing => {}
+        }
     }
 
     /// `aor` moved to another home server: its watchers are to be told.
     pub fn client_moved(&self, aor: &Aor) {
         let moved = self.registry.lock().expect("watchers lock").take(aor);
-        for subscription in moved {
-            tracing::info!(%aor, call_id = subscription.id.call_id, "watcher to be told its client moved");
-            // The receiver lives as long as the daemon serves; after that
-            // nobody is left to send the NOTIFY anyway.
-            let _ = self.deactivated.send(subscription);
-        }
+        moved.into_iter().for_each(|subscription| self.tell(subscription));
     }
 
-    pub fn len(&self) -> usize {
+    fn tell(&self, subscription: Subscription) {
+        let (aor, call_id) = (&subscription.presentity, &subscription.id.call_id);
+        tracing::info!(%aor, call_id, cseq = subscription.cseq, "watcher to be told its client moved");
+        // The receiver lives as long as the daemon serves; after that
+        // nobody is left to send the NOTIFY anyway.
+        let _ = self.deactivated.send(subscription);
+    }
+
+    /// Subscriptions kept now.
+    pub fn kept(&self) -> usize {
         self.registry.lock().expect("watchers lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -288,6 +360,7 @@ pub fn notify(subscription: &Subscription, sent_by: SocketAddr, branch: &str) ->
     format!(
         "NOTIFY {contact} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {sent_by};branch={branch};rport\r\n\
+         {routes}\
          Max-Forwards: 70\r\n\
          From: {presentity};tag={notifier_tag}\r\n\
          To: {watcher}\r\n\
@@ -298,6 +371,7 @@ pub fn notify(subscription: &Subscription, sent_by: SocketAddr, branch: &str) ->
          Subscription-State: terminated;reason=deactivated\r\n\
          Content-Length: 0\r\n\r\n",
         contact = subscription.watcher_contact,
+        routes = subscription.route_set.iter().map(|route| format!("Route: {route}\r\n")).collect::<String>(),
         presentity = subscription.presentity_header,
         watcher = subscription.watcher_header,
         call_id = subscription.id.call_id,
@@ -337,8 +411,8 @@ mod tests {
     fn confirmed(registry: &mut Registry, call_id: &str) -> DialogId {
         let (subscription, expires) = parsed(call_id, "w1", "");
         let id = subscription.id.clone();
-        registry.subscribed(subscription, expires);
-        registry.answered(&id, 200, Some("n1"));
+        registry.subscribed(subscription, expires, false);
+        assert_eq!(registry.answered(&id, 200, Some("n1")), Answered::Confirmed);
         id
     }
 
@@ -351,6 +425,10 @@ mod tests {
         assert_eq!(subscription.presentity_header, "<sip:bob@example.net>");
         assert_eq!(subscription.watcher_contact, "sip:alice@198.51.100.7:5070");
         assert_eq!((subscription.event.as_str(), subscription.cseq), ("presence;id=4", 7));
+        assert!(subscription.route_set.is_empty());
+        let routed = "Record-Route: <sip:p1.example.net;lr>, <sip:p2.example.net;lr>\r\nRecord-Route: <sip:p3;lr>\r\n";
+        let (subscription, _) = parsed("c1@x", "w1", routed);
+        assert_eq!(subscription.route_set, ["<sip:p1.example.net;lr>", "<sip:p2.example.net;lr>", "<sip:p3;lr>"]);
     }
 
     #[test]
@@ -365,19 +443,32 @@ mod tests {
         let bytes = String::from_utf8(subscribe("c", "w", "")).unwrap().replace(";tag=w", "").into_bytes();
         let error = Subscription::from_request(&Message::parse(&bytes).unwrap(), bob(), source()).unwrap_err();
         assert_eq!(error, ParseError::Missing("From tag"));
+        let huge = format!("Event: presence;x={}\r\n", "a".repeat(MAX_FIELD));
+        let bytes = String::from_utf8(subscribe("c", "w", "")).unwrap().replace("Event: presence;id=4\r\n", &huge);
+        let error = Subscription::from_request(&Message::parse(bytes.as_bytes()).unwrap(), bob(), source());
+        assert!(matches!(error, Err(ParseError::Malformed(_))), "a subscription's size is bounded: {error:?}");
     }
 
     #[test]
-    fn a_move_takes_only_confirmed_dialogs_of_that_client() {
+    fn a_move_takes_confirmed_dialogs_and_marks_pending_ones() {
         let mut registry = Registry::new(10);
         let id = confirmed(&mut registry, "c1");
         let (pending, _) = parsed("c2", "w2", "");
-        registry.subscribed(pending, None);
+        let pending_id = pending.id.clone();
+        registry.subscribed(pending, None, false);
         let taken = registry.take(&bob());
         assert_eq!(taken.len(), 1);
         assert_eq!((&taken[0].id, taken[0].notifier_tag.as_deref()), (&id, Some("n1")));
-        assert!(registry.is_empty(), "both are gone: the pending one has no dialog at the watcher");
+        assert_eq!(registry.len(), 1, "the pending one waits for its answer");
         assert!(registry.take(&bob()).is_empty());
+        let Answered::Moved(late) = registry.answered(&pending_id, 202, Some("n2")) else { panic!("not told") };
+        assert_eq!((late.id, late.notifier_tag.as_deref()), (pending_id, Some("n2")), "confirmed after the move");
+        assert!(registry.is_empty());
+
+        let (routed_before_the_move, _) = parsed("c3", "w3", "");
+        let id = routed_before_the_move.id.clone();
+        registry.subscribed(routed_before_the_move, None, true);
+        assert!(matches!(registry.answered(&id, 200, Some("n3")), Answered::Moved(_)));
     }
 
     #[test]
@@ -385,23 +476,24 @@ mod tests {
         let mut registry = Registry::new(10);
         let id = confirmed(&mut registry, "c1");
         let (repeat, _) = parsed("c1", "w1", "");
-        assert_eq!(registry.subscribed(repeat, Some(300)), Recorded::Kept { evicted: 0 });
+        assert_eq!(registry.subscribed(repeat, Some(300), false), Recorded::Kept { evicted: 0 });
         assert_eq!(registry.len(), 1);
         assert_eq!(registry.take(&bob())[0].notifier_tag.as_deref(), Some("n1"), "a repeat keeps the tag");
 
         let id2 = confirmed(&mut registry, "c2");
-        registry.answered(&id2, 489, None);
+        assert_eq!(registry.answered(&id2, 489, None), Answered::Nothing);
         assert_eq!(registry.len(), 1, "a refused refresh leaves a confirmed dialog");
         let (unsubscribe, expires) = parsed("c2", "w1", "Expires: 0\r\n");
-        assert_eq!(registry.subscribed(unsubscribe, expires), Recorded::Ended);
+        assert_eq!(registry.subscribed(unsubscribe, expires, false), Recorded::Ended);
         assert!(registry.is_empty());
 
         let (pending, _) = parsed("c3", "w1", "");
         let pending_id = pending.id.clone();
-        registry.subscribed(pending, None);
-        registry.answered(&pending_id, 489, None);
+        registry.subscribed(pending, None, false);
+        assert_eq!(registry.answered(&pending_id, 100, None), Answered::Nothing);
+        assert_eq!(registry.answered(&pending_id, 489, None), Answered::Refused);
         assert!(registry.is_empty(), "a refused first SUBSCRIBE leaves nothing");
-        registry.answered(&id, 200, Some("late"));
+        assert_eq!(registry.answered(&id, 200, Some("late")), Answered::Nothing);
         assert!(registry.is_empty(), "answers for unknown dialogs are ignored");
     }
 
@@ -411,9 +503,10 @@ mod tests {
         confirmed(&mut registry, "c1");
         confirmed(&mut registry, "c2");
         let (third, _) = parsed("c3", "w1", "");
-        assert_eq!(registry.subscribed(third, None), Recorded::Kept { evicted: 1 });
+        assert_eq!(registry.subscribed(third, None, false), Recorded::Kept { evicted: 1 });
         let (fourth, _) = parsed("c2", "w1", "");
-        assert_eq!(registry.subscribed(fourth, None), Recorded::Kept { evicted: 0 }, "a repeat takes its own place");
+        let repeat = registry.subscribed(fourth, None, false);
+        assert_eq!(repeat, Recorded::Kept { evicted: 0 }, "a repeat takes its own place");
         let left: Vec<String> = registry.dialogs.keys().map(|id| id.call_id.clone()).collect();
         assert_eq!(left.len(), 2);
         assert!(!left.contains(&"c1".to_owned()), "{left:?}");
@@ -421,7 +514,7 @@ mod tests {
 
     #[test]
     fn the_notify_ends_the_dialog_as_the_watcher_knows_it() {
-        let (mut subscription, _) = parsed("c1@x", "w1", "");
+        let (mut subscription, _) = parsed("c1@x", "w1", "Record-Route: <sip:p1;lr>, <sip:p2;lr>\r\n");
         subscription.notifier_tag = Some("n1".into());
         let bytes = notify(&subscription, "192.0.2.1:5060".parse().unwrap(), "z9hG4bK-rdr-notify-1");
         let message = Message::parse(&bytes).unwrap();
@@ -436,6 +529,7 @@ mod tests {
         assert_eq!(message.cseq().unwrap(), (NOTIFY_CSEQ, "NOTIFY".to_owned()));
         assert!(text.contains("\r\nSubscription-State: terminated;reason=deactivated\r\n"), "{text}");
         assert!(text.contains("\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-rdr-notify-1;rport\r\n"), "{text}");
+        assert!(text.contains("\r\nRoute: <sip:p1;lr>\r\nRoute: <sip:p2;lr>\r\n"), "the route set: {text}");
     }
 
     #[test]

@@ -226,7 +226,6 @@ impl Topology {
             .expect("running the redirector CLI")
     }
 
-    /// A path in the topology's scratch directory.
     /// Polls `redirector stats --json` (bounded) until a reading satisfies
     /// `wanted`: the stats stream publishes once per `[stats] interval`.
     pub fn stats_when(&self, wanted: impl Fn(&redirector::operations::Stats) -> bool) -> redirector::operations::Stats {
@@ -243,6 +242,7 @@ impl Topology {
         }
     }
 
+    /// A path in the topology's scratch directory.
     pub fn scratch(&self, name: &str) -> PathBuf {
         self.workdir.path().join(name)
     }

@@ -93,7 +93,7 @@ fn a_dead_home_servers_clients_move_and_keep_the_fast_path() {
         let watchers = edge.daemon.watchers.counters.snapshot();
         let count = |name| watchers.iter().find(|(n, _)| *n == name).unwrap().1;
         assert_eq!((count("notifies_sent"), count("notifies_answered")), (1, 1), "{mode}: {watchers:?}");
-        assert_eq!(edge.kernel(Counter::PassSubscribe), 2, "{mode}: both SUBSCRIBEs reached the daemon");
+        assert!(edge.kernel(Counter::PassSubscribe) >= 2, "{mode}: both SUBSCRIBEs reached the daemon");
 
         start_registrar(&mut topology, dead, Registrar::Own);
         wait_health(&topology, &route.server, true);

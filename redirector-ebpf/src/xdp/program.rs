@@ -111,25 +111,24 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     };
     let received_bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = if config.mode == Mode::Nat as u8 {
-        forward_nat(ctx, datagram, &edge, &server_addr)
+        forward_nat(ctx, datagram, &edge, &server_addr, client.server)
     } else {
-        forward_dsr(ctx, datagram, &edge, &server_addr)
+        forward_dsr(ctx, datagram, &edge, &server_addr, client.server)
     };
     if verdict.counter() == Counter::Forwarded as u32 {
         count_server(client.server, received_bytes);
-    } else if verdict.counter() == Counter::FibMiss as u32 {
-        report(EventKind::FibMiss, client.server);
     }
     verdict
 }
 
 // A separate BPF subprogram: its stack does not add to its siblings'.
 #[inline(never)]
-fn forward_dsr(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &Endpoint) -> Verdict {
+fn forward_dsr(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &Endpoint, index: u32) -> Verdict {
     let ip = &datagram.ip;
     let mut hop = NextHop::default();
-    if !route::lookup(ctx, edge, server, ip.len + encap::overhead(ip.family), &mut hop) {
-        return FIB_MISS;
+    let found = route::lookup(ctx, edge, server, ip.len + encap::overhead(ip.family), &mut hop);
+    if found != route::FOUND {
+        return fib_miss(found, index);
     }
     let len_before = ctx.data_end() - ctx.data();
     if encap::encapsulate(ctx, ip, edge, server).is_none() {
@@ -141,13 +140,14 @@ fn forward_dsr(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &
 
 // A separate BPF subprogram: its stack does not add to its siblings'.
 #[inline(never)]
-fn forward_nat(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &Endpoint) -> Verdict {
+fn forward_nat(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &Endpoint, index: u32) -> Verdict {
     if edge.port_be == 0 {
         return PASS_MISS;
     }
     let mut hop = NextHop::default();
-    if !route::lookup(ctx, edge, server, datagram.ip.len, &mut hop) {
-        return FIB_MISS;
+    let found = route::lookup(ctx, edge, server, datagram.ip.len, &mut hop);
+    if found != route::FOUND {
+        return fib_miss(found, index);
     }
     if nat::rewrite(ctx, &datagram.ip, edge, server).is_none() {
         return BROKEN;
@@ -173,7 +173,7 @@ fn route_nat_reply(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
     }
     let (service, client) = (entry.service, entry.client);
     let mut hop = NextHop::default();
-    if !route::lookup(ctx, &service, &client, datagram.ip.len, &mut hop) {
+    if route::lookup(ctx, &service, &client, datagram.ip.len, &mut hop) != route::FOUND {
         return FIB_MISS;
     }
     if nat::rewrite(ctx, &datagram.ip, &service, &client).is_none() {
@@ -183,6 +183,17 @@ fn route_nat_reply(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
         Some(action) => Verdict::new(action, Counter::NatReply),
         None => BROKEN,
     }
+}
+
+/// A client's packet the FIB cannot route to home server `index` yet; an
+/// unresolved neighbour is reported, for user space to resolve it (a ping
+/// cannot fix a missing route or a packet too big).
+#[inline(always)]
+fn fib_miss(found: u32, index: u32) -> Verdict {
+    if found == route::NO_NEIGHBOUR {
+        report(EventKind::FibMiss, index);
+    }
+    FIB_MISS
 }
 
 #[inline(always)]

@@ -1,7 +1,7 @@
 //! Next hop from the kernel FIB, and sending the rewritten frame.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
@@ -20,12 +20,13 @@ pub struct NextHop {
 }
 
 /// Asks the FIB how to reach `dst` from `src` with an IP packet of `len`
-/// bytes and fills `hop`. False when there is no route, no resolved
-/// neighbour yet, or the packet would need fragmenting: the caller then
-/// passes it to the kernel. (`hop` is an out-parameter because BPF
-/// subprograms cannot return aggregates.)
+/// bytes and fills `hop` on `BPF_FIB_LKUP_RET_SUCCESS`. Any other result
+/// (no route, no resolved neighbour yet, the packet would need
+/// fragmenting…) is returned as it is: the caller then passes the packet to
+/// the kernel. (`hop` is an out-parameter because BPF subprograms cannot
+/// return aggregates.)
 #[inline(never)]
-pub fn lookup(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, len: usize, hop: &mut NextHop) -> bool {
+pub fn lookup(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, len: usize, hop: &mut NextHop) -> u32 {
     // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented initial state.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.ifindex = ctx.ingress_ifindex() as u32;
@@ -42,12 +43,17 @@ pub fn lookup(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, len: usize, hop:
     let size = size_of::<bpf_fib_lookup>() as i32;
     // SAFETY: params is a valid, initialised bpf_fib_lookup of `size` bytes.
     let ret = unsafe { fib_lookup(ctx.ctx.cast(), &mut params, size, 0) };
-    if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return false;
+    if ret != i64::from(FOUND) {
+        // Negative: bad arguments, which never happens with a zeroed request.
+        return u32::try_from(ret).unwrap_or(u32::MAX);
     }
     *hop = NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac };
-    true
+    FOUND
 }
+
+pub const FOUND: u32 = BPF_FIB_LKUP_RET_SUCCESS;
+/// The route is known but its next hop's MAC is not (yet).
+pub const NO_NEIGHBOUR: u32 = BPF_FIB_LKUP_RET_NO_NEIGH;
 
 #[inline(always)]
 fn words(addr: &[u8; 16]) -> [u32; 4] {
