@@ -71,7 +71,7 @@ pub fn answer(operations: &Operations, rebalancer: &Mutex<Rebalancer>, latest: &
             Some(stats) => Ok(Reply::Stats(stats.as_ref().clone())),
             None => operations.stats().map(Reply::Stats),
         },
-        Request::Servers => operations.servers().map(Reply::Servers),
+        Request::Servers => operations.servers().map(|servers| Reply::Servers(with_latest_rates(servers, latest))),
         Request::Clients { server } => operations.clients(&server).map(Reply::Clients),
         Request::Assign { aor, server } => operations.assign(&aor, &server).map(|m| Reply::Moves(vec![m])),
         Request::Drain { server } => operations.drain(&server).map(Reply::Moves),
@@ -80,6 +80,19 @@ pub fn answer(operations: &Operations, rebalancer: &Mutex<Rebalancer>, latest: &
         Request::Rebalance { dry_run } => operations.rebalance(rebalancer, dry_run).map(Reply::Plan),
     };
     result.unwrap_or_else(|error: OperationError| Reply::Error(error.to_string()))
+}
+
+/// Current server states and counts, with the load (rates) of the stats
+/// stream's newest reading.
+fn with_latest_rates(mut servers: Vec<ServerStatus>, latest: &Latest) -> Vec<ServerStatus> {
+    let Some(reading) = latest.get() else { return servers };
+    for server in &mut servers {
+        if let Some(rated) = reading.servers.iter().find(|s| s.name == server.name) {
+            server.packets_per_second = rated.packets_per_second;
+            server.bytes_per_second = rated.bytes_per_second;
+        }
+    }
+    servers
 }
 
 /// Binds the socket (replacing a stale one), root-only.
@@ -158,6 +171,18 @@ mod tests {
         assert_eq!(text, r#"{"command":"assign","aor":"sip:a@b","server":"home1"}"#);
         assert_eq!(serde_json::from_str::<Request>(r#"{"command":"stats"}"#).unwrap(), Request::Stats);
         assert!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn servers_carry_the_newest_rates_but_their_own_state() {
+        use crate::{first_contact::HomeState, operations::Stats, stats::tests::server};
+        let latest = Latest::default();
+        let fresh = vec![ServerStatus { state: HomeState::Draining, ..server("home0", 10, 100) }];
+        assert_eq!(with_latest_rates(fresh.clone(), &latest), fresh, "no reading yet: no rates");
+        let rated = ServerStatus { packets_per_second: Some(5.0), ..server("home0", 8, 80) };
+        latest.publish(Stats { servers: vec![rated], ..Stats::default() });
+        let shown = &with_latest_rates(fresh, &latest)[0];
+        assert_eq!((shown.state, shown.packets, shown.packets_per_second), (HomeState::Draining, 10, Some(5.0)));
     }
 
     #[test]
