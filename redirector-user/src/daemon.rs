@@ -95,6 +95,7 @@ impl Daemon {
             redirect_expires: config.sip.redirect_expires,
             retry_after: config.sip.retry_after,
             proxy: proxy_address,
+            services: services.iter().map(std::net::UdpSocket::local_addr).collect::<std::io::Result<_>>()?,
         };
         let first_contact = FirstContact::new(settings, home_servers(config), Box::new(store))?;
         let assignments: u64 = first_contact.client_counts().values().sum();

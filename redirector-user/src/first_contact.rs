@@ -31,7 +31,7 @@ use crate::{
     sip::{
         Aor, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
         response::{self, Basis},
-        tag, unfold,
+        socket_address, split_list, tag, unfold,
     },
     store::{Assignment, AssignmentStore, StoreError},
     watchers::{DialogId, Subscription},
@@ -101,6 +101,9 @@ pub struct Settings {
     pub retry_after: u32,
     /// Where proxied requests leave from and responses come back to.
     pub proxy: SocketAddr,
+    /// The service addresses: with `proxy`, what a Route naming this edge
+    /// names (RFC 3261 §16.4).
+    pub services: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,7 +322,7 @@ impl FirstContact {
             return self.drop();
         };
         bump(&self.counters.relayed);
-        let mut actions = vec![Action::Relay { to, bytes: rewrite(&message, &vias[1..], None) }];
+        let mut actions = vec![Action::Relay { to, bytes: rewrite(&message, &vias[1..], None, false) }];
         if message.cseq().is_ok_and(|(_, method)| method == "SUBSCRIBE") {
             actions.extend(subscribe_answer(&message, code));
         }
@@ -488,8 +491,20 @@ impl FirstContact {
         let ours = format!("SIP/2.0/UDP {};branch={}", self.settings.proxy, branch(message));
         vias.insert(0, ours);
         let max_forwards = message.max_forwards().ok().flatten().map_or(70, |n| n.saturating_sub(1));
+        let pop_route = self.first_route_is_ours(message);
         bump(&self.counters.proxied);
-        vec![Action::Forward { to: home, bytes: rewrite(message, &vias, Some(max_forwards)) }]
+        vec![Action::Forward { to: home, bytes: rewrite(message, &vias, Some(max_forwards), pop_route) }]
+    }
+
+    /// The request's first Route value names this edge (§16.4: it is to be
+    /// removed before forwarding, or the next hop would send it back here).
+    fn first_route_is_ours(&self, message: &Message<'_>) -> bool {
+        let Some(route) = message.headers.iter().find(|h| h.name.eq_ignore_ascii_case("Route")) else {
+            return false;
+        };
+        let first = split_list(route.value).next().map(unfold).unwrap_or_default();
+        let named = NameAddr::parse(&first, "Route").ok().and_then(|value| socket_address(value.uri));
+        named.is_some_and(|address| address == self.settings.proxy || self.settings.services.contains(&address))
     }
 
     /// OPTIONS to every home server of the proxy address's family. Sending
@@ -647,9 +662,10 @@ fn to_tag(basis: &Basis) -> String {
     format!("rdr{:012x}", xxh3_64(key.as_bytes()) & 0xffff_ffff_ffff)
 }
 
-/// The message with its Vias replaced by `vias` (one per line) and, for a
-/// request, Max-Forwards set; every other header and the body unchanged.
-fn rewrite(message: &Message<'_>, vias: &[String], max_forwards: Option<u8>) -> Vec<u8> {
+/// The message with its Vias replaced by `vias` (one per line), for a
+/// request Max-Forwards set and, with `pop_route`, the first Route value
+/// removed; every other header and the body unchanged.
+fn rewrite(message: &Message<'_>, vias: &[String], max_forwards: Option<u8>, pop_route: bool) -> Vec<u8> {
     let mut out = match message.start {
         StartLine::Request { method, uri } => format!("{method} {uri} SIP/2.0\r\n"),
         StartLine::Response { code, reason } => format!("SIP/2.0 {code} {reason}\r\n"),
@@ -660,12 +676,22 @@ fn rewrite(message: &Message<'_>, vias: &[String], max_forwards: Option<u8>) -> 
     if let Some(max_forwards) = max_forwards {
         out += &format!("Max-Forwards: {max_forwards}\r\n");
     }
+    let mut pop_route = pop_route;
     for header in &message.headers {
         let replaced =
             header.kind == HeaderKind::Via || (max_forwards.is_some() && header.kind == HeaderKind::MaxForwards);
-        if !replaced {
-            out += &format!("{}: {}\r\n", header.name, unfold(header.value));
+        if replaced {
+            continue;
         }
+        if pop_route && header.name.eq_ignore_ascii_case("Route") {
+            pop_route = false;
+            let rest: Vec<_> = split_list(header.value).skip(1).map(|v| unfold(v).trim().to_owned()).collect();
+            if !rest.is_empty() {
+                out += &format!("{}: {}\r\n", header.name, rest.join(", "));
+            }
+            continue;
+        }
+        out += &format!("{}: {}\r\n", header.name, unfold(header.value));
     }
     out += "\r\n";
     let mut bytes = out.into_bytes();

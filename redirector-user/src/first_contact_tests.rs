@@ -5,6 +5,7 @@ use crate::store::RedbStore;
 
 const CLIENT: &str = "203.0.113.7:5062";
 const PROXY: &str = "198.51.100.1:5060";
+const SERVICE: &str = "192.0.2.10:5060";
 
 struct Setup {
     fc: FirstContact,
@@ -40,7 +41,13 @@ fn setup_with(policy: Policy, servers: Vec<HomeServer>) -> Setup {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let store = RedbStore::open(&dir.join("a.redb")).unwrap();
-    let settings = Settings { policy, redirect_expires: 600, retry_after: 30, proxy: PROXY.parse().unwrap() };
+    let settings = Settings {
+        policy,
+        redirect_expires: 600,
+        retry_after: 30,
+        proxy: PROXY.parse().unwrap(),
+        services: vec![SERVICE.parse().unwrap()],
+    };
     Setup { fc: FirstContact::new(settings, servers, Box::new(store)).unwrap(), _dir: TempDir(dir) }
 }
 
@@ -413,4 +420,22 @@ fn answers_to_our_notify_are_taken_on_any_socket_from_anyone() {
     let other = ok.replace("z9hG4bK-rdr-notify-00ff", "z9hG4bKelse");
     assert!(s.fc.on_service_datagram(other.as_bytes(), client()).is_empty());
     assert!(s.fc.on_proxy_datagram(other.as_bytes(), client()).is_empty());
+}
+
+#[test]
+fn a_route_naming_the_edge_is_removed_before_proxying() {
+    let s = setup(Policy::Auto);
+    let upstream: SocketAddr = "192.0.2.99:5060".parse().unwrap();
+    let forwarded = |route: &str| {
+        let actions = s.fc.on_service_datagram(&register(TWO_VIAS, route), upstream);
+        let [Action::Forward { bytes, .. }] = actions.as_slice() else { panic!("{actions:?}") };
+        text(bytes)
+    };
+    let popped = forwarded("Route: <sip:192.0.2.10;lr>, <sip:next.example.net;lr>\r\nRoute: <sip:last;lr>\r\n");
+    assert!(popped.contains("\r\nRoute: <sip:next.example.net;lr>\r\nRoute: <sip:last;lr>\r\n"), "{popped}");
+    assert!(!popped.contains("192.0.2.10;lr"), "{popped}");
+    let alone = forwarded(&format!("Route: <sip:{PROXY};lr>\r\n"));
+    assert!(!alone.contains("Route:"), "our only Route value goes: {alone}");
+    let foreign = forwarded("Route: <sip:192.0.2.99;lr>\r\n");
+    assert!(foreign.contains("\r\nRoute: <sip:192.0.2.99;lr>\r\n"), "another proxy's Route stays: {foreign}");
 }

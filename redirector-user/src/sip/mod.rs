@@ -7,7 +7,7 @@ mod uri;
 mod via;
 
 pub use message::{Header, HeaderKind, Message, ParseError, StartLine, split_list, unfold};
-pub use uri::{Aor, NameAddr, tag};
+pub use uri::{Aor, NameAddr, socket_address, tag};
 pub use via::Via;
 
 #[cfg(test)]

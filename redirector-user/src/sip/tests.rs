@@ -161,3 +161,20 @@ fn aors_are_canonical() {
         assert!(Aor::from_uri(bad, "To").is_err(), "{bad}");
     }
 }
+
+#[test]
+fn uris_with_ip_literals_name_socket_addresses() {
+    let address = |text: &str| text.parse::<SocketAddr>().unwrap();
+    for (uri, expected) in [
+        ("sip:192.0.2.10;lr", address("192.0.2.10:5060")),
+        ("sip:edge@192.0.2.10:5070;transport=udp", address("192.0.2.10:5070")),
+        ("sips:192.0.2.10", address("192.0.2.10:5061")),
+        ("sip:[2001:db8::10]:5062;lr", address("[2001:db8::10]:5062")),
+        ("SIP:[2001:DB8::10]", address("[2001:db8::10]:5060")),
+    ] {
+        assert_eq!(socket_address(uri), Some(expected), "{uri}");
+    }
+    for other in ["sip:edge.example.net;lr", "tel:+1555", "sip:192.0.2.10:x", "sip:[2001:db8::10", "nocolon"] {
+        assert_eq!(socket_address(other), None, "{other}");
+    }
+}

@@ -1,7 +1,10 @@
 //! name-addr / addr-spec values (To, From, Contact) and the address of
 //! record a client is known by.
 
-use std::fmt;
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use super::{ParseError, message::find_unquoted};
 
@@ -44,6 +47,44 @@ pub fn tag(value: &str) -> Option<&str> {
     })
 }
 
+/// User (without password), host (IPv6 in brackets) and port of a SIP URI
+/// after its scheme; parameters and headers are cut off.
+fn user_host_port(rest: &str) -> (Option<&str>, &str, Option<&str>) {
+    let rest = rest.split([';', '?']).next().unwrap_or("");
+    let (user, hostport) = match rest.rsplit_once('@') {
+        Some((user, hostport)) => (Some(user.split(':').next().unwrap_or(user)), hostport),
+        None => (None, rest),
+    };
+    let (host, port) = if hostport.starts_with('[') {
+        let host = hostport.split_inclusive(']').next().unwrap_or(hostport);
+        (host, hostport[host.len()..].strip_prefix(':'))
+    } else {
+        hostport.split_once(':').map_or((hostport, None), |(host, port)| (host, Some(port)))
+    };
+    (user, host, port)
+}
+
+/// The address a `sip:` / `sips:` URI with an IP literal host names (port
+/// 5060 or 5061 when absent); `None` for host names and other schemes.
+pub fn socket_address(uri: &str) -> Option<SocketAddr> {
+    let (scheme, rest) = uri.split_once(':')?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "sip" => 5060,
+        "sips" => 5061,
+        _ => return None,
+    };
+    let (_, host, port) = user_host_port(rest);
+    let ip: IpAddr = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.strip_suffix(']')?.parse::<std::net::Ipv6Addr>().ok()?.into(),
+        None => host.parse::<std::net::Ipv4Addr>().ok()?.into(),
+    };
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => default_port,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 /// An address of record in canonical form (RFC 3261 §10.3): scheme (`sips`
 /// folded into `sip`), user as given, host lower-cased; no port, no
 /// parameters, no headers. The key a client's assignment is stored under.
@@ -62,16 +103,7 @@ impl Aor {
         if scheme != "sip" && scheme != "sips" {
             return Err(malformed);
         }
-        let rest = rest.split([';', '?']).next().unwrap_or("");
-        let (user, hostport) = match rest.rsplit_once('@') {
-            Some((user, hostport)) => (Some(user.split(':').next().unwrap_or(user)), hostport),
-            None => (None, rest),
-        };
-        let host = if hostport.starts_with('[') {
-            hostport.split_inclusive(']').next().unwrap_or(hostport)
-        } else {
-            hostport.split(':').next().unwrap_or(hostport)
-        };
+        let (user, host, _) = user_host_port(rest);
         if host.is_empty() || user.is_some_and(str::is_empty) {
             return Err(malformed);
         }
