@@ -191,7 +191,7 @@ impl Daemon {
                 let actions = if is_proxy {
                     first_contact.on_proxy_datagram(datagram, source)
                 } else {
-                    first_contact.on_service_datagram(datagram, source)
+                    first_contact.on_service_datagram(datagram, source, local)
                 };
                 debug!(%source, %local, ?actions, "first contact");
                 apply(&actions, local, &first_contact, &fast_path);
@@ -201,8 +201,9 @@ impl Daemon {
                     let (from, to, bytes) = match action {
                         Action::Reply { to, bytes } => (&socket, to, bytes),
                         Action::Forward { to, bytes } => (&proxy, to, bytes),
-                        Action::Relay { to, bytes } => {
-                            (service_socket_for(&services, &service_addresses, *to).unwrap_or(&proxy), to, bytes)
+                        Action::Relay { to, bytes, from } => {
+                            let socket = service_socket_for(&services, &service_addresses, *from, *to);
+                            (socket.unwrap_or(&proxy), to, bytes)
                         }
                         _ => continue,
                     };
@@ -433,13 +434,16 @@ fn apply(actions: &[Action], service: SocketAddr, first_contact: &FirstContact, 
     }
 }
 
-/// A service socket of `to`'s family (their addresses, in order, are `addresses`).
+/// The service socket at `from`, else one of `to`'s family (the sockets'
+/// addresses, in order, are `addresses`).
 fn service_socket_for<'a>(
     services: &'a [Arc<UdpSocket>],
     addresses: &[SocketAddr],
+    from: Option<SocketAddr>,
     to: SocketAddr,
 ) -> Option<&'a Arc<UdpSocket>> {
-    addresses.iter().position(|local| local.is_ipv4() == to.is_ipv4()).map(|i| &services[i])
+    let at = |wanted: &dyn Fn(&SocketAddr) -> bool| addresses.iter().position(wanted).map(|i| &services[i]);
+    from.and_then(|from| at(&|local| *local == from)).or_else(|| at(&|local| local.is_ipv4() == to.is_ipv4()))
 }
 
 fn bind(address: SocketAddr, what: &str) -> Result<std::net::UdpSocket> {

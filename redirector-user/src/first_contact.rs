@@ -112,9 +112,9 @@ pub enum Action {
     Reply { to: SocketAddr, bytes: Vec<u8> },
     /// Send from the proxy socket.
     Forward { to: SocketAddr, bytes: Vec<u8> },
-    /// A relayed response: send from a service socket (where the request
-    /// this answers arrived).
-    Relay { to: SocketAddr, bytes: Vec<u8> },
+    /// A relayed response: send from the service socket at `from`, where
+    /// the request it answers arrived (any of `to`'s family when unknown).
+    Relay { to: SocketAddr, bytes: Vec<u8>, from: Option<SocketAddr> },
     /// Put `client` on the fast path to the server in slot `server`, if
     /// `aor`'s assignment still has `generation` (a move may have happened
     /// since this was decided).
@@ -274,12 +274,12 @@ impl FirstContact {
         self.store.as_ref()
     }
 
-    /// A datagram on a service socket.
-    pub fn on_service_datagram(&self, datagram: &[u8], source: SocketAddr) -> Vec<Action> {
+    /// A datagram from `source` on the service socket at `local`.
+    pub fn on_service_datagram(&self, datagram: &[u8], source: SocketAddr, local: SocketAddr) -> Vec<Action> {
         match Message::parse(datagram) {
             Ok(message) if message.is_request() => {
                 bump(&self.counters.requests);
-                self.on_request(&message, source)
+                self.on_request(&message, source, local)
             }
             Ok(message) => notify_answer(&message, source).map_or_else(|| self.drop(), |answer| vec![answer]),
             Err(_) if datagram.starts_with(b"ACK ") => self.absorb_ack(),
@@ -316,13 +316,16 @@ impl FirstContact {
             bump(&self.counters.pings_answered);
             return vec![Action::PingAnswered { server, sequence }];
         }
-        let ours = top.is_some_and(|top| self.is_our_via(&top));
-        let next = vias.get(1).and_then(|v| Via::parse(v).ok()?.response_address());
-        let (true, Some(to)) = (ours, next) else {
+        let Some(ours) = top.filter(|top| self.is_our_via(top)) else {
             return self.drop();
         };
+        let Some(to) = vias.get(1).and_then(|v| Via::parse(v).ok()?.response_address()) else {
+            return self.drop();
+        };
+        let from =
+            ours.param(SERVICE_PARAM).and_then(|i| self.settings.services.get(i.parse::<usize>().ok()?)).copied();
         bump(&self.counters.relayed);
-        let mut actions = vec![Action::Relay { to, bytes: rewrite(&message, &vias[1..], None, false) }];
+        let mut actions = vec![Action::Relay { to, bytes: rewrite(&message, &vias[1..], None, false), from }];
         if message.cseq().is_ok_and(|(_, method)| method == "SUBSCRIBE") {
             actions.extend(subscribe_answer(&message, code));
         }
@@ -334,7 +337,7 @@ impl FirstContact {
         servers.iter().any(|s| s.ipv4.is_some_and(|ip| source.ip() == ip) || s.ipv6.is_some_and(|ip| source.ip() == ip))
     }
 
-    fn on_request(&self, message: &Message<'_>, source: SocketAddr) -> Vec<Action> {
+    fn on_request(&self, message: &Message<'_>, source: SocketAddr, local: SocketAddr) -> Vec<Action> {
         let mut basis = Basis::of(message);
         let direct = basis.vias.len() == 1;
         let subscribe = message.method() == Some("SUBSCRIBE");
@@ -348,7 +351,7 @@ impl FirstContact {
             // Nothing ever answers an ACK (RFC 3261 §17): it acknowledges our
             // own final answer, or goes where its INVITE was proxied.
             Some("ACK") if redirect => return self.absorb_ack(),
-            Some("ACK") => return self.proxy_ack(message, source),
+            Some("ACK") => return self.proxy_ack(message, source, local),
             // The INVITE it cancels was already answered (302): the CANCEL
             // itself gets 200 (§9.2), statelessly, and nothing is installed.
             Some("CANCEL") if redirect => {
@@ -386,7 +389,7 @@ impl FirstContact {
         let mut actions = if redirect {
             self.redirect(message, &mut basis, source, home_address)
         } else {
-            self.proxy(message, source, home_address)
+            self.proxy(message, source, home_address, local)
         };
         if moved {
             actions.push(Action::Moved { aor: aor.clone() });
@@ -427,14 +430,14 @@ impl FirstContact {
 
     /// An ACK for a proxied INVITE's non-2xx answer follows the INVITE (same
     /// branch, see `branch`); without an assignment there was no INVITE.
-    fn proxy_ack(&self, message: &Message<'_>, source: SocketAddr) -> Vec<Action> {
+    fn proxy_ack(&self, message: &Message<'_>, source: SocketAddr, local: SocketAddr) -> Vec<Action> {
         let home = identity(message)
             .ok()
             .and_then(|aor| self.store.get(&aor).ok().flatten())
             .and_then(|assignment| self.server(&assignment.server))
             .and_then(|home| home.address_for(source));
         match (home, message.max_forwards().ok().flatten()) {
-            (Some(home), max_forwards) if max_forwards != Some(0) => self.proxy(message, source, home),
+            (Some(home), max_forwards) if max_forwards != Some(0) => self.proxy(message, source, home, local),
             _ => self.absorb_ack(),
         }
     }
@@ -481,14 +484,19 @@ impl FirstContact {
         vec![Action::Reply { to, bytes: response::build(basis, 302, "Moved Temporarily", &to_tag(basis), &extra) }]
     }
 
-    fn proxy(&self, message: &Message<'_>, source: SocketAddr, home: SocketAddr) -> Vec<Action> {
+    /// Proxies a request that arrived at the service address `local`, which
+    /// our Via names by index (`rdr-svc`) so the response leaves from it.
+    fn proxy(&self, message: &Message<'_>, source: SocketAddr, home: SocketAddr, local: SocketAddr) -> Vec<Action> {
         let mut vias: Vec<String> = message.via_values().map(|v| v.into_owned()).collect();
         if let Some(top) = vias.first_mut()
             && let Ok(via) = Via::parse(top)
         {
             *top = via.stamped(source);
         }
-        let ours = format!("SIP/2.0/UDP {};branch={}", self.settings.proxy, branch(message));
+        let mut ours = format!("SIP/2.0/UDP {};branch={}", self.settings.proxy, branch(message));
+        if let Some(index) = self.settings.services.iter().position(|s| *s == local) {
+            ours += &format!(";{SERVICE_PARAM}={index}");
+        }
         vias.insert(0, ours);
         let max_forwards = message.max_forwards().ok().flatten().map_or(70, |n| n.saturating_sub(1));
         let pop_route = self.first_route_is_ours(message);
@@ -605,6 +613,9 @@ fn redirect_target(request_uri: &str, home: SocketAddr) -> String {
 }
 
 const BRANCH_PREFIX: &str = "z9hG4bK-rdr-";
+/// Our Via's parameter naming (by index) the service address a proxied
+/// request arrived at.
+const SERVICE_PARAM: &str = "rdr-svc";
 const PING_PREFIX: &str = "z9hG4bK-rdr-ping-";
 
 /// The branch of our Via on a proxied request (RFC 3261 §16.11): the same

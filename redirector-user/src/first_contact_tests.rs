@@ -71,6 +71,10 @@ fn client() -> SocketAddr {
     CLIENT.parse().unwrap()
 }
 
+fn service() -> SocketAddr {
+    SERVICE.parse().unwrap()
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }
@@ -90,7 +94,7 @@ fn assigned_home(s: &Setup) -> SocketAddr {
 #[test]
 fn direct_register_is_redirected_and_installed() {
     let s = setup(Policy::Auto);
-    let actions = s.fc.on_service_datagram(&register(ONE_VIA, "Max-Forwards: 70\r\n"), client());
+    let actions = s.fc.on_service_datagram(&register(ONE_VIA, "Max-Forwards: 70\r\n"), client(), service());
     let (to, response) = only_reply(&actions);
     assert_eq!(to, client(), "answered where it came from (rport)");
     let home = assigned_home(&s);
@@ -112,8 +116,9 @@ fn direct_register_is_redirected_and_installed() {
 #[test]
 fn the_same_aor_stays_on_its_server_and_is_assigned_once() {
     let s = setup(Policy::Auto);
-    let first = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client())).1;
-    let again = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), "203.0.113.8:5000".parse().unwrap())).1;
+    let first = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service())).1;
+    let again =
+        only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), "203.0.113.8:5000".parse().unwrap(), service())).1;
     let contact = |r: &str| r.lines().find(|l| l.starts_with("Contact:")).unwrap().to_owned();
     assert_eq!(contact(&first), contact(&again));
     assert_eq!(s.fc.counters.assigned.load(Ordering::Relaxed), 1);
@@ -126,7 +131,7 @@ fn forwarded_register_is_proxied_with_our_via_on_top_and_not_installed() {
     let s = setup(Policy::Auto);
     let upstream: SocketAddr = "192.0.2.99:5060".parse().unwrap();
     let request = register(TWO_VIAS, "Max-Forwards: 10\r\nX-Custom: kept\r\n");
-    let actions = s.fc.on_service_datagram(&request, upstream);
+    let actions = s.fc.on_service_datagram(&request, upstream, service());
     let [Action::Forward { to, bytes }] = actions.as_slice() else { panic!("{actions:?}") };
     assert_eq!(*to, assigned_home(&s));
     let forwarded = text(bytes);
@@ -137,14 +142,14 @@ fn forwarded_register_is_proxied_with_our_via_on_top_and_not_installed() {
     assert_eq!(vias[2], "Via: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1;received=203.0.113.7");
     assert!(forwarded.contains("Max-Forwards: 9\r\n") && !forwarded.contains("Max-Forwards: 10"));
     assert!(forwarded.contains("X-Custom: kept\r\n") && forwarded.starts_with("REGISTER sip:example.net SIP/2.0\r\n"));
-    let again = s.fc.on_service_datagram(&request, upstream);
+    let again = s.fc.on_service_datagram(&request, upstream, service());
     assert_eq!(actions, again, "a retransmission gets the same branch");
 }
 
 #[test]
 fn the_home_servers_response_is_relayed_with_our_via_popped() {
     let s = setup(Policy::Auto);
-    let actions = s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap());
+    let actions = s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap(), service());
     let [Action::Forward { bytes, .. }] = actions.as_slice() else { panic!("{actions:?}") };
     let forwarded = text(bytes);
     let vias: String = forwarded.lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
@@ -154,7 +159,8 @@ fn the_home_servers_response_is_relayed_with_our_via_popped() {
     );
     let home = assigned_home(&s);
     let relayed = s.fc.on_proxy_datagram(ok.as_bytes(), home);
-    let [Action::Relay { to, bytes }] = relayed.as_slice() else { panic!("{relayed:?}") };
+    let [Action::Relay { to, bytes, from }] = relayed.as_slice() else { panic!("{relayed:?}") };
+    assert_eq!(*from, Some(service()), "it leaves from where the request arrived");
     let (to, relayed) = (*to, text(bytes));
     assert_eq!(to, "192.0.2.99:5060".parse::<SocketAddr>().unwrap());
     let expected_vias: Vec<&str> = vias.lines().skip(1).collect();
@@ -169,11 +175,11 @@ fn the_home_servers_response_is_relayed_with_our_via_popped() {
 fn policy_can_force_redirect_or_proxy() {
     let s = setup(Policy::Redirect);
     let (to, response) =
-        only_reply(&s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap()));
+        only_reply(&s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap(), service()));
     assert!(response.starts_with("SIP/2.0 302"));
     assert_eq!(to, "192.0.2.99:5060".parse::<SocketAddr>().unwrap(), "back along the top Via");
     let s = setup(Policy::Proxy);
-    let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), client());
+    let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
     assert!(matches!(actions[0], Action::Forward { .. }));
     assert!(matches!(actions[1], Action::Install { .. }), "a direct client is installed whatever the policy");
 }
@@ -181,9 +187,10 @@ fn policy_can_force_redirect_or_proxy() {
 #[test]
 fn max_forwards_zero_gets_483_and_missing_gets_70() {
     let s = setup(Policy::Auto);
-    let (_, response) = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, "Max-Forwards: 0\r\n"), client()));
+    let (_, response) =
+        only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, "Max-Forwards: 0\r\n"), client(), service()));
     assert!(response.starts_with("SIP/2.0 483 Too Many Hops\r\n"), "{response}");
-    let actions = s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap());
+    let actions = s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap(), service());
     let [Action::Forward { bytes, .. }] = actions.as_slice() else { panic!() };
     assert!(text(bytes).contains("Max-Forwards: 70\r\n"));
 }
@@ -194,7 +201,7 @@ fn no_active_server_gets_503_with_retry_after() {
         Policy::Auto,
         vec![home("home1", 0, 11, HomeState::Down), home("home2", 1, 12, HomeState::Draining)],
     );
-    let (_, response) = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client()));
+    let (_, response) = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service()));
     assert!(response.starts_with("SIP/2.0 503 Service Unavailable\r\n") && response.contains("Retry-After: 30\r\n"));
     assert!(s.fc.store().all().unwrap().is_empty(), "nothing assigned");
 }
@@ -203,18 +210,21 @@ fn no_active_server_gets_503_with_retry_after() {
 fn malformed_requests_get_400_naming_the_problem_and_garbage_is_dropped() {
     let s = setup(Policy::Auto);
     let no_call_id = text(&register(ONE_VIA, "")).replace("Call-ID: c1@x\r\n", "");
-    let (to, response) = only_reply(&s.fc.on_service_datagram(no_call_id.as_bytes(), client()));
+    let (to, response) = only_reply(&s.fc.on_service_datagram(no_call_id.as_bytes(), client(), service()));
     assert_eq!(to, client());
     assert!(response.starts_with("SIP/2.0 400 Missing Call-ID Header\r\n"), "{response}");
     assert!(response.contains("CSeq: 7 REGISTER\r\n"), "salvaged headers are copied");
     let bad_to = text(&register(ONE_VIA, "")).replace("To: <sip:alice@example.net>", "To: <mailto:alice@example.net>");
     assert!(
-        only_reply(&s.fc.on_service_datagram(bad_to.as_bytes(), client()))
+        only_reply(&s.fc.on_service_datagram(bad_to.as_bytes(), client(), service()))
             .1
             .starts_with("SIP/2.0 400 Malformed To Header")
     );
-    assert!(s.fc.on_service_datagram(b"\x16\x03\x01 not sip at all", client()).is_empty());
-    assert!(s.fc.on_service_datagram(b"SIP/2.0 200 OK\r\n\r\n", client()).is_empty(), "stray responses are dropped");
+    assert!(s.fc.on_service_datagram(b"\x16\x03\x01 not sip at all", client(), service()).is_empty());
+    assert!(
+        s.fc.on_service_datagram(b"SIP/2.0 200 OK\r\n\r\n", client(), service()).is_empty(),
+        "stray responses are dropped"
+    );
     assert_eq!(s.fc.counters.bad_request.load(Ordering::Relaxed), 2);
     assert_eq!(s.fc.counters.dropped.load(Ordering::Relaxed), 2);
 }
@@ -224,12 +234,12 @@ fn invite_is_identified_by_from_and_its_ack_absorbed() {
     let s = setup(Policy::Auto);
     let invite = "INVITE sip:bob@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKi\r\n\
         To: <sip:bob@example.net>\r\nFrom: <sip:carol@example.net>;tag=c\r\nCall-ID: i@x\r\nCSeq: 1 INVITE\r\n\r\n";
-    let actions = s.fc.on_service_datagram(invite.as_bytes(), client());
+    let actions = s.fc.on_service_datagram(invite.as_bytes(), client(), service());
     let (_, response) = only_reply(&actions);
     assert!(response.contains("Contact: <sip:bob@198.51.100."), "user of the request URI kept: {response}");
     assert!(s.fc.store().get(&Aor::from_uri("sip:carol@example.net", "From").unwrap()).unwrap().is_some());
     let ack = invite.replace("INVITE sip", "ACK sip").replace("1 INVITE", "1 ACK");
-    assert!(s.fc.on_service_datagram(ack.as_bytes(), client()).is_empty());
+    assert!(s.fc.on_service_datagram(ack.as_bytes(), client(), service()).is_empty());
     assert_eq!(s.fc.counters.absorbed_acks.load(Ordering::Relaxed), 1);
 }
 
@@ -262,12 +272,12 @@ fn pings_go_to_every_home_server_and_their_answers_are_counted_not_relayed() {
 #[test]
 fn a_client_of_an_unhealthy_server_is_reassigned_at_its_next_first_contact() {
     let s = setup(Policy::Auto);
-    only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client()));
+    only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service()));
     let aor = Aor::from_uri("sip:alice@example.net", "To").unwrap();
     let first = s.fc.store().get(&aor).unwrap().unwrap();
     let index = if first.server == "home1" { 0 } else { 1 };
     s.fc.set_health(index, false).unwrap();
-    let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), client());
+    let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
     let now = s.fc.store().get(&aor).unwrap().unwrap();
     assert_ne!(now.server, first.server);
     assert_eq!(now.generation, 2);
@@ -306,10 +316,10 @@ fn an_ack_is_never_answered() {
         invite(ONE_VIA, "ACK", "1 ACK", "Max-Forwards: many\r\n"),
         invite(TWO_VIAS, "ACK", "1 ACK", "Max-Forwards: 0\r\n"),
     ] {
-        assert!(s.fc.on_service_datagram(&ack, client()).is_empty(), "{}", text(&ack));
+        assert!(s.fc.on_service_datagram(&ack, client(), service()).is_empty(), "{}", text(&ack));
     }
     let s = setup(Policy::Redirect);
-    assert!(s.fc.on_service_datagram(&invite(TWO_VIAS, "ACK", "1 ACK", ""), client()).is_empty());
+    assert!(s.fc.on_service_datagram(&invite(TWO_VIAS, "ACK", "1 ACK", ""), client(), service()).is_empty());
 }
 
 #[test]
@@ -323,20 +333,22 @@ fn cancel_and_ack_of_a_proxied_invite_share_its_branch() {
         }
         other => panic!("expected one forward, got {other:?}"),
     };
-    let invite_branch = branch_of(s.fc.on_service_datagram(&invite(TWO_VIAS, "INVITE", "1 INVITE", ""), upstream));
-    let cancel_branch = branch_of(s.fc.on_service_datagram(&invite(TWO_VIAS, "CANCEL", "1 CANCEL", ""), upstream));
-    let ack_branch = branch_of(s.fc.on_service_datagram(&invite(TWO_VIAS, "ACK", "1 ACK", ""), upstream));
+    let invite_branch =
+        branch_of(s.fc.on_service_datagram(&invite(TWO_VIAS, "INVITE", "1 INVITE", ""), upstream, service()));
+    let cancel_branch =
+        branch_of(s.fc.on_service_datagram(&invite(TWO_VIAS, "CANCEL", "1 CANCEL", ""), upstream, service()));
+    let ack_branch = branch_of(s.fc.on_service_datagram(&invite(TWO_VIAS, "ACK", "1 ACK", ""), upstream, service()));
     assert_eq!(cancel_branch, invite_branch);
     assert_eq!(ack_branch, invite_branch);
     let other = TWO_VIAS.replace("z9hG4bKp1", "z9hG4bKp2");
-    let next = branch_of(s.fc.on_service_datagram(&invite(&other, "INVITE", "2 INVITE", ""), upstream));
+    let next = branch_of(s.fc.on_service_datagram(&invite(&other, "INVITE", "2 INVITE", ""), upstream, service()));
     assert_ne!(next, invite_branch, "a new transaction gets a new branch");
 }
 
 #[test]
 fn a_direct_cancel_of_a_redirected_invite_gets_200() {
     let s = setup(Policy::Auto);
-    let actions = s.fc.on_service_datagram(&invite(ONE_VIA, "CANCEL", "1 CANCEL", ""), client());
+    let actions = s.fc.on_service_datagram(&invite(ONE_VIA, "CANCEL", "1 CANCEL", ""), client(), service());
     let (_, response) = only_reply(&actions);
     assert!(response.starts_with("SIP/2.0 200 OK\r\n"), "{response}");
     assert_eq!(actions.len(), 1, "nothing installed");
@@ -355,7 +367,7 @@ fn subscribe(from_tag: &str, extra: &str) -> Vec<u8> {
 fn subscribe_is_proxied_to_the_watched_clients_home_and_recorded_even_when_redirecting() {
     for policy in [Policy::Auto, Policy::Redirect] {
         let s = setup(policy);
-        let actions = s.fc.on_service_datagram(&subscribe("b1", "Expires: 600\r\n"), client());
+        let actions = s.fc.on_service_datagram(&subscribe("b1", "Expires: 600\r\n"), client(), service());
         let [Action::Forward { to, bytes }, Action::Watch { subscription, expires, generation: 1 }] =
             actions.as_slice()
         else {
@@ -376,7 +388,7 @@ fn subscribe_is_proxied_to_the_watched_clients_home_and_recorded_even_when_redir
 fn a_subscribe_without_event_is_proxied_but_not_recorded() {
     let s = setup(Policy::Auto);
     let bytes = text(&subscribe("b1", "")).replace("Event: presence\r\n", "");
-    let actions = s.fc.on_service_datagram(bytes.as_bytes(), client());
+    let actions = s.fc.on_service_datagram(bytes.as_bytes(), client(), service());
     assert!(matches!(actions.as_slice(), [Action::Forward { .. }]), "{actions:?}");
     assert_eq!(s.fc.counters.subscribes_unrecordable.load(Ordering::Relaxed), 1);
 }
@@ -384,7 +396,7 @@ fn a_subscribe_without_event_is_proxied_but_not_recorded() {
 #[test]
 fn the_notifiers_answer_to_a_subscribe_is_relayed_and_reported() {
     let s = setup(Policy::Auto);
-    let actions = s.fc.on_service_datagram(&subscribe("b1", ""), client());
+    let actions = s.fc.on_service_datagram(&subscribe("b1", ""), client(), service());
     let Action::Forward { bytes, .. } = &actions[0] else { panic!("{actions:?}") };
     let vias: String = text(bytes).lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
     let answer = |code: &str| {
@@ -416,9 +428,9 @@ fn answers_to_our_notify_are_taken_on_any_socket_from_anyone() {
         vec![expected.clone()],
         "not a home server, still ours"
     );
-    assert_eq!(s.fc.on_service_datagram(ok.as_bytes(), client()), vec![expected]);
+    assert_eq!(s.fc.on_service_datagram(ok.as_bytes(), client(), service()), vec![expected]);
     let other = ok.replace("z9hG4bK-rdr-notify-00ff", "z9hG4bKelse");
-    assert!(s.fc.on_service_datagram(other.as_bytes(), client()).is_empty());
+    assert!(s.fc.on_service_datagram(other.as_bytes(), client(), service()).is_empty());
     assert!(s.fc.on_proxy_datagram(other.as_bytes(), client()).is_empty());
 }
 
@@ -427,7 +439,7 @@ fn a_route_naming_the_edge_is_removed_before_proxying() {
     let s = setup(Policy::Auto);
     let upstream: SocketAddr = "192.0.2.99:5060".parse().unwrap();
     let forwarded = |route: &str| {
-        let actions = s.fc.on_service_datagram(&register(TWO_VIAS, route), upstream);
+        let actions = s.fc.on_service_datagram(&register(TWO_VIAS, route), upstream, service());
         let [Action::Forward { bytes, .. }] = actions.as_slice() else { panic!("{actions:?}") };
         text(bytes)
     };

@@ -75,7 +75,7 @@ proptest! {
         let datagram = mutate(REGISTER, edits);
         let source: SocketAddr = "203.0.113.7:5062".parse().unwrap();
         let dropped = fc.counters.dropped.load(Ordering::Relaxed);
-        let actions = fc.on_service_datagram(&datagram, source);
+        let actions = fc.on_service_datagram(&datagram, source, "192.0.2.10:5060".parse().unwrap());
         match Message::parse(&datagram) {
             Err(error) if looks_like_request(&datagram) => {
                 prop_assert_eq!(actions.len(), 1);
