@@ -419,7 +419,7 @@ fn an_ip_length_that_cuts_into_the_udp_header_is_malformed() {
 }
 
 #[test]
-fn udp_length_lies_over_ipv6_and_on_the_nat_reply_path_are_dropped() {
+fn udp_length_lies_and_zero_checksums_over_ipv6_and_on_the_nat_reply_path_are_dropped() {
     if !privileged() {
         return;
     }
@@ -428,6 +428,10 @@ fn udp_length_lies_over_ipv6_and_on_the_nat_reply_path_are_dropped() {
     let udp_len_at = 14 + 40 + 4;
     v6[udp_len_at..udp_len_at + 2].copy_from_slice(&4u16.to_be_bytes());
     check(&mut fx, &v6, XDP_DROP, &v6, Counter::Malformed);
+    let mut unchecked = from_client(&Datagram::new("[fd00::2]:5060", VIP6));
+    let checksum_at = 14 + 40 + 6;
+    unchecked[checksum_at..checksum_at + 2].copy_from_slice(&[0, 0]);
+    check(&mut fx, &unchecked, XDP_DROP, &unchecked, Counter::Malformed);
     let reply = Datagram::new("10.0.0.11:5060", "10.0.0.1:20000");
     let mut frame = ethernet(HOME1_MAC, EDGE_MAC, None, reply.ethertype(), &reply.ip_packet());
     let udp_len_at = 14 + 20 + 4;

@@ -10,8 +10,8 @@
 //! 3. IP fragments are `XDP_PASS`ed (the kernel reassembles; the daemon sees
 //!    the whole datagram), counted `fragment`.
 //! 4. UDP to a `SERVICES` endpoint, or a nat reply, whose UDP length is below
-//!    8 or beyond the IP payload is `XDP_DROP`ped, counted `malformed`: it is
-//!    ours and garbage.
+//!    8 or beyond the IP payload, or whose IPv6 UDP checksum is zero, is
+//!    `XDP_DROP`ped, counted `malformed`: it is ours and garbage.
 //! 5. A SUBSCRIBE request to a service is `XDP_PASS`ed whoever sends it
 //!    (`pass_subscribe`): the daemon records the watcher's dialog, to send
 //!    it a NOTIFY when the watched client moves, and routes it to the

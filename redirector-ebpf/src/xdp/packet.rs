@@ -117,15 +117,18 @@ pub fn parse_udp(ctx: &XdpContext) -> Result<Datagram, Counter> {
     Ok(Datagram { ip, src, dst })
 }
 
-/// The UDP length field agrees with the IP payload: at least a header, at
-/// most what the IP packet carries (shorter is legal; the rest is padding).
+/// The UDP header is sound: its length agrees with the IP payload (at
+/// least a header, at most what the IP packet carries; shorter is legal,
+/// the rest is padding) and, over IPv6, it carries a checksum (zero is
+/// not allowed there, RFC 8200 §8.1: the receiver would drop it).
 #[inline(always)]
-pub fn udp_length_ok(ctx: &XdpContext, ip: &Ip) -> bool {
+pub fn udp_header_ok(ctx: &XdpContext, ip: &Ip) -> bool {
     let Some(udp) = ptr_at::<UdpHdr>(ctx, ip.l4) else {
         return false;
     };
-    let len = u16::from_be_bytes(unsafe { (*udp).len }) as usize;
-    len >= UDP_HLEN && ip.l4 + len <= ip.l3 + ip.len
+    let (len, check) = unsafe { (u16::from_be_bytes((*udp).len) as usize, (*udp).check) };
+    let checksum_ok = ip.family == FAMILY_V4 || check != [0, 0];
+    len >= UDP_HLEN && ip.l4 + len <= ip.l3 + ip.len && checksum_ok
 }
 
 /// `SUBSCRIBE ` as the two loads that compare it: no memcmp on BPF.

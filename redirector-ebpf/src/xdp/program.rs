@@ -11,7 +11,7 @@ use super::{
     decap, encap,
     maps::{CLIENTS, CONFIG, NAT_REPLIES, SERVERS, SERVICES, count, count_server, report},
     nat,
-    packet::{self, Datagram, parse_udp, udp_length_ok},
+    packet::{self, Datagram, parse_udp, udp_header_ok},
     route::{self, NextHop},
 };
 
@@ -71,7 +71,7 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
     };
     let service = unsafe { SERVICES.get(datagram.dst) }.is_some();
     if service {
-        if !udp_length_ok(ctx, &datagram.ip) {
+        if !udp_header_ok(ctx, &datagram.ip) {
             return MALFORMED_OURS;
         }
         if packet::is_subscribe(ctx, &datagram.ip) {
@@ -168,7 +168,7 @@ fn route_nat_reply(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
     if server_endpoint(server, datagram.ip.family) != Some(datagram.src) {
         return NOT_SERVICE;
     }
-    if !udp_length_ok(ctx, &datagram.ip) {
+    if !udp_header_ok(ctx, &datagram.ip) {
         return MALFORMED_OURS;
     }
     let (service, client) = (entry.service, entry.client);
