@@ -22,6 +22,8 @@ pub struct Datagram {
     pub ipv4_options: Vec<u8>,
     /// Over IPv4, send the "no checksum" zero instead of computing one.
     pub zero_udp_checksum: bool,
+    /// Over IPv4, the Don't Fragment bit.
+    pub dont_fragment: bool,
 }
 
 impl Datagram {
@@ -34,6 +36,7 @@ impl Datagram {
             ttl: 61,
             ipv4_options: Vec::new(),
             zero_udp_checksum: false,
+            dont_fragment: false,
         }
     }
 
@@ -59,7 +62,7 @@ impl Datagram {
                     self.ipv4_options.as_slice().try_into().expect("options are a multiple of 4 bytes, at most 40");
                 ip.total_len = (ip.header_len() + 8 + self.payload.len()) as u16;
                 ip.dscp = etherparse::IpDscp::try_new(self.tos >> 2).unwrap();
-                ip.dont_fragment = false;
+                ip.dont_fragment = self.dont_fragment;
                 ip.identification = 0x1234;
                 ip.header_checksum = ip.calc_header_checksum();
                 let mut udp =
@@ -125,7 +128,8 @@ pub fn ipip(outer_src: IpAddr, outer_dst: IpAddr, inner: &[u8]) -> Vec<u8> {
             let mut ip = Ipv4Header::new(inner.len() as u16, 64, IpNumber::IPV4, src.octets(), dst.octets()).unwrap();
             ip.dscp = etherparse::IpDscp::try_new(inner[1] >> 2).unwrap();
             ip.ecn = etherparse::IpEcn::try_new(inner[1] & 3).unwrap();
-            ip.dont_fragment = false;
+            // RFC 2003 §3.1: DF is copied from the inner header.
+            ip.dont_fragment = inner[6] & 0x40 != 0;
             ip.header_checksum = ip.calc_header_checksum();
             out.extend_from_slice(&ip.to_bytes());
         }

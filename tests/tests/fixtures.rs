@@ -86,6 +86,10 @@ fn dsr_v4_hit_is_ipip_encapsulated_to_the_home_server() {
     check(&mut fx, &from_client(&datagram), XDP_TX, &expected, Counter::Forwarded);
     let stats = fx.dataplane().server_stats(0).unwrap();
     assert_eq!((stats.packets, stats.bytes), (1, from_client(&datagram).len() as u64));
+    let dont_fragment = Datagram::new("10.0.0.2:5060", VIP4).with(|d| d.dont_fragment = true);
+    let expected = tunnelled(&dont_fragment, EDGE_MAC, HOME1_MAC, None, "10.0.0.1", "10.0.0.11");
+    assert_eq!(expected[14 + 6] & 0x40, 0x40, "the outer header copies DF (RFC 2003)");
+    check(&mut fx, &from_client(&dont_fragment), XDP_TX, &expected, Counter::Forwarded);
 }
 
 #[test]

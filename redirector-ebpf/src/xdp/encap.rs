@@ -1,7 +1,9 @@
 //! dsr: wrap the client's IP packet in an outer IPv4 (IPIP) or IPv6
 //! (IPv6-in-IPv6) header addressed to the home server, Katran style. The
-//! outer header copies the inner TOS / traffic class, has no flow label,
-//! identification 0, no DF, and a hop limit of `ENCAP_TTL`.
+//! outer header copies the inner TOS / traffic class and, over IPv4, the
+//! Don't Fragment bit (RFC 2003 §3.1, so the sender's path MTU discovery
+//! keeps working); it has no flow label, identification 0 and a hop limit
+//! of `ENCAP_TTL`.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use redirector_ebpf::{Endpoint, FAMILY_V4, checksum};
@@ -53,13 +55,14 @@ fn move_l2_header(ctx: &XdpContext, grown: usize, vlan: bool) -> Option<()> {
 #[inline(always)]
 fn write_ipv4(ctx: &XdpContext, ip: &Ip, grow: usize, src: &Endpoint, dst: &Endpoint) -> Option<()> {
     let inner: *const Ipv4Hdr = ptr_at(ctx, ip.l3 + grow)?;
-    let tos = unsafe { (*inner).tos };
+    let (tos, flags) = unsafe { ((*inner).tos, (*inner).frag[0]) };
     let total = ((ip.len + IPV4_HLEN) as u16).to_be_bytes();
     let mut outer = [0u8; IPV4_HLEN];
     outer[0] = 0x45;
     outer[1] = tos;
     outer[2] = total[0];
     outer[3] = total[1];
+    outer[6] = flags & IPV4_DF;
     outer[8] = ENCAP_TTL;
     outer[9] = IPPROTO_IPIP;
     outer[12..16].copy_from_slice(&src.addr[..4]);

@@ -43,6 +43,9 @@ pub struct Ipv4Hdr {
     pub dst: [u8; 4],
 }
 
+/// The Don't Fragment bit in the first byte of `Ipv4Hdr::frag`.
+pub const IPV4_DF: u8 = 0x40;
+
 impl Ipv4Hdr {
     pub fn header_len(&self) -> usize {
         ((self.version_ihl & 0x0f) as usize) * 4
