@@ -21,6 +21,7 @@ pub const NAT_REPLIES_MAP: &str = "NAT_REPLIES";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const SERVER_STATS_MAP: &str = "SERVER_STATS";
 pub const DECAP_ADDRESSES_MAP: &str = "DECAP_ADDRESSES";
+pub const DECAP_SOURCES_MAP: &str = "DECAP_SOURCES";
 pub const EVENTS_MAP: &str = "EVENTS";
 
 /// Bytes of the `EVENTS` ring buffer (a power of two, a multiple of the page).

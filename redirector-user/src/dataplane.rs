@@ -11,9 +11,9 @@ use aya::{
 };
 use redirector_ebpf::{
     CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
-    DECAP_ADDRESSES_MAP, DECAP_PROGRAM, EVENTS_MAP, Endpoint, Event, Mode, NAT_REPLIES_MAP, NatEntry, NatKey,
-    PASS_PROGRAM, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICES_MAP,
-    Server, ServerStats,
+    DECAP_ADDRESSES_MAP, DECAP_PROGRAM, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, Mode, NAT_REPLIES_MAP,
+    NatEntry, NatKey, PASS_PROGRAM, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP,
+    SERVICES_MAP, Server, ServerStats,
 };
 
 use crate::{
@@ -147,8 +147,17 @@ impl DataPlane {
     }
 
     pub fn add_decap_address(&mut self, address: IpAddr) -> Result<()> {
-        let mut map: HashMap<_, Endpoint, u8> = self.map(DECAP_ADDRESSES_MAP)?;
-        map.insert(endpoint(address, 0), 1, 0).map_err(map_error(DECAP_ADDRESSES_MAP))
+        self.add_address(DECAP_ADDRESSES_MAP, address)
+    }
+
+    /// An edge whose tunnels the decapsulator accepts.
+    pub fn add_decap_source(&mut self, address: IpAddr) -> Result<()> {
+        self.add_address(DECAP_SOURCES_MAP, address)
+    }
+
+    fn add_address(&mut self, name: &'static str, address: IpAddr) -> Result<()> {
+        let mut map: HashMap<_, Endpoint, u8> = self.map(name)?;
+        map.insert(endpoint(address, 0), 1, 0).map_err(map_error(name))
     }
 
     /// Every verdict counter, summed over CPUs, in `Counter::ALL` order.

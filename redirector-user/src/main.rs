@@ -49,6 +49,10 @@ enum Command {
         /// This server's address, the outer destination to strip (repeatable).
         #[arg(long = "address", short, required = true)]
         addresses: Vec<IpAddr>,
+        /// A dsr edge's own address, the only outer sources accepted
+        /// (repeatable): tunnels from anyone else pass untouched.
+        #[arg(long = "edge", short, required = true)]
+        edges: Vec<IpAddr>,
         #[arg(long, value_enum, default_value_t = CliAttachMode::Native)]
         attach: CliAttachMode,
     },
@@ -173,7 +177,7 @@ async fn main() -> Result<()> {
             info!(registered, "registrar stopped");
             Ok(())
         }
-        Command::Decap { interface, addresses, attach } => {
+        Command::Decap { interface, addresses, edges, attach } => {
             let mode = match attach {
                 CliAttachMode::Native => AttachMode::Native,
                 CliAttachMode::Skb => AttachMode::Skb,
@@ -181,6 +185,9 @@ async fn main() -> Result<()> {
             let mut dataplane = DataPlane::load_without_clients()?;
             for &address in &addresses {
                 dataplane.add_decap_address(address)?;
+            }
+            for &edge in &edges {
+                dataplane.add_decap_source(edge)?;
             }
             hold_attached(dataplane, DECAP_PROGRAM, &interface, mode).await
         }

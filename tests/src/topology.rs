@@ -177,7 +177,10 @@ impl Topology {
             for i in 0..self.homes.len() {
                 let interface = format!("h{i}0");
                 let address = home_address(i).to_string();
-                let args = ["decap", "--interface", &interface, "--address", &address, "--attach", self.attach.name()];
+                let edge = EDGE.to_string();
+                let attach = self.attach.name();
+                let args =
+                    ["decap", "--interface", &interface, "--address", &address, "--edge", &edge, "--attach", attach];
                 let decap = spawn(&self.homes[i], &args);
                 self.daemons.push(decap);
                 wait_for_xdp(&self.homes[i], &interface);

@@ -377,13 +377,15 @@ fn traffic_that_is_not_ours_is_passed_untouched() {
 }
 
 #[test]
-fn decapsulator_strips_tunnels_to_its_addresses_only() {
+fn decapsulator_strips_tunnels_from_its_edges_to_its_addresses_only() {
     if !privileged() {
         return;
     }
     let mut fx = Fixture::new("dsr");
-    fx.dataplane().add_decap_address("10.0.0.11".parse().unwrap()).unwrap();
-    fx.dataplane().add_decap_address("fd00::11".parse().unwrap()).unwrap();
+    for (edge, home) in [("10.0.0.1", "10.0.0.11"), ("fd00::1", "fd00::11")] {
+        fx.dataplane().add_decap_address(home.parse().unwrap()).unwrap();
+        fx.dataplane().add_decap_source(edge.parse().unwrap()).unwrap();
+    }
     for (client, vip, edge, home) in
         [("10.0.0.2:5060", VIP4, "10.0.0.1", "10.0.0.11"), ("[fd00::2]:5060", VIP6, "fd00::1", "fd00::11")]
     {
@@ -397,6 +399,11 @@ fn decapsulator_strips_tunnels_to_its_addresses_only() {
         tunnelled(&Datagram::new("10.0.0.2:5060", VIP4), EDGE_MAC, HOME2_MAC, None, "10.0.0.1", "10.0.0.12");
     let outcome = fx.run_program(DECAP_PROGRAM, &elsewhere);
     assert_eq!((outcome.action, outcome.frame), (XDP_PASS, elsewhere));
+    let stranger =
+        tunnelled(&Datagram::new("10.0.0.2:5060", VIP4), EDGE_MAC, HOME1_MAC, None, "10.0.0.66", "10.0.0.11");
+    let outcome = fx.run_program(DECAP_PROGRAM, &stranger);
+    assert_eq!((outcome.action, outcome.frame), (XDP_PASS, stranger), "not from an edge: untouched");
+    assert_eq!(fx.counter(Counter::Decapsulated), 2);
 }
 
 #[test]

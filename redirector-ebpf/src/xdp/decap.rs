@@ -1,8 +1,10 @@
 //! redirector_decap, for home servers behind a dsr edge where the kernel
 //! has no ipip / ip6tnl device: strips an outer IPv4 (protocol 4) or IPv6
-//! (next header 41) header addressed to one of `DECAP_ADDRESSES`, so the
-//! inner packet (to the service address on the server's loopback) goes up
-//! the stack as if it had arrived directly. Everything else passes untouched.
+//! (next header 41) header addressed to one of `DECAP_ADDRESSES` from one of
+//! `DECAP_SOURCES` (the edges), so the inner packet (to the service address
+//! on the server's loopback) goes up the stack as if it had arrived
+//! directly. Everything else passes untouched: a tunnel from anywhere else
+//! could carry any inner source, which the server would then answer.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use redirector_ebpf::{Counter, Endpoint, FAMILY_V4};
@@ -10,7 +12,7 @@ use redirector_ebpf::{Counter, Endpoint, FAMILY_V4};
 use super::{
     encap::move_l2_header_to,
     headers::*,
-    maps::DECAP_ADDRESSES,
+    maps::{DECAP_ADDRESSES, DECAP_SOURCES},
     packet::{Ip, parse_ip, ptr_at},
 };
 
@@ -24,10 +26,10 @@ pub fn strip_tunnel(ctx: &XdpContext) -> Counter {
     if ip.protocol != inner_protocol {
         return Counter::NotService;
     }
-    let Some(outer_dst) = outer_destination(ctx, &ip) else {
+    let Some((outer_src, outer_dst)) = outer_endpoints(ctx, &ip) else {
         return Counter::Malformed;
     };
-    if unsafe { DECAP_ADDRESSES.get(outer_dst) }.is_none() {
+    if unsafe { DECAP_ADDRESSES.get(outer_dst).is_none() || DECAP_SOURCES.get(outer_src).is_none() } {
         return Counter::NotService;
     }
     let outer_len = ip.l4 - ip.l3;
@@ -41,13 +43,14 @@ pub fn strip_tunnel(ctx: &XdpContext) -> Counter {
     Counter::Decapsulated
 }
 
+/// The outer (source, destination) addresses, as port-0 endpoints.
 #[inline(always)]
-fn outer_destination(ctx: &XdpContext, ip: &Ip) -> Option<Endpoint> {
+fn outer_endpoints(ctx: &XdpContext, ip: &Ip) -> Option<(Endpoint, Endpoint)> {
     if ip.family == FAMILY_V4 {
         let hdr: *const Ipv4Hdr = ptr_at(ctx, ip.l3)?;
-        Some(Endpoint::v4(unsafe { (*hdr).dst }, 0))
+        Some(unsafe { (Endpoint::v4((*hdr).src, 0), Endpoint::v4((*hdr).dst, 0)) })
     } else {
         let hdr: *const Ipv6Hdr = ptr_at(ctx, ip.l3)?;
-        Some(Endpoint::v6(unsafe { (*hdr).dst }, 0))
+        Some(unsafe { (Endpoint::v6((*hdr).src, 0), Endpoint::v6((*hdr).dst, 0)) })
     }
 }

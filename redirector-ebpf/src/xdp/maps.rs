@@ -35,6 +35,10 @@ pub static SERVER_STATS: PerCpuArray<ServerStats> = PerCpuArray::with_max_entrie
 #[map]
 pub static DECAP_ADDRESSES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRESSES, 0);
 
+/// Outer sources redirector_decap accepts: the dsr edges (port 0).
+#[map]
+pub static DECAP_SOURCES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRESSES, 0);
+
 /// Events for user space. A full buffer drops the event: each is a hint
 /// that a periodic mechanism (the health pings) also covers.
 #[map]
