@@ -3,15 +3,22 @@
 //! network namespaces and drives real SIPp registrations through the edge:
 //! clients redirected to their home server, registrations arriving through
 //! an upstream proxy and proxied, and re-registrations taking the XDP fast
-//! path. Shows what happened per home server, tears everything down, and
-//! exits non-zero if any SIPp call failed.
+//! path; then a SIPp watcher subscribes to one client, the client's home
+//! server is drained, and the watcher is told (NOTIFY) and subscribes again
+//! at the new home. Shows what happened per home server, tears everything
+//! down, and exits non-zero if any SIPp call failed.
 
-use std::{collections::BTreeMap, process::ExitCode};
+use std::{
+    collections::BTreeMap,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
+use redirector::sip::Aor;
 use redirector_ebpf::Counter;
 use redirector_tests::{
     privileged,
-    sip_pool::{InProcessEdge, Registrar, sipp, sipp_clients, start_registrars},
+    sip_pool::{BackgroundSipp, InProcessEdge, Registrar, sipp, sipp_clients, start_registrars},
     topology::{Attach, Topology, home_address},
 };
 
@@ -51,8 +58,35 @@ fn run_mode(mode: &'static str) -> bool {
         ok &= passed;
         println!("  {:<4} {calls:>3} calls  {what}", if passed { "ok" } else { "FAIL" });
     }
+    ok &= watch_through_a_drain(&topology, &edge);
     show(&edge);
     ok
+}
+
+/// A watcher of user1 (registered through the upstream proxy step) is told
+/// when draining user1's home server moves it, and subscribes again there.
+fn watch_through_a_drain(topology: &Topology, edge: &InProcessEdge) -> bool {
+    let relayed = edge.first_contact("relayed");
+    let watcher = BackgroundSipp::spawn(topology, "watch_until_moved.xml", 9000);
+    let answered = Instant::now();
+    while edge.first_contact("relayed") == relayed && answered.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let aor = Aor::from_uri("sip:user1@example.net", "To").expect("an AOR");
+    let home = edge.daemon.first_contact.store().get(&aor).ok().flatten().map(|a| a.server).unwrap_or_default();
+    let operations = edge.daemon.operations();
+    let drained = operations.drain(&home).map(|moves| moves.len());
+    let told = watcher.wait();
+    let passed = drained.is_ok() && told.is_ok() && operations.undrain(&home).is_ok();
+    let homes = told.as_deref().unwrap_or_default().lines().find_map(|l| l.split_once("homes ")).map(|(_, h)| h);
+    println!(
+        "  {:<4}   1 watch  a watcher of user1 gets a NOTIFY when `drain {home}` moves its {} clients, and \
+         subscribes again at the new home ({})",
+        if passed { "ok" } else { "FAIL" },
+        drained.unwrap_or_default(),
+        homes.unwrap_or("?").replace(' ', " -> ")
+    );
+    passed
 }
 
 fn show(edge: &InProcessEdge) {
