@@ -218,6 +218,7 @@ impl BackgroundSipp {
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("running sipp (apt-get install sip-tester)");
         Self { child, log, errors }
