@@ -3,6 +3,7 @@
 //! test process so its counters can be read, and SIPp as the client.
 
 use std::{
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{Arc, mpsc},
@@ -87,6 +88,7 @@ request_route {{
         "kamailio",
         &["-DD", "-E", "-f", path.to_str().unwrap(), "-Y", dir.to_str().unwrap(), "-P", pid.to_str().unwrap()],
     )
+    .process_group(0)
     .stdout(Stdio::null())
     .stderr(Stdio::null())
     .spawn()

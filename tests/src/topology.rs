@@ -11,7 +11,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::PathBuf,
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -205,8 +205,7 @@ impl Topology {
     /// Kills home `index`'s registrar, as a crashed server process would go.
     pub fn stop_registrar(&mut self, index: usize) {
         let mut child = self.registrars[index].take().expect("a registrar runs on that home");
-        child.kill().expect("killing the registrar");
-        child.wait().expect("reaping the registrar");
+        kill_group(&mut child);
     }
 
     /// Keeps a process to be killed when the topology goes.
@@ -282,8 +281,7 @@ impl Drop for Topology {
     fn drop(&mut self) {
         let registrars = self.registrars.iter_mut().flatten();
         for daemon in self.edge_daemon.iter_mut().chain(&mut self.daemons).chain(registrars) {
-            let _ = daemon.kill();
-            let _ = daemon.wait();
+            kill_group(daemon);
         }
     }
 }
@@ -327,13 +325,26 @@ pub fn redirector_binary() -> PathBuf {
     })
 }
 
+/// Starts `redirector ARGS` in `ns`, in a process group of its own (see `kill_group`).
 fn spawn(ns: &NetNs, args: &[&str]) -> Child {
     let binary = redirector_binary();
     ns.command(binary.to_str().unwrap(), args)
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("starting redirector {args:?}: {e}"))
+}
+
+/// SIGKILLs a process started in a group of its own, with every process it
+/// forked (Kamailio's workers outlive a killed main process), and reaps it.
+pub fn kill_group(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        // SAFETY: plain syscall; the group id is the child's pid, which it
+        // keeps until reaped below.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    }
+    let _ = child.wait();
 }
 
 pub fn has_xdp(ns: &NetNs, interface: &str) -> bool {
