@@ -1,0 +1,3 @@
+pub fn run(_quick: bool) -> crate::report::Section {
+    crate::report::Section::new("failover", "todo")
+}

@@ -1,0 +1,164 @@
+//! Section 3: first-contact rate, REGISTER → 302 answered per second, for
+//! redirector's daemon (durable assignment, 302, fast-path install) and
+//! Kamailio answering every REGISTER with `sl_send_reply("302")` and a
+//! Contact at a home server, on the same namespaces and cores.
+//!
+//! Generator: purpose-built, not SIPp. A first contact is a client the edge
+//! has not seen; redirector puts every client that got a 302 on the fast
+//! path, so a SIPp socket (one source address) meets first contact once,
+//! and SIPp's socket-per-call mode reuses ports the kernel already
+//! forwards. So every REGISTER here comes from an address of its own: the
+//! client namespace owns 10.78.0.0/16 through an AnyIP route, and one
+//! socket sends each REGISTER from its own source (IP_PKTINFO) by
+//! sendmmsg, a window of `WINDOW` unanswered at most, and counts the
+//! answers by recvmmsg. One such process is not the limit (one SIPp
+//! process is, near 2,500/s here).
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use redirector_tests::topology::{Attach, SERVICE, Topology, home_address, socket_in};
+
+use crate::{
+    mmsg::{self, BATCH, Inbox, Outgoing},
+    peers::{Kamailio, KamailioRoute},
+    report::{Row, Section, median_by},
+};
+
+const BASELINE: &str = "Kamailio sl_send_reply 302";
+const OURS: &str = "redirector first contact 302";
+/// Requests in flight at most.
+const WINDOW: u64 = 64;
+/// One source address each: 10.78.0.1 … 10.78.253.255.
+const MAX_REGISTERS: u64 = 65_000;
+const GENERATOR_PORT: u16 = 5090;
+/// An answer missing this long is lost and its window slot freed.
+const LOST_AFTER: Duration = Duration::from_millis(500);
+
+fn source(i: u64) -> Ipv4Addr {
+    Ipv4Addr::new(10, 78, (i >> 8) as u8, i as u8)
+}
+
+fn register(i: u64) -> Vec<u8> {
+    let from = SocketAddrV4::new(source(i), GENERATOR_PORT);
+    format!(
+        "REGISTER sip:bench.example SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-fc{i};rport\r\n\
+         Max-Forwards: 70\r\nTo: <sip:u{i}@bench.example>\r\nFrom: <sip:u{i}@bench.example>;tag=f{i}\r\n\
+         Call-ID: fc{i}@bench\r\nCSeq: 1 REGISTER\r\nContact: <sip:u{i}@{from}>\r\nExpires: 3600\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[derive(Default)]
+struct Outcome {
+    sent: u64,
+    redirected: u64,
+    other_answers: u64,
+    lost: u64,
+    seconds: f64,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.redirected as f64 / self.seconds
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.sent - self.redirected - self.other_answers - self.lost
+    }
+}
+
+/// Closed loop: keeps up to `WINDOW` REGISTERs unanswered until `limit`.
+fn drive(socket: &UdpSocket, limit: Duration) -> Outcome {
+    let SocketAddr::V4(service) = SERVICE.parse().unwrap() else { unreachable!("the service is IPv4") };
+    socket.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let mut inbox = Inbox::new();
+    let mut outcome = Outcome::default();
+    let start = Instant::now();
+    let mut progress = start;
+    while start.elapsed() < limit && outcome.sent < MAX_REGISTERS {
+        let room = (WINDOW - outcome.in_flight()).min(BATCH as u64).min(MAX_REGISTERS - outcome.sent);
+        let payloads: Vec<Vec<u8>> = (0..room).map(|k| register(outcome.sent + 1 + k)).collect();
+        let datagrams: Vec<Outgoing<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(k, payload)| Outgoing {
+                payload,
+                to: Some(service),
+                from: Some(source(outcome.sent + 1 + k as u64)),
+            })
+            .collect();
+        outcome.sent += mmsg::send(socket, &datagrams).expect("sendmmsg") as u64;
+        for answer in inbox.receive(socket).expect("recvmmsg") {
+            progress = Instant::now();
+            if answer.starts_with(b"SIP/2.0 302 ") {
+                outcome.redirected += 1;
+            } else {
+                outcome.other_answers += 1;
+            }
+        }
+        if outcome.in_flight() > 0 && progress.elapsed() > LOST_AFTER {
+            outcome.lost += outcome.in_flight();
+            progress = Instant::now();
+        }
+    }
+    outcome.seconds = start.elapsed().as_secs_f64();
+    outcome
+}
+
+/// The topology with the edge answering first contacts, and the
+/// generator's socket; the Kamailio process if it is the one answering.
+fn start(ours: bool) -> Result<(Topology, Option<Kamailio>, UdpSocket), String> {
+    // skb mode: no XDP on the bridge ports, the same links for both.
+    let mut topology = Topology::new("dsr", Attach::Skb, 3);
+    topology.client.ip("route add local 10.78.0.0/16 dev lo");
+    topology.edge.ip(&format!("route add 10.78.0.0/16 via {}", redirector_tests::topology::CLIENT));
+    let socket = socket_in(&topology.client, &format!("0.0.0.0:{GENERATOR_PORT}"));
+    if ours {
+        topology.extra_config = "[health]\ninterval = 3600\n[rebalance]\nenabled = false\n".into();
+        topology.start(&[]);
+        return Ok((topology, None, socket));
+    }
+    let home = format!("{}:5060", home_address(0));
+    let kamailio =
+        Kamailio::start(&topology.edge, &topology.scratch("kamailio"), &KamailioRoute::Redirect { home: &home })?;
+    Ok((topology, Some(kamailio), socket))
+}
+
+pub fn run(quick: bool) -> Section {
+    let (rounds, limit) = if quick { (1, Duration::from_secs(2)) } else { (3, Duration::from_secs(5)) };
+    let mut section = Section::new(
+        "first_contact",
+        format!("3. First contact: REGISTER → 302 answered per second, window {WINDOW}, {limit:?}, median of {rounds}"),
+    );
+    let mut outcomes = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (ours, out) in [false, true].into_iter().zip(&mut outcomes) {
+            match start(ours) {
+                // The Kamailio process (if any) stops before its namespace goes.
+                Ok((_topology, _kamailio, socket)) => out.push(drive(&socket, limit)),
+                Err(why) => section.skip(format!("{BASELINE}: {why}")),
+            }
+        }
+    }
+    for (name, out) in [BASELINE, OURS].into_iter().zip(outcomes) {
+        if let Some(outcome) = median_by(out, Outcome::rate) {
+            section.rows.push(
+                Row::new(name, outcome.rate(), "302/s")
+                    .raw("sent", outcome.sent as f64)
+                    .raw("redirected", outcome.redirected as f64)
+                    .raw("other_answers", outcome.other_answers as f64)
+                    .raw("lost", outcome.lost as f64)
+                    .raw("seconds", outcome.seconds),
+            );
+        }
+    }
+    section.ratios_against(BASELINE);
+    section.notes.push(
+        "redirector commits each new assignment durably (one fsync) before answering; Kamailio keeps no state".into(),
+    );
+    section
+}

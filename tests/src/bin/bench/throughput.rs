@@ -1,0 +1,215 @@
+//! Section 2: forwarding throughput over veth, client → edge → home server,
+//! one small SIP datagram after another, for every forwarder on the same
+//! topology: redirector's XDP fast path (dsr and nat, native and skb), the
+//! kernel's own L4 forwarding (nftables DNAT, the baseline), Kamailio's
+//! stateless `forward()` and redirector's own user-space proxy path.
+//!
+//! Generator: sendmmsg from one socket in the client namespace, 64
+//! datagrams a call, as fast as the kernel takes them, bounded by a count
+//! and a time. On veth most of the forwarding work runs in the sending
+//! CPU's softirq, so the generator and the path under test share the cost
+//! of every packet: what a forwarder saves shows as more packets per
+//! second, diluted by the generator's own constant cost. Receiver:
+//! recvmmsg on the home server, counting what arrives (the edge's health
+//! pings aside); rate = datagrams / (last arrival − first arrival).
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use redirector_tests::topology::{Attach, CLIENT, SERVICE, Topology, home_address, is_edge_ping, socket_in};
+
+use crate::{
+    mmsg::{self, BATCH, Inbox, Outgoing},
+    peers::{self, Kamailio, KamailioRoute},
+    report::{Row, Section, median_by},
+};
+
+const BASELINE: &str = "nftables DNAT (kernel L4)";
+const MAX_DATAGRAMS: u64 = 50_000_000;
+
+/// A REGISTER already forwarded by one proxy (two Via values): the one
+/// datagram every forwarder treats alike. redirector's fast path forwards
+/// it by the pinned source address; its first contact proxies it (a
+/// forwarded request's source is never put on the fast path); Kamailio
+/// parses and forwards it.
+fn payload() -> Vec<u8> {
+    format!(
+        "REGISTER sip:bench.example SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {CLIENT}:5060;branch=z9hG4bK-b1;rport\r\n\
+         Via: SIP/2.0/UDP 10.9.9.9:5060;branch=z9hG4bK-b0\r\n\
+         Max-Forwards: 69\r\nTo: <sip:bench@bench.example>\r\nFrom: <sip:bench@bench.example>;tag=b\r\n\
+         Call-ID: bench@{CLIENT}\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[derive(Clone, Copy)]
+enum Forwarder {
+    Nftables,
+    Xdp { mode: &'static str, attach: Attach },
+    KamailioForward,
+    UserSpaceProxy,
+}
+
+impl Forwarder {
+    const ALL: [Forwarder; 7] = [
+        Forwarder::Nftables,
+        Forwarder::Xdp { mode: "dsr", attach: Attach::Native },
+        Forwarder::Xdp { mode: "dsr", attach: Attach::Skb },
+        Forwarder::Xdp { mode: "nat", attach: Attach::Native },
+        Forwarder::Xdp { mode: "nat", attach: Attach::Skb },
+        Forwarder::KamailioForward,
+        Forwarder::UserSpaceProxy,
+    ];
+
+    fn name(self) -> String {
+        match self {
+            Forwarder::Nftables => BASELINE.into(),
+            Forwarder::Xdp { mode, attach } => format!("redirector XDP {mode} {}", attach.name()),
+            Forwarder::KamailioForward => "Kamailio forward() (stateless)".into(),
+            Forwarder::UserSpaceProxy => "redirector user-space proxy".into(),
+        }
+    }
+
+    /// The topology, with this forwarder running on the edge.
+    fn start(self) -> Result<Running, String> {
+        let (mode, attach) = match self {
+            Forwarder::Xdp { mode, attach } => (mode, attach),
+            // No XDP on the bridge ports: the same links as the baseline.
+            _ => ("nat", Attach::Skb),
+        };
+        let mut topology = Topology::new(mode, attach, 1);
+        topology.edge.sysctl("net.ipv4.conf.all.send_redirects=0");
+        topology.edge.sysctl("net.ipv4.conf.e0.send_redirects=0");
+        let home_listen = match self {
+            Forwarder::Xdp { mode: "dsr", .. } => SERVICE,
+            _ => "0.0.0.0:5060",
+        };
+        let home = socket_in(&topology.homes[0], home_listen);
+        let client = socket_in(&topology.client, &format!("{CLIENT}:5060"));
+        let home_sip = format!("{}:5060", home_address(0));
+        // Health checks nobody answers must not take the home server down
+        // mid-run, nor may the rebalancer move anybody.
+        topology.extra_config = "[health]\ninterval = 3600\n[rebalance]\nenabled = false\n".into();
+        let mut kamailio = None;
+        match self {
+            Forwarder::Nftables => peers::nftables_dnat(&topology.edge, &home_sip)?,
+            Forwarder::Xdp { .. } => topology.start(&[(format!("{CLIENT}:5060").parse().unwrap(), 0)]),
+            Forwarder::KamailioForward => {
+                let dir = topology.scratch("kamailio");
+                kamailio = Some(Kamailio::start(&topology.edge, &dir, &KamailioRoute::Forward { home: &home_sip })?);
+            }
+            Forwarder::UserSpaceProxy => topology.start(&[]),
+        }
+        Ok(Running { _kamailio: kamailio, home, client, _topology: topology })
+    }
+}
+
+/// Field order is drop order: Kamailio stops before its namespace goes.
+struct Running {
+    _kamailio: Option<Kamailio>,
+    home: UdpSocket,
+    client: UdpSocket,
+    _topology: Topology,
+}
+
+struct Outcome {
+    sent: u64,
+    received: u64,
+    seconds: f64,
+}
+
+impl Outcome {
+    fn pps(&self) -> f64 {
+        if self.seconds > 0.0 { self.received as f64 / self.seconds } else { 0.0 }
+    }
+
+    fn loss(&self) -> f64 {
+        1.0 - self.received as f64 / self.sent.max(1) as f64
+    }
+}
+
+fn measure(running: Running, limit: Duration) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = count(running.home.try_clone().expect("cloning the home socket"), stop.clone());
+    let sent = blast(&running.client, &payload(), MAX_DATAGRAMS, limit);
+    stop.store(true, Ordering::Relaxed);
+    let (received, seconds) = counter.join().expect("counter thread");
+    Outcome { sent, received, seconds }
+}
+
+/// Sends `payload` to the service until `max` datagrams or `limit` passed;
+/// returns how many the kernel took.
+fn blast(socket: &UdpSocket, payload: &[u8], max: u64, limit: Duration) -> u64 {
+    let SocketAddr::V4(to) = SERVICE.parse().unwrap() else { unreachable!("the service is IPv4") };
+    let batch: Vec<Outgoing<'_>> = (0..BATCH).map(|_| Outgoing { payload, to: Some(to), from: None }).collect();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < max && start.elapsed() < limit {
+        sent += mmsg::send(socket, &batch).expect("sendmmsg") as u64;
+    }
+    sent
+}
+
+/// Counts datagrams (not edge pings) until `stop` and a quiet read
+/// timeout; returns the count and the seconds from the first to the last.
+fn count(socket: UdpSocket, stop: Arc<AtomicBool>) -> JoinHandle<(u64, f64)> {
+    std::thread::spawn(move || {
+        let mut inbox = Inbox::new();
+        let (mut received, mut first, mut last) = (0u64, None, Instant::now());
+        loop {
+            let before = received;
+            received += inbox.receive(&socket).expect("recvmmsg").filter(|d| !is_edge_ping(d)).count() as u64;
+            if received > before {
+                last = Instant::now();
+                first.get_or_insert(last);
+            } else if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        (received, first.map_or(0.0, |first| (last - first).as_secs_f64()))
+    })
+}
+
+pub fn run(quick: bool) -> Section {
+    let (rounds, limit) = if quick { (1, Duration::from_secs(1)) } else { (3, Duration::from_secs(3)) };
+    let mut section = Section::new(
+        "throughput",
+        format!(
+            "2. Forwarding throughput client → edge → home over veth, {}-byte SIP datagrams, sendmmsg for {:?}, median of {rounds}",
+            payload().len(),
+            limit
+        ),
+    );
+    let mut outcomes: Vec<Vec<Outcome>> = Forwarder::ALL.iter().map(|_| Vec::new()).collect();
+    // Rounds interleave the forwarders so drift on a shared machine hits all alike.
+    for _ in 0..rounds {
+        for (forwarder, out) in Forwarder::ALL.iter().zip(&mut outcomes) {
+            match forwarder.start() {
+                Ok(running) => out.push(measure(running, limit)),
+                Err(why) => section.skip(format!("{}: {why}", forwarder.name())),
+            }
+        }
+    }
+    for (forwarder, out) in Forwarder::ALL.iter().zip(outcomes) {
+        if let Some(outcome) = median_by(out, Outcome::pps) {
+            section.rows.push(
+                Row::new(forwarder.name(), outcome.pps(), "pkt/s")
+                    .raw("sent", outcome.sent as f64)
+                    .raw("received", outcome.received as f64)
+                    .raw("loss_pct", 100.0 * outcome.loss())
+                    .raw("seconds", outcome.seconds),
+            );
+        }
+    }
+    section.ratios_against(BASELINE);
+    section.notes.push("ratio: received packets per second over the baseline's, same run".into());
+    section
+}
