@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector_tests::{netns::NetNs, topology::SERVICE};
+use redirector_tests::{
+    netns::NetNs,
+    topology::{EDGE, SERVICE},
+};
 
 /// `Err("<what> is missing …")` unless `program` is on PATH.
 pub fn require(program: &str, package: &str) -> Result<(), String> {
@@ -53,7 +56,10 @@ impl KamailioRoute<'_> {
         match self {
             KamailioRoute::Forward { home } => {
                 let (host, port) = home.split_once(':').expect("address:port");
-                format!("    forward(\"{host}\", {port});\n    exit;\n")
+                // From the edge's own address, as redirector's proxy sends:
+                // the home server owns the service address too (dsr), so a
+                // datagram from it would be a martian there.
+                format!("    force_send_socket(udp:{EDGE}:5060);\n    forward(\"{host}\", {port});\n    exit;\n")
             }
             KamailioRoute::Redirect { home } => format!(
                 "    append_to_reply(\"Contact: <sip:$tU@{home}>\\r\\nExpires: 3600\\r\\n\");\n    \
@@ -63,11 +69,12 @@ impl KamailioRoute<'_> {
     }
 }
 
-/// Kamailio's whole configuration: listening on the service address, two
+/// Kamailio's whole configuration: listening on the service address and
+/// the edge's own address, two
 /// worker processes (one per core), no database, logging errors only.
 pub fn kamailio_config(route: &KamailioRoute<'_>) -> String {
     format!(
-        "#!KAMAILIO\ndebug=0\nlog_stderror=yes\nchildren=2\nlisten=udp:{SERVICE}\n\
+        "#!KAMAILIO\ndebug=0\nlog_stderror=yes\nchildren=2\nlisten=udp:{SERVICE}\nlisten=udp:{EDGE}:5060\n\
          mpath=\"/usr/lib/x86_64-linux-gnu/kamailio/modules/\"\n\
          loadmodule \"sl.so\"\nloadmodule \"pv.so\"\nloadmodule \"textops.so\"\n\
          request_route {{\n{}}}\n",
