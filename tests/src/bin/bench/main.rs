@@ -20,6 +20,9 @@ mod throughput;
 
 use std::time::{Instant, SystemTime};
 
+/// Runs a section (or a few that share their set-up) in quick mode or not.
+type Runner = fn(bool) -> Vec<report::Section>;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -31,7 +34,7 @@ fn main() {
     let started = Instant::now();
     let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     // Each prints as it finishes: the full run takes a while.
-    let runners: [(&str, fn(bool) -> Vec<report::Section>); 5] = [
+    let runners: [(&str, Runner); 5] = [
         ("kernel_cost", |quick| vec![kernel_cost::run(quick)]),
         ("throughput", |quick| vec![throughput::run(quick)]),
         ("first_contact", |quick| vec![first_contact::run(quick)]),

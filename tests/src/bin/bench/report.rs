@@ -74,11 +74,14 @@ impl Section {
     pub fn print(&self) {
         println!("\n== {} ==", self.title);
         let width = self.rows.iter().map(|r| r.case.len()).max().unwrap_or(4).max(4);
-        println!("{:<width$}  {:>14} {:<9} {:>8}  {}", "case", "value", "unit", "ratio", "against / raw");
+        println!("{:<width$}  {:>14} {:<9} {:>8}  against / raw", "case", "value", "unit", "ratio");
+        let mut previous = "";
         for row in &self.rows {
             let ratio = row.ratio.map_or("-".to_owned(), |r| format!("{r:.3}"));
             let raw: Vec<String> = row.raw.iter().map(|(k, v)| format!("{k}={}", number(*v))).collect();
-            let against = if row.against.is_empty() { String::new() } else { format!("vs {}; ", row.against) };
+            // The reference is named where it changes, not on every row.
+            let against = if row.against == previous { String::new() } else { format!("vs {}; ", row.against) };
+            previous = &row.against;
             println!(
                 "{:<width$}  {:>14} {:<9} {:>8}  {against}{}",
                 row.case,
