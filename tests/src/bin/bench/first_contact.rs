@@ -8,7 +8,7 @@
 //! path, so a SIPp socket (one source address) meets first contact once,
 //! and SIPp's socket-per-call mode reuses ports the kernel already
 //! forwards. So every REGISTER here comes from an address of its own: the
-//! client namespace owns 10.78.0.0/16 through an AnyIP route, and one
+//! client namespace owns 100.64.0.0/10 through an AnyIP route, and one
 //! socket sends each REGISTER from its own source (IP_PKTINFO) by
 //! sendmmsg, a window of `WINDOW` unanswered at most, and counts the
 //! answers by recvmmsg. One such process is not the limit (one SIPp
@@ -31,14 +31,15 @@ const BASELINE: &str = "Kamailio sl_send_reply 302";
 const OURS: &str = "redirector first contact 302";
 /// Requests in flight at most.
 const WINDOW: u64 = 64;
-/// One source address each: 10.78.0.1 … 10.78.253.255.
-const MAX_REGISTERS: u64 = 65_000;
+/// Client addresses, every one a source of one REGISTER.
+const CLIENTS: &str = "100.64.0.0/10";
+const MAX_REGISTERS: u64 = 1_000_000;
 const GENERATOR_PORT: u16 = 5090;
 /// An answer missing this long is lost and its window slot freed.
 const LOST_AFTER: Duration = Duration::from_millis(500);
 
 fn source(i: u64) -> Ipv4Addr {
-    Ipv4Addr::new(10, 78, (i >> 8) as u8, i as u8)
+    Ipv4Addr::from(0x6440_0000 + i as u32)
 }
 
 fn register(i: u64) -> Vec<u8> {
@@ -114,8 +115,8 @@ fn drive(socket: &UdpSocket, limit: Duration) -> Outcome {
 fn start(ours: bool) -> Result<(Topology, Option<Kamailio>, UdpSocket), String> {
     // skb mode: no XDP on the bridge ports, the same links for both.
     let mut topology = Topology::new("dsr", Attach::Skb, 3);
-    topology.client.ip("route add local 10.78.0.0/16 dev lo");
-    topology.edge.ip(&format!("route add 10.78.0.0/16 via {}", redirector_tests::topology::CLIENT));
+    topology.client.ip(&format!("route add local {CLIENTS} dev lo"));
+    topology.edge.ip(&format!("route add {CLIENTS} via {}", redirector_tests::topology::CLIENT));
     let socket = socket_in(&topology.client, &format!("0.0.0.0:{GENERATOR_PORT}"));
     if ours {
         topology.extra_config = "[health]\ninterval = 3600\n[rebalance]\nenabled = false\n".into();
