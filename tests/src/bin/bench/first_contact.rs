@@ -24,7 +24,7 @@ use redirector_tests::topology::{Attach, SERVICE, Topology, home_address, socket
 use crate::{
     mmsg::{self, BATCH, Inbox, Outgoing},
     peers::{Kamailio, KamailioRoute},
-    report::{Row, Section, median_by},
+    report::{Row, Section, median_by, median_ratio},
 };
 
 const BASELINE: &str = "Kamailio sl_send_reply 302";
@@ -145,19 +145,20 @@ pub fn run(quick: bool) -> Section {
             }
         }
     }
-    for (name, out) in [BASELINE, OURS].into_iter().zip(outcomes) {
-        if let Some(outcome) = median_by(out, Outcome::rate) {
-            section.rows.push(
-                Row::new(name, outcome.rate(), "302/s")
-                    .raw("sent", outcome.sent as f64)
-                    .raw("redirected", outcome.redirected as f64)
-                    .raw("other_answers", outcome.other_answers as f64)
-                    .raw("lost", outcome.lost as f64)
-                    .raw("seconds", outcome.seconds),
-            );
+    let [baseline, ours] = &outcomes;
+    for (name, out) in [(BASELINE, baseline), (OURS, ours)] {
+        let Some(outcome) = median_by(out.iter().collect(), |o| o.rate()) else { continue };
+        let mut row = Row::new(name, outcome.rate(), "302/s")
+            .raw("sent", outcome.sent as f64)
+            .raw("redirected", outcome.redirected as f64)
+            .raw("other_answers", outcome.other_answers as f64)
+            .raw("lost", outcome.lost as f64)
+            .raw("seconds", outcome.seconds);
+        if let Some(ratio) = median_ratio(out.iter().map(Outcome::rate), baseline.iter().map(Outcome::rate)) {
+            row = row.ratio(BASELINE, ratio);
         }
+        section.rows.push(row);
     }
-    section.ratios_against(BASELINE);
     section.notes.push(
         "redirector commits each new assignment durably (one fsync) before answering; Kamailio keeps no state".into(),
     );

@@ -70,8 +70,8 @@ impl KamailioRoute<'_> {
 }
 
 /// Kamailio's whole configuration: listening on the service address and
-/// the edge's own address, two
-/// worker processes (one per core), no database, logging errors only.
+/// the edge's own address, two worker processes (one per core), no
+/// database, logging errors only.
 pub fn kamailio_config(route: &KamailioRoute<'_>) -> String {
     format!(
         "#!KAMAILIO\ndebug=0\nlog_stderror=yes\nchildren=2\nlisten=udp:{SERVICE}\nlisten=udp:{EDGE}:5060\n\

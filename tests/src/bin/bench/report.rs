@@ -29,8 +29,14 @@ impl Row {
     }
 
     /// Sets the ratio to `reference` (a value measured in the same run).
-    pub fn against(mut self, name: impl Into<String>, reference: f64) -> Self {
-        self.ratio = Some(self.value / reference);
+    pub fn against(self, name: impl Into<String>, reference: f64) -> Self {
+        let ratio = self.value / reference;
+        self.ratio(name, ratio)
+    }
+
+    /// Sets a ratio computed elsewhere (e.g. a median of per-round ratios).
+    pub fn ratio(mut self, name: impl Into<String>, ratio: f64) -> Self {
+        self.ratio = Some(ratio);
         self.against = name.into();
         self
     }
@@ -49,19 +55,6 @@ pub struct Section {
 impl Section {
     pub fn new(id: &'static str, title: impl Into<String>) -> Self {
         Self { id, title: title.into(), rows: Vec::new(), skipped: Vec::new(), notes: Vec::new() }
-    }
-
-    /// Sets every row's ratio against the row named `baseline` (left unset
-    /// when that row is missing, e.g. its peer was skipped).
-    pub fn ratios_against(&mut self, baseline: &str) {
-        let Some(reference) = self.rows.iter().find(|r| r.case == baseline).map(|r| r.value) else {
-            self.notes.push(format!("no ratios: the baseline \"{baseline}\" did not run"));
-            return;
-        };
-        for row in &mut self.rows {
-            row.ratio = Some(row.value / reference);
-            row.against = baseline.to_owned();
-        }
     }
 
     /// Records a case that could not run (once, however many rounds try).
@@ -105,6 +98,12 @@ pub fn median_by<T>(mut items: Vec<T>, key: impl Fn(&T) -> f64) -> Option<T> {
     items.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let middle = items.len() / 2;
     items.into_iter().nth(middle)
+}
+
+/// The median of the per-round ratios `values[r] / baselines[r]` (rounds
+/// paired in order): drift between rounds cancels out.
+pub fn median_ratio(values: impl IntoIterator<Item = f64>, baselines: impl IntoIterator<Item = f64>) -> Option<f64> {
+    median_by(values.into_iter().zip(baselines).map(|(v, b)| v / b).collect(), |r| *r)
 }
 
 /// Integers without decimals, small values with a few.

@@ -35,7 +35,7 @@ use redirector_tests::topology::{Attach, CLIENT, SERVICE, Topology, home_address
 use crate::{
     mmsg::{self, BATCH, Inbox, Outgoing},
     peers::{self, Kamailio, KamailioRoute},
-    report::{Row, Section, median_by},
+    report::{Row, Section, median_by, median_ratio},
 };
 
 const MAX_DATAGRAMS: u64 = 50_000_000;
@@ -72,15 +72,16 @@ enum Forwarder {
 }
 
 impl Forwarder {
+    /// Grouped by the baseline they are compared with.
     const ALL: [Forwarder; 8] = [
         Forwarder::Nftables { links: Attach::Skb },
-        Forwarder::Nftables { links: Attach::Native },
-        Forwarder::Xdp { mode: "dsr", attach: Attach::Native },
         Forwarder::Xdp { mode: "dsr", attach: Attach::Skb },
-        Forwarder::Xdp { mode: "nat", attach: Attach::Native },
         Forwarder::Xdp { mode: "nat", attach: Attach::Skb },
         Forwarder::KamailioForward,
         Forwarder::UserSpaceProxy,
+        Forwarder::Nftables { links: Attach::Native },
+        Forwarder::Xdp { mode: "dsr", attach: Attach::Native },
+        Forwarder::Xdp { mode: "nat", attach: Attach::Native },
     ];
 
     fn name(self) -> String {
@@ -140,7 +141,18 @@ impl Forwarder {
             }
             Forwarder::UserSpaceProxy => topology.start(&[]),
         }
-        Ok(Running { _kamailio: kamailio, home, client, _topology: topology })
+        Ok(Running { _kamailio: kamailio, home, client, topology, edge_daemon: self.edge_daemon() })
+    }
+
+    /// Whether `redirector run` is on the edge, and which of its counters
+    /// says it handled the datagrams: the kernel's forwarded verdicts, or
+    /// first contact's proxied requests.
+    fn edge_daemon(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Forwarder::Xdp { .. } => Some(("verdicts", "forwarded")),
+            Forwarder::UserSpaceProxy => Some(("first_contact", "proxied")),
+            Forwarder::Nftables { .. } | Forwarder::KamailioForward => None,
+        }
     }
 }
 
@@ -149,13 +161,27 @@ struct Running {
     _kamailio: Option<Kamailio>,
     home: UdpSocket,
     client: UdpSocket,
-    _topology: Topology,
+    topology: Topology,
+    edge_daemon: Option<(&'static str, &'static str)>,
+}
+
+impl Running {
+    /// The edge daemon's count of what it handled (see `edge_daemon`).
+    fn handled_by_edge(&self) -> Option<u64> {
+        let (group, counter) = self.edge_daemon?;
+        let output = self.topology.cli(&["stats", "--json"]);
+        assert!(output.status.success(), "redirector stats: {}", String::from_utf8_lossy(&output.stderr));
+        let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stats JSON");
+        Some(stats[group][counter].as_u64().unwrap_or_else(|| panic!("no {group}.{counter} in {stats}")))
+    }
 }
 
 struct Outcome {
     sent: u64,
     received: u64,
     seconds: f64,
+    /// What the edge daemon counted as handled by the path under test.
+    handled_by_edge: Option<u64>,
 }
 
 impl Outcome {
@@ -168,13 +194,19 @@ impl Outcome {
     }
 }
 
-fn measure(running: Running, limit: Duration) -> Outcome {
+fn measure(running: &Running, limit: Duration) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let counter = count(running.home.try_clone().expect("cloning the home socket"), stop.clone());
     let sent = blast(&running.client, &payload(), MAX_DATAGRAMS, limit);
     stop.store(true, Ordering::Relaxed);
     let (received, seconds) = counter.join().expect("counter thread");
-    Outcome { sent, received, seconds }
+    let handled_by_edge = running.handled_by_edge();
+    // What arrived went the way under test (not, say, up to first contact
+    // when the fast path was meant to forward it).
+    if let Some(handled) = handled_by_edge {
+        assert!(handled >= received, "the edge handled {handled} datagrams this way, the home server got {received}");
+    }
+    Outcome { sent, received, seconds, handled_by_edge }
 }
 
 /// Sends `payload` to the service until `max` datagrams or `limit` passed;
@@ -225,28 +257,29 @@ pub fn run(quick: bool) -> Section {
     for _ in 0..rounds {
         for (forwarder, out) in Forwarder::ALL.iter().zip(&mut outcomes) {
             match forwarder.start() {
-                Ok(running) => out.push(measure(running, limit)),
+                Ok(running) => out.push(measure(&running, limit)),
                 Err(why) => section.skip(format!("{}: {why}", forwarder.name())),
             }
         }
     }
-    let medians: Vec<(Forwarder, Outcome)> = Forwarder::ALL
-        .into_iter()
-        .zip(outcomes)
-        .filter_map(|(forwarder, out)| Some((forwarder, median_by(out, Outcome::pps)?)))
-        .collect();
-    for (forwarder, outcome) in &medians {
+    for (forwarder, out) in Forwarder::ALL.iter().zip(&outcomes) {
+        let Some(outcome) = median_by(out.iter().collect(), |o| o.pps()) else { continue };
         let mut row = Row::new(forwarder.name(), outcome.pps(), "pkt/s")
             .raw("sent", outcome.sent as f64)
             .raw("received", outcome.received as f64)
             .raw("loss_pct", 100.0 * outcome.loss())
             .raw("seconds", outcome.seconds);
-        if let Some((baseline, reference)) = medians.iter().find(|(f, _)| *f == forwarder.baseline()) {
-            row = row.against(baseline.name(), reference.pps());
+        if let Some(handled) = outcome.handled_by_edge {
+            row = row.raw("handled_by_edge", handled as f64);
+        }
+        let baseline = forwarder.baseline();
+        let index = Forwarder::ALL.iter().position(|f| *f == baseline).expect("the baseline is listed");
+        if let Some(ratio) = median_ratio(out.iter().map(Outcome::pps), outcomes[index].iter().map(Outcome::pps)) {
+            row = row.ratio(baseline.name(), ratio);
         }
         section.rows.push(row);
     }
-    section.notes.push("ratio: received packets per second over nftables DNAT's on the same links, same run".into());
+    section.notes.push("ratio: received packets per second over nftables DNAT's on the same links in the same round; median of the rounds' ratios".into());
     section.notes.push(
         "no loss means the sending core was the limit: on veth the whole path runs in the sender's softirq, \
          so packets per second is the inverse of the chain's per-packet cost"
