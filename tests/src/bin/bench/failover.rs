@@ -1,4 +1,4 @@
-//! Section 4b: failover, from a home server's death (its registrar process
+//! Section 4a: failover, from a home server's death (its registrar process
 //! killed) to its client's datagrams being forwarded by the kernel to a
 //! live home server, against the detection time the health checks are
 //! configured for (interval × down_after).
@@ -101,7 +101,7 @@ pub fn run(quick: bool) -> Section {
     let configured = INTERVAL * f64::from(DOWN_AFTER);
     let mut section = Section::new(
         "failover",
-        format!("4b. Failover: home server killed → its client forwarded to a live one, median of {rounds}"),
+        format!("4a. Failover: home server killed → its client forwarded to a live one, median of {rounds}"),
     );
     let outcomes: Vec<Outcome> = (0..rounds).map(|_| one_failover()).collect();
     let outcome = median_by(outcomes, |o| o.forwarded.as_secs_f64()).expect("one round at least");

@@ -38,9 +38,9 @@ fn main() {
         ("kernel_cost", |quick| vec![kernel_cost::run(quick)]),
         ("throughput", |quick| vec![throughput::run(quick)]),
         ("first_contact", |quick| vec![first_contact::run(quick)]),
+        ("failover", |quick| vec![failover::run(quick)]),
         // Rebalancing and memory share one population of clients.
         ("rebalance", rebalance::run),
-        ("failover", |quick| vec![failover::run(quick)]),
     ];
     let mut done = Vec::new();
     for (_, runner) in runners.into_iter().filter(|(name, _)| only.is_none_or(|only| only == name)) {

@@ -1,4 +1,4 @@
-//! Section 4a: time to reassign every client of a home server to another,
+//! Section 4b: time to reassign every client of a home server to another,
 //! database and kernel map, batched, for 100,000 and 1,000,000 clients
 //! (`--quick`: 100,000 only). A move keeps the daemon's order: every client's
 //! kernel entry withdrawn, then all assignments committed in one durable
@@ -83,7 +83,7 @@ fn unbatched_store_seconds_per_client(population: &Population) -> f64 {
 
 pub fn run(quick: bool) -> Vec<Section> {
     let counts: &[u32] = if quick { &[100_000] } else { &[100_000, 1_000_000] };
-    let mut section = Section::new("rebalance", "4a. Reassigning every client of a server: database + kernel map");
+    let mut section = Section::new("rebalance", "4b. Reassigning every client of a server: database + kernel map");
     let mut memory = None;
     for &count in counts {
         let rss_before = memory::rss_bytes();
