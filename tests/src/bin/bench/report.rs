@@ -72,17 +72,22 @@ impl Section {
         for row in &self.rows {
             let ratio = row.ratio.map_or("-".to_owned(), |r| format!("{r:.3}"));
             let raw: Vec<String> = row.raw.iter().map(|(k, v)| format!("{k}={}", number(*v))).collect();
+            let mut details = vec![raw.join(" ")];
             // The reference is named where it changes, not on every row.
-            let against = if row.against == previous { String::new() } else { format!("vs {}; ", row.against) };
+            if row.against != previous {
+                details.insert(0, format!("vs {}", row.against));
+            }
             previous = &row.against;
-            println!(
-                "{:<width$}  {:>14} {:<9} {:>8}  {against}{}",
+            details.retain(|d| !d.is_empty());
+            let line = format!(
+                "{:<width$}  {:>14} {:<9} {:>8}  {}",
                 row.case,
                 number(row.value),
                 row.unit,
                 ratio,
-                raw.join(" ")
+                details.join("; ")
             );
+            println!("{}", line.trim_end());
         }
         for skipped in &self.skipped {
             println!("skipped: {skipped}");
