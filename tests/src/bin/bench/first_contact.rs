@@ -11,8 +11,11 @@
 //! client namespace owns 100.64.0.0/10 through an AnyIP route, and one
 //! socket sends each REGISTER from its own source (IP_PKTINFO) by
 //! sendmmsg, a window of `WINDOW` unanswered at most, and counts the
-//! answers by recvmmsg. One such process is not the limit (one SIPp
-//! process is, near 2,500/s here).
+//! answers by recvmmsg.
+//!
+//! Cross-check of the generator: Kamailio driven by `sipp_load::PROCESSES`
+//! SIPp processes as well (it answers every REGISTER alike, so SIPp can
+//! drive it), against the same Kamailio driven by the purpose-built one.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
@@ -25,10 +28,12 @@ use crate::{
     mmsg::{self, BATCH, Inbox, Outgoing},
     peers::{Kamailio, KamailioRoute},
     report::{Row, Section, median_by, median_ratio},
+    sipp_load,
 };
 
 const BASELINE: &str = "Kamailio sl_send_reply 302";
 const OURS: &str = "redirector first contact 302";
+const SIPP: &str = "Kamailio sl_send_reply 302, driven by SIPp";
 /// Requests in flight at most.
 const WINDOW: u64 = 64;
 /// Client addresses, every one a source of one REGISTER.
@@ -69,6 +74,20 @@ impl Outcome {
 
     fn in_flight(&self) -> u64 {
         self.sent - self.redirected - self.other_answers - self.lost
+    }
+}
+
+impl From<sipp_load::Counted> for Outcome {
+    /// SIPp's statistics: calls that got their 302, and the failed ones
+    /// (timed out or answered otherwise, which SIPp does not tell apart).
+    fn from(counted: sipp_load::Counted) -> Self {
+        Outcome {
+            sent: counted.successful + counted.failed,
+            redirected: counted.successful,
+            other_answers: 0,
+            lost: counted.failed,
+            seconds: counted.seconds,
+        }
     }
 }
 
@@ -135,18 +154,26 @@ pub fn run(quick: bool) -> Section {
         "first_contact",
         format!("3. First contact: REGISTER → 302 answered per second, window {WINDOW}, {limit:?}, median of {rounds}"),
     );
-    let mut outcomes = [Vec::new(), Vec::new()];
+    let mut outcomes = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..rounds {
-        for (ours, out) in [false, true].into_iter().zip(&mut outcomes) {
+        for ours in [false, true] {
             match start(ours) {
                 // The Kamailio process (if any) stops before its namespace goes.
-                Ok((_topology, _kamailio, socket)) => out.push(drive(&socket, limit)),
+                Ok((topology, kamailio, socket)) => {
+                    outcomes[usize::from(ours)].push(drive(&socket, limit));
+                    if kamailio.is_some() {
+                        match sipp_load::run(&topology, limit) {
+                            Ok(counted) => outcomes[2].push(Outcome::from(counted)),
+                            Err(why) => section.skip(format!("{SIPP}: {why}")),
+                        }
+                    }
+                }
                 Err(why) => section.skip(format!("{BASELINE}: {why}")),
             }
         }
     }
-    let [baseline, ours] = &outcomes;
-    for (name, out) in [(BASELINE, baseline), (OURS, ours)] {
+    let [baseline, ours, sipp] = &outcomes;
+    for (name, out) in [(BASELINE, baseline), (OURS, ours), (SIPP, sipp)] {
         let Some(outcome) = median_by(out.iter().collect(), |o| o.rate()) else { continue };
         let mut row = Row::new(name, outcome.rate(), "302/s")
             .raw("sent", outcome.sent as f64)

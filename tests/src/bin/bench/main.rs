@@ -16,6 +16,7 @@ mod peers;
 mod population;
 mod rebalance;
 mod report;
+mod sipp_load;
 mod throughput;
 
 use std::time::{Instant, SystemTime};
