@@ -105,11 +105,7 @@ fn drive(socket: &UdpSocket, limit: Duration) -> Outcome {
         let datagrams: Vec<Outgoing<'_>> = payloads
             .iter()
             .enumerate()
-            .map(|(k, payload)| Outgoing {
-                payload,
-                to: Some(service),
-                from: Some(source(outcome.sent + 1 + k as u64)),
-            })
+            .map(|(k, payload)| Outgoing { payload, to: service, from: Some(source(outcome.sent + 1 + k as u64)) })
             .collect();
         outcome.sent += mmsg::send(socket, &datagrams).expect("sendmmsg") as u64;
         for answer in inbox.receive(socket).expect("recvmmsg") {

@@ -11,12 +11,12 @@ use std::{
 pub const BATCH: usize = 64;
 const DATAGRAM_MAX: usize = 2048;
 
-/// One datagram to send: to `to` (or the connected peer), from `from` (set
-/// per datagram through IP_PKTINFO; the address must be local, e.g. by an
-/// AnyIP route) or the socket's own address.
+/// One datagram to send to `to`, from `from` (set per datagram through
+/// IP_PKTINFO; the address must be local, e.g. by an AnyIP route) or the
+/// socket's own address.
 pub struct Outgoing<'a> {
     pub payload: &'a [u8],
-    pub to: Option<SocketAddrV4>,
+    pub to: SocketAddrV4,
     pub from: Option<Ipv4Addr>,
 }
 
@@ -26,24 +26,20 @@ const CMSG_SPACE: usize = 64;
 /// kernel took (0 when its queues were full).
 pub fn send(socket: &UdpSocket, datagrams: &[Outgoing<'_>]) -> io::Result<usize> {
     let datagrams = &datagrams[..datagrams.len().min(BATCH)];
-    // SAFETY: plain C structs, all-zero is a valid value for each.
-    let mut names: Vec<libc::sockaddr_in> = vec![unsafe { std::mem::zeroed() }; datagrams.len()];
+    let mut names: Vec<libc::sockaddr_in> = datagrams.iter().map(|d| sockaddr(d.to)).collect();
     let mut iovecs: Vec<libc::iovec> = datagrams
         .iter()
         .map(|d| libc::iovec { iov_base: d.payload.as_ptr() as *mut _, iov_len: d.payload.len() })
         .collect();
     let mut controls = vec![[0u64; CMSG_SPACE / 8]; datagrams.len()];
-    // SAFETY: as above.
+    // SAFETY: a plain C struct, all-zero is a valid value.
     let mut headers: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; datagrams.len()];
     for (i, datagram) in datagrams.iter().enumerate() {
         let header = &mut headers[i].msg_hdr;
         header.msg_iov = &mut iovecs[i];
         header.msg_iovlen = 1;
-        if let Some(to) = datagram.to {
-            names[i] = sockaddr(to);
-            header.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            header.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        }
+        header.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
+        header.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
         if let Some(from) = datagram.from {
             header.msg_control = controls[i].as_mut_ptr().cast();
             header.msg_controllen = CMSG_SPACE;

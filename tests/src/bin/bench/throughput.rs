@@ -213,7 +213,7 @@ fn measure(running: &Running, limit: Duration) -> Outcome {
 /// returns how many the kernel took.
 fn blast(socket: &UdpSocket, payload: &[u8], max: u64, limit: Duration) -> u64 {
     let SocketAddr::V4(to) = SERVICE.parse().unwrap() else { unreachable!("the service is IPv4") };
-    let batch: Vec<Outgoing<'_>> = (0..BATCH).map(|_| Outgoing { payload, to: Some(to), from: None }).collect();
+    let batch: Vec<Outgoing<'_>> = (0..BATCH).map(|_| Outgoing { payload, to, from: None }).collect();
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < max && start.elapsed() < limit {
