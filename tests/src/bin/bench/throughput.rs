@@ -166,13 +166,23 @@ struct Running {
 }
 
 impl Running {
-    /// The edge daemon's count of what it handled (see `edge_daemon`).
-    fn handled_by_edge(&self) -> Option<u64> {
+    /// The edge daemon's count of what it handled (see `edge_daemon`). The
+    /// daemon may serve statistics as a reading taken every so often, so
+    /// this reads again (for a few seconds at most) until the count
+    /// reaches `expected`.
+    fn handled_by_edge(&self, expected: u64) -> Option<u64> {
         let (group, counter) = self.edge_daemon?;
-        let output = self.topology.cli(&["stats", "--json"]);
-        assert!(output.status.success(), "redirector stats: {}", String::from_utf8_lossy(&output.stderr));
-        let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stats JSON");
-        Some(stats[group][counter].as_u64().unwrap_or_else(|| panic!("no {group}.{counter} in {stats}")))
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let output = self.topology.cli(&["stats", "--json"]);
+            assert!(output.status.success(), "redirector stats: {}", String::from_utf8_lossy(&output.stderr));
+            let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stats JSON");
+            let handled = stats[group][counter].as_u64().unwrap_or_else(|| panic!("no {group}.{counter} in {stats}"));
+            if handled >= expected || Instant::now() > deadline {
+                return Some(handled);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -200,7 +210,7 @@ fn measure(running: &Running, limit: Duration) -> Outcome {
     let sent = blast(&running.client, &payload(), MAX_DATAGRAMS, limit);
     stop.store(true, Ordering::Relaxed);
     let (received, seconds) = counter.join().expect("counter thread");
-    let handled_by_edge = running.handled_by_edge();
+    let handled_by_edge = running.handled_by_edge(received);
     // What arrived went the way under test (not, say, up to first contact
     // when the fast path was meant to forward it).
     if let Some(handled) = handled_by_edge {
