@@ -22,9 +22,12 @@ pub struct Assignment {
 
 impl Assignment {
     pub fn new(aor: Aor, server: String) -> Self {
-        let assigned_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Self { aor, server, assigned_at, generation: 1 }
+        Self { aor, server, assigned_at: unix_seconds(), generation: 1 }
     }
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,25 @@ pub trait AssignmentStore: Send + Sync {
         change: &mut dyn FnMut(Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Option<Assignment>, StoreError>;
     fn all(&self) -> Result<Vec<Assignment>, StoreError>;
+    /// Moves each AOR to its server with the next generation (a first
+    /// assignment if it had none); returns the generations, in order. This
+    /// default takes one transaction per AOR; stores that can do better
+    /// (`RedbStore`: one transaction for all) override it.
+    fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<u64>, StoreError> {
+        moves
+            .iter()
+            .map(|&(aor, server)| {
+                let stored = self.update(aor, &mut |current| Some(next_assignment(aor, server, current)))?;
+                Ok(stored.map_or(0, |a| a.generation))
+            })
+            .collect()
+    }
+}
+
+/// `aor` on `server`, one generation after `current`.
+fn next_assignment(aor: &Aor, server: &str, current: Option<&Assignment>) -> Assignment {
+    let generation = current.map_or(0, |a| a.generation) + 1;
+    Assignment { generation, ..Assignment::new(aor.clone(), server.to_owned()) }
 }
 
 /// AOR → (server, assigned_at, generation).
@@ -128,6 +150,26 @@ impl AssignmentStore for RedbStore {
             })
             .collect()
     }
+
+    /// All moves in one durable transaction: a batch of any size costs one
+    /// fsync, and a crash leaves all or none of it.
+    fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<u64>, StoreError> {
+        let now = unix_seconds();
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let generations = {
+            let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
+            moves
+                .iter()
+                .map(|&(aor, server)| {
+                    let current = table.get(aor.as_str()).map_err(db_error)?.map_or(0, |value| value.value().2);
+                    table.insert(aor.as_str(), (server, now, current + 1)).map_err(db_error)?;
+                    Ok(current + 1)
+                })
+                .collect::<Result<Vec<u64>, StoreError>>()?
+        };
+        txn.commit().map_err(db_error)?;
+        Ok(generations)
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +207,42 @@ mod tests {
         let all = store.all().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all.iter().find(|a| a.aor == aor("bob")).unwrap().generation, 3);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// One transaction moves every AOR: existing ones get the next
+    /// generation, unknown ones a first assignment; the trait's default
+    /// (one transaction each) agrees with it.
+    #[test]
+    fn reassign_many_moves_all_in_one_go() {
+        let dir = std::env::temp_dir().join(format!("redirector-store-many-{}", std::process::id()));
+        let store = RedbStore::open(&dir.join("assignments.redb")).unwrap();
+        store.update(&aor("alice"), &mut |_| Some(Assignment::new(aor("alice"), "home1".into()))).unwrap();
+        let (alice, bob) = (aor("alice"), aor("bob"));
+        let generations = store.reassign_many(&[(&alice, "home2"), (&bob, "home3")]).unwrap();
+        assert_eq!(generations, vec![2, 1]);
+        assert_eq!(store.get(&alice).unwrap().unwrap().server, "home2");
+        assert_eq!(store.get(&bob).unwrap().unwrap().server, "home3");
+
+        struct OneByOne(RedbStore);
+        impl AssignmentStore for OneByOne {
+            fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError> {
+                self.0.get(aor)
+            }
+            fn update(
+                &self,
+                aor: &Aor,
+                change: &mut dyn FnMut(Option<&Assignment>) -> Option<Assignment>,
+            ) -> Result<Option<Assignment>, StoreError> {
+                self.0.update(aor, change)
+            }
+            fn all(&self) -> Result<Vec<Assignment>, StoreError> {
+                self.0.all()
+            }
+        }
+        let default = OneByOne(store);
+        assert_eq!(default.reassign_many(&[(&alice, "home1"), (&bob, "home1")]).unwrap(), vec![3, 2]);
+        assert!(default.all().unwrap().iter().all(|a| a.server == "home1"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -34,7 +34,8 @@ enum Task {
     },
     /// Set up, then show the fast path at work in network namespaces.
     Demo,
-    /// Set up, then measure per-packet costs as ratios to a minimal program.
+    /// Set up, then benchmark against the peers a user would pick instead
+    /// (target/bench/bench.json; BENCHMARKS.md explains).
     Bench {
         /// Fewer repetitions, for a first look and for CI.
         #[arg(long)]
@@ -63,6 +64,8 @@ fn main() -> Result<()> {
         }
         Task::Bench { quick } => {
             setup::ensure()?;
+            // The bench starts the daemon binary in its namespaces.
+            cargo(&["build", "--release", "--package", "redirector-user", "--bin", "redirector"])?;
             let mut args = vec!["run", "--release", "--package", "redirector-tests", "--bin", "bench", "--"];
             if quick {
                 args.push("--quick");

@@ -23,7 +23,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl, for forwarding in test namespaces"),
     ("ethtool", "turns off veth checksum offload in test namespaces"),
     ("sip-tester", "SIPp, the SIP traffic generator of the end-to-end tests"),
-    ("kamailio", "a real SIP registrar as home server in the end-to-end tests"),
+    ("kamailio", "a real SIP registrar as home server in the end-to-end tests, and a peer in the benchmark"),
+    ("nftables", "the kernel's L4 forwarding (DNAT), the benchmark's baseline (this kernel has no IPVS)"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

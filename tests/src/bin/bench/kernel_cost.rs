@@ -1,6 +1,6 @@
-//! Per-packet cost of the XDP program through BPF_PROG_TEST_RUN, as ratios
-//! to a minimal XDP_PASS program measured the same way in the same run.
-//! `cargo xtask bench [--quick]`; writes target/bench/xdp.json.
+//! Section 1: per-packet cost of the XDP program through BPF_PROG_TEST_RUN,
+//! as ratios to a minimal XDP_PASS program measured the same way in the
+//! same run.
 //!
 //! The kernel does not restore a frame's bytes between repetitions, so a
 //! path that rewrites the frame would be a hit only once. Two methods:
@@ -23,6 +23,8 @@ use redirector_tests::{
     packets::{Datagram, ethernet},
 };
 
+use crate::report::{Row, Section, median_by};
+
 const RUNS: u32 = 1_000_000;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -38,6 +40,13 @@ struct Case {
     program: &'static str,
     frame: Vec<u8>,
     counter: Option<Counter>,
+}
+
+impl Case {
+    fn label(&self) -> String {
+        let method = if self.method == Method::Repeat { "repeat" } else { "single" };
+        format!("{} ({method})", self.name)
+    }
 }
 
 fn frame(src: &str, dst: &str) -> Vec<u8> {
@@ -128,13 +137,7 @@ fn measure(fx: &mut Fixture, case: &Case) -> f64 {
     total_ns as f64 / f64::from(calls)
 }
 
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+pub fn run(quick: bool) -> Section {
     let rounds = if quick { 1 } else { 5 };
     let mut plain = Fixture::new("dsr");
     let mut nat = Fixture::new("nat");
@@ -148,29 +151,21 @@ fn main() {
             out.push(measure(fx, case));
         }
     }
-    let medians: Vec<f64> = samples.into_iter().map(median).collect();
-    let mut json = Vec::new();
-    for (method, title) in [
-        (Method::Repeat, format!("one call, repeat {RUNS}")),
-        (Method::Single, format!("{RUNS} calls of one run each, fresh frame every time")),
-    ] {
-        let baseline =
-            cases.iter().zip(&medians).find(|(c, _)| c.method == method && c.program == PASS_PROGRAM).unwrap().1;
-        println!("\nXDP per-packet cost, BPF_PROG_TEST_RUN {title}, median of {rounds} round(s)");
-        println!("{:<28} {:>10} {:>8}", "case", "ns/packet", "ratio");
-        for (case, ns) in cases.iter().zip(&medians).filter(|(c, _)| c.method == method) {
-            println!("{:<28} {:>10.1} {:>8.2}", case.name, ns, ns / baseline);
-            let method = if method == Method::Repeat { "repeat" } else { "single" };
-            json.push(format!(
-                "{{\"case\":\"{}\",\"method\":\"{method}\",\"ns_per_packet\":{ns:.2},\"ratio_to_baseline\":{:.3}}}",
-                case.name,
-                ns / baseline
-            ));
-        }
+    let mut section = Section::new(
+        "kernel_cost",
+        format!("1. XDP per-packet cost, BPF_PROG_TEST_RUN, {RUNS} runs per case, median of {rounds} round(s)"),
+    );
+    let medians: Vec<f64> = samples.into_iter().map(|s| median_by(s, |ns| *ns).expect("one round at least")).collect();
+    for (case, &ns) in cases.iter().zip(&medians) {
+        let (baseline, &reference) = cases
+            .iter()
+            .zip(&medians)
+            .find(|(c, _)| c.method == case.method && c.program == PASS_PROGRAM)
+            .expect("each method has a baseline");
+        section.rows.push(Row::new(case.label(), ns, "ns/packet").against(baseline.label(), reference));
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir).expect("creating target/bench");
-    let body = format!("{{\"runs\":{RUNS},\"rounds\":{rounds},\"results\":[{}]}}\n", json.join(","));
-    std::fs::write(dir.join("xdp.json"), body).expect("writing target/bench/xdp.json");
-    println!("\nwrote target/bench/xdp.json");
+    section.notes.push(
+        "repeat: one call, the kernel repeats; single: one call per run on a fresh frame (dsr grows the frame)".into(),
+    );
+    section
 }

@@ -1,0 +1,189 @@
+//! Section 3: first-contact rate, REGISTER → 302 answered per second, for
+//! redirector's daemon (durable assignment, 302, fast-path install) and
+//! Kamailio answering every REGISTER with `sl_send_reply("302")` and a
+//! Contact at a home server, on the same namespaces and cores.
+//!
+//! Generator: purpose-built, not SIPp. A first contact is a client the edge
+//! has not seen; redirector puts every client that got a 302 on the fast
+//! path, so a SIPp socket (one source address) meets first contact once,
+//! and SIPp's socket-per-call mode reuses ports the kernel already
+//! forwards. So every REGISTER here comes from an address of its own: the
+//! client namespace owns 100.64.0.0/10 through an AnyIP route, and one
+//! socket sends each REGISTER from its own source (IP_PKTINFO) by
+//! sendmmsg, a window of `WINDOW` unanswered at most, and counts the
+//! answers by recvmmsg.
+//!
+//! Cross-check of the generator: Kamailio driven by `sipp_load::PROCESSES`
+//! SIPp processes as well (it answers every REGISTER alike, so SIPp can
+//! drive it), against the same Kamailio driven by the purpose-built one.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use redirector_tests::topology::{Attach, SERVICE, Topology, home_address, socket_in};
+
+use crate::{
+    mmsg::{self, BATCH, Inbox, Outgoing},
+    peers::{Kamailio, KamailioRoute},
+    report::{Row, Section, median_by, median_ratio},
+    sipp_load,
+};
+
+const BASELINE: &str = "Kamailio sl_send_reply 302";
+const OURS: &str = "redirector first contact 302";
+const SIPP: &str = "Kamailio sl_send_reply 302, driven by SIPp";
+/// Requests in flight at most.
+const WINDOW: u64 = 64;
+/// Client addresses, every one a source of one REGISTER.
+const CLIENTS: &str = "100.64.0.0/10";
+const MAX_REGISTERS: u64 = 1_000_000;
+const GENERATOR_PORT: u16 = 5090;
+/// An answer missing this long is lost and its window slot freed.
+const LOST_AFTER: Duration = Duration::from_millis(500);
+
+fn source(i: u64) -> Ipv4Addr {
+    Ipv4Addr::from(0x6440_0000 + i as u32)
+}
+
+fn register(i: u64) -> Vec<u8> {
+    let from = SocketAddrV4::new(source(i), GENERATOR_PORT);
+    format!(
+        "REGISTER sip:bench.example SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-fc{i};rport\r\n\
+         Max-Forwards: 70\r\nTo: <sip:u{i}@bench.example>\r\nFrom: <sip:u{i}@bench.example>;tag=f{i}\r\n\
+         Call-ID: fc{i}@bench\r\nCSeq: 1 REGISTER\r\nContact: <sip:u{i}@{from}>\r\nExpires: 3600\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[derive(Default)]
+struct Outcome {
+    sent: u64,
+    redirected: u64,
+    other_answers: u64,
+    lost: u64,
+    seconds: f64,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.redirected as f64 / self.seconds
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.sent - self.redirected - self.other_answers - self.lost
+    }
+}
+
+impl From<sipp_load::Counted> for Outcome {
+    /// SIPp's statistics: calls that got their 302, and the failed ones
+    /// (timed out or answered otherwise, which SIPp does not tell apart).
+    fn from(counted: sipp_load::Counted) -> Self {
+        Outcome {
+            sent: counted.successful + counted.failed,
+            redirected: counted.successful,
+            other_answers: 0,
+            lost: counted.failed,
+            seconds: counted.seconds,
+        }
+    }
+}
+
+/// Closed loop: keeps up to `WINDOW` REGISTERs unanswered until `limit`.
+fn drive(socket: &UdpSocket, limit: Duration) -> Outcome {
+    let SocketAddr::V4(service) = SERVICE.parse().unwrap() else { unreachable!("the service is IPv4") };
+    socket.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let mut inbox = Inbox::new();
+    let mut outcome = Outcome::default();
+    let start = Instant::now();
+    let mut progress = start;
+    while start.elapsed() < limit && outcome.sent < MAX_REGISTERS {
+        let room = (WINDOW - outcome.in_flight()).min(BATCH as u64).min(MAX_REGISTERS - outcome.sent);
+        let payloads: Vec<Vec<u8>> = (0..room).map(|k| register(outcome.sent + 1 + k)).collect();
+        let datagrams: Vec<Outgoing<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(k, payload)| Outgoing { payload, to: service, from: Some(source(outcome.sent + 1 + k as u64)) })
+            .collect();
+        outcome.sent += mmsg::send(socket, &datagrams).expect("sendmmsg") as u64;
+        for answer in inbox.receive(socket).expect("recvmmsg") {
+            progress = Instant::now();
+            if answer.starts_with(b"SIP/2.0 302 ") {
+                outcome.redirected += 1;
+            } else {
+                outcome.other_answers += 1;
+            }
+        }
+        if outcome.in_flight() > 0 && progress.elapsed() > LOST_AFTER {
+            outcome.lost += outcome.in_flight();
+            progress = Instant::now();
+        }
+    }
+    outcome.seconds = start.elapsed().as_secs_f64();
+    outcome
+}
+
+/// The topology with the edge answering first contacts, and the
+/// generator's socket; the Kamailio process if it is the one answering.
+fn start(ours: bool) -> Result<(Topology, Option<Kamailio>, UdpSocket), String> {
+    // skb mode: no XDP on the bridge ports, the same links for both.
+    let mut topology = Topology::new("dsr", Attach::Skb, 3);
+    topology.client.ip(&format!("route add local {CLIENTS} dev lo"));
+    topology.edge.ip(&format!("route add {CLIENTS} via {}", redirector_tests::topology::CLIENT));
+    let socket = socket_in(&topology.client, &format!("0.0.0.0:{GENERATOR_PORT}"));
+    if ours {
+        topology.extra_config = "[health]\ninterval = 3600\n[rebalance]\nenabled = false\n".into();
+        topology.start(&[]);
+        return Ok((topology, None, socket));
+    }
+    let home = format!("{}:5060", home_address(0));
+    let kamailio =
+        Kamailio::start(&topology.edge, &topology.scratch("kamailio"), &KamailioRoute::Redirect { home: &home })?;
+    Ok((topology, Some(kamailio), socket))
+}
+
+pub fn run(quick: bool) -> Section {
+    let (rounds, limit) = if quick { (1, Duration::from_secs(2)) } else { (3, Duration::from_secs(5)) };
+    let mut section = Section::new(
+        "first_contact",
+        format!("3. First contact: REGISTER → 302 answered per second, window {WINDOW}, {limit:?}, median of {rounds}"),
+    );
+    let mut outcomes = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for ours in [false, true] {
+            match start(ours) {
+                // The Kamailio process (if any) stops before its namespace goes.
+                Ok((topology, kamailio, socket)) => {
+                    outcomes[usize::from(ours)].push(drive(&socket, limit));
+                    if kamailio.is_some() {
+                        match sipp_load::run(&topology, limit) {
+                            Ok(counted) => outcomes[2].push(Outcome::from(counted)),
+                            Err(why) => section.skip(format!("{SIPP}: {why}")),
+                        }
+                    }
+                }
+                Err(why) => section.skip(format!("{BASELINE}: {why}")),
+            }
+        }
+    }
+    let [baseline, ours, sipp] = &outcomes;
+    for (name, out) in [(BASELINE, baseline), (OURS, ours), (SIPP, sipp)] {
+        let Some(outcome) = median_by(out.iter().collect(), |o| o.rate()) else { continue };
+        let mut row = Row::new(name, outcome.rate(), "302/s")
+            .raw("sent", outcome.sent as f64)
+            .raw("redirected", outcome.redirected as f64)
+            .raw("other_answers", outcome.other_answers as f64)
+            .raw("lost", outcome.lost as f64)
+            .raw("seconds", outcome.seconds);
+        if let Some(ratio) = median_ratio(out.iter().map(Outcome::rate), baseline.iter().map(Outcome::rate)) {
+            row = row.ratio(BASELINE, ratio);
+        }
+        section.rows.push(row);
+    }
+    section.notes.push(
+        "redirector commits each new assignment durably (one fsync) before answering; Kamailio keeps no state".into(),
+    );
+    section
+}

@@ -1,0 +1,94 @@
+//! A population of clients as an edge holds them, made through the
+//! library's own APIs rather than through SIP (a million first contacts
+//! would take longer than the benchmark): assignments in a redb store on
+//! disk, and each client learned on the fast path (the kernel's CLIENTS
+//! map, and the daemon's record of what it installed).
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use redirector::{
+    config::Config,
+    dataplane::DataPlane,
+    fast_path::FastPath,
+    sip::Aor,
+    store::{AssignmentStore, RedbStore},
+};
+
+pub const SERVERS: [&str; 2] = ["home0", "home1"];
+
+/// dsr: a client is one CLIENTS entry (nat would add a reply entry and an
+/// edge port, of which there are 64,512).
+const CONFIG: &str = r#"
+interface = "lo"
+mode = "dsr"
+[service]
+addresses = ["192.0.2.10"]
+[edge]
+ipv4 = "10.77.0.1"
+[[servers]]
+name = "home0"
+ipv4 = "10.77.0.11"
+[[servers]]
+name = "home1"
+ipv4 = "10.77.0.12"
+"#;
+
+pub struct Population {
+    pub count: u32,
+    pub store: RedbStore,
+    pub fast_path: FastPath,
+    pub database: PathBuf,
+    /// Committing every first assignment in one transaction.
+    pub seed_store: Duration,
+    /// Putting every client on the fast path, one map update each.
+    pub seed_kernel: Duration,
+}
+
+pub fn aor(i: u32) -> Aor {
+    Aor::from_uri(&format!("sip:u{i}@bench.example"), "To").expect("a valid AOR")
+}
+
+/// Client `i`'s address: 10.0.0.0/8 counted up from 10.0.0.1.
+pub fn client(i: u32) -> SocketAddr {
+    SocketAddr::new(Ipv4Addr::from(0x0a00_0001 + i).into(), 5060)
+}
+
+pub fn service() -> SocketAddr {
+    "192.0.2.10:5060".parse().unwrap()
+}
+
+impl Population {
+    /// `count` clients, all on `SERVERS[0]`.
+    pub fn seed(count: u32) -> Self {
+        let database = std::env::temp_dir().join(format!("redirector-bench-{}-{count}.redb", std::process::id()));
+        let _ = std::fs::remove_file(&database);
+        let store = RedbStore::open(&database).expect("opening the bench database");
+        let config = Config::parse(CONFIG).expect("population config");
+        let mut dataplane = DataPlane::load().expect("loading the XDP object (root needed)");
+        dataplane.configure(&config).expect("configuring maps");
+        let mut fast_path = FastPath::new(dataplane, &config).expect("fast path");
+        let aors: Vec<Aor> = (0..count).map(aor).collect();
+
+        let start = Instant::now();
+        let first: Vec<(&Aor, &str)> = aors.iter().map(|a| (a, SERVERS[0])).collect();
+        store.reassign_many(&first).expect("seeding the store");
+        let seed_store = start.elapsed();
+
+        let start = Instant::now();
+        for (i, aor) in aors.iter().enumerate() {
+            fast_path.install(aor, client(i as u32), 0, service()).expect("installing a client");
+        }
+        let seed_kernel = start.elapsed();
+        Self { count, store, fast_path, database, seed_store, seed_kernel }
+    }
+}
+
+impl Drop for Population {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.database);
+    }
+}
