@@ -446,12 +446,14 @@ impl FirstContact {
     /// active server; `None` when no server is active. A client whose
     /// server is down (or gone from the config) is reassigned now (`true`).
     fn assignment(&self, aor: &Aor) -> Result<Option<(Assignment, bool)>, StoreError> {
+        // Most first contacts are known clients: a read, no durable commit.
+        if let Some(known) = self.store.get(aor)?.filter(|a| self.usable(a)) {
+            return Ok(Some((known, false)));
+        }
         let mut outcome = None;
         let mut previous = None;
         let stored = self.store.update(aor, &mut |current| {
-            let available =
-                current.is_some_and(|a| self.server(&a.server).is_some_and(|s| s.effective_state() != HomeState::Down));
-            if available {
+            if current.is_some_and(|a| self.usable(a)) {
                 return None;
             }
             let excluding = current.map(|a| a.server.as_str());
@@ -470,8 +472,12 @@ impl FirstContact {
             self.count_move(previous.as_deref(), &stored.server);
         }
         // Kept on an unavailable server only when no other server is active.
-        let usable = stored.filter(|a| self.server(&a.server).is_some_and(|s| s.effective_state() != HomeState::Down));
-        Ok(usable.map(|a| (a, outcome == Some(true))))
+        Ok(stored.filter(|a| self.usable(a)).map(|a| (a, outcome == Some(true))))
+    }
+
+    /// Its server is configured and not down.
+    fn usable(&self, assignment: &Assignment) -> bool {
+        self.server(&assignment.server).is_some_and(|s| s.effective_state() != HomeState::Down)
     }
 
     fn redirect(&self, message: &Message<'_>, basis: &mut Basis, source: SocketAddr, home: SocketAddr) -> Vec<Action> {

@@ -1,4 +1,7 @@
-use std::{net::SocketAddr, sync::atomic::Ordering};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
 use super::*;
 use crate::store::RedbStore;
@@ -450,4 +453,50 @@ fn a_route_naming_the_edge_is_removed_before_proxying() {
     assert!(!alone.contains("Route:"), "our only Route value goes: {alone}");
     let foreign = forwarded("Route: <sip:192.0.2.99;lr>\r\n");
     assert!(foreign.contains("\r\nRoute: <sip:192.0.2.99;lr>\r\n"), "another proxy's Route stays: {foreign}");
+}
+
+/// Counts the durable writes first contact asks of a real store.
+struct CountingStore {
+    inner: RedbStore,
+    updates: Arc<AtomicU64>,
+}
+
+impl AssignmentStore for CountingStore {
+    fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError> {
+        self.inner.get(aor)
+    }
+
+    fn update(
+        &self,
+        aor: &Aor,
+        change: &mut dyn FnMut(Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Option<Assignment>, StoreError> {
+        self.updates.fetch_add(1, Ordering::Relaxed);
+        self.inner.update(aor, change)
+    }
+
+    fn all(&self) -> Result<Vec<Assignment>, StoreError> {
+        self.inner.all()
+    }
+}
+
+#[test]
+fn a_known_clients_first_contact_commits_nothing() {
+    let dir = std::env::temp_dir().join(format!("redirector-fc-counting-{}", std::process::id()));
+    let _cleanup = TempDir(dir.clone());
+    let updates = Arc::new(AtomicU64::new(0));
+    let store = CountingStore { inner: RedbStore::open(&dir.join("a.redb")).unwrap(), updates: updates.clone() };
+    let settings = Settings {
+        policy: Policy::Auto,
+        redirect_expires: 600,
+        retry_after: 30,
+        proxy: PROXY.parse().unwrap(),
+        services: vec![service()],
+    };
+    let servers = vec![home("home1", 0, 11, HomeState::Active), home("home2", 1, 12, HomeState::Active)];
+    let fc = FirstContact::new(settings, servers, Box::new(store)).unwrap();
+    for _ in 0..3 {
+        only_reply(&fc.on_service_datagram(&register(ONE_VIA, ""), client(), service()));
+    }
+    assert_eq!(updates.load(Ordering::Relaxed), 1, "one commit for the new assignment, none for the repeats");
 }
