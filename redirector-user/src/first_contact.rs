@@ -33,7 +33,7 @@ use crate::{
         response::{self, Basis},
         socket_address, split_list, tag, unfold,
     },
-    store::{Assignment, AssignmentStore, StoreError},
+    store::{Assignment, AssignmentStore, Reassigned, StoreError},
     watchers::{DialogId, Subscription},
 };
 
@@ -257,17 +257,14 @@ impl FirstContact {
         servers.iter().find(|s| s.name == name).cloned()
     }
 
-    /// Records `aor` on `server` with the next generation, durably and
-    /// atomically (read and write in one transaction).
-    pub fn reassign(&self, aor: &Aor, server: &str) -> Result<Assignment, StoreError> {
-        let mut previous = None;
-        let stored = self.store.update(aor, &mut |current| {
-            previous = current.map(|a| a.server.clone());
-            let generation = current.map_or(0, |a| a.generation) + 1;
-            Some(Assignment { generation, ..Assignment::new(aor.clone(), server.to_owned()) })
-        })?;
-        self.count_move(previous.as_deref(), server);
-        Ok(stored.expect("update stored an assignment"))
+    /// Records each AOR on its server with the next generation, durably
+    /// (in one transaction where the store can).
+    pub fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<Reassigned>, StoreError> {
+        let reassigned = self.store.reassign_many(moves)?;
+        for (&(_, to), done) in moves.iter().zip(&reassigned) {
+            self.count_move(done.previous.as_deref(), to);
+        }
+        Ok(reassigned)
     }
 
     pub fn store(&self) -> &dyn AssignmentStore {

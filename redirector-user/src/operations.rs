@@ -6,8 +6,9 @@
 //! it no longer belongs to: its kernel entries are withdrawn first (its
 //! packets then go up to first contact, which answers from the database),
 //! the new assignment is committed (generation + 1), and only then are the
-//! entries restored, pointing at the new server. Then the client's watchers
-//! are queued for their NOTIFY.
+//! entries restored, pointing at the new server; the client's watchers are
+//! queued for their NOTIFY. A drain or a dead server moves its clients in
+//! batches of `MOVE_BATCH`, one database transaction each.
 
 use std::{
     collections::BTreeMap,
@@ -46,6 +47,10 @@ pub enum OperationError {
 }
 
 type Result<T, E = OperationError> = std::result::Result<T, E>;
+
+/// Clients moved per database transaction (and per hold of the fast-path
+/// lock) when a server is drained or goes down.
+const MOVE_BATCH: usize = 10_000;
 
 /// One client moved from one home server to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +134,9 @@ impl Operations {
         if to.effective_state() == HomeState::Down {
             return Err(OperationError::ServerDown(to.name));
         }
+        if self.first_contact.store().get(&aor)?.is_none() {
+            return Err(OperationError::UnknownAor(aor.to_string()));
+        }
         self.move_aor(&aor, &to)
     }
 
@@ -173,7 +181,7 @@ impl Operations {
     }
 
     /// Moves every client of `server` to the other servers that take new
-    /// clients (rendezvous hashing over them).
+    /// clients (rendezvous hashing over them), `MOVE_BATCH` at a time.
     /// Passes repeat until one finds nobody left: a first contact that chose
     /// `server` just before it stopped taking clients may commit after a pass
     /// read the table.
@@ -185,12 +193,15 @@ impl Operations {
             if left.is_empty() {
                 break;
             }
-            for assignment in left {
-                let to = self
-                    .first_contact
-                    .choose_server(&assignment.aor, Some(server))
-                    .ok_or_else(|| OperationError::NoActiveServer(server.to_owned()))?;
-                moves.push(self.move_aor(&assignment.aor, &to)?);
+            for batch in left.chunks(MOVE_BATCH) {
+                let planned = batch
+                    .iter()
+                    .map(|assignment| {
+                        let to = self.first_contact.choose_server(&assignment.aor, Some(server));
+                        Ok((assignment.aor.clone(), to.ok_or_else(|| OperationError::NoActiveServer(server.into()))?))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                moves.extend(self.move_batch(&planned)?);
             }
         }
         Ok(moves)
@@ -258,29 +269,32 @@ impl Operations {
     }
 
     fn move_aor(&self, aor: &Aor, to: &HomeServer) -> Result<Move> {
-        let from = self.first_contact.store().get(aor)?.ok_or_else(|| OperationError::UnknownAor(aor.to_string()))?;
-        let old = self.server(&from.server).ok();
+        let mut moved = self.move_batch(&[(aor.clone(), to.clone())])?;
+        Ok(moved.remove(0))
+    }
+
+    /// Moves clients to their planned servers: every kernel entry withdrawn,
+    /// one durable commit, the watchers queued, the entries restored
+    /// pointing at the new servers — all under the fast-path lock. If the
+    /// commit fails nothing moved and the entries stay withdrawn: the
+    /// clients' next packets meet first contact, which answers from the
+    /// database and puts them back.
+    fn move_batch(&self, planned: &[(Aor, HomeServer)]) -> Result<Vec<Move>> {
         let mut fast_path = self.fast_path.lock().expect("fast path lock");
-        let withdrawn = fast_path.withdraw(aor)?;
-        match self.first_contact.reassign(aor, &to.name) {
-            Ok(assignment) => {
-                self.watchers.client_moved(aor);
-                fast_path.restore(withdrawn, to.index)?;
-                tracing::info!(%aor, from = from.server, to = to.name, generation = assignment.generation, "moved");
-                Ok(Move {
-                    aor: aor.to_string(),
-                    from: from.server,
-                    to: to.name.clone(),
-                    generation: assignment.generation,
-                })
-            }
-            Err(error) => {
-                if let Some(old) = old {
-                    fast_path.restore(withdrawn, old.index)?;
-                }
-                Err(error.into())
-            }
+        let withdrawn = planned.iter().map(|(aor, _)| fast_path.withdraw(aor)).collect::<Result<Vec<_>, _>>()?;
+        let pairs: Vec<(&Aor, &str)> = planned.iter().map(|(aor, to)| (aor, to.name.as_str())).collect();
+        let reassigned = self.first_contact.reassign_many(&pairs)?;
+        for (aor, _) in planned {
+            self.watchers.client_moved(aor);
         }
+        let mut moves = Vec::with_capacity(planned.len());
+        for (((aor, to), entries), done) in planned.iter().zip(withdrawn).zip(reassigned) {
+            fast_path.restore(entries, to.index)?;
+            let from = done.previous.unwrap_or_default();
+            tracing::debug!(%aor, from, to = to.name, generation = done.generation, "moved");
+            moves.push(Move { aor: aor.to_string(), from, to: to.name.clone(), generation: done.generation });
+        }
+        Ok(moves)
     }
 
     fn server(&self, name: &str) -> Result<HomeServer> {

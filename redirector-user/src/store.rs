@@ -54,18 +54,30 @@ pub trait AssignmentStore: Send + Sync {
     ) -> Result<Option<Assignment>, StoreError>;
     fn all(&self) -> Result<Vec<Assignment>, StoreError>;
     /// Moves each AOR to its server with the next generation (a first
-    /// assignment if it had none); returns the generations, in order. This
-    /// default takes one transaction per AOR; stores that can do better
-    /// (`RedbStore`: one transaction for all) override it.
-    fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<u64>, StoreError> {
+    /// assignment if it had none); returns what each move did, in order.
+    /// This default takes one transaction per AOR; stores that can do
+    /// better (`RedbStore`: one transaction for all) override it.
+    fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<Reassigned>, StoreError> {
         moves
             .iter()
             .map(|&(aor, server)| {
-                let stored = self.update(aor, &mut |current| Some(next_assignment(aor, server, current)))?;
-                Ok(stored.map_or(0, |a| a.generation))
+                let mut previous = None;
+                let stored = self.update(aor, &mut |current| {
+                    previous = current.map(|a| a.server.clone());
+                    Some(next_assignment(aor, server, current))
+                })?;
+                Ok(Reassigned { previous, generation: stored.map_or(0, |a| a.generation) })
             })
             .collect()
     }
+}
+
+/// One AOR's move in `reassign_many`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reassigned {
+    /// The server it was on, if it had one.
+    pub previous: Option<String>,
+    pub generation: u64,
 }
 
 /// `aor` on `server`, one generation after `current`.
@@ -153,22 +165,24 @@ impl AssignmentStore for RedbStore {
 
     /// All moves in one durable transaction: a batch of any size costs one
     /// fsync, and a crash leaves all or none of it.
-    fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<u64>, StoreError> {
+    fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<Reassigned>, StoreError> {
         let now = unix_seconds();
         let txn = self.db.begin_write().map_err(db_error)?;
-        let generations = {
+        let reassigned = {
             let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
             moves
                 .iter()
                 .map(|&(aor, server)| {
-                    let current = table.get(aor.as_str()).map_err(db_error)?.map_or(0, |value| value.value().2);
-                    table.insert(aor.as_str(), (server, now, current + 1)).map_err(db_error)?;
-                    Ok(current + 1)
+                    let current =
+                        table.get(aor.as_str()).map_err(db_error)?.map(|v| (v.value().0.to_owned(), v.value().2));
+                    let generation = current.as_ref().map_or(0, |(_, generation)| *generation) + 1;
+                    table.insert(aor.as_str(), (server, now, generation)).map_err(db_error)?;
+                    Ok(Reassigned { previous: current.map(|(server, _)| server), generation })
                 })
-                .collect::<Result<Vec<u64>, StoreError>>()?
+                .collect::<Result<Vec<_>, StoreError>>()?
         };
         txn.commit().map_err(db_error)?;
-        Ok(generations)
+        Ok(reassigned)
     }
 }
 
@@ -219,8 +233,12 @@ mod tests {
         let store = RedbStore::open(&dir.join("assignments.redb")).unwrap();
         store.update(&aor("alice"), &mut |_| Some(Assignment::new(aor("alice"), "home1".into()))).unwrap();
         let (alice, bob) = (aor("alice"), aor("bob"));
-        let generations = store.reassign_many(&[(&alice, "home2"), (&bob, "home3")]).unwrap();
-        assert_eq!(generations, vec![2, 1]);
+        let reassigned = store.reassign_many(&[(&alice, "home2"), (&bob, "home3")]).unwrap();
+        let expected = [
+            Reassigned { previous: Some("home1".into()), generation: 2 },
+            Reassigned { previous: None, generation: 1 },
+        ];
+        assert_eq!(reassigned, expected);
         assert_eq!(store.get(&alice).unwrap().unwrap().server, "home2");
         assert_eq!(store.get(&bob).unwrap().unwrap().server, "home3");
 
@@ -241,7 +259,11 @@ mod tests {
             }
         }
         let default = OneByOne(store);
-        assert_eq!(default.reassign_many(&[(&alice, "home1"), (&bob, "home1")]).unwrap(), vec![3, 2]);
+        let expected = [
+            Reassigned { previous: Some("home2".into()), generation: 3 },
+            Reassigned { previous: Some("home3".into()), generation: 2 },
+        ];
+        assert_eq!(default.reassign_many(&[(&alice, "home1"), (&bob, "home1")]).unwrap(), expected);
         assert!(default.all().unwrap().iter().all(|a| a.server == "home1"));
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -42,9 +42,9 @@ fn move_all(population: &mut Population) -> Moved {
     let withdrawing = start.elapsed();
 
     let start = Instant::now();
-    let generations = population.store.reassign_many(&moves).expect("committing the moves");
+    let reassigned = population.store.reassign_many(&moves).expect("committing the moves");
     let store = start.elapsed();
-    assert!(generations.iter().all(|&g| g == 2), "every client moved exactly once");
+    assert!(reassigned.iter().all(|r| r.generation == 2), "every client moved exactly once");
 
     let start = Instant::now();
     for entries in withdrawn {
