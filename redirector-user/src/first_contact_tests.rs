@@ -466,13 +466,13 @@ impl AssignmentStore for CountingStore {
         self.inner.get(aor)
     }
 
-    fn update(
+    fn update_many(
         &self,
-        aor: &Aor,
-        change: &mut dyn FnMut(Option<&Assignment>) -> Option<Assignment>,
-    ) -> Result<Option<Assignment>, StoreError> {
+        aors: &[&Aor],
+        change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Vec<Option<Assignment>>, StoreError> {
         self.updates.fetch_add(1, Ordering::Relaxed);
-        self.inner.update(aor, change)
+        self.inner.update_many(aors, change)
     }
 
     fn all(&self) -> Result<Vec<Assignment>, StoreError> {

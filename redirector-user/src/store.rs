@@ -44,32 +44,49 @@ fn db_error(error: impl Into<redb::Error>) -> StoreError {
 
 pub trait AssignmentStore: Send + Sync {
     fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError>;
-    /// Reads `aor`'s assignment and, if `change` returns a new one, stores
-    /// it — in one transaction, durably, so no concurrent writer slips in
-    /// between. Returns the assignment as stored afterwards.
+    /// Reads each AOR's assignment and, where `change` (called once per
+    /// AOR, in order) returns a new one, stores it — all in one transaction,
+    /// durably, so no concurrent writer slips in between and one commit
+    /// serves the lot. Returns the assignments as stored afterwards.
+    fn update_many(
+        &self,
+        aors: &[&Aor],
+        change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Vec<Option<Assignment>>, StoreError>;
+    fn all(&self) -> Result<Vec<Assignment>, StoreError>;
+
+    /// `update_many` for one AOR.
     fn update(
         &self,
         aor: &Aor,
         change: &mut dyn FnMut(Option<&Assignment>) -> Option<Assignment>,
-    ) -> Result<Option<Assignment>, StoreError>;
-    fn all(&self) -> Result<Vec<Assignment>, StoreError>;
-    /// Moves each AOR to its server with the next generation (a first
-    /// assignment if it had none); returns what each move did, in order.
-    /// This default takes one transaction per AOR; stores that can do
-    /// better (`RedbStore`: one transaction for all) override it.
-    fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<Reassigned>, StoreError> {
-        moves
-            .iter()
-            .map(|&(aor, server)| {
-                let mut previous = None;
-                let stored = self.update(aor, &mut |current| {
-                    previous = current.map(|a| a.server.clone());
-                    Some(next_assignment(aor, server, current))
-                })?;
-                Ok(Reassigned { previous, generation: stored.map_or(0, |a| a.generation) })
-            })
-            .collect()
+    ) -> Result<Option<Assignment>, StoreError> {
+        Ok(self.update_many(&[aor], &mut |_, current| change(current))?.pop().flatten())
     }
+
+    /// Moves each AOR to its server with the next generation (a first
+    /// assignment if it had none), in one transaction; returns what each
+    /// move did, in order.
+    fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<Reassigned>, StoreError> {
+        let aors: Vec<&Aor> = moves.iter().map(|&(aor, _)| aor).collect();
+        let mut targets = moves.iter().map(|&(_, server)| server);
+        let mut previous = Vec::with_capacity(moves.len());
+        let stored = self.update_many(&aors, &mut |aor, current| {
+            previous.push(current.map(|a| a.server.clone()));
+            Some(next_assignment(aor, targets.next().expect("one call per move"), current))
+        })?;
+        Ok(previous
+            .into_iter()
+            .zip(stored)
+            .map(|(previous, stored)| Reassigned { previous, generation: stored.map_or(0, |a| a.generation) })
+            .collect())
+    }
+}
+
+/// `aor` on `server`, one generation after `current`.
+fn next_assignment(aor: &Aor, server: &str, current: Option<&Assignment>) -> Assignment {
+    let generation = current.map_or(0, |a| a.generation) + 1;
+    Assignment { generation, ..Assignment::new(aor.clone(), server.to_owned()) }
 }
 
 /// One AOR's move in `reassign_many`.
@@ -78,12 +95,6 @@ pub struct Reassigned {
     /// The server it was on, if it had one.
     pub previous: Option<String>,
     pub generation: u64,
-}
-
-/// `aor` on `server`, one generation after `current`.
-fn next_assignment(aor: &Aor, server: &str, current: Option<&Assignment>) -> Assignment {
-    let generation = current.map_or(0, |a| a.generation) + 1;
-    Assignment { generation, ..Assignment::new(aor.clone(), server.to_owned()) }
 }
 
 /// AOR → (server, assigned_at, generation).
@@ -119,26 +130,30 @@ impl AssignmentStore for RedbStore {
         }))
     }
 
-    fn update(
+    fn update_many(
         &self,
-        aor: &Aor,
-        change: &mut dyn FnMut(Option<&Assignment>) -> Option<Assignment>,
-    ) -> Result<Option<Assignment>, StoreError> {
+        aors: &[&Aor],
+        change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Vec<Option<Assignment>>, StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         let stored = {
             let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
-            let current = table.get(aor.as_str()).map_err(db_error)?.map(|value| {
-                let (server, assigned_at, generation) = value.value();
-                Assignment { aor: aor.clone(), server: server.to_owned(), assigned_at, generation }
-            });
-            match change(current.as_ref()) {
-                Some(new) => {
-                    let value = (new.server.as_str(), new.assigned_at, new.generation);
-                    table.insert(aor.as_str(), value).map_err(db_error)?;
-                    Some(new)
-                }
-                None => current,
-            }
+            aors.iter()
+                .map(|&aor| {
+                    let current = table.get(aor.as_str()).map_err(db_error)?.map(|value| {
+                        let (server, assigned_at, generation) = value.value();
+                        Assignment { aor: aor.clone(), server: server.to_owned(), assigned_at, generation }
+                    });
+                    match change(aor, current.as_ref()) {
+                        Some(new) => {
+                            let value = (new.server.as_str(), new.assigned_at, new.generation);
+                            table.insert(aor.as_str(), value).map_err(db_error)?;
+                            Ok(Some(new))
+                        }
+                        None => Ok(current),
+                    }
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?
         };
         txn.commit().map_err(db_error)?;
         Ok(stored)
@@ -161,28 +176,6 @@ impl AssignmentStore for RedbStore {
                 })
             })
             .collect()
-    }
-
-    /// All moves in one durable transaction: a batch of any size costs one
-    /// fsync, and a crash leaves all or none of it.
-    fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<Reassigned>, StoreError> {
-        let now = unix_seconds();
-        let txn = self.db.begin_write().map_err(db_error)?;
-        let reassigned = {
-            let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
-            moves
-                .iter()
-                .map(|&(aor, server)| {
-                    let current =
-                        table.get(aor.as_str()).map_err(db_error)?.map(|v| (v.value().0.to_owned(), v.value().2));
-                    let generation = current.as_ref().map_or(0, |(_, generation)| *generation) + 1;
-                    table.insert(aor.as_str(), (server, now, generation)).map_err(db_error)?;
-                    Ok(Reassigned { previous: current.map(|(server, _)| server), generation })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?
-        };
-        txn.commit().map_err(db_error)?;
-        Ok(reassigned)
     }
 }
 
@@ -225,8 +218,7 @@ mod tests {
     }
 
     /// One transaction moves every AOR: existing ones get the next
-    /// generation, unknown ones a first assignment; the trait's default
-    /// (one transaction each) agrees with it.
+    /// generation, unknown ones a first assignment.
     #[test]
     fn reassign_many_moves_all_in_one_go() {
         let dir = std::env::temp_dir().join(format!("redirector-store-many-{}", std::process::id()));
@@ -242,29 +234,6 @@ mod tests {
         assert_eq!(store.get(&alice).unwrap().unwrap().server, "home2");
         assert_eq!(store.get(&bob).unwrap().unwrap().server, "home3");
 
-        struct OneByOne(RedbStore);
-        impl AssignmentStore for OneByOne {
-            fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError> {
-                self.0.get(aor)
-            }
-            fn update(
-                &self,
-                aor: &Aor,
-                change: &mut dyn FnMut(Option<&Assignment>) -> Option<Assignment>,
-            ) -> Result<Option<Assignment>, StoreError> {
-                self.0.update(aor, change)
-            }
-            fn all(&self) -> Result<Vec<Assignment>, StoreError> {
-                self.0.all()
-            }
-        }
-        let default = OneByOne(store);
-        let expected = [
-            Reassigned { previous: Some("home2".into()), generation: 3 },
-            Reassigned { previous: Some("home3".into()), generation: 2 },
-        ];
-        assert_eq!(default.reassign_many(&[(&alice, "home1"), (&bob, "home1")]).unwrap(), expected);
-        assert!(default.all().unwrap().iter().all(|a| a.server == "home1"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
