@@ -185,30 +185,35 @@ impl Daemon {
             let service_addresses = services.iter().map(|s| s.local_addr()).collect::<std::io::Result<Vec<_>>>()?;
             let mut buf = vec![0u8; 65_535];
             loop {
-                let (len, source) =
-                    socket.recv_from(&mut buf).await.with_context(|| format!("receiving on {local}"))?;
-                let datagram = &buf[..len];
-                let actions = if is_proxy {
-                    first_contact.on_proxy_datagram(datagram, source)
-                } else {
-                    first_contact.on_service_datagram(datagram, source, local)
-                };
-                debug!(%source, %local, ?actions, "first contact");
-                apply(&actions, local, &first_contact, &fast_path);
-                record_answers(&actions, &tracker, &operations);
-                record_watchers(&actions, &first_contact, &fast_path, &watchers, &notifier);
-                for action in &actions {
-                    let (from, to, bytes) = match action {
-                        Action::Reply { to, bytes } => (&socket, to, bytes),
-                        Action::Forward { to, bytes } => (&proxy, to, bytes),
-                        Action::Relay { to, bytes, from } => {
-                            let socket = service_socket_for(&services, &service_addresses, *from, *to);
-                            (socket.unwrap_or(&proxy), to, bytes)
-                        }
-                        _ => continue,
+                let batch = receive_batch(&socket, &mut buf).await.with_context(|| format!("receiving on {local}"))?;
+                if !is_proxy {
+                    let datagrams: Vec<(&[u8], SocketAddr)> = batch.iter().map(|(d, s)| (d.as_slice(), *s)).collect();
+                    let moved = first_contact.prepare(&datagrams);
+                    record_watchers(&moved, &first_contact, &fast_path, &watchers, &notifier);
+                }
+                for (datagram, source) in &batch {
+                    let actions = if is_proxy {
+                        first_contact.on_proxy_datagram(datagram, *source)
+                    } else {
+                        first_contact.on_service_datagram(datagram, *source, local)
                     };
-                    if let Err(error) = from.send_to(bytes, to).await {
-                        warn!(%to, %error, "sending failed");
+                    debug!(%source, %local, ?actions, "first contact");
+                    apply(&actions, local, &first_contact, &fast_path);
+                    record_answers(&actions, &tracker, &operations);
+                    record_watchers(&actions, &first_contact, &fast_path, &watchers, &notifier);
+                    for action in &actions {
+                        let (from, to, bytes) = match action {
+                            Action::Reply { to, bytes } => (&socket, to, bytes),
+                            Action::Forward { to, bytes } => (&proxy, to, bytes),
+                            Action::Relay { to, bytes, from } => {
+                                let socket = service_socket_for(&services, &service_addresses, *from, *to);
+                                (socket.unwrap_or(&proxy), to, bytes)
+                            }
+                            _ => continue,
+                        };
+                        if let Err(error) = from.send_to(bytes, to).await {
+                            warn!(%to, %error, "sending failed");
+                        }
                     }
                 }
             }
@@ -281,6 +286,24 @@ async fn rebalance_loop(
             Err(error) => warn!(%error, "rebalancing failed"),
         }
     }
+}
+
+/// Datagrams taken off a socket at once: what is already queued, so a
+/// burst of first contacts shares one database commit (`FirstContact::prepare`).
+const BATCH: usize = 64;
+
+/// Waits for a datagram, then takes whatever else is queued (up to `BATCH`).
+async fn receive_batch(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Vec<(Vec<u8>, SocketAddr)>> {
+    let (len, source) = socket.recv_from(buf).await?;
+    let mut batch = vec![(buf[..len].to_vec(), source)];
+    while batch.len() < BATCH {
+        match socket.try_recv_from(buf) {
+            Ok((len, source)) => batch.push((buf[..len].to_vec(), source)),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(batch)
 }
 
 /// How often one server may get a resolution ping: a FIB miss repeats for

@@ -447,29 +447,77 @@ impl FirstContact {
         if let Some(known) = self.store.get(aor)?.filter(|a| self.usable(a)) {
             return Ok(Some((known, false)));
         }
-        let mut outcome = None;
-        let mut previous = None;
-        let stored = self.store.update(aor, &mut |current| {
-            if current.is_some_and(|a| self.usable(a)) {
-                return None;
-            }
-            let excluding = current.map(|a| a.server.as_str());
-            let server = self.choose_server(aor, excluding)?;
-            outcome = Some(current.is_some());
-            previous = current.map(|a| a.server.clone());
+        Ok(self.assign_all(&[aor])?.pop().flatten())
+    }
+
+    /// Gives every AOR without a usable assignment a new one on an active
+    /// server, all in one durable transaction. Per AOR: its usable
+    /// assignment, if any, and whether it just moved off an unusable server.
+    fn assign_all(&self, aors: &[&Aor]) -> Result<Vec<Option<(Assignment, bool)>>, StoreError> {
+        // Per AOR: `Some(previous server)` when this transaction assigned it.
+        let mut assigned: Vec<Option<Option<String>>> = Vec::with_capacity(aors.len());
+        let stored = self.store.update_many(aors, &mut |aor, current| {
+            let server = current
+                .filter(|a| self.usable(a))
+                .is_none()
+                .then(|| self.choose_server(aor, current.map(|a| a.server.as_str())))
+                .flatten();
+            assigned.push(server.as_ref().map(|_| current.map(|a| a.server.clone())));
             let generation = current.map_or(0, |a| a.generation) + 1;
-            Some(Assignment { generation, ..Assignment::new(aor.clone(), server.name) })
+            server.map(|server| Assignment { generation, ..Assignment::new(aor.clone(), server.name) })
         })?;
-        match outcome {
-            Some(true) => bump(&self.counters.reassigned),
-            Some(false) => bump(&self.counters.assigned),
-            None => {}
+        Ok(stored
+            .into_iter()
+            .zip(assigned)
+            .map(|(stored, previous)| {
+                let moved = match (previous, &stored) {
+                    (Some(previous), Some(new)) => {
+                        bump(if previous.is_some() { &self.counters.reassigned } else { &self.counters.assigned });
+                        self.count_move(previous.as_deref(), &new.server);
+                        previous.is_some()
+                    }
+                    _ => false,
+                };
+                // Kept on an unavailable server only when no other server is active.
+                stored.filter(|a| self.usable(a)).map(|a| (a, moved))
+            })
+            .collect())
+    }
+
+    /// Before a batch of datagrams is answered one by one: the clients in
+    /// it that need a new assignment get it in one durable transaction, so
+    /// a burst of new clients costs one commit, not one each. Returns `Moved`
+    /// for clients taken off a down server. A failure here is left to each
+    /// request, which then tries on its own.
+    pub fn prepare(&self, datagrams: &[(&[u8], SocketAddr)]) -> Vec<Action> {
+        let mut unassigned: Vec<Aor> = datagrams
+            .iter()
+            .filter_map(|(datagram, _)| {
+                let message = Message::parse(datagram).ok().filter(Message::is_request)?;
+                // An ACK or CANCEL never makes an assignment.
+                if matches!(message.method(), Some("ACK" | "CANCEL")) {
+                    return None;
+                }
+                let aor = identity(&message).ok()?;
+                self.store.get(&aor).ok()?.filter(|a| self.usable(a)).is_none().then_some(aor)
+            })
+            .collect();
+        unassigned.sort();
+        unassigned.dedup();
+        if unassigned.len() < 2 {
+            return Vec::new();
         }
-        if let (Some(_), Some(stored)) = (outcome, &stored) {
-            self.count_move(previous.as_deref(), &stored.server);
+        let aors: Vec<&Aor> = unassigned.iter().collect();
+        match self.assign_all(&aors) {
+            Ok(results) => (results.into_iter().zip(unassigned))
+                .filter(|(result, _)| result.as_ref().is_some_and(|(_, moved)| *moved))
+                .map(|(_, aor)| Action::Moved { aor })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, clients = aors.len(), "assigning a batch of new clients failed");
+                Vec::new()
+            }
         }
-        // Kept on an unavailable server only when no other server is active.
-        Ok(stored.filter(|a| self.usable(a)).map(|a| (a, outcome == Some(true))))
     }
 
     /// Its server is configured and not down.

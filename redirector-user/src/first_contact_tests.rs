@@ -480,10 +480,11 @@ impl AssignmentStore for CountingStore {
     }
 }
 
-#[test]
-fn a_known_clients_first_contact_commits_nothing() {
-    let dir = std::env::temp_dir().join(format!("redirector-fc-counting-{}", std::process::id()));
-    let _cleanup = TempDir(dir.clone());
+/// First contact over a store that counts its write transactions.
+fn counting() -> (FirstContact, Arc<AtomicU64>, TempDir) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("redirector-fc-counting-{}-{n}", std::process::id()));
     let updates = Arc::new(AtomicU64::new(0));
     let store = CountingStore { inner: RedbStore::open(&dir.join("a.redb")).unwrap(), updates: updates.clone() };
     let settings = Settings {
@@ -494,9 +495,44 @@ fn a_known_clients_first_contact_commits_nothing() {
         services: vec![service()],
     };
     let servers = vec![home("home1", 0, 11, HomeState::Active), home("home2", 1, 12, HomeState::Active)];
-    let fc = FirstContact::new(settings, servers, Box::new(store)).unwrap();
+    (FirstContact::new(settings, servers, Box::new(store)).unwrap(), updates, TempDir(dir))
+}
+
+#[test]
+fn a_known_clients_first_contact_commits_nothing() {
+    let (fc, updates, _dir) = counting();
     for _ in 0..3 {
         only_reply(&fc.on_service_datagram(&register(ONE_VIA, ""), client(), service()));
     }
     assert_eq!(updates.load(Ordering::Relaxed), 1, "one commit for the new assignment, none for the repeats");
+}
+
+fn register_as(user: &str) -> Vec<u8> {
+    text(&register(ONE_VIA, "")).replace("alice@", &format!("{user}@")).into_bytes()
+}
+
+#[test]
+fn a_batch_of_new_clients_is_assigned_in_one_commit() {
+    let (fc, updates, _dir) = counting();
+    let datagrams: Vec<Vec<u8>> = ["u1", "u2", "u3", "u2"].iter().map(|user| register_as(user)).collect();
+    let batch: Vec<(&[u8], SocketAddr)> = datagrams.iter().map(|d| (d.as_slice(), client())).collect();
+    assert!(fc.prepare(&batch).is_empty(), "nobody moved");
+    assert_eq!(updates.load(Ordering::Relaxed), 1);
+    for datagram in &datagrams {
+        only_reply(&fc.on_service_datagram(datagram, client(), service()));
+    }
+    assert_eq!(updates.load(Ordering::Relaxed), 1, "answering them needed no further commit");
+    assert_eq!(fc.counters.assigned.load(Ordering::Relaxed), 3);
+    assert_eq!(fc.client_counts().values().sum::<u64>(), 3);
+
+    let u1 = Aor::from_uri("sip:u1@example.net", "To").unwrap();
+    let down = fc.server(&fc.store().get(&u1).unwrap().unwrap().server).unwrap().index;
+    fc.set_health(down, false);
+    let moved = fc.prepare(&batch);
+    let on_down: Vec<Aor> = ["u1", "u2", "u3"]
+        .iter()
+        .map(|u| Aor::from_uri(&format!("sip:{u}@example.net"), "To").unwrap())
+        .filter(|aor| fc.store().get(aor).unwrap().unwrap().generation == 2)
+        .collect();
+    assert_eq!(moved, on_down.into_iter().map(|aor| Action::Moved { aor }).collect::<Vec<_>>());
 }
