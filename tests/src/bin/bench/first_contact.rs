@@ -183,7 +183,7 @@ pub fn run(quick: bool) -> Section {
         section.rows.push(row);
     }
     section.notes.push(
-        "redirector commits each new assignment durably (one fsync) before answering; Kamailio keeps no state".into(),
+        "redirector commits the new assignments of each batch of queued REGISTERs durably (one fsync) before answering any; Kamailio keeps no state".into(),
     );
     section
 }
