@@ -292,16 +292,15 @@ async fn rebalance_loop(
 /// burst of first contacts shares one database commit (`FirstContact::prepare`).
 const BATCH: usize = 64;
 
-/// Waits for a datagram, then takes whatever else is queued (up to `BATCH`).
+/// Waits for a datagram, then takes whatever else is queued (up to
+/// `BATCH`). An error after the first is left for the next wait to report,
+/// so no datagram already taken is lost.
 async fn receive_batch(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Vec<(Vec<u8>, SocketAddr)>> {
     let (len, source) = socket.recv_from(buf).await?;
     let mut batch = vec![(buf[..len].to_vec(), source)];
     while batch.len() < BATCH {
-        match socket.try_recv_from(buf) {
-            Ok((len, source)) => batch.push((buf[..len].to_vec(), source)),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(error) => return Err(error),
-        }
+        let Ok((len, source)) = socket.try_recv_from(buf) else { break };
+        batch.push((buf[..len].to_vec(), source));
     }
     Ok(batch)
 }
@@ -466,6 +465,7 @@ fn service_socket_for<'a>(
     to: SocketAddr,
 ) -> Option<&'a Arc<UdpSocket>> {
     let at = |wanted: &dyn Fn(&SocketAddr) -> bool| addresses.iter().position(wanted).map(|i| &services[i]);
+    let from = from.filter(|from| from.is_ipv4() == to.is_ipv4());
     from.and_then(|from| at(&|local| *local == from)).or_else(|| at(&|local| local.is_ipv4() == to.is_ipv4()))
 }
 

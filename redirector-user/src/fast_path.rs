@@ -104,11 +104,14 @@ impl FastPath {
     }
 
     /// Puts withdrawn clients back on the fast path, to the server in slot `server`.
+    /// Entries recorded as they are put: on an error, the ones already in
+    /// the kernel are known (a later move or sweep finds them); the rest
+    /// stay off the fast path until their client's next first contact.
     pub fn restore(&mut self, withdrawn: Withdrawn, server: u32) -> Result<(), FastPathError> {
-        for &(client, service) in &withdrawn.entries {
+        for (client, service) in withdrawn.entries {
             self.put(client, server, service)?;
+            self.installed.entry(withdrawn.aor.clone()).or_default().push((client, service));
         }
-        self.installed.entry(withdrawn.aor).or_default().extend(withdrawn.entries);
         Ok(())
     }
 

@@ -19,7 +19,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Mutex, RwLock, atomic::AtomicU64},
+    sync::{Mutex, RwLock, RwLockWriteGuard, atomic::AtomicU64},
 };
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -183,6 +183,11 @@ pub struct FirstContact {
     /// Changed by drain / undrain (and health checks).
     servers: RwLock<Vec<HomeServer>>,
     store: Box<dyn AssignmentStore>,
+    /// Held (write) by a move from withdrawing its clients' kernel entries
+    /// until its commit, and (read) by the lookup of a known client: a
+    /// client withdrawn for a move is never answered from the assignment
+    /// the move is about to replace.
+    moves: RwLock<()>,
     /// Assignments per server name, kept with every write (they all go
     /// through here), so statistics never scan the database. Signed, and
     /// never clamped, so that updates applied out of order still add up.
@@ -202,7 +207,14 @@ impl FirstContact {
             *client_counts.entry(assignment.server).or_default() += 1;
         }
         let client_counts = Mutex::new(client_counts);
-        Ok(Self { settings, servers: RwLock::new(servers), store, client_counts, counters: Counters::default() })
+        Ok(Self {
+            settings,
+            servers: RwLock::new(servers),
+            store,
+            moves: RwLock::new(()),
+            client_counts,
+            counters: Counters::default(),
+        })
     }
 
     /// How many clients each server has in the database.
@@ -257,14 +269,42 @@ impl FirstContact {
         servers.iter().find(|s| s.name == name).cloned()
     }
 
-    /// Records each AOR on its server with the next generation, durably
-    /// (in one transaction where the store can).
-    pub fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<Reassigned>, StoreError> {
-        let reassigned = self.store.reassign_many(moves)?;
-        for (&(_, to), done) in moves.iter().zip(&reassigned) {
-            self.count_move(done.previous.as_deref(), to);
-        }
-        Ok(reassigned)
+    /// Holds off lookups of known clients while a move withdraws and
+    /// commits (see `moves`).
+    pub fn begin_move(&self) -> RwLockWriteGuard<'_, ()> {
+        self.moves.write().expect("moves lock")
+    }
+
+    /// Records each AOR on its server with the next generation, in one
+    /// durable transaction. An AOR is left alone (`None`) if its server is
+    /// down or gone by then, or, with `only_from`, if it is no longer on
+    /// that server (something else moved it since the move was planned).
+    pub fn reassign_many(
+        &self,
+        moves: &[(&Aor, &str)],
+        only_from: Option<&str>,
+    ) -> Result<Vec<Option<Reassigned>>, StoreError> {
+        let aors: Vec<&Aor> = moves.iter().map(|&(aor, _)| aor).collect();
+        let mut targets = moves.iter().map(|&(_, to)| to);
+        let mut previous = Vec::with_capacity(moves.len());
+        let stored = self.store.update_many(&aors, &mut |aor, current| {
+            let to = targets.next().expect("one call per move");
+            let still_there = only_from.is_none_or(|from| current.is_some_and(|a| a.server == from));
+            let takes = self.server(to).is_some_and(|s| s.effective_state() != HomeState::Down);
+            let moving = still_there && takes;
+            previous.push(moving.then(|| current.map(|a| a.server.clone())));
+            let generation = current.map_or(0, |a| a.generation) + 1;
+            moving.then(|| Assignment { generation, ..Assignment::new(aor.clone(), to.to_owned()) })
+        })?;
+        Ok(previous
+            .into_iter()
+            .zip(stored)
+            .map(|(previous, stored)| {
+                let (previous, stored) = (previous?, stored?);
+                self.count_move(previous.as_deref(), &stored.server);
+                Some(Reassigned { previous, generation: stored.generation })
+            })
+            .collect())
     }
 
     pub fn store(&self) -> &dyn AssignmentStore {
@@ -338,12 +378,7 @@ impl FirstContact {
         let mut basis = Basis::of(message);
         let direct = basis.vias.len() == 1;
         let subscribe = message.method() == Some("SUBSCRIBE");
-        let redirect = match self.settings.policy {
-            _ if subscribe => false,
-            Policy::Auto => direct,
-            Policy::Redirect => true,
-            Policy::Proxy => false,
-        };
+        let redirect = self.redirects(message, direct);
         match message.method() {
             // Nothing ever answers an ACK (RFC 3261 §17): it acknowledges our
             // own final answer, or goes where its INVITE was proxied.
@@ -420,6 +455,32 @@ impl FirstContact {
         }
     }
 
+    /// Whether a request is answered with a redirect rather than proxied.
+    fn redirects(&self, message: &Message<'_>, direct: bool) -> bool {
+        match self.settings.policy {
+            _ if message.method() == Some("SUBSCRIBE") => false,
+            Policy::Auto => direct,
+            Policy::Redirect => true,
+            Policy::Proxy => false,
+        }
+    }
+
+    /// The client `on_request` would look up or assign for this request,
+    /// in its order: never for an ACK, a CANCEL answered here, or a request
+    /// out of hops.
+    fn would_assign(&self, message: &Message<'_>) -> Option<Aor> {
+        let direct = message.via_values().count() == 1;
+        match message.method() {
+            Some("ACK") => return None,
+            Some("CANCEL") if self.redirects(message, direct) => return None,
+            _ => {}
+        }
+        if message.max_forwards().ok().flatten() == Some(0) {
+            return None;
+        }
+        identity(message).ok()
+    }
+
     fn absorb_ack(&self) -> Vec<Action> {
         bump(&self.counters.absorbed_acks);
         Vec::new()
@@ -444,7 +505,11 @@ impl FirstContact {
     /// server is down (or gone from the config) is reassigned now (`true`).
     fn assignment(&self, aor: &Aor) -> Result<Option<(Assignment, bool)>, StoreError> {
         // Most first contacts are known clients: a read, no durable commit.
-        if let Some(known) = self.store.get(aor)?.filter(|a| self.usable(a)) {
+        let known = {
+            let _no_move = self.moves.read().expect("moves lock");
+            self.store.get(aor)?
+        };
+        if let Some(known) = known.filter(|a| self.usable(a)) {
             return Ok(Some((known, false)));
         }
         Ok(self.assign_all(&[aor])?.pop().flatten())
@@ -494,11 +559,7 @@ impl FirstContact {
             .iter()
             .filter_map(|(datagram, _)| {
                 let message = Message::parse(datagram).ok().filter(Message::is_request)?;
-                // An ACK or CANCEL never makes an assignment.
-                if matches!(message.method(), Some("ACK" | "CANCEL")) {
-                    return None;
-                }
-                let aor = identity(&message).ok()?;
+                let aor = self.would_assign(&message)?;
                 self.store.get(&aor).ok()?.filter(|a| self.usable(a)).is_none().then_some(aor)
             })
             .collect();

@@ -516,8 +516,13 @@ fn a_batch_of_new_clients_is_assigned_in_one_commit() {
     let (fc, updates, _dir) = counting();
     let datagrams: Vec<Vec<u8>> = ["u1", "u2", "u3", "u2"].iter().map(|user| register_as(user)).collect();
     let batch: Vec<(&[u8], SocketAddr)> = datagrams.iter().map(|d| (d.as_slice(), client())).collect();
-    assert!(fc.prepare(&batch).is_empty(), "nobody moved");
+    let out_of_hops = text(&register_as("m1")).replace("\r\nContent-Length", "\r\nMax-Forwards: 0\r\nContent-Length");
+    let mut with_rejected = batch.clone();
+    with_rejected.push((out_of_hops.as_bytes(), client()));
+    assert!(fc.prepare(&with_rejected).is_empty(), "nobody moved");
     assert_eq!(updates.load(Ordering::Relaxed), 1);
+    let m1 = Aor::from_uri("sip:m1@example.net", "To").unwrap();
+    assert!(fc.store().get(&m1).unwrap().is_none(), "a request that gets 483 is not assigned in a batch either");
     for datagram in &datagrams {
         only_reply(&fc.on_service_datagram(datagram, client(), service()));
     }
@@ -535,4 +540,21 @@ fn a_batch_of_new_clients_is_assigned_in_one_commit() {
         .filter(|aor| fc.store().get(aor).unwrap().unwrap().generation == 2)
         .collect();
     assert_eq!(moved, on_down.into_iter().map(|aor| Action::Moved { aor }).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_planned_move_leaves_clients_that_moved_meanwhile_or_whose_target_is_down() {
+    let s = setup(Policy::Auto);
+    s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
+    let aor = Aor::from_uri("sip:alice@example.net", "To").unwrap();
+    let from = s.fc.store().get(&aor).unwrap().unwrap().server;
+    let to = if from == "home1" { "home2" } else { "home1" };
+    assert_eq!(s.fc.reassign_many(&[(&aor, to)], Some(to)).unwrap(), [None], "not on the planned server");
+    s.fc.set_health(s.fc.server(to).unwrap().index, false);
+    assert_eq!(s.fc.reassign_many(&[(&aor, to)], Some(&from)).unwrap(), [None], "its target is down");
+    assert_eq!(s.fc.store().get(&aor).unwrap().unwrap().generation, 1, "nothing was written");
+    s.fc.set_health(s.fc.server(to).unwrap().index, true);
+    let moved = s.fc.reassign_many(&[(&aor, to)], Some(&from)).unwrap();
+    assert_eq!(moved, [Some(Reassigned { previous: Some(from.clone()), generation: 2 })]);
+    assert_eq!(s.fc.client_counts(), HashMap::from([(from, 0), (to.to_owned(), 1)]));
 }

@@ -50,7 +50,7 @@ type Result<T, E = OperationError> = std::result::Result<T, E>;
 
 /// Clients moved per database transaction (and per hold of the fast-path
 /// lock) when a server is drained or goes down.
-const MOVE_BATCH: usize = 10_000;
+const MOVE_BATCH: usize = 2_000;
 
 /// One client moved from one home server to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,7 +137,8 @@ impl Operations {
         if self.first_contact.store().get(&aor)?.is_none() {
             return Err(OperationError::UnknownAor(aor.to_string()));
         }
-        self.move_aor(&aor, &to)
+        let mut moved = self.move_batch(&[(aor, to.clone())], None)?;
+        moved.pop().ok_or(OperationError::ServerDown(to.name))
     }
 
     /// Takes `server` out of new assignments and moves all its clients to
@@ -201,7 +202,7 @@ impl Operations {
                         Ok((assignment.aor.clone(), to.ok_or_else(|| OperationError::NoActiveServer(server.into()))?))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                moves.extend(self.move_batch(&planned)?);
+                moves.extend(self.move_batch(&planned, Some(server))?);
             }
         }
         Ok(moves)
@@ -258,38 +259,40 @@ impl Operations {
     }
 
     /// Makes planned moves, logging why.
+    /// Makes planned moves, logging why; a client that moved since the
+    /// plan was made is left where it is.
     pub fn apply_plan(&self, planned: &[Planned], reason: &str) -> Result<Vec<Move>> {
-        planned
-            .iter()
-            .map(|p| {
-                tracing::info!(aor = %p.aor, from = p.from, to = p.to, rate = p.rate, reason, "rebalancing");
-                self.move_aor(&p.aor, &self.server(&p.to)?)
-            })
-            .collect()
-    }
-
-    fn move_aor(&self, aor: &Aor, to: &HomeServer) -> Result<Move> {
-        let mut moved = self.move_batch(&[(aor.clone(), to.clone())])?;
-        Ok(moved.remove(0))
-    }
-
-    /// Moves clients to their planned servers: every kernel entry withdrawn,
-    /// one durable commit, the watchers queued, the entries restored
-    /// pointing at the new servers — all under the fast-path lock. If the
-    /// commit fails nothing moved and the entries stay withdrawn: the
-    /// clients' next packets meet first contact, which answers from the
-    /// database and puts them back.
-    fn move_batch(&self, planned: &[(Aor, HomeServer)]) -> Result<Vec<Move>> {
-        let mut fast_path = self.fast_path.lock().expect("fast path lock");
-        let withdrawn = planned.iter().map(|(aor, _)| fast_path.withdraw(aor)).collect::<Result<Vec<_>, _>>()?;
-        let pairs: Vec<(&Aor, &str)> = planned.iter().map(|(aor, to)| (aor, to.name.as_str())).collect();
-        let reassigned = self.first_contact.reassign_many(&pairs)?;
-        for (aor, _) in planned {
-            self.watchers.client_moved(aor);
+        let mut moves = Vec::new();
+        for p in planned {
+            tracing::info!(aor = %p.aor, from = p.from, to = p.to, rate = p.rate, reason, "rebalancing");
+            moves.extend(self.move_batch(&[(p.aor.clone(), self.server(&p.to)?)], Some(&p.from))?);
         }
+        Ok(moves)
+    }
+
+    /// Moves clients to their planned servers (see `FirstContact::reassign_many`
+    /// for the ones left alone): every kernel entry withdrawn, one durable
+    /// commit, the watchers queued, the entries restored pointing at the
+    /// new servers, under the fast-path lock, and with lookups of known
+    /// clients held off from the withdrawal to the commit. Entries that are
+    /// not restored (the client was left alone, the commit failed, the
+    /// kernel refused one) stay withdrawn: the client's next packet meets
+    /// first contact, which answers from the database and puts it back.
+    fn move_batch(&self, planned: &[(Aor, HomeServer)], only_from: Option<&str>) -> Result<Vec<Move>> {
+        let mut fast_path = self.fast_path.lock().expect("fast path lock");
+        let reassigned = {
+            let _moving = self.first_contact.begin_move();
+            let withdrawn = planned.iter().map(|(aor, _)| fast_path.withdraw(aor)).collect::<Result<Vec<_>, _>>()?;
+            let pairs: Vec<(&Aor, &str)> = planned.iter().map(|(aor, to)| (aor, to.name.as_str())).collect();
+            withdrawn.into_iter().zip(self.first_contact.reassign_many(&pairs, only_from)?)
+        };
         let mut moves = Vec::with_capacity(planned.len());
-        for (((aor, to), entries), done) in planned.iter().zip(withdrawn).zip(reassigned) {
-            fast_path.restore(entries, to.index)?;
+        for ((aor, to), (entries, done)) in planned.iter().zip(reassigned) {
+            let Some(done) = done else { continue };
+            self.watchers.client_moved(aor);
+            if let Err(error) = fast_path.restore(entries, to.index) {
+                tracing::warn!(%aor, %error, "a moved client's kernel entries were not all restored");
+            }
             let from = done.previous.unwrap_or_default();
             tracing::debug!(%aor, from, to = to.name, generation = done.generation, "moved");
             moves.push(Move { aor: aor.to_string(), from, to: to.name.clone(), generation: done.generation });

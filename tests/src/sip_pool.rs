@@ -210,6 +210,17 @@ pub struct BackgroundSipp {
     child: Child,
     log: PathBuf,
     errors: PathBuf,
+    reaped: bool,
+}
+
+/// A test that fails before `wait` leaves no SIPp behind.
+impl Drop for BackgroundSipp {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl BackgroundSipp {
@@ -223,13 +234,14 @@ impl BackgroundSipp {
             .stderr(Stdio::null())
             .spawn()
             .expect("running sipp (apt-get install sip-tester)");
-        Self { child, log, errors }
+        Self { child, log, errors, reaped: false }
     }
 
     /// Waits for the call to end (SIPp's own timeout bounds it): what its
     /// `<log>` actions wrote, or its errors if it failed.
     pub fn wait(mut self) -> Result<String, String> {
         let status = self.child.wait().expect("waiting for sipp");
+        self.reaped = true;
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         if status.success() {
             Ok(log)

@@ -336,13 +336,14 @@ fn spawn(ns: &NetNs, args: &[&str]) -> Child {
         .unwrap_or_else(|e| panic!("starting redirector {args:?}: {e}"))
 }
 
-/// SIGKILLs a process started in a group of its own, with every process it
-/// forked (Kamailio's workers outlive a killed main process), and reaps it.
+/// SIGKILLs a process started in a group of its own (`process_group(0)`),
+/// with every process it forked (Kamailio's workers outlive a killed main
+/// process), and reaps it. Falls back to the process alone otherwise.
 pub fn kill_group(child: &mut Child) {
-    if let Ok(None) = child.try_wait() {
-        // SAFETY: plain syscall; the group id is the child's pid, which it
-        // keeps until reaped below.
-        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    // SAFETY: plain syscall; the group id is the child's pid, which cannot
+    // be reused before the child is reaped below.
+    if unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) } != 0 {
+        let _ = child.kill();
     }
     let _ = child.wait();
 }

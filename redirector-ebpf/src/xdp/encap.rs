@@ -1,9 +1,12 @@
 //! dsr: wrap the client's IP packet in an outer IPv4 (IPIP) or IPv6
 //! (IPv6-in-IPv6) header addressed to the home server, Katran style. The
 //! outer header copies the inner TOS / traffic class and, over IPv4, the
-//! Don't Fragment bit (RFC 2003 §3.1, so the sender's path MTU discovery
-//! keeps working); it has no flow label, identification 0 and a hop limit
-//! of `ENCAP_TTL`.
+//! Don't Fragment bit (RFC 2003 §3.1); it has no flow label,
+//! identification 0 and a hop limit of `ENCAP_TTL`. ICMP errors from the
+//! tunnel path reach the edge and are not relayed to the client (RFC 2003
+//! §4): the FIB lookup passes up any packet that would exceed the egress
+//! MTU instead, and edge and home servers are expected on one link or a
+//! path with the MTU of it.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use redirector_ebpf::{Endpoint, FAMILY_V4, checksum};
