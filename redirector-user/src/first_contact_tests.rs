@@ -36,6 +36,16 @@ fn home(name: &str, index: u32, last: u8, state: HomeState) -> HomeServer {
     }
 }
 
+fn settings(policy: Policy) -> Settings {
+    Settings {
+        policy,
+        redirect_expires: 600,
+        retry_after: 30,
+        proxy: PROXY.parse().unwrap(),
+        services: vec![SERVICE.parse().unwrap()],
+    }
+}
+
 fn setup_with(policy: Policy, servers: Vec<HomeServer>) -> Setup {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -44,13 +54,7 @@ fn setup_with(policy: Policy, servers: Vec<HomeServer>) -> Setup {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let store = RedbStore::open(&dir.join("a.redb")).unwrap();
-    let settings = Settings {
-        policy,
-        redirect_expires: 600,
-        retry_after: 30,
-        proxy: PROXY.parse().unwrap(),
-        services: vec![SERVICE.parse().unwrap()],
-    };
+    let settings = settings(policy);
     Setup { fc: FirstContact::new(settings, servers, Box::new(store)).unwrap(), _dir: TempDir(dir) }
 }
 
@@ -487,15 +491,8 @@ fn counting() -> (FirstContact, Arc<AtomicU64>, TempDir) {
     let dir = std::env::temp_dir().join(format!("redirector-fc-counting-{}-{n}", std::process::id()));
     let updates = Arc::new(AtomicU64::new(0));
     let store = CountingStore { inner: RedbStore::open(&dir.join("a.redb")).unwrap(), updates: updates.clone() };
-    let settings = Settings {
-        policy: Policy::Auto,
-        redirect_expires: 600,
-        retry_after: 30,
-        proxy: PROXY.parse().unwrap(),
-        services: vec![service()],
-    };
     let servers = vec![home("home1", 0, 11, HomeState::Active), home("home2", 1, 12, HomeState::Active)];
-    (FirstContact::new(settings, servers, Box::new(store)).unwrap(), updates, TempDir(dir))
+    (FirstContact::new(settings(Policy::Auto), servers, Box::new(store)).unwrap(), updates, TempDir(dir))
 }
 
 #[test]
