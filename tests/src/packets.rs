@@ -128,8 +128,9 @@ pub fn ipip(outer_src: IpAddr, outer_dst: IpAddr, inner: &[u8]) -> Vec<u8> {
             let mut ip = Ipv4Header::new(inner.len() as u16, 64, IpNumber::IPV4, src.octets(), dst.octets()).unwrap();
             ip.dscp = etherparse::IpDscp::try_new(inner[1] >> 2).unwrap();
             ip.ecn = etherparse::IpEcn::try_new(inner[1] & 3).unwrap();
-            // RFC 2003 §3.1: DF is copied from the inner header.
+            // DF (RFC 2003 §3.1) and the identification are copied from the inner header.
             ip.dont_fragment = inner[6] & 0x40 != 0;
+            ip.identification = u16::from_be_bytes([inner[4], inner[5]]);
             ip.header_checksum = ip.calc_header_checksum();
             out.extend_from_slice(&ip.to_bytes());
         }

@@ -1,8 +1,9 @@
 //! dsr: wrap the client's IP packet in an outer IPv4 (IPIP) or IPv6
 //! (IPv6-in-IPv6) header addressed to the home server, Katran style. The
 //! outer header copies the inner TOS / traffic class and, over IPv4, the
-//! Don't Fragment bit (RFC 2003 §3.1); it has no flow label,
-//! identification 0 and a hop limit of `ENCAP_TTL`. ICMP errors from the
+//! Don't Fragment bit (RFC 2003 §3.1) and the identification (unique per
+//! sender as the inner one is, as RFC 6864 wants of a datagram that may be
+//! fragmented); it has no flow label and a hop limit of `ENCAP_TTL`. ICMP errors from the
 //! tunnel path reach the edge and are not relayed to the client (RFC 2003
 //! §4): the FIB lookup passes up any packet that would exceed the egress
 //! MTU instead, and edge and home servers are expected on one link or a
@@ -58,13 +59,15 @@ fn move_l2_header(ctx: &XdpContext, grown: usize, vlan: bool) -> Option<()> {
 #[inline(always)]
 fn write_ipv4(ctx: &XdpContext, ip: &Ip, grow: usize, src: &Endpoint, dst: &Endpoint) -> Option<()> {
     let inner: *const Ipv4Hdr = ptr_at(ctx, ip.l3 + grow)?;
-    let (tos, flags) = unsafe { ((*inner).tos, (*inner).frag[0]) };
+    let (tos, id, flags) = unsafe { ((*inner).tos, (*inner).id, (*inner).frag[0]) };
     let total = ((ip.len + IPV4_HLEN) as u16).to_be_bytes();
     let mut outer = [0u8; IPV4_HLEN];
     outer[0] = 0x45;
     outer[1] = tos;
     outer[2] = total[0];
     outer[3] = total[1];
+    outer[4] = id[0];
+    outer[5] = id[1];
     outer[6] = flags & IPV4_DF;
     outer[8] = ENCAP_TTL;
     outer[9] = IPPROTO_IPIP;
