@@ -40,8 +40,8 @@ enum Command {
         config: PathBuf,
     },
     /// On a home server behind a dsr edge: strip the IPIP / IPv6-in-IPv6
-    /// header of packets to ADDRESS in XDP (for kernels without ipip devices).
-    /// The service address must be on the server's loopback.
+    /// header of packets from EDGE to ADDRESS in XDP (for kernels without
+    /// ipip devices). The service address must be on the server's loopback.
     Decap {
         /// Interface the encapsulated packets arrive on.
         #[arg(long, short)]
@@ -65,7 +65,9 @@ enum Command {
         #[arg(long = "listen", short, required = true)]
         listen: Vec<std::net::SocketAddr>,
     },
-    /// Statistics of the running daemon: per home server and per verdict.
+    /// Statistics of the running daemon, as of its statistics stream's newest
+    /// reading: per home server (clients, packets, bytes, rate), the kernel's
+    /// verdicts, first contact and watchers.
     Stats {
         /// JSON instead of a table.
         #[arg(long)]
