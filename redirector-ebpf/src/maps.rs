@@ -176,6 +176,9 @@ pub enum EventKind {
 pub struct Event {
     pub kind: u32,
     pub server: u32,
+    /// `FAMILY_V4` or `FAMILY_V6`: which of the server's addresses.
+    pub family: u8,
+    pub _pad: [u8; 3],
 }
 
 #[cfg(feature = "user")]

@@ -256,9 +256,11 @@ pub struct Sip {
     /// `Retry-After` of a 503, in seconds.
     #[serde(default = "default_retry_after")]
     pub retry_after: u32,
-    /// Where proxied requests leave from and home servers answer to; an
-    /// edge address, not a service address. Default: `edge.ipv4` (else
-    /// `edge.ipv6`), port 5060.
+    /// Where proxied requests (and health checks, and NOTIFYs) of its
+    /// family leave from and home servers answer to; an edge address, not a
+    /// service address. The edge has one such address per family it has an
+    /// address of (`edge.ipv4`, `edge.ipv6`, port 5060); this one replaces
+    /// the default of its family.
     pub proxy_address: Option<SocketAddr>,
 }
 
@@ -468,16 +470,23 @@ impl Config {
         if self.health.down_after == 0 || self.health.up_after == 0 {
             return Err(invalid("health", "down_after and up_after must be at least 1"));
         }
-        if self.proxy_address().is_none() {
+        if self.proxy_addresses().is_empty() {
             return Err(invalid("sip.proxy_address", "needed when the edge has no address to default it from"));
         }
         Ok(())
     }
 
-    /// `sip.proxy_address`, or the edge's own address on port 5060.
-    pub fn proxy_address(&self) -> Option<SocketAddr> {
-        let edge = self.edge.ipv4.map(IpAddr::V4).or(self.edge.ipv6.map(IpAddr::V6));
-        self.sip.proxy_address.or(edge.map(|ip| SocketAddr::new(ip, 5060)))
+    /// The proxy addresses, one per family: `sip.proxy_address` for its
+    /// family, the edge's own address on port 5060 for the others it has.
+    pub fn proxy_addresses(&self) -> Vec<SocketAddr> {
+        let explicit = self.sip.proxy_address;
+        let edges = [self.edge.ipv4.map(IpAddr::V4), self.edge.ipv6.map(IpAddr::V6)];
+        let defaults = edges
+            .into_iter()
+            .flatten()
+            .filter(|ip| explicit.is_none_or(|proxy| proxy.is_ipv4() != ip.is_ipv4()))
+            .map(|ip| SocketAddr::new(ip, 5060));
+        explicit.into_iter().chain(defaults).collect()
     }
 
     fn validate_service(&self) -> Result<(), ConfigError> {
@@ -632,7 +641,8 @@ mod tests {
         assert_eq!(config.server_index("home2"), Some(1));
         assert_eq!(config.server_index("nope"), None);
         assert_eq!(config.sip.first_contact, crate::first_contact::Policy::Auto);
-        assert_eq!(config.proxy_address(), Some("10.0.0.1:5060".parse().unwrap()));
+        let proxies: Vec<SocketAddr> = vec!["10.0.0.1:5060".parse().unwrap(), "[fd00::1]:5060".parse().unwrap()];
+        assert_eq!(config.proxy_addresses(), proxies, "one per family of the edge");
         assert_eq!(config.servers[0].weight, 1.0);
     }
 
@@ -641,7 +651,8 @@ mod tests {
         let text = format!("{VALID}\n[sip]\nfirst_contact = \"proxy\"\nproxy_address = \"10.0.0.1:5070\"\n");
         let config = Config::parse(&text).unwrap();
         assert_eq!(config.sip.first_contact, crate::first_contact::Policy::Proxy);
-        assert_eq!(config.proxy_address(), Some("10.0.0.1:5070".parse().unwrap()));
+        let proxies: Vec<SocketAddr> = vec!["10.0.0.1:5070".parse().unwrap(), "[fd00::1]:5060".parse().unwrap()];
+        assert_eq!(config.proxy_addresses(), proxies, "the explicit one replaces its family's default");
         let err = error_for(&VALID.replace("port = 5070", "port = 5070\nweight = 0"));
         assert_eq!(err, "config field `servers[1].weight`: 0 is not a positive number");
         let err = error_for(&format!("{VALID}\n[sip]\nfirst_contact = \"sometimes\"\n"));

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::XdpMode;
-use redirector_ebpf::{Counter, EventKind, REDIRECTOR_PROGRAM};
+use redirector_ebpf::{Counter, EventKind, FAMILY_V4, REDIRECTOR_PROGRAM};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     net::UdpSocket,
@@ -46,7 +46,8 @@ pub struct Daemon {
     pub fast_path: Arc<Mutex<FastPath>>,
     control: std::os::unix::net::UnixListener,
     services: Vec<std::net::UdpSocket>,
-    proxy: std::net::UdpSocket,
+    /// One per family the edge serves.
+    proxies: Vec<std::net::UdpSocket>,
     health: config::Health,
     idle_timeout: Duration,
     rebalance: config::Rebalance,
@@ -76,8 +77,11 @@ impl Daemon {
                 bind(address, "service address (it must be assigned to the edge, e.g. on lo)")
             })
             .collect::<Result<Vec<_>>>()?;
-        let proxy_address = config.proxy_address().expect("validated: a proxy address exists");
-        let proxy = bind(proxy_address, "sip.proxy_address (an address of the edge's own)")?;
+        let proxy_addresses = config.proxy_addresses();
+        let proxies = proxy_addresses
+            .iter()
+            .map(|&address| bind(address, "sip.proxy_address (an address of the edge's own)"))
+            .collect::<Result<Vec<_>>>()?;
         let prometheus = config.stats.prometheus.map(metrics::bind).transpose()?;
         let control = control::bind(&config.control.socket)
             .with_context(|| format!("creating the control socket {}", config.control.socket.display()))?;
@@ -94,7 +98,7 @@ impl Daemon {
             policy: config.sip.first_contact,
             redirect_expires: config.sip.redirect_expires,
             retry_after: config.sip.retry_after,
-            proxy: proxy_address,
+            proxies: proxy_addresses,
             services: services.iter().map(std::net::UdpSocket::local_addr).collect::<std::io::Result<_>>()?,
         };
         let first_contact = FirstContact::new(settings, home_servers(config), Box::new(store))?;
@@ -109,7 +113,7 @@ impl Daemon {
             fast_path: Arc::new(Mutex::new(fast_path)),
             control,
             services,
-            proxy,
+            proxies,
             health: config.health.clone(),
             idle_timeout: Duration::from_secs_f64(config.fast_path.idle_timeout),
             rebalance: config.rebalance.clone(),
@@ -132,21 +136,27 @@ impl Daemon {
             .iter()
             .map(|s| Ok(Arc::new(UdpSocket::from_std(s.try_clone()?)?)))
             .collect::<std::io::Result<_>>()?;
-        let proxy = Arc::new(UdpSocket::from_std(self.proxy.try_clone()?)?);
-        let notifier = Arc::new(Notifier::new(proxy.clone(), proxy.local_addr()?, self.watchers.counters.clone()));
+        let proxies: Vec<Arc<UdpSocket>> = self
+            .proxies
+            .iter()
+            .map(|s| Ok(Arc::new(UdpSocket::from_std(s.try_clone()?)?)))
+            .collect::<std::io::Result<_>>()?;
+        let sockets = Sockets::new(&services, &proxies)?;
+        let notifier = Arc::new(Notifier::new(sockets.proxies.clone(), self.watchers.counters.clone()));
         let deactivated = self.deactivated.lock().expect("receiver lock").take().context("serve runs once")?;
         let events = self.events.lock().expect("events lock").take().context("serve runs once")?;
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(notifier.clone().run(deactivated));
-        tasks.spawn(events_loop(events, self.first_contact.clone(), proxy.clone()));
-        let sockets = Sockets { services: services.clone(), proxy: proxy.clone() };
+        tasks.spawn(events_loop(events, self.first_contact.clone(), sockets.clone()));
         for socket in &services {
             tasks.spawn(self.receive_loop(socket.clone(), false, sockets.clone(), notifier.clone()));
         }
-        tasks.spawn(self.receive_loop(proxy.clone(), true, sockets, notifier));
+        for socket in &proxies {
+            tasks.spawn(self.receive_loop(socket.clone(), true, sockets.clone(), notifier.clone()));
+        }
         let interval = Duration::from_secs_f64(self.health.interval);
         tasks.spawn(sweep_loop(self.fast_path.clone(), self.idle_timeout));
-        tasks.spawn(health_loop(Arc::new(self.operations()), self.tracker.clone(), proxy.clone(), interval));
+        tasks.spawn(health_loop(Arc::new(self.operations()), self.tracker.clone(), sockets, interval));
         tasks.spawn(control::serve(
             self.control.try_clone()?,
             Arc::new(self.operations()),
@@ -172,7 +182,7 @@ impl Daemon {
         &self,
         socket: Arc<UdpSocket>,
         is_proxy: bool,
-        Sockets { services, proxy }: Sockets,
+        sockets: Sockets,
         notifier: Arc<Notifier>,
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let first_contact = self.first_contact.clone();
@@ -182,7 +192,6 @@ impl Daemon {
         let tracker = self.tracker.clone();
         async move {
             let local = socket.local_addr()?;
-            let service_addresses = services.iter().map(|s| s.local_addr()).collect::<std::io::Result<Vec<_>>>()?;
             let mut buf = vec![0u8; 65_535];
             loop {
                 let batch = receive_batch(&socket, &mut buf).await.with_context(|| format!("receiving on {local}"))?;
@@ -203,17 +212,12 @@ impl Daemon {
                     record_watchers(&actions, &first_contact, &fast_path, &watchers, &notifier);
                     for action in &actions {
                         let (from, to, bytes) = match action {
-                            Action::Reply { to, bytes } => (&socket, to, bytes),
-                            Action::Forward { to, bytes } => (&proxy, to, bytes),
-                            Action::Relay { to, bytes, from } => {
-                                let socket = service_socket_for(&services, &service_addresses, *from, *to);
-                                (socket.unwrap_or(&proxy), to, bytes)
-                            }
+                            Action::Reply { to, bytes } => (Some(&socket), to, bytes),
+                            Action::Forward { to, bytes } => (sockets.proxy_for(*to), to, bytes),
+                            Action::Relay { to, bytes, from } => (sockets.service_for(*from, *to), to, bytes),
                             _ => continue,
                         };
-                        if let Err(error) = from.send_to(bytes, to).await {
-                            warn!(%to, %error, "sending failed");
-                        }
+                        send(from, bytes, *to).await;
                     }
                 }
             }
@@ -236,11 +240,48 @@ impl Daemon {
     }
 }
 
-/// The sockets replies leave from.
+/// The sockets datagrams leave from, with their addresses.
 #[derive(Clone)]
 struct Sockets {
-    services: Vec<Arc<UdpSocket>>,
-    proxy: Arc<UdpSocket>,
+    services: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    proxies: Vec<(SocketAddr, Arc<UdpSocket>)>,
+}
+
+impl Sockets {
+    fn new(services: &[Arc<UdpSocket>], proxies: &[Arc<UdpSocket>]) -> std::io::Result<Self> {
+        let addressed = |sockets: &[Arc<UdpSocket>]| {
+            sockets.iter().map(|s| Ok((s.local_addr()?, s.clone()))).collect::<std::io::Result<Vec<_>>>()
+        };
+        Ok(Self { services: addressed(services)?, proxies: addressed(proxies)? })
+    }
+
+    /// The proxy socket of `to`'s family.
+    fn proxy_for(&self, to: SocketAddr) -> Option<&Arc<UdpSocket>> {
+        of_family(&self.proxies, to)
+    }
+
+    /// The service socket at `from`, else one of `to`'s family, else the
+    /// proxy socket of that family.
+    fn service_for(&self, from: Option<SocketAddr>, to: SocketAddr) -> Option<&Arc<UdpSocket>> {
+        let at = from.filter(|from| from.is_ipv4() == to.is_ipv4());
+        let exact = at.and_then(|at| self.services.iter().find(|(local, _)| *local == at).map(|(_, s)| s));
+        exact.or_else(|| of_family(&self.services, to)).or_else(|| self.proxy_for(to))
+    }
+}
+
+fn of_family(sockets: &[(SocketAddr, Arc<UdpSocket>)], to: SocketAddr) -> Option<&Arc<UdpSocket>> {
+    sockets.iter().find(|(local, _)| local.is_ipv4() == to.is_ipv4()).map(|(_, socket)| socket)
+}
+
+/// Sends, or says why it could not.
+async fn send(from: Option<&Arc<UdpSocket>>, bytes: &[u8], to: SocketAddr) {
+    let Some(socket) = from else {
+        warn!(%to, "no socket of this family to send from");
+        return;
+    };
+    if let Err(error) = socket.send_to(bytes, to).await {
+        warn!(%to, %error, "sending failed");
+    }
 }
 
 /// A snapshot of the counters, by name.
@@ -312,32 +353,33 @@ const RESOLUTION_PING_GAP: Duration = Duration::from_millis(200);
 /// Acts on the program's events: a FIB miss towards a home server makes the
 /// kernel resolve that server's neighbour now (by pinging it), not at the
 /// next health check.
-async fn events_loop(events: RingBuf<MapData>, first_contact: Arc<FirstContact>, proxy: Arc<UdpSocket>) -> Result<()> {
+async fn events_loop(events: RingBuf<MapData>, first_contact: Arc<FirstContact>, sockets: Sockets) -> Result<()> {
     // SAFETY: the ring buffer owns its map's fd, which stays open and the
     // same for as long as the AsyncFd owns the ring buffer.
     let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
-    let mut last_ping: HashMap<u32, tokio::time::Instant> = HashMap::new();
+    // (server slot, IPv4?) → when it was last pinged.
+    let mut last_ping: HashMap<(u32, bool), tokio::time::Instant> = HashMap::new();
     loop {
         let mut guard = events.readable_mut().await.context("polling the event ring buffer")?;
-        let mut servers = Vec::new();
+        let mut misses = Vec::new();
         while let Some(item) = guard.get_inner_mut().next() {
             match decode_event(&item) {
-                Some(event) if event.kind == EventKind::FibMiss as u32 => servers.push(event.server),
+                Some(event) if event.kind == EventKind::FibMiss as u32 => {
+                    misses.push((event.server, event.family == FAMILY_V4));
+                }
                 _ => warn!(bytes = item.len(), "unknown record in the event ring buffer"),
             }
         }
         guard.clear_ready();
         let now = tokio::time::Instant::now();
-        for server in servers {
-            if last_ping.get(&server).is_some_and(|at| now - *at < RESOLUTION_PING_GAP) {
+        for (server, ipv4) in misses {
+            if last_ping.get(&(server, ipv4)).is_some_and(|at| now - *at < RESOLUTION_PING_GAP) {
                 continue;
             }
-            last_ping.insert(server, now);
-            if let Some(Action::Forward { to, bytes }) = first_contact.resolution_ping(server)
-                && let Err(error) = proxy.send_to(&bytes, to).await
-            {
-                warn!(%to, %error, "resolution ping could not be sent");
+            last_ping.insert((server, ipv4), now);
+            if let Some(Action::Forward { to, bytes }) = first_contact.resolution_ping(server, ipv4) {
+                send(sockets.proxy_for(to), &bytes, to).await;
             }
         }
     }
@@ -363,7 +405,7 @@ async fn sweep_loop(fast_path: Arc<Mutex<FastPath>>, idle: Duration) -> Result<(
 async fn health_loop(
     operations: Arc<Operations>,
     tracker: Arc<Mutex<Tracker>>,
-    proxy: Arc<UdpSocket>,
+    sockets: Sockets,
     interval: Duration,
 ) -> Result<()> {
     let mut ticks = tokio::time::interval(interval);
@@ -376,10 +418,8 @@ async fn health_loop(
             tokio::task::spawn_blocking(move || apply_health(&operations, transition));
         }
         for action in operations.first_contact.pings(sequence) {
-            if let Action::Forward { to, bytes } = action
-                && let Err(error) = proxy.send_to(&bytes, to).await
-            {
-                warn!(%to, %error, "health check could not be sent");
+            if let Action::Forward { to, bytes } = action {
+                send(sockets.proxy_for(to), &bytes, to).await;
             }
         }
     }
@@ -454,19 +494,6 @@ fn apply(actions: &[Action], service: SocketAddr, first_contact: &FirstContact, 
             Err(error) => warn!(%aor, %client, %error, "could not put the client on the fast path"),
         }
     }
-}
-
-/// The service socket at `from`, else one of `to`'s family (the sockets'
-/// addresses, in order, are `addresses`).
-fn service_socket_for<'a>(
-    services: &'a [Arc<UdpSocket>],
-    addresses: &[SocketAddr],
-    from: Option<SocketAddr>,
-    to: SocketAddr,
-) -> Option<&'a Arc<UdpSocket>> {
-    let at = |wanted: &dyn Fn(&SocketAddr) -> bool| addresses.iter().position(wanted).map(|i| &services[i]);
-    let from = from.filter(|from| from.is_ipv4() == to.is_ipv4());
-    from.and_then(|from| at(&|local| *local == from)).or_else(|| at(&|local| local.is_ipv4() == to.is_ipv4()))
 }
 
 fn bind(address: SocketAddr, what: &str) -> Result<std::net::UdpSocket> {

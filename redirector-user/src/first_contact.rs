@@ -99,8 +99,9 @@ pub struct Settings {
     pub redirect_expires: u32,
     /// `Retry-After` of a 503.
     pub retry_after: u32,
-    /// Where proxied requests leave from and responses come back to.
-    pub proxy: SocketAddr,
+    /// Where proxied requests leave from and responses come back to: one
+    /// address per family the edge serves.
+    pub proxies: Vec<SocketAddr>,
     /// The service addresses: with `proxy`, what a Route naming this edge
     /// names (RFC 3261 §16.4).
     pub services: Vec<SocketAddr>,
@@ -421,7 +422,10 @@ impl FirstContact {
         let mut actions = if redirect {
             self.redirect(message, &mut basis, source, home_address)
         } else {
-            self.proxy(message, source, home_address, local)
+            match self.proxy(message, source, home_address, local) {
+                Some(proxied) => proxied,
+                None => return self.unavailable(&mut basis, source, "No Proxy Address Of This Family"),
+            }
         };
         if moved {
             actions.push(Action::Moved { aor: aor.clone() });
@@ -495,7 +499,9 @@ impl FirstContact {
             .and_then(|assignment| self.server(&assignment.server))
             .and_then(|home| home.address_for(source));
         match (home, message.max_forwards().ok().flatten()) {
-            (Some(home), max_forwards) if max_forwards != Some(0) => self.proxy(message, source, home, local),
+            (Some(home), max_forwards) if max_forwards != Some(0) => {
+                self.proxy(message, source, home, local).unwrap_or_else(|| self.absorb_ack())
+            }
             _ => self.absorb_ack(),
         }
     }
@@ -598,14 +604,22 @@ impl FirstContact {
 
     /// Proxies a request that arrived at the service address `local`, which
     /// our Via names by index (`rdr-svc`) so the response leaves from it.
-    fn proxy(&self, message: &Message<'_>, source: SocketAddr, home: SocketAddr, local: SocketAddr) -> Vec<Action> {
+    /// `None` when the edge has no proxy address of `home`'s family.
+    fn proxy(
+        &self,
+        message: &Message<'_>,
+        source: SocketAddr,
+        home: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<Vec<Action>> {
+        let proxy = self.proxy_for(home)?;
         let mut vias: Vec<String> = message.via_values().map(|v| v.into_owned()).collect();
         if let Some(top) = vias.first_mut()
             && let Ok(via) = Via::parse(top)
         {
             *top = via.stamped(source);
         }
-        let mut ours = format!("SIP/2.0/UDP {};branch={}", self.settings.proxy, branch(message));
+        let mut ours = format!("SIP/2.0/UDP {proxy};branch={}", branch(message));
         if let Some(index) = self.settings.services.iter().position(|s| *s == local) {
             ours += &format!(";{SERVICE_PARAM}={index}");
         }
@@ -613,7 +627,12 @@ impl FirstContact {
         let max_forwards = message.max_forwards().ok().flatten().map_or(70, |n| n.saturating_sub(1));
         let pop_route = self.first_route_is_ours(message);
         bump(&self.counters.proxied);
-        vec![Action::Forward { to: home, bytes: rewrite(message, &vias, Some(max_forwards), pop_route) }]
+        Some(vec![Action::Forward { to: home, bytes: rewrite(message, &vias, Some(max_forwards), pop_route) }])
+    }
+
+    /// The proxy address of `peer`'s family.
+    fn proxy_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        self.settings.proxies.iter().copied().find(|proxy| proxy.is_ipv4() == peer.is_ipv4())
     }
 
     /// The request's first Route value names this edge (§16.4: it is to be
@@ -624,29 +643,34 @@ impl FirstContact {
         };
         let first = split_list(route.value).next().map(unfold).unwrap_or_default();
         let named = NameAddr::parse(&first, "Route").ok().and_then(|value| socket_address(value.uri));
-        named.is_some_and(|address| address == self.settings.proxy || self.settings.services.contains(&address))
+        named.is_some_and(|address| {
+            self.settings.proxies.contains(&address) || self.settings.services.contains(&address)
+        })
     }
 
-    /// OPTIONS to every home server of the proxy address's family. Sending
-    /// them makes the kernel resolve and refresh each server's neighbour
-    /// entry, which the fast path's FIB lookups need: in dsr mode the edge
-    /// sends the servers nothing else.
+    /// OPTIONS to every home server, from the proxy address of each family
+    /// it has an address of (a server answering in either family is up).
+    /// Sending them makes the kernel resolve and refresh each server's
+    /// neighbour entries, which the fast path's FIB lookups need: in dsr mode
+    /// the edge sends the servers nothing else.
     pub fn pings(&self, sequence: u32) -> Vec<Action> {
-        self.servers().iter().filter_map(|server| self.ping(server, sequence)).collect()
+        let servers = self.servers();
+        let each_family = servers.iter().flat_map(|server| self.settings.proxies.iter().map(move |p| (server, *p)));
+        each_family.filter_map(|(server, proxy)| self.ping(server, sequence, proxy)).collect()
     }
 
-    /// An OPTIONS to the server in slot `index` outside the health rounds
-    /// (sequence 0, which no round uses), for the kernel to resolve its
-    /// neighbour now: the fast path reported a FIB miss towards it.
-    pub fn resolution_ping(&self, index: u32) -> Option<Action> {
+    /// An OPTIONS to the server in slot `index`, over IPv4 or IPv6, outside
+    /// the health rounds (sequence 0, which no round uses), for the kernel
+    /// to resolve its neighbour now: the fast path reported a FIB miss.
+    pub fn resolution_ping(&self, index: u32, ipv4: bool) -> Option<Action> {
         let server = self.servers().into_iter().find(|s| s.index == index)?;
-        let ping = self.ping(&server, 0)?;
+        let proxy = self.settings.proxies.iter().copied().find(|p| p.is_ipv4() == ipv4)?;
+        let ping = self.ping(&server, 0, proxy)?;
         bump(&self.counters.resolution_pings);
         Some(ping)
     }
 
-    fn ping(&self, server: &HomeServer, sequence: u32) -> Option<Action> {
-        let proxy = self.settings.proxy;
+    fn ping(&self, server: &HomeServer, sequence: u32, proxy: SocketAddr) -> Option<Action> {
         let (to, index) = (server.address_for(proxy)?, server.index);
         bump(&self.counters.pings_sent);
         let bytes = format!(
@@ -662,7 +686,8 @@ impl FirstContact {
             Some(port) => format!("{}:{port}", via.host),
             None => via.host.to_owned(),
         };
-        sent_by == self.settings.proxy.to_string() && via.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+        let ours = self.settings.proxies.iter().any(|proxy| proxy.to_string() == sent_by);
+        ours && via.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX))
     }
 
     /// 503 with Retry-After.

@@ -8,6 +8,7 @@ use crate::store::RedbStore;
 
 const CLIENT: &str = "203.0.113.7:5062";
 const PROXY: &str = "198.51.100.1:5060";
+const PROXY6: &str = "[2001:db8::1]:5060";
 const SERVICE: &str = "192.0.2.10:5060";
 
 struct Setup {
@@ -41,7 +42,7 @@ fn settings(policy: Policy) -> Settings {
         policy,
         redirect_expires: 600,
         retry_after: 30,
-        proxy: PROXY.parse().unwrap(),
+        proxies: vec![PROXY.parse().unwrap(), PROXY6.parse().unwrap()],
         services: vec![SERVICE.parse().unwrap()],
     }
 }
@@ -554,4 +555,44 @@ fn a_planned_move_leaves_clients_that_moved_meanwhile_or_whose_target_is_down() 
     let moved = s.fc.reassign_many(&[(&aor, to)], Some(&from)).unwrap();
     assert_eq!(moved, [Some(Reassigned { previous: Some(from.clone()), generation: 2 })]);
     assert_eq!(s.fc.client_counts(), HashMap::from([(from, 0), (to.to_owned(), 1)]));
+}
+
+#[test]
+fn each_family_is_pinged_and_proxied_from_the_proxy_address_of_that_family() {
+    let mut dual = home("home1", 0, 11, HomeState::Active);
+    dual.ipv6 = Some("2001:db8::11".parse().unwrap());
+    let s = setup_with(Policy::Auto, vec![dual, home("home2", 1, 12, HomeState::Active)]);
+    let pings: Vec<(SocketAddr, String)> =
+        s.fc.pings(1)
+            .into_iter()
+            .map(|a| match a {
+                Action::Forward { to, bytes } => (to, text(&bytes)),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+    let to: Vec<String> = pings.iter().map(|(to, _)| to.to_string()).collect();
+    assert_eq!(to, ["198.51.100.11:5060", "[2001:db8::11]:5060", "198.51.100.12:5060"]);
+    assert!(pings[1].1.contains(&format!("Via: SIP/2.0/UDP {PROXY6};branch=")), "{}", pings[1].1);
+    let resolution = s.fc.resolution_ping(0, false);
+    assert!(matches!(resolution, Some(Action::Forward { to, .. }) if to.is_ipv6()), "{resolution:?}");
+    assert_eq!(s.fc.resolution_ping(1, false), None, "home2 has no IPv6 address");
+
+    let dual = |name, index, last| {
+        let mut home = home(name, index, last, HomeState::Active);
+        home.ipv6 = Some(format!("2001:db8::{last}").parse().unwrap());
+        home
+    };
+    let s = setup_with(Policy::Auto, vec![dual("home1", 0, 11), dual("home2", 1, 12)]);
+    let upstream: SocketAddr = "[2001:db8::99]:5060".parse().unwrap();
+    let vias = "Via: SIP/2.0/UDP [2001:db8::99]:5060;branch=z9hG4bKp6\r\nVia: SIP/2.0/UDP [2001:db8::7]:5062;branch=z9hG4bKc6\r\n";
+    let actions = s.fc.on_service_datagram(&register(vias, ""), upstream, service());
+    let [Action::Forward { to, bytes }] = actions.as_slice() else { panic!("{actions:?}") };
+    assert!(to.is_ipv6(), "{to}");
+    assert!(text(bytes).starts_with(&format!("REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP {PROXY6};")));
+    let ok = text(bytes).replacen("REGISTER sip:example.net SIP/2.0", "SIP/2.0 200 OK", 1);
+    let relayed = s.fc.on_proxy_datagram(ok.as_bytes(), *to);
+    assert!(
+        matches!(relayed.as_slice(), [Action::Relay { to, .. }] if *to == upstream),
+        "our IPv6 Via is ours: {relayed:?}"
+    );
 }

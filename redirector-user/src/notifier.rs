@@ -44,17 +44,18 @@ pub fn next_interval(current: Duration, proceeding: bool) -> Duration {
 }
 
 pub struct Notifier {
-    socket: Arc<UdpSocket>,
-    sent_by: SocketAddr,
+    /// The proxy sockets (one per family) and their addresses.
+    proxies: Vec<(SocketAddr, Arc<UdpSocket>)>,
     /// Status codes of the answers to each pending transaction, by branch.
     pending: Mutex<HashMap<String, mpsc::UnboundedSender<u16>>>,
     counters: Arc<WatcherCounters>,
 }
 
 impl Notifier {
-    /// NOTIFYs leave from `socket`, whose address `sent_by` goes in their Via.
-    pub fn new(socket: Arc<UdpSocket>, sent_by: SocketAddr, counters: Arc<WatcherCounters>) -> Self {
-        Self { socket, sent_by, pending: Mutex::new(HashMap::new()), counters }
+    /// NOTIFYs leave from the proxy socket of the watcher's family, whose
+    /// address goes in their Via.
+    pub fn new(proxies: Vec<(SocketAddr, Arc<UdpSocket>)>, counters: Arc<WatcherCounters>) -> Self {
+        Self { proxies, pending: Mutex::new(HashMap::new()), counters }
     }
 
     /// Starts a transaction for every subscription that arrives, until the
@@ -75,16 +76,21 @@ impl Notifier {
     }
 
     async fn transaction(self: Arc<Self>, subscription: Subscription) {
-        let branch = format!("{NOTIFY_BRANCH_PREFIX}{:016x}", RandomState::new().hash_one(&subscription.id));
-        let bytes = watchers::notify(&subscription, self.sent_by, &branch);
         let to = subscription.reply_to;
+        let Some((sent_by, socket)) = self.proxies.iter().find(|(local, _)| local.is_ipv4() == to.is_ipv4()) else {
+            bump(&self.counters.notifies_unroutable);
+            warn!(%to, "no proxy address of the watcher's family to send its NOTIFY from");
+            return;
+        };
+        let branch = format!("{NOTIFY_BRANCH_PREFIX}{:016x}", RandomState::new().hash_one(&subscription.id));
+        let bytes = watchers::notify(&subscription, *sent_by, &branch);
         let (sender, mut answers) = mpsc::unbounded_channel();
         self.pending.lock().expect("notifier lock").insert(branch.clone(), sender);
         bump(&self.counters.notifies_sent);
         let give_up = Instant::now() + TIMER_F;
         let (mut interval, mut proceeding) = (T1, false);
         let outcome = loop {
-            if let Err(error) = self.socket.send_to(&bytes, to).await {
+            if let Err(error) = socket.send_to(&bytes, to).await {
                 warn!(%to, %error, "sending a NOTIFY failed");
             }
             let retransmit = (Instant::now() + interval).min(give_up);
@@ -188,7 +194,7 @@ mod tests {
         let watcher = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let counters = Arc::new(WatcherCounters::default());
         let sent_by = edge.local_addr().unwrap();
-        (Arc::new(Notifier::new(edge, sent_by, counters.clone())), watcher, counters)
+        (Arc::new(Notifier::new(vec![(sent_by, edge)], counters.clone())), watcher, counters)
     }
 
     #[tokio::test(start_paused = true)]

@@ -288,6 +288,8 @@ crate::counters::counters! {
     notifies_answered,
     /// Of those, never answered before Timer F.
     notifies_timed_out,
+    /// NOTIFYs not sent: the edge has no proxy address of the watcher's family.
+    notifies_unroutable,
 }
 
 /// The registry shared by first contact and moves, and the queue of

@@ -48,7 +48,7 @@ fn first_contact(name: &str) -> FirstContact {
         policy: Policy::Auto,
         redirect_expires: 60,
         retry_after: 5,
-        proxy: "198.51.100.1:5060".parse().unwrap(),
+        proxies: vec!["198.51.100.1:5060".parse().unwrap()],
         services: vec!["192.0.2.10:5060".parse().unwrap()],
     };
     FirstContact::new(settings, vec![home], Box::new(store)).expect("first contact")

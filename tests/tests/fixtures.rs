@@ -2,7 +2,7 @@
 //! exact output bytes, and the one counter it was accounted to.
 
 use redirector::dataplane::decode_event;
-use redirector_ebpf::{Counter, DECAP_PROGRAM, Event, EventKind};
+use redirector_ebpf::{Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4};
 use redirector_tests::{
     fixture::{CLIENT_MAC, EDGE_MAC, Fixture, HOME1_MAC, HOME2_MAC, HOME5_MAC, OTHER_EDGE_MAC},
     packets::{Datagram, Mac, ethernet, ipip, ipv4_fragment},
@@ -224,7 +224,7 @@ fn server_without_a_resolved_neighbour_is_a_fib_miss_passed_untouched() {
         let mut events = fx.dataplane().take_events().unwrap();
         check_passed_untouched(&mut fx, &from_client(&Datagram::new("10.0.0.2:5064", VIP4)), Counter::FibMiss);
         let reported = events.next().map(|item| decode_event(&item));
-        let home4 = Event { kind: EventKind::FibMiss as u32, server: 3 };
+        let home4 = Event { kind: EventKind::FibMiss as u32, server: 3, family: FAMILY_V4, _pad: [0; 3] };
         assert_eq!(reported, Some(Some(home4)), "{mode}: the miss is reported with its server");
         assert!(events.next().is_none(), "{mode}: once");
         check_passed_untouched(&mut fx, &from_client(&Datagram::new("10.0.0.2:7777", VIP4)), Counter::PassMiss);

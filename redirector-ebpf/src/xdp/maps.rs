@@ -45,8 +45,8 @@ pub static DECAP_SOURCES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[inline(always)]
-pub fn report(kind: EventKind, server: u32) {
-    let _ = EVENTS.output::<Event>(Event { kind: kind as u32, server }, 0);
+pub fn report(kind: EventKind, server: u32, family: u8) {
+    let _ = EVENTS.output::<Event>(Event { kind: kind as u32, server, family, _pad: [0; 3] }, 0);
 }
 
 #[inline(always)]

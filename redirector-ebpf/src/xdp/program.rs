@@ -128,7 +128,7 @@ fn forward_dsr(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &
     let mut hop = NextHop::default();
     let found = route::lookup(ctx, edge, server, ip.len + encap::overhead(ip.family), &mut hop);
     if found != route::FOUND {
-        return fib_miss(found, index);
+        return fib_miss(found, index, ip.family);
     }
     let len_before = ctx.data_end() - ctx.data();
     if encap::encapsulate(ctx, ip, edge, server).is_none() {
@@ -147,7 +147,7 @@ fn forward_nat(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &
     let mut hop = NextHop::default();
     let found = route::lookup(ctx, edge, server, datagram.ip.len, &mut hop);
     if found != route::FOUND {
-        return fib_miss(found, index);
+        return fib_miss(found, index, datagram.ip.family);
     }
     if nat::rewrite(ctx, &datagram.ip, edge, server).is_none() {
         return BROKEN;
@@ -189,9 +189,9 @@ fn route_nat_reply(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
 /// unresolved neighbour is reported, for user space to resolve it (a ping
 /// cannot fix a missing route or a packet too big).
 #[inline(always)]
-fn fib_miss(found: u32, index: u32) -> Verdict {
+fn fib_miss(found: u32, index: u32, family: u8) -> Verdict {
     if found == route::NO_NEIGHBOUR {
-        report(EventKind::FibMiss, index);
+        report(EventKind::FibMiss, index, family);
     }
     FIB_MISS
 }
