@@ -117,7 +117,7 @@ pub async fn serve(
     operations: Arc<Operations>,
     rebalancer: Arc<Mutex<Rebalancer>>,
     latest: Arc<Latest>,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let listener = UnixListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;

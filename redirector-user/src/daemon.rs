@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use crate::{dataplane::DataPlaneError, fast_path::FastPathError, operations::OperationError, store::StoreError};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::XdpMode;
 use redirector_ebpf::{Counter, EventKind, FAMILY_V4, REDIRECTOR_PROGRAM};
@@ -40,6 +40,42 @@ use crate::{
     store::RedbStore,
     watchers::{Subscription, Watchers},
 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("binding {address}, the {what}: {source}")]
+    Bind { address: SocketAddr, what: &'static str, source: std::io::Error },
+    #[error(
+        "creating the control socket {path}: {source} (is another redirector using it? is its directory writable?)"
+    )]
+    Control { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    DataPlane(Box<DataPlaneError>),
+    #[error(transparent)]
+    FastPath(#[from] FastPathError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("a daemon task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("Daemon::serve runs once per Daemon")]
+    ServedTwice,
+}
+
+impl From<DataPlaneError> for DaemonError {
+    fn from(error: DataPlaneError) -> Self {
+        Self::DataPlane(Box::new(error))
+    }
+}
+
+type Result<T, E = DaemonError> = std::result::Result<T, E>;
+
+/// Maps an I/O error to `DaemonError::Io` saying what was being done.
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
 
 pub struct Daemon {
     pub first_contact: Arc<FirstContact>,
@@ -82,9 +118,16 @@ impl Daemon {
             .iter()
             .map(|&address| bind(address, "sip.proxy_address (an address of the edge's own)"))
             .collect::<Result<Vec<_>>>()?;
-        let prometheus = config.stats.prometheus.map(metrics::bind).transpose()?;
+        let prometheus = config
+            .stats
+            .prometheus
+            .map(|address| {
+                let what = "Prometheus endpoint ([stats] prometheus)";
+                metrics::bind(address).map_err(|source| DaemonError::Bind { address, what, source })
+            })
+            .transpose()?;
         let control = control::bind(&config.control.socket)
-            .with_context(|| format!("creating the control socket {}", config.control.socket.display()))?;
+            .map_err(|source| DaemonError::Control { path: config.control.socket.clone(), source })?;
         let mut dataplane = DataPlane::load()?;
         dataplane.configure(config)?;
         let events = dataplane.take_events()?;
@@ -99,7 +142,11 @@ impl Daemon {
             redirect_expires: config.sip.redirect_expires,
             retry_after: config.sip.retry_after,
             proxies: proxy_addresses,
-            services: services.iter().map(std::net::UdpSocket::local_addr).collect::<std::io::Result<_>>()?,
+            services: services
+                .iter()
+                .map(std::net::UdpSocket::local_addr)
+                .collect::<std::io::Result<_>>()
+                .map_err(io("reading the service sockets' addresses"))?,
         };
         let first_contact = FirstContact::new(settings, home_servers(config), Box::new(store))?;
         let assignments: u64 = first_contact.client_counts().values().sum();
@@ -135,18 +182,24 @@ impl Daemon {
             .services
             .iter()
             .map(|s| Ok(Arc::new(UdpSocket::from_std(s.try_clone()?)?)))
-            .collect::<std::io::Result<_>>()?;
+            .collect::<std::io::Result<_>>()
+            .map_err(io("registering the sockets with the runtime"))?;
         let proxies: Vec<Arc<UdpSocket>> = self
             .proxies
             .iter()
             .map(|s| Ok(Arc::new(UdpSocket::from_std(s.try_clone()?)?)))
-            .collect::<std::io::Result<_>>()?;
-        let sockets = Sockets::new(&services, &proxies)?;
+            .collect::<std::io::Result<_>>()
+            .map_err(io("registering the sockets with the runtime"))?;
+        let sockets = Sockets::new(&services, &proxies).map_err(io("reading the sockets' addresses"))?;
         let notifier = Arc::new(Notifier::new(sockets.proxies.clone(), self.watchers.counters.clone()));
-        let deactivated = self.deactivated.lock().expect("receiver lock").take().context("serve runs once")?;
-        let events = self.events.lock().expect("events lock").take().context("serve runs once")?;
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(notifier.clone().run(deactivated));
+        let deactivated = self.deactivated.lock().expect("receiver lock").take().ok_or(DaemonError::ServedTwice)?;
+        let events = self.events.lock().expect("events lock").take().ok_or(DaemonError::ServedTwice)?;
+        let mut tasks = tokio::task::JoinSet::<Result<()>>::new();
+        let notifying = notifier.clone();
+        tasks.spawn(async move {
+            notifying.run(deactivated).await;
+            Ok(())
+        });
         tasks.spawn(events_loop(events, self.first_contact.clone(), sockets.clone()));
         for socket in &services {
             tasks.spawn(self.receive_loop(socket.clone(), false, sockets.clone(), notifier.clone()));
@@ -157,24 +210,25 @@ impl Daemon {
         let interval = Duration::from_secs_f64(self.health.interval);
         tasks.spawn(sweep_loop(self.fast_path.clone(), self.idle_timeout));
         tasks.spawn(health_loop(Arc::new(self.operations()), self.tracker.clone(), sockets, interval));
-        tasks.spawn(control::serve(
-            self.control.try_clone()?,
-            Arc::new(self.operations()),
-            self.rebalancer.clone(),
-            self.latest.clone(),
-        ));
+        let control = self.control.try_clone().map_err(io("cloning the control socket"))?;
+        let serving =
+            control::serve(control, Arc::new(self.operations()), self.rebalancer.clone(), self.latest.clone());
+        tasks.spawn(async move { serving.await.map_err(io("serving the control socket")) });
         let load = self.rebalance.enabled.then(|| {
             let (sender, receiver) = stats::load_queue(LOAD_QUEUE);
             tasks.spawn(rebalance_loop(Arc::new(self.operations()), self.rebalancer.clone(), receiver));
             (sender, Duration::from_secs_f64(self.rebalance.interval))
         });
         if let Some(listener) = &self.prometheus {
-            tasks.spawn(metrics::serve(listener.try_clone()?, self.latest.clone()));
+            let listener = listener.try_clone().map_err(io("cloning the Prometheus socket"))?;
+            let serving = metrics::serve(listener, self.latest.clone());
+            tasks.spawn(async move { serving.await.map_err(io("serving Prometheus metrics")) });
         }
-        tasks.spawn(stats::run(Arc::new(self.operations()), self.latest.clone(), self.stats_interval, load));
+        let reading = stats::run(Arc::new(self.operations()), self.latest.clone(), self.stats_interval, load);
+        tasks.spawn(async move { Ok(reading.await?) });
         tokio::select! {
             () = shutdown => Ok(()),
-            Some(result) = tasks.join_next() => result.context("a socket task panicked")?,
+            Some(result) = tasks.join_next() => result?,
         }
     }
 
@@ -191,10 +245,10 @@ impl Daemon {
         let operations = Arc::new(self.operations());
         let tracker = self.tracker.clone();
         async move {
-            let local = socket.local_addr()?;
+            let local = socket.local_addr().map_err(io("reading a socket's address"))?;
             let mut buf = vec![0u8; 65_535];
             loop {
-                let batch = receive_batch(&socket, &mut buf).await.with_context(|| format!("receiving on {local}"))?;
+                let batch = receive_batch(&socket, &mut buf).await.map_err(io(format!("receiving on {local}")))?;
                 if !is_proxy {
                     let datagrams: Vec<(&[u8], SocketAddr)> = batch.iter().map(|(d, s)| (d.as_slice(), *s)).collect();
                     let moved = first_contact.prepare(&datagrams);
@@ -316,7 +370,7 @@ async fn rebalance_loop(
         let seconds = last.map_or(0.0, |at| (sample.taken - at).as_secs_f64());
         last = Some(sample.taken);
         let (operations, rebalancer) = (operations.clone(), rebalancer.clone());
-        let round = tokio::task::spawn_blocking(move || -> Result<usize> {
+        let round = tokio::task::spawn_blocking(move || -> Result<usize, OperationError> {
             let targets = operations.balance_targets();
             let planned = rebalancer.lock().expect("rebalancer lock").observe(&targets, &sample.clients, seconds);
             Ok(operations.apply_plan(&planned, "load skew")?.len())
@@ -357,11 +411,11 @@ async fn events_loop(events: RingBuf<MapData>, first_contact: Arc<FirstContact>,
     // SAFETY: the ring buffer owns its map's fd, which stays open and the
     // same for as long as the AsyncFd owns the ring buffer.
     let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+        .map_err(|e| DaemonError::Io { what: "polling the event ring buffer".into(), source: e.into() })?;
     // (server slot, IPv4?) → when it was last pinged.
     let mut last_ping: HashMap<(u32, bool), tokio::time::Instant> = HashMap::new();
     loop {
-        let mut guard = events.readable_mut().await.context("polling the event ring buffer")?;
+        let mut guard = events.readable_mut().await.map_err(io("polling the event ring buffer"))?;
         let mut misses = Vec::new();
         while let Some(item) = guard.get_inner_mut().next() {
             match decode_event(&item) {
@@ -496,9 +550,9 @@ fn apply(actions: &[Action], service: SocketAddr, first_contact: &FirstContact, 
     }
 }
 
-fn bind(address: SocketAddr, what: &str) -> Result<std::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind(address).with_context(|| format!("binding {address}, the {what}"))?;
-    socket.set_nonblocking(true)?;
+fn bind(address: SocketAddr, what: &'static str) -> Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(address).map_err(|source| DaemonError::Bind { address, what, source })?;
+    socket.set_nonblocking(true).map_err(|source| DaemonError::Bind { address, what, source })?;
     Ok(socket)
 }
 

@@ -16,7 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
 use tokio::net::UdpSocket;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -151,26 +150,31 @@ pub async fn serve(
     registrar: Arc<Registrar>,
     listen: &[SocketAddr],
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()> {
+) -> std::io::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for &address in listen {
-        let socket = UdpSocket::bind(address).await.with_context(|| format!("binding {address}"))?;
+        let socket = UdpSocket::bind(address).await.map_err(|e| context(e, format!("binding {address}")))?;
         let registrar = registrar.clone();
         tasks.spawn(async move {
             let mut buf = vec![0u8; 65_535];
             loop {
                 let (len, source) =
-                    socket.recv_from(&mut buf).await.with_context(|| format!("receiving on {address}"))?;
+                    socket.recv_from(&mut buf).await.map_err(|e| context(e, format!("receiving on {address}")))?;
                 if let Some((to, bytes)) = registrar.on_datagram(&buf[..len], source, address) {
-                    socket.send_to(&bytes, to).await.with_context(|| format!("answering {to}"))?;
+                    socket.send_to(&bytes, to).await.map_err(|e| context(e, format!("answering {to}")))?;
                 }
             }
         });
     }
     tokio::select! {
         () = shutdown => Ok(()),
-        Some(result) = tasks.join_next() => result.context("a registrar task panicked")?,
+        Some(result) = tasks.join_next() => result.map_err(std::io::Error::other)?,
     }
+}
+
+/// The error with what was being done in front.
+fn context(error: std::io::Error, what: String) -> std::io::Error {
+    std::io::Error::new(error.kind(), format!("{what}: {error}"))
 }
 
 #[cfg(test)]

@@ -124,21 +124,20 @@ pub fn exposition(latest: &Arc<Latest>) -> String {
 }
 
 /// Binds the endpoint's address (at start, so a taken port fails the start).
-pub fn bind(address: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(address)
-        .map_err(|e| anyhow::anyhow!("binding the Prometheus endpoint {address} ([stats] prometheus): {e}"))?;
+pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(address)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
 /// Serves `GET /metrics` until the task is dropped, a few scrapes at a
 /// time; a failed accept (out of descriptors, say) is logged, not fatal.
-pub async fn serve(listener: std::net::TcpListener, latest: Arc<Latest>) -> anyhow::Result<()> {
+pub async fn serve(listener: std::net::TcpListener, latest: Arc<Latest>) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
     let slots = Arc::new(Semaphore::new(CONCURRENT_SCRAPES));
     loop {
-        let slot = slots.clone().acquire_owned().await?;
+        let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {

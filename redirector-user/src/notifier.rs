@@ -60,11 +60,10 @@ impl Notifier {
 
     /// Starts a transaction for every subscription that arrives, until the
     /// sending side closes.
-    pub async fn run(self: Arc<Self>, mut deactivated: mpsc::UnboundedReceiver<Subscription>) -> anyhow::Result<()> {
+    pub async fn run(self: Arc<Self>, mut deactivated: mpsc::UnboundedReceiver<Subscription>) {
         while let Some(subscription) = deactivated.recv().await {
             tokio::spawn(self.clone().transaction(subscription));
         }
-        Ok(())
     }
 
     /// A response whose top Via branch is `branch`; true if it was ours.

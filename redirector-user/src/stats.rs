@@ -115,7 +115,7 @@ pub async fn run(
     latest: Arc<Latest>,
     interval: Duration,
     mut load: Option<(LoadSender, Duration)>,
-) -> anyhow::Result<()> {
+) -> Result<(), tokio::task::JoinError> {
     let mut ticks = tokio::time::interval(interval);
     let mut previous: Option<(Arc<Stats>, Instant)> = None;
     let mut last_load: Option<Instant> = None;
