@@ -178,18 +178,8 @@ impl Daemon {
 
     /// Serves until `shutdown` completes or a socket fails.
     pub async fn serve(&self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-        let services: Vec<Arc<UdpSocket>> = self
-            .services
-            .iter()
-            .map(|s| Ok(Arc::new(UdpSocket::from_std(s.try_clone()?)?)))
-            .collect::<std::io::Result<_>>()
-            .map_err(io("registering the sockets with the runtime"))?;
-        let proxies: Vec<Arc<UdpSocket>> = self
-            .proxies
-            .iter()
-            .map(|s| Ok(Arc::new(UdpSocket::from_std(s.try_clone()?)?)))
-            .collect::<std::io::Result<_>>()
-            .map_err(io("registering the sockets with the runtime"))?;
+        let services = registered(&self.services).map_err(io("registering the service sockets with the runtime"))?;
+        let proxies = registered(&self.proxies).map_err(io("registering the proxy sockets with the runtime"))?;
         let sockets = Sockets::new(&services, &proxies).map_err(io("reading the sockets' addresses"))?;
         let notifier = Arc::new(Notifier::new(sockets.proxies.clone(), self.watchers.counters.clone()));
         let deactivated = self.deactivated.lock().expect("receiver lock").take().ok_or(DaemonError::ServedTwice)?;
@@ -548,6 +538,11 @@ fn apply(actions: &[Action], service: SocketAddr, first_contact: &FirstContact, 
             Err(error) => warn!(%aor, %client, %error, "could not put the client on the fast path"),
         }
     }
+}
+
+/// Tokio sockets sharing the bound ones.
+fn registered(sockets: &[std::net::UdpSocket]) -> std::io::Result<Vec<Arc<UdpSocket>>> {
+    sockets.iter().map(|s| Ok(Arc::new(UdpSocket::from_std(s.try_clone()?)?))).collect()
 }
 
 fn bind(address: SocketAddr, what: &'static str) -> Result<std::net::UdpSocket> {
