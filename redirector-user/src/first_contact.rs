@@ -33,7 +33,7 @@ use crate::{
         response::{self, Basis},
         socket_address, split_list, tag, unfold,
     },
-    store::{Assignment, AssignmentStore, Reassigned, StoreError},
+    store::{Assignment, AssignmentStore, Reassigned, StoreError, next_assignment},
     watchers::{DialogId, Subscription},
 };
 
@@ -294,8 +294,7 @@ impl FirstContact {
             let takes = self.server(to).is_some_and(|s| s.effective_state() != HomeState::Down);
             let moving = still_there && takes;
             previous.push(moving.then(|| current.map(|a| a.server.clone())));
-            let generation = current.map_or(0, |a| a.generation) + 1;
-            moving.then(|| Assignment { generation, ..Assignment::new(aor.clone(), to.to_owned()) })
+            moving.then(|| next_assignment(aor, to, current))
         })?;
         Ok(previous
             .into_iter()
@@ -534,8 +533,7 @@ impl FirstContact {
                 .then(|| self.choose_server(aor, current.map(|a| a.server.as_str())))
                 .flatten();
             assigned.push(server.as_ref().map(|_| current.map(|a| a.server.clone())));
-            let generation = current.map_or(0, |a| a.generation) + 1;
-            server.map(|server| Assignment { generation, ..Assignment::new(aor.clone(), server.name) })
+            server.map(|server| next_assignment(aor, &server.name, current))
         })?;
         Ok(stored
             .into_iter()
@@ -561,6 +559,10 @@ impl FirstContact {
     /// for clients taken off a down server. A failure here is left to each
     /// request, which then tries on its own.
     pub fn prepare(&self, datagrams: &[(&[u8], SocketAddr)]) -> Vec<Action> {
+        // One datagram shares nothing: its request assigns on its own path.
+        if datagrams.len() < 2 {
+            return Vec::new();
+        }
         let mut unassigned: Vec<Aor> = datagrams
             .iter()
             .filter_map(|(datagram, _)| {

@@ -84,7 +84,7 @@ pub trait AssignmentStore: Send + Sync {
 }
 
 /// `aor` on `server`, one generation after `current`.
-fn next_assignment(aor: &Aor, server: &str, current: Option<&Assignment>) -> Assignment {
+pub fn next_assignment(aor: &Aor, server: &str, current: Option<&Assignment>) -> Assignment {
     let generation = current.map_or(0, |a| a.generation) + 1;
     Assignment { generation, ..Assignment::new(aor.clone(), server.to_owned()) }
 }
