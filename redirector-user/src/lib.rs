@@ -1,26 +1,22 @@
-//! redirector's user-space side: configuration, and the data-plane plumbing
-//! that loads the embedded XDP object, fills its maps and attaches it.
+//! redirector's user-space side, in layers. Each layer uses only the ones
+//! below it (`cargo xtask layers` checks this and draws the graph):
+//!
+//! 5. `daemon`: the wiring of sockets, tasks and the state owner.
+//! 4. `ops`: what operators do and see (operations, control API, stats, metrics).
+//! 3. `edge`: the sans-IO core (first contact, health, watchers, rebalancing);
+//!    `home`, a minimal registrar for tests and demos.
+//! 2. `kernel` (loader, typed maps, the fast path) and `store` (assignments).
+//! 1. `config`: the TOML configuration, validated.
+//! 0. `model` (concepts every layer shares), `sip` (the scanner and
+//!    responses), `counters`.
 
 pub mod config;
-pub mod control;
 pub mod counters;
 pub mod daemon;
-pub mod dataplane;
-pub mod fast_path;
-pub mod first_contact;
-pub mod health;
+pub mod edge;
 pub mod home;
-pub mod metrics;
-pub mod nat_ports;
-pub mod notifier;
-pub mod operations;
-pub mod rebalance;
-pub mod rendezvous;
-pub mod report;
+pub mod kernel;
+pub mod model;
+pub mod ops;
 pub mod sip;
-pub mod stats;
 pub mod store;
-pub mod watchers;
-
-/// The XDP object built from `redirector-ebpf` by this crate's build script.
-pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));

@@ -3,14 +3,16 @@
 use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::{Context, Result, bail};
-use aya::programs::XdpMode;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use redirector::{
-    config::{AttachMode, Config},
-    control::{self, Reply, Request},
+    config::{Config, DEFAULT_SOCKET},
     daemon::Daemon,
-    dataplane::DataPlane,
-    report,
+    kernel::loader::{DataPlane, xdp_mode},
+    model::{AttachMode, ForwardingMode},
+    ops::{
+        control::{self, Reply, Request},
+        report,
+    },
 };
 use redirector_ebpf::{DECAP_PROGRAM, PASS_PROGRAM};
 use tokio::signal::unix::{SignalKind, signal};
@@ -24,7 +26,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// The daemon's control socket (`control.socket` in its config).
-    #[arg(long, global = true, default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
 }
 
@@ -53,8 +55,8 @@ enum Command {
         /// (repeatable): tunnels from anyone else pass untouched.
         #[arg(long = "edge", short, required = true)]
         edges: Vec<IpAddr>,
-        #[arg(long, value_enum, default_value_t = CliAttachMode::Native)]
-        attach: CliAttachMode,
+        #[arg(long, value_enum, default_value_t = AttachMode::Native)]
+        attach: AttachMode,
     },
     /// A minimal SIP registrar (REGISTER, OPTIONS, SUBSCRIBE) for tests and demos: a
     /// home server needing nothing else.
@@ -117,19 +119,6 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum CliAttachMode {
-    Native,
-    Skb,
-}
-
-fn xdp_mode(mode: AttachMode) -> XdpMode {
-    match mode {
-        AttachMode::Native => XdpMode::Driver,
-        AttachMode::Skb => XdpMode::Skb,
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -180,10 +169,6 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Decap { interface, addresses, edges, attach } => {
-            let mode = match attach {
-                CliAttachMode::Native => AttachMode::Native,
-                CliAttachMode::Skb => AttachMode::Skb,
-            };
             let mut dataplane = DataPlane::load_without_clients()?;
             for &address in &addresses {
                 dataplane.add_decap_address(address)?;
@@ -191,7 +176,7 @@ async fn main() -> Result<()> {
             for &edge in &edges {
                 dataplane.add_decap_source(edge)?;
             }
-            hold_attached(dataplane, DECAP_PROGRAM, &interface, mode).await
+            hold_attached(dataplane, DECAP_PROGRAM, &interface, attach).await
         }
         Command::Pass { interface } => {
             hold_attached(DataPlane::load_without_clients()?, PASS_PROGRAM, &interface, AttachMode::Native).await
@@ -250,7 +235,7 @@ fn check_forwarding(config: &Config) -> Result<()> {
 /// nat replies are recognised by their edge port alone: a port the kernel
 /// also hands to the edge's own sockets would have their replies rewritten.
 fn check_nat_ports(config: &Config) -> Result<()> {
-    if config.mode != redirector::config::ForwardingMode::Nat {
+    if config.mode != ForwardingMode::Nat {
         return Ok(());
     }
     let path = "/proc/sys/net/ipv4/ip_local_port_range";

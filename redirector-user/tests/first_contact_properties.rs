@@ -12,7 +12,8 @@ mod common;
 use common::mutate;
 use proptest::prelude::*;
 use redirector::{
-    first_contact::{Action, FirstContact, HomeServer, HomeState, Policy, Settings},
+    edge::first_contact::{Action, FirstContact, Settings},
+    model::{HomeServer, Policy, ServerState},
     sip::{Message, response::looks_like_request},
     store::RedbStore,
 };
@@ -40,7 +41,7 @@ fn first_contact(name: &str) -> FirstContact {
         ipv4: Some("198.51.100.11".parse().unwrap()),
         ipv6: None,
         port: 5060,
-        state: HomeState::Active,
+        state: ServerState::Active,
         healthy: true,
         weight: 1.0,
     };

@@ -12,7 +12,7 @@
 //!   (`HOME5_MAC`) behind it — reached by `XDP_REDIRECT`.
 
 use aya::programs::{TestRun, TestRunOptions};
-use redirector::{config::Config, dataplane::DataPlane, fast_path::FastPath};
+use redirector::{config::Config, kernel::fast_path::FastPath, kernel::loader::DataPlane};
 use redirector_ebpf::{Counter, REDIRECTOR_PROGRAM};
 
 use crate::{netns::NetNs, packets::Mac};

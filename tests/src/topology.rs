@@ -230,7 +230,7 @@ impl Topology {
 
     /// Polls `redirector stats --json` (bounded) until a reading satisfies
     /// `wanted`: the stats stream publishes once per `[stats] interval`.
-    pub fn stats_when(&self, wanted: impl Fn(&redirector::operations::Stats) -> bool) -> redirector::operations::Stats {
+    pub fn stats_when(&self, wanted: impl Fn(&redirector::ops::api::Stats) -> bool) -> redirector::ops::api::Stats {
         let start = Instant::now();
         loop {
             let output = self.cli(&["stats", "--json"]);

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use redirector::operations::{Route, ServerStatus};
+use redirector::ops::api::{Route, ServerStatus};
 use redirector_ebpf::Counter;
 use redirector_tests::{
     privileged,

@@ -1,7 +1,7 @@
 //! Every XDP behaviour pinned by BPF_PROG_TEST_RUN: input frame → verdict,
 //! exact output bytes, and the one counter it was accounted to.
 
-use redirector::dataplane::decode_event;
+use redirector::kernel::loader::decode_event;
 use redirector_ebpf::{Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4};
 use redirector_tests::{
     fixture::{CLIENT_MAC, EDGE_MAC, Fixture, HOME1_MAC, HOME2_MAC, HOME5_MAC, OTHER_EDGE_MAC},
@@ -250,7 +250,7 @@ fn server_without_an_address_of_the_clients_family_passes() {
     }
     let mut fx = Fixture::new("dsr");
     // home5 has no IPv6 address; pin an IPv6 client to it.
-    let client = redirector::dataplane::endpoint("fd00::2".parse().unwrap(), 5070);
+    let client = redirector::kernel::loader::endpoint("fd00::2".parse().unwrap(), 5070);
     fx.dataplane().install_client(client, redirector_ebpf::ClientEntry { server: 4, ..Default::default() }).unwrap();
     check_passed_untouched(&mut fx, &from_client(&Datagram::new("[fd00::2]:5070", VIP6)), Counter::NoAddressForFamily);
 }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
-use redirector::{operations::Route, sip::Aor};
+use redirector::{ops::api::Route, sip::Aor};
 use redirector_tests::{
     privileged,
     sip_pool::{InProcessEdge, Registrar, sipp_clients, start_registrars},

@@ -1,6 +1,7 @@
 //! `cargo xtask …`: set up a machine, build, lint, test, run the demo and
 //! the benchmarks. Every step prints what it runs.
 
+mod layers;
 mod setup;
 
 use std::process::Command;
@@ -22,8 +23,12 @@ enum Task {
     Setup,
     /// Build the XDP object (release, BTF) that redirector embeds.
     BuildEbpf,
-    /// rustfmt and clippy (host crates, and the XDP program for its BPF target).
+    /// rustfmt, clippy (host crates, and the XDP program for its BPF
+    /// target) and the layer check.
     Lint,
+    /// Draw which modules of the library use which, and fail if one uses a
+    /// module of a higher layer (the layers of redirector-user/src/lib.rs).
+    Layers,
     /// Set up, then run every test: host unit tests, BPF fixtures,
     /// property tests and network-namespace end-to-end tests.
     Test,
@@ -48,6 +53,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::ensure(),
         Task::BuildEbpf => build_ebpf(),
         Task::Lint => lint(),
+        Task::Layers => layers::check(),
         Task::Test => {
             setup::ensure()?;
             test()
@@ -92,7 +98,8 @@ fn lint() -> Result<()> {
     cargo(&["clippy", "--workspace", "--all-targets", "--exclude", "redirector-ebpf", "--", "-D", "warnings"])?;
     // On the host only the shared-types library of the eBPF crate compiles.
     cargo(&["clippy", "--package", "redirector-ebpf", "--lib", "--", "-D", "warnings"])?;
-    lint_bpf_program()
+    lint_bpf_program()?;
+    layers::check()
 }
 
 /// The program only compiles for the BPF target, so it is linted with the

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector::operations::Route;
+use redirector::ops::api::Route;
 use redirector_tests::{
     sip_pool::{InProcessEdge, Registrar, start_registrars},
     topology::{Attach, CLIENT, SERVICE, Topology, receive, socket_in},

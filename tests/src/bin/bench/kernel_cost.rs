@@ -16,7 +16,7 @@
 //! Every case asserts that all repetitions were counted on its path.
 
 use aya::programs::{TestRun, TestRunOptions};
-use redirector::dataplane::endpoint;
+use redirector::kernel::loader::endpoint;
 use redirector_ebpf::{ClientEntry, Counter, PASS_PROGRAM, REDIRECTOR_PROGRAM};
 use redirector_tests::{
     fixture::{CLIENT_MAC, EDGE_MAC, Fixture},

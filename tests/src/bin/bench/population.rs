@@ -12,8 +12,8 @@ use std::{
 
 use redirector::{
     config::Config,
-    dataplane::DataPlane,
-    fast_path::FastPath,
+    kernel::fast_path::FastPath,
+    kernel::loader::DataPlane,
     sip::Aor,
     store::{AssignmentStore, RedbStore},
 };

@@ -58,7 +58,7 @@ fn check_moved(population: &mut Population) {
     for i in (0..population.count).step_by((population.count as usize / 100).max(1)) {
         let stored = population.store.get(&aor(i)).expect("reading").expect("assigned");
         assert_eq!((stored.server.as_str(), stored.generation), (SERVERS[1], 2), "client {i} in the database");
-        let endpoint = redirector::dataplane::endpoint(client(i).ip(), client(i).port());
+        let endpoint = redirector::kernel::loader::endpoint(client(i).ip(), client(i).port());
         let entry = population.fast_path.dataplane().client(endpoint).expect("reading the map");
         assert_eq!(entry.map(|e| e.server), Some(1), "client {i} in the kernel (evicted by the LRU?)");
     }

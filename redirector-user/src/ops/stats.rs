@@ -23,8 +23,11 @@ use tokio::{sync::Notify, time::Instant};
 use tracing::warn;
 
 use crate::{
-    operations::{Operations, Stats},
-    rebalance,
+    edge::rebalance,
+    ops::{
+        api::Stats,
+        operations::{OperationError, Operations},
+    },
 };
 
 /// Every client's fast-path packet counter at one instant.
@@ -128,7 +131,7 @@ pub async fn run(
         let reading = tokio::task::spawn_blocking(move || {
             let stats = reader.stats()?;
             let clients = if load_due { Some(reader.samples()?) } else { None };
-            Ok::<_, crate::operations::OperationError>((stats, clients))
+            Ok::<_, OperationError>((stats, clients))
         })
         .await?;
         let (stats, clients) = match reading {
@@ -154,12 +157,12 @@ pub async fn run(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{first_contact::HomeState, operations::ServerStatus, sip::Aor};
+    use crate::{model::ServerState, ops::api::ServerStatus, sip::Aor};
 
     pub(crate) fn server(name: &str, packets: u64, bytes: u64) -> ServerStatus {
         ServerStatus {
             name: name.into(),
-            state: HomeState::Active,
+            state: ServerState::Active,
             healthy: true,
             ipv4: None,
             ipv6: None,

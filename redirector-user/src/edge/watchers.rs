@@ -29,8 +29,6 @@ use crate::{
     sip::{Aor, HeaderKind, Message, NameAddr, ParseError, split_list, tag, unfold},
 };
 
-/// How many subscriptions an edge keeps by default.
-pub const DEFAULT_CAPACITY: usize = 100_000;
 /// Longest header value recorded: a subscription's size is bounded, not
 /// set by whoever sends the SUBSCRIBE.
 pub const MAX_FIELD: usize = 1024;

@@ -19,7 +19,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{first_contact::HomeState, stats::Latest};
+use crate::{model::ServerState, ops::stats::Latest};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const MAX_REQUEST: usize = 8 * 1024;
@@ -37,7 +37,7 @@ impl Collector for StatsCollector {
         counters(&mut encoder, "load_samples_dropped", help, None, [("", dropped)])?;
         let Some(stats) = self.0.get() else { return Ok(()) };
         let servers = &stats.servers;
-        let by_server = |value: fn(&crate::operations::ServerStatus) -> u64| {
+        let by_server = |value: fn(&crate::ops::api::ServerStatus) -> u64| {
             servers.iter().map(move |s| (s.name.as_str(), value(s))).collect::<Vec<_>>()
         };
         let help = "Packets the fast path sent to the home server";
@@ -56,7 +56,7 @@ impl Collector for StatsCollector {
         let help = "Fast-path packets per second over the last stats interval";
         gauges(&mut encoder, "server_packets_per_second", help, "server", rates)?;
         let up =
-            servers.iter().map(|s| (s.name.as_str(), f64::from(u8::from(s.healthy && s.state != HomeState::Down))));
+            servers.iter().map(|s| (s.name.as_str(), f64::from(u8::from(s.healthy && s.state != ServerState::Down))));
         gauges(&mut encoder, "server_up", "1 when the home server is healthy and not down", "server", up)?;
         let named = |map: &std::collections::BTreeMap<String, u64>| {
             map.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>()
@@ -192,14 +192,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::operations::{ServerStatus, Stats};
+    use crate::ops::api::{ServerStatus, Stats};
 
     fn latest() -> Arc<Latest> {
         let latest = Arc::new(Latest::default());
         let server = ServerStatus {
             clients: 3,
             packets_per_second: Some(2.5),
-            ..crate::stats::tests::server("home0", 42, 4200)
+            ..crate::ops::stats::tests::server("home0", 42, 4200)
         };
         latest.publish(Stats {
             servers: vec![server],

@@ -26,71 +26,19 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::{
     counters::bump,
-    notifier::NOTIFY_BRANCH_PREFIX,
-    rendezvous::{self, Candidate},
+    edge::{
+        notifier::NOTIFY_BRANCH_PREFIX,
+        rendezvous::{self, Candidate},
+        watchers::{DialogId, Subscription},
+    },
+    model::{HomeServer, Policy, ServerState},
     sip::{
         Aor, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
         response::{self, Basis},
         socket_address, split_list, tag, unfold,
     },
     store::{Assignment, AssignmentStore, Reassigned, StoreError, next_assignment},
-    watchers::{DialogId, Subscription},
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    /// Redirect requests with one Via value, proxy the others.
-    #[default]
-    Auto,
-    /// Redirect everything (the response goes back along the Vias).
-    Redirect,
-    /// Proxy everything (for clients that do not follow 302 for REGISTER).
-    Proxy,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HomeState {
-    Active,
-    Draining,
-    Down,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HomeServer {
-    pub name: String,
-    /// Slot in the kernel's SERVERS map.
-    pub index: u32,
-    pub ipv4: Option<std::net::Ipv4Addr>,
-    pub ipv6: Option<std::net::Ipv6Addr>,
-    pub port: u16,
-    /// The operator's state (config, drain / undrain).
-    pub state: HomeState,
-    /// The health checks' verdict; an unhealthy server counts as down.
-    pub healthy: bool,
-    pub weight: f64,
-}
-
-impl HomeServer {
-    /// What the kernel and first contact act on.
-    pub fn effective_state(&self) -> HomeState {
-        if self.healthy { self.state } else { HomeState::Down }
-    }
-
-    /// May take new clients.
-    pub fn accepts_new(&self) -> bool {
-        self.effective_state() == HomeState::Active
-    }
-
-    /// The server's SIP address in the family of `peer`.
-    pub fn address_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
-        match peer {
-            SocketAddr::V4(_) => self.ipv4.map(|ip| SocketAddr::new(ip.into(), self.port)),
-            SocketAddr::V6(_) => self.ipv6.map(|ip| SocketAddr::new(ip.into(), self.port)),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -250,7 +198,7 @@ impl FirstContact {
     }
 
     /// Sets a server's state; `None` if there is no such server.
-    pub fn set_state(&self, name: &str, state: HomeState) -> Option<HomeServer> {
+    pub fn set_state(&self, name: &str, state: ServerState) -> Option<HomeServer> {
         let mut servers = self.servers.write().expect("servers lock");
         let server = servers.iter_mut().find(|s| s.name == name)?;
         server.state = state;
@@ -291,7 +239,7 @@ impl FirstContact {
         let stored = self.store.update_many(&aors, &mut |aor, current| {
             let to = targets.next().expect("one call per move");
             let still_there = only_from.is_none_or(|from| current.is_some_and(|a| a.server == from));
-            let takes = self.server(to).is_some_and(|s| s.effective_state() != HomeState::Down);
+            let takes = self.server(to).is_some_and(|s| s.effective_state() != ServerState::Down);
             let moving = still_there && takes;
             previous.push(moving.then(|| current.map(|a| a.server.clone())));
             moving.then(|| next_assignment(aor, to, current))
@@ -431,7 +379,7 @@ impl FirstContact {
         }
         if subscribe {
             actions.extend(self.watch(message, aor, source, assignment.generation));
-        } else if direct && home.effective_state() != HomeState::Down {
+        } else if direct && home.effective_state() != ServerState::Down {
             bump(&self.counters.installed);
             actions.push(Action::Install {
                 client: source,
@@ -591,7 +539,7 @@ impl FirstContact {
 
     /// Its server is configured and not down.
     fn usable(&self, assignment: &Assignment) -> bool {
-        self.server(&assignment.server).is_some_and(|s| s.effective_state() != HomeState::Down)
+        self.server(&assignment.server).is_some_and(|s| s.effective_state() != ServerState::Down)
     }
 
     fn redirect(&self, message: &Message<'_>, basis: &mut Basis, source: SocketAddr, home: SocketAddr) -> Vec<Action> {

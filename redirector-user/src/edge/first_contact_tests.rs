@@ -24,7 +24,7 @@ impl Drop for TempDir {
     }
 }
 
-fn home(name: &str, index: u32, last: u8, state: HomeState) -> HomeServer {
+fn home(name: &str, index: u32, last: u8, state: ServerState) -> HomeServer {
     HomeServer {
         name: name.into(),
         index,
@@ -60,7 +60,7 @@ fn setup_with(policy: Policy, servers: Vec<HomeServer>) -> Setup {
 }
 
 fn setup(policy: Policy) -> Setup {
-    setup_with(policy, vec![home("home1", 0, 11, HomeState::Active), home("home2", 1, 12, HomeState::Active)])
+    setup_with(policy, vec![home("home1", 0, 11, ServerState::Active), home("home2", 1, 12, ServerState::Active)])
 }
 
 fn register(vias: &str, extra: &str) -> Vec<u8> {
@@ -207,7 +207,7 @@ fn max_forwards_zero_gets_483_and_missing_gets_70() {
 fn no_active_server_gets_503_with_retry_after() {
     let s = setup_with(
         Policy::Auto,
-        vec![home("home1", 0, 11, HomeState::Down), home("home2", 1, 12, HomeState::Draining)],
+        vec![home("home1", 0, 11, ServerState::Down), home("home2", 1, 12, ServerState::Draining)],
     );
     let (_, response) = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service()));
     assert!(response.starts_with("SIP/2.0 503 Service Unavailable\r\n") && response.contains("Retry-After: 30\r\n"));
@@ -492,7 +492,7 @@ fn counting() -> (FirstContact, Arc<AtomicU64>, TempDir) {
     let dir = std::env::temp_dir().join(format!("redirector-fc-counting-{}-{n}", std::process::id()));
     let updates = Arc::new(AtomicU64::new(0));
     let store = CountingStore { inner: RedbStore::open(&dir.join("a.redb")).unwrap(), updates: updates.clone() };
-    let servers = vec![home("home1", 0, 11, HomeState::Active), home("home2", 1, 12, HomeState::Active)];
+    let servers = vec![home("home1", 0, 11, ServerState::Active), home("home2", 1, 12, ServerState::Active)];
     (FirstContact::new(settings(Policy::Auto), servers, Box::new(store)).unwrap(), updates, TempDir(dir))
 }
 
@@ -559,9 +559,9 @@ fn a_planned_move_leaves_clients_that_moved_meanwhile_or_whose_target_is_down() 
 
 #[test]
 fn each_family_is_pinged_and_proxied_from_the_proxy_address_of_that_family() {
-    let mut dual = home("home1", 0, 11, HomeState::Active);
+    let mut dual = home("home1", 0, 11, ServerState::Active);
     dual.ipv6 = Some("2001:db8::11".parse().unwrap());
-    let s = setup_with(Policy::Auto, vec![dual, home("home2", 1, 12, HomeState::Active)]);
+    let s = setup_with(Policy::Auto, vec![dual, home("home2", 1, 12, ServerState::Active)]);
     let pings: Vec<(SocketAddr, String)> =
         s.fc.pings(1)
             .into_iter()
@@ -578,7 +578,7 @@ fn each_family_is_pinged_and_proxied_from_the_proxy_address_of_that_family() {
     assert_eq!(s.fc.resolution_ping(1, false), None, "home2 has no IPv6 address");
 
     let dual = |name, index, last| {
-        let mut home = home(name, index, last, HomeState::Active);
+        let mut home = home(name, index, last, ServerState::Active);
         home.ipv6 = Some(format!("2001:db8::{last}").parse().unwrap());
         home
     };

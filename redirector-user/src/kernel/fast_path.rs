@@ -9,8 +9,10 @@ use redirector_ebpf::{ClientEntry, Endpoint, NatEntry, NatKey};
 
 use crate::{
     config::{Config, ForwardingMode},
-    dataplane::{DataPlane, DataPlaneError, endpoint, service_endpoints},
-    nat_ports::{NatPorts, NatPortsExhausted},
+    kernel::{
+        loader::{DataPlane, DataPlaneError, endpoint, service_endpoints},
+        nat_ports::{NatPorts, NatPortsExhausted},
+    },
     sip::Aor,
 };
 

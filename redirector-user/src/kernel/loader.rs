@@ -17,8 +17,8 @@ use redirector_ebpf::{
 };
 
 use crate::{
-    config::{self, Config, ForwardingMode},
-    first_contact::{HomeServer, HomeState},
+    config::Config,
+    model::{AttachMode, ForwardingMode, HomeServer, ServerState},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,7 @@ impl DataPlane {
     }
 
     fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self> {
-        let mut ebpf = loader.load(crate::PROGRAM)?;
+        let mut ebpf = loader.load(super::PROGRAM)?;
         for name in [REDIRECTOR_PROGRAM, DECAP_PROGRAM, PASS_PROGRAM] {
             program(&mut ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
         }
@@ -87,8 +87,8 @@ impl DataPlane {
         for service in service_endpoints(config) {
             self.add_service(service)?;
         }
-        for (index, server) in config.servers.iter().enumerate() {
-            self.set_server(index as u32, server_entry(server))?;
+        for home in config.home_servers() {
+            self.set_server(home.index, server_entry(&home))?;
         }
         Ok(())
     }
@@ -259,23 +259,22 @@ pub fn edge_config(config: &Config) -> redirector_ebpf::Config {
     value
 }
 
-pub fn server_entry(server: &config::Server) -> Server {
-    let state = match server.state {
-        config::ServerState::Active => redirector_ebpf::ServerState::Active,
-        config::ServerState::Draining => redirector_ebpf::ServerState::Draining,
-        config::ServerState::Down => redirector_ebpf::ServerState::Down,
-    };
-    entry(server.ipv4, server.ipv6, server.port, state)
-}
-
-/// The kernel's view of a home server as first contact knows it now.
-pub fn home_server_entry(home: &HomeServer) -> Server {
+/// The kernel's view of a home server: its addresses, port and effective state.
+pub fn server_entry(home: &HomeServer) -> Server {
     let state = match home.effective_state() {
-        HomeState::Active => redirector_ebpf::ServerState::Active,
-        HomeState::Draining => redirector_ebpf::ServerState::Draining,
-        HomeState::Down => redirector_ebpf::ServerState::Down,
+        ServerState::Active => redirector_ebpf::ServerState::Active,
+        ServerState::Draining => redirector_ebpf::ServerState::Draining,
+        ServerState::Down => redirector_ebpf::ServerState::Down,
     };
     entry(home.ipv4, home.ipv6, home.port, state)
+}
+
+/// The XDP attach mode aya takes for ours.
+pub fn xdp_mode(mode: AttachMode) -> XdpMode {
+    match mode {
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Skb => XdpMode::Skb,
+    }
 }
 
 fn entry(ipv4: Option<Ipv4Addr>, ipv6: Option<Ipv6Addr>, port: u16, state: redirector_ebpf::ServerState) -> Server {
@@ -329,7 +328,7 @@ mod tests {
         assert_eq!((edge.mode, edge.flags, edge.edge_v4), (Mode::Dsr as u8, CONFIG_HAS_EDGE_V4, [10, 0, 0, 1]));
         let ports: Vec<u16> = service_endpoints(&config).map(|s| u16::from_be(s.port_be)).collect();
         assert_eq!(ports, vec![5060, 5080]);
-        let server = server_entry(&config.servers[0]);
+        let server = server_entry(&config.home_servers()[0]);
         assert_eq!((server.flags, server.state), (SERVER_HAS_V6, redirector_ebpf::ServerState::Down as u8));
         assert_eq!(u16::from_be(server.port_be), 5060);
     }

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     counters::bump,
-    watchers::{self, Subscription, WatcherCounters},
+    edge::watchers::{self, Subscription, WatcherCounters},
 };
 
 /// RFC 3261 §17.1.1.1 defaults.
@@ -138,8 +138,8 @@ async fn final_answer(
 mod tests {
     use super::*;
     use crate::{
+        edge::watchers::DialogId,
         sip::{Aor, HeaderKind, Message, Via},
-        watchers::DialogId,
     };
 
     /// When a transaction started at 0 sends, if nothing ever answers.

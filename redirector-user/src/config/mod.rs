@@ -10,6 +10,14 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::model::HomeServer;
+pub use crate::model::{AttachMode, ForwardingMode, Policy, ServerState};
+
+/// Where the daemon serves its control API unless `[control] socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/redirector/control.sock";
+/// How many watcher subscriptions an edge keeps by default.
+pub const DEFAULT_WATCHER_CAPACITY: usize = 100_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -22,32 +30,6 @@ pub enum ConfigError {
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field: field.into(), problem: problem.into() }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ForwardingMode {
-    /// IPIP / IPv6-in-IPv6 to the home server, which answers the client directly.
-    Dsr,
-    /// Rewrite to the home server; replies come back through the edge.
-    Nat,
-}
-
-/// How the program is attached; `native` needs driver support (veth has it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    #[default]
-    Native,
-    Skb,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ServerState {
-    Active,
-    Draining,
-    Down,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -96,7 +78,7 @@ impl Default for WatchersSettings {
 }
 
 fn default_watcher_capacity() -> usize {
-    crate::watchers::DEFAULT_CAPACITY
+    DEFAULT_WATCHER_CAPACITY
 }
 
 /// The statistics stream: how often the kernel counters are sampled, and
@@ -236,7 +218,7 @@ impl Default for Control {
 }
 
 fn default_control_socket() -> PathBuf {
-    PathBuf::from(crate::control::DEFAULT_SOCKET)
+    PathBuf::from(DEFAULT_SOCKET)
 }
 
 /// First contact: how the daemon answers what the fast path passes up.
@@ -246,7 +228,7 @@ pub struct Sip {
     /// `auto` (redirect direct clients, proxy forwarded requests),
     /// `redirect` or `proxy` for every request.
     #[serde(default)]
-    pub first_contact: crate::first_contact::Policy,
+    pub first_contact: Policy,
     /// The embedded assignment database (redb), created if missing.
     #[serde(default = "default_database")]
     pub database: PathBuf,
@@ -422,6 +404,25 @@ impl Config {
     /// Index of the server called `name` in `servers` (its `SERVERS` slot).
     pub fn server_index(&self, name: &str) -> Option<u32> {
         self.servers.iter().position(|server| server.name == name).map(|index| index as u32)
+    }
+
+    /// The home servers as configured, each in the `SERVERS` slot of its
+    /// index, healthy until the health checks say otherwise.
+    pub fn home_servers(&self) -> Vec<HomeServer> {
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(index, server)| HomeServer {
+                name: server.name.clone(),
+                index: index as u32,
+                ipv4: server.ipv4,
+                ipv6: server.ipv6,
+                port: server.port,
+                state: server.state,
+                healthy: true,
+                weight: server.weight,
+            })
+            .collect()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -626,7 +627,7 @@ mod tests {
 
     #[test]
     fn the_shipped_example_is_valid() {
-        let example = include_str!("../../redirector.example.toml");
+        let example = include_str!("../../../redirector.example.toml");
         let config = Config::parse(example).unwrap();
         assert_eq!(config.servers.len(), 2);
     }
@@ -640,7 +641,7 @@ mod tests {
         assert_eq!(config.servers[1].state, ServerState::Draining);
         assert_eq!(config.server_index("home2"), Some(1));
         assert_eq!(config.server_index("nope"), None);
-        assert_eq!(config.sip.first_contact, crate::first_contact::Policy::Auto);
+        assert_eq!(config.sip.first_contact, crate::model::Policy::Auto);
         let proxies: Vec<SocketAddr> = vec!["10.0.0.1:5060".parse().unwrap(), "[fd00::1]:5060".parse().unwrap()];
         assert_eq!(config.proxy_addresses(), proxies, "one per family of the edge");
         assert_eq!(config.servers[0].weight, 1.0);
@@ -650,7 +651,7 @@ mod tests {
     fn sip_section_and_weights_are_validated() {
         let text = format!("{VALID}\n[sip]\nfirst_contact = \"proxy\"\nproxy_address = \"10.0.0.1:5070\"\n");
         let config = Config::parse(&text).unwrap();
-        assert_eq!(config.sip.first_contact, crate::first_contact::Policy::Proxy);
+        assert_eq!(config.sip.first_contact, crate::model::Policy::Proxy);
         let proxies: Vec<SocketAddr> = vec!["10.0.0.1:5070".parse().unwrap(), "[fd00::1]:5060".parse().unwrap()];
         assert_eq!(config.proxy_addresses(), proxies, "the explicit one replaces its family's default");
         let err = error_for(&VALID.replace("port = 5070", "port = 5070\nweight = 0"));

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::operations::{Move, PlannedMove, Route, ServerStatus, Stats};
+use crate::ops::api::{Move, PlannedMove, Route, ServerStatus, Stats};
 
 /// `redirector stats`: servers with their rates, then the counters.
 pub fn stats(stats: &Stats) -> String {
@@ -82,12 +82,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::first_contact::HomeState;
+    use crate::model::ServerState;
 
     fn server(name: &str, packets: u64) -> ServerStatus {
         ServerStatus {
             name: name.into(),
-            state: HomeState::Draining,
+            state: ServerState::Draining,
             healthy: true,
             ipv4: Some("10.0.0.11".parse().unwrap()),
             ipv6: None,

@@ -14,9 +14,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{dataplane::DataPlaneError, fast_path::FastPathError, operations::OperationError, store::StoreError};
 use aya::maps::{MapData, RingBuf};
-use aya::programs::XdpMode;
 use redirector_ebpf::{Counter, EventKind, FAMILY_V4, REDIRECTOR_PROGRAM};
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -26,19 +24,24 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::{self, AttachMode, Config},
-    control,
-    dataplane::{DataPlane, decode_event, service_endpoints},
-    fast_path::FastPath,
-    first_contact::{Action, FirstContact, HomeServer, HomeState, Settings},
-    health::{Tracker, Transition},
-    metrics,
-    notifier::Notifier,
-    operations::Operations,
-    rebalance::{Rebalancer, Thresholds},
-    stats::{self, Latest, LoadReceiver},
-    store::RedbStore,
-    watchers::{Subscription, Watchers},
+    config::{self, Config},
+    edge::{
+        first_contact::{Action, FirstContact, Settings},
+        health::{Tracker, Transition},
+        notifier::Notifier,
+        rebalance::{Rebalancer, Thresholds},
+        watchers::{Subscription, Watchers},
+    },
+    kernel::{
+        fast_path::{FastPath, FastPathError},
+        loader::{DataPlane, DataPlaneError, decode_event, endpoint_ip, service_endpoints, xdp_mode},
+    },
+    ops::{
+        control, metrics,
+        operations::{OperationError, Operations},
+        stats::{self, Latest, LoadReceiver},
+    },
+    store::{RedbStore, StoreError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +112,7 @@ impl Daemon {
         let store = RedbStore::open(&config.sip.database)?;
         let services = service_endpoints(config)
             .map(|endpoint| {
-                let address = SocketAddr::new(crate::dataplane::endpoint_ip(&endpoint), u16::from_be(endpoint.port_be));
+                let address = SocketAddr::new(endpoint_ip(&endpoint), u16::from_be(endpoint.port_be));
                 bind(address, "service address (it must be assigned to the edge, e.g. on lo)")
             })
             .collect::<Result<Vec<_>>>()?;
@@ -132,11 +135,7 @@ impl Daemon {
         dataplane.configure(config)?;
         let events = dataplane.take_events()?;
         let mut fast_path = FastPath::new(dataplane, config)?;
-        let mode = match config.attach {
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
-        };
-        fast_path.dataplane().attach(REDIRECTOR_PROGRAM, &config.interface, mode)?;
+        fast_path.dataplane().attach(REDIRECTOR_PROGRAM, &config.interface, xdp_mode(config.attach))?;
         let settings = Settings {
             policy: config.sip.first_contact,
             redirect_expires: config.sip.redirect_expires,
@@ -148,7 +147,7 @@ impl Daemon {
                 .collect::<std::io::Result<_>>()
                 .map_err(io("reading the service sockets' addresses"))?,
         };
-        let first_contact = FirstContact::new(settings, home_servers(config), Box::new(store))?;
+        let first_contact = FirstContact::new(settings, config.home_servers(), Box::new(store))?;
         let assignments: u64 = first_contact.client_counts().values().sum();
         info!(database = %config.sip.database.display(), assignments, "assignment database open");
         let (watchers, deactivated) = Watchers::new(config.watchers.capacity);
@@ -549,26 +548,4 @@ fn bind(address: SocketAddr, what: &'static str) -> Result<std::net::UdpSocket> 
     let socket = std::net::UdpSocket::bind(address).map_err(|source| DaemonError::Bind { address, what, source })?;
     socket.set_nonblocking(true).map_err(|source| DaemonError::Bind { address, what, source })?;
     Ok(socket)
-}
-
-fn home_servers(config: &Config) -> Vec<HomeServer> {
-    config
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(index, server)| HomeServer {
-            name: server.name.clone(),
-            index: index as u32,
-            ipv4: server.ipv4,
-            ipv6: server.ipv6,
-            port: server.port,
-            state: match server.state {
-                config::ServerState::Active => HomeState::Active,
-                config::ServerState::Draining => HomeState::Draining,
-                config::ServerState::Down => HomeState::Down,
-            },
-            healthy: true,
-            weight: server.weight,
-        })
-        .collect()
 }

@@ -11,45 +11,20 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt},
     net::UnixListener,
 };
 
+pub use crate::ops::api::{Reply, Request};
 use crate::{
-    operations::{Move, OperationError, Operations, PlannedMove, Route, ServerStatus, Stats},
-    rebalance::Rebalancer,
-    stats::Latest,
+    edge::rebalance::Rebalancer,
+    ops::{
+        api::ServerStatus,
+        operations::{OperationError, Operations},
+        stats::Latest,
+    },
 };
-
-pub const DEFAULT_SOCKET: &str = "/run/redirector/control.sock";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case")]
-pub enum Request {
-    Stats,
-    Servers,
-    Clients { server: String },
-    Assign { aor: String, server: String },
-    Drain { server: String },
-    Undrain { server: String },
-    Routes,
-    Rebalance { dry_run: bool },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reply {
-    Stats(Stats),
-    Servers(Vec<ServerStatus>),
-    Clients(Vec<String>),
-    Moves(Vec<Move>),
-    Server(ServerStatus),
-    Routes(Vec<Route>),
-    Plan(Vec<PlannedMove>),
-    Error(String),
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -175,14 +150,14 @@ mod tests {
 
     #[test]
     fn servers_carry_the_newest_rates_but_their_own_state() {
-        use crate::{first_contact::HomeState, operations::Stats, stats::tests::server};
+        use crate::{model::ServerState, ops::api::Stats, ops::stats::tests::server};
         let latest = Latest::default();
-        let fresh = vec![ServerStatus { state: HomeState::Draining, ..server("home0", 10, 100) }];
+        let fresh = vec![ServerStatus { state: ServerState::Draining, ..server("home0", 10, 100) }];
         assert_eq!(with_latest_rates(fresh.clone(), &latest), fresh, "no reading yet: no rates");
         let rated = ServerStatus { packets_per_second: Some(5.0), ..server("home0", 8, 80) };
         latest.publish(Stats { servers: vec![rated], ..Stats::default() });
         let shown = &with_latest_rates(fresh, &latest)[0];
-        assert_eq!((shown.state, shown.packets, shown.packets_per_second), (HomeState::Draining, 10, Some(5.0)));
+        assert_eq!((shown.state, shown.packets, shown.packets_per_second), (ServerState::Draining, 10, Some(5.0)));
     }
 
     #[test]

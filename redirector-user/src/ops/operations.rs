@@ -12,20 +12,24 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
-use serde::{Deserialize, Serialize};
-
 use crate::{
-    dataplane,
-    fast_path::{FastPath, FastPathError},
-    first_contact::{FirstContact, HomeServer, HomeState},
-    rebalance::{Planned, Rebalancer, Sample, ServerLoad, plan},
+    edge::{
+        first_contact::FirstContact,
+        rebalance::{Planned, Rebalancer, Sample, ServerLoad, plan},
+        watchers::Watchers,
+    },
+    kernel::{
+        fast_path::{FastPath, FastPathError},
+        loader,
+    },
+    model::{HomeServer, ServerState},
+    ops::api::{Move, PlannedMove, Route, ServerStatus, Stats},
     sip::{Aor, ParseError},
     store::StoreError,
-    watchers::Watchers,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -52,73 +56,6 @@ type Result<T, E = OperationError> = std::result::Result<T, E>;
 /// lock) when a server is drained or goes down.
 const MOVE_BATCH: usize = 2_000;
 
-/// One client moved from one home server to another.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Move {
-    pub aor: String,
-    pub from: String,
-    pub to: String,
-    pub generation: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServerStatus {
-    pub name: String,
-    /// The operator's state.
-    pub state: HomeState,
-    /// The health checks' verdict.
-    pub healthy: bool,
-    pub ipv4: Option<Ipv4Addr>,
-    pub ipv6: Option<Ipv6Addr>,
-    pub port: u16,
-    pub weight: f64,
-    /// Assignments in the database.
-    pub clients: u64,
-    /// What the fast path sent it.
-    pub packets: u64,
-    pub bytes: u64,
-    /// Fast-path rates over the statistics stream's last interval.
-    #[serde(default)]
-    pub packets_per_second: Option<f64>,
-    #[serde(default)]
-    pub bytes_per_second: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Stats {
-    /// Seconds since the previous reading (0 for the first).
-    #[serde(default)]
-    pub interval: f64,
-    pub servers: Vec<ServerStatus>,
-    /// The kernel's verdict counters.
-    pub verdicts: BTreeMap<String, u64>,
-    /// What first contact did.
-    pub first_contact: BTreeMap<String, u64>,
-    /// What was done for watchers.
-    #[serde(default)]
-    pub watchers: BTreeMap<String, u64>,
-}
-
-/// A move the rebalancer would make (or made).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlannedMove {
-    pub aor: String,
-    pub from: String,
-    pub to: String,
-    /// The client's fast-path packets per second.
-    pub rate: f64,
-}
-
-/// One row of the assignment table, as clients or other tools would use it
-/// to go straight to the owner.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Route {
-    pub aor: String,
-    pub server: String,
-    pub address: Option<SocketAddr>,
-    pub generation: u64,
-}
-
 pub struct Operations {
     pub first_contact: Arc<FirstContact>,
     pub fast_path: Arc<Mutex<FastPath>>,
@@ -131,7 +68,7 @@ impl Operations {
     pub fn assign(&self, aor: &str, server: &str) -> Result<Move> {
         let aor = Aor::from_uri(aor, "AOR").map_err(|e| OperationError::BadAor(aor.to_owned(), e))?;
         let to = self.server(server)?;
-        if to.effective_state() == HomeState::Down {
+        if to.effective_state() == ServerState::Down {
             return Err(OperationError::ServerDown(to.name));
         }
         if self.first_contact.store().get(&aor)?.is_none() {
@@ -144,7 +81,7 @@ impl Operations {
     /// Takes `server` out of new assignments and moves all its clients to
     /// the other active servers (rendezvous hashing over them).
     pub fn drain(&self, server: &str) -> Result<Vec<Move>> {
-        self.set_state(server, HomeState::Draining)?;
+        self.set_state(server, ServerState::Draining)?;
         let moves = self.move_all_from(server)?;
         tracing::info!(server, moved = moves.len(), "drained");
         Ok(moves)
@@ -174,10 +111,7 @@ impl Operations {
     ) -> Result<HomeServer> {
         let mut fast_path = self.fast_path.lock().expect("fast path lock");
         let home = change(&self.first_contact).ok_or_else(|| OperationError::UnknownServer(name.to_owned()))?;
-        fast_path
-            .dataplane()
-            .set_server(home.index, dataplane::home_server_entry(&home))
-            .map_err(FastPathError::from)?;
+        fast_path.dataplane().set_server(home.index, loader::server_entry(&home)).map_err(FastPathError::from)?;
         Ok(home)
     }
 
@@ -210,13 +144,13 @@ impl Operations {
 
     /// Lets `server` take new clients again.
     pub fn undrain(&self, server: &str) -> Result<ServerStatus> {
-        self.set_state(server, HomeState::Active)?;
+        self.set_state(server, ServerState::Active)?;
         tracing::info!(server, "undrained");
         self.status(server)
     }
 
     /// Sets a server's state for first contact and the kernel at once.
-    pub fn set_state(&self, server: &str, state: HomeState) -> Result<HomeServer> {
+    pub fn set_state(&self, server: &str, state: ServerState) -> Result<HomeServer> {
         self.change_server(|first_contact| first_contact.set_state(server, state), server)
     }
 

@@ -1,0 +1,9 @@
+//! The edge's decisions, without sockets or clocks of their own: first
+//! contact, home-server health, watchers and their NOTIFYs, rebalancing.
+
+pub mod first_contact;
+pub mod health;
+pub mod notifier;
+pub mod rebalance;
+pub mod rendezvous;
+pub mod watchers;

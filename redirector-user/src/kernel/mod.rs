@@ -1,0 +1,9 @@
+//! The kernel side: the embedded XDP object loaded and attached, its maps,
+//! and the fast path's client entries.
+
+pub mod fast_path;
+pub mod loader;
+pub mod nat_ports;
+
+/// The XDP object built from `redirector-ebpf` by this crate's build script.
+pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));

@@ -1,0 +1,96 @@
+//! The concepts every layer shares, each defined once: how clients are
+//! forwarded, how the program is attached, how first contact answers, and a
+//! home server with its state. Config parses them, the core decides with
+//! them, the kernel layer writes them to maps and the CLI shows them.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardingMode {
+    /// IPIP / IPv6-in-IPv6 to the home server, which answers the client directly.
+    Dsr,
+    /// Rewrite to the home server; replies come back through the edge.
+    Nat,
+}
+
+/// How the program is attached; `native` needs driver support (veth has it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    #[default]
+    Native,
+    Skb,
+}
+
+/// How first contact answers a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Redirect requests with one Via value, proxy the others.
+    #[default]
+    Auto,
+    /// Redirect everything (the response goes back along the Vias).
+    Redirect,
+    /// Proxy everything (for clients that do not follow 302 for REGISTER).
+    Proxy,
+}
+
+/// A home server's state: the operator's (config, drain / undrain), or the
+/// effective one once the health checks' verdict is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    Active,
+    /// Takes no new clients; the ones it has stay until moved.
+    Draining,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HomeServer {
+    pub name: String,
+    /// Slot in the kernel's SERVERS map.
+    pub index: u32,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub port: u16,
+    /// The operator's state (config, drain / undrain).
+    pub state: ServerState,
+    /// The health checks' verdict; an unhealthy server counts as down.
+    pub healthy: bool,
+    pub weight: f64,
+}
+
+impl HomeServer {
+    /// What the kernel and first contact act on.
+    pub fn effective_state(&self) -> ServerState {
+        if self.healthy { self.state } else { ServerState::Down }
+    }
+
+    /// May take new clients.
+    pub fn accepts_new(&self) -> bool {
+        self.effective_state() == ServerState::Active
+    }
+
+    /// The server's SIP address in the family of `peer`.
+    pub fn address_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        match peer {
+            SocketAddr::V4(_) => self.ipv4.map(|ip| SocketAddr::new(ip.into(), self.port)),
+            SocketAddr::V6(_) => self.ipv6.map(|ip| SocketAddr::new(ip.into(), self.port)),
+        }
+    }
+
+    /// Its address, IPv4 first.
+    pub fn any_address(&self) -> Option<SocketAddr> {
+        let v4 = self.ipv4.map(|ip| SocketAddr::new(ip.into(), self.port));
+        v4.or(self.ipv6.map(|ip| SocketAddr::new(ip.into(), self.port)))
+    }
+
+    /// One of its addresses is `ip`.
+    pub fn has_address(&self, ip: std::net::IpAddr) -> bool {
+        self.ipv4.is_some_and(|v4| ip == v4) || self.ipv6.is_some_and(|v6| ip == v6)
+    }
+}

@@ -1,0 +1,104 @@
+//! The control API's wire types: requests, replies and what they carry.
+//! JSON lines, one object per line (see `control`).
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ServerState;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Stats,
+    Servers,
+    Clients { server: String },
+    Assign { aor: String, server: String },
+    Drain { server: String },
+    Undrain { server: String },
+    Routes,
+    Rebalance { dry_run: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Stats(Stats),
+    Servers(Vec<ServerStatus>),
+    Clients(Vec<String>),
+    Moves(Vec<Move>),
+    Server(ServerStatus),
+    Routes(Vec<Route>),
+    Plan(Vec<PlannedMove>),
+    Error(String),
+}
+
+/// One client moved from one home server to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub aor: String,
+    pub from: String,
+    pub to: String,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub name: String,
+    /// The operator's state.
+    pub state: ServerState,
+    /// The health checks' verdict.
+    pub healthy: bool,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub port: u16,
+    pub weight: f64,
+    /// Assignments in the database.
+    pub clients: u64,
+    /// What the fast path sent it.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Fast-path rates over the statistics stream's last interval.
+    #[serde(default)]
+    pub packets_per_second: Option<f64>,
+    #[serde(default)]
+    pub bytes_per_second: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Seconds since the previous reading (0 for the first).
+    #[serde(default)]
+    pub interval: f64,
+    pub servers: Vec<ServerStatus>,
+    /// The kernel's verdict counters.
+    pub verdicts: BTreeMap<String, u64>,
+    /// What first contact did.
+    pub first_contact: BTreeMap<String, u64>,
+    /// What was done for watchers.
+    #[serde(default)]
+    pub watchers: BTreeMap<String, u64>,
+}
+
+/// A move the rebalancer would make (or made).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedMove {
+    pub aor: String,
+    pub from: String,
+    pub to: String,
+    /// The client's fast-path packets per second.
+    pub rate: f64,
+}
+
+/// One row of the assignment table, as clients or other tools would use it
+/// to go straight to the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub aor: String,
+    pub server: String,
+    pub address: Option<SocketAddr>,
+    pub generation: u64,
+}

@@ -1,0 +1,10 @@
+//! What operators do and see: operations on a running edge, the control
+//! API and its wire types, the statistics stream, Prometheus metrics and
+//! the CLI's tables.
+
+pub mod api;
+pub mod control;
+pub mod metrics;
+pub mod operations;
+pub mod report;
+pub mod stats;
