@@ -110,6 +110,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// AOR's client addresses on the fast path: the home server slot the
+    /// kernel sends each to, and the packets it forwarded.
+    Entries {
+        aor: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Attach a pass-through XDP program to INTERFACE until SIGINT/SIGTERM.
     /// Native XDP_TX on a veth only delivers when the veth's peer runs an
     /// XDP program too: run this on the peer of the edge interface.
@@ -159,6 +166,10 @@ async fn main() -> Result<()> {
             Reply::Routes(routes) => print(json, &routes[..], report::routes),
             other => unexpected(other),
         },
+        Command::Entries { aor, json } => match ask(&socket, Request::Entries { aor })? {
+            Reply::Entries(entries) => print(json, &entries[..], report::entries),
+            other => unexpected(other),
+        },
         Command::Run { config } => run(config).await,
         Command::Home { listen } => {
             let registrar = std::sync::Arc::new(redirector::home::Registrar::default());
@@ -191,7 +202,8 @@ async fn run(path: PathBuf) -> Result<()> {
     let daemon = Daemon::start(&config)?;
     info!(interface = %config.interface, mode = ?config.mode, attach = ?config.attach, servers = config.servers.len(), "redirector attached, answering first contacts");
     daemon.serve(shutdown_signal()?).await?;
-    let report = daemon.report();
+    // The report asks the state owner and waits: not on a runtime worker.
+    let report = tokio::task::block_in_place(|| daemon.report());
     let kernel: Vec<(&str, u64)> = report.kernel.iter().map(|(c, n)| (c.label(), *n)).collect();
     info!(first_contact = ?report.first_contact, ?kernel, "counters at shutdown");
     drop(daemon);

@@ -11,7 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector::{config::Config, daemon::Daemon};
+use redirector::{
+    config::Config,
+    daemon::Daemon,
+    ops::api::{Entry, Reply, Request, Route, ServerStatus, Stats},
+};
 
 use crate::{
     netns::NetNs,
@@ -152,6 +156,33 @@ impl InProcessEdge {
             .find(|(n, _)| *n == name)
             .unwrap_or_else(|| panic!("no counter {name}"))
             .1
+    }
+
+    /// A control API request the daemon must answer as asked.
+    fn ask<T>(&self, request: Request, wanted: impl FnOnce(Reply) -> Option<T>) -> T {
+        let reply = self.daemon.control(request.clone());
+        let text = format!("{reply:?}");
+        wanted(reply).unwrap_or_else(|| panic!("{request:?} answered {text}"))
+    }
+
+    /// The assignment table.
+    pub fn routes(&self) -> Vec<Route> {
+        self.ask(Request::Routes, |reply| if let Reply::Routes(routes) = reply { Some(routes) } else { None })
+    }
+
+    /// `aor`'s client addresses on the fast path, as the kernel has them.
+    pub fn entries(&self, aor: &str) -> Vec<Entry> {
+        let request = Request::Entries { aor: aor.to_owned() };
+        self.ask(request, |reply| if let Reply::Entries(entries) = reply { Some(entries) } else { None })
+    }
+
+    pub fn servers(&self) -> Vec<ServerStatus> {
+        self.ask(Request::Servers, |reply| if let Reply::Servers(servers) = reply { Some(servers) } else { None })
+    }
+
+    /// A fresh reading of every figure.
+    pub fn stats(&self) -> Stats {
+        self.ask(Request::Stats, |reply| if let Reply::Stats(stats) = reply { Some(stats) } else { None })
     }
 
     pub fn kernel(&self, counter: redirector_ebpf::Counter) -> u64 {

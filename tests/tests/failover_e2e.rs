@@ -84,14 +84,14 @@ fn a_dead_home_servers_clients_move_and_keep_the_fast_path() {
         assert_sipp_ok(&topology, "register_expect_200.xml", 5070);
         assert_eq!(edge.first_contact("requests"), first_contacts, "{mode}: the next REGISTER did not need the daemon");
         assert!(edge.kernel(Counter::Forwarded) > forwarded, "{mode}: it went through XDP");
-        let sent = edge.daemon.fast_path.lock().unwrap().dataplane().server_stats(survivor as u32).unwrap();
+        let sent = edge.servers().into_iter().find(|s| s.name == format!("home{survivor}")).unwrap();
         assert!(sent.packets >= 1, "{mode}: to the surviving home server");
 
         let logged = watcher.wait().unwrap_or_else(|e| panic!("{mode}: the watcher's scenario failed: {e}"));
         let homes = format!("homes {} {}", home_address(dead), home_address(survivor));
         assert!(logged.contains(&homes), "{mode}: expected \"{homes}\" in the watcher's log: {logged}");
-        let watchers = edge.daemon.watchers.counters.snapshot();
-        let count = |name| watchers.iter().find(|(n, _)| *n == name).unwrap().1;
+        let watchers = edge.stats().watchers;
+        let count = |name: &str| watchers[name];
         assert_eq!((count("notifies_sent"), count("notifies_answered")), (1, 1), "{mode}: {watchers:?}");
         assert!(edge.kernel(Counter::PassSubscribe) >= 2, "{mode}: both SUBSCRIBEs reached the daemon");
 

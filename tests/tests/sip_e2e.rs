@@ -23,7 +23,7 @@ fn assert_sipp_ok(topology: &Topology, scenario: &str, calls: u32, port: u16) {
 }
 
 fn clients_spread_over_homes(edge: &InProcessEdge, expected: usize) {
-    let assignments = edge.daemon.first_contact.store().all().unwrap();
+    let assignments = edge.routes();
     assert_eq!(assignments.len(), expected);
     let homes: std::collections::HashSet<&str> = assignments.iter().map(|a| a.server.as_str()).collect();
     assert!(homes.len() > 1, "rendezvous hashing spread {expected} AORs over more than one home: {homes:?}");
@@ -153,7 +153,7 @@ fn no_active_home_server_gets_503() {
     let edge = InProcessEdge::start(&mut topology, &[]);
     assert_sipp_ok(&topology, "register_unavailable.xml", 3, 5070);
     assert_eq!(edge.first_contact("unavailable"), 3);
-    assert!(edge.daemon.first_contact.store().all().unwrap().is_empty());
+    assert!(edge.routes().is_empty());
 }
 
 #[test]
@@ -166,14 +166,14 @@ fn the_same_aor_keeps_its_home_server_across_restarts() {
         let edge = InProcessEdge::start(&mut topology, &[]);
         assert!(sipp_clients(&topology, "register_follow_redirect.xml", 8, 6000, "user"));
         assert_eq!(edge.first_contact("assigned"), 8);
-        edge.daemon.first_contact.store().all().unwrap()
+        edge.routes()
     };
     let edge = InProcessEdge::start(&mut topology, &[]);
     // The same AORs from new addresses: the old ones are on the fast path.
     assert!(sipp_clients(&topology, "register_follow_redirect.xml", 8, 7000, "user"));
     assert_eq!(edge.first_contact("redirected"), 8);
     assert_eq!(edge.first_contact("assigned"), 0, "every AOR was found in the database");
-    assert_eq!(edge.daemon.first_contact.store().all().unwrap(), before);
+    assert_eq!(edge.routes(), before);
 }
 
 #[test]
@@ -184,9 +184,9 @@ fn idle_clients_leave_the_fast_path_and_active_ones_stay() {
     let mut topology = pool("nat", Attach::Skb, Registrar::Own);
     topology.extra_config = "[fast_path]\nidle_timeout = 1.0\n".into();
     let edge = InProcessEdge::start(&mut topology, &[]);
-    let aor = redirector::sip::Aor::from_canonical("sip:user1@example.net".into());
+    let aor = "sip:user1@example.net";
     assert_sipp_ok(&topology, "reregister_fast_path.xml", 1, 5070);
-    let key = edge.daemon.fast_path.lock().unwrap().installed(&aor)[0];
+    assert_eq!(edge.entries(aor).len(), 1, "on the fast path");
 
     // Active: a REGISTER through the fast path every 0.4 s for 2 s.
     let start = std::time::Instant::now();
@@ -198,12 +198,12 @@ fn idle_clients_leave_the_fast_path_and_active_ones_stay() {
 
     // Idle: gone within a few sweeps of the 1 s timeout.
     let idle_since = std::time::Instant::now();
-    while !edge.daemon.fast_path.lock().unwrap().installed(&aor).is_empty() {
+    while !edge.entries(aor).is_empty() {
         assert!(idle_since.elapsed() < Duration::from_secs(6), "the idle client never left the fast path");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(edge.daemon.fast_path.lock().unwrap().dataplane().client(key).unwrap(), None);
-    // Its next REGISTER is a first contact again (302, then 200 via XDP).
+    // Its kernel entry is gone too: its next REGISTER is a first contact
+    // again (302, then 200 via XDP).
     assert_sipp_ok(&topology, "reregister_fast_path.xml", 1, 5070);
     assert_eq!(edge.first_contact("requests"), 2);
 }

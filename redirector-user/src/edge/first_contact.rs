@@ -19,7 +19,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Mutex, RwLock, RwLockWriteGuard, atomic::AtomicU64},
+    sync::{Arc, atomic::AtomicU64},
 };
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -27,8 +27,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::{
     counters::bump,
     edge::{
+        assignments::Assigned,
         notifier::NOTIFY_BRANCH_PREFIX,
-        rendezvous::{self, Candidate},
+        pool::{Pool, PoolView},
         watchers::{DialogId, Subscription},
     },
     model::{HomeServer, Policy, ServerState},
@@ -37,7 +38,7 @@ use crate::{
         response::{self, Basis},
         socket_address, split_list, tag, unfold,
     },
-    store::{Assignment, AssignmentStore, Reassigned, StoreError, next_assignment},
+    store::{Cache, Cached, StoreError},
 };
 
 #[derive(Debug, Clone)]
@@ -66,8 +67,9 @@ pub enum Action {
     Relay { to: SocketAddr, bytes: Vec<u8>, from: Option<SocketAddr> },
     /// Put `client` on the fast path to the server in slot `server`, if
     /// `aor`'s assignment still has `generation` (a move may have happened
-    /// since this was decided).
-    Install { client: SocketAddr, server: u32, aor: Aor, generation: u64 },
+    /// since this was decided); `service` is where it sent to (the source
+    /// of nat replies).
+    Install { client: SocketAddr, service: SocketAddr, server: u32, aor: Aor, generation: u64 },
     /// The server in slot `server` answered health ping `sequence`.
     PingAnswered { server: u32, sequence: u32 },
     /// A SUBSCRIBE is being proxied: record its dialog, routed by the
@@ -78,8 +80,6 @@ pub enum Action {
     SubscribeAnswered { id: DialogId, code: u16, notifier_tag: Option<String> },
     /// A watcher's answer to one of our NOTIFYs.
     NotifyAnswered { branch: String, code: u16, from: SocketAddr },
-    /// First contact gave `aor` a new home server (its old one is down).
-    Moved { aor: Aor },
 }
 
 crate::counters::counters! {
@@ -127,153 +127,103 @@ crate::counters::counters! {
     subscribes_unrecordable,
 }
 
+#[derive(Clone)]
 pub struct FirstContact {
     settings: Settings,
-    /// Changed by drain / undrain (and health checks).
-    servers: RwLock<Vec<HomeServer>>,
-    store: Box<dyn AssignmentStore>,
-    /// Held (write) by a move from withdrawing its clients' kernel entries
-    /// until its commit, and (read) by the lookup of a known client: a
-    /// client withdrawn for a move is never answered from the assignment
-    /// the move is about to replace.
-    moves: RwLock<()>,
-    /// Assignments per server name, kept with every write (they all go
-    /// through here), so statistics never scan the database. Signed, and
-    /// never clamped, so that updates applied out of order still add up.
-    client_counts: Mutex<HashMap<String, i64>>,
-    pub counters: Counters,
+    pool: PoolView,
+    cache: Arc<Cache>,
+    pub counters: Arc<Counters>,
 }
 
-impl FirstContact {
-    /// Counts the stored assignments once.
-    pub fn new(
-        settings: Settings,
-        servers: Vec<HomeServer>,
-        store: Box<dyn AssignmentStore>,
-    ) -> Result<Self, StoreError> {
-        let mut client_counts = HashMap::new();
-        for assignment in store.all()? {
-            *client_counts.entry(assignment.server).or_default() += 1;
-        }
-        let client_counts = Mutex::new(client_counts);
-        Ok(Self {
-            settings,
-            servers: RwLock::new(servers),
-            store,
-            moves: RwLock::new(()),
-            client_counts,
-            counters: Counters::default(),
-        })
-    }
+/// Service datagrams read and parsed once, waiting for the assignments of
+/// the clients that have no usable one yet (`Batch::unassigned`).
+pub struct Batch<'a> {
+    items: Vec<Item<'a>>,
+}
 
-    /// How many clients each server has in the database.
-    pub fn client_counts(&self) -> HashMap<String, u64> {
-        let counts = self.client_counts.lock().expect("client counts lock");
-        counts.iter().map(|(server, n)| (server.clone(), (*n).max(0) as u64)).collect()
-    }
+enum Item<'a> {
+    /// Answered without an assignment (or not at all).
+    Done(Vec<Action>),
+    /// A request whose client's home decides the answer.
+    Request(Box<Request<'a>>),
+}
 
-    fn count_move(&self, from: Option<&str>, to: &str) {
-        let mut counts = self.client_counts.lock().expect("client counts lock");
-        if let Some(from) = from {
-            *counts.entry(from.to_owned()).or_default() -= 1;
-        }
-        *counts.entry(to.to_owned()).or_default() += 1;
-    }
+struct Request<'a> {
+    message: Message<'a>,
+    basis: Basis,
+    source: SocketAddr,
+    local: SocketAddr,
+    redirect: bool,
+    aor: Aor,
+    /// The client's usable assignment from the cache, if it has one.
+    known: Option<Cached>,
+}
 
-    /// The home servers as first contact sees them now.
-    pub fn servers(&self) -> Vec<HomeServer> {
-        self.servers.read().expect("servers lock").clone()
-    }
-
-    pub fn server(&self, name: &str) -> Option<HomeServer> {
-        self.servers.read().expect("servers lock").iter().find(|s| s.name == name).cloned()
-    }
-
-    /// Records a health verdict for the server in slot `index`.
-    pub fn set_health(&self, index: u32, healthy: bool) -> Option<HomeServer> {
-        let mut servers = self.servers.write().expect("servers lock");
-        let server = servers.iter_mut().find(|s| s.index == index)?;
-        server.healthy = healthy;
-        Some(server.clone())
-    }
-
-    /// Sets a server's state; `None` if there is no such server.
-    pub fn set_state(&self, name: &str, state: ServerState) -> Option<HomeServer> {
-        let mut servers = self.servers.write().expect("servers lock");
-        let server = servers.iter_mut().find(|s| s.name == name)?;
-        server.state = state;
-        Some(server.clone())
-    }
-
-    /// Where rendezvous hashing puts `aor` among the active servers, other
-    /// than `excluding`.
-    pub fn choose_server(&self, aor: &Aor, excluding: Option<&str>) -> Option<HomeServer> {
-        let servers = self.servers.read().expect("servers lock");
-        let candidates: Vec<Candidate<'_>> = servers
+impl Batch<'_> {
+    /// The clients (in order, once each) that need the owner's assignment.
+    pub fn unassigned(&self) -> Vec<Aor> {
+        let mut aors: Vec<Aor> = self
+            .items
             .iter()
-            .filter(|s| s.accepts_new() && Some(s.name.as_str()) != excluding)
-            .map(|s| Candidate { name: &s.name, weight: s.weight })
-            .collect();
-        let name = rendezvous::choose(aor.as_str(), &candidates)?;
-        servers.iter().find(|s| s.name == name).cloned()
-    }
-
-    /// Holds off lookups of known clients while a move withdraws and
-    /// commits (see `moves`).
-    pub fn begin_move(&self) -> RwLockWriteGuard<'_, ()> {
-        self.moves.write().expect("moves lock")
-    }
-
-    /// Records each AOR on its server with the next generation, in one
-    /// durable transaction. An AOR is left alone (`None`) if its server is
-    /// down or gone by then, or, with `only_from`, if it is no longer on
-    /// that server (something else moved it since the move was planned).
-    pub fn reassign_many(
-        &self,
-        moves: &[(&Aor, &str)],
-        only_from: Option<&str>,
-    ) -> Result<Vec<Option<Reassigned>>, StoreError> {
-        let aors: Vec<&Aor> = moves.iter().map(|&(aor, _)| aor).collect();
-        let mut targets = moves.iter().map(|&(_, to)| to);
-        let mut previous = Vec::with_capacity(moves.len());
-        let stored = self.store.update_many(&aors, &mut |aor, current| {
-            let to = targets.next().expect("one call per move");
-            let still_there = only_from.is_none_or(|from| current.is_some_and(|a| a.server == from));
-            let takes = self.server(to).is_some_and(|s| s.effective_state() != ServerState::Down);
-            let moving = still_there && takes;
-            previous.push(moving.then(|| current.map(|a| a.server.clone())));
-            moving.then(|| next_assignment(aor, to, current))
-        })?;
-        Ok(previous
-            .into_iter()
-            .zip(stored)
-            .map(|(previous, stored)| {
-                let (previous, stored) = (previous?, stored?);
-                self.count_move(previous.as_deref(), &stored.server);
-                Some(Reassigned { previous, generation: stored.generation })
+            .filter_map(|item| match item {
+                Item::Request(request) if request.known.is_none() => Some(request.aor.clone()),
+                _ => None,
             })
-            .collect())
+            .collect();
+        aors.sort();
+        aors.dedup();
+        aors
+    }
+}
+
+/// What the owner made of `Batch::unassigned`: each AOR with a usable
+/// assignment (absent: no server takes clients), or the store's failure.
+pub type Assignments<'a> = Result<&'a HashMap<Aor, Assigned>, &'a StoreError>;
+
+impl FirstContact {
+    pub fn new(settings: Settings, pool: PoolView, cache: Arc<Cache>, counters: Arc<Counters>) -> Self {
+        Self { settings, pool, cache, counters }
     }
 
-    pub fn store(&self) -> &dyn AssignmentStore {
-        self.store.as_ref()
+    /// Reads a batch of datagrams that arrived on the service socket at
+    /// `local`; `answer` completes it.
+    pub fn read<'a>(
+        &self,
+        datagrams: impl IntoIterator<Item = (&'a [u8], SocketAddr)>,
+        local: SocketAddr,
+    ) -> Batch<'a> {
+        let items = datagrams.into_iter().map(|(datagram, source)| self.read_one(datagram, source, local)).collect();
+        Batch { items }
     }
 
-    /// A datagram from `source` on the service socket at `local`.
-    pub fn on_service_datagram(&self, datagram: &[u8], source: SocketAddr, local: SocketAddr) -> Vec<Action> {
+    /// The answers to a batch, given the owner's assignments for its
+    /// unassigned clients (unused when there were none).
+    pub fn answer(&self, batch: Batch<'_>, assigned: Assignments<'_>) -> Vec<Action> {
+        let pool = self.pool.load();
+        let mut actions = Vec::new();
+        for item in batch.items {
+            match item {
+                Item::Done(done) => actions.extend(done),
+                Item::Request(mut request) => actions.extend(self.answer_request(&mut request, assigned, &pool)),
+            }
+        }
+        actions
+    }
+
+    fn read_one<'a>(&self, datagram: &'a [u8], source: SocketAddr, local: SocketAddr) -> Item<'a> {
         match Message::parse(datagram) {
             Ok(message) if message.is_request() => {
                 bump(&self.counters.requests);
-                self.on_request(&message, source, local)
+                self.classify(message, source, local)
             }
-            Ok(message) => notify_answer(&message, source).map_or_else(|| self.drop(), |answer| vec![answer]),
-            Err(_) if datagram.starts_with(b"ACK ") => self.absorb_ack(),
+            Ok(message) => Item::Done(notify_answer(&message, source).map_or_else(|| self.drop(), |a| vec![a])),
+            Err(_) if datagram.starts_with(b"ACK ") => Item::Done(self.absorb_ack()),
             Err(error) if response::looks_like_request(datagram) => {
                 bump(&self.counters.requests);
                 let mut basis = Basis::salvage(datagram);
-                self.reject(&mut basis, source, 400, &error.to_string(), &self.counters.bad_request)
+                Item::Done(self.reject(&mut basis, source, 400, &error.to_string(), &self.counters.bad_request))
             }
-            Err(_) => self.drop(),
+            Err(_) => Item::Done(self.drop()),
         }
     }
 
@@ -291,7 +241,7 @@ impl FirstContact {
         if let Some(answer) = notify_answer(&message, source) {
             return vec![answer];
         }
-        if !self.is_home(source) {
+        if !self.pool.load().is_home(source.ip()) {
             return self.drop();
         }
         let vias: Vec<String> = message.via_values().map(|v| v.into_owned()).collect();
@@ -317,76 +267,83 @@ impl FirstContact {
         actions
     }
 
-    fn is_home(&self, source: SocketAddr) -> bool {
-        let servers = self.servers.read().expect("servers lock");
-        servers.iter().any(|s| s.ipv4.is_some_and(|ip| source.ip() == ip) || s.ipv6.is_some_and(|ip| source.ip() == ip))
-    }
-
-    fn on_request(&self, message: &Message<'_>, source: SocketAddr, local: SocketAddr) -> Vec<Action> {
-        let mut basis = Basis::of(message);
+    /// Everything decided before the client's home is known.
+    fn classify<'a>(&self, message: Message<'a>, source: SocketAddr, local: SocketAddr) -> Item<'a> {
+        let mut basis = Basis::of(&message);
         let direct = basis.vias.len() == 1;
-        let subscribe = message.method() == Some("SUBSCRIBE");
-        let redirect = self.redirects(message, direct);
+        let redirect = self.redirects(&message, direct);
         match message.method() {
             // Nothing ever answers an ACK (RFC 3261 §17): it acknowledges our
             // own final answer, or goes where its INVITE was proxied.
-            Some("ACK") if redirect => return self.absorb_ack(),
-            Some("ACK") => return self.proxy_ack(message, source, local),
+            Some("ACK") if redirect => return Item::Done(self.absorb_ack()),
+            Some("ACK") => return Item::Done(self.proxy_ack(&message, source, local)),
             // The INVITE it cancels was already answered (302): the CANCEL
             // itself gets 200 (§9.2), statelessly, and nothing is installed.
             Some("CANCEL") if redirect => {
                 bump(&self.counters.cancels_answered);
                 basis.stamp_top_via(source);
                 let to = basis.response_address(source);
-                return vec![Action::Reply { to, bytes: response::build(&basis, 200, "OK", &to_tag(&basis), &[]) }];
+                let bytes = response::build(&basis, 200, "OK", &to_tag(&basis), &[]);
+                return Item::Done(vec![Action::Reply { to, bytes }]);
             }
             _ => {}
         }
         if message.max_forwards().ok().flatten() == Some(0) {
-            return self.reject(&mut basis, source, 483, "Too Many Hops", &self.counters.too_many_hops);
+            return Item::Done(self.reject(&mut basis, source, 483, "Too Many Hops", &self.counters.too_many_hops));
         }
-        let aor = match identity(message) {
+        let aor = match identity(&message) {
             Ok(aor) => aor,
-            Err(error) => return self.reject(&mut basis, source, 400, &error.to_string(), &self.counters.bad_request),
-        };
-        let (assignment, moved) = match self.assignment(&aor) {
-            Ok(Some(assignment)) => assignment,
-            Ok(None) => {
-                return self.unavailable(&mut basis, source, "Service Unavailable");
-            }
             Err(error) => {
-                tracing::error!(%aor, %error, "assignment database failed");
-                return self.reject(&mut basis, source, 500, "Assignment Database Failed", &self.counters.server_error);
+                let reason = error.to_string();
+                return Item::Done(self.reject(&mut basis, source, 400, &reason, &self.counters.bad_request));
             }
         };
-        let Some(home) = self.server(&assignment.server) else {
-            tracing::warn!(%aor, server = assignment.server, "assigned to a server no longer configured");
-            return self.unavailable(&mut basis, source, "Service Unavailable");
+        let known = self.cache.get(&aor).filter(|cached| self.pool.load().usable(&cached.server));
+        Item::Request(Box::new(Request { message, basis, source, local, redirect, aor, known }))
+    }
+
+    fn answer_request(&self, request: &mut Request<'_>, assigned: Assignments<'_>, pool: &Pool) -> Vec<Action> {
+        let (server, generation) = match (&request.known, assigned) {
+            (Some(known), _) => (known.server.to_string(), known.generation),
+            (None, Ok(assigned)) => match assigned.get(&request.aor) {
+                Some(assigned) => (assigned.assignment.server.clone(), assigned.assignment.generation),
+                None => return self.unavailable(&mut request.basis, request.source, "Service Unavailable"),
+            },
+            (None, Err(error)) => {
+                tracing::error!(aor = %request.aor, %error, "assignment database failed");
+                let counter = &self.counters.server_error;
+                return self.reject(&mut request.basis, request.source, 500, "Assignment Database Failed", counter);
+            }
         };
+        let Some(home) = pool.server(&server) else {
+            tracing::warn!(aor = %request.aor, server, "assigned to a server no longer configured");
+            return self.unavailable(&mut request.basis, request.source, "Service Unavailable");
+        };
+        self.route(request, home, generation)
+    }
+
+    /// Redirects or proxies to `home`, then records what the request asks
+    /// of the owner (a watcher's dialog, or the client's fast-path entry).
+    fn route(&self, request: &mut Request<'_>, home: &HomeServer, generation: u64) -> Vec<Action> {
+        let source = request.source;
         let Some(home_address) = home.address_for(source) else {
-            return self.unavailable(&mut basis, source, "No Home Server Of This Family");
+            return self.unavailable(&mut request.basis, source, "No Home Server Of This Family");
         };
-        let mut actions = if redirect {
-            self.redirect(message, &mut basis, source, home_address)
+        let mut actions = if request.redirect {
+            self.redirect(&request.message, &mut request.basis, source, home_address)
         } else {
-            match self.proxy(message, source, home_address, local) {
+            match self.proxy(&request.message, source, home_address, request.local) {
                 Some(proxied) => proxied,
-                None => return self.unavailable(&mut basis, source, "No Proxy Address Of This Family"),
+                None => return self.unavailable(&mut request.basis, source, "No Proxy Address Of This Family"),
             }
         };
-        if moved {
-            actions.push(Action::Moved { aor: aor.clone() });
-        }
-        if subscribe {
-            actions.extend(self.watch(message, aor, source, assignment.generation));
+        let direct = request.basis.vias.len() == 1;
+        if request.message.method() == Some("SUBSCRIBE") {
+            actions.extend(self.watch(&request.message, request.aor.clone(), source, generation));
         } else if direct && home.effective_state() != ServerState::Down {
             bump(&self.counters.installed);
-            actions.push(Action::Install {
-                client: source,
-                server: home.index,
-                aor,
-                generation: assignment.generation,
-            });
+            let (client, service, aor) = (source, request.local, request.aor.clone());
+            actions.push(Action::Install { client, service, server: home.index, aor, generation });
         }
         actions
     }
@@ -416,22 +373,6 @@ impl FirstContact {
         }
     }
 
-    /// The client `on_request` would look up or assign for this request,
-    /// in its order: never for an ACK, a CANCEL answered here, or a request
-    /// out of hops.
-    fn would_assign(&self, message: &Message<'_>) -> Option<Aor> {
-        let direct = message.via_values().count() == 1;
-        match message.method() {
-            Some("ACK") => return None,
-            Some("CANCEL") if self.redirects(message, direct) => return None,
-            _ => {}
-        }
-        if message.max_forwards().ok().flatten() == Some(0) {
-            return None;
-        }
-        identity(message).ok()
-    }
-
     fn absorb_ack(&self) -> Vec<Action> {
         bump(&self.counters.absorbed_acks);
         Vec::new()
@@ -440,10 +381,11 @@ impl FirstContact {
     /// An ACK for a proxied INVITE's non-2xx answer follows the INVITE (same
     /// branch, see `branch`); without an assignment there was no INVITE.
     fn proxy_ack(&self, message: &Message<'_>, source: SocketAddr, local: SocketAddr) -> Vec<Action> {
+        let pool = self.pool.load();
         let home = identity(message)
             .ok()
-            .and_then(|aor| self.store.get(&aor).ok().flatten())
-            .and_then(|assignment| self.server(&assignment.server))
+            .and_then(|aor| self.cache.get(&aor))
+            .and_then(|cached| pool.server(&cached.server))
             .and_then(|home| home.address_for(source));
         match (home, message.max_forwards().ok().flatten()) {
             (Some(home), max_forwards) if max_forwards != Some(0) => {
@@ -451,95 +393,6 @@ impl FirstContact {
             }
             _ => self.absorb_ack(),
         }
-    }
-
-    /// The stored assignment, or a new one (stored durably first) on an
-    /// active server; `None` when no server is active. A client whose
-    /// server is down (or gone from the config) is reassigned now (`true`).
-    fn assignment(&self, aor: &Aor) -> Result<Option<(Assignment, bool)>, StoreError> {
-        // Most first contacts are known clients: a read, no durable commit.
-        let known = {
-            let _no_move = self.moves.read().expect("moves lock");
-            self.store.get(aor)?
-        };
-        if let Some(known) = known.filter(|a| self.usable(a)) {
-            return Ok(Some((known, false)));
-        }
-        Ok(self.assign_all(&[aor])?.pop().flatten())
-    }
-
-    /// Gives every AOR without a usable assignment a new one on an active
-    /// server, all in one durable transaction. Per AOR: its usable
-    /// assignment, if any, and whether it just moved off an unusable server.
-    fn assign_all(&self, aors: &[&Aor]) -> Result<Vec<Option<(Assignment, bool)>>, StoreError> {
-        // Per AOR: `Some(previous server)` when this transaction assigned it.
-        let mut assigned: Vec<Option<Option<String>>> = Vec::with_capacity(aors.len());
-        let stored = self.store.update_many(aors, &mut |aor, current| {
-            let server = current
-                .filter(|a| self.usable(a))
-                .is_none()
-                .then(|| self.choose_server(aor, current.map(|a| a.server.as_str())))
-                .flatten();
-            assigned.push(server.as_ref().map(|_| current.map(|a| a.server.clone())));
-            server.map(|server| next_assignment(aor, &server.name, current))
-        })?;
-        Ok(stored
-            .into_iter()
-            .zip(assigned)
-            .map(|(stored, previous)| {
-                let moved = match (previous, &stored) {
-                    (Some(previous), Some(new)) => {
-                        bump(if previous.is_some() { &self.counters.reassigned } else { &self.counters.assigned });
-                        self.count_move(previous.as_deref(), &new.server);
-                        previous.is_some()
-                    }
-                    _ => false,
-                };
-                // Kept on an unavailable server only when no other server is active.
-                stored.filter(|a| self.usable(a)).map(|a| (a, moved))
-            })
-            .collect())
-    }
-
-    /// Before a batch of datagrams is answered one by one: the clients in
-    /// it that need a new assignment get it in one durable transaction, so
-    /// a burst of new clients costs one commit, not one each. Returns `Moved`
-    /// for clients taken off a down server. A failure here is left to each
-    /// request, which then tries on its own.
-    pub fn prepare(&self, datagrams: &[(&[u8], SocketAddr)]) -> Vec<Action> {
-        // One datagram shares nothing: its request assigns on its own path.
-        if datagrams.len() < 2 {
-            return Vec::new();
-        }
-        let mut unassigned: Vec<Aor> = datagrams
-            .iter()
-            .filter_map(|(datagram, _)| {
-                let message = Message::parse(datagram).ok().filter(Message::is_request)?;
-                let aor = self.would_assign(&message)?;
-                self.store.get(&aor).ok()?.filter(|a| self.usable(a)).is_none().then_some(aor)
-            })
-            .collect();
-        unassigned.sort();
-        unassigned.dedup();
-        if unassigned.len() < 2 {
-            return Vec::new();
-        }
-        let aors: Vec<&Aor> = unassigned.iter().collect();
-        match self.assign_all(&aors) {
-            Ok(results) => (results.into_iter().zip(unassigned))
-                .filter(|(result, _)| result.as_ref().is_some_and(|(_, moved)| *moved))
-                .map(|(_, aor)| Action::Moved { aor })
-                .collect(),
-            Err(error) => {
-                tracing::warn!(%error, clients = aors.len(), "assigning a batch of new clients failed");
-                Vec::new()
-            }
-        }
-    }
-
-    /// Its server is configured and not down.
-    fn usable(&self, assignment: &Assignment) -> bool {
-        self.server(&assignment.server).is_some_and(|s| s.effective_state() != ServerState::Down)
     }
 
     fn redirect(&self, message: &Message<'_>, basis: &mut Basis, source: SocketAddr, home: SocketAddr) -> Vec<Action> {
@@ -604,7 +457,8 @@ impl FirstContact {
     /// neighbour entries, which the fast path's FIB lookups need: in dsr mode
     /// the edge sends the servers nothing else.
     pub fn pings(&self, sequence: u32) -> Vec<Action> {
-        let servers = self.servers();
+        let pool = self.pool.load();
+        let servers = pool.servers();
         let each_family = servers.iter().flat_map(|server| self.settings.proxies.iter().map(move |p| (server, *p)));
         each_family.filter_map(|(server, proxy)| self.ping(server, sequence, proxy)).collect()
     }
@@ -613,7 +467,7 @@ impl FirstContact {
     /// the health rounds (sequence 0, which no round uses), for the kernel
     /// to resolve its neighbour now: the fast path reported a FIB miss.
     pub fn resolution_ping(&self, index: u32, ipv4: bool) -> Option<Action> {
-        let server = self.servers().into_iter().find(|s| s.index == index)?;
+        let server = self.pool.load().by_index(index)?.clone();
         let proxy = self.settings.proxies.iter().copied().find(|p| p.is_ipv4() == ipv4)?;
         let ping = self.ping(&server, 0, proxy)?;
         bump(&self.counters.resolution_pings);

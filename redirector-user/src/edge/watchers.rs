@@ -19,7 +19,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use tokio::sync::mpsc;
@@ -290,10 +290,10 @@ crate::counters::counters! {
     notifies_unroutable,
 }
 
-/// The registry shared by first contact and moves, and the queue of
-/// subscriptions whose client moved, which the notifier drains.
+/// The registry, kept by the state owner, and the queue of subscriptions
+/// whose client moved, which the notifier drains.
 pub struct Watchers {
-    registry: Mutex<Registry>,
+    registry: Registry,
     deactivated: mpsc::UnboundedSender<Subscription>,
     pub counters: Arc<WatcherCounters>,
 }
@@ -301,15 +301,14 @@ pub struct Watchers {
 impl Watchers {
     pub fn new(capacity: usize) -> (Self, mpsc::UnboundedReceiver<Subscription>) {
         let (deactivated, receiver) = mpsc::unbounded_channel();
-        let watchers = Self { registry: Mutex::new(Registry::new(capacity)), deactivated, counters: Arc::default() };
+        let watchers = Self { registry: Registry::new(capacity), deactivated, counters: Arc::default() };
         (watchers, receiver)
     }
 
     /// Records a SUBSCRIBE being proxied; `moved` if its client moved
-    /// since the SUBSCRIBE was routed (the caller checks under the lock
-    /// that moves hold).
-    pub fn subscribed(&self, subscription: Subscription, expires: Option<u32>, moved: bool) {
-        let recorded = self.registry.lock().expect("watchers lock").subscribed(subscription, expires, moved);
+    /// since the SUBSCRIBE was routed.
+    pub fn subscribed(&mut self, subscription: Subscription, expires: Option<u32>, moved: bool) {
+        let recorded = self.registry.subscribed(subscription, expires, moved);
         match recorded {
             Recorded::Kept { evicted } => {
                 bump(&self.counters.subscriptions_recorded);
@@ -319,8 +318,8 @@ impl Watchers {
         }
     }
 
-    pub fn answered(&self, id: &DialogId, code: u16, notifier_tag: Option<&str>) {
-        let answered = self.registry.lock().expect("watchers lock").answered(id, code, notifier_tag);
+    pub fn answered(&mut self, id: &DialogId, code: u16, notifier_tag: Option<&str>) {
+        let answered = self.registry.answered(id, code, notifier_tag);
         match answered {
             Answered::Refused => bump(&self.counters.subscriptions_refused),
             Answered::Moved(subscription) => self.tell(*subscription),
@@ -329,8 +328,8 @@ impl Watchers {
     }
 
     /// `aor` moved to another home server: its watchers are to be told.
-    pub fn client_moved(&self, aor: &Aor) {
-        let moved = self.registry.lock().expect("watchers lock").take(aor);
+    pub fn client_moved(&mut self, aor: &Aor) {
+        let moved = self.registry.take(aor);
         moved.into_iter().for_each(|subscription| self.tell(subscription));
     }
 
@@ -344,7 +343,7 @@ impl Watchers {
 
     /// Subscriptions kept now.
     pub fn kept(&self) -> usize {
-        self.registry.lock().expect("watchers lock").len()
+        self.registry.len()
     }
 }
 

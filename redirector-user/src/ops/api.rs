@@ -15,12 +15,27 @@ use crate::model::ServerState;
 pub enum Request {
     Stats,
     Servers,
-    Clients { server: String },
-    Assign { aor: String, server: String },
-    Drain { server: String },
-    Undrain { server: String },
+    Clients {
+        server: String,
+    },
+    Assign {
+        aor: String,
+        server: String,
+    },
+    Drain {
+        server: String,
+    },
+    Undrain {
+        server: String,
+    },
     Routes,
-    Rebalance { dry_run: bool },
+    Rebalance {
+        dry_run: bool,
+    },
+    /// An AOR's entries on the fast path, as the kernel holds them.
+    Entries {
+        aor: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,7 +48,18 @@ pub enum Reply {
     Server(ServerStatus),
     Routes(Vec<Route>),
     Plan(Vec<PlannedMove>),
+    Entries(Vec<Entry>),
     Error(String),
+}
+
+/// A client address on the fast path: where the kernel sends it, and what
+/// it saw of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub client: SocketAddr,
+    /// The home server's slot in the kernel's SERVERS map.
+    pub server: u32,
+    pub packets: u64,
 }
 
 /// One client moved from one home server to another.

@@ -7,7 +7,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     os::unix::{fs::PermissionsExt, net::UnixStream},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -17,14 +17,7 @@ use tokio::{
 };
 
 pub use crate::ops::api::{Reply, Request};
-use crate::{
-    edge::rebalance::Rebalancer,
-    ops::{
-        api::ServerStatus,
-        operations::{OperationError, Operations},
-        stats::Latest,
-    },
-};
+use crate::ops::{api::ServerStatus, owner::Owner, stats::Latest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -39,22 +32,20 @@ pub enum ControlError {
 }
 
 /// `stats` is the statistics stream's newest reading (a fresh one, without
-/// rates, before the first); everything else acts or reads now.
-pub fn answer(operations: &Operations, rebalancer: &Mutex<Rebalancer>, latest: &Latest, request: Request) -> Reply {
-    let result = match request {
-        Request::Stats => match latest.get() {
-            Some(stats) => Ok(Reply::Stats(stats.as_ref().clone())),
-            None => operations.stats().map(Reply::Stats),
-        },
-        Request::Servers => operations.servers().map(|servers| Reply::Servers(with_latest_rates(servers, latest))),
-        Request::Clients { server } => operations.clients(&server).map(Reply::Clients),
-        Request::Assign { aor, server } => operations.assign(&aor, &server).map(|m| Reply::Moves(vec![m])),
-        Request::Drain { server } => operations.drain(&server).map(Reply::Moves),
-        Request::Undrain { server } => operations.undrain(&server).map(Reply::Server),
-        Request::Routes => operations.routes().map(Reply::Routes),
-        Request::Rebalance { dry_run } => operations.rebalance(rebalancer, dry_run).map(Reply::Plan),
-    };
-    result.unwrap_or_else(|error: OperationError| Reply::Error(error.to_string()))
+/// rates, before the first); `servers` carries its rates; everything else
+/// acts or reads now, on the state owner.
+pub async fn answer(owner: &Owner, latest: &Latest, request: Request) -> Reply {
+    let wants_rates = request == Request::Servers;
+    if request == Request::Stats
+        && let Some(stats) = latest.get()
+    {
+        return Reply::Stats(stats.as_ref().clone());
+    }
+    match owner.control(request).await {
+        Ok(Reply::Servers(servers)) if wants_rates => Reply::Servers(with_latest_rates(servers, latest)),
+        Ok(reply) => reply,
+        Err(gone) => Reply::Error(gone.to_string()),
+    }
 }
 
 /// Current server states and counts, with the load (rates) of the stats
@@ -85,31 +76,22 @@ pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     Ok(listener)
 }
 
-/// Serves connections until the task is dropped; requests run on the
-/// blocking pool (they touch the database and the kernel maps).
+/// Serves connections until the task is dropped.
 pub async fn serve(
     listener: std::os::unix::net::UnixListener,
-    operations: Arc<Operations>,
-    rebalancer: Arc<Mutex<Rebalancer>>,
+    owner: Owner,
     latest: Arc<Latest>,
 ) -> std::io::Result<()> {
     let listener = UnixListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let operations = operations.clone();
-        let rebalancer = rebalancer.clone();
-        let latest = latest.clone();
+        let (owner, latest) = (owner.clone(), latest.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(read).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let reply = match serde_json::from_str::<Request>(&line) {
-                    Ok(request) => {
-                        let (operations, rebalancer, latest) = (operations.clone(), rebalancer.clone(), latest.clone());
-                        tokio::task::spawn_blocking(move || answer(&operations, &rebalancer, &latest, request))
-                            .await
-                            .unwrap_or_else(|e| Reply::Error(format!("the request failed: {e}")))
-                    }
+                    Ok(request) => answer(&owner, &latest, request).await,
                     Err(error) => Reply::Error(format!("not a request: {error}")),
                 };
                 let mut text = serde_json::to_string(&reply).expect("replies serialize");

@@ -6,5 +6,6 @@ pub mod api;
 pub mod control;
 pub mod metrics;
 pub mod operations;
+pub mod owner;
 pub mod report;
 pub mod stats;

@@ -1,6 +1,10 @@
-//! What operators can do to a running edge, and what they can see: moves of
-//! clients between home servers, drain / undrain, statistics and the route
-//! table. The control API (`control`) is only transport around this.
+//! The edge's state that must change together, and everything done to it:
+//! assignments (store, cache, counts), the home servers, the fast path's
+//! kernel entries, the watchers' dialogs, health and rebalancing. One
+//! thread owns it (`owner`) and applies commands in order, so nothing here
+//! takes a lock. What operators do (moves of clients, drain / undrain,
+//! statistics, the route table) is one kind of command; first contact's
+//! new assignments, installs and watchers are others.
 //!
 //! A move never leaves a window in which a client is forwarded to a server
 //! it no longer belongs to: its kernel entries are withdrawn first (its
@@ -11,23 +15,27 @@
 //! batches of `MOVE_BATCH`, one database transaction each.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::Arc,
+    time::Duration,
 };
 
 use crate::{
     edge::{
-        first_contact::FirstContact,
+        assignments::{Assigned, Assignments},
+        first_contact::{Action, Counters},
+        health::{Tracker, Transition},
+        pool::{Pool, PoolView},
         rebalance::{Planned, Rebalancer, Sample, ServerLoad, plan},
-        watchers::Watchers,
+        watchers::{Subscription, Watchers},
     },
     kernel::{
         fast_path::{FastPath, FastPathError},
         loader,
     },
     model::{HomeServer, ServerState},
-    ops::api::{Move, PlannedMove, Route, ServerStatus, Stats},
+    ops::api::{Entry, Move, PlannedMove, Reply, Request, Route, ServerStatus, Stats},
     sip::{Aor, ParseError},
     store::StoreError,
 };
@@ -57,21 +65,151 @@ type Result<T, E = OperationError> = std::result::Result<T, E>;
 const MOVE_BATCH: usize = 2_000;
 
 pub struct Operations {
-    pub first_contact: Arc<FirstContact>,
-    pub fast_path: Arc<Mutex<FastPath>>,
+    pub assignments: Assignments,
+    /// Published to first-contact cores after every change.
+    pool: PoolView,
+    pub fast_path: FastPath,
     /// Told of every move, so the client's watchers get their NOTIFY.
-    pub watchers: Arc<Watchers>,
+    pub watchers: Watchers,
+    tracker: Tracker,
+    rebalancer: Rebalancer,
+    /// First contact's counters, for the statistics.
+    counters: Arc<Counters>,
 }
 
 impl Operations {
+    pub fn new(
+        assignments: Assignments,
+        pool: PoolView,
+        fast_path: FastPath,
+        watchers: Watchers,
+        tracker: Tracker,
+        rebalancer: Rebalancer,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self { assignments, pool, fast_path, watchers, tracker, rebalancer, counters }
+    }
+
+    /// Answers a control API request.
+    pub fn answer(&mut self, request: Request) -> Reply {
+        let result = match request {
+            Request::Stats => self.stats().map(Reply::Stats),
+            Request::Servers => self.servers().map(Reply::Servers),
+            Request::Clients { server } => self.clients(&server).map(Reply::Clients),
+            Request::Assign { aor, server } => self.assign(&aor, &server).map(|m| Reply::Moves(vec![m])),
+            Request::Drain { server } => self.drain(&server).map(Reply::Moves),
+            Request::Undrain { server } => self.undrain(&server).map(Reply::Server),
+            Request::Routes => self.routes().map(Reply::Routes),
+            Request::Rebalance { dry_run } => self.rebalance(dry_run).map(Reply::Plan),
+            Request::Entries { aor } => self.entries(&aor).map(Reply::Entries),
+        };
+        result.unwrap_or_else(|error| Reply::Error(error.to_string()))
+    }
+
+    /// First contact's clients without a usable assignment get one, all in
+    /// one durable transaction; the watchers of those moved off an unusable
+    /// server are told.
+    pub fn assign_new(&mut self, aors: &[Aor]) -> Result<HashMap<Aor, Assigned>, StoreError> {
+        let pool = self.pool.load_full();
+        let refs: Vec<&Aor> = aors.iter().collect();
+        let results = self.assignments.assign_all(&refs, &pool)?;
+        let mut assigned = HashMap::with_capacity(aors.len());
+        for (aor, result) in aors.iter().zip(results) {
+            let Some(result) = result else { continue };
+            if result.moved {
+                self.watchers.client_moved(aor);
+            }
+            assigned.insert(aor.clone(), result);
+        }
+        Ok(assigned)
+    }
+
+    /// What first contact decided that changes state: installs, watchers'
+    /// dialogs, health answers. Sends are not the owner's.
+    pub fn apply(&mut self, action: Action) {
+        match action {
+            Action::Install { client, service, server, aor, generation } => {
+                self.install(&aor, (client, service), server, generation)
+            }
+            Action::Watch { subscription, expires, generation } => self.watch(*subscription, expires, generation),
+            Action::SubscribeAnswered { id, code, notifier_tag } => {
+                self.watchers.answered(&id, code, notifier_tag.as_deref())
+            }
+            Action::PingAnswered { server, sequence } => {
+                if let Some(transition) = self.tracker.answered(server, sequence) {
+                    self.apply_health(transition);
+                }
+            }
+            Action::Reply { .. } | Action::Forward { .. } | Action::Relay { .. } | Action::NotifyAnswered { .. } => {}
+        }
+    }
+
+    /// Puts `client` on the fast path if the assignment it was routed by
+    /// is still current: a move between decision and install must not be
+    /// undone.
+    fn install(&mut self, aor: &Aor, (client, service): (SocketAddr, SocketAddr), server: u32, generation: u64) {
+        if self.assignments.generation(aor) != Some(generation) {
+            tracing::debug!(%aor, %client, "not installed: the assignment moved meanwhile");
+            return;
+        }
+        match self.fast_path.install(aor, client, server, service) {
+            Ok(()) => tracing::debug!(%aor, %client, server, "on the fast path"),
+            Err(error) => tracing::warn!(%aor, %client, %error, "could not put the client on the fast path"),
+        }
+    }
+
+    /// Records a SUBSCRIBE against the generation it was routed by: a move
+    /// in between must not go unnoticed.
+    fn watch(&mut self, subscription: Subscription, expires: Option<u32>, generation: u64) {
+        let moved = self.assignments.generation(&subscription.presentity) != Some(generation);
+        self.watchers.subscribed(subscription, expires, moved);
+    }
+
+    /// Closes health round `sequence - 1` and opens round `sequence`.
+    pub fn health_tick(&mut self, sequence: u32) {
+        for transition in self.tracker.tick(sequence) {
+            self.apply_health(transition);
+        }
+    }
+
+    fn apply_health(&mut self, transition: Transition) {
+        let (server, healthy) = match transition {
+            Transition::Down(server) => (server, false),
+            Transition::Up(server) => (server, true),
+        };
+        if let Err(error) = self.set_health(server, healthy) {
+            tracing::warn!(server, healthy, %error, "applying a health verdict failed");
+        }
+    }
+
+    /// Removes learned clients idle longer than `idle` from the fast path.
+    pub fn sweep(&mut self, idle: Duration) {
+        match self.fast_path.sweep(idle) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "idle clients left the fast path"),
+            Err(error) => tracing::warn!(%error, "sweeping idle clients failed"),
+        }
+    }
+
+    /// One rebalancing round on a load sample taken `seconds` after the last.
+    pub fn observe_load(&mut self, clients: &[Sample], seconds: f64) {
+        let targets = self.balance_targets();
+        let planned = self.rebalancer.observe(&targets, clients, seconds);
+        match self.apply_plan(&planned, "load skew") {
+            Ok(moves) if moves.is_empty() => {}
+            Ok(moves) => tracing::info!(moved = moves.len(), "rebalanced"),
+            Err(error) => tracing::warn!(%error, "rebalancing failed"),
+        }
+    }
+
     /// `redirector assign AOR SERVER`.
-    pub fn assign(&self, aor: &str, server: &str) -> Result<Move> {
+    pub fn assign(&mut self, aor: &str, server: &str) -> Result<Move> {
         let aor = Aor::from_uri(aor, "AOR").map_err(|e| OperationError::BadAor(aor.to_owned(), e))?;
         let to = self.server(server)?;
         if to.effective_state() == ServerState::Down {
             return Err(OperationError::ServerDown(to.name));
         }
-        if self.first_contact.store().get(&aor)?.is_none() {
+        if self.assignments.store().get(&aor)?.is_none() {
             return Err(OperationError::UnknownAor(aor.to_string()));
         }
         let mut moved = self.move_batch(&[(aor, to.clone())], None)?;
@@ -80,7 +218,7 @@ impl Operations {
 
     /// Takes `server` out of new assignments and moves all its clients to
     /// the other active servers (rendezvous hashing over them).
-    pub fn drain(&self, server: &str) -> Result<Vec<Move>> {
+    pub fn drain(&mut self, server: &str) -> Result<Vec<Move>> {
         self.set_state(server, ServerState::Draining)?;
         let moves = self.move_all_from(server)?;
         tracing::info!(server, moved = moves.len(), "drained");
@@ -90,8 +228,8 @@ impl Operations {
     /// Applies a health verdict for the server in slot `index`: to first
     /// contact and the kernel at once (so the fast path stops sending to a
     /// down server immediately), and a down server's clients are moved.
-    pub fn set_health(&self, index: u32, healthy: bool) -> Result<Vec<Move>> {
-        let home = self.change_server(|first_contact| first_contact.set_health(index, healthy), &index.to_string())?;
+    pub fn set_health(&mut self, index: u32, healthy: bool) -> Result<Vec<Move>> {
+        let home = self.change_server(|s| s.index == index, |s| s.healthy = healthy, &index.to_string())?;
         if healthy {
             tracing::info!(server = home.name, "home server up");
             return Ok(Vec::new());
@@ -101,88 +239,76 @@ impl Operations {
         Ok(moves)
     }
 
-    /// Changes a server for first contact and writes its effective state to
-    /// the kernel, both under the fast-path lock: concurrent changes (a drain
-    /// racing a health verdict) reach the kernel in the order they were made.
+    /// Changes a server, publishes the pool to first contact and writes the
+    /// server's effective state to the kernel.
     fn change_server(
-        &self,
-        change: impl FnOnce(&FirstContact) -> Option<HomeServer>,
+        &mut self,
+        matches: impl Fn(&HomeServer) -> bool,
+        change: impl FnOnce(&mut HomeServer),
         name: &str,
     ) -> Result<HomeServer> {
-        let mut fast_path = self.fast_path.lock().expect("fast path lock");
-        let home = change(&self.first_contact).ok_or_else(|| OperationError::UnknownServer(name.to_owned()))?;
-        fast_path.dataplane().set_server(home.index, loader::server_entry(&home)).map_err(FastPathError::from)?;
+        let (pool, home) =
+            self.pool.load().changed(matches, change).ok_or_else(|| OperationError::UnknownServer(name.to_owned()))?;
+        self.pool.store(Arc::new(pool));
+        self.fast_path.dataplane().set_server(home.index, loader::server_entry(&home)).map_err(FastPathError::from)?;
         Ok(home)
     }
 
     /// Moves every client of `server` to the other servers that take new
     /// clients (rendezvous hashing over them), `MOVE_BATCH` at a time.
-    /// Passes repeat until one finds nobody left: a first contact that chose
-    /// `server` just before it stopped taking clients may commit after a pass
-    /// read the table.
-    fn move_all_from(&self, server: &str) -> Result<Vec<Move>> {
-        const PASSES: usize = 3;
+    fn move_all_from(&mut self, server: &str) -> Result<Vec<Move>> {
+        let left: Vec<Aor> =
+            self.assignments.store().all()?.into_iter().filter(|a| a.server == server).map(|a| a.aor).collect();
+        let pool = self.pool.load_full();
         let mut moves = Vec::new();
-        for _ in 0..PASSES {
-            let left: Vec<_> = self.first_contact.store().all()?.into_iter().filter(|a| a.server == server).collect();
-            if left.is_empty() {
-                break;
-            }
-            for batch in left.chunks(MOVE_BATCH) {
-                let planned = batch
-                    .iter()
-                    .map(|assignment| {
-                        let to = self.first_contact.choose_server(&assignment.aor, Some(server));
-                        Ok((assignment.aor.clone(), to.ok_or_else(|| OperationError::NoActiveServer(server.into()))?))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                moves.extend(self.move_batch(&planned, Some(server))?);
-            }
+        for batch in left.chunks(MOVE_BATCH) {
+            let planned = batch
+                .iter()
+                .map(|aor| {
+                    let to = pool.choose(aor, Some(server)).cloned();
+                    Ok((aor.clone(), to.ok_or_else(|| OperationError::NoActiveServer(server.into()))?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            moves.extend(self.move_batch(&planned, Some(server))?);
         }
         Ok(moves)
     }
 
     /// Lets `server` take new clients again.
-    pub fn undrain(&self, server: &str) -> Result<ServerStatus> {
+    pub fn undrain(&mut self, server: &str) -> Result<ServerStatus> {
         self.set_state(server, ServerState::Active)?;
         tracing::info!(server, "undrained");
         self.status(server)
     }
 
     /// Sets a server's state for first contact and the kernel at once.
-    pub fn set_state(&self, server: &str, state: ServerState) -> Result<HomeServer> {
-        self.change_server(|first_contact| first_contact.set_state(server, state), server)
+    pub fn set_state(&mut self, server: &str, state: ServerState) -> Result<HomeServer> {
+        self.change_server(|s| s.name == server, |s| s.state = state, server)
     }
 
     /// Servers that take new clients, as the rebalancer weighs them.
     pub fn balance_targets(&self) -> Vec<ServerLoad> {
-        let servers = self.first_contact.servers();
-        servers
-            .into_iter()
-            .filter(HomeServer::accepts_new)
-            .map(|s| ServerLoad { name: s.name, weight: s.weight })
-            .collect()
+        let pool = self.pool.load();
+        let targets = pool.servers().iter().filter(|s| s.accepts_new());
+        targets.map(|s| ServerLoad { name: s.name.clone(), weight: s.weight }).collect()
     }
 
     /// A load sample of every learned client, by server name.
-    pub fn samples(&self) -> Result<Vec<Sample>> {
-        let servers = self.first_contact.servers();
-        let raw = self.fast_path.lock().expect("fast path lock").samples()?;
+    pub fn samples(&mut self) -> Result<Vec<Sample>> {
+        let pool = self.pool.load_full();
+        let raw = self.fast_path.samples()?;
         Ok(raw
             .into_iter()
             .filter_map(|(aor, index, key, packets)| {
-                let server = servers.iter().find(|s| s.index == index)?.name.clone();
+                let server = pool.by_index(index)?.name.clone();
                 Some(Sample { aor, server, key, packets })
             })
             .collect())
     }
 
     /// The rebalancer's plan on its latest rates; applied unless `dry_run`.
-    pub fn rebalance(&self, rebalancer: &Mutex<Rebalancer>, dry_run: bool) -> Result<Vec<PlannedMove>> {
-        let planned = {
-            let rebalancer = rebalancer.lock().expect("rebalancer lock");
-            plan(&self.balance_targets(), &rebalancer.latest, &rebalancer.thresholds)
-        };
+    pub fn rebalance(&mut self, dry_run: bool) -> Result<Vec<PlannedMove>> {
+        let planned = plan(&self.balance_targets(), &self.rebalancer.latest, &self.rebalancer.thresholds);
         if !dry_run {
             self.apply_plan(&planned, "requested")?;
         }
@@ -192,10 +318,9 @@ impl Operations {
             .collect())
     }
 
-    /// Makes planned moves, logging why.
     /// Makes planned moves, logging why; a client that moved since the
     /// plan was made is left where it is.
-    pub fn apply_plan(&self, planned: &[Planned], reason: &str) -> Result<Vec<Move>> {
+    pub fn apply_plan(&mut self, planned: &[Planned], reason: &str) -> Result<Vec<Move>> {
         let mut moves = Vec::new();
         for p in planned {
             tracing::info!(aor = %p.aor, from = p.from, to = p.to, rate = p.rate, reason, "rebalancing");
@@ -204,51 +329,69 @@ impl Operations {
         Ok(moves)
     }
 
-    /// Moves clients to their planned servers (see `FirstContact::reassign_many`
-    /// for the ones left alone): every kernel entry withdrawn, one durable
-    /// commit, the watchers queued, the entries restored pointing at the
-    /// new servers, under the fast-path lock, and with lookups of known
-    /// clients held off from the withdrawal to the commit. Entries that are
-    /// not restored (the client was left alone, the commit failed, the
-    /// kernel refused one) stay withdrawn: the client's next packet meets
-    /// first contact, which answers from the database and puts it back.
-    fn move_batch(&self, planned: &[(Aor, HomeServer)], only_from: Option<&str>) -> Result<Vec<Move>> {
-        let mut fast_path = self.fast_path.lock().expect("fast path lock");
-        let reassigned = {
-            let _moving = self.first_contact.begin_move();
-            let withdrawn = planned.iter().map(|(aor, _)| fast_path.withdraw(aor)).collect::<Result<Vec<_>, _>>()?;
-            let pairs: Vec<(&Aor, &str)> = planned.iter().map(|(aor, to)| (aor, to.name.as_str())).collect();
-            withdrawn.into_iter().zip(self.first_contact.reassign_many(&pairs, only_from)?)
+    /// Moves clients to their planned servers (see
+    /// `Assignments::reassign_many` for the ones left alone): each is held
+    /// out of first contact's cache and its kernel entries withdrawn, then
+    /// one durable commit, the watchers told, and the entries restored
+    /// pointing at the new servers. Entries that are not restored (the
+    /// client was left alone, the commit failed, the kernel refused one)
+    /// stay withdrawn: the client's next packet meets first contact, which
+    /// answers from the assignments and puts it back.
+    fn move_batch(&mut self, planned: &[(Aor, HomeServer)], only_from: Option<&str>) -> Result<Vec<Move>> {
+        for (aor, _) in planned {
+            self.assignments.hold(aor);
+        }
+        let withdrawn = planned.iter().map(|(aor, _)| self.fast_path.withdraw(aor)).collect::<Result<Vec<_>, _>>();
+        let pool = self.pool.load_full();
+        let pairs: Vec<(&Aor, &str)> = planned.iter().map(|(aor, to)| (aor, to.name.as_str())).collect();
+        let reassigned = withdrawn.map_err(OperationError::from).and_then(|withdrawn| {
+            Ok(withdrawn.into_iter().zip(self.assignments.reassign_many(&pairs, only_from, &pool)?))
+        });
+        let reassigned = match reassigned {
+            Ok(reassigned) => reassigned,
+            Err(error) => {
+                self.release(planned);
+                return Err(error);
+            }
         };
         let mut moves = Vec::with_capacity(planned.len());
         for ((aor, to), (entries, done)) in planned.iter().zip(reassigned) {
             let Some(done) = done else { continue };
             self.watchers.client_moved(aor);
-            if let Err(error) = fast_path.restore(entries, to.index) {
+            if let Err(error) = self.fast_path.restore(entries, to.index) {
                 tracing::warn!(%aor, %error, "a moved client's kernel entries were not all restored");
             }
             let from = done.previous.unwrap_or_default();
             tracing::debug!(%aor, from, to = to.name, generation = done.generation, "moved");
             moves.push(Move { aor: aor.to_string(), from, to: to.name.clone(), generation: done.generation });
         }
+        self.release(planned);
         Ok(moves)
     }
 
-    fn server(&self, name: &str) -> Result<HomeServer> {
-        self.first_contact.server(name).ok_or_else(|| OperationError::UnknownServer(name.to_owned()))
+    /// Puts held clients that did not move back in first contact's cache.
+    fn release(&self, planned: &[(Aor, HomeServer)]) {
+        for (aor, _) in planned {
+            if let Err(error) = self.assignments.release(aor) {
+                tracing::warn!(%aor, %error, "a held client stays out of the cache until its next first contact");
+            }
+        }
     }
 
-    pub fn servers(&self) -> Result<Vec<ServerStatus>> {
-        let clients = self.first_contact.client_counts();
-        let mut fast_path = self.fast_path.lock().expect("fast path lock");
-        self.first_contact
-            .servers()
-            .into_iter()
+    fn server(&self, name: &str) -> Result<HomeServer> {
+        self.pool.load().server(name).cloned().ok_or_else(|| OperationError::UnknownServer(name.to_owned()))
+    }
+
+    pub fn servers(&mut self) -> Result<Vec<ServerStatus>> {
+        let clients = self.assignments.client_counts();
+        let pool: Arc<Pool> = self.pool.load_full();
+        pool.servers()
+            .iter()
             .map(|home| {
-                let sent = fast_path.dataplane().server_stats(home.index).map_err(FastPathError::from)?;
+                let sent = self.fast_path.dataplane().server_stats(home.index).map_err(FastPathError::from)?;
                 Ok(ServerStatus {
                     clients: clients.get(&home.name).copied().unwrap_or(0),
-                    name: home.name,
+                    name: home.name.clone(),
                     state: home.state,
                     healthy: home.healthy,
                     ipv4: home.ipv4,
@@ -264,7 +407,7 @@ impl Operations {
             .collect()
     }
 
-    fn status(&self, server: &str) -> Result<ServerStatus> {
+    fn status(&mut self, server: &str) -> Result<ServerStatus> {
         self.servers()?
             .into_iter()
             .find(|s| s.name == server)
@@ -272,16 +415,15 @@ impl Operations {
     }
 
     /// A fresh reading of every figure (rates are the stats stream's job).
-    pub fn stats(&self) -> Result<Stats> {
+    pub fn stats(&mut self) -> Result<Stats> {
         let servers = self.servers()?;
-        let verdicts =
-            self.fast_path.lock().expect("fast path lock").dataplane().counters().map_err(FastPathError::from)?;
+        let verdicts = self.fast_path.dataplane().counters().map_err(FastPathError::from)?;
         let named = |counters: Vec<(&'static str, u64)>| counters.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
         Ok(Stats {
             interval: 0.0,
             servers,
             verdicts: verdicts.into_iter().map(|(counter, n)| (counter.label().to_owned(), n)).collect(),
-            first_contact: named(self.first_contact.counters.snapshot()),
+            first_contact: named(self.counters.snapshot()),
             watchers: {
                 let mut watchers: BTreeMap<String, u64> = named(self.watchers.counters.snapshot());
                 watchers.insert("subscriptions_kept".into(), self.watchers.kept() as u64);
@@ -293,22 +435,29 @@ impl Operations {
     /// The AORs assigned to `server`.
     pub fn clients(&self, server: &str) -> Result<Vec<String>> {
         self.server(server)?;
-        let assignments = self.first_contact.store().all()?;
+        let assignments = self.assignments.store().all()?;
         Ok(assignments.into_iter().filter(|a| a.server == server).map(|a| a.aor.to_string()).collect())
     }
 
+    /// `aor`'s client addresses on the fast path, as the kernel has them.
+    pub fn entries(&mut self, aor: &str) -> Result<Vec<Entry>> {
+        let aor = Aor::from_uri(aor, "AOR").map_err(|e| OperationError::BadAor(aor.to_owned(), e))?;
+        let mut entries = Vec::new();
+        for key in self.fast_path.installed(&aor) {
+            let Some(entry) = self.fast_path.dataplane().client(key).map_err(FastPathError::from)? else { continue };
+            let client = SocketAddr::new(loader::endpoint_ip(&key), u16::from_be(key.port_be));
+            entries.push(Entry { client, server: entry.server, packets: entry.packets });
+        }
+        Ok(entries)
+    }
+
     pub fn routes(&self) -> Result<Vec<Route>> {
-        let servers = self.first_contact.servers();
-        let assignments = self.first_contact.store().all()?;
+        let pool = self.pool.load();
+        let assignments = self.assignments.store().all()?;
         Ok(assignments
             .into_iter()
             .map(|a| {
-                let home = servers.iter().find(|s| s.name == a.server);
-                let address = home.and_then(|h| {
-                    h.ipv4
-                        .map(|ip| SocketAddr::new(ip.into(), h.port))
-                        .or(h.ipv6.map(|ip| SocketAddr::new(ip.into(), h.port)))
-                });
+                let address = pool.server(&a.server).and_then(HomeServer::any_address);
                 Route { aor: a.aor.to_string(), server: a.server, address, generation: a.generation }
             })
             .collect())

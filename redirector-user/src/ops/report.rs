@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::ops::api::{Move, PlannedMove, Route, ServerStatus, Stats};
+use crate::ops::api::{Entry, Move, PlannedMove, Route, ServerStatus, Stats};
 
 /// `redirector stats`: servers with their rates, then the counters.
 pub fn stats(stats: &Stats) -> String {
@@ -65,6 +65,14 @@ pub fn plan(planned: &[PlannedMove], dry_run: bool) -> String {
     }
     let verb = if dry_run { "would move" } else { "moved" };
     let _ = writeln!(out, "{verb} {} client(s)", planned.len());
+    out
+}
+
+pub fn entries(entries: &[Entry]) -> String {
+    let mut out = format!("{:<46} {:>6} {:>12}\n", "client", "server", "packets");
+    for entry in entries {
+        let _ = writeln!(out, "{:<46} {:>6} {:>12}", entry.client, entry.server, entry.packets);
+    }
     out
 }
 

@@ -26,7 +26,7 @@ use crate::{
     edge::rebalance,
     ops::{
         api::Stats,
-        operations::{OperationError, Operations},
+        owner::{Owner, OwnerGone},
     },
 };
 
@@ -114,11 +114,11 @@ pub fn with_rates(mut now: Stats, previous: Option<&Stats>, seconds: f64) -> Sta
 /// Reads and publishes every `interval`; with `load`, also queues a load
 /// sample for the rebalancer every `load.1`, rounded up to whole intervals.
 pub async fn run(
-    operations: Arc<Operations>,
+    owner: Owner,
     latest: Arc<Latest>,
     interval: Duration,
     mut load: Option<(LoadSender, Duration)>,
-) -> Result<(), tokio::task::JoinError> {
+) -> Result<(), OwnerGone> {
     let mut ticks = tokio::time::interval(interval);
     let mut previous: Option<(Arc<Stats>, Instant)> = None;
     let mut last_load: Option<Instant> = None;
@@ -127,14 +127,7 @@ pub async fn run(
         // fall due on whole ticks, never a jittered one late.
         let now = ticks.tick().await;
         let load_due = load.as_ref().is_some_and(|(_, every)| last_load.is_none_or(|at| now - at >= *every));
-        let reader = operations.clone();
-        let reading = tokio::task::spawn_blocking(move || {
-            let stats = reader.stats()?;
-            let clients = if load_due { Some(reader.samples()?) } else { None };
-            Ok::<_, OperationError>((stats, clients))
-        })
-        .await?;
-        let (stats, clients) = match reading {
+        let (stats, clients) = match owner.read(load_due).await? {
             Ok(reading) => reading,
             Err(error) => {
                 warn!(%error, "reading statistics failed");

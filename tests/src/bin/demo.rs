@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector::sip::Aor;
+use redirector::ops::api::{Reply, Request};
 use redirector_ebpf::Counter;
 use redirector_tests::{
     privileged,
@@ -76,13 +76,15 @@ fn watch_through_a_drain(topology: &Topology, edge: &InProcessEdge) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let aor = Aor::from_uri("sip:user1@example.net", "To").expect("an AOR");
-    let home = edge.daemon.first_contact.store().get(&aor).ok().flatten().map(|a| a.server).unwrap_or_default();
-    let operations = edge.daemon.operations();
-    let drained = operations.drain(&home).map(|moves| moves.len());
+    let routes = edge.routes();
+    let home = routes.iter().find(|r| r.aor == "sip:user1@example.net").map(|r| r.server.clone()).unwrap_or_default();
+    let drained = match edge.daemon.control(Request::Drain { server: home.clone() }) {
+        Reply::Moves(moves) => Ok(moves.len()),
+        other => Err(other),
+    };
     let told = watcher.wait();
-    let undrained = operations.undrain(&home);
-    let passed = drained.is_ok() && told.is_ok() && undrained.is_ok();
+    let undrained = edge.daemon.control(Request::Undrain { server: home.clone() });
+    let passed = drained.is_ok() && told.is_ok() && matches!(undrained, Reply::Server(_));
     let homes = told.as_deref().unwrap_or_default().lines().find_map(|l| l.split_once("homes ")).map(|(_, h)| h);
     println!(
         "  {:<4}   1 watch  a watcher of user1 gets a NOTIFY when `drain {home}` moves its {} clients, and \
@@ -110,14 +112,14 @@ fn show(edge: &InProcessEdge) {
         edge.kernel(Counter::PassMiss)
     );
     let mut per_home: BTreeMap<String, usize> = BTreeMap::new();
-    for assignment in edge.daemon.first_contact.store().all().expect("reading assignments") {
-        *per_home.entry(assignment.server).or_default() += 1;
+    for route in edge.routes() {
+        *per_home.entry(route.server).or_default() += 1;
     }
     println!("\n  {:<8} {:<12} {:>12} {:>22}", "home", "address", "assignments", "XDP packets to it");
-    let mut fast_path = edge.daemon.fast_path.lock().expect("fast path");
+    let servers = edge.servers();
     for i in 0..HOMES {
         let name = format!("home{i}");
-        let packets = fast_path.dataplane().server_stats(i as u32).map_or(0, |s| s.packets);
+        let packets = servers.iter().find(|s| s.name == name).map_or(0, |s| s.packets);
         let assigned = per_home.get(&name).copied().unwrap_or(0);
         println!("  {name:<8} {:<12} {assigned:>12} {packets:>22}", home_address(i).to_string());
     }

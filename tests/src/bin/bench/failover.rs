@@ -68,13 +68,13 @@ fn one_failover() -> Outcome {
     client.send_to(&register(), SERVICE).expect("first REGISTER");
     let answer = receive(&client, 1, Duration::from_secs(5));
     assert!(answer.first().is_some_and(|(_, a)| a.starts_with(b"SIP/2.0 302 ")), "the first contact is redirected");
-    let routes: Vec<Route> = edge.daemon.operations().routes().expect("routes");
+    let routes: Vec<Route> = edge.routes();
     let dead_name = routes[0].server.clone();
     let dead: usize = dead_name.trim_start_matches("home").parse().expect("homeN");
     let survivor = 1 - dead as u32;
-    let forwarded_to_survivor =
-        || edge.daemon.fast_path.lock().unwrap().dataplane().server_stats(survivor).expect("server stats").packets;
-    let healthy = || edge.daemon.first_contact.server(&dead_name).is_some_and(|s| s.healthy);
+    let server = |name: &str| edge.servers().into_iter().find(|s| s.name == name).expect("a configured server");
+    let forwarded_to_survivor = || server(&format!("home{survivor}")).packets;
+    let healthy = || server(&dead_name).healthy;
 
     let stop = Arc::new(AtomicBool::new(false));
     let sender = keep_sending(client.try_clone().expect("cloning the client socket"), stop.clone());

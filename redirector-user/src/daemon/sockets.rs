@@ -1,0 +1,107 @@
+//! The daemon's UDP sockets: every service and proxy address is bound once
+//! per core with `SO_REUSEPORT`, so the kernel spreads datagrams over as
+//! many first-contact cores (by source), each with a socket of its own.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tracing::warn;
+
+/// Room for bursts queued while a core waits for a group commit.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Datagrams taken off a socket at once: what is already queued, so a
+/// burst of first contacts shares one database commit.
+pub const BATCH: usize = 64;
+
+/// `count` sockets bound to `address`, sharing it by `SO_REUSEPORT`.
+pub fn bind_shared(address: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    (0..count.max(1))
+        .map(|_| {
+            let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP))?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            // The kernel caps this at net.core.rmem_max; less still works.
+            let _ = socket.set_recv_buffer_size(RECEIVE_BUFFER);
+            socket.bind(&address.into())?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// Tokio sockets sharing the bound ones.
+pub fn registered(sockets: &[std::net::UdpSocket]) -> std::io::Result<Vec<Arc<UdpSocket>>> {
+    sockets.iter().map(|s| Ok(Arc::new(UdpSocket::from_std(s.try_clone()?)?))).collect()
+}
+
+/// The sockets datagrams leave from, one per address, with their addresses.
+#[derive(Clone)]
+pub struct Senders {
+    services: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    proxies: Vec<(SocketAddr, Arc<UdpSocket>)>,
+}
+
+impl Senders {
+    pub fn new(services: &[Arc<UdpSocket>], proxies: &[Arc<UdpSocket>]) -> std::io::Result<Self> {
+        Ok(Self { services: addressed(services)?, proxies: addressed(proxies)? })
+    }
+
+    /// The proxy socket of `to`'s family.
+    pub fn proxy_for(&self, to: SocketAddr) -> Option<&Arc<UdpSocket>> {
+        of_family(&self.proxies, to)
+    }
+
+    /// The proxy sockets and their addresses.
+    pub fn proxies(&self) -> Vec<(SocketAddr, Arc<UdpSocket>)> {
+        self.proxies.clone()
+    }
+
+    /// The service socket at `from`, else one of `to`'s family, else the
+    /// proxy socket of that family.
+    pub fn service_for(&self, from: Option<SocketAddr>, to: SocketAddr) -> Option<&Arc<UdpSocket>> {
+        let at = from.filter(|from| from.is_ipv4() == to.is_ipv4());
+        let exact = at.and_then(|at| self.services.iter().find(|(local, _)| *local == at).map(|(_, s)| s));
+        exact.or_else(|| of_family(&self.services, to)).or_else(|| self.proxy_for(to))
+    }
+}
+
+/// One socket per distinct address.
+fn addressed(sockets: &[Arc<UdpSocket>]) -> std::io::Result<Vec<(SocketAddr, Arc<UdpSocket>)>> {
+    let mut addressed: Vec<(SocketAddr, Arc<UdpSocket>)> = Vec::new();
+    for socket in sockets {
+        let local = socket.local_addr()?;
+        if !addressed.iter().any(|(known, _)| *known == local) {
+            addressed.push((local, socket.clone()));
+        }
+    }
+    Ok(addressed)
+}
+
+fn of_family(sockets: &[(SocketAddr, Arc<UdpSocket>)], to: SocketAddr) -> Option<&Arc<UdpSocket>> {
+    sockets.iter().find(|(local, _)| local.is_ipv4() == to.is_ipv4()).map(|(_, socket)| socket)
+}
+
+/// Sends, or says why it could not.
+pub async fn send(from: Option<&Arc<UdpSocket>>, bytes: &[u8], to: SocketAddr) {
+    let Some(socket) = from else {
+        warn!(%to, "no socket of this family to send from");
+        return;
+    };
+    if let Err(error) = socket.send_to(bytes, to).await {
+        warn!(%to, %error, "sending failed");
+    }
+}
+
+/// Waits for a datagram, then takes whatever else is queued (up to
+/// `BATCH`). An error after the first is left for the next wait to report,
+/// so no datagram already taken is lost.
+pub async fn receive_batch(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Vec<(Vec<u8>, SocketAddr)>> {
+    let (len, source) = socket.recv_from(buf).await?;
+    let mut batch = vec![(buf[..len].to_vec(), source)];
+    while batch.len() < BATCH {
+        let Ok((len, source)) = socket.try_recv_from(buf) else { break };
+        batch.push((buf[..len].to_vec(), source));
+    }
+    Ok(batch)
+}

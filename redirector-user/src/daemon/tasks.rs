@@ -1,0 +1,233 @@
+//! The daemon's tasks. Each runs until it fails; `supervise` ends the
+//! daemon when any of them ends, naming it.
+
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use redirector_ebpf::{EventKind, FAMILY_V4};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    net::UdpSocket,
+    task::JoinSet,
+};
+use tracing::{debug, warn};
+
+use super::{
+    DaemonError, Result,
+    sockets::{Senders, receive_batch, send},
+};
+use crate::{
+    edge::{first_contact::Action, first_contact::FirstContact, notifier::Notifier},
+    kernel::loader::decode_event,
+    ops::{
+        owner::{Command, Owner},
+        stats::LoadReceiver,
+    },
+};
+
+/// The daemon's tasks, each with the name it is reported by.
+pub type Tasks = JoinSet<(String, Result<()>)>;
+
+/// Spawns `task` under `name`.
+pub fn spawn(tasks: &mut Tasks, name: String, task: impl Future<Output = Result<()>> + Send + 'static) {
+    tasks.spawn(async move { (name, task.await) });
+}
+
+/// Waits for `shutdown` (Ok) or for the first task to end, which is an
+/// error whether the task failed or returned: none is meant to stop.
+pub async fn supervise(mut tasks: Tasks, shutdown: impl Future<Output = ()>) -> Result<()> {
+    tokio::select! {
+        () = shutdown => Ok(()),
+        Some(joined) = tasks.join_next() => Err(match joined {
+            Ok((task, Ok(()))) => DaemonError::TaskEnded { task },
+            Ok((task, Err(error))) => DaemonError::TaskFailed { task, source: Box::new(error) },
+            Err(error) => DaemonError::TaskPanicked(error),
+        }),
+    }
+}
+
+/// Everything a socket's task needs to act on first contact's answers.
+#[derive(Clone)]
+pub struct Context {
+    pub core: FirstContact,
+    pub owner: Owner,
+    pub senders: Senders,
+    pub notifier: Arc<Notifier>,
+}
+
+/// First contact on one service socket: each batch read once, the new
+/// clients in it assigned by the owner in one request, then answered.
+pub async fn serve_service(socket: Arc<UdpSocket>, context: Context) -> Result<()> {
+    let local = socket.local_addr().map_err(super::io("reading a service socket's address"))?;
+    let mut buf = vec![0u8; 65_535];
+    let none = HashMap::new();
+    loop {
+        let batch = receive_batch(&socket, &mut buf).await.map_err(super::io(format!("receiving on {local}")))?;
+        let read = context.core.read(batch.iter().map(|(datagram, source)| (datagram.as_slice(), *source)), local);
+        let unassigned = read.unassigned();
+        let actions = if unassigned.is_empty() {
+            context.core.answer(read, Ok(&none))
+        } else {
+            let assigned = context.owner.assign(unassigned).await?;
+            context.core.answer(read, assigned.as_ref().map_err(|error| error.as_ref()))
+        };
+        act(actions, &socket, &context).await?;
+    }
+}
+
+/// Home servers' responses and watchers' answers on one proxy socket.
+pub async fn serve_proxy(socket: Arc<UdpSocket>, context: Context) -> Result<()> {
+    let local = socket.local_addr().map_err(super::io("reading a proxy socket's address"))?;
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let batch = receive_batch(&socket, &mut buf).await.map_err(super::io(format!("receiving on {local}")))?;
+        let actions = batch.iter().flat_map(|(datagram, source)| context.core.on_proxy_datagram(datagram, *source));
+        act(actions.collect(), &socket, &context).await?;
+    }
+}
+
+/// State changes are applied by the owner first (so an install precedes
+/// the answer that makes the client come back), then the datagrams are sent.
+async fn act(actions: Vec<Action>, socket: &Arc<UdpSocket>, context: &Context) -> Result<()> {
+    debug!(?actions, "first contact");
+    let (mut sends, mut changes) = (Vec::new(), Vec::new());
+    for action in actions {
+        match action {
+            Action::Reply { .. } | Action::Forward { .. } | Action::Relay { .. } => sends.push(action),
+            Action::NotifyAnswered { branch, code, from } => {
+                if !context.notifier.answered(&branch, code) {
+                    debug!(%from, branch, "answer to a NOTIFY no longer pending");
+                }
+            }
+            change => changes.push(change),
+        }
+    }
+    if !changes.is_empty() {
+        context.owner.apply(changes).await?;
+    }
+    for action in sends {
+        let (from, to, bytes) = match action {
+            Action::Reply { to, bytes } => (Some(socket), to, bytes),
+            Action::Forward { to, bytes } => (context.senders.proxy_for(to), to, bytes),
+            Action::Relay { to, bytes, from } => (context.senders.service_for(from, to), to, bytes),
+            _ => continue,
+        };
+        send(from, &bytes, to).await;
+    }
+    Ok(())
+}
+
+/// Health checks: every `interval`, the owner closes the previous round
+/// (marking servers down that missed too many), then every home server is
+/// pinged.
+pub async fn health(context: Context, interval: Duration) -> Result<()> {
+    let mut ticks = tokio::time::interval(interval);
+    for sequence in 1u32.. {
+        ticks.tick().await;
+        context.owner.send(Command::HealthTick { sequence })?;
+        for action in context.core.pings(sequence) {
+            if let Action::Forward { to, bytes } = action {
+                send(context.senders.proxy_for(to), &bytes, to).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How often one server may get a resolution ping: a FIB miss repeats for
+/// every packet until its neighbour resolves.
+const RESOLUTION_PING_GAP: Duration = Duration::from_millis(200);
+
+/// Acts on the program's events: a FIB miss towards a home server makes the
+/// kernel resolve that server's neighbour now (by pinging it), not at the
+/// next health check.
+pub async fn events(events: RingBuf<MapData>, context: Context) -> Result<()> {
+    // SAFETY: the ring buffer owns its map's fd, which stays open and the
+    // same for as long as the AsyncFd owns the ring buffer.
+    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|e| DaemonError::Io { what: "polling the event ring buffer".into(), source: e.into() })?;
+    // (server slot, IPv4?) → when it was last pinged.
+    let mut last_ping: HashMap<(u32, bool), tokio::time::Instant> = HashMap::new();
+    loop {
+        let mut guard = events.readable_mut().await.map_err(super::io("polling the event ring buffer"))?;
+        let mut misses = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            match decode_event(&item) {
+                Some(event) if event.kind == EventKind::FibMiss as u32 => {
+                    misses.push((event.server, event.family == FAMILY_V4));
+                }
+                _ => warn!(bytes = item.len(), "unknown record in the event ring buffer"),
+            }
+        }
+        guard.clear_ready();
+        let now = tokio::time::Instant::now();
+        for (server, ipv4) in misses {
+            if last_ping.get(&(server, ipv4)).is_some_and(|at| now - *at < RESOLUTION_PING_GAP) {
+                continue;
+            }
+            last_ping.insert((server, ipv4), now);
+            if let Some(Action::Forward { to, bytes }) = context.core.resolution_ping(server, ipv4) {
+                send(context.senders.proxy_for(to), &bytes, to).await;
+            }
+        }
+    }
+}
+
+/// Removes idle learned clients from the fast path, a few times per timeout.
+pub async fn sweep(owner: Owner, idle: Duration) -> Result<()> {
+    let mut ticks = tokio::time::interval((idle / 4).min(Duration::from_secs(30)));
+    loop {
+        ticks.tick().await;
+        owner.send(Command::Sweep { idle })?;
+    }
+}
+
+/// Hands the owner every load sample, for the moves the rebalancer decides on.
+pub async fn rebalance(owner: Owner, mut samples: LoadReceiver) -> Result<()> {
+    let mut last: Option<tokio::time::Instant> = None;
+    loop {
+        let sample = samples.newest().await;
+        let seconds = last.map_or(0.0, |at| (sample.taken - at).as_secs_f64());
+        last = Some(sample.taken);
+        owner.send(Command::Load { clients: sample.clients, seconds })?;
+    }
+}
+
+/// The address a socket's task is named by.
+pub fn named(what: &str, socket: &UdpSocket, index: usize) -> String {
+    let address = socket.local_addr().map_or_else(|_| "?".to_owned(), |a: SocketAddr| a.to_string());
+    format!("{what} on {address} (#{index})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tasks(ends: Option<Result<()>>) -> Tasks {
+        let mut tasks = Tasks::new();
+        spawn(&mut tasks, "forever".into(), std::future::pending());
+        if let Some(end) = ends {
+            spawn(&mut tasks, "short-lived".into(), async move { end });
+        }
+        tasks
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_ends_the_daemon_by_name() {
+        let error = supervise(tasks(Some(Ok(()))), std::future::pending()).await.unwrap_err();
+        assert!(matches!(&error, DaemonError::TaskEnded { task } if task == "short-lived"), "{error}");
+        assert!(error.to_string().contains("short-lived"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_fails_ends_the_daemon_with_its_name_and_cause() {
+        let failure = Err(DaemonError::Io { what: "receiving".into(), source: std::io::Error::other("boom") });
+        let text = supervise(tasks(Some(failure)), std::future::pending()).await.unwrap_err().to_string();
+        assert!(text.contains("short-lived") && text.contains("boom"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_it_cleanly() {
+        assert!(supervise(tasks(None), async {}).await.is_ok());
+    }
+}

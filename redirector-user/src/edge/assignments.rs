@@ -1,0 +1,146 @@
+//! The assignments as the state owner keeps them: the durable store, the
+//! cache first-contact cores read, and the client count per server, changed
+//! together and only here. Every write is one durable transaction for any
+//! number of AORs (group commit).
+
+use std::{collections::HashMap, sync::Arc};
+
+use crate::{
+    counters::bump,
+    edge::{first_contact::Counters, pool::Pool},
+    sip::Aor,
+    store::{Assignment, AssignmentStore, Cache, Reassigned, StoreError, next_assignment},
+};
+
+/// An AOR's usable assignment, and whether getting it moved the client off
+/// an unusable server (its watchers are then to be told).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned {
+    pub assignment: Assignment,
+    pub moved: bool,
+}
+
+pub struct Assignments {
+    store: Box<dyn AssignmentStore>,
+    cache: Arc<Cache>,
+    /// Per server name; signed so that any order of updates adds up.
+    counts: HashMap<String, i64>,
+    counters: Arc<Counters>,
+}
+
+impl Assignments {
+    /// Loads every stored assignment into the cache and the counts.
+    pub fn open(store: Box<dyn AssignmentStore>, counters: Arc<Counters>) -> Result<Self, StoreError> {
+        let cache = Arc::new(Cache::default());
+        let mut counts = HashMap::new();
+        for assignment in store.all()? {
+            *counts.entry(assignment.server.clone()).or_default() += 1;
+            cache.put(&assignment);
+        }
+        Ok(Self { store, cache, counts, counters })
+    }
+
+    /// The cache, for first-contact cores.
+    pub fn cache(&self) -> Arc<Cache> {
+        self.cache.clone()
+    }
+
+    pub fn store(&self) -> &(dyn AssignmentStore + 'static) {
+        self.store.as_ref()
+    }
+
+    /// How many clients each server has.
+    pub fn client_counts(&self) -> HashMap<String, u64> {
+        self.counts.iter().map(|(server, n)| (server.clone(), (*n).max(0) as u64)).collect()
+    }
+
+    /// The generation `aor` is at, if assigned.
+    pub fn generation(&self, aor: &Aor) -> Option<u64> {
+        self.cache.get(aor).map(|cached| cached.generation)
+    }
+
+    /// Gives every AOR without a usable assignment a new one on a server of
+    /// `pool` that takes new clients, all in one durable transaction. Per
+    /// AOR: its usable assignment, if any (none when no server is active).
+    pub fn assign_all(&mut self, aors: &[&Aor], pool: &Pool) -> Result<Vec<Option<Assigned>>, StoreError> {
+        if aors.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Per AOR: `Some(previous server)` when this transaction assigned it.
+        let mut assigned: Vec<Option<Option<String>>> = Vec::with_capacity(aors.len());
+        let stored = self.store.update_many(aors, &mut |aor, current| {
+            let unusable = current.filter(|a| pool.usable(&a.server)).is_none();
+            let server = unusable.then(|| pool.choose(aor, current.map(|a| a.server.as_str()))).flatten();
+            assigned.push(server.map(|_| current.map(|a| a.server.clone())));
+            server.map(|server| next_assignment(aor, &server.name, current))
+        })?;
+        Ok(stored.into_iter().zip(assigned).map(|(stored, previous)| self.settle(stored?, previous, pool)).collect())
+    }
+
+    /// Records a stored assignment; `previous` is `Some` when it was just made.
+    fn settle(&mut self, stored: Assignment, previous: Option<Option<String>>, pool: &Pool) -> Option<Assigned> {
+        let moved = match previous {
+            Some(previous) => {
+                bump(if previous.is_some() { &self.counters.reassigned } else { &self.counters.assigned });
+                self.count_move(previous.as_deref(), &stored.server);
+                self.cache.put(&stored);
+                previous.is_some()
+            }
+            None => false,
+        };
+        // Kept on an unusable server only when no server takes new clients.
+        pool.usable(&stored.server).then_some(Assigned { assignment: stored, moved })
+    }
+
+    /// Records each AOR on its server with the next generation, in one
+    /// durable transaction. An AOR is left alone (`None`) if its target is
+    /// down or gone by then, or, with `only_from`, if it is no longer on
+    /// that server (something else moved it since the move was planned).
+    pub fn reassign_many(
+        &mut self,
+        moves: &[(&Aor, &str)],
+        only_from: Option<&str>,
+        pool: &Pool,
+    ) -> Result<Vec<Option<Reassigned>>, StoreError> {
+        let aors: Vec<&Aor> = moves.iter().map(|&(aor, _)| aor).collect();
+        let mut targets = moves.iter().map(|&(_, to)| to);
+        let mut previous = Vec::with_capacity(moves.len());
+        let stored = self.store.update_many(&aors, &mut |aor, current| {
+            let to = targets.next().expect("one call per move");
+            let still_there = only_from.is_none_or(|from| current.is_some_and(|a| a.server == from));
+            let moving = still_there && pool.usable(to);
+            previous.push(moving.then(|| current.map(|a| a.server.clone())));
+            moving.then(|| next_assignment(aor, to, current))
+        })?;
+        let done = previous.into_iter().zip(stored).map(|(previous, stored)| {
+            let (previous, stored) = (previous?, stored?);
+            self.count_move(previous.as_deref(), &stored.server);
+            self.cache.put(&stored);
+            Some(Reassigned { previous, generation: stored.generation })
+        });
+        Ok(done.collect())
+    }
+
+    /// Takes `aor` out of the cache while it moves: its first contacts then
+    /// wait for the owner, which answers after the move's commit.
+    pub fn hold(&self, aor: &Aor) {
+        self.cache.remove(aor);
+    }
+
+    /// Puts held AORs that did not move back in the cache, as stored.
+    pub fn release(&self, aor: &Aor) -> Result<(), StoreError> {
+        if self.cache.get(aor).is_none()
+            && let Some(stored) = self.store.get(aor)?
+        {
+            self.cache.put(&stored);
+        }
+        Ok(())
+    }
+
+    fn count_move(&mut self, from: Option<&str>, to: &str) {
+        if let Some(from) = from {
+            *self.counts.entry(from.to_owned()).or_default() -= 1;
+        }
+        *self.counts.entry(to.to_owned()).or_default() += 1;
+    }
+}

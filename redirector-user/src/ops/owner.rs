@@ -1,0 +1,173 @@
+//! The state owner: one thread that owns `Operations` (the store, the fast
+//! path's kernel entries, the pool, the watchers' dialogs) and applies the
+//! commands sent to it in order. Nothing else touches that state, so it
+//! needs no lock, and no tokio worker ever waits on an fsync or a map
+//! syscall: they wait on a reply channel instead.
+//!
+//! Group commit: new clients from every first-contact core that are queued
+//! together are assigned in one durable transaction.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tokio::sync::oneshot;
+
+use crate::{
+    edge::{assignments::Assigned, first_contact::Action, rebalance::Sample},
+    ops::{
+        api::{Reply, Request, Stats},
+        operations::{OperationError, Operations},
+    },
+    sip::Aor,
+    store::StoreError,
+};
+
+/// New assignments for a batch, or the store's failure (shared by every
+/// batch of the failed transaction).
+pub type AssignReply = Result<HashMap<Aor, Assigned>, Arc<StoreError>>;
+
+/// A statistics reading, with every client's load sample when asked.
+pub type Reading = Result<(Stats, Option<Vec<Sample>>), OperationError>;
+
+pub enum Command {
+    /// First contact's clients without a usable assignment.
+    Assign { aors: Vec<Aor>, reply: oneshot::Sender<AssignReply> },
+    /// The state changes first contact decided on for one batch; `done`
+    /// once applied, so the answers that make clients come back (a 302
+    /// after an install) leave only then.
+    Apply { changes: Vec<Action>, done: oneshot::Sender<()> },
+    /// A control API request.
+    Control { request: Request, reply: oneshot::Sender<Reply> },
+    /// Health round `sequence` starts.
+    HealthTick { sequence: u32 },
+    /// Idle clients leave the fast path.
+    Sweep { idle: Duration },
+    /// The statistics stream's reading.
+    Read { samples: bool, reply: oneshot::Sender<Reading> },
+    /// A rebalancing round on clients' load, `seconds` after the last.
+    Load { clients: Vec<Sample>, seconds: f64 },
+    /// Ends the thread; what it owns (the program's link among it) is dropped.
+    Stop,
+}
+
+/// How the rest of the daemon reaches the owner.
+#[derive(Clone)]
+pub struct Owner {
+    commands: std::sync::mpsc::Sender<Command>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the state owner thread has stopped (see the log for why)")]
+pub struct OwnerGone;
+
+impl Owner {
+    /// Starts the owner thread; it runs until `Command::Stop` or until every
+    /// `Owner` is dropped.
+    pub fn spawn(operations: Operations) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("state-owner".into()).spawn(move || run(operations, receiver))?;
+        Ok((Self { commands }, thread))
+    }
+
+    pub fn send(&self, command: Command) -> Result<(), OwnerGone> {
+        self.commands.send(command).map_err(|_| OwnerGone)
+    }
+
+    pub async fn assign(&self, aors: Vec<Aor>) -> Result<AssignReply, OwnerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Assign { aors, reply })?;
+        answer.await.map_err(|_| OwnerGone)
+    }
+
+    pub async fn apply(&self, changes: Vec<Action>) -> Result<(), OwnerGone> {
+        let (done, applied) = oneshot::channel();
+        self.send(Command::Apply { changes, done })?;
+        applied.await.map_err(|_| OwnerGone)
+    }
+
+    pub async fn control(&self, request: Request) -> Result<Reply, OwnerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Control { request, reply })?;
+        answer.await.map_err(|_| OwnerGone)
+    }
+
+    /// `control` for a thread outside the runtime.
+    pub fn control_blocking(&self, request: Request) -> Result<Reply, OwnerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Control { request, reply })?;
+        answer.blocking_recv().map_err(|_| OwnerGone)
+    }
+
+    pub async fn read(&self, samples: bool) -> Result<Reading, OwnerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Read { samples, reply })?;
+        answer.await.map_err(|_| OwnerGone)
+    }
+}
+
+fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>) {
+    while let Ok(first) = commands.recv() {
+        let mut queued = vec![first];
+        queued.extend(commands.try_iter());
+        let mut assigns = Vec::new();
+        for command in queued {
+            match command {
+                Command::Assign { aors, reply } => assigns.push((aors, reply)),
+                Command::Stop => {
+                    assign(&mut operations, assigns);
+                    return;
+                }
+                other => {
+                    // Commands keep their order: queued assignments commit first.
+                    assign(&mut operations, std::mem::take(&mut assigns));
+                    execute(&mut operations, other);
+                }
+            }
+        }
+        assign(&mut operations, assigns);
+    }
+}
+
+/// One transaction for the clients of every queued `Assign`.
+fn assign(operations: &mut Operations, requests: Vec<(Vec<Aor>, oneshot::Sender<AssignReply>)>) {
+    if requests.is_empty() {
+        return;
+    }
+    let mut aors: Vec<Aor> = requests.iter().flat_map(|(aors, _)| aors.iter().cloned()).collect();
+    aors.sort();
+    aors.dedup();
+    let result = operations.assign_new(&aors).map_err(Arc::new);
+    if let Err(error) = &result {
+        tracing::warn!(%error, clients = aors.len(), "assigning new clients failed");
+    }
+    for (wanted, reply) in requests {
+        let answer = result
+            .as_ref()
+            .map_err(Arc::clone)
+            .map(|assigned| wanted.iter().filter_map(|aor| Some((aor.clone(), assigned.get(aor)?.clone()))).collect());
+        // A core that gave up waiting has nothing left to answer.
+        let _ = reply.send(answer);
+    }
+}
+
+fn execute(operations: &mut Operations, command: Command) {
+    match command {
+        Command::Assign { .. } | Command::Stop => unreachable!("`run` handles these itself"),
+        Command::Apply { changes, done } => {
+            changes.into_iter().for_each(|change| operations.apply(change));
+            let _ = done.send(());
+        }
+        Command::Control { request, reply } => {
+            let _ = reply.send(operations.answer(request));
+        }
+        Command::HealthTick { sequence } => operations.health_tick(sequence),
+        Command::Sweep { idle } => operations.sweep(idle),
+        Command::Read { samples, reply } => {
+            let reading = operations.stats().and_then(|stats| {
+                let clients = if samples { Some(operations.samples()?) } else { None };
+                Ok((stats, clients))
+            });
+            let _ = reply.send(reading);
+        }
+        Command::Load { clients, seconds } => operations.observe_load(&clients, seconds),
+    }
+}
