@@ -24,6 +24,10 @@ pub const HOME1_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
 pub const HOME2_MAC: Mac = [0x02, 0, 0, 0, 0, 0x12];
 pub const HOME5_MAC: Mac = [0x02, 0, 0, 0, 0, 0x15];
 
+/// Room in the client maps: the fixtures pin a handful of clients, and the
+/// full `MAX_CLIENTS` would take hundreds of MB of kernel memory per load.
+const CLIENT_CAPACITY: u32 = 1024;
+
 /// Clients and the home server each is pinned to.
 const CLIENTS: &str = r#"
 [[clients]]
@@ -120,7 +124,7 @@ impl Fixture {
             ns.sysctl(setting);
         }
         let config = Config::parse(&config_text(mode)).expect("fixture config");
-        let mut dataplane = DataPlane::load().expect("loading the XDP object");
+        let mut dataplane = DataPlane::load_with_client_capacity(CLIENT_CAPACITY).expect("loading the XDP object");
         dataplane.configure(&config).expect("configuring maps");
         let fast_path = FastPath::new(dataplane, &config).expect("installing static clients");
         let ifindex = ns.ifindex("fx0");
