@@ -183,12 +183,19 @@ pub struct Event {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: every type is #[repr(C)] and bytemuck::Pod (no padding, any bit pattern valid).
-    unsafe impl aya::Pod for super::Endpoint {}
-    unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::Server {}
-    unsafe impl aya::Pod for super::ClientEntry {}
-    unsafe impl aya::Pod for super::NatKey {}
-    unsafe impl aya::Pod for super::NatEntry {}
-    unsafe impl aya::Pod for super::ServerStats {}
+    use super::*;
+
+    /// Compiles only for bytemuck's `Pod`.
+    const fn assert_pod<T: Pod>() {}
+
+    macro_rules! aya_pod {
+        ($($map_type:ty),*) => {$(
+            const _: () = assert_pod::<$map_type>();
+            // SAFETY: bytemuck's Pod, asserted above, makes the same promise:
+            // #[repr(C)], no padding, any bit pattern valid.
+            unsafe impl aya::Pod for $map_type {}
+        )*};
+    }
+
+    aya_pod!(Endpoint, Config, Server, ClientEntry, NatKey, NatEntry, ServerStats);
 }

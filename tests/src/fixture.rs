@@ -11,9 +11,16 @@
 //! * `fx2` (MAC `OTHER_EDGE_MAC`): 10.1.0.1/24 with home5 10.1.0.5
 //!   (`HOME5_MAC`) behind it — reached by `XDP_REDIRECT`.
 
-use aya::programs::{TestRun, TestRunOptions};
-use redirector::{config::Config, kernel::fast_path::FastPath, kernel::loader::DataPlane};
-use redirector_ebpf::{Counter, REDIRECTOR_PROGRAM};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{TestRun, TestRunOptions},
+};
+use redirector::{
+    config::Config,
+    kernel::fast_path::FastPath,
+    kernel::loader::{DataPlane, decode_event},
+};
+use redirector_ebpf::{Counter, Event, MAX_SERVERS, REDIRECTOR_PROGRAM};
 
 use crate::{netns::NetNs, packets::Mac};
 
@@ -23,6 +30,10 @@ pub const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
 pub const HOME1_MAC: Mac = [0x02, 0, 0, 0, 0, 0x11];
 pub const HOME2_MAC: Mac = [0x02, 0, 0, 0, 0, 0x12];
 pub const HOME5_MAC: Mac = [0x02, 0, 0, 0, 0, 0x15];
+
+/// Room in the client maps: the fixtures pin a handful of clients, and the
+/// full `MAX_CLIENTS` would take hundreds of MB of kernel memory per load.
+const CLIENT_CAPACITY: u32 = 1024;
 
 /// Clients and the home server each is pinned to.
 const CLIENTS: &str = r#"
@@ -120,7 +131,7 @@ impl Fixture {
             ns.sysctl(setting);
         }
         let config = Config::parse(&config_text(mode)).expect("fixture config");
-        let mut dataplane = DataPlane::load().expect("loading the XDP object");
+        let mut dataplane = DataPlane::load_with_client_capacity(CLIENT_CAPACITY).expect("loading the XDP object");
         dataplane.configure(&config).expect("configuring maps");
         let fast_path = FastPath::new(dataplane, &config).expect("installing static clients");
         let ifindex = ns.ifindex("fx0");
@@ -172,4 +183,133 @@ impl Fixture {
 
 pub fn mac_text(mac: Mac) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// One row of a fixture table, as in Katran's `KatranTestFixtures`: a frame
+/// in, the verdict and exact frame out, and the one counter it moves.
+pub struct Case {
+    pub name: String,
+    pub program: &'static str,
+    pub input: Vec<u8>,
+    pub verdict: u32,
+    pub output: Vec<u8>,
+    pub counter: Counter,
+    /// The home server slot whose stats move, by one packet of the input's
+    /// length; no slot moves when `None`.
+    pub server: Option<u32>,
+    /// The one event reported; none when `None`.
+    pub event: Option<Event>,
+}
+
+impl Case {
+    pub fn new(name: impl Into<String>, input: Vec<u8>, verdict: u32, output: Vec<u8>, counter: Counter) -> Self {
+        let name = name.into();
+        Self { name, program: REDIRECTOR_PROGRAM, input, verdict, output, counter, server: None, event: None }
+    }
+
+    /// The frame leaves as it came, with `verdict`.
+    pub fn untouched(name: impl Into<String>, input: Vec<u8>, verdict: u32, counter: Counter) -> Self {
+        let output = input.clone();
+        Self::new(name, input, verdict, output, counter)
+    }
+
+    pub fn forwarded_to(self, slot: u32) -> Self {
+        Self { server: Some(slot), ..self }
+    }
+
+    pub fn reporting(self, event: Event) -> Self {
+        Self { event: Some(event), ..self }
+    }
+
+    pub fn on_program(self, program: &'static str) -> Self {
+        Self { program, ..self }
+    }
+}
+
+impl Fixture {
+    /// Runs every case in order; one line per failed case, naming it and
+    /// each check it failed.
+    pub fn run_table(&mut self, cases: &[Case]) -> Vec<String> {
+        let mut events = self.dataplane().take_events().expect("taking the event ring");
+        cases.iter().filter_map(|case| self.run_case(case, &mut events)).collect()
+    }
+
+    fn run_case(&mut self, case: &Case, events: &mut RingBuf<MapData>) -> Option<String> {
+        let (counters, stats) = (self.counters(), self.all_server_stats());
+        let outcome = self.run_program(case.program, &case.input);
+        let mut failures = Vec::new();
+        if outcome.action != case.verdict {
+            failures.push(format!("verdict {} (expected {})", outcome.action, case.verdict));
+        }
+        failures.extend(frame_difference(&outcome.frame, &case.output));
+        failures.extend(counter_moves(&counters, &self.counters(), case.counter));
+        let expected_stats = case.server.map(|slot| (slot, case.input.len() as u64));
+        failures.extend(server_stats_moves(&stats, &self.all_server_stats(), expected_stats));
+        failures.extend(event_difference(events, case.event));
+        (!failures.is_empty()).then(|| format!("{}: {}", case.name, failures.join("; ")))
+    }
+
+    /// Every server slot's (packets, bytes).
+    fn all_server_stats(&mut self) -> Vec<(u64, u64)> {
+        (0..MAX_SERVERS)
+            .map(|slot| {
+                let stats = self.dataplane().server_stats(slot).expect("reading server stats");
+                (stats.packets, stats.bytes)
+            })
+            .collect()
+    }
+}
+
+/// Where the output first differs from the expected frame, if it does.
+fn frame_difference(got: &[u8], expected: &[u8]) -> Option<String> {
+    if got == expected {
+        return None;
+    }
+    let at = got.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(got.len().min(expected.len()));
+    Some(format!(
+        "output differs at byte {at} (got {:02x?}, expected {:02x?}; lengths {} and {})",
+        got.get(at),
+        expected.get(at),
+        got.len(),
+        expected.len()
+    ))
+}
+
+/// What the program reported, if it is not exactly `expected`.
+fn event_difference(events: &mut RingBuf<MapData>, expected: Option<Event>) -> Option<String> {
+    let reported: Vec<_> = std::iter::from_fn(|| events.next().map(|item| decode_event(&item))).collect();
+    let wanted: Vec<_> = expected.into_iter().map(Some).collect();
+    (reported != wanted).then(|| format!("events {reported:?} (expected {wanted:?})"))
+}
+
+/// Every counter that did not move as expected: `counter` by one, the rest not at all.
+fn counter_moves(before: &[(Counter, u64)], after: &[(Counter, u64)], counter: Counter) -> Vec<String> {
+    before
+        .iter()
+        .zip(after)
+        .filter(|((name, was), (_, now))| now - was != u64::from(*name == counter))
+        .map(|((name, was), (_, now))| {
+            format!(
+                "counter {} moved by {} (expected only {} to move, by one)",
+                name.label(),
+                now - was,
+                counter.label()
+            )
+        })
+        .collect()
+}
+
+/// Every server slot whose stats did not move as expected: `expected`'s
+/// slot by one packet of its bytes, the rest not at all.
+fn server_stats_moves(before: &[(u64, u64)], after: &[(u64, u64)], expected: Option<(u32, u64)>) -> Vec<String> {
+    (0..before.len())
+        .filter_map(|slot| {
+            let moved = (after[slot].0 - before[slot].0, after[slot].1 - before[slot].1);
+            let wanted = match expected {
+                Some((expected_slot, bytes)) if expected_slot as usize == slot => (1, bytes),
+                _ => (0, 0),
+            };
+            (moved != wanted).then(|| format!("server slot {slot} moved by {moved:?} (expected {wanted:?})"))
+        })
+        .collect()
 }

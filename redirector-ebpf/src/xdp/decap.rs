@@ -13,7 +13,7 @@ use super::{
     encap::move_l2_header_to,
     headers::*,
     maps::{DECAP_ADDRESSES, DECAP_SOURCES},
-    packet::{Ip, parse_ip, ptr_at},
+    packet::{Ip, parse_ip, read_at},
 };
 
 #[inline(always)]
@@ -29,6 +29,7 @@ pub fn strip_tunnel(ctx: &XdpContext) -> Counter {
     let Some((outer_src, outer_dst)) = outer_endpoints(ctx, &ip) else {
         return Counter::Malformed;
     };
+    // SAFETY: only presence is read; no reference outlives the call.
     if unsafe { DECAP_ADDRESSES.get(outer_dst).is_none() || DECAP_SOURCES.get(outer_src).is_none() } {
         return Counter::NotService;
     }
@@ -47,10 +48,10 @@ pub fn strip_tunnel(ctx: &XdpContext) -> Counter {
 #[inline(always)]
 fn outer_endpoints(ctx: &XdpContext, ip: &Ip) -> Option<(Endpoint, Endpoint)> {
     if ip.family == FAMILY_V4 {
-        let hdr: *const Ipv4Hdr = ptr_at(ctx, ip.l3)?;
-        Some(unsafe { (Endpoint::v4((*hdr).src, 0), Endpoint::v4((*hdr).dst, 0)) })
+        let hdr: Ipv4Hdr = read_at(ctx, ip.l3)?;
+        Some((Endpoint::v4(hdr.src, 0), Endpoint::v4(hdr.dst, 0)))
     } else {
-        let hdr: *const Ipv6Hdr = ptr_at(ctx, ip.l3)?;
-        Some(unsafe { (Endpoint::v6((*hdr).src, 0), Endpoint::v6((*hdr).dst, 0)) })
+        let hdr: Ipv6Hdr = read_at(ctx, ip.l3)?;
+        Some((Endpoint::v6(hdr.src, 0), Endpoint::v6(hdr.dst, 0)))
     }
 }

@@ -14,7 +14,7 @@ use redirector_ebpf::{Endpoint, FAMILY_V4, checksum};
 
 use super::{
     headers::*,
-    packet::{Ip, ptr_at},
+    packet::{Ip, read_at, write_at},
 };
 
 /// Bytes the outer header adds for a packet of this family.
@@ -40,13 +40,9 @@ pub fn encapsulate(ctx: &XdpContext, ip: &Ip, src: &Endpoint, dst: &Endpoint) ->
 /// Copies the Ethernet header (and VLAN tag) from `from` to the frame start.
 #[inline(always)]
 pub fn move_l2_header_to(ctx: &XdpContext, from: usize, to: usize, vlan: bool) -> Option<()> {
-    let src: *const EthHdr = ptr_at(ctx, from)?;
-    let dst: *mut EthHdr = ptr_at(ctx, to)?;
-    unsafe { *dst = *src };
+    write_at(ctx, to, read_at::<EthHdr>(ctx, from)?)?;
     if vlan {
-        let src: *const [u8; VLAN_HLEN] = ptr_at(ctx, from + ETH_HLEN)?;
-        let dst: *mut [u8; VLAN_HLEN] = ptr_at(ctx, to + ETH_HLEN)?;
-        unsafe { *dst = *src };
+        write_at(ctx, to + ETH_HLEN, read_at::<VlanHdr>(ctx, from + ETH_HLEN)?)?;
     }
     Some(())
 }
@@ -58,17 +54,16 @@ fn move_l2_header(ctx: &XdpContext, grown: usize, vlan: bool) -> Option<()> {
 
 #[inline(always)]
 fn write_ipv4(ctx: &XdpContext, ip: &Ip, grow: usize, src: &Endpoint, dst: &Endpoint) -> Option<()> {
-    let inner: *const Ipv4Hdr = ptr_at(ctx, ip.l3 + grow)?;
-    let (tos, id, flags) = unsafe { ((*inner).tos, (*inner).id, (*inner).frag[0]) };
+    let inner: Ipv4Hdr = read_at(ctx, ip.l3 + grow)?;
     let total = ((ip.len + IPV4_HLEN) as u16).to_be_bytes();
     let mut outer = [0u8; IPV4_HLEN];
     outer[0] = 0x45;
-    outer[1] = tos;
+    outer[1] = inner.tos;
     outer[2] = total[0];
     outer[3] = total[1];
-    outer[4] = id[0];
-    outer[5] = id[1];
-    outer[6] = flags & IPV4_DF;
+    outer[4] = inner.id[0];
+    outer[5] = inner.id[1];
+    outer[6] = inner.frag[0] & IPV4_DF;
     outer[8] = ENCAP_TTL;
     outer[9] = IPPROTO_IPIP;
     outer[12..16].copy_from_slice(&src.addr[..4]);
@@ -76,24 +71,20 @@ fn write_ipv4(ctx: &XdpContext, ip: &Ip, grow: usize, src: &Endpoint, dst: &Endp
     let check = checksum::compute(&outer).to_be_bytes();
     outer[10] = check[0];
     outer[11] = check[1];
-    let slot: *mut [u8; IPV4_HLEN] = ptr_at(ctx, ip.l3)?;
-    unsafe { *slot = outer };
-    Some(())
+    write_at(ctx, ip.l3, outer)
 }
 
 #[inline(always)]
 fn write_ipv6(ctx: &XdpContext, ip: &Ip, grow: usize, src: &Endpoint, dst: &Endpoint) -> Option<()> {
-    let inner: *const Ipv6Hdr = ptr_at(ctx, ip.l3 + grow)?;
-    let (byte0, byte1) = unsafe { ((*inner).version_class_flow[0], (*inner).version_class_flow[1]) };
-    let payload = (ip.len as u16).to_be_bytes();
-    let outer: *mut Ipv6Hdr = ptr_at(ctx, ip.l3)?;
-    unsafe {
-        (*outer).version_class_flow = [byte0, byte1 & 0xf0, 0, 0];
-        (*outer).payload_len = payload;
-        (*outer).next_header = IPPROTO_IPV6;
-        (*outer).hop_limit = ENCAP_TTL;
-        (*outer).src = src.addr;
-        (*outer).dst = dst.addr;
-    }
-    Some(())
+    let inner: Ipv6Hdr = read_at(ctx, ip.l3 + grow)?;
+    let class_flow = inner.version_class_flow;
+    let outer = Ipv6Hdr {
+        version_class_flow: [class_flow[0], class_flow[1] & 0xf0, 0, 0],
+        payload_len: (ip.len as u16).to_be_bytes(),
+        next_header: IPPROTO_IPV6,
+        hop_limit: ENCAP_TTL,
+        src: src.addr,
+        dst: dst.addr,
+    };
+    write_at(ctx, ip.l3, outer)
 }

@@ -24,12 +24,14 @@ pub struct EthHdr {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct VlanHdr {
     pub tci: [u8; 2],
     pub ethertype: [u8; 2],
 }
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Ipv4Hdr {
     pub version_ihl: u8,
     pub tos: u8,
@@ -58,6 +60,7 @@ impl Ipv4Hdr {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Ipv6Hdr {
     pub version_class_flow: [u8; 4],
     pub payload_len: [u8; 2],
@@ -68,6 +71,7 @@ pub struct Ipv6Hdr {
 }
 
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct UdpHdr {
     pub src: [u8; 2],
     pub dst: [u8; 2],

@@ -69,6 +69,7 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
     let Some(config) = CONFIG.get(0) else {
         return NOT_SERVICE;
     };
+    // SAFETY: only presence is read; no reference outlives the call.
     let service = unsafe { SERVICES.get(datagram.dst) }.is_some();
     if service {
         if !udp_header_ok(ctx, &datagram.ip) {
@@ -159,6 +160,9 @@ fn forward_nat(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &
 #[inline(never)]
 fn route_nat_reply(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
     let key = NatKey { edge_port_be: datagram.dst.port_be, family: datagram.ip.family, _pad: 0 };
+    // SAFETY: the entry stays mapped for this run (RCU). The daemon replacing
+    // it meanwhile could only show this one packet a stale copy, whose
+    // source is still checked against the entry's server.
     let Some(entry) = (unsafe { NAT_REPLIES.get(key) }) else {
         return NOT_SERVICE;
     };

@@ -1,5 +1,7 @@
 //! Next hop from the kernel FIB, and sending the rewritten frame.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
@@ -7,7 +9,7 @@ use aya_ebpf::{
 };
 use redirector_ebpf::{Endpoint, FAMILY_V4};
 
-use super::{headers::EthHdr, packet::ptr_at};
+use super::{headers::EthHdr, packet::write_at};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -72,11 +74,8 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
 /// would be the VLAN device, which cannot take XDP frames.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, hop: &NextHop, vlan: bool) -> Option<u32> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
-    unsafe {
-        (*eth).dst = hop.dmac;
-        (*eth).src = hop.smac;
-    }
+    write_at(ctx, offset_of!(EthHdr, dst), hop.dmac)?;
+    write_at(ctx, offset_of!(EthHdr, src), hop.smac)?;
     if vlan || hop.ifindex == ctx.ingress_ifindex() as u32 {
         return Some(xdp_action::XDP_TX);
     }

@@ -53,8 +53,14 @@ impl DataPlane {
     /// For `decap` and `pass`, which forward no clients: the client maps get
     /// one entry instead of a million (about 226 MB of kernel memory).
     pub fn load_without_clients() -> Result<Self> {
+        Self::load_with_client_capacity(1)
+    }
+
+    /// Like `load`, with room for `clients` entries in the client maps
+    /// (`CLIENTS`, `NAT_REPLIES`) instead of `MAX_CLIENTS`.
+    pub fn load_with_client_capacity(clients: u32) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(CLIENTS_MAP, 1).map_max_entries(NAT_REPLIES_MAP, 1);
+        loader.map_max_entries(CLIENTS_MAP, clients).map_max_entries(NAT_REPLIES_MAP, clients);
         Self::load_with(loader)
     }
 
