@@ -93,15 +93,42 @@ pub async fn send(from: Option<&Arc<UdpSocket>>, bytes: &[u8], to: SocketAddr) {
     }
 }
 
-/// Waits for a datagram, then takes whatever else is queued (up to
-/// `BATCH`). An error after the first is left for the next wait to report,
-/// so no datagram already taken is lost.
-pub async fn receive_batch(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Vec<(Vec<u8>, SocketAddr)>> {
-    let (len, source) = socket.recv_from(buf).await?;
-    let mut batch = vec![(buf[..len].to_vec(), source)];
-    while batch.len() < BATCH {
-        let Ok((len, source)) = socket.try_recv_from(buf) else { break };
-        batch.push((buf[..len].to_vec(), source));
+/// Datagrams received together, kept in one buffer reused batch after
+/// batch: receiving allocates nothing once it has grown.
+pub struct Received {
+    bytes: Vec<u8>,
+    datagrams: Vec<(std::ops::Range<usize>, SocketAddr)>,
+    scratch: Vec<u8>,
+}
+
+impl Received {
+    pub fn new() -> Self {
+        Self { bytes: Vec::new(), datagrams: Vec::with_capacity(BATCH), scratch: vec![0; 65_535] }
     }
-    Ok(batch)
+
+    /// Waits for a datagram, then takes whatever else is queued (up to
+    /// `BATCH`). An error after the first is left for the next wait to
+    /// report, so no datagram already taken is lost.
+    pub async fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
+        self.bytes.clear();
+        self.datagrams.clear();
+        let (len, source) = socket.recv_from(&mut self.scratch).await?;
+        self.keep(len, source);
+        while self.datagrams.len() < BATCH {
+            let Ok((len, source)) = socket.try_recv_from(&mut self.scratch) else { break };
+            self.keep(len, source);
+        }
+        Ok(())
+    }
+
+    fn keep(&mut self, len: usize, source: SocketAddr) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&self.scratch[..len]);
+        self.datagrams.push((start..start + len, source));
+    }
+
+    /// Each datagram with its source.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+        self.datagrams.iter().map(|(range, source)| (&self.bytes[range.clone()], *source))
+    }
 }

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 
 use super::{
     DaemonError, Result,
-    sockets::{Senders, receive_batch, send},
+    sockets::{Received, Senders, send},
 };
 use crate::{
     edge::{first_contact::Action, first_contact::FirstContact, notifier::Notifier},
@@ -59,11 +59,11 @@ pub struct Context {
 /// clients in it assigned by the owner in one request, then answered.
 pub async fn serve_service(socket: Arc<UdpSocket>, context: Context) -> Result<()> {
     let local = socket.local_addr().map_err(super::io("reading a service socket's address"))?;
-    let mut buf = vec![0u8; 65_535];
+    let mut received = Received::new();
     let none = HashMap::new();
     loop {
-        let batch = receive_batch(&socket, &mut buf).await.map_err(super::io(format!("receiving on {local}")))?;
-        let read = context.core.read(batch.iter().map(|(datagram, source)| (datagram.as_slice(), *source)), local);
+        received.receive(&socket).await.map_err(super::io(format!("receiving on {local}")))?;
+        let read = context.core.read(received.iter(), local);
         let unassigned = read.unassigned();
         let actions = if unassigned.is_empty() {
             context.core.answer(read, Ok(&none))
@@ -78,10 +78,10 @@ pub async fn serve_service(socket: Arc<UdpSocket>, context: Context) -> Result<(
 /// Home servers' responses and watchers' answers on one proxy socket.
 pub async fn serve_proxy(socket: Arc<UdpSocket>, context: Context) -> Result<()> {
     let local = socket.local_addr().map_err(super::io("reading a proxy socket's address"))?;
-    let mut buf = vec![0u8; 65_535];
+    let mut received = Received::new();
     loop {
-        let batch = receive_batch(&socket, &mut buf).await.map_err(super::io(format!("receiving on {local}")))?;
-        let actions = batch.iter().flat_map(|(datagram, source)| context.core.on_proxy_datagram(datagram, *source));
+        received.receive(&socket).await.map_err(super::io(format!("receiving on {local}")))?;
+        let actions = received.iter().flat_map(|(datagram, source)| context.core.on_proxy_datagram(datagram, source));
         act(actions.collect(), &socket, &context).await?;
     }
 }

@@ -1,7 +1,7 @@
 //! Building responses (RFC 3261 §8.2.6) from what a request carried, even
 //! when the request itself was malformed.
 
-use std::net::SocketAddr;
+use std::{fmt::Write, net::SocketAddr};
 
 use super::{HeaderKind, Message, StartLine, Via, split_list, tag, unfold};
 
@@ -67,28 +67,30 @@ impl Basis {
 /// A response with the basis headers, `to_tag` added to To when it has
 /// none, then `extra` headers, and an empty body.
 pub fn build(basis: &Basis, code: u16, reason: &str, to_tag: &str, extra: &[(&str, String)]) -> Vec<u8> {
-    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    let mut out = String::with_capacity(512);
+    // Writing to a String cannot fail.
+    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
     for via in &basis.vias {
-        out += &format!("Via: {via}\r\n");
+        let _ = write!(out, "Via: {via}\r\n");
     }
     if let Some(from) = &basis.from {
-        out += &format!("From: {from}\r\n");
+        let _ = write!(out, "From: {from}\r\n");
     }
     if let Some(to) = &basis.to {
         if tag(to).is_none() && code > 100 {
-            out += &format!("To: {to};tag={to_tag}\r\n");
+            let _ = write!(out, "To: {to};tag={to_tag}\r\n");
         } else {
-            out += &format!("To: {to}\r\n");
+            let _ = write!(out, "To: {to}\r\n");
         }
     }
     if let Some(call_id) = &basis.call_id {
-        out += &format!("Call-ID: {call_id}\r\n");
+        let _ = write!(out, "Call-ID: {call_id}\r\n");
     }
     if let Some(cseq) = &basis.cseq {
-        out += &format!("CSeq: {cseq}\r\n");
+        let _ = write!(out, "CSeq: {cseq}\r\n");
     }
     for (name, value) in extra {
-        out += &format!("{name}: {value}\r\n");
+        let _ = write!(out, "{name}: {value}\r\n");
     }
     out += "Content-Length: 0\r\n\r\n";
     out.into_bytes()

@@ -18,9 +18,11 @@ pub struct Cached {
     pub generation: u64,
 }
 
+/// Keyed by what clients send, so hashed with a random seed (foldhash:
+/// fast, and no one can aim collisions at it).
 #[derive(Debug, Default)]
 pub struct Cache {
-    assignments: DashMap<Aor, Cached>,
+    assignments: DashMap<Aor, Cached, foldhash::fast::RandomState>,
 }
 
 impl Cache {
