@@ -25,6 +25,10 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -45,6 +49,7 @@ use crate::{
 const BASELINE: &str = "Kamailio sl_send_reply 302";
 const OURS: &str = "redirector first contact 302, new AORs";
 const STORM: &str = "redirector first contact 302, known AORs from new addresses (storm)";
+const CANNED: &str = "generator ceiling: one thread answering a canned 302";
 const SIPP: &str = "Kamailio sl_send_reply 302, driven by SIPp";
 /// Requests in flight at most: enough that the durable commit's latency
 /// (each new AOR waits for one fsync) does not bound the rate.
@@ -169,11 +174,54 @@ enum Edge {
     New,
     /// redirector whose database knows this many AORs already.
     Storm(u64),
+    /// The cheapest edge there is: one thread answering every datagram with
+    /// the same 302, to show where the generator's own ceiling lies.
+    Canned,
+}
+
+/// What answers on the edge instead of redirector, if anything: held until
+/// the run is over, and stopped before the topology goes.
+struct Peer {
+    kamailio: bool,
+    _running: Option<Box<dyn std::any::Any>>,
+}
+
+/// `Edge::Canned`'s thread.
+struct Canned {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Canned {
+    fn start(topology: &Topology) -> Self {
+        let socket = socket_in(&topology.edge, SERVICE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let answer = b"SIP/2.0 302 Moved Temporarily\r\nContent-Length: 0\r\n\r\n";
+            let mut buf = [0u8; 2048];
+            while !stopping.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(answer, from);
+                }
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Canned {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The topology with the edge answering first contacts, and the
 /// generator's socket; the Kamailio process if it is the one answering.
-fn start(edge: Edge) -> Result<(Topology, Option<Kamailio>, UdpSocket), String> {
+fn start(edge: Edge) -> Result<(Topology, Peer, UdpSocket), String> {
     // skb mode: no XDP on the bridge ports, the same links for both.
     let mut topology = Topology::new("dsr", Attach::Skb, 3);
     topology.client.ip(&format!("route add local {CLIENTS} dev lo"));
@@ -182,15 +230,23 @@ fn start(edge: Edge) -> Result<(Topology, Option<Kamailio>, UdpSocket), String> 
     if let Edge::Storm(known) = edge {
         seed(&topology, known);
     }
-    if edge != Edge::Kamailio {
-        topology.extra_config = "[health]\ninterval = 3600\n[rebalance]\nenabled = false\n".into();
-        topology.start(&[]);
-        return Ok((topology, None, socket));
+    match edge {
+        Edge::Kamailio => {
+            let home = format!("{}:5060", home_address(0));
+            let route = KamailioRoute::Redirect { home: &home };
+            let kamailio = Kamailio::start(&topology.edge, &topology.scratch("kamailio"), &route)?;
+            Ok((topology, Peer { kamailio: true, _running: Some(Box::new(kamailio)) }, socket))
+        }
+        Edge::Canned => {
+            let canned = Canned::start(&topology);
+            Ok((topology, Peer { kamailio: false, _running: Some(Box::new(canned)) }, socket))
+        }
+        Edge::New | Edge::Storm(_) => {
+            topology.extra_config = "[health]\ninterval = 3600\n[rebalance]\nenabled = false\n".into();
+            topology.start(&[]);
+            Ok((topology, Peer { kamailio: false, _running: None }, socket))
+        }
     }
-    let home = format!("{}:5060", home_address(0));
-    let kamailio =
-        Kamailio::start(&topology.edge, &topology.scratch("kamailio"), &KamailioRoute::Redirect { home: &home })?;
-    Ok((topology, Some(kamailio), socket))
 }
 
 pub fn run(quick: bool) -> Section {
@@ -201,15 +257,16 @@ pub fn run(quick: bool) -> Section {
         "first_contact",
         format!("3. First contact: REGISTER → 302 answered per second, window {WINDOW}, {limit:?}, median of {rounds}"),
     );
-    let mut outcomes = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut outcomes = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let edges = [(0, Edge::Kamailio), (1, Edge::New), (3, Edge::Storm(known)), (4, Edge::Canned)];
     for _ in 0..rounds {
-        for (slot, edge) in [(0, Edge::Kamailio), (1, Edge::New), (3, Edge::Storm(known))] {
+        for (slot, edge) in edges {
             let max = if edge == Edge::Storm(known) { known } else { MAX_REGISTERS };
             match start(edge) {
-                // The Kamailio process (if any) stops before its namespace goes.
-                Ok((topology, kamailio, socket)) => {
+                // The peer (if any) stops before its namespace goes.
+                Ok((topology, peer, socket)) => {
                     outcomes[slot].push(drive(&socket, limit, max));
-                    if kamailio.is_some() {
+                    if peer.kamailio {
                         match sipp_load::run(&topology, limit) {
                             Ok(counted) => outcomes[2].push(Outcome::from(counted)),
                             Err(why) => section.skip(format!("{SIPP}: {why}")),
@@ -220,8 +277,9 @@ pub fn run(quick: bool) -> Section {
             }
         }
     }
-    let [baseline, ours, sipp, storm] = &outcomes;
-    for (name, out) in [(BASELINE, baseline), (OURS, ours), (STORM, storm), (SIPP, sipp)] {
+    let [baseline, ours, sipp, storm, canned] = &outcomes;
+    let cases = [(BASELINE, baseline), (OURS, ours), (STORM, storm), (SIPP, sipp), (CANNED, canned)];
+    for (name, out) in cases {
         let Some(outcome) = median_by(out.iter().collect(), |o| o.rate()) else { continue };
         let mut row = Row::new(name, outcome.rate(), "302/s")
             .raw("sent", outcome.sent as f64)
