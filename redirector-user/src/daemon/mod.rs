@@ -192,16 +192,14 @@ impl Daemon {
         let services = registered(&self.services).map_err(io("registering the service sockets with the runtime"))?;
         let proxies = registered(&self.proxies).map_err(io("registering the proxy sockets with the runtime"))?;
         let senders = Senders::new(&services, &proxies).map_err(io("reading the sockets' addresses"))?;
-        let notifier = Arc::new(Notifier::new(senders.proxies(), self.watcher_counters.clone()));
+        let notifier = Notifier::new(senders.proxy_addresses(), self.watcher_counters.clone());
         let deactivated = self.deactivated.lock().expect("receiver lock").take().ok_or(DaemonError::ServedTwice)?;
         let events = self.events.lock().expect("events lock").take().ok_or(DaemonError::ServedTwice)?;
-        let context =
-            Context { core: self.core.clone(), owner: self.owner.clone(), senders, notifier: notifier.clone() };
+        let (notify_answers, answers) = mpsc::unbounded_channel();
+        let context = Context { core: self.core.clone(), owner: self.owner.clone(), senders, notify_answers };
         let mut tasks = Tasks::new();
-        spawn(&mut tasks, "notifier".into(), async move {
-            notifier.run(deactivated).await;
-            Ok(())
-        });
+        let notifying = tasks::notify(notifier, deactivated, answers, context.senders.clone());
+        spawn(&mut tasks, "notifier".into(), notifying);
         spawn(&mut tasks, "events".into(), tasks::events(events, context.clone()));
         for (index, socket) in services.iter().enumerate() {
             spawn(

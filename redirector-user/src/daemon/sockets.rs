@@ -52,9 +52,9 @@ impl Senders {
         of_family(&self.proxies, to)
     }
 
-    /// The proxy sockets and their addresses.
-    pub fn proxies(&self) -> Vec<(SocketAddr, Arc<UdpSocket>)> {
-        self.proxies.clone()
+    /// The proxy addresses, one per family.
+    pub fn proxy_addresses(&self) -> Vec<SocketAddr> {
+        self.proxies.iter().map(|(address, _)| *address).collect()
     }
 
     /// The service socket at `from`, else one of `to`'s family, else the

@@ -1,13 +1,20 @@
 //! The daemon's tasks. Each runs until it fails; `supervise` ends the
 //! daemon when any of them ends, naming it.
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
 use redirector_ebpf::{EventKind, FAMILY_V4};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     net::UdpSocket,
+    sync::mpsc,
     task::JoinSet,
 };
 use tracing::{debug, warn};
@@ -17,7 +24,11 @@ use super::{
     sockets::{Received, Senders, send},
 };
 use crate::{
-    edge::{first_contact::Action, first_contact::FirstContact, notifier::Notifier},
+    edge::{
+        first_contact::{Action, FirstContact},
+        notifier::Notifier,
+        watchers::Subscription,
+    },
     kernel::loader::decode_event,
     ops::{
         owner::{Command, Owner},
@@ -46,13 +57,20 @@ pub async fn supervise(mut tasks: Tasks, shutdown: impl Future<Output = ()>) -> 
     }
 }
 
+/// A watcher's answer to one of our NOTIFYs, for the notifier's task.
+pub struct NotifyAnswer {
+    pub branch: String,
+    pub code: u16,
+    pub from: SocketAddr,
+}
+
 /// Everything a socket's task needs to act on first contact's answers.
 #[derive(Clone)]
 pub struct Context {
     pub core: FirstContact,
     pub owner: Owner,
     pub senders: Senders,
-    pub notifier: Arc<Notifier>,
+    pub notify_answers: mpsc::UnboundedSender<NotifyAnswer>,
 }
 
 /// First contact on one service socket: each batch read once, the new
@@ -95,9 +113,8 @@ async fn act(actions: Vec<Action>, socket: &Arc<UdpSocket>, context: &Context) -
         match action {
             Action::Reply { .. } | Action::Forward { .. } | Action::Relay { .. } => sends.push(action),
             Action::NotifyAnswered { branch, code, from } => {
-                if !context.notifier.answered(&branch, code) {
-                    debug!(%from, branch, "answer to a NOTIFY no longer pending");
-                }
+                let answer = NotifyAnswer { branch, code, from };
+                context.notify_answers.send(answer).map_err(|_| DaemonError::TaskEnded { task: "notifier".into() })?;
             }
             change => changes.push(change),
         }
@@ -115,6 +132,41 @@ async fn act(actions: Vec<Action>, socket: &Arc<UdpSocket>, context: &Context) -
         send(from, &bytes, to).await;
     }
     Ok(())
+}
+
+/// The NOTIFY transactions: one starts for every subscription whose client
+/// moved; answers and Timer E / F drive them.
+pub async fn notify(
+    mut notifier: Notifier,
+    mut deactivated: mpsc::UnboundedReceiver<Subscription>,
+    mut answers: mpsc::UnboundedReceiver<NotifyAnswer>,
+    senders: Senders,
+) -> Result<()> {
+    loop {
+        let wake = notifier.poll_timeout();
+        let transmits = tokio::select! {
+            Some(subscription) = deactivated.recv() => notifier.start(subscription, Instant::now()).into_iter().collect(),
+            Some(NotifyAnswer { branch, code, from }) = answers.recv() => {
+                if !notifier.handle_answer(&branch, code) {
+                    debug!(%from, branch, "answer to a NOTIFY no longer pending");
+                }
+                Vec::new()
+            }
+            () = until(wake) => notifier.handle_timeout(Instant::now()),
+            else => return Ok(()),
+        };
+        for transmit in transmits {
+            send(senders.proxy_for(transmit.to), &transmit.bytes, transmit.to).await;
+        }
+    }
+}
+
+/// Completes at `at`, or never.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Health checks: every `interval`, the owner closes the previous round

@@ -1,7 +1,8 @@
 //! Sends the NOTIFYs of `watchers` as RFC 3261 §17.1.2 non-INVITE client
 //! transactions over UDP: retransmitted at Timer E (T1 doubling to T2, or
 //! T2 once a provisional answer came) until a final answer, or given up at
-//! Timer F (64·T1).
+//! Timer F (64·T1). Sans-IO: it is given subscriptions, answers and the
+//! time, and returns what to send and when to wake it next.
 //!
 //! NOTIFYs leave from the proxy socket with the proxy address in their Via,
 //! so a watcher that answers by its Via reaches the daemon even when its
@@ -19,11 +20,10 @@ use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
     net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
-use tokio::{net::UdpSocket, sync::mpsc, time::Instant};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -43,94 +43,107 @@ pub fn next_interval(current: Duration, proceeding: bool) -> Duration {
     if proceeding { T2 } else { (current * 2).min(T2) }
 }
 
+/// A datagram to send from the proxy address `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+struct Transaction {
+    subscription: Subscription,
+    sent_by: SocketAddr,
+    bytes: Vec<u8>,
+    /// Timer E's current interval.
+    interval: Duration,
+    /// When it is sent again.
+    retransmit: Instant,
+    give_up: Instant,
+    proceeding: bool,
+}
+
 pub struct Notifier {
-    /// The proxy sockets (one per family) and their addresses.
-    proxies: Vec<(SocketAddr, Arc<UdpSocket>)>,
-    /// Status codes of the answers to each pending transaction, by branch.
-    pending: Mutex<HashMap<String, mpsc::UnboundedSender<u16>>>,
+    /// The proxy addresses, one per family: NOTIFYs leave from the one of
+    /// the watcher's family, which their Via names.
+    proxies: Vec<SocketAddr>,
+    /// Pending transactions by branch.
+    pending: HashMap<String, Transaction>,
+    branches: RandomState,
+    started: u64,
     counters: Arc<WatcherCounters>,
 }
 
 impl Notifier {
-    /// NOTIFYs leave from the proxy socket of the watcher's family, whose
-    /// address goes in their Via.
-    pub fn new(proxies: Vec<(SocketAddr, Arc<UdpSocket>)>, counters: Arc<WatcherCounters>) -> Self {
-        Self { proxies, pending: Mutex::new(HashMap::new()), counters }
+    pub fn new(proxies: Vec<SocketAddr>, counters: Arc<WatcherCounters>) -> Self {
+        Self { proxies, pending: HashMap::new(), branches: RandomState::new(), started: 0, counters }
     }
 
-    /// Starts a transaction for every subscription that arrives, until the
-    /// sending side closes.
-    pub async fn run(self: Arc<Self>, mut deactivated: mpsc::UnboundedReceiver<Subscription>) {
-        while let Some(subscription) = deactivated.recv().await {
-            tokio::spawn(self.clone().transaction(subscription));
-        }
-    }
-
-    /// A response whose top Via branch is `branch`; true if it was ours.
-    pub fn answered(&self, branch: &str, code: u16) -> bool {
-        match self.pending.lock().expect("notifier lock").get(branch) {
-            Some(transaction) => transaction.send(code).is_ok(),
-            None => false,
-        }
-    }
-
-    async fn transaction(self: Arc<Self>, subscription: Subscription) {
+    /// Starts the NOTIFY transaction telling a watcher its client moved.
+    pub fn start(&mut self, subscription: Subscription, now: Instant) -> Option<Transmit> {
         let to = subscription.reply_to;
-        let Some((sent_by, socket)) = self.proxies.iter().find(|(local, _)| local.is_ipv4() == to.is_ipv4()) else {
+        let Some(&sent_by) = self.proxies.iter().find(|proxy| proxy.is_ipv4() == to.is_ipv4()) else {
             bump(&self.counters.notifies_unroutable);
             warn!(%to, "no proxy address of the watcher's family to send its NOTIFY from");
-            return;
+            return None;
         };
-        let branch = format!("{NOTIFY_BRANCH_PREFIX}{:016x}", RandomState::new().hash_one(&subscription.id));
-        let bytes = watchers::notify(&subscription, *sent_by, &branch);
-        let (sender, mut answers) = mpsc::unbounded_channel();
-        self.pending.lock().expect("notifier lock").insert(branch.clone(), sender);
+        self.started += 1;
+        // Random, and only the watcher sees it: answers are matched by it alone (§17.1.3).
+        let branch = format!("{NOTIFY_BRANCH_PREFIX}{:016x}", self.branches.hash_one((&subscription.id, self.started)));
+        let bytes = watchers::notify(&subscription, sent_by, &branch);
         bump(&self.counters.notifies_sent);
-        let give_up = Instant::now() + TIMER_F;
-        let (mut interval, mut proceeding) = (T1, false);
-        let outcome = loop {
-            if let Err(error) = socket.send_to(&bytes, to).await {
-                warn!(%to, %error, "sending a NOTIFY failed");
-            }
-            let retransmit = (Instant::now() + interval).min(give_up);
-            if let Some(code) = final_answer(&mut answers, retransmit, &mut proceeding).await {
-                break Some(code);
-            }
-            if Instant::now() >= give_up {
-                break None;
-            }
-            interval = next_interval(interval, proceeding);
+        let transmit = Transmit { from: sent_by, to, bytes: bytes.clone() };
+        let transaction = Transaction {
+            subscription,
+            sent_by,
+            bytes,
+            interval: T1,
+            retransmit: now + T1,
+            give_up: now + TIMER_F,
+            proceeding: false,
         };
-        self.pending.lock().expect("notifier lock").remove(&branch);
-        let call_id = &subscription.id.call_id;
-        match outcome {
-            Some(code) => {
-                bump(&self.counters.notifies_answered);
-                info!(%to, call_id, code, aor = %subscription.presentity, "watcher told its client moved");
-            }
-            None => {
-                bump(&self.counters.notifies_timed_out);
-                debug!(%to, call_id, "NOTIFY never answered (Timer F)");
-            }
-        }
+        self.pending.insert(branch, transaction);
+        Some(transmit)
     }
-}
 
-/// Waits until `deadline` for a final answer; a provisional one only
-/// records that the watcher is proceeding (§17.1.2.2).
-async fn final_answer(
-    answers: &mut mpsc::UnboundedReceiver<u16>,
-    deadline: Instant,
-    proceeding: &mut bool,
-) -> Option<u16> {
-    loop {
-        tokio::select! {
-            Some(code) = answers.recv() => match code {
-                100..=199 => *proceeding = true,
-                code => return Some(code),
-            },
-            () = tokio::time::sleep_until(deadline) => return None,
+    /// A response whose top Via branch is `branch`; true if it was ours. A
+    /// provisional answer only slows retransmission to T2 (§17.1.2.2).
+    pub fn handle_answer(&mut self, branch: &str, code: u16) -> bool {
+        let Some(transaction) = self.pending.get_mut(branch) else { return false };
+        if code < 200 {
+            transaction.proceeding = true;
+            return true;
         }
+        let transaction = self.pending.remove(branch).expect("found above");
+        bump(&self.counters.notifies_answered);
+        let subscription = &transaction.subscription;
+        let (to, call_id, aor) = (subscription.reply_to, &subscription.id.call_id, &subscription.presentity);
+        info!(%to, call_id, code, %aor, "watcher told its client moved");
+        true
+    }
+
+    /// When `handle_timeout` is due next, if anything is pending.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.pending.values().map(|t| t.retransmit.min(t.give_up)).min()
+    }
+
+    /// Retransmits what is due at `now` and gives up what reached Timer F.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Transmit> {
+        let expired: Vec<String> =
+            self.pending.iter().filter(|(_, t)| now >= t.give_up).map(|(b, _)| b.clone()).collect();
+        for branch in expired {
+            let transaction = self.pending.remove(&branch).expect("listed above");
+            bump(&self.counters.notifies_timed_out);
+            debug!(to = %transaction.subscription.reply_to, call_id = transaction.subscription.id.call_id, "NOTIFY never answered (Timer F)");
+        }
+        let mut due = Vec::new();
+        for transaction in self.pending.values_mut().filter(|t| now >= t.retransmit) {
+            transaction.interval = next_interval(transaction.interval, transaction.proceeding);
+            transaction.retransmit = (transaction.retransmit + transaction.interval).max(now);
+            let to = transaction.subscription.reply_to;
+            due.push(Transmit { from: transaction.sent_by, to, bytes: transaction.bytes.clone() });
+        }
+        due
     }
 }
 
@@ -188,61 +201,70 @@ mod tests {
         Via::parse(&top).unwrap().branch().unwrap().to_owned()
     }
 
-    async fn setup() -> (Arc<Notifier>, UdpSocket, Arc<WatcherCounters>) {
-        let edge = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let watcher = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    const PROXY: &str = "192.0.2.1:5060";
+    const WATCHER: &str = "198.51.100.7:5070";
+
+    fn setup() -> (Notifier, Arc<WatcherCounters>) {
         let counters = Arc::new(WatcherCounters::default());
-        let sent_by = edge.local_addr().unwrap();
-        (Arc::new(Notifier::new(vec![(sent_by, edge)], counters.clone())), watcher, counters)
+        (Notifier::new(vec![PROXY.parse().unwrap()], counters.clone()), counters)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn retransmits_until_a_final_answer() {
-        let (notifier, watcher, counters) = setup().await;
-        let task = tokio::spawn(notifier.clone().transaction(subscription(watcher.local_addr().unwrap())));
-        let mut buf = [0u8; 2048];
-        let mut branches = Vec::new();
-        for _ in 0..3 {
-            let len = watcher.recv(&mut buf).await.unwrap();
-            branches.push(branch_of(&buf[..len]));
+    /// Drives the notifier from `start` to `end` in steps of `step`, as its
+    /// task would; returns when each datagram was sent, after `start`.
+    fn run(notifier: &mut Notifier, start: Instant, end: Duration) -> Vec<Duration> {
+        let mut sent = Vec::new();
+        while let Some(at) = notifier.poll_timeout().filter(|at| *at <= start + end) {
+            sent.extend(notifier.handle_timeout(at).iter().map(|_| at - start));
         }
-        assert!(branches.iter().all(|b| b == &branches[0] && b.starts_with(NOTIFY_BRANCH_PREFIX)), "{branches:?}");
-        assert!(!notifier.answered("z9hG4bK-other", 200), "another branch is not this transaction");
-        assert!(notifier.answered(&branches[0], 200));
-        task.await.unwrap();
+        sent
+    }
+
+    #[test]
+    fn retransmits_until_a_final_answer() {
+        let (mut notifier, counters) = setup();
+        let start = Instant::now();
+        let first = notifier.start(subscription(WATCHER.parse().unwrap()), start).unwrap();
+        assert_eq!((first.from, first.to), (PROXY.parse().unwrap(), WATCHER.parse().unwrap()));
+        let branch = branch_of(&first.bytes);
+        assert!(branch.starts_with(NOTIFY_BRANCH_PREFIX), "{branch}");
+        let again = notifier.handle_timeout(start + T1);
+        assert_eq!(again.len(), 1);
+        assert_eq!(branch_of(&again[0].bytes), branch, "a retransmission is the same transaction");
+        assert!(!notifier.handle_answer("z9hG4bK-other", 200), "another branch is not this transaction");
+        assert!(notifier.handle_answer(&branch, 200));
+        assert_eq!(notifier.poll_timeout(), None, "the transaction is over");
         assert_eq!(counters.notifies_answered.load(std::sync::atomic::Ordering::Relaxed), 1);
-        assert!(!notifier.answered(&branches[0], 200), "the transaction is over");
+        assert!(!notifier.handle_answer(&branch, 200), "and its answers are no longer ours");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_provisional_answer_slows_retransmission_to_t2() {
-        let (notifier, watcher, _) = setup().await;
-        let task = tokio::spawn(notifier.clone().transaction(subscription(watcher.local_addr().unwrap())));
-        let mut buf = [0u8; 2048];
-        let len = watcher.recv(&mut buf).await.unwrap();
-        let branch = branch_of(&buf[..len]);
-        let proceeding = Instant::now();
-        assert!(notifier.answered(&branch, 100));
-        watcher.recv(&mut buf).await.unwrap();
-        assert_eq!(proceeding.elapsed(), T1, "the retransmission already scheduled, not one per 100");
-        watcher.recv(&mut buf).await.unwrap();
-        assert_eq!(proceeding.elapsed(), T1 + T2, "then every T2");
-        assert!(notifier.answered(&branch, 200));
-        task.await.unwrap();
+    #[test]
+    fn a_provisional_answer_slows_retransmission_to_t2() {
+        let (mut notifier, _) = setup();
+        let start = Instant::now();
+        let branch = branch_of(&notifier.start(subscription(WATCHER.parse().unwrap()), start).unwrap().bytes);
+        assert!(notifier.handle_answer(&branch, 100));
+        let sent = run(&mut notifier, start, T1 + T2 + T2);
+        assert_eq!(sent, [T1, T1 + T2, T1 + T2 + T2], "the retransmission already scheduled, then every T2");
+        assert!(notifier.handle_answer(&branch, 200));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_unanswered_notify_stops_at_timer_f() {
-        let (notifier, watcher, counters) = setup().await;
-        let started = Instant::now();
-        notifier.transaction(subscription(watcher.local_addr().unwrap())).await;
-        assert_eq!(started.elapsed(), TIMER_F);
-        let mut buf = [0u8; 2048];
-        let mut sent = 0;
-        while watcher.try_recv(&mut buf).is_ok() {
-            sent += 1;
-        }
-        assert_eq!(sent, send_times().len());
+    #[test]
+    fn an_unanswered_notify_stops_at_timer_f() {
+        let (mut notifier, counters) = setup();
+        let start = Instant::now();
+        notifier.start(subscription(WATCHER.parse().unwrap()), start).unwrap();
+        let sent = run(&mut notifier, start, TIMER_F + T2);
+        let mut expected = send_times();
+        expected.remove(0);
+        assert_eq!(sent, expected, "every retransmission at Timer E, none after Timer F");
+        assert_eq!(notifier.poll_timeout(), None);
         assert_eq!(counters.notifies_timed_out.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_watcher_of_a_family_without_a_proxy_address_is_counted_unroutable() {
+        let (mut notifier, counters) = setup();
+        assert_eq!(notifier.start(subscription("[2001:db8::7]:5070".parse().unwrap()), Instant::now()), None);
+        assert_eq!(counters.notifies_unroutable.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }
