@@ -12,8 +12,9 @@ use tracing::warn;
 const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// Datagrams taken off a socket at once: what is already queued, so a
-/// burst of first contacts shares one database commit.
-pub const BATCH: usize = 64;
+/// burst of first contacts shares one database commit (256 answered new
+/// AORs about a quarter faster than 64 in the benchmark).
+pub const BATCH: usize = 256;
 
 /// `count` sockets bound to `address`, sharing it by `SO_REUSEPORT`.
 pub fn bind_shared(address: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
