@@ -25,16 +25,25 @@ pub enum AttachMode {
     Skb,
 }
 
-/// How first contact answers a request.
+/// How first contact answers a request. A SUBSCRIBE is always proxied
+/// (the edge must see the watcher's dialog).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Policy {
-    /// Redirect requests with one Via value, proxy the others.
+    /// Redirect only what user agents follow: a request straight from its
+    /// client (one Via value) gets a 302, except REGISTER, which is proxied
+    /// (most user agents report a 302 to REGISTER as a failed
+    /// registration); forwarded requests are proxied. Every direct client
+    /// is put on the fast path, so its next requests skip the daemon.
     #[default]
     Auto,
+    /// The design's 302 by Via: redirect every request with one Via value,
+    /// REGISTER included, proxy the others. For clients that follow 3xx for
+    /// REGISTER and can reach the home servers directly.
+    ByVia,
     /// Redirect everything (the response goes back along the Vias).
     Redirect,
-    /// Proxy everything (for clients that do not follow 302 for REGISTER).
+    /// Proxy everything.
     Proxy,
 }
 

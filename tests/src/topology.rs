@@ -62,6 +62,9 @@ pub struct Topology {
     registrars: Vec<Option<Child>>,
     /// The `state` every home server is configured with.
     pub server_state: &'static str,
+    /// `[sip] first_contact`: the design's 302 by Via, which most tests here
+    /// exercise; `None` runs the daemon's default.
+    pub first_contact: Option<&'static str>,
     /// `redirector run` on the edge, once started.
     edge_daemon: Option<Child>,
     /// Decapsulators and pass programs; killed on drop if still running.
@@ -123,6 +126,7 @@ impl Topology {
             extra_config: String::new(),
             registrars: Vec::new(),
             server_state: "active",
+            first_contact: Some("by-via"),
             edge_daemon: None,
             daemons: Vec::new(),
             workdir: tempdir::Dir::new(),
@@ -150,6 +154,9 @@ impl Topology {
         let database = self.workdir.path().join("assignments.redb");
         text += &format!("[control]\nsocket = \"{}\"\n", self.control_socket().display());
         text += &format!("[sip]\ndatabase = \"{}\"\n", database.display());
+        if let Some(policy) = self.first_contact {
+            text += &format!("first_contact = \"{policy}\"\n");
+        }
         text += &self.extra_config;
         text
     }

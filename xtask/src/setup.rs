@@ -25,6 +25,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sip-tester", "SIPp, the SIP traffic generator of the end-to-end tests"),
     ("kamailio", "a real SIP registrar as home server in the end-to-end tests, and a peer in the benchmark"),
     ("nftables", "the kernel's L4 forwarding (DNAT), the benchmark's baseline (this kernel has no IPVS)"),
+    ("baresip-core", "a real softphone (baresip) as the client of the end-to-end tests"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

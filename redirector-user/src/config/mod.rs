@@ -225,8 +225,9 @@ fn default_control_socket() -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sip {
-    /// `auto` (redirect direct clients, proxy forwarded requests),
-    /// `redirect` or `proxy` for every request.
+    /// `auto` (proxy REGISTER, redirect other requests straight from their
+    /// client, proxy forwarded ones), `by-via` (redirect every request with
+    /// one Via), `redirect` or `proxy` for every request.
     #[serde(default)]
     pub first_contact: Policy,
     /// The embedded assignment database (redb), created if missing.
@@ -649,6 +650,8 @@ mod tests {
 
     #[test]
     fn sip_section_and_weights_are_validated() {
+        let by_via = format!("{VALID}\n[sip]\nfirst_contact = \"by-via\"\n");
+        assert_eq!(Config::parse(&by_via).unwrap().sip.first_contact, crate::model::Policy::ByVia);
         let text = format!("{VALID}\n[sip]\nfirst_contact = \"proxy\"\nproxy_address = \"10.0.0.1:5070\"\n");
         let config = Config::parse(&text).unwrap();
         assert_eq!(config.sip.first_contact, crate::model::Policy::Proxy);

@@ -367,7 +367,8 @@ impl FirstContact {
     fn redirects(&self, message: &Message<'_>, direct: bool) -> bool {
         match self.settings.policy {
             _ if message.method() == Some("SUBSCRIBE") => false,
-            Policy::Auto => direct,
+            Policy::Auto => direct && message.method() != Some("REGISTER"),
+            Policy::ByVia => direct,
             Policy::Redirect => true,
             Policy::Proxy => false,
         }

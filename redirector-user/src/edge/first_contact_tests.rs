@@ -178,7 +178,7 @@ fn assigned_home(s: &Setup) -> SocketAddr {
 
 #[test]
 fn direct_register_is_redirected_and_installed() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let actions = s.fc.on_service_datagram(&register(ONE_VIA, "Max-Forwards: 70\r\n"), client(), service());
     let (to, response) = only_reply(&actions);
     assert_eq!(to, client(), "answered where it came from (rport)");
@@ -200,7 +200,7 @@ fn direct_register_is_redirected_and_installed() {
 
 #[test]
 fn the_same_aor_stays_on_its_server_and_is_assigned_once() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let first = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service())).1;
     let again =
         only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), "203.0.113.8:5000".parse().unwrap(), service())).1;
@@ -213,7 +213,7 @@ fn the_same_aor_stays_on_its_server_and_is_assigned_once() {
 
 #[test]
 fn forwarded_register_is_proxied_with_our_via_on_top_and_not_installed() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let upstream: SocketAddr = "192.0.2.99:5060".parse().unwrap();
     let request = register(TWO_VIAS, "Max-Forwards: 10\r\nX-Custom: kept\r\n");
     let actions = s.fc.on_service_datagram(&request, upstream, service());
@@ -233,7 +233,7 @@ fn forwarded_register_is_proxied_with_our_via_on_top_and_not_installed() {
 
 #[test]
 fn the_home_servers_response_is_relayed_with_our_via_popped() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let actions = s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap(), service());
     let [Action::Forward { bytes, .. }] = actions.as_slice() else { panic!("{actions:?}") };
     let forwarded = text(bytes);
@@ -270,8 +270,33 @@ fn policy_can_force_redirect_or_proxy() {
 }
 
 #[test]
-fn max_forwards_zero_gets_483_and_missing_gets_70() {
+fn auto_proxies_a_direct_register_and_redirects_what_user_agents_follow() {
     let s = setup(Policy::Auto);
+    let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
+    let [Action::Forward { to, bytes }, Action::Install { client: installed, .. }] = actions.as_slice() else {
+        panic!("a direct REGISTER is proxied, its client installed: {actions:?}")
+    };
+    assert_eq!(*installed, client());
+    assert_eq!(*to, assigned_home(&s), "to the client's home server");
+    let forwarded = text(bytes);
+    assert!(forwarded.starts_with(&format!("REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP {PROXY};")));
+    assert!(
+        forwarded
+            .contains("\r\nVia: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1;received=203.0.113.7;rport=5062\r\n")
+    );
+    assert_eq!(s.fc.counters.redirected.load(Ordering::Relaxed), 0);
+
+    let invite = "INVITE sip:bob@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKi\r\n\
+        To: <sip:bob@example.net>\r\nFrom: <sip:alice@example.net>;tag=c\r\nCall-ID: i@x\r\nCSeq: 1 INVITE\r\n\r\n";
+    let actions = s.fc.on_service_datagram(invite.as_bytes(), client(), service());
+    assert!(only_reply(&actions).1.starts_with("SIP/2.0 302"), "a direct INVITE is redirected: {actions:?}");
+    let forwarded = s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap(), service());
+    assert!(matches!(forwarded.as_slice(), [Action::Forward { .. }]), "a forwarded REGISTER is proxied: {forwarded:?}");
+}
+
+#[test]
+fn max_forwards_zero_gets_483_and_missing_gets_70() {
+    let s = setup(Policy::ByVia);
     let (_, response) =
         only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, "Max-Forwards: 0\r\n"), client(), service()));
     assert!(response.starts_with("SIP/2.0 483 Too Many Hops\r\n"), "{response}");
@@ -283,7 +308,7 @@ fn max_forwards_zero_gets_483_and_missing_gets_70() {
 #[test]
 fn no_active_server_gets_503_with_retry_after() {
     let s = setup_with(
-        Policy::Auto,
+        Policy::ByVia,
         vec![home("home1", 0, 11, ServerState::Down), home("home2", 1, 12, ServerState::Draining)],
     );
     let (_, response) = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service()));
@@ -293,7 +318,7 @@ fn no_active_server_gets_503_with_retry_after() {
 
 #[test]
 fn malformed_requests_get_400_naming_the_problem_and_garbage_is_dropped() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let no_call_id = text(&register(ONE_VIA, "")).replace("Call-ID: c1@x\r\n", "");
     let (to, response) = only_reply(&s.fc.on_service_datagram(no_call_id.as_bytes(), client(), service()));
     assert_eq!(to, client());
@@ -316,7 +341,7 @@ fn malformed_requests_get_400_naming_the_problem_and_garbage_is_dropped() {
 
 #[test]
 fn invite_is_identified_by_from_and_its_ack_absorbed() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let invite = "INVITE sip:bob@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKi\r\n\
         To: <sip:bob@example.net>\r\nFrom: <sip:carol@example.net>;tag=c\r\nCall-ID: i@x\r\nCSeq: 1 INVITE\r\n\r\n";
     let actions = s.fc.on_service_datagram(invite.as_bytes(), client(), service());
@@ -330,7 +355,7 @@ fn invite_is_identified_by_from_and_its_ack_absorbed() {
 
 #[test]
 fn pings_go_to_every_home_server_and_their_answers_are_counted_not_relayed() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let pings = s.fc.pings(7);
     let targets: Vec<SocketAddr> = pings
         .iter()
@@ -356,7 +381,7 @@ fn pings_go_to_every_home_server_and_their_answers_are_counted_not_relayed() {
 
 #[test]
 fn a_client_of_an_unhealthy_server_is_reassigned_at_its_next_first_contact() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service()));
     let aor = Aor::from_uri("sip:alice@example.net", "To").unwrap();
     let first = s.fc.store().get(&aor).unwrap().unwrap();
@@ -374,7 +399,7 @@ fn a_client_of_an_unhealthy_server_is_reassigned_at_its_next_first_contact() {
 
 #[test]
 fn the_proxy_socket_relays_nothing_for_strangers() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let forged = format!(
         "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {PROXY};branch=z9hG4bK-rdr-0000000000000000\r\n\
          Via: SIP/2.0/UDP 8.8.8.8:53;branch=z9hG4bKx\r\nTo: <sip:a@b>;tag=1\r\nFrom: <sip:a@b>;tag=2\r\n\
@@ -395,7 +420,7 @@ fn invite(vias: &str, method: &str, cseq: &str, max_forwards: &str) -> Vec<u8> {
 
 #[test]
 fn an_ack_is_never_answered() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     for ack in [
         invite(ONE_VIA, "ACK", "1 ACK", "Max-Forwards: 0\r\n"),
         invite(ONE_VIA, "ACK", "1 ACK", "Max-Forwards: many\r\n"),
@@ -409,7 +434,7 @@ fn an_ack_is_never_answered() {
 
 #[test]
 fn cancel_and_ack_of_a_proxied_invite_share_its_branch() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let upstream: SocketAddr = "192.0.2.99:5060".parse().unwrap();
     let branch_of = |actions: Vec<Action>| match actions.as_slice() {
         [Action::Forward { bytes, .. }] => {
@@ -432,7 +457,7 @@ fn cancel_and_ack_of_a_proxied_invite_share_its_branch() {
 
 #[test]
 fn a_direct_cancel_of_a_redirected_invite_gets_200() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let actions = s.fc.on_service_datagram(&invite(ONE_VIA, "CANCEL", "1 CANCEL", ""), client(), service());
     let (_, response) = only_reply(&actions);
     assert!(response.starts_with("SIP/2.0 200 OK\r\n"), "{response}");
@@ -450,7 +475,7 @@ fn subscribe(from_tag: &str, extra: &str) -> Vec<u8> {
 
 #[test]
 fn subscribe_is_proxied_to_the_watched_clients_home_and_recorded_even_when_redirecting() {
-    for policy in [Policy::Auto, Policy::Redirect] {
+    for policy in [Policy::ByVia, Policy::Redirect] {
         let s = setup(policy);
         let actions = s.fc.on_service_datagram(&subscribe("b1", "Expires: 600\r\n"), client(), service());
         let [Action::Forward { to, bytes }, Action::Watch { subscription, expires, generation: 1 }] =
@@ -471,7 +496,7 @@ fn subscribe_is_proxied_to_the_watched_clients_home_and_recorded_even_when_redir
 
 #[test]
 fn a_subscribe_without_event_is_proxied_but_not_recorded() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let bytes = text(&subscribe("b1", "")).replace("Event: presence\r\n", "");
     let actions = s.fc.on_service_datagram(bytes.as_bytes(), client(), service());
     assert!(matches!(actions.as_slice(), [Action::Forward { .. }]), "{actions:?}");
@@ -480,7 +505,7 @@ fn a_subscribe_without_event_is_proxied_but_not_recorded() {
 
 #[test]
 fn the_notifiers_answer_to_a_subscribe_is_relayed_and_reported() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let actions = s.fc.on_service_datagram(&subscribe("b1", ""), client(), service());
     let Action::Forward { bytes, .. } = &actions[0] else { panic!("{actions:?}") };
     let vias: String = text(bytes).lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
@@ -503,7 +528,7 @@ fn the_notifiers_answer_to_a_subscribe_is_relayed_and_reported() {
 
 #[test]
 fn answers_to_our_notify_are_taken_on_any_socket_from_anyone() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 198.51.100.1:5060;branch=z9hG4bK-rdr-notify-00ff;rport=5060\r\n\
               To: <sip:bob@example.net>;tag=b1\r\nFrom: <sip:alice@example.net>;tag=n9\r\nCall-ID: s1@x\r\n\
               CSeq: 2147483647 NOTIFY\r\nContent-Length: 0\r\n\r\n";
@@ -521,7 +546,7 @@ fn answers_to_our_notify_are_taken_on_any_socket_from_anyone() {
 
 #[test]
 fn a_route_naming_the_edge_is_removed_before_proxying() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     let upstream: SocketAddr = "192.0.2.99:5060".parse().unwrap();
     let forwarded = |route: &str| {
         let actions = s.fc.on_service_datagram(&register(TWO_VIAS, route), upstream, service());
@@ -570,7 +595,7 @@ fn counting() -> (Harness, Arc<AtomicU64>, TempDir) {
     let updates = Arc::new(AtomicU64::new(0));
     let store = CountingStore { inner: RedbStore::open(&dir.join("a.redb")).unwrap(), updates: updates.clone() };
     let servers = vec![home("home1", 0, 11, ServerState::Active), home("home2", 1, 12, ServerState::Active)];
-    (Harness::new(settings(Policy::Auto), servers, Box::new(store)), updates, TempDir(dir))
+    (Harness::new(settings(Policy::ByVia), servers, Box::new(store)), updates, TempDir(dir))
 }
 
 #[test]
@@ -625,7 +650,7 @@ fn a_batch_of_new_clients_is_assigned_in_one_commit() {
 
 #[test]
 fn a_planned_move_leaves_clients_that_moved_meanwhile_or_whose_target_is_down() {
-    let s = setup(Policy::Auto);
+    let s = setup(Policy::ByVia);
     s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
     let aor = Aor::from_uri("sip:alice@example.net", "To").unwrap();
     let from = s.fc.store().get(&aor).unwrap().unwrap().server;
@@ -644,7 +669,7 @@ fn a_planned_move_leaves_clients_that_moved_meanwhile_or_whose_target_is_down() 
 fn each_family_is_pinged_and_proxied_from_the_proxy_address_of_that_family() {
     let mut dual = home("home1", 0, 11, ServerState::Active);
     dual.ipv6 = Some("2001:db8::11".parse().unwrap());
-    let s = setup_with(Policy::Auto, vec![dual, home("home2", 1, 12, ServerState::Active)]);
+    let s = setup_with(Policy::ByVia, vec![dual, home("home2", 1, 12, ServerState::Active)]);
     let pings: Vec<(SocketAddr, String)> =
         s.fc.pings(1)
             .into_iter()
@@ -665,7 +690,7 @@ fn each_family_is_pinged_and_proxied_from_the_proxy_address_of_that_family() {
         home.ipv6 = Some(format!("2001:db8::{last}").parse().unwrap());
         home
     };
-    let s = setup_with(Policy::Auto, vec![dual("home1", 0, 11), dual("home2", 1, 12)]);
+    let s = setup_with(Policy::ByVia, vec![dual("home1", 0, 11), dual("home2", 1, 12)]);
     let upstream: SocketAddr = "[2001:db8::99]:5060".parse().unwrap();
     let vias = "Via: SIP/2.0/UDP [2001:db8::99]:5060;branch=z9hG4bKp6\r\nVia: SIP/2.0/UDP [2001:db8::7]:5062;branch=z9hG4bKc6\r\n";
     let actions = s.fc.on_service_datagram(&register(vias, ""), upstream, service());
