@@ -235,4 +235,23 @@ mod tests {
         );
         assert!(answer_to(&registrar, b"SIP/2.0 200 OK\r\n\r\n", source()).is_none());
     }
+
+    /// RFC 3261 §18.2.2, as real registrars answer: to the source address
+    /// (`received`) at the Via's sent-by port when the Via has no `rport`,
+    /// at the source port when it asks for `rport` (RFC 3581), and to the
+    /// sent-by itself when it is the source.
+    #[test]
+    fn answers_go_where_the_top_via_says_not_to_the_source() {
+        let registrar = Registrar::default();
+        let nat: SocketAddr = "198.51.100.1:40000".parse().unwrap();
+        let (to, _) = answer_to(&registrar, &register("", ""), nat).unwrap();
+        assert_eq!(to, "198.51.100.1:5062".parse().unwrap(), "received, at the sent-by port");
+        let rport = String::from_utf8(register("", "")).unwrap().replace("branch=z9hG4bK1", "branch=z9hG4bK1;rport");
+        let (to, ok) = answer_to(&registrar, rport.as_bytes(), nat).unwrap();
+        assert_eq!(to, nat, "rport asked for: the source port");
+        let ok = String::from_utf8(ok).unwrap();
+        assert!(ok.contains(";received=198.51.100.1;rport=40000\r\n"), "{ok}");
+        let (to, _) = answer_to(&registrar, &register("", ""), source()).unwrap();
+        assert_eq!(to, source(), "sent-by is the source");
+    }
 }
