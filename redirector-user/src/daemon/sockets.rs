@@ -2,7 +2,7 @@
 //! per core with `SO_REUSEPORT`, so the kernel spreads datagrams over as
 //! many first-contact cores (by source), each with a socket of its own.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, os::fd::AsRawFd, sync::Arc};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -89,8 +89,57 @@ pub async fn send(from: Option<&Arc<UdpSocket>>, bytes: &[u8], to: SocketAddr) {
         warn!(%to, "no socket of this family to send from");
         return;
     };
-    if let Err(error) = socket.send_to(bytes, to).await {
-        warn!(%to, %error, "sending failed");
+    send_all(socket, &[(to, bytes)]).await;
+}
+
+/// Sends every datagram, as many per system call as the kernel takes
+/// (`sendmmsg`); one that fails is logged and skipped.
+pub async fn send_all(socket: &UdpSocket, datagrams: &[(SocketAddr, &[u8])]) {
+    let mut rest = datagrams;
+    while let Some(&(to, _)) = rest.first() {
+        let chunk = &rest[..rest.len().min(BATCH)];
+        match send_chunk(socket, chunk).await {
+            Ok(sent) => rest = &rest[sent.max(1)..],
+            Err(error) => {
+                warn!(%to, %error, "sending failed");
+                rest = &rest[1..];
+            }
+        }
+    }
+}
+
+/// One `sendmmsg` once the socket is writable; how many were sent.
+async fn send_chunk(socket: &UdpSocket, chunk: &[(SocketAddr, &[u8])]) -> std::io::Result<usize> {
+    let names: Vec<socket2::SockAddr> = chunk.iter().map(|(to, _)| socket2::SockAddr::from(*to)).collect();
+    loop {
+        socket.writable().await?;
+        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            let mut iovecs: Vec<libc::iovec> = chunk
+                .iter()
+                .map(|(_, bytes)| libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() })
+                .collect();
+            let mut headers: Vec<libc::mmsghdr> = names
+                .iter()
+                .zip(iovecs.iter_mut())
+                .map(|(name, iovec)| {
+                    // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
+                    let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                    header.msg_hdr.msg_name = name.as_ptr() as *mut _;
+                    header.msg_hdr.msg_namelen = name.len();
+                    header.msg_hdr.msg_iov = iovec;
+                    header.msg_hdr.msg_iovlen = 1;
+                    header
+                })
+                .collect();
+            // SAFETY: every header points at a name, an iovec and bytes that
+            // outlive the call; the count is the headers' length.
+            let sent = unsafe { libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), headers.len() as u32, 0) };
+            if sent < 0 { Err(std::io::Error::last_os_error()) } else { Ok(sent as usize) }
+        });
+        match sent {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
     }
 }
 

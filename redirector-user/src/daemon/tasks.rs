@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use super::{
     DaemonError, Result,
-    sockets::{Received, Senders, send},
+    sockets::{Received, Senders, send, send_all},
 };
 use crate::{
     edge::{
@@ -122,16 +122,36 @@ async fn act(actions: Vec<Action>, socket: &Arc<UdpSocket>, context: &Context) -
     if !changes.is_empty() {
         context.owner.apply(changes).await?;
     }
+    send_grouped(&sends, socket, &context.senders).await;
+    Ok(())
+}
+
+/// Sends each datagram from the socket its action names, consecutive ones
+/// from one socket in one batch.
+async fn send_grouped(sends: &[Action], socket: &Arc<UdpSocket>, senders: &Senders) {
+    let mut batch: Vec<(SocketAddr, &[u8])> = Vec::with_capacity(sends.len());
+    let mut current: Option<&Arc<UdpSocket>> = None;
     for action in sends {
         let (from, to, bytes) = match action {
-            Action::Reply { to, bytes } => (Some(socket), to, bytes),
-            Action::Forward { to, bytes } => (context.senders.proxy_for(to), to, bytes),
-            Action::Relay { to, bytes, from } => (context.senders.service_for(from, to), to, bytes),
+            Action::Reply { to, bytes } => (Some(socket), *to, bytes),
+            Action::Forward { to, bytes } => (senders.proxy_for(*to), *to, bytes),
+            Action::Relay { to, bytes, from } => (senders.service_for(*from, *to), *to, bytes),
             _ => continue,
         };
-        send(from, &bytes, to).await;
+        let Some(from) = from else {
+            warn!(%to, "no socket of this family to send from");
+            continue;
+        };
+        if current.is_some_and(|current| !Arc::ptr_eq(current, from)) {
+            send_all(current.expect("checked"), &batch).await;
+            batch.clear();
+        }
+        current = Some(from);
+        batch.push((to, bytes));
     }
-    Ok(())
+    if let Some(current) = current {
+        send_all(current, &batch).await;
+    }
 }
 
 /// The NOTIFY transactions: one starts for every subscription whose client
