@@ -24,6 +24,25 @@ fn main() {
     let object = build(workspace, &target_dir);
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("redirector.bpf.o");
     std::fs::copy(&object, &out).unwrap_or_else(|e| panic!("copying {} to {}: {e}", object.display(), out.display()));
+    println!("cargo:rustc-env=REDIRECTOR_VERSION={}", version(workspace, &out));
+}
+
+/// `redirector --version`: the crate's version, the git revision it was
+/// built from, and a hash of the XDP object it embeds.
+fn version(workspace: &Path, object: &Path) -> String {
+    for watched in [".git/HEAD", ".git/refs/heads"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+    }
+    let revision = Command::new("git")
+        .current_dir(workspace)
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map_or_else(|| "unknown".to_owned(), |out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let bytes = std::fs::read(object).unwrap_or_else(|e| panic!("reading {}: {e}", object.display()));
+    let hash = xxhash_rust::xxh3::xxh3_64(&bytes);
+    format!("{} (git {revision}, XDP object xxh3 {hash:016x})", env::var("CARGO_PKG_VERSION").unwrap())
 }
 
 fn build(workspace: &Path, target_dir: &Path) -> PathBuf {

@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use redirector::{
-    config::{Config, DEFAULT_SOCKET},
+    config::{Config, ConfigError, DEFAULT_SOCKET},
     daemon::Daemon,
     kernel::loader::{DataPlane, xdp_mode},
     model::{AttachMode, ForwardingMode},
@@ -26,7 +26,7 @@ use tracing::info;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "redirector", version = env!("REDIRECTOR_VERSION"), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,6 +45,16 @@ enum Command {
         /// (see redirector.example.toml).
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Check a config file without attaching anything: every problem named
+    /// by its field, and what the host must provide for it (the interface
+    /// with forwarding on, nat ports clear of the kernel's ephemeral ports).
+    /// Exits 0 when it is fine, 1 when not.
+    CheckConfig {
+        file: PathBuf,
+        /// `{"file", "valid", "problems": [{"field", "problem"}]}` instead of lines.
+        #[arg(long)]
+        json: bool,
     },
     /// On a home server behind a dsr edge: strip the IPIP / IPv6-in-IPv6
     /// header of packets from EDGE to ADDRESS in XDP (for kernels without
@@ -176,6 +186,7 @@ async fn main() -> Result<()> {
             other => unexpected(other),
         },
         Command::Run { config } => run(config).await,
+        Command::CheckConfig { file, json } => check_config(&file, json),
         Command::Home { listen } => {
             let registrar = std::sync::Arc::new(redirector::home::Registrar::default());
             info!(?listen, "registrar answering");
@@ -214,6 +225,53 @@ async fn run(path: PathBuf) -> Result<()> {
     drop(daemon);
     info!(interface = %config.interface, "redirector detached");
     Ok(())
+}
+
+/// A problem `check-config` found, by the field it is in.
+#[derive(serde::Serialize)]
+struct Problem {
+    field: String,
+    problem: String,
+}
+
+fn check_config(path: &std::path::Path, json: bool) -> Result<()> {
+    let problems = config_problems(path);
+    if json {
+        let report = serde_json::json!({ "file": path, "valid": problems.is_empty(), "problems": problems });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if problems.is_empty() {
+        println!("{}: valid", path.display());
+    } else {
+        for Problem { field, problem } in &problems {
+            println!("{}: {field}: {problem}", path.display());
+        }
+    }
+    if !problems.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn config_problems(path: &std::path::Path) -> Vec<Problem> {
+    let config = match Config::load_unchecked(path) {
+        Ok(config) => config,
+        Err(error) => return vec![Problem { field: "(file)".into(), problem: error.to_string() }],
+    };
+    let mut problems: Vec<Problem> = config
+        .problems()
+        .into_iter()
+        .map(|error| match error {
+            ConfigError::Invalid { field, problem } => Problem { field, problem },
+            other => Problem { field: "(file)".into(), problem: other.to_string() },
+        })
+        .collect();
+    let host = [("interface", check_forwarding(&config)), ("edge.nat_ports", check_nat_ports(&config))];
+    for (field, result) in host {
+        if let Err(error) = result {
+            problems.push(Problem { field: field.into(), problem: format!("{error:#}") });
+        }
+    }
+    problems
 }
 
 /// `bpf_fib_lookup` answers only on interfaces that forward; without it every

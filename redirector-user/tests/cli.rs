@@ -41,3 +41,40 @@ fn missing_config_file_says_which_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/redirector.toml"));
 }
+
+#[test]
+fn version_names_the_revision_and_the_xdp_object() {
+    let out = redirector(&["--version"]);
+    assert!(out.status.success());
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.starts_with(&format!("redirector {} (git ", env!("CARGO_PKG_VERSION"))), "{version}");
+    assert!(version.contains(", XDP object xxh3 "), "{version}");
+}
+
+#[test]
+fn check_config_names_every_problem_and_exits_1() {
+    let dir = std::env::temp_dir().join(format!("redirector-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("edge.toml");
+    std::fs::write(
+        &path,
+        "interface = \"\"\nmode = \"dsr\"\n[service]\naddresses = [\"192.0.2.10\"]\n[edge]\nipv4 = \"10.0.0.1\"\n\
+         [[servers]]\nname = \"home1\"\nipv4 = \"10.0.0.11\"\n[[clients]]\naddress = \"10.0.0.2:5060\"\nserver = \"home2\"\n",
+    )
+    .unwrap();
+    let out = redirector(&["check-config", path.to_str().unwrap(), "--json"]);
+    let example =
+        redirector(&["check-config", "--json", concat!(env!("CARGO_MANIFEST_DIR"), "/../redirector.example.toml")]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    assert_eq!(report["valid"], false);
+    let fields: Vec<&str> =
+        report["problems"].as_array().unwrap().iter().map(|p| p["field"].as_str().unwrap()).collect();
+    assert!(fields.contains(&"interface") && fields.contains(&"clients[0].server"), "{report}");
+    // The example's fields are all valid; only the host may lack its interface.
+    let report: serde_json::Value = serde_json::from_slice(&example.stdout).expect("--json prints JSON");
+    let fields: Vec<&str> =
+        report["problems"].as_array().unwrap().iter().map(|p| p["field"].as_str().unwrap()).collect();
+    assert!(fields.iter().all(|field| *field == "interface"), "{report}");
+}

@@ -28,6 +28,9 @@ pub enum ConfigError {
     Invalid { field: String, problem: String },
 }
 
+/// One validation step: the first problem it finds.
+type Check = fn(&Config) -> Result<(), ConfigError>;
+
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field: field.into(), problem: problem.into() }
 }
@@ -396,10 +399,38 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text)
-            .map_err(|source| ConfigError::Parse { path: PathBuf::new(), source: Box::new(source) })?;
+        let config = Self::parse_unchecked(text)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The file read and parsed, not validated (see `problems`).
+    pub fn load_unchecked(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse_unchecked(&text).map_err(|err| match err {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.into(), source },
+            other => other,
+        })
+    }
+
+    fn parse_unchecked(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse { path: PathBuf::new(), source: Box::new(source) })
+    }
+
+    /// Every problem validation finds, each naming its field.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let checks: [Check; 9] = [
+            Self::validate_interface,
+            Self::validate_service,
+            Self::validate_edge,
+            Self::validate_servers,
+            Self::validate_clients,
+            Self::validate_intervals,
+            Self::validate_rebalance,
+            Self::validate_counts,
+            Self::validate_proxy,
+        ];
+        checks.iter().filter_map(|check| check(self).err()).collect()
     }
 
     /// Index of the server called `name` in `servers` (its `SERVERS` slot).
@@ -427,13 +458,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    fn validate_interface(&self) -> Result<(), ConfigError> {
         if self.interface.is_empty() {
             return Err(invalid("interface", "must name the edge interface, e.g. \"eth0\""));
         }
-        self.validate_service()?;
-        self.validate_edge()?;
-        self.validate_servers()?;
-        self.validate_clients()?;
+        Ok(())
+    }
+
+    fn validate_intervals(&self) -> Result<(), ConfigError> {
         if !(self.health.interval.is_finite() && self.health.interval >= 0.05) {
             return Err(invalid(
                 "health.interval",
@@ -450,6 +485,10 @@ impl Config {
                 format!("{} is not a number of seconds >= 0.05", self.stats.interval),
             ));
         }
+        Ok(())
+    }
+
+    fn validate_rebalance(&self) -> Result<(), ConfigError> {
         if self.rebalance.enabled && self.rebalance.interval < self.stats.interval {
             return Err(invalid(
                 "rebalance.interval",
@@ -459,9 +498,6 @@ impl Config {
                 ),
             ));
         }
-        if self.watchers.capacity == 0 {
-            return Err(invalid("watchers.capacity", "0: keep at least one subscription".to_owned()));
-        }
         let rebalance = &self.rebalance;
         if !(rebalance.interval >= 0.05 && rebalance.settle >= 1.0 && rebalance.trigger > rebalance.settle) {
             return Err(invalid(
@@ -469,9 +505,20 @@ impl Config {
                 "needs interval >= 0.05 seconds and trigger > settle >= 1 (e.g. trigger = 1.5, settle = 1.1)",
             ));
         }
+        Ok(())
+    }
+
+    fn validate_counts(&self) -> Result<(), ConfigError> {
+        if self.watchers.capacity == 0 {
+            return Err(invalid("watchers.capacity", "0: keep at least one subscription".to_owned()));
+        }
         if self.health.down_after == 0 || self.health.up_after == 0 {
             return Err(invalid("health", "down_after and up_after must be at least 1"));
         }
+        Ok(())
+    }
+
+    fn validate_proxy(&self) -> Result<(), ConfigError> {
         if self.proxy_addresses().is_empty() {
             return Err(invalid("sip.proxy_address", "needed when the edge has no address to default it from"));
         }
@@ -697,6 +744,23 @@ mod tests {
         assert!(err.contains("watchers.capacity"), "{err}");
         let err = error_for(&format!("{VALID}[stats]\nprometheus = \"localhost\"\n"));
         assert!(err.contains("prometheus"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_found_each_by_its_field() {
+        let broken = VALID.replace("interface = \"edge0\"", "interface = \"\"")
+            + "[health]\ndown_after = 0\n[watchers]\ncapacity = 0\n";
+        let config = Config::parse_unchecked(&broken).unwrap();
+        let fields: Vec<String> = config
+            .problems()
+            .into_iter()
+            .map(|problem| match problem {
+                ConfigError::Invalid { field, .. } => field,
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(fields, ["interface", "watchers.capacity"], "one problem per check, in order");
+        assert!(Config::parse(VALID).unwrap().problems().is_empty());
     }
 
     #[test]
