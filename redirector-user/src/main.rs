@@ -1,13 +1,13 @@
 //! The `redirector` binary: the edge daemon and its helpers.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{io::IsTerminal, net::IpAddr, path::PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use redirector::{
     config::{Config, ConfigError, DEFAULT_SOCKET},
     daemon::Daemon,
-    kernel::loader::{DataPlane, xdp_mode},
+    kernel::loader::{DataPlane, kernel_memory, xdp_mode},
     model::{AttachMode, ForwardingMode},
     ops::{
         control::{self, Reply, Request},
@@ -17,6 +17,7 @@ use redirector::{
 use redirector_ebpf::{DECAP_PROGRAM, PASS_PROGRAM};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
+use tracing_subscriber::EnvFilter;
 
 /// Keeps each SIP client on its home server: an XDP fast path on the edge
 /// interface, with user space handling what the fast path passes up.
@@ -33,6 +34,12 @@ struct Cli {
     /// The daemon's control socket (`control.socket` in its config).
     #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// How logs are written (to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Colour in text logs.
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    color: Color,
 }
 
 #[derive(Subcommand)]
@@ -141,12 +148,48 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// One line per event, for people.
+    Text,
+    /// One JSON object per line, for journald, Loki or ELK.
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Color {
+    /// Colours only when stderr is a terminal.
+    Auto,
+    Always,
+    Never,
+}
+
+/// Logs go to stderr, coloured only for a terminal unless told otherwise;
+/// `RUST_LOG` overrides `level`.
+fn init_logging(format: LogFormat, color: Color, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let ansi = match color {
+        Color::Auto => std::io::stderr().is_terminal(),
+        Color::Always => true,
+        Color::Never => false,
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let cli = Cli::parse();
+    // `run` logs at its config's level, read before anything is logged.
+    let config = match &cli.command {
+        Command::Run { config } => Some(Config::load(config)?),
+        _ => None,
+    };
+    let level = config.as_ref().map_or("info", |config| config.log.level.as_str());
+    init_logging(cli.log_format, cli.color, level);
     let socket = cli.socket;
     match cli.command {
         Command::Stats { json, watch, count } => stats(&socket, json, watch, count),
@@ -185,7 +228,7 @@ async fn main() -> Result<()> {
             Reply::Entries(entries) => print(json, &entries[..], report::entries),
             other => unexpected(other),
         },
-        Command::Run { config } => run(config).await,
+        Command::Run { .. } => run(config.expect("loaded above")).await,
         Command::CheckConfig { file, json } => check_config(&file, json),
         Command::Home { listen } => {
             let registrar = std::sync::Arc::new(redirector::home::Registrar::default());
@@ -211,12 +254,21 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn run(path: PathBuf) -> Result<()> {
-    let config = Config::load(&path)?;
+async fn run(config: Config) -> Result<()> {
     check_forwarding(&config)?;
     check_nat_ports(&config)?;
     let daemon = Daemon::start(&config)?;
-    info!(interface = %config.interface, mode = ?config.mode, attach = ?config.attach, servers = config.servers.len(), "redirector attached, answering first contacts");
+    let servers: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
+    info!(
+        interface = %config.interface,
+        mode = ?config.mode,
+        attach = ?config.attach,
+        ?servers,
+        store = %config.sip.database.display(),
+        max_clients = config.fast_path.max_clients,
+        kernel_memory_mib = kernel_memory() as f64 / (1 << 20) as f64,
+        "redirector attached, answering first contacts"
+    );
     daemon.serve(shutdown_signal()?).await?;
     // The report asks the state owner and waits: not on a runtime worker.
     let report = tokio::task::block_in_place(|| daemon.report());

@@ -78,3 +78,31 @@ fn check_config_names_every_problem_and_exits_1() {
         report["problems"].as_array().unwrap().iter().map(|p| p["field"].as_str().unwrap()).collect();
     assert!(fields.iter().all(|field| *field == "interface"), "{report}");
 }
+
+/// The first line `redirector home` logs on stderr with `args`, after which
+/// it is killed.
+fn first_log_line(args: &[&str]) -> String {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redirector"))
+        .args(["home", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running redirector home");
+    let mut line = String::new();
+    let read = std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut line);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    read.expect("reading its log");
+    line
+}
+
+#[test]
+fn logs_carry_no_colour_off_a_terminal_and_come_as_json_when_asked() {
+    let text = first_log_line(&[]);
+    assert!(text.contains("registrar answering") && !text.contains('\x1b'), "{text:?}");
+    assert!(first_log_line(&["--color", "always"]).contains('\x1b'), "colour when asked");
+    let json: serde_json::Value = serde_json::from_str(&first_log_line(&["--log-format", "json"])).expect("JSON");
+    assert_eq!(json["level"], "INFO");
+    assert_eq!(json["fields"]["message"], "registrar answering");
+}

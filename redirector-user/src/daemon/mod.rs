@@ -143,7 +143,7 @@ impl Daemon {
             .transpose()?;
         let control = control::bind(&config.control.socket)
             .map_err(|source| DaemonError::Control { path: config.control.socket.clone(), source })?;
-        let mut dataplane = DataPlane::load()?;
+        let mut dataplane = DataPlane::load_with_client_capacity(config.fast_path.max_clients)?;
         dataplane.configure(config)?;
         let events = dataplane.take_events()?;
         let mut fast_path = FastPath::new(dataplane, config)?;

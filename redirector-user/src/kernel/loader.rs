@@ -216,6 +216,20 @@ fn map_error(name: &'static str) -> impl Fn(MapError) -> DataPlaneError {
     move |source| DataPlaneError::Map { name, source }
 }
 
+/// Bytes of kernel memory the BPF maps this process holds take, as the
+/// kernel accounts them (`memlock` in /proc/self/fdinfo).
+pub fn kernel_memory() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .filter(|info| info.lines().any(|line| line.starts_with("map_id:")))
+        .filter_map(|info| {
+            info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// An `EVENTS` record's bytes as the program wrote them.
 pub fn decode_event(bytes: &[u8]) -> Option<Event> {
     (bytes.len() == size_of::<Event>()).then(|| bytemuck::pod_read_unaligned(bytes))

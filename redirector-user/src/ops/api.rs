@@ -107,6 +107,9 @@ pub struct Stats {
     /// What was done for watchers.
     #[serde(default)]
     pub watchers: BTreeMap<String, u64>,
+    /// Bytes of kernel memory the program's maps take.
+    #[serde(default)]
+    pub kernel_memory: u64,
 }
 
 /// A move the rebalancer would make (or made).

@@ -424,6 +424,7 @@ impl Operations {
             servers,
             verdicts: verdicts.into_iter().map(|(counter, n)| (counter.label().to_owned(), n)).collect(),
             first_contact: named(self.counters.snapshot()),
+            kernel_memory: loader::kernel_memory(),
             watchers: {
                 let mut watchers: BTreeMap<String, u64> = named(self.watchers.counters.snapshot());
                 watchers.insert("subscriptions_kept".into(), self.watchers.kept() as u64);
