@@ -228,6 +228,35 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
+    /// Every metric the Grafana dashboard (grafana/redirector.json) queries
+    /// is one the endpoint exports.
+    #[test]
+    fn the_dashboard_queries_only_exported_metrics() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../grafana/redirector.json")).expect("dashboard JSON");
+        let exported: Vec<String> = exposition(&latest())
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_once(' '))
+            .map(|(family, kind)| if kind == "counter" { format!("{family}_total") } else { family.to_owned() })
+            .collect();
+        let mut queried = Vec::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                queried.extend(
+                    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .filter(|w| w.starts_with("redirector_"))
+                        .map(str::to_owned),
+                );
+            }
+        }
+        assert!(queried.len() >= 8, "{queried:?}");
+        for metric in &queried {
+            assert!(exported.contains(metric), "the dashboard queries {metric}, which is not exported: {exported:?}");
+        }
+    }
+
     #[test]
     fn only_get_metrics_is_served() {
         let latest = latest();
