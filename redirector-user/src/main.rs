@@ -3,7 +3,7 @@
 use std::{io::IsTerminal, net::IpAddr, path::PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use redirector::{
     config::{Config, ConfigError, DEFAULT_SOCKET},
     daemon::Daemon,
@@ -11,7 +11,7 @@ use redirector::{
     model::{AttachMode, ForwardingMode},
     ops::{
         control::{self, Reply, Request},
-        report,
+        report, status,
     },
 };
 use redirector_ebpf::{DECAP_PROGRAM, PASS_PROGRAM};
@@ -52,6 +52,16 @@ enum Command {
         /// (see redirector.example.toml).
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// What runs on this host: redirector's XDP programs on the interfaces
+    /// (and their mode), what is pinned, and the daemon (pid, uptime,
+    /// store) if it answers; works with the daemon down.
+    Status {
+        /// The daemon's config: its store is read when the daemon is down.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Check a config file without attaching anything: every problem named
     /// by its field, and what the host must provide for it (the interface
@@ -139,6 +149,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print shell completions for SHELL (installed by `cargo xtask install`).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (redirector.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Attach a pass-through XDP program to INTERFACE until SIGINT/SIGTERM.
     /// Native XDP_TX on a veth only delivers when the veth's peer runs an
     /// XDP program too: run this on the peer of the edge interface.
@@ -230,6 +246,20 @@ async fn main() -> Result<()> {
         },
         Command::Run { .. } => run(config.expect("loaded above")).await,
         Command::CheckConfig { file, json } => check_config(&file, json),
+        Command::Status { config, json } => {
+            let database = config.map(|path| Config::load(&path)).transpose()?.map(|config| config.sip.database);
+            let status = status::host_status(&socket, database.as_deref());
+            print(json, &status, status::report)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "redirector", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages to {}", dir.display()))
+        }
         Command::Home { listen } => {
             let registrar = std::sync::Arc::new(redirector::home::Registrar::default());
             info!(?listen, "registrar answering");

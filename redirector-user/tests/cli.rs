@@ -106,3 +106,18 @@ fn logs_carry_no_colour_off_a_terminal_and_come_as_json_when_asked() {
     assert_eq!(json["level"], "INFO");
     assert_eq!(json["fields"]["message"], "registrar answering");
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_cli_definition() {
+    let bash = redirector(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(script.contains("_redirector()") && script.contains("check-config"), "{script}");
+    let dir = std::env::temp_dir().join(format!("redirector-man-{}", std::process::id()));
+    assert!(redirector(&["man", dir.to_str().unwrap()]).status.success());
+    let page = std::fs::read_to_string(dir.join("redirector.1")).expect("redirector.1");
+    let run = std::fs::read_to_string(dir.join("redirector-run.1")).expect("redirector-run.1");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(page.contains(".TH redirector 1") && page.contains("check\\-config"), "{page}");
+    assert!(run.contains("\\-\\-config"), "{run}");
+}

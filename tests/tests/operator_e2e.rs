@@ -28,3 +28,39 @@ fn max_clients_sizes_the_kernel_maps_and_stats_shows_what_they_take() {
     assert!((150.0..400.0).contains(&per_client), "{small} -> {large} bytes: {per_client:.0} bytes a client");
     assert!(small < 16 << 20, "4096 clients take {small} bytes, not the default million's");
 }
+
+/// `redirector status --json` run in the edge's namespace.
+fn status(topology: &Topology, config: &std::path::Path) -> redirector::ops::status::HostStatus {
+    let binary = redirector_tests::topology::redirector_binary();
+    let socket = topology.control_socket();
+    let args = ["status", "--json", "--config", config.to_str().unwrap(), "--socket", socket.to_str().unwrap()];
+    let out = topology.edge.exec(binary.to_str().unwrap(), &args);
+    serde_json::from_slice(&out.stdout).expect("status --json")
+}
+
+#[test]
+fn status_shows_the_attached_program_and_the_daemon_and_works_with_it_down() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Skb, 1);
+    topology.extra_config = "[health]\ninterval = 3600\n".into();
+    topology.start(&[]);
+    let config = topology.scratch("edge.toml");
+    let running = status(&topology, &config);
+    let attached: Vec<(&str, &str, &str)> =
+        running.attached.iter().map(|a| (a.interface.as_str(), a.program.as_str(), a.mode.as_str())).collect();
+    assert_eq!(attached, [("e0", "redirector", "skb")], "{running:?}");
+    let daemon = running.daemon.as_ref().expect("the daemon answers");
+    assert!(daemon.pid > 0 && daemon.store.ends_with("assignments.redb"), "{daemon:?}");
+    assert!(running.store.is_none(), "the daemon said it");
+
+    let (stopped, detached) = topology.stop_edge();
+    assert!(stopped && detached);
+    let down = status(&topology, &config);
+    assert!(down.attached.is_empty() && down.daemon.is_none(), "{down:?}");
+    assert!(down.daemon_unreachable.is_some());
+    let (path, assignments) = down.store.expect("the store, read from its file");
+    assert!(path.ends_with("assignments.redb"));
+    assert_eq!(assignments, 0);
+}

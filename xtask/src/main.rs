@@ -1,6 +1,7 @@
 //! `cargo xtask …`: set up a machine, build, lint, test, run the demo and
 //! the benchmarks. Every step prints what it runs.
 
+mod install;
 mod layers;
 mod setup;
 
@@ -26,6 +27,21 @@ enum Task {
     /// rustfmt, clippy (host crates, and the XDP program for its BPF
     /// target) and the layer check.
     Lint,
+    /// Build the release binary and install it with its systemd unit, the
+    /// config (from the example; an existing one is kept), the state
+    /// directory, shell completions and man pages.
+    Install {
+        /// A staging root everything goes under (like DESTDIR).
+        #[arg(long, default_value = "/")]
+        prefix: std::path::PathBuf,
+    },
+    /// Remove what `install` put there; config and database stay unless --purge.
+    Uninstall {
+        #[arg(long, default_value = "/")]
+        prefix: std::path::PathBuf,
+        #[arg(long)]
+        purge: bool,
+    },
     /// Draw which modules of the library use which, and fail if one uses a
     /// module of a higher layer (the layers of redirector-user/src/lib.rs).
     Layers,
@@ -54,6 +70,14 @@ fn main() -> Result<()> {
         Task::BuildEbpf => build_ebpf(),
         Task::Lint => lint(),
         Task::Layers => layers::check(),
+        Task::Install { prefix } => {
+            cargo(&["build", "--release", "--package", "redirector-user", "--bin", "redirector"])?;
+            let layout = install::Layout::new(&prefix);
+            let example = std::path::Path::new("redirector.example.toml");
+            install::install(&layout, std::path::Path::new("target/release/redirector"), example)?;
+            install::verify_unit(&layout)
+        }
+        Task::Uninstall { prefix, purge } => install::uninstall(&install::Layout::new(&prefix), purge),
         Task::Test => {
             setup::ensure()?;
             test()

@@ -165,7 +165,8 @@ impl Daemon {
         let watcher_counters = watchers.counters.clone();
         let tracker = Tracker::new(config.servers.len(), config.health.down_after, config.health.up_after);
         let rebalancer = rebalancer(&config.rebalance);
-        let operations = Operations::new(assignments, pool, fast_path, watchers, tracker, rebalancer, counters);
+        let operations = Operations::new(assignments, pool, fast_path, watchers, tracker, rebalancer, counters)
+            .with_store_path(config.sip.database.display().to_string());
         let (owner, owner_thread) = Owner::spawn(operations).map_err(io("starting the state owner thread"))?;
         Ok(Self {
             owner,

@@ -36,6 +36,8 @@ pub enum Request {
     Entries {
         aor: String,
     },
+    /// The daemon itself: pid, uptime, store.
+    Status,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +51,20 @@ pub enum Reply {
     Routes(Vec<Route>),
     Plan(Vec<PlannedMove>),
     Entries(Vec<Entry>),
+    Status(DaemonStatus),
     Error(String),
+}
+
+/// The running daemon, as `redirector status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    /// The assignment database's path.
+    pub store: String,
+    pub assignments: u64,
+    /// Bytes of kernel memory the program's maps take.
+    pub kernel_memory: u64,
 }
 
 /// A client address on the fast path: where the kernel sends it, and what

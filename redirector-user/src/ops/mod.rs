@@ -9,3 +9,4 @@ pub mod operations;
 pub mod owner;
 pub mod report;
 pub mod stats;
+pub mod status;

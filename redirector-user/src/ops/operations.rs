@@ -35,7 +35,7 @@ use crate::{
         loader,
     },
     model::{HomeServer, ServerState},
-    ops::api::{Entry, Move, PlannedMove, Reply, Request, Route, ServerStatus, Stats},
+    ops::api::{DaemonStatus, Entry, Move, PlannedMove, Reply, Request, Route, ServerStatus, Stats},
     sip::{Aor, ParseError},
     store::StoreError,
 };
@@ -75,6 +75,9 @@ pub struct Operations {
     rebalancer: Rebalancer,
     /// First contact's counters, for the statistics.
     counters: Arc<Counters>,
+    /// Where the store is, and since when this daemon runs.
+    store_path: String,
+    started: std::time::Instant,
 }
 
 impl Operations {
@@ -87,7 +90,23 @@ impl Operations {
         rebalancer: Rebalancer,
         counters: Arc<Counters>,
     ) -> Self {
-        Self { assignments, pool, fast_path, watchers, tracker, rebalancer, counters }
+        let started = std::time::Instant::now();
+        Self {
+            assignments,
+            pool,
+            fast_path,
+            watchers,
+            tracker,
+            rebalancer,
+            counters,
+            store_path: String::new(),
+            started,
+        }
+    }
+
+    /// Names the store's location in `status`.
+    pub fn with_store_path(self, path: impl Into<String>) -> Self {
+        Self { store_path: path.into(), ..self }
     }
 
     /// Answers a control API request.
@@ -102,6 +121,7 @@ impl Operations {
             Request::Routes => self.routes().map(Reply::Routes),
             Request::Rebalance { dry_run } => self.rebalance(dry_run).map(Reply::Plan),
             Request::Entries { aor } => self.entries(&aor).map(Reply::Entries),
+            Request::Status => Ok(Reply::Status(self.status_of_daemon())),
         };
         result.unwrap_or_else(|error| Reply::Error(error.to_string()))
     }
@@ -438,6 +458,16 @@ impl Operations {
         self.server(server)?;
         let assignments = self.assignments.store().all()?;
         Ok(assignments.into_iter().filter(|a| a.server == server).map(|a| a.aor.to_string()).collect())
+    }
+
+    fn status_of_daemon(&self) -> DaemonStatus {
+        DaemonStatus {
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            store: self.store_path.clone(),
+            assignments: self.assignments.client_counts().values().sum(),
+            kernel_memory: loader::kernel_memory(),
+        }
     }
 
     /// `aor`'s client addresses on the fast path, as the kernel has them.

@@ -31,6 +31,14 @@ impl RedbStore {
         txn.commit().map_err(db_error)?;
         Ok(Self { db })
     }
+
+    /// Opens a database that must exist already, creating nothing (for
+    /// reading it while no daemon has it open).
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::open(path)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source: Box::new(source) })?;
+        Ok(Self { db })
+    }
 }
 
 impl AssignmentStore for RedbStore {
