@@ -245,12 +245,13 @@ pub async fn events(events: RingBuf<MapData>, context: Context) -> Result<()> {
     }
 }
 
-/// Removes idle learned clients from the fast path, a few times per timeout.
+/// Removes idle learned clients from the fast path, a pass a few times per
+/// timeout, each pass in steps the owner interleaves with everything else.
 pub async fn sweep(owner: Owner, idle: Duration) -> Result<()> {
     let mut ticks = tokio::time::interval((idle / 4).min(Duration::from_secs(30)));
     loop {
         ticks.tick().await;
-        owner.send(Command::Sweep { idle })?;
+        while !owner.sweep(idle).await? {}
     }
 }
 

@@ -38,6 +38,8 @@ pub struct FastPath {
     nat_port_of: HashMap<Endpoint, u16>,
     /// AOR → (client key, service endpoint it talked to).
     installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>>,
+    /// The AORs the current sweep has yet to look at.
+    sweeping: Vec<Aor>,
 }
 
 /// A client's kernel entries, taken off the fast path during a move.
@@ -56,6 +58,7 @@ impl FastPath {
             nat_ports: NatPorts::new(config.edge.nat_port_range()),
             nat_port_of: HashMap::new(),
             installed: HashMap::new(),
+            sweeping: Vec::new(),
         };
         for client in &config.clients {
             let server = config.server_index(&client.server).expect("validated: clients name known servers");
@@ -132,31 +135,41 @@ impl FastPath {
         Ok(samples)
     }
 
-    /// Removes the learned clients whose last packet is older than `idle`,
-    /// with their nat ports and reply entries: a client gone that long no
-    /// longer owns its address and port, which another client may reuse.
-    /// Config-pinned clients never expire. Returns how many were removed.
-    pub fn sweep(&mut self, idle: Duration) -> Result<usize, FastPathError> {
+    /// Removes learned clients whose last packet is older than `idle`, with
+    /// their nat ports and reply entries: a client gone that long no longer
+    /// owns its address and port, which another client may reuse.
+    /// Config-pinned clients never expire. Each call looks at up to
+    /// `budget` clients, resuming where the last call stopped, so a sweep of
+    /// a large pool never holds up installs and moves for its whole length.
+    /// Returns how many were removed, and whether the pass is complete.
+    pub fn sweep(&mut self, idle: Duration, budget: usize) -> Result<(usize, bool), FastPathError> {
+        if self.sweeping.is_empty() {
+            self.sweeping = self.installed.keys().cloned().collect();
+        }
         let now = monotonic_ns();
         let idle = idle.as_nanos() as u64;
-        let mut expired = Vec::new();
-        for entries in self.installed.values() {
-            for &(client, _) in entries {
+        let mut removed = 0;
+        let mut looked = 0;
+        while looked < budget {
+            let Some(aor) = self.sweeping.pop() else { break };
+            let entries = self.installed.remove(&aor).unwrap_or_default();
+            looked += entries.len().max(1);
+            let mut kept = Vec::with_capacity(entries.len());
+            for (client, service) in entries {
                 let last_seen = self.dataplane.client(client)?.map(|entry| entry.last_seen_ns);
                 // Gone from the map (the LRU evicted it) or idle too long.
                 if last_seen.is_none_or(|seen| now.saturating_sub(seen) > idle) {
-                    expired.push(client);
+                    self.remove(client)?;
+                    removed += 1;
+                } else {
+                    kept.push((client, service));
                 }
             }
+            if !kept.is_empty() {
+                self.installed.insert(aor, kept);
+            }
         }
-        for client in &expired {
-            self.remove(*client)?;
-        }
-        self.installed.retain(|_, entries| {
-            entries.retain(|(client, _)| !expired.contains(client));
-            !entries.is_empty()
-        });
-        Ok(expired.len())
+        Ok((removed, self.sweeping.is_empty()))
     }
 
     fn remove(&mut self, client: Endpoint) -> Result<(), FastPathError> {

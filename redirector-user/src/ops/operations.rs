@@ -60,6 +60,10 @@ pub enum OperationError {
 
 type Result<T, E = OperationError> = std::result::Result<T, E>;
 
+/// Clients one sweep command looks at: a few milliseconds of map reads, so
+/// installs and moves queued behind it wait no longer than that.
+const SWEEP_BUDGET: usize = 2_000;
+
 /// Clients moved per database transaction (and per hold of the fast-path
 /// lock) when a server is drained or goes down.
 const MOVE_BATCH: usize = 2_000;
@@ -202,12 +206,21 @@ impl Operations {
         }
     }
 
-    /// Removes learned clients idle longer than `idle` from the fast path.
-    pub fn sweep(&mut self, idle: Duration) {
-        match self.fast_path.sweep(idle) {
-            Ok(0) => {}
-            Ok(removed) => tracing::debug!(removed, "idle clients left the fast path"),
-            Err(error) => tracing::warn!(%error, "sweeping idle clients failed"),
+    /// Removes learned clients idle longer than `idle` from the fast path,
+    /// looking at up to `SWEEP_BUDGET` of them; true when the pass over all
+    /// of them is complete (the sweep task comes back for the rest).
+    pub fn sweep(&mut self, idle: Duration) -> bool {
+        match self.fast_path.sweep(idle, SWEEP_BUDGET) {
+            Ok((removed, complete)) => {
+                if removed > 0 {
+                    tracing::debug!(removed, "idle clients left the fast path");
+                }
+                complete
+            }
+            Err(error) => {
+                tracing::warn!(%error, "sweeping idle clients failed");
+                true
+            }
         }
     }
 

@@ -39,8 +39,9 @@ pub enum Command {
     Control { request: Request, reply: oneshot::Sender<Reply> },
     /// Health round `sequence` starts.
     HealthTick { sequence: u32 },
-    /// Idle clients leave the fast path.
-    Sweep { idle: Duration },
+    /// Idle clients leave the fast path, a budget of them at a time;
+    /// `done` tells whether the pass is complete.
+    Sweep { idle: Duration, done: oneshot::Sender<bool> },
     /// The statistics stream's reading.
     Read { samples: bool, reply: oneshot::Sender<Reading> },
     /// A rebalancing round on clients' load, `seconds` after the last.
@@ -82,6 +83,13 @@ impl Owner {
         let (done, applied) = oneshot::channel();
         self.send(Command::Apply { changes, done })?;
         applied.await.map_err(|_| OwnerGone)
+    }
+
+    /// One step of a sweep; true when the pass is complete.
+    pub async fn sweep(&self, idle: Duration) -> Result<bool, OwnerGone> {
+        let (done, complete) = oneshot::channel();
+        self.send(Command::Sweep { idle, done })?;
+        complete.await.map_err(|_| OwnerGone)
     }
 
     pub async fn control(&self, request: Request) -> Result<Reply, OwnerGone> {
@@ -160,7 +168,9 @@ fn execute(operations: &mut Operations, command: Command) {
             let _ = reply.send(operations.answer(request));
         }
         Command::HealthTick { sequence } => operations.health_tick(sequence),
-        Command::Sweep { idle } => operations.sweep(idle),
+        Command::Sweep { idle, done } => {
+            let _ = done.send(operations.sweep(idle));
+        }
         Command::Read { samples, reply } => {
             let reading = operations.stats().and_then(|stats| {
                 let clients = if samples { Some(operations.samples()?) } else { None };
