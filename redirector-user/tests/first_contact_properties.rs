@@ -65,7 +65,10 @@ fn answer(fc: &FirstContact, datagram: &[u8], source: SocketAddr) -> Vec<Action>
     let assigned: HashMap<_, _> = read
         .unassigned()
         .into_iter()
-        .map(|aor| (aor.clone(), Assigned { assignment: Assignment::new(aor, "home1".into()), moved: false }))
+        .map(|client| {
+            let assignment = Assignment::new(client.aor.clone(), "home1".into());
+            (client.aor, Assigned { assignment, moved: false })
+        })
         .collect();
     fc.answer(read, Ok(&assigned))
 }

@@ -155,24 +155,44 @@ struct Request<'a> {
     local: SocketAddr,
     redirect: bool,
     aor: Aor,
+    /// Straight from its client, and not a SUBSCRIBE: the client goes on
+    /// the fast path.
+    installable: bool,
     /// The client's usable assignment from the cache, if it has one.
     known: Option<Cached>,
 }
 
+/// A client without a usable assignment, for the owner to assign; the
+/// addresses it came straight from (client, service) go on the fast path
+/// in the same step, before any answer leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewClient {
+    pub aor: Aor,
+    pub installs: Vec<(SocketAddr, SocketAddr)>,
+}
+
 impl Batch<'_> {
-    /// The clients (in order, once each) that need the owner's assignment.
-    pub fn unassigned(&self) -> Vec<Aor> {
-        let mut aors: Vec<Aor> = self
-            .items
-            .iter()
-            .filter_map(|item| match item {
-                Item::Request(request) if request.known.is_none() => Some(request.aor.clone()),
-                _ => None,
-            })
-            .collect();
-        aors.sort();
-        aors.dedup();
-        aors
+    /// The clients (once each, by AOR) that need the owner's assignment.
+    pub fn unassigned(&self) -> Vec<NewClient> {
+        let mut clients: Vec<NewClient> = Vec::new();
+        for item in &self.items {
+            let Item::Request(request) = item else { continue };
+            if request.known.is_some() {
+                continue;
+            }
+            let index = match clients.iter().position(|c| c.aor == request.aor) {
+                Some(index) => index,
+                None => {
+                    clients.push(NewClient { aor: request.aor.clone(), installs: Vec::new() });
+                    clients.len() - 1
+                }
+            };
+            let install = (request.source, request.local);
+            if request.installable && !clients[index].installs.contains(&install) {
+                clients[index].installs.push(install);
+            }
+        }
+        clients
     }
 }
 
@@ -299,7 +319,8 @@ impl FirstContact {
             }
         };
         let known = self.cache.get(&aor).filter(|cached| self.pool.load().usable(&cached.server));
-        Item::Request(Box::new(Request { message, basis, source, local, redirect, aor, known }))
+        let installable = basis.vias.len() == 1 && message.method() != Some("SUBSCRIBE");
+        Item::Request(Box::new(Request { message, basis, source, local, redirect, aor, installable, known }))
     }
 
     fn answer_request(&self, request: &mut Request<'_>, assigned: Assignments<'_>, pool: &Pool) -> Vec<Action> {
@@ -337,13 +358,15 @@ impl FirstContact {
                 None => return self.unavailable(&mut request.basis, source, "No Proxy Address Of This Family"),
             }
         };
-        let direct = request.basis.vias.len() == 1;
         if request.message.method() == Some("SUBSCRIBE") {
             actions.extend(self.watch(&request.message, request.aor.clone(), source, generation));
-        } else if direct && home.effective_state() != ServerState::Down {
+        } else if request.installable && home.effective_state() != ServerState::Down {
             bump(&self.counters.installed);
-            let (client, service, aor) = (source, request.local, request.aor.clone());
-            actions.push(Action::Install { client, service, server: home.index, aor, generation });
+            // A new client was put on the fast path with its assignment.
+            if request.known.is_some() {
+                let (client, service, aor) = (source, request.local, request.aor.clone());
+                actions.push(Action::Install { client, service, server: home.index, aor, generation });
+            }
         }
         actions
     }

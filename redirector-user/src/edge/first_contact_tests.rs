@@ -30,6 +30,9 @@ struct Harness {
     counters: Arc<Counters>,
     /// Clients moved off an unusable server by the last batch.
     moved: RefCell<Vec<Aor>>,
+    /// New clients the owner put on the fast path with their assignment,
+    /// with their server slot.
+    installed: RefCell<Vec<(Aor, SocketAddr, u32)>>,
 }
 
 impl Harness {
@@ -38,7 +41,8 @@ impl Harness {
         let assignments = Owned::open(store, counters.clone()).unwrap();
         let pool = pool::view(Pool::new(servers));
         let core = FirstContact::new(settings, pool.clone(), assignments.cache(), counters.clone());
-        Self { core, pool, assignments: RefCell::new(assignments), counters, moved: RefCell::default() }
+        let assignments = RefCell::new(assignments);
+        Self { core, pool, assignments, counters, moved: RefCell::default(), installed: RefCell::default() }
     }
 
     fn on_service_datagram(&self, datagram: &[u8], source: SocketAddr, local: SocketAddr) -> Vec<Action> {
@@ -48,15 +52,30 @@ impl Harness {
     fn batch(&self, datagrams: &[(&[u8], SocketAddr)], local: SocketAddr) -> Vec<Action> {
         let read = self.core.read(datagrams.iter().copied(), local);
         let unassigned = read.unassigned();
-        let refs: Vec<&Aor> = unassigned.iter().collect();
+        let refs: Vec<&Aor> = unassigned.iter().map(|c| &c.aor).collect();
         let results = self.assignments.borrow_mut().assign_all(&refs, &self.pool.load());
         let assigned = results.map(|results| {
-            let pairs = unassigned.iter().zip(results).filter_map(|(aor, result)| Some((aor.clone(), result?)));
+            let pairs = unassigned.iter().zip(results).filter_map(|(c, result)| Some((c.aor.clone(), result?)));
             pairs.collect::<HashMap<Aor, Assigned>>()
         });
         *self.moved.borrow_mut() =
             assigned.iter().flatten().filter(|(_, a)| a.moved).map(|(aor, _)| aor.clone()).collect();
+        self.install(&unassigned, assigned.as_ref().ok());
         self.core.answer(read, assigned.as_ref())
+    }
+
+    /// The owner's part: new clients straight from their client go on the
+    /// fast path with their assignment, unless their home is down.
+    fn install(&self, clients: &[NewClient], assigned: Option<&HashMap<Aor, Assigned>>) {
+        let pool = self.pool.load();
+        for client in clients {
+            let Some(done) = assigned.and_then(|a| a.get(&client.aor)) else { continue };
+            let Some(home) = pool.server(&done.assignment.server) else { continue };
+            if home.effective_state() != ServerState::Down {
+                let installs = client.installs.iter().map(|(source, _)| (client.aor.clone(), *source, home.index));
+                self.installed.borrow_mut().extend(installs);
+            }
+        }
     }
 
     fn on_proxy_datagram(&self, datagram: &[u8], source: SocketAddr) -> Vec<Action> {
@@ -194,7 +213,8 @@ fn direct_register_is_redirected_and_installed() {
     assert!(response.contains("Call-ID: c1@x\r\nCSeq: 7 REGISTER\r\n"));
     let index = if home.port() == 5060 && home.ip().to_string().ends_with(".11") { 0 } else { 1 };
     let aor = Aor::from_uri("sip:alice@example.net", "To").unwrap();
-    assert_eq!(actions[1], Action::Install { client: client(), service: service(), server: index, aor, generation: 1 });
+    assert_eq!(actions.len(), 1, "a new client is installed with its assignment, by the owner: {actions:?}");
+    assert_eq!(*s.fc.installed.borrow(), [(aor, client(), index)]);
     assert_eq!(s.fc.counters.redirected.load(Ordering::Relaxed), 1);
 }
 
@@ -265,18 +285,20 @@ fn policy_can_force_redirect_or_proxy() {
     assert_eq!(to, "192.0.2.99:5060".parse::<SocketAddr>().unwrap(), "back along the top Via");
     let s = setup(Policy::Proxy);
     let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
-    assert!(matches!(actions[0], Action::Forward { .. }));
-    assert!(matches!(actions[1], Action::Install { .. }), "a direct client is installed whatever the policy");
+    assert!(matches!(actions.as_slice(), [Action::Forward { .. }]), "{actions:?}");
+    assert_eq!(s.fc.installed.borrow().len(), 1, "a direct client is installed whatever the policy");
+    let again = s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
+    assert!(matches!(again[1], Action::Install { .. }), "a known one by first contact: {again:?}");
 }
 
 #[test]
 fn auto_proxies_a_direct_register_and_redirects_what_user_agents_follow() {
     let s = setup(Policy::Auto);
     let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
-    let [Action::Forward { to, bytes }, Action::Install { client: installed, .. }] = actions.as_slice() else {
-        panic!("a direct REGISTER is proxied, its client installed: {actions:?}")
+    let [Action::Forward { to, bytes }] = actions.as_slice() else {
+        panic!("a direct REGISTER is proxied: {actions:?}")
     };
-    assert_eq!(*installed, client());
+    assert_eq!(s.fc.installed.borrow()[0].1, client(), "its client installed");
     assert_eq!(*to, assigned_home(&s), "to the client's home server");
     let forwarded = text(bytes);
     assert!(forwarded.starts_with(&format!("REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP {PROXY};")));
@@ -393,7 +415,8 @@ fn a_client_of_an_unhealthy_server_is_reassigned_at_its_next_first_contact() {
     assert_eq!(now.generation, 2);
     assert_eq!(s.fc.client_counts(), HashMap::from([(first.server.clone(), 0), (now.server.clone(), 1)]));
     assert_eq!(*s.fc.moved.borrow(), [aor], "its watchers are to be told");
-    assert!(matches!(actions[1], Action::Install { server, .. } if server != index));
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert!(s.fc.installed.borrow().last().is_some_and(|(_, _, server)| *server != index), "installed at the new home");
     assert_eq!(s.fc.counters.reassigned.load(Ordering::Relaxed), 1);
 }
 

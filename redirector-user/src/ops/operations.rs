@@ -24,7 +24,7 @@ use std::{
 use crate::{
     edge::{
         assignments::{Assigned, Assignments},
-        first_contact::{Action, Counters},
+        first_contact::{Action, Counters, NewClient},
         health::{Tracker, Transition},
         pool::{Pool, PoolView},
         rebalance::{Planned, Rebalancer, Sample, ServerLoad, plan},
@@ -131,19 +131,27 @@ impl Operations {
     }
 
     /// First contact's clients without a usable assignment get one, all in
-    /// one durable transaction; the watchers of those moved off an unusable
-    /// server are told.
-    pub fn assign_new(&mut self, aors: &[Aor]) -> Result<HashMap<Aor, Assigned>, StoreError> {
+    /// one durable transaction; those that came straight from their client
+    /// go on the fast path at once, and the watchers of those moved off an
+    /// unusable server are told.
+    pub fn assign_new(&mut self, clients: &[NewClient]) -> Result<HashMap<Aor, Assigned>, StoreError> {
         let pool = self.pool.load_full();
-        let refs: Vec<&Aor> = aors.iter().collect();
-        let results = self.assignments.assign_all(&refs, &pool)?;
-        let mut assigned = HashMap::with_capacity(aors.len());
-        for (aor, result) in aors.iter().zip(results) {
-            let Some(result) = result else { continue };
-            if result.moved {
-                self.watchers.client_moved(aor);
+        let mut unique: Vec<&Aor> = clients.iter().map(|c| &c.aor).collect();
+        unique.sort();
+        unique.dedup();
+        let results = self.assignments.assign_all(&unique, &pool)?;
+        let assigned: HashMap<Aor, Assigned> =
+            unique.into_iter().zip(results).filter_map(|(aor, result)| Some((aor.clone(), result?))).collect();
+        for client in clients {
+            let Some(done) = assigned.get(&client.aor) else { continue };
+            if done.moved {
+                self.watchers.client_moved(&client.aor);
             }
-            assigned.insert(aor.clone(), result);
+            let home = pool.server(&done.assignment.server).filter(|h| h.effective_state() != ServerState::Down);
+            for &install in home.map_or(&[][..], |_| &client.installs[..]) {
+                let index = home.expect("checked").index;
+                self.install(&client.aor, install, index, done.assignment.generation);
+            }
         }
         Ok(assigned)
     }

@@ -12,7 +12,11 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::oneshot;
 
 use crate::{
-    edge::{assignments::Assigned, first_contact::Action, rebalance::Sample},
+    edge::{
+        assignments::Assigned,
+        first_contact::{Action, NewClient},
+        rebalance::Sample,
+    },
     ops::{
         api::{Reply, Request, Stats},
         operations::{OperationError, Operations},
@@ -30,7 +34,7 @@ pub type Reading = Result<(Stats, Option<Vec<Sample>>), OperationError>;
 
 pub enum Command {
     /// First contact's clients without a usable assignment.
-    Assign { aors: Vec<Aor>, reply: oneshot::Sender<AssignReply> },
+    Assign { clients: Vec<NewClient>, reply: oneshot::Sender<AssignReply> },
     /// The state changes first contact decided on for one batch; `done`
     /// once applied, so the answers that make clients come back (a 302
     /// after an install) leave only then.
@@ -73,9 +77,9 @@ impl Owner {
         self.commands.send(command).map_err(|_| OwnerGone)
     }
 
-    pub async fn assign(&self, aors: Vec<Aor>) -> Result<AssignReply, OwnerGone> {
+    pub async fn assign(&self, clients: Vec<NewClient>) -> Result<AssignReply, OwnerGone> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Assign { aors, reply })?;
+        self.send(Command::Assign { clients, reply })?;
         answer.await.map_err(|_| OwnerGone)
     }
 
@@ -119,7 +123,7 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
         let mut assigns = Vec::new();
         for command in queued {
             match command {
-                Command::Assign { aors, reply } => assigns.push((aors, reply)),
+                Command::Assign { clients, reply } => assigns.push((clients, reply)),
                 Command::Stop => {
                     assign(&mut operations, assigns);
                     return;
@@ -135,23 +139,23 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
     }
 }
 
+/// A batch's new clients, and where the owner's answer goes.
+type AssignRequest = (Vec<NewClient>, oneshot::Sender<AssignReply>);
+
 /// One transaction for the clients of every queued `Assign`.
-fn assign(operations: &mut Operations, requests: Vec<(Vec<Aor>, oneshot::Sender<AssignReply>)>) {
+fn assign(operations: &mut Operations, requests: Vec<AssignRequest>) {
     if requests.is_empty() {
         return;
     }
-    let mut aors: Vec<Aor> = requests.iter().flat_map(|(aors, _)| aors.iter().cloned()).collect();
-    aors.sort();
-    aors.dedup();
-    let result = operations.assign_new(&aors).map_err(Arc::new);
+    let clients: Vec<NewClient> = requests.iter().flat_map(|(clients, _)| clients.iter().cloned()).collect();
+    let result = operations.assign_new(&clients).map_err(Arc::new);
     if let Err(error) = &result {
-        tracing::warn!(%error, clients = aors.len(), "assigning new clients failed");
+        tracing::warn!(%error, clients = clients.len(), "assigning new clients failed");
     }
     for (wanted, reply) in requests {
-        let answer = result
-            .as_ref()
-            .map_err(Arc::clone)
-            .map(|assigned| wanted.iter().filter_map(|aor| Some((aor.clone(), assigned.get(aor)?.clone()))).collect());
+        let answer = result.as_ref().map_err(Arc::clone).map(|assigned| {
+            wanted.iter().filter_map(|c| Some((c.aor.clone(), assigned.get(&c.aor)?.clone()))).collect()
+        });
         // A core that gave up waiting has nothing left to answer.
         let _ = reply.send(answer);
     }
