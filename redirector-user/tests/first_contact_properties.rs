@@ -67,7 +67,7 @@ fn answer(fc: &FirstContact, datagram: &[u8], source: SocketAddr) -> Vec<Action>
         .into_iter()
         .map(|client| {
             let assignment = Assignment::new(client.aor.clone(), "home1".into());
-            (client.aor, Assigned { assignment, moved: false })
+            (client.aor, Ok(Assigned { assignment, moved: false }))
         })
         .collect();
     fc.answer(read, Ok(&assigned))

@@ -65,6 +65,47 @@ pub struct Config {
     pub stats: StatsSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub limits: LimitsSettings,
+}
+
+/// Who may become a new client: anyone who reaches the service address can
+/// name any AOR, and each new one is a durable assignment.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// New clients a second per source prefix (IPv4 /24, IPv6 /64); past
+    /// it they get 503 with Retry-After. Known clients are never limited.
+    #[serde(default = "default_new_clients_per_prefix")]
+    pub new_clients_per_prefix: f64,
+    /// How many new clients a prefix may bring in at once.
+    #[serde(default = "default_new_clients_burst")]
+    pub new_clients_burst: f64,
+    /// Assignments the store may hold; new clients past it get 503.
+    #[serde(default = "default_max_assignments")]
+    pub max_assignments: u64,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            new_clients_per_prefix: default_new_clients_per_prefix(),
+            new_clients_burst: default_new_clients_burst(),
+            max_assignments: default_max_assignments(),
+        }
+    }
+}
+
+fn default_new_clients_per_prefix() -> f64 {
+    100.0
+}
+
+fn default_new_clients_burst() -> f64 {
+    1000.0
+}
+
+fn default_max_assignments() -> u64 {
+    10_000_000
 }
 
 /// SUBSCRIBE dialogs kept to notify watchers when their client moves.
@@ -454,7 +495,7 @@ impl Config {
 
     /// Every problem validation finds, each naming its field.
     pub fn problems(&self) -> Vec<ConfigError> {
-        let checks: [Check; 10] = [
+        let checks: [Check; 11] = [
             Self::validate_interface,
             Self::validate_service,
             Self::validate_edge,
@@ -464,6 +505,7 @@ impl Config {
             Self::validate_rebalance,
             Self::validate_counts,
             Self::validate_sizes,
+            Self::validate_limits,
             Self::validate_proxy,
         ];
         checks.iter().filter_map(|check| check(self).err()).collect()
@@ -550,6 +592,21 @@ impl Config {
         }
         if self.health.down_after == 0 || self.health.up_after == 0 {
             return Err(invalid("health", "down_after and up_after must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        if !(limits.new_clients_per_prefix.is_finite() && limits.new_clients_per_prefix > 0.0) {
+            let value = limits.new_clients_per_prefix;
+            return Err(invalid("limits.new_clients_per_prefix", format!("{value} is not a rate above 0")));
+        }
+        if !(limits.new_clients_burst.is_finite() && limits.new_clients_burst >= 1.0) {
+            return Err(invalid("limits.new_clients_burst", format!("{} is below 1", limits.new_clients_burst)));
+        }
+        if limits.max_assignments == 0 {
+            return Err(invalid("limits.max_assignments", "0 would refuse every new client"));
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ use self::{
 use crate::{
     config::{self, Config},
     edge::{
+        admission::{Admission, Limits},
         assignments::Assignments,
         first_contact::{Counters, FirstContact, Settings},
         health::Tracker,
@@ -45,7 +46,7 @@ use crate::{
     ops::{
         api::{Reply, Request},
         control, metrics,
-        operations::Operations,
+        operations::{Operations, Parts},
         owner::{Command, Owner, OwnerGone},
         stats::{self, Latest},
     },
@@ -165,8 +166,22 @@ impl Daemon {
         let watcher_counters = watchers.counters.clone();
         let tracker = Tracker::new(config.servers.len(), config.health.down_after, config.health.up_after);
         let rebalancer = rebalancer(&config.rebalance);
-        let operations = Operations::new(assignments, pool, fast_path, watchers, tracker, rebalancer, counters)
-            .with_store_path(config.sip.database.display().to_string());
+        let limits = Limits {
+            per_prefix: config.limits.new_clients_per_prefix,
+            burst: config.limits.new_clients_burst,
+            max_assignments: config.limits.max_assignments,
+        };
+        let operations = Operations::new(Parts {
+            assignments,
+            pool,
+            fast_path,
+            watchers,
+            tracker,
+            rebalancer,
+            admission: Admission::new(limits),
+            counters,
+            store_path: config.sip.database.display().to_string(),
+        });
         let (owner, owner_thread) = Owner::spawn(operations).map_err(io("starting the state owner thread"))?;
         Ok(Self {
             owner,

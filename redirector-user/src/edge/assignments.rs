@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     counters::bump,
-    edge::{first_contact::Counters, pool::Pool},
+    edge::{admission::Refused, first_contact::Counters, pool::Pool},
     sip::Aor,
     store::{Assignment, AssignmentStore, Cache, Reassigned, StoreError, next_assignment},
 };
@@ -60,25 +60,52 @@ impl Assignments {
     }
 
     /// Gives every AOR without a usable assignment a new one on a server of
-    /// `pool` that takes new clients, all in one durable transaction. Per
-    /// AOR: its usable assignment, if any (none when no server is active).
-    pub fn assign_all(&mut self, aors: &[&Aor], pool: &Pool) -> Result<Vec<Option<Assigned>>, StoreError> {
+    /// `pool` that takes new clients, all in one durable transaction. An
+    /// AOR never assigned before is first put to `admit` (its index in
+    /// `aors`, and the assignments held so far). Per AOR: its usable
+    /// assignment, or why it has none.
+    pub fn assign_all(
+        &mut self,
+        aors: &[&Aor],
+        pool: &Pool,
+        admit: &mut dyn FnMut(usize, u64) -> Result<(), Refused>,
+    ) -> Result<Vec<Result<Assigned, Refused>>, StoreError> {
         if aors.is_empty() {
             return Ok(Vec::new());
         }
-        // Per AOR: `Some(previous server)` when this transaction assigned it.
-        let mut assigned: Vec<Option<Option<String>>> = Vec::with_capacity(aors.len());
+        let mut held: u64 = self.client_counts().values().sum();
+        // Per AOR: Ok(Some(previous server)) when this transaction assigned it.
+        let mut decided: Vec<Result<Option<Option<String>>, Refused>> = Vec::with_capacity(aors.len());
         let stored = self.store.update_many(aors, &mut |aor, current| {
-            let unusable = current.filter(|a| pool.usable(&a.server)).is_none();
-            let server = unusable.then(|| pool.choose(aor, current.map(|a| a.server.as_str()))).flatten();
-            assigned.push(server.map(|_| current.map(|a| a.server.clone())));
-            server.map(|server| next_assignment(aor, &server.name, current))
+            if current.is_some_and(|a| pool.usable(&a.server)) {
+                decided.push(Ok(None));
+                return None;
+            }
+            if current.is_none()
+                && let Err(refused) = admit(decided.len(), held)
+            {
+                decided.push(Err(refused));
+                return None;
+            }
+            let Some(server) = pool.choose(aor, current.map(|a| a.server.as_str())) else {
+                decided.push(Err(Refused::NoServer));
+                return None;
+            };
+            held += u64::from(current.is_none());
+            decided.push(Ok(Some(current.map(|a| a.server.clone()))));
+            Some(next_assignment(aor, &server.name, current))
         })?;
-        Ok(stored.into_iter().zip(assigned).map(|(stored, previous)| self.settle(stored?, previous, pool)).collect())
+        Ok(stored.into_iter().zip(decided).map(|(stored, decided)| self.settle(stored, decided?, pool)).collect())
     }
 
     /// Records a stored assignment; `previous` is `Some` when it was just made.
-    fn settle(&mut self, stored: Assignment, previous: Option<Option<String>>, pool: &Pool) -> Option<Assigned> {
+    fn settle(
+        &mut self,
+        stored: Option<Assignment>,
+        previous: Option<Option<String>>,
+        pool: &Pool,
+    ) -> Result<Assigned, Refused> {
+        let stored = stored.ok_or(Refused::NoServer)?;
         let moved = match previous {
             Some(previous) => {
                 bump(if previous.is_some() { &self.counters.reassigned } else { &self.counters.assigned });
@@ -88,8 +115,10 @@ impl Assignments {
             }
             None => false,
         };
-        // Kept on an unusable server only when no server takes new clients.
-        pool.usable(&stored.server).then_some(Assigned { assignment: stored, moved })
+        if !pool.usable(&stored.server) {
+            return Err(Refused::NoServer);
+        }
+        Ok(Assigned { assignment: stored, moved })
     }
 
     /// Records each AOR on its server with the next generation, in one

@@ -27,6 +27,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::{
     counters::bump,
     edge::{
+        admission::Refused,
         assignments::Assigned,
         notifier::NOTIFY_BRANCH_PREFIX,
         pool::{Pool, PoolView},
@@ -98,6 +99,11 @@ crate::counters::counters! {
     too_many_hops,
     /// 503: no active home server.
     unavailable,
+    /// 503: a new client whose source prefix brought in new clients too
+    /// fast (`[limits] new_clients_per_prefix`).
+    rate_limited,
+    /// 503: a new client past `[limits] max_assignments`.
+    over_capacity,
     /// 500: the assignment database failed.
     server_error,
     /// ACKs for our own answers (or unroutable ones), absorbed: an ACK is
@@ -168,6 +174,9 @@ struct Request<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewClient {
     pub aor: Aor,
+    /// Where its first request came from (new clients are admitted per
+    /// source prefix).
+    pub source: std::net::IpAddr,
     pub installs: Vec<(SocketAddr, SocketAddr)>,
 }
 
@@ -183,7 +192,8 @@ impl Batch<'_> {
             let index = match clients.iter().position(|c| c.aor == request.aor) {
                 Some(index) => index,
                 None => {
-                    clients.push(NewClient { aor: request.aor.clone(), installs: Vec::new() });
+                    let (aor, source) = (request.aor.clone(), request.source.ip());
+                    clients.push(NewClient { aor, source, installs: Vec::new() });
                     clients.len() - 1
                 }
             };
@@ -196,9 +206,9 @@ impl Batch<'_> {
     }
 }
 
-/// What the owner made of `Batch::unassigned`: each AOR with a usable
-/// assignment (absent: no server takes clients), or the store's failure.
-pub type Assignments<'a> = Result<&'a HashMap<Aor, Assigned>, &'a StoreError>;
+/// What the owner made of `Batch::unassigned`: each AOR's usable
+/// assignment or why it has none, or the store's failure.
+pub type Assignments<'a> = Result<&'a HashMap<Aor, Result<Assigned, Refused>>, &'a StoreError>;
 
 impl FirstContact {
     pub fn new(settings: Settings, pool: PoolView, cache: Arc<Cache>, counters: Arc<Counters>) -> Self {
@@ -327,8 +337,9 @@ impl FirstContact {
         let (server, generation) = match (&request.known, assigned) {
             (Some(known), _) => (known.server.to_string(), known.generation),
             (None, Ok(assigned)) => match assigned.get(&request.aor) {
-                Some(assigned) => (assigned.assignment.server.clone(), assigned.assignment.generation),
-                None => return self.unavailable(&mut request.basis, request.source, "Service Unavailable"),
+                Some(Ok(assigned)) => (assigned.assignment.server.clone(), assigned.assignment.generation),
+                Some(Err(refused)) => return self.refuse(&mut request.basis, request.source, *refused),
+                None => return self.refuse(&mut request.basis, request.source, Refused::NoServer),
             },
             (None, Err(error)) => {
                 tracing::error!(aor = %request.aor, %error, "assignment database failed");
@@ -516,6 +527,17 @@ impl FirstContact {
         };
         let ours = self.settings.proxies.iter().any(|proxy| proxy.to_string() == sent_by);
         ours && via.branch().is_some_and(|b| b.starts_with(BRANCH_PREFIX))
+    }
+
+    /// 503 with Retry-After for a client the owner did not assign.
+    fn refuse(&self, basis: &mut Basis, source: SocketAddr, refused: Refused) -> Vec<Action> {
+        let retry = [("Retry-After", self.settings.retry_after.to_string())];
+        let (reason, counter) = match refused {
+            Refused::NoServer => ("Service Unavailable", &self.counters.unavailable),
+            Refused::RateLimited => ("Too Many New Clients From Your Network", &self.counters.rate_limited),
+            Refused::AtCapacity => ("Assignment Capacity Reached", &self.counters.over_capacity),
+        };
+        self.reject_with(basis, source, 503, reason, &retry, counter)
     }
 
     /// 503 with Retry-After.

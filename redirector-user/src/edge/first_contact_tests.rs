@@ -6,7 +6,11 @@ use std::{
 
 use super::*;
 use crate::{
-    edge::{assignments::Assignments as Owned, pool},
+    edge::{
+        admission::{Admission, Limits},
+        assignments::Assignments as Owned,
+        pool,
+    },
     store::{Assignment, AssignmentStore, Reassigned, RedbStore},
 };
 
@@ -33,7 +37,11 @@ struct Harness {
     /// New clients the owner put on the fast path with their assignment,
     /// with their server slot.
     installed: RefCell<Vec<(Aor, SocketAddr, u32)>>,
+    admission: RefCell<Admission>,
 }
+
+/// Limits no test but the one about them reaches.
+const GENEROUS: Limits = Limits { per_prefix: 1000.0, burst: 1000.0, max_assignments: 1_000_000 };
 
 impl Harness {
     fn new(settings: Settings, servers: Vec<HomeServer>, store: Box<dyn AssignmentStore>) -> Self {
@@ -41,8 +49,9 @@ impl Harness {
         let assignments = Owned::open(store, counters.clone()).unwrap();
         let pool = pool::view(Pool::new(servers));
         let core = FirstContact::new(settings, pool.clone(), assignments.cache(), counters.clone());
-        let assignments = RefCell::new(assignments);
-        Self { core, pool, assignments, counters, moved: RefCell::default(), installed: RefCell::default() }
+        let (assignments, admission) = (RefCell::new(assignments), RefCell::new(Admission::new(GENEROUS)));
+        let (moved, installed) = (RefCell::default(), RefCell::default());
+        Self { core, pool, assignments, counters, moved, installed, admission }
     }
 
     fn on_service_datagram(&self, datagram: &[u8], source: SocketAddr, local: SocketAddr) -> Vec<Action> {
@@ -53,23 +62,29 @@ impl Harness {
         let read = self.core.read(datagrams.iter().copied(), local);
         let unassigned = read.unassigned();
         let refs: Vec<&Aor> = unassigned.iter().map(|c| &c.aor).collect();
-        let results = self.assignments.borrow_mut().assign_all(&refs, &self.pool.load());
+        let now = std::time::Instant::now();
+        let mut admit = |i: usize, held| self.admission.borrow_mut().admit(unassigned[i].source, held, now);
+        let results = self.assignments.borrow_mut().assign_all(&refs, &self.pool.load(), &mut admit);
         let assigned = results.map(|results| {
-            let pairs = unassigned.iter().zip(results).filter_map(|(c, result)| Some((c.aor.clone(), result?)));
-            pairs.collect::<HashMap<Aor, Assigned>>()
+            let pairs = unassigned.iter().zip(results).map(|(c, result)| (c.aor.clone(), result));
+            pairs.collect::<HashMap<Aor, Result<Assigned, Refused>>>()
         });
-        *self.moved.borrow_mut() =
-            assigned.iter().flatten().filter(|(_, a)| a.moved).map(|(aor, _)| aor.clone()).collect();
+        *self.moved.borrow_mut() = assigned
+            .iter()
+            .flatten()
+            .filter(|(_, a)| a.as_ref().is_ok_and(|a| a.moved))
+            .map(|(aor, _)| aor.clone())
+            .collect();
         self.install(&unassigned, assigned.as_ref().ok());
         self.core.answer(read, assigned.as_ref())
     }
 
     /// The owner's part: new clients straight from their client go on the
     /// fast path with their assignment, unless their home is down.
-    fn install(&self, clients: &[NewClient], assigned: Option<&HashMap<Aor, Assigned>>) {
+    fn install(&self, clients: &[NewClient], assigned: Option<&HashMap<Aor, Result<Assigned, Refused>>>) {
         let pool = self.pool.load();
         for client in clients {
-            let Some(done) = assigned.and_then(|a| a.get(&client.aor)) else { continue };
+            let Some(Ok(done)) = assigned.and_then(|a| a.get(&client.aor)) else { continue };
             let Some(home) = pool.server(&done.assignment.server) else { continue };
             if home.effective_state() != ServerState::Down {
                 let installs = client.installs.iter().map(|(source, _)| (client.aor.clone(), *source, home.index));
@@ -314,6 +329,27 @@ fn auto_proxies_a_direct_register_and_redirects_what_user_agents_follow() {
     assert!(only_reply(&actions).1.starts_with("SIP/2.0 302"), "a direct INVITE is redirected: {actions:?}");
     let forwarded = s.fc.on_service_datagram(&register(TWO_VIAS, ""), "192.0.2.99:5060".parse().unwrap(), service());
     assert!(matches!(forwarded.as_slice(), [Action::Forward { .. }]), "a forwarded REGISTER is proxied: {forwarded:?}");
+}
+
+#[test]
+fn new_clients_past_their_prefix_rate_or_the_cap_get_503_and_known_ones_never() {
+    let s = setup(Policy::ByVia);
+    *s.fc.admission.borrow_mut() = Admission::new(Limits { per_prefix: 0.001, burst: 2.0, max_assignments: 3 });
+    let from = |host: &str| format!("{host}:5062").parse::<SocketAddr>().unwrap();
+    let status =
+        |user: &str, source: SocketAddr| only_reply(&s.fc.on_service_datagram(&register_as(user), source, service())).1;
+    assert!(status("u1", from("203.0.113.7")).starts_with("SIP/2.0 302"));
+    assert!(status("u2", from("203.0.113.8")).starts_with("SIP/2.0 302"));
+    let limited = status("u3", from("203.0.113.9"));
+    assert!(limited.starts_with("SIP/2.0 503 Too Many New Clients From Your Network\r\n"), "{limited}");
+    assert!(limited.contains("\r\nRetry-After: 30\r\n"), "{limited}");
+    assert!(status("u1", from("203.0.113.9")).starts_with("SIP/2.0 302"), "a known client is never limited");
+    assert!(status("u4", from("198.51.100.7")).starts_with("SIP/2.0 302"), "another /24: the third assignment");
+    let full = status("u5", from("192.0.2.77"));
+    assert!(full.starts_with("SIP/2.0 503 Assignment Capacity Reached\r\n"), "{full}");
+    let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    assert_eq!((count(&s.fc.counters.rate_limited), count(&s.fc.counters.over_capacity)), (1, 1));
+    assert_eq!(s.fc.store().all().unwrap().len(), 3, "nothing refused was stored");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The edge's decisions, without sockets or clocks of their own: first
 //! contact, home-server health, watchers and their NOTIFYs, rebalancing.
 
+pub mod admission;
 pub mod assignments;
 pub mod first_contact;
 pub mod health;

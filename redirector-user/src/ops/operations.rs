@@ -18,11 +18,12 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{
     edge::{
+        admission::{Admission, Refused},
         assignments::{Assigned, Assignments},
         first_contact::{Action, Counters, NewClient},
         health::{Tracker, Transition},
@@ -77,24 +78,37 @@ pub struct Operations {
     pub watchers: Watchers,
     tracker: Tracker,
     rebalancer: Rebalancer,
+    /// Who may become a new client.
+    admission: Admission,
     /// First contact's counters, for the statistics.
     counters: Arc<Counters>,
     /// Where the store is, and since when this daemon runs.
     store_path: String,
-    started: std::time::Instant,
+    started: Instant,
+    /// When the cap on assignments was last reported.
+    warned_at_capacity: Option<Instant>,
 }
 
+/// Everything the owner's state is made of.
+pub struct Parts {
+    pub assignments: Assignments,
+    pub pool: PoolView,
+    pub fast_path: FastPath,
+    pub watchers: Watchers,
+    pub tracker: Tracker,
+    pub rebalancer: Rebalancer,
+    pub admission: Admission,
+    pub counters: Arc<Counters>,
+    pub store_path: String,
+}
+
+/// How often reaching the cap on assignments is logged at most.
+const CAPACITY_WARNING_GAP: Duration = Duration::from_secs(60);
+
 impl Operations {
-    pub fn new(
-        assignments: Assignments,
-        pool: PoolView,
-        fast_path: FastPath,
-        watchers: Watchers,
-        tracker: Tracker,
-        rebalancer: Rebalancer,
-        counters: Arc<Counters>,
-    ) -> Self {
-        let started = std::time::Instant::now();
+    pub fn new(parts: Parts) -> Self {
+        let Parts { assignments, pool, fast_path, watchers, tracker, rebalancer, admission, counters, store_path } =
+            parts;
         Self {
             assignments,
             pool,
@@ -102,15 +116,24 @@ impl Operations {
             watchers,
             tracker,
             rebalancer,
+            admission,
             counters,
-            store_path: String::new(),
-            started,
+            store_path,
+            started: Instant::now(),
+            warned_at_capacity: None,
         }
     }
 
-    /// Names the store's location in `status`.
-    pub fn with_store_path(self, path: impl Into<String>) -> Self {
-        Self { store_path: path.into(), ..self }
+    fn warn_at_capacity(&mut self, now: Instant) {
+        if self.warned_at_capacity.is_some_and(|at| now.duration_since(at) < CAPACITY_WARNING_GAP) {
+            return;
+        }
+        self.warned_at_capacity = Some(now);
+        let held: u64 = self.assignments.client_counts().values().sum();
+        tracing::warn!(
+            held,
+            "the pool holds as many assignments as [limits] max_assignments allows: new clients get 503; raise it"
+        );
     }
 
     /// Answers a control API request.
@@ -134,16 +157,22 @@ impl Operations {
     /// one durable transaction; those that came straight from their client
     /// go on the fast path at once, and the watchers of those moved off an
     /// unusable server are told.
-    pub fn assign_new(&mut self, clients: &[NewClient]) -> Result<HashMap<Aor, Assigned>, StoreError> {
+    pub fn assign_new(&mut self, clients: &[NewClient]) -> Result<HashMap<Aor, Result<Assigned, Refused>>, StoreError> {
         let pool = self.pool.load_full();
-        let mut unique: Vec<&Aor> = clients.iter().map(|c| &c.aor).collect();
-        unique.sort();
-        unique.dedup();
-        let results = self.assignments.assign_all(&unique, &pool)?;
-        let assigned: HashMap<Aor, Assigned> =
-            unique.into_iter().zip(results).filter_map(|(aor, result)| Some((aor.clone(), result?))).collect();
+        let mut unique: Vec<&NewClient> = clients.iter().collect();
+        unique.sort_by(|a, b| a.aor.cmp(&b.aor));
+        unique.dedup_by(|a, b| a.aor == b.aor);
+        let aors: Vec<&Aor> = unique.iter().map(|c| &c.aor).collect();
+        let now = Instant::now();
+        let admission = &mut self.admission;
+        let mut admit = |index: usize, held: u64| admission.admit(unique[index].source, held, now);
+        let results = self.assignments.assign_all(&aors, &pool, &mut admit)?;
+        let assigned: HashMap<Aor, Result<Assigned, Refused>> = aors.into_iter().cloned().zip(results).collect();
+        if assigned.values().any(|result| *result == Err(Refused::AtCapacity)) {
+            self.warn_at_capacity(now);
+        }
         for client in clients {
-            let Some(done) = assigned.get(&client.aor) else { continue };
+            let Some(Ok(done)) = assigned.get(&client.aor) else { continue };
             if done.moved {
                 self.watchers.client_moved(&client.aor);
             }

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     edge::{
+        admission::Refused,
         assignments::Assigned,
         first_contact::{Action, NewClient},
         rebalance::Sample,
@@ -25,9 +26,9 @@ use crate::{
     store::StoreError,
 };
 
-/// New assignments for a batch, or the store's failure (shared by every
-/// batch of the failed transaction).
-pub type AssignReply = Result<HashMap<Aor, Assigned>, Arc<StoreError>>;
+/// Each new client's assignment, or why it has none; or the store's
+/// failure (shared by every batch of the failed transaction).
+pub type AssignReply = Result<HashMap<Aor, Result<Assigned, Refused>>, Arc<StoreError>>;
 
 /// A statistics reading, with every client's load sample when asked.
 pub type Reading = Result<(Stats, Option<Vec<Sample>>), OperationError>;

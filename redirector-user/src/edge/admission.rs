@@ -1,0 +1,146 @@
+//! Who may become a new client: anyone who reaches the service address can
+//! name any AOR, and each new one costs a durable assignment. New AORs are
+//! rate-limited per source prefix (a token bucket per IPv4 /24 and IPv6
+//! /64), and capped in all; a client already assigned is never refused.
+//! Sans-IO: it is given the time.
+
+use std::{collections::HashMap, net::IpAddr, time::Instant};
+
+/// Why a new client was refused (it gets 503 with Retry-After).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No home server takes new clients.
+    NoServer,
+    /// Its source prefix brought in new clients faster than allowed.
+    RateLimited,
+    /// The pool holds as many assignments as it may.
+    AtCapacity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// New clients a second, per source prefix.
+    pub per_prefix: f64,
+    /// How many a prefix may bring in at once.
+    pub burst: f64,
+    /// Assignments the store may hold.
+    pub max_assignments: u64,
+}
+
+/// Prefixes tracked at most; beyond, the full buckets (nothing to remember)
+/// are forgotten first.
+const MAX_PREFIXES: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Debug)]
+pub struct Admission {
+    limits: Limits,
+    buckets: HashMap<u128, Bucket>,
+}
+
+impl Admission {
+    pub fn new(limits: Limits) -> Self {
+        Self { limits, buckets: HashMap::new() }
+    }
+
+    /// Whether a new client from `source` may be assigned now, the store
+    /// holding `assignments` already.
+    pub fn admit(&mut self, source: IpAddr, assignments: u64, now: Instant) -> Result<(), Refused> {
+        if assignments >= self.limits.max_assignments {
+            return Err(Refused::AtCapacity);
+        }
+        if self.buckets.len() >= MAX_PREFIXES {
+            self.forget_full(now);
+        }
+        let limits = self.limits;
+        let bucket = self.buckets.entry(prefix(source)).or_insert(Bucket { tokens: limits.burst, at: now });
+        bucket.tokens = refilled(bucket, &limits, now);
+        bucket.at = now;
+        if bucket.tokens < 1.0 {
+            return Err(Refused::RateLimited);
+        }
+        bucket.tokens -= 1.0;
+        Ok(())
+    }
+
+    fn forget_full(&mut self, now: Instant) {
+        let limits = self.limits;
+        self.buckets.retain(|_, bucket| refilled(bucket, &limits, now) < limits.burst);
+        if self.buckets.len() >= MAX_PREFIXES {
+            // Every prefix is busy: start over rather than grow without bound.
+            self.buckets.clear();
+        }
+    }
+}
+
+fn refilled(bucket: &Bucket, limits: &Limits, now: Instant) -> f64 {
+    let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+    (bucket.tokens + elapsed * limits.per_prefix).min(limits.burst)
+}
+
+/// The /24 of an IPv4 address, the /64 of an IPv6 one, in one key space.
+fn prefix(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4) & 0xffff_ff00) | (1 << 127),
+        IpAddr::V6(v6) => u128::from(v6) & !u128::from(u64::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { per_prefix: 10.0, burst: 3.0, max_assignments: 100 }
+    }
+
+    #[test]
+    fn a_prefix_gets_its_burst_then_its_rate() {
+        let mut admission = Admission::new(limits());
+        let t0 = Instant::now();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for _ in 0..3 {
+            assert_eq!(admission.admit(ip("198.51.100.7"), 0, t0), Ok(()));
+        }
+        assert_eq!(admission.admit(ip("198.51.100.200"), 0, t0), Err(Refused::RateLimited), "the same /24");
+        assert_eq!(admission.admit(ip("198.51.101.7"), 0, t0), Ok(()), "another /24");
+        assert_eq!(admission.admit(ip("2001:db8::1"), 0, t0), Ok(()));
+        assert_eq!(admission.admit(ip("198.51.100.7"), 0, t0 + Duration::from_millis(100)), Ok(()), "10/s: one more");
+        assert_eq!(admission.admit(ip("198.51.100.7"), 0, t0 + Duration::from_millis(100)), Err(Refused::RateLimited));
+    }
+
+    #[test]
+    fn ipv6_prefixes_are_slash_64() {
+        let mut admission = Admission::new(limits());
+        let t0 = Instant::now();
+        for host in 1..=3 {
+            assert_eq!(admission.admit(format!("2001:db8:0:1::{host}").parse().unwrap(), 0, t0), Ok(()));
+        }
+        assert_eq!(admission.admit("2001:db8:0:1:ffff::9".parse().unwrap(), 0, t0), Err(Refused::RateLimited));
+        assert_eq!(admission.admit("2001:db8:0:2::1".parse().unwrap(), 0, t0), Ok(()));
+    }
+
+    #[test]
+    fn the_cap_refuses_whatever_the_prefix() {
+        let mut admission = Admission::new(limits());
+        assert_eq!(admission.admit("192.0.2.1".parse().unwrap(), 100, Instant::now()), Err(Refused::AtCapacity));
+    }
+
+    #[test]
+    fn prefixes_tracked_stay_bounded() {
+        let mut admission = Admission::new(limits());
+        let t0 = Instant::now();
+        for i in 0..(MAX_PREFIXES as u32 + 10) {
+            let ip = std::net::Ipv4Addr::from(i << 8);
+            assert_eq!(admission.admit(IpAddr::V4(ip), 0, t0), Ok(()));
+        }
+        assert!(admission.buckets.len() <= MAX_PREFIXES);
+    }
+}
