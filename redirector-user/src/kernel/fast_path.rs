@@ -101,21 +101,41 @@ impl FastPath {
     /// Takes `aor`'s clients off the fast path: until `restore`, their
     /// packets go up to first contact, which answers from the database.
     pub fn withdraw(&mut self, aor: &Aor) -> Result<Withdrawn, FastPathError> {
-        let entries = self.installed.remove(aor).unwrap_or_default();
-        for (client, _) in &entries {
-            self.dataplane.remove_client(*client)?;
+        Ok(self.withdraw_many(std::slice::from_ref(aor))?.remove(0))
+    }
+
+    /// `withdraw` for many AORs, with one batched map delete.
+    pub fn withdraw_many(&mut self, aors: &[Aor]) -> Result<Vec<Withdrawn>, FastPathError> {
+        let withdrawn: Vec<Withdrawn> = aors
+            .iter()
+            .map(|aor| Withdrawn { aor: aor.clone(), entries: self.installed.remove(aor).unwrap_or_default() })
+            .collect();
+        let clients: Vec<Endpoint> =
+            withdrawn.iter().flat_map(|w| w.entries.iter().map(|(client, _)| *client)).collect();
+        if !clients.is_empty() {
+            self.dataplane.remove_clients(&clients)?;
         }
-        Ok(Withdrawn { aor: aor.clone(), entries })
+        Ok(withdrawn)
     }
 
     /// Puts withdrawn clients back on the fast path, to the server in slot `server`.
-    /// Entries recorded as they are put: on an error, the ones already in
-    /// the kernel are known (a later move or sweep finds them); the rest
-    /// stay off the fast path until their client's next first contact.
     pub fn restore(&mut self, withdrawn: Withdrawn, server: u32) -> Result<(), FastPathError> {
-        for (client, service) in withdrawn.entries {
-            self.put(client, server, service)?;
-            self.installed.entry(withdrawn.aor.clone()).or_default().push((client, service));
+        self.restore_many(vec![(withdrawn, server)])
+    }
+
+    /// `restore` for many, each to its server, with batched map updates.
+    /// Recorded once written: on an error, none of them is on the fast path
+    /// until its client's next first contact.
+    pub fn restore_many(&mut self, moves: Vec<(Withdrawn, u32)>) -> Result<(), FastPathError> {
+        let mut writes = Writes::default();
+        for (withdrawn, server) in &moves {
+            for &(client, service) in &withdrawn.entries {
+                self.entry_for(client, *server, service, &mut writes)?;
+            }
+        }
+        self.write(&writes)?;
+        for (withdrawn, _) in moves {
+            self.installed.entry(withdrawn.aor).or_default().extend(withdrawn.entries);
         }
         Ok(())
     }
@@ -183,6 +203,20 @@ impl FastPath {
     }
 
     fn put(&mut self, client: Endpoint, server: u32, service: Endpoint) -> Result<(), FastPathError> {
+        let mut writes = Writes::default();
+        self.entry_for(client, server, service, &mut writes)?;
+        self.write(&writes)
+    }
+
+    /// The kernel entries that forward `client` to the server in slot
+    /// `server` (in nat mode with its edge port, kept across re-installs).
+    fn entry_for(
+        &mut self,
+        client: Endpoint,
+        server: u32,
+        service: Endpoint,
+        writes: &mut Writes,
+    ) -> Result<(), FastPathError> {
         let mut entry = ClientEntry { server, last_seen_ns: monotonic_ns(), ..Default::default() };
         if self.mode == ForwardingMode::Nat {
             let port = match self.nat_port_of.get(&client) {
@@ -191,12 +225,33 @@ impl FastPath {
             };
             self.nat_port_of.insert(client, port);
             entry.nat_port_be = port.to_be();
-            let key = NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 };
-            self.dataplane.install_nat_reply(key, NatEntry { client, service, server })?;
+            writes.nat_keys.push(NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 });
+            writes.nat_entries.push(NatEntry { client, service, server });
         }
-        self.dataplane.install_client(client, entry)?;
+        writes.clients.push(client);
+        writes.entries.push(entry);
         Ok(())
     }
+
+    /// Reply entries first: a client's forwarded packet may be answered at once.
+    fn write(&mut self, writes: &Writes) -> Result<(), FastPathError> {
+        if !writes.nat_keys.is_empty() {
+            self.dataplane.install_nat_replies(&writes.nat_keys, &writes.nat_entries)?;
+        }
+        if !writes.clients.is_empty() {
+            self.dataplane.install_clients(&writes.clients, &writes.entries)?;
+        }
+        Ok(())
+    }
+}
+
+/// Kernel entries to write together.
+#[derive(Default)]
+struct Writes {
+    clients: Vec<Endpoint>,
+    entries: Vec<ClientEntry>,
+    nat_keys: Vec<NatKey>,
+    nat_entries: Vec<NatEntry>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock the program's

@@ -2,11 +2,14 @@
 //! reading counters. Conversions from config to the shared map types are
 //! plain functions, tested on the host.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, BorrowedFd},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use redirector_ebpf::{
@@ -35,6 +38,8 @@ pub enum DataPlaneError {
     Map { name: &'static str, source: MapError },
     #[error("BPF map {0} is missing from the XDP object; rebuild it with `cargo xtask build-ebpf`")]
     MissingMap(&'static str),
+    #[error("BPF map {name}: a batched {what} failed (the kernel needs 5.6 or newer): {source}")]
+    Batch { name: &'static str, what: &'static str, source: std::io::Error },
 }
 
 type Result<T, E = DataPlaneError> = std::result::Result<T, E>;
@@ -112,6 +117,33 @@ impl DataPlane {
     pub fn set_server(&mut self, index: u32, server: Server) -> Result<()> {
         let mut map: Array<_, Server> = self.map(SERVERS_MAP)?;
         map.set(index, server, 0).map_err(map_error(SERVERS_MAP))
+    }
+
+    /// Writes many client entries in one system call (or a few).
+    pub fn install_clients(&mut self, clients: &[Endpoint], entries: &[ClientEntry]) -> Result<()> {
+        let fd = self.map_fd(CLIENTS_MAP)?;
+        super::batch::update(fd, clients, entries).map_err(batch_error(CLIENTS_MAP, "update"))
+    }
+
+    /// Removes many client entries in one system call (or a few); absent
+    /// ones are fine.
+    pub fn remove_clients(&mut self, clients: &[Endpoint]) -> Result<()> {
+        let fd = self.map_fd(CLIENTS_MAP)?;
+        super::batch::delete(fd, clients).map_err(batch_error(CLIENTS_MAP, "delete"))
+    }
+
+    /// Writes many nat reply entries in one system call (or a few).
+    pub fn install_nat_replies(&mut self, keys: &[NatKey], entries: &[NatEntry]) -> Result<()> {
+        let fd = self.map_fd(NAT_REPLIES_MAP)?;
+        super::batch::update(fd, keys, entries).map_err(batch_error(NAT_REPLIES_MAP, "update"))
+    }
+
+    /// A hash map's file descriptor, for the batched calls aya lacks.
+    fn map_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>> {
+        match self.ebpf.map(name).ok_or(DataPlaneError::MissingMap(name))? {
+            Map::LruHashMap(data) | Map::HashMap(data) => Ok(data.fd().as_fd()),
+            _ => Err(DataPlaneError::Map { name, source: MapError::InvalidMapType { map_type: 0 } }),
+        }
     }
 
     pub fn install_client(&mut self, client: Endpoint, entry: ClientEntry) -> Result<()> {
@@ -210,6 +242,10 @@ impl DataPlane {
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
     let program = ebpf.program_mut(name).ok_or(DataPlaneError::Program { name, source: ProgramError::NotLoaded })?;
     program.try_into().map_err(|source| DataPlaneError::Program { name, source })
+}
+
+fn batch_error(name: &'static str, what: &'static str) -> impl Fn(std::io::Error) -> DataPlaneError {
+    move |source| DataPlaneError::Batch { name, what, source }
 }
 
 fn map_error(name: &'static str) -> impl Fn(MapError) -> DataPlaneError {

@@ -1,6 +1,7 @@
 //! The kernel side: the embedded XDP object loaded and attached, its maps,
 //! and the fast path's client entries.
 
+mod batch;
 pub mod fast_path;
 pub mod loader;
 pub mod nat_ports;

@@ -411,7 +411,8 @@ impl Operations {
         for (aor, _) in planned {
             self.assignments.hold(aor);
         }
-        let withdrawn = planned.iter().map(|(aor, _)| self.fast_path.withdraw(aor)).collect::<Result<Vec<_>, _>>();
+        let aors: Vec<Aor> = planned.iter().map(|(aor, _)| aor.clone()).collect();
+        let withdrawn = self.fast_path.withdraw_many(&aors);
         let pool = self.pool.load_full();
         let pairs: Vec<(&Aor, &str)> = planned.iter().map(|(aor, to)| (aor, to.name.as_str())).collect();
         let reassigned = withdrawn.map_err(OperationError::from).and_then(|withdrawn| {
@@ -425,15 +426,17 @@ impl Operations {
             }
         };
         let mut moves = Vec::with_capacity(planned.len());
+        let mut restores = Vec::with_capacity(planned.len());
         for ((aor, to), (entries, done)) in planned.iter().zip(reassigned) {
             let Some(done) = done else { continue };
             self.watchers.client_moved(aor);
-            if let Err(error) = self.fast_path.restore(entries, to.index) {
-                tracing::warn!(%aor, %error, "a moved client's kernel entries were not all restored");
-            }
+            restores.push((entries, to.index));
             let from = done.previous.unwrap_or_default();
             tracing::debug!(%aor, from, to = to.name, generation = done.generation, "moved");
             moves.push(Move { aor: aor.to_string(), from, to: to.name.clone(), generation: done.generation });
+        }
+        if let Err(error) = self.fast_path.restore_many(restores) {
+            tracing::warn!(%error, moved = moves.len(), "moved clients' kernel entries were not restored: their next packets meet first contact");
         }
         self.release(planned);
         Ok(moves)

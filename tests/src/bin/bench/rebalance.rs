@@ -3,8 +3,9 @@
 //! (`--quick`: 100,000 only). A move keeps the daemon's order: every client's
 //! kernel entry withdrawn, then all assignments committed in one durable
 //! transaction (`reassign_many`), then every entry restored pointing at the
-//! new server. aya 0.14 has no batched map update, so the kernel side is
-//! two map syscalls per client.
+//! new server. The kernel side is batched (`BPF_MAP_DELETE_BATCH` for the
+//! withdrawal, `BPF_MAP_UPDATE_BATCH` for the restore), as the daemon's
+//! moves are.
 //!
 //! Baseline: seeding the same clients in the same run (first assignments
 //! in one transaction into an empty store, one map update each). Also
@@ -38,7 +39,7 @@ fn move_all(population: &mut Population) -> Moved {
     let fast_path = &mut population.fast_path;
 
     let start = Instant::now();
-    let withdrawn: Vec<_> = aors.iter().map(|a| fast_path.withdraw(a).expect("withdrawing")).collect();
+    let withdrawn = fast_path.withdraw_many(&aors).expect("withdrawing");
     let withdrawing = start.elapsed();
 
     let start = Instant::now();
@@ -47,9 +48,7 @@ fn move_all(population: &mut Population) -> Moved {
     assert!(reassigned.iter().all(|r| r.generation == 2), "every client moved exactly once");
 
     let start = Instant::now();
-    for entries in withdrawn {
-        fast_path.restore(entries, 1).expect("restoring");
-    }
+    fast_path.restore_many(withdrawn.into_iter().map(|entries| (entries, 1)).collect()).expect("restoring");
     Moved { kernel: withdrawing + start.elapsed(), store }
 }
 

@@ -1,0 +1,77 @@
+//! Batched map updates and deletes: `BPF_MAP_UPDATE_BATCH` and
+//! `BPF_MAP_DELETE_BATCH` (Linux 5.6), one system call for many entries.
+//! aya 0.14 has neither, so this is the one place that calls bpf(2) itself.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+use bytemuck::Pod;
+
+/// `enum bpf_cmd` in include/uapi/linux/bpf.h.
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Writes every (key, value) pair, in as few calls as the kernel allows.
+pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let mut done = 0;
+    while done < keys.len() {
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: (keys.len() - done) as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let result = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+        done += attr.count as usize;
+        result?;
+    }
+    Ok(())
+}
+
+/// Deletes every key; keys already gone (an LRU map evicts) are skipped.
+pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+    let mut done = 0;
+    while done < keys.len() {
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            count: (keys.len() - done) as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let result = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
+        done += attr.count as usize;
+        match result {
+            Ok(()) => {}
+            // The kernel stops at a missing key: step over it.
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => done += 1,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+fn bpf(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid `bpf_attr.batch` for the call's duration;
+    // its keys and values point at `count` elements of the map's key and
+    // value sizes, which the callers' slices hold.
+    let result = unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+    if result < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
