@@ -143,6 +143,10 @@ async fn send_chunk(socket: &UdpSocket, chunk: &[(SocketAddr, &[u8])]) -> std::i
     }
 }
 
+/// Bytes one batch takes at most (and keeps between batches): a burst of
+/// large datagrams does not leave every socket holding a 16 MB buffer.
+const BATCH_BYTES: usize = 1 << 20;
+
 /// Datagrams received together, kept in one buffer reused batch after
 /// batch: receiving allocates nothing once it has grown.
 pub struct Received {
@@ -161,10 +165,11 @@ impl Received {
     /// report, so no datagram already taken is lost.
     pub async fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
         self.bytes.clear();
+        self.bytes.shrink_to(BATCH_BYTES);
         self.datagrams.clear();
         let (len, source) = socket.recv_from(&mut self.scratch).await?;
         self.keep(len, source);
-        while self.datagrams.len() < BATCH {
+        while self.datagrams.len() < BATCH && self.bytes.len() < BATCH_BYTES {
             let Ok((len, source)) = socket.try_recv_from(&mut self.scratch) else { break };
             self.keep(len, source);
         }

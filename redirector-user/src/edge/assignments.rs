@@ -61,14 +61,14 @@ impl Assignments {
 
     /// Gives every AOR without a usable assignment a new one on a server of
     /// `pool` that takes new clients, all in one durable transaction. An
-    /// AOR never assigned before is first put to `admit` (its index in
-    /// `aors`, and the assignments held so far). Per AOR: its usable
-    /// assignment, or why it has none.
+    /// AOR never assigned before is first put to `admit` (with the
+    /// assignments held so far). Per AOR: its usable assignment, or why it
+    /// has none.
     pub fn assign_all(
         &mut self,
         aors: &[&Aor],
         pool: &Pool,
-        admit: &mut dyn FnMut(usize, u64) -> Result<(), Refused>,
+        admit: &mut dyn FnMut(&Aor, u64) -> Result<(), Refused>,
     ) -> Result<Vec<Result<Assigned, Refused>>, StoreError> {
         if aors.is_empty() {
             return Ok(Vec::new());
@@ -82,7 +82,7 @@ impl Assignments {
                 return None;
             }
             if current.is_none()
-                && let Err(refused) = admit(decided.len(), held)
+                && let Err(refused) = admit(aor, held)
             {
                 decided.push(Err(refused));
                 return None;
@@ -113,7 +113,14 @@ impl Assignments {
                 self.cache.put(&stored);
                 previous.is_some()
             }
-            None => false,
+            None => {
+                // Usable as stored, yet it came here: the cache lacks it
+                // (a failed release): put it back.
+                if self.cache.get(&stored.aor).is_none_or(|c| c.generation != stored.generation) {
+                    self.cache.put(&stored);
+                }
+                false
+            }
         };
         if !pool.usable(&stored.server) {
             return Err(Refused::NoServer);

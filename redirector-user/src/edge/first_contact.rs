@@ -117,7 +117,7 @@ crate::counters::counters! {
     assigned,
     /// Clients of a down server given a new one at their next first contact.
     reassigned,
-    /// Client addresses put on the fast path.
+    /// Client addresses put on the fast path (by the state owner).
     installed,
     /// Reachability pings (OPTIONS) sent to home servers; they are also the
     /// health checks.
@@ -335,7 +335,12 @@ impl FirstContact {
 
     fn answer_request(&self, request: &mut Request<'_>, assigned: Assignments<'_>, pool: &Pool) -> Vec<Action> {
         let (server, generation) = match (&request.known, assigned) {
-            (Some(known), _) => (known.server.to_string(), known.generation),
+            (Some(known), _) => {
+                // Moved while the batch waited for the owner: the new home.
+                let now = self.cache.get(&request.aor).filter(|c| c.generation > known.generation);
+                let known = now.as_ref().unwrap_or(known);
+                (known.server.to_string(), known.generation)
+            }
             (None, Ok(assigned)) => match assigned.get(&request.aor) {
                 Some(Ok(assigned)) => (assigned.assignment.server.clone(), assigned.assignment.generation),
                 Some(Err(refused)) => return self.refuse(&mut request.basis, request.source, *refused),
@@ -371,13 +376,10 @@ impl FirstContact {
         };
         if request.message.method() == Some("SUBSCRIBE") {
             actions.extend(self.watch(&request.message, request.aor.clone(), source, generation));
-        } else if request.installable && home.effective_state() != ServerState::Down {
-            bump(&self.counters.installed);
-            // A new client was put on the fast path with its assignment.
-            if request.known.is_some() {
-                let (client, service, aor) = (source, request.local, request.aor.clone());
-                actions.push(Action::Install { client, service, server: home.index, aor, generation });
-            }
+        } else if request.installable && request.known.is_some() && home.effective_state() != ServerState::Down {
+            // (A new client was put on the fast path with its assignment.)
+            let (client, service, aor) = (source, request.local, request.aor.clone());
+            actions.push(Action::Install { client, service, server: home.index, aor, generation });
         }
         actions
     }

@@ -63,7 +63,8 @@ impl Harness {
         let unassigned = read.unassigned();
         let refs: Vec<&Aor> = unassigned.iter().map(|c| &c.aor).collect();
         let now = std::time::Instant::now();
-        let mut admit = |i: usize, held| self.admission.borrow_mut().admit(unassigned[i].source, held, now);
+        let source = |aor: &Aor| unassigned.iter().find(|c| &c.aor == aor).expect("asked for").source;
+        let mut admit = |aor: &Aor, held| self.admission.borrow_mut().admit(source(aor), held, now);
         let results = self.assignments.borrow_mut().assign_all(&refs, &self.pool.load(), &mut admit);
         let assigned = results.map(|results| {
             let pairs = unassigned.iter().zip(results).map(|(c, result)| (c.aor.clone(), result));
@@ -350,6 +351,15 @@ fn new_clients_past_their_prefix_rate_or_the_cap_get_503_and_known_ones_never() 
     let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     assert_eq!((count(&s.fc.counters.rate_limited), count(&s.fc.counters.over_capacity)), (1, 1));
     assert_eq!(s.fc.store().all().unwrap().len(), 3, "nothing refused was stored");
+}
+
+#[test]
+fn an_aor_too_long_to_keep_gets_400_and_is_not_stored() {
+    let s = setup(Policy::ByVia);
+    let long = text(&register(ONE_VIA, "")).replace("alice@", &format!("{}@", "a".repeat(300)));
+    let (_, response) = only_reply(&s.fc.on_service_datagram(long.as_bytes(), client(), service()));
+    assert!(response.starts_with("SIP/2.0 400 To Address Of Record Too Long\r\n"), "{response}");
+    assert!(s.fc.store().all().unwrap().is_empty());
 }
 
 #[test]

@@ -174,22 +174,47 @@ impl FastPath {
             let Some(aor) = self.sweeping.pop() else { break };
             let entries = self.installed.remove(&aor).unwrap_or_default();
             looked += entries.len().max(1);
-            let mut kept = Vec::with_capacity(entries.len());
-            for (client, service) in entries {
-                let last_seen = self.dataplane.client(client)?.map(|entry| entry.last_seen_ns);
-                // Gone from the map (the LRU evicted it) or idle too long.
-                if last_seen.is_none_or(|seen| now.saturating_sub(seen) > idle) {
-                    self.remove(client)?;
-                    removed += 1;
-                } else {
-                    kept.push((client, service));
-                }
-            }
+            let (kept, result) = self.sweep_entries(entries, now, idle);
             if !kept.is_empty() {
                 self.installed.insert(aor, kept);
             }
+            removed += result?;
         }
         Ok((removed, self.sweeping.is_empty()))
+    }
+
+    /// Removes the idle ones of an AOR's entries; returns the ones kept
+    /// (on an error, every one not removed: none is forgotten while the
+    /// kernel still holds it) and how many were removed.
+    fn sweep_entries(
+        &mut self,
+        entries: Vec<(Endpoint, Endpoint)>,
+        now: u64,
+        idle: u64,
+    ) -> (Vec<(Endpoint, Endpoint)>, Result<usize, FastPathError>) {
+        let mut kept = Vec::with_capacity(entries.len());
+        let mut removed = 0;
+        let mut entries = entries.into_iter();
+        while let Some((client, service)) = entries.next() {
+            let idle_too_long = self.dataplane.client(client).map(|entry| {
+                // Gone from the map (the LRU evicted it) or idle too long.
+                entry.is_none_or(|entry| now.saturating_sub(entry.last_seen_ns) > idle)
+            });
+            let outcome = match idle_too_long {
+                Ok(true) => self.remove(client).map(|()| removed += 1),
+                Ok(false) => {
+                    kept.push((client, service));
+                    Ok(())
+                }
+                Err(error) => Err(error.into()),
+            };
+            if let Err(error) = outcome {
+                kept.push((client, service));
+                kept.extend(entries);
+                return (kept, Err(error));
+            }
+        }
+        (kept, Ok(removed))
     }
 
     fn remove(&mut self, client: Endpoint) -> Result<(), FastPathError> {

@@ -22,6 +22,7 @@ use std::{
 };
 
 use crate::{
+    counters::bump,
     edge::{
         admission::{Admission, Refused},
         assignments::{Assigned, Assignments},
@@ -164,8 +165,12 @@ impl Operations {
         unique.dedup_by(|a, b| a.aor == b.aor);
         let aors: Vec<&Aor> = unique.iter().map(|c| &c.aor).collect();
         let now = Instant::now();
+        let sources: HashMap<&Aor, std::net::IpAddr> = unique.iter().map(|c| (&c.aor, c.source)).collect();
         let admission = &mut self.admission;
-        let mut admit = |index: usize, held: u64| admission.admit(unique[index].source, held, now);
+        let mut admit = |aor: &Aor, held: u64| match sources.get(aor) {
+            Some(&source) => admission.admit(source, held, now),
+            None => Err(Refused::RateLimited),
+        };
         let results = self.assignments.assign_all(&aors, &pool, &mut admit)?;
         let assigned: HashMap<Aor, Result<Assigned, Refused>> = aors.into_iter().cloned().zip(results).collect();
         if assigned.values().any(|result| *result == Err(Refused::AtCapacity)) {
@@ -176,10 +181,15 @@ impl Operations {
             if done.moved {
                 self.watchers.client_moved(&client.aor);
             }
-            let home = pool.server(&done.assignment.server).filter(|h| h.effective_state() != ServerState::Down);
-            for &install in home.map_or(&[][..], |_| &client.installs[..]) {
-                let index = home.expect("checked").index;
-                self.install(&client.aor, install, index, done.assignment.generation);
+            let Some(home) = pool.server(&done.assignment.server) else { continue };
+            if home.effective_state() == ServerState::Down {
+                continue;
+            }
+            // As first contact answers: a client of a family the home has
+            // no address of gets a 503, and no fast path.
+            let answered = client.installs.iter().filter(|(source, _)| home.address_for(*source).is_some());
+            for &install in answered.collect::<Vec<_>>() {
+                self.install(&client.aor, install, home.index, done.assignment.generation);
             }
         }
         Ok(assigned)
@@ -214,7 +224,10 @@ impl Operations {
             return;
         }
         match self.fast_path.install(aor, client, server, service) {
-            Ok(()) => tracing::debug!(%aor, %client, server, "on the fast path"),
+            Ok(()) => {
+                bump(&self.counters.installed);
+                tracing::debug!(%aor, %client, server, "on the fast path");
+            }
             Err(error) => tracing::warn!(%aor, %client, %error, "could not put the client on the fast path"),
         }
     }

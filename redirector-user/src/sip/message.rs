@@ -29,6 +29,8 @@ pub enum ParseError {
     Malformed(&'static str),
     #[error("CSeq Method Mismatch")]
     CSeqMethod,
+    #[error("{0} Address Of Record Too Long")]
+    TooLong(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

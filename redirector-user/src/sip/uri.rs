@@ -91,8 +91,15 @@ pub fn socket_address(uri: &str) -> Option<SocketAddr> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Aor(String);
 
+/// Longest AOR kept: every assignment lives in memory and on disk, and its
+/// key is whatever a client sends.
+pub const MAX_AOR: usize = 256;
+
 impl Aor {
     pub fn from_uri(uri: &str, header: &'static str) -> Result<Self, ParseError> {
+        if uri.len() > MAX_AOR {
+            return Err(ParseError::TooLong(header));
+        }
         let malformed = ParseError::Malformed(header);
         let (scheme, rest) = uri.split_once(':').ok_or(malformed.clone())?;
         let scheme = scheme.to_ascii_lowercase();
