@@ -194,9 +194,11 @@ async fn until(at: Option<Instant>) {
 /// pinged.
 pub async fn health(context: Context, interval: Duration) -> Result<()> {
     let mut ticks = tokio::time::interval(interval);
+    // A round the owner took long to close is not made up for in a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for sequence in 1u32.. {
         ticks.tick().await;
-        context.owner.send(Command::HealthTick { sequence })?;
+        context.owner.health_tick(sequence).await?;
         for action in context.core.pings(sequence) {
             if let Action::Forward { to, bytes } = action {
                 send(context.senders.proxy_for(to), &bytes, to).await;

@@ -15,11 +15,13 @@
 //! batches of `MOVE_BATCH`, one database transaction each.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use tokio::sync::oneshot;
 
 use crate::{
     counters::bump,
@@ -88,6 +90,19 @@ pub struct Operations {
     started: Instant,
     /// When the cap on assignments was last reported.
     warned_at_capacity: Option<Instant>,
+    /// Moves still to be made, oldest first.
+    jobs: VecDeque<MoveJob>,
+}
+
+/// Every client of a server to move, a batch at a time.
+struct MoveJob {
+    from: String,
+    left: Vec<Aor>,
+    moves: Vec<Move>,
+    /// Told the moves once all are made (a drain asked for them).
+    reply: Option<oneshot::Sender<Reply>>,
+    /// Logged when done.
+    why: &'static str,
 }
 
 /// Everything the owner's state is made of.
@@ -122,6 +137,7 @@ impl Operations {
             store_path,
             started: Instant::now(),
             warned_at_capacity: None,
+            jobs: VecDeque::new(),
         }
     }
 
@@ -137,14 +153,23 @@ impl Operations {
         );
     }
 
-    /// Answers a control API request.
-    pub fn answer(&mut self, request: Request) -> Reply {
+    /// Answers a control API request on `reply`: at once, or for a drain
+    /// once its moves are made (see `work`).
+    pub fn answer(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
+        if let Request::Drain { server } = &request {
+            self.drain(server, reply);
+            return;
+        }
+        let _ = reply.send(self.answer_now(request));
+    }
+
+    fn answer_now(&mut self, request: Request) -> Reply {
         let result = match request {
             Request::Stats => self.stats().map(Reply::Stats),
             Request::Servers => self.servers().map(Reply::Servers),
             Request::Clients { server } => self.clients(&server).map(Reply::Clients),
             Request::Assign { aor, server } => self.assign(&aor, &server).map(|m| Reply::Moves(vec![m])),
-            Request::Drain { server } => self.drain(&server).map(Reply::Moves),
+            Request::Drain { .. } => unreachable!("`answer` queues drains"),
             Request::Undrain { server } => self.undrain(&server).map(Reply::Server),
             Request::Routes => self.routes().map(Reply::Routes),
             Request::Rebalance { dry_run } => self.rebalance(dry_run).map(Reply::Plan),
@@ -301,25 +326,60 @@ impl Operations {
 
     /// Takes `server` out of new assignments and moves all its clients to
     /// the other active servers (rendezvous hashing over them).
-    pub fn drain(&mut self, server: &str) -> Result<Vec<Move>> {
-        self.set_state(server, ServerState::Draining)?;
-        let moves = self.move_all_from(server)?;
-        tracing::info!(server, moved = moves.len(), "drained");
-        Ok(moves)
+    /// Queues the moves of a drain; they answer `reply` once made, and a
+    /// failure to start answers it at once.
+    fn drain(&mut self, server: &str, reply: oneshot::Sender<Reply>) {
+        let job = self.set_state(server, ServerState::Draining).and_then(|_| self.move_all_from(server, "drained"));
+        match job {
+            Ok(job) => self.jobs.push_back(MoveJob { reply: Some(reply), ..job }),
+            Err(error) => {
+                let _ = reply.send(Reply::Error(error.to_string()));
+            }
+        }
     }
 
     /// Applies a health verdict for the server in slot `index`: to first
     /// contact and the kernel at once (so the fast path stops sending to a
     /// down server immediately), and a down server's clients are moved.
-    pub fn set_health(&mut self, index: u32, healthy: bool) -> Result<Vec<Move>> {
+    pub fn set_health(&mut self, index: u32, healthy: bool) -> Result<()> {
         let home = self.change_server(|s| s.index == index, |s| s.healthy = healthy, &index.to_string())?;
         if healthy {
             tracing::info!(server = home.name, "home server up");
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let moves = self.move_all_from(&home.name)?;
-        tracing::warn!(server = home.name, moved = moves.len(), "home server down, its clients moved");
-        Ok(moves)
+        let job = self.move_all_from(&home.name, "home server down, its clients moved")?;
+        self.jobs.push_back(job);
+        Ok(())
+    }
+
+    /// Whether moves are still to be made (`work` makes the next batch).
+    pub fn has_work(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+
+    /// Makes the next batch of the oldest job's moves, `MOVE_BATCH` clients
+    /// in one transaction; the owner interleaves it with everything else.
+    pub fn work(&mut self) {
+        let Some(mut job) = self.jobs.pop_front() else { return };
+        let batch: Vec<Aor> = job.left.drain(..job.left.len().min(MOVE_BATCH)).collect();
+        match self.move_batch_from(&job.from, &batch) {
+            Ok(moves) => job.moves.extend(moves),
+            Err(error) => {
+                tracing::warn!(server = job.from, %error, left = job.left.len(), "moving clients failed");
+                if let Some(reply) = job.reply {
+                    let _ = reply.send(Reply::Error(error.to_string()));
+                }
+                return;
+            }
+        }
+        if !job.left.is_empty() {
+            self.jobs.push_front(job);
+            return;
+        }
+        tracing::info!(server = job.from, moved = job.moves.len(), "{}", job.why);
+        if let Some(reply) = job.reply {
+            let _ = reply.send(Reply::Moves(job.moves));
+        }
     }
 
     /// Changes a server, publishes the pool to first contact and writes the
@@ -337,24 +397,28 @@ impl Operations {
         Ok(home)
     }
 
-    /// Moves every client of `server` to the other servers that take new
-    /// clients (rendezvous hashing over them), `MOVE_BATCH` at a time.
-    fn move_all_from(&mut self, server: &str) -> Result<Vec<Move>> {
+    /// The moves of every client of `server` to the other servers that take
+    /// new clients (rendezvous hashing over them), for `work` to make a
+    /// batch at a time. None can land on `server` meanwhile: it takes
+    /// no new clients, and only this thread assigns.
+    fn move_all_from(&self, server: &str, why: &'static str) -> Result<MoveJob> {
         let left: Vec<Aor> =
             self.assignments.store().all()?.into_iter().filter(|a| a.server == server).map(|a| a.aor).collect();
+        Ok(MoveJob { from: server.to_owned(), left, moves: Vec::new(), reply: None, why })
+    }
+
+    /// One batch of a job: `aors` off `from`, each to where rendezvous
+    /// hashing puts it now.
+    fn move_batch_from(&mut self, from: &str, aors: &[Aor]) -> Result<Vec<Move>> {
         let pool = self.pool.load_full();
-        let mut moves = Vec::new();
-        for batch in left.chunks(MOVE_BATCH) {
-            let planned = batch
-                .iter()
-                .map(|aor| {
-                    let to = pool.choose(aor, Some(server)).cloned();
-                    Ok((aor.clone(), to.ok_or_else(|| OperationError::NoActiveServer(server.into()))?))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            moves.extend(self.move_batch(&planned, Some(server))?);
-        }
-        Ok(moves)
+        let planned = aors
+            .iter()
+            .map(|aor| {
+                let to = pool.choose(aor, Some(from)).cloned();
+                Ok((aor.clone(), to.ok_or_else(|| OperationError::NoActiveServer(from.into()))?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.move_batch(&planned, Some(from))
     }
 
     /// Lets `server` take new clients again.

@@ -42,8 +42,9 @@ pub enum Command {
     Apply { changes: Vec<Action>, done: oneshot::Sender<()> },
     /// A control API request.
     Control { request: Request, reply: oneshot::Sender<Reply> },
-    /// Health round `sequence` starts.
-    HealthTick { sequence: u32 },
+    /// Health round `sequence` starts (the previous one closes); `done`
+    /// once applied, so rounds never pile up while the owner is busy.
+    HealthTick { sequence: u32, done: oneshot::Sender<()> },
     /// Idle clients leave the fast path, a budget of them at a time;
     /// `done` tells whether the pass is complete.
     Sweep { idle: Duration, done: oneshot::Sender<bool> },
@@ -90,6 +91,12 @@ impl Owner {
         applied.await.map_err(|_| OwnerGone)
     }
 
+    pub async fn health_tick(&self, sequence: u32) -> Result<(), OwnerGone> {
+        let (done, applied) = oneshot::channel();
+        self.send(Command::HealthTick { sequence, done })?;
+        applied.await.map_err(|_| OwnerGone)
+    }
+
     /// One step of a sweep; true when the pass is complete.
     pub async fn sweep(&self, idle: Duration) -> Result<bool, OwnerGone> {
         let (done, complete) = oneshot::channel();
@@ -118,8 +125,8 @@ impl Owner {
 }
 
 fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>) {
-    while let Ok(first) = commands.recv() {
-        let mut queued = vec![first];
+    while let Some(first) = next(&operations, &commands) {
+        let mut queued: Vec<Command> = first.into_iter().collect();
         queued.extend(commands.try_iter());
         let mut assigns = Vec::new();
         for command in queued {
@@ -137,6 +144,21 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
             }
         }
         assign(&mut operations, assigns);
+        // One batch of queued moves between rounds of commands.
+        operations.work();
+    }
+}
+
+/// The next command: waited for when nothing else is to be done, taken if
+/// one is queued while moves are; `None` once every sender is gone.
+fn next(operations: &Operations, commands: &std::sync::mpsc::Receiver<Command>) -> Option<Option<Command>> {
+    if !operations.has_work() {
+        return commands.recv().ok().map(Some);
+    }
+    match commands.try_recv() {
+        Ok(command) => Some(Some(command)),
+        Err(std::sync::mpsc::TryRecvError::Empty) => Some(None),
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
     }
 }
 
@@ -169,10 +191,11 @@ fn execute(operations: &mut Operations, command: Command) {
             changes.into_iter().for_each(|change| operations.apply(change));
             let _ = done.send(());
         }
-        Command::Control { request, reply } => {
-            let _ = reply.send(operations.answer(request));
+        Command::Control { request, reply } => operations.answer(request, reply),
+        Command::HealthTick { sequence, done } => {
+            operations.health_tick(sequence);
+            let _ = done.send(());
         }
-        Command::HealthTick { sequence } => operations.health_tick(sequence),
         Command::Sweep { idle, done } => {
             let _ = done.send(operations.sweep(idle));
         }
