@@ -211,7 +211,7 @@ impl Daemon {
         let notifier = Notifier::new(senders.proxy_addresses(), self.watcher_counters.clone());
         let deactivated = self.deactivated.lock().expect("receiver lock").take().ok_or(DaemonError::ServedTwice)?;
         let events = self.events.lock().expect("events lock").take().ok_or(DaemonError::ServedTwice)?;
-        let (notify_answers, answers) = mpsc::unbounded_channel();
+        let (notify_answers, answers) = mpsc::channel(tasks::NOTIFY_ANSWERS);
         let context = Context { core: self.core.clone(), owner: self.owner.clone(), senders, notify_answers };
         let mut tasks = Tasks::new();
         let notifying = tasks::notify(notifier, deactivated, answers, context.senders.clone());

@@ -57,6 +57,9 @@ pub async fn supervise(mut tasks: Tasks, shutdown: impl Future<Output = ()>) -> 
     }
 }
 
+/// NOTIFY answers queued for the notifier at most.
+pub const NOTIFY_ANSWERS: usize = 4096;
+
 /// A watcher's answer to one of our NOTIFYs, for the notifier's task.
 pub struct NotifyAnswer {
     pub branch: String,
@@ -70,7 +73,7 @@ pub struct Context {
     pub core: FirstContact,
     pub owner: Owner,
     pub senders: Senders,
-    pub notify_answers: mpsc::UnboundedSender<NotifyAnswer>,
+    pub notify_answers: mpsc::Sender<NotifyAnswer>,
 }
 
 /// First contact on one service socket: each batch read once, the new
@@ -114,7 +117,16 @@ async fn act(actions: Vec<Action>, socket: &Arc<UdpSocket>, context: &Context) -
             Action::Reply { .. } | Action::Forward { .. } | Action::Relay { .. } => sends.push(action),
             Action::NotifyAnswered { branch, code, from } => {
                 let answer = NotifyAnswer { branch, code, from };
-                context.notify_answers.send(answer).map_err(|_| DaemonError::TaskEnded { task: "notifier".into() })?;
+                match context.notify_answers.try_send(answer) {
+                    Ok(()) => {}
+                    // Anyone can send one: a flood of them is dropped, not queued.
+                    Err(mpsc::error::TrySendError::Full(dropped)) => {
+                        debug!(from = %dropped.from, "NOTIFY answer dropped: the notifier is behind");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return Err(DaemonError::TaskEnded { task: "notifier".into() });
+                    }
+                }
             }
             change => changes.push(change),
         }
@@ -159,7 +171,7 @@ async fn send_grouped(sends: &[Action], socket: &Arc<UdpSocket>, senders: &Sende
 pub async fn notify(
     mut notifier: Notifier,
     mut deactivated: mpsc::UnboundedReceiver<Subscription>,
-    mut answers: mpsc::UnboundedReceiver<NotifyAnswer>,
+    mut answers: mpsc::Receiver<NotifyAnswer>,
     senders: Senders,
 ) -> Result<()> {
     loop {

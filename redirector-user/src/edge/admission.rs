@@ -27,8 +27,9 @@ pub struct Limits {
     pub max_assignments: u64,
 }
 
-/// Prefixes tracked at most; beyond, the full buckets (nothing to remember)
-/// are forgotten first.
+/// Prefixes tracked at most, in two generations: when the current one
+/// fills, it becomes the previous one and the oldest is forgotten (a
+/// prefix seen in either keeps its bucket), at no cost per lookup.
 const MAX_PREFIXES: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
@@ -41,11 +42,12 @@ struct Bucket {
 pub struct Admission {
     limits: Limits,
     buckets: HashMap<u128, Bucket>,
+    previous: HashMap<u128, Bucket>,
 }
 
 impl Admission {
     pub fn new(limits: Limits) -> Self {
-        Self { limits, buckets: HashMap::new() }
+        Self { limits, buckets: HashMap::new(), previous: HashMap::new() }
     }
 
     /// Whether a new client from `source` may be assigned now, the store
@@ -54,11 +56,12 @@ impl Admission {
         if assignments >= self.limits.max_assignments {
             return Err(Refused::AtCapacity);
         }
-        if self.buckets.len() >= MAX_PREFIXES {
-            self.forget_full(now);
+        let (key, limits) = (prefix(source), self.limits);
+        if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_PREFIXES / 2 {
+            self.previous = std::mem::take(&mut self.buckets);
         }
-        let limits = self.limits;
-        let bucket = self.buckets.entry(prefix(source)).or_insert(Bucket { tokens: limits.burst, at: now });
+        let carried = self.previous.remove(&key);
+        let bucket = self.buckets.entry(key).or_insert(carried.unwrap_or(Bucket { tokens: limits.burst, at: now }));
         bucket.tokens = refilled(bucket, &limits, now);
         bucket.at = now;
         if bucket.tokens < 1.0 {
@@ -66,15 +69,6 @@ impl Admission {
         }
         bucket.tokens -= 1.0;
         Ok(())
-    }
-
-    fn forget_full(&mut self, now: Instant) {
-        let limits = self.limits;
-        self.buckets.retain(|_, bucket| refilled(bucket, &limits, now) < limits.burst);
-        if self.buckets.len() >= MAX_PREFIXES {
-            // Every prefix is busy: start over rather than grow without bound.
-            self.buckets.clear();
-        }
     }
 }
 
@@ -141,6 +135,19 @@ mod tests {
             let ip = std::net::Ipv4Addr::from(i << 8);
             assert_eq!(admission.admit(IpAddr::V4(ip), 0, t0), Ok(()));
         }
-        assert!(admission.buckets.len() <= MAX_PREFIXES);
+        assert!(admission.buckets.len() + admission.previous.len() <= MAX_PREFIXES);
+    }
+
+    #[test]
+    fn an_exhausted_prefix_stays_exhausted_across_a_generation() {
+        let mut admission = Admission::new(limits());
+        let t0 = Instant::now();
+        let busy: IpAddr = "203.0.113.1".parse().unwrap();
+        while admission.admit(busy, 0, t0).is_ok() {}
+        for i in 0..(MAX_PREFIXES as u32 / 2) {
+            admission.admit(IpAddr::V4(std::net::Ipv4Addr::from((i + 1) << 8)), 0, t0).unwrap();
+        }
+        assert!(admission.previous.contains_key(&prefix(busy)), "the generation turned over");
+        assert_eq!(admission.admit(busy, 0, t0), Err(Refused::RateLimited), "its empty bucket came along");
     }
 }

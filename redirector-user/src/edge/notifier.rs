@@ -17,7 +17,8 @@
 //! from the proxy address.
 
 use std::{
-    collections::HashMap,
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
     hash::{BuildHasher, RandomState},
     net::SocketAddr,
     sync::Arc,
@@ -51,6 +52,13 @@ pub struct Transmit {
     pub bytes: Vec<u8>,
 }
 
+impl Transaction {
+    /// When it is to be retransmitted or given up, whichever is first.
+    fn due(&self) -> Instant {
+        self.retransmit.min(self.give_up)
+    }
+}
+
 struct Transaction {
     subscription: Subscription,
     sent_by: SocketAddr,
@@ -69,6 +77,9 @@ pub struct Notifier {
     proxies: Vec<SocketAddr>,
     /// Pending transactions by branch.
     pending: HashMap<String, Transaction>,
+    /// When each pending transaction is due next, earliest first; entries
+    /// of transactions that ended or moved on are skipped when met.
+    deadlines: BinaryHeap<Reverse<(Instant, String)>>,
     branches: RandomState,
     started: u64,
     counters: Arc<WatcherCounters>,
@@ -76,7 +87,8 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn new(proxies: Vec<SocketAddr>, counters: Arc<WatcherCounters>) -> Self {
-        Self { proxies, pending: HashMap::new(), branches: RandomState::new(), started: 0, counters }
+        let pending = HashMap::new();
+        Self { proxies, pending, deadlines: BinaryHeap::new(), branches: RandomState::new(), started: 0, counters }
     }
 
     /// Starts the NOTIFY transaction telling a watcher its client moved.
@@ -102,6 +114,7 @@ impl Notifier {
             give_up: now + TIMER_F,
             proceeding: false,
         };
+        self.deadlines.push(Reverse((transaction.due(), branch.clone())));
         self.pending.insert(branch, transaction);
         Some(transmit)
     }
@@ -123,25 +136,34 @@ impl Notifier {
     }
 
     /// When `handle_timeout` is due next, if anything is pending.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.values().map(|t| t.retransmit.min(t.give_up)).min()
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, branch))) = self.deadlines.peek() {
+            if self.pending.get(branch).is_some_and(|t| t.due() == *at) {
+                return Some(*at);
+            }
+            self.deadlines.pop();
+        }
+        None
     }
 
     /// Retransmits what is due at `now` and gives up what reached Timer F.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Transmit> {
-        let expired: Vec<String> =
-            self.pending.iter().filter(|(_, t)| now >= t.give_up).map(|(b, _)| b.clone()).collect();
-        for branch in expired {
-            let transaction = self.pending.remove(&branch).expect("listed above");
-            bump(&self.counters.notifies_timed_out);
-            debug!(to = %transaction.subscription.reply_to, call_id = transaction.subscription.id.call_id, "NOTIFY never answered (Timer F)");
-        }
         let mut due = Vec::new();
-        for transaction in self.pending.values_mut().filter(|t| now >= t.retransmit) {
+        while let Some(at) = self.poll_timeout().filter(|at| *at <= now) {
+            let Reverse((_, branch)) = self.deadlines.pop().expect("peeked");
+            let transaction = self.pending.get_mut(&branch).expect("checked by poll_timeout");
+            if now >= transaction.give_up {
+                let transaction = self.pending.remove(&branch).expect("found above");
+                bump(&self.counters.notifies_timed_out);
+                let (to, call_id) = (transaction.subscription.reply_to, &transaction.subscription.id.call_id);
+                debug!(%to, call_id, "NOTIFY never answered (Timer F)");
+                continue;
+            }
             transaction.interval = next_interval(transaction.interval, transaction.proceeding);
-            transaction.retransmit = (transaction.retransmit + transaction.interval).max(now);
+            transaction.retransmit = (at + transaction.interval).max(now);
             let to = transaction.subscription.reply_to;
             due.push(Transmit { from: transaction.sent_by, to, bytes: transaction.bytes.clone() });
+            self.deadlines.push(Reverse((transaction.due(), branch)));
         }
         due
     }
