@@ -121,35 +121,67 @@ fn lint_bpf_program() -> Result<()> {
     )
 }
 
-/// Runs the tests, echoing cargo's output, and closes with one tally line.
+/// Runs the tests, echoing cargo's output, and closes with one tally line:
+/// `N passed, N failed, N skipped`. A test that returned early without its
+/// privileges printed a `SKIPPED: <test>: <reason>` line (tests/src/lib.rs)
+/// and counts as skipped, not passed.
 fn test() -> Result<()> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.args(["test", "--workspace", "--exclude", "redirector-ebpf"]).stdout(std::process::Stdio::piped());
     println!("+ {}", describe(&command));
     let mut child = command.spawn().context("starting cargo test")?;
     let stdout = child.stdout.take().expect("piped stdout");
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut tally = Tally::default();
     for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
-        if let Some((p, f)) = tally(&line) {
-            passed += p;
-            failed += f;
-        }
+        tally.add(&line);
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!("{passed} passed, {failed} failed");
-    if !status.success() || failed > 0 {
+    for skip in &tally.skips {
+        println!("{skip}");
+    }
+    println!("{}", tally.summary());
+    if !status.success() || tally.failed > 0 {
         bail!("tests failed ({status})");
     }
-    if passed == 0 {
-        bail!("no test ran");
+    if tally.ran() == 0 {
+        bail!("no test ran ({} skipped)", tally.skips.len());
     }
     Ok(())
 }
 
+/// What libtest's summary lines and the skip markers add up to.
+#[derive(Default)]
+struct Tally {
+    /// As libtest counts them: skipped tests included.
+    passed: u64,
+    failed: u64,
+    skips: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, line: &str) {
+        if let Some((passed, failed)) = libtest_result(line) {
+            self.passed += passed;
+            self.failed += failed;
+        } else if line.trim_start().starts_with("SKIPPED: ") {
+            self.skips.push(line.trim().to_owned());
+        }
+    }
+
+    /// Tests that passed having run, not skipped.
+    fn ran(&self) -> u64 {
+        self.passed.saturating_sub(self.skips.len() as u64)
+    }
+
+    fn summary(&self) -> String {
+        format!("{} passed, {} failed, {} skipped", self.ran(), self.failed, self.skips.len())
+    }
+}
+
 /// Passed and failed counts from a libtest summary line.
-fn tally(line: &str) -> Option<(u64, u64)> {
+fn libtest_result(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("test result: ")?;
     let count = |word: &str| {
         rest.split(';').find_map(|part| {
