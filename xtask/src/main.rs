@@ -27,6 +27,9 @@ enum Task {
     /// Set up, then run every test: host unit tests, BPF fixtures,
     /// property tests and network-namespace end-to-end tests.
     Test,
+    /// Mutation testing of the pure modules (SIP scanner, rendezvous
+    /// hashing, rebalancer, checksums) with cargo-mutants; slow, not in CI.
+    Mutants,
     /// Run the daemon: `cargo xtask run -- --config FILE`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
             setup::ensure()?;
             test()
         }
+        Task::Mutants => mutants(),
         Task::Run { args } => cargo(
             &[&["run", "--release", "--package", "redirector-user", "--bin", "redirector", "--"], &as_strs(&args)[..]]
                 .concat(),
@@ -195,6 +199,38 @@ fn libtest_result(line: &str) -> Option<(u64, u64)> {
         })
     };
     Some((count(" passed")?, count(" failed")?))
+}
+
+/// The pure modules `cargo mutants` mutates: globs that hold wherever the
+/// layer folders put them.
+const MUTANT_FILES: &[&str] = &["**/sip/*.rs", "**/rendezvous.rs", "**/rebalance.rs"];
+
+/// The cargo-mutants release that builds with the workspace's rustc 1.95.
+const CARGO_MUTANTS_VERSION: &str = "27.1.0";
+
+/// `cargo mutants` over the pure modules: redirector-user's SIP scanner,
+/// rendezvous hashing and rebalancer (its unit and property tests), then
+/// the eBPF crate's checksum arithmetic (its host library's tests).
+fn mutants() -> Result<()> {
+    if Command::new("cargo-mutants").arg("--version").output().is_err() {
+        cargo(&["install", "cargo-mutants", "--locked", "--version", CARGO_MUTANTS_VERSION])?;
+    }
+    let mut user = vec!["mutants", "--package", "redirector-user", "--output", "target/mutants/user"];
+    for file in MUTANT_FILES {
+        user.extend(["--file", file]);
+    }
+    cargo(&user)?;
+    cargo(&[
+        "mutants",
+        "--package",
+        "redirector-ebpf",
+        "--file",
+        "**/checksum.rs",
+        "--output",
+        "target/mutants/ebpf",
+        "--",
+        "--lib",
+    ])
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {
