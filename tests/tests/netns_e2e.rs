@@ -11,7 +11,7 @@ use redirector_tests::{
 };
 
 const DATAGRAMS: usize = 200;
-const WAIT: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(15);
 
 /// A pinned client sends DATAGRAMS to the service; all reach home 0 (not the
 /// edge's own socket) and every echo comes back to the client from the
