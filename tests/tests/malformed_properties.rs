@@ -469,7 +469,7 @@ fn check_frame(fx: &mut Fixture, mode: &str, frame: &[u8]) -> Result<&'static st
             prop_assert!(PASS_COUNTERS.contains(&counter), "passed but counted {}", counter.label());
             prop_assert_eq!(&outcome.frame, frame, "passed frames are untouched");
         }
-        XDP_DROP => check_dropped(frame, counter)?,
+        XDP_DROP => check_dropped(mode, frame, counter)?,
         XDP_TX | XDP_REDIRECT => {
             prop_assert!(well_formed(frame), "forwarded a malformed frame {:02x?}", frame);
             check_forwarded(mode, frame, &outcome.frame, outcome.action, counter)?;
@@ -479,13 +479,14 @@ fn check_frame(fx: &mut Fixture, mode: &str, frame: &[u8]) -> Result<&'static st
     Ok(if outcome.action == XDP_DROP { "dropped" } else { counter.label() })
 }
 
-/// Rule 4: UDP to us whose length lies or whose IPv6 checksum is zero.
-fn check_dropped(frame: &[u8], counter: Counter) -> Result<(), TestCaseError> {
+/// Rule 4: UDP to us (nat ports only in nat mode) whose length lies or
+/// whose IPv6 checksum is zero.
+fn check_dropped(mode: &str, frame: &[u8], counter: Counter) -> Result<(), TestCaseError> {
     prop_assert_eq!(counter, Counter::Malformed, "dropped frames are counted malformed");
     let layers = Layers::parse(frame).ok_or_else(|| TestCaseError::fail("dropped a frame that is not IP"))?;
     let (_, dport) = layers.ports(frame).ok_or_else(|| TestCaseError::fail("dropped without a UDP header"))?;
     let to_service = layers.dst == vip(layers.v6()) && dport == SERVICE_PORT;
-    let to_nat_port = layers.dst == edge(layers.v6()) && NAT_PORTS.contains(&dport);
+    let to_nat_port = mode == "nat" && layers.dst == edge(layers.v6()) && NAT_PORTS.contains(&dport);
     prop_assert!(layers.protocol == 17 && (to_service || to_nat_port), "dropped what is not ours: {:?}", layers);
     let udp_len = usize::from(be16(frame, layers.l4 + 4).unwrap());
     let zero_v6_checksum = layers.v6() && be16(frame, layers.l4 + 6) == Some(0);
