@@ -78,13 +78,13 @@ fn stats_json_counts_what_the_fast_path_forwarded() {
     let client = socket_in(&topology.client, &client_address.to_string());
     topology.start(&[(client_address, 0)]);
     const SENT: usize = 100;
-    let echoes = echo(home, SENT, Duration::from_secs(5));
+    let echoes = echo(home, SENT, Duration::from_secs(15));
     let payload = [b'x'; 50];
     for _ in 0..SENT {
         client.send_to(&payload, SERVICE).unwrap();
     }
     assert_eq!(echoes.join().unwrap(), SENT);
-    assert_eq!(receive(&client, SENT, Duration::from_secs(5)).len(), SENT);
+    assert_eq!(receive(&client, SENT, Duration::from_secs(15)).len(), SENT);
     let stats = topology.stats_when(|stats| stats.verdicts["forwarded"] == SENT as u64 && stats.interval > 0.0);
     let home0 = stats.servers.iter().find(|s| s.name == "home0").unwrap();
     let frame = 14 + 20 + 8 + payload.len() as u64;

@@ -195,7 +195,7 @@ fn compact_folded_comma_listed_malformed_and_hop_limited_requests() {
          CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
     );
     client.send_to(folded.as_bytes(), SERVICE).unwrap();
-    let answer = receive(&client, 1, Duration::from_secs(5));
+    let answer = receive(&client, 1, Duration::from_secs(15));
     assert_eq!(answer.len(), 1, "the folded REGISTER was answered");
     let answer = String::from_utf8_lossy(&answer[0].1).into_owned();
     assert!(answer.starts_with("SIP/2.0 302 Moved Temporarily\r\n"), "{answer}");
