@@ -213,7 +213,8 @@ const CARGO_MUTANTS_VERSION: &str = "27.1.0";
 /// eBPF crate's checksum arithmetic. That crate's host library has no tests
 /// of its own: its checksums are tested by redirector-tests' checksum
 /// properties and, through the real program, its fixtures and malformed
-/// frame properties (which need root), so those are the tests it runs.
+/// frame properties (which need root), so those are built and run too
+/// (cargo-mutants 27.1 ignores `--test-package` here, hence the cargo args).
 fn mutants() -> Result<()> {
     if Command::new("cargo-mutants").arg("--version").output().is_err() {
         cargo(&["install", "cargo-mutants", "--locked", "--version", CARGO_MUTANTS_VERSION])?;
@@ -225,7 +226,7 @@ fn mutants() -> Result<()> {
     cargo(&user)?;
     let tests = ["checksum_properties", "fixtures", "malformed_properties"].map(|t| format!("--cargo-arg=--test={t}"));
     let mut checksum = vec!["mutants", "--package", "redirector-ebpf", "--file", "**/checksum.rs"];
-    checksum.extend(["--test-package", "redirector-tests", "--output", "target/mutants/ebpf"]);
+    checksum.extend(["--output", "target/mutants/ebpf", "--cargo-arg=--package=redirector-tests"]);
     checksum.extend(as_strs(&tests));
     cargo(&checksum)
 }
