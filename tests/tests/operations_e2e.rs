@@ -178,7 +178,7 @@ fn assign_moves_one_client_and_errors_name_what_failed() {
 }
 
 /// Datagrams to the service from several client ports at fixed rates, until
-/// stopped (or a minute at most).
+/// stopped (or two minutes at most: longer than every wait under load).
 struct Load {
     stop: Arc<AtomicBool>,
     senders: Vec<JoinHandle<()>>,
@@ -200,7 +200,7 @@ impl Load {
 /// Sends to the service from `port` at `rate` datagrams per second until `stop`.
 fn blast(topology: &Topology, port: u16, rate: u32, stop: Arc<AtomicBool>) -> JoinHandle<()> {
     let socket = socket_in(&topology.client, &format!("{CLIENT}:{port}"));
-    let limit = Instant::now() + Duration::from_secs(60);
+    let limit = Instant::now() + Duration::from_secs(120);
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
             for _ in 0..rate / 100 {
