@@ -23,10 +23,37 @@ fn reference(bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// One's-complement addition of a diff to a complemented checksum, folded
+/// one carry at a time (written independently of `checksum::fold`).
+fn reference_apply(check: u16, diff: u32) -> u16 {
+    let mut sum = u64::from(!check) + u64::from(diff);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Diffs of any size, often ones whose sum with a checksum carries past 32 bits.
+fn any_diff() -> impl Strategy<Value = u32> {
+    prop_oneof![any::<u32>(), 0xffff_0000u32..=u32::MAX]
+}
+
 proptest! {
     #[test]
     fn compute_matches_rfc1071(header in any::<[u8; 20]>()) {
         prop_assert_eq!(compute(&header), reference(&header));
+    }
+
+    /// An odd length pads the last byte with a zero (RFC 1071).
+    #[test]
+    fn compute_matches_rfc1071_over_odd_lengths(short in any::<[u8; 7]>(), long in any::<[u8; 41]>()) {
+        prop_assert_eq!(compute(&short), reference(&short));
+        prop_assert_eq!(compute(&long), reference(&long));
+    }
+
+    #[test]
+    fn apply_diff_is_ones_complement_addition(check in any::<u16>(), diff in any_diff()) {
+        prop_assert_eq!(apply_diff(check, diff), reference_apply(check, diff));
     }
 
     /// Changing any 4-byte-aligned field and applying the diff to the old
