@@ -256,7 +256,12 @@ impl Drop for BackgroundSipp {
 
 impl BackgroundSipp {
     pub fn spawn(topology: &Topology, scenario_name: &str, local_port: u16) -> Self {
-        let (mut command, errors) = sipp_command(topology, scenario_name, 1, local_port, "user");
+        Self::spawn_as(topology, scenario_name, local_port, "user")
+    }
+
+    /// As `spawn`, with SIPp's `-s` (the AOR's user part) set to `service`.
+    pub fn spawn_as(topology: &Topology, scenario_name: &str, local_port: u16, service: &str) -> Self {
+        let (mut command, errors) = sipp_command(topology, scenario_name, 1, local_port, service);
         let log = topology.scratch(&format!("sipp-{scenario_name}-{local_port}.log"));
         command.args(["-trace_logs", "-log_file", log.to_str().unwrap()]);
         let child = command

@@ -1,9 +1,10 @@
 //! Health checks end to end: a home server whose process dies is marked
-//! down within the detection time, its clients are reassigned, and their
+//! down, its clients are reassigned, and their
 //! next packets reach the new home server through XDP; a SIPp watcher
 //! subscribed to a moved client gets the NOTIFY ending its subscription,
 //! re-subscribes and gets 200 from the new home server; when the dead
-//! server comes back nothing moves back.
+//! server comes back nothing moves back, however many checks it answers.
+//! How fast a death is detected is measured by `cargo xtask bench`, not here.
 
 use std::time::{Duration, Instant};
 
@@ -25,26 +26,34 @@ fn cli_json<T: serde::de::DeserializeOwned>(topology: &Topology, args: &[&str]) 
     serde_json::from_slice(&output.stdout).expect("json")
 }
 
+/// `servers --json`'s view of `server`'s health.
 fn healthy(topology: &Topology, server: &str) -> bool {
     let servers: Vec<ServerStatus> = cli_json(topology, &["servers", "--json"]);
     servers.iter().find(|s| s.name == server).expect("server listed").healthy
 }
 
-/// Waits (bounded) until `server`'s health is `wanted`; returns how long it took.
-fn wait_health(topology: &Topology, server: &str, wanted: bool) -> Duration {
-    let start = Instant::now();
-    while healthy(topology, server) != wanted {
-        assert!(start.elapsed() < Duration::from_secs(10), "{server} never became healthy={wanted}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    start.elapsed()
+/// Waits (bounded, generously) until the daemon holds `server`'s health to
+/// be `wanted`, then checks that the CLI reports the same.
+fn wait_health(topology: &Topology, edge: &InProcessEdge, server: &str, wanted: bool) {
+    let daemon_says = || edge.servers().into_iter().find(|s| s.name == server).expect("a configured server").healthy;
+    wait_until(|| daemon_says() == wanted, &format!("{server} is healthy={wanted}"));
+    assert_eq!(healthy(topology, server), wanted, "servers --json agrees that {server} is healthy={wanted}");
+}
+
+/// Waits until the health checks have had `rounds` more answers from every server.
+fn wait_health_rounds(edge: &InProcessEdge, servers: u64, rounds: u64) {
+    let answered = edge.first_contact("pings_answered");
+    wait_until(
+        || edge.first_contact("pings_answered") >= answered + servers * rounds,
+        &format!("{rounds} more health rounds were answered"),
+    );
 }
 
 /// Waits (bounded) for `condition`.
 fn wait_until(condition: impl Fn() -> bool, what: &str) {
     let start = Instant::now();
     while !condition() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting until {what}");
+        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -73,9 +82,7 @@ fn a_dead_home_servers_clients_move_and_keep_the_fast_path() {
         wait_until(|| edge.first_contact("relayed") >= 1, "the watcher's SUBSCRIBE was answered");
 
         topology.stop_registrar(dead);
-        let detected = wait_health(&topology, &route.server, false);
-        let bound = Duration::from_secs_f64(INTERVAL * f64::from(DOWN_AFTER + 2));
-        assert!(detected <= bound, "{mode}: detected in {detected:?}, configured for about {bound:?}");
+        wait_health(&topology, &edge, &route.server, false);
         let moved: Route = cli_json::<Vec<Route>>(&topology, &["routes", "--json"]).pop().unwrap();
         assert_eq!((moved.server.as_str(), moved.generation), (format!("home{survivor}").as_str(), 2), "{mode}");
 
@@ -96,7 +103,9 @@ fn a_dead_home_servers_clients_move_and_keep_the_fast_path() {
         assert!(edge.kernel(Counter::PassSubscribe) >= 2, "{mode}: both SUBSCRIBEs reached the daemon");
 
         start_registrar(&mut topology, dead, Registrar::Own);
-        wait_health(&topology, &route.server, true);
+        wait_health(&topology, &edge, &route.server, true);
+        // Long enough for anything the return set off: more rounds than it took to come up.
+        wait_health_rounds(&edge, 2, u64::from(UP_AFTER) * 3);
         let after: Route = cli_json::<Vec<Route>>(&topology, &["routes", "--json"]).pop().unwrap();
         assert_eq!(after.server, moved.server, "{mode}: nothing moves back when the server returns");
     }

@@ -2,12 +2,13 @@
 //! so its counters can be read) and real registrars as home servers, in
 //! network namespaces.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use redirector::ops::api::Route;
 use redirector_ebpf::Counter;
 use redirector_tests::{
     privileged,
-    sip_pool::{InProcessEdge, Registrar, sipp, sipp_clients, start_registrars},
+    sip_pool::{BackgroundSipp, InProcessEdge, Registrar, sipp, sipp_clients, start_registrars},
     topology::{Attach, CLIENT, SERVICE, Topology, receive, socket_in},
 };
 
@@ -29,6 +30,26 @@ fn clients_spread_over_homes(edge: &InProcessEdge, expected: usize) {
     assert!(homes.len() > 1, "rendezvous hashing spread {expected} AORs over more than one home: {homes:?}");
 }
 
+/// The assignment table, as `redirector routes --json` gives it.
+fn routes(topology: &Topology) -> Vec<Route> {
+    let output = topology.cli(&["routes", "--json"]);
+    assert!(output.status.success(), "routes --json: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("routes --json")
+}
+
+/// One SIPp client (AOR prefix `prefix`, from `port`) follows its 302 and
+/// registers there; returns its AOR and the 302's Contact, as it logged them.
+fn follow_redirect(topology: &Topology, port: u16, prefix: &str) -> (String, String) {
+    let sipp = BackgroundSipp::spawn_as(topology, "register_follow_redirect.xml", port, prefix);
+    let log = sipp.wait().unwrap_or_else(|e| panic!("sipp client {prefix}: {e}"));
+    let line =
+        log.lines().find_map(|l| l.trim().strip_prefix("redirected ")).unwrap_or_else(|| panic!("no 302 in {log}"));
+    let (aor, contact) = line.split_once(" to ").unwrap_or_else(|| panic!("a log line {line:?}"));
+    (aor.to_owned(), contact.to_owned())
+}
+
+/// Each client's 302 names the home server the daemon stored for its AOR
+/// (its address in `routes --json`), and the client registered there.
 #[test]
 fn sipp_client_follows_the_302_to_its_home_server() {
     if !privileged() {
@@ -36,9 +57,16 @@ fn sipp_client_follows_the_302_to_its_home_server() {
     }
     let mut topology = pool("dsr", Attach::Native, Registrar::Own);
     let edge = InProcessEdge::start(&mut topology, &[]);
-    assert!(sipp_clients(&topology, "register_follow_redirect.xml", 20, 6000, "user"));
+    let redirected: Vec<(String, String)> =
+        (0..20u16).map(|i| follow_redirect(&topology, 6000 + i, &format!("user{i}-"))).collect();
     assert_eq!(edge.first_contact("redirected"), 20);
     assert_eq!(edge.first_contact("assigned"), 20);
+    let routes = routes(&topology);
+    for (aor, contact) in &redirected {
+        let route = routes.iter().find(|r| &r.aor == aor).unwrap_or_else(|| panic!("{aor} not in {routes:?}"));
+        let home = route.address.unwrap_or_else(|| panic!("{route:?} has an address"));
+        assert_eq!(contact, &home.to_string(), "{aor}: the 302 names its home server {}", route.server);
+    }
     clients_spread_over_homes(&edge, 20);
 }
 
@@ -53,6 +81,41 @@ fn kamailio_home_servers_take_redirected_and_fast_path_registrations() {
     assert_sipp_ok(&topology, "reregister_fast_path.xml", 1, 5071);
     assert_eq!(edge.first_contact("redirected"), 11);
     assert!(edge.kernel(Counter::Forwarded) >= 1, "the re-REGISTER went through XDP");
+}
+
+/// Rewrites the client's UDP source port `from` to `to` on the way out,
+/// statelessly (nftables in the client's namespace), as a NAT in front of
+/// a client that does not send rport would.
+fn rewrite_source_port(topology: &Topology, from: u16, to: u16) {
+    let rule = format!("udp sport {from} udp sport set {to}");
+    for command in [
+        vec!["add", "table", "ip", "portmap"],
+        vec!["add", "chain", "ip", "portmap", "out", "{ type filter hook output priority 0; }"],
+        vec!["add", "rule", "ip", "portmap", "out", &rule],
+    ] {
+        let output = topology.client.exec("nft", &command);
+        assert!(output.status.success(), "nft {command:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+/// A client without rport whose Via port (SIPp's socket, 5090) is not its
+/// packets' source port (6090): the edge's 302 and Kamailio's 200s, the
+/// last one to a REGISTER on the fast path, all reach the Via's port
+/// (RFC 3261 §18.2.2), and the fast path learned the source, not the Via.
+#[test]
+fn replies_go_to_the_via_port_when_it_is_not_the_source_port_and_there_is_no_rport() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = pool("dsr", Attach::Native, Registrar::Kamailio);
+    rewrite_source_port(&topology, 5090, 6090);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    assert_sipp_ok(&topology, "register_no_rport.xml", 1, 5090);
+    assert_eq!(edge.first_contact("redirected"), 1);
+    assert_eq!(edge.first_contact("requests"), 1, "the third REGISTER took the fast path");
+    assert!(edge.kernel(Counter::Forwarded) >= 1, "the kernel forwarded it");
+    let installed: Vec<std::net::SocketAddr> = edge.entries("sip:user1@example.net").iter().map(|e| e.client).collect();
+    assert_eq!(installed, [std::net::SocketAddr::from((CLIENT, 6090))], "the fast path keys on the packets' source");
 }
 
 #[test]
@@ -130,7 +193,7 @@ fn compact_folded_comma_listed_malformed_and_hop_limited_requests() {
          CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
     );
     client.send_to(folded.as_bytes(), SERVICE).unwrap();
-    let answer = receive(&client, 1, Duration::from_secs(5));
+    let answer = receive(&client, 1, Duration::from_secs(15));
     assert_eq!(answer.len(), 1, "the folded REGISTER was answered");
     let answer = String::from_utf8_lossy(&answer[0].1).into_owned();
     assert!(answer.starts_with("SIP/2.0 302 Moved Temporarily\r\n"), "{answer}");
@@ -176,30 +239,54 @@ fn the_same_aor_keeps_its_home_server_across_restarts() {
     assert_eq!(edge.routes(), before);
 }
 
+/// A REGISTER for `user` from `port`, as a client re-registering sends it.
+fn register(user: &str, port: u16, seq: u32) -> String {
+    format!(
+        "REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP {CLIENT}:{port};branch=z9hG4bKidle{seq};rport\r\n\
+         To: <sip:{user}@example.net>\r\nFrom: <sip:{user}@example.net>;tag=idle\r\nCall-ID: idle@c\r\n\
+         CSeq: {seq} REGISTER\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Re-REGISTERs `user` from `port` every 0.2 s for `period`: a socket in
+/// this process, not SIPp launches, whose start-up time on a loaded
+/// machine could exceed the idle timeout by itself.
+fn keep_registering(topology: &Topology, user: &str, port: u16, period: Duration) {
+    let client = socket_in(&topology.client, &format!("{CLIENT}:{port}"));
+    let start = Instant::now();
+    for seq in 2.. {
+        if start.elapsed() >= period {
+            return;
+        }
+        client.send_to(register(user, port, seq).as_bytes(), SERVICE).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn idle_clients_leave_the_fast_path_and_active_ones_stay() {
     if !privileged() {
         return;
     }
+    const IDLE_TIMEOUT: f64 = 3.0;
     let mut topology = pool("nat", Attach::Skb, Registrar::Own);
-    topology.extra_config = "[fast_path]\nidle_timeout = 1.0\n".into();
+    topology.extra_config = format!("[fast_path]\nidle_timeout = {IDLE_TIMEOUT}\n");
     let edge = InProcessEdge::start(&mut topology, &[]);
     let aor = "sip:user1@example.net";
     assert_sipp_ok(&topology, "reregister_fast_path.xml", 1, 5070);
     assert_eq!(edge.entries(aor).len(), 1, "on the fast path");
 
-    // Active: a REGISTER through the fast path every 0.4 s for 2 s.
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(2) {
-        assert_sipp_ok(&topology, "register_expect_200.xml", 1, 5070);
-        std::thread::sleep(Duration::from_millis(400));
-    }
+    // Active for three timeouts: every REGISTER went through the fast path.
+    let forwarded = edge.kernel(Counter::Forwarded);
+    keep_registering(&topology, "user1", 5070, Duration::from_secs_f64(3.0 * IDLE_TIMEOUT));
     assert_eq!(edge.first_contact("requests"), 1, "the active client never fell back to first contact");
+    assert!(edge.kernel(Counter::Forwarded) >= forwarded + 10, "the kernel forwarded its REGISTERs");
+    assert_eq!(edge.entries(aor).len(), 1, "still on the fast path");
 
-    // Idle: gone within a few sweeps of the 1 s timeout.
-    let idle_since = std::time::Instant::now();
+    // Idle: gone within a few sweeps (a quarter of the timeout each).
+    let idle_since = Instant::now();
     while !edge.entries(aor).is_empty() {
-        assert!(idle_since.elapsed() < Duration::from_secs(6), "the idle client never left the fast path");
+        assert!(idle_since.elapsed() < Duration::from_secs(30), "the idle client never left the fast path");
         std::thread::sleep(Duration::from_millis(100));
     }
     // Its kernel entry is gone too: its next REGISTER is a first contact

@@ -48,6 +48,9 @@ enum Task {
     /// Set up, then run every test: host unit tests, BPF fixtures,
     /// property tests and network-namespace end-to-end tests.
     Test,
+    /// Mutation testing of the pure modules (SIP scanner, rendezvous
+    /// hashing, rebalancer, checksums) with cargo-mutants; slow, not in CI.
+    Mutants,
     /// Run the daemon: `cargo xtask run -- --config FILE`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -82,6 +85,7 @@ fn main() -> Result<()> {
             setup::ensure()?;
             test()
         }
+        Task::Mutants => mutants(),
         Task::Run { args } => cargo(
             &[&["run", "--release", "--package", "redirector-user", "--bin", "redirector", "--"], &as_strs(&args)[..]]
                 .concat(),
@@ -152,35 +156,67 @@ fn lint_bpf_program() -> Result<()> {
     )
 }
 
-/// Runs the tests, echoing cargo's output, and closes with one tally line.
+/// Runs the tests, echoing cargo's output, and closes with one tally line:
+/// `N passed, N failed, N skipped`. A test that returned early without its
+/// privileges printed a `SKIPPED: <test>: <reason>` line (tests/src/lib.rs)
+/// and counts as skipped, not passed.
 fn test() -> Result<()> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.args(["test", "--workspace", "--exclude", "redirector-ebpf"]).stdout(std::process::Stdio::piped());
     println!("+ {}", describe(&command));
     let mut child = command.spawn().context("starting cargo test")?;
     let stdout = child.stdout.take().expect("piped stdout");
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut tally = Tally::default();
     for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
-        if let Some((p, f)) = tally(&line) {
-            passed += p;
-            failed += f;
-        }
+        tally.add(&line);
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!("{passed} passed, {failed} failed");
-    if !status.success() || failed > 0 {
+    for skip in &tally.skips {
+        println!("{skip}");
+    }
+    println!("{}", tally.summary());
+    if !status.success() || tally.failed > 0 {
         bail!("tests failed ({status})");
     }
-    if passed == 0 {
-        bail!("no test ran");
+    if tally.ran() == 0 {
+        bail!("no test ran ({} skipped)", tally.skips.len());
     }
     Ok(())
 }
 
+/// What libtest's summary lines and the skip markers add up to.
+#[derive(Default)]
+struct Tally {
+    /// As libtest counts them: skipped tests included.
+    passed: u64,
+    failed: u64,
+    skips: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, line: &str) {
+        if let Some((passed, failed)) = libtest_result(line) {
+            self.passed += passed;
+            self.failed += failed;
+        } else if line.trim_start().starts_with("SKIPPED: ") {
+            self.skips.push(line.trim().to_owned());
+        }
+    }
+
+    /// Tests that passed having run, not skipped.
+    fn ran(&self) -> u64 {
+        self.passed.saturating_sub(self.skips.len() as u64)
+    }
+
+    fn summary(&self) -> String {
+        format!("{} passed, {} failed, {} skipped", self.ran(), self.failed, self.skips.len())
+    }
+}
+
 /// Passed and failed counts from a libtest summary line.
-fn tally(line: &str) -> Option<(u64, u64)> {
+fn libtest_result(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix("test result: ")?;
     let count = |word: &str| {
         rest.split(';').find_map(|part| {
@@ -194,6 +230,36 @@ fn tally(line: &str) -> Option<(u64, u64)> {
         })
     };
     Some((count(" passed")?, count(" failed")?))
+}
+
+/// The pure modules `cargo mutants` mutates: globs that hold wherever the
+/// layer folders put them.
+const MUTANT_FILES: &[&str] = &["**/sip/*.rs", "**/rendezvous.rs", "**/rebalance.rs"];
+
+/// The cargo-mutants release that builds with the workspace's rustc 1.95.
+const CARGO_MUTANTS_VERSION: &str = "27.1.0";
+
+/// `cargo mutants` over the pure modules: redirector-user's SIP scanner,
+/// rendezvous hashing and rebalancer (against its own tests), then the
+/// eBPF crate's checksum arithmetic. That crate's host library has no tests
+/// of its own: its checksums are tested by redirector-tests' checksum
+/// properties and, through the real program, its fixtures and malformed
+/// frame properties (which need root), so those are built and run too
+/// (cargo-mutants 27.1 ignores `--test-package` here, hence the cargo args).
+fn mutants() -> Result<()> {
+    if Command::new("cargo-mutants").arg("--version").output().is_err() {
+        cargo(&["install", "cargo-mutants", "--locked", "--version", CARGO_MUTANTS_VERSION])?;
+    }
+    let mut user = vec!["mutants", "--package", "redirector-user", "--output", "target/mutants/user"];
+    for file in MUTANT_FILES {
+        user.extend(["--file", file]);
+    }
+    cargo(&user)?;
+    let tests = ["checksum_properties", "fixtures", "malformed_properties"].map(|t| format!("--cargo-arg=--test={t}"));
+    let mut checksum = vec!["mutants", "--package", "redirector-ebpf", "--file", "**/checksum.rs"];
+    checksum.extend(["--output", "target/mutants/ebpf", "--cargo-arg=--package=redirector-tests"]);
+    checksum.extend(as_strs(&tests));
+    cargo(&checksum)
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {
