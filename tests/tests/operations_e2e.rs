@@ -48,6 +48,34 @@ fn assert_kernel_entries_point_at(edge: &InProcessEdge, aor: &str, server: &str)
     }
 }
 
+/// Every metric the Grafana dashboard (grafana/redirector.json) queries is
+/// in a real scrape.
+fn assert_dashboard_metrics_are_scraped(metrics: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../grafana/redirector.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let queried: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().iter())
+        .flat_map(|target| {
+            let expr = target["expr"].as_str().unwrap().to_owned();
+            let words: Vec<String> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("redirector_"))
+                .map(str::to_owned)
+                .collect();
+            words
+        })
+        .collect();
+    assert!(!queried.is_empty());
+    for metric in queried {
+        let series = format!("{metric}{{");
+        let scraped = metrics.lines().any(|l| l.starts_with(&series) || l.split(' ').next() == Some(metric.as_str()));
+        assert!(scraped, "the dashboard queries {metric}, which the scrape lacks:\n{metrics}");
+    }
+}
+
 const PROMETHEUS: &str = "127.0.0.1:9464";
 
 /// `GET /metrics` from inside the edge's namespace.
@@ -97,6 +125,7 @@ fn stats_json_counts_what_the_fast_path_forwarded() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} not in:\n{metrics}");
     }
+    assert_dashboard_metrics_are_scraped(&metrics);
     let table = cli_ok(&topology, &["stats", "--watch", "0.2", "--count", "2"]);
     assert!(table.contains("home0") && table.contains("forwarded 100"), "{table}");
     let absent = std::process::Command::new(redirector_tests::topology::redirector_binary())
