@@ -125,7 +125,12 @@ impl Daemon {
     /// program passes up finds no socket — and starts the state owner. The
     /// program stays attached until `Daemon` drops.
     pub fn start(config: &Config) -> Result<Self> {
-        let store = RedbStore::open(&config.sip.database)?;
+        // Loaded before anything is attached: the first first contacts find
+        // every known client in the cache.
+        let counters = Arc::new(Counters::default());
+        let assignments = Assignments::open(Box::new(RedbStore::open(&config.sip.database)?), counters.clone())?;
+        let total: u64 = assignments.client_counts().values().sum();
+        info!(database = %config.sip.database.display(), assignments = total, "assignment database open");
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let service_what = "service address (it must be assigned to the edge, e.g. on lo)";
         let service_addresses: Vec<SocketAddr> = service_endpoints(config)
@@ -149,10 +154,6 @@ impl Daemon {
         let events = dataplane.take_events()?;
         let mut fast_path = FastPath::new(dataplane, config)?;
         fast_path.dataplane().attach(REDIRECTOR_PROGRAM, &config.interface, xdp_mode(config.attach))?;
-        let counters = Arc::new(Counters::default());
-        let assignments = Assignments::open(Box::new(store), counters.clone())?;
-        let total: u64 = assignments.client_counts().values().sum();
-        info!(database = %config.sip.database.display(), assignments = total, cores, "assignment database open");
         let pool = pool::view(Pool::new(config.home_servers()));
         let settings = Settings {
             policy: config.sip.first_contact,
