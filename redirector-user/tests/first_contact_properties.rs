@@ -75,7 +75,7 @@ fn answer(fc: &FirstContact, datagram: &[u8], source: SocketAddr) -> Vec<Action>
 
 fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
     let byte = prop_oneof![prop::sample::select(b"\r\n :;,<>\"/0".to_vec()), any::<u8>()];
-    prop::collection::vec((any::<usize>(), byte, 0u8..3), 1..6)
+    prop::collection::vec((any::<usize>(), byte, common::EDIT_KINDS), 1..6)
 }
 
 fn status_line(action: &Action) -> String {

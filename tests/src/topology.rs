@@ -368,9 +368,13 @@ pub fn redirector_binary() -> PathBuf {
 }
 
 /// Starts `redirector ARGS` in `ns`, in a process group of its own (see `kill_group`).
+/// Their warnings and errors show (logs go to stderr); info stays out of
+/// the test output unless RUST_LOG asks for it.
 fn spawn(ns: &NetNs, args: &[&str]) -> Child {
     let binary = redirector_binary();
+    let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
     ns.command(binary.to_str().unwrap(), args)
+        .env("RUST_LOG", level)
         .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -64,3 +64,54 @@ fn status_shows_the_attached_program_and_the_daemon_and_works_with_it_down() {
     assert!(path.ends_with("assignments.redb"));
     assert_eq!(assignments, 0);
 }
+
+/// `redirector run` with `level` in its config and JSON logs, RUST_LOG
+/// unset; returns what it logged until it had attached and was killed.
+fn run_logging_at(level: &str) -> Vec<serde_json::Value> {
+    use std::{io::Read, os::unix::process::CommandExt, process::Stdio};
+    let mut topology = Topology::new("dsr", Attach::Skb, 1);
+    topology.extra_config = format!("[log]\nlevel = \"{level}\"\n");
+    topology.prepare_edge();
+    let config = topology.scratch("edge.toml");
+    std::fs::write(&config, topology.config(&[])).unwrap();
+    let binary = redirector_tests::topology::redirector_binary();
+    let args = ["run", "--config", config.to_str().unwrap(), "--log-format", "json"];
+    let mut daemon = topology
+        .edge
+        .command(binary.to_str().unwrap(), &args)
+        .env_remove("RUST_LOG")
+        .process_group(0)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let attached = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !redirector_tests::topology::has_xdp(&topology.edge, "e0") {
+        assert!(std::time::Instant::now() < attached, "the daemon never attached");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The start line comes right after attaching.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    redirector_tests::topology::kill_group(&mut daemon);
+    let mut logged = String::new();
+    daemon.stderr.take().unwrap().read_to_string(&mut logged).unwrap();
+    logged.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"))).collect()
+}
+
+#[test]
+fn the_log_level_comes_from_the_config_and_the_start_line_says_what_runs() {
+    if !privileged() {
+        return;
+    }
+    let info = run_logging_at("info");
+    let start = info
+        .iter()
+        .find(|event| event["fields"]["message"] == "redirector attached, answering first contacts")
+        .unwrap_or_else(|| panic!("no start line in {info:?}"));
+    let fields = &start["fields"];
+    assert_eq!((fields["interface"].as_str(), fields["mode"].as_str()), (Some("e0"), Some("Dsr")), "{start}");
+    assert!(fields["servers"].as_str().is_some_and(|s| s.contains("home0")), "{start}");
+    assert!(fields["store"].as_str().is_some_and(|s| s.ends_with("assignments.redb")), "{start}");
+    assert!(fields["kernel_memory_mib"].as_f64().is_some_and(|mib| mib > 0.0), "{start}");
+    let warn = run_logging_at("warn");
+    assert!(warn.iter().all(|event| event["level"] != "INFO"), "level = warn logs no info: {warn:?}");
+}

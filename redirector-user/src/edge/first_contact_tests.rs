@@ -701,20 +701,24 @@ fn a_batch_of_new_clients_is_assigned_in_one_commit() {
     assert_eq!(fc.counters.assigned.load(Ordering::Relaxed), 3);
     assert_eq!(fc.client_counts().values().sum::<u64>(), 3);
 
+    // Which clients the down server had, read before anything moves.
     let u1 = Aor::from_uri("sip:u1@example.net", "To").unwrap();
-    let down = fc.server(&fc.store().get(&u1).unwrap().unwrap().server).unwrap().index;
-    fc.set_health(down, false);
-    fc.batch(&batch, service());
-    let moved = fc.moved.borrow().clone();
+    let down_server = fc.store().get(&u1).unwrap().unwrap().server;
     let on_down: Vec<Aor> = ["u1", "u2", "u3"]
         .iter()
         .map(|u| Aor::from_uri(&format!("sip:{u}@example.net"), "To").unwrap())
-        .filter(|aor| fc.store().get(aor).unwrap().unwrap().generation == 2)
+        .filter(|aor| fc.store().get(aor).unwrap().unwrap().server == down_server)
         .collect();
-    assert!(!on_down.is_empty());
-    let mut moved = moved;
+    fc.set_health(fc.server(&down_server).unwrap().index, false);
+    fc.batch(&batch, service());
+    let mut moved = fc.moved.borrow().clone();
     moved.sort();
-    assert_eq!(moved, on_down);
+    assert_eq!(moved, on_down, "exactly the down server's clients moved, and their watchers are to be told");
+    for aor in &on_down {
+        let now = fc.store().get(aor).unwrap().unwrap();
+        assert_ne!(now.server, down_server, "{aor} has a new home");
+        assert_eq!(now.generation, 2, "{aor} moved once");
+    }
 }
 
 #[test]

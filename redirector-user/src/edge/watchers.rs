@@ -407,6 +407,22 @@ mod tests {
         Subscription::from_request(&message, bob(), source()).unwrap()
     }
 
+    /// Behind a NAT the SUBSCRIBE's source is not its Contact: the NOTIFY
+    /// names the Contact (its Request-URI) and goes back where the
+    /// SUBSCRIBE came from (the only address known to reach the watcher).
+    #[test]
+    fn the_notify_names_the_contact_and_goes_back_to_the_source() {
+        let bytes = subscribe("c9", "w9", "");
+        let message = Message::parse(&bytes).unwrap();
+        let nat: SocketAddr = "203.0.113.50:40000".parse().unwrap();
+        let (mut subscription, _) = Subscription::from_request(&message, bob(), nat).unwrap();
+        assert_eq!(subscription.reply_to, nat);
+        assert_eq!(subscription.watcher_contact, "sip:alice@198.51.100.7:5070");
+        subscription.notifier_tag = Some("n9".into());
+        let text = String::from_utf8(notify(&subscription, "192.0.2.1:5060".parse().unwrap(), "z9hG4bK-x")).unwrap();
+        assert!(text.starts_with("NOTIFY sip:alice@198.51.100.7:5070 SIP/2.0\r\n"), "{text}");
+    }
+
     fn confirmed(registry: &mut Registry, call_id: &str) -> DialogId {
         let (subscription, expires) = parsed(call_id, "w1", "");
         let id = subscription.id.clone();
