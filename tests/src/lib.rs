@@ -5,6 +5,7 @@
 pub mod fixture;
 pub mod netns;
 pub mod packets;
+pub mod population;
 pub mod sip_pool;
 pub mod topology;
 

@@ -3,53 +3,30 @@
 //! at a time would put it, and a withdrawal skips entries the kernel no
 //! longer holds.
 
-use std::net::{Ipv4Addr, SocketAddr};
-
 use redirector::{
-    config::Config,
     kernel::{
         fast_path::FastPath,
         loader::{DataPlane, endpoint},
     },
     sip::Aor,
 };
-use redirector_tests::privileged;
-
-const CONFIG: &str = r#"
-interface = "lo"
-mode = "nat"
-[service]
-addresses = ["192.0.2.10"]
-[edge]
-ipv4 = "10.77.0.1"
-[[servers]]
-name = "home0"
-ipv4 = "10.77.0.11"
-[[servers]]
-name = "home1"
-ipv4 = "10.77.0.12"
-"#;
+use redirector_tests::{
+    population::{aor, client, config, service},
+    privileged,
+};
 
 const CLIENTS: u32 = 3000;
-
-fn aor(i: u32) -> Aor {
-    Aor::from_canonical(format!("sip:u{i}@batch.example"))
-}
-
-fn client(i: u32) -> SocketAddr {
-    SocketAddr::new(Ipv4Addr::from(0x0a00_0001 + i).into(), 5060)
-}
 
 #[test]
 fn batched_moves_write_and_remove_every_entry() {
     if !privileged() {
         return;
     }
-    let config = Config::parse(CONFIG).unwrap();
+    let config = config("nat");
     let mut dataplane = DataPlane::load_with_client_capacity(8192).expect("loading the XDP object");
     dataplane.configure(&config).unwrap();
     let mut fast_path = FastPath::new(dataplane, &config).unwrap();
-    let service: SocketAddr = "192.0.2.10:5060".parse().unwrap();
+    let service = service();
     for i in 0..CLIENTS {
         fast_path.install(&aor(i), client(i), 0, service).unwrap();
     }

@@ -5,37 +5,20 @@
 //! map, and the daemon's record of what it installed).
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use redirector::{
-    config::Config,
-    kernel::fast_path::FastPath,
-    kernel::loader::DataPlane,
+    kernel::{fast_path::FastPath, loader::DataPlane},
     sip::Aor,
     store::{AssignmentStore, RedbStore},
 };
-
-pub const SERVERS: [&str; 2] = ["home0", "home1"];
+pub use redirector_tests::population::{SERVERS, aor, client, config, service};
 
 /// dsr: a client is one CLIENTS entry (nat would add a reply entry and an
 /// edge port, of which there are 64,512).
-const CONFIG: &str = r#"
-interface = "lo"
-mode = "dsr"
-[service]
-addresses = ["192.0.2.10"]
-[edge]
-ipv4 = "10.77.0.1"
-[[servers]]
-name = "home0"
-ipv4 = "10.77.0.11"
-[[servers]]
-name = "home1"
-ipv4 = "10.77.0.12"
-"#;
+const MODE: &str = "dsr";
 
 pub struct Population {
     pub count: u32,
@@ -48,26 +31,13 @@ pub struct Population {
     pub seed_kernel: Duration,
 }
 
-pub fn aor(i: u32) -> Aor {
-    Aor::from_uri(&format!("sip:u{i}@bench.example"), "To").expect("a valid AOR")
-}
-
-/// Client `i`'s address: 10.0.0.0/8 counted up from 10.0.0.1.
-pub fn client(i: u32) -> SocketAddr {
-    SocketAddr::new(Ipv4Addr::from(0x0a00_0001 + i).into(), 5060)
-}
-
-pub fn service() -> SocketAddr {
-    "192.0.2.10:5060".parse().unwrap()
-}
-
 impl Population {
     /// `count` clients, all on `SERVERS[0]`.
     pub fn seed(count: u32) -> Self {
         let database = std::env::temp_dir().join(format!("redirector-bench-{}-{count}.redb", std::process::id()));
         let _ = std::fs::remove_file(&database);
         let store = RedbStore::open(&database).expect("opening the bench database");
-        let config = Config::parse(CONFIG).expect("population config");
+        let config = config(MODE);
         let mut dataplane = DataPlane::load().expect("loading the XDP object (root needed)");
         dataplane.configure(&config).expect("configuring maps");
         let mut fast_path = FastPath::new(dataplane, &config).expect("fast path");
