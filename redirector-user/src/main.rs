@@ -463,7 +463,10 @@ fn stats(socket: &std::path::Path, json: bool, watch: Option<f64>, count: Option
     let Some(seconds) = watch else {
         return print(json, &fetch()?, report::stats);
     };
-    let interval = std::time::Duration::from_secs_f64(seconds.max(0.1));
+    if !seconds.is_finite() {
+        bail!("--watch takes a number of seconds, not {seconds}");
+    }
+    let interval = std::time::Duration::from_secs_f64(seconds.clamp(0.1, 86_400.0));
     for refresh in 1.. {
         let now = fetch()?;
         if json {

@@ -5,7 +5,7 @@
 //! default is `/`.
 
 use std::{
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -75,6 +75,7 @@ fn unit_under(root: &Path) -> String {
 pub fn install(layout: &Layout, binary: &Path, example_config: &Path) -> Result<()> {
     copy(binary, &layout.binary(), 0o755)?;
     write(&layout.unit(), unit_file().as_bytes(), 0o644)?;
+    println!("install: after an upgrade, `systemctl daemon-reload && systemctl restart redirector`");
     if layout.config().exists() {
         println!("install: {} exists, kept as it is", layout.config().display());
     } else {
@@ -97,25 +98,25 @@ pub fn install(layout: &Layout, binary: &Path, example_config: &Path) -> Result<
 }
 
 /// Removes what `install` put there; the config and the database stay
-/// unless `purge`.
+/// unless `purge`. Refuses while the service runs on this host.
 pub fn uninstall(layout: &Layout, purge: bool) -> Result<()> {
+    if layout.root == Path::new("/") && service_active() {
+        bail!("redirector.service is running: `systemctl disable --now redirector` first (it detaches the program)");
+    }
+    let pages = man_pages(layout)?;
     let mut remove = vec![layout.binary(), layout.unit()];
     remove.extend(layout.completions().into_iter().map(|(_, path)| path));
+    remove.extend(pages);
     for path in remove {
         remove_file(&path)?;
     }
-    if let Ok(pages) = std::fs::read_dir(layout.man()) {
-        for page in pages.flatten().map(|entry| entry.path()) {
-            let name = page.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-            if name == "redirector.1" || name.starts_with("redirector-") {
-                remove_file(&page)?;
-            }
-        }
-    }
     if purge {
+        remove_file(&layout.config())?;
+        remove_file(&layout.state().join("assignments.redb"))?;
         for dir in [layout.config().parent().expect("a config dir").to_owned(), layout.state()] {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            // Only if nothing else is kept there.
+            if std::fs::remove_dir(&dir).is_err() && dir.exists() {
+                println!("uninstall: kept {}: it holds more than redirector's files", dir.display());
             }
         }
     } else {
@@ -128,6 +129,35 @@ pub fn uninstall(layout: &Layout, purge: bool) -> Result<()> {
     Ok(())
 }
 
+/// The man pages `install` wrote: the names the installed binary generates
+/// now (another package's `redirector-*` pages are not ours).
+fn man_pages(layout: &Layout) -> Result<Vec<PathBuf>> {
+    if !layout.binary().exists() {
+        return Ok(Vec::new());
+    }
+    let scratch = private_dir("man")?;
+    let listed = output(Command::new(layout.binary()).arg("man").arg(&scratch)).and_then(|_| {
+        let names = std::fs::read_dir(&scratch)?.flatten().map(|entry| entry.file_name());
+        Ok(names.map(|name| layout.man().join(name)).collect())
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    listed
+}
+
+fn service_active() -> bool {
+    Command::new("systemctl").args(["is-active", "--quiet", "redirector"]).status().is_ok_and(|status| status.success())
+}
+
+/// A new directory only this process made (it fails if the name exists),
+/// so nothing planted there beforehand is written through.
+fn private_dir(what: &str) -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("redirector-{what}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
 /// `systemd-analyze verify` on the unit, where systemd is: a copy whose
 /// paths point into the prefix, so the binary it runs is the one installed.
 pub fn verify_unit(layout: &Layout) -> Result<()> {
@@ -135,7 +165,7 @@ pub fn verify_unit(layout: &Layout) -> Result<()> {
         println!("install: systemd-analyze is not on this host; the unit was not verified");
         return Ok(());
     }
-    let dir = std::env::temp_dir().join(format!("redirector-unit-{}", std::process::id()));
+    let dir = private_dir("unit")?;
     let unit = dir.join("redirector.service");
     write(&unit, unit_under(&layout.root).as_bytes(), 0o644)?;
     let verified = output(Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&unit));
@@ -148,12 +178,23 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
     write(to, &bytes, mode)
 }
 
+/// Writes a file whole: into a new file beside it, renamed over it, so a
+/// running binary is replaced, never rewritten in place.
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().expect("an absolute path");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).expect("a file name");
+    let staged = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staged);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&staged)
+        .with_context(|| format!("creating {}", staged.display()))?;
+    std::io::Write::write_all(&mut file, bytes).with_context(|| format!("writing {}", staged.display()))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&staged, path).with_context(|| format!("moving {} to {}", staged.display(), path.display()))?;
     println!("install: {}", path.display());
     Ok(())
 }

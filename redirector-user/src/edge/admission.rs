@@ -57,10 +57,10 @@ impl Admission {
             return Err(Refused::AtCapacity);
         }
         let (key, limits) = (prefix(source), self.limits);
+        let carried = self.previous.remove(&key);
         if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_PREFIXES / 2 {
             self.previous = std::mem::take(&mut self.buckets);
         }
-        let carried = self.previous.remove(&key);
         let bucket = self.buckets.entry(key).or_insert(carried.unwrap_or(Bucket { tokens: limits.burst, at: now }));
         bucket.tokens = refilled(bucket, &limits, now);
         bucket.at = now;

@@ -54,6 +54,11 @@ impl Assignments {
         self.counts.iter().map(|(server, n)| (server.clone(), (*n).max(0) as u64)).collect()
     }
 
+    /// The server `aor` is on, as the cache has it.
+    pub fn server_of(&self, aor: &Aor) -> Option<Arc<str>> {
+        self.cache.get(aor).map(|cached| cached.server)
+    }
+
     /// The generation `aor` is at, if assigned.
     pub fn generation(&self, aor: &Aor) -> Option<u64> {
         self.cache.get(aor).map(|cached| cached.generation)

@@ -160,7 +160,9 @@ impl Notifier {
                 continue;
             }
             transaction.interval = next_interval(transaction.interval, transaction.proceeding);
-            transaction.retransmit = (at + transaction.interval).max(now);
+            // Late by more than the interval: the next one counts from now.
+            let next = at + transaction.interval;
+            transaction.retransmit = if next > now { next } else { now + transaction.interval };
             let to = transaction.subscription.reply_to;
             due.push(Transmit { from: transaction.sent_by, to, bytes: transaction.bytes.clone() });
             self.deadlines.push(Reverse((transaction.due(), branch)));

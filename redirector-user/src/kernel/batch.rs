@@ -27,6 +27,9 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// Entries one call hands the kernel at most (its count is a u32).
+const PER_CALL: usize = 1 << 20;
+
 /// Writes every (key, value) pair, in as few calls as the kernel allows.
 pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
@@ -35,7 +38,7 @@ pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> 
         let mut attr = BatchAttr {
             keys: keys[done..].as_ptr() as u64,
             values: values[done..].as_ptr() as u64,
-            count: (keys.len() - done) as u32,
+            count: (keys.len() - done).min(PER_CALL) as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
@@ -52,7 +55,7 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
     while done < keys.len() {
         let mut attr = BatchAttr {
             keys: keys[done..].as_ptr() as u64,
-            count: (keys.len() - done) as u32,
+            count: (keys.len() - done).min(PER_CALL) as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };

@@ -112,8 +112,12 @@ impl FastPath {
             .collect();
         let clients: Vec<Endpoint> =
             withdrawn.iter().flat_map(|w| w.entries.iter().map(|(client, _)| *client)).collect();
-        if !clients.is_empty() {
-            self.dataplane.remove_clients(&clients)?;
+        if let Err(error) = self.dataplane.remove_clients(&clients) {
+            // Still recorded: a later move or sweep finds what the kernel kept.
+            for w in withdrawn {
+                self.installed.entry(w.aor).or_default().extend(w.entries);
+            }
+            return Err(error.into());
         }
         Ok(withdrawn)
     }
@@ -124,20 +128,24 @@ impl FastPath {
     }
 
     /// `restore` for many, each to its server, with batched map updates.
-    /// Recorded once written: on an error, none of them is on the fast path
-    /// until its client's next first contact.
+    /// Recorded whatever happens: a batch that fails part way leaves some
+    /// entries in the kernel, and a later move or sweep must find them
+    /// (removing one that is not there is harmless).
     pub fn restore_many(&mut self, moves: Vec<(Withdrawn, u32)>) -> Result<(), FastPathError> {
         let mut writes = Writes::default();
+        let mut result = Ok(());
         for (withdrawn, server) in &moves {
             for &(client, service) in &withdrawn.entries {
-                self.entry_for(client, *server, service, &mut writes)?;
+                if result.is_ok() {
+                    result = self.entry_for(client, *server, service, &mut writes);
+                }
             }
         }
-        self.write(&writes)?;
+        let result = result.and_then(|()| self.write(&writes));
         for (withdrawn, _) in moves {
             self.installed.entry(withdrawn.aor).or_default().extend(withdrawn.entries);
         }
-        Ok(())
+        result
     }
 
     /// Each learned client's fast-path packet count: (AOR, server slot, a

@@ -361,13 +361,26 @@ impl Operations {
     /// in one transaction; the owner interleaves it with everything else.
     pub fn work(&mut self) {
         let Some(mut job) = self.jobs.pop_front() else { return };
+        // Undrained, or back up, since the job began: its clients stay.
+        let still_leaving =
+            self.pool.load().server(&job.from).is_some_and(|s| s.effective_state() != ServerState::Active);
+        if !still_leaving {
+            tracing::info!(
+                server = job.from,
+                moved = job.moves.len(),
+                left = job.left.len(),
+                "moves stopped: the server takes clients again"
+            );
+            job.left.clear();
+        }
         let batch: Vec<Aor> = job.left.drain(..job.left.len().min(MOVE_BATCH)).collect();
         match self.move_batch_from(&job.from, &batch) {
             Ok(moves) => job.moves.extend(moves),
             Err(error) => {
-                tracing::warn!(server = job.from, %error, left = job.left.len(), "moving clients failed");
+                let moved = job.moves.len();
+                tracing::warn!(server = job.from, %error, moved, left = job.left.len(), "moving clients failed");
                 if let Some(reply) = job.reply {
-                    let _ = reply.send(Reply::Error(error.to_string()));
+                    let _ = reply.send(Reply::Error(format!("{error} (after moving {moved} clients)")));
                 }
                 return;
             }
@@ -411,8 +424,11 @@ impl Operations {
     /// hashing puts it now.
     fn move_batch_from(&mut self, from: &str, aors: &[Aor]) -> Result<Vec<Move>> {
         let pool = self.pool.load_full();
+        // Clients that moved meanwhile (at a first contact, or by `assign`)
+        // keep their place on the fast path.
         let planned = aors
             .iter()
+            .filter(|aor| self.assignments.server_of(aor).is_none_or(|server| &*server == from))
             .map(|aor| {
                 let to = pool.choose(aor, Some(from)).cloned();
                 Ok((aor.clone(), to.ok_or_else(|| OperationError::NoActiveServer(from.into()))?))

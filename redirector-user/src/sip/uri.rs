@@ -97,15 +97,12 @@ pub const MAX_AOR: usize = 256;
 
 impl Aor {
     pub fn from_uri(uri: &str, header: &'static str) -> Result<Self, ParseError> {
-        if uri.len() > MAX_AOR {
-            return Err(ParseError::TooLong(header));
-        }
         let malformed = ParseError::Malformed(header);
         let (scheme, rest) = uri.split_once(':').ok_or(malformed.clone())?;
         let scheme = scheme.to_ascii_lowercase();
         if scheme == "tel" {
             let number = rest.split([';', '?']).next().unwrap_or("");
-            return if number.is_empty() { Err(malformed) } else { Ok(Self(format!("tel:{number}"))) };
+            return if number.is_empty() { Err(malformed) } else { Self::bounded(format!("tel:{number}"), header) };
         }
         if scheme != "sip" && scheme != "sips" {
             return Err(malformed);
@@ -115,10 +112,18 @@ impl Aor {
             return Err(malformed);
         }
         let host = host.to_ascii_lowercase();
-        Ok(Self(match user {
+        let aor = match user {
             Some(user) => format!("sip:{user}@{host}"),
             None => format!("sip:{host}"),
-        }))
+        };
+        Self::bounded(aor, header)
+    }
+
+    fn bounded(aor: String, header: &'static str) -> Result<Self, ParseError> {
+        if aor.len() > MAX_AOR {
+            return Err(ParseError::TooLong(header));
+        }
+        Ok(Self(aor))
     }
 
     /// Parses a stored canonical AOR back (trusted input).
