@@ -65,9 +65,10 @@ fn status_shows_the_attached_program_and_the_daemon_and_works_with_it_down() {
     assert_eq!(assignments, 0);
 }
 
-/// `redirector run` with `level` in its config and JSON logs, RUST_LOG
-/// unset; returns what it logged until it had attached and was killed.
-fn run_logging_at(level: &str) -> Vec<serde_json::Value> {
+/// `redirector run` with `level` in its config, JSON logs and `rust_log`
+/// as RUST_LOG (unset if `None`); returns what it logged until it had
+/// attached and was killed.
+fn run_logging_at(level: &str, rust_log: Option<&str>) -> Vec<serde_json::Value> {
     use std::{io::Read, os::unix::process::CommandExt, process::Stdio};
     let mut topology = Topology::new("dsr", Attach::Skb, 1);
     topology.extra_config = format!("[log]\nlevel = \"{level}\"\n");
@@ -76,14 +77,12 @@ fn run_logging_at(level: &str) -> Vec<serde_json::Value> {
     std::fs::write(&config, topology.config(&[])).unwrap();
     let binary = redirector_tests::topology::redirector_binary();
     let args = ["run", "--config", config.to_str().unwrap(), "--log-format", "json"];
-    let mut daemon = topology
-        .edge
-        .command(binary.to_str().unwrap(), &args)
-        .env_remove("RUST_LOG")
-        .process_group(0)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = topology.edge.command(binary.to_str().unwrap(), &args);
+    match rust_log {
+        Some(filter) => command.env("RUST_LOG", filter),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let mut daemon = command.process_group(0).stderr(Stdio::piped()).spawn().unwrap();
     let attached = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !redirector_tests::topology::has_xdp(&topology.edge, "e0") {
         assert!(std::time::Instant::now() < attached, "the daemon never attached");
@@ -102,7 +101,7 @@ fn the_log_level_comes_from_the_config_and_the_start_line_says_what_runs() {
     if !privileged() {
         return;
     }
-    let info = run_logging_at("info");
+    let info = run_logging_at("info", None);
     let start = info
         .iter()
         .find(|event| event["fields"]["message"] == "redirector attached, answering first contacts")
@@ -112,6 +111,8 @@ fn the_log_level_comes_from_the_config_and_the_start_line_says_what_runs() {
     assert!(fields["servers"].as_str().is_some_and(|s| s.contains("home0")), "{start}");
     assert!(fields["store"].as_str().is_some_and(|s| s.ends_with("assignments.redb")), "{start}");
     assert!(fields["kernel_memory_mib"].as_f64().is_some_and(|mib| mib > 0.0), "{start}");
-    let warn = run_logging_at("warn");
+    let warn = run_logging_at("warn", None);
     assert!(warn.iter().all(|event| event["level"] != "INFO"), "level = warn logs no info: {warn:?}");
+    let overridden = run_logging_at("warn", Some("info"));
+    assert!(overridden.iter().any(|event| event["level"] == "INFO"), "RUST_LOG overrides the config");
 }
