@@ -180,6 +180,16 @@ pub struct NewClient {
     pub installs: Vec<(SocketAddr, SocketAddr)>,
 }
 
+impl Request<'_> {
+    /// A known client that moved while its batch waited: its new home.
+    fn refresh(&mut self, cache: &Cache) {
+        let Some(known) = &self.known else { return };
+        if let Some(now) = cache.get(&self.aor).filter(|c| c.generation > known.generation) {
+            self.known = Some(now);
+        }
+    }
+}
+
 impl Batch<'_> {
     /// The clients (once each, by AOR) that need the owner's assignment.
     pub fn unassigned(&self) -> Vec<NewClient> {
@@ -230,11 +240,19 @@ impl FirstContact {
     /// unassigned clients (unused when there were none).
     pub fn answer(&self, batch: Batch<'_>, assigned: Assignments<'_>) -> Vec<Action> {
         let pool = self.pool.load();
+        // Only a batch with new clients waited for the owner, during which a
+        // known one may have moved.
+        let waited = batch.items.iter().any(|item| matches!(item, Item::Request(r) if r.known.is_none()));
         let mut actions = Vec::new();
         for item in batch.items {
             match item {
                 Item::Done(done) => actions.extend(done),
-                Item::Request(mut request) => actions.extend(self.answer_request(&mut request, assigned, &pool)),
+                Item::Request(mut request) => {
+                    if waited {
+                        request.refresh(&self.cache);
+                    }
+                    actions.extend(self.answer_request(&mut request, assigned, &pool));
+                }
             }
         }
         actions
@@ -334,15 +352,10 @@ impl FirstContact {
     }
 
     fn answer_request(&self, request: &mut Request<'_>, assigned: Assignments<'_>, pool: &Pool) -> Vec<Action> {
-        let (server, generation) = match (&request.known, assigned) {
-            (Some(known), _) => {
-                // Moved while the batch waited for the owner: the new home.
-                let now = self.cache.get(&request.aor).filter(|c| c.generation > known.generation);
-                let known = now.as_ref().unwrap_or(known);
-                (known.server.to_string(), known.generation)
-            }
+        let (server, generation): (&str, u64) = match (&request.known, assigned) {
+            (Some(known), _) => (&known.server, known.generation),
             (None, Ok(assigned)) => match assigned.get(&request.aor) {
-                Some(Ok(assigned)) => (assigned.assignment.server.clone(), assigned.assignment.generation),
+                Some(Ok(assigned)) => (&assigned.assignment.server, assigned.assignment.generation),
                 Some(Err(refused)) => return self.refuse(&mut request.basis, request.source, *refused),
                 None => return self.refuse(&mut request.basis, request.source, Refused::NoServer),
             },
@@ -352,7 +365,7 @@ impl FirstContact {
                 return self.reject(&mut request.basis, request.source, 500, "Assignment Database Failed", counter);
             }
         };
-        let Some(home) = pool.server(&server) else {
+        let Some(home) = pool.server(server) else {
             tracing::warn!(aor = %request.aor, server, "assigned to a server no longer configured");
             return self.unavailable(&mut request.basis, request.source, "Service Unavailable");
         };
@@ -533,19 +546,22 @@ impl FirstContact {
 
     /// 503 with Retry-After for a client the owner did not assign.
     fn refuse(&self, basis: &mut Basis, source: SocketAddr, refused: Refused) -> Vec<Action> {
-        let retry = [("Retry-After", self.settings.retry_after.to_string())];
         let (reason, counter) = match refused {
             Refused::NoServer => ("Service Unavailable", &self.counters.unavailable),
             Refused::RateLimited => ("Too Many New Clients From Your Network", &self.counters.rate_limited),
             Refused::AtCapacity => ("Assignment Capacity Reached", &self.counters.over_capacity),
         };
-        self.reject_with(basis, source, 503, reason, &retry, counter)
+        self.retry_later(basis, source, reason, counter)
     }
 
     /// 503 with Retry-After.
     fn unavailable(&self, basis: &mut Basis, source: SocketAddr, reason: &str) -> Vec<Action> {
+        self.retry_later(basis, source, reason, &self.counters.unavailable)
+    }
+
+    fn retry_later(&self, basis: &mut Basis, source: SocketAddr, reason: &str, counter: &AtomicU64) -> Vec<Action> {
         let retry = [("Retry-After", self.settings.retry_after.to_string())];
-        self.reject_with(basis, source, 503, reason, &retry, &self.counters.unavailable)
+        self.reject_with(basis, source, 503, reason, &retry, counter)
     }
 
     fn reject(

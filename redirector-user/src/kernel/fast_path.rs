@@ -98,13 +98,9 @@ impl FastPath {
         self.installed.get(aor).map_or_else(Vec::new, |entries| entries.iter().map(|(client, _)| *client).collect())
     }
 
-    /// Takes `aor`'s clients off the fast path: until `restore`, their
-    /// packets go up to first contact, which answers from the database.
-    pub fn withdraw(&mut self, aor: &Aor) -> Result<Withdrawn, FastPathError> {
-        Ok(self.withdraw_many(std::slice::from_ref(aor))?.remove(0))
-    }
-
-    /// `withdraw` for many AORs, with one batched map delete.
+    /// Takes the AORs' clients off the fast path, with one batched map
+    /// delete: until `restore_many`, their packets go up to first contact,
+    /// which answers from the assignments.
     pub fn withdraw_many(&mut self, aors: &[Aor]) -> Result<Vec<Withdrawn>, FastPathError> {
         let withdrawn: Vec<Withdrawn> = aors
             .iter()
@@ -122,12 +118,8 @@ impl FastPath {
         Ok(withdrawn)
     }
 
-    /// Puts withdrawn clients back on the fast path, to the server in slot `server`.
-    pub fn restore(&mut self, withdrawn: Withdrawn, server: u32) -> Result<(), FastPathError> {
-        self.restore_many(vec![(withdrawn, server)])
-    }
-
-    /// `restore` for many, each to its server, with batched map updates.
+    /// Puts withdrawn clients back on the fast path, each to the server in
+    /// its slot, with batched map updates.
     /// Recorded whatever happens: a batch that fails part way leaves some
     /// entries in the kernel, and a later move or sweep must find them
     /// (removing one that is not there is harmless).

@@ -179,11 +179,6 @@ impl DataPlane {
         }
     }
 
-    pub fn install_nat_reply(&mut self, key: NatKey, entry: NatEntry) -> Result<()> {
-        let mut map: HashMap<_, NatKey, NatEntry> = self.map(NAT_REPLIES_MAP)?;
-        map.insert(key, entry, 0).map_err(map_error(NAT_REPLIES_MAP))
-    }
-
     pub fn add_decap_address(&mut self, address: IpAddr) -> Result<()> {
         self.add_address(DECAP_ADDRESSES_MAP, address)
     }

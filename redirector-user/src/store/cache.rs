@@ -38,12 +38,4 @@ impl Cache {
     pub fn remove(&self, aor: &Aor) {
         self.assignments.remove(aor);
     }
-
-    pub fn len(&self) -> usize {
-        self.assignments.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.assignments.is_empty()
-    }
 }
