@@ -43,6 +43,10 @@ counters! {
     NoAddressForFamily => "no_address_for_family",
     /// dsr: the driver left no headroom for the outer header: passed untouched.
     NoHeadroom => "no_headroom",
+    /// nat: a request whose top Via (and whether it asks for `rport`) is
+    /// not within the first bytes the program reads: passed to the daemon,
+    /// which proxies it.
+    PassViaUnseen => "pass_via_unseen",
     /// Truncated or inconsistent headers: passed untouched when the packet is
     /// not known to be ours, dropped when it is addressed to a service.
     Malformed => "malformed",

@@ -10,6 +10,10 @@ use etherparse::{
 
 pub type Mac = [u8; 6];
 
+/// A request as a user agent sends it: its Via asks for `rport`.
+pub const REGISTER: &[u8] =
+    b"REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1;rport\r\n\r\n";
+
 /// A UDP datagram to be framed.
 #[derive(Clone, Debug)]
 pub struct Datagram {
@@ -31,7 +35,7 @@ impl Datagram {
         Self {
             src: src.parse().expect("src"),
             dst: dst.parse().expect("dst"),
-            payload: b"REGISTER sip:example.net SIP/2.0\r\n\r\n".to_vec(),
+            payload: REGISTER.to_vec(),
             tos: 0x10,
             ttl: 61,
             ipv4_options: Vec::new(),

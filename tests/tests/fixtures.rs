@@ -60,7 +60,16 @@ fn nat_fixtures() {
         return;
     }
     let mut fx = Fixture::new("nat");
-    let cases = [unknown_clients(), nat_hits(), nat_replies(), fib_miss(), not_ours(), udp_lies_v6_and_nat_reply()];
+    let cases = [
+        unknown_clients(),
+        nat_hits(),
+        rport_added(),
+        rport_not_added(),
+        nat_replies(),
+        fib_miss(),
+        not_ours(),
+        udp_lies_v6_and_nat_reply(),
+    ];
     run_table(&mut fx, "nat", cases);
 }
 
@@ -345,12 +354,14 @@ fn nat_hits() -> Vec<Case> {
     };
     let tagged = Datagram::new("10.0.0.2:5060", VIP4).with(with_options);
     let tagged_frame = ethernet(CLIENT_MAC, EDGE_MAC, Some(7), tagged.ethertype(), &tagged.ip_packet());
-    let mut padded = from_client(&with_payload("10.0.0.2:5060", VIP4, b"x"));
+    // The shortest request with a Via asking for rport.
+    let tiny = b"A\nv:x;rport\n";
+    let mut padded = from_client(&with_payload("10.0.0.2:5060", VIP4, tiny));
     padded.resize(60, 0);
     let mut padding = nat_to_home1(
         "nat carries Ethernet padding after the IP packet along",
         padded,
-        &with_payload("10.0.0.1:20000", "10.0.0.11:5060", b"x"),
+        &with_payload("10.0.0.1:20000", "10.0.0.11:5060", tiny),
         None,
     );
     padding.output.resize(60, 0);
@@ -375,6 +386,101 @@ fn nat_hits() -> Vec<Case> {
             None,
         ),
         padding,
+    ]
+}
+
+/// A request whose top Via is `via` (a whole header line, CRLF included)
+/// after `before` (header lines), with a CSeq after it.
+fn request(before: &str, via: &str) -> Vec<u8> {
+    format!("REGISTER sip:example.net SIP/2.0\r\n{before}{via}CSeq: 1 REGISTER\r\n\r\n").into_bytes()
+}
+
+/// `payload` with `;rport` inserted just before the first occurrence of `before`.
+fn with_rport_before(payload: &[u8], before: &str) -> Vec<u8> {
+    let text = String::from_utf8(payload.to_vec()).unwrap();
+    let at = text.find(before).expect("insertion point");
+    format!("{};rport{}", &text[..at], &text[at..]).into_bytes()
+}
+
+/// nat adds `;rport` at the end of the top Via value (RFC 3581): a home
+/// server that follows RFC 3261 §18.2.2 then answers the edge port the
+/// request left by, not the client's Via port. Exact bytes from etherparse.
+fn rport_added() -> Vec<Case> {
+    let plain = request("", "Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1\r\n");
+    let odd = request("", "Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK12\r\n");
+    let parity = |payload: &[u8]| String::from_utf8_lossy(payload).find("\r\nCSeq").unwrap() % 2;
+    assert_ne!(parity(&plain), parity(&odd), "one insertion at an even offset, one at an odd one");
+    let added = |name: &str, payload: Vec<u8>, before: &str| {
+        let input = from_client(&with_payload("10.0.0.2:5060", VIP4, &payload));
+        let output = with_payload("10.0.0.1:20000", "10.0.0.11:5060", &with_rport_before(&payload, before));
+        nat_to_home1(name, input, &output, None)
+    };
+    let options = |d: &mut Datagram| {
+        d.ipv4_options = vec![0x94, 0x04, 0x00, 0x00];
+        d.zero_udp_checksum = true;
+    };
+    let tagged = Datagram::new("10.0.0.2:5060", VIP4).with(|d| d.payload = plain.clone()).with(options);
+    let tagged_out = with_payload("10.0.0.1:20000", "10.0.0.11:5060", &with_rport_before(&plain, "\r\nCSeq"));
+    let v6_out = with_payload("[fd00::1]:20001", "[fd00::11]:5060", &with_rport_before(&plain, "\r\nCSeq"));
+    vec![
+        added("nat adds ;rport to a top Via without it (even offset)", plain.clone(), "\r\nCSeq"),
+        added("nat adds ;rport to a top Via without it (odd offset)", odd, "\r\nCSeq"),
+        added(
+            "nat adds ;rport to the top Via value of several",
+            request("Max-Forwards: 70\r\n", "via : SIP/2.0/UDP 10.0.0.2;branch=a , SIP/2.0/UDP 10.9.9.9;branch=b\r\n"),
+            ", SIP",
+        ),
+        added("nat adds ;rport to a compact v: Via", request("", "v:SIP/2.0/UDP 10.0.0.2\r\n"), "\r\nCSeq"),
+        added(
+            "nat adds ;rport when a parameter only starts like it",
+            request("", "Via: SIP/2.0/UDP 10.0.0.2;rportx;branch=b\r\n"),
+            "\r\nCSeq",
+        ),
+        added(
+            "nat looks for the Via header, not a header that starts like it",
+            request("Vias: x;rport\r\n", "Via: SIP/2.0/UDP 10.0.0.2;branch=c\r\n"),
+            "\r\nCSeq",
+        ),
+        nat_to_home1(
+            "nat adds ;rport with IPv4 options, a VLAN tag and no UDP checksum",
+            ethernet(CLIENT_MAC, EDGE_MAC, Some(7), tagged.ethertype(), &tagged.ip_packet()),
+            &tagged_out.with(options),
+            Some(7),
+        ),
+        nat_to_home1(
+            "nat adds ;rport over IPv6",
+            from_client(&with_payload("[fd00::2]:5060", VIP6, &plain)),
+            &v6_out,
+            None,
+        ),
+    ]
+}
+
+/// What nat leaves as it is, and what it passes to the daemon because it
+/// cannot see the top Via.
+fn rport_not_added() -> Vec<Case> {
+    let unchanged = |name: &str, payload: Vec<u8>| {
+        let input = from_client(&with_payload("10.0.0.2:5060", VIP4, &payload));
+        nat_to_home1(name, input, &with_payload("10.0.0.1:20000", "10.0.0.11:5060", &payload), None)
+    };
+    let passed_up = |name: &str, payload: Vec<u8>| {
+        passed(name, from_client(&with_payload("10.0.0.2:5060", VIP4, &payload)), Counter::PassViaUnseen)
+    };
+    let long_header = format!("Subject: {}\r\n", "x".repeat(500));
+    let long_branch = format!("Via: SIP/2.0/UDP 10.0.0.2;branch={}\r\n", "b".repeat(500));
+    vec![
+        unchanged("nat leaves a Via with RPORT=1234 as it is", request("", "Via: SIP/2.0/UDP 10.0.0.2;RPORT=1234\r\n")),
+        unchanged("nat leaves a Via with rport before its branch", request("", "v: SIP/2.0/UDP a;rport;branch=z\r\n")),
+        unchanged(
+            "nat leaves a response's Vias as they are",
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.11;branch=z\r\n\r\n".to_vec(),
+        ),
+        passed_up(
+            "nat passes up a request without a Via",
+            b"OPTIONS sip:x SIP/2.0\r\nCSeq: 1 OPTIONS\r\n\r\n".to_vec(),
+        ),
+        passed_up("nat passes up a request whose Via comes too late", request(&long_header, "Via: SIP/2.0/UDP a\r\n")),
+        passed_up("nat passes up a request whose Via value runs too long", request("", &long_branch)),
     ]
 }
 

@@ -43,3 +43,4 @@ mod nat;
 mod packet;
 mod program;
 mod route;
+mod rport;

@@ -13,6 +13,7 @@ use super::{
     nat,
     packet::{self, Datagram, parse_udp, udp_header_ok},
     route::{self, NextHop},
+    rport,
 };
 
 /// An XDP action and the counter it is accounted to, in one register:
@@ -145,10 +146,22 @@ fn forward_nat(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &
     if edge.port_be == 0 {
         return PASS_MISS;
     }
+    let add_rport = match rport::inspect(ctx, &datagram.ip) {
+        rport::Needed::Nothing => false,
+        rport::Needed::Rport => true,
+        rport::Needed::Unknown => return Verdict::new(xdp_action::XDP_PASS, Counter::PassViaUnseen),
+    };
+    let len = datagram.ip.len + if add_rport { rport::GROWTH } else { 0 };
     let mut hop = NextHop::default();
-    let found = route::lookup(ctx, edge, server, datagram.ip.len, &mut hop);
+    let found = route::lookup(ctx, edge, server, len, &mut hop);
     if found != route::FOUND {
         return fib_miss(found, index, datagram.ip.family);
+    }
+    if add_rport {
+        let mut grown = false;
+        if rport::insert(ctx, &datagram.ip, &mut grown).is_none() {
+            return if grown { BROKEN } else { Verdict::new(xdp_action::XDP_PASS, Counter::NoHeadroom) };
+        }
     }
     if nat::rewrite(ctx, &datagram.ip, edge, server).is_none() {
         return BROKEN;
