@@ -13,6 +13,7 @@ use redirector::{
         control::{self, Reply, Request},
         report, status,
     },
+    store::unix_seconds,
 };
 use redirector_ebpf::{DECAP_PROGRAM, PASS_PROGRAM};
 use tokio::signal::unix::{SignalKind, signal};
@@ -118,10 +119,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The AORs assigned to a home server.
+    /// The AORs assigned to a home server, with when each was last seen.
     Clients {
         #[arg(long)]
         server: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Move AOR (e.g. sip:alice@example.net) to SERVER: database and kernel map.
     Assign { aor: String, server: String },
@@ -213,11 +216,8 @@ async fn main() -> Result<()> {
             Reply::Servers(servers) => print(json, &servers[..], report::servers),
             other => unexpected(other),
         },
-        Command::Clients { server } => match ask(&socket, Request::Clients { server })? {
-            Reply::Clients(aors) => {
-                aors.iter().for_each(|aor| println!("{aor}"));
-                Ok(())
-            }
+        Command::Clients { server, json } => match ask(&socket, Request::Clients { server })? {
+            Reply::Clients(clients) => print(json, &clients[..], |clients| report::clients(clients, unix_seconds())),
             other => unexpected(other),
         },
         Command::Assign { aor, server } => show_moves(ask(&socket, Request::Assign { aor, server })?),

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector::ops::api::Route;
+use redirector::ops::api::{Client, Route};
 use redirector_tests::{
     privileged,
     sip_pool::{InProcessEdge, Registrar, sipp_clients, start_registrars},
@@ -189,8 +189,12 @@ fn assign_moves_one_client_and_errors_name_what_failed() {
     let moved = cli_ok(&topology, &["assign", &route.aor, other]);
     assert!(moved.contains(&format!("{}: {} -> {other} (generation 2)", route.aor, route.server)), "{moved}");
     assert_kernel_entries_point_at(&edge, &route.aor, other);
-    let clients = cli_ok(&topology, &["clients", "--server", other]);
-    assert_eq!(clients.trim(), route.aor);
+    let clients: Vec<Client> =
+        serde_json::from_str(&cli_ok(&topology, &["clients", "--server", other, "--json"])).expect("clients --json");
+    let aors: Vec<&str> = clients.iter().map(|c| c.aor.as_str()).collect();
+    assert_eq!(aors, [route.aor.as_str()]);
+    let table = cli_ok(&topology, &["clients", "--server", other]);
+    assert!(table.lines().nth(1).is_some_and(|row| row.starts_with(&route.aor)), "{table}");
     for (args, message) in [
         (vec!["assign", &route.aor, "home9"], "no home server named \"home9\""),
         (vec!["assign", "sip:nobody@example.net", "home0"], "no assignment for sip:nobody@example.net"),

@@ -67,7 +67,34 @@ pub struct Config {
     pub log: LogSettings,
     #[serde(default)]
     pub limits: LimitsSettings,
+    #[serde(default)]
+    pub store: StoreSettings,
 }
+
+/// The assignment store's upkeep.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Seconds without a sighting (a first contact or a fast-path packet)
+    /// after which a client's assignment is removed; 0 keeps them forever.
+    #[serde(default = "default_expire_after")]
+    pub expire_after: f64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self { expire_after: default_expire_after() }
+    }
+}
+
+/// 30 days.
+fn default_expire_after() -> f64 {
+    2_592_000.0
+}
+
+/// The shortest `store.expire_after` other than 0 (never): a walk over the
+/// store starts at most once a second.
+const SHORTEST_EXPIRY: f64 = 1.0;
 
 /// Who may become a new client: anyone who reaches the service address can
 /// name any AOR, and each new one is a durable assignment.
@@ -557,6 +584,15 @@ impl Config {
             let value = self.fast_path.idle_timeout;
             return Err(invalid("fast_path.idle_timeout", format!("{value} is not a number of seconds >= 0.1")));
         }
+        let expire_after = self.store.expire_after;
+        if !(expire_after.is_finite() && (expire_after == 0.0 || expire_after >= SHORTEST_EXPIRY)) {
+            return Err(invalid(
+                "store.expire_after",
+                format!(
+                    "{expire_after} is not a number of seconds >= {SHORTEST_EXPIRY}, or 0 to never expire assignments"
+                ),
+            ));
+        }
         if !(self.stats.interval.is_finite() && self.stats.interval >= 0.05) {
             return Err(invalid(
                 "stats.interval",
@@ -783,6 +819,18 @@ mod tests {
         let example = include_str!("../../../redirector.example.toml");
         let config = Config::parse(example).unwrap();
         assert_eq!(config.servers.len(), 2);
+    }
+
+    #[test]
+    fn expire_after_defaults_to_30_days_takes_0_for_never_and_refuses_the_rest() {
+        assert_eq!(Config::parse(VALID).unwrap().store.expire_after, 2_592_000.0);
+        let with = |value: &str| format!("{VALID}\n[store]\nexpire_after = {value}\n");
+        assert_eq!(Config::parse(&with("0")).unwrap().store.expire_after, 0.0);
+        assert_eq!(Config::parse(&with("5")).unwrap().store.expire_after, 5.0);
+        for bad in ["0.5", "-1", "nan"] {
+            let err = error_for(&with(bad));
+            assert!(err.starts_with("config field `store.expire_after`: ") && err.contains("0 to never"), "{err}");
+        }
     }
 
     #[test]

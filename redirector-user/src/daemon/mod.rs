@@ -32,6 +32,7 @@ use crate::{
     edge::{
         admission::{Admission, Limits},
         assignments::Assignments,
+        expiry,
         first_contact::{Counters, FirstContact, Settings},
         health::Tracker,
         notifier::Notifier,
@@ -107,6 +108,7 @@ pub struct Daemon {
     proxies: Vec<std::net::UdpSocket>,
     health: config::Health,
     idle_timeout: Duration,
+    expiry: Option<expiry::Policy>,
     rebalance: config::Rebalance,
     stats_interval: Duration,
     prometheus: Option<std::net::TcpListener>,
@@ -172,6 +174,7 @@ impl Daemon {
             burst: config.limits.new_clients_burst,
             max_assignments: config.limits.max_assignments,
         };
+        let expiry = expiry::Policy::new(Duration::from_secs_f64(config.store.expire_after));
         let operations = Operations::new(Parts {
             assignments,
             pool,
@@ -182,6 +185,7 @@ impl Daemon {
             admission: Admission::new(limits),
             counters,
             store_path: config.sip.database.display().to_string(),
+            expiry,
         });
         let (owner, owner_thread) = Owner::spawn(operations).map_err(io("starting the state owner thread"))?;
         Ok(Self {
@@ -193,6 +197,7 @@ impl Daemon {
             proxies,
             health: config.health.clone(),
             idle_timeout: Duration::from_secs_f64(config.fast_path.idle_timeout),
+            expiry,
             rebalance: config.rebalance.clone(),
             stats_interval: Duration::from_secs_f64(config.stats.interval),
             prometheus,
@@ -228,15 +233,14 @@ impl Daemon {
         for (index, socket) in proxies.iter().enumerate() {
             spawn(&mut tasks, named("proxy", socket, index), tasks::serve_proxy(socket.clone(), context.clone()));
         }
-        spawn(&mut tasks, "sweep".into(), tasks::sweep(self.owner.clone(), self.idle_timeout));
         let interval = Duration::from_secs_f64(self.health.interval);
         spawn(&mut tasks, "health".into(), tasks::health(context.clone(), interval));
         self.spawn_ops(&mut tasks)?;
         supervise(tasks, shutdown).await
     }
 
-    /// The control socket, the statistics stream, the rebalancer's feed and
-    /// the Prometheus endpoint.
+    /// The control socket, the statistics stream, the scan of the fast path
+    /// and the rebalancer it feeds, expiry, and the Prometheus endpoint.
     fn spawn_ops(&self, tasks: &mut Tasks) -> Result<()> {
         let control = self.control.try_clone().map_err(io("cloning the control socket"))?;
         let serving = control::serve(control, self.owner.clone(), self.latest.clone());
@@ -244,16 +248,32 @@ impl Daemon {
         let load = self.rebalance.enabled.then(|| {
             let (sender, receiver) = stats::load_queue(LOAD_QUEUE);
             spawn(tasks, "rebalance".into(), tasks::rebalance(self.owner.clone(), receiver));
-            (sender, Duration::from_secs_f64(self.rebalance.interval))
+            let every = Duration::from_secs_f64(self.rebalance.interval);
+            tasks::LoadFeed { sender, every, latest: self.latest.clone() }
         });
+        let scan = tasks::Scan { idle: self.idle_timeout, every: self.scan_every(), load };
+        spawn(tasks, "scan".into(), tasks::scan(self.owner.clone(), scan));
+        if let Some(expiry) = self.expiry {
+            spawn(tasks, "expiry".into(), tasks::expire(self.owner.clone(), expiry.walk_every()));
+        }
         if let Some(listener) = &self.prometheus {
             let listener = listener.try_clone().map_err(io("cloning the Prometheus socket"))?;
             let serving = metrics::serve(listener, self.latest.clone());
             spawn(tasks, "prometheus".into(), async move { serving.await.map_err(io("serving Prometheus metrics")) });
         }
-        let reading = stats::run(self.owner.clone(), self.latest.clone(), self.stats_interval, load);
+        let reading = stats::run(self.owner.clone(), self.latest.clone(), self.stats_interval);
         spawn(tasks, "stats".into(), async move { Ok(reading.await?) });
         Ok(())
+    }
+
+    /// How often the fast path's learned clients are scanned: a few times
+    /// per idle timeout (30 s at most), at the rebalancer's interval, and as
+    /// often as expiry walks the store (so fast-path sightings are fresh).
+    fn scan_every(&self) -> Duration {
+        let sweep = (self.idle_timeout / 4).min(Duration::from_secs(30));
+        let rebalance = self.rebalance.enabled.then(|| Duration::from_secs_f64(self.rebalance.interval));
+        let expiry = self.expiry.map(|policy| policy.walk_every());
+        [Some(sweep), rebalance, expiry].into_iter().flatten().min().unwrap_or(sweep)
     }
 
     /// A control API request, answered by the state owner; for threads

@@ -32,7 +32,7 @@ use crate::{
     kernel::loader::decode_event,
     ops::{
         owner::{Command, Owner},
-        stats::LoadReceiver,
+        stats::{Latest, LoadReceiver, LoadSample, LoadSender},
     },
 };
 
@@ -259,13 +259,58 @@ pub async fn events(events: RingBuf<MapData>, context: Context) -> Result<()> {
     }
 }
 
-/// Removes idle learned clients from the fast path, a pass a few times per
-/// timeout, each pass in steps the owner interleaves with everything else.
-pub async fn sweep(owner: Owner, idle: Duration) -> Result<()> {
-    let mut ticks = tokio::time::interval((idle / 4).min(Duration::from_secs(30)));
+/// What the scan of the fast path's learned clients serves.
+pub struct Scan {
+    /// Clients idle this long leave the fast path.
+    pub idle: Duration,
+    /// How often a pass starts.
+    pub every: Duration,
+    /// `None` when rebalancing is off.
+    pub load: Option<LoadFeed>,
+}
+
+/// Where the scan's load samples go.
+pub struct LoadFeed {
+    pub sender: LoadSender,
+    /// How often the rebalancer wants a sample.
+    pub every: Duration,
+    /// Counts the samples the rebalancer had no room for.
+    pub latest: Arc<Latest>,
+}
+
+/// One pass over the learned clients every `scan.every`, each pass in steps
+/// the owner interleaves with everything else; each client entry is read
+/// once per pass for the idle sweep, for its AOR's sighting (expiry) and,
+/// at the rebalancer's interval, for its load sample.
+pub async fn scan(owner: Owner, mut scan: Scan) -> Result<()> {
+    let mut ticks = tokio::time::interval(scan.every);
+    // A pass the owner took long over is not made up for in a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sample: Option<tokio::time::Instant> = None;
+    loop {
+        // The tick's scheduled instant: samples fall due on whole ticks.
+        let taken = ticks.tick().await;
+        let sample = scan.load.as_ref().is_some_and(|load| last_sample.is_none_or(|at| taken - at >= load.every));
+        let samples = loop {
+            let step = owner.scan(scan.idle, sample).await?;
+            if step.complete {
+                break step.samples;
+            }
+        };
+        if let (Some(load), Some(clients)) = (scan.load.as_mut(), samples) {
+            last_sample = Some(taken);
+            load.sender.send_or_count(LoadSample { taken, clients }, &load.latest);
+        }
+    }
+}
+
+/// Starts an expiry walk over the store every `every`.
+pub async fn expire(owner: Owner, every: Duration) -> Result<()> {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        while !owner.sweep(idle).await? {}
+        owner.send(Command::Expire)?;
     }
 }
 

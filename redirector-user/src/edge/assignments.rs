@@ -162,10 +162,34 @@ impl Assignments {
         Ok(done.collect())
     }
 
+    /// When `aor` was last seen, as the cache has it.
+    pub fn last_seen(&self, aor: &Aor) -> Option<u64> {
+        self.cache.last_seen(aor)
+    }
+
+    /// `aor` was seen at `unix_seconds`.
+    pub fn seen(&self, aor: &Aor, unix_seconds: u64) {
+        self.cache.seen(aor, unix_seconds);
+    }
+
+    /// Removes expired assignments (held out of first contact meanwhile)
+    /// from the store, the cache and the counts, and persists the sightings in `persist`, in
+    /// one durable transaction.
+    pub fn expire(&mut self, expired: &[Assignment], persist: &[(Aor, u64)]) -> Result<(), StoreError> {
+        let gone: Vec<&Aor> = expired.iter().map(|a| &a.aor).collect();
+        let seen: Vec<(&Aor, u64)> = persist.iter().map(|(aor, at)| (aor, *at)).collect();
+        self.store.expire(&gone, &seen)?;
+        for assignment in expired {
+            *self.counts.entry(assignment.server.clone()).or_default() -= 1;
+            self.cache.remove(&assignment.aor);
+        }
+        Ok(())
+    }
+
     /// Takes `aor` out of the cache while it moves: its first contacts then
     /// wait for the owner, which answers after the move's commit.
     pub fn hold(&self, aor: &Aor) {
-        self.cache.remove(aor);
+        self.cache.hold(aor);
     }
 
     /// Puts held AORs that did not move back in the cache, as stored.

@@ -39,7 +39,7 @@ use crate::{
         response::{self, Basis},
         socket_address, split_list, tag, unfold,
     },
-    store::{Cache, Cached, StoreError},
+    store::{Cache, Cached, StoreError, unix_seconds},
 };
 
 #[derive(Debug, Clone)]
@@ -233,7 +233,22 @@ impl FirstContact {
         local: SocketAddr,
     ) -> Batch<'a> {
         let items = datagrams.into_iter().map(|(datagram, source)| self.read_one(datagram, source, local)).collect();
-        Batch { items }
+        let batch = Batch { items };
+        self.record_sightings(&batch);
+        batch
+    }
+
+    /// A known client's first contact is a sighting: it keeps its
+    /// assignment from expiring (new clients are seen as they are assigned).
+    fn record_sightings(&self, batch: &Batch<'_>) {
+        let now = unix_seconds();
+        for item in &batch.items {
+            if let Item::Request(request) = item
+                && request.known.is_some()
+            {
+                self.cache.seen(&request.aor, now);
+            }
+        }
     }
 
     /// The answers to a batch, given the owner's assignments for its

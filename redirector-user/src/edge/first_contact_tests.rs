@@ -654,6 +654,15 @@ impl AssignmentStore for CountingStore {
     fn all(&self) -> Result<Vec<Assignment>, StoreError> {
         self.inner.all()
     }
+
+    fn page(&self, after: Option<&Aor>, limit: usize) -> Result<Vec<Assignment>, StoreError> {
+        self.inner.page(after, limit)
+    }
+
+    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError> {
+        self.updates.fetch_add(1, Ordering::Relaxed);
+        self.inner.expire(expired, seen)
+    }
 }
 
 /// First contact over a store that counts its write transactions.

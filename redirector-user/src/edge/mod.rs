@@ -1,8 +1,10 @@
 //! The edge's decisions, without sockets or clocks of their own: first
-//! contact, home-server health, watchers and their NOTIFYs, rebalancing.
+//! contact, home-server health, watchers and their NOTIFYs, rebalancing,
+//! expiry.
 
 pub mod admission;
 pub mod assignments;
+pub mod expiry;
 pub mod first_contact;
 pub mod health;
 pub mod notifier;

@@ -38,8 +38,45 @@ pub struct FastPath {
     nat_port_of: HashMap<Endpoint, u16>,
     /// AOR → (client key, service endpoint it talked to).
     installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>>,
-    /// The AORs the current sweep has yet to look at.
-    sweeping: Vec<Aor>,
+    /// The AORs the current scan has yet to look at.
+    scanning: Vec<Aor>,
+}
+
+/// A learned client address as one scan step read it from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    pub aor: Aor,
+    /// The server slot the kernel sends it to.
+    pub server: u32,
+    /// A key for the client address.
+    pub key: u64,
+    /// Fast-path packets so far.
+    pub packets: u64,
+    /// How long ago its last packet was (or it was installed).
+    pub seen_ago: Duration,
+}
+
+impl Reading {
+    fn of(aor: &Aor, client: Endpoint, entry: &ClientEntry, now: u64) -> Self {
+        Self {
+            aor: aor.clone(),
+            server: entry.server,
+            key: xxhash_rust::xxh3::xxh3_64(bytemuck::bytes_of(&client)),
+            packets: entry.packets,
+            seen_ago: Duration::from_nanos(now.saturating_sub(entry.last_seen_ns)),
+        }
+    }
+}
+
+/// What one scan step did and read.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// Idle client addresses taken off the fast path.
+    pub removed: usize,
+    /// The others.
+    pub readings: Vec<Reading>,
+    /// Whether the pass over every learned client is complete.
+    pub complete: bool,
 }
 
 /// A client's kernel entries, taken off the fast path during a move.
@@ -58,7 +95,7 @@ impl FastPath {
             nat_ports: NatPorts::new(config.edge.nat_port_range()),
             nat_port_of: HashMap::new(),
             installed: HashMap::new(),
-            sweeping: Vec::new(),
+            scanning: Vec::new(),
         };
         for client in &config.clients {
             let server = config.server_index(&client.server).expect("validated: clients name known servers");
@@ -109,7 +146,7 @@ impl FastPath {
         let clients: Vec<Endpoint> =
             withdrawn.iter().flat_map(|w| w.entries.iter().map(|(client, _)| *client)).collect();
         if let Err(error) = self.dataplane.remove_clients(&clients) {
-            // Still recorded: a later move or sweep finds what the kernel kept.
+            // Still recorded: a later move or scan finds what the kernel kept.
             for w in withdrawn {
                 self.installed.entry(w.aor).or_default().extend(w.entries);
             }
@@ -121,7 +158,7 @@ impl FastPath {
     /// Puts withdrawn clients back on the fast path, each to the server in
     /// its slot, with batched map updates.
     /// Recorded whatever happens: a batch that fails part way leaves some
-    /// entries in the kernel, and a later move or sweep must find them
+    /// entries in the kernel, and a later move or scan must find them
     /// (removing one that is not there is harmless).
     pub fn restore_many(&mut self, moves: Vec<(Withdrawn, u32)>) -> Result<(), FastPathError> {
         let mut writes = Writes::default();
@@ -140,72 +177,73 @@ impl FastPath {
         result
     }
 
-    /// Each learned client's fast-path packet count: (AOR, server slot, a
-    /// key for the client address, packets).
-    pub fn samples(&mut self) -> Result<Vec<(Aor, u32, u64, u64)>, FastPathError> {
-        let mut samples = Vec::new();
-        for (aor, entries) in &self.installed {
-            for &(client, _) in entries {
-                if let Some(entry) = self.dataplane.client(client)? {
-                    let key = xxhash_rust::xxh3::xxh3_64(bytemuck::bytes_of(&client));
-                    samples.push((aor.clone(), entry.server, key, entry.packets));
-                }
+    /// Takes the AORs' clients off the fast path for good (their assignments
+    /// expired): client entries in one batched delete, then their nat ports
+    /// and reply entries.
+    pub fn forget_many(&mut self, aors: &[Aor]) -> Result<(), FastPathError> {
+        for withdrawn in self.withdraw_many(aors)? {
+            for (client, _) in withdrawn.entries {
+                self.release_nat_port(client)?;
             }
         }
-        Ok(samples)
+        Ok(())
     }
 
-    /// Removes learned clients whose last packet is older than `idle`, with
-    /// their nat ports and reply entries: a client gone that long no longer
-    /// owns its address and port, which another client may reuse.
-    /// Config-pinned clients never expire. Each call looks at up to
-    /// `budget` clients, resuming where the last call stopped, so a sweep of
-    /// a large pool never holds up installs and moves for its whole length.
-    /// Returns how many were removed, and whether the pass is complete.
-    pub fn sweep(&mut self, idle: Duration, budget: usize) -> Result<(usize, bool), FastPathError> {
-        if self.sweeping.is_empty() {
-            self.sweeping = self.installed.keys().cloned().collect();
+    /// One step of the scan over learned clients: each client entry is read
+    /// once, and that reading serves everything the daemon wants of it. Idle
+    /// ones (last packet older than `idle`) are removed, with their nat ports
+    /// and reply entries: a client gone that long no longer owns its address
+    /// and port, which another client may reuse. The others are returned,
+    /// for load samples and for when their AOR was last seen.
+    /// Config-pinned clients are not scanned and never expire. Each call
+    /// looks at up to `budget` clients, resuming where the last call
+    /// stopped, so a scan of a large pool never holds up installs and moves
+    /// for its whole length.
+    pub fn scan(&mut self, idle: Duration, budget: usize) -> Result<Scanned, FastPathError> {
+        if self.scanning.is_empty() {
+            self.scanning = self.installed.keys().cloned().collect();
         }
         let now = monotonic_ns();
-        let idle = idle.as_nanos() as u64;
-        let mut removed = 0;
+        let mut scanned = Scanned::default();
         let mut looked = 0;
         while looked < budget {
-            let Some(aor) = self.sweeping.pop() else { break };
+            let Some(aor) = self.scanning.pop() else { break };
             let entries = self.installed.remove(&aor).unwrap_or_default();
             looked += entries.len().max(1);
-            let (kept, result) = self.sweep_entries(entries, now, idle);
+            let (kept, result) = self.scan_entries(&aor, entries, now, idle, &mut scanned.readings);
             if !kept.is_empty() {
                 self.installed.insert(aor, kept);
             }
-            removed += result?;
+            scanned.removed += result?;
         }
-        Ok((removed, self.sweeping.is_empty()))
+        scanned.complete = self.scanning.is_empty();
+        Ok(scanned)
     }
 
-    /// Removes the idle ones of an AOR's entries; returns the ones kept
-    /// (on an error, every one not removed: none is forgotten while the
-    /// kernel still holds it) and how many were removed.
-    fn sweep_entries(
+    /// Reads an AOR's entries, removing the idle ones and recording the
+    /// others in `readings`; returns the ones kept (on an error, every one
+    /// not removed: none is forgotten while the kernel still holds it) and
+    /// how many were removed.
+    fn scan_entries(
         &mut self,
+        aor: &Aor,
         entries: Vec<(Endpoint, Endpoint)>,
         now: u64,
-        idle: u64,
+        idle: Duration,
+        readings: &mut Vec<Reading>,
     ) -> (Vec<(Endpoint, Endpoint)>, Result<usize, FastPathError>) {
         let mut kept = Vec::with_capacity(entries.len());
         let mut removed = 0;
         let mut entries = entries.into_iter();
         while let Some((client, service)) = entries.next() {
-            let idle_too_long = self.dataplane.client(client).map(|entry| {
-                // Gone from the map (the LRU evicted it) or idle too long.
-                entry.is_none_or(|entry| now.saturating_sub(entry.last_seen_ns) > idle)
-            });
-            let outcome = match idle_too_long {
-                Ok(true) => self.remove(client).map(|()| removed += 1),
-                Ok(false) => {
+            let outcome = match self.dataplane.client(client) {
+                Ok(Some(entry)) if Duration::from_nanos(now.saturating_sub(entry.last_seen_ns)) <= idle => {
+                    readings.push(Reading::of(aor, client, &entry, now));
                     kept.push((client, service));
                     Ok(())
                 }
+                // Gone from the map (the LRU evicted it) or idle too long.
+                Ok(_) => self.remove(client).map(|()| removed += 1),
                 Err(error) => Err(error.into()),
             };
             if let Err(error) = outcome {
@@ -219,6 +257,11 @@ impl FastPath {
 
     fn remove(&mut self, client: Endpoint) -> Result<(), FastPathError> {
         self.dataplane.remove_client(client)?;
+        self.release_nat_port(client)
+    }
+
+    /// Frees `client`'s edge port and its reply entry, if it has one.
+    fn release_nat_port(&mut self, client: Endpoint) -> Result<(), FastPathError> {
         if let Some(port) = self.nat_port_of.remove(&client) {
             let key = NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 };
             self.dataplane.remove_nat_reply(key)?;

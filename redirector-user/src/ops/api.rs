@@ -45,7 +45,7 @@ pub enum Request {
 pub enum Reply {
     Stats(Stats),
     Servers(Vec<ServerStatus>),
-    Clients(Vec<String>),
+    Clients(Vec<Client>),
     Moves(Vec<Move>),
     Server(ServerStatus),
     Routes(Vec<Route>),
@@ -65,6 +65,15 @@ pub struct DaemonStatus {
     pub assignments: u64,
     /// Bytes of kernel memory the program's maps take.
     pub kernel_memory: u64,
+}
+
+/// An AOR assigned to a server, as `redirector clients` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Client {
+    pub aor: String,
+    /// When it was last seen (a first contact or a fast-path packet), in
+    /// seconds since the Unix epoch.
+    pub last_seen: u64,
 }
 
 /// A client address on the fast path: where the kernel sends it, and what

@@ -13,6 +13,11 @@
 //! entries restored, pointing at the new server; the client's watchers are
 //! queued for their NOTIFY. A drain or a dead server moves its clients in
 //! batches of `MOVE_BATCH`, one database transaction each.
+//!
+//! Two walks also go a step at a time between commands: the scan of the
+//! fast path's learned clients (`scan`: one read of each kernel entry
+//! serves the idle sweep, expiry's sightings and the load samples) and the
+//! expiry walk over the store (`start_expiry`, then `work`).
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -28,6 +33,7 @@ use crate::{
     edge::{
         admission::{Admission, Refused},
         assignments::{Assigned, Assignments},
+        expiry::{self, Walk},
         first_contact::{Action, Counters, NewClient},
         health::{Tracker, Transition},
         pool::{Pool, PoolView},
@@ -35,13 +41,13 @@ use crate::{
         watchers::{Subscription, Watchers},
     },
     kernel::{
-        fast_path::{FastPath, FastPathError},
+        fast_path::{FastPath, FastPathError, Reading},
         loader,
     },
     model::{HomeServer, ServerState},
-    ops::api::{DaemonStatus, Entry, Move, PlannedMove, Reply, Request, Route, ServerStatus, Stats},
+    ops::api::{Client, DaemonStatus, Entry, Move, PlannedMove, Reply, Request, Route, ServerStatus, Stats},
     sip::{Aor, ParseError},
-    store::StoreError,
+    store::{StoreError, unix_seconds},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +70,13 @@ pub enum OperationError {
 
 type Result<T, E = OperationError> = std::result::Result<T, E>;
 
-/// Clients one sweep command looks at: a few milliseconds of map reads, so
+/// Clients one scan command looks at: a few milliseconds of map reads, so
 /// installs and moves queued behind it wait no longer than that.
-const SWEEP_BUDGET: usize = 2_000;
+const SCAN_BUDGET: usize = 2_000;
+
+/// Assignments one step of an expiry walk reads (one database read, and at
+/// most one transaction for what it removes and persists).
+const EXPIRY_PAGE: usize = 2_000;
 
 /// Clients moved per database transaction (and per hold of the fast-path
 /// lock) when a server is drained or goes down.
@@ -92,6 +102,21 @@ pub struct Operations {
     warned_at_capacity: Option<Instant>,
     /// Moves still to be made, oldest first.
     jobs: VecDeque<MoveJob>,
+    /// When assignments expire (`None`: never), and the walk under way.
+    expiry: Option<expiry::Policy>,
+    walk: Option<Walk>,
+    /// The load samples of the scan pass under way, when it takes them.
+    pass: Vec<Sample>,
+}
+
+/// One step of a scan over the fast path's learned clients.
+#[derive(Debug, Default)]
+pub struct ScanStep {
+    /// Whether the pass is complete (or failed: it starts over next time).
+    pub complete: bool,
+    /// With a completed pass that was asked for them: every learned
+    /// client's load sample.
+    pub samples: Option<Vec<Sample>>,
 }
 
 /// Every client of a server to move, a batch at a time.
@@ -116,6 +141,7 @@ pub struct Parts {
     pub admission: Admission,
     pub counters: Arc<Counters>,
     pub store_path: String,
+    pub expiry: Option<expiry::Policy>,
 }
 
 /// How often reaching the cap on assignments is logged at most.
@@ -123,8 +149,18 @@ const CAPACITY_WARNING_GAP: Duration = Duration::from_secs(60);
 
 impl Operations {
     pub fn new(parts: Parts) -> Self {
-        let Parts { assignments, pool, fast_path, watchers, tracker, rebalancer, admission, counters, store_path } =
-            parts;
+        let Parts {
+            assignments,
+            pool,
+            fast_path,
+            watchers,
+            tracker,
+            rebalancer,
+            admission,
+            counters,
+            store_path,
+            expiry,
+        } = parts;
         Self {
             assignments,
             pool,
@@ -138,6 +174,9 @@ impl Operations {
             started: Instant::now(),
             warned_at_capacity: None,
             jobs: VecDeque::new(),
+            expiry,
+            walk: None,
+            pass: Vec::new(),
         }
     }
 
@@ -281,22 +320,100 @@ impl Operations {
         }
     }
 
-    /// Removes learned clients idle longer than `idle` from the fast path,
-    /// looking at up to `SWEEP_BUDGET` of them; true when the pass over all
-    /// of them is complete (the sweep task comes back for the rest).
-    pub fn sweep(&mut self, idle: Duration) -> bool {
-        match self.fast_path.sweep(idle, SWEEP_BUDGET) {
-            Ok((removed, complete)) => {
-                if removed > 0 {
-                    tracing::debug!(removed, "idle clients left the fast path");
+    /// One step of the scan over learned clients (up to `SCAN_BUDGET`): each
+    /// kernel entry is read once, for everything wanted of it. Clients idle
+    /// longer than `idle` leave the fast path; the others' last packet is a
+    /// sighting of their AOR (for expiry) and, with `sample`, a load sample
+    /// of the pass, handed over when the pass completes.
+    pub fn scan(&mut self, idle: Duration, sample: bool) -> ScanStep {
+        match self.fast_path.scan(idle, SCAN_BUDGET) {
+            Ok(scanned) => {
+                if scanned.removed > 0 {
+                    tracing::debug!(removed = scanned.removed, "idle clients left the fast path");
                 }
-                complete
+                self.record_readings(scanned.readings, sample);
+                let samples = (scanned.complete && sample).then(|| std::mem::take(&mut self.pass));
+                ScanStep { complete: scanned.complete, samples }
             }
             Err(error) => {
-                tracing::warn!(%error, "sweeping idle clients failed");
-                true
+                tracing::warn!(%error, "scanning the fast path's clients failed");
+                self.pass.clear();
+                ScanStep { complete: true, samples: None }
             }
         }
+    }
+
+    /// Each reading is a sighting of its AOR and, with `sample`, a load sample.
+    fn record_readings(&mut self, readings: Vec<Reading>, sample: bool) {
+        let now = unix_seconds();
+        let pool = self.pool.load_full();
+        for reading in readings {
+            self.assignments.seen(&reading.aor, now.saturating_sub(reading.seen_ago.as_secs()));
+            if !sample {
+                continue;
+            }
+            let Some(server) = pool.by_index(reading.server) else { continue };
+            let Reading { aor, key, packets, .. } = reading;
+            self.pass.push(Sample { aor, server: server.name.clone(), key, packets });
+        }
+    }
+
+    /// Starts a walk over the store for expired assignments, unless one is
+    /// under way or assignments never expire; `work` makes it a page at a time.
+    pub fn start_expiry(&mut self) {
+        if self.expiry.is_some() && self.walk.is_none() {
+            self.walk = Some(Walk::default());
+        }
+    }
+
+    /// One page of the expiry walk: the assignments in it whose client was
+    /// not seen for `expire_after` go from the store, the counts, first
+    /// contact's cache and the kernel; sightings that moved far enough
+    /// are persisted, in the same transaction.
+    fn expire_page(&mut self) {
+        let (Some(policy), Some(walk)) = (self.expiry, self.walk.as_mut()) else { return };
+        let page = match self.assignments.store().page(walk.cursor(), EXPIRY_PAGE) {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(%error, "reading assignments for expiry failed; the next walk tries again");
+                self.walk = None;
+                return;
+            }
+        };
+        let assignments = &self.assignments;
+        let verdicts = walk.judge(&policy, &page, EXPIRY_PAGE, |aor| assignments.last_seen(aor), unix_seconds());
+        if walk.is_done() {
+            self.walk = None;
+        }
+        if verdicts.expired.is_empty() && verdicts.persist.is_empty() {
+            return;
+        }
+        match self.retire(&verdicts) {
+            Ok(()) if verdicts.expired.is_empty() => {}
+            Ok(()) => tracing::info!(
+                expired = verdicts.expired.len(),
+                "assignments not seen for [store] expire_after removed"
+            ),
+            Err(error) => tracing::warn!(%error, "expiring assignments failed; the next walk tries again"),
+        }
+    }
+
+    /// Takes expired clients out of first contact, off the fast path and out
+    /// of the store (persisting `persist` with them). On a failure the
+    /// clients stay assigned (their kernel entries may be gone: their next
+    /// packet meets first contact, which puts them back).
+    fn retire(&mut self, verdicts: &expiry::Verdicts) -> Result<()> {
+        let aors: Vec<Aor> = verdicts.expired.iter().map(|a| a.aor.clone()).collect();
+        aors.iter().for_each(|aor| self.assignments.hold(aor));
+        let retired = self
+            .fast_path
+            .forget_many(&aors)
+            .map_err(OperationError::from)
+            .and_then(|()| Ok(self.assignments.expire(&verdicts.expired, &verdicts.persist)?));
+        if retired.is_err() {
+            self.release(&aors);
+        }
+        retired
     }
 
     /// One rebalancing round on a load sample taken `seconds` after the last.
@@ -352,14 +469,24 @@ impl Operations {
         Ok(())
     }
 
-    /// Whether moves are still to be made (`work` makes the next batch).
+    /// Whether moves or an expiry walk are under way (`work` makes the
+    /// next batch).
     pub fn has_work(&self) -> bool {
-        !self.jobs.is_empty()
+        !self.jobs.is_empty() || self.walk.is_some()
     }
 
     /// Makes the next batch of the oldest job's moves, `MOVE_BATCH` clients
-    /// in one transaction; the owner interleaves it with everything else.
+    /// in one transaction, or else the next page of the expiry walk; the
+    /// owner interleaves it with everything else.
     pub fn work(&mut self) {
+        if self.jobs.is_empty() {
+            self.expire_page();
+        } else {
+            self.move_next_batch();
+        }
+    }
+
+    fn move_next_batch(&mut self) {
         let Some(mut job) = self.jobs.pop_front() else { return };
         // Undrained, or back up, since the job began: its clients stay.
         let still_leaving =
@@ -456,19 +583,6 @@ impl Operations {
         targets.map(|s| ServerLoad { name: s.name.clone(), weight: s.weight }).collect()
     }
 
-    /// A load sample of every learned client, by server name.
-    pub fn samples(&mut self) -> Result<Vec<Sample>> {
-        let pool = self.pool.load_full();
-        let raw = self.fast_path.samples()?;
-        Ok(raw
-            .into_iter()
-            .filter_map(|(aor, index, key, packets)| {
-                let server = pool.by_index(index)?.name.clone();
-                Some(Sample { aor, server, key, packets })
-            })
-            .collect())
-    }
-
     /// The rebalancer's plan on its latest rates; applied unless `dry_run`.
     pub fn rebalance(&mut self, dry_run: bool) -> Result<Vec<PlannedMove>> {
         let planned = plan(&self.balance_targets(), &self.rebalancer.latest, &self.rebalancer.thresholds);
@@ -514,7 +628,7 @@ impl Operations {
         let reassigned = match reassigned {
             Ok(reassigned) => reassigned,
             Err(error) => {
-                self.release(planned);
+                self.release(planned.iter().map(|(aor, _)| aor));
                 return Err(error);
             }
         };
@@ -531,13 +645,14 @@ impl Operations {
         if let Err(error) = self.fast_path.restore_many(restores) {
             tracing::warn!(%error, moved = moves.len(), "moved clients' kernel entries were not restored: their next packets meet first contact");
         }
-        self.release(planned);
+        self.release(planned.iter().map(|(aor, _)| aor));
         Ok(moves)
     }
 
-    /// Puts held clients that did not move back in first contact's cache.
-    fn release(&self, planned: &[(Aor, HomeServer)]) {
-        for (aor, _) in planned {
+    /// Puts held clients that did not move (or expire) back in first
+    /// contact's cache.
+    fn release<'a>(&self, aors: impl IntoIterator<Item = &'a Aor>) {
+        for aor in aors {
             if let Err(error) = self.assignments.release(aor) {
                 tracing::warn!(%aor, %error, "a held client stays out of the cache until its next first contact");
             }
@@ -599,11 +714,18 @@ impl Operations {
         })
     }
 
-    /// The AORs assigned to `server`.
-    pub fn clients(&self, server: &str) -> Result<Vec<String>> {
+    /// The AORs assigned to `server`, with when each was last seen.
+    pub fn clients(&self, server: &str) -> Result<Vec<Client>> {
         self.server(server)?;
         let assignments = self.assignments.store().all()?;
-        Ok(assignments.into_iter().filter(|a| a.server == server).map(|a| a.aor.to_string()).collect())
+        Ok(assignments
+            .into_iter()
+            .filter(|a| a.server == server)
+            .map(|a| Client {
+                last_seen: self.assignments.last_seen(&a.aor).unwrap_or(a.last_seen),
+                aor: a.aor.to_string(),
+            })
+            .collect())
     }
 
     fn status_of_daemon(&self) -> DaemonStatus {

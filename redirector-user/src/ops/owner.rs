@@ -20,7 +20,7 @@ use crate::{
     },
     ops::{
         api::{Reply, Request, Stats},
-        operations::{OperationError, Operations},
+        operations::{OperationError, Operations, ScanStep},
     },
     sip::Aor,
     store::StoreError,
@@ -30,8 +30,8 @@ use crate::{
 /// failure (shared by every batch of the failed transaction).
 pub type AssignReply = Result<HashMap<Aor, Result<Assigned, Refused>>, Arc<StoreError>>;
 
-/// A statistics reading, with every client's load sample when asked.
-pub type Reading = Result<(Stats, Option<Vec<Sample>>), OperationError>;
+/// A statistics reading.
+pub type Reading = Result<Stats, OperationError>;
 
 pub enum Command {
     /// First contact's clients without a usable assignment.
@@ -45,11 +45,14 @@ pub enum Command {
     /// Health round `sequence` starts (the previous one closes); `done`
     /// once applied, so rounds never pile up while the owner is busy.
     HealthTick { sequence: u32, done: oneshot::Sender<()> },
-    /// Idle clients leave the fast path, a budget of them at a time;
-    /// `done` tells whether the pass is complete.
-    Sweep { idle: Duration, done: oneshot::Sender<bool> },
+    /// One step of the scan over the fast path's learned clients (a budget
+    /// of them): idle ones leave, the others' sightings are recorded and,
+    /// with `sample`, their load; `done` tells what the step did.
+    Scan { idle: Duration, sample: bool, done: oneshot::Sender<ScanStep> },
+    /// An expiry walk over the store starts (unless one is under way).
+    Expire,
     /// The statistics stream's reading.
-    Read { samples: bool, reply: oneshot::Sender<Reading> },
+    Read { reply: oneshot::Sender<Reading> },
     /// A rebalancing round on clients' load, `seconds` after the last.
     Load { clients: Vec<Sample>, seconds: f64 },
     /// Ends the thread; what it owns (the program's link among it) is dropped.
@@ -97,11 +100,11 @@ impl Owner {
         applied.await.map_err(|_| OwnerGone)
     }
 
-    /// One step of a sweep; true when the pass is complete.
-    pub async fn sweep(&self, idle: Duration) -> Result<bool, OwnerGone> {
-        let (done, complete) = oneshot::channel();
-        self.send(Command::Sweep { idle, done })?;
-        complete.await.map_err(|_| OwnerGone)
+    /// One step of a scan.
+    pub async fn scan(&self, idle: Duration, sample: bool) -> Result<ScanStep, OwnerGone> {
+        let (done, step) = oneshot::channel();
+        self.send(Command::Scan { idle, sample, done })?;
+        step.await.map_err(|_| OwnerGone)
     }
 
     pub async fn control(&self, request: Request) -> Result<Reply, OwnerGone> {
@@ -117,9 +120,9 @@ impl Owner {
         answer.blocking_recv().map_err(|_| OwnerGone)
     }
 
-    pub async fn read(&self, samples: bool) -> Result<Reading, OwnerGone> {
+    pub async fn read(&self) -> Result<Reading, OwnerGone> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Read { samples, reply })?;
+        self.send(Command::Read { reply })?;
         answer.await.map_err(|_| OwnerGone)
     }
 }
@@ -144,7 +147,7 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
             }
         }
         assign(&mut operations, assigns);
-        // One batch of queued moves between rounds of commands.
+        // One batch of queued moves (or expiry) between rounds of commands.
         operations.work();
     }
 }
@@ -196,15 +199,12 @@ fn execute(operations: &mut Operations, command: Command) {
             operations.health_tick(sequence);
             let _ = done.send(());
         }
-        Command::Sweep { idle, done } => {
-            let _ = done.send(operations.sweep(idle));
+        Command::Scan { idle, sample, done } => {
+            let _ = done.send(operations.scan(idle, sample));
         }
-        Command::Read { samples, reply } => {
-            let reading = operations.stats().and_then(|stats| {
-                let clients = if samples { Some(operations.samples()?) } else { None };
-                Ok((stats, clients))
-            });
-            let _ = reply.send(reading);
+        Command::Expire => operations.start_expiry(),
+        Command::Read { reply } => {
+            let _ = reply.send(operations.stats());
         }
         Command::Load { clients, seconds } => operations.observe_load(&clients, seconds),
     }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::ops::api::{Entry, Move, PlannedMove, Route, ServerStatus, Stats};
+use crate::ops::api::{Client, Entry, Move, PlannedMove, Route, ServerStatus, Stats};
 
 /// `redirector stats`: servers with their rates, then the counters.
 pub fn stats(stats: &Stats) -> String {
@@ -88,6 +88,43 @@ pub fn routes(routes: &[Route]) -> String {
     out
 }
 
+/// `redirector clients`: each AOR with when it was last seen (UTC, and how
+/// long before `now`, both in seconds since the Unix epoch).
+pub fn clients(clients: &[Client], now: u64) -> String {
+    let mut out = format!("{:<40} {:<24} {}\n", "aor", "last seen (UTC)", "ago");
+    for client in clients {
+        let ago = ago(now.saturating_sub(client.last_seen));
+        let _ = writeln!(out, "{:<40} {:<24} {ago}", client.aor, utc(client.last_seen));
+    }
+    out
+}
+
+/// `2026-11-29 22:45:07` for seconds since the Unix epoch (the civil
+/// calendar from a day count, after Howard Hinnant's `civil_from_days`).
+fn utc(unix_seconds: u64) -> String {
+    let (days, time) = (unix_seconds / 86_400, unix_seconds % 86_400);
+    let era_day = days + 719_468;
+    let (era, day_of_era) = (era_day / 146_097, era_day % 146_097);
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    let (hour, minute, second) = (time / 3_600, time % 3_600 / 60, time % 60);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}")
+}
+
+/// `42s`, `7m`, `5h`, `12d`: the largest whole unit.
+fn ago(seconds: u64) -> String {
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3_600 => format!("{}m", seconds / 60),
+        3_600..86_400 => format!("{}h", seconds / 3_600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -122,5 +159,22 @@ mod tests {
         assert!(row.trim_end().ends_with("10.0"), "the stream's rate: {row}");
         assert!(table.contains("fast path (kernel): forwarded 30\n"), "{table}");
         assert!(table.contains("first contact (daemon): nothing yet\n"));
+    }
+
+    #[test]
+    fn clients_show_when_each_was_last_seen() {
+        let now = 1_796_000_000;
+        let seen = [
+            Client { aor: "sip:alice@example.net".into(), last_seen: now - 42 },
+            Client { aor: "sip:bob@example.net".into(), last_seen: 951_782_400 },
+        ];
+        let table = clients(&seen, now);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].starts_with("sip:alice@example.net") && lines[1].ends_with(" 42s"), "{table}");
+        assert!(lines[1].contains("2026-11-30 00:52:38"), "{table}");
+        assert!(lines[2].contains("2000-02-29 00:00:00") && lines[2].ends_with("d"), "{table}");
+        assert_eq!([ago(59), ago(60), ago(3_599), ago(7_200), ago(86_400 * 3)], ["59s", "1m", "59m", "2h", "3d"]);
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_796_000_000), "2026-11-30 00:53:20");
     }
 }

@@ -1,9 +1,10 @@
 //! The statistics stream. A task reads the kernel's per-CPU counters every
 //! `[stats].interval` and publishes one `Stats` reading (per-server packets,
 //! bytes, rates and clients; verdict, first-contact and watcher counters)
-//! for the control API and the Prometheus endpoint. At the rebalancer's own
-//! interval it also takes every client's packet counter and hands the
-//! sample to the rebalancer through a lock-free single-producer
+//! for the control API and the Prometheus endpoint. Every client's packet
+//! counter is read by the daemon's scan of the fast path (one pass serves
+//! the idle sweep, expiry's sightings and these samples), which hands each
+//! pass's samples to the rebalancer through a lock-free single-producer
 //! single-consumer queue (`ringbuf`), so sampling never waits on planning.
 //!
 //! Client counters are cumulative: when the queue is full the sample is
@@ -81,6 +82,13 @@ impl LoadSender {
         self.ready.notify_one();
         Ok(())
     }
+
+    /// Queues `sample`, counting it in `latest` if the queue is full.
+    pub fn send_or_count(&mut self, sample: LoadSample, latest: &Latest) {
+        if self.send(sample).is_err() {
+            latest.load_samples_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl LoadReceiver {
@@ -111,23 +119,15 @@ pub fn with_rates(mut now: Stats, previous: Option<&Stats>, seconds: f64) -> Sta
     now
 }
 
-/// Reads and publishes every `interval`; with `load`, also queues a load
-/// sample for the rebalancer every `load.1`, rounded up to whole intervals.
-pub async fn run(
-    owner: Owner,
-    latest: Arc<Latest>,
-    interval: Duration,
-    mut load: Option<(LoadSender, Duration)>,
-) -> Result<(), OwnerGone> {
+/// Reads and publishes every `interval`.
+pub async fn run(owner: Owner, latest: Arc<Latest>, interval: Duration) -> Result<(), OwnerGone> {
     let mut ticks = tokio::time::interval(interval);
     let mut previous: Option<(Arc<Stats>, Instant)> = None;
-    let mut last_load: Option<Instant> = None;
     loop {
-        // The tick's scheduled instant, not the time it ran: load samples
-        // fall due on whole ticks, never a jittered one late.
+        // The tick's scheduled instant, not the time it ran: rates are over
+        // whole ticks.
         let now = ticks.tick().await;
-        let load_due = load.as_ref().is_some_and(|(_, every)| last_load.is_none_or(|at| now - at >= *every));
-        let (stats, clients) = match owner.read(load_due).await? {
+        let stats = match owner.read().await? {
             Ok(reading) => reading,
             Err(error) => {
                 warn!(%error, "reading statistics failed");
@@ -138,12 +138,6 @@ pub async fn run(
         let stats = with_rates(stats, previous.as_ref().map(|(p, _)| p.as_ref()), seconds);
         latest.publish(stats);
         previous = latest.get().map(|stats| (stats, now));
-        if let (Some((sender, _)), Some(clients)) = (load.as_mut(), clients) {
-            last_load = Some(now);
-            if sender.send(LoadSample { taken: now, clients }).is_err() {
-                latest.load_samples_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
     }
 }
 

@@ -24,15 +24,22 @@ pub struct Assignment {
     pub assigned_at: u64,
     /// Bumped by every move; 1 for a first assignment.
     pub generation: u64,
+    /// Seconds since the Unix epoch when the client was last seen, as last
+    /// persisted (coarsely: see `edge::expiry`). A row from a database that
+    /// predates the field reads as seen when it is read.
+    pub last_seen: u64,
 }
 
 impl Assignment {
+    /// A first assignment, made at the client's first contact: seen now.
     pub fn new(aor: Aor, server: String) -> Self {
-        Self { aor, server, assigned_at: unix_seconds(), generation: 1 }
+        let now = unix_seconds();
+        Self { aor, server, assigned_at: now, generation: 1, last_seen: now }
     }
 }
 
-fn unix_seconds() -> u64 {
+/// The wall clock in seconds since the Unix epoch.
+pub fn unix_seconds() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -56,6 +63,12 @@ pub trait AssignmentStore: Send + Sync {
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError>;
     fn all(&self) -> Result<Vec<Assignment>, StoreError>;
+    /// Up to `limit` assignments in AOR order, starting after `after`: a
+    /// walk over the store one page at a time.
+    fn page(&self, after: Option<&Aor>, limit: usize) -> Result<Vec<Assignment>, StoreError>;
+    /// In one durable transaction: removes the `expired` AORs' assignments
+    /// and records when the `seen` ones were last seen.
+    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError>;
 
     /// `update_many` for one AOR.
     fn update(
@@ -85,10 +98,12 @@ pub trait AssignmentStore: Send + Sync {
     }
 }
 
-/// `aor` on `server`, one generation after `current`.
+/// `aor` on `server`, one generation after `current`; a move is not a
+/// sighting, so it keeps when the client was last seen.
 pub fn next_assignment(aor: &Aor, server: &str, current: Option<&Assignment>) -> Assignment {
     let generation = current.map_or(0, |a| a.generation) + 1;
-    Assignment { generation, ..Assignment::new(aor.clone(), server.to_owned()) }
+    let new = Assignment::new(aor.clone(), server.to_owned());
+    Assignment { generation, last_seen: current.map_or(new.last_seen, |a| a.last_seen), ..new }
 }
 
 /// One AOR's move in `reassign_many`.

@@ -1,10 +1,13 @@
-//! The embedded store: one redb file, one table.
+//! The embedded store: one redb file. `assignments` holds each AOR's
+//! server; `last_seen` (added later, so a separate table: databases from
+//! before it open unchanged, their AORs read as seen when read) holds when
+//! each client was last seen, written coarsely (see `edge::expiry`).
 
-use std::path::Path;
+use std::{ops::Bound, path::Path};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
-use super::{Assignment, AssignmentStore, StoreError};
+use super::{Assignment, AssignmentStore, StoreError, unix_seconds};
 use crate::sip::Aor;
 
 fn db_error(error: impl Into<redb::Error>) -> StoreError {
@@ -13,13 +16,16 @@ fn db_error(error: impl Into<redb::Error>) -> StoreError {
 
 /// AOR → (server, assigned_at, generation).
 const ASSIGNMENTS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition::new("assignments");
+/// AOR → seconds since the Unix epoch it was last seen.
+const LAST_SEEN: TableDefinition<&str, u64> = TableDefinition::new("last_seen");
 
 pub struct RedbStore {
     db: Database,
 }
 
 impl RedbStore {
-    /// Opens or creates the database file (and its directory).
+    /// Opens or creates the database file (and its directory, and any
+    /// table an older version did not have).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_error = |source| StoreError::Open { path: path.display().to_string(), source: Box::new(source) };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -28,6 +34,7 @@ impl RedbStore {
         let db = Database::create(path).map_err(open_error)?;
         let txn = db.begin_write().map_err(db_error)?;
         txn.open_table(ASSIGNMENTS).map_err(db_error)?;
+        txn.open_table(LAST_SEEN).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(Self { db })
     }
@@ -41,15 +48,34 @@ impl RedbStore {
     }
 }
 
+/// The last-seen table, or `None` in a database opened read-only that
+/// predates it.
+fn seen_table(txn: &ReadTransaction) -> Result<Option<redb::ReadOnlyTable<&'static str, u64>>, StoreError> {
+    match txn.open_table(LAST_SEEN) {
+        Ok(table) => Ok(Some(table)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(error) => Err(db_error(error)),
+    }
+}
+
+/// When `aor` was last seen; `read_at` if the database has no record of it.
+fn seen_in(table: Option<&impl ReadableTable<&'static str, u64>>, aor: &str, read_at: u64) -> Result<u64, StoreError> {
+    let Some(table) = table else { return Ok(read_at) };
+    Ok(table.get(aor).map_err(db_error)?.map_or(read_at, |seen| seen.value()))
+}
+
+fn assignment(aor: Aor, (server, assigned_at, generation): (&str, u64, u64), last_seen: u64) -> Assignment {
+    Assignment { aor, server: server.to_owned(), assigned_at, generation, last_seen }
+}
+
 impl AssignmentStore for RedbStore {
     fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
         let table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
-        let row = table.get(aor.as_str()).map_err(db_error)?;
-        Ok(row.map(|value| {
-            let (server, assigned_at, generation) = value.value();
-            Assignment { aor: aor.clone(), server: server.to_owned(), assigned_at, generation }
-        }))
+        let seen = seen_table(&txn)?;
+        let Some(row) = table.get(aor.as_str()).map_err(db_error)? else { return Ok(None) };
+        let last_seen = seen_in(seen.as_ref(), aor.as_str(), unix_seconds())?;
+        Ok(Some(assignment(aor.clone(), row.value(), last_seen)))
     }
 
     fn update_many(
@@ -58,18 +84,24 @@ impl AssignmentStore for RedbStore {
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
+        let read_at = unix_seconds();
         let stored = {
             let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
+            let mut seen = txn.open_table(LAST_SEEN).map_err(db_error)?;
             aors.iter()
                 .map(|&aor| {
-                    let current = table.get(aor.as_str()).map_err(db_error)?.map(|value| {
-                        let (server, assigned_at, generation) = value.value();
-                        Assignment { aor: aor.clone(), server: server.to_owned(), assigned_at, generation }
-                    });
+                    let current = match table.get(aor.as_str()).map_err(db_error)? {
+                        Some(row) => {
+                            let last_seen = seen_in(Some(&seen), aor.as_str(), read_at)?;
+                            Some(assignment(aor.clone(), row.value(), last_seen))
+                        }
+                        None => None,
+                    };
                     match change(aor, current.as_ref()) {
                         Some(new) => {
                             let value = (new.server.as_str(), new.assigned_at, new.generation);
                             table.insert(aor.as_str(), value).map_err(db_error)?;
+                            seen.insert(aor.as_str(), new.last_seen).map_err(db_error)?;
                             Ok(Some(new))
                         }
                         None => Ok(current),
@@ -82,22 +114,42 @@ impl AssignmentStore for RedbStore {
     }
 
     fn all(&self) -> Result<Vec<Assignment>, StoreError> {
+        self.page(None, usize::MAX)
+    }
+
+    fn page(&self, after: Option<&Aor>, limit: usize) -> Result<Vec<Assignment>, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
         let table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
-        table
-            .iter()
-            .map_err(db_error)?
+        let seen = seen_table(&txn)?;
+        let read_at = unix_seconds();
+        let rows = match after {
+            Some(after) => table.range::<&str>((Bound::Excluded(after.as_str()), Bound::Unbounded)),
+            None => table.range::<&str>(..),
+        };
+        rows.map_err(db_error)?
+            .take(limit)
             .map(|row| {
                 let (key, value) = row.map_err(db_error)?;
-                let (server, assigned_at, generation) = value.value();
-                Ok(Assignment {
-                    aor: Aor::from_canonical(key.value().to_owned()),
-                    server: server.to_owned(),
-                    assigned_at,
-                    generation,
-                })
+                let last_seen = seen_in(seen.as_ref(), key.value(), read_at)?;
+                Ok(assignment(Aor::from_canonical(key.value().to_owned()), value.value(), last_seen))
             })
             .collect()
+    }
+
+    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
+            let mut last_seen = txn.open_table(LAST_SEEN).map_err(db_error)?;
+            for aor in expired {
+                table.remove(aor.as_str()).map_err(db_error)?;
+                last_seen.remove(aor.as_str()).map_err(db_error)?;
+            }
+            for &(aor, at) in seen {
+                last_seen.insert(aor.as_str(), at).map_err(db_error)?;
+            }
+        }
+        txn.commit().map_err(db_error)
     }
 }
 
@@ -157,6 +209,56 @@ mod tests {
         assert_eq!(store.get(&alice).unwrap().unwrap().server, "home2");
         assert_eq!(store.get(&bob).unwrap().unwrap().server, "home3");
 
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A database written before `last_seen` existed opens, read-only and
+    /// read-write; its AORs read as seen when read, and a write records it.
+    #[test]
+    fn an_old_database_without_last_seen_opens_and_reads_as_seen_now() {
+        let dir = std::env::temp_dir().join(format!("redirector-store-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("assignments.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(ASSIGNMENTS).unwrap().insert("sip:alice@example.net", ("home1", 100, 4)).unwrap();
+            txn.commit().unwrap();
+        }
+        let before = unix_seconds();
+        let read_only = RedbStore::open_existing(&path).unwrap().all().unwrap();
+        assert_eq!(read_only.len(), 1);
+        assert!(read_only[0].last_seen >= before, "missing reads as seen now: {read_only:?}");
+        let store = RedbStore::open(&path).unwrap();
+        let alice = store.get(&aor("alice")).unwrap().unwrap();
+        assert_eq!((alice.server.as_str(), alice.assigned_at, alice.generation), ("home1", 100, 4));
+        assert!(alice.last_seen >= before);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Last-seen times outlive the process; `expire` removes assignments and
+    /// records sightings in one go; `page` walks in AOR order from a cursor.
+    #[test]
+    fn last_seen_survives_reopening_and_expire_removes() {
+        let dir = std::env::temp_dir().join(format!("redirector-store-seen-{}", std::process::id()));
+        let path = dir.join("assignments.redb");
+        let names = ["alice", "bob", "carol", "dave"];
+        {
+            let store = RedbStore::open(&path).unwrap();
+            for name in names {
+                let new = Assignment { last_seen: 1_000, ..Assignment::new(aor(name), "home1".into()) };
+                store.update(&aor(name), &mut |_| Some(new.clone())).unwrap();
+            }
+            store.expire(&[&aor("bob")], &[(&aor("carol"), 5_000)]).unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.get(&aor("bob")).unwrap(), None, "expired");
+        assert_eq!(store.get(&aor("carol")).unwrap().unwrap().last_seen, 5_000);
+        assert_eq!(store.get(&aor("alice")).unwrap().unwrap().last_seen, 1_000);
+        let first = store.page(None, 2).unwrap();
+        let rest = store.page(Some(&first[1].aor), 2).unwrap();
+        let walked: Vec<String> = first.iter().chain(&rest).map(|a| a.aor.to_string()).collect();
+        assert_eq!(walked, ["sip:alice@example.net", "sip:carol@example.net", "sip:dave@example.net"]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
