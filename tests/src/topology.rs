@@ -64,6 +64,14 @@ impl Family {
         }
     }
 
+    /// A pool of this family alone, as `Topology::families` takes it.
+    pub fn only(self) -> &'static [Family] {
+        match self {
+            Family::V4 => &[Family::V4],
+            Family::V6 => &[Family::V6],
+        }
+    }
+
     pub fn home(self, index: usize) -> IpAddr {
         match self {
             Family::V4 => home_address(index).into(),
@@ -88,11 +96,16 @@ impl Family {
     }
 }
 
-/// Where a home server listens: the service address in dsr mode (packets
-/// arrive addressed to it and replies must come from it), any address in
-/// nat mode (the edge rewrites the destination to the home's own address).
-pub fn home_listen_address(mode: &str) -> &'static str {
-    if mode == "dsr" { SERVICE } else { "0.0.0.0:5060" }
+/// Where a home server listens for clients of `family`: the service
+/// address in dsr mode (packets arrive addressed to it and replies must come
+/// from it), any address in nat mode (the edge rewrites the destination to
+/// the home's own address).
+pub fn home_listen_address(mode: &str, family: Family) -> String {
+    let any = match family {
+        Family::V4 => "0.0.0.0:5060",
+        Family::V6 => "[::]:5060",
+    };
+    if mode == "dsr" { family.service().to_string() } else { any.to_owned() }
 }
 
 pub fn home_address(index: usize) -> Ipv4Addr {
