@@ -19,7 +19,7 @@ use redirector::{
 
 use crate::{
     netns::NetNs,
-    topology::{Topology, home_address},
+    topology::{Family, Topology},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,11 +38,15 @@ pub fn start_registrars(topology: &mut Topology, registrar: Registrar) {
 }
 
 /// Starts a registrar on home `index`, listening on its own address and,
-/// in dsr mode, on the service address too; waits until it listens.
+/// in dsr mode, on the service address too, in each of the topology's
+/// families; waits until it listens.
 pub fn start_registrar(topology: &mut Topology, index: usize, registrar: Registrar) {
-    let mut listen = vec![format!("{}:5060", home_address(index))];
-    if topology.mode == "dsr" {
-        listen.push(crate::topology::SERVICE.to_owned());
+    let mut listen = Vec::new();
+    for &family in topology.families {
+        listen.push(std::net::SocketAddr::new(family.home(index), 5060).to_string());
+        if topology.mode == "dsr" {
+            listen.push(family.service().to_string());
+        }
     }
     let child = match registrar {
         Registrar::Own => {
@@ -211,7 +215,20 @@ pub fn scenario(name: &str) -> PathBuf {
 /// timeout. Once a client address has had its first contact it is on the
 /// fast path, so calls that must each meet the daemon need `sipp_clients`.
 pub fn sipp(topology: &Topology, scenario_name: &str, calls: u32, local_port: u16) -> Output {
-    run_sipp(topology, scenario_name, calls, local_port, "user")
+    sipp_over(topology, Family::V4, scenario_name, calls, local_port, "user")
+}
+
+/// As `sipp`, from the client's address of `family` to that family's
+/// service address, with SIPp's `-s` (the AOR's user part) set to `service`.
+pub fn sipp_over(
+    topology: &Topology,
+    family: Family,
+    scenario_name: &str,
+    calls: u32,
+    local_port: u16,
+    service: &str,
+) -> Output {
+    run_sipp(topology, family, scenario_name, calls, local_port, service)
 }
 
 /// `clients` clients, each one SIPp call of `scenario` from its own port
@@ -221,13 +238,20 @@ pub fn sipp(topology: &Topology, scenario_name: &str, calls: u32, local_port: u1
 /// whether every call succeeded.
 pub fn sipp_clients(topology: &Topology, scenario_name: &str, clients: u16, first_port: u16, prefix: &str) -> bool {
     (0..clients).all(|i| {
-        let output = run_sipp(topology, scenario_name, 1, first_port + i, &format!("{prefix}{i}-"));
+        let output = run_sipp(topology, Family::V4, scenario_name, 1, first_port + i, &format!("{prefix}{i}-"));
         output.status.success()
     })
 }
 
-fn run_sipp(topology: &Topology, scenario_name: &str, calls: u32, local_port: u16, service: &str) -> Output {
-    let (mut command, errors) = sipp_command(topology, scenario_name, calls, local_port, service);
+fn run_sipp(
+    topology: &Topology,
+    family: Family,
+    scenario_name: &str,
+    calls: u32,
+    local_port: u16,
+    service: &str,
+) -> Output {
+    let (mut command, errors) = sipp_command(topology, family, scenario_name, calls, local_port, service);
     let output = command.stdin(Stdio::null()).output().expect("running sipp (apt-get install sip-tester)");
     if !output.status.success() {
         let errors = std::fs::read_to_string(&errors).unwrap_or_default();
@@ -261,7 +285,7 @@ impl BackgroundSipp {
 
     /// As `spawn`, with SIPp's `-s` (the AOR's user part) set to `service`.
     pub fn spawn_as(topology: &Topology, scenario_name: &str, local_port: u16, service: &str) -> Self {
-        let (mut command, errors) = sipp_command(topology, scenario_name, 1, local_port, service);
+        let (mut command, errors) = sipp_command(topology, Family::V4, scenario_name, 1, local_port, service);
         let log = topology.scratch(&format!("sipp-{scenario_name}-{local_port}.log"));
         command.args(["-trace_logs", "-log_file", log.to_str().unwrap()]);
         let child = command
@@ -287,9 +311,12 @@ impl BackgroundSipp {
     }
 }
 
-/// SIPp's command line, bounded by a 30 s timeout, and where its errors go.
+/// SIPp's command line from the client's address of `family` to that
+/// family's service address, bounded by a 30 s timeout, and where its
+/// errors go.
 fn sipp_command(
     topology: &Topology,
+    family: Family,
     scenario_name: &str,
     calls: u32,
     local_port: u16,
@@ -298,7 +325,7 @@ fn sipp_command(
     let scenario = scenario(scenario_name);
     let errors = topology.scratch(&format!("sipp-{scenario_name}-{local_port}.errors"));
     let args = [
-        crate::topology::SERVICE,
+        &family.service().to_string(),
         "-sf",
         scenario.to_str().unwrap(),
         "-m",
@@ -308,7 +335,7 @@ fn sipp_command(
         "-r",
         "50",
         "-i",
-        &crate::topology::CLIENT.to_string(),
+        &family.client().to_string(),
         "-p",
         &local_port.to_string(),
         "-timeout",

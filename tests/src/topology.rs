@@ -2,16 +2,19 @@
 //! servers on one bridge (itself in a namespace, so the host is untouched).
 //!
 //! ```text
-//!  client 10.77.0.2 ─┐
-//!  edge   10.77.0.1 ─┼─ br0 (namespace "lan")     service 192.0.2.10:5060
-//!  homeN  10.77.0.1N ┘                            (on the edge's and homes' lo)
+//!  client 10.77.0.2   fd00:77::2  ─┐
+//!  edge   10.77.0.1   fd00:77::1  ─┼─ br0 (namespace "lan")
+//!  homeN  10.77.0.1N  fd00:77::1N ─┘
+//!  service 192.0.2.10:5060 and [2001:db8::10]:5060 (on the edge's and homes' lo)
 //! ```
-//! The edge runs `redirector run` on `e0`; in dsr mode each home runs
-//! `redirector decap` on its interface, with the service address on lo.
+//! Every host has both families; the edge's config uses those of
+//! `Topology::families` (IPv4 unless a test asks otherwise). The edge runs
+//! `redirector run` on `e0`; in dsr mode each home runs `redirector decap`
+//! on its interface, with the service addresses on lo.
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::PathBuf,
     process::{Child, Stdio},
@@ -23,16 +26,109 @@ use crate::netns::NetNs;
 pub const SERVICE: &str = "192.0.2.10:5060";
 pub const EDGE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// The IPv6 service address (documentation prefix) and the bridge's ULA
+/// prefix, fd00:77::/64, numbered as the IPv4 hosts are.
+pub const SERVICE_V6: &str = "[2001:db8::10]:5060";
+pub const EDGE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x1);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x2);
 
-/// Where a home server listens: the service address in dsr mode (packets
-/// arrive addressed to it and replies must come from it), any address in
-/// nat mode (the edge rewrites the destination to the home's own address).
-pub fn home_listen_address(mode: &str) -> &'static str {
-    if mode == "dsr" { SERVICE } else { "0.0.0.0:5060" }
+/// An address family of the pool: which service address, edge, client and
+/// home addresses a config or a client uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn service(self) -> SocketAddr {
+        match self {
+            Family::V4 => SERVICE,
+            Family::V6 => SERVICE_V6,
+        }
+        .parse()
+        .expect("a service socket address")
+    }
+
+    pub fn edge(self) -> IpAddr {
+        match self {
+            Family::V4 => EDGE.into(),
+            Family::V6 => EDGE_V6.into(),
+        }
+    }
+
+    pub fn client(self) -> IpAddr {
+        match self {
+            Family::V4 => CLIENT.into(),
+            Family::V6 => CLIENT_V6.into(),
+        }
+    }
+
+    /// A pool of this family alone, as `Topology::families` takes it.
+    pub fn only(self) -> &'static [Family] {
+        match self {
+            Family::V4 => &[Family::V4],
+            Family::V6 => &[Family::V6],
+        }
+    }
+
+    pub fn home(self, index: usize) -> IpAddr {
+        match self {
+            Family::V4 => home_address(index).into(),
+            Family::V6 => home_address_v6(index).into(),
+        }
+    }
+
+    /// The config key of an address of this family (`[edge]`, `[[servers]]`).
+    fn config_key(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
+    /// The host prefix length of the family, for addresses on lo.
+    fn host_prefix(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+}
+
+/// Where a home server listens for clients of `family`: the service
+/// address in dsr mode (packets arrive addressed to it and replies must come
+/// from it), any address in nat mode (the edge rewrites the destination to
+/// the home's own address).
+pub fn home_listen_address(mode: &str, family: Family) -> String {
+    let any = match family {
+        Family::V4 => "0.0.0.0:5060",
+        Family::V6 => "[::]:5060",
+    };
+    if mode == "dsr" { family.service().to_string() } else { any.to_owned() }
 }
 
 pub fn home_address(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, 11 + index as u8)
+}
+
+pub fn home_address_v6(index: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x11 + index as u16)
+}
+
+/// A host on the bridge: its interface's MAC ends in `mac_tail`.
+#[derive(Clone, Copy)]
+struct Station {
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+    mac_tail: u8,
+}
+
+const EDGE_STATION: Station = Station { v4: EDGE, v6: EDGE_V6, mac_tail: 0x01 };
+const CLIENT_STATION: Station = Station { v4: CLIENT, v6: CLIENT_V6, mac_tail: 0x02 };
+
+fn home_station(index: usize) -> Station {
+    Station { v4: home_address(index), v6: home_address_v6(index), mac_tail: 0x11 + index as u8 }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +153,10 @@ pub struct Topology {
     pub homes: Vec<NetNs>,
     pub mode: &'static str,
     pub attach: Attach,
+    /// The families of the edge's config (service addresses, edge and home
+    /// server addresses) and of the registrars' sockets: set it before
+    /// starting them.
+    pub families: &'static [Family],
     /// Extra sections appended to the edge config.
     pub extra_config: String,
     /// The registrar process of each home, when one runs.
@@ -118,16 +218,21 @@ impl Topology {
         let lan = NetNs::new("rdr-lan");
         lan.ip("link add br0 type bridge");
         lan.ip("link set br0 up");
-        let client = host(&lan, "rdr-client", "c", CLIENT, 0x02);
-        let edge = host(&lan, "rdr-edge", "e", EDGE, 0x01);
-        edge.ip("addr add 192.0.2.10/32 dev lo");
+        let client = host(&lan, "rdr-client", "c", CLIENT_STATION);
+        let edge = host(&lan, "rdr-edge", "e", EDGE_STATION);
+        add_service_addresses(&edge);
         edge.sysctl("net.ipv4.conf.all.forwarding=1");
         edge.sysctl("net.ipv4.conf.e0.forwarding=1");
-        client.ip(&format!("route add 192.0.2.10/32 via {EDGE}"));
+        edge.sysctl("net.ipv6.conf.all.forwarding=1");
+        edge.sysctl("net.ipv6.conf.e0.forwarding=1");
+        for family in [Family::V4, Family::V6] {
+            let service = family.service().ip();
+            client.ip(&format!("route add {service}/{} via {}", family.host_prefix(), family.edge()));
+        }
         let homes: Vec<NetNs> = (0..homes)
             .map(|i| {
-                let home = host(&lan, "rdr-home", &format!("h{i}"), home_address(i), 0x11 + i as u8);
-                home.ip("addr add 192.0.2.10/32 dev lo");
+                let home = host(&lan, "rdr-home", &format!("h{i}"), home_station(i));
+                add_service_addresses(&home);
                 // Decapsulated packets arrive on h0 from a client address.
                 home.sysctl("net.ipv4.conf.all.rp_filter=0");
                 home.sysctl(&format!("net.ipv4.conf.h{i}0.rp_filter=0"));
@@ -137,13 +242,12 @@ impl Topology {
         // Static neighbours (the default): a burst sent before ARP resolves
         // would overflow the kernel's unresolved queue (~90 packets).
         if static_neighbours {
-            let edge_neighbours: Vec<(Ipv4Addr, u8)> = std::iter::once((CLIENT, 0x02))
-                .chain((0..homes.len()).map(|i| (home_address(i), 0x11 + i as u8)))
-                .collect();
+            let edge_neighbours: Vec<Station> =
+                std::iter::once(CLIENT_STATION).chain((0..homes.len()).map(home_station)).collect();
             add_neighbours(&edge, "e0", &edge_neighbours);
-            add_neighbours(&client, "c0", &[(EDGE, 0x01)]);
+            add_neighbours(&client, "c0", &[EDGE_STATION]);
             for (i, home) in homes.iter().enumerate() {
-                add_neighbours(home, &format!("h{i}0"), &[(EDGE, 0x01), (CLIENT, 0x02)]);
+                add_neighbours(home, &format!("h{i}0"), &[EDGE_STATION, CLIENT_STATION]);
             }
         }
         Self {
@@ -153,6 +257,7 @@ impl Topology {
             homes,
             mode,
             attach,
+            families: &[Family::V4],
             extra_config: String::new(),
             registrars: Vec::new(),
             server_state: "active",
@@ -168,15 +273,18 @@ impl Topology {
     /// home server of the given index. Health checks are off
     /// (`HEALTH_CHECKS_OFF`) unless `extra_config` has a `[health]` section.
     pub fn config(&self, clients: &[(SocketAddr, usize)]) -> String {
+        let services: Vec<String> = self.families.iter().map(|f| format!("\"{}\"", f.service().ip())).collect();
         let mut text = format!(
-            "interface = \"e0\"\nmode = \"{}\"\nattach = \"{}\"\n[service]\naddresses = [\"192.0.2.10\"]\nports = [5060]\n[edge]\nipv4 = \"{EDGE}\"\n",
+            "interface = \"e0\"\nmode = \"{}\"\nattach = \"{}\"\n[service]\naddresses = [{}]\nports = [5060]\n[edge]\n{}",
             self.mode,
-            self.attach.name()
+            self.attach.name(),
+            services.join(", "),
+            self.addresses(Family::edge)
         );
         for i in 0..self.homes.len() {
             text += &format!(
-                "[[servers]]\nname = \"home{i}\"\nipv4 = \"{}\"\nstate = \"{}\"\n",
-                home_address(i),
+                "[[servers]]\nname = \"home{i}\"\n{}state = \"{}\"\n",
+                self.addresses(|family| family.home(i)),
                 self.server_state
             );
         }
@@ -194,6 +302,11 @@ impl Topology {
         }
         text += &self.extra_config;
         text
+    }
+
+    /// A host's config lines `ipv4 = "…"` / `ipv6 = "…"`, one per family.
+    fn addresses(&self, address: impl Fn(Family) -> IpAddr) -> String {
+        self.families.iter().map(|&family| format!("{} = \"{}\"\n", family.config_key(), address(family))).collect()
     }
 
     /// Starts `redirector run` on the edge (after `prepare_edge`) and waits
@@ -218,11 +331,12 @@ impl Topology {
         if self.mode == "dsr" {
             for i in 0..self.homes.len() {
                 let interface = format!("h{i}0");
-                let address = home_address(i).to_string();
-                let edge = EDGE.to_string();
-                let attach = self.attach.name();
-                let args =
-                    ["decap", "--interface", &interface, "--address", &address, "--edge", &edge, "--attach", attach];
+                let mut args = vec!["decap", "--interface", &interface, "--attach", self.attach.name()];
+                let tunnel_ends: Vec<[String; 2]> =
+                    self.families.iter().map(|f| [f.home(i).to_string(), f.edge().to_string()]).collect();
+                for [home, edge] in &tunnel_ends {
+                    args.extend(["--address", home, "--edge", edge]);
+                }
                 let decap = spawn(&self.homes[i], &args);
                 self.daemons.push(decap);
                 wait_for_xdp(&self.homes[i], &interface);
@@ -328,14 +442,18 @@ impl Drop for Topology {
     }
 }
 
-/// A namespace `{prefix}` with veth `{name}0` whose peer `{name}0-br` is on br0.
-fn host(lan: &NetNs, prefix: &str, name: &str, address: Ipv4Addr, mac_tail: u8) -> NetNs {
+/// A namespace `{prefix}` with veth `{name}0` whose peer `{name}0-br` is on
+/// br0, with the station's addresses of both families.
+fn host(lan: &NetNs, prefix: &str, name: &str, station: Station) -> NetNs {
     let ns = NetNs::new(prefix);
     let inner = format!("{name}0");
     let outer = format!("{name}0-br");
-    lan.ip(&format!("link add {outer} type veth peer name {inner} address {} netns {}", mac(mac_tail), ns.name));
+    let mac = mac(station.mac_tail);
+    lan.ip(&format!("link add {outer} type veth peer name {inner} address {mac} netns {}", ns.name));
     lan.ip(&format!("link set {outer} master br0 up"));
-    ns.ip(&format!("addr add {address}/24 dev {inner}"));
+    ns.ip(&format!("addr add {}/24 dev {inner}", station.v4));
+    // nodad: usable at once, not after duplicate address detection's delay.
+    ns.ip(&format!("addr add {}/64 dev {inner} nodad", station.v6));
     ns.ip(&format!("link set {inner} up"));
     // veth leaves UDP checksums to "offload"; a frame that then crosses a
     // native XDP program loses that note and arrives with a bad checksum.
@@ -344,9 +462,19 @@ fn host(lan: &NetNs, prefix: &str, name: &str, address: Ipv4Addr, mac_tail: u8) 
     ns
 }
 
-fn add_neighbours(ns: &NetNs, interface: &str, neighbours: &[(Ipv4Addr, u8)]) {
-    for (address, mac_tail) in neighbours {
-        ns.ip(&format!("neigh replace {address} lladdr {} dev {interface} nud permanent", mac(*mac_tail)));
+/// Both service addresses on lo, as the edge and dsr homes own them.
+fn add_service_addresses(ns: &NetNs) {
+    for family in [Family::V4, Family::V6] {
+        ns.ip(&format!("addr add {}/{} dev lo", family.service().ip(), family.host_prefix()));
+    }
+}
+
+fn add_neighbours(ns: &NetNs, interface: &str, neighbours: &[Station]) {
+    for station in neighbours {
+        let mac = mac(station.mac_tail);
+        for address in [IpAddr::from(station.v4), station.v6.into()] {
+            ns.ip(&format!("neigh replace {address} lladdr {mac} dev {interface} nud permanent"));
+        }
     }
 }
 

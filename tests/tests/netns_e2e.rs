@@ -7,26 +7,29 @@ use std::{net::SocketAddr, time::Duration};
 use redirector::ops::api::Route;
 use redirector_tests::{
     privileged,
-    topology::{Attach, CLIENT, SERVICE, Topology, echo, home_listen_address, receive, socket_in},
+    topology::{Attach, CLIENT, Family, SERVICE, Topology, echo, home_listen_address, receive, socket_in},
 };
 
 const DATAGRAMS: usize = 200;
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A pinned client sends DATAGRAMS to the service; all reach home 0 (not the
-/// edge's own socket) and every echo comes back to the client from the
-/// service address. Then SIGTERM detaches the program cleanly.
-fn pinned_client_reaches_its_home_server(mode: &'static str, attach: Attach) {
+/// A pinned client of `family` sends DATAGRAMS to that family's service
+/// address (the edge configured for that family alone); all reach home 0
+/// (not the edge's own socket) and every echo comes back to the client from
+/// the service address. Then SIGTERM detaches the program cleanly.
+fn pinned_client_reaches_its_home_server(mode: &'static str, attach: Attach, family: Family) {
     let mut topology = Topology::new(mode, attach, 2);
-    let client_address: SocketAddr = format!("{CLIENT}:5060").parse().unwrap();
-    let home_socket = socket_in(&topology.homes[0], home_listen_address(mode));
-    let other_home_socket = socket_in(&topology.homes[1], home_listen_address(mode));
+    topology.families = family.only();
+    let client_address = SocketAddr::new(family.client(), 5060);
+    let home_socket = socket_in(&topology.homes[0], &home_listen_address(mode, family));
+    let other_home_socket = socket_in(&topology.homes[1], &home_listen_address(mode, family));
     let client = socket_in(&topology.client, &client_address.to_string());
     topology.start(&[(client_address, 0)]);
+    let service = family.service();
 
     let echoes = echo(home_socket, DATAGRAMS, WAIT);
     for i in 0..DATAGRAMS {
-        client.send_to(format!("REGISTER {i}").as_bytes(), SERVICE).unwrap();
+        client.send_to(format!("REGISTER {i}").as_bytes(), service).unwrap();
     }
     let replies = receive(&client, DATAGRAMS, WAIT);
     let answered = echoes.join().unwrap();
@@ -34,9 +37,8 @@ fn pinned_client_reaches_its_home_server(mode: &'static str, attach: Attach) {
         let stats = topology.homes[0].exec("nstat", &["-az", "UdpRcvbufErrors", "UdpInCsumErrors", "UdpInErrors"]);
         eprintln!("home UDP stats: {}", String::from_utf8_lossy(&stats.stdout));
     }
-    assert_eq!(answered, DATAGRAMS, "{mode}/{attach:?}: datagrams answered by the home server");
-    assert_eq!(replies.len(), DATAGRAMS, "{mode}/{attach:?}: replies back at the client");
-    let service: SocketAddr = SERVICE.parse().unwrap();
+    assert_eq!(answered, DATAGRAMS, "{mode}/{attach:?}/{family:?}: datagrams answered by the home server");
+    assert_eq!(replies.len(), DATAGRAMS, "{mode}/{attach:?}/{family:?}: replies back at the client");
     assert!(replies.iter().all(|(from, _)| *from == service), "replies come from the service address");
     let mut payloads: Vec<String> = replies.iter().map(|(_, p)| String::from_utf8_lossy(p).into_owned()).collect();
     payloads.sort();
@@ -53,28 +55,56 @@ fn pinned_client_reaches_its_home_server(mode: &'static str, attach: Attach) {
 #[test]
 fn dsr_native_forwards_to_the_home_server_which_answers_directly() {
     if privileged() {
-        pinned_client_reaches_its_home_server("dsr", Attach::Native);
+        pinned_client_reaches_its_home_server("dsr", Attach::Native, Family::V4);
+    }
+}
+
+#[test]
+fn ipv6_dsr_native_forwards_to_the_home_server_which_answers_directly() {
+    if privileged() {
+        pinned_client_reaches_its_home_server("dsr", Attach::Native, Family::V6);
     }
 }
 
 #[test]
 fn dsr_skb_forwards_to_the_home_server_which_answers_directly() {
     if privileged() {
-        pinned_client_reaches_its_home_server("dsr", Attach::Skb);
+        pinned_client_reaches_its_home_server("dsr", Attach::Skb, Family::V4);
+    }
+}
+
+#[test]
+fn ipv6_dsr_skb_forwards_to_the_home_server_which_answers_directly() {
+    if privileged() {
+        pinned_client_reaches_its_home_server("dsr", Attach::Skb, Family::V6);
     }
 }
 
 #[test]
 fn nat_native_forwards_and_rewrites_replies_back() {
     if privileged() {
-        pinned_client_reaches_its_home_server("nat", Attach::Native);
+        pinned_client_reaches_its_home_server("nat", Attach::Native, Family::V4);
+    }
+}
+
+#[test]
+fn ipv6_nat_native_forwards_and_rewrites_replies_back() {
+    if privileged() {
+        pinned_client_reaches_its_home_server("nat", Attach::Native, Family::V6);
     }
 }
 
 #[test]
 fn nat_skb_forwards_and_rewrites_replies_back() {
     if privileged() {
-        pinned_client_reaches_its_home_server("nat", Attach::Skb);
+        pinned_client_reaches_its_home_server("nat", Attach::Skb, Family::V4);
+    }
+}
+
+#[test]
+fn ipv6_nat_skb_forwards_and_rewrites_replies_back() {
+    if privileged() {
+        pinned_client_reaches_its_home_server("nat", Attach::Skb, Family::V6);
     }
 }
 
@@ -156,7 +186,8 @@ fn a_fib_miss_makes_the_daemon_resolve_the_neighbour_at_once() {
 /// Datagrams the fast path cannot forward go to the daemon, which drops
 /// them (not SIP).
 fn until_echoed(topology: &Topology, client: &std::net::UdpSocket) -> usize {
-    let echoes = echo(socket_in(&topology.homes[0], home_listen_address("dsr")), 1, WAIT + Duration::from_secs(5));
+    let home = socket_in(&topology.homes[0], &home_listen_address("dsr", Family::V4));
+    let echoes = echo(home, 1, WAIT + Duration::from_secs(5));
     let mut echoed = Vec::new();
     for sent in 1..=50 {
         client.send_to(format!("ping {sent}").as_bytes(), SERVICE).unwrap();

@@ -16,7 +16,7 @@ use redirector::ops::api::{Client, Route};
 use redirector_tests::{
     privileged,
     sip_pool::{InProcessEdge, Registrar, sipp_clients, start_registrars},
-    topology::{Attach, CLIENT, SERVICE, Topology, echo, home_listen_address, receive, socket_in},
+    topology::{Attach, CLIENT, Family, SERVICE, Topology, echo, home_listen_address, receive, socket_in},
 };
 
 fn cli_ok(topology: &Topology, args: &[&str]) -> String {
@@ -99,7 +99,7 @@ fn stats_json_counts_what_the_fast_path_forwarded() {
     let mut topology = Topology::new("dsr", Attach::Native, 2);
     topology.extra_config = format!("[stats]\ninterval = 0.2\nprometheus = \"{PROMETHEUS}\"\n");
     let client_address: SocketAddr = format!("{CLIENT}:5060").parse().unwrap();
-    let home = socket_in(&topology.homes[0], home_listen_address("dsr"));
+    let home = socket_in(&topology.homes[0], &home_listen_address("dsr", Family::V4));
     let client = socket_in(&topology.client, &client_address.to_string());
     topology.start(&[(client_address, 0)]);
     const SENT: usize = 100;

@@ -8,8 +8,8 @@ use redirector::ops::api::Route;
 use redirector_ebpf::Counter;
 use redirector_tests::{
     privileged,
-    sip_pool::{BackgroundSipp, InProcessEdge, Registrar, sipp, sipp_clients, start_registrars},
-    topology::{Attach, CLIENT, SERVICE, Topology, receive, socket_in},
+    sip_pool::{BackgroundSipp, InProcessEdge, Registrar, sipp, sipp_clients, sipp_over, start_registrars},
+    topology::{Attach, CLIENT, CLIENT_V6, Family, SERVICE, Topology, receive, socket_in},
 };
 
 fn pool(mode: &'static str, attach: Attach, registrar: Registrar) -> Topology {
@@ -83,39 +83,101 @@ fn kamailio_home_servers_take_redirected_and_fast_path_registrations() {
     assert!(edge.kernel(Counter::Forwarded) >= 1, "the re-REGISTER went through XDP");
 }
 
-/// Rewrites the client's UDP source port `from` to `to` on the way out,
-/// statelessly (nftables in the client's namespace), as a NAT in front of
-/// a client that does not send rport would.
+/// Rewrites the client's UDP source port `from` to `to` on the way out, in
+/// both families, statelessly (nftables in the client's namespace), as a NAT
+/// in front of a client that does not send rport would.
 fn rewrite_source_port(topology: &Topology, from: u16, to: u16) {
     let rule = format!("udp sport {from} udp sport set {to}");
     for command in [
-        vec!["add", "table", "ip", "portmap"],
-        vec!["add", "chain", "ip", "portmap", "out", "{ type filter hook output priority 0; }"],
-        vec!["add", "rule", "ip", "portmap", "out", &rule],
+        vec!["add", "table", "inet", "portmap"],
+        vec!["add", "chain", "inet", "portmap", "out", "{ type filter hook output priority 0; }"],
+        vec!["add", "rule", "inet", "portmap", "out", &rule],
     ] {
         let output = topology.client.exec("nft", &command);
         assert!(output.status.success(), "nft {command:?}: {}", String::from_utf8_lossy(&output.stderr));
     }
 }
 
-/// A client without rport whose Via port (SIPp's socket, 5090) is not its
-/// packets' source port (6090): the edge's 302 and Kamailio's 200s, the
-/// last one to a REGISTER on the fast path, all reach the Via's port
-/// (RFC 3261 §18.2.2), and the fast path learned the source, not the Via.
-#[test]
-fn replies_go_to_the_via_port_when_it_is_not_the_source_port_and_there_is_no_rport() {
-    if !privileged() {
-        return;
-    }
-    let mut topology = pool("dsr", Attach::Native, Registrar::Kamailio);
+/// A client of `family` without rport whose Via port (SIPp's socket, 5090)
+/// is not its packets' source port (6090), at a dsr edge configured for
+/// that family: the edge's 302 and Kamailio's 200s, the last one to a
+/// REGISTER on the fast path, all reach the Via's port (RFC 3261 §18.2.2),
+/// and the fast path learned the source, not the Via.
+fn replies_go_to_the_via_port_without_rport(family: Family) {
+    let mut topology = Topology::new("dsr", Attach::Native, 3);
+    topology.families = family.only();
+    start_registrars(&mut topology, Registrar::Kamailio);
     rewrite_source_port(&topology, 5090, 6090);
     let edge = InProcessEdge::start(&mut topology, &[]);
-    assert_sipp_ok(&topology, "register_no_rport.xml", 1, 5090);
-    assert_eq!(edge.first_contact("redirected"), 1);
-    assert_eq!(edge.first_contact("requests"), 1, "the third REGISTER took the fast path");
-    assert!(edge.kernel(Counter::Forwarded) >= 1, "the kernel forwarded it");
+    let output = sipp_over(&topology, family, "register_no_rport.xml", 1, 5090, "user");
+    assert!(output.status.success(), "{family:?}: sipp: {}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(edge.first_contact("redirected"), 1, "{family:?}");
+    assert_eq!(edge.first_contact("requests"), 1, "{family:?}: the third REGISTER took the fast path");
+    assert!(edge.kernel(Counter::Forwarded) >= 1, "{family:?}: the kernel forwarded it");
     let installed: Vec<std::net::SocketAddr> = edge.entries("sip:user1@example.net").iter().map(|e| e.client).collect();
-    assert_eq!(installed, [std::net::SocketAddr::from((CLIENT, 6090))], "the fast path keys on the packets' source");
+    assert_eq!(installed, [(family.client(), 6090).into()], "{family:?}: the fast path keys on the packets' source");
+}
+
+#[test]
+fn replies_go_to_the_via_port_when_it_is_not_the_source_port_and_there_is_no_rport() {
+    if privileged() {
+        replies_go_to_the_via_port_without_rport(Family::V4);
+    }
+}
+
+#[test]
+fn ipv6_replies_go_to_the_via_port_when_it_is_not_the_source_port_and_there_is_no_rport() {
+    if privileged() {
+        replies_go_to_the_via_port_without_rport(Family::V6);
+    }
+}
+
+/// IPv6 end to end, under each first-contact policy: a SIPp client with
+/// rport at the IPv6 service address of an edge configured for IPv6 only,
+/// stock Kamailio registrars as homes. Its first REGISTER is first contact
+/// (by-via: the edge's 302; the default: proxied, Kamailio's 200 relayed);
+/// the client is then on the fast path under its IPv6 socket, and Kamailio
+/// answers its refreshes through the kernel, which forwards each (dsr:
+/// IPv6-in-IPv6 to the home, which answers directly; nat: rewritten to the
+/// home, its answers rewritten back). The scenario needs four 200s with the
+/// binding, which only a registrar sends.
+fn ipv6_client_registers_then_refreshes_on_the_fast_path(mode: &'static str) {
+    const FAST_PATH_REGISTERS: u64 = 3;
+    for (policy, first_contact) in [(Some("by-via"), "redirected"), (None, "proxied")] {
+        let mut topology = Topology::new(mode, Attach::Native, 2);
+        topology.families = &[Family::V6];
+        topology.first_contact = policy;
+        start_registrars(&mut topology, Registrar::Kamailio);
+        let edge = InProcessEdge::start(&mut topology, &[]);
+        let output = sipp_over(&topology, Family::V6, "register_then_refresh.xml", 1, 5070, "user");
+        let case = format!("{mode}/{}", policy.unwrap_or("default"));
+        assert!(output.status.success(), "{case}: sipp: {}", String::from_utf8_lossy(&output.stdout));
+        assert_eq!(edge.first_contact(first_contact), 1, "{case}: the first REGISTER");
+        assert_eq!(edge.first_contact("requests"), 1, "{case}: no refresh reached the daemon");
+        let entries = edge.entries("sip:user1@example.net");
+        let clients: Vec<std::net::SocketAddr> = entries.iter().map(|e| e.client).collect();
+        assert_eq!(clients, [(CLIENT_V6, 5070).into()], "{case}: the IPv6 socket is on the fast path");
+        assert!(entries[0].packets >= FAST_PATH_REGISTERS, "{case}: its packets, as the kernel counted them");
+        assert!(edge.kernel(Counter::Forwarded) >= FAST_PATH_REGISTERS, "{case}: the kernel forwarded the refreshes");
+        if mode == "nat" {
+            let replies = edge.kernel(Counter::NatReply);
+            assert!(replies >= FAST_PATH_REGISTERS, "{case}: Kamailio's 200s rewritten back by the kernel: {replies}");
+        }
+    }
+}
+
+#[test]
+fn ipv6_client_registers_through_a_dsr_edge_and_refreshes_on_the_fast_path() {
+    if privileged() {
+        ipv6_client_registers_then_refreshes_on_the_fast_path("dsr");
+    }
+}
+
+#[test]
+fn ipv6_client_registers_through_a_nat_edge_and_refreshes_on_the_fast_path() {
+    if privileged() {
+        ipv6_client_registers_then_refreshes_on_the_fast_path("nat");
+    }
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! network namespaces and drives real SIPp registrations through the edge:
 //! clients redirected to their home server, registrations arriving through
 //! an upstream proxy and proxied, and re-registrations taking the XDP fast
-//! path; then a SIPp watcher subscribes to one client, the client's home
+//! path; one IPv6 client does the same at the IPv6 service address (the
+//! edge serves both families); then a SIPp watcher subscribes to one client, the client's home
 //! server is drained, and the watcher is told (NOTIFY) and subscribes again
 //! at the new home. Shows what happened per home server, tears everything
 //! down, and exits non-zero if any SIPp call failed.
@@ -18,8 +19,8 @@ use redirector::ops::api::{Reply, Request};
 use redirector_ebpf::Counter;
 use redirector_tests::{
     privileged,
-    sip_pool::{BackgroundSipp, InProcessEdge, Registrar, sipp, sipp_clients, start_registrars},
-    topology::{Attach, Topology, home_address},
+    sip_pool::{BackgroundSipp, InProcessEdge, Registrar, sipp, sipp_clients, sipp_over, start_registrars},
+    topology::{Attach, Family, Topology, home_address, home_address_v6},
 };
 
 const HOMES: usize = 3;
@@ -44,8 +45,11 @@ const STEPS: &[(&str, u16, u16, bool, &str)] = &[
 ];
 
 fn run_mode(mode: &'static str) -> bool {
-    println!("\n=== {mode} mode: SIPp client -> edge (redirector, native XDP) -> {HOMES} home registrars ===");
+    println!(
+        "\n=== {mode} mode: SIPp clients (IPv4, one IPv6) -> edge (redirector, native XDP) -> {HOMES} home registrars ==="
+    );
     let mut topology = Topology::new(mode, Attach::Native, HOMES);
+    topology.families = &[Family::V4, Family::V6];
     start_registrars(&mut topology, Registrar::Own);
     let edge = InProcessEdge::start(&mut topology, &[]);
     let mut ok = true;
@@ -58,9 +62,28 @@ fn run_mode(mode: &'static str) -> bool {
         ok &= passed;
         println!("  {:<4} {calls:>3} calls  {what}", if passed { "ok" } else { "FAIL" });
     }
+    ok &= ipv6_client(&topology, &edge, mode);
     ok &= watch_through_a_drain(&topology, &edge);
     show(&edge);
     ok
+}
+
+/// One client at the IPv6 service address: 302, then its re-REGISTER goes
+/// through XDP to its home server's IPv6 address; shows its fast-path entry.
+fn ipv6_client(topology: &Topology, edge: &InProcessEdge, mode: &str) -> bool {
+    let client = Family::V6.client();
+    let service = Family::V6.service();
+    let passed = sipp_over(topology, Family::V6, "reregister_fast_path.xml", 1, 8100, "v6-").status.success();
+    let entries = edge.entries("sip:v6-1@example.net");
+    let on_fast_path = entries.iter().map(|e| format!("{}, {} forwarded", e.client, e.packets)).collect::<Vec<_>>();
+    let how = if mode == "dsr" { "IPv6-in-IPv6" } else { "rewritten" };
+    println!(
+        "  {:<4}   1 call   an IPv6 client {client} at {service}: 302, then its re-REGISTER goes through XDP \
+         ({how}); on the fast path: {}",
+        if passed { "ok" } else { "FAIL" },
+        if on_fast_path.is_empty() { "nothing".to_owned() } else { on_fast_path.join(", ") }
+    );
+    passed && !entries.is_empty()
 }
 
 /// A watcher of user1 (registered through the upstream proxy step) is told
@@ -115,13 +138,14 @@ fn show(edge: &InProcessEdge) {
     for route in edge.routes() {
         *per_home.entry(route.server).or_default() += 1;
     }
-    println!("\n  {:<8} {:<12} {:>12} {:>22}", "home", "address", "assignments", "XDP packets to it");
+    println!("\n  {:<8} {:<12} {:<12} {:>12} {:>18}", "home", "IPv4", "IPv6", "assignments", "XDP packets to it");
     let servers = edge.servers();
     for i in 0..HOMES {
         let name = format!("home{i}");
         let packets = servers.iter().find(|s| s.name == name).map_or(0, |s| s.packets);
         let assigned = per_home.get(&name).copied().unwrap_or(0);
-        println!("  {name:<8} {:<12} {assigned:>12} {packets:>22}", home_address(i).to_string());
+        let (v4, v6) = (home_address(i).to_string(), home_address_v6(i).to_string());
+        println!("  {name:<8} {v4:<12} {v6:<12} {assigned:>12} {packets:>18}");
     }
 }
 
