@@ -228,7 +228,20 @@ pub fn sipp_over(
     local_port: u16,
     service: &str,
 ) -> Output {
-    run_sipp(topology, family, scenario_name, calls, local_port, service)
+    run_sipp(topology, family, scenario_name, (calls, local_port), service, Rport::Asked)
+}
+
+/// As `sipp_over`, for a client that does not ask for `rport`: scenarios
+/// that write their Via's parameters as `[rport]` send none.
+pub fn sipp_over_without_rport(topology: &Topology, family: Family, scenario_name: &str, local_port: u16) -> Output {
+    run_sipp(topology, family, scenario_name, (1, local_port), "user", Rport::NotAsked)
+}
+
+/// What a scenario's `[rport]` keyword stands for.
+#[derive(Clone, Copy)]
+enum Rport {
+    Asked,
+    NotAsked,
 }
 
 /// `clients` clients, each one SIPp call of `scenario` from its own port
@@ -238,7 +251,8 @@ pub fn sipp_over(
 /// whether every call succeeded.
 pub fn sipp_clients(topology: &Topology, scenario_name: &str, clients: u16, first_port: u16, prefix: &str) -> bool {
     (0..clients).all(|i| {
-        let output = run_sipp(topology, Family::V4, scenario_name, 1, first_port + i, &format!("{prefix}{i}-"));
+        let output =
+            run_sipp(topology, Family::V4, scenario_name, (1, first_port + i), &format!("{prefix}{i}-"), Rport::Asked);
         output.status.success()
     })
 }
@@ -247,11 +261,11 @@ fn run_sipp(
     topology: &Topology,
     family: Family,
     scenario_name: &str,
-    calls: u32,
-    local_port: u16,
+    (calls, local_port): (u32, u16),
     service: &str,
+    rport: Rport,
 ) -> Output {
-    let (mut command, errors) = sipp_command(topology, family, scenario_name, calls, local_port, service);
+    let (mut command, errors) = sipp_command(topology, family, scenario_name, (calls, local_port), service, rport);
     let output = command.stdin(Stdio::null()).output().expect("running sipp (apt-get install sip-tester)");
     if !output.status.success() {
         let errors = std::fs::read_to_string(&errors).unwrap_or_default();
@@ -285,7 +299,8 @@ impl BackgroundSipp {
 
     /// As `spawn`, with SIPp's `-s` (the AOR's user part) set to `service`.
     pub fn spawn_as(topology: &Topology, scenario_name: &str, local_port: u16, service: &str) -> Self {
-        let (mut command, errors) = sipp_command(topology, Family::V4, scenario_name, 1, local_port, service);
+        let (mut command, errors) =
+            sipp_command(topology, Family::V4, scenario_name, (1, local_port), service, Rport::Asked);
         let log = topology.scratch(&format!("sipp-{scenario_name}-{local_port}.log"));
         command.args(["-trace_logs", "-log_file", log.to_str().unwrap()]);
         let child = command
@@ -318,14 +333,15 @@ fn sipp_command(
     topology: &Topology,
     family: Family,
     scenario_name: &str,
-    calls: u32,
-    local_port: u16,
+    (calls, local_port): (u32, u16),
     service: &str,
+    rport: Rport,
 ) -> (Command, PathBuf) {
     let scenario = scenario(scenario_name);
     let errors = topology.scratch(&format!("sipp-{scenario_name}-{local_port}.errors"));
+    let service_address = family.service().to_string();
     let args = [
-        &family.service().to_string(),
+        service_address.as_str(),
         "-sf",
         scenario.to_str().unwrap(),
         "-m",
@@ -345,6 +361,13 @@ fn sipp_command(
         "-trace_err",
         "-error_file",
         errors.to_str().unwrap(),
+        // SIPp keeps a keyword's first value: set it once.
+        "-key",
+        "rport",
+        match rport {
+            Rport::Asked => ";rport",
+            Rport::NotAsked => "",
+        },
     ];
     (topology.client.command("sipp", &args), errors)
 }

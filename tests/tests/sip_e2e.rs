@@ -8,7 +8,10 @@ use redirector::ops::api::Route;
 use redirector_ebpf::Counter;
 use redirector_tests::{
     privileged,
-    sip_pool::{BackgroundSipp, InProcessEdge, Registrar, sipp, sipp_clients, sipp_over, start_registrars},
+    sip_pool::{
+        BackgroundSipp, InProcessEdge, Registrar, sipp, sipp_clients, sipp_over, sipp_over_without_rport,
+        start_registrars,
+    },
     topology::{Attach, CLIENT, CLIENT_V6, Family, SERVICE, Topology, receive, socket_in},
 };
 
@@ -177,6 +180,43 @@ fn ipv6_client_registers_through_a_dsr_edge_and_refreshes_on_the_fast_path() {
 fn ipv6_client_registers_through_a_nat_edge_and_refreshes_on_the_fast_path() {
     if privileged() {
         ipv6_client_registers_then_refreshes_on_the_fast_path("nat");
+    }
+}
+
+/// The setup users run: a nat edge with the default configuration, stock
+/// Kamailio registrars (`save("location")`, no `force_rport()`), a client
+/// whose Via has no `rport`. Kamailio answers a request at the Via's port
+/// unless it asks for rport (RFC 3261 §18.2.2); in nat mode that port is
+/// the client's at the edge's address, where nothing maps it back. The
+/// kernel adds `;rport` to each refresh, so Kamailio answers the edge port
+/// the refresh left by, and the kernel rewrites the answer to the client.
+fn nat_client_without_rport_has_every_refresh_answered(family: Family, attach: Attach) {
+    const FAST_PATH_REGISTERS: u64 = 3;
+    let mut topology = Topology::new("nat", attach, 2);
+    topology.families = if family == Family::V4 { &[Family::V4] } else { &[Family::V6] };
+    topology.first_contact = None;
+    start_registrars(&mut topology, Registrar::Kamailio);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    let output = sipp_over_without_rport(&topology, family, "register_then_refresh.xml", 5070);
+    assert!(output.status.success(), "{family:?}: sipp: {}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(edge.first_contact("proxied"), 1, "{family:?}: the first REGISTER, proxied");
+    assert_eq!(edge.first_contact("requests"), 1, "{family:?}: no refresh reached the daemon");
+    assert!(edge.kernel(Counter::Forwarded) >= FAST_PATH_REGISTERS, "{family:?}: the kernel forwarded the refreshes");
+    let replies = edge.kernel(Counter::NatReply);
+    assert!(replies >= FAST_PATH_REGISTERS, "{family:?}: Kamailio answered the edge port, rewritten back: {replies}");
+}
+
+#[test]
+fn nat_client_without_rport_has_every_refresh_answered_by_stock_kamailio() {
+    if privileged() {
+        nat_client_without_rport_has_every_refresh_answered(Family::V4, Attach::Skb);
+    }
+}
+
+#[test]
+fn ipv6_nat_client_without_rport_has_every_refresh_answered_by_stock_kamailio() {
+    if privileged() {
+        nat_client_without_rport_has_every_refresh_answered(Family::V6, Attach::Native);
     }
 }
 

@@ -8,7 +8,8 @@
 //!   are made fixed points: the rewritten datagram (edge → home) is itself
 //!   a pinned client of a service, so every repetition rewrites it to the
 //!   same bytes through the full hit path.
-//! * `single`: dsr grows the frame, so it has no fixed point; 1,000,000
+//! * `single`: dsr, and nat adding `;rport`, grow the frame, so they have
+//!   no fixed point; 1,000,000
 //!   calls of one repetition each, every one on a fresh copy, timed by the
 //!   kernel per call (which adds the kernel timer's own cost to every case,
 //!   the baseline included).
@@ -57,6 +58,12 @@ fn frame(src: &str, dst: &str) -> Vec<u8> {
 fn cases() -> Vec<Case> {
     let hit4 = frame("10.0.0.2:5060", "192.0.2.10:5060");
     let hit6 = frame("[fd00::2]:5060", "[2001:db8::10]:5060");
+    // nat adds ;rport to this one's Via: the frame grows, so it is timed single.
+    let no_rport = Datagram::new("10.0.0.2:5060", "192.0.2.10:5060").with(|d| {
+        d.payload =
+            b"REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1\r\n\r\n".to_vec()
+    });
+    let no_rport = ethernet(CLIENT_MAC, EDGE_MAC, None, no_rport.ethertype(), &no_rport.ip_packet());
     let mut malformed = hit4.clone();
     malformed.truncate(30);
     let case = |name, method, nat, program, frame: &Vec<u8>, counter| Case {
@@ -92,6 +99,8 @@ fn cases() -> Vec<Case> {
         case("baseline: XDP_PASS program", Single, false, PASS_PROGRAM, &hit4, None),
         case("hit, dsr, IPv4", Single, false, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
         case("hit, dsr, IPv6", Single, false, REDIRECTOR_PROGRAM, &hit6, Some(Counter::Forwarded)),
+        case("hit, nat, IPv4", Single, true, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
+        case("hit, nat, IPv4, ;rport added", Single, true, REDIRECTOR_PROGRAM, &no_rport, Some(Counter::Forwarded)),
     ]
 }
 
