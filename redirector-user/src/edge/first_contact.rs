@@ -33,7 +33,7 @@ use crate::{
         pool::{Pool, PoolView},
         watchers::{DialogId, Subscription},
     },
-    model::{HomeServer, Policy, ServerState},
+    model::{HomeServer, Origin, Policy, ServerState},
     sip::{
         Aor, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
         response::{self, Basis},
@@ -70,7 +70,7 @@ pub enum Action {
     /// `aor`'s assignment still has `generation` (a move may have happened
     /// since this was decided); `service` is where it sent to (the source
     /// of nat replies).
-    Install { client: SocketAddr, service: SocketAddr, server: u32, aor: Aor, generation: u64 },
+    Install { origin: Origin, server: u32, aor: Aor, generation: u64 },
     /// The server in slot `server` answered health ping `sequence`.
     PingAnswered { server: u32, sequence: u32 },
     /// A SUBSCRIBE is being proxied: record its dialog, routed by the
@@ -164,6 +164,9 @@ struct Request<'a> {
     /// Straight from its client, and not a SUBSCRIBE: the client goes on
     /// the fast path.
     installable: bool,
+    /// Its top Via asked for `rport` (in nat mode, the kernel adds it to
+    /// the requests of clients that do not).
+    asks_rport: bool,
     /// The client's usable assignment from the cache, if it has one.
     known: Option<Cached>,
 }
@@ -177,10 +180,14 @@ pub struct NewClient {
     /// Where its first request came from (new clients are admitted per
     /// source prefix).
     pub source: std::net::IpAddr,
-    pub installs: Vec<(SocketAddr, SocketAddr)>,
+    pub installs: Vec<Origin>,
 }
 
 impl Request<'_> {
+    fn origin(&self) -> Origin {
+        Origin { client: self.source, service: self.local, asks_rport: self.asks_rport }
+    }
+
     /// A known client that moved while its batch waited: its new home.
     fn refresh(&mut self, cache: &Cache) {
         let Some(known) = &self.known else { return };
@@ -207,7 +214,7 @@ impl Batch<'_> {
                     clients.len() - 1
                 }
             };
-            let install = (request.source, request.local);
+            let install = request.origin();
             if request.installable && !clients[index].installs.contains(&install) {
                 clients[index].installs.push(install);
             }
@@ -363,7 +370,10 @@ impl FirstContact {
         };
         let known = self.cache.get(&aor).filter(|cached| self.pool.load().usable(&cached.server));
         let installable = basis.vias.len() == 1 && message.method() != Some("SUBSCRIBE");
-        Item::Request(Box::new(Request { message, basis, source, local, redirect, aor, installable, known }))
+        let asks_rport =
+            basis.vias.first().and_then(|top| Via::parse(top).ok()).is_some_and(|via| via.param("rport").is_some());
+        let request = Request { message, basis, source, local, redirect, aor, installable, asks_rport, known };
+        Item::Request(Box::new(request))
     }
 
     fn answer_request(&self, request: &mut Request<'_>, assigned: Assignments<'_>, pool: &Pool) -> Vec<Action> {
@@ -406,8 +416,8 @@ impl FirstContact {
             actions.extend(self.watch(&request.message, request.aor.clone(), source, generation));
         } else if request.installable && request.known.is_some() && home.effective_state() != ServerState::Down {
             // (A new client was put on the fast path with its assignment.)
-            let (client, service, aor) = (source, request.local, request.aor.clone());
-            actions.push(Action::Install { client, service, server: home.index, aor, generation });
+            let (origin, aor) = (request.origin(), request.aor.clone());
+            actions.push(Action::Install { origin, server: home.index, aor, generation });
         }
         actions
     }

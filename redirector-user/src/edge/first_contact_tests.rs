@@ -88,7 +88,7 @@ impl Harness {
             let Some(Ok(done)) = assigned.and_then(|a| a.get(&client.aor)) else { continue };
             let Some(home) = pool.server(&done.assignment.server) else { continue };
             if home.effective_state() != ServerState::Down {
-                let installs = client.installs.iter().map(|(source, _)| (client.aor.clone(), *source, home.index));
+                let installs = client.installs.iter().map(|origin| (client.aor.clone(), origin.client, home.index));
                 self.installed.borrow_mut().extend(installs);
             }
         }
@@ -785,4 +785,20 @@ fn each_family_is_pinged_and_proxied_from_the_proxy_address_of_that_family() {
         matches!(relayed.as_slice(), [Action::Relay { to, .. }] if *to == upstream),
         "our IPv6 Via is ours: {relayed:?}"
     );
+}
+
+/// In nat mode the kernel adds `;rport` to the requests of clients whose
+/// Via did not ask for it: first contact says which did.
+#[test]
+fn a_known_client_is_installed_with_whether_its_via_asked_for_rport() {
+    let s = setup(Policy::Proxy);
+    let without = ONE_VIA.replace(";rport", "");
+    for (via, asks_rport) in [(ONE_VIA, true), (without.as_str(), false)] {
+        s.fc.on_service_datagram(&register(via, ""), client(), service());
+        let again = s.fc.on_service_datagram(&register(via, ""), client(), service());
+        let Some(Action::Install { origin, .. }) = again.iter().find(|a| matches!(a, Action::Install { .. })) else {
+            panic!("a known client is installed again: {again:?}")
+        };
+        assert_eq!(*origin, Origin { client: client(), service: service(), asks_rport }, "{via}");
+    }
 }
