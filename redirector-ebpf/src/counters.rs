@@ -44,6 +44,11 @@ counters! {
     /// dsr: the driver left no headroom for the outer header (nat: for the
     /// `;rport` it adds): passed untouched.
     NoHeadroom => "no_headroom",
+    /// A REGISTER from a client's socket for another AOR than the one the
+    /// socket was put on the fast path for (or whose `To` the program
+    /// cannot read whole): passed to the daemon, which gives that AOR its
+    /// own home, within the flood limits.
+    PassOtherAor => "pass_other_aor",
     /// nat: a request whose top Via (and whether it asks for `rport`) is
     /// not within the first bytes the program reads: passed to the daemon,
     /// which proxies it.

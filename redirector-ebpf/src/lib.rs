@@ -9,6 +9,7 @@
 pub mod checksum;
 pub mod counters;
 pub mod maps;
+pub mod register;
 pub mod via;
 
 pub use counters::{COUNTER_COUNT, Counter};

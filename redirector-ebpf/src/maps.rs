@@ -131,12 +131,20 @@ pub struct ClientEntry {
     /// Packets the fast path saw from this client: the rebalancer's load
     /// estimate (incremented without atomics, see the program).
     pub packets: u64,
+    /// With `CLIENT_CHECKS_REGISTER`: the `register::register_to` hash of
+    /// the REGISTERs that may take this entry (those of the AOR it was
+    /// installed for; 0 when it was installed by another request).
+    pub aor_hash: u64,
 }
 
 /// `ClientEntry::flags`, nat mode: the client's request that put it on the
 /// fast path had no `rport` in its Via, so the program adds one to its
 /// requests (see `via`). Clients that ask for rport skip the Via scan.
 pub const CLIENT_ADDS_RPORT: u16 = 1;
+
+/// `ClientEntry::flags`: a REGISTER from this socket whose `To` hashes to
+/// anything but `aor_hash` goes up to the daemon (see `register`).
+pub const CLIENT_CHECKS_REGISTER: u16 = 2;
 
 /// `NAT_REPLIES` key: the edge port a home server's reply is addressed to.
 #[repr(C)]

@@ -179,7 +179,7 @@ const fn value_step(matched: u8, class: u8) -> u8 {
 
 /// `bytes[i]`, masked: the verifier bounds each access by the mask alone.
 #[inline(always)]
-fn at(bytes: &[u8; VIA_SCAN], i: usize) -> u8 {
+pub(crate) fn at(bytes: &[u8; VIA_SCAN], i: usize) -> u8 {
     bytes[i % VIA_SCAN]
 }
 

@@ -60,7 +60,7 @@ fn batched_moves_write_and_remove_every_entry() {
 
 /// Client `i`, whose Via asks for rport when `i` is even.
 fn origin(i: u32, service: SocketAddr) -> Origin {
-    Origin { client: client(i), service, asks_rport: i.is_multiple_of(2) }
+    Origin { client: client(i), service, asks_rport: i.is_multiple_of(2), aor_hash: 0 }
 }
 
 /// The nat port of client `i`'s kernel entry (0 without one).

@@ -4,7 +4,11 @@
 //! it moves, and the server stats and events it leaves. One runner per mode
 //! runs its table and names every failing case.
 
-use redirector_ebpf::{ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4};
+use redirector_ebpf::{
+    CLIENT_CHECKS_REGISTER, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4,
+    register::{RegisterTo, TO_SCAN, register_to},
+    via::VIA_SCAN,
+};
 use redirector_tests::{
     fixture::{CLIENT_MAC, Case, EDGE_MAC, Fixture, HOME1_MAC, HOME2_MAC, HOME5_MAC, OTHER_EDGE_MAC},
     packets::{Datagram, Mac, ethernet, ipip, ipv4_fragment},
@@ -34,6 +38,15 @@ fn dsr_fixtures() {
     // home5 has no IPv6 address; an IPv6 client pinned to it has no way there.
     let client = redirector::kernel::loader::endpoint("fd00::2".parse().unwrap(), 5070);
     fx.dataplane().install_client(client, ClientEntry { server: HOME5, ..Default::default() }).unwrap();
+    // A socket first contact put on the fast path for line1's REGISTERs.
+    let line1 = ClientEntry {
+        server: HOME1,
+        flags: CLIENT_CHECKS_REGISTER,
+        aor_hash: to_hash(&line_register("line1")),
+        ..Default::default()
+    };
+    let client = redirector::kernel::loader::endpoint("10.0.0.2".parse().unwrap(), 5080);
+    fx.dataplane().install_client(client, line1).unwrap();
     for (edge, home) in [("10.0.0.1", "10.0.0.11"), ("fd00::1", "fd00::11")] {
         fx.dataplane().add_decap_address(home.parse().unwrap()).unwrap();
         fx.dataplane().add_decap_source(edge.parse().unwrap()).unwrap();
@@ -43,6 +56,7 @@ fn dsr_fixtures() {
         subscribes(),
         dsr_hits(),
         server_states(),
+        register_checks(),
         fib_miss(),
         fragments(),
         truncations(),
@@ -143,6 +157,47 @@ fn subscribes() -> Vec<Case> {
             &with_payload("10.0.0.2:5060", VIP4, b"subscribe sip:b@x SIP/2.0\r\n"),
         ),
         dsr_to_home1("NOTIFY forwarded", &with_payload("10.0.0.2:5060", VIP4, b"NOTIFY sip:b@x SIP/2.0\r\n")),
+    ]
+}
+
+fn line_register(line: &str) -> Vec<u8> {
+    format!("REGISTER sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;rport\r\nTo: <sip:{line}@x>\r\nCSeq: 1 REGISTER\r\n\r\n")
+        .into_bytes()
+}
+
+/// The hash the daemon gives a REGISTER (the kernel's function, on the same bytes).
+fn to_hash(register: &[u8]) -> u64 {
+    let mut head = [0u8; VIA_SCAN];
+    head[..register.len()].copy_from_slice(register);
+    let RegisterTo::Hash(hash) = register_to(&head, 0, register.len()) else { panic!("a REGISTER with a To") };
+    hash
+}
+
+/// A socket put on the fast path for one AOR takes REGISTERs for that AOR
+/// only: another line's, or one whose `To` the program cannot see whole,
+/// goes up to the daemon. Other requests are not looked at.
+fn register_checks() -> Vec<Case> {
+    let from_line_socket = |payload: Vec<u8>| with_payload("10.0.0.2:5080", VIP4, &payload);
+    let late_to = format!("REGISTER sip:x SIP/2.0\r\nSubject: {}\r\nTo: <sip:line1@x>\r\n\r\n", "s".repeat(TO_SCAN));
+    vec![
+        dsr_to_home1(
+            "a REGISTER for the socket's own AOR takes the fast path",
+            &from_line_socket(line_register("line1")),
+        ),
+        dsr_to_home1(
+            "other requests from the socket take the fast path unread",
+            &from_line_socket(b"OPTIONS sip:x SIP/2.0\r\nTo: <sip:line2@x>\r\n\r\n".to_vec()),
+        ),
+        passed(
+            "a REGISTER for another AOR from the socket goes up",
+            from_client(&from_line_socket(line_register("line2"))),
+            Counter::PassOtherAor,
+        ),
+        passed(
+            "a REGISTER whose To comes too late goes up",
+            from_client(&from_line_socket(late_to.into_bytes())),
+            Counter::PassOtherAor,
+        ),
     ]
 }
 

@@ -615,7 +615,7 @@ fn check_rewritten(
 }
 
 /// Where nat inserts `;rport` into a client's frame, by the shared scan
-/// (checked on its own against the SIP parser in `rport_properties.rs`).
+/// (checked on its own against the SIP parser in `sip_scan_properties.rs`).
 fn rport_at(input: &[u8], i: &Layers) -> Option<usize> {
     let mut scanned = [0u8; VIA_SCAN];
     let udp_end = i.l4 + be16(input, i.l4 + 4).unwrap() as usize;

@@ -220,6 +220,55 @@ fn ipv6_nat_client_without_rport_has_every_refresh_answered_by_stock_kamailio() 
     }
 }
 
+/// A REGISTER for `line` with a binding, as a multi-line phone sends it.
+fn register_line(line: usize, port: u16, seq: u32) -> String {
+    format!(
+        "REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP {CLIENT}:{port};branch=z9hG4bKline{line}x{seq};rport\r\n\
+         Max-Forwards: 70\r\nTo: <sip:line{line}@example.net>\r\nFrom: <sip:line{line}@example.net>;tag=l{line}\r\n\
+         Call-ID: line{line}@pbx\r\nCSeq: {seq} REGISTER\r\nContact: <sip:line{line}@{CLIENT}:{port}>\r\n\
+         Expires: 3600\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// One socket registering six lines, as an IP-PBX or a multi-line phone
+/// does, with the default configuration and stock Kamailio homes. The
+/// socket goes on the fast path for the first line; the kernel passes up a
+/// REGISTER for any other line (its `To` is not the socket's), so the
+/// daemon assigns each line a home of its own and registers it there, and
+/// `routes` lists all six. Twice round: every REGISTER is answered 200 by a
+/// registrar, with the line's binding.
+#[test]
+fn one_socket_registering_six_lines_registers_each_at_its_own_home() {
+    if !privileged() {
+        return;
+    }
+    const LINES: usize = 6;
+    let mut topology = Topology::new("dsr", Attach::Native, 3);
+    topology.first_contact = None;
+    start_registrars(&mut topology, Registrar::Kamailio);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    let socket = socket_in(&topology.client, &format!("{CLIENT}:5080"));
+    for seq in 1..=2 {
+        for line in 1..=LINES {
+            socket.send_to(register_line(line, 5080, seq).as_bytes(), SERVICE).expect("sending a REGISTER");
+            let answers = receive(&socket, 1, Duration::from_secs(5));
+            let answer = answers.first().map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned());
+            let answer = answer.unwrap_or_else(|| panic!("line{line}, round {seq}: no answer"));
+            assert!(answer.starts_with("SIP/2.0 200"), "line{line}, round {seq}: {answer}");
+            let binding = format!("<sip:line{line}@{CLIENT}:5080>;expires=");
+            assert!(answer.contains(&binding), "line{line}, round {seq}: the registrar's binding in {answer}");
+        }
+    }
+    let routes = edge.routes();
+    let mut lines: Vec<&str> = routes.iter().map(|r| r.aor.as_str()).collect();
+    lines.sort();
+    let expected: Vec<String> = (1..=LINES).map(|line| format!("sip:line{line}@example.net")).collect();
+    assert_eq!(lines, expected, "every line is assigned");
+    let homes: std::collections::HashSet<&str> = routes.iter().map(|r| r.server.as_str()).collect();
+    assert!(homes.len() > 1, "the lines are spread over the homes: {homes:?}");
+    assert!(edge.kernel(Counter::PassOtherAor) >= LINES as u64 - 1, "the kernel passed up the other lines");
+}
+
 #[test]
 fn register_through_an_upstream_proxy_is_proxied_and_the_200_relayed() {
     if !privileged() {

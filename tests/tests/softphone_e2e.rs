@@ -2,7 +2,9 @@
 //! service address with the edge's default configuration, in front of stock
 //! Kamailio registrars, registers on its first try (baresip reports a 302 to
 //! REGISTER as a failed registration), and its next registration from the
-//! same socket takes the fast path: dsr and nat, IPv4 and IPv6.
+//! same socket takes the fast path: dsr and nat, IPv4 and IPv6. SIPVicious'
+//! scanners against the service leave behind no more than the flood limits
+//! allow, and the phone stays served.
 
 use std::{
     net::SocketAddr,
@@ -42,6 +44,25 @@ fn baresip(topology: &Topology, dir: &Path) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("running baresip (apt-get install baresip-core)")
+}
+
+/// Runs SIPVicious' `tool` (svmap, svwar) against the service from the
+/// client namespace, bound in time; whether it ran to its end.
+fn scan(topology: &Topology, tool: &str, args: &[&str]) -> bool {
+    let service = Family::V4.service();
+    let (host, port) = (service.ip().to_string(), service.port().to_string());
+    let client = Family::V4.client().to_string();
+    let mut command = vec!["-s", "KILL", "60", tool, "-p", &port, "-b", &client, "-x", &client];
+    command.extend(args);
+    command.push(&host);
+    let output = topology
+        .client
+        .command("timeout", &command)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running SIPVicious (apt-get install sipvicious)");
+    output.status.success()
 }
 
 fn registers_on_the_first_try(mode: &'static str, family: Family) {
@@ -103,4 +124,47 @@ fn ipv6_baresip_registers_on_the_first_try_in_nat_mode() {
     if privileged() {
         registers_on_the_first_try("nat", Family::V6);
     }
+}
+
+/// svmap and svwar (300 extensions, REGISTER) against the service, as an
+/// attacker on the Internet would run them, while baresip is registered:
+/// every scan request is answered or refused by the daemon, what the scans
+/// leave behind is bounded by the flood limits (a burst, then a rate per
+/// source prefix), and the phone registers again through the fast path.
+#[test]
+fn scanners_leave_no_more_than_the_flood_limits_and_the_phone_stays_served() {
+    if !privileged() {
+        return;
+    }
+    const BURST: u64 = 30;
+    const PER_SECOND: u64 = 5;
+    let mut topology = Topology::new("dsr", Attach::Skb, 2);
+    topology.first_contact = None;
+    topology.extra_config = format!("[limits]\nnew_clients_per_prefix = {PER_SECOND}\nnew_clients_burst = {BURST}\n");
+    start_registrars(&mut topology, Registrar::Kamailio);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    let dir = topology.scratch("baresip");
+    configure(&dir, Family::V4);
+    let registered = format!("{ACCOUNT}: {{0/UDP/v4}} 200 OK");
+    assert!(String::from_utf8_lossy(&baresip(&topology, &dir).stdout).contains(&registered));
+
+    let (requests, started) = (edge.first_contact("requests"), std::time::Instant::now());
+    assert!(scan(&topology, "svmap", &[]), "svmap ran to its end");
+    assert!(scan(&topology, "svwar", &["-e100-399", "-m", "REGISTER"]), "svwar ran to its end");
+    let elapsed = started.elapsed().as_secs() + 1;
+    let scanned = edge.first_contact("requests") - requests;
+    assert!(scanned >= 300, "every extension reached the daemon: {scanned}");
+    let left = edge.routes().len() as u64 - 1;
+    let bound = BURST + PER_SECOND * elapsed;
+    assert!(left <= bound, "{left} assignments left by the scans, more than the limits allow ({bound})");
+    assert!(edge.first_contact("rate_limited") > 0, "the rest were refused");
+    eprintln!(
+        "scans: {scanned} requests in {elapsed} s, {left} assignments left, {} refused",
+        edge.first_contact("rate_limited")
+    );
+
+    let forwarded = edge.kernel(Counter::Forwarded);
+    let again = String::from_utf8_lossy(&baresip(&topology, &dir).stdout).into_owned();
+    assert!(again.contains(&registered), "the phone registers again after the scans:\n{again}");
+    assert!(edge.kernel(Counter::Forwarded) > forwarded, "through the fast path");
 }

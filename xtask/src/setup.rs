@@ -26,6 +26,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("kamailio", "a real SIP registrar as home server in the end-to-end tests, and a peer in the benchmark"),
     ("nftables", "the kernel's L4 forwarding (DNAT), the benchmark's baseline (this kernel has no IPVS)"),
     ("baresip-core", "a real softphone (baresip) as the client of the end-to-end tests"),
+    ("sipvicious", "SIP scanners (svmap, svwar) the end-to-end tests run against the edge"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

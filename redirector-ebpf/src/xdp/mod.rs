@@ -24,6 +24,13 @@
 //!    another interface; a VLAN-tagged frame always leaves by `XDP_TX` with
 //!    its tag); an unknown client, a nat entry without an edge port, or a
 //!    down server is passed to user space (`pass_miss`, `pass_server_down`).
+//!    A REGISTER from a client whose entry has `CLIENT_CHECKS_REGISTER`
+//!    (every client first contact installed) takes the fast path only if
+//!    the hash of its `To` line (`register.rs`, within the first 256 bytes
+//!    of SIP) is the entry's `aor_hash`: a REGISTER for another AOR from
+//!    the same socket (a phone's second line, a scanner enumerating
+//!    extensions), or one whose `To` the program cannot see whole, is
+//!    passed to user space (`pass_other_aor`). Other requests are not read.
 //!    In nat mode, a client whose entry has `CLIENT_ADDS_RPORT` (its first
 //!    request's Via did not ask for rport) gets `;rport` added at the end of
 //!    its request's top Via value when the value has none (`via.rs`; a
@@ -49,5 +56,7 @@ mod maps;
 mod nat;
 mod packet;
 mod program;
+mod register;
 mod route;
 mod rport;
+mod scratch;

@@ -169,3 +169,10 @@ pub fn is_subscribe(ctx: &XdpContext, ip: &Ip) -> bool {
     let tail = u16::from_ne_bytes([bytes[8], bytes[9]]);
     head == SUBSCRIBE_HEAD && tail == SUBSCRIBE_TAIL
 }
+
+/// The UDP payload starts with a REGISTER request line (the check itself
+/// reads the whole head; this spares the copy for every other request).
+#[inline(always)]
+pub fn is_register(ctx: &XdpContext, ip: &Ip) -> bool {
+    read_at::<[u8; 9]>(ctx, ip.l4 + UDP_HLEN) == Some(redirector_ebpf::register::REGISTER)
+}

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use redirector_ebpf::{
-    CLIENT_ADDS_RPORT, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter, Endpoint, EventKind,
-    FAMILY_V4, Mode, NatKey, SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState,
+    CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter,
+    Endpoint, EventKind, FAMILY_V4, Mode, NatKey, SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState,
 };
 
 use super::{
@@ -12,6 +12,7 @@ use super::{
     maps::{CLIENTS, CONFIG, NAT_REPLIES, SERVERS, SERVICES, count, count_server, report},
     nat,
     packet::{self, Datagram, parse_udp, udp_header_ok},
+    register,
     route::{self, NextHop},
     rport,
 };
@@ -120,6 +121,12 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
         (*client).packets += 1;
         *client
     };
+    if client.flags & CLIENT_CHECKS_REGISTER != 0
+        && packet::is_register(ctx, &datagram.ip)
+        && !register::may_take(ctx, &datagram.ip, client.aor_hash)
+    {
+        return Verdict::new(xdp_action::XDP_PASS, Counter::PassOtherAor);
+    }
     let Some(server) = SERVERS.get(client.server) else {
         return PASS_MISS;
     };

@@ -3,9 +3,7 @@
 //! moves 6 bytes forward, everything after it stays where it is.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
-    macros::map,
-    maps::PerCpuArray,
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_store_bytes},
     programs::XdpContext,
 };
 use redirector_ebpf::{
@@ -16,20 +14,8 @@ use redirector_ebpf::{
 use super::{
     headers::*,
     packet::{Ip, read_at, write_at},
+    scratch::{self, Scratch},
 };
-
-/// The frame's first bytes, copied out to be scanned (more than a BPF stack
-/// holds), and the scan's bounds and result.
-#[repr(C)]
-pub struct Scratch {
-    bytes: [u8; VIA_SCAN],
-    start: usize,
-    end: usize,
-    rport_at: usize,
-}
-
-#[map]
-static VIA_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Bytes the frame grows by.
 pub const GROWTH: usize = RPORT.len();
@@ -46,44 +32,20 @@ pub enum Needed {
 
 #[inline(always)]
 pub fn inspect(ctx: &XdpContext, ip: &Ip) -> Needed {
-    let Some(scratch) = VIA_SCRATCH.get_ptr_mut(0) else {
-        return Needed::Unknown;
-    };
-    let Some(udp) = read_at::<UdpHdr>(ctx, ip.l4) else {
-        return Needed::Unknown;
-    };
-    let payload_end = ip.l4 + u16::from_be_bytes(udp.len) as usize;
-    let copied = if payload_end > VIA_SCAN { VIA_SCAN } else { payload_end };
-    if copied <= ip.l4 + UDP_HLEN {
-        return Needed::Unknown;
+    match scratch::load(ctx, ip) {
+        Some(scratch) => scan(scratch),
+        None => Needed::Unknown,
     }
-    // SAFETY: `scratch` is this CPU's map value, whose first VIA_SCAN bytes
-    // are the buffer, and `copied` is at most VIA_SCAN; the helper checks
-    // the frame's bounds itself.
-    let loaded = unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, scratch.cast(), copied as u32) };
-    if loaded != 0 {
-        return Needed::Unknown;
-    }
-    // SAFETY: a live per-CPU map value nothing else on this CPU touches.
-    let scratch = unsafe { &mut *scratch };
-    scratch.start = ip.l4 + UDP_HLEN;
-    scratch.end = copied;
-    scan(scratch)
 }
 
-/// The scan, as a subprogram of its own whose inputs and output are in
-/// memory: the verifier checks it without the caller's knowledge of the
-/// packet, and what follows it once, not once per offset it can end at.
+/// A subprogram of its own, in and out through memory (see `scratch`).
 #[inline(never)]
 fn scan(scratch: &mut Scratch) -> Needed {
-    // SAFETY: valid references into the scratch (volatile: the values must
-    // come from memory, see above).
-    let (start, end) = unsafe { (core::ptr::read_volatile(&scratch.start), core::ptr::read_volatile(&scratch.end)) };
+    let (start, end) = scratch::bounds(scratch);
     match via::top_via(&scratch.bytes, start, end) {
         TopVia::Unchanged => Needed::Nothing,
         TopVia::AddRportAt(offset) => {
-            // SAFETY: a valid, exclusive reference.
-            unsafe { core::ptr::write_volatile(&mut scratch.rport_at, offset) };
+            scratch::set_result(scratch, offset as u64);
             Needed::Rport
         }
         TopVia::NotFound => Needed::Unknown,
@@ -96,9 +58,8 @@ fn scan(scratch: &mut Scratch) -> Needed {
 /// step failed (the frame is no longer the input).
 #[inline(always)]
 pub fn insert(ctx: &XdpContext, ip: &Ip, grown: &mut bool) -> Option<()> {
-    let scratch = VIA_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: a live per-CPU map value; `inspect` wrote the field.
-    let at = unsafe { core::ptr::read_volatile(&(*scratch).rport_at) };
+    let scratch = scratch::current()?;
+    let at = scratch::result(scratch) as usize;
     if at <= ip.l4 || at >= VIA_SCAN {
         return None;
     }
@@ -109,7 +70,7 @@ pub fn insert(ctx: &XdpContext, ip: &Ip, grown: &mut bool) -> Option<()> {
     *grown = true;
     // SAFETY: the scratch starts with the frame's first VIA_SCAN bytes as
     // they were, and at < VIA_SCAN; the helper checks the frame's bounds.
-    let moved = unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, scratch.cast(), at as u32) };
+    let moved = unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, scratch.bytes.as_mut_ptr().cast(), at as u32) };
     let mut text = RPORT;
     // SAFETY: `text` is GROWTH bytes on our stack; the helper checks the frame's bounds.
     let inserted = unsafe { bpf_xdp_store_bytes(ctx.ctx, at as u32, text.as_mut_ptr().cast(), GROWTH as u32) };

@@ -22,6 +22,10 @@ use std::{
     sync::{Arc, atomic::AtomicU64},
 };
 
+use redirector_ebpf::{
+    register::{RegisterTo, register_to},
+    via::VIA_SCAN,
+};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::{
@@ -167,6 +171,8 @@ struct Request<'a> {
     /// Its top Via asked for `rport` (in nat mode, the kernel adds it to
     /// the requests of clients that do not).
     asks_rport: bool,
+    /// A REGISTER's `To` hash, as the kernel computes it (0 otherwise).
+    aor_hash: u64,
     /// The client's usable assignment from the cache, if it has one.
     known: Option<Cached>,
 }
@@ -185,7 +191,7 @@ pub struct NewClient {
 
 impl Request<'_> {
     fn origin(&self) -> Origin {
-        Origin { client: self.source, service: self.local, asks_rport: self.asks_rport }
+        Origin { client: self.source, service: self.local, asks_rport: self.asks_rport, aor_hash: self.aor_hash }
     }
 
     /// A known client that moved while its batch waited: its new home.
@@ -195,6 +201,20 @@ impl Request<'_> {
             self.known = Some(now);
         }
     }
+}
+
+/// A REGISTER's `To` hash, the one the kernel checks a socket's REGISTERs
+/// against (`redirector_ebpf::register`), computed on the same bytes.
+fn with_aor_hash<'a>(mut item: Item<'a>, datagram: &[u8]) -> Item<'a> {
+    if let Item::Request(request) = &mut item {
+        let mut head = [0u8; VIA_SCAN];
+        let len = datagram.len().min(VIA_SCAN);
+        head[..len].copy_from_slice(&datagram[..len]);
+        if let RegisterTo::Hash(hash) = register_to(&head, 0, len) {
+            request.aor_hash = hash;
+        }
+    }
+    item
 }
 
 impl Batch<'_> {
@@ -284,7 +304,8 @@ impl FirstContact {
         match Message::parse(datagram) {
             Ok(message) if message.is_request() => {
                 bump(&self.counters.requests);
-                self.classify(message, source, local)
+                let request = self.classify(message, source, local);
+                with_aor_hash(request, datagram)
             }
             Ok(message) => Item::Done(notify_answer(&message, source).map_or_else(|| self.drop(), |a| vec![a])),
             Err(_) if datagram.starts_with(b"ACK ") => Item::Done(self.absorb_ack()),
@@ -372,7 +393,9 @@ impl FirstContact {
         let installable = basis.vias.len() == 1 && message.method() != Some("SUBSCRIBE");
         let asks_rport =
             basis.vias.first().and_then(|top| Via::parse(top).ok()).is_some_and(|via| via.param("rport").is_some());
-        let request = Request { message, basis, source, local, redirect, aor, installable, asks_rport, known };
+        let aor_hash = 0;
+        let request =
+            Request { message, basis, source, local, redirect, aor, installable, asks_rport, aor_hash, known };
         Item::Request(Box::new(request))
     }
 

@@ -799,6 +799,6 @@ fn a_known_client_is_installed_with_whether_its_via_asked_for_rport() {
         let Some(Action::Install { origin, .. }) = again.iter().find(|a| matches!(a, Action::Install { .. })) else {
             panic!("a known client is installed again: {again:?}")
         };
-        assert_eq!(*origin, Origin { client: client(), service: service(), asks_rport }, "{via}");
+        assert_eq!((origin.client, origin.service, origin.asks_rport), (client(), service(), asks_rport), "{via}");
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use redirector_ebpf::{CLIENT_ADDS_RPORT, ClientEntry, Endpoint, NatEntry, NatKey};
+use redirector_ebpf::{CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, ClientEntry, Endpoint, NatEntry, NatKey};
 
 use crate::{
     config::{Config, ForwardingMode},
@@ -35,21 +35,53 @@ pub struct FastPath {
     dataplane: DataPlane,
     mode: ForwardingMode,
     nat_ports: NatPorts,
-    /// A client keeps its edge port (and whether the program adds `rport`
-    /// for it) across re-installs.
-    nat_port_of: HashMap<Endpoint, NatClient>,
+    /// A client keeps its edge port across re-installs.
+    nat_port_of: HashMap<Endpoint, u16>,
+    /// What first contact learned of a client (static clients have none),
+    /// kept across re-installs.
+    learned: HashMap<Endpoint, Learned>,
     /// AOR → (client key, service endpoint it talked to).
     installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>>,
     /// The AORs the current scan has yet to look at.
     scanning: Vec<Aor>,
 }
 
-/// A nat client's edge port, and whether the program adds `;rport` to its
-/// requests' top Via (`CLIENT_ADDS_RPORT`).
+/// What first contact learned of a client, for its kernel entry.
 #[derive(Debug, Clone, Copy)]
-struct NatClient {
-    port: u16,
+struct Learned {
+    /// nat: the program adds `;rport` to its requests (`CLIENT_ADDS_RPORT`).
     adds_rport: bool,
+    /// The hash of the REGISTERs that may take its entry
+    /// (`CLIENT_CHECKS_REGISTER`).
+    aor_hash: u64,
+}
+
+impl Learned {
+    fn of(origin: &Origin) -> Self {
+        Self { adds_rport: !origin.asks_rport, aor_hash: origin.aor_hash }
+    }
+
+    /// The kernel entry's flags and hash for a client first contact
+    /// learned (`Some`) or a static one.
+    fn apply(learned: Option<Self>, mode: ForwardingMode, entry: &mut ClientEntry) {
+        let nat = mode == ForwardingMode::Nat;
+        match learned {
+            // Static clients: whether they ask for rport is not known (the
+            // program checks each request), and they may register any AOR.
+            None => {
+                if nat {
+                    entry.flags |= CLIENT_ADDS_RPORT;
+                }
+            }
+            Some(learned) => {
+                if nat && learned.adds_rport {
+                    entry.flags |= CLIENT_ADDS_RPORT;
+                }
+                entry.flags |= CLIENT_CHECKS_REGISTER;
+                entry.aor_hash = learned.aor_hash;
+            }
+        }
+    }
 }
 
 /// A learned client address as one scan step read it from the kernel.
@@ -104,6 +136,7 @@ impl FastPath {
             mode: config.mode,
             nat_ports: NatPorts::new(config.edge.nat_port_range()),
             nat_port_of: HashMap::new(),
+            learned: HashMap::new(),
             installed: HashMap::new(),
             scanning: Vec::new(),
         };
@@ -113,8 +146,7 @@ impl FastPath {
             // nat replies come from the first one of their family.
             let family = endpoint(client.address.ip(), 0).family;
             let service = service_endpoints(config).find(|s| s.family == family).unwrap_or_default();
-            // Nor whether they ask for rport: the program checks each request.
-            fast_path.put(endpoint(client.address.ip(), client.address.port()), server, service, Some(true))?;
+            fast_path.put(endpoint(client.address.ip(), client.address.port()), server, service)?;
         }
         Ok(fast_path)
     }
@@ -129,7 +161,8 @@ impl FastPath {
     pub fn install(&mut self, aor: &Aor, origin: Origin, server: u32) -> Result<(), FastPathError> {
         let (client, service) = (origin.client, origin.service);
         let entry = (endpoint(client.ip(), client.port()), endpoint(service.ip(), service.port()));
-        self.put(entry.0, server, entry.1, Some(!origin.asks_rport))?;
+        self.learned.insert(entry.0, Learned::of(&origin));
+        self.put(entry.0, server, entry.1)?;
         let entries = self.installed.entry(aor.clone()).or_default();
         if !entries.contains(&entry) {
             entries.push(entry);
@@ -173,7 +206,7 @@ impl FastPath {
         for (withdrawn, server) in &moves {
             for &(client, service) in &withdrawn.entries {
                 if result.is_ok() {
-                    result = self.entry_for(client, (*server, service), None, &mut writes);
+                    result = self.entry_for(client, (*server, service), &mut writes);
                 }
             }
         }
@@ -190,7 +223,7 @@ impl FastPath {
     pub fn forget_many(&mut self, aors: &[Aor]) -> Result<(), FastPathError> {
         for withdrawn in self.withdraw_many(aors)? {
             for (client, _) in withdrawn.entries {
-                self.release_nat_port(client)?;
+                self.forget_client(client)?;
             }
         }
         Ok(())
@@ -264,12 +297,14 @@ impl FastPath {
 
     fn remove(&mut self, client: Endpoint) -> Result<(), FastPathError> {
         self.dataplane.remove_client(client)?;
-        self.release_nat_port(client)
+        self.forget_client(client)
     }
 
-    /// Frees `client`'s edge port and its reply entry, if it has one.
-    fn release_nat_port(&mut self, client: Endpoint) -> Result<(), FastPathError> {
-        if let Some(NatClient { port, .. }) = self.nat_port_of.remove(&client) {
+    /// Forgets what first contact learned of `client`, and frees its edge
+    /// port and reply entry, if it has one.
+    fn forget_client(&mut self, client: Endpoint) -> Result<(), FastPathError> {
+        self.learned.remove(&client);
+        if let Some(port) = self.nat_port_of.remove(&client) {
             let key = NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 };
             self.dataplane.remove_nat_reply(key)?;
             self.nat_ports.release(port);
@@ -277,41 +312,30 @@ impl FastPath {
         Ok(())
     }
 
-    fn put(
-        &mut self,
-        client: Endpoint,
-        server: u32,
-        service: Endpoint,
-        adds_rport: Option<bool>,
-    ) -> Result<(), FastPathError> {
+    fn put(&mut self, client: Endpoint, server: u32, service: Endpoint) -> Result<(), FastPathError> {
         let mut writes = Writes::default();
-        self.entry_for(client, (server, service), adds_rport, &mut writes)?;
+        self.entry_for(client, (server, service), &mut writes)?;
         self.write(&writes)
     }
 
     /// The kernel entries that forward `client` to the server in slot
-    /// `server` (in nat mode with its edge port and `adds_rport`, both kept
-    /// across re-installs when `adds_rport` is `None`).
+    /// `server` (in nat mode with its edge port, kept across re-installs),
+    /// with what first contact learned of it.
     fn entry_for(
         &mut self,
         client: Endpoint,
         (server, service): (u32, Endpoint),
-        adds_rport: Option<bool>,
         writes: &mut Writes,
     ) -> Result<(), FastPathError> {
         let mut entry = ClientEntry { server, last_seen_ns: monotonic_ns(), ..Default::default() };
+        Learned::apply(self.learned.get(&client).copied(), self.mode, &mut entry);
         if self.mode == ForwardingMode::Nat {
-            let recorded = self.nat_port_of.get(&client).copied();
-            let port = match recorded {
-                Some(nat) => nat.port,
+            let port = match self.nat_port_of.get(&client) {
+                Some(&port) => port,
                 None => self.nat_ports.allocate()?,
             };
-            let adds_rport = adds_rport.or(recorded.map(|nat| nat.adds_rport)).unwrap_or(true);
-            self.nat_port_of.insert(client, NatClient { port, adds_rport });
+            self.nat_port_of.insert(client, port);
             entry.nat_port_be = port.to_be();
-            if adds_rport {
-                entry.flags |= CLIENT_ADDS_RPORT;
-            }
             writes.nat_keys.push(NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 });
             writes.nat_entries.push(NatEntry { client, service, server });
         }

@@ -1,0 +1,148 @@
+//! Which AOR a REGISTER is for, as the XDP program can tell: a hash of its
+//! `To` header value (the first line of it, byte for byte). A socket on the
+//! fast path was put there for one AOR; a REGISTER from it for another (a
+//! phone's second line, a scanner enumerating extensions) must reach the
+//! daemon, which assigns that AOR its own home and answers within the flood
+//! limits, instead of being registered at the first AOR's home.
+//!
+//! The daemon hashes the REGISTERs it sees with the same function, so the
+//! two agree byte for byte; a `To` the program cannot see whole is
+//! `Unknown`, and the REGISTER goes up. Table-driven like `via`, for the
+//! verifier.
+
+use crate::via::{VIA_SCAN, at};
+
+/// SIP bytes searched for the `To` line's end: fewer than `via` searches,
+/// since the verifier checks this scan on more of the program's paths.
+/// A `To` past them makes the REGISTER go up.
+pub const TO_SCAN: usize = 256;
+
+/// A REGISTER request line starts so (RFC 3261 method names are case-sensitive).
+pub const REGISTER: [u8; 9] = *b"REGISTER ";
+
+/// What a datagram is, for the check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegisterTo {
+    /// Not a REGISTER: nothing to check.
+    NotRegister,
+    /// A REGISTER, and the hash of its `To` value.
+    Hash(u64),
+    /// A REGISTER whose `To` line is not complete within the bytes scanned.
+    Unknown,
+}
+
+/// Reads the SIP message at `bytes[start..end]` (`end` clamped to the buffer).
+#[inline(always)]
+pub fn register_to(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> RegisterTo {
+    let end = if end > VIA_SCAN { VIA_SCAN } else { end };
+    // The constant bound first: the verifier cannot follow `start + 9 <= end`.
+    if start > VIA_SCAN - REGISTER.len() || start + REGISTER.len() > end {
+        return RegisterTo::NotRegister;
+    }
+    let mut i = 0;
+    while i < REGISTER.len() {
+        if at(bytes, start + i) != REGISTER[i] {
+            return RegisterTo::NotRegister;
+        }
+        i += 1;
+    }
+    to_hash(bytes, start, core::hint::black_box(end))
+}
+
+/// FNV-1a, 64 bits: enough to tell a socket's lines apart, cheap in BPF.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The hash of the first `To` (or `t`) header's value, from just after its
+/// colon to the end of its line. `end` must be opaque to LLVM (see `via`).
+#[inline(always)]
+fn to_hash(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> RegisterTo {
+    let len = end - start;
+    let (mut state, mut hash) = (IN_LINE, FNV_OFFSET);
+    let mut k = 0;
+    while k < TO_SCAN && k < len {
+        let byte = at(bytes, start + k);
+        let next = STEP[((state as usize % STATES) * CLASSES) | (CLASS[byte as usize] as usize % CLASSES)];
+        match next {
+            VALUE if state == VALUE => hash = (hash ^ byte as u64).wrapping_mul(FNV_PRIME),
+            VALUE_ENDS => return RegisterTo::Hash(hash),
+            HEADERS_END => return RegisterTo::Unknown,
+            _ => {}
+        }
+        state = next;
+        k += 1;
+    }
+    RegisterTo::Unknown
+}
+
+// Byte classes.
+const OTHER: u8 = 0;
+const T: u8 = 1;
+const O: u8 = 2;
+const COLON: u8 = 3;
+const SPACE: u8 = 4;
+const LF: u8 = 5;
+const CR: u8 = 6;
+const CLASSES: usize = 8;
+
+// States: looking for the To header line, in its value, and the ends.
+const IN_LINE: u8 = 0;
+const LINE_START: u8 = 1;
+const AFTER_T: u8 = 2;
+const AFTER_NAME: u8 = 3;
+const VALUE: u8 = 4;
+const VALUE_ENDS: u8 = 5;
+const HEADERS_END: u8 = 6;
+const STATES: usize = 8;
+
+static CLASS: [u8; 256] = classes();
+static STEP: [u8; STATES * CLASSES] = steps();
+
+const fn classes() -> [u8; 256] {
+    let mut table = [OTHER; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = match byte as u8 {
+            b't' | b'T' => T,
+            b'o' | b'O' => O,
+            b':' => COLON,
+            b' ' | b'\t' => SPACE,
+            b'\n' => LF,
+            b'\r' => CR,
+            _ => OTHER,
+        };
+        byte += 1;
+    }
+    table
+}
+
+const fn steps() -> [u8; STATES * CLASSES] {
+    let mut table = [HEADERS_END; STATES * CLASSES];
+    let mut state = 0;
+    while state < STATES {
+        let mut class = 0;
+        while class < CLASSES {
+            table[state * CLASSES + class] = step(state as u8, class as u8);
+            class += 1;
+        }
+        state += 1;
+    }
+    table
+}
+
+/// The automaton, written out; `steps` tabulates it.
+const fn step(state: u8, class: u8) -> u8 {
+    match (state, class) {
+        (VALUE, CR | LF) => VALUE_ENDS,
+        (VALUE, _) => VALUE,
+        (LINE_START, CR | LF) => HEADERS_END,
+        (IN_LINE | AFTER_T | AFTER_NAME, LF) => LINE_START,
+        (LINE_START, T) => AFTER_T,
+        (AFTER_T, O) => AFTER_NAME,
+        (AFTER_T | AFTER_NAME, COLON) => VALUE,
+        (AFTER_T | AFTER_NAME, SPACE) => AFTER_NAME,
+        (IN_LINE | LINE_START | AFTER_T | AFTER_NAME, _) => IN_LINE,
+        // The ends are final.
+        _ => state,
+    }
+}
