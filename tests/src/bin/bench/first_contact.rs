@@ -94,6 +94,15 @@ pub fn register(user: &str, from: SocketAddrV4, id: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The number of the REGISTER an answer is for, from its Call-ID
+/// (`register` makes it `fc{id}@bench`).
+fn number_of(answer: &[u8]) -> Option<u64> {
+    const CALL_ID: &[u8] = b"\r\nCall-ID: fc";
+    let at = answer.windows(CALL_ID.len()).position(|w| w == CALL_ID)? + CALL_ID.len();
+    let digits = answer[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&answer[at..at + digits]).ok()?.parse().ok()
+}
+
 /// Gives the client namespace every address of `prefix` (an AnyIP route:
 /// a socket there may send from any of them), routed back to it by the edge.
 pub fn own_prefix(topology: &Topology, prefix: &str) {
@@ -174,7 +183,10 @@ pub fn drive(socket: &UdpSocket, load: &Load) -> Outcome {
             .map(|(k, payload)| Outgoing { payload, to: service, from: Some(source(next + k as u64)) })
             .collect();
         outcome.sent += mmsg::send(socket, &datagrams).expect("sendmmsg") as u64;
-        for answer in inbox.receive(socket).expect("recvmmsg") {
+        // An answer to an earlier load on the same socket is not this one's
+        // (the canned 302 names no Call-ID: it always counts).
+        let answers = inbox.receive(socket).expect("recvmmsg").filter(|a| number_of(a).is_none_or(|n| n >= load.first));
+        for answer in answers {
             progress = Instant::now();
             if answer.starts_with(b"SIP/2.0 302 ") {
                 outcome.redirected += 1;

@@ -60,6 +60,11 @@ const BURST: f64 = 10.0;
 /// flood (sections 2 and 3), so that without it all of it is served.
 const STORM_PACE: f64 = 10_000.0;
 const FAST_PATH_PACE: f64 = 20_000.0;
+/// The floods each round runs: one that the edge refuses in full on these
+/// two cores (section 3: it answers about 50,000 new AORs a second), and
+/// one as fast as the generator goes.
+const FLOODS: [(&str, Pace); 2] =
+    [("during a flood of 20000 req/s", Pace::PerSecond(20_000.0)), ("during a flood at full speed", Pace::Flat)];
 /// Time for the flood to reach its steady state before a measurement, and
 /// for the edge to drain its queues after one.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -133,12 +138,13 @@ struct Flood {
 }
 
 impl Flood {
-    /// Starts flooding the service; `seed` makes this flood's AORs its own.
-    fn start(topology: &Topology, limit: Duration, seed: u64) -> Self {
+    /// Starts flooding the service at `pace`; `seed` makes this flood's
+    /// AORs its own.
+    fn start(topology: &Topology, pace: Pace, limit: Duration, seed: u64) -> Self {
         let socket = socket_in(&topology.client, &format!("0.0.0.0:{FLOOD_PORT}"));
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
-        let thread = std::thread::spawn(move || flood(&socket, limit, seed, &stopping));
+        let thread = std::thread::spawn(move || flood(&socket, pace, limit, seed, &stopping));
         Self { stop, thread: Some(thread) }
     }
 
@@ -158,14 +164,19 @@ impl Drop for Flood {
     }
 }
 
-/// Sends new-AOR REGISTERs until `stop`, `limit` or `MAX_FLOOD`.
-fn flood(socket: &UdpSocket, limit: Duration, seed: u64, stop: &AtomicBool) -> (u64, f64) {
+/// Sends new-AOR REGISTERs at `pace` until `stop`, `limit` or `MAX_FLOOD`.
+fn flood(socket: &UdpSocket, pace: Pace, limit: Duration, seed: u64, stop: &AtomicBool) -> (u64, f64) {
     let SocketAddr::V4(service) = SERVICE.parse().unwrap() else { unreachable!("the service is IPv4") };
     let mut random = seed | 1;
     let start = Instant::now();
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) && start.elapsed() < limit && sent < MAX_FLOOD {
-        let sources: Vec<Ipv4Addr> = (0..BATCH as u64).map(|k| flood_source(sent + k)).collect();
+        let room = pace.room(sent, start.elapsed()).min(BATCH as u64);
+        if room == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let sources: Vec<Ipv4Addr> = (0..room).map(|k| flood_source(sent + k)).collect();
         let payloads: Vec<Vec<u8>> = sources
             .iter()
             .enumerate()
@@ -207,6 +218,8 @@ struct Phase {
     seconds: f64,
     /// Datagrams the edge's full sockets dropped during the phase.
     socket_drops: u64,
+    /// The flood that ran meanwhile, if any: REGISTERs sent, in seconds.
+    flood: Option<(u64, f64)>,
 }
 
 impl Phase {
@@ -230,7 +243,7 @@ fn measure(bench: &Bench, limit: Duration, next: &mut u64) -> Phase {
     let expected = payload.clone();
     let socket = bench.home.try_clone().expect("cloning home0's socket");
     let counter = throughput::count(socket, stop.clone(), move |d| d == expected);
-    let max = (STORM_PACE * limit.as_secs_f64()) as u64 + BATCH as u64;
+    let max = storm_per_phase(limit);
     // Open loop: a window as large as the phase's count never fills.
     let load = Load { first: *next, max, limit, pace: Pace::PerSecond(STORM_PACE), window: max };
     let pace = Pace::PerSecond(FAST_PATH_PACE);
@@ -243,24 +256,30 @@ fn measure(bench: &Bench, limit: Duration, next: &mut u64) -> Phase {
     let (fast_received, _) = counter.join().expect("home0's counter");
     *next += storm.sent;
     let seconds = limit.as_secs_f64();
-    Phase { storm, fast_sent, fast_received, seconds, socket_drops: bench.socket_drops() - drops }
+    Phase { storm, fast_sent, fast_received, seconds, socket_drops: bench.socket_drops() - drops, flood: None }
 }
 
-/// One round: without the flood, then with it; the flood's count and time.
-fn round(bench: &Bench, limit: Duration, next: &mut u64) -> (Phase, Phase, (u64, f64)) {
-    let calm = measure(bench, limit, next);
-    let flood = Flood::start(&bench.topology, limit + 2 * SETTLE, *next);
+/// The storm's REGISTERs in one phase, at most.
+fn storm_per_phase(limit: Duration) -> u64 {
+    (STORM_PACE * limit.as_secs_f64()) as u64 + BATCH as u64
+}
+
+/// The known clients measured while a flood runs at `pace`.
+fn flooded(bench: &Bench, pace: Pace, limit: Duration, next: &mut u64) -> Phase {
+    let flood = Flood::start(&bench.topology, pace, limit + 2 * SETTLE, *next);
     std::thread::sleep(SETTLE);
-    let flooded = measure(bench, limit, next);
-    let flood_sent = flood.stop();
+    let mut phase = measure(bench, limit, next);
+    phase.flood = Some(flood.stop());
+    // The edge drains what the flood queued before the next phase.
     std::thread::sleep(SETTLE);
-    (calm, flooded, flood_sent)
+    phase
 }
 
 pub fn run(quick: bool) -> Section {
     let (rounds, limit) = if quick { (1, Duration::from_secs(1)) } else { (3, Duration::from_secs(3)) };
     // Every storm REGISTER names a known AOR: more than the phases send.
-    let known = 2 * rounds as u64 * ((STORM_PACE * limit.as_secs_f64()) as u64 + BATCH as u64);
+    let phases = rounds as u64 * (1 + FLOODS.len() as u64);
+    let known = phases * storm_per_phase(limit);
     let mut section = Section::new(
         "flood",
         format!(
@@ -269,20 +288,20 @@ pub fn run(quick: bool) -> Section {
         ),
     );
     let bench = Bench::start(known);
-    let flood_start = Instant::now();
+    let began = Instant::now();
     let mut next = 1;
-    let (mut calm, mut flooded, mut floods) = (Vec::new(), Vec::new(), Vec::new());
+    // phases[0]: no flood; phases[1 + k]: during FLOODS[k].
+    let mut phases: Vec<Vec<Phase>> = (0..=FLOODS.len()).map(|_| Vec::new()).collect();
     for _ in 0..rounds {
-        let (c, f, sent) = round(&bench, limit, &mut next);
-        calm.push(c);
-        flooded.push(f);
-        floods.push(sent);
+        phases[0].push(measure(&bench, limit, &mut next));
+        for (k, (_, pace)) in FLOODS.iter().enumerate() {
+            phases[k + 1].push(flooded(&bench, *pace, limit, &mut next));
+        }
     }
     let counters = bench.settled_counters();
     let counter = |name: &str| counters[name].as_u64().unwrap_or(0);
-    known_rows(&mut section, &calm, &flooded);
-    let flood_seconds = flood_start.elapsed().as_secs_f64();
-    flood_rows(&mut section, &floods, &flooded, flood_seconds, &counter);
+    known_rows(&mut section, &phases);
+    flood_rows(&mut section, &phases[1..], began.elapsed().as_secs_f64(), &counter);
     section.notes.push(format!(
         "known clients' offered load: storm {STORM_PACE} REGISTER/s, fast path {FAST_PATH_PACE} datagram/s; \
          ratio: with the flood over without, median of the rounds' ratios"
@@ -294,20 +313,26 @@ pub fn run(quick: bool) -> Section {
     section
 }
 
-/// The storm's and the installed client's rows, without and with the flood.
-fn known_rows(section: &mut Section, calm: &[Phase], flooded: &[Phase]) {
+/// The storm's and the installed client's rows: without a flood, then
+/// during each of `FLOODS`.
+fn known_rows(section: &mut Section, phases: &[Vec<Phase>]) {
     let cases: [(&str, fn(&Phase) -> f64, &str); 2] =
         [(STORM, Phase::storm_rate, "302/s"), (FAST_PATH, Phase::fast_path_rate, "pkt/s")];
+    let labels = std::iter::once("no flood").chain(FLOODS.iter().map(|(name, _)| *name));
+    let calm = &phases[0];
     for (name, rate, unit) in cases {
         let reference = format!("{name}, no flood");
-        for (case, phases) in [(reference.clone(), calm), (format!("{name}, during the flood"), flooded)] {
+        for (label, phases) in labels.clone().zip(phases) {
             let Some(phase) = median_by(phases.iter().collect(), |p| rate(p)) else { continue };
-            let mut row = Row::new(case, rate(phase), unit).raw("edge_drops", phase.socket_drops as f64);
+            let mut row =
+                Row::new(format!("{name}, {label}"), rate(phase), unit).raw("edge_drops", phase.socket_drops as f64);
             row = if name == STORM {
-                row.raw("sent", phase.storm.sent as f64)
-                    .raw("redirected", phase.storm.redirected as f64)
-                    .raw("other_answers", phase.storm.other_answers as f64)
-                    .raw("unanswered", (phase.storm.sent - phase.storm.redirected - phase.storm.other_answers) as f64)
+                let storm = &phase.storm;
+                row.raw("sent", storm.sent as f64)
+                    .raw("redirected", storm.redirected as f64)
+                    .raw("other_answers", storm.other_answers as f64)
+                    .raw("unanswered", (storm.sent - storm.redirected - storm.other_answers) as f64)
+                    .raw("answered_pct", 100.0 * storm.redirected as f64 / storm.sent.max(1) as f64)
             } else {
                 row.raw("sent", phase.fast_sent as f64).raw("received", phase.fast_received as f64)
             };
@@ -319,41 +344,36 @@ fn known_rows(section: &mut Section, calm: &[Phase], flooded: &[Phase]) {
     }
 }
 
-/// What the flood sent, what was refused, what it stored against what the
-/// limits allow, and what the edge's sockets dropped.
-fn flood_rows(
-    section: &mut Section,
-    floods: &[(u64, f64)],
-    flooded: &[Phase],
-    seconds: f64,
-    counter: &dyn Fn(&str) -> u64,
-) {
-    let sent: u64 = floods.iter().map(|f| f.0).sum();
-    let flood_seconds: f64 = floods.iter().map(|f| f.1).sum();
-    let drops: u64 = flooded.iter().map(|p| p.socket_drops).sum();
-    // Per /24: the burst, then the rate for as long as the section ran.
-    let allowed = f64::from(PREFIXES) * (BURST + PER_PREFIX * seconds);
-    let stored = counter("assigned") as f64;
-    section.rows.push(
-        Row::new("flood: new-AOR REGISTERs sent", sent as f64 / flood_seconds, "req/s")
-            .raw("sent", sent as f64)
-            .raw("seconds", flood_seconds)
-            .raw("sources", f64::from(SOURCES)),
-    );
+/// What each flood sent and what the edge's full sockets dropped of it;
+/// over all of them, what admission refused and what they stored against
+/// what the limits allow in `seconds`.
+fn flood_rows(section: &mut Section, flooded: &[Vec<Phase>], seconds: f64, counter: &dyn Fn(&str) -> u64) {
+    let mut total = 0;
+    for ((name, _), phases) in FLOODS.iter().zip(flooded) {
+        let (sent, flood_seconds) = phases.iter().filter_map(|p| p.flood).fold((0, 0.0), |a, f| (a.0 + f.0, a.1 + f.1));
+        let drops: u64 = phases.iter().map(|p| p.socket_drops).sum();
+        total += sent;
+        section.rows.push(
+            Row::new(format!("flood: {name}, sent"), sent as f64 / flood_seconds, "req/s")
+                .raw("sent", sent as f64)
+                .raw("seconds", flood_seconds)
+                .raw("edge_drops", drops as f64)
+                .raw("edge_drops_pct", 100.0 * drops as f64 / sent.max(1) as f64),
+        );
+    }
     section.rows.push(
         Row::new("flood: refused by admission (rate_limited)", counter("rate_limited") as f64, "requests")
-            .against("flood sent", sent as f64)
+            .against("every flood's REGISTERs sent", total as f64)
             .raw("over_capacity", counter("over_capacity") as f64)
             .raw("requests_read", counter("requests") as f64),
     );
+    // Per /24: the burst, then the rate for as long as the section ran.
+    let allowed = f64::from(PREFIXES) * (BURST + PER_PREFIX * seconds);
     section.rows.push(
-        Row::new("flood: dropped by the edge's full sockets", drops as f64, "datagrams")
-            .against("flood sent", sent as f64),
-    );
-    section.rows.push(
-        Row::new("flood: new AORs stored", stored, "AORs")
+        Row::new("flood: new AORs stored", counter("assigned") as f64, "AORs")
             .against("what the limits allow", allowed)
             .raw("allowed", allowed.floor())
-            .raw("prefixes", f64::from(PREFIXES)),
+            .raw("prefixes", f64::from(PREFIXES))
+            .raw("sources", f64::from(SOURCES)),
     );
 }
