@@ -9,13 +9,13 @@
 //! do: the storm after an outage (known AORs from new addresses, section
 //! 3's generator, paced) and one installed client's datagrams forwarded by
 //! XDP to home0 (section 2's generator, paced, counted on home0). Each
-//! round measures both without the flood, then again with it; the ratio
-//! is what they got with the flood over what they got without.
+//! round measures both without a flood, then during each of `FLOODS`; the
+//! ratio is what they got with a flood over what they got without.
 //!
-//! The flood: one thread sending REGISTERs of new random AORs as fast as
-//! the kernel takes them, each from one of 100,000 addresses of
-//! 198.18.0.0/15 (391 /24s) that the client namespace owns by an AnyIP
-//! route. The edge's admission limits are set tight here, so that what the
+//! A flood: one thread sending REGISTERs of new random AORs, at a given
+//! rate or as fast as the kernel takes them, each from one of 100,000
+//! addresses of 198.18.0.0/15 (391 /24s) that the client namespace owns by
+//! an AnyIP route. The edge's admission limits are set tight here, so that what the
 //! flood may store (per /24: the burst plus the rate over the time it
 //! ran) is small and checked against what the daemon counted.
 
@@ -61,8 +61,8 @@ const BURST: f64 = 10.0;
 const STORM_PACE: f64 = 10_000.0;
 const FAST_PATH_PACE: f64 = 20_000.0;
 /// The floods each round runs: one that the edge refuses in full on these
-/// two cores (section 3: it answers about 50,000 new AORs a second), and
-/// one as fast as the generator goes.
+/// two cores (it refused about 50,000 a second on its share of them while
+/// the generator took the other), and one as fast as the generator goes.
 const FLOODS: [(&str, Pace); 2] =
     [("during a flood of 20000 req/s", Pace::PerSecond(20_000.0)), ("during a flood at full speed", Pace::Flat)];
 /// Time for the flood to reach its steady state before a measurement, and
@@ -230,6 +230,19 @@ impl Phase {
     fn fast_path_rate(&self) -> f64 {
         self.fast_received as f64 / self.seconds
     }
+
+    fn storm_raw(&self, row: Row) -> Row {
+        let storm = &self.storm;
+        row.raw("sent", storm.sent as f64)
+            .raw("redirected", storm.redirected as f64)
+            .raw("other_answers", storm.other_answers as f64)
+            .raw("unanswered", (storm.sent - storm.redirected - storm.other_answers) as f64)
+            .raw("answered_pct", 100.0 * storm.redirected as f64 / storm.sent.max(1) as f64)
+    }
+
+    fn fast_path_raw(&self, row: Row) -> Row {
+        row.raw("sent", self.fast_sent as f64).raw("received", self.fast_received as f64)
+    }
 }
 
 /// The storm and the installed client for `limit`, side by side; the storm
@@ -313,30 +326,33 @@ pub fn run(quick: bool) -> Section {
     section
 }
 
+/// A row of the known clients: what it is, and its rate and raw counts
+/// in a phase.
+struct Known {
+    name: &'static str,
+    unit: &'static str,
+    rate: fn(&Phase) -> f64,
+    raw: fn(&Phase, Row) -> Row,
+}
+
+const KNOWN: [Known; 2] = [
+    Known { name: STORM, unit: "302/s", rate: Phase::storm_rate, raw: Phase::storm_raw },
+    Known { name: FAST_PATH, unit: "pkt/s", rate: Phase::fast_path_rate, raw: Phase::fast_path_raw },
+];
+
 /// The storm's and the installed client's rows: without a flood, then
 /// during each of `FLOODS`.
 fn known_rows(section: &mut Section, phases: &[Vec<Phase>]) {
-    let cases: [(&str, fn(&Phase) -> f64, &str); 2] =
-        [(STORM, Phase::storm_rate, "302/s"), (FAST_PATH, Phase::fast_path_rate, "pkt/s")];
     let labels = std::iter::once("no flood").chain(FLOODS.iter().map(|(name, _)| *name));
     let calm = &phases[0];
-    for (name, rate, unit) in cases {
-        let reference = format!("{name}, no flood");
+    for known in &KNOWN {
+        let reference = format!("{}, no flood", known.name);
         for (label, phases) in labels.clone().zip(phases) {
-            let Some(phase) = median_by(phases.iter().collect(), |p| rate(p)) else { continue };
-            let mut row =
-                Row::new(format!("{name}, {label}"), rate(phase), unit).raw("edge_drops", phase.socket_drops as f64);
-            row = if name == STORM {
-                let storm = &phase.storm;
-                row.raw("sent", storm.sent as f64)
-                    .raw("redirected", storm.redirected as f64)
-                    .raw("other_answers", storm.other_answers as f64)
-                    .raw("unanswered", (storm.sent - storm.redirected - storm.other_answers) as f64)
-                    .raw("answered_pct", 100.0 * storm.redirected as f64 / storm.sent.max(1) as f64)
-            } else {
-                row.raw("sent", phase.fast_sent as f64).raw("received", phase.fast_received as f64)
-            };
-            if let Some(ratio) = median_ratio(phases.iter().map(rate), calm.iter().map(rate)) {
+            let Some(phase) = median_by(phases.iter().collect(), |p| (known.rate)(p)) else { continue };
+            let row = Row::new(format!("{}, {label}", known.name), (known.rate)(phase), known.unit)
+                .raw("edge_drops", phase.socket_drops as f64);
+            let mut row = (known.raw)(phase, row);
+            if let Some(ratio) = median_ratio(phases.iter().map(known.rate), calm.iter().map(known.rate)) {
                 row = row.ratio(reference.clone(), ratio);
             }
             section.rows.push(row);
