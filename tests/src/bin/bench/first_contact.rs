@@ -40,7 +40,7 @@ use redirector::{
 use redirector_tests::topology::{Attach, SERVICE, Topology, home_address, socket_in};
 
 use crate::{
-    mmsg::{self, BATCH, Inbox, Outgoing},
+    mmsg::{self, BATCH, Inbox, Outgoing, Pace},
     peers::{Kamailio, KamailioRoute},
     report::{Row, Section, median_by, median_ratio},
     sipp_load,
@@ -61,6 +61,11 @@ const GENERATOR_PORT: u16 = 5090;
 /// An answer missing this long is lost and its window slot freed.
 const LOST_AFTER: Duration = Duration::from_millis(500);
 
+/// The edge's config beside its topology's: health checks an hour apart
+/// (nobody answers them here) and no rebalancing, so nothing but first
+/// contact runs.
+pub const QUIET_EDGE: &str = "[health]\ninterval = 3600\n[rebalance]\nenabled = false\n";
+
 /// Home servers of the topology, as the edge names them.
 const HOMES: [&str; 3] = ["home0", "home1", "home2"];
 
@@ -72,28 +77,50 @@ fn source(i: u64) -> Ipv4Addr {
     Ipv4Addr::from(0x6440_0000 + i as u32)
 }
 
-fn register(i: u64) -> Vec<u8> {
-    let from = SocketAddrV4::new(source(i), GENERATOR_PORT);
+/// REGISTER number `i` of the generator: AOR u`i`, from its own address.
+fn numbered_register(i: u64) -> Vec<u8> {
+    register(&format!("u{i}"), SocketAddrV4::new(source(i), GENERATOR_PORT), i)
+}
+
+/// A REGISTER of `sip:{user}@bench.example` sent from `from`; `id` makes
+/// its branch, tag and Call-ID unique.
+pub fn register(user: &str, from: SocketAddrV4, id: u64) -> Vec<u8> {
     format!(
-        "REGISTER sip:bench.example SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-fc{i};rport\r\n\
-         Max-Forwards: 70\r\nTo: <sip:u{i}@bench.example>\r\nFrom: <sip:u{i}@bench.example>;tag=f{i}\r\n\
-         Call-ID: fc{i}@bench\r\nCSeq: 1 REGISTER\r\nContact: <sip:u{i}@{from}>\r\nExpires: 3600\r\n\
+        "REGISTER sip:bench.example SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-fc{id};rport\r\n\
+         Max-Forwards: 70\r\nTo: <sip:{user}@bench.example>\r\nFrom: <sip:{user}@bench.example>;tag=f{id}\r\n\
+         Call-ID: fc{id}@bench\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@{from}>\r\nExpires: 3600\r\n\
          Content-Length: 0\r\n\r\n"
     )
     .into_bytes()
 }
 
+/// The number of the REGISTER an answer is for, from its Call-ID
+/// (`register` makes it `fc{id}@bench`).
+fn number_of(answer: &[u8]) -> Option<u64> {
+    const CALL_ID: &[u8] = b"\r\nCall-ID: fc";
+    let at = answer.windows(CALL_ID.len()).position(|w| w == CALL_ID)? + CALL_ID.len();
+    let digits = answer[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&answer[at..at + digits]).ok()?.parse().ok()
+}
+
+/// Gives the client namespace every address of `prefix` (an AnyIP route:
+/// a socket there may send from any of them), routed back to it by the edge.
+pub fn own_prefix(topology: &Topology, prefix: &str) {
+    topology.client.ip(&format!("route add local {prefix} dev lo"));
+    topology.edge.ip(&format!("route add {prefix} via {}", redirector_tests::topology::CLIENT));
+}
+
 #[derive(Default)]
-struct Outcome {
-    sent: u64,
-    redirected: u64,
-    other_answers: u64,
-    lost: u64,
-    seconds: f64,
+pub struct Outcome {
+    pub sent: u64,
+    pub redirected: u64,
+    pub other_answers: u64,
+    pub lost: u64,
+    pub seconds: f64,
 }
 
 impl Outcome {
-    fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.redirected as f64 / self.seconds
     }
 
@@ -116,25 +143,50 @@ impl From<sipp_load::Counted> for Outcome {
     }
 }
 
-/// Closed loop: keeps up to `WINDOW` REGISTERs unanswered until `limit`
-/// or `max` sent.
-fn drive(socket: &UdpSocket, limit: Duration, max: u64) -> Outcome {
+/// What `drive` sends: REGISTERs numbered from `first`, `max` at most, for
+/// `limit` at most, at `pace`, with at most `window` unanswered.
+pub struct Load {
+    pub first: u64,
+    pub max: u64,
+    pub limit: Duration,
+    pub pace: Pace,
+    pub window: u64,
+}
+
+impl Load {
+    /// As fast as answers come back, `WINDOW` in flight: the rate a
+    /// first-contact answerer can sustain.
+    fn closed(limit: Duration, max: u64) -> Self {
+        Self { first: 1, max, limit, pace: Pace::Flat, window: WINDOW }
+    }
+}
+
+/// Closed loop (open when paced with a window larger than the pace needs):
+/// sends `load`'s REGISTERs and counts their answers.
+pub fn drive(socket: &UdpSocket, load: &Load) -> Outcome {
     let SocketAddr::V4(service) = SERVICE.parse().unwrap() else { unreachable!("the service is IPv4") };
     socket.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
     let mut inbox = Inbox::new();
     let mut outcome = Outcome::default();
     let start = Instant::now();
     let mut progress = start;
-    while start.elapsed() < limit && outcome.sent < max {
-        let room = (WINDOW - outcome.in_flight()).min(BATCH as u64).min(max - outcome.sent);
-        let payloads: Vec<Vec<u8>> = (0..room).map(|k| register(outcome.sent + 1 + k)).collect();
+    while start.elapsed() < load.limit && outcome.sent < load.max {
+        let room = (load.window - outcome.in_flight().min(load.window))
+            .min(BATCH as u64)
+            .min(load.max - outcome.sent)
+            .min(load.pace.room(outcome.sent, start.elapsed()));
+        let next = load.first + outcome.sent;
+        let payloads: Vec<Vec<u8>> = (0..room).map(|k| numbered_register(next + k)).collect();
         let datagrams: Vec<Outgoing<'_>> = payloads
             .iter()
             .enumerate()
-            .map(|(k, payload)| Outgoing { payload, to: service, from: Some(source(outcome.sent + 1 + k as u64)) })
+            .map(|(k, payload)| Outgoing { payload, to: service, from: Some(source(next + k as u64)) })
             .collect();
         outcome.sent += mmsg::send(socket, &datagrams).expect("sendmmsg") as u64;
-        for answer in inbox.receive(socket).expect("recvmmsg") {
+        // An answer to an earlier load on the same socket is not this one's
+        // (the canned 302 names no Call-ID: it always counts).
+        let answers = inbox.receive(socket).expect("recvmmsg").filter(|a| number_of(a).is_none_or(|n| n >= load.first));
+        for answer in answers {
             progress = Instant::now();
             if answer.starts_with(b"SIP/2.0 302 ") {
                 outcome.redirected += 1;
@@ -153,7 +205,7 @@ fn drive(socket: &UdpSocket, limit: Duration, max: u64) -> Outcome {
 
 /// Stores AORs u1..=`count` in the edge's database before it starts, each
 /// on the home rendezvous hashing gives it, in one transaction.
-fn seed(topology: &Topology, count: u64) {
+pub fn seed(topology: &Topology, count: u64) {
     let store = RedbStore::open(&topology.scratch("assignments.redb")).expect("the edge's database");
     let candidates: Vec<Candidate<'_>> = HOMES.iter().map(|name| Candidate { name, weight: 1.0 }).collect();
     let aors: Vec<Aor> = (1..=count).map(|i| Aor::from_canonical(aor(i))).collect();
@@ -219,14 +271,24 @@ impl Drop for Canned {
     }
 }
 
+/// The namespaces of this section (dsr, skb mode: no XDP on the bridge
+/// ports, the same links for every edge), the client owning `CLIENTS`.
+pub fn first_contact_topology() -> Topology {
+    let topology = Topology::new("dsr", Attach::Skb, HOMES.len());
+    own_prefix(&topology, CLIENTS);
+    topology
+}
+
+/// The generator's socket in the client namespace.
+pub fn generator_socket(topology: &Topology) -> UdpSocket {
+    socket_in(&topology.client, &format!("0.0.0.0:{GENERATOR_PORT}"))
+}
+
 /// The topology with the edge answering first contacts, and the
 /// generator's socket; the Kamailio process if it is the one answering.
 fn start(edge: Edge) -> Result<(Topology, Peer, UdpSocket), String> {
-    // skb mode: no XDP on the bridge ports, the same links for both.
-    let mut topology = Topology::new("dsr", Attach::Skb, 3);
-    topology.client.ip(&format!("route add local {CLIENTS} dev lo"));
-    topology.edge.ip(&format!("route add {CLIENTS} via {}", redirector_tests::topology::CLIENT));
-    let socket = socket_in(&topology.client, &format!("0.0.0.0:{GENERATOR_PORT}"));
+    let mut topology = first_contact_topology();
+    let socket = generator_socket(&topology);
     if let Edge::Storm(known) = edge {
         seed(&topology, known);
     }
@@ -242,7 +304,7 @@ fn start(edge: Edge) -> Result<(Topology, Peer, UdpSocket), String> {
             Ok((topology, Peer { kamailio: false, _running: Some(Box::new(canned)) }, socket))
         }
         Edge::New | Edge::Storm(_) => {
-            topology.extra_config = "[health]\ninterval = 3600\n[rebalance]\nenabled = false\n".into();
+            topology.extra_config = QUIET_EDGE.into();
             topology.start(&[]);
             Ok((topology, Peer { kamailio: false, _running: None }, socket))
         }
@@ -265,7 +327,7 @@ pub fn run(quick: bool) -> Section {
             match start(edge) {
                 // The peer (if any) stops before its namespace goes.
                 Ok((topology, peer, socket)) => {
-                    outcomes[slot].push(drive(&socket, limit, max));
+                    outcomes[slot].push(drive(&socket, &Load::closed(limit, max)));
                     if peer.kamailio {
                         match sipp_load::run(&topology, limit) {
                             Ok(counted) => outcomes[2].push(Outcome::from(counted)),

@@ -9,6 +9,7 @@
 
 mod failover;
 mod first_contact;
+mod flood;
 mod kernel_cost;
 mod memory;
 mod mmsg;
@@ -35,10 +36,11 @@ fn main() {
     let started = Instant::now();
     let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     // Each prints as it finishes: the full run takes a while.
-    let runners: [(&str, Runner); 5] = [
+    let runners: [(&str, Runner); 6] = [
         ("kernel_cost", |quick| vec![kernel_cost::run(quick)]),
         ("throughput", |quick| vec![throughput::run(quick)]),
         ("first_contact", |quick| vec![first_contact::run(quick)]),
+        ("flood", |quick| vec![flood::run(quick)]),
         ("failover", |quick| vec![failover::run(quick)]),
         // Rebalancing and memory share one population of clients.
         ("rebalance", rebalance::run),

@@ -6,6 +6,7 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::AsRawFd,
+    time::Duration,
 };
 
 pub const BATCH: usize = 64;
@@ -21,6 +22,24 @@ pub struct Outgoing<'a> {
 }
 
 const CMSG_SPACE: usize = 64;
+
+/// How fast a generator sends: as fast as the kernel takes datagrams, or
+/// at most this many a second (an offered load, as clients bring it).
+#[derive(Clone, Copy)]
+pub enum Pace {
+    Flat,
+    PerSecond(f64),
+}
+
+impl Pace {
+    /// How many more datagrams may go, `sent` having gone in `elapsed`.
+    pub fn room(self, sent: u64, elapsed: Duration) -> u64 {
+        match self {
+            Pace::Flat => u64::MAX,
+            Pace::PerSecond(rate) => ((rate * elapsed.as_secs_f64()) as u64).saturating_sub(sent),
+        }
+    }
+}
 
 /// Sends up to `BATCH` datagrams in one sendmmsg; returns how many the
 /// kernel took (0 when its queues were full).

@@ -33,7 +33,7 @@ use std::{
 use redirector_tests::topology::{Attach, CLIENT, SERVICE, Topology, home_address, is_edge_ping, socket_in};
 
 use crate::{
-    mmsg::{self, BATCH, Inbox, Outgoing},
+    mmsg::{self, BATCH, Inbox, Outgoing, Pace},
     peers::{self, Kamailio, KamailioRoute},
     report::{Row, Section, median_by, median_ratio},
 };
@@ -45,7 +45,7 @@ const MAX_DATAGRAMS: u64 = 50_000_000;
 /// it by the pinned source address; its first contact proxies it (a
 /// forwarded request's source is never put on the fast path); Kamailio
 /// parses and forwards it.
-fn payload() -> Vec<u8> {
+pub fn payload() -> Vec<u8> {
     format!(
         "REGISTER sip:bench.example SIP/2.0\r\n\
          Via: SIP/2.0/UDP {CLIENT}:5060;branch=z9hG4bK-b1;rport\r\n\
@@ -206,8 +206,9 @@ impl Outcome {
 
 fn measure(running: &Running, limit: Duration) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
-    let counter = count(running.home.try_clone().expect("cloning the home socket"), stop.clone());
-    let sent = blast(&running.client, &payload(), MAX_DATAGRAMS, limit);
+    let socket = running.home.try_clone().expect("cloning the home socket");
+    let counter = count(socket, stop.clone(), |d| !is_edge_ping(d));
+    let sent = blast(&running.client, &payload(), MAX_DATAGRAMS, limit, Pace::Flat);
     stop.store(true, Ordering::Relaxed);
     let (received, seconds) = counter.join().expect("counter thread");
     let handled_by_edge = running.handled_by_edge(received);
@@ -219,28 +220,37 @@ fn measure(running: &Running, limit: Duration) -> Outcome {
     Outcome { sent, received, seconds, handled_by_edge }
 }
 
-/// Sends `payload` to the service until `max` datagrams or `limit` passed;
-/// returns how many the kernel took.
-fn blast(socket: &UdpSocket, payload: &[u8], max: u64, limit: Duration) -> u64 {
+/// Sends `payload` to the service at `pace` until `max` datagrams or
+/// `limit` passed; returns how many the kernel took.
+pub fn blast(socket: &UdpSocket, payload: &[u8], max: u64, limit: Duration, pace: Pace) -> u64 {
     let SocketAddr::V4(to) = SERVICE.parse().unwrap() else { unreachable!("the service is IPv4") };
     let batch: Vec<Outgoing<'_>> = (0..BATCH).map(|_| Outgoing { payload, to, from: None }).collect();
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < max && start.elapsed() < limit {
-        sent += mmsg::send(socket, &batch).expect("sendmmsg") as u64;
+        let room = pace.room(sent, start.elapsed()).min(max - sent).min(BATCH as u64) as usize;
+        if room == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        sent += mmsg::send(socket, &batch[..room]).expect("sendmmsg") as u64;
     }
     sent
 }
 
-/// Counts datagrams (not edge pings) until `stop` and a quiet read
+/// Counts the datagrams `counted` accepts until `stop` and a quiet read
 /// timeout; returns the count and the seconds from the first to the last.
-fn count(socket: UdpSocket, stop: Arc<AtomicBool>) -> JoinHandle<(u64, f64)> {
+pub fn count(
+    socket: UdpSocket,
+    stop: Arc<AtomicBool>,
+    counted: impl Fn(&[u8]) -> bool + Send + 'static,
+) -> JoinHandle<(u64, f64)> {
     std::thread::spawn(move || {
         let mut inbox = Inbox::new();
         let (mut received, mut first, mut last) = (0u64, None, Instant::now());
         loop {
             let before = received;
-            received += inbox.receive(&socket).expect("recvmmsg").filter(|d| !is_edge_ping(d)).count() as u64;
+            received += inbox.receive(&socket).expect("recvmmsg").filter(|d| counted(d)).count() as u64;
             if received > before {
                 last = Instant::now();
                 first.get_or_insert(last);
