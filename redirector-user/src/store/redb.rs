@@ -85,6 +85,7 @@ impl AssignmentStore for RedbStore {
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         let read_at = unix_seconds();
+        let mut changed = false;
         let stored = {
             let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
             let mut seen = txn.open_table(LAST_SEEN).map_err(db_error)?;
@@ -102,6 +103,7 @@ impl AssignmentStore for RedbStore {
                             let value = (new.server.as_str(), new.assigned_at, new.generation);
                             table.insert(aor.as_str(), value).map_err(db_error)?;
                             seen.insert(aor.as_str(), new.last_seen).map_err(db_error)?;
+                            changed = true;
                             Ok(Some(new))
                         }
                         None => Ok(current),
@@ -109,7 +111,13 @@ impl AssignmentStore for RedbStore {
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?
         };
-        txn.commit().map_err(db_error)?;
+        // A batch that stores nothing (every AOR known, or refused by
+        // admission during a flood) costs no commit and no fsync.
+        if changed {
+            txn.commit().map_err(db_error)?;
+        } else {
+            txn.abort().map_err(db_error)?;
+        }
         Ok(stored)
     }
 
