@@ -164,7 +164,7 @@ impl Daemon {
             proxies: proxy_addresses,
             services: service_addresses,
         };
-        let core = FirstContact::new(settings, pool.clone(), assignments.cache(), counters.clone());
+        let core = FirstContact::new(settings, pool.clone(), assignments.cache(), fast_path.shared(), counters.clone());
         let (watchers, deactivated) = Watchers::new(config.watchers.capacity);
         let watcher_counters = watchers.counters.clone();
         let tracker = Tracker::new(config.servers.len(), config.health.down_after, config.health.up_after);

@@ -15,10 +15,15 @@
 //! * A client that talked to us directly has its source address put on the
 //!   fast path. A forwarded request's source is the upstream proxy, which
 //!   speaks for many clients, so it is never installed.
+//! * A datagram from a client already on the fast path is no first contact:
+//!   the program passed it up only because it was an IP fragment (the
+//!   kernel reassembled it) or too big for the egress MTU once forwarded.
+//!   It goes on to the client's home server as the kernel sends the
+//!   client's small datagrams (`Action::Encapsulate`, `Action::Translate`).
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::AtomicU64},
 };
 
@@ -33,6 +38,7 @@ use crate::{
         pool::{Pool, PoolView},
         watchers::{DialogId, Subscription},
     },
+    kernel::installed::{InstalledClients, KernelRoute},
     model::{HomeServer, Policy, ServerState},
     sip::{
         Aor, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
@@ -81,6 +87,14 @@ pub enum Action {
     SubscribeAnswered { id: DialogId, code: u16, notifier_tag: Option<String> },
     /// A watcher's answer to one of our NOTIFYs.
     NotifyAnswered { branch: String, code: u16, from: SocketAddr },
+    /// dsr, for a client on the fast path: `bytes` as a UDP datagram from
+    /// `client` to `service`, through the tunnel to `home`, fragmented to
+    /// fit (the home reassembles it and answers the client directly).
+    Encapsulate { client: SocketAddr, service: SocketAddr, home: IpAddr, bytes: Vec<u8> },
+    /// nat, for a client on the fast path: `bytes` as a UDP datagram from
+    /// the edge address of `home`'s family and the client's `edge_port` to
+    /// `home` (its answer comes back to that port, as to the kernel's).
+    Translate { edge_port: u16, home: SocketAddr, bytes: Vec<u8> },
 }
 
 crate::counters::counters! {
@@ -131,6 +145,10 @@ crate::counters::counters! {
     subscribes_proxied,
     /// Of those, not recorded: a header a NOTIFY needs was missing.
     subscribes_unrecordable,
+    /// Datagrams from clients on the fast path that the program passed up
+    /// (IP fragments, or too big once forwarded), sent on to their home
+    /// servers as the kernel would have; not counted in `requests`.
+    forwarded_for_fast_path,
 }
 
 #[derive(Clone)]
@@ -138,6 +156,7 @@ pub struct FirstContact {
     settings: Settings,
     pool: PoolView,
     cache: Arc<Cache>,
+    installed: Arc<InstalledClients>,
     pub counters: Arc<Counters>,
 }
 
@@ -221,8 +240,16 @@ impl Batch<'_> {
 pub type Assignments<'a> = Result<&'a HashMap<Aor, Result<Assigned, Refused>>, &'a StoreError>;
 
 impl FirstContact {
-    pub fn new(settings: Settings, pool: PoolView, cache: Arc<Cache>, counters: Arc<Counters>) -> Self {
-        Self { settings, pool, cache, counters }
+    /// `installed` is the fast path's record of the clients the kernel
+    /// forwards (see `kernel::installed`).
+    pub fn new(
+        settings: Settings,
+        pool: PoolView,
+        cache: Arc<Cache>,
+        installed: Arc<InstalledClients>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self { settings, pool, cache, installed, counters }
     }
 
     /// Reads a batch of datagrams that arrived on the service socket at
@@ -274,6 +301,9 @@ impl FirstContact {
     }
 
     fn read_one<'a>(&self, datagram: &'a [u8], source: SocketAddr, local: SocketAddr) -> Item<'a> {
+        if let Some(route) = self.kernel_route(datagram, source) {
+            return Item::Done(self.forward_as_kernel(datagram, source, local, route));
+        }
         match Message::parse(datagram) {
             Ok(message) if message.is_request() => {
                 bump(&self.counters.requests);
@@ -288,6 +318,42 @@ impl FirstContact {
             }
             Err(_) => Item::Done(self.drop()),
         }
+    }
+
+    /// Where the kernel sends `source`'s datagrams, if it forwards this one:
+    /// the program's rules 5 and 6 (`redirector_ebpf` `xdp/mod.rs`).
+    fn kernel_route(&self, datagram: &[u8], source: SocketAddr) -> Option<KernelRoute> {
+        // Every SUBSCRIBE is first contact's, whoever sends it.
+        if datagram.starts_with(b"SUBSCRIBE ") {
+            return None;
+        }
+        let route = self.installed.get(source)?;
+        let forwards =
+            self.pool.load().by_index(route.server).is_some_and(|home| home.effective_state() != ServerState::Down);
+        forwards.then_some(route)
+    }
+
+    /// A datagram from a client on the fast path, sent on as the kernel
+    /// sends its small ones: dsr from the client's own address through the
+    /// tunnel, nat from its edge port with `;rport` added to a request's top
+    /// Via (as `redirector_ebpf::via` makes the program do).
+    fn forward_as_kernel(
+        &self,
+        datagram: &[u8],
+        source: SocketAddr,
+        local: SocketAddr,
+        route: KernelRoute,
+    ) -> Vec<Action> {
+        let pool = self.pool.load();
+        let Some(home) = pool.by_index(route.server).and_then(|home| home.address_for(source)) else {
+            return self.drop();
+        };
+        bump(&self.counters.forwarded_for_fast_path);
+        let bytes = datagram.to_vec();
+        vec![match route.nat_port {
+            None => Action::Encapsulate { client: source, service: local, home: home.ip(), bytes },
+            Some(edge_port) => Action::Translate { edge_port, home, bytes: with_rport(bytes) },
+        }]
     }
 
     /// A datagram on the proxy socket: a home server's response to relay,
@@ -620,6 +686,28 @@ pub fn identity(message: &Message<'_>) -> Result<Aor, ParseError> {
     };
     let value = message.value(kind).ok_or(ParseError::Missing(name))?;
     Aor::from_uri(NameAddr::parse(&value, name)?.uri, name)
+}
+
+/// A request with `;rport` added to its top Via if that has none (RFC
+/// 3581), where `redirector_ebpf::via::top_via` has the program add it: at
+/// the end of the top Via value. Anything else is unchanged.
+fn with_rport(mut datagram: Vec<u8>) -> Vec<u8> {
+    let Some(at) = rport_offset(&datagram) else { return datagram };
+    datagram.splice(at..at, redirector_ebpf::via::RPORT);
+    datagram
+}
+
+/// Where a request's top Via without `rport` ends, as an offset into `datagram`.
+fn rport_offset(datagram: &[u8]) -> Option<usize> {
+    let message = Message::parse(datagram).ok().filter(Message::is_request)?;
+    let value = message.header(HeaderKind::Via)?.value;
+    // Up to its first comma, as the program reads it.
+    let top = &value[..value.find(',').unwrap_or(value.len())];
+    if Via::parse(unfold(top).trim()).is_ok_and(|via| via.param("rport").is_some()) {
+        return None;
+    }
+    // `top` borrows from `datagram`: its end is an offset into it.
+    Some(top.as_ptr() as usize - datagram.as_ptr() as usize + top.len())
 }
 
 /// The request URI re-pointed at the home server: same scheme and user.

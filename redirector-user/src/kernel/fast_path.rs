@@ -3,14 +3,15 @@
 //! clients and first contacts alike. Keeps AOR → installed client keys so
 //! a later move can find and update them.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use redirector_ebpf::{ClientEntry, Endpoint, NatEntry, NatKey};
 
 use crate::{
     config::{Config, ForwardingMode},
     kernel::{
-        loader::{DataPlane, DataPlaneError, endpoint, service_endpoints},
+        installed::{InstalledClients, KernelRoute},
+        loader::{DataPlane, DataPlaneError, endpoint, endpoint_ip, service_endpoints},
         nat_ports::{NatPorts, NatPortsExhausted},
     },
     sip::Aor,
@@ -40,6 +41,9 @@ pub struct FastPath {
     installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>>,
     /// The AORs the current scan has yet to look at.
     scanning: Vec<Aor>,
+    /// The client entries as first contact reads them, kept in step with
+    /// every write and removal.
+    shared: Arc<InstalledClients>,
 }
 
 /// A learned client address as one scan step read it from the kernel.
@@ -96,6 +100,7 @@ impl FastPath {
             nat_port_of: HashMap::new(),
             installed: HashMap::new(),
             scanning: Vec::new(),
+            shared: Arc::default(),
         };
         for client in &config.clients {
             let server = config.server_index(&client.server).expect("validated: clients name known servers");
@@ -106,6 +111,11 @@ impl FastPath {
             fast_path.put(endpoint(client.address.ip(), client.address.port()), server, service)?;
         }
         Ok(fast_path)
+    }
+
+    /// The client entries, for first contact to read.
+    pub fn shared(&self) -> Arc<InstalledClients> {
+        self.shared.clone()
     }
 
     pub fn dataplane(&mut self) -> &mut DataPlane {
@@ -152,6 +162,7 @@ impl FastPath {
             }
             return Err(error.into());
         }
+        clients.iter().for_each(|client| self.shared.remove(socket_address(client)));
         Ok(withdrawn)
     }
 
@@ -257,6 +268,7 @@ impl FastPath {
 
     fn remove(&mut self, client: Endpoint) -> Result<(), FastPathError> {
         self.dataplane.remove_client(client)?;
+        self.shared.remove(socket_address(&client));
         self.release_nat_port(client)
     }
 
@@ -309,6 +321,10 @@ impl FastPath {
         if !writes.clients.is_empty() {
             self.dataplane.install_clients(&writes.clients, &writes.entries)?;
         }
+        for (client, entry) in writes.clients.iter().zip(&writes.entries) {
+            let nat_port = (entry.nat_port_be != 0).then(|| u16::from_be(entry.nat_port_be));
+            self.shared.put(socket_address(client), KernelRoute { server: entry.server, nat_port });
+        }
         Ok(())
     }
 }
@@ -320,6 +336,10 @@ struct Writes {
     entries: Vec<ClientEntry>,
     nat_keys: Vec<NatKey>,
     nat_entries: Vec<NatEntry>,
+}
+
+fn socket_address(endpoint: &Endpoint) -> SocketAddr {
+    SocketAddr::new(endpoint_ip(endpoint), u16::from_be(endpoint.port_be))
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock the program's

@@ -1,8 +1,9 @@
 //! The kernel side: the embedded XDP object loaded and attached, its maps,
-//! and the fast path's client entries.
+//! and the fast path's client entries (with the copy first contact reads).
 
 mod batch;
 pub mod fast_path;
+pub mod installed;
 pub mod loader;
 pub mod nat_ports;
 
