@@ -8,6 +8,7 @@
 //! refilled lazily: it is keyed by client source address, which only a
 //! client's next first contact tells us.
 
+mod raw;
 mod sockets;
 mod tasks;
 
@@ -24,6 +25,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use self::{
+    raw::{RawSender, RawSockets},
     sockets::{Senders, bind_shared, registered},
     tasks::{Context, Tasks, named, spawn, supervise},
 };
@@ -62,6 +64,10 @@ pub enum DaemonError {
         "creating the control socket {path}: {source} (is another redirector using it? is its directory writable?)"
     )]
     Control { path: std::path::PathBuf, source: std::io::Error },
+    #[error(
+        "opening the raw sockets that send fast-path clients' passed-up datagrams on: {0} (redirector needs CAP_NET_RAW)"
+    )]
+    Raw(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -106,6 +112,8 @@ pub struct Daemon {
     services: Vec<std::net::UdpSocket>,
     /// Per family the edge serves, one socket per core.
     proxies: Vec<std::net::UdpSocket>,
+    /// What fast-path clients' passed-up datagrams leave by.
+    raw: RawSockets,
     health: config::Health,
     idle_timeout: Duration,
     expiry: Option<expiry::Policy>,
@@ -149,6 +157,7 @@ impl Daemon {
                 metrics::bind(address).map_err(|source| DaemonError::Bind { address, what, source })
             })
             .transpose()?;
+        let raw = RawSockets::open(config.edge.ipv4, config.edge.ipv6).map_err(DaemonError::Raw)?;
         let control = control::bind(&config.control.socket)
             .map_err(|source| DaemonError::Control { path: config.control.socket.clone(), source })?;
         let mut dataplane = DataPlane::load_with_client_capacity(config.fast_path.max_clients)?;
@@ -195,6 +204,7 @@ impl Daemon {
             control,
             services,
             proxies,
+            raw,
             health: config.health.clone(),
             idle_timeout: Duration::from_secs_f64(config.fast_path.idle_timeout),
             expiry,
@@ -218,7 +228,9 @@ impl Daemon {
         let deactivated = self.deactivated.lock().expect("receiver lock").take().ok_or(DaemonError::ServedTwice)?;
         let events = self.events.lock().expect("events lock").take().ok_or(DaemonError::ServedTwice)?;
         let (notify_answers, answers) = mpsc::channel(tasks::NOTIFY_ANSWERS);
-        let context = Context { core: self.core.clone(), owner: self.owner.clone(), senders, notify_answers };
+        let raw = self.raw.try_clone().and_then(RawSender::new).map_err(io("registering the raw sockets"))?;
+        let context =
+            Context { core: self.core.clone(), owner: self.owner.clone(), senders, raw: Arc::new(raw), notify_answers };
         let mut tasks = Tasks::new();
         let notifying = tasks::notify(notifier, deactivated, answers, context.senders.clone());
         spawn(&mut tasks, "notifier".into(), notifying);

@@ -6,6 +6,7 @@ pub mod fast_path;
 pub mod installed;
 pub mod loader;
 pub mod nat_ports;
+pub mod packets;
 
 /// The XDP object built from `redirector-ebpf` by this crate's build script.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));
