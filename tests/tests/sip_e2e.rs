@@ -10,7 +10,7 @@ use redirector_tests::{
     privileged,
     sip_pool::{
         BackgroundSipp, InProcessEdge, Registrar, sipp, sipp_clients, sipp_over, sipp_over_without_rport,
-        start_registrars,
+        sipp_padded_without_rport, start_registrars,
     },
     topology::{Attach, CLIENT, CLIENT_V6, Family, SERVICE, Topology, receive, socket_in},
 };
@@ -217,6 +217,60 @@ fn nat_client_without_rport_has_every_refresh_answered_by_stock_kamailio() {
 fn ipv6_nat_client_without_rport_has_every_refresh_answered_by_stock_kamailio() {
     if privileged() {
         nat_client_without_rport_has_every_refresh_answered(Family::V6, Attach::Native);
+    }
+}
+
+/// A client on the fast path sends a 3,000-byte REGISTER and INVITE (a
+/// big header, a big body): IP fragments over the 1,500-byte veth MTU,
+/// which the program passes up. The daemon sends each on as the kernel
+/// sends the client's small datagrams (dsr: from the client's own socket
+/// through the tunnel; nat: from its edge port, `;rport` added, as this
+/// client sends none), so stock Kamailio answers them itself: 200 with the
+/// binding, and 404 where the edge's first contact would send 302.
+fn big_requests_from_a_fast_path_client_reach_its_home(mode: &'static str, family: Family) {
+    let case = format!("{mode}/{family:?}");
+    let mut topology = Topology::new(mode, Attach::Native, 2);
+    topology.families = family.only();
+    topology.first_contact = None;
+    start_registrars(&mut topology, Registrar::Kamailio);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    let pad = "x".repeat(2700);
+    let output = sipp_padded_without_rport(&topology, family, "big_requests.xml", 5070, &pad);
+    assert!(output.status.success(), "{case}: sipp: {}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(edge.first_contact("proxied"), 1, "{case}: only the small REGISTER met first contact");
+    assert_eq!(edge.first_contact("requests"), 1, "{case}: the big ones were no first contact");
+    assert_eq!(edge.first_contact("redirected"), 0, "{case}: no 302");
+    let forwarded = edge.first_contact("forwarded_for_fast_path");
+    assert!(forwarded >= 2, "{case}: the big REGISTER and INVITE sent on for the fast path: {forwarded}");
+    let fragments = edge.kernel(Counter::Fragment);
+    assert!(fragments >= 4, "{case}: each big request reached the edge as IP fragments: {fragments}");
+}
+
+#[test]
+fn big_requests_from_a_fast_path_client_reach_its_home_through_a_dsr_edge() {
+    if privileged() {
+        big_requests_from_a_fast_path_client_reach_its_home("dsr", Family::V4);
+    }
+}
+
+#[test]
+fn big_requests_from_a_fast_path_client_reach_its_home_through_a_nat_edge() {
+    if privileged() {
+        big_requests_from_a_fast_path_client_reach_its_home("nat", Family::V4);
+    }
+}
+
+#[test]
+fn ipv6_big_requests_from_a_fast_path_client_reach_its_home_through_a_dsr_edge() {
+    if privileged() {
+        big_requests_from_a_fast_path_client_reach_its_home("dsr", Family::V6);
+    }
+}
+
+#[test]
+fn ipv6_big_requests_from_a_fast_path_client_reach_its_home_through_a_nat_edge() {
+    if privileged() {
+        big_requests_from_a_fast_path_client_reach_its_home("nat", Family::V6);
     }
 }
 
