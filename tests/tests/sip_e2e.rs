@@ -220,21 +220,40 @@ fn ipv6_nat_client_without_rport_has_every_refresh_answered_by_stock_kamailio() 
     }
 }
 
-/// A client on the fast path sends a 3,000-byte REGISTER and INVITE (a
-/// big header, a big body): IP fragments over the 1,500-byte veth MTU,
-/// which the program passes up. The daemon sends each on as the kernel
+/// How a fast-path client's request comes to be passed up by the program.
+#[derive(Clone, Copy, Debug)]
+enum TooBig {
+    /// About 3,000 bytes (a big header, a big body): IP fragments over the
+    /// 1,500-byte veth MTU.
+    Fragmented,
+    /// About 1,400 bytes, one frame from the client, but the edge's route
+    /// to the homes has an MTU of 1,280 (locked: only a locked route MTU
+    /// binds forwarding): the FIB would have to fragment it.
+    OverRouteMtu,
+}
+
+/// A client on the fast path sends a big REGISTER and INVITE, which the
+/// program passes up (`TooBig`). The daemon sends each on as the kernel
 /// sends the client's small datagrams (dsr: from the client's own socket
 /// through the tunnel; nat: from its edge port, `;rport` added, as this
 /// client sends none), so stock Kamailio answers them itself: 200 with the
 /// binding, and 404 where the edge's first contact would send 302.
-fn big_requests_from_a_fast_path_client_reach_its_home(mode: &'static str, family: Family) {
-    let case = format!("{mode}/{family:?}");
+fn big_requests_from_a_fast_path_client_reach_its_home(mode: &'static str, family: Family, size: TooBig) {
+    let case = format!("{mode}/{family:?}/{size:?}");
     let mut topology = Topology::new(mode, Attach::Native, 2);
     topology.families = family.only();
     topology.first_contact = None;
     start_registrars(&mut topology, Registrar::Kamailio);
+    let pad = match size {
+        TooBig::Fragmented => "x".repeat(2700),
+        TooBig::OverRouteMtu => {
+            for home in 0..topology.homes.len() {
+                topology.edge.ip(&format!("route replace {} dev e0 mtu lock 1280", family.home(home)));
+            }
+            "x".repeat(1050)
+        }
+    };
     let edge = InProcessEdge::start(&mut topology, &[]);
-    let pad = "x".repeat(2700);
     let output = sipp_padded_without_rport(&topology, family, "big_requests.xml", 5070, &pad);
     assert!(output.status.success(), "{case}: sipp: {}", String::from_utf8_lossy(&output.stdout));
     assert_eq!(edge.first_contact("proxied"), 1, "{case}: only the small REGISTER met first contact");
@@ -242,35 +261,59 @@ fn big_requests_from_a_fast_path_client_reach_its_home(mode: &'static str, famil
     assert_eq!(edge.first_contact("redirected"), 0, "{case}: no 302");
     let forwarded = edge.first_contact("forwarded_for_fast_path");
     assert!(forwarded >= 2, "{case}: the big REGISTER and INVITE sent on for the fast path: {forwarded}");
-    let fragments = edge.kernel(Counter::Fragment);
-    assert!(fragments >= 4, "{case}: each big request reached the edge as IP fragments: {fragments}");
+    let (fragments, fib_misses) = (edge.kernel(Counter::Fragment), edge.kernel(Counter::FibMiss));
+    match size {
+        TooBig::Fragmented => assert!(fragments >= 4, "{case}: each came as IP fragments: {fragments}"),
+        TooBig::OverRouteMtu => {
+            assert_eq!(fragments, 0, "{case}: each came in one frame");
+            assert!(fib_misses >= 2, "{case}: each was too big for the route: {fib_misses}");
+        }
+    }
 }
 
 #[test]
 fn big_requests_from_a_fast_path_client_reach_its_home_through_a_dsr_edge() {
     if privileged() {
-        big_requests_from_a_fast_path_client_reach_its_home("dsr", Family::V4);
+        big_requests_from_a_fast_path_client_reach_its_home("dsr", Family::V4, TooBig::Fragmented);
     }
 }
 
 #[test]
 fn big_requests_from_a_fast_path_client_reach_its_home_through_a_nat_edge() {
     if privileged() {
-        big_requests_from_a_fast_path_client_reach_its_home("nat", Family::V4);
+        big_requests_from_a_fast_path_client_reach_its_home("nat", Family::V4, TooBig::Fragmented);
     }
 }
 
 #[test]
 fn ipv6_big_requests_from_a_fast_path_client_reach_its_home_through_a_dsr_edge() {
     if privileged() {
-        big_requests_from_a_fast_path_client_reach_its_home("dsr", Family::V6);
+        big_requests_from_a_fast_path_client_reach_its_home("dsr", Family::V6, TooBig::Fragmented);
     }
 }
 
 #[test]
 fn ipv6_big_requests_from_a_fast_path_client_reach_its_home_through_a_nat_edge() {
     if privileged() {
-        big_requests_from_a_fast_path_client_reach_its_home("nat", Family::V6);
+        big_requests_from_a_fast_path_client_reach_its_home("nat", Family::V6, TooBig::Fragmented);
+    }
+}
+
+#[test]
+fn requests_the_fib_would_fragment_reach_the_home_through_a_dsr_edge_over_both_families() {
+    if privileged() {
+        for family in [Family::V4, Family::V6] {
+            big_requests_from_a_fast_path_client_reach_its_home("dsr", family, TooBig::OverRouteMtu);
+        }
+    }
+}
+
+#[test]
+fn requests_the_fib_would_fragment_reach_the_home_through_a_nat_edge_over_both_families() {
+    if privileged() {
+        for family in [Family::V4, Family::V6] {
+            big_requests_from_a_fast_path_client_reach_its_home("nat", family, TooBig::OverRouteMtu);
+        }
     }
 }
 
