@@ -67,6 +67,12 @@ enum RawError {
     Packet(#[from] PacketError),
 }
 
+/// IP packets for a home server.
+struct Outgoing {
+    home: IpAddr,
+    packets: Vec<Vec<u8>>,
+}
+
 /// The raw sockets, registered with the runtime.
 pub struct RawSender {
     sockets: Vec<(IpAddr, AsyncFd<Socket>)>,
@@ -84,8 +90,8 @@ impl RawSender {
     /// Sends an `Encapsulate` or `Translate` (anything else is not ours);
     /// a failure is logged: the client retransmits, as after any loss.
     pub async fn send(&self, action: &Action) {
-        let (home, packets) = match self.packets(action) {
-            Ok(Some(built)) => built,
+        let Outgoing { home, packets } = match self.packets(action) {
+            Ok(Some(outgoing)) => outgoing,
             Ok(None) => return,
             Err(error) => {
                 warn!(%error, "a fast-path client's passed-up datagram was not sent on");
@@ -103,7 +109,7 @@ impl RawSender {
     }
 
     /// The packets an action stands for, and the home they go to.
-    fn packets(&self, action: &Action) -> Result<Option<(IpAddr, Vec<Vec<u8>>)>, RawError> {
+    fn packets(&self, action: &Action) -> Result<Option<Outgoing>, RawError> {
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         match action {
             Action::Encapsulate { client, service, home, bytes } => {
@@ -111,11 +117,12 @@ impl RawSender {
                 let limit = PACKET_LIMIT - encapsulation_overhead(*home);
                 let inner = udp_packets(*client, *service, bytes, id, limit)?;
                 let outer = inner.iter().map(|packet| encapsulated(edge, *home, packet)).collect::<Result<_, _>>()?;
-                Ok(Some((*home, outer)))
+                Ok(Some(Outgoing { home: *home, packets: outer }))
             }
             Action::Translate { edge_port, home, bytes } => {
                 let edge = SocketAddr::new(self.edge_for(home.ip())?, *edge_port);
-                Ok(Some((home.ip(), udp_packets(edge, *home, bytes, id, PACKET_LIMIT)?)))
+                let packets = udp_packets(edge, *home, bytes, id, PACKET_LIMIT)?;
+                Ok(Some(Outgoing { home: home.ip(), packets }))
             }
             _ => Ok(None),
         }
