@@ -237,15 +237,16 @@ pub fn sipp_over_without_rport(topology: &Topology, family: Family, scenario_nam
     run_sipp(topology, family, scenario_name, (1, local_port), "user", Rport::NotAsked, &[])
 }
 
-/// As `sipp_over_without_rport`, with the scenario's `[pad]` set to `pad`.
-pub fn sipp_padded_without_rport(
+/// As `sipp_over_without_rport`, with the scenario's keywords `keys`
+/// (name, value) set.
+pub fn sipp_with_keys_without_rport(
     topology: &Topology,
     family: Family,
     scenario_name: &str,
     local_port: u16,
-    pad: &str,
+    keys: &[(&str, &str)],
 ) -> Output {
-    run_sipp(topology, family, scenario_name, (1, local_port), "user", Rport::NotAsked, &[("pad", pad)])
+    run_sipp(topology, family, scenario_name, (1, local_port), "user", Rport::NotAsked, keys)
 }
 
 /// What a scenario's `[rport]` keyword stands for.

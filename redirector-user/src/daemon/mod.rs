@@ -8,6 +8,7 @@
 //! refilled lazily: it is keyed by client source address, which only a
 //! client's next first contact tells us.
 
+mod nat_replies;
 mod raw;
 mod sockets;
 mod tasks;
@@ -65,7 +66,7 @@ pub enum DaemonError {
     )]
     Control { path: std::path::PathBuf, source: std::io::Error },
     #[error(
-        "opening the raw sockets that send fast-path clients' passed-up datagrams on: {0} (redirector needs CAP_NET_RAW)"
+        "opening a raw socket for fast-path clients' passed-up datagrams (IP fragments): {0} (redirector needs CAP_NET_RAW)"
     )]
     Raw(std::io::Error),
     #[error(transparent)]
@@ -114,6 +115,8 @@ pub struct Daemon {
     proxies: Vec<std::net::UdpSocket>,
     /// What fast-path clients' passed-up datagrams leave by.
     raw: RawSockets,
+    /// nat: where home servers' passed-up replies to edge ports arrive.
+    nat_replies: Vec<socket2::Socket>,
     health: config::Health,
     idle_timeout: Duration,
     expiry: Option<expiry::Policy>,
@@ -158,6 +161,7 @@ impl Daemon {
             })
             .transpose()?;
         let raw = RawSockets::open(config.edge.ipv4, config.edge.ipv6).map_err(DaemonError::Raw)?;
+        let nat_replies = nat_reply_sockets(config).map_err(DaemonError::Raw)?;
         let control = control::bind(&config.control.socket)
             .map_err(|source| DaemonError::Control { path: config.control.socket.clone(), source })?;
         let mut dataplane = DataPlane::load_with_client_capacity(config.fast_path.max_clients)?;
@@ -205,6 +209,7 @@ impl Daemon {
             services,
             proxies,
             raw,
+            nat_replies,
             health: config.health.clone(),
             idle_timeout: Duration::from_secs_f64(config.fast_path.idle_timeout),
             expiry,
@@ -244,6 +249,12 @@ impl Daemon {
         }
         for (index, socket) in proxies.iter().enumerate() {
             spawn(&mut tasks, named("proxy", socket, index), tasks::serve_proxy(socket.clone(), context.clone()));
+        }
+        for (index, socket) in self.nat_replies.iter().enumerate() {
+            let socket =
+                socket.try_clone().and_then(nat_replies::registered).map_err(io("registering a nat reply socket"))?;
+            let serving = nat_replies::serve(socket, context.clone());
+            spawn(&mut tasks, format!("nat replies (#{index})"), serving);
         }
         let interval = Duration::from_secs_f64(self.health.interval);
         spawn(&mut tasks, "health".into(), tasks::health(context.clone(), interval));
@@ -314,6 +325,16 @@ impl Drop for Daemon {
             let _ = thread.join();
         }
     }
+}
+
+/// nat: a raw socket per edge address for passed-up replies to edge ports.
+fn nat_reply_sockets(config: &Config) -> std::io::Result<Vec<socket2::Socket>> {
+    if config.mode != config::ForwardingMode::Nat {
+        return Ok(Vec::new());
+    }
+    let edges = [config.edge.ipv4.map(std::net::IpAddr::V4), config.edge.ipv6.map(std::net::IpAddr::V6)];
+    let ports = config.edge.nat_port_range();
+    edges.into_iter().flatten().map(|edge| nat_replies::open(edge, &ports)).collect()
 }
 
 fn bind_all(addresses: &[SocketAddr], cores: usize, what: &'static str) -> Result<Vec<std::net::UdpSocket>> {

@@ -19,7 +19,9 @@
 //!   the program passed it up only because it was an IP fragment (the
 //!   kernel reassembled it) or too big for the egress MTU once forwarded.
 //!   It goes on to the client's home server as the kernel sends the
-//!   client's small datagrams (`Action::Encapsulate`, `Action::Translate`).
+//!   client's small datagrams (`Action::Encapsulate`, `Action::Translate`);
+//!   in nat mode a home server's reply to a client's edge port that came
+//!   as fragments is relayed to the client as the program relays small ones.
 
 use std::{
     collections::HashMap,
@@ -38,7 +40,7 @@ use crate::{
         pool::{Pool, PoolView},
         watchers::{DialogId, Subscription},
     },
-    kernel::installed::{InstalledClients, KernelRoute},
+    kernel::installed::{InstalledClients, KernelRoute, NatReply},
     model::{HomeServer, Policy, ServerState},
     sip::{
         Aor, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
@@ -149,6 +151,9 @@ crate::counters::counters! {
     /// (IP fragments, or too big once forwarded), sent on to their home
     /// servers as the kernel would have; not counted in `requests`.
     forwarded_for_fast_path,
+    /// nat: home servers' replies to a client's edge port that the program
+    /// passed up (IP fragments), relayed to the client as it would have.
+    nat_replies_relayed,
 }
 
 #[derive(Clone)]
@@ -354,6 +359,22 @@ impl FirstContact {
             None => Action::Encapsulate { client: source, service: local, home: home.ip(), bytes },
             Some(edge_port) => Action::Translate { edge_port, home, bytes: with_rport(bytes) },
         }]
+    }
+
+    /// nat: a datagram to the client's `edge_port` that the program passed
+    /// up (it came as IP fragments), relayed to the client from the service
+    /// address it talked to, as the program rewrites small ones (its rule
+    /// 7): only from that client's home server, else anyone could send
+    /// through the edge to its clients.
+    pub fn on_nat_reply(&self, datagram: &[u8], from: SocketAddr, edge_port: u16) -> Vec<Action> {
+        let Some(NatReply { client, service, server }) = self.installed.nat_reply(from.is_ipv4(), edge_port) else {
+            return self.drop();
+        };
+        if self.pool.load().by_index(server).and_then(|home| home.address_for(from)) != Some(from) {
+            return self.drop();
+        }
+        bump(&self.counters.nat_replies_relayed);
+        vec![Action::Relay { to: client, bytes: datagram.to_vec(), from: Some(service) }]
     }
 
     /// A datagram on the proxy socket: a home server's response to relay,

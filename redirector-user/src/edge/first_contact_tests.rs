@@ -874,3 +874,19 @@ fn nat_adds_rport_where_the_program_does_and_only_where_missing() {
         assert_eq!(text(&with_rport(request.clone())), text(&expected));
     }
 }
+
+#[test]
+fn a_home_servers_passed_up_reply_to_a_nat_port_is_relayed_to_its_client_and_a_strangers_dropped() {
+    let s = setup(Policy::Auto);
+    let reply = NatReply { client: client(), service: service(), server: 1 };
+    s.fc.kernel.put_nat_reply(20001, reply);
+    let ok = format!("SIP/2.0 200 OK\r\n{VIA_WITHOUT_RPORT}X-Pad: {}\r\nContent-Length: 0\r\n\r\n", "x".repeat(2800));
+    let home2 = SocketAddr::from(([198, 51, 100, 12], 5060));
+    let relayed = s.fc.core.on_nat_reply(ok.as_bytes(), home2, 20001);
+    let expected = Action::Relay { to: client(), bytes: ok.clone().into_bytes(), from: Some(service()) };
+    assert_eq!(relayed, [expected], "from the service address the client talked to");
+    let home1 = SocketAddr::from(([198, 51, 100, 11], 5060));
+    assert_eq!(s.fc.core.on_nat_reply(ok.as_bytes(), home1, 20001), [], "not this client's home");
+    assert_eq!(s.fc.core.on_nat_reply(ok.as_bytes(), home2, 20002), [], "no client has that port");
+    assert_eq!(s.fc.counters.nat_replies_relayed.load(Ordering::Relaxed), 1);
+}

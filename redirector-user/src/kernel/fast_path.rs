@@ -10,7 +10,7 @@ use redirector_ebpf::{ClientEntry, Endpoint, NatEntry, NatKey};
 use crate::{
     config::{Config, ForwardingMode},
     kernel::{
-        installed::{InstalledClients, KernelRoute},
+        installed::{InstalledClients, KernelRoute, NatReply},
         loader::{DataPlane, DataPlaneError, endpoint, endpoint_ip, service_endpoints},
         nat_ports::{NatPorts, NatPortsExhausted},
     },
@@ -277,6 +277,7 @@ impl FastPath {
         if let Some(port) = self.nat_port_of.remove(&client) {
             let key = NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 };
             self.dataplane.remove_nat_reply(key)?;
+            self.shared.remove_nat_reply(client.family == redirector_ebpf::FAMILY_V4, port);
             self.nat_ports.release(port);
         }
         Ok(())
@@ -320,6 +321,11 @@ impl FastPath {
         }
         if !writes.clients.is_empty() {
             self.dataplane.install_clients(&writes.clients, &writes.entries)?;
+        }
+        for (key, entry) in writes.nat_keys.iter().zip(&writes.nat_entries) {
+            let (client, service) = (socket_address(&entry.client), socket_address(&entry.service));
+            self.shared
+                .put_nat_reply(u16::from_be(key.edge_port_be), NatReply { client, service, server: entry.server });
         }
         for (client, entry) in writes.clients.iter().zip(&writes.entries) {
             let nat_port = (entry.nat_port_be != 0).then(|| u16::from_be(entry.nat_port_be));

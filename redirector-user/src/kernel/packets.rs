@@ -196,6 +196,25 @@ fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: usize) ->
     header
 }
 
+/// A UDP datagram as a raw socket received it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReceivedUdp<'a> {
+    pub source_port: u16,
+    pub destination_port: u16,
+    pub payload: &'a [u8],
+}
+
+/// The UDP datagram in what a raw UDP socket received: over IPv4 behind
+/// the IP header, over IPv6 from the UDP header on (as Linux delivers
+/// them). `None` if it is cut short or its length is inconsistent.
+pub fn received_udp(bytes: &[u8], ipv4: bool) -> Option<ReceivedUdp<'_>> {
+    let udp = if ipv4 { bytes.get(usize::from(bytes.first()? & 0x0f) * 4..)? } else { bytes };
+    let field = |at: usize| Some(u16::from_be_bytes([*udp.get(at)?, *udp.get(at + 1)?]));
+    let len = usize::from(field(4)?);
+    let payload = udp.get(UDP_HLEN..len)?;
+    Some(ReceivedUdp { source_port: field(0)?, destination_port: field(2)?, payload })
+}
+
 #[cfg(test)]
 #[path = "packets_tests.rs"]
 mod tests;

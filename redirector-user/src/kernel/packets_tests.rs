@@ -153,3 +153,17 @@ fn a_datagram_too_big_for_udp_or_between_families_is_refused() {
     assert_eq!(refused, PacketError::TooBig { len: 65_508 });
     assert!(matches!(udp_packets(v4, v6, b"x", 1, PACKET_LIMIT), Err(PacketError::FamiliesDiffer { .. })));
 }
+
+#[test]
+fn a_raw_sockets_udp_datagram_is_read_behind_the_ipv4_header_and_from_the_start_over_ipv6() {
+    let (from, to): (SocketAddr, SocketAddr) = (SERVICE_V4.parse().unwrap(), CLIENT_V4.parse().unwrap());
+    let packet = udp_packets(from, to, b"SIP/2.0 200 OK", 1, PACKET_LIMIT).unwrap().remove(0);
+    let expected = ReceivedUdp { source_port: 5060, destination_port: 5070, payload: b"SIP/2.0 200 OK" };
+    assert_eq!(received_udp(&packet, true), Some(expected));
+    let (from, to): (SocketAddr, SocketAddr) = (SERVICE_V6.parse().unwrap(), CLIENT_V6.parse().unwrap());
+    let packet = udp_packets(from, to, b"SIP/2.0 200 OK", 1, PACKET_LIMIT).unwrap().remove(0);
+    let expected = ReceivedUdp { source_port: 5060, destination_port: 5070, payload: b"SIP/2.0 200 OK" };
+    assert_eq!(received_udp(&packet[40..], false), Some(expected));
+    assert_eq!(received_udp(&packet[40..47], false), None, "cut short");
+    assert_eq!(received_udp(&packet[40..55], false), None, "shorter than its length says");
+}
