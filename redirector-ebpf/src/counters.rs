@@ -41,7 +41,8 @@ counters! {
     FibMiss => "fib_miss",
     /// The home server or edge has no address of the packet's family: passed.
     NoAddressForFamily => "no_address_for_family",
-    /// dsr: the driver left no headroom for the outer header: passed untouched.
+    /// dsr: the driver left no headroom for the outer header (nat: for the
+    /// `;rport` it adds): passed untouched.
     NoHeadroom => "no_headroom",
     /// nat: a request whose top Via (and whether it asks for `rport`) is
     /// not within the first bytes the program reads: passed to the daemon,

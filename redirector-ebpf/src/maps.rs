@@ -123,7 +123,8 @@ pub struct ClientEntry {
     /// nat mode: the edge source port this client's traffic leaves with,
     /// chosen by user space and unique per edge address. 0 in dsr mode.
     pub nat_port_be: u16,
-    pub _pad: u16,
+    /// `CLIENT_*` bits.
+    pub flags: u16,
     /// CLOCK_MONOTONIC (coarse) of the client's last packet, written by the
     /// program; user space removes entries idle too long.
     pub last_seen_ns: u64,
@@ -131,6 +132,11 @@ pub struct ClientEntry {
     /// estimate (incremented without atomics, see the program).
     pub packets: u64,
 }
+
+/// `ClientEntry::flags`, nat mode: the client's request that put it on the
+/// fast path had no `rport` in its Via, so the program adds one to its
+/// requests (see `via`). Clients that ask for rport skip the Via scan.
+pub const CLIENT_ADDS_RPORT: u16 = 1;
 
 /// `NAT_REPLIES` key: the edge port a home server's reply is addressed to.
 #[repr(C)]

@@ -13,7 +13,7 @@
 pub const RPORT: [u8; 6] = *b";rport";
 
 /// Frame bytes scanned for the top Via, headers included (a power of two).
-pub const VIA_SCAN: usize = 256;
+pub const VIA_SCAN: usize = 512;
 
 /// What a datagram's top Via needs in nat mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -58,6 +58,16 @@ pub enum ServerState {
     Down,
 }
 
+/// Where a request came straight from: the client's socket, the service
+/// address:port it sent to, and whether its top Via asked for `rport`
+/// (RFC 3581). What the fast path needs to take over from first contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub client: SocketAddr,
+    pub service: SocketAddr,
+    pub asks_rport: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct HomeServer {
     pub name: String,

@@ -3,13 +3,17 @@
 //! at a time would put it, and a withdrawal skips entries the kernel no
 //! longer holds.
 
+use std::net::SocketAddr;
+
 use redirector::{
     kernel::{
         fast_path::FastPath,
         loader::{DataPlane, endpoint},
     },
+    model::Origin,
     sip::Aor,
 };
+use redirector_ebpf::CLIENT_ADDS_RPORT;
 use redirector_tests::{
     population::{aor, client, config, service},
     privileged,
@@ -28,7 +32,7 @@ fn batched_moves_write_and_remove_every_entry() {
     let mut fast_path = FastPath::new(dataplane, &config).unwrap();
     let service = service();
     for i in 0..CLIENTS {
-        fast_path.install(&aor(i), client(i), 0, service).unwrap();
+        fast_path.install(&aor(i), origin(i, service), 0).unwrap();
     }
     let aors: Vec<Aor> = (0..CLIENTS).map(aor).collect();
     let ports: Vec<u16> = (0..CLIENTS).map(|i| nat_port(&mut fast_path, i)).collect();
@@ -48,8 +52,15 @@ fn batched_moves_write_and_remove_every_entry() {
         let entry = fast_path.dataplane().client(key).unwrap().unwrap_or_else(|| panic!("client {i} restored"));
         assert_eq!(entry.server, 1, "client {i} points at its new server");
         assert_eq!(u16::from_be(entry.nat_port_be), ports[i as usize], "client {i} keeps its nat port");
+        let adds_rport = entry.flags & CLIENT_ADDS_RPORT != 0;
+        assert_eq!(adds_rport, !origin(i, service).asks_rport, "client {i} keeps whether the kernel adds rport");
         assert_eq!(fast_path.installed(&aor(i)), [key]);
     }
+}
+
+/// Client `i`, whose Via asks for rport when `i` is even.
+fn origin(i: u32, service: SocketAddr) -> Origin {
+    Origin { client: client(i), service, asks_rport: i.is_multiple_of(2) }
 }
 
 /// The nat port of client `i`'s kernel entry (0 without one).

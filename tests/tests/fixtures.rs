@@ -60,6 +60,10 @@ fn nat_fixtures() {
         return;
     }
     let mut fx = Fixture::new("nat");
+    // A client whose first contact asked for rport: its requests are not scanned.
+    let asked = ClientEntry { server: HOME1, nat_port_be: 20050u16.to_be(), ..Default::default() };
+    let client = redirector::kernel::loader::endpoint("10.0.0.2".parse().unwrap(), 5066);
+    fx.dataplane().install_client(client, asked).unwrap();
     let cases = [
         unknown_clients(),
         nat_hits(),
@@ -468,7 +472,15 @@ fn rport_not_added() -> Vec<Case> {
     };
     let long_header = format!("Subject: {}\r\n", "x".repeat(500));
     let long_branch = format!("Via: SIP/2.0/UDP 10.0.0.2;branch={}\r\n", "b".repeat(500));
+    let plain = request("", "Via: SIP/2.0/UDP 10.0.0.2:5066;branch=z9hG4bK1\r\n");
+    let from_asking_client = nat_to_home1(
+        "nat leaves the requests of a client that asked for rport as they are",
+        from_client(&with_payload("10.0.0.2:5066", VIP4, &plain)),
+        &with_payload("10.0.0.1:20050", "10.0.0.11:5060", &plain),
+        None,
+    );
     vec![
+        from_asking_client,
         unchanged("nat leaves a Via with RPORT=1234 as it is", request("", "Via: SIP/2.0/UDP 10.0.0.2;RPORT=1234\r\n")),
         unchanged("nat leaves a Via with rport before its branch", request("", "v: SIP/2.0/UDP a;rport;branch=z\r\n")),
         unchanged(

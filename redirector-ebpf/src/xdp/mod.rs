@@ -24,6 +24,13 @@
 //!    another interface; a VLAN-tagged frame always leaves by `XDP_TX` with
 //!    its tag); an unknown client, a nat entry without an edge port, or a
 //!    down server is passed to user space (`pass_miss`, `pass_server_down`).
+//!    In nat mode, a client whose entry has `CLIENT_ADDS_RPORT` (its first
+//!    request's Via did not ask for rport) gets `;rport` added at the end of
+//!    its request's top Via value when the value has none (`via.rs`; a
+//!    response, whose first bytes are `SIP/`, is left alone); a request
+//!    whose top Via is not complete within the frame's first 512 bytes is
+//!    passed to user space (`pass_via_unseen`), as is one the frame's
+//!    headroom cannot grow for (`no_headroom`).
 //! 7. In nat mode, UDP to the edge address on a port in `NAT_REPLIES` from
 //!    that entry's home server is rewritten back to the client.
 //! 8. Whenever the FIB has no complete answer, the packet is passed untouched

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use redirector_ebpf::{
-    CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter, Endpoint, EventKind, FAMILY_V4, Mode, NatKey,
-    SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState,
+    CLIENT_ADDS_RPORT, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter, Endpoint, EventKind,
+    FAMILY_V4, Mode, NatKey, SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState,
 };
 
 use super::{
@@ -33,6 +33,26 @@ impl Verdict {
 
     const fn counter(self) -> u32 {
         self.0 as u32
+    }
+}
+
+/// What a nat hit needs of its client's entry, in one register (passing
+/// the entry by reference would cost the combined stack a copy of it).
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct Hit(u64);
+
+impl Hit {
+    fn of(client: &ClientEntry) -> Self {
+        Self(((client.flags as u64) << 32) | client.server as u64)
+    }
+
+    const fn server(self) -> u32 {
+        self.0 as u32
+    }
+
+    const fn adds_rport(self) -> bool {
+        (self.0 >> 32) as u16 & CLIENT_ADDS_RPORT != 0
     }
 }
 
@@ -113,7 +133,7 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     };
     let received_bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = if config.mode == Mode::Nat as u8 {
-        forward_nat(ctx, datagram, &edge, &server_addr, client.server)
+        forward_nat(ctx, datagram, &edge, &server_addr, Hit::of(&client))
     } else {
         forward_dsr(ctx, datagram, &edge, &server_addr, client.server)
     };
@@ -142,15 +162,17 @@ fn forward_dsr(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &
 
 // A separate BPF subprogram: its stack does not add to its siblings'.
 #[inline(never)]
-fn forward_nat(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &Endpoint, index: u32) -> Verdict {
+fn forward_nat(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &Endpoint, hit: Hit) -> Verdict {
     if edge.port_be == 0 {
         return PASS_MISS;
     }
-    let add_rport = match rport::inspect(ctx, &datagram.ip) {
-        rport::Needed::Nothing => false,
-        rport::Needed::Rport => true,
-        rport::Needed::Unknown => return Verdict::new(xdp_action::XDP_PASS, Counter::PassViaUnseen),
-    };
+    let add_rport = hit.adds_rport()
+        && match rport::inspect(ctx, &datagram.ip) {
+            rport::Needed::Nothing => false,
+            rport::Needed::Rport => true,
+            rport::Needed::Unknown => return Verdict::new(xdp_action::XDP_PASS, Counter::PassViaUnseen),
+        };
+    let index = hit.server();
     let len = datagram.ip.len + if add_rport { rport::GROWTH } else { 0 };
     let mut hop = NextHop::default();
     let found = route::lookup(ctx, edge, server, len, &mut hop);

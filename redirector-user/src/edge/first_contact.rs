@@ -41,7 +41,7 @@ use crate::{
         watchers::{DialogId, Subscription},
     },
     kernel::installed::{InstalledClients, KernelRoute, NatReply},
-    model::{HomeServer, Policy, ServerState},
+    model::{HomeServer, Origin, Policy, ServerState},
     sip::{
         Aor, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
         response::{self, Basis},
@@ -78,7 +78,7 @@ pub enum Action {
     /// `aor`'s assignment still has `generation` (a move may have happened
     /// since this was decided); `service` is where it sent to (the source
     /// of nat replies).
-    Install { client: SocketAddr, service: SocketAddr, server: u32, aor: Aor, generation: u64 },
+    Install { origin: Origin, server: u32, aor: Aor, generation: u64 },
     /// The server in slot `server` answered health ping `sequence`.
     PingAnswered { server: u32, sequence: u32 },
     /// A SUBSCRIBE is being proxied: record its dialog, routed by the
@@ -188,6 +188,9 @@ struct Request<'a> {
     /// Straight from its client, and not a SUBSCRIBE: the client goes on
     /// the fast path.
     installable: bool,
+    /// Its top Via asked for `rport` (in nat mode, the kernel adds it to
+    /// the requests of clients that do not).
+    asks_rport: bool,
     /// The client's usable assignment from the cache, if it has one.
     known: Option<Cached>,
 }
@@ -201,10 +204,14 @@ pub struct NewClient {
     /// Where its first request came from (new clients are admitted per
     /// source prefix).
     pub source: std::net::IpAddr,
-    pub installs: Vec<(SocketAddr, SocketAddr)>,
+    pub installs: Vec<Origin>,
 }
 
 impl Request<'_> {
+    fn origin(&self) -> Origin {
+        Origin { client: self.source, service: self.local, asks_rport: self.asks_rport }
+    }
+
     /// A known client that moved while its batch waited: its new home.
     fn refresh(&mut self, cache: &Cache) {
         let Some(known) = &self.known else { return };
@@ -231,7 +238,7 @@ impl Batch<'_> {
                     clients.len() - 1
                 }
             };
-            let install = (request.source, request.local);
+            let install = request.origin();
             if request.installable && !clients[index].installs.contains(&install) {
                 clients[index].installs.push(install);
             }
@@ -340,8 +347,8 @@ impl FirstContact {
 
     /// A datagram from a client on the fast path, sent on as the kernel
     /// sends its small ones: dsr from the client's own address through the
-    /// tunnel, nat from its edge port with `;rport` added to a request's top
-    /// Via (as `redirector_ebpf::via` makes the program do).
+    /// tunnel, nat from its edge port, with `;rport` added to a request's
+    /// top Via for a client the program adds it for (`redirector_ebpf::via`).
     fn forward_as_kernel(
         &self,
         datagram: &[u8],
@@ -357,7 +364,8 @@ impl FirstContact {
         let bytes = datagram.to_vec();
         vec![match route.nat_port {
             None => Action::Encapsulate { client: source, service: local, home: home.ip(), bytes },
-            Some(edge_port) => Action::Translate { edge_port, home, bytes: with_rport(bytes) },
+            Some(edge_port) if route.adds_rport => Action::Translate { edge_port, home, bytes: with_rport(bytes) },
+            Some(edge_port) => Action::Translate { edge_port, home, bytes },
         }]
     }
 
@@ -450,7 +458,10 @@ impl FirstContact {
         };
         let known = self.cache.get(&aor).filter(|cached| self.pool.load().usable(&cached.server));
         let installable = basis.vias.len() == 1 && message.method() != Some("SUBSCRIBE");
-        Item::Request(Box::new(Request { message, basis, source, local, redirect, aor, installable, known }))
+        let asks_rport =
+            basis.vias.first().and_then(|top| Via::parse(top).ok()).is_some_and(|via| via.param("rport").is_some());
+        let request = Request { message, basis, source, local, redirect, aor, installable, asks_rport, known };
+        Item::Request(Box::new(request))
     }
 
     fn answer_request(&self, request: &mut Request<'_>, assigned: Assignments<'_>, pool: &Pool) -> Vec<Action> {
@@ -493,8 +504,8 @@ impl FirstContact {
             actions.extend(self.watch(&request.message, request.aor.clone(), source, generation));
         } else if request.installable && request.known.is_some() && home.effective_state() != ServerState::Down {
             // (A new client was put on the fast path with its assignment.)
-            let (client, service, aor) = (source, request.local, request.aor.clone());
-            actions.push(Action::Install { client, service, server: home.index, aor, generation });
+            let (origin, aor) = (request.origin(), request.aor.clone());
+            actions.push(Action::Install { origin, server: home.index, aor, generation });
         }
         actions
     }

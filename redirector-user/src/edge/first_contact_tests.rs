@@ -92,7 +92,7 @@ impl Harness {
             let Some(Ok(done)) = assigned.and_then(|a| a.get(&client.aor)) else { continue };
             let Some(home) = pool.server(&done.assignment.server) else { continue };
             if home.effective_state() != ServerState::Down {
-                let installs = client.installs.iter().map(|(source, _)| (client.aor.clone(), *source, home.index));
+                let installs = client.installs.iter().map(|origin| (client.aor.clone(), origin.client, home.index));
                 self.installed.borrow_mut().extend(installs);
             }
         }
@@ -808,10 +808,11 @@ fn big(method: &str, via: &str) -> Vec<u8> {
 const VIA_WITHOUT_RPORT: &str = "Via: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1\r\n";
 
 /// The kernel's route for `client()` in `mode`: to home2 (slot 1), with
-/// edge port 20001 in nat mode.
+/// edge port 20001 in nat mode, where the program adds `;rport` for it
+/// (its first request's Via had none).
 fn on_fast_path(s: &Setup, mode: &str) {
     let nat_port = (mode == "nat").then_some(20001);
-    s.fc.kernel.put(client(), KernelRoute { server: 1, nat_port });
+    s.fc.kernel.put(client(), KernelRoute { server: 1, nat_port, adds_rport: nat_port.is_some() });
 }
 
 #[test]
@@ -836,6 +837,13 @@ fn a_fast_path_clients_passed_up_requests_go_to_its_home_as_the_kernel_sends_the
             assert_eq!(count("forwarded_for_fast_path"), 1, "{case}");
             for first_contact in ["requests", "redirected", "proxied", "assigned"] {
                 assert_eq!(count(first_contact), 0, "{case}: no first contact ({first_contact})");
+            }
+            if mode == "nat" {
+                // A client that asked for rport: the program leaves its requests alone.
+                s.fc.kernel.put(client(), KernelRoute { server: 1, nat_port: Some(20001), adds_rport: false });
+                let actions = s.fc.on_service_datagram(&request, client(), service());
+                let unchanged = Action::Translate { edge_port: 20001, home: home2, bytes: request.clone() };
+                assert_eq!(actions, [unchanged], "{case}: no rport added");
             }
         }
     }
@@ -889,4 +897,20 @@ fn a_home_servers_passed_up_reply_to_a_nat_port_is_relayed_to_its_client_and_a_s
     assert_eq!(s.fc.core.on_nat_reply(ok.as_bytes(), home1, 20001), [], "not this client's home");
     assert_eq!(s.fc.core.on_nat_reply(ok.as_bytes(), home2, 20002), [], "no client has that port");
     assert_eq!(s.fc.counters.nat_replies_relayed.load(Ordering::Relaxed), 1);
+}
+
+/// In nat mode the kernel adds `;rport` to the requests of clients whose
+/// Via did not ask for it: first contact says which did.
+#[test]
+fn a_known_client_is_installed_with_whether_its_via_asked_for_rport() {
+    let s = setup(Policy::Proxy);
+    let without = ONE_VIA.replace(";rport", "");
+    for (via, asks_rport) in [(ONE_VIA, true), (without.as_str(), false)] {
+        s.fc.on_service_datagram(&register(via, ""), client(), service());
+        let again = s.fc.on_service_datagram(&register(via, ""), client(), service());
+        let Some(Action::Install { origin, .. }) = again.iter().find(|a| matches!(a, Action::Install { .. })) else {
+            panic!("a known client is installed again: {again:?}")
+        };
+        assert_eq!(*origin, Origin { client: client(), service: service(), asks_rport }, "{via}");
+    }
 }

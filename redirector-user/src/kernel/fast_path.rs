@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
-use redirector_ebpf::{ClientEntry, Endpoint, NatEntry, NatKey};
+use redirector_ebpf::{CLIENT_ADDS_RPORT, ClientEntry, Endpoint, NatEntry, NatKey};
 
 use crate::{
     config::{Config, ForwardingMode},
@@ -14,6 +14,7 @@ use crate::{
         loader::{DataPlane, DataPlaneError, endpoint, endpoint_ip, service_endpoints},
         nat_ports::{NatPorts, NatPortsExhausted},
     },
+    model::Origin,
     sip::Aor,
 };
 
@@ -35,8 +36,9 @@ pub struct FastPath {
     dataplane: DataPlane,
     mode: ForwardingMode,
     nat_ports: NatPorts,
-    /// A client keeps its edge port across re-installs.
-    nat_port_of: HashMap<Endpoint, u16>,
+    /// A client keeps its edge port (and whether the program adds `rport`
+    /// for it) across re-installs.
+    nat_port_of: HashMap<Endpoint, NatClient>,
     /// AOR → (client key, service endpoint it talked to).
     installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>>,
     /// The AORs the current scan has yet to look at.
@@ -44,6 +46,14 @@ pub struct FastPath {
     /// The client entries as first contact reads them, kept in step with
     /// every write and removal.
     shared: Arc<InstalledClients>,
+}
+
+/// A nat client's edge port, and whether the program adds `;rport` to its
+/// requests' top Via (`CLIENT_ADDS_RPORT`).
+#[derive(Debug, Clone, Copy)]
+struct NatClient {
+    port: u16,
+    adds_rport: bool,
 }
 
 /// A learned client address as one scan step read it from the kernel.
@@ -108,7 +118,8 @@ impl FastPath {
             // nat replies come from the first one of their family.
             let family = endpoint(client.address.ip(), 0).family;
             let service = service_endpoints(config).find(|s| s.family == family).unwrap_or_default();
-            fast_path.put(endpoint(client.address.ip(), client.address.port()), server, service)?;
+            // Nor whether they ask for rport: the program checks each request.
+            fast_path.put(endpoint(client.address.ip(), client.address.port()), server, service, Some(true))?;
         }
         Ok(fast_path)
     }
@@ -122,17 +133,13 @@ impl FastPath {
         &mut self.dataplane
     }
 
-    /// Forwards `client`'s traffic to the server in slot `server`; `service`
-    /// is the address:port it talked to (the source of nat replies).
-    pub fn install(
-        &mut self,
-        aor: &Aor,
-        client: SocketAddr,
-        server: u32,
-        service: SocketAddr,
-    ) -> Result<(), FastPathError> {
+    /// Forwards `origin`'s traffic to the server in slot `server` (`origin`
+    /// names the service address:port it talked to, the source of nat
+    /// replies, and whether its Via asked for rport).
+    pub fn install(&mut self, aor: &Aor, origin: Origin, server: u32) -> Result<(), FastPathError> {
+        let (client, service) = (origin.client, origin.service);
         let entry = (endpoint(client.ip(), client.port()), endpoint(service.ip(), service.port()));
-        self.put(entry.0, server, entry.1)?;
+        self.put(entry.0, server, entry.1, Some(!origin.asks_rport))?;
         let entries = self.installed.entry(aor.clone()).or_default();
         if !entries.contains(&entry) {
             entries.push(entry);
@@ -177,7 +184,7 @@ impl FastPath {
         for (withdrawn, server) in &moves {
             for &(client, service) in &withdrawn.entries {
                 if result.is_ok() {
-                    result = self.entry_for(client, *server, service, &mut writes);
+                    result = self.entry_for(client, (*server, service), None, &mut writes);
                 }
             }
         }
@@ -274,7 +281,7 @@ impl FastPath {
 
     /// Frees `client`'s edge port and its reply entry, if it has one.
     fn release_nat_port(&mut self, client: Endpoint) -> Result<(), FastPathError> {
-        if let Some(port) = self.nat_port_of.remove(&client) {
+        if let Some(NatClient { port, .. }) = self.nat_port_of.remove(&client) {
             let key = NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 };
             self.dataplane.remove_nat_reply(key)?;
             self.shared.remove_nat_reply(client.family == redirector_ebpf::FAMILY_V4, port);
@@ -283,29 +290,41 @@ impl FastPath {
         Ok(())
     }
 
-    fn put(&mut self, client: Endpoint, server: u32, service: Endpoint) -> Result<(), FastPathError> {
-        let mut writes = Writes::default();
-        self.entry_for(client, server, service, &mut writes)?;
-        self.write(&writes)
-    }
-
-    /// The kernel entries that forward `client` to the server in slot
-    /// `server` (in nat mode with its edge port, kept across re-installs).
-    fn entry_for(
+    fn put(
         &mut self,
         client: Endpoint,
         server: u32,
         service: Endpoint,
+        adds_rport: Option<bool>,
+    ) -> Result<(), FastPathError> {
+        let mut writes = Writes::default();
+        self.entry_for(client, (server, service), adds_rport, &mut writes)?;
+        self.write(&writes)
+    }
+
+    /// The kernel entries that forward `client` to the server in slot
+    /// `server` (in nat mode with its edge port and `adds_rport`, both kept
+    /// across re-installs when `adds_rport` is `None`).
+    fn entry_for(
+        &mut self,
+        client: Endpoint,
+        (server, service): (u32, Endpoint),
+        adds_rport: Option<bool>,
         writes: &mut Writes,
     ) -> Result<(), FastPathError> {
         let mut entry = ClientEntry { server, last_seen_ns: monotonic_ns(), ..Default::default() };
         if self.mode == ForwardingMode::Nat {
-            let port = match self.nat_port_of.get(&client) {
-                Some(&port) => port,
+            let recorded = self.nat_port_of.get(&client).copied();
+            let port = match recorded {
+                Some(nat) => nat.port,
                 None => self.nat_ports.allocate()?,
             };
-            self.nat_port_of.insert(client, port);
+            let adds_rport = adds_rport.or(recorded.map(|nat| nat.adds_rport)).unwrap_or(true);
+            self.nat_port_of.insert(client, NatClient { port, adds_rport });
             entry.nat_port_be = port.to_be();
+            if adds_rport {
+                entry.flags |= CLIENT_ADDS_RPORT;
+            }
             writes.nat_keys.push(NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 });
             writes.nat_entries.push(NatEntry { client, service, server });
         }
@@ -329,7 +348,8 @@ impl FastPath {
         }
         for (client, entry) in writes.clients.iter().zip(&writes.entries) {
             let nat_port = (entry.nat_port_be != 0).then(|| u16::from_be(entry.nat_port_be));
-            self.shared.put(socket_address(client), KernelRoute { server: entry.server, nat_port });
+            let adds_rport = entry.flags & CLIENT_ADDS_RPORT != 0;
+            self.shared.put(socket_address(client), KernelRoute { server: entry.server, nat_port, adds_rport });
         }
         Ok(())
     }

@@ -20,6 +20,9 @@ pub struct KernelRoute {
     pub server: u32,
     /// nat mode: the client's edge port.
     pub nat_port: Option<u16>,
+    /// nat mode: the program adds `;rport` to its requests' top Via
+    /// (`CLIENT_ADDS_RPORT`).
+    pub adds_rport: bool,
 }
 
 /// Where the kernel relays a home server's reply to an edge port (nat).

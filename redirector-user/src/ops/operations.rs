@@ -44,7 +44,7 @@ use crate::{
         fast_path::{FastPath, FastPathError, Reading},
         loader,
     },
-    model::{HomeServer, ServerState},
+    model::{HomeServer, Origin, ServerState},
     ops::api::{Client, DaemonStatus, Entry, Move, PlannedMove, Reply, Request, Route, ServerStatus, Stats},
     sip::{Aor, ParseError},
     store::{StoreError, unix_seconds},
@@ -251,7 +251,7 @@ impl Operations {
             }
             // As first contact answers: a client of a family the home has
             // no address of gets a 503, and no fast path.
-            let answered = client.installs.iter().filter(|(source, _)| home.address_for(*source).is_some());
+            let answered = client.installs.iter().filter(|origin| home.address_for(origin.client).is_some());
             for &install in answered.collect::<Vec<_>>() {
                 self.install(&client.aor, install, home.index, done.assignment.generation);
             }
@@ -263,9 +263,7 @@ impl Operations {
     /// dialogs, health answers. Sends are not the owner's.
     pub fn apply(&mut self, action: Action) {
         match action {
-            Action::Install { client, service, server, aor, generation } => {
-                self.install(&aor, (client, service), server, generation)
-            }
+            Action::Install { origin, server, aor, generation } => self.install(&aor, origin, server, generation),
             Action::Watch { subscription, expires, generation } => self.watch(*subscription, expires, generation),
             Action::SubscribeAnswered { id, code, notifier_tag } => {
                 self.watchers.answered(&id, code, notifier_tag.as_deref())
@@ -287,12 +285,13 @@ impl Operations {
     /// Puts `client` on the fast path if the assignment it was routed by
     /// is still current: a move between decision and install must not be
     /// undone.
-    fn install(&mut self, aor: &Aor, (client, service): (SocketAddr, SocketAddr), server: u32, generation: u64) {
+    fn install(&mut self, aor: &Aor, origin: Origin, server: u32, generation: u64) {
+        let client = origin.client;
         if self.assignments.generation(aor) != Some(generation) {
             tracing::debug!(%aor, %client, "not installed: the assignment moved meanwhile");
             return;
         }
-        match self.fast_path.install(aor, client, server, service) {
+        match self.fast_path.install(aor, origin, server) {
             Ok(()) => {
                 bump(&self.counters.installed);
                 tracing::debug!(%aor, %client, server, "on the fast path");

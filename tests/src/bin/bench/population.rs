@@ -11,6 +11,7 @@ use std::{
 
 use redirector::{
     kernel::{fast_path::FastPath, loader::DataPlane},
+    model::Origin,
     sip::Aor,
     store::{AssignmentStore, RedbStore},
 };
@@ -50,7 +51,8 @@ impl Population {
 
         let start = Instant::now();
         for (i, aor) in aors.iter().enumerate() {
-            fast_path.install(aor, client(i as u32), 0, service()).expect("installing a client");
+            let origin = Origin { client: client(i as u32), service: service(), asks_rport: true };
+            fast_path.install(aor, origin, 0).expect("installing a client");
         }
         let seed_kernel = start.elapsed();
         Self { count, store, fast_path, database, seed_store, seed_kernel }
