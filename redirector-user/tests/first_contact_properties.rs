@@ -56,7 +56,7 @@ fn first_contact() -> FirstContact {
         services: vec!["192.0.2.10:5060".parse().unwrap()],
     };
     let pool = pool::view(Pool::new(vec![home]));
-    FirstContact::new(settings, pool, Arc::new(Cache::default()), Arc::new(Counters::default()))
+    FirstContact::new(settings, pool, Arc::new(Cache::default()), Arc::default(), Arc::new(Counters::default()))
 }
 
 /// First contact's answers, the owner assigning every new client to home1.

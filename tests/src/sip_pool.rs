@@ -228,13 +228,25 @@ pub fn sipp_over(
     local_port: u16,
     service: &str,
 ) -> Output {
-    run_sipp(topology, family, scenario_name, (calls, local_port), service, Rport::Asked)
+    run_sipp(topology, family, scenario_name, (calls, local_port), service, Rport::Asked, &[])
 }
 
 /// As `sipp_over`, for a client that does not ask for `rport`: scenarios
 /// that write their Via's parameters as `[rport]` send none.
 pub fn sipp_over_without_rport(topology: &Topology, family: Family, scenario_name: &str, local_port: u16) -> Output {
-    run_sipp(topology, family, scenario_name, (1, local_port), "user", Rport::NotAsked)
+    run_sipp(topology, family, scenario_name, (1, local_port), "user", Rport::NotAsked, &[])
+}
+
+/// As `sipp_over_without_rport`, with the scenario's keywords `keys`
+/// (name, value) set.
+pub fn sipp_with_keys_without_rport(
+    topology: &Topology,
+    family: Family,
+    scenario_name: &str,
+    local_port: u16,
+    keys: &[(&str, &str)],
+) -> Output {
+    run_sipp(topology, family, scenario_name, (1, local_port), "user", Rport::NotAsked, keys)
 }
 
 /// What a scenario's `[rport]` keyword stands for.
@@ -251,8 +263,8 @@ enum Rport {
 /// whether every call succeeded.
 pub fn sipp_clients(topology: &Topology, scenario_name: &str, clients: u16, first_port: u16, prefix: &str) -> bool {
     (0..clients).all(|i| {
-        let output =
-            run_sipp(topology, Family::V4, scenario_name, (1, first_port + i), &format!("{prefix}{i}-"), Rport::Asked);
+        let service = format!("{prefix}{i}-");
+        let output = run_sipp(topology, Family::V4, scenario_name, (1, first_port + i), &service, Rport::Asked, &[]);
         output.status.success()
     })
 }
@@ -264,8 +276,12 @@ fn run_sipp(
     (calls, local_port): (u32, u16),
     service: &str,
     rport: Rport,
+    keys: &[(&str, &str)],
 ) -> Output {
     let (mut command, errors) = sipp_command(topology, family, scenario_name, (calls, local_port), service, rport);
+    for (key, value) in keys {
+        command.args(["-key", key, value]);
+    }
     let output = command.stdin(Stdio::null()).output().expect("running sipp (apt-get install sip-tester)");
     if !output.status.success() {
         let errors = std::fs::read_to_string(&errors).unwrap_or_default();

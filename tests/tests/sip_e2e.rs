@@ -10,7 +10,7 @@ use redirector_tests::{
     privileged,
     sip_pool::{
         BackgroundSipp, InProcessEdge, Registrar, sipp, sipp_clients, sipp_over, sipp_over_without_rport,
-        start_registrars,
+        sipp_with_keys_without_rport, start_registrars,
     },
     topology::{Attach, CLIENT, CLIENT_V6, Family, SERVICE, Topology, receive, socket_in},
 };
@@ -267,6 +267,124 @@ fn one_socket_registering_six_lines_registers_each_at_its_own_home() {
     let homes: std::collections::HashSet<&str> = routes.iter().map(|r| r.server.as_str()).collect();
     assert!(homes.len() > 1, "the lines are spread over the homes: {homes:?}");
     assert!(edge.kernel(Counter::PassOtherAor) >= LINES as u64 - 1, "the kernel passed up the other lines");
+}
+
+/// How a fast-path client's request comes to be passed up by the program.
+#[derive(Clone, Copy, Debug)]
+enum TooBig {
+    /// About 3,000 bytes (a big header, a big body): IP fragments over the
+    /// 1,500-byte veth MTU.
+    Fragmented,
+    /// About 1,400 bytes, one frame from the client, but the edge's route
+    /// to the homes has an MTU of 1,280 (locked: only a locked route MTU
+    /// binds forwarding): the FIB would have to fragment it.
+    OverRouteMtu,
+}
+
+/// `count` Contact values of about 215 bytes at the client's socket, as a
+/// phone with many bindings sends them; the last one's user starts
+/// `binding-last`.
+fn many_contacts(family: Family, count: usize) -> String {
+    let at = std::net::SocketAddr::new(family.client(), 5070);
+    let user = |i: usize| if i + 1 == count { "binding-last".to_owned() } else { format!("binding{i}") };
+    let contact = |i| format!("<sip:{}-{}@{at}>", user(i), "x".repeat(180));
+    (0..count).map(contact).collect::<Vec<_>>().join(", ")
+}
+
+/// A client on the fast path sends a big REGISTER (many Contacts) and
+/// INVITE (a big body), which the program passes up (`TooBig`). The daemon
+/// sends each on as the kernel sends the client's small datagrams (dsr:
+/// from the client's own socket through the tunnel; nat: from its edge
+/// port, `;rport` added, as this client sends none), so stock Kamailio
+/// answers them itself: 200 listing every binding, and 404 where the
+/// edge's first contact would send 302. In nat, the 200 to the 3,000-byte
+/// REGISTER is as big and reaches the edge as fragments: the daemon relays
+/// it to the client as the program relays small replies.
+fn big_requests_from_a_fast_path_client_reach_its_home(mode: &'static str, family: Family, size: TooBig) {
+    let case = format!("{mode}/{family:?}/{size:?}");
+    let mut topology = Topology::new(mode, Attach::Native, 2);
+    topology.families = family.only();
+    topology.first_contact = None;
+    start_registrars(&mut topology, Registrar::Kamailio);
+    // (INVITE body, Contacts): about 3,000-byte requests, or 1,400-byte ones.
+    let (body, bindings) = match size {
+        TooBig::Fragmented => (2700, 13),
+        TooBig::OverRouteMtu => {
+            for home in 0..topology.homes.len() {
+                topology.edge.ip(&format!("route replace {} dev e0 mtu lock 1280", family.home(home)));
+            }
+            (1050, 5)
+        }
+    };
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    let (pad, contacts) = ("x".repeat(body), many_contacts(family, bindings));
+    let keys = [("pad", pad.as_str()), ("contacts", contacts.as_str())];
+    let output = sipp_with_keys_without_rport(&topology, family, "big_requests.xml", 5070, &keys);
+    assert!(output.status.success(), "{case}: sipp: {}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(edge.first_contact("proxied"), 1, "{case}: only the small REGISTER met first contact");
+    assert_eq!(edge.first_contact("requests"), 1, "{case}: the big ones were no first contact");
+    assert_eq!(edge.first_contact("redirected"), 0, "{case}: no 302");
+    let forwarded = edge.first_contact("forwarded_for_fast_path");
+    assert!(forwarded >= 2, "{case}: the big REGISTER and INVITE sent on for the fast path: {forwarded}");
+    let (fragments, fib_misses) = (edge.kernel(Counter::Fragment), edge.kernel(Counter::FibMiss));
+    match size {
+        TooBig::Fragmented => {
+            assert!(fragments >= 4, "{case}: each came as IP fragments: {fragments}");
+            if mode == "nat" {
+                let relayed = edge.first_contact("nat_replies_relayed");
+                assert!(relayed >= 1, "{case}: Kamailio's fragmented 200, relayed to the client: {relayed}");
+            }
+        }
+        // Only a whole frame meets the FIB (Kamailio's 200 listing every
+        // binding may still come back as fragments).
+        TooBig::OverRouteMtu => assert!(fib_misses >= 2, "{case}: each was too big for the route: {fib_misses}"),
+    }
+}
+
+#[test]
+fn big_requests_from_a_fast_path_client_reach_its_home_through_a_dsr_edge() {
+    if privileged() {
+        big_requests_from_a_fast_path_client_reach_its_home("dsr", Family::V4, TooBig::Fragmented);
+    }
+}
+
+#[test]
+fn big_requests_from_a_fast_path_client_reach_its_home_through_a_nat_edge() {
+    if privileged() {
+        big_requests_from_a_fast_path_client_reach_its_home("nat", Family::V4, TooBig::Fragmented);
+    }
+}
+
+#[test]
+fn ipv6_big_requests_from_a_fast_path_client_reach_its_home_through_a_dsr_edge() {
+    if privileged() {
+        big_requests_from_a_fast_path_client_reach_its_home("dsr", Family::V6, TooBig::Fragmented);
+    }
+}
+
+#[test]
+fn ipv6_big_requests_from_a_fast_path_client_reach_its_home_through_a_nat_edge() {
+    if privileged() {
+        big_requests_from_a_fast_path_client_reach_its_home("nat", Family::V6, TooBig::Fragmented);
+    }
+}
+
+#[test]
+fn requests_the_fib_would_fragment_reach_the_home_through_a_dsr_edge_over_both_families() {
+    if privileged() {
+        for family in [Family::V4, Family::V6] {
+            big_requests_from_a_fast_path_client_reach_its_home("dsr", family, TooBig::OverRouteMtu);
+        }
+    }
+}
+
+#[test]
+fn requests_the_fib_would_fragment_reach_the_home_through_a_nat_edge_over_both_families() {
+    if privileged() {
+        for family in [Family::V4, Family::V6] {
+            big_requests_from_a_fast_path_client_reach_its_home("nat", family, TooBig::OverRouteMtu);
+        }
+    }
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //! refilled lazily: it is keyed by client source address, which only a
 //! client's next first contact tells us.
 
+mod nat_replies;
+mod raw;
 mod sockets;
 mod tasks;
 
@@ -24,6 +26,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use self::{
+    raw::{RawSender, RawSockets},
     sockets::{Senders, bind_shared, registered},
     tasks::{Context, Tasks, named, spawn, supervise},
 };
@@ -62,6 +65,10 @@ pub enum DaemonError {
         "creating the control socket {path}: {source} (is another redirector using it? is its directory writable?)"
     )]
     Control { path: std::path::PathBuf, source: std::io::Error },
+    #[error(
+        "opening a raw socket for fast-path clients' passed-up datagrams (IP fragments): {0} (redirector needs CAP_NET_RAW)"
+    )]
+    Raw(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -106,6 +113,10 @@ pub struct Daemon {
     services: Vec<std::net::UdpSocket>,
     /// Per family the edge serves, one socket per core.
     proxies: Vec<std::net::UdpSocket>,
+    /// What fast-path clients' passed-up datagrams leave by.
+    raw: RawSockets,
+    /// nat: where home servers' passed-up replies to edge ports arrive.
+    nat_replies: Vec<socket2::Socket>,
     health: config::Health,
     idle_timeout: Duration,
     expiry: Option<expiry::Policy>,
@@ -149,6 +160,8 @@ impl Daemon {
                 metrics::bind(address).map_err(|source| DaemonError::Bind { address, what, source })
             })
             .transpose()?;
+        let raw = RawSockets::open(config.edge.ipv4, config.edge.ipv6).map_err(DaemonError::Raw)?;
+        let nat_replies = nat_reply_sockets(config).map_err(DaemonError::Raw)?;
         let control = control::bind(&config.control.socket)
             .map_err(|source| DaemonError::Control { path: config.control.socket.clone(), source })?;
         let mut dataplane = DataPlane::load_with_client_capacity(config.fast_path.max_clients)?;
@@ -164,7 +177,7 @@ impl Daemon {
             proxies: proxy_addresses,
             services: service_addresses,
         };
-        let core = FirstContact::new(settings, pool.clone(), assignments.cache(), counters.clone());
+        let core = FirstContact::new(settings, pool.clone(), assignments.cache(), fast_path.shared(), counters.clone());
         let (watchers, deactivated) = Watchers::new(config.watchers.capacity);
         let watcher_counters = watchers.counters.clone();
         let tracker = Tracker::new(config.servers.len(), config.health.down_after, config.health.up_after);
@@ -195,6 +208,8 @@ impl Daemon {
             control,
             services,
             proxies,
+            raw,
+            nat_replies,
             health: config.health.clone(),
             idle_timeout: Duration::from_secs_f64(config.fast_path.idle_timeout),
             expiry,
@@ -218,7 +233,9 @@ impl Daemon {
         let deactivated = self.deactivated.lock().expect("receiver lock").take().ok_or(DaemonError::ServedTwice)?;
         let events = self.events.lock().expect("events lock").take().ok_or(DaemonError::ServedTwice)?;
         let (notify_answers, answers) = mpsc::channel(tasks::NOTIFY_ANSWERS);
-        let context = Context { core: self.core.clone(), owner: self.owner.clone(), senders, notify_answers };
+        let raw = self.raw.try_clone().and_then(RawSender::new).map_err(io("registering the raw sockets"))?;
+        let context =
+            Context { core: self.core.clone(), owner: self.owner.clone(), senders, raw: Arc::new(raw), notify_answers };
         let mut tasks = Tasks::new();
         let notifying = tasks::notify(notifier, deactivated, answers, context.senders.clone());
         spawn(&mut tasks, "notifier".into(), notifying);
@@ -232,6 +249,12 @@ impl Daemon {
         }
         for (index, socket) in proxies.iter().enumerate() {
             spawn(&mut tasks, named("proxy", socket, index), tasks::serve_proxy(socket.clone(), context.clone()));
+        }
+        for (index, socket) in self.nat_replies.iter().enumerate() {
+            let socket =
+                socket.try_clone().and_then(nat_replies::registered).map_err(io("registering a nat reply socket"))?;
+            let serving = nat_replies::serve(socket, context.clone());
+            spawn(&mut tasks, format!("nat replies (#{index})"), serving);
         }
         let interval = Duration::from_secs_f64(self.health.interval);
         spawn(&mut tasks, "health".into(), tasks::health(context.clone(), interval));
@@ -302,6 +325,16 @@ impl Drop for Daemon {
             let _ = thread.join();
         }
     }
+}
+
+/// nat: a raw socket per edge address for passed-up replies to edge ports.
+fn nat_reply_sockets(config: &Config) -> std::io::Result<Vec<socket2::Socket>> {
+    if config.mode != config::ForwardingMode::Nat {
+        return Ok(Vec::new());
+    }
+    let edges = [config.edge.ipv4.map(std::net::IpAddr::V4), config.edge.ipv6.map(std::net::IpAddr::V6)];
+    let ports = config.edge.nat_port_range();
+    edges.into_iter().flatten().map(|edge| nat_replies::open(edge, &ports)).collect()
 }
 
 fn bind_all(addresses: &[SocketAddr], cores: usize, what: &'static str) -> Result<Vec<std::net::UdpSocket>> {

@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 
 use super::{
     DaemonError, Result,
+    raw::RawSender,
     sockets::{Received, Senders, send, send_all},
 };
 use crate::{
@@ -73,6 +74,7 @@ pub struct Context {
     pub core: FirstContact,
     pub owner: Owner,
     pub senders: Senders,
+    pub raw: Arc<RawSender>,
     pub notify_answers: mpsc::Sender<NotifyAnswer>,
 }
 
@@ -111,10 +113,11 @@ pub async fn serve_proxy(socket: Arc<UdpSocket>, context: Context) -> Result<()>
 /// the answer that makes the client come back), then the datagrams are sent.
 async fn act(actions: Vec<Action>, socket: &Arc<UdpSocket>, context: &Context) -> Result<()> {
     debug!(?actions, "first contact");
-    let (mut sends, mut changes) = (Vec::new(), Vec::new());
+    let (mut sends, mut raw_sends, mut changes) = (Vec::new(), Vec::new(), Vec::new());
     for action in actions {
         match action {
             Action::Reply { .. } | Action::Forward { .. } | Action::Relay { .. } => sends.push(action),
+            Action::Encapsulate { .. } | Action::Translate { .. } => raw_sends.push(action),
             Action::NotifyAnswered { branch, code, from } => {
                 let answer = NotifyAnswer { branch, code, from };
                 match context.notify_answers.try_send(answer) {
@@ -135,6 +138,9 @@ async fn act(actions: Vec<Action>, socket: &Arc<UdpSocket>, context: &Context) -
         context.owner.apply(changes).await?;
     }
     send_grouped(&sends, socket, &context.senders).await;
+    for action in &raw_sends {
+        context.raw.send(action).await;
+    }
     Ok(())
 }
 

@@ -15,10 +15,17 @@
 //! * A client that talked to us directly has its source address put on the
 //!   fast path. A forwarded request's source is the upstream proxy, which
 //!   speaks for many clients, so it is never installed.
+//! * A datagram from a client already on the fast path is no first contact:
+//!   the program passed it up only because it was an IP fragment (the
+//!   kernel reassembled it) or too big for the egress MTU once forwarded.
+//!   It goes on to the client's home server as the kernel sends the
+//!   client's small datagrams (`Action::Encapsulate`, `Action::Translate`);
+//!   in nat mode a home server's reply to a client's edge port that came
+//!   as fragments is relayed to the client as the program relays small ones.
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::AtomicU64},
 };
 
@@ -37,6 +44,7 @@ use crate::{
         pool::{Pool, PoolView},
         watchers::{DialogId, Subscription},
     },
+    kernel::installed::{InstalledClients, KernelRoute, NatReply},
     model::{HomeServer, Origin, Policy, ServerState},
     sip::{
         Aor, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
@@ -85,6 +93,14 @@ pub enum Action {
     SubscribeAnswered { id: DialogId, code: u16, notifier_tag: Option<String> },
     /// A watcher's answer to one of our NOTIFYs.
     NotifyAnswered { branch: String, code: u16, from: SocketAddr },
+    /// dsr, for a client on the fast path: `bytes` as a UDP datagram from
+    /// `client` to `service`, through the tunnel to `home`, fragmented to
+    /// fit (the home reassembles it and answers the client directly).
+    Encapsulate { client: SocketAddr, service: SocketAddr, home: IpAddr, bytes: Vec<u8> },
+    /// nat, for a client on the fast path: `bytes` as a UDP datagram from
+    /// the edge address of `home`'s family and the client's `edge_port` to
+    /// `home` (its answer comes back to that port, as to the kernel's).
+    Translate { edge_port: u16, home: SocketAddr, bytes: Vec<u8> },
 }
 
 crate::counters::counters! {
@@ -135,6 +151,13 @@ crate::counters::counters! {
     subscribes_proxied,
     /// Of those, not recorded: a header a NOTIFY needs was missing.
     subscribes_unrecordable,
+    /// Datagrams from clients on the fast path that the program passed up
+    /// (IP fragments, or too big once forwarded), sent on to their home
+    /// servers as the kernel would have; not counted in `requests`.
+    forwarded_for_fast_path,
+    /// nat: home servers' replies to a client's edge port that the program
+    /// passed up (IP fragments), relayed to the client as it would have.
+    nat_replies_relayed,
 }
 
 #[derive(Clone)]
@@ -142,6 +165,7 @@ pub struct FirstContact {
     settings: Settings,
     pool: PoolView,
     cache: Arc<Cache>,
+    installed: Arc<InstalledClients>,
     pub counters: Arc<Counters>,
 }
 
@@ -203,16 +227,22 @@ impl Request<'_> {
     }
 }
 
+/// What the kernel reads of `datagram` as a REGISTER
+/// (`redirector_ebpf::register`), computed on the same bytes.
+fn register_to_of(datagram: &[u8]) -> RegisterTo {
+    let mut head = [0u8; VIA_SCAN];
+    let len = datagram.len().min(VIA_SCAN);
+    head[..len].copy_from_slice(&datagram[..len]);
+    register_to(&head, 0, len)
+}
+
 /// A REGISTER's `To` hash, the one the kernel checks a socket's REGISTERs
-/// against (`redirector_ebpf::register`), computed on the same bytes.
+/// against.
 fn with_aor_hash<'a>(mut item: Item<'a>, datagram: &[u8]) -> Item<'a> {
-    if let Item::Request(request) = &mut item {
-        let mut head = [0u8; VIA_SCAN];
-        let len = datagram.len().min(VIA_SCAN);
-        head[..len].copy_from_slice(&datagram[..len]);
-        if let RegisterTo::Hash(hash) = register_to(&head, 0, len) {
-            request.aor_hash = hash;
-        }
+    if let Item::Request(request) = &mut item
+        && let RegisterTo::Hash(hash) = register_to_of(datagram)
+    {
+        request.aor_hash = hash;
     }
     item
 }
@@ -248,8 +278,16 @@ impl Batch<'_> {
 pub type Assignments<'a> = Result<&'a HashMap<Aor, Result<Assigned, Refused>>, &'a StoreError>;
 
 impl FirstContact {
-    pub fn new(settings: Settings, pool: PoolView, cache: Arc<Cache>, counters: Arc<Counters>) -> Self {
-        Self { settings, pool, cache, counters }
+    /// `installed` is the fast path's record of the clients the kernel
+    /// forwards (see `kernel::installed`).
+    pub fn new(
+        settings: Settings,
+        pool: PoolView,
+        cache: Arc<Cache>,
+        installed: Arc<InstalledClients>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self { settings, pool, cache, installed, counters }
     }
 
     /// Reads a batch of datagrams that arrived on the service socket at
@@ -301,6 +339,9 @@ impl FirstContact {
     }
 
     fn read_one<'a>(&self, datagram: &'a [u8], source: SocketAddr, local: SocketAddr) -> Item<'a> {
+        if let Some(route) = self.kernel_route(datagram, source) {
+            return Item::Done(self.forward_as_kernel(datagram, source, local, route));
+        }
         match Message::parse(datagram) {
             Ok(message) if message.is_request() => {
                 bump(&self.counters.requests);
@@ -316,6 +357,67 @@ impl FirstContact {
             }
             Err(_) => Item::Done(self.drop()),
         }
+    }
+
+    /// Where the kernel sends `source`'s datagrams, if it forwards this one:
+    /// the program's rules 5 and 6 (`redirector_ebpf` `xdp/mod.rs`).
+    fn kernel_route(&self, datagram: &[u8], source: SocketAddr) -> Option<KernelRoute> {
+        // Every SUBSCRIBE is first contact's, whoever sends it.
+        if datagram.starts_with(b"SUBSCRIBE ") {
+            return None;
+        }
+        let route = self.installed.get(source)?;
+        // A REGISTER for another AOR than the socket's is first contact's
+        // (rule 6's REGISTER check).
+        if let Some(hash) = route.register_hash
+            && !matches!(register_to_of(datagram), RegisterTo::NotRegister)
+            && register_to_of(datagram) != RegisterTo::Hash(hash)
+        {
+            return None;
+        }
+        let forwards =
+            self.pool.load().by_index(route.server).is_some_and(|home| home.effective_state() != ServerState::Down);
+        forwards.then_some(route)
+    }
+
+    /// A datagram from a client on the fast path, sent on as the kernel
+    /// sends its small ones: dsr from the client's own address through the
+    /// tunnel, nat from its edge port, with `;rport` added to a request's
+    /// top Via for a client the program adds it for (`redirector_ebpf::via`).
+    fn forward_as_kernel(
+        &self,
+        datagram: &[u8],
+        source: SocketAddr,
+        local: SocketAddr,
+        route: KernelRoute,
+    ) -> Vec<Action> {
+        let pool = self.pool.load();
+        let Some(home) = pool.by_index(route.server).and_then(|home| home.address_for(source)) else {
+            return self.drop();
+        };
+        bump(&self.counters.forwarded_for_fast_path);
+        let bytes = datagram.to_vec();
+        vec![match route.nat_port {
+            None => Action::Encapsulate { client: source, service: local, home: home.ip(), bytes },
+            Some(edge_port) if route.adds_rport => Action::Translate { edge_port, home, bytes: with_rport(bytes) },
+            Some(edge_port) => Action::Translate { edge_port, home, bytes },
+        }]
+    }
+
+    /// nat: a datagram to the client's `edge_port` that the program passed
+    /// up (it came as IP fragments), relayed to the client from the service
+    /// address it talked to, as the program rewrites small ones (its rule
+    /// 7): only from that client's home server, else anyone could send
+    /// through the edge to its clients.
+    pub fn on_nat_reply(&self, datagram: &[u8], from: SocketAddr, edge_port: u16) -> Vec<Action> {
+        let Some(NatReply { client, service, server }) = self.installed.nat_reply(from.is_ipv4(), edge_port) else {
+            return self.drop();
+        };
+        if self.pool.load().by_index(server).and_then(|home| home.address_for(from)) != Some(from) {
+            return self.drop();
+        }
+        bump(&self.counters.nat_replies_relayed);
+        vec![Action::Relay { to: client, bytes: datagram.to_vec(), from: Some(service) }]
     }
 
     /// A datagram on the proxy socket: a home server's response to relay,
@@ -653,6 +755,28 @@ pub fn identity(message: &Message<'_>) -> Result<Aor, ParseError> {
     };
     let value = message.value(kind).ok_or(ParseError::Missing(name))?;
     Aor::from_uri(NameAddr::parse(&value, name)?.uri, name)
+}
+
+/// A request with `;rport` added to its top Via if that has none (RFC
+/// 3581), where `redirector_ebpf::via::top_via` has the program add it: at
+/// the end of the top Via value. Anything else is unchanged.
+fn with_rport(mut datagram: Vec<u8>) -> Vec<u8> {
+    let Some(at) = rport_offset(&datagram) else { return datagram };
+    datagram.splice(at..at, redirector_ebpf::via::RPORT);
+    datagram
+}
+
+/// Where a request's top Via without `rport` ends, as an offset into `datagram`.
+fn rport_offset(datagram: &[u8]) -> Option<usize> {
+    let message = Message::parse(datagram).ok().filter(Message::is_request)?;
+    let value = message.header(HeaderKind::Via)?.value;
+    // Up to its first comma, as the program reads it.
+    let top = &value[..value.find(',').unwrap_or(value.len())];
+    if Via::parse(unfold(top).trim()).is_ok_and(|via| via.param("rport").is_some()) {
+        return None;
+    }
+    // `top` borrows from `datagram`: its end is an offset into it.
+    Some(top.as_ptr() as usize - datagram.as_ptr() as usize + top.len())
 }
 
 /// The request URI re-pointed at the home server: same scheme and user.

@@ -38,6 +38,9 @@ struct Harness {
     /// with their server slot.
     installed: RefCell<Vec<(Aor, SocketAddr, u32)>>,
     admission: RefCell<Admission>,
+    /// The kernel's client entries as first contact reads them (the
+    /// tests write them as `FastPath` would).
+    kernel: Arc<InstalledClients>,
 }
 
 /// Limits no test but the one about them reaches.
@@ -48,10 +51,11 @@ impl Harness {
         let counters = Arc::new(Counters::default());
         let assignments = Owned::open(store, counters.clone()).unwrap();
         let pool = pool::view(Pool::new(servers));
-        let core = FirstContact::new(settings, pool.clone(), assignments.cache(), counters.clone());
+        let kernel = Arc::new(InstalledClients::default());
+        let core = FirstContact::new(settings, pool.clone(), assignments.cache(), kernel.clone(), counters.clone());
         let (assignments, admission) = (RefCell::new(assignments), RefCell::new(Admission::new(GENEROUS)));
         let (moved, installed) = (RefCell::default(), RefCell::default());
-        Self { core, pool, assignments, counters, moved, installed, admission }
+        Self { core, pool, assignments, counters, moved, installed, admission, kernel }
     }
 
     fn on_service_datagram(&self, datagram: &[u8], source: SocketAddr, local: SocketAddr) -> Vec<Action> {
@@ -785,6 +789,114 @@ fn each_family_is_pinged_and_proxied_from_the_proxy_address_of_that_family() {
         matches!(relayed.as_slice(), [Action::Relay { to, .. }] if *to == upstream),
         "our IPv6 Via is ours: {relayed:?}"
     );
+}
+
+/// A request about 3,000 bytes long (a big header, or a body): more than
+/// one Ethernet frame, so the program passes it up as IP fragments.
+fn big(method: &str, via: &str) -> Vec<u8> {
+    let pad = "x".repeat(2800);
+    let (header, body) = if method == "REGISTER" { (pad.as_str(), "") } else { ("", pad.as_str()) };
+    format!(
+        "{method} sip:bob@example.net SIP/2.0\r\n{via}To: <sip:bob@example.net>\r\n\
+         From: <sip:alice@example.net>;tag=a1\r\nCall-ID: big@x\r\nCSeq: 1 {method}\r\nX-Pad: {header}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+const VIA_WITHOUT_RPORT: &str = "Via: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1\r\n";
+
+/// The kernel's route for `client()` in `mode`: to home2 (slot 1), with
+/// edge port 20001 in nat mode, where the program adds `;rport` for it
+/// (its first request's Via had none).
+fn on_fast_path(s: &Setup, mode: &str) {
+    let nat_port = (mode == "nat").then_some(20001);
+    s.fc.kernel.put(client(), KernelRoute { server: 1, nat_port, adds_rport: nat_port.is_some() });
+}
+
+#[test]
+fn a_fast_path_clients_passed_up_requests_go_to_its_home_as_the_kernel_sends_them() {
+    for mode in ["dsr", "nat"] {
+        for method in ["REGISTER", "INVITE"] {
+            let case = format!("{mode} {method}");
+            let s = setup(Policy::Auto);
+            on_fast_path(&s, mode);
+            let request = big(method, VIA_WITHOUT_RPORT);
+            let actions = s.fc.on_service_datagram(&request, client(), service());
+            let home2 = SocketAddr::from(([198, 51, 100, 12], 5060));
+            let expected = if mode == "dsr" {
+                Action::Encapsulate { client: client(), service: service(), home: home2.ip(), bytes: request.clone() }
+            } else {
+                let with_rport = text(&request).replacen(";branch=z9hG4bKc1\r\n", ";branch=z9hG4bKc1;rport\r\n", 1);
+                Action::Translate { edge_port: 20001, home: home2, bytes: with_rport.into_bytes() }
+            };
+            assert_eq!(actions, [expected], "{case}: sent on to its home, not answered");
+            let counters = s.fc.counters.snapshot();
+            let count = |name| counters.iter().find(|(n, _)| *n == name).unwrap().1;
+            assert_eq!(count("forwarded_for_fast_path"), 1, "{case}");
+            for first_contact in ["requests", "redirected", "proxied", "assigned"] {
+                assert_eq!(count(first_contact), 0, "{case}: no first contact ({first_contact})");
+            }
+            if mode == "nat" {
+                // A client that asked for rport: the program leaves its requests alone.
+                s.fc.kernel.put(client(), KernelRoute { server: 1, nat_port: Some(20001), adds_rport: false });
+                let actions = s.fc.on_service_datagram(&request, client(), service());
+                let unchanged = Action::Translate { edge_port: 20001, home: home2, bytes: request.clone() };
+                assert_eq!(actions, [unchanged], "{case}: no rport added");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_fast_path_clients_subscribe_and_a_down_servers_clients_still_meet_first_contact() {
+    let s = setup(Policy::ByVia);
+    on_fast_path(&s, "dsr");
+    let actions = s.fc.on_service_datagram(&subscribe("w1", ""), client(), service());
+    assert!(matches!(actions.first(), Some(Action::Forward { .. })), "SUBSCRIBE proxied: {actions:?}");
+    s.fc.set_health(1, false);
+    let actions = s.fc.on_service_datagram(&big("INVITE", ONE_VIA), client(), service());
+    let (_, reply) = only_reply(&actions);
+    assert!(reply.starts_with("SIP/2.0 302 "), "the kernel would pass it up too: {reply}");
+    assert_eq!(s.fc.counters.forwarded_for_fast_path.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn nat_adds_rport_where_the_program_does_and_only_where_missing() {
+    let requests = [
+        register(VIA_WITHOUT_RPORT, ""),
+        register("v : SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1 , SIP/2.0/UDP 192.0.2.99\r\n", ""),
+        register("Via: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1;rport=5062\r\n", ""),
+        register(ONE_VIA, ""),
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1\r\nTo: <sip:a@b>\r\nFrom: <sip:a@b>;tag=1\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n".to_vec(),
+    ];
+    for request in requests {
+        let mut window = [0u8; redirector_ebpf::via::VIA_SCAN];
+        let scanned = request.len().min(window.len());
+        window[..scanned].copy_from_slice(&request[..scanned]);
+        let expected = match redirector_ebpf::via::top_via(&window, 0, request.len()) {
+            redirector_ebpf::via::TopVia::AddRportAt(at) => [&request[..at], b";rport", &request[at..]].concat(),
+            _ => request.clone(),
+        };
+        assert_eq!(text(&with_rport(request.clone())), text(&expected));
+    }
+}
+
+#[test]
+fn a_home_servers_passed_up_reply_to_a_nat_port_is_relayed_to_its_client_and_a_strangers_dropped() {
+    let s = setup(Policy::Auto);
+    let reply = NatReply { client: client(), service: service(), server: 1 };
+    s.fc.kernel.put_nat_reply(20001, reply);
+    let ok = format!("SIP/2.0 200 OK\r\n{VIA_WITHOUT_RPORT}X-Pad: {}\r\nContent-Length: 0\r\n\r\n", "x".repeat(2800));
+    let home2 = SocketAddr::from(([198, 51, 100, 12], 5060));
+    let relayed = s.fc.core.on_nat_reply(ok.as_bytes(), home2, 20001);
+    let expected = Action::Relay { to: client(), bytes: ok.clone().into_bytes(), from: Some(service()) };
+    assert_eq!(relayed, [expected], "from the service address the client talked to");
+    let home1 = SocketAddr::from(([198, 51, 100, 11], 5060));
+    assert_eq!(s.fc.core.on_nat_reply(ok.as_bytes(), home1, 20001), [], "not this client's home");
+    assert_eq!(s.fc.core.on_nat_reply(ok.as_bytes(), home2, 20002), [], "no client has that port");
+    assert_eq!(s.fc.counters.nat_replies_relayed.load(Ordering::Relaxed), 1);
 }
 
 /// In nat mode the kernel adds `;rport` to the requests of clients whose

@@ -3,14 +3,15 @@
 //! clients and first contacts alike. Keeps AOR → installed client keys so
 //! a later move can find and update them.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use redirector_ebpf::{CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, ClientEntry, Endpoint, NatEntry, NatKey};
 
 use crate::{
     config::{Config, ForwardingMode},
     kernel::{
-        loader::{DataPlane, DataPlaneError, endpoint, service_endpoints},
+        installed::{InstalledClients, KernelRoute, NatReply},
+        loader::{DataPlane, DataPlaneError, endpoint, endpoint_ip, service_endpoints},
         nat_ports::{NatPorts, NatPortsExhausted},
     },
     model::Origin,
@@ -44,6 +45,9 @@ pub struct FastPath {
     installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>>,
     /// The AORs the current scan has yet to look at.
     scanning: Vec<Aor>,
+    /// The client entries as first contact reads them, kept in step with
+    /// every write and removal.
+    shared: Arc<InstalledClients>,
 }
 
 /// What first contact learned of a client, for its kernel entry.
@@ -139,6 +143,7 @@ impl FastPath {
             learned: HashMap::new(),
             installed: HashMap::new(),
             scanning: Vec::new(),
+            shared: Arc::default(),
         };
         for client in &config.clients {
             let server = config.server_index(&client.server).expect("validated: clients name known servers");
@@ -149,6 +154,11 @@ impl FastPath {
             fast_path.put(endpoint(client.address.ip(), client.address.port()), server, service)?;
         }
         Ok(fast_path)
+    }
+
+    /// The client entries, for first contact to read.
+    pub fn shared(&self) -> Arc<InstalledClients> {
+        self.shared.clone()
     }
 
     pub fn dataplane(&mut self) -> &mut DataPlane {
@@ -192,6 +202,7 @@ impl FastPath {
             }
             return Err(error.into());
         }
+        clients.iter().for_each(|client| self.shared.remove(socket_address(client)));
         Ok(withdrawn)
     }
 
@@ -297,6 +308,7 @@ impl FastPath {
 
     fn remove(&mut self, client: Endpoint) -> Result<(), FastPathError> {
         self.dataplane.remove_client(client)?;
+        self.shared.remove(socket_address(&client));
         self.forget_client(client)
     }
 
@@ -307,6 +319,7 @@ impl FastPath {
         if let Some(port) = self.nat_port_of.remove(&client) {
             let key = NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 };
             self.dataplane.remove_nat_reply(key)?;
+            self.shared.remove_nat_reply(client.family == redirector_ebpf::FAMILY_V4, port);
             self.nat_ports.release(port);
         }
         Ok(())
@@ -352,6 +365,18 @@ impl FastPath {
         if !writes.clients.is_empty() {
             self.dataplane.install_clients(&writes.clients, &writes.entries)?;
         }
+        for (key, entry) in writes.nat_keys.iter().zip(&writes.nat_entries) {
+            let (client, service) = (socket_address(&entry.client), socket_address(&entry.service));
+            self.shared
+                .put_nat_reply(u16::from_be(key.edge_port_be), NatReply { client, service, server: entry.server });
+        }
+        for (client, entry) in writes.clients.iter().zip(&writes.entries) {
+            let nat_port = (entry.nat_port_be != 0).then(|| u16::from_be(entry.nat_port_be));
+            let adds_rport = entry.flags & CLIENT_ADDS_RPORT != 0;
+            let register_hash = (entry.flags & CLIENT_CHECKS_REGISTER != 0).then_some(entry.aor_hash);
+            let route = KernelRoute { server: entry.server, nat_port, adds_rport, register_hash };
+            self.shared.put(socket_address(client), route);
+        }
         Ok(())
     }
 }
@@ -363,6 +388,10 @@ struct Writes {
     entries: Vec<ClientEntry>,
     nat_keys: Vec<NatKey>,
     nat_entries: Vec<NatEntry>,
+}
+
+fn socket_address(endpoint: &Endpoint) -> SocketAddr {
+    SocketAddr::new(endpoint_ip(endpoint), u16::from_be(endpoint.port_be))
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock the program's

@@ -1,10 +1,12 @@
 //! The kernel side: the embedded XDP object loaded and attached, its maps,
-//! and the fast path's client entries.
+//! and the fast path's client entries (with the copy first contact reads).
 
 mod batch;
 pub mod fast_path;
+pub mod installed;
 pub mod loader;
 pub mod nat_ports;
+pub mod packets;
 
 /// The XDP object built from `redirector-ebpf` by this crate's build script.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));

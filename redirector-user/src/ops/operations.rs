@@ -273,7 +273,12 @@ impl Operations {
                     self.apply_health(transition);
                 }
             }
-            Action::Reply { .. } | Action::Forward { .. } | Action::Relay { .. } | Action::NotifyAnswered { .. } => {}
+            Action::Reply { .. }
+            | Action::Forward { .. }
+            | Action::Relay { .. }
+            | Action::Encapsulate { .. }
+            | Action::Translate { .. }
+            | Action::NotifyAnswered { .. } => {}
         }
     }
 

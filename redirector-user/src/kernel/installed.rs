@@ -1,0 +1,78 @@
+//! The fast path's client entries as first contact reads them: which client
+//! sockets the kernel forwards, and where. A copy of the kernel's client
+//! map kept in step by `FastPath` (its only writer, on the state owner's
+//! thread) and read by every first-contact core without a syscall: a
+//! datagram the program passed up from such a client (an IP fragment, or
+//! one too big for the egress MTU once forwarded) is sent on as the kernel
+//! sends the client's small ones, not answered as a first contact. In nat
+//! mode the reply entries are kept too, by edge port, so a home server's
+//! reply that came as fragments is relayed to its client as the program
+//! relays the small ones.
+
+use std::net::SocketAddr;
+
+use dashmap::DashMap;
+
+/// Where the kernel sends one client's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelRoute {
+    /// The home server's slot.
+    pub server: u32,
+    /// nat mode: the client's edge port.
+    pub nat_port: Option<u16>,
+    /// nat mode: the program adds `;rport` to its requests' top Via
+    /// (`CLIENT_ADDS_RPORT`).
+    pub adds_rport: bool,
+    /// Only REGISTERs whose `To` hashes to this take the route
+    /// (`CLIENT_CHECKS_REGISTER`); any REGISTER with `None`.
+    pub register_hash: Option<u64>,
+}
+
+/// Where the kernel relays a home server's reply to an edge port (nat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatReply {
+    pub client: SocketAddr,
+    /// Where the client sent to: the relayed reply's source.
+    pub service: SocketAddr,
+    /// Only replies from this server's slot are relayed.
+    pub server: u32,
+}
+
+/// Keyed by what clients send, so hashed with a random seed.
+#[derive(Debug, Default)]
+pub struct InstalledClients {
+    routes: DashMap<SocketAddr, KernelRoute, foldhash::fast::RandomState>,
+    /// By (IPv4?, edge port).
+    nat_replies: DashMap<(bool, u16), NatReply, foldhash::fast::RandomState>,
+}
+
+impl InstalledClients {
+    pub fn get(&self, client: SocketAddr) -> Option<KernelRoute> {
+        self.routes.get(&client).map(|route| *route)
+    }
+
+    /// `client`'s kernel entry was written.
+    pub fn put(&self, client: SocketAddr, route: KernelRoute) {
+        self.routes.insert(client, route);
+    }
+
+    /// `client`'s kernel entry was removed.
+    pub fn remove(&self, client: SocketAddr) {
+        self.routes.remove(&client);
+    }
+
+    /// The reply entry of edge port `edge_port` in `ipv4`'s family.
+    pub fn nat_reply(&self, ipv4: bool, edge_port: u16) -> Option<NatReply> {
+        self.nat_replies.get(&(ipv4, edge_port)).map(|reply| *reply)
+    }
+
+    /// A reply entry was written.
+    pub fn put_nat_reply(&self, edge_port: u16, reply: NatReply) {
+        self.nat_replies.insert((reply.client.is_ipv4(), edge_port), reply);
+    }
+
+    /// A reply entry was removed.
+    pub fn remove_nat_reply(&self, ipv4: bool, edge_port: u16) {
+        self.nat_replies.remove(&(ipv4, edge_port));
+    }
+}
