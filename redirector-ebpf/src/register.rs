@@ -17,7 +17,9 @@ use crate::via::{VIA_SCAN, at};
 /// A `To` past them makes the REGISTER go up.
 pub const TO_SCAN: usize = 256;
 
-/// A REGISTER request line starts so (RFC 3261 method names are case-sensitive).
+/// A REGISTER request line starts so. RFC 3261 method names are
+/// case-sensitive, but registrars such as Kamailio match them in any case,
+/// so any case is checked.
 pub const REGISTER: [u8; 9] = *b"REGISTER ";
 
 /// What a datagram is, for the check.
@@ -41,7 +43,7 @@ pub fn register_to(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> Register
     }
     let mut i = 0;
     while i < REGISTER.len() {
-        if at(bytes, start + i) != REGISTER[i] {
+        if !at(bytes, start + i).eq_ignore_ascii_case(&REGISTER[i]) {
             return RegisterTo::NotRegister;
         }
         i += 1;
@@ -54,7 +56,11 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// The hash of the first `To` (or `t`) header's value, from just after its
-/// colon to the end of its line. `end` must be opaque to LLVM (see `via`).
+/// colon to the end of its physical line (a folded `To` is hashed by its
+/// first line: the daemon declines to check such a socket, see
+/// `edge::first_contact`). `end` must be opaque to LLVM: knowing it is at
+/// most `VIA_SCAN`, LLVM would drop the masks in `at` behind `k < len` and
+/// leave the verifier an access it cannot bound.
 #[inline(always)]
 fn to_hash(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> RegisterTo {
     let len = end - start;

@@ -46,7 +46,9 @@ pub fn top_via(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> TopVia {
     if start > VIA_SCAN - 4 || start + 4 > end {
         return TopVia::NotFound;
     }
-    if is_response(bytes, start) {
+    // A response, or no request at all (a CRLF or STUN keepalive, RFC 5626
+    // §4.4): nothing to add, forwarded as it is.
+    if is_response(bytes, start) || !at(bytes, start).is_ascii_alphabetic() {
         return TopVia::Unchanged;
     }
     let len = end - start;

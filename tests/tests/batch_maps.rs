@@ -13,7 +13,7 @@ use redirector::{
     model::Origin,
     sip::Aor,
 };
-use redirector_ebpf::CLIENT_ADDS_RPORT;
+use redirector_ebpf::{CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER};
 use redirector_tests::{
     population::{aor, client, config, service},
     privileged,
@@ -67,4 +67,35 @@ fn origin(i: u32, service: SocketAddr) -> Origin {
 fn nat_port(fast_path: &mut FastPath, i: u32) -> u16 {
     let key = endpoint(client(i).ip(), client(i).port());
     fast_path.dataplane().client(key).unwrap().map_or(0, |entry| u16::from_be(entry.nat_port_be))
+}
+
+/// A socket with two lines follows the last one installed; a move of the
+/// other line restores neither that line's home nor its REGISTER hash onto
+/// it, while a move of the line it is on keeps the line's hash.
+#[test]
+fn a_move_restores_a_shared_socket_only_for_the_line_it_is_on() {
+    if !privileged() {
+        return;
+    }
+    let config = config("dsr");
+    let mut dataplane = DataPlane::load_with_client_capacity(1024).expect("loading the XDP object");
+    dataplane.configure(&config).unwrap();
+    let mut fast_path = FastPath::new(dataplane, &config).unwrap();
+    let socket = Origin { client: client(0), service: service(), asks_rport: true, aor_hash: 0 };
+    let (line1, line2) = (aor(1), aor(2));
+    fast_path.install(&line1, Origin { aor_hash: 11, ..socket }, 0).unwrap();
+    fast_path.install(&line2, Origin { aor_hash: 22, ..socket }, 1).unwrap();
+    let key = endpoint(client(0).ip(), client(0).port());
+    let entry = |fast_path: &mut FastPath| fast_path.dataplane().client(key).unwrap();
+
+    let withdrawn = fast_path.withdraw_many(std::slice::from_ref(&line1)).unwrap();
+    fast_path.restore_many(withdrawn.into_iter().map(|w| (w, 2)).collect()).unwrap();
+    assert_eq!(entry(&mut fast_path), None, "line1's move leaves line2's socket off the fast path");
+
+    fast_path.install(&line2, Origin { aor_hash: 22, ..socket }, 1).unwrap();
+    let withdrawn = fast_path.withdraw_many(std::slice::from_ref(&line2)).unwrap();
+    fast_path.restore_many(withdrawn.into_iter().map(|w| (w, 2)).collect()).unwrap();
+    let entry = entry(&mut fast_path).expect("line2's move puts its socket back");
+    assert_eq!((entry.server, entry.aor_hash), (2, 22), "at line2's new home, with line2's hash");
+    assert_ne!(entry.flags & CLIENT_CHECKS_REGISTER, 0, "still checking REGISTERs");
 }

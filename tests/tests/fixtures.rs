@@ -194,6 +194,13 @@ fn register_checks() -> Vec<Case> {
             Counter::PassOtherAor,
         ),
         passed(
+            "a REGISTER in lower case for another AOR goes up (registrars match methods in any case)",
+            from_client(&from_line_socket(
+                String::from_utf8(line_register("line2")).unwrap().to_lowercase().into_bytes(),
+            )),
+            Counter::PassOtherAor,
+        ),
+        passed(
             "a REGISTER whose To comes too late goes up",
             from_client(&from_line_socket(late_to.into_bytes())),
             Counter::PassOtherAor,
@@ -534,8 +541,12 @@ fn rport_not_added() -> Vec<Case> {
         &with_payload("10.0.0.1:20050", "10.0.0.11:5060", &plain),
         None,
     );
+    // A STUN binding request (RFC 5389): type, length, magic cookie, id.
+    let stun = [[0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42].as_slice(), &[7; 12]].concat();
     vec![
         from_asking_client,
+        unchanged("nat forwards a CRLF keepalive as it is (RFC 5626)", b"\r\n\r\n".to_vec()),
+        unchanged("nat forwards a STUN keepalive as it is", stun),
         unchanged("nat leaves a Via with RPORT=1234 as it is", request("", "Via: SIP/2.0/UDP 10.0.0.2;RPORT=1234\r\n")),
         unchanged("nat leaves a Via with rport before its branch", request("", "v: SIP/2.0/UDP a;rport;branch=z\r\n")),
         unchanged(

@@ -17,6 +17,11 @@ const WAIT: Duration = Duration::from_secs(15);
 /// address (the edge configured for that family alone); all reach home 0
 /// (not the edge's own socket) and every echo comes back to the client from
 /// the service address. Then SIGTERM detaches the program cleanly.
+/// Request `i` of a client that asks for rport: nat forwards it unchanged.
+fn request(client: SocketAddr, i: usize) -> String {
+    format!("OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP {client};branch=z9hG4bK{i};rport\r\n\r\n")
+}
+
 fn pinned_client_reaches_its_home_server(mode: &'static str, attach: Attach, family: Family) {
     let mut topology = Topology::new(mode, attach, 2);
     topology.families = family.only();
@@ -29,7 +34,7 @@ fn pinned_client_reaches_its_home_server(mode: &'static str, attach: Attach, fam
 
     let echoes = echo(home_socket, DATAGRAMS, WAIT);
     for i in 0..DATAGRAMS {
-        client.send_to(format!("REGISTER {i}").as_bytes(), service).unwrap();
+        client.send_to(request(client_address, i).as_bytes(), service).unwrap();
     }
     let replies = receive(&client, DATAGRAMS, WAIT);
     let answered = echoes.join().unwrap();
@@ -42,7 +47,7 @@ fn pinned_client_reaches_its_home_server(mode: &'static str, attach: Attach, fam
     assert!(replies.iter().all(|(from, _)| *from == service), "replies come from the service address");
     let mut payloads: Vec<String> = replies.iter().map(|(_, p)| String::from_utf8_lossy(p).into_owned()).collect();
     payloads.sort();
-    let mut sent: Vec<String> = (0..DATAGRAMS).map(|i| format!("echo:REGISTER {i}")).collect();
+    let mut sent: Vec<String> = (0..DATAGRAMS).map(|i| format!("echo:{}", request(client_address, i))).collect();
     sent.sort();
     assert_eq!(payloads, sent, "every datagram arrived once, unchanged");
     assert!(receive(&other_home_socket, 1, Duration::from_millis(100)).is_empty(), "nothing went to another home");

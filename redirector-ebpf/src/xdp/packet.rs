@@ -170,9 +170,18 @@ pub fn is_subscribe(ctx: &XdpContext, ip: &Ip) -> bool {
     head == SUBSCRIBE_HEAD && tail == SUBSCRIBE_TAIL
 }
 
-/// The UDP payload starts with a REGISTER request line (the check itself
-/// reads the whole head; this spares the copy for every other request).
+/// `register` as one load: with each byte's 0x20 bit set, only the letters
+/// of `REGISTER` in either case give it.
+const REGISTER_ANY_CASE: u64 = u64::from_ne_bytes(*b"register");
+
+/// The UDP payload starts with a REGISTER request line, in any case (the
+/// check itself reads the whole head; this spares the copy for every
+/// other request).
 #[inline(always)]
 pub fn is_register(ctx: &XdpContext, ip: &Ip) -> bool {
-    read_at::<[u8; 9]>(ctx, ip.l4 + UDP_HLEN) == Some(redirector_ebpf::register::REGISTER)
+    let Some(bytes) = read_at::<[u8; 9]>(ctx, ip.l4 + UDP_HLEN) else {
+        return false;
+    };
+    let head = u64::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+    head | 0x2020_2020_2020_2020 == REGISTER_ANY_CASE && bytes[8] == b' '
 }

@@ -47,7 +47,7 @@ use crate::{
     kernel::installed::{InstalledClients, KernelRoute, NatReply},
     model::{HomeServer, Origin, Policy, ServerState},
     sip::{
-        Aor, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
+        Aor, Header, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
         response::{self, Basis},
         socket_address, split_list, tag, unfold,
     },
@@ -237,14 +237,22 @@ fn register_to_of(datagram: &[u8]) -> RegisterTo {
 }
 
 /// A REGISTER's `To` hash, the one the kernel checks a socket's REGISTERs
-/// against.
+/// against. None (0, which no REGISTER gives) for a folded `To`: the kernel
+/// hashes its first line only, which other AORs could share, so every
+/// REGISTER from such a socket goes up.
 fn with_aor_hash<'a>(mut item: Item<'a>, datagram: &[u8]) -> Item<'a> {
     if let Item::Request(request) = &mut item
+        && !is_folded(request.message.header(HeaderKind::To))
         && let RegisterTo::Hash(hash) = register_to_of(datagram)
     {
         request.aor_hash = hash;
     }
     item
+}
+
+/// The header's value continues on a following line (RFC 3261 §7.3.1).
+fn is_folded(header: Option<&Header<'_>>) -> bool {
+    header.is_some_and(|h| h.value.contains('\n'))
 }
 
 impl Batch<'_> {
@@ -492,9 +500,13 @@ impl FirstContact {
             }
         };
         let known = self.cache.get(&aor).filter(|cached| self.pool.load().usable(&cached.server));
-        let installable = basis.vias.len() == 1 && message.method() != Some("SUBSCRIBE");
         let asks_rport =
             basis.vias.first().and_then(|top| Via::parse(top).ok()).is_some_and(|via| via.param("rport").is_some());
+        // The kernel reads a Via line by line: it would add rport to a
+        // folded one's first line, so such a client stays with the daemon.
+        let installable = basis.vias.len() == 1
+            && message.method() != Some("SUBSCRIBE")
+            && (asks_rport || !is_folded(message.header(HeaderKind::Via)));
         let aor_hash = 0;
         let request =
             Request { message, basis, source, local, redirect, aor, installable, asks_rport, aor_hash, known };

@@ -812,7 +812,7 @@ const VIA_WITHOUT_RPORT: &str = "Via: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4b
 /// (its first request's Via had none).
 fn on_fast_path(s: &Setup, mode: &str) {
     let nat_port = (mode == "nat").then_some(20001);
-    s.fc.kernel.put(client(), KernelRoute { server: 1, nat_port, adds_rport: nat_port.is_some() });
+    s.fc.kernel.put(client(), KernelRoute { server: 1, nat_port, adds_rport: nat_port.is_some(), register_hash: None });
 }
 
 #[test]
@@ -840,7 +840,8 @@ fn a_fast_path_clients_passed_up_requests_go_to_its_home_as_the_kernel_sends_the
             }
             if mode == "nat" {
                 // A client that asked for rport: the program leaves its requests alone.
-                s.fc.kernel.put(client(), KernelRoute { server: 1, nat_port: Some(20001), adds_rport: false });
+                let route = KernelRoute { server: 1, nat_port: Some(20001), adds_rport: false, register_hash: None };
+                s.fc.kernel.put(client(), route);
                 let actions = s.fc.on_service_datagram(&request, client(), service());
                 let unchanged = Action::Translate { edge_port: 20001, home: home2, bytes: request.clone() };
                 assert_eq!(actions, [unchanged], "{case}: no rport added");
@@ -913,4 +914,17 @@ fn a_known_client_is_installed_with_whether_its_via_asked_for_rport() {
         };
         assert_eq!((origin.client, origin.service, origin.asks_rport), (client(), service(), asks_rport), "{via}");
     }
+}
+
+/// A passed-up REGISTER from a socket on the fast path for another AOR's
+/// REGISTERs (the kernel's REGISTER check) is first contact's: assigned
+/// and proxied, never sent on as the kernel sends the socket's own.
+#[test]
+fn a_register_for_another_aor_from_a_fast_path_socket_is_first_contact() {
+    let s = setup(Policy::Auto);
+    let other_line = KernelRoute { server: 1, nat_port: None, adds_rport: false, register_hash: Some(1) };
+    s.fc.kernel.put(client(), other_line);
+    let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
+    assert!(!actions.iter().any(|a| matches!(a, Action::Encapsulate { .. } | Action::Translate { .. })), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Forward { .. })), "proxied to its own home: {actions:?}");
 }

@@ -58,11 +58,19 @@ struct Learned {
     /// The hash of the REGISTERs that may take its entry
     /// (`CLIENT_CHECKS_REGISTER`).
     aor_hash: u64,
+    /// Which AOR the socket was last installed for (a hash of it): a
+    /// socket with several lines follows its last REGISTER, and a move of
+    /// another of its lines must not restore it with this one's hash.
+    owner: u64,
 }
 
 impl Learned {
-    fn of(origin: &Origin) -> Self {
-        Self { adds_rport: !origin.asks_rport, aor_hash: origin.aor_hash }
+    /// What `origin` teaches of the socket, for `aor`; a request other
+    /// than a REGISTER (hash 0) keeps the hash the AOR's REGISTERs gave.
+    fn of(origin: &Origin, aor: &Aor, before: Option<Self>) -> Self {
+        let owner = owner_of(aor);
+        let kept = before.filter(|b| b.owner == owner && origin.aor_hash == 0).map(|b| b.aor_hash);
+        Self { adds_rport: !origin.asks_rport, aor_hash: kept.unwrap_or(origin.aor_hash), owner }
     }
 
     /// The kernel entry's flags and hash for a client first contact
@@ -86,6 +94,10 @@ impl Learned {
             }
         }
     }
+}
+
+fn owner_of(aor: &Aor) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(aor.as_str().as_bytes())
 }
 
 /// A learned client address as one scan step read it from the kernel.
@@ -171,7 +183,8 @@ impl FastPath {
     pub fn install(&mut self, aor: &Aor, origin: Origin, server: u32) -> Result<(), FastPathError> {
         let (client, service) = (origin.client, origin.service);
         let entry = (endpoint(client.ip(), client.port()), endpoint(service.ip(), service.port()));
-        self.learned.insert(entry.0, Learned::of(&origin));
+        let learned = Learned::of(&origin, aor, self.learned.get(&entry.0).copied());
+        self.learned.insert(entry.0, learned);
         self.put(entry.0, server, entry.1)?;
         let entries = self.installed.entry(aor.clone()).or_default();
         if !entries.contains(&entry) {
@@ -215,8 +228,12 @@ impl FastPath {
         let mut writes = Writes::default();
         let mut result = Ok(());
         for (withdrawn, server) in &moves {
+            let owner = owner_of(&withdrawn.aor);
             for &(client, service) in &withdrawn.entries {
-                if result.is_ok() {
+                // A socket another of its lines registered on since is left
+                // off: its next packet goes up and puts it back for that line.
+                let taken = self.learned.get(&client).is_some_and(|learned| learned.owner != owner);
+                if result.is_ok() && !taken {
                     result = self.entry_for(client, (*server, service), &mut writes);
                 }
             }

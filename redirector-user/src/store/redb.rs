@@ -115,8 +115,9 @@ impl AssignmentStore for RedbStore {
         // admission during a flood) costs no commit and no fsync.
         if changed {
             txn.commit().map_err(db_error)?;
-        } else {
-            txn.abort().map_err(db_error)?;
+        } else if let Err(error) = txn.abort() {
+            // Nothing was written: the batch's answers stand.
+            tracing::warn!(%error, "aborting an assignment transaction that stored nothing");
         }
         Ok(stored)
     }
