@@ -12,10 +12,9 @@
 
 use crate::via::{VIA_SCAN, at};
 
-/// SIP bytes searched for the `To` line's end: fewer than `via` searches,
-/// since the verifier checks this scan on more of the program's paths.
-/// A `To` past them makes the REGISTER go up.
-pub const TO_SCAN: usize = 256;
+/// SIP bytes searched for the `To` line's end (as many as `via` reads of
+/// a frame). A `To` past them makes the REGISTER go up.
+pub const TO_SCAN: usize = VIA_SCAN;
 
 /// A REGISTER request line starts so. RFC 3261 method names are
 /// case-sensitive, but registrars such as Kamailio match them in any case,
@@ -68,15 +67,16 @@ fn to_hash(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> RegisterTo {
     let mut k = 0;
     while k < TO_SCAN && k < len {
         let byte = at(bytes, start + k);
-        let next = STEP[((state as usize % STATES) * CLASSES) | (CLASS[byte as usize] as usize % CLASSES)];
-        match next {
-            VALUE if state == VALUE => hash = (hash ^ byte as u64).wrapping_mul(FNV_PRIME),
+        state = STEP[((state as usize % STATES) * CLASSES) | (CLASS[byte as usize] as usize % CLASSES)];
+        // An FNV-1a step for a byte of the value, none for the others,
+        // without a branch: one path per byte for the verifier.
+        let in_value = (state == VALUE) as u64;
+        hash = (hash ^ (byte as u64 * in_value)).wrapping_mul(1 + in_value * (FNV_PRIME - 1));
+        match state {
             VALUE_ENDS => return RegisterTo::Hash(hash),
             HEADERS_END => return RegisterTo::Unknown,
-            _ => {}
+            _ => k += 1,
         }
-        state = next;
-        k += 1;
     }
     RegisterTo::Unknown
 }
@@ -96,9 +96,11 @@ const IN_LINE: u8 = 0;
 const LINE_START: u8 = 1;
 const AFTER_T: u8 = 2;
 const AFTER_NAME: u8 = 3;
+/// In the value; its bytes are hashed (not the colon, `VALUE_START`).
 const VALUE: u8 = 4;
 const VALUE_ENDS: u8 = 5;
 const HEADERS_END: u8 = 6;
+const VALUE_START: u8 = 7;
 const STATES: usize = 8;
 
 static CLASS: [u8; 256] = classes();
@@ -139,13 +141,13 @@ const fn steps() -> [u8; STATES * CLASSES] {
 /// The automaton, written out; `steps` tabulates it.
 const fn step(state: u8, class: u8) -> u8 {
     match (state, class) {
-        (VALUE, CR | LF) => VALUE_ENDS,
-        (VALUE, _) => VALUE,
+        (VALUE | VALUE_START, CR | LF) => VALUE_ENDS,
+        (VALUE | VALUE_START, _) => VALUE,
         (LINE_START, CR | LF) => HEADERS_END,
         (IN_LINE | AFTER_T | AFTER_NAME, LF) => LINE_START,
         (LINE_START, T) => AFTER_T,
         (AFTER_T, O) => AFTER_NAME,
-        (AFTER_T | AFTER_NAME, COLON) => VALUE,
+        (AFTER_T | AFTER_NAME, COLON) => VALUE_START,
         (AFTER_T | AFTER_NAME, SPACE) => AFTER_NAME,
         (IN_LINE | LINE_START | AFTER_T | AFTER_NAME, _) => IN_LINE,
         // The ends are final.

@@ -26,8 +26,8 @@
 //!    down server is passed to user space (`pass_miss`, `pass_server_down`).
 //!    A REGISTER from a client whose entry has `CLIENT_CHECKS_REGISTER`
 //!    (every client first contact installed) takes the fast path only if
-//!    the hash of its `To` line (`register.rs`, within the first 256 bytes
-//!    of SIP) is the entry's `aor_hash`: a REGISTER for another AOR from
+//!    the hash of its `To` line (`register.rs`, within the frame's first
+//!    512 bytes) is the entry's `aor_hash`: a REGISTER for another AOR from
 //!    the same socket (a phone's second line, a scanner enumerating
 //!    extensions), or one whose `To` the program cannot see whole, is
 //!    passed to user space (`pass_other_aor`). Other requests are not read.
