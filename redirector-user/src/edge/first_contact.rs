@@ -377,11 +377,11 @@ impl FirstContact {
         let route = self.installed.get(source)?;
         // A REGISTER for another AOR than the socket's is first contact's
         // (rule 6's REGISTER check).
-        if let Some(hash) = route.register_hash
-            && !matches!(register_to_of(datagram), RegisterTo::NotRegister)
-            && register_to_of(datagram) != RegisterTo::Hash(hash)
-        {
-            return None;
+        if let Some(hash) = route.register_hash {
+            let read = register_to_of(datagram);
+            if read != RegisterTo::NotRegister && read != RegisterTo::Hash(hash) {
+                return None;
+            }
         }
         let forwards =
             self.pool.load().by_index(route.server).is_some_and(|home| home.effective_state() != ServerState::Down);
