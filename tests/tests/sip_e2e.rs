@@ -267,6 +267,9 @@ fn one_socket_registering_six_lines_registers_each_at_its_own_home() {
     let homes: std::collections::HashSet<&str> = routes.iter().map(|r| r.server.as_str()).collect();
     assert!(homes.len() > 1, "the lines are spread over the homes: {homes:?}");
     assert!(edge.kernel(Counter::PassOtherAor) >= LINES as u64 - 1, "the kernel passed up the other lines");
+    // Each line's first REGISTER went by the daemon's proxy, which sends it
+    // to the home the line is assigned (first_contact_tests pin that).
+    assert!(edge.first_contact("proxied") >= LINES as u64, "every line proxied to its own home");
 }
 
 /// How a fast-path client's request comes to be passed up by the program.
