@@ -53,6 +53,10 @@ counters! {
     /// not within the first bytes the program reads: passed to the daemon,
     /// which proxies it.
     PassViaUnseen => "pass_via_unseen",
+    /// A first-contact datagram from a source prefix the daemon throttled
+    /// (it brought in new clients past the flood limits), beyond the
+    /// prefix's allowance: dropped before it reaches the daemon.
+    DropThrottled => "drop_throttled",
     /// Truncated or inconsistent headers: passed untouched when the packet is
     /// not known to be ours, dropped when it is addressed to a service.
     Malformed => "malformed",

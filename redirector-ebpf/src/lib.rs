@@ -10,7 +10,9 @@ pub mod checksum;
 pub mod counters;
 pub mod maps;
 pub mod register;
+pub mod throttle;
 pub mod via;
 
 pub use counters::{COUNTER_COUNT, Counter};
 pub use maps::*;
+pub use throttle::{MAX_THROTTLED, THROTTLE_WINDOW_NS, Throttle, source_prefix};

@@ -23,6 +23,7 @@ pub const SERVER_STATS_MAP: &str = "SERVER_STATS";
 pub const DECAP_ADDRESSES_MAP: &str = "DECAP_ADDRESSES";
 pub const DECAP_SOURCES_MAP: &str = "DECAP_SOURCES";
 pub const EVENTS_MAP: &str = "EVENTS";
+pub const THROTTLED_MAP: &str = "THROTTLED";
 
 /// Bytes of the `EVENTS` ring buffer (a power of two, a multiple of the page).
 pub const EVENTS_BYTES: u32 = 64 * 1024;
@@ -211,5 +212,5 @@ mod user {
         )*};
     }
 
-    aya_pod!(Endpoint, Config, Server, ClientEntry, NatKey, NatEntry, ServerStats);
+    aya_pod!(Endpoint, Config, Server, ClientEntry, NatKey, NatEntry, ServerStats, crate::Throttle);
 }

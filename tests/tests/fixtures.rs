@@ -4,9 +4,11 @@
 //! it moves, and the server stats and events it leaves. One runner per mode
 //! runs its table and names every failing case.
 
+use redirector::kernel::{fast_path::monotonic_ns, loader::endpoint};
 use redirector_ebpf::{
-    CLIENT_CHECKS_REGISTER, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4,
+    CLIENT_CHECKS_REGISTER, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4, Throttle,
     register::{RegisterTo, TO_SCAN, register_to},
+    source_prefix,
     via::VIA_SCAN,
 };
 use redirector_tests::{
@@ -36,17 +38,9 @@ fn dsr_fixtures() {
     }
     let mut fx = Fixture::new("dsr");
     // home5 has no IPv6 address; an IPv6 client pinned to it has no way there.
-    let client = redirector::kernel::loader::endpoint("fd00::2".parse().unwrap(), 5070);
+    let client = endpoint("fd00::2".parse().unwrap(), 5070);
     fx.dataplane().install_client(client, ClientEntry { server: HOME5, ..Default::default() }).unwrap();
-    // A socket first contact put on the fast path for line1's REGISTERs.
-    let line1 = ClientEntry {
-        server: HOME1,
-        flags: CLIENT_CHECKS_REGISTER,
-        aor_hash: to_hash(&line_register("line1")),
-        ..Default::default()
-    };
-    let client = redirector::kernel::loader::endpoint("10.0.0.2".parse().unwrap(), 5080);
-    fx.dataplane().install_client(client, line1).unwrap();
+    install_line_socket(&mut fx);
     for (edge, home) in [("10.0.0.1", "10.0.0.11"), ("fd00::1", "fd00::11")] {
         fx.dataplane().add_decap_address(home.parse().unwrap()).unwrap();
         fx.dataplane().add_decap_source(edge.parse().unwrap()).unwrap();
@@ -76,7 +70,7 @@ fn nat_fixtures() {
     let mut fx = Fixture::new("nat");
     // A client whose first contact asked for rport: its requests are not scanned.
     let asked = ClientEntry { server: HOME1, nat_port_be: 20050u16.to_be(), ..Default::default() };
-    let client = redirector::kernel::loader::endpoint("10.0.0.2".parse().unwrap(), 5066);
+    let client = endpoint("10.0.0.2".parse().unwrap(), 5066);
     fx.dataplane().install_client(client, asked).unwrap();
     let cases = [
         unknown_clients(),
@@ -89,6 +83,51 @@ fn nat_fixtures() {
         udp_lies_v6_and_nat_reply(),
     ];
     run_table(&mut fx, "nat", cases);
+}
+
+/// Source prefixes the daemon throttled: their unknown clients' datagrams
+/// past the allowance are dropped, their clients on the fast path are not.
+#[test]
+fn throttle_fixtures() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    install_line_socket(&mut fx);
+    let hour_from_now = monotonic_ns() + 3_600_000_000_000;
+    for (address, throttle) in [
+        ("10.0.0.77", Throttle::new(hour_from_now, 0)),
+        ("10.0.6.77", Throttle::new(hour_from_now, 1)),
+        ("10.0.7.77", Throttle::new(1, 0)),
+        ("fd00::77", Throttle::new(hour_from_now, 0)),
+    ] {
+        let prefix = source_prefix(&endpoint(address.parse().unwrap(), 0));
+        fx.dataplane().throttle(&[prefix], throttle).unwrap();
+    }
+    let throttled = |name: &str, src: &str, dst: &str| {
+        Case::untouched(name, from_client(&Datagram::new(src, dst)), XDP_DROP, Counter::DropThrottled)
+    };
+    let unknown =
+        |name: &str, src: &str, dst: &str| passed(name, from_client(&Datagram::new(src, dst)), Counter::PassMiss);
+    let cases = vec![
+        throttled("unknown v4 client of a throttled /24 dropped", "10.0.0.2:7777", VIP4),
+        throttled("another host of that /24 dropped", "10.0.0.200:5060", VIP4),
+        dsr_to_home1("a fast-path client of a throttled /24 forwarded", &Datagram::new("10.0.0.2:5060", VIP4)),
+        dsr_to_home1("a REGISTER for its socket's own AOR forwarded", &from_line_socket(line_register("line1"))),
+        Case::untouched(
+            "a REGISTER for another AOR from a throttled /24 dropped",
+            from_client(&from_line_socket(line_register("line2"))),
+            XDP_DROP,
+            Counter::DropThrottled,
+        ),
+        unknown("the allowance of a window passed up", "10.0.6.2:5060", VIP4),
+        throttled("past the allowance in the same window dropped", "10.0.6.3:5060", VIP4),
+        unknown("a throttle that has lifted passes", "10.0.7.2:5060", VIP4),
+        unknown("an unthrottled /24 passes", "10.0.8.2:5060", VIP4),
+        throttled("unknown v6 client of a throttled /64 dropped", "[fd00::2:0:0:9]:7777", VIP6),
+        unknown("another /64 passes", "[fd00:0:0:1::2]:7777", VIP6),
+    ];
+    run_table(&mut fx, "throttle", [cases]);
 }
 
 /// Runs every case, then fails once, naming each case that failed.
@@ -160,6 +199,19 @@ fn subscribes() -> Vec<Case> {
     ]
 }
 
+/// A socket first contact put on the fast path for line1's REGISTERs.
+fn install_line_socket(fx: &mut Fixture) {
+    let line1 = ClientEntry {
+        server: HOME1,
+        flags: CLIENT_CHECKS_REGISTER,
+        aor_hash: to_hash(&line_register("line1")),
+        ..Default::default()
+    };
+    fx.dataplane().install_client(endpoint("10.0.0.2".parse().unwrap(), LINE_SOCKET_PORT), line1).unwrap();
+}
+
+const LINE_SOCKET_PORT: u16 = 5080;
+
 fn line_register(line: &str) -> Vec<u8> {
     format!("REGISTER sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;rport\r\nTo: <sip:{line}@x>\r\nCSeq: 1 REGISTER\r\n\r\n")
         .into_bytes()
@@ -176,8 +228,11 @@ fn to_hash(register: &[u8]) -> u64 {
 /// A socket put on the fast path for one AOR takes REGISTERs for that AOR
 /// only: another line's, or one whose `To` the program cannot see whole,
 /// goes up to the daemon. Other requests are not looked at.
+fn from_line_socket(payload: Vec<u8>) -> Datagram {
+    with_payload(&format!("10.0.0.2:{LINE_SOCKET_PORT}"), VIP4, &payload)
+}
+
 fn register_checks() -> Vec<Case> {
-    let from_line_socket = |payload: Vec<u8>| with_payload("10.0.0.2:5080", VIP4, &payload);
     let late_to = format!("REGISTER sip:x SIP/2.0\r\nSubject: {}\r\nTo: <sip:line1@x>\r\n\r\n", "s".repeat(TO_SCAN));
     vec![
         dsr_to_home1(

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use redirector_ebpf::{
     COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, MAX_CLIENTS, MAX_DECAP_ADDRESSES,
-    MAX_SERVERS, MAX_SERVICES, NatEntry, NatKey, Server, ServerStats,
+    MAX_SERVERS, MAX_SERVICES, MAX_THROTTLED, NatEntry, NatKey, Server, ServerStats, Throttle,
 };
 
 #[map]
@@ -24,6 +24,10 @@ pub static CLIENTS: LruHashMap<Endpoint, ClientEntry> = LruHashMap::with_max_ent
 
 #[map]
 pub static NAT_REPLIES: LruHashMap<NatKey, NatEntry> = LruHashMap::with_max_entries(MAX_CLIENTS, 0);
+
+/// Source prefixes whose first contact is throttled (see `throttle`).
+#[map]
+pub static THROTTLED: LruHashMap<Endpoint, Throttle> = LruHashMap::with_max_entries(MAX_THROTTLED, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);

@@ -4,12 +4,12 @@
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use redirector_ebpf::{
     CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter,
-    Endpoint, EventKind, FAMILY_V4, Mode, NatKey, SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState,
+    Endpoint, EventKind, FAMILY_V4, Mode, NatKey, SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState, source_prefix,
 };
 
 use super::{
     decap, encap,
-    maps::{CLIENTS, CONFIG, NAT_REPLIES, SERVERS, SERVICES, count, count_server, report},
+    maps::{CLIENTS, CONFIG, NAT_REPLIES, SERVERS, SERVICES, THROTTLED, count, count_server, report},
     nat,
     packet::{self, Datagram, parse_udp, udp_header_ok},
     register,
@@ -58,6 +58,8 @@ impl Hit {
 }
 
 const PASS_MISS: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassMiss);
+const PASS_OTHER_AOR: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassOtherAor);
+const DROP_THROTTLED: Verdict = Verdict::new(xdp_action::XDP_DROP, Counter::DropThrottled);
 const NOT_SERVICE: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::NotService);
 const NO_ADDRESS: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::NoAddressForFamily);
 const FIB_MISS: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::FibMiss);
@@ -111,7 +113,7 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
 #[inline(always)]
 fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict {
     let Some(client) = CLIENTS.get_ptr_mut(datagram.src) else {
-        return PASS_MISS;
+        return to_first_contact(datagram, PASS_MISS);
     };
     // SAFETY: a live map value. The packet count is a load estimate: the
     // BPF target has no atomic add, and a client's packets normally arrive on
@@ -125,7 +127,7 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
         && packet::is_register(ctx, &datagram.ip)
         && !register::may_take(ctx, &datagram.ip, client.aor_hash)
     {
-        return Verdict::new(xdp_action::XDP_PASS, Counter::PassOtherAor);
+        return to_first_contact(datagram, PASS_OTHER_AOR);
     }
     let Some(server) = SERVERS.get(client.server) else {
         return PASS_MISS;
@@ -148,6 +150,18 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
         count_server(client.server, received_bytes);
     }
     verdict
+}
+
+/// A datagram for first contact (an unknown client's, or a REGISTER for
+/// another AOR) goes up as `passed`, unless its source prefix is throttled
+/// and has used its allowance.
+#[inline(always)]
+fn to_first_contact(datagram: &Datagram, passed: Verdict) -> Verdict {
+    let Some(throttle) = THROTTLED.get_ptr_mut(source_prefix(&datagram.src)) else {
+        return passed;
+    };
+    // SAFETY: a live map value, updated without atomics (see `Throttle::admits`).
+    if unsafe { (*throttle).admits(bpf_ktime_get_coarse_ns()) } { passed } else { DROP_THROTTLED }
 }
 
 // A separate BPF subprogram: its stack does not add to its siblings'.

@@ -16,7 +16,7 @@ use redirector_ebpf::{
     CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
     DECAP_ADDRESSES_MAP, DECAP_PROGRAM, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, Mode, NAT_REPLIES_MAP,
     NatEntry, NatKey, PASS_PROGRAM, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP,
-    SERVICES_MAP, Server, ServerStats,
+    SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle,
 };
 
 use crate::{
@@ -136,6 +136,14 @@ impl DataPlane {
     pub fn install_nat_replies(&mut self, keys: &[NatKey], entries: &[NatEntry]) -> Result<()> {
         let fd = self.map_fd(NAT_REPLIES_MAP)?;
         super::batch::update(fd, keys, entries).map_err(batch_error(NAT_REPLIES_MAP, "update"))
+    }
+
+    /// Throttles the first contact of many source prefixes (keys from
+    /// `redirector_ebpf::source_prefix`), each anew, in one system call.
+    pub fn throttle(&mut self, prefixes: &[Endpoint], throttle: Throttle) -> Result<()> {
+        let fd = self.map_fd(THROTTLED_MAP)?;
+        let entries = vec![throttle; prefixes.len()];
+        super::batch::update(fd, prefixes, &entries).map_err(batch_error(THROTTLED_MAP, "update"))
     }
 
     /// A hash map's file descriptor, for the batched calls aya lacks.
