@@ -128,9 +128,11 @@ fn ipv6_baresip_registers_on_the_first_try_in_nat_mode() {
 
 /// svmap and svwar (300 extensions, REGISTER) against the service, as an
 /// attacker on the Internet would run them, while baresip is registered:
-/// every scan request is answered or refused by the daemon, what the scans
-/// leave behind is bounded by the flood limits (a burst, then a rate per
-/// source prefix), and the phone registers again through the fast path.
+/// every scan request is answered or refused by the daemon or, once their
+/// /24 is throttled, dropped in XDP past the throttle's allowance; what the
+/// scans leave behind is bounded by the flood limits (a burst, then a rate
+/// per source prefix), and the phone of that /24 registers again through
+/// the fast path.
 #[test]
 fn scanners_leave_no_more_than_the_flood_limits_and_the_phone_stays_served() {
     if !privileged() {
@@ -138,9 +140,12 @@ fn scanners_leave_no_more_than_the_flood_limits_and_the_phone_stays_served() {
     }
     const BURST: u64 = 30;
     const PER_SECOND: u64 = 5;
+    const THROTTLED: u64 = 20;
     let mut topology = Topology::new("dsr", Attach::Skb, 2);
     topology.first_contact = None;
-    topology.extra_config = format!("[limits]\nnew_clients_per_prefix = {PER_SECOND}\nnew_clients_burst = {BURST}\n");
+    topology.extra_config = format!(
+        "[limits]\nnew_clients_per_prefix = {PER_SECOND}\nnew_clients_burst = {BURST}\nthrottled_datagrams = {THROTTLED}\n"
+    );
     start_registrars(&mut topology, Registrar::Kamailio);
     let edge = InProcessEdge::start(&mut topology, &[]);
     let dir = topology.scratch("baresip");
@@ -153,18 +158,21 @@ fn scanners_leave_no_more_than_the_flood_limits_and_the_phone_stays_served() {
     assert!(scan(&topology, "svwar", &["-e100-399", "-m", "REGISTER"]), "svwar ran to its end");
     let elapsed = started.elapsed().as_secs() + 1;
     let scanned = edge.first_contact("requests") - requests;
-    assert!(scanned >= 300, "every extension reached the daemon: {scanned}");
+    let dropped = edge.kernel(Counter::DropThrottled);
+    assert!(scanned + dropped >= 300, "every extension reached the daemon or the throttle: {scanned} + {dropped}");
+    assert_eq!(edge.first_contact("prefixes_throttled"), 1, "the scanners' /24 was throttled in the kernel");
+    assert!(dropped > 0, "which dropped what they sent past {THROTTLED} a second: {scanned} in {elapsed} s");
     let left = edge.routes().len() as u64 - 1;
     let bound = BURST + PER_SECOND * elapsed;
     assert!(left <= bound, "{left} assignments left by the scans, more than the limits allow ({bound})");
     assert!(edge.first_contact("rate_limited") > 0, "the rest were refused");
     eprintln!(
-        "scans: {scanned} requests in {elapsed} s, {left} assignments left, {} refused",
+        "scans: {scanned} requests in {elapsed} s, {left} assignments left, {} refused, {dropped} dropped in XDP",
         edge.first_contact("rate_limited")
     );
 
     let forwarded = edge.kernel(Counter::Forwarded);
     let again = String::from_utf8_lossy(&baresip(&topology, &dir).stdout).into_owned();
     assert!(again.contains(&registered), "the phone registers again after the scans:\n{again}");
-    assert!(edge.kernel(Counter::Forwarded) > forwarded, "through the fast path");
+    assert!(edge.kernel(Counter::Forwarded) > forwarded, "through the fast path, though its /24 is throttled");
 }

@@ -96,6 +96,10 @@ fn default_expire_after() -> f64 {
 /// store starts at most once a second.
 const SHORTEST_EXPIRY: f64 = 1.0;
 
+/// The longest `limits.throttle_for`: a prefix throttled by mistake (a
+/// carrier's NAT whose users all registered at once) recovers within it.
+const MAX_THROTTLE_FOR: f64 = 3600.0;
+
 /// Who may become a new client: anyone who reaches the service address can
 /// name any AOR, and each new one is a durable assignment.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -111,6 +115,16 @@ pub struct LimitsSettings {
     /// Assignments the store may hold; new clients past it get 503.
     #[serde(default = "default_max_assignments")]
     pub max_assignments: u64,
+    /// A prefix refused for its rate is throttled in the kernel for this
+    /// long (seconds, renewed while it keeps being refused): its datagrams
+    /// to first contact past `throttled_datagrams` a second are dropped
+    /// before they reach the daemon. Clients on the fast path pass.
+    #[serde(default = "default_throttle_for")]
+    pub throttle_for: f64,
+    /// Datagrams a second a throttled prefix may still send to first
+    /// contact (its known clients' new sockets, its new clients' retries).
+    #[serde(default = "default_throttled_datagrams")]
+    pub throttled_datagrams: u32,
 }
 
 impl Default for LimitsSettings {
@@ -119,6 +133,8 @@ impl Default for LimitsSettings {
             new_clients_per_prefix: default_new_clients_per_prefix(),
             new_clients_burst: default_new_clients_burst(),
             max_assignments: default_max_assignments(),
+            throttle_for: default_throttle_for(),
+            throttled_datagrams: default_throttled_datagrams(),
         }
     }
 }
@@ -133,6 +149,14 @@ fn default_new_clients_burst() -> f64 {
 
 fn default_max_assignments() -> u64 {
     10_000_000
+}
+
+fn default_throttle_for() -> f64 {
+    10.0
+}
+
+fn default_throttled_datagrams() -> u32 {
+    200
 }
 
 /// SUBSCRIBE dialogs kept to notify watchers when their client moves.
@@ -643,6 +667,13 @@ impl Config {
         }
         if limits.max_assignments == 0 {
             return Err(invalid("limits.max_assignments", "0 would refuse every new client"));
+        }
+        if !(limits.throttle_for.is_finite() && (0.0..=MAX_THROTTLE_FOR).contains(&limits.throttle_for)) {
+            let value = limits.throttle_for;
+            return Err(invalid(
+                "limits.throttle_for",
+                format!("{value} is not 0 (never) to {MAX_THROTTLE_FOR} seconds"),
+            ));
         }
         Ok(())
     }

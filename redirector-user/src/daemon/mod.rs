@@ -186,6 +186,8 @@ impl Daemon {
             per_prefix: config.limits.new_clients_per_prefix,
             burst: config.limits.new_clients_burst,
             max_assignments: config.limits.max_assignments,
+            throttle_for: Duration::from_secs_f64(config.limits.throttle_for),
+            throttled_datagrams: config.limits.throttled_datagrams,
         };
         let expiry = expiry::Policy::new(Duration::from_secs_f64(config.store.expire_after));
         let operations = Operations::new(Parts {

@@ -2,9 +2,19 @@
 //! name any AOR, and each new one costs a durable assignment. New AORs are
 //! rate-limited per source prefix (a token bucket per IPv4 /24 and IPv6
 //! /64), and capped in all; a client already assigned is never refused.
+//! A prefix refused for its rate is also to be throttled in the kernel
+//! (`take_throttled`), so that its flood stops reaching the daemon.
 //! Sans-IO: it is given the time.
 
-use std::{collections::HashMap, net::IpAddr, time::Instant};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use redirector_ebpf::{Endpoint, source_prefix};
+
+use crate::kernel::loader::endpoint;
 
 /// Why a new client was refused (it gets 503 with Retry-After).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +35,11 @@ pub struct Limits {
     pub burst: f64,
     /// Assignments the store may hold.
     pub max_assignments: u64,
+    /// How long a prefix refused for its rate is throttled in the kernel
+    /// (zero: never).
+    pub throttle_for: Duration,
+    /// First-contact datagrams a second a throttled prefix may still send.
+    pub throttled_datagrams: u32,
 }
 
 /// Prefixes tracked at most, in two generations: when the current one
@@ -36,18 +51,32 @@ const MAX_PREFIXES: usize = 100_000;
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Until when the kernel throttles the prefix, as last asked.
+    throttled_until: Option<Instant>,
 }
 
 #[derive(Debug)]
 pub struct Admission {
     limits: Limits,
-    buckets: HashMap<u128, Bucket>,
-    previous: HashMap<u128, Bucket>,
+    buckets: HashMap<Endpoint, Bucket>,
+    previous: HashMap<Endpoint, Bucket>,
+    /// Prefixes to throttle in the kernel (anew), not yet taken.
+    to_throttle: Vec<Endpoint>,
 }
 
 impl Admission {
     pub fn new(limits: Limits) -> Self {
-        Self { limits, buckets: HashMap::new(), previous: HashMap::new() }
+        Self { limits, buckets: HashMap::new(), previous: HashMap::new(), to_throttle: Vec::new() }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The prefixes to throttle in the kernel for `Limits::throttle_for`
+    /// from now: each refused for its rate, once per half of that time.
+    pub fn take_throttled(&mut self) -> Vec<Endpoint> {
+        std::mem::take(&mut self.to_throttle)
     }
 
     /// Whether a new client from `source` may be assigned now, the store
@@ -61,10 +90,15 @@ impl Admission {
         if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_PREFIXES / 2 {
             self.previous = std::mem::take(&mut self.buckets);
         }
-        let bucket = self.buckets.entry(key).or_insert(carried.unwrap_or(Bucket { tokens: limits.burst, at: now }));
+        let fresh = Bucket { tokens: limits.burst, at: now, throttled_until: None };
+        let bucket = self.buckets.entry(key).or_insert(carried.unwrap_or(fresh));
         bucket.tokens = refilled(bucket, &limits, now);
         bucket.at = now;
         if bucket.tokens < 1.0 {
+            if renews_throttle(bucket, &limits, now) {
+                bucket.throttled_until = Some(now + limits.throttle_for);
+                self.to_throttle.push(key);
+            }
             return Err(Refused::RateLimited);
         }
         bucket.tokens -= 1.0;
@@ -77,12 +111,16 @@ fn refilled(bucket: &Bucket, limits: &Limits, now: Instant) -> f64 {
     (bucket.tokens + elapsed * limits.per_prefix).min(limits.burst)
 }
 
-/// The /24 of an IPv4 address, the /64 of an IPv6 one, in one key space.
-fn prefix(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4) & 0xffff_ff00) | (1 << 127),
-        IpAddr::V6(v6) => u128::from(v6) & !u128::from(u64::MAX),
-    }
+/// Whether a prefix refused now is to be throttled (again): it is not, or
+/// its throttle has less than half its time left.
+fn renews_throttle(bucket: &Bucket, limits: &Limits, now: Instant) -> bool {
+    !limits.throttle_for.is_zero()
+        && bucket.throttled_until.is_none_or(|until| until.saturating_duration_since(now) < limits.throttle_for / 2)
+}
+
+/// The /24 of an IPv4 address, the /64 of an IPv6 one: the kernel's key.
+fn prefix(ip: IpAddr) -> Endpoint {
+    source_prefix(&endpoint(ip, 0))
 }
 
 #[cfg(test)]
@@ -92,7 +130,13 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits { per_prefix: 10.0, burst: 3.0, max_assignments: 100 }
+        Limits {
+            per_prefix: 10.0,
+            burst: 3.0,
+            max_assignments: 100,
+            throttle_for: Duration::from_secs(10),
+            throttled_datagrams: 5,
+        }
     }
 
     #[test]
@@ -108,6 +152,30 @@ mod tests {
         assert_eq!(admission.admit(ip("2001:db8::1"), 0, t0), Ok(()));
         assert_eq!(admission.admit(ip("198.51.100.7"), 0, t0 + Duration::from_millis(100)), Ok(()), "10/s: one more");
         assert_eq!(admission.admit(ip("198.51.100.7"), 0, t0 + Duration::from_millis(100)), Err(Refused::RateLimited));
+    }
+
+    #[test]
+    fn a_prefix_refused_for_its_rate_is_throttled_once_per_half_period() {
+        let mut admission = Admission::new(limits());
+        let t0 = Instant::now();
+        let busy: IpAddr = "198.51.100.7".parse().unwrap();
+        while admission.admit(busy, 0, t0).is_ok() {}
+        assert_eq!(admission.take_throttled(), [prefix(busy)]);
+        assert_eq!(admission.admit("198.51.100.99".parse().unwrap(), 0, t0), Err(Refused::RateLimited));
+        assert_eq!(admission.take_throttled(), [], "already throttled");
+        assert_eq!(admission.admit("192.0.2.1".parse().unwrap(), 100, t0), Err(Refused::AtCapacity));
+        assert_eq!(admission.take_throttled(), [], "the cap throttles no prefix");
+        let later = t0 + Duration::from_secs(6);
+        while admission.admit(busy, 0, later).is_ok() {}
+        assert_eq!(admission.take_throttled(), [prefix(busy)], "renewed with less than half its time left");
+    }
+
+    #[test]
+    fn no_prefix_is_throttled_when_throttling_is_off() {
+        let mut admission = Admission::new(Limits { throttle_for: Duration::ZERO, ..limits() });
+        let busy: IpAddr = "2001:db8::1".parse().unwrap();
+        while admission.admit(busy, 0, Instant::now()).is_ok() {}
+        assert_eq!(admission.take_throttled(), []);
     }
 
     #[test]

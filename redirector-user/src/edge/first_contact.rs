@@ -124,6 +124,9 @@ crate::counters::counters! {
     rate_limited,
     /// 503: a new client past `[limits] max_assignments`.
     over_capacity,
+    /// Source prefixes (re)throttled in the kernel after being refused
+    /// for their rate (`[limits] throttle_for`).
+    prefixes_throttled,
     /// 500: the assignment database failed.
     server_error,
     /// ACKs for our own answers (or unroutable ones), absorbed: an ACK is

@@ -2,6 +2,7 @@ use std::{
     cell::{Ref, RefCell},
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use super::*;
@@ -44,7 +45,13 @@ struct Harness {
 }
 
 /// Limits no test but the one about them reaches.
-const GENEROUS: Limits = Limits { per_prefix: 1000.0, burst: 1000.0, max_assignments: 1_000_000 };
+const GENEROUS: Limits = Limits {
+    per_prefix: 1000.0,
+    burst: 1000.0,
+    max_assignments: 1_000_000,
+    throttle_for: Duration::ZERO,
+    throttled_datagrams: 0,
+};
 
 impl Harness {
     fn new(settings: Settings, servers: Vec<HomeServer>, store: Box<dyn AssignmentStore>) -> Self {
@@ -339,7 +346,8 @@ fn auto_proxies_a_direct_register_and_redirects_what_user_agents_follow() {
 #[test]
 fn new_clients_past_their_prefix_rate_or_the_cap_get_503_and_known_ones_never() {
     let s = setup(Policy::ByVia);
-    *s.fc.admission.borrow_mut() = Admission::new(Limits { per_prefix: 0.001, burst: 2.0, max_assignments: 3 });
+    *s.fc.admission.borrow_mut() =
+        Admission::new(Limits { per_prefix: 0.001, burst: 2.0, max_assignments: 3, ..GENEROUS });
     let from = |host: &str| format!("{host}:5062").parse::<SocketAddr>().unwrap();
     let status =
         |user: &str, source: SocketAddr| only_reply(&s.fc.on_service_datagram(&register_as(user), source, service())).1;

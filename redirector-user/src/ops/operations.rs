@@ -26,10 +26,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use redirector_ebpf::Throttle;
 use tokio::sync::oneshot;
 
 use crate::{
-    counters::bump,
+    counters::{add, bump},
     edge::{
         admission::{Admission, Refused},
         assignments::{Assigned, Assignments},
@@ -41,7 +42,7 @@ use crate::{
         watchers::{Subscription, Watchers},
     },
     kernel::{
-        fast_path::{FastPath, FastPathError, Reading},
+        fast_path::{FastPath, FastPathError, Reading, monotonic_ns},
         loader,
     },
     model::{HomeServer, Origin, ServerState},
@@ -192,6 +193,23 @@ impl Operations {
         );
     }
 
+    /// Has the kernel throttle the prefixes just refused for their rate, so
+    /// that their floods stop at XDP. A failure costs only the throttle:
+    /// the daemon still refuses them.
+    fn throttle_refused_prefixes(&mut self) {
+        let prefixes = self.admission.take_throttled();
+        if prefixes.is_empty() {
+            return;
+        }
+        let limits = self.admission.limits();
+        let until = monotonic_ns().saturating_add(limits.throttle_for.as_nanos() as u64);
+        let throttle = Throttle::new(until, limits.throttled_datagrams);
+        match self.fast_path.dataplane().throttle(&prefixes, throttle) {
+            Ok(()) => add(&self.counters.prefixes_throttled, prefixes.len() as u64),
+            Err(error) => tracing::warn!(%error, "throttling flooding prefixes in the kernel failed"),
+        }
+    }
+
     /// Answers a control API request on `reply`: at once, or for a drain
     /// once its moves are made (see `work`).
     pub fn answer(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
@@ -236,6 +254,7 @@ impl Operations {
             None => Err(Refused::RateLimited),
         };
         let results = self.assignments.assign_all(&aors, &pool, &mut admit)?;
+        self.throttle_refused_prefixes();
         let assigned: HashMap<Aor, Result<Assigned, Refused>> = aors.into_iter().cloned().zip(results).collect();
         if assigned.values().any(|result| *result == Err(Refused::AtCapacity)) {
             self.warn_at_capacity(now);

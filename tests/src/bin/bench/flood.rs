@@ -54,6 +54,9 @@ const MAX_FLOOD: u64 = 100_000_000;
 /// The edge's admission limits in this section (per /24).
 const PER_PREFIX: f64 = 1.0;
 const BURST: f64 = 10.0;
+/// First-contact datagrams a second a prefix throttled in the kernel still
+/// passes up.
+const THROTTLED: u32 = 10;
 
 /// The known clients' offered loads: a storm of re-registrations and one
 /// busy installed client, each well below what the edge does without a
@@ -92,7 +95,8 @@ impl Bench {
         let client = socket_in(&topology.client, &format!("{CLIENT}:5060"));
         let home = socket_in(&topology.homes[0], SERVICE);
         topology.extra_config = format!(
-            "{}[stats]\ninterval = 0.1\n[limits]\nnew_clients_per_prefix = {PER_PREFIX}\nnew_clients_burst = {BURST}\n",
+            "{}[stats]\ninterval = 0.1\n[limits]\nnew_clients_per_prefix = {PER_PREFIX}\nnew_clients_burst = {BURST}\n\
+             throttled_datagrams = {THROTTLED}\n",
             first_contact::QUIET_EDGE
         );
         topology.start(&[(SocketAddr::new(CLIENT.into(), 5060), 0)]);
@@ -106,17 +110,19 @@ impl Bench {
         udp_counter(&String::from_utf8_lossy(&snmp.stdout), "RcvbufErrors")
     }
 
-    /// First contact's counters once the edge has stopped moving them.
+    /// First contact's and the kernel's counters (`stats --json`) once the
+    /// edge has stopped moving them.
     fn settled_counters(&self) -> serde_json::Value {
         let mut previous = serde_json::Value::Null;
         for _ in 0..30 {
             let output = self.topology.cli(&["stats", "--json"]);
             assert!(output.status.success(), "stats --json: {}", String::from_utf8_lossy(&output.stderr));
             let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stats JSON");
-            if stats["first_contact"] == previous {
+            let settled = stats["first_contact"] == previous["first_contact"];
+            previous = stats;
+            if settled {
                 break;
             }
-            previous = stats["first_contact"].clone();
             std::thread::sleep(SETTLE);
         }
         previous
@@ -312,15 +318,15 @@ pub fn run(quick: bool) -> Section {
         }
     }
     let counters = bench.settled_counters();
-    let counter = |name: &str| counters[name].as_u64().unwrap_or(0);
     known_rows(&mut section, &phases);
-    flood_rows(&mut section, &phases[1..], began.elapsed().as_secs_f64(), &counter);
+    flood_rows(&mut section, &phases[1..], began.elapsed().as_secs_f64(), &counters);
     section.notes.push(format!(
         "known clients' offered load: storm {STORM_PACE} REGISTER/s, fast path {FAST_PATH_PACE} datagram/s; \
          ratio: with the flood over without, median of the rounds' ratios"
     ));
     section.notes.push(format!(
-        "edge limits: [limits] new_clients_per_prefix = {PER_PREFIX}, new_clients_burst = {BURST}; \
+        "edge limits: [limits] new_clients_per_prefix = {PER_PREFIX}, new_clients_burst = {BURST}, \
+         throttled_datagrams = {THROTTLED} (throttle_for: the default); \
          edge_drops: datagrams the daemon's full sockets dropped (before first contact or admission saw them)"
     ));
     section
@@ -363,7 +369,9 @@ fn known_rows(section: &mut Section, phases: &[Vec<Phase>]) {
 /// What each flood sent and what the edge's full sockets dropped of it;
 /// over all of them, what admission refused and what they stored against
 /// what the limits allow in `seconds`.
-fn flood_rows(section: &mut Section, flooded: &[Vec<Phase>], seconds: f64, counter: &dyn Fn(&str) -> u64) {
+fn flood_rows(section: &mut Section, flooded: &[Vec<Phase>], seconds: f64, counters: &serde_json::Value) {
+    let counter = |name: &str| counters["first_contact"][name].as_u64().unwrap_or(0);
+    let dropped_in_kernel = counters["verdicts"]["drop_throttled"].as_u64().unwrap_or(0);
     let mut total = 0;
     for ((name, _), phases) in FLOODS.iter().zip(flooded) {
         let (sent, flood_seconds) = phases.iter().filter_map(|p| p.flood).fold((0, 0.0), |a, f| (a.0 + f.0, a.1 + f.1));
@@ -381,7 +389,12 @@ fn flood_rows(section: &mut Section, flooded: &[Vec<Phase>], seconds: f64, count
         Row::new("flood: refused by admission (rate_limited)", counter("rate_limited") as f64, "requests")
             .against("every flood's REGISTERs sent", total as f64)
             .raw("over_capacity", counter("over_capacity") as f64)
-            .raw("requests_read", counter("requests") as f64),
+            .raw("requests_read", counter("requests") as f64)
+            .raw("prefixes_throttled", counter("prefixes_throttled") as f64),
+    );
+    section.rows.push(
+        Row::new("flood: dropped in the kernel (drop_throttled)", dropped_in_kernel as f64, "datagrams")
+            .against("every flood's REGISTERs sent", total as f64),
     );
     // Per /24: the burst, then the rate for as long as the section ran.
     let allowed = f64::from(PREFIXES) * (BURST + PER_PREFIX * seconds);
