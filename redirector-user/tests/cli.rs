@@ -59,7 +59,8 @@ fn check_config_names_every_problem_and_exits_1() {
     std::fs::write(
         &path,
         "interface = \"\"\nmode = \"dsr\"\n[service]\naddresses = [\"192.0.2.10\"]\n[edge]\nipv4 = \"10.0.0.1\"\n\
-         [[servers]]\nname = \"home1\"\nipv4 = \"10.0.0.11\"\n[[clients]]\naddress = \"10.0.0.2:5060\"\nserver = \"home2\"\n",
+         [[servers]]\nname = \"home1\"\nipv4 = \"10.0.0.11\"\n[[clients]]\naddress = \"10.0.0.2:5060\"\nserver = \"home2\"\n\
+         [limits]\nthrottle_for = -1\n",
     )
     .unwrap();
     let out = redirector(&["check-config", path.to_str().unwrap(), "--json"]);
@@ -72,6 +73,7 @@ fn check_config_names_every_problem_and_exits_1() {
     let fields: Vec<&str> =
         report["problems"].as_array().unwrap().iter().map(|p| p["field"].as_str().unwrap()).collect();
     assert!(fields.contains(&"interface") && fields.contains(&"clients[0].server"), "{report}");
+    assert!(fields.contains(&"limits.throttle_for"), "{report}");
     // The example's fields are all valid; only the host may lack its interface.
     let report: serde_json::Value = serde_json::from_slice(&example.stdout).expect("--json prints JSON");
     let fields: Vec<&str> =
