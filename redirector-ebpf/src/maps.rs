@@ -23,6 +23,12 @@ pub const SERVER_STATS_MAP: &str = "SERVER_STATS";
 pub const DECAP_ADDRESSES_MAP: &str = "DECAP_ADDRESSES";
 pub const DECAP_SOURCES_MAP: &str = "DECAP_SOURCES";
 pub const EVENTS_MAP: &str = "EVENTS";
+
+/// The layout of the maps a daemon pins (their keys, values and what they
+/// mean). A daemon adopts pinned maps only of its own layout; bump this
+/// whenever a pinned map's key or value type changes, even if its size
+/// does not.
+pub const MAP_LAYOUT: u32 = 1;
 pub const THROTTLED_MAP: &str = "THROTTLED";
 
 /// Bytes of the `EVENTS` ring buffer (a power of two, a multiple of the page).
@@ -136,6 +142,10 @@ pub struct ClientEntry {
     /// the REGISTERs that may take this entry (those of the AOR it was
     /// installed for; 0 when it was installed by another request).
     pub aor_hash: u64,
+    /// User space's key of the AOR the entry was last installed for (0 for
+    /// clients pinned in the config): a daemon adopting pinned maps after a
+    /// restart finds each entry's AOR by it. The program never reads it.
+    pub owner: u64,
 }
 
 /// `ClientEntry::flags`, nat mode: the client's request that put it on the

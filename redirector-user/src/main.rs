@@ -5,9 +5,12 @@ use std::{io::IsTerminal, net::IpAddr, path::PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use redirector::{
-    config::{Config, ConfigError, DEFAULT_SOCKET},
+    config::{Config, ConfigError, DEFAULT_BPFFS, DEFAULT_SOCKET},
     daemon::Daemon,
-    kernel::loader::{DataPlane, kernel_memory, xdp_mode},
+    kernel::{
+        loader::{DataPlane, kernel_memory, xdp_mode},
+        pins::Pins,
+    },
     model::{AttachMode, ForwardingMode},
     ops::{
         control::{self, Reply, Request},
@@ -47,7 +50,13 @@ struct Cli {
 enum Command {
     /// The edge daemon: load the XDP program on the edge interface, fill
     /// its maps from the config, answer first contacts (302 or proxy) on the
-    /// service addresses, and run until SIGINT or SIGTERM, then detach.
+    /// service addresses, and run until SIGINT or SIGTERM.
+    ///
+    /// The program's link and maps are pinned under
+    /// `<bpffs>/redirector/<interface>/` ([fast_path] bpffs, /sys/fs/bpf by
+    /// default), so the kernel keeps forwarding known clients when the
+    /// daemon stops, is killed or restarts; the next `run` adopts them and
+    /// swaps in its own program atomically. `redirector detach` removes them.
     Run {
         /// TOML config: interface, mode, service, edge, servers, clients
         /// (see redirector.example.toml).
@@ -152,6 +161,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove what `run` pinned for INTERFACE: its XDP link (the program
+    /// detaches) and its maps (the fast path's clients are forgotten; they
+    /// come back through first contact). Stop the daemon first: a running
+    /// one keeps its link attached until it exits.
+    Detach {
+        #[arg(long, short)]
+        interface: String,
+        /// Where bpffs is mounted ([fast_path] bpffs in the daemon's config).
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
     /// Print shell completions for SHELL (installed by `cargo xtask install`).
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
@@ -247,10 +267,11 @@ async fn main() -> Result<()> {
         Command::Run { .. } => run(config.expect("loaded above")).await,
         Command::CheckConfig { file, json } => check_config(&file, json),
         Command::Status { config, json } => {
-            let database = config.map(|path| Config::load(&path)).transpose()?.map(|config| config.sip.database);
-            let status = status::host_status(&socket, database.as_deref());
+            let config = config.map(|path| Config::load(&path)).transpose()?;
+            let status = status::host_status(&socket, config.as_ref());
             print(json, &status, status::report)
         }
+        Command::Detach { interface, bpffs } => detach(&socket, &interface, &bpffs),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "redirector", &mut std::io::stdout());
             Ok(())
@@ -305,7 +326,30 @@ async fn run(config: Config) -> Result<()> {
     let kernel: Vec<(&str, u64)> = report.kernel.iter().map(|(c, n)| (c.label(), *n)).collect();
     info!(first_contact = ?report.first_contact, ?kernel, "counters at shutdown");
     drop(daemon);
-    info!(interface = %config.interface, "redirector detached");
+    info!(
+        interface = %config.interface,
+        "daemon stopped; the kernel keeps forwarding known clients (`redirector detach --interface {}` removes it)",
+        config.interface
+    );
+    Ok(())
+}
+
+/// `redirector detach`: refused while a daemon answers on `socket` (it
+/// would keep the link attached), else every pin of `interface` removed.
+fn detach(socket: &std::path::Path, interface: &str, bpffs: &std::path::Path) -> Result<()> {
+    if let Ok(Reply::Status(daemon)) = control::request(socket, &Request::Status) {
+        bail!(
+            "a daemon (pid {}) is running on control socket {}: stop it first, it keeps its link attached until it exits",
+            daemon.pid,
+            socket.display()
+        );
+    }
+    let pins = Pins::new(bpffs, interface);
+    if pins.remove()? {
+        println!("removed {}: {interface}'s XDP link and maps are gone", pins.directory().display());
+    } else {
+        println!("nothing pinned for {interface} under {}", pins.directory().display());
+    }
     Ok(())
 }
 

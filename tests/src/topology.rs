@@ -16,7 +16,7 @@ use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::{fd::AsRawFd, unix::process::CommandExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -170,6 +170,8 @@ pub struct Topology {
     edge_daemon: Option<Child>,
     /// Decapsulators and pass programs; killed on drop if still running.
     daemons: Vec<Child>,
+    /// The edge's bpffs (dropped, so unmounted, before `workdir` goes).
+    bpffs: tempdir::Bpffs,
     workdir: tempdir::Dir,
     /// Held while the topology lives (declared last, so released last).
     _serial: File,
@@ -250,6 +252,8 @@ impl Topology {
                 add_neighbours(home, &format!("h{i}0"), &[EDGE_STATION, CLIENT_STATION]);
             }
         }
+        let workdir = tempdir::Dir::new();
+        let bpffs = tempdir::Bpffs::mount(&workdir.path().join("bpf"));
         Self {
             lan,
             client,
@@ -264,7 +268,8 @@ impl Topology {
             first_contact: Some("by-via"),
             edge_daemon: None,
             daemons: Vec::new(),
-            workdir: tempdir::Dir::new(),
+            bpffs,
+            workdir,
             _serial: serial,
         }
     }
@@ -300,7 +305,14 @@ impl Topology {
         if !self.extra_config.contains("[health]") {
             text += HEALTH_CHECKS_OFF;
         }
-        text += &self.extra_config;
+        // The edge pins its state in the topology's own bpffs.
+        let bpffs = format!("[fast_path]\nbpffs = \"{}\"\n", self.bpffs.path().display());
+        if self.extra_config.contains("[fast_path]\n") {
+            text += &self.extra_config.replace("[fast_path]\n", &bpffs);
+        } else {
+            text += &self.extra_config;
+            text += &bpffs;
+        }
         text
     }
 
@@ -400,19 +412,35 @@ impl Topology {
         }
     }
 
+    /// Where the edge pins its state (`[fast_path] bpffs`).
+    pub fn bpffs(&self) -> &Path {
+        self.bpffs.path()
+    }
+
     /// A path in the topology's scratch directory.
     pub fn scratch(&self, name: &str) -> PathBuf {
         self.workdir.path().join(name)
     }
 
     /// Stops the edge daemon with SIGTERM; returns whether it exited 0 and
-    /// whether e0 is free of XDP afterwards.
+    /// whether e0 still runs its XDP program afterwards.
     pub fn stop_edge(&mut self) -> (bool, bool) {
         let mut run = self.edge_daemon.take().expect("the edge daemon was started");
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
         let status = wait_bounded(&mut run, Duration::from_secs(10));
-        (status, !has_xdp(&self.edge, "e0"))
+        (status, has_xdp(&self.edge, "e0"))
+    }
+
+    /// `redirector detach` for e0 (the daemon stopped); returns whether it
+    /// succeeded, and whether e0 is free of XDP and nothing is pinned
+    /// afterwards.
+    pub fn detach_edge(&self) -> (bool, bool) {
+        let bpffs = self.bpffs.path().to_str().expect("a UTF-8 path");
+        let output = self.cli(&["detach", "--interface", "e0", "--bpffs", bpffs]);
+        let nothing_pinned =
+            std::fs::read_dir(self.bpffs.path().join("redirector")).map_or(true, |mut d| d.next().is_none());
+        (output.status.success(), !has_xdp(&self.edge, "e0") && nothing_pinned)
     }
 
     /// Kills the edge daemon with SIGKILL, as a crash would.
@@ -635,6 +663,36 @@ mod tempdir {
     impl Drop for Dir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A bpffs instance of its own, mounted on a directory (in the test's
+    /// mount namespace, so what a daemon under `ip netns exec` pins there
+    /// outlives it), unmounted on drop, which drops whatever is pinned.
+    pub struct Bpffs(PathBuf);
+
+    impl Bpffs {
+        pub fn mount(path: &Path) -> Self {
+            std::fs::create_dir_all(path).expect("creating the bpffs mount point");
+            let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("a path without NUL");
+            // SAFETY: NUL-terminated strings that outlive the call; no data argument.
+            let mounted =
+                unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+            assert_eq!(mounted, 0, "mounting bpffs at {}: {}", path.display(), std::io::Error::last_os_error());
+            Self(path.to_owned())
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Bpffs {
+        fn drop(&mut self) {
+            if let Ok(target) = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()) {
+                // SAFETY: a NUL-terminated path that outlives the call.
+                unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+            }
         }
     }
 }

@@ -52,9 +52,11 @@ fn pinned_client_reaches_its_home_server(mode: &'static str, attach: Attach, fam
     assert_eq!(payloads, sent, "every datagram arrived once, unchanged");
     assert!(receive(&other_home_socket, 1, Duration::from_millis(100)).is_empty(), "nothing went to another home");
 
-    let (exited_cleanly, detached) = topology.stop_edge();
+    let (exited_cleanly, attached) = topology.stop_edge();
     assert!(exited_cleanly, "redirector run exits 0 on SIGTERM");
-    assert!(detached, "no XDP program left on e0");
+    assert!(attached, "the kernel keeps forwarding without the daemon");
+    let (detached, gone) = topology.detach_edge();
+    assert!(detached && gone, "redirector detach leaves no XDP program on e0 and nothing pinned");
 }
 
 #[test]

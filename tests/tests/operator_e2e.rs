@@ -55,14 +55,20 @@ fn status_shows_the_attached_program_and_the_daemon_and_works_with_it_down() {
     assert!(daemon.pid > 0 && daemon.store.ends_with("assignments.redb"), "{daemon:?}");
     assert!(running.store.is_none(), "the daemon said it");
 
-    let (stopped, detached) = topology.stop_edge();
-    assert!(stopped && detached);
+    assert_eq!(running.pinned, ["e0"], "{running:?}");
+    let (stopped, attached) = topology.stop_edge();
+    assert!(stopped && attached, "the program stays attached through its pinned link");
     let down = status(&topology, &config);
-    assert!(down.attached.is_empty() && down.daemon.is_none(), "{down:?}");
+    assert_eq!(down.attached.len(), 1, "{down:?}");
+    assert!(down.daemon.is_none(), "{down:?}");
     assert!(down.daemon_unreachable.is_some());
     let (path, assignments) = down.store.expect("the store, read from its file");
     assert!(path.ends_with("assignments.redb"));
     assert_eq!(assignments, 0);
+    let (detached, gone) = topology.detach_edge();
+    assert!(detached && gone);
+    let after = status(&topology, &config);
+    assert!(after.attached.is_empty() && after.pinned.is_empty(), "{after:?}");
 }
 
 /// `redirector run` with `level` in its config, JSON logs and `rust_log`

@@ -292,13 +292,26 @@ pub struct FastPathSettings {
     /// about 112 bytes each in dsr mode, 232 in nat mode.
     #[serde(default = "default_max_clients")]
     pub max_clients: u32,
+    /// Where bpffs is (mounted there by the daemon if it is not). The XDP
+    /// link and maps are pinned under `<bpffs>/redirector/<interface>/`, so
+    /// the kernel keeps forwarding while the daemon is stopped or
+    /// restarting, and the next daemon adopts them.
+    #[serde(default = "default_bpffs")]
+    pub bpffs: PathBuf,
 }
 
 impl Default for FastPathSettings {
     fn default() -> Self {
-        Self { idle_timeout: default_idle_timeout(), max_clients: default_max_clients() }
+        Self { idle_timeout: default_idle_timeout(), max_clients: default_max_clients(), bpffs: default_bpffs() }
     }
 }
+
+fn default_bpffs() -> PathBuf {
+    PathBuf::from(DEFAULT_BPFFS)
+}
+
+/// Where bpffs is mounted by convention.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 
 fn default_max_clients() -> u32 {
     redirector_ebpf::MAX_CLIENTS

@@ -14,6 +14,7 @@ mod sockets;
 mod tasks;
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     thread::JoinHandle,
@@ -21,7 +22,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use redirector_ebpf::{Counter, REDIRECTOR_PROGRAM};
+use redirector_ebpf::Counter;
 use tokio::sync::mpsc;
 use tracing::info;
 
@@ -44,8 +45,9 @@ use crate::{
         watchers::{Subscription, WatcherCounters, Watchers},
     },
     kernel::{
-        fast_path::{FastPath, FastPathError},
+        fast_path::{FastPath, FastPathError, owner_of},
         loader::{DataPlane, DataPlaneError, endpoint_ip, service_endpoints, xdp_mode},
+        pins::Pins,
     },
     ops::{
         api::{Reply, Request},
@@ -54,6 +56,7 @@ use crate::{
         owner::{Command, Owner, OwnerGone},
         stats::{self, Latest},
     },
+    sip::Aor,
     store::{RedbStore, StoreError},
 };
 
@@ -164,12 +167,19 @@ impl Daemon {
         let nat_replies = nat_reply_sockets(config).map_err(DaemonError::Raw)?;
         let control = control::bind(&config.control.socket)
             .map_err(|source| DaemonError::Control { path: config.control.socket.clone(), source })?;
-        let mut dataplane = DataPlane::load_with_client_capacity(config.fast_path.max_clients)?;
+        let pins = Pins::new(&config.fast_path.bpffs, &config.interface);
+        let mut dataplane = DataPlane::load_pinned(&pins, config.fast_path.max_clients)?;
         dataplane.configure(config)?;
         let events = dataplane.take_events()?;
+        let adopting = dataplane.adopted();
         let mut fast_path = FastPath::new(dataplane, config)?;
-        fast_path.dataplane().attach(REDIRECTOR_PROGRAM, &config.interface, xdp_mode(config.attach))?;
         let pool = pool::view(Pool::new(config.home_servers()));
+        if adopting {
+            let adopted = fast_path.adopt(&homes_by_owner(&assignments, &pool.load()))?;
+            info!(pins = %pins.directory().display(), ?adopted, "adopted the pinned fast path");
+        }
+        let took_over = fast_path.dataplane().attach_pinned(&config.interface, xdp_mode(config.attach), &pins)?;
+        info!(link = %pins.link().display(), took_over, "XDP program attached through its pinned link");
         let settings = Settings {
             policy: config.sip.first_contact,
             redirect_expires: config.sip.redirect_expires,
@@ -337,6 +347,19 @@ fn nat_reply_sockets(config: &Config) -> std::io::Result<Vec<socket2::Socket>> {
     let edges = [config.edge.ipv4.map(std::net::IpAddr::V4), config.edge.ipv6.map(std::net::IpAddr::V6)];
     let ports = config.edge.nat_port_range();
     edges.into_iter().flatten().map(|edge| nat_replies::open(edge, &ports)).collect()
+}
+
+/// Every assigned AOR by the key its fast-path entries carry
+/// (`ClientEntry::owner`), with its home server's slot: what adopting a
+/// previous daemon's entries needs.
+fn homes_by_owner(assignments: &Assignments, pool: &Pool) -> HashMap<u64, (Aor, u32)> {
+    let mut homes = HashMap::new();
+    assignments.cache().for_each(|aor, cached| {
+        if let Some(home) = pool.server(&cached.server) {
+            homes.insert(owner_of(aor), (aor.clone(), home.index));
+        }
+    });
+    homes
 }
 
 fn bind_all(addresses: &[SocketAddr], cores: usize, what: &'static str) -> Result<Vec<std::net::UdpSocket>> {

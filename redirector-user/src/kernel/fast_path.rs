@@ -3,7 +3,12 @@
 //! clients and first contacts alike. Keeps AOR → installed client keys so
 //! a later move can find and update them.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use redirector_ebpf::{CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, ClientEntry, Endpoint, NatEntry, NatKey};
 
@@ -48,6 +53,8 @@ pub struct FastPath {
     /// The client entries as first contact reads them, kept in step with
     /// every write and removal.
     shared: Arc<InstalledClients>,
+    /// The clients the config pins (`[[clients]]`).
+    static_clients: HashSet<Endpoint>,
 }
 
 /// What first contact learned of a client, for its kernel entry.
@@ -73,6 +80,11 @@ impl Learned {
         Self { adds_rport: !origin.asks_rport, aor_hash: kept.unwrap_or(origin.aor_hash), owner }
     }
 
+    /// What an adopted kernel entry says first contact had learned.
+    fn of_entry(entry: &ClientEntry) -> Self {
+        Self { adds_rport: entry.flags & CLIENT_ADDS_RPORT != 0, aor_hash: entry.aor_hash, owner: entry.owner }
+    }
+
     /// The kernel entry's flags and hash for a client first contact
     /// learned (`Some`) or a static one.
     fn apply(learned: Option<Self>, mode: ForwardingMode, entry: &mut ClientEntry) {
@@ -91,13 +103,26 @@ impl Learned {
                 }
                 entry.flags |= CLIENT_CHECKS_REGISTER;
                 entry.aor_hash = learned.aor_hash;
+                entry.owner = learned.owner;
             }
         }
     }
 }
 
-fn owner_of(aor: &Aor) -> u64 {
+/// The key a client entry's `owner` holds for `aor`.
+pub fn owner_of(aor: &Aor) -> u64 {
     xxhash_rust::xxh3::xxh3_64(aor.as_str().as_bytes())
+}
+
+/// What `adopt` made of a previous daemon's client entries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    /// Kept as they were.
+    pub kept: usize,
+    /// Rewritten: their AOR's home changed, or they needed an edge port.
+    pub repointed: usize,
+    /// Removed: their AOR is no longer assigned.
+    pub removed: usize,
 }
 
 /// A learned client address as one scan step read it from the kernel.
@@ -156,6 +181,7 @@ impl FastPath {
             installed: HashMap::new(),
             scanning: Vec::new(),
             shared: Arc::default(),
+            static_clients: HashSet::new(),
         };
         for client in &config.clients {
             let server = config.server_index(&client.server).expect("validated: clients name known servers");
@@ -163,9 +189,70 @@ impl FastPath {
             // nat replies come from the first one of their family.
             let family = endpoint(client.address.ip(), 0).family;
             let service = service_endpoints(config).find(|s| s.family == family).unwrap_or_default();
-            fast_path.put(endpoint(client.address.ip(), client.address.port()), server, service)?;
+            let key = endpoint(client.address.ip(), client.address.port());
+            fast_path.static_clients.insert(key);
+            fast_path.put(key, server, service)?;
         }
         Ok(fast_path)
+    }
+
+    /// Takes back what a previous daemon left in adopted maps: each entry
+    /// installed for an AOR that `homes` (by `owner_of` key) still assigns
+    /// is kept, pointed at that AOR's server slot now, with its edge port;
+    /// the others (the AOR expired or is gone, or a client no longer in
+    /// the config) are removed, with their reply entries. Entries that
+    /// need no change keep their last-seen time and packet count.
+    pub fn adopt(&mut self, homes: &HashMap<u64, (Aor, u32)>) -> Result<Adopted, FastPathError> {
+        let replies: HashMap<u16, NatEntry> = self
+            .dataplane
+            .all_nat_replies()?
+            .into_iter()
+            .map(|(key, entry)| (u16::from_be(key.edge_port_be), entry))
+            .collect();
+        let mut adopted = Adopted::default();
+        let (mut writes, mut gone) = (Writes::default(), Vec::new());
+        for (client, entry) in self.dataplane.all_clients()? {
+            let Some((aor, server)) = homes.get(&entry.owner) else {
+                if entry.owner != 0 || !self.static_clients.contains(&client) {
+                    gone.push(client);
+                }
+                continue;
+            };
+            let port = u16::from_be(entry.nat_port_be);
+            let service =
+                replies.get(&port).filter(|_| port != 0).map_or_else(Endpoint::default, |reply| reply.service);
+            self.learned.insert(client, Learned::of_entry(&entry));
+            if port != 0 {
+                self.nat_port_of.insert(client, port);
+            }
+            self.installed.entry(aor.clone()).or_default().push((client, service));
+            let ported = self.mode != ForwardingMode::Nat || port != 0;
+            if entry.server == *server && ported {
+                self.share(&client, &entry);
+                if let Some(reply) = replies.get(&port).filter(|_| port != 0) {
+                    self.share_nat_reply(
+                        &NatKey { edge_port_be: entry.nat_port_be, family: client.family, _pad: 0 },
+                        reply,
+                    );
+                }
+                adopted.kept += 1;
+            } else {
+                adopted.repointed += 1;
+                self.entry_for(client, (*server, service), &mut writes)?;
+            }
+        }
+        self.nat_ports.reserve(self.nat_port_of.values().copied());
+        let used: std::collections::HashSet<u16> = self.nat_port_of.values().copied().collect();
+        let stale: Vec<NatKey> = replies
+            .iter()
+            .filter(|(port, _)| !used.contains(port))
+            .map(|(port, reply)| NatKey { edge_port_be: port.to_be(), family: reply.client.family, _pad: 0 })
+            .collect();
+        adopted.removed = gone.len();
+        self.dataplane.remove_clients(&gone)?;
+        self.dataplane.remove_nat_replies(&stale)?;
+        self.write(&writes)?;
+        Ok(adopted)
     }
 
     /// The client entries, for first contact to read.
@@ -383,18 +470,26 @@ impl FastPath {
             self.dataplane.install_clients(&writes.clients, &writes.entries)?;
         }
         for (key, entry) in writes.nat_keys.iter().zip(&writes.nat_entries) {
-            let (client, service) = (socket_address(&entry.client), socket_address(&entry.service));
-            self.shared
-                .put_nat_reply(u16::from_be(key.edge_port_be), NatReply { client, service, server: entry.server });
+            self.share_nat_reply(key, entry);
         }
         for (client, entry) in writes.clients.iter().zip(&writes.entries) {
-            let nat_port = (entry.nat_port_be != 0).then(|| u16::from_be(entry.nat_port_be));
-            let adds_rport = entry.flags & CLIENT_ADDS_RPORT != 0;
-            let register_hash = (entry.flags & CLIENT_CHECKS_REGISTER != 0).then_some(entry.aor_hash);
-            let route = KernelRoute { server: entry.server, nat_port, adds_rport, register_hash };
-            self.shared.put(socket_address(client), route);
+            self.share(client, entry);
         }
         Ok(())
+    }
+
+    /// First contact's copy of a client entry written to the kernel.
+    fn share(&self, client: &Endpoint, entry: &ClientEntry) {
+        let nat_port = (entry.nat_port_be != 0).then(|| u16::from_be(entry.nat_port_be));
+        let adds_rport = entry.flags & CLIENT_ADDS_RPORT != 0;
+        let register_hash = (entry.flags & CLIENT_CHECKS_REGISTER != 0).then_some(entry.aor_hash);
+        let route = KernelRoute { server: entry.server, nat_port, adds_rport, register_hash };
+        self.shared.put(socket_address(client), route);
+    }
+
+    fn share_nat_reply(&self, key: &NatKey, entry: &NatEntry) {
+        let (client, service) = (socket_address(&entry.client), socket_address(&entry.service));
+        self.shared.put_nat_reply(u16::from_be(key.edge_port_be), NatReply { client, service, server: entry.server });
     }
 }
 

@@ -5,12 +5,17 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, BorrowedFd},
+    path::PathBuf,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use redirector_ebpf::{
     CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
@@ -19,6 +24,7 @@ use redirector_ebpf::{
     SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle,
 };
 
+use super::pins::{PINNED_MAPS, PinError, Pins};
 use crate::{
     config::Config,
     model::{AttachMode, ForwardingMode, HomeServer, ServerState},
@@ -40,13 +46,25 @@ pub enum DataPlaneError {
     MissingMap(&'static str),
     #[error("BPF map {name}: a batched {what} failed (the kernel needs 5.6 or newer): {source}")]
     Batch { name: &'static str, what: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error(
+        "{what} the pinned XDP link {path}: {source} (bpf links need Linux 5.9; `redirector detach` removes a stale one)",
+        path = path.display()
+    )]
+    Link { what: &'static str, path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
 }
 
 type Result<T, E = DataPlaneError> = std::result::Result<T, E>;
 
-/// The loaded object: programs verified and loaded, maps created.
+/// The loaded object: programs verified and loaded, maps created (or
+/// adopted from pins).
 pub struct DataPlane {
     ebpf: Ebpf,
+    /// Whether the maps were a previous daemon's, adopted from pins.
+    adopted: bool,
+    /// The pinned link the program forwards through, once attached.
+    link: Option<PinnedLink>,
 }
 
 impl DataPlane {
@@ -69,12 +87,62 @@ impl DataPlane {
         Self::load_with(loader)
     }
 
+    /// Like `load_with_client_capacity`, with the maps of `PINNED_MAPS`
+    /// pinned under `pins`: a previous daemon's adopted if they match,
+    /// created and pinned if there are none.
+    pub fn load_pinned(pins: &Pins, clients: u32) -> Result<Self> {
+        pins.prepare()?;
+        pins.check_maps(super::PROGRAM, clients)?;
+        let adopted = pins.has_maps();
+        let paths: Vec<(&'static str, PathBuf)> = PINNED_MAPS.iter().map(|&name| (name, pins.map(name))).collect();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(CLIENTS_MAP, clients).map_max_entries(NAT_REPLIES_MAP, clients);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path);
+        }
+        let mut dataplane = Self::load_with(loader)?;
+        dataplane.adopted = adopted;
+        Ok(dataplane)
+    }
+
     fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self> {
         let mut ebpf = loader.load(super::PROGRAM)?;
         for name in [REDIRECTOR_PROGRAM, DECAP_PROGRAM, PASS_PROGRAM] {
             program(&mut ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
         }
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, adopted: false, link: None })
+    }
+
+    /// Whether the maps were a previous daemon's (see `load_pinned`).
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Attaches the redirector program through the link pinned under
+    /// `pins`: a previous daemon's link is given this program atomically
+    /// (the kernel forwards throughout), else a new link is made and
+    /// pinned. It stays attached when this process exits, until
+    /// `redirector detach`. Whether an existing link was taken over.
+    pub fn attach_pinned(&mut self, interface: &str, mode: XdpMode, pins: &Pins) -> Result<bool> {
+        let name = REDIRECTOR_PROGRAM;
+        let path = pins.link();
+        let attach_error = |source| DataPlaneError::Attach { program: name, interface: interface.into(), mode, source };
+        let link_error = |what: &'static str| {
+            let path = path.clone();
+            move |source: Box<dyn std::error::Error + Send + Sync>| DataPlaneError::Link { what, path, source }
+        };
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| link_error("opening")(e.into()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_error("taking over")(e.into()))?;
+            self.program(name)?.attach_to_link(link).map_err(attach_error)?;
+            return Ok(true);
+        }
+        let program = self.program(name)?;
+        let id = program.attach(interface, mode).map_err(attach_error)?;
+        let link = program.take_link(id).map_err(attach_error)?;
+        let link = FdLink::try_from(link).map_err(|e| link_error("pinning")(e.into()))?;
+        self.link = Some(link.pin(&path).map_err(|e| link_error("pinning")(e.into()))?);
+        Ok(false)
     }
 
     pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp> {
@@ -95,7 +163,9 @@ impl DataPlane {
     /// `FastPath`'s business.
     pub fn configure(&mut self, config: &Config) -> Result<()> {
         self.set_config(edge_config(config))?;
-        for service in service_endpoints(config) {
+        let services: Vec<Endpoint> = service_endpoints(config).collect();
+        self.remove_services_but(&services)?;
+        for &service in &services {
             self.add_service(service)?;
         }
         for home in config.home_servers() {
@@ -112,6 +182,14 @@ impl DataPlane {
     pub fn add_service(&mut self, service: Endpoint) -> Result<()> {
         let mut map: HashMap<_, Endpoint, u8> = self.map(SERVICES_MAP)?;
         map.insert(service, 1, 0).map_err(map_error(SERVICES_MAP))
+    }
+
+    /// Removes the services an adopted map holds that `kept` does not.
+    fn remove_services_but(&mut self, kept: &[Endpoint]) -> Result<()> {
+        let mut map: HashMap<_, Endpoint, u8> = self.map(SERVICES_MAP)?;
+        let stale: Vec<Endpoint> =
+            map.keys().filter_map(|key| key.ok()).filter(|service| !kept.contains(service)).collect();
+        stale.iter().try_for_each(|service| map.remove(service).map_err(map_error(SERVICES_MAP)))
     }
 
     pub fn set_server(&mut self, index: u32, server: Server) -> Result<()> {
@@ -144,6 +222,22 @@ impl DataPlane {
         let fd = self.map_fd(THROTTLED_MAP)?;
         let entries = vec![throttle; prefixes.len()];
         super::batch::update(fd, prefixes, &entries).map_err(batch_error(THROTTLED_MAP, "update"))
+    }
+
+    /// Every client entry, read in batches.
+    pub fn all_clients(&self) -> Result<Vec<(Endpoint, ClientEntry)>> {
+        super::batch::lookup_all(self.map_fd(CLIENTS_MAP)?).map_err(batch_error(CLIENTS_MAP, "lookup"))
+    }
+
+    /// Every nat reply entry, read in batches.
+    pub fn all_nat_replies(&self) -> Result<Vec<(NatKey, NatEntry)>> {
+        super::batch::lookup_all(self.map_fd(NAT_REPLIES_MAP)?).map_err(batch_error(NAT_REPLIES_MAP, "lookup"))
+    }
+
+    /// Removes many nat reply entries in one system call (or a few).
+    pub fn remove_nat_replies(&mut self, keys: &[NatKey]) -> Result<()> {
+        let fd = self.map_fd(NAT_REPLIES_MAP)?;
+        super::batch::delete(fd, keys).map_err(batch_error(NAT_REPLIES_MAP, "delete"))
     }
 
     /// A hash map's file descriptor, for the batched calls aya lacks.

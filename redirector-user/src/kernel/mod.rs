@@ -7,6 +7,7 @@ pub mod installed;
 pub mod loader;
 pub mod nat_ports;
 pub mod packets;
+pub mod pins;
 
 /// The XDP object built from `redirector-ebpf` by this crate's build script.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));

@@ -39,6 +39,16 @@ impl NatPorts {
         Ok(port)
     }
 
+    /// Marks `ports` as handed out (a previous daemon's, adopted): the
+    /// next ones come after the highest, and the free ones below it first.
+    pub fn reserve(&mut self, ports: impl Iterator<Item = u16>) {
+        let used: std::collections::HashSet<u16> = ports.filter(|port| self.range.contains(port)).collect();
+        let Some(&highest) = used.iter().max() else { return };
+        self.next = self.next.max(u32::from(highest) + 1);
+        let below = u32::from(*self.range.start())..self.next;
+        self.freed = below.map(|port| port as u16).filter(|port| !used.contains(port)).rev().collect();
+    }
+
     pub fn release(&mut self, port: u16) {
         if self.range.contains(&port) && u32::from(port) < self.next && !self.freed.contains(&port) {
             self.freed.push(port);
@@ -49,6 +59,14 @@ impl NatPorts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_ports_are_never_handed_out_and_the_gaps_first() {
+        let mut ports = NatPorts::new(100..=110);
+        ports.reserve([103, 101, 7].into_iter());
+        let handed: Vec<u16> = (0..4).map(|_| ports.allocate().unwrap()).collect();
+        assert_eq!(handed, [100, 102, 104, 105]);
+    }
 
     #[test]
     fn hands_out_each_port_once_then_reports_exhaustion() {

@@ -12,15 +12,13 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    config::{Config, DEFAULT_BPFFS},
     ops::{
         api::{DaemonStatus, Reply, Request},
         control,
     },
     store::{AssignmentStore, RedbStore},
 };
-
-/// Where redirector would pin its programs and maps.
-pub const PIN_ROOT: &str = "/sys/fs/bpf/redirector";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attached {
@@ -35,8 +33,10 @@ pub struct Attached {
 pub struct HostStatus {
     /// redirector's XDP programs attached to this namespace's interfaces.
     pub attached: Vec<Attached>,
-    /// What is pinned under `PIN_ROOT`.
-    pub pinned: Vec<PathBuf>,
+    /// Where `run` pins each interface's link and maps (`<bpffs>/redirector`).
+    pub pin_root: PathBuf,
+    /// The interfaces pinned there.
+    pub pinned: Vec<String>,
     /// The daemon, if it answers on its control socket.
     pub daemon: Option<DaemonStatus>,
     /// Why it did not answer.
@@ -45,22 +45,24 @@ pub struct HostStatus {
     pub store: Option<(PathBuf, u64)>,
 }
 
-/// The host as it is now; `database`, if given, is read when the daemon
-/// does not answer.
-pub fn host_status(socket: &Path, database: Option<&Path>) -> HostStatus {
+/// The host as it is now; `config`, if given, names the store (read when
+/// the daemon is down) and where bpffs is.
+pub fn host_status(socket: &Path, config: Option<&Config>) -> HostStatus {
     let (daemon, daemon_unreachable) = match control::request(socket, &Request::Status) {
         Ok(Reply::Status(status)) => (Some(status), None),
         Ok(other) => (None, Some(format!("it answered {other:?}"))),
         Err(error) => (None, Some(error.to_string())),
     };
-    let store = match (&daemon, database) {
-        (None, Some(path)) => RedbStore::open_existing(path)
+    let store = match (&daemon, config) {
+        (None, Some(config)) => RedbStore::open_existing(&config.sip.database)
             .and_then(|store| store.all())
             .ok()
-            .map(|all| (path.to_owned(), all.len() as u64)),
+            .map(|all| (config.sip.database.clone(), all.len() as u64)),
         _ => None,
     };
-    HostStatus { attached: attached(), pinned: pinned(Path::new(PIN_ROOT)), daemon, daemon_unreachable, store }
+    let bpffs = config.map_or_else(|| PathBuf::from(DEFAULT_BPFFS), |config| config.fast_path.bpffs.clone());
+    let pin_root = bpffs.join("redirector");
+    HostStatus { attached: attached(), pinned: pinned(&pin_root), pin_root, daemon, daemon_unreachable, store }
 }
 
 /// `ip -json -details link`'s XDP attachments whose program is ours.
@@ -98,9 +100,9 @@ fn xdp_of(link: &serde_json::Value) -> Vec<Attached> {
         .collect()
 }
 
-fn pinned(root: &Path) -> Vec<PathBuf> {
+fn pinned(root: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
-    entries.flatten().map(|entry| entry.path()).collect()
+    entries.flatten().filter_map(|entry| entry.file_name().into_string().ok()).collect()
 }
 
 /// `status` as text.
@@ -112,10 +114,17 @@ pub fn report(status: &HostStatus) -> String {
     for a in &status.attached {
         let _ = writeln!(out, "attached: {} on {} (id {}, {} mode)", a.program, a.interface, a.id, a.mode);
     }
-    let _ = match status.pinned.len() {
-        0 => writeln!(out, "pinned: nothing under {PIN_ROOT} (the fast path lives as long as the daemon)"),
-        n => writeln!(out, "pinned: {n} under {PIN_ROOT}"),
-    };
+    let root = status.pin_root.display();
+    for interface in &status.pinned {
+        let _ = writeln!(
+            out,
+            "pinned: {interface} under {root} (the kernel forwards its known clients with or without a daemon; \
+             `redirector detach --interface {interface}` removes it)"
+        );
+    }
+    if status.pinned.is_empty() {
+        let _ = writeln!(out, "pinned: nothing under {root}");
+    }
     match (&status.daemon, &status.daemon_unreachable) {
         (Some(d), _) => {
             let _ = writeln!(

@@ -44,6 +44,15 @@ impl Cache {
         self.assignments.get(aor).and_then(|entry| entry.cached.clone())
     }
 
+    /// Calls `visit` with every assignment not held out of first contact.
+    pub fn for_each(&self, mut visit: impl FnMut(&Aor, &Cached)) {
+        for entry in &self.assignments {
+            if let Some(cached) = &entry.value().cached {
+                visit(entry.key(), cached);
+            }
+        }
+    }
+
     /// Records `assignment`, keeping a later sighting than the one it carries.
     pub fn put(&self, assignment: &Assignment) {
         let cached = Cached { server: Arc::from(assignment.server.as_str()), generation: assignment.generation };
