@@ -443,6 +443,19 @@ impl Topology {
         (output.status.success(), !has_xdp(&self.edge, "e0") && nothing_pinned)
     }
 
+    /// Starts `redirector run` again with the config `start` wrote (after a
+    /// kill or stop), and waits until it answers on its control socket.
+    pub fn restart_edge(&mut self) {
+        assert!(self.edge_daemon.is_none(), "the edge daemon was stopped first");
+        let path = self.workdir.path().join("edge.toml");
+        self.edge_daemon = Some(spawn(&self.edge, &["run", "--config", path.to_str().unwrap()]));
+        let start = Instant::now();
+        while !self.cli(&["servers", "--json"]).status.success() {
+            assert!(start.elapsed() < Duration::from_secs(30), "the restarted edge daemon never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the edge daemon with SIGKILL, as a crash would.
     pub fn kill_edge(&mut self) {
         let mut run = self.edge_daemon.take().expect("the edge daemon was started");
@@ -553,6 +566,14 @@ pub fn kill_group(child: &mut Child) {
 pub fn has_xdp(ns: &NetNs, interface: &str) -> bool {
     let out = ns.exec("ip", &["-d", "link", "show", "dev", interface]);
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// The id of the XDP program attached to `interface`, if any.
+pub fn xdp_program_id(ns: &NetNs, interface: &str) -> Option<u64> {
+    let out = ns.exec("ip", &["-json", "-details", "link", "show", "dev", interface]);
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let xdp = &links[0]["xdp"];
+    xdp["prog"]["id"].as_u64().or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
 }
 
 fn wait_for_xdp(ns: &NetNs, interface: &str) {

@@ -1,0 +1,164 @@
+//! The fast path outlives its daemon. A client streams REGISTERs every 7 ms
+//! through XDP to a stock Kamailio registrar; `redirector run` is killed
+//! with SIGKILL and started again 2.5 s later. The pinned link kept the
+//! program forwarding, so no REGISTER goes unanswered; the restarted daemon
+//! adopted the pinned maps (the client never met first contact again, and
+//! its home did not change) and swapped its own program into the link. A
+//! move made after the restart reaches the adopted entry, and `redirector
+//! detach` then removes everything.
+
+use std::{
+    collections::BTreeSet,
+    net::{SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use redirector::{
+    ops::api::{Entry, Route, ServerStatus},
+    sip::{HeaderKind, Message, StartLine},
+};
+use redirector_tests::{
+    privileged,
+    sip_pool::{Registrar, start_registrars},
+    topology::{Attach, CLIENT, Topology, socket_in, xdp_program_id},
+};
+
+const AOR: &str = "sip:alice@example.test";
+const INTERVAL: Duration = Duration::from_millis(7);
+const PORT: u16 = 5070;
+
+/// A client re-registering alice from one socket, and what was answered.
+struct Stream {
+    socket: UdpSocket,
+    sent: u32,
+    answered: BTreeSet<u32>,
+}
+
+impl Stream {
+    fn new(topology: &Topology) -> Self {
+        let socket = socket_in(&topology.client, &format!("{CLIENT}:{PORT}"));
+        socket.set_nonblocking(true).expect("a non-blocking socket");
+        Self { socket, sent: 0, answered: BTreeSet::new() }
+    }
+
+    fn register(cseq: u32) -> String {
+        format!(
+            "REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {CLIENT}:{PORT};branch=z9hG4bKrestart{cseq};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <{AOR}>;tag=restart\r\nTo: <{AOR}>\r\nCall-ID: restart-stream@client\r\n\
+             CSeq: {cseq} REGISTER\r\nContact: <sip:alice@{CLIENT}:{PORT}>\r\nExpires: 300\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    /// Sends one REGISTER every `INTERVAL` for `length`, reading answers.
+    fn run_for(&mut self, length: Duration) {
+        let service: SocketAddr = redirector_tests::topology::SERVICE.parse().unwrap();
+        let end = Instant::now() + length;
+        while Instant::now() < end {
+            self.sent += 1;
+            self.socket.send_to(Self::register(self.sent).as_bytes(), service).expect("sending a REGISTER");
+            self.read_answers();
+            std::thread::sleep(INTERVAL);
+        }
+    }
+
+    /// Reads answers until all are in or two seconds pass.
+    fn settle(&mut self) {
+        let end = Instant::now() + Duration::from_secs(2);
+        while self.answered.len() < self.sent as usize && Instant::now() < end {
+            self.read_answers();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn read_answers(&mut self) {
+        let mut buffer = [0u8; 4096];
+        while let Ok(length) = self.socket.recv(&mut buffer) {
+            let Ok(message) = Message::parse(&buffer[..length]) else { continue };
+            let StartLine::Response { code: 200, .. } = message.start else { continue };
+            let cseq: Option<u32> =
+                message.value(HeaderKind::CSeq).and_then(|v| v.split_whitespace().next()?.parse().ok());
+            self.answered.extend(cseq);
+        }
+    }
+
+    fn unanswered(&self) -> Vec<u32> {
+        (1..=self.sent).filter(|cseq| !self.answered.contains(cseq)).collect()
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(topology: &Topology, args: &[&str]) -> T {
+    let output = topology.cli(args);
+    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn home_of(topology: &Topology) -> String {
+    let routes: Vec<Route> = json(topology, &["routes", "--json"]);
+    routes.into_iter().find(|r| r.aor == AOR).expect("alice is assigned").server
+}
+
+fn entries(topology: &Topology) -> Vec<Entry> {
+    json(topology, &["entries", AOR, "--json"])
+}
+
+fn first_contacts(topology: &Topology) -> u64 {
+    let stats: redirector::ops::api::Stats = json(topology, &["stats", "--json"]);
+    stats.first_contact.get("requests").copied().unwrap_or_default()
+}
+
+fn fast_path_packets(topology: &Topology, server: &str) -> u64 {
+    let servers: Vec<ServerStatus> = json(topology, &["servers", "--json"]);
+    servers.into_iter().find(|s| s.name == server).expect("a configured server").packets
+}
+
+#[test]
+fn a_client_streaming_through_the_fast_path_loses_nothing_across_a_kill_and_restart() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Skb, 2);
+    topology.first_contact = None;
+    topology.extra_config = "[health]\ninterval = 3600\n[stats]\ninterval = 0.1\n".into();
+    start_registrars(&mut topology, Registrar::Kamailio);
+    topology.start(&[]);
+    let mut stream = Stream::new(&topology);
+    stream.run_for(Duration::from_secs(1));
+    let home = home_of(&topology);
+    let before = entries(&topology);
+    assert_eq!(before.len(), 1, "alice's socket is on the fast path: {before:?}");
+    let program = xdp_program_id(&topology.edge, "e0").expect("the program is attached");
+
+    topology.kill_edge();
+    stream.run_for(Duration::from_millis(2500));
+    topology.restart_edge();
+    let restarted_first_contacts = first_contacts(&topology);
+    stream.run_for(Duration::from_secs(1));
+    stream.settle();
+
+    assert_eq!(stream.unanswered(), Vec::<u32>::new(), "of {} REGISTERs", stream.sent);
+    assert_eq!(home_of(&topology), home, "alice's home did not change");
+    let after = entries(&topology);
+    assert_eq!(after.iter().map(|e| (e.client, e.server)).collect::<Vec<_>>(), [(before[0].client, before[0].server)]);
+    assert!(after[0].packets > before[0].packets, "the adopted entry kept counting: {after:?}");
+    assert_eq!(first_contacts(&topology), restarted_first_contacts, "the restarted daemon never saw alice");
+    let replaced = xdp_program_id(&topology.edge, "e0").expect("a program is attached");
+    assert_ne!(replaced, program, "the restarted daemon's program runs");
+
+    // A move made now reaches the adopted entry: alice's REGISTERs go to
+    // her new home through the fast path, still all answered.
+    let other = if home == "home0" { "home1" } else { "home0" };
+    let moved = fast_path_packets(&topology, other);
+    assert!(topology.cli(&["assign", AOR, other]).status.success());
+    stream.run_for(Duration::from_millis(500));
+    stream.settle();
+    assert_eq!(stream.unanswered(), Vec::<u32>::new(), "of {} REGISTERs, with the move", stream.sent);
+    assert_ne!(entries(&topology)[0].server, before[0].server, "the kernel entry follows the move");
+    let delivered = topology.stats_when(|_| true);
+    let now = delivered.servers.iter().find(|s| s.name == other).map_or(0, |s| s.packets);
+    assert!(now > moved, "{other} gets alice's REGISTERs through XDP ({moved} -> {now})");
+
+    let (stopped, attached) = topology.stop_edge();
+    assert!(stopped && attached);
+    let (detached, gone) = topology.detach_edge();
+    assert!(detached && gone, "redirector detach leaves nothing attached or pinned");
+}
