@@ -34,6 +34,14 @@ fn pool(homes: usize) -> (Topology, InProcessEdge) {
     (topology, edge)
 }
 
+/// The pool of `pool(homes)`, and alice's and bob's phones.
+fn alice_and_bob(homes: usize) -> (Topology, InProcessEdge, Phone, Phone) {
+    let (topology, edge) = pool(homes);
+    let alice = Phone::new(&topology, "alice", Family::V4, ALICE_PORT);
+    let bob = Phone::new(&topology, "bob", Family::V4, BOB_PORT);
+    (topology, edge, alice, bob)
+}
+
 fn stdout(output: std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -138,9 +146,7 @@ fn alice_calls_bob_on_another_home_through_the_edge() {
     if !privileged() {
         return;
     }
-    let (topology, edge) = pool(2);
-    let alice = Phone::new(&topology, "alice", Family::V4, ALICE_PORT);
-    let bob = Phone::new(&topology, "bob", Family::V4, BOB_PORT);
+    let (topology, edge, alice, bob) = alice_and_bob(2);
     let (alice_home, bob_home) = on_different_homes(&topology, &edge, &alice, &bob);
     let mut bob_running = bob_answering(&topology, &bob);
     let (proxied, relayed) = (edge.first_contact("proxied_for_homes"), edge.first_contact("relayed"));
@@ -179,9 +185,7 @@ fn after_bob_moves_his_watcher_is_told_and_the_next_call_reaches_his_new_home() 
     if !privileged() {
         return;
     }
-    let (topology, edge) = pool(3);
-    let alice = Phone::new(&topology, "alice", Family::V4, ALICE_PORT);
-    let bob = Phone::new(&topology, "bob", Family::V4, BOB_PORT);
+    let (topology, edge, alice, bob) = alice_and_bob(3);
     let carol = Phone::new(&topology, "carol", Family::V4, CAROL_PORT);
     carol.watch(&bob);
     let (alice_home, old_home) = on_different_homes(&topology, &edge, &alice, &bob);
