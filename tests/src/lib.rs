@@ -7,6 +7,7 @@ pub mod netns;
 pub mod packets;
 pub mod population;
 pub mod sip_pool;
+pub mod softphone;
 pub mod topology;
 
 /// Whether privileged tests can run. Without root they are skipped, except

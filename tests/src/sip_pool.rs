@@ -28,6 +28,10 @@ pub enum Registrar {
     Own,
     /// Kamailio 5.6 with usrloc + registrar, from Debian's package.
     Kamailio,
+    /// The same Kamailio, also routing calls as a home server of the pool
+    /// does (`CALL_ROUTING`): record-routed, to the bindings it has, and
+    /// to the edge's proxy address for targets it has none for.
+    KamailioCalls,
 }
 
 /// Starts a registrar on every home server.
@@ -56,15 +60,59 @@ pub fn start_registrar(topology: &mut Topology, index: usize, registrar: Registr
             }
             topology.spawn_in_home(index, &args)
         }
-        Registrar::Kamailio => {
-            start_kamailio(&topology.homes[index], &listen, &topology.scratch(&format!("kamailio{index}")))
+        Registrar::Kamailio => start_kamailio(
+            &topology.homes[index],
+            &listen,
+            &topology.scratch(&format!("kamailio{index}")),
+            REGISTRAR_ONLY,
+        ),
+        Registrar::KamailioCalls => {
+            let edge = std::net::SocketAddr::new(topology.families[0].edge(), 5060);
+            let routing = CALL_ROUTING.replace("EDGE", &edge.to_string());
+            start_kamailio(&topology.homes[index], &listen, &topology.scratch(&format!("kamailio{index}")), &routing)
         }
     };
     topology.set_registrar(index, child);
     wait_for_udp_listener(&topology.homes[index], 5060);
 }
 
-fn start_kamailio(ns: &NetNs, listen: &[String], dir: &Path) -> Child {
+/// A plain registrar: every other request is answered 404.
+const REGISTRAR_ONLY: &str = r#"request_route {
+    if (!mf_process_maxfwd_header("10")) { sl_send_reply("483", "Too Many Hops"); exit; }
+    if (is_method("REGISTER")) { if (!save("location")) { sl_reply_error(); } exit; }
+    if (is_method("OPTIONS")) { sl_send_reply("200", "OK"); exit; }
+    sl_send_reply("404", "Not Here");
+}
+"#;
+
+/// A registrar that routes calls as the blocks of Kamailio's default
+/// kamailio.cfg do (WITHINDLG, RELAY, LOCATION), with the pool's one
+/// requirement on a home (README, *Calls between clients of different
+/// homes*): a target without a binding here goes to the edge's proxy
+/// address (EDGE), not 404. `mhomed` picks the source address by route: a
+/// dsr home's service address on lo must not be the source towards the edge.
+const CALL_ROUTING: &str = r#"mhomed=1
+loadmodule "rr.so"
+loadmodule "siputils.so"
+request_route {
+    if (!mf_process_maxfwd_header("10")) { sl_send_reply("483", "Too Many Hops"); exit; }
+    if (has_totag()) {
+        if (loose_route()) { t_relay(); exit; }
+        if (is_method("ACK") && t_check_trans()) { t_relay(); }
+        exit;
+    }
+    if (is_method("CANCEL")) { if (t_check_trans()) { t_relay(); } exit; }
+    if (is_method("REGISTER")) { if (!save("location")) { sl_reply_error(); } exit; }
+    if (is_method("OPTIONS") && $rU == $null) { sl_send_reply("200", "OK"); exit; }
+    if (is_method("INVITE")) { record_route(); }
+    if (!lookup("location")) { $du = "sip:EDGE"; }
+    if (!t_relay()) { sl_reply_error(); }
+}
+"#;
+
+/// Kamailio with `routing` (its request_route, and any globals and
+/// modules it needs besides the registrar's).
+fn start_kamailio(ns: &NetNs, listen: &[String], dir: &Path, routing: &str) -> Child {
     std::fs::create_dir_all(dir).expect("kamailio scratch dir");
     let listen: String = listen.iter().map(|a| format!("listen=udp:{a}\n")).collect();
     let config = format!(
@@ -81,13 +129,7 @@ loadmodule "textops.so"
 loadmodule "usrloc.so"
 loadmodule "registrar.so"
 modparam("usrloc", "db_mode", 0)
-request_route {{
-    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
-    if (is_method("REGISTER")) {{ if (!save("location")) {{ sl_reply_error(); }} exit; }}
-    if (is_method("OPTIONS")) {{ sl_send_reply("200", "OK"); exit; }}
-    sl_send_reply("404", "Not Here");
-}}
-"#
+{routing}"#
     );
     let path = dir.join("kamailio.cfg");
     std::fs::write(&path, config).expect("writing kamailio.cfg");

@@ -6,44 +6,20 @@
 //! scanners against the service leave behind no more than the flood limits
 //! allow, and the phone stays served.
 
-use std::{
-    net::SocketAddr,
-    os::unix::process::CommandExt,
-    path::Path,
-    process::{Output, Stdio},
-};
+use std::{os::unix::process::CommandExt, process::Stdio};
 
 use redirector_ebpf::Counter;
 use redirector_tests::{
     privileged,
     sip_pool::{InProcessEdge, Registrar, start_registrars},
+    softphone::Phone,
     topology::{Attach, Family, Topology},
 };
 
-const ACCOUNT: &str = "alice@example.test";
-
-/// baresip's configuration: its SIP socket, and only the account module
-/// (no audio device, no console on a test's stdin).
-fn configure(dir: &Path, family: Family) {
-    std::fs::create_dir_all(dir).expect("baresip's config dir");
-    let listen = SocketAddr::new(family.client(), 5062);
-    let config = format!("sip_listen\t{listen}\nmodule_path\t/usr/lib/baresip/modules\nmodule_app\taccount.so\n");
-    std::fs::write(dir.join("config"), config).expect("baresip config");
-    let account = format!("<sip:{ACCOUNT}>;outbound=\"sip:{}\";regint=3600\n", family.service());
-    std::fs::write(dir.join("accounts"), account).expect("baresip accounts");
-}
-
-/// Runs baresip in the client namespace for a few seconds: it registers,
-/// and unregisters when it quits.
-fn baresip(topology: &Topology, dir: &Path) -> Output {
-    let dir = dir.to_str().expect("a UTF-8 path");
-    topology
-        .client
-        .command("timeout", &["-s", "KILL", "20", "baresip", "-f", dir, "-t", "3"])
-        .process_group(0)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running baresip (apt-get install baresip-core)")
+/// Runs alice's baresip for a few seconds: it registers, and unregisters
+/// when it quits. What it printed.
+fn baresip(topology: &Topology, alice: &Phone) -> String {
+    String::from_utf8_lossy(&alice.run(topology, 3, &[]).stdout).into_owned()
 }
 
 /// Runs SIPVicious' `tool` (svmap, svwar) against the service from the
@@ -72,25 +48,22 @@ fn registers_on_the_first_try(mode: &'static str, family: Family) {
     topology.extra_config = "[health]\ninterval = 3600\n".into();
     start_registrars(&mut topology, Registrar::Kamailio);
     let edge = InProcessEdge::start(&mut topology, &[]);
-    let dir = topology.scratch("baresip");
-    configure(&dir, family);
-    let registered = format!("{ACCOUNT}: {{0/UDP/{}}} 200 OK", if family == Family::V4 { "v4" } else { "v6" });
+    let alice = Phone::new(&topology, "alice", family, 5062);
+    let registered = alice.registered();
     let mode = format!("{mode} {family:?}");
 
-    let first = baresip(&topology, &dir);
-    let log = String::from_utf8_lossy(&first.stdout);
+    let log = baresip(&topology, &alice);
     assert!(log.contains(&registered), "{mode}: not registered on the first try:\n{log}");
     assert!(!log.contains("302"), "{mode}: {log}");
     assert_eq!(edge.first_contact("proxied"), 1, "{mode}: the REGISTER was proxied to the home server");
     assert_eq!(edge.first_contact("redirected"), 0, "{mode}");
     assert_eq!(edge.first_contact("installed"), 1, "{mode}: and the phone put on the fast path");
     let routes = edge.routes();
-    assert_eq!(routes.iter().map(|r| r.aor.as_str()).collect::<Vec<_>>(), [format!("sip:{ACCOUNT}")], "{mode}");
+    assert_eq!(routes.iter().map(|r| r.aor.as_str()).collect::<Vec<_>>(), [alice.aor()], "{mode}");
 
     let requests = edge.first_contact("requests");
     let forwarded = edge.kernel(Counter::Forwarded);
-    let again = baresip(&topology, &dir);
-    let log = String::from_utf8_lossy(&again.stdout);
+    let log = baresip(&topology, &alice);
     assert!(log.contains(&registered), "{mode}: the next registration:\n{log}");
     assert_eq!(edge.first_contact("requests"), requests, "{mode}: it never reached the daemon");
     assert!(edge.kernel(Counter::Forwarded) > forwarded, "{mode}: it went through XDP");
@@ -148,10 +121,9 @@ fn scanners_leave_no_more_than_the_flood_limits_and_the_phone_stays_served() {
     );
     start_registrars(&mut topology, Registrar::Kamailio);
     let edge = InProcessEdge::start(&mut topology, &[]);
-    let dir = topology.scratch("baresip");
-    configure(&dir, Family::V4);
-    let registered = format!("{ACCOUNT}: {{0/UDP/v4}} 200 OK");
-    assert!(String::from_utf8_lossy(&baresip(&topology, &dir).stdout).contains(&registered));
+    let alice = Phone::new(&topology, "alice", Family::V4, 5062);
+    let registered = alice.registered();
+    assert!(baresip(&topology, &alice).contains(&registered));
 
     let (requests, started) = (edge.first_contact("requests"), std::time::Instant::now());
     assert!(scan(&topology, "svmap", &[]), "svmap ran to its end");
@@ -172,7 +144,7 @@ fn scanners_leave_no_more_than_the_flood_limits_and_the_phone_stays_served() {
     );
 
     let forwarded = edge.kernel(Counter::Forwarded);
-    let again = String::from_utf8_lossy(&baresip(&topology, &dir).stdout).into_owned();
+    let again = baresip(&topology, &alice);
     assert!(again.contains(&registered), "the phone registers again after the scans:\n{again}");
     assert!(edge.kernel(Counter::Forwarded) > forwarded, "through the fast path, though its /24 is throttled");
 }

@@ -12,6 +12,9 @@
 //!   (a redirect would hide the dialog from the edge), its sender is never
 //!   installed, and its dialog is recorded (`Action::Watch`) so the watcher
 //!   can be told when the client moves (see `watchers`).
+//! * A request from a home server is for a client of another home (the
+//!   terminating leg of a call): it is proxied by its Request-URI, never
+//!   back to its sender, and never redirected (see `from_homes`).
 //! * A client that talked to us directly has its source address put on the
 //!   fast path. A forwarded request's source is the upstream proxy, which
 //!   speaks for many clients, so it is never installed.
@@ -161,6 +164,12 @@ crate::counters::counters! {
     /// nat: home servers' replies to a client's edge port that the program
     /// passed up (IP fragments), relayed to the client as it would have.
     nat_replies_relayed,
+    /// Requests from home servers proxied to their target's home (the
+    /// terminating leg of a call between homes; see `from_homes`).
+    proxied_for_homes,
+    /// Requests from home servers answered 404 or 480: their target has no
+    /// assignment, or is the sender's own client, or its home is down.
+    unroutable_for_homes,
 }
 
 #[derive(Clone)]
@@ -432,7 +441,8 @@ impl FirstContact {
     }
 
     /// A datagram on the proxy socket: a home server's response to relay,
-    /// or a watcher's answer to a NOTIFY. Only home servers may have their
+    /// a home server's request for a client of another home, or a
+    /// watcher's answer to a NOTIFY. Only home servers may have their
     /// responses relayed: anything else would make the edge a relay to
     /// whatever a forged Via names, or fake a health answer.
     pub fn on_proxy_datagram(&self, datagram: &[u8], source: SocketAddr) -> Vec<Action> {
@@ -440,7 +450,7 @@ impl FirstContact {
             return self.drop();
         };
         let StartLine::Response { code, .. } = message.start else {
-            return self.drop();
+            return self.on_proxy_request(&message, source);
         };
         if let Some(answer) = notify_answer(&message, source) {
             return vec![answer];
@@ -464,15 +474,37 @@ impl FirstContact {
         let from =
             ours.param(SERVICE_PARAM).and_then(|i| self.settings.services.get(i.parse::<usize>().ok()?)).copied();
         bump(&self.counters.relayed);
-        let mut actions = vec![Action::Relay { to, bytes: rewrite(&message, &vias[1..], None, false), from }];
+        let bytes = rewrite(&message, &vias[1..], None, false);
+        // A dsr home owns the service address: from it, the answer would
+        // look to the home like its own packet, which Linux drops.
+        let relay = if self.pool.load().is_home(to.ip()) {
+            Action::Forward { to, bytes }
+        } else {
+            Action::Relay { to, bytes, from }
+        };
+        let mut actions = vec![relay];
         if message.cseq().is_ok_and(|(_, method)| method == "SUBSCRIBE") {
             actions.extend(subscribe_answer(&message, code));
         }
         actions
     }
 
+    /// A request on the proxy socket: only home servers send the edge
+    /// requests there (see `from_homes`).
+    fn on_proxy_request(&self, message: &Message<'_>, source: SocketAddr) -> Vec<Action> {
+        let Some(local) = self.proxy_for(source).filter(|_| self.pool.load().is_home(source.ip())) else {
+            return self.drop();
+        };
+        bump(&self.counters.requests);
+        self.route_home_request(message, source, local)
+    }
+
     /// Everything decided before the client's home is known.
     fn classify<'a>(&self, message: Message<'a>, source: SocketAddr, local: SocketAddr) -> Item<'a> {
+        // A home's request is routed by its target, never by its sender.
+        if self.pool.load().is_home(source.ip()) {
+            return Item::Done(self.route_home_request(&message, source, local));
+        }
         let mut basis = Basis::of(&message);
         let direct = basis.vias.len() == 1;
         let redirect = self.redirects(&message, direct);
@@ -901,6 +933,9 @@ fn rewrite(message: &Message<'_>, vias: &[String], max_forwards: Option<u8>, pop
     bytes.extend_from_slice(message.body);
     bytes
 }
+
+#[path = "from_homes.rs"]
+mod from_homes;
 
 #[cfg(test)]
 #[path = "first_contact_tests.rs"]

@@ -936,3 +936,131 @@ fn a_register_for_another_aor_from_a_fast_path_socket_is_first_contact() {
     assert!(!actions.iter().any(|a| matches!(a, Action::Encapsulate { .. } | Action::Translate { .. })), "{actions:?}");
     assert!(actions.iter().any(|a| matches!(a, Action::Forward { .. })), "proxied to its own home: {actions:?}");
 }
+
+const HOME1: &str = "198.51.100.11:5060";
+const HOME2: &str = "198.51.100.12:5060";
+
+fn aor(uri: &str) -> Aor {
+    Aor::from_uri(uri, "To").unwrap()
+}
+
+/// Two clients of different homes: carol on home1, bob on home2.
+fn carol_and_bob(policy: Policy) -> Setup {
+    let s = setup(policy);
+    let (carol, bob) = (aor("sip:carol@example.net"), aor("sip:bob@example.net"));
+    s.fc.reassign_many(&[(&carol, "home1"), (&bob, "home2")], None);
+    s
+}
+
+/// What a home (here `home`) sends the edge when its registrar has no
+/// binding for the Request-URI: the caller's request, with its own Via on top.
+fn relayed_by(home: &str, method: &str, callee: &str, max_forwards: u8) -> Vec<u8> {
+    format!(
+        "{method} sip:{callee}@example.net SIP/2.0\r\nVia: SIP/2.0/UDP {home};branch=z9hG4bKh1\r\n\
+         Via: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1;rport=5062\r\nMax-Forwards: {max_forwards}\r\n\
+         To: <sip:{callee}@example.net>\r\nFrom: <sip:carol@example.net>;tag=c\r\nCall-ID: i@x\r\n\
+         CSeq: 1 {method}\r\nRecord-Route: <sip:{home};lr>\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn socket(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+#[test]
+fn a_homes_invite_goes_to_the_request_uris_home_not_the_callers() {
+    for policy in [Policy::Auto, Policy::ByVia, Policy::Redirect] {
+        let s = carol_and_bob(policy);
+        let actions = s.fc.on_proxy_datagram(&relayed_by(HOME1, "INVITE", "bob", 69), socket(HOME1));
+        let [Action::Forward { to, bytes }] = actions.as_slice() else { panic!("{policy:?}: {actions:?}") };
+        assert_eq!(*to, socket(HOME2), "{policy:?}: bob's home, never carol's (From)");
+        let forwarded = text(bytes);
+        let vias: Vec<&str> = forwarded.lines().filter(|l| l.starts_with("Via:")).collect();
+        assert!(vias[0].starts_with(&format!("Via: SIP/2.0/UDP {PROXY};branch=z9hG4bK-rdr-")), "{forwarded}");
+        assert!(!vias[0].contains("rdr-svc"), "it came to the proxy address, not a service one: {}", vias[0]);
+        assert_eq!(vias[1], format!("Via: SIP/2.0/UDP {HOME1};branch=z9hG4bKh1"));
+        assert!(forwarded.contains("Max-Forwards: 68\r\n") && forwarded.contains("Record-Route: <sip:"), "{forwarded}");
+        assert_eq!(s.fc.counters.proxied_for_homes.load(Ordering::Relaxed), 1);
+        assert_eq!(s.fc.counters.redirected.load(Ordering::Relaxed), 0, "{policy:?}: a home is never redirected");
+    }
+}
+
+#[test]
+fn a_homes_request_on_the_service_socket_is_routed_by_its_target_too() {
+    // In nat mode a home can reach the service address; one Via would
+    // otherwise make it a client's first contact, redirected by From.
+    let s = carol_and_bob(Policy::ByVia);
+    let one_via = text(&relayed_by(HOME1, "INVITE", "bob", 70))
+        .replace("Via: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4bKc1;rport=5062\r\n", "");
+    let actions = s.fc.on_service_datagram(one_via.as_bytes(), socket(HOME1), service());
+    let [Action::Forward { to, .. }] = actions.as_slice() else { panic!("{actions:?}") };
+    assert_eq!(*to, socket(HOME2));
+    assert_eq!(s.fc.counters.installed.load(Ordering::Relaxed), 0, "a home is never put on the fast path");
+    assert!(s.fc.installed.borrow().is_empty());
+}
+
+#[test]
+fn a_homes_request_for_its_own_client_an_unknown_one_or_with_no_hops_left_is_answered_never_looped() {
+    let s = carol_and_bob(Policy::Auto);
+    let answer = |request: Vec<u8>, from: &str| {
+        let actions = s.fc.on_proxy_datagram(&request, socket(from));
+        let (to, response) = only_reply(&actions);
+        assert_eq!((to, actions.len()), (socket(from), 1), "answered to the sender, nothing forwarded");
+        response.lines().next().unwrap().to_owned()
+    };
+    assert_eq!(answer(relayed_by(HOME2, "INVITE", "bob", 70), HOME2), "SIP/2.0 480 Temporarily Unavailable");
+    assert_eq!(answer(relayed_by(HOME1, "MESSAGE", "nobody", 70), HOME1), "SIP/2.0 404 Not Found");
+    assert_eq!(answer(relayed_by(HOME1, "INVITE", "bob", 0), HOME1), "SIP/2.0 483 Too Many Hops");
+    assert_eq!(s.fc.counters.unroutable_for_homes.load(Ordering::Relaxed), 2);
+    assert!(s.fc.store().get(&aor("sip:nobody@example.net")).unwrap().is_none(), "a home's request assigns nobody");
+    s.fc.set_health(1, false);
+    assert_eq!(answer(relayed_by(HOME1, "INVITE", "bob", 70), HOME1), "SIP/2.0 480 Temporarily Unavailable");
+}
+
+#[test]
+fn a_homes_ack_follows_its_invite_or_goes_nowhere() {
+    let s = carol_and_bob(Policy::Auto);
+    let branch = |actions: Vec<Action>| match actions.as_slice() {
+        [Action::Forward { to, bytes }] => {
+            (*to, text(bytes).lines().find(|l| l.starts_with("Via:")).unwrap().to_owned())
+        }
+        other => panic!("expected one forward, got {other:?}"),
+    };
+    let invite = branch(s.fc.on_proxy_datagram(&relayed_by(HOME1, "INVITE", "bob", 70), socket(HOME1)));
+    let ack = branch(s.fc.on_proxy_datagram(&relayed_by(HOME1, "ACK", "bob", 70), socket(HOME1)));
+    assert_eq!(ack, invite, "the non-2xx ACK reaches bob's home in the INVITE's transaction");
+    for (request, from) in
+        [(relayed_by(HOME2, "ACK", "bob", 70), HOME2), (relayed_by(HOME1, "ACK", "nobody", 70), HOME1)]
+    {
+        assert!(s.fc.on_proxy_datagram(&request, socket(from)).is_empty(), "absorbed, never answered");
+    }
+    assert_eq!(s.fc.counters.absorbed_acks.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn the_answer_to_a_homes_request_goes_back_from_the_proxy_address() {
+    // A dsr home owns the service address: an answer from it would be dropped.
+    let s = carol_and_bob(Policy::Auto);
+    let actions = s.fc.on_proxy_datagram(&relayed_by(HOME1, "INVITE", "bob", 70), socket(HOME1));
+    let [Action::Forward { bytes, .. }] = actions.as_slice() else { panic!("{actions:?}") };
+    let vias: String = text(bytes).lines().filter(|l| l.starts_with("Via:")).map(|l| format!("{l}\r\n")).collect();
+    let ringing = format!(
+        "SIP/2.0 180 Ringing\r\n{vias}To: <sip:bob@example.net>;tag=b\r\nFrom: <sip:carol@example.net>;tag=c\r\n\
+         Call-ID: i@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let relayed = s.fc.on_proxy_datagram(ringing.as_bytes(), socket(HOME2));
+    let [Action::Forward { to, bytes }] = relayed.as_slice() else { panic!("{relayed:?}") };
+    assert_eq!(*to, socket(HOME1));
+    assert!(text(bytes).starts_with(&format!("SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP {HOME1};branch=z9hG4bKh1\r\n")));
+    assert_eq!(s.fc.counters.relayed.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn requests_on_the_proxy_socket_from_anyone_but_a_home_are_dropped() {
+    let s = carol_and_bob(Policy::Auto);
+    let stranger = "203.0.113.66:5060";
+    assert!(s.fc.on_proxy_datagram(&relayed_by(stranger, "INVITE", "bob", 70), socket(stranger)).is_empty());
+    assert_eq!(s.fc.counters.dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(s.fc.counters.requests.load(Ordering::Relaxed), 0);
+}
