@@ -5,7 +5,9 @@
 //! adopted the pinned maps (the client never met first contact again, and
 //! its home did not change) and swapped its own program into the link. A
 //! move made after the restart reaches the adopted entry, and `redirector
-//! detach` then removes everything.
+//! detach` then removes everything. A watcher whose SUBSCRIBE went through
+//! the edge before a kill gets its NOTIFY when its client moves after the
+//! restart: the dialogs are kept in the store.
 
 use std::{
     collections::BTreeSet,
@@ -19,8 +21,8 @@ use redirector::{
 };
 use redirector_tests::{
     privileged,
-    sip_pool::{Registrar, start_registrars},
-    topology::{Attach, CLIENT, Topology, socket_in, xdp_program_id},
+    sip_pool::{BackgroundSipp, Registrar, sipp, start_registrars},
+    topology::{Attach, CLIENT, Topology, home_address, socket_in, xdp_program_id},
 };
 
 const AOR: &str = "sip:alice@example.test";
@@ -161,4 +163,35 @@ fn a_client_streaming_through_the_fast_path_loses_nothing_across_a_kill_and_rest
     assert!(stopped && attached);
     let (detached, gone) = topology.detach_edge();
     assert!(detached && gone, "redirector detach leaves nothing attached or pinned");
+}
+
+#[test]
+fn a_watcher_recorded_before_a_kill_is_told_when_its_client_moves_after_the_restart() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Skb, 2);
+    topology.extra_config = "[health]\ninterval = 3600\n[stats]\ninterval = 0.1\n".into();
+    start_registrars(&mut topology, Registrar::Own);
+    topology.start(&[]);
+    let registered = sipp(&topology, "reregister_fast_path.xml", 1, 5070);
+    assert!(registered.status.success(), "{}", String::from_utf8_lossy(&registered.stdout));
+    let user1 = "sip:user1@example.net";
+    let routes: Vec<Route> = json(&topology, &["routes", "--json"]);
+    let home = routes.into_iter().find(|r| r.aor == user1).expect("user1 is assigned").server;
+    let watcher = BackgroundSipp::spawn(&topology, "watch_until_moved.xml", 5080);
+    // The SUBSCRIBE, then the home's 200 confirming it, written to the store.
+    topology.stats_when(|stats| stats.watchers.get("dialogs_saved").copied().unwrap_or_default() >= 2);
+
+    topology.kill_edge();
+    topology.restart_edge();
+    let other = if home == "home0" { "home1" } else { "home0" };
+    assert!(topology.cli(&["assign", user1, other]).status.success());
+
+    let logged = watcher.wait().unwrap_or_else(|e| panic!("the watcher's scenario failed: {e}"));
+    let index = |name: &str| name.trim_start_matches("home").parse::<usize>().unwrap();
+    let homes = format!("homes {} {}", home_address(index(&home)), home_address(index(other)));
+    assert!(logged.contains(&homes), "expected \"{homes}\" in the watcher's log: {logged}");
+    let stats = topology.stats_when(|stats| stats.watchers.get("notifies_answered").copied() == Some(1));
+    assert_eq!(stats.watchers.get("notifies_sent").copied(), Some(1), "{:?}", stats.watchers);
 }

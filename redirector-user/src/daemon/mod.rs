@@ -188,7 +188,9 @@ impl Daemon {
             services: service_addresses,
         };
         let core = FirstContact::new(settings, pool.clone(), assignments.cache(), fast_path.shared(), counters.clone());
-        let (watchers, deactivated) = Watchers::new(config.watchers.capacity);
+        let (mut watchers, deactivated) = Watchers::new(config.watchers.capacity);
+        let (restored, skipped) = watchers.restore(assignments.store().watches()?);
+        info!(restored, skipped, "watchers' dialogs read from the store");
         let watcher_counters = watchers.counters.clone();
         let tracker = Tracker::new(config.servers.len(), config.health.down_after, config.health.up_after);
         let rebalancer = rebalancer(&config.rebalance);

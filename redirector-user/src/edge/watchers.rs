@@ -22,6 +22,7 @@ use std::{
     sync::Arc,
 };
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -34,7 +35,7 @@ use crate::{
 pub const MAX_FIELD: usize = 1024;
 
 /// A dialog's identity as the edge sees it before the notifier's tag is known.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DialogId {
     pub call_id: String,
     /// The watcher's (From) tag.
@@ -42,7 +43,7 @@ pub struct DialogId {
 }
 
 /// One watcher's subscription to one client (the presentity).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
     pub id: DialogId,
     pub presentity: Aor,
@@ -112,6 +113,11 @@ impl Subscription {
     }
 }
 
+/// A dialog's key in the store.
+fn stored_key(id: &DialogId) -> String {
+    format!("{}\n{}", id.call_id, id.watcher_tag)
+}
+
 /// A To / From value without its `tag` parameter.
 fn without_tag(value: &str) -> String {
     let value = value.trim();
@@ -152,7 +158,23 @@ pub enum Answered {
     Moved(Box<Subscription>),
 }
 
-#[derive(Debug)]
+/// Dialogs changed since the store last saw them: each kept one's key and
+/// record, each removed one's key.
+#[derive(Debug, Default)]
+pub struct Changes {
+    ids: HashSet<DialogId>,
+    pub kept: Vec<(String, String)>,
+    pub removed: Vec<String>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// A kept subscription; also what the store keeps of it.
+#[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     age: u64,
     subscription: Subscription,
@@ -168,6 +190,8 @@ pub struct Registry {
     dialogs: HashMap<DialogId, Entry>,
     by_age: BTreeMap<u64, DialogId>,
     by_presentity: HashMap<Aor, HashSet<DialogId>>,
+    /// Dialogs added, changed or removed since the store last saw them.
+    touched: HashSet<DialogId>,
 }
 
 impl Registry {
@@ -178,6 +202,7 @@ impl Registry {
             dialogs: HashMap::new(),
             by_age: BTreeMap::new(),
             by_presentity: HashMap::new(),
+            touched: HashSet::new(),
         }
     }
 
@@ -208,11 +233,60 @@ impl Registry {
         }
         let age = self.next_age;
         self.next_age += 1;
-        let id = subscription.id.clone();
-        self.by_age.insert(age, id.clone());
-        self.by_presentity.entry(subscription.presentity.clone()).or_default().insert(id.clone());
-        self.dialogs.insert(id, Entry { age, subscription, moved });
+        self.insert(Entry { age, subscription, moved });
         Recorded::Kept { evicted }
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let id = entry.subscription.id.clone();
+        self.by_age.insert(entry.age, id.clone());
+        self.by_presentity.entry(entry.subscription.presentity.clone()).or_default().insert(id.clone());
+        self.touched.insert(id.clone());
+        self.dialogs.insert(id, entry);
+    }
+
+    /// What changed since the last call, for the store.
+    pub fn take_changes(&mut self) -> Changes {
+        let ids = std::mem::take(&mut self.touched);
+        let (mut kept, mut removed) = (Vec::new(), Vec::new());
+        for id in &ids {
+            match self.dialogs.get(id) {
+                Some(entry) => kept.push((stored_key(id), serde_json::to_string(entry).expect("plain data"))),
+                None => removed.push(stored_key(id)),
+            }
+        }
+        Changes { ids, kept, removed }
+    }
+
+    /// Changes the store did not take: written with the next save.
+    pub fn retry(&mut self, changes: Changes) {
+        self.touched.extend(changes.ids);
+    }
+
+    /// Takes back what the store kept (records that no longer read, say
+    /// from an older version, are skipped and counted); the oldest beyond
+    /// capacity are dropped. Returns how many were restored and skipped.
+    pub fn restore(&mut self, stored: Vec<(String, String)>) -> (usize, usize) {
+        let mut entries: Vec<Entry> = Vec::with_capacity(stored.len());
+        let mut skipped = 0;
+        for (_, record) in stored {
+            match serde_json::from_str(&record) {
+                Ok(entry) => entries.push(entry),
+                Err(_) => skipped += 1,
+            }
+        }
+        entries.sort_by_key(|entry| entry.age);
+        let dropped = entries.len().saturating_sub(self.capacity);
+        for entry in entries.drain(..dropped) {
+            self.touched.insert(entry.subscription.id);
+        }
+        self.next_age = entries.last().map_or(0, |entry| entry.age + 1);
+        let restored = entries.len();
+        for entry in entries {
+            self.insert(entry);
+        }
+        self.touched.retain(|id| !self.dialogs.contains_key(id));
+        (restored, skipped + dropped)
     }
 
     /// The notifier's final answer to a SUBSCRIBE: a 2xx confirms the
@@ -226,6 +300,7 @@ impl Registry {
         match code {
             200..=299 => {
                 entry.subscription.notifier_tag = notifier_tag.map(str::to_owned);
+                self.touched.insert(id.clone());
                 if !entry.moved {
                     return Answered::Confirmed;
                 }
@@ -248,7 +323,10 @@ impl Registry {
         let mut confirmed = Vec::new();
         for id in ids {
             match self.dialogs.get_mut(&id) {
-                Some(entry) if entry.subscription.notifier_tag.is_none() => entry.moved = true,
+                Some(entry) if entry.subscription.notifier_tag.is_none() => {
+                    entry.moved = true;
+                    self.touched.insert(id);
+                }
                 Some(_) => confirmed.extend(self.remove(&id).map(|e| e.subscription)),
                 None => {}
             }
@@ -258,6 +336,7 @@ impl Registry {
 
     fn remove(&mut self, id: &DialogId) -> Option<Entry> {
         let entry = self.dialogs.remove(id)?;
+        self.touched.insert(id.clone());
         self.by_age.remove(&entry.age);
         let presentity = &entry.subscription.presentity;
         if let Some(ids) = self.by_presentity.get_mut(presentity) {
@@ -288,6 +367,9 @@ crate::counters::counters! {
     notifies_timed_out,
     /// NOTIFYs not sent: the edge has no proxy address of the watcher's family.
     notifies_unroutable,
+    /// Dialogs written to (or removed from) the store, so that a restarted
+    /// daemon still tells their watchers.
+    dialogs_saved,
 }
 
 /// The registry, kept by the state owner, and the queue of subscriptions
@@ -345,6 +427,21 @@ impl Watchers {
     pub fn kept(&self) -> usize {
         self.registry.len()
     }
+
+    /// See `Registry::take_changes`.
+    pub fn take_changes(&mut self) -> Changes {
+        self.registry.take_changes()
+    }
+
+    /// See `Registry::retry`.
+    pub fn retry(&mut self, changes: Changes) {
+        self.registry.retry(changes);
+    }
+
+    /// See `Registry::restore`.
+    pub fn restore(&mut self, stored: Vec<(String, String)>) -> (usize, usize) {
+        self.registry.restore(stored)
+    }
 }
 
 /// The highest CSeq RFC 3261 §8.1.1.5 allows. The edge never sees the
@@ -381,6 +478,8 @@ pub fn notify(subscription: &Subscription, sent_by: SocketAddr, branch: &str) ->
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn subscribe(call_id: &str, from_tag: &str, extra: &str) -> Vec<u8> {
@@ -510,6 +609,56 @@ mod tests {
         assert!(registry.is_empty(), "a refused first SUBSCRIBE leaves nothing");
         assert_eq!(registry.answered(&id, 200, Some("late")), Answered::Nothing);
         assert!(registry.is_empty(), "answers for unknown dialogs are ignored");
+    }
+
+    /// A store that keeps what `take_changes` hands it, as the daemon's does.
+    fn saved(registry: &mut Registry, store: &mut BTreeMap<String, String>) {
+        let changes = registry.take_changes();
+        store.extend(changes.kept);
+        changes.removed.iter().for_each(|key| drop(store.remove(key)));
+    }
+
+    #[test]
+    fn dialogs_read_back_from_the_store_are_told_when_their_client_moves() {
+        let (mut registry, mut store) = (Registry::new(10), BTreeMap::new());
+        let id = confirmed(&mut registry, "c1");
+        let (pending, _) = parsed("c2", "w2", "");
+        let pending_id = pending.id.clone();
+        registry.subscribed(pending, None, false);
+        let (ended, _) = parsed("c3", "w3", "");
+        registry.subscribed(ended, None, false);
+        let (unsubscribe, expires) = parsed("c3", "w3", "Expires: 0\r\n");
+        registry.subscribed(unsubscribe, expires, false);
+        saved(&mut registry, &mut store);
+        assert_eq!(store.len(), 2, "the unsubscribed dialog is not kept: {store:?}");
+        assert!(registry.take_changes().is_empty(), "nothing changed since");
+
+        let mut restarted = Registry::new(10);
+        assert_eq!(restarted.restore(store.clone().into_iter().collect()), (2, 0));
+        assert!(restarted.take_changes().is_empty(), "what was read back need not be written again");
+        let taken = restarted.take(&bob());
+        assert_eq!((taken.len(), &taken[0].id, taken[0].notifier_tag.as_deref()), (1, &id, Some("n1")));
+        assert!(matches!(restarted.answered(&pending_id, 200, Some("n2")), Answered::Moved(_)), "the pending one");
+        saved(&mut restarted, &mut store);
+        assert!(store.is_empty(), "both told, both gone from the store: {store:?}");
+    }
+
+    #[test]
+    fn a_restore_keeps_the_newest_within_capacity_and_skips_what_does_not_read() {
+        let (mut registry, mut store) = (Registry::new(10), BTreeMap::new());
+        for call_id in ["c1", "c2", "c3"] {
+            confirmed(&mut registry, call_id);
+        }
+        saved(&mut registry, &mut store);
+        store.insert("junk\nw".into(), "{not a record".into());
+        let mut smaller = Registry::new(2);
+        assert_eq!(smaller.restore(store.clone().into_iter().collect()), (2, 2));
+        let kept: Vec<String> = smaller.take(&bob()).into_iter().map(|s| s.id.call_id).collect();
+        assert_eq!(kept.iter().map(String::as_str).collect::<BTreeSet<_>>(), BTreeSet::from(["c2", "c3"]));
+        let (fourth, _) = parsed("c4", "w1", "");
+        smaller.subscribed(fourth, None, false);
+        saved(&mut smaller, &mut store);
+        assert!(!store.contains_key("c1\nw1"), "the oldest, dropped, left the store: {store:?}");
     }
 
     #[test]

@@ -275,6 +275,7 @@ impl Operations {
                 self.install(&client.aor, install, home.index, done.assignment.generation);
             }
         }
+        self.save_watchers();
         Ok(assigned)
     }
 
@@ -298,6 +299,26 @@ impl Operations {
             | Action::Encapsulate { .. }
             | Action::Translate { .. }
             | Action::NotifyAnswered { .. } => {}
+        }
+        self.save_watchers();
+    }
+
+    /// Writes the watchers' dialogs that changed to the store, so that a
+    /// restarted daemon still tells them when their client moves. A
+    /// failure is logged: the dialogs stay in memory and are written with
+    /// the next change.
+    fn save_watchers(&mut self) {
+        let changes = self.watchers.take_changes();
+        if changes.is_empty() {
+            return;
+        }
+        let (kept, removed) = (changes.kept.len(), changes.removed.len());
+        match self.assignments.store().save_watches(&changes.kept, &changes.removed) {
+            Ok(()) => add(&self.watchers.counters.dialogs_saved, (kept + removed) as u64),
+            Err(error) => {
+                tracing::warn!(%error, kept, removed, "saving watchers' dialogs failed; retried with the next change");
+                self.watchers.retry(changes);
+            }
         }
     }
 
@@ -665,6 +686,7 @@ impl Operations {
             tracing::debug!(%aor, from, to = to.name, generation = done.generation, "moved");
             moves.push(Move { aor: aor.to_string(), from, to: to.name.clone(), generation: done.generation });
         }
+        self.save_watchers();
         if let Err(error) = self.fast_path.restore_many(restores) {
             tracing::warn!(%error, moved = moves.len(), "moved clients' kernel entries were not restored: their next packets meet first contact");
         }

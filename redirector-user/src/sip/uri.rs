@@ -88,7 +88,9 @@ pub fn socket_address(uri: &str) -> Option<SocketAddr> {
 /// An address of record in canonical form (RFC 3261 §10.3): scheme (`sips`
 /// folded into `sip`), user as given, host lower-cased; no port, no
 /// parameters, no headers. The key a client's assignment is stored under.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Stored (serde) as its canonical text, read back as trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Aor(String);
 
 /// Longest AOR kept: every assignment lives in memory and on disk, and its

@@ -70,6 +70,18 @@ pub trait AssignmentStore: Send + Sync {
     /// and records when the `seen` ones were last seen.
     fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError>;
 
+    /// Watchers' dialogs as last saved: (key, record) pairs the watchers'
+    /// registry wrote. A store that keeps none (test doubles) has none.
+    fn watches(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Writes the `kept` dialogs and removes the `removed` ones, durably,
+    /// in one transaction.
+    fn save_watches(&self, _kept: &[(String, String)], _removed: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// `update_many` for one AOR.
     fn update(
         &self,

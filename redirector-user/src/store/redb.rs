@@ -18,6 +18,8 @@ fn db_error(error: impl Into<redb::Error>) -> StoreError {
 const ASSIGNMENTS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition::new("assignments");
 /// AOR → seconds since the Unix epoch it was last seen.
 const LAST_SEEN: TableDefinition<&str, u64> = TableDefinition::new("last_seen");
+/// Watchers' dialogs: the registry's key and record of each.
+const WATCHES: TableDefinition<&str, &str> = TableDefinition::new("watches");
 
 pub struct RedbStore {
     db: Database,
@@ -35,6 +37,7 @@ impl RedbStore {
         let txn = db.begin_write().map_err(db_error)?;
         txn.open_table(ASSIGNMENTS).map_err(db_error)?;
         txn.open_table(LAST_SEEN).map_err(db_error)?;
+        txn.open_table(WATCHES).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(Self { db })
     }
@@ -122,6 +125,37 @@ impl AssignmentStore for RedbStore {
         Ok(stored)
     }
 
+    fn watches(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = match txn.open_table(WATCHES) {
+            Ok(table) => table,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(db_error(error)),
+        };
+        table
+            .range::<&str>(..)
+            .map_err(db_error)?
+            .map(|row| {
+                let (key, record) = row.map_err(db_error)?;
+                Ok((key.value().to_owned(), record.value().to_owned()))
+            })
+            .collect()
+    }
+
+    fn save_watches(&self, kept: &[(String, String)], removed: &[String]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(WATCHES).map_err(db_error)?;
+            for (key, record) in kept {
+                table.insert(key.as_str(), record.as_str()).map_err(db_error)?;
+            }
+            for key in removed {
+                table.remove(key.as_str()).map_err(db_error)?;
+            }
+        }
+        txn.commit().map_err(db_error)
+    }
+
     fn all(&self) -> Result<Vec<Assignment>, StoreError> {
         self.page(None, usize::MAX)
     }
@@ -198,6 +232,22 @@ mod tests {
         let all = store.all().unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all.iter().find(|a| a.aor == aor("bob")).unwrap().generation, 3);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn watchers_dialogs_survive_reopening_and_removed_ones_are_gone() {
+        let dir = std::env::temp_dir().join(format!("redirector-watches-{}", std::process::id()));
+        let path = dir.join("assignments.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            assert_eq!(store.watches().unwrap(), []);
+            let kept = [("c1\nw1".to_owned(), "one".to_owned()), ("c2\nw2".to_owned(), "two".to_owned())];
+            store.save_watches(&kept, &[]).unwrap();
+            store.save_watches(&[("c2\nw2".into(), "two, confirmed".into())], &["c1\nw1".into()]).unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.watches().unwrap(), [("c2\nw2".to_owned(), "two, confirmed".to_owned())]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
