@@ -17,6 +17,7 @@ mod peers;
 mod population;
 mod rebalance;
 mod report;
+mod restart;
 mod sipp_load;
 mod throughput;
 
@@ -36,12 +37,13 @@ fn main() {
     let started = Instant::now();
     let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     // Each prints as it finishes: the full run takes a while.
-    let runners: [(&str, Runner); 6] = [
+    let runners: [(&str, Runner); 7] = [
         ("kernel_cost", |quick| vec![kernel_cost::run(quick)]),
         ("throughput", |quick| vec![throughput::run(quick)]),
         ("first_contact", |quick| vec![first_contact::run(quick)]),
         ("flood", |quick| vec![flood::run(quick)]),
         ("failover", |quick| vec![failover::run(quick)]),
+        ("restart", |quick| vec![restart::run(quick)]),
         // Rebalancing and memory share one population of clients.
         ("rebalance", rebalance::run),
     ];
