@@ -322,7 +322,8 @@ pub fn edge_config(config: &Config) -> redirector_ebpf::Config {
 pub fn server_entry(home: &HomeServer) -> Server {
     let state = match home.effective_state() {
         ServerState::Active => redirector_ebpf::ServerState::Active,
-        ServerState::Draining => redirector_ebpf::ServerState::Draining,
+        // Its clients keep the fast path until they are moved.
+        ServerState::Draining | ServerState::Removing => redirector_ebpf::ServerState::Draining,
         ServerState::Down => redirector_ebpf::ServerState::Down,
     };
     entry(home.ipv4, home.ipv6, home.port, state)
