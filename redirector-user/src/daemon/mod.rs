@@ -39,8 +39,9 @@ use crate::{
         first_contact::{Counters, FirstContact, Settings},
         health::Tracker,
         notifier::Notifier,
-        pool::{self, Pool},
+        pool,
         rebalance::{Rebalancer, Thresholds},
+        servers,
         watchers::{Subscription, WatcherCounters, Watchers},
     },
     kernel::{
@@ -50,7 +51,7 @@ use crate::{
     ops::{
         api::{Reply, Request},
         control, metrics,
-        operations::{Operations, Parts},
+        operations::{OperationError, Operations, Parts},
         owner::{Command, Owner, OwnerGone},
         stats::{self, Latest},
     },
@@ -79,6 +80,8 @@ pub enum DaemonError {
     Io { what: String, source: std::io::Error },
     #[error(transparent)]
     OwnerGone(#[from] OwnerGone),
+    #[error(transparent)]
+    Operation(#[from] OperationError),
     #[error("the daemon's task `{task}` stopped, and the daemon with it (it is meant to run until shutdown)")]
     TaskEnded { task: String },
     #[error("the daemon's task `{task}` failed, and the daemon stopped: {source}")]
@@ -167,9 +170,20 @@ impl Daemon {
         let mut dataplane = DataPlane::load_with_client_capacity(config.fast_path.max_clients)?;
         dataplane.configure(config)?;
         let events = dataplane.take_events()?;
-        let mut fast_path = FastPath::new(dataplane, config)?;
+        let (pool, applied) = servers::restore(assignments.store().pool()?);
+        let seeded = servers::reload(&pool, &applied, &config.specs());
+        for (server, error) in &seeded.refused {
+            tracing::warn!(server, %error, "a change of the config's [[servers]] was not applied");
+        }
+        dataplane.set_servers(seeded.pool.servers())?;
+        let mut fast_path = FastPath::with_servers(dataplane, config, seeded.pool.servers())?;
         fast_path.dataplane().attach(REDIRECTOR_PROGRAM, &config.interface, xdp_mode(config.attach))?;
-        let pool = pool::view(Pool::new(config.home_servers()));
+        let tracker = Tracker::new(
+            seeded.pool.servers().iter().map(|s| s.index),
+            config.health.down_after,
+            config.health.up_after,
+        );
+        let pool = pool::view(seeded.pool);
         let settings = Settings {
             policy: config.sip.first_contact,
             redirect_expires: config.sip.redirect_expires,
@@ -180,7 +194,6 @@ impl Daemon {
         let core = FirstContact::new(settings, pool.clone(), assignments.cache(), fast_path.shared(), counters.clone());
         let (watchers, deactivated) = Watchers::new(config.watchers.capacity);
         let watcher_counters = watchers.counters.clone();
-        let tracker = Tracker::new(config.servers.len(), config.health.down_after, config.health.up_after);
         let rebalancer = rebalancer(&config.rebalance);
         let limits = Limits {
             per_prefix: config.limits.new_clients_per_prefix,
@@ -190,7 +203,7 @@ impl Daemon {
             throttled_datagrams: config.limits.throttled_datagrams,
         };
         let expiry = expiry::Policy::new(Duration::from_secs_f64(config.store.expire_after));
-        let operations = Operations::new(Parts {
+        let mut operations = Operations::new(Parts {
             assignments,
             pool,
             fast_path,
@@ -201,7 +214,9 @@ impl Daemon {
             counters,
             store_path: config.sip.database.display().to_string(),
             expiry,
+            applied: seeded.applied,
         });
+        operations.start_pool()?;
         let (owner, owner_thread) = Owner::spawn(operations).map_err(io("starting the state owner thread"))?;
         Ok(Self {
             owner,
@@ -305,6 +320,14 @@ impl Daemon {
     /// outside the runtime (tests, the demo, the benchmark).
     pub fn control(&self, request: Request) -> Reply {
         self.owner.control_blocking(request).unwrap_or_else(|gone| Reply::Error(gone.to_string()))
+    }
+
+    /// Applies `config`'s `[[servers]]` as a reload does (SIGHUP): what the
+    /// config changed since it was last applied. The rest of a config takes
+    /// a restart.
+    pub async fn reload_servers(&self, config: &Config) -> Reply {
+        let request = Request::ReloadServers { servers: config.specs() };
+        self.owner.control(request).await.unwrap_or_else(|gone| Reply::Error(gone.to_string()))
     }
 
     /// First contact's counters and the kernel's verdict counters; for

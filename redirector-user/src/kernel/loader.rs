@@ -114,6 +114,16 @@ impl DataPlane {
         map.insert(service, 1, 0).map_err(map_error(SERVICES_MAP))
     }
 
+    /// Writes every SERVERS slot: each of `servers` in its own, every other
+    /// one "unused" (whatever an earlier run left there).
+    pub fn set_servers(&mut self, servers: &[HomeServer]) -> Result<()> {
+        for slot in 0..redirector_ebpf::MAX_SERVERS {
+            let entry = servers.iter().find(|s| s.index == slot).map(server_entry).unwrap_or_default();
+            self.set_server(slot, entry)?;
+        }
+        Ok(())
+    }
+
     pub fn set_server(&mut self, index: u32, server: Server) -> Result<()> {
         let mut map: Array<_, Server> = self.map(SERVERS_MAP)?;
         map.set(index, server, 0).map_err(map_error(SERVERS_MAP))
