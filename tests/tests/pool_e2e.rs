@@ -15,44 +15,17 @@ use std::{
 
 use redirector::ops::api::{Route, ServerStatus};
 use redirector_tests::{
+    operator::{assert_kernel_entries_point_at, cli_ok, cli_refused, routes, wait_until},
     privileged,
     sip_pool::{InProcessEdge, Registrar, sipp_clients, start_registrars},
     topology::{Attach, CLIENT, SERVICE, Topology, home_address, socket_in},
 };
 
-fn cli_ok(topology: &Topology, args: &[&str]) -> String {
-    let output = topology.cli(args);
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "redirector {args:?}: {}{stdout}", String::from_utf8_lossy(&output.stderr));
-    stdout
-}
-
-/// Runs `args`, which must fail with `message` on stderr.
-fn cli_refused(topology: &Topology, args: &[&str], message: &str) {
-    let output = topology.cli(args);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "redirector {args:?} succeeded");
-    assert!(stderr.contains(message), "redirector {args:?}: expected {message:?} in: {stderr}");
-}
-
-fn routes(topology: &Topology) -> Vec<Route> {
-    serde_json::from_str(&cli_ok(topology, &["routes", "--json"])).expect("routes --json")
-}
-
-/// Name → (state, weight, healthy) of every server, as `servers --json` has them.
+/// Name → (state, weight) of every server, as `servers --json` has them.
 fn pool(topology: &Topology) -> BTreeMap<String, (String, f64)> {
     let servers: Vec<ServerStatus> = serde_json::from_str(&cli_ok(topology, &["servers", "--json"])).expect("json");
     let state = |s: &ServerStatus| serde_json::to_value(s.state).unwrap().as_str().unwrap().to_owned();
     servers.iter().map(|s| (s.name.clone(), (state(s), s.weight))).collect()
-}
-
-/// Waits (bounded, generously) until `condition` holds.
-fn wait_until(condition: impl Fn() -> bool, what: &str) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn register(topology: &Topology, prefix: &str, clients: u16, first_port: u16) {
@@ -68,23 +41,8 @@ fn port_of(aor: &str, prefix: &str, first_port: u16) -> u16 {
     first_port + index.parse::<u16>().unwrap()
 }
 
-/// The SERVERS slot of `server` (homeN was given slot N: the config's
-/// order, then `servers add`'s).
-fn slot(server: &str) -> u32 {
-    server.trim_start_matches("home").parse().unwrap()
-}
-
 fn packets_to(edge: &InProcessEdge, server: &str) -> u64 {
     edge.servers().into_iter().find(|s| s.name == server).map_or(0, |s| s.packets)
-}
-
-/// Every kernel entry of `aor` points at `server`'s slot.
-fn assert_kernel_entries_point_at(edge: &InProcessEdge, aor: &str, server: &str) {
-    let entries = edge.entries(aor);
-    assert!(!entries.is_empty(), "{aor} has no kernel entry");
-    for entry in entries {
-        assert_eq!(entry.server, slot(server), "{aor}'s kernel entry points at {server}");
-    }
 }
 
 /// Datagrams to the service from each of `ports`, every 10 ms, until stopped.
