@@ -127,6 +127,7 @@ enum Command {
     Servers {
         #[command(subcommand)]
         change: Option<ServersCommand>,
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -186,6 +187,8 @@ enum ServersCommand {
     /// a weight not above 0, or when all SERVERS slots are taken.
     #[command(group(ArgGroup::new("address").required(true).multiple(true).args(["ipv4", "ipv6"])))]
     Add {
+        /// A name of its own (what `redirector servers` lists, clients'
+        /// assignments name and a config's `[[servers]]` use).
         name: String,
         /// The server's IPv4 address (for IPv4 clients).
         #[arg(long)]
@@ -208,12 +211,16 @@ enum ServersCommand {
     /// NOTIFY), then it leaves the pool. Answers once done. Refused for the
     /// last active server. `servers set NAME --state active` calls a
     /// removal under way off.
-    Remove { name: String },
+    Remove {
+        /// The server, as `redirector servers` lists it.
+        name: String,
+    },
     /// Change home server NAME's weight (new clients follow it; assigned
     /// ones stay) or state (`draining` takes no new clients but keeps its
     /// clients, `drain` moves them; `active` takes new clients again).
     #[command(group(ArgGroup::new("change").required(true).multiple(true).args(["weight", "state"])))]
     Set {
+        /// The server, as `redirector servers` lists it.
         name: String,
         /// A weight above 0.
         #[arg(long, allow_negative_numbers = true)]

@@ -792,8 +792,11 @@ impl Config {
             if server.port == 0 {
                 return Err(invalid(format!("servers[{i}].port"), "must not be 0"));
             }
-            if !matches!(server.state, ServerState::Active | ServerState::Draining) {
-                return Err(invalid(format!("servers[{i}].state"), "must be \"active\" or \"draining\""));
+            if server.state == ServerState::Removing {
+                return Err(invalid(
+                    format!("servers[{i}].state"),
+                    "\"removing\" is what `redirector servers remove` does: use active, draining or down",
+                ));
             }
             if !(server.weight.is_finite() && server.weight > 0.0) {
                 return Err(invalid(

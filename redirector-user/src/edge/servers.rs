@@ -210,12 +210,12 @@ pub fn to_store(pool: &Pool, applied: &[ServerSpec]) -> StoredPool {
     }
 }
 
-/// The states an operator sets; down is the health checks' word, and
-/// removing is `Change::Remove`'s.
+/// The states an operator sets (down, too: a config may hold a server
+/// out); removing is `Change::Remove`'s.
 fn settable(state: ServerState) -> Result<(), PoolError> {
     match state {
-        ServerState::Active | ServerState::Draining => Ok(()),
-        ServerState::Down | ServerState::Removing => Err(PoolError::BadState(state)),
+        ServerState::Active | ServerState::Draining | ServerState::Down => Ok(()),
+        ServerState::Removing => Err(PoolError::BadState(state)),
     }
 }
 

@@ -51,7 +51,7 @@ fn bad_additions_are_refused_by_name_and_change_nothing() {
         (ServerSpec { port: 0, ..spec("c", 3) }, PoolError::BadPort),
         (ServerSpec { weight: 0.0, ..spec("c", 3) }, PoolError::BadWeight(0.0)),
         (ServerSpec { weight: -2.0, ..spec("c", 3) }, PoolError::BadWeight(-2.0)),
-        (ServerSpec { state: ServerState::Down, ..spec("c", 3) }, PoolError::BadState(ServerState::Down)),
+        (ServerSpec { state: ServerState::Removing, ..spec("c", 3) }, PoolError::BadState(ServerState::Removing)),
     ];
     for (bad, expected) in cases {
         assert_eq!(add(&pool, bad.clone()), Err(expected), "{bad:?}");
