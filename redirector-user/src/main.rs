@@ -1,9 +1,13 @@
 //! The `redirector` binary: the edge daemon and its helpers.
 
-use std::{io::IsTerminal, net::IpAddr, path::PathBuf};
+use std::{
+    io::IsTerminal,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, CommandFactory, Parser, Subcommand, ValueEnum};
 use redirector::{
     config::{Config, ConfigError, DEFAULT_BPFFS, DEFAULT_SOCKET},
     daemon::Daemon,
@@ -11,7 +15,7 @@ use redirector::{
         loader::{DataPlane, kernel_memory, xdp_mode},
         pins::Pins,
     },
-    model::{AttachMode, ForwardingMode},
+    model::{AttachMode, ForwardingMode, ServerSpec, ServerState},
     ops::{
         control::{self, Reply, Request},
         report, status,
@@ -50,7 +54,9 @@ struct Cli {
 enum Command {
     /// The edge daemon: load the XDP program on the edge interface, fill
     /// its maps from the config, answer first contacts (302 or proxy) on the
-    /// service addresses, and run until SIGINT or SIGTERM.
+    /// service addresses, and run until SIGINT or SIGTERM. SIGHUP rereads
+    /// the config and applies what it changed in `[[servers]]` since it was
+    /// last applied (the rest takes a restart).
     ///
     /// The program's link and maps are pinned under
     /// `<bpffs>/redirector/<interface>/` ([fast_path] bpffs, /sys/fs/bpf by
@@ -123,8 +129,14 @@ enum Command {
         #[arg(long, requires = "watch")]
         count: Option<u64>,
     },
-    /// Home servers: state, address, clients, fast-path load.
+    /// Home servers: state, address, clients, fast-path load. `servers add`,
+    /// `remove` and `set` change the pool while the daemon runs; the store
+    /// keeps the changes across restarts (see the README's operations).
+    #[command(args_conflicts_with_subcommands = true)]
     Servers {
+        #[command(subcommand)]
+        change: Option<ServersCommand>,
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -187,6 +199,75 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ServersCommand {
+    /// Add a home server NAME: it takes new clients at once, in proportion
+    /// to its weight; clients already assigned stay where they are. Refused
+    /// (and nothing changes) for a name or an address already in the pool,
+    /// a weight not above 0, or when all SERVERS slots are taken.
+    #[command(group(ArgGroup::new("address").required(true).multiple(true).args(["ipv4", "ipv6"])))]
+    Add {
+        /// A name of its own (what `redirector servers` lists, clients'
+        /// assignments name and a config's `[[servers]]` use).
+        name: String,
+        /// The server's IPv4 address (for IPv4 clients).
+        #[arg(long)]
+        ipv4: Option<Ipv4Addr>,
+        /// The server's IPv6 address (for IPv6 clients).
+        #[arg(long)]
+        ipv6: Option<Ipv6Addr>,
+        /// The SIP port it listens on.
+        #[arg(long, default_value_t = 5060)]
+        port: u16,
+        /// Its share of new clients relative to the other servers' weights.
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+        weight: f64,
+        /// `draining` adds it without giving it clients yet.
+        #[arg(long, value_enum, default_value_t = SettableState::Active)]
+        state: SettableState,
+    },
+    /// Remove home server NAME: its clients move to the other servers first,
+    /// as `drain` moves them (their fast path kept, their watchers sent a
+    /// NOTIFY), then it leaves the pool. Answers once done. Refused for the
+    /// last active server. `servers set NAME --state active` calls a
+    /// removal under way off.
+    Remove {
+        /// The server, as `redirector servers` lists it.
+        name: String,
+    },
+    /// Change home server NAME's weight (new clients follow it; assigned
+    /// ones stay) or state (`draining` takes no new clients but keeps its
+    /// clients, `drain` moves them; `active` takes new clients again).
+    #[command(group(ArgGroup::new("change").required(true).multiple(true).args(["weight", "state"])))]
+    Set {
+        /// The server, as `redirector servers` lists it.
+        name: String,
+        /// A weight above 0.
+        #[arg(long, allow_negative_numbers = true)]
+        weight: Option<f64>,
+        #[arg(long, value_enum)]
+        state: Option<SettableState>,
+    },
+}
+
+/// The states an operator gives a server.
+#[derive(Clone, Copy, ValueEnum)]
+enum SettableState {
+    /// Takes new clients.
+    Active,
+    /// Takes no new clients; keeps those it has.
+    Draining,
+}
+
+impl From<SettableState> for ServerState {
+    fn from(state: SettableState) -> Self {
+        match state {
+            SettableState::Active => ServerState::Active,
+            SettableState::Draining => ServerState::Draining,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     /// One line per event, for people.
@@ -232,7 +313,8 @@ async fn main() -> Result<()> {
     let socket = cli.socket;
     match cli.command {
         Command::Stats { json, watch, count } => stats(&socket, json, watch, count),
-        Command::Servers { json } => match ask(&socket, Request::Servers)? {
+        Command::Servers { change: Some(change), .. } => change_servers(&socket, change),
+        Command::Servers { change: None, json } => match ask(&socket, Request::Servers)? {
             Reply::Servers(servers) => print(json, &servers[..], report::servers),
             other => unexpected(other),
         },
@@ -264,7 +346,7 @@ async fn main() -> Result<()> {
             Reply::Entries(entries) => print(json, &entries[..], report::entries),
             other => unexpected(other),
         },
-        Command::Run { .. } => run(config.expect("loaded above")).await,
+        Command::Run { config: path } => run(config.expect("loaded above"), &path).await,
         Command::CheckConfig { file, json } => check_config(&file, json),
         Command::Status { config, json } => {
             let config = config.map(|path| Config::load(&path)).transpose()?;
@@ -305,9 +387,11 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn run(config: Config) -> Result<()> {
+async fn run(config: Config, path: &Path) -> Result<()> {
     check_forwarding(&config)?;
     check_nat_ports(&config)?;
+    // Before anything else: SIGHUP's default action ends the process.
+    let hangups = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let daemon = Daemon::start(&config)?;
     let servers: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
     info!(
@@ -320,7 +404,10 @@ async fn run(config: Config) -> Result<()> {
         kernel_memory_mib = kernel_memory() as f64 / (1 << 20) as f64,
         "redirector attached, answering first contacts"
     );
-    daemon.serve(shutdown_signal()?).await?;
+    tokio::select! {
+        served = daemon.serve(shutdown_signal()?) => served?,
+        () = reload_on_hangup(&daemon, path, hangups) => {}
+    }
     // The report asks the state owner and waits: not on a runtime worker.
     let report = tokio::task::block_in_place(|| daemon.report());
     let kernel: Vec<(&str, u64)> = report.kernel.iter().map(|(c, n)| (c.label(), *n)).collect();
@@ -351,6 +438,64 @@ fn detach(socket: &std::path::Path, interface: &str, bpffs: &std::path::Path) ->
         println!("nothing pinned for {interface} under {}", pins.directory().display());
     }
     Ok(())
+}
+
+/// Rereads the config at every SIGHUP and applies its `[[servers]]`; a
+/// config that does not load is logged and changes nothing.
+async fn reload_on_hangup(daemon: &Daemon, path: &Path, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        info!(config = %path.display(), "SIGHUP: reloading [[servers]] (other changes take a restart)");
+        let config = match Config::load(path) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(%error, "the config was not reloaded: fix it and send SIGHUP again");
+                continue;
+            }
+        };
+        match daemon.reload_servers(&config).await {
+            Reply::Reloaded(reloaded) => {
+                let (changed, refused) = (reloaded.changed.len(), reloaded.refused.len());
+                info!(changed, refused, "[[servers]] reloaded");
+            }
+            other => tracing::error!(reply = ?other, "reloading [[servers]] failed"),
+        }
+    }
+}
+
+/// `redirector servers add / remove / set`.
+fn change_servers(socket: &Path, change: ServersCommand) -> Result<()> {
+    let request = match change {
+        ServersCommand::Add { name, ipv4, ipv6, port, weight, state } => {
+            Request::AddServer { server: ServerSpec { name, ipv4, ipv6, port, state: state.into(), weight } }
+        }
+        ServersCommand::Remove { name } => Request::RemoveServer { server: name },
+        ServersCommand::Set { name, weight, state } => {
+            Request::SetServer { server: name, weight, state: state.map(ServerState::from) }
+        }
+    };
+    let removed = match &request {
+        Request::RemoveServer { server } => Some(server.clone()),
+        _ => None,
+    };
+    match (ask(socket, request)?, removed) {
+        (Reply::Server(status), None) => {
+            let state = serde_json::to_value(status.state)?;
+            println!(
+                "{}: {}, weight {}, {} client(s)",
+                status.name,
+                state.as_str().unwrap_or("?"),
+                status.weight,
+                status.clients
+            );
+            Ok(())
+        }
+        (moves @ Reply::Moves(_), Some(server)) => {
+            show_moves(moves)?;
+            println!("{server} removed");
+            Ok(())
+        }
+        (other, _) => unexpected(other),
+    }
 }
 
 /// A problem `check-config` found, by the field it is in.

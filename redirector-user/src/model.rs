@@ -56,6 +56,9 @@ pub enum ServerState {
     /// Takes no new clients; the ones it has stay until moved.
     Draining,
     Down,
+    /// Being removed (`redirector servers remove`): takes no new clients,
+    /// its clients are moved away, then its slot is retired.
+    Removing,
 }
 
 /// Where a request came straight from: the client's socket, the service
@@ -69,6 +72,19 @@ pub struct Origin {
     pub service: SocketAddr,
     pub asks_rport: bool,
     pub aor_hash: u64,
+}
+
+/// A home server as the operator defines it: a config's `[[servers]]`
+/// entry, or what `redirector servers add` / `set` make of one. What the
+/// store keeps of the pool, and what config reloads are compared by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerSpec {
+    pub name: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub port: u16,
+    pub state: ServerState,
+    pub weight: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +103,25 @@ pub struct HomeServer {
 }
 
 impl HomeServer {
+    /// `spec` in SERVERS slot `index`, healthy until the health checks
+    /// say otherwise.
+    pub fn new(spec: ServerSpec, index: u32) -> Self {
+        let ServerSpec { name, ipv4, ipv6, port, state, weight } = spec;
+        Self { name, index, ipv4, ipv6, port, state, healthy: true, weight }
+    }
+
+    /// What the operator defined of it.
+    pub fn spec(&self) -> ServerSpec {
+        ServerSpec {
+            name: self.name.clone(),
+            ipv4: self.ipv4,
+            ipv6: self.ipv6,
+            port: self.port,
+            state: self.state,
+            weight: self.weight,
+        }
+    }
+
     /// What the kernel and first contact act on.
     pub fn effective_state(&self) -> ServerState {
         if self.healthy { self.state } else { ServerState::Down }

@@ -4,6 +4,7 @@
 
 pub mod fixture;
 pub mod netns;
+pub mod operator;
 pub mod packets;
 pub mod population;
 pub mod sip_pool;

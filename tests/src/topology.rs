@@ -163,6 +163,8 @@ pub struct Topology {
     registrars: Vec<Option<Child>>,
     /// The `state` every home server is configured with.
     pub server_state: &'static str,
+    /// How many of the last homes the config leaves out (for `servers add`).
+    pub unlisted_homes: usize,
     /// `[sip] first_contact`: the design's 302 by Via, which most tests here
     /// exercise; `None` runs the daemon's default.
     pub first_contact: Option<&'static str>,
@@ -265,6 +267,7 @@ impl Topology {
             extra_config: String::new(),
             registrars: Vec::new(),
             server_state: "active",
+            unlisted_homes: 0,
             first_contact: Some("by-via"),
             edge_daemon: None,
             daemons: Vec::new(),
@@ -286,7 +289,7 @@ impl Topology {
             services.join(", "),
             self.addresses(Family::edge)
         );
-        for i in 0..self.homes.len() {
+        for i in 0..self.homes.len() - self.unlisted_homes {
             text += &format!(
                 "[[servers]]\nname = \"home{i}\"\n{}state = \"{}\"\n",
                 self.addresses(|family| family.home(i)),
@@ -325,12 +328,38 @@ impl Topology {
     /// until the program is attached.
     pub fn start(&mut self, clients: &[(SocketAddr, usize)]) {
         self.prepare_edge();
-        let path = self.workdir.path().join("edge.toml");
-        std::fs::write(&path, self.config(clients)).expect("writing the edge config");
+        std::fs::write(self.config_path(), self.config(clients)).expect("writing the edge config");
+        self.run_edge();
+    }
+
+    /// Where `start` writes the edge's config.
+    pub fn config_path(&self) -> PathBuf {
+        self.workdir.path().join("edge.toml")
+    }
+
+    /// Starts `redirector run` on the edge (again, after `stop_edge` or
+    /// `kill_edge`: with the config as it is now on disk), and waits until
+    /// it answers on its control socket, which it binds before attaching.
+    /// (A previous daemon's program may still be attached through its
+    /// pinned link, and its control socket file still there.)
+    pub fn run_edge(&mut self) {
+        assert!(self.edge_daemon.is_none(), "the edge daemon was stopped first");
+        let path = self.config_path();
         self.edge_daemon = Some(spawn(&self.edge, &["run", "--config", path.to_str().unwrap()]));
+        let start = Instant::now();
+        while !self.cli(&["servers", "--json"]).status.success() {
+            assert!(start.elapsed() < Duration::from_secs(30), "the edge daemon never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         wait_for_xdp(&self.edge, "e0");
-        // Attaching is the daemon's last step; its sockets are bound by then.
-        assert!(self.control_socket().exists(), "the edge daemon attached without its control socket");
+    }
+
+    /// Sends `signal` to the edge daemon started by `start`.
+    pub fn signal_edge(&self, signal: libc::c_int) {
+        let run = self.edge_daemon.as_ref().expect("the edge daemon was started");
+        // SAFETY: plain kill(2) on our own child, not yet reaped.
+        let rc = unsafe { libc::kill(run.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
     }
 
     /// What the edge needs besides its daemon: pass programs on the bridge
@@ -441,19 +470,6 @@ impl Topology {
         let nothing_pinned =
             std::fs::read_dir(self.bpffs.path().join("redirector")).map_or(true, |mut d| d.next().is_none());
         (output.status.success(), !has_xdp(&self.edge, "e0") && nothing_pinned)
-    }
-
-    /// Starts `redirector run` again with the config `start` wrote (after a
-    /// kill or stop), and waits until it answers on its control socket.
-    pub fn restart_edge(&mut self) {
-        assert!(self.edge_daemon.is_none(), "the edge daemon was stopped first");
-        let path = self.workdir.path().join("edge.toml");
-        self.edge_daemon = Some(spawn(&self.edge, &["run", "--config", path.to_str().unwrap()]));
-        let start = Instant::now();
-        while !self.cli(&["servers", "--json"]).status.success() {
-            assert!(start.elapsed() < Duration::from_secs(30), "the restarted edge daemon never answered");
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Kills the edge daemon with SIGKILL, as a crash would.

@@ -6,11 +6,10 @@
 //! server comes back nothing moves back, however many checks it answers.
 //! How fast a death is detected is measured by `cargo xtask bench`, not here.
 
-use std::time::{Duration, Instant};
-
 use redirector::ops::api::{Route, ServerStatus};
 use redirector_ebpf::Counter;
 use redirector_tests::{
+    operator::wait_until,
     privileged,
     sip_pool::{BackgroundSipp, InProcessEdge, Registrar, sipp, start_registrar, start_registrars},
     topology::{Attach, Topology, home_address},
@@ -47,15 +46,6 @@ fn wait_health_rounds(edge: &InProcessEdge, servers: u64, rounds: u64) {
         || edge.first_contact("pings_answered") >= answered + servers * rounds,
         &format!("{rounds} more health rounds were answered"),
     );
-}
-
-/// Waits (bounded) for `condition`.
-fn wait_until(condition: impl Fn() -> bool, what: &str) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn assert_sipp_ok(topology: &Topology, scenario: &str, port: u16) {

@@ -14,38 +14,17 @@ use std::{
 
 use redirector::ops::api::{Client, Route};
 use redirector_tests::{
+    operator::{assert_kernel_entries_point_at, cli_ok, routes},
     privileged,
     sip_pool::{InProcessEdge, Registrar, sipp_clients, start_registrars},
     topology::{Attach, CLIENT, Family, SERVICE, Topology, echo, home_listen_address, receive, socket_in},
 };
-
-fn cli_ok(topology: &Topology, args: &[&str]) -> String {
-    let output = topology.cli(args);
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "redirector {args:?}: {}{stdout}", String::from_utf8_lossy(&output.stderr));
-    stdout
-}
-
-fn routes(topology: &Topology) -> Vec<Route> {
-    serde_json::from_str(&cli_ok(topology, &["routes", "--json"])).expect("routes --json")
-}
 
 fn register(topology: &Topology, prefix: &str, clients: u16, first_port: u16) {
     assert!(
         sipp_clients(topology, "register_follow_redirect.xml", clients, first_port, prefix),
         "sipp clients {prefix}"
     );
-}
-
-/// Every kernel entry of `aor` (there must be one: its client came straight
-/// to us) points at `server`, as the fast path's CLIENTS map holds it.
-fn assert_kernel_entries_point_at(edge: &InProcessEdge, aor: &str, server: &str) {
-    let index: u32 = server.trim_start_matches("home").parse().unwrap();
-    let entries = edge.entries(aor);
-    assert!(!entries.is_empty(), "{aor} has no kernel entry");
-    for entry in entries {
-        assert_eq!(entry.server, index, "{aor}'s kernel entry points at {server}");
-    }
 }
 
 /// Every metric the Grafana dashboard (grafana/redirector.json) queries is

@@ -132,7 +132,7 @@ fn a_client_streaming_through_the_fast_path_loses_nothing_across_a_kill_and_rest
 
     topology.kill_edge();
     stream.run_for(Duration::from_millis(2500));
-    topology.restart_edge();
+    topology.run_edge();
     let restarted_first_contacts = first_contacts(&topology);
     stream.run_for(Duration::from_secs(1));
     stream.settle();
@@ -184,7 +184,7 @@ fn a_watcher_recorded_before_a_kill_is_told_when_its_client_moves_after_the_rest
     topology.stats_when(|stats| stats.watchers.get("dialogs_saved").copied().unwrap_or_default() >= 2);
 
     topology.kill_edge();
-    topology.restart_edge();
+    topology.run_edge();
     let other = if home == "home0" { "home1" } else { "home0" };
     assert!(topology.cli(&["assign", user1, other]).status.success());
 

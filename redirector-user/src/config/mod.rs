@@ -10,8 +10,8 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::model::HomeServer;
 pub use crate::model::{AttachMode, ForwardingMode, Policy, ServerState};
+use crate::model::{HomeServer, ServerSpec};
 
 /// Where the daemon serves its control API unless `[control] socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/redirector/control.sock";
@@ -581,19 +581,23 @@ impl Config {
     }
 
     /// The home servers as configured, each in the `SERVERS` slot of its
-    /// index, healthy until the health checks say otherwise.
+    /// index, healthy until the health checks say otherwise. (The daemon's
+    /// pool is the store's, seeded and changed by `specs`: see
+    /// `edge::servers`.)
     pub fn home_servers(&self) -> Vec<HomeServer> {
+        self.specs().into_iter().zip(0..).map(|(spec, index)| HomeServer::new(spec, index)).collect()
+    }
+
+    /// The `[[servers]]` as the operator defined them.
+    pub fn specs(&self) -> Vec<ServerSpec> {
         self.servers
             .iter()
-            .enumerate()
-            .map(|(index, server)| HomeServer {
+            .map(|server| ServerSpec {
                 name: server.name.clone(),
-                index: index as u32,
                 ipv4: server.ipv4,
                 ipv6: server.ipv6,
                 port: server.port,
                 state: server.state,
-                healthy: true,
                 weight: server.weight,
             })
             .collect()
@@ -800,6 +804,12 @@ impl Config {
             }
             if server.port == 0 {
                 return Err(invalid(format!("servers[{i}].port"), "must not be 0"));
+            }
+            if server.state == ServerState::Removing {
+                return Err(invalid(
+                    format!("servers[{i}].state"),
+                    "\"removing\" is what `redirector servers remove` does: use active, draining or down",
+                ));
             }
             if !(server.weight.is_finite() && server.weight > 0.0) {
                 return Err(invalid(

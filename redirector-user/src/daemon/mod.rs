@@ -40,8 +40,9 @@ use crate::{
         first_contact::{Counters, FirstContact, Settings},
         health::Tracker,
         notifier::Notifier,
-        pool::{self, Pool},
+        pool,
         rebalance::{Rebalancer, Thresholds},
+        servers,
         watchers::{Subscription, WatcherCounters, Watchers},
     },
     kernel::{
@@ -52,7 +53,7 @@ use crate::{
     ops::{
         api::{Reply, Request},
         control, metrics,
-        operations::{Operations, Parts},
+        operations::{OperationError, Operations, Parts},
         owner::{Command, Owner, OwnerGone},
         stats::{self, Latest},
     },
@@ -82,6 +83,8 @@ pub enum DaemonError {
     Io { what: String, source: std::io::Error },
     #[error(transparent)]
     OwnerGone(#[from] OwnerGone),
+    #[error(transparent)]
+    Operation(#[from] OperationError),
     #[error("the daemon's task `{task}` stopped, and the daemon with it (it is meant to run until shutdown)")]
     TaskEnded { task: String },
     #[error("the daemon's task `{task}` failed, and the daemon stopped: {source}")]
@@ -172,8 +175,19 @@ impl Daemon {
         dataplane.configure(config)?;
         let events = dataplane.take_events()?;
         let adopting = dataplane.adopted();
-        let mut fast_path = FastPath::new(dataplane, config)?;
-        let pool = pool::view(Pool::new(config.home_servers()));
+        let (pool, applied) = servers::restore(assignments.store().pool()?);
+        let seeded = servers::reload(&pool, &applied, &config.specs());
+        for (server, error) in &seeded.refused {
+            tracing::warn!(server, %error, "a change of the config's [[servers]] was not applied");
+        }
+        dataplane.set_servers(seeded.pool.servers())?;
+        let mut fast_path = FastPath::with_servers(dataplane, config, seeded.pool.servers())?;
+        let tracker = Tracker::new(
+            seeded.pool.servers().iter().map(|s| s.index),
+            config.health.down_after,
+            config.health.up_after,
+        );
+        let pool = pool::view(seeded.pool);
         if adopting {
             let adopted = fast_path.adopt(&homes_by_owner(&assignments, &pool.load()))?;
             info!(pins = %pins.directory().display(), ?adopted, "adopted the pinned fast path");
@@ -192,7 +206,6 @@ impl Daemon {
         let (restored, skipped) = watchers.restore(assignments.store().watches()?);
         info!(restored, skipped, "watchers' dialogs read from the store");
         let watcher_counters = watchers.counters.clone();
-        let tracker = Tracker::new(config.servers.len(), config.health.down_after, config.health.up_after);
         let rebalancer = rebalancer(&config.rebalance);
         let limits = Limits {
             per_prefix: config.limits.new_clients_per_prefix,
@@ -202,7 +215,7 @@ impl Daemon {
             throttled_datagrams: config.limits.throttled_datagrams,
         };
         let expiry = expiry::Policy::new(Duration::from_secs_f64(config.store.expire_after));
-        let operations = Operations::new(Parts {
+        let mut operations = Operations::new(Parts {
             assignments,
             pool,
             fast_path,
@@ -213,7 +226,9 @@ impl Daemon {
             counters,
             store_path: config.sip.database.display().to_string(),
             expiry,
+            applied: seeded.applied,
         });
+        operations.start_pool()?;
         let (owner, owner_thread) = Owner::spawn(operations).map_err(io("starting the state owner thread"))?;
         Ok(Self {
             owner,
@@ -319,6 +334,14 @@ impl Daemon {
         self.owner.control_blocking(request).unwrap_or_else(|gone| Reply::Error(gone.to_string()))
     }
 
+    /// Applies `config`'s `[[servers]]` as a reload does (SIGHUP): what the
+    /// config changed since it was last applied. The rest of a config takes
+    /// a restart.
+    pub async fn reload_servers(&self, config: &Config) -> Reply {
+        let request = Request::ReloadServers { servers: config.specs() };
+        self.owner.control(request).await.unwrap_or_else(|gone| Reply::Error(gone.to_string()))
+    }
+
     /// First contact's counters and the kernel's verdict counters; for
     /// threads outside the runtime.
     pub fn report(&self) -> Report {
@@ -354,7 +377,7 @@ fn nat_reply_sockets(config: &Config) -> std::io::Result<Vec<socket2::Socket>> {
 /// Every assigned AOR by the key its fast-path entries carry
 /// (`ClientEntry::owner`), with its home server's slot: what adopting a
 /// previous daemon's entries needs.
-fn homes_by_owner(assignments: &Assignments, pool: &Pool) -> HashMap<u64, (Aor, u32)> {
+fn homes_by_owner(assignments: &Assignments, pool: &pool::Pool) -> HashMap<u64, (Aor, u32)> {
     let mut homes = HashMap::new();
     assignments.cache().for_each(|aor, cached| {
         if let Some(home) = pool.server(&cached.server) {

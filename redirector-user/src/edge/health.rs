@@ -1,7 +1,10 @@
 //! Home-server health from the reachability pings: a server is marked down
 //! after `down_after` pings in a row went unanswered, and up again after
 //! `up_after` answered in a row. Pure bookkeeping; the daemon sends the
-//! pings and applies the transitions.
+//! pings and applies the transitions. Servers are tracked by their SERVERS
+//! slot, and join and leave as the pool changes at runtime.
+
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -22,26 +25,39 @@ struct Server {
 pub struct Tracker {
     down_after: u32,
     up_after: u32,
-    servers: Vec<Server>,
+    /// By SERVERS slot.
+    servers: BTreeMap<u32, Server>,
 }
 
 impl Tracker {
-    /// `servers` servers, all up.
-    pub fn new(servers: usize, down_after: u32, up_after: u32) -> Self {
-        Self { down_after: down_after.max(1), up_after: up_after.max(1), servers: vec![Server::default(); servers] }
+    /// The servers in `slots`, all up.
+    pub fn new(slots: impl IntoIterator<Item = u32>, down_after: u32, up_after: u32) -> Self {
+        let servers = slots.into_iter().map(|slot| (slot, Server::default())).collect();
+        Self { down_after: down_after.max(1), up_after: up_after.max(1), servers }
+    }
+
+    /// A server added to the pool: up, and judged from the next round on
+    /// (the round under way sent it no ping).
+    pub fn add(&mut self, slot: u32) {
+        self.servers.insert(slot, Server::default());
+    }
+
+    /// A server gone from the pool: its late answers count for nothing.
+    pub fn remove(&mut self, slot: u32) {
+        self.servers.remove(&slot);
     }
 
     /// Closes the previous round (counting its unanswered pings) and opens
     /// round `sequence`; returns the servers whose health changed.
     pub fn tick(&mut self, sequence: u32) -> Vec<Transition> {
         let mut transitions = Vec::new();
-        for (index, server) in self.servers.iter_mut().enumerate() {
+        for (&index, server) in &mut self.servers {
             if let Some((_, false)) = server.outstanding {
                 server.misses += 1;
                 server.answers = 0;
                 if !server.down && server.misses >= self.down_after {
                     server.down = true;
-                    transitions.push(Transition::Down(index as u32));
+                    transitions.push(Transition::Down(index));
                 }
             }
             server.outstanding = Some((sequence, false));
@@ -52,7 +68,7 @@ impl Tracker {
     /// A server answered ping `sequence`; late answers to older rounds are ignored.
     pub fn answered(&mut self, index: u32, sequence: u32) -> Option<Transition> {
         let up_after = self.up_after;
-        let server = self.servers.get_mut(index as usize)?;
+        let server = self.servers.get_mut(&index)?;
         match server.outstanding {
             Some((current, false)) if current == sequence => server.outstanding = Some((current, true)),
             _ => return None,
@@ -73,7 +89,7 @@ mod tests {
 
     #[test]
     fn down_after_consecutive_misses_and_up_after_consecutive_answers() {
-        let mut tracker = Tracker::new(2, 3, 2);
+        let mut tracker = Tracker::new([0, 1], 3, 2);
         let mut down = Vec::new();
         for sequence in 1..=4 {
             down.extend(tracker.tick(sequence));
@@ -87,7 +103,7 @@ mod tests {
 
     #[test]
     fn a_miss_between_answers_resets_the_count_and_late_answers_do_not_count() {
-        let mut tracker = Tracker::new(1, 2, 1);
+        let mut tracker = Tracker::new([0], 2, 1);
         tracker.tick(1);
         tracker.tick(2);
         assert_eq!(tracker.answered(0, 1), None, "round 1 is over");
@@ -96,5 +112,17 @@ mod tests {
         assert_eq!(tracker.tick(4), [], "one miss after an answer");
         assert_eq!(tracker.tick(5), [Transition::Down(0)]);
         assert!(tracker.tick(6).is_empty(), "down once, not again");
+    }
+
+    #[test]
+    fn servers_join_and_leave_by_slot() {
+        let mut tracker = Tracker::new([0, 5], 1, 1);
+        tracker.tick(1);
+        tracker.add(9);
+        tracker.remove(0);
+        tracker.answered(5, 1);
+        assert_eq!(tracker.tick(2), [], "9 joined after round 1 was sent, 0 left: no verdict on either");
+        assert_eq!(tracker.answered(0, 2), None, "a removed server's answer counts for nothing");
+        assert_eq!(tracker.tick(3), [Transition::Down(5), Transition::Down(9)]);
     }
 }

@@ -11,4 +11,5 @@ pub mod notifier;
 pub mod pool;
 pub mod rebalance;
 pub mod rendezvous;
+pub mod servers;
 pub mod watchers;

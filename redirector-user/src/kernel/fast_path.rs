@@ -19,7 +19,7 @@ use crate::{
         loader::{DataPlane, DataPlaneError, endpoint, endpoint_ip, service_endpoints},
         nat_ports::{NatPorts, NatPortsExhausted},
     },
-    model::Origin,
+    model::{HomeServer, Origin},
     sip::Aor,
 };
 
@@ -172,6 +172,13 @@ pub struct Withdrawn {
 impl FastPath {
     /// Takes a configured data plane and installs the config's static clients.
     pub fn new(dataplane: DataPlane, config: &Config) -> Result<Self, FastPathError> {
+        Self::with_servers(dataplane, config, &config.home_servers())
+    }
+
+    /// As `new`, the static clients pointed at the slots `servers` are in
+    /// (the daemon's pool, whose slots outlive config edits); a client of a
+    /// server not among them is left to first contact.
+    pub fn with_servers(dataplane: DataPlane, config: &Config, servers: &[HomeServer]) -> Result<Self, FastPathError> {
         let mut fast_path = Self {
             dataplane,
             mode: config.mode,
@@ -184,7 +191,10 @@ impl FastPath {
             static_clients: HashSet::new(),
         };
         for client in &config.clients {
-            let server = config.server_index(&client.server).expect("validated: clients name known servers");
+            let Some(server) = servers.iter().find(|s| s.name == client.server).map(|s| s.index) else {
+                tracing::warn!(client = %client.address, server = client.server, "a [[clients]] entry's server is not in the pool: left to first contact");
+                continue;
+            };
             // Static clients have not said which service address they use:
             // nat replies come from the first one of their family.
             let family = endpoint(client.address.ip(), 0).family;

@@ -192,6 +192,16 @@ impl DataPlane {
         stale.iter().try_for_each(|service| map.remove(service).map_err(map_error(SERVICES_MAP)))
     }
 
+    /// Writes every SERVERS slot: each of `servers` in its own, every other
+    /// one "unused" (whatever an earlier run left there).
+    pub fn set_servers(&mut self, servers: &[HomeServer]) -> Result<()> {
+        for slot in 0..redirector_ebpf::MAX_SERVERS {
+            let entry = servers.iter().find(|s| s.index == slot).map(server_entry).unwrap_or_default();
+            self.set_server(slot, entry)?;
+        }
+        Ok(())
+    }
+
     pub fn set_server(&mut self, index: u32, server: Server) -> Result<()> {
         let mut map: Array<_, Server> = self.map(SERVERS_MAP)?;
         map.set(index, server, 0).map_err(map_error(SERVERS_MAP))
@@ -416,7 +426,8 @@ pub fn edge_config(config: &Config) -> redirector_ebpf::Config {
 pub fn server_entry(home: &HomeServer) -> Server {
     let state = match home.effective_state() {
         ServerState::Active => redirector_ebpf::ServerState::Active,
-        ServerState::Draining => redirector_ebpf::ServerState::Draining,
+        // Its clients keep the fast path until they are moved.
+        ServerState::Draining | ServerState::Removing => redirector_ebpf::ServerState::Draining,
         ServerState::Down => redirector_ebpf::ServerState::Down,
     };
     entry(home.ipv4, home.ipv6, home.port, state)

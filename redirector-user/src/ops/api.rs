@@ -8,9 +8,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::ServerState;
+use crate::model::{ServerSpec, ServerState};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     Stats,
@@ -38,6 +38,28 @@ pub enum Request {
     },
     /// The daemon itself: pid, uptime, store.
     Status,
+    /// A home server joins the pool (`redirector servers add`).
+    AddServer {
+        server: ServerSpec,
+    },
+    /// A home server's clients move away, then it leaves the pool; answered
+    /// once they have.
+    RemoveServer {
+        server: String,
+    },
+    /// A home server's weight or state changes (`redirector servers set`).
+    SetServer {
+        server: String,
+        #[serde(default)]
+        weight: Option<f64>,
+        #[serde(default)]
+        state: Option<ServerState>,
+    },
+    /// The config's `[[servers]]`, reread (SIGHUP): what the config changed
+    /// since it was last applied is applied.
+    ReloadServers {
+        servers: Vec<ServerSpec>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +74,17 @@ pub enum Reply {
     Plan(Vec<PlannedMove>),
     Entries(Vec<Entry>),
     Status(DaemonStatus),
+    Reloaded(Reloaded),
     Error(String),
+}
+
+/// What a reload of the config's `[[servers]]` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// One line per change made.
+    pub changed: Vec<String>,
+    /// One line per change refused (tried again at the next reload).
+    pub refused: Vec<String>,
 }
 
 /// The running daemon, as `redirector status` shows it.

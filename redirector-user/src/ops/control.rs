@@ -105,13 +105,14 @@ pub async fn serve(
 }
 
 /// Sends one request and waits for its reply: at most 30 s, except for a
-/// drain, which answers once every client has moved (a large pool's can
-/// take minutes).
+/// drain or a removal, which answers once every client has moved (a large
+/// pool's can take minutes).
 pub fn request(path: &Path, request: &Request) -> Result<Reply, ControlError> {
     let unreachable = |source| ControlError::Unreachable { path: path.to_owned(), source };
     let io = |source| ControlError::Io { path: path.to_owned(), source };
     let mut stream = UnixStream::connect(path).map_err(unreachable)?;
-    let wait = if matches!(request, Request::Drain { .. }) { None } else { Some(Duration::from_secs(30)) };
+    let moves_all = matches!(request, Request::Drain { .. } | Request::RemoveServer { .. });
+    let wait = if moves_all { None } else { Some(Duration::from_secs(30)) };
     stream.set_read_timeout(wait).map_err(io)?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');

@@ -14,6 +14,12 @@
 //! queued for their NOTIFY. A drain or a dead server moves its clients in
 //! batches of `MOVE_BATCH`, one database transaction each.
 //!
+//! The pool changes at runtime (`servers add / remove / set`, a reload of
+//! the config's `[[servers]]`) as `edge::servers` decides: each change is
+//! saved in the store first, then published to first contact and written to
+//! the kernel's SERVERS slot; a removed server's clients move as a drain's
+//! do, and only then does it leave the pool and its slot read "unused".
+//!
 //! Two walks also go a step at a time between commands: the scan of the
 //! fast path's learned clients (`scan`: one read of each kernel entry
 //! serves the idle sweep, expiry's sightings and the load samples) and the
@@ -39,14 +45,15 @@ use crate::{
         health::{Tracker, Transition},
         pool::{Pool, PoolView},
         rebalance::{Planned, Rebalancer, Sample, ServerLoad, plan},
+        servers::{self, Change, Effect, PoolError},
         watchers::{Subscription, Watchers},
     },
     kernel::{
         fast_path::{FastPath, FastPathError, Reading, monotonic_ns},
         loader,
     },
-    model::{HomeServer, Origin, ServerState},
-    ops::api::{Client, DaemonStatus, Entry, Move, PlannedMove, Reply, Request, Route, ServerStatus, Stats},
+    model::{HomeServer, Origin, ServerSpec, ServerState},
+    ops::api::{Client, DaemonStatus, Entry, Move, PlannedMove, Reloaded, Reply, Request, Route, ServerStatus, Stats},
     sip::{Aor, ParseError},
     store::{StoreError, unix_seconds},
 };
@@ -63,6 +70,8 @@ pub enum OperationError {
     ServerDown(String),
     #[error("no active home server to take the clients of {0}; undrain or bring one up first")]
     NoActiveServer(String),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -108,6 +117,8 @@ pub struct Operations {
     walk: Option<Walk>,
     /// The load samples of the scan pass under way, when it takes them.
     pass: Vec<Sample>,
+    /// The config's `[[servers]]` as last applied (see `edge::servers`).
+    applied: Vec<ServerSpec>,
 }
 
 /// One step of a scan over the fast path's learned clients.
@@ -129,6 +140,8 @@ struct MoveJob {
     reply: Option<oneshot::Sender<Reply>>,
     /// Logged when done.
     why: &'static str,
+    /// The server leaves the pool once its clients have moved.
+    retire: bool,
 }
 
 /// Everything the owner's state is made of.
@@ -143,6 +156,8 @@ pub struct Parts {
     pub counters: Arc<Counters>,
     pub store_path: String,
     pub expiry: Option<expiry::Policy>,
+    /// The config's `[[servers]]` as last applied.
+    pub applied: Vec<ServerSpec>,
 }
 
 /// How often reaching the cap on assignments is logged at most.
@@ -161,6 +176,7 @@ impl Operations {
             counters,
             store_path,
             expiry,
+            applied,
         } = parts;
         Self {
             assignments,
@@ -178,7 +194,21 @@ impl Operations {
             expiry,
             walk: None,
             pass: Vec::new(),
+            applied,
         }
+    }
+
+    /// At start: the pool saved (as seeded or changed by the config) and
+    /// removals that a restart interrupted resumed.
+    pub fn start_pool(&mut self) -> Result<()> {
+        let pool = self.pool.load_full();
+        self.save_pool(&pool)?;
+        for removing in pool.servers().iter().filter(|s| s.state == ServerState::Removing) {
+            tracing::info!(server = removing.name, "resuming the removal of a home server");
+            let job = self.removal(&removing.name)?;
+            self.jobs.push_back(job);
+        }
+        Ok(())
     }
 
     fn warn_at_capacity(&mut self, now: Instant) {
@@ -213,11 +243,13 @@ impl Operations {
     /// Answers a control API request on `reply`: at once, or for a drain
     /// once its moves are made (see `work`).
     pub fn answer(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
-        if let Request::Drain { server } = &request {
-            self.drain(server, reply);
-            return;
+        match &request {
+            Request::Drain { server } => self.drain(server, reply),
+            Request::RemoveServer { server } => self.remove_server(server, reply),
+            _ => {
+                let _ = reply.send(self.answer_now(request));
+            }
         }
-        let _ = reply.send(self.answer_now(request));
     }
 
     fn answer_now(&mut self, request: Request) -> Reply {
@@ -232,6 +264,10 @@ impl Operations {
             Request::Rebalance { dry_run } => self.rebalance(dry_run).map(Reply::Plan),
             Request::Entries { aor } => self.entries(&aor).map(Reply::Entries),
             Request::Status => Ok(Reply::Status(self.status_of_daemon())),
+            Request::RemoveServer { .. } => unreachable!("`answer` queues removals"),
+            Request::AddServer { server } => self.add_server(server).map(Reply::Server),
+            Request::SetServer { server, weight, state } => self.set_server(&server, weight, state).map(Reply::Server),
+            Request::ReloadServers { servers } => self.reload_servers(servers).map(Reply::Reloaded),
         };
         result.unwrap_or_else(|error| Reply::Error(error.to_string()))
     }
@@ -561,8 +597,9 @@ impl Operations {
             return;
         }
         tracing::info!(server = job.from, moved = job.moves.len(), "{}", job.why);
+        let done = if job.retire { self.retire_server(&job.from).map(|()| job.moves) } else { Ok(job.moves) };
         if let Some(reply) = job.reply {
-            let _ = reply.send(Reply::Moves(job.moves));
+            let _ = reply.send(done.map_or_else(|error| Reply::Error(error.to_string()), Reply::Moves));
         }
     }
 
@@ -588,7 +625,7 @@ impl Operations {
     fn move_all_from(&self, server: &str, why: &'static str) -> Result<MoveJob> {
         let left: Vec<Aor> =
             self.assignments.store().all()?.into_iter().filter(|a| a.server == server).map(|a| a.aor).collect();
-        Ok(MoveJob { from: server.to_owned(), left, moves: Vec::new(), reply: None, why })
+        Ok(MoveJob { from: server.to_owned(), left, moves: Vec::new(), reply: None, why, retire: false })
     }
 
     /// One batch of a job: `aors` off `from`, each to where rendezvous
@@ -615,9 +652,127 @@ impl Operations {
         self.status(server)
     }
 
-    /// Sets a server's state for first contact and the kernel at once.
+    /// Sets a server's state for first contact and the kernel at once, and
+    /// in the store, so it outlives a restart.
     pub fn set_state(&mut self, server: &str, state: ServerState) -> Result<HomeServer> {
+        let (pool, _) = self
+            .pool
+            .load()
+            .changed(|s| s.name == server, |s| s.state = state)
+            .ok_or_else(|| OperationError::UnknownServer(server.to_owned()))?;
+        self.save_pool(&pool)?;
         self.change_server(|s| s.name == server, |s| s.state = state, server)
+    }
+
+    /// `redirector servers add`: the server takes new clients at once.
+    pub fn add_server(&mut self, spec: ServerSpec) -> Result<ServerStatus> {
+        let name = spec.name.clone();
+        self.change_pool(&Change::Add(spec))?;
+        self.status(&name)
+    }
+
+    /// `redirector servers set`: a new weight applies to new clients (and
+    /// the rebalancer's targets); draining keeps the server's clients where
+    /// they are (`redirector drain` moves them); active calls a removal off.
+    pub fn set_server(&mut self, name: &str, weight: Option<f64>, state: Option<ServerState>) -> Result<ServerStatus> {
+        let mut spec = self.pool.load().server(name).map(HomeServer::spec).ok_or(PoolError::Unknown(name.into()))?;
+        spec.weight = weight.unwrap_or(spec.weight);
+        spec.state = state.unwrap_or(spec.state);
+        self.change_pool(&Change::Update(spec))?;
+        self.status(name)
+    }
+
+    /// `redirector servers remove`: answered once the server's clients have
+    /// moved and it has left the pool; a failure to start answers at once.
+    fn remove_server(&mut self, name: &str, reply: oneshot::Sender<Reply>) {
+        let started = self.change_pool(&Change::Remove(name.to_owned())).and_then(|_| self.removal(name));
+        match started {
+            Ok(job) => self.jobs.push_back(MoveJob { reply: Some(reply), ..job }),
+            Err(error) => {
+                let _ = reply.send(Reply::Error(error.to_string()));
+            }
+        }
+    }
+
+    /// The moves of every client of `name`, after which it leaves the pool.
+    fn removal(&self, name: &str) -> Result<MoveJob> {
+        let job = self.move_all_from(name, "home server removed, its clients moved")?;
+        Ok(MoveJob { retire: true, ..job })
+    }
+
+    /// The server `name`, whose clients have all moved, leaves the pool and
+    /// its SERVERS slot reads "unused": anything still pointing at it goes
+    /// to first contact. Unless its removal was called off meanwhile.
+    fn retire_server(&mut self, name: &str) -> Result<()> {
+        let pool = self.pool.load_full();
+        if pool.server(name).is_none_or(|s| s.state != ServerState::Removing) {
+            tracing::info!(server = name, "removal called off: the server stays");
+            return Ok(());
+        }
+        let (next, gone) = pool.retire(name).ok_or_else(|| OperationError::UnknownServer(name.to_owned()))?;
+        self.save_pool(&next)?;
+        self.pool.store(Arc::new(next));
+        self.tracker.remove(gone.index);
+        self.fast_path.dataplane().set_server(gone.index, Default::default()).map_err(FastPathError::from)?;
+        tracing::info!(server = name, slot = gone.index, "home server removed");
+        Ok(())
+    }
+
+    /// Reloaded config's `[[servers]]`: what the config changed since it was
+    /// last applied is applied; each refusal is logged and reported.
+    pub fn reload_servers(&mut self, config: Vec<ServerSpec>) -> Result<Reloaded> {
+        let done = servers::reload(&self.pool.load(), &self.applied, &config);
+        let previous = std::mem::replace(&mut self.applied, done.applied);
+        if let Err(error) = self.commit_pool(done.pool, &done.effects) {
+            self.applied = previous;
+            return Err(error);
+        }
+        let mut report = Reloaded::default();
+        for effect in &done.effects {
+            if let Effect::Removing(home) = effect {
+                let job = self.removal(&home.name)?;
+                self.jobs.push_back(job);
+            }
+            report.changed.push(describe(effect));
+        }
+        for (server, error) in done.refused {
+            tracing::warn!(server, %error, "a change of the config's [[servers]] was not applied");
+            report.refused.push(format!("{server}: {error}"));
+        }
+        Ok(report)
+    }
+
+    /// One change of the pool, checked, saved, published and written to
+    /// the kernel (a removal's moves are the caller's to queue).
+    fn change_pool(&mut self, change: &Change) -> Result<Effect> {
+        let (pool, effect) = self.pool.load().apply(change)?;
+        self.commit_pool(pool, std::slice::from_ref(&effect))?;
+        tracing::info!("{}", describe(&effect));
+        Ok(effect)
+    }
+
+    /// Saves `pool` (nothing changes if that fails), publishes it to first
+    /// contact, and writes each changed server's SERVERS slot; an added
+    /// server is health-checked from the next round.
+    fn commit_pool(&mut self, pool: Pool, effects: &[Effect]) -> Result<()> {
+        self.save_pool(&pool)?;
+        self.pool.store(Arc::new(pool));
+        for effect in effects {
+            let (Effect::Added(home) | Effect::Changed(home) | Effect::Removing(home)) = effect;
+            if let Effect::Added(_) = effect {
+                self.tracker.add(home.index);
+            }
+            self.fast_path
+                .dataplane()
+                .set_server(home.index, loader::server_entry(home))
+                .map_err(FastPathError::from)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `pool` and the config's servers as last applied in the store.
+    fn save_pool(&self, pool: &Pool) -> Result<()> {
+        Ok(self.assignments.store().save_pool(&servers::to_store(pool, &self.applied))?)
     }
 
     /// Servers that take new clients, as the rebalancer weighs them.
@@ -805,5 +960,16 @@ impl Operations {
                 Route { aor: a.aor.to_string(), server: a.server, address, generation: a.generation }
             })
             .collect())
+    }
+}
+
+/// A pool change, as logged and reported.
+fn describe(effect: &Effect) -> String {
+    match effect {
+        Effect::Added(home) => format!("home server {} added (slot {}, weight {})", home.name, home.index, home.weight),
+        Effect::Changed(home) => {
+            format!("home server {} changed: {:?}, weight {}", home.name, home.state, home.weight)
+        }
+        Effect::Removing(home) => format!("home server {} being removed: its clients move away", home.name),
     }
 }

@@ -13,7 +13,7 @@ pub use self::{
     cache::{Cache, Cached},
     redb::RedbStore,
 };
-use crate::sip::Aor;
+use crate::{model::ServerSpec, sip::Aor};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
@@ -43,12 +43,36 @@ pub fn unix_seconds() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The home servers as the daemon last had them, kept in the store so that
+/// `redirector servers add / remove / set` outlive restarts (see
+/// `edge::servers` for how the config's `[[servers]]` are merged in).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredPool {
+    pub servers: Vec<StoredServer>,
+    /// The config's `[[servers]]` as last applied: what the next config is
+    /// compared with, so only what the config itself changed is applied.
+    pub applied: Vec<ServerSpec>,
+    /// The lowest SERVERS slot never used yet.
+    pub next_slot: u32,
+    /// Slots of removed servers, longest retired first: reused only once
+    /// no never-used slot is left.
+    pub retired: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredServer {
+    pub slot: u32,
+    pub spec: ServerSpec,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("opening the assignment database {path}: {source} (is another redirector using it?)")]
     Open { path: String, source: Box<::redb::DatabaseError> },
     #[error("assignment database: {0}")]
     Database(#[from] Box<::redb::Error>),
+    #[error("the home servers kept in the assignment database do not read back: {0}")]
+    Pool(#[from] serde_json::Error),
 }
 
 pub trait AssignmentStore: Send + Sync {
@@ -79,6 +103,18 @@ pub trait AssignmentStore: Send + Sync {
     /// Writes the `kept` dialogs and removes the `removed` ones, durably,
     /// in one transaction.
     fn save_watches(&self, _kept: &[(String, String)], _removed: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The pool as last saved; `None` before the first save. A store that
+    /// keeps no pool (test doubles) answers `None`: the config seeds the
+    /// pool at every start.
+    fn pool(&self) -> Result<Option<StoredPool>, StoreError> {
+        Ok(None)
+    }
+
+    /// Replaces the saved pool, durably.
+    fn save_pool(&self, _pool: &StoredPool) -> Result<(), StoreError> {
         Ok(())
     }
 

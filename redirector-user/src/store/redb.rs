@@ -2,12 +2,14 @@
 //! server; `last_seen` (added later, so a separate table: databases from
 //! before it open unchanged, their AORs read as seen when read) holds when
 //! each client was last seen, written coarsely (see `edge::expiry`).
+//! `pool` holds the home servers (one JSON document: it is small and
+//! written only when an operator or a reload changes the pool).
 
 use std::{ops::Bound, path::Path};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
-use super::{Assignment, AssignmentStore, StoreError, unix_seconds};
+use super::{Assignment, AssignmentStore, StoreError, StoredPool, unix_seconds};
 use crate::sip::Aor;
 
 fn db_error(error: impl Into<redb::Error>) -> StoreError {
@@ -20,6 +22,9 @@ const ASSIGNMENTS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition::ne
 const LAST_SEEN: TableDefinition<&str, u64> = TableDefinition::new("last_seen");
 /// Watchers' dialogs: the registry's key and record of each.
 const WATCHES: TableDefinition<&str, &str> = TableDefinition::new("watches");
+/// `POOL_KEY` → the pool as JSON (`StoredPool`).
+const POOL: TableDefinition<&str, &str> = TableDefinition::new("pool");
+const POOL_KEY: &str = "servers";
 
 pub struct RedbStore {
     db: Database,
@@ -38,6 +43,7 @@ impl RedbStore {
         txn.open_table(ASSIGNMENTS).map_err(db_error)?;
         txn.open_table(LAST_SEEN).map_err(db_error)?;
         txn.open_table(WATCHES).map_err(db_error)?;
+        txn.open_table(POOL).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(Self { db })
     }
@@ -194,6 +200,25 @@ impl AssignmentStore for RedbStore {
         }
         txn.commit().map_err(db_error)
     }
+
+    fn pool(&self) -> Result<Option<StoredPool>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = match txn.open_table(POOL) {
+            Ok(table) => table,
+            // A database opened read-only that predates the table.
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(db_error(error)),
+        };
+        let Some(json) = table.get(POOL_KEY).map_err(db_error)? else { return Ok(None) };
+        Ok(Some(serde_json::from_str(json.value())?))
+    }
+
+    fn save_pool(&self, pool: &StoredPool) -> Result<(), StoreError> {
+        let json = serde_json::to_string(pool)?;
+        let txn = self.db.begin_write().map_err(db_error)?;
+        txn.open_table(POOL).map_err(db_error)?.insert(POOL_KEY, json.as_str()).map_err(db_error)?;
+        txn.commit().map_err(db_error)
+    }
 }
 
 #[cfg(test)]
@@ -318,6 +343,38 @@ mod tests {
         let rest = store.page(Some(&first[1].aor), 2).unwrap();
         let walked: Vec<String> = first.iter().chain(&rest).map(|a| a.aor.to_string()).collect();
         assert_eq!(walked, ["sip:alice@example.net", "sip:carol@example.net", "sip:dave@example.net"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The pool outlives the process; a database without one reads `None`.
+    #[test]
+    fn the_pool_survives_reopening() {
+        use crate::{
+            model::{ServerSpec, ServerState},
+            store::StoredServer,
+        };
+        let dir = std::env::temp_dir().join(format!("redirector-store-pool-{}", std::process::id()));
+        let path = dir.join("assignments.redb");
+        let spec = ServerSpec {
+            name: "home7".into(),
+            ipv4: Some("10.0.0.7".parse().unwrap()),
+            ipv6: None,
+            port: 5070,
+            state: ServerState::Removing,
+            weight: 2.5,
+        };
+        let pool = StoredPool {
+            servers: vec![StoredServer { slot: 3, spec: spec.clone() }],
+            applied: vec![spec],
+            next_slot: 4,
+            retired: vec![1],
+        };
+        {
+            let store = RedbStore::open(&path).unwrap();
+            assert_eq!(store.pool().unwrap(), None);
+            store.save_pool(&pool).unwrap();
+        }
+        assert_eq!(RedbStore::open_existing(&path).unwrap().pool().unwrap(), Some(pool));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -94,7 +94,7 @@ fn measure(topology: &mut Topology, client: &UdpSocket, home: &UdpSocket, settle
         assert!(detached, "redirector detach failed");
     }
     std::thread::sleep(DOWN);
-    topology.restart_edge();
+    topology.run_edge();
     std::thread::sleep(settle);
     stop.store(true, Ordering::Relaxed);
     let sent = sender.join().expect("the sender");
