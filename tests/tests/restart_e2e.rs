@@ -7,7 +7,8 @@
 //! move made after the restart reaches the adopted entry, and `redirector
 //! detach` then removes everything. A watcher whose SUBSCRIBE went through
 //! the edge before a kill gets its NOTIFY when its client moves after the
-//! restart: the dialogs are kept in the store.
+//! restart: the dialogs are kept in the store. So are the health checks'
+//! verdicts: a home down before the kill is down after the restart.
 
 use std::{
     collections::BTreeSet,
@@ -194,4 +195,34 @@ fn a_watcher_recorded_before_a_kill_is_told_when_its_client_moves_after_the_rest
     assert!(logged.contains(&homes), "expected \"{homes}\" in the watcher's log: {logged}");
     let stats = topology.stats_when(|stats| stats.watchers.get("notifies_answered").copied() == Some(1));
     assert_eq!(stats.watchers.get("notifies_sent").copied(), Some(1), "{:?}", stats.watchers);
+}
+
+/// A home server down when the daemon is killed is still down when it
+/// restarts, before any health check could tell: the verdict is kept.
+#[test]
+fn a_home_server_down_before_a_kill_is_down_after_the_restart() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Skb, 2);
+    topology.extra_config = "[health]\ninterval = 0.1\ndown_after = 2\nup_after = 1\n".into();
+    start_registrars(&mut topology, Registrar::Own);
+    topology.start(&[]);
+    topology.stop_registrar(1);
+    let healthy = |topology: &Topology| -> Vec<(String, bool)> {
+        let servers: Vec<ServerStatus> = json(topology, &["servers", "--json"]);
+        servers.into_iter().map(|s| (s.name, s.healthy)).collect()
+    };
+    let start = Instant::now();
+    while healthy(&topology) != [("home0".to_owned(), true), ("home1".to_owned(), false)] {
+        assert!(start.elapsed() < Duration::from_secs(20), "home1 never marked down: {:?}", healthy(&topology));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    topology.kill_edge();
+    // Health checks an hour apart from now on: only the store can say.
+    topology.extra_config = "[health]\ninterval = 3600\n".into();
+    std::fs::write(topology.config_path(), topology.config(&[])).expect("rewriting the edge config");
+    topology.run_edge();
+    assert_eq!(healthy(&topology), [("home0".to_owned(), true), ("home1".to_owned(), false)]);
 }

@@ -183,7 +183,7 @@ impl Daemon {
         dataplane.set_servers(seeded.pool.servers())?;
         let mut fast_path = FastPath::with_servers(dataplane, config, seeded.pool.servers())?;
         let tracker = Tracker::new(
-            seeded.pool.servers().iter().map(|s| s.index),
+            seeded.pool.servers().iter().map(|s| (s.index, s.healthy)),
             config.health.down_after,
             config.health.up_after,
         );

@@ -30,9 +30,11 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// The servers in `slots`, all up.
-    pub fn new(slots: impl IntoIterator<Item = u32>, down_after: u32, up_after: u32) -> Self {
-        let servers = slots.into_iter().map(|slot| (slot, Server::default())).collect();
+    /// The servers in `slots`, each up or down as last known (`true`: up):
+    /// a server down when the daemon stopped needs `up_after` answers to
+    /// come back.
+    pub fn new(slots: impl IntoIterator<Item = (u32, bool)>, down_after: u32, up_after: u32) -> Self {
+        let servers = slots.into_iter().map(|(slot, up)| (slot, Server { down: !up, ..Server::default() })).collect();
         Self { down_after: down_after.max(1), up_after: up_after.max(1), servers }
     }
 
@@ -89,7 +91,7 @@ mod tests {
 
     #[test]
     fn down_after_consecutive_misses_and_up_after_consecutive_answers() {
-        let mut tracker = Tracker::new([0, 1], 3, 2);
+        let mut tracker = Tracker::new([(0, true), (1, true)], 3, 2);
         let mut down = Vec::new();
         for sequence in 1..=4 {
             down.extend(tracker.tick(sequence));
@@ -102,8 +104,18 @@ mod tests {
     }
 
     #[test]
+    fn a_server_last_known_down_stays_down_until_it_answers_enough() {
+        let mut tracker = Tracker::new([(0, false), (1, true)], 3, 2);
+        tracker.tick(1);
+        assert_eq!(tracker.answered(0, 1), None, "one answer is not enough");
+        assert_eq!(tracker.answered(1, 1), None, "an up server has nothing to report");
+        tracker.tick(2);
+        assert_eq!(tracker.answered(0, 2), Some(Transition::Up(0)));
+    }
+
+    #[test]
     fn a_miss_between_answers_resets_the_count_and_late_answers_do_not_count() {
-        let mut tracker = Tracker::new([0], 2, 1);
+        let mut tracker = Tracker::new([(0, true)], 2, 1);
         tracker.tick(1);
         tracker.tick(2);
         assert_eq!(tracker.answered(0, 1), None, "round 1 is over");
@@ -116,7 +128,7 @@ mod tests {
 
     #[test]
     fn servers_join_and_leave_by_slot() {
-        let mut tracker = Tracker::new([0, 5], 1, 1);
+        let mut tracker = Tracker::new([(0, true), (5, true)], 1, 1);
         tracker.tick(1);
         tracker.add(9);
         tracker.remove(0);

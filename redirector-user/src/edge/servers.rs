@@ -196,14 +196,22 @@ impl Pool {
 /// them; an empty pool if it kept none (the config then seeds it).
 pub fn restore(stored: Option<StoredPool>) -> (Pool, Vec<ServerSpec>) {
     let Some(stored) = stored else { return (Pool::default(), Vec::new()) };
-    let servers = stored.servers.into_iter().map(|s| HomeServer::new(s.spec, s.slot)).collect();
+    let servers = stored
+        .servers
+        .into_iter()
+        .map(|s| HomeServer { healthy: s.healthy, ..HomeServer::new(s.spec, s.slot) })
+        .collect();
     (Pool::restore(servers, stored.next_slot, stored.retired), stored.applied)
 }
 
-/// What the store keeps of `pool` (health is the checks' business, not kept).
+/// What the store keeps of `pool`, the health checks' last verdicts too.
 pub fn to_store(pool: &Pool, applied: &[ServerSpec]) -> StoredPool {
     StoredPool {
-        servers: pool.servers().iter().map(|s| StoredServer { slot: s.index, spec: s.spec() }).collect(),
+        servers: pool
+            .servers()
+            .iter()
+            .map(|s| StoredServer { slot: s.index, spec: s.spec(), healthy: s.healthy })
+            .collect(),
         applied: applied.to_vec(),
         next_slot: pool.next_slot(),
         retired: pool.retired().to_vec(),

@@ -198,14 +198,21 @@ impl Operations {
         }
     }
 
-    /// At start: the pool saved (as seeded or changed by the config) and
-    /// removals that a restart interrupted resumed.
+    /// At start: the pool saved (as seeded or changed by the config),
+    /// removals that a restart interrupted resumed, and the clients of
+    /// servers last known down moved (the moves a restart may have cut
+    /// short; those already made are not made again).
     pub fn start_pool(&mut self) -> Result<()> {
         let pool = self.pool.load_full();
         self.save_pool(&pool)?;
         for removing in pool.servers().iter().filter(|s| s.state == ServerState::Removing) {
             tracing::info!(server = removing.name, "resuming the removal of a home server");
             let job = self.removal(&removing.name)?;
+            self.jobs.push_back(job);
+        }
+        for down in pool.servers().iter().filter(|s| !s.healthy && s.state != ServerState::Removing) {
+            tracing::info!(server = down.name, "home server down when the daemon stopped: its clients move");
+            let job = self.move_all_from(&down.name, "home server down, its clients moved")?;
             self.jobs.push_back(job);
         }
         Ok(())
@@ -540,6 +547,8 @@ impl Operations {
     /// down server immediately), and a down server's clients are moved.
     pub fn set_health(&mut self, index: u32, healthy: bool) -> Result<()> {
         let home = self.change_server(|s| s.index == index, |s| s.healthy = healthy, &index.to_string())?;
+        // Kept, so that a restarted daemon starts from this verdict.
+        self.save_pool(&self.pool.load_full())?;
         if healthy {
             tracing::info!(server = home.name, "home server up");
             return Ok(());

@@ -63,6 +63,14 @@ pub struct StoredPool {
 pub struct StoredServer {
     pub slot: u32,
     pub spec: ServerSpec,
+    /// The health checks' last verdict: a restarted daemon starts from it,
+    /// not from "all up" (records from before it was kept read as up).
+    #[serde(default = "healthy")]
+    pub healthy: bool,
+}
+
+fn healthy() -> bool {
+    true
 }
 
 #[derive(Debug, thiserror::Error)]

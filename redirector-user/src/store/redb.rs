@@ -364,7 +364,7 @@ mod tests {
             weight: 2.5,
         };
         let pool = StoredPool {
-            servers: vec![StoredServer { slot: 3, spec: spec.clone() }],
+            servers: vec![StoredServer { slot: 3, spec: spec.clone(), healthy: false }],
             applied: vec![spec],
             next_slot: 4,
             retired: vec![1],
