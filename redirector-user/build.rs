@@ -21,7 +21,10 @@ fn main() {
         println!("cargo:rerun-if-changed={}", ebpf_crate.join(watched).display());
     }
     let target_dir = workspace.join("target").join("ebpf");
-    let object = build(workspace, &target_dir);
+    let object = build(workspace, &target_dir, &[]);
+    // A program that differs by a no-op, not embedded: the upgrade test
+    // loads it over a running edge (REDIRECTOR_XDP_OBJECT).
+    build(workspace, &workspace.join("target").join("ebpf-variant"), &["--features", "variant"]);
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("redirector.bpf.o");
     std::fs::copy(&object, &out).unwrap_or_else(|e| panic!("copying {} to {}: {e}", object.display(), out.display()));
     println!("cargo:rustc-env=REDIRECTOR_VERSION={}", version(workspace, &out));
@@ -45,7 +48,7 @@ fn version(workspace: &Path, object: &Path) -> String {
     format!("{} (git {revision}, XDP object xxh3 {hash:016x})", env::var("CARGO_PKG_VERSION").unwrap())
 }
 
-fn build(workspace: &Path, target_dir: &Path) -> PathBuf {
+fn build(workspace: &Path, target_dir: &Path, features: &[&str]) -> PathBuf {
     let mut cargo = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     if !debian_route() && nightly_has_rust_src() {
         // CARGO is the toolchain's own cargo, which knows no `+nightly`.
@@ -80,6 +83,7 @@ fn build(workspace: &Path, target_dir: &Path) -> PathBuf {
         .current_dir(workspace)
         .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"))
         .args(["--package", "redirector-ebpf", "--bin", "redirector", "--release", "--target", TARGET])
+        .args(features)
         .args(["--config", &format!("target.{TARGET}.linker=\"bpf-linker\"")])
         .arg("--target-dir")
         .arg(target_dir);

@@ -17,7 +17,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -172,6 +172,8 @@ pub struct Topology {
     edge_daemon: Option<Child>,
     /// Decapsulators and pass programs; killed on drop if still running.
     daemons: Vec<Child>,
+    /// Environment the edge daemon is started with (besides RUST_LOG).
+    pub edge_env: Vec<(&'static str, String)>,
     /// The edge's bpffs (dropped, so unmounted, before `workdir` goes).
     bpffs: tempdir::Bpffs,
     workdir: tempdir::Dir,
@@ -270,6 +272,7 @@ impl Topology {
             unlisted_homes: 0,
             first_contact: Some("by-via"),
             edge_daemon: None,
+            edge_env: Vec::new(),
             daemons: Vec::new(),
             bpffs,
             workdir,
@@ -345,7 +348,9 @@ impl Topology {
     pub fn run_edge(&mut self) {
         assert!(self.edge_daemon.is_none(), "the edge daemon was stopped first");
         let path = self.config_path();
-        self.edge_daemon = Some(spawn(&self.edge, &["run", "--config", path.to_str().unwrap()]));
+        let mut command = command(&self.edge, &["run", "--config", path.to_str().unwrap()]);
+        command.envs(self.edge_env.iter().map(|(name, value)| (name, value)));
+        self.edge_daemon = Some(command.spawn().unwrap_or_else(|e| panic!("starting redirector run: {e}")));
         let start = Instant::now();
         while !self.cli(&["servers", "--json"]).status.success() {
             assert!(start.elapsed() < Duration::from_secs(30), "the edge daemon never answered");
@@ -556,15 +561,16 @@ pub fn redirector_binary() -> PathBuf {
 /// Their warnings and errors show (logs go to stderr); info stays out of
 /// the test output unless RUST_LOG asks for it.
 fn spawn(ns: &NetNs, args: &[&str]) -> Child {
+    command(ns, args).spawn().unwrap_or_else(|e| panic!("starting redirector {args:?}: {e}"))
+}
+
+/// `redirector ARGS` in `ns`, in a process group of its own.
+fn command(ns: &NetNs, args: &[&str]) -> Command {
     let binary = redirector_binary();
     let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    ns.command(binary.to_str().unwrap(), args)
-        .env("RUST_LOG", level)
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting redirector {args:?}: {e}"))
+    let mut command = ns.command(binary.to_str().unwrap(), args);
+    command.env("RUST_LOG", level).process_group(0).stdout(Stdio::null()).stderr(Stdio::inherit());
+    command
 }
 
 /// SIGKILLs a process started in a group of its own (`process_group(0)`),
@@ -584,12 +590,14 @@ pub fn has_xdp(ns: &NetNs, interface: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
-/// The id of the XDP program attached to `interface`, if any.
-pub fn xdp_program_id(ns: &NetNs, interface: &str) -> Option<u64> {
+/// The XDP program attached to `interface`, if any: its id and its tag
+/// (a hash of its instructions).
+pub fn xdp_program(ns: &NetNs, interface: &str) -> Option<(u64, String)> {
     let out = ns.exec("ip", &["-json", "-details", "link", "show", "dev", interface]);
     let links: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let xdp = &links[0]["xdp"];
-    xdp["prog"]["id"].as_u64().or_else(|| xdp["attached"][0]["prog"]["id"].as_u64())
+    let program = if xdp["prog"].is_object() { &xdp["prog"] } else { &xdp["attached"][0]["prog"] };
+    Some((program["id"].as_u64()?, program["tag"].as_str()?.to_owned()))
 }
 
 fn wait_for_xdp(ns: &NetNs, interface: &str) {

@@ -23,7 +23,7 @@ use redirector::{
 use redirector_tests::{
     privileged,
     sip_pool::{BackgroundSipp, Registrar, sipp, start_registrars},
-    topology::{Attach, CLIENT, Topology, home_address, socket_in, xdp_program_id},
+    topology::{Attach, CLIENT, Topology, home_address, socket_in, xdp_program},
 };
 
 const AOR: &str = "sip:alice@example.test";
@@ -116,9 +116,26 @@ fn fast_path_packets(topology: &Topology, server: &str) -> u64 {
 
 #[test]
 fn a_client_streaming_through_the_fast_path_loses_nothing_across_a_kill_and_restart() {
-    if !privileged() {
-        return;
+    if privileged() {
+        streams_across_a_restart(None);
     }
+}
+
+/// The same across an upgrade: the restarted daemon loads a rebuilt
+/// program (the `variant` build, which differs by a no-op) into the link.
+#[test]
+fn a_client_streaming_through_the_fast_path_loses_nothing_across_an_upgrade() {
+    if privileged() {
+        let variant =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/ebpf-variant/bpfel-unknown-none/release/redirector");
+        assert!(std::path::Path::new(variant).exists(), "{variant} (built by redirector-user's build script)");
+        streams_across_a_restart(Some(variant));
+    }
+}
+
+/// Streams through a kill and a restart (loading `object`, if given,
+/// instead of the embedded program), then a move, then a detach.
+fn streams_across_a_restart(object: Option<&str>) {
     let mut topology = Topology::new("dsr", Attach::Skb, 2);
     topology.first_contact = None;
     topology.extra_config = "[health]\ninterval = 3600\n[stats]\ninterval = 0.1\n".into();
@@ -129,9 +146,10 @@ fn a_client_streaming_through_the_fast_path_loses_nothing_across_a_kill_and_rest
     let home = home_of(&topology);
     let before = entries(&topology);
     assert_eq!(before.len(), 1, "alice's socket is on the fast path: {before:?}");
-    let program = xdp_program_id(&topology.edge, "e0").expect("the program is attached");
+    let (program, tag) = xdp_program(&topology.edge, "e0").expect("the program is attached");
 
     topology.kill_edge();
+    topology.edge_env.extend(object.map(|path| ("REDIRECTOR_XDP_OBJECT", path.to_owned())));
     stream.run_for(Duration::from_millis(2500));
     topology.run_edge();
     let restarted_first_contacts = first_contacts(&topology);
@@ -144,8 +162,9 @@ fn a_client_streaming_through_the_fast_path_loses_nothing_across_a_kill_and_rest
     assert_eq!(after.iter().map(|e| (e.client, e.server)).collect::<Vec<_>>(), [(before[0].client, before[0].server)]);
     assert!(after[0].packets > before[0].packets, "the adopted entry kept counting: {after:?}");
     assert_eq!(first_contacts(&topology), restarted_first_contacts, "the restarted daemon never saw alice");
-    let replaced = xdp_program_id(&topology.edge, "e0").expect("a program is attached");
+    let (replaced, new_tag) = xdp_program(&topology.edge, "e0").expect("a program is attached");
     assert_ne!(replaced, program, "the restarted daemon's program runs");
+    assert_eq!(new_tag != tag, object.is_some(), "a rebuilt program's instructions differ ({tag} -> {new_tag})");
 
     // A move made now reaches the adopted entry: alice's REGISTERs go to
     // her new home through the fast path, still all answered.

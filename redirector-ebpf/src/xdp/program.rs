@@ -69,6 +69,11 @@ const BROKEN: Verdict = Verdict::new(xdp_action::XDP_DROP, Counter::Malformed);
 
 #[xdp]
 pub fn redirector(ctx: XdpContext) -> u32 {
+    #[cfg(feature = "variant")]
+    // SAFETY: a read of a local; the `variant` build differs by it alone.
+    unsafe {
+        core::ptr::read_volatile(&0u8)
+    };
     let verdict = match parse_udp(&ctx) {
         Ok(datagram) => route_datagram(&ctx, &datagram),
         Err(counter) => Verdict::new(xdp_action::XDP_PASS, counter),

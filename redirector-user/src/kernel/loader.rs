@@ -48,6 +48,8 @@ pub enum DataPlaneError {
     Batch { name: &'static str, what: &'static str, source: std::io::Error },
     #[error(transparent)]
     Pins(#[from] PinError),
+    #[error("reading the XDP object {path} (named by REDIRECTOR_XDP_OBJECT): {source}", path = path.display())]
+    Object { path: PathBuf, source: std::io::Error },
     #[error(
         "{what} the pinned XDP link {path}: {source} (bpf links need Linux 5.9; `redirector detach` removes a stale one)",
         path = path.display()
@@ -91,8 +93,9 @@ impl DataPlane {
     /// pinned under `pins`: a previous daemon's adopted if they match,
     /// created and pinned if there are none.
     pub fn load_pinned(pins: &Pins, clients: u32) -> Result<Self> {
+        let object = object()?;
         pins.prepare()?;
-        pins.check_maps(super::PROGRAM, clients)?;
+        pins.check_maps(&object, clients)?;
         let adopted = pins.has_maps();
         let paths: Vec<(&'static str, PathBuf)> = PINNED_MAPS.iter().map(|&name| (name, pins.map(name))).collect();
         let mut loader = EbpfLoader::new();
@@ -100,13 +103,17 @@ impl DataPlane {
         for (name, path) in &paths {
             loader.map_pin_path(name, path);
         }
-        let mut dataplane = Self::load_with(loader)?;
+        let mut dataplane = Self::load_object(loader, &object)?;
         dataplane.adopted = adopted;
         Ok(dataplane)
     }
 
-    fn load_with(mut loader: EbpfLoader<'_>) -> Result<Self> {
-        let mut ebpf = loader.load(super::PROGRAM)?;
+    fn load_with(loader: EbpfLoader<'_>) -> Result<Self> {
+        Self::load_object(loader, super::PROGRAM)
+    }
+
+    fn load_object(mut loader: EbpfLoader<'_>, object: &[u8]) -> Result<Self> {
+        let mut ebpf = loader.load(object)?;
         for name in [REDIRECTOR_PROGRAM, DECAP_PROGRAM, PASS_PROGRAM] {
             program(&mut ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
         }
@@ -345,6 +352,21 @@ impl DataPlane {
         M::try_from(map).map_err(map_error(name))
     }
 }
+
+/// The XDP object `run` loads: the one embedded in this binary, or the
+/// file `REDIRECTOR_XDP_OBJECT` names (a rebuilt program tried on a running
+/// edge without rebuilding the daemon; the pinned maps must match it).
+fn object() -> Result<std::borrow::Cow<'static, [u8]>> {
+    match std::env::var_os(XDP_OBJECT_VARIABLE) {
+        Some(path) => std::fs::read(&path)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|source| DataPlaneError::Object { path: path.into(), source }),
+        None => Ok(std::borrow::Cow::Borrowed(super::PROGRAM)),
+    }
+}
+
+/// See `object`.
+pub const XDP_OBJECT_VARIABLE: &str = "REDIRECTOR_XDP_OBJECT";
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
     let program = ebpf.program_mut(name).ok_or(DataPlaneError::Program { name, source: ProgramError::NotLoaded })?;
