@@ -209,7 +209,8 @@ fn mount_bpffs(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn is_bpffs(path: &Path) -> bool {
+/// Whether `path` is on bpffs.
+pub fn is_bpffs(path: &Path) -> bool {
     let Ok(path) = CString::new(path.as_os_str().as_bytes()) else { return false };
     // SAFETY: statfs writes one struct statfs, zeroed here; the path is NUL-terminated.
     let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
