@@ -126,6 +126,17 @@ fn throttle_fixtures() {
         unknown("an unthrottled /24 passes", "10.0.8.2:5060", VIP4),
         throttled("unknown v6 client of a throttled /64 dropped", "[fd00::2:0:0:9]:7777", VIP6),
         unknown("another /64 passes", "[fd00:0:0:1::2]:7777", VIP6),
+        Case::untouched(
+            "a SUBSCRIBE from a throttled /24 dropped",
+            from_client(&with_payload("10.0.0.2:5060", VIP4, b"SUBSCRIBE sip:b@x SIP/2.0\r\n")),
+            XDP_DROP,
+            Counter::DropThrottled,
+        ),
+        passed(
+            "a SUBSCRIBE from another /24 passed up",
+            from_client(&with_payload("10.0.8.2:5060", VIP4, b"SUBSCRIBE sip:b@x SIP/2.0\r\n")),
+            Counter::PassSubscribe,
+        ),
     ];
     run_table(&mut fx, "throttle", [cases]);
 }
@@ -225,13 +236,13 @@ fn to_hash(register: &[u8]) -> u64 {
     hash
 }
 
-/// A socket put on the fast path for one AOR takes REGISTERs for that AOR
-/// only: another line's, or one whose `To` the program cannot see whole,
-/// goes up to the daemon. Other requests are not looked at.
 fn from_line_socket(payload: Vec<u8>) -> Datagram {
     with_payload(&format!("10.0.0.2:{LINE_SOCKET_PORT}"), VIP4, &payload)
 }
 
+/// A socket put on the fast path for one AOR takes REGISTERs for that AOR
+/// only: another line's, or one whose `To` the program cannot see whole,
+/// goes up to the daemon. Other requests are not looked at.
 fn register_checks() -> Vec<Case> {
     let late_to = format!("REGISTER sip:x SIP/2.0\r\nSubject: {}\r\nTo: <sip:line1@x>\r\n\r\n", "s".repeat(TO_SCAN));
     vec![

@@ -1,16 +1,27 @@
 //! Pinned state (`redirector::kernel::pins`), without a daemon: bpffs is
-//! mounted where it is missing, a second load adopts the first one's maps,
-//! and pins the program could not use (another map layout, another
+//! mounted where it is missing, a second load adopts the first one's maps
+//! (and `FastPath::adopting` what in them its store still assigns), and
+//! pins the program could not use (another map layout, another
 //! `max_clients`) are refused with an error that says to detach.
 
-use std::ffi::CString;
-
-use redirector::kernel::{
-    loader::{DataPlane, DataPlaneError, endpoint},
-    pins::{PinError, Pins, is_bpffs},
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::CString,
+    net::SocketAddr,
 };
-use redirector_ebpf::ClientEntry;
-use redirector_tests::privileged;
+
+use redirector::{
+    config::Config,
+    kernel::{
+        fast_path::{Adopted, FastPath, owner_of},
+        loader::{DataPlane, DataPlaneError, endpoint},
+        pins::{PinError, Pins, is_bpffs},
+    },
+    model::Origin,
+    sip::Aor,
+};
+use redirector_ebpf::{ClientEntry, Endpoint};
+use redirector_tests::{fixture::config_text, privileged};
 
 /// A scratch directory, with whatever is mounted on it unmounted on drop.
 struct Scratch(std::path::PathBuf);
@@ -75,4 +86,75 @@ fn pins_of_another_layout_or_size_are_refused_with_what_to_do() {
     let text = error.to_string();
     assert!(matches!(error, DataPlaneError::Pins(PinError::OtherLayout { .. })), "{text}");
     assert!(text.contains("layout-0") && text.contains("redirector detach --interface eth9"), "{text}");
+}
+
+/// A nat edge's learned clients as a second daemon adopts them: one whose
+/// AOR still has its home is kept as it was (edge port, reply entry,
+/// first contact's copy), one whose AOR moved while no daemon ran is
+/// repointed on the same port, one whose AOR is gone is removed with its
+/// reply entry, and the static clients keep their ports; a client
+/// installed afterwards gets a port nobody holds.
+#[test]
+fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("nat");
+    let pins = Pins::new(&scratch.0, "fx0");
+    let config = Config::parse(&config_text("nat")).expect("the fixture config");
+    let servers = config.home_servers();
+    let service: SocketAddr = "192.0.2.10:5060".parse().unwrap();
+    let origin = |port: u16| Origin {
+        client: SocketAddr::new("10.0.0.2".parse().unwrap(), port),
+        service,
+        asks_rport: true,
+        aor_hash: 0,
+    };
+    let (alice, bob, carol) = (aor("alice"), aor("bob"), aor("carol"));
+    let before = {
+        let mut dataplane = DataPlane::load_pinned(&pins, CLIENTS).unwrap();
+        dataplane.configure_edge(&config).unwrap();
+        let mut fast_path = FastPath::with_servers(dataplane, &config, &servers).unwrap();
+        for (aor, port) in [(&alice, 7001), (&bob, 7002), (&carol, 7003)] {
+            fast_path.install(aor, origin(port), 0).unwrap();
+        }
+        entries(&mut fast_path)
+    };
+
+    let mut dataplane = DataPlane::load_pinned(&pins, CLIENTS).unwrap();
+    assert!(dataplane.adopted());
+    dataplane.configure_edge(&config).unwrap();
+    let homes: HashMap<u64, (Aor, u32)> =
+        [(&alice, 0), (&bob, 1)].into_iter().map(|(aor, slot)| (owner_of(aor), (aor.clone(), slot))).collect();
+    let (mut fast_path, adopted) = FastPath::adopting(dataplane, &config, &servers, &homes).unwrap();
+    assert_eq!(adopted, Adopted { kept: 1, repointed: 1, removed: 1 });
+    let after = entries(&mut fast_path);
+    let client = |port: u16| endpoint("10.0.0.2".parse().unwrap(), port);
+    assert_eq!(after[&client(7001)], before[&client(7001)], "alice's entry as it was");
+    assert_eq!(after[&client(7002)].server, 1, "bob's entry follows his move");
+    assert_eq!(after[&client(7002)].nat_port_be, before[&client(7002)].nat_port_be, "on the same edge port");
+    assert!(!after.contains_key(&client(7003)), "carol's AOR is gone, and so is her entry");
+    let statics = [5060, 5062, 5063, 5064, 5065].map(client);
+    for key in statics {
+        assert_eq!(after[&key].nat_port_be, before[&key].nat_port_be, "a static client keeps its port");
+    }
+    let replies = fast_path.dataplane().all_nat_replies().unwrap();
+    let reply_clients: HashSet<Endpoint> = replies.iter().map(|(_, reply)| reply.client).collect();
+    assert!(!reply_clients.contains(&client(7003)), "carol's reply entry went with her");
+    assert_eq!(replies.len(), after.len(), "a reply entry for each client, none left over");
+    let shared = fast_path.shared();
+    assert_eq!(shared.get(SocketAddr::new("10.0.0.2".parse().unwrap(), 7002)).map(|r| r.server), Some(1));
+
+    fast_path.install(&aor("dave"), origin(7004), 0).unwrap();
+    let ports: Vec<u16> = entries(&mut fast_path).values().map(|e| e.nat_port_be).collect();
+    let unique: HashSet<u16> = ports.iter().copied().collect();
+    assert_eq!(unique.len(), ports.len(), "every client its own edge port: {ports:?}");
+}
+
+fn aor(user: &str) -> Aor {
+    Aor::from_uri(&format!("sip:{user}@example.net"), "To").unwrap()
+}
+
+fn entries(fast_path: &mut FastPath) -> HashMap<Endpoint, ClientEntry> {
+    fast_path.dataplane().all_clients().unwrap().into_iter().collect()
 }

@@ -18,6 +18,11 @@
 //!    watched client's home server, not the sender's. It is recognised by
 //!    the first ten payload bytes, `SUBSCRIBE ` (RFC 3261 method names are
 //!    case-sensitive; a request line has no leading whitespace).
+//!    Like everything else bound for first contact (rule 6's `pass_miss`
+//!    and `pass_other_aor`), it is first checked against `THROTTLED`: a
+//!    source prefix the daemon throttled (it brought in new clients past
+//!    the flood limits) gets its allowance of such datagrams a second,
+//!    the rest are `XDP_DROP`ped (`drop_throttled`; `throttle.rs`).
 //! 6. A client in `CLIENTS` (its `last_seen_ns` is stamped on every hit, for
 //!    user space's idle expiry) whose home server is active or draining is
 //!    forwarded (dsr or nat, `XDP_TX`, or `XDP_REDIRECT` when the FIB says

@@ -58,6 +58,7 @@ impl Hit {
 }
 
 const PASS_MISS: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassMiss);
+const PASS_SUBSCRIBE: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassSubscribe);
 const PASS_OTHER_AOR: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassOtherAor);
 const DROP_THROTTLED: Verdict = Verdict::new(xdp_action::XDP_DROP, Counter::DropThrottled);
 const NOT_SERVICE: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::NotService);
@@ -105,7 +106,7 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
             return MALFORMED_OURS;
         }
         if packet::is_subscribe(ctx, &datagram.ip) {
-            return Verdict::new(xdp_action::XDP_PASS, Counter::PassSubscribe);
+            return to_first_contact(datagram, PASS_SUBSCRIBE);
         }
         return route_client(ctx, config, datagram);
     }
@@ -157,8 +158,8 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     verdict
 }
 
-/// A datagram for first contact (an unknown client's, or a REGISTER for
-/// another AOR) goes up as `passed`, unless its source prefix is throttled
+/// A datagram for first contact (an unknown client's, a REGISTER for
+/// another AOR, a SUBSCRIBE) goes up as `passed`, unless its source prefix is throttled
 /// and has used its allowance.
 #[inline(always)]
 fn to_first_contact(datagram: &Datagram, passed: Verdict) -> Verdict {

@@ -47,7 +47,7 @@ use crate::{
     },
     kernel::{
         fast_path::{FastPath, FastPathError, owner_of},
-        loader::{DataPlane, DataPlaneError, endpoint_ip, service_endpoints, xdp_mode},
+        loader::{DataPlane, DataPlaneError, edge_config, endpoint_ip, service_endpoints, xdp_mode},
         pins::Pins,
     },
     ops::{
@@ -142,7 +142,9 @@ impl Daemon {
     /// Opens the database, binds every socket, then loads, configures and
     /// attaches the program — in that order, so no first contact the
     /// program passes up finds no socket — and starts the state owner. The
-    /// program stays attached until `Daemon` drops.
+    /// program stays attached through its pinned link after `Daemon`
+    /// drops and the process exits (`redirector detach` removes it); a
+    /// previous daemon's pinned maps and link are adopted.
     pub fn start(config: &Config) -> Result<Self> {
         // Loaded before anything is attached: the first first contacts find
         // every known client in the cache.
@@ -170,28 +172,33 @@ impl Daemon {
         let nat_replies = nat_reply_sockets(config).map_err(DaemonError::Raw)?;
         let control = control::bind(&config.control.socket)
             .map_err(|source| DaemonError::Control { path: config.control.socket.clone(), source })?;
-        let pins = Pins::new(&config.fast_path.bpffs, &config.interface);
-        let mut dataplane = DataPlane::load_pinned(&pins, config.fast_path.max_clients)?;
-        dataplane.configure(config)?;
-        let events = dataplane.take_events()?;
-        let adopting = dataplane.adopted();
+        // The pool first: nothing is written to the pinned maps, which the
+        // previous daemon's program may still forward by, before it is known.
         let (pool, applied) = servers::restore(assignments.store().pool()?);
         let seeded = servers::reload(&pool, &applied, &config.specs());
         for (server, error) in &seeded.refused {
             tracing::warn!(server, %error, "a change of the config's [[servers]] was not applied");
         }
+        let pins = Pins::new(&config.fast_path.bpffs, &config.interface);
+        let mut dataplane = DataPlane::load_pinned(&pins, config.fast_path.max_clients)?;
+        let adopting = adopt_or_clear(&mut dataplane, config)?;
+        dataplane.configure_edge(config)?;
         dataplane.set_servers(seeded.pool.servers())?;
-        let mut fast_path = FastPath::with_servers(dataplane, config, seeded.pool.servers())?;
+        let events = dataplane.take_events()?;
+        let mut fast_path = if adopting {
+            let homes = homes_by_owner(&assignments, &seeded.pool);
+            let (fast_path, adopted) = FastPath::adopting(dataplane, config, seeded.pool.servers(), &homes)?;
+            info!(pins = %pins.directory().display(), ?adopted, "adopted the pinned fast path");
+            fast_path
+        } else {
+            FastPath::with_servers(dataplane, config, seeded.pool.servers())?
+        };
         let tracker = Tracker::new(
             seeded.pool.servers().iter().map(|s| (s.index, s.healthy)),
             config.health.down_after,
             config.health.up_after,
         );
         let pool = pool::view(seeded.pool);
-        if adopting {
-            let adopted = fast_path.adopt(&homes_by_owner(&assignments, &pool.load()))?;
-            info!(pins = %pins.directory().display(), ?adopted, "adopted the pinned fast path");
-        }
         let took_over = fast_path.dataplane().attach_pinned(&config.interface, xdp_mode(config.attach), &pins)?;
         info!(link = %pins.link().display(), took_over, "XDP program attached through its pinned link");
         let settings = Settings {
@@ -372,6 +379,20 @@ fn nat_reply_sockets(config: &Config) -> std::io::Result<Vec<socket2::Socket>> {
     let edges = [config.edge.ipv4.map(std::net::IpAddr::V4), config.edge.ipv6.map(std::net::IpAddr::V6)];
     let ports = config.edge.nat_port_range();
     edges.into_iter().flatten().map(|edge| nat_replies::open(edge, &ports)).collect()
+}
+
+/// Whether the pinned maps' client entries can be adopted: they were a
+/// previous daemon's, of this forwarding mode. Entries of the other mode
+/// are cleared (a dsr entry has no edge port, a nat one sends to the home
+/// from the edge): their clients come back through first contact.
+fn adopt_or_clear(dataplane: &mut DataPlane, config: &Config) -> Result<bool> {
+    let Some(mode) = dataplane.adopted_mode()? else { return Ok(false) };
+    if mode == edge_config(config).mode {
+        return Ok(true);
+    }
+    tracing::warn!(mode = ?config.mode, "the pinned fast path was of the other mode: its clients come back through first contact");
+    dataplane.clear_clients()?;
+    Ok(false)
 }
 
 /// Every assigned AOR by the key its fast-path entries carry

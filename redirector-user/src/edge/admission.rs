@@ -80,8 +80,10 @@ impl Admission {
     }
 
     /// Whether a new client from `source` may be assigned now, the store
-    /// holding `assignments` already.
-    pub fn admit(&mut self, source: IpAddr, assignments: u64, now: Instant) -> Result<(), Refused> {
+    /// holding `assignments` already. A refusal for the prefix's rate
+    /// throttles it in the kernel only if `direct` (the source is the
+    /// client's own, not a proxy's).
+    pub fn admit(&mut self, source: IpAddr, direct: bool, assignments: u64, now: Instant) -> Result<(), Refused> {
         if assignments >= self.limits.max_assignments {
             return Err(Refused::AtCapacity);
         }
@@ -95,7 +97,7 @@ impl Admission {
         bucket.tokens = refilled(bucket, &limits, now);
         bucket.at = now;
         if bucket.tokens < 1.0 {
-            if renews_throttle(bucket, &limits, now) {
+            if direct && renews_throttle(bucket, &limits, now) {
                 bucket.throttled_until = Some(now + limits.throttle_for);
                 self.to_throttle.push(key);
             }
@@ -145,13 +147,20 @@ mod tests {
         let t0 = Instant::now();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         for _ in 0..3 {
-            assert_eq!(admission.admit(ip("198.51.100.7"), 0, t0), Ok(()));
+            assert_eq!(admission.admit(ip("198.51.100.7"), true, 0, t0), Ok(()));
         }
-        assert_eq!(admission.admit(ip("198.51.100.200"), 0, t0), Err(Refused::RateLimited), "the same /24");
-        assert_eq!(admission.admit(ip("198.51.101.7"), 0, t0), Ok(()), "another /24");
-        assert_eq!(admission.admit(ip("2001:db8::1"), 0, t0), Ok(()));
-        assert_eq!(admission.admit(ip("198.51.100.7"), 0, t0 + Duration::from_millis(100)), Ok(()), "10/s: one more");
-        assert_eq!(admission.admit(ip("198.51.100.7"), 0, t0 + Duration::from_millis(100)), Err(Refused::RateLimited));
+        assert_eq!(admission.admit(ip("198.51.100.200"), true, 0, t0), Err(Refused::RateLimited), "the same /24");
+        assert_eq!(admission.admit(ip("198.51.101.7"), true, 0, t0), Ok(()), "another /24");
+        assert_eq!(admission.admit(ip("2001:db8::1"), true, 0, t0), Ok(()));
+        assert_eq!(
+            admission.admit(ip("198.51.100.7"), true, 0, t0 + Duration::from_millis(100)),
+            Ok(()),
+            "10/s: one more"
+        );
+        assert_eq!(
+            admission.admit(ip("198.51.100.7"), true, 0, t0 + Duration::from_millis(100)),
+            Err(Refused::RateLimited)
+        );
     }
 
     #[test]
@@ -159,22 +168,31 @@ mod tests {
         let mut admission = Admission::new(limits());
         let t0 = Instant::now();
         let busy: IpAddr = "198.51.100.7".parse().unwrap();
-        while admission.admit(busy, 0, t0).is_ok() {}
+        while admission.admit(busy, true, 0, t0).is_ok() {}
         assert_eq!(admission.take_throttled(), [prefix(busy)]);
-        assert_eq!(admission.admit("198.51.100.99".parse().unwrap(), 0, t0), Err(Refused::RateLimited));
+        assert_eq!(admission.admit("198.51.100.99".parse().unwrap(), true, 0, t0), Err(Refused::RateLimited));
         assert_eq!(admission.take_throttled(), [], "already throttled");
-        assert_eq!(admission.admit("192.0.2.1".parse().unwrap(), 100, t0), Err(Refused::AtCapacity));
+        assert_eq!(admission.admit("192.0.2.1".parse().unwrap(), true, 100, t0), Err(Refused::AtCapacity));
         assert_eq!(admission.take_throttled(), [], "the cap throttles no prefix");
         let later = t0 + Duration::from_secs(6);
-        while admission.admit(busy, 0, later).is_ok() {}
+        while admission.admit(busy, true, 0, later).is_ok() {}
         assert_eq!(admission.take_throttled(), [prefix(busy)], "renewed with less than half its time left");
+    }
+
+    #[test]
+    fn a_proxys_prefix_is_refused_but_never_throttled() {
+        let mut admission = Admission::new(limits());
+        let proxy: IpAddr = "203.0.113.9".parse().unwrap();
+        while admission.admit(proxy, false, 0, Instant::now()).is_ok() {}
+        assert_eq!(admission.admit(proxy, false, 0, Instant::now()), Err(Refused::RateLimited));
+        assert_eq!(admission.take_throttled(), [], "its clients would all be held to the allowance");
     }
 
     #[test]
     fn no_prefix_is_throttled_when_throttling_is_off() {
         let mut admission = Admission::new(Limits { throttle_for: Duration::ZERO, ..limits() });
         let busy: IpAddr = "2001:db8::1".parse().unwrap();
-        while admission.admit(busy, 0, Instant::now()).is_ok() {}
+        while admission.admit(busy, true, 0, Instant::now()).is_ok() {}
         assert_eq!(admission.take_throttled(), []);
     }
 
@@ -183,16 +201,16 @@ mod tests {
         let mut admission = Admission::new(limits());
         let t0 = Instant::now();
         for host in 1..=3 {
-            assert_eq!(admission.admit(format!("2001:db8:0:1::{host}").parse().unwrap(), 0, t0), Ok(()));
+            assert_eq!(admission.admit(format!("2001:db8:0:1::{host}").parse().unwrap(), true, 0, t0), Ok(()));
         }
-        assert_eq!(admission.admit("2001:db8:0:1:ffff::9".parse().unwrap(), 0, t0), Err(Refused::RateLimited));
-        assert_eq!(admission.admit("2001:db8:0:2::1".parse().unwrap(), 0, t0), Ok(()));
+        assert_eq!(admission.admit("2001:db8:0:1:ffff::9".parse().unwrap(), true, 0, t0), Err(Refused::RateLimited));
+        assert_eq!(admission.admit("2001:db8:0:2::1".parse().unwrap(), true, 0, t0), Ok(()));
     }
 
     #[test]
     fn the_cap_refuses_whatever_the_prefix() {
         let mut admission = Admission::new(limits());
-        assert_eq!(admission.admit("192.0.2.1".parse().unwrap(), 100, Instant::now()), Err(Refused::AtCapacity));
+        assert_eq!(admission.admit("192.0.2.1".parse().unwrap(), true, 100, Instant::now()), Err(Refused::AtCapacity));
     }
 
     #[test]
@@ -201,7 +219,7 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..(MAX_PREFIXES as u32 + 10) {
             let ip = std::net::Ipv4Addr::from(i << 8);
-            assert_eq!(admission.admit(IpAddr::V4(ip), 0, t0), Ok(()));
+            assert_eq!(admission.admit(IpAddr::V4(ip), true, 0, t0), Ok(()));
         }
         assert!(admission.buckets.len() + admission.previous.len() <= MAX_PREFIXES);
     }
@@ -211,11 +229,11 @@ mod tests {
         let mut admission = Admission::new(limits());
         let t0 = Instant::now();
         let busy: IpAddr = "203.0.113.1".parse().unwrap();
-        while admission.admit(busy, 0, t0).is_ok() {}
+        while admission.admit(busy, true, 0, t0).is_ok() {}
         for i in 0..(MAX_PREFIXES as u32 / 2) {
-            admission.admit(IpAddr::V4(std::net::Ipv4Addr::from((i + 1) << 8)), 0, t0).unwrap();
+            admission.admit(IpAddr::V4(std::net::Ipv4Addr::from((i + 1) << 8)), true, 0, t0).unwrap();
         }
         assert!(admission.previous.contains_key(&prefix(busy)), "the generation turned over");
-        assert_eq!(admission.admit(busy, 0, t0), Err(Refused::RateLimited), "its empty bucket came along");
+        assert_eq!(admission.admit(busy, true, 0, t0), Err(Refused::RateLimited), "its empty bucket came along");
     }
 }

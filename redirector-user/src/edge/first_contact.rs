@@ -170,6 +170,9 @@ crate::counters::counters! {
     /// Requests from home servers answered 404 or 480: their target has no
     /// assignment, or is the sender's own client, or its home is down.
     unroutable_for_homes,
+    /// OPTIONS from home servers to the edge itself (no user part: a
+    /// `dispatcher` set's keepalive pings), answered 200.
+    pings_from_homes_answered,
 }
 
 #[derive(Clone)]
@@ -222,6 +225,10 @@ pub struct NewClient {
     /// Where its first request came from (new clients are admitted per
     /// source prefix).
     pub source: std::net::IpAddr,
+    /// Whether a request of its came straight from its client (one Via):
+    /// only then is `source` the client's own, which the kernel may
+    /// throttle; a proxy speaks for many.
+    pub direct: bool,
     pub installs: Vec<Origin>,
 }
 
@@ -280,10 +287,11 @@ impl Batch<'_> {
                 Some(index) => index,
                 None => {
                     let (aor, source) = (request.aor.clone(), request.source.ip());
-                    clients.push(NewClient { aor, source, installs: Vec::new() });
+                    clients.push(NewClient { aor, source, direct: false, installs: Vec::new() });
                     clients.len() - 1
                 }
             };
+            clients[index].direct |= request.basis.vias.len() == 1;
             let install = request.origin();
             if request.installable && !clients[index].installs.contains(&install) {
                 clients[index].installs.push(install);

@@ -75,7 +75,7 @@ impl Harness {
         let refs: Vec<&Aor> = unassigned.iter().map(|c| &c.aor).collect();
         let now = std::time::Instant::now();
         let source = |aor: &Aor| unassigned.iter().find(|c| &c.aor == aor).expect("asked for").source;
-        let mut admit = |aor: &Aor, held| self.admission.borrow_mut().admit(source(aor), held, now);
+        let mut admit = |aor: &Aor, held| self.admission.borrow_mut().admit(source(aor), true, held, now);
         let results = self.assignments.borrow_mut().assign_all(&refs, &self.pool.load(), &mut admit);
         let assigned = results.map(|results| {
             let pairs = unassigned.iter().zip(results).map(|(c, result)| (c.aor.clone(), result));
@@ -1016,6 +1016,24 @@ fn a_homes_request_for_its_own_client_an_unknown_one_or_with_no_hops_left_is_ans
     assert!(s.fc.store().get(&aor("sip:nobody@example.net")).unwrap().is_none(), "a home's request assigns nobody");
     s.fc.set_health(1, false);
     assert_eq!(answer(relayed_by(HOME1, "INVITE", "bob", 70), HOME1), "SIP/2.0 480 Temporarily Unavailable");
+}
+
+/// A home's `dispatcher` pinging the edge it routes to gets 200; an
+/// OPTIONS for a client is routed like any other request.
+#[test]
+fn a_homes_keepalive_to_the_edge_gets_200_and_an_options_for_a_client_goes_to_its_home() {
+    let s = carol_and_bob(Policy::Auto);
+    let ping = format!(
+        "OPTIONS sip:{PROXY} SIP/2.0\r\nVia: SIP/2.0/UDP {HOME1};branch=z9hG4bKk1\r\nMax-Forwards: 70\r\n\
+         To: <sip:{PROXY}>\r\nFrom: <sip:{HOME1}>;tag=k\r\nCall-ID: k@x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    let actions = s.fc.on_proxy_datagram(ping.as_bytes(), socket(HOME1));
+    let (to, response) = only_reply(&actions);
+    assert_eq!((to, response.lines().next().unwrap()), (socket(HOME1), "SIP/2.0 200 OK"));
+    assert_eq!(s.fc.counters.pings_from_homes_answered.load(Ordering::Relaxed), 1);
+    let actions = s.fc.on_proxy_datagram(&relayed_by(HOME1, "OPTIONS", "bob", 70), socket(HOME1));
+    let [Action::Forward { to, .. }] = actions.as_slice() else { panic!("{actions:?}") };
+    assert_eq!(*to, socket(HOME2), "bob's home");
 }
 
 #[test]

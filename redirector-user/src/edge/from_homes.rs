@@ -16,6 +16,8 @@
 //!   the pool: home → edge → home, at most once more back to the edge.
 //! * Nothing is assigned, installed or recorded: a home speaks for many
 //!   clients.
+//! * An OPTIONS to the edge itself (no user part: a `dispatcher` set's
+//!   keepalive) is answered `200`.
 
 use std::net::SocketAddr;
 
@@ -25,6 +27,16 @@ use crate::{
     model::{HomeServer, ServerState},
     sip::{Aor, Message, ParseError, StartLine, response::Basis},
 };
+
+/// An OPTIONS to the edge itself (a Request-URI without a user part),
+/// as a home's `dispatcher` pings the edges it routes to: not a request
+/// for any client.
+fn is_keepalive(message: &Message<'_>) -> bool {
+    match message.start {
+        StartLine::Request { method: "OPTIONS", uri, .. } => !uri.contains('@'),
+        _ => false,
+    }
+}
 
 /// Why a home's request goes nowhere.
 enum Unroutable {
@@ -51,6 +63,9 @@ impl FirstContact {
         let mut basis = Basis::of(message);
         if message.max_forwards().ok().flatten() == Some(0) {
             return self.reject(&mut basis, source, 483, "Too Many Hops", &self.counters.too_many_hops);
+        }
+        if is_keepalive(message) {
+            return self.reject(&mut basis, source, 200, "OK", &self.counters.pings_from_homes_answered);
         }
         let home = target(message).map_err(Unroutable::Malformed).and_then(|aor| self.target_home(&aor, source));
         let unroutable = &self.counters.unroutable_for_homes;

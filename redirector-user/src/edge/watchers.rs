@@ -169,7 +169,7 @@ pub struct Changes {
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.kept.is_empty() && self.removed.is_empty()
     }
 }
 
@@ -192,6 +192,9 @@ pub struct Registry {
     by_presentity: HashMap<Aor, HashSet<DialogId>>,
     /// Dialogs added, changed or removed since the store last saw them.
     touched: HashSet<DialogId>,
+    /// Store keys whose records did not read back: removed with the next
+    /// save.
+    unreadable: Vec<String>,
 }
 
 impl Registry {
@@ -203,6 +206,7 @@ impl Registry {
             by_age: BTreeMap::new(),
             by_presentity: HashMap::new(),
             touched: HashSet::new(),
+            unreadable: Vec::new(),
         }
     }
 
@@ -248,7 +252,7 @@ impl Registry {
     /// What changed since the last call, for the store.
     pub fn take_changes(&mut self) -> Changes {
         let ids = std::mem::take(&mut self.touched);
-        let (mut kept, mut removed) = (Vec::new(), Vec::new());
+        let (mut kept, mut removed) = (Vec::new(), std::mem::take(&mut self.unreadable));
         for id in &ids {
             match self.dialogs.get(id) {
                 Some(entry) => kept.push((stored_key(id), serde_json::to_string(entry).expect("plain data"))),
@@ -264,15 +268,18 @@ impl Registry {
     }
 
     /// Takes back what the store kept (records that no longer read, say
-    /// from an older version, are skipped and counted); the oldest beyond
-    /// capacity are dropped. Returns how many were restored and skipped.
+    /// from an older version, are skipped, counted and removed from the
+    /// store with the next save); the oldest beyond capacity are dropped. Returns how many were restored and skipped.
     pub fn restore(&mut self, stored: Vec<(String, String)>) -> (usize, usize) {
         let mut entries: Vec<Entry> = Vec::with_capacity(stored.len());
         let mut skipped = 0;
-        for (_, record) in stored {
+        for (key, record) in stored {
             match serde_json::from_str(&record) {
                 Ok(entry) => entries.push(entry),
-                Err(_) => skipped += 1,
+                Err(_) => {
+                    skipped += 1;
+                    self.unreadable.push(key);
+                }
             }
         }
         entries.sort_by_key(|entry| entry.age);
@@ -659,6 +666,7 @@ mod tests {
         smaller.subscribed(fourth, None, false);
         saved(&mut smaller, &mut store);
         assert!(!store.contains_key("c1\nw1"), "the oldest, dropped, left the store: {store:?}");
+        assert!(!store.contains_key("junk\nw"), "what did not read back left it too: {store:?}");
     }
 
     #[test]

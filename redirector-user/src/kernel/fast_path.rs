@@ -179,7 +179,29 @@ impl FastPath {
     /// (the daemon's pool, whose slots outlive config edits); a client of a
     /// server not among them is left to first contact.
     pub fn with_servers(dataplane: DataPlane, config: &Config, servers: &[HomeServer]) -> Result<Self, FastPathError> {
-        let mut fast_path = Self {
+        let mut fast_path = Self::empty(dataplane, config);
+        fast_path.install_static(config, servers)?;
+        Ok(fast_path)
+    }
+
+    /// As `with_servers`, after taking back what a previous daemon left in
+    /// the adopted maps (see `adopt`): static clients come after, so none
+    /// is handed an edge port an adopted client holds.
+    pub fn adopting(
+        dataplane: DataPlane,
+        config: &Config,
+        servers: &[HomeServer],
+        homes: &HashMap<u64, (Aor, u32)>,
+    ) -> Result<(Self, Adopted), FastPathError> {
+        let mut fast_path = Self::empty(dataplane, config);
+        let adopted = fast_path.adopt(homes)?;
+        fast_path.install_static(config, servers)?;
+        Ok((fast_path, adopted))
+    }
+
+    fn empty(dataplane: DataPlane, config: &Config) -> Self {
+        let static_clients = config.clients.iter().map(|c| endpoint(c.address.ip(), c.address.port())).collect();
+        Self {
             dataplane,
             mode: config.mode,
             nat_ports: NatPorts::new(config.edge.nat_port_range()),
@@ -188,8 +210,11 @@ impl FastPath {
             installed: HashMap::new(),
             scanning: Vec::new(),
             shared: Arc::default(),
-            static_clients: HashSet::new(),
-        };
+            static_clients,
+        }
+    }
+
+    fn install_static(&mut self, config: &Config, servers: &[HomeServer]) -> Result<(), FastPathError> {
         for client in &config.clients {
             let Some(server) = servers.iter().find(|s| s.name == client.server).map(|s| s.index) else {
                 tracing::warn!(client = %client.address, server = client.server, "a [[clients]] entry's server is not in the pool: left to first contact");
@@ -199,68 +224,66 @@ impl FastPath {
             // nat replies come from the first one of their family.
             let family = endpoint(client.address.ip(), 0).family;
             let service = service_endpoints(config).find(|s| s.family == family).unwrap_or_default();
-            let key = endpoint(client.address.ip(), client.address.port());
-            fast_path.static_clients.insert(key);
-            fast_path.put(key, server, service)?;
+            self.put(endpoint(client.address.ip(), client.address.port()), server, service)?;
         }
-        Ok(fast_path)
+        Ok(())
     }
 
-    /// Takes back what a previous daemon left in adopted maps: each entry
-    /// installed for an AOR that `homes` (by `owner_of` key) still assigns
-    /// is kept, pointed at that AOR's server slot now, with its edge port;
-    /// the others (the AOR expired or is gone, or a client no longer in
-    /// the config) are removed, with their reply entries. Entries that
-    /// need no change keep their last-seen time and packet count.
-    pub fn adopt(&mut self, homes: &HashMap<u64, (Aor, u32)>) -> Result<Adopted, FastPathError> {
-        let replies: HashMap<u16, NatEntry> = self
-            .dataplane
-            .all_nat_replies()?
-            .into_iter()
-            .map(|(key, entry)| (u16::from_be(key.edge_port_be), entry))
-            .collect();
+    /// Takes back a previous daemon's client entries (maps of this mode):
+    /// each installed for an AOR that `homes` (by `owner_of` key) still
+    /// assigns is kept, pointed at that AOR's server slot now, with its
+    /// edge port and reply entry; the others are removed (the AOR expired
+    /// or is gone; nat: the entry has no port or reply entry of its own,
+    /// which the LRU may have evicted), and come back through first
+    /// contact. Static clients' entries are left to `install_static`.
+    /// Entries that need no change keep their last-seen time and packets.
+    fn adopt(&mut self, homes: &HashMap<u64, (Aor, u32)>) -> Result<Adopted, FastPathError> {
+        let nat = self.mode == ForwardingMode::Nat;
+        let mut replies: HashMap<NatKey, NatEntry> = self.dataplane.all_nat_replies()?.into_iter().collect();
         let mut adopted = Adopted::default();
-        let (mut writes, mut gone) = (Writes::default(), Vec::new());
+        let (mut repoint, mut gone) = (Vec::new(), Vec::new());
         for (client, entry) in self.dataplane.all_clients()? {
-            let Some((aor, server)) = homes.get(&entry.owner) else {
-                if entry.owner != 0 || !self.static_clients.contains(&client) {
-                    gone.push(client);
+            let key = NatKey { edge_port_be: entry.nat_port_be, family: client.family, _pad: 0 };
+            let reply = replies.get(&key).filter(|reply| reply.client == client && entry.nat_port_be != 0).copied();
+            if entry.owner == 0 && self.static_clients.contains(&client) {
+                // `install_static` rewrites it, on the same edge port.
+                if reply.is_some() {
+                    self.nat_port_of.insert(client, u16::from_be(entry.nat_port_be));
+                    replies.remove(&key);
                 }
                 continue;
-            };
-            let port = u16::from_be(entry.nat_port_be);
-            let service =
-                replies.get(&port).filter(|_| port != 0).map_or_else(Endpoint::default, |reply| reply.service);
-            self.learned.insert(client, Learned::of_entry(&entry));
-            if port != 0 {
-                self.nat_port_of.insert(client, port);
             }
+            let Some((aor, server)) = homes.get(&entry.owner).filter(|_| entry.owner != 0 && (!nat || reply.is_some()))
+            else {
+                gone.push(client);
+                continue;
+            };
+            self.learned.insert(client, Learned::of_entry(&entry));
+            if let Some(reply) = reply {
+                self.nat_port_of.insert(client, u16::from_be(entry.nat_port_be));
+                self.share_nat_reply(&key, &reply);
+                replies.remove(&key);
+            }
+            let service = reply.map_or_else(Endpoint::default, |reply| reply.service);
             self.installed.entry(aor.clone()).or_default().push((client, service));
-            let ported = self.mode != ForwardingMode::Nat || port != 0;
-            if entry.server == *server && ported {
+            if entry.server == *server {
                 self.share(&client, &entry);
-                if let Some(reply) = replies.get(&port).filter(|_| port != 0) {
-                    self.share_nat_reply(
-                        &NatKey { edge_port_be: entry.nat_port_be, family: client.family, _pad: 0 },
-                        reply,
-                    );
-                }
                 adopted.kept += 1;
             } else {
-                adopted.repointed += 1;
-                self.entry_for(client, (*server, service), &mut writes)?;
+                repoint.push((client, *server, service));
             }
         }
+        // Every adopted port is taken before a repointed entry is written.
         self.nat_ports.reserve(self.nat_port_of.values().copied());
-        let used: std::collections::HashSet<u16> = self.nat_port_of.values().copied().collect();
-        let stale: Vec<NatKey> = replies
-            .iter()
-            .filter(|(port, _)| !used.contains(port))
-            .map(|(port, reply)| NatKey { edge_port_be: port.to_be(), family: reply.client.family, _pad: 0 })
-            .collect();
+        let mut writes = Writes::default();
+        for &(client, server, service) in &repoint {
+            self.entry_for(client, (server, service), &mut writes)?;
+        }
+        adopted.repointed = repoint.len();
         adopted.removed = gone.len();
         self.dataplane.remove_clients(&gone)?;
-        self.dataplane.remove_nat_replies(&stale)?;
+        // What is left belongs to no adopted client.
+        self.dataplane.remove_nat_replies(&replies.into_keys().collect::<Vec<_>>())?;
         self.write(&writes)?;
         Ok(adopted)
     }

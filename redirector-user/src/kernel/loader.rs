@@ -65,8 +65,6 @@ pub struct DataPlane {
     ebpf: Ebpf,
     /// Whether the maps were a previous daemon's, adopted from pins.
     adopted: bool,
-    /// The pinned link the program forwards through, once attached.
-    link: Option<PinnedLink>,
 }
 
 impl DataPlane {
@@ -117,7 +115,7 @@ impl DataPlane {
         for name in [REDIRECTOR_PROGRAM, DECAP_PROGRAM, PASS_PROGRAM] {
             program(&mut ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
         }
-        Ok(Self { ebpf, adopted: false, link: None })
+        Ok(Self { ebpf, adopted: false })
     }
 
     /// Whether the maps were a previous daemon's (see `load_pinned`).
@@ -141,14 +139,16 @@ impl DataPlane {
         if path.exists() {
             let pinned = PinnedLink::from_pin(&path).map_err(|e| link_error("opening")(e.into()))?;
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_error("taking over")(e.into()))?;
-            self.program(name)?.attach_to_link(link).map_err(attach_error)?;
+            // A link whose interface is gone (defunct) refuses the update.
+            self.program(name)?.attach_to_link(link).map_err(|e| link_error("updating")(e.into()))?;
             return Ok(true);
         }
         let program = self.program(name)?;
         let id = program.attach(interface, mode).map_err(attach_error)?;
         let link = program.take_link(id).map_err(attach_error)?;
         let link = FdLink::try_from(link).map_err(|e| link_error("pinning")(e.into()))?;
-        self.link = Some(link.pin(&path).map_err(|e| link_error("pinning")(e.into()))?);
+        // Pinned, the link outlives this process (and this handle).
+        link.pin(&path).map_err(|e| link_error("pinning")(e.into()))?;
         Ok(false)
     }
 
@@ -169,16 +169,42 @@ impl DataPlane {
     /// Writes mode, edge addresses, services and servers. Clients are
     /// `FastPath`'s business.
     pub fn configure(&mut self, config: &Config) -> Result<()> {
+        self.configure_edge(config)?;
+        for home in config.home_servers() {
+            self.set_server(home.index, server_entry(&home))?;
+        }
+        Ok(())
+    }
+
+    /// Writes mode, edge addresses and services, not the servers (the
+    /// daemon writes the pool's, which may differ from the config's).
+    pub fn configure_edge(&mut self, config: &Config) -> Result<()> {
         self.set_config(edge_config(config))?;
         let services: Vec<Endpoint> = service_endpoints(config).collect();
         self.remove_services_but(&services)?;
         for &service in &services {
             self.add_service(service)?;
         }
-        for home in config.home_servers() {
-            self.set_server(home.index, server_entry(&home))?;
-        }
         Ok(())
+    }
+
+    /// The forwarding mode adopted maps were written for (`None` when
+    /// nothing was adopted).
+    pub fn adopted_mode(&mut self) -> Result<Option<u8>> {
+        if !self.adopted {
+            return Ok(None);
+        }
+        let map: Array<_, redirector_ebpf::Config> = self.map(CONFIG_MAP)?;
+        Ok(Some(map.get(&0, 0).map_err(map_error(CONFIG_MAP))?.mode))
+    }
+
+    /// Forgets every client and nat reply entry (adopted ones of another
+    /// mode, say): their clients come back through first contact.
+    pub fn clear_clients(&mut self) -> Result<()> {
+        let clients: Vec<Endpoint> = self.all_clients()?.into_iter().map(|(client, _)| client).collect();
+        self.remove_clients(&clients)?;
+        let replies: Vec<NatKey> = self.all_nat_replies()?.into_iter().map(|(key, _)| key).collect();
+        self.remove_nat_replies(&replies)
     }
 
     pub fn set_config(&mut self, value: redirector_ebpf::Config) -> Result<()> {

@@ -140,8 +140,10 @@ impl Pins {
             let info = MapInfo::from_pin(&path).map_err(|source| PinError::Info { path: path.clone(), source })?;
             let client_map = name == CLIENTS_MAP || name == NAT_REPLIES_MAP;
             let entries = if client_map { clients } else { wanted.max_entries() };
-            let wanted_shape = Shape { key: wanted.key_size(), value: wanted.value_size(), entries };
-            let found = Shape { key: info.key_size(), value: info.value_size(), entries: info.max_entries() };
+            let wanted_shape =
+                Shape { kind: wanted.map_type(), key: wanted.key_size(), value: wanted.value_size(), entries };
+            let kind = info.map_type().map_or(u32::MAX, |kind| kind as u32);
+            let found = Shape { kind, key: info.key_size(), value: info.value_size(), entries: info.max_entries() };
             if found != wanted_shape {
                 let hint = if client_map && found.entries != entries && found.key == wanted_shape.key {
                     " (was [fast_path] max_clients changed? set it back to keep the pinned clients)"
@@ -172,9 +174,10 @@ impl Pins {
     }
 }
 
-/// A map's key and value sizes and entries.
+/// A map's type (`bpf_map_type`), key and value sizes and entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Shape {
+    kind: u32,
     key: u32,
     value: u32,
     entries: u32,
@@ -182,7 +185,8 @@ struct Shape {
 
 impl std::fmt::Display for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-byte keys, {}-byte values, {} entries", self.key, self.value, self.entries)
+        let (kind, key, value, entries) = (self.kind, self.key, self.value, self.entries);
+        write!(f, "map type {kind}, {key}-byte keys, {value}-byte values, {entries} entries")
     }
 }
 

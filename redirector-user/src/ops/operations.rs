@@ -234,7 +234,11 @@ impl Operations {
     /// that their floods stop at XDP. A failure costs only the throttle:
     /// the daemon still refuses them.
     fn throttle_refused_prefixes(&mut self) {
-        let prefixes = self.admission.take_throttled();
+        // The pool's own prefixes never: a spoofed flood from a home's /24
+        // must not hold up the homes' requests and nat replies.
+        let homes = self.home_prefixes();
+        let mut prefixes = self.admission.take_throttled();
+        prefixes.retain(|prefix| !homes.contains(prefix));
         if prefixes.is_empty() {
             return;
         }
@@ -245,6 +249,17 @@ impl Operations {
             Ok(()) => add(&self.counters.prefixes_throttled, prefixes.len() as u64),
             Err(error) => tracing::warn!(%error, "throttling flooding prefixes in the kernel failed"),
         }
+    }
+
+    /// The source prefixes (as the kernel's throttle keys them) of every
+    /// home server address.
+    fn home_prefixes(&self) -> Vec<redirector_ebpf::Endpoint> {
+        let pool = self.pool.load();
+        let addresses = pool
+            .servers()
+            .iter()
+            .flat_map(|s| [s.ipv4.map(std::net::IpAddr::V4), s.ipv6.map(std::net::IpAddr::V6)].into_iter().flatten());
+        addresses.map(|ip| redirector_ebpf::source_prefix(&loader::endpoint(ip, 0))).collect()
     }
 
     /// Answers a control API request on `reply`: at once, or for a drain
@@ -290,10 +305,11 @@ impl Operations {
         unique.dedup_by(|a, b| a.aor == b.aor);
         let aors: Vec<&Aor> = unique.iter().map(|c| &c.aor).collect();
         let now = Instant::now();
-        let sources: HashMap<&Aor, std::net::IpAddr> = unique.iter().map(|c| (&c.aor, c.source)).collect();
+        let sources: HashMap<&Aor, (std::net::IpAddr, bool)> =
+            unique.iter().map(|c| (&c.aor, (c.source, c.direct))).collect();
         let admission = &mut self.admission;
         let mut admit = |aor: &Aor, held: u64| match sources.get(aor) {
-            Some(&source) => admission.admit(source, held, now),
+            Some(&(source, direct)) => admission.admit(source, direct, held, now),
             None => Err(Refused::RateLimited),
         };
         let results = self.assignments.assign_all(&aors, &pool, &mut admit)?;
@@ -547,8 +563,11 @@ impl Operations {
     /// down server immediately), and a down server's clients are moved.
     pub fn set_health(&mut self, index: u32, healthy: bool) -> Result<()> {
         let home = self.change_server(|s| s.index == index, |s| s.healthy = healthy, &index.to_string())?;
-        // Kept, so that a restarted daemon starts from this verdict.
-        self.save_pool(&self.pool.load_full())?;
+        // Kept, so that a restarted daemon starts from this verdict; a
+        // store that fails must not keep a down server's clients on it.
+        if let Err(error) = self.save_pool(&self.pool.load_full()) {
+            tracing::warn!(server = home.name, healthy, %error, "keeping a health verdict in the store failed");
+        }
         if healthy {
             tracing::info!(server = home.name, "home server up");
             return Ok(());
@@ -850,11 +869,12 @@ impl Operations {
             tracing::debug!(%aor, from, to = to.name, generation = done.generation, "moved");
             moves.push(Move { aor: aor.to_string(), from, to: to.name.clone(), generation: done.generation });
         }
-        self.save_watchers();
         if let Err(error) = self.fast_path.restore_many(restores) {
             tracing::warn!(%error, moved = moves.len(), "moved clients' kernel entries were not restored: their next packets meet first contact");
         }
         self.release(planned.iter().map(|(aor, _)| aor));
+        // After the clients are back on the fast path: this is a commit too.
+        self.save_watchers();
         Ok(moves)
     }
 
