@@ -396,6 +396,15 @@ impl Topology {
             .expect("running the redirector CLI")
     }
 
+    /// `redirector assign AOR SERVER`, as an operator moves a client.
+    pub fn assign(&self, aor: &str, server: &str) -> Result<(), String> {
+        let output = self.cli(&["assign", aor, server]);
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(format!("assign {aor} {server}: {}", String::from_utf8_lossy(&output.stderr)))
+    }
+
     /// Polls `redirector stats --json` (bounded) until a reading satisfies
     /// `wanted`: the stats stream publishes once per `[stats] interval`.
     pub fn stats_when(&self, wanted: impl Fn(&redirector::ops::api::Stats) -> bool) -> redirector::ops::api::Stats {
