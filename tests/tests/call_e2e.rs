@@ -6,7 +6,8 @@
 //! proxies it to bob's home by its Request-URI; bob answers by himself,
 //! RTP flows between the phones for a few seconds, alice hangs up. Then
 //! bob moves to another home, re-registers, and the next call reaches him
-//! there.
+//! there. The cross-home call runs over IPv4 and over IPv6 (an edge and
+//! homes configured for IPv6 alone).
 
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,13 @@ fn calls_across_homes(family: Family) {
 fn alice_calls_bob_on_another_home_through_the_edge() {
     if privileged() {
         calls_across_homes(Family::V4);
+    }
+}
+
+#[test]
+fn over_ipv6_alice_calls_bob_on_another_home_through_the_edge() {
+    if privileged() {
+        calls_across_homes(Family::V6);
     }
 }
 
