@@ -334,26 +334,41 @@ impl Topology {
     }
 
     /// What the edge needs besides its daemon: pass programs on the bridge
-    /// ports in native mode, decapsulators on the homes in dsr mode.
+    /// ports in native mode, decapsulators on the homes in dsr mode. Each
+    /// takes a second or so to load and verify its object: they are all
+    /// started, then waited for (each is in `daemons` before any wait, so
+    /// a failed wait leaves none running).
     pub fn prepare_edge(&mut self) {
+        let mut attaching = Vec::new();
         if self.attach == Attach::Native {
             // Native XDP_TX on a veth delivers only if the peer runs XDP too.
-            self.lan_pass_programs();
+            attaching.extend(self.start_lan_pass_programs());
         }
         if self.mode == "dsr" {
-            for i in 0..self.homes.len() {
-                let interface = format!("h{i}0");
-                let mut args = vec!["decap", "--interface", &interface, "--attach", self.attach.name()];
-                let tunnel_ends: Vec<[String; 2]> =
-                    self.families.iter().map(|f| [f.home(i).to_string(), f.edge().to_string()]).collect();
-                for [home, edge] in &tunnel_ends {
-                    args.extend(["--address", home, "--edge", edge]);
-                }
-                let decap = spawn(&self.homes[i], &args);
-                self.daemons.push(decap);
-                wait_for_xdp(&self.homes[i], &interface);
-            }
+            attaching.extend(self.start_decapsulators());
         }
+        for (home, interface) in attaching {
+            let ns = home.map_or(&self.lan, |i| &self.homes[i]);
+            wait_for_xdp(ns, &interface);
+        }
+    }
+
+    /// Starts `redirector decap` on every home: (home, interface) of each.
+    fn start_decapsulators(&mut self) -> Vec<(Option<usize>, String)> {
+        let mut started = Vec::new();
+        for i in 0..self.homes.len() {
+            let interface = format!("h{i}0");
+            let mut args = vec!["decap", "--interface", &interface, "--attach", self.attach.name()];
+            let tunnel_ends: Vec<[String; 2]> =
+                self.families.iter().map(|f| [f.home(i).to_string(), f.edge().to_string()]).collect();
+            for [home, edge] in &tunnel_ends {
+                args.extend(["--address", home, "--edge", edge]);
+            }
+            let decap = spawn(&self.homes[i], &args);
+            self.daemons.push(decap);
+            started.push((Some(i), interface));
+        }
+        started
     }
 
     /// Starts `redirector ARGS` in home `index`'s namespace.
@@ -472,14 +487,15 @@ impl Topology {
         run.wait().expect("reaping the edge daemon");
     }
 
-    fn lan_pass_programs(&mut self) {
+    /// Starts `redirector pass` on every bridge port: (no home, port) of each.
+    fn start_lan_pass_programs(&mut self) -> Vec<(Option<usize>, String)> {
         let mut ports = vec!["e0-br".to_string(), "c0-br".to_string()];
         ports.extend((0..self.homes.len()).map(|i| format!("h{i}0-br")));
-        for port in ports {
-            let child = spawn(&self.lan, &["pass", "--interface", &port]);
+        for port in &ports {
+            let child = spawn(&self.lan, &["pass", "--interface", port]);
             self.daemons.push(child);
-            wait_for_xdp(&self.lan, &port);
         }
+        ports.into_iter().map(|port| (None, port)).collect()
     }
 }
 
