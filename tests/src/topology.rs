@@ -108,6 +108,12 @@ pub fn home_listen_address(mode: &str, family: Family) -> String {
     if mode == "dsr" { family.service().to_string() } else { any.to_owned() }
 }
 
+/// The index of the home server named `name` (`homeN`, as `config` names
+/// them).
+pub fn home_index(name: &str) -> usize {
+    name.strip_prefix("home").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no home server {name:?}"))
+}
+
 pub fn home_address(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, 11 + index as u8)
 }

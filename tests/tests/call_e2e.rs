@@ -15,7 +15,7 @@ use redirector_tests::{
     privileged,
     sip_pool::{InProcessEdge, Registrar, start_registrars},
     softphone::{Call, Phone, Running, on_different_homes},
-    topology::{Attach, Family, Topology},
+    topology::{Attach, Family, Topology, home_index},
 };
 
 const ALICE_PORT: u16 = 5062;
@@ -54,7 +54,7 @@ fn home_of(edge: &InProcessEdge, aor: &str) -> String {
 /// Home `name`'s (`homeN`) address of `family` as SIP writes it in a Via
 /// or a Record-Route (an IPv6 one in brackets).
 fn address_of(family: Family, name: &str) -> String {
-    let address = family.home(name.trim_start_matches("home").parse().expect("a home's index"));
+    let address = family.home(home_index(name));
     if address.is_ipv6() { format!("[{address}]") } else { address.to_string() }
 }
 
@@ -166,7 +166,7 @@ fn after_bob_moves_his_watcher_is_told_and_the_next_call_reaches_his_new_home() 
     assert!(told.contains(&format!("From: <{}>", bob.aor())), "in carol's dialog with bob:\n{told}");
     drop(bob_running);
     let mut bob_running = ok(bob.answering(&topology));
-    let index: u32 = new_home.trim_start_matches("home").parse().unwrap();
+    let index = home_index(new_home) as u32;
     assert!(edge.entries(&bob.aor()).iter().all(|e| e.server == index), "bob's socket goes to {new_home}");
 
     let call = alice_calls_bob(&topology, &alice, &bob, &mut bob_running);
