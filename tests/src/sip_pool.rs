@@ -216,6 +216,11 @@ impl InProcessEdge {
         self.ask(Request::Routes, |reply| if let Reply::Routes(routes) = reply { Some(routes) } else { None })
     }
 
+    /// The home server `aor` is assigned to, if any.
+    pub fn home_of(&self, aor: &str) -> Option<String> {
+        self.routes().into_iter().find(|route| route.aor == aor).map(|route| route.server)
+    }
+
     /// `aor`'s client addresses on the fast path, as the kernel has them.
     pub fn entries(&self, aor: &str) -> Vec<Entry> {
         let request = Request::Entries { aor: aor.to_owned() };

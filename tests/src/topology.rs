@@ -108,6 +108,12 @@ pub fn home_listen_address(mode: &str, family: Family) -> String {
     if mode == "dsr" { family.service().to_string() } else { any.to_owned() }
 }
 
+/// The index of the home server named `name` (`homeN`, as `config` names
+/// them).
+pub fn home_index(name: &str) -> usize {
+    name.strip_prefix("home").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no home server {name:?}"))
+}
+
 pub fn home_address(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, 11 + index as u8)
 }
@@ -368,26 +374,41 @@ impl Topology {
     }
 
     /// What the edge needs besides its daemon: pass programs on the bridge
-    /// ports in native mode, decapsulators on the homes in dsr mode.
+    /// ports in native mode, decapsulators on the homes in dsr mode. Each
+    /// takes a second or so to load and verify its object: they are all
+    /// started, then waited for (each is in `daemons` before any wait, so
+    /// a failed wait leaves none running).
     pub fn prepare_edge(&mut self) {
+        let mut attaching = Vec::new();
         if self.attach == Attach::Native {
             // Native XDP_TX on a veth delivers only if the peer runs XDP too.
-            self.lan_pass_programs();
+            attaching.extend(self.start_lan_pass_programs());
         }
         if self.mode == "dsr" {
-            for i in 0..self.homes.len() {
-                let interface = format!("h{i}0");
-                let mut args = vec!["decap", "--interface", &interface, "--attach", self.attach.name()];
-                let tunnel_ends: Vec<[String; 2]> =
-                    self.families.iter().map(|f| [f.home(i).to_string(), f.edge().to_string()]).collect();
-                for [home, edge] in &tunnel_ends {
-                    args.extend(["--address", home, "--edge", edge]);
-                }
-                let decap = spawn(&self.homes[i], &args);
-                self.daemons.push(decap);
-                wait_for_xdp(&self.homes[i], &interface);
-            }
+            attaching.extend(self.start_decapsulators());
         }
+        for (home, interface) in attaching {
+            let ns = home.map_or(&self.lan, |i| &self.homes[i]);
+            wait_for_xdp(ns, &interface);
+        }
+    }
+
+    /// Starts `redirector decap` on every home: (home, interface) of each.
+    fn start_decapsulators(&mut self) -> Vec<(Option<usize>, String)> {
+        let mut started = Vec::new();
+        for i in 0..self.homes.len() {
+            let interface = format!("h{i}0");
+            let mut args = vec!["decap", "--interface", &interface, "--attach", self.attach.name()];
+            let tunnel_ends: Vec<[String; 2]> =
+                self.families.iter().map(|f| [f.home(i).to_string(), f.edge().to_string()]).collect();
+            for [home, edge] in &tunnel_ends {
+                args.extend(["--address", home, "--edge", edge]);
+            }
+            let decap = spawn(&self.homes[i], &args);
+            self.daemons.push(decap);
+            started.push((Some(i), interface));
+        }
+        started
     }
 
     /// Starts `redirector ARGS` in home `index`'s namespace.
@@ -428,6 +449,15 @@ impl Topology {
             .arg(self.control_socket())
             .output()
             .expect("running the redirector CLI")
+    }
+
+    /// `redirector assign AOR SERVER`, as an operator moves a client.
+    pub fn assign(&self, aor: &str, server: &str) -> Result<(), String> {
+        let output = self.cli(&["assign", aor, server]);
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(format!("assign {aor} {server}: {}", String::from_utf8_lossy(&output.stderr)))
     }
 
     /// Polls `redirector stats --json` (bounded) until a reading satisfies
@@ -484,14 +514,15 @@ impl Topology {
         run.wait().expect("reaping the edge daemon");
     }
 
-    fn lan_pass_programs(&mut self) {
+    /// Starts `redirector pass` on every bridge port: (no home, port) of each.
+    fn start_lan_pass_programs(&mut self) -> Vec<(Option<usize>, String)> {
         let mut ports = vec!["e0-br".to_string(), "c0-br".to_string()];
         ports.extend((0..self.homes.len()).map(|i| format!("h{i}0-br")));
-        for port in ports {
-            let child = spawn(&self.lan, &["pass", "--interface", &port]);
+        for port in &ports {
+            let child = spawn(&self.lan, &["pass", "--interface", port]);
             self.daemons.push(child);
-            wait_for_xdp(&self.lan, &port);
         }
+        ports.into_iter().map(|port| (None, port)).collect()
     }
 }
 

@@ -6,8 +6,12 @@
 //! path; one IPv6 client does the same at the IPv6 service address (the
 //! edge serves both families); then a SIPp watcher subscribes to one client, the client's home
 //! server is drained, and the watcher is told (NOTIFY) and subscribes again
-//! at the new home. Shows what happened per home server, tears everything
-//! down, and exits non-zero if any SIPp call failed.
+//! at the new home. Shows what happened per home server. Then two real
+//! softphones call each other across homes (`call.rs`). Tears everything
+//! down, and exits non-zero if any SIPp call or any step of the softphone
+//! call failed.
+
+mod call;
 
 use std::{
     collections::BTreeMap,
@@ -153,13 +157,14 @@ fn main() -> ExitCode {
     if !privileged() {
         return ExitCode::FAILURE;
     }
-    let results: Vec<bool> = ["dsr", "nat"].into_iter().map(run_mode).collect();
+    let mut results: Vec<bool> = ["dsr", "nat"].into_iter().map(run_mode).collect();
+    results.push(call::run());
     println!("\nnamespaces removed");
     if results.iter().all(|&ok| ok) {
-        println!("demo: every SIPp call succeeded");
+        println!("demo: every SIPp call and the softphone call succeeded");
         ExitCode::SUCCESS
     } else {
-        println!("demo: some SIPp calls failed (see above)");
+        println!("demo: some calls failed (see above)");
         ExitCode::FAILURE
     }
 }
