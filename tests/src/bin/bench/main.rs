@@ -18,6 +18,7 @@ mod population;
 mod rebalance;
 mod report;
 mod restart;
+mod server_add;
 mod sipp_load;
 mod throughput;
 

@@ -1,5 +1,9 @@
-//! Section 4c: the forwarding gap across a restart of the daemon. A client
-//! pinned to home0 in the edge's config sends numbered datagrams at a fixed
+//! Section 4c: the pool changed without an outage. First, the forwarding
+//! gap across a restart of the daemon (here); then the time from
+//! `servers add` to the first client forwarded to the new server
+//! (`server_add`), on a topology of its own after this one is gone.
+//!
+//! The restart: a client pinned to home0 in the edge's config sends numbered datagrams at a fixed
 //! rate, forwarded by XDP and counted at home0, while `redirector run` is
 //! killed with SIGKILL and started again. Pinned (the daemon's behaviour):
 //! the kernel forwards throughout. Against it, in the same run: the same
@@ -19,7 +23,10 @@ use std::{
 
 use redirector_tests::topology::{Attach, CLIENT, SERVICE, Topology, socket_in};
 
-use crate::report::{Row, Section};
+use crate::{
+    report::{Row, Section},
+    server_add,
+};
 
 /// Datagrams a second the client sends.
 const RATE: u32 = 5_000;
@@ -49,8 +56,19 @@ impl Gap {
 pub fn run(quick: bool) -> Section {
     let mut section = Section::new(
         "4c",
-        format!("Forwarding across a kill -9 and restart of the daemon ({RATE} datagrams/s, down {DOWN:?})"),
+        format!(
+            "The pool changed without an outage: kill -9 and restart of the daemon ({RATE} datagrams/s, \
+             down {DOWN:?}); a server added at runtime"
+        ),
     );
+    measure_restart(&mut section, quick);
+    // After the restart's topology is dropped: one topology at a time.
+    server_add::measure(&mut section, quick);
+    section
+}
+
+/// The restart rows: pinned, and with the pins removed after the kill.
+fn measure_restart(section: &mut Section, quick: bool) {
     let mut topology = Topology::new("dsr", Attach::Skb, 2);
     topology.extra_config = "[health]\ninterval = 3600\n".into();
     let home = socket_in(&topology.homes[0], SERVICE);
@@ -78,7 +96,6 @@ pub fn run(quick: bool) -> Section {
         "goal: 0 lost pinned; the second row is the same restart with the fast path gone for the downtime \
          ({DOWN:?} plus the daemon's start), the old behaviour"
     ));
-    section
 }
 
 /// Streams from `client` while the daemon is killed, (`unpin`: its pins
