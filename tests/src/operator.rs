@@ -23,9 +23,14 @@ pub fn cli_refused(topology: &Topology, args: &[&str], message: &str) {
     assert!(stderr.contains(message), "redirector {args:?}: expected {message:?} in: {stderr}");
 }
 
+/// `redirector ARGS` (a `--json` one), which must succeed; its answer.
+pub fn cli_json<T: serde::de::DeserializeOwned>(topology: &Topology, args: &[&str]) -> T {
+    serde_json::from_str(&cli_ok(topology, args)).unwrap_or_else(|e| panic!("redirector {args:?}: {e}"))
+}
+
 /// The assignment table, as `redirector routes --json` gives it.
 pub fn routes(topology: &Topology) -> Vec<Route> {
-    serde_json::from_str(&cli_ok(topology, &["routes", "--json"])).expect("routes --json")
+    cli_json(topology, &["routes", "--json"])
 }
 
 /// Waits (bounded, generously: 30 s) until `condition` holds.

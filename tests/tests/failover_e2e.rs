@@ -9,7 +9,7 @@
 use redirector::ops::api::{Route, ServerStatus};
 use redirector_ebpf::Counter;
 use redirector_tests::{
-    operator::wait_until,
+    operator::{cli_json, wait_until},
     privileged,
     sip_pool::{BackgroundSipp, InProcessEdge, Registrar, sipp, start_registrar, start_registrars},
     topology::{Attach, Topology, home_address},
@@ -18,12 +18,6 @@ use redirector_tests::{
 const INTERVAL: f64 = 0.2;
 const DOWN_AFTER: u32 = 3;
 const UP_AFTER: u32 = 2;
-
-fn cli_json<T: serde::de::DeserializeOwned>(topology: &Topology, args: &[&str]) -> T {
-    let output = topology.cli(args);
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("json")
-}
 
 /// `servers --json`'s view of `server`'s health.
 fn healthy(topology: &Topology, server: &str) -> bool {

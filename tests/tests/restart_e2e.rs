@@ -17,10 +17,11 @@ use std::{
 };
 
 use redirector::{
-    ops::api::{Entry, Route, ServerStatus},
+    ops::api::{Entry, ServerStatus},
     sip::{HeaderKind, Message, StartLine},
 };
 use redirector_tests::{
+    operator::{cli_json, routes, wait_until},
     privileged,
     sip_pool::{BackgroundSipp, Registrar, sipp, start_registrars},
     topology::{Attach, CLIENT, Topology, home_address, socket_in, xdp_program},
@@ -89,28 +90,21 @@ impl Stream {
     }
 }
 
-fn json<T: serde::de::DeserializeOwned>(topology: &Topology, args: &[&str]) -> T {
-    let output = topology.cli(args);
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn home_of(topology: &Topology) -> String {
-    let routes: Vec<Route> = json(topology, &["routes", "--json"]);
-    routes.into_iter().find(|r| r.aor == AOR).expect("alice is assigned").server
+fn home_of(topology: &Topology, aor: &str) -> String {
+    routes(topology).into_iter().find(|r| r.aor == aor).expect("the AOR is assigned").server
 }
 
 fn entries(topology: &Topology) -> Vec<Entry> {
-    json(topology, &["entries", AOR, "--json"])
+    cli_json(topology, &["entries", AOR, "--json"])
 }
 
 fn first_contacts(topology: &Topology) -> u64 {
-    let stats: redirector::ops::api::Stats = json(topology, &["stats", "--json"]);
+    let stats: redirector::ops::api::Stats = cli_json(topology, &["stats", "--json"]);
     stats.first_contact.get("requests").copied().unwrap_or_default()
 }
 
 fn fast_path_packets(topology: &Topology, server: &str) -> u64 {
-    let servers: Vec<ServerStatus> = json(topology, &["servers", "--json"]);
+    let servers: Vec<ServerStatus> = cli_json(topology, &["servers", "--json"]);
     servers.into_iter().find(|s| s.name == server).expect("a configured server").packets
 }
 
@@ -143,7 +137,7 @@ fn streams_across_a_restart(object: Option<&str>) {
     topology.start(&[]);
     let mut stream = Stream::new(&topology);
     stream.run_for(Duration::from_secs(1));
-    let home = home_of(&topology);
+    let home = home_of(&topology, AOR);
     let before = entries(&topology);
     assert_eq!(before.len(), 1, "alice's socket is on the fast path: {before:?}");
     let (program, tag) = xdp_program(&topology.edge, "e0").expect("the program is attached");
@@ -157,7 +151,7 @@ fn streams_across_a_restart(object: Option<&str>) {
     stream.settle();
 
     assert_eq!(stream.unanswered(), Vec::<u32>::new(), "of {} REGISTERs", stream.sent);
-    assert_eq!(home_of(&topology), home, "alice's home did not change");
+    assert_eq!(home_of(&topology, AOR), home, "alice's home did not change");
     let after = entries(&topology);
     assert_eq!(after.iter().map(|e| (e.client, e.server)).collect::<Vec<_>>(), [(before[0].client, before[0].server)]);
     assert!(after[0].packets > before[0].packets, "the adopted entry kept counting: {after:?}");
@@ -197,8 +191,7 @@ fn a_watcher_recorded_before_a_kill_is_told_when_its_client_moves_after_the_rest
     let registered = sipp(&topology, "reregister_fast_path.xml", 1, 5070);
     assert!(registered.status.success(), "{}", String::from_utf8_lossy(&registered.stdout));
     let user1 = "sip:user1@example.net";
-    let routes: Vec<Route> = json(&topology, &["routes", "--json"]);
-    let home = routes.into_iter().find(|r| r.aor == user1).expect("user1 is assigned").server;
+    let home = home_of(&topology, user1);
     let watcher = BackgroundSipp::spawn(&topology, "watch_until_moved.xml", 5080);
     // The SUBSCRIBE, then the home's 200 confirming it, written to the store.
     topology.stats_when(|stats| stats.watchers.get("dialogs_saved").copied().unwrap_or_default() >= 2);
@@ -229,19 +222,16 @@ fn a_home_server_down_before_a_kill_is_down_after_the_restart() {
     topology.start(&[]);
     topology.stop_registrar(1);
     let healthy = |topology: &Topology| -> Vec<(String, bool)> {
-        let servers: Vec<ServerStatus> = json(topology, &["servers", "--json"]);
+        let servers: Vec<ServerStatus> = cli_json(topology, &["servers", "--json"]);
         servers.into_iter().map(|s| (s.name, s.healthy)).collect()
     };
-    let start = Instant::now();
-    while healthy(&topology) != [("home0".to_owned(), true), ("home1".to_owned(), false)] {
-        assert!(start.elapsed() < Duration::from_secs(20), "home1 never marked down: {:?}", healthy(&topology));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let expected = [("home0".to_owned(), true), ("home1".to_owned(), false)];
+    wait_until(|| healthy(&topology) == expected, "home1 is marked down");
 
     topology.kill_edge();
     // Health checks an hour apart from now on: only the store can say.
     topology.extra_config = "[health]\ninterval = 3600\n".into();
     std::fs::write(topology.config_path(), topology.config(&[])).expect("rewriting the edge config");
     topology.run_edge();
-    assert_eq!(healthy(&topology), [("home0".to_owned(), true), ("home1".to_owned(), false)]);
+    assert_eq!(healthy(&topology), expected);
 }
