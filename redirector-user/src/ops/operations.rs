@@ -234,11 +234,10 @@ impl Operations {
     /// that their floods stop at XDP. A failure costs only the throttle:
     /// the daemon still refuses them.
     fn throttle_refused_prefixes(&mut self) {
-        // The pool's own prefixes never: a spoofed flood from a home's /24
-        // must not hold up the homes' requests and nat replies.
-        let homes = self.home_prefixes();
-        let mut prefixes = self.admission.take_throttled();
-        prefixes.retain(|prefix| !homes.contains(prefix));
+        // Homes are not held up by it: their requests go to the proxy
+        // address and their nat replies to edge ports, neither of which
+        // the program throttles.
+        let prefixes = self.admission.take_throttled();
         if prefixes.is_empty() {
             return;
         }
@@ -249,17 +248,6 @@ impl Operations {
             Ok(()) => add(&self.counters.prefixes_throttled, prefixes.len() as u64),
             Err(error) => tracing::warn!(%error, "throttling flooding prefixes in the kernel failed"),
         }
-    }
-
-    /// The source prefixes (as the kernel's throttle keys them) of every
-    /// home server address.
-    fn home_prefixes(&self) -> Vec<redirector_ebpf::Endpoint> {
-        let pool = self.pool.load();
-        let addresses = pool
-            .servers()
-            .iter()
-            .flat_map(|s| [s.ipv4.map(std::net::IpAddr::V4), s.ipv6.map(std::net::IpAddr::V6)].into_iter().flatten());
-        addresses.map(|ip| redirector_ebpf::source_prefix(&loader::endpoint(ip, 0))).collect()
     }
 
     /// Answers a control API request on `reply`: at once, or for a drain
