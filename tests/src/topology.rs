@@ -716,7 +716,7 @@ pub fn echo(socket: UdpSocket, count: usize, limit: Duration) -> std::thread::Jo
     })
 }
 
-mod tempdir {
+pub mod tempdir {
     use std::path::{Path, PathBuf};
 
     /// A directory under the system temp dir, removed on drop.

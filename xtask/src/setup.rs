@@ -27,6 +27,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "the kernel's L4 forwarding (DNAT), the benchmark's baseline (this kernel has no IPVS)"),
     ("baresip-core", "a real softphone (baresip) as the client of the end-to-end tests"),
     ("sipvicious", "SIP scanners (svmap, svwar) the end-to-end tests run against the edge"),
+    ("protobuf-compiler", "protoc, which the etcd client crate needs to build its gRPC API"),
+    ("etcd-server", "etcd, the store several edges share, in the tests and the demo"),
+    ("etcd-client", "etcdctl, with which the tests read and compact what the edges keep in etcd"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -71,7 +71,7 @@ pub struct Config {
     pub store: StoreSettings,
 }
 
-/// The assignment store's upkeep.
+/// Where assignments are kept, and their upkeep.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
@@ -79,12 +79,71 @@ pub struct StoreSettings {
     /// after which a client's assignment is removed; 0 keeps them forever.
     #[serde(default = "default_expire_after")]
     pub expire_after: f64,
+    /// `redb`: this edge alone, in `sip.database`. `etcd`: shared by every
+    /// edge configured with the same `endpoints` and `prefix`.
+    #[serde(default)]
+    pub backend: Backend,
+    /// etcd's client URLs, e.g. `["http://10.0.0.1:2379", …]`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Every key of this pool starts with it: one prefix per pool.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// This edge's name among the pool's edges; the host name if unset.
+    #[serde(default)]
+    pub edge: Option<String>,
+    /// etcd authentication: the user, and a file holding its password.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// TLS to etcd (`https://` endpoints): the CA that signed the members'
+    /// certificates, and this edge's own certificate and key if the
+    /// cluster asks for client certificates.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Seconds an etcd request may take before it counts as failed (new
+    /// clients then get 503).
+    #[serde(default = "default_store_timeout")]
+    pub timeout: f64,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
-        Self { expire_after: default_expire_after() }
+        Self {
+            expire_after: default_expire_after(),
+            backend: Backend::default(),
+            endpoints: Vec::new(),
+            prefix: default_prefix(),
+            edge: None,
+            username: None,
+            password_file: None,
+            ca: None,
+            cert: None,
+            key: None,
+            timeout: default_store_timeout(),
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Redb,
+    Etcd,
+}
+
+fn default_prefix() -> String {
+    "/redirector/default/".into()
+}
+
+fn default_store_timeout() -> f64 {
+    2.0
 }
 
 /// 30 days.
@@ -559,7 +618,7 @@ impl Config {
 
     /// Every problem validation finds, each naming its field.
     pub fn problems(&self) -> Vec<ConfigError> {
-        let checks: [Check; 11] = [
+        let checks: [Check; 12] = [
             Self::validate_interface,
             Self::validate_service,
             Self::validate_edge,
@@ -571,6 +630,7 @@ impl Config {
             Self::validate_sizes,
             Self::validate_limits,
             Self::validate_proxy,
+            Self::validate_store,
         ];
         checks.iter().filter_map(|check| check(self).err()).collect()
     }
@@ -659,6 +719,35 @@ impl Config {
                 "rebalance",
                 "needs interval >= 0.05 seconds and trigger > settle >= 1 (e.g. trigger = 1.5, settle = 1.1)",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let store = &self.store;
+        if store.backend == Backend::Redb {
+            return Ok(());
+        }
+        if store.endpoints.is_empty() {
+            return Err(invalid("store.endpoints", "the etcd backend needs the cluster's client URLs, e.g. [\"http://10.0.0.1:2379\"]"));
+        }
+        if let Some(bad) = store.endpoints.iter().find(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
+            return Err(invalid("store.endpoints", format!("\"{bad}\" is not an http:// or https:// URL")));
+        }
+        if !(store.prefix.starts_with('/') && store.prefix.ends_with('/') && store.prefix.len() > 1) {
+            return Err(invalid("store.prefix", format!("\"{}\" must start and end with /, e.g. \"/redirector/pool-a/\"", store.prefix)));
+        }
+        if store.username.is_some() != store.password_file.is_some() {
+            return Err(invalid("store.username", "etcd authentication needs both username and password_file"));
+        }
+        if store.cert.is_some() != store.key.is_some() {
+            return Err(invalid("store.cert", "a client certificate needs both cert and key"));
+        }
+        if store.cert.is_some() && store.ca.is_none() {
+            return Err(invalid("store.ca", "TLS to etcd needs the CA certificate (ca) as well"));
+        }
+        if !(store.timeout.is_finite() && (0.1..=60.0).contains(&store.timeout)) {
+            return Err(invalid("store.timeout", format!("{} is not 0.1 to 60 seconds", store.timeout)));
         }
         Ok(())
     }

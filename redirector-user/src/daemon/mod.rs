@@ -32,7 +32,7 @@ use self::{
     tasks::{Context, Tasks, named, spawn, supervise},
 };
 use crate::{
-    config::{self, Config},
+    config::{self, Backend, Config},
     edge::{
         admission::{Admission, Limits},
         assignments::Assignments,
@@ -58,7 +58,7 @@ use crate::{
         stats::{self, Latest},
     },
     sip::Aor,
-    store::{RedbStore, StoreError},
+    store::{AssignmentStore, EtcdSettings, EtcdStore, RedbStore, StoreError, Tls},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +102,66 @@ impl From<DataPlaneError> for DaemonError {
 }
 
 type Result<T, E = DaemonError> = std::result::Result<T, E>;
+
+/// The store `[store] backend` names.
+fn open_store(config: &Config) -> Result<Box<dyn AssignmentStore>> {
+    Ok(match config.store.backend {
+        Backend::Redb => Box::new(RedbStore::open(&config.sip.database)?),
+        Backend::Etcd => Box::new(EtcdStore::connect(&etcd_settings(&config.store)?)?),
+    })
+}
+
+/// Where the assignments are, as `redirector status` shows it.
+fn store_description(config: &Config) -> String {
+    match config.store.backend {
+        Backend::Redb => config.sip.database.display().to_string(),
+        Backend::Etcd => format!("etcd {} under {}", config.store.endpoints.join(","), config.store.prefix),
+    }
+}
+
+fn etcd_settings(store: &config::StoreSettings) -> Result<EtcdSettings> {
+    let user = match (&store.username, &store.password_file) {
+        (Some(name), Some(file)) => {
+            let password = std::fs::read_to_string(file)
+                .map_err(io(format!("reading store.password_file {}", file.display())))?;
+            Some((name.clone(), password.trim_end().to_owned()))
+        }
+        _ => None,
+    };
+    let tls = store.ca.clone().map(|ca| Tls { ca, identity: store.cert.clone().zip(store.key.clone()) });
+    Ok(EtcdSettings {
+        endpoints: store.endpoints.clone(),
+        prefix: store.prefix.clone(),
+        edge: store.edge.clone().unwrap_or_else(host_name),
+        user,
+        tls,
+        timeout: Duration::from_secs_f64(store.timeout),
+    })
+}
+
+/// This host's name, the default name of an edge among a pool's edges.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "edge".into(), |name| name.trim().to_owned())
+}
+
+/// With a shared store: the owner is told of what other edges commit, and
+/// this edge campaigns for the pool's decisions, following until it wins.
+fn follow_store(operations: &mut Operations, owner: &Owner) -> Result<()> {
+    let store = operations.assignments.store();
+    if !store.shared() {
+        return Ok(());
+    }
+    let following = owner.clone();
+    store.follow(Box::new(move |events| {
+        let _ = following.send(Command::Followed(events));
+    }))?;
+    let leading = owner.clone();
+    store.lead(Box::new(move |leads| {
+        let _ = leading.send(Command::Lead(leads));
+    }))?;
+    operations.lead(false);
+    Ok(())
+}
 
 /// Maps an I/O error to `DaemonError::Io` saying what was being done.
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -149,7 +209,7 @@ impl Daemon {
         // Loaded before anything is attached: the first first contacts find
         // every known client in the cache.
         let counters = Arc::new(Counters::default());
-        let assignments = Assignments::open(Box::new(RedbStore::open(&config.sip.database)?), counters.clone())?;
+        let assignments = Assignments::open(open_store(config)?, counters.clone())?;
         let total: u64 = assignments.client_counts().values().sum();
         info!(database = %config.sip.database.display(), assignments = total, "assignment database open");
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -231,12 +291,14 @@ impl Daemon {
             rebalancer,
             admission: Admission::new(limits),
             counters,
-            store_path: config.sip.database.display().to_string(),
+            store_path: store_description(config),
             expiry,
             applied: seeded.applied,
         });
         operations.start_pool()?;
-        let (owner, owner_thread) = Owner::spawn(operations).map_err(io("starting the state owner thread"))?;
+        let (owner, commands) = Owner::channel();
+        follow_store(&mut operations, &owner)?;
+        let owner_thread = Owner::start(operations, commands).map_err(io("starting the state owner thread"))?;
         Ok(Self {
             owner,
             owner_thread: Mutex::new(Some(owner_thread)),

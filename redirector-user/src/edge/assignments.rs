@@ -9,8 +9,32 @@ use crate::{
     counters::bump,
     edge::{admission::Refused, first_contact::Counters, pool::Pool},
     sip::Aor,
-    store::{Assignment, AssignmentStore, Cache, Reassigned, StoreError, next_assignment},
+    store::{Assignment, AssignmentStore, Cache, Cached, Reassigned, StoreError, next_assignment},
 };
+
+/// What first contact's new clients get: `aor`'s current assignment if
+/// usable (no change), else a new one from `pool` (an AOR never assigned
+/// is first admitted). The decision is `Ok(Some(previous server))` when a
+/// new assignment is made.
+fn decide(
+    aor: &Aor,
+    current: Option<&Assignment>,
+    pool: &Pool,
+    admit: &mut dyn FnMut(&Aor) -> Result<(), Refused>,
+) -> (Result<Option<Option<String>>, Refused>, Option<Assignment>) {
+    if current.is_some_and(|a| pool.usable(&a.server)) {
+        return (Ok(None), None);
+    }
+    if current.is_none()
+        && let Err(refused) = admit(aor)
+    {
+        return (Err(refused), None);
+    }
+    let Some(server) = pool.choose(aor, current.map(|a| a.server.as_str())) else {
+        return (Err(Refused::NoServer), None);
+    };
+    (Ok(Some(current.map(|a| a.server.clone()))), Some(next_assignment(aor, &server.name, current)))
+}
 
 /// An AOR's usable assignment, and whether getting it moved the client off
 /// an unusable server (its watchers are then to be told).
@@ -79,28 +103,24 @@ impl Assignments {
             return Ok(Vec::new());
         }
         let mut held: u64 = self.client_counts().values().sum();
-        // Per AOR: Ok(Some(previous server)) when this transaction assigned it.
-        let mut decided: Vec<Result<Option<Option<String>>, Refused>> = Vec::with_capacity(aors.len());
+        // Per AOR: Ok(Some(previous server)) when this transaction assigned
+        // it. A shared store may call `change` again for an AOR another edge
+        // wrote meanwhile: the last call's decision is the one that holds.
+        let mut decided: HashMap<Aor, Result<Option<Option<String>>, Refused>> = HashMap::with_capacity(aors.len());
         let stored = self.store.update_many(aors, &mut |aor, current| {
-            if current.is_some_and(|a| pool.usable(&a.server)) {
-                decided.push(Ok(None));
-                return None;
-            }
-            if current.is_none()
-                && let Err(refused) = admit(aor, held)
-            {
-                decided.push(Err(refused));
-                return None;
-            }
-            let Some(server) = pool.choose(aor, current.map(|a| a.server.as_str())) else {
-                decided.push(Err(Refused::NoServer));
-                return None;
-            };
-            held += u64::from(current.is_none());
-            decided.push(Ok(Some(current.map(|a| a.server.clone()))));
-            Some(next_assignment(aor, &server.name, current))
+            let (decision, new) = decide(aor, current, pool, &mut |aor| admit(aor, held));
+            held += u64::from(current.is_none() && new.is_some());
+            decided.insert(aor.clone(), decision);
+            new
         })?;
-        Ok(stored.into_iter().zip(decided).map(|(stored, decided)| self.settle(stored, decided?, pool)).collect())
+        Ok(stored
+            .into_iter()
+            .zip(aors)
+            .map(|(stored, aor)| {
+                let decision = decided.remove(*aor).unwrap_or(Ok(None));
+                self.settle(stored, decision?, pool)
+            })
+            .collect())
     }
 
     /// Records a stored assignment; `previous` is `Some` when it was just made.
@@ -111,26 +131,43 @@ impl Assignments {
         pool: &Pool,
     ) -> Result<Assigned, Refused> {
         let stored = stored.ok_or(Refused::NoServer)?;
-        let moved = match previous {
-            Some(previous) => {
-                bump(if previous.is_some() { &self.counters.reassigned } else { &self.counters.assigned });
-                self.count_move(previous.as_deref(), &stored.server);
-                self.cache.put(&stored);
-                previous.is_some()
-            }
-            None => {
-                // Usable as stored, yet it came here: the cache lacks it
-                // (a failed release): put it back.
-                if self.cache.get(&stored.aor).is_none_or(|c| c.generation != stored.generation) {
-                    self.cache.put(&stored);
-                }
-                false
-            }
-        };
+        if let Some(previous) = &previous {
+            bump(if previous.is_some() { &self.counters.reassigned } else { &self.counters.assigned });
+        }
+        self.record(&stored);
         if !pool.usable(&stored.server) {
             return Err(Refused::NoServer);
         }
-        Ok(Assigned { assignment: stored, moved })
+        Ok(Assigned { assignment: stored, moved: previous.is_some_and(|previous| previous.is_some()) })
+    }
+
+    /// Caches a committed assignment (here or, with a shared store, by
+    /// another edge) and counts it on its server; returns the server it was
+    /// on before, if it changed. Recording the same assignment twice does
+    /// nothing.
+    pub fn record(&mut self, stored: &Assignment) -> Option<Option<Arc<str>>> {
+        let previous = self.cache.put(stored);
+        if previous.as_deref() == Some(stored.server.as_str()) {
+            return None;
+        }
+        if let Some(from) = &previous {
+            *self.counts.entry(from.to_string()).or_default() -= 1;
+        }
+        *self.counts.entry(stored.server.clone()).or_default() += 1;
+        Some(previous)
+    }
+
+    /// Forgets an assignment removed from the store (expired here or, with
+    /// a shared store, elsewhere); returns the server it was on.
+    pub fn forget(&mut self, aor: &Aor) -> Option<Arc<str>> {
+        let server = self.cache.remove(aor)?;
+        *self.counts.entry(server.to_string()).or_default() -= 1;
+        Some(server)
+    }
+
+    /// The assignment `aor` is cached with, held out of first contact or not.
+    pub fn current(&self, aor: &Aor) -> Option<Cached> {
+        self.cache.current(aor)
     }
 
     /// Records each AOR on its server with the next generation, in one
@@ -144,19 +181,22 @@ impl Assignments {
         pool: &Pool,
     ) -> Result<Vec<Option<Reassigned>>, StoreError> {
         let aors: Vec<&Aor> = moves.iter().map(|&(aor, _)| aor).collect();
-        let mut targets = moves.iter().map(|&(_, to)| to);
-        let mut previous = Vec::with_capacity(moves.len());
+        let targets: HashMap<&Aor, &str> = moves.iter().copied().collect();
+        // As in `assign_all`, the last call for an AOR holds.
+        let mut previous: HashMap<Aor, Option<String>> = HashMap::with_capacity(moves.len());
         let stored = self.store.update_many(&aors, &mut |aor, current| {
-            let to = targets.next().expect("one call per move");
+            let to = targets[aor];
             let still_there = only_from.is_none_or(|from| current.is_some_and(|a| a.server == from));
-            let moving = still_there && pool.usable(to);
-            previous.push(moving.then(|| current.map(|a| a.server.clone())));
-            moving.then(|| next_assignment(aor, to, current))
+            if !(still_there && pool.usable(to)) {
+                previous.remove(aor);
+                return None;
+            }
+            previous.insert(aor.clone(), current.map(|a| a.server.clone()));
+            Some(next_assignment(aor, to, current))
         })?;
-        let done = previous.into_iter().zip(stored).map(|(previous, stored)| {
-            let (previous, stored) = (previous?, stored?);
-            self.count_move(previous.as_deref(), &stored.server);
-            self.cache.put(&stored);
+        let done = aors.into_iter().zip(stored).map(|(aor, stored)| {
+            let (previous, stored) = (previous.remove(aor)?, stored?);
+            self.record(&stored);
             Some(Reassigned { previous, generation: stored.generation })
         });
         Ok(done.collect())
@@ -180,8 +220,7 @@ impl Assignments {
         let seen: Vec<(&Aor, u64)> = persist.iter().map(|(aor, at)| (aor, *at)).collect();
         self.store.expire(&gone, &seen)?;
         for assignment in expired {
-            *self.counts.entry(assignment.server.clone()).or_default() -= 1;
-            self.cache.remove(&assignment.aor);
+            self.forget(&assignment.aor);
         }
         Ok(())
     }
@@ -192,20 +231,9 @@ impl Assignments {
         self.cache.hold(aor);
     }
 
-    /// Puts held AORs that did not move back in the cache, as stored.
-    pub fn release(&self, aor: &Aor) -> Result<(), StoreError> {
-        if self.cache.get(aor).is_none()
-            && let Some(stored) = self.store.get(aor)?
-        {
-            self.cache.put(&stored);
-        }
-        Ok(())
+    /// Shows a held AOR that did not move to first contact again.
+    pub fn release(&self, aor: &Aor) {
+        self.cache.unhold(aor);
     }
 
-    fn count_move(&mut self, from: Option<&str>, to: &str) {
-        if let Some(from) = from {
-            *self.counts.entry(from.to_owned()).or_default() -= 1;
-        }
-        *self.counts.entry(to.to_owned()).or_default() += 1;
-    }
 }

@@ -132,6 +132,8 @@ crate::counters::counters! {
     prefixes_throttled,
     /// 500: the assignment database failed.
     server_error,
+    /// 503: a new client while the shared store (etcd) is out of reach.
+    store_unavailable,
     /// ACKs for our own answers (or unroutable ones), absorbed: an ACK is
     /// never answered.
     absorbed_acks,
@@ -564,6 +566,11 @@ impl FirstContact {
                 Some(Err(refused)) => return self.refuse(&mut request.basis, request.source, *refused),
                 None => return self.refuse(&mut request.basis, request.source, Refused::NoServer),
             },
+            (None, Err(error)) if error.is_unavailable() => {
+                tracing::warn!(aor = %request.aor, %error, "the shared store is out of reach: a new client is told to retry");
+                let counter = &self.counters.store_unavailable;
+                return self.retry_later(&mut request.basis, request.source, "Assignment Store Unreachable", counter);
+            }
             (None, Err(error)) => {
                 tracing::error!(aor = %request.aor, %error, "assignment database failed");
                 let counter = &self.counters.server_error;

@@ -44,6 +44,11 @@ impl Tracker {
         self.servers.insert(slot, Server::default());
     }
 
+    /// Each server's verdict (`true`: up), by slot.
+    pub fn verdicts(&self) -> Vec<(u32, bool)> {
+        self.servers.iter().map(|(&slot, server)| (slot, !server.down)).collect()
+    }
+
     /// A server gone from the pool: its late answers count for nothing.
     pub fn remove(&mut self, slot: u32) {
         self.servers.remove(&slot);

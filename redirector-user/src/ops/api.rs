@@ -163,6 +163,10 @@ pub struct Stats {
     /// What was done for watchers.
     #[serde(default)]
     pub watchers: BTreeMap<String, u64>,
+    /// A shared store (etcd): what this edge saw of it, and `leading` (1
+    /// while this edge makes the pool's decisions). Empty with redb.
+    #[serde(default)]
+    pub store: BTreeMap<String, u64>,
     /// Bytes of kernel memory the program's maps take.
     #[serde(default)]
     pub kernel_memory: u64,

@@ -25,6 +25,8 @@
 //! serves the idle sweep, expiry's sightings and the load samples) and the
 //! expiry walk over the store (`start_expiry`, then `work`).
 
+mod followed;
+
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
@@ -119,6 +121,11 @@ pub struct Operations {
     pass: Vec<Sample>,
     /// The config's `[[servers]]` as last applied (see `edge::servers`).
     applied: Vec<ServerSpec>,
+    /// Whether this edge makes the pool-wide decisions: health verdicts and
+    /// the moves they cause, rebalancing, expiry. Always with a store of
+    /// its own; with a shared one, while it holds the leadership.
+    leading: bool,
+    following: followed::Following,
 }
 
 /// One step of a scan over the fast path's learned clients.
@@ -195,6 +202,27 @@ impl Operations {
             walk: None,
             pass: Vec::new(),
             applied,
+            leading: true,
+            following: followed::Following::default(),
+        }
+    }
+
+    /// This edge gained or lost the leadership. A new leader applies its
+    /// own health checks' verdicts where the pool says otherwise.
+    pub fn lead(&mut self, leading: bool) {
+        if self.leading == leading {
+            return;
+        }
+        self.leading = leading;
+        tracing::info!(leading, "leadership of the pool's decisions changed");
+        if !leading {
+            return;
+        }
+        let pool = self.pool.load_full();
+        for (slot, up) in self.tracker.verdicts() {
+            if pool.by_index(slot).is_some_and(|home| home.healthy != up) {
+                self.apply_health(if up { Transition::Up(slot) } else { Transition::Down(slot) });
+            }
         }
     }
 
@@ -401,7 +429,11 @@ impl Operations {
         }
     }
 
+    /// A verdict of this edge's health checks; only the leader's count.
     fn apply_health(&mut self, transition: Transition) {
+        if !self.leading {
+            return;
+        }
         let (server, healthy) = match transition {
             Transition::Down(server) => (server, false),
             Transition::Up(server) => (server, true),
@@ -452,7 +484,7 @@ impl Operations {
     /// Starts a walk over the store for expired assignments, unless one is
     /// under way or assignments never expire; `work` makes it a page at a time.
     pub fn start_expiry(&mut self) {
-        if self.expiry.is_some() && self.walk.is_none() {
+        if self.leading && self.expiry.is_some() && self.walk.is_none() {
             self.walk = Some(Walk::default());
         }
     }
@@ -509,6 +541,9 @@ impl Operations {
 
     /// One rebalancing round on a load sample taken `seconds` after the last.
     pub fn observe_load(&mut self, clients: &[Sample], seconds: f64) {
+        if !self.leading {
+            return;
+        }
         let targets = self.balance_targets();
         let planned = self.rebalancer.observe(&targets, clients, seconds);
         match self.apply_plan(&planned, "load skew") {
@@ -866,14 +901,10 @@ impl Operations {
         Ok(moves)
     }
 
-    /// Puts held clients that did not move (or expire) back in first
-    /// contact's cache.
+    /// Shows held clients that did not move (or expire) to first contact
+    /// again.
     fn release<'a>(&self, aors: impl IntoIterator<Item = &'a Aor>) {
-        for aor in aors {
-            if let Err(error) = self.assignments.release(aor) {
-                tracing::warn!(%aor, %error, "a held client stays out of the cache until its next first contact");
-            }
-        }
+        aors.into_iter().for_each(|aor| self.assignments.release(aor));
     }
 
     fn server(&self, name: &str) -> Result<HomeServer> {
@@ -928,7 +959,21 @@ impl Operations {
                 watchers.insert("subscriptions_kept".into(), self.watchers.kept() as u64);
                 watchers
             },
+            store: self.store_figures(),
         })
+    }
+
+    /// A shared store's counters, what this edge followed of it, and
+    /// whether it leads; nothing for a store of its own.
+    fn store_figures(&self) -> BTreeMap<String, u64> {
+        let store = self.assignments.store();
+        if !store.shared() {
+            return BTreeMap::new();
+        }
+        let figures = store.counters().into_iter().chain(self.following.snapshot());
+        let mut figures: BTreeMap<String, u64> = figures.map(|(name, n)| (name.to_owned(), n)).collect();
+        figures.insert("leading".into(), u64::from(self.leading));
+        figures
     }
 
     /// The AORs assigned to `server`, with when each was last seen.

@@ -23,7 +23,7 @@ use crate::{
         operations::{OperationError, Operations, ScanStep},
     },
     sip::Aor,
-    store::StoreError,
+    store::{StoreError, StoreEvent},
 };
 
 /// Each new client's assignment, or why it has none; or the store's
@@ -55,6 +55,11 @@ pub enum Command {
     Read { reply: oneshot::Sender<Reading> },
     /// A rebalancing round on clients' load, `seconds` after the last.
     Load { clients: Vec<Sample>, seconds: f64 },
+    /// Changes committed to a shared store, as its watch delivered them.
+    Followed(Vec<StoreEvent>),
+    /// This edge gained (`true`) or lost the leadership of the pool's
+    /// decisions.
+    Lead(bool),
     /// Ends the thread; what it owns (the program's link among it) is dropped.
     Stop,
 }
@@ -65,17 +70,24 @@ pub struct Owner {
     commands: std::sync::mpsc::Sender<Command>,
 }
 
+/// The owner thread's end of its channel.
+pub struct Commands(std::sync::mpsc::Receiver<Command>);
+
 #[derive(Debug, thiserror::Error)]
 #[error("the state owner thread has stopped (see the log for why)")]
 pub struct OwnerGone;
 
 impl Owner {
-    /// Starts the owner thread; it runs until `Command::Stop` or until every
-    /// `Owner` is dropped.
-    pub fn spawn(operations: Operations) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+    /// The way to the owner, whose commands queue until `start`.
+    pub fn channel() -> (Self, Commands) {
         let (commands, receiver) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new().name("state-owner".into()).spawn(move || run(operations, receiver))?;
-        Ok((Self { commands }, thread))
+        (Self { commands }, Commands(receiver))
+    }
+
+    /// Starts the owner thread on the queued and coming `commands`; it runs
+    /// until `Command::Stop` or until every `Owner` is dropped.
+    pub fn start(operations: Operations, commands: Commands) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new().name("state-owner".into()).spawn(move || run(operations, commands.0))
     }
 
     pub fn send(&self, command: Command) -> Result<(), OwnerGone> {
@@ -207,5 +219,7 @@ fn execute(operations: &mut Operations, command: Command) {
             let _ = reply.send(operations.stats());
         }
         Command::Load { clients, seconds } => operations.observe_load(&clients, seconds),
+        Command::Followed(events) => operations.follow(events),
+        Command::Lead(leading) => operations.lead(leading),
     }
 }

@@ -11,6 +11,9 @@ pub fn stats(stats: &Stats) -> String {
     out += &counters("fast path (kernel)", &stats.verdicts);
     out += &counters("first contact (daemon)", &stats.first_contact);
     out += &counters("watchers (daemon)", &stats.watchers);
+    if !stats.store.is_empty() {
+        out += &counters("shared store (etcd)", &stats.store);
+    }
     if stats.kernel_memory > 0 {
         let _ = writeln!(out, "kernel maps: {:.1} MiB", stats.kernel_memory as f64 / f64::from(1 << 20));
     }

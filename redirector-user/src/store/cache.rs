@@ -26,8 +26,9 @@ pub struct Cached {
 
 #[derive(Debug)]
 struct Entry {
-    /// `None` while the client is held out of first contact (it moves).
-    cached: Option<Cached>,
+    cached: Cached,
+    /// While the client moves it is held out of first contact.
+    held: bool,
     /// Seconds since the Unix epoch.
     last_seen: AtomicU64,
 }
@@ -41,37 +42,50 @@ pub struct Cache {
 
 impl Cache {
     pub fn get(&self, aor: &Aor) -> Option<Cached> {
-        self.assignments.get(aor).and_then(|entry| entry.cached.clone())
+        self.assignments.get(aor).filter(|entry| !entry.held).map(|entry| entry.cached.clone())
     }
 
     /// Calls `visit` with every assignment not held out of first contact.
     pub fn for_each(&self, mut visit: impl FnMut(&Aor, &Cached)) {
-        for entry in &self.assignments {
-            if let Some(cached) = &entry.value().cached {
-                visit(entry.key(), cached);
-            }
+        for entry in self.assignments.iter().filter(|entry| !entry.held) {
+            visit(entry.key(), &entry.cached);
         }
     }
 
-    /// Records `assignment`, keeping a later sighting than the one it carries.
-    pub fn put(&self, assignment: &Assignment) {
+    /// Records `assignment` (released if held), keeping a later sighting
+    /// than the one it carries; returns the server it was cached on before.
+    pub fn put(&self, assignment: &Assignment) -> Option<Arc<str>> {
         let cached = Cached { server: Arc::from(assignment.server.as_str()), generation: assignment.generation };
         let held_since = self.assignments.get(&assignment.aor).map_or(0, |e| e.last_seen.load(Ordering::Relaxed));
         let last_seen = AtomicU64::new(held_since.max(assignment.last_seen));
-        self.assignments.insert(assignment.aor.clone(), Entry { cached: Some(cached), last_seen });
+        let previous = self.assignments.insert(assignment.aor.clone(), Entry { cached, held: false, last_seen });
+        previous.map(|entry| entry.cached.server)
+    }
+
+    /// The assignment `aor` is cached with, held or not.
+    pub fn current(&self, aor: &Aor) -> Option<Cached> {
+        self.assignments.get(aor).map(|entry| entry.cached.clone())
     }
 
     /// Hides `aor` from first contact (`get`) while it moves; when it was
     /// last seen is kept.
     pub fn hold(&self, aor: &Aor) {
         if let Some(mut entry) = self.assignments.get_mut(aor) {
-            entry.cached = None;
+            entry.held = true;
         }
     }
 
-    /// Forgets `aor` altogether (its assignment expired).
-    pub fn remove(&self, aor: &Aor) {
-        self.assignments.remove(aor);
+    /// Shows a held `aor` to first contact again, as it was cached.
+    pub fn unhold(&self, aor: &Aor) {
+        if let Some(mut entry) = self.assignments.get_mut(aor) {
+            entry.held = false;
+        }
+    }
+
+    /// Forgets `aor` altogether (its assignment expired); returns the
+    /// server it was on.
+    pub fn remove(&self, aor: &Aor) -> Option<Arc<str>> {
+        self.assignments.remove(aor).map(|(_, entry)| entry.cached.server)
     }
 
     /// `aor` was seen at `unix_seconds` (never moves its time back).
@@ -87,7 +101,7 @@ impl Cache {
 
     /// When `aor` was last seen, if it is cached and not held.
     pub fn last_seen(&self, aor: &Aor) -> Option<u64> {
-        let entry = self.assignments.get(aor)?;
-        entry.cached.as_ref().map(|_| entry.last_seen.load(Ordering::Relaxed))
+        let entry = self.assignments.get(aor).filter(|entry| !entry.held)?;
+        Some(entry.last_seen.load(Ordering::Relaxed))
     }
 }

@@ -1,16 +1,19 @@
 //! The client-to-home-server assignment database. `AssignmentStore` is the
-//! seam for shared stores; `RedbStore` is the embedded default: every
+//! seam; `EtcdStore` shares it between several edges (see `etcd`), and
+//! `RedbStore` is the embedded default for a single edge: every
 //! `update` is a committed, fsynced transaction before it returns, so an assignment
 //! that was answered survives a crash (SIGKILL, power loss). `Cache` holds
 //! what was committed, for reads that must not touch the database.
 
 mod cache;
+mod etcd;
 mod redb;
 
 use std::time::SystemTime;
 
 pub use self::{
     cache::{Cache, Cached},
+    etcd::{EtcdSettings, EtcdStore, LEADER_LEASE, Leadership, Sink, StoreEvent, Tls},
     redb::RedbStore,
 };
 use crate::{model::ServerSpec, sip::Aor};
@@ -73,6 +76,22 @@ fn healthy() -> bool {
     true
 }
 
+crate::counters::counters! {
+    StoreCounters, "What a shared store's edge saw of it, since start.",
+    /// Requests to the store that failed or timed out.
+    failures,
+    /// Changes committed by any edge that reached this one's watch.
+    changes_followed,
+    /// Times the watch broke and was started again.
+    watch_restarts,
+    /// Times the watch's history was gone and everything was read again.
+    reloads,
+    /// Records that did not read back (skipped).
+    unreadable,
+    /// Times this edge became the leader of the pool's decisions.
+    terms_led,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("opening the assignment database {path}: {source} (is another redirector using it?)")]
@@ -81,14 +100,44 @@ pub enum StoreError {
     Database(#[from] Box<::redb::Error>),
     #[error("the home servers kept in the assignment database do not read back: {0}")]
     Pool(#[from] serde_json::Error),
+    #[error("etcd at {endpoints}: {what} failed: {source} (is the cluster up, with a quorum, and reachable from this edge?)")]
+    Etcd { endpoints: String, what: &'static str, source: Box<etcd_client::Error> },
+    #[error("etcd at {endpoints}: {what} took longer than {seconds} s (is the cluster up, with a quorum, and reachable from this edge?)")]
+    TimedOut { endpoints: String, what: &'static str, seconds: f64 },
+    #[error("etcd at {endpoints}: {aors} assignments kept being changed by other edges while this one wrote them; try again")]
+    Contended { endpoints: String, aors: usize },
+    #[error("etcd record {key} does not read back: {source}")]
+    Record { key: String, source: serde_json::Error },
+    #[error("reading the TLS file {path} for etcd: {source}")]
+    Certificate { path: String, source: std::io::Error },
+    #[error("starting the runtime that talks to etcd: {source}")]
+    Runtime { source: std::io::Error },
+}
+
+impl StoreError {
+    fn etcd(endpoints: &str, what: &'static str, source: etcd_client::Error) -> Self {
+        Self::Etcd { endpoints: endpoints.to_owned(), what, source: Box::new(source) }
+    }
+
+    fn timed_out(endpoints: &str, what: &'static str, timeout: std::time::Duration) -> Self {
+        Self::TimedOut { endpoints: endpoints.to_owned(), what, seconds: timeout.as_secs_f64() }
+    }
+
+    /// Whether the store could not be reached (as opposed to refusing or
+    /// failing a request): new clients are then told to come back later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Etcd { .. } | Self::TimedOut { .. } | Self::Contended { .. })
+    }
 }
 
 pub trait AssignmentStore: Send + Sync {
     fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError>;
-    /// Reads each AOR's assignment and, where `change` (called once per
-    /// AOR, in order) returns a new one, stores it — all in one transaction,
-    /// durably, so no concurrent writer slips in between and one commit
-    /// serves the lot. Returns the assignments as stored afterwards.
+    /// Reads each AOR's assignment and, where `change` returns a new one,
+    /// stores it, durably, so that no concurrent writer slips in between
+    /// and one commit serves the lot. `change` is called once per AOR in
+    /// order; a shared store calls it again for an AOR another edge wrote
+    /// meanwhile, with that edge's assignment, and the last call holds.
+    /// Returns the assignments as stored afterwards.
     fn update_many(
         &self,
         aors: &[&Aor],
@@ -124,6 +173,30 @@ pub trait AssignmentStore: Send + Sync {
     /// Replaces the saved pool, durably.
     fn save_pool(&self, _pool: &StoredPool) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Starts delivering to `sink` every change committed after the last
+    /// `all` (by any edge), in order. A store only this edge writes has
+    /// nothing to deliver.
+    fn follow(&self, _sink: Sink) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether other edges share the store (and so the decisions).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Campaigns for the leadership of the pool's decisions, telling `sink`
+    /// whenever this edge gains (`true`) or loses it. An edge alone with
+    /// its store leads for good, and `sink` is never called.
+    fn lead(&self, _sink: Leadership) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// What the store counted, for the statistics; none for a local store.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
     }
 
     /// `update_many` for one AOR.

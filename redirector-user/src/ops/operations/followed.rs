@@ -1,0 +1,141 @@
+//! What other edges committed to a shared store, applied to this edge's
+//! state: its cache and counts, its kernel entries (a moved client's
+//! entries point at its new home at once), its pool, and the watchers
+//! whose dialogs it holds. Changes this edge made itself come back too,
+//! and change nothing.
+
+use std::sync::Arc;
+
+use super::Operations;
+use crate::{
+    counters::{add, bump},
+    edge::servers,
+    kernel::{fast_path::FastPathError, loader},
+    sip::Aor,
+    store::{Assignment, StoreEvent, StoredPool},
+};
+
+crate::counters::counters! {
+    Following, "What this edge applied of other edges' changes to a shared store.",
+    /// Assignments made, moved or removed by another edge, applied here.
+    changes_applied,
+    /// Clients moved by another edge whose kernel entries were repointed.
+    clients_repointed,
+}
+
+impl Operations {
+    /// Applies one batch of followed changes, in order.
+    pub fn follow(&mut self, events: Vec<StoreEvent>) {
+        let mut moved = Vec::new();
+        for event in events {
+            match event {
+                StoreEvent::Assigned(assignment) => moved.extend(self.learn(&assignment)),
+                StoreEvent::Removed(aor) => self.unlearn(&aor),
+                StoreEvent::Seen(aor, at) => self.assignments.seen(&aor, at),
+                StoreEvent::Pool(stored) => self.adopt_pool(stored),
+                StoreEvent::Reloaded(all) => moved.extend(self.relearn(all)),
+            }
+        }
+        self.repoint(moved);
+        self.save_watchers();
+    }
+
+    /// Records an assignment committed elsewhere; returns the AOR if its
+    /// client moved (its watchers are told, its entries repointed).
+    fn learn(&mut self, assignment: &Assignment) -> Option<Aor> {
+        let current = self.assignments.current(&assignment.aor);
+        if current.is_some_and(|c| c.generation >= assignment.generation) {
+            return None;
+        }
+        bump(&self.following.changes_applied);
+        let from = self.assignments.record(assignment)??;
+        tracing::debug!(aor = %assignment.aor, %from, to = assignment.server, "moved by another edge");
+        self.watchers.client_moved(&assignment.aor);
+        Some(assignment.aor.clone())
+    }
+
+    /// An assignment removed elsewhere (expired): gone here too.
+    fn unlearn(&mut self, aor: &Aor) {
+        if self.assignments.forget(aor).is_none() {
+            return;
+        }
+        bump(&self.following.changes_applied);
+        if let Err(error) = self.fast_path.forget_many(std::slice::from_ref(aor)) {
+            tracing::warn!(%aor, %error, "an assignment expired elsewhere kept its kernel entries");
+        }
+    }
+
+    /// Everything as the store has it now: what is gone is forgotten, the
+    /// rest learned.
+    fn relearn(&mut self, all: Vec<Assignment>) -> Vec<Aor> {
+        let kept: std::collections::HashSet<&Aor> = all.iter().map(|a| &a.aor).collect();
+        let mut gone = Vec::new();
+        self.assignments.cache().for_each(|aor, _| {
+            if !kept.contains(aor) {
+                gone.push(aor.clone());
+            }
+        });
+        gone.iter().for_each(|aor| self.unlearn(aor));
+        all.iter().filter_map(|assignment| self.learn(assignment)).collect()
+    }
+
+    /// Points moved clients' kernel entries at their new homes.
+    fn repoint(&mut self, moved: Vec<Aor>) {
+        if moved.is_empty() {
+            return;
+        }
+        let pool = self.pool.load_full();
+        let withdrawn = match self.fast_path.withdraw_many(&moved) {
+            Ok(withdrawn) => withdrawn,
+            Err(error) => {
+                tracing::warn!(%error, "clients moved by another edge keep their kernel entries until their next packet");
+                return;
+            }
+        };
+        // A home this edge does not know yet: the entries stay withdrawn
+        // and the client's next packet meets first contact.
+        let restores: Vec<_> = withdrawn
+            .into_iter()
+            .zip(&moved)
+            .filter_map(|(withdrawn, aor)| {
+                let home = pool.server(&self.assignments.server_of(aor)?)?.index;
+                Some((withdrawn, home))
+            })
+            .collect();
+        add(&self.following.clients_repointed, restores.len() as u64);
+        if let Err(error) = self.fast_path.restore_many(restores) {
+            tracing::warn!(%error, "clients moved by another edge meet first contact with their next packet");
+        }
+    }
+
+    /// The pool as another edge saved it: published to first contact, and
+    /// every slot that differs written to the kernel.
+    fn adopt_pool(&mut self, stored: StoredPool) {
+        let (next, applied) = servers::restore(Some(stored));
+        let current = self.pool.load_full();
+        if *current == next {
+            return;
+        }
+        for home in next.servers() {
+            if current.by_index(home.index) != Some(home) {
+                if current.by_index(home.index).is_none() {
+                    self.tracker.add(home.index);
+                }
+                self.write_slot(home.index, loader::server_entry(home));
+            }
+        }
+        for gone in current.servers().iter().filter(|s| next.by_index(s.index).is_none()) {
+            self.tracker.remove(gone.index);
+            self.write_slot(gone.index, Default::default());
+        }
+        tracing::info!(servers = next.servers().len(), "the pool as another edge changed it");
+        self.pool.store(Arc::new(next));
+        self.applied = applied;
+    }
+
+    fn write_slot(&mut self, slot: u32, entry: redirector_ebpf::Server) {
+        if let Err(error) = self.fast_path.dataplane().set_server(slot, entry).map_err(FastPathError::from) {
+            tracing::warn!(slot, %error, "writing a home server changed by another edge to the kernel failed");
+        }
+    }
+}

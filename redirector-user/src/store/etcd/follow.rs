@@ -1,0 +1,132 @@
+//! Follows what any edge commits under the pool's prefix: one etcd watch
+//! from the revision after the last full read, each response handed to
+//! the state owner as one batch of `StoreEvent`s. A broken watch is
+//! started again from the revision after the last one delivered, so no
+//! change is missed; if etcd no longer holds that history (it was
+//! compacted), everything is read again and delivered as `Reloaded`.
+
+use std::{sync::Arc, time::Duration};
+
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
+
+use super::keys::{self, Keys, Record};
+use crate::{
+    counters::bump,
+    sip::Aor,
+    store::{Assignment, StoreCounters, StoredPool},
+};
+
+/// A change committed to the shared store, by another edge or this one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreEvent {
+    /// A new assignment or a move (last seen 0: sightings come apart).
+    Assigned(Assignment),
+    /// An expired assignment.
+    Removed(Aor),
+    Seen(Aor, u64),
+    Pool(StoredPool),
+    /// The history since the last delivered change is gone: every
+    /// assignment as it is now, which replaces what the edge had.
+    Reloaded(Vec<Assignment>),
+}
+
+/// Where the follower delivers each batch of changes.
+pub type Sink = Box<dyn Fn(Vec<StoreEvent>) + Send + Sync>;
+
+/// How long the follower waits before watching again after a failure.
+const RETRY: Duration = Duration::from_millis(500);
+
+pub struct Follower {
+    pub client: Client,
+    pub keys: Keys,
+    pub endpoints: String,
+    /// The first revision not delivered yet.
+    pub from: i64,
+    pub sink: Sink,
+    pub counters: Arc<StoreCounters>,
+}
+
+impl Follower {
+    /// Runs until the store's runtime ends.
+    pub async fn run(mut self) {
+        loop {
+            match self.watch().await {
+                Ok(()) => tracing::warn!(endpoints = self.endpoints, "the etcd watch ended; watching again"),
+                Err(error) => {
+                    tracing::warn!(endpoints = self.endpoints, %error, "following etcd failed; trying again")
+                }
+            }
+            bump(&self.counters.watch_restarts);
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// One watch, until it breaks.
+    async fn watch(&mut self) -> Result<(), etcd_client::Error> {
+        let options = WatchOptions::new().with_prefix().with_start_revision(self.from).with_progress_notify();
+        let mut stream = self.client.watch_client().watch(self.keys.prefix(), Some(options)).await?;
+        while let Some(response) = stream.message().await? {
+            if response.compact_revision() > 0 {
+                return self.reload().await;
+            }
+            if response.canceled() {
+                return Err(etcd_client::Error::WatchError(response.cancel_reason().to_owned()));
+            }
+            self.deliver(&response);
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, response: &WatchResponse) {
+        let events: Vec<StoreEvent> = response.events().iter().filter_map(|event| self.decode(event)).collect();
+        if let Some(last) = response.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max() {
+            self.from = last + 1;
+        }
+        if !events.is_empty() {
+            crate::counters::add(&self.counters.changes_followed, events.len() as u64);
+            (self.sink)(events);
+        }
+    }
+
+    fn decode(&self, event: &etcd_client::Event) -> Option<StoreEvent> {
+        let kv = event.kv()?;
+        let key = kv.key_str().ok()?;
+        let record = self.keys.record(key)?;
+        let decoded = match (event.event_type(), record) {
+            (EventType::Put, Record::Assignment(aor)) => keys::decode(aor, kv.value(), Some(0)).map(StoreEvent::Assigned),
+            (EventType::Delete, Record::Assignment(aor)) => Ok(StoreEvent::Removed(aor)),
+            (EventType::Put, Record::Seen(aor)) => return keys::seen_at(kv.value()).map(|at| StoreEvent::Seen(aor, at)),
+            (EventType::Put, Record::Pool) => serde_json::from_slice(kv.value()).map(StoreEvent::Pool),
+            _ => return None,
+        };
+        decoded
+            .inspect_err(|error| {
+                bump(&self.counters.unreadable);
+                tracing::warn!(key, %error, "a record in etcd does not read back; skipped");
+            })
+            .ok()
+    }
+
+    /// Reads every assignment anew (the watch's history was compacted).
+    async fn reload(&mut self) -> Result<(), etcd_client::Error> {
+        let mut kv = self.client.kv_client();
+        let options = GetOptions::new().with_prefix();
+        let mut answer = kv.get(self.keys.assignments(), Some(options)).await?;
+        let revision = answer.header().map_or(self.from, |header| header.revision());
+        let assignments = answer
+            .take_kvs()
+            .iter()
+            .filter_map(|kv| match self.keys.record(kv.key_str().ok()?)? {
+                Record::Assignment(aor) => keys::decode(aor, kv.value(), Some(0)).ok(),
+                _ => None,
+            })
+            .collect();
+        let pool = kv.get(self.keys.pool(), None).await?.take_kvs().pop();
+        let pool: Option<StoredPool> = pool.and_then(|kv| serde_json::from_slice(kv.value()).ok());
+        bump(&self.counters.reloads);
+        tracing::warn!(endpoints = self.endpoints, "etcd compacted the history this edge had not seen: reloaded");
+        self.from = revision + 1;
+        (self.sink)(std::iter::once(StoreEvent::Reloaded(assignments)).chain(pool.map(StoreEvent::Pool)).collect());
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+//! The leadership of a pool's decisions (health verdicts and the moves
+//! they cause, rebalancing, expiry): etcd's election on `<prefix>leader`,
+//! held through a lease this edge keeps alive. An edge that stops keeping
+//! it alive (it died, or lost etcd) loses the leadership when the lease
+//! runs out, `LEASE` at most, and another edge's campaign wins; the edge
+//! itself stops leading as soon as a keep-alive goes unanswered.
+
+use std::time::Duration;
+
+use etcd_client::Client;
+
+use crate::counters::bump;
+
+/// The lease's time to live, in seconds: how long a dead leader holds on.
+pub const LEASE: i64 = 2;
+
+/// How long a campaign waits before it starts again after a failure.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Told `true` when this edge becomes the leader, `false` when it stops.
+pub type Leadership = Box<dyn Fn(bool) + Send + Sync>;
+
+pub struct Campaign {
+    pub client: Client,
+    /// The election's name.
+    pub name: String,
+    /// This edge's name, the leader's value.
+    pub edge: String,
+    pub sink: Leadership,
+    pub counters: std::sync::Arc<crate::store::StoreCounters>,
+}
+
+impl Campaign {
+    /// Campaigns, leads while the lease lives, and campaigns again, until
+    /// the store's runtime ends.
+    pub async fn run(self) {
+        loop {
+            if let Err(error) = self.term().await {
+                tracing::warn!(%error, "the leadership campaign failed; campaigning again");
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// One lease: a campaign, then leadership until the lease is lost.
+    async fn term(&self) -> Result<(), etcd_client::Error> {
+        let mut leases = self.client.lease_client();
+        let lease = leases.grant(LEASE, None).await?.id();
+        let (mut keeper, mut answers) = leases.keep_alive(lease).await?;
+        let alive = async move {
+            loop {
+                keeper.keep_alive().await?;
+                let answered = tokio::time::timeout(keep_alive_every(), answers.message()).await;
+                match answered {
+                    Ok(Ok(Some(answer))) if answer.ttl() > 0 => {}
+                    Ok(Err(error)) => return Err::<(), _>(error),
+                    _ => return Err(etcd_client::Error::LeaseKeepAliveError("the lease ran out".into())),
+                }
+                tokio::time::sleep(keep_alive_every()).await;
+            }
+        };
+        tokio::pin!(alive);
+        let mut election = self.client.election_client();
+        tokio::select! {
+            won = election.campaign(self.name.as_str(), self.edge.as_str(), lease) => {
+                won?;
+                bump(&self.counters.terms_led);
+                tracing::info!(edge = self.edge, "leading the pool's decisions");
+                (self.sink)(true);
+                let lost = (&mut alive).await;
+                (self.sink)(false);
+                tracing::warn!(edge = self.edge, "no longer leading the pool's decisions");
+                lost
+            }
+            lost = &mut alive => lost,
+        }
+    }
+}
+
+/// A third of the lease: two keep-alives may be lost before it runs out.
+fn keep_alive_every() -> Duration {
+    Duration::from_millis(LEASE as u64 * 1000 / 3)
+}

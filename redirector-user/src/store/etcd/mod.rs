@@ -1,0 +1,452 @@
+//! The store shared by several edges: etcd, through its v3 API. Every edge
+//! keeps the same assignments, pool and watchers' dialogs under one key
+//! prefix (see `keys`), serves from its cache, and learns of what other
+//! edges commit through a watch (`follow`).
+//!
+//! Writes are compare-and-swap transactions: an AOR is written only if it
+//! is still as read (absent, for a new one), so two edges that see the
+//! same new AOR at once end with one assignment; the loser's `change` is
+//! called again with the winner's assignment, which it adopts. Etcd caps a
+//! transaction's operations (128 by default), so a batch is written as
+//! several transactions, sent together; each AOR is still all or nothing.
+//!
+//! The daemon's state owner is a plain thread: each call here runs on the
+//! store's own small runtime and the caller waits for its answer, at most
+//! `timeout`.
+
+mod follow;
+mod keys;
+mod leader;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, TlsOptions, Txn, TxnOp};
+pub use follow::{Sink, StoreEvent};
+pub use leader::{LEASE as LEADER_LEASE, Leadership};
+use keys::Keys;
+
+use super::{Assignment, AssignmentStore, StoreCounters, StoreError, StoredPool};
+use crate::sip::Aor;
+
+/// Operations etcd takes in one transaction by default (`--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
+
+/// How often a batch is tried again when other edges keep writing its AORs.
+const ATTEMPTS: usize = 8;
+
+/// Keys one range read returns at most (a page of a full load).
+const PAGE: i64 = 10_000;
+
+/// How an edge reaches etcd (`[store]` in the config).
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    /// Every key of the pool starts with it, e.g. `/redirector/pool-a/`.
+    pub prefix: String,
+    /// This edge's name among the pool's edges (its watchers' dialogs are
+    /// kept under it).
+    pub edge: String,
+    pub user: Option<(String, String)>,
+    pub tls: Option<Tls>,
+    /// The longest any request may take before it counts as failed.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The CA certificate the members' certificates are checked against.
+    pub ca: PathBuf,
+    /// A client certificate and its key, for clusters that ask for one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+pub struct EtcdStore {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    keys: Keys,
+    /// The endpoints, as errors name them.
+    endpoints: String,
+    timeout: Duration,
+    /// The revision of the last full read (`all`): a watch started from
+    /// the next one misses nothing.
+    loaded: Arc<AtomicI64>,
+    counters: Arc<StoreCounters>,
+}
+
+/// An AOR as read: its assignment, and the revision its key was last
+/// written at (0: absent), which the write compares.
+type Read = (Option<Assignment>, i64);
+
+impl EtcdStore {
+    /// Connects to the cluster and checks that it answers.
+    pub fn connect(settings: &EtcdSettings) -> Result<Self, StoreError> {
+        let endpoints = settings.endpoints.join(",");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("etcd")
+            .enable_all()
+            .build()
+            .map_err(|source| StoreError::Runtime { source })?;
+        let options = connect_options(settings)?;
+        let connecting = Client::connect(settings.endpoints.clone(), Some(options));
+        let client = runtime
+            .block_on(async { tokio::time::timeout(settings.timeout, connecting).await })
+            .map_err(|_| StoreError::timed_out(&endpoints, "connecting", settings.timeout))?
+            .map_err(|source| StoreError::etcd(&endpoints, "connecting", source))?;
+        let store = Self {
+            runtime,
+            client,
+            keys: Keys::new(&settings.prefix, &settings.edge),
+            endpoints,
+            timeout: settings.timeout,
+            loaded: Arc::default(),
+            counters: Arc::default(),
+        };
+        let pool_key = store.keys.pool();
+        store.run("reading the pool", |mut kv| async move { kv.get(pool_key, None).await.map(drop) })?;
+        Ok(store)
+    }
+
+    /// Runs `request` on the store's runtime with a fresh KV client and
+    /// waits for its answer, at most `timeout`.
+    fn run<T, F>(&self, what: &'static str, request: impl FnOnce(KvClient) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let (sender, answer) = std::sync::mpsc::sync_channel(1);
+        let (requesting, timeout) = (request(self.client.kv_client()), self.timeout);
+        self.runtime.spawn(async move {
+            let _ = sender.send(tokio::time::timeout(timeout, requesting).await);
+        });
+        let result = match answer.recv() {
+            Ok(Ok(done)) => done.map_err(|source| StoreError::etcd(&self.endpoints, what, source)),
+            Ok(Err(_)) | Err(_) => Err(StoreError::timed_out(&self.endpoints, what, self.timeout)),
+        };
+        if result.is_err() {
+            crate::counters::bump(&self.counters.failures);
+        }
+        result
+    }
+
+    /// Each AOR's assignment and its key's revision, read in transactions
+    /// of at most `MAX_TXN_OPS` reads, sent together.
+    fn read(&self, aors: &[&Aor]) -> Result<Vec<Read>, StoreError> {
+        let chunks: Vec<Txn> = aors
+            .chunks(MAX_TXN_OPS / 2)
+            .map(|chunk| {
+                let reads = chunk.iter().flat_map(|aor| {
+                    [TxnOp::get(self.keys.assignment(aor), None), TxnOp::get(self.keys.seen(aor), None)]
+                });
+                Txn::new().and_then(reads.collect::<Vec<_>>())
+            })
+            .collect();
+        let answers = self.run("reading assignments", |kv| all(kv, chunks))?;
+        let values = answers.into_iter().flat_map(|answer| answer.op_responses()).map(|op| match op {
+            etcd_client::TxnOpResponse::Get(mut got) => got.take_kvs().pop(),
+            _ => None,
+        });
+        let values: Vec<_> = values.collect();
+        aors.iter()
+            .zip(values.chunks(2))
+            .map(|(aor, pair)| {
+                let [assignment, seen] = pair else { return Ok((None, 0)) };
+                let Some(assignment) = assignment else { return Ok((None, 0)) };
+                let seen = seen.as_ref().and_then(|kv| keys::seen_at(kv.value()));
+                let decoded = keys::decode((*aor).clone(), assignment.value(), seen)
+                    .map_err(|source| StoreError::Record { key: self.keys.assignment(aor), source })?;
+                Ok((Some(decoded), assignment.mod_revision()))
+            })
+            .collect()
+    }
+
+    /// Writes each assignment if its key is still at the revision it was
+    /// read at; per write, whether it was made.
+    fn write(&self, writes: &[(Assignment, i64, bool)]) -> Result<Vec<bool>, StoreError> {
+        // Per AOR one compare and one or two puts.
+        let per_txn = MAX_TXN_OPS / 2;
+        let chunks: Vec<Txn> = writes
+            .chunks(per_txn)
+            .map(|chunk| {
+                let compares: Vec<Compare> = chunk
+                    .iter()
+                    .map(|(new, revision, _)| {
+                        Compare::mod_revision(self.keys.assignment(&new.aor), CompareOp::Equal, *revision)
+                    })
+                    .collect();
+                let puts = chunk.iter().flat_map(|(new, _, seen)| {
+                    let assignment = TxnOp::put(self.keys.assignment(&new.aor), keys::encode(new), None);
+                    let sighting = seen.then(|| TxnOp::put(self.keys.seen(&new.aor), new.last_seen.to_string(), None));
+                    std::iter::once(assignment).chain(sighting)
+                });
+                Txn::new().when(compares).and_then(puts.collect::<Vec<_>>())
+            })
+            .collect();
+        let lengths: Vec<usize> = writes.chunks(per_txn).map(<[_]>::len).collect();
+        let answers = self.run("writing assignments", |kv| all(kv, chunks))?;
+        Ok(answers.iter().zip(lengths).flat_map(|(answer, n)| std::iter::repeat_n(answer.succeeded(), n)).collect())
+    }
+
+    /// One page of assignments in key order, at `revision` (0: the newest).
+    fn range(&self, after: Option<&Aor>, limit: i64, revision: i64) -> Result<(Vec<Assignment>, i64), StoreError> {
+        let start = after.map_or_else(|| self.keys.assignments(), |aor| format!("{}\0", self.keys.assignment(aor)));
+        let end = prefix_end(&self.keys.assignments());
+        let options = GetOptions::new().with_range(end).with_limit(limit).with_revision(revision);
+        let mut answer = self.run("reading assignments", |mut kv| async move { kv.get(start, Some(options)).await })?;
+        let at = answer.header().map_or(revision, |header| header.revision());
+        let rows = answer.take_kvs();
+        let aors: Vec<Aor> = rows
+            .iter()
+            .filter_map(|kv| match self.keys.record(kv.key_str().ok()?) {
+                Some(keys::Record::Assignment(aor)) => Some(aor),
+                _ => None,
+            })
+            .collect();
+        let seen = self.sightings(&aors, at)?;
+        let assignments = aors
+            .into_iter()
+            .zip(&rows)
+            .map(|(aor, kv)| {
+                let last_seen = seen.get(&aor).copied();
+                let key = self.keys.assignment(&aor);
+                keys::decode(aor, kv.value(), last_seen).map_err(|source| StoreError::Record { key, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((assignments, at))
+    }
+
+    /// When each of `aors` was last seen, as kept at `revision`.
+    fn sightings(&self, aors: &[Aor], revision: i64) -> Result<HashMap<Aor, u64>, StoreError> {
+        let (Some(first), Some(last)) = (aors.first(), aors.last()) else { return Ok(HashMap::new()) };
+        let options = GetOptions::new().with_range(format!("{}\0", self.keys.seen(last))).with_revision(revision);
+        let start = self.keys.seen(first);
+        let mut answer = self.run("reading sightings", |mut kv| async move { kv.get(start, Some(options)).await })?;
+        Ok(answer
+            .take_kvs()
+            .iter()
+            .filter_map(|kv| match self.keys.record(kv.key_str().ok()?)? {
+                keys::Record::Seen(aor) => Some((aor, keys::seen_at(kv.value())?)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Puts and deletes, in transactions of at most `MAX_TXN_OPS`.
+    fn apply(&self, what: &'static str, ops: Vec<TxnOp>) -> Result<(), StoreError> {
+        let chunks: Vec<Txn> = ops.chunks(MAX_TXN_OPS).map(|chunk| Txn::new().and_then(chunk.to_vec())).collect();
+        self.run(what, |kv| all(kv, chunks)).map(drop)
+    }
+}
+
+/// Sends every transaction at once and waits for them all, in order.
+async fn all(kv: KvClient, txns: Vec<Txn>) -> Result<Vec<etcd_client::TxnResponse>, etcd_client::Error> {
+    let mut sending = tokio::task::JoinSet::new();
+    for (index, txn) in txns.into_iter().enumerate() {
+        let mut kv = kv.clone();
+        sending.spawn(async move { (index, kv.txn(txn).await) });
+    }
+    let mut answers: Vec<Option<etcd_client::TxnResponse>> = Vec::new();
+    answers.resize_with(sending.len(), || None);
+    while let Some(done) = sending.join_next().await {
+        let (index, answer) = done.map_err(|error| etcd_client::Error::InvalidArgs(error.to_string()))?;
+        answers[index] = Some(answer?);
+    }
+    Ok(answers.into_iter().flatten().collect())
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions, StoreError> {
+    let mut options = ConnectOptions::new()
+        .with_timeout(settings.timeout)
+        .with_connect_timeout(settings.timeout)
+        .with_keep_alive(Duration::from_secs(1), settings.timeout)
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    if let Some((name, password)) = &settings.user {
+        options = options.with_user(name, password);
+    }
+    if let Some(tls) = &settings.tls {
+        options = options.with_tls(tls_options(tls)?);
+    }
+    Ok(options)
+}
+
+fn tls_options(tls: &Tls) -> Result<TlsOptions, StoreError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| StoreError::Certificate { path: path.display().to_string(), source })
+    };
+    let mut options = TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+    if let Some((cert, key)) = &tls.identity {
+        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options)
+}
+
+impl AssignmentStore for EtcdStore {
+    fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError> {
+        Ok(self.read(&[aor])?.pop().and_then(|(assignment, _)| assignment))
+    }
+
+    fn update_many(
+        &self,
+        aors: &[&Aor],
+        change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Vec<Option<Assignment>>, StoreError> {
+        let mut results: Vec<Option<Assignment>> = vec![None; aors.len()];
+        let mut pending: Vec<usize> = (0..aors.len()).collect();
+        for _ in 0..ATTEMPTS {
+            let wanted: Vec<&Aor> = pending.iter().map(|&i| aors[i]).collect();
+            let mut writes = Vec::new();
+            let mut written = Vec::new();
+            for (&i, (current, revision)) in pending.iter().zip(self.read(&wanted)?) {
+                match change(aors[i], current.as_ref()) {
+                    Some(new) => {
+                        let seen = current.as_ref().is_none_or(|c| c.last_seen != new.last_seen);
+                        writes.push((new, revision, seen));
+                        written.push(i);
+                    }
+                    None => results[i] = current,
+                }
+            }
+            let made = self.write(&writes)?;
+            pending.clear();
+            for ((i, (new, _, _)), made) in written.into_iter().zip(writes).zip(made) {
+                if made {
+                    results[i] = Some(new);
+                } else {
+                    // Another edge wrote it since it was read: decided again.
+                    pending.push(i);
+                }
+            }
+            if pending.is_empty() {
+                return Ok(results);
+            }
+        }
+        Err(StoreError::Contended { endpoints: self.endpoints.clone(), aors: pending.len() })
+    }
+
+    fn all(&self) -> Result<Vec<Assignment>, StoreError> {
+        let (mut assignments, revision) = self.range(None, PAGE, 0)?;
+        let mut last = assignments.len();
+        while last == PAGE as usize {
+            let (page, _) = self.range(assignments.last().map(|a| &a.aor), PAGE, revision)?;
+            last = page.len();
+            assignments.extend(page);
+        }
+        self.loaded.store(revision, Ordering::Release);
+        Ok(assignments)
+    }
+
+    fn page(&self, after: Option<&Aor>, limit: usize) -> Result<Vec<Assignment>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX).min(PAGE);
+        Ok(self.range(after, limit, 0)?.0)
+    }
+
+    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError> {
+        let removals = expired.iter().flat_map(|aor| {
+            [TxnOp::delete(self.keys.assignment(aor), None), TxnOp::delete(self.keys.seen(aor), None)]
+        });
+        let sightings = seen.iter().map(|(aor, at)| TxnOp::put(self.keys.seen(aor), at.to_string(), None));
+        self.apply("expiring assignments", removals.chain(sightings).collect())
+    }
+
+    fn watches(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let prefix = self.keys.watches();
+        let options = GetOptions::new().with_prefix();
+        let mut answer =
+            self.run("reading watchers' dialogs", |mut kv| async move { kv.get(prefix, Some(options)).await })?;
+        let own = self.keys.watches();
+        Ok(answer
+            .take_kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?.strip_prefix(&own)?;
+                Some((key.to_owned(), kv.value_str().ok()?.to_owned()))
+            })
+            .collect())
+    }
+
+    fn save_watches(&self, kept: &[(String, String)], removed: &[String]) -> Result<(), StoreError> {
+        let puts = kept.iter().map(|(key, record)| TxnOp::put(self.keys.watch(key), record.as_str(), None));
+        let deletes = removed.iter().map(|key| TxnOp::delete(self.keys.watch(key), None));
+        self.apply("saving watchers' dialogs", puts.chain(deletes).collect())
+    }
+
+    fn pool(&self) -> Result<Option<StoredPool>, StoreError> {
+        let key = self.keys.pool();
+        let mut answer = self.run("reading the pool", |mut kv| async move { kv.get(key, None).await })?;
+        let Some(kv) = answer.take_kvs().pop() else { return Ok(None) };
+        Ok(Some(serde_json::from_slice(kv.value())?))
+    }
+
+    fn save_pool(&self, pool: &StoredPool) -> Result<(), StoreError> {
+        let json = serde_json::to_string(pool)?;
+        let key = self.keys.pool();
+        self.run("saving the pool", |mut kv| async move { kv.put(key, json, None).await.map(drop) })
+    }
+
+    fn follow(&self, sink: Sink) -> Result<(), StoreError> {
+        let follower = follow::Follower {
+            client: self.client.clone(),
+            keys: self.keys.clone(),
+            endpoints: self.endpoints.clone(),
+            from: self.loaded.load(Ordering::Acquire) + 1,
+            sink,
+            counters: self.counters.clone(),
+        };
+        self.runtime.spawn(follower.run());
+        Ok(())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.counters.snapshot()
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn lead(&self, sink: Leadership) -> Result<(), StoreError> {
+        let campaign = leader::Campaign {
+            client: self.client.clone(),
+            name: self.keys.leader(),
+            edge: self.keys.edge().to_owned(),
+            sink,
+            counters: self.counters.clone(),
+        };
+        self.runtime.spawn(campaign.run());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_prefix_is_its_next_key() {
+        assert_eq!(prefix_end("/r/a/"), b"/r/a0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+        assert_eq!(prefix_end(""), vec![0]);
+    }
+}

@@ -1,0 +1,281 @@
+//! The etcd store as two edges use it, against a real etcd (Debian's
+//! etcd-server) on loopback: one assignment when two edges see a new AOR
+//! at once, every commit followed by the other edge, a reload after
+//! compaction, one leader at a time, and a clear, quick failure when etcd
+//! is gone.
+
+use std::{
+    net::{Ipv4Addr, TcpListener},
+    os::unix::process::CommandExt,
+    process::{Child, Command, Stdio},
+    sync::{Barrier, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use redirector::{
+    sip::Aor,
+    store::{Assignment, AssignmentStore, EtcdSettings, EtcdStore, StoreEvent, StoredPool},
+};
+use redirector_tests::topology::{kill_group, tempdir};
+
+/// One etcd member on loopback, killed with its process group on drop.
+struct Etcd {
+    child: Child,
+    endpoint: String,
+    _data: tempdir::Dir,
+}
+
+impl Etcd {
+    fn start() -> Self {
+        let data = tempdir::Dir::new();
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "solo", "--data-dir"])
+            .arg(data.path())
+            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("solo={peer_url}")])
+            .args(["--log-level", "error"])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting etcd (Debian's etcd-server: `cargo xtask setup` installs it)");
+        let etcd = Self { child, endpoint, _data: data };
+        etcd.wait_ready();
+        etcd
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if EtcdStore::connect(&self.settings("/ready/", "probe")).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("etcd at {} did not answer within 20 s", self.endpoint);
+    }
+
+    fn settings(&self, prefix: &str, edge: &str) -> EtcdSettings {
+        EtcdSettings {
+            endpoints: vec![self.endpoint.clone()],
+            prefix: prefix.into(),
+            edge: edge.into(),
+            user: None,
+            tls: None,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn store(&self, prefix: &str, edge: &str) -> EtcdStore {
+        EtcdStore::connect(&self.settings(prefix, edge)).expect("connecting to etcd")
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> String {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint])
+            .args(args)
+            .output()
+            .expect("running etcdctl (Debian's etcd-client)");
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        kill_group(&mut self.child);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+}
+
+fn aor(user: &str) -> Aor {
+    Aor::from_uri(&format!("sip:{user}@example.net"), "To").unwrap()
+}
+
+/// Assigns `aor` to `server` unless it has an assignment: the first
+/// contact's rule. Returns the stored assignment and how often `change`
+/// was called.
+fn assign_new(store: &EtcdStore, aor: &Aor, server: &str) -> (Assignment, usize) {
+    let mut calls = 0;
+    let stored = store
+        .update(aor, &mut |current| {
+            calls += 1;
+            current.is_none().then(|| Assignment::new(aor.clone(), server.into()))
+        })
+        .expect("assigning");
+    (stored.expect("an assignment"), calls)
+}
+
+/// Collects what a store's watch delivers.
+fn follower(store: &EtcdStore) -> mpsc::Receiver<StoreEvent> {
+    let (sender, events) = mpsc::channel();
+    let sender = Mutex::new(sender);
+    store
+        .follow(Box::new(move |batch| {
+            let sender = sender.lock().unwrap();
+            batch.into_iter().for_each(|event| drop(sender.send(event)));
+        }))
+        .unwrap();
+    events
+}
+
+fn next(events: &mpsc::Receiver<StoreEvent>) -> StoreEvent {
+    events.recv_timeout(Duration::from_secs(5)).expect("a followed change within 5 s")
+}
+
+#[test]
+fn two_edges_seeing_one_new_aor_at_once_end_with_one_assignment() {
+    let etcd = Etcd::start();
+    let (a, b) = (etcd.store("/race/", "a"), etcd.store("/race/", "b"));
+    let aors: Vec<Aor> = (0..40).map(|n| aor(&format!("race{n}"))).collect();
+    let start = Barrier::new(2);
+    let run = |store: &EtcdStore, server: &str| {
+        start.wait();
+        aors.iter().map(|aor| assign_new(store, aor, server)).collect::<Vec<_>>()
+    };
+    let (results_a, results_b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| run(&a, "home1"));
+        let b = scope.spawn(|| run(&b, "home2"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for ((from_a, _), (from_b, _)) in results_a.iter().zip(&results_b) {
+        assert_eq!(from_a.server, from_b.server, "{}: both edges answer the same home", from_a.aor);
+        assert_eq!(from_a.generation, 1);
+    }
+    let stored = a.all().unwrap();
+    assert_eq!(stored.len(), aors.len(), "one assignment per AOR");
+    // The batch API: one transaction of many, and a loser adopts.
+    let refs: Vec<&Aor> = aors.iter().collect();
+    let mut decided = 0;
+    let again = b
+        .update_many(&refs, &mut |_, current| {
+            decided += 1;
+            current.is_none().then(|| unreachable!("every AOR is assigned"))
+        })
+        .unwrap();
+    assert_eq!(decided, aors.len());
+    let mut again: Vec<Assignment> = again.into_iter().flatten().collect();
+    again.sort_by(|x, y| x.aor.cmp(&y.aor));
+    assert_eq!(again, stored, "read back in one batch as stored");
+}
+
+#[test]
+fn a_losing_edge_decides_again_with_the_winners_assignment() {
+    let etcd = Etcd::start();
+    let (a, b) = (etcd.store("/adopt/", "a"), etcd.store("/adopt/", "b"));
+    let alice = aor("alice");
+    // b reads alice as absent, then a assigns her before b writes.
+    let mut calls = Vec::new();
+    let stored = b
+        .update(&alice, &mut |current| {
+            calls.push(current.map(|c| c.server.clone()));
+            if calls.len() == 1 {
+                assign_new(&a, &alice, "home1");
+            }
+            current.is_none().then(|| Assignment::new(alice.clone(), "home2".into()))
+        })
+        .unwrap();
+    assert_eq!(calls, [None, Some("home1".to_owned())], "decided again with the winner's assignment");
+    assert_eq!(stored.unwrap().server, "home1", "the loser adopts the winner's home");
+    assert_eq!(a.get(&alice).unwrap().unwrap().server, "home1");
+}
+
+#[test]
+fn every_commit_reaches_the_other_edge_in_order() {
+    let etcd = Etcd::start();
+    let (a, b) = (etcd.store("/follow/", "a"), etcd.store("/follow/", "b"));
+    assign_new(&a, &aor("before"), "home1");
+    b.all().unwrap();
+    let events = follower(&b);
+    let (bob, carol) = (aor("bob"), aor("carol"));
+    let (assigned, _) = assign_new(&a, &bob, "home1");
+    match next(&events) {
+        StoreEvent::Assigned(followed) => {
+            assert_eq!((followed.aor, followed.server, followed.generation), (bob.clone(), "home1".into(), 1))
+        }
+        other => panic!("expected bob's assignment, got {other:?}"),
+    }
+    assert_eq!(next(&events), StoreEvent::Seen(bob.clone(), assigned.last_seen), "a new client's sighting");
+    a.reassign_many(&[(&bob, "home2")]).unwrap();
+    match next(&events) {
+        StoreEvent::Assigned(moved) => assert_eq!((moved.server, moved.generation), ("home2".into(), 2)),
+        other => panic!("expected bob's move, got {other:?}"),
+    }
+    assign_new(&a, &carol, "home2");
+    a.expire(&[&carol], &[(&bob, 42)]).unwrap();
+    let mut rest: Vec<StoreEvent> = (0..4).map(|_| next(&events)).collect();
+    rest.retain(|event| !matches!(event, StoreEvent::Assigned(_)) && *event != StoreEvent::Seen(carol.clone(), 0));
+    assert!(rest.contains(&StoreEvent::Removed(carol.clone())), "{rest:?}");
+    assert!(rest.contains(&StoreEvent::Seen(bob.clone(), 42)), "{rest:?}");
+    let pool = StoredPool { next_slot: 3, ..StoredPool::default() };
+    a.save_pool(&pool).unwrap();
+    assert_eq!(next(&events), StoreEvent::Pool(pool));
+}
+
+#[test]
+fn an_edge_behind_a_compaction_reloads_everything() {
+    let etcd = Etcd::start();
+    let (a, b) = (etcd.store("/compact/", "a"), etcd.store("/compact/", "b"));
+    b.all().unwrap();
+    for n in 0..5 {
+        assign_new(&a, &aor(&format!("c{n}")), "home1");
+    }
+    let status = etcd.etcdctl(&["endpoint", "status", "--write-out", "json"]);
+    let revision: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let revision = revision[0]["Status"]["header"]["revision"].as_i64().unwrap();
+    etcd.etcdctl(&["compact", &revision.to_string()]);
+    let events = follower(&b);
+    match next(&events) {
+        StoreEvent::Reloaded(all) => assert_eq!(all.len(), 5, "every assignment as it is now"),
+        other => panic!("expected a reload, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_edge_leads_and_another_takes_over_when_it_dies() {
+    let etcd = Etcd::start();
+    let (leads, told) = mpsc::channel();
+    let campaign = |edge: &'static str| {
+        let store = etcd.store("/lead/", edge);
+        let leads = Mutex::new(leads.clone());
+        store
+            .lead(Box::new(move |leading| {
+                let _ = leads.lock().unwrap().send((edge, leading));
+            }))
+            .unwrap();
+        store
+    };
+    let (a, b) = (campaign("a"), campaign("b"));
+    let (first, leading) = told.recv_timeout(Duration::from_secs(10)).expect("a leader within 10 s");
+    assert!(leading);
+    assert!(told.recv_timeout(Duration::from_secs(1)).is_err(), "only one edge leads");
+    let lost = Instant::now();
+    // The leader dies: its runtime, and so its lease's keep-alive, ends.
+    drop(if first == "a" { a } else { b });
+    let (second, leading) = told.recv_timeout(Duration::from_secs(10)).expect("another leader within 10 s");
+    assert!(leading && second != first, "{second} takes over from {first}");
+    let bound = Duration::from_secs(redirector::store::LEADER_LEASE as u64 + 2);
+    assert!(lost.elapsed() <= bound, "took over in {:?}, more than the lease and 2 s", lost.elapsed());
+}
+
+#[test]
+fn with_etcd_gone_a_write_fails_quickly_naming_it() {
+    let mut etcd = Etcd::start();
+    let store = etcd.store("/gone/", "a");
+    kill_group(&mut etcd.child);
+    let started = Instant::now();
+    let error = store
+        .update(&aor("dave"), &mut |_| Some(Assignment::new(aor("dave"), "home1".into())))
+        .expect_err("etcd is gone");
+    assert!(error.is_unavailable(), "{error}");
+    assert!(error.to_string().contains(&etcd.endpoint), "names the endpoint: {error}");
+    assert!(started.elapsed() < Duration::from_secs(5), "within the timeout: {:?}", started.elapsed());
+}
