@@ -278,4 +278,7 @@ fn with_etcd_gone_a_write_fails_quickly_naming_it() {
     assert!(error.is_unavailable(), "{error}");
     assert!(error.to_string().contains(&etcd.endpoint), "names the endpoint: {error}");
     assert!(started.elapsed() < Duration::from_secs(5), "within the timeout: {:?}", started.elapsed());
+    // The next request does not wait for the timeout again.
+    let again = store.get(&aor("dave")).expect_err("etcd is still gone");
+    assert!(again.is_unavailable() && again.to_string().contains("not tried"), "{again}");
 }

@@ -429,8 +429,10 @@ impl Operations {
         }
     }
 
-    /// A verdict of this edge's health checks; only the leader's count.
+    /// A verdict of this edge's health checks: published for the other
+    /// edges to see, and applied if this edge leads.
     fn apply_health(&mut self, transition: Transition) {
+        self.publish_health();
         if !self.leading {
             return;
         }
@@ -440,6 +442,25 @@ impl Operations {
         };
         if let Err(error) = self.set_health(server, healthy) {
             tracing::warn!(server, healthy, %error, "applying a health verdict failed");
+        }
+    }
+
+    /// What this edge's health checks see, by server name, in a shared
+    /// store (an operator compares the edges' views with etcdctl).
+    fn publish_health(&self) {
+        let store = self.assignments.store();
+        if !store.shared() {
+            return;
+        }
+        let pool = self.pool.load();
+        let seen: BTreeMap<String, bool> = self
+            .tracker
+            .verdicts()
+            .into_iter()
+            .filter_map(|(slot, up)| Some((pool.by_index(slot)?.name.clone(), up)))
+            .collect();
+        if let Err(error) = store.publish_health(&seen) {
+            tracing::warn!(%error, "publishing this edge's health verdicts failed");
         }
     }
 

@@ -104,6 +104,8 @@ pub enum StoreError {
     Etcd { endpoints: String, what: &'static str, source: Box<etcd_client::Error> },
     #[error("etcd at {endpoints}: {what} took longer than {seconds} s (is the cluster up, with a quorum, and reachable from this edge?)")]
     TimedOut { endpoints: String, what: &'static str, seconds: f64 },
+    #[error("etcd at {endpoints}: {what} not tried: etcd was out of reach moments ago (is the cluster up, with a quorum, and reachable from this edge?)")]
+    Unreachable { endpoints: String, what: &'static str },
     #[error("etcd at {endpoints}: {aors} assignments kept being changed by other edges while this one wrote them; try again")]
     Contended { endpoints: String, aors: usize },
     #[error("etcd record {key} does not read back: {source}")]
@@ -126,7 +128,25 @@ impl StoreError {
     /// Whether the store could not be reached (as opposed to refusing or
     /// failing a request): new clients are then told to come back later.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Etcd { .. } | Self::TimedOut { .. } | Self::Contended { .. })
+        match self {
+            Self::Etcd { source, .. } => out_of_reach(source),
+            Self::TimedOut { .. } | Self::Unreachable { .. } | Self::Contended { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether an etcd error says the cluster could not be reached or had no
+/// quorum (rather than refusing the request).
+fn out_of_reach(error: &etcd_client::Error) -> bool {
+    use etcd_client::Error;
+    match error {
+        Error::TransportError(_) | Error::IoError(_) | Error::WatchError(_) | Error::LeaseKeepAliveError(_) => true,
+        Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown
+        ),
+        _ => false,
     }
 }
 
@@ -191,6 +211,13 @@ pub trait AssignmentStore: Send + Sync {
     /// whenever this edge gains (`true`) or loses it. An edge alone with
     /// its store leads for good, and `sink` is never called.
     fn lead(&self, _sink: Leadership) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Publishes what this edge's health checks see (`true`: up), by
+    /// server name, beside the other edges' views. Nothing to publish to
+    /// without other edges.
+    fn publish_health(&self, _seen: &std::collections::BTreeMap<String, bool>) -> Result<(), StoreError> {
         Ok(())
     }
 

@@ -44,6 +44,8 @@ pub struct Follower {
     pub from: i64,
     pub sink: Sink,
     pub counters: Arc<StoreCounters>,
+    /// Told when the watch is back: etcd answers again.
+    pub reach: Arc<super::Reach>,
 }
 
 impl Follower {
@@ -66,6 +68,7 @@ impl Follower {
         let options = WatchOptions::new().with_prefix().with_start_revision(self.from).with_progress_notify();
         let mut stream = self.client.watch_client().watch(self.keys.prefix(), Some(options)).await?;
         while let Some(response) = stream.message().await? {
+            self.reach.back();
             if response.compact_revision() > 0 {
                 return self.reload().await;
             }

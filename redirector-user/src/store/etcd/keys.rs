@@ -6,6 +6,7 @@
 //! <prefix>seen/<aor>             seconds since the Unix epoch the client was last seen
 //! <prefix>pool                   the home servers (`StoredPool`)
 //! <prefix>watches/<edge>/<key>   a watcher's dialog, kept by the edge that holds it
+//! <prefix>health/<edge>          {"home1":true,…}: what that edge's health checks see
 //! <prefix>leader/…               the election of the edge that leads (see `leader`)
 //! ```
 //!
@@ -59,6 +60,11 @@ impl Keys {
 
     pub fn edge(&self) -> &str {
         &self.edge
+    }
+
+    /// What this edge's health checks see.
+    pub fn health(&self) -> String {
+        format!("{}health/{}", self.prefix, self.edge)
     }
 
     /// The election of the edge that makes the pool's decisions.

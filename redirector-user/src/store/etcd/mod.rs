@@ -80,6 +80,35 @@ pub struct EtcdStore {
     /// the next one misses nothing.
     loaded: Arc<AtomicI64>,
     counters: Arc<StoreCounters>,
+    reach: Arc<Reach>,
+}
+
+/// How long requests fail at once after etcd was found out of reach,
+/// unless the follower's watch is back before.
+const PROBE_AFTER: Duration = Duration::from_secs(5);
+
+/// Whether etcd answered lately. Once a request finds it out of reach,
+/// requests fail at once (a new client gets its 503 without waiting for the
+/// timeout, and the state owner is not held up) until the follower's watch
+/// is back, or `PROBE_AFTER` has passed and a request tries again.
+#[derive(Debug, Default)]
+pub struct Reach {
+    lost_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Reach {
+    fn lost_recently(&self) -> bool {
+        self.lost_at.lock().expect("reach lock").is_some_and(|at| at.elapsed() < PROBE_AFTER)
+    }
+
+    fn lost(&self) {
+        *self.lost_at.lock().expect("reach lock") = Some(std::time::Instant::now());
+    }
+
+    /// etcd answered.
+    pub fn back(&self) {
+        *self.lost_at.lock().expect("reach lock") = None;
+    }
 }
 
 /// An AOR as read: its assignment, and the revision its key was last
@@ -110,6 +139,7 @@ impl EtcdStore {
             timeout: settings.timeout,
             loaded: Arc::default(),
             counters: Arc::default(),
+            reach: Arc::default(),
         };
         let pool_key = store.keys.pool();
         store.run("reading the pool", |mut kv| async move { kv.get(pool_key, None).await.map(drop) })?;
@@ -123,6 +153,10 @@ impl EtcdStore {
         T: Send + 'static,
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
+        if self.reach.lost_recently() {
+            crate::counters::bump(&self.counters.failures);
+            return Err(StoreError::Unreachable { endpoints: self.endpoints.clone(), what });
+        }
         let (sender, answer) = std::sync::mpsc::sync_channel(1);
         let (requesting, timeout) = (request(self.client.kv_client()), self.timeout);
         self.runtime.spawn(async move {
@@ -132,8 +166,14 @@ impl EtcdStore {
             Ok(Ok(done)) => done.map_err(|source| StoreError::etcd(&self.endpoints, what, source)),
             Ok(Err(_)) | Err(_) => Err(StoreError::timed_out(&self.endpoints, what, self.timeout)),
         };
-        if result.is_err() {
-            crate::counters::bump(&self.counters.failures);
+        match &result {
+            Err(error) => {
+                crate::counters::bump(&self.counters.failures);
+                if error.is_unavailable() {
+                    self.reach.lost();
+                }
+            }
+            Ok(_) => self.reach.back(),
         }
         result
     }
@@ -413,6 +453,7 @@ impl AssignmentStore for EtcdStore {
             from: self.loaded.load(Ordering::Acquire) + 1,
             sink,
             counters: self.counters.clone(),
+            reach: self.reach.clone(),
         };
         self.runtime.spawn(follower.run());
         Ok(())
@@ -424,6 +465,12 @@ impl AssignmentStore for EtcdStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn publish_health(&self, seen: &std::collections::BTreeMap<String, bool>) -> Result<(), StoreError> {
+        let json = serde_json::to_string(seen)?;
+        let key = self.keys.health();
+        self.run("publishing health verdicts", |mut kv| async move { kv.put(key, json, None).await.map(drop) })
     }
 
     fn lead(&self, sink: Leadership) -> Result<(), StoreError> {
