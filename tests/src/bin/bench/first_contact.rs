@@ -156,7 +156,7 @@ pub struct Load {
 impl Load {
     /// As fast as answers come back, `WINDOW` in flight: the rate a
     /// first-contact answerer can sustain.
-    fn closed(limit: Duration, max: u64) -> Self {
+    pub fn closed(limit: Duration, max: u64) -> Self {
         Self { first: 1, max, limit, pace: Pace::Flat, window: WINDOW }
     }
 }

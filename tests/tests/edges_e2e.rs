@@ -1,0 +1,151 @@
+//! Several edges, one truth (issue #11): two edges in front of one service
+//! address, reached over ECMP, share their store through a three-member
+//! etcd cluster, in front of stock Kamailio registrars. Assignments agree
+//! whichever edge a client came through; a drain on one edge repoints the
+//! other's kernel entries; a killed etcd member changes nothing; a killed
+//! edge's clients go on through the other with the same homes; a killed
+//! leader is replaced and a dead home is still failed over; an edge cut
+//! off from etcd serves its known clients, refuses new ones with 503 and
+//! moves with an error naming etcd, and catches up once it is back.
+
+use std::collections::BTreeMap;
+
+use redirector::ops::api::{Entry, Stats};
+use redirector_tests::{
+    operator::{cli_json, routes, wait_until},
+    privileged,
+    sip_pool::{Registrar, start_registrars},
+    topology::{home_index, serial},
+    two_edges::TwoEdges,
+};
+
+/// Health checks fast enough for a failover within the test's bounds.
+const HEALTH: &str = "[health]\ninterval = 0.2\ndown_after = 3\nup_after = 3\n";
+
+/// Both edges running on the shared store, every home registering.
+fn start(mode: &'static str) -> TwoEdges {
+    let mut two = TwoEdges::new(mode);
+    two.pool.extra_config = HEALTH.into();
+    start_registrars(&mut two.pool, Registrar::Kamailio);
+    for edge in 0..2 {
+        let store = two.etcd_store(edge);
+        two.start_edge(edge, &store);
+    }
+    two
+}
+
+/// Edge `edge`'s assignments: AOR → home.
+fn homes(two: &TwoEdges, edge: usize) -> BTreeMap<String, String> {
+    routes(two.edge(edge)).into_iter().map(|route| (route.aor, route.server)).collect()
+}
+
+/// Waits until both edges hold the same `count` assignments; returns them.
+fn agreed(two: &TwoEdges, count: usize) -> BTreeMap<String, String> {
+    let agree = || {
+        let a = homes(two, 0);
+        a.len() == count && a == homes(two, 1)
+    };
+    wait_until(agree, &format!("both edges hold the same {count} assignments"));
+    homes(two, 0)
+}
+
+fn stats(two: &TwoEdges, edge: usize) -> Stats {
+    cli_json(two.edge(edge), &["stats", "--json"])
+}
+
+fn leads(two: &TwoEdges, edge: usize) -> bool {
+    stats(two, edge).store.get("leading") == Some(&1)
+}
+
+fn entries(two: &TwoEdges, edge: usize, aor: &str) -> Vec<Entry> {
+    cli_json(two.edge(edge), &["entries", aor, "--json"])
+}
+
+#[test]
+fn two_edges_share_assignments_drains_and_failover_through_etcd() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let mut two = start("nat");
+    wait_until(|| leads(&two, 0) != leads(&two, 1), "exactly one edge leads");
+
+    // 16 ports: ECMP sends clients through both edges.
+    assert!(two.register("shared", 16, 7000), "every REGISTER is answered");
+    let assigned = agreed(&two, 16);
+    let through = |edge: usize| two.first_contact(edge, "requests");
+    assert!(through(0) > 0 && through(1) > 0, "clients came through both edges");
+
+    // A killed etcd member changes nothing: 8 more clients, all answered.
+    two.etcd.kill_member(2);
+    assert!(two.register("quorum", 8, 7100), "every REGISTER is answered with two of three members");
+    let assigned_more = agreed(&two, 24);
+    assert!(assigned.iter().all(|(aor, home)| assigned_more.get(aor) == Some(home)), "nobody moved");
+
+    // A drain on edge 0 repoints edge 1's kernel entries.
+    let drained = assigned_more.values().next().expect("a home with clients").clone();
+    let output = two.cli(0, &["drain", &drained]);
+    assert!(output.status.success(), "drain: {}", String::from_utf8_lossy(&output.stderr));
+    let after_drain = agreed(&two, 24);
+    assert!(after_drain.values().all(|home| *home != drained), "no client left on {drained}");
+    let on_edge_1: Vec<(&String, &String)> =
+        after_drain.iter().filter(|(aor, _)| !entries(&two, 1, aor).is_empty()).collect();
+    assert!(!on_edge_1.is_empty(), "edge 1 holds kernel entries");
+    for (aor, home) in &on_edge_1 {
+        let slots: Vec<u32> = entries(&two, 1, aor).iter().map(|e| e.server).collect();
+        assert!(
+            slots.iter().all(|&slot| slot as usize == home_index(home)),
+            "{aor}'s entries on edge 1 point at {home}: {slots:?}"
+        );
+    }
+    assert!(two.register("shared", 16, 7000), "the drained clients register at their new homes");
+    assert!(two.register("quorum", 8, 7100));
+    let undrained = two.cli(0, &["undrain", &drained]);
+    assert!(undrained.status.success());
+
+    // The leader dies: the other edge leads, keeps every client's home,
+    // and fails over a dead home.
+    let leader = if leads(&two, 0) { 0 } else { 1 };
+    let survivor = 1 - leader;
+    two.kill_edge(leader);
+    wait_until(|| leads(&two, survivor), "the surviving edge leads");
+    assert!(two.register("shared", 16, 7000), "the dead edge's clients go on through the other");
+    assert!(two.register("quorum", 8, 7100));
+    assert_eq!(homes(&two, survivor), after_drain, "every client kept its home");
+    let dead = after_drain.values().next().expect("a home with clients").clone();
+    two.pool.stop_registrar(home_index(&dead));
+    let failed_over = || homes(&two, survivor).values().all(|home| *home != dead);
+    wait_until(failed_over, &format!("the new leader moved every client off the dead {dead}"));
+    assert_eq!(homes(&two, survivor).len(), 24, "no assignment lost");
+}
+
+#[test]
+fn an_edge_cut_off_from_etcd_serves_known_clients_refuses_new_ones_and_catches_up() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let mut two = start("nat");
+    assert!(two.register("known", 16, 7200), "every REGISTER is answered");
+    let known = agreed(&two, 16);
+
+    two.cut_store(1);
+    assert!(two.register("known", 16, 7200), "known clients are answered through both edges");
+    let refused_before = two.first_contact(1, "store_unavailable");
+    // Some of 16 new clients meet edge 1, which cannot commit them.
+    assert!(!two.register("new", 16, 7300), "new clients through the cut-off edge are refused");
+    assert!(two.first_contact(1, "store_unavailable") > refused_before, "counted as store_unavailable");
+    let figures = stats(&two, 1).store;
+    assert!(figures["failures"] > 0, "edge 1 counts its failed etcd requests: {figures:?}");
+    let drain = two.cli(1, &["drain", known.values().next().unwrap()]);
+    let said = String::from_utf8_lossy(&drain.stderr).to_string() + &String::from_utf8_lossy(&drain.stdout);
+    assert!(!drain.status.success() && said.contains("etcd at"), "a move is refused naming etcd: {said}");
+    // Edge 0 went on: the new clients it answered are assigned.
+    let on_edge_0 = homes(&two, 0).len();
+    assert!(on_edge_0 > 16, "edge 0 assigned new clients meanwhile ({on_edge_0})");
+
+    two.restore_store(1);
+    wait_until(|| two.register("new", 16, 7300), "after etcd is back, every new client is answered");
+    let caught_up = agreed(&two, 32);
+    assert!(known.iter().all(|(aor, home)| caught_up.get(aor) == Some(home)), "no known client moved");
+}
