@@ -2,6 +2,7 @@
 //! builders (checksums computed independently by etherparse), and the
 //! BPF_PROG_TEST_RUN fixture.
 
+pub mod etcd;
 pub mod fixture;
 pub mod netns;
 pub mod operator;

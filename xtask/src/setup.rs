@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "the kernel's L4 forwarding (DNAT), the benchmark's baseline (this kernel has no IPVS)"),
     ("baresip-core", "a real softphone (baresip) as the client of the end-to-end tests"),
     ("sipvicious", "SIP scanners (svmap, svwar) the end-to-end tests run against the edge"),
+    ("etcd-server", "a three-member etcd cluster the edges of the several-edges tests share their store through"),
+    ("etcd-client", "etcdctl, with which those tests check the cluster's health and read what the edges stored"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
