@@ -11,6 +11,7 @@ pub mod population;
 pub mod sip_pool;
 pub mod softphone;
 pub mod topology;
+pub mod two_edges;
 
 /// Whether privileged tests can run. Without root they are skipped, except
 /// under `CI=true`, where a skip is a failure.
