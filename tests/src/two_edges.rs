@@ -9,7 +9,9 @@
 //! ```
 //! Each edge has its own namespace, XDP interface, bpffs, config, control
 //! socket and redb database; the service addresses of both families are on
-//! both edges' lo. The attach mode is skb: native would need pass
+//! both edges' lo. Both modes work: in dsr the homes' decapsulators accept
+//! tunnels from either edge and answer clients directly. The attach mode
+//! is skb: native would need pass
 //! programs on every bridge port, which `prepare_edge` starts but which
 //! cost a program load each on two shared cores.
 

@@ -9,8 +9,8 @@ use redirector_tests::{
     etcd::EtcdCluster,
     operator::wait_until,
     privileged,
-    sip_pool::{Registrar, start_registrars},
-    topology::serial,
+    sip_pool::{Registrar, sipp_over, start_registrars},
+    topology::{Family, serial},
     two_edges::TwoEdges,
 };
 
@@ -34,11 +34,23 @@ fn an_etcd_cluster_of_three_answers_with_a_member_killed() {
 }
 
 #[test]
-fn registers_reach_both_edges_over_ecmp_and_the_survivor_once_one_is_killed() {
-    if !privileged() {
-        return;
+fn registers_reach_both_nat_edges_over_ecmp_and_the_survivor_once_one_is_killed() {
+    if privileged() {
+        spreads_and_survives("nat");
     }
-    let mut two = TwoEdges::new("nat");
+}
+
+#[test]
+fn registers_reach_both_dsr_edges_over_ecmp_and_the_survivor_once_one_is_killed() {
+    if privileged() {
+        spreads_and_survives("dsr");
+    }
+}
+
+/// REGISTERs from 16 ports spread over both edges, all answered, one over
+/// IPv6 too; after a kill, 8 more all meet the surviving edge.
+fn spreads_and_survives(mode: &'static str) {
+    let mut two = TwoEdges::new(mode);
     start_registrars(&mut two.pool, Registrar::Kamailio);
     two.start_edge(0, "");
     two.start_edge(1, "");
@@ -49,6 +61,8 @@ fn registers_reach_both_edges_over_ecmp_and_the_survivor_once_one_is_killed() {
     wait_until(|| counts().iter().sum::<u64>() >= 16, "every client met an edge's first contact");
     let counts = counts();
     assert!(counts.iter().all(|&n| n >= 1), "both edges had first contacts: {counts:?}");
+    let over_v6 = sipp_over(&two.pool, Family::V6, "register_expect_200.xml", 1, 6050, "v6-");
+    assert!(over_v6.status.success(), "a REGISTER over IPv6 is answered");
 
     two.kill_edge(0);
     assert!(two.register("after", 8, 6100), "every REGISTER is answered through edge 1");
