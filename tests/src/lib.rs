@@ -2,6 +2,7 @@
 //! builders (checksums computed independently by etherparse), and the
 //! BPF_PROG_TEST_RUN fixture.
 
+pub mod etcd;
 pub mod fixture;
 pub mod netns;
 pub mod operator;
@@ -10,6 +11,7 @@ pub mod population;
 pub mod sip_pool;
 pub mod softphone;
 pub mod topology;
+pub mod two_edges;
 
 /// Whether privileged tests can run. Without root they are skipped, except
 /// under `CI=true`, where a skip is a failure.

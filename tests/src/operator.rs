@@ -1,14 +1,37 @@
 //! What an operator does to a running edge, for the end-to-end tests: the
 //! `redirector` CLI against its control socket, and waits on what it shows.
 
-use std::time::{Duration, Instant};
+use std::{
+    process::Output,
+    time::{Duration, Instant},
+};
 
 use redirector::ops::api::Route;
 
-use crate::{sip_pool::InProcessEdge, topology::Topology};
+use crate::{
+    sip_pool::InProcessEdge,
+    topology::{EdgeHost, Topology},
+};
+
+/// An edge the `redirector` CLI can be run against (its control socket).
+pub trait Control {
+    fn cli(&self, args: &[&str]) -> Output;
+}
+
+impl Control for Topology {
+    fn cli(&self, args: &[&str]) -> Output {
+        Topology::cli(self, args)
+    }
+}
+
+impl Control for EdgeHost {
+    fn cli(&self, args: &[&str]) -> Output {
+        EdgeHost::cli(self, args)
+    }
+}
 
 /// `redirector ARGS`, which must succeed; its stdout.
-pub fn cli_ok(topology: &Topology, args: &[&str]) -> String {
+pub fn cli_ok(topology: &impl Control, args: &[&str]) -> String {
     let output = topology.cli(args);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "redirector {args:?}: {}{stdout}", String::from_utf8_lossy(&output.stderr));
@@ -16,7 +39,7 @@ pub fn cli_ok(topology: &Topology, args: &[&str]) -> String {
 }
 
 /// `redirector ARGS`, which must fail with `message` on stderr.
-pub fn cli_refused(topology: &Topology, args: &[&str], message: &str) {
+pub fn cli_refused(topology: &impl Control, args: &[&str], message: &str) {
     let output = topology.cli(args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "redirector {args:?} succeeded");
@@ -24,12 +47,12 @@ pub fn cli_refused(topology: &Topology, args: &[&str], message: &str) {
 }
 
 /// `redirector ARGS` (a `--json` one), which must succeed; its answer.
-pub fn cli_json<T: serde::de::DeserializeOwned>(topology: &Topology, args: &[&str]) -> T {
+pub fn cli_json<T: serde::de::DeserializeOwned>(topology: &impl Control, args: &[&str]) -> T {
     serde_json::from_str(&cli_ok(topology, args)).unwrap_or_else(|e| panic!("redirector {args:?}: {e}"))
 }
 
 /// The assignment table, as `redirector routes --json` gives it.
-pub fn routes(topology: &Topology) -> Vec<Route> {
+pub fn routes(topology: &impl Control) -> Vec<Route> {
     cli_json(topology, &["routes", "--json"])
 }
 

@@ -88,7 +88,7 @@ impl Family {
     }
 
     /// The host prefix length of the family, for addresses on lo.
-    fn host_prefix(self) -> u8 {
+    pub(crate) fn host_prefix(self) -> u8 {
         match self {
             Family::V4 => 32,
             Family::V6 => 128,
@@ -124,16 +124,25 @@ pub fn home_address_v6(index: usize) -> Ipv6Addr {
 
 /// A host on the bridge: its interface's MAC ends in `mac_tail`.
 #[derive(Clone, Copy)]
-struct Station {
-    v4: Ipv4Addr,
-    v6: Ipv6Addr,
-    mac_tail: u8,
+pub(crate) struct Station {
+    pub(crate) v4: Ipv4Addr,
+    pub(crate) v6: Ipv6Addr,
+    pub(crate) mac_tail: u8,
+}
+
+impl Station {
+    pub(crate) fn address(self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.v4.into(),
+            Family::V6 => self.v6.into(),
+        }
+    }
 }
 
 const EDGE_STATION: Station = Station { v4: EDGE, v6: EDGE_V6, mac_tail: 0x01 };
-const CLIENT_STATION: Station = Station { v4: CLIENT, v6: CLIENT_V6, mac_tail: 0x02 };
+pub(crate) const CLIENT_STATION: Station = Station { v4: CLIENT, v6: CLIENT_V6, mac_tail: 0x02 };
 
-fn home_station(index: usize) -> Station {
+pub(crate) fn home_station(index: usize) -> Station {
     Station { v4: home_address(index), v6: home_address_v6(index), mac_tail: 0x11 + index as u8 }
 }
 
@@ -153,6 +162,9 @@ impl Attach {
 }
 
 pub struct Topology {
+    /// The edge's daemon and files (first, so dropped first: its daemon
+    /// killed and its bpffs unmounted before the namespaces and `workdir` go).
+    pub(crate) edge_host: EdgeHost,
     pub lan: NetNs,
     pub client: NetNs,
     pub edge: NetNs,
@@ -174,14 +186,12 @@ pub struct Topology {
     /// `[sip] first_contact`: the design's 302 by Via, which most tests here
     /// exercise; `None` runs the daemon's default.
     pub first_contact: Option<&'static str>,
-    /// `redirector run` on the edge, once started.
-    edge_daemon: Option<Child>,
+    /// Edges besides `edge` on the bridge, whose tunnels dsr homes accept too.
+    pub(crate) other_edges: Vec<Station>,
     /// Decapsulators and pass programs; killed on drop if still running.
     daemons: Vec<Child>,
     /// Environment the edge daemon is started with (besides RUST_LOG).
     pub edge_env: Vec<(&'static str, String)>,
-    /// The edge's bpffs (dropped, so unmounted, before `workdir` goes).
-    bpffs: tempdir::Bpffs,
     workdir: tempdir::Dir,
     /// Held while the topology lives (declared last, so released last).
     _serial: File,
@@ -199,7 +209,7 @@ const HEALTH_CHECKS_OFF: &str = "[health]\ninterval = 3600\n";
 /// Kamailio competing with each other turn every wait into a race. A file
 /// lock (flock(2), per open file) also serialises against a second test
 /// process on the machine.
-fn serial() -> File {
+pub fn serial() -> File {
     let path = std::env::temp_dir().join("redirector-e2e.lock");
     let file = File::options()
         .create(true)
@@ -231,12 +241,7 @@ impl Topology {
         lan.ip("link add br0 type bridge");
         lan.ip("link set br0 up");
         let client = host(&lan, "rdr-client", "c", CLIENT_STATION);
-        let edge = host(&lan, "rdr-edge", "e", EDGE_STATION);
-        add_service_addresses(&edge);
-        edge.sysctl("net.ipv4.conf.all.forwarding=1");
-        edge.sysctl("net.ipv4.conf.e0.forwarding=1");
-        edge.sysctl("net.ipv6.conf.all.forwarding=1");
-        edge.sysctl("net.ipv6.conf.e0.forwarding=1");
+        let edge = edge_namespace(&lan, "e", EDGE_STATION);
         for family in [Family::V4, Family::V6] {
             let service = family.service().ip();
             client.ip(&format!("route add {service}/{} via {}", family.host_prefix(), family.edge()));
@@ -263,8 +268,8 @@ impl Topology {
             }
         }
         let workdir = tempdir::Dir::new();
-        let bpffs = tempdir::Bpffs::mount(&workdir.path().join("bpf"));
         Self {
+            edge_host: EdgeHost::new("e0", EDGE_STATION, workdir.path()),
             lan,
             client,
             edge,
@@ -277,10 +282,9 @@ impl Topology {
             server_state: "active",
             unlisted_homes: 0,
             first_contact: Some("by-via"),
-            edge_daemon: None,
+            other_edges: Vec::new(),
             edge_env: Vec::new(),
             daemons: Vec::new(),
-            bpffs,
             workdir,
             _serial: serial,
         }
@@ -290,13 +294,19 @@ impl Topology {
     /// home server of the given index. Health checks are off
     /// (`HEALTH_CHECKS_OFF`) unless `extra_config` has a `[health]` section.
     pub fn config(&self, clients: &[(SocketAddr, usize)]) -> String {
+        self.config_of(&self.edge_host, clients)
+    }
+
+    /// `config` for the edge `host`: its interface, addresses and files.
+    pub(crate) fn config_of(&self, host: &EdgeHost, clients: &[(SocketAddr, usize)]) -> String {
         let services: Vec<String> = self.families.iter().map(|f| format!("\"{}\"", f.service().ip())).collect();
         let mut text = format!(
-            "interface = \"e0\"\nmode = \"{}\"\nattach = \"{}\"\n[service]\naddresses = [{}]\nports = [5060]\n[edge]\n{}",
+            "interface = \"{}\"\nmode = \"{}\"\nattach = \"{}\"\n[service]\naddresses = [{}]\nports = [5060]\n[edge]\n{}",
+            host.interface,
             self.mode,
             self.attach.name(),
             services.join(", "),
-            self.addresses(Family::edge)
+            self.addresses(|family| host.station.address(family))
         );
         for i in 0..self.homes.len() - self.unlisted_homes {
             text += &format!(
@@ -308,9 +318,8 @@ impl Topology {
         for (client, home) in clients {
             text += &format!("[[clients]]\naddress = \"{client}\"\nserver = \"home{home}\"\n");
         }
-        let database = self.workdir.path().join("assignments.redb");
-        text += &format!("[control]\nsocket = \"{}\"\n", self.control_socket().display());
-        text += &format!("[sip]\ndatabase = \"{}\"\n", database.display());
+        text += &format!("[control]\nsocket = \"{}\"\n", host.control_socket().display());
+        text += &format!("[sip]\ndatabase = \"{}\"\n", host.dir.join("assignments.redb").display());
         if let Some(policy) = self.first_contact {
             text += &format!("first_contact = \"{policy}\"\n");
         }
@@ -318,7 +327,7 @@ impl Topology {
             text += HEALTH_CHECKS_OFF;
         }
         // The edge pins its state in the topology's own bpffs.
-        let bpffs = format!("[fast_path]\nbpffs = \"{}\"\n", self.bpffs.path().display());
+        let bpffs = format!("[fast_path]\nbpffs = \"{}\"\n", host.bpffs().display());
         if self.extra_config.contains("[fast_path]\n") {
             text += &self.extra_config.replace("[fast_path]\n", &bpffs);
         } else {
@@ -343,7 +352,7 @@ impl Topology {
 
     /// Where `start` writes the edge's config.
     pub fn config_path(&self) -> PathBuf {
-        self.workdir.path().join("edge.toml")
+        self.edge_host.config_path()
     }
 
     /// Starts `redirector run` on the edge (again, after `stop_edge` or
@@ -352,25 +361,12 @@ impl Topology {
     /// (A previous daemon's program may still be attached through its
     /// pinned link, and its control socket file still there.)
     pub fn run_edge(&mut self) {
-        assert!(self.edge_daemon.is_none(), "the edge daemon was stopped first");
-        let path = self.config_path();
-        let mut command = command(&self.edge, &["run", "--config", path.to_str().unwrap()]);
-        command.envs(self.edge_env.iter().map(|(name, value)| (name, value)));
-        self.edge_daemon = Some(command.spawn().unwrap_or_else(|e| panic!("starting redirector run: {e}")));
-        let start = Instant::now();
-        while !self.cli(&["servers", "--json"]).status.success() {
-            assert!(start.elapsed() < Duration::from_secs(30), "the edge daemon never answered");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        wait_for_xdp(&self.edge, "e0");
+        self.edge_host.run(&self.edge, &self.edge_env);
     }
 
     /// Sends `signal` to the edge daemon started by `start`.
     pub fn signal_edge(&self, signal: libc::c_int) {
-        let run = self.edge_daemon.as_ref().expect("the edge daemon was started");
-        // SAFETY: plain kill(2) on our own child, not yet reaped.
-        let rc = unsafe { libc::kill(run.id() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+        self.edge_host.signal(signal);
     }
 
     /// What the edge needs besides its daemon: pass programs on the bridge
@@ -399,10 +395,15 @@ impl Topology {
         for i in 0..self.homes.len() {
             let interface = format!("h{i}0");
             let mut args = vec!["decap", "--interface", &interface, "--attach", self.attach.name()];
-            let tunnel_ends: Vec<[String; 2]> =
-                self.families.iter().map(|f| [f.home(i).to_string(), f.edge().to_string()]).collect();
-            for [home, edge] in &tunnel_ends {
-                args.extend(["--address", home, "--edge", edge]);
+            // Tunnels from every edge on the bridge, to the home's own addresses.
+            let edges: Vec<Station> = std::iter::once(EDGE_STATION).chain(self.other_edges.iter().copied()).collect();
+            let mut tunnel_ends = Vec::new();
+            for &family in self.families {
+                tunnel_ends.push(("--address", family.home(i).to_string()));
+                tunnel_ends.extend(edges.iter().map(|edge| ("--edge", edge.address(family).to_string())));
+            }
+            for (flag, address) in &tunnel_ends {
+                args.extend([*flag, address.as_str()]);
             }
             let decap = spawn(&self.homes[i], &args);
             self.daemons.push(decap);
@@ -438,17 +439,12 @@ impl Topology {
 
     /// The edge daemon's control socket.
     pub fn control_socket(&self) -> PathBuf {
-        self.workdir.path().join("control.sock")
+        self.edge_host.control_socket()
     }
 
     /// Runs the `redirector` CLI against the edge daemon's control socket.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(redirector_binary())
-            .args(args)
-            .arg("--socket")
-            .arg(self.control_socket())
-            .output()
-            .expect("running the redirector CLI")
+        self.edge_host.cli(args)
     }
 
     /// `redirector assign AOR SERVER`, as an operator moves a client.
@@ -478,7 +474,7 @@ impl Topology {
 
     /// Where the edge pins its state (`[fast_path] bpffs`).
     pub fn bpffs(&self) -> &Path {
-        self.bpffs.path()
+        self.edge_host.bpffs()
     }
 
     /// A path in the topology's scratch directory.
@@ -489,10 +485,7 @@ impl Topology {
     /// Stops the edge daemon with SIGTERM; returns whether it exited 0 and
     /// whether e0 still runs its XDP program afterwards.
     pub fn stop_edge(&mut self) -> (bool, bool) {
-        let mut run = self.edge_daemon.take().expect("the edge daemon was started");
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(run.id() as i32, libc::SIGTERM) };
-        let status = wait_bounded(&mut run, Duration::from_secs(10));
+        let status = self.edge_host.stop();
         (status, has_xdp(&self.edge, "e0"))
     }
 
@@ -500,24 +493,24 @@ impl Topology {
     /// succeeded, and whether e0 is free of XDP and nothing is pinned
     /// afterwards.
     pub fn detach_edge(&self) -> (bool, bool) {
-        let bpffs = self.bpffs.path().to_str().expect("a UTF-8 path");
+        let bpffs = self.bpffs().to_str().expect("a UTF-8 path");
         let output = self.cli(&["detach", "--interface", "e0", "--bpffs", bpffs]);
         let nothing_pinned =
-            std::fs::read_dir(self.bpffs.path().join("redirector")).map_or(true, |mut d| d.next().is_none());
+            std::fs::read_dir(self.bpffs().join("redirector")).map_or(true, |mut d| d.next().is_none());
         (output.status.success(), !has_xdp(&self.edge, "e0") && nothing_pinned)
     }
 
     /// Kills the edge daemon with SIGKILL, as a crash would.
     pub fn kill_edge(&mut self) {
-        let mut run = self.edge_daemon.take().expect("the edge daemon was started");
-        run.kill().expect("SIGKILL");
-        run.wait().expect("reaping the edge daemon");
+        self.edge_host.kill();
     }
 
-    /// Starts `redirector pass` on every bridge port: (no home, port) of each.
+    /// Starts `redirector pass` on every bridge port (every host's, edges
+    /// added beside `edge` too): (no home, port) of each.
     fn start_lan_pass_programs(&mut self) -> Vec<(Option<usize>, String)> {
-        let mut ports = vec!["e0-br".to_string(), "c0-br".to_string()];
-        ports.extend((0..self.homes.len()).map(|i| format!("h{i}0-br")));
+        let listing = self.lan.exec("ip", &["-json", "link", "show", "master", "br0"]);
+        let links: Vec<serde_json::Value> = serde_json::from_slice(&listing.stdout).expect("ip -json link");
+        let ports: Vec<String> = links.iter().filter_map(|link| Some(link["ifname"].as_str()?.to_owned())).collect();
         for port in &ports {
             let child = spawn(&self.lan, &["pass", "--interface", port]);
             self.daemons.push(child);
@@ -529,10 +522,112 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         let registrars = self.registrars.iter_mut().flatten();
-        for daemon in self.edge_daemon.iter_mut().chain(&mut self.daemons).chain(registrars) {
+        for daemon in self.daemons.iter_mut().chain(registrars) {
             kill_group(daemon);
         }
     }
+}
+
+/// An edge host's `redirector run` and its own files in `dir`: config,
+/// control socket, database and bpffs. The daemon is killed on drop.
+pub struct EdgeHost {
+    /// The interface its program attaches to (`interface` in its config).
+    pub interface: &'static str,
+    station: Station,
+    dir: PathBuf,
+    daemon: Option<Child>,
+    bpffs: tempdir::Bpffs,
+}
+
+impl EdgeHost {
+    /// An edge on `interface` with the addresses of `station`, keeping its
+    /// files in `dir` (which must outlive it).
+    pub(crate) fn new(interface: &'static str, station: Station, dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("creating the edge's directory");
+        let bpffs = tempdir::Bpffs::mount(&dir.join("bpf"));
+        Self { interface, station, dir: dir.to_owned(), daemon: None, bpffs }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("edge.toml")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// Where the edge pins its state (`[fast_path] bpffs`).
+    pub fn bpffs(&self) -> &Path {
+        self.bpffs.path()
+    }
+
+    /// Starts `redirector run` in `ns` with the config on disk and `env`,
+    /// and waits until it answers on its control socket, which it binds
+    /// before attaching, and its program is attached.
+    pub fn run(&mut self, ns: &NetNs, env: &[(&'static str, String)]) {
+        assert!(self.daemon.is_none(), "the edge daemon was stopped first");
+        let path = self.config_path();
+        let mut command = command(ns, &["run", "--config", path.to_str().unwrap()]);
+        command.envs(env.iter().map(|(name, value)| (name, value)));
+        self.daemon = Some(command.spawn().unwrap_or_else(|e| panic!("starting redirector run: {e}")));
+        let start = Instant::now();
+        while !self.cli(&["servers", "--json"]).status.success() {
+            assert!(start.elapsed() < Duration::from_secs(30), "the edge daemon in {} never answered", ns.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        wait_for_xdp(ns, self.interface);
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: libc::c_int) {
+        let run = self.daemon.as_ref().expect("the edge daemon was started");
+        // SAFETY: plain kill(2) on our own child, not yet reaped.
+        let rc = unsafe { libc::kill(run.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// Stops the daemon with SIGTERM; whether it exited 0 within 10 s.
+    pub fn stop(&mut self) -> bool {
+        self.signal(libc::SIGTERM);
+        let mut run = self.daemon.take().expect("the edge daemon was started");
+        wait_bounded(&mut run, Duration::from_secs(10))
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        kill_group(&mut self.daemon.take().expect("the edge daemon was started"));
+    }
+
+    /// Runs the `redirector` CLI against the daemon's control socket.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(redirector_binary())
+            .args(args)
+            .arg("--socket")
+            .arg(self.control_socket())
+            .output()
+            .expect("running the redirector CLI")
+    }
+}
+
+impl Drop for EdgeHost {
+    fn drop(&mut self) {
+        if let Some(daemon) = &mut self.daemon {
+            kill_group(daemon);
+        }
+    }
+}
+
+/// An edge's namespace on the bridge, its interface `{name}0`: the service
+/// addresses on lo, and forwarding on (the fast path's FIB lookups need it).
+pub(crate) fn edge_namespace(lan: &NetNs, name: &str, station: Station) -> NetNs {
+    let edge = host(lan, "rdr-edge", name, station);
+    add_service_addresses(&edge);
+    for family in ["ipv4", "ipv6"] {
+        for scope in ["all".to_owned(), format!("{name}0")] {
+            edge.sysctl(&format!("net.{family}.conf.{scope}.forwarding=1"));
+        }
+    }
+    edge
 }
 
 /// A namespace `{prefix}` with veth `{name}0` whose peer `{name}0-br` is on
@@ -562,7 +657,7 @@ fn add_service_addresses(ns: &NetNs) {
     }
 }
 
-fn add_neighbours(ns: &NetNs, interface: &str, neighbours: &[Station]) {
+pub(crate) fn add_neighbours(ns: &NetNs, interface: &str, neighbours: &[Station]) {
     for station in neighbours {
         let mac = mac(station.mac_tail);
         for address in [IpAddr::from(station.v4), station.v6.into()] {
