@@ -15,7 +15,7 @@ use redirector_tests::{
     operator::{cli_json, routes, wait_until},
     privileged,
     sip_pool::{Registrar, start_registrars},
-    topology::{home_index, serial},
+    topology::home_index,
     two_edges::TwoEdges,
 };
 
@@ -66,7 +66,6 @@ fn two_edges_share_assignments_drains_and_failover_through_etcd() {
     if !privileged() {
         return;
     }
-    let _serial = serial();
     let mut two = start("nat");
     wait_until(|| leads(&two, 0) != leads(&two, 1), "exactly one edge leads");
 
@@ -124,8 +123,7 @@ fn an_edge_cut_off_from_etcd_serves_known_clients_refuses_new_ones_and_catches_u
     if !privileged() {
         return;
     }
-    let _serial = serial();
-    let mut two = start("nat");
+    let two = start("nat");
     assert!(two.register("known", 16, 7200), "every REGISTER is answered");
     let known = agreed(&two, 16);
 

@@ -729,13 +729,19 @@ impl Config {
             return Ok(());
         }
         if store.endpoints.is_empty() {
-            return Err(invalid("store.endpoints", "the etcd backend needs the cluster's client URLs, e.g. [\"http://10.0.0.1:2379\"]"));
+            return Err(invalid(
+                "store.endpoints",
+                "the etcd backend needs the cluster's client URLs, e.g. [\"http://10.0.0.1:2379\"]",
+            ));
         }
         if let Some(bad) = store.endpoints.iter().find(|e| !(e.starts_with("http://") || e.starts_with("https://"))) {
             return Err(invalid("store.endpoints", format!("\"{bad}\" is not an http:// or https:// URL")));
         }
         if !(store.prefix.starts_with('/') && store.prefix.ends_with('/') && store.prefix.len() > 1) {
-            return Err(invalid("store.prefix", format!("\"{}\" must start and end with /, e.g. \"/redirector/pool-a/\"", store.prefix)));
+            return Err(invalid(
+                "store.prefix",
+                format!("\"{}\" must start and end with /, e.g. \"/redirector/pool-a/\"", store.prefix),
+            ));
         }
         if store.username.is_some() != store.password_file.is_some() {
             return Err(invalid("store.username", "etcd authentication needs both username and password_file"));

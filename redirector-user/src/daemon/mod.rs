@@ -122,8 +122,8 @@ fn store_description(config: &Config) -> String {
 fn etcd_settings(store: &config::StoreSettings) -> Result<EtcdSettings> {
     let user = match (&store.username, &store.password_file) {
         (Some(name), Some(file)) => {
-            let password = std::fs::read_to_string(file)
-                .map_err(io(format!("reading store.password_file {}", file.display())))?;
+            let password =
+                std::fs::read_to_string(file).map_err(io(format!("reading store.password_file {}", file.display())))?;
             Some((name.clone(), password.trim_end().to_owned()))
         }
         _ => None,

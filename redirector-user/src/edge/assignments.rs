@@ -235,5 +235,4 @@ impl Assignments {
     pub fn release(&self, aor: &Aor) {
         self.cache.unhold(aor);
     }
-
 }

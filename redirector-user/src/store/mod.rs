@@ -100,13 +100,21 @@ pub enum StoreError {
     Database(#[from] Box<::redb::Error>),
     #[error("the home servers kept in the assignment database do not read back: {0}")]
     Pool(#[from] serde_json::Error),
-    #[error("etcd at {endpoints}: {what} failed: {source} (is the cluster up, with a quorum, and reachable from this edge?)")]
+    #[error(
+        "etcd at {endpoints}: {what} failed: {source} (is the cluster up, with a quorum, and reachable from this edge?)"
+    )]
     Etcd { endpoints: String, what: &'static str, source: Box<etcd_client::Error> },
-    #[error("etcd at {endpoints}: {what} took longer than {seconds} s (is the cluster up, with a quorum, and reachable from this edge?)")]
+    #[error(
+        "etcd at {endpoints}: {what} took longer than {seconds} s (is the cluster up, with a quorum, and reachable from this edge?)"
+    )]
     TimedOut { endpoints: String, what: &'static str, seconds: f64 },
-    #[error("etcd at {endpoints}: {what} not tried: etcd was out of reach moments ago (is the cluster up, with a quorum, and reachable from this edge?)")]
+    #[error(
+        "etcd at {endpoints}: {what} not tried: etcd was out of reach moments ago (is the cluster up, with a quorum, and reachable from this edge?)"
+    )]
     Unreachable { endpoints: String, what: &'static str },
-    #[error("etcd at {endpoints}: {aors} assignments kept being changed by other edges while this one wrote them; try again")]
+    #[error(
+        "etcd at {endpoints}: {aors} assignments kept being changed by other edges while this one wrote them; try again"
+    )]
     Contended { endpoints: String, aors: usize },
     #[error("etcd record {key} does not read back: {source}")]
     Record { key: String, source: serde_json::Error },

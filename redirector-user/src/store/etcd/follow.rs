@@ -96,9 +96,13 @@ impl Follower {
         let key = kv.key_str().ok()?;
         let record = self.keys.record(key)?;
         let decoded = match (event.event_type(), record) {
-            (EventType::Put, Record::Assignment(aor)) => keys::decode(aor, kv.value(), Some(0)).map(StoreEvent::Assigned),
+            (EventType::Put, Record::Assignment(aor)) => {
+                keys::decode(aor, kv.value(), Some(0)).map(StoreEvent::Assigned)
+            }
             (EventType::Delete, Record::Assignment(aor)) => Ok(StoreEvent::Removed(aor)),
-            (EventType::Put, Record::Seen(aor)) => return keys::seen_at(kv.value()).map(|at| StoreEvent::Seen(aor, at)),
+            (EventType::Put, Record::Seen(aor)) => {
+                return keys::seen_at(kv.value()).map(|at| StoreEvent::Seen(aor, at));
+            }
             (EventType::Put, Record::Pool) => serde_json::from_slice(kv.value()).map(StoreEvent::Pool),
             _ => return None,
         };

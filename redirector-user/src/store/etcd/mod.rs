@@ -31,8 +31,8 @@ use std::{
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, TlsOptions, Txn, TxnOp};
 pub use follow::{Sink, StoreEvent};
-pub use leader::{LEASE as LEADER_LEASE, Leadership};
 use keys::Keys;
+pub use leader::{LEASE as LEADER_LEASE, Leadership};
 
 use super::{Assignment, AssignmentStore, StoreCounters, StoreError, StoredPool};
 use crate::sip::Aor;
@@ -127,9 +127,8 @@ impl EtcdStore {
             .map_err(|source| StoreError::Runtime { source })?;
         let options = connect_options(settings)?;
         let connecting = Client::connect(settings.endpoints.clone(), Some(options));
-        let client = runtime
-            .block_on(async { tokio::time::timeout(settings.timeout, connecting).await })
-            .map_err(|_| StoreError::timed_out(&endpoints, "connecting", settings.timeout))?
+        let client = wait_on(&runtime, settings.timeout, connecting)
+            .ok_or_else(|| StoreError::timed_out(&endpoints, "connecting", settings.timeout))?
             .map_err(|source| StoreError::etcd(&endpoints, "connecting", source))?;
         let store = Self {
             runtime,
@@ -157,14 +156,9 @@ impl EtcdStore {
             crate::counters::bump(&self.counters.failures);
             return Err(StoreError::Unreachable { endpoints: self.endpoints.clone(), what });
         }
-        let (sender, answer) = std::sync::mpsc::sync_channel(1);
-        let (requesting, timeout) = (request(self.client.kv_client()), self.timeout);
-        self.runtime.spawn(async move {
-            let _ = sender.send(tokio::time::timeout(timeout, requesting).await);
-        });
-        let result = match answer.recv() {
-            Ok(Ok(done)) => done.map_err(|source| StoreError::etcd(&self.endpoints, what, source)),
-            Ok(Err(_)) | Err(_) => Err(StoreError::timed_out(&self.endpoints, what, self.timeout)),
+        let result = match wait_on(&self.runtime, self.timeout, request(self.client.kv_client())) {
+            Some(done) => done.map_err(|source| StoreError::etcd(&self.endpoints, what, source)),
+            None => Err(StoreError::timed_out(&self.endpoints, what, self.timeout)),
         };
         match &result {
             Err(error) => {
@@ -287,6 +281,21 @@ impl EtcdStore {
     }
 }
 
+/// Runs `future` on `runtime` and waits for it, `timeout` at most (`None`
+/// then). Callable from any thread, a tokio worker's too (the daemon opens
+/// its store inside its runtime), since it only blocks on a channel.
+fn wait_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    timeout: Duration,
+    future: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let (sender, answer) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = sender.send(tokio::time::timeout(timeout, future).await);
+    });
+    answer.recv().ok()?.ok()
+}
+
 /// Sends every transaction at once and waits for them all, in order.
 async fn all(kv: KvClient, txns: Vec<Txn>) -> Result<Vec<etcd_client::TxnResponse>, etcd_client::Error> {
     let mut sending = tokio::task::JoinSet::new();
@@ -403,9 +412,9 @@ impl AssignmentStore for EtcdStore {
     }
 
     fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError> {
-        let removals = expired.iter().flat_map(|aor| {
-            [TxnOp::delete(self.keys.assignment(aor), None), TxnOp::delete(self.keys.seen(aor), None)]
-        });
+        let removals = expired
+            .iter()
+            .flat_map(|aor| [TxnOp::delete(self.keys.assignment(aor), None), TxnOp::delete(self.keys.seen(aor), None)]);
         let sightings = seen.iter().map(|(aor, at)| TxnOp::put(self.keys.seen(aor), at.to_string(), None));
         self.apply("expiring assignments", removals.chain(sightings).collect())
     }

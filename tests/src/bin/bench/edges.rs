@@ -54,7 +54,7 @@ fn first_contact(quick: bool) -> Section {
     let (mut redb, mut etcd) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         redb.push(first_contacts(None, limit));
-        etcd.push(first_contacts(Some(&EtcdCluster::start()), limit));
+        etcd.push(first_contacts(Some(&EtcdCluster::new()), limit));
     }
     for (name, outcomes) in [(REDB, &redb), (ETCD, &etcd)] {
         let Some(outcome) = median_by(outcomes.iter().collect(), |o| o.rate()) else { continue };
@@ -114,10 +114,10 @@ fn across_edges(quick: bool) -> Section {
     let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
     section.rows.push(Row::new(format!("{CONVERGENCE}, p50"), at(0.5), "ms").raw("moves", times.len() as f64));
     section.rows.push(Row::new(format!("{CONVERGENCE}, p99"), at(0.99), "ms").raw("goal_ms", 100.0));
-    section.rows.push(Row::new(TAKEOVER, takeover(&mut two).as_secs_f64() * 1e3, "ms").raw(
-        "lease_ms",
-        redirector::store::LEADER_LEASE as f64 * 1e3,
-    ));
+    section.rows.push(
+        Row::new(TAKEOVER, takeover(&mut two).as_secs_f64() * 1e3, "ms")
+            .raw("lease_ms", redirector::store::LEADER_LEASE as f64 * 1e3),
+    );
     section.notes.push(
         "convergence is timed from the control request to edge A (the commit to etcd included) to edge B's pinned CLIENTS entry naming the new home's slot".into(),
     );
@@ -131,7 +131,9 @@ fn on_fast_path(two: &TwoEdges, edge: usize) -> Vec<(Route, Endpoint)> {
     routes
         .into_iter()
         .filter_map(|route| {
-            let Reply::Entries(entries) = ask(&socket, Request::Entries { aor: route.aor.clone() }) else { return None };
+            let Reply::Entries(entries) = ask(&socket, Request::Entries { aor: route.aor.clone() }) else {
+                return None;
+            };
             let Entry { client, .. } = *entries.first()?;
             Some((route, endpoint(client.ip(), client.port())))
         })

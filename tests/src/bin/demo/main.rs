@@ -7,11 +7,13 @@
 //! edge serves both families); then a SIPp watcher subscribes to one client, the client's home
 //! server is drained, and the watcher is told (NOTIFY) and subscribes again
 //! at the new home. Shows what happened per home server. Then two real
-//! softphones call each other across homes (`call.rs`). Tears everything
+//! softphones call each other across homes (`call.rs`), and two edges share
+//! their store through etcd (`edges.rs`). Tears everything
 //! down, and exits non-zero if any SIPp call or any step of the softphone
 //! call failed.
 
 mod call;
+mod edges;
 
 use std::{
     collections::BTreeMap,
@@ -159,6 +161,7 @@ fn main() -> ExitCode {
     }
     let mut results: Vec<bool> = ["dsr", "nat"].into_iter().map(run_mode).collect();
     results.push(call::run());
+    results.push(edges::run());
     println!("\nnamespaces removed");
     if results.iter().all(|&ok| ok) {
         println!("demo: every SIPp call and the softphone call succeeded");
