@@ -46,7 +46,7 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts the three members in a fresh "store" namespace and waits
     /// (bounded) until every one is healthy.
-    pub fn new() -> Self {
+    pub fn start() -> Self {
         let ns = NetNs::new("rdr-store");
         for index in 0..MEMBERS {
             ns.ip(&format!("addr add {}/32 dev lo", member_address(index)));
