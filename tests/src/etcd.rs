@@ -155,13 +155,20 @@ impl EtcdCluster {
     fn wait_until(&self, condition: impl Fn(&Self) -> bool, what: &str) {
         let start = Instant::now();
         while !condition(self) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "timed out waiting until {what}; member logs in {}",
-                self.dir.path().display()
-            );
+            assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting until {what}\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The last lines each member logged (warnings and errors), for a
+    /// failure's message: the data dirs go with the cluster.
+    fn logs(&self) -> String {
+        let tail = |index: usize| {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("m{index}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(10)..].join("\n")
+        };
+        (0..MEMBERS).map(|index| format!("etcd member {index}:\n{}\n", tail(index))).collect()
     }
 
     /// Links `edge` to the store namespace as link `index`: veth `s{index}`
