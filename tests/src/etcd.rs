@@ -132,6 +132,19 @@ impl EtcdCluster {
         health.iter().filter(|member| member["health"] == true).count()
     }
 
+    /// The index of the member that leads the cluster now, as the
+    /// members answering `endpoint status` report it.
+    pub fn leader(&self) -> Option<usize> {
+        let output = self.etcdctl(&self.ns, &["endpoint", "status", "-w", "json"]);
+        let statuses: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let leads = |status: &serde_json::Value| {
+            let leader = status["Status"]["leader"].as_u64();
+            leader.is_some() && status["Status"]["header"]["member_id"].as_u64() == leader
+        };
+        let endpoint = statuses.iter().find(|status| leads(status))?["Endpoint"].as_str()?.to_owned();
+        (0..MEMBERS).find(|&index| client_url(index) == endpoint)
+    }
+
     /// Whether a put then a read of `key` succeeds from `ns` (through a
     /// quorum).
     pub fn writable_from(&self, ns: &NetNs, key: &str, value: &str) -> bool {
