@@ -46,7 +46,7 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts the three members in a fresh "store" namespace and waits
     /// (bounded) until every one is healthy.
-    pub fn start() -> Self {
+    pub fn new() -> Self {
         let ns = NetNs::new("rdr-store");
         for index in 0..MEMBERS {
             ns.ip(&format!("addr add {}/32 dev lo", member_address(index)));
@@ -194,6 +194,13 @@ impl EtcdCluster {
         edge.ip(&format!("addr add 10.79.{index}.2/24 dev {edge_side}"));
         edge.ip(&format!("link set {edge_side} up"));
         edge.ip(&format!("route add 10.78.0.0/24 via 10.79.{index}.1"));
+    }
+}
+
+/// A started cluster, as `new` makes it.
+impl Default for EtcdCluster {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

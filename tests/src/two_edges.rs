@@ -78,7 +78,7 @@ impl TwoEdges {
         for family in ["ipv4", "ipv6"] {
             pool.client.sysctl(&format!("net.{family}.fib_multipath_hash_policy=1"));
         }
-        let etcd = EtcdCluster::start();
+        let etcd = EtcdCluster::new();
         etcd.link(&pool.edge, 0);
         etcd.link(&edge_b_ns, 1);
         let edge_b = EdgeHost::new("f0", EDGE_B_STATION, &pool.scratch("edge-b"));

@@ -20,7 +20,7 @@ fn an_etcd_cluster_of_three_answers_with_a_member_killed() {
         return;
     }
     let _serial = serial();
-    let mut cluster = EtcdCluster::start();
+    let mut cluster = EtcdCluster::new();
     assert_eq!(cluster.healthy_members(), 3);
     assert!(cluster.writable_from(&cluster.ns, "/harness/a", "1"));
 
