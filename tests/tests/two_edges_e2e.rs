@@ -37,16 +37,9 @@ fn an_etcd_cluster_of_three_answers_with_a_member_killed() {
 }
 
 #[test]
-fn registers_reach_both_nat_edges_over_ecmp_and_the_survivor_once_one_is_killed() {
+fn registers_reach_both_edges_over_ecmp_and_the_survivor_once_one_is_killed() {
     if privileged() {
-        spreads_and_survives("nat");
-    }
-}
-
-#[test]
-fn registers_reach_both_dsr_edges_over_ecmp_and_the_survivor_once_one_is_killed() {
-    if privileged() {
-        spreads_and_survives("dsr");
+        ["nat", "dsr"].into_iter().for_each(spreads_and_survives);
     }
 }
 
