@@ -132,6 +132,19 @@ impl EtcdCluster {
         health.iter().filter(|member| member["health"] == true).count()
     }
 
+    /// The index of the member that leads the cluster now, as the
+    /// members answering `endpoint status` report it.
+    pub fn leader(&self) -> Option<usize> {
+        let output = self.etcdctl(&self.ns, &["endpoint", "status", "-w", "json"]);
+        let statuses: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let leads = |status: &serde_json::Value| {
+            let leader = status["Status"]["leader"].as_u64();
+            leader.is_some() && status["Status"]["header"]["member_id"].as_u64() == leader
+        };
+        let endpoint = statuses.iter().find(|status| leads(status))?["Endpoint"].as_str()?.to_owned();
+        (0..MEMBERS).find(|&index| client_url(index) == endpoint)
+    }
+
     /// Whether a put then a read of `key` succeeds from `ns` (through a
     /// quorum).
     pub fn writable_from(&self, ns: &NetNs, key: &str, value: &str) -> bool {
@@ -155,13 +168,20 @@ impl EtcdCluster {
     fn wait_until(&self, condition: impl Fn(&Self) -> bool, what: &str) {
         let start = Instant::now();
         while !condition(self) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "timed out waiting until {what}; member logs in {}",
-                self.dir.path().display()
-            );
+            assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting until {what}\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The last lines each member logged (warnings and errors), for a
+    /// failure's message: the data dirs go with the cluster.
+    fn logs(&self) -> String {
+        let tail = |index: usize| {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("m{index}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(10)..].join("\n")
+        };
+        (0..MEMBERS).map(|index| format!("etcd member {index}:\n{}\n", tail(index))).collect()
     }
 
     /// Links `edge` to the store namespace as link `index`: veth `s{index}`
@@ -174,6 +194,13 @@ impl EtcdCluster {
         edge.ip(&format!("addr add 10.79.{index}.2/24 dev {edge_side}"));
         edge.ip(&format!("link set {edge_side} up"));
         edge.ip(&format!("route add 10.78.0.0/24 via 10.79.{index}.1"));
+    }
+}
+
+/// A started cluster, as `new` makes it.
+impl Default for EtcdCluster {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -38,6 +38,10 @@ const EDGE_B_STATION: Station = Station { v4: EDGE_B, v6: EDGE_B_V6, mac_tail: 0
 /// The edges' names in the shared store (`[store] edge`).
 pub const EDGE_NAMES: [&str; 2] = ["edge-a", "edge-b"];
 
+/// Counters published often, for tests that read them (unless a test
+/// configures `[stats]` itself).
+const STATS_OFTEN: &str = "[stats]\ninterval = 0.1\n";
+
 /// How many home servers the pool has.
 pub const HOMES: usize = 3;
 
@@ -64,8 +68,6 @@ impl TwoEdges {
         pool.families = &[Family::V4, Family::V6];
         // First contact proxies REGISTERs, so they are answered through an edge.
         pool.first_contact = None;
-        // Counters published often, for tests that read them.
-        pool.extra_config = "[stats]\ninterval = 0.1\n".into();
         let edge_b_ns = edge_namespace(&pool.lan, "f", EDGE_B_STATION);
         add_neighbours(&edge_b_ns, "f0", &[CLIENT_STATION]);
         add_neighbours(&edge_b_ns, "f0", &(0..HOMES).map(home_station).collect::<Vec<_>>());
@@ -118,10 +120,15 @@ impl TwoEdges {
         [family.edge(), EDGE_B_STATION.address(family)][edge]
     }
 
-    /// Edge `edge`'s config: every home server, health checks off, and
-    /// `store` (TOML, e.g. a `[store]` section) appended.
+    /// Edge `edge`'s config: every home server, health checks off unless
+    /// `pool.extra_config` sets them, `store` (TOML, e.g. a `[store]`
+    /// section) appended, and `STATS_OFTEN` unless either has `[stats]`.
     pub fn config(&self, edge: usize, store: &str) -> String {
-        self.pool.config_of(self.edge(edge), &[]) + store
+        let mut text = self.pool.config_of(self.edge(edge), &[]) + store;
+        if !text.contains("[stats]") {
+            text += STATS_OFTEN;
+        }
+        text
     }
 
     /// A `[store]` section putting edge `edge` on this cluster, under the
