@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use etcd_client::Client;
+use etcd_client::{Client, ConnectOptions};
 
 use crate::counters::bump;
 
@@ -21,7 +21,9 @@ const RETRY: Duration = Duration::from_millis(500);
 pub type Leadership = Box<dyn Fn(bool) + Send + Sync>;
 
 pub struct Campaign {
-    pub client: Client,
+    /// The endpoints and options of a client of its own, without the
+    /// store's timeout per request: a campaign waits as long as it must.
+    pub connect: (Vec<String>, ConnectOptions),
     /// The election's name.
     pub name: String,
     /// This edge's name, the leader's value.
@@ -35,7 +37,12 @@ impl Campaign {
     /// the store's runtime ends.
     pub async fn run(self) {
         loop {
-            if let Err(error) = self.term().await {
+            let (endpoints, options) = self.connect.clone();
+            let term = match Client::connect(endpoints, Some(options)).await {
+                Ok(client) => self.term(&client).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = term {
                 tracing::warn!(%error, "the leadership campaign failed; campaigning again");
             }
             tokio::time::sleep(RETRY).await;
@@ -43,8 +50,8 @@ impl Campaign {
     }
 
     /// One lease: a campaign, then leadership until the lease is lost.
-    async fn term(&self) -> Result<(), etcd_client::Error> {
-        let mut leases = self.client.lease_client();
+    async fn term(&self, client: &Client) -> Result<(), etcd_client::Error> {
+        let mut leases = client.lease_client();
         let lease = leases.grant(LEASE, None).await?.id();
         let (mut keeper, mut answers) = leases.keep_alive(lease).await?;
         let alive = async move {
@@ -60,7 +67,7 @@ impl Campaign {
             }
         };
         tokio::pin!(alive);
-        let mut election = self.client.election_client();
+        let mut election = client.election_client();
         tokio::select! {
             won = election.campaign(self.name.as_str(), self.edge.as_str(), lease) => {
                 won?;

@@ -29,7 +29,9 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, TlsOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KvClient, TlsOptions, Txn, TxnOp,
+};
 pub use follow::{Sink, StoreEvent};
 use keys::Keys;
 pub use leader::{LEASE as LEADER_LEASE, Leadership};
@@ -75,6 +77,8 @@ pub struct EtcdStore {
     keys: Keys,
     /// The endpoints, as errors name them.
     endpoints: String,
+    /// How the campaign for leadership connects (see `connect_options`).
+    campaigning: (Vec<String>, ConnectOptions),
     timeout: Duration,
     /// The revision of the last full read (`all`): a watch started from
     /// the next one misses nothing.
@@ -82,6 +86,9 @@ pub struct EtcdStore {
     counters: Arc<StoreCounters>,
     reach: Arc<Reach>,
 }
+
+/// How soon a request that found etcd out of reach is sent again.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// How long requests fail at once after etcd was found out of reach,
 /// unless the follower's watch is back before.
@@ -125,7 +132,8 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|source| StoreError::Runtime { source })?;
-        let options = connect_options(settings)?;
+        let campaigning = connect_options(settings)?;
+        let options = campaigning.clone().with_timeout(settings.timeout);
         let connecting = Client::connect(settings.endpoints.clone(), Some(options));
         let client = wait_on(&runtime, settings.timeout, connecting)
             .ok_or_else(|| StoreError::timed_out(&endpoints, "connecting", settings.timeout))?
@@ -135,19 +143,23 @@ impl EtcdStore {
             client,
             keys: Keys::new(&settings.prefix, &settings.edge),
             endpoints,
+            campaigning: (settings.endpoints.clone(), campaigning),
             timeout: settings.timeout,
             loaded: Arc::default(),
             counters: Arc::default(),
             reach: Arc::default(),
         };
         let pool_key = store.keys.pool();
-        store.run("reading the pool", |mut kv| async move { kv.get(pool_key, None).await.map(drop) })?;
+        store.get("reading the pool", pool_key, None)?;
         Ok(store)
     }
 
     /// Runs `request` on the store's runtime with a fresh KV client and
-    /// waits for its answer, at most `timeout`.
-    fn run<T, F>(&self, what: &'static str, request: impl FnOnce(KvClient) -> F) -> Result<T, StoreError>
+    /// waits for its answer, at most `timeout`. A request that finds its
+    /// member out of reach, or the cluster electing a leader, is sent again
+    /// every `RETRY_EVERY` within the timeout: the client balances over the
+    /// members, and a member that just died is not yet out of its set.
+    fn run<T, F>(&self, what: &'static str, request: impl Fn(KvClient) -> F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
@@ -156,10 +168,14 @@ impl EtcdStore {
             crate::counters::bump(&self.counters.failures);
             return Err(StoreError::Unreachable { endpoints: self.endpoints.clone(), what });
         }
-        let result = match wait_on(&self.runtime, self.timeout, request(self.client.kv_client())) {
-            Some(done) => done.map_err(|source| StoreError::etcd(&self.endpoints, what, source)),
-            None => Err(StoreError::timed_out(&self.endpoints, what, self.timeout)),
-        };
+        let started = std::time::Instant::now();
+        let mut result = self.try_once(what, &request);
+        while matches!(&result, Err(error @ StoreError::Etcd { .. }) if error.is_unavailable())
+            && started.elapsed() + RETRY_EVERY < self.timeout
+        {
+            std::thread::sleep(RETRY_EVERY);
+            result = self.try_once(what, &request);
+        }
         match &result {
             Err(error) => {
                 crate::counters::bump(&self.counters.failures);
@@ -170,6 +186,38 @@ impl EtcdStore {
             Ok(_) => self.reach.back(),
         }
         result
+    }
+
+    fn try_once<T, F>(&self, what: &'static str, request: &impl Fn(KvClient) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        match wait_on(&self.runtime, self.timeout, request(self.client.kv_client())) {
+            Some(done) => done.map_err(|source| StoreError::etcd(&self.endpoints, what, source)),
+            None => Err(StoreError::timed_out(&self.endpoints, what, self.timeout)),
+        }
+    }
+
+    /// One range read.
+    fn get(&self, what: &'static str, key: String, options: Option<GetOptions>) -> Result<GetResponse, StoreError> {
+        self.run(what, |mut kv| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { kv.get(key, options).await }
+        })
+    }
+
+    /// One put.
+    fn put(&self, what: &'static str, key: String, value: String) -> Result<(), StoreError> {
+        self.run(what, |mut kv| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { kv.put(key, value, None).await.map(drop) }
+        })
+    }
+
+    /// Transactions, sent together.
+    fn txns(&self, what: &'static str, txns: Vec<Txn>) -> Result<Vec<etcd_client::TxnResponse>, StoreError> {
+        self.run(what, |kv| all(kv, txns.clone()))
     }
 
     /// Each AOR's assignment and its key's revision, read in transactions
@@ -184,7 +232,7 @@ impl EtcdStore {
                 Txn::new().and_then(reads.collect::<Vec<_>>())
             })
             .collect();
-        let answers = self.run("reading assignments", |kv| all(kv, chunks))?;
+        let answers = self.txns("reading assignments", chunks)?;
         let values = answers.into_iter().flat_map(|answer| answer.op_responses()).map(|op| match op {
             etcd_client::TxnOpResponse::Get(mut got) => got.take_kvs().pop(),
             _ => None,
@@ -226,7 +274,7 @@ impl EtcdStore {
             })
             .collect();
         let lengths: Vec<usize> = writes.chunks(per_txn).map(<[_]>::len).collect();
-        let answers = self.run("writing assignments", |kv| all(kv, chunks))?;
+        let answers = self.txns("writing assignments", chunks)?;
         Ok(answers.iter().zip(lengths).flat_map(|(answer, n)| std::iter::repeat_n(answer.succeeded(), n)).collect())
     }
 
@@ -235,7 +283,7 @@ impl EtcdStore {
         let start = after.map_or_else(|| self.keys.assignments(), |aor| format!("{}\0", self.keys.assignment(aor)));
         let end = prefix_end(&self.keys.assignments());
         let options = GetOptions::new().with_range(end).with_limit(limit).with_revision(revision);
-        let mut answer = self.run("reading assignments", |mut kv| async move { kv.get(start, Some(options)).await })?;
+        let mut answer = self.get("reading assignments", start, Some(options))?;
         let at = answer.header().map_or(revision, |header| header.revision());
         let rows = answer.take_kvs();
         let aors: Vec<Aor> = rows
@@ -263,7 +311,7 @@ impl EtcdStore {
         let (Some(first), Some(last)) = (aors.first(), aors.last()) else { return Ok(HashMap::new()) };
         let options = GetOptions::new().with_range(format!("{}\0", self.keys.seen(last))).with_revision(revision);
         let start = self.keys.seen(first);
-        let mut answer = self.run("reading sightings", |mut kv| async move { kv.get(start, Some(options)).await })?;
+        let mut answer = self.get("reading sightings", start, Some(options))?;
         Ok(answer
             .take_kvs()
             .iter()
@@ -277,7 +325,7 @@ impl EtcdStore {
     /// Puts and deletes, in transactions of at most `MAX_TXN_OPS`.
     fn apply(&self, what: &'static str, ops: Vec<TxnOp>) -> Result<(), StoreError> {
         let chunks: Vec<Txn> = ops.chunks(MAX_TXN_OPS).map(|chunk| Txn::new().and_then(chunk.to_vec())).collect();
-        self.run(what, |kv| all(kv, chunks)).map(drop)
+        self.txns(what, chunks).map(drop)
     }
 }
 
@@ -324,9 +372,10 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// How to connect; without a timeout per request, for the campaign, whose
+/// request waits until this edge leads.
 fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions, StoreError> {
     let mut options = ConnectOptions::new()
-        .with_timeout(settings.timeout)
         .with_connect_timeout(settings.timeout)
         .with_keep_alive(Duration::from_secs(1), settings.timeout)
         .with_keep_alive_while_idle(true)
@@ -422,8 +471,7 @@ impl AssignmentStore for EtcdStore {
     fn watches(&self) -> Result<Vec<(String, String)>, StoreError> {
         let prefix = self.keys.watches();
         let options = GetOptions::new().with_prefix();
-        let mut answer =
-            self.run("reading watchers' dialogs", |mut kv| async move { kv.get(prefix, Some(options)).await })?;
+        let mut answer = self.get("reading watchers' dialogs", prefix, Some(options))?;
         let own = self.keys.watches();
         Ok(answer
             .take_kvs()
@@ -443,7 +491,7 @@ impl AssignmentStore for EtcdStore {
 
     fn pool(&self) -> Result<Option<StoredPool>, StoreError> {
         let key = self.keys.pool();
-        let mut answer = self.run("reading the pool", |mut kv| async move { kv.get(key, None).await })?;
+        let mut answer = self.get("reading the pool", key, None)?;
         let Some(kv) = answer.take_kvs().pop() else { return Ok(None) };
         Ok(Some(serde_json::from_slice(kv.value())?))
     }
@@ -451,7 +499,7 @@ impl AssignmentStore for EtcdStore {
     fn save_pool(&self, pool: &StoredPool) -> Result<(), StoreError> {
         let json = serde_json::to_string(pool)?;
         let key = self.keys.pool();
-        self.run("saving the pool", |mut kv| async move { kv.put(key, json, None).await.map(drop) })
+        self.put("saving the pool", key, json)
     }
 
     fn follow(&self, sink: Sink) -> Result<(), StoreError> {
@@ -479,12 +527,12 @@ impl AssignmentStore for EtcdStore {
     fn publish_health(&self, seen: &std::collections::BTreeMap<String, bool>) -> Result<(), StoreError> {
         let json = serde_json::to_string(seen)?;
         let key = self.keys.health();
-        self.run("publishing health verdicts", |mut kv| async move { kv.put(key, json, None).await.map(drop) })
+        self.put("publishing health verdicts", key, json)
     }
 
     fn lead(&self, sink: Leadership) -> Result<(), StoreError> {
         let campaign = leader::Campaign {
-            client: self.client.clone(),
+            connect: self.campaigning.clone(),
             name: self.keys.leader(),
             edge: self.keys.edge().to_owned(),
             sink,
