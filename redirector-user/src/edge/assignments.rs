@@ -107,7 +107,10 @@ impl Assignments {
         // it. A shared store may call `change` again for an AOR another edge
         // wrote meanwhile: the last call's decision is the one that holds.
         let mut decided: HashMap<Aor, Result<Option<Option<String>>, Refused>> = HashMap::with_capacity(aors.len());
-        let stored = self.store.update_many(aors, &mut |aor, current| {
+        // Absent from the cache: new to the pool, as far as this edge knows.
+        let cache = self.cache.clone();
+        let absent = |aor: &Aor| cache.current(aor).is_none();
+        let stored = self.store.create_many(aors, &absent, &mut |aor, current| {
             let (decision, new) = decide(aor, current, pool, &mut |aor| admit(aor, held));
             held += u64::from(current.is_none() && new.is_some());
             decided.insert(aor.clone(), decision);

@@ -171,6 +171,18 @@ pub trait AssignmentStore: Send + Sync {
         aors: &[&Aor],
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError>;
+    /// `update_many` for a batch whose `absent` AORs the caller believes
+    /// have no assignment: a shared store may skip reading them, and call
+    /// `change` for one of them again with what it finds there after all.
+    fn create_many(
+        &self,
+        aors: &[&Aor],
+        _absent: &dyn Fn(&Aor) -> bool,
+        change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Vec<Option<Assignment>>, StoreError> {
+        self.update_many(aors, change)
+    }
+
     fn all(&self) -> Result<Vec<Assignment>, StoreError>;
     /// Up to `limit` assignments in AOR order, starting after `after`: a
     /// walk over the store one page at a time.

@@ -19,7 +19,7 @@ use crate::{
 /// A change committed to the shared store, by another edge or this one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreEvent {
-    /// A new assignment or a move (last seen 0: sightings come apart).
+    /// A new assignment or a move (seen when assigned: sightings come apart).
     Assigned(Assignment),
     /// An expired assignment.
     Removed(Aor),
@@ -96,9 +96,7 @@ impl Follower {
         let key = kv.key_str().ok()?;
         let record = self.keys.record(key)?;
         let decoded = match (event.event_type(), record) {
-            (EventType::Put, Record::Assignment(aor)) => {
-                keys::decode(aor, kv.value(), Some(0)).map(StoreEvent::Assigned)
-            }
+            (EventType::Put, Record::Assignment(aor)) => keys::decode(aor, kv.value(), None).map(StoreEvent::Assigned),
             (EventType::Delete, Record::Assignment(aor)) => Ok(StoreEvent::Removed(aor)),
             (EventType::Put, Record::Seen(aor)) => {
                 return keys::seen_at(kv.value()).map(|at| StoreEvent::Seen(aor, at));
@@ -124,7 +122,7 @@ impl Follower {
             .take_kvs()
             .iter()
             .filter_map(|kv| match self.keys.record(kv.key_str().ok()?)? {
-                Record::Assignment(aor) => keys::decode(aor, kv.value(), Some(0)).ok(),
+                Record::Assignment(aor) => keys::decode(aor, kv.value(), None).ok(),
                 _ => None,
             })
             .collect();

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! <prefix>assignments/<aor>      {"server":"home1","assigned_at":…,"generation":…}
-//! <prefix>seen/<aor>             seconds since the Unix epoch the client was last seen
+//! <prefix>seen/<aor>             seconds since the Unix epoch the client was last seen (if since assigned)
 //! <prefix>pool                   the home servers (`StoredPool`)
 //! <prefix>watches/<edge>/<key>   a watcher's dialog, kept by the edge that holds it
 //! <prefix>health/<edge>          {"home1":true,…}: what that edge's health checks see
@@ -12,14 +12,12 @@
 //!
 //! When a client was last seen is a key of its own: sightings are written
 //! coarsely by whichever edge saw the client, without a read of the
-//! assignment and without racing a move.
+//! assignment and without racing a move. A client never seen since its
+//! first assignment has none: it reads as seen when assigned.
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    sip::Aor,
-    store::{Assignment, unix_seconds},
-};
+use crate::{sip::Aor, store::Assignment};
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -118,8 +116,8 @@ pub fn encode(assignment: &Assignment) -> String {
     serde_json::to_string(&stored).expect("an assignment serializes")
 }
 
-/// `aor`'s assignment from its value; seen `last_seen` if known, else
-/// now (as a database from before sightings were kept reads).
+/// `aor`'s assignment from its value; seen `last_seen` if a sighting was
+/// kept, else when it was assigned (a first assignment keeps none).
 pub fn decode(aor: Aor, value: &[u8], last_seen: Option<u64>) -> Result<Assignment, serde_json::Error> {
     let stored: Stored = serde_json::from_slice(value)?;
     Ok(Assignment {
@@ -127,7 +125,7 @@ pub fn decode(aor: Aor, value: &[u8], last_seen: Option<u64>) -> Result<Assignme
         server: stored.server,
         assigned_at: stored.assigned_at,
         generation: stored.generation,
-        last_seen: last_seen.unwrap_or_else(unix_seconds),
+        last_seen: last_seen.unwrap_or(stored.assigned_at),
     })
 }
 

@@ -254,10 +254,9 @@ impl EtcdStore {
     /// Writes each assignment if its key is still at the revision it was
     /// read at; per write, whether it was made.
     fn write(&self, writes: &[(Assignment, i64, bool)]) -> Result<Vec<bool>, StoreError> {
-        // Per AOR one compare and one or two puts.
-        let per_txn = MAX_TXN_OPS / 2;
-        let chunks: Vec<Txn> = writes
-            .chunks(per_txn)
+        let chunks = write_chunks(writes);
+        let txns: Vec<Txn> = chunks
+            .iter()
             .map(|chunk| {
                 let compares: Vec<Compare> = chunk
                     .iter()
@@ -273,9 +272,12 @@ impl EtcdStore {
                 Txn::new().when(compares).and_then(puts.collect::<Vec<_>>())
             })
             .collect();
-        let lengths: Vec<usize> = writes.chunks(per_txn).map(<[_]>::len).collect();
-        let answers = self.txns("writing assignments", chunks)?;
-        Ok(answers.iter().zip(lengths).flat_map(|(answer, n)| std::iter::repeat_n(answer.succeeded(), n)).collect())
+        let answers = self.txns("writing assignments", txns)?;
+        let made = answers
+            .iter()
+            .zip(&chunks)
+            .flat_map(|(answer, chunk)| std::iter::repeat_n(answer.succeeded(), chunk.len()));
+        Ok(made.collect())
     }
 
     /// One page of assignments in key order, at `revision` (0: the newest).
@@ -327,6 +329,26 @@ impl EtcdStore {
         let chunks: Vec<Txn> = ops.chunks(MAX_TXN_OPS).map(|chunk| Txn::new().and_then(chunk.to_vec())).collect();
         self.txns(what, chunks).map(drop)
     }
+}
+
+/// Writes cut into transactions of at most `MAX_TXN_OPS` compares and as
+/// many puts: one compare and one put per AOR, and a second put for a
+/// sighting to keep.
+fn write_chunks(writes: &[(Assignment, i64, bool)]) -> Vec<&[(Assignment, i64, bool)]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut puts) = (0, 0);
+    for (index, (_, _, seen)) in writes.iter().enumerate() {
+        let needs = 1 + usize::from(*seen);
+        if index - start == MAX_TXN_OPS || puts + needs > MAX_TXN_OPS {
+            chunks.push(&writes[start..index]);
+            (start, puts) = (index, 0);
+        }
+        puts += needs;
+    }
+    if start < writes.len() {
+        chunks.push(&writes[start..]);
+    }
+    chunks
 }
 
 /// Runs `future` on `runtime` and waits for it, `timeout` at most (`None`
@@ -410,19 +432,36 @@ impl AssignmentStore for EtcdStore {
         aors: &[&Aor],
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
+        self.create_many(aors, &|_| false, change)
+    }
+
+    /// New AORs (`absent`) are not read first: each is written on the
+    /// condition that it still has no key (one round trip, not two); one
+    /// that another edge wrote meanwhile is read and decided again. One
+    /// that `change` left unassigned is read to be sure it is absent.
+    fn create_many(
+        &self,
+        aors: &[&Aor],
+        absent: &dyn Fn(&Aor) -> bool,
+        change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Vec<Option<Assignment>>, StoreError> {
         let mut results: Vec<Option<Assignment>> = vec![None; aors.len()];
         let mut pending: Vec<usize> = (0..aors.len()).collect();
+        let mut trusted: Vec<bool> = aors.iter().map(|aor| absent(aor)).collect();
         for _ in 0..ATTEMPTS {
-            let wanted: Vec<&Aor> = pending.iter().map(|&i| aors[i]).collect();
-            let mut writes = Vec::new();
-            let mut written = Vec::new();
-            for (&i, (current, revision)) in pending.iter().zip(self.read(&wanted)?) {
+            let (read, unread): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| !trusted[i]);
+            let wanted: Vec<&Aor> = read.iter().map(|&i| aors[i]).collect();
+            let currents = self.read(&wanted)?.into_iter().chain(std::iter::repeat_with(|| (None, 0)));
+            let (mut writes, mut written, mut unsure) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, (current, revision)) in read.into_iter().chain(unread).zip(currents) {
                 match change(aors[i], current.as_ref()) {
                     Some(new) => {
-                        let seen = current.as_ref().is_none_or(|c| c.last_seen != new.last_seen);
+                        // A first assignment reads back as seen when made.
+                        let seen = new.last_seen != current.as_ref().map_or(new.assigned_at, |c| c.last_seen);
                         writes.push((new, revision, seen));
                         written.push(i);
                     }
+                    None if trusted[i] => unsure.push(i),
                     None => results[i] = current,
                 }
             }
@@ -436,9 +475,16 @@ impl AssignmentStore for EtcdStore {
                     pending.push(i);
                 }
             }
+            let checking: Vec<&Aor> = unsure.iter().map(|&i| aors[i]).collect();
+            for (i, (current, _)) in unsure.into_iter().zip(self.read(&checking)?) {
+                if current.is_some() {
+                    pending.push(i);
+                }
+            }
             if pending.is_empty() {
                 return Ok(results);
             }
+            trusted.fill(false);
         }
         Err(StoreError::Contended { endpoints: self.endpoints.clone(), aors: pending.len() })
     }
@@ -546,6 +592,18 @@ impl AssignmentStore for EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_fit_etcds_transaction_limit() {
+        let write = |seen| (Assignment::new(Aor::from_canonical("sip:a@b".into()), "home1".into()), 0, seen);
+        let plain: Vec<_> = (0..300).map(|_| write(false)).collect();
+        let sizes: Vec<usize> = write_chunks(&plain).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [128, 128, 44]);
+        let seen: Vec<_> = (0..100).map(|_| write(true)).collect();
+        let sizes: Vec<usize> = write_chunks(&seen).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [64, 36], "two puts each");
+        assert!(write_chunks(&[]).is_empty());
+    }
 
     #[test]
     fn the_end_of_a_prefix_is_its_next_key() {
