@@ -8,7 +8,8 @@
 //! 2. `kernel` (loader, typed maps, the fast path) and `store` (assignments).
 //! 1. `config`: the TOML configuration, validated.
 //! 0. `model` (concepts every layer shares), `sip` (the scanner and
-//!    responses), `counters`.
+//!    responses), `counters`, `probe` (probes, cookies and the client
+//!    that picks a home by them).
 
 pub mod config;
 pub mod counters;
@@ -18,5 +19,6 @@ pub mod home;
 pub mod kernel;
 pub mod model;
 pub mod ops;
+pub mod probe;
 pub mod sip;
 pub mod store;

@@ -69,6 +69,29 @@ pub struct Config {
     pub limits: LimitsSettings,
     #[serde(default)]
     pub store: StoreSettings,
+    #[serde(default)]
+    pub probe: ProbeSettings,
+}
+
+/// Client-driven home selection (`redirector_ebpf::probe`): probes to the
+/// service addresses at `port` are answered in XDP for the pool, and a
+/// REGISTER's cookie picks a new AOR's home.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSettings {
+    /// The UDP port probes are sent to (on the service addresses and on
+    /// each home); absent: probes are off and cookies are not read.
+    pub port: Option<u16>,
+    /// A file holding the secret shared by the edges and the homes' `redirector
+    /// decap`: 32 hex digits (16 bytes).
+    pub secret_file: Option<PathBuf>,
+    /// Seconds a period key is used; a cookie is good for one more period.
+    #[serde(default = "default_probe_period")]
+    pub period: u64,
+}
+
+fn default_probe_period() -> u64 {
+    300
 }
 
 /// The assignment store's upkeep.
@@ -559,7 +582,7 @@ impl Config {
 
     /// Every problem validation finds, each naming its field.
     pub fn problems(&self) -> Vec<ConfigError> {
-        let checks: [Check; 11] = [
+        let checks: [Check; 12] = [
             Self::validate_interface,
             Self::validate_service,
             Self::validate_edge,
@@ -571,6 +594,7 @@ impl Config {
             Self::validate_sizes,
             Self::validate_limits,
             Self::validate_proxy,
+            Self::validate_probe,
         ];
         checks.iter().filter_map(|check| check(self).err()).collect()
     }
@@ -605,6 +629,20 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    fn validate_probe(&self) -> Result<(), ConfigError> {
+        let Some(port) = self.probe.port else { return Ok(()) };
+        if port == 0 || self.service.ports.contains(&port) {
+            return Err(invalid("probe.port", format!("{port} must be a port other than 0 and the service's ports")));
+        }
+        if self.probe.secret_file.is_none() {
+            return Err(invalid("probe.secret_file", "is needed with probe.port: a file of 32 hex digits"));
+        }
+        if self.probe.period == 0 {
+            return Err(invalid("probe.period", "must be at least 1 second"));
+        }
+        Ok(())
     }
 
     fn validate_interface(&self) -> Result<(), ConfigError> {

@@ -114,7 +114,7 @@ fn cases() -> Vec<Case> {
 /// not scanned).
 fn make_nat_hits_fixed_points(fx: &mut Fixture) {
     for (edge, home, nat_port) in [("10.0.0.1", "10.0.0.11", 20000), ("fd00::1", "fd00::11", 20001)] {
-        fx.dataplane().add_service(endpoint(home.parse().unwrap(), 5060)).unwrap();
+        fx.dataplane().add_service(endpoint(home.parse().unwrap(), 5060), redirector_ebpf::SERVICE_SIP).unwrap();
         let entry = ClientEntry { server: 0, nat_port_be: u16::to_be(nat_port), ..Default::default() };
         fx.dataplane().install_client(endpoint(edge.parse().unwrap(), nat_port), entry).unwrap();
     }

@@ -1,0 +1,74 @@
+//! The probe responder (`redirector_ebpf::probe`): a probe to the probe
+//! port of an address this program answers for is turned into its answer
+//! in place and sent back where it came from (`XDP_TX`): Ethernet, IP and
+//! UDP endpoints swapped, the payload rewritten, the UDP checksum updated
+//! incrementally (swapping addresses and ports leaves the IPv4 header's and
+//! the pseudo-header's sums unchanged). The frame keeps its length, VLAN
+//! tag, IP options, TOS and TTL / hop limit.
+
+use core::mem::offset_of;
+
+use aya_ebpf::programs::XdpContext;
+use redirector_ebpf::{
+    Counter, Endpoint, FAMILY_V4, checksum,
+    probe::{self, PROBE_LEN, ProbeConfig},
+};
+
+use super::{
+    headers::*,
+    packet::{Datagram, read_at, replace_at, udp_header_ok, write_at},
+};
+
+/// Answers the probe in `datagram` as `server`, or says why not: a frame
+/// that is no well-formed probe is `ProbeMalformed`, a probe while not
+/// answering `ProbeSilent` (both to be dropped), an answer `ProbeAnswered`
+/// (to be sent with `XDP_TX`).
+// A separate BPF subprogram: SipHash's state stays off its callers' stack.
+#[inline(never)]
+pub fn respond(ctx: &XdpContext, datagram: &Datagram, config: &ProbeConfig) -> Counter {
+    let ip = &datagram.ip;
+    let payload_at = ip.l4 + UDP_HLEN;
+    let Some(udp) = read_at::<UdpHdr>(ctx, ip.l4) else {
+        return Counter::ProbeMalformed;
+    };
+    if !udp_header_ok(ctx, ip) || u16::from_be_bytes(udp.len) as usize != UDP_HLEN + PROBE_LEN {
+        return Counter::ProbeMalformed;
+    }
+    let Some(mut bytes) = read_at::<[u8; PROBE_LEN]>(ctx, payload_at) else {
+        return Counter::ProbeMalformed;
+    };
+    if !probe::is_probe(&bytes) {
+        return Counter::ProbeMalformed;
+    }
+    if config.answering == 0 {
+        return Counter::ProbeSilent;
+    }
+    let server = Endpoint { port_be: 0, ..datagram.dst };
+    let client = Endpoint { port_be: 0, ..datagram.src };
+    probe::answer(&mut bytes, config, &server, &client);
+    if send_back(ctx, datagram, &mut bytes).is_none() {
+        return Counter::Malformed;
+    }
+    Counter::ProbeAnswered
+}
+
+/// Writes the answer's payload, swaps the endpoints and fixes the UDP checksum.
+#[inline(always)]
+fn send_back(ctx: &XdpContext, datagram: &Datagram, answer: &mut [u8; PROBE_LEN]) -> Option<()> {
+    let ip = &datagram.ip;
+    let diff = replace_at(ctx, ip.l4 + UDP_HLEN, answer, 0)?;
+    let check_at = ip.l4 + offset_of!(UdpHdr, check);
+    let check: [u8; 2] = read_at(ctx, check_at)?;
+    write_at(ctx, check_at, checksum::apply_udp_diff(u16::from_ne_bytes(check), diff).to_ne_bytes())?;
+    let udp: UdpHdr = read_at(ctx, ip.l4)?;
+    write_at(ctx, ip.l4 + offset_of!(UdpHdr, src), [udp.dst, udp.src])?;
+    if ip.family == FAMILY_V4 {
+        let hdr: Ipv4Hdr = read_at(ctx, ip.l3)?;
+        write_at(ctx, ip.l3 + offset_of!(Ipv4Hdr, src), [hdr.dst, hdr.src])?;
+    } else {
+        let hdr: Ipv6Hdr = read_at(ctx, ip.l3)?;
+        write_at(ctx, ip.l3 + offset_of!(Ipv6Hdr, src), [hdr.dst, hdr.src])?;
+    }
+    let eth: EthHdr = read_at(ctx, 0)?;
+    write_at(ctx, offset_of!(EthHdr, dst), [eth.src, eth.dst])
+}
