@@ -106,6 +106,11 @@ pub struct Outcome {
 impl Fixture {
     /// `mode` is "dsr" or "nat".
     pub fn new(mode: &str) -> Self {
+        Self::with_config(&config_text(mode))
+    }
+
+    /// A fixture whose edge has the config `text` (`config_text` and more).
+    pub fn with_config(text: &str) -> Self {
         let ns = NetNs::new("rdr-fx");
         ns.ip("link add fx0 address 02:00:00:00:00:01 type veth peer name fx1");
         ns.ip("link add fx2 address 02:00:00:00:00:f2 type veth peer name fx3");
@@ -130,7 +135,7 @@ impl Fixture {
         for setting in ["net.ipv4.conf.all.forwarding=1", "net.ipv6.conf.all.forwarding=1"] {
             ns.sysctl(setting);
         }
-        let config = Config::parse(&config_text(mode)).expect("fixture config");
+        let config = Config::parse(text).expect("fixture config");
         let mut dataplane = DataPlane::load_with_client_capacity(CLIENT_CAPACITY).expect("loading the XDP object");
         dataplane.configure(&config).expect("configuring maps");
         let fast_path = FastPath::new(dataplane, &config).expect("installing static clients");

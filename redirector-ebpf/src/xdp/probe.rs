@@ -8,7 +8,7 @@
 
 use core::mem::offset_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use redirector_ebpf::{
     Counter, Endpoint, FAMILY_V4, checksum,
     probe::{self, PROBE_LEN, ProbeConfig},
@@ -17,27 +17,28 @@ use redirector_ebpf::{
 use super::{
     headers::*,
     packet::{Datagram, read_at, replace_at, udp_header_ok, write_at},
+    scratch,
 };
 
 /// Answers the probe in `datagram` as `server`, or says why not: a frame
 /// that is no well-formed probe is `ProbeMalformed`, a probe while not
 /// answering `ProbeSilent` (both to be dropped), an answer `ProbeAnswered`
 /// (to be sent with `XDP_TX`).
-// A separate BPF subprogram: SipHash's state stays off its callers' stack.
+// A separate BPF subprogram: SipHash's state stays off its callers' stack,
+// and the payload is worked on in this CPU's scratch, not on the stack.
 #[inline(never)]
 pub fn respond(ctx: &XdpContext, datagram: &Datagram, config: &ProbeConfig) -> Counter {
     let ip = &datagram.ip;
-    let payload_at = ip.l4 + UDP_HLEN;
     let Some(udp) = read_at::<UdpHdr>(ctx, ip.l4) else {
         return Counter::ProbeMalformed;
     };
     if !udp_header_ok(ctx, ip) || u16::from_be_bytes(udp.len) as usize != UDP_HLEN + PROBE_LEN {
         return Counter::ProbeMalformed;
     }
-    let Some(mut bytes) = read_at::<[u8; PROBE_LEN]>(ctx, payload_at) else {
+    let Some(bytes) = payload(ctx, ip.l4 + UDP_HLEN) else {
         return Counter::ProbeMalformed;
     };
-    if !probe::is_probe(&bytes) {
+    if !probe::is_probe(bytes) {
         return Counter::ProbeMalformed;
     }
     if config.answering == 0 {
@@ -45,11 +46,21 @@ pub fn respond(ctx: &XdpContext, datagram: &Datagram, config: &ProbeConfig) -> C
     }
     let server = Endpoint { port_be: 0, ..datagram.dst };
     let client = Endpoint { port_be: 0, ..datagram.src };
-    probe::answer(&mut bytes, config, &server, &client);
-    if send_back(ctx, datagram, &mut bytes).is_none() {
+    probe::answer(bytes, config, &server, &client);
+    if send_back(ctx, datagram, bytes).is_none() {
         return Counter::Malformed;
     }
     Counter::ProbeAnswered
+}
+
+/// The probe's payload copied into this CPU's scratch.
+#[inline(always)]
+fn payload(ctx: &XdpContext, at: usize) -> Option<&'static mut [u8; PROBE_LEN]> {
+    let bytes = scratch::current()?.bytes.first_chunk_mut::<PROBE_LEN>()?;
+    // SAFETY: `bytes` is PROBE_LEN bytes of this CPU's map value; the helper
+    // checks the frame's bounds itself.
+    let copied = unsafe { bpf_xdp_load_bytes(ctx.ctx, at as u32, bytes.as_mut_ptr().cast(), PROBE_LEN as u32) };
+    (copied == 0).then_some(bytes)
 }
 
 /// Writes the answer's payload, swaps the endpoints and fixes the UDP checksum.

@@ -67,13 +67,15 @@ impl Assignments {
     /// Gives every AOR without a usable assignment a new one on a server of
     /// `pool` that takes new clients, all in one durable transaction. An
     /// AOR never assigned before is first put to `admit` (with the
-    /// assignments held so far). Per AOR: its usable assignment, or why it
-    /// has none.
+    /// assignments held so far), and goes to the home `cookie_home` names
+    /// for it if that home takes new clients. Per AOR: its usable
+    /// assignment, or why it has none.
     pub fn assign_all(
         &mut self,
         aors: &[&Aor],
         pool: &Pool,
         admit: &mut dyn FnMut(&Aor, u64) -> Result<(), Refused>,
+        cookie_home: &dyn Fn(&Aor) -> Option<String>,
     ) -> Result<Vec<Result<Assigned, Refused>>, StoreError> {
         if aors.is_empty() {
             return Ok(Vec::new());
@@ -92,7 +94,9 @@ impl Assignments {
                 decided.push(Err(refused));
                 return None;
             }
-            let Some(server) = pool.choose(aor, current.map(|a| a.server.as_str())) else {
+            let asked = current.is_none().then(|| cookie_home(aor)).flatten();
+            let asked = asked.and_then(|name| pool.server(&name).filter(|home| home.accepts_new()));
+            let Some(server) = asked.or_else(|| pool.choose(aor, current.map(|a| a.server.as_str()))) else {
                 decided.push(Err(Refused::NoServer));
                 return None;
             };
