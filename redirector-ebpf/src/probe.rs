@@ -25,8 +25,8 @@
 //! is exactly as long as the probe, so the responder amplifies nothing.
 //!
 //! The cookie MAC is SipHash-2-4 (`siphash24`) keyed with the current
-//! period's secret (`period_key`) over the 48 bytes of `mac_words`: server
-//! address, client address, expiry and the two families. The client address
+//! period's key (`period_key`) over 48 bytes (`mac`): server address,
+//! client address, expiry and the two families. The client address
 //! is the probe's source address (no port: the SIP socket is another one).
 
 use bytemuck::{Pod, Zeroable};
@@ -95,25 +95,15 @@ pub fn probe(tag: u64) -> [u8; PROBE_LEN] {
 }
 
 /// Turns a well-formed probe into its answer, in place: the server
-/// `server` (address only) answers `client` (address only).
+/// `server` answers `client` (their ports are not read).
 #[inline(always)]
 pub fn answer(bytes: &mut [u8; PROBE_LEN], config: &ProbeConfig, server: &Endpoint, client: &Endpoint) {
     let mac = mac(&config.key, server, client, config.expiry);
     bytes[5] = KIND_ANSWER;
     bytes[6] = server.family;
-    let mut i = 0;
-    while i < 16 {
-        bytes[SERVER_AT + i] = server.addr[i];
-        i += 1;
-    }
-    let expiry = config.expiry.to_be_bytes();
-    let mac = mac.to_be_bytes();
-    i = 0;
-    while i < 8 {
-        bytes[EXPIRY_AT + i] = expiry[i];
-        bytes[MAC_AT + i] = mac[i];
-        i += 1;
-    }
+    bytes[SERVER_AT..EXPIRY_AT].copy_from_slice(&server.addr);
+    bytes[EXPIRY_AT..MAC_AT].copy_from_slice(&config.expiry.to_be_bytes());
+    bytes[MAC_AT..].copy_from_slice(&mac.to_be_bytes());
 }
 
 /// What an answer says: its tag and the cookie.
@@ -190,25 +180,21 @@ fn endpoint(family: u8, addr: [u8; 16]) -> Option<Endpoint> {
     }
 }
 
-/// The cookie MAC of `server` for `client` until `expiry`.
-#[inline(always)]
+/// The cookie MAC of `server` for `client` until `expiry` (ports are not
+/// covered): SipHash-2-4 of a 48-byte message, server address (16 bytes),
+/// client address (16), expiry (8, little endian), the server's and the
+/// client's family, six zero bytes. A BPF subprogram of its own: inlined,
+/// its spilled state would take the responder past the stack limit.
+#[inline(never)]
 pub fn mac(key: &[u64; 2], server: &Endpoint, client: &Endpoint, expiry: u64) -> u64 {
-    siphash24(key, &mac_words(server, client, expiry))
-}
-
-/// The MAC's 48-byte message as SipHash's little-endian words: server
-/// address (16 bytes), client address (16), expiry (8, little endian), the
-/// server's and the client's family, six zero bytes.
-#[inline(always)]
-pub fn mac_words(server: &Endpoint, client: &Endpoint, expiry: u64) -> [u64; 6] {
-    [
-        le_word(&server.addr, 0),
-        le_word(&server.addr, 8),
-        le_word(&client.addr, 0),
-        le_word(&client.addr, 8),
-        expiry,
-        server.family as u64 | (client.family as u64) << 8,
-    ]
+    let mut state = SipHash::new(key);
+    state.compress(le_word(&server.addr, 0));
+    state.compress(le_word(&server.addr, 8));
+    state.compress(le_word(&client.addr, 0));
+    state.compress(le_word(&client.addr, 8));
+    state.compress(expiry);
+    state.compress(server.family as u64 | (client.family as u64) << 8);
+    state.finish(6)
 }
 
 #[inline(always)]
@@ -245,45 +231,65 @@ pub const fn period_of(expiry: u64, period_secs: u64) -> u64 {
 /// words). Whole words only: no branch on lengths, which suits the verifier.
 #[inline(always)]
 pub fn siphash24<const N: usize>(key: &[u64; 2], words: &[u64; N]) -> u64 {
-    let mut v = [
-        key[0] ^ 0x736f_6d65_7073_6575,
-        key[1] ^ 0x646f_7261_6e64_6f6d,
-        key[0] ^ 0x6c79_6765_6e65_7261,
-        key[1] ^ 0x7465_6462_7974_6573,
-    ];
+    let mut state = SipHash::new(key);
     let mut i = 0;
     while i < N {
-        compress(&mut v, words[i]);
+        state.compress(words[i]);
         i += 1;
     }
-    compress(&mut v, ((N as u64 * 8) & 0xff) << 56);
-    v[2] ^= 0xff;
-    let mut round = 0;
-    while round < 4 {
-        sip_round(&mut v);
-        round += 1;
+    state.finish(N)
+}
+
+struct SipHash {
+    v: [u64; 4],
+}
+
+impl SipHash {
+    #[inline(always)]
+    const fn new(key: &[u64; 2]) -> Self {
+        Self {
+            v: [
+                key[0] ^ 0x736f_6d65_7073_6575,
+                key[1] ^ 0x646f_7261_6e64_6f6d,
+                key[0] ^ 0x6c79_6765_6e65_7261,
+                key[1] ^ 0x7465_6462_7974_6573,
+            ],
+        }
     }
-    v[0] ^ v[1] ^ v[2] ^ v[3]
-}
 
-#[inline(always)]
-fn compress(v: &mut [u64; 4], m: u64) {
-    v[3] ^= m;
-    sip_round(v);
-    sip_round(v);
-    v[0] ^= m;
-}
+    #[inline(always)]
+    fn compress(&mut self, m: u64) {
+        self.v[3] ^= m;
+        self.round();
+        self.round();
+        self.v[0] ^= m;
+    }
 
-#[inline(always)]
-fn sip_round(v: &mut [u64; 4]) {
-    v[0] = v[0].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(13) ^ v[0];
-    v[0] = v[0].rotate_left(32);
-    v[2] = v[2].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(16) ^ v[2];
-    v[0] = v[0].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(21) ^ v[0];
-    v[2] = v[2].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(17) ^ v[2];
-    v[2] = v[2].rotate_left(32);
+    /// The hash of the `words` words compressed so far.
+    #[inline(always)]
+    fn finish(mut self, words: usize) -> u64 {
+        self.compress(((words as u64 * 8) & 0xff) << 56);
+        self.v[2] ^= 0xff;
+        let mut round = 0;
+        while round < 4 {
+            self.round();
+            round += 1;
+        }
+        self.v[0] ^ self.v[1] ^ self.v[2] ^ self.v[3]
+    }
+
+    #[inline(always)]
+    fn round(&mut self) {
+        let v = &mut self.v;
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
 }

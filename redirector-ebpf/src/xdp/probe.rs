@@ -10,7 +10,7 @@ use core::mem::offset_of;
 
 use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
 use redirector_ebpf::{
-    Counter, Endpoint, FAMILY_V4, checksum,
+    Counter, FAMILY_V4, checksum,
     probe::{self, PROBE_LEN, ProbeConfig},
 };
 
@@ -44,9 +44,7 @@ pub fn respond(ctx: &XdpContext, datagram: &Datagram, config: &ProbeConfig) -> C
     if config.answering == 0 {
         return Counter::ProbeSilent;
     }
-    let server = Endpoint { port_be: 0, ..datagram.dst };
-    let client = Endpoint { port_be: 0, ..datagram.src };
-    probe::answer(bytes, config, &server, &client);
+    probe::answer(bytes, config, &datagram.dst, &datagram.src);
     if send_back(ctx, datagram, bytes).is_none() {
         return Counter::Malformed;
     }
