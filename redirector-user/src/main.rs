@@ -134,6 +134,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Answer probes in user space on each LISTEN address (a specific
+    /// address, the server's identity, and the probe port): for hosts
+    /// without XDP, and the benchmark's baseline for the XDP responders.
+    ProbeResponder {
+        #[arg(long = "listen", required = true)]
+        listen: Vec<SocketAddr>,
+        /// The pool's probe secret, the edge's `[probe] secret_file`.
+        #[arg(long)]
+        secret: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        period: u64,
+        /// Hold each answer this long (tests: a slow server without netem).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
     /// A minimal SIP registrar (REGISTER, OPTIONS, SUBSCRIBE) for tests and demos: a
     /// home server needing nothing else.
     Home {
@@ -411,6 +426,19 @@ async fn main() -> Result<()> {
             match keys.zip(probe_port) {
                 Some((keys, port)) => answer_probes(dataplane, &interface, attach, keys, port).await,
                 None => hold_attached(dataplane, DECAP_PROGRAM, &interface, attach).await,
+            }
+        }
+        Command::ProbeResponder { listen, secret, period, delay_ms } => {
+            let keys = Keys::read(&secret, period)?;
+            let mut serving = tokio::task::JoinSet::new();
+            for address in listen {
+                let socket = tokio::net::UdpSocket::bind(address).await.with_context(|| format!("binding {address}"))?;
+                serving.spawn(redirector::probe::responder::serve(socket, keys, Duration::from_millis(delay_ms)));
+            }
+            info!(delay_ms, "answering probes");
+            tokio::select! {
+                () = shutdown_signal()? => Ok(()),
+                Some(done) = serving.join_next() => Ok(done?.context("answering probes")?),
             }
         }
         Command::Probe { servers, timeout, json } => {

@@ -1,10 +1,12 @@
 //! Client-driven home selection: the secret and period keys probes are
 //! answered with, the cookie a client presents at first contact (the
-//! `Redirector-Cookie` header) and its verification, and the client side
-//! (`select`, sans-IO; `client`, over tokio). The wire format and the MAC
+//! `Redirector-Cookie` header) and its verification, the client side
+//! (`select`, sans-IO; `client`, over tokio) and a responder in user space
+//! (`responder`). The wire format and the MAC
 //! are `redirector_ebpf::probe`'s, shared with the XDP responders.
 
 pub mod client;
+pub mod responder;
 pub mod select;
 
 use std::{net::IpAddr, path::Path};
