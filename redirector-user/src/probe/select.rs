@@ -9,7 +9,7 @@ use std::{
 };
 
 use redirector_ebpf::probe::{Cookie, PROBE_LEN, parse_answer, probe};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{cookie_text, ip_of};
 
@@ -35,7 +35,7 @@ pub enum Outcome {
 
 /// Each server's response time (`None`: no answer by the timeout), the
 /// choice and its cookie (the `Redirector-Cookie` value).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub tag: String,
     pub servers: Vec<ServerResult>,
@@ -43,7 +43,7 @@ pub struct Report {
     pub cookie: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerResult {
     pub server: SocketAddr,
     /// Milliseconds from the probe to the answer.
