@@ -5,11 +5,11 @@
 //! 4. `ops`: what operators do and see (operations, control API, stats, metrics).
 //! 3. `edge`: the sans-IO core (first contact, health, watchers, rebalancing);
 //!    `home`, a minimal registrar for tests and demos.
-//! 2. `kernel` (loader, typed maps, the fast path) and `store` (assignments).
+//! 2. `kernel` (loader, typed maps, the fast path), `store` (assignments)
+//!    and `probe` (probes, cookies and the client that picks a home by them).
 //! 1. `config`: the TOML configuration, validated.
 //! 0. `model` (concepts every layer shares), `sip` (the scanner and
-//!    responses), `counters`, `probe` (probes, cookies and the client
-//!    that picks a home by them).
+//!    responses), `counters`.
 
 pub mod config;
 pub mod counters;

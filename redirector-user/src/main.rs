@@ -432,7 +432,8 @@ async fn main() -> Result<()> {
             let keys = Keys::read(&secret, period)?;
             let mut serving = tokio::task::JoinSet::new();
             for address in listen {
-                let socket = tokio::net::UdpSocket::bind(address).await.with_context(|| format!("binding {address}"))?;
+                let socket =
+                    tokio::net::UdpSocket::bind(address).await.with_context(|| format!("binding {address}"))?;
                 serving.spawn(redirector::probe::responder::serve(socket, keys, Duration::from_millis(delay_ms)));
             }
             info!(delay_ms, "answering probes");
@@ -445,7 +446,9 @@ async fn main() -> Result<()> {
             let report = redirector::probe::client::probe(&servers, Duration::from_millis(timeout)).await?;
             print(json, &report, report::probe)?;
             if report.chosen.is_none() {
-                bail!("no server answered within {timeout} ms: are probes on (`[probe] port`, `decap --probe-port`) and the port right?");
+                bail!(
+                    "no server answered within {timeout} ms: are probes on (`[probe] port`, `decap --probe-port`) and the port right?"
+                );
             }
             Ok(())
         }

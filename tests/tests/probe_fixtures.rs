@@ -201,7 +201,12 @@ fn malformed() -> Vec<Case> {
         dropped_probe("a non-zero reserved byte is dropped", edited(|b| b[7] = 1)),
         dropped_probe("a non-zero byte in the answer's fields is dropped", edited(|b| b[47] = 1)),
         dropped_probe("a SIP request to the probe port is dropped", redirector_tests::packets::REGISTER.to_vec()),
-        Case::untouched("a v6 probe without a UDP checksum is dropped", v6_no_checksum, XDP_DROP, Counter::ProbeMalformed),
+        Case::untouched(
+            "a v6 probe without a UDP checksum is dropped",
+            v6_no_checksum,
+            XDP_DROP,
+            Counter::ProbeMalformed,
+        ),
     ]
 }
 
@@ -209,7 +214,12 @@ fn malformed() -> Vec<Case> {
 fn not_probes() -> Vec<Case> {
     let to = |dst: &str| from_client(&Datagram::new("10.0.0.2:40000", dst).with(|d| d.payload = probe(7)), None);
     vec![
-        Case::untouched("a probe to the SIP port is first contact's", to(&socket(VIP4, 5060)), XDP_PASS, Counter::PassMiss),
+        Case::untouched(
+            "a probe to the SIP port is first contact's",
+            to(&socket(VIP4, 5060)),
+            XDP_PASS,
+            Counter::PassMiss,
+        ),
         Case::untouched(
             "a probe to the edge's own address is not answered",
             to(&socket("10.0.0.1", PROBE_PORT)),
@@ -235,7 +245,10 @@ fn at_a_home(config: &ProbeConfig) -> Vec<Case> {
         home(answered_case("a home answers a v6 probe to itself", config, "[fd00::2]:40000", "fd00::11", |_| {})),
         home(Case::untouched(
             "a home drops a malformed probe to itself",
-            from_client(&Datagram::new("10.0.0.2:40000", &socket(HOME1, PROBE_PORT)).with(|d| d.payload = edited(|b| b[4] = 9)), None),
+            from_client(
+                &Datagram::new("10.0.0.2:40000", &socket(HOME1, PROBE_PORT)).with(|d| d.payload = edited(|b| b[4] = 9)),
+                None,
+            ),
             XDP_DROP,
             Counter::ProbeMalformed,
         )),
@@ -258,7 +271,9 @@ fn at_a_home(config: &ProbeConfig) -> Vec<Case> {
 /// home): well-formed probes are dropped unanswered, malformed ones still
 /// counted as malformed.
 fn silent_cases() -> Vec<Case> {
-    let probe_to = |dst: &str| from_client(&Datagram::new("10.0.0.2:40000", &socket(dst, PROBE_PORT)).with(|d| d.payload = probe(7)), None);
+    let probe_to = |dst: &str| {
+        from_client(&Datagram::new("10.0.0.2:40000", &socket(dst, PROBE_PORT)).with(|d| d.payload = probe(7)), None)
+    };
     vec![
         Case::untouched("a silent edge drops a probe", probe_to(VIP4), XDP_DROP, Counter::ProbeSilent),
         Case::untouched("a silent home drops a probe", probe_to(HOME1), XDP_DROP, Counter::ProbeSilent)

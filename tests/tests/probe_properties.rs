@@ -99,7 +99,9 @@ fn fixture() -> &'static Mutex<Fixture> {
     FIXTURE.get_or_init(|| {
         let probe = format!("\n[probe]\nport = {PROBE_PORT}\nsecret_file = \"/etc/redirector/probe.secret\"\n");
         let mut fx = Fixture::with_config(&format!("{}{probe}", config_text("dsr")));
-        fx.dataplane().set_probe(Keys::new(*b"property-secret!", 300).config_at(1_780_000_000, PROBE_PORT, true)).unwrap();
+        fx.dataplane()
+            .set_probe(Keys::new(*b"property-secret!", 300).config_at(1_780_000_000, PROBE_PORT, true))
+            .unwrap();
         Mutex::new(fx)
     })
 }

@@ -10,7 +10,9 @@ use redirector_ebpf::{
 
 use super::{
     decap, encap,
-    maps::{CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, PROBE, SERVERS, SERVICES, THROTTLED, count, count_server, report},
+    maps::{
+        CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, PROBE, SERVERS, SERVICES, THROTTLED, count, count_server, report,
+    },
     nat,
     packet::{self, Datagram, parse_udp, udp_header_ok},
     probe, register,

@@ -77,8 +77,7 @@ impl Harness {
         let source = |aor: &Aor| unassigned.iter().find(|c| &c.aor == aor).expect("asked for").source;
         let mut admit = |aor: &Aor, held| self.admission.borrow_mut().admit(source(aor), true, held, now);
         let cookie_home = |aor: &Aor| unassigned.iter().find(|c| &c.aor == aor).and_then(|c| c.cookie_home.clone());
-        let results =
-            self.assignments.borrow_mut().assign_all(&refs, &self.pool.load(), &mut admit, &cookie_home);
+        let results = self.assignments.borrow_mut().assign_all(&refs, &self.pool.load(), &mut admit, &cookie_home);
         let assigned = results.map(|results| {
             let pairs = unassigned.iter().zip(results).map(|(c, result)| (c.aor.clone(), result));
             pairs.collect::<HashMap<Aor, Result<Assigned, Refused>>>()

@@ -16,14 +16,18 @@ use redirector_ebpf::{
     probe::{COOKIE_LEN, Cookie, ProbeConfig, expiry_of, period_key, period_of},
 };
 
+use crate::sip::HeaderKind;
+
 /// The SIP header a REGISTER carries its cookie in.
-pub const COOKIE_HEADER: &str = "Redirector-Cookie";
+pub const COOKIE_HEADER: &str = HeaderKind::RedirectorCookie.canonical_name();
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("reading the probe secret {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("the probe secret {path} is not 32 hex digits (16 bytes); make one with `od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'`")]
+    #[error(
+        "the probe secret {path} is not 32 hex digits (16 bytes); make one with `od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'`"
+    )]
     Format { path: String },
 }
 
@@ -133,7 +137,7 @@ pub fn ip_of(endpoint: &Endpoint) -> IpAddr {
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.is_ascii() {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
     (0..text.len()).step_by(2).map(|at| u8::from_str_radix(&text[at..at + 2], 16).ok()).collect()

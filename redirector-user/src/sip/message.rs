@@ -56,7 +56,7 @@ pub enum HeaderKind {
     Supported,
     Subject,
     ContentEncoding,
-    /// `Redirector-Cookie`: a probe answer's cookie (`crate::probe`).
+    /// `Redirector-Cookie`: a probe answer's cookie (see `probe`).
     RedirectorCookie,
     Other,
 }
@@ -89,7 +89,7 @@ impl HeaderKind {
             .map_or(HeaderKind::Other, |(_, _, kind)| *kind)
     }
 
-    pub fn canonical_name(self) -> &'static str {
+    pub const fn canonical_name(self) -> &'static str {
         match self {
             HeaderKind::Via => "Via",
             HeaderKind::From => "From",
@@ -105,7 +105,7 @@ impl HeaderKind {
             HeaderKind::Supported => "Supported",
             HeaderKind::Subject => "Subject",
             HeaderKind::ContentEncoding => "Content-Encoding",
-            HeaderKind::RedirectorCookie => crate::probe::COOKIE_HEADER,
+            HeaderKind::RedirectorCookie => "Redirector-Cookie",
             HeaderKind::Other => "",
         }
     }

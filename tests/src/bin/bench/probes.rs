@@ -67,7 +67,8 @@ pub fn run(quick: bool) -> Section {
     let responder = topology.spawn_in_home(0, &tokio);
     topology.adopt(responder);
     let client = socket_in(&topology.client, &format!("{CLIENT}:0"));
-    let targets = [("XDP responder (redirector decap)", XDP_PORT), ("tokio responder (redirector probe-responder)", TOKIO_PORT)];
+    let targets =
+        [("XDP responder (redirector decap)", XDP_PORT), ("tokio responder (redirector probe-responder)", TOKIO_PORT)];
     for (name, port) in targets {
         if !answers(&topology, port) {
             section.skip(format!("{name}: no answer to a probe"));
@@ -92,7 +93,9 @@ pub fn run(quick: bool) -> Section {
             None => row,
         });
     }
-    section.notes.push("ratio: answers per second over the tokio responder's in the same round; median of the rounds' ratios".into());
+    section.notes.push(
+        "ratio: answers per second over the tokio responder's in the same round; median of the rounds' ratios".into(),
+    );
     section.notes.push("both on one home (skb-mode XDP on its veth), probed from one client socket; sent beside answered shows what was dropped".into());
     section
 }
@@ -114,9 +117,8 @@ fn answers(topology: &Topology, port: u16) -> bool {
 
 fn measure(client: &std::net::UdpSocket, port: u16, limit: Duration) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
-    let counter = count(client.try_clone().expect("cloning the client socket"), stop.clone(), |d| {
-        parse_answer(d).is_some()
-    });
+    let counter =
+        count(client.try_clone().expect("cloning the client socket"), stop.clone(), |d| parse_answer(d).is_some());
     let to = SocketAddrV4::new(home_address(0), port);
     let sent = blast_to(client, &probe(7), to, MAX_PROBES, limit, Pace::Flat);
     stop.store(true, Ordering::Relaxed);
