@@ -76,7 +76,7 @@ pub struct Config {
 /// Client-driven home selection (`redirector_ebpf::probe`): probes to the
 /// service addresses at `port` are answered in XDP for the pool, and a
 /// REGISTER's cookie picks a new AOR's home.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSettings {
     /// The UDP port probes are sent to (on the service addresses and on
@@ -88,6 +88,12 @@ pub struct ProbeSettings {
     /// Seconds a period key is used; a cookie is good for one more period.
     #[serde(default = "default_probe_period")]
     pub period: u64,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self { port: None, secret_file: None, period: default_probe_period() }
+    }
 }
 
 fn default_probe_period() -> u64 {
@@ -922,6 +928,23 @@ mod tests {
         for bad in ["0.5", "-1", "nan"] {
             let err = error_for(&with(bad));
             assert!(err.starts_with("config field `store.expire_after`: ") && err.contains("0 to never"), "{err}");
+        }
+    }
+
+    #[test]
+    fn probes_are_off_by_default_and_need_their_own_port_and_a_secret() {
+        assert_eq!(Config::parse(VALID).unwrap().probe, ProbeSettings::default());
+        let with = |probe: &str| format!("{VALID}\n[probe]\n{probe}\n");
+        let on = Config::parse(&with("port = 5099\nsecret_file = \"/etc/redirector/probe.secret\"")).unwrap();
+        assert_eq!((on.probe.port, on.probe.period), (Some(5099), 300));
+        for (probe, field) in [
+            ("port = 5060\nsecret_file = \"/s\"", "probe.port"),
+            ("port = 0\nsecret_file = \"/s\"", "probe.port"),
+            ("port = 5099", "probe.secret_file"),
+            ("port = 5099\nsecret_file = \"/s\"\nperiod = 0", "probe.period"),
+        ] {
+            let err = error_for(&with(probe));
+            assert!(err.starts_with(&format!("config field `{field}`: ")), "{probe}: {err}");
         }
     }
 
