@@ -113,7 +113,7 @@ enum Command {
         #[arg(long, requires = "probe_secret")]
         probe_port: Option<u16>,
         /// The pool's probe secret, the edge's `[probe] secret_file`.
-        #[arg(long)]
+        #[arg(long, requires = "probe_port")]
         probe_secret: Option<PathBuf>,
         /// Seconds a probe key is used, the edge's `[probe] period`.
         #[arg(long, default_value_t = 300)]

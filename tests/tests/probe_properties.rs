@@ -5,12 +5,15 @@
 //! well-formed ones, in place and never larger, and drops the rest.
 
 use std::{
+    cell::RefCell,
     hash::Hasher,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::{Mutex, OnceLock},
 };
 
-use proptest::prelude::*;
+use proptest::{
+    prelude::*,
+    test_runner::{Config, TestCaseError, TestRunner},
+};
 use redirector::probe::{Keys, address};
 use redirector_ebpf::{
     Counter,
@@ -93,19 +96,6 @@ proptest! {
     }
 }
 
-/// One fixture (a namespace and a loaded program) for every kernel case.
-fn fixture() -> &'static Mutex<Fixture> {
-    static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let probe = format!("\n[probe]\nport = {PROBE_PORT}\nsecret_file = \"/etc/redirector/probe.secret\"\n");
-        let mut fx = Fixture::with_config(&format!("{}{probe}", config_text("dsr")));
-        fx.dataplane()
-            .set_probe(Keys::new(*b"property-secret!", 300).config_at(1_780_000_000, PROBE_PORT, true))
-            .unwrap();
-        Mutex::new(fx)
-    })
-}
-
 /// A probe with some bytes changed, or random bytes of any length.
 fn payloads() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
@@ -120,37 +110,44 @@ fn payloads() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
-
-    /// The edge answers exactly the well-formed probes, with `XDP_TX`, a
-    /// frame of the same length and the probe's tag; everything else sent to
-    /// the probe port is dropped untouched, counted `probe_malformed`.
-    #[test]
-    fn the_responder_answers_well_formed_probes_only(payload in payloads(), v4 in any::<bool>()) {
-        if !privileged() {
-            return Ok(());
-        }
-        let (src, dst) = if v4 { ("10.0.0.2:40000", "192.0.2.10:5099") } else { ("[fd00::2]:40000", "[2001:db8::10]:5099") };
-        let datagram = Datagram::new(src, dst).with(|d| d.payload = payload.clone());
-        let frame = ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet());
-        let mut fx = fixture().lock().unwrap();
-        let before = fx.counters();
-        let outcome = fx.run(&frame);
-        let moved: Vec<Counter> =
-            before.iter().zip(fx.counters()).filter(|((_, was), (_, now))| now != was).map(|((c, _), _)| *c).collect();
-        let well_formed = <[u8; PROBE_LEN]>::try_from(payload.as_slice()).is_ok_and(|p| is_probe(&p));
-        prop_assert_eq!(outcome.frame.len(), frame.len(), "never larger (or smaller)");
-        if well_formed {
-            prop_assert_eq!(outcome.action, XDP_TX);
-            prop_assert_eq!(moved, vec![Counter::ProbeAnswered]);
-            let at = outcome.frame.len() - PROBE_LEN;
-            let answer = parse_answer(&outcome.frame[at..]).expect("an answer");
-            prop_assert_eq!(answer.tag.to_be_bytes(), <[u8; 8]>::try_from(&payload[8..16]).unwrap());
-        } else {
-            prop_assert_eq!(outcome.action, XDP_DROP);
-            prop_assert_eq!(moved, vec![Counter::ProbeMalformed]);
-            prop_assert_eq!(outcome.frame, frame, "a dropped frame is untouched");
-        }
+/// The edge answers exactly the well-formed probes, with `XDP_TX`, a frame
+/// of the same length and the probe's tag; everything else sent to the
+/// probe port is dropped untouched, counted `probe_malformed`. One fixture
+/// (a namespace and a loaded program) serves every case.
+#[test]
+fn the_responder_answers_well_formed_probes_only() {
+    if !privileged() {
+        return;
     }
+    let probe = format!("\n[probe]\nport = {PROBE_PORT}\nsecret_file = \"/etc/redirector/probe.secret\"\n");
+    let mut fx = Fixture::with_config(&format!("{}{probe}", config_text("dsr")));
+    let keys = Keys::new(*b"property-secret!", 300);
+    fx.dataplane().set_probe(keys.config_at(1_780_000_000, PROBE_PORT, true)).unwrap();
+    let fx = RefCell::new(fx);
+    let mut runner = TestRunner::new(Config { cases: 300, failure_persistence: None, ..Config::default() });
+    runner.run(&(payloads(), any::<bool>()), |(payload, v4)| check(&mut fx.borrow_mut(), &payload, v4)).unwrap();
+}
+
+fn check(fx: &mut Fixture, payload: &[u8], v4: bool) -> Result<(), TestCaseError> {
+    let (src, dst) = if v4 { ("10.0.0.2:40000", "192.0.2.10:5099") } else { ("[fd00::2]:40000", "[2001:db8::10]:5099") };
+    let datagram = Datagram::new(src, dst).with(|d| d.payload = payload.to_vec());
+    let frame = ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet());
+    let before = fx.counters();
+    let outcome = fx.run(&frame);
+    let moved: Vec<Counter> =
+        before.iter().zip(fx.counters()).filter(|((_, was), (_, now))| now != was).map(|((c, _), _)| *c).collect();
+    let well_formed = <[u8; PROBE_LEN]>::try_from(payload).is_ok_and(|p| is_probe(&p));
+    prop_assert_eq!(outcome.frame.len(), frame.len(), "never larger (or smaller)");
+    if well_formed {
+        prop_assert_eq!(outcome.action, XDP_TX);
+        prop_assert_eq!(moved, vec![Counter::ProbeAnswered]);
+        let at = outcome.frame.len() - PROBE_LEN;
+        let answer = parse_answer(&outcome.frame[at..]).expect("an answer");
+        prop_assert_eq!(answer.tag.to_be_bytes(), <[u8; 8]>::try_from(&payload[8..16]).unwrap());
+    } else {
+        prop_assert_eq!(outcome.action, XDP_DROP);
+        prop_assert_eq!(moved, vec![Counter::ProbeMalformed]);
+        prop_assert_eq!(outcome.frame, frame, "a dropped frame is untouched");
+    }
+    Ok(())
 }
