@@ -129,7 +129,8 @@ fn the_responder_answers_well_formed_probes_only() {
 }
 
 fn check(fx: &mut Fixture, payload: &[u8], v4: bool) -> Result<(), TestCaseError> {
-    let (src, dst) = if v4 { ("10.0.0.2:40000", "192.0.2.10:5099") } else { ("[fd00::2]:40000", "[2001:db8::10]:5099") };
+    let (src, dst) =
+        if v4 { ("10.0.0.2:40000", "192.0.2.10:5099") } else { ("[fd00::2]:40000", "[2001:db8::10]:5099") };
     let datagram = Datagram::new(src, dst).with(|d| d.payload = payload.to_vec());
     let frame = ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet());
     let before = fx.counters();
