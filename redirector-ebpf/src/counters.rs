@@ -64,6 +64,13 @@ counters! {
     Fragment => "fragment",
     /// redirector_decap: outer IPIP / IPv6-in-IPv6 header removed.
     Decapsulated => "decapsulated",
+    /// A probe to the probe port answered in place (`XDP_TX`), see `probe`.
+    ProbeAnswered => "probe_answered",
+    /// UDP to the probe port that is no well-formed probe: dropped.
+    ProbeMalformed => "probe_malformed",
+    /// A probe while this server (or, on the edge, the pool) takes no new
+    /// clients: dropped unanswered.
+    ProbeSilent => "probe_silent",
 }
 
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

@@ -9,6 +9,7 @@
 pub mod checksum;
 pub mod counters;
 pub mod maps;
+pub mod probe;
 pub mod register;
 pub mod throttle;
 pub mod via;

@@ -23,13 +23,21 @@ pub const SERVER_STATS_MAP: &str = "SERVER_STATS";
 pub const DECAP_ADDRESSES_MAP: &str = "DECAP_ADDRESSES";
 pub const DECAP_SOURCES_MAP: &str = "DECAP_SOURCES";
 pub const EVENTS_MAP: &str = "EVENTS";
+pub const PROBE_MAP: &str = "PROBE";
 
 /// The layout of the maps a daemon pins (their keys, values and what they
 /// mean). A daemon adopts pinned maps only of its own layout; bump this
 /// whenever a pinned map's key or value type changes, even if its size
 /// does not.
-pub const MAP_LAYOUT: u32 = 1;
+pub const MAP_LAYOUT: u32 = 2;
 pub const THROTTLED_MAP: &str = "THROTTLED";
+
+/// `SERVICES` values: what the program does with UDP to that endpoint.
+/// A SIP service address and port: first contact and the fast path.
+pub const SERVICE_SIP: u8 = 1;
+/// A service address and the probe port: probes answered for the pool
+/// (`probe`).
+pub const SERVICE_PROBE: u8 = 2;
 
 /// Bytes of the `EVENTS` ring buffer (a power of two, a multiple of the page).
 pub const EVENTS_BYTES: u32 = 64 * 1024;
@@ -222,5 +230,15 @@ mod user {
         )*};
     }
 
-    aya_pod!(Endpoint, Config, Server, ClientEntry, NatKey, NatEntry, ServerStats, crate::Throttle);
+    aya_pod!(
+        Endpoint,
+        Config,
+        Server,
+        ClientEntry,
+        NatKey,
+        NatEntry,
+        ServerStats,
+        crate::Throttle,
+        crate::probe::ProbeConfig
+    );
 }

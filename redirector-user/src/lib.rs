@@ -5,7 +5,8 @@
 //! 4. `ops`: what operators do and see (operations, control API, stats, metrics).
 //! 3. `edge`: the sans-IO core (first contact, health, watchers, rebalancing);
 //!    `home`, a minimal registrar for tests and demos.
-//! 2. `kernel` (loader, typed maps, the fast path) and `store` (assignments).
+//! 2. `kernel` (loader, typed maps, the fast path), `store` (assignments)
+//!    and `probe` (probes, cookies and the client that picks a home by them).
 //! 1. `config`: the TOML configuration, validated.
 //! 0. `model` (concepts every layer shares), `sip` (the scanner and
 //!    responses), `counters`.
@@ -18,5 +19,6 @@ pub mod home;
 pub mod kernel;
 pub mod model;
 pub mod ops;
+pub mod probe;
 pub mod sip;
 pub mod store;

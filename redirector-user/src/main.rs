@@ -2,8 +2,9 @@
 
 use std::{
     io::IsTerminal,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -20,6 +21,7 @@ use redirector::{
         control::{self, Reply, Request},
         report, status,
     },
+    probe::Keys,
     store::unix_seconds,
 };
 use redirector_ebpf::{DECAP_PROGRAM, PASS_PROGRAM};
@@ -105,6 +107,47 @@ enum Command {
         edges: Vec<IpAddr>,
         #[arg(long, value_enum, default_value_t = AttachMode::Native)]
         attach: AttachMode,
+        /// Answer probes to this server's addresses at this UDP port, in
+        /// XDP (client-driven home selection; needs --probe-secret). SIGUSR1
+        /// stops answering (a draining or down home), SIGUSR2 resumes.
+        #[arg(long, requires = "probe_secret")]
+        probe_port: Option<u16>,
+        /// The pool's probe secret, the edge's `[probe] secret_file`.
+        #[arg(long, requires = "probe_port")]
+        probe_secret: Option<PathBuf>,
+        /// Seconds a probe key is used, the edge's `[probe] period`.
+        #[arg(long, default_value_t = 300)]
+        probe_period: u64,
+    },
+    /// Probe SERVERS (ADDRESS:PORT of homes or of the service, their probe
+    /// port) at once with one tag: print each one's response time or
+    /// timeout, the earliest answer's server (the choice) and its cookie,
+    /// which a REGISTER presents in a `Redirector-Cookie` header. Later
+    /// answers are reported but never chosen. Exits 1 if none answered.
+    Probe {
+        #[arg(long, value_delimiter = ',', required = true)]
+        servers: Vec<SocketAddr>,
+        /// Milliseconds to wait for answers.
+        #[arg(long, default_value_t = 1000)]
+        timeout: u64,
+        /// `{"tag", "servers": [{"server", "answered_ms", "chosen"}], "chosen", "cookie"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer probes in user space on each LISTEN address (a specific
+    /// address, the server's identity, and the probe port): for hosts
+    /// without XDP, and the benchmark's baseline for the XDP responders.
+    ProbeResponder {
+        #[arg(long = "listen", required = true)]
+        listen: Vec<SocketAddr>,
+        /// The pool's probe secret, the edge's `[probe] secret_file`.
+        #[arg(long)]
+        secret: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        period: u64,
+        /// Hold each answer this long (tests: a slow server without netem).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// A minimal SIP registrar (REGISTER, OPTIONS, SUBSCRIBE) for tests and demos: a
     /// home server needing nothing else.
@@ -371,7 +414,7 @@ async fn main() -> Result<()> {
             info!(registered, "registrar stopped");
             Ok(())
         }
-        Command::Decap { interface, addresses, edges, attach } => {
+        Command::Decap { interface, addresses, edges, attach, probe_port, probe_secret, probe_period } => {
             let mut dataplane = DataPlane::load_without_clients()?;
             for &address in &addresses {
                 dataplane.add_decap_address(address)?;
@@ -379,7 +422,35 @@ async fn main() -> Result<()> {
             for &edge in &edges {
                 dataplane.add_decap_source(edge)?;
             }
-            hold_attached(dataplane, DECAP_PROGRAM, &interface, attach).await
+            let keys = probe_secret.map(|path| Keys::read(&path, probe_period)).transpose()?;
+            match keys.zip(probe_port) {
+                Some((keys, port)) => answer_probes(dataplane, &interface, attach, keys, port).await,
+                None => hold_attached(dataplane, DECAP_PROGRAM, &interface, attach).await,
+            }
+        }
+        Command::ProbeResponder { listen, secret, period, delay_ms } => {
+            let keys = Keys::read(&secret, period)?;
+            let mut serving = tokio::task::JoinSet::new();
+            for address in listen {
+                let socket =
+                    tokio::net::UdpSocket::bind(address).await.with_context(|| format!("binding {address}"))?;
+                serving.spawn(redirector::probe::responder::serve(socket, keys, Duration::from_millis(delay_ms)));
+            }
+            info!(delay_ms, "answering probes");
+            tokio::select! {
+                () = shutdown_signal()? => Ok(()),
+                Some(done) = serving.join_next() => Ok(done?.context("answering probes")?),
+            }
+        }
+        Command::Probe { servers, timeout, json } => {
+            let report = redirector::probe::client::probe(&servers, Duration::from_millis(timeout)).await?;
+            print(json, &report, report::probe)?;
+            if report.chosen.is_none() {
+                bail!(
+                    "no server answered within {timeout} ms: are probes on (`[probe] port`, `decap --probe-port`) and the port right?"
+                );
+            }
+            Ok(())
         }
         Command::Pass { interface } => {
             hold_attached(DataPlane::load_without_clients()?, PASS_PROGRAM, &interface, AttachMode::Native).await
@@ -610,6 +681,37 @@ async fn hold_attached(
     shutdown_signal()?.await;
     drop(dataplane);
     info!(program, interface, "detached");
+    Ok(())
+}
+
+/// `decap` with probes answered: each period's key is written as it
+/// starts; SIGUSR1 and SIGUSR2 stop and resume answering.
+async fn answer_probes(
+    mut dataplane: DataPlane,
+    interface: &str,
+    mode: AttachMode,
+    keys: Keys,
+    port: u16,
+) -> Result<()> {
+    dataplane.attach(DECAP_PROGRAM, interface, xdp_mode(mode))?;
+    let (mut stop, mut resume) = (signal(SignalKind::user_defined1())?, signal(SignalKind::user_defined2())?);
+    let shutdown = shutdown_signal()?;
+    tokio::pin!(shutdown);
+    let mut answering = true;
+    info!(interface, port, "attached, answering probes");
+    loop {
+        let now = unix_seconds();
+        dataplane.set_probe(keys.config_at(now, port, answering))?;
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(Duration::from_secs(keys.until_next_period(now))) => {}
+            _ = stop.recv() => answering = false,
+            _ = resume.recv() => answering = true,
+        }
+        info!(answering, "probe key written");
+    }
+    drop(dataplane);
+    info!(interface, "detached");
     Ok(())
 }
 

@@ -54,6 +54,8 @@ fn first_contact() -> FirstContact {
         retry_after: 5,
         proxies: vec!["198.51.100.1:5060".parse().unwrap()],
         services: vec!["192.0.2.10:5060".parse().unwrap()],
+        // Cookies are read from whatever the datagrams carry.
+        probe: Some(redirector::probe::Keys::new(*b"properties-key16", 300)),
     };
     let pool = pool::view(Pool::new(vec![home]));
     FirstContact::new(settings, pool, Arc::new(Cache::default()), Arc::default(), Arc::new(Counters::default()))

@@ -94,6 +94,8 @@ pub struct Fixture {
     pub ns: NetNs,
     pub fast_path: FastPath,
     pub ifindex: u32,
+    /// The program's event ring, once a table has taken it.
+    events: Option<RingBuf<MapData>>,
 }
 
 /// What the program did with one frame.
@@ -106,6 +108,11 @@ pub struct Outcome {
 impl Fixture {
     /// `mode` is "dsr" or "nat".
     pub fn new(mode: &str) -> Self {
+        Self::with_config(&config_text(mode))
+    }
+
+    /// A fixture whose edge has the config `text` (`config_text` and more).
+    pub fn with_config(text: &str) -> Self {
         let ns = NetNs::new("rdr-fx");
         ns.ip("link add fx0 address 02:00:00:00:00:01 type veth peer name fx1");
         ns.ip("link add fx2 address 02:00:00:00:00:f2 type veth peer name fx3");
@@ -130,12 +137,12 @@ impl Fixture {
         for setting in ["net.ipv4.conf.all.forwarding=1", "net.ipv6.conf.all.forwarding=1"] {
             ns.sysctl(setting);
         }
-        let config = Config::parse(&config_text(mode)).expect("fixture config");
+        let config = Config::parse(text).expect("fixture config");
         let mut dataplane = DataPlane::load_with_client_capacity(CLIENT_CAPACITY).expect("loading the XDP object");
         dataplane.configure(&config).expect("configuring maps");
         let fast_path = FastPath::new(dataplane, &config).expect("installing static clients");
         let ifindex = ns.ifindex("fx0");
-        Self { ns, fast_path, ifindex }
+        Self { ns, fast_path, ifindex, events: None }
     }
 
     /// Runs `frame` through the redirector program as if it arrived on fx0.
@@ -230,8 +237,13 @@ impl Fixture {
     /// Runs every case in order; one line per failed case, naming it and
     /// each check it failed.
     pub fn run_table(&mut self, cases: &[Case]) -> Vec<String> {
-        let mut events = self.dataplane().take_events().expect("taking the event ring");
-        cases.iter().filter_map(|case| self.run_case(case, &mut events)).collect()
+        let mut events = match self.events.take() {
+            Some(events) => events,
+            None => self.dataplane().take_events().expect("taking the event ring"),
+        };
+        let failures = cases.iter().filter_map(|case| self.run_case(case, &mut events)).collect();
+        self.events = Some(events);
+        failures
     }
 
     fn run_case(&mut self, case: &Case, events: &mut RingBuf<MapData>) -> Option<String> {

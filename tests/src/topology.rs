@@ -177,6 +177,9 @@ pub struct Topology {
     pub families: &'static [Family],
     /// Extra sections appended to the edge config.
     pub extra_config: String,
+    /// Extra arguments of each home's `redirector decap` (by home index;
+    /// none for homes past its end).
+    pub decap_args: Vec<Vec<String>>,
     /// The registrar process of each home, when one runs.
     registrars: Vec<Option<Child>>,
     /// The `state` every home server is configured with.
@@ -278,6 +281,7 @@ impl Topology {
             attach,
             families: &[Family::V4],
             extra_config: String::new(),
+            decap_args: Vec::new(),
             registrars: Vec::new(),
             server_state: "active",
             unlisted_homes: 0,
@@ -405,6 +409,7 @@ impl Topology {
             for (flag, address) in &tunnel_ends {
                 args.extend([*flag, address.as_str()]);
             }
+            args.extend(self.decap_args.get(i).into_iter().flatten().map(String::as_str));
             let decap = spawn(&self.homes[i], &args);
             self.daemons.push(decap);
             started.push((Some(i), interface));

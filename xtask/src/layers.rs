@@ -10,8 +10,14 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// Lowest first; a module may use its own layer and the ones below.
-const LAYERS: &[&[&str]] =
-    &[&["counters", "model", "sip"], &["config"], &["kernel", "store"], &["edge", "home"], &["ops"], &["daemon"]];
+const LAYERS: &[&[&str]] = &[
+    &["counters", "model", "sip"],
+    &["config"],
+    &["kernel", "probe", "store"],
+    &["edge", "home"],
+    &["ops"],
+    &["daemon"],
+];
 
 const SOURCE: &str = "redirector-user/src";
 

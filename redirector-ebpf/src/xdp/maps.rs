@@ -6,15 +6,20 @@ use aya_ebpf::{
 };
 use redirector_ebpf::{
     COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, MAX_CLIENTS, MAX_DECAP_ADDRESSES,
-    MAX_SERVERS, MAX_SERVICES, MAX_THROTTLED, NatEntry, NatKey, Server, ServerStats, Throttle,
+    MAX_SERVERS, MAX_SERVICES, MAX_THROTTLED, NatEntry, NatKey, Server, ServerStats, Throttle, probe::ProbeConfig,
 };
 
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// Service endpoints (VIP and port); the value is unused.
+/// Service endpoints (VIP and port); the value says what they are for
+/// (`SERVICE_SIP`, `SERVICE_PROBE`).
 #[map]
 pub static SERVICES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// What probes are answered with (`probe`): one entry.
+#[map]
+pub static PROBE: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static SERVERS: Array<Server> = Array::with_max_entries(MAX_SERVERS, 0);

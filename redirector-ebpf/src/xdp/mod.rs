@@ -52,6 +52,17 @@
 //!    kernel resolve that neighbour at once (its reachability pings keep
 //!    the entries fresh otherwise).
 //!
+//! 9. Probes (`redirector_ebpf::probe`, `xdp/probe.rs`), when `PROBE` has a
+//!    port: UDP to a `SERVICES` entry marked `SERVICE_PROBE` (a service
+//!    address and the probe port; the edge answers for the pool) or, in
+//!    `redirector_decap`, to one of `DECAP_ADDRESSES` at the probe port (a
+//!    home answers for itself). A well-formed probe is answered in place
+//!    with `XDP_TX` (`probe_answered`), or dropped unanswered while
+//!    `PROBE` says not to answer (`probe_silent`); anything else sent
+//!    there (bad UDP header, another length, version, kind, or non-zero
+//!    reserved bytes) is `XDP_DROP`ped (`probe_malformed`). Fragments and
+//!    broken IP headers never get this far (rules 2 and 3).
+//!
 //! No path returns `XDP_ABORTED`.
 
 mod decap;
@@ -60,6 +71,7 @@ mod headers;
 mod maps;
 mod nat;
 mod packet;
+mod probe;
 mod program;
 mod register;
 mod route;

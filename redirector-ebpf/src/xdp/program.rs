@@ -4,15 +4,18 @@
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use redirector_ebpf::{
     CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter,
-    Endpoint, EventKind, FAMILY_V4, Mode, NatKey, SERVER_HAS_V4, SERVER_HAS_V6, Server, ServerState, source_prefix,
+    Endpoint, EventKind, FAMILY_V4, Mode, NatKey, SERVER_HAS_V4, SERVER_HAS_V6, SERVICE_PROBE, Server, ServerState,
+    source_prefix,
 };
 
 use super::{
     decap, encap,
-    maps::{CLIENTS, CONFIG, NAT_REPLIES, SERVERS, SERVICES, THROTTLED, count, count_server, report},
+    maps::{
+        CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, PROBE, SERVERS, SERVICES, THROTTLED, count, count_server, report,
+    },
     nat,
     packet::{self, Datagram, parse_udp, udp_header_ok},
-    register,
+    probe, register,
     route::{self, NextHop},
     rport,
 };
@@ -85,8 +88,35 @@ pub fn redirector(ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn redirector_decap(ctx: XdpContext) -> u32 {
-    count(decap::strip_tunnel(&ctx) as u32);
-    xdp_action::XDP_PASS
+    let verdict = match parse_udp(&ctx) {
+        Ok(datagram) if is_home_probe(&datagram) => answer_probe(&ctx, &datagram),
+        _ => Verdict::new(xdp_action::XDP_PASS, decap::strip_tunnel(&ctx)),
+    };
+    count(verdict.counter());
+    verdict.action()
+}
+
+/// UDP to one of this home's addresses at the probe port.
+#[inline(always)]
+fn is_home_probe(datagram: &Datagram) -> bool {
+    let Some(config) = PROBE.get(0) else {
+        return false;
+    };
+    let home = Endpoint { port_be: 0, ..datagram.dst };
+    // SAFETY: only presence is read; no reference outlives the call.
+    config.port_be != 0 && datagram.dst.port_be == config.port_be && unsafe { DECAP_ADDRESSES.get(home) }.is_some()
+}
+
+/// Answers a probe (`probe::respond`) with `XDP_TX`, or drops it.
+#[inline(always)]
+fn answer_probe(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
+    let Some(config) = PROBE.get(0) else {
+        return Verdict::new(xdp_action::XDP_DROP, Counter::ProbeSilent);
+    };
+    match probe::respond(ctx, datagram, config) {
+        Counter::ProbeAnswered => Verdict::new(xdp_action::XDP_TX, Counter::ProbeAnswered),
+        counter => Verdict::new(xdp_action::XDP_DROP, counter),
+    }
 }
 
 #[xdp]
@@ -99,9 +129,12 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
     let Some(config) = CONFIG.get(0) else {
         return NOT_SERVICE;
     };
-    // SAFETY: only presence is read; no reference outlives the call.
-    let service = unsafe { SERVICES.get(datagram.dst) }.is_some();
-    if service {
+    // SAFETY: the value is copied out; no reference outlives the call.
+    let service = unsafe { SERVICES.get(datagram.dst) }.copied();
+    if service == Some(SERVICE_PROBE) {
+        return answer_probe(ctx, datagram);
+    }
+    if service.is_some() {
         if !udp_header_ok(ctx, &datagram.ip) {
             return MALFORMED_OURS;
         }

@@ -69,6 +69,35 @@ pub struct Config {
     pub limits: LimitsSettings,
     #[serde(default)]
     pub store: StoreSettings,
+    #[serde(default)]
+    pub probe: ProbeSettings,
+}
+
+/// Client-driven home selection (`redirector_ebpf::probe`): probes to the
+/// service addresses at `port` are answered in XDP for the pool, and a
+/// REGISTER's cookie picks a new AOR's home.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSettings {
+    /// The UDP port probes are sent to (on the service addresses and on
+    /// each home); absent: probes are off and cookies are not read.
+    pub port: Option<u16>,
+    /// A file holding the secret shared by the edges and the homes' `redirector
+    /// decap`: 32 hex digits (16 bytes).
+    pub secret_file: Option<PathBuf>,
+    /// Seconds a period key is used; a cookie is good for one more period.
+    #[serde(default = "default_probe_period")]
+    pub period: u64,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self { port: None, secret_file: None, period: default_probe_period() }
+    }
+}
+
+fn default_probe_period() -> u64 {
+    300
 }
 
 /// Where assignments are kept, and their upkeep.
@@ -618,7 +647,7 @@ impl Config {
 
     /// Every problem validation finds, each naming its field.
     pub fn problems(&self) -> Vec<ConfigError> {
-        let checks: [Check; 12] = [
+        let checks: [Check; 13] = [
             Self::validate_interface,
             Self::validate_service,
             Self::validate_edge,
@@ -631,6 +660,7 @@ impl Config {
             Self::validate_limits,
             Self::validate_proxy,
             Self::validate_store,
+            Self::validate_probe,
         ];
         checks.iter().filter_map(|check| check(self).err()).collect()
     }
@@ -665,6 +695,20 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    fn validate_probe(&self) -> Result<(), ConfigError> {
+        let Some(port) = self.probe.port else { return Ok(()) };
+        if port == 0 || self.service.ports.contains(&port) {
+            return Err(invalid("probe.port", format!("{port} must be a port other than 0 and the service's ports")));
+        }
+        if self.probe.secret_file.is_none() {
+            return Err(invalid("probe.secret_file", "is needed with probe.port: a file of 32 hex digits"));
+        }
+        if self.probe.period == 0 {
+            return Err(invalid("probe.period", "must be at least 1 second"));
+        }
+        Ok(())
     }
 
     fn validate_interface(&self) -> Result<(), ConfigError> {
@@ -979,6 +1023,23 @@ mod tests {
         for bad in ["0.5", "-1", "nan"] {
             let err = error_for(&with(bad));
             assert!(err.starts_with("config field `store.expire_after`: ") && err.contains("0 to never"), "{err}");
+        }
+    }
+
+    #[test]
+    fn probes_are_off_by_default_and_need_their_own_port_and_a_secret() {
+        assert_eq!(Config::parse(VALID).unwrap().probe, ProbeSettings::default());
+        let with = |probe: &str| format!("{VALID}\n[probe]\n{probe}\n");
+        let on = Config::parse(&with("port = 5099\nsecret_file = \"/etc/redirector/probe.secret\"")).unwrap();
+        assert_eq!((on.probe.port, on.probe.period), (Some(5099), 300));
+        for (probe, field) in [
+            ("port = 5060\nsecret_file = \"/s\"", "probe.port"),
+            ("port = 0\nsecret_file = \"/s\"", "probe.port"),
+            ("port = 5099", "probe.secret_file"),
+            ("port = 5099\nsecret_file = \"/s\"\nperiod = 0", "probe.period"),
+        ] {
+            let err = error_for(&with(probe));
+            assert!(err.starts_with(&format!("config field `{field}`: ")), "{probe}: {err}");
         }
     }
 

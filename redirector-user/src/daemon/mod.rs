@@ -57,6 +57,7 @@ use crate::{
         owner::{Command, Owner, OwnerGone},
         stats::{self, Latest},
     },
+    probe::Keys,
     sip::Aor,
     store::{AssignmentStore, EtcdSettings, EtcdStore, RedbStore, StoreError, Tls},
 };
@@ -93,6 +94,8 @@ pub enum DaemonError {
     TaskPanicked(#[from] tokio::task::JoinError),
     #[error("Daemon::serve runs once per Daemon")]
     ServedTwice,
+    #[error("{0} (`[probe] secret_file`)")]
+    ProbeSecret(#[from] crate::probe::SecretError),
 }
 
 impl From<DataPlaneError> for DaemonError {
@@ -188,6 +191,8 @@ pub struct Daemon {
     expiry: Option<expiry::Policy>,
     rebalance: config::Rebalance,
     stats_interval: Duration,
+    /// With probes on: the keys and the probe port.
+    probe: Option<(Keys, u16)>,
     prometheus: Option<std::net::TcpListener>,
     /// The statistics stream's newest reading.
     pub latest: Arc<Latest>,
@@ -267,6 +272,7 @@ impl Daemon {
             retry_after: config.sip.retry_after,
             proxies: proxy_addresses,
             services: service_addresses,
+            probe: probe_keys(config)?,
         };
         let core = FirstContact::new(settings, pool.clone(), assignments.cache(), fast_path.shared(), counters.clone());
         let (mut watchers, deactivated) = Watchers::new(config.watchers.capacity);
@@ -313,6 +319,7 @@ impl Daemon {
             expiry,
             rebalance: config.rebalance.clone(),
             stats_interval: Duration::from_secs_f64(config.stats.interval),
+            probe: probe_keys(config)?.zip(config.probe.port),
             prometheus,
             latest: Arc::default(),
             watcher_counters,
@@ -374,6 +381,9 @@ impl Daemon {
         });
         let scan = tasks::Scan { idle: self.idle_timeout, every: self.scan_every(), load };
         spawn(tasks, "scan".into(), tasks::scan(self.owner.clone(), scan));
+        if let Some((keys, port)) = self.probe {
+            spawn(tasks, "probe keys".into(), tasks::probe_keys(self.owner.clone(), keys, port));
+        }
         if let Some(expiry) = self.expiry {
             spawn(tasks, "expiry".into(), tasks::expire(self.owner.clone(), expiry.walk_every()));
         }
@@ -434,6 +444,12 @@ impl Drop for Daemon {
 }
 
 /// nat: a raw socket per edge address for passed-up replies to edge ports.
+/// The probe keys, when `[probe] port` is set.
+fn probe_keys(config: &Config) -> Result<Option<Keys>> {
+    let (Some(_), Some(path)) = (config.probe.port, &config.probe.secret_file) else { return Ok(None) };
+    Ok(Some(Keys::read(path, config.probe.period)?))
+}
+
 fn nat_reply_sockets(config: &Config) -> std::io::Result<Vec<socket2::Socket>> {
     if config.mode != config::ForwardingMode::Nat {
         return Ok(Vec::new());

@@ -35,6 +35,8 @@ use crate::{
         owner::{Command, Owner},
         stats::{Latest, LoadReceiver, LoadSample, LoadSender},
     },
+    probe::Keys,
+    store::unix_seconds,
 };
 
 /// The daemon's tasks, each with the name it is reported by.
@@ -341,6 +343,15 @@ pub async fn expire(owner: Owner, every: Duration) -> Result<()> {
     loop {
         ticks.tick().await;
         owner.send(Command::Expire)?;
+    }
+}
+
+/// Gives the probe responder each period's key as the period starts.
+pub async fn probe_keys(owner: Owner, keys: Keys, port: u16) -> Result<()> {
+    loop {
+        let now = unix_seconds();
+        owner.send(Command::ProbeKeys { config: keys.config_at(now, port, true) })?;
+        tokio::time::sleep(Duration::from_secs(keys.until_next_period(now))).await;
     }
 }
 

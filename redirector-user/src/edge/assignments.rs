@@ -14,13 +14,15 @@ use crate::{
 
 /// What first contact's new clients get: `aor`'s current assignment if
 /// usable (no change), else a new one from `pool` (an AOR never assigned
-/// is first admitted). The decision is `Ok(Some(previous server))` when a
-/// new assignment is made.
+/// is first admitted, and goes to the home `cookie_home` names for it if
+/// that home takes new clients). The decision is `Ok(Some(previous
+/// server))` when a new assignment is made.
 fn decide(
     aor: &Aor,
     current: Option<&Assignment>,
     pool: &Pool,
     admit: &mut dyn FnMut(&Aor) -> Result<(), Refused>,
+    cookie_home: &dyn Fn(&Aor) -> Option<String>,
 ) -> (Result<Option<Option<String>>, Refused>, Option<Assignment>) {
     if current.is_some_and(|a| pool.usable(&a.server)) {
         return (Ok(None), None);
@@ -30,7 +32,9 @@ fn decide(
     {
         return (Err(refused), None);
     }
-    let Some(server) = pool.choose(aor, current.map(|a| a.server.as_str())) else {
+    let asked = current.is_none().then(|| cookie_home(aor)).flatten();
+    let asked = asked.and_then(|name| pool.server(&name).filter(|home| home.accepts_new()));
+    let Some(server) = asked.or_else(|| pool.choose(aor, current.map(|a| a.server.as_str()))) else {
         return (Err(Refused::NoServer), None);
     };
     (Ok(Some(current.map(|a| a.server.clone()))), Some(next_assignment(aor, &server.name, current)))
@@ -91,13 +95,15 @@ impl Assignments {
     /// Gives every AOR without a usable assignment a new one on a server of
     /// `pool` that takes new clients, all in one durable transaction. An
     /// AOR never assigned before is first put to `admit` (with the
-    /// assignments held so far). Per AOR: its usable assignment, or why it
-    /// has none.
+    /// assignments held so far), and goes to the home `cookie_home` names
+    /// for it if that home takes new clients. Per AOR: its usable
+    /// assignment, or why it has none.
     pub fn assign_all(
         &mut self,
         aors: &[&Aor],
         pool: &Pool,
         admit: &mut dyn FnMut(&Aor, u64) -> Result<(), Refused>,
+        cookie_home: &dyn Fn(&Aor) -> Option<String>,
     ) -> Result<Vec<Result<Assigned, Refused>>, StoreError> {
         if aors.is_empty() {
             return Ok(Vec::new());
@@ -111,7 +117,7 @@ impl Assignments {
         let cache = self.cache.clone();
         let absent = |aor: &Aor| cache.current(aor).is_none();
         let stored = self.store.create_many(aors, &absent, &mut |aor, current| {
-            let (decision, new) = decide(aor, current, pool, &mut |aor| admit(aor, held));
+            let (decision, new) = decide(aor, current, pool, &mut |aor| admit(aor, held), cookie_home);
             held += u64::from(current.is_none() && new.is_some());
             decided.insert(aor.clone(), decision);
             new

@@ -49,6 +49,7 @@ use crate::{
     },
     kernel::installed::{InstalledClients, KernelRoute, NatReply},
     model::{HomeServer, Origin, Policy, ServerState},
+    probe::Keys,
     sip::{
         Aor, Header, HeaderKind, Message, NameAddr, ParseError, StartLine, Via,
         response::{self, Basis},
@@ -70,6 +71,8 @@ pub struct Settings {
     /// The service addresses: with `proxy`, what a Route naming this edge
     /// names (RFC 3261 §16.4).
     pub services: Vec<SocketAddr>,
+    /// With probes on: the keys a REGISTER's cookie is checked with.
+    pub probe: Option<Keys>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +178,13 @@ crate::counters::counters! {
     /// OPTIONS from home servers to the edge itself (no user part: a
     /// `dispatcher` set's keepalive pings), answered 200.
     pings_from_homes_answered,
+    /// REGISTERs of new AORs whose cookie (`Redirector-Cookie`) named a home
+    /// taking new clients: the AOR is assigned there.
+    cookies_honoured,
+    /// Cookies ignored (the normal policy applied): malformed, expired,
+    /// forged or another client's, naming no home (the edge's own) or one
+    /// not taking new clients, or for an AOR that already has a home.
+    cookies_ignored,
 }
 
 #[derive(Clone)]
@@ -216,6 +226,8 @@ struct Request<'a> {
     aor_hash: u64,
     /// The client's usable assignment from the cache, if it has one.
     known: Option<Cached>,
+    /// The home a new AOR's REGISTER asked for with a valid cookie.
+    cookie_home: Option<String>,
 }
 
 /// A client without a usable assignment, for the owner to assign; the
@@ -232,6 +244,8 @@ pub struct NewClient {
     /// throttle; a proxy speaks for many.
     pub direct: bool,
     pub installs: Vec<Origin>,
+    /// The home its REGISTER's valid cookie names (see `probe`).
+    pub cookie_home: Option<String>,
 }
 
 impl Request<'_> {
@@ -289,7 +303,8 @@ impl Batch<'_> {
                 Some(index) => index,
                 None => {
                     let (aor, source) = (request.aor.clone(), request.source.ip());
-                    clients.push(NewClient { aor, source, direct: false, installs: Vec::new() });
+                    let cookie_home = request.cookie_home.clone();
+                    clients.push(NewClient { aor, source, direct: false, installs: Vec::new(), cookie_home });
                     clients.len() - 1
                 }
             };
@@ -553,9 +568,52 @@ impl FirstContact {
             && message.method() != Some("SUBSCRIBE")
             && (asks_rport || !is_folded(message.header(HeaderKind::Via)));
         let aor_hash = 0;
-        let request =
-            Request { message, basis, source, local, redirect, aor, installable, asks_rport, aor_hash, known };
+        let cookie_home = self.cookie_home(&message, &aor, source);
+        let request = Request {
+            message,
+            basis,
+            source,
+            local,
+            redirect,
+            aor,
+            installable,
+            asks_rport,
+            aor_hash,
+            known,
+            cookie_home,
+        };
         Item::Request(Box::new(request))
+    }
+
+    /// The home a REGISTER's cookie asks for (`probe`): only for an AOR
+    /// without a home, a cookie issued to this source address, unexpired,
+    /// naming a home that takes new clients. Any other cookie is counted
+    /// and ignored, and the normal policy applies.
+    fn cookie_home(&self, message: &Message<'_>, aor: &Aor, source: SocketAddr) -> Option<String> {
+        let keys = self.settings.probe.as_ref()?;
+        let cookie = message.header(HeaderKind::RedirectorCookie)?;
+        if message.method() != Some("REGISTER") {
+            return None;
+        }
+        let pool = self.pool.load();
+        let home = keys.verify(cookie.value, source.ip(), unix_seconds()).map_err(|e| e.to_string()).and_then(|ip| {
+            if self.cache.get(aor).is_some() {
+                return Err("its AOR already has a home".to_owned());
+            }
+            let home = pool.servers().iter().find(|s| s.has_address(ip)).ok_or(format!("{ip} is no home server"))?;
+            home.accepts_new().then(|| home.name.clone()).ok_or(format!("{} takes no new clients", home.name))
+        });
+        match home {
+            Ok(name) => {
+                bump(&self.counters.cookies_honoured);
+                Some(name)
+            }
+            Err(why) => {
+                bump(&self.counters.cookies_ignored);
+                tracing::debug!(%aor, %source, why, "cookie ignored");
+                None
+            }
+        }
     }
 
     fn answer_request(&self, request: &mut Request<'_>, assigned: Assignments<'_>, pool: &Pool) -> Vec<Action> {

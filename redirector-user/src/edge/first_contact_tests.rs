@@ -76,7 +76,8 @@ impl Harness {
         let now = std::time::Instant::now();
         let source = |aor: &Aor| unassigned.iter().find(|c| &c.aor == aor).expect("asked for").source;
         let mut admit = |aor: &Aor, held| self.admission.borrow_mut().admit(source(aor), true, held, now);
-        let results = self.assignments.borrow_mut().assign_all(&refs, &self.pool.load(), &mut admit);
+        let cookie_home = |aor: &Aor| unassigned.iter().find(|c| &c.aor == aor).and_then(|c| c.cookie_home.clone());
+        let results = self.assignments.borrow_mut().assign_all(&refs, &self.pool.load(), &mut admit, &cookie_home);
         let assigned = results.map(|results| {
             let pairs = unassigned.iter().zip(results).map(|(c, result)| (c.aor.clone(), result));
             pairs.collect::<HashMap<Aor, Result<Assigned, Refused>>>()
@@ -167,7 +168,12 @@ fn settings(policy: Policy) -> Settings {
         retry_after: 30,
         proxies: vec![PROXY.parse().unwrap(), PROXY6.parse().unwrap()],
         services: vec![SERVICE.parse().unwrap()],
+        probe: Some(probe_keys()),
     }
+}
+
+fn probe_keys() -> Keys {
+    Keys::new(*b"first-contact-16", 300)
 }
 
 fn setup_with(policy: Policy, servers: Vec<HomeServer>) -> Setup {
@@ -1081,4 +1087,102 @@ fn requests_on_the_proxy_socket_from_anyone_but_a_home_are_dropped() {
     assert!(s.fc.on_proxy_datagram(&relayed_by(stranger, "INVITE", "bob", 70), socket(stranger)).is_empty());
     assert_eq!(s.fc.counters.dropped.load(Ordering::Relaxed), 1);
     assert_eq!(s.fc.counters.requests.load(Ordering::Relaxed), 0);
+}
+
+/// The cookie `server` issues to `client` at `now`, as the XDP responder does.
+fn cookie(server: &str, client: &str, now: u64) -> String {
+    use redirector_ebpf::probe::{answer, parse_answer, probe};
+    let mut bytes = probe(1);
+    let config = probe_keys().config_at(now, 5099, true);
+    let (server, client) = (server.parse().unwrap(), client.parse().unwrap());
+    answer(&mut bytes, &config, &crate::probe::address(server), &crate::probe::address(client));
+    crate::probe::cookie_text(&parse_answer(&bytes).unwrap().cookie)
+}
+
+fn register_with_cookie(user: &str, cookie: &str) -> Vec<u8> {
+    let plain = text(&register(ONE_VIA, &format!("Redirector-Cookie: {cookie}\r\n")));
+    plain.replace("alice@", &format!("{user}@")).into_bytes()
+}
+
+fn server_of(s: &Setup, user: &str) -> String {
+    let aor = Aor::from_uri(&format!("sip:{user}@example.net"), "To").unwrap();
+    s.fc.store().get(&aor).unwrap().unwrap().server
+}
+
+/// The home rendezvous hashing gives `user`, and the other one.
+fn homes_of(s: &Setup, user: &str) -> (&'static str, &'static str) {
+    let aor = Aor::from_uri(&format!("sip:{user}@example.net"), "To").unwrap();
+    let normal = s.fc.pool.load().choose(&aor, None).unwrap().name.clone();
+    if normal == "home1" { ("home1", "home2") } else { ("home2", "home1") }
+}
+
+const HOME_IP: [&str; 2] = ["198.51.100.11", "198.51.100.12"];
+
+fn ip_of(home: &str) -> &'static str {
+    if home == "home1" { HOME_IP[0] } else { HOME_IP[1] }
+}
+
+#[test]
+fn a_valid_cookie_gives_a_new_aor_the_home_it_names() {
+    let s = setup(Policy::ByVia);
+    let now = unix_seconds();
+    for user in ["alice", "bob", "carol"] {
+        let (_, other) = homes_of(&s, user);
+        let register = register_with_cookie(user, &cookie(ip_of(other), "203.0.113.7", now));
+        s.fc.on_service_datagram(&register, client(), service());
+        assert_eq!(server_of(&s, user), other, "{user} went where its cookie said, not where hashing puts it");
+    }
+    assert_eq!(s.fc.counters.cookies_honoured.load(Ordering::Relaxed), 3);
+    assert_eq!(s.fc.counters.cookies_ignored.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_tampered_expired_foreign_or_unusable_cookie_is_ignored_and_counted() {
+    let mut servers = vec![home("home1", 0, 11, ServerState::Active), home("home2", 1, 12, ServerState::Active)];
+    let s = setup_with(Policy::ByVia, servers.clone());
+    let now = unix_seconds();
+    let tamper = |cookie: String| {
+        let mut bytes = cookie.into_bytes();
+        // A hex digit of the MAC.
+        bytes[60] = if bytes[60] == b'0' { b'1' } else { b'0' };
+        String::from_utf8(bytes).unwrap()
+    };
+    type Make = Box<dyn Fn(&str) -> String>;
+    let cases: [(&str, Make); 5] = [
+        ("tampered", Box::new(move |home| tamper(cookie(home, "203.0.113.7", now)))),
+        ("expired", Box::new(move |home| cookie(home, "203.0.113.7", now - 3 * 300))),
+        ("another client's", Box::new(move |home| cookie(home, "203.0.113.8", now))),
+        ("the edge's", Box::new(move |_| cookie("192.0.2.10", "203.0.113.7", now))),
+        ("garbage", Box::new(|_| "not-a-cookie".to_owned())),
+    ];
+    for (index, (what, make)) in cases.iter().enumerate() {
+        let user = format!("user{index}");
+        let (normal, other) = homes_of(&s, &user);
+        s.fc.on_service_datagram(&register_with_cookie(&user, &make(ip_of(other))), client(), service());
+        assert_eq!(server_of(&s, &user), normal, "a {what} cookie was honoured");
+    }
+    assert_eq!(s.fc.counters.cookies_ignored.load(Ordering::Relaxed), cases.len() as u64);
+    assert_eq!(s.fc.counters.cookies_honoured.load(Ordering::Relaxed), 0);
+    // A home that takes no new clients is not given one by a cookie.
+    let (normal, other) = homes_of(&s, "alice");
+    servers[if other == "home1" { 0 } else { 1 }].state = ServerState::Draining;
+    let draining = setup_with(Policy::ByVia, servers);
+    let valid = cookie(ip_of(other), "203.0.113.7", now);
+    draining.fc.on_service_datagram(&register_with_cookie("alice", &valid), client(), service());
+    assert_eq!(server_of(&draining, "alice"), normal);
+    assert_eq!(draining.fc.counters.cookies_honoured.load(Ordering::Relaxed), 0);
+    assert_eq!(draining.fc.counters.cookies_ignored.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_known_aor_keeps_its_home_whatever_cookie_it_presents() {
+    let s = setup(Policy::ByVia);
+    let (normal, other) = homes_of(&s, "alice");
+    s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
+    assert_eq!(server_of(&s, "alice"), normal);
+    let valid = cookie(ip_of(other), "203.0.113.7", unix_seconds());
+    s.fc.on_service_datagram(&register_with_cookie("alice", &valid), client(), service());
+    assert_eq!(server_of(&s, "alice"), normal, "moving a client takes the operator or the rebalancer");
+    assert_eq!(s.fc.counters.cookies_ignored.load(Ordering::Relaxed), 1);
+    assert_eq!(s.fc.counters.cookies_honoured.load(Ordering::Relaxed), 0);
 }

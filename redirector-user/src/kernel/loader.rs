@@ -20,8 +20,9 @@ use aya::{
 use redirector_ebpf::{
     CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
     DECAP_ADDRESSES_MAP, DECAP_PROGRAM, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, Mode, NAT_REPLIES_MAP,
-    NatEntry, NatKey, PASS_PROGRAM, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP,
-    SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle,
+    NatEntry, NatKey, PASS_PROGRAM, PROBE_MAP, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP,
+    SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle,
+    probe::ProbeConfig,
 };
 
 use super::pins::{PINNED_MAPS, PinError, Pins};
@@ -181,9 +182,13 @@ impl DataPlane {
     pub fn configure_edge(&mut self, config: &Config) -> Result<()> {
         self.set_config(edge_config(config))?;
         let services: Vec<Endpoint> = service_endpoints(config).collect();
-        self.remove_services_but(&services)?;
+        let probes: Vec<Endpoint> = probe_endpoints(config).collect();
+        self.remove_services_but(&[services.as_slice(), probes.as_slice()].concat())?;
         for &service in &services {
-            self.add_service(service)?;
+            self.add_service(service, SERVICE_SIP)?;
+        }
+        for &probe in &probes {
+            self.add_service(probe, SERVICE_PROBE)?;
         }
         Ok(())
     }
@@ -212,9 +217,16 @@ impl DataPlane {
         map.set(0, value, 0).map_err(map_error(CONFIG_MAP))
     }
 
-    pub fn add_service(&mut self, service: Endpoint) -> Result<()> {
+    /// `kind`: `SERVICE_SIP` or `SERVICE_PROBE`.
+    pub fn add_service(&mut self, service: Endpoint, kind: u8) -> Result<()> {
         let mut map: HashMap<_, Endpoint, u8> = self.map(SERVICES_MAP)?;
-        map.insert(service, 1, 0).map_err(map_error(SERVICES_MAP))
+        map.insert(service, kind, 0).map_err(map_error(SERVICES_MAP))
+    }
+
+    /// What probes are answered with (`redirector_ebpf::probe`).
+    pub fn set_probe(&mut self, value: ProbeConfig) -> Result<()> {
+        let mut map: Array<_, ProbeConfig> = self.map(PROBE_MAP)?;
+        map.set(0, value, 0).map_err(map_error(PROBE_MAP))
     }
 
     /// Removes the services an adopted map holds that `kept` does not.
@@ -449,6 +461,12 @@ pub fn service_endpoints(config: &Config) -> impl Iterator<Item = Endpoint> + '_
         .addresses
         .iter()
         .flat_map(|&address| config.service.ports.iter().map(move |&port| endpoint(address, port)))
+}
+
+/// The service addresses at the probe port, if probes are on.
+pub fn probe_endpoints(config: &Config) -> impl Iterator<Item = Endpoint> + '_ {
+    let port = config.probe.port;
+    config.service.addresses.iter().filter_map(move |&address| port.map(|port| endpoint(address, port)))
 }
 
 pub fn edge_config(config: &Config) -> redirector_ebpf::Config {

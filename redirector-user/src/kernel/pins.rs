@@ -15,14 +15,14 @@ use std::{
 
 use aya::maps::MapInfo;
 use redirector_ebpf::{
-    CLIENTS_MAP, CONFIG_MAP, COUNTERS_MAP, MAP_LAYOUT, NAT_REPLIES_MAP, SERVER_STATS_MAP, SERVERS_MAP, SERVICES_MAP,
-    THROTTLED_MAP,
+    CLIENTS_MAP, CONFIG_MAP, COUNTERS_MAP, MAP_LAYOUT, NAT_REPLIES_MAP, PROBE_MAP, SERVER_STATS_MAP, SERVERS_MAP,
+    SERVICES_MAP, THROTTLED_MAP,
 };
 
-/// The maps a daemon pins: everything the program forwards by, and the
-/// counters. Not the event ring (each daemon reads its own), nor the
-/// per-CPU scratch space.
-pub const PINNED_MAPS: [&str; 8] = [
+/// The maps a daemon pins: everything the program forwards by (or answers
+/// probes with), and the counters. Not the event ring (each daemon reads
+/// its own), nor the per-CPU scratch space.
+pub const PINNED_MAPS: [&str; 9] = [
     CONFIG_MAP,
     SERVICES_MAP,
     SERVERS_MAP,
@@ -31,6 +31,7 @@ pub const PINNED_MAPS: [&str; 8] = [
     COUNTERS_MAP,
     SERVER_STATS_MAP,
     THROTTLED_MAP,
+    PROBE_MAP,
 ];
 
 /// `statfs(2)`'s `f_type` of bpffs (include/uapi/linux/magic.h).

@@ -34,7 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector_ebpf::Throttle;
+use redirector_ebpf::{Throttle, probe::ProbeConfig};
 use tokio::sync::oneshot;
 
 use crate::{
@@ -126,6 +126,8 @@ pub struct Operations {
     /// its own; with a shared one, while it holds the leadership.
     leading: bool,
     following: followed::Following,
+    /// The probe responder's current key, once probes are on.
+    probe: Option<ProbeConfig>,
 }
 
 /// One step of a scan over the fast path's learned clients.
@@ -204,6 +206,7 @@ impl Operations {
             applied,
             leading: true,
             following: followed::Following::default(),
+            probe: None,
         }
     }
 
@@ -328,7 +331,10 @@ impl Operations {
             Some(&(source, direct)) => admission.admit(source, direct, held, now),
             None => Err(Refused::RateLimited),
         };
-        let results = self.assignments.assign_all(&aors, &pool, &mut admit)?;
+        let homes: HashMap<&Aor, &String> =
+            unique.iter().filter_map(|c| c.cookie_home.as_ref().map(|home| (&c.aor, home))).collect();
+        let cookie_home = |aor: &Aor| homes.get(aor).map(|home| (*home).clone());
+        let results = self.assignments.assign_all(&aors, &pool, &mut admit, &cookie_home)?;
         self.throttle_refused_prefixes();
         let assigned: HashMap<Aor, Result<Assigned, Refused>> = aors.into_iter().cloned().zip(results).collect();
         if assigned.values().any(|result| *result == Err(Refused::AtCapacity)) {
@@ -426,6 +432,23 @@ impl Operations {
     pub fn health_tick(&mut self, sequence: u32) {
         for transition in self.tracker.tick(sequence) {
             self.apply_health(transition);
+        }
+        if let Some(config) = self.probe {
+            self.set_probe(config);
+        }
+    }
+
+    /// Writes the probe responder's key; the edge answers for the pool only
+    /// while a home takes new clients (checked again at every health round).
+    pub fn set_probe(&mut self, config: ProbeConfig) {
+        let answering = self.pool.load().servers().iter().any(HomeServer::accepts_new);
+        let config = ProbeConfig { answering: u8::from(answering), ..config };
+        if self.probe == Some(config) {
+            return;
+        }
+        match self.fast_path.dataplane().set_probe(config) {
+            Ok(()) => self.probe = Some(config),
+            Err(error) => tracing::error!(%error, "writing the probe key failed: probes keep the previous one"),
         }
     }
 

@@ -9,6 +9,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use redirector_ebpf::probe::ProbeConfig;
 use tokio::sync::oneshot;
 
 use crate::{
@@ -51,6 +52,9 @@ pub enum Command {
     Scan { idle: Duration, sample: bool, done: oneshot::Sender<ScanStep> },
     /// An expiry walk over the store starts (unless one is under way).
     Expire,
+    /// A new period's probe key: written to the responder, answering while
+    /// the pool has a home taking new clients.
+    ProbeKeys { config: ProbeConfig },
     /// The statistics stream's reading.
     Read { reply: oneshot::Sender<Reading> },
     /// A rebalancing round on clients' load, `seconds` after the last.
@@ -215,6 +219,7 @@ fn execute(operations: &mut Operations, command: Command) {
             let _ = done.send(operations.scan(idle, sample));
         }
         Command::Expire => operations.start_expiry(),
+        Command::ProbeKeys { config } => operations.set_probe(config),
         Command::Read { reply } => {
             let _ = reply.send(operations.stats());
         }

@@ -2,7 +2,10 @@
 
 use std::fmt::Write;
 
-use crate::ops::api::{Client, Entry, Move, PlannedMove, Route, ServerStatus, Stats};
+use crate::{
+    ops::api::{Client, Entry, Move, PlannedMove, Route, ServerStatus, Stats},
+    probe::{COOKIE_HEADER, select::Report},
+};
 
 /// `redirector stats`: servers with their rates, then the counters.
 pub fn stats(stats: &Stats) -> String {
@@ -16,6 +19,27 @@ pub fn stats(stats: &Stats) -> String {
     }
     if stats.kernel_memory > 0 {
         let _ = writeln!(out, "kernel maps: {:.1} MiB", stats.kernel_memory as f64 / f64::from(1 << 20));
+    }
+    out
+}
+
+/// `redirector probe`: each server's response time (or timeout), the choice
+/// and the cookie to present.
+pub fn probe(report: &Report) -> String {
+    let mut out = format!("{:<42} {:>12}  {}\n", "server", "answered", "");
+    for server in &report.servers {
+        let (time, note) = match (server.answered_ms, server.chosen) {
+            (Some(ms), true) => (format!("{ms:.3} ms"), "chosen (earliest)"),
+            (Some(ms), false) => (format!("{ms:.3} ms"), "late (ignored)"),
+            (None, _) => ("timeout".to_owned(), ""),
+        };
+        let _ = writeln!(out, "{:<42} {time:>12}  {note}", server.server.to_string());
+    }
+    match (&report.chosen, &report.cookie) {
+        (Some(chosen), Some(cookie)) => {
+            let _ = writeln!(out, "chosen: {chosen}\n{COOKIE_HEADER}: {cookie}");
+        }
+        _ => out.push_str("chosen: none (no answer)\n"),
     }
     out
 }

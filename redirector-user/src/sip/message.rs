@@ -56,6 +56,8 @@ pub enum HeaderKind {
     Supported,
     Subject,
     ContentEncoding,
+    /// `Redirector-Cookie`: a probe answer's cookie (see `probe`).
+    RedirectorCookie,
     Other,
 }
 
@@ -77,6 +79,7 @@ impl HeaderKind {
             ("supported", Some("k"), HeaderKind::Supported),
             ("subject", Some("s"), HeaderKind::Subject),
             ("content-encoding", Some("e"), HeaderKind::ContentEncoding),
+            ("redirector-cookie", None, HeaderKind::RedirectorCookie),
         ];
         NAMES
             .iter()
@@ -86,7 +89,7 @@ impl HeaderKind {
             .map_or(HeaderKind::Other, |(_, _, kind)| *kind)
     }
 
-    pub fn canonical_name(self) -> &'static str {
+    pub const fn canonical_name(self) -> &'static str {
         match self {
             HeaderKind::Via => "Via",
             HeaderKind::From => "From",
@@ -102,6 +105,7 @@ impl HeaderKind {
             HeaderKind::Supported => "Supported",
             HeaderKind::Subject => "Subject",
             HeaderKind::ContentEncoding => "Content-Encoding",
+            HeaderKind::RedirectorCookie => "Redirector-Cookie",
             HeaderKind::Other => "",
         }
     }

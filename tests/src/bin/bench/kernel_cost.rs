@@ -12,7 +12,7 @@
 //!   no fixed point; 1,000,000
 //!   calls of one repetition each, every one on a fresh copy, timed by the
 //!   kernel per call (which adds the kernel timer's own cost to every case,
-//!   the baseline included).
+//!   the baseline included). A probe's answer has no fixed point either.
 //!
 //! Every case asserts that all repetitions were counted on its path.
 
@@ -27,6 +27,7 @@ use redirector_tests::{
 use crate::report::{Row, Section, median_by};
 
 const RUNS: u32 = 1_000_000;
+const PROBE_PORT: u16 = 5099;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Method {
@@ -68,6 +69,9 @@ fn cases() -> Vec<Case> {
             b"REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1\r\n\r\n".to_vec()
     });
     let no_rport = ethernet(CLIENT_MAC, EDGE_MAC, None, no_rport.ethertype(), &no_rport.ip_packet());
+    let probe4 = Datagram::new("10.0.0.2:40000", &format!("192.0.2.10:{PROBE_PORT}"))
+        .with(|d| d.payload = redirector_ebpf::probe::probe(7).to_vec());
+    let probe4 = ethernet(CLIENT_MAC, EDGE_MAC, None, probe4.ethertype(), &probe4.ip_packet());
     let mut malformed = hit4.clone();
     malformed.truncate(30);
     let case = |name, method, nat, program, frame: &Vec<u8>, counter| Case {
@@ -105,7 +109,17 @@ fn cases() -> Vec<Case> {
         case("hit, dsr, IPv6", Single, false, REDIRECTOR_PROGRAM, &hit6, Some(Counter::Forwarded)),
         case("hit, nat, IPv4", Single, true, REDIRECTOR_PROGRAM, &fixed_point4, Some(Counter::Forwarded)),
         case("hit, nat, IPv4, ;rport added", Single, true, REDIRECTOR_PROGRAM, &no_rport, Some(Counter::Forwarded)),
+        case("probe answered (edge), IPv4", Single, false, REDIRECTOR_PROGRAM, &probe4, Some(Counter::ProbeAnswered)),
     ]
+}
+
+/// The edge answers probes to the service at `PROBE_PORT` (an answer is
+/// no fixed point: it is timed single).
+fn answer_probes(fx: &mut Fixture) {
+    let service = endpoint("192.0.2.10".parse().unwrap(), PROBE_PORT);
+    fx.dataplane().add_service(service, redirector_ebpf::SERVICE_PROBE).unwrap();
+    let keys = redirector::probe::Keys::new(*b"kernel-cost-key!", 300);
+    fx.dataplane().set_probe(keys.config_at(1_780_000_000, PROBE_PORT, true)).unwrap();
 }
 
 /// Makes the nat rewrite a fixed point (see the module docs): the edge's
@@ -114,7 +128,7 @@ fn cases() -> Vec<Case> {
 /// not scanned).
 fn make_nat_hits_fixed_points(fx: &mut Fixture) {
     for (edge, home, nat_port) in [("10.0.0.1", "10.0.0.11", 20000), ("fd00::1", "fd00::11", 20001)] {
-        fx.dataplane().add_service(endpoint(home.parse().unwrap(), 5060)).unwrap();
+        fx.dataplane().add_service(endpoint(home.parse().unwrap(), 5060), redirector_ebpf::SERVICE_SIP).unwrap();
         let entry = ClientEntry { server: 0, nat_port_be: u16::to_be(nat_port), ..Default::default() };
         fx.dataplane().install_client(endpoint(edge.parse().unwrap(), nat_port), entry).unwrap();
     }
@@ -154,6 +168,7 @@ fn measure(fx: &mut Fixture, case: &Case) -> f64 {
 pub fn run(quick: bool) -> Section {
     let rounds = if quick { 1 } else { 5 };
     let mut plain = Fixture::new("dsr");
+    answer_probes(&mut plain);
     let mut nat = Fixture::new("nat");
     make_nat_hits_fixed_points(&mut nat);
     let cases = cases();
@@ -179,7 +194,7 @@ pub fn run(quick: bool) -> Section {
         section.rows.push(Row::new(case.label(), ns, "ns/packet").against(baseline.label(), reference));
     }
     section.notes.push(
-        "repeat: one call, the kernel repeats; single: one call per run on a fresh frame (dsr and ;rport grow it)"
+        "repeat: one call, the kernel repeats; single: one call per run on a fresh frame (dsr and ;rport grow it, a probe becomes its answer)"
             .into(),
     );
     section

@@ -16,6 +16,7 @@ mod memory;
 mod mmsg;
 mod peers;
 mod population;
+mod probes;
 mod rebalance;
 mod report;
 mod restart;
@@ -39,7 +40,7 @@ fn main() {
     let started = Instant::now();
     let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     // Each prints as it finishes: the full run takes a while.
-    let runners: [(&str, Runner); 8] = [
+    let runners: [(&str, Runner); 9] = [
         ("kernel_cost", |quick| vec![kernel_cost::run(quick)]),
         ("throughput", |quick| vec![throughput::run(quick)]),
         ("first_contact", |quick| vec![first_contact::run(quick)]),
@@ -49,6 +50,7 @@ fn main() {
         // Rebalancing and memory share one population of clients.
         ("rebalance", rebalance::run),
         ("edges", edges::run),
+        ("probes", |quick| vec![probes::run(quick)]),
     ];
     let mut done = Vec::new();
     for (_, runner) in runners.into_iter().filter(|(name, _)| only.is_none_or(|only| only == name)) {

@@ -224,6 +224,18 @@ fn measure(running: &Running, limit: Duration) -> Outcome {
 /// `limit` passed; returns how many the kernel took.
 pub fn blast(socket: &UdpSocket, payload: &[u8], max: u64, limit: Duration, pace: Pace) -> u64 {
     let SocketAddr::V4(to) = SERVICE.parse().unwrap() else { unreachable!("the service is IPv4") };
+    blast_to(socket, payload, to, max, limit, pace)
+}
+
+/// As `blast`, to `to`.
+pub fn blast_to(
+    socket: &UdpSocket,
+    payload: &[u8],
+    to: std::net::SocketAddrV4,
+    max: u64,
+    limit: Duration,
+    pace: Pace,
+) -> u64 {
     let batch: Vec<Outgoing<'_>> = (0..BATCH).map(|_| Outgoing { payload, to, from: None }).collect();
     let start = Instant::now();
     let mut sent = 0u64;
