@@ -42,6 +42,7 @@ use crate::{
         notifier::Notifier,
         pool,
         rebalance::{Rebalancer, Thresholds},
+        routes::RouteVersion,
         servers,
         watchers::{Subscription, WatcherCounters, Watchers},
     },
@@ -52,7 +53,8 @@ use crate::{
     },
     ops::{
         api::{Reply, Request},
-        control, metrics,
+        control,
+        http::{self, TokenError},
         operations::{OperationError, Operations, Parts},
         owner::{Command, Owner, OwnerGone},
         stats::{self, Latest},
@@ -75,6 +77,8 @@ pub enum DaemonError {
     Raw(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
     #[error(transparent)]
     DataPlane(Box<DataPlaneError>),
     #[error(transparent)]
@@ -128,7 +132,12 @@ pub struct Daemon {
     expiry: Option<expiry::Policy>,
     rebalance: config::Rebalance,
     stats_interval: Duration,
+    /// `[stats] prometheus`: `/metrics` alone.
     prometheus: Option<std::net::TcpListener>,
+    /// `[http] listen`, with its bearer token.
+    http: Option<(std::net::TcpListener, Arc<str>)>,
+    /// The routing table's version, as the owner publishes it.
+    route_versions: tokio::sync::watch::Receiver<RouteVersion>,
     /// The statistics stream's newest reading.
     pub latest: Arc<Latest>,
     watcher_counters: Arc<WatcherCounters>,
@@ -136,6 +145,21 @@ pub struct Daemon {
     deactivated: Mutex<Option<mpsc::UnboundedReceiver<Subscription>>>,
     /// The program's event ring buffer; taken by `serve`'s reader.
     events: Mutex<Option<RingBuf<MapData>>>,
+}
+
+/// The routing table's epoch (see `edge::routes`): nanoseconds since the
+/// Unix epoch at start, so that no two runs share one.
+fn route_epoch() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// `[http] listen` bound, with the token read from `[http] token_file`.
+fn bind_http(config: &Config) -> Result<Option<(std::net::TcpListener, Arc<str>)>> {
+    let (Some(address), Some(token_file)) = (config.http.listen, &config.http.token_file) else { return Ok(None) };
+    let token = http::read_token(token_file)?;
+    let what = "HTTP listener ([http] listen)";
+    let listener = http::bind(address).map_err(|source| DaemonError::Bind { address, what, source })?;
+    Ok(Some((listener, token)))
 }
 
 impl Daemon {
@@ -149,7 +173,8 @@ impl Daemon {
         // Loaded before anything is attached: the first first contacts find
         // every known client in the cache.
         let counters = Arc::new(Counters::default());
-        let assignments = Assignments::open(Box::new(RedbStore::open(&config.sip.database)?), counters.clone())?;
+        let store = Box::new(RedbStore::open(&config.sip.database)?);
+        let assignments = Assignments::open(store, counters.clone(), route_epoch())?;
         let total: u64 = assignments.client_counts().values().sum();
         info!(database = %config.sip.database.display(), assignments = total, "assignment database open");
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -165,9 +190,10 @@ impl Daemon {
             .prometheus
             .map(|address| {
                 let what = "Prometheus endpoint ([stats] prometheus)";
-                metrics::bind(address).map_err(|source| DaemonError::Bind { address, what, source })
+                http::bind(address).map_err(|source| DaemonError::Bind { address, what, source })
             })
             .transpose()?;
+        let http = bind_http(config)?;
         let raw = RawSockets::open(config.edge.ipv4, config.edge.ipv6).map_err(DaemonError::Raw)?;
         let nat_replies = nat_reply_sockets(config).map_err(DaemonError::Raw)?;
         let control = control::bind(&config.control.socket)
@@ -236,6 +262,7 @@ impl Daemon {
             applied: seeded.applied,
         });
         operations.start_pool()?;
+        let route_versions = operations.route_versions();
         let (owner, owner_thread) = Owner::spawn(operations).map_err(io("starting the state owner thread"))?;
         Ok(Self {
             owner,
@@ -252,6 +279,8 @@ impl Daemon {
             rebalance: config.rebalance.clone(),
             stats_interval: Duration::from_secs_f64(config.stats.interval),
             prometheus,
+            http,
+            route_versions,
             latest: Arc::default(),
             watcher_counters,
             deactivated: Mutex::new(Some(deactivated)),
@@ -317,8 +346,18 @@ impl Daemon {
         }
         if let Some(listener) = &self.prometheus {
             let listener = listener.try_clone().map_err(io("cloning the Prometheus socket"))?;
-            let serving = metrics::serve(listener, self.latest.clone());
+            let serving = http::serve(listener, http::metrics_only(self.latest.clone()));
             spawn(tasks, "prometheus".into(), async move { serving.await.map_err(io("serving Prometheus metrics")) });
+        }
+        if let Some((listener, token)) = &self.http {
+            let listener = listener.try_clone().map_err(io("cloning the HTTP socket"))?;
+            let shared = http::Shared {
+                owner: self.owner.clone(),
+                latest: self.latest.clone(),
+                versions: self.route_versions.clone(),
+            };
+            let serving = http::serve(listener, http::router(shared, token.clone()));
+            spawn(tasks, "http".into(), async move { serving.await.map_err(io("serving HTTP ([http] listen)")) });
         }
         let reading = stats::run(self.owner.clone(), self.latest.clone(), self.stats_interval);
         spawn(tasks, "stats".into(), async move { Ok(reading.await?) });

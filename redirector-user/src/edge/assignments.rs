@@ -7,7 +7,12 @@ use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     counters::bump,
-    edge::{admission::Refused, first_contact::Counters, pool::Pool},
+    edge::{
+        admission::Refused,
+        first_contact::Counters,
+        pool::Pool,
+        routes::{LOG_CAPACITY, RouteLog},
+    },
     sip::Aor,
     store::{Assignment, AssignmentStore, Cache, Reassigned, StoreError, next_assignment},
 };
@@ -26,23 +31,31 @@ pub struct Assignments {
     /// Per server name; signed so that any order of updates adds up.
     counts: HashMap<String, i64>,
     counters: Arc<Counters>,
+    /// Every change, versioned, for the routing table's clients.
+    routes: RouteLog,
 }
 
 impl Assignments {
-    /// Loads every stored assignment into the cache and the counts.
-    pub fn open(store: Box<dyn AssignmentStore>, counters: Arc<Counters>) -> Result<Self, StoreError> {
+    /// Loads every stored assignment into the cache and the counts; the
+    /// routing table's versions start in `epoch` (see `edge::routes`).
+    pub fn open(store: Box<dyn AssignmentStore>, counters: Arc<Counters>, epoch: u64) -> Result<Self, StoreError> {
         let cache = Arc::new(Cache::default());
         let mut counts = HashMap::new();
         for assignment in store.all()? {
             *counts.entry(assignment.server.clone()).or_default() += 1;
             cache.put(&assignment);
         }
-        Ok(Self { store, cache, counts, counters })
+        Ok(Self { store, cache, counts, counters, routes: RouteLog::new(epoch, LOG_CAPACITY) })
     }
 
     /// The cache, for first-contact cores.
     pub fn cache(&self) -> Arc<Cache> {
         self.cache.clone()
+    }
+
+    /// The routing table's version and recent changes.
+    pub fn routes(&self) -> &RouteLog {
+        &self.routes
     }
 
     pub fn store(&self) -> &(dyn AssignmentStore + 'static) {
@@ -114,7 +127,7 @@ impl Assignments {
         let moved = match previous {
             Some(previous) => {
                 bump(if previous.is_some() { &self.counters.reassigned } else { &self.counters.assigned });
-                self.count_move(previous.as_deref(), &stored.server);
+                self.count_move(previous.as_deref(), &stored);
                 self.cache.put(&stored);
                 previous.is_some()
             }
@@ -155,7 +168,7 @@ impl Assignments {
         })?;
         let done = previous.into_iter().zip(stored).map(|(previous, stored)| {
             let (previous, stored) = (previous?, stored?);
-            self.count_move(previous.as_deref(), &stored.server);
+            self.count_move(previous.as_deref(), &stored);
             self.cache.put(&stored);
             Some(Reassigned { previous, generation: stored.generation })
         });
@@ -182,6 +195,7 @@ impl Assignments {
         for assignment in expired {
             *self.counts.entry(assignment.server.clone()).or_default() -= 1;
             self.cache.remove(&assignment.aor);
+            self.routes.record(&assignment.aor, None);
         }
         Ok(())
     }
@@ -202,10 +216,12 @@ impl Assignments {
         Ok(())
     }
 
-    fn count_move(&mut self, from: Option<&str>, to: &str) {
+    /// Counts `to` moved from `from` (`None`: new) and logs the change.
+    fn count_move(&mut self, from: Option<&str>, to: &Assignment) {
         if let Some(from) = from {
             *self.counts.entry(from.to_owned()).or_default() -= 1;
         }
-        *self.counts.entry(to.to_owned()).or_default() += 1;
+        *self.counts.entry(to.server.clone()).or_default() += 1;
+        self.routes.record(&to.aor, Some(&to.server));
     }
 }

@@ -4,9 +4,11 @@
 
 pub mod api;
 pub mod control;
+pub mod http;
 pub mod metrics;
 pub mod operations;
 pub mod owner;
 pub mod report;
+pub mod route_client;
 pub mod stats;
 pub mod status;

@@ -45,6 +45,7 @@ use crate::{
         health::{Tracker, Transition},
         pool::{Pool, PoolView},
         rebalance::{Planned, Rebalancer, Sample, ServerLoad, plan},
+        routes::{RouteVersion, Since},
         servers::{self, Change, Effect, PoolError},
         watchers::{Subscription, Watchers},
     },
@@ -53,7 +54,10 @@ use crate::{
         loader,
     },
     model::{HomeServer, Origin, ServerSpec, ServerState},
-    ops::api::{Client, DaemonStatus, Entry, Move, PlannedMove, Reloaded, Reply, Request, Route, ServerStatus, Stats},
+    ops::api::{
+        Client, DaemonStatus, Entry, Move, PlannedMove, Reloaded, Reply, Request, Route, RouteTable, ServerStatus,
+        Stats,
+    },
     sip::{Aor, ParseError},
     store::{StoreError, unix_seconds},
 };
@@ -119,6 +123,8 @@ pub struct Operations {
     pass: Vec<Sample>,
     /// The config's `[[servers]]` as last applied (see `edge::servers`).
     applied: Vec<ServerSpec>,
+    /// The routing table's version, as last published to its streams.
+    route_version: tokio::sync::watch::Sender<RouteVersion>,
 }
 
 /// One step of a scan over the fast path's learned clients.
@@ -178,6 +184,7 @@ impl Operations {
             expiry,
             applied,
         } = parts;
+        let (route_version, _) = tokio::sync::watch::channel(assignments.routes().version());
         Self {
             assignments,
             pool,
@@ -195,7 +202,19 @@ impl Operations {
             walk: None,
             pass: Vec::new(),
             applied,
+            route_version,
         }
+    }
+
+    /// Told the routing table's version whenever it changes (see `publish_routes`).
+    pub fn route_versions(&self) -> tokio::sync::watch::Receiver<RouteVersion> {
+        self.route_version.subscribe()
+    }
+
+    /// Tells the routing table's streams of its version, if it changed.
+    pub fn publish_routes(&self) {
+        let now = self.assignments.routes().version();
+        self.route_version.send_if_modified(|published| std::mem::replace(published, now) != now);
     }
 
     /// At start: the pool saved (as seeded or changed by the config),
@@ -271,6 +290,7 @@ impl Operations {
             Request::Drain { .. } => unreachable!("`answer` queues drains"),
             Request::Undrain { server } => self.undrain(&server).map(Reply::Server),
             Request::Routes => self.routes().map(Reply::Routes),
+            Request::RouteTable { since } => self.route_table(since).map(Reply::RouteTable),
             Request::Rebalance { dry_run } => self.rebalance(dry_run).map(Reply::Plan),
             Request::Entries { aor } => self.entries(&aor).map(Reply::Entries),
             Request::Status => Ok(Reply::Status(self.status_of_daemon())),
@@ -965,6 +985,28 @@ impl Operations {
             entries.push(Entry { client, server: entry.server, packets: entry.packets });
         }
         Ok(entries)
+    }
+
+    /// The routing table with its version, or what changed after `since`.
+    pub fn route_table(&self, since: Option<RouteVersion>) -> Result<RouteTable> {
+        let version = self.assignments.routes().version();
+        let table = RouteTable { version, since, reload: false, routes: Vec::new(), removed: Vec::new() };
+        let Some(since) = since else { return Ok(RouteTable { routes: self.routes()?, ..table }) };
+        let Since::Changes(changes) = self.assignments.routes().since(since) else {
+            return Ok(RouteTable { reload: true, ..table });
+        };
+        let pool = self.pool.load();
+        let (mut routes, mut removed) = (Vec::new(), Vec::new());
+        for (aor, server) in changes {
+            let Some(server) = server else {
+                removed.push(aor.to_string());
+                continue;
+            };
+            let address = pool.server(&server).and_then(HomeServer::any_address);
+            let generation = self.assignments.generation(&aor).unwrap_or_default();
+            routes.push(Route { aor: aor.to_string(), server, address, generation });
+        }
+        Ok(RouteTable { routes, removed, ..table })
     }
 
     pub fn routes(&self) -> Result<Vec<Route>> {
