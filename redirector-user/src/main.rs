@@ -390,7 +390,10 @@ async fn main() -> Result<()> {
                     let routes: Vec<_> = table.routes.values().cloned().collect();
                     write_routes(&render_routes(format, &routes)?, Some(&output))?;
                     info!(version = table.version, routes = routes.len(), file = %output.display(), "routes written");
-                    then.as_deref().map_or(Ok(()), run_hook)
+                    if let Some(command) = &then {
+                        run_hook(command);
+                    }
+                    Ok(())
                 })
                 .await
         }
@@ -682,7 +685,10 @@ fn render_routes(format: RouteFormat, routes: &[redirector::ops::api::Route]) ->
 }
 
 /// `text` to stdout, or to `output` through a temporary file renamed over
-/// it, so a reader never sees half a table.
+/// it, so a reader never sees half a table. Each rewrite's modification
+/// time is at least a second after the one it replaces: Kamailio's
+/// db_text sees a changed file by its mtime in whole seconds, and would
+/// miss a second rewrite within the same second.
 fn write_routes(text: &str, output: Option<&Path>) -> Result<()> {
     let Some(output) = output else {
         print!("{text}");
@@ -690,21 +696,27 @@ fn write_routes(text: &str, output: Option<&Path>) -> Result<()> {
     };
     let mut temporary = output.as_os_str().to_owned();
     temporary.push(".tmp");
-    std::fs::write(&temporary, text).with_context(|| format!("writing {}", Path::new(&temporary).display()))?;
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
+    let now = std::time::SystemTime::now();
+    let previous = std::fs::metadata(output).and_then(|m| m.modified()).ok();
+    let modified = previous.map_or(now, |p| now.max(p + std::time::Duration::from_secs(1)));
+    std::fs::File::options()
+        .write(true)
+        .open(&temporary)
+        .and_then(|file| file.set_modified(modified))
+        .with_context(|| format!("setting the modification time of {}", temporary.display()))?;
     std::fs::rename(&temporary, output).with_context(|| format!("replacing {}", output.display()))
 }
 
-/// Runs `--then`'s command; its failure is the follower's.
-fn run_hook(command: &str) -> Result<()> {
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .status()
-        .with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} (--then) failed: {status}");
+/// Runs `--then`'s command. A failure is logged and the follower goes on:
+/// the next change runs it again (Kamailio may not be up yet, say).
+fn run_hook(command: &str) {
+    match std::process::Command::new("sh").arg("-c").arg(command).status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => tracing::warn!(command, %status, "the --then command failed"),
+        Err(error) => tracing::warn!(command, %error, "the --then command could not be run"),
     }
-    Ok(())
 }
 
 fn unexpected(reply: Reply) -> Result<()> {
