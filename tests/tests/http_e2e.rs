@@ -198,3 +198,77 @@ fn the_cli_fetches_the_table_and_follows_its_changes_into_a_kamailio_file() {
     assert!(reloaded.lines().count() >= 2, "--then ran after each write: {reloaded:?}");
     kill_group(&mut follower);
 }
+
+/// Chromium, headless as Debian ships it, run inside the edge's namespace
+/// (where the listener is) with a fresh profile: `mode` is `--dump-dom` or
+/// `--screenshot=FILE`. Bounded: killed with its process group after 90 s.
+fn chromium(topology: &Topology, url: &str, mode: &str, profile: &str) -> String {
+    let profile = topology.scratch(profile);
+    let output = topology.scratch("chromium.out");
+    let user_data = format!("--user-data-dir={}", profile.display());
+    let args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1100",
+        // Long enough for several polls of /status (virtual time waits
+        // for the network).
+        "--virtual-time-budget=6000",
+        &user_data,
+        mode,
+        url,
+    ];
+    let mut browser = topology
+        .edge
+        .command("chromium", &args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&output).unwrap())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("starting chromium (apt-get install chromium)");
+    let start = std::time::Instant::now();
+    while browser.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let finished = browser.try_wait().unwrap();
+    kill_group(&mut browser);
+    assert!(finished.is_some_and(|status| status.success()), "chromium {mode} {url}: {finished:?}");
+    std::fs::read_to_string(&output).unwrap()
+}
+
+#[test]
+fn the_status_page_shows_a_drained_server_as_draining_in_a_real_browser() {
+    if !privileged() {
+        return;
+    }
+    let topology = edge_with_clients(4);
+    let busy = routes(&topology)[0].server.clone();
+    cli_ok(&topology, &["drain", &busy]);
+    wait_until(
+        || get(&topology, HTTP, "/status", Some(TOKEN)).body.contains("\"state\":\"draining\""),
+        "the statistics stream reads the drain",
+    );
+    let page = get(&topology, HTTP, "/", None);
+    assert_eq!(page.status, 401, "the page asks for the token too");
+
+    let url = format!("http://{HTTP}/?access_token={TOKEN}");
+    let dom = chromium(&topology, &url, "--dump-dom", "profile-dom");
+    assert!(dom.contains("data-loaded=\"yes\""), "the page's script drew a reading:\n{dom}");
+    let row = format!("<tr data-server=\"{busy}\" data-state=\"draining\" data-health=\"healthy\">");
+    assert!(dom.contains(&row), "{busy} shows as draining:\n{dom}");
+    assert!(dom.contains("<td>drained</td>"), "the moves say why:\n{dom}");
+    assert!(dom.contains("data-counter=\"redirected\""), "first contact's rates:\n{dom}");
+    assert!(dom.contains("<polyline"), "the load chart:\n{dom}");
+    assert!(dom.contains("<span id=\"updated\" class=\"\">updated "), "the last poll succeeded:\n{dom}");
+
+    // The README's picture, when asked for (REDIRECTOR_SCREENSHOT=path).
+    if let Ok(path) = std::env::var("REDIRECTOR_SCREENSHOT") {
+        chromium(&topology, &url, &format!("--screenshot={path}"), "profile-shot");
+    }
+}

@@ -38,6 +38,8 @@ pub enum Request {
         #[serde(default)]
         since: Option<RouteVersion>,
     },
+    /// The last moves, newest first, with why each was made.
+    RecentMoves,
     Rebalance {
         dry_run: bool,
     },
@@ -81,6 +83,7 @@ pub enum Reply {
     Server(ServerStatus),
     Routes(Vec<Route>),
     RouteTable(RouteTable),
+    RecentMoves(Vec<RecentMove>),
     Plan(Vec<PlannedMove>),
     Entries(Vec<Entry>),
     Status(DaemonStatus),
@@ -176,6 +179,18 @@ pub struct Stats {
     /// Bytes of kernel memory the program's maps take.
     #[serde(default)]
     pub kernel_memory: u64,
+}
+
+/// A move made, when and why (a drain, a failover, an operator's assign,
+/// rebalancing), for the status page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentMove {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub aor: String,
+    pub from: String,
+    pub to: String,
+    pub why: String,
 }
 
 /// A move the rebalancer would make (or made).

@@ -16,19 +16,19 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{
-        IntoResponse, Response,
+        Html, IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
     routing::get,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::{
     edge::routes::RouteVersion,
     ops::{
-        api::{Reply, Request as Control, RouteTable},
+        api::{RecentMove, Reply, Request as Control, RouteTable, Stats},
         metrics,
         owner::Owner,
         stats::Latest,
@@ -74,6 +74,8 @@ pub fn metrics_only(latest: Arc<Latest>) -> Router {
 /// Every endpoint, all but `/metrics` behind `token`.
 pub fn router(shared: Shared, token: Arc<str>) -> Router {
     let guarded = Router::new()
+        .route("/", get(page))
+        .route("/status", get(status))
         .route("/routes", get(routes))
         .route("/routes/stream", get(route_stream))
         .with_state(shared.clone())
@@ -240,6 +242,31 @@ async fn next_table(follow: &mut Follow) -> Option<RouteTable> {
             return Some(table);
         }
     }
+}
+
+/// What the status page shows: the statistics stream's newest reading
+/// (`null` before the first) and the last moves, newest first.
+#[derive(Debug, Serialize)]
+struct Status<'a> {
+    stats: Option<&'a Stats>,
+    moves: Vec<RecentMove>,
+}
+
+/// `GET /status`: the status page's data, as JSON.
+async fn status(State(shared): State<Shared>) -> Response {
+    let moves = match ask(&shared.owner, Control::RecentMoves).await {
+        Ok(Reply::RecentMoves(moves)) => moves,
+        Ok(other) => return failure(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}")),
+        Err(response) => return response,
+    };
+    let stats = shared.latest.get();
+    Json(Status { stats: stats.as_deref(), moves }).into_response()
+}
+
+/// `GET /`: the status page, self-contained (no CDN: its script and
+/// styles are inline), polling `/status` with the token it was opened with.
+async fn page() -> Html<&'static str> {
+    Html(include_str!("status_page.html"))
 }
 
 #[cfg(test)]

@@ -55,8 +55,8 @@ use crate::{
     },
     model::{HomeServer, Origin, ServerSpec, ServerState},
     ops::api::{
-        Client, DaemonStatus, Entry, Move, PlannedMove, Reloaded, Reply, Request, Route, RouteTable, ServerStatus,
-        Stats,
+        Client, DaemonStatus, Entry, Move, PlannedMove, RecentMove, Reloaded, Reply, Request, Route, RouteTable,
+        ServerStatus, Stats,
     },
     sip::{Aor, ParseError},
     store::{StoreError, unix_seconds},
@@ -92,6 +92,9 @@ const SCAN_BUDGET: usize = 2_000;
 /// most one transaction for what it removes and persists).
 const EXPIRY_PAGE: usize = 2_000;
 
+/// Moves kept for the status page's list of the last ones.
+const RECENT_MOVES: usize = 100;
+
 /// Clients moved per database transaction (and per hold of the fast-path
 /// lock) when a server is drained or goes down.
 const MOVE_BATCH: usize = 2_000;
@@ -125,6 +128,8 @@ pub struct Operations {
     applied: Vec<ServerSpec>,
     /// The routing table's version, as last published to its streams.
     route_version: tokio::sync::watch::Sender<RouteVersion>,
+    /// The last moves, newest last, with why they were made.
+    recent_moves: VecDeque<RecentMove>,
 }
 
 /// One step of a scan over the fast path's learned clients.
@@ -203,6 +208,7 @@ impl Operations {
             pass: Vec::new(),
             applied,
             route_version,
+            recent_moves: VecDeque::new(),
         }
     }
 
@@ -291,6 +297,7 @@ impl Operations {
             Request::Undrain { server } => self.undrain(&server).map(Reply::Server),
             Request::Routes => self.routes().map(Reply::Routes),
             Request::RouteTable { since } => self.route_table(since).map(Reply::RouteTable),
+            Request::RecentMoves => Ok(Reply::RecentMoves(self.recent_moves.iter().rev().cloned().collect())),
             Request::Rebalance { dry_run } => self.rebalance(dry_run).map(Reply::Plan),
             Request::Entries { aor } => self.entries(&aor).map(Reply::Entries),
             Request::Status => Ok(Reply::Status(self.status_of_daemon())),
@@ -548,7 +555,7 @@ impl Operations {
         if self.assignments.store().get(&aor)?.is_none() {
             return Err(OperationError::UnknownAor(aor.to_string()));
         }
-        let mut moved = self.move_batch(&[(aor, to.clone())], None)?;
+        let mut moved = self.move_batch(&[(aor, to.clone())], None, "assigned by an operator")?;
         moved.pop().ok_or(OperationError::ServerDown(to.name))
     }
 
@@ -617,7 +624,7 @@ impl Operations {
             job.left.clear();
         }
         let batch: Vec<Aor> = job.left.drain(..job.left.len().min(MOVE_BATCH)).collect();
-        match self.move_batch_from(&job.from, &batch) {
+        match self.move_batch_from(&job.from, &batch, job.why) {
             Ok(moves) => job.moves.extend(moves),
             Err(error) => {
                 let moved = job.moves.len();
@@ -666,7 +673,7 @@ impl Operations {
 
     /// One batch of a job: `aors` off `from`, each to where rendezvous
     /// hashing puts it now.
-    fn move_batch_from(&mut self, from: &str, aors: &[Aor]) -> Result<Vec<Move>> {
+    fn move_batch_from(&mut self, from: &str, aors: &[Aor], why: &str) -> Result<Vec<Move>> {
         let pool = self.pool.load_full();
         // Clients that moved meanwhile (at a first contact, or by `assign`)
         // keep their place on the fast path.
@@ -678,7 +685,7 @@ impl Operations {
                 Ok((aor.clone(), to.ok_or_else(|| OperationError::NoActiveServer(from.into()))?))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.move_batch(&planned, Some(from))
+        self.move_batch(&planned, Some(from), why)
     }
 
     /// Lets `server` take new clients again.
@@ -836,7 +843,8 @@ impl Operations {
         let mut moves = Vec::new();
         for p in planned {
             tracing::info!(aor = %p.aor, from = p.from, to = p.to, rate = p.rate, reason, "rebalancing");
-            moves.extend(self.move_batch(&[(p.aor.clone(), self.server(&p.to)?)], Some(&p.from))?);
+            let why = format!("rebalanced ({reason}): {:.1} packets/s", p.rate);
+            moves.extend(self.move_batch(&[(p.aor.clone(), self.server(&p.to)?)], Some(&p.from), &why)?);
         }
         Ok(moves)
     }
@@ -849,7 +857,7 @@ impl Operations {
     /// client was left alone, the commit failed, the kernel refused one)
     /// stay withdrawn: the client's next packet meets first contact, which
     /// answers from the assignments and puts it back.
-    fn move_batch(&mut self, planned: &[(Aor, HomeServer)], only_from: Option<&str>) -> Result<Vec<Move>> {
+    fn move_batch(&mut self, planned: &[(Aor, HomeServer)], only_from: Option<&str>, why: &str) -> Result<Vec<Move>> {
         for (aor, _) in planned {
             self.assignments.hold(aor);
         }
@@ -883,7 +891,21 @@ impl Operations {
         self.release(planned.iter().map(|(aor, _)| aor));
         // After the clients are back on the fast path: this is a commit too.
         self.save_watchers();
+        self.remember(&moves, why);
         Ok(moves)
+    }
+
+    /// Keeps the last `RECENT_MOVES` moves, with why they were made.
+    fn remember(&mut self, moves: &[Move], why: &str) {
+        let at = unix_seconds();
+        let skip = moves.len().saturating_sub(RECENT_MOVES);
+        for m in &moves[skip..] {
+            if self.recent_moves.len() == RECENT_MOVES {
+                self.recent_moves.pop_front();
+            }
+            let (aor, from, to, why) = (m.aor.clone(), m.from.clone(), m.to.clone(), why.to_owned());
+            self.recent_moves.push_back(RecentMove { at, aor, from, to, why });
+        }
     }
 
     /// Puts held clients that did not move (or expire) back in first
