@@ -27,6 +27,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "the kernel's L4 forwarding (DNAT), the benchmark's baseline (this kernel has no IPVS)"),
     ("baresip-core", "a real softphone (baresip) as the client of the end-to-end tests"),
     ("sipvicious", "SIP scanners (svmap, svwar) the end-to-end tests run against the edge"),
+    ("chromium", "a real browser (headless) for the status page's end-to-end test"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
