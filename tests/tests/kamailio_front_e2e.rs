@@ -18,7 +18,7 @@ use redirector_tests::{
     netns::NetNs,
     operator::{cli_json, cli_ok, routes, wait_until},
     privileged,
-    sip_pool::{Registrar, scenario, start_registrars},
+    sip_pool::{Registrar, sipp_to, start_registrars},
     topology::{Attach, CLIENT, EDGE, SERVICE, Topology, home_index, redirector_binary},
 };
 
@@ -101,35 +101,9 @@ fn expected(routes: &[Route]) -> Vec<(String, String)> {
 /// SIPp: one REGISTER for each of `CLIENTS` AORs (sip:kam1@example.net…)
 /// to the Kamailio proxy, each answered 200 by its home.
 fn register_through_proxy(topology: &Topology) {
-    let errors = topology.scratch("sipp-front.errors");
     let proxy = format!("{CLIENT}:{PROXY_PORT}");
-    let scenario = scenario("register_expect_200.xml");
-    let calls = CLIENTS.to_string();
-    let args = [
-        proxy.as_str(),
-        "-sf",
-        scenario.to_str().unwrap(),
-        "-m",
-        &calls,
-        "-s",
-        "kam",
-        "-r",
-        "50",
-        "-i",
-        &CLIENT.to_string(),
-        "-p",
-        "6100",
-        "-timeout",
-        "30s",
-        "-timeout_error",
-        "-nostdin",
-        "-trace_err",
-        "-error_file",
-        errors.to_str().unwrap(),
-    ];
-    let output = topology.client.command("sipp", &args).stdin(Stdio::null()).output().expect("running sipp");
-    let errors = std::fs::read_to_string(&errors).unwrap_or_default();
-    assert!(output.status.success(), "sipp through the proxy: {}\n{errors}", String::from_utf8_lossy(&output.stdout));
+    let output = sipp_to(topology, &proxy, "register_expect_200.xml", (CLIENTS as u32, 6100), "kam");
+    assert!(output.status.success(), "sipp through the proxy: {}", String::from_utf8_lossy(&output.stdout));
 }
 
 /// UDP datagrams the namespace's stack has received.

@@ -183,7 +183,7 @@ async fn routes(State(shared): State<Shared>, Query(query): Query<RoutesQuery>) 
 /// when a full fetch is needed, else one line per route, `+ AOR SERVER
 /// ADDRESS GENERATION` (`-` for a server without an address), and `- AOR`
 /// for each AOR no longer assigned.
-pub fn compact(table: &RouteTable) -> String {
+fn compact(table: &RouteTable) -> String {
     let mut text = format!("version {}\n", table.version);
     if let Some(since) = table.since {
         text += &format!("since {since}\n");
