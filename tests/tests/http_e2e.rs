@@ -33,11 +33,16 @@ struct Answer {
 /// `GET path` on `address` inside the edge's namespace, over a plain socket
 /// (an HTTP client independent of redirector's), with `token` if given.
 fn get(topology: &Topology, address: &str, path: &str, token: Option<&str>) -> Answer {
+    get_with(topology, address, path, token, "")
+}
+
+/// `get` with more header lines (each ending in CRLF).
+fn get_with(topology: &Topology, address: &str, path: &str, token: Option<&str>, headers: &str) -> Answer {
     let _inside = topology.edge.enter();
     let mut stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(70))).unwrap();
     let authorization = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: edge\r\n{authorization}Connection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: edge\r\n{authorization}{headers}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
@@ -57,15 +62,22 @@ fn sorted(mut routes: Vec<Route>) -> Vec<Route> {
     routes
 }
 
-/// An edge with `[http]` and `[stats] prometheus`, 2 homes, and `clients`
-/// SIPp clients registered through it.
+/// The operator's document template of these tests.
+const TEMPLATE: &str = "<profile aor=\"{{aor}}\"><registrar>{{registrar}}</registrar></profile>\n";
+
+/// An edge with `[http]`, `[documents]` and `[stats] prometheus`, 2 homes,
+/// and `clients` SIPp clients registered through it.
 fn edge_with_clients(clients: u16) -> Topology {
     let mut topology = Topology::new("dsr", Attach::Native, 2);
     let token_file = topology.scratch("http.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let template = topology.scratch("profile.xml");
+    std::fs::write(&template, TEMPLATE).unwrap();
     topology.extra_config = format!(
-        "[stats]\ninterval = 0.2\nprometheus = \"{PROMETHEUS}\"\n[http]\nlisten = \"{HTTP}\"\ntoken_file = \"{}\"\n",
-        token_file.display()
+        "[stats]\ninterval = 0.2\nprometheus = \"{PROMETHEUS}\"\n[http]\nlisten = \"{HTTP}\"\ntoken_file = \"{}\"\n\
+         [documents]\ntemplate = \"{}\"\n",
+        token_file.display(),
+        template.display()
     );
     start_registrars(&mut topology, Registrar::Own);
     topology.start(&[]);
@@ -197,6 +209,42 @@ fn the_cli_fetches_the_table_and_follows_its_changes_into_a_kamailio_file() {
     let reloaded = std::fs::read_to_string(&reloads).unwrap_or_default();
     assert!(reloaded.lines().count() >= 2, "--then ran after each write: {reloaded:?}");
     kill_group(&mut follower);
+}
+
+#[test]
+fn documents_carry_an_etag_answer_304_and_long_polls_see_a_move() {
+    if !privileged() {
+        return;
+    }
+    let topology = edge_with_clients(2);
+    let client = routes(&topology)[0].clone();
+    let path = format!("/config/{}", client.aor);
+    let document = get(&topology, HTTP, &path, Some(TOKEN));
+    assert_eq!(document.status, 200, "{}", document.body);
+    let expected =
+        format!("<profile aor=\"{}\"><registrar>sip:{}</registrar></profile>\n", client.aor, client.address.unwrap());
+    assert_eq!(document.body, expected);
+    let head = document.head.to_lowercase();
+    assert!(head.contains("content-type: application/xml"), "{head}");
+    let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).expect("an ETag").to_owned();
+    let if_none_match = format!("If-None-Match: {etag}\r\n");
+
+    assert_eq!(get_with(&topology, HTTP, &path, Some(TOKEN), &if_none_match).status, 304);
+    let waited = get_with(&topology, HTTP, &format!("{path}?wait=1"), Some(TOKEN), &if_none_match);
+    assert_eq!(waited.status, 304, "no change within the wait: {}", waited.body);
+    assert_eq!(get(&topology, HTTP, &path, None).status, 401);
+    assert_eq!(get(&topology, HTTP, "/config/sip:nobody@example.net", Some(TOKEN)).status, 404);
+
+    let other = if client.server == "home0" { "home1" } else { "home0" };
+    let moved = std::thread::scope(|scope| {
+        let poll = scope.spawn(|| get_with(&topology, HTTP, &format!("{path}?wait=30"), Some(TOKEN), &if_none_match));
+        cli_ok(&topology, &["assign", &client.aor, other]);
+        poll.join().unwrap()
+    });
+    assert_eq!(moved.status, 200, "the long poll answers the move: {}", moved.body);
+    let now = routes(&topology).into_iter().find(|r| r.aor == client.aor).unwrap();
+    assert!(moved.body.contains(&format!("<registrar>sip:{}</registrar>", now.address.unwrap())), "{}", moved.body);
+    assert!(!moved.head.to_lowercase().contains(&etag), "a new tag: {}", moved.head);
 }
 
 /// Chromium, headless as Debian ships it, run inside the edge's namespace

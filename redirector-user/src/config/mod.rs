@@ -66,6 +66,8 @@ pub struct Config {
     #[serde(default)]
     pub http: HttpSettings,
     #[serde(default)]
+    pub documents: DocumentSettings,
+    #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
     pub limits: LimitsSettings,
@@ -210,6 +212,15 @@ pub struct HttpSettings {
     /// A file holding the bearer token (its first line).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+}
+
+/// Per-client configuration documents (`GET /config/{aor}` on the HTTP
+/// listener): rendered from `template` (see `ops::documents`); off when absent.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentSettings {
+    #[serde(default)]
+    pub template: Option<PathBuf>,
 }
 
 fn default_stats_interval() -> f64 {

@@ -54,6 +54,7 @@ use crate::{
     ops::{
         api::{Reply, Request},
         control,
+        documents::{Template, TemplateError},
         http::{self, TokenError},
         operations::{OperationError, Operations, Parts},
         owner::{Command, Owner, OwnerGone},
@@ -79,6 +80,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
     #[error(transparent)]
     DataPlane(Box<DataPlaneError>),
     #[error(transparent)]
@@ -136,6 +139,8 @@ pub struct Daemon {
     prometheus: Option<std::net::TcpListener>,
     /// `[http] listen`, with its bearer token.
     http: Option<(std::net::TcpListener, Arc<str>)>,
+    /// `[documents] template`.
+    template: Option<Arc<Template>>,
     /// The routing table's version, as the owner publishes it.
     route_versions: tokio::sync::watch::Receiver<RouteVersion>,
     /// The statistics stream's newest reading.
@@ -194,6 +199,7 @@ impl Daemon {
             })
             .transpose()?;
         let http = bind_http(config)?;
+        let template = config.documents.template.as_deref().map(Template::load).transpose()?.map(Arc::new);
         let raw = RawSockets::open(config.edge.ipv4, config.edge.ipv6).map_err(DaemonError::Raw)?;
         let nat_replies = nat_reply_sockets(config).map_err(DaemonError::Raw)?;
         let control = control::bind(&config.control.socket)
@@ -280,6 +286,7 @@ impl Daemon {
             stats_interval: Duration::from_secs_f64(config.stats.interval),
             prometheus,
             http,
+            template,
             route_versions,
             latest: Arc::default(),
             watcher_counters,
@@ -355,6 +362,7 @@ impl Daemon {
                 owner: self.owner.clone(),
                 latest: self.latest.clone(),
                 versions: self.route_versions.clone(),
+                template: self.template.clone(),
             };
             let serving = http::serve(listener, http::router(shared, token.clone()));
             spawn(tasks, "http".into(), async move { serving.await.map_err(io("serving HTTP ([http] listen)")) });

@@ -40,6 +40,10 @@ pub enum Request {
     },
     /// The last moves, newest first, with why each was made.
     RecentMoves,
+    /// One AOR's route (none if it has no assignment).
+    RouteOf {
+        aor: String,
+    },
     Rebalance {
         dry_run: bool,
     },

@@ -29,6 +29,7 @@ use crate::{
     edge::routes::RouteVersion,
     ops::{
         api::{RecentMove, Reply, Request as Control, RouteTable, Stats},
+        documents::{self, Template},
         metrics,
         owner::Owner,
         stats::Latest,
@@ -64,6 +65,8 @@ pub struct Shared {
     pub latest: Arc<Latest>,
     /// The routing table's version, as the owner last published it.
     pub versions: watch::Receiver<RouteVersion>,
+    /// `[documents] template`, if configured.
+    pub template: Option<Arc<Template>>,
 }
 
 /// `/metrics` alone (what `[stats] prometheus` serves).
@@ -78,6 +81,7 @@ pub fn router(shared: Shared, token: Arc<str>) -> Router {
         .route("/status", get(status))
         .route("/routes", get(routes))
         .route("/routes/stream", get(route_stream))
+        .route("/config/{aor}", get(document))
         .with_state(shared.clone())
         .layer(middleware::from_fn_with_state(token, authorize));
     guarded.merge(metrics_only(shared.latest))
@@ -242,6 +246,69 @@ async fn next_table(follow: &mut Follow) -> Option<RouteTable> {
             return Some(table);
         }
     }
+}
+
+/// The longest a document request waits for a change.
+const LONGEST_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default, Deserialize)]
+struct DocumentQuery {
+    /// With `If-None-Match`: seconds to wait for the document to change.
+    #[serde(default)]
+    wait: u64,
+}
+
+/// `GET /config/{aor}`: the client's configuration document, with its
+/// `ETag`. With `If-None-Match` of the current tag: `304`, or with
+/// `?wait=SECONDS` (60 at most) the new document as soon as it changes (a
+/// move of the client), `304` if it has not by then (long poll).
+async fn document(
+    State(shared): State<Shared>,
+    axum::extract::Path(aor): axum::extract::Path<String>,
+    Query(query): Query<DocumentQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(template) = shared.template.clone() else {
+        return failure(StatusCode::NOT_FOUND, "no configuration documents here: [documents] template is not set");
+    };
+    let known = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait).min(LONGEST_WAIT);
+    let mut versions = shared.versions.clone();
+    loop {
+        versions.borrow_and_update();
+        let current = match render(&shared.owner, &template, &aor).await {
+            Ok(current) => current,
+            Err(response) => return response,
+        };
+        let etag = HeaderValue::from_str(&current.etag).expect("a hex tag is a header value");
+        if known.as_deref() != Some(current.etag.as_str()) {
+            let headers =
+                [(header::CONTENT_TYPE, HeaderValue::from_static(documents::CONTENT_TYPE)), (header::ETAG, etag)];
+            return (headers, current.body).into_response();
+        }
+        match tokio::time::timeout_at(deadline, versions.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return failure(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
+            Err(_) => return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response(),
+        }
+    }
+}
+
+/// `aor`'s document, or the response saying why there is none.
+async fn render(owner: &Owner, template: &Template, aor: &str) -> Result<documents::Document, Response> {
+    let route = match ask(owner, Control::RouteOf { aor: aor.to_owned() }).await? {
+        Reply::Routes(mut routes) => routes.pop(),
+        other => return Err(failure(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}"))),
+    };
+    let Some(route) = route else {
+        return Err(failure(
+            StatusCode::NOT_FOUND,
+            format!("{aor} has no assignment: it gets one at its first contact"),
+        ));
+    };
+    template
+        .render(&route)
+        .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("{aor}'s home {} has no address", route.server)))
 }
 
 /// What the status page shows: the statistics stream's newest reading

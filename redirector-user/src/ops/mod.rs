@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod control;
+pub mod documents;
 pub mod http;
 pub mod metrics;
 pub mod operations;

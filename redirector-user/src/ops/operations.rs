@@ -297,6 +297,7 @@ impl Operations {
             Request::Undrain { server } => self.undrain(&server).map(Reply::Server),
             Request::Routes => self.routes().map(Reply::Routes),
             Request::RouteTable { since } => self.route_table(since).map(Reply::RouteTable),
+            Request::RouteOf { aor } => self.route_of(&aor).map(|route| Reply::Routes(route.into_iter().collect())),
             Request::RecentMoves => Ok(Reply::RecentMoves(self.recent_moves.iter().rev().cloned().collect())),
             Request::Rebalance { dry_run } => self.rebalance(dry_run).map(Reply::Plan),
             Request::Entries { aor } => self.entries(&aor).map(Reply::Entries),
@@ -1029,6 +1030,15 @@ impl Operations {
             routes.push(Route { aor: aor.to_string(), server, address, generation });
         }
         Ok(RouteTable { routes, removed, ..table })
+    }
+
+    /// `aor`'s route, if it is assigned.
+    pub fn route_of(&self, aor: &str) -> Result<Option<Route>> {
+        let aor = Aor::from_uri(aor, "AOR").map_err(|e| OperationError::BadAor(aor.to_owned(), e))?;
+        let Some(assignment) = self.assignments.store().get(&aor)? else { return Ok(None) };
+        let address = self.pool.load().server(&assignment.server).and_then(HomeServer::any_address);
+        let (server, generation) = (assignment.server, assignment.generation);
+        Ok(Some(Route { aor: aor.to_string(), server, address, generation }))
     }
 
     pub fn routes(&self) -> Result<Vec<Route>> {
