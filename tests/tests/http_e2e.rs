@@ -97,13 +97,13 @@ fn the_listener_asks_for_the_token_and_serves_metrics_and_the_route_table() {
     if !privileged() {
         return;
     }
-    let topology = edge_with_clients(6);
+    let topology = edge_with_clients(3);
 
     for address in [HTTP, PROMETHEUS] {
         let metrics = get(&topology, address, "/metrics", None);
         assert_eq!(metrics.status, 200, "/metrics needs no token on {address}: {}", metrics.head);
         assert!(metrics.head.to_lowercase().contains("content-type: application/openmetrics-text"), "{}", metrics.head);
-        let redirected = "redirector_first_contact_total{event=\"redirected\"} 6";
+        let redirected = "redirector_first_contact_total{event=\"redirected\"} 3";
         let scraped = || get(&topology, address, "/metrics", None).body.lines().any(|l| l == redirected);
         wait_until(scraped, "the statistics stream's reading has every redirect");
     }
@@ -122,7 +122,7 @@ fn the_listener_asks_for_the_token_and_serves_metrics_and_the_route_table() {
 
     let whole = table(&topology, "");
     assert_eq!(sorted(whole.routes.clone()), sorted(routes(&topology)), "the same table as the control socket's");
-    assert_eq!(whole.routes.len(), 6);
+    assert_eq!(whole.routes.len(), 3);
     assert!(!whole.reload && whole.since.is_none());
     let unchanged = table(&topology, &format!("?since={}", whole.version));
     assert_eq!((unchanged.version, unchanged.routes.len(), unchanged.removed.len()), (whole.version, 0, 0));
@@ -161,7 +161,7 @@ fn the_cli_fetches_the_table_and_follows_its_changes_into_a_kamailio_file() {
     if !privileged() {
         return;
     }
-    let topology = edge_with_clients(4);
+    let topology = edge_with_clients(2);
     let token_file = topology.scratch("http.token");
     let token_file = token_file.to_str().unwrap();
     let from = format!("http://{HTTP}");
@@ -295,7 +295,7 @@ fn the_status_page_shows_a_drained_server_as_draining_in_a_real_browser() {
     if !privileged() {
         return;
     }
-    let topology = edge_with_clients(4);
+    let topology = edge_with_clients(2);
     let busy = routes(&topology)[0].server.clone();
     cli_ok(&topology, &["drain", &busy]);
     wait_until(

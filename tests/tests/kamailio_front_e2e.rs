@@ -63,11 +63,16 @@ request_route {{
     )
 }
 
-fn spawn_grouped(ns: &NetNs, program: &str, args: &[&str]) -> Child {
+/// `program ARGS` in `ns`, in a process group of its own (the topology
+/// kills it by group), its warnings on stderr unless `quiet`.
+fn spawn_grouped(ns: &NetNs, program: &str, args: &[&str], quiet: bool) -> Child {
+    let stderr = if quiet { Stdio::null() } else { Stdio::inherit() };
     ns.command(program, args)
+        .env("RUST_LOG", "warn")
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {program}: {e}"))
 }
@@ -175,6 +180,7 @@ fn kamailio_in_front_sends_registers_straight_home_and_follows_a_drain() {
             "--then",
             &reload,
         ],
+        false,
     );
     topology.adopt(follower);
     wait_until(|| table_file.exists(), "the follower writes the (empty) table");
@@ -182,7 +188,8 @@ fn kamailio_in_front_sends_registers_straight_home_and_follows_a_drain() {
     std::fs::write(&config, proxy_config(&dir)).unwrap();
     let pid = dir.join("kamailio.pid");
     let (config, run, pid) = (config.to_str().unwrap(), dir.to_str().unwrap(), pid.to_str().unwrap());
-    let proxy = spawn_grouped(&topology.client, "kamailio", &["-DD", "-E", "-f", config, "-Y", run, "-P", pid]);
+    let args = ["-DD", "-E", "-f", config, "-Y", run, "-P", pid];
+    let proxy = spawn_grouped(&topology.client, "kamailio", &args, true);
     topology.adopt(proxy);
     wait_until(|| kamcmd(&dir, &["htable.dump", "routes"]).is_some(), "Kamailio answers on its ctl socket");
 
