@@ -19,7 +19,7 @@ use redirector::{
     model::{AttachMode, ForwardingMode, ServerSpec, ServerState},
     ops::{
         control::{self, Reply, Request},
-        report, status,
+        http, report, route_client, status,
     },
     probe::Keys,
     store::unix_seconds,
@@ -204,10 +204,32 @@ enum Command {
         dry_run: bool,
     },
     /// Export the assignment table (AOR, server, address, generation), so
-    /// clients or other tools can go straight to the owner.
+    /// clients or other tools can go straight to the owner: from the local
+    /// control socket, or with --from from an edge's HTTP listener
+    /// ([http] listen), once or, with --follow, rewritten at every change.
     Routes {
-        #[arg(long)]
+        /// Same as --format json.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        #[arg(long, value_enum, default_value_t = RouteFormat::Table)]
+        format: RouteFormat,
+        /// An edge's HTTP listener, http://HOST:PORT.
+        #[arg(long)]
+        from: Option<String>,
+        /// Keep the table current from the edge's route stream (with --from
+        /// and --output): the file is rewritten (atomically) at every change.
+        #[arg(long, requires_all = ["from", "output"])]
+        follow: bool,
+        /// Write the table to FILE (replaced atomically) instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// The bearer token for --from: the first line of FILE ([http] token_file).
+        #[arg(long, requires = "from")]
+        token_file: Option<PathBuf>,
+        /// With --follow, run CMD (by `sh -c`) after each rewrite, e.g.
+        /// "kamcmd htable.reload routes".
+        #[arg(long, requires = "follow")]
+        then: Option<String>,
     },
     /// AOR's client addresses on the fast path: the home server slot the
     /// kernel sends each to, and the packets it forwarded.
@@ -311,6 +333,16 @@ impl From<SettableState> for ServerState {
     }
 }
 
+/// How `redirector routes` writes the table.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RouteFormat {
+    /// Aligned columns, for people.
+    Table,
+    Json,
+    /// A db_text table for Kamailio's htable: key the AOR, value sip:HOME:PORT.
+    Kamailio,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     /// One line per event, for people.
@@ -381,10 +413,33 @@ async fn main() -> Result<()> {
             }
             other => unexpected(other),
         },
-        Command::Routes { json } => match ask(&socket, Request::Routes)? {
-            Reply::Routes(routes) => print(json, &routes[..], report::routes),
-            other => unexpected(other),
-        },
+        Command::Routes { json, format, from, follow, output, token_file, then } => {
+            let format = if json { RouteFormat::Json } else { format };
+            let Some(from) = from else {
+                let Reply::Routes(routes) = ask(&socket, Request::Routes)? else {
+                    bail!("the daemon answered no routes")
+                };
+                return write_routes(&render_routes(format, &routes)?, output.as_deref());
+            };
+            let token = token_file.map(|path| http::read_token(&path)).transpose()?;
+            let source = route_client::Source::new(&from, token.map(|t| t.to_string()))?;
+            if !follow {
+                let routes = source.routes().await?.routes;
+                return write_routes(&render_routes(format, &routes)?, output.as_deref());
+            }
+            let output = output.expect("clap requires --output with --follow");
+            source
+                .follow(|table: &route_client::Table| -> Result<()> {
+                    let routes: Vec<_> = table.routes.values().cloned().collect();
+                    write_routes(&render_routes(format, &routes)?, Some(&output))?;
+                    info!(version = table.version, routes = routes.len(), file = %output.display(), "routes written");
+                    if let Some(command) = &then {
+                        run_hook(command);
+                    }
+                    Ok(())
+                })
+                .await
+        }
         Command::Entries { aor, json } => match ask(&socket, Request::Entries { aor })? {
             Reply::Entries(entries) => print(json, &entries[..], report::entries),
             other => unexpected(other),
@@ -720,6 +775,49 @@ fn ask(socket: &std::path::Path, request: Request) -> Result<Reply> {
     match control::request(socket, &request)? {
         Reply::Error(message) => bail!("{message}"),
         reply => Ok(reply),
+    }
+}
+
+fn render_routes(format: RouteFormat, routes: &[redirector::ops::api::Route]) -> Result<String> {
+    Ok(match format {
+        RouteFormat::Table => report::routes(routes),
+        RouteFormat::Json => serde_json::to_string_pretty(routes)? + "\n",
+        RouteFormat::Kamailio => route_client::kamailio(routes),
+    })
+}
+
+/// `text` to stdout, or to `output` through a temporary file renamed over
+/// it, so a reader never sees half a table. Each rewrite's modification
+/// time is at least a second after the one it replaces: Kamailio's
+/// db_text sees a changed file by its mtime in whole seconds, and would
+/// miss a second rewrite within the same second.
+fn write_routes(text: &str, output: Option<&Path>) -> Result<()> {
+    let Some(output) = output else {
+        print!("{text}");
+        return Ok(());
+    };
+    let mut temporary = output.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
+    let now = std::time::SystemTime::now();
+    let previous = std::fs::metadata(output).and_then(|m| m.modified()).ok();
+    let modified = previous.map_or(now, |p| now.max(p + std::time::Duration::from_secs(1)));
+    std::fs::File::options()
+        .write(true)
+        .open(&temporary)
+        .and_then(|file| file.set_modified(modified))
+        .with_context(|| format!("setting the modification time of {}", temporary.display()))?;
+    std::fs::rename(&temporary, output).with_context(|| format!("replacing {}", output.display()))
+}
+
+/// Runs `--then`'s command. A failure is logged and the follower goes on:
+/// the next change runs it again (Kamailio may not be up yet, say).
+fn run_hook(command: &str) {
+    match std::process::Command::new("sh").arg("-c").arg(command).status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => tracing::warn!(command, %status, "the --then command failed"),
+        Err(error) => tracing::warn!(command, %error, "the --then command could not be run"),
     }
 }
 

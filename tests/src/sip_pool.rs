@@ -325,13 +325,36 @@ fn run_sipp(
     rport: Rport,
     keys: &[(&str, &str)],
 ) -> Output {
-    let (mut command, errors) = sipp_command(topology, family, scenario_name, (calls, local_port), service, rport);
+    let remote = family.service().to_string();
+    let (mut command, errors) =
+        sipp_command(topology, family, &remote, scenario_name, (calls, local_port), service, rport);
     for (key, value) in keys {
         command.args(["-key", key, value]);
     }
+    finish(command, &errors, scenario_name)
+}
+
+/// As `sipp`, to `remote` (a proxy in front of the pool, say) instead of
+/// the service address: `calls` calls of `scenario` from one socket on
+/// `local_port`, the AOR's user part `service` and the call number.
+pub fn sipp_to(
+    topology: &Topology,
+    remote: &str,
+    scenario_name: &str,
+    (calls, local_port): (u32, u16),
+    service: &str,
+) -> Output {
+    let (command, errors) =
+        sipp_command(topology, Family::V4, remote, scenario_name, (calls, local_port), service, Rport::Asked);
+    finish(command, &errors, scenario_name)
+}
+
+/// Runs SIPp to its end (its own timeout bounds it); its errors are
+/// printed if it failed.
+fn finish(mut command: Command, errors: &Path, scenario_name: &str) -> Output {
     let output = command.stdin(Stdio::null()).output().expect("running sipp (apt-get install sip-tester)");
     if !output.status.success() {
-        let errors = std::fs::read_to_string(&errors).unwrap_or_default();
+        let errors = std::fs::read_to_string(errors).unwrap_or_default();
         eprintln!("sipp {scenario_name} failed:\n{}\n{errors}", String::from_utf8_lossy(&output.stdout));
     }
     output
@@ -362,8 +385,9 @@ impl BackgroundSipp {
 
     /// As `spawn`, with SIPp's `-s` (the AOR's user part) set to `service`.
     pub fn spawn_as(topology: &Topology, scenario_name: &str, local_port: u16, service: &str) -> Self {
+        let remote = Family::V4.service().to_string();
         let (mut command, errors) =
-            sipp_command(topology, Family::V4, scenario_name, (1, local_port), service, Rport::Asked);
+            sipp_command(topology, Family::V4, &remote, scenario_name, (1, local_port), service, Rport::Asked);
         let log = topology.scratch(&format!("sipp-{scenario_name}-{local_port}.log"));
         command.args(["-trace_logs", "-log_file", log.to_str().unwrap()]);
         let child = command
@@ -389,12 +413,13 @@ impl BackgroundSipp {
     }
 }
 
-/// SIPp's command line from the client's address of `family` to that
-/// family's service address, bounded by a 30 s timeout, and where its
-/// errors go.
+/// SIPp's command line from the client's address of `family` to `remote`
+/// (that family's service address, mostly), bounded by a 30 s timeout,
+/// and where its errors go.
 fn sipp_command(
     topology: &Topology,
     family: Family,
+    remote: &str,
     scenario_name: &str,
     (calls, local_port): (u32, u16),
     service: &str,
@@ -402,9 +427,8 @@ fn sipp_command(
 ) -> (Command, PathBuf) {
     let scenario = scenario(scenario_name);
     let errors = topology.scratch(&format!("sipp-{scenario_name}-{local_port}.errors"));
-    let service_address = family.service().to_string();
     let args = [
-        service_address.as_str(),
+        remote,
         "-sf",
         scenario.to_str().unwrap(),
         "-m",

@@ -63,7 +63,7 @@ fn scrape(topology: &Topology) -> String {
     let _inside = topology.edge.enter();
     let mut stream = std::net::TcpStream::connect(PROMETHEUS).expect("the Prometheus endpoint listens");
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: edge\r\n\r\n").unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");

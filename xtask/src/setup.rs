@@ -30,6 +30,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("protobuf-compiler", "protoc, which the etcd client crate needs to build its gRPC API"),
     ("etcd-server", "etcd, the store several edges share, in the tests and the demo"),
     ("etcd-client", "etcdctl, with which the tests read and compact what the edges keep in etcd"),
+    ("chromium", "a real browser (headless) for the status page's end-to-end test"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -64,6 +64,10 @@ pub struct Config {
     #[serde(default)]
     pub stats: StatsSettings,
     #[serde(default)]
+    pub http: HttpSettings,
+    #[serde(default)]
+    pub documents: DocumentSettings,
+    #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
     pub limits: LimitsSettings,
@@ -283,6 +287,28 @@ impl Default for StatsSettings {
     fn default() -> Self {
         Self { interval: default_stats_interval(), prometheus: None }
     }
+}
+
+/// The HTTP listener: the status page, the routing table and `/metrics`.
+/// Off unless `listen` is set; everything but `/metrics` asks for the
+/// bearer token in `token_file`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token (its first line).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Per-client configuration documents (`GET /config/{aor}` on the HTTP
+/// listener): rendered from `template` (see `ops::documents`); off when absent.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentSettings {
+    #[serde(default)]
+    pub template: Option<PathBuf>,
 }
 
 fn default_stats_interval() -> f64 {
@@ -647,7 +673,7 @@ impl Config {
 
     /// Every problem validation finds, each naming its field.
     pub fn problems(&self) -> Vec<ConfigError> {
-        let checks: [Check; 13] = [
+        let checks: [Check; 14] = [
             Self::validate_interface,
             Self::validate_service,
             Self::validate_edge,
@@ -661,6 +687,7 @@ impl Config {
             Self::validate_proxy,
             Self::validate_store,
             Self::validate_probe,
+            Self::validate_http,
         ];
         checks.iter().filter_map(|check| check(self).err()).collect()
     }
@@ -842,6 +869,28 @@ impl Config {
         }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?} is not a log filter ({error})", self.log.level)));
+        }
+        Ok(())
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let Some(listen) = self.http.listen else {
+            if self.http.token_file.is_some() {
+                return Err(invalid("http.token_file", "set without http.listen: nothing would ask for it"));
+            }
+            return Ok(());
+        };
+        if self.http.token_file.is_none() {
+            return Err(invalid(
+                "http.token_file",
+                "needed with http.listen: every endpoint but /metrics asks for its bearer token",
+            ));
+        }
+        if self.stats.prometheus == Some(listen) {
+            return Err(invalid(
+                "stats.prometheus",
+                format!("{listen} is http.listen too, which serves /metrics already: remove stats.prometheus"),
+            ));
         }
         Ok(())
     }
@@ -1107,6 +1156,24 @@ mod tests {
         assert!(err.contains("watchers.capacity"), "{err}");
         let err = error_for(&format!("{VALID}[stats]\nprometheus = \"localhost\"\n"));
         assert!(err.contains("prometheus"), "{err}");
+    }
+
+    #[test]
+    fn http_needs_a_token_file_and_its_own_address() {
+        let http = |lines: &str| format!("{VALID}[http]\n{lines}\n");
+        let config = Config::parse(&http("listen = \"127.0.0.1:8080\"\ntoken_file = \"/etc/t\"")).unwrap();
+        assert_eq!(config.http.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        let err = error_for(&http("listen = \"127.0.0.1:8080\""));
+        assert!(err.contains("http.token_file") && err.contains("bearer token"), "{err}");
+        let err = error_for(&http("token_file = \"/etc/t\""));
+        assert!(err.contains("http.token_file") && err.contains("without http.listen"), "{err}");
+        let both = format!(
+            "{VALID}[stats]\nprometheus = \"127.0.0.1:8080\"\n[http]\nlisten = \"127.0.0.1:8080\"\ntoken_file = \"/t\"\n"
+        );
+        let err = error_for(&both);
+        assert!(err.contains("stats.prometheus") && err.contains("remove"), "{err}");
+        let apart = both.replace("prometheus = \"127.0.0.1:8080\"", "prometheus = \"127.0.0.1:9464\"");
+        assert!(Config::parse(&apart).is_ok(), "the old key keeps serving /metrics on its own address");
     }
 
     #[test]

@@ -42,6 +42,7 @@ use crate::{
         notifier::Notifier,
         pool,
         rebalance::{Rebalancer, Thresholds},
+        routes::RouteVersion,
         servers,
         watchers::{Subscription, WatcherCounters, Watchers},
     },
@@ -52,7 +53,9 @@ use crate::{
     },
     ops::{
         api::{Reply, Request},
-        control, metrics,
+        control,
+        documents::{Template, TemplateError},
+        http::{self, TokenError},
         operations::{OperationError, Operations, Parts},
         owner::{Command, Owner, OwnerGone},
         stats::{self, Latest},
@@ -76,6 +79,10 @@ pub enum DaemonError {
     Raw(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
     #[error(transparent)]
     DataPlane(Box<DataPlaneError>),
     #[error(transparent)]
@@ -193,7 +200,14 @@ pub struct Daemon {
     stats_interval: Duration,
     /// With probes on: the keys and the probe port.
     probe: Option<(Keys, u16)>,
+    /// `[stats] prometheus`: `/metrics` alone.
     prometheus: Option<std::net::TcpListener>,
+    /// `[http] listen`, with its bearer token.
+    http: Option<(std::net::TcpListener, Arc<str>)>,
+    /// `[documents] template`.
+    template: Option<Arc<Template>>,
+    /// The routing table's version, as the owner publishes it.
+    route_versions: tokio::sync::watch::Receiver<RouteVersion>,
     /// The statistics stream's newest reading.
     pub latest: Arc<Latest>,
     watcher_counters: Arc<WatcherCounters>,
@@ -201,6 +215,21 @@ pub struct Daemon {
     deactivated: Mutex<Option<mpsc::UnboundedReceiver<Subscription>>>,
     /// The program's event ring buffer; taken by `serve`'s reader.
     events: Mutex<Option<RingBuf<MapData>>>,
+}
+
+/// The routing table's epoch (see `edge::routes`): nanoseconds since the
+/// Unix epoch at start, so that no two runs share one.
+fn route_epoch() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// `[http] listen` bound, with the token read from `[http] token_file`.
+fn bind_http(config: &Config) -> Result<Option<(std::net::TcpListener, Arc<str>)>> {
+    let (Some(address), Some(token_file)) = (config.http.listen, &config.http.token_file) else { return Ok(None) };
+    let token = http::read_token(token_file)?;
+    let what = "HTTP listener ([http] listen)";
+    let listener = http::bind(address).map_err(|source| DaemonError::Bind { address, what, source })?;
+    Ok(Some((listener, token)))
 }
 
 impl Daemon {
@@ -214,7 +243,7 @@ impl Daemon {
         // Loaded before anything is attached: the first first contacts find
         // every known client in the cache.
         let counters = Arc::new(Counters::default());
-        let assignments = Assignments::open(open_store(config)?, counters.clone())?;
+        let assignments = Assignments::open(open_store(config)?, counters.clone(), route_epoch())?;
         let total: u64 = assignments.client_counts().values().sum();
         info!(database = %config.sip.database.display(), assignments = total, "assignment database open");
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -230,9 +259,11 @@ impl Daemon {
             .prometheus
             .map(|address| {
                 let what = "Prometheus endpoint ([stats] prometheus)";
-                metrics::bind(address).map_err(|source| DaemonError::Bind { address, what, source })
+                http::bind(address).map_err(|source| DaemonError::Bind { address, what, source })
             })
             .transpose()?;
+        let http = bind_http(config)?;
+        let template = config.documents.template.as_deref().map(Template::load).transpose()?.map(Arc::new);
         let raw = RawSockets::open(config.edge.ipv4, config.edge.ipv6).map_err(DaemonError::Raw)?;
         let nat_replies = nat_reply_sockets(config).map_err(DaemonError::Raw)?;
         let control = control::bind(&config.control.socket)
@@ -302,6 +333,7 @@ impl Daemon {
             applied: seeded.applied,
         });
         operations.start_pool()?;
+        let route_versions = operations.route_versions();
         let (owner, commands) = Owner::channel();
         follow_store(&mut operations, &owner)?;
         let owner_thread = Owner::start(operations, commands).map_err(io("starting the state owner thread"))?;
@@ -321,6 +353,9 @@ impl Daemon {
             stats_interval: Duration::from_secs_f64(config.stats.interval),
             probe: probe_keys(config)?.zip(config.probe.port),
             prometheus,
+            http,
+            template,
+            route_versions,
             latest: Arc::default(),
             watcher_counters,
             deactivated: Mutex::new(Some(deactivated)),
@@ -389,8 +424,19 @@ impl Daemon {
         }
         if let Some(listener) = &self.prometheus {
             let listener = listener.try_clone().map_err(io("cloning the Prometheus socket"))?;
-            let serving = metrics::serve(listener, self.latest.clone());
+            let serving = http::serve(listener, http::metrics_only(self.latest.clone()));
             spawn(tasks, "prometheus".into(), async move { serving.await.map_err(io("serving Prometheus metrics")) });
+        }
+        if let Some((listener, token)) = &self.http {
+            let listener = listener.try_clone().map_err(io("cloning the HTTP socket"))?;
+            let shared = http::Shared {
+                owner: self.owner.clone(),
+                latest: self.latest.clone(),
+                versions: self.route_versions.clone(),
+                template: self.template.clone(),
+            };
+            let serving = http::serve(listener, http::router(shared, token.clone()));
+            spawn(tasks, "http".into(), async move { serving.await.map_err(io("serving HTTP ([http] listen)")) });
         }
         let reading = stats::run(self.owner.clone(), self.latest.clone(), self.stats_interval);
         spawn(tasks, "stats".into(), async move { Ok(reading.await?) });

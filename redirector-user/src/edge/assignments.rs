@@ -7,7 +7,12 @@ use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     counters::bump,
-    edge::{admission::Refused, first_contact::Counters, pool::Pool},
+    edge::{
+        admission::Refused,
+        first_contact::Counters,
+        pool::Pool,
+        routes::{LOG_CAPACITY, RouteLog},
+    },
     sip::Aor,
     store::{Assignment, AssignmentStore, Cache, Cached, Reassigned, StoreError, next_assignment},
 };
@@ -54,23 +59,31 @@ pub struct Assignments {
     /// Per server name; signed so that any order of updates adds up.
     counts: HashMap<String, i64>,
     counters: Arc<Counters>,
+    /// Every change, versioned, for the routing table's clients.
+    routes: RouteLog,
 }
 
 impl Assignments {
-    /// Loads every stored assignment into the cache and the counts.
-    pub fn open(store: Box<dyn AssignmentStore>, counters: Arc<Counters>) -> Result<Self, StoreError> {
+    /// Loads every stored assignment into the cache and the counts; the
+    /// routing table's versions start in `epoch` (see `edge::routes`).
+    pub fn open(store: Box<dyn AssignmentStore>, counters: Arc<Counters>, epoch: u64) -> Result<Self, StoreError> {
         let cache = Arc::new(Cache::default());
         let mut counts = HashMap::new();
         for assignment in store.all()? {
             *counts.entry(assignment.server.clone()).or_default() += 1;
             cache.put(&assignment);
         }
-        Ok(Self { store, cache, counts, counters })
+        Ok(Self { store, cache, counts, counters, routes: RouteLog::new(epoch, LOG_CAPACITY) })
     }
 
     /// The cache, for first-contact cores.
     pub fn cache(&self) -> Arc<Cache> {
         self.cache.clone()
+    }
+
+    /// The routing table's version and recent changes.
+    pub fn routes(&self) -> &RouteLog {
+        &self.routes
     }
 
     pub fn store(&self) -> &(dyn AssignmentStore + 'static) {
@@ -163,6 +176,7 @@ impl Assignments {
             *self.counts.entry(from.to_string()).or_default() -= 1;
         }
         *self.counts.entry(stored.server.clone()).or_default() += 1;
+        self.routes.record(&stored.aor, Some(&stored.server));
         Some(previous)
     }
 
@@ -171,6 +185,7 @@ impl Assignments {
     pub fn forget(&mut self, aor: &Aor) -> Option<Arc<str>> {
         let server = self.cache.remove(aor)?;
         *self.counts.entry(server.to_string()).or_default() -= 1;
+        self.routes.record(aor, None);
         Some(server)
     }
 

@@ -56,7 +56,7 @@ const GENEROUS: Limits = Limits {
 impl Harness {
     fn new(settings: Settings, servers: Vec<HomeServer>, store: Box<dyn AssignmentStore>) -> Self {
         let counters = Arc::new(Counters::default());
-        let assignments = Owned::open(store, counters.clone()).unwrap();
+        let assignments = Owned::open(store, counters.clone(), 1).unwrap();
         let pool = pool::view(Pool::new(servers));
         let kernel = Arc::new(InstalledClients::default());
         let core = FirstContact::new(settings, pool.clone(), assignments.cache(), kernel.clone(), counters.clone());

@@ -11,5 +11,6 @@ pub mod notifier;
 pub mod pool;
 pub mod rebalance;
 pub mod rendezvous;
+pub mod routes;
 pub mod servers;
 pub mod watchers;

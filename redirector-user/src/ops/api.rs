@@ -8,7 +8,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ServerSpec, ServerState};
+use crate::{
+    edge::routes::RouteVersion,
+    model::{ServerSpec, ServerState},
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -29,6 +32,18 @@ pub enum Request {
         server: String,
     },
     Routes,
+    /// The routing table with its version, or (`since`) what changed after
+    /// a version (see `edge::routes`).
+    RouteTable {
+        #[serde(default)]
+        since: Option<RouteVersion>,
+    },
+    /// The last moves, newest first, with why each was made.
+    RecentMoves,
+    /// One AOR's route (none if it has no assignment).
+    RouteOf {
+        aor: String,
+    },
     Rebalance {
         dry_run: bool,
     },
@@ -71,6 +86,8 @@ pub enum Reply {
     Moves(Vec<Move>),
     Server(ServerStatus),
     Routes(Vec<Route>),
+    RouteTable(RouteTable),
+    RecentMoves(Vec<RecentMove>),
     Plan(Vec<PlannedMove>),
     Entries(Vec<Entry>),
     Status(DaemonStatus),
@@ -172,6 +189,18 @@ pub struct Stats {
     pub kernel_memory: u64,
 }
 
+/// A move made, when and why (a drain, a failover, an operator's assign,
+/// rebalancing), for the status page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentMove {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub aor: String,
+    pub from: String,
+    pub to: String,
+    pub why: String,
+}
+
 /// A move the rebalancer would make (or made).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedMove {
@@ -190,4 +219,22 @@ pub struct Route {
     pub server: String,
     pub address: Option<SocketAddr>,
     pub generation: u64,
+}
+
+/// The routing table at `version`: whole, or with `since` what changed
+/// after that version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTable {
+    pub version: RouteVersion,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<RouteVersion>,
+    /// `since` is of another daemon run or older than the edge remembers:
+    /// fetch the whole table (`routes` and `removed` are then empty).
+    #[serde(default)]
+    pub reload: bool,
+    /// Every route, or with `since` those that changed.
+    pub routes: Vec<Route>,
+    /// With `since`: AORs whose assignment is gone.
+    #[serde(default)]
+    pub removed: Vec<String>,
 }

@@ -1,10 +1,9 @@
 //! The statistics stream's newest reading in OpenMetrics text (which
-//! Prometheus scrapes), at `GET /metrics` on `[stats].prometheus`; off
-//! unless configured. Encoding is `prometheus-client`'s; the endpoint is a
-//! minimal HTTP/1.1 responder (one request per connection, bounded in size
-//! and time), which is all a scraper needs.
+//! Prometheus scrapes), served at `GET /metrics` by `ops::http` on
+//! `[http] listen` and `[stats] prometheus`. Encoding is
+//! `prometheus-client`'s.
 
-use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
@@ -12,20 +11,8 @@ use prometheus_client::{
     metrics::MetricType,
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-};
-use tracing::{debug, info, warn};
 
 use crate::{model::ServerState, ops::stats::Latest};
-
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const MAX_REQUEST: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const CONCURRENT_SCRAPES: usize = 8;
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 struct StatsCollector(Arc<Latest>);
@@ -123,70 +110,6 @@ pub fn exposition(latest: &Arc<Latest>) -> String {
     text
 }
 
-/// Binds the endpoint's address (at start, so a taken port fails the start).
-pub fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(address)?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
-
-/// Serves `GET /metrics` until the task is dropped, a few scrapes at a
-/// time; a failed accept (out of descriptors, say) is logged, not fatal.
-pub async fn serve(listener: std::net::TcpListener, latest: Arc<Latest>) -> std::io::Result<()> {
-    let listener = TcpListener::from_std(listener)?;
-    info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
-    let slots = Arc::new(Semaphore::new(CONCURRENT_SCRAPES));
-    loop {
-        let slot = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!(%error, "accepting a metrics connection failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let latest = latest.clone();
-        tokio::spawn(async move {
-            if let Err(error) = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, &latest)).await {
-                debug!(%peer, %error, "metrics request timed out");
-            }
-            drop(slot);
-        });
-    }
-}
-
-async fn respond(mut stream: TcpStream, latest: &Arc<Latest>) -> std::io::Result<()> {
-    let mut request = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
-    }
-    let (status, content_type, body) = answer(&request, latest);
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Status line, content type and body for a raw request head.
-fn answer(request: &[u8], latest: &Arc<Latest>) -> (&'static str, &'static str, String) {
-    let line = request.split(|b| *b == b'\n').next().unwrap_or_default();
-    let mut parts = std::str::from_utf8(line).unwrap_or_default().split_whitespace();
-    match (parts.next(), parts.next()) {
-        (Some("GET"), Some("/metrics")) => ("200 OK", CONTENT_TYPE, exposition(latest)),
-        (Some("GET"), _) => ("404 Not Found", "text/plain", "only /metrics is served here\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET /metrics\n".into()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -255,14 +178,5 @@ mod tests {
         for metric in &queried {
             assert!(exported.contains(metric), "the dashboard queries {metric}, which is not exported: {exported:?}");
         }
-    }
-
-    #[test]
-    fn only_get_metrics_is_served() {
-        let latest = latest();
-        assert_eq!(answer(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &latest).0, "200 OK");
-        assert_eq!(answer(b"GET / HTTP/1.1\r\n\r\n", &latest).0, "404 Not Found");
-        assert_eq!(answer(b"POST /metrics HTTP/1.1\r\n\r\n", &latest).0, "405 Method Not Allowed");
-        assert_eq!(answer(b"\xff\xfe", &latest).0, "405 Method Not Allowed");
     }
 }

@@ -47,6 +47,7 @@ use crate::{
         health::{Tracker, Transition},
         pool::{Pool, PoolView},
         rebalance::{Planned, Rebalancer, Sample, ServerLoad, plan},
+        routes::{RouteVersion, Since},
         servers::{self, Change, Effect, PoolError},
         watchers::{Subscription, Watchers},
     },
@@ -55,7 +56,10 @@ use crate::{
         loader,
     },
     model::{HomeServer, Origin, ServerSpec, ServerState},
-    ops::api::{Client, DaemonStatus, Entry, Move, PlannedMove, Reloaded, Reply, Request, Route, ServerStatus, Stats},
+    ops::api::{
+        Client, DaemonStatus, Entry, Move, PlannedMove, RecentMove, Reloaded, Reply, Request, Route, RouteTable,
+        ServerStatus, Stats,
+    },
     sip::{Aor, ParseError},
     store::{StoreError, unix_seconds},
 };
@@ -89,6 +93,9 @@ const SCAN_BUDGET: usize = 2_000;
 /// Assignments one step of an expiry walk reads (one database read, and at
 /// most one transaction for what it removes and persists).
 const EXPIRY_PAGE: usize = 2_000;
+
+/// Moves kept for the status page's list of the last ones.
+const RECENT_MOVES: usize = 100;
 
 /// Clients moved per database transaction (and per hold of the fast-path
 /// lock) when a server is drained or goes down.
@@ -128,6 +135,10 @@ pub struct Operations {
     following: followed::Following,
     /// The probe responder's current key, once probes are on.
     probe: Option<ProbeConfig>,
+    /// The routing table's version, as last published to its streams.
+    route_version: tokio::sync::watch::Sender<RouteVersion>,
+    /// The last moves, newest last, with why they were made.
+    recent_moves: VecDeque<RecentMove>,
 }
 
 /// One step of a scan over the fast path's learned clients.
@@ -187,6 +198,7 @@ impl Operations {
             expiry,
             applied,
         } = parts;
+        let (route_version, _) = tokio::sync::watch::channel(assignments.routes().version());
         Self {
             assignments,
             pool,
@@ -207,6 +219,8 @@ impl Operations {
             leading: true,
             following: followed::Following::default(),
             probe: None,
+            route_version,
+            recent_moves: VecDeque::new(),
         }
     }
 
@@ -227,6 +241,17 @@ impl Operations {
                 self.apply_health(if up { Transition::Up(slot) } else { Transition::Down(slot) });
             }
         }
+    }
+
+    /// Told the routing table's version whenever it changes (see `publish_routes`).
+    pub fn route_versions(&self) -> tokio::sync::watch::Receiver<RouteVersion> {
+        self.route_version.subscribe()
+    }
+
+    /// Tells the routing table's streams of its version, if it changed.
+    pub fn publish_routes(&self) {
+        let now = self.assignments.routes().version();
+        self.route_version.send_if_modified(|published| std::mem::replace(published, now) != now);
     }
 
     /// At start: the pool saved (as seeded or changed by the config),
@@ -302,6 +327,9 @@ impl Operations {
             Request::Drain { .. } => unreachable!("`answer` queues drains"),
             Request::Undrain { server } => self.undrain(&server).map(Reply::Server),
             Request::Routes => self.routes().map(Reply::Routes),
+            Request::RouteTable { since } => self.route_table(since).map(Reply::RouteTable),
+            Request::RouteOf { aor } => self.route_of(&aor).map(|route| Reply::Routes(route.into_iter().collect())),
+            Request::RecentMoves => Ok(Reply::RecentMoves(self.recent_moves.iter().rev().cloned().collect())),
             Request::Rebalance { dry_run } => self.rebalance(dry_run).map(Reply::Plan),
             Request::Entries { aor } => self.entries(&aor).map(Reply::Entries),
             Request::Status => Ok(Reply::Status(self.status_of_daemon())),
@@ -607,7 +635,7 @@ impl Operations {
         if self.assignments.store().get(&aor)?.is_none() {
             return Err(OperationError::UnknownAor(aor.to_string()));
         }
-        let mut moved = self.move_batch(&[(aor, to.clone())], None)?;
+        let mut moved = self.move_batch(&[(aor, to.clone())], None, "assigned by an operator")?;
         moved.pop().ok_or(OperationError::ServerDown(to.name))
     }
 
@@ -676,7 +704,7 @@ impl Operations {
             job.left.clear();
         }
         let batch: Vec<Aor> = job.left.drain(..job.left.len().min(MOVE_BATCH)).collect();
-        match self.move_batch_from(&job.from, &batch) {
+        match self.move_batch_from(&job.from, &batch, job.why) {
             Ok(moves) => job.moves.extend(moves),
             Err(error) => {
                 let moved = job.moves.len();
@@ -725,7 +753,7 @@ impl Operations {
 
     /// One batch of a job: `aors` off `from`, each to where rendezvous
     /// hashing puts it now.
-    fn move_batch_from(&mut self, from: &str, aors: &[Aor]) -> Result<Vec<Move>> {
+    fn move_batch_from(&mut self, from: &str, aors: &[Aor], why: &str) -> Result<Vec<Move>> {
         let pool = self.pool.load_full();
         // Clients that moved meanwhile (at a first contact, or by `assign`)
         // keep their place on the fast path.
@@ -737,7 +765,7 @@ impl Operations {
                 Ok((aor.clone(), to.ok_or_else(|| OperationError::NoActiveServer(from.into()))?))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.move_batch(&planned, Some(from))
+        self.move_batch(&planned, Some(from), why)
     }
 
     /// Lets `server` take new clients again.
@@ -895,7 +923,8 @@ impl Operations {
         let mut moves = Vec::new();
         for p in planned {
             tracing::info!(aor = %p.aor, from = p.from, to = p.to, rate = p.rate, reason, "rebalancing");
-            moves.extend(self.move_batch(&[(p.aor.clone(), self.server(&p.to)?)], Some(&p.from))?);
+            let why = format!("rebalanced ({reason}): {:.1} packets/s", p.rate);
+            moves.extend(self.move_batch(&[(p.aor.clone(), self.server(&p.to)?)], Some(&p.from), &why)?);
         }
         Ok(moves)
     }
@@ -908,7 +937,7 @@ impl Operations {
     /// client was left alone, the commit failed, the kernel refused one)
     /// stay withdrawn: the client's next packet meets first contact, which
     /// answers from the assignments and puts it back.
-    fn move_batch(&mut self, planned: &[(Aor, HomeServer)], only_from: Option<&str>) -> Result<Vec<Move>> {
+    fn move_batch(&mut self, planned: &[(Aor, HomeServer)], only_from: Option<&str>, why: &str) -> Result<Vec<Move>> {
         for (aor, _) in planned {
             self.assignments.hold(aor);
         }
@@ -942,7 +971,21 @@ impl Operations {
         self.release(planned.iter().map(|(aor, _)| aor));
         // After the clients are back on the fast path: this is a commit too.
         self.save_watchers();
+        self.remember(&moves, why);
         Ok(moves)
+    }
+
+    /// Keeps the last `RECENT_MOVES` moves, with why they were made.
+    fn remember(&mut self, moves: &[Move], why: &str) {
+        let at = unix_seconds();
+        let skip = moves.len().saturating_sub(RECENT_MOVES);
+        for m in &moves[skip..] {
+            if self.recent_moves.len() == RECENT_MOVES {
+                self.recent_moves.pop_front();
+            }
+            let (aor, from, to, why) = (m.aor.clone(), m.from.clone(), m.to.clone(), why.to_owned());
+            self.recent_moves.push_back(RecentMove { at, aor, from, to, why });
+        }
     }
 
     /// Shows held clients that did not move (or expire) to first contact
@@ -1054,6 +1097,37 @@ impl Operations {
             entries.push(Entry { client, server: entry.server, packets: entry.packets });
         }
         Ok(entries)
+    }
+
+    /// The routing table with its version, or what changed after `since`.
+    pub fn route_table(&self, since: Option<RouteVersion>) -> Result<RouteTable> {
+        let version = self.assignments.routes().version();
+        let table = RouteTable { version, since, reload: false, routes: Vec::new(), removed: Vec::new() };
+        let Some(since) = since else { return Ok(RouteTable { routes: self.routes()?, ..table }) };
+        let Since::Changes(changes) = self.assignments.routes().since(since) else {
+            return Ok(RouteTable { reload: true, ..table });
+        };
+        let pool = self.pool.load();
+        let (mut routes, mut removed) = (Vec::new(), Vec::new());
+        for (aor, server) in changes {
+            let Some(server) = server else {
+                removed.push(aor.to_string());
+                continue;
+            };
+            let address = pool.server(&server).and_then(HomeServer::any_address);
+            let generation = self.assignments.generation(&aor).unwrap_or_default();
+            routes.push(Route { aor: aor.to_string(), server, address, generation });
+        }
+        Ok(RouteTable { routes, removed, ..table })
+    }
+
+    /// `aor`'s route, if it is assigned.
+    pub fn route_of(&self, aor: &str) -> Result<Option<Route>> {
+        let aor = Aor::from_uri(aor, "AOR").map_err(|e| OperationError::BadAor(aor.to_owned(), e))?;
+        let Some(assignment) = self.assignments.store().get(&aor)? else { return Ok(None) };
+        let address = self.pool.load().server(&assignment.server).and_then(HomeServer::any_address);
+        let (server, generation) = (assignment.server, assignment.generation);
+        Ok(Some(Route { aor: aor.to_string(), server, address, generation }))
     }
 
     pub fn routes(&self) -> Result<Vec<Route>> {

@@ -165,6 +165,7 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
         assign(&mut operations, assigns);
         // One batch of queued moves (or expiry) between rounds of commands.
         operations.work();
+        operations.publish_routes();
     }
 }
 
