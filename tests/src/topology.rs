@@ -836,6 +836,12 @@ pub mod tempdir {
         }
     }
 
+    impl Default for Dir {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
     impl Drop for Dir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
