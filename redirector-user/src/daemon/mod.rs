@@ -156,7 +156,7 @@ fn host_name() -> String {
 
 /// With a shared store: the owner is told of what other edges commit, and
 /// this edge campaigns for the pool's decisions, following until it wins.
-fn follow_store(operations: &mut Operations, owner: &Owner) -> Result<()> {
+fn follow_store(operations: &Operations, owner: &Owner) -> Result<()> {
     let store = operations.assignments.store();
     if !store.shared() {
         return Ok(());
@@ -169,7 +169,6 @@ fn follow_store(operations: &mut Operations, owner: &Owner) -> Result<()> {
     store.lead(Box::new(move |leads| {
         let _ = leading.send(Command::Lead(leads));
     }))?;
-    operations.lead(false);
     Ok(())
 }
 
@@ -335,7 +334,7 @@ impl Daemon {
         operations.start_pool()?;
         let route_versions = operations.route_versions();
         let (owner, commands) = Owner::channel();
-        follow_store(&mut operations, &owner)?;
+        follow_store(&operations, &owner)?;
         let owner_thread = Owner::start(operations, commands).map_err(io("starting the state owner thread"))?;
         Ok(Self {
             owner,

@@ -86,42 +86,18 @@ pub async fn serve_service(socket: Arc<UdpSocket>, context: Context) -> Result<(
     let local = socket.local_addr().map_err(super::io("reading a service socket's address"))?;
     let mut received = Received::new();
     let none = HashMap::new();
-    let mut assigning = JoinSet::new();
     loop {
         received.receive(&socket).await.map_err(super::io(format!("receiving on {local}")))?;
-        while let Some(done) = assigning.try_join_next() {
-            done.map_err(|_| DaemonError::TaskEnded { task: format!("assigning new clients on {local}") })??;
-        }
         let read = context.core.read(received.iter(), local);
-        if read.unassigned().is_empty() {
-            act(context.core.answer(read, Ok(&none)), &socket, &context).await?;
-            continue;
-        }
-        drop(read);
-        // New clients wait for their durable commit (with etcd, a round
-        // trip to a quorum): meanwhile this socket goes on receiving, so
-        // that the batches of several waits share the owner's commits.
-        if assigning.len() >= ASSIGNING_BATCHES
-            && let Some(done) = assigning.join_next().await
-        {
-            done.map_err(|_| DaemonError::TaskEnded { task: format!("assigning new clients on {local}") })??;
-        }
-        let batch = std::mem::replace(&mut received, Received::new());
-        assigning.spawn(assign_and_answer(batch, local, socket.clone(), context.clone()));
+        let unassigned = read.unassigned();
+        let actions = if unassigned.is_empty() {
+            context.core.answer(read, Ok(&none))
+        } else {
+            let assigned = context.owner.assign(unassigned).await?;
+            context.core.answer(read, assigned.as_ref().map_err(|error| error.as_ref()))
+        };
+        act(actions, &socket, &context).await?;
     }
-}
-
-/// Batches of new clients one service socket waits on at most; past it,
-/// it stops receiving (the socket's buffer holds what comes meanwhile).
-const ASSIGNING_BATCHES: usize = 32;
-
-/// A batch with new clients: they get their assignments, then every
-/// request of the batch its answer.
-async fn assign_and_answer(batch: Received, local: SocketAddr, socket: Arc<UdpSocket>, context: Context) -> Result<()> {
-    let read = context.core.read(batch.iter(), local);
-    let assigned = context.owner.assign(read.unassigned()).await?;
-    let actions = context.core.answer(read, assigned.as_ref().map_err(|error| error.as_ref()));
-    act(actions, &socket, &context).await
 }
 
 /// Home servers' responses and watchers' answers on one proxy socket.

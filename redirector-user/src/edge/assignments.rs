@@ -156,11 +156,13 @@ impl Assignments {
         if let Some(previous) = &previous {
             bump(if previous.is_some() { &self.counters.reassigned } else { &self.counters.assigned });
         }
-        self.record(&stored);
+        // Moved here, or (read from a shared store) by another edge.
+        let moved_off = self.record(&stored).is_some_and(|from| from.is_some());
         if !pool.usable(&stored.server) {
             return Err(Refused::NoServer);
         }
-        Ok(Assigned { assignment: stored, moved: previous.is_some_and(|previous| previous.is_some()) })
+        let moved = moved_off || previous.is_some_and(|previous| previous.is_some());
+        Ok(Assigned { assignment: stored, moved })
     }
 
     /// Caches a committed assignment (here or, with a shared store, by
@@ -219,9 +221,10 @@ impl Assignments {
             Some(next_assignment(aor, to, current))
         })?;
         let done = aors.into_iter().zip(stored).map(|(aor, stored)| {
-            let (previous, stored) = (previous.remove(aor)?, stored?);
+            // What the store holds is cached, whoever wrote it.
+            let stored = stored?;
             self.record(&stored);
-            Some(Reassigned { previous, generation: stored.generation })
+            Some(Reassigned { previous: previous.remove(aor)?, generation: stored.generation })
         });
         Ok(done.collect())
     }

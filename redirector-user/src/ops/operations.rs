@@ -61,7 +61,7 @@ use crate::{
         ServerStatus, Stats,
     },
     sip::{Aor, ParseError},
-    store::{StoreError, unix_seconds},
+    store::{Cached, StoreError, unix_seconds},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +132,8 @@ pub struct Operations {
     /// the moves they cause, rebalancing, expiry. Always with a store of
     /// its own; with a shared one, while it holds the leadership.
     leading: bool,
+    /// A health verdict applied here whose save failed (retried each round).
+    verdicts_unsaved: bool,
     following: followed::Following,
     /// The probe responder's current key, once probes are on.
     probe: Option<ProbeConfig>,
@@ -217,6 +219,7 @@ impl Operations {
             pass: Vec::new(),
             applied,
             leading: true,
+            verdicts_unsaved: false,
             following: followed::Following::default(),
             probe: None,
             route_version,
@@ -224,8 +227,10 @@ impl Operations {
         }
     }
 
-    /// This edge gained or lost the leadership. A new leader applies its
-    /// own health checks' verdicts where the pool says otherwise.
+    /// This edge gained or lost the leadership. A follower leaves the
+    /// moves no operator asked of it to the leader; a new leader resumes
+    /// the moves the last one may have cut short, and applies its own
+    /// health checks' verdicts where the pool says otherwise.
     pub fn lead(&mut self, leading: bool) {
         if self.leading == leading {
             return;
@@ -233,13 +238,27 @@ impl Operations {
         self.leading = leading;
         tracing::info!(leading, "leadership of the pool's decisions changed");
         if !leading {
+            self.jobs.retain(|job| job.reply.is_some());
             return;
         }
+        if let Err(error) = self.resume_pool_moves() {
+            tracing::warn!(%error, "resuming the last leader's moves failed");
+        }
+        self.keep_verdicts();
+    }
+
+    /// The leader's health verdicts, applied where the pool says otherwise
+    /// (another edge's save brought an older verdict back), and saved again
+    /// if the last save failed.
+    fn keep_verdicts(&mut self) {
         let pool = self.pool.load_full();
         for (slot, up) in self.tracker.verdicts() {
             if pool.by_index(slot).is_some_and(|home| home.healthy != up) {
                 self.apply_health(if up { Transition::Up(slot) } else { Transition::Down(slot) });
             }
+        }
+        if self.verdicts_unsaved {
+            self.verdicts_unsaved = self.save_pool(&self.pool.load_full()).is_err();
         }
     }
 
@@ -261,13 +280,24 @@ impl Operations {
     pub fn start_pool(&mut self) -> Result<()> {
         let pool = self.pool.load_full();
         self.save_pool(&pool)?;
+        if self.leading {
+            self.resume_pool_moves()?;
+        }
+        Ok(())
+    }
+
+    /// The moves a leader makes that the last one may have cut short:
+    /// removals under way resumed, the clients of servers known down
+    /// moved (those already moved are not moved again).
+    fn resume_pool_moves(&mut self) -> Result<()> {
+        let pool = self.pool.load_full();
         for removing in pool.servers().iter().filter(|s| s.state == ServerState::Removing) {
             tracing::info!(server = removing.name, "resuming the removal of a home server");
             let job = self.removal(&removing.name)?;
             self.jobs.push_back(job);
         }
         for down in pool.servers().iter().filter(|s| !s.healthy && s.state != ServerState::Removing) {
-            tracing::info!(server = down.name, "home server down when the daemon stopped: its clients move");
+            tracing::info!(server = down.name, "home server known down: its clients move");
             let job = self.move_all_from(&down.name, "home server down, its clients moved")?;
             self.jobs.push_back(job);
         }
@@ -461,6 +491,9 @@ impl Operations {
         for transition in self.tracker.tick(sequence) {
             self.apply_health(transition);
         }
+        if self.leading {
+            self.keep_verdicts();
+        }
         if let Some(config) = self.probe {
             self.set_probe(config);
         }
@@ -553,10 +586,11 @@ impl Operations {
         }
     }
 
-    /// Starts a walk over the store for expired assignments, unless one is
-    /// under way or assignments never expire; `work` makes it a page at a time.
+    /// Starts a walk over the store for expired assignments (or, on an edge
+    /// that does not lead, for sightings to keep), unless one is under way
+    /// or assignments never expire; `work` makes it a page at a time.
     pub fn start_expiry(&mut self) {
-        if self.leading && self.expiry.is_some() && self.walk.is_none() {
+        if self.expiry.is_some() && self.walk.is_none() {
             self.walk = Some(Walk::default());
         }
     }
@@ -576,7 +610,13 @@ impl Operations {
             }
         };
         let assignments = &self.assignments;
-        let verdicts = walk.judge(&policy, &page, EXPIRY_PAGE, |aor| assignments.last_seen(aor), unix_seconds());
+        let mut verdicts = walk.judge(&policy, &page, EXPIRY_PAGE, |aor| assignments.last_seen(aor), unix_seconds());
+        // A follower keeps its sightings in a shared store (clients the
+        // router keeps on this edge are seen nowhere else); the leader
+        // alone expires.
+        if !self.leading {
+            verdicts.expired.clear();
+        }
         if walk.is_done() {
             self.walk = None;
         }
@@ -661,7 +701,8 @@ impl Operations {
         // Kept, so that a restarted daemon starts from this verdict; a
         // store that fails must not keep a down server's clients on it.
         if let Err(error) = self.save_pool(&self.pool.load_full()) {
-            tracing::warn!(server = home.name, healthy, %error, "keeping a health verdict in the store failed");
+            tracing::warn!(server = home.name, healthy, %error, "keeping a health verdict in the store failed; saved again with the next health round");
+            self.verdicts_unsaved = true;
         }
         if healthy {
             tracing::info!(server = home.name, "home server up");
@@ -1121,25 +1162,25 @@ impl Operations {
         Ok(RouteTable { routes, removed, ..table })
     }
 
-    /// `aor`'s route, if it is assigned.
+    /// `aor`'s route, if it is assigned, as this edge has it.
     pub fn route_of(&self, aor: &str) -> Result<Option<Route>> {
         let aor = Aor::from_uri(aor, "AOR").map_err(|e| OperationError::BadAor(aor.to_owned(), e))?;
-        let Some(assignment) = self.assignments.store().get(&aor)? else { return Ok(None) };
-        let address = self.pool.load().server(&assignment.server).and_then(HomeServer::any_address);
-        let (server, generation) = (assignment.server, assignment.generation);
-        Ok(Some(Route { aor: aor.to_string(), server, address, generation }))
+        let Some(cached) = self.assignments.current(&aor) else { return Ok(None) };
+        Ok(Some(self.route(&aor, &cached)))
     }
 
+    fn route(&self, aor: &Aor, cached: &Cached) -> Route {
+        let address = self.pool.load().server(&cached.server).and_then(HomeServer::any_address);
+        Route { aor: aor.to_string(), server: cached.server.to_string(), address, generation: cached.generation }
+    }
+
+    /// Every assignment as this edge has it (its cache, which with a shared
+    /// store follows the other edges' commits), in AOR order.
     pub fn routes(&self) -> Result<Vec<Route>> {
-        let pool = self.pool.load();
-        let assignments = self.assignments.store().all()?;
-        Ok(assignments
-            .into_iter()
-            .map(|a| {
-                let address = pool.server(&a.server).and_then(HomeServer::any_address);
-                Route { aor: a.aor.to_string(), server: a.server, address, generation: a.generation }
-            })
-            .collect())
+        let mut routes = Vec::new();
+        self.assignments.cache().for_each(|aor, cached| routes.push(self.route(aor, cached)));
+        routes.sort_by(|a, b| a.aor.cmp(&b.aor));
+        Ok(routes)
     }
 }
 

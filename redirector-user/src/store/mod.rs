@@ -116,6 +116,10 @@ pub enum StoreError {
         "etcd at {endpoints}: {aors} assignments kept being changed by other edges while this one wrote them; try again"
     )]
     Contended { endpoints: String, aors: usize },
+    #[error(
+        "etcd at {endpoints}: the pool was changed on another edge meanwhile; this edge applies that change within moments: try again"
+    )]
+    PoolChanged { endpoints: String },
     #[error("etcd record {key} does not read back: {source}")]
     Record { key: String, source: serde_json::Error },
     #[error("reading the TLS file {path} for etcd: {source}")]
@@ -260,16 +264,20 @@ pub trait AssignmentStore: Send + Sync {
     /// move did, in order.
     fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<Reassigned>, StoreError> {
         let aors: Vec<&Aor> = moves.iter().map(|&(aor, _)| aor).collect();
-        let mut targets = moves.iter().map(|&(_, server)| server);
-        let mut previous = Vec::with_capacity(moves.len());
+        let targets: std::collections::HashMap<&Aor, &str> = moves.iter().copied().collect();
+        // Keyed by AOR: a shared store may decide one again.
+        let mut previous = std::collections::HashMap::with_capacity(moves.len());
         let stored = self.update_many(&aors, &mut |aor, current| {
-            previous.push(current.map(|a| a.server.clone()));
-            Some(next_assignment(aor, targets.next().expect("one call per move"), current))
+            previous.insert(aor.clone(), current.map(|a| a.server.clone()));
+            Some(next_assignment(aor, targets[aor], current))
         })?;
-        Ok(previous
-            .into_iter()
+        Ok(aors
+            .iter()
             .zip(stored)
-            .map(|(previous, stored)| Reassigned { previous, generation: stored.map_or(0, |a| a.generation) })
+            .map(|(aor, stored)| Reassigned {
+                previous: previous.remove(*aor).flatten(),
+                generation: stored.map_or(0, |a| a.generation),
+            })
             .collect())
     }
 }

@@ -46,6 +46,9 @@ pub struct Follower {
     pub counters: Arc<StoreCounters>,
     /// Told when the watch is back: etcd answers again.
     pub reach: Arc<super::Reach>,
+    /// The pool's revision as the edge knows it: an older (or its own)
+    /// save is not delivered again.
+    pub pool_revision: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Follower {
@@ -82,8 +85,10 @@ impl Follower {
 
     fn deliver(&mut self, response: &WatchResponse) {
         let events: Vec<StoreEvent> = response.events().iter().filter_map(|event| self.decode(event)).collect();
-        if let Some(last) = response.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max() {
-            self.from = last + 1;
+        let last_event = response.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
+        let revision = response.header().map(|header| header.revision()).into_iter().chain(last_event).max();
+        if let Some(revision) = revision {
+            self.from = self.from.max(revision + 1);
         }
         if !events.is_empty() {
             crate::counters::add(&self.counters.changes_followed, events.len() as u64);
@@ -101,7 +106,13 @@ impl Follower {
             (EventType::Put, Record::Seen(aor)) => {
                 return keys::seen_at(kv.value()).map(|at| StoreEvent::Seen(aor, at));
             }
-            (EventType::Put, Record::Pool) => serde_json::from_slice(kv.value()).map(StoreEvent::Pool),
+            (EventType::Put, Record::Pool) => {
+                let known = self.pool_revision.fetch_max(kv.mod_revision(), std::sync::atomic::Ordering::AcqRel);
+                if kv.mod_revision() <= known {
+                    return None;
+                }
+                serde_json::from_slice(kv.value()).map(StoreEvent::Pool)
+            }
             _ => return None,
         };
         decoded

@@ -72,7 +72,7 @@ pub struct Tls {
 }
 
 pub struct EtcdStore {
-    runtime: tokio::runtime::Runtime,
+    runtime: StoreRuntime,
     client: Client,
     keys: Keys,
     /// The endpoints, as errors name them.
@@ -83,6 +83,9 @@ pub struct EtcdStore {
     /// The revision of the last full read (`all`): a watch started from
     /// the next one misses nothing.
     loaded: Arc<AtomicI64>,
+    /// The revision of the pool as this edge last knew it (read, saved or
+    /// followed): what a save compares, and older pool events are skipped.
+    pool_revision: Arc<AtomicI64>,
     counters: Arc<StoreCounters>,
     reach: Arc<Reach>,
 }
@@ -118,6 +121,39 @@ impl Reach {
     }
 }
 
+/// The store's own runtime (one worker). Dropped without waiting for its
+/// tasks: the daemon may drop its store inside its own runtime (a start
+/// that fails), where a blocking shutdown would panic.
+struct StoreRuntime(Option<tokio::runtime::Runtime>);
+
+impl StoreRuntime {
+    fn new() -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("etcd")
+            .enable_all()
+            .build()
+            .map_err(|source| StoreError::Runtime { source })?;
+        Ok(Self(Some(runtime)))
+    }
+}
+
+impl std::ops::Deref for StoreRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("the runtime lives until drop")
+    }
+}
+
+impl Drop for StoreRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// An AOR as read: its assignment, and the revision its key was last
 /// written at (0: absent), which the write compares.
 type Read = (Option<Assignment>, i64);
@@ -126,12 +162,7 @@ impl EtcdStore {
     /// Connects to the cluster and checks that it answers.
     pub fn connect(settings: &EtcdSettings) -> Result<Self, StoreError> {
         let endpoints = settings.endpoints.join(",");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("etcd")
-            .enable_all()
-            .build()
-            .map_err(|source| StoreError::Runtime { source })?;
+        let runtime = StoreRuntime::new()?;
         let campaigning = connect_options(settings)?;
         let options = campaigning.clone().with_timeout(settings.timeout);
         let connecting = Client::connect(settings.endpoints.clone(), Some(options));
@@ -146,6 +177,7 @@ impl EtcdStore {
             campaigning: (settings.endpoints.clone(), campaigning),
             timeout: settings.timeout,
             loaded: Arc::default(),
+            pool_revision: Arc::default(),
             counters: Arc::default(),
             reach: Arc::default(),
         };
@@ -281,31 +313,44 @@ impl EtcdStore {
     }
 
     /// One page of assignments in key order, at `revision` (0: the newest).
-    fn range(&self, after: Option<&Aor>, limit: i64, revision: i64) -> Result<(Vec<Assignment>, i64), StoreError> {
+    /// Also the revision read at, and whether the page was full (more may
+    /// follow).
+    fn range(
+        &self,
+        after: Option<&Aor>,
+        limit: i64,
+        revision: i64,
+    ) -> Result<(Vec<Assignment>, i64, bool), StoreError> {
         let start = after.map_or_else(|| self.keys.assignments(), |aor| format!("{}\0", self.keys.assignment(aor)));
         let end = prefix_end(&self.keys.assignments());
         let options = GetOptions::new().with_range(end).with_limit(limit).with_revision(revision);
         let mut answer = self.get("reading assignments", start, Some(options))?;
         let at = answer.header().map_or(revision, |header| header.revision());
         let rows = answer.take_kvs();
-        let aors: Vec<Aor> = rows
+        let full = rows.len() as i64 == limit;
+        let records: Vec<(Aor, &[u8])> = rows
             .iter()
             .filter_map(|kv| match self.keys.record(kv.key_str().ok()?) {
-                Some(keys::Record::Assignment(aor)) => Some(aor),
+                Some(keys::Record::Assignment(aor)) => Some((aor, kv.value())),
                 _ => None,
             })
             .collect();
+        let aors: Vec<Aor> = records.iter().map(|(aor, _)| aor.clone()).collect();
         let seen = self.sightings(&aors, at)?;
-        let assignments = aors
+        let assignments = records
             .into_iter()
-            .zip(&rows)
-            .map(|(aor, kv)| {
-                let last_seen = seen.get(&aor).copied();
+            .filter_map(|(aor, value)| {
                 let key = self.keys.assignment(&aor);
-                keys::decode(aor, kv.value(), last_seen).map_err(|source| StoreError::Record { key, source })
+                let last_seen = seen.get(&aor).copied();
+                keys::decode(aor, value, last_seen)
+                    .inspect_err(|error| {
+                        crate::counters::bump(&self.counters.unreadable);
+                        tracing::warn!(key, %error, "an assignment in etcd does not read back; skipped (delete or rewrite it with etcdctl)");
+                    })
+                    .ok()
             })
-            .collect::<Result<_, _>>()?;
-        Ok((assignments, at))
+            .collect();
+        Ok((assignments, at, full))
     }
 
     /// When each of `aors` was last seen, as kept at `revision`.
@@ -490,11 +535,10 @@ impl AssignmentStore for EtcdStore {
     }
 
     fn all(&self) -> Result<Vec<Assignment>, StoreError> {
-        let (mut assignments, revision) = self.range(None, PAGE, 0)?;
-        let mut last = assignments.len();
-        while last == PAGE as usize {
-            let (page, _) = self.range(assignments.last().map(|a| &a.aor), PAGE, revision)?;
-            last = page.len();
+        let (mut assignments, revision, mut more) = self.range(None, PAGE, 0)?;
+        while more && !assignments.is_empty() {
+            let (page, _, full) = self.range(assignments.last().map(|a| &a.aor), PAGE, revision)?;
+            more = full;
             assignments.extend(page);
         }
         self.loaded.store(revision, Ordering::Release);
@@ -539,13 +583,26 @@ impl AssignmentStore for EtcdStore {
         let key = self.keys.pool();
         let mut answer = self.get("reading the pool", key, None)?;
         let Some(kv) = answer.take_kvs().pop() else { return Ok(None) };
+        self.pool_revision.store(kv.mod_revision(), Ordering::Release);
         Ok(Some(serde_json::from_slice(kv.value())?))
     }
 
+    /// Written only over the pool as this edge last knew it: a change made
+    /// meanwhile on another edge is never overwritten.
     fn save_pool(&self, pool: &StoredPool) -> Result<(), StoreError> {
         let json = serde_json::to_string(pool)?;
         let key = self.keys.pool();
-        self.put("saving the pool", key, json)
+        let known = self.pool_revision.load(Ordering::Acquire);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, known)])
+            .and_then([TxnOp::put(key, json, None)]);
+        let answer = self.txns("saving the pool", vec![txn])?.pop();
+        let Some(answer) = answer.filter(etcd_client::TxnResponse::succeeded) else {
+            return Err(StoreError::PoolChanged { endpoints: self.endpoints.clone() });
+        };
+        let revision = answer.header().map_or(known, |header| header.revision());
+        self.pool_revision.fetch_max(revision, Ordering::AcqRel);
+        Ok(())
     }
 
     fn follow(&self, sink: Sink) -> Result<(), StoreError> {
@@ -557,6 +614,7 @@ impl AssignmentStore for EtcdStore {
             sink,
             counters: self.counters.clone(),
             reach: self.reach.clone(),
+            pool_revision: self.pool_revision.clone(),
         };
         self.runtime.spawn(follower.run());
         Ok(())
