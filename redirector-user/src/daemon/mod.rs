@@ -331,6 +331,10 @@ impl Daemon {
             expiry,
             applied: seeded.applied,
         });
+        if operations.assignments.store().shared() {
+            // Until the election says otherwise, another edge leads.
+            operations.lead(false);
+        }
         operations.start_pool()?;
         let route_versions = operations.route_versions();
         let (owner, commands) = Owner::channel();

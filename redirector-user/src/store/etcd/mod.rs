@@ -90,6 +90,9 @@ pub struct EtcdStore {
     reach: Arc<Reach>,
 }
 
+/// How often an idle connection to etcd is pinged: twice etcd's minimum.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(10);
+
 /// How soon a request that found etcd out of reach is sent again.
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
@@ -188,9 +191,10 @@ impl EtcdStore {
 
     /// Runs `request` on the store's runtime with a fresh KV client and
     /// waits for its answer, at most `timeout`. A request that finds its
-    /// member out of reach, or the cluster electing a leader, is sent again
-    /// every `RETRY_EVERY` within the timeout: the client balances over the
-    /// members, and a member that just died is not yet out of its set.
+    /// member out of reach, or the cluster electing a leader, or that takes
+    /// a third of the timeout, is sent again within the timeout: the client
+    /// balances over the members, and a member that just died is not yet
+    /// out of its set.
     fn run<T, F>(&self, what: &'static str, request: impl Fn(KvClient) -> F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -202,7 +206,7 @@ impl EtcdStore {
         }
         let started = std::time::Instant::now();
         let mut result = self.try_once(what, &request);
-        while matches!(&result, Err(error @ StoreError::Etcd { .. }) if error.is_unavailable())
+        while matches!(&result, Err(error @ (StoreError::Etcd { .. } | StoreError::TimedOut { .. })) if error.is_unavailable())
             && started.elapsed() + RETRY_EVERY < self.timeout
         {
             std::thread::sleep(RETRY_EVERY);
@@ -225,9 +229,12 @@ impl EtcdStore {
         T: Send + 'static,
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
-        match wait_on(&self.runtime, self.timeout, request(self.client.kv_client())) {
+        // A third of the timeout: a request stuck on a member that just
+        // died leaves time for two more through the others.
+        let attempt = self.timeout / 3;
+        match wait_on(&self.runtime, attempt, request(self.client.kv_client())) {
             Some(done) => done.map_err(|source| StoreError::etcd(&self.endpoints, what, source)),
-            None => Err(StoreError::timed_out(&self.endpoints, what, self.timeout)),
+            None => Err(StoreError::timed_out(&self.endpoints, what, attempt)),
         }
     }
 
@@ -444,7 +451,9 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions, StoreError> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(settings.timeout)
-        .with_keep_alive(Duration::from_secs(1), settings.timeout)
+        // etcd closes connections that ping more often than every 5 s
+        // (`--grpc-keepalive-min-time`), dropping their watches.
+        .with_keep_alive(KEEP_ALIVE_EVERY, settings.timeout)
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
     if let Some((name, password)) = &settings.user {
