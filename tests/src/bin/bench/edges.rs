@@ -68,7 +68,7 @@ fn first_contact(quick: bool) -> Section {
         section.rows.push(row);
     }
     section.notes.push(
-        "etcd: every batch of new AORs is read and written in compare-and-swap transactions of 64 AORs, sent together; a write commits on a quorum (each member fsyncs) before any answer leaves".into(),
+        "etcd: the new AORs of a batch are written unread, on the condition that they have no key, in transactions of up to 128 AORs sent together; a write commits on a quorum (each member fsyncs) before any answer leaves".into(),
     );
     section
 }
