@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+
 use crate::{
     netns::NetNs,
     topology::{kill_group, tempdir},
@@ -158,7 +160,9 @@ impl EtcdCluster {
         assert!(output.status.success(), "etcdctl get --prefix {prefix}: {}", String::from_utf8_lossy(&output.stderr));
         let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("etcdctl's JSON");
         let text = |field: &serde_json::Value| {
-            String::from_utf8(base64_decode(field.as_str().expect("a base64 string"))).expect("UTF-8 in etcd")
+            // etcdctl's JSON encodes keys and values in base64.
+            let bytes = BASE64.decode(field.as_str().expect("a base64 string")).expect("etcdctl's base64");
+            String::from_utf8(bytes).expect("UTF-8 in etcd")
         };
         let kvs = answer["kvs"].as_array().map_or(&[][..], Vec::as_slice);
         kvs.iter().map(|kv| (text(&kv["key"]), text(&kv["value"]))).collect()
@@ -210,27 +214,4 @@ impl Drop for EtcdCluster {
             kill_group(member);
         }
     }
-}
-
-/// Standard base64 (etcdctl's JSON encodes keys and values so).
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {text:?}"),
-    };
-    let (mut out, mut bits, mut held) = (Vec::new(), 0u32, 0u32);
-    for digit in text.bytes().filter(|&c| c != b'=').map(value) {
-        bits = (bits << 6) | u32::from(digit);
-        held += 6;
-        if held >= 8 {
-            held -= 8;
-            out.push((bits >> held) as u8);
-            bits &= (1 << held) - 1;
-        }
-    }
-    out
 }

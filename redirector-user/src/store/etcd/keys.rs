@@ -25,14 +25,12 @@ pub struct Keys {
     edge: String,
 }
 
-/// What a key under the prefix holds.
+/// What a key the follower acts on holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record {
     Assignment(Aor),
     Seen(Aor),
     Pool,
-    /// Another edge's dialogs, or this edge's own.
-    Watch,
 }
 
 impl Keys {
@@ -83,7 +81,8 @@ impl Keys {
         format!("{}{key}", self.watches())
     }
 
-    /// What `key` holds, or `None` for a key this version does not know.
+    /// What `key` holds, or `None` for a key the follower leaves alone
+    /// (dialogs, health views, the election) or does not know.
     pub fn record(&self, key: &str) -> Option<Record> {
         let rest = key.strip_prefix(&self.prefix)?;
         if let Some(aor) = rest.strip_prefix("assignments/") {
@@ -92,10 +91,7 @@ impl Keys {
         if let Some(aor) = rest.strip_prefix("seen/") {
             return Some(Record::Seen(Aor::from_canonical(aor.to_owned())));
         }
-        if rest == "pool" {
-            return Some(Record::Pool);
-        }
-        rest.starts_with("watches/").then_some(Record::Watch)
+        (rest == "pool").then_some(Record::Pool)
     }
 }
 
@@ -148,7 +144,7 @@ mod tests {
         assert_eq!(keys.record(&keys.assignment(&alice())), Some(Record::Assignment(alice())));
         assert_eq!(keys.record(&keys.seen(&alice())), Some(Record::Seen(alice())));
         assert_eq!(keys.record(&keys.pool()), Some(Record::Pool));
-        assert_eq!(keys.record(&keys.watch("dialog")), Some(Record::Watch));
+        assert_eq!(keys.record(&keys.watch("dialog")), None, "dialogs are each edge's own");
         assert_eq!(keys.record("/redirector/other/pool"), None, "another pool's key");
         assert_eq!(keys.record("/redirector/pool/unknown"), None);
     }
