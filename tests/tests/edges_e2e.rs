@@ -6,7 +6,8 @@
 //! edge's clients go on through the other with the same homes; a killed
 //! leader is replaced and a dead home is still failed over; an edge cut
 //! off from etcd serves its known clients, refuses new ones with 503 and
-//! moves with an error naming etcd, and catches up once it is back.
+//! moves with an error naming etcd, starts from its local replica if
+//! restarted meanwhile, and catches up once it is back.
 
 use std::collections::BTreeMap;
 
@@ -123,7 +124,7 @@ fn an_edge_cut_off_from_etcd_serves_known_clients_refuses_new_ones_and_catches_u
     if !privileged() {
         return;
     }
-    let two = start("nat");
+    let mut two = start("nat");
     assert!(two.register("known", 16, 7200), "every REGISTER is answered");
     let known = agreed(&two, 16);
 
@@ -142,8 +143,19 @@ fn an_edge_cut_off_from_etcd_serves_known_clients_refuses_new_ones_and_catches_u
     let on_edge_0 = homes(&two, 0).len();
     assert!(on_edge_0 > 16, "edge 0 assigned new clients meanwhile ({on_edge_0})");
 
+    // Restarted while still cut off, edge 1 starts from its local replica:
+    // the known clients, from new sockets (so a first contact on either
+    // edge), are answered; new ones still are not.
+    two.kill_edge(1);
+    two.run_edge(1);
+    assert_eq!(stats(&two, 1).store["resumes"], 1, "edge 1 resumed from its replica");
+    assert!(two.register("known", 16, 7400), "known clients are answered through the restarted edge");
+    assert!(!two.register("newer", 16, 7500), "new clients through the cut-off edge are still refused");
+
     two.restore_store(1);
     wait_until(|| two.register("new", 16, 7300), "after etcd is back, every new client is answered");
-    let caught_up = agreed(&two, 32);
+    wait_until(|| two.register("newer", 16, 7500), "and the newer ones");
+    let caught_up = agreed(&two, 48);
     assert!(known.iter().all(|(aor, home)| caught_up.get(aor) == Some(home)), "no known client moved");
+    assert_eq!(stats(&two, 1).store["reloads"], 0, "edge 1 caught up from its replica's revision, reading no more");
 }

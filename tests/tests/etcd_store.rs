@@ -14,7 +14,7 @@ use std::{
 
 use redirector::{
     sip::Aor,
-    store::{Assignment, AssignmentStore, EtcdSettings, EtcdStore, StoreEvent, StoredPool},
+    store::{Assignment, AssignmentStore, EtcdSettings, EtcdStore, RedbStore, ReplicaMark, StoreEvent, StoredPool},
 };
 use redirector_tests::topology::{kill_group, tempdir};
 
@@ -22,7 +22,8 @@ use redirector_tests::topology::{kill_group, tempdir};
 struct Etcd {
     child: Child,
     endpoint: String,
-    _data: tempdir::Dir,
+    peer_url: String,
+    data: tempdir::Dir,
 }
 
 impl Etcd {
@@ -31,21 +32,16 @@ impl Etcd {
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "solo", "--data-dir"])
-            .arg(data.path())
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("solo={peer_url}")])
-            .args(["--log-level", "error"])
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting etcd (Debian's etcd-server: `cargo xtask setup` installs it)");
-        let etcd = Self { child, endpoint, _data: data };
+        let child = spawn_etcd(&endpoint, &peer_url, &data);
+        let etcd = Self { child, endpoint, peer_url, data };
         etcd.wait_ready();
         etcd
+    }
+
+    /// Starts the member again on its data, after `kill_group`.
+    fn restart(&mut self) {
+        self.child = spawn_etcd(&self.endpoint, &self.peer_url, &self.data);
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {
@@ -67,7 +63,21 @@ impl Etcd {
             user: None,
             tls: None,
             timeout: Duration::from_secs(2),
+            replica: None,
         }
+    }
+
+    /// An edge that keeps its local replica in `replica`.
+    fn store_with_replica(&self, prefix: &str, edge: &str, replica: &std::path::Path) -> EtcdStore {
+        let settings = EtcdSettings { replica: Some(replica.to_owned()), ..self.settings(prefix, edge) };
+        EtcdStore::connect(&settings).expect("connecting to etcd")
+    }
+
+    /// The store's current revision.
+    fn revision(&self) -> i64 {
+        let status = self.etcdctl(&["endpoint", "status", "--write-out", "json"]);
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        status[0]["Status"]["header"]["revision"].as_i64().unwrap()
     }
 
     fn store(&self, prefix: &str, edge: &str) -> EtcdStore {
@@ -84,6 +94,21 @@ impl Etcd {
         assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+fn spawn_etcd(endpoint: &str, peer_url: &str, data: &tempdir::Dir) -> Child {
+    Command::new("etcd")
+        .args(["--name", "solo", "--data-dir"])
+        .arg(data.path())
+        .args(["--listen-client-urls", endpoint, "--advertise-client-urls", endpoint])
+        .args(["--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", &format!("solo={peer_url}")])
+        .args(["--log-level", "error"])
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting etcd (Debian's etcd-server: `cargo xtask setup` installs it)")
 }
 
 impl Drop for Etcd {
@@ -262,10 +287,7 @@ fn an_edge_behind_a_compaction_reloads_everything() {
     for n in 0..5 {
         assign_new(&a, &aor(&format!("c{n}")), "home1");
     }
-    let status = etcd.etcdctl(&["endpoint", "status", "--write-out", "json"]);
-    let revision: serde_json::Value = serde_json::from_str(&status).unwrap();
-    let revision = revision[0]["Status"]["header"]["revision"].as_i64().unwrap();
-    etcd.etcdctl(&["compact", &revision.to_string()]);
+    etcd.etcdctl(&["compact", &etcd.revision().to_string()]);
     let events = follower(&b);
     match next(&events) {
         StoreEvent::Reloaded(all) => assert_eq!(all.len(), 5, "every assignment as it is now"),
@@ -315,4 +337,126 @@ fn with_etcd_gone_a_write_fails_quickly_naming_it() {
     // The next request does not wait for the timeout again.
     let again = store.get(&aor("dave")).expect_err("etcd is still gone");
     assert!(again.is_unavailable() && again.to_string().contains("not tried"), "{again}");
+}
+
+/// Waits until a dropped edge's replica writer has written everything
+/// queued and closed the file, then reads where the replica stands.
+fn replica_mark_after_drop(path: &std::path::Path) -> ReplicaMark {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match RedbStore::open_existing(path) {
+            Ok(copy) => return copy.replica_mark().unwrap().expect("the replica is marked"),
+            Err(error) if Instant::now() < deadline => {
+                drop(error);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("the replica {} stays open after its edge is gone: {error}", path.display()),
+        }
+    }
+}
+
+fn counter(store: &EtcdStore, name: &str) -> u64 {
+    store.counters().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).expect(name)
+}
+
+#[test]
+fn a_restarted_edge_resumes_from_its_replica_and_reads_only_what_changed() {
+    let etcd = Etcd::start();
+    let dir = tempdir::Dir::new();
+    let replica = dir.path().join("replica.redb");
+    let a = etcd.store("/resume/", "a");
+    let b = etcd.store_with_replica("/resume/", "b", &replica);
+    assert!(b.load().unwrap().is_empty());
+    assert_eq!(counter(&b, "resumes"), 0, "a first start reads everything");
+    let events = follower(&b);
+    for n in 1..=3 {
+        assign_new(&a, &aor(&format!("r{n}")), "home1");
+        next(&events);
+    }
+    let followed = etcd.revision();
+    drop(b);
+    assert_eq!(replica_mark_after_drop(&replica).revision, followed, "the replica holds every followed change");
+
+    // While b is down: one move, one new client.
+    a.reassign_many(&[(&aor("r1"), "home2")]).unwrap();
+    assign_new(&a, &aor("r4"), "home2");
+    let b = etcd.store_with_replica("/resume/", "b", &replica);
+    let loaded = b.load().unwrap();
+    assert_eq!(counter(&b, "resumes"), 1, "resumed from the replica");
+    assert_eq!(loaded.len(), 3, "the replica's assignments: {loaded:?}");
+    let events = follower(&b);
+    let caught_up = [next(&events), next(&events)];
+    let servers: Vec<(Aor, String)> = caught_up
+        .iter()
+        .map(|event| match event {
+            StoreEvent::Assigned(a) => (a.aor.clone(), a.server.clone()),
+            other => panic!("only what changed while b was down, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(servers, [(aor("r1"), "home2".into()), (aor("r4"), "home2".into())]);
+    assert!(events.recv_timeout(Duration::from_millis(500)).is_err(), "nothing else is delivered");
+    assert_eq!(counter(&b, "reloads"), 0);
+
+    // History compacted while b is down: b resumes, and its watch reloads.
+    let followed = etcd.revision();
+    drop(b);
+    assert_eq!(replica_mark_after_drop(&replica).revision, followed);
+    assign_new(&a, &aor("r5"), "home1");
+    // Compacting at the newest revision keeps it: r6's write takes away
+    // the revision after the replica's mark (r5's).
+    assign_new(&a, &aor("r6"), "home1");
+    etcd.etcdctl(&["compact", &etcd.revision().to_string()]);
+    let b = etcd.store_with_replica("/resume/", "b", &replica);
+    assert_eq!(b.load().unwrap().len(), 4);
+    let events = follower(&b);
+    match next(&events) {
+        StoreEvent::Reloaded(all) => assert_eq!(all.len(), 6, "every assignment as it is now"),
+        other => panic!("expected a reload, got {other:?}"),
+    }
+    assert_eq!(counter(&b, "reloads"), 1);
+}
+
+#[test]
+fn an_edge_starts_from_its_replica_while_etcd_is_out_of_reach_and_catches_up() {
+    let mut etcd = Etcd::start();
+    let dir = tempdir::Dir::new();
+    let replica = dir.path().join("replica.redb");
+    let b = etcd.store_with_replica("/offline/", "b", &replica);
+    b.load().unwrap();
+    let events = follower(&b);
+    assign_new(&etcd.store("/offline/", "a"), &aor("known"), "home1");
+    next(&events);
+    drop(b);
+    replica_mark_after_drop(&replica);
+
+    kill_group(&mut etcd.child);
+    let without = EtcdStore::connect(&etcd.settings("/offline/", "c")).err().expect("no replica, no start");
+    assert!(without.is_unavailable(), "{without}");
+    let b = etcd.store_with_replica("/offline/", "b", &replica);
+    let loaded = b.load().unwrap();
+    assert_eq!(loaded.iter().map(|a| (&a.aor, a.server.as_str())).collect::<Vec<_>>(), [(&aor("known"), "home1")]);
+    let events = follower(&b);
+    let refused = assign_new_result(&b, &aor("newcomer"));
+    assert!(refused.is_err_and(|error| error.is_unavailable()), "a new client waits for etcd");
+
+    etcd.restart();
+    assign_new(&etcd.store("/offline/", "a"), &aor("later"), "home2");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let caught_up = loop {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(StoreEvent::Assigned(a)) if a.aor == aor("later") => break a,
+            Ok(_) => continue,
+            Err(_) => panic!("b did not catch up within 15 s of etcd's return"),
+        }
+    };
+    assert_eq!(caught_up.server, "home2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while assign_new_result(&b, &aor("newcomer")).is_err() {
+        assert!(Instant::now() < deadline, "b writes again within 10 s of etcd's return");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn assign_new_result(store: &EtcdStore, aor: &Aor) -> Result<Option<Assignment>, redirector::store::StoreError> {
+    store.update(aor, &mut |current| current.is_none().then(|| Assignment::new(aor.clone(), "home1".into())))
 }

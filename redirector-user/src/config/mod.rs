@@ -143,6 +143,12 @@ pub struct StoreSettings {
     /// clients then get 503).
     #[serde(default = "default_store_timeout")]
     pub timeout: f64,
+    /// With the etcd backend: this edge's local copy of the shared store,
+    /// so that a restart reads only what changed meanwhile, and starts
+    /// while etcd is out of reach. `etcd-replica.redb` next to
+    /// `sip.database` if unset.
+    #[serde(default)]
+    pub replica: Option<PathBuf>,
 }
 
 impl Default for StoreSettings {
@@ -159,6 +165,7 @@ impl Default for StoreSettings {
             cert: None,
             key: None,
             timeout: default_store_timeout(),
+            replica: None,
         }
     }
 }
@@ -794,6 +801,11 @@ impl Config {
         Ok(())
     }
 
+    /// Where an etcd edge keeps its local replica.
+    pub fn replica(&self) -> PathBuf {
+        self.store.replica.clone().unwrap_or_else(|| self.sip.database.with_file_name("etcd-replica.redb"))
+    }
+
     fn validate_store(&self) -> Result<(), ConfigError> {
         let store = &self.store;
         if store.backend == Backend::Redb {
@@ -825,6 +837,12 @@ impl Config {
         }
         if !(store.timeout.is_finite() && (0.1..=60.0).contains(&store.timeout)) {
             return Err(invalid("store.timeout", format!("{} is not 0.1 to 60 seconds", store.timeout)));
+        }
+        if self.replica() == self.sip.database {
+            return Err(invalid(
+                "store.replica",
+                "must not be sip.database (a replica is overwritten from etcd); name another file",
+            ));
         }
         Ok(())
     }
@@ -1054,6 +1072,23 @@ mod tests {
 
     fn error_for(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_etcd_store_is_checked_field_by_field_and_keeps_its_replica_apart() {
+        let etcd = |rest: &str| format!("{VALID}[store]\nbackend = \"etcd\"\n{rest}");
+        let endpoints = "endpoints = [\"http://10.0.0.1:2379\"]\n";
+        assert!(error_for(&etcd("")).contains("store.endpoints"));
+        assert!(error_for(&etcd("endpoints = [\"10.0.0.1:2379\"]\n")).contains("not an http://"));
+        assert!(error_for(&etcd(&format!("{endpoints}prefix = \"pool\"\n"))).contains("store.prefix"));
+        assert!(error_for(&etcd(&format!("{endpoints}username = \"edge\"\n"))).contains("password_file"));
+        let config = Config::parse(&etcd(endpoints)).unwrap();
+        assert_eq!(config.replica(), config.sip.database.with_file_name("etcd-replica.redb"));
+        let database = config.sip.database.display().to_string();
+        let same = error_for(&etcd(&format!("{endpoints}replica = \"{database}\"\n")));
+        assert!(same.contains("store.replica") && same.contains("sip.database"), "{same}");
+        let apart = Config::parse(&etcd(&format!("{endpoints}replica = \"/var/lib/r/copy.redb\"\n"))).unwrap();
+        assert_eq!(apart.replica(), PathBuf::from("/var/lib/r/copy.redb"));
     }
 
     #[test]

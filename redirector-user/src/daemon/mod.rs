@@ -117,7 +117,7 @@ type Result<T, E = DaemonError> = std::result::Result<T, E>;
 fn open_store(config: &Config) -> Result<Box<dyn AssignmentStore>> {
     Ok(match config.store.backend {
         Backend::Redb => Box::new(RedbStore::open(&config.sip.database)?),
-        Backend::Etcd => Box::new(EtcdStore::connect(&etcd_settings(&config.store)?)?),
+        Backend::Etcd => Box::new(EtcdStore::connect(&etcd_settings(config)?)?),
     })
 }
 
@@ -129,7 +129,8 @@ fn store_description(config: &Config) -> String {
     }
 }
 
-fn etcd_settings(store: &config::StoreSettings) -> Result<EtcdSettings> {
+fn etcd_settings(config: &Config) -> Result<EtcdSettings> {
+    let store = &config.store;
     let user = match (&store.username, &store.password_file) {
         (Some(name), Some(file)) => {
             let password =
@@ -146,6 +147,7 @@ fn etcd_settings(store: &config::StoreSettings) -> Result<EtcdSettings> {
         user,
         tls,
         timeout: Duration::from_secs_f64(store.timeout),
+        replica: Some(config.replica()),
     })
 }
 

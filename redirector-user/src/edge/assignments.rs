@@ -69,7 +69,7 @@ impl Assignments {
     pub fn open(store: Box<dyn AssignmentStore>, counters: Arc<Counters>, epoch: u64) -> Result<Self, StoreError> {
         let cache = Arc::new(Cache::default());
         let mut counts = HashMap::new();
-        for assignment in store.all()? {
+        for assignment in store.load()? {
             *counts.entry(assignment.server.clone()).or_default() += 1;
             cache.put(&assignment);
         }

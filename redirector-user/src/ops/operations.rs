@@ -279,7 +279,14 @@ impl Operations {
     /// short; those already made are not made again).
     pub fn start_pool(&mut self) -> Result<()> {
         let pool = self.pool.load_full();
-        self.save_pool(&pool)?;
+        match self.save_pool(&pool) {
+            // An edge started from its replica while etcd is out of reach.
+            Err(OperationError::Store(error)) if error.is_unavailable() => tracing::warn!(
+                %error,
+                "the pool is not saved: the config's [[servers]] changes apply here only; reload (SIGHUP) once etcd answers"
+            ),
+            saved => saved?,
+        }
         if self.leading {
             self.resume_pool_moves()?;
         }

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 pub use self::{
     cache::{Cache, Cached},
-    etcd::{EtcdSettings, EtcdStore, LEADER_LEASE, Leadership, Sink, StoreEvent, Tls},
+    etcd::{EtcdSettings, EtcdStore, LEADER_LEASE, Leadership, ReplicaMark, Sink, StoreEvent, Tls},
     redb::RedbStore,
 };
 use crate::{model::ServerSpec, sip::Aor};
@@ -90,6 +90,11 @@ crate::counters::counters! {
     unreadable,
     /// Times this edge became the leader of the pool's decisions.
     terms_led,
+    /// Starts that resumed from the local replica (reading only what
+    /// changed since) instead of reading every assignment.
+    resumes,
+    /// Writes to the local replica that failed.
+    replica_failures,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +193,11 @@ pub trait AssignmentStore: Send + Sync {
     }
 
     fn all(&self) -> Result<Vec<Assignment>, StoreError>;
+    /// Every assignment, read once when the daemon starts: a shared store
+    /// may answer from its local replica and follow only what changed.
+    fn load(&self) -> Result<Vec<Assignment>, StoreError> {
+        self.all()
+    }
     /// Up to `limit` assignments in AOR order, starting after `after`: a
     /// walk over the store one page at a time.
     fn page(&self, after: Option<&Aor>, limit: usize) -> Result<Vec<Assignment>, StoreError>;

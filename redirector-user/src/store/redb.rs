@@ -9,7 +9,7 @@ use std::{ops::Bound, path::Path};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
-use super::{Assignment, AssignmentStore, StoreError, StoredPool, unix_seconds};
+use super::{Assignment, AssignmentStore, ReplicaMark, StoreError, StoreEvent, StoredPool, unix_seconds};
 use crate::sip::Aor;
 
 fn db_error(error: impl Into<redb::Error>) -> StoreError {
@@ -25,6 +25,10 @@ const WATCHES: TableDefinition<&str, &str> = TableDefinition::new("watches");
 /// `POOL_KEY` → the pool as JSON (`StoredPool`).
 const POOL: TableDefinition<&str, &str> = TableDefinition::new("pool");
 const POOL_KEY: &str = "servers";
+/// `MARK_KEY` → where a replica of a shared store stands (`ReplicaMark`,
+/// JSON); only in a replica's file.
+const REPLICA: TableDefinition<&str, &str> = TableDefinition::new("replica");
+const MARK_KEY: &str = "mark";
 
 pub struct RedbStore {
     db: Database,
@@ -55,6 +59,85 @@ impl RedbStore {
             .map_err(|source| StoreError::Open { path: path.display().to_string(), source: Box::new(source) })?;
         Ok(Self { db })
     }
+}
+
+/// A copy of a shared store, kept by its follower (see `etcd::replica`).
+impl RedbStore {
+    /// Where the copy stands; `None` when it has never been marked.
+    pub fn replica_mark(&self) -> Result<Option<ReplicaMark>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = match txn.open_table(REPLICA) {
+            Ok(table) => table,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(db_error(error)),
+        };
+        let Some(json) = table.get(MARK_KEY).map_err(db_error)? else { return Ok(None) };
+        Ok(Some(serde_json::from_str(json.value())?))
+    }
+
+    /// Applies followed changes in order, and the mark they bring the copy
+    /// to, in one transaction: the copy is always what the store held at
+    /// its mark's revision.
+    pub fn replicate(&self, events: &[StoreEvent], mark: &ReplicaMark) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
+            let mut seen = txn.open_table(LAST_SEEN).map_err(db_error)?;
+            for event in events {
+                apply(event, &mut table, &mut seen, &txn)?;
+            }
+            let json = serde_json::to_string(mark)?;
+            txn.open_table(REPLICA).map_err(db_error)?.insert(MARK_KEY, json.as_str()).map_err(db_error)?;
+        }
+        txn.commit().map_err(db_error)
+    }
+}
+
+type Table<'t, V> = redb::Table<'t, &'static str, V>;
+
+/// One followed change, applied to a replica.
+fn apply(
+    event: &StoreEvent,
+    table: &mut Table<'_, (&'static str, u64, u64)>,
+    seen: &mut Table<'_, u64>,
+    txn: &redb::WriteTransaction,
+) -> Result<(), StoreError> {
+    match event {
+        StoreEvent::Assigned(assignment) => put(table, seen, assignment)?,
+        StoreEvent::Removed(aor) => {
+            table.remove(aor.as_str()).map_err(db_error)?;
+            seen.remove(aor.as_str()).map_err(db_error)?;
+        }
+        StoreEvent::Seen(aor, at) => {
+            seen.insert(aor.as_str(), *at).map_err(db_error)?;
+        }
+        StoreEvent::Pool(pool) => {
+            let json = serde_json::to_string(pool)?;
+            txn.open_table(POOL).map_err(db_error)?.insert(POOL_KEY, json.as_str()).map_err(db_error)?;
+        }
+        StoreEvent::Reloaded(assignments) => {
+            let kept: std::collections::HashSet<&str> = assignments.iter().map(|a| a.aor.as_str()).collect();
+            table.retain(|aor, _| kept.contains(aor)).map_err(db_error)?;
+            seen.retain(|aor, _| kept.contains(aor)).map_err(db_error)?;
+            for assignment in assignments {
+                put(table, seen, assignment)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An assignment as followed; a later sighting already kept stays (a
+/// reload reads assignments without their sightings).
+fn put(
+    table: &mut Table<'_, (&'static str, u64, u64)>,
+    seen: &mut Table<'_, u64>,
+    a: &Assignment,
+) -> Result<(), StoreError> {
+    table.insert(a.aor.as_str(), (a.server.as_str(), a.assigned_at, a.generation)).map_err(db_error)?;
+    let kept = seen.get(a.aor.as_str()).map_err(db_error)?.map_or(0, |at| at.value());
+    seen.insert(a.aor.as_str(), kept.max(a.last_seen)).map_err(db_error)?;
+    Ok(())
 }
 
 /// The last-seen table, or `None` in a database opened read-only that
@@ -375,6 +458,36 @@ mod tests {
             store.save_pool(&pool).unwrap();
         }
         assert_eq!(RedbStore::open_existing(&path).unwrap().pool().unwrap(), Some(pool));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_replica_applies_followed_changes_with_its_mark() {
+        let dir = std::env::temp_dir().join(format!("redirector-replica-{}", std::process::id()));
+        let store = RedbStore::open(&dir.join("replica.redb")).unwrap();
+        assert_eq!(store.replica_mark().unwrap(), None, "never marked");
+        let at = |user: &str, server: &str, seen: u64| Assignment {
+            last_seen: seen,
+            ..Assignment { assigned_at: 10, generation: 1, ..Assignment::new(aor(user), server.into()) }
+        };
+        let mark = |revision| ReplicaMark { cluster: 7, prefix: "/p/".into(), revision, pool_revision: 3 };
+        let followed = [
+            StoreEvent::Assigned(at("alice", "home1", 10)),
+            StoreEvent::Assigned(at("bob", "home1", 10)),
+            StoreEvent::Seen(aor("alice"), 50),
+            StoreEvent::Removed(aor("bob")),
+            StoreEvent::Pool(StoredPool { next_slot: 2, ..StoredPool::default() }),
+        ];
+        store.replicate(&followed, &mark(9)).unwrap();
+        assert_eq!(store.replica_mark().unwrap(), Some(mark(9)));
+        assert_eq!(store.all().unwrap(), [at("alice", "home1", 50)]);
+        assert_eq!(store.pool().unwrap().map(|p| p.next_slot), Some(2));
+        // A reload replaces the assignments; a later sighting already kept stays.
+        let reloaded = StoreEvent::Reloaded(vec![at("alice", "home2", 10), at("carol", "home1", 10)]);
+        store.replicate(&[reloaded], &mark(12)).unwrap();
+        assert_eq!(store.all().unwrap(), [at("alice", "home2", 50), at("carol", "home1", 10)]);
+        assert_eq!(store.replica_mark().unwrap().map(|m| m.revision), Some(12));
+        drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -49,6 +49,8 @@ pub struct Follower {
     /// The pool's revision as the edge knows it: an older (or its own)
     /// save is not delivered again.
     pub pool_revision: Arc<std::sync::atomic::AtomicI64>,
+    /// This edge's local copy, written with every batch.
+    pub replica: Option<Arc<super::Replica>>,
 }
 
 impl Follower {
@@ -72,7 +74,7 @@ impl Follower {
         let mut stream = self.client.watch_client().watch(self.keys.prefix(), Some(options)).await?;
         while let Some(response) = stream.message().await? {
             self.reach.back();
-            if response.compact_revision() > 0 {
+            if response.compact_revision() > 0 || self.is_behind(&response) {
                 return self.reload().await;
             }
             if response.canceled() {
@@ -81,6 +83,13 @@ impl Follower {
             self.deliver(&response);
         }
         Ok(())
+    }
+
+    /// A cluster whose newest revision is older than what this edge has
+    /// followed (restored from a backup, or another cluster): its history
+    /// is not this edge's.
+    fn is_behind(&self, response: &WatchResponse) -> bool {
+        response.header().is_some_and(|header| header.revision() < self.from - 1)
     }
 
     fn deliver(&mut self, response: &WatchResponse) {
@@ -92,6 +101,18 @@ impl Follower {
         }
         if !events.is_empty() {
             crate::counters::add(&self.counters.changes_followed, events.len() as u64);
+        }
+        self.hand_over(events);
+    }
+
+    /// To the replica, marked with the last revision delivered, then to
+    /// the state owner.
+    fn hand_over(&self, events: Vec<StoreEvent>) {
+        if let Some(replica) = &self.replica {
+            let pool_revision = self.pool_revision.load(std::sync::atomic::Ordering::Acquire);
+            replica.followed(events.clone(), replica.mark(self.from - 1, pool_revision));
+        }
+        if !events.is_empty() {
             (self.sink)(events);
         }
     }
@@ -123,12 +144,17 @@ impl Follower {
             .ok()
     }
 
-    /// Reads every assignment anew (the watch's history was compacted).
+    /// Reads every assignment, and the pool, anew at one revision (the
+    /// watch's history was compacted, or is another cluster's).
     async fn reload(&mut self) -> Result<(), etcd_client::Error> {
         let mut kv = self.client.kv_client();
         let options = GetOptions::new().with_prefix();
         let mut answer = kv.get(self.keys.assignments(), Some(options)).await?;
-        let revision = answer.header().map_or(self.from, |header| header.revision());
+        let header = answer.header();
+        let revision = header.map_or(self.from, |header| header.revision());
+        if let (Some(replica), Some(header)) = (&self.replica, header) {
+            replica.following(header.cluster_id());
+        }
         let assignments = answer
             .take_kvs()
             .iter()
@@ -137,12 +163,19 @@ impl Follower {
                 _ => None,
             })
             .collect();
-        let pool = kv.get(self.keys.pool(), None).await?.take_kvs().pop();
+        let options = GetOptions::new().with_revision(revision);
+        let pool = kv.get(self.keys.pool(), Some(options)).await?.take_kvs().pop();
+        if let Some(kv) = &pool {
+            self.pool_revision.store(kv.mod_revision(), std::sync::atomic::Ordering::Release);
+        }
         let pool: Option<StoredPool> = pool.and_then(|kv| serde_json::from_slice(kv.value()).ok());
         bump(&self.counters.reloads);
-        tracing::warn!(endpoints = self.endpoints, "etcd compacted the history this edge had not seen: reloaded");
+        tracing::warn!(
+            endpoints = self.endpoints,
+            "etcd no longer holds the history this edge has not seen (compacted, or another cluster's): reloaded"
+        );
         self.from = revision + 1;
-        (self.sink)(std::iter::once(StoreEvent::Reloaded(assignments)).chain(pool.map(StoreEvent::Pool)).collect());
+        self.hand_over(std::iter::once(StoreEvent::Reloaded(assignments)).chain(pool.map(StoreEvent::Pool)).collect());
         Ok(())
     }
 }

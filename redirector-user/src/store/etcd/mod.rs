@@ -17,6 +17,7 @@
 mod follow;
 mod keys;
 mod leader;
+mod replica;
 
 use std::{
     collections::HashMap,
@@ -35,6 +36,8 @@ use etcd_client::{
 pub use follow::{Sink, StoreEvent};
 use keys::Keys;
 pub use leader::{LEASE as LEADER_LEASE, Leadership};
+use replica::Replica;
+pub use replica::ReplicaMark;
 
 use super::{Assignment, AssignmentStore, StoreCounters, StoreError, StoredPool};
 use crate::sip::Aor;
@@ -61,6 +64,8 @@ pub struct EtcdSettings {
     pub tls: Option<Tls>,
     /// The longest any request may take before it counts as failed.
     pub timeout: Duration,
+    /// This edge's local copy of the store (see `replica`), if it keeps one.
+    pub replica: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +93,9 @@ pub struct EtcdStore {
     pool_revision: Arc<AtomicI64>,
     counters: Arc<StoreCounters>,
     reach: Arc<Reach>,
+    replica: Option<Arc<Replica>>,
+    /// Where the replica is resumed from, until the first `load` takes it.
+    resume: std::sync::Mutex<Option<ReplicaMark>>,
 }
 
 /// How often an idle connection to etcd is pinged: twice etcd's minimum.
@@ -162,7 +170,9 @@ impl Drop for StoreRuntime {
 type Read = (Option<Assignment>, i64);
 
 impl EtcdStore {
-    /// Connects to the cluster and checks that it answers.
+    /// Connects to the cluster and checks that it answers. With a replica
+    /// that this cluster can resume, an edge also starts while etcd is out
+    /// of reach: it serves the clients the replica knows.
     pub fn connect(settings: &EtcdSettings) -> Result<Self, StoreError> {
         let endpoints = settings.endpoints.join(",");
         let runtime = StoreRuntime::new()?;
@@ -172,6 +182,8 @@ impl EtcdStore {
         let client = wait_on(&runtime, settings.timeout, connecting)
             .ok_or_else(|| StoreError::timed_out(&endpoints, "connecting", settings.timeout))?
             .map_err(|source| StoreError::etcd(&endpoints, "connecting", source))?;
+        let counters = Arc::<StoreCounters>::default();
+        let replica = settings.replica.as_deref().map(|path| Replica::open(path, &settings.prefix, counters.clone()));
         let store = Self {
             runtime,
             client,
@@ -181,12 +193,42 @@ impl EtcdStore {
             timeout: settings.timeout,
             loaded: Arc::default(),
             pool_revision: Arc::default(),
-            counters: Arc::default(),
+            counters,
             reach: Arc::default(),
+            replica: replica.transpose()?.map(Arc::new),
+            resume: std::sync::Mutex::default(),
         };
-        let pool_key = store.keys.pool();
-        store.get("reading the pool", pool_key, None)?;
+        let resume = store.resume_point()?;
+        *store.resume.lock().expect("resume lock") = resume;
         Ok(store)
+    }
+
+    /// Reads the cluster's revision and ID, and decides whether the replica
+    /// can be resumed from.
+    fn resume_point(&self) -> Result<Option<ReplicaMark>, StoreError> {
+        let reading = self.get("reading the pool", self.keys.pool(), None);
+        let Some(replica) = &self.replica else { return reading.map(|_| None) };
+        match reading {
+            Ok(answer) => {
+                let header = answer.header();
+                let (cluster, revision) = (header.map(|h| h.cluster_id()), header.map(|h| h.revision()));
+                let mark = replica.resumable(cluster, revision)?;
+                if mark.is_none() {
+                    replica.following(cluster.unwrap_or_default());
+                }
+                Ok(mark)
+            }
+            Err(error) if error.is_unavailable() => {
+                let Some(mark) = replica.resumable(None, None)? else { return Err(error) };
+                tracing::warn!(
+                    endpoints = self.endpoints,
+                    revision = mark.revision,
+                    "etcd is out of reach: starting from the local replica (new clients get 503 until etcd answers)"
+                );
+                Ok(Some(mark))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Runs `request` on the store's runtime with a fresh KV client and
@@ -554,6 +596,31 @@ impl AssignmentStore for EtcdStore {
         Ok(assignments)
     }
 
+    /// From the replica when it can be resumed (the follower then starts
+    /// at the revision after its mark); otherwise everything is read and
+    /// the replica starts anew from it.
+    fn load(&self) -> Result<Vec<Assignment>, StoreError> {
+        let Some(replica) = &self.replica else { return self.all() };
+        if let Some(mark) = self.resume.lock().expect("resume lock").take() {
+            let assignments = replica.assignments()?;
+            self.loaded.store(mark.revision, Ordering::Release);
+            self.pool_revision.fetch_max(mark.pool_revision, Ordering::AcqRel);
+            crate::counters::bump(&self.counters.resumes);
+            tracing::info!(
+                revision = mark.revision,
+                assignments = assignments.len(),
+                "resumed from the local replica; following etcd from the next revision"
+            );
+            return Ok(assignments);
+        }
+        let assignments = self.all()?;
+        let pool = self.pool()?;
+        let loaded = self.loaded.load(Ordering::Acquire);
+        let events = std::iter::once(StoreEvent::Reloaded(assignments.clone())).chain(pool.map(StoreEvent::Pool));
+        replica.followed(events.collect(), replica.mark(loaded, self.pool_revision.load(Ordering::Acquire)));
+        Ok(assignments)
+    }
+
     fn page(&self, after: Option<&Aor>, limit: usize) -> Result<Vec<Assignment>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX).min(PAGE);
         Ok(self.range(after, limit, 0)?.0)
@@ -567,30 +634,46 @@ impl AssignmentStore for EtcdStore {
         self.apply("expiring assignments", removals.chain(sightings).collect())
     }
 
+    /// This edge's dialogs; the replica's copy while etcd is out of reach.
     fn watches(&self) -> Result<Vec<(String, String)>, StoreError> {
         let prefix = self.keys.watches();
         let options = GetOptions::new().with_prefix();
-        let mut answer = self.get("reading watchers' dialogs", prefix, Some(options))?;
+        let mut answer = match (self.get("reading watchers' dialogs", prefix, Some(options)), &self.replica) {
+            (Err(error), Some(replica)) if error.is_unavailable() => return replica.watches(),
+            (answer, _) => answer?,
+        };
         let own = self.keys.watches();
-        Ok(answer
+        let dialogs: Vec<(String, String)> = answer
             .take_kvs()
             .iter()
             .filter_map(|kv| {
                 let key = kv.key_str().ok()?.strip_prefix(&own)?;
                 Some((key.to_owned(), kv.value_str().ok()?.to_owned()))
             })
-            .collect())
+            .collect();
+        if let Some(replica) = &self.replica {
+            replica.read_watches(&dialogs);
+        }
+        Ok(dialogs)
     }
 
     fn save_watches(&self, kept: &[(String, String)], removed: &[String]) -> Result<(), StoreError> {
         let puts = kept.iter().map(|(key, record)| TxnOp::put(self.keys.watch(key), record.as_str(), None));
         let deletes = removed.iter().map(|key| TxnOp::delete(self.keys.watch(key), None));
-        self.apply("saving watchers' dialogs", puts.chain(deletes).collect())
+        self.apply("saving watchers' dialogs", puts.chain(deletes).collect())?;
+        if let Some(replica) = &self.replica {
+            replica.saved_watches(kept, removed);
+        }
+        Ok(())
     }
 
+    /// The pool; the replica's copy while etcd is out of reach.
     fn pool(&self) -> Result<Option<StoredPool>, StoreError> {
         let key = self.keys.pool();
-        let mut answer = self.get("reading the pool", key, None)?;
+        let mut answer = match (self.get("reading the pool", key, None), &self.replica) {
+            (Err(error), Some(replica)) if error.is_unavailable() => return replica.pool(),
+            (answer, _) => answer?,
+        };
         let Some(kv) = answer.take_kvs().pop() else { return Ok(None) };
         self.pool_revision.store(kv.mod_revision(), Ordering::Release);
         Ok(Some(serde_json::from_slice(kv.value())?))
@@ -624,6 +707,7 @@ impl AssignmentStore for EtcdStore {
             counters: self.counters.clone(),
             reach: self.reach.clone(),
             pool_revision: self.pool_revision.clone(),
+            replica: self.replica.clone(),
         };
         self.runtime.spawn(follower.run());
         Ok(())

@@ -1,0 +1,174 @@
+//! This edge's local copy of the shared store (`[store] replica`, a redb
+//! file). Every batch the follower delivers is written to it with the
+//! revision it brings the copy to, so the copy is always the store as it
+//! was at that revision. A restarted edge loads the copy and watches from
+//! the next revision: when etcd still holds that history, nothing else is
+//! read; when it was compacted, the watch says so and the edge reloads.
+//! The copy also lets an edge start while etcd is out of reach: its known
+//! clients are served from it, new ones get 503 until the follower is back.
+//!
+//! Writes run on a thread of their own, in order, so neither the follower
+//! nor the state owner waits for an fsync. After a write fails, the copy
+//! stays at its last mark until the next full reload.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex, mpsc},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreEvent;
+use crate::{
+    counters::bump,
+    store::{Assignment, AssignmentStore, RedbStore, StoreCounters, StoreError, StoredPool},
+};
+
+/// Where a copy stands: every change of the pool under `prefix` in etcd
+/// cluster `cluster` up to `revision`; `pool_revision` is the revision the
+/// pool's key was written at (what a save of the pool compares).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaMark {
+    pub cluster: u64,
+    pub prefix: String,
+    pub revision: i64,
+    pub pool_revision: i64,
+}
+
+enum Write {
+    /// Followed changes, and where they bring the copy.
+    Followed(Vec<StoreEvent>, ReplicaMark),
+    /// This edge's watchers' dialogs as saved to etcd.
+    Watches(Vec<(String, String)>, Vec<String>),
+    /// This edge's dialogs as read from etcd: every other one is removed.
+    AllWatches(Vec<(String, String)>),
+}
+
+pub struct Replica {
+    copy: Arc<RedbStore>,
+    writes: Mutex<mpsc::Sender<Write>>,
+    /// The cluster the copy follows (etcd's cluster ID).
+    cluster: std::sync::atomic::AtomicU64,
+    prefix: String,
+}
+
+impl Replica {
+    /// Opens (or creates) the copy and starts its writer.
+    pub fn open(path: &Path, prefix: &str, counters: Arc<StoreCounters>) -> Result<Self, StoreError> {
+        let copy = Arc::new(RedbStore::open(path)?);
+        let (writes, queue) = mpsc::channel();
+        let writer = copy.clone();
+        std::thread::Builder::new()
+            .name("replica".into())
+            .spawn(move || write_all(&writer, &queue, &counters))
+            .map_err(|source| StoreError::Runtime { source })?;
+        Ok(Self { copy, writes: Mutex::new(writes), cluster: Default::default(), prefix: prefix.to_owned() })
+    }
+
+    /// The copy's mark, if it is a copy of this pool that a watch can
+    /// resume from: same cluster (`None`: not known, etcd is out of reach)
+    /// and not ahead of the cluster's `revision`.
+    pub fn resumable(&self, cluster: Option<u64>, revision: Option<i64>) -> Result<Option<ReplicaMark>, StoreError> {
+        let mark = self.copy.replica_mark()?.filter(|mark| {
+            mark.prefix == self.prefix
+                && mark.revision > 0
+                && cluster.is_none_or(|cluster| cluster == mark.cluster)
+                && revision.is_none_or(|revision| mark.revision <= revision)
+        });
+        if let Some(mark) = &mark {
+            self.following(mark.cluster);
+        }
+        Ok(mark)
+    }
+
+    /// The cluster the copy follows from now on.
+    pub fn following(&self, cluster: u64) {
+        self.cluster.store(cluster, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The mark of a copy at `revision`.
+    pub fn mark(&self, revision: i64, pool_revision: i64) -> ReplicaMark {
+        let cluster = self.cluster.load(std::sync::atomic::Ordering::Acquire);
+        ReplicaMark { cluster, prefix: self.prefix.clone(), revision, pool_revision }
+    }
+
+    pub fn assignments(&self) -> Result<Vec<Assignment>, StoreError> {
+        self.copy.all()
+    }
+
+    pub fn pool(&self) -> Result<Option<StoredPool>, StoreError> {
+        self.copy.pool()
+    }
+
+    pub fn watches(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.copy.watches()
+    }
+
+    /// Changes followed up to `mark` (written in the background).
+    pub fn followed(&self, events: Vec<StoreEvent>, mark: ReplicaMark) {
+        self.send(Write::Followed(events, mark));
+    }
+
+    /// Dialogs saved to etcd (written in the background).
+    pub fn saved_watches(&self, kept: &[(String, String)], removed: &[String]) {
+        self.send(Write::Watches(kept.to_vec(), removed.to_vec()));
+    }
+
+    /// Dialogs read from etcd, which replace the copy's.
+    pub fn read_watches(&self, all: &[(String, String)]) {
+        self.send(Write::AllWatches(all.to_vec()));
+    }
+
+    fn send(&self, write: Write) {
+        // The writer ends only with the process (it never returns early).
+        let _ = self.writes.lock().expect("replica sender").send(write);
+    }
+}
+
+/// The writer: applies writes in order, consecutive followed batches in
+/// one transaction.
+fn write_all(copy: &RedbStore, queue: &mpsc::Receiver<Write>, counters: &StoreCounters) {
+    let mut broken = false;
+    while let Ok(first) = queue.recv() {
+        let mut waiting = std::iter::once(first).chain(queue.try_iter()).peekable();
+        while let Some(write) = waiting.next() {
+            let done = match write {
+                Write::Followed(mut events, mut mark) => {
+                    while let Some(Write::Followed(more, later)) = waiting.next_if(|w| matches!(w, Write::Followed(..)))
+                    {
+                        events.extend(more);
+                        mark = later;
+                    }
+                    replicate(copy, &events, &mark, &mut broken)
+                }
+                Write::Watches(kept, removed) => copy.save_watches(&kept, &removed),
+                Write::AllWatches(all) => replace_watches(copy, &all),
+            };
+            if let Err(error) = done {
+                bump(&counters.replica_failures);
+                tracing::warn!(%error, "writing the local replica failed; the next start reads everything from etcd");
+            }
+        }
+    }
+}
+
+/// A failed transaction leaves the copy as it was at its last mark, from
+/// which a restart resumes; later batches would skip the failed one, so
+/// the copy is written again only from a full reload.
+fn replicate(copy: &RedbStore, events: &[StoreEvent], mark: &ReplicaMark, broken: &mut bool) -> Result<(), StoreError> {
+    let start = events.iter().rposition(|event| matches!(event, StoreEvent::Reloaded(_)));
+    if *broken && start.is_none() {
+        return Ok(());
+    }
+    let events = &events[start.unwrap_or(0)..];
+    let written = copy.replicate(events, mark);
+    *broken = written.is_err();
+    written
+}
+
+fn replace_watches(copy: &RedbStore, all: &[(String, String)]) -> Result<(), StoreError> {
+    let kept: std::collections::HashSet<&str> = all.iter().map(|(key, _)| key.as_str()).collect();
+    let removed: Vec<String> =
+        copy.watches()?.into_iter().map(|(key, _)| key).filter(|key| !kept.contains(key.as_str())).collect();
+    copy.save_watches(all, &removed)
+}
