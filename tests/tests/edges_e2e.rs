@@ -15,8 +15,8 @@ use redirector::ops::api::{Entry, Stats};
 use redirector_tests::{
     operator::{cli_json, routes, wait_until},
     privileged,
-    sip_pool::{Registrar, start_registrars},
-    topology::home_index,
+    sip_pool::{BackgroundSipp, Registrar, sipp, start_registrars},
+    topology::{home_address, home_index},
     two_edges::TwoEdges,
 };
 
@@ -25,9 +25,13 @@ const HEALTH: &str = "[health]\ninterval = 0.2\ndown_after = 3\nup_after = 3\n";
 
 /// Both edges running on the shared store, every home registering.
 fn start(mode: &'static str) -> TwoEdges {
+    start_with(mode, Registrar::Kamailio)
+}
+
+fn start_with(mode: &'static str, registrar: Registrar) -> TwoEdges {
     let mut two = TwoEdges::new(mode);
     two.pool.extra_config = HEALTH.into();
-    start_registrars(&mut two.pool, Registrar::Kamailio);
+    start_registrars(&mut two.pool, registrar);
     for edge in 0..2 {
         let store = two.etcd_store(edge);
         two.start_edge(edge, &store);
@@ -158,4 +162,37 @@ fn an_edge_cut_off_from_etcd_serves_known_clients_refuses_new_ones_and_catches_u
     let caught_up = agreed(&two, 48);
     assert!(known.iter().all(|(aor, home)| caught_up.get(aor) == Some(home)), "no known client moved");
     assert_eq!(stats(&two, 1).store["reloads"], 0, "edge 1 caught up from its replica's revision, reading no more");
+}
+
+/// A watcher's dialog is held by the edge its SUBSCRIBE came through; the
+/// client it watches is moved on the other edge; the holder tells it.
+/// (`redirector home` as registrar: stock Kamailio has no presence module
+/// to answer the SUBSCRIBE.)
+#[test]
+fn a_watcher_is_told_by_the_edge_holding_its_dialog_when_the_other_edge_moves_its_client() {
+    if !privileged() {
+        return;
+    }
+    let two = start_with("nat", Registrar::Own);
+    let registered = sipp(&two.pool, "register_expect_200.xml", 1, 5070);
+    assert!(registered.status.success(), "{}", String::from_utf8_lossy(&registered.stdout));
+    let user1 = "sip:user1@example.net";
+    let home = agreed(&two, 1)[user1].clone();
+    let watcher = BackgroundSipp::spawn(&two.pool, "watch_until_moved.xml", 5080);
+    let saved = |edge| stats(&two, edge).watchers.get("dialogs_saved").copied().unwrap_or_default();
+    // The SUBSCRIBE, then the home's 200 confirming it.
+    wait_until(|| saved(0) + saved(1) >= 2, "the watcher's dialog is kept by the edge it came through");
+    let holder = if saved(0) >= 2 { 0 } else { 1 };
+    let mover = 1 - holder;
+
+    let other = if home == "home0" { "home1" } else { "home0" };
+    let output = two.cli(mover, &["assign", user1, other]);
+    assert!(output.status.success(), "assign on edge {mover}: {}", String::from_utf8_lossy(&output.stderr));
+    let logged = watcher.wait().unwrap_or_else(|e| panic!("the watcher's scenario failed: {e}"));
+    let homes = format!("homes {} {}", home_address(home_index(&home)), home_address(home_index(other)));
+    assert!(logged.contains(&homes), "told, it subscribed again at the new home: expected \"{homes}\" in {logged}");
+    let counted = |edge, name| stats(&two, edge).watchers.get(name).copied().unwrap_or_default();
+    wait_until(|| counted(holder, "notifies_answered") == 1, "the holder counts the NOTIFY answered");
+    let sent = |edge| counted(edge, "notifies_sent");
+    assert_eq!((sent(holder), sent(mover)), (1, 0), "the edge holding the dialog sent the NOTIFY, the mover none");
 }
