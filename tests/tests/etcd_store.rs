@@ -279,18 +279,24 @@ fn every_commit_reaches_the_other_edge_in_order() {
     assert_eq!(next(&events), StoreEvent::Pool(pool));
 }
 
+/// More than one page (10,000 keys a read), with a sighting kept.
 #[test]
-fn an_edge_behind_a_compaction_reloads_everything() {
+fn an_edge_behind_a_compaction_reloads_everything_a_page_at_a_time_with_sightings() {
     let etcd = Etcd::start();
     let (a, b) = (etcd.store("/compact/", "a"), etcd.store("/compact/", "b"));
     b.all().unwrap();
-    for n in 0..5 {
-        assign_new(&a, &aor(&format!("c{n}")), "home1");
-    }
+    let aors: Vec<Aor> = (0..10_050).map(|n| aor(&format!("c{n}"))).collect();
+    let wanted: Vec<&Aor> = aors.iter().collect();
+    a.create_many(&wanted, &|_| true, &mut |aor, _| Some(Assignment::new(aor.clone(), "home1".into()))).unwrap();
+    a.expire(&[], &[(&aors[7], 42)]).unwrap();
     etcd.etcdctl(&["compact", &etcd.revision().to_string()]);
     let events = follower(&b);
     match next(&events) {
-        StoreEvent::Reloaded(all) => assert_eq!(all.len(), 5, "every assignment as it is now"),
+        StoreEvent::Reloaded(all) => {
+            assert_eq!(all.len(), aors.len(), "every assignment as it is now");
+            let seen = all.iter().find(|assignment| assignment.aor == aors[7]).map(|assignment| assignment.last_seen);
+            assert_eq!(seen, Some(42), "read with its sighting");
+        }
         other => panic!("expected a reload, got {other:?}"),
     }
 }

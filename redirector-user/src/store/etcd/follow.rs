@@ -144,27 +144,18 @@ impl Follower {
             .ok()
     }
 
-    /// Reads every assignment, and the pool, anew at one revision (the
-    /// watch's history was compacted, or is another cluster's).
+    /// Reads every assignment (a page at a time), and the pool, anew at
+    /// one revision (the watch's history was compacted, or is another
+    /// cluster's).
     async fn reload(&mut self) -> Result<(), etcd_client::Error> {
         let mut kv = self.client.kv_client();
-        let options = GetOptions::new().with_prefix();
-        let mut answer = kv.get(self.keys.assignments(), Some(options)).await?;
-        let header = answer.header();
-        let revision = header.map_or(self.from, |header| header.revision());
-        if let (Some(replica), Some(header)) = (&self.replica, header) {
+        let (assignments, revision) = super::pages::all(kv.clone(), &self.keys, &self.counters).await?;
+        let options = GetOptions::new().with_revision(revision);
+        let mut answer = kv.get(self.keys.pool(), Some(options)).await?;
+        if let (Some(replica), Some(header)) = (&self.replica, answer.header()) {
             replica.following(header.cluster_id());
         }
-        let assignments = answer
-            .take_kvs()
-            .iter()
-            .filter_map(|kv| match self.keys.record(kv.key_str().ok()?)? {
-                Record::Assignment(aor) => keys::decode(aor, kv.value(), None).ok(),
-                _ => None,
-            })
-            .collect();
-        let options = GetOptions::new().with_revision(revision);
-        let pool = kv.get(self.keys.pool(), Some(options)).await?.take_kvs().pop();
+        let pool = answer.take_kvs().pop();
         if let Some(kv) = &pool {
             self.pool_revision.store(kv.mod_revision(), std::sync::atomic::Ordering::Release);
         }

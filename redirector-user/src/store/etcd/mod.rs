@@ -17,10 +17,10 @@
 mod follow;
 mod keys;
 mod leader;
+mod pages;
 mod replica;
 
 use std::{
-    collections::HashMap,
     future::Future,
     path::PathBuf,
     sync::{
@@ -36,6 +36,7 @@ use etcd_client::{
 pub use follow::{Sink, StoreEvent};
 use keys::Keys;
 pub use leader::{LEASE as LEADER_LEASE, Leadership};
+use pages::PAGE;
 use replica::Replica;
 pub use replica::ReplicaMark;
 
@@ -47,9 +48,6 @@ const MAX_TXN_OPS: usize = 128;
 
 /// How often a batch is tried again when other edges keep writing its AORs.
 const ATTEMPTS: usize = 8;
-
-/// Keys one range read returns at most (a page of a full load).
-const PAGE: i64 = 10_000;
 
 /// How an edge reaches etcd (`[store]` in the config).
 #[derive(Debug, Clone)]
@@ -361,61 +359,12 @@ impl EtcdStore {
         Ok(made.collect())
     }
 
-    /// One page of assignments in key order, at `revision` (0: the newest).
-    /// Also the revision read at, and whether the page was full (more may
-    /// follow).
-    fn range(
-        &self,
-        after: Option<&Aor>,
-        limit: i64,
-        revision: i64,
-    ) -> Result<(Vec<Assignment>, i64, bool), StoreError> {
-        let start = after.map_or_else(|| self.keys.assignments(), |aor| format!("{}\0", self.keys.assignment(aor)));
-        let end = prefix_end(&self.keys.assignments());
-        let options = GetOptions::new().with_range(end).with_limit(limit).with_revision(revision);
-        let mut answer = self.get("reading assignments", start, Some(options))?;
-        let at = answer.header().map_or(revision, |header| header.revision());
-        let rows = answer.take_kvs();
-        let full = rows.len() as i64 == limit;
-        let records: Vec<(Aor, &[u8])> = rows
-            .iter()
-            .filter_map(|kv| match self.keys.record(kv.key_str().ok()?) {
-                Some(keys::Record::Assignment(aor)) => Some((aor, kv.value())),
-                _ => None,
-            })
-            .collect();
-        let aors: Vec<Aor> = records.iter().map(|(aor, _)| aor.clone()).collect();
-        let seen = self.sightings(&aors, at)?;
-        let assignments = records
-            .into_iter()
-            .filter_map(|(aor, value)| {
-                let key = self.keys.assignment(&aor);
-                let last_seen = seen.get(&aor).copied();
-                keys::decode(aor, value, last_seen)
-                    .inspect_err(|error| {
-                        crate::counters::bump(&self.counters.unreadable);
-                        tracing::warn!(key, %error, "an assignment in etcd does not read back; skipped (delete or rewrite it with etcdctl)");
-                    })
-                    .ok()
-            })
-            .collect();
-        Ok((assignments, at, full))
-    }
-
-    /// When each of `aors` was last seen, as kept at `revision`.
-    fn sightings(&self, aors: &[Aor], revision: i64) -> Result<HashMap<Aor, u64>, StoreError> {
-        let (Some(first), Some(last)) = (aors.first(), aors.last()) else { return Ok(HashMap::new()) };
-        let options = GetOptions::new().with_range(format!("{}\0", self.keys.seen(last))).with_revision(revision);
-        let start = self.keys.seen(first);
-        let mut answer = self.get("reading sightings", start, Some(options))?;
-        Ok(answer
-            .take_kvs()
-            .iter()
-            .filter_map(|kv| match self.keys.record(kv.key_str().ok()?)? {
-                keys::Record::Seen(aor) => Some((aor, keys::seen_at(kv.value())?)),
-                _ => None,
-            })
-            .collect())
+    /// One page of assignments (see `pages::page`).
+    fn range(&self, after: Option<&Aor>, limit: i64, revision: i64) -> Result<pages::Page, StoreError> {
+        self.run("reading assignments", |kv| {
+            let (keys, after, counters) = (self.keys.clone(), after.cloned(), self.counters.clone());
+            pages::page(kv, keys, after, limit, revision, counters)
+        })
     }
 
     /// Puts and deletes, in transactions of at most `MAX_TXN_OPS`.
@@ -474,18 +423,6 @@ async fn all(kv: KvClient, txns: Vec<Txn>) -> Result<Vec<etcd_client::TxnRespons
         answers[index] = Some(answer?);
     }
     Ok(answers.into_iter().flatten().collect())
-}
-
-/// The first key after every key that starts with `prefix`.
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// How to connect; without a timeout per request, for the campaign, whose
@@ -585,12 +522,14 @@ impl AssignmentStore for EtcdStore {
         Err(StoreError::Contended { endpoints: self.endpoints.clone(), aors: pending.len() })
     }
 
+    /// A page at a time, each its own request (with its own timeout).
     fn all(&self) -> Result<Vec<Assignment>, StoreError> {
-        let (mut assignments, revision, mut more) = self.range(None, PAGE, 0)?;
+        let first = self.range(None, PAGE, 0)?;
+        let (mut assignments, revision, mut more) = (first.assignments, first.revision, first.full);
         while more && !assignments.is_empty() {
-            let (page, _, full) = self.range(assignments.last().map(|a| &a.aor), PAGE, revision)?;
-            more = full;
-            assignments.extend(page);
+            let next = self.range(assignments.last().map(|a| &a.aor), PAGE, revision)?;
+            more = next.full;
+            assignments.extend(next.assignments);
         }
         self.loaded.store(revision, Ordering::Release);
         Ok(assignments)
@@ -623,7 +562,7 @@ impl AssignmentStore for EtcdStore {
 
     fn page(&self, after: Option<&Aor>, limit: usize) -> Result<Vec<Assignment>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX).min(PAGE);
-        Ok(self.range(after, limit, 0)?.0)
+        Ok(self.range(after, limit, 0)?.assignments)
     }
 
     fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError> {
@@ -754,12 +693,5 @@ mod tests {
         let sizes: Vec<usize> = write_chunks(&seen).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [64, 36], "two puts each");
         assert!(write_chunks(&[]).is_empty());
-    }
-
-    #[test]
-    fn the_end_of_a_prefix_is_its_next_key() {
-        assert_eq!(prefix_end("/r/a/"), b"/r/a0".to_vec());
-        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
-        assert_eq!(prefix_end(""), vec![0]);
     }
 }
