@@ -791,8 +791,10 @@ impl Operations {
 
     /// The moves of every client of `server` to the other servers that take
     /// new clients (rendezvous hashing over them), for `work` to make a
-    /// batch at a time. None can land on `server` meanwhile: it takes
-    /// no new clients, and only this thread assigns.
+    /// batch at a time. None can land on `server` meanwhile from this
+    /// edge: it takes no new clients. (Another edge sharing the store may
+    /// assign one before it learns of the change: the leader moves those,
+    /// see `followed`.)
     fn move_all_from(&self, server: &str, why: &'static str) -> Result<MoveJob> {
         let left: Vec<Aor> =
             self.assignments.store().all()?.into_iter().filter(|a| a.server == server).map(|a| a.aor).collect();

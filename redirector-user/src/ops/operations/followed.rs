@@ -27,9 +27,15 @@ impl Operations {
     /// Applies one batch of followed changes, in order.
     pub fn follow(&mut self, events: Vec<StoreEvent>) {
         let mut moved = Vec::new();
+        let mut first_assigned = Vec::new();
         for event in events {
             match event {
-                StoreEvent::Assigned(assignment) => moved.extend(self.learn(&assignment)),
+                StoreEvent::Assigned(assignment) => {
+                    moved.extend(self.learn(&assignment));
+                    if assignment.generation == 1 {
+                        first_assigned.push((assignment.aor, assignment.server));
+                    }
+                }
                 StoreEvent::Removed(aor) => self.unlearn(&aor),
                 StoreEvent::Seen(aor, at) => self.assignments.seen(&aor, at),
                 StoreEvent::Pool(stored) => self.adopt_pool(stored),
@@ -38,6 +44,33 @@ impl Operations {
         }
         self.repoint(moved);
         self.save_watchers();
+        if self.leading {
+            self.move_stragglers(first_assigned);
+        }
+    }
+
+    /// New clients another edge gave a server that no longer takes new
+    /// ones (that edge had not yet learned of the drain, removal or
+    /// failure; the edge that moved the server's clients had read the store
+    /// before): the leader moves them as a drain would.
+    fn move_stragglers(&mut self, first_assigned: Vec<(Aor, String)>) {
+        let pool = self.pool.load_full();
+        let mut stragglers: std::collections::BTreeMap<String, Vec<Aor>> = Default::default();
+        for (aor, server) in first_assigned {
+            let leaving = pool.server(&server).is_some_and(|home| !home.accepts_new());
+            if leaving && self.assignments.server_of(&aor).is_some_and(|now| *now == *server) {
+                stragglers.entry(server).or_default().push(aor);
+            }
+        }
+        for (from, left) in stragglers {
+            tracing::info!(
+                server = from,
+                clients = left.len(),
+                "clients assigned elsewhere to a server that takes no new ones: moving them"
+            );
+            let why = "assigned by another edge to a server that takes no new clients; moved";
+            self.jobs.push_back(super::MoveJob { from, left, moves: Vec::new(), reply: None, why, retire: false });
+        }
     }
 
     /// Records an assignment committed elsewhere; returns the AOR if its
