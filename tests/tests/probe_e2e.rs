@@ -78,9 +78,7 @@ fn the_fastest_home_is_chosen_and_the_cookie_makes_it_the_new_clients_home() {
     assert_eq!(stats.first_contact.get("cookies_honoured"), Some(&1), "{stats:?}");
 
     // The edge answers probes for the pool, naming the service address.
-    let service: SocketAddr = SERVICE.parse().unwrap();
-    let pool = probe(&topology, &[SocketAddr::new(service.ip(), PROBE_PORT)]);
-    assert_eq!(pool.chosen, Some(SocketAddr::new(service.ip(), PROBE_PORT)), "{pool:?}");
+    assert_edge_answers_for_the_pool(&topology);
 }
 
 #[test]
@@ -133,18 +131,31 @@ fn a_draining_or_down_home_stops_answering_and_answers_again_once_active() {
     let answered: Vec<bool> = report.servers.iter().map(|s| s.answered_ms.is_some()).collect();
     assert_eq!(answered, [true, false, true], "only the down home is silent: {report:?}");
     assert_edge_answers_for_the_pool(&topology);
+
+    // No home takes new clients: the edge stops answering for the pool too.
+    cli_ok(&topology, &["drain", "home0"]);
+    cli_ok(&topology, &["drain", "home2"]);
+    let service = service_probe_address();
+    wait_until_silent(&topology, service);
+    cli_ok(&topology, &["undrain", "home2"]);
+    wait_until_answering(&topology, service);
+    assert_edge_answers_for_the_pool(&topology);
 }
 
 /// The edge answers a probe to the service address while a home takes
 /// new clients, and its answer names the service address, never a home.
 fn assert_edge_answers_for_the_pool(topology: &Topology) {
-    let service = SocketAddr::new(SERVICE.parse::<SocketAddr>().unwrap().ip(), PROBE_PORT);
+    let service = service_probe_address();
     let report = probe(topology, &[service]);
     assert_eq!(report.chosen, Some(service), "{report:?}");
     let cookie = report.cookie.expect("the edge's cookie");
     let keys = Keys::from_hex(SECRET, 300).unwrap();
     let named = keys.verify(&cookie, CLIENT.into(), unix_seconds()).expect("a valid cookie");
     assert_eq!(named, service.ip(), "the edge's answer names the service address");
+}
+
+fn service_probe_address() -> SocketAddr {
+    SocketAddr::new(SERVICE.parse::<SocketAddr>().unwrap().ip(), PROBE_PORT)
 }
 
 fn probe_address(home: usize) -> SocketAddr {
