@@ -38,15 +38,10 @@ fn the_fastest_home_is_chosen_and_the_cookie_makes_it_the_new_clients_home() {
     if !privileged() {
         return;
     }
-    let mut topology = Topology::new("dsr", Attach::Skb, 3);
-    let secret = topology.scratch("probe.secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let secret = secret.to_str().unwrap().to_owned();
-    topology.extra_config = format!("[probe]\nport = {PROBE_PORT}\nsecret_file = \"{secret}\"\n");
+    let (mut topology, secret, probe_args) = probe_topology("");
     let (alice, fast) = aor_not_hashed_to(&topology, "alice", None);
     let (bob, _) = aor_not_hashed_to(&topology, "bob", Some(fast));
-    let probe_args = ["--probe-port", &PROBE_PORT.to_string(), "--probe-secret", &secret].map(String::from);
-    topology.decap_args = (0..3).map(|i| if i == fast { probe_args.to_vec() } else { Vec::new() }).collect();
+    topology.decap_args = (0..3).map(|i| if i == fast { probe_args.clone() } else { Vec::new() }).collect();
     topology.start(&[]);
     for slow in (0..3).filter(|&i| i != fast) {
         let listen = probe_address(slow).to_string();
@@ -86,17 +81,10 @@ fn a_draining_or_down_home_stops_answering_and_answers_again_once_active() {
     if !privileged() {
         return;
     }
-    let mut topology = Topology::new("dsr", Attach::Skb, 3);
-    let secret = topology.scratch("probe.secret");
-    std::fs::write(&secret, SECRET).unwrap();
-    let secret = secret.to_str().unwrap().to_owned();
-    topology.extra_config = format!(
-        "[probe]\nport = {PROBE_PORT}\nsecret_file = \"{secret}\"\nstate_every = 0.5\n\
-         [health]\ninterval = 0.2\ndown_after = 3\nup_after = 2\n"
-    );
+    let extra = "state_every = 0.5\n[health]\ninterval = 0.2\ndown_after = 3\nup_after = 2\n";
+    let (mut topology, secret, probe_args) = probe_topology(extra);
     // Homes 0 and 1 answer in XDP (decap), home 2 from user space.
-    let probe_args = ["--probe-port", &PROBE_PORT.to_string(), "--probe-secret", &secret].map(String::from);
-    topology.decap_args = vec![probe_args.to_vec(), probe_args.to_vec()];
+    topology.decap_args = vec![probe_args.clone(), probe_args];
     start_registrars(&mut topology, Registrar::Own);
     topology.start(&[]);
     let listen = probe_address(2).to_string();
@@ -152,6 +140,19 @@ fn assert_edge_answers_for_the_pool(topology: &Topology) {
     let keys = Keys::from_hex(SECRET, 300).unwrap();
     let named = keys.verify(&cookie, CLIENT.into(), unix_seconds()).expect("a valid cookie");
     assert_eq!(named, service.ip(), "the edge's answer names the service address");
+}
+
+/// Three dsr homes behind an edge with probes on (`extra` ends its
+/// `[probe]` section, or adds sections): the topology, the secret file's
+/// path, and the arguments that make a home's `decap` answer probes.
+fn probe_topology(extra: &str) -> (Topology, String, Vec<String>) {
+    let mut topology = Topology::new("dsr", Attach::Skb, 3);
+    let secret = topology.scratch("probe.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let secret = secret.to_str().unwrap().to_owned();
+    topology.extra_config = format!("[probe]\nport = {PROBE_PORT}\nsecret_file = \"{secret}\"\n{extra}");
+    let probe_args = ["--probe-port", &PROBE_PORT.to_string(), "--probe-secret", &secret].map(String::from).to_vec();
+    (topology, secret, probe_args)
 }
 
 fn service_probe_address() -> SocketAddr {
