@@ -60,7 +60,7 @@ use crate::{
         Client, DaemonStatus, Entry, Move, PlannedMove, RecentMove, Reloaded, Reply, Request, Route, RouteTable,
         ServerStatus, Stats,
     },
-    probe::state::Announcement,
+    probe::state::{Announcement, announcements},
     sip::{Aor, ParseError},
     store::{Cached, StoreError, unix_seconds},
 };
@@ -292,8 +292,7 @@ impl Operations {
         if let Some(config) = self.probe {
             self.set_probe(config);
         }
-        let states: Vec<Announcement> =
-            if self.leading { self.pool.load().servers().iter().map(Announcement::of).collect() } else { Vec::new() };
+        let states = announcements(self.pool.load().servers(), self.leading);
         self.home_states.send_if_modified(|published| {
             let changed = *published != states;
             if changed {

@@ -80,6 +80,16 @@ impl Announcement {
     }
 }
 
+/// What an edge tells the homes: every server's state while it makes the
+/// pool's decisions, nothing while another edge does (with a shared store
+/// every edge sees the same pool, and one speaks for it).
+pub fn announcements(servers: &[HomeServer], leading: bool) -> Vec<Announcement> {
+    if !leading {
+        return Vec::new();
+    }
+    servers.iter().map(Announcement::of).collect()
+}
+
 impl Keys {
     /// The state message telling `home` its `state`, sent at `sent_ms`
     /// (milliseconds since the epoch).

@@ -2,7 +2,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 
-use super::{Announcement, CLOCK_WINDOW_MS, Follower, HomeState, StateCounts, StateRejected};
+use super::{Announcement, CLOCK_WINDOW_MS, Follower, HomeState, StateCounts, StateRejected, announcements};
 use crate::{
     model::{HomeServer, ServerSpec, ServerState},
     probe::Keys,
@@ -120,6 +120,14 @@ fn a_home_is_told_the_state_the_edge_acts_on() {
     for (state, healthy, told) in cases {
         assert_eq!(HomeState::of(&server(state, healthy)), told, "{state:?}, healthy {healthy}");
     }
+}
+
+#[test]
+fn only_the_leading_edge_tells_the_homes_each_ones_state() {
+    let servers = [server(ServerState::Active, true), server(ServerState::Draining, true)];
+    let told: Vec<HomeState> = announcements(&servers, true).iter().map(|a| a.state).collect();
+    assert_eq!(told, [HomeState::Active, HomeState::Draining]);
+    assert_eq!(announcements(&servers, false), [], "a following edge says nothing");
 }
 
 #[test]
