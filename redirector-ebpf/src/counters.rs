@@ -71,6 +71,9 @@ counters! {
     /// A probe while this server (or, on the edge, the pool) takes no new
     /// clients: dropped unanswered.
     ProbeSilent => "probe_silent",
+    /// redirector_decap: an edge's state message (`probe::KIND_STATE`) to
+    /// this home's probe port, passed up to `decap`, which verifies it.
+    ProbeState => "probe_state",
 }
 
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

@@ -29,7 +29,7 @@ pub const PROBE_MAP: &str = "PROBE";
 /// mean). A daemon adopts pinned maps only of its own layout; bump this
 /// whenever a pinned map's key or value type changes, even if its size
 /// does not.
-pub const MAP_LAYOUT: u32 = 2;
+pub const MAP_LAYOUT: u32 = 3;
 pub const THROTTLED_MAP: &str = "THROTTLED";
 
 /// `SERVICES` values: what the program does with UDP to that endpoint.

@@ -28,6 +28,27 @@
 //! period's key (`period_key`) over 48 bytes (`mac`): server address,
 //! client address, expiry and the two families. The client address
 //! is the probe's source address (no port: the SIP socket is another one).
+//!
+//! An edge also tells each home its state, so that a draining or down home
+//! stops answering probes: a **state message** (kind 3), the same length,
+//! sent to the home's probe port. The home's XDP program passes it up;
+//! `redirector decap` verifies it (`parse_state`, `StateMessage::signed_by`).
+//!
+//! | bytes  | state message                                             |
+//! |--------|-----------------------------------------------------------|
+//! | 0..4   | `RDRP`                                                    |
+//! | 4      | version, 1                                                |
+//! | 5      | kind, 3 (state)                                           |
+//! | 6      | family of the home address, 4 or 6                        |
+//! | 7      | state: 1 active, 2 draining, 3 down                       |
+//! | 8..16  | sent at, milliseconds since the epoch (freshness, replay) |
+//! | 16..32 | the home's address (IPv4 in 16..20, rest 0)               |
+//! | 32..40 | 0                                                         |
+//! | 40..48 | MAC                                                       |
+//!
+//! Its MAC is SipHash-2-4 keyed with `state_key` (derived from the pool's
+//! secret, never equal to a period key) over 32 bytes (`state_mac`): home
+//! address, sent at (little endian), family, state, six zero bytes.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -39,6 +60,15 @@ pub const MAGIC: [u8; 4] = *b"RDRP";
 pub const VERSION: u8 = 1;
 pub const KIND_PROBE: u8 = 1;
 pub const KIND_ANSWER: u8 = 2;
+/// An edge telling a home its state (see the module's second table).
+pub const KIND_STATE: u8 = 3;
+
+/// A state message's state byte: the home takes new clients (answers probes).
+pub const HOME_ACTIVE: u8 = 1;
+/// It keeps its clients but takes no new ones (silent).
+pub const HOME_DRAINING: u8 = 2;
+/// It is down or failing its health checks (silent).
+pub const HOME_DOWN: u8 = 3;
 
 const TAG_AT: usize = 8;
 const SERVER_AT: usize = 16;
@@ -82,6 +112,19 @@ pub fn is_probe(bytes: &[u8; PROBE_LEN]) -> bool {
         i += 1;
     }
     header_ok && zero == 0
+}
+
+/// Whether `bytes` starts as a state message does (magic, version, kind):
+/// the XDP program passes such a datagram up to `decap`, which checks the
+/// rest and the MAC.
+#[inline(always)]
+pub fn is_state(bytes: &[u8; PROBE_LEN]) -> bool {
+    bytes[0] == MAGIC[0]
+        && bytes[1] == MAGIC[1]
+        && bytes[2] == MAGIC[2]
+        && bytes[3] == MAGIC[3]
+        && bytes[4] == VERSION
+        && bytes[5] == KIND_STATE
 }
 
 /// A probe carrying `tag`.
@@ -164,6 +207,74 @@ pub fn parse_answer(bytes: &[u8]) -> Option<Answer> {
     cookie[1..].copy_from_slice(&bytes[SERVER_AT..]);
     let tag = u64::from_be_bytes(word(bytes, TAG_AT));
     Some(Answer { tag, cookie: Cookie::from_bytes(&cookie)? })
+}
+
+/// What a state message says: the home it is for (address, port 0), its
+/// state (`HOME_*`), when it was sent (milliseconds since the epoch) and
+/// the MAC proving all three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateMessage {
+    pub home: Endpoint,
+    pub state: u8,
+    pub sent_ms: u64,
+    pub mac: u64,
+}
+
+impl StateMessage {
+    /// The message `home` is told `state` by, signed with `key` (`state_key`).
+    pub fn signed(key: &[u64; 2], home: Endpoint, state: u8, sent_ms: u64) -> Self {
+        Self { home, state, sent_ms, mac: state_mac(key, &home, state, sent_ms) }
+    }
+
+    pub fn to_bytes(&self) -> [u8; PROBE_LEN] {
+        let mut bytes = [0u8; PROBE_LEN];
+        bytes[..4].copy_from_slice(&MAGIC);
+        bytes[4] = VERSION;
+        bytes[5] = KIND_STATE;
+        bytes[6] = self.home.family;
+        bytes[7] = self.state;
+        bytes[TAG_AT..SERVER_AT].copy_from_slice(&self.sent_ms.to_be_bytes());
+        bytes[SERVER_AT..EXPIRY_AT].copy_from_slice(&self.home.addr);
+        bytes[MAC_AT..].copy_from_slice(&self.mac.to_be_bytes());
+        bytes
+    }
+
+    /// Whether the MAC is `key`'s for this home, state and time.
+    pub fn signed_by(&self, key: &[u64; 2]) -> bool {
+        state_mac(key, &self.home, self.state, self.sent_ms) == self.mac
+    }
+}
+
+/// Parses a state message; `None` if `bytes` is not one (another length,
+/// header, family or state, or non-zero reserved bytes). The MAC is the
+/// caller's to check.
+pub fn parse_state(bytes: &[u8]) -> Option<StateMessage> {
+    let bytes: &[u8; PROBE_LEN] = bytes.try_into().ok()?;
+    let state = bytes[7];
+    if !is_state(bytes) || !(HOME_ACTIVE..=HOME_DOWN).contains(&state) || bytes[EXPIRY_AT..MAC_AT] != [0; 8] {
+        return None;
+    }
+    let mut addr = [0u8; 16];
+    addr.copy_from_slice(&bytes[SERVER_AT..EXPIRY_AT]);
+    Some(StateMessage {
+        home: endpoint(bytes[6], addr)?,
+        state,
+        sent_ms: u64::from_be_bytes(word(bytes, TAG_AT)),
+        mac: u64::from_be_bytes(word(bytes, MAC_AT)),
+    })
+}
+
+/// The MAC of a state message: SipHash-2-4 of 32 bytes, home address (16),
+/// sent at (8, little endian), the home's family, the state, six zero bytes.
+pub fn state_mac(key: &[u64; 2], home: &Endpoint, state: u8, sent_ms: u64) -> u64 {
+    siphash24(key, &[le_word(&home.addr, 0), le_word(&home.addr, 8), sent_ms, home.family as u64 | (state as u64) << 8])
+}
+
+/// The key state messages are signed with: SipHash-2-4 of (2^64 - 1, 2)
+/// and (2^64 - 1, 3) under the pool's secret. A period key's second word
+/// is 0 or 1, so no cookie key ever signs a state message or the reverse.
+pub fn state_key(secret: &[u64; 2]) -> [u64; 2] {
+    [siphash24(secret, &[u64::MAX, 2]), siphash24(secret, &[u64::MAX, 3])]
 }
 
 fn word(bytes: &[u8], at: usize) -> [u8; 8] {

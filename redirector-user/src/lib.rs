@@ -6,7 +6,8 @@
 //! 3. `edge`: the sans-IO core (first contact, health, watchers, rebalancing);
 //!    `home`, a minimal registrar for tests and demos.
 //! 2. `kernel` (loader, typed maps, the fast path), `store` (assignments)
-//!    and `probe` (probes, cookies and the client that picks a home by them).
+//!    and `probe` (probes, cookies, the client that picks a home by them,
+//!    and a home's state as the edge tells it).
 //! 1. `config`: the TOML configuration, validated.
 //! 0. `model` (concepts every layer shares), `sip` (the scanner and
 //!    responses), `counters`.

@@ -21,8 +21,8 @@ use redirector::{
         control::{self, Reply, Request},
         http, report, route_client, status,
     },
-    probe::Keys,
-    store::unix_seconds,
+    probe::{Keys, state::Follower},
+    store::{unix_ms, unix_seconds},
 };
 use redirector_ebpf::{DECAP_PROGRAM, PASS_PROGRAM};
 use tokio::signal::unix::{SignalKind, signal};
@@ -108,8 +108,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = AttachMode::Native)]
         attach: AttachMode,
         /// Answer probes to this server's addresses at this UDP port, in
-        /// XDP (client-driven home selection; needs --probe-secret). SIGUSR1
-        /// stops answering (a draining or down home), SIGUSR2 resumes.
+        /// XDP (client-driven home selection; needs --probe-secret), while
+        /// the edge's state messages to this port say the server is active.
+        /// SIGUSR1 holds it silent whatever the edge says, SIGUSR2 releases
+        /// the hold.
         #[arg(long, requires = "probe_secret")]
         probe_port: Option<u16>,
         /// The pool's probe secret, the edge's `[probe] secret_file`.
@@ -479,7 +481,10 @@ async fn main() -> Result<()> {
             }
             let keys = probe_secret.map(|path| Keys::read(&path, probe_period)).transpose()?;
             match keys.zip(probe_port) {
-                Some((keys, port)) => answer_probes(dataplane, &interface, attach, keys, port).await,
+                Some((keys, port)) => {
+                    let probes = Probes { keys, port, addresses: &addresses };
+                    answer_probes(dataplane, &interface, attach, probes).await
+                }
                 None => hold_attached(dataplane, DECAP_PROGRAM, &interface, attach).await,
             }
         }
@@ -739,35 +744,74 @@ async fn hold_attached(
     Ok(())
 }
 
-/// `decap` with probes answered: each period's key is written as it
-/// starts; SIGUSR1 and SIGUSR2 stop and resume answering.
-async fn answer_probes(
-    mut dataplane: DataPlane,
-    interface: &str,
-    mode: AttachMode,
+/// What `decap` answers probes with, and on which of its addresses.
+struct Probes<'a> {
     keys: Keys,
     port: u16,
-) -> Result<()> {
+    addresses: &'a [IpAddr],
+}
+
+/// `decap` with probes answered: each period's key is written as it
+/// starts, and whether to answer follows the edge's state messages
+/// (`probe::state::Follower`) and the operator's hold (SIGUSR1 holds,
+/// SIGUSR2 releases). The map is written only when one of them changes.
+async fn answer_probes(mut dataplane: DataPlane, interface: &str, mode: AttachMode, probes: Probes<'_>) -> Result<()> {
+    let mut states = read_state_messages(probes.addresses, probes.port).await?;
     dataplane.attach(DECAP_PROGRAM, interface, xdp_mode(mode))?;
-    let (mut stop, mut resume) = (signal(SignalKind::user_defined1())?, signal(SignalKind::user_defined2())?);
+    let (mut hold, mut release) = (signal(SignalKind::user_defined1())?, signal(SignalKind::user_defined2())?);
     let shutdown = shutdown_signal()?;
     tokio::pin!(shutdown);
-    let mut answering = true;
-    info!(interface, port, "attached, answering probes");
+    let mut follower = Follower::new(&probes.keys, probes.addresses);
+    let mut written = None;
+    info!(interface, port = probes.port, "attached, answering probes");
     loop {
         let now = unix_seconds();
-        dataplane.set_probe(keys.config_at(now, port, answering))?;
+        let config = probes.keys.config_at(now, probes.port, follower.answering());
+        if written != Some(config) {
+            dataplane.set_probe(config)?;
+            written = Some(config);
+            info!(answering = follower.answering(), "probe key written");
+        }
         tokio::select! {
             () = &mut shutdown => break,
-            () = tokio::time::sleep(Duration::from_secs(keys.until_next_period(now))) => {}
-            _ = stop.recv() => answering = false,
-            _ = resume.recv() => answering = true,
+            () = tokio::time::sleep(Duration::from_secs(probes.keys.until_next_period(now))) => {}
+            _ = hold.recv() => follower.hold(true),
+            _ = release.recv() => follower.hold(false),
+            Some(datagram) = states.recv() => follower.heed(&datagram, unix_ms()),
         }
-        info!(answering, "probe key written");
     }
     drop(dataplane);
     info!(interface, "detached");
     Ok(())
+}
+
+/// The datagrams the XDP program passes up to the probe port of each of
+/// `addresses` (state messages from the edges), read by a task per socket.
+async fn read_state_messages(addresses: &[IpAddr], port: u16) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    for &ip in addresses {
+        let address = SocketAddr::new(ip, port);
+        let socket = tokio::net::UdpSocket::bind(address)
+            .await
+            .with_context(|| format!("binding {address} for the edges' state messages (is --probe-port free?)"))?;
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 2048];
+            loop {
+                match socket.recv(&mut buffer).await {
+                    Ok(len) => {
+                        // Full only under a flood: that datagram is dropped (the edge sends again).
+                        let _ = sender.try_send(buffer[..len].to_vec());
+                    }
+                    Err(error) => {
+                        tracing::warn!(%address, %error, "reading state messages stopped");
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    Ok(receiver)
 }
 
 /// One request to the daemon; its errors become this command's.

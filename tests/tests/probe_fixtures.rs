@@ -1,7 +1,8 @@
 //! The probe responders (`redirector_ebpf::probe`, `xdp/probe.rs`) pinned
 //! by BPF_PROG_TEST_RUN, as a table like `fixtures.rs`: the edge answers
 //! probes to the service addresses, the home-side program (`decap`)
-//! probes to its own addresses. Each expected answer is built here from
+//! probes to its own addresses and passes the edge's state messages up,
+//! answering or not. Each expected answer is built here from
 //! the README's byte layout, its MAC computed with the `siphasher` crate,
 //! and its frame with etherparse, so neither the layout, the MAC nor a
 //! checksum is taken from the code under test.
@@ -41,10 +42,11 @@ fn probe_fixtures() {
     fx.dataplane().add_decap_address("fd00::11".parse().unwrap()).unwrap();
     let answering = keys().config_at(NOW, PROBE_PORT, true);
     fx.dataplane().set_probe(answering).unwrap();
-    run_table(&mut fx, "answering", [answered(&answering), malformed(), not_probes(), at_a_home(&answering)]);
+    let answering_cases = [answered(&answering), malformed(), not_probes(), at_a_home(&answering), state_messages()];
+    run_table(&mut fx, "answering", answering_cases);
     let silent = keys().config_at(NOW, PROBE_PORT, false);
     fx.dataplane().set_probe(silent).unwrap();
-    run_table(&mut fx, "silent", [silent_cases()]);
+    run_table(&mut fx, "silent", [silent_cases(), state_messages()]);
 }
 
 fn fixture() -> Fixture {
@@ -264,6 +266,59 @@ fn at_a_home(config: &ProbeConfig) -> Vec<Case> {
             XDP_PASS,
             Counter::NotService,
         )),
+    ]
+}
+
+/// A state message as the README lays it out: an edge telling the home at
+/// `home` it is draining (the MAC is `decap`'s to check, not the kernel's).
+fn state_message(home: [u8; 4]) -> Vec<u8> {
+    let mut bytes = b"RDRP\x01\x03\x04\x02".to_vec();
+    bytes.extend_from_slice(&1_780_000_000_000u64.to_be_bytes());
+    bytes.extend_from_slice(&home);
+    bytes.resize(40, 0);
+    bytes.extend_from_slice(&0x0123_4567_89ab_cdefu64.to_be_bytes());
+    bytes
+}
+
+/// A home passes its edge's state messages up, whether it answers probes
+/// or not; only a whole message with the state header is passed, and the
+/// edge, which is never sent one, drops it as malformed.
+fn state_messages() -> Vec<Case> {
+    let home1 = [10, 0, 0, 11];
+    let to = |dst: &str, payload: Vec<u8>| {
+        from_client(&Datagram::new("10.0.0.1:40000", &socket(dst, PROBE_PORT)).with(|d| d.payload = payload), None)
+    };
+    let short = state_message(home1)[..47].to_vec();
+    let mut version_2 = state_message(home1);
+    version_2[4] = 2;
+    vec![
+        Case::untouched(
+            "a home passes a state message up",
+            to(HOME1, state_message(home1)),
+            XDP_PASS,
+            Counter::ProbeState,
+        )
+        .on_program(DECAP_PROGRAM),
+        Case::untouched(
+            "a home drops a state message one byte short",
+            to(HOME1, short),
+            XDP_DROP,
+            Counter::ProbeMalformed,
+        )
+        .on_program(DECAP_PROGRAM),
+        Case::untouched(
+            "a home drops a state message of version 2",
+            to(HOME1, version_2),
+            XDP_DROP,
+            Counter::ProbeMalformed,
+        )
+        .on_program(DECAP_PROGRAM),
+        Case::untouched(
+            "the edge drops a state message",
+            to(VIP4, state_message(home1)),
+            XDP_DROP,
+            Counter::ProbeMalformed,
+        ),
     ]
 }
 

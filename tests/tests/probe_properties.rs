@@ -1,6 +1,6 @@
 //! Property tests of the probe protocol (`redirector_ebpf::probe`): on the
-//! host, SipHash-2-4 and the cookie MAC against the `siphasher` crate, and
-//! the parsers on arbitrary bytes; in the kernel (BPF_PROG_TEST_RUN), the
+//! host, SipHash-2-4, the cookie MAC and the state message (layout, MAC,
+//! key) against the `siphasher` crate, and the parsers on arbitrary bytes; in the kernel (BPF_PROG_TEST_RUN), the
 //! edge's responder on random and mutated probes: it answers exactly the
 //! well-formed ones, in place and never larger, and drops the rest.
 
@@ -14,10 +14,10 @@ use proptest::{
     prelude::*,
     test_runner::{Config, TestCaseError, TestRunner},
 };
-use redirector::probe::{Keys, address};
+use redirector::probe::{Keys, address, state::HomeState};
 use redirector_ebpf::{
     Counter,
-    probe::{PROBE_LEN, answer, is_probe, mac, parse_answer, probe, siphash24},
+    probe::{PROBE_LEN, answer, is_probe, is_state, mac, parse_answer, parse_state, probe, siphash24},
 };
 use redirector_tests::{
     fixture::{CLIENT_MAC, EDGE_MAC, Fixture, config_text},
@@ -70,10 +70,38 @@ proptest! {
     fn parsers_take_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
         let answered = parse_answer(&bytes);
         prop_assert!(answered.is_none() || bytes.len() == PROBE_LEN);
+        prop_assert!(parse_state(&bytes).is_none() || bytes.len() == PROBE_LEN);
         if let Ok(array) = <[u8; PROBE_LEN]>::try_from(bytes.as_slice()) {
             let layout = array[..8] == *b"RDRP\x01\x01\0\0" && array[16..].iter().all(|&b| b == 0);
             prop_assert_eq!(is_probe(&array), layout);
+            prop_assert_eq!(is_state(&array), array[..6] == *b"RDRP\x01\x03");
         }
+    }
+
+    /// A state message is the README's 48 bytes, its MAC SipHash-2-4 of
+    /// the documented 32 bytes under the documented key, and it parses back.
+    #[test]
+    fn a_state_message_is_laid_out_and_signed_as_documented(
+        secret in any::<[u8; 16]>(), home in any::<u128>(), v4 in any::<bool>(), state in 0usize..3, sent_ms in any::<u64>(),
+    ) {
+        // The README's state bytes: 1 active, 2 draining, 3 down.
+        let (state, byte) = [(HomeState::Active, 1), (HomeState::Draining, 2), (HomeState::Down, 3)][state];
+        let home = address(ip(v4, home));
+        let bytes = Keys::new(secret, 300).state_message(redirector::probe::ip_of(&home), state, sent_ms);
+        let word = |at: usize| u64::from_le_bytes(secret[at..at + 8].try_into().unwrap());
+        let key_word = |second: u64| reference([word(0), word(8)], &[u64::MAX.to_le_bytes(), second.to_le_bytes()].concat());
+        let mut signed = home.addr.to_vec();
+        signed.extend_from_slice(&sent_ms.to_le_bytes());
+        signed.extend_from_slice(&[home.family, byte, 0, 0, 0, 0, 0, 0]);
+        let mut expected = b"RDRP\x01\x03".to_vec();
+        expected.extend_from_slice(&[home.family, byte]);
+        expected.extend_from_slice(&sent_ms.to_be_bytes());
+        expected.extend_from_slice(&home.addr);
+        expected.extend_from_slice(&[0; 8]);
+        expected.extend_from_slice(&reference([key_word(2), key_word(3)], &signed).to_be_bytes());
+        prop_assert_eq!(bytes.to_vec(), expected);
+        let parsed = parse_state(&bytes).expect("a state message");
+        prop_assert_eq!((parsed.home, parsed.state, parsed.sent_ms), (home, byte, sent_ms));
     }
 
     /// An answer keeps the probe's tag and length and carries a cookie its

@@ -62,6 +62,11 @@
 //!    there (bad UDP header, another length, version, kind, or non-zero
 //!    reserved bytes) is `XDP_DROP`ped (`probe_malformed`). Fragments and
 //!    broken IP headers never get this far (rules 2 and 3).
+//!    In `redirector_decap` only, a datagram of a probe's length whose
+//!    first six bytes are those of a state message (`probe::KIND_STATE`,
+//!    an edge telling this home to answer or not) is `XDP_PASS`ed
+//!    (`probe_state`), answered or not: `decap` reads it on its socket and
+//!    verifies the rest. The edge program drops it as malformed.
 //!
 //! No path returns `XDP_ABORTED`.
 

@@ -23,11 +23,12 @@ use super::{
 /// Answers the probe in `datagram` as `server`, or says why not: a frame
 /// that is no well-formed probe is `ProbeMalformed`, a probe while not
 /// answering `ProbeSilent` (both to be dropped), an answer `ProbeAnswered`
-/// (to be sent with `XDP_TX`).
+/// (to be sent with `XDP_TX`). At a home (`at_home`), a state message
+/// from an edge is `ProbeState` (to be passed up to `decap`).
 // A separate BPF subprogram: SipHash's state stays off its callers' stack,
 // and the payload is worked on in this CPU's scratch, not on the stack.
 #[inline(never)]
-pub fn respond(ctx: &XdpContext, datagram: &Datagram, config: &ProbeConfig) -> Counter {
+pub fn respond(ctx: &XdpContext, datagram: &Datagram, config: &ProbeConfig, at_home: bool) -> Counter {
     let ip = &datagram.ip;
     let Some(udp) = read_at::<UdpHdr>(ctx, ip.l4) else {
         return Counter::ProbeMalformed;
@@ -38,6 +39,9 @@ pub fn respond(ctx: &XdpContext, datagram: &Datagram, config: &ProbeConfig) -> C
     let Some(bytes) = payload(ctx, ip.l4 + UDP_HLEN) else {
         return Counter::ProbeMalformed;
     };
+    if at_home && probe::is_state(bytes) {
+        return Counter::ProbeState;
+    }
     if !probe::is_probe(bytes) {
         return Counter::ProbeMalformed;
     }

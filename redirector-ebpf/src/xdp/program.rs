@@ -89,7 +89,7 @@ pub fn redirector(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn redirector_decap(ctx: XdpContext) -> u32 {
     let verdict = match parse_udp(&ctx) {
-        Ok(datagram) if is_home_probe(&datagram) => answer_probe(&ctx, &datagram),
+        Ok(datagram) if is_home_probe(&datagram) => answer_probe(&ctx, &datagram, true),
         _ => Verdict::new(xdp_action::XDP_PASS, decap::strip_tunnel(&ctx)),
     };
     count(verdict.counter());
@@ -107,14 +107,16 @@ fn is_home_probe(datagram: &Datagram) -> bool {
     config.port_be != 0 && datagram.dst.port_be == config.port_be && unsafe { DECAP_ADDRESSES.get(home) }.is_some()
 }
 
-/// Answers a probe (`probe::respond`) with `XDP_TX`, or drops it.
+/// Answers a probe (`probe::respond`) with `XDP_TX`, or drops it; at a
+/// home (`at_home`), passes an edge's state message up to `decap`.
 #[inline(always)]
-fn answer_probe(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
+fn answer_probe(ctx: &XdpContext, datagram: &Datagram, at_home: bool) -> Verdict {
     let Some(config) = PROBE.get(0) else {
         return Verdict::new(xdp_action::XDP_DROP, Counter::ProbeSilent);
     };
-    match probe::respond(ctx, datagram, config) {
+    match probe::respond(ctx, datagram, config, at_home) {
         Counter::ProbeAnswered => Verdict::new(xdp_action::XDP_TX, Counter::ProbeAnswered),
+        Counter::ProbeState => Verdict::new(xdp_action::XDP_PASS, Counter::ProbeState),
         counter => Verdict::new(xdp_action::XDP_DROP, counter),
     }
 }
@@ -132,7 +134,7 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
     // SAFETY: the value is copied out; no reference outlives the call.
     let service = unsafe { SERVICES.get(datagram.dst) }.copied();
     if service == Some(SERVICE_PROBE) {
-        return answer_probe(ctx, datagram);
+        return answer_probe(ctx, datagram, false);
     }
     if service.is_some() {
         if !udp_header_ok(ctx, &datagram.ip) {

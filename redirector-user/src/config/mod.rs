@@ -92,16 +92,25 @@ pub struct ProbeSettings {
     /// Seconds a period key is used; a cookie is good for one more period.
     #[serde(default = "default_probe_period")]
     pub period: u64,
+    /// Seconds between the state messages the leading edge sends each home
+    /// besides those sent at once when the pool changes, so that a lost
+    /// one heals (`probe::state`).
+    #[serde(default = "default_state_every")]
+    pub state_every: f64,
 }
 
 impl Default for ProbeSettings {
     fn default() -> Self {
-        Self { port: None, secret_file: None, period: default_probe_period() }
+        Self { port: None, secret_file: None, period: default_probe_period(), state_every: default_state_every() }
     }
 }
 
 fn default_probe_period() -> u64 {
     300
+}
+
+fn default_state_every() -> f64 {
+    5.0
 }
 
 /// Where assignments are kept, and their upkeep.
@@ -742,6 +751,9 @@ impl Config {
         if self.probe.period == 0 {
             return Err(invalid("probe.period", "must be at least 1 second"));
         }
+        if !(self.probe.state_every >= 0.1 && self.probe.state_every <= 3600.0) {
+            return Err(invalid("probe.state_every", "must be between 0.1 and 3600 seconds"));
+        }
         Ok(())
     }
 
@@ -1115,12 +1127,13 @@ mod tests {
         assert_eq!(Config::parse(VALID).unwrap().probe, ProbeSettings::default());
         let with = |probe: &str| format!("{VALID}\n[probe]\n{probe}\n");
         let on = Config::parse(&with("port = 5099\nsecret_file = \"/etc/redirector/probe.secret\"")).unwrap();
-        assert_eq!((on.probe.port, on.probe.period), (Some(5099), 300));
+        assert_eq!((on.probe.port, on.probe.period, on.probe.state_every), (Some(5099), 300, 5.0));
         for (probe, field) in [
             ("port = 5060\nsecret_file = \"/s\"", "probe.port"),
             ("port = 0\nsecret_file = \"/s\"", "probe.port"),
             ("port = 5099", "probe.secret_file"),
             ("port = 5099\nsecret_file = \"/s\"\nperiod = 0", "probe.period"),
+            ("port = 5099\nsecret_file = \"/s\"\nstate_every = 0", "probe.state_every"),
         ] {
             let err = error_for(&with(probe));
             assert!(err.starts_with(&format!("config field `{field}`: ")), "{probe}: {err}");

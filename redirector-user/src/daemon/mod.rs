@@ -8,6 +8,7 @@
 //! refilled lazily: it is keyed by client source address, which only a
 //! client's next first contact tells us.
 
+mod home_states;
 mod nat_replies;
 mod raw;
 mod sockets;
@@ -60,7 +61,7 @@ use crate::{
         owner::{Command, Owner, OwnerGone},
         stats::{self, Latest},
     },
-    probe::Keys,
+    probe::{Keys, state::Announcement},
     sip::Aor,
     store::{AssignmentStore, EtcdSettings, EtcdStore, RedbStore, StoreError, Tls},
 };
@@ -201,6 +202,11 @@ pub struct Daemon {
     stats_interval: Duration,
     /// With probes on: the keys and the probe port.
     probe: Option<(Keys, u16)>,
+    /// With probes on: where the homes' state messages leave from, and
+    /// how often they are sent again.
+    state_senders: Option<(home_states::Senders, Duration)>,
+    /// What the homes are to be told, as the owner publishes it.
+    home_states: tokio::sync::watch::Receiver<Vec<Announcement>>,
     /// `[stats] prometheus`: `/metrics` alone.
     prometheus: Option<std::net::TcpListener>,
     /// `[http] listen`, with its bearer token.
@@ -339,6 +345,11 @@ impl Daemon {
         }
         operations.start_pool()?;
         let route_versions = operations.route_versions();
+        let home_states = operations.home_states();
+        let state_senders = match config.probe.port {
+            Some(_) => Some((home_states::Senders::bind(config)?, Duration::from_secs_f64(config.probe.state_every))),
+            None => None,
+        };
         let (owner, commands) = Owner::channel();
         follow_store(&operations, &owner)?;
         let owner_thread = Owner::start(operations, commands).map_err(io("starting the state owner thread"))?;
@@ -357,6 +368,8 @@ impl Daemon {
             rebalance: config.rebalance.clone(),
             stats_interval: Duration::from_secs_f64(config.stats.interval),
             probe: probe_keys(config)?.zip(config.probe.port),
+            state_senders,
+            home_states,
             prometheus,
             http,
             template,
@@ -423,6 +436,11 @@ impl Daemon {
         spawn(tasks, "scan".into(), tasks::scan(self.owner.clone(), scan));
         if let Some((keys, port)) = self.probe {
             spawn(tasks, "probe keys".into(), tasks::probe_keys(self.owner.clone(), keys, port));
+        }
+        if let (Some((keys, port)), Some((senders, every))) = (self.probe, &self.state_senders) {
+            let sockets = senders.registered().map_err(io("registering the state message sockets"))?;
+            let telling = home_states::Telling { keys, port, every: *every };
+            spawn(tasks, "home states".into(), home_states::tell(sockets, self.home_states.clone(), telling));
         }
         if let Some(expiry) = self.expiry {
             spawn(tasks, "expiry".into(), tasks::expire(self.owner.clone(), expiry.walk_every()));

@@ -60,6 +60,7 @@ use crate::{
         Client, DaemonStatus, Entry, Move, PlannedMove, RecentMove, Reloaded, Reply, Request, Route, RouteTable,
         ServerStatus, Stats,
     },
+    probe::state::{Announcement, announcements},
     sip::{Aor, ParseError},
     store::{Cached, StoreError, unix_seconds},
 };
@@ -137,6 +138,9 @@ pub struct Operations {
     following: followed::Following,
     /// The probe responder's current key, once probes are on.
     probe: Option<ProbeConfig>,
+    /// What the homes are to be told of their state (`probe::state`):
+    /// every home's while this edge leads, none while it follows.
+    home_states: tokio::sync::watch::Sender<Vec<Announcement>>,
     /// The routing table's version, as last published to its streams.
     route_version: tokio::sync::watch::Sender<RouteVersion>,
     /// The last moves, newest last, with why they were made.
@@ -222,6 +226,7 @@ impl Operations {
             verdicts_unsaved: false,
             following: followed::Following::default(),
             probe: None,
+            home_states: tokio::sync::watch::channel(Vec::new()).0,
             route_version,
             recent_moves: VecDeque::new(),
         }
@@ -271,6 +276,30 @@ impl Operations {
     pub fn publish_routes(&self) {
         let now = self.assignments.routes().version();
         self.route_version.send_if_modified(|published| std::mem::replace(published, now) != now);
+    }
+
+    /// Told what to tell the homes whenever it changes (see `publish_pool`).
+    pub fn home_states(&self) -> tokio::sync::watch::Receiver<Vec<Announcement>> {
+        self.home_states.subscribe()
+    }
+
+    /// After every round of commands, whatever changed the pool (an
+    /// operator, health, another edge, the leadership): the edge's own
+    /// responder answers while a home takes new clients, and the task
+    /// telling the homes their state hears of a change at once. Neither
+    /// writes anything unless something changed.
+    pub fn publish_pool(&mut self) {
+        if let Some(config) = self.probe {
+            self.set_probe(config);
+        }
+        let states = announcements(self.pool.load().servers(), self.leading);
+        self.home_states.send_if_modified(|published| {
+            let changed = *published != states;
+            if changed {
+                *published = states;
+            }
+            changed
+        });
     }
 
     /// At start: the pool saved (as seeded or changed by the config),
@@ -501,13 +530,11 @@ impl Operations {
         if self.leading {
             self.keep_verdicts();
         }
-        if let Some(config) = self.probe {
-            self.set_probe(config);
-        }
     }
 
     /// Writes the probe responder's key; the edge answers for the pool only
-    /// while a home takes new clients (checked again at every health round).
+    /// while a home takes new clients (checked again after every round of
+    /// the owner's commands, `publish_pool`).
     pub fn set_probe(&mut self, config: ProbeConfig) {
         let answering = self.pool.load().servers().iter().any(HomeServer::accepts_new);
         let config = ProbeConfig { answering: u8::from(answering), ..config };

@@ -166,6 +166,7 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
         // One batch of queued moves (or expiry) between rounds of commands.
         operations.work();
         operations.publish_routes();
+        operations.publish_pool();
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod responder;
 pub mod select;
+pub mod state;
 
 use std::{net::IpAddr, path::Path};
 

@@ -46,6 +46,11 @@ pub fn unix_seconds() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The home servers as the daemon last had them, kept in the store so that
 /// `redirector servers add / remove / set` outlive restarts (see
 /// `edge::servers` for how the config's `[[servers]]` are merged in).
