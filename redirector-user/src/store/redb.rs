@@ -77,9 +77,13 @@ impl RedbStore {
 
     /// Applies followed changes in order, and the mark they bring the copy
     /// to, in one transaction: the copy is always what the store held at
-    /// its mark's revision.
-    pub fn replicate(&self, events: &[StoreEvent], mark: &ReplicaMark) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_error)?;
+    /// its mark's revision. Unless `durable`, the commit reaches the disk
+    /// with the next durable one (a crash before loses it whole).
+    pub fn replicate(&self, events: &[StoreEvent], mark: &ReplicaMark, durable: bool) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_error)?;
+        if !durable {
+            txn.set_durability(redb::Durability::None).map_err(db_error)?;
+        }
         {
             let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
             let mut seen = txn.open_table(LAST_SEEN).map_err(db_error)?;
@@ -90,6 +94,11 @@ impl RedbStore {
             txn.open_table(REPLICA).map_err(db_error)?.insert(MARK_KEY, json.as_str()).map_err(db_error)?;
         }
         txn.commit().map_err(db_error)
+    }
+
+    /// Puts every commit made without durability on the disk.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.begin_write().map_err(db_error)?.commit().map_err(db_error)
     }
 }
 
@@ -478,13 +487,14 @@ mod tests {
             StoreEvent::Removed(aor("bob")),
             StoreEvent::Pool(StoredPool { next_slot: 2, ..StoredPool::default() }),
         ];
-        store.replicate(&followed, &mark(9)).unwrap();
+        store.replicate(&followed, &mark(9), true).unwrap();
         assert_eq!(store.replica_mark().unwrap(), Some(mark(9)));
         assert_eq!(store.all().unwrap(), [at("alice", "home1", 50)]);
         assert_eq!(store.pool().unwrap().map(|p| p.next_slot), Some(2));
         // A reload replaces the assignments; a later sighting already kept stays.
         let reloaded = StoreEvent::Reloaded(vec![at("alice", "home2", 10), at("carol", "home1", 10)]);
-        store.replicate(&[reloaded], &mark(12)).unwrap();
+        store.replicate(&[reloaded], &mark(12), false).unwrap();
+        store.sync().unwrap();
         assert_eq!(store.all().unwrap(), [at("alice", "home2", 50), at("carol", "home1", 10)]);
         assert_eq!(store.replica_mark().unwrap().map(|m| m.revision), Some(12));
         drop(store);

@@ -8,12 +8,14 @@
 //! clients are served from it, new ones get 503 until the follower is back.
 //!
 //! Writes run on a thread of their own, in order, so neither the follower
-//! nor the state owner waits for an fsync. After a write fails, the copy
-//! stays at its last mark until the next full reload.
+//! nor the state owner waits for an fsync, and reach the disk at most a
+//! second apart (a crash costs the next start that second's replay). After
+//! a write fails, the copy stays at its last mark until the next reload.
 
 use std::{
     path::Path,
     sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -125,11 +127,23 @@ impl Replica {
     }
 }
 
+/// How long followed changes may stay in the replica without an fsync:
+/// a crash loses at most that much, which the next start's watch replays.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
 /// The writer: applies writes in order, consecutive followed batches in
-/// one transaction.
+/// one transaction, and puts them on the disk at most every `SYNC_EVERY`.
 fn write_all(copy: &RedbStore, queue: &mpsc::Receiver<Write>, counters: &StoreCounters) {
-    let mut broken = false;
-    while let Ok(first) = queue.recv() {
+    let mut writer = Writer { copy, counters, broken: false, synced: Instant::now(), unsynced: false };
+    loop {
+        let first = match queue.recv_timeout(SYNC_EVERY) {
+            Ok(write) => write,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                writer.sync();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return writer.sync(),
+        };
         let mut waiting = std::iter::once(first).chain(queue.try_iter()).peekable();
         while let Some(write) = waiting.next() {
             let done = match write {
@@ -139,31 +153,68 @@ fn write_all(copy: &RedbStore, queue: &mpsc::Receiver<Write>, counters: &StoreCo
                         events.extend(more);
                         mark = later;
                     }
-                    replicate(copy, &events, &mark, &mut broken)
+                    writer.replicate(&events, &mark)
                 }
-                Write::Watches(kept, removed) => copy.save_watches(&kept, &removed),
-                Write::AllWatches(all) => replace_watches(copy, &all),
+                // Durable, and so everything before.
+                Write::Watches(kept, removed) => writer.synced(copy.save_watches(&kept, &removed)),
+                Write::AllWatches(all) => writer.synced(replace_watches(copy, &all)),
             };
-            if let Err(error) = done {
-                bump(&counters.replica_failures);
-                tracing::warn!(%error, "writing the local replica failed; the next start reads everything from etcd");
-            }
+            writer.count(done);
         }
     }
 }
 
-/// A failed transaction leaves the copy as it was at its last mark, from
-/// which a restart resumes; later batches would skip the failed one, so
-/// the copy is written again only from a full reload.
-fn replicate(copy: &RedbStore, events: &[StoreEvent], mark: &ReplicaMark, broken: &mut bool) -> Result<(), StoreError> {
-    let start = events.iter().rposition(|event| matches!(event, StoreEvent::Reloaded(_)));
-    if *broken && start.is_none() {
-        return Ok(());
+struct Writer<'a> {
+    copy: &'a RedbStore,
+    counters: &'a StoreCounters,
+    /// A batch failed: later ones would skip it.
+    broken: bool,
+    synced: Instant,
+    /// Commits made since the last durable one.
+    unsynced: bool,
+}
+
+impl Writer<'_> {
+    /// A failed transaction leaves the copy as it was at its last mark,
+    /// from which a restart resumes; later batches would skip the failed
+    /// one, so the copy is written again only from a full reload.
+    fn replicate(&mut self, events: &[StoreEvent], mark: &ReplicaMark) -> Result<(), StoreError> {
+        let start = events.iter().rposition(|event| matches!(event, StoreEvent::Reloaded(_)));
+        if self.broken && start.is_none() {
+            return Ok(());
+        }
+        let durable = self.synced.elapsed() >= SYNC_EVERY;
+        let written = self.copy.replicate(&events[start.unwrap_or(0)..], mark, durable);
+        self.broken = written.is_err();
+        if durable {
+            self.synced(written)
+        } else {
+            self.unsynced |= written.is_ok();
+            written
+        }
     }
-    let events = &events[start.unwrap_or(0)..];
-    let written = copy.replicate(events, mark);
-    *broken = written.is_err();
-    written
+
+    fn sync(&mut self) {
+        if self.unsynced {
+            let synced = self.copy.sync();
+            let done = self.synced(synced);
+            self.count(done);
+        }
+    }
+
+    fn synced(&mut self, done: Result<(), StoreError>) -> Result<(), StoreError> {
+        if done.is_ok() {
+            (self.synced, self.unsynced) = (Instant::now(), false);
+        }
+        done
+    }
+
+    fn count(&self, done: Result<(), StoreError>) {
+        if let Err(error) = done {
+            bump(&self.counters.replica_failures);
+            tracing::warn!(%error, "writing the local replica failed; a restart reads what it lacks from etcd");
+        }
+    }
 }
 
 fn replace_watches(copy: &RedbStore, all: &[(String, String)]) -> Result<(), StoreError> {
