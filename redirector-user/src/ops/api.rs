@@ -180,6 +180,9 @@ pub struct Stats {
     /// What was done for watchers.
     #[serde(default)]
     pub watchers: BTreeMap<String, u64>,
+    /// What was done with clients' ua-profile subscriptions.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, u64>,
     /// A shared store (etcd): what this edge saw of it, and `leading` (1
     /// while this edge makes the pool's decisions). Empty with redb.
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! Configuration documents: per-client XML rendered from the operator's
 //! template (`[documents] template`), served at `GET /config/{aor}` by
-//! `ops::http`. The template is the document with placeholders, each
+//! `ops::http` and in ua-profile NOTIFYs by the state owner
+//! (`edge::profiles`): one renderer for both. The template is the document with placeholders, each
 //! replaced by the client's value, XML-escaped:
 //!
 //! | placeholder | value |
@@ -17,10 +18,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub use crate::edge::profiles::{CONTENT_TYPE, Document};
 use crate::ops::api::Route;
-
-/// The content type documents are served with.
-pub const CONTENT_TYPE: &str = "application/xml; charset=utf-8";
 
 const PLACEHOLDERS: [&str; 6] =
     ["{{aor}}", "{{server}}", "{{home_host}}", "{{home_port}}", "{{registrar}}", "{{generation}}"];
@@ -68,13 +67,6 @@ impl Template {
         let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(body.as_bytes()));
         Some(Document { body, etag })
     }
-}
-
-/// A rendered document and its entity tag (quoted, as `ETag` carries it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Document {
-    pub body: String,
-    pub etag: String,
 }
 
 /// `value` safe in XML text and attribute values.

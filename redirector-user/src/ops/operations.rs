@@ -26,6 +26,7 @@
 //! expiry walk over the store (`start_expiry`, then `work`).
 
 mod followed;
+mod profiles;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -46,6 +47,7 @@ use crate::{
         first_contact::{Action, Counters, NewClient},
         health::{Tracker, Transition},
         pool::{Pool, PoolView},
+        profiles::Profiles,
         rebalance::{Planned, Rebalancer, Sample, ServerLoad, plan},
         routes::{RouteVersion, Since},
         servers::{self, Change, Effect, PoolError},
@@ -56,12 +58,15 @@ use crate::{
         loader,
     },
     model::{HomeServer, Origin, ServerSpec, ServerState},
-    ops::api::{
-        Client, DaemonStatus, Entry, Move, PlannedMove, RecentMove, Reloaded, Reply, Request, Route, RouteTable,
-        ServerStatus, Stats,
+    ops::{
+        api::{
+            Client, DaemonStatus, Entry, Move, PlannedMove, RecentMove, Reloaded, Reply, Request, Route, RouteTable,
+            ServerStatus, Stats,
+        },
+        documents::Template,
     },
     sip::{Aor, ParseError},
-    store::{Cached, StoreError, unix_seconds},
+    store::{Cached, DialogKind, StoreError, unix_seconds},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +113,11 @@ pub struct Operations {
     pub fast_path: FastPath,
     /// Told of every move, so the client's watchers get their NOTIFY.
     pub watchers: Watchers,
+    /// Clients' own ua-profile subscriptions, told of every change of
+    /// their document.
+    pub profiles: Profiles,
+    /// `[documents] template`: what documents are rendered from.
+    template: Option<Arc<Template>>,
     tracker: Tracker,
     rebalancer: Rebalancer,
     /// Who may become a new client.
@@ -172,6 +182,8 @@ pub struct Parts {
     pub pool: PoolView,
     pub fast_path: FastPath,
     pub watchers: Watchers,
+    pub profiles: Profiles,
+    pub template: Option<Arc<Template>>,
     pub tracker: Tracker,
     pub rebalancer: Rebalancer,
     pub admission: Admission,
@@ -192,6 +204,8 @@ impl Operations {
             pool,
             fast_path,
             watchers,
+            profiles,
+            template,
             tracker,
             rebalancer,
             admission,
@@ -206,6 +220,8 @@ impl Operations {
             pool,
             fast_path,
             watchers,
+            profiles,
+            template,
             tracker,
             rebalancer,
             admission,
@@ -401,7 +417,7 @@ impl Operations {
         for client in clients {
             let Some(Ok(done)) = assigned.get(&client.aor) else { continue };
             if done.moved {
-                self.watchers.client_moved(&client.aor);
+                self.client_moved(&client.aor);
             }
             let Some(home) = pool.server(&done.assignment.server) else { continue };
             if home.effective_state() == ServerState::Down {
@@ -415,6 +431,7 @@ impl Operations {
             }
         }
         self.save_watchers();
+        self.save_profiles();
         Ok(assigned)
     }
 
@@ -437,7 +454,8 @@ impl Operations {
             | Action::Relay { .. }
             | Action::Encapsulate { .. }
             | Action::Translate { .. }
-            | Action::NotifyAnswered { .. } => {}
+            | Action::NotifyAnswered { .. }
+            | Action::Profile(_) => {}
         }
         self.save_watchers();
     }
@@ -452,7 +470,8 @@ impl Operations {
             return;
         }
         let (kept, removed) = (changes.kept.len(), changes.removed.len());
-        match self.assignments.store().save_watches(&changes.kept, &changes.removed) {
+        let store = self.assignments.store();
+        match store.save_dialogs(DialogKind::Watches, &changes.kept, &changes.removed) {
             Ok(()) => add(&self.watchers.counters.dialogs_saved, (kept + removed) as u64),
             Err(error) => {
                 tracing::warn!(%error, kept, removed, "saving watchers' dialogs failed; retried with the next change");
@@ -647,7 +666,11 @@ impl Operations {
             .and_then(|()| Ok(self.assignments.expire(&verdicts.expired, &verdicts.persist)?));
         if retired.is_err() {
             self.release(&aors);
+            return retired;
         }
+        // Their documents are gone: subscriptions to them end.
+        aors.iter().for_each(|aor| self.document_changed(aor));
+        self.save_profiles();
         retired
     }
 
@@ -931,6 +954,9 @@ impl Operations {
                 .set_server(home.index, loader::server_entry(home))
                 .map_err(FastPathError::from)?;
         }
+        // A home's address or port may have changed, and its clients'
+        // documents with it.
+        self.refresh_profiles();
         Ok(())
     }
 
@@ -1000,7 +1026,7 @@ impl Operations {
         let mut restores = Vec::with_capacity(planned.len());
         for ((aor, to), (entries, done)) in planned.iter().zip(reassigned) {
             let Some(done) = done else { continue };
-            self.watchers.client_moved(aor);
+            self.client_moved(aor);
             restores.push((entries, to.index));
             let from = done.previous.unwrap_or_default();
             tracing::debug!(%aor, from, to = to.name, generation = done.generation, "moved");
@@ -1012,6 +1038,7 @@ impl Operations {
         self.release(planned.iter().map(|(aor, _)| aor));
         // After the clients are back on the fast path: this is a commit too.
         self.save_watchers();
+        self.save_profiles();
         self.remember(&moves, why);
         Ok(moves)
     }
@@ -1086,6 +1113,11 @@ impl Operations {
                 let mut watchers: BTreeMap<String, u64> = named(self.watchers.counters.snapshot());
                 watchers.insert("subscriptions_kept".into(), self.watchers.kept() as u64);
                 watchers
+            },
+            profiles: {
+                let mut profiles: BTreeMap<String, u64> = named(self.profiles.counters.snapshot());
+                profiles.insert("subscriptions_kept".into(), self.profiles.kept() as u64);
+                profiles
             },
             store: self.store_figures(),
         })

@@ -38,6 +38,7 @@ impl Operations {
         }
         self.repoint(moved);
         self.save_watchers();
+        self.save_profiles();
     }
 
     /// Records an assignment committed elsewhere; returns the AOR if its
@@ -50,7 +51,7 @@ impl Operations {
         bump(&self.following.changes_applied);
         let from = self.assignments.record(assignment)??;
         tracing::debug!(aor = %assignment.aor, %from, to = assignment.server, "moved by another edge");
-        self.watchers.client_moved(&assignment.aor);
+        self.client_moved(&assignment.aor);
         Some(assignment.aor.clone())
     }
 
@@ -63,6 +64,7 @@ impl Operations {
         if let Err(error) = self.fast_path.forget_many(std::slice::from_ref(aor)) {
             tracing::warn!(%aor, %error, "an assignment expired elsewhere kept its kernel entries");
         }
+        self.document_changed(aor);
     }
 
     /// Everything as the store has it now: what is gone is forgotten, the
@@ -131,6 +133,7 @@ impl Operations {
         tracing::info!(servers = next.servers().len(), "the pool as another edge changed it");
         self.pool.store(Arc::new(next));
         self.applied = applied;
+        self.refresh_profiles();
     }
 
     fn write_slot(&mut self, slot: u32, entry: redirector_ebpf::Server) {

@@ -36,7 +36,7 @@ pub use follow::{Sink, StoreEvent};
 use keys::Keys;
 pub use leader::{LEASE as LEADER_LEASE, Leadership};
 
-use super::{Assignment, AssignmentStore, StoreCounters, StoreError, StoredPool};
+use super::{Assignment, AssignmentStore, DialogKind, StoreCounters, StoreError, StoredPool};
 use crate::sip::Aor;
 
 /// Operations etcd takes in one transaction by default (`--max-txn-ops`).
@@ -567,11 +567,11 @@ impl AssignmentStore for EtcdStore {
         self.apply("expiring assignments", removals.chain(sightings).collect())
     }
 
-    fn watches(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let prefix = self.keys.watches();
+    fn dialogs(&self, kind: DialogKind) -> Result<Vec<(String, String)>, StoreError> {
+        let prefix = self.keys.dialogs(kind);
         let options = GetOptions::new().with_prefix();
-        let mut answer = self.get("reading watchers' dialogs", prefix, Some(options))?;
-        let own = self.keys.watches();
+        let mut answer = self.get("reading dialogs", prefix, Some(options))?;
+        let own = self.keys.dialogs(kind);
         Ok(answer
             .take_kvs()
             .iter()
@@ -582,10 +582,10 @@ impl AssignmentStore for EtcdStore {
             .collect())
     }
 
-    fn save_watches(&self, kept: &[(String, String)], removed: &[String]) -> Result<(), StoreError> {
-        let puts = kept.iter().map(|(key, record)| TxnOp::put(self.keys.watch(key), record.as_str(), None));
-        let deletes = removed.iter().map(|key| TxnOp::delete(self.keys.watch(key), None));
-        self.apply("saving watchers' dialogs", puts.chain(deletes).collect())
+    fn save_dialogs(&self, kind: DialogKind, kept: &[(String, String)], removed: &[String]) -> Result<(), StoreError> {
+        let puts = kept.iter().map(|(key, record)| TxnOp::put(self.keys.dialog(kind, key), record.as_str(), None));
+        let deletes = removed.iter().map(|key| TxnOp::delete(self.keys.dialog(kind, key), None));
+        self.apply("saving dialogs", puts.chain(deletes).collect())
     }
 
     fn pool(&self) -> Result<Option<StoredPool>, StoreError> {
