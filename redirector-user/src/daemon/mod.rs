@@ -55,7 +55,7 @@ use crate::{
     ops::{
         api::{Reply, Request},
         control,
-        documents::{Template, TemplateError},
+        documents::{self, Template, TemplateError},
         http::{self, TokenError},
         operations::{OperationError, Operations, Parts},
         owner::{Command, Owner, OwnerGone},
@@ -337,6 +337,14 @@ impl Daemon {
             watchers,
             profiles,
             template: template.clone(),
+            documents: documents::Common {
+                probe_port: config.probe.port.filter(|_| config.probe.secret_file.is_some()),
+                probe_servers: Vec::new(),
+                idle_timeout: config.fast_path.idle_timeout as u64,
+                assignment_expires: config.store.expire_after as u64,
+                redirect_expires: config.sip.redirect_expires,
+                subscription_expires: config.documents.max_expires,
+            },
             tracker,
             rebalancer,
             admission: Admission::new(limits),

@@ -47,7 +47,7 @@ pub const CONTENT_TYPE: &str = "application/xml; charset=utf-8";
 
 /// A rendered document and its entity tag (quoted, as `ETag` carries it):
 /// the tag changes exactly when the document does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Document {
     pub body: String,
     pub etag: String,
@@ -541,9 +541,10 @@ impl Profiles {
             bump(&self.counters.too_brief);
             return self.too_brief(request);
         };
+        // A target refresh: the Contact may change, the route set does not
+        // (RFC 3261 §12.2.1.2).
         let mut subscription = ProfileSubscription {
             contact: request.contact.clone(),
-            route_set: request.route_set.clone(),
             reply_to: request.source,
             cseq: request.cseq,
             notify_cseq: existing.notify_cseq + 1,

@@ -44,6 +44,11 @@ pub enum Request {
     RouteOf {
         aor: String,
     },
+    /// One AOR's configuration document (none without an assignment or
+    /// `[documents] template`).
+    Document {
+        aor: String,
+    },
     Rebalance {
         dry_run: bool,
     },
@@ -86,6 +91,7 @@ pub enum Reply {
     Moves(Vec<Move>),
     Server(ServerStatus),
     Routes(Vec<Route>),
+    Document(Option<crate::edge::profiles::Document>),
     RouteTable(RouteTable),
     RecentMoves(Vec<RecentMove>),
     Plan(Vec<PlannedMove>),

@@ -63,7 +63,7 @@ use crate::{
             Client, DaemonStatus, Entry, Move, PlannedMove, RecentMove, Reloaded, Reply, Request, Route, RouteTable,
             ServerStatus, Stats,
         },
-        documents::Template,
+        documents::{Common, Template},
     },
     sip::{Aor, ParseError},
     store::{Cached, DialogKind, StoreError, unix_seconds},
@@ -118,6 +118,8 @@ pub struct Operations {
     pub profiles: Profiles,
     /// `[documents] template`: what documents are rendered from.
     template: Option<Arc<Template>>,
+    /// What every document shares but the probe targets (the pool's).
+    documents: Common,
     tracker: Tracker,
     rebalancer: Rebalancer,
     /// Who may become a new client.
@@ -184,6 +186,9 @@ pub struct Parts {
     pub watchers: Watchers,
     pub profiles: Profiles,
     pub template: Option<Arc<Template>>,
+    /// What every document shares (its probe targets are filled in from
+    /// the pool when rendered).
+    pub documents: Common,
     pub tracker: Tracker,
     pub rebalancer: Rebalancer,
     pub admission: Admission,
@@ -206,6 +211,7 @@ impl Operations {
             watchers,
             profiles,
             template,
+            documents,
             tracker,
             rebalancer,
             admission,
@@ -222,6 +228,7 @@ impl Operations {
             watchers,
             profiles,
             template,
+            documents,
             tracker,
             rebalancer,
             admission,
@@ -375,6 +382,9 @@ impl Operations {
             Request::Routes => self.routes().map(Reply::Routes),
             Request::RouteTable { since } => self.route_table(since).map(Reply::RouteTable),
             Request::RouteOf { aor } => self.route_of(&aor).map(|route| Reply::Routes(route.into_iter().collect())),
+            Request::Document { aor } => Aor::from_uri(&aor, "AOR")
+                .map_err(|e| OperationError::BadAor(aor.clone(), e))
+                .map(|aor| Reply::Document(self.document(&aor))),
             Request::RecentMoves => Ok(Reply::RecentMoves(self.recent_moves.iter().rev().cloned().collect())),
             Request::Rebalance { dry_run } => self.rebalance(dry_run).map(Reply::Plan),
             Request::Entries { aor } => self.entries(&aor).map(Reply::Entries),
@@ -848,7 +858,10 @@ impl Operations {
             .changed(|s| s.name == server, |s| s.state = state)
             .ok_or_else(|| OperationError::UnknownServer(server.to_owned()))?;
         self.save_pool(&pool)?;
-        self.change_server(|s| s.name == server, |s| s.state = state, server)
+        let home = self.change_server(|s| s.name == server, |s| s.state = state, server)?;
+        // The homes taking new clients are every document's probe targets.
+        self.refresh_profiles();
+        Ok(home)
     }
 
     /// `redirector servers add`: the server takes new clients at once.
@@ -902,6 +915,7 @@ impl Operations {
         self.tracker.remove(gone.index);
         self.fast_path.dataplane().set_server(gone.index, Default::default()).map_err(FastPathError::from)?;
         tracing::info!(server = name, slot = gone.index, "home server removed");
+        self.refresh_profiles();
         Ok(())
     }
 

@@ -6,11 +6,15 @@
 //! change of its home's address) notifies its subscriptions; they are
 //! kept in the store, and expire.
 
+use std::net::{IpAddr, SocketAddr};
+
 use super::Operations;
 use crate::{
     counters::add,
     edge::profiles::{Document, ProfileAnswer, ProfileId, ProfileRequest},
     kernel::loader,
+    model::ServerState,
+    ops::documents::Common,
     sip::Aor,
     store::{DialogKind, unix_seconds},
 };
@@ -35,10 +39,31 @@ impl Operations {
 
     /// `aor`'s document as this edge has it now: `None` without an
     /// assignment (or documents, or an address for its home).
-    fn document(&self, aor: &Aor) -> Option<Document> {
+    pub fn document(&self, aor: &Aor) -> Option<Document> {
+        self.document_with(aor, &self.common())
+    }
+
+    fn document_with(&self, aor: &Aor, common: &Common) -> Option<Document> {
         let template = self.template.as_ref()?;
         let cached = self.assignments.current(aor)?;
-        template.render(&self.route(aor, &cached))
+        template.render(&self.route(aor, &cached), common)
+    }
+
+    /// What every document shares now: the timers, and the homes an
+    /// operator has taking new clients as probe targets (their health is
+    /// left out: a flapping home would change every document).
+    fn common(&self) -> Common {
+        let mut common = self.documents.clone();
+        if let Some(port) = common.probe_port {
+            let pool = self.pool.load();
+            let active = pool.servers().iter().filter(|home| home.state == ServerState::Active);
+            common.probe_servers = active
+                .flat_map(|home| [home.ipv4.map(IpAddr::from), home.ipv6.map(IpAddr::from)])
+                .flatten()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect();
+        }
+        common
     }
 
     /// `aor` moved (or lost its assignment): its watchers are told, and its
@@ -53,19 +78,24 @@ impl Operations {
     /// `aor`'s document may have changed: its subscriptions whose document
     /// differs are notified (and saved with the next `save_profiles`).
     pub(super) fn document_changed(&mut self, aor: &Aor) {
-        if !self.profiles.has(aor) {
-            return;
+        if self.profiles.has(aor) {
+            self.notify_document(aor, &self.common());
         }
-        let document = self.document(aor);
+    }
+
+    fn notify_document(&mut self, aor: &Aor, common: &Common) {
+        let document = self.document_with(aor, common);
         self.profiles.changed(aor, document.as_ref(), unix_seconds());
     }
 
     /// Every subscribed document, rendered again: after a change of the pool
-    /// (a home's address or port) and at start (moves made while this
-    /// daemon was down), only those that differ are notified.
+    /// (a home's address or port, the homes taking new clients) and at
+    /// start (moves made while this daemon was down); only those that
+    /// differ are notified.
     pub fn refresh_profiles(&mut self) {
+        let common = self.common();
         for aor in self.profiles.subscribed_aors() {
-            self.document_changed(&aor);
+            self.notify_document(&aor, &common);
         }
         self.save_profiles();
     }
