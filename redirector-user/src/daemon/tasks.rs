@@ -153,8 +153,8 @@ async fn act(actions: Vec<Action>, socket: &Arc<UdpSocket>, context: &Context) -
     for action in &raw_sends {
         context.raw.send(action).await;
     }
-    // After the 200s: a subscriber may take a NOTIFY before the 200 for a
-    // failure (RFC 6665 §4.1.2.4 allows it, not every client does).
+    // A subscription's first NOTIFY leaves after its 200: RFC 6665 lets a
+    // NOTIFY overtake the 200 (§4.1.2.4), but not every client copes.
     for notify in notifies {
         if context.notifies.send(Notify::Profile(notify)).is_err() {
             return Err(DaemonError::TaskEnded { task: "notifier".into() });
