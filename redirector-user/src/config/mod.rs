@@ -1192,6 +1192,12 @@ mod tests {
         assert!(err.contains("rebalance.interval") && err.contains("lower stats.interval"), "{err}");
         let err = error_for(&format!("{VALID}[watchers]\ncapacity = 0\n"));
         assert!(err.contains("watchers.capacity"), "{err}");
+        let err = error_for(&format!("{VALID}[documents]\ncapacity = 0\n"));
+        assert!(err.contains("documents.capacity"), "{err}");
+        let err = error_for(&format!("{VALID}[documents]\nmin_expires = 600\nmax_expires = 60\n"));
+        assert!(err.contains("documents.min_expires") && err.contains("max_expires (60)"), "{err}");
+        let documents = Config::parse(&format!("{VALID}[documents]\ntemplate = \"/etc/p.xml\"\n")).unwrap().documents;
+        assert_eq!((documents.max_expires, documents.min_expires, documents.capacity), (86_400, 60, 100_000));
         let err = error_for(&format!("{VALID}[stats]\nprometheus = \"localhost\"\n"));
         assert!(err.contains("prometheus"), "{err}");
     }
