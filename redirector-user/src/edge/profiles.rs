@@ -510,7 +510,7 @@ impl Profiles {
         let response = self.ok(request, &subscription.tag, granted);
         if granted == 0 {
             bump(&self.counters.fetched);
-            self.dialogs.remove(&request.id);
+            self.forget(&request.id);
             subscription.expires_at = now;
             return self.answer(request, response, subscription, State::Timeout, Some(document));
         }
@@ -567,7 +567,7 @@ impl Profiles {
             } else {
                 bump(&self.counters.unsubscribed);
             }
-            self.dialogs.remove(&request.id);
+            self.forget(&request.id);
             subscription.expires_at = now;
         }
         self.answer(request, response, subscription, state, document)
@@ -593,9 +593,19 @@ impl Profiles {
     }
 
     fn keep(&mut self, subscription: ProfileSubscription) {
+        if let Some(old) = self.dialogs.get(&subscription.id) {
+            self.expiring.remove(&(old.expires_at, subscription.id.clone()));
+        }
         self.expiring.insert((subscription.expires_at, subscription.id.clone()));
         let evicted = self.dialogs.insert(subscription);
         add(&self.counters.evicted, evicted as u64);
+    }
+
+    /// Removes a subscription, and its place in the expiry order.
+    fn forget(&mut self, id: &ProfileId) -> Option<ProfileSubscription> {
+        let subscription = self.dialogs.remove(id)?;
+        self.expiring.remove(&(subscription.expires_at, id.clone()));
+        Some(subscription)
     }
 
     fn answer(
@@ -646,7 +656,7 @@ impl Profiles {
                     }
                 }
                 None => {
-                    let mut subscription = self.dialogs.remove(&id).expect("found above");
+                    let mut subscription = self.forget(&id).expect("found above");
                     subscription.notify_cseq += 1;
                     bump(&self.counters.ended_no_resource);
                     ProfileNotify { subscription, state: State::NoResource, body: None }
@@ -666,7 +676,7 @@ impl Profiles {
             if self.dialogs.get(&id).is_none_or(|s| s.expires_at != at) {
                 continue;
             }
-            let mut subscription = self.dialogs.remove(&id).expect("found above");
+            let mut subscription = self.forget(&id).expect("found above");
             subscription.notify_cseq += 1;
             bump(&self.counters.expired);
             tracing::debug!(aor = %subscription.aor, call_id = subscription.id.call_id, "ua-profile subscription expired");
@@ -676,7 +686,7 @@ impl Profiles {
 
     /// A NOTIFY of the subscription was refused: it ends (RFC 6665 §4.2.2).
     pub fn refused(&mut self, id: &ProfileId) {
-        if let Some(subscription) = self.dialogs.remove(id) {
+        if let Some(subscription) = self.forget(id) {
             tracing::debug!(aor = %subscription.aor, call_id = id.call_id, "ua-profile subscription ended by its subscriber");
         }
     }

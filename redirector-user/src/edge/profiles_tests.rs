@@ -287,6 +287,7 @@ fn a_subscription_not_refreshed_in_time_expires_with_a_notify() {
     assert_eq!(expired.len(), 1);
     assert_eq!((expired[0].state, expired[0].subscription.notify_cseq), (State::Timeout, 3));
     assert_eq!((profiles.kept(), count(&profiles.counters.expired)), (0, 1));
+    assert!(profiles.expiring.is_empty(), "refreshes replace their place in the expiry order");
 }
 
 #[test]
