@@ -7,7 +7,8 @@
 //!
 //! A profile subscription has at most one NOTIFY pending: a newer one of
 //! the same dialog (a higher CSeq, the newer document) replaces it, whose
-//! retransmissions stop and whose late answer is no longer ours. A profile
+//! retransmissions stop and whose late answer is no longer ours; an older
+//! one queued after a newer one is dropped. A profile
 //! NOTIFY refused with a final non-2xx ends its subscription (RFC 6665
 //! §4.2.2: the caller tells the owner); one never answered by Timer F
 //! leaves it in place: a subscriber on the fast path that answers at the
@@ -144,6 +145,11 @@ pub struct Notifier {
     pending: HashMap<String, Transaction>,
     /// The branch of each profile dialog's pending NOTIFY.
     by_dialog: HashMap<ProfileId, String>,
+    /// The highest NOTIFY CSeq started in each profile dialog: one queued
+    /// late is dropped, never sent after a newer one (a subscription's
+    /// first NOTIFY comes through the task that sent its 200, later ones
+    /// straight from the owner, which may overtake it).
+    latest: HashMap<ProfileId, u32>,
     /// When each pending transaction is due next, earliest first; entries
     /// of transactions that ended or moved on are skipped when met.
     deadlines: BinaryHeap<Reverse<(Instant, String)>>,
@@ -159,6 +165,7 @@ impl Notifier {
             proxies,
             pending: HashMap::new(),
             by_dialog: HashMap::new(),
+            latest: HashMap::new(),
             deadlines: BinaryHeap::new(),
             branches: RandomState::new(),
             started: 0,
@@ -187,6 +194,15 @@ impl Notifier {
             warn!(%to, "no proxy address of the subscriber's family to send its NOTIFY from");
             return None;
         };
+        if let Notify::Profile(profile) = &notify {
+            let (id, cseq) = (&profile.subscription.id, profile.subscription.notify_cseq);
+            if self.latest.get(id).is_some_and(|latest| *latest >= cseq) {
+                bump(&self.profile_counters.notifies_superseded);
+                debug!(call_id = id.call_id, cseq, "a NOTIFY older than one already sent is dropped");
+                return None;
+            }
+            self.latest.insert(id.clone(), cseq);
+        }
         self.started += 1;
         // Random, and only the subscriber sees it: answers are matched by it alone (§17.1.3).
         let branch = format!("{NOTIFY_BRANCH_PREFIX}{:016x}", self.branches.hash_one((notify.call_id(), self.started)));
@@ -235,6 +251,9 @@ impl Notifier {
                 if self.by_dialog.get(id).is_some_and(|b| b == branch) {
                     self.by_dialog.remove(id);
                 }
+                if notify.ends() || !(200..300).contains(&code) {
+                    self.latest.remove(id);
+                }
                 if (200..300).contains(&code) {
                     bump(&self.profile_counters.notifies_answered);
                     debug!(%to, call_id, code, "ua-profile NOTIFY answered");
@@ -271,6 +290,11 @@ impl Notifier {
                     && self.by_dialog.get(id) == Some(&branch)
                 {
                     self.by_dialog.remove(id);
+                }
+                if let Notify::Profile(notify) = &transaction.notify
+                    && notify.ends()
+                {
+                    self.latest.remove(&notify.subscription.id);
                 }
                 let (to, call_id) = (transaction.notify.to(), transaction.notify.call_id());
                 debug!(%to, call_id, "NOTIFY never answered (Timer F)");
@@ -453,6 +477,9 @@ mod tests {
         assert_eq!(branch_of(&again[0].bytes), second);
         assert_eq!(notifier.handle_answer(&second, 200), Answered::Ours);
         assert_eq!(notifier.poll_timeout(), None);
+        let late = notifier.start(profile_notify(1, State::Active(60)), start);
+        assert_eq!(late, None, "the first NOTIFY queued after the second is never sent");
+        assert_eq!(notifier.profile_counters.notifies_superseded.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     #[test]
