@@ -20,7 +20,12 @@
 //! installed for its AOR, the AOR's document and the time; this returns
 //! the response and the NOTIFYs to send (the notifier retransmits them).
 
-use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    hash::{BuildHasher, RandomState},
+    net::SocketAddr,
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -396,25 +401,30 @@ crate::counters::counters! {
 /// go (the notifier).
 pub struct Profiles {
     dialogs: Dialogs<ProfileSubscription>,
-    /// (expires_at, id), earliest first; entries of subscriptions that were
-    /// refreshed or ended are skipped when met.
+    /// (expires_at, id), earliest first; entries of subscriptions dropped
+    /// for capacity are skipped when met.
     expiring: BTreeSet<(u64, ProfileId)>,
     settings: Settings,
+    /// Our dialog tags are random: with the subscriber's Call-ID and tag,
+    /// they are what lets a refresh in, from wherever it comes.
+    tags: RandomState,
+    issued: u64,
     notifies: mpsc::UnboundedSender<Notify>,
     pub counters: Arc<ProfileCounters>,
 }
 
 pub type Changes = dialogs::Changes<ProfileId>;
 
-/// Our tag in a dialog: the same for a repeated SUBSCRIBE.
-fn our_tag(id: &ProfileId) -> String {
+/// The To tag of a refusal: stateless, the same for a repeated SUBSCRIBE.
+fn refusal_tag(id: &ProfileId) -> String {
     format!("rdrp{:012x}", xxh3_64(format!("{}\n{}", id.call_id, id.subscriber_tag).as_bytes()) & 0xffff_ffff_ffff)
 }
 
 impl Profiles {
     pub fn new(settings: Settings, notifies: mpsc::UnboundedSender<Notify>) -> Self {
         let dialogs = Dialogs::new(settings.capacity);
-        Self { dialogs, expiring: BTreeSet::new(), settings, notifies, counters: Arc::default() }
+        let (tags, issued) = (RandomState::new(), 0);
+        Self { dialogs, expiring: BTreeSet::new(), settings, tags, issued, notifies, counters: Arc::default() }
     }
 
     /// Subscriptions kept now.
@@ -489,7 +499,14 @@ impl Profiles {
             bump(&self.counters.too_brief);
             return self.too_brief(request);
         };
-        let tag = our_tag(&request.id);
+        // A new SUBSCRIBE of a dialog we keep stays in it.
+        let tag = match &existing {
+            Some(existing) => existing.tag.clone(),
+            None => {
+                self.issued += 1;
+                format!("rdrp{:016x}", self.tags.hash_one((&request.id, self.issued)))
+            }
+        };
         let mut subscription = ProfileSubscription {
             id: request.id.clone(),
             aor: request.aor.clone(),
@@ -502,7 +519,6 @@ impl Profiles {
             reply_to: request.source,
             service: request.local,
             cseq: request.cseq,
-            // A new SUBSCRIBE of a dialog we keep goes on counting.
             notify_cseq: existing.map_or(1, |e| e.notify_cseq + 1),
             expires_at: now + u64::from(granted),
             etag: Some(document.etag.clone()),
@@ -631,7 +647,7 @@ impl Profiles {
     }
 
     fn reject(&self, request: &ProfileRequest, code: u16, reason: &str, extra: &[(&str, String)]) -> ProfileAnswer {
-        let response = response::build(&request.basis, code, reason, &our_tag(&request.id), extra);
+        let response = response::build(&request.basis, code, reason, &refusal_tag(&request.id), extra);
         ProfileAnswer { to: request.reply_address(), response, notify: None }
     }
 
