@@ -162,7 +162,7 @@ enum Command {
     },
     /// Statistics of the running daemon, as of its statistics stream's newest
     /// reading: per home server (clients, packets, bytes, rate), the kernel's
-    /// verdicts, first contact and watchers.
+    /// verdicts, first contact, watchers and ua-profile subscriptions.
     Stats {
         /// JSON instead of a table.
         #[arg(long)]

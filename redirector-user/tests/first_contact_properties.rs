@@ -56,6 +56,8 @@ fn first_contact() -> FirstContact {
         services: vec!["192.0.2.10:5060".parse().unwrap()],
         // Cookies are read from whatever the datagrams carry.
         probe: Some(redirector::probe::Keys::new(*b"properties-key16", 300)),
+        // ua-profile SUBSCRIBEs are read too (the properties hold for them).
+        profiles: Some(Arc::default()),
     };
     let pool = pool::view(Pool::new(vec![home]));
     FirstContact::new(settings, pool, Arc::new(Cache::default()), Arc::default(), Arc::new(Counters::default()))

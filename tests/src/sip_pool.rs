@@ -252,6 +252,20 @@ impl Drop for InProcessEdge {
     }
 }
 
+/// The configuration document template of the tests that serve
+/// documents (as the README's example): the home's registrar URI and name.
+pub const PROFILE_TEMPLATE: &str =
+    "<profile aor=\"{{aor}}\"><registrar>{{registrar}}</registrar><server>{{server}}</server></profile>\n";
+
+/// Has the edge serve configuration documents (`[documents] template`,
+/// `PROFILE_TEMPLATE` written to the topology's scratch directory), with
+/// `extra` config sections before it.
+pub fn serve_documents(topology: &mut Topology, extra: &str) {
+    let template = topology.scratch("profile.xml");
+    std::fs::write(&template, PROFILE_TEMPLATE).expect("writing the document template");
+    topology.extra_config = format!("{extra}[documents]\ntemplate = \"{}\"\n", template.display());
+}
+
 /// The scenarios in tests/sipp.
 pub fn scenario(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sipp").join(name)

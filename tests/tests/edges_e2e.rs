@@ -7,7 +7,9 @@
 //! leader is replaced and a dead home is still failed over; an edge cut
 //! off from etcd serves its known clients, refuses new ones with 503 and
 //! moves with an error naming etcd, starts from its local replica if
-//! restarted meanwhile, and catches up once it is back.
+//! restarted meanwhile, and catches up once it is back. A watcher's dialog
+//! and a client's ua-profile subscription held by one edge get their
+//! NOTIFY when the other edge moves the client.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +17,7 @@ use redirector::ops::api::{Entry, Stats};
 use redirector_tests::{
     operator::{cli_json, routes, wait_until},
     privileged,
-    sip_pool::{BackgroundSipp, Registrar, sipp, start_registrars},
+    sip_pool::{BackgroundSipp, Registrar, serve_documents, sipp, start_registrars},
     topology::{home_address, home_index},
     two_edges::TwoEdges,
 };
@@ -205,4 +207,43 @@ fn a_watcher_is_told_by_the_edge_holding_its_dialog_when_the_other_edge_moves_it
     wait_until(|| counted(holder, "notifies_answered") == 1, "the holder counts the NOTIFY answered");
     let sent = |edge| counted(edge, "notifies_sent");
     assert_eq!((sent(holder), sent(mover)), (1, 0), "the edge holding the dialog sent the NOTIFY, the mover none");
+}
+
+/// A subscription to one's own profile lives on the edge the client's
+/// socket hashes to; a move made through the other edge reaches it through
+/// etcd (the follower), which NOTIFYs the new document.
+#[test]
+fn a_profile_subscription_follows_a_move_made_on_the_other_edge() {
+    if !privileged() {
+        return;
+    }
+    let mut two = TwoEdges::new("dsr");
+    // The scenario's REGISTER expects the edge's 302 (its socket then is on
+    // that edge's fast path).
+    two.pool.first_contact = Some("by-via");
+    serve_documents(&mut two.pool, "[health]\ninterval = 3600\n");
+    start_registrars(&mut two.pool, Registrar::Own);
+    for edge in 0..2 {
+        let store = two.etcd_store(edge);
+        two.start_edge(edge, &store);
+    }
+    let aor = "sip:follow1@example.net";
+    let subscriber = BackgroundSipp::spawn_as(&two.pool, "profile_subscribe.xml", 5073, "follow");
+    let profiles = |edge: usize, name: &str| stats(&two, edge).profiles.get(name).copied().unwrap_or_default();
+    let subscribed = |edge: usize| profiles(edge, "refreshed") == 1 && profiles(edge, "notifies_answered") >= 2;
+    wait_until(|| subscribed(0) || subscribed(1), "the client subscribed and refreshed through one edge");
+    let holder = if subscribed(0) { 0 } else { 1 };
+    let other = 1 - holder;
+    wait_until(|| homes(&two, other).contains_key(aor), "the other edge knows the client's home");
+    let home = homes(&two, other)[aor].clone();
+    let to = if home == "home0" { "home1" } else { "home0" };
+    let moved = two.cli(other, &["assign", aor, to]);
+    assert!(moved.status.success(), "assign on edge {other}: {}", String::from_utf8_lossy(&moved.stderr));
+
+    let logged = subscriber.wait().unwrap_or_else(|e| panic!("the subscriber's scenario failed: {e}"));
+    let registrar = |name: &str| format!("sip:{}:5060", home_address(home_index(name)));
+    let expected = format!("registrars {} {}", registrar(&home), registrar(to));
+    assert!(logged.contains(&expected), "expected \"{expected}\" in the subscriber's log: {logged}");
+    assert_eq!(profiles(holder, "changes_notified"), 1, "edge {holder} told its subscriber");
+    assert_eq!(profiles(other, "subscriptions_kept"), 0, "edge {other} never held it");
 }

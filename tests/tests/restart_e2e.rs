@@ -7,7 +7,9 @@
 //! move made after the restart reaches the adopted entry, and `redirector
 //! detach` then removes everything. A watcher whose SUBSCRIBE went through
 //! the edge before a kill gets its NOTIFY when its client moves after the
-//! restart: the dialogs are kept in the store. So are the health checks'
+//! restart: the dialogs are kept in the store. So is a client's own
+//! ua-profile subscription: the document its home's move changes after the
+//! restart is NOTIFYed in the same dialog. So are the health checks'
 //! verdicts: a home down before the kill is down after the restart.
 
 use std::{
@@ -23,7 +25,7 @@ use redirector::{
 use redirector_tests::{
     operator::{cli_json, routes, wait_until},
     privileged,
-    sip_pool::{BackgroundSipp, Registrar, sipp, start_registrars},
+    sip_pool::{BackgroundSipp, Registrar, serve_documents, sipp, start_registrars},
     topology::{Attach, CLIENT, Topology, home_address, socket_in, xdp_program},
 };
 
@@ -207,6 +209,39 @@ fn a_watcher_recorded_before_a_kill_is_told_when_its_client_moves_after_the_rest
     assert!(logged.contains(&homes), "expected \"{homes}\" in the watcher's log: {logged}");
     let stats = topology.stats_when(|stats| stats.watchers.get("notifies_answered").copied() == Some(1));
     assert_eq!(stats.watchers.get("notifies_sent").copied(), Some(1), "{:?}", stats.watchers);
+}
+
+#[test]
+fn a_profile_subscription_made_before_a_kill_gets_its_notify_after_the_restart() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Skb, 2);
+    serve_documents(&mut topology, "[health]\ninterval = 3600\n[stats]\ninterval = 0.1\n");
+    start_registrars(&mut topology, Registrar::Own);
+    topology.start(&[]);
+    let aor = "sip:follow1@example.net";
+    // Subscribed and refreshed (both NOTIFYs answered); the subscription
+    // is in the store before the refresh's 200 leaves.
+    let subscriber = BackgroundSipp::spawn_as(&topology, "profile_subscribe.xml", 5073, "follow");
+    topology.stats_when(|stats| {
+        let profiles = |name: &str| stats.profiles.get(name).copied().unwrap_or_default();
+        profiles("refreshed") == 1 && profiles("notifies_answered") >= 2
+    });
+    let home = home_of(&topology, aor);
+
+    topology.kill_edge();
+    topology.run_edge();
+    let other = if home == "home0" { "home1" } else { "home0" };
+    assert!(topology.cli(&["assign", aor, other]).status.success());
+
+    let logged = subscriber.wait().unwrap_or_else(|e| panic!("the subscriber's scenario failed: {e}"));
+    let index = |name: &str| name.trim_start_matches("home").parse::<usize>().unwrap();
+    let registrars =
+        format!("registrars sip:{}:5060 sip:{}:5060", home_address(index(&home)), home_address(index(other)));
+    assert!(logged.contains(&registrars), "expected \"{registrars}\" in the subscriber's log: {logged}");
+    let stats = topology.stats_when(|stats| stats.profiles.get("unsubscribed").copied() == Some(1));
+    assert_eq!(stats.profiles.get("changes_notified").copied(), Some(1), "{:?}", stats.profiles);
 }
 
 /// A home server down when the daemon is killed is still down when it

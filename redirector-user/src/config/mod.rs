@@ -319,12 +319,42 @@ pub struct HttpSettings {
 }
 
 /// Per-client configuration documents (`GET /config/{aor}` on the HTTP
-/// listener): rendered from `template` (see `ops::documents`); off when absent.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// listener, and `ua-profile` SUBSCRIBEs at the service addresses):
+/// rendered from `template` (see `ops::documents`); off when absent.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentSettings {
     #[serde(default)]
     pub template: Option<PathBuf>,
+    /// Seconds a ua-profile subscription is granted when its SUBSCRIBE has
+    /// no Expires, and the most granted (RFC 6080 suggests a day).
+    #[serde(default = "default_max_expires")]
+    pub max_expires: u32,
+    /// A shorter (non-zero) Expires gets `423 Interval Too Brief`.
+    #[serde(default = "default_min_expires")]
+    pub min_expires: u32,
+    /// ua-profile subscriptions kept at most; the oldest go first.
+    #[serde(default = "default_watcher_capacity")]
+    pub capacity: usize,
+}
+
+impl Default for DocumentSettings {
+    fn default() -> Self {
+        Self {
+            template: None,
+            max_expires: default_max_expires(),
+            min_expires: default_min_expires(),
+            capacity: default_watcher_capacity(),
+        }
+    }
+}
+
+fn default_max_expires() -> u32 {
+    86_400
+}
+
+fn default_min_expires() -> u32 {
+    60
 }
 
 fn default_stats_interval() -> f64 {
@@ -863,6 +893,14 @@ impl Config {
         if self.watchers.capacity == 0 {
             return Err(invalid("watchers.capacity", "0: keep at least one subscription".to_owned()));
         }
+        if self.documents.capacity == 0 {
+            return Err(invalid("documents.capacity", "0: keep at least one subscription".to_owned()));
+        }
+        let documents = &self.documents;
+        if documents.min_expires == 0 || documents.min_expires > documents.max_expires {
+            let (min, max) = (documents.min_expires, documents.max_expires);
+            return Err(invalid("documents.min_expires", format!("{min} is not between 1 and max_expires ({max})")));
+        }
         if self.health.down_after == 0 || self.health.up_after == 0 {
             return Err(invalid("health", "down_after and up_after must be at least 1"));
         }
@@ -1202,6 +1240,12 @@ mod tests {
         assert!(err.contains("rebalance.interval") && err.contains("lower stats.interval"), "{err}");
         let err = error_for(&format!("{VALID}[watchers]\ncapacity = 0\n"));
         assert!(err.contains("watchers.capacity"), "{err}");
+        let err = error_for(&format!("{VALID}[documents]\ncapacity = 0\n"));
+        assert!(err.contains("documents.capacity"), "{err}");
+        let err = error_for(&format!("{VALID}[documents]\nmin_expires = 600\nmax_expires = 60\n"));
+        assert!(err.contains("documents.min_expires") && err.contains("max_expires (60)"), "{err}");
+        let documents = Config::parse(&format!("{VALID}[documents]\ntemplate = \"/etc/p.xml\"\n")).unwrap().documents;
+        assert_eq!((documents.max_expires, documents.min_expires, documents.capacity), (86_400, 60, 100_000));
         let err = error_for(&format!("{VALID}[stats]\nprometheus = \"localhost\"\n"));
         assert!(err.contains("prometheus"), "{err}");
     }

@@ -40,12 +40,13 @@ use crate::{
         expiry,
         first_contact::{Counters, FirstContact, Settings},
         health::Tracker,
-        notifier::Notifier,
+        notifier::{Notifier, Notify},
         pool,
+        profiles::{self, ProfileCounters, Profiles},
         rebalance::{Rebalancer, Thresholds},
         routes::RouteVersion,
         servers,
-        watchers::{Subscription, WatcherCounters, Watchers},
+        watchers::{WatcherCounters, Watchers},
     },
     kernel::{
         fast_path::{FastPath, FastPathError, owner_of},
@@ -55,7 +56,7 @@ use crate::{
     ops::{
         api::{Reply, Request},
         control,
-        documents::{Template, TemplateError},
+        documents::{self, Template, TemplateError},
         http::{self, TokenError},
         operations::{OperationError, Operations, Parts},
         owner::{Command, Owner, OwnerGone},
@@ -63,7 +64,7 @@ use crate::{
     },
     probe::{Keys, state::Announcement},
     sip::Aor,
-    store::{AssignmentStore, EtcdSettings, EtcdStore, RedbStore, StoreError, Tls},
+    store::{AssignmentStore, DialogKind, EtcdSettings, EtcdStore, RedbStore, StoreError, Tls},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -218,8 +219,11 @@ pub struct Daemon {
     /// The statistics stream's newest reading.
     pub latest: Arc<Latest>,
     watcher_counters: Arc<WatcherCounters>,
-    /// Subscriptions whose client moved; taken by `serve`'s notifier.
-    deactivated: Mutex<Option<mpsc::UnboundedReceiver<Subscription>>>,
+    profile_counters: Arc<ProfileCounters>,
+    /// The NOTIFYs to send (watchers', profile subscriptions'); the queue's
+    /// end is taken by `serve`'s notifier.
+    notifies: mpsc::UnboundedSender<Notify>,
+    queued_notifies: Mutex<Option<mpsc::UnboundedReceiver<Notify>>>,
     /// The program's event ring buffer; taken by `serve`'s reader.
     events: Mutex<Option<RingBuf<MapData>>>,
 }
@@ -311,12 +315,20 @@ impl Daemon {
             proxies: proxy_addresses,
             services: service_addresses,
             probe: probe_keys(config)?,
+            profiles: None,
         };
-        let core = FirstContact::new(settings, pool.clone(), assignments.cache(), fast_path.shared(), counters.clone());
-        let (mut watchers, deactivated) = Watchers::new(config.watchers.capacity);
-        let (restored, skipped) = watchers.restore(assignments.store().watches()?);
+        let (notifies, queued_notifies) = mpsc::unbounded_channel();
+        let mut watchers = Watchers::new(config.watchers.capacity, notifies.clone());
+        let (restored, skipped) = watchers.restore(assignments.store().dialogs(DialogKind::Watches)?);
         info!(restored, skipped, "watchers' dialogs read from the store");
         let watcher_counters = watchers.counters.clone();
+        let mut profiles = Profiles::new(profile_settings(&config.documents), notifies.clone());
+        let (restored, skipped) = profiles.restore(assignments.store().dialogs(DialogKind::Profiles)?);
+        info!(restored, skipped, "ua-profile subscriptions read from the store");
+        let profile_counters = profiles.counters.clone();
+        // Documents on: ua-profile SUBSCRIBEs are answered here.
+        let settings = Settings { profiles: template.is_some().then(|| profile_counters.clone()), ..settings };
+        let core = FirstContact::new(settings, pool.clone(), assignments.cache(), fast_path.shared(), counters.clone());
         let rebalancer = rebalancer(&config.rebalance);
         let limits = Limits {
             per_prefix: config.limits.new_clients_per_prefix,
@@ -331,6 +343,16 @@ impl Daemon {
             pool,
             fast_path,
             watchers,
+            profiles,
+            template: template.clone(),
+            documents: documents::Common {
+                probe_port: config.probe.port.filter(|_| config.probe.secret_file.is_some()),
+                probe_servers: Vec::new(),
+                idle_timeout: config.fast_path.idle_timeout as u64,
+                assignment_expires: config.store.expire_after as u64,
+                redirect_expires: config.sip.redirect_expires,
+                subscription_expires: config.documents.max_expires,
+            },
             tracker,
             rebalancer,
             admission: Admission::new(limits),
@@ -344,6 +366,9 @@ impl Daemon {
             operations.lead(false);
         }
         operations.start_pool()?;
+        // Documents that changed while no daemon ran (a move made by
+        // another edge, a home's new address) are sent now.
+        operations.refresh_profiles();
         let route_versions = operations.route_versions();
         let home_states = operations.home_states();
         let state_senders = match config.probe.port {
@@ -376,7 +401,9 @@ impl Daemon {
             route_versions,
             latest: Arc::default(),
             watcher_counters,
-            deactivated: Mutex::new(Some(deactivated)),
+            profile_counters,
+            notifies,
+            queued_notifies: Mutex::new(Some(queued_notifies)),
             events: Mutex::new(Some(events)),
         })
     }
@@ -387,15 +414,22 @@ impl Daemon {
         let services = registered(&self.services).map_err(io("registering the service sockets with the runtime"))?;
         let proxies = registered(&self.proxies).map_err(io("registering the proxy sockets with the runtime"))?;
         let senders = Senders::new(&services, &proxies).map_err(io("reading the sockets' addresses"))?;
-        let notifier = Notifier::new(senders.proxy_addresses(), self.watcher_counters.clone());
-        let deactivated = self.deactivated.lock().expect("receiver lock").take().ok_or(DaemonError::ServedTwice)?;
+        let notifier =
+            Notifier::new(senders.proxy_addresses(), self.watcher_counters.clone(), self.profile_counters.clone());
+        let queued = self.queued_notifies.lock().expect("receiver lock").take().ok_or(DaemonError::ServedTwice)?;
         let events = self.events.lock().expect("events lock").take().ok_or(DaemonError::ServedTwice)?;
         let (notify_answers, answers) = mpsc::channel(tasks::NOTIFY_ANSWERS);
         let raw = self.raw.try_clone().and_then(RawSender::new).map_err(io("registering the raw sockets"))?;
-        let context =
-            Context { core: self.core.clone(), owner: self.owner.clone(), senders, raw: Arc::new(raw), notify_answers };
+        let context = Context {
+            core: self.core.clone(),
+            owner: self.owner.clone(),
+            senders,
+            raw: Arc::new(raw),
+            notify_answers,
+            notifies: self.notifies.clone(),
+        };
         let mut tasks = Tasks::new();
-        let notifying = tasks::notify(notifier, deactivated, answers, context.senders.clone());
+        let notifying = tasks::notify(notifier, queued, answers, context.senders.clone(), self.owner.clone());
         spawn(&mut tasks, "notifier".into(), notifying);
         spawn(&mut tasks, "events".into(), tasks::events(events, context.clone()));
         for (index, socket) in services.iter().enumerate() {
@@ -444,6 +478,9 @@ impl Daemon {
         }
         if let Some(expiry) = self.expiry {
             spawn(tasks, "expiry".into(), tasks::expire(self.owner.clone(), expiry.walk_every()));
+        }
+        if self.template.is_some() {
+            spawn(tasks, "ua-profile expiry".into(), tasks::expire_profiles(self.owner.clone()));
         }
         if let Some(listener) = &self.prometheus {
             let listener = listener.try_clone().map_err(io("cloning the Prometheus socket"))?;
@@ -512,13 +549,22 @@ impl Drop for Daemon {
     }
 }
 
-/// nat: a raw socket per edge address for passed-up replies to edge ports.
+/// How long ua-profile subscriptions last, and how many are kept.
+fn profile_settings(documents: &config::DocumentSettings) -> profiles::Settings {
+    profiles::Settings {
+        max_expires: documents.max_expires,
+        min_expires: documents.min_expires,
+        capacity: documents.capacity,
+    }
+}
+
 /// The probe keys, when `[probe] port` is set.
 fn probe_keys(config: &Config) -> Result<Option<Keys>> {
     let (Some(_), Some(path)) = (config.probe.port, &config.probe.secret_file) else { return Ok(None) };
     Ok(Some(Keys::read(path, config.probe.period)?))
 }
 
+/// nat: a raw socket per edge address for passed-up replies to edge ports.
 fn nat_reply_sockets(config: &Config) -> std::io::Result<Vec<socket2::Socket>> {
     if config.mode != config::ForwardingMode::Nat {
         return Ok(Vec::new());

@@ -27,8 +27,7 @@ use super::{
 use crate::{
     edge::{
         first_contact::{Action, FirstContact},
-        notifier::Notifier,
-        watchers::Subscription,
+        notifier::{Answered, Notifier, Notify},
     },
     kernel::loader::decode_event,
     ops::{
@@ -78,6 +77,9 @@ pub struct Context {
     pub senders: Senders,
     pub raw: Arc<RawSender>,
     pub notify_answers: mpsc::Sender<NotifyAnswer>,
+    /// The notifier's queue: a ua-profile subscription's first NOTIFY
+    /// goes there once the SUBSCRIBE's 200 has left.
+    pub notifies: mpsc::UnboundedSender<Notify>,
 }
 
 /// First contact on one service socket: each batch read once, the new
@@ -115,10 +117,11 @@ pub async fn serve_proxy(socket: Arc<UdpSocket>, context: Context) -> Result<()>
 /// the answer that makes the client come back), then the datagrams are sent.
 async fn act(actions: Vec<Action>, socket: &Arc<UdpSocket>, context: &Context) -> Result<()> {
     debug!(?actions, "first contact");
-    let (mut sends, mut raw_sends, mut changes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut sends, mut raw_sends, mut changes, mut profiles) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for action in actions {
         match action {
             Action::Reply { .. } | Action::Forward { .. } | Action::Relay { .. } => sends.push(action),
+            Action::Profile(request) => profiles.push(*request),
             Action::Encapsulate { .. } | Action::Translate { .. } => raw_sends.push(action),
             Action::NotifyAnswered { branch, code, from } => {
                 let answer = NotifyAnswer { branch, code, from };
@@ -139,9 +142,23 @@ async fn act(actions: Vec<Action>, socket: &Arc<UdpSocket>, context: &Context) -
     if !changes.is_empty() {
         context.owner.apply(changes).await?;
     }
+    let mut notifies = Vec::new();
+    if !profiles.is_empty() {
+        for answer in context.owner.profiles(profiles).await? {
+            sends.push(Action::Reply { to: answer.to, bytes: answer.response });
+            notifies.extend(answer.notify);
+        }
+    }
     send_grouped(&sends, socket, &context.senders).await;
     for action in &raw_sends {
         context.raw.send(action).await;
+    }
+    // A subscription's first NOTIFY leaves after its 200: RFC 6665 lets a
+    // NOTIFY overtake the 200 (§4.1.2.4), but not every client copes.
+    for notify in notifies {
+        if context.notifies.send(Notify::Profile(notify)).is_err() {
+            return Err(DaemonError::TaskEnded { task: "notifier".into() });
+        }
     }
     Ok(())
 }
@@ -174,21 +191,26 @@ async fn send_grouped(sends: &[Action], socket: &Arc<UdpSocket>, senders: &Sende
     }
 }
 
-/// The NOTIFY transactions: one starts for every subscription whose client
-/// moved; answers and Timer E / F drive them.
+/// The NOTIFY transactions: one starts for every NOTIFY queued (a watcher
+/// whose client moved, a ua-profile subscription's document or end);
+/// answers and Timer E / F drive them. A refused profile NOTIFY ends its
+/// subscription at the owner.
 pub async fn notify(
     mut notifier: Notifier,
-    mut deactivated: mpsc::UnboundedReceiver<Subscription>,
+    mut notifies: mpsc::UnboundedReceiver<Notify>,
     mut answers: mpsc::Receiver<NotifyAnswer>,
     senders: Senders,
+    owner: Owner,
 ) -> Result<()> {
     loop {
         let wake = notifier.poll_timeout();
         let transmits = tokio::select! {
-            Some(subscription) = deactivated.recv() => notifier.start(subscription, Instant::now()).into_iter().collect(),
+            Some(notify) = notifies.recv() => notifier.start(notify, Instant::now()).into_iter().collect(),
             Some(NotifyAnswer { branch, code, from }) = answers.recv() => {
-                if !notifier.handle_answer(&branch, code) {
-                    debug!(%from, branch, "answer to a NOTIFY no longer pending");
+                match notifier.handle_answer(&branch, code) {
+                    Answered::NotOurs => debug!(%from, branch, "answer to a NOTIFY no longer pending"),
+                    Answered::Ours => {}
+                    Answered::Refused(id) => owner.send(Command::ProfileRefused(id))?,
                 }
                 Vec::new()
             }
@@ -309,6 +331,17 @@ pub async fn scan(owner: Owner, mut scan: Scan) -> Result<()> {
             last_sample = Some(taken);
             load.sender.send_or_count(LoadSample { taken, clients }, &load.latest);
         }
+    }
+}
+
+/// Has the owner end the ua-profile subscriptions not refreshed in time,
+/// every second.
+pub async fn expire_profiles(owner: Owner) -> Result<()> {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        owner.send(Command::ExpireProfiles)?;
     }
 }
 

@@ -11,7 +11,10 @@
 //!   the watched client: it is always proxied to that client's home server
 //!   (a redirect would hide the dialog from the edge), its sender is never
 //!   installed, and its dialog is recorded (`Action::Watch`) so the watcher
-//!   can be told when the client moves (see `watchers`).
+//!   can be told when the client moves (see `watchers`). With configuration
+//!   documents on, a SUBSCRIBE for the `ua-profile` package is a client
+//!   asking for its own document instead: the edge is its notifier, and
+//!   the state owner answers it (`Action::Profile`, see `profiles`).
 //! * A request from a home server is for a client of another home (the
 //!   terminating leg of a call): it is proxied by its Request-URI, never
 //!   back to its sender, and never redirected (see `from_homes`).
@@ -45,6 +48,7 @@ use crate::{
         assignments::Assigned,
         notifier::NOTIFY_BRANCH_PREFIX,
         pool::{Pool, PoolView},
+        profiles::{self, ProfileCounters, ProfileRequest, Unreadable},
         watchers::{DialogId, Subscription},
     },
     kernel::installed::{InstalledClients, KernelRoute, NatReply},
@@ -73,6 +77,10 @@ pub struct Settings {
     pub services: Vec<SocketAddr>,
     /// With probes on: the keys a REGISTER's cookie is checked with.
     pub probe: Option<Keys>,
+    /// With configuration documents on (`[documents] template`): where
+    /// ua-profile SUBSCRIBEs answered here are counted. Off, they are
+    /// proxied to the client's home like any SUBSCRIBE.
+    pub profiles: Option<Arc<ProfileCounters>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,8 +105,11 @@ pub enum Action {
     Watch { subscription: Box<Subscription>, expires: Option<u32>, generation: u64 },
     /// The notifier's answer to a SUBSCRIBE, relayed to the watcher.
     SubscribeAnswered { id: DialogId, code: u16, notifier_tag: Option<String> },
-    /// A watcher's answer to one of our NOTIFYs.
+    /// A watcher's or a subscriber's answer to one of our NOTIFYs.
     NotifyAnswered { branch: String, code: u16, from: SocketAddr },
+    /// A client's ua-profile SUBSCRIBE, for the owner to answer (the
+    /// response leaves from the socket it arrived on, then its NOTIFY).
+    Profile(Box<ProfileRequest>),
     /// dsr, for a client on the fast path: `bytes` as a UDP datagram from
     /// `client` to `service`, through the tunnel to `home`, fragmented to
     /// fit (the home reassembles it and answers the client directly).
@@ -552,6 +563,12 @@ impl FirstContact {
         if message.max_forwards().ok().flatten() == Some(0) {
             return Item::Done(self.reject(&mut basis, source, 483, "Too Many Hops", &self.counters.too_many_hops));
         }
+        if let Some(counters) = &self.settings.profiles
+            && message.method() == Some("SUBSCRIBE")
+            && profiles::is_profile_event(&message)
+        {
+            return Item::Done(self.profile(&message, &mut basis, source, local, counters));
+        }
         let aor = match identity(&message) {
             Ok(aor) => aor,
             Err(error) => {
@@ -680,6 +697,30 @@ impl FirstContact {
                 None
             }
         }
+    }
+
+    /// A ua-profile SUBSCRIBE: for the owner to answer, unless it cannot be
+    /// read (`400`, `406`) or asks for a profile other than the user's (`404`).
+    fn profile(
+        &self,
+        message: &Message<'_>,
+        basis: &mut Basis,
+        source: SocketAddr,
+        local: SocketAddr,
+        counters: &ProfileCounters,
+    ) -> Vec<Action> {
+        let (code, reason, counter) = match ProfileRequest::parse(message, source, local) {
+            Ok(request) => return vec![Action::Profile(Box::new(request))],
+            Err(Unreadable::Malformed(reason)) => (400, reason, &counters.malformed),
+            Err(Unreadable::NotAcceptable) => {
+                (406, "Not Acceptable: Documents Are application/xml".into(), &counters.not_acceptable)
+            }
+            Err(Unreadable::NotUser) => (404, "Only profile-type=user Here".into(), &counters.not_found),
+        };
+        tracing::debug!(%source, code, reason, "ua-profile SUBSCRIBE refused");
+        let accept = [("Accept", profiles::CONTENT_TYPE.to_owned())];
+        let extra: &[(&str, String)] = if code == 406 { &accept } else { &[] };
+        self.reject_with(basis, source, code, &reason, extra, counter)
     }
 
     /// Whether a request is answered with a redirect rather than proxied.

@@ -169,6 +169,7 @@ fn settings(policy: Policy) -> Settings {
         proxies: vec![PROXY.parse().unwrap(), PROXY6.parse().unwrap()],
         services: vec![SERVICE.parse().unwrap()],
         probe: Some(probe_keys()),
+        profiles: Some(Arc::default()),
     }
 }
 
@@ -588,6 +589,55 @@ fn a_subscribe_without_event_is_proxied_but_not_recorded() {
     let actions = s.fc.on_service_datagram(bytes.as_bytes(), client(), service());
     assert!(matches!(actions.as_slice(), [Action::Forward { .. }]), "{actions:?}");
     assert_eq!(s.fc.counters.subscribes_unrecordable.load(Ordering::Relaxed), 1);
+}
+
+/// A client's SUBSCRIBE for its own ua-profile is the owner's to answer,
+/// never proxied, and never assigns its AOR; one that cannot be read is
+/// answered here (400, 406, 404) and counted. With documents off, it is
+/// a SUBSCRIBE like any other: proxied to the home (which may be the
+/// profile's notifier itself).
+#[test]
+fn a_ua_profile_subscribe_goes_to_the_owner_and_a_malformed_one_gets_400() {
+    let profile = |extra: &str| {
+        text(&subscribe("p1", extra))
+            .replace("Event: presence", "Event: ua-profile;profile-type=user")
+            .replace("<sip:bob@example.net>", "<sip:alice@example.net>")
+    };
+    let s = setup(Policy::ByVia);
+    let actions = s.fc.on_service_datagram(profile("Expires: 0\r\n").as_bytes(), client(), service());
+    let [Action::Profile(request)] = actions.as_slice() else { panic!("{actions:?}") };
+    assert_eq!((request.aor.as_str(), request.expires, request.local), ("sip:alice@example.net", Some(0), service()));
+    assert!(s.fc.store().all().unwrap().is_empty(), "nothing assigned for a profile SUBSCRIBE");
+
+    let counters = s.fc.core.settings.profiles.clone().unwrap();
+    let untagged = profile("").replace(";tag=p1", "");
+    let actions = s.fc.on_service_datagram(untagged.as_bytes(), client(), service());
+    let (_, response) = only_reply(&actions);
+    assert!(response.starts_with("SIP/2.0 400 "), "{response}");
+    assert!(response.contains("From tag"), "the reason names the problem: {response}");
+    let json = profile("Accept: application/json\r\n");
+    let (_, response) = only_reply(&s.fc.on_service_datagram(json.as_bytes(), client(), service()));
+    assert!(response.starts_with("SIP/2.0 406 ") && response.contains("\r\nAccept: application/xml"), "{response}");
+    let device = profile("").replace("profile-type=user", "profile-type=device");
+    let (_, response) = only_reply(&s.fc.on_service_datagram(device.as_bytes(), client(), service()));
+    assert!(response.starts_with("SIP/2.0 404 "), "{response}");
+    let counted = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let figures = (counted(&counters.malformed), counted(&counters.not_acceptable), counted(&counters.not_found));
+    assert_eq!(figures, (1, 1, 1));
+
+    let off = Setup {
+        fc: Harness::new(
+            Settings { profiles: None, ..settings(Policy::ByVia) },
+            s.fc.pool.load().servers().to_vec(),
+            {
+                let dir = std::env::temp_dir().join(format!("redirector-fc-off-{}", std::process::id()));
+                Box::new(RedbStore::open(&dir.join("a.redb")).unwrap())
+            },
+        ),
+        _dir: TempDir(std::env::temp_dir().join(format!("redirector-fc-off-{}", std::process::id()))),
+    };
+    let actions = off.fc.on_service_datagram(profile("").as_bytes(), client(), service());
+    assert!(matches!(actions.as_slice(), [Action::Forward { .. }, Action::Watch { .. }]), "{actions:?}");
 }
 
 #[test]

@@ -16,23 +16,20 @@
 //! is marked moved: if the old home server then confirms it, the watcher
 //! is told at once.
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+pub use crate::edge::dialogs::MAX_FIELD;
 use crate::{
     counters::{add, bump},
+    edge::{
+        dialogs::{self, Dialog, Dialogs},
+        notifier::Notify,
+    },
     sip::{Aor, HeaderKind, Message, NameAddr, ParseError, split_list, tag, unfold},
 };
-
-/// Longest header value recorded: a subscription's size is bounded, not
-/// set by whoever sends the SUBSCRIBE.
-pub const MAX_FIELD: usize = 1024;
 
 /// A dialog's identity as the edge sees it before the notifier's tag is known.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -113,13 +110,8 @@ impl Subscription {
     }
 }
 
-/// A dialog's key in the store.
-fn stored_key(id: &DialogId) -> String {
-    format!("{}\n{}", id.call_id, id.watcher_tag)
-}
-
 /// A To / From value without its `tag` parameter.
-fn without_tag(value: &str) -> String {
+pub(crate) fn without_tag(value: &str) -> String {
     let value = value.trim();
     let Ok(name_addr) = NameAddr::parse(value, "To") else {
         return value.to_owned();
@@ -158,56 +150,42 @@ pub enum Answered {
     Moved(Box<Subscription>),
 }
 
-/// Dialogs changed since the store last saw them: each kept one's key and
-/// record, each removed one's key.
-#[derive(Debug, Default)]
-pub struct Changes {
-    ids: HashSet<DialogId>,
-    pub kept: Vec<(String, String)>,
-    pub removed: Vec<String>,
-}
+/// Dialogs changed since the store last saw them.
+pub type Changes = dialogs::Changes<DialogId>;
 
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.kept.is_empty() && self.removed.is_empty()
-    }
-}
-
-/// A kept subscription; also what the store keeps of it.
+/// A kept subscription; also what the store keeps of it (with its age).
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
-    age: u64,
     subscription: Subscription,
     /// Its client moved while the notifier had not answered yet.
     moved: bool,
 }
 
+impl Dialog for Entry {
+    type Id = DialogId;
+
+    fn id(&self) -> &DialogId {
+        &self.subscription.id
+    }
+
+    fn client(&self) -> &Aor {
+        &self.subscription.presentity
+    }
+
+    fn key(id: &DialogId) -> String {
+        format!("{}\n{}", id.call_id, id.watcher_tag)
+    }
+}
+
 /// The subscriptions, by dialog and by watched client, oldest first.
 #[derive(Debug)]
 pub struct Registry {
-    capacity: usize,
-    next_age: u64,
-    dialogs: HashMap<DialogId, Entry>,
-    by_age: BTreeMap<u64, DialogId>,
-    by_presentity: HashMap<Aor, HashSet<DialogId>>,
-    /// Dialogs added, changed or removed since the store last saw them.
-    touched: HashSet<DialogId>,
-    /// Store keys whose records did not read back: removed with the next
-    /// save.
-    unreadable: Vec<String>,
+    dialogs: Dialogs<Entry>,
 }
 
 impl Registry {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            next_age: 0,
-            dialogs: HashMap::new(),
-            by_age: BTreeMap::new(),
-            by_presentity: HashMap::new(),
-            touched: HashSet::new(),
-            unreadable: Vec::new(),
-        }
+        Self { dialogs: Dialogs::new(capacity) }
     }
 
     pub fn len(&self) -> usize {
@@ -222,100 +200,53 @@ impl Registry {
     /// moved after the SUBSCRIBE was routed. A repeat keeps the notifier's
     /// tag already learned.
     pub fn subscribed(&mut self, mut subscription: Subscription, expires: Option<u32>, moved: bool) -> Recorded {
-        let previous = self.remove(&subscription.id);
+        let previous = self.dialogs.remove(&subscription.id);
         if expires == Some(0) {
             return Recorded::Ended;
         }
         if subscription.notifier_tag.is_none() {
             subscription.notifier_tag = previous.and_then(|p| p.subscription.notifier_tag);
         }
-        let mut evicted = 0;
-        while self.dialogs.len() >= self.capacity {
-            let Some((_, oldest)) = self.by_age.pop_first() else { break };
-            self.remove(&oldest);
-            evicted += 1;
-        }
-        let age = self.next_age;
-        self.next_age += 1;
-        self.insert(Entry { age, subscription, moved });
+        let evicted = self.dialogs.insert(Entry { subscription, moved });
         Recorded::Kept { evicted }
-    }
-
-    fn insert(&mut self, entry: Entry) {
-        let id = entry.subscription.id.clone();
-        self.by_age.insert(entry.age, id.clone());
-        self.by_presentity.entry(entry.subscription.presentity.clone()).or_default().insert(id.clone());
-        self.touched.insert(id.clone());
-        self.dialogs.insert(id, entry);
     }
 
     /// What changed since the last call, for the store.
     pub fn take_changes(&mut self) -> Changes {
-        let ids = std::mem::take(&mut self.touched);
-        let (mut kept, mut removed) = (Vec::new(), std::mem::take(&mut self.unreadable));
-        for id in &ids {
-            match self.dialogs.get(id) {
-                Some(entry) => kept.push((stored_key(id), serde_json::to_string(entry).expect("plain data"))),
-                None => removed.push(stored_key(id)),
-            }
-        }
-        Changes { ids, kept, removed }
+        self.dialogs.take_changes()
     }
 
     /// Changes the store did not take: written with the next save.
     pub fn retry(&mut self, changes: Changes) {
-        self.touched.extend(changes.ids);
+        self.dialogs.retry(changes);
     }
 
-    /// Takes back what the store kept (records that no longer read, say
-    /// from an older version, are skipped, counted and removed from the
-    /// store with the next save); the oldest beyond capacity are dropped. Returns how many were restored and skipped.
+    /// Takes back what the store kept (see `Dialogs::restore`). Returns
+    /// how many were restored and skipped.
     pub fn restore(&mut self, stored: Vec<(String, String)>) -> (usize, usize) {
-        let mut entries: Vec<Entry> = Vec::with_capacity(stored.len());
-        let mut skipped = 0;
-        for (key, record) in stored {
-            match serde_json::from_str(&record) {
-                Ok(entry) => entries.push(entry),
-                Err(_) => {
-                    skipped += 1;
-                    self.unreadable.push(key);
-                }
-            }
-        }
-        entries.sort_by_key(|entry| entry.age);
-        let dropped = entries.len().saturating_sub(self.capacity);
-        for entry in entries.drain(..dropped) {
-            self.touched.insert(entry.subscription.id);
-        }
-        self.next_age = entries.last().map_or(0, |entry| entry.age + 1);
-        let restored = entries.len();
-        for entry in entries {
-            self.insert(entry);
-        }
-        self.touched.retain(|id| !self.dialogs.contains_key(id));
-        (restored, skipped + dropped)
+        self.dialogs.restore(stored)
     }
 
     /// The notifier's final answer to a SUBSCRIBE: a 2xx confirms the
     /// dialog with its tag; a refusal ends a dialog that was never confirmed
     /// (a refused refresh leaves a confirmed one to its notifier).
     pub fn answered(&mut self, id: &DialogId, code: u16, notifier_tag: Option<&str>) -> Answered {
-        let Some(entry) = self.dialogs.get_mut(id) else { return Answered::Nothing };
+        let Some(entry) = self.dialogs.get(id) else { return Answered::Nothing };
         if entry.subscription.notifier_tag.is_some() {
             return Answered::Nothing;
         }
         match code {
             200..=299 => {
+                let entry = self.dialogs.get_mut(id).expect("found above");
                 entry.subscription.notifier_tag = notifier_tag.map(str::to_owned);
-                self.touched.insert(id.clone());
                 if !entry.moved {
                     return Answered::Confirmed;
                 }
-                let moved = self.remove(id).map(|e| e.subscription);
+                let moved = self.dialogs.remove(id).map(|e| e.subscription);
                 moved.map_or(Answered::Nothing, |s| Answered::Moved(Box::new(s)))
             }
             300.. => {
-                self.remove(id);
+                self.dialogs.remove(id);
                 Answered::Refused
             }
             _ => Answered::Nothing,
@@ -325,34 +256,17 @@ impl Registry {
     /// `presentity` moved: removes and returns its confirmed subscriptions;
     /// those still waiting for the notifier are marked moved.
     pub fn take(&mut self, presentity: &Aor) -> Vec<Subscription> {
-        let ids: Vec<DialogId> =
-            self.by_presentity.get(presentity).map(|ids| ids.iter().cloned().collect()).unwrap_or_default();
         let mut confirmed = Vec::new();
-        for id in ids {
-            match self.dialogs.get_mut(&id) {
+        for id in self.dialogs.of(presentity) {
+            match self.dialogs.get(&id) {
                 Some(entry) if entry.subscription.notifier_tag.is_none() => {
-                    entry.moved = true;
-                    self.touched.insert(id);
+                    self.dialogs.get_mut(&id).expect("found above").moved = true;
                 }
-                Some(_) => confirmed.extend(self.remove(&id).map(|e| e.subscription)),
+                Some(_) => confirmed.extend(self.dialogs.remove(&id).map(|e| e.subscription)),
                 None => {}
             }
         }
         confirmed
-    }
-
-    fn remove(&mut self, id: &DialogId) -> Option<Entry> {
-        let entry = self.dialogs.remove(id)?;
-        self.touched.insert(id.clone());
-        self.by_age.remove(&entry.age);
-        let presentity = &entry.subscription.presentity;
-        if let Some(ids) = self.by_presentity.get_mut(presentity) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by_presentity.remove(presentity);
-            }
-        }
-        Some(entry)
     }
 }
 
@@ -379,19 +293,18 @@ crate::counters::counters! {
     dialogs_saved,
 }
 
-/// The registry, kept by the state owner, and the queue of subscriptions
-/// whose client moved, which the notifier drains.
+/// The registry, kept by the state owner, and the queue of NOTIFYs to
+/// send (the notifier drains it), where the watchers of a client that
+/// moved go.
 pub struct Watchers {
     registry: Registry,
-    deactivated: mpsc::UnboundedSender<Subscription>,
+    notifies: mpsc::UnboundedSender<Notify>,
     pub counters: Arc<WatcherCounters>,
 }
 
 impl Watchers {
-    pub fn new(capacity: usize) -> (Self, mpsc::UnboundedReceiver<Subscription>) {
-        let (deactivated, receiver) = mpsc::unbounded_channel();
-        let watchers = Self { registry: Registry::new(capacity), deactivated, counters: Arc::default() };
-        (watchers, receiver)
+    pub fn new(capacity: usize, notifies: mpsc::UnboundedSender<Notify>) -> Self {
+        Self { registry: Registry::new(capacity), notifies, counters: Arc::default() }
     }
 
     /// Records a SUBSCRIBE being proxied; `moved` if its client moved
@@ -427,7 +340,7 @@ impl Watchers {
         tracing::info!(%aor, call_id, cseq = subscription.cseq, "watcher to be told its client moved");
         // The receiver lives as long as the daemon serves; after that
         // nobody is left to send the NOTIFY anyway.
-        let _ = self.deactivated.send(subscription);
+        let _ = self.notifies.send(Notify::Deactivated(subscription));
     }
 
     /// Subscriptions kept now.
@@ -485,7 +398,7 @@ pub fn notify(subscription: &Subscription, sent_by: SocketAddr, branch: &str) ->
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
 
@@ -679,7 +592,7 @@ mod tests {
         let (fourth, _) = parsed("c2", "w1", "");
         let repeat = registry.subscribed(fourth, None, false);
         assert_eq!(repeat, Recorded::Kept { evicted: 0 }, "a repeat takes its own place");
-        let left: Vec<String> = registry.dialogs.keys().map(|id| id.call_id.clone()).collect();
+        let left: Vec<String> = registry.dialogs.ids().into_iter().map(|id| id.call_id).collect();
         assert_eq!(left.len(), 2);
         assert!(!left.contains(&"c1".to_owned()), "{left:?}");
     }

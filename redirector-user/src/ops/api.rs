@@ -44,6 +44,11 @@ pub enum Request {
     RouteOf {
         aor: String,
     },
+    /// One AOR's configuration document (none without an assignment or
+    /// `[documents] template`).
+    Document {
+        aor: String,
+    },
     Rebalance {
         dry_run: bool,
     },
@@ -86,6 +91,7 @@ pub enum Reply {
     Moves(Vec<Move>),
     Server(ServerStatus),
     Routes(Vec<Route>),
+    Document(Option<crate::edge::profiles::Document>),
     RouteTable(RouteTable),
     RecentMoves(Vec<RecentMove>),
     Plan(Vec<PlannedMove>),
@@ -180,6 +186,9 @@ pub struct Stats {
     /// What was done for watchers.
     #[serde(default)]
     pub watchers: BTreeMap<String, u64>,
+    /// What was done with clients' ua-profile subscriptions.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, u64>,
     /// A shared store (etcd): what this edge saw of it, and `leading` (1
     /// while this edge makes the pool's decisions). Empty with redb.
     #[serde(default)]

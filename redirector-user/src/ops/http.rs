@@ -268,15 +268,15 @@ async fn document(
     Query(query): Query<DocumentQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(template) = shared.template.clone() else {
+    if shared.template.is_none() {
         return failure(StatusCode::NOT_FOUND, "no configuration documents here: [documents] template is not set");
-    };
+    }
     let known = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(query.wait).min(LONGEST_WAIT);
     let mut versions = shared.versions.clone();
     loop {
         versions.borrow_and_update();
-        let current = match render(&shared.owner, &template, &aor).await {
+        let current = match render(&shared.owner, &aor).await {
             Ok(current) => current,
             Err(response) => return response,
         };
@@ -294,21 +294,17 @@ async fn document(
     }
 }
 
-/// `aor`'s document, or the response saying why there is none.
-async fn render(owner: &Owner, template: &Template, aor: &str) -> Result<documents::Document, Response> {
-    let route = match ask(owner, Control::RouteOf { aor: aor.to_owned() }).await? {
-        Reply::Routes(mut routes) => routes.pop(),
-        other => return Err(failure(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}"))),
-    };
-    let Some(route) = route else {
-        return Err(failure(
+/// `aor`'s document (the state owner renders it, as for its ua-profile
+/// NOTIFYs), or the response saying why there is none.
+async fn render(owner: &Owner, aor: &str) -> Result<documents::Document, Response> {
+    match ask(owner, Control::Document { aor: aor.to_owned() }).await? {
+        Reply::Document(Some(document)) => Ok(document),
+        Reply::Document(None) => Err(failure(
             StatusCode::NOT_FOUND,
-            format!("{aor} has no assignment: it gets one at its first contact"),
-        ));
-    };
-    template
-        .render(&route)
-        .ok_or_else(|| failure(StatusCode::NOT_FOUND, format!("{aor}'s home {} has no address", route.server)))
+            format!("{aor} has no assignment (it gets one at its first contact), or its home has no address"),
+        )),
+        other => Err(failure(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}"))),
+    }
 }
 
 /// What the status page shows: the statistics stream's newest reading

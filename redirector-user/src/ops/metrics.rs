@@ -62,7 +62,10 @@ impl Collector for StatsCollector {
         )?;
         let watchers = named(&stats.watchers);
         let help = "What was done for watchers, by event";
-        counters(&mut encoder, "watchers", help, Some("event"), watchers.iter().map(|(k, v)| (k.as_str(), *v)))
+        counters(&mut encoder, "watchers", help, Some("event"), watchers.iter().map(|(k, v)| (k.as_str(), *v)))?;
+        let profiles = named(&stats.profiles);
+        let help = "What was done with clients' ua-profile subscriptions, by event";
+        counters(&mut encoder, "profiles", help, Some("event"), profiles.iter().map(|(k, v)| (k.as_str(), *v)))
     }
 }
 
@@ -128,6 +131,7 @@ mod tests {
             servers: vec![server],
             verdicts: BTreeMap::from([("forwarded".into(), 42)]),
             first_contact: BTreeMap::from([("redirected".into(), 1)]),
+            profiles: BTreeMap::from([("malformed".into(), 2)]),
             ..Stats::default()
         });
         latest
@@ -144,6 +148,7 @@ mod tests {
             "redirector_server_up{server=\"home0\"} 1.0",
             "redirector_verdicts_total{verdict=\"forwarded\"} 42",
             "redirector_first_contact_total{event=\"redirected\"} 1",
+            "redirector_profiles_total{event=\"malformed\"} 2",
             "redirector_load_samples_dropped_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");

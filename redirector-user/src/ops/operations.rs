@@ -26,6 +26,7 @@
 //! expiry walk over the store (`start_expiry`, then `work`).
 
 mod followed;
+mod profiles;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -46,6 +47,7 @@ use crate::{
         first_contact::{Action, Counters, NewClient},
         health::{Tracker, Transition},
         pool::{Pool, PoolView},
+        profiles::Profiles,
         rebalance::{Planned, Rebalancer, Sample, ServerLoad, plan},
         routes::{RouteVersion, Since},
         servers::{self, Change, Effect, PoolError},
@@ -56,13 +58,16 @@ use crate::{
         loader,
     },
     model::{HomeServer, Origin, ServerSpec, ServerState},
-    ops::api::{
-        Client, DaemonStatus, Entry, Move, PlannedMove, RecentMove, Reloaded, Reply, Request, Route, RouteTable,
-        ServerStatus, Stats,
+    ops::{
+        api::{
+            Client, DaemonStatus, Entry, Move, PlannedMove, RecentMove, Reloaded, Reply, Request, Route, RouteTable,
+            ServerStatus, Stats,
+        },
+        documents::{Common, Template},
     },
     probe::state::{Announcement, announcements},
     sip::{Aor, ParseError},
-    store::{Cached, StoreError, unix_seconds},
+    store::{Cached, DialogKind, StoreError, unix_seconds},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +114,13 @@ pub struct Operations {
     pub fast_path: FastPath,
     /// Told of every move, so the client's watchers get their NOTIFY.
     pub watchers: Watchers,
+    /// Clients' own ua-profile subscriptions, told of every change of
+    /// their document.
+    pub profiles: Profiles,
+    /// `[documents] template`: what documents are rendered from.
+    template: Option<Arc<Template>>,
+    /// What every document shares but the probe targets (the pool's).
+    documents: Common,
     tracker: Tracker,
     rebalancer: Rebalancer,
     /// Who may become a new client.
@@ -176,6 +188,11 @@ pub struct Parts {
     pub pool: PoolView,
     pub fast_path: FastPath,
     pub watchers: Watchers,
+    pub profiles: Profiles,
+    pub template: Option<Arc<Template>>,
+    /// What every document shares (its probe targets are filled in from
+    /// the pool when rendered).
+    pub documents: Common,
     pub tracker: Tracker,
     pub rebalancer: Rebalancer,
     pub admission: Admission,
@@ -196,6 +213,9 @@ impl Operations {
             pool,
             fast_path,
             watchers,
+            profiles,
+            template,
+            documents,
             tracker,
             rebalancer,
             admission,
@@ -210,6 +230,9 @@ impl Operations {
             pool,
             fast_path,
             watchers,
+            profiles,
+            template,
+            documents,
             tracker,
             rebalancer,
             admission,
@@ -395,6 +418,9 @@ impl Operations {
             Request::Routes => self.routes().map(Reply::Routes),
             Request::RouteTable { since } => self.route_table(since).map(Reply::RouteTable),
             Request::RouteOf { aor } => self.route_of(&aor).map(|route| Reply::Routes(route.into_iter().collect())),
+            Request::Document { aor } => Aor::from_uri(&aor, "AOR")
+                .map_err(|e| OperationError::BadAor(aor.clone(), e))
+                .map(|aor| Reply::Document(self.document(&aor))),
             Request::RecentMoves => Ok(Reply::RecentMoves(self.recent_moves.iter().rev().cloned().collect())),
             Request::Rebalance { dry_run } => self.rebalance(dry_run).map(Reply::Plan),
             Request::Entries { aor } => self.entries(&aor).map(Reply::Entries),
@@ -437,7 +463,7 @@ impl Operations {
         for client in clients {
             let Some(Ok(done)) = assigned.get(&client.aor) else { continue };
             if done.moved {
-                self.watchers.client_moved(&client.aor);
+                self.client_moved(&client.aor);
             }
             let Some(home) = pool.server(&done.assignment.server) else { continue };
             if home.effective_state() == ServerState::Down {
@@ -451,6 +477,7 @@ impl Operations {
             }
         }
         self.save_watchers();
+        self.save_profiles();
         Ok(assigned)
     }
 
@@ -473,7 +500,8 @@ impl Operations {
             | Action::Relay { .. }
             | Action::Encapsulate { .. }
             | Action::Translate { .. }
-            | Action::NotifyAnswered { .. } => {}
+            | Action::NotifyAnswered { .. }
+            | Action::Profile(_) => {}
         }
         self.save_watchers();
     }
@@ -488,7 +516,8 @@ impl Operations {
             return;
         }
         let (kept, removed) = (changes.kept.len(), changes.removed.len());
-        match self.assignments.store().save_watches(&changes.kept, &changes.removed) {
+        let store = self.assignments.store();
+        match store.save_dialogs(DialogKind::Watches, &changes.kept, &changes.removed) {
             Ok(()) => add(&self.watchers.counters.dialogs_saved, (kept + removed) as u64),
             Err(error) => {
                 tracing::warn!(%error, kept, removed, "saving watchers' dialogs failed; retried with the next change");
@@ -681,7 +710,11 @@ impl Operations {
             .and_then(|()| Ok(self.assignments.expire(&verdicts.expired, &verdicts.persist)?));
         if retired.is_err() {
             self.release(&aors);
+            return retired;
         }
+        // Their documents are gone: subscriptions to them end.
+        aors.iter().for_each(|aor| self.document_changed(aor));
+        self.save_profiles();
         retired
     }
 
@@ -861,7 +894,10 @@ impl Operations {
             .changed(|s| s.name == server, |s| s.state = state)
             .ok_or_else(|| OperationError::UnknownServer(server.to_owned()))?;
         self.save_pool(&pool)?;
-        self.change_server(|s| s.name == server, |s| s.state = state, server)
+        let home = self.change_server(|s| s.name == server, |s| s.state = state, server)?;
+        // The homes taking new clients are every document's probe targets.
+        self.refresh_profiles();
+        Ok(home)
     }
 
     /// `redirector servers add`: the server takes new clients at once.
@@ -915,6 +951,7 @@ impl Operations {
         self.tracker.remove(gone.index);
         self.fast_path.dataplane().set_server(gone.index, Default::default()).map_err(FastPathError::from)?;
         tracing::info!(server = name, slot = gone.index, "home server removed");
+        self.refresh_profiles();
         Ok(())
     }
 
@@ -967,6 +1004,9 @@ impl Operations {
                 .set_server(home.index, loader::server_entry(home))
                 .map_err(FastPathError::from)?;
         }
+        // A home's address or port may have changed, and its clients'
+        // documents with it.
+        self.refresh_profiles();
         Ok(())
     }
 
@@ -1036,7 +1076,7 @@ impl Operations {
         let mut restores = Vec::with_capacity(planned.len());
         for ((aor, to), (entries, done)) in planned.iter().zip(reassigned) {
             let Some(done) = done else { continue };
-            self.watchers.client_moved(aor);
+            self.client_moved(aor);
             restores.push((entries, to.index));
             let from = done.previous.unwrap_or_default();
             tracing::debug!(%aor, from, to = to.name, generation = done.generation, "moved");
@@ -1048,6 +1088,7 @@ impl Operations {
         self.release(planned.iter().map(|(aor, _)| aor));
         // After the clients are back on the fast path: this is a commit too.
         self.save_watchers();
+        self.save_profiles();
         self.remember(&moves, why);
         Ok(moves)
     }
@@ -1122,6 +1163,11 @@ impl Operations {
                 let mut watchers: BTreeMap<String, u64> = named(self.watchers.counters.snapshot());
                 watchers.insert("subscriptions_kept".into(), self.watchers.kept() as u64);
                 watchers
+            },
+            profiles: {
+                let mut profiles: BTreeMap<String, u64> = named(self.profiles.counters.snapshot());
+                profiles.insert("subscriptions_kept".into(), self.profiles.kept() as u64);
+                profiles
             },
             store: self.store_figures(),
         })

@@ -1,5 +1,6 @@
 //! The state owner: one thread that owns `Operations` (the store, the fast
-//! path's kernel entries, the pool, the watchers' dialogs) and applies the
+//! path's kernel entries, the pool, the watchers' dialogs, the clients'
+//! ua-profile subscriptions) and applies the
 //! commands sent to it in order. Nothing else touches that state, so it
 //! needs no lock, and no tokio worker ever waits on an fsync or a map
 //! syscall: they wait on a reply channel instead.
@@ -17,6 +18,7 @@ use crate::{
         admission::Refused,
         assignments::Assigned,
         first_contact::{Action, NewClient},
+        profiles::{ProfileAnswer, ProfileId, ProfileRequest},
         rebalance::Sample,
     },
     ops::{
@@ -43,6 +45,13 @@ pub enum Command {
     Apply { changes: Vec<Action>, done: oneshot::Sender<()> },
     /// A control API request.
     Control { request: Request, reply: oneshot::Sender<Reply> },
+    /// Clients' ua-profile SUBSCRIBEs: their answers (response, first
+    /// NOTIFY), in order, once their subscriptions are saved.
+    Profiles { requests: Vec<ProfileRequest>, reply: oneshot::Sender<Vec<ProfileAnswer>> },
+    /// Subscriptions not refreshed by now end.
+    ExpireProfiles,
+    /// A NOTIFY of this subscription was refused: it ends.
+    ProfileRefused(ProfileId),
     /// Health round `sequence` starts (the previous one closes); `done`
     /// once applied, so rounds never pile up while the owner is busy.
     HealthTick { sequence: u32, done: oneshot::Sender<()> },
@@ -108,6 +117,12 @@ impl Owner {
         let (done, applied) = oneshot::channel();
         self.send(Command::Apply { changes, done })?;
         applied.await.map_err(|_| OwnerGone)
+    }
+
+    pub async fn profiles(&self, requests: Vec<ProfileRequest>) -> Result<Vec<ProfileAnswer>, OwnerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Profiles { requests, reply })?;
+        answer.await.map_err(|_| OwnerGone)
     }
 
     pub async fn health_tick(&self, sequence: u32) -> Result<(), OwnerGone> {
@@ -213,6 +228,11 @@ fn execute(operations: &mut Operations, command: Command) {
             let _ = done.send(());
         }
         Command::Control { request, reply } => operations.answer(request, reply),
+        Command::Profiles { requests, reply } => {
+            let _ = reply.send(operations.subscribe_profiles(requests));
+        }
+        Command::ExpireProfiles => operations.expire_profiles(),
+        Command::ProfileRefused(id) => operations.profile_refused(&id),
         Command::HealthTick { sequence, done } => {
             operations.health_tick(sequence);
             let _ = done.send(());

@@ -14,6 +14,9 @@ pub fn stats(stats: &Stats) -> String {
     out += &counters("fast path (kernel)", &stats.verdicts);
     out += &counters("first contact (daemon)", &stats.first_contact);
     out += &counters("watchers (daemon)", &stats.watchers);
+    if !stats.profiles.is_empty() {
+        out += &counters("ua-profile subscriptions (daemon)", &stats.profiles);
+    }
     if !stats.store.is_empty() {
         out += &counters("shared store (etcd)", &stats.store);
     }

@@ -41,6 +41,26 @@ impl Assignment {
     }
 }
 
+/// The dialogs an edge keeps for its clients, each kind apart (a redb
+/// table, an etcd key prefix of the edge's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogKind {
+    /// Watchers' SUBSCRIBE dialogs, proxied to homes (`edge::watchers`).
+    Watches,
+    /// Clients' own ua-profile subscriptions (`edge::profiles`).
+    Profiles,
+}
+
+impl DialogKind {
+    /// The table's name (redb), the key prefix's word (etcd).
+    pub fn name(self) -> &'static str {
+        match self {
+            DialogKind::Watches => "watches",
+            DialogKind::Profiles => "profiles",
+        }
+    }
+}
+
 /// The wall clock in seconds since the Unix epoch.
 pub fn unix_seconds() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -210,15 +230,21 @@ pub trait AssignmentStore: Send + Sync {
     /// and records when the `seen` ones were last seen.
     fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError>;
 
-    /// Watchers' dialogs as last saved: (key, record) pairs the watchers'
-    /// registry wrote. A store that keeps none (test doubles) has none.
-    fn watches(&self) -> Result<Vec<(String, String)>, StoreError> {
+    /// The dialogs of `kind` as last saved: (key, record) pairs their
+    /// registry wrote (`edge::dialogs`). A store that keeps none (test
+    /// doubles) has none.
+    fn dialogs(&self, _kind: DialogKind) -> Result<Vec<(String, String)>, StoreError> {
         Ok(Vec::new())
     }
 
-    /// Writes the `kept` dialogs and removes the `removed` ones, durably,
-    /// in one transaction.
-    fn save_watches(&self, _kept: &[(String, String)], _removed: &[String]) -> Result<(), StoreError> {
+    /// Writes the `kept` dialogs of `kind` and removes the `removed` ones,
+    /// durably, in one transaction.
+    fn save_dialogs(
+        &self,
+        _kind: DialogKind,
+        _kept: &[(String, String)],
+        _removed: &[String],
+    ) -> Result<(), StoreError> {
         Ok(())
     }
 

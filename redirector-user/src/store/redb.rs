@@ -9,7 +9,7 @@ use std::{ops::Bound, path::Path};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
-use super::{Assignment, AssignmentStore, ReplicaMark, StoreError, StoreEvent, StoredPool, unix_seconds};
+use super::{Assignment, AssignmentStore, DialogKind, ReplicaMark, StoreError, StoreEvent, StoredPool, unix_seconds};
 use crate::sip::Aor;
 
 fn db_error(error: impl Into<redb::Error>) -> StoreError {
@@ -22,6 +22,16 @@ const ASSIGNMENTS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition::ne
 const LAST_SEEN: TableDefinition<&str, u64> = TableDefinition::new("last_seen");
 /// Watchers' dialogs: the registry's key and record of each.
 const WATCHES: TableDefinition<&str, &str> = TableDefinition::new("watches");
+/// Clients' ua-profile subscriptions, likewise.
+const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
+
+/// The table of a kind of dialog.
+fn dialog_table(kind: DialogKind) -> TableDefinition<'static, &'static str, &'static str> {
+    match kind {
+        DialogKind::Watches => WATCHES,
+        DialogKind::Profiles => PROFILES,
+    }
+}
 /// `POOL_KEY` → the pool as JSON (`StoredPool`).
 const POOL: TableDefinition<&str, &str> = TableDefinition::new("pool");
 const POOL_KEY: &str = "servers";
@@ -47,6 +57,7 @@ impl RedbStore {
         txn.open_table(ASSIGNMENTS).map_err(db_error)?;
         txn.open_table(LAST_SEEN).map_err(db_error)?;
         txn.open_table(WATCHES).map_err(db_error)?;
+        txn.open_table(PROFILES).map_err(db_error)?;
         txn.open_table(POOL).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(Self { db })
@@ -223,9 +234,9 @@ impl AssignmentStore for RedbStore {
         Ok(stored)
     }
 
-    fn watches(&self) -> Result<Vec<(String, String)>, StoreError> {
+    fn dialogs(&self, kind: DialogKind) -> Result<Vec<(String, String)>, StoreError> {
         let txn = self.db.begin_read().map_err(db_error)?;
-        let table = match txn.open_table(WATCHES) {
+        let table = match txn.open_table(dialog_table(kind)) {
             Ok(table) => table,
             Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(error) => return Err(db_error(error)),
@@ -240,10 +251,10 @@ impl AssignmentStore for RedbStore {
             .collect()
     }
 
-    fn save_watches(&self, kept: &[(String, String)], removed: &[String]) -> Result<(), StoreError> {
+    fn save_dialogs(&self, kind: DialogKind, kept: &[(String, String)], removed: &[String]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         {
-            let mut table = txn.open_table(WATCHES).map_err(db_error)?;
+            let mut table = txn.open_table(dialog_table(kind)).map_err(db_error)?;
             for (key, record) in kept {
                 table.insert(key.as_str(), record.as_str()).map_err(db_error)?;
             }
@@ -353,18 +364,21 @@ mod tests {
     }
 
     #[test]
-    fn watchers_dialogs_survive_reopening_and_removed_ones_are_gone() {
+    fn dialogs_of_each_kind_survive_reopening_and_removed_ones_are_gone() {
         let dir = std::env::temp_dir().join(format!("redirector-watches-{}", std::process::id()));
         let path = dir.join("assignments.redb");
         {
             let store = RedbStore::open(&path).unwrap();
-            assert_eq!(store.watches().unwrap(), []);
+            assert_eq!(store.dialogs(DialogKind::Watches).unwrap(), []);
             let kept = [("c1\nw1".to_owned(), "one".to_owned()), ("c2\nw2".to_owned(), "two".to_owned())];
-            store.save_watches(&kept, &[]).unwrap();
-            store.save_watches(&[("c2\nw2".into(), "two, confirmed".into())], &["c1\nw1".into()]).unwrap();
+            store.save_dialogs(DialogKind::Watches, &kept, &[]).unwrap();
+            let renewed = [("c2\nw2".into(), "two, confirmed".into())];
+            store.save_dialogs(DialogKind::Watches, &renewed, &["c1\nw1".into()]).unwrap();
+            store.save_dialogs(DialogKind::Profiles, &[("c3\ns3".into(), "a profile".into())], &[]).unwrap();
         }
         let store = RedbStore::open(&path).unwrap();
-        assert_eq!(store.watches().unwrap(), [("c2\nw2".to_owned(), "two, confirmed".to_owned())]);
+        assert_eq!(store.dialogs(DialogKind::Watches).unwrap(), [("c2\nw2".to_owned(), "two, confirmed".to_owned())]);
+        assert_eq!(store.dialogs(DialogKind::Profiles).unwrap(), [("c3\ns3".to_owned(), "a profile".to_owned())]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

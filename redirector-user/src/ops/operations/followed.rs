@@ -44,6 +44,7 @@ impl Operations {
         }
         self.repoint(moved);
         self.save_watchers();
+        self.save_profiles();
         if self.leading {
             self.move_stragglers(first_assigned);
         }
@@ -83,7 +84,7 @@ impl Operations {
         bump(&self.following.changes_applied);
         let from = self.assignments.record(assignment)??;
         tracing::debug!(aor = %assignment.aor, %from, to = assignment.server, "moved by another edge");
-        self.watchers.client_moved(&assignment.aor);
+        self.client_moved(&assignment.aor);
         Some(assignment.aor.clone())
     }
 
@@ -96,6 +97,7 @@ impl Operations {
         if let Err(error) = self.fast_path.forget_many(std::slice::from_ref(aor)) {
             tracing::warn!(%aor, %error, "an assignment expired elsewhere kept its kernel entries");
         }
+        self.document_changed(aor);
     }
 
     /// Everything as the store has it now: what is gone is forgotten, the
@@ -164,6 +166,7 @@ impl Operations {
         tracing::info!(servers = next.servers().len(), "the pool as another edge changed it");
         self.pool.store(Arc::new(next));
         self.applied = applied;
+        self.refresh_profiles();
     }
 
     fn write_slot(&mut self, slot: u32, entry: redirector_ebpf::Server) {

@@ -6,6 +6,7 @@
 //! <prefix>seen/<aor>             seconds since the Unix epoch the client was last seen (if since assigned)
 //! <prefix>pool                   the home servers (`StoredPool`)
 //! <prefix>watches/<edge>/<key>   a watcher's dialog, kept by the edge that holds it
+//! <prefix>profiles/<edge>/<key>  a client's ua-profile subscription, likewise
 //! <prefix>health/<edge>          {"home1":true,…}: what that edge's health checks see
 //! <prefix>leader/…               the election of the edge that leads (see `leader`)
 //! ```
@@ -17,7 +18,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{sip::Aor, store::Assignment};
+use crate::{
+    sip::Aor,
+    store::{Assignment, DialogKind},
+};
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -72,13 +76,13 @@ impl Keys {
         format!("{}pool", self.prefix)
     }
 
-    /// This edge's dialogs.
-    pub fn watches(&self) -> String {
-        format!("{}watches/{}/", self.prefix, self.edge)
+    /// This edge's dialogs of `kind`.
+    pub fn dialogs(&self, kind: DialogKind) -> String {
+        format!("{}{}/{}/", self.prefix, kind.name(), self.edge)
     }
 
-    pub fn watch(&self, key: &str) -> String {
-        format!("{}{key}", self.watches())
+    pub fn dialog(&self, kind: DialogKind, key: &str) -> String {
+        format!("{}{key}", self.dialogs(kind))
     }
 
     /// What `key` holds, or `None` for a key the follower leaves alone
@@ -144,7 +148,10 @@ mod tests {
         assert_eq!(keys.record(&keys.assignment(&alice())), Some(Record::Assignment(alice())));
         assert_eq!(keys.record(&keys.seen(&alice())), Some(Record::Seen(alice())));
         assert_eq!(keys.record(&keys.pool()), Some(Record::Pool));
-        assert_eq!(keys.record(&keys.watch("dialog")), None, "dialogs are each edge's own");
+        for kind in [DialogKind::Watches, DialogKind::Profiles] {
+            assert_eq!(keys.record(&keys.dialog(kind, "dialog")), None, "dialogs are each edge's own");
+        }
+        assert_ne!(keys.dialogs(DialogKind::Watches), keys.dialogs(DialogKind::Profiles));
         assert_eq!(keys.record("/redirector/other/pool"), None, "another pool's key");
         assert_eq!(keys.record("/redirector/pool/unknown"), None);
     }

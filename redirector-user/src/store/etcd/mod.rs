@@ -40,7 +40,7 @@ use pages::PAGE;
 use replica::Replica;
 pub use replica::ReplicaMark;
 
-use super::{Assignment, AssignmentStore, StoreCounters, StoreError, StoredPool};
+use super::{Assignment, AssignmentStore, DialogKind, StoreCounters, StoreError, StoredPool};
 use crate::sip::Aor;
 
 /// Operations etcd takes in one transaction by default (`--max-txn-ops`).
@@ -574,14 +574,14 @@ impl AssignmentStore for EtcdStore {
     }
 
     /// This edge's dialogs; the replica's copy while etcd is out of reach.
-    fn watches(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let prefix = self.keys.watches();
+    fn dialogs(&self, kind: DialogKind) -> Result<Vec<(String, String)>, StoreError> {
+        let prefix = self.keys.dialogs(kind);
         let options = GetOptions::new().with_prefix();
-        let mut answer = match (self.get("reading watchers' dialogs", prefix, Some(options)), &self.replica) {
-            (Err(error), Some(replica)) if error.is_unavailable() => return replica.watches(),
+        let mut answer = match (self.get("reading dialogs", prefix, Some(options)), &self.replica) {
+            (Err(error), Some(replica)) if error.is_unavailable() => return replica.dialogs(kind),
             (answer, _) => answer?,
         };
-        let own = self.keys.watches();
+        let own = self.keys.dialogs(kind);
         let dialogs: Vec<(String, String)> = answer
             .take_kvs()
             .iter()
@@ -591,17 +591,17 @@ impl AssignmentStore for EtcdStore {
             })
             .collect();
         if let Some(replica) = &self.replica {
-            replica.read_watches(&dialogs);
+            replica.read_dialogs(kind, &dialogs);
         }
         Ok(dialogs)
     }
 
-    fn save_watches(&self, kept: &[(String, String)], removed: &[String]) -> Result<(), StoreError> {
-        let puts = kept.iter().map(|(key, record)| TxnOp::put(self.keys.watch(key), record.as_str(), None));
-        let deletes = removed.iter().map(|key| TxnOp::delete(self.keys.watch(key), None));
-        self.apply("saving watchers' dialogs", puts.chain(deletes).collect())?;
+    fn save_dialogs(&self, kind: DialogKind, kept: &[(String, String)], removed: &[String]) -> Result<(), StoreError> {
+        let puts = kept.iter().map(|(key, record)| TxnOp::put(self.keys.dialog(kind, key), record.as_str(), None));
+        let deletes = removed.iter().map(|key| TxnOp::delete(self.keys.dialog(kind, key), None));
+        self.apply("saving dialogs", puts.chain(deletes).collect())?;
         if let Some(replica) = &self.replica {
-            replica.saved_watches(kept, removed);
+            replica.saved_dialogs(kind, kept, removed);
         }
         Ok(())
     }

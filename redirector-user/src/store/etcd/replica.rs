@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreEvent;
 use crate::{
     counters::bump,
-    store::{Assignment, AssignmentStore, RedbStore, StoreCounters, StoreError, StoredPool},
+    store::{Assignment, AssignmentStore, DialogKind, RedbStore, StoreCounters, StoreError, StoredPool},
 };
 
 /// Where a copy stands: every change of the pool under `prefix` in etcd
@@ -40,10 +40,10 @@ pub struct ReplicaMark {
 enum Write {
     /// Followed changes, and where they bring the copy.
     Followed(Vec<StoreEvent>, ReplicaMark),
-    /// This edge's watchers' dialogs as saved to etcd.
-    Watches(Vec<(String, String)>, Vec<String>),
+    /// This edge's dialogs as saved to etcd.
+    Dialogs(DialogKind, Vec<(String, String)>, Vec<String>),
     /// This edge's dialogs as read from etcd: every other one is removed.
-    AllWatches(Vec<(String, String)>),
+    AllDialogs(DialogKind, Vec<(String, String)>),
 }
 
 pub struct Replica {
@@ -102,8 +102,8 @@ impl Replica {
         self.copy.pool()
     }
 
-    pub fn watches(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.copy.watches()
+    pub fn dialogs(&self, kind: DialogKind) -> Result<Vec<(String, String)>, StoreError> {
+        self.copy.dialogs(kind)
     }
 
     /// Changes followed up to `mark` (written in the background).
@@ -112,13 +112,13 @@ impl Replica {
     }
 
     /// Dialogs saved to etcd (written in the background).
-    pub fn saved_watches(&self, kept: &[(String, String)], removed: &[String]) {
-        self.send(Write::Watches(kept.to_vec(), removed.to_vec()));
+    pub fn saved_dialogs(&self, kind: DialogKind, kept: &[(String, String)], removed: &[String]) {
+        self.send(Write::Dialogs(kind, kept.to_vec(), removed.to_vec()));
     }
 
     /// Dialogs read from etcd, which replace the copy's.
-    pub fn read_watches(&self, all: &[(String, String)]) {
-        self.send(Write::AllWatches(all.to_vec()));
+    pub fn read_dialogs(&self, kind: DialogKind, all: &[(String, String)]) {
+        self.send(Write::AllDialogs(kind, all.to_vec()));
     }
 
     fn send(&self, write: Write) {
@@ -156,8 +156,8 @@ fn write_all(copy: &RedbStore, queue: &mpsc::Receiver<Write>, counters: &StoreCo
                     writer.replicate(&events, &mark)
                 }
                 // Durable, and so everything before.
-                Write::Watches(kept, removed) => writer.synced(copy.save_watches(&kept, &removed)),
-                Write::AllWatches(all) => writer.synced(replace_watches(copy, &all)),
+                Write::Dialogs(kind, kept, removed) => writer.synced(copy.save_dialogs(kind, &kept, &removed)),
+                Write::AllDialogs(kind, all) => writer.synced(replace_dialogs(copy, kind, &all)),
             };
             writer.count(done);
         }
@@ -217,9 +217,9 @@ impl Writer<'_> {
     }
 }
 
-fn replace_watches(copy: &RedbStore, all: &[(String, String)]) -> Result<(), StoreError> {
+fn replace_dialogs(copy: &RedbStore, kind: DialogKind, all: &[(String, String)]) -> Result<(), StoreError> {
     let kept: std::collections::HashSet<&str> = all.iter().map(|(key, _)| key.as_str()).collect();
     let removed: Vec<String> =
-        copy.watches()?.into_iter().map(|(key, _)| key).filter(|key| !kept.contains(key.as_str())).collect();
-    copy.save_watches(all, &removed)
+        copy.dialogs(kind)?.into_iter().map(|(key, _)| key).filter(|key| !kept.contains(key.as_str())).collect();
+    copy.save_dialogs(kind, all, &removed)
 }
