@@ -272,6 +272,7 @@ impl Operations {
         if let Err(error) = self.resume_pool_moves() {
             tracing::warn!(%error, "resuming the last leader's moves failed");
         }
+        self.sweep_stragglers();
         self.keep_verdicts();
     }
 

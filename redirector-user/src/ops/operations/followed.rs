@@ -74,6 +74,24 @@ impl Operations {
         }
     }
 
+    /// The stragglers a new leader finds in its cache: those that arrived
+    /// while no edge led (or its leadership had lapsed) were moved by none.
+    pub(super) fn sweep_stragglers(&mut self) {
+        let pool = self.pool.load_full();
+        let leaving: Vec<&str> =
+            pool.servers().iter().filter(|home| !home.accepts_new()).map(|home| home.name.as_str()).collect();
+        if leaving.is_empty() {
+            return;
+        }
+        let mut first_assigned = Vec::new();
+        self.assignments.cache().for_each(|aor, cached| {
+            if cached.generation == 1 && leaving.contains(&&*cached.server) {
+                first_assigned.push((aor.clone(), cached.server.to_string()));
+            }
+        });
+        self.move_stragglers(first_assigned);
+    }
+
     /// Records an assignment committed elsewhere; returns the AOR if its
     /// client moved (its watchers are told, its entries repointed).
     fn learn(&mut self, assignment: &Assignment) -> Option<Aor> {
