@@ -290,36 +290,22 @@ impl ProfileNotify {
     /// back there) in transaction `branch`.
     pub fn bytes(&self, sent_by: SocketAddr, branch: &str) -> Vec<u8> {
         let s = &self.subscription;
-        let routes: String = s.route_set.iter().map(|route| format!("Route: {route}\r\n")).collect();
-        let body = self.body.as_deref().unwrap_or_default();
-        let content_type =
-            if self.body.is_some() { format!("Content-Type: {CONTENT_TYPE}\r\n") } else { String::new() };
-        format!(
-            "NOTIFY {contact} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {sent_by};branch={branch};rport\r\n\
-             {routes}\
-             Max-Forwards: 70\r\n\
-             From: {profile};tag={tag}\r\n\
-             To: {subscriber}\r\n\
-             Call-ID: {call_id}\r\n\
-             CSeq: {cseq} NOTIFY\r\n\
-             Contact: <sip:{service}>\r\n\
-             Event: {event}\r\n\
-             Subscription-State: {state}\r\n\
-             {content_type}\
-             Content-Length: {length}\r\n\r\n{body}",
-            contact = s.contact,
-            profile = s.profile_header,
-            tag = s.tag,
-            subscriber = s.subscriber_header,
-            call_id = s.id.call_id,
-            cseq = s.notify_cseq,
-            service = s.service,
-            event = s.event,
-            state = self.state.header(),
-            length = body.len(),
-        )
-        .into_bytes()
+        crate::sip::Notify {
+            target: &s.contact,
+            sent_by,
+            branch,
+            route_set: &s.route_set,
+            from: &s.profile_header,
+            from_tag: &s.tag,
+            to: &s.subscriber_header,
+            call_id: &s.id.call_id,
+            cseq: s.notify_cseq,
+            contact: s.service.to_string(),
+            event: &s.event,
+            subscription_state: &self.state.header(),
+            body: self.body.as_deref().map(|body| (CONTENT_TYPE, body)),
+        }
+        .bytes()
     }
 
     /// Whether this NOTIFY ends its subscription.

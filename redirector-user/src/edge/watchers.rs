@@ -372,28 +372,22 @@ pub const NOTIFY_CSEQ: u32 = (1 << 31) - 1;
 
 /// The NOTIFY ending `subscription`, sent by the edge at `sent_by`.
 pub fn notify(subscription: &Subscription, sent_by: SocketAddr, branch: &str) -> Vec<u8> {
-    let notifier_tag = subscription.notifier_tag.as_deref().unwrap_or_default();
-    format!(
-        "NOTIFY {contact} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {sent_by};branch={branch};rport\r\n\
-         {routes}\
-         Max-Forwards: 70\r\n\
-         From: {presentity};tag={notifier_tag}\r\n\
-         To: {watcher}\r\n\
-         Call-ID: {call_id}\r\n\
-         CSeq: {NOTIFY_CSEQ} NOTIFY\r\n\
-         Contact: <sip:{sent_by}>\r\n\
-         Event: {event}\r\n\
-         Subscription-State: terminated;reason=deactivated\r\n\
-         Content-Length: 0\r\n\r\n",
-        contact = subscription.watcher_contact,
-        routes = subscription.route_set.iter().map(|route| format!("Route: {route}\r\n")).collect::<String>(),
-        presentity = subscription.presentity_header,
-        watcher = subscription.watcher_header,
-        call_id = subscription.id.call_id,
-        event = subscription.event,
-    )
-    .into_bytes()
+    crate::sip::Notify {
+        target: &subscription.watcher_contact,
+        sent_by,
+        branch,
+        route_set: &subscription.route_set,
+        from: &subscription.presentity_header,
+        from_tag: subscription.notifier_tag.as_deref().unwrap_or_default(),
+        to: &subscription.watcher_header,
+        call_id: &subscription.id.call_id,
+        cseq: NOTIFY_CSEQ,
+        contact: sent_by.to_string(),
+        event: &subscription.event,
+        subscription_state: "terminated;reason=deactivated",
+        body: None,
+    }
+    .bytes()
 }
 
 #[cfg(test)]

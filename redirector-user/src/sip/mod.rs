@@ -2,11 +2,13 @@
 //! the few header grammars first contact needs (Via, name-addr URIs, CSeq).
 
 mod message;
+mod notify;
 pub mod response;
 mod uri;
 mod via;
 
 pub use message::{Header, HeaderKind, Message, ParseError, StartLine, split_list, unfold};
+pub use notify::Notify;
 pub use uri::{Aor, NameAddr, socket_address, tag};
 pub use via::Via;
 
