@@ -67,6 +67,7 @@
 
 mod decap;
 mod encap;
+mod floor;
 mod headers;
 mod maps;
 mod nat;

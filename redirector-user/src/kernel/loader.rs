@@ -19,10 +19,10 @@ use aya::{
 };
 use redirector_ebpf::{
     CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
-    DECAP_ADDRESSES_MAP, DECAP_PROGRAM, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, Mode, NAT_REPLIES_MAP,
-    NatEntry, NatKey, PASS_PROGRAM, PROBE_MAP, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP,
-    SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle,
-    probe::ProbeConfig,
+    DECAP_ADDRESSES_MAP, DECAP_PROGRAM, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM,
+    FloorHop, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PASS_PROGRAM, PROBE_MAP, REDIRECTOR_PROGRAM, SERVER_HAS_V4,
+    SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server, ServerStats,
+    THROTTLED_MAP, Throttle, probe::ProbeConfig,
 };
 
 use super::pins::{PINNED_MAPS, PinError, Pins};
@@ -69,7 +69,8 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Loads the object embedded in this binary and its three programs.
+    /// Loads the object embedded in this binary and its programs (the
+    /// benchmark's floor, `FLOOR_PROGRAM`, only when asked: `load_floor`).
     pub fn load() -> Result<Self> {
         Self::load_with(EbpfLoader::new())
     }
@@ -117,6 +118,15 @@ impl DataPlane {
             program(&mut ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
         }
         Ok(Self { ebpf, adopted: false })
+    }
+
+    /// Loads the benchmark's floor program and gives it one next hop, for
+    /// datagrams from `source`.
+    pub fn load_floor(&mut self, source: Endpoint, hop: FloorHop) -> Result<()> {
+        let name = FLOOR_PROGRAM;
+        program(&mut self.ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
+        let mut map: HashMap<_, Endpoint, FloorHop> = self.map(FLOOR_MAP)?;
+        map.insert(source, hop, 0).map_err(map_error(FLOOR_MAP))
     }
 
     /// Whether the maps were a previous daemon's (see `load_pinned`).
