@@ -324,18 +324,23 @@ impl FastPath {
     pub fn withdraw_many(&mut self, aors: &[Aor]) -> Result<Vec<Withdrawn>, FastPathError> {
         let withdrawn: Vec<Withdrawn> = aors
             .iter()
-            .map(|aor| Withdrawn { aor: aor.clone(), entries: self.installed.remove(aor).unwrap_or_default() })
+            .map(|aor| match self.installed.remove_entry(aor) {
+                Some((aor, entries)) => Withdrawn { aor, entries },
+                None => Withdrawn { aor: aor.clone(), entries: Vec::new() },
+            })
             .collect();
         let clients: Vec<Endpoint> =
             withdrawn.iter().flat_map(|w| w.entries.iter().map(|(client, _)| *client)).collect();
-        if let Err(error) = self.dataplane.remove_clients(&clients) {
+        let removed = self.dataplane.remove_clients(&clients);
+        let done = entries_done(&removed, clients.len());
+        clients[..done].iter().for_each(|client| self.shared.remove(socket_address(client)));
+        if let Err(error) = removed {
             // Still recorded: a later move or scan finds what the kernel kept.
             for w in withdrawn {
                 self.installed.entry(w.aor).or_default().extend(w.entries);
             }
             return Err(error.into());
         }
-        clients.iter().for_each(|client| self.shared.remove(socket_address(client)));
         Ok(withdrawn)
     }
 
@@ -494,19 +499,25 @@ impl FastPath {
         Ok(())
     }
 
-    /// Reply entries first: a client's forwarded packet may be answered at once.
+    /// Reply entries first: a client's forwarded packet may be answered at
+    /// once. First contact's copy gets exactly what the kernel took, also
+    /// when a batch stops part way.
     fn write(&mut self, writes: &Writes) -> Result<(), FastPathError> {
         if !writes.nat_keys.is_empty() {
-            self.dataplane.install_nat_replies(&writes.nat_keys, &writes.nat_entries)?;
+            let written = self.dataplane.install_nat_replies(&writes.nat_keys, &writes.nat_entries);
+            let done = entries_done(&written, writes.nat_keys.len());
+            for (key, entry) in writes.nat_keys.iter().zip(&writes.nat_entries).take(done) {
+                self.share_nat_reply(key, entry);
+            }
+            written?;
         }
         if !writes.clients.is_empty() {
-            self.dataplane.install_clients(&writes.clients, &writes.entries)?;
-        }
-        for (key, entry) in writes.nat_keys.iter().zip(&writes.nat_entries) {
-            self.share_nat_reply(key, entry);
-        }
-        for (client, entry) in writes.clients.iter().zip(&writes.entries) {
-            self.share(client, entry);
+            let written = self.dataplane.install_clients(&writes.clients, &writes.entries);
+            let done = entries_done(&written, writes.clients.len());
+            for (client, entry) in writes.clients.iter().zip(&writes.entries).take(done) {
+                self.share(client, entry);
+            }
+            written?;
         }
         Ok(())
     }
@@ -533,6 +544,11 @@ struct Writes {
     entries: Vec<ClientEntry>,
     nat_keys: Vec<NatKey>,
     nat_entries: Vec<NatEntry>,
+}
+
+/// How many of `asked` entries a batched write did.
+fn entries_done(result: &Result<(), DataPlaneError>, asked: usize) -> usize {
+    result.as_ref().map_or_else(|error| error.entries_done(asked), |()| asked)
 }
 
 fn socket_address(endpoint: &Endpoint) -> SocketAddr {
