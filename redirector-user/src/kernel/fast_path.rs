@@ -37,17 +37,21 @@ impl From<DataPlaneError> for FastPathError {
     }
 }
 
+/// Keyed by what clients send, so hashed with a random seed; foldhash
+/// rather than SipHash, as a move of a million clients looks each up twice.
+type Seeded = foldhash::fast::RandomState;
+
 pub struct FastPath {
     dataplane: DataPlane,
     mode: ForwardingMode,
     nat_ports: NatPorts,
     /// A client keeps its edge port across re-installs.
-    nat_port_of: HashMap<Endpoint, u16>,
+    nat_port_of: HashMap<Endpoint, u16, Seeded>,
     /// What first contact learned of a client (static clients have none),
     /// kept across re-installs.
-    learned: HashMap<Endpoint, Learned>,
+    learned: HashMap<Endpoint, Learned, Seeded>,
     /// AOR → (client key, service endpoint it talked to).
-    installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>>,
+    installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>, Seeded>,
     /// The AORs the current scan has yet to look at.
     scanning: Vec<Aor>,
     /// The client entries as first contact reads them, kept in step with
@@ -205,9 +209,9 @@ impl FastPath {
             dataplane,
             mode: config.mode,
             nat_ports: NatPorts::new(config.edge.nat_port_range()),
-            nat_port_of: HashMap::new(),
-            learned: HashMap::new(),
-            installed: HashMap::new(),
+            nat_port_of: HashMap::default(),
+            learned: HashMap::default(),
+            installed: HashMap::default(),
             scanning: Vec::new(),
             shared: Arc::default(),
             static_clients,
@@ -275,7 +279,7 @@ impl FastPath {
         }
         // Every adopted port is taken before a repointed entry is written.
         self.nat_ports.reserve(self.nat_port_of.values().copied());
-        let mut writes = Writes::default();
+        let mut writes = Writes::new();
         for &(client, server, service) in &repoint {
             self.entry_for(client, (server, service), &mut writes)?;
         }
@@ -350,7 +354,7 @@ impl FastPath {
     /// entries in the kernel, and a later move or scan must find them
     /// (removing one that is not there is harmless).
     pub fn restore_many(&mut self, moves: Vec<(Withdrawn, u32)>) -> Result<(), FastPathError> {
-        let mut writes = Writes::default();
+        let mut writes = Writes::new();
         let mut result = Ok(());
         for (withdrawn, server) in &moves {
             let owner = owner_of(&withdrawn.aor);
@@ -468,7 +472,7 @@ impl FastPath {
     }
 
     fn put(&mut self, client: Endpoint, server: u32, service: Endpoint) -> Result<(), FastPathError> {
-        let mut writes = Writes::default();
+        let mut writes = Writes::new();
         self.entry_for(client, (server, service), &mut writes)?;
         self.write(&writes)
     }
@@ -482,7 +486,7 @@ impl FastPath {
         (server, service): (u32, Endpoint),
         writes: &mut Writes,
     ) -> Result<(), FastPathError> {
-        let mut entry = ClientEntry { server, last_seen_ns: monotonic_ns(), ..Default::default() };
+        let mut entry = ClientEntry { server, last_seen_ns: writes.now, ..Default::default() };
         Learned::apply(self.learned.get(&client).copied(), self.mode, &mut entry);
         if self.mode == ForwardingMode::Nat {
             let port = match self.nat_port_of.get(&client) {
@@ -538,8 +542,9 @@ impl FastPath {
 }
 
 /// Kernel entries to write together.
-#[derive(Default)]
 struct Writes {
+    /// When they count as last seen: one clock read for the whole batch.
+    now: u64,
     clients: Vec<Endpoint>,
     entries: Vec<ClientEntry>,
     nat_keys: Vec<NatKey>,
@@ -549,6 +554,18 @@ struct Writes {
 /// How many of `asked` entries a batched write did.
 fn entries_done(result: &Result<(), DataPlaneError>, asked: usize) -> usize {
     result.as_ref().map_or_else(|error| error.entries_done(asked), |()| asked)
+}
+
+impl Writes {
+    fn new() -> Self {
+        Self {
+            now: monotonic_ns(),
+            clients: Vec::new(),
+            entries: Vec::new(),
+            nat_keys: Vec::new(),
+            nat_entries: Vec::new(),
+        }
+    }
 }
 
 fn socket_address(endpoint: &Endpoint) -> SocketAddr {
