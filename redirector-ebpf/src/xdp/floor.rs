@@ -31,7 +31,7 @@ fn forward(ctx: &XdpContext) -> Option<u32> {
     let udp: UdpHdr = read_at(ctx, ETH_HLEN + ip.header_len())?;
     let source = Endpoint::v4(ip.src, u16::from_ne_bytes(udp.src));
     // SAFETY: the value is copied out; no reference outlives the call.
-    let hop: FloorHop = *unsafe { FLOOR.get(&source) }?;
+    let hop: FloorHop = *unsafe { FLOOR.get(source) }?;
     write_at(ctx, 0, hop)?;
     Some(xdp_action::XDP_TX)
 }
