@@ -45,6 +45,11 @@ pub const EVENTS_BYTES: u32 = 64 * 1024;
 pub const REDIRECTOR_PROGRAM: &str = "redirector";
 pub const DECAP_PROGRAM: &str = "redirector_decap";
 pub const PASS_PROGRAM: &str = "redirector_pass";
+/// The benchmark's floor: the least a forwarder does (`xdp/floor.rs`).
+pub const FLOOR_PROGRAM: &str = "redirector_floor";
+/// The floor's one map, never pinned: source endpoint to `FloorHop`.
+pub const FLOOR_MAP: &str = "FLOOR";
+pub const MAX_FLOOR_HOPS: u32 = 64;
 
 /// An address and UDP port of either family. IPv4 uses the first 4 bytes of
 /// `addr` and leaves the rest zero, so one key type serves both families.
@@ -165,6 +170,15 @@ pub const CLIENT_ADDS_RPORT: u16 = 1;
 /// anything but `aor_hash` goes up to the daemon (see `register`).
 pub const CLIENT_CHECKS_REGISTER: u16 = 2;
 
+/// `FLOOR[source]`: the Ethernet addresses the floor program writes, in
+/// the order of an Ethernet header's first 12 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FloorHop {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+
 /// `NAT_REPLIES` key: the edge port a home server's reply is addressed to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -235,6 +249,7 @@ mod user {
         Config,
         Server,
         ClientEntry,
+        FloorHop,
         NatKey,
         NatEntry,
         ServerStats,

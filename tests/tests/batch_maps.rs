@@ -1,12 +1,16 @@
 //! The fast path's batched map writes (BPF_MAP_UPDATE_BATCH and
 //! BPF_MAP_DELETE_BATCH, which aya lacks): every entry lands as one write
 //! at a time would put it, and a withdrawal skips entries the kernel no
-//! longer holds.
+//! longer holds; a batch that stops part way says how far it got, and a
+//! map type without batches is written one entry at a time.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, os::fd::AsFd};
 
+use aya::maps::{HashMap, IterableMap, Map, MapData, xdp::DevMap};
+use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_DEVMAP;
 use redirector::{
     kernel::{
+        batch,
         fast_path::FastPath,
         loader::{DataPlane, endpoint},
     },
@@ -98,4 +102,58 @@ fn a_move_restores_a_shared_socket_only_for_the_line_it_is_on() {
     let entry = entry(&mut fast_path).expect("line2's move puts its socket back");
     assert_eq!((entry.server, entry.aor_hash), (2, 22), "at line2's new home, with line2's hash");
     assert_ne!(entry.flags & CLIENT_CHECKS_REGISTER, 0, "still checking REGISTERs");
+}
+
+/// A hash map of 4 entries asked to take 6: the batch stops at the fifth
+/// (the map is full) and says so, and exactly the first four are in the
+/// map. A delete skips a key the map does not hold and removes the rest.
+#[test]
+fn a_batch_that_stops_part_way_says_how_far_it_got() {
+    if !privileged() {
+        return;
+    }
+    let map: HashMap<MapData, u32, u64> = HashMap::create(4, 0).expect("creating a hash map");
+    let fd = map.map().fd().as_fd();
+    let keys: Vec<u32> = (0..6).collect();
+    let values: Vec<u64> = keys.iter().map(|key| u64::from(*key) * 10).collect();
+    // SAFETY: the map's key and value types, u32 and u64.
+    let error = unsafe { batch::update(fd, &keys, &values) }.expect_err("a full map refuses the fifth entry");
+    assert_eq!((error.done, error.source.raw_os_error()), (4, Some(libc::E2BIG)), "{error}");
+    assert_eq!(entries(&map), [(0, 0), (1, 10), (2, 20), (3, 30)]);
+    // SAFETY: the map's key type, u32.
+    unsafe { batch::delete(fd, &[1u32, 9, 3]) }.expect("deleting, 9 absent");
+    assert_eq!(entries(&map), [(0, 0), (2, 20)]);
+}
+
+/// A device map has no batched update or delete (the kernel answers
+/// ENOTSUPP): each entry is written or deleted with a call of its own,
+/// to the same effect, and a write that stops part way (an index past the
+/// map's end) says how far it got.
+#[test]
+fn a_map_without_batches_is_written_one_entry_at_a_time() {
+    if !privileged() {
+        return;
+    }
+    let definition = aya_obj::Map::new_from_params(BPF_MAP_TYPE_DEVMAP as u32, 4, 8, 4, 0);
+    let data = MapData::create(definition, "batch_devmap", None).expect("creating a device map");
+    let fd = data.fd().as_fd();
+    // `struct bpf_devmap_val`: the loopback device's ifindex, no program.
+    let loopback = [1u32, 0];
+    // SAFETY: a device map's key and value types, u32 (index) and bpf_devmap_val.
+    unsafe { batch::update(fd, &[0u32, 2, 3], &[loopback; 3]) }.expect("writing one entry at a time");
+    // SAFETY: as above.
+    let error = unsafe { batch::update(fd, &[1u32, 7], &[loopback; 2]) }.expect_err("index 7 is past the end");
+    assert_eq!((error.done, error.source.raw_os_error()), (1, Some(libc::E2BIG)), "{error}");
+    // SAFETY: the map's key type, u32.
+    unsafe { batch::delete(fd, &[2u32]) }.expect("deleting one entry at a time");
+    let map = DevMap::try_from(Map::DevMap(data)).expect("a device map");
+    let held: Vec<u32> = (0..4).filter(|&index| map.get(index, 0).is_ok()).collect();
+    assert_eq!(held, [0, 1, 3]);
+}
+
+/// The map's entries, sorted, as aya reads them (one call per entry).
+fn entries(map: &HashMap<MapData, u32, u64>) -> Vec<(u32, u64)> {
+    let mut entries: Vec<_> = map.iter().map(|entry| entry.expect("reading the map")).collect();
+    entries.sort_unstable();
+    entries
 }

@@ -6,13 +6,14 @@
 
 use redirector::kernel::{fast_path::monotonic_ns, loader::endpoint};
 use redirector_ebpf::{
-    CLIENT_CHECKS_REGISTER, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4, Throttle,
+    CLIENT_CHECKS_REGISTER, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4, FLOOR_PROGRAM, FloorHop,
+    Throttle,
     register::{RegisterTo, TO_SCAN, register_to},
     source_prefix,
     via::VIA_SCAN,
 };
 use redirector_tests::{
-    fixture::{CLIENT_MAC, Case, EDGE_MAC, Fixture, HOME1_MAC, HOME2_MAC, HOME5_MAC, OTHER_EDGE_MAC},
+    fixture::{CLIENT_MAC, Case, EDGE_MAC, Fixture, HOME1_MAC, HOME2_MAC, HOME5_MAC, OTHER_EDGE_MAC, Outcome},
     packets::{Datagram, Mac, ethernet, ipip, ipv4_fragment},
     privileged,
 };
@@ -139,6 +140,29 @@ fn throttle_fixtures() {
         ),
     ];
     run_table(&mut fx, "throttle", [cases]);
+}
+
+/// The benchmark's floor program: the one IPv4 source it knows gets that
+/// entry's MACs and `XDP_TX`, with every other byte as it came; anything
+/// else is passed untouched.
+#[test]
+fn floor_fixtures() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    let hop = FloorHop { dst_mac: HOME1_MAC, src_mac: EDGE_MAC };
+    fx.dataplane().load_floor(endpoint("10.0.0.2".parse().unwrap(), 5060), hop).unwrap();
+    let known = Datagram::new("10.0.0.2:5060", VIP4);
+    let sent = ethernet(EDGE_MAC, HOME1_MAC, None, known.ethertype(), &known.ip_packet());
+    assert_eq!(fx.run_program(FLOOR_PROGRAM, &from_client(&known)), Outcome { action: XDP_TX, frame: sent });
+    for (what, src, dst) in
+        [("another port", "10.0.0.2:5061", VIP4), ("the same port over IPv6", "[fd00::2]:5060", VIP6)]
+    {
+        let frame = from_client(&Datagram::new(src, dst));
+        let outcome = fx.run_program(FLOOR_PROGRAM, &frame);
+        assert_eq!(outcome, Outcome { action: XDP_PASS, frame }, "{what} is passed untouched");
+    }
 }
 
 /// Runs every case, then fails once, naming each case that failed.

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use redirector_ebpf::{
-    COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, MAX_CLIENTS, MAX_DECAP_ADDRESSES,
-    MAX_SERVERS, MAX_SERVICES, MAX_THROTTLED, NatEntry, NatKey, Server, ServerStats, Throttle, probe::ProbeConfig,
+    COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, FloorHop, MAX_CLIENTS,
+    MAX_DECAP_ADDRESSES, MAX_FLOOR_HOPS, MAX_SERVERS, MAX_SERVICES, MAX_THROTTLED, NatEntry, NatKey, Server,
+    ServerStats, Throttle, probe::ProbeConfig,
 };
 
 #[map]
@@ -47,6 +48,11 @@ pub static DECAP_ADDRESSES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MA
 /// Outer sources redirector_decap accepts: the dsr edges (port 0).
 #[map]
 pub static DECAP_SOURCES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRESSES, 0);
+
+/// The floor program's next hops by source (`floor.rs`): a plain hash, as
+/// the least a forwarder looks up.
+#[map]
+pub static FLOOR: HashMap<Endpoint, FloorHop> = HashMap::with_max_entries(MAX_FLOOR_HOPS, 0);
 
 /// Events for user space. A full buffer drops the event: each is a hint
 /// that a periodic mechanism (the health pings) also covers.

@@ -72,6 +72,7 @@
 
 mod decap;
 mod encap;
+mod floor;
 mod headers;
 mod maps;
 mod nat;

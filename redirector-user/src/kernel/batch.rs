@@ -1,7 +1,14 @@
 //! Batched map reads, updates and deletes: `BPF_MAP_LOOKUP_BATCH`,
 //! `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` (Linux 5.6), one
-//! system call for many entries.
-//! aya 0.14 has neither, so this is the one place that calls bpf(2) itself.
+//! system call for many entries, through a map's file descriptor.
+//! aya 0.14 has none of them, so this is the one place that calls bpf(2)
+//! itself. A kernel or map type without a batched update or delete
+//! (EINVAL, ENOTSUPP) gets one call per entry instead, with the same
+//! outcome.
+//!
+//! Every call is `unsafe` for one reason: the kernel reads (and for a
+//! lookup writes) as many bytes per key and value as the map's key and
+//! value sizes, so `K` and `V` must be exactly the map's types.
 
 use std::{
     io,
@@ -11,9 +18,26 @@ use std::{
 use bytemuck::Pod;
 
 /// `enum bpf_cmd` in include/uapi/linux/bpf.h.
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// The kernel's internal `ENOTSUPP`, which bpf(2) returns for a batched
+/// command the map type lacks (include/linux/errno.h).
+const ENOTSUPP: i32 = 524;
+
+/// A batched update or delete that stopped part way: the first `done`
+/// entries asked for were written (or deleted), the others were not. For
+/// a read, `done` entries were read.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped after {done} entries: {source}")]
+pub struct BatchError {
+    pub done: usize,
+    #[source]
+    pub source: io::Error,
+}
 
 /// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
 #[repr(C)]
@@ -29,45 +53,100 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// The member of `union bpf_attr` for one element's update or delete.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
 /// Entries one call hands the kernel at most (its count is a u32).
 const PER_CALL: usize = 1 << 20;
 
 /// Writes every (key, value) pair, in as few calls as the kernel allows.
-pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+///
+/// # Safety
+/// `K` and `V` are `map`'s key and value types (their sizes its sizes).
+pub unsafe fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> Result<(), BatchError> {
     assert_eq!(keys.len(), values.len(), "one value per key");
     let mut done = 0;
     while done < keys.len() {
+        let asked = (keys.len() - done).min(PER_CALL);
         let mut attr = BatchAttr {
             keys: keys[done..].as_ptr() as u64,
             values: values[done..].as_ptr() as u64,
-            count: (keys.len() - done).min(PER_CALL) as u32,
+            count: asked as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        let result = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
-        done += attr.count as usize;
-        result?;
+        match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+            Ok(()) => done += asked,
+            // Writing an entry again is harmless, so all from `done` on.
+            Err(error) if unsupported(&error) => return update_each(map, keys, values, done),
+            Err(source) => return Err(BatchError { done: done + attr.count as usize, source }),
+        }
     }
     Ok(())
 }
 
 /// Deletes every key; keys already gone (an LRU map evicts) are skipped.
-pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+///
+/// # Safety
+/// `K` is `map`'s key type (its size the map's key size).
+pub unsafe fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
     let mut done = 0;
     while done < keys.len() {
+        let asked = (keys.len() - done).min(PER_CALL);
         let mut attr = BatchAttr {
             keys: keys[done..].as_ptr() as u64,
-            count: (keys.len() - done).min(PER_CALL) as u32,
+            count: asked as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        let result = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
-        done += attr.count as usize;
-        match result {
-            Ok(()) => {}
+        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(()) => done += asked,
             // The kernel stops at a missing key: step over it.
-            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => done += 1,
-            Err(error) => return Err(error),
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => done += attr.count as usize + 1,
+            // Keys it deleted before it gave up count as missing now.
+            Err(error) if unsupported(&error) => return delete_each(map, keys, done),
+            Err(source) => return Err(BatchError { done: done + attr.count as usize, source }),
+        }
+    }
+    Ok(())
+}
+
+/// The kernel has no batched form of the command for this map (or at all).
+/// It then leaves `count` as it was: nothing is known done.
+fn unsupported(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP))
+}
+
+/// `update`, one call per entry from `from` on.
+fn update_each<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V], from: usize) -> Result<(), BatchError> {
+    for (done, (key, value)) in keys.iter().zip(values).enumerate().skip(from) {
+        let mut attr = ElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            key: std::ptr::from_ref(key) as u64,
+            value: std::ptr::from_ref(value) as u64,
+            ..ElemAttr::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source| BatchError { done, source })?;
+    }
+    Ok(())
+}
+
+/// `delete`, one call per key from `from` on.
+fn delete_each<K: Pod>(map: BorrowedFd<'_>, keys: &[K], from: usize) -> Result<(), BatchError> {
+    for (done, key) in keys.iter().enumerate().skip(from) {
+        let mut attr =
+            ElemAttr { map_fd: map.as_raw_fd() as u32, key: std::ptr::from_ref(key) as u64, ..ElemAttr::default() };
+        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Err(error) if error.raw_os_error() != Some(libc::ENOENT) => return Err(BatchError { done, source: error }),
+            _ => {}
         }
     }
     Ok(())
@@ -77,7 +156,11 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
 const READ_CHUNK: usize = 4096;
 
 /// Every (key, value) pair of a hash map, read a chunk per call.
-pub fn lookup_all<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>> {
+///
+/// # Safety
+/// `K` and `V` are `map`'s key and value types (their sizes its sizes):
+/// the kernel writes that many bytes per entry into the buffers.
+pub unsafe fn lookup_all<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> Result<Vec<(K, V)>, BatchError> {
     let (mut keys, mut values) = (vec![K::zeroed(); READ_CHUNK], vec![V::zeroed(); READ_CHUNK]);
     // The kernel's position in the map (a bucket index for hash maps).
     let (mut position, mut next) = (0u64, 0u64);
@@ -99,16 +182,20 @@ pub fn lookup_all<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>
             Ok(()) => position = next,
             // The end of the map.
             Err(error) if error.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(error) => return Err(error),
+            Err(source) => return Err(BatchError { done: all.len(), source }),
         }
     }
     Ok(all)
 }
 
-fn bpf(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: `attr` is a valid `bpf_attr.batch` for the call's duration;
-    // its keys and values point at `count` elements of the map's key and
-    // value sizes, which the callers' slices hold.
-    let result = unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+/// bpf(2) with `attr`, one of the `union bpf_attr` members above.
+fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
+    // SAFETY: `attr` is the `bpf_attr` member `command` reads, valid for
+    // the call's duration; the keys and values it points at are the
+    // callers' slices (or one key and value), holding as many elements of
+    // the map's key and value types as it says (the public functions'
+    // contract), and the kernel writes only into `attr` and, for a lookup,
+    // into those slices.
+    let result = unsafe { libc::syscall(libc::SYS_bpf, command, std::ptr::from_mut(attr), size_of::<A>()) };
     if result < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

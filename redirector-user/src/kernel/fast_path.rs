@@ -37,17 +37,21 @@ impl From<DataPlaneError> for FastPathError {
     }
 }
 
+/// Keyed by what clients send, so hashed with a random seed; foldhash
+/// rather than SipHash, as a move of a million clients looks each up twice.
+type Seeded = foldhash::fast::RandomState;
+
 pub struct FastPath {
     dataplane: DataPlane,
     mode: ForwardingMode,
     nat_ports: NatPorts,
     /// A client keeps its edge port across re-installs.
-    nat_port_of: HashMap<Endpoint, u16>,
+    nat_port_of: HashMap<Endpoint, u16, Seeded>,
     /// What first contact learned of a client (static clients have none),
     /// kept across re-installs.
-    learned: HashMap<Endpoint, Learned>,
+    learned: HashMap<Endpoint, Learned, Seeded>,
     /// AOR → (client key, service endpoint it talked to).
-    installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>>,
+    installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>, Seeded>,
     /// The AORs the current scan has yet to look at.
     scanning: Vec<Aor>,
     /// The client entries as first contact reads them, kept in step with
@@ -205,9 +209,9 @@ impl FastPath {
             dataplane,
             mode: config.mode,
             nat_ports: NatPorts::new(config.edge.nat_port_range()),
-            nat_port_of: HashMap::new(),
-            learned: HashMap::new(),
-            installed: HashMap::new(),
+            nat_port_of: HashMap::default(),
+            learned: HashMap::default(),
+            installed: HashMap::default(),
             scanning: Vec::new(),
             shared: Arc::default(),
             static_clients,
@@ -275,7 +279,7 @@ impl FastPath {
         }
         // Every adopted port is taken before a repointed entry is written.
         self.nat_ports.reserve(self.nat_port_of.values().copied());
-        let mut writes = Writes::default();
+        let mut writes = Writes::new();
         for &(client, server, service) in &repoint {
             self.entry_for(client, (server, service), &mut writes)?;
         }
@@ -324,18 +328,23 @@ impl FastPath {
     pub fn withdraw_many(&mut self, aors: &[Aor]) -> Result<Vec<Withdrawn>, FastPathError> {
         let withdrawn: Vec<Withdrawn> = aors
             .iter()
-            .map(|aor| Withdrawn { aor: aor.clone(), entries: self.installed.remove(aor).unwrap_or_default() })
+            .map(|aor| match self.installed.remove_entry(aor) {
+                Some((aor, entries)) => Withdrawn { aor, entries },
+                None => Withdrawn { aor: aor.clone(), entries: Vec::new() },
+            })
             .collect();
         let clients: Vec<Endpoint> =
             withdrawn.iter().flat_map(|w| w.entries.iter().map(|(client, _)| *client)).collect();
-        if let Err(error) = self.dataplane.remove_clients(&clients) {
+        let removed = self.dataplane.remove_clients(&clients);
+        let done = entries_done(&removed, clients.len());
+        clients[..done].iter().for_each(|client| self.shared.remove(socket_address(client)));
+        if let Err(error) = removed {
             // Still recorded: a later move or scan finds what the kernel kept.
             for w in withdrawn {
                 self.installed.entry(w.aor).or_default().extend(w.entries);
             }
             return Err(error.into());
         }
-        clients.iter().for_each(|client| self.shared.remove(socket_address(client)));
         Ok(withdrawn)
     }
 
@@ -345,7 +354,7 @@ impl FastPath {
     /// entries in the kernel, and a later move or scan must find them
     /// (removing one that is not there is harmless).
     pub fn restore_many(&mut self, moves: Vec<(Withdrawn, u32)>) -> Result<(), FastPathError> {
-        let mut writes = Writes::default();
+        let mut writes = Writes::new();
         let mut result = Ok(());
         for (withdrawn, server) in &moves {
             let owner = owner_of(&withdrawn.aor);
@@ -463,7 +472,7 @@ impl FastPath {
     }
 
     fn put(&mut self, client: Endpoint, server: u32, service: Endpoint) -> Result<(), FastPathError> {
-        let mut writes = Writes::default();
+        let mut writes = Writes::new();
         self.entry_for(client, (server, service), &mut writes)?;
         self.write(&writes)
     }
@@ -477,7 +486,7 @@ impl FastPath {
         (server, service): (u32, Endpoint),
         writes: &mut Writes,
     ) -> Result<(), FastPathError> {
-        let mut entry = ClientEntry { server, last_seen_ns: monotonic_ns(), ..Default::default() };
+        let mut entry = ClientEntry { server, last_seen_ns: writes.now, ..Default::default() };
         Learned::apply(self.learned.get(&client).copied(), self.mode, &mut entry);
         if self.mode == ForwardingMode::Nat {
             let port = match self.nat_port_of.get(&client) {
@@ -494,19 +503,25 @@ impl FastPath {
         Ok(())
     }
 
-    /// Reply entries first: a client's forwarded packet may be answered at once.
+    /// Reply entries first: a client's forwarded packet may be answered at
+    /// once. First contact's copy gets exactly what the kernel took, also
+    /// when a batch stops part way.
     fn write(&mut self, writes: &Writes) -> Result<(), FastPathError> {
         if !writes.nat_keys.is_empty() {
-            self.dataplane.install_nat_replies(&writes.nat_keys, &writes.nat_entries)?;
+            let written = self.dataplane.install_nat_replies(&writes.nat_keys, &writes.nat_entries);
+            let done = entries_done(&written, writes.nat_keys.len());
+            for (key, entry) in writes.nat_keys.iter().zip(&writes.nat_entries).take(done) {
+                self.share_nat_reply(key, entry);
+            }
+            written?;
         }
         if !writes.clients.is_empty() {
-            self.dataplane.install_clients(&writes.clients, &writes.entries)?;
-        }
-        for (key, entry) in writes.nat_keys.iter().zip(&writes.nat_entries) {
-            self.share_nat_reply(key, entry);
-        }
-        for (client, entry) in writes.clients.iter().zip(&writes.entries) {
-            self.share(client, entry);
+            let written = self.dataplane.install_clients(&writes.clients, &writes.entries);
+            let done = entries_done(&written, writes.clients.len());
+            for (client, entry) in writes.clients.iter().zip(&writes.entries).take(done) {
+                self.share(client, entry);
+            }
+            written?;
         }
         Ok(())
     }
@@ -527,12 +542,30 @@ impl FastPath {
 }
 
 /// Kernel entries to write together.
-#[derive(Default)]
 struct Writes {
+    /// When they count as last seen: one clock read for the whole batch.
+    now: u64,
     clients: Vec<Endpoint>,
     entries: Vec<ClientEntry>,
     nat_keys: Vec<NatKey>,
     nat_entries: Vec<NatEntry>,
+}
+
+/// How many of `asked` entries a batched write did.
+fn entries_done(result: &Result<(), DataPlaneError>, asked: usize) -> usize {
+    result.as_ref().map_or_else(|error| error.entries_done(asked), |()| asked)
+}
+
+impl Writes {
+    fn new() -> Self {
+        Self {
+            now: monotonic_ns(),
+            clients: Vec::new(),
+            entries: Vec::new(),
+            nat_keys: Vec::new(),
+            nat_entries: Vec::new(),
+        }
+    }
 }
 
 fn socket_address(endpoint: &Endpoint) -> SocketAddr {

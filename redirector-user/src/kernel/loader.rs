@@ -19,10 +19,10 @@ use aya::{
 };
 use redirector_ebpf::{
     CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
-    DECAP_ADDRESSES_MAP, DECAP_PROGRAM, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, Mode, NAT_REPLIES_MAP,
-    NatEntry, NatKey, PASS_PROGRAM, PROBE_MAP, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP,
-    SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle,
-    probe::ProbeConfig,
+    DECAP_ADDRESSES_MAP, DECAP_PROGRAM, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM,
+    FloorHop, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PASS_PROGRAM, PROBE_MAP, REDIRECTOR_PROGRAM, SERVER_HAS_V4,
+    SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server, ServerStats,
+    THROTTLED_MAP, Throttle, probe::ProbeConfig,
 };
 
 use super::pins::{PINNED_MAPS, PinError, Pins};
@@ -45,8 +45,8 @@ pub enum DataPlaneError {
     Map { name: &'static str, source: MapError },
     #[error("BPF map {0} is missing from the XDP object; rebuild it with `cargo xtask build-ebpf`")]
     MissingMap(&'static str),
-    #[error("BPF map {name}: a batched {what} failed (the kernel needs 5.6 or newer): {source}")]
-    Batch { name: &'static str, what: &'static str, source: std::io::Error },
+    #[error("BPF map {name}: a batched {what} {source}")]
+    Batch { name: &'static str, what: &'static str, source: super::batch::BatchError },
     #[error(transparent)]
     Pins(#[from] PinError),
     #[error("reading the XDP object {path} (named by REDIRECTOR_XDP_OBJECT): {source}", path = path.display())]
@@ -60,6 +60,17 @@ pub enum DataPlaneError {
 
 type Result<T, E = DataPlaneError> = std::result::Result<T, E>;
 
+impl DataPlaneError {
+    /// Of a batched write or delete asked for `asked` entries that ended
+    /// in this error: how many were done (the first ones).
+    pub fn entries_done(&self, asked: usize) -> usize {
+        match self {
+            Self::Batch { source, .. } => source.done.min(asked),
+            _ => 0,
+        }
+    }
+}
+
 /// The loaded object: programs verified and loaded, maps created (or
 /// adopted from pins).
 pub struct DataPlane {
@@ -69,7 +80,8 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Loads the object embedded in this binary and its three programs.
+    /// Loads the object embedded in this binary and its programs (the
+    /// benchmark's floor, `FLOOR_PROGRAM`, only when asked: `load_floor`).
     pub fn load() -> Result<Self> {
         Self::load_with(EbpfLoader::new())
     }
@@ -117,6 +129,15 @@ impl DataPlane {
             program(&mut ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
         }
         Ok(Self { ebpf, adopted: false })
+    }
+
+    /// Loads the benchmark's floor program and gives it one next hop, for
+    /// datagrams from `source`.
+    pub fn load_floor(&mut self, source: Endpoint, hop: FloorHop) -> Result<()> {
+        let name = FLOOR_PROGRAM;
+        program(&mut self.ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
+        let mut map: HashMap<_, Endpoint, FloorHop> = self.map(FLOOR_MAP)?;
+        map.insert(source, hop, 0).map_err(map_error(FLOOR_MAP))
     }
 
     /// Whether the maps were a previous daemon's (see `load_pinned`).
@@ -255,20 +276,23 @@ impl DataPlane {
     /// Writes many client entries in one system call (or a few).
     pub fn install_clients(&mut self, clients: &[Endpoint], entries: &[ClientEntry]) -> Result<()> {
         let fd = self.map_fd(CLIENTS_MAP)?;
-        super::batch::update(fd, clients, entries).map_err(batch_error(CLIENTS_MAP, "update"))
+        // SAFETY: CLIENTS maps Endpoint to ClientEntry (xdp/maps.rs).
+        unsafe { super::batch::update(fd, clients, entries) }.map_err(batch_error(CLIENTS_MAP, "update"))
     }
 
     /// Removes many client entries in one system call (or a few); absent
     /// ones are fine.
     pub fn remove_clients(&mut self, clients: &[Endpoint]) -> Result<()> {
         let fd = self.map_fd(CLIENTS_MAP)?;
-        super::batch::delete(fd, clients).map_err(batch_error(CLIENTS_MAP, "delete"))
+        // SAFETY: CLIENTS is keyed by Endpoint (xdp/maps.rs).
+        unsafe { super::batch::delete(fd, clients) }.map_err(batch_error(CLIENTS_MAP, "delete"))
     }
 
     /// Writes many nat reply entries in one system call (or a few).
     pub fn install_nat_replies(&mut self, keys: &[NatKey], entries: &[NatEntry]) -> Result<()> {
         let fd = self.map_fd(NAT_REPLIES_MAP)?;
-        super::batch::update(fd, keys, entries).map_err(batch_error(NAT_REPLIES_MAP, "update"))
+        // SAFETY: NAT_REPLIES maps NatKey to NatEntry (xdp/maps.rs).
+        unsafe { super::batch::update(fd, keys, entries) }.map_err(batch_error(NAT_REPLIES_MAP, "update"))
     }
 
     /// Throttles the first contact of many source prefixes (keys from
@@ -276,23 +300,29 @@ impl DataPlane {
     pub fn throttle(&mut self, prefixes: &[Endpoint], throttle: Throttle) -> Result<()> {
         let fd = self.map_fd(THROTTLED_MAP)?;
         let entries = vec![throttle; prefixes.len()];
-        super::batch::update(fd, prefixes, &entries).map_err(batch_error(THROTTLED_MAP, "update"))
+        // SAFETY: THROTTLED maps Endpoint to Throttle (xdp/maps.rs).
+        unsafe { super::batch::update(fd, prefixes, &entries) }.map_err(batch_error(THROTTLED_MAP, "update"))
     }
 
     /// Every client entry, read in batches.
     pub fn all_clients(&self) -> Result<Vec<(Endpoint, ClientEntry)>> {
-        super::batch::lookup_all(self.map_fd(CLIENTS_MAP)?).map_err(batch_error(CLIENTS_MAP, "lookup"))
+        let fd = self.map_fd(CLIENTS_MAP)?;
+        // SAFETY: CLIENTS maps Endpoint to ClientEntry (xdp/maps.rs).
+        unsafe { super::batch::lookup_all(fd) }.map_err(batch_error(CLIENTS_MAP, "lookup"))
     }
 
     /// Every nat reply entry, read in batches.
     pub fn all_nat_replies(&self) -> Result<Vec<(NatKey, NatEntry)>> {
-        super::batch::lookup_all(self.map_fd(NAT_REPLIES_MAP)?).map_err(batch_error(NAT_REPLIES_MAP, "lookup"))
+        let fd = self.map_fd(NAT_REPLIES_MAP)?;
+        // SAFETY: NAT_REPLIES maps NatKey to NatEntry (xdp/maps.rs).
+        unsafe { super::batch::lookup_all(fd) }.map_err(batch_error(NAT_REPLIES_MAP, "lookup"))
     }
 
     /// Removes many nat reply entries in one system call (or a few).
     pub fn remove_nat_replies(&mut self, keys: &[NatKey]) -> Result<()> {
         let fd = self.map_fd(NAT_REPLIES_MAP)?;
-        super::batch::delete(fd, keys).map_err(batch_error(NAT_REPLIES_MAP, "delete"))
+        // SAFETY: NAT_REPLIES is keyed by NatKey (xdp/maps.rs).
+        unsafe { super::batch::delete(fd, keys) }.map_err(batch_error(NAT_REPLIES_MAP, "delete"))
     }
 
     /// A hash map's file descriptor, for the batched calls aya lacks.
@@ -411,7 +441,7 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
     program.try_into().map_err(|source| DataPlaneError::Program { name, source })
 }
 
-fn batch_error(name: &'static str, what: &'static str) -> impl Fn(std::io::Error) -> DataPlaneError {
+fn batch_error(name: &'static str, what: &'static str) -> impl Fn(super::batch::BatchError) -> DataPlaneError {
     move |source| DataPlaneError::Batch { name, what, source }
 }
 
