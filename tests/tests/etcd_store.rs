@@ -375,6 +375,11 @@ fn a_restarted_edge_resumes_from_its_replica_and_reads_only_what_changed() {
     assert!(b.load().unwrap().is_empty());
     assert_eq!(counter(&b, "resumes"), 0, "a first start reads everything");
     let events = follower(&b);
+    // b's own pool save reaches its replica too (its watch delivers it to
+    // the replica only), before the assignments that follow it.
+    b.pool().unwrap();
+    let pool = StoredPool { next_slot: 5, ..StoredPool::default() };
+    b.save_pool(&pool).unwrap();
     for n in 1..=3 {
         assign_new(&a, &aor(&format!("r{n}")), "home1");
         next(&events);
@@ -382,6 +387,9 @@ fn a_restarted_edge_resumes_from_its_replica_and_reads_only_what_changed() {
     let followed = etcd.revision();
     drop(b);
     assert_eq!(replica_mark_after_drop(&replica).revision, followed, "the replica holds every followed change");
+    let copy = RedbStore::open_existing(&replica).unwrap();
+    assert_eq!(copy.pool().unwrap(), Some(pool), "the edge's own pool save is in its replica");
+    drop(copy);
 
     // While b is down: one move, one new client.
     a.reassign_many(&[(&aor("r1"), "home2")]).unwrap();

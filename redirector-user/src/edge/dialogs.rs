@@ -165,8 +165,11 @@ impl<D: Dialog> Dialogs<D> {
         Changes { ids, kept, removed }
     }
 
-    /// Changes the store did not take: written with the next save.
+    /// Changes the store did not take: written with the next save (the
+    /// unreadable records' removals too).
     pub fn retry(&mut self, changes: Changes<D::Id>) {
+        let touched: std::collections::HashSet<String> = changes.ids.iter().map(D::key).collect();
+        self.unreadable.extend(changes.removed.into_iter().filter(|key| !touched.contains(key)));
         self.touched.extend(changes.ids);
     }
 

@@ -116,6 +116,21 @@ pub struct ProfileRequest {
     pub expires: Option<u32>,
 }
 
+/// Why an initial SUBSCRIBE (or its repeat) is refused 403, if it is:
+/// only a client's own profile, straight from it, from a socket the fast
+/// path has installed for its AOR.
+fn refusal(request: &ProfileRequest, authorized: bool) -> Option<&'static str> {
+    if request.from_aor != request.aor {
+        Some("Only Your Own Profile")
+    } else if !request.direct {
+        Some("Only Straight From The Client")
+    } else if !authorized {
+        Some("Register From This Address First")
+    } else {
+        None
+    }
+}
+
 /// Why a `ua-profile` SUBSCRIBE is answered without the owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unreadable {
@@ -442,6 +457,12 @@ impl Profiles {
         document: Option<&Document>,
         now: u64,
     ) -> ProfileAnswer {
+        // An initial SUBSCRIBE, or its repeat (answered with our tag), only
+        // from whom the rule allows.
+        if let Some(reason) = request.to_tag.is_none().then(|| refusal(request, authorized)).flatten() {
+            bump(&self.counters.forbidden);
+            return self.reject(request, 403, reason, &[]);
+        }
         let existing = self.dialogs.get(&request.id).cloned();
         match (&request.to_tag, existing) {
             (Some(to_tag), Some(existing)) if *to_tag == existing.tag => {
@@ -452,31 +473,17 @@ impl Profiles {
                 self.reject(request, 481, "Subscription Does Not Exist", &[])
             }
             (None, Some(existing)) if existing.cseq == request.cseq => self.repeat(request, &existing, now),
-            (None, existing) => self.initial(request, authorized, document, existing, now),
+            (None, existing) => self.initial(request, document, existing, now),
         }
     }
 
     fn initial(
         &mut self,
         request: &ProfileRequest,
-        authorized: bool,
         document: Option<&Document>,
         existing: Option<ProfileSubscription>,
         now: u64,
     ) -> ProfileAnswer {
-        let refused = if request.from_aor != request.aor {
-            Some("Only Your Own Profile")
-        } else if !request.direct {
-            Some("Only Straight From The Client")
-        } else if !authorized {
-            Some("Register From This Address First")
-        } else {
-            None
-        };
-        if let Some(reason) = refused {
-            bump(&self.counters.forbidden);
-            return self.reject(request, 403, reason, &[]);
-        }
         let Some(document) = document else {
             bump(&self.counters.not_found);
             return self.reject(request, 404, "No Document For This AOR", &[]);

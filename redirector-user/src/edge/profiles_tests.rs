@@ -220,6 +220,17 @@ fn a_repeated_subscribe_gets_the_same_answer_and_no_second_notify() {
 }
 
 #[test]
+fn a_repeat_from_where_the_rule_refuses_gets_403_not_the_dialogs_tag() {
+    let (mut profiles, _queue) = profiles();
+    let our_tag = subscribed(&mut profiles);
+    let replayed =
+        profiles.subscribe(&request(1, Some(600), None), false, Some(&document("sip:10.0.0.1:5060")), NOW + 5);
+    assert_eq!(status(&replayed.response), 403);
+    assert_ne!(tag(&header(&replayed.response, HeaderKind::To)), Some(our_tag.as_str()), "our tag stays secret");
+    assert_eq!((count(&profiles.counters.repeated), count(&profiles.counters.forbidden)), (0, 1));
+}
+
+#[test]
 fn refreshes_and_unsubscribes_within_the_dialog() {
     let (mut profiles, _queue) = profiles();
     let our_tag = subscribed(&mut profiles);

@@ -577,6 +577,19 @@ mod tests {
     }
 
     #[test]
+    fn a_save_that_failed_still_removes_what_did_not_read_back_when_retried() {
+        let mut store = BTreeMap::from([("junk\nw".to_owned(), "{not a record".to_owned())]);
+        let mut registry = Registry::new(10);
+        assert_eq!(registry.restore(store.clone().into_iter().collect()), (0, 1));
+        confirmed(&mut registry, "c1");
+        let failed = registry.take_changes();
+        registry.retry(failed);
+        saved(&mut registry, &mut store);
+        assert!(!store.contains_key("junk\nw"), "removed with the retried save: {store:?}");
+        assert!(store.contains_key("c1\nw1"), "{store:?}");
+    }
+
+    #[test]
     fn a_full_registry_evicts_the_oldest() {
         let mut registry = Registry::new(2);
         confirmed(&mut registry, "c1");

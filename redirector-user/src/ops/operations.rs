@@ -148,6 +148,9 @@ pub struct Operations {
     /// A health verdict applied here whose save failed (retried each round).
     verdicts_unsaved: bool,
     following: followed::Following,
+    /// Stragglers (see `followed`) seen while another edge led: moved by
+    /// this one if it takes over, in case the leader missed them.
+    stragglers: followed::Stragglers,
     /// The probe responder's current key, once probes are on.
     probe: Option<ProbeConfig>,
     /// What the homes are to be told of their state (`probe::state`):
@@ -248,6 +251,7 @@ impl Operations {
             leading: true,
             verdicts_unsaved: false,
             following: followed::Following::default(),
+            stragglers: followed::Stragglers::default(),
             probe: None,
             home_states: tokio::sync::watch::channel(Vec::new()).0,
             route_version,
@@ -272,7 +276,8 @@ impl Operations {
         if let Err(error) = self.resume_pool_moves() {
             tracing::warn!(%error, "resuming the last leader's moves failed");
         }
-        self.sweep_stragglers();
+        let stragglers = self.stragglers.take();
+        self.move_stragglers(stragglers);
         self.keep_verdicts();
     }
 

@@ -23,6 +23,34 @@ crate::counters::counters! {
     clients_repointed,
 }
 
+/// How many stragglers a following edge remembers at most.
+const STRAGGLERS_KEPT: usize = 100_000;
+
+/// New clients another edge gave a server that takes no new ones, as a
+/// following edge saw them: if it takes over from a leader that missed
+/// them (its lease lapsed meanwhile), it moves them. A client kept on a
+/// server set draining by `servers set` is never one: only clients
+/// assigned after the change are.
+#[derive(Default)]
+pub struct Stragglers(Vec<(Aor, String)>);
+
+impl Stragglers {
+    fn remember(&mut self, first_assigned: Vec<(Aor, String)>, pool: &crate::edge::pool::Pool) {
+        let leaving = first_assigned.into_iter().filter(|(_, server)| is_leaving(pool, server));
+        let room = STRAGGLERS_KEPT.saturating_sub(self.0.len());
+        self.0.extend(leaving.take(room));
+    }
+
+    pub fn take(&mut self) -> Vec<(Aor, String)> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// Whether `server` takes no new clients (draining, down or removing).
+fn is_leaving(pool: &crate::edge::pool::Pool, server: &str) -> bool {
+    pool.server(server).is_some_and(|home| !home.accepts_new())
+}
+
 impl Operations {
     /// Applies one batch of followed changes, in order.
     pub fn follow(&mut self, events: Vec<StoreEvent>) {
@@ -47,6 +75,8 @@ impl Operations {
         self.save_profiles();
         if self.leading {
             self.move_stragglers(first_assigned);
+        } else {
+            self.stragglers.remember(first_assigned, &self.pool.load());
         }
     }
 
@@ -54,12 +84,11 @@ impl Operations {
     /// ones (that edge had not yet learned of the drain, removal or
     /// failure; the edge that moved the server's clients had read the store
     /// before): the leader moves them as a drain would.
-    fn move_stragglers(&mut self, first_assigned: Vec<(Aor, String)>) {
+    pub(super) fn move_stragglers(&mut self, first_assigned: Vec<(Aor, String)>) {
         let pool = self.pool.load_full();
         let mut stragglers: std::collections::BTreeMap<String, Vec<Aor>> = Default::default();
         for (aor, server) in first_assigned {
-            let leaving = pool.server(&server).is_some_and(|home| !home.accepts_new());
-            if leaving && self.assignments.server_of(&aor).is_some_and(|now| *now == *server) {
+            if is_leaving(&pool, &server) && self.assignments.server_of(&aor).is_some_and(|now| *now == *server) {
                 stragglers.entry(server).or_default().push(aor);
             }
         }
@@ -72,24 +101,6 @@ impl Operations {
             let why = "assigned by another edge to a server that takes no new clients; moved";
             self.jobs.push_back(super::MoveJob { from, left, moves: Vec::new(), reply: None, why, retire: false });
         }
-    }
-
-    /// The stragglers a new leader finds in its cache: those that arrived
-    /// while no edge led (or its leadership had lapsed) were moved by none.
-    pub(super) fn sweep_stragglers(&mut self) {
-        let pool = self.pool.load_full();
-        let leaving: Vec<&str> =
-            pool.servers().iter().filter(|home| !home.accepts_new()).map(|home| home.name.as_str()).collect();
-        if leaving.is_empty() {
-            return;
-        }
-        let mut first_assigned = Vec::new();
-        self.assignments.cache().for_each(|aor, cached| {
-            if cached.generation == 1 && leaving.contains(&&*cached.server) {
-                first_assigned.push((aor.clone(), cached.server.to_string()));
-            }
-        });
-        self.move_stragglers(first_assigned);
     }
 
     /// Records an assignment committed elsewhere; returns the AOR if its

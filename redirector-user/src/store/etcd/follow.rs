@@ -74,7 +74,7 @@ impl Follower {
         let mut stream = self.client.watch_client().watch(self.keys.prefix(), Some(options)).await?;
         while let Some(response) = stream.message().await? {
             self.reach.back();
-            if response.compact_revision() > 0 || self.is_behind(&response) {
+            if response.compact_revision() > 0 || self.is_behind(&response) || self.is_another_cluster(&response) {
                 return self.reload().await;
             }
             if response.canceled() {
@@ -92,32 +92,52 @@ impl Follower {
         response.header().is_some_and(|header| header.revision() < self.from - 1)
     }
 
+    /// A replica started while etcd was out of reach follows another
+    /// cluster than the one that answers now (rebuilt under the same URLs).
+    fn is_another_cluster(&self, response: &WatchResponse) -> bool {
+        let Some((replica, header)) = self.replica.as_ref().zip(response.header()) else { return false };
+        replica.cluster() != 0 && replica.cluster() != header.cluster_id()
+    }
+
+    /// A response's events, up to the revision of its last one: a watch
+    /// catching up gets its history in several responses, each headed by
+    /// the newest revision, which only an event-less progress report
+    /// (never the watch's creation) says has been seen.
     fn deliver(&mut self, response: &WatchResponse) {
-        let events: Vec<StoreEvent> = response.events().iter().filter_map(|event| self.decode(event)).collect();
+        let (mut replicated, mut fresh) = (Vec::new(), Vec::new());
+        for (event, is_new) in response.events().iter().filter_map(|event| self.decode(event)) {
+            if is_new {
+                fresh.push(event.clone());
+            }
+            replicated.push(event);
+        }
         let last_event = response.events().iter().filter_map(|e| e.kv()).map(|kv| kv.mod_revision()).max();
-        let revision = response.header().map(|header| header.revision()).into_iter().chain(last_event).max();
-        if let Some(revision) = revision {
+        let progress = (!response.created()).then(|| response.header().map(|header| header.revision())).flatten();
+        if let Some(revision) = last_event.or(progress) {
             self.from = self.from.max(revision + 1);
         }
-        if !events.is_empty() {
-            crate::counters::add(&self.counters.changes_followed, events.len() as u64);
+        if !fresh.is_empty() {
+            crate::counters::add(&self.counters.changes_followed, fresh.len() as u64);
         }
-        self.hand_over(events);
+        self.hand_over(replicated, fresh);
     }
 
-    /// To the replica, marked with the last revision delivered, then to
-    /// the state owner.
-    fn hand_over(&self, events: Vec<StoreEvent>) {
+    /// To the replica, marked with the last revision delivered, then what
+    /// is news to it to the state owner.
+    fn hand_over(&self, replicated: Vec<StoreEvent>, fresh: Vec<StoreEvent>) {
         if let Some(replica) = &self.replica {
             let pool_revision = self.pool_revision.load(std::sync::atomic::Ordering::Acquire);
-            replica.followed(events.clone(), replica.mark(self.from - 1, pool_revision));
+            replica.followed(replicated, replica.mark(self.from - 1, pool_revision));
         }
-        if !events.is_empty() {
-            (self.sink)(events);
+        if !fresh.is_empty() {
+            (self.sink)(fresh);
         }
     }
 
-    fn decode(&self, event: &etcd_client::Event) -> Option<StoreEvent> {
+    /// The change an event makes, and whether it is news to this edge: a
+    /// pool it saved itself, or older than one it knows, is only kept in
+    /// the replica (in order, so the replica ends with the newest).
+    fn decode(&self, event: &etcd_client::Event) -> Option<(StoreEvent, bool)> {
         let kv = event.kv()?;
         let key = kv.key_str().ok()?;
         let record = self.keys.record(key)?;
@@ -125,23 +145,24 @@ impl Follower {
             (EventType::Put, Record::Assignment(aor)) => keys::decode(aor, kv.value(), None).map(StoreEvent::Assigned),
             (EventType::Delete, Record::Assignment(aor)) => Ok(StoreEvent::Removed(aor)),
             (EventType::Put, Record::Seen(aor)) => {
-                return keys::seen_at(kv.value()).map(|at| StoreEvent::Seen(aor, at));
+                return keys::seen_at(kv.value()).map(|at| (StoreEvent::Seen(aor, at), true));
             }
             (EventType::Put, Record::Pool) => {
                 let known = self.pool_revision.fetch_max(kv.mod_revision(), std::sync::atomic::Ordering::AcqRel);
-                if kv.mod_revision() <= known {
-                    return None;
-                }
-                serde_json::from_slice(kv.value()).map(StoreEvent::Pool)
+                let is_new = kv.mod_revision() > known;
+                return serde_json::from_slice(kv.value())
+                    .map(|pool| (StoreEvent::Pool(pool), is_new))
+                    .inspect_err(|error| self.unreadable(key, error))
+                    .ok();
             }
             _ => return None,
         };
-        decoded
-            .inspect_err(|error| {
-                bump(&self.counters.unreadable);
-                tracing::warn!(key, %error, "a record in etcd does not read back; skipped");
-            })
-            .ok()
+        decoded.map(|event| (event, true)).inspect_err(|error| self.unreadable(key, error)).ok()
+    }
+
+    fn unreadable(&self, key: &str, error: &serde_json::Error) {
+        bump(&self.counters.unreadable);
+        tracing::warn!(key, %error, "a record in etcd does not read back; skipped");
     }
 
     /// Reads every assignment (a page at a time), and the pool, anew at
@@ -166,7 +187,9 @@ impl Follower {
             "etcd no longer holds the history this edge has not seen (compacted, or another cluster's): reloaded"
         );
         self.from = revision + 1;
-        self.hand_over(std::iter::once(StoreEvent::Reloaded(assignments)).chain(pool.map(StoreEvent::Pool)).collect());
+        let events: Vec<StoreEvent> =
+            std::iter::once(StoreEvent::Reloaded(assignments)).chain(pool.map(StoreEvent::Pool)).collect();
+        self.hand_over(events.clone(), events);
         Ok(())
     }
 }

@@ -181,7 +181,11 @@ impl EtcdStore {
             .ok_or_else(|| StoreError::timed_out(&endpoints, "connecting", settings.timeout))?
             .map_err(|source| StoreError::etcd(&endpoints, "connecting", source))?;
         let counters = Arc::<StoreCounters>::default();
-        let replica = settings.replica.as_deref().map(|path| Replica::open(path, &settings.prefix, counters.clone()));
+        let replica = settings.replica.as_deref().and_then(|path| {
+            Replica::open(path, &settings.prefix, counters.clone())
+                .inspect_err(|error| tracing::warn!(path = %path.display(), %error, "the local replica cannot be opened: running without it (a restart reads everything from etcd, and needs etcd to start)"))
+                .ok()
+        });
         let store = Self {
             runtime,
             client,
@@ -193,7 +197,7 @@ impl EtcdStore {
             pool_revision: Arc::default(),
             counters,
             reach: Arc::default(),
-            replica: replica.transpose()?.map(Arc::new),
+            replica: replica.map(Arc::new),
             resume: std::sync::Mutex::default(),
         };
         let resume = store.resume_point()?;
@@ -210,14 +214,14 @@ impl EtcdStore {
             Ok(answer) => {
                 let header = answer.header();
                 let (cluster, revision) = (header.map(|h| h.cluster_id()), header.map(|h| h.revision()));
-                let mark = replica.resumable(cluster, revision)?;
+                let mark = replica.resumable(cluster, revision);
                 if mark.is_none() {
                     replica.following(cluster.unwrap_or_default());
                 }
                 Ok(mark)
             }
             Err(error) if error.is_unavailable() => {
-                let Some(mark) = replica.resumable(None, None)? else { return Err(error) };
+                let Some(mark) = replica.resumable(None, None) else { return Err(error) };
                 tracing::warn!(
                     endpoints = self.endpoints,
                     revision = mark.revision,
@@ -279,7 +283,13 @@ impl EtcdStore {
     }
 
     /// One range read.
-    fn get(&self, what: &'static str, key: String, options: Option<GetOptions>) -> Result<GetResponse, StoreError> {
+    fn get(
+        &self,
+        what: &'static str,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse, StoreError> {
+        let key: Vec<u8> = key.into();
         self.run(what, |mut kv| {
             let (key, options) = (key.clone(), options.clone());
             async move { kv.get(key, options).await }
@@ -359,12 +369,35 @@ impl EtcdStore {
         Ok(made.collect())
     }
 
-    /// One page of assignments (see `pages::page`).
-    fn range(&self, after: Option<&Aor>, limit: i64, revision: i64) -> Result<pages::Page, StoreError> {
+    /// One page of assignments from key `start` (see `pages::page`).
+    fn range(&self, start: &[u8], limit: i64, revision: i64) -> Result<pages::Page, StoreError> {
         self.run("reading assignments", |kv| {
-            let (keys, after, counters) = (self.keys.clone(), after.cloned(), self.counters.clone());
-            pages::page(kv, keys, after, limit, revision, counters)
+            let (keys, start, counters) = (self.keys.clone(), start.to_vec(), self.counters.clone());
+            pages::page(kv, keys, start, limit, revision, counters)
         })
+    }
+
+    /// Every key under `prefix` and its value, a page at a time, all at the
+    /// revision of the first page; keys or values that are not UTF-8 are
+    /// skipped.
+    fn read_prefix(&self, what: &'static str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let (mut rows, mut start, mut revision) = (Vec::new(), prefix.as_bytes().to_vec(), 0);
+        loop {
+            let options =
+                GetOptions::new().with_range(pages::prefix_end(prefix)).with_limit(PAGE).with_revision(revision);
+            let mut answer = self.get(what, start.clone(), Some(options))?;
+            revision = answer.header().map_or(revision, |header| header.revision());
+            let page = answer.take_kvs();
+            let Some(last) = page.last() else { return Ok(rows) };
+            start = [last.key(), b"\0"].concat();
+            let full = page.len() as i64 == PAGE;
+            rows.extend(
+                page.iter().filter_map(|kv| Some((kv.key_str().ok()?.to_owned(), kv.value_str().ok()?.to_owned()))),
+            );
+            if !full {
+                return Ok(rows);
+            }
+        }
     }
 
     /// Puts and deletes, in transactions of at most `MAX_TXN_OPS`.
@@ -524,12 +557,12 @@ impl AssignmentStore for EtcdStore {
 
     /// A page at a time, each its own request (with its own timeout).
     fn all(&self) -> Result<Vec<Assignment>, StoreError> {
-        let first = self.range(None, PAGE, 0)?;
-        let (mut assignments, revision, mut more) = (first.assignments, first.revision, first.full);
-        while more && !assignments.is_empty() {
-            let next = self.range(assignments.last().map(|a| &a.aor), PAGE, revision)?;
-            more = next.full;
-            assignments.extend(next.assignments);
+        let first = self.range(&pages::start_after(&self.keys, None), PAGE, 0)?;
+        let (mut assignments, revision, mut next) = (first.assignments, first.revision, first.next);
+        while let Some(start) = next {
+            let more = self.range(&start, PAGE, revision)?;
+            next = more.next;
+            assignments.extend(more.assignments);
         }
         self.loaded.store(revision, Ordering::Release);
         Ok(assignments)
@@ -540,8 +573,10 @@ impl AssignmentStore for EtcdStore {
     /// the replica starts anew from it.
     fn load(&self) -> Result<Vec<Assignment>, StoreError> {
         let Some(replica) = &self.replica else { return self.all() };
-        if let Some(mark) = self.resume.lock().expect("resume lock").take() {
-            let assignments = replica.assignments()?;
+        let resume = self.resume.lock().expect("resume lock").take();
+        let resumed =
+            resume.and_then(|mark| Some((replica.assignments().inspect_err(|e| replica.unreadable(e)).ok()?, mark)));
+        if let Some((assignments, mark)) = resumed {
             self.loaded.store(mark.revision, Ordering::Release);
             self.pool_revision.fetch_max(mark.pool_revision, Ordering::AcqRel);
             crate::counters::bump(&self.counters.resumes);
@@ -562,7 +597,7 @@ impl AssignmentStore for EtcdStore {
 
     fn page(&self, after: Option<&Aor>, limit: usize) -> Result<Vec<Assignment>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX).min(PAGE);
-        Ok(self.range(after, limit, 0)?.assignments)
+        Ok(self.range(&pages::start_after(&self.keys, after), limit, 0)?.assignments)
     }
 
     fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError> {
@@ -573,23 +608,16 @@ impl AssignmentStore for EtcdStore {
         self.apply("expiring assignments", removals.chain(sightings).collect())
     }
 
-    /// This edge's dialogs; the replica's copy while etcd is out of reach.
+    /// This edge's dialogs, a page at a time; the replica's copy while
+    /// etcd is out of reach.
     fn dialogs(&self, kind: DialogKind) -> Result<Vec<(String, String)>, StoreError> {
-        let prefix = self.keys.dialogs(kind);
-        let options = GetOptions::new().with_prefix();
-        let mut answer = match (self.get("reading dialogs", prefix, Some(options)), &self.replica) {
-            (Err(error), Some(replica)) if error.is_unavailable() => return replica.dialogs(kind),
-            (answer, _) => answer?,
-        };
         let own = self.keys.dialogs(kind);
-        let dialogs: Vec<(String, String)> = answer
-            .take_kvs()
-            .iter()
-            .filter_map(|kv| {
-                let key = kv.key_str().ok()?.strip_prefix(&own)?;
-                Some((key.to_owned(), kv.value_str().ok()?.to_owned()))
-            })
-            .collect();
+        let rows = match (self.read_prefix("reading dialogs", &own), &self.replica) {
+            (Err(error), Some(replica)) if error.is_unavailable() => return replica.dialogs(kind),
+            (rows, _) => rows?,
+        };
+        let dialogs: Vec<(String, String)> =
+            rows.into_iter().filter_map(|(key, value)| Some((key.strip_prefix(&own)?.to_owned(), value))).collect();
         if let Some(replica) = &self.replica {
             replica.read_dialogs(kind, &dialogs);
         }

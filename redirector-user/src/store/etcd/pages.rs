@@ -18,31 +18,35 @@ use crate::{
 pub const PAGE: i64 = 10_000;
 
 /// One page: the assignments in key order, the revision it was read at,
-/// and whether it was full (more may follow).
+/// and the key the next page starts at if this one was full.
 pub struct Page {
     pub assignments: Vec<Assignment>,
     pub revision: i64,
-    pub full: bool,
+    pub next: Option<Vec<u8>>,
 }
 
-/// Up to `limit` assignments after `after` (from the first without), at
-/// `revision` (0: the newest). Records that do not read back are skipped
-/// and counted.
+/// Where a read of the assignments after `after` (from the first
+/// without) starts.
+pub fn start_after(keys: &Keys, after: Option<&Aor>) -> Vec<u8> {
+    after.map_or_else(|| keys.assignments(), |aor| format!("{}\0", keys.assignment(aor))).into_bytes()
+}
+
+/// Up to `limit` assignments from key `start`, at `revision` (0: the
+/// newest). Records that do not read back are skipped and counted.
 pub async fn page(
     mut kv: KvClient,
     keys: Keys,
-    after: Option<Aor>,
+    start: Vec<u8>,
     limit: i64,
     revision: i64,
     counters: Arc<StoreCounters>,
 ) -> Result<Page, etcd_client::Error> {
-    let start = after.map_or_else(|| keys.assignments(), |aor| format!("{}\0", keys.assignment(&aor)));
     let options =
         GetOptions::new().with_range(prefix_end(&keys.assignments())).with_limit(limit).with_revision(revision);
     let mut answer = kv.get(start, Some(options)).await?;
     let at = answer.header().map_or(revision, |header| header.revision());
     let rows = answer.take_kvs();
-    let full = rows.len() as i64 == limit;
+    let next = rows.last().filter(|_| rows.len() as i64 == limit).map(|last| [last.key(), b"\0"].concat());
     let records: Vec<(Aor, &[u8])> = rows
         .iter()
         .filter_map(|kv| match keys.record(kv.key_str().ok()?) {
@@ -64,7 +68,7 @@ pub async fn page(
                 .ok()
         })
         .collect();
-    Ok(Page { assignments, revision: at, full })
+    Ok(Page { assignments, revision: at, next })
 }
 
 /// Every assignment, a page at a time, all at the revision of the first
@@ -74,13 +78,12 @@ pub async fn all(
     keys: &Keys,
     counters: &Arc<StoreCounters>,
 ) -> Result<(Vec<Assignment>, i64), etcd_client::Error> {
-    let first = page(kv.clone(), keys.clone(), None, PAGE, 0, counters.clone()).await?;
-    let (mut assignments, revision, mut more) = (first.assignments, first.revision, first.full);
-    while more && !assignments.is_empty() {
-        let after = assignments.last().map(|a| a.aor.clone());
-        let next = page(kv.clone(), keys.clone(), after, PAGE, revision, counters.clone()).await?;
-        more = next.full;
-        assignments.extend(next.assignments);
+    let first = page(kv.clone(), keys.clone(), start_after(keys, None), PAGE, 0, counters.clone()).await?;
+    let (mut assignments, revision, mut next) = (first.assignments, first.revision, first.next);
+    while let Some(start) = next {
+        let more = page(kv.clone(), keys.clone(), start, PAGE, revision, counters.clone()).await?;
+        next = more.next;
+        assignments.extend(more.assignments);
     }
     Ok((assignments, revision))
 }

@@ -47,6 +47,7 @@ enum Write {
 }
 
 pub struct Replica {
+    path: std::path::PathBuf,
     copy: Arc<RedbStore>,
     writes: Mutex<mpsc::Sender<Write>>,
     /// The cluster the copy follows (etcd's cluster ID).
@@ -64,14 +65,17 @@ impl Replica {
             .name("replica".into())
             .spawn(move || write_all(&writer, &queue, &counters))
             .map_err(|source| StoreError::Runtime { source })?;
-        Ok(Self { copy, writes: Mutex::new(writes), cluster: Default::default(), prefix: prefix.to_owned() })
+        let (path, cluster) = (path.to_owned(), Default::default());
+        Ok(Self { path, copy, writes: Mutex::new(writes), cluster, prefix: prefix.to_owned() })
     }
 
     /// The copy's mark, if it is a copy of this pool that a watch can
     /// resume from: same cluster (`None`: not known, etcd is out of reach)
-    /// and not ahead of the cluster's `revision`.
-    pub fn resumable(&self, cluster: Option<u64>, revision: Option<i64>) -> Result<Option<ReplicaMark>, StoreError> {
-        let mark = self.copy.replica_mark()?.filter(|mark| {
+    /// and not ahead of the cluster's `revision`. A copy that does not
+    /// read back is not resumed from (it is only a cache of etcd).
+    pub fn resumable(&self, cluster: Option<u64>, revision: Option<i64>) -> Option<ReplicaMark> {
+        let mark = self.copy.replica_mark().inspect_err(|error| self.unreadable(error)).ok().flatten();
+        let mark = mark.filter(|mark| {
             mark.prefix == self.prefix
                 && mark.revision > 0
                 && cluster.is_none_or(|cluster| cluster == mark.cluster)
@@ -80,12 +84,22 @@ impl Replica {
         if let Some(mark) = &mark {
             self.following(mark.cluster);
         }
-        Ok(mark)
+        mark
+    }
+
+    /// Says the copy at `path` does not read back, and what to do.
+    pub fn unreadable(&self, error: &StoreError) {
+        tracing::warn!(path = %self.path.display(), %error, "the local replica does not read back: everything is read from etcd instead (delete the file if this repeats)");
     }
 
     /// The cluster the copy follows from now on.
     pub fn following(&self, cluster: u64) {
         self.cluster.store(cluster, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The cluster the copy follows (0: not known yet).
+    pub fn cluster(&self) -> u64 {
+        self.cluster.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The mark of a copy at `revision`.
