@@ -145,6 +145,9 @@ impl Replica {
 /// a crash loses at most that much, which the next start's watch replays.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
+/// How long the writer gathers writes before it commits them.
+const GATHER: Duration = Duration::from_millis(100);
+
 /// The writer: applies writes in order, consecutive followed batches in
 /// one transaction, and puts them on the disk at most every `SYNC_EVERY`.
 fn write_all(copy: &RedbStore, queue: &mpsc::Receiver<Write>, counters: &StoreCounters) {
@@ -158,7 +161,14 @@ fn write_all(copy: &RedbStore, queue: &mpsc::Receiver<Write>, counters: &StoreCo
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return writer.sync(),
         };
-        let mut waiting = std::iter::once(first).chain(queue.try_iter()).peekable();
+        // What arrives within `GATHER` is written in one transaction: a
+        // busy pool's watch responses cost a commit each otherwise.
+        let until = Instant::now() + GATHER;
+        let gathered = std::iter::from_fn(|| {
+            let left = until.checked_duration_since(Instant::now())?;
+            queue.recv_timeout(left).ok()
+        });
+        let mut waiting = std::iter::once(first).chain(gathered).peekable();
         while let Some(write) = waiting.next() {
             let done = match write {
                 Write::Followed(mut events, mut mark) => {
