@@ -148,8 +148,12 @@ pub struct Notifier {
     /// The highest NOTIFY CSeq started in each profile dialog: one queued
     /// late is dropped, never sent after a newer one (a subscription's
     /// first NOTIFY comes through the task that sent its 200, later ones
-    /// straight from the owner, which may overtake it).
-    latest: HashMap<ProfileId, u32>,
+    /// straight from the owner, which may overtake it), and when it started:
+    /// entries past `LATEST_KEPT` are forgotten (a subscription dropped
+    /// without a final NOTIFY is never told to the notifier).
+    latest: HashMap<ProfileId, (u32, Instant)>,
+    /// When `latest` was last swept.
+    swept: Option<Instant>,
     /// When each pending transaction is due next, earliest first; entries
     /// of transactions that ended or moved on are skipped when met.
     deadlines: BinaryHeap<Reverse<(Instant, String)>>,
@@ -159,6 +163,12 @@ pub struct Notifier {
     profile_counters: Arc<ProfileCounters>,
 }
 
+/// How long a profile dialog's last NOTIFY CSeq is kept at least.
+const LATEST_KEPT: Duration = Duration::from_secs(120);
+
+/// How many dialogs' CSeqs are kept before old ones are looked for.
+const LATEST_SWEEP_ABOVE: usize = 4096;
+
 impl Notifier {
     pub fn new(proxies: Vec<SocketAddr>, counters: Arc<WatcherCounters>, profiles: Arc<ProfileCounters>) -> Self {
         Self {
@@ -166,6 +176,7 @@ impl Notifier {
             pending: HashMap::new(),
             by_dialog: HashMap::new(),
             latest: HashMap::new(),
+            swept: None,
             deadlines: BinaryHeap::new(),
             branches: RandomState::new(),
             started: 0,
@@ -196,12 +207,13 @@ impl Notifier {
         };
         if let Notify::Profile(profile) = &notify {
             let (id, cseq) = (&profile.subscription.id, profile.subscription.notify_cseq);
-            if self.latest.get(id).is_some_and(|latest| *latest >= cseq) {
+            if self.latest.get(id).is_some_and(|(latest, _)| *latest >= cseq) {
                 bump(&self.profile_counters.notifies_superseded);
                 debug!(call_id = id.call_id, cseq, "a NOTIFY older than one already sent is dropped");
                 return None;
             }
-            self.latest.insert(id.clone(), cseq);
+            self.forget_old_dialogs(now);
+            self.latest.insert(id.clone(), (cseq, now));
         }
         self.started += 1;
         // Random, and only the subscriber sees it: answers are matched by it alone (§17.1.3).
@@ -263,6 +275,17 @@ impl Notifier {
                 info!(%to, call_id, code, aor = %notify.subscription.aor, "ua-profile NOTIFY refused: the subscription ends");
                 if notify.ends() { Answered::Ours } else { Answered::Refused(id.clone()) }
             }
+        }
+    }
+
+    /// Forgets the dialogs whose last NOTIFY started more than
+    /// `LATEST_KEPT` ago (by then any NOTIFY it could overtake has long
+    /// been sent), once there are many, at most every `LATEST_KEPT`.
+    fn forget_old_dialogs(&mut self, now: Instant) {
+        let due = self.swept.is_none_or(|at| now.duration_since(at) >= LATEST_KEPT);
+        if due && self.latest.len() > LATEST_SWEEP_ABOVE {
+            self.latest.retain(|_, (_, at)| now.duration_since(*at) < LATEST_KEPT);
+            self.swept = Some(now);
         }
     }
 
@@ -480,6 +503,24 @@ mod tests {
         let late = notifier.start(profile_notify(1, State::Active(60)), start);
         assert_eq!(late, None, "the first NOTIFY queued after the second is never sent");
         assert_eq!(notifier.profile_counters.notifies_superseded.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn dialogs_notified_long_ago_are_forgotten_once_many() {
+        use crate::edge::profiles::State;
+        let (mut notifier, _) = setup();
+        let start = Instant::now();
+        let in_dialog = |n: usize| {
+            let Notify::Profile(mut notify) = profile_notify(1, State::Active(60)) else { unreachable!() };
+            notify.subscription.id.call_id = format!("c{n}");
+            Notify::Profile(notify)
+        };
+        for n in 0..=LATEST_SWEEP_ABOVE {
+            notifier.start(in_dialog(n), start).expect("sent");
+        }
+        assert_eq!(notifier.latest.len(), LATEST_SWEEP_ABOVE + 1, "young ones are kept");
+        notifier.start(in_dialog(usize::MAX), start + LATEST_KEPT).unwrap();
+        assert_eq!(notifier.latest.len(), 1, "only the newest is left");
     }
 
     #[test]
