@@ -21,7 +21,10 @@ use redirector::{
         control::{self, Reply, Request},
         http, report, route_client, status,
     },
-    probe::{Keys, state::Follower},
+    probe::{
+        Keys,
+        state::{Follower, Signature},
+    },
     store::{unix_ms, unix_seconds},
 };
 use redirector_ebpf::{DECAP_PROGRAM, PASS_PROGRAM};
@@ -756,12 +759,12 @@ struct Probes<'a> {
 /// (`probe::state::Follower`) and the operator's hold (SIGUSR1 holds,
 /// SIGUSR2 releases). The map is written only when one of them changes.
 async fn answer_probes(mut dataplane: DataPlane, interface: &str, mode: AttachMode, probes: Probes<'_>) -> Result<()> {
-    let mut states = read_state_messages(probes.addresses, probes.port).await?;
+    let mut follower = Follower::new(&probes.keys, probes.addresses);
+    let mut states = read_state_messages(probes.addresses, probes.port, follower.signature()).await?;
     dataplane.attach(DECAP_PROGRAM, interface, xdp_mode(mode))?;
     let (mut hold, mut release) = (signal(SignalKind::user_defined1())?, signal(SignalKind::user_defined2())?);
     let shutdown = shutdown_signal()?;
     tokio::pin!(shutdown);
-    let mut follower = Follower::new(&probes.keys, probes.addresses);
     let mut written = None;
     info!(interface, port = probes.port, "attached, answering probes");
     loop {
@@ -787,7 +790,13 @@ async fn answer_probes(mut dataplane: DataPlane, interface: &str, mode: AttachMo
 
 /// The datagrams the XDP program passes up to the probe port of each of
 /// `addresses` (state messages from the edges), read by a task per socket.
-async fn read_state_messages(addresses: &[IpAddr], port: u16) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>> {
+/// Only those `signature` signs are queued (a flood of others would crowd
+/// out the edge's); the rest are counted and logged at most every 10 s.
+async fn read_state_messages(
+    addresses: &[IpAddr],
+    port: u16,
+    signature: Signature,
+) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     for &ip in addresses {
         let address = SocketAddr::new(ip, port);
@@ -797,11 +806,19 @@ async fn read_state_messages(addresses: &[IpAddr], port: u16) -> Result<tokio::s
         let sender = sender.clone();
         tokio::spawn(async move {
             let mut buffer = [0u8; 2048];
+            let (mut unsigned, mut logged) = (0u64, None::<std::time::Instant>);
             loop {
                 match socket.recv(&mut buffer).await {
-                    Ok(len) => {
+                    Ok(len) if signature.signs(&buffer[..len]) => {
                         // Full only under a flood: that datagram is dropped (the edge sends again).
                         let _ = sender.try_send(buffer[..len].to_vec());
+                    }
+                    Ok(_) => {
+                        unsigned += 1;
+                        if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                            logged = Some(std::time::Instant::now());
+                            tracing::warn!(%address, unsigned, "datagrams on the probe port that are no state message signed with this pool's probe secret were dropped");
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(%address, %error, "reading state messages stopped");

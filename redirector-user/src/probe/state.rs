@@ -234,6 +234,24 @@ impl Follower {
     pub fn answering(&self) -> bool {
         !self.held && self.edge_state().is_none_or(|state| state == HomeState::Active)
     }
+
+    /// What the readers of the probe port check before they queue a
+    /// datagram, so a flood of unsigned ones cannot crowd out the edge's.
+    pub fn signature(&self) -> Signature {
+        Signature(self.key)
+    }
+}
+
+/// A home's state key, for the readers of its probe port.
+#[derive(Clone, Copy)]
+pub struct Signature([u64; 2]);
+
+impl Signature {
+    /// Whether `datagram` is a state message signed with this key (the
+    /// follower still checks the rest).
+    pub fn signs(&self, datagram: &[u8]) -> bool {
+        parse_state(datagram).is_some_and(|message| message.signed_by(&self.0))
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,18 @@ fn a_message_for_another_home_or_from_another_pool_is_refused() {
 }
 
 #[test]
+fn the_readers_signature_passes_signed_messages_only() {
+    let signature = follower().signature();
+    assert!(signature.signs(&message(HomeState::Down, NOW_MS)), "the edge's");
+    let other_pool = Keys::from_hex("ffeeddccbbaa99887766554433221100", 300).unwrap();
+    assert!(!signature.signs(&other_pool.state_message(home(), HomeState::Down, NOW_MS)), "forged");
+    let mut tampered = message(HomeState::Active, NOW_MS);
+    tampered[7] = 3;
+    assert!(!signature.signs(&tampered), "tampered");
+    assert!(!signature.signs(b"not a state message"), "malformed");
+}
+
+#[test]
 fn the_operators_hold_silences_whatever_the_edge_says_and_its_release_follows_the_edge_again() {
     let mut follower = follower();
     follower.hold(true);

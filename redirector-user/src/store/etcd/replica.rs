@@ -14,7 +14,7 @@
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
@@ -49,7 +49,7 @@ enum Write {
 pub struct Replica {
     path: std::path::PathBuf,
     copy: Arc<RedbStore>,
-    writes: Mutex<mpsc::Sender<Write>>,
+    writes: mpsc::Sender<Write>,
     /// The cluster the copy follows (etcd's cluster ID).
     cluster: std::sync::atomic::AtomicU64,
     prefix: String,
@@ -66,7 +66,7 @@ impl Replica {
             .spawn(move || write_all(&writer, &queue, &counters))
             .map_err(|source| StoreError::Runtime { source })?;
         let (path, cluster) = (path.to_owned(), Default::default());
-        Ok(Self { path, copy, writes: Mutex::new(writes), cluster, prefix: prefix.to_owned() })
+        Ok(Self { path, copy, writes, cluster, prefix: prefix.to_owned() })
     }
 
     /// The copy's mark, if it is a copy of this pool that a watch can
@@ -137,7 +137,7 @@ impl Replica {
 
     fn send(&self, write: Write) {
         // The writer ends only with the process (it never returns early).
-        let _ = self.writes.lock().expect("replica sender").send(write);
+        let _ = self.writes.send(write);
     }
 }
 
