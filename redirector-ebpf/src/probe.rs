@@ -97,14 +97,7 @@ pub struct ProbeConfig {
 /// Whether `bytes` is a well-formed probe.
 #[inline(always)]
 pub fn is_probe(bytes: &[u8; PROBE_LEN]) -> bool {
-    let header_ok = bytes[0] == MAGIC[0]
-        && bytes[1] == MAGIC[1]
-        && bytes[2] == MAGIC[2]
-        && bytes[3] == MAGIC[3]
-        && bytes[4] == VERSION
-        && bytes[5] == KIND_PROBE
-        && bytes[6] == 0
-        && bytes[7] == 0;
+    let header_ok = starts_as(bytes, KIND_PROBE) && bytes[6] == 0 && bytes[7] == 0;
     let mut zero = 0u8;
     let mut i = SERVER_AT;
     while i < PROBE_LEN {
@@ -119,12 +112,18 @@ pub fn is_probe(bytes: &[u8; PROBE_LEN]) -> bool {
 /// rest and the MAC.
 #[inline(always)]
 pub fn is_state(bytes: &[u8; PROBE_LEN]) -> bool {
+    starts_as(bytes, KIND_STATE)
+}
+
+/// Whether `bytes` starts with the magic, this version and `kind`.
+#[inline(always)]
+fn starts_as(bytes: &[u8; PROBE_LEN], kind: u8) -> bool {
     bytes[0] == MAGIC[0]
         && bytes[1] == MAGIC[1]
         && bytes[2] == MAGIC[2]
         && bytes[3] == MAGIC[3]
         && bytes[4] == VERSION
-        && bytes[5] == KIND_STATE
+        && bytes[5] == kind
 }
 
 /// A probe carrying `tag`.

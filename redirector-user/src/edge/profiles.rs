@@ -40,7 +40,7 @@ use crate::{
     sip::{
         Aor, HeaderKind, Message, NameAddr, ParseError,
         response::{self, Basis},
-        split_list, tag, unfold,
+        split_list, tag, unfold, without_tag,
     },
 };
 
@@ -173,12 +173,7 @@ impl ProfileRequest {
         if !accepts_documents(message) {
             return Err(Unreadable::NotAcceptable);
         }
-        let route_set: Vec<String> = message
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("Record-Route"))
-            .flat_map(|h| split_list(h.value).map(|v| unfold(v).trim().to_owned()))
-            .collect();
+        let route_set: Vec<String> = message.record_route_set();
         let mut basis = Basis::of(message);
         let direct = basis.vias.len() == 1;
         basis.stamp_top_via(source);
@@ -192,7 +187,7 @@ impl ProfileRequest {
             id: ProfileId { call_id, subscriber_tag },
             to_tag: tag(&to).map(str::to_owned),
             subscriber_header: from,
-            profile_header: crate::edge::watchers::without_tag(&to),
+            profile_header: without_tag(&to),
             contact,
             event,
             route_set,

@@ -28,7 +28,7 @@ use crate::{
         dialogs::{self, Dialog, Dialogs},
         notifier::Notify,
     },
-    sip::{Aor, HeaderKind, Message, NameAddr, ParseError, split_list, tag, unfold},
+    sip::{Aor, HeaderKind, Message, NameAddr, ParseError, tag, without_tag},
 };
 
 /// A dialog's identity as the edge sees it before the notifier's tag is known.
@@ -79,12 +79,7 @@ impl Subscription {
         let watcher_tag = tag(&from).ok_or(ParseError::Missing("From tag"))?.to_owned();
         let watcher_contact = NameAddr::parse(&contact, "Contact")?.uri.to_owned();
         let expires = message.value(HeaderKind::Expires).and_then(|v| v.trim().parse().ok());
-        let route_set: Vec<String> = message
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("Record-Route"))
-            .flat_map(|h| split_list(h.value).map(|v| unfold(v).trim().to_owned()))
-            .collect();
+        let route_set: Vec<String> = message.record_route_set();
         let subscription = Self {
             id: DialogId { call_id: header(HeaderKind::CallId, "Call-ID")?.trim().to_owned(), watcher_tag },
             presentity,
@@ -108,24 +103,6 @@ impl Subscription {
         let more = [&self.watcher_contact, &self.event];
         headers.into_iter().chain(more).chain(&self.route_set).map(String::as_str)
     }
-}
-
-/// A To / From value without its `tag` parameter.
-pub(crate) fn without_tag(value: &str) -> String {
-    let value = value.trim();
-    let Ok(name_addr) = NameAddr::parse(value, "To") else {
-        return value.to_owned();
-    };
-    let head = value[..value.len() - name_addr.params.len()].trim_end().trim_end_matches(';');
-    let is_tag = |p: &str| p.split('=').next().unwrap_or_default().trim().eq_ignore_ascii_case("tag");
-    let kept: String = name_addr
-        .params
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && !is_tag(p))
-        .map(|p| format!(";{p}"))
-        .collect();
-    format!("{head}{kept}")
 }
 
 /// What recording a SUBSCRIBE did.
@@ -622,13 +599,5 @@ mod tests {
         assert!(text.contains("\r\nSubscription-State: terminated;reason=deactivated\r\n"), "{text}");
         assert!(text.contains("\r\nVia: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-rdr-notify-1;rport\r\n"), "{text}");
         assert!(text.contains("\r\nRoute: <sip:p1;lr>\r\nRoute: <sip:p2;lr>\r\n"), "the route set: {text}");
-    }
-
-    #[test]
-    fn tags_are_cut_from_to_headers_with_other_parameters() {
-        assert_eq!(without_tag("<sip:b@x>;tag=abc"), "<sip:b@x>");
-        assert_eq!(without_tag("<sip:b@x>;foo=1;tag=abc;bar"), "<sip:b@x>;foo=1;bar");
-        assert_eq!(without_tag("sip:b@x;tag=abc"), "sip:b@x");
-        assert_eq!(without_tag(" <sip:b@x> "), "<sip:b@x>");
     }
 }

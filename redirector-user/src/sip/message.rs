@@ -194,6 +194,16 @@ impl<'a> Message<'a> {
         Ok((number, method.to_owned()))
     }
 
+    /// The Record-Route values in order, each unfolded: a dialog's route
+    /// set as its first request sets it (RFC 3261 §12.1.1).
+    pub fn record_route_set(&self) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("Record-Route"))
+            .flat_map(|h| split_list(h.value).map(|v| unfold(v).trim().to_owned()))
+            .collect()
+    }
+
     /// Max-Forwards, if present.
     pub fn max_forwards(&self) -> Result<Option<u8>, ParseError> {
         self.value(HeaderKind::MaxForwards)

@@ -9,7 +9,7 @@ mod via;
 
 pub use message::{Header, HeaderKind, Message, ParseError, StartLine, split_list, unfold};
 pub use notify::Notify;
-pub use uri::{Aor, NameAddr, socket_address, tag};
+pub use uri::{Aor, NameAddr, socket_address, tag, without_tag};
 pub use via::Via;
 
 #[cfg(test)]

@@ -178,3 +178,11 @@ fn uris_with_ip_literals_name_socket_addresses() {
         assert_eq!(socket_address(other), None, "{other}");
     }
 }
+
+#[test]
+fn tags_are_cut_from_to_headers_with_other_parameters() {
+    assert_eq!(without_tag("<sip:b@x>;tag=abc"), "<sip:b@x>");
+    assert_eq!(without_tag("<sip:b@x>;foo=1;tag=abc;bar"), "<sip:b@x>;foo=1;bar");
+    assert_eq!(without_tag("sip:b@x;tag=abc"), "sip:b@x");
+    assert_eq!(without_tag(" <sip:b@x> "), "<sip:b@x>");
+}

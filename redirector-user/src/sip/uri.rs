@@ -47,6 +47,24 @@ pub fn tag(value: &str) -> Option<&str> {
     })
 }
 
+/// A To / From value without its `tag` parameter.
+pub fn without_tag(value: &str) -> String {
+    let value = value.trim();
+    let Ok(name_addr) = NameAddr::parse(value, "To") else {
+        return value.to_owned();
+    };
+    let head = value[..value.len() - name_addr.params.len()].trim_end().trim_end_matches(';');
+    let is_tag = |p: &str| p.split('=').next().unwrap_or_default().trim().eq_ignore_ascii_case("tag");
+    let kept: String = name_addr
+        .params
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !is_tag(p))
+        .map(|p| format!(";{p}"))
+        .collect();
+    format!("{head}{kept}")
+}
+
 /// User (without password), host (IPv6 in brackets) and port of a SIP URI
 /// after its scheme; parameters and headers are cut off.
 fn user_host_port(rest: &str) -> (Option<&str>, &str, Option<&str>) {
