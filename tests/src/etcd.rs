@@ -66,6 +66,11 @@ impl EtcdCluster {
         (0..MEMBERS).map(client_url).collect()
     }
 
+    /// The running members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().flatten().map(Child::id).collect()
+    }
+
     /// SIGKILLs member `index`, as a crashed host would go.
     pub fn kill_member(&mut self, index: usize) {
         kill_group(&mut self.members[index].take().expect("that member runs"));

@@ -31,7 +31,8 @@ use redirector_tests::{
 };
 
 use crate::{
-    first_contact::{Load, QUIET_EDGE, drive, first_contact_topology, generator_socket},
+    cpu::trees_cpu,
+    first_contact::{Load, Outcome, QUIET_EDGE, drive_measured, first_contact_topology, generator_socket},
     report::{Row, Section, median_by, median_ratio},
 };
 
@@ -57,16 +58,27 @@ fn first_contact(quick: bool) -> Section {
         etcd.push(first_contacts(Some(&EtcdCluster::new()), limit));
     }
     for (name, outcomes) in [(REDB, &redb), (ETCD, &etcd)] {
-        let Some(outcome) = median_by(outcomes.iter().collect(), |o| o.rate()) else { continue };
+        let Some((outcome, members_cpu)) = median_by(outcomes.iter().collect(), |(o, _)| o.rate()) else { continue };
         let mut row = Row::new(name, outcome.rate(), "302/s")
             .raw("sent", outcome.sent as f64)
             .raw("redirected", outcome.redirected as f64)
             .raw("lost", outcome.lost as f64);
-        if let Some(ratio) = median_ratio(outcomes.iter().map(|o| o.rate()), redb.iter().map(|o| o.rate())) {
+        if let Some(edge_cpu) = outcome.cpu_per_answer() {
+            row = row.raw("edge_cpu_us_per_302", edge_cpu);
+        }
+        if let Some(members_cpu) = members_cpu {
+            row = row.raw("etcd_members_cpu_us_per_302", outcome.per_answer(*members_cpu));
+        }
+        let rates =
+            |outcomes: &[(Outcome, Option<Duration>)]| outcomes.iter().map(|(o, _)| o.rate()).collect::<Vec<_>>();
+        if let Some(ratio) = median_ratio(rates(outcomes), rates(&redb)) {
             row = row.ratio(REDB, ratio);
         }
         section.rows.push(row);
     }
+    section.notes.push(
+        "edge_cpu_us_per_302 / etcd_members_cpu_us_per_302: CPU time (user and system) of the edge daemon and of the three etcd members over the 302s sent; every process shares the same two cores".into(),
+    );
     section.notes.push(
         "etcd: the new AORs of a batch are written unread, on the condition that they have no key, in transactions of up to 128 AORs sent together; a write commits on a quorum (each member fsyncs) before any answer leaves".into(),
     );
@@ -75,7 +87,8 @@ fn first_contact(quick: bool) -> Section {
 
 /// Section 3's closed-loop run of new AORs against one edge, on `etcd`'s
 /// cluster if given.
-fn first_contacts(etcd: Option<&EtcdCluster>, limit: Duration) -> crate::first_contact::Outcome {
+/// The outcome and the etcd members' CPU time meanwhile.
+fn first_contacts(etcd: Option<&EtcdCluster>, limit: Duration) -> (crate::first_contact::Outcome, Option<Duration>) {
     let mut topology = first_contact_topology();
     let socket = generator_socket(&topology);
     topology.extra_config = QUIET_EDGE.into();
@@ -86,7 +99,12 @@ fn first_contacts(etcd: Option<&EtcdCluster>, limit: Duration) -> crate::first_c
             &format!("[store]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"/bench/\"\n", endpoints.join(", "));
     }
     topology.start(&[]);
-    drive(&socket, &Load::closed(limit, 1_000_000))
+    let members = etcd.map(EtcdCluster::pids).unwrap_or_default();
+    let before = trees_cpu(&members);
+    let edge: Vec<u32> = topology.edge_pid().into_iter().collect();
+    let outcome = drive_measured(&socket, &Load::closed(limit, 1_000_000), &edge);
+    let members_cpu = before.zip(trees_cpu(&members)).map(|(before, after)| after.saturating_sub(before));
+    (outcome, members_cpu)
 }
 
 /// 7b and 7c on one pair of edges.

@@ -40,6 +40,7 @@ use redirector::{
 use redirector_tests::topology::{Attach, SERVICE, Topology, home_address, socket_in};
 
 use crate::{
+    cpu,
     mmsg::{self, BATCH, Inbox, Outgoing, Pace},
     peers::{Kamailio, KamailioRoute},
     report::{Row, Section, median_by, median_ratio},
@@ -117,11 +118,23 @@ pub struct Outcome {
     pub other_answers: u64,
     pub lost: u64,
     pub seconds: f64,
+    /// CPU time the answering processes used meanwhile, where known.
+    pub cpu: Option<Duration>,
 }
 
 impl Outcome {
     pub fn rate(&self) -> f64 {
         self.redirected as f64 / self.seconds
+    }
+
+    /// Microseconds of the answerer's CPU per 302.
+    pub fn cpu_per_answer(&self) -> Option<f64> {
+        Some(self.per_answer(self.cpu?))
+    }
+
+    /// Microseconds of `cpu` per 302.
+    pub fn per_answer(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.redirected.max(1) as f64
     }
 
     fn in_flight(&self) -> u64 {
@@ -139,6 +152,7 @@ impl From<sipp_load::Counted> for Outcome {
             other_answers: 0,
             lost: counted.failed,
             seconds: counted.seconds,
+            cpu: None,
         }
     }
 }
@@ -203,6 +217,16 @@ pub fn drive(socket: &UdpSocket, load: &Load) -> Outcome {
     outcome
 }
 
+/// `drive`, with the CPU time the process trees of `answerers` used
+/// meanwhile.
+pub fn drive_measured(socket: &UdpSocket, load: &Load, answerers: &[u32]) -> Outcome {
+    let before = cpu::trees_cpu(answerers);
+    let mut outcome = drive(socket, load);
+    let after = cpu::trees_cpu(answerers);
+    outcome.cpu = before.zip(after).map(|(before, after)| after.saturating_sub(before));
+    outcome
+}
+
 /// Stores AORs u1..=`count` in the edge's database before it starts, each
 /// on the home rendezvous hashing gives it, in one transaction.
 pub fn seed(topology: &Topology, count: u64) {
@@ -235,6 +259,9 @@ enum Edge {
 /// the run is over, and stopped before the topology goes.
 struct Peer {
     kamailio: bool,
+    /// The answering process, whose tree's CPU time is taken (none for
+    /// the canned answerer, a thread of this process).
+    pid: Vec<u32>,
     _running: Option<Box<dyn std::any::Any>>,
 }
 
@@ -297,16 +324,18 @@ fn start(edge: Edge) -> Result<(Topology, Peer, UdpSocket), String> {
             let home = format!("{}:5060", home_address(0));
             let route = KamailioRoute::Redirect { home: &home };
             let kamailio = Kamailio::start(&topology.edge, &topology.scratch("kamailio"), &route)?;
-            Ok((topology, Peer { kamailio: true, _running: Some(Box::new(kamailio)) }, socket))
+            let pid = vec![kamailio.pid()];
+            Ok((topology, Peer { kamailio: true, pid, _running: Some(Box::new(kamailio)) }, socket))
         }
         Edge::Canned => {
             let canned = Canned::start(&topology);
-            Ok((topology, Peer { kamailio: false, _running: Some(Box::new(canned)) }, socket))
+            Ok((topology, Peer { kamailio: false, pid: Vec::new(), _running: Some(Box::new(canned)) }, socket))
         }
         Edge::New | Edge::Storm(_) => {
             topology.extra_config = QUIET_EDGE.into();
             topology.start(&[]);
-            Ok((topology, Peer { kamailio: false, _running: None }, socket))
+            let pid = topology.edge_pid().into_iter().collect();
+            Ok((topology, Peer { kamailio: false, pid, _running: None }, socket))
         }
     }
 }
@@ -327,7 +356,7 @@ pub fn run(quick: bool) -> Section {
             match start(edge) {
                 // The peer (if any) stops before its namespace goes.
                 Ok((topology, peer, socket)) => {
-                    outcomes[slot].push(drive(&socket, &Load::closed(limit, max)));
+                    outcomes[slot].push(drive_measured(&socket, &Load::closed(limit, max), &peer.pid));
                     if peer.kamailio {
                         match sipp_load::run(&topology, limit) {
                             Ok(counted) => outcomes[2].push(Outcome::from(counted)),
@@ -349,6 +378,9 @@ pub fn run(quick: bool) -> Section {
             .raw("other_answers", outcome.other_answers as f64)
             .raw("lost", outcome.lost as f64)
             .raw("seconds", outcome.seconds);
+        if let Some(cpu) = outcome.cpu_per_answer() {
+            row = row.raw("cpu_us_per_302", cpu);
+        }
         if let Some(ratio) = median_ratio(out.iter().map(Outcome::rate), baseline.iter().map(Outcome::rate)) {
             row = row.ratio(BASELINE, ratio);
         }
@@ -356,6 +388,9 @@ pub fn run(quick: bool) -> Section {
     }
     section.notes.push(
         "redirector commits the new assignments of each batch of queued REGISTERs durably (one fsync) before answering any; Kamailio keeps no state".into(),
+    );
+    section.notes.push(
+        "cpu_us_per_302: CPU time of the answering processes (all their threads and children; user and system, which includes sending the answers through the kernel) over the 302s they sent".into(),
     );
     section.notes.push(format!(
         "storm: the edge's database holds {known} AORs before it starts; each REGISTER names one of them from an address the edge has never seen"

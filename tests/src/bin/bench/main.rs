@@ -7,6 +7,7 @@
 //! `--quick` scales every section down (one round, no million clients) so
 //! that it finishes in under two minutes and CI can run it.
 
+mod cpu;
 mod edges;
 mod failover;
 mod first_contact;

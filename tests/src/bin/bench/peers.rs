@@ -105,6 +105,11 @@ impl Kamailio {
         wait_until_listening(ns)?;
         Ok(kamailio)
     }
+
+    /// The main process; its workers are its children.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
 }
 
 impl Drop for Kamailio {
