@@ -39,7 +39,7 @@ use redirector_ebpf::{
     register::{RegisterTo, register_to},
     via::VIA_SCAN,
 };
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use crate::{
     counters::bump,
@@ -1005,10 +1005,21 @@ fn parse_ping_branch(branch: &str) -> Option<(u32, u32)> {
     Some((u32::from_str_radix(sequence, 16).ok()?, server.parse().ok()?))
 }
 
-/// A stateless To tag: the same request gets the same tag.
+/// A stateless To tag: the same request gets the same tag. Hashed field
+/// by field, each with its length (or absence) first, so no two requests'
+/// fields run together alike.
 fn to_tag(basis: &Basis) -> String {
-    let key = format!("{:?}{:?}{:?}", basis.call_id, basis.from.as_deref().and_then(tag), basis.cseq);
-    format!("rdr{:012x}", xxh3_64(key.as_bytes()) & 0xffff_ffff_ffff)
+    let mut hasher = Xxh3::new();
+    for field in [basis.call_id.as_deref(), basis.from.as_deref().and_then(tag), basis.cseq.as_deref()] {
+        match field {
+            Some(field) => {
+                hasher.update(&(field.len() as u64).to_le_bytes());
+                hasher.update(field.as_bytes());
+            }
+            None => hasher.update(&u64::MAX.to_le_bytes()),
+        }
+    }
+    format!("rdr{:012x}", hasher.digest() & 0xffff_ffff_ffff)
 }
 
 /// The message with its Vias replaced by `vias` (one per line), for a

@@ -146,7 +146,12 @@ impl<'a> Message<'a> {
         let head = std::str::from_utf8(head).map_err(|_| ParseError::NotUtf8)?;
         let mut lines = logical_lines(head);
         let start = parse_start_line(lines.next().ok_or(ParseError::StartLine)?)?;
-        let headers = lines.map(parse_header).collect::<Result<Vec<_>, _>>()?;
+        // Room for a typical request's headers up front: growing the vector
+        // header by header cost more than parsing them.
+        let mut headers = Vec::with_capacity(16);
+        for line in lines {
+            headers.push(parse_header(line)?);
+        }
         let mut message = Self { start, headers, body };
         message.body = message.checked_body()?;
         message.check_mandatory()?;
@@ -185,12 +190,7 @@ impl<'a> Message<'a> {
     /// CSeq as (number, method).
     pub fn cseq(&self) -> Result<(u32, String), ParseError> {
         let value = self.value(HeaderKind::CSeq).ok_or(ParseError::Missing("CSeq"))?;
-        let mut parts = value.split_ascii_whitespace();
-        let number = parts.next().and_then(|n| n.parse().ok()).ok_or(ParseError::Malformed("CSeq"))?;
-        let method = parts.next().filter(|m| is_token(m)).ok_or(ParseError::Malformed("CSeq"))?;
-        if parts.next().is_some() {
-            return Err(ParseError::Malformed("CSeq"));
-        }
+        let (number, method) = parse_cseq(&value)?;
         Ok((number, method.to_owned()))
     }
 
@@ -236,7 +236,8 @@ impl<'a> Message<'a> {
         for via in self.via_values() {
             crate::sip::Via::parse(&via)?;
         }
-        let (_, method) = self.cseq()?;
+        let cseq = self.value(HeaderKind::CSeq).ok_or(ParseError::Missing("CSeq"))?;
+        let (_, method) = parse_cseq(&cseq)?;
         if let Some(request_method) = self.method()
             && method != request_method
         {
@@ -245,6 +246,17 @@ impl<'a> Message<'a> {
         self.max_forwards()?;
         Ok(())
     }
+}
+
+/// A CSeq value's number and method.
+fn parse_cseq(value: &str) -> Result<(u32, &str), ParseError> {
+    let mut parts = value.split_ascii_whitespace();
+    let number = parts.next().and_then(|n| n.parse().ok()).ok_or(ParseError::Malformed("CSeq"))?;
+    let method = parts.next().filter(|m| is_token(m)).ok_or(ParseError::Malformed("CSeq"))?;
+    if parts.next().is_some() {
+        return Err(ParseError::Malformed("CSeq"));
+    }
+    Ok((number, method))
 }
 
 fn skip_leading_blank_lines(mut datagram: &[u8]) -> &[u8] {
@@ -341,9 +353,21 @@ fn parse_header(line: &str) -> Result<Header<'_>, ParseError> {
     Ok(Header { name, value, kind: HeaderKind::of(name) })
 }
 
-/// RFC 3261 `token` characters.
+/// RFC 3261 `token` characters, by byte.
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        byte += 1;
+    }
+    table
+};
+
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| TOKEN[b as usize])
 }
 
 /// Replaces each fold (line break followed by whitespace) with one space.

@@ -1,7 +1,10 @@
 //! One Via value (RFC 3261 §20.42) with whitespace allowed around `/` and
 //! `:`, plus the received / rport rules (§18.2.1, RFC 3581).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    fmt::Write,
+    net::{IpAddr, SocketAddr},
+};
 
 use super::ParseError;
 
@@ -55,30 +58,26 @@ impl<'a> Via<'a> {
     pub fn stamped(&self, source: SocketAddr) -> String {
         let wants_rport = self.param("rport").is_some();
         let host_matches = self.host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok_and(|ip| ip == source.ip());
-        let mut params: Vec<String> = self
-            .params
-            .split(';')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .filter(|p| {
-                let key = p.split('=').next().unwrap_or("").trim();
-                !key.eq_ignore_ascii_case("rport") && !key.eq_ignore_ascii_case("received")
-            })
-            .map(str::to_owned)
-            .collect();
+        let kept = self.params.split(';').map(str::trim).filter(|p| !p.is_empty()).filter(|p| {
+            let key = p.split('=').next().unwrap_or("").trim();
+            !key.eq_ignore_ascii_case("rport") && !key.eq_ignore_ascii_case("received")
+        });
+        // Written in place: this runs for every request answered.
+        let mut out = String::with_capacity(self.host.len() + self.params.len() + 80);
+        // Writing to a String cannot fail.
+        let _ = write!(out, "SIP/2.0/{} {}", self.transport, self.host);
+        if let Some(port) = self.port {
+            let _ = write!(out, ":{port}");
+        }
+        for param in kept {
+            out.push(';');
+            out.push_str(param);
+        }
         if !host_matches || wants_rport {
-            params.push(format!("received={}", source.ip()));
+            let _ = write!(out, ";received={}", source.ip());
         }
         if wants_rport {
-            params.push(format!("rport={}", source.port()));
-        }
-        let mut out = format!("SIP/2.0/{} {}", self.transport, self.host);
-        if let Some(port) = self.port {
-            out += &format!(":{port}");
-        }
-        for param in params {
-            out.push(';');
-            out += &param;
+            let _ = write!(out, ";rport={}", source.port());
         }
         out
     }
