@@ -147,43 +147,132 @@ async fn send_chunk(socket: &UdpSocket, chunk: &[(SocketAddr, &[u8])]) -> std::i
 /// large datagrams does not leave every socket holding a 16 MB buffer.
 const BATCH_BYTES: usize = 1 << 20;
 
+/// Datagrams one `recvmmsg` takes at most, each into a buffer that holds
+/// the largest: the buffers are touched (made resident) only as far as
+/// datagrams fill them.
+const SLOTS: usize = 32;
+const SLOT_BYTES: usize = 65_535;
+
 /// Datagrams received together, kept in one buffer reused batch after
 /// batch: receiving allocates nothing once it has grown.
 pub struct Received {
     bytes: Vec<u8>,
     datagrams: Vec<(std::ops::Range<usize>, SocketAddr)>,
-    scratch: Vec<u8>,
+    slots: Vec<u8>,
 }
 
 impl Received {
     pub fn new() -> Self {
-        Self { bytes: Vec::new(), datagrams: Vec::with_capacity(BATCH), scratch: vec![0; 65_535] }
+        Self { bytes: Vec::new(), datagrams: Vec::with_capacity(BATCH), slots: vec![0; SLOTS * SLOT_BYTES] }
     }
 
     /// Waits for a datagram, then takes whatever else is queued (up to
-    /// `BATCH`). An error after the first is left for the next wait to
-    /// report, so no datagram already taken is lost.
+    /// `BATCH`), `SLOTS` per system call. An error after the first datagram
+    /// is left for the next wait to report, so no datagram already taken is
+    /// lost.
     pub async fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<()> {
         self.bytes.clear();
         self.bytes.shrink_to(BATCH_BYTES);
         self.datagrams.clear();
-        let (len, source) = socket.recv_from(&mut self.scratch).await?;
-        self.keep(len, source);
+        loop {
+            socket.readable().await?;
+            match socket.try_io(tokio::io::Interest::READABLE, || self.take_queued(socket.as_raw_fd())) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// What is queued, one `recvmmsg` after another; `WouldBlock` if
+    /// nothing is.
+    fn take_queued(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<()> {
         while self.datagrams.len() < BATCH && self.bytes.len() < BATCH_BYTES {
-            let Ok((len, source)) = socket.try_recv_from(&mut self.scratch) else { break };
-            self.keep(len, source);
+            match self.take_some(fd, SLOTS.min(BATCH - self.datagrams.len())) {
+                Ok(taken) if taken < SLOTS => break,
+                Ok(_) => {}
+                Err(error) if self.datagrams.is_empty() => return Err(error),
+                Err(_) => break,
+            }
         }
         Ok(())
     }
 
-    fn keep(&mut self, len: usize, source: SocketAddr) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(&self.scratch[..len]);
-        self.datagrams.push((start..start + len, source));
+    /// One `recvmmsg` of at most `count` datagrams, kept; how many.
+    fn take_some(&mut self, fd: std::os::fd::RawFd, count: usize) -> std::io::Result<usize> {
+        // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
+        let mut names: [libc::sockaddr_storage; SLOTS] = unsafe { std::mem::zeroed() };
+        let mut iovecs: Vec<libc::iovec> = self
+            .slots
+            .chunks_exact_mut(SLOT_BYTES)
+            .map(|slot| libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: SLOT_BYTES })
+            .collect();
+        // SAFETY: as above.
+        let mut headers: [libc::mmsghdr; SLOTS] = unsafe { std::mem::zeroed() };
+        for ((header, iovec), name) in headers.iter_mut().zip(&mut iovecs).zip(&mut names) {
+            header.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+            header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_hdr.msg_iov = iovec;
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at its own name and iovec, and every
+        // iovec at its own slot, all alive until the call returns; `count`
+        // is at most the headers' length.
+        let got =
+            unsafe { libc::recvmmsg(fd, headers.as_mut_ptr(), count as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        if got < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for (index, header) in headers.iter().take(got as usize).enumerate() {
+            // SAFETY: the kernel wrote a sockaddr of `msg_namelen` bytes.
+            let name = unsafe { socket2::SockAddr::new(names[index], header.msg_hdr.msg_namelen) };
+            let Some(source) = name.as_socket() else { continue };
+            let slot = &self.slots[index * SLOT_BYTES..];
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(&slot[..header.msg_len as usize]);
+            self.datagrams.push((start..self.bytes.len(), source));
+        }
+        Ok(got as usize)
     }
 
     /// Each datagram with its source.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
         self.datagrams.iter().map(|(range, source)| (&self.bytes[range.clone()], *source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(index: usize) -> Vec<u8> {
+        // One big datagram among small ones: every slot holds the largest.
+        let len = if index == 40 { 60_000 } else { 20 + index % 200 };
+        (0..len).map(|i| (index + i) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_taken_a_batch_at_a_time_in_order_with_its_sources() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = receiver.local_addr().unwrap();
+        let senders =
+            [std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap()];
+        socket2::SockRef::from(&receiver).set_recv_buffer_size(RECEIVE_BUFFER).unwrap();
+        let total = BATCH + 44;
+        for index in 0..total {
+            senders[index % 2].send_to(&payload(index), to).unwrap();
+        }
+        let mut received = Received::new();
+        let (mut seen, mut batches) = (Vec::new(), Vec::new());
+        while seen.len() < total {
+            let waited = tokio::time::timeout(std::time::Duration::from_secs(5), received.receive(&receiver)).await;
+            waited.expect("the queued datagrams arrive").expect("receiving");
+            batches.push(received.iter().count());
+            seen.extend(received.iter().map(|(datagram, source)| (datagram.to_vec(), source)));
+        }
+        assert_eq!(batches, [BATCH, total - BATCH], "everything queued, a batch at a time");
+        for (index, (datagram, source)) in seen.iter().enumerate() {
+            assert_eq!(*datagram, payload(index), "datagram {index} whole and in order");
+            assert_eq!(*source, senders[index % 2].local_addr().unwrap(), "datagram {index}'s source");
+        }
     }
 }
