@@ -19,10 +19,10 @@ use aya::{
 };
 use redirector_ebpf::{
     CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
-    DECAP_ADDRESSES_MAP, DECAP_PROGRAM, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM,
-    FloorHop, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PASS_PROGRAM, PROBE_MAP, REDIRECTOR_PROGRAM, SERVER_HAS_V4,
-    SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server, ServerStats,
-    THROTTLED_MAP, Throttle, probe::ProbeConfig,
+    DECAP_ADDRESSES_MAP, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM, FloorHop, Mode,
+    NAT_REPLIES_MAP, NatEntry, NatKey, PROBE_MAP, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP,
+    SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle,
+    probe::ProbeConfig,
 };
 
 use super::pins::{PINNED_MAPS, PinError, Pins};
@@ -80,8 +80,8 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Loads the object embedded in this binary and its programs (the
-    /// benchmark's floor, `FLOOR_PROGRAM`, only when asked: `load_floor`).
+    /// Loads the object embedded in this binary: its maps now, each of its
+    /// programs when first asked for (`program`).
     pub fn load() -> Result<Self> {
         Self::load_with(EbpfLoader::new())
     }
@@ -123,19 +123,16 @@ impl DataPlane {
         Self::load_object(loader, super::PROGRAM)
     }
 
+    /// The maps are created; each program is loaded when first asked for
+    /// (`program`).
     fn load_object(mut loader: EbpfLoader<'_>, object: &[u8]) -> Result<Self> {
-        let mut ebpf = loader.load(object)?;
-        for name in [REDIRECTOR_PROGRAM, DECAP_PROGRAM, PASS_PROGRAM] {
-            program(&mut ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
-        }
-        Ok(Self { ebpf, adopted: false })
+        Ok(Self { ebpf: loader.load(object)?, adopted: false })
     }
 
     /// Loads the benchmark's floor program and gives it one next hop, for
     /// datagrams from `source`.
     pub fn load_floor(&mut self, source: Endpoint, hop: FloorHop) -> Result<()> {
-        let name = FLOOR_PROGRAM;
-        program(&mut self.ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
+        self.program(FLOOR_PROGRAM)?;
         let mut map: HashMap<_, Endpoint, FloorHop> = self.map(FLOOR_MAP)?;
         map.insert(source, hop, 0).map_err(map_error(FLOOR_MAP))
     }
@@ -436,9 +433,16 @@ fn object() -> Result<std::borrow::Cow<'static, [u8]>> {
 /// See `object`.
 pub const XDP_OBJECT_VARIABLE: &str = "REDIRECTOR_XDP_OBJECT";
 
+/// Program `name`, verified and loaded into the kernel the first time it
+/// is asked for: `decap` and `pass` never pay for the edge program's
+/// verification (about a second of kernel time each).
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
     let program = ebpf.program_mut(name).ok_or(DataPlaneError::Program { name, source: ProgramError::NotLoaded })?;
-    program.try_into().map_err(|source| DataPlaneError::Program { name, source })
+    let program: &mut Xdp = program.try_into().map_err(|source| DataPlaneError::Program { name, source })?;
+    if program.fd().is_err() {
+        program.load().map_err(|source| DataPlaneError::Program { name, source })?;
+    }
+    Ok(program)
 }
 
 fn batch_error(name: &'static str, what: &'static str) -> impl Fn(super::batch::BatchError) -> DataPlaneError {
