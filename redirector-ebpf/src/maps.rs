@@ -52,6 +52,11 @@ pub const FLOOR_PROGRAM: &str = "redirector_floor";
 /// The floor's one map, never pinned: source endpoint to `FloorHop`.
 pub const FLOOR_MAP: &str = "FLOOR";
 pub const MAX_FLOOR_HOPS: u32 = 64;
+/// The benchmark's physical limit: the MACs written and `XDP_TX`, nothing
+/// else (`xdp/floor.rs`).
+pub const LIMIT_PROGRAM: &str = "redirector_limit";
+/// The limit's one map, never pinned: one `FloorHop` for every frame.
+pub const LIMIT_MAP: &str = "LIMIT";
 
 /// An address and UDP port of either family. IPv4 uses the first 4 bytes of
 /// `addr` and leaves the rest zero, so one key type serves both families.

@@ -13,7 +13,7 @@ use redirector::{
 };
 use redirector_ebpf::{
     CLIENT_CHECKS_REGISTER, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4, FLOOR_PROGRAM, FloorHop,
-    LAST_SEEN_GRANULARITY_NS, Throttle,
+    LAST_SEEN_GRANULARITY_NS, LIMIT_PROGRAM, Throttle,
     register::{RegisterTo, TO_SCAN, register_to},
     source_prefix,
     via::VIA_SCAN,
@@ -169,6 +169,26 @@ fn floor_fixtures() {
         let outcome = fx.run_program(FLOOR_PROGRAM, &frame);
         assert_eq!(outcome, Outcome { action: XDP_PASS, frame }, "{what} is passed untouched");
     }
+}
+
+/// The benchmark's limit program: every IPv4 frame, whoever sent it to
+/// wherever, gets the one entry's MACs and `XDP_TX`, every other byte as it
+/// came; anything else is passed untouched.
+#[test]
+fn limit_fixtures() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    fx.dataplane().load_limit(FloorHop { dst_mac: HOME1_MAC, src_mac: EDGE_MAC }).unwrap();
+    for (src, dst) in [("10.0.0.2:5060", VIP4), ("10.9.9.9:1", "10.8.8.8:2")] {
+        let datagram = Datagram::new(src, dst);
+        let sent = ethernet(EDGE_MAC, HOME1_MAC, None, datagram.ethertype(), &datagram.ip_packet());
+        let outcome = fx.run_program(LIMIT_PROGRAM, &from_client(&datagram));
+        assert_eq!(outcome, Outcome { action: XDP_TX, frame: sent }, "{src} to {dst} is sent on");
+    }
+    let v6 = from_client(&Datagram::new("[fd00::2]:5060", VIP6));
+    assert_eq!(fx.run_program(LIMIT_PROGRAM, &v6), Outcome { action: XDP_PASS, frame: v6 }, "IPv6 is passed");
 }
 
 /// A hit writes nothing to its client's shared entry but `last_seen_ns`,

@@ -60,6 +60,10 @@ pub static DECAP_SOURCES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_
 #[map]
 pub static FLOOR: HashMap<Endpoint, FloorHop> = HashMap::with_max_entries(MAX_FLOOR_HOPS, 0);
 
+/// The limit program's one next hop (`floor.rs`).
+#[map]
+pub static LIMIT: Array<FloorHop> = Array::with_max_entries(1, 0);
+
 /// Events for user space. A full buffer drops the event: each is a hint
 /// that a periodic mechanism (the health pings) also covers.
 #[map]

@@ -20,9 +20,9 @@ use aya::{
 use redirector_ebpf::{
     CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
     DECAP_ADDRESSES_MAP, DECAP_PROGRAM, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM,
-    FloorHop, LOADS_MAP, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PASS_PROGRAM, PROBE_MAP, REDIRECTOR_PROGRAM,
-    SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server,
-    ServerStats, THROTTLED_MAP, Throttle, probe::ProbeConfig,
+    FloorHop, LIMIT_MAP, LIMIT_PROGRAM, LOADS_MAP, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PASS_PROGRAM, PROBE_MAP,
+    REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP,
+    SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle, probe::ProbeConfig,
 };
 
 use super::pins::{PINNED_MAPS, PinError, Pins};
@@ -138,6 +138,15 @@ impl DataPlane {
         program(&mut self.ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
         let mut map: HashMap<_, Endpoint, FloorHop> = self.map(FLOOR_MAP)?;
         map.insert(source, hop, 0).map_err(map_error(FLOOR_MAP))
+    }
+
+    /// Loads the benchmark's limit program (`LIMIT_PROGRAM`) and gives it
+    /// the MACs it writes into every IPv4 frame.
+    pub fn load_limit(&mut self, hop: FloorHop) -> Result<()> {
+        let name = LIMIT_PROGRAM;
+        program(&mut self.ebpf, name)?.load().map_err(|source| DataPlaneError::Program { name, source })?;
+        let mut map: Array<_, FloorHop> = self.map(LIMIT_MAP)?;
+        map.set(0, hop, 0).map_err(map_error(LIMIT_MAP))
     }
 
     /// Whether the maps were a previous daemon's (see `load_pinned`).
