@@ -81,7 +81,8 @@ pub struct DataPlane {
 
 impl DataPlane {
     /// Loads the object embedded in this binary and its programs (the
-    /// benchmark's floor, `FLOOR_PROGRAM`, only when asked: `load_floor`).
+    /// benchmark's floor and limit only when asked: `load_floor`,
+    /// `load_limit`).
     pub fn load() -> Result<Self> {
         Self::load_with(EbpfLoader::new())
     }
