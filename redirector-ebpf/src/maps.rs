@@ -24,12 +24,14 @@ pub const DECAP_ADDRESSES_MAP: &str = "DECAP_ADDRESSES";
 pub const DECAP_SOURCES_MAP: &str = "DECAP_SOURCES";
 pub const EVENTS_MAP: &str = "EVENTS";
 pub const PROBE_MAP: &str = "PROBE";
+/// Per-CPU packet counts of the clients, by `ClientEntry::load_slot`.
+pub const LOADS_MAP: &str = "LOADS";
 
 /// The layout of the maps a daemon pins (their keys, values and what they
 /// mean). A daemon adopts pinned maps only of its own layout; bump this
 /// whenever a pinned map's key or value type changes, even if its size
 /// does not.
-pub const MAP_LAYOUT: u32 = 3;
+pub const MAP_LAYOUT: u32 = 4;
 pub const THROTTLED_MAP: &str = "THROTTLED";
 
 /// `SERVICES` values: what the program does with UDP to that endpoint.
@@ -50,6 +52,11 @@ pub const FLOOR_PROGRAM: &str = "redirector_floor";
 /// The floor's one map, never pinned: source endpoint to `FloorHop`.
 pub const FLOOR_MAP: &str = "FLOOR";
 pub const MAX_FLOOR_HOPS: u32 = 64;
+/// The benchmark's physical limit: the MACs written and `XDP_TX`, nothing
+/// else (`xdp/floor.rs`).
+pub const LIMIT_PROGRAM: &str = "redirector_limit";
+/// The limit's one map, never pinned: one `FloorHop` for every frame.
+pub const LIMIT_MAP: &str = "LIMIT";
 
 /// An address and UDP port of either family. IPv4 uses the first 4 bytes of
 /// `addr` and leaves the rest zero, so one key type serves both families.
@@ -135,7 +142,10 @@ pub struct Server {
     pub flags: u8,
 }
 
-/// `CLIENTS[client endpoint]`: where the client's traffic goes.
+/// `CLIENTS[client endpoint]`: where the client's traffic goes. A hit
+/// reads it and writes nothing to it but `last_seen_ns`, at most once per
+/// `LAST_SEEN_GRANULARITY_NS`: every CPU that forwards the client shares
+/// the entry's cache line, so a write per packet would bounce it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ClientEntry {
@@ -145,12 +155,10 @@ pub struct ClientEntry {
     pub nat_port_be: u16,
     /// `CLIENT_*` bits.
     pub flags: u16,
-    /// CLOCK_MONOTONIC (coarse) of the client's last packet, written by the
-    /// program; user space removes entries idle too long.
+    /// CLOCK_MONOTONIC (coarse) of the client's last packet, to within
+    /// `LAST_SEEN_GRANULARITY_NS` (see `stamps_last_seen`); user space
+    /// removes entries idle too long.
     pub last_seen_ns: u64,
-    /// Packets the fast path saw from this client: the rebalancer's load
-    /// estimate (incremented without atomics, see the program).
-    pub packets: u64,
     /// With `CLIENT_CHECKS_REGISTER`: the `register::register_to` hash of
     /// the REGISTERs that may take this entry (those of the AOR it was
     /// installed for; 0 when it was installed by another request).
@@ -159,6 +167,26 @@ pub struct ClientEntry {
     /// clients pinned in the config): a daemon adopting pinned maps after a
     /// restart finds each entry's AOR by it. The program never reads it.
     pub owner: u64,
+    /// The client's index in `LOADS`, where the program counts its packets
+    /// (the rebalancer's load estimate): handed out by user space, one per
+    /// client address, and zeroed before it is handed out again.
+    pub load_slot: u32,
+    pub _pad: u32,
+}
+
+/// A `load_slot` beyond any `LOADS`: the client's packets are not counted
+/// (user space had no slot free for it).
+pub const NO_LOAD_SLOT: u32 = u32::MAX;
+
+/// How stale a client's `last_seen_ns` may get while it sends: idle expiry
+/// sees its clients to within this.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// Whether a hit at `now` stamps an entry last stamped at `last_seen`
+/// (a stamp a little ahead of the coarse clock, written by user space from
+/// the fine one, is not stale).
+pub const fn stamps_last_seen(now: u64, last_seen: u64) -> bool {
+    now.saturating_sub(last_seen) >= LAST_SEEN_GRANULARITY_NS
 }
 
 /// `ClientEntry::flags`, nat mode: the client's request that put it on the

@@ -682,7 +682,21 @@ pub(crate) fn add_neighbours(ns: &NetNs, interface: &str, neighbours: &[Station]
 }
 
 pub fn mac(tail: u8) -> String {
-    format!("02:00:00:00:00:{tail:02x}")
+    mac_octets(tail).map(|octet| format!("{octet:02x}")).join(":")
+}
+
+fn mac_octets(tail: u8) -> crate::packets::Mac {
+    [0x02, 0, 0, 0, 0, tail]
+}
+
+/// The edge interface's MAC (`e0`).
+pub fn edge_mac() -> crate::packets::Mac {
+    mac_octets(EDGE_STATION.mac_tail)
+}
+
+/// Home `index`'s interface's MAC.
+pub fn home_mac(index: usize) -> crate::packets::Mac {
+    mac_octets(home_station(index).mac_tail)
 }
 
 /// The `redirector` binary built beside the test executables.

@@ -4,10 +4,16 @@
 //! it moves, and the server stats and events it leaves. One runner per mode
 //! runs its table and names every failing case.
 
-use redirector::kernel::{fast_path::monotonic_ns, loader::endpoint};
+use std::time::Duration;
+
+use redirector::{
+    kernel::{fast_path::monotonic_ns, loader::endpoint},
+    model::Origin,
+    sip::Aor,
+};
 use redirector_ebpf::{
     CLIENT_CHECKS_REGISTER, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4, FLOOR_PROGRAM, FloorHop,
-    Throttle,
+    LAST_SEEN_GRANULARITY_NS, LIMIT_PROGRAM, Throttle,
     register::{RegisterTo, TO_SCAN, register_to},
     source_prefix,
     via::VIA_SCAN,
@@ -163,6 +169,124 @@ fn floor_fixtures() {
         let outcome = fx.run_program(FLOOR_PROGRAM, &frame);
         assert_eq!(outcome, Outcome { action: XDP_PASS, frame }, "{what} is passed untouched");
     }
+}
+
+/// The benchmark's limit program: every IPv4 frame, whoever sent it to
+/// wherever, gets the one entry's MACs and `XDP_TX`, every other byte as it
+/// came; anything else is passed untouched.
+#[test]
+fn limit_fixtures() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    fx.dataplane().load_limit(FloorHop { dst_mac: HOME1_MAC, src_mac: EDGE_MAC }).unwrap();
+    for (src, dst) in [("10.0.0.2:5060", VIP4), ("10.9.9.9:1", "10.8.8.8:2")] {
+        let datagram = Datagram::new(src, dst);
+        let sent = ethernet(EDGE_MAC, HOME1_MAC, None, datagram.ethertype(), &datagram.ip_packet());
+        let outcome = fx.run_program(LIMIT_PROGRAM, &from_client(&datagram));
+        assert_eq!(outcome, Outcome { action: XDP_TX, frame: sent }, "{src} to {dst} is sent on");
+    }
+    let v6 = from_client(&Datagram::new("[fd00::2]:5060", VIP6));
+    assert_eq!(fx.run_program(LIMIT_PROGRAM, &v6), Outcome { action: XDP_PASS, frame: v6 }, "IPv6 is passed");
+}
+
+/// A hit writes nothing to its client's shared entry but `last_seen_ns`,
+/// and that only once the stamp is a second old; it counts the packet in
+/// the client's own load slot (per CPU) and no other. dsr and nat, IPv4
+/// and IPv6, on the static clients `FastPath` installed.
+#[test]
+fn a_hit_counts_in_its_load_slot_and_stamps_last_seen_at_most_once_a_second() {
+    if !privileged() {
+        return;
+    }
+    for mode in ["dsr", "nat"] {
+        let mut fx = Fixture::new(mode);
+        let other = fx.dataplane().client(endpoint("10.0.0.2".parse().unwrap(), 5062)).unwrap().unwrap();
+        for (src, dst) in [("10.0.0.2:5060", VIP4), ("[fd00::2]:5060", VIP6)] {
+            let case = format!("{mode} {src}");
+            let address: std::net::SocketAddr = src.parse().unwrap();
+            let client = endpoint(address.ip(), address.port());
+            let frame = from_client(&Datagram::new(src, dst));
+            let installed = fx.dataplane().client(client).unwrap().expect("a static client");
+            assert_ne!(installed.load_slot, other.load_slot, "{case}: each client its own slot");
+            let loads = |fx: &mut Fixture| {
+                (
+                    fx.dataplane().client_packets(installed.load_slot).unwrap(),
+                    fx.dataplane().client_packets(other.load_slot).unwrap(),
+                )
+            };
+
+            let recent = ClientEntry { last_seen_ns: monotonic_ns(), ..installed };
+            fx.dataplane().install_client(client, recent).unwrap();
+            let before = loads(&mut fx);
+            assert_eq!(fx.run(&frame).action, XDP_TX, "{case}: a hit");
+            let read_back = fx.dataplane().client(client).unwrap();
+            assert_eq!(
+                read_back,
+                Some(recent),
+                "{case}: a hit within a second of the stamp writes no byte of the entry"
+            );
+            assert_eq!(loads(&mut fx), (before.0 + 1, before.1), "{case}: counted in its slot, and only there");
+
+            // The program reads the coarse clock, up to a tick (at most
+            // 10 ms) behind the one user space stamps with.
+            let second_ago = monotonic_ns() - LAST_SEEN_GRANULARITY_NS - 20_000_000;
+            let stale = ClientEntry { last_seen_ns: second_ago, ..installed };
+            fx.dataplane().install_client(client, stale).unwrap();
+            assert_eq!(fx.run(&frame).action, XDP_TX, "{case}: a hit");
+            let stamped = fx.dataplane().client(client).unwrap().expect("the entry");
+            let waited = stamped.last_seen_ns.saturating_sub(stale.last_seen_ns);
+            // The program's clock is the coarse one, a tick behind at most.
+            assert!(
+                waited > LAST_SEEN_GRANULARITY_NS * 9 / 10,
+                "{case}: a stamp a second old is renewed ({waited} ns)"
+            );
+            assert!(stamped.last_seen_ns <= monotonic_ns(), "{case}: with the time of the hit");
+            assert_eq!(ClientEntry { last_seen_ns: stale.last_seen_ns, ..stamped }, stale, "{case}: and nothing else");
+            assert_eq!(loads(&mut fx), (before.0 + 2, before.1), "{case}: counted again");
+        }
+    }
+}
+
+/// A load slot freed by one client and handed to the next starts from
+/// zero (the rebalancer must not see the first one's packets as the
+/// second one's burst); the scan reads each client's packets from its
+/// slot.
+#[test]
+fn a_load_slot_handed_out_again_starts_from_zero() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    let origin = |port| Origin {
+        client: std::net::SocketAddr::new("10.0.0.2".parse().unwrap(), port),
+        service: VIP4.parse().unwrap(),
+        asks_rport: true,
+        aor_hash: 0,
+    };
+    let (alice, bob) = (aor("alice"), aor("bob"));
+    fx.fast_path.install(&alice, origin(7001), HOME1).unwrap();
+    // Not a REGISTER: alice's socket takes only REGISTERs of her own `To`.
+    let frame = from_client(&with_payload("10.0.0.2:7001", VIP4, b"OPTIONS sip:x SIP/2.0\r\n\r\n"));
+    for _ in 0..3 {
+        assert_eq!(fx.run(&frame).action, XDP_TX, "alice's hit");
+    }
+    let slot = |fx: &mut Fixture, port| fx.dataplane().client(endpoint("10.0.0.2".parse().unwrap(), port)).unwrap();
+    let alice_slot = slot(&mut fx, 7001).expect("alice's entry").load_slot;
+    let readings = fx.fast_path.scan(Duration::from_secs(60), 100).unwrap().readings;
+    let packets: Vec<(String, u64)> = readings.iter().map(|r| (r.aor.to_string(), r.packets)).collect();
+    assert_eq!(packets, [(alice.to_string(), 3)], "the scan reads alice's packets from her slot");
+
+    fx.fast_path.forget_many(std::slice::from_ref(&alice)).unwrap();
+    fx.fast_path.install(&bob, origin(7002), HOME1).unwrap();
+    let bob_slot = slot(&mut fx, 7002).expect("bob's entry").load_slot;
+    assert_eq!(bob_slot, alice_slot, "the freed slot is handed out first");
+    assert_eq!(fx.dataplane().client_packets(bob_slot).unwrap(), 0, "bob does not start with alice's packets");
+}
+
+fn aor(user: &str) -> Aor {
+    Aor::from_uri(&format!("sip:{user}@example.net"), "To").unwrap()
 }
 
 /// Runs every case, then fails once, naming each case that failed.

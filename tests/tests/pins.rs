@@ -10,6 +10,7 @@ use std::{
     net::SocketAddr,
 };
 
+use aya::programs::{TestRun, TestRunOptions};
 use redirector::{
     config::Config,
     kernel::{
@@ -20,8 +21,12 @@ use redirector::{
     model::Origin,
     sip::Aor,
 };
-use redirector_ebpf::{ClientEntry, Endpoint};
-use redirector_tests::{fixture::config_text, privileged};
+use redirector_ebpf::{ClientEntry, Endpoint, REDIRECTOR_PROGRAM};
+use redirector_tests::{
+    fixture::{CLIENT_MAC, EDGE_MAC, config_text},
+    packets::{Datagram, ethernet},
+    privileged,
+};
 
 /// A scratch directory, with whatever is mounted on it unmounted on drop.
 struct Scratch(std::path::PathBuf);
@@ -92,8 +97,9 @@ fn pins_of_another_layout_or_size_are_refused_with_what_to_do() {
 /// AOR still has its home is kept as it was (edge port, reply entry,
 /// first contact's copy), one whose AOR moved while no daemon ran is
 /// repointed on the same port, one whose AOR is gone is removed with its
-/// reply entry, and the static clients keep their ports; a client
-/// installed afterwards gets a port nobody holds.
+/// reply entry, and the static clients keep their ports; every kept client
+/// keeps its load slot and the packets counted there. A client installed
+/// afterwards gets a port and a slot nobody holds.
 #[test]
 fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
     if !privileged() {
@@ -118,6 +124,9 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
         for (aor, port) in [(&alice, 7001), (&bob, 7002), (&carol, 7003)] {
             fast_path.install(aor, origin(port), 0).unwrap();
         }
+        for port in [7001, 7001, 7002, 7003] {
+            hit(fast_path.dataplane(), port);
+        }
         entries(&mut fast_path)
     };
 
@@ -133,6 +142,11 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
     assert_eq!(after[&client(7001)], before[&client(7001)], "alice's entry as it was");
     assert_eq!(after[&client(7002)].server, 1, "bob's entry follows his move");
     assert_eq!(after[&client(7002)].nat_port_be, before[&client(7002)].nat_port_be, "on the same edge port");
+    assert_eq!(after[&client(7002)].load_slot, before[&client(7002)].load_slot, "and the same load slot");
+    for (port, packets) in [(7001, 2), (7002, 1)] {
+        let counted = fast_path.dataplane().client_packets(after[&client(port)].load_slot).unwrap();
+        assert_eq!(counted, packets, "the packets counted before the restart, for the client of port {port}");
+    }
     assert!(!after.contains_key(&client(7003)), "carol's AOR is gone, and so is her entry");
     let statics = [5060, 5062, 5063, 5064, 5065].map(client);
     for key in statics {
@@ -149,6 +163,22 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
     let ports: Vec<u16> = entries(&mut fast_path).values().map(|e| e.nat_port_be).collect();
     let unique: HashSet<u16> = ports.iter().copied().collect();
     assert_eq!(unique.len(), ports.len(), "every client its own edge port: {ports:?}");
+    let slots: Vec<u32> = entries(&mut fast_path).values().map(|e| e.load_slot).collect();
+    let unique: HashSet<u32> = slots.iter().copied().collect();
+    assert_eq!(unique.len(), slots.len(), "every client its own load slot: {slots:?}");
+    let dave = entries(&mut fast_path)[&client(7004)].load_slot;
+    assert_eq!(dave, before[&client(7003)].load_slot, "dave gets the slot carol's removal freed");
+    assert_eq!(fast_path.dataplane().client_packets(dave).unwrap(), 0, "without carol's packet");
+}
+
+/// One datagram from 10.0.0.2:`port` to the service through the program
+/// (BPF_PROG_TEST_RUN): a hit counts in the client's load slot before any
+/// route is looked up, so no namespace is needed.
+fn hit(dataplane: &mut DataPlane, port: u16) {
+    let datagram = Datagram::new(&format!("10.0.0.2:{port}"), "192.0.2.10:5060");
+    let frame = ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet());
+    let options = TestRunOptions { data_in: Some(&frame), ..Default::default() };
+    dataplane.program(REDIRECTOR_PROGRAM).unwrap().test_run(options).expect("BPF_PROG_TEST_RUN");
 }
 
 fn aor(user: &str) -> Aor {

@@ -28,6 +28,12 @@ pub static SERVERS: Array<Server> = Array::with_max_entries(MAX_SERVERS, 0);
 #[map]
 pub static CLIENTS: LruHashMap<Endpoint, ClientEntry> = LruHashMap::with_max_entries(MAX_CLIENTS, 0);
 
+/// Packets of each client on the fast path, by `ClientEntry::load_slot`
+/// (per CPU: a hit adds to its own CPU's copy, no shared line, no hash).
+/// 8 bytes per client per CPU, sized with `CLIENTS`.
+#[map]
+pub static LOADS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_CLIENTS, 0);
+
 #[map]
 pub static NAT_REPLIES: LruHashMap<NatKey, NatEntry> = LruHashMap::with_max_entries(MAX_CLIENTS, 0);
 
@@ -54,6 +60,10 @@ pub static DECAP_SOURCES: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_
 #[map]
 pub static FLOOR: HashMap<Endpoint, FloorHop> = HashMap::with_max_entries(MAX_FLOOR_HOPS, 0);
 
+/// The limit program's one next hop (`floor.rs`).
+#[map]
+pub static LIMIT: Array<FloorHop> = Array::with_max_entries(1, 0);
+
 /// Events for user space. A full buffer drops the event: each is a hint
 /// that a periodic mechanism (the health pings) also covers.
 #[map]
@@ -69,6 +79,15 @@ pub fn count(counter: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Counts a packet of the client in `LOADS` slot `slot`.
+#[inline(always)]
+pub fn count_load(slot: u32) {
+    if let Some(packets) = LOADS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *packets += 1 };
     }
 }
 

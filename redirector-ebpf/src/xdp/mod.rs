@@ -23,8 +23,7 @@
 //!    source prefix the daemon throttled (it brought in new clients past
 //!    the flood limits) gets its allowance of such datagrams a second,
 //!    the rest are `XDP_DROP`ped (`drop_throttled`; `throttle.rs`).
-//! 6. A client in `CLIENTS` (its `last_seen_ns` is stamped on every hit, for
-//!    user space's idle expiry) whose home server is active or draining is
+//! 6. A client in `CLIENTS` whose home server is active or draining is
 //!    forwarded (dsr or nat, `XDP_TX`, or `XDP_REDIRECT` when the FIB says
 //!    another interface; a VLAN-tagged frame always leaves by `XDP_TX` with
 //!    its tag); an unknown client, a nat entry without an edge port, or a
@@ -43,6 +42,12 @@
 //!    whose top Via is not complete within the frame's first 512 bytes is
 //!    passed to user space (`pass_via_unseen`), as is one the frame's
 //!    headroom cannot grow for (`no_headroom`).
+//!    Every hit (forwarded or not) counts one packet in the client's
+//!    `LOADS` slot (`ClientEntry::load_slot`, per CPU: the rebalancer's
+//!    load estimate) and writes nothing to the shared entry except
+//!    `last_seen_ns`, for user space's idle expiry, and that only when the
+//!    stamp is at least a second old (`stamps_last_seen`): idle expiry sees
+//!    a client to within `LAST_SEEN_GRANULARITY_NS`.
 //! 7. In nat mode, UDP to the edge address on a port in `NAT_REPLIES` from
 //!    that entry's home server is rewritten back to the client.
 //! 8. Whenever the FIB has no complete answer, the packet is passed untouched

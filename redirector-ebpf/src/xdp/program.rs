@@ -5,13 +5,14 @@ use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns
 use redirector_ebpf::{
     CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter,
     Endpoint, EventKind, FAMILY_V4, Mode, NatKey, SERVER_HAS_V4, SERVER_HAS_V6, SERVICE_PROBE, Server, ServerState,
-    source_prefix,
+    source_prefix, stamps_last_seen,
 };
 
 use super::{
     decap, encap,
     maps::{
-        CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, PROBE, SERVERS, SERVICES, THROTTLED, count, count_server, report,
+        CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, PROBE, SERVERS, SERVICES, THROTTLED, count, count_load,
+        count_server, report,
     },
     nat,
     packet::{self, Datagram, parse_udp, udp_header_ok},
@@ -156,14 +157,17 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     let Some(client) = CLIENTS.get_ptr_mut(datagram.src) else {
         return to_first_contact(datagram, PASS_MISS);
     };
-    // SAFETY: a live map value. The packet count is a load estimate: the
-    // BPF target has no atomic add, and a client's packets normally arrive on
-    // one CPU (RSS), so an increment lost to a race only nudges an estimate.
+    // SAFETY: a live map value (RCU keeps it mapped for this run). The one
+    // write, at most once a second, races only with its like on another
+    // CPU: both store a time of now.
     let client: ClientEntry = unsafe {
-        (*client).last_seen_ns = bpf_ktime_get_coarse_ns();
-        (*client).packets += 1;
+        let now = bpf_ktime_get_coarse_ns();
+        if stamps_last_seen(now, (*client).last_seen_ns) {
+            (*client).last_seen_ns = now;
+        }
         *client
     };
+    count_load(client.load_slot);
     if client.flags & CLIENT_CHECKS_REGISTER != 0
         && packet::is_register(ctx, &datagram.ip)
         && !register::may_take(ctx, &datagram.ip, client.aor_hash)

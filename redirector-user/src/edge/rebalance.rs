@@ -157,7 +157,8 @@ impl Rebalancer {
         let mut per_aor: Vec<ClientLoad> = Vec::new();
         let mut seen = HashMap::new();
         for sample in samples {
-            // A counter that went down was reset by a move: count from zero.
+            // A counter that went down was zeroed (its load slot freed and
+            // handed out again): count from zero.
             let before = self.previous.get(&sample.key).copied().filter(|b| *b <= sample.packets).unwrap_or(0);
             seen.insert(sample.key, sample.packets);
             let rate = if seconds > 0.0 { (sample.packets - before) as f64 / seconds } else { 0.0 };

@@ -2,6 +2,15 @@
 //! nat mode their edge ports and reply entries) are written, for static
 //! clients and first contacts alike. Keeps AOR → installed client keys so
 //! a later move can find and update them.
+//!
+//! Each client address also holds a load slot: its index in the per-CPU
+//! `LOADS` array, where the program counts its packets. An array indexed
+//! from the entry costs a hit no second hash lookup (a per-CPU hash keyed
+//! by the client would), and per CPU no hit writes a line another CPU
+//! reads. A slot stays with its address across moves and re-installs, so
+//! its count only grows; it is freed with the address's edge port (idle,
+//! evicted, forgotten) and zeroed when handed out again, so no client
+//! starts with another's count.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,7 +19,9 @@ use std::{
     time::Duration,
 };
 
-use redirector_ebpf::{CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, ClientEntry, Endpoint, NatEntry, NatKey};
+use redirector_ebpf::{
+    CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, ClientEntry, Endpoint, NO_LOAD_SLOT, NatEntry, NatKey,
+};
 
 use crate::{
     config::{Config, ForwardingMode},
@@ -18,6 +29,7 @@ use crate::{
         installed::{InstalledClients, KernelRoute, NatReply},
         loader::{DataPlane, DataPlaneError, endpoint, endpoint_ip, service_endpoints},
         nat_ports::{NatPorts, NatPortsExhausted},
+        numbers::Numbers,
     },
     model::{HomeServer, Origin},
     sip::Aor,
@@ -47,6 +59,10 @@ pub struct FastPath {
     nat_ports: NatPorts,
     /// A client keeps its edge port across re-installs.
     nat_port_of: HashMap<Endpoint, u16, Seeded>,
+    /// `LOADS` slots, as many as the client map holds entries.
+    load_slots: Numbers,
+    /// A client keeps its load slot (and count) across re-installs.
+    load_slot_of: HashMap<Endpoint, u32, Seeded>,
     /// What first contact learned of a client (static clients have none),
     /// kept across re-installs.
     learned: HashMap<Endpoint, Learned, Seeded>,
@@ -137,19 +153,22 @@ pub struct Reading {
     pub server: u32,
     /// A key for the client address.
     pub key: u64,
-    /// Fast-path packets so far.
+    /// Fast-path packets so far (since its load slot was handed out).
     pub packets: u64,
     /// How long ago its last packet was (or it was installed).
     pub seen_ago: Duration,
 }
 
 impl Reading {
-    fn of(aor: &Aor, client: Endpoint, entry: &ClientEntry, now: u64) -> Self {
+    /// The key covers the load slot: an address that comes back on another
+    /// slot is a new series to the rebalancer, not a jump in the old one.
+    fn of(aor: &Aor, client: Endpoint, entry: &ClientEntry, packets: u64, now: u64) -> Self {
+        let key = xxhash_rust::xxh3::xxh3_64(&[bytemuck::bytes_of(&client), &entry.load_slot.to_ne_bytes()].concat());
         Self {
             aor: aor.clone(),
             server: entry.server,
-            key: xxhash_rust::xxh3::xxh3_64(bytemuck::bytes_of(&client)),
-            packets: entry.packets,
+            key,
+            packets,
             seen_ago: Duration::from_nanos(now.saturating_sub(entry.last_seen_ns)),
         }
     }
@@ -183,7 +202,7 @@ impl FastPath {
     /// (the daemon's pool, whose slots outlive config edits); a client of a
     /// server not among them is left to first contact.
     pub fn with_servers(dataplane: DataPlane, config: &Config, servers: &[HomeServer]) -> Result<Self, FastPathError> {
-        let mut fast_path = Self::empty(dataplane, config);
+        let mut fast_path = Self::empty(dataplane, config)?;
         fast_path.install_static(config, servers)?;
         Ok(fast_path)
     }
@@ -197,25 +216,28 @@ impl FastPath {
         servers: &[HomeServer],
         homes: &HashMap<u64, (Aor, u32)>,
     ) -> Result<(Self, Adopted), FastPathError> {
-        let mut fast_path = Self::empty(dataplane, config);
+        let mut fast_path = Self::empty(dataplane, config)?;
         let adopted = fast_path.adopt(homes)?;
         fast_path.install_static(config, servers)?;
         Ok((fast_path, adopted))
     }
 
-    fn empty(dataplane: DataPlane, config: &Config) -> Self {
+    fn empty(mut dataplane: DataPlane, config: &Config) -> Result<Self, FastPathError> {
         let static_clients = config.clients.iter().map(|c| endpoint(c.address.ip(), c.address.port())).collect();
-        Self {
+        let slots = dataplane.load_slots()?;
+        Ok(Self {
             dataplane,
             mode: config.mode,
             nat_ports: NatPorts::new(config.edge.nat_port_range()),
             nat_port_of: HashMap::default(),
+            load_slots: Numbers::new(0..=slots.saturating_sub(1)),
+            load_slot_of: HashMap::default(),
             learned: HashMap::default(),
             installed: HashMap::default(),
             scanning: Vec::new(),
             shared: Arc::default(),
             static_clients,
-        }
+        })
     }
 
     fn install_static(&mut self, config: &Config, servers: &[HomeServer]) -> Result<(), FastPathError> {
@@ -240,17 +262,21 @@ impl FastPath {
     /// or is gone; nat: the entry has no port or reply entry of its own,
     /// which the LRU may have evicted), and come back through first
     /// contact. Static clients' entries are left to `install_static`.
-    /// Entries that need no change keep their last-seen time and packets.
+    /// Entries that need no change keep their last-seen time, and every
+    /// kept entry its load slot and count (one whose slot another entry
+    /// took first, or beyond the map, is rewritten with a fresh one).
     fn adopt(&mut self, homes: &HashMap<u64, (Aor, u32)>) -> Result<Adopted, FastPathError> {
         let nat = self.mode == ForwardingMode::Nat;
         let mut replies: HashMap<NatKey, NatEntry> = self.dataplane.all_nat_replies()?.into_iter().collect();
         let mut adopted = Adopted::default();
         let (mut repoint, mut gone) = (Vec::new(), Vec::new());
+        let mut claimed = HashSet::new();
         for (client, entry) in self.dataplane.all_clients()? {
             let key = NatKey { edge_port_be: entry.nat_port_be, family: client.family, _pad: 0 };
             let reply = replies.get(&key).filter(|reply| reply.client == client && entry.nat_port_be != 0).copied();
             if entry.owner == 0 && self.static_clients.contains(&client) {
-                // `install_static` rewrites it, on the same edge port.
+                // `install_static` rewrites it, on the same edge port and slot.
+                self.claim_load_slot(client, entry.load_slot, &mut claimed);
                 if reply.is_some() {
                     self.nat_port_of.insert(client, u16::from_be(entry.nat_port_be));
                     replies.remove(&key);
@@ -270,15 +296,17 @@ impl FastPath {
             }
             let service = reply.map_or_else(Endpoint::default, |reply| reply.service);
             self.installed.entry(aor.clone()).or_default().push((client, service));
-            if entry.server == *server {
+            let slot_claimed = self.claim_load_slot(client, entry.load_slot, &mut claimed);
+            if entry.server == *server && slot_claimed {
                 self.share(&client, &entry);
                 adopted.kept += 1;
             } else {
                 repoint.push((client, *server, service));
             }
         }
-        // Every adopted port is taken before a repointed entry is written.
+        // Every adopted port and slot is taken before a repointed entry is written.
         self.nat_ports.reserve(self.nat_port_of.values().copied());
+        self.load_slots.reserve(self.load_slot_of.values().copied());
         let mut writes = Writes::new();
         for &(client, server, service) in &repoint {
             self.entry_for(client, (server, service), &mut writes)?;
@@ -290,6 +318,17 @@ impl FastPath {
         self.dataplane.remove_nat_replies(&replies.into_keys().collect::<Vec<_>>())?;
         self.write(&writes)?;
         Ok(adopted)
+    }
+
+    /// Gives `client` the load slot its adopted entry names, unless the
+    /// slot is beyond the map or another entry claimed it first; whether
+    /// it did.
+    fn claim_load_slot(&mut self, client: Endpoint, slot: u32, claimed: &mut HashSet<u32>) -> bool {
+        let free = slot <= self.load_slots.end() && claimed.insert(slot);
+        if free {
+            self.load_slot_of.insert(client, slot);
+        }
+        free
     }
 
     /// The client entries, for first contact to read.
@@ -435,9 +474,10 @@ impl FastPath {
         while let Some((client, service)) = entries.next() {
             let outcome = match self.dataplane.client(client) {
                 Ok(Some(entry)) if Duration::from_nanos(now.saturating_sub(entry.last_seen_ns)) <= idle => {
-                    readings.push(Reading::of(aor, client, &entry, now));
-                    kept.push((client, service));
-                    Ok(())
+                    self.dataplane.client_packets(entry.load_slot).map_err(FastPathError::from).map(|packets| {
+                        readings.push(Reading::of(aor, client, &entry, packets, now));
+                        kept.push((client, service));
+                    })
                 }
                 // Gone from the map (the LRU evicted it) or idle too long.
                 Ok(_) => self.remove(client).map(|()| removed += 1),
@@ -458,10 +498,13 @@ impl FastPath {
         self.forget_client(client)
     }
 
-    /// Forgets what first contact learned of `client`, and frees its edge
-    /// port and reply entry, if it has one.
+    /// Forgets what first contact learned of `client`, and frees its load
+    /// slot, and its edge port and reply entry, if it has one.
     fn forget_client(&mut self, client: Endpoint) -> Result<(), FastPathError> {
         self.learned.remove(&client);
+        if let Some(slot) = self.load_slot_of.remove(&client) {
+            self.load_slots.release(slot);
+        }
         if let Some(port) = self.nat_port_of.remove(&client) {
             let key = NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 };
             self.dataplane.remove_nat_reply(key)?;
@@ -478,15 +521,16 @@ impl FastPath {
     }
 
     /// The kernel entries that forward `client` to the server in slot
-    /// `server` (in nat mode with its edge port, kept across re-installs),
-    /// with what first contact learned of it.
+    /// `server` (with its load slot, and in nat mode its edge port, both
+    /// kept across re-installs), with what first contact learned of it.
     fn entry_for(
         &mut self,
         client: Endpoint,
         (server, service): (u32, Endpoint),
         writes: &mut Writes,
     ) -> Result<(), FastPathError> {
-        let mut entry = ClientEntry { server, last_seen_ns: writes.now, ..Default::default() };
+        let load_slot = self.load_slot(client, writes);
+        let mut entry = ClientEntry { server, last_seen_ns: writes.now, load_slot, ..Default::default() };
         Learned::apply(self.learned.get(&client).copied(), self.mode, &mut entry);
         if self.mode == ForwardingMode::Nat {
             let port = match self.nat_port_of.get(&client) {
@@ -503,10 +547,30 @@ impl FastPath {
         Ok(())
     }
 
-    /// Reply entries first: a client's forwarded packet may be answered at
-    /// once. First contact's copy gets exactly what the kernel took, also
-    /// when a batch stops part way.
+    /// `client`'s load slot, a fresh one (to be zeroed by `write`) if it
+    /// has none. With every slot held (more addresses than the client map
+    /// holds, the LRU's evictions not yet scanned), `NO_LOAD_SLOT`: the
+    /// client is forwarded uncounted until it is installed again.
+    fn load_slot(&mut self, client: Endpoint, writes: &mut Writes) -> u32 {
+        if let Some(&slot) = self.load_slot_of.get(&client) {
+            return slot;
+        }
+        let Some(slot) = self.load_slots.allocate() else {
+            tracing::warn!(client = %socket_address(&client), "every load slot is held: a client is forwarded without counting its load");
+            return NO_LOAD_SLOT;
+        };
+        self.load_slot_of.insert(client, slot);
+        writes.fresh_slots.push(slot);
+        slot
+    }
+
+    /// Fresh load slots are zeroed first, reply entries next: a client's
+    /// forwarded packet may be answered at once. First contact's copy gets
+    /// exactly what the kernel took, also when a batch stops part way.
     fn write(&mut self, writes: &Writes) -> Result<(), FastPathError> {
+        for &slot in &writes.fresh_slots {
+            self.dataplane.reset_load(slot)?;
+        }
         if !writes.nat_keys.is_empty() {
             let written = self.dataplane.install_nat_replies(&writes.nat_keys, &writes.nat_entries);
             let done = entries_done(&written, writes.nat_keys.len());
@@ -547,6 +611,8 @@ struct Writes {
     now: u64,
     clients: Vec<Endpoint>,
     entries: Vec<ClientEntry>,
+    /// Load slots handed out for these entries, to zero before they are written.
+    fresh_slots: Vec<u32>,
     nat_keys: Vec<NatKey>,
     nat_entries: Vec<NatEntry>,
 }
@@ -562,6 +628,7 @@ impl Writes {
             now: monotonic_ns(),
             clients: Vec::new(),
             entries: Vec::new(),
+            fresh_slots: Vec::new(),
             nat_keys: Vec::new(),
             nat_entries: Vec::new(),
         }

@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -19,10 +19,10 @@ use aya::{
 };
 use redirector_ebpf::{
     CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
-    DECAP_ADDRESSES_MAP, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM, FloorHop, Mode,
-    NAT_REPLIES_MAP, NatEntry, NatKey, PROBE_MAP, REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP,
-    SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle,
-    probe::ProbeConfig,
+    DECAP_ADDRESSES_MAP, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM, FloorHop,
+    LIMIT_MAP, LIMIT_PROGRAM, LOADS_MAP, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PROBE_MAP, REDIRECTOR_PROGRAM,
+    SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server,
+    ServerStats, THROTTLED_MAP, Throttle, probe::ProbeConfig,
 };
 
 use super::pins::{PINNED_MAPS, PinError, Pins};
@@ -93,10 +93,10 @@ impl DataPlane {
     }
 
     /// Like `load`, with room for `clients` entries in the client maps
-    /// (`CLIENTS`, `NAT_REPLIES`) instead of `MAX_CLIENTS`.
+    /// (`CLIENT_MAPS`) instead of `MAX_CLIENTS`.
     pub fn load_with_client_capacity(clients: u32) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(CLIENTS_MAP, clients).map_max_entries(NAT_REPLIES_MAP, clients);
+        size_client_maps(&mut loader, clients);
         Self::load_with(loader)
     }
 
@@ -110,7 +110,7 @@ impl DataPlane {
         let adopted = pins.has_maps();
         let paths: Vec<(&'static str, PathBuf)> = PINNED_MAPS.iter().map(|&name| (name, pins.map(name))).collect();
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(CLIENTS_MAP, clients).map_max_entries(NAT_REPLIES_MAP, clients);
+        size_client_maps(&mut loader, clients);
         for (name, path) in &paths {
             loader.map_pin_path(name, path);
         }
@@ -135,6 +135,14 @@ impl DataPlane {
         self.program(FLOOR_PROGRAM)?;
         let mut map: HashMap<_, Endpoint, FloorHop> = self.map(FLOOR_MAP)?;
         map.insert(source, hop, 0).map_err(map_error(FLOOR_MAP))
+    }
+
+    /// Loads the benchmark's limit program (`LIMIT_PROGRAM`) and gives it
+    /// the MACs it writes into every IPv4 frame.
+    pub fn load_limit(&mut self, hop: FloorHop) -> Result<()> {
+        self.program(LIMIT_PROGRAM)?;
+        let mut map: Array<_, FloorHop> = self.map(LIMIT_MAP)?;
+        map.set(0, hop, 0).map_err(map_error(LIMIT_MAP))
     }
 
     /// Whether the maps were a previous daemon's (see `load_pinned`).
@@ -403,6 +411,31 @@ impl DataPlane {
         }))
     }
 
+    /// How many load slots `LOADS` has (as many as the client map holds).
+    pub fn load_slots(&mut self) -> Result<u32> {
+        let map: PerCpuArray<_, u64> = self.map(LOADS_MAP)?;
+        Ok(map.len())
+    }
+
+    /// The packets counted in load slot `slot`, summed over CPUs (0 for
+    /// `NO_LOAD_SLOT`).
+    pub fn client_packets(&mut self, slot: u32) -> Result<u64> {
+        let map: PerCpuArray<_, u64> = self.map(LOADS_MAP)?;
+        if slot >= map.len() {
+            return Ok(0);
+        }
+        Ok(map.get(&slot, 0).map_err(map_error(LOADS_MAP))?.iter().sum())
+    }
+
+    /// Zeroes load slot `slot` on every CPU, before it is handed to a
+    /// client: a slot freed by another keeps that one's count until then.
+    pub fn reset_load(&mut self, slot: u32) -> Result<()> {
+        let mut map: PerCpuArray<_, u64> = self.map(LOADS_MAP)?;
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus()?])
+            .map_err(|error| DataPlaneError::Map { name: LOADS_MAP, source: MapError::IoError(error) })?;
+        map.set(slot, zeros, 0).map_err(map_error(LOADS_MAP))
+    }
+
     /// The program's event ring buffer, taken out for its one reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map(EVENTS_MAP).ok_or(DataPlaneError::MissingMap(EVENTS_MAP))?;
@@ -428,6 +461,20 @@ fn object() -> Result<std::borrow::Cow<'static, [u8]>> {
             .map_err(|source| DataPlaneError::Object { path: path.into(), source }),
         None => Ok(std::borrow::Cow::Borrowed(super::PROGRAM)),
     }
+}
+
+/// The maps with an entry per client, sized by `[fast_path] max_clients`.
+pub const CLIENT_MAPS: [&str; 3] = [CLIENTS_MAP, NAT_REPLIES_MAP, LOADS_MAP];
+
+fn size_client_maps(loader: &mut EbpfLoader<'_>, clients: u32) {
+    for name in CLIENT_MAPS {
+        loader.map_max_entries(name, clients);
+    }
+}
+
+/// The possible CPUs, as many as a per-CPU map has values for each key.
+fn cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, error)| DataPlaneError::Map { name: LOADS_MAP, source: MapError::IoError(error) })
 }
 
 /// See `object`.

@@ -6,6 +6,7 @@ pub mod fast_path;
 pub mod installed;
 pub mod loader;
 pub mod nat_ports;
+pub mod numbers;
 pub mod packets;
 pub mod pins;
 

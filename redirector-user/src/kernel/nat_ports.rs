@@ -4,6 +4,8 @@
 
 use std::ops::RangeInclusive;
 
+use super::numbers::Numbers;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("all {size} nat ports in {start}-{end} are in use; widen edge.nat_ports")]
 pub struct NatPortsExhausted {
@@ -14,45 +16,26 @@ pub struct NatPortsExhausted {
 
 /// Hands out ports from a range in order; freed ports are reused first.
 #[derive(Debug)]
-pub struct NatPorts {
-    range: RangeInclusive<u16>,
-    next: u32,
-    freed: Vec<u16>,
-}
+pub struct NatPorts(Numbers);
 
 impl NatPorts {
     pub fn new(range: RangeInclusive<u16>) -> Self {
-        let next = u32::from(*range.start());
-        Self { range, next, freed: Vec::new() }
+        Self(Numbers::new(u32::from(*range.start())..=u32::from(*range.end())))
     }
 
     pub fn allocate(&mut self) -> Result<u16, NatPortsExhausted> {
-        if let Some(port) = self.freed.pop() {
-            return Ok(port);
-        }
-        if self.next > u32::from(*self.range.end()) {
-            let (start, end) = (*self.range.start(), *self.range.end());
-            return Err(NatPortsExhausted { start, end, size: self.range.len() });
-        }
-        let port = self.next as u16;
-        self.next += 1;
-        Ok(port)
+        let (start, end, size) = (self.0.start() as u16, self.0.end() as u16, self.0.size());
+        self.0.allocate().map(|port| port as u16).ok_or(NatPortsExhausted { start, end, size })
     }
 
     /// Marks `ports` as handed out (a previous daemon's, adopted): the
     /// next ones come after the highest, and the free ones below it first.
     pub fn reserve(&mut self, ports: impl Iterator<Item = u16>) {
-        let used: std::collections::HashSet<u16> = ports.filter(|port| self.range.contains(port)).collect();
-        let Some(&highest) = used.iter().max() else { return };
-        self.next = self.next.max(u32::from(highest) + 1);
-        let below = u32::from(*self.range.start())..self.next;
-        self.freed = below.map(|port| port as u16).filter(|port| !used.contains(port)).rev().collect();
+        self.0.reserve(ports.map(u32::from));
     }
 
     pub fn release(&mut self, port: u16) {
-        if self.range.contains(&port) && u32::from(port) < self.next && !self.freed.contains(&port) {
-            self.freed.push(port);
-        }
+        self.0.release(u32::from(port));
     }
 }
 

@@ -15,19 +15,23 @@ use std::{
 
 use aya::maps::MapInfo;
 use redirector_ebpf::{
-    CLIENTS_MAP, CONFIG_MAP, COUNTERS_MAP, MAP_LAYOUT, NAT_REPLIES_MAP, PROBE_MAP, SERVER_STATS_MAP, SERVERS_MAP,
-    SERVICES_MAP, THROTTLED_MAP,
+    CLIENTS_MAP, CONFIG_MAP, COUNTERS_MAP, LOADS_MAP, MAP_LAYOUT, NAT_REPLIES_MAP, PROBE_MAP, SERVER_STATS_MAP,
+    SERVERS_MAP, SERVICES_MAP, THROTTLED_MAP,
 };
 
+use super::loader::CLIENT_MAPS;
+
 /// The maps a daemon pins: everything the program forwards by (or answers
-/// probes with), and the counters. Not the event ring (each daemon reads
+/// probes with), and the counters (the clients' loads too: an adopted
+/// entry's slot keeps its count). Not the event ring (each daemon reads
 /// its own), nor the per-CPU scratch space.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     CONFIG_MAP,
     SERVICES_MAP,
     SERVERS_MAP,
     CLIENTS_MAP,
     NAT_REPLIES_MAP,
+    LOADS_MAP,
     COUNTERS_MAP,
     SERVER_STATS_MAP,
     THROTTLED_MAP,
@@ -139,7 +143,7 @@ impl Pins {
                 continue;
             }
             let info = MapInfo::from_pin(&path).map_err(|source| PinError::Info { path: path.clone(), source })?;
-            let client_map = name == CLIENTS_MAP || name == NAT_REPLIES_MAP;
+            let client_map = CLIENT_MAPS.contains(&name);
             let entries = if client_map { clients } else { wanted.max_entries() };
             let wanted_shape =
                 Shape { kind: wanted.map_type(), key: wanted.key_size(), value: wanted.value_size(), entries };

@@ -1223,7 +1223,8 @@ impl Operations {
         for key in self.fast_path.installed(&aor) {
             let Some(entry) = self.fast_path.dataplane().client(key).map_err(FastPathError::from)? else { continue };
             let client = SocketAddr::new(loader::endpoint_ip(&key), u16::from_be(key.port_be));
-            entries.push(Entry { client, server: entry.server, packets: entry.packets });
+            let packets = self.fast_path.dataplane().client_packets(entry.load_slot).map_err(FastPathError::from)?;
+            entries.push(Entry { client, server: entry.server, packets });
         }
         Ok(entries)
     }

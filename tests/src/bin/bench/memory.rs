@@ -4,7 +4,8 @@
 //!   /proc/self/fdinfo (its own accounting of the map's memory). The LRU
 //!   maps are preallocated, so their memory is fixed by MAX_CLIENTS, not by
 //!   how many clients are in them: per client = memlock / MAX_CLIENTS, and
-//!   the same at 1,000,000 clients. Raw: key + value.
+//!   the same at 1,000,000 clients. Raw: key + value (and each client's
+//!   per-CPU load counter, 8 bytes on every possible CPU).
 //! * Daemon: growth of this process's resident memory from before the
 //!   population was made to after (assignment store open with its cache,
 //!   the fast path's record of installed clients), per client. Raw: the AOR
@@ -13,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use redirector_ebpf::{CLIENTS_MAP, ClientEntry, Endpoint, MAX_CLIENTS, NAT_REPLIES_MAP, NatEntry, NatKey};
+use redirector_ebpf::{CLIENTS_MAP, ClientEntry, Endpoint, LOADS_MAP, MAX_CLIENTS, NAT_REPLIES_MAP, NatEntry, NatKey};
 
 use crate::{
     population::{Population, SERVERS, aor},
@@ -55,21 +56,22 @@ pub fn measure(population: &Population, rss_before: u64) -> Section {
     let count = population.count;
     let mut section = Section::new("memory", format!("5. Memory per client, {count} clients"));
     let memlock = map_memlock();
-    let clients = memlock[CLIENTS_MAP] as f64;
+    let clients = (memlock[CLIENTS_MAP] + memlock[LOADS_MAP]) as f64;
     let replies = memlock[NAT_REPLIES_MAP] as f64;
     let slots = f64::from(MAX_CLIENTS);
-    let dsr_raw = (size_of::<Endpoint>() + size_of::<ClientEntry>()) as f64;
+    let cpus = aya::util::nr_cpus().expect("the possible CPUs");
+    let dsr_raw = (size_of::<Endpoint>() + size_of::<ClientEntry>() + 8 * cpus) as f64;
     let nat_raw = dsr_raw + (size_of::<NatKey>() + size_of::<NatEntry>()) as f64;
     let raw = "raw key+value bytes";
     section.rows.push(
-        Row::new("kernel, dsr (CLIENTS)", clients / slots, "B/client")
+        Row::new("kernel, dsr (CLIENTS + LOADS)", clients / slots, "B/client")
             .against(raw, dsr_raw)
             .raw("memlock_bytes", clients)
             .raw("max_clients", slots)
             .raw("raw_bytes", dsr_raw),
     );
     section.rows.push(
-        Row::new("kernel, nat (CLIENTS + NAT_REPLIES)", (clients + replies) / slots, "B/client")
+        Row::new("kernel, nat (CLIENTS + LOADS + NAT_REPLIES)", (clients + replies) / slots, "B/client")
             .against(raw, nat_raw)
             .raw("memlock_bytes", clients + replies)
             .raw("raw_bytes", nat_raw),

@@ -2,7 +2,10 @@
 //! one small SIP datagram after another, for every forwarder on the same
 //! topology: redirector's XDP fast path (dsr and nat, native and skb), the
 //! kernel's own L4 forwarding (nftables DNAT, the baseline), Kamailio's
-//! stateless `forward()` and redirector's own user-space proxy path.
+//! stateless `forward()` and redirector's own user-space proxy path; and
+//! the physical limit of an XDP forwarder on these links: `redirector_limit`
+//! (next hop's MACs written, `XDP_TX`, nothing else), native, which
+//! redirector's native cases are also shown against (goal: 0.95×).
 //!
 //! Native XDP_TX over veth needs an XDP program on the peer, so the native
 //! cases run with pass-through programs on every bridge port, which puts
@@ -30,7 +33,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector_tests::topology::{Attach, CLIENT, SERVICE, Topology, home_address, is_edge_ping, socket_in};
+use aya::programs::XdpMode;
+use redirector::kernel::loader::{DataPlane, DataPlaneError};
+use redirector_ebpf::{FloorHop, LIMIT_PROGRAM};
+use redirector_tests::topology::{
+    Attach, CLIENT, SERVICE, Topology, edge_mac, home_address, home_mac, is_edge_ping, socket_in,
+};
 
 use crate::{
     mmsg::{self, BATCH, Inbox, Outgoing, Pace},
@@ -39,6 +47,8 @@ use crate::{
 };
 
 const MAX_DATAGRAMS: u64 = 50_000_000;
+/// Issue #12's goal for redirector's native cases, over the limit's rate.
+const LIMIT_GOAL: f64 = 0.95;
 
 /// A REGISTER already forwarded by one proxy (two Via values): the one
 /// datagram every forwarder treats alike. redirector's fast path forwards
@@ -69,17 +79,20 @@ enum Forwarder {
     },
     KamailioForward,
     UserSpaceProxy,
+    /// `redirector_limit` on the edge, native, links as for native XDP.
+    Limit,
 }
 
 impl Forwarder {
     /// Grouped by the baseline they are compared with.
-    const ALL: [Forwarder; 8] = [
+    const ALL: [Forwarder; 9] = [
         Forwarder::Nftables { links: Attach::Skb },
         Forwarder::Xdp { mode: "dsr", attach: Attach::Skb },
         Forwarder::Xdp { mode: "nat", attach: Attach::Skb },
         Forwarder::KamailioForward,
         Forwarder::UserSpaceProxy,
         Forwarder::Nftables { links: Attach::Native },
+        Forwarder::Limit,
         Forwarder::Xdp { mode: "dsr", attach: Attach::Native },
         Forwarder::Xdp { mode: "nat", attach: Attach::Native },
     ];
@@ -91,6 +104,7 @@ impl Forwarder {
             Forwarder::Xdp { mode, attach } => format!("redirector XDP {mode} {}", attach.name()),
             Forwarder::KamailioForward => "Kamailio forward() (stateless)".into(),
             Forwarder::UserSpaceProxy => "redirector user-space proxy".into(),
+            Forwarder::Limit => "limit: XDP_TX with the next hop's MACs, native".into(),
         }
     }
 
@@ -100,6 +114,7 @@ impl Forwarder {
             Forwarder::Xdp { attach, .. } | Forwarder::Nftables { links: attach } => {
                 Forwarder::Nftables { links: attach }
             }
+            Forwarder::Limit => Forwarder::Nftables { links: Attach::Native },
             // No XDP on the bridge ports.
             Forwarder::KamailioForward | Forwarder::UserSpaceProxy => Forwarder::Nftables { links: Attach::Skb },
         }
@@ -111,12 +126,15 @@ impl Forwarder {
             Forwarder::Xdp { mode, attach } => (mode, attach),
             Forwarder::Nftables { links } => ("nat", links),
             Forwarder::KamailioForward | Forwarder::UserSpaceProxy => ("nat", Attach::Skb),
+            // nat: no decapsulators; the frames keep the service address,
+            // which the homes own on lo.
+            Forwarder::Limit => ("nat", Attach::Native),
         };
         let mut topology = Topology::new(mode, attach, 1);
         topology.edge.sysctl("net.ipv4.conf.all.send_redirects=0");
         topology.edge.sysctl("net.ipv4.conf.e0.send_redirects=0");
         let home_listen = match self {
-            Forwarder::Xdp { mode: "dsr", .. } => SERVICE,
+            Forwarder::Xdp { mode: "dsr", .. } | Forwarder::Limit => SERVICE,
             _ => "0.0.0.0:5060",
         };
         let home = socket_in(&topology.homes[0], home_listen);
@@ -125,7 +143,7 @@ impl Forwarder {
         // Health checks nobody answers must not take the home server down
         // mid-run, nor may the rebalancer move anybody.
         topology.extra_config = "[health]\ninterval = 3600\n[rebalance]\nenabled = false\n".into();
-        let mut kamailio = None;
+        let (mut kamailio, mut limit) = (None, None);
         match self {
             Forwarder::Nftables { links } => {
                 if links == Attach::Native {
@@ -140,8 +158,12 @@ impl Forwarder {
                 kamailio = Some(Kamailio::start(&topology.edge, &dir, &KamailioRoute::Forward { home: &home_sip })?);
             }
             Forwarder::UserSpaceProxy => topology.start(&[]),
+            Forwarder::Limit => {
+                topology.prepare_edge();
+                limit = Some(attach_limit(&topology)?);
+            }
         }
-        Ok(Running { _kamailio: kamailio, home, client, topology, edge_daemon: self.edge_daemon() })
+        Ok(Running { _limit: limit, _kamailio: kamailio, home, client, topology, edge_daemon: self.edge_daemon() })
     }
 
     /// Whether `redirector run` is on the edge, and which of its counters
@@ -151,13 +173,26 @@ impl Forwarder {
         match self {
             Forwarder::Xdp { .. } => Some(("verdicts", "forwarded")),
             Forwarder::UserSpaceProxy => Some(("first_contact", "proxied")),
-            Forwarder::Nftables { .. } | Forwarder::KamailioForward => None,
+            Forwarder::Nftables { .. } | Forwarder::KamailioForward | Forwarder::Limit => None,
         }
     }
 }
 
-/// Field order is drop order: Kamailio stops before its namespace goes.
+/// `redirector_limit` attached to the edge's `e0` in native mode, sending
+/// every IPv4 frame to home0 (until the returned `DataPlane` is dropped).
+fn attach_limit(topology: &Topology) -> Result<DataPlane, String> {
+    let failed = |error: DataPlaneError| format!("the limit program: {error}");
+    let mut dataplane = DataPlane::load_without_clients().map_err(failed)?;
+    dataplane.load_limit(FloorHop { dst_mac: home_mac(0), src_mac: edge_mac() }).map_err(failed)?;
+    let _inside = topology.edge.enter();
+    dataplane.attach(LIMIT_PROGRAM, "e0", XdpMode::Driver).map_err(failed)?;
+    Ok(dataplane)
+}
+
+/// Field order is drop order: the limit program and Kamailio stop before
+/// their namespace goes.
 struct Running {
+    _limit: Option<DataPlane>,
     _kamailio: Option<Kamailio>,
     home: UdpSocket,
     client: UdpSocket,
@@ -309,9 +344,19 @@ pub fn run(quick: bool) -> Section {
         if let Some(ratio) = median_ratio(out.iter().map(Outcome::pps), outcomes[index].iter().map(Outcome::pps)) {
             row = row.ratio(baseline.name(), ratio);
         }
+        if matches!(forwarder, Forwarder::Xdp { attach: Attach::Native, .. }) {
+            let limit = Forwarder::ALL.iter().position(|f| *f == Forwarder::Limit).expect("the limit is listed");
+            if let Some(ratio) = median_ratio(out.iter().map(Outcome::pps), outcomes[limit].iter().map(Outcome::pps)) {
+                row = row.raw("x_limit", ratio).raw("goal_x_limit", LIMIT_GOAL);
+            }
+        }
         section.rows.push(row);
     }
     section.notes.push("ratio: received packets per second over nftables DNAT's on the same links in the same round; median of the rounds' ratios".into());
+    section.notes.push(format!(
+        "x_limit: redirector native over the limit program on the same links in the same round (median of the \
+         rounds' ratios; goal >= {LIMIT_GOAL}x)"
+    ));
     section.notes.push(
         "no loss means the sending core was the limit: on veth the whole path runs in the sender's softirq, \
          so packets per second is the inverse of the chain's per-packet cost"
