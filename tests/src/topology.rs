@@ -368,6 +368,11 @@ impl Topology {
         self.edge_host.run(&self.edge, &self.edge_env);
     }
 
+    /// The edge daemon's process id, while it runs.
+    pub fn edge_pid(&self) -> Option<u32> {
+        self.edge_host.pid()
+    }
+
     /// Sends `signal` to the edge daemon started by `start`.
     pub fn signal_edge(&self, signal: libc::c_int) {
         self.edge_host.signal(signal);
@@ -581,6 +586,11 @@ impl EdgeHost {
             std::thread::sleep(Duration::from_millis(20));
         }
         wait_for_xdp(ns, self.interface);
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
     }
 
     /// Sends `signal` to the daemon.
