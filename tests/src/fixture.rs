@@ -151,12 +151,7 @@ impl Fixture {
         dataplane.configure(&config).expect("configuring maps");
         let fast_path = FastPath::new(dataplane, &config).expect("installing static clients");
         let ifindex = ns.ifindex("fx0");
-        let destinations = config
-            .home_servers()
-            .iter()
-            .flat_map(|s| [s.ipv4.map(Into::into), s.ipv6.map(Into::into)].into_iter().flatten().map(|a| (s.index, a)))
-            .map(|(slot, address)| Destination { slot, address })
-            .collect();
+        let destinations = Destination::of_servers(&config.home_servers());
         let sources = Sources { v4: config.edge.ipv4, v6: config.edge.ipv6 };
         Self { ns, fast_path, ifindex, destinations, sources, events: None }
     }

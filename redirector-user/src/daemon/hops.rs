@@ -5,6 +5,7 @@
 //! Netlink and map writes block, hence a thread of its own, off the runtime.
 
 use std::{
+    collections::HashSet,
     os::fd::AsRawFd,
     sync::{
         Arc,
@@ -84,27 +85,13 @@ fn step(keeper: &mut Keeper, changes: &mut Changes, pool: &PoolView, stale: &mut
             *stale = true;
         }
     }
-    let mut destinations = destinations(pool);
-    destinations.sort_by_key(|d| (d.slot, d.address));
-    let mut kept: Vec<Destination> = keeper.destinations().copied().collect();
-    kept.sort_by_key(|d| (d.slot, d.address));
-    if *stale || destinations != kept {
+    let destinations = Destination::of_servers(pool.load().servers());
+    let kept: HashSet<&Destination> = keeper.destinations().collect();
+    if *stale || kept != destinations.iter().collect() {
         keeper.recompute(&destinations)?;
         *stale = false;
     }
     keeper.renew()
-}
-
-/// Every address of every home server in the pool, in its slot.
-fn destinations(pool: &PoolView) -> Vec<Destination> {
-    pool.load()
-        .servers()
-        .iter()
-        .flat_map(|server| {
-            let addresses = [server.ipv4.map(Into::into), server.ipv6.map(Into::into)];
-            addresses.into_iter().flatten().map(|address| Destination { slot: server.index, address })
-        })
-        .collect()
 }
 
 /// Whether `fd` has something to read within `timeout`.

@@ -14,6 +14,8 @@ use std::{
 use aya::maps::{Array, MapData, MapError};
 use redirector_ebpf::{HOP_STATE_MAP, HOPS_MAP, HopState, NextHop, server_hop};
 
+use crate::model::HomeServer;
+
 use super::{
     fast_path::monotonic_ns,
     loader::endpoint,
@@ -66,6 +68,17 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// Every address of every one of `servers`, in its slot.
+    pub fn of_servers(servers: &[HomeServer]) -> Vec<Self> {
+        servers
+            .iter()
+            .flat_map(|server| {
+                let addresses = [server.ipv4.map(IpAddr::from), server.ipv6.map(IpAddr::from)];
+                addresses.into_iter().flatten().map(|address| Self { slot: server.index, address })
+            })
+            .collect()
+    }
+
     fn index(&self) -> u32 {
         server_hop(self.slot, endpoint(self.address, 0).family)
     }
