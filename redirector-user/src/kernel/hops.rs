@@ -176,17 +176,49 @@ impl Keeper {
         self.maps.publish(HopState { generation: self.generation, _pad: 0, lease_until_ns: 0 })
     }
 
-    /// Whether `change` may make a kept hop wrong: any route or link
-    /// change, or a new state of a neighbour some destination goes
-    /// through whose MAC is not the one kept.
+    /// Whether `change` may make a kept hop wrong (see `affects`).
     pub fn affected_by(&self, change: &Change) -> bool {
-        match *change {
-            Change::Other => true,
-            Change::Neighbour { ifindex, address, mac } => self
-                .kept
-                .values()
-                .flatten()
-                .any(|route| route.ifindex == ifindex && route.via == address && route.dst_mac != mac),
+        affects(self.kept.values().flatten(), change)
+    }
+}
+
+/// Whether `change` may make a hop resolved to one of `routes` wrong: any
+/// route or link change, or a new state of a neighbour some route goes
+/// through whose MAC is not the one it was resolved with (a neighbour
+/// merely going stale, as they do under XDP, changes nothing).
+fn affects<'a>(mut routes: impl Iterator<Item = &'a Route>, change: &Change) -> bool {
+    match *change {
+        Change::Other => true,
+        Change::Neighbour { ifindex, address, mac } => {
+            routes.any(|route| route.ifindex == ifindex && route.via == address && route.dst_mac != mac)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOME: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+
+    fn route(via: &str, dst_mac: Option<[u8; 6]>) -> Route {
+        Route { ifindex: 2, mtu: 1500, src_mac: [2, 0, 0, 0, 0, 1], via: via.parse().unwrap(), dst_mac }
+    }
+
+    fn neighbour(ifindex: u32, address: &str, mac: Option<[u8; 6]>) -> Change {
+        Change::Neighbour { ifindex, address: address.parse().unwrap(), mac }
+    }
+
+    #[test]
+    fn only_changes_that_differ_from_a_kept_hop_affect_it() {
+        let routes = [route("10.0.0.11", Some(HOME)), route("10.0.0.1", None)];
+        let affects = |change| affects(routes.iter(), &change);
+        assert!(affects(Change::Other), "a route or link change");
+        assert!(!affects(neighbour(2, "10.0.0.11", Some(HOME))), "the same MAC (a neighbour gone stale)");
+        assert!(affects(neighbour(2, "10.0.0.11", Some([2, 0, 0, 0, 0, 0xa1]))), "a new MAC");
+        assert!(affects(neighbour(2, "10.0.0.11", None)), "the neighbour failed or was deleted");
+        assert!(affects(neighbour(2, "10.0.0.1", Some(HOME))), "an unresolved gateway resolved");
+        assert!(!affects(neighbour(3, "10.0.0.11", None)), "the same address on another link");
+        assert!(!affects(neighbour(2, "10.0.0.99", None)), "a neighbour no hop goes through");
     }
 }

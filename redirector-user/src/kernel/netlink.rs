@@ -296,3 +296,34 @@ fn change(payload: NetlinkPayload<RouteNetlinkMessage>) -> Option<Change> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn neighbour(state: NeighbourState) -> NeighbourMessage {
+        let mut message = NeighbourMessage::default();
+        message.header.ifindex = 2;
+        message.header.state = state;
+        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet([10, 0, 0, 11].into())));
+        message.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 0x11]));
+        message
+    }
+
+    /// The MAC counts in the states the FIB uses, and not once the entry
+    /// failed, is still being resolved, or was deleted.
+    #[test]
+    fn a_neighbour_has_a_mac_while_the_fib_would_use_it() {
+        let mac = |state, deleted| match neighbour_change(&neighbour(state), deleted) {
+            Some(Change::Neighbour { ifindex: 2, address, mac }) if address == IpAddr::from([10, 0, 0, 11]) => mac,
+            other => panic!("not this neighbour's change: {other:?}"),
+        };
+        for state in [NeighbourState::Reachable, NeighbourState::Stale, NeighbourState::Permanent] {
+            assert_eq!(mac(state, false), Some([2, 0, 0, 0, 0, 0x11]), "{state:?}");
+        }
+        for state in [NeighbourState::Failed, NeighbourState::Incomplete] {
+            assert_eq!(mac(state, false), None, "{state:?}");
+        }
+        assert_eq!(mac(NeighbourState::Reachable, true), None, "deleted");
+    }
+}
