@@ -57,6 +57,18 @@ pub const MAX_FLOOR_HOPS: u32 = 64;
 pub const LIMIT_PROGRAM: &str = "redirector_limit";
 /// The limit's one map, never pinned: one `FloorHop` for every frame.
 pub const LIMIT_MAP: &str = "LIMIT";
+/// Next hops the daemon keeps (`NextHop`), by `server_hop`; never pinned:
+/// a new daemon recomputes them, the FIB serving meanwhile.
+pub const HOPS_MAP: &str = "HOPS";
+/// `HOP_STATE[0]`: which `HOPS` entries are fresh (`HopState`).
+pub const HOP_STATE_MAP: &str = "HOP_STATE";
+/// One hop per home server slot and family.
+pub const MAX_HOPS: u32 = 2 * MAX_SERVERS;
+
+/// The `HOPS` slot of home server `slot`'s next hop for `family`.
+pub const fn server_hop(slot: u32, family: u8) -> u32 {
+    slot * 2 + (family == FAMILY_V6) as u32
+}
 
 /// An address and UDP port of either family. IPv4 uses the first 4 bytes of
 /// `addr` and leaves the rest zero, so one key type serves both families.
@@ -207,6 +219,50 @@ pub struct FloorHop {
     pub src_mac: [u8; 6],
 }
 
+/// `HOPS[server_hop(..)]`: how to reach a home server without asking the
+/// FIB, as the daemon learned it from the kernel's route and neighbour
+/// tables. The program uses it only while it is fresh (`HopState::fresh`)
+/// and the packet fits `mtu`; otherwise it asks the FIB, as it did before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NextHop {
+    /// The egress device.
+    pub ifindex: u32,
+    /// The largest IP packet the route takes (what the FIB checks `tot_len`
+    /// against).
+    pub mtu: u32,
+    /// The `HopState` generation this entry was computed for.
+    pub generation: u32,
+    /// The neighbour's MAC then the egress device's: an Ethernet header's
+    /// first 12 bytes.
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// The address the hop was computed for (`Endpoint::addr`'s form): a
+    /// slot whose server changed address is stale until recomputed.
+    pub addr: [u8; 16],
+}
+
+/// `HOP_STATE[0]`, written by the daemon's hop keeper alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct HopState {
+    /// Bumped when the kernel's tables changed in a way the hops do not yet
+    /// reflect: every entry of another generation is stale.
+    pub generation: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC (coarse) until which the keeper vouches for the
+    /// hops; it renews the lease while it runs, so hops left by a daemon
+    /// that died are not followed for long.
+    pub lease_until_ns: u64,
+}
+
+impl HopState {
+    /// Whether `hop` may be followed to `addr` at `now_ns`.
+    pub fn fresh(&self, hop: &NextHop, addr: &[u8; 16], now_ns: u64) -> bool {
+        hop.generation == self.generation && hop.ifindex != 0 && now_ns < self.lease_until_ns && hop.addr == *addr
+    }
+}
+
 /// `NAT_REPLIES` key: the edge port a home server's reply is addressed to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -278,6 +334,8 @@ mod user {
         Server,
         ClientEntry,
         FloorHop,
+        NextHop,
+        HopState,
         NatKey,
         NatEntry,
         ServerStats,

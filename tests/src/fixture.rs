@@ -15,10 +15,16 @@ use aya::{
     maps::{MapData, RingBuf},
     programs::{TestRun, TestRunOptions},
 };
+use std::time::Duration;
+
 use redirector::{
     config::Config,
-    kernel::fast_path::FastPath,
-    kernel::loader::{DataPlane, decode_event},
+    kernel::{
+        fast_path::FastPath,
+        hops::{Destination, Keeper, Sources},
+        loader::{DataPlane, decode_event},
+        netlink::Tables,
+    },
 };
 use redirector_ebpf::{Counter, Event, MAX_SERVERS, REDIRECTOR_PROGRAM};
 
@@ -94,6 +100,9 @@ pub struct Fixture {
     pub ns: NetNs,
     pub fast_path: FastPath,
     pub ifindex: u32,
+    /// Every address of every home server in the config, in its slot.
+    pub destinations: Vec<Destination>,
+    sources: Sources,
     /// The program's event ring, once a table has taken it.
     events: Option<RingBuf<MapData>>,
 }
@@ -142,7 +151,23 @@ impl Fixture {
         dataplane.configure(&config).expect("configuring maps");
         let fast_path = FastPath::new(dataplane, &config).expect("installing static clients");
         let ifindex = ns.ifindex("fx0");
-        Self { ns, fast_path, ifindex, events: None }
+        let destinations = Destination::of_servers(&config.home_servers());
+        let sources = Sources { v4: config.edge.ipv4, v6: config.edge.ipv6 };
+        Self { ns, fast_path, ifindex, destinations, sources, events: None }
+    }
+
+    /// Takes the program's kept next hops and fills them as the daemon's
+    /// keeper does, from this namespace's tables, vouched for `lease`.
+    pub fn keep_hops(&mut self, lease: Duration) -> Keeper {
+        let maps = self.dataplane().take_hops().expect("taking the hop maps");
+        let tables = {
+            let _inside = self.ns.enter();
+            Tables::open().expect("an rtnetlink socket")
+        };
+        let mut keeper = Keeper::new(maps, tables, self.sources, lease);
+        keeper.recompute(&self.destinations).expect("resolving next hops");
+        keeper.renew().expect("publishing the hop state");
+        keeper
     }
 
     /// Runs `frame` through the redirector program as if it arrived on fx0.

@@ -7,15 +7,19 @@
 use std::time::Duration;
 
 use redirector::{
-    kernel::{fast_path::monotonic_ns, loader::endpoint},
+    kernel::{
+        fast_path::monotonic_ns,
+        hops::{Destination, HopMaps},
+        loader::endpoint,
+    },
     model::Origin,
     sip::Aor,
 };
 use redirector_ebpf::{
-    CLIENT_CHECKS_REGISTER, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4, FLOOR_PROGRAM, FloorHop,
-    LAST_SEEN_GRANULARITY_NS, LIMIT_PROGRAM, Throttle,
+    CLIENT_CHECKS_REGISTER, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4, FAMILY_V6, FLOOR_PROGRAM,
+    FloorHop, HopState, LAST_SEEN_GRANULARITY_NS, LIMIT_PROGRAM, NextHop, Throttle,
     register::{RegisterTo, TO_SCAN, register_to},
-    source_prefix,
+    server_hop, source_prefix,
     via::VIA_SCAN,
 };
 use redirector_tests::{
@@ -35,6 +39,7 @@ const VIP6: &str = "[2001:db8::10]:5060";
 /// Server slots, in the fixture config's order.
 const HOME1: u32 = 0;
 const HOME2: u32 = 1;
+const HOME3: u32 = 2;
 const HOME4: u32 = 3;
 const HOME5: u32 = 4;
 
@@ -287,6 +292,139 @@ fn a_load_slot_handed_out_again_starts_from_zero() {
 
 fn aor(user: &str) -> Aor {
     Aor::from_uri(&format!("sip:{user}@example.net"), "To").unwrap()
+}
+
+/// MACs no neighbour table in the fixture holds: a frame sent with them
+/// took the kept hop, not the FIB.
+const KEPT_DST: Mac = [0x02, 0, 0, 0, 0, 0xa1];
+const KEPT_SRC: Mac = [0x02, 0, 0, 0, 0, 0xa0];
+const GENERATION: u32 = 7;
+
+/// Kept next hops: a fresh one is followed without the FIB (its MACs, not
+/// the neighbour table's); one of another generation, for another address,
+/// too small for the packet, or past the keeper's lease is not, and the FIB
+/// routes the packet as before. Both modes, both families.
+#[test]
+fn kept_hop_fixtures() {
+    if !privileged() {
+        return;
+    }
+    for mode in ["dsr", "nat"] {
+        let mut fx = Fixture::new(mode);
+        let mut hops = fx.dataplane().take_hops().unwrap();
+        let ifindex = fx.ifindex;
+        let kept = |address: &str| NextHop {
+            ifindex,
+            mtu: 1500,
+            generation: GENERATION,
+            dst_mac: KEPT_DST,
+            src_mac: KEPT_SRC,
+            addr: endpoint(address.parse().unwrap(), 0).addr,
+        };
+        hops.set(server_hop(HOME1, FAMILY_V4), kept("10.0.0.11")).unwrap();
+        hops.set(server_hop(HOME1, FAMILY_V6), kept("fd00::11")).unwrap();
+        hops.set(server_hop(HOME2, FAMILY_V4), NextHop { generation: GENERATION - 1, ..kept("10.0.0.12") }).unwrap();
+        hops.set(server_hop(HOME5, FAMILY_V4), kept("10.1.0.99")).unwrap();
+        lease(&mut hops, monotonic_ns() + 3_600_000_000_000);
+        let v4 = Datagram::new("10.0.0.2:5060", VIP4);
+        let v6 = Datagram::new("[fd00::2]:5060", VIP6);
+        let via_kept = |name: &str, d: &Datagram, nat_port| to_home(mode, name, d, (KEPT_SRC, KEPT_DST), nat_port);
+        let via_fib = |name: &str, d: &Datagram, macs, nat_port| to_home(mode, name, d, macs, nat_port);
+        let home2 = Datagram::new("10.0.0.2:5062", VIP4);
+        let home5 = Datagram::new("10.0.0.2:5065", VIP4);
+        let mut to_home5 =
+            via_fib("a kept hop for another address: the FIB", &home5, (OTHER_EDGE_MAC, HOME5_MAC), 20005);
+        to_home5.verdict = XDP_REDIRECT;
+        let fresh = vec![
+            via_kept("v4 hit follows its fresh kept hop", &v4, 20000),
+            via_kept("v6 hit follows its fresh kept hop", &v6, 20001),
+            via_fib("a kept hop of another generation: the FIB", &home2, (EDGE_MAC, HOME2_MAC), 20002),
+            to_home5,
+            passed(
+                "no kept hop, no neighbour: a reported FIB miss",
+                from_client(&Datagram::new("10.0.0.2:5064", VIP4)),
+                Counter::FibMiss,
+            )
+            .reporting(Event {
+                kind: EventKind::FibMiss as u32,
+                server: HOME4,
+                family: FAMILY_V4,
+                _pad: [0; 3],
+            }),
+        ];
+        run_table(&mut fx, mode, [fresh]);
+        let leaving = via_kept("v4 hit of exactly the kept hop's MTU follows it", &v4, 20000).output.len() - 14;
+        hops.set(server_hop(HOME1, FAMILY_V4), NextHop { mtu: leaving as u32, ..kept("10.0.0.11") }).unwrap();
+        run_table(&mut fx, mode, [vec![via_kept("v4 hit of exactly the kept hop's MTU follows it", &v4, 20000)]]);
+        hops.set(server_hop(HOME1, FAMILY_V4), NextHop { mtu: leaving as u32 - 1, ..kept("10.0.0.11") }).unwrap();
+        let too_big = via_fib("v4 hit too big for the kept hop's MTU: the FIB", &v4, (EDGE_MAC, HOME1_MAC), 20000);
+        run_table(&mut fx, mode, [vec![too_big]]);
+        lease(&mut hops, 1);
+        let lapsed = via_fib("v6 hit past the keeper's lease: the FIB", &v6, (EDGE_MAC, HOME1_MAC), 20001);
+        run_table(&mut fx, mode, [vec![lapsed]]);
+    }
+}
+
+/// The keeper resolves each home server's hop from the kernel's tables as
+/// the FIB would (egress device, MTU, both MACs), leaves a server without a
+/// resolved neighbour to the FIB, and a hit then leaves by the kept hop.
+#[test]
+fn keeper_resolves_hops_from_the_kernel_tables() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    fx.ns.ip("route add 10.0.0.13/32 dev fx0 mtu 1400");
+    let keeper = fx.keep_hops(Duration::from_secs(3600));
+    let fx2 = fx.ns.ifindex("fx2");
+    let hop = |slot, address: &str| {
+        let destination = Destination { slot, address: address.parse().unwrap() };
+        let hop = keeper.hop(destination).unwrap();
+        (hop.ifindex, hop.mtu, hop.dst_mac, hop.src_mac, hop.addr == endpoint(destination.address, 0).addr)
+    };
+    assert_eq!(hop(HOME1, "10.0.0.11"), (fx.ifindex, 1500, HOME1_MAC, EDGE_MAC, true));
+    assert_eq!(hop(HOME1, "fd00::11"), (fx.ifindex, 1500, HOME1_MAC, EDGE_MAC, true));
+    assert_eq!(hop(HOME3, "10.0.0.13"), (fx.ifindex, 1400, [0x02, 0, 0, 0, 0, 0x13], EDGE_MAC, true), "a route's MTU");
+    assert_eq!(hop(HOME5, "10.1.0.5"), (fx2, 1500, HOME5_MAC, OTHER_EDGE_MAC, true), "another interface");
+    assert_eq!(
+        keeper.hop(Destination { slot: HOME4, address: "10.0.0.99".parse().unwrap() }).unwrap(),
+        NextHop::default()
+    );
+    let v4 = Datagram::new("10.0.0.2:5060", VIP4);
+    run_table(
+        &mut fx,
+        "dsr",
+        [vec![to_home("dsr", "v4 hit by the hop the keeper resolved", &v4, (EDGE_MAC, HOME1_MAC), 0)]],
+    );
+}
+
+fn lease(hops: &mut HopMaps, until_ns: u64) {
+    hops.publish(HopState { generation: GENERATION, _pad: 0, lease_until_ns: until_ns }).unwrap();
+}
+
+/// A client's `datagram` forwarded to its home in `mode` with Ethernet
+/// addresses `(src, dst)`: tunnelled in dsr; in nat, from the edge's
+/// `nat_port`. Its home is the fixture's server of the client's port.
+fn to_home(mode: &str, name: &str, datagram: &Datagram, (src, dst): (Mac, Mac), nat_port: u16) -> Case {
+    let v4 = datagram.src.is_ipv4();
+    let edge = if v4 { "10.0.0.1" } else { "fd00::1" };
+    let (slot, home) = match (datagram.src.port(), v4) {
+        (5062, _) => (HOME2, "10.0.0.12"),
+        (5065, _) => (HOME5, "10.1.0.5"),
+        (_, true) => (HOME1, "10.0.0.11"),
+        (_, false) => (HOME1, "fd00::11"),
+    };
+    let expected = if mode == "dsr" {
+        tunnelled(datagram, src, dst, None, edge, home)
+    } else {
+        let [from, to] = [(edge, nat_port), (home, 5060)].map(|(ip, port)| match ip.parse() {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+            _ => format!("{ip}:{port}"),
+        });
+        let rewritten = Datagram::new(&from, &to).with(|d| d.payload = datagram.payload.clone());
+        ethernet(src, dst, None, rewritten.ethertype(), &rewritten.ip_packet())
+    };
+    Case::new(format!("{mode}: {name}"), from_client(datagram), XDP_TX, expected, Counter::Forwarded).forwarded_to(slot)
 }
 
 /// Runs every case, then fails once, naming each case that failed.

@@ -2,12 +2,19 @@
 //! the edge (native and skb), real datagrams from a client to the service
 //! address, real sockets on the home server and the edge.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
 
-use redirector::ops::api::Route;
+use aya::maps::{Array, Map, MapData, MapInfo};
+use redirector::{kernel::fast_path::monotonic_ns, ops::api::Route};
+use redirector_ebpf::{FAMILY_V4, HOP_STATE_MAP, HOPS_MAP, HopState, NextHop, server_hop};
 use redirector_tests::{
+    netns::NetNs,
     privileged,
-    topology::{Attach, CLIENT, Family, SERVICE, Topology, echo, home_listen_address, receive, socket_in},
+    topology::{Attach, CLIENT, Family, SERVICE, Topology, echo, home_listen_address, mac, receive, socket_in},
 };
 
 const DATAGRAMS: usize = 200;
@@ -181,6 +188,13 @@ fn a_fib_miss_makes_the_daemon_resolve_the_neighbour_at_once() {
     until_echoed(&topology, &client);
     let before = topology.stats_when(|_| true);
     topology.edge.ip("neigh flush all");
+    // The daemon's kept hop (whose MAC is still right) serves until its
+    // keeper has seen the flush; then the FIB is asked, and misses.
+    let flushed = Instant::now();
+    while kept_hop(&topology, 0).is_some() {
+        assert!(flushed.elapsed() < WAIT, "the kept hop outlived the neighbour flush");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(until_echoed(&topology, &client), 1, "the first datagram after the flush reached the home");
     let misses = before.verdicts["fib_miss"];
     let stats = topology.stats_when(|stats| stats.verdicts["fib_miss"] > misses);
@@ -216,4 +230,146 @@ fn until_echoed(topology: &Topology, client: &std::net::UdpSocket) -> usize {
     assert_eq!(echoes.join().unwrap(), 1);
     let payload = String::from_utf8_lossy(&echoed[0].1).into_owned();
     payload.strip_prefix("echo:ping ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("an echo: {payload}"))
+}
+
+/// The edge daemon keeps its home servers' next hops in step with the
+/// kernel: a home's new MAC (`ip neigh replace`), then a new route to it
+/// (through home 1 as a gateway), is in the daemon's kept hop, and on the
+/// frames the fast path sends, within a second of the change.
+#[test]
+fn kept_next_hops_follow_neighbour_and_route_changes() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Native, 2);
+    let client_address: SocketAddr = format!("{CLIENT}:5060").parse().unwrap();
+    let client = socket_in(&topology.client, &client_address.to_string());
+    topology.start(&[(client_address, 0)]);
+    let capture = Capture::open(&topology.lan, "e0-br");
+    let home = redirector_tests::topology::home_address(0);
+    if let Err(last) = sent_by_kept_hop(&topology, &client, &capture, &mac(0x11), "start", WAIT) {
+        panic!("the daemon's kept hop to home 0 never carried its frames: {last}");
+    }
+    let gateway = redirector_tests::topology::home_address(1);
+    for (change, mac) in [
+        (format!("neigh replace {home} lladdr 02:00:00:00:00:a1 dev e0 nud permanent"), "02:00:00:00:00:a1".into()),
+        (format!("route replace {home}/32 via {gateway} dev e0"), mac(0x12)),
+    ] {
+        topology.edge.ip(&change);
+        let followed = sent_by_kept_hop(&topology, &client, &capture, &mac, &change, Duration::from_secs(2));
+        let followed =
+            followed.unwrap_or_else(|last| panic!("after `ip {change}`: never sent to {mac} by a kept hop: {last}"));
+        assert!(followed <= Duration::from_secs(1), "after `ip {change}`: followed in {followed:?}, not within 1 s");
+    }
+}
+
+/// Sends the client's datagrams, one every 50 ms or so, until one leaves
+/// the edge for `mac` while the daemon's fresh kept hop to home 0 says
+/// `mac` too: how long that took, or (past `limit`) what was seen last.
+fn sent_by_kept_hop(
+    topology: &Topology,
+    client: &std::net::UdpSocket,
+    capture: &Capture,
+    mac: &str,
+    label: &str,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut last = String::from("nothing");
+    for i in 0.. {
+        if start.elapsed() >= limit {
+            break;
+        }
+        let marker = format!("datagram {i} after {label}");
+        client.send_to(marker.as_bytes(), SERVICE).unwrap();
+        let sent_to = capture.destination_of(marker.as_bytes(), Duration::from_millis(50));
+        let kept = kept_hop(topology, 0);
+        if sent_to.as_deref() == Some(mac) && kept.as_deref() == Some(mac) {
+            return Ok(start.elapsed());
+        }
+        last = format!("datagram {i} sent to {sent_to:?}, kept hop {kept:?}");
+    }
+    Err(last)
+}
+
+/// The destination MAC of the edge daemon's fresh kept hop for home server
+/// slot `slot` over IPv4, read from its `HOPS` and `HOP_STATE` maps.
+fn kept_hop(topology: &Topology, slot: u32) -> Option<String> {
+    let pid = topology.edge_pid().expect("the edge daemon runs");
+    let hops: Array<MapData, NextHop> = Array::try_from(Map::Array(daemon_map(pid, HOPS_MAP)?)).ok()?;
+    let state: Array<MapData, HopState> = Array::try_from(Map::Array(daemon_map(pid, HOP_STATE_MAP)?)).ok()?;
+    let (hop, state) = (hops.get(&server_hop(slot, FAMILY_V4), 0).ok()?, state.get(&0, 0).ok()?);
+    state.fresh(&hop, &hop.addr, monotonic_ns()).then(|| hop.dst_mac.map(|b| format!("{b:02x}")).join(":"))
+}
+
+/// The map called `name` among those process `pid` holds.
+fn daemon_map(pid: u32, name: &str) -> Option<MapData> {
+    let entries = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("map_id:")).and_then(|id| id.trim().parse().ok()))
+        .find(|&id| MapInfo::from_id(id).is_ok_and(|info| info.name_as_str() == Some(name)))
+        .and_then(|id| MapData::from_id(id).ok())
+}
+
+/// An AF_PACKET socket on one interface: every frame that crosses it (a
+/// bridge port sees frames to any MAC).
+struct Capture(OwnedFd);
+
+impl Capture {
+    fn open(ns: &NetNs, interface: &str) -> Self {
+        let ifindex = ns.ifindex(interface);
+        let _inside = ns.enter();
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); the descriptor is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all)) };
+        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; zero is its neutral value.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = all;
+        address.sll_ifindex = ifindex as i32;
+        let size = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: a valid sockaddr_ll of `size` bytes for the call's duration.
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const address).cast(), size) };
+        assert_eq!(rc, 0, "binding AF_PACKET to {interface}: {}", std::io::Error::last_os_error());
+        Self(fd)
+    }
+
+    /// The destination MAC of the first frame carrying `marker` within `limit`.
+    fn destination_of(&self, marker: &[u8], limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        let mut frame = [0u8; 2048];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let mut poll = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the call's duration.
+            if unsafe { libc::poll(&mut poll, 1, left.as_millis().max(1) as i32) } <= 0 {
+                return None;
+            }
+            // SAFETY: sockaddr_ll is plain data; zero is its neutral value.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_size = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: recvfrom(2) into a buffer of its length and a sockaddr_ll of `from_size` bytes.
+            let size = unsafe {
+                libc::recvfrom(
+                    self.0.as_raw_fd(),
+                    frame.as_mut_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw mut from).cast(),
+                    &mut from_size,
+                )
+            };
+            let frame = &frame[..usize::try_from(size).ok()?];
+            // Frames the bridge sends towards the edge are not the edge's.
+            let from_edge = from.sll_pkttype != libc::PACKET_OUTGOING;
+            if from_edge && frame.windows(marker.len()).any(|w| w == marker) {
+                return Some(frame[..6].iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"));
+            }
+        }
+        None
+    }
 }

@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use redirector_ebpf::{
-    COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, FloorHop, MAX_CLIENTS,
-    MAX_DECAP_ADDRESSES, MAX_FLOOR_HOPS, MAX_SERVERS, MAX_SERVICES, MAX_THROTTLED, NatEntry, NatKey, Server,
-    ServerStats, Throttle, probe::ProbeConfig,
+    COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, FloorHop, HopState, MAX_CLIENTS,
+    MAX_DECAP_ADDRESSES, MAX_FLOOR_HOPS, MAX_HOPS, MAX_SERVERS, MAX_SERVICES, MAX_THROTTLED, NatEntry, NatKey, NextHop,
+    Server, ServerStats, Throttle, probe::ProbeConfig,
 };
 
 #[map]
@@ -46,6 +46,14 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_CO
 
 #[map]
 pub static SERVER_STATS: PerCpuArray<ServerStats> = PerCpuArray::with_max_entries(MAX_SERVERS, 0);
+
+/// Next hops the daemon keeps, by `redirector_ebpf::server_hop`.
+#[map]
+pub static HOPS: Array<NextHop> = Array::with_max_entries(MAX_HOPS, 0);
+
+/// Which `HOPS` are fresh: one entry.
+#[map]
+pub static HOP_STATE: Array<HopState> = Array::with_max_entries(1, 0);
 
 /// Outer destinations redirector_decap strips (port 0); the value is unused.
 #[map]

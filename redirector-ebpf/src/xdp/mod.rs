@@ -24,10 +24,11 @@
 //!    the flood limits) gets its allowance of such datagrams a second,
 //!    the rest are `XDP_DROP`ped (`drop_throttled`; `throttle.rs`).
 //! 6. A client in `CLIENTS` whose home server is active or draining is
-//!    forwarded (dsr or nat, `XDP_TX`, or `XDP_REDIRECT` when the FIB says
-//!    another interface; a VLAN-tagged frame always leaves by `XDP_TX` with
-//!    its tag); an unknown client, a nat entry without an edge port, or a
-//!    down server is passed to user space (`pass_miss`, `pass_server_down`).
+//!    forwarded (dsr or nat, `XDP_TX`, or `XDP_REDIRECT` when its next hop
+//!    (rule 8) is on another interface; a VLAN-tagged frame always leaves by
+//!    `XDP_TX` with its tag); an unknown client, a nat entry without an edge
+//!    port, or a down server is passed to user space (`pass_miss`,
+//!    `pass_server_down`).
 //!    A REGISTER from a client whose entry has `CLIENT_CHECKS_REGISTER`
 //!    (every client first contact installed) takes the fast path only if
 //!    the hash of its `To` line (`register.rs`, within the frame's first
@@ -50,8 +51,17 @@
 //!    a client to within `LAST_SEEN_GRANULARITY_NS`.
 //! 7. In nat mode, UDP to the edge address on a port in `NAT_REPLIES` from
 //!    that entry's home server is rewritten back to the client.
-//! 8. Whenever the FIB has no complete answer, the packet is passed untouched
-//!    (`fib_miss`): it is never rewritten before the route is known. Passed
+//! 8. Next hops. A client's packet goes to its home server by the hop the
+//!    daemon keeps for that server and family (`HOPS[server_hop(..)]`:
+//!    egress device, MTU, both MACs, from the kernel's route and neighbour
+//!    tables) when that hop is fresh: its generation is `HOP_STATE`'s (the
+//!    daemon bumps it when the kernel's tables change, before it recomputes
+//!    the hops), the daemon's lease in `HOP_STATE` has not run out (a
+//!    daemon that died stops vouching within a second), and the packet as
+//!    it will leave fits the hop's MTU. Otherwise, and always for nat
+//!    replies, the kernel FIB is asked (`bpf_fib_lookup`) as the kernel
+//!    would route it. Whenever the FIB has no complete answer, the packet is
+//!    passed untouched (`fib_miss`): it is never rewritten before the route is known. Passed
 //!    up, it reaches the daemon as a first contact; a client's FIB miss is
 //!    also reported in `EVENTS` with its server, so the daemon makes the
 //!    kernel resolve that neighbour at once (its reachability pings keep

@@ -4,8 +4,8 @@
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use redirector_ebpf::{
     CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter,
-    Endpoint, EventKind, FAMILY_V4, Mode, NatKey, SERVER_HAS_V4, SERVER_HAS_V6, SERVICE_PROBE, Server, ServerState,
-    source_prefix, stamps_last_seen,
+    Endpoint, EventKind, FAMILY_V4, Mode, NatKey, NextHop, SERVER_HAS_V4, SERVER_HAS_V6, SERVICE_PROBE, Server,
+    ServerState, server_hop, source_prefix, stamps_last_seen,
 };
 
 use super::{
@@ -16,9 +16,7 @@ use super::{
     },
     nat,
     packet::{self, Datagram, parse_udp, udp_header_ok},
-    probe, register,
-    route::{self, NextHop},
-    rport,
+    probe, register, route, rport,
 };
 
 /// An XDP action and the counter it is accounted to, in one register:
@@ -214,7 +212,8 @@ fn to_first_contact(datagram: &Datagram, passed: Verdict) -> Verdict {
 fn forward_dsr(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &Endpoint, index: u32) -> Verdict {
     let ip = &datagram.ip;
     let mut hop = NextHop::default();
-    let found = route::lookup(ctx, edge, server, ip.len + encap::overhead(ip.family), &mut hop);
+    let len = ip.len + encap::overhead(ip.family);
+    let found = route::resolve(ctx, edge, server, len, server_hop(index, ip.family), &mut hop);
     if found != route::FOUND {
         return fib_miss(found, index, ip.family);
     }
@@ -241,7 +240,7 @@ fn forward_nat(ctx: &XdpContext, datagram: &Datagram, edge: &Endpoint, server: &
     let index = hit.server();
     let len = datagram.ip.len + if add_rport { rport::GROWTH } else { 0 };
     let mut hop = NextHop::default();
-    let found = route::lookup(ctx, edge, server, len, &mut hop);
+    let found = route::resolve(ctx, edge, server, len, server_hop(index, datagram.ip.family), &mut hop);
     if found != route::FOUND {
         return fib_miss(found, index, datagram.ip.family);
     }

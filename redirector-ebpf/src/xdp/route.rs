@@ -1,24 +1,46 @@
-//! Next hop from the kernel FIB, and sending the rewritten frame.
+//! Next hop, kept by the daemon or else from the kernel FIB, and sending
+//! the rewritten frame.
 
 use core::mem::offset_of;
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
-use redirector_ebpf::{Endpoint, FAMILY_V4};
+use redirector_ebpf::{Endpoint, FAMILY_V4, NextHop};
 
-use super::{headers::EthHdr, packet::write_at};
+use super::{
+    headers::EthHdr,
+    maps::{HOP_STATE, HOPS},
+    packet::write_at,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-#[derive(Default)]
-pub struct NextHop {
-    pub ifindex: u32,
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
+/// The next hop towards `dst` for an IP packet of `len` bytes: the kept hop
+/// `HOPS[kept]` when it is fresh and the packet fits its MTU, else the
+/// FIB's answer (`lookup`). Returns `FOUND` with `hop` filled, or the FIB's
+/// reason for not answering.
+#[inline(always)]
+pub fn resolve(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, len: usize, kept: u32, hop: &mut NextHop) -> u32 {
+    if take_kept(kept, dst, len, hop) { FOUND } else { lookup(ctx, src, dst, len, hop) }
+}
+
+/// Copies `HOPS[index]` into `hop` if it may be followed to `dst` with `len` bytes.
+#[inline(always)]
+fn take_kept(index: u32, dst: &Endpoint, len: usize, hop: &mut NextHop) -> bool {
+    let (Some(state), Some(kept)) = (HOP_STATE.get(0), HOPS.get(index)) else {
+        return false;
+    };
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if !state.fresh(kept, &dst.addr, now) || len > kept.mtu as usize {
+        return false;
+    }
+    *hop = *kept;
+    true
 }
 
 /// Asks the FIB how to reach `dst` from `src` with an IP packet of `len`
@@ -49,7 +71,7 @@ pub fn lookup(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, len: usize, hop:
         // Negative: bad arguments, which never happens with a zeroed request.
         return u32::try_from(ret).unwrap_or(u32::MAX);
     }
-    *hop = NextHop { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac };
+    *hop = NextHop { ifindex: params.ifindex, dst_mac: params.dmac, src_mac: params.smac, ..NextHop::default() };
     FOUND
 }
 
@@ -69,13 +91,13 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
 }
 
 /// Writes the next hop's MACs and sends the frame: back out of the ingress
-/// device (`XDP_TX`) or redirected to the FIB's egress device. A VLAN-tagged
+/// device (`XDP_TX`) or redirected to the hop's egress device. A VLAN-tagged
 /// frame always leaves where it came in, keeping its tag: the FIB's egress
 /// would be the VLAN device, which cannot take XDP frames.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, hop: &NextHop, vlan: bool) -> Option<u32> {
-    write_at(ctx, offset_of!(EthHdr, dst), hop.dmac)?;
-    write_at(ctx, offset_of!(EthHdr, src), hop.smac)?;
+    write_at(ctx, offset_of!(EthHdr, dst), hop.dst_mac)?;
+    write_at(ctx, offset_of!(EthHdr, src), hop.src_mac)?;
     if vlan || hop.ifindex == ctx.ingress_ifindex() as u32 {
         return Some(xdp_action::XDP_TX);
     }

@@ -9,6 +9,7 @@
 //! client's next first contact tells us.
 
 mod home_states;
+mod hops;
 mod nat_replies;
 mod raw;
 mod sockets;
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use self::{
+    hops::HopKeeper,
     raw::{RawSender, RawSockets},
     sockets::{Senders, bind_shared, registered},
     tasks::{Context, Tasks, named, spawn, supervise},
@@ -50,7 +52,9 @@ use crate::{
     },
     kernel::{
         fast_path::{FastPath, FastPathError, owner_of},
+        hops::{HopError, HopMaps, Keeper, LEASE, Sources},
         loader::{DataPlane, DataPlaneError, edge_config, endpoint_ip, service_endpoints, xdp_mode},
+        netlink::{Changes, Tables},
         pins::Pins,
     },
     ops::{
@@ -103,6 +107,8 @@ pub enum DaemonError {
     TaskPanicked(#[from] tokio::task::JoinError),
     #[error("Daemon::serve runs once per Daemon")]
     ServedTwice,
+    #[error("keeping next hops: {0}")]
+    Hops(#[from] HopError),
     #[error("{0} (`[probe] secret_file`)")]
     ProbeSecret(#[from] crate::probe::SecretError),
 }
@@ -226,6 +232,8 @@ pub struct Daemon {
     queued_notifies: Mutex<Option<mpsc::UnboundedReceiver<Notify>>>,
     /// The program's event ring buffer; taken by `serve`'s reader.
     events: Mutex<Option<RingBuf<MapData>>>,
+    /// Keeps the program's next hops while the daemon runs.
+    _hop_keeper: HopKeeper,
 }
 
 /// The routing table's epoch (see `edge::routes`): nanoseconds since the
@@ -292,6 +300,7 @@ impl Daemon {
         dataplane.configure_edge(config)?;
         dataplane.set_servers(seeded.pool.servers())?;
         let events = dataplane.take_events()?;
+        let hop_maps = dataplane.take_hops()?;
         let mut fast_path = if adopting {
             let homes = homes_by_owner(&assignments, &seeded.pool);
             let (fast_path, adopted) = FastPath::adopting(dataplane, config, seeded.pool.servers(), &homes)?;
@@ -306,6 +315,7 @@ impl Daemon {
             config.health.up_after,
         );
         let pool = pool::view(seeded.pool);
+        let hop_keeper = start_hop_keeper(hop_maps, config, pool.clone())?;
         let took_over = fast_path.dataplane().attach_pinned(&config.interface, xdp_mode(config.attach), &pins)?;
         info!(link = %pins.link().display(), took_over, "XDP program attached through its pinned link");
         let settings = Settings {
@@ -405,6 +415,7 @@ impl Daemon {
             notifies,
             queued_notifies: Mutex::new(Some(queued_notifies)),
             events: Mutex::new(Some(events)),
+            _hop_keeper: hop_keeper,
         })
     }
 
@@ -547,6 +558,15 @@ impl Drop for Daemon {
             let _ = thread.join();
         }
     }
+}
+
+/// The hop keeper, routing from the edge's addresses.
+fn start_hop_keeper(maps: HopMaps, config: &Config, pool: pool::PoolView) -> Result<HopKeeper> {
+    let tables = Tables::open().map_err(HopError::from)?;
+    let changes = Changes::open().map_err(HopError::from)?;
+    let sources = Sources { v4: config.edge.ipv4, v6: config.edge.ipv6 };
+    HopKeeper::start(Keeper::new(maps, tables, sources, LEASE), changes, pool)
+        .map_err(io("starting the hop keeper thread"))
 }
 
 /// How long ua-profile subscriptions last, and how many are kept.

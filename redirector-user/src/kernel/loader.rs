@@ -20,9 +20,9 @@ use aya::{
 use redirector_ebpf::{
     CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
     DECAP_ADDRESSES_MAP, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM, FloorHop,
-    LIMIT_MAP, LIMIT_PROGRAM, LOADS_MAP, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PROBE_MAP, REDIRECTOR_PROGRAM,
-    SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server,
-    ServerStats, THROTTLED_MAP, Throttle, probe::ProbeConfig,
+    HOP_STATE_MAP, HOPS_MAP, LIMIT_MAP, LIMIT_PROGRAM, LOADS_MAP, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PROBE_MAP,
+    REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP,
+    SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle, probe::ProbeConfig,
 };
 
 use super::pins::{PINNED_MAPS, PinError, Pins};
@@ -440,6 +440,17 @@ impl DataPlane {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map(EVENTS_MAP).ok_or(DataPlaneError::MissingMap(EVENTS_MAP))?;
         RingBuf::try_from(map).map_err(map_error(EVENTS_MAP))
+    }
+
+    /// The kept next hops (`HOPS`, `HOP_STATE`), taken out for their one
+    /// writer (`hops::Keeper`).
+    pub fn take_hops(&mut self) -> Result<super::hops::HopMaps> {
+        let hops = self.ebpf.take_map(HOPS_MAP).ok_or(DataPlaneError::MissingMap(HOPS_MAP))?;
+        let state = self.ebpf.take_map(HOP_STATE_MAP).ok_or(DataPlaneError::MissingMap(HOP_STATE_MAP))?;
+        Ok(super::hops::HopMaps::new(
+            Array::try_from(hops).map_err(map_error(HOPS_MAP))?,
+            Array::try_from(state).map_err(map_error(HOP_STATE_MAP))?,
+        ))
     }
 
     fn map<'a, M>(&'a mut self, name: &'static str) -> Result<M>

@@ -3,9 +3,11 @@
 
 pub mod batch;
 pub mod fast_path;
+pub mod hops;
 pub mod installed;
 pub mod loader;
 pub mod nat_ports;
+pub mod netlink;
 pub mod numbers;
 pub mod packets;
 pub mod pins;

@@ -17,6 +17,11 @@
 //! Every case asserts that all repetitions were counted on its path and
 //! that the last ended with its verdict.
 //!
+//! The hits run with next hops kept as the daemon's hop keeper keeps them
+//! (resolved from the fixture's tables by the same `Keeper`); the
+//! `FIB fallback` rows run the same hits on fixtures without kept hops,
+//! where every packet asks `bpf_fib_lookup` (a missing or stale hop).
+//!
 //! Two references per method, in the same run: a bare `XDP_PASS` program
 //! (what the kernel's test harness costs) and the floor (`redirector_floor`:
 //! parse Eth/IPv4/UDP, one hash lookup by source, write the MACs, `XDP_TX`;
@@ -24,6 +29,8 @@
 //! floor; the goals are a hit within 1.5× of it and a miss within
 //! 1.2×. Katran's published per-packet cost is shown beside the hits,
 //! as a figure from another machine.
+
+use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
 use redirector::kernel::loader::endpoint;
@@ -46,6 +53,16 @@ const KATRAN_NS: (f64, f64) = (101.0, 119.0);
 const HIT_GOAL: f64 = 1.5;
 const MISS_GOAL: f64 = 1.2;
 
+/// Which fixture a case runs on: a mode, with next hops kept as the
+/// daemon keeps them, or with none (every hit asks the FIB, the fallback).
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    Dsr,
+    Nat,
+    DsrFib,
+    NatFib,
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Method {
     Repeat,
@@ -55,7 +72,7 @@ enum Method {
 struct Case {
     name: &'static str,
     method: Method,
-    nat: bool,
+    setup: Setup,
     program: &'static str,
     frame: Vec<u8>,
     counter: Option<Counter>,
@@ -108,10 +125,10 @@ fn cases() -> Vec<Case> {
     let probe4 = ethernet(CLIENT_MAC, EDGE_MAC, None, probe4.ethertype(), &probe4.ip_packet());
     let mut malformed = hit4.clone();
     malformed.truncate(30);
-    let case = |name, method, nat, program, frame: &Vec<u8>, counter: Option<Counter>| Case {
+    let case = |name, method, setup, program, frame: &Vec<u8>, counter: Option<Counter>| Case {
         name,
         method,
-        nat,
+        setup,
         program,
         frame: frame.clone(),
         counter,
@@ -123,37 +140,43 @@ fn cases() -> Vec<Case> {
         },
     };
     use Method::{Repeat, Single};
+    use Setup::{Dsr, DsrFib, Nat, NatFib};
     vec![
-        case("baseline: XDP_PASS program", Repeat, false, PASS_PROGRAM, &hit4, None),
-        case(FLOOR, Repeat, false, FLOOR_PROGRAM, &hit4, None),
-        case("hit, nat, IPv4", Repeat, true, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
-        case("hit, nat, IPv6", Repeat, true, REDIRECTOR_PROGRAM, &hit6, Some(Counter::Forwarded)),
+        case("baseline: XDP_PASS program", Repeat, Dsr, PASS_PROGRAM, &hit4, None),
+        case(FLOOR, Repeat, Dsr, FLOOR_PROGRAM, &hit4, None),
+        case("hit, nat, IPv4", Repeat, Nat, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
+        case("hit, nat, IPv6", Repeat, Nat, REDIRECTOR_PROGRAM, &hit6, Some(Counter::Forwarded)),
         case(
             "miss (first contact)",
             Repeat,
-            false,
+            Dsr,
             REDIRECTOR_PROGRAM,
             &frame("10.0.0.2:7777", "192.0.2.10:5060"),
             Some(Counter::PassMiss),
         ),
-        case("malformed", Repeat, false, REDIRECTOR_PROGRAM, &malformed, Some(Counter::Malformed)),
+        case("malformed", Repeat, Dsr, REDIRECTOR_PROGRAM, &malformed, Some(Counter::Malformed)),
         case(
             "not for the service",
             Repeat,
-            false,
+            Dsr,
             REDIRECTOR_PROGRAM,
             &frame("10.0.0.2:5060", "192.0.2.99:5060"),
             Some(Counter::NotService),
         ),
-        case("baseline: XDP_PASS program", Single, false, PASS_PROGRAM, &hit4, None),
-        case(FLOOR, Single, false, FLOOR_PROGRAM, &hit4, None),
-        case("hit, dsr, IPv4", Single, false, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
-        case("hit, dsr, IPv6", Single, false, REDIRECTOR_PROGRAM, &hit6, Some(Counter::Forwarded)),
-        case("hit, nat, IPv4", Single, true, REDIRECTOR_PROGRAM, &fixed_point4, Some(Counter::Forwarded)),
-        case("hit, nat, IPv4, ;rport added", Single, true, REDIRECTOR_PROGRAM, &no_rport, Some(Counter::Forwarded)),
-        case("probe answered (edge), IPv4", Single, false, REDIRECTOR_PROGRAM, &probe4, Some(Counter::ProbeAnswered)),
+        case("baseline: XDP_PASS program", Single, Dsr, PASS_PROGRAM, &hit4, None),
+        case(FLOOR, Single, Dsr, FLOOR_PROGRAM, &hit4, None),
+        case("hit, dsr, IPv4", Single, Dsr, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
+        case("hit, dsr, IPv6", Single, Dsr, REDIRECTOR_PROGRAM, &hit6, Some(Counter::Forwarded)),
+        case("hit, nat, IPv4", Single, Nat, REDIRECTOR_PROGRAM, &fixed_point4, Some(Counter::Forwarded)),
+        case("hit, nat, IPv4, ;rport added", Single, Nat, REDIRECTOR_PROGRAM, &no_rport, Some(Counter::Forwarded)),
+        case("FIB fallback: hit, dsr, IPv4", Single, DsrFib, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
+        case("FIB fallback: hit, nat, IPv4", Repeat, NatFib, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
+        case("probe answered (edge), IPv4", Single, Dsr, REDIRECTOR_PROGRAM, &probe4, Some(Counter::ProbeAnswered)),
     ]
 }
+
+/// How long the kept hops are vouched for: longer than any run.
+const KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
 
 const FLOOR: &str = "floor: parse, one lookup, MACs, XDP_TX";
 
@@ -221,18 +244,20 @@ fn measure(fx: &mut Fixture, case: &Case) -> f64 {
 
 pub fn run(quick: bool) -> Section {
     let rounds = if quick { 1 } else { 5 };
-    let mut plain = Fixture::new("dsr");
-    answer_probes(&mut plain);
-    load_floor(&mut plain);
-    let mut nat = Fixture::new("nat");
-    make_nat_hits_fixed_points(&mut nat);
+    let mut fixtures = [Fixture::new("dsr"), Fixture::new("nat"), Fixture::new("dsr"), Fixture::new("nat")];
+    answer_probes(&mut fixtures[0]);
+    load_floor(&mut fixtures[0]);
+    for nat in [1, 3] {
+        make_nat_hits_fixed_points(&mut fixtures[nat]);
+    }
+    // Vouched for the whole run: no daemon renews the lease here.
+    let _keepers = [fixtures[0].keep_hops(KEPT_FOR), fixtures[1].keep_hops(KEPT_FOR)];
     let cases = cases();
     // Rounds interleave the cases so drift on a shared 2-core machine hits all alike.
     let mut samples = vec![Vec::new(); cases.len()];
     for _ in 0..rounds {
         for (case, out) in cases.iter().zip(&mut samples) {
-            let fx = if case.nat { &mut nat } else { &mut plain };
-            out.push(measure(fx, case));
+            out.push(measure(&mut fixtures[case.setup as usize], case));
         }
     }
     let mut section = Section::new(
