@@ -104,12 +104,8 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
     let config = Config::parse(&config_text("nat")).expect("the fixture config");
     let servers = config.home_servers();
     let service: SocketAddr = "192.0.2.10:5060".parse().unwrap();
-    let origin = |port: u16| Origin {
-        client: SocketAddr::new("10.0.0.2".parse().unwrap(), port),
-        service,
-        asks_rport: true,
-        aor_hash: 0,
-    };
+    let origin =
+        |port: u16| Origin { client: SocketAddr::new("10.0.0.2".parse().unwrap(), port), service, asks_rport: true };
     let (alice, bob, carol) = (aor("alice"), aor("bob"), aor("carol"));
     let before = {
         let mut dataplane = DataPlane::load_pinned(&pins, CLIENTS).unwrap();
