@@ -20,7 +20,7 @@ use redirector::{
     model::Origin,
     sip::Aor,
 };
-use redirector_ebpf::{ClientEntry, Endpoint};
+use redirector_ebpf::{CLIENT_SHARED, ClientEntry, Endpoint};
 use redirector_tests::{fixture::config_text, privileged};
 
 /// A scratch directory, with whatever is mounted on it unmounted on drop.
@@ -91,7 +91,7 @@ fn pins_of_another_layout_or_size_are_refused_with_what_to_do() {
 /// A nat edge's learned clients as a second daemon adopts them: one whose
 /// AOR still has its home is kept as it was (edge port, reply entry,
 /// first contact's copy), one whose AOR moved while no daemon ran is
-/// repointed on the same port, one whose AOR is gone is removed with its
+/// repointed on the same port (still shared with another line), one whose AOR is gone is removed with its
 /// reply entry, and the static clients keep their ports; a client
 /// installed afterwards gets a port nobody holds.
 #[test]
@@ -114,6 +114,8 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
         for (aor, port) in [(&alice, 7001), (&bob, 7002), (&carol, 7003)] {
             fast_path.install(aor, origin(port), 0).unwrap();
         }
+        // Another line on bob's socket: it stays bob's, shared.
+        fast_path.install(&aor("erin"), origin(7002), 0).unwrap();
         entries(&mut fast_path)
     };
 
@@ -129,6 +131,7 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
     assert_eq!(after[&client(7001)], before[&client(7001)], "alice's entry as it was");
     assert_eq!(after[&client(7002)].server, 1, "bob's entry follows his move");
     assert_eq!(after[&client(7002)].nat_port_be, before[&client(7002)].nat_port_be, "on the same edge port");
+    assert_ne!(after[&client(7002)].flags & CLIENT_SHARED, 0, "and still shared with erin");
     assert!(!after.contains_key(&client(7003)), "carol's AOR is gone, and so is her entry");
     let statics = [5060, 5062, 5063, 5064, 5065].map(client);
     for key in statics {
