@@ -6,6 +6,13 @@
 //! another (a phone's second line, a scanner enumerating extensions) must
 //! reach the daemon, which routes it by its own AOR.
 //!
+//! Read: the first header line so named (`To`/`t`, `From`/`f`, any case,
+//! whitespace before the colon), its value `<uri>` after an optional
+//! display name (tokens, or a quoted string without escapes) or a bare
+//! addr-spec, to its line's end and one byte past it (no fold). The AOR
+//! is `sip:` (for `sip` or `sips`, any case), the user part as it is, `@`
+//! and the host lower-cased; port, parameters and headers dropped.
+//!
 //! The daemon hashes the AORs it installs sockets for with `aor_hash`, so
 //! the two agree whenever the program reads a value at all. Wherever the
 //! daemon could read the value otherwise (a fold, a quoted escape, an IPv6
