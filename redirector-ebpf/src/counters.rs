@@ -44,11 +44,15 @@ counters! {
     /// dsr: the driver left no headroom for the outer header (nat: for the
     /// `;rport` it adds): passed untouched.
     NoHeadroom => "no_headroom",
-    /// A REGISTER from a client's socket for another AOR than the one the
-    /// socket was put on the fast path for (or whose `To` the program
-    /// cannot read whole): passed to the daemon, which gives that AOR its
-    /// own home, within the flood limits.
+    /// A REGISTER from a client's socket (any request from a shared one)
+    /// for another AOR than the one the socket was put on the fast path
+    /// for: passed to the daemon, which routes it by its own AOR, within
+    /// the flood limits.
     PassOtherAor => "pass_other_aor",
+    /// A request checked as for `pass_other_aor` whose AOR the program
+    /// cannot read with certainty (a folded or escaped value, an unusual
+    /// form, a header past the bytes it reads): passed to the daemon.
+    PassAorUnseen => "pass_aor_unseen",
     /// nat: a request whose top Via (and whether it asks for `rport`) is
     /// not within the first bytes the program reads: passed to the daemon,
     /// which proxies it.

@@ -6,11 +6,11 @@
 //! appear on the wire, so the data plane compares them without swapping.
 #![no_std]
 
+pub mod aor;
 pub mod checksum;
 pub mod counters;
 pub mod maps;
 pub mod probe;
-pub mod register;
 pub mod throttle;
 pub mod via;
 

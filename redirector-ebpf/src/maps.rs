@@ -171,9 +171,9 @@ pub struct ClientEntry {
     /// `LAST_SEEN_GRANULARITY_NS` (see `stamps_last_seen`); user space
     /// removes entries idle too long.
     pub last_seen_ns: u64,
-    /// With `CLIENT_CHECKS_REGISTER`: the `register::register_to` hash of
-    /// the REGISTERs that may take this entry (those of the AOR it was
-    /// installed for; 0 when it was installed by another request).
+    /// With `CLIENT_CHECKS_REGISTER` or `CLIENT_SHARED`: the
+    /// `aor::aor_hash` of the AOR the entry was installed for, whose
+    /// requests (`aor::request_aor`) may take it.
     pub aor_hash: u64,
     /// User space's key of the AOR the entry was last installed for (0 for
     /// clients pinned in the config): a daemon adopting pinned maps after a
@@ -206,9 +206,15 @@ pub const fn stamps_last_seen(now: u64, last_seen: u64) -> bool {
 /// requests (see `via`). Clients that ask for rport skip the Via scan.
 pub const CLIENT_ADDS_RPORT: u16 = 1;
 
-/// `ClientEntry::flags`: a REGISTER from this socket whose `To` hashes to
-/// anything but `aor_hash` goes up to the daemon (see `register`).
+/// `ClientEntry::flags`: a REGISTER from this socket whose `To` AOR hashes
+/// to anything but `aor_hash` goes up to the daemon (see `aor`).
 pub const CLIENT_CHECKS_REGISTER: u16 = 2;
+
+/// `ClientEntry::flags`: the socket carries several AORs (a multi-line
+/// phone, an IP-PBX): any request from it whose AOR (`To` of a REGISTER,
+/// `From` of the others) hashes to anything but `aor_hash` goes up to the
+/// daemon, which routes it by its AOR (see `aor`). Responses take the entry.
+pub const CLIENT_SHARED: u16 = 4;
 
 /// `FLOOR[source]`: the Ethernet addresses the floor program writes, in
 /// the order of an Ethernet header's first 12 bytes.

@@ -63,15 +63,12 @@ pub enum ServerState {
 
 /// Where a request came straight from: the client's socket, the service
 /// address:port it sent to, whether its top Via asked for `rport` (RFC
-/// 3581), and, for a REGISTER, the hash of its `To` as the kernel computes
-/// it (`redirector_ebpf::register`; 0 for other requests). What the fast
-/// path needs to take over from first contact.
+/// 3581). What the fast path needs to take over from first contact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
     pub client: SocketAddr,
     pub service: SocketAddr,
     pub asks_rport: bool,
-    pub aor_hash: u64,
 }
 
 /// A home server as the operator defines it: a config's `[[servers]]`

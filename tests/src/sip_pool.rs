@@ -216,6 +216,12 @@ impl InProcessEdge {
         self.ask(Request::Routes, |reply| if let Reply::Routes(routes) = reply { Some(routes) } else { None })
     }
 
+    /// Moves `aor` to `server`, as `redirector assign` does.
+    pub fn assign(&self, aor: &str, server: &str) {
+        let request = Request::Assign { aor: aor.to_owned(), server: server.to_owned() };
+        self.ask(request, |reply| matches!(reply, Reply::Moves(_)).then_some(()))
+    }
+
     /// The home server `aor` is assigned to, if any.
     pub fn home_of(&self, aor: &str) -> Option<String> {
         self.routes().into_iter().find(|route| route.aor == aor).map(|route| route.server)

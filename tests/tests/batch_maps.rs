@@ -11,13 +11,13 @@ use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_DEVMAP;
 use redirector::{
     kernel::{
         batch,
-        fast_path::FastPath,
+        fast_path::{FastPath, Installed},
         loader::{DataPlane, endpoint},
     },
     model::Origin,
     sip::Aor,
 };
-use redirector_ebpf::{CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER};
+use redirector_ebpf::{CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, aor::aor_hash};
 use redirector_tests::{
     population::{aor, client, config, service},
     privileged,
@@ -64,7 +64,7 @@ fn batched_moves_write_and_remove_every_entry() {
 
 /// Client `i`, whose Via asks for rport when `i` is even.
 fn origin(i: u32, service: SocketAddr) -> Origin {
-    Origin { client: client(i), service, asks_rport: i.is_multiple_of(2), aor_hash: 0 }
+    Origin { client: client(i), service, asks_rport: i.is_multiple_of(2) }
 }
 
 /// The nat port of client `i`'s kernel entry (0 without one).
@@ -73,11 +73,11 @@ fn nat_port(fast_path: &mut FastPath, i: u32) -> u16 {
     fast_path.dataplane().client(key).unwrap().map_or(0, |entry| u16::from_be(entry.nat_port_be))
 }
 
-/// A socket with two lines follows the last one installed; a move of the
-/// other line restores neither that line's home nor its REGISTER hash onto
-/// it, while a move of the line it is on keeps the line's hash.
+/// A socket installed for line1 that sends a request of line2 stays
+/// line1's, marked shared: line2 never gets it (nor its withdraw and
+/// restore touch it), and a move of line1 carries the mark along.
 #[test]
-fn a_move_restores_a_shared_socket_only_for_the_line_it_is_on() {
+fn a_socket_shared_by_two_lines_stays_with_the_first_and_moves_with_it() {
     if !privileged() {
         return;
     }
@@ -85,23 +85,34 @@ fn a_move_restores_a_shared_socket_only_for_the_line_it_is_on() {
     let mut dataplane = DataPlane::load_with_client_capacity(1024).expect("loading the XDP object");
     dataplane.configure(&config).unwrap();
     let mut fast_path = FastPath::new(dataplane, &config).unwrap();
-    let socket = Origin { client: client(0), service: service(), asks_rport: true, aor_hash: 0 };
+    let socket = Origin { client: client(0), service: service(), asks_rport: true };
     let (line1, line2) = (aor(1), aor(2));
-    fast_path.install(&line1, Origin { aor_hash: 11, ..socket }, 0).unwrap();
-    fast_path.install(&line2, Origin { aor_hash: 22, ..socket }, 1).unwrap();
+    assert_eq!(fast_path.install(&line1, socket, 0).unwrap(), Installed::ForAor);
+    assert_eq!(fast_path.install(&line2, socket, 1).unwrap(), Installed::Shared);
     let key = endpoint(client(0).ip(), client(0).port());
-    let entry = |fast_path: &mut FastPath| fast_path.dataplane().client(key).unwrap();
+    let entry = |fast_path: &mut FastPath| fast_path.dataplane().client(key).unwrap().expect("the socket's entry");
+    let line1_hash = aor_hash(line1.as_str().as_bytes());
+    let shared = entry(&mut fast_path);
+    assert_eq!((shared.server, shared.aor_hash), (0, line1_hash), "still at line1's home, with line1's hash");
+    assert_eq!(shared.flags & (CLIENT_CHECKS_REGISTER | CLIENT_SHARED), CLIENT_CHECKS_REGISTER | CLIENT_SHARED);
+    assert_eq!(fast_path.installed(&line2), [], "not line2's");
+    assert_eq!(
+        fast_path.shared().get(client(0)).map(|route| (route.aor_hash, route.shared)),
+        Some((Some(line1_hash), true))
+    );
 
-    let withdrawn = fast_path.withdraw_many(std::slice::from_ref(&line1)).unwrap();
-    fast_path.restore_many(withdrawn.into_iter().map(|w| (w, 2)).collect()).unwrap();
-    assert_eq!(entry(&mut fast_path), None, "line1's move leaves line2's socket off the fast path");
-
-    fast_path.install(&line2, Origin { aor_hash: 22, ..socket }, 1).unwrap();
     let withdrawn = fast_path.withdraw_many(std::slice::from_ref(&line2)).unwrap();
     fast_path.restore_many(withdrawn.into_iter().map(|w| (w, 2)).collect()).unwrap();
-    let entry = entry(&mut fast_path).expect("line2's move puts its socket back");
-    assert_eq!((entry.server, entry.aor_hash), (2, 22), "at line2's new home, with line2's hash");
-    assert_ne!(entry.flags & CLIENT_CHECKS_REGISTER, 0, "still checking REGISTERs");
+    assert_eq!(entry(&mut fast_path).server, 0, "line2's move leaves the socket alone");
+
+    let withdrawn = fast_path.withdraw_many(std::slice::from_ref(&line1)).unwrap();
+    assert_eq!(fast_path.dataplane().client(key).unwrap(), None, "off the kernel while line1 moves");
+    assert_eq!(fast_path.install(&line2, socket, 1).unwrap(), Installed::Shared, "line2 meanwhile: still line1's");
+    assert_eq!(fast_path.dataplane().client(key).unwrap(), None, "and not put back for line2");
+    fast_path.restore_many(withdrawn.into_iter().map(|w| (w, 2)).collect()).unwrap();
+    let moved = entry(&mut fast_path);
+    assert_eq!((moved.server, moved.aor_hash), (2, line1_hash), "at line1's new home, with line1's hash");
+    assert_ne!(moved.flags & CLIENT_SHARED, 0, "still shared");
 }
 
 /// A hash map of 4 entries asked to take 6: the batch stops at the fifth

@@ -16,11 +16,9 @@ use redirector::{
     sip::Aor,
 };
 use redirector_ebpf::{
-    CLIENT_CHECKS_REGISTER, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4, FAMILY_V6, FLOOR_PROGRAM,
-    FloorHop, HopState, LAST_SEEN_GRANULARITY_NS, LIMIT_PROGRAM, NextHop, Throttle,
-    register::{RegisterTo, TO_SCAN, register_to},
-    server_hop, source_prefix,
-    via::VIA_SCAN,
+    CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4, FAMILY_V6,
+    FLOOR_PROGRAM, FloorHop, HopState, LAST_SEEN_GRANULARITY_NS, LIMIT_PROGRAM, NextHop, Throttle, aor::aor_hash,
+    server_hop, source_prefix, via::VIA_SCAN,
 };
 use redirector_tests::{
     fixture::{CLIENT_MAC, Case, EDGE_MAC, Fixture, HOME1_MAC, HOME2_MAC, HOME5_MAC, OTHER_EDGE_MAC, Outcome},
@@ -63,6 +61,7 @@ fn dsr_fixtures() {
         dsr_hits(),
         server_states(),
         register_checks(),
+        shared_socket_checks(),
         fib_miss(),
         fragments(),
         truncations(),
@@ -268,7 +267,6 @@ fn a_load_slot_handed_out_again_starts_from_zero() {
         client: std::net::SocketAddr::new("10.0.0.2".parse().unwrap(), port),
         service: VIP4.parse().unwrap(),
         asks_rport: true,
-        aor_hash: 0,
     };
     let (alice, bob) = (aor("alice"), aor("bob"));
     fx.fast_path.install(&alice, origin(7001), HOME1).unwrap();
@@ -496,49 +494,71 @@ fn subscribes() -> Vec<Case> {
     ]
 }
 
-/// A socket first contact put on the fast path for line1's REGISTERs.
+/// Two sockets first contact put on the fast path for line1 (installed
+/// for `sip:line1@x`): one that carries line1 alone (its REGISTERs are
+/// checked), one line1 shares with other lines (every request is).
 fn install_line_socket(fx: &mut Fixture) {
     let line1 = ClientEntry {
         server: HOME1,
         flags: CLIENT_CHECKS_REGISTER,
-        aor_hash: to_hash(&line_register("line1")),
+        aor_hash: aor_hash(b"sip:line1@x"),
         ..Default::default()
     };
-    fx.dataplane().install_client(endpoint("10.0.0.2".parse().unwrap(), LINE_SOCKET_PORT), line1).unwrap();
+    let shared = ClientEntry { flags: CLIENT_CHECKS_REGISTER | CLIENT_SHARED, ..line1 };
+    for (port, entry) in [(LINE_SOCKET_PORT, line1), (SHARED_SOCKET_PORT, shared)] {
+        fx.dataplane().install_client(endpoint("10.0.0.2".parse().unwrap(), port), entry).unwrap();
+    }
 }
 
 const LINE_SOCKET_PORT: u16 = 5080;
+const SHARED_SOCKET_PORT: u16 = 5081;
 
 fn line_register(line: &str) -> Vec<u8> {
     format!("REGISTER sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;rport\r\nTo: <sip:{line}@x>\r\nCSeq: 1 REGISTER\r\n\r\n")
         .into_bytes()
 }
 
-/// The hash the daemon gives a REGISTER (the kernel's function, on the same bytes).
-fn to_hash(register: &[u8]) -> u64 {
-    let mut head = [0u8; VIA_SCAN];
-    head[..register.len()].copy_from_slice(register);
-    let RegisterTo::Hash(hash) = register_to(&head, 0, register.len()) else { panic!("a REGISTER with a To") };
-    hash
+/// A request of `method` from `from` (a To / From value) to line9.
+fn line_request(method: &str, from: &str) -> Vec<u8> {
+    format!(
+        "{method} sip:line9@x SIP/2.0\r\nVia: SIP/2.0/UDP h;rport\r\nFrom: {from}\r\nTo: <sip:line9@x>\r\n\
+         CSeq: 1 {method}\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 fn from_line_socket(payload: Vec<u8>) -> Datagram {
     with_payload(&format!("10.0.0.2:{LINE_SOCKET_PORT}"), VIP4, &payload)
 }
 
+fn from_shared_socket(payload: Vec<u8>) -> Datagram {
+    with_payload(&format!("10.0.0.2:{SHARED_SOCKET_PORT}"), VIP4, &payload)
+}
+
 /// A socket put on the fast path for one AOR takes REGISTERs for that AOR
-/// only: another line's, or one whose `To` the program cannot see whole,
-/// goes up to the daemon. Other requests are not looked at.
+/// only, however its `To` writes it: another line's goes up to the
+/// daemon, as does one whose AOR the program cannot read. Other requests
+/// are not looked at.
 fn register_checks() -> Vec<Case> {
-    let late_to = format!("REGISTER sip:x SIP/2.0\r\nSubject: {}\r\nTo: <sip:line1@x>\r\n\r\n", "s".repeat(TO_SCAN));
-    vec![
-        dsr_to_home1(
-            "a REGISTER for the socket's own AOR takes the fast path",
-            &from_line_socket(line_register("line1")),
-        ),
+    let late_to = format!("REGISTER sip:x SIP/2.0\r\nSubject: {}\r\nTo: <sip:line1@x>\r\n\r\n", "s".repeat(VIA_SCAN));
+    let line1_as = |to: &str| String::from_utf8(line_register("line1")).unwrap().replace("To: <sip:line1@x>", to);
+    let mut cases: Vec<Case> = [
+        "To: <sip:line1@x>",
+        "To: \"Line One\" <sip:line1@x>",
+        "To: Line <sip:line1@X>;tag=9",
+        "t: <SIPS:line1@x:5061;transport=udp>",
+        "TO : sip:line1@x;tag=9",
+    ]
+    .into_iter()
+    .map(|to| {
+        let name = format!("a REGISTER for the socket's own AOR takes the fast path ({to})");
+        dsr_to_home1(&name, &from_line_socket(line1_as(to).into_bytes()))
+    })
+    .collect();
+    cases.extend([
         dsr_to_home1(
             "other requests from the socket take the fast path unread",
-            &from_line_socket(b"OPTIONS sip:x SIP/2.0\r\nTo: <sip:line2@x>\r\n\r\n".to_vec()),
+            &from_line_socket(line_request("INVITE", "<sip:line2@x>;tag=1")),
         ),
         passed(
             "a REGISTER for another AOR from the socket goes up",
@@ -546,16 +566,55 @@ fn register_checks() -> Vec<Case> {
             Counter::PassOtherAor,
         ),
         passed(
-            "a REGISTER in lower case for another AOR goes up (registrars match methods in any case)",
+            "a REGISTER in lower case goes up unread (the daemon's method is exact)",
             from_client(&from_line_socket(
-                String::from_utf8(line_register("line2")).unwrap().to_lowercase().into_bytes(),
+                String::from_utf8(line_register("line1")).unwrap().to_lowercase().into_bytes(),
             )),
-            Counter::PassOtherAor,
+            Counter::PassAorUnseen,
         ),
         passed(
             "a REGISTER whose To comes too late goes up",
             from_client(&from_line_socket(late_to.into_bytes())),
+            Counter::PassAorUnseen,
+        ),
+    ]);
+    cases
+}
+
+/// A socket shared by several lines takes only its own line's requests
+/// (From, To for a REGISTER) and every response; another line's, or one
+/// the program cannot read with certainty, goes up.
+fn shared_socket_checks() -> Vec<Case> {
+    let late_from = String::from_utf8(line_request("MESSAGE", "<sip:line1@x>;tag=1"))
+        .unwrap()
+        .replace("Via:", &format!("Subject: {}\r\nVia:", "s".repeat(VIA_SCAN)));
+    let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\nFrom: <sip:line2@x>;tag=1\r\nTo: <sip:line9@x>\r\n\r\n";
+    vec![
+        dsr_to_home1(
+            "a request from the shared socket's own line takes the fast path",
+            &from_shared_socket(line_request("INVITE", "\"One\" <sip:line1@X>;tag=1")),
+        ),
+        dsr_to_home1("a REGISTER of its own line too", &from_shared_socket(line_register("line1"))),
+        dsr_to_home1("a response takes the fast path unread", &from_shared_socket(response.to_vec())),
+        passed(
+            "a request of another line from the shared socket goes up",
+            from_client(&from_shared_socket(line_request("MESSAGE", "<sip:line2@x>;tag=1"))),
             Counter::PassOtherAor,
+        ),
+        passed(
+            "a REGISTER of another line goes up",
+            from_client(&from_shared_socket(line_register("line2"))),
+            Counter::PassOtherAor,
+        ),
+        passed(
+            "a folded From goes up unread",
+            from_client(&from_shared_socket(line_request("OPTIONS", "<sip:line1@x>\r\n ;tag=1"))),
+            Counter::PassAorUnseen,
+        ),
+        passed(
+            "a From past the bytes read goes up unread",
+            from_client(&from_shared_socket(late_from.into_bytes())),
+            Counter::PassAorUnseen,
         ),
     ]
 }

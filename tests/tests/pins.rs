@@ -21,7 +21,7 @@ use redirector::{
     model::Origin,
     sip::Aor,
 };
-use redirector_ebpf::{ClientEntry, Endpoint, REDIRECTOR_PROGRAM};
+use redirector_ebpf::{CLIENT_SHARED, ClientEntry, Endpoint, REDIRECTOR_PROGRAM};
 use redirector_tests::{
     fixture::{CLIENT_MAC, EDGE_MAC, config_text},
     packets::{Datagram, ethernet},
@@ -96,10 +96,11 @@ fn pins_of_another_layout_or_size_are_refused_with_what_to_do() {
 /// A nat edge's learned clients as a second daemon adopts them: one whose
 /// AOR still has its home is kept as it was (edge port, reply entry,
 /// first contact's copy), one whose AOR moved while no daemon ran is
-/// repointed on the same port, one whose AOR is gone is removed with its
-/// reply entry, and the static clients keep their ports; every kept client
-/// keeps its load slot and the packets counted there. A client installed
-/// afterwards gets a port and a slot nobody holds.
+/// repointed on the same port (still shared with another line), one whose
+/// AOR is gone is removed with its reply entry, and the static clients
+/// keep their ports; every kept client keeps its load slot and the packets
+/// counted there. A client installed afterwards gets a port and a slot
+/// nobody holds.
 #[test]
 fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
     if !privileged() {
@@ -110,12 +111,8 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
     let config = Config::parse(&config_text("nat")).expect("the fixture config");
     let servers = config.home_servers();
     let service: SocketAddr = "192.0.2.10:5060".parse().unwrap();
-    let origin = |port: u16| Origin {
-        client: SocketAddr::new("10.0.0.2".parse().unwrap(), port),
-        service,
-        asks_rport: true,
-        aor_hash: 0,
-    };
+    let origin =
+        |port: u16| Origin { client: SocketAddr::new("10.0.0.2".parse().unwrap(), port), service, asks_rport: true };
     let (alice, bob, carol) = (aor("alice"), aor("bob"), aor("carol"));
     let before = {
         let mut dataplane = DataPlane::load_pinned(&pins, CLIENTS).unwrap();
@@ -127,6 +124,8 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
         for port in [7001, 7001, 7002, 7003] {
             hit(fast_path.dataplane(), port);
         }
+        // Another line on bob's socket: it stays bob's, shared.
+        fast_path.install(&aor("erin"), origin(7002), 0).unwrap();
         entries(&mut fast_path)
     };
 
@@ -143,6 +142,7 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
     assert_eq!(after[&client(7002)].server, 1, "bob's entry follows his move");
     assert_eq!(after[&client(7002)].nat_port_be, before[&client(7002)].nat_port_be, "on the same edge port");
     assert_eq!(after[&client(7002)].load_slot, before[&client(7002)].load_slot, "and the same load slot");
+    assert_ne!(after[&client(7002)].flags & CLIENT_SHARED, 0, "and still shared with erin");
     for (port, packets) in [(7001, 2), (7002, 1)] {
         let counted = fast_path.dataplane().client_packets(after[&client(port)].load_slot).unwrap();
         assert_eq!(counted, packets, "the packets counted before the restart, for the client of port {port}");

@@ -270,6 +270,67 @@ fn one_socket_registering_six_lines_registers_each_at_its_own_home() {
     // Each line's first REGISTER went by the daemon's proxy, which sends it
     // to the home the line is assigned (first_contact_tests pin that).
     assert!(edge.first_contact("proxied") >= LINES as u64, "every line proxied to its own home");
+
+    // The socket stays line1's (its first REGISTER), shared with the others.
+    let owner = edge.entries("sip:line1@example.net");
+    assert_eq!(owner.len(), 1, "the socket is on the fast path for line1: {owner:?}");
+    for line in 2..=LINES {
+        assert_eq!(edge.entries(&format!("sip:line{line}@example.net")), [], "line{line} does not take the socket");
+    }
+    each_line_reaches_its_own_home(&edge, &socket, &routes, 1);
+
+    // Moving one line moves it alone: the others keep their homes, the
+    // socket its entry.
+    let moved = "sip:line2@example.net";
+    let from = edge.home_of(moved).expect("line2 is assigned");
+    let to = edge.servers().into_iter().map(|s| s.name).find(|name| *name != from).expect("another home");
+    edge.assign(moved, &to);
+    let after = edge.routes();
+    for route in &after {
+        let before = routes.iter().find(|r| r.aor == route.aor).expect("assigned before");
+        let expected = if route.aor == moved { &to } else { &before.server };
+        assert_eq!(&route.server, expected, "{}'s home after moving line2", route.aor);
+    }
+    let entry = edge.entries("sip:line1@example.net");
+    assert_eq!(
+        entry.iter().map(|e| (e.client, e.server)).collect::<Vec<_>>(),
+        owner.iter().map(|e| (e.client, e.server)).collect::<Vec<_>>(),
+        "the socket's entry as it was"
+    );
+    each_line_reaches_its_own_home(&edge, &socket, &after, 2);
+}
+
+/// A request from each line of the six-line socket (an OPTIONS, From and
+/// To the line): line1's, the socket's own, the kernel sends to line1's
+/// home, whose Kamailio answers it, and first contact never sees; any
+/// other line's the kernel passes up, and first contact answers with a
+/// 302 naming that line's home, never line1's.
+fn each_line_reaches_its_own_home(edge: &InProcessEdge, socket: &std::net::UdpSocket, routes: &[Route], round: u32) {
+    for line in 1..=6 {
+        let requests = edge.first_contact("requests");
+        let options = format!(
+            "OPTIONS sip:line{line}@example.net SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {CLIENT}:5080;branch=z9hG4bKopt{line}x{round};rport\r\nMax-Forwards: 70\r\n\
+             To: <sip:line{line}@example.net>\r\nFrom: <sip:line{line}@example.net>;tag=o{line}\r\n\
+             Call-ID: opt{line}x{round}@pbx\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        socket.send_to(options.as_bytes(), SERVICE).expect("sending an OPTIONS");
+        let answers = receive(socket, 1, Duration::from_secs(5));
+        let answer = answers.first().map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned()).unwrap_or_default();
+        if line == 1 {
+            assert!(
+                answer.starts_with("SIP/2.0 200"),
+                "round {round}: line1's home answered line1's OPTIONS: {answer:?}"
+            );
+            assert_eq!(edge.first_contact("requests"), requests, "round {round}: line1's OPTIONS went up");
+            continue;
+        }
+        assert!(answer.starts_with("SIP/2.0 302"), "round {round}, line{line}: first contact's 302: {answer:?}");
+        let aor = format!("sip:line{line}@example.net");
+        let home = routes.iter().find(|r| r.aor == aor).and_then(|r| r.address).expect("the line's home address");
+        let contact = format!("Contact: <sip:line{line}@{home}>");
+        assert!(answer.contains(&contact), "round {round}, line{line}: the 302 names its home {home}: {answer}");
+    }
 }
 
 /// How a fast-path client's request comes to be passed up by the program.

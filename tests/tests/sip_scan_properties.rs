@@ -3,8 +3,10 @@
 //!   redirector's own SIP parser on requests as user agents write them, and
 //!   on arbitrary bytes; and the checksum difference it applies, against
 //!   etherparse;
-//! * the hash of a REGISTER's `To` (`redirector_ebpf::register`), against
-//!   an independent reading of the same bytes and the parser's `To`.
+//! * the AOR hash of a request (`redirector_ebpf::aor`), against the
+//!   daemon's parser and `identity` on the same bytes: on To / From values
+//!   as user agents write them (and some they should not), and on mutated
+//!   and arbitrary bytes, it gives the daemon's AOR's hash or declines.
 //!
 //! The program runs the same code: `fixtures.rs` and
 //! `malformed_properties.rs` check the kernel's frames byte for byte.
@@ -13,9 +15,12 @@ use std::net::Ipv4Addr;
 
 use etherparse::{IpNumber, Ipv4Header, UdpHeader};
 use proptest::prelude::*;
-use redirector::sip::{HeaderKind, Message, Via};
+use redirector::{
+    edge::first_contact::identity,
+    sip::{Message, Via},
+};
 use redirector_ebpf::{
-    register::{RegisterTo, register_to},
+    aor::{RequestAor, aor_hash, request_aor},
     via::{RPORT, TopVia, VIA_SCAN, rport_checksum_diff, top_via},
 };
 
@@ -36,22 +41,23 @@ fn scan(message: &[u8]) -> TopVia {
     top_via(&buffer, HEADERS, end)
 }
 
-fn register_hash(message: &[u8]) -> RegisterTo {
+fn read_aor(message: &[u8]) -> RequestAor {
     let (buffer, end) = framed(message);
-    register_to(&buffer, HEADERS, end)
+    request_aor(&buffer, HEADERS, end)
 }
 
-/// FNV-1a over the bytes after the colon of the first header line named
-/// `To` or `t` (any case, spaces before the colon), to its line's end:
-/// written here from the definition, with string operations.
-fn independent_to_hash(message: &str) -> Option<(u64, String)> {
-    let head = message.split("\r\n\r\n").next()?;
-    let value = head.split("\r\n").skip(1).find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        matches!(name.trim_end().to_ascii_lowercase().as_str(), "to" | "t").then_some(value)
-    })?;
-    let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    Some((hash, value.trim().to_string()))
+/// The hash of the AOR the daemon routes a request by, if it reads one.
+fn daemon_aor(message: &[u8]) -> Option<u64> {
+    let parsed = Message::parse(message).ok().filter(Message::is_request)?;
+    Some(aor_hash(identity(&parsed).ok()?.as_str().as_bytes()))
+}
+
+/// The kernel never names another AOR than the daemon's.
+fn agrees(message: &[u8]) -> Result<(), TestCaseError> {
+    if let (RequestAor::Hash(kernel), Some(daemon)) = (read_aor(message), daemon_aor(message)) {
+        prop_assert_eq!(kernel, daemon, "{}", String::from_utf8_lossy(message));
+    }
+    Ok(())
 }
 
 fn header_name() -> impl Strategy<Value = String> {
@@ -107,19 +113,126 @@ fn top_via_of(message: &str) -> (bool, String, Option<u16>, Option<String>) {
     (via.param("rport").is_some(), via.host.to_string(), via.port, via.branch().map(str::to_string))
 }
 
-/// A REGISTER for `user` as `request()` writes them, with its `To` named
-/// and spaced as user agents do.
-fn register_for() -> impl Strategy<Value = String> {
-    let name = prop_oneof![Just("To"), Just("to"), Just("TO"), Just("t"), Just("T")];
-    (earlier_headers(), name, 0..2usize, 1..50u32, any::<bool>()).prop_map(|(earlier, name, spaces, user, display)| {
-        let earlier: String = earlier.iter().map(|h| format!("{h}\r\n")).collect();
-        let display = if display { "\"Line\" " } else { "" };
-        format!(
-            "REGISTER sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKa;rport\r\n{earlier}\
-             {name}{}: {display}<sip:line{user}@example.net>\r\nFrom: <sip:line{user}@example.net>;tag=1\r\n\
-             Call-ID: c@x\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
-            " ".repeat(spaces)
-        )
+/// A To / From value, and whether it is of the forms the kernel reads
+/// (display name plain or quoted without escapes, `<>` or a bare
+/// addr-spec, `sip`/`sips` in any case, a user or none, a host in any
+/// case after a user, a port after a user, URI and header parameters).
+fn name_addr(user: u32) -> impl Strategy<Value = (String, bool)> {
+    let display = prop_oneof![
+        Just(("", true)),
+        Just(("Line 1 ", true)),
+        Just(("\"Line, <1>\" ", true)),
+        Just(("\"a\\\"b\" ", false)),
+        Just(("\"x\"", true)),
+        Just(("sip ", true)),
+        Just(("Bob \"x\" ", false))
+    ];
+    let scheme = prop_oneof![
+        Just(("sip", true)),
+        Just(("SIP", true)),
+        Just(("sips", true)),
+        Just(("Sip", true)),
+        Just(("tel", false)),
+        Just(("sipx", false))
+    ];
+    let userpart = prop_oneof![
+        Just((format!("line{user}@"), true)),
+        Just((format!("Line{user}@"), true)),
+        Just((String::new(), true)),
+        Just((format!("line{user}:pw@"), false)),
+        Just((format!("a@line{user}@"), false)),
+        Just(("@".to_owned(), false))
+    ];
+    let host = prop_oneof![
+        Just(("example.net", true)),
+        Just(("EXAMPLE.Net", true)),
+        Just(("[2001:db8::1]", false)),
+        Just(("", false)),
+        Just(("exa mple", false))
+    ];
+    let port = prop_oneof![Just(""), Just(":5060")];
+    let uri_params = prop_oneof![Just(""), Just(";transport=udp"), Just(";user=phone?x=1")];
+    let header_params =
+        prop_oneof![Just(""), Just(";tag=abc"), Just(" ;tag=x"), Just(";tag=a\r\n b"), Just(", <sip:z@y>")];
+    let brackets = prop_oneof![Just(("<", ">")), Just(("< ", " >")), Just(("", "")), Just(("<", ""))];
+    (display, scheme, userpart, host, port, uri_params, header_params, brackets, 0..3usize).prop_map(
+        |(
+            (display, d),
+            (scheme, s),
+            (user, u),
+            (host, h),
+            port,
+            uri_params,
+            header_params,
+            (open, close),
+            trailing,
+        )| {
+            let bare = open.is_empty();
+            let value = if bare {
+                format!("{scheme}:{user}{host}{port}{header_params}")
+            } else {
+                format!("{display}{open}{scheme}:{user}{host}{port}{uri_params}{close}{header_params}")
+            };
+            let common = d
+                && s
+                && u
+                && h
+                && (!bare || display.is_empty())
+                && close.len() == open.len()
+                && (port.is_empty() || !user.is_empty())
+                && !(bare && uri_params.contains('?'))
+                && !header_params.contains('\n')
+                && !header_params.contains(',')
+                && !(bare && (header_params.starts_with(' ') || trailing > 0))
+                && !(user.is_empty() && host.bytes().any(|b| b.is_ascii_uppercase()));
+            (format!("{value}{}", " ".repeat(trailing)), common)
+        },
+    )
+}
+
+/// A request whose AOR header (To of a REGISTER, From of the others) has
+/// a `name_addr` value, the other one another line's, with the header
+/// names written as user agents do.
+fn request_with_aor() -> impl Strategy<Value = (String, bool)> {
+    let method = prop_oneof![Just("REGISTER"), Just("INVITE"), Just("MESSAGE"), Just("OPTIONS"), Just("BYE")];
+    let to_name = prop_oneof![Just("To"), Just("to"), Just("TO"), Just("t"), Just("T")];
+    let from_name = prop_oneof![Just("From"), Just("from"), Just("FROM"), Just("f"), Just("F")];
+    (method, to_name, from_name, 0..2usize, 1..50u32, name_addr(7), earlier_headers(), any::<bool>()).prop_map(
+        |(method, to_name, from_name, spaces, other, (value, common), earlier, to_first)| {
+            let earlier: String = earlier.iter().map(|h| format!("{h}\r\n")).collect();
+            let spaces = " ".repeat(spaces);
+            let other = format!("<sip:other{other}@example.net>");
+            let (to, from) =
+                if method == "REGISTER" { (value.as_str(), other.as_str()) } else { (other.as_str(), value.as_str()) };
+            let to = format!("{to_name}{spaces}: {to}\r\n");
+            let from = format!("{from_name}{spaces}: {from};tag=1\r\n");
+            let (first, second) = if to_first { (to, from) } else { (from, to) };
+            let message = format!(
+                "{method} sip:line7@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKa;rport\r\n\
+                 {earlier}{first}{second}Call-ID: c@x\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+            );
+            (message, common)
+        },
+    )
+}
+
+/// `message` with a few bytes overwritten, inserted or removed.
+fn mutated() -> impl Strategy<Value = Vec<u8>> {
+    let edit = (any::<prop::sample::Index>(), any::<u8>(), 0..3u8);
+    let byte = prop_oneof![any::<u8>(), prop::sample::select(b" \t\r\n:;<>\"\\@[]?sipSIPtfTF,".to_vec())];
+    (request_with_aor(), prop::collection::vec((edit, byte), 1..4)).prop_map(|((message, _), edits)| {
+        let mut bytes = message.into_bytes();
+        for ((at, _, kind), byte) in edits {
+            let at = at.index(bytes.len());
+            match kind {
+                0 => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                _ => {
+                    bytes.remove(at);
+                }
+            }
+        }
+        bytes
     })
 }
 
@@ -144,23 +257,31 @@ proptest! {
         }
     }
 
-    /// The kernel's hash of a REGISTER's `To` is the definition's, over the
-    /// line the parser reads as `To`.
+    /// On To / From values of every form: where the kernel reads an AOR
+    /// it is the daemon's, and the common forms it does read.
     #[test]
-    fn a_register_hashes_its_to_line(message in register_for()) {
-        let (expected, value) = independent_to_hash(&message).expect("a To line");
-        prop_assert_eq!(register_hash(message.as_bytes()), RegisterTo::Hash(expected));
-        let parsed = Message::parse(message.as_bytes()).expect("a valid REGISTER");
-        prop_assert_eq!(parsed.value(HeaderKind::To).map(|v| v.into_owned()), Some(value));
+    fn the_kernel_reads_the_daemons_aor_or_declines((message, common) in request_with_aor()) {
+        agrees(message.as_bytes())?;
+        if common {
+            let daemon = daemon_aor(message.as_bytes());
+            prop_assert!(daemon.is_some(), "the daemon reads an AOR: {}", message);
+            prop_assert_eq!(read_aor(message.as_bytes()), RequestAor::Hash(daemon.unwrap()), "{}", message);
+        }
     }
 
-    /// Two lines of one phone hash apart; other requests are not read.
+    /// Requests with bytes changed, added or taken away: never another AOR.
     #[test]
-    fn lines_hash_apart_and_other_requests_are_not_registers(a in 1..1000u32, b in 1..1000u32) {
-        let line = |n: u32| format!("REGISTER sip:x SIP/2.0\r\nTo: <sip:line{n}@x>\r\n\r\n");
-        prop_assert_eq!(register_hash(line(a).as_bytes()) == register_hash(line(b).as_bytes()), a == b);
-        let invite = line(a).replacen("REGISTER", "INVITE", 1);
-        prop_assert_eq!(register_hash(invite.as_bytes()), RegisterTo::NotRegister);
+    fn mutated_requests_never_give_another_aor(message in mutated()) {
+        agrees(&message)?;
+    }
+
+    /// Two lines of one phone hash apart, responses are none of the check's.
+    #[test]
+    fn lines_hash_apart_and_responses_are_not_read(a in 1..1000u32, b in 1..1000u32) {
+        let line = |n: u32| format!("INVITE sip:x SIP/2.0\r\nFrom: <sip:line{n}@x>;tag=1\r\nTo: <sip:y@x>\r\n\r\n");
+        prop_assert_eq!(read_aor(line(a).as_bytes()) == read_aor(line(b).as_bytes()), a == b);
+        let response = line(a).replacen("INVITE sip:x SIP/2.0", "SIP/2.0 200 OK", 1);
+        prop_assert_eq!(read_aor(response.as_bytes()), RequestAor::Response);
     }
 
     /// Responses carry other hops' Vias: never changed.
@@ -177,11 +298,17 @@ proptest! {
         start in 0..VIA_SCAN + 8,
         end in 0..VIA_SCAN + 64,
     ) {
-        let buffer: [u8; VIA_SCAN] = bytes.try_into().unwrap();
+        let buffer: [u8; VIA_SCAN] = bytes.clone().try_into().unwrap();
         if let TopVia::AddRportAt(at) = top_via(&buffer, start, end) {
             prop_assert!(at >= start && at < end.min(VIA_SCAN), "{} outside {}..{}", at, start, end);
         }
-        register_to(&buffer, start, end);
+        request_aor(&buffer, start, end);
+        let (framed, end) = framed(&bytes);
+        if let RequestAor::Hash(kernel) = request_aor(&framed, HEADERS, end)
+            && let Some(daemon) = daemon_aor(&bytes[..end - HEADERS])
+        {
+            prop_assert_eq!(kernel, daemon);
+        }
     }
 
     /// The incremental UDP checksum after inserting `;rport` at any offset
@@ -217,12 +344,18 @@ fn a_via_past_the_scanned_bytes_is_not_found() {
 }
 
 #[test]
-fn a_to_past_the_scanned_bytes_or_the_headers_is_unknown() {
-    let late = format!("REGISTER sip:x SIP/2.0\r\nSubject: {}\r\nTo: <sip:a@x>\r\n\r\n", "x".repeat(VIA_SCAN));
-    assert_eq!(register_hash(late.as_bytes()), RegisterTo::Unknown);
+fn an_aor_past_the_scanned_bytes_or_the_headers_or_folded_is_unknown() {
+    let late = format!("INVITE sip:x SIP/2.0\r\nSubject: {}\r\nFrom: <sip:a@x>\r\n\r\n", "x".repeat(VIA_SCAN));
+    assert_eq!(read_aor(late.as_bytes()), RequestAor::Unknown);
+    assert_eq!(read_aor(b"INVITE sip:x SIP/2.0\r\nCSeq: 1 INVITE\r\n\r\nFrom: <sip:a@x>\r\n"), RequestAor::Unknown);
+    assert_eq!(read_aor(b"INVITE sip:x SIP/2.0\r\nFrom: <sip:a@x>\r\n"), RequestAor::Unknown, "one byte past the line");
+    assert_eq!(read_aor(b"INVITE sip:x SIP/2.0\r\nFrom: <sip:a@x>\r\n ;tag=1\r\n\r\n"), RequestAor::Unknown);
+    assert_eq!(read_aor(b"register sip:x SIP/2.0\r\nTo: <sip:a@x>\r\n\r\n"), RequestAor::Unknown);
+    assert_eq!(read_aor(b"\r\nINVITE sip:x SIP/2.0\r\nFrom: <sip:a@x>\r\n\r\n"), RequestAor::Unknown);
+    let hash = |aor: &str| RequestAor::Hash(aor_hash(aor.as_bytes()));
     assert_eq!(
-        register_hash(b"REGISTER sip:x SIP/2.0\r\nCSeq: 1 REGISTER\r\n\r\nTo: <sip:a@x>\r\n"),
-        RegisterTo::Unknown
+        read_aor(b"INVITE sip:x SIP/2.0\r\nf : \"A\" <SIPS:Alice@Example.NET:5061;x=y>;tag=1\r\n\r\n"),
+        hash("sip:Alice@example.net")
     );
-    assert_eq!(register_hash(b"REGISTER sip:x SIP/2.0\r\nTimestamp: 1\r\nTo: <sip:a@x>"), RegisterTo::Unknown);
+    assert_eq!(read_aor(b"REGISTER sip:x SIP/2.0\r\nFrom: <sip:b@x>\r\nt: sip:a@x;tag=1\r\n\r\n"), hash("sip:a@x"));
 }

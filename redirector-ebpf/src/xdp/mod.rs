@@ -18,24 +18,33 @@
 //!    watched client's home server, not the sender's. It is recognised by
 //!    the first ten payload bytes, `SUBSCRIBE ` (RFC 3261 method names are
 //!    case-sensitive; a request line has no leading whitespace).
-//!    Like everything else bound for first contact (rule 6's `pass_miss`
-//!    and `pass_other_aor`), it is first checked against `THROTTLED`: a
-//!    source prefix the daemon throttled (it brought in new clients past
-//!    the flood limits) gets its allowance of such datagrams a second,
-//!    the rest are `XDP_DROP`ped (`drop_throttled`; `throttle.rs`).
+//!    Like everything else bound for first contact (rule 6's `pass_miss`,
+//!    `pass_other_aor` and `pass_aor_unseen`), it is first checked
+//!    against `THROTTLED`: a source prefix the daemon throttled (it brought
+//!    in new clients past the flood limits) gets its allowance of such
+//!    datagrams a second, the rest are `XDP_DROP`ped (`drop_throttled`;
+//!    `throttle.rs`).
 //! 6. A client in `CLIENTS` whose home server is active or draining is
 //!    forwarded (dsr or nat, `XDP_TX`, or `XDP_REDIRECT` when its next hop
 //!    (rule 8) is on another interface; a VLAN-tagged frame always leaves by
 //!    `XDP_TX` with its tag); an unknown client, a nat entry without an edge
 //!    port, or a down server is passed to user space (`pass_miss`,
 //!    `pass_server_down`).
-//!    A REGISTER from a client whose entry has `CLIENT_CHECKS_REGISTER`
-//!    (every client first contact installed) takes the fast path only if
-//!    the hash of its `To` line (`register.rs`, within the frame's first
-//!    512 bytes) is the entry's `aor_hash`: a REGISTER for another AOR from
-//!    the same socket (a phone's second line, a scanner enumerating
-//!    extensions), or one whose `To` the program cannot see whole, is
-//!    passed to user space (`pass_other_aor`). Other requests are not read.
+//!    A client's entry says which requests may take it (`aor.rs`: the
+//!    daemon's canonical AOR of a request's `To` for a REGISTER, its
+//!    `From` otherwise, hashed, read within the frame's first 512 bytes):
+//!    with `CLIENT_SHARED` (a socket that carries several AORs, a
+//!    multi-line phone or an IP-PBX) every request, with
+//!    `CLIENT_CHECKS_REGISTER` (every client first contact installed) a
+//!    REGISTER (its method in any case), takes the fast path only if that
+//!    hash is the entry's `aor_hash`. A request for another AOR from the
+//!    socket (a phone's second line, a scanner enumerating extensions) is
+//!    passed to user space (`pass_other_aor`), which routes it by its own
+//!    AOR; one whose AOR the program cannot read with certainty (a folded
+//!    or escaped value, an IPv6 host, a password, another scheme, a method
+//!    the daemon would read otherwise, a value not complete within the
+//!    bytes read) is passed up too (`pass_aor_unseen`). Responses, and a
+//!    non-shared socket's other requests, are not read.
 //!    In nat mode, a client whose entry has `CLIENT_ADDS_RPORT` (its first
 //!    request's Via did not ask for rport) gets `;rport` added at the end of
 //!    its request's top Via value when the value has none (`via.rs`; a
@@ -85,6 +94,7 @@
 //!
 //! No path returns `XDP_ABORTED`.
 
+mod aor;
 mod decap;
 mod encap;
 mod floor;
@@ -94,7 +104,6 @@ mod nat;
 mod packet;
 mod probe;
 mod program;
-mod register;
 mod route;
 mod rport;
 mod scratch;

@@ -3,20 +3,20 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use redirector_ebpf::{
-    CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry, Config, Counter,
-    Endpoint, EventKind, FAMILY_V4, Mode, NatKey, NextHop, SERVER_HAS_V4, SERVER_HAS_V6, SERVICE_PROBE, Server,
-    ServerState, server_hop, source_prefix, stamps_last_seen,
+    CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry,
+    Config, Counter, Endpoint, EventKind, FAMILY_V4, Mode, NatKey, NextHop, SERVER_HAS_V4, SERVER_HAS_V6,
+    SERVICE_PROBE, Server, ServerState, server_hop, source_prefix, stamps_last_seen,
 };
 
 use super::{
-    decap, encap,
+    aor, decap, encap,
     maps::{
         CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, PROBE, SERVERS, SERVICES, THROTTLED, count, count_load,
         count_server, report,
     },
     nat,
     packet::{self, Datagram, parse_udp, udp_header_ok},
-    probe, register, route, rport,
+    probe, route, rport,
 };
 
 /// An XDP action and the counter it is accounted to, in one register:
@@ -62,6 +62,7 @@ impl Hit {
 const PASS_MISS: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassMiss);
 const PASS_SUBSCRIBE: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassSubscribe);
 const PASS_OTHER_AOR: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassOtherAor);
+const PASS_AOR_UNSEEN: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassAorUnseen);
 const DROP_THROTTLED: Verdict = Verdict::new(xdp_action::XDP_DROP, Counter::DropThrottled);
 const NOT_SERVICE: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::NotService);
 const NO_ADDRESS: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::NoAddressForFamily);
@@ -166,11 +167,15 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
         *client
     };
     count_load(client.load_slot);
-    if client.flags & CLIENT_CHECKS_REGISTER != 0
-        && packet::is_register(ctx, &datagram.ip)
-        && !register::may_take(ctx, &datagram.ip, client.aor_hash)
-    {
-        return to_first_contact(datagram, PASS_OTHER_AOR);
+    // A shared socket's every request is read; another's REGISTERs only.
+    let checked = client.flags & CLIENT_SHARED != 0
+        || (client.flags & CLIENT_CHECKS_REGISTER != 0 && packet::is_register(ctx, &datagram.ip));
+    if checked {
+        match aor::check(ctx, &datagram.ip, client.aor_hash) {
+            aor::TAKES => {}
+            aor::OTHER_AOR => return to_first_contact(datagram, PASS_OTHER_AOR),
+            _ => return to_first_contact(datagram, PASS_AOR_UNSEEN),
+        }
     }
     let Some(server) = SERVERS.get(client.server) else {
         return PASS_MISS;
@@ -195,9 +200,10 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     verdict
 }
 
-/// A datagram for first contact (an unknown client's, a REGISTER for
-/// another AOR, a SUBSCRIBE) goes up as `passed`, unless its source prefix is throttled
-/// and has used its allowance.
+/// A datagram for first contact (an unknown client's, a request for
+/// another AOR or one whose AOR is unread, a SUBSCRIBE) goes up as
+/// `passed`, unless its source prefix is throttled and has used its
+/// allowance.
 #[inline(always)]
 fn to_first_contact(datagram: &Datagram, passed: Verdict) -> Verdict {
     let Some(throttle) = THROTTLED.get_ptr_mut(source_prefix(&datagram.src)) else {

@@ -36,7 +36,7 @@ use std::{
 };
 
 use redirector_ebpf::{
-    register::{RegisterTo, register_to},
+    aor::{RequestAor, request_aor},
     via::VIA_SCAN,
 };
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
@@ -233,8 +233,6 @@ struct Request<'a> {
     /// Its top Via asked for `rport` (in nat mode, the kernel adds it to
     /// the requests of clients that do not).
     asks_rport: bool,
-    /// A REGISTER's `To` hash, as the kernel computes it (0 otherwise).
-    aor_hash: u64,
     /// The client's usable assignment from the cache, if it has one.
     known: Option<Cached>,
     /// The home a new AOR's REGISTER asked for with a valid cookie.
@@ -261,7 +259,7 @@ pub struct NewClient {
 
 impl Request<'_> {
     fn origin(&self) -> Origin {
-        Origin { client: self.source, service: self.local, asks_rport: self.asks_rport, aor_hash: self.aor_hash }
+        Origin { client: self.source, service: self.local, asks_rport: self.asks_rport }
     }
 
     /// A known client that moved while its batch waited: its new home.
@@ -273,27 +271,20 @@ impl Request<'_> {
     }
 }
 
-/// What the kernel reads of `datagram` as a REGISTER
-/// (`redirector_ebpf::register`), computed on the same bytes.
-fn register_to_of(datagram: &[u8]) -> RegisterTo {
-    let mut head = [0u8; VIA_SCAN];
-    let len = datagram.len().min(VIA_SCAN);
-    head[..len].copy_from_slice(&datagram[..len]);
-    register_to(&head, 0, len)
+/// What the kernel reads of `datagram`'s AOR (`redirector_ebpf::aor`),
+/// on the same bytes: a frame's first `VIA_SCAN`, after the Ethernet, IP
+/// and UDP headers of a plain frame of `source`'s family.
+fn request_aor_of(datagram: &[u8], source: SocketAddr) -> RequestAor {
+    let start = if source.is_ipv4() { 14 + 20 + 8 } else { 14 + 40 + 8 };
+    let mut frame = [0u8; VIA_SCAN];
+    let len = datagram.len().min(VIA_SCAN - start);
+    frame[start..start + len].copy_from_slice(&datagram[..len]);
+    request_aor(&frame, start, start + len)
 }
 
-/// A REGISTER's `To` hash, the one the kernel checks a socket's REGISTERs
-/// against. None (0, which no REGISTER gives) for a folded `To`: the kernel
-/// hashes its first line only, which other AORs could share, so every
-/// REGISTER from such a socket goes up.
-fn with_aor_hash<'a>(mut item: Item<'a>, datagram: &[u8]) -> Item<'a> {
-    if let Item::Request(request) = &mut item
-        && !is_folded(request.message.header(HeaderKind::To))
-        && let RegisterTo::Hash(hash) = register_to_of(datagram)
-    {
-        request.aor_hash = hash;
-    }
-    item
+/// The program's REGISTER test (`xdp/packet.rs` `is_register`): any case.
+fn is_register_any_case(datagram: &[u8]) -> bool {
+    datagram.get(..9).is_some_and(|head| head.eq_ignore_ascii_case(b"REGISTER "))
 }
 
 /// The header's value continues on a following line (RFC 3261 §7.3.1).
@@ -401,8 +392,7 @@ impl FirstContact {
         match Message::parse(datagram) {
             Ok(message) if message.is_request() => {
                 bump(&self.counters.requests);
-                let request = self.classify(message, source, local);
-                with_aor_hash(request, datagram)
+                self.classify(message, source, local)
             }
             Ok(message) => Item::Done(notify_answer(&message, source).map_or_else(|| self.drop(), |a| vec![a])),
             Err(_) if datagram.starts_with(b"ACK ") => Item::Done(self.absorb_ack()),
@@ -423,13 +413,14 @@ impl FirstContact {
             return None;
         }
         let route = self.installed.get(source)?;
-        // A REGISTER for another AOR than the socket's is first contact's
-        // (rule 6's REGISTER check).
-        if let Some(hash) = route.register_hash {
-            let read = register_to_of(datagram);
-            if read != RegisterTo::NotRegister && read != RegisterTo::Hash(hash) {
-                return None;
-            }
+        // A request for another AOR than the socket's, or one whose AOR the
+        // program cannot read, is first contact's (rule 6's AOR check):
+        // every request from a shared socket, REGISTERs from the others.
+        if let Some(hash) = route.aor_hash
+            && (route.shared || is_register_any_case(datagram))
+            && !request_aor_of(datagram, source).takes(hash)
+        {
+            return None;
         }
         let forwards =
             self.pool.load().by_index(route.server).is_some_and(|home| home.effective_state() != ServerState::Down);
@@ -584,21 +575,9 @@ impl FirstContact {
         let installable = basis.vias.len() == 1
             && message.method() != Some("SUBSCRIBE")
             && (asks_rport || !is_folded(message.header(HeaderKind::Via)));
-        let aor_hash = 0;
         let cookie_home = self.cookie_home(&message, &aor, source);
-        let request = Request {
-            message,
-            basis,
-            source,
-            local,
-            redirect,
-            aor,
-            installable,
-            asks_rport,
-            aor_hash,
-            known,
-            cookie_home,
-        };
+        let request =
+            Request { message, basis, source, local, redirect, aor, installable, asks_rport, known, cookie_home };
         Item::Request(Box::new(request))
     }
 

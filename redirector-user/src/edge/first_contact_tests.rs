@@ -876,7 +876,10 @@ const VIA_WITHOUT_RPORT: &str = "Via: SIP/2.0/UDP 203.0.113.7:5062;branch=z9hG4b
 /// (its first request's Via had none).
 fn on_fast_path(s: &Setup, mode: &str) {
     let nat_port = (mode == "nat").then_some(20001);
-    s.fc.kernel.put(client(), KernelRoute { server: 1, nat_port, adds_rport: nat_port.is_some(), register_hash: None });
+    s.fc.kernel.put(
+        client(),
+        KernelRoute { server: 1, nat_port, adds_rport: nat_port.is_some(), aor_hash: None, shared: false },
+    );
 }
 
 #[test]
@@ -904,7 +907,8 @@ fn a_fast_path_clients_passed_up_requests_go_to_its_home_as_the_kernel_sends_the
             }
             if mode == "nat" {
                 // A client that asked for rport: the program leaves its requests alone.
-                let route = KernelRoute { server: 1, nat_port: Some(20001), adds_rport: false, register_hash: None };
+                let route =
+                    KernelRoute { server: 1, nat_port: Some(20001), adds_rport: false, aor_hash: None, shared: false };
                 s.fc.kernel.put(client(), route);
                 let actions = s.fc.on_service_datagram(&request, client(), service());
                 let unchanged = Action::Translate { edge_port: 20001, home: home2, bytes: request.clone() };
@@ -986,11 +990,35 @@ fn a_known_client_is_installed_with_whether_its_via_asked_for_rport() {
 #[test]
 fn a_register_for_another_aor_from_a_fast_path_socket_is_first_contact() {
     let s = setup(Policy::Auto);
-    let other_line = KernelRoute { server: 1, nat_port: None, adds_rport: false, register_hash: Some(1) };
+    let other_line = KernelRoute { server: 1, nat_port: None, adds_rport: false, aor_hash: Some(1), shared: false };
     s.fc.kernel.put(client(), other_line);
     let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
     assert!(!actions.iter().any(|a| matches!(a, Action::Encapsulate { .. } | Action::Translate { .. })), "{actions:?}");
     assert!(actions.iter().any(|a| matches!(a, Action::Forward { .. })), "proxied to its own home: {actions:?}");
+}
+
+/// A passed-up request from a socket shared by several lines goes where
+/// the kernel sends a small one: its own line's to the socket's home,
+/// another line's to first contact. A socket that is not shared sends
+/// every request but a REGISTER unread.
+#[test]
+fn a_shared_sockets_request_goes_by_its_aor_as_the_kernel_sends_it() {
+    let alice = redirector_ebpf::aor::aor_hash(b"sip:alice@example.net");
+    let from_bob =
+        |request: Vec<u8>| text(&request).replace("<sip:alice@example.net>;tag=a1", "<sip:bob@example.net>;tag=b1");
+    let sent_on = |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::Encapsulate { .. }));
+    for shared in [true, false] {
+        let s = setup(Policy::Auto);
+        s.fc.kernel
+            .put(client(), KernelRoute { server: 1, nat_port: None, adds_rport: false, aor_hash: Some(alice), shared });
+        let own = s.fc.on_service_datagram(&big("INVITE", ONE_VIA), client(), service());
+        assert!(sent_on(&own), "shared {shared}: the socket's own line not sent on");
+        let other = s.fc.on_service_datagram(from_bob(big("INVITE", ONE_VIA)).as_bytes(), client(), service());
+        assert_eq!(sent_on(&other), !shared, "shared {shared}: another line's INVITE");
+        // Its To is bob's: REGISTERs are read on either.
+        let register = s.fc.on_service_datagram(&big("REGISTER", ONE_VIA), client(), service());
+        assert!(!sent_on(&register), "shared {shared}: bob's REGISTER from alice's socket sent on");
+    }
 }
 
 const HOME1: &str = "198.51.100.11:5060";

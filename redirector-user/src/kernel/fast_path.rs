@@ -20,7 +20,8 @@ use std::{
 };
 
 use redirector_ebpf::{
-    CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, ClientEntry, Endpoint, NO_LOAD_SLOT, NatEntry, NatKey,
+    CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Endpoint, NO_LOAD_SLOT, NatEntry, NatKey,
+    aor::aor_hash,
 };
 
 use crate::{
@@ -82,27 +83,34 @@ pub struct FastPath {
 struct Learned {
     /// nat: the program adds `;rport` to its requests (`CLIENT_ADDS_RPORT`).
     adds_rport: bool,
-    /// The hash of the REGISTERs that may take its entry
-    /// (`CLIENT_CHECKS_REGISTER`).
+    /// The `aor_hash` of the AOR it was installed for, whose requests
+    /// may take its entry (`CLIENT_CHECKS_REGISTER`).
     aor_hash: u64,
-    /// Which AOR the socket was last installed for (a hash of it): a
-    /// socket with several lines follows its last REGISTER, and a move of
-    /// another of its lines must not restore it with this one's hash.
+    /// Which AOR the socket was installed for (a hash of it). It keeps it
+    /// while it is installed: a request of another AOR from it makes it
+    /// `shared` instead.
     owner: u64,
+    /// The socket carries other AORs too (`CLIENT_SHARED`): the kernel
+    /// sends only its owner's requests on.
+    shared: bool,
 }
 
 impl Learned {
-    /// What `origin` teaches of the socket, for `aor`; a request other
-    /// than a REGISTER (hash 0) keeps the hash the AOR's REGISTERs gave.
+    /// What `origin` teaches of the socket, installed for `aor`.
     fn of(origin: &Origin, aor: &Aor, before: Option<Self>) -> Self {
         let owner = owner_of(aor);
-        let kept = before.filter(|b| b.owner == owner && origin.aor_hash == 0).map(|b| b.aor_hash);
-        Self { adds_rport: !origin.asks_rport, aor_hash: kept.unwrap_or(origin.aor_hash), owner }
+        let shared = before.is_some_and(|b| b.owner == owner && b.shared);
+        Self { adds_rport: !origin.asks_rport, aor_hash: aor_hash(aor.as_str().as_bytes()), owner, shared }
     }
 
     /// What an adopted kernel entry says first contact had learned.
     fn of_entry(entry: &ClientEntry) -> Self {
-        Self { adds_rport: entry.flags & CLIENT_ADDS_RPORT != 0, aor_hash: entry.aor_hash, owner: entry.owner }
+        Self {
+            adds_rport: entry.flags & CLIENT_ADDS_RPORT != 0,
+            aor_hash: entry.aor_hash,
+            owner: entry.owner,
+            shared: entry.flags & CLIENT_SHARED != 0,
+        }
     }
 
     /// The kernel entry's flags and hash for a client first contact
@@ -122,6 +130,9 @@ impl Learned {
                     entry.flags |= CLIENT_ADDS_RPORT;
                 }
                 entry.flags |= CLIENT_CHECKS_REGISTER;
+                if learned.shared {
+                    entry.flags |= CLIENT_SHARED;
+                }
                 entry.aor_hash = learned.aor_hash;
                 entry.owner = learned.owner;
             }
@@ -132,6 +143,16 @@ impl Learned {
 /// The key a client entry's `owner` holds for `aor`.
 pub fn owner_of(aor: &Aor) -> u64 {
     xxhash_rust::xxh3::xxh3_64(aor.as_str().as_bytes())
+}
+
+/// What `FastPath::install` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    /// The socket forwards to the AOR's home.
+    ForAor,
+    /// The socket is another AOR's: it was marked shared, and the AOR's
+    /// requests from it go up to first contact.
+    Shared,
 }
 
 /// What `adopt` made of a previous daemon's client entries.
@@ -342,10 +363,14 @@ impl FastPath {
 
     /// Forwards `origin`'s traffic to the server in slot `server` (`origin`
     /// names the service address:port it talked to, the source of nat
-    /// replies, and whether its Via asked for rport).
-    pub fn install(&mut self, aor: &Aor, origin: Origin, server: u32) -> Result<(), FastPathError> {
+    /// replies, and whether its Via asked for rport); or, when the socket
+    /// is installed for another AOR, marks it shared (see `share_socket`).
+    pub fn install(&mut self, aor: &Aor, origin: Origin, server: u32) -> Result<Installed, FastPathError> {
         let (client, service) = (origin.client, origin.service);
         let entry = (endpoint(client.ip(), client.port()), endpoint(service.ip(), service.port()));
+        if self.learned.get(&entry.0).is_some_and(|learned| learned.owner != owner_of(aor)) {
+            return self.share_socket(entry.0).map(|()| Installed::Shared);
+        }
         let learned = Learned::of(&origin, aor, self.learned.get(&entry.0).copied());
         self.learned.insert(entry.0, learned);
         self.put(entry.0, server, entry.1)?;
@@ -353,6 +378,26 @@ impl FastPath {
         if !entries.contains(&entry) {
             entries.push(entry);
         }
+        Ok(Installed::ForAor)
+    }
+
+    /// A socket installed for one AOR sent a request of another: it stays
+    /// its owner's (home, hash, installs), and from now on the kernel
+    /// checks every request from it, so no other AOR's request goes to
+    /// the owner's home. The kernel's entry is flagged as it is; one off
+    /// the kernel (its owner moving, or evicted) gets the flag when it is
+    /// written again.
+    fn share_socket(&mut self, client: Endpoint) -> Result<(), FastPathError> {
+        let Some(learned) = self.learned.get_mut(&client).filter(|learned| !learned.shared) else {
+            return Ok(());
+        };
+        learned.shared = true;
+        let Some(mut entry) = self.dataplane.client(client)? else {
+            return Ok(());
+        };
+        entry.flags |= CLIENT_SHARED;
+        self.dataplane.install_client(client, entry)?;
+        self.share(&client, &entry);
         Ok(())
     }
 
@@ -398,8 +443,8 @@ impl FastPath {
         for (withdrawn, server) in &moves {
             let owner = owner_of(&withdrawn.aor);
             for &(client, service) in &withdrawn.entries {
-                // A socket another of its lines registered on since is left
-                // off: its next packet goes up and puts it back for that line.
+                // A socket another AOR was installed on since (this one's
+                // entry expired meanwhile) is left to that AOR.
                 let taken = self.learned.get(&client).is_some_and(|learned| learned.owner != owner);
                 if result.is_ok() && !taken {
                     result = self.entry_for(client, (*server, service), &mut writes);
@@ -594,8 +639,10 @@ impl FastPath {
     fn share(&self, client: &Endpoint, entry: &ClientEntry) {
         let nat_port = (entry.nat_port_be != 0).then(|| u16::from_be(entry.nat_port_be));
         let adds_rport = entry.flags & CLIENT_ADDS_RPORT != 0;
-        let register_hash = (entry.flags & CLIENT_CHECKS_REGISTER != 0).then_some(entry.aor_hash);
-        let route = KernelRoute { server: entry.server, nat_port, adds_rport, register_hash };
+        let checks = entry.flags & (CLIENT_CHECKS_REGISTER | CLIENT_SHARED) != 0;
+        let aor_hash = checks.then_some(entry.aor_hash);
+        let shared = entry.flags & CLIENT_SHARED != 0;
+        let route = KernelRoute { server: entry.server, nat_port, adds_rport, aor_hash, shared };
         self.shared.put(socket_address(client), route);
     }
 

@@ -23,9 +23,11 @@ pub struct KernelRoute {
     /// nat mode: the program adds `;rport` to its requests' top Via
     /// (`CLIENT_ADDS_RPORT`).
     pub adds_rport: bool,
-    /// Only REGISTERs whose `To` hashes to this take the route
-    /// (`CLIENT_CHECKS_REGISTER`); any REGISTER with `None`.
-    pub register_hash: Option<u64>,
+    /// Only REGISTERs (every request when `shared`) whose AOR hashes to
+    /// this take the route (`CLIENT_CHECKS_REGISTER`); any with `None`.
+    pub aor_hash: Option<u64>,
+    /// The socket carries several AORs (`CLIENT_SHARED`).
+    pub shared: bool,
 }
 
 /// Where the kernel relays a home server's reply to an edge port (nat).

@@ -54,7 +54,7 @@ use crate::{
         watchers::{Subscription, Watchers},
     },
     kernel::{
-        fast_path::{FastPath, FastPathError, Reading, monotonic_ns},
+        fast_path::{FastPath, FastPathError, Installed, Reading, monotonic_ns},
         loader,
     },
     model::{HomeServer, Origin, ServerSpec, ServerState},
@@ -542,10 +542,11 @@ impl Operations {
             return;
         }
         match self.fast_path.install(aor, origin, server) {
-            Ok(()) => {
+            Ok(Installed::ForAor) => {
                 bump(&self.counters.installed);
                 tracing::debug!(%aor, %client, server, "on the fast path");
             }
+            Ok(Installed::Shared) => tracing::debug!(%aor, %client, "a socket shared with another AOR: left to it"),
             Err(error) => tracing::warn!(%aor, %client, %error, "could not put the client on the fast path"),
         }
     }

@@ -34,7 +34,10 @@ use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
 use redirector::kernel::loader::endpoint;
-use redirector_ebpf::{ClientEntry, Counter, FLOOR_PROGRAM, FloorHop, PASS_PROGRAM, REDIRECTOR_PROGRAM};
+use redirector_ebpf::{
+    CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Counter, FLOOR_PROGRAM, FloorHop, PASS_PROGRAM,
+    REDIRECTOR_PROGRAM, aor::aor_hash,
+};
 use redirector_tests::{
     fixture::{CLIENT_MAC, EDGE_MAC, Fixture, HOME1_MAC},
     packets::{Datagram, ethernet},
@@ -112,6 +115,11 @@ fn cases() -> Vec<Case> {
     let hit6 = frame("[fd00::2]:5060", "[2001:db8::10]:5060");
     // A client that asked for rport (`make_nat_hits_fixed_points`).
     let fixed_point4 = frame("10.0.0.1:20000", "10.0.0.11:5060");
+    // The same, from a socket shared by several lines: the program reads
+    // the From of each request (`make_nat_hits_fixed_points`).
+    let shared4 =
+        Datagram::new(&format!("10.0.0.1:{SHARED_PORT}"), "10.0.0.11:5060").with(|d| d.payload = line_invite());
+    let shared4 = ethernet(CLIENT_MAC, EDGE_MAC, None, shared4.ethertype(), &shared4.ip_packet());
     // The nat fixture's static client has the kernel add rport (it is not
     // known to ask for it), and this request's Via lacks it: the frame
     // grows, so it is timed single.
@@ -146,6 +154,7 @@ fn cases() -> Vec<Case> {
         case(FLOOR, Repeat, Dsr, FLOOR_PROGRAM, &hit4, None),
         case("hit, nat, IPv4", Repeat, Nat, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
         case("hit, nat, IPv6", Repeat, Nat, REDIRECTOR_PROGRAM, &hit6, Some(Counter::Forwarded)),
+        case("hit, nat, IPv4, shared socket", Repeat, Nat, REDIRECTOR_PROGRAM, &shared4, Some(Counter::Forwarded)),
         case(
             "miss (first contact)",
             Repeat,
@@ -196,14 +205,31 @@ fn answer_probes(fx: &mut Fixture) {
     fx.dataplane().set_probe(keys.config_at(1_780_000_000, PROBE_PORT, true)).unwrap();
 }
 
+/// The nat port of the shared socket's fixed point.
+const SHARED_PORT: u16 = 20002;
+
+/// An INVITE from line1 of a phone, as such phones write one.
+fn line_invite() -> Vec<u8> {
+    b"INVITE sip:bob@example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:20002;branch=z9hG4bK1;rport\r\n\
+      Max-Forwards: 70\r\nFrom: \"Line 1\" <sip:line1@example.net>;tag=1\r\nTo: <sip:bob@example.net>\r\n\
+      Call-ID: c1@x\r\nCSeq: 1 INVITE\r\nContact: <sip:line1@10.0.0.1:20002>\r\nContent-Length: 0\r\n\r\n"
+        .to_vec()
+}
+
 /// Makes the nat rewrite a fixed point (see the module docs): the edge's
 /// nat endpoint, talking to home1's address as a service, is pinned to home1
 /// with the same nat port, as a client that asked for rport (its Via is
-/// not scanned).
+/// not scanned); on `SHARED_PORT`, as line1's socket shared with other lines.
 fn make_nat_hits_fixed_points(fx: &mut Fixture) {
-    for (edge, home, nat_port) in [("10.0.0.1", "10.0.0.11", 20000), ("fd00::1", "fd00::11", 20001)] {
+    let shared = CLIENT_CHECKS_REGISTER | CLIENT_SHARED;
+    let line1 = aor_hash(b"sip:line1@example.net");
+    for (edge, home, nat_port, flags, aor_hash) in [
+        ("10.0.0.1", "10.0.0.11", 20000, 0, 0),
+        ("fd00::1", "fd00::11", 20001, 0, 0),
+        ("10.0.0.1", "10.0.0.11", SHARED_PORT, shared, line1),
+    ] {
         fx.dataplane().add_service(endpoint(home.parse().unwrap(), 5060), redirector_ebpf::SERVICE_SIP).unwrap();
-        let entry = ClientEntry { server: 0, nat_port_be: u16::to_be(nat_port), ..Default::default() };
+        let entry = ClientEntry { server: 0, nat_port_be: u16::to_be(nat_port), flags, aor_hash, ..Default::default() };
         fx.dataplane().install_client(endpoint(edge.parse().unwrap(), nat_port), entry).unwrap();
     }
 }

@@ -51,7 +51,7 @@ impl Population {
 
         let start = Instant::now();
         for (i, aor) in aors.iter().enumerate() {
-            let origin = Origin { client: client(i as u32), service: service(), asks_rport: true, aor_hash: 0 };
+            let origin = Origin { client: client(i as u32), service: service(), asks_rport: true };
             fast_path.install(aor, origin, 0).expect("installing a client");
         }
         let seed_kernel = start.elapsed();
