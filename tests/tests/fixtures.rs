@@ -373,6 +373,8 @@ fn keeper_resolves_hops_from_the_kernel_tables() {
     }
     let mut fx = Fixture::new("dsr");
     fx.ns.ip("route add 10.0.0.13/32 dev fx0 mtu 1400");
+    // home2 over ECMP: the FIB spreads flows over both gateways.
+    fx.ns.ip("route add 10.0.0.12/32 nexthop via 10.0.0.11 dev fx0 nexthop via 10.0.0.13 dev fx0");
     let keeper = fx.keep_hops(Duration::from_secs(3600));
     let fx2 = fx.ns.ifindex("fx2");
     let hop = |slot, address: &str| {
@@ -384,10 +386,9 @@ fn keeper_resolves_hops_from_the_kernel_tables() {
     assert_eq!(hop(HOME1, "fd00::11"), (fx.ifindex, 1500, HOME1_MAC, EDGE_MAC, true));
     assert_eq!(hop(HOME3, "10.0.0.13"), (fx.ifindex, 1400, [0x02, 0, 0, 0, 0, 0x13], EDGE_MAC, true), "a route's MTU");
     assert_eq!(hop(HOME5, "10.1.0.5"), (fx2, 1500, HOME5_MAC, OTHER_EDGE_MAC, true), "another interface");
-    assert_eq!(
-        keeper.hop(Destination { slot: HOME4, address: "10.0.0.99".parse().unwrap() }).unwrap(),
-        NextHop::default()
-    );
+    let unkept = |slot, address: &str| keeper.hop(Destination { slot, address: address.parse().unwrap() }).unwrap();
+    assert_eq!(unkept(HOME4, "10.0.0.99"), NextHop::default(), "no neighbour: left to the FIB");
+    assert_eq!(unkept(HOME2, "10.0.0.12"), NextHop::default(), "a multipath route: left to the FIB");
     let v4 = Datagram::new("10.0.0.2:5060", VIP4);
     run_table(
         &mut fx,

@@ -13,7 +13,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     link::{LinkAttribute, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteType},
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteType},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -85,11 +85,24 @@ impl Tables {
         Ok(Some(Route { ifindex, mtu, src_mac, via, dst_mac }))
     }
 
-    /// `ip route get`: the egress device, the next hop and the route's MTU.
+    /// `ip route get`: the egress device, the next hop and the route's MTU;
+    /// `None` also for a multipath route, whose flows the FIB spreads over
+    /// its next hops (one kept hop would send them all down one).
     fn route(&mut self, dst: IpAddr, src: Option<IpAddr>) -> Result<Option<(u32, IpAddr, Option<u32>)>> {
+        let Some(matched) = self.get_route(dst, src, RouteFlags::FibMatch)? else { return Ok(None) };
+        if matched.attributes.iter().any(|a| matches!(a, RouteAttribute::MultiPath(hops) if hops.len() > 1)) {
+            return Ok(None);
+        }
+        Ok(self.get_route(dst, src, RouteFlags::empty())?.and_then(|route| next_hop(&route, dst)))
+    }
+
+    /// The unicast route the kernel answers for `dst` (from `src`):
+    /// resolved for one packet, or with `FibMatch` the table entry itself.
+    fn get_route(&mut self, dst: IpAddr, src: Option<IpAddr>, flags: RouteFlags) -> Result<Option<RouteMessage>> {
         let mut message = RouteMessage::default();
         message.header.address_family = family(dst);
         message.header.destination_prefix_length = if dst.is_ipv4() { 32 } else { 128 };
+        message.header.flags = flags;
         message.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
         if let Some(src) = src {
             message.header.source_prefix_length = if src.is_ipv4() { 32 } else { 128 };
@@ -102,7 +115,7 @@ impl Tables {
             Err(error) => return Err(error),
         };
         Ok(replies.into_iter().find_map(|reply| match reply {
-            RouteNetlinkMessage::NewRoute(route) if route.header.kind == RouteType::Unicast => next_hop(&route, dst),
+            RouteNetlinkMessage::NewRoute(route) if route.header.kind == RouteType::Unicast => Some(route),
             _ => None,
         }))
     }
