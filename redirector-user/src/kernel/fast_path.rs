@@ -371,9 +371,17 @@ impl FastPath {
         if self.learned.get(&entry.0).is_some_and(|learned| learned.owner != owner_of(aor)) {
             return self.share_socket(entry.0).map(|()| Installed::Shared);
         }
+        let in_kernel = self.shared.get(client).is_some();
         let learned = Learned::of(&origin, aor, self.learned.get(&entry.0).copied());
         self.learned.insert(entry.0, learned);
-        self.put(entry.0, server, entry.1)?;
+        if let Err(error) = self.put(entry.0, server, entry.1) {
+            // A client the kernel did not hold and did not take keeps no
+            // load slot or edge port.
+            if !in_kernel {
+                self.forget_client(entry.0)?;
+            }
+            return Err(error);
+        }
         let entries = self.installed.entry(aor.clone()).or_default();
         if !entries.contains(&entry) {
             entries.push(entry);
@@ -574,8 +582,7 @@ impl FastPath {
         (server, service): (u32, Endpoint),
         writes: &mut Writes,
     ) -> Result<(), FastPathError> {
-        let load_slot = self.load_slot(client, writes);
-        let mut entry = ClientEntry { server, last_seen_ns: writes.now, load_slot, ..Default::default() };
+        let mut entry = ClientEntry { server, last_seen_ns: writes.now, ..Default::default() };
         Learned::apply(self.learned.get(&client).copied(), self.mode, &mut entry);
         if self.mode == ForwardingMode::Nat {
             let port = match self.nat_port_of.get(&client) {
@@ -587,35 +594,38 @@ impl FastPath {
             writes.nat_keys.push(NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 });
             writes.nat_entries.push(NatEntry { client, service, server });
         }
+        entry.load_slot = self.load_slot(client)?;
         writes.clients.push(client);
         writes.entries.push(entry);
         Ok(())
     }
 
-    /// `client`'s load slot, a fresh one (to be zeroed by `write`) if it
-    /// has none. With every slot held (more addresses than the client map
-    /// holds, the LRU's evictions not yet scanned), `NO_LOAD_SLOT`: the
-    /// client is forwarded uncounted until it is installed again.
-    fn load_slot(&mut self, client: Endpoint, writes: &mut Writes) -> u32 {
+    /// `client`'s load slot, a fresh one, zeroed, if it has none. With
+    /// every slot held (more addresses than the client map holds, the LRU's
+    /// evictions not yet scanned), `NO_LOAD_SLOT`: the client is forwarded
+    /// uncounted until it is installed again.
+    fn load_slot(&mut self, client: Endpoint) -> Result<u32, FastPathError> {
         if let Some(&slot) = self.load_slot_of.get(&client) {
-            return slot;
+            return Ok(slot);
         }
         let Some(slot) = self.load_slots.allocate() else {
             tracing::warn!(client = %socket_address(&client), "every load slot is held: a client is forwarded without counting its load");
-            return NO_LOAD_SLOT;
+            return Ok(NO_LOAD_SLOT);
         };
+        // Zeroed before anyone holds it: a count left over would look like
+        // the new client's burst.
+        if let Err(error) = self.dataplane.reset_load(slot) {
+            self.load_slots.release(slot);
+            return Err(error.into());
+        }
         self.load_slot_of.insert(client, slot);
-        writes.fresh_slots.push(slot);
-        slot
+        Ok(slot)
     }
 
-    /// Fresh load slots are zeroed first, reply entries next: a client's
-    /// forwarded packet may be answered at once. First contact's copy gets
-    /// exactly what the kernel took, also when a batch stops part way.
+    /// Reply entries first: a client's forwarded packet may be answered at
+    /// once. First contact's copy gets exactly what the kernel took, also
+    /// when a batch stops part way.
     fn write(&mut self, writes: &Writes) -> Result<(), FastPathError> {
-        for &slot in &writes.fresh_slots {
-            self.dataplane.reset_load(slot)?;
-        }
         if !writes.nat_keys.is_empty() {
             let written = self.dataplane.install_nat_replies(&writes.nat_keys, &writes.nat_entries);
             let done = entries_done(&written, writes.nat_keys.len());
@@ -658,8 +668,6 @@ struct Writes {
     now: u64,
     clients: Vec<Endpoint>,
     entries: Vec<ClientEntry>,
-    /// Load slots handed out for these entries, to zero before they are written.
-    fresh_slots: Vec<u32>,
     nat_keys: Vec<NatKey>,
     nat_entries: Vec<NatEntry>,
 }
@@ -675,7 +683,6 @@ impl Writes {
             now: monotonic_ns(),
             clients: Vec::new(),
             entries: Vec::new(),
-            fresh_slots: Vec::new(),
             nat_keys: Vec::new(),
             nat_entries: Vec::new(),
         }
