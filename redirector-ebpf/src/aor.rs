@@ -25,8 +25,10 @@ use crate::via::{VIA_SCAN, at};
 /// What a datagram says of its AOR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestAor {
-    /// A response (its first bytes are `SIP/`): no AOR to check.
-    Response,
+    /// No request (a response, whose first bytes are `SIP/`; a keepalive
+    /// shorter than any request line; STUN or other bytes no method starts
+    /// with): no AOR to check.
+    NotRequest,
     /// A request, and the `aor_hash` of its AOR.
     Hash(u64),
     /// A request whose AOR the program cannot read with certainty.
@@ -38,7 +40,7 @@ impl RequestAor {
     /// hash is `aor_hash`.
     pub fn takes(self, aor_hash: u64) -> bool {
         match self {
-            RequestAor::Response => true,
+            RequestAor::NotRequest => true,
             RequestAor::Hash(hash) => hash == aor_hash,
             RequestAor::Unknown => false,
         }
@@ -78,8 +80,8 @@ const SUBSCRIBE: [u8; 10] = *b"SUBSCRIBE ";
 /// Which header names a request's AOR, as its request line tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestLine {
-    /// A response: no AOR to check.
-    Response,
+    /// No request (see `RequestAor::NotRequest`): no AOR to check.
+    NotRequest,
     /// A request the program cannot tell the AOR header of.
     Unknown,
     /// A request whose AOR is in this header (a `Header` as a byte, as the
@@ -102,7 +104,7 @@ pub enum Header {
 #[inline(always)]
 pub fn request_aor(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> RequestAor {
     match request_line(bytes, start, end) {
-        RequestLine::Response => RequestAor::Response,
+        RequestLine::NotRequest => RequestAor::NotRequest,
         RequestLine::Unknown => RequestAor::Unknown,
         RequestLine::Reads(header) => header_aor(bytes, start, end, header),
     }
@@ -116,15 +118,20 @@ pub fn request_aor(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> RequestA
 pub fn request_line(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> RequestLine {
     let end = if end > VIA_SCAN { VIA_SCAN } else { end };
     // The constant bound first: the verifier cannot follow `start + 10 <= end`.
-    if start > VIA_SCAN - SUBSCRIBE.len() || start + SUBSCRIBE.len() > end {
+    if start > VIA_SCAN - SUBSCRIBE.len() {
         return RequestLine::Unknown;
     }
-    if starts_with(bytes, start, b"SIP/") {
-        return RequestLine::Response;
+    // Shorter than any request line: a keepalive (RFC 5626's CRLFs).
+    if start + SUBSCRIBE.len() > end || starts_with(bytes, start, b"SIP/") {
+        return RequestLine::NotRequest;
     }
     let first = at(bytes, start);
     if first == b'\r' || first == b'\n' || starts_with(bytes, start, &SUBSCRIBE) {
         return RequestLine::Unknown;
+    }
+    // STUN (its first byte is 0 or 1) and anything else no method starts with.
+    if !is_token_byte(first) {
+        return RequestLine::NotRequest;
     }
     if starts_with(bytes, start, &REGISTER) {
         return RequestLine::Reads(Header::To as u8);
@@ -144,6 +151,12 @@ pub fn header_aor(bytes: &[u8; VIA_SCAN], start: usize, end: usize, header: u8) 
         return RequestAor::Unknown;
     }
     scan(bytes, start, core::hint::black_box(end), header)
+}
+
+/// RFC 3261 `token` characters: what a method is made of.
+#[inline(always)]
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
 }
 
 #[inline(always)]

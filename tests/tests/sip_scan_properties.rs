@@ -275,13 +275,24 @@ proptest! {
         agrees(&message)?;
     }
 
-    /// Two lines of one phone hash apart, responses are none of the check's.
+    /// Two lines of one phone hash apart; responses, keepalives and STUN
+    /// are no requests, none of the check's.
     #[test]
-    fn lines_hash_apart_and_responses_are_not_read(a in 1..1000u32, b in 1..1000u32) {
+    fn lines_hash_apart_and_what_is_no_request_is_not_read(
+        a in 1..1000u32,
+        b in 1..1000u32,
+        stun in proptest::collection::vec(any::<u8>(), 20..60),
+    ) {
         let line = |n: u32| format!("INVITE sip:x SIP/2.0\r\nFrom: <sip:line{n}@x>;tag=1\r\nTo: <sip:y@x>\r\n\r\n");
         prop_assert_eq!(read_aor(line(a).as_bytes()) == read_aor(line(b).as_bytes()), a == b);
         let response = line(a).replacen("INVITE sip:x SIP/2.0", "SIP/2.0 200 OK", 1);
-        prop_assert_eq!(read_aor(response.as_bytes()), RequestAor::Response);
+        prop_assert_eq!(read_aor(response.as_bytes()), RequestAor::NotRequest);
+        for keepalive in [&b"\r\n\r\n"[..], b"\r\n"] {
+            prop_assert_eq!(read_aor(keepalive), RequestAor::NotRequest);
+        }
+        // A STUN message starts with two zero bits (RFC 5389 §6).
+        let stun = [&[stun[0] & 0x01][..], &stun[1..]].concat();
+        prop_assert_eq!(read_aor(&stun), RequestAor::NotRequest);
     }
 
     /// Responses carry other hops' Vias: never changed.

@@ -16,12 +16,13 @@ pub const OTHER_AOR: u32 = 1;
 /// A request whose AOR the program cannot read with certainty.
 pub const UNSEEN: u32 = 2;
 
-const RESPONSE: u32 = 0;
+const NOT_REQUEST: u32 = 0;
 const HASHED: u32 = 1;
 const UNKNOWN: u32 = 2;
 
 /// Whether the datagram may take a fast path installed for the AOR that
-/// hashes to `aor_hash`: a response does, a request only with that hash.
+/// hashes to `aor_hash`: what is no request (a response, a keepalive,
+/// STUN) does, a request only with that hash.
 /// A subprogram: its stack does not add to its siblings'.
 #[inline(never)]
 pub fn check(ctx: &XdpContext, ip: &Ip, aor_hash: u64) -> u32 {
@@ -29,7 +30,7 @@ pub fn check(ctx: &XdpContext, ip: &Ip, aor_hash: u64) -> u32 {
         return UNSEEN;
     };
     match hash(scratch) {
-        RESPONSE => TAKES,
+        NOT_REQUEST => TAKES,
         HASHED if scratch::result(scratch) == aor_hash => TAKES,
         HASHED => OTHER_AOR,
         _ => UNSEEN,
@@ -43,7 +44,7 @@ pub fn check(ctx: &XdpContext, ip: &Ip, aor_hash: u64) -> u32 {
 fn hash(scratch: &mut Scratch) -> u32 {
     let (start, end) = scratch::bounds(scratch);
     match request_line(&scratch.bytes, start, end) {
-        RequestLine::Response => RESPONSE,
+        RequestLine::NotRequest => NOT_REQUEST,
         RequestLine::Unknown => UNKNOWN,
         RequestLine::Reads(header) => {
             scratch::set_result(scratch, header as u64);

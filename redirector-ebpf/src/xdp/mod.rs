@@ -43,8 +43,10 @@
 //!    AOR; one whose AOR the program cannot read with certainty (a folded
 //!    or escaped value, an IPv6 host, a password, another scheme, a method
 //!    the daemon would read otherwise, a value not complete within the
-//!    bytes read) is passed up too (`pass_aor_unseen`). Responses, and a
-//!    non-shared socket's other requests, are not read.
+//!    bytes read) is passed up too (`pass_aor_unseen`). What is no request
+//!    (a response; a datagram shorter than any request line, as RFC 5626
+//!    keepalives; one whose first byte no method starts with, as STUN) and
+//!    a non-shared socket's other requests are not read.
 //!    In nat mode, a client whose entry has `CLIENT_ADDS_RPORT` (its first
 //!    request's Via did not ask for rport) gets `;rport` added at the end of
 //!    its request's top Via value when the value has none (`via.rs`; a
@@ -52,7 +54,8 @@
 //!    whose top Via is not complete within the frame's first 512 bytes is
 //!    passed to user space (`pass_via_unseen`), as is one the frame's
 //!    headroom cannot grow for (`no_headroom`).
-//!    Every hit (forwarded or not) counts one packet in the client's
+//!    Every datagram that takes the entry (forwarded or not; not another
+//!    AOR's request, passed up) counts one packet in the client's
 //!    `LOADS` slot (`ClientEntry::load_slot`, per CPU: the rebalancer's
 //!    load estimate) and writes nothing to the shared entry except
 //!    `last_seen_ns`, for user space's idle expiry, and that only when the

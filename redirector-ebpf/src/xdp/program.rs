@@ -153,20 +153,11 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
 
 #[inline(always)]
 fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict {
-    let Some(client) = CLIENTS.get_ptr_mut(datagram.src) else {
+    let Some(entry) = CLIENTS.get_ptr_mut(datagram.src) else {
         return to_first_contact(datagram, PASS_MISS);
     };
-    // SAFETY: a live map value (RCU keeps it mapped for this run). The one
-    // write, at most once a second, races only with its like on another
-    // CPU: both store a time of now.
-    let client: ClientEntry = unsafe {
-        let now = bpf_ktime_get_coarse_ns();
-        if stamps_last_seen(now, (*client).last_seen_ns) {
-            (*client).last_seen_ns = now;
-        }
-        *client
-    };
-    count_load(client.load_slot);
+    // SAFETY: a live map value (RCU keeps it mapped for this run), copied out.
+    let client: ClientEntry = unsafe { *entry };
     // A shared socket's every request is read; another's REGISTERs only.
     let checked = client.flags & CLIENT_SHARED != 0
         || (client.flags & CLIENT_CHECKS_REGISTER != 0 && packet::is_register(ctx, &datagram.ip));
@@ -177,6 +168,17 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
             _ => return to_first_contact(datagram, PASS_AOR_UNSEEN),
         }
     }
+    // Only what takes the entry is its client's: another line's request
+    // neither keeps it from going idle nor counts as its load.
+    // SAFETY: as above. The one write, at most once a second, races only
+    // with its like on another CPU: both store a time of now.
+    unsafe {
+        let now = bpf_ktime_get_coarse_ns();
+        if stamps_last_seen(now, (*entry).last_seen_ns) {
+            (*entry).last_seen_ns = now;
+        }
+    }
+    count_load(client.load_slot);
     let Some(server) = SERVERS.get(client.server) else {
         return PASS_MISS;
     };
