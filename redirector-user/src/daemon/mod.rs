@@ -296,6 +296,9 @@ impl Daemon {
         }
         let pins = Pins::new(&config.fast_path.bpffs, &config.interface);
         let mut dataplane = DataPlane::load_pinned(&pins, config.fast_path.max_clients)?;
+        // Verified before any pinned map is touched: a program this kernel
+        // refuses leaves the running one's maps as they were.
+        dataplane.program(redirector_ebpf::REDIRECTOR_PROGRAM)?;
         let adopting = adopt_or_clear(&mut dataplane, config)?;
         dataplane.configure_edge(config)?;
         dataplane.set_servers(seeded.pool.servers())?;

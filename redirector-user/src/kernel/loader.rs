@@ -71,8 +71,8 @@ impl DataPlaneError {
     }
 }
 
-/// The loaded object: programs verified and loaded, maps created (or
-/// adopted from pins).
+/// The loaded object: maps created (or adopted from pins), each program
+/// verified and loaded when first asked for.
 pub struct DataPlane {
     ebpf: Ebpf,
     /// Whether the maps were a previous daemon's, adopted from pins.
