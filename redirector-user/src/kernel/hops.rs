@@ -126,7 +126,12 @@ impl Keeper {
     /// Resolves every one of `destinations` and writes its hop (an empty,
     /// never fresh one when it has no resolved neighbour: the FIB serves
     /// it and reports the miss); slots no longer among them are emptied.
+    /// The hops are written under a generation published only once they
+    /// all are (every hop stale meanwhile): no packet follows one while its
+    /// bytes are being written.
     pub fn recompute(&mut self, destinations: &[Destination]) -> Result<()> {
+        self.invalidate()?;
+        self.generation = self.generation.wrapping_add(1);
         let mut kept = HashMap::with_capacity(destinations.len());
         for &destination in destinations {
             let route = self.tables.resolve(destination.address, self.sources.of(destination.address))?;
@@ -139,7 +144,7 @@ impl Keeper {
             self.maps.set(gone, NextHop::default())?;
         }
         self.kept = kept;
-        Ok(())
+        self.renew()
     }
 
     /// The hop written for `destination`.
