@@ -9,7 +9,10 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData, MapInfo};
-use redirector::{kernel::fast_path::monotonic_ns, ops::api::Route};
+use redirector::{
+    kernel::{fast_path::monotonic_ns, loader::endpoint},
+    ops::api::Route,
+};
 use redirector_ebpf::{FAMILY_V4, HOP_STATE_MAP, HOPS_MAP, HopState, NextHop, server_hop};
 use redirector_tests::{
     netns::NetNs,
@@ -293,13 +296,15 @@ fn sent_by_kept_hop(
 }
 
 /// The destination MAC of the edge daemon's fresh kept hop for home server
-/// slot `slot` over IPv4, read from its `HOPS` and `HOP_STATE` maps.
+/// slot `slot` (at its IPv4 address), read from its `HOPS` and
+/// `HOP_STATE` maps.
 fn kept_hop(topology: &Topology, slot: u32) -> Option<String> {
     let pid = topology.edge_pid().expect("the edge daemon runs");
     let hops: Array<MapData, NextHop> = Array::try_from(Map::Array(daemon_map(pid, HOPS_MAP)?)).ok()?;
     let state: Array<MapData, HopState> = Array::try_from(Map::Array(daemon_map(pid, HOP_STATE_MAP)?)).ok()?;
     let (hop, state) = (hops.get(&server_hop(slot, FAMILY_V4), 0).ok()?, state.get(&0, 0).ok()?);
-    state.fresh(&hop, &hop.addr, monotonic_ns()).then(|| hop.dst_mac.map(|b| format!("{b:02x}")).join(":"))
+    let home = endpoint(redirector_tests::topology::home_address(slot as usize).into(), 0);
+    state.fresh(&hop, &home.addr, monotonic_ns()).then(|| hop.dst_mac.map(|b| format!("{b:02x}")).join(":"))
 }
 
 /// The map called `name` among those process `pid` holds.

@@ -1,5 +1,5 @@
 //! The frame's first bytes copied out of the packet, for the scans that
-//! read SIP (`via`, `register`): more than a BPF stack holds. The probe
+//! read SIP (`via`, `aor`): more than a BPF stack holds. The probe
 //! responder works on a probe's payload here too (`probe`). A scan runs
 //! as a subprogram of its own whose inputs and result are in here, in
 //! memory, not registers: the verifier then checks it without the caller's

@@ -201,11 +201,12 @@ impl Received {
     fn take_some(&mut self, fd: std::os::fd::RawFd, count: usize) -> std::io::Result<usize> {
         // SAFETY: all-zero is a valid sockaddr_storage and mmsghdr.
         let mut names: [libc::sockaddr_storage; SLOTS] = unsafe { std::mem::zeroed() };
-        let mut iovecs: Vec<libc::iovec> = self
-            .slots
-            .chunks_exact_mut(SLOT_BYTES)
-            .map(|slot| libc::iovec { iov_base: slot.as_mut_ptr().cast(), iov_len: SLOT_BYTES })
-            .collect();
+        let base = self.slots.as_mut_ptr();
+        let mut iovecs: [libc::iovec; SLOTS] = std::array::from_fn(|index| libc::iovec {
+            // SAFETY: slot `index` lies within `slots`, SLOTS of SLOT_BYTES.
+            iov_base: unsafe { base.add(index * SLOT_BYTES) }.cast(),
+            iov_len: SLOT_BYTES,
+        });
         // SAFETY: as above.
         let mut headers: [libc::mmsghdr; SLOTS] = unsafe { std::mem::zeroed() };
         for ((header, iovec), name) in headers.iter_mut().zip(&mut iovecs).zip(&mut names) {
@@ -245,8 +246,9 @@ mod tests {
     use super::*;
 
     fn payload(index: usize) -> Vec<u8> {
-        // One big datagram among small ones: every slot holds the largest.
-        let len = if index == 40 { 60_000 } else { 20 + index % 200 };
+        // One big datagram among small ones (every slot holds more than a
+        // page); all of them fit the receive buffer's default size.
+        let len = if index == 40 { 20_000 } else { 20 + index % 100 };
         (0..len).map(|i| (index + i) as u8).collect()
     }
 
@@ -257,6 +259,8 @@ mod tests {
         let senders =
             [std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap()];
         socket2::SockRef::from(&receiver).set_recv_buffer_size(RECEIVE_BUFFER).unwrap();
+        let queued = socket2::SockRef::from(&receiver).recv_buffer_size().unwrap();
+        assert!(queued >= 200_000, "room for the burst: {queued} bytes");
         let total = BATCH + 44;
         for index in 0..total {
             senders[index % 2].send_to(&payload(index), to).unwrap();

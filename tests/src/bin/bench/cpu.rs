@@ -35,13 +35,15 @@ fn processes() -> HashMap<u32, Stat> {
         .collect()
 }
 
-/// /proc/PID/stat's ppid, utime and stime (fields 4, 14 and 15; the
-/// command name before them may hold spaces, so fields count from its `)`).
+/// /proc/PID/stat's ppid, and its user and system time with that of the
+/// children it has waited for (fields 4 and 14 to 17; the command name
+/// before them may hold spaces, so fields count from its `)`).
 fn stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
     let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
-    Some(Stat { parent: u32::try_from(field(4)?).ok()?, ticks: field(14)? + field(15)? })
+    let ticks = field(14)? + field(15)? + field(16)? + field(17)?;
+    Some(Stat { parent: u32::try_from(field(4)?).ok()?, ticks })
 }
 
 fn descends_from(mut pid: u32, ancestor: u32, processes: &HashMap<u32, Stat>) -> bool {
