@@ -478,7 +478,8 @@ fn default_max_clients() -> u32 {
 }
 
 /// Bounds of `fast_path.max_clients`: below, a pool would churn through
-/// first contact; above, the maps would take gigabytes of kernel memory.
+/// first contact; above, the maps would take gigabytes of kernel memory
+/// (the per-CPU `LOADS` alone take 8 bytes a client per possible CPU).
 pub const MAX_CLIENTS_RANGE: std::ops::RangeInclusive<u32> = 1024..=(1 << 24);
 
 /// What the daemon logs.
