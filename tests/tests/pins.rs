@@ -173,9 +173,12 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
 
 /// One datagram from 10.0.0.2:`port` to the service through the program
 /// (BPF_PROG_TEST_RUN): a hit counts in the client's load slot before any
-/// route is looked up, so no namespace is needed.
+/// route is looked up, so no namespace is needed. A response, which the
+/// program never reads: the entry takes it whatever AOR it was installed
+/// for.
 fn hit(dataplane: &mut DataPlane, port: u16) {
-    let datagram = Datagram::new(&format!("10.0.0.2:{port}"), "192.0.2.10:5060");
+    let response = b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec();
+    let datagram = Datagram::new(&format!("10.0.0.2:{port}"), "192.0.2.10:5060").with(|d| d.payload = response);
     let frame = ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet());
     let options = TestRunOptions { data_in: Some(&frame), ..Default::default() };
     dataplane.program(REDIRECTOR_PROGRAM).unwrap().test_run(options).expect("BPF_PROG_TEST_RUN");
