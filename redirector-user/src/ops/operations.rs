@@ -23,7 +23,8 @@
 //! Two walks also go a step at a time between commands: the scan of the
 //! fast path's learned clients (`scan`: one read of each kernel entry
 //! serves the idle sweep, expiry's sightings and the load samples) and the
-//! expiry walk over the store (`start_expiry`, then `work`).
+//! expiry walk over the store (`start_expiry`, then `work`, a page at a
+//! time, paced).
 
 mod followed;
 mod profiles;
@@ -100,6 +101,13 @@ const SCAN_BUDGET: usize = 2_000;
 /// most one transaction for what it removes and persists).
 const EXPIRY_PAGE: usize = 2_000;
 
+/// An expiry walk reads a page at most this often: a page costs the owner
+/// a few milliseconds, so a walk over a large store (one starts as the
+/// daemon does, when every phone may be registering again at once) takes
+/// a bounded share of it, 40,000 assignments a second, instead of every
+/// moment between two rounds of installs.
+const EXPIRY_PAGE_EVERY: Duration = Duration::from_millis(50);
+
 /// Moves kept for the status page's list of the last ones.
 const RECENT_MOVES: usize = 100;
 
@@ -137,6 +145,8 @@ pub struct Operations {
     /// When assignments expire (`None`: never), and the walk under way.
     expiry: Option<expiry::Policy>,
     walk: Option<Walk>,
+    /// When the walk may read its next page.
+    next_page_at: Instant,
     /// The load samples of the scan pass under way, when it takes them.
     pass: Vec<Sample>,
     /// The config's `[[servers]]` as last applied (see `edge::servers`).
@@ -246,6 +256,7 @@ impl Operations {
             jobs: VecDeque::new(),
             expiry,
             walk: None,
+            next_page_at: Instant::now(),
             pass: Vec::new(),
             applied,
             leading: true,
@@ -671,6 +682,7 @@ impl Operations {
     /// are persisted, in the same transaction.
     fn expire_page(&mut self) {
         let (Some(policy), Some(walk)) = (self.expiry, self.walk.as_mut()) else { return };
+        self.next_page_at = Instant::now() + EXPIRY_PAGE_EVERY;
         let page = match self.assignments.store().page(walk.cursor(), EXPIRY_PAGE) {
             Ok(page) => page,
             Err(error) => {
@@ -787,20 +799,24 @@ impl Operations {
         Ok(())
     }
 
-    /// Whether moves or an expiry walk are under way (`work` makes the
-    /// next batch).
-    pub fn has_work(&self) -> bool {
-        !self.jobs.is_empty() || self.walk.is_some()
+    /// When `work` has something to do next: at once while moves are
+    /// under way, at the walk's next page while an expiry walk is;
+    /// `None` when neither is.
+    pub fn next_work(&self) -> Option<Instant> {
+        if !self.jobs.is_empty() {
+            return Some(Instant::now());
+        }
+        self.walk.as_ref().map(|_| self.next_page_at)
     }
 
     /// Makes the next batch of the oldest job's moves, `MOVE_BATCH` clients
-    /// in one transaction, or else the next page of the expiry walk; the
-    /// owner interleaves it with everything else.
+    /// in one transaction, or else the next page of the expiry walk when it
+    /// is due; the owner interleaves it with everything else.
     pub fn work(&mut self) {
-        if self.jobs.is_empty() {
-            self.expire_page();
-        } else {
+        if !self.jobs.is_empty() {
             self.move_next_batch();
+        } else if Instant::now() >= self.next_page_at {
+            self.expire_page();
         }
     }
 

@@ -185,16 +185,17 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
     }
 }
 
-/// The next command: waited for when nothing else is to be done, taken if
-/// one is queued while moves are; `None` once every sender is gone.
+/// The next command: waited for until the owner's own work (moves, the
+/// expiry walk's next page) is due, then `Some(None)` to do that work;
+/// `None` once every sender is gone.
 fn next(operations: &Operations, commands: &std::sync::mpsc::Receiver<Command>) -> Option<Option<Command>> {
-    if !operations.has_work() {
+    let Some(due) = operations.next_work() else {
         return commands.recv().ok().map(Some);
-    }
-    match commands.try_recv() {
+    };
+    match commands.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
         Ok(command) => Some(Some(command)),
-        Err(std::sync::mpsc::TryRecvError::Empty) => Some(None),
-        Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Some(None),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
     }
 }
 
