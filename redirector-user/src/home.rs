@@ -138,10 +138,10 @@ fn answer(
     reason: &str,
     extra: &[(&str, String)],
 ) -> (SocketAddr, Vec<u8>) {
-    basis.stamp_top_via(source);
+    let to = basis.stamp_top_via(source);
     let key = format!("{:?}{:?}", basis.call_id, basis.from);
     let tag = format!("home{:08x}", xxh3_64(key.as_bytes()) as u32);
-    (basis.response_address(source), response::build(basis, code, reason, &tag, extra))
+    (to, response::build(basis, code, reason, &tag, extra))
 }
 
 /// Answers on every `listen` address (replying from the socket a request

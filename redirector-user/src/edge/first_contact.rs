@@ -31,6 +31,7 @@
 
 use std::{
     collections::HashMap,
+    fmt::Write,
     net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::AtomicU64},
 };
@@ -544,8 +545,7 @@ impl FirstContact {
             // itself gets 200 (§9.2), statelessly, and nothing is installed.
             Some("CANCEL") if redirect => {
                 bump(&self.counters.cancels_answered);
-                basis.stamp_top_via(source);
-                let to = basis.response_address(source);
+                let to = basis.stamp_top_via(source);
                 let bytes = response::build(&basis, 200, "OK", &to_tag(&basis), &[]);
                 return Item::Done(vec![Action::Reply { to, bytes }]);
             }
@@ -737,11 +737,10 @@ impl FirstContact {
 
     fn redirect(&self, message: &Message<'_>, basis: &mut Basis, source: SocketAddr, home: SocketAddr) -> Vec<Action> {
         let StartLine::Request { uri, .. } = message.start else { unreachable!("only requests are redirected") };
-        let contact = format!("<{}>", redirect_target(uri, home));
+        let contact = redirect_contact(uri, home);
         let extra = [("Contact", contact), ("Expires", self.settings.redirect_expires.to_string())];
         bump(&self.counters.redirected);
-        basis.stamp_top_via(source);
-        let to = basis.response_address(source);
+        let to = basis.stamp_top_via(source);
         vec![Action::Reply { to, bytes: response::build(basis, 302, "Moved Temporarily", &to_tag(basis), &extra) }]
     }
 
@@ -875,8 +874,7 @@ impl FirstContact {
         counter: &AtomicU64,
     ) -> Vec<Action> {
         bump(counter);
-        basis.stamp_top_via(source);
-        let to = basis.response_address(source);
+        let to = basis.stamp_top_via(source);
         vec![Action::Reply { to, bytes: response::build(basis, code, reason, &to_tag(basis), extra) }]
     }
 
@@ -919,14 +917,20 @@ fn rport_offset(datagram: &[u8]) -> Option<usize> {
     Some(top.as_ptr() as usize - datagram.as_ptr() as usize + top.len())
 }
 
-/// The request URI re-pointed at the home server: same scheme and user.
-fn redirect_target(request_uri: &str, home: SocketAddr) -> String {
+/// A redirect's Contact, `<sip:user@home>`: the request URI's user at the
+/// home server.
+fn redirect_contact(request_uri: &str, home: SocketAddr) -> String {
     let rest = request_uri.split_once(':').map_or("", |(_, rest)| rest);
     let rest = rest.split([';', '?']).next().unwrap_or("");
-    match rest.rsplit_once('@') {
-        Some((user, _)) => format!("sip:{user}@{home}"),
-        None => format!("sip:{home}"),
+    let mut contact = String::with_capacity(rest.len() + 56);
+    contact.push_str("<sip:");
+    if let Some((user, _)) = rest.rsplit_once('@') {
+        contact.push_str(user);
+        contact.push('@');
     }
+    // Writing to a String cannot fail.
+    let _ = write!(contact, "{home}>");
+    contact
 }
 
 const BRANCH_PREFIX: &str = "z9hG4bK-rdr-";

@@ -146,6 +146,34 @@ fn stamping_a_via_adds_received_and_rport() {
     assert_eq!(same_host.response_address(), Some("203.0.113.5:5060".parse().unwrap()));
 }
 
+proptest::proptest! {
+    /// First contact answers to where the stamped Via says without reading
+    /// it again: `stamped_response_address` must be what reading it gives.
+    #[test]
+    fn a_stamped_via_sends_its_response_where_reading_it_again_would(
+        host in proptest::prop_oneof!["203\\.0\\.113\\.5", "[a-z]{1,8}\\.example", "\\[2001:db8::1\\]", "10\\.0\\.0\\.[0-9]"],
+        port in proptest::option::of(1u16..),
+        params in "(;(rport|rport=[0-9]{1,5}|received=10\\.9\\.9\\.9|branch=z9hG4bK[0-9]{1,4}|lr| RPort ))*",
+        source in proptest::prop_oneof![
+            proptest::strategy::Just("203.0.113.5"), proptest::strategy::Just("2001:db8::1"), proptest::strategy::Just("10.0.0.7")
+        ],
+        source_port in 1u16..,
+    ) {
+        let value = match port {
+            Some(port) => format!("SIP/2.0/UDP {host}:{port}{params}"),
+            None => format!("SIP/2.0/UDP {host}{params}"),
+        };
+        let via = Via::parse(&value).unwrap();
+        let source = SocketAddr::new(source.parse().unwrap(), source_port);
+        let stamped = via.stamped(source);
+        proptest::prop_assert_eq!(
+            Via::parse(&stamped).unwrap().response_address(),
+            Some(via.stamped_response_address(source)),
+            "{} stamped for {} is {}", value, source, stamped
+        );
+    }
+}
+
 #[test]
 fn aors_are_canonical() {
     for (uri, aor) in [

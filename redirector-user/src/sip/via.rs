@@ -64,8 +64,11 @@ impl<'a> Via<'a> {
         });
         // Written in place: this runs for every request answered.
         let mut out = String::with_capacity(self.host.len() + self.params.len() + 80);
+        out.push_str("SIP/2.0/");
+        out.push_str(self.transport);
+        out.push(' ');
+        out.push_str(self.host);
         // Writing to a String cannot fail.
-        let _ = write!(out, "SIP/2.0/{} {}", self.transport, self.host);
         if let Some(port) = self.port {
             let _ = write!(out, ":{port}");
         }
@@ -80,6 +83,15 @@ impl<'a> Via<'a> {
             let _ = write!(out, ";rport={}", source.port());
         }
         out
+    }
+
+    /// Where a response goes once this value is `stamped` for `source`,
+    /// without reading the stamped value again: the source's address
+    /// (`received`, or the sent-by host that equals it), at the source's
+    /// port if rport was asked for, else at the sent-by port.
+    pub fn stamped_response_address(&self, source: SocketAddr) -> SocketAddr {
+        let port = if self.param("rport").is_some() { source.port() } else { self.port.unwrap_or(5060) };
+        SocketAddr::new(source.ip(), port)
     }
 
     /// Where a response to this Via goes (RFC 3261 §18.2.2, RFC 3581).
