@@ -119,23 +119,25 @@ impl Aor {
     pub fn from_uri(uri: &str, header: &'static str) -> Result<Self, ParseError> {
         let malformed = ParseError::Malformed(header);
         let (scheme, rest) = uri.split_once(':').ok_or(malformed.clone())?;
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme == "tel" {
+        if scheme.eq_ignore_ascii_case("tel") {
             let number = rest.split([';', '?']).next().unwrap_or("");
             return if number.is_empty() { Err(malformed) } else { Self::bounded(format!("tel:{number}"), header) };
         }
-        if scheme != "sip" && scheme != "sips" {
+        if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
             return Err(malformed);
         }
         let (user, host, _) = user_host_port(rest);
         if host.is_empty() || user.is_some_and(str::is_empty) {
             return Err(malformed);
         }
-        let host = host.to_ascii_lowercase();
-        let aor = match user {
-            Some(user) => format!("sip:{user}@{host}"),
-            None => format!("sip:{host}"),
-        };
+        // Built in one allocation: every request's AOR is read this way.
+        let mut aor = String::with_capacity(5 + user.map_or(0, |u| u.len() + 1) + host.len());
+        aor.push_str("sip:");
+        if let Some(user) = user {
+            aor.push_str(user);
+            aor.push('@');
+        }
+        aor.extend(host.chars().map(|c| c.to_ascii_lowercase()));
         Self::bounded(aor, header)
     }
 
