@@ -346,22 +346,7 @@ impl FirstContact {
         local: SocketAddr,
     ) -> Batch<'a> {
         let items = datagrams.into_iter().map(|(datagram, source)| self.read_one(datagram, source, local)).collect();
-        let batch = Batch { items };
-        self.record_sightings(&batch);
-        batch
-    }
-
-    /// A known client's first contact is a sighting: it keeps its
-    /// assignment from expiring (new clients are seen as they are assigned).
-    fn record_sightings(&self, batch: &Batch<'_>) {
-        let now = unix_seconds();
-        for item in &batch.items {
-            if let Item::Request(request) = item
-                && request.known.is_some()
-            {
-                self.cache.seen(&request.aor, now);
-            }
-        }
+        Batch { items }
     }
 
     /// The answers to a batch, given the owner's assignments for its
@@ -567,7 +552,10 @@ impl FirstContact {
                 return Item::Done(self.reject(&mut basis, source, 400, &reason, &self.counters.bad_request));
             }
         };
-        let known = self.cache.get(&aor).filter(|cached| self.pool.load().usable(&cached.server));
+        // A known client's first contact is a sighting: it keeps its
+        // assignment from expiring (new clients are seen as they are
+        // assigned). One lookup serves both.
+        let known = self.cache.sighted(&aor, unix_seconds()).filter(|cached| self.pool.load().usable(&cached.server));
         let asks_rport =
             basis.vias.first().and_then(|top| Via::parse(top).ok()).is_some_and(|via| via.param("rport").is_some());
         // The kernel reads a Via line by line: it would add rport to a

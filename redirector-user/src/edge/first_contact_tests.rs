@@ -253,6 +253,23 @@ fn direct_register_is_redirected_and_installed() {
 }
 
 #[test]
+fn a_known_clients_first_contact_is_a_sighting() {
+    let s = setup(Policy::ByVia);
+    s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
+    let aor = Aor::from_uri("sip:alice@example.net", "To").unwrap();
+    let cache = s.fc.assignments.borrow().cache();
+    let stored = s.fc.store().get(&aor).unwrap().unwrap();
+    // Cached anew as last seen long ago (a put never moves a sighting back).
+    cache.remove(&aor);
+    cache.put(&Assignment { last_seen: 1, ..stored });
+    assert_eq!(cache.last_seen(&aor), Some(1));
+    let before = unix_seconds();
+    let actions = s.fc.on_service_datagram(&register(ONE_VIA, ""), "203.0.113.9:5000".parse().unwrap(), service());
+    assert!(only_reply(&actions).1.starts_with("SIP/2.0 302 "));
+    assert!(cache.last_seen(&aor).is_some_and(|seen| seen >= before), "seen as it came: {:?}", cache.last_seen(&aor));
+}
+
+#[test]
 fn the_same_aor_stays_on_its_server_and_is_assigned_once() {
     let s = setup(Policy::ByVia);
     let first = only_reply(&s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service())).1;

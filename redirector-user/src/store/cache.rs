@@ -45,6 +45,14 @@ impl Cache {
         self.assignments.get(aor).filter(|entry| !entry.held).map(|entry| entry.cached.clone())
     }
 
+    /// `get`, recording that `aor` was seen at `unix_seconds` when it is
+    /// cached and not held (as `seen` does), in the same lookup.
+    pub fn sighted(&self, aor: &Aor, unix_seconds: u64) -> Option<Cached> {
+        let entry = self.assignments.get(aor).filter(|entry| !entry.held)?;
+        see(&entry.last_seen, unix_seconds);
+        Some(entry.cached.clone())
+    }
+
     /// Calls `visit` with every assignment not held out of first contact.
     pub fn for_each(&self, mut visit: impl FnMut(&Aor, &Cached)) {
         for entry in self.assignments.iter().filter(|entry| !entry.held) {
@@ -90,12 +98,8 @@ impl Cache {
 
     /// `aor` was seen at `unix_seconds` (never moves its time back).
     pub fn seen(&self, aor: &Aor, unix_seconds: u64) {
-        if let Some(entry) = self.assignments.get(aor)
-            && entry.last_seen.load(Ordering::Relaxed) < unix_seconds
-        {
-            // Read first: most sightings are within the same second, and a
-            // read keeps the cache line shared between cores.
-            entry.last_seen.fetch_max(unix_seconds, Ordering::Relaxed);
+        if let Some(entry) = self.assignments.get(aor) {
+            see(&entry.last_seen, unix_seconds);
         }
     }
 
@@ -103,5 +107,14 @@ impl Cache {
     pub fn last_seen(&self, aor: &Aor) -> Option<u64> {
         let entry = self.assignments.get(aor).filter(|entry| !entry.held)?;
         Some(entry.last_seen.load(Ordering::Relaxed))
+    }
+}
+
+/// Moves `last_seen` forward to `unix_seconds`, never back.
+fn see(last_seen: &AtomicU64, unix_seconds: u64) {
+    // Read first: most sightings are within the same second, and a read
+    // keeps the cache line shared between cores.
+    if last_seen.load(Ordering::Relaxed) < unix_seconds {
+        last_seen.fetch_max(unix_seconds, Ordering::Relaxed);
     }
 }
