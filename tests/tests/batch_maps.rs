@@ -45,7 +45,8 @@ fn a_move_repoints_entries_in_place_and_a_withdrawal_removes_them() {
         fast_path.install(&aor(i), origin(i, service), 0).unwrap();
     }
     let key = |i: u32| endpoint(client(i).ip(), client(i).port());
-    let before: Vec<ClientEntry> = (0..CLIENTS).map(|i| fast_path.dataplane().client(key(i)).unwrap().unwrap()).collect();
+    let before: Vec<ClientEntry> =
+        (0..CLIENTS).map(|i| fast_path.dataplane().client(key(i)).unwrap().unwrap()).collect();
     assert!(before.iter().all(|entry| u16::from_be(entry.nat_port_be) >= 20000), "every client has its nat port");
     // Entries the LRU (or anyone) removed meanwhile must not stop the batch.
     let evicted = [0, 1, 1500, CLIENTS - 2];
@@ -75,7 +76,11 @@ fn a_move_repoints_entries_in_place_and_a_withdrawal_removes_them() {
             continue;
         }
         let entry = entry.unwrap_or_else(|| panic!("client {i} repointed"));
-        assert_eq!(ClientEntry { server: 0, last_seen_ns: was.last_seen_ns, ..entry }, was, "client {i} keeps its fields");
+        assert_eq!(
+            ClientEntry { server: 0, last_seen_ns: was.last_seen_ns, ..entry },
+            was,
+            "client {i} keeps its fields"
+        );
         assert_eq!(entry.server, 1, "client {i} points at its new server");
         assert_eq!((reply.client, reply.server), (key(i), 1), "client {i}'s replies come from its new server");
         assert_eq!(fast_path.shared().get(client(i)).map(|route| route.server), Some(1), "first contact's copy");

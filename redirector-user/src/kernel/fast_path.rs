@@ -450,14 +450,16 @@ impl FastPath {
                 let owner = owner_of(aor);
                 // A socket another AOR took since (this one's entry expired
                 // meanwhile) is left to that AOR.
-                let own = |(client, _): &&(Endpoint, Endpoint)| self.learned.get(client).is_none_or(|l| l.owner == owner);
+                let own =
+                    |(client, _): &&(Endpoint, Endpoint)| self.learned.get(client).is_none_or(|l| l.owner == owner);
                 targets.extend(entries.iter().filter(own).map(|&(client, service)| (client, server, service)));
             }
             ends.push(targets.len());
         }
         let mut writes = Writes::new();
-        let planned =
-            targets.into_iter().try_for_each(|(client, server, service)| self.entry_for(client, (server, service), &mut writes));
+        let planned = targets
+            .into_iter()
+            .try_for_each(|(client, server, service)| self.entry_for(client, (server, service), &mut writes));
         Repoint { aors: moves.iter().map(|&(aor, _)| aor).collect(), ends, writes: planned.map(|()| writes) }
     }
 
@@ -478,7 +480,8 @@ impl FastPath {
             self.write(&writes)
         });
         if let Err(error) = written {
-            let moved: Vec<Aor> = aors.iter().enumerate().filter(|&(i, _)| moved(i)).map(|(_, &aor)| aor.clone()).collect();
+            let moved: Vec<Aor> =
+                aors.iter().enumerate().filter(|&(i, _)| moved(i)).map(|(_, &aor)| aor.clone()).collect();
             if let Err(withdrawing) = self.withdraw_many(&moved) {
                 tracing::error!(%withdrawing, "moved clients whose entries were not rewritten could not be withdrawn either: they reach their old server until their entries expire or are written again");
             }

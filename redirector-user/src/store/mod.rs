@@ -196,10 +196,12 @@ pub trait AssignmentStore: Send + Sync {
     fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError>;
     /// Reads each AOR's assignment and, where `change` returns a new one,
     /// stores it, durably, so that no concurrent writer slips in between
-    /// and one commit serves the lot. `change` is called once per AOR in
-    /// order; a shared store calls it again for an AOR another edge wrote
-    /// meanwhile, with that edge's assignment, and the last call holds.
-    /// Returns the assignments as stored afterwards.
+    /// and one commit serves the lot. `change` is called once per AOR, in
+    /// an order the store chooses (the embedded one: by AOR), an AOR named
+    /// twice in the order given; a shared store calls it again for an AOR
+    /// another edge wrote meanwhile, with that edge's assignment, and the
+    /// last call holds. Returns the assignments as stored afterwards, in
+    /// the order given.
     fn update_many(
         &self,
         aors: &[&Aor],
@@ -208,6 +210,8 @@ pub trait AssignmentStore: Send + Sync {
     /// `update_many` for a batch whose `absent` AORs the caller believes
     /// have no assignment: a shared store may skip reading them, and call
     /// `change` for one of them again with what it finds there after all.
+    /// The embedded store calls `change` in the order given: it admits new
+    /// clients, first come, first served.
     fn create_many(
         &self,
         aors: &[&Aor],

@@ -615,8 +615,7 @@ mod tests {
 
         // Dense: every other stored AOR, in reverse, and new ones around them.
         let new = [aor("a0"), aor("u15x"), aor("zz")];
-        let dense: Vec<(&Aor, &str)> =
-            seeded.iter().step_by(2).rev().chain(&new).map(|aor| (aor, "home2")).collect();
+        let dense: Vec<(&Aor, &str)> = seeded.iter().step_by(2).rev().chain(&new).map(|aor| (aor, "home2")).collect();
         assert!(walks(dense.len(), 64));
         let moved = store.reassign_many(&dense).unwrap();
         for ((aor, _), moved) in dense.iter().zip(&moved) {
