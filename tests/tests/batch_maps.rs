@@ -1,7 +1,7 @@
 //! The fast path's batched map writes (BPF_MAP_UPDATE_BATCH and
-//! BPF_MAP_DELETE_BATCH, which aya lacks): every entry lands as one write
-//! at a time would put it, and a withdrawal skips entries the kernel no
-//! longer holds; a batch that stops part way says how far it got, and a
+//! BPF_MAP_DELETE_BATCH, which aya lacks): a move rewrites every entry in
+//! place as one write at a time would, and a withdrawal skips entries the
+//! kernel no longer holds; a batch that stops part way says how far it got, and a
 //! map type without batches is written one entry at a time.
 
 use std::{net::SocketAddr, os::fd::AsFd};
@@ -17,7 +17,7 @@ use redirector::{
     model::Origin,
     sip::Aor,
 };
-use redirector_ebpf::{CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, aor::aor_hash};
+use redirector_ebpf::{CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, NatEntry, aor::aor_hash};
 use redirector_tests::{
     population::{aor, client, config, service},
     privileged,
@@ -25,8 +25,14 @@ use redirector_tests::{
 
 const CLIENTS: u32 = 3000;
 
+/// A move repoints entries in place, in one batched update: a moved
+/// client's entry keeps every field but its server (and its last-seen
+/// stamp, written anew), its reply entry follows it, one the LRU evicted
+/// is written again, and the clients not moved keep their entries to the
+/// byte. A withdrawal then removes entries in one batched delete, stepping
+/// over the ones the kernel no longer holds.
 #[test]
-fn batched_moves_write_and_remove_every_entry() {
+fn a_move_repoints_entries_in_place_and_a_withdrawal_removes_them() {
     if !privileged() {
         return;
     }
@@ -38,27 +44,56 @@ fn batched_moves_write_and_remove_every_entry() {
     for i in 0..CLIENTS {
         fast_path.install(&aor(i), origin(i, service), 0).unwrap();
     }
-    let aors: Vec<Aor> = (0..CLIENTS).map(aor).collect();
-    let ports: Vec<u16> = (0..CLIENTS).map(|i| nat_port(&mut fast_path, i)).collect();
-    assert!(ports.iter().all(|port| *port >= 20000), "every client has its nat port");
+    let key = |i: u32| endpoint(client(i).ip(), client(i).port());
+    let before: Vec<ClientEntry> =
+        (0..CLIENTS).map(|i| fast_path.dataplane().client(key(i)).unwrap().unwrap()).collect();
+    assert!(before.iter().all(|entry| u16::from_be(entry.nat_port_be) >= 20000), "every client has its nat port");
     // Entries the LRU (or anyone) removed meanwhile must not stop the batch.
-    for i in [0, 1, 1500, CLIENTS - 1] {
-        fast_path.dataplane().remove_client(endpoint(client(i).ip(), client(i).port())).unwrap();
+    let evicted = [0, 1, 1500, CLIENTS - 2];
+    for i in evicted {
+        fast_path.dataplane().remove_client(key(i)).unwrap();
     }
-    let withdrawn = fast_path.withdraw_many(&aors).unwrap();
-    for i in (0..CLIENTS).step_by(97) {
-        let key = endpoint(client(i).ip(), client(i).port());
-        assert_eq!(fast_path.dataplane().client(key).unwrap(), None, "client {i} withdrawn");
-    }
-    fast_path.restore_many(withdrawn.into_iter().map(|w| (w, 1)).collect()).unwrap();
+    let aors: Vec<Aor> = (0..CLIENTS).map(aor).collect();
+    let moved = |i: u32| i.is_multiple_of(2);
+    let repoints: Vec<(&Aor, u32)> = aors.iter().step_by(2).map(|aor| (aor, 1)).collect();
+    fast_path.repoint_many(&repoints).unwrap();
+
+    let replies: std::collections::HashMap<u16, NatEntry> = fast_path
+        .dataplane()
+        .all_nat_replies()
+        .unwrap()
+        .into_iter()
+        .map(|(reply, entry)| (u16::from_be(reply.edge_port_be), entry))
+        .collect();
     for i in 0..CLIENTS {
-        let key = endpoint(client(i).ip(), client(i).port());
-        let entry = fast_path.dataplane().client(key).unwrap().unwrap_or_else(|| panic!("client {i} restored"));
+        let was = before[i as usize];
+        let entry = fast_path.dataplane().client(key(i)).unwrap();
+        let reply = replies[&u16::from_be(was.nat_port_be)];
+        if !moved(i) {
+            let expected = (!evicted.contains(&i)).then_some(was);
+            assert_eq!(entry, expected, "client {i}, not moved, is untouched");
+            assert_eq!(reply.server, 0, "client {i}'s replies still come from its server");
+            continue;
+        }
+        let entry = entry.unwrap_or_else(|| panic!("client {i} repointed"));
+        assert_eq!(
+            ClientEntry { server: 0, last_seen_ns: was.last_seen_ns, ..entry },
+            was,
+            "client {i} keeps its fields"
+        );
         assert_eq!(entry.server, 1, "client {i} points at its new server");
-        assert_eq!(u16::from_be(entry.nat_port_be), ports[i as usize], "client {i} keeps its nat port");
-        let adds_rport = entry.flags & CLIENT_ADDS_RPORT != 0;
-        assert_eq!(adds_rport, !origin(i, service).asks_rport, "client {i} keeps whether the kernel adds rport");
-        assert_eq!(fast_path.installed(&aor(i)), [key]);
+        assert_eq!((reply.client, reply.server), (key(i), 1), "client {i}'s replies come from its new server");
+        assert_eq!(fast_path.shared().get(client(i)).map(|route| route.server), Some(1), "first contact's copy");
+        assert_eq!(fast_path.installed(&aor(i)), [key(i)]);
+    }
+
+    let withdrawn = fast_path.withdraw_many(&aors[..CLIENTS as usize / 2]).unwrap();
+    assert_eq!(withdrawn.len(), CLIENTS as usize / 2, "every recorded client withdrawn");
+    for i in 0..CLIENTS {
+        let held = fast_path.dataplane().client(key(i)).unwrap().is_some();
+        let gone = i < CLIENTS / 2 || (evicted.contains(&i) && !moved(i));
+        assert_eq!(held, !gone, "client {i}");
+        assert_eq!(fast_path.shared().get(client(i)).is_some(), !gone, "client {i} in first contact's copy");
     }
 }
 
@@ -67,15 +102,9 @@ fn origin(i: u32, service: SocketAddr) -> Origin {
     Origin { client: client(i), service, asks_rport: i.is_multiple_of(2) }
 }
 
-/// The nat port of client `i`'s kernel entry (0 without one).
-fn nat_port(fast_path: &mut FastPath, i: u32) -> u16 {
-    let key = endpoint(client(i).ip(), client(i).port());
-    fast_path.dataplane().client(key).unwrap().map_or(0, |entry| u16::from_be(entry.nat_port_be))
-}
-
 /// A socket installed for line1 that sends a request of line2 stays
-/// line1's, marked shared: line2 never gets it (nor its withdraw and
-/// restore touch it), and a move of line1 carries the mark along.
+/// line1's, marked shared: line2 never gets it (nor does its move touch
+/// it), and a move of line1 carries the mark along.
 #[test]
 fn a_socket_shared_by_two_lines_stays_with_the_first_and_moves_with_it() {
     if !privileged() {
@@ -101,15 +130,10 @@ fn a_socket_shared_by_two_lines_stays_with_the_first_and_moves_with_it() {
         Some((Some(line1_hash), true))
     );
 
-    let withdrawn = fast_path.withdraw_many(std::slice::from_ref(&line2)).unwrap();
-    fast_path.restore_many(withdrawn.into_iter().map(|w| (w, 2)).collect()).unwrap();
+    fast_path.repoint_many(&[(&line2, 2)]).unwrap();
     assert_eq!(entry(&mut fast_path).server, 0, "line2's move leaves the socket alone");
 
-    let withdrawn = fast_path.withdraw_many(std::slice::from_ref(&line1)).unwrap();
-    assert_eq!(fast_path.dataplane().client(key).unwrap(), None, "off the kernel while line1 moves");
-    assert_eq!(fast_path.install(&line2, socket, 1).unwrap(), Installed::Shared, "line2 meanwhile: still line1's");
-    assert_eq!(fast_path.dataplane().client(key).unwrap(), None, "and not put back for line2");
-    fast_path.restore_many(withdrawn.into_iter().map(|w| (w, 2)).collect()).unwrap();
+    fast_path.repoint_many(&[(&line1, 2)]).unwrap();
     let moved = entry(&mut fast_path);
     assert_eq!((moved.server, moved.aor_hash), (2, line1_hash), "at line1's new home, with line1's hash");
     assert_ne!(moved.flags & CLIENT_SHARED, 0, "still shared");

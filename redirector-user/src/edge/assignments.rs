@@ -14,7 +14,7 @@ use crate::{
         routes::{LOG_CAPACITY, RouteLog},
     },
     sip::Aor,
-    store::{Assignment, AssignmentStore, Cache, Cached, Reassigned, StoreError, next_assignment},
+    store::{Assignment, AssignmentStore, Cache, Cached, Reassigned, StoreError, next_assignment, positions},
 };
 
 /// What first contact's new clients get: `aor`'s current assignment if
@@ -175,18 +175,29 @@ impl Assignments {
             return None;
         }
         if let Some(from) = &previous {
-            *self.counts.entry(from.to_string()).or_default() -= 1;
+            self.count(from, -1);
         }
-        *self.counts.entry(stored.server.clone()).or_default() += 1;
+        self.count(&stored.server, 1);
         self.routes.record(&stored.aor, Some(&stored.server));
         Some(previous)
+    }
+
+    /// Adds `change` to `server`'s count (a move of a million clients
+    /// names a server a million times: its name is copied only once).
+    fn count(&mut self, server: &str, change: i64) {
+        match self.counts.get_mut(server) {
+            Some(count) => *count += change,
+            None => {
+                self.counts.insert(server.to_owned(), change);
+            }
+        }
     }
 
     /// Forgets an assignment removed from the store (expired here or, with
     /// a shared store, elsewhere); returns the server it was on.
     pub fn forget(&mut self, aor: &Aor) -> Option<Arc<str>> {
         let server = self.cache.remove(aor)?;
-        *self.counts.entry(server.to_string()).or_default() -= 1;
+        self.count(&server, -1);
         self.routes.record(aor, None);
         Some(server)
     }
@@ -207,24 +218,25 @@ impl Assignments {
         pool: &Pool,
     ) -> Result<Vec<Option<Reassigned>>, StoreError> {
         let aors: Vec<&Aor> = moves.iter().map(|&(aor, _)| aor).collect();
-        let targets: HashMap<&Aor, &str> = moves.iter().copied().collect();
-        // As in `assign_all`, the last call for an AOR holds.
-        let mut previous: HashMap<Aor, Option<String>> = HashMap::with_capacity(moves.len());
+        let position = positions(&aors);
+        // By position; as in `assign_all`, the last call for an AOR holds.
+        let mut previous: Vec<Option<Option<String>>> = vec![None; moves.len()];
         let stored = self.store.update_many(&aors, &mut |aor, current| {
-            let to = targets[aor];
+            let i = position[aor];
+            let to = moves[i].1;
             let still_there = only_from.is_none_or(|from| current.is_some_and(|a| a.server == from));
             if !(still_there && pool.usable(to)) {
-                previous.remove(aor);
+                previous[i] = None;
                 return None;
             }
-            previous.insert(aor.clone(), current.map(|a| a.server.clone()));
+            previous[i] = Some(current.map(|a| a.server.clone()));
             Some(next_assignment(aor, to, current))
         })?;
-        let done = aors.into_iter().zip(stored).map(|(aor, stored)| {
+        let done = previous.into_iter().zip(stored).map(|(previous, stored)| {
             // What the store holds is cached, whoever wrote it.
             let stored = stored?;
             self.record(&stored);
-            Some(Reassigned { previous: previous.remove(aor)?, generation: stored.generation })
+            Some(Reassigned { previous: previous?, generation: stored.generation })
         });
         Ok(done.collect())
     }

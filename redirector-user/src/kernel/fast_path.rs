@@ -206,13 +206,6 @@ pub struct Scanned {
     pub complete: bool,
 }
 
-/// A client's kernel entries, taken off the fast path during a move.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Withdrawn {
-    aor: Aor,
-    entries: Vec<(Endpoint, Endpoint)>,
-}
-
 impl FastPath {
     /// Takes a configured data plane and installs the config's static clients.
     pub fn new(dataplane: DataPlane, config: &Config) -> Result<Self, FastPathError> {
@@ -415,65 +408,94 @@ impl FastPath {
     }
 
     /// Takes the AORs' clients off the fast path, with one batched map
-    /// delete: until `restore_many`, their packets go up to first contact,
-    /// which answers from the assignments.
-    pub fn withdraw_many(&mut self, aors: &[Aor]) -> Result<Vec<Withdrawn>, FastPathError> {
-        let withdrawn: Vec<Withdrawn> = aors
-            .iter()
-            .map(|aor| match self.installed.remove_entry(aor) {
-                Some((aor, entries)) => Withdrawn { aor, entries },
-                None => Withdrawn { aor: aor.clone(), entries: Vec::new() },
-            })
-            .collect();
+    /// delete: their packets go up to first contact, which answers from
+    /// the assignments and installs them again (with the edge ports and
+    /// load slots they keep meanwhile). Returns the clients withdrawn.
+    pub fn withdraw_many(&mut self, aors: &[Aor]) -> Result<Vec<Endpoint>, FastPathError> {
+        let withdrawn: Vec<(Aor, Vec<(Endpoint, Endpoint)>)> =
+            aors.iter().filter_map(|aor| self.installed.remove_entry(aor)).collect();
         let clients: Vec<Endpoint> =
-            withdrawn.iter().flat_map(|w| w.entries.iter().map(|(client, _)| *client)).collect();
+            withdrawn.iter().flat_map(|(_, entries)| entries.iter().map(|(client, _)| *client)).collect();
         let removed = self.dataplane.remove_clients(&clients);
         let done = entries_done(&removed, clients.len());
         clients[..done].iter().for_each(|client| self.shared.remove(socket_address(client)));
         if let Err(error) = removed {
             // Still recorded: a later move or scan finds what the kernel kept.
-            for w in withdrawn {
-                self.installed.entry(w.aor).or_default().extend(w.entries);
+            for (aor, entries) in withdrawn {
+                self.installed.entry(aor).or_default().extend(entries);
             }
             return Err(error.into());
         }
-        Ok(withdrawn)
+        Ok(clients)
     }
 
-    /// Puts withdrawn clients back on the fast path, each to the server in
-    /// its slot, with batched map updates.
-    /// Recorded whatever happens: a batch that fails part way leaves some
-    /// entries in the kernel, and a later move or scan must find them
-    /// (removing one that is not there is harmless).
-    pub fn restore_many(&mut self, moves: Vec<(Withdrawn, u32)>) -> Result<(), FastPathError> {
-        let mut writes = Writes::new();
-        let mut result = Ok(());
-        for (withdrawn, server) in &moves {
-            let owner = owner_of(&withdrawn.aor);
-            for &(client, service) in &withdrawn.entries {
-                // A socket another AOR was installed on since (this one's
-                // entry expired meanwhile) is left to that AOR.
-                let taken = self.learned.get(&client).is_some_and(|learned| learned.owner != owner);
-                if result.is_ok() && !taken {
-                    result = self.entry_for(client, (*server, service), &mut writes);
-                }
+    /// Points the AORs' clients at their new servers (slots), in place:
+    /// `plan_repoint` then `repoint` with every move.
+    pub fn repoint_many(&mut self, moves: &[(&Aor, u32)]) -> Result<(), FastPathError> {
+        let plan = self.plan_repoint(moves);
+        self.repoint(plan, |_| true)
+    }
+
+    /// The kernel entries that point the AORs' clients at their new
+    /// servers (slots), each with everything else it holds (edge port,
+    /// load slot, what first contact learned), written by `repoint`. Nothing
+    /// the program reads changes yet, so a move can plan while its commit
+    /// runs. A plan that failed (no load slot could be zeroed) carries its
+    /// error to `repoint`, which then withdraws the entries.
+    pub fn plan_repoint<'a>(&mut self, moves: &[(&'a Aor, u32)]) -> Repoint<'a> {
+        let mut targets = Vec::with_capacity(moves.len());
+        let mut ends = Vec::with_capacity(moves.len());
+        for &(aor, server) in moves {
+            if let Some(entries) = self.installed.get(aor) {
+                let owner = owner_of(aor);
+                // A socket another AOR took since (this one's entry expired
+                // meanwhile) is left to that AOR.
+                let own =
+                    |(client, _): &&(Endpoint, Endpoint)| self.learned.get(client).is_none_or(|l| l.owner == owner);
+                targets.extend(entries.iter().filter(own).map(|&(client, service)| (client, server, service)));
             }
+            ends.push(targets.len());
         }
-        let result = result.and_then(|()| self.write(&writes));
-        for (withdrawn, _) in moves {
-            self.installed.entry(withdrawn.aor).or_default().extend(withdrawn.entries);
+        let mut writes = Writes::new();
+        let planned = targets
+            .into_iter()
+            .try_for_each(|(client, server, service)| self.entry_for(client, (server, service), &mut writes));
+        Repoint { aors: moves.iter().map(|&(aor, _)| aor).collect(), ends, writes: planned.map(|()| writes) }
+    }
+
+    /// Writes a plan's entries of the moves `moved` says were made (by
+    /// position), in one batched map update; the others are left as they
+    /// are. Called after the moves' durable commit, so the kernel never
+    /// sends a client to a server the store does not name yet (a crash in
+    /// between leaves the old entries, which the next daemon repoints when
+    /// it adopts them). If the kernel refuses part of the batch, the moved
+    /// AORs' entries are withdrawn instead: their next packets meet first
+    /// contact, which answers from the store, rather than the server they
+    /// left.
+    pub fn repoint(&mut self, plan: Repoint<'_>, moved: impl Fn(usize) -> bool) -> Result<(), FastPathError> {
+        let Repoint { aors, ends, writes } = plan;
+        let all = (0..aors.len()).all(&moved);
+        let written = writes.and_then(|writes| {
+            let writes = if all { writes } else { writes.only(&ends, &moved) };
+            self.write(&writes)
+        });
+        if let Err(error) = written {
+            let moved: Vec<Aor> =
+                aors.iter().enumerate().filter(|&(i, _)| moved(i)).map(|(_, &aor)| aor.clone()).collect();
+            if let Err(withdrawing) = self.withdraw_many(&moved) {
+                tracing::error!(%withdrawing, "moved clients whose entries were not rewritten could not be withdrawn either: they reach their old server until their entries expire or are written again");
+            }
+            return Err(error);
         }
-        result
+        Ok(())
     }
 
     /// Takes the AORs' clients off the fast path for good (their assignments
     /// expired): client entries in one batched delete, then their nat ports
     /// and reply entries.
     pub fn forget_many(&mut self, aors: &[Aor]) -> Result<(), FastPathError> {
-        for withdrawn in self.withdraw_many(aors)? {
-            for (client, _) in withdrawn.entries {
-                self.forget_client(client)?;
-            }
+        for client in self.withdraw_many(aors)? {
+            self.forget_client(client)?;
         }
         Ok(())
     }
@@ -634,6 +656,9 @@ impl FastPath {
             }
             written?;
         }
+        if writes.clients.len() >= SHARED_ASIDE_FROM {
+            return self.write_clients_sharing_aside(writes);
+        }
         if !writes.clients.is_empty() {
             let written = self.dataplane.install_clients(&writes.clients, &writes.entries);
             let done = entries_done(&written, writes.clients.len());
@@ -645,15 +670,29 @@ impl FastPath {
         Ok(())
     }
 
+    /// `write`'s client entries for a large batch (a move's): first
+    /// contact's copy is written on a second thread while the kernel takes
+    /// the batch, and the entries the kernel did not take (it stopped part
+    /// way) are taken out of the copy again, so the copy never names a
+    /// route the kernel does not have.
+    fn write_clients_sharing_aside(&mut self, writes: &Writes) -> Result<(), FastPathError> {
+        let (dataplane, shared) = (&mut self.dataplane, &*self.shared);
+        let written = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for (client, entry) in writes.clients.iter().zip(&writes.entries) {
+                    shared.put(socket_address(client), route_of(entry));
+                }
+            });
+            dataplane.install_clients(&writes.clients, &writes.entries)
+        });
+        let done = entries_done(&written, writes.clients.len());
+        writes.clients[done..].iter().for_each(|client| self.shared.remove(socket_address(client)));
+        Ok(written?)
+    }
+
     /// First contact's copy of a client entry written to the kernel.
     fn share(&self, client: &Endpoint, entry: &ClientEntry) {
-        let nat_port = (entry.nat_port_be != 0).then(|| u16::from_be(entry.nat_port_be));
-        let adds_rport = entry.flags & CLIENT_ADDS_RPORT != 0;
-        let checks = entry.flags & (CLIENT_CHECKS_REGISTER | CLIENT_SHARED) != 0;
-        let aor_hash = checks.then_some(entry.aor_hash);
-        let shared = entry.flags & CLIENT_SHARED != 0;
-        let route = KernelRoute { server: entry.server, nat_port, adds_rport, aor_hash, shared };
-        self.shared.put(socket_address(client), route);
+        self.shared.put(socket_address(client), route_of(entry));
     }
 
     fn share_nat_reply(&self, key: &NatKey, entry: &NatEntry) {
@@ -661,6 +700,31 @@ impl FastPath {
         self.shared.put_nat_reply(u16::from_be(key.edge_port_be), NatReply { client, service, server: entry.server });
     }
 }
+
+/// A move's kernel entries, planned (`FastPath::plan_repoint`) and not
+/// yet written.
+pub struct Repoint<'a> {
+    aors: Vec<&'a Aor>,
+    /// Where each AOR's entries end in `writes` (they start where the
+    /// previous AOR's end).
+    ends: Vec<usize>,
+    writes: Result<Writes, FastPathError>,
+}
+
+/// How first contact's copy reads a client entry.
+fn route_of(entry: &ClientEntry) -> KernelRoute {
+    let nat_port = (entry.nat_port_be != 0).then(|| u16::from_be(entry.nat_port_be));
+    let adds_rport = entry.flags & CLIENT_ADDS_RPORT != 0;
+    let checks = entry.flags & (CLIENT_CHECKS_REGISTER | CLIENT_SHARED) != 0;
+    let aor_hash = checks.then_some(entry.aor_hash);
+    let shared = entry.flags & CLIENT_SHARED != 0;
+    KernelRoute { server: entry.server, nat_port, adds_rport, aor_hash, shared }
+}
+
+/// Client entries from which `FastPath::write` writes first contact's copy
+/// beside the kernel's, on a second thread (below it, starting the thread
+/// costs more than it saves).
+const SHARED_ASIDE_FROM: usize = 16_384;
 
 /// Kernel entries to write together.
 struct Writes {
@@ -678,6 +742,26 @@ fn entries_done(result: &Result<(), DataPlaneError>, asked: usize) -> usize {
 }
 
 impl Writes {
+    /// The entries of the AORs `kept` says (by position), of writes that
+    /// hold each AOR's entries up to its `ends`.
+    fn only(self, ends: &[usize], kept: impl Fn(usize) -> bool) -> Self {
+        let mut only = Self { now: self.now, ..Self::new() };
+        let nat = !self.nat_keys.is_empty();
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            if kept(i) {
+                only.clients.extend_from_slice(&self.clients[start..end]);
+                only.entries.extend_from_slice(&self.entries[start..end]);
+                if nat {
+                    only.nat_keys.extend_from_slice(&self.nat_keys[start..end]);
+                    only.nat_entries.extend_from_slice(&self.nat_entries[start..end]);
+                }
+            }
+            start = end;
+        }
+        only
+    }
+
     fn new() -> Self {
         Self {
             now: monotonic_ns(),

@@ -6,12 +6,12 @@
 //! statistics, the route table) is one kind of command; first contact's
 //! new assignments, installs and watchers are others.
 //!
-//! A move never leaves a window in which a client is forwarded to a server
-//! it no longer belongs to: its kernel entries are withdrawn first (its
-//! packets then go up to first contact, which answers from the database),
-//! the new assignment is committed (generation + 1), and only then are the
-//! entries restored, pointing at the new server; the client's watchers are
-//! queued for their NOTIFY. A drain or a dead server moves its clients in
+//! A move never sends a client to a server the store has not committed it
+//! to: the new assignment is committed first (generation + 1, durably;
+//! meanwhile the client is held out of first contact's cache and the
+//! kernel sends it to the server the store still names), and only then
+//! are its kernel entries repointed in place, before the move is answered;
+//! the client's watchers are queued for their NOTIFY. A drain or a dead server moves its clients in
 //! batches of `MOVE_BATCH`, one database transaction each.
 //!
 //! The pool changes at runtime (`servers add / remove / set`, a reload of
@@ -1071,45 +1071,51 @@ impl Operations {
 
     /// Moves clients to their planned servers (see
     /// `Assignments::reassign_many` for the ones left alone): each is held
-    /// out of first contact's cache and its kernel entries withdrawn, then
-    /// one durable commit, the watchers told, and the entries restored
-    /// pointing at the new servers. Entries that are not restored (the
-    /// client was left alone, the commit failed, the kernel refused one)
-    /// stay withdrawn: the client's next packet meets first contact, which
-    /// answers from the assignments and puts it back.
+    /// out of first contact's cache, then one durable commit, then the
+    /// moved clients' kernel entries are repointed in place at their new
+    /// servers (planned on a second thread while the commit runs) and the
+    /// watchers told. Until the commit the kernel sends them to the server
+    /// the store still names; once the move returns, to the new one
+    /// (entries the kernel refuses to rewrite are withdrawn instead, and the
+    /// client's next packet meets first contact, which answers from the
+    /// assignments). Clients left alone keep their entries.
     fn move_batch(&mut self, planned: &[(Aor, HomeServer)], only_from: Option<&str>, why: &str) -> Result<Vec<Move>> {
         for (aor, _) in planned {
             self.assignments.hold(aor);
         }
-        let aors: Vec<Aor> = planned.iter().map(|(aor, _)| aor.clone()).collect();
-        let withdrawn = self.fast_path.withdraw_many(&aors);
         let pool = self.pool.load_full();
         let pairs: Vec<(&Aor, &str)> = planned.iter().map(|(aor, to)| (aor, to.name.as_str())).collect();
-        let reassigned = withdrawn.map_err(OperationError::from).and_then(|withdrawn| {
-            Ok(withdrawn.into_iter().zip(self.assignments.reassign_many(&pairs, only_from, &pool)?))
+        let targets: Vec<(&Aor, u32)> = planned.iter().map(|(aor, to)| (aor, to.index)).collect();
+        let (fast_path, assignments) = (&mut self.fast_path, &mut self.assignments);
+        let (reassigned, plan) = std::thread::scope(|scope| {
+            let planning = scope.spawn(|| fast_path.plan_repoint(&targets));
+            let reassigned = assignments.reassign_many(&pairs, only_from, &pool);
+            (reassigned, planning.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         });
         let reassigned = match reassigned {
             Ok(reassigned) => reassigned,
             Err(error) => {
                 self.release(planned.iter().map(|(aor, _)| aor));
-                return Err(error);
+                return Err(error.into());
             }
         };
         let mut moves = Vec::with_capacity(planned.len());
-        let mut restores = Vec::with_capacity(planned.len());
-        for ((aor, to), (entries, done)) in planned.iter().zip(reassigned) {
+        for ((aor, to), done) in planned.iter().zip(&reassigned) {
             let Some(done) = done else { continue };
-            self.client_moved(aor);
-            restores.push((entries, to.index));
-            let from = done.previous.unwrap_or_default();
+            let from = done.previous.clone().unwrap_or_default();
             tracing::debug!(%aor, from, to = to.name, generation = done.generation, "moved");
             moves.push(Move { aor: aor.to_string(), from, to: to.name.clone(), generation: done.generation });
         }
-        if let Err(error) = self.fast_path.restore_many(restores) {
-            tracing::warn!(%error, moved = moves.len(), "moved clients' kernel entries were not restored: their next packets meet first contact");
+        if let Err(error) = self.fast_path.repoint(plan, |i| reassigned[i].is_some()) {
+            tracing::warn!(%error, moved = moves.len(), "moved clients' kernel entries were not repointed: their next packets meet first contact");
+        }
+        for ((aor, _), done) in planned.iter().zip(&reassigned) {
+            if done.is_some() {
+                self.client_moved(aor);
+            }
         }
         self.release(planned.iter().map(|(aor, _)| aor));
-        // After the clients are back on the fast path: this is a commit too.
+        // After the clients are on the fast path again: this is a commit too.
         self.save_watchers();
         self.save_profiles();
         self.remember(&moves, why);

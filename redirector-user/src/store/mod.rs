@@ -9,7 +9,7 @@ mod cache;
 mod etcd;
 mod redb;
 
-use std::time::SystemTime;
+use std::{collections::HashMap, time::SystemTime};
 
 pub use self::{
     cache::{Cache, Cached},
@@ -196,10 +196,12 @@ pub trait AssignmentStore: Send + Sync {
     fn get(&self, aor: &Aor) -> Result<Option<Assignment>, StoreError>;
     /// Reads each AOR's assignment and, where `change` returns a new one,
     /// stores it, durably, so that no concurrent writer slips in between
-    /// and one commit serves the lot. `change` is called once per AOR in
-    /// order; a shared store calls it again for an AOR another edge wrote
-    /// meanwhile, with that edge's assignment, and the last call holds.
-    /// Returns the assignments as stored afterwards.
+    /// and one commit serves the lot. `change` is called once per AOR, in
+    /// an order the store chooses (the embedded one: by AOR), an AOR named
+    /// twice in the order given; a shared store calls it again for an AOR
+    /// another edge wrote meanwhile, with that edge's assignment, and the
+    /// last call holds. Returns the assignments as stored afterwards, in
+    /// the order given.
     fn update_many(
         &self,
         aors: &[&Aor],
@@ -208,6 +210,8 @@ pub trait AssignmentStore: Send + Sync {
     /// `update_many` for a batch whose `absent` AORs the caller believes
     /// have no assignment: a shared store may skip reading them, and call
     /// `change` for one of them again with what it finds there after all.
+    /// The embedded store calls `change` in the order given: it admits new
+    /// clients, first come, first served.
     fn create_many(
         &self,
         aors: &[&Aor],
@@ -305,22 +309,27 @@ pub trait AssignmentStore: Send + Sync {
     /// move did, in order.
     fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<Reassigned>, StoreError> {
         let aors: Vec<&Aor> = moves.iter().map(|&(aor, _)| aor).collect();
-        let targets: std::collections::HashMap<&Aor, &str> = moves.iter().copied().collect();
-        // Keyed by AOR: a shared store may decide one again.
-        let mut previous = std::collections::HashMap::with_capacity(moves.len());
+        let position = positions(&aors);
+        // By position: a shared store may decide one again.
+        let mut previous = vec![None; moves.len()];
         let stored = self.update_many(&aors, &mut |aor, current| {
-            previous.insert(aor.clone(), current.map(|a| a.server.clone()));
-            Some(next_assignment(aor, targets[aor], current))
+            let i = position[aor];
+            previous[i] = current.map(|a| a.server.clone());
+            Some(next_assignment(aor, moves[i].1, current))
         })?;
-        Ok(aors
-            .iter()
+        Ok(previous
+            .into_iter()
             .zip(stored)
-            .map(|(aor, stored)| Reassigned {
-                previous: previous.remove(*aor).flatten(),
-                generation: stored.map_or(0, |a| a.generation),
-            })
+            .map(|(previous, stored)| Reassigned { previous, generation: stored.map_or(0, |a| a.generation) })
             .collect())
     }
+}
+
+/// Each AOR's position in a batch (the last, for one named twice), for
+/// `change` callbacks to find what the batch says of it: a million-AOR
+/// move looks each up once, without copying any.
+pub fn positions<'a>(aors: &[&'a Aor]) -> HashMap<&'a Aor, usize, foldhash::fast::RandomState> {
+    aors.iter().enumerate().map(|(i, &aor)| (aor, i)).collect()
 }
 
 /// `aor` on `server`, one generation after `current`; a move is not a

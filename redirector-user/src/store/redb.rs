@@ -7,7 +7,9 @@
 
 use std::{ops::Bound, path::Path};
 
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
+};
 
 use super::{Assignment, AssignmentStore, DialogKind, ReplicaMark, StoreError, StoreEvent, StoredPool, unix_seconds};
 use crate::sip::Aor;
@@ -69,6 +71,162 @@ impl RedbStore {
         let db = Database::open(path)
             .map_err(|source| StoreError::Open { path: path.display().to_string(), source: Box::new(source) })?;
         Ok(Self { db })
+    }
+
+    /// `update_many`, deciding the AORs in `order` (indices into `aors`);
+    /// `last_seen` is written only where it changed (a move keeps it).
+    fn update_in(
+        &self,
+        aors: &[&Aor],
+        order: Order,
+        change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Vec<Option<Assignment>>, StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        let read_at = unix_seconds();
+        let mut changed = false;
+        let mut stored = vec![None; aors.len()];
+        {
+            let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
+            let mut seen = txn.open_table(LAST_SEEN).map_err(db_error)?;
+            let mut walk = match &order {
+                Order::Keys(keys) if walks(keys.len(), table.len().map_err(db_error)?) => {
+                    Some(Walk::new(&self.db, aors[keys[0]], read_at)?)
+                }
+                _ => None,
+            };
+            // The AOR decided last, and when it was seen as it stands now.
+            let mut last: Option<(usize, Option<u64>)> = None;
+            for i in order.indices() {
+                let aor = aors[i];
+                let (current, seen_at) = match (&mut walk, last) {
+                    // A walk read the table as the batch found it: an AOR
+                    // named again (next in key order) has what it decided.
+                    (Some(_), Some((j, seen_at))) if aors[j] == aor => (stored[j].clone(), seen_at),
+                    (Some(walk), _) => walk.read(aor)?,
+                    (None, _) => read(&table, &seen, aor, read_at)?,
+                };
+                let (decided, seen_now) = match change(aor, current.as_ref()) {
+                    Some(new) => {
+                        let value = (new.server.as_str(), new.assigned_at, new.generation);
+                        table.insert(aor.as_str(), value).map_err(db_error)?;
+                        if seen_at != Some(new.last_seen) {
+                            seen.insert(aor.as_str(), new.last_seen).map_err(db_error)?;
+                        }
+                        changed = true;
+                        let seen_now = Some(new.last_seen);
+                        (Some(new), seen_now)
+                    }
+                    None => (current, seen_at),
+                };
+                stored[i] = decided;
+                last = Some((i, seen_now));
+            }
+        }
+        // A batch that stores nothing (every AOR known, or refused by
+        // admission during a flood) costs no commit and no fsync.
+        if changed {
+            txn.commit().map_err(db_error)?;
+        } else if let Err(error) = txn.abort() {
+            // Nothing was written: the batch's answers stand.
+            tracing::warn!(%error, "aborting an assignment transaction that stored nothing");
+        }
+        Ok(stored)
+    }
+}
+
+/// The order a batch is decided in.
+enum Order {
+    /// As given (`create_many`: admission is first come, first served).
+    Given(usize),
+    /// By AOR (`key_order`'s indices): one pass over the B-tree.
+    Keys(Vec<usize>),
+}
+
+impl Order {
+    fn indices(self) -> Box<dyn Iterator<Item = usize>> {
+        match self {
+            Order::Given(len) => Box::new(0..len),
+            Order::Keys(keys) => Box::new(keys.into_iter()),
+        }
+    }
+}
+
+/// Whether a batch of `batch` AORs in key order reads the table by
+/// walking it (`Walk`): when it names at least one row in 16, reading the
+/// leaves in order costs less than a descent of the tree for each AOR.
+fn walks(batch: usize, rows: u64) -> bool {
+    batch > 0 && batch as u64 * 16 >= rows
+}
+
+/// An AOR's assignment and the record of when it was last seen, read from
+/// the transaction's own tables (what the batch wrote so far included).
+fn read(
+    table: &Table<'_, (&'static str, u64, u64)>,
+    seen: &Table<'_, u64>,
+    aor: &Aor,
+    read_at: u64,
+) -> Result<(Option<Assignment>, Option<u64>), StoreError> {
+    let seen_at = seen.get(aor.as_str()).map_err(db_error)?.map(|at| at.value());
+    let row = table.get(aor.as_str()).map_err(db_error)?;
+    let current = row.map(|row| assignment(aor.clone(), row.value(), seen_at.unwrap_or(read_at)));
+    Ok((current, seen_at))
+}
+
+/// The assignments and sightings as a batch's write transaction found them
+/// (a read transaction begun after it: no one else commits meanwhile),
+/// read side by side with a batch in key order, a leaf at a time.
+struct Walk {
+    rows: Cursor<(&'static str, u64, u64)>,
+    seen: Cursor<u64>,
+    read_at: u64,
+}
+
+impl Walk {
+    /// From `first`, the batch's first AOR in key order.
+    fn new(db: &Database, first: &Aor, read_at: u64) -> Result<Self, StoreError> {
+        let snapshot = db.begin_read().map_err(db_error)?;
+        let rows = snapshot.open_table(ASSIGNMENTS).map_err(db_error)?;
+        let rows = Cursor::from(rows.range::<&str>(first.as_str()..).map_err(db_error)?);
+        let seen = match seen_table(&snapshot)? {
+            Some(seen) => Cursor::from(seen.range::<&str>(first.as_str()..).map_err(db_error)?),
+            None => Cursor::empty(),
+        };
+        Ok(Self { rows, seen, read_at })
+    }
+
+    /// As `read`, for AORs asked in ascending order.
+    fn read(&mut self, aor: &Aor) -> Result<(Option<Assignment>, Option<u64>), StoreError> {
+        let seen_at = self.seen.get(aor.as_str())?.map(|at| at.value());
+        let row = self.rows.get(aor.as_str())?;
+        let current = row.map(|row| assignment(aor.clone(), row.value(), seen_at.unwrap_or(self.read_at)));
+        Ok((current, seen_at))
+    }
+}
+
+/// A table's rows in key order, for keys asked in ascending order.
+struct Cursor<V: redb::Value + 'static> {
+    rows: Option<std::iter::Peekable<redb::Range<'static, &'static str, V>>>,
+}
+
+impl<V: redb::Value + 'static> From<redb::Range<'static, &'static str, V>> for Cursor<V> {
+    fn from(rows: redb::Range<'static, &'static str, V>) -> Self {
+        Self { rows: Some(rows.peekable()) }
+    }
+}
+
+impl<V: redb::Value + 'static> Cursor<V> {
+    fn empty() -> Self {
+        Self { rows: None }
+    }
+
+    /// `key`'s value, skipping the rows before it.
+    fn get(&mut self, key: &str) -> Result<Option<redb::AccessGuard<'static, V>>, StoreError> {
+        let Some(rows) = &mut self.rows else { return Ok(None) };
+        while rows.next_if(|row| row.as_ref().is_ok_and(|(at, _)| at.value() < key)).is_some() {}
+        match rows.next_if(|row| row.as_ref().map_or(true, |(at, _)| at.value() == key)) {
+            Some(row) => Ok(Some(row.map_err(db_error)?.1)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -176,6 +334,18 @@ fn seen_in(table: Option<&impl ReadableTable<&'static str, u64>>, aor: &str, rea
     Ok(table.get(aor).map_err(db_error)?.map_or(read_at, |seen| seen.value()))
 }
 
+/// The batch's indices in AOR order: a B-tree written in key order visits
+/// each page once while it is hot, where a large batch in arrival order
+/// (a drain's, a failover's) lands on pages at random. Stable, so an AOR
+/// named twice is decided in the order given.
+fn key_order(aors: &[&Aor]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..aors.len()).collect();
+    if !aors.is_sorted() {
+        order.sort_unstable_by(|&a, &b| aors[a].cmp(aors[b]).then(a.cmp(&b)));
+    }
+    order
+}
+
 fn assignment(aor: Aor, (server, assigned_at, generation): (&str, u64, u64), last_seen: u64) -> Assignment {
     Assignment { aor, server: server.to_owned(), assigned_at, generation, last_seen }
 }
@@ -190,48 +360,24 @@ impl AssignmentStore for RedbStore {
         Ok(Some(assignment(aor.clone(), row.value(), last_seen)))
     }
 
+    /// In AOR order (see `key_order`).
     fn update_many(
         &self,
         aors: &[&Aor],
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
-        let txn = self.db.begin_write().map_err(db_error)?;
-        let read_at = unix_seconds();
-        let mut changed = false;
-        let stored = {
-            let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
-            let mut seen = txn.open_table(LAST_SEEN).map_err(db_error)?;
-            aors.iter()
-                .map(|&aor| {
-                    let current = match table.get(aor.as_str()).map_err(db_error)? {
-                        Some(row) => {
-                            let last_seen = seen_in(Some(&seen), aor.as_str(), read_at)?;
-                            Some(assignment(aor.clone(), row.value(), last_seen))
-                        }
-                        None => None,
-                    };
-                    match change(aor, current.as_ref()) {
-                        Some(new) => {
-                            let value = (new.server.as_str(), new.assigned_at, new.generation);
-                            table.insert(aor.as_str(), value).map_err(db_error)?;
-                            seen.insert(aor.as_str(), new.last_seen).map_err(db_error)?;
-                            changed = true;
-                            Ok(Some(new))
-                        }
-                        None => Ok(current),
-                    }
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?
-        };
-        // A batch that stores nothing (every AOR known, or refused by
-        // admission during a flood) costs no commit and no fsync.
-        if changed {
-            txn.commit().map_err(db_error)?;
-        } else if let Err(error) = txn.abort() {
-            // Nothing was written: the batch's answers stand.
-            tracing::warn!(%error, "aborting an assignment transaction that stored nothing");
-        }
-        Ok(stored)
+        self.update_in(aors, Order::Keys(key_order(aors)), change)
+    }
+
+    /// In the order given: `change` admits new clients there, first come,
+    /// first served.
+    fn create_many(
+        &self,
+        aors: &[&Aor],
+        _absent: &dyn Fn(&Aor) -> bool,
+        change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Vec<Option<Assignment>>, StoreError> {
+        self.update_in(aors, Order::Given(aors.len()), change)
     }
 
     fn dialogs(&self, kind: DialogKind) -> Result<Vec<(String, String)>, StoreError> {
@@ -327,10 +473,14 @@ impl AssignmentStore for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Reassigned;
+    use crate::store::{Reassigned, next_assignment};
 
     fn aor(user: &str) -> Aor {
         Aor::from_uri(&format!("sip:{user}@example.net"), "To").unwrap()
+    }
+
+    fn user_of(aor: &Aor) -> String {
+        aor.as_str().trim_start_matches("sip:").split('@').next().unwrap_or_default().to_owned()
     }
 
     #[test]
@@ -399,6 +549,92 @@ mod tests {
         assert_eq!(store.get(&alice).unwrap().unwrap().server, "home2");
         assert_eq!(store.get(&bob).unwrap().unwrap().server, "home3");
 
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A batch is decided in AOR order (one pass over the B-tree) and
+    /// answered in the order given; an AOR named twice is decided in the
+    /// order given, the second call seeing the first's result. First
+    /// contacts (`create_many`) are decided in the order given: admission
+    /// is first come, first served. A move keeps when the client was seen.
+    #[test]
+    fn a_batch_is_decided_in_aor_order_and_answered_in_the_order_given() {
+        let dir = std::env::temp_dir().join(format!("redirector-store-order-{}", std::process::id()));
+        let store = RedbStore::open(&dir.join("assignments.redb")).unwrap();
+        let aors: Vec<Aor> = ["dave", "alice", "carol", "alice", "bob"].into_iter().map(aor).collect();
+        let refs: Vec<&Aor> = aors.iter().collect();
+        let mut calls = Vec::new();
+        let stored = store
+            .update_many(&refs, &mut |aor, current| {
+                calls.push((user_of(aor), current.map(|a| a.generation)));
+                Some(Assignment { last_seen: 1_000, ..next_assignment(aor, "home1", current) })
+            })
+            .unwrap();
+        let expected = [("alice", None), ("alice", Some(1)), ("bob", None), ("carol", None), ("dave", None)];
+        assert_eq!(calls, expected.map(|(user, generation)| (user.to_owned(), generation)));
+        let answered: Vec<(String, u64)> =
+            stored.into_iter().map(|a| a.map(|a| (user_of(&a.aor), a.generation)).unwrap()).collect();
+        let expected = [("dave", 1), ("alice", 1), ("carol", 1), ("alice", 2), ("bob", 1)];
+        assert_eq!(answered, expected.map(|(user, generation)| (user.to_owned(), generation)));
+
+        let mut calls = Vec::new();
+        store
+            .create_many(&refs[..3], &|_| false, &mut |aor, _| {
+                calls.push(user_of(aor));
+                None
+            })
+            .unwrap();
+        assert_eq!(calls, ["dave", "alice", "carol"]);
+
+        let moved = store.reassign_many(&[(&aors[0], "home2")]).unwrap();
+        assert_eq!(moved, [Reassigned { previous: Some("home1".into()), generation: 2 }]);
+        assert_eq!(store.get(&aors[0]).unwrap().unwrap().last_seen, 1_000, "a move is not a sighting");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A batch that names much of the table reads it in one walk beside
+    /// the batch, one that names little of it row by row: both read what
+    /// each AOR held (gaps, AORs before and after the stored ones, new
+    /// ones) and keep when each was seen.
+    #[test]
+    fn dense_and_sparse_batches_read_what_each_aor_held() {
+        let dir = std::env::temp_dir().join(format!("redirector-store-walk-{}", std::process::id()));
+        let store = RedbStore::open(&dir.join("assignments.redb")).unwrap();
+        let names: Vec<String> = (10..74).map(|i| format!("u{i}")).collect();
+        let seeded: Vec<Aor> = names.iter().map(|name| aor(name)).collect();
+        let refs: Vec<&Aor> = seeded.iter().collect();
+        let mut seen_at = 100;
+        store
+            .update_many(&refs, &mut |aor, _| {
+                seen_at += 1;
+                Some(Assignment { last_seen: seen_at, ..Assignment::new(aor.clone(), "home1".into()) })
+            })
+            .unwrap();
+        let seen: Vec<u64> = seeded.iter().map(|aor| store.get(aor).unwrap().unwrap().last_seen).collect();
+        assert_eq!(seen.iter().min().zip(seen.iter().max()), Some((&101, &164)), "each its own sighting");
+
+        // Dense: every other stored AOR, in reverse, and new ones around them.
+        let new = [aor("a0"), aor("u15x"), aor("zz")];
+        let dense: Vec<(&Aor, &str)> = seeded.iter().step_by(2).rev().chain(&new).map(|aor| (aor, "home2")).collect();
+        assert!(walks(dense.len(), 64));
+        let moved = store.reassign_many(&dense).unwrap();
+        for ((aor, _), moved) in dense.iter().zip(&moved) {
+            let known = seeded.contains(aor);
+            let expected = Reassigned { previous: known.then(|| "home1".into()), generation: 1 + u64::from(known) };
+            assert_eq!(moved, &expected, "{aor}");
+        }
+        // Sparse: two AORs of 67.
+        let sparse = [(&seeded[1], "home3"), (&seeded[2], "home3")];
+        assert!(!walks(sparse.len(), 67));
+        let moved = store.reassign_many(&sparse).unwrap();
+        let expected = [
+            Reassigned { previous: Some("home1".into()), generation: 2 },
+            Reassigned { previous: Some("home2".into()), generation: 3 },
+        ];
+        assert_eq!(moved, expected);
+        for (aor, seen) in seeded.iter().zip(&seen) {
+            assert_eq!(store.get(aor).unwrap().unwrap().last_seen, *seen, "{aor}: a move is not a sighting");
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 

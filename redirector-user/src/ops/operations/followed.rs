@@ -143,32 +143,27 @@ impl Operations {
         all.iter().filter_map(|assignment| self.learn(assignment)).collect()
     }
 
-    /// Points moved clients' kernel entries at their new homes.
+    /// Points moved clients' kernel entries at their new homes, in place.
+    /// A home this edge does not know yet gets no client: those entries
+    /// are withdrawn, and the client's next packet meets first contact.
     fn repoint(&mut self, moved: Vec<Aor>) {
         if moved.is_empty() {
             return;
         }
         let pool = self.pool.load_full();
-        let withdrawn = match self.fast_path.withdraw_many(&moved) {
-            Ok(withdrawn) => withdrawn,
-            Err(error) => {
-                tracing::warn!(%error, "clients moved by another edge keep their kernel entries until their next packet");
-                return;
+        let (mut repoints, mut unknown) = (Vec::new(), Vec::new());
+        for aor in &moved {
+            match self.assignments.server_of(aor).and_then(|name| pool.server(&name)) {
+                Some(home) => repoints.push((aor, home.index)),
+                None => unknown.push(aor.clone()),
             }
-        };
-        // A home this edge does not know yet: the entries stay withdrawn
-        // and the client's next packet meets first contact.
-        let restores: Vec<_> = withdrawn
-            .into_iter()
-            .zip(&moved)
-            .filter_map(|(withdrawn, aor)| {
-                let home = pool.server(&self.assignments.server_of(aor)?)?.index;
-                Some((withdrawn, home))
-            })
-            .collect();
-        add(&self.following.clients_repointed, restores.len() as u64);
-        if let Err(error) = self.fast_path.restore_many(restores) {
+        }
+        add(&self.following.clients_repointed, repoints.len() as u64);
+        if let Err(error) = self.fast_path.repoint_many(&repoints) {
             tracing::warn!(%error, "clients moved by another edge meet first contact with their next packet");
+        }
+        if let Err(error) = self.fast_path.withdraw_many(&unknown) {
+            tracing::warn!(%error, "clients moved by another edge to a home not known here keep their kernel entries until their next packet");
         }
     }
 
