@@ -376,7 +376,7 @@ impl Daemon {
         });
         if operations.assignments.store().shared() {
             // Until the election says otherwise, another edge leads.
-            operations.lead(false);
+            operations.lead(None);
         }
         operations.start_pool()?;
         // Documents that changed while no daemon ran (a move made by

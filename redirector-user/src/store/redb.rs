@@ -9,7 +9,9 @@ use std::{ops::Bound, path::Path};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
-use super::{Assignment, AssignmentStore, DialogKind, ReplicaMark, StoreError, StoreEvent, StoredPool, unix_seconds};
+use super::{
+    Assignment, AssignmentStore, DialogKind, ReplicaMark, StoreError, StoreEvent, StoredPool, Term, unix_seconds,
+};
 use crate::sip::Aor;
 
 fn db_error(error: impl Into<redb::Error>) -> StoreError {
@@ -190,9 +192,11 @@ impl AssignmentStore for RedbStore {
         Ok(Some(assignment(aor.clone(), row.value(), last_seen)))
     }
 
+    /// The fence is moot: an edge alone with its store leads for good.
     fn update_many(
         &self,
         aors: &[&Aor],
+        _fence: Option<&Term>,
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
@@ -288,7 +292,7 @@ impl AssignmentStore for RedbStore {
             .collect()
     }
 
-    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError> {
+    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)], _fence: Option<&Term>) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         {
             let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
@@ -316,7 +320,7 @@ impl AssignmentStore for RedbStore {
         Ok(Some(serde_json::from_str(json.value())?))
     }
 
-    fn save_pool(&self, pool: &StoredPool) -> Result<(), StoreError> {
+    fn save_pool(&self, pool: &StoredPool, _fence: Option<&Term>) -> Result<(), StoreError> {
         let json = serde_json::to_string(pool)?;
         let txn = self.db.begin_write().map_err(db_error)?;
         txn.open_table(POOL).map_err(db_error)?.insert(POOL_KEY, json.as_str()).map_err(db_error)?;
@@ -390,7 +394,7 @@ mod tests {
         let store = RedbStore::open(&dir.join("assignments.redb")).unwrap();
         store.update(&aor("alice"), &mut |_| Some(Assignment::new(aor("alice"), "home1".into()))).unwrap();
         let (alice, bob) = (aor("alice"), aor("bob"));
-        let reassigned = store.reassign_many(&[(&alice, "home2"), (&bob, "home3")]).unwrap();
+        let reassigned = store.reassign_many(&[(&alice, "home2"), (&bob, "home3")], None).unwrap();
         let expected = [
             Reassigned { previous: Some("home1".into()), generation: 2 },
             Reassigned { previous: None, generation: 1 },
@@ -439,7 +443,7 @@ mod tests {
                 let new = Assignment { last_seen: 1_000, ..Assignment::new(aor(name), "home1".into()) };
                 store.update(&aor(name), &mut |_| Some(new.clone())).unwrap();
             }
-            store.expire(&[&aor("bob")], &[(&aor("carol"), 5_000)]).unwrap();
+            store.expire(&[&aor("bob")], &[(&aor("carol"), 5_000)], None).unwrap();
         }
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(store.get(&aor("bob")).unwrap(), None, "expired");
@@ -478,7 +482,7 @@ mod tests {
         {
             let store = RedbStore::open(&path).unwrap();
             assert_eq!(store.pool().unwrap(), None);
-            store.save_pool(&pool).unwrap();
+            store.save_pool(&pool, None).unwrap();
         }
         assert_eq!(RedbStore::open_existing(&path).unwrap().pool().unwrap(), Some(pool));
         std::fs::remove_dir_all(dir).unwrap();

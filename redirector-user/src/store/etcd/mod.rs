@@ -10,6 +10,12 @@
 //! transaction's operations (128 by default), so a batch is written as
 //! several transactions, sent together; each AOR is still all or nothing.
 //!
+//! The leader's writes (health verdicts, the moves they cause, rebalancing,
+//! expiry) are fenced: each transaction also compares the leader's election
+//! key with the term the write was decided in (`Fence`), so a leader that
+//! lost its lease without knowing it yet commits nothing; the refusal
+//! (`StoreError::Deposed`) is counted and ends the campaign's term.
+//!
 //! The daemon's state owner is a plain thread: each call here runs on the
 //! store's own small runtime and the caller waits for its answer, at most
 //! `timeout`.
@@ -32,15 +38,16 @@ use std::{
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KvClient, TlsOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse,
 };
 pub use follow::{Sink, StoreEvent};
 use keys::Keys;
-pub use leader::{LEASE as LEADER_LEASE, Leadership};
+pub use leader::LEASE as LEADER_LEASE;
 use pages::PAGE;
 use replica::Replica;
 pub use replica::ReplicaMark;
 
-use super::{Assignment, AssignmentStore, DialogKind, StoreCounters, StoreError, StoredPool};
+use super::{Assignment, AssignmentStore, DialogKind, Leadership, StoreCounters, StoreError, StoredPool, Term};
 use crate::sip::Aor;
 
 /// Operations etcd takes in one transaction by default (`--max-txn-ops`).
@@ -94,6 +101,45 @@ pub struct EtcdStore {
     replica: Option<Arc<Replica>>,
     /// Where the replica is resumed from, until the first `load` takes it.
     resume: std::sync::Mutex<Option<ReplicaMark>>,
+    /// The last term a fenced write found ended: the campaign, if it is
+    /// still in that term, steps down.
+    deposed: tokio::sync::watch::Sender<Option<Term>>,
+}
+
+/// A leader's write condition: its election key still has the create
+/// revision it had when this edge won (a lease that ran out or was revoked
+/// deleted it; another edge's key is another key).
+struct Fence<'a> {
+    term: &'a Term,
+    key: &'a [u8],
+    created: i64,
+}
+
+impl Fence<'_> {
+    fn compare(&self) -> Compare {
+        Compare::create_revision(self.key, CompareOp::Equal, self.created)
+    }
+
+    /// Read when a transaction's compares fail, to tell whether this one did.
+    fn read(&self) -> TxnOp {
+        TxnOp::get(self.key, None)
+    }
+
+    /// Whether a transaction that failed found the term over.
+    fn broken(&self, answer: &TxnResponse) -> bool {
+        !answer.succeeded()
+            && answer.op_responses().iter().any(|op| match op {
+                TxnOpResponse::Get(got) => got.kvs().first().is_none_or(|kv| kv.create_revision() != self.created),
+                _ => false,
+            })
+    }
+}
+
+/// A transaction making `ops` if `compares` hold and, with a fence, if it
+/// holds too (the fence's key is read if they do not).
+fn fenced(mut compares: Vec<Compare>, ops: Vec<TxnOp>, fence: Option<&Fence>) -> Txn {
+    compares.extend(fence.map(Fence::compare));
+    Txn::new().when(compares).and_then(ops).or_else(fence.map(Fence::read).into_iter().collect::<Vec<_>>())
 }
 
 /// How often an idle connection to etcd is pinged: twice etcd's minimum.
@@ -199,6 +245,7 @@ impl EtcdStore {
             reach: Arc::default(),
             replica: replica.map(Arc::new),
             resume: std::sync::Mutex::default(),
+            deposed: tokio::sync::watch::Sender::new(None),
         };
         let resume = store.resume_point()?;
         *store.resume.lock().expect("resume lock") = resume;
@@ -305,7 +352,7 @@ impl EtcdStore {
     }
 
     /// Transactions, sent together.
-    fn txns(&self, what: &'static str, txns: Vec<Txn>) -> Result<Vec<etcd_client::TxnResponse>, StoreError> {
+    fn txns(&self, what: &'static str, txns: Vec<Txn>) -> Result<Vec<TxnResponse>, StoreError> {
         self.run(what, |kv| all(kv, txns.clone()))
     }
 
@@ -323,7 +370,7 @@ impl EtcdStore {
             .collect();
         let answers = self.txns("reading assignments", chunks)?;
         let values = answers.into_iter().flat_map(|answer| answer.op_responses()).map(|op| match op {
-            etcd_client::TxnOpResponse::Get(mut got) => got.take_kvs().pop(),
+            TxnOpResponse::Get(mut got) => got.take_kvs().pop(),
             _ => None,
         });
         let values: Vec<_> = values.collect();
@@ -341,8 +388,9 @@ impl EtcdStore {
     }
 
     /// Writes each assignment if its key is still at the revision it was
-    /// read at; per write, whether it was made.
-    fn write(&self, writes: &[(Assignment, i64, bool)]) -> Result<Vec<bool>, StoreError> {
+    /// read at (and the `fence` holds); per write, whether it was made.
+    fn write(&self, writes: &[(Assignment, i64, bool)], fence: Option<&Fence>) -> Result<Vec<bool>, StoreError> {
+        const WHAT: &str = "writing assignments";
         let chunks = write_chunks(writes);
         let txns: Vec<Txn> = chunks
             .iter()
@@ -358,10 +406,11 @@ impl EtcdStore {
                     let sighting = seen.then(|| TxnOp::put(self.keys.seen(&new.aor), new.last_seen.to_string(), None));
                     std::iter::once(assignment).chain(sighting)
                 });
-                Txn::new().when(compares).and_then(puts.collect::<Vec<_>>())
+                fenced(compares, puts.collect(), fence)
             })
             .collect();
-        let answers = self.txns("writing assignments", txns)?;
+        let answers = self.txns(WHAT, txns)?;
+        self.check_fence(WHAT, fence, &answers)?;
         let made = answers
             .iter()
             .zip(&chunks)
@@ -400,10 +449,102 @@ impl EtcdStore {
         }
     }
 
-    /// Puts and deletes, in transactions of at most `MAX_TXN_OPS`.
-    fn apply(&self, what: &'static str, ops: Vec<TxnOp>) -> Result<(), StoreError> {
-        let chunks: Vec<Txn> = ops.chunks(MAX_TXN_OPS).map(|chunk| Txn::new().and_then(chunk.to_vec())).collect();
-        self.txns(what, chunks).map(drop)
+    /// Each AOR decided by `change` and written if it changed. New AORs
+    /// (`absent`) are not read first: each is written on the condition
+    /// that it still has no key (one round trip, not two); one that another
+    /// edge wrote meanwhile is read and decided again. One that `change`
+    /// left unassigned is read to be sure it is absent.
+    fn decide(
+        &self,
+        aors: &[&Aor],
+        absent: &dyn Fn(&Aor) -> bool,
+        fence: Option<&Fence>,
+        change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Vec<Option<Assignment>>, StoreError> {
+        let mut results: Vec<Option<Assignment>> = vec![None; aors.len()];
+        let mut pending: Vec<usize> = (0..aors.len()).collect();
+        let mut trusted: Vec<bool> = aors.iter().map(|aor| absent(aor)).collect();
+        for _ in 0..ATTEMPTS {
+            let (read, unread): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| !trusted[i]);
+            let wanted: Vec<&Aor> = read.iter().map(|&i| aors[i]).collect();
+            let currents = self.read(&wanted)?.into_iter().chain(std::iter::repeat_with(|| (None, 0)));
+            let (mut writes, mut written, mut unsure) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, (current, revision)) in read.into_iter().chain(unread).zip(currents) {
+                match change(aors[i], current.as_ref()) {
+                    Some(new) => {
+                        // A first assignment reads back as seen when made.
+                        let seen = new.last_seen != current.as_ref().map_or(new.assigned_at, |c| c.last_seen);
+                        writes.push((new, revision, seen));
+                        written.push(i);
+                    }
+                    None if trusted[i] => unsure.push(i),
+                    None => results[i] = current,
+                }
+            }
+            let made = self.write(&writes, fence)?;
+            pending.clear();
+            for ((i, (new, _, _)), made) in written.into_iter().zip(writes).zip(made) {
+                if made {
+                    results[i] = Some(new);
+                } else {
+                    // Another edge wrote it since it was read: decided again.
+                    pending.push(i);
+                }
+            }
+            let checking: Vec<&Aor> = unsure.iter().map(|&i| aors[i]).collect();
+            for (i, (current, _)) in unsure.into_iter().zip(self.read(&checking)?) {
+                if current.is_some() {
+                    pending.push(i);
+                }
+            }
+            if pending.is_empty() {
+                return Ok(results);
+            }
+            trusted.fill(false);
+        }
+        Err(StoreError::Contended { endpoints: self.endpoints.clone(), aors: pending.len() })
+    }
+
+    /// Puts and deletes, in transactions of at most `MAX_TXN_OPS`, each
+    /// made only while the `fence` holds.
+    fn apply(&self, what: &'static str, ops: Vec<TxnOp>, fence: Option<&Fence>) -> Result<(), StoreError> {
+        let chunks: Vec<Txn> = ops.chunks(MAX_TXN_OPS).map(|chunk| fenced(Vec::new(), chunk.to_vec(), fence)).collect();
+        let answers = self.txns(what, chunks)?;
+        self.check_fence(what, fence, &answers)
+    }
+
+    /// The fence of a leader's write in `term`.
+    fn fence<'a>(&self, what: &'static str, term: Option<&'a Term>) -> Result<Option<Fence<'a>>, StoreError> {
+        match term {
+            None => Ok(None),
+            Some(term @ Term::Elected { key, created }) => Ok(Some(Fence { term, key, created: *created })),
+            // Never elected here: no term of this store's election.
+            Some(term @ Term::Alone) => Err(self.deposed(what, term)),
+        }
+    }
+
+    /// Refuses the write if any of its transactions found the term over
+    /// (the others, committed while it lasted, stand).
+    fn check_fence(
+        &self,
+        what: &'static str,
+        fence: Option<&Fence>,
+        answers: &[TxnResponse],
+    ) -> Result<(), StoreError> {
+        match fence {
+            Some(fence) if answers.iter().any(|answer| fence.broken(answer)) => Err(self.deposed(what, fence.term)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A leader's write refused: counted, and the campaign, if still in
+    /// `term`, steps down.
+    fn deposed(&self, what: &'static str, term: &Term) -> StoreError {
+        crate::counters::bump(&self.counters.deposed_writes);
+        self.deposed.send_replace(Some(term.clone()));
+        let error = StoreError::Deposed { endpoints: self.endpoints.clone(), what };
+        tracing::warn!(%error, "a leader's write was refused");
+        error
     }
 }
 
@@ -443,13 +584,13 @@ fn wait_on<T: Send + 'static>(
 }
 
 /// Sends every transaction at once and waits for them all, in order.
-async fn all(kv: KvClient, txns: Vec<Txn>) -> Result<Vec<etcd_client::TxnResponse>, etcd_client::Error> {
+async fn all(kv: KvClient, txns: Vec<Txn>) -> Result<Vec<TxnResponse>, etcd_client::Error> {
     let mut sending = tokio::task::JoinSet::new();
     for (index, txn) in txns.into_iter().enumerate() {
         let mut kv = kv.clone();
         sending.spawn(async move { (index, kv.txn(txn).await) });
     }
-    let mut answers: Vec<Option<etcd_client::TxnResponse>> = Vec::new();
+    let mut answers: Vec<Option<TxnResponse>> = Vec::new();
     answers.resize_with(sending.len(), || None);
     while let Some(done) = sending.join_next().await {
         let (index, answer) = done.map_err(|error| etcd_client::Error::InvalidArgs(error.to_string()))?;
@@ -496,63 +637,20 @@ impl AssignmentStore for EtcdStore {
     fn update_many(
         &self,
         aors: &[&Aor],
+        fence: Option<&Term>,
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
-        self.create_many(aors, &|_| false, change)
+        let fence = self.fence("writing assignments", fence)?;
+        self.decide(aors, &|_| false, fence.as_ref(), change)
     }
 
-    /// New AORs (`absent`) are not read first: each is written on the
-    /// condition that it still has no key (one round trip, not two); one
-    /// that another edge wrote meanwhile is read and decided again. One
-    /// that `change` left unassigned is read to be sure it is absent.
     fn create_many(
         &self,
         aors: &[&Aor],
         absent: &dyn Fn(&Aor) -> bool,
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
-        let mut results: Vec<Option<Assignment>> = vec![None; aors.len()];
-        let mut pending: Vec<usize> = (0..aors.len()).collect();
-        let mut trusted: Vec<bool> = aors.iter().map(|aor| absent(aor)).collect();
-        for _ in 0..ATTEMPTS {
-            let (read, unread): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| !trusted[i]);
-            let wanted: Vec<&Aor> = read.iter().map(|&i| aors[i]).collect();
-            let currents = self.read(&wanted)?.into_iter().chain(std::iter::repeat_with(|| (None, 0)));
-            let (mut writes, mut written, mut unsure) = (Vec::new(), Vec::new(), Vec::new());
-            for (i, (current, revision)) in read.into_iter().chain(unread).zip(currents) {
-                match change(aors[i], current.as_ref()) {
-                    Some(new) => {
-                        // A first assignment reads back as seen when made.
-                        let seen = new.last_seen != current.as_ref().map_or(new.assigned_at, |c| c.last_seen);
-                        writes.push((new, revision, seen));
-                        written.push(i);
-                    }
-                    None if trusted[i] => unsure.push(i),
-                    None => results[i] = current,
-                }
-            }
-            let made = self.write(&writes)?;
-            pending.clear();
-            for ((i, (new, _, _)), made) in written.into_iter().zip(writes).zip(made) {
-                if made {
-                    results[i] = Some(new);
-                } else {
-                    // Another edge wrote it since it was read: decided again.
-                    pending.push(i);
-                }
-            }
-            let checking: Vec<&Aor> = unsure.iter().map(|&i| aors[i]).collect();
-            for (i, (current, _)) in unsure.into_iter().zip(self.read(&checking)?) {
-                if current.is_some() {
-                    pending.push(i);
-                }
-            }
-            if pending.is_empty() {
-                return Ok(results);
-            }
-            trusted.fill(false);
-        }
-        Err(StoreError::Contended { endpoints: self.endpoints.clone(), aors: pending.len() })
+        self.decide(aors, absent, None, change)
     }
 
     /// A page at a time, each its own request (with its own timeout).
@@ -600,12 +698,14 @@ impl AssignmentStore for EtcdStore {
         Ok(self.range(&pages::start_after(&self.keys, after), limit, 0)?.assignments)
     }
 
-    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError> {
+    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)], fence: Option<&Term>) -> Result<(), StoreError> {
+        const WHAT: &str = "expiring assignments";
+        let fence = self.fence(WHAT, fence)?;
         let removals = expired
             .iter()
             .flat_map(|aor| [TxnOp::delete(self.keys.assignment(aor), None), TxnOp::delete(self.keys.seen(aor), None)]);
         let sightings = seen.iter().map(|(aor, at)| TxnOp::put(self.keys.seen(aor), at.to_string(), None));
-        self.apply("expiring assignments", removals.chain(sightings).collect())
+        self.apply(WHAT, removals.chain(sightings).collect(), fence.as_ref())
     }
 
     /// This edge's dialogs, a page at a time; the replica's copy while
@@ -627,7 +727,7 @@ impl AssignmentStore for EtcdStore {
     fn save_dialogs(&self, kind: DialogKind, kept: &[(String, String)], removed: &[String]) -> Result<(), StoreError> {
         let puts = kept.iter().map(|(key, record)| TxnOp::put(self.keys.dialog(kind, key), record.as_str(), None));
         let deletes = removed.iter().map(|key| TxnOp::delete(self.keys.dialog(kind, key), None));
-        self.apply("saving dialogs", puts.chain(deletes).collect())?;
+        self.apply("saving dialogs", puts.chain(deletes).collect(), None)?;
         if let Some(replica) = &self.replica {
             replica.saved_dialogs(kind, kept, removed);
         }
@@ -648,15 +748,17 @@ impl AssignmentStore for EtcdStore {
 
     /// Written only over the pool as this edge last knew it: a change made
     /// meanwhile on another edge is never overwritten.
-    fn save_pool(&self, pool: &StoredPool) -> Result<(), StoreError> {
+    fn save_pool(&self, pool: &StoredPool, fence: Option<&Term>) -> Result<(), StoreError> {
+        const WHAT: &str = "saving the pool";
+        let fence = self.fence(WHAT, fence)?;
         let json = serde_json::to_string(pool)?;
         let key = self.keys.pool();
         let known = self.pool_revision.load(Ordering::Acquire);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, known)])
-            .and_then([TxnOp::put(key, json, None)]);
-        let answer = self.txns("saving the pool", vec![txn])?.pop();
-        let Some(answer) = answer.filter(etcd_client::TxnResponse::succeeded) else {
+        let compares = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, known)];
+        let txn = fenced(compares, vec![TxnOp::put(key, json, None)], fence.as_ref());
+        let answers = self.txns(WHAT, vec![txn])?;
+        self.check_fence(WHAT, fence.as_ref(), &answers)?;
+        let Some(answer) = answers.into_iter().next().filter(TxnResponse::succeeded) else {
             return Err(StoreError::PoolChanged { endpoints: self.endpoints.clone() });
         };
         let revision = answer.header().map_or(known, |header| header.revision());
@@ -701,6 +803,7 @@ impl AssignmentStore for EtcdStore {
             edge: self.keys.edge().to_owned(),
             sink,
             counters: self.counters.clone(),
+            deposed: self.deposed.subscribe(),
         };
         self.runtime.spawn(campaign.run());
         Ok(())

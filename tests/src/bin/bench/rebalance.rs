@@ -43,7 +43,7 @@ fn move_all(population: &mut Population) -> Moved {
     let withdrawing = start.elapsed();
 
     let start = Instant::now();
-    let reassigned = population.store.reassign_many(&moves).expect("committing the moves");
+    let reassigned = population.store.reassign_many(&moves, None).expect("committing the moves");
     let store = start.elapsed();
     assert!(reassigned.iter().all(|r| r.generation == 2), "every client moved exactly once");
 
