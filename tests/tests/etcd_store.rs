@@ -66,6 +66,7 @@ impl Etcd {
             tls: None,
             timeout: Duration::from_secs(2),
             replica: None,
+            max_txn_ops: redirector::store::MAX_TXN_OPS,
         }
     }
 
@@ -389,9 +390,26 @@ fn a_deposed_leader_commits_no_decision_and_the_new_one_does() {
     let moved = b.reassign_many(&[(&bob, "home2")], Some(&b_term)).unwrap();
     assert_eq!((moved[0].previous.as_deref(), moved[0].generation), (Some("home1"), 2));
     b.save_pool(&pool, Some(&b_term)).unwrap();
+    // A failover of more clients than one transaction's compares: the
+    // fence's compare fits beside theirs.
+    let many: Vec<Aor> = (0..300).map(|n| aor(&format!("f{n}"))).collect();
+    let refs: Vec<&Aor> = many.iter().collect();
+    b.create_many(&refs, &|_| true, &mut |aor, _| Some(Assignment::new(aor.clone(), "home1".into()))).unwrap();
+    let moves: Vec<(&Aor, &str)> = many.iter().map(|aor| (aor, "home3")).collect();
+    let moved = b.reassign_many(&moves, Some(&b_term)).unwrap();
+    assert!(moved.iter().all(|m| m.generation == 2), "every client moved");
     assert_eq!(a.get(&bob).unwrap().unwrap().server, "home2", "the new leader's move is made");
     assert_eq!(a.pool().unwrap(), Some(pool));
     assert_eq!(counter(&b, "deposed_writes"), 0);
+}
+
+#[test]
+fn an_edge_whose_transactions_the_members_refuse_for_their_size_does_not_start() {
+    let etcd = Etcd::start();
+    let settings = EtcdSettings { max_txn_ops: 1024, ..etcd.settings("/size/", "a") };
+    let error = EtcdStore::connect(&settings).err().expect("the member takes 128 operations a transaction");
+    let message = error.to_string();
+    assert!(message.contains("--max-txn-ops 1024") && message.contains("max_txn_ops"), "says what to do: {message}");
 }
 
 #[test]

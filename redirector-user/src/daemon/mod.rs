@@ -156,6 +156,7 @@ fn etcd_settings(config: &Config) -> Result<EtcdSettings> {
         tls,
         timeout: Duration::from_secs_f64(store.timeout),
         replica: Some(config.replica()),
+        max_txn_ops: store.max_txn_ops,
     })
 }
 

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 pub use self::{
     cache::{Cache, Cached},
-    etcd::{EtcdSettings, EtcdStore, LEADER_LEASE, ReplicaMark, Sink, StoreEvent, Tls},
+    etcd::{EtcdSettings, EtcdStore, LEADER_LEASE, MAX_TXN_OPS, ReplicaMark, Sink, StoreEvent, Tls},
     redb::RedbStore,
 };
 use crate::{model::ServerSpec, sip::Aor};
@@ -174,6 +174,10 @@ pub enum StoreError {
         "etcd at {endpoints}: {what} refused: this edge no longer leads the pool's decisions (its election key in etcd is gone or another edge's); it steps down and leaves them to the new leader"
     )]
     Deposed { endpoints: String, what: &'static str },
+    #[error(
+        "etcd at {endpoints} refuses transactions of {max} operations: start its members with --max-txn-ops {max} (or more), or lower [store] max_txn_ops"
+    )]
+    TxnLimit { endpoints: String, max: usize },
     #[error("etcd record {key} does not read back: {source}")]
     Record { key: String, source: serde_json::Error },
     #[error("reading the TLS file {path} for etcd: {source}")]

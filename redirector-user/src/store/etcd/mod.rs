@@ -51,7 +51,7 @@ use super::{Assignment, AssignmentStore, DialogKind, Leadership, StoreCounters, 
 use crate::sip::Aor;
 
 /// Operations etcd takes in one transaction by default (`--max-txn-ops`).
-const MAX_TXN_OPS: usize = 128;
+pub const MAX_TXN_OPS: usize = crate::config::ETCD_MAX_TXN_OPS;
 
 /// How often a batch is tried again when other edges keep writing its AORs.
 const ATTEMPTS: usize = 8;
@@ -71,6 +71,9 @@ pub struct EtcdSettings {
     pub timeout: Duration,
     /// This edge's local copy of the store (see `replica`), if it keeps one.
     pub replica: Option<PathBuf>,
+    /// The most operations one transaction may hold: the members'
+    /// `--max-txn-ops` (`MAX_TXN_OPS` unless they were started with more).
+    pub max_txn_ops: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +93,8 @@ pub struct EtcdStore {
     /// How the campaign for leadership connects (see `connect_options`).
     campaigning: (Vec<String>, ConnectOptions),
     timeout: Duration,
+    /// The most operations of one transaction (at least 4).
+    max_txn_ops: usize,
     /// The revision of the last full read (`all`): a watch started from
     /// the next one misses nothing.
     loaded: Arc<AtomicI64>,
@@ -239,6 +244,7 @@ impl EtcdStore {
             endpoints,
             campaigning: (settings.endpoints.clone(), campaigning),
             timeout: settings.timeout,
+            max_txn_ops: settings.max_txn_ops.max(4),
             loaded: Arc::default(),
             pool_revision: Arc::default(),
             counters,
@@ -249,7 +255,27 @@ impl EtcdStore {
         };
         let resume = store.resume_point()?;
         *store.resume.lock().expect("resume lock") = resume;
+        store.check_txn_limit()?;
         Ok(store)
+    }
+
+    /// Whether the members take transactions as large as `max_txn_ops`
+    /// (their `--max-txn-ops`): otherwise every batch of new clients would
+    /// be refused. Not known while etcd is out of reach.
+    fn check_txn_limit(&self) -> Result<(), StoreError> {
+        if self.max_txn_ops <= MAX_TXN_OPS {
+            return Ok(());
+        }
+        let key = self.keys.pool();
+        let compares: Vec<Compare> =
+            (0..self.max_txn_ops).map(|_| Compare::version(key.as_str(), CompareOp::Greater, -1)).collect();
+        match self.txns("checking the transaction size ([store] max_txn_ops)", vec![Txn::new().when(compares)]) {
+            Err(StoreError::Etcd { source, .. }) if is_invalid(&source) => {
+                Err(StoreError::TxnLimit { endpoints: self.endpoints.clone(), max: self.max_txn_ops })
+            }
+            Err(error) if error.is_unavailable() => Ok(()),
+            checked => checked.map(drop),
+        }
     }
 
     /// Reads the cluster's revision and ID, and decides whether the replica
@@ -357,10 +383,10 @@ impl EtcdStore {
     }
 
     /// Each AOR's assignment and its key's revision, read in transactions
-    /// of at most `MAX_TXN_OPS` reads, sent together.
+    /// of at most `max_txn_ops` reads, sent together.
     fn read(&self, aors: &[&Aor]) -> Result<Vec<Read>, StoreError> {
         let chunks: Vec<Txn> = aors
-            .chunks(MAX_TXN_OPS / 2)
+            .chunks(self.max_txn_ops / 2)
             .map(|chunk| {
                 let reads = chunk.iter().flat_map(|aor| {
                     [TxnOp::get(self.keys.assignment(aor), None), TxnOp::get(self.keys.seen(aor), None)]
@@ -391,7 +417,8 @@ impl EtcdStore {
     /// read at (and the `fence` holds); per write, whether it was made.
     fn write(&self, writes: &[(Assignment, i64, bool)], fence: Option<&Fence>) -> Result<Vec<bool>, StoreError> {
         const WHAT: &str = "writing assignments";
-        let chunks = write_chunks(writes);
+        // A fence's compare takes one of the transaction's operations.
+        let chunks = write_chunks(writes, self.max_txn_ops - usize::from(fence.is_some()));
         let txns: Vec<Txn> = chunks
             .iter()
             .map(|chunk| {
@@ -505,10 +532,11 @@ impl EtcdStore {
         Err(StoreError::Contended { endpoints: self.endpoints.clone(), aors: pending.len() })
     }
 
-    /// Puts and deletes, in transactions of at most `MAX_TXN_OPS`, each
+    /// Puts and deletes, in transactions of at most `max_txn_ops`, each
     /// made only while the `fence` holds.
     fn apply(&self, what: &'static str, ops: Vec<TxnOp>, fence: Option<&Fence>) -> Result<(), StoreError> {
-        let chunks: Vec<Txn> = ops.chunks(MAX_TXN_OPS).map(|chunk| fenced(Vec::new(), chunk.to_vec(), fence)).collect();
+        let chunks: Vec<Txn> =
+            ops.chunks(self.max_txn_ops).map(|chunk| fenced(Vec::new(), chunk.to_vec(), fence)).collect();
         let answers = self.txns(what, chunks)?;
         self.check_fence(what, fence, &answers)
     }
@@ -548,15 +576,15 @@ impl EtcdStore {
     }
 }
 
-/// Writes cut into transactions of at most `MAX_TXN_OPS` compares and as
-/// many puts: one compare and one put per AOR, and a second put for a
-/// sighting to keep.
-fn write_chunks(writes: &[(Assignment, i64, bool)]) -> Vec<&[(Assignment, i64, bool)]> {
+/// Writes cut into transactions of at most `max_ops` compares and as many
+/// puts: one compare and one put per AOR, and a second put for a sighting
+/// to keep.
+fn write_chunks(writes: &[(Assignment, i64, bool)], max_ops: usize) -> Vec<&[(Assignment, i64, bool)]> {
     let mut chunks = Vec::new();
     let (mut start, mut puts) = (0, 0);
     for (index, (_, _, seen)) in writes.iter().enumerate() {
         let needs = 1 + usize::from(*seen);
-        if index - start == MAX_TXN_OPS || puts + needs > MAX_TXN_OPS {
+        if index - start == max_ops || puts + needs > max_ops {
             chunks.push(&writes[start..index]);
             (start, puts) = (index, 0);
         }
@@ -566,6 +594,11 @@ fn write_chunks(writes: &[(Assignment, i64, bool)]) -> Vec<&[(Assignment, i64, b
         chunks.push(&writes[start..]);
     }
     chunks
+}
+
+/// Whether etcd refused a request as malformed (too large, for one).
+fn is_invalid(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::InvalidArgument)
 }
 
 /// Runs `future` on `runtime` and waits for it, `timeout` at most (`None`
@@ -818,11 +851,15 @@ mod tests {
     fn writes_fit_etcds_transaction_limit() {
         let write = |seen| (Assignment::new(Aor::from_canonical("sip:a@b".into()), "home1".into()), 0, seen);
         let plain: Vec<_> = (0..300).map(|_| write(false)).collect();
-        let sizes: Vec<usize> = write_chunks(&plain).iter().map(|c| c.len()).collect();
+        let sizes: Vec<usize> = write_chunks(&plain, MAX_TXN_OPS).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [128, 128, 44]);
+        let sizes: Vec<usize> = write_chunks(&plain, MAX_TXN_OPS - 1).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [127, 127, 46], "a compare left for a fence");
         let seen: Vec<_> = (0..100).map(|_| write(true)).collect();
-        let sizes: Vec<usize> = write_chunks(&seen).iter().map(|c| c.len()).collect();
+        let sizes: Vec<usize> = write_chunks(&seen, MAX_TXN_OPS).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [64, 36], "two puts each");
-        assert!(write_chunks(&[]).is_empty());
+        let sizes: Vec<usize> = write_chunks(&plain, 1024).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [300], "members that take more");
+        assert!(write_chunks(&[], MAX_TXN_OPS).is_empty());
     }
 }
