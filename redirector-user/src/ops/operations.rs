@@ -722,7 +722,7 @@ impl Operations {
         let retired = match self.fast_path.forget_many(&aors) {
             Ok(()) => {
                 let expired = self.assignments.expire(&verdicts.expired, &verdicts.persist, fence.as_ref());
-                self.step_down_if_deposed(expired)
+                self.step_down_if_deposed(expired, fence.as_ref())
             }
             Err(error) => Err(error.into()),
         };
@@ -1039,13 +1039,14 @@ impl Operations {
     /// (`fence`: a leader's decision, made only while its term lasts).
     fn save_pool(&mut self, pool: &Pool, fence: Option<&Term>) -> Result<()> {
         let saved = self.assignments.store().save_pool(&servers::to_store(pool, &self.applied), fence);
-        self.step_down_if_deposed(saved)
+        self.step_down_if_deposed(saved, fence)
     }
 
-    /// A leader's write refused because its term had ended: this edge
-    /// steps down at once (its campaign ends the term too).
-    fn step_down_if_deposed<T>(&mut self, result: Result<T, StoreError>) -> Result<T> {
-        if result.as_ref().is_err_and(StoreError::is_deposed) {
+    /// A leader's write refused because its term (`fence`) had ended:
+    /// this edge steps down at once if that is still its term (its
+    /// campaign ends the term too).
+    fn step_down_if_deposed<T>(&mut self, result: Result<T, StoreError>, fence: Option<&Term>) -> Result<T> {
+        if result.as_ref().is_err_and(StoreError::is_deposed) && self.leading.as_ref() == fence {
             self.lead(None);
         }
         Ok(result?)
@@ -1107,7 +1108,7 @@ impl Operations {
         let reassigned = match withdrawn {
             Ok(withdrawn) => {
                 let reassigned = self.assignments.reassign_many(&pairs, only_from, &pool, fence);
-                self.step_down_if_deposed(reassigned).map(|done| withdrawn.into_iter().zip(done))
+                self.step_down_if_deposed(reassigned, fence).map(|done| withdrawn.into_iter().zip(done))
             }
             Err(error) => Err(error.into()),
         };
