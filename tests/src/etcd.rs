@@ -6,7 +6,9 @@
 //!  link N: veth sN in an edge's namespace (10.79.N.2) ── xN in "store" (10.79.N.1)
 //! ```
 //! Elections are tuned for tests (50 ms heartbeats, 500 ms election
-//! timeout), so a killed leader is replaced within about a second.
+//! timeout), so a killed leader is replaced within about a second. The
+//! members take transactions of `MAX_TXN_OPS` operations, as README's
+//! "several edges" tells operators to run them.
 
 use std::{
     net::Ipv4Addr,
@@ -23,6 +25,10 @@ use crate::{
 };
 
 pub const MEMBERS: usize = 3;
+
+/// The members' `--max-txn-ops`, README's: a batch of new AORs (a compare
+/// and a put each) in one transaction, one raft entry.
+pub const MAX_TXN_OPS: usize = 1024;
 
 /// Member `index`'s address (its client and peer URLs are on it).
 pub fn member_address(index: usize) -> Ipv4Addr {
@@ -102,6 +108,7 @@ impl EtcdCluster {
             "--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new",
             "--initial-cluster-token", "redirector-test",
             "--heartbeat-interval", "50", "--election-timeout", "500",
+            "--max-txn-ops", &MAX_TXN_OPS.to_string(),
             "--logger", "zap", "--log-level", "warn",
         ];
         let child = self
@@ -150,6 +157,24 @@ impl EtcdCluster {
         };
         let endpoint = statuses.iter().find(|status| leads(status))?["Endpoint"].as_str()?.to_owned();
         (0..MEMBERS).find(|&index| client_url(index) == endpoint)
+    }
+
+    /// The sum over the running members of each of etcd's Prometheus
+    /// series named in `wanted` (by its name and labels, as `/metrics`
+    /// writes it), read through each member's client URL.
+    pub fn metrics(&self, wanted: &[&str]) -> Vec<f64> {
+        let mut sums = vec![0.0; wanted.len()];
+        for index in (0..MEMBERS).filter(|&index| self.members[index].is_some()) {
+            let output = self.ns.command("curl", &["-sf", &format!("{}/metrics", client_url(index))]).output();
+            let text = output.map(|out| String::from_utf8_lossy(&out.stdout).into_owned()).unwrap_or_default();
+            for line in text.lines().filter(|line| !line.starts_with('#')) {
+                let Some((series, value)) = line.rsplit_once(' ') else { continue };
+                if let (Some(at), Ok(value)) = (wanted.iter().position(|w| *w == series), value.parse::<f64>()) {
+                    sums[at] += value;
+                }
+            }
+        }
+        sums
     }
 
     /// Whether a put then a read of `key` succeeds from `ns` (through a

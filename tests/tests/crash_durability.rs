@@ -127,7 +127,7 @@ fn sigkill_mid_burst_while_a_home_is_down_loses_and_contradicts_nothing() {
     {
         let store = RedbStore::open(&topology.scratch("assignments.redb")).expect("the edge's database");
         let refs: Vec<&Aor> = seeded.iter().collect();
-        store.update_many(&refs, &mut |aor, _| Some(Assignment::new(aor.clone(), "home1".into()))).unwrap();
+        store.update_many(&refs, None, &mut |aor, _| Some(Assignment::new(aor.clone(), "home1".into()))).unwrap();
     }
     topology.start(&[]);
     let down = Instant::now() + Duration::from_secs(30);

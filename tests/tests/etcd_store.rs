@@ -14,7 +14,9 @@ use std::{
 
 use redirector::{
     sip::Aor,
-    store::{Assignment, AssignmentStore, EtcdSettings, EtcdStore, RedbStore, ReplicaMark, StoreEvent, StoredPool},
+    store::{
+        Assignment, AssignmentStore, EtcdSettings, EtcdStore, RedbStore, ReplicaMark, StoreEvent, StoredPool, Term,
+    },
 };
 use redirector_tests::topology::{kill_group, tempdir};
 
@@ -64,6 +66,7 @@ impl Etcd {
             tls: None,
             timeout: Duration::from_secs(2),
             replica: None,
+            max_txn_ops: redirector::store::MAX_TXN_OPS,
         }
     }
 
@@ -181,7 +184,7 @@ fn two_edges_seeing_one_new_aor_at_once_end_with_one_assignment() {
     let refs: Vec<&Aor> = aors.iter().collect();
     let mut decided = 0;
     let again = b
-        .update_many(&refs, &mut |_, current| {
+        .update_many(&refs, None, &mut |_, current| {
             decided += 1;
             current.is_none().then(|| unreachable!("every AOR is assigned"))
         })
@@ -263,19 +266,19 @@ fn every_commit_reaches_the_other_edge_in_order() {
         }
         other => panic!("expected bob's assignment, got {other:?}"),
     }
-    a.reassign_many(&[(&bob, "home2")]).unwrap();
+    a.reassign_many(&[(&bob, "home2")], None).unwrap();
     match next(&events) {
         StoreEvent::Assigned(moved) => assert_eq!((moved.server, moved.generation), ("home2".into(), 2)),
         other => panic!("expected bob's move, got {other:?}"),
     }
     assign_new(&a, &carol, "home2");
-    a.expire(&[&carol], &[(&bob, 42)]).unwrap();
+    a.expire(&[&carol], &[(&bob, 42)], None).unwrap();
     let mut rest: Vec<StoreEvent> = (0..3).map(|_| next(&events)).collect();
     rest.retain(|event| !matches!(event, StoreEvent::Assigned(_)));
     assert!(rest.contains(&StoreEvent::Removed(carol.clone())), "{rest:?}");
     assert!(rest.contains(&StoreEvent::Seen(bob.clone(), 42)), "{rest:?}");
     let pool = StoredPool { next_slot: 3, ..StoredPool::default() };
-    a.save_pool(&pool).unwrap();
+    a.save_pool(&pool, None).unwrap();
     assert_eq!(next(&events), StoreEvent::Pool(pool));
 }
 
@@ -288,7 +291,7 @@ fn an_edge_behind_a_compaction_reloads_everything_a_page_at_a_time_with_sighting
     let aors: Vec<Aor> = (0..10_050).map(|n| aor(&format!("c{n}"))).collect();
     let wanted: Vec<&Aor> = aors.iter().collect();
     a.create_many(&wanted, &|_| true, &mut |aor, _| Some(Assignment::new(aor.clone(), "home1".into()))).unwrap();
-    a.expire(&[], &[(&aors[7], 42)]).unwrap();
+    a.expire(&[], &[(&aors[7], 42)], None).unwrap();
     etcd.etcdctl(&["compact", &etcd.revision().to_string()]);
     let events = follower(&b);
     match next(&events) {
@@ -317,15 +320,96 @@ fn one_edge_leads_and_another_takes_over_when_it_dies() {
     };
     let (a, b) = (campaign("a"), campaign("b"));
     let (first, leading) = told.recv_timeout(Duration::from_secs(10)).expect("a leader within 10 s");
-    assert!(leading);
+    assert!(leading.is_some());
     assert!(told.recv_timeout(Duration::from_secs(1)).is_err(), "only one edge leads");
     let lost = Instant::now();
     // The leader dies: its runtime, and so its lease's keep-alive, ends.
     drop(if first == "a" { a } else { b });
     let (second, leading) = told.recv_timeout(Duration::from_secs(10)).expect("another leader within 10 s");
-    assert!(leading && second != first, "{second} takes over from {first}");
+    assert!(leading.is_some() && second != first, "{second} takes over from {first}");
     let bound = Duration::from_secs(redirector::store::LEADER_LEASE as u64 + 2);
     assert!(lost.elapsed() <= bound, "took over in {:?}, more than the lease and 2 s", lost.elapsed());
+}
+
+/// Campaigns for `store`'s edge; what its campaign tells, in order.
+fn campaign(store: &EtcdStore) -> mpsc::Receiver<Option<Term>> {
+    let (sender, told) = mpsc::channel();
+    let sender = Mutex::new(sender);
+    store.lead(Box::new(move |term| drop(sender.lock().unwrap().send(term)))).unwrap();
+    told
+}
+
+/// The leases of the election keys under `election`, oldest candidate first.
+fn election_leases(etcd: &Etcd, election: &str) -> Vec<i64> {
+    let json = etcd.etcdctl(&["get", election, "--prefix", "--write-out", "json"]);
+    let answer: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut keys: Vec<(i64, i64)> = answer["kvs"]
+        .as_array()
+        .map(|kvs| kvs.iter().map(|kv| (kv["create_revision"].as_i64().unwrap(), kv["lease"].as_i64().unwrap())))
+        .into_iter()
+        .flatten()
+        .collect();
+    keys.sort_unstable();
+    keys.into_iter().map(|(_, lease)| lease).collect()
+}
+
+/// A leader deposed without knowing it yet (its lease revoked here; in
+/// life, paused, cut off or slow while the lease ran out) commits none of
+/// the decisions it made in its term once another edge leads: each write
+/// is refused naming etcd and the leadership, and counted. The new
+/// leader's are made.
+#[test]
+fn a_deposed_leader_commits_no_decision_and_the_new_one_does() {
+    let etcd = Etcd::start();
+    let (a, b) = (etcd.store("/fence/", "a"), etcd.store("/fence/", "b"));
+    let bob = aor("bob");
+    assign_new(&a, &bob, "home1");
+    let a_told = campaign(&a);
+    let a_term = a_told.recv_timeout(Duration::from_secs(10)).expect("a leads within 10 s").expect("a term");
+    let [a_lease] = election_leases(&etcd, "/fence/leader")[..] else { panic!("a's election key alone") };
+    let b_told = campaign(&b);
+    etcd.etcdctl(&["lease", "revoke", &format!("{a_lease:x}")]);
+    let b_term = b_told.recv_timeout(Duration::from_secs(10)).expect("b leads within 10 s").expect("b's term");
+    assert_ne!(a_term, b_term);
+
+    // a decided these in its term: a failover's move, the verdict's save,
+    // an expiry.
+    let refused = a.reassign_many(&[(&bob, "home2")], Some(&a_term)).expect_err("a no longer leads");
+    assert!(refused.is_deposed(), "{refused}");
+    let message = refused.to_string();
+    assert!(message.contains("etcd at") && message.contains("no longer leads"), "names etcd and why: {message}");
+    assert_eq!(a.get(&bob).unwrap().unwrap().server, "home1", "a's move is not committed");
+    let pool = StoredPool { next_slot: 7, ..StoredPool::default() };
+    assert!(a.save_pool(&pool, Some(&a_term)).is_err_and(|e| e.is_deposed()));
+    assert!(a.expire(&[&bob], &[], Some(&a_term)).is_err_and(|e| e.is_deposed()));
+    assert_eq!(a.pool().unwrap(), None, "a's verdict is not saved");
+    assert_eq!(counter(&a, "deposed_writes"), 3);
+    let stepped_down = a_told.recv_timeout(Duration::from_secs(5)).expect("a is told within 5 s");
+    assert_eq!(stepped_down, None, "a's campaign ends its term");
+
+    let moved = b.reassign_many(&[(&bob, "home2")], Some(&b_term)).unwrap();
+    assert_eq!((moved[0].previous.as_deref(), moved[0].generation), (Some("home1"), 2));
+    b.save_pool(&pool, Some(&b_term)).unwrap();
+    // A failover of more clients than one transaction's compares: the
+    // fence's compare fits beside theirs.
+    let many: Vec<Aor> = (0..300).map(|n| aor(&format!("f{n}"))).collect();
+    let refs: Vec<&Aor> = many.iter().collect();
+    b.create_many(&refs, &|_| true, &mut |aor, _| Some(Assignment::new(aor.clone(), "home1".into()))).unwrap();
+    let moves: Vec<(&Aor, &str)> = many.iter().map(|aor| (aor, "home3")).collect();
+    let moved = b.reassign_many(&moves, Some(&b_term)).unwrap();
+    assert!(moved.iter().all(|m| m.generation == 2), "every client moved");
+    assert_eq!(a.get(&bob).unwrap().unwrap().server, "home2", "the new leader's move is made");
+    assert_eq!(a.pool().unwrap(), Some(pool));
+    assert_eq!(counter(&b, "deposed_writes"), 0);
+}
+
+#[test]
+fn an_edge_whose_transactions_the_members_refuse_for_their_size_does_not_start() {
+    let etcd = Etcd::start();
+    let settings = EtcdSettings { max_txn_ops: 1024, ..etcd.settings("/size/", "a") };
+    let error = EtcdStore::connect(&settings).err().expect("the member takes 128 operations a transaction");
+    let message = error.to_string();
+    assert!(message.contains("--max-txn-ops 1024") && message.contains("max_txn_ops"), "says what to do: {message}");
 }
 
 #[test]
@@ -379,7 +463,7 @@ fn a_restarted_edge_resumes_from_its_replica_and_reads_only_what_changed() {
     // the replica only), before the assignments that follow it.
     b.pool().unwrap();
     let pool = StoredPool { next_slot: 5, ..StoredPool::default() };
-    b.save_pool(&pool).unwrap();
+    b.save_pool(&pool, None).unwrap();
     for n in 1..=3 {
         assign_new(&a, &aor(&format!("r{n}")), "home1");
         next(&events);
@@ -392,7 +476,7 @@ fn a_restarted_edge_resumes_from_its_replica_and_reads_only_what_changed() {
     drop(copy);
 
     // While b is down: one move, one new client.
-    a.reassign_many(&[(&aor("r1"), "home2")]).unwrap();
+    a.reassign_many(&[(&aor("r1"), "home2")], None).unwrap();
     assign_new(&a, &aor("r4"), "home2");
     let b = etcd.store_with_replica("/resume/", "b", &replica);
     let loaded = b.load().unwrap();

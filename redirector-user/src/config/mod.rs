@@ -158,6 +158,13 @@ pub struct StoreSettings {
     /// `sip.database` if unset.
     #[serde(default)]
     pub replica: Option<PathBuf>,
+    /// The most operations one etcd transaction may hold: the members'
+    /// `--max-txn-ops` (etcd's default, 128, unless they run with more).
+    /// New AORs take one compare and one put each, so a batch of them is
+    /// one transaction (one raft entry) when this is at least twice the
+    /// batch.
+    #[serde(default = "default_max_txn_ops")]
+    pub max_txn_ops: usize,
 }
 
 impl Default for StoreSettings {
@@ -175,6 +182,7 @@ impl Default for StoreSettings {
             key: None,
             timeout: default_store_timeout(),
             replica: None,
+            max_txn_ops: default_max_txn_ops(),
         }
     }
 }
@@ -189,6 +197,14 @@ pub enum Backend {
 
 fn default_prefix() -> String {
     "/redirector/default/".into()
+}
+
+/// Operations etcd takes in one transaction unless its members are started
+/// with more (`--max-txn-ops`).
+pub const ETCD_MAX_TXN_OPS: usize = 128;
+
+fn default_max_txn_ops() -> usize {
+    ETCD_MAX_TXN_OPS
 }
 
 fn default_store_timeout() -> f64 {
@@ -881,6 +897,9 @@ impl Config {
         if !(store.timeout.is_finite() && (0.1..=60.0).contains(&store.timeout)) {
             return Err(invalid("store.timeout", format!("{} is not 0.1 to 60 seconds", store.timeout)));
         }
+        if !(4..=1_000_000).contains(&store.max_txn_ops) {
+            return Err(invalid("store.max_txn_ops", format!("{} is not 4 to 1000000", store.max_txn_ops)));
+        }
         if self.replica() == self.sip.database {
             return Err(invalid(
                 "store.replica",
@@ -1133,7 +1152,9 @@ mod tests {
         assert!(error_for(&etcd("endpoints = [\"10.0.0.1:2379\"]\n")).contains("not an http://"));
         assert!(error_for(&etcd(&format!("{endpoints}prefix = \"pool\"\n"))).contains("store.prefix"));
         assert!(error_for(&etcd(&format!("{endpoints}username = \"edge\"\n"))).contains("password_file"));
+        assert!(error_for(&etcd(&format!("{endpoints}max_txn_ops = 1\n"))).contains("store.max_txn_ops"));
         let config = Config::parse(&etcd(endpoints)).unwrap();
+        assert_eq!(config.store.max_txn_ops, 128, "etcd's own default");
         assert_eq!(config.replica(), config.sip.database.with_file_name("etcd-replica.redb"));
         let database = config.sip.database.display().to_string();
         let same = error_for(&etcd(&format!("{endpoints}replica = \"{database}\"\n")));

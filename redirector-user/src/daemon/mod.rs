@@ -156,6 +156,7 @@ fn etcd_settings(config: &Config) -> Result<EtcdSettings> {
         tls,
         timeout: Duration::from_secs_f64(store.timeout),
         replica: Some(config.replica()),
+        max_txn_ops: store.max_txn_ops,
     })
 }
 
@@ -376,7 +377,7 @@ impl Daemon {
         });
         if operations.assignments.store().shared() {
             // Until the election says otherwise, another edge leads.
-            operations.lead(false);
+            operations.lead(None);
         }
         operations.start_pool()?;
         // Documents that changed while no daemon ran (a move made by

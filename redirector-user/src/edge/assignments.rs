@@ -14,7 +14,7 @@ use crate::{
         routes::{LOG_CAPACITY, RouteLog},
     },
     sip::Aor,
-    store::{Assignment, AssignmentStore, Cache, Cached, Reassigned, StoreError, next_assignment, positions},
+    store::{Assignment, AssignmentStore, Cache, Cached, Reassigned, StoreError, Term, next_assignment, positions},
 };
 
 /// What first contact's new clients get: `aor`'s current assignment if
@@ -211,17 +211,19 @@ impl Assignments {
     /// durable transaction. An AOR is left alone (`None`) if its target is
     /// down or gone by then, or, with `only_from`, if it is no longer on
     /// that server (something else moved it since the move was planned).
+    /// With a `fence`, the moves are the leader's, made only in its term.
     pub fn reassign_many(
         &mut self,
         moves: &[(&Aor, &str)],
         only_from: Option<&str>,
         pool: &Pool,
+        fence: Option<&Term>,
     ) -> Result<Vec<Option<Reassigned>>, StoreError> {
         let aors: Vec<&Aor> = moves.iter().map(|&(aor, _)| aor).collect();
         let position = positions(&aors);
         // By position; as in `assign_all`, the last call for an AOR holds.
         let mut previous: Vec<Option<Option<String>>> = vec![None; moves.len()];
-        let stored = self.store.update_many(&aors, &mut |aor, current| {
+        let stored = self.store.update_many(&aors, fence, &mut |aor, current| {
             let i = position[aor];
             let to = moves[i].1;
             let still_there = only_from.is_none_or(|from| current.is_some_and(|a| a.server == from));
@@ -254,10 +256,15 @@ impl Assignments {
     /// Removes expired assignments (held out of first contact meanwhile)
     /// from the store, the cache and the counts, and persists the sightings in `persist`, in
     /// one durable transaction.
-    pub fn expire(&mut self, expired: &[Assignment], persist: &[(Aor, u64)]) -> Result<(), StoreError> {
+    pub fn expire(
+        &mut self,
+        expired: &[Assignment],
+        persist: &[(Aor, u64)],
+        fence: Option<&Term>,
+    ) -> Result<(), StoreError> {
         let gone: Vec<&Aor> = expired.iter().map(|a| &a.aor).collect();
         let seen: Vec<(&Aor, u64)> = persist.iter().map(|(aor, at)| (aor, *at)).collect();
-        self.store.expire(&gone, &seen)?;
+        self.store.expire(&gone, &seen, fence)?;
         for assignment in expired {
             self.forget(&assignment.aor);
         }

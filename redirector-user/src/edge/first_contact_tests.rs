@@ -12,7 +12,7 @@ use crate::{
         assignments::Assignments as Owned,
         pool,
     },
-    store::{Assignment, AssignmentStore, Reassigned, RedbStore},
+    store::{Assignment, AssignmentStore, Reassigned, RedbStore, Term},
 };
 
 const CLIENT: &str = "203.0.113.7:5062";
@@ -128,7 +128,7 @@ impl Harness {
     }
 
     fn reassign_many(&self, moves: &[(&Aor, &str)], only_from: Option<&str>) -> Vec<Option<Reassigned>> {
-        self.assignments.borrow_mut().reassign_many(moves, only_from, &self.pool.load()).unwrap()
+        self.assignments.borrow_mut().reassign_many(moves, only_from, &self.pool.load(), None).unwrap()
     }
 
     fn pings(&self, sequence: u32) -> Vec<Action> {
@@ -730,10 +730,11 @@ impl AssignmentStore for CountingStore {
     fn update_many(
         &self,
         aors: &[&Aor],
+        fence: Option<&Term>,
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
         self.updates.fetch_add(1, Ordering::Relaxed);
-        self.inner.update_many(aors, change)
+        self.inner.update_many(aors, fence, change)
     }
 
     fn all(&self) -> Result<Vec<Assignment>, StoreError> {
@@ -744,9 +745,9 @@ impl AssignmentStore for CountingStore {
         self.inner.page(after, limit)
     }
 
-    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError> {
+    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)], fence: Option<&Term>) -> Result<(), StoreError> {
         self.updates.fetch_add(1, Ordering::Relaxed);
-        self.inner.expire(expired, seen)
+        self.inner.expire(expired, seen, fence)
     }
 }
 

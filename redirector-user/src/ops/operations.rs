@@ -68,7 +68,7 @@ use crate::{
     },
     probe::state::{Announcement, announcements},
     sip::{Aor, ParseError},
-    store::{Cached, DialogKind, StoreError, unix_seconds},
+    store::{Cached, DialogKind, StoreError, Term, unix_seconds},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -153,8 +153,9 @@ pub struct Operations {
     applied: Vec<ServerSpec>,
     /// Whether this edge makes the pool-wide decisions: health verdicts and
     /// the moves they cause, rebalancing, expiry. Always with a store of
-    /// its own; with a shared one, while it holds the leadership.
-    leading: bool,
+    /// its own; with a shared one, while it holds the leadership. Every
+    /// write that carries out such a decision is fenced with the term.
+    leading: Option<Term>,
     /// A health verdict applied here whose save failed (retried each round).
     verdicts_unsaved: bool,
     following: followed::Following,
@@ -189,6 +190,10 @@ struct MoveJob {
     moves: Vec<Move>,
     /// Told the moves once all are made (a drain asked for them).
     reply: Option<oneshot::Sender<Reply>>,
+    /// The leader's term, for a job the leader decided (a failover, a
+    /// removal it resumed, stragglers): its moves are made only while the
+    /// term lasts. None for an operator's.
+    fence: Option<Term>,
     /// Logged when done.
     why: &'static str,
     /// The server leaves the pool once its clients have moved.
@@ -259,7 +264,7 @@ impl Operations {
             next_page_at: Instant::now(),
             pass: Vec::new(),
             applied,
-            leading: true,
+            leading: Some(Term::Alone),
             verdicts_unsaved: false,
             following: followed::Following::default(),
             stragglers: followed::Stragglers::default(),
@@ -274,14 +279,15 @@ impl Operations {
     /// moves no operator asked of it to the leader; a new leader resumes
     /// the moves the last one may have cut short, and applies its own
     /// health checks' verdicts where the pool says otherwise.
-    pub fn lead(&mut self, leading: bool) {
-        if self.leading == leading {
+    pub fn lead(&mut self, term: Option<Term>) {
+        let was_leading = std::mem::replace(&mut self.leading, term).is_some();
+        let leading = self.leading.is_some();
+        if was_leading == leading {
             return;
         }
-        self.leading = leading;
         tracing::info!(leading, "leadership of the pool's decisions changed");
         if !leading {
-            self.jobs.retain(|job| job.reply.is_some());
+            self.jobs.retain(|job| job.fence.is_none());
             return;
         }
         if let Err(error) = self.resume_pool_moves() {
@@ -303,7 +309,8 @@ impl Operations {
             }
         }
         if self.verdicts_unsaved {
-            self.verdicts_unsaved = self.save_pool(&self.pool.load_full()).is_err();
+            let fence = self.leading.clone();
+            self.verdicts_unsaved = self.save_pool(&self.pool.load_full(), fence.as_ref()).is_err();
         }
     }
 
@@ -332,7 +339,7 @@ impl Operations {
         if let Some(config) = self.probe {
             self.set_probe(config);
         }
-        let states = announcements(self.pool.load().servers(), self.leading);
+        let states = announcements(self.pool.load().servers(), self.leading.is_some());
         self.home_states.send_if_modified(|published| {
             let changed = *published != states;
             if changed {
@@ -348,7 +355,7 @@ impl Operations {
     /// short; those already made are not made again).
     pub fn start_pool(&mut self) -> Result<()> {
         let pool = self.pool.load_full();
-        match self.save_pool(&pool) {
+        match self.save_pool(&pool, None) {
             // An edge started from its replica while etcd is out of reach.
             Err(OperationError::Store(error)) if error.is_unavailable() => tracing::warn!(
                 %error,
@@ -356,7 +363,7 @@ impl Operations {
             ),
             saved => saved?,
         }
-        if self.leading {
+        if self.leading.is_some() {
             self.resume_pool_moves()?;
         }
         Ok(())
@@ -369,12 +376,12 @@ impl Operations {
         let pool = self.pool.load_full();
         for removing in pool.servers().iter().filter(|s| s.state == ServerState::Removing) {
             tracing::info!(server = removing.name, "resuming the removal of a home server");
-            let job = self.removal(&removing.name)?;
+            let job = self.leaders(self.removal(&removing.name)?);
             self.jobs.push_back(job);
         }
         for down in pool.servers().iter().filter(|s| !s.healthy && s.state != ServerState::Removing) {
             tracing::info!(server = down.name, "home server known down: its clients move");
-            let job = self.move_all_from(&down.name, "home server down, its clients moved")?;
+            let job = self.leaders(self.move_all_from(&down.name, "home server down, its clients moved")?);
             self.jobs.push_back(job);
         }
         Ok(())
@@ -574,7 +581,7 @@ impl Operations {
         for transition in self.tracker.tick(sequence) {
             self.apply_health(transition);
         }
-        if self.leading {
+        if self.leading.is_some() {
             self.keep_verdicts();
         }
     }
@@ -598,7 +605,7 @@ impl Operations {
     /// edges to see, and applied if this edge leads.
     fn apply_health(&mut self, transition: Transition) {
         self.publish_health();
-        if !self.leading {
+        if self.leading.is_none() {
             return;
         }
         let (server, healthy) = match transition {
@@ -696,7 +703,7 @@ impl Operations {
         // A follower keeps its sightings in a shared store (clients the
         // router keeps on this edge are seen nowhere else); the leader
         // alone expires.
-        if !self.leading {
+        if self.leading.is_none() {
             verdicts.expired.clear();
         }
         if walk.is_done() {
@@ -722,11 +729,15 @@ impl Operations {
     fn retire(&mut self, verdicts: &expiry::Verdicts) -> Result<()> {
         let aors: Vec<Aor> = verdicts.expired.iter().map(|a| a.aor.clone()).collect();
         aors.iter().for_each(|aor| self.assignments.hold(aor));
-        let retired = self
-            .fast_path
-            .forget_many(&aors)
-            .map_err(OperationError::from)
-            .and_then(|()| Ok(self.assignments.expire(&verdicts.expired, &verdicts.persist)?));
+        // Expiring is the leader's decision; keeping sightings is any edge's.
+        let fence = self.leading.clone().filter(|_| !aors.is_empty());
+        let retired = match self.fast_path.forget_many(&aors) {
+            Ok(()) => {
+                let expired = self.assignments.expire(&verdicts.expired, &verdicts.persist, fence.as_ref());
+                self.step_down_if_deposed(expired, fence.as_ref())
+            }
+            Err(error) => Err(error.into()),
+        };
         if retired.is_err() {
             self.release(&aors);
             return retired;
@@ -739,12 +750,10 @@ impl Operations {
 
     /// One rebalancing round on a load sample taken `seconds` after the last.
     pub fn observe_load(&mut self, clients: &[Sample], seconds: f64) {
-        if !self.leading {
-            return;
-        }
+        let Some(term) = self.leading.clone() else { return };
         let targets = self.balance_targets();
         let planned = self.rebalancer.observe(&targets, clients, seconds);
-        match self.apply_plan(&planned, "load skew") {
+        match self.apply_plan(&planned, "load skew", Some(&term)) {
             Ok(moves) if moves.is_empty() => {}
             Ok(moves) => tracing::info!(moved = moves.len(), "rebalanced"),
             Err(error) => tracing::warn!(%error, "rebalancing failed"),
@@ -761,7 +770,7 @@ impl Operations {
         if self.assignments.store().get(&aor)?.is_none() {
             return Err(OperationError::UnknownAor(aor.to_string()));
         }
-        let mut moved = self.move_batch(&[(aor, to.clone())], None, "assigned by an operator")?;
+        let mut moved = self.move_batch(&[(aor, to.clone())], None, "assigned by an operator", None)?;
         moved.pop().ok_or(OperationError::ServerDown(to.name))
     }
 
@@ -786,7 +795,8 @@ impl Operations {
         let home = self.change_server(|s| s.index == index, |s| s.healthy = healthy, &index.to_string())?;
         // Kept, so that a restarted daemon starts from this verdict; a
         // store that fails must not keep a down server's clients on it.
-        if let Err(error) = self.save_pool(&self.pool.load_full()) {
+        let fence = self.leading.clone();
+        if let Err(error) = self.save_pool(&self.pool.load_full(), fence.as_ref()) {
             tracing::warn!(server = home.name, healthy, %error, "keeping a health verdict in the store failed; saved again with the next health round");
             self.verdicts_unsaved = true;
         }
@@ -794,7 +804,7 @@ impl Operations {
             tracing::info!(server = home.name, "home server up");
             return Ok(());
         }
-        let job = self.move_all_from(&home.name, "home server down, its clients moved")?;
+        let job = self.leaders(self.move_all_from(&home.name, "home server down, its clients moved")?);
         self.jobs.push_back(job);
         Ok(())
     }
@@ -835,7 +845,7 @@ impl Operations {
             job.left.clear();
         }
         let batch: Vec<Aor> = job.left.drain(..job.left.len().min(MOVE_BATCH)).collect();
-        match self.move_batch_from(&job.from, &batch, job.why) {
+        match self.move_batch_from(&job.from, &batch, job.why, job.fence.as_ref()) {
             Ok(moves) => job.moves.extend(moves),
             Err(error) => {
                 let moved = job.moves.len();
@@ -851,7 +861,10 @@ impl Operations {
             return;
         }
         tracing::info!(server = job.from, moved = job.moves.len(), "{}", job.why);
-        let done = if job.retire { self.retire_server(&job.from).map(|()| job.moves) } else { Ok(job.moves) };
+        let done = match job.retire {
+            true => self.retire_server(&job.from, job.fence.as_ref()).map(|()| job.moves),
+            false => Ok(job.moves),
+        };
         if let Some(reply) = job.reply {
             let _ = reply.send(done.map_or_else(|error| Reply::Error(error.to_string()), Reply::Moves));
         }
@@ -881,12 +894,17 @@ impl Operations {
     fn move_all_from(&self, server: &str, why: &'static str) -> Result<MoveJob> {
         let left: Vec<Aor> =
             self.assignments.store().all()?.into_iter().filter(|a| a.server == server).map(|a| a.aor).collect();
-        Ok(MoveJob { from: server.to_owned(), left, moves: Vec::new(), reply: None, why, retire: false })
+        Ok(MoveJob { from: server.to_owned(), left, moves: Vec::new(), reply: None, fence: None, why, retire: false })
+    }
+
+    /// `job` as the leader's, made only while this term lasts.
+    fn leaders(&self, job: MoveJob) -> MoveJob {
+        MoveJob { fence: self.leading.clone(), ..job }
     }
 
     /// One batch of a job: `aors` off `from`, each to where rendezvous
     /// hashing puts it now.
-    fn move_batch_from(&mut self, from: &str, aors: &[Aor], why: &str) -> Result<Vec<Move>> {
+    fn move_batch_from(&mut self, from: &str, aors: &[Aor], why: &str, fence: Option<&Term>) -> Result<Vec<Move>> {
         let pool = self.pool.load_full();
         // Clients that moved meanwhile (at a first contact, or by `assign`)
         // keep their place on the fast path.
@@ -898,7 +916,7 @@ impl Operations {
                 Ok((aor.clone(), to.ok_or_else(|| OperationError::NoActiveServer(from.into()))?))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.move_batch(&planned, Some(from), why)
+        self.move_batch(&planned, Some(from), why, fence)
     }
 
     /// Lets `server` take new clients again.
@@ -916,7 +934,7 @@ impl Operations {
             .load()
             .changed(|s| s.name == server, |s| s.state = state)
             .ok_or_else(|| OperationError::UnknownServer(server.to_owned()))?;
-        self.save_pool(&pool)?;
+        self.save_pool(&pool, None)?;
         let home = self.change_server(|s| s.name == server, |s| s.state = state, server)?;
         // The homes taking new clients are every document's probe targets.
         self.refresh_profiles();
@@ -962,14 +980,14 @@ impl Operations {
     /// The server `name`, whose clients have all moved, leaves the pool and
     /// its SERVERS slot reads "unused": anything still pointing at it goes
     /// to first contact. Unless its removal was called off meanwhile.
-    fn retire_server(&mut self, name: &str) -> Result<()> {
+    fn retire_server(&mut self, name: &str, fence: Option<&Term>) -> Result<()> {
         let pool = self.pool.load_full();
         if pool.server(name).is_none_or(|s| s.state != ServerState::Removing) {
             tracing::info!(server = name, "removal called off: the server stays");
             return Ok(());
         }
         let (next, gone) = pool.retire(name).ok_or_else(|| OperationError::UnknownServer(name.to_owned()))?;
-        self.save_pool(&next)?;
+        self.save_pool(&next, fence)?;
         self.pool.store(Arc::new(next));
         self.tracker.remove(gone.index);
         self.fast_path.dataplane().set_server(gone.index, Default::default()).map_err(FastPathError::from)?;
@@ -1015,7 +1033,7 @@ impl Operations {
     /// contact, and writes each changed server's SERVERS slot; an added
     /// server is health-checked from the next round.
     fn commit_pool(&mut self, pool: Pool, effects: &[Effect]) -> Result<()> {
-        self.save_pool(&pool)?;
+        self.save_pool(&pool, None)?;
         self.pool.store(Arc::new(pool));
         for effect in effects {
             let (Effect::Added(home) | Effect::Changed(home) | Effect::Removing(home)) = effect;
@@ -1033,9 +1051,21 @@ impl Operations {
         Ok(())
     }
 
-    /// Keeps `pool` and the config's servers as last applied in the store.
-    fn save_pool(&self, pool: &Pool) -> Result<()> {
-        Ok(self.assignments.store().save_pool(&servers::to_store(pool, &self.applied))?)
+    /// Keeps `pool` and the config's servers as last applied in the store
+    /// (`fence`: a leader's decision, made only while its term lasts).
+    fn save_pool(&mut self, pool: &Pool, fence: Option<&Term>) -> Result<()> {
+        let saved = self.assignments.store().save_pool(&servers::to_store(pool, &self.applied), fence);
+        self.step_down_if_deposed(saved, fence)
+    }
+
+    /// A leader's write refused because its term (`fence`) had ended:
+    /// this edge steps down at once if that is still its term (its
+    /// campaign ends the term too).
+    fn step_down_if_deposed<T>(&mut self, result: Result<T, StoreError>, fence: Option<&Term>) -> Result<T> {
+        if result.as_ref().is_err_and(StoreError::is_deposed) && self.leading.as_ref() == fence {
+            self.lead(None);
+        }
+        Ok(result?)
     }
 
     /// Servers that take new clients, as the rebalancer weighs them.
@@ -1049,7 +1079,7 @@ impl Operations {
     pub fn rebalance(&mut self, dry_run: bool) -> Result<Vec<PlannedMove>> {
         let planned = plan(&self.balance_targets(), &self.rebalancer.latest, &self.rebalancer.thresholds);
         if !dry_run {
-            self.apply_plan(&planned, "requested")?;
+            self.apply_plan(&planned, "requested", None)?;
         }
         Ok(planned
             .into_iter()
@@ -1058,28 +1088,35 @@ impl Operations {
     }
 
     /// Makes planned moves, logging why; a client that moved since the
-    /// plan was made is left where it is.
-    pub fn apply_plan(&mut self, planned: &[Planned], reason: &str) -> Result<Vec<Move>> {
+    /// plan was made is left where it is. `fence`: the leader's plan.
+    pub fn apply_plan(&mut self, planned: &[Planned], reason: &str, fence: Option<&Term>) -> Result<Vec<Move>> {
         let mut moves = Vec::new();
         for p in planned {
             tracing::info!(aor = %p.aor, from = p.from, to = p.to, rate = p.rate, reason, "rebalancing");
             let why = format!("rebalanced ({reason}): {:.1} packets/s", p.rate);
-            moves.extend(self.move_batch(&[(p.aor.clone(), self.server(&p.to)?)], Some(&p.from), &why)?);
+            moves.extend(self.move_batch(&[(p.aor.clone(), self.server(&p.to)?)], Some(&p.from), &why, fence)?);
         }
         Ok(moves)
     }
 
     /// Moves clients to their planned servers (see
     /// `Assignments::reassign_many` for the ones left alone): each is held
-    /// out of first contact's cache, then one durable commit, then the
-    /// moved clients' kernel entries are repointed in place at their new
-    /// servers (planned on a second thread while the commit runs) and the
-    /// watchers told. Until the commit the kernel sends them to the server
-    /// the store still names; once the move returns, to the new one
-    /// (entries the kernel refuses to rewrite are withdrawn instead, and the
-    /// client's next packet meets first contact, which answers from the
-    /// assignments). Clients left alone keep their entries.
-    fn move_batch(&mut self, planned: &[(Aor, HomeServer)], only_from: Option<&str>, why: &str) -> Result<Vec<Move>> {
+    /// out of first contact's cache, then one durable commit (`fence`: a
+    /// leader's, made only while its term lasts), then the moved clients'
+    /// kernel entries are repointed in place at their new servers (planned
+    /// on a second thread while the commit runs) and the watchers told.
+    /// Until the commit the kernel sends them to the server the store still
+    /// names; once the move returns, to the new one (entries the kernel
+    /// refuses to rewrite are withdrawn instead, and the client's next
+    /// packet meets first contact, which answers from the assignments).
+    /// Clients left alone keep their entries.
+    fn move_batch(
+        &mut self,
+        planned: &[(Aor, HomeServer)],
+        only_from: Option<&str>,
+        why: &str,
+        fence: Option<&Term>,
+    ) -> Result<Vec<Move>> {
         for (aor, _) in planned {
             self.assignments.hold(aor);
         }
@@ -1089,14 +1126,15 @@ impl Operations {
         let (fast_path, assignments) = (&mut self.fast_path, &mut self.assignments);
         let (reassigned, plan) = std::thread::scope(|scope| {
             let planning = scope.spawn(|| fast_path.plan_repoint(&targets));
-            let reassigned = assignments.reassign_many(&pairs, only_from, &pool);
+            let reassigned = assignments.reassign_many(&pairs, only_from, &pool, fence);
             (reassigned, planning.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         });
+        let reassigned = self.step_down_if_deposed(reassigned, fence);
         let reassigned = match reassigned {
             Ok(reassigned) => reassigned,
             Err(error) => {
                 self.release(planned.iter().map(|(aor, _)| aor));
-                return Err(error.into());
+                return Err(error);
             }
         };
         let mut moves = Vec::with_capacity(planned.len());
@@ -1211,7 +1249,7 @@ impl Operations {
         }
         let figures = store.counters().into_iter().chain(self.following.snapshot());
         let mut figures: BTreeMap<String, u64> = figures.map(|(name, n)| (name.to_owned(), n)).collect();
-        figures.insert("leading".into(), u64::from(self.leading));
+        figures.insert("leading".into(), u64::from(self.leading.is_some()));
         figures
     }
 

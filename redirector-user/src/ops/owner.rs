@@ -26,7 +26,7 @@ use crate::{
         operations::{OperationError, Operations, ScanStep},
     },
     sip::Aor,
-    store::{StoreError, StoreEvent},
+    store::{StoreError, StoreEvent, Term},
 };
 
 /// Each new client's assignment, or why it has none; or the store's
@@ -70,9 +70,9 @@ pub enum Command {
     Load { clients: Vec<Sample>, seconds: f64 },
     /// Changes committed to a shared store, as its watch delivered them.
     Followed(Vec<StoreEvent>),
-    /// This edge gained (`true`) or lost the leadership of the pool's
+    /// This edge gained (its term) or lost the leadership of the pool's
     /// decisions.
-    Lead(bool),
+    Lead(Option<Term>),
     /// Ends the thread; what it owns (the program's link among it) is dropped.
     Stop,
 }

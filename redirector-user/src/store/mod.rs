@@ -13,7 +13,7 @@ use std::{collections::HashMap, time::SystemTime};
 
 pub use self::{
     cache::{Cache, Cached},
-    etcd::{EtcdSettings, EtcdStore, LEADER_LEASE, Leadership, ReplicaMark, Sink, StoreEvent, Tls},
+    etcd::{EtcdSettings, EtcdStore, LEADER_LEASE, MAX_TXN_OPS, ReplicaMark, Sink, StoreEvent, Tls},
     redb::RedbStore,
 };
 use crate::{model::ServerSpec, sip::Aor};
@@ -40,6 +40,23 @@ impl Assignment {
         Self { aor, server, assigned_at: now, generation: 1, last_seen: now }
     }
 }
+
+/// This edge's term as the leader of the pool's decisions (health
+/// verdicts, failover, rebalancing, expiry). Every write made as the leader
+/// carries it: a shared store makes the write only while the election
+/// still names this term, so an edge deposed without knowing it yet (paused,
+/// cut off, slow) cannot commit a decision over the new leader's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Term {
+    /// Alone with its store: it leads for good.
+    Alone,
+    /// Elected through etcd: the election key this edge's campaign created
+    /// (it lives as long as this edge's lease) and its create revision.
+    Elected { key: Vec<u8>, created: i64 },
+}
+
+/// Told `Some(term)` when this edge starts leading, `None` when it stops.
+pub type Leadership = Box<dyn Fn(Option<Term>) + Send + Sync>;
 
 /// The dialogs an edge keeps for its clients, each kind apart (a redb
 /// table, an etcd key prefix of the edge's own).
@@ -115,6 +132,9 @@ crate::counters::counters! {
     unreadable,
     /// Times this edge became the leader of the pool's decisions.
     terms_led,
+    /// Leader-only writes etcd refused because this edge's term had ended
+    /// (another edge leads, or none): the edge stepped down each time.
+    deposed_writes,
     /// Starts that resumed from the local replica (reading only what
     /// changed since) instead of reading every assignment.
     resumes,
@@ -150,6 +170,14 @@ pub enum StoreError {
         "etcd at {endpoints}: the pool was changed on another edge meanwhile; this edge applies that change within moments: try again"
     )]
     PoolChanged { endpoints: String },
+    #[error(
+        "etcd at {endpoints}: {what} refused: this edge no longer leads the pool's decisions (its election key in etcd is gone or another edge's); it steps down and leaves them to the new leader"
+    )]
+    Deposed { endpoints: String, what: &'static str },
+    #[error(
+        "etcd at {endpoints} refuses transactions of {max} operations: start its members with --max-txn-ops {max} (or more), or lower [store] max_txn_ops"
+    )]
+    TxnLimit { endpoints: String, max: usize },
     #[error("etcd record {key} does not read back: {source}")]
     Record { key: String, source: serde_json::Error },
     #[error("reading the TLS file {path} for etcd: {source}")]
@@ -165,6 +193,11 @@ impl StoreError {
 
     fn timed_out(endpoints: &str, what: &'static str, timeout: std::time::Duration) -> Self {
         Self::TimedOut { endpoints: endpoints.to_owned(), what, seconds: timeout.as_secs_f64() }
+    }
+
+    /// Whether a leader's write was refused because its term had ended.
+    pub fn is_deposed(&self) -> bool {
+        matches!(self, Self::Deposed { .. })
     }
 
     /// Whether the store could not be reached (as opposed to refusing or
@@ -201,10 +234,12 @@ pub trait AssignmentStore: Send + Sync {
     /// twice in the order given; a shared store calls it again for an AOR
     /// another edge wrote meanwhile, with that edge's assignment, and the
     /// last call holds. Returns the assignments as stored afterwards, in
-    /// the order given.
+    /// the order given. With a `fence`, the leader's write is made only
+    /// while its term lasts.
     fn update_many(
         &self,
         aors: &[&Aor],
+        fence: Option<&Term>,
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError>;
     /// `update_many` for a batch whose `absent` AORs the caller believes
@@ -218,7 +253,7 @@ pub trait AssignmentStore: Send + Sync {
         _absent: &dyn Fn(&Aor) -> bool,
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
-        self.update_many(aors, change)
+        self.update_many(aors, None, change)
     }
 
     fn all(&self) -> Result<Vec<Assignment>, StoreError>;
@@ -231,8 +266,9 @@ pub trait AssignmentStore: Send + Sync {
     /// walk over the store one page at a time.
     fn page(&self, after: Option<&Aor>, limit: usize) -> Result<Vec<Assignment>, StoreError>;
     /// In one durable transaction: removes the `expired` AORs' assignments
-    /// and records when the `seen` ones were last seen.
-    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError>;
+    /// and records when the `seen` ones were last seen; with a `fence`,
+    /// only while the leader's term lasts.
+    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)], fence: Option<&Term>) -> Result<(), StoreError>;
 
     /// The dialogs of `kind` as last saved: (key, record) pairs their
     /// registry wrote (`edge::dialogs`). A store that keeps none (test
@@ -259,8 +295,9 @@ pub trait AssignmentStore: Send + Sync {
         Ok(None)
     }
 
-    /// Replaces the saved pool, durably.
-    fn save_pool(&self, _pool: &StoredPool) -> Result<(), StoreError> {
+    /// Replaces the saved pool, durably; with a `fence` (a health verdict),
+    /// only while the leader's term lasts.
+    fn save_pool(&self, _pool: &StoredPool, _fence: Option<&Term>) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -277,7 +314,7 @@ pub trait AssignmentStore: Send + Sync {
     }
 
     /// Campaigns for the leadership of the pool's decisions, telling `sink`
-    /// whenever this edge gains (`true`) or loses it. An edge alone with
+    /// whenever this edge gains (its term) or loses it. An edge alone with
     /// its store leads for good, and `sink` is never called.
     fn lead(&self, _sink: Leadership) -> Result<(), StoreError> {
         Ok(())
@@ -301,18 +338,18 @@ pub trait AssignmentStore: Send + Sync {
         aor: &Aor,
         change: &mut dyn FnMut(Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Option<Assignment>, StoreError> {
-        Ok(self.update_many(&[aor], &mut |_, current| change(current))?.pop().flatten())
+        Ok(self.update_many(&[aor], None, &mut |_, current| change(current))?.pop().flatten())
     }
 
     /// Moves each AOR to its server with the next generation (a first
-    /// assignment if it had none), in one transaction; returns what each
-    /// move did, in order.
-    fn reassign_many(&self, moves: &[(&Aor, &str)]) -> Result<Vec<Reassigned>, StoreError> {
+    /// assignment if it had none), in one transaction (`fence`: see
+    /// `update_many`); returns what each move did, in order.
+    fn reassign_many(&self, moves: &[(&Aor, &str)], fence: Option<&Term>) -> Result<Vec<Reassigned>, StoreError> {
         let aors: Vec<&Aor> = moves.iter().map(|&(aor, _)| aor).collect();
         let position = positions(&aors);
         // By position: a shared store may decide one again.
         let mut previous = vec![None; moves.len()];
-        let stored = self.update_many(&aors, &mut |aor, current| {
+        let stored = self.update_many(&aors, fence, &mut |aor, current| {
             let i = position[aor];
             previous[i] = current.map(|a| a.server.clone());
             Some(next_assignment(aor, moves[i].1, current))

@@ -11,7 +11,9 @@ use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
 };
 
-use super::{Assignment, AssignmentStore, DialogKind, ReplicaMark, StoreError, StoreEvent, StoredPool, unix_seconds};
+use super::{
+    Assignment, AssignmentStore, DialogKind, ReplicaMark, StoreError, StoreEvent, StoredPool, Term, unix_seconds,
+};
 use crate::sip::Aor;
 
 fn db_error(error: impl Into<redb::Error>) -> StoreError {
@@ -360,10 +362,12 @@ impl AssignmentStore for RedbStore {
         Ok(Some(assignment(aor.clone(), row.value(), last_seen)))
     }
 
-    /// In AOR order (see `key_order`).
+    /// In AOR order (see `key_order`). The fence is moot: an edge alone
+    /// with its store leads for good.
     fn update_many(
         &self,
         aors: &[&Aor],
+        _fence: Option<&Term>,
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
         self.update_in(aors, Order::Keys(key_order(aors)), change)
@@ -434,7 +438,7 @@ impl AssignmentStore for RedbStore {
             .collect()
     }
 
-    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError> {
+    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)], _fence: Option<&Term>) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         {
             let mut table = txn.open_table(ASSIGNMENTS).map_err(db_error)?;
@@ -462,7 +466,7 @@ impl AssignmentStore for RedbStore {
         Ok(Some(serde_json::from_str(json.value())?))
     }
 
-    fn save_pool(&self, pool: &StoredPool) -> Result<(), StoreError> {
+    fn save_pool(&self, pool: &StoredPool, _fence: Option<&Term>) -> Result<(), StoreError> {
         let json = serde_json::to_string(pool)?;
         let txn = self.db.begin_write().map_err(db_error)?;
         txn.open_table(POOL).map_err(db_error)?.insert(POOL_KEY, json.as_str()).map_err(db_error)?;
@@ -540,7 +544,7 @@ mod tests {
         let store = RedbStore::open(&dir.join("assignments.redb")).unwrap();
         store.update(&aor("alice"), &mut |_| Some(Assignment::new(aor("alice"), "home1".into()))).unwrap();
         let (alice, bob) = (aor("alice"), aor("bob"));
-        let reassigned = store.reassign_many(&[(&alice, "home2"), (&bob, "home3")]).unwrap();
+        let reassigned = store.reassign_many(&[(&alice, "home2"), (&bob, "home3")], None).unwrap();
         let expected = [
             Reassigned { previous: Some("home1".into()), generation: 2 },
             Reassigned { previous: None, generation: 1 },
@@ -565,7 +569,7 @@ mod tests {
         let refs: Vec<&Aor> = aors.iter().collect();
         let mut calls = Vec::new();
         let stored = store
-            .update_many(&refs, &mut |aor, current| {
+            .update_many(&refs, None, &mut |aor, current| {
                 calls.push((user_of(aor), current.map(|a| a.generation)));
                 Some(Assignment { last_seen: 1_000, ..next_assignment(aor, "home1", current) })
             })
@@ -586,7 +590,7 @@ mod tests {
             .unwrap();
         assert_eq!(calls, ["dave", "alice", "carol"]);
 
-        let moved = store.reassign_many(&[(&aors[0], "home2")]).unwrap();
+        let moved = store.reassign_many(&[(&aors[0], "home2")], None).unwrap();
         assert_eq!(moved, [Reassigned { previous: Some("home1".into()), generation: 2 }]);
         assert_eq!(store.get(&aors[0]).unwrap().unwrap().last_seen, 1_000, "a move is not a sighting");
         std::fs::remove_dir_all(dir).unwrap();
@@ -605,7 +609,7 @@ mod tests {
         let refs: Vec<&Aor> = seeded.iter().collect();
         let mut seen_at = 100;
         store
-            .update_many(&refs, &mut |aor, _| {
+            .update_many(&refs, None, &mut |aor, _| {
                 seen_at += 1;
                 Some(Assignment { last_seen: seen_at, ..Assignment::new(aor.clone(), "home1".into()) })
             })
@@ -617,7 +621,7 @@ mod tests {
         let new = [aor("a0"), aor("u15x"), aor("zz")];
         let dense: Vec<(&Aor, &str)> = seeded.iter().step_by(2).rev().chain(&new).map(|aor| (aor, "home2")).collect();
         assert!(walks(dense.len(), 64));
-        let moved = store.reassign_many(&dense).unwrap();
+        let moved = store.reassign_many(&dense, None).unwrap();
         for ((aor, _), moved) in dense.iter().zip(&moved) {
             let known = seeded.contains(aor);
             let expected = Reassigned { previous: known.then(|| "home1".into()), generation: 1 + u64::from(known) };
@@ -626,7 +630,7 @@ mod tests {
         // Sparse: two AORs of 67.
         let sparse = [(&seeded[1], "home3"), (&seeded[2], "home3")];
         assert!(!walks(sparse.len(), 67));
-        let moved = store.reassign_many(&sparse).unwrap();
+        let moved = store.reassign_many(&sparse, None).unwrap();
         let expected = [
             Reassigned { previous: Some("home1".into()), generation: 2 },
             Reassigned { previous: Some("home2".into()), generation: 3 },
@@ -675,7 +679,7 @@ mod tests {
                 let new = Assignment { last_seen: 1_000, ..Assignment::new(aor(name), "home1".into()) };
                 store.update(&aor(name), &mut |_| Some(new.clone())).unwrap();
             }
-            store.expire(&[&aor("bob")], &[(&aor("carol"), 5_000)]).unwrap();
+            store.expire(&[&aor("bob")], &[(&aor("carol"), 5_000)], None).unwrap();
         }
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(store.get(&aor("bob")).unwrap(), None, "expired");
@@ -714,7 +718,7 @@ mod tests {
         {
             let store = RedbStore::open(&path).unwrap();
             assert_eq!(store.pool().unwrap(), None);
-            store.save_pool(&pool).unwrap();
+            store.save_pool(&pool, None).unwrap();
         }
         assert_eq!(RedbStore::open_existing(&path).unwrap().pool().unwrap(), Some(pool));
         std::fs::remove_dir_all(dir).unwrap();

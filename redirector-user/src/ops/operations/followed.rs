@@ -73,7 +73,7 @@ impl Operations {
         self.repoint(moved);
         self.save_watchers();
         self.save_profiles();
-        if self.leading {
+        if self.leading.is_some() {
             self.move_stragglers(first_assigned);
         } else {
             self.stragglers.remember(first_assigned, &self.pool.load());
@@ -99,7 +99,8 @@ impl Operations {
                 "clients assigned elsewhere to a server that takes no new ones: moving them"
             );
             let why = "assigned by another edge to a server that takes no new clients; moved";
-            self.jobs.push_back(super::MoveJob { from, left, moves: Vec::new(), reply: None, why, retire: false });
+            let job = super::MoveJob { from, left, moves: Vec::new(), reply: None, fence: None, why, retire: false };
+            self.jobs.push_back(self.leaders(job));
         }
     }
 

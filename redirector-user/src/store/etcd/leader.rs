@@ -3,22 +3,24 @@
 //! held through a lease this edge keeps alive. An edge that stops keeping
 //! it alive (it died, or lost etcd) loses the leadership when the lease
 //! runs out, `LEASE` at most, and another edge's campaign wins; the edge
-//! itself stops leading as soon as a keep-alive goes unanswered.
+//! itself stops leading as soon as a keep-alive goes unanswered, or a
+//! write fenced with its term is refused (it lost the lease before it
+//! knew): it revokes its lease then and campaigns again.
 
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 
-use crate::counters::bump;
+use crate::{
+    counters::bump,
+    store::{Leadership, Term},
+};
 
 /// The lease's time to live, in seconds: how long a dead leader holds on.
 pub const LEASE: i64 = 2;
 
 /// How long a campaign waits before it starts again after a failure.
 const RETRY: Duration = Duration::from_millis(500);
-
-/// Told `true` when this edge becomes the leader, `false` when it stops.
-pub type Leadership = Box<dyn Fn(bool) + Send + Sync>;
 
 pub struct Campaign {
     /// The endpoints and options of a client of its own, without the
@@ -30,6 +32,8 @@ pub struct Campaign {
     pub edge: String,
     pub sink: Leadership,
     pub counters: std::sync::Arc<crate::store::StoreCounters>,
+    /// The last term a fenced write found ended.
+    pub deposed: tokio::sync::watch::Receiver<Option<Term>>,
 }
 
 impl Campaign {
@@ -49,7 +53,8 @@ impl Campaign {
         }
     }
 
-    /// One lease: a campaign, then leadership until the lease is lost.
+    /// One lease: a campaign, then leadership until the lease is lost or
+    /// a fenced write finds the term over.
     async fn term(&self, client: &Client) -> Result<(), etcd_client::Error> {
         let mut leases = client.lease_client();
         let lease = leases.grant(LEASE, None).await?.id();
@@ -68,19 +73,31 @@ impl Campaign {
         };
         tokio::pin!(alive);
         let mut election = client.election_client();
-        tokio::select! {
-            won = election.campaign(self.name.as_str(), self.edge.as_str(), lease) => {
-                won?;
-                bump(&self.counters.terms_led);
-                tracing::info!(edge = self.edge, "leading the pool's decisions");
-                (self.sink)(true);
-                let lost = (&mut alive).await;
-                (self.sink)(false);
-                tracing::warn!(edge = self.edge, "no longer leading the pool's decisions");
-                lost
-            }
+        let won = tokio::select! {
+            won = election.campaign(self.name.as_str(), self.edge.as_str(), lease) => won?,
+            lost = &mut alive => return lost,
+        };
+        let Some(key) = won.leader() else {
+            return Err(etcd_client::Error::ElectError("the campaign won without an election key".into()));
+        };
+        let term = Term::Elected { key: key.key().to_vec(), created: key.rev() };
+        bump(&self.counters.terms_led);
+        tracing::info!(edge = self.edge, "leading the pool's decisions");
+        (self.sink)(Some(term.clone()));
+        let mut deposed = self.deposed.clone();
+        // The value it reads is dropped here: it must not live across an await.
+        let deposed = async { drop(deposed.wait_for(|ended| ended.as_ref() == Some(&term)).await) };
+        let lost = tokio::select! {
             lost = &mut alive => lost,
-        }
+            () = deposed => {
+                // Let the next leader take over now, not when the lease ends.
+                let _ = leases.revoke(lease).await;
+                Ok(())
+            }
+        };
+        (self.sink)(None);
+        tracing::warn!(edge = self.edge, "no longer leading the pool's decisions");
+        lost
     }
 }
 

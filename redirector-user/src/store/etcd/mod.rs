@@ -10,6 +10,12 @@
 //! transaction's operations (128 by default), so a batch is written as
 //! several transactions, sent together; each AOR is still all or nothing.
 //!
+//! The leader's writes (health verdicts, the moves they cause, rebalancing,
+//! expiry) are fenced: each transaction also compares the leader's election
+//! key with the term the write was decided in (`Fence`), so a leader that
+//! lost its lease without knowing it yet commits nothing; the refusal
+//! (`StoreError::Deposed`) is counted and ends the campaign's term.
+//!
 //! The daemon's state owner is a plain thread: each call here runs on the
 //! store's own small runtime and the caller waits for its answer, at most
 //! `timeout`.
@@ -32,19 +38,20 @@ use std::{
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KvClient, TlsOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse,
 };
 pub use follow::{Sink, StoreEvent};
 use keys::Keys;
-pub use leader::{LEASE as LEADER_LEASE, Leadership};
+pub use leader::LEASE as LEADER_LEASE;
 use pages::PAGE;
 use replica::Replica;
 pub use replica::ReplicaMark;
 
-use super::{Assignment, AssignmentStore, DialogKind, StoreCounters, StoreError, StoredPool};
+use super::{Assignment, AssignmentStore, DialogKind, Leadership, StoreCounters, StoreError, StoredPool, Term};
 use crate::sip::Aor;
 
 /// Operations etcd takes in one transaction by default (`--max-txn-ops`).
-const MAX_TXN_OPS: usize = 128;
+pub const MAX_TXN_OPS: usize = crate::config::ETCD_MAX_TXN_OPS;
 
 /// How often a batch is tried again when other edges keep writing its AORs.
 const ATTEMPTS: usize = 8;
@@ -64,6 +71,9 @@ pub struct EtcdSettings {
     pub timeout: Duration,
     /// This edge's local copy of the store (see `replica`), if it keeps one.
     pub replica: Option<PathBuf>,
+    /// The most operations one transaction may hold: the members'
+    /// `--max-txn-ops` (`MAX_TXN_OPS` unless they were started with more).
+    pub max_txn_ops: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +93,8 @@ pub struct EtcdStore {
     /// How the campaign for leadership connects (see `connect_options`).
     campaigning: (Vec<String>, ConnectOptions),
     timeout: Duration,
+    /// The most operations of one transaction (at least 4).
+    max_txn_ops: usize,
     /// The revision of the last full read (`all`): a watch started from
     /// the next one misses nothing.
     loaded: Arc<AtomicI64>,
@@ -94,6 +106,45 @@ pub struct EtcdStore {
     replica: Option<Arc<Replica>>,
     /// Where the replica is resumed from, until the first `load` takes it.
     resume: std::sync::Mutex<Option<ReplicaMark>>,
+    /// The last term a fenced write found ended: the campaign, if it is
+    /// still in that term, steps down.
+    deposed: tokio::sync::watch::Sender<Option<Term>>,
+}
+
+/// A leader's write condition: its election key still has the create
+/// revision it had when this edge won (a lease that ran out or was revoked
+/// deleted it; another edge's key is another key).
+struct Fence<'a> {
+    term: &'a Term,
+    key: &'a [u8],
+    created: i64,
+}
+
+impl Fence<'_> {
+    fn compare(&self) -> Compare {
+        Compare::create_revision(self.key, CompareOp::Equal, self.created)
+    }
+
+    /// Read when a transaction's compares fail, to tell whether this one did.
+    fn read(&self) -> TxnOp {
+        TxnOp::get(self.key, None)
+    }
+
+    /// Whether a transaction that failed found the term over.
+    fn broken(&self, answer: &TxnResponse) -> bool {
+        !answer.succeeded()
+            && answer.op_responses().iter().any(|op| match op {
+                TxnOpResponse::Get(got) => got.kvs().first().is_none_or(|kv| kv.create_revision() != self.created),
+                _ => false,
+            })
+    }
+}
+
+/// A transaction making `ops` if `compares` hold and, with a fence, if it
+/// holds too (the fence's key is read if they do not).
+fn fenced(mut compares: Vec<Compare>, ops: Vec<TxnOp>, fence: Option<&Fence>) -> Txn {
+    compares.extend(fence.map(Fence::compare));
+    Txn::new().when(compares).and_then(ops).or_else(fence.map(Fence::read).into_iter().collect::<Vec<_>>())
 }
 
 /// How often an idle connection to etcd is pinged: twice etcd's minimum.
@@ -193,16 +244,38 @@ impl EtcdStore {
             endpoints,
             campaigning: (settings.endpoints.clone(), campaigning),
             timeout: settings.timeout,
+            max_txn_ops: settings.max_txn_ops.max(4),
             loaded: Arc::default(),
             pool_revision: Arc::default(),
             counters,
             reach: Arc::default(),
             replica: replica.map(Arc::new),
             resume: std::sync::Mutex::default(),
+            deposed: tokio::sync::watch::Sender::new(None),
         };
         let resume = store.resume_point()?;
         *store.resume.lock().expect("resume lock") = resume;
+        store.check_txn_limit()?;
         Ok(store)
+    }
+
+    /// Whether the members take transactions as large as `max_txn_ops`
+    /// (their `--max-txn-ops`): otherwise every batch of new clients would
+    /// be refused. Not known while etcd is out of reach.
+    fn check_txn_limit(&self) -> Result<(), StoreError> {
+        if self.max_txn_ops <= MAX_TXN_OPS {
+            return Ok(());
+        }
+        let key = self.keys.pool();
+        let compares: Vec<Compare> =
+            (0..self.max_txn_ops).map(|_| Compare::version(key.as_str(), CompareOp::Greater, -1)).collect();
+        match self.txns("checking the transaction size ([store] max_txn_ops)", vec![Txn::new().when(compares)]) {
+            Err(StoreError::Etcd { source, .. }) if is_invalid(&source) => {
+                Err(StoreError::TxnLimit { endpoints: self.endpoints.clone(), max: self.max_txn_ops })
+            }
+            Err(error) if error.is_unavailable() => Ok(()),
+            checked => checked.map(drop),
+        }
     }
 
     /// Reads the cluster's revision and ID, and decides whether the replica
@@ -305,15 +378,15 @@ impl EtcdStore {
     }
 
     /// Transactions, sent together.
-    fn txns(&self, what: &'static str, txns: Vec<Txn>) -> Result<Vec<etcd_client::TxnResponse>, StoreError> {
+    fn txns(&self, what: &'static str, txns: Vec<Txn>) -> Result<Vec<TxnResponse>, StoreError> {
         self.run(what, |kv| all(kv, txns.clone()))
     }
 
     /// Each AOR's assignment and its key's revision, read in transactions
-    /// of at most `MAX_TXN_OPS` reads, sent together.
+    /// of at most `max_txn_ops` reads, sent together.
     fn read(&self, aors: &[&Aor]) -> Result<Vec<Read>, StoreError> {
         let chunks: Vec<Txn> = aors
-            .chunks(MAX_TXN_OPS / 2)
+            .chunks(self.max_txn_ops / 2)
             .map(|chunk| {
                 let reads = chunk.iter().flat_map(|aor| {
                     [TxnOp::get(self.keys.assignment(aor), None), TxnOp::get(self.keys.seen(aor), None)]
@@ -323,7 +396,7 @@ impl EtcdStore {
             .collect();
         let answers = self.txns("reading assignments", chunks)?;
         let values = answers.into_iter().flat_map(|answer| answer.op_responses()).map(|op| match op {
-            etcd_client::TxnOpResponse::Get(mut got) => got.take_kvs().pop(),
+            TxnOpResponse::Get(mut got) => got.take_kvs().pop(),
             _ => None,
         });
         let values: Vec<_> = values.collect();
@@ -341,9 +414,11 @@ impl EtcdStore {
     }
 
     /// Writes each assignment if its key is still at the revision it was
-    /// read at; per write, whether it was made.
-    fn write(&self, writes: &[(Assignment, i64, bool)]) -> Result<Vec<bool>, StoreError> {
-        let chunks = write_chunks(writes);
+    /// read at (and the `fence` holds); per write, whether it was made.
+    fn write(&self, writes: &[(Assignment, i64, bool)], fence: Option<&Fence>) -> Result<Vec<bool>, StoreError> {
+        const WHAT: &str = "writing assignments";
+        // A fence's compare takes one of the transaction's operations.
+        let chunks = write_chunks(writes, self.max_txn_ops - usize::from(fence.is_some()));
         let txns: Vec<Txn> = chunks
             .iter()
             .map(|chunk| {
@@ -358,10 +433,11 @@ impl EtcdStore {
                     let sighting = seen.then(|| TxnOp::put(self.keys.seen(&new.aor), new.last_seen.to_string(), None));
                     std::iter::once(assignment).chain(sighting)
                 });
-                Txn::new().when(compares).and_then(puts.collect::<Vec<_>>())
+                fenced(compares, puts.collect(), fence)
             })
             .collect();
-        let answers = self.txns("writing assignments", txns)?;
+        let answers = self.txns(WHAT, txns)?;
+        self.check_fence(WHAT, fence, &answers)?;
         let made = answers
             .iter()
             .zip(&chunks)
@@ -400,22 +476,115 @@ impl EtcdStore {
         }
     }
 
-    /// Puts and deletes, in transactions of at most `MAX_TXN_OPS`.
-    fn apply(&self, what: &'static str, ops: Vec<TxnOp>) -> Result<(), StoreError> {
-        let chunks: Vec<Txn> = ops.chunks(MAX_TXN_OPS).map(|chunk| Txn::new().and_then(chunk.to_vec())).collect();
-        self.txns(what, chunks).map(drop)
+    /// Each AOR decided by `change` and written if it changed. New AORs
+    /// (`absent`) are not read first: each is written on the condition
+    /// that it still has no key (one round trip, not two); one that another
+    /// edge wrote meanwhile is read and decided again. One that `change`
+    /// left unassigned is read to be sure it is absent.
+    fn decide(
+        &self,
+        aors: &[&Aor],
+        absent: &dyn Fn(&Aor) -> bool,
+        fence: Option<&Fence>,
+        change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
+    ) -> Result<Vec<Option<Assignment>>, StoreError> {
+        let mut results: Vec<Option<Assignment>> = vec![None; aors.len()];
+        let mut pending: Vec<usize> = (0..aors.len()).collect();
+        let mut trusted: Vec<bool> = aors.iter().map(|aor| absent(aor)).collect();
+        for _ in 0..ATTEMPTS {
+            let (read, unread): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| !trusted[i]);
+            let wanted: Vec<&Aor> = read.iter().map(|&i| aors[i]).collect();
+            let currents = self.read(&wanted)?.into_iter().chain(std::iter::repeat_with(|| (None, 0)));
+            let (mut writes, mut written, mut unsure) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, (current, revision)) in read.into_iter().chain(unread).zip(currents) {
+                match change(aors[i], current.as_ref()) {
+                    Some(new) => {
+                        // A first assignment reads back as seen when made.
+                        let seen = new.last_seen != current.as_ref().map_or(new.assigned_at, |c| c.last_seen);
+                        writes.push((new, revision, seen));
+                        written.push(i);
+                    }
+                    None if trusted[i] => unsure.push(i),
+                    None => results[i] = current,
+                }
+            }
+            let made = self.write(&writes, fence)?;
+            pending.clear();
+            for ((i, (new, _, _)), made) in written.into_iter().zip(writes).zip(made) {
+                if made {
+                    results[i] = Some(new);
+                } else {
+                    // Another edge wrote it since it was read: decided again.
+                    pending.push(i);
+                }
+            }
+            let checking: Vec<&Aor> = unsure.iter().map(|&i| aors[i]).collect();
+            for (i, (current, _)) in unsure.into_iter().zip(self.read(&checking)?) {
+                if current.is_some() {
+                    pending.push(i);
+                }
+            }
+            if pending.is_empty() {
+                return Ok(results);
+            }
+            trusted.fill(false);
+        }
+        Err(StoreError::Contended { endpoints: self.endpoints.clone(), aors: pending.len() })
+    }
+
+    /// Puts and deletes, in transactions of at most `max_txn_ops`, each
+    /// made only while the `fence` holds.
+    fn apply(&self, what: &'static str, ops: Vec<TxnOp>, fence: Option<&Fence>) -> Result<(), StoreError> {
+        let chunks: Vec<Txn> =
+            ops.chunks(self.max_txn_ops).map(|chunk| fenced(Vec::new(), chunk.to_vec(), fence)).collect();
+        let answers = self.txns(what, chunks)?;
+        self.check_fence(what, fence, &answers)
+    }
+
+    /// The fence of a leader's write in `term`.
+    fn fence<'a>(&self, what: &'static str, term: Option<&'a Term>) -> Result<Option<Fence<'a>>, StoreError> {
+        match term {
+            None => Ok(None),
+            Some(term @ Term::Elected { key, created }) => Ok(Some(Fence { term, key, created: *created })),
+            // Never elected here: no term of this store's election.
+            Some(term @ Term::Alone) => Err(self.deposed(what, term)),
+        }
+    }
+
+    /// Refuses the write if any of its transactions found the term over
+    /// (the others, committed while it lasted, stand).
+    fn check_fence(
+        &self,
+        what: &'static str,
+        fence: Option<&Fence>,
+        answers: &[TxnResponse],
+    ) -> Result<(), StoreError> {
+        match fence {
+            Some(fence) if answers.iter().any(|answer| fence.broken(answer)) => Err(self.deposed(what, fence.term)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A leader's write refused: counted, and the campaign, if still in
+    /// `term`, steps down.
+    fn deposed(&self, what: &'static str, term: &Term) -> StoreError {
+        crate::counters::bump(&self.counters.deposed_writes);
+        self.deposed.send_replace(Some(term.clone()));
+        let error = StoreError::Deposed { endpoints: self.endpoints.clone(), what };
+        tracing::warn!(%error, "a leader's write was refused");
+        error
     }
 }
 
-/// Writes cut into transactions of at most `MAX_TXN_OPS` compares and as
-/// many puts: one compare and one put per AOR, and a second put for a
-/// sighting to keep.
-fn write_chunks(writes: &[(Assignment, i64, bool)]) -> Vec<&[(Assignment, i64, bool)]> {
+/// Writes cut into transactions of at most `max_ops` compares and as many
+/// puts: one compare and one put per AOR, and a second put for a sighting
+/// to keep.
+fn write_chunks(writes: &[(Assignment, i64, bool)], max_ops: usize) -> Vec<&[(Assignment, i64, bool)]> {
     let mut chunks = Vec::new();
     let (mut start, mut puts) = (0, 0);
     for (index, (_, _, seen)) in writes.iter().enumerate() {
         let needs = 1 + usize::from(*seen);
-        if index - start == MAX_TXN_OPS || puts + needs > MAX_TXN_OPS {
+        if index - start == max_ops || puts + needs > max_ops {
             chunks.push(&writes[start..index]);
             (start, puts) = (index, 0);
         }
@@ -425,6 +594,11 @@ fn write_chunks(writes: &[(Assignment, i64, bool)]) -> Vec<&[(Assignment, i64, b
         chunks.push(&writes[start..]);
     }
     chunks
+}
+
+/// Whether etcd refused a request as malformed (too large, for one).
+fn is_invalid(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::InvalidArgument)
 }
 
 /// Runs `future` on `runtime` and waits for it, `timeout` at most (`None`
@@ -443,13 +617,13 @@ fn wait_on<T: Send + 'static>(
 }
 
 /// Sends every transaction at once and waits for them all, in order.
-async fn all(kv: KvClient, txns: Vec<Txn>) -> Result<Vec<etcd_client::TxnResponse>, etcd_client::Error> {
+async fn all(kv: KvClient, txns: Vec<Txn>) -> Result<Vec<TxnResponse>, etcd_client::Error> {
     let mut sending = tokio::task::JoinSet::new();
     for (index, txn) in txns.into_iter().enumerate() {
         let mut kv = kv.clone();
         sending.spawn(async move { (index, kv.txn(txn).await) });
     }
-    let mut answers: Vec<Option<etcd_client::TxnResponse>> = Vec::new();
+    let mut answers: Vec<Option<TxnResponse>> = Vec::new();
     answers.resize_with(sending.len(), || None);
     while let Some(done) = sending.join_next().await {
         let (index, answer) = done.map_err(|error| etcd_client::Error::InvalidArgs(error.to_string()))?;
@@ -496,63 +670,20 @@ impl AssignmentStore for EtcdStore {
     fn update_many(
         &self,
         aors: &[&Aor],
+        fence: Option<&Term>,
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
-        self.create_many(aors, &|_| false, change)
+        let fence = self.fence("writing assignments", fence)?;
+        self.decide(aors, &|_| false, fence.as_ref(), change)
     }
 
-    /// New AORs (`absent`) are not read first: each is written on the
-    /// condition that it still has no key (one round trip, not two); one
-    /// that another edge wrote meanwhile is read and decided again. One
-    /// that `change` left unassigned is read to be sure it is absent.
     fn create_many(
         &self,
         aors: &[&Aor],
         absent: &dyn Fn(&Aor) -> bool,
         change: &mut dyn FnMut(&Aor, Option<&Assignment>) -> Option<Assignment>,
     ) -> Result<Vec<Option<Assignment>>, StoreError> {
-        let mut results: Vec<Option<Assignment>> = vec![None; aors.len()];
-        let mut pending: Vec<usize> = (0..aors.len()).collect();
-        let mut trusted: Vec<bool> = aors.iter().map(|aor| absent(aor)).collect();
-        for _ in 0..ATTEMPTS {
-            let (read, unread): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| !trusted[i]);
-            let wanted: Vec<&Aor> = read.iter().map(|&i| aors[i]).collect();
-            let currents = self.read(&wanted)?.into_iter().chain(std::iter::repeat_with(|| (None, 0)));
-            let (mut writes, mut written, mut unsure) = (Vec::new(), Vec::new(), Vec::new());
-            for (i, (current, revision)) in read.into_iter().chain(unread).zip(currents) {
-                match change(aors[i], current.as_ref()) {
-                    Some(new) => {
-                        // A first assignment reads back as seen when made.
-                        let seen = new.last_seen != current.as_ref().map_or(new.assigned_at, |c| c.last_seen);
-                        writes.push((new, revision, seen));
-                        written.push(i);
-                    }
-                    None if trusted[i] => unsure.push(i),
-                    None => results[i] = current,
-                }
-            }
-            let made = self.write(&writes)?;
-            pending.clear();
-            for ((i, (new, _, _)), made) in written.into_iter().zip(writes).zip(made) {
-                if made {
-                    results[i] = Some(new);
-                } else {
-                    // Another edge wrote it since it was read: decided again.
-                    pending.push(i);
-                }
-            }
-            let checking: Vec<&Aor> = unsure.iter().map(|&i| aors[i]).collect();
-            for (i, (current, _)) in unsure.into_iter().zip(self.read(&checking)?) {
-                if current.is_some() {
-                    pending.push(i);
-                }
-            }
-            if pending.is_empty() {
-                return Ok(results);
-            }
-            trusted.fill(false);
-        }
-        Err(StoreError::Contended { endpoints: self.endpoints.clone(), aors: pending.len() })
+        self.decide(aors, absent, None, change)
     }
 
     /// A page at a time, each its own request (with its own timeout).
@@ -600,12 +731,14 @@ impl AssignmentStore for EtcdStore {
         Ok(self.range(&pages::start_after(&self.keys, after), limit, 0)?.assignments)
     }
 
-    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)]) -> Result<(), StoreError> {
+    fn expire(&self, expired: &[&Aor], seen: &[(&Aor, u64)], fence: Option<&Term>) -> Result<(), StoreError> {
+        const WHAT: &str = "expiring assignments";
+        let fence = self.fence(WHAT, fence)?;
         let removals = expired
             .iter()
             .flat_map(|aor| [TxnOp::delete(self.keys.assignment(aor), None), TxnOp::delete(self.keys.seen(aor), None)]);
         let sightings = seen.iter().map(|(aor, at)| TxnOp::put(self.keys.seen(aor), at.to_string(), None));
-        self.apply("expiring assignments", removals.chain(sightings).collect())
+        self.apply(WHAT, removals.chain(sightings).collect(), fence.as_ref())
     }
 
     /// This edge's dialogs, a page at a time; the replica's copy while
@@ -627,7 +760,7 @@ impl AssignmentStore for EtcdStore {
     fn save_dialogs(&self, kind: DialogKind, kept: &[(String, String)], removed: &[String]) -> Result<(), StoreError> {
         let puts = kept.iter().map(|(key, record)| TxnOp::put(self.keys.dialog(kind, key), record.as_str(), None));
         let deletes = removed.iter().map(|key| TxnOp::delete(self.keys.dialog(kind, key), None));
-        self.apply("saving dialogs", puts.chain(deletes).collect())?;
+        self.apply("saving dialogs", puts.chain(deletes).collect(), None)?;
         if let Some(replica) = &self.replica {
             replica.saved_dialogs(kind, kept, removed);
         }
@@ -648,15 +781,17 @@ impl AssignmentStore for EtcdStore {
 
     /// Written only over the pool as this edge last knew it: a change made
     /// meanwhile on another edge is never overwritten.
-    fn save_pool(&self, pool: &StoredPool) -> Result<(), StoreError> {
+    fn save_pool(&self, pool: &StoredPool, fence: Option<&Term>) -> Result<(), StoreError> {
+        const WHAT: &str = "saving the pool";
+        let fence = self.fence(WHAT, fence)?;
         let json = serde_json::to_string(pool)?;
         let key = self.keys.pool();
         let known = self.pool_revision.load(Ordering::Acquire);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, known)])
-            .and_then([TxnOp::put(key, json, None)]);
-        let answer = self.txns("saving the pool", vec![txn])?.pop();
-        let Some(answer) = answer.filter(etcd_client::TxnResponse::succeeded) else {
+        let compares = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, known)];
+        let txn = fenced(compares, vec![TxnOp::put(key, json, None)], fence.as_ref());
+        let answers = self.txns(WHAT, vec![txn])?;
+        self.check_fence(WHAT, fence.as_ref(), &answers)?;
+        let Some(answer) = answers.into_iter().next().filter(TxnResponse::succeeded) else {
             return Err(StoreError::PoolChanged { endpoints: self.endpoints.clone() });
         };
         let revision = answer.header().map_or(known, |header| header.revision());
@@ -701,6 +836,7 @@ impl AssignmentStore for EtcdStore {
             edge: self.keys.edge().to_owned(),
             sink,
             counters: self.counters.clone(),
+            deposed: self.deposed.subscribe(),
         };
         self.runtime.spawn(campaign.run());
         Ok(())
@@ -715,11 +851,15 @@ mod tests {
     fn writes_fit_etcds_transaction_limit() {
         let write = |seen| (Assignment::new(Aor::from_canonical("sip:a@b".into()), "home1".into()), 0, seen);
         let plain: Vec<_> = (0..300).map(|_| write(false)).collect();
-        let sizes: Vec<usize> = write_chunks(&plain).iter().map(|c| c.len()).collect();
+        let sizes: Vec<usize> = write_chunks(&plain, MAX_TXN_OPS).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [128, 128, 44]);
+        let sizes: Vec<usize> = write_chunks(&plain, MAX_TXN_OPS - 1).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [127, 127, 46], "a compare left for a fence");
         let seen: Vec<_> = (0..100).map(|_| write(true)).collect();
-        let sizes: Vec<usize> = write_chunks(&seen).iter().map(|c| c.len()).collect();
+        let sizes: Vec<usize> = write_chunks(&seen, MAX_TXN_OPS).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [64, 36], "two puts each");
-        assert!(write_chunks(&[]).is_empty());
+        let sizes: Vec<usize> = write_chunks(&plain, 1024).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [300], "members that take more");
+        assert!(write_chunks(&[], MAX_TXN_OPS).is_empty());
     }
 }

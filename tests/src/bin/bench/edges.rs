@@ -58,7 +58,9 @@ fn first_contact(quick: bool) -> Section {
         etcd.push(first_contacts(Some(&EtcdCluster::new()), limit));
     }
     for (name, outcomes) in [(REDB, &redb), (ETCD, &etcd)] {
-        let Some((outcome, members_cpu)) = median_by(outcomes.iter().collect(), |(o, _)| o.rate()) else { continue };
+        let Some((outcome, members_cpu, work)) = median_by(outcomes.iter().collect(), |(o, ..)| o.rate()) else {
+            continue;
+        };
         let mut row = Row::new(name, outcome.rate(), "302/s")
             .raw("sent", outcome.sent as f64)
             .raw("redirected", outcome.redirected as f64)
@@ -69,8 +71,10 @@ fn first_contact(quick: bool) -> Section {
         if let Some(members_cpu) = members_cpu {
             row = row.raw("etcd_members_cpu_us_per_302", outcome.per_answer(*members_cpu));
         }
-        let rates =
-            |outcomes: &[(Outcome, Option<Duration>)]| outcomes.iter().map(|(o, _)| o.rate()).collect::<Vec<_>>();
+        for (&(_, column), count) in MEMBERS_WORK.iter().zip(work) {
+            row = row.raw(column, count / outcome.redirected.max(1) as f64);
+        }
+        let rates = |outcomes: &[Run]| outcomes.iter().map(|(o, ..)| o.rate()).collect::<Vec<_>>();
         if let Some(ratio) = median_ratio(rates(outcomes), rates(&redb)) {
             row = row.ratio(REDB, ratio);
         }
@@ -80,31 +84,57 @@ fn first_contact(quick: bool) -> Section {
         "edge_cpu_us_per_302 / etcd_members_cpu_us_per_302: CPU time (user and system) of the edge daemon and of the three etcd members over the 302s sent; every process shares the same two cores".into(),
     );
     section.notes.push(
-        "etcd: the new AORs of a batch are written unread, on the condition that they have no key, in transactions of up to 128 AORs sent together; a write commits on a quorum (each member fsyncs) before any answer leaves".into(),
+        "per_302 columns: what the three etcd members did per 302 sent, summed over them, from their /metrics (Txn requests are each handled by one member; puts, committed proposals, WAL fsyncs and watch events by each)".into(),
+    );
+    section.notes.push(
+        "etcd: the new AORs of a batch are written unread, on the condition that they have no key, in one transaction (members and edge at max_txn_ops 1024, README's setting: 512 AORs); a write commits on a quorum (each member fsyncs) before any answer leaves".into(),
     );
     section
 }
 
+/// What the etcd members did during a run, from their `/metrics`: the
+/// series summed over the members, and the column it is reported in (per
+/// 302).
+const MEMBERS_WORK: [(&str, &str); 5] = [
+    (
+        r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Txn",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#,
+        "txns_per_302",
+    ),
+    ("etcd_mvcc_put_total", "member_puts_per_302"),
+    ("etcd_server_proposals_committed_total", "member_proposals_per_302"),
+    ("etcd_disk_wal_fsync_duration_seconds_count", "member_fsyncs_per_302"),
+    ("etcd_debugging_mvcc_events_total", "watch_events_per_302"),
+];
+
+/// A run's outcome, the etcd members' CPU time meanwhile, and their work
+/// (`MEMBERS_WORK`, none with redb).
+type Run = (Outcome, Option<Duration>, Vec<f64>);
+
 /// Section 3's closed-loop run of new AORs against one edge, on `etcd`'s
 /// cluster if given.
-/// The outcome and the etcd members' CPU time meanwhile.
-fn first_contacts(etcd: Option<&EtcdCluster>, limit: Duration) -> (crate::first_contact::Outcome, Option<Duration>) {
+fn first_contacts(etcd: Option<&EtcdCluster>, limit: Duration) -> Run {
     let mut topology = first_contact_topology();
     let socket = generator_socket(&topology);
     topology.extra_config = QUIET_EDGE.into();
     if let Some(etcd) = etcd {
         etcd.link(&topology.edge, 0);
         let endpoints: Vec<String> = etcd.endpoints().iter().map(|url| format!("\"{url}\"")).collect();
-        topology.extra_config +=
-            &format!("[store]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"/bench/\"\n", endpoints.join(", "));
+        topology.extra_config += &format!(
+            "[store]\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"/bench/\"\nmax_txn_ops = {}\n",
+            endpoints.join(", "),
+            redirector_tests::etcd::MAX_TXN_OPS
+        );
     }
     topology.start(&[]);
     let members = etcd.map(EtcdCluster::pids).unwrap_or_default();
-    let before = trees_cpu(&members);
+    let series: Vec<&str> = MEMBERS_WORK.iter().map(|(series, _)| *series).collect();
+    let work = || etcd.map(|etcd| etcd.metrics(&series)).unwrap_or_default();
+    let (before, work_before) = (trees_cpu(&members), work());
     let edge: Vec<u32> = topology.edge_pid().into_iter().collect();
     let outcome = drive_measured(&socket, &Load::closed(limit, 1_000_000), &edge);
     let members_cpu = before.zip(trees_cpu(&members)).map(|(before, after)| after.saturating_sub(before));
-    (outcome, members_cpu)
+    let work = work().iter().zip(work_before).map(|(after, before)| after - before).collect();
+    (outcome, members_cpu, work)
 }
 
 /// 7b and 7c on one pair of edges.

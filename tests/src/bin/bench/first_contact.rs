@@ -235,7 +235,7 @@ pub fn seed(topology: &Topology, count: u64) {
     let aors: Vec<Aor> = (1..=count).map(|i| Aor::from_canonical(aor(i))).collect();
     let refs: Vec<&Aor> = aors.iter().collect();
     store
-        .update_many(&refs, &mut |aor, _| {
+        .update_many(&refs, None, &mut |aor, _| {
             let home = choose(aor.as_str(), &candidates).expect("three homes");
             Some(Assignment::new(aor.clone(), home.to_owned()))
         })

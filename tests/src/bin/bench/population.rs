@@ -46,7 +46,7 @@ impl Population {
 
         let start = Instant::now();
         let first: Vec<(&Aor, &str)> = aors.iter().map(|a| (a, SERVERS[0])).collect();
-        store.reassign_many(&first).expect("seeding the store");
+        store.reassign_many(&first, None).expect("seeding the store");
         let seed_store = start.elapsed();
 
         let start = Instant::now();

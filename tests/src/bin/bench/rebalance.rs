@@ -44,7 +44,7 @@ fn move_all(population: &mut Population) -> Moved {
     let start = Instant::now();
     let ((reassigned, store), (plan, planning)) = std::thread::scope(|scope| {
         let planning = scope.spawn(|| timed(|| fast_path.plan_repoint(&targets)));
-        let committed = timed(|| store.reassign_many(&moves).expect("committing the moves"));
+        let committed = timed(|| store.reassign_many(&moves, None).expect("committing the moves"));
         (committed, planning.join().expect("planning"))
     });
     let overlapped = start.elapsed();
