@@ -20,13 +20,14 @@ use std::{
 };
 
 use redirector_ebpf::{
-    CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Endpoint, NO_LOAD_SLOT, NatEntry, NatKey,
-    aor::aor_hash,
+    AorRoute, CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Endpoint, NO_LOAD_SLOT, NatEntry,
+    NatKey, aor::aor_hash,
 };
 
 use crate::{
     config::{Config, ForwardingMode},
     kernel::{
+        aor_routes::{AorRoutes, Claim},
         installed::{InstalledClients, KernelRoute, NatReply},
         loader::{DataPlane, DataPlaneError, endpoint, endpoint_ip, service_endpoints},
         nat_ports::{NatPorts, NatPortsExhausted},
@@ -76,6 +77,8 @@ pub struct FastPath {
     shared: Arc<InstalledClients>,
     /// The clients the config pins (`[[clients]]`).
     static_clients: HashSet<Endpoint>,
+    /// Which AORs `AORS` routes.
+    aor_routes: AorRoutes,
 }
 
 /// What first contact learned of a client, for its kernel entry.
@@ -258,6 +261,7 @@ impl FastPath {
             scanning: Vec::new(),
             shared: Arc::default(),
             static_clients,
+            aor_routes: AorRoutes::default(),
         })
     }
 
@@ -414,10 +418,11 @@ impl FastPath {
         self.installed.get(aor).map_or_else(Vec::new, |entries| entries.iter().map(|(client, _)| *client).collect())
     }
 
-    /// Takes the AORs' clients off the fast path, with one batched map
-    /// delete: until `restore_many`, their packets go up to first contact,
+    /// Takes the AORs' clients off the fast path, and their routes out of
+    /// `AORS`, with one batched map delete each: until `restore_many`, their packets go up to first contact,
     /// which answers from the assignments.
     pub fn withdraw_many(&mut self, aors: &[Aor]) -> Result<Vec<Withdrawn>, FastPathError> {
+        self.unroute_aors(aors)?;
         let withdrawn: Vec<Withdrawn> = aors
             .iter()
             .map(|aor| match self.installed.remove_entry(aor) {
@@ -440,14 +445,16 @@ impl FastPath {
         Ok(withdrawn)
     }
 
-    /// Puts withdrawn clients back on the fast path, each to the server in
-    /// its slot, with batched map updates.
+    /// Puts withdrawn clients back on the fast path, and their AORs'
+    /// routes in `AORS`, each to the server in its slot, with batched map
+    /// updates.
     /// Recorded whatever happens: a batch that fails part way leaves some
     /// entries in the kernel, and a later move or scan must find them
     /// (removing one that is not there is harmless).
     pub fn restore_many(&mut self, moves: Vec<(Withdrawn, u32)>) -> Result<(), FastPathError> {
+        let routes: Vec<(&Aor, u32)> = moves.iter().map(|(withdrawn, server)| (&withdrawn.aor, *server)).collect();
+        let mut result = self.route_aors(&routes);
         let mut writes = Writes::new();
-        let mut result = Ok(());
         for (withdrawn, server) in &moves {
             let owner = owner_of(&withdrawn.aor);
             for &(client, service) in &withdrawn.entries {
@@ -543,6 +550,56 @@ impl FastPath {
             }
         }
         (kept, Ok(removed))
+    }
+
+    /// Routes each AOR to the server in its slot in `AORS` (one batched
+    /// write; a hash another AOR shares is removed instead, see
+    /// `aor_routes`). A full map refuses the rest: their requests through
+    /// other proxies go up to first contact, which proxies them.
+    pub fn route_aors(&mut self, routes: &[(&Aor, u32)]) -> Result<(), FastPathError> {
+        let (mut hashes, mut values, mut shared) = (Vec::new(), Vec::new(), Vec::new());
+        for &(aor, server) in routes {
+            match self.aor_routes.claim(aor) {
+                Claim::Route(hash) => {
+                    hashes.push(hash);
+                    values.push(AorRoute { server, _pad: 0 });
+                }
+                Claim::Shared(hash) => shared.push(hash),
+            }
+        }
+        if !shared.is_empty() {
+            self.dataplane.unroute_aors(&shared)?;
+        }
+        if !hashes.is_empty() {
+            self.dataplane.route_aors(&hashes, &values)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the AORs' routes out of `AORS` (one batched delete).
+    fn unroute_aors(&mut self, aors: &[Aor]) -> Result<(), FastPathError> {
+        let hashes: Vec<u64> = aors.iter().filter_map(|aor| self.aor_routes.release(aor)).collect();
+        if !hashes.is_empty() {
+            self.dataplane.unroute_aors(&hashes)?;
+        }
+        Ok(())
+    }
+
+    /// At start: `AORS` routes exactly `routes` (every assigned AOR with
+    /// its home's slot), whatever a previous daemon left in it.
+    pub fn sync_aors(&mut self, routes: &[(&Aor, u32)]) -> Result<(), FastPathError> {
+        self.route_aors(routes)?;
+        let stale: Vec<u64> = self
+            .dataplane
+            .all_aor_routes()?
+            .into_iter()
+            .map(|(hash, _)| hash)
+            .filter(|hash| !self.aor_routes.holds(*hash))
+            .collect();
+        if !stale.is_empty() {
+            self.dataplane.unroute_aors(&stale)?;
+        }
+        Ok(())
     }
 
     fn remove(&mut self, client: Endpoint) -> Result<(), FastPathError> {

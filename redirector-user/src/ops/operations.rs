@@ -466,6 +466,8 @@ impl Operations {
         if assigned.values().any(|result| *result == Err(Refused::AtCapacity)) {
             self.warn_at_capacity(now);
         }
+        let routed: Vec<&Aor> = assigned.iter().filter(|(_, result)| result.is_ok()).map(|(aor, _)| aor).collect();
+        self.route_current(&routed);
         for client in clients {
             let Some(Ok(done)) = assigned.get(&client.aor) else { continue };
             if done.moved {
@@ -1075,14 +1077,19 @@ impl Operations {
         let reassigned = match reassigned {
             Ok(reassigned) => reassigned,
             Err(error) => {
+                self.route_current(&planned.iter().map(|(aor, _)| aor).collect::<Vec<_>>());
                 self.release(planned.iter().map(|(aor, _)| aor));
                 return Err(error);
             }
         };
         let mut moves = Vec::with_capacity(planned.len());
         let mut restores = Vec::with_capacity(planned.len());
+        let mut left = Vec::new();
         for ((aor, to), (entries, done)) in planned.iter().zip(reassigned) {
-            let Some(done) = done else { continue };
+            let Some(done) = done else {
+                left.push(aor);
+                continue;
+            };
             self.client_moved(aor);
             restores.push((entries, to.index));
             let from = done.previous.unwrap_or_default();
@@ -1092,12 +1099,26 @@ impl Operations {
         if let Err(error) = self.fast_path.restore_many(restores) {
             tracing::warn!(%error, moved = moves.len(), "moved clients' kernel entries were not restored: their next packets meet first contact");
         }
+        self.route_current(&left);
         self.release(planned.iter().map(|(aor, _)| aor));
         // After the clients are back on the fast path: this is a commit too.
         self.save_watchers();
         self.save_profiles();
         self.remember(&moves, why);
         Ok(moves)
+    }
+
+    /// Routes AORs in the kernel's `AORS` to the homes they are assigned
+    /// to now (new assignments, ones a move withdrew but left alone). One
+    /// that fails is logged: the AOR's requests through other proxies go
+    /// up to first contact, which proxies them.
+    fn route_current(&mut self, aors: &[&Aor]) {
+        let pool = self.pool.load_full();
+        let routes: Vec<(&Aor, u32)> =
+            aors.iter().filter_map(|aor| Some((*aor, pool.server(&self.assignments.server_of(aor)?)?.index))).collect();
+        if let Err(error) = self.fast_path.route_aors(&routes) {
+            tracing::warn!(%error, aors = routes.len(), "AORs not routed in the kernel: their requests through other proxies go up to first contact");
+        }
     }
 
     /// Keeps the last `RECENT_MOVES` moves, with why they were made.
