@@ -58,10 +58,10 @@ counters! {
     /// cannot read with certainty (a folded or escaped value, an unusual
     /// form, a header past the bytes it reads): passed to the daemon.
     PassAorUnseen => "pass_aor_unseen",
-    /// dsr: a request whose AOR `AORS` routes, from a source not on the
-    /// fast path, whose Via values the program cannot count with certainty
-    /// (a fold, a quote, headers past the bytes it reads): passed to the
-    /// daemon, which proxies or redirects it.
+    /// dsr: a request from a source not on the fast path whose Via values
+    /// the program cannot count with certainty (a folded Via line, a quote
+    /// or `<` in one, headers past the bytes it reads): passed to the
+    /// daemon as a miss is.
     PassViasUnseen => "pass_vias_unseen",
     /// nat: a request whose top Via (and whether it asks for `rport`) is
     /// not within the first bytes the program reads: passed to the daemon,

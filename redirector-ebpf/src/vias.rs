@@ -19,6 +19,11 @@ use crate::via::{VIA_SCAN, at};
 /// How many Via values a request carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Vias {
+    /// One value, and the line after it is no Via header: proxies put
+    /// theirs together at the top (RFC 3261 §16.6 step 8), so the scan
+    /// stops there, and a client's own request is read no further (the
+    /// daemon may still find another Via further down).
+    Alone,
     /// The headers end (a blank line) with at most one Via value.
     NotSeveral,
     /// Two or more.
@@ -48,8 +53,9 @@ fn scan(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> Vias {
     while k < VIA_SCAN && k < len {
         let class = CLASS[at(bytes, start + k) as usize];
         state = STEP[((state % STATES) * CLASSES) | (class as usize % CLASSES)] as usize;
-        if state >= NOT_SEVERAL as usize {
+        if state >= ALONE as usize {
             return match state as u8 {
+                ALONE => Vias::Alone,
                 NOT_SEVERAL => Vias::NotSeveral,
                 SEVERAL => Vias::Several,
                 _ => Vias::Unknown,
@@ -99,6 +105,7 @@ const BLANK_CR: u8 = 10;
 /// Added to a state once a Via value was seen.
 const ONE: u8 = 11;
 // The ends, final, and the greatest: one comparison tells any.
+const ALONE: u8 = 28;
 const NOT_SEVERAL: u8 = 29;
 const SEVERAL: u8 = 30;
 const UNKNOWN: u8 = 31;
@@ -160,6 +167,8 @@ const fn step(state: u8, class: u8) -> u8 {
         (AFTER_V | AFTER_VIA | NAME_WS, COLON) => base + EMPTY,
         (AFTER_V | AFTER_VIA | NAME_WS, SPACE) => base + NAME_WS,
         (NAME_WS, _) => UNKNOWN,
+        // A line after the one Via value that is no Via.
+        (VALUE_LF, _) if seen => ALONE,
         (IN_LINE | AFTER_V | AFTER_VI | AFTER_VIA, LF) => base + LINE_START,
         (IN_LINE | LINE_START | VALUE_LF | AFTER_V | AFTER_VI | AFTER_VIA, _) => base + IN_LINE,
         (EMPTY | VALUE, CR) => base + VALUE_CR,

@@ -58,25 +58,44 @@ pub fn hashed() -> u64 {
     scratch::current().map_or(0, |scratch| scratch::result(scratch))
 }
 
-/// The request the last `read` hashed carries more than one Via value.
+/// The request carries more than one Via value.
 pub const SEVERAL_VIAS: u32 = 0;
-/// It carries at most one.
+/// It carries at most one, or it is no request the program reads.
 pub const NOT_SEVERAL_VIAS: u32 = 1;
 /// The program cannot tell.
 pub const VIAS_UNSEEN: u32 = 2;
 
-/// Counts the Via values of the request the last `read` hashed (its
-/// bytes are still in the scratch).
+/// Counts the Via values of the datagram's request, its bytes left in the
+/// scratch for `reread`. What is no request, or one whose AOR the program
+/// would not read (`request_line`), is not counted.
+/// A subprogram: its stack does not add to its siblings'.
 #[inline(never)]
-pub fn vias() -> u32 {
-    let Some(scratch) = scratch::current() else {
-        return VIAS_UNSEEN;
+pub fn vias(ctx: &XdpContext, ip: &Ip) -> u32 {
+    let Some(scratch) = scratch::load(ctx, ip) else {
+        return NOT_SEVERAL_VIAS;
     };
+    count(scratch)
+}
+
+#[inline(never)]
+fn count(scratch: &mut Scratch) -> u32 {
     let (start, end) = scratch::bounds(scratch);
+    if !matches!(request_line(&scratch.bytes, start, end), RequestLine::Reads(_)) {
+        return NOT_SEVERAL_VIAS;
+    }
     match count_vias(&scratch.bytes, start, end) {
         Vias::Several => SEVERAL_VIAS,
-        Vias::NotSeveral => NOT_SEVERAL_VIAS,
+        Vias::Alone | Vias::NotSeveral => NOT_SEVERAL_VIAS,
         Vias::Unknown => VIAS_UNSEEN,
+    }
+}
+
+/// Reads the AOR of the request `vias` counted, as `read` does.
+#[inline(never)]
+pub fn reread() -> u32 {
+    match scratch::current() {
+        Some(scratch) => hash(scratch),
+        None => UNKNOWN,
     }
 }
 

@@ -266,21 +266,24 @@ impl AorAnswer {
 // A separate BPF subprogram: its stack does not add to its siblings'.
 #[inline(never)]
 fn route_by_aor(ctx: &XdpContext, datagram: &Datagram) -> AorAnswer {
-    if aor::read(ctx, &datagram.ip) != aor::HASHED {
+    // The Vias first: a client's own request is read no further than its
+    // top Via's next line.
+    match aor::vias(ctx, &datagram.ip) {
+        aor::SEVERAL_VIAS => {}
+        aor::NOT_SEVERAL_VIAS => return AorAnswer::up(to_first_contact(datagram, PASS_MISS)),
+        _ => return AorAnswer::up(to_first_contact(datagram, PASS_VIAS_UNSEEN)),
+    }
+    if aor::reread() != aor::HASHED {
         return AorAnswer::up(to_first_contact(datagram, PASS_MISS));
     }
     // SAFETY: the value is copied out; no reference outlives the call.
     let Some(route) = (unsafe { AORS.get(aor::hashed()) }).copied() else {
         return AorAnswer::up(to_first_contact(datagram, PASS_MISS));
     };
-    let passed = match aor::vias() {
-        aor::SEVERAL_VIAS => match SERVERS.get(route.server) {
-            Some(server) if ServerState::forwards(server.state) => return AorAnswer::home_at(route.server),
-            Some(_) => PASS_SERVER_DOWN,
-            None => PASS_MISS,
-        },
-        aor::NOT_SEVERAL_VIAS => PASS_MISS,
-        _ => PASS_VIAS_UNSEEN,
+    let passed = match SERVERS.get(route.server) {
+        Some(server) if ServerState::forwards(server.state) => return AorAnswer::home_at(route.server),
+        Some(_) => PASS_SERVER_DOWN,
+        None => PASS_MISS,
     };
     AorAnswer::up(to_first_contact(datagram, passed))
 }
