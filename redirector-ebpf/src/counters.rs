@@ -27,6 +27,11 @@ counters! {
     NotService => "not_service",
     /// Client known, forwarded to its home server without user space.
     Forwarded => "forwarded",
+    /// dsr: a request from a source not on the fast path, forwarded by
+    /// another proxy (more than one Via value), whose AOR `AORS` routes:
+    /// sent to the AOR's home server without user space, the source not
+    /// installed (see `xdp/mod.rs`).
+    ForwardedByAor => "forwarded_by_aor",
     /// nat mode: a home server's reply rewritten back to its client.
     NatReply => "nat_reply",
     /// Client unknown: passed to user space for first contact.
@@ -53,6 +58,11 @@ counters! {
     /// cannot read with certainty (a folded or escaped value, an unusual
     /// form, a header past the bytes it reads): passed to the daemon.
     PassAorUnseen => "pass_aor_unseen",
+    /// dsr: a request from a source not on the fast path whose Via values
+    /// the program cannot count with certainty (a folded Via line, a quote
+    /// or `<` in one, headers past the bytes it reads): passed to the
+    /// daemon as a miss is.
+    PassViasUnseen => "pass_vias_unseen",
     /// nat: a request whose top Via (and whether it asks for `rport`) is
     /// not within the first bytes the program reads: passed to the daemon,
     /// which proxies it.

@@ -13,6 +13,7 @@ pub mod maps;
 pub mod probe;
 pub mod throttle;
 pub mod via;
+pub mod vias;
 
 pub use counters::{COUNTER_COUNT, Counter};
 pub use maps::*;

@@ -26,12 +26,14 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const PROBE_MAP: &str = "PROBE";
 /// Per-CPU packet counts of the clients, by `ClientEntry::load_slot`.
 pub const LOADS_MAP: &str = "LOADS";
+/// Assigned AORs' homes, by `aor::aor_hash` (`AorRoute`).
+pub const AORS_MAP: &str = "AORS";
 
 /// The layout of the maps a daemon pins (their keys, values and what they
 /// mean). A daemon adopts pinned maps only of its own layout; bump this
 /// whenever a pinned map's key or value type changes, even if its size
 /// does not.
-pub const MAP_LAYOUT: u32 = 4;
+pub const MAP_LAYOUT: u32 = 5;
 pub const THROTTLED_MAP: &str = "THROTTLED";
 
 /// `SERVICES` values: what the program does with UDP to that endpoint.
@@ -216,6 +218,19 @@ pub const CLIENT_CHECKS_REGISTER: u16 = 2;
 /// daemon, which routes it by its AOR (see `aor`). Responses take the entry.
 pub const CLIENT_SHARED: u16 = 4;
 
+/// `AORS[aor_hash(canonical AOR)]`: the home server an assigned AOR's
+/// requests go to when they come through another proxy (more than one
+/// Via, dsr mode; see `xdp/mod.rs`). Written by the daemon alone, in step
+/// with its assignments: removed while the AOR moves, rewritten after.
+/// Never written by the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct AorRoute {
+    /// The home server's slot in `SERVERS`, as `ClientEntry::server`.
+    pub server: u32,
+    pub _pad: u32,
+}
+
 /// `FLOOR[source]`: the Ethernet addresses the floor program writes, in
 /// the order of an Ethernet header's first 12 bytes.
 #[repr(C)]
@@ -339,6 +354,7 @@ mod user {
         Config,
         Server,
         ClientEntry,
+        AorRoute,
         FloorHop,
         NextHop,
         HopState,

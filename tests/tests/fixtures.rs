@@ -16,9 +16,9 @@ use redirector::{
     sip::Aor,
 };
 use redirector_ebpf::{
-    CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4, FAMILY_V6,
-    FLOOR_PROGRAM, FloorHop, HopState, LAST_SEEN_GRANULARITY_NS, LIMIT_PROGRAM, NextHop, Throttle, aor::aor_hash,
-    server_hop, source_prefix, via::VIA_SCAN,
+    AorRoute, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4,
+    FAMILY_V6, FLOOR_PROGRAM, FloorHop, HopState, LAST_SEEN_GRANULARITY_NS, LIMIT_PROGRAM, NextHop, Throttle,
+    aor::aor_hash, server_hop, source_prefix, via::VIA_SCAN,
 };
 use redirector_tests::{
     fixture::{CLIENT_MAC, Case, EDGE_MAC, Fixture, HOME1_MAC, HOME2_MAC, HOME5_MAC, OTHER_EDGE_MAC, Outcome},
@@ -51,6 +51,7 @@ fn dsr_fixtures() {
     let client = endpoint("fd00::2".parse().unwrap(), 5070);
     fx.dataplane().install_client(client, ClientEntry { server: HOME5, ..Default::default() }).unwrap();
     install_line_socket(&mut fx);
+    route_proxied_aors(&mut fx);
     for (edge, home) in [("10.0.0.1", "10.0.0.11"), ("fd00::1", "fd00::11")] {
         fx.dataplane().add_decap_address(home.parse().unwrap()).unwrap();
         fx.dataplane().add_decap_source(edge.parse().unwrap()).unwrap();
@@ -62,6 +63,7 @@ fn dsr_fixtures() {
         server_states(),
         register_checks(),
         shared_socket_checks(),
+        routed_by_aor(),
         fib_miss(),
         fragments(),
         truncations(),
@@ -83,8 +85,10 @@ fn nat_fixtures() {
     let asked = ClientEntry { server: HOME1, nat_port_be: 20050u16.to_be(), ..Default::default() };
     let client = endpoint("10.0.0.2".parse().unwrap(), 5066);
     fx.dataplane().install_client(client, asked).unwrap();
+    route_proxied_aors(&mut fx);
     let cases = [
         unknown_clients(),
+        not_routed_by_aor_in_nat(),
         nat_hits(),
         rport_added(),
         rport_not_added(),
@@ -582,6 +586,127 @@ fn register_checks() -> Vec<Case> {
         ),
     ]);
     cases
+}
+
+/// The AORs `AORS` routes: `proxied1` to home1 (active), `proxied2` to
+/// home2 (draining), `proxied3` to home3 (down).
+fn route_proxied_aors(fx: &mut Fixture) {
+    let routes = [("proxied1", HOME1), ("proxied2", HOME2), ("proxied3", HOME3)];
+    let hashes: Vec<u64> = routes.iter().map(|(user, _)| aor_hash(format!("sip:{user}@x").as_bytes())).collect();
+    let values: Vec<AorRoute> = routes.iter().map(|&(_, server)| AorRoute { server, _pad: 0 }).collect();
+    fx.dataplane().route_aors(&hashes, &values).unwrap();
+}
+
+/// An upstream proxy's address: on no fast path.
+const PROXY4: &str = "10.0.0.9:5060";
+const PROXY6: &str = "[fd00::9]:5060";
+
+const TWO_VIAS: &str =
+    "Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKp\r\nVia: SIP/2.0/UDP 10.9.0.1:5070;rport;branch=z9hG4bKc\r\n";
+
+/// A request of `method` as an upstream proxy forwards it, with `vias`
+/// (header lines) and `aor` as its To (REGISTER) or From (the others).
+fn proxied(method: &str, vias: &str, aor: &str) -> Vec<u8> {
+    let (from, to) = if method == "REGISTER" { ("<sip:proxy@x>", aor) } else { (aor, "<sip:line9@x>") };
+    format!(
+        "{method} sip:x SIP/2.0\r\n{vias}Max-Forwards: 69\r\nFrom: {from};tag=1\r\nTo: {to}\r\nCall-ID: c1\r\n\
+         CSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn from_proxy(payload: Vec<u8>) -> Datagram {
+    with_payload(PROXY4, VIP4, &payload)
+}
+
+/// `datagram` from the proxy, tunnelled to the home of `slot` as its
+/// AOR's route says.
+fn routed_to(name: &str, datagram: &Datagram, slot: u32) -> Case {
+    let v4 = datagram.src.is_ipv4();
+    let (mac, edge, home) = match (slot, v4) {
+        (HOME2, _) => (HOME2_MAC, "10.0.0.1", "10.0.0.12"),
+        (_, true) => (HOME1_MAC, "10.0.0.1", "10.0.0.11"),
+        (_, false) => (HOME1_MAC, "fd00::1", "fd00::11"),
+    };
+    let expected = tunnelled(datagram, EDGE_MAC, mac, None, edge, home);
+    Case::new(name, from_client(datagram), XDP_TX, expected, Counter::ForwardedByAor).forwarded_to(slot)
+}
+
+/// dsr: a request from a source on no fast path with more than one Via
+/// value (an upstream proxy's) goes to its AOR's home as `AORS` routes
+/// it; one the program cannot be sure of goes up.
+fn routed_by_aor() -> Vec<Case> {
+    let folded_via = "Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKp\r\n ,SIP/2.0/UDP 10.9.0.1;branch=z9hG4bKc\r\n";
+    let quoted_via = "Via: SIP/2.0/UDP 10.0.0.9;x=\"a,b\";branch=z9hG4bKp\r\n";
+    let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a\r\nVia: SIP/2.0/UDP b\r\nTo: <sip:proxied1@x>\r\n\r\n";
+    let subscribe = proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>");
+    let subscribe = [b"SUBSCRIBE".as_slice(), &subscribe[8..]].concat();
+    let pass = |name: &str, payload: Vec<u8>, counter| passed(name, from_client(&from_proxy(payload)), counter);
+    vec![
+        routed_to(
+            "a proxied REGISTER goes to its To AOR's home",
+            &from_proxy(proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>")),
+            HOME1,
+        ),
+        routed_to(
+            "a proxied INVITE goes to its From AOR's home",
+            &from_proxy(proxied("INVITE", TWO_VIAS, "\"P\" <sip:proxied1@X>")),
+            HOME1,
+        ),
+        routed_to(
+            "compact Vias, two values in one header, count",
+            &from_proxy(proxied(
+                "REGISTER",
+                "v: SIP/2.0/UDP 10.0.0.9;branch=1 , SIP/2.0/UDP c;branch=2\r\n",
+                "<sip:proxied1@x>",
+            )),
+            HOME1,
+        ),
+        routed_to(
+            "an AOR of a draining home goes there",
+            &from_proxy(proxied("REGISTER", TWO_VIAS, "sip:proxied2@x")),
+            HOME2,
+        ),
+        routed_to(
+            "an IPv6 proxy's request goes to the home's IPv6 address",
+            &with_payload(PROXY6, VIP6, &proxied("MESSAGE", TWO_VIAS, "<sip:proxied1@x>")),
+            HOME1,
+        ),
+        pass(
+            "one Via goes up (first contact redirects)",
+            proxied("REGISTER", "Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKp\r\n", "<sip:proxied1@x>"),
+            Counter::PassMiss,
+        ),
+        pass("an AOR AORS lacks goes up", proxied("REGISTER", TWO_VIAS, "<sip:stranger@x>"), Counter::PassMiss),
+        pass(
+            "an AOR the program cannot read goes up",
+            proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>\r\n ;x=1"),
+            Counter::PassMiss,
+        ),
+        pass(
+            "an AOR of a down home goes up",
+            proxied("REGISTER", TWO_VIAS, "<sip:proxied3@x>"),
+            Counter::PassServerDown,
+        ),
+        pass(
+            "a folded Via goes up: its values cannot be counted",
+            proxied("REGISTER", folded_via, "<sip:proxied1@x>"),
+            Counter::PassViasUnseen,
+        ),
+        pass(
+            "a comma in a quoted Via parameter goes up: cannot be counted",
+            proxied("REGISTER", quoted_via, "<sip:proxied1@x>"),
+            Counter::PassViasUnseen,
+        ),
+        pass("a proxied SUBSCRIBE goes up", subscribe, Counter::PassSubscribe),
+        pass("a response from the proxy goes up", response.to_vec(), Counter::PassMiss),
+    ]
+}
+
+/// nat: a proxied request whose AOR `AORS` routes goes up, as any miss.
+fn not_routed_by_aor_in_nat() -> Vec<Case> {
+    let register = from_client(&from_proxy(proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>")));
+    vec![passed("nat: a proxied REGISTER of a routed AOR goes up", register, Counter::PassMiss)]
 }
 
 /// A STUN binding request (RFC 5389 §6), as phones send to keep NAT

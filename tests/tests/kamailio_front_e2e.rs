@@ -6,11 +6,18 @@
 //! that is not goes to the service address (the edge proxies it and
 //! assigns it, and the follower then writes it). After a `drain`, Kamailio
 //! follows the moves.
+//!
+//! And a Kamailio that knows nothing of the pool, forwarding every request
+//! to the service address: once an AOR is assigned (its first REGISTER
+//! proxied by the edge's daemon), the edge's XDP program sends its
+//! REGISTERs straight to its home by the AOR (`AORS`, dsr), and the
+//! daemon sees none of them.
 
 use std::{
     os::unix::process::CommandExt,
     path::Path,
     process::{Child, Stdio},
+    time::Duration,
 };
 
 use redirector::ops::api::{Route, Stats};
@@ -26,12 +33,36 @@ const PROXY_PORT: u16 = 5070;
 const CLIENTS: usize = 6;
 const TOKEN: &str = "kamailio-follower-token";
 
-/// Kamailio's default modules plus htable over db_text (re-read when the
-/// file changes: db_mode 1) and the ctl socket kamcmd talks to. Requests
-/// for an AOR in the table go to its home (`$du`), the others to the
-/// service address; both statelessly.
-fn proxy_config(dir: &Path) -> String {
+/// Kamailio's default modules, and, with `table`, htable over db_text
+/// (re-read when the file changes: db_mode 1) and the ctl socket kamcmd
+/// talks to: requests for an AOR in the table go to its home (`$du`), the
+/// others to the service address; both statelessly. Without `table`, every
+/// request goes to the service address.
+fn proxy_config(dir: &Path, table: bool) -> String {
     let dir = dir.display();
+    let (modules, route) = if table {
+        (
+            format!(
+                r#"loadmodule "db_text.so"
+loadmodule "htable.so"
+loadmodule "ctl.so"
+modparam("db_text", "db_mode", 1)
+modparam("htable", "db_url", "text://{dir}")
+modparam("htable", "htable", "routes=>size=10;dbtable=routes;")
+modparam("ctl", "binrpc", "unix:{dir}/ctl.sock")
+"#
+            ),
+            r#"$var(aor) = "sip:" + $tU + "@" + $td;
+    if ($sht(routes=>$var(aor)) != $null) {
+        $du = $sht(routes=>$var(aor));
+    } else {
+        $du = "sip:SERVICE";
+    }"#
+            .replace("SERVICE", SERVICE),
+        )
+    } else {
+        (String::new(), format!("$du = \"sip:{SERVICE}\";"))
+    };
     format!(
         r#"#!KAMAILIO
 debug=1
@@ -42,25 +73,24 @@ mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 loadmodule "sl.so"
 loadmodule "pv.so"
 loadmodule "maxfwd.so"
-loadmodule "db_text.so"
-loadmodule "htable.so"
-loadmodule "ctl.so"
-modparam("db_text", "db_mode", 1)
-modparam("htable", "db_url", "text://{dir}")
-modparam("htable", "htable", "routes=>size=10;dbtable=routes;")
-modparam("ctl", "binrpc", "unix:{dir}/ctl.sock")
-request_route {{
+{modules}request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
-    $var(aor) = "sip:" + $tU + "@" + $td;
-    if ($sht(routes=>$var(aor)) != $null) {{
-        $du = $sht(routes=>$var(aor));
-    }} else {{
-        $du = "sip:{SERVICE}";
-    }}
+    {route}
     forward();
 }}
 "#
     )
+}
+
+/// Kamailio with `proxy_config(dir, table)`, in the client namespace.
+fn start_proxy(topology: &mut Topology, dir: &Path, table: bool) {
+    let config = dir.join("kamailio.cfg");
+    std::fs::write(&config, proxy_config(dir, table)).unwrap();
+    let pid = dir.join("kamailio.pid");
+    let (config, run, pid) = (config.to_str().unwrap(), dir.to_str().unwrap(), pid.to_str().unwrap());
+    let args = ["-DD", "-E", "-f", config, "-Y", run, "-P", pid];
+    let proxy = spawn_grouped(&topology.client, "kamailio", &args, true);
+    topology.adopt(proxy);
 }
 
 /// `program ARGS` in `ns`, in a process group of its own (the topology
@@ -184,13 +214,7 @@ fn kamailio_in_front_sends_registers_straight_home_and_follows_a_drain() {
     );
     topology.adopt(follower);
     wait_until(|| table_file.exists(), "the follower writes the (empty) table");
-    let config = dir.join("kamailio.cfg");
-    std::fs::write(&config, proxy_config(&dir)).unwrap();
-    let pid = dir.join("kamailio.pid");
-    let (config, run, pid) = (config.to_str().unwrap(), dir.to_str().unwrap(), pid.to_str().unwrap());
-    let args = ["-DD", "-E", "-f", config, "-Y", run, "-P", pid];
-    let proxy = spawn_grouped(&topology.client, "kamailio", &args, true);
-    topology.adopt(proxy);
+    start_proxy(&mut topology, &dir, true);
     wait_until(|| kamcmd(&dir, &["htable.dump", "routes"]).is_some(), "Kamailio answers on its ctl socket");
 
     // Unknown AORs: through the edge, which assigns them.
@@ -210,4 +234,52 @@ fn kamailio_in_front_sends_registers_straight_home_and_follows_a_drain() {
     wait_until(|| kamailio_table(&dir) == expected(&after), "Kamailio follows the drain");
 
     register_straight_to_homes(&topology, &after);
+}
+
+/// Seconds between the edge's statistics readings in the routed-by-AOR test.
+const STATS_INTERVAL: f64 = 0.2;
+
+/// The edge's count of requests its daemon proxied, and of those its
+/// program routed by their AOR.
+fn proxied_and_routed(topology: &Topology) -> (u64, u64) {
+    let stats: Stats = cli_json(topology, &["stats", "--json"]);
+    (stats.first_contact["proxied"], stats.verdicts["forwarded_by_aor"])
+}
+
+#[test]
+fn kamailio_forwarding_to_the_service_has_its_registers_routed_by_aor_in_the_kernel() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("dsr", Attach::Native, 2);
+    // Fresh readings, so a count that did not move is seen as such.
+    topology.extra_config = format!("[stats]\ninterval = {STATS_INTERVAL}\n");
+    start_registrars(&mut topology, Registrar::Kamailio);
+    topology.start(&[]);
+    let dir = topology.scratch("plain-front");
+    std::fs::create_dir_all(&dir).unwrap();
+    start_proxy(&mut topology, &dir, false);
+    let listening = || !topology.client.exec("ss", &["-Hlun", &format!("sport = :{PROXY_PORT}")]).stdout.is_empty();
+    wait_until(listening, "Kamailio listens");
+
+    // Unknown AORs: the daemon proxies their first REGISTERs and assigns them.
+    register_through_proxy(&topology);
+    let assigned = routes(&topology);
+    assert_eq!(assigned.len(), CLIENTS, "every AOR was assigned through the edge: {assigned:?}");
+    wait_until(|| proxied_and_routed(&topology).0 >= CLIENTS as u64, "the daemon proxied the first REGISTERs");
+    let (proxied, routed) = proxied_and_routed(&topology);
+    assert_eq!(routed, 0, "nothing was routed by AOR before the AORs were assigned");
+
+    // Assigned: the kernel sends them home; the daemon sees none.
+    let homes_before: Vec<u64> = topology.homes.iter().map(udp_received).collect();
+    register_through_proxy(&topology);
+    wait_until(|| proxied_and_routed(&topology).1 >= CLIENTS as u64, "the kernel routes the REGISTERs by AOR");
+    std::thread::sleep(Duration::from_secs_f64(3.0 * STATS_INTERVAL));
+    assert_eq!(proxied_and_routed(&topology).0, proxied, "the daemon proxied none of them");
+    for (index, home) in topology.homes.iter().enumerate() {
+        let clients =
+            assigned.iter().filter(|r| r.aor.starts_with("sip:kam") && home_index(&r.server) == index).count();
+        let received = udp_received(home) - homes_before[index];
+        assert!(received >= clients as u64, "home{index} got {received} datagrams for its {clients} clients");
+    }
 }

@@ -466,6 +466,7 @@ const PASS_COUNTERS: &[Counter] = &[
     Counter::Malformed,
     Counter::Fragment,
     Counter::PassViaUnseen,
+    Counter::PassViasUnseen,
 ];
 
 /// Checks one frame; returns the counter it moved, or "dropped".

@@ -1,6 +1,7 @@
 //! Pinned state (`redirector::kernel::pins`), without a daemon: bpffs is
 //! mounted where it is missing, a second load adopts the first one's maps
-//! (and `FastPath::adopting` what in them its store still assigns), and
+//! (and `FastPath::adopting` what in them its store still assigns, and
+//! `FastPath::sync_aors` the AOR routes), and
 //! pins the program could not use (another map layout, another
 //! `max_clients`) are refused with an error that says to detach.
 
@@ -14,6 +15,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use redirector::{
     config::Config,
     kernel::{
+        aor_routes::hash_of,
         fast_path::{Adopted, FastPath, owner_of},
         loader::{DataPlane, DataPlaneError, endpoint},
         pins::{PinError, Pins, is_bpffs},
@@ -126,6 +128,7 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
         }
         // Another line on bob's socket: it stays bob's, shared.
         fast_path.install(&aor("erin"), origin(7002), 0).unwrap();
+        fast_path.route_aors(&[(&alice, 0), (&bob, 0), (&carol, 0)]).unwrap();
         entries(&mut fast_path)
     };
 
@@ -136,6 +139,13 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
         [(&alice, 0), (&bob, 1)].into_iter().map(|(aor, slot)| (owner_of(aor), (aor.clone(), slot))).collect();
     let (mut fast_path, adopted) = FastPath::adopting(dataplane, &config, &servers, &homes).unwrap();
     assert_eq!(adopted, Adopted { kept: 1, repointed: 1, removed: 1 });
+    assert_eq!(aor_routes(&mut fast_path).len(), 3, "the AOR routes were pinned with the clients");
+    fast_path.sync_aors(&[(&alice, 0), (&bob, 1)]).unwrap();
+    assert_eq!(
+        aor_routes(&mut fast_path),
+        HashMap::from([(hash_of(&alice), 0), (hash_of(&bob), 1)]),
+        "as the store has them"
+    );
     let after = entries(&mut fast_path);
     let client = |port: u16| endpoint("10.0.0.2".parse().unwrap(), port);
     assert_eq!(after[&client(7001)], before[&client(7001)], "alice's entry as it was");
@@ -169,6 +179,14 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
     let dave = entries(&mut fast_path)[&client(7004)].load_slot;
     assert_eq!(dave, before[&client(7003)].load_slot, "dave gets the slot carol's removal freed");
     assert_eq!(fast_path.dataplane().client_packets(dave).unwrap(), 0, "without carol's packet");
+
+    assert_eq!(aor_routes(&mut fast_path).get(&hash_of(&bob)), Some(&1), "bob's route as his move left it");
+    fast_path.repoint_many(&[(&bob, 0)]).unwrap();
+    assert_eq!(aor_routes(&mut fast_path).get(&hash_of(&bob)), Some(&0), "a moved AOR's route follows it in place");
+    fast_path.withdraw_many(std::slice::from_ref(&bob)).unwrap();
+    assert_eq!(aor_routes(&mut fast_path).get(&hash_of(&bob)), None, "a withdrawn AOR's route is gone");
+    fast_path.forget_many(std::slice::from_ref(&alice)).unwrap();
+    assert_eq!(aor_routes(&mut fast_path).get(&hash_of(&alice)), None, "an expired AOR's route is removed");
 }
 
 /// One datagram from 10.0.0.2:`port` to the service through the program
@@ -190,4 +208,9 @@ fn aor(user: &str) -> Aor {
 
 fn entries(fast_path: &mut FastPath) -> HashMap<Endpoint, ClientEntry> {
     fast_path.dataplane().all_clients().unwrap().into_iter().collect()
+}
+
+/// The kernel's AOR routes: hash → home slot.
+fn aor_routes(fast_path: &mut FastPath) -> HashMap<u64, u32> {
+    fast_path.dataplane().all_aor_routes().unwrap().into_iter().map(|(hash, route)| (hash, route.server)).collect()
 }

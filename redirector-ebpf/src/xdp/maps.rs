@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use redirector_ebpf::{
-    COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, FloorHop, HopState, MAX_CLIENTS,
-    MAX_DECAP_ADDRESSES, MAX_FLOOR_HOPS, MAX_HOPS, MAX_SERVERS, MAX_SERVICES, MAX_THROTTLED, NatEntry, NatKey, NextHop,
-    Server, ServerStats, Throttle, probe::ProbeConfig,
+    AorRoute, COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, FloorHop, HopState,
+    MAX_CLIENTS, MAX_DECAP_ADDRESSES, MAX_FLOOR_HOPS, MAX_HOPS, MAX_SERVERS, MAX_SERVICES, MAX_THROTTLED, NatEntry,
+    NatKey, NextHop, Server, ServerStats, Throttle, probe::ProbeConfig,
 };
 
 #[map]
@@ -27,6 +27,13 @@ pub static SERVERS: Array<Server> = Array::with_max_entries(MAX_SERVERS, 0);
 
 #[map]
 pub static CLIENTS: LruHashMap<Endpoint, ClientEntry> = LruHashMap::with_max_entries(MAX_CLIENTS, 0);
+
+/// Assigned AORs' homes by `aor_hash`, for requests that come through
+/// another proxy (`AorRoute`). A plain hash, sized with `CLIENTS`: the
+/// daemon alone adds and removes entries, and one it cannot add (full)
+/// leaves the AOR's requests to user space, as before.
+#[map]
+pub static AORS: HashMap<u64, AorRoute> = HashMap::with_max_entries(MAX_CLIENTS, 0);
 
 /// Packets of each client on the fast path, by `ClientEntry::load_slot`
 /// (per CPU: a hit adds to its own CPU's copy, no shared line, no hash).

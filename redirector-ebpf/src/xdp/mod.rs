@@ -30,6 +30,28 @@
 //!    `XDP_TX` with its tag); an unknown client, a nat entry without an edge
 //!    port, or a down server is passed to user space (`pass_miss`,
 //!    `pass_server_down`).
+//!    In dsr mode, a request from a source not in `CLIENTS` (what is no
+//!    request, or one whose AOR the program would not read, as below, is
+//!    not) is first read for its Via values (`vias.rs`: lines named `Via`
+//!    or `v` in any case, values separated by commas in one line; the scan
+//!    stops at the line after a lone top Via that is no Via, as proxies
+//!    put theirs together at the top), and one that came through another
+//!    proxy, with more than one Via value, for its AOR (as below: `To` of
+//!    a REGISTER, `From` of the others). If the program reads that AOR
+//!    with certainty, finds its hash in `AORS` (the daemon's assignments:
+//!    `AorRoute`) and its home is active or draining, the request is
+//!    encapsulated to that home exactly as a client's dsr hit is (rules 6
+//!    and 8; the home answers the proxy directly), counted
+//!    `forwarded_by_aor` and in the home's `SERVER_STATS`; its source is
+//!    not installed (it speaks for many clients). Everything else goes up
+//!    as a miss, within the throttle: at most one Via value, an AOR not
+//!    read or not in `AORS` (`pass_miss`); a home that is down
+//!    (`pass_server_down`); Via values the program cannot count with
+//!    certainty: a folded Via line, a quote or `<` before the second
+//!    value, headers past the bytes read (`pass_vias_unseen`). In nat mode
+//!    the program reads nothing of a miss (`pass_miss`). A home server's own
+//!    requests never take this path: in dsr mode it owns the service
+//!    address, so they never reach the edge's program.
 //!    A client's entry says which requests may take it (`aor.rs`: the
 //!    daemon's canonical AOR of a request's `To` for a REGISTER, its
 //!    `From` otherwise, hashed, read within the frame's first 512 bytes):

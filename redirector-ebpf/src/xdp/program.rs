@@ -11,7 +11,7 @@ use redirector_ebpf::{
 use super::{
     aor, decap, encap,
     maps::{
-        CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, PROBE, SERVERS, SERVICES, THROTTLED, count, count_load,
+        AORS, CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, PROBE, SERVERS, SERVICES, THROTTLED, count, count_load,
         count_server, report,
     },
     nat,
@@ -39,7 +39,7 @@ impl Verdict {
     }
 }
 
-/// What a nat hit needs of its client's entry, in one register (passing
+/// What a hit needs of its client's entry, in one register (passing
 /// the entry by reference would cost the combined stack a copy of it).
 #[derive(Clone, Copy)]
 #[repr(transparent)]
@@ -47,7 +47,7 @@ struct Hit(u64);
 
 impl Hit {
     fn of(client: &ClientEntry) -> Self {
-        Self(((client.flags as u64) << 32) | client.server as u64)
+        Self(((client.nat_port_be as u64) << 48) | ((client.flags as u64) << 32) | client.server as u64)
     }
 
     const fn server(self) -> u32 {
@@ -57,12 +57,18 @@ impl Hit {
     const fn adds_rport(self) -> bool {
         (self.0 >> 32) as u16 & CLIENT_ADDS_RPORT != 0
     }
+
+    const fn nat_port_be(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
 }
 
 const PASS_MISS: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassMiss);
 const PASS_SUBSCRIBE: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassSubscribe);
 const PASS_OTHER_AOR: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassOtherAor);
 const PASS_AOR_UNSEEN: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassAorUnseen);
+const PASS_VIAS_UNSEEN: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassViasUnseen);
+const PASS_SERVER_DOWN: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::PassServerDown);
 const DROP_THROTTLED: Verdict = Verdict::new(xdp_action::XDP_DROP, Counter::DropThrottled);
 const NOT_SERVICE: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::NotService);
 const NO_ADDRESS: Verdict = Verdict::new(xdp_action::XDP_PASS, Counter::NoAddressForFamily);
@@ -154,7 +160,14 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
 #[inline(always)]
 fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict {
     let Some(entry) = CLIENTS.get_ptr_mut(datagram.src) else {
-        return to_first_contact(datagram, PASS_MISS);
+        if config.mode != Mode::Dsr as u8 {
+            return to_first_contact(datagram, PASS_MISS);
+        }
+        let answer = route_by_aor(ctx, datagram);
+        return match answer.home() {
+            Some(home) => by_aor(forward_to(ctx, config, datagram, Hit(home as u64))),
+            None => answer.verdict(),
+        };
     };
     // SAFETY: a live map value (RCU keeps it mapped for this run), copied out.
     let client: ClientEntry = unsafe { *entry };
@@ -179,27 +192,100 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
         }
     }
     count_load(client.load_slot);
-    let Some(server) = SERVERS.get(client.server) else {
+    forward_to(ctx, config, datagram, Hit::of(&client))
+}
+
+/// Sends the datagram to the hit's home server, dsr or nat as configured,
+/// and counts it there; passes it up if that server does not forward.
+#[inline(always)]
+fn forward_to(ctx: &XdpContext, config: &Config, datagram: &Datagram, hit: Hit) -> Verdict {
+    let index = hit.server();
+    let Some(server) = SERVERS.get(index) else {
         return PASS_MISS;
     };
     if !ServerState::forwards(server.state) {
-        return Verdict::new(xdp_action::XDP_PASS, Counter::PassServerDown);
+        return PASS_SERVER_DOWN;
     }
     let (Some(edge), Some(server_addr)) =
-        (edge_endpoint(config, datagram.ip.family, client.nat_port_be), server_endpoint(server, datagram.ip.family))
+        (edge_endpoint(config, datagram.ip.family, hit.nat_port_be()), server_endpoint(server, datagram.ip.family))
     else {
         return NO_ADDRESS;
     };
     let received_bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = if config.mode == Mode::Nat as u8 {
-        forward_nat(ctx, datagram, &edge, &server_addr, Hit::of(&client))
+        forward_nat(ctx, datagram, &edge, &server_addr, hit)
     } else {
-        forward_dsr(ctx, datagram, &edge, &server_addr, client.server)
+        forward_dsr(ctx, datagram, &edge, &server_addr, index)
     };
     if verdict.counter() == Counter::Forwarded as u32 {
-        count_server(client.server, received_bytes);
+        count_server(index, received_bytes);
     }
     verdict
+}
+
+/// A forwarded request of another proxy's is counted as routed by its AOR.
+#[inline(always)]
+fn by_aor(verdict: Verdict) -> Verdict {
+    if verdict.counter() == Counter::Forwarded as u32 {
+        return Verdict::new(verdict.action(), Counter::ForwardedByAor);
+    }
+    verdict
+}
+
+/// What `route_by_aor` found, in one register: the home server slot to
+/// send the datagram to, or the verdict it goes up with.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct AorAnswer(u64);
+
+impl AorAnswer {
+    /// Set in a slot's answer; a verdict's action never reaches it.
+    const HOME: u64 = 1 << 63;
+
+    const fn home_at(slot: u32) -> Self {
+        Self(Self::HOME | slot as u64)
+    }
+
+    const fn up(verdict: Verdict) -> Self {
+        Self(verdict.0)
+    }
+
+    fn home(self) -> Option<u32> {
+        (self.0 & Self::HOME != 0).then_some(self.0 as u32)
+    }
+
+    const fn verdict(self) -> Verdict {
+        Verdict(self.0)
+    }
+}
+
+/// dsr: a request from a source not on the fast path that came through
+/// another proxy (more than one Via value) goes to its AOR's home as
+/// `AORS` names it, if that home forwards; anything else goes up as a
+/// first contact (rule 6).
+// A separate BPF subprogram: its stack does not add to its siblings'.
+#[inline(never)]
+fn route_by_aor(ctx: &XdpContext, datagram: &Datagram) -> AorAnswer {
+    // The Vias first: a client's own request is read no further than its
+    // top Via's next line.
+    match aor::vias(ctx, &datagram.ip) {
+        aor::SEVERAL_VIAS => {}
+        aor::NOT_SEVERAL_VIAS => return AorAnswer::up(to_first_contact(datagram, PASS_MISS)),
+        _ => return AorAnswer::up(to_first_contact(datagram, PASS_VIAS_UNSEEN)),
+    }
+    if aor::reread() != aor::HASHED {
+        return AorAnswer::up(to_first_contact(datagram, PASS_MISS));
+    }
+    // SAFETY: the value is copied out; no reference outlives the call.
+    let Some(route) = (unsafe { AORS.get(aor::hashed()) }).copied() else {
+        return AorAnswer::up(to_first_contact(datagram, PASS_MISS));
+    };
+    let passed = match SERVERS.get(route.server) {
+        Some(server) if ServerState::forwards(server.state) => return AorAnswer::home_at(route.server),
+        Some(_) => PASS_SERVER_DOWN,
+        None => PASS_MISS,
+    };
+    AorAnswer::up(to_first_contact(datagram, passed))
 }
 
 /// A datagram for first contact (an unknown client's, a request for

@@ -305,14 +305,16 @@ impl Daemon {
         dataplane.set_servers(seeded.pool.servers())?;
         let events = dataplane.take_events()?;
         let hop_maps = dataplane.take_hops()?;
+        let homes = homes_by_owner(&assignments, &seeded.pool);
         let mut fast_path = if adopting {
-            let homes = homes_by_owner(&assignments, &seeded.pool);
             let (fast_path, adopted) = FastPath::adopting(dataplane, config, seeded.pool.servers(), &homes)?;
             info!(pins = %pins.directory().display(), ?adopted, "adopted the pinned fast path");
             fast_path
         } else {
             FastPath::with_servers(dataplane, config, seeded.pool.servers())?
         };
+        // Every assignment's route, whatever a previous daemon's map held.
+        fast_path.sync_aors(&homes.values().map(|(aor, slot)| (aor, *slot)).collect::<Vec<_>>())?;
         let tracker = Tracker::new(
             seeded.pool.servers().iter().map(|s| (s.index, s.healthy)),
             config.health.down_after,

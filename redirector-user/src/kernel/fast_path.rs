@@ -20,13 +20,14 @@ use std::{
 };
 
 use redirector_ebpf::{
-    CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Endpoint, NO_LOAD_SLOT, NatEntry, NatKey,
-    aor::aor_hash,
+    AorRoute, CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Endpoint, NO_LOAD_SLOT, NatEntry,
+    NatKey, aor::aor_hash,
 };
 
 use crate::{
     config::{Config, ForwardingMode},
     kernel::{
+        aor_routes::{AorRoutes, Claim},
         installed::{InstalledClients, KernelRoute, NatReply},
         loader::{DataPlane, DataPlaneError, endpoint, endpoint_ip, service_endpoints},
         nat_ports::{NatPorts, NatPortsExhausted},
@@ -76,6 +77,8 @@ pub struct FastPath {
     shared: Arc<InstalledClients>,
     /// The clients the config pins (`[[clients]]`).
     static_clients: HashSet<Endpoint>,
+    /// Which AORs `AORS` routes.
+    aor_routes: AorRoutes,
 }
 
 /// What first contact learned of a client, for its kernel entry.
@@ -251,6 +254,7 @@ impl FastPath {
             scanning: Vec::new(),
             shared: Arc::default(),
             static_clients,
+            aor_routes: AorRoutes::default(),
         })
     }
 
@@ -407,11 +411,13 @@ impl FastPath {
         self.installed.get(aor).map_or_else(Vec::new, |entries| entries.iter().map(|(client, _)| *client).collect())
     }
 
-    /// Takes the AORs' clients off the fast path, with one batched map
-    /// delete: their packets go up to first contact, which answers from
-    /// the assignments and installs them again (with the edge ports and
-    /// load slots they keep meanwhile). Returns the clients withdrawn.
+    /// Takes the AORs' clients off the fast path, and their routes out of
+    /// `AORS`, with one batched map delete each: their packets go up to
+    /// first contact, which answers from the assignments and installs them
+    /// again (with the edge ports and load slots they keep meanwhile).
+    /// Returns the clients withdrawn.
     pub fn withdraw_many(&mut self, aors: &[Aor]) -> Result<Vec<Endpoint>, FastPathError> {
+        self.unroute_aors(aors)?;
         let withdrawn: Vec<(Aor, Vec<(Endpoint, Endpoint)>)> =
             aors.iter().filter_map(|aor| self.installed.remove_entry(aor)).collect();
         let clients: Vec<Endpoint> =
@@ -460,12 +466,12 @@ impl FastPath {
         let planned = targets
             .into_iter()
             .try_for_each(|(client, server, service)| self.entry_for(client, (server, service), &mut writes));
-        Repoint { aors: moves.iter().map(|&(aor, _)| aor).collect(), ends, writes: planned.map(|()| writes) }
+        Repoint { moves: moves.to_vec(), ends, writes: planned.map(|()| writes) }
     }
 
     /// Writes a plan's entries of the moves `moved` says were made (by
-    /// position), in one batched map update; the others are left as they
-    /// are. Called after the moves' durable commit, so the kernel never
+    /// position), in one batched map update, and their AORs' routes in
+    /// `AORS`; the others are left as they are. Called after the moves' durable commit, so the kernel never
     /// sends a client to a server the store does not name yet (a crash in
     /// between leaves the old entries, which the next daemon repoints when
     /// it adopts them). If the kernel refuses part of the batch, the moved
@@ -473,15 +479,16 @@ impl FastPath {
     /// contact, which answers from the store, rather than the server they
     /// left.
     pub fn repoint(&mut self, plan: Repoint<'_>, moved: impl Fn(usize) -> bool) -> Result<(), FastPathError> {
-        let Repoint { aors, ends, writes } = plan;
-        let all = (0..aors.len()).all(&moved);
+        let Repoint { moves, ends, writes } = plan;
+        let all = (0..moves.len()).all(&moved);
+        let routes: Vec<(&Aor, u32)> = moves.iter().enumerate().filter(|&(i, _)| moved(i)).map(|(_, &m)| m).collect();
         let written = writes.and_then(|writes| {
             let writes = if all { writes } else { writes.only(&ends, &moved) };
-            self.write(&writes)
+            self.write(&writes)?;
+            self.route_aors(&routes)
         });
         if let Err(error) = written {
-            let moved: Vec<Aor> =
-                aors.iter().enumerate().filter(|&(i, _)| moved(i)).map(|(_, &aor)| aor.clone()).collect();
+            let moved: Vec<Aor> = routes.iter().map(|&(aor, _)| aor.clone()).collect();
             if let Err(withdrawing) = self.withdraw_many(&moved) {
                 tracing::error!(%withdrawing, "moved clients whose entries were not rewritten could not be withdrawn either: they reach their old server until their entries expire or are written again");
             }
@@ -565,6 +572,56 @@ impl FastPath {
             }
         }
         (kept, Ok(removed))
+    }
+
+    /// Routes each AOR to the server in its slot in `AORS` (one batched
+    /// write; a hash another AOR shares is removed instead, see
+    /// `aor_routes`). A full map refuses the rest: their requests through
+    /// other proxies go up to first contact, which proxies them.
+    pub fn route_aors(&mut self, routes: &[(&Aor, u32)]) -> Result<(), FastPathError> {
+        let (mut hashes, mut values, mut shared) = (Vec::new(), Vec::new(), Vec::new());
+        for &(aor, server) in routes {
+            match self.aor_routes.claim(aor) {
+                Claim::Route(hash) => {
+                    hashes.push(hash);
+                    values.push(AorRoute { server, _pad: 0 });
+                }
+                Claim::Shared(hash) => shared.push(hash),
+            }
+        }
+        if !shared.is_empty() {
+            self.dataplane.unroute_aors(&shared)?;
+        }
+        if !hashes.is_empty() {
+            self.dataplane.route_aors(&hashes, &values)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the AORs' routes out of `AORS` (one batched delete).
+    fn unroute_aors(&mut self, aors: &[Aor]) -> Result<(), FastPathError> {
+        let hashes: Vec<u64> = aors.iter().filter_map(|aor| self.aor_routes.release(aor)).collect();
+        if !hashes.is_empty() {
+            self.dataplane.unroute_aors(&hashes)?;
+        }
+        Ok(())
+    }
+
+    /// At start: `AORS` routes exactly `routes` (every assigned AOR with
+    /// its home's slot), whatever a previous daemon left in it.
+    pub fn sync_aors(&mut self, routes: &[(&Aor, u32)]) -> Result<(), FastPathError> {
+        self.route_aors(routes)?;
+        let stale: Vec<u64> = self
+            .dataplane
+            .all_aor_routes()?
+            .into_iter()
+            .map(|(hash, _)| hash)
+            .filter(|hash| !self.aor_routes.holds(*hash))
+            .collect();
+        if !stale.is_empty() {
+            self.dataplane.unroute_aors(&stale)?;
+        }
+        Ok(())
     }
 
     fn remove(&mut self, client: Endpoint) -> Result<(), FastPathError> {
@@ -704,7 +761,8 @@ impl FastPath {
 /// A move's kernel entries, planned (`FastPath::plan_repoint`) and not
 /// yet written.
 pub struct Repoint<'a> {
-    aors: Vec<&'a Aor>,
+    /// Each AOR with its new server's slot.
+    moves: Vec<(&'a Aor, u32)>,
     /// Where each AOR's entries end in `writes` (they start where the
     /// previous AOR's end).
     ends: Vec<usize>,

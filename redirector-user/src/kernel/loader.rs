@@ -18,8 +18,8 @@ use aya::{
     },
 };
 use redirector_ebpf::{
-    CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry, Counter,
-    DECAP_ADDRESSES_MAP, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM, FloorHop,
+    AORS_MAP, AorRoute, CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry,
+    Counter, DECAP_ADDRESSES_MAP, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM, FloorHop,
     HOP_STATE_MAP, HOPS_MAP, LIMIT_MAP, LIMIT_PROGRAM, LOADS_MAP, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PROBE_MAP,
     REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP,
     SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle, probe::ProbeConfig,
@@ -316,6 +316,28 @@ impl DataPlane {
         unsafe { super::batch::lookup_all(fd) }.map_err(batch_error(CLIENTS_MAP, "lookup"))
     }
 
+    /// Routes AORs (keys from `redirector_ebpf::aor::aor_hash`) to home
+    /// server slots in one system call (or a few).
+    pub fn route_aors(&mut self, hashes: &[u64], routes: &[AorRoute]) -> Result<()> {
+        let fd = self.map_fd(AORS_MAP)?;
+        // SAFETY: AORS maps u64 to AorRoute (xdp/maps.rs).
+        unsafe { super::batch::update(fd, hashes, routes) }.map_err(batch_error(AORS_MAP, "update"))
+    }
+
+    /// Removes AOR routes in one system call (or a few); absent ones are fine.
+    pub fn unroute_aors(&mut self, hashes: &[u64]) -> Result<()> {
+        let fd = self.map_fd(AORS_MAP)?;
+        // SAFETY: AORS is keyed by u64 (xdp/maps.rs).
+        unsafe { super::batch::delete(fd, hashes) }.map_err(batch_error(AORS_MAP, "delete"))
+    }
+
+    /// Every AOR route, read in batches.
+    pub fn all_aor_routes(&self) -> Result<Vec<(u64, AorRoute)>> {
+        let fd = self.map_fd(AORS_MAP)?;
+        // SAFETY: AORS maps u64 to AorRoute (xdp/maps.rs).
+        unsafe { super::batch::lookup_all(fd) }.map_err(batch_error(AORS_MAP, "lookup"))
+    }
+
     /// Every nat reply entry, read in batches.
     pub fn all_nat_replies(&self) -> Result<Vec<(NatKey, NatEntry)>> {
         let fd = self.map_fd(NAT_REPLIES_MAP)?;
@@ -475,7 +497,7 @@ fn object() -> Result<std::borrow::Cow<'static, [u8]>> {
 }
 
 /// The maps with an entry per client, sized by `[fast_path] max_clients`.
-pub const CLIENT_MAPS: [&str; 3] = [CLIENTS_MAP, NAT_REPLIES_MAP, LOADS_MAP];
+pub const CLIENT_MAPS: [&str; 4] = [CLIENTS_MAP, NAT_REPLIES_MAP, LOADS_MAP, AORS_MAP];
 
 fn size_client_maps(loader: &mut EbpfLoader<'_>, clients: u32) {
     for name in CLIENT_MAPS {

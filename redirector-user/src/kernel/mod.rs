@@ -1,6 +1,7 @@
 //! The kernel side: the embedded XDP object loaded and attached, its maps,
 //! and the fast path's client entries (with the copy first contact reads).
 
+pub mod aor_routes;
 pub mod batch;
 pub mod fast_path;
 pub mod hops;

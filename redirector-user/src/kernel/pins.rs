@@ -15,23 +15,24 @@ use std::{
 
 use aya::maps::MapInfo;
 use redirector_ebpf::{
-    CLIENTS_MAP, CONFIG_MAP, COUNTERS_MAP, LOADS_MAP, MAP_LAYOUT, NAT_REPLIES_MAP, PROBE_MAP, SERVER_STATS_MAP,
-    SERVERS_MAP, SERVICES_MAP, THROTTLED_MAP,
+    AORS_MAP, CLIENTS_MAP, CONFIG_MAP, COUNTERS_MAP, LOADS_MAP, MAP_LAYOUT, NAT_REPLIES_MAP, PROBE_MAP,
+    SERVER_STATS_MAP, SERVERS_MAP, SERVICES_MAP, THROTTLED_MAP,
 };
 
 use super::loader::CLIENT_MAPS;
 
 /// The maps a daemon pins: everything the program forwards by (or answers
-/// probes with), and the counters (the clients' loads too: an adopted
+/// probes with: `AORS` too, rewritten from the store at start), and the counters (the clients' loads too: an adopted
 /// entry's slot keeps its count). Not the event ring (each daemon reads
 /// its own), nor the per-CPU scratch space.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     CONFIG_MAP,
     SERVICES_MAP,
     SERVERS_MAP,
     CLIENTS_MAP,
     NAT_REPLIES_MAP,
     LOADS_MAP,
+    AORS_MAP,
     COUNTERS_MAP,
     SERVER_STATS_MAP,
     THROTTLED_MAP,

@@ -484,6 +484,8 @@ impl Operations {
         if assigned.values().any(|result| *result == Err(Refused::AtCapacity)) {
             self.warn_at_capacity(now);
         }
+        let routed: Vec<&Aor> = assigned.iter().filter(|(_, result)| result.is_ok()).map(|(aor, _)| aor).collect();
+        self.route_current(&routed);
         for client in clients {
             let Some(Ok(done)) = assigned.get(&client.aor) else { continue };
             if done.moved {
@@ -1158,6 +1160,19 @@ impl Operations {
         self.save_profiles();
         self.remember(&moves, why);
         Ok(moves)
+    }
+
+    /// Routes AORs in the kernel's `AORS` to the homes they are assigned
+    /// to now (new assignments, ones another edge made). One
+    /// that fails is logged: the AOR's requests through other proxies go
+    /// up to first contact, which proxies them.
+    fn route_current(&mut self, aors: &[&Aor]) {
+        let pool = self.pool.load_full();
+        let routes: Vec<(&Aor, u32)> =
+            aors.iter().filter_map(|aor| Some((*aor, pool.server(&self.assignments.server_of(aor)?)?.index))).collect();
+        if let Err(error) = self.fast_path.route_aors(&routes) {
+            tracing::warn!(%error, aors = routes.len(), "AORs not routed in the kernel: their requests through other proxies go up to first contact");
+        }
     }
 
     /// Keeps the last `RECENT_MOVES` moves, with why they were made.

@@ -112,7 +112,11 @@ impl Operations {
             return None;
         }
         bump(&self.following.changes_applied);
-        let from = self.assignments.record(assignment)??;
+        let Some(from) = self.assignments.record(assignment)? else {
+            // New here: routed in the kernel as this edge's own are.
+            self.route_current(&[&assignment.aor]);
+            return None;
+        };
         tracing::debug!(aor = %assignment.aor, %from, to = assignment.server, "moved by another edge");
         self.client_moved(&assignment.aor);
         Some(assignment.aor.clone())
