@@ -33,7 +33,7 @@ pub const AORS_MAP: &str = "AORS";
 /// mean). A daemon adopts pinned maps only of its own layout; bump this
 /// whenever a pinned map's key or value type changes, even if its size
 /// does not.
-pub const MAP_LAYOUT: u32 = 5;
+pub const MAP_LAYOUT: u32 = 6;
 pub const THROTTLED_MAP: &str = "THROTTLED";
 
 /// `SERVICES` values: what the program does with UDP to that endpoint.
@@ -220,15 +220,20 @@ pub const CLIENT_SHARED: u16 = 4;
 
 /// `AORS[aor_hash(canonical AOR)]`: the home server an assigned AOR's
 /// requests go to when they come through another proxy (more than one
-/// Via, dsr mode; see `xdp/mod.rs`). Written by the daemon alone, in step
-/// with its assignments: removed while the AOR moves, rewritten after.
-/// Never written by the program.
+/// Via, dsr mode; see `xdp/mod.rs`). Written by the daemon, in step with
+/// its assignments: rewritten in place after a move's commit, removed when
+/// the AOR expires. The program writes only `last_seen_ns`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct AorRoute {
     /// The home server's slot in `SERVERS`, as `ClientEntry::server`.
     pub server: u32,
     pub _pad: u32,
+    /// When the program last routed a request by this entry
+    /// (`bpf_ktime_get_coarse_ns`), at most once a second as
+    /// `ClientEntry::last_seen_ns`; 0 until it does. Requests routed here
+    /// reach no other sighting, so expiry reads it (`stamps_last_seen`).
+    pub last_seen_ns: u64,
 }
 
 /// `FLOOR[source]`: the Ethernet addresses the floor program writes, in

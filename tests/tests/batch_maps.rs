@@ -98,6 +98,51 @@ fn a_move_repoints_entries_in_place_and_a_withdrawal_removes_them() {
 }
 
 /// Client `i`, whose Via asks for rport when `i` is even.
+/// More assigned AORs than `AORS` holds (the store outgrew
+/// `max_clients`): the daemon still starts and routes what fits, a move
+/// rewrites a held route in place although the map is full, and an AOR
+/// whose route the kernel refused has none, never another home's.
+#[test]
+fn a_full_aor_map_routes_what_fits_and_names_no_stale_home() {
+    if !privileged() {
+        return;
+    }
+    const CAPACITY: u32 = 64;
+    let dsr = config("dsr");
+    let mut dataplane = DataPlane::load_with_client_capacity(CAPACITY).expect("loading the XDP object");
+    dataplane.configure(&dsr).unwrap();
+    let mut fast_path = FastPath::new(dataplane, &dsr).unwrap();
+    let aors: Vec<Aor> = (0..CAPACITY * 2).map(aor).collect();
+    let routes: Vec<(&Aor, u32)> = aors.iter().map(|aor| (aor, 0)).collect();
+    fast_path.sync_aors(&routes).expect("a full map is no reason not to start");
+    let held = aor_routes(&mut fast_path);
+    assert_eq!(held.len(), CAPACITY as usize, "as many routes as the map holds");
+    assert!(held.values().all(|&server| server == 0));
+    let routed = aors.iter().find(|aor| held.contains_key(&hash_of(aor))).unwrap();
+    let refused = aors.iter().find(|aor| !held.contains_key(&hash_of(aor))).unwrap();
+    fast_path.repoint_many(&[(routed, 1), (refused, 1)]).unwrap();
+    let after = aor_routes(&mut fast_path);
+    assert_eq!(after.get(&hash_of(routed)), Some(&1), "a held route follows its move in the full map");
+    assert_eq!(after.get(&hash_of(refused)), None, "a refused route stays out");
+    assert_eq!(after.len(), CAPACITY as usize);
+
+    let mut nat = DataPlane::load_with_client_capacity(CAPACITY).expect("loading the XDP object");
+    let nat_config = config("nat");
+    nat.configure(&nat_config).unwrap();
+    let mut fast_path = FastPath::new(nat, &nat_config).unwrap();
+    fast_path.sync_aors(&routes).unwrap();
+    assert!(aor_routes(&mut fast_path).is_empty(), "nat never reads AORS, so nothing is written to it");
+}
+
+fn hash_of(aor: &Aor) -> u64 {
+    aor_hash(aor.as_str().as_bytes())
+}
+
+/// The kernel's AOR routes: hash → home slot.
+fn aor_routes(fast_path: &mut FastPath) -> std::collections::HashMap<u64, u32> {
+    fast_path.dataplane().all_aor_routes().unwrap().into_iter().map(|(hash, route)| (hash, route.server)).collect()
+}
+
 fn origin(i: u32, service: SocketAddr) -> Origin {
     Origin { client: client(i), service, asks_rport: i.is_multiple_of(2) }
 }

@@ -73,6 +73,9 @@ fn dsr_fixtures() {
         decapsulation(),
     ];
     run_table(&mut fx, "dsr", cases);
+    // Expiry's only sighting of an AOR whose requests come through a proxy.
+    assert_ne!(aor_route_stamp(&mut fx, "proxied1"), 0, "a request routed by AOR stamps its route");
+    assert_eq!(aor_route_stamp(&mut fx, "proxied3"), 0, "one its down home did not take leaves it");
 }
 
 #[test]
@@ -98,6 +101,7 @@ fn nat_fixtures() {
         udp_lies_v6_and_nat_reply(),
     ];
     run_table(&mut fx, "nat", cases);
+    assert_eq!(aor_route_stamp(&mut fx, "proxied1"), 0, "nat routes nothing by AOR");
 }
 
 /// Source prefixes the daemon throttled: their unknown clients' datagrams
@@ -593,8 +597,15 @@ fn register_checks() -> Vec<Case> {
 fn route_proxied_aors(fx: &mut Fixture) {
     let routes = [("proxied1", HOME1), ("proxied2", HOME2), ("proxied3", HOME3)];
     let hashes: Vec<u64> = routes.iter().map(|(user, _)| aor_hash(format!("sip:{user}@x").as_bytes())).collect();
-    let values: Vec<AorRoute> = routes.iter().map(|&(_, server)| AorRoute { server, _pad: 0 }).collect();
+    let values: Vec<AorRoute> = routes.iter().map(|&(_, server)| AorRoute { server, ..AorRoute::default() }).collect();
     fx.dataplane().route_aors(&hashes, &values).unwrap();
+}
+
+/// The `last_seen_ns` of `user`'s route in `AORS`.
+fn aor_route_stamp(fx: &mut Fixture, user: &str) -> u64 {
+    let hash = aor_hash(format!("sip:{user}@x").as_bytes());
+    let routes = fx.dataplane().all_aor_routes().unwrap();
+    routes.into_iter().find(|(key, _)| *key == hash).expect("a route written by route_proxied_aors").1.last_seen_ns
 }
 
 /// An upstream proxy's address: on no fast path.

@@ -128,7 +128,6 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
         }
         // Another line on bob's socket: it stays bob's, shared.
         fast_path.install(&aor("erin"), origin(7002), 0).unwrap();
-        fast_path.route_aors(&[(&alice, 0), (&bob, 0), (&carol, 0)]).unwrap();
         entries(&mut fast_path)
     };
 
@@ -139,13 +138,6 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
         [(&alice, 0), (&bob, 1)].into_iter().map(|(aor, slot)| (owner_of(aor), (aor.clone(), slot))).collect();
     let (mut fast_path, adopted) = FastPath::adopting(dataplane, &config, &servers, &homes).unwrap();
     assert_eq!(adopted, Adopted { kept: 1, repointed: 1, removed: 1 });
-    assert_eq!(aor_routes(&mut fast_path).len(), 3, "the AOR routes were pinned with the clients");
-    fast_path.sync_aors(&[(&alice, 0), (&bob, 1)]).unwrap();
-    assert_eq!(
-        aor_routes(&mut fast_path),
-        HashMap::from([(hash_of(&alice), 0), (hash_of(&bob), 1)]),
-        "as the store has them"
-    );
     let after = entries(&mut fast_path);
     let client = |port: u16| endpoint("10.0.0.2".parse().unwrap(), port);
     assert_eq!(after[&client(7001)], before[&client(7001)], "alice's entry as it was");
@@ -179,8 +171,39 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
     let dave = entries(&mut fast_path)[&client(7004)].load_slot;
     assert_eq!(dave, before[&client(7003)].load_slot, "dave gets the slot carol's removal freed");
     assert_eq!(fast_path.dataplane().client_packets(dave).unwrap(), 0, "without carol's packet");
+}
 
-    assert_eq!(aor_routes(&mut fast_path).get(&hash_of(&bob)), Some(&1), "bob's route as his move left it");
+/// A dsr edge's AOR routes (`AORS`, read by the program for requests
+/// from upstream proxies) are pinned with the clients; a second daemon
+/// keeps exactly the routes its store has, a move rewrites a route in
+/// place, a withdrawal or an expiry removes it. A nat edge writes none.
+#[test]
+fn aor_routes_are_pinned_and_kept_as_the_store_has_them() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("dsr");
+    let pins = Pins::new(&scratch.0, "fx0");
+    let config = Config::parse(&config_text("dsr")).expect("the fixture config");
+    let servers = config.home_servers();
+    let (alice, bob, carol) = (aor("alice"), aor("bob"), aor("carol"));
+    {
+        let mut dataplane = DataPlane::load_pinned(&pins, CLIENTS).unwrap();
+        dataplane.configure_edge(&config).unwrap();
+        let mut fast_path = FastPath::with_servers(dataplane, &config, &servers).unwrap();
+        fast_path.route_aors(&[(&alice, 0), (&bob, 0), (&carol, 0)]).unwrap();
+    }
+    let mut dataplane = DataPlane::load_pinned(&pins, CLIENTS).unwrap();
+    assert!(dataplane.adopted());
+    dataplane.configure_edge(&config).unwrap();
+    let (mut fast_path, _) = FastPath::adopting(dataplane, &config, &servers, &HashMap::new()).unwrap();
+    assert_eq!(aor_routes(&mut fast_path).len(), 3, "the AOR routes were pinned");
+    fast_path.sync_aors(&[(&alice, 0), (&bob, 1)]).unwrap();
+    assert_eq!(
+        aor_routes(&mut fast_path),
+        HashMap::from([(hash_of(&alice), 0), (hash_of(&bob), 1)]),
+        "as the store has them"
+    );
     fast_path.repoint_many(&[(&bob, 0)]).unwrap();
     assert_eq!(aor_routes(&mut fast_path).get(&hash_of(&bob)), Some(&0), "a moved AOR's route follows it in place");
     fast_path.withdraw_many(std::slice::from_ref(&bob)).unwrap();

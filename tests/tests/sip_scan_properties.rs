@@ -613,7 +613,7 @@ fn proxied_requests_go_to_their_aors_home_or_up() {
     }
     let mut fx = Fixture::new("dsr");
     let routes = routes();
-    let values: Vec<AorRoute> = routes.values().map(|&server| AorRoute { server, _pad: 0 }).collect();
+    let values: Vec<AorRoute> = routes.values().map(|&server| AorRoute { server, ..AorRoute::default() }).collect();
     fx.dataplane().route_aors(&routes.keys().copied().collect::<Vec<_>>(), &values).unwrap();
     let written = run(&mut fx, proxied_request().prop_map(|proxied| proxied.text.into_bytes()), 1500);
     eprintln!("written: {written:?}");

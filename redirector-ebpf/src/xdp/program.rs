@@ -183,14 +183,8 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     }
     // Only what takes the entry is its client's: another line's request
     // neither keeps it from going idle nor counts as its load.
-    // SAFETY: as above. The one write, at most once a second, races only
-    // with its like on another CPU: both store a time of now.
-    unsafe {
-        let now = bpf_ktime_get_coarse_ns();
-        if stamps_last_seen(now, (*entry).last_seen_ns) {
-            (*entry).last_seen_ns = now;
-        }
-    }
+    // SAFETY: as above.
+    unsafe { stamp_last_seen(&raw mut (*entry).last_seen_ns) };
     count_load(client.load_slot);
     forward_to(ctx, config, datagram, Hit::of(&client))
 }
@@ -276,16 +270,39 @@ fn route_by_aor(ctx: &XdpContext, datagram: &Datagram) -> AorAnswer {
     if aor::reread() != aor::HASHED {
         return AorAnswer::up(to_first_contact(datagram, PASS_MISS));
     }
-    // SAFETY: the value is copied out; no reference outlives the call.
-    let Some(route) = (unsafe { AORS.get(aor::hashed()) }).copied() else {
+    let Some(route) = AORS.get_ptr_mut(aor::hashed()) else {
         return AorAnswer::up(to_first_contact(datagram, PASS_MISS));
     };
-    let passed = match SERVERS.get(route.server) {
-        Some(server) if ServerState::forwards(server.state) => return AorAnswer::home_at(route.server),
+    // SAFETY: a live map value (RCU keeps it mapped for this run), read once.
+    let home = unsafe { (*route).server };
+    let passed = match SERVERS.get(home) {
+        Some(server) if ServerState::forwards(server.state) => {
+            // The AOR's only sighting: its proxy's source is on no entry.
+            // SAFETY: as above.
+            unsafe { stamp_last_seen(&raw mut (*route).last_seen_ns) };
+            return AorAnswer::home_at(home);
+        }
         Some(_) => PASS_SERVER_DOWN,
         None => PASS_MISS,
     };
     AorAnswer::up(to_first_contact(datagram, passed))
+}
+
+/// Stamps a map value's `last_seen` with now, at most once a second.
+///
+/// # Safety
+/// `last_seen` points into a live map value (RCU keeps it mapped for this
+/// run). The one write races only with its like on another CPU: both store
+/// a time of now.
+#[inline(always)]
+unsafe fn stamp_last_seen(last_seen: *mut u64) {
+    let now = bpf_ktime_get_coarse_ns();
+    // SAFETY: the caller's.
+    unsafe {
+        if stamps_last_seen(now, *last_seen) {
+            *last_seen = now;
+        }
+    }
 }
 
 /// A datagram for first contact (an unknown client's, a request for

@@ -50,23 +50,22 @@ impl AorRoutes {
         }
     }
 
-    /// `aor` is no longer routed: the hash to remove from the kernel, if
-    /// it was routed under it.
-    pub fn release(&mut self, aor: &Aor) -> Option<u64> {
+    /// The hash `aor` is routed under, if it is.
+    pub fn routed(&self, aor: &Aor) -> Option<u64> {
         let hash = hash_of(aor);
-        let owner = owner_of(aor);
-        self.owners.remove_entry(&hash).and_then(|(hash, held)| {
-            if held == owner {
-                return Some(hash);
-            }
-            self.owners.insert(hash, held);
-            None
-        })
+        (self.owners.get(&hash) == Some(&owner_of(aor))).then_some(hash)
     }
 
-    /// Whether the kernel may hold `hash` (an adopted map's entries).
-    pub fn holds(&self, hash: u64) -> bool {
-        self.owners.contains_key(&hash)
+    /// The route under `hash` is gone from the kernel, whoever held it.
+    pub fn forget(&mut self, hash: u64) {
+        self.owners.remove(&hash);
+    }
+
+    /// `aor` is no longer routed (the kernel let its route go).
+    pub fn release(&mut self, aor: &Aor) {
+        if let Some(hash) = self.routed(aor) {
+            self.owners.remove(&hash);
+        }
     }
 }
 
@@ -89,10 +88,11 @@ mod tests {
         let alice = aor("alice");
         assert_eq!(routes.claim(&alice), Claim::Route(hash_of(&alice)));
         assert_eq!(routes.claim(&alice), Claim::Route(hash_of(&alice)), "claimed again, unchanged");
-        assert!(routes.holds(hash_of(&alice)));
-        assert_eq!(routes.release(&alice), Some(hash_of(&alice)));
-        assert_eq!(routes.release(&alice), None);
-        assert!(!routes.holds(hash_of(&alice)));
+        assert_eq!(routes.routed(&alice), Some(hash_of(&alice)));
+        routes.release(&alice);
+        assert_eq!(routes.routed(&alice), None);
+        routes.release(&alice);
+        assert_eq!(routes.claim(&alice), Claim::Route(hash_of(&alice)), "claimed anew");
     }
 
     #[test]
@@ -102,8 +102,8 @@ mod tests {
         // Stand-in for a collision: bob's key put under alice's hash.
         routes.owners.insert(hash_of(&alice), owner_of(&bob));
         assert_eq!(routes.claim(&alice), Claim::Shared(hash_of(&alice)));
-        assert!(!routes.holds(hash_of(&alice)));
+        assert_eq!(routes.routed(&alice), None);
         assert_eq!(routes.claim(&alice), Claim::Shared(hash_of(&alice)), "stays out");
-        assert_eq!(routes.release(&alice), None);
+        assert_eq!(routes.routed(&bob), None);
     }
 }

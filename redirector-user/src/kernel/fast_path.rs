@@ -27,7 +27,7 @@ use redirector_ebpf::{
 use crate::{
     config::{Config, ForwardingMode},
     kernel::{
-        aor_routes::{AorRoutes, Claim},
+        aor_routes::{AorRoutes, Claim, hash_of},
         installed::{InstalledClients, KernelRoute, NatReply},
         loader::{DataPlane, DataPlaneError, endpoint, endpoint_ip, service_endpoints},
         nat_ports::{NatPorts, NatPortsExhausted},
@@ -471,8 +471,9 @@ impl FastPath {
 
     /// Writes a plan's entries of the moves `moved` says were made (by
     /// position), in one batched map update, and their AORs' routes in
-    /// `AORS`; the others are left as they are. Called after the moves' durable commit, so the kernel never
-    /// sends a client to a server the store does not name yet (a crash in
+    /// `AORS`; the others are left as they are. Called after the moves'
+    /// durable commit, so the kernel never sends a client to a server the
+    /// store does not name yet (a crash in
     /// between leaves the old entries, which the next daemon repoints when
     /// it adopts them). If the kernel refuses part of the batch, the moved
     /// AORs' entries are withdrawn instead: their next packets meet first
@@ -576,15 +577,20 @@ impl FastPath {
 
     /// Routes each AOR to the server in its slot in `AORS` (one batched
     /// write; a hash another AOR shares is removed instead, see
-    /// `aor_routes`). A full map refuses the rest: their requests through
-    /// other proxies go up to first contact, which proxies them.
+    /// `aor_routes`). Only in dsr mode: nat never reads `AORS`. A route the
+    /// kernel does not take (the map is full) is logged and left out: that
+    /// AOR's requests through other proxies go up to first contact, which
+    /// proxies them, as before; the others are written all the same.
     pub fn route_aors(&mut self, routes: &[(&Aor, u32)]) -> Result<(), FastPathError> {
+        if self.mode != ForwardingMode::Dsr {
+            return Ok(());
+        }
         let (mut hashes, mut values, mut shared) = (Vec::new(), Vec::new(), Vec::new());
         for &(aor, server) in routes {
             match self.aor_routes.claim(aor) {
                 Claim::Route(hash) => {
                     hashes.push(hash);
-                    values.push(AorRoute { server, _pad: 0 });
+                    values.push(AorRoute { server, ..AorRoute::default() });
                 }
                 Claim::Shared(hash) => shared.push(hash),
             }
@@ -592,36 +598,83 @@ impl FastPath {
         if !shared.is_empty() {
             self.dataplane.unroute_aors(&shared)?;
         }
-        if !hashes.is_empty() {
-            self.dataplane.route_aors(&hashes, &values)?;
-        }
+        self.write_aor_routes(&hashes, &values);
         Ok(())
     }
 
-    /// Takes the AORs' routes out of `AORS` (one batched delete).
-    fn unroute_aors(&mut self, aors: &[Aor]) -> Result<(), FastPathError> {
-        let hashes: Vec<u64> = aors.iter().filter_map(|aor| self.aor_routes.release(aor)).collect();
-        if !hashes.is_empty() {
-            self.dataplane.unroute_aors(&hashes)?;
+    /// Writes AOR routes, past any the kernel refuses (one call per
+    /// refusal: a full map takes updates of the routes it holds, not new
+    /// ones). A refused route is deleted, so that none is left naming the
+    /// home an AOR moved off, and forgotten.
+    fn write_aor_routes(&mut self, hashes: &[u64], values: &[AorRoute]) {
+        let mut refused = Vec::new();
+        let mut from = 0;
+        while from < hashes.len() {
+            let Err(error) = self.dataplane.route_aors(&hashes[from..], &values[from..]) else { break };
+            let failed = from + error.entries_done(hashes.len() - from);
+            if refused.is_empty() {
+                tracing::warn!(%error, "AOR routes not written (is `max_clients` below the assignments held?): their requests through other proxies go up to first contact");
+            }
+            refused.extend(hashes.get(failed));
+            from = failed + 1;
         }
-        Ok(())
+        if refused.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            refused = refused.len(),
+            written = hashes.len() - refused.len(),
+            "AOR routes the kernel did not take"
+        );
+        if let Err(error) = self.dataplane.unroute_aors(&refused) {
+            tracing::error!(%error, "AOR routes the kernel refused could not be deleted either: proxied requests of those AORs may reach a home they left");
+        }
+        refused.iter().for_each(|&hash| self.aor_routes.forget(hash));
+    }
+
+    /// Takes the AORs' routes out of `AORS` (one batched delete); a route
+    /// is forgotten only once the kernel has let it go.
+    fn unroute_aors(&mut self, aors: &[Aor]) -> Result<(), FastPathError> {
+        let routed: Vec<(&Aor, u64)> =
+            aors.iter().filter_map(|aor| Some((aor, self.aor_routes.routed(aor)?))).collect();
+        if routed.is_empty() {
+            return Ok(());
+        }
+        let hashes: Vec<u64> = routed.iter().map(|&(_, hash)| hash).collect();
+        let removed = self.dataplane.unroute_aors(&hashes);
+        let done = entries_done(&removed, hashes.len());
+        routed[..done].iter().for_each(|(aor, _)| self.aor_routes.release(aor));
+        Ok(removed?)
+    }
+
+    /// How long ago the program last routed one of `aor`'s requests by
+    /// its `AORS` route (to within a second); `None` if it has not since
+    /// the route was written, or the AOR has none.
+    pub fn aor_seen_ago(&self, aor: &Aor) -> Option<Duration> {
+        let hash = self.aor_routes.routed(aor)?;
+        let route = self.dataplane.aor_route(hash).ok()??;
+        (route.last_seen_ns != 0).then(|| Duration::from_nanos(monotonic_ns().saturating_sub(route.last_seen_ns)))
     }
 
     /// At start: `AORS` routes exactly `routes` (every assigned AOR with
-    /// its home's slot), whatever a previous daemon left in it.
+    /// its home's slot), whatever a previous daemon left in it; what it
+    /// left is removed first, so that a full map makes room.
     pub fn sync_aors(&mut self, routes: &[(&Aor, u32)]) -> Result<(), FastPathError> {
-        self.route_aors(routes)?;
+        if self.mode != ForwardingMode::Dsr {
+            return Ok(());
+        }
+        let wanted: HashSet<u64> = routes.iter().map(|(aor, _)| hash_of(aor)).collect();
         let stale: Vec<u64> = self
             .dataplane
             .all_aor_routes()?
             .into_iter()
             .map(|(hash, _)| hash)
-            .filter(|hash| !self.aor_routes.holds(*hash))
+            .filter(|hash| !wanted.contains(hash))
             .collect();
         if !stale.is_empty() {
             self.dataplane.unroute_aors(&stale)?;
         }
-        Ok(())
+        self.route_aors(routes)
     }
 
     fn remove(&mut self, client: Endpoint) -> Result<(), FastPathError> {

@@ -331,6 +331,17 @@ impl DataPlane {
         unsafe { super::batch::delete(fd, hashes) }.map_err(batch_error(AORS_MAP, "delete"))
     }
 
+    /// The AOR route under `hash`, if there is one.
+    pub fn aor_route(&self, hash: u64) -> Result<Option<AorRoute>> {
+        let map = self.ebpf.map(AORS_MAP).ok_or(DataPlaneError::MissingMap(AORS_MAP))?;
+        let map: HashMap<_, u64, AorRoute> = HashMap::try_from(map).map_err(map_error(AORS_MAP))?;
+        match map.get(&hash, 0) {
+            Ok(route) => Ok(Some(route)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataPlaneError::Map { name: AORS_MAP, source }),
+        }
+    }
+
     /// Every AOR route, read in batches.
     pub fn all_aor_routes(&self) -> Result<Vec<(u64, AorRoute)>> {
         let fd = self.map_fd(AORS_MAP)?;

@@ -377,12 +377,12 @@ impl Operations {
         for removing in pool.servers().iter().filter(|s| s.state == ServerState::Removing) {
             tracing::info!(server = removing.name, "resuming the removal of a home server");
             let job = self.leaders(self.removal(&removing.name)?);
-            self.jobs.push_back(job);
+            self.jobs.extend(job);
         }
         for down in pool.servers().iter().filter(|s| !s.healthy && s.state != ServerState::Removing) {
             tracing::info!(server = down.name, "home server known down: its clients move");
             let job = self.leaders(self.move_all_from(&down.name, "home server down, its clients moved")?);
-            self.jobs.push_back(job);
+            self.jobs.extend(job);
         }
         Ok(())
     }
@@ -700,8 +700,18 @@ impl Operations {
                 return;
             }
         };
-        let assignments = &self.assignments;
-        let mut verdicts = walk.judge(&policy, &page, EXPIRY_PAGE, |aor| assignments.last_seen(aor), unix_seconds());
+        let (assignments, fast_path, now) = (&self.assignments, &self.fast_path, unix_seconds());
+        let last_seen = |aor: &Aor| {
+            let seen = assignments.last_seen(aor)?;
+            if !policy.expired(seen, now) {
+                return Some(seen);
+            }
+            // Requests the kernel routes by AOR (from upstream proxies) are
+            // seen nowhere else; read only for a client about to expire.
+            let routed = fast_path.aor_seen_ago(aor).map_or(0, |ago| now.saturating_sub(ago.as_secs()));
+            Some(seen.max(routed))
+        };
+        let mut verdicts = walk.judge(&policy, &page, EXPIRY_PAGE, last_seen, now);
         // A follower keeps its sightings in a shared store (clients the
         // router keeps on this edge are seen nowhere else); the leader
         // alone expires.
@@ -806,8 +816,10 @@ impl Operations {
             tracing::info!(server = home.name, "home server up");
             return Ok(());
         }
+        // A save refused for an ended term deposed this edge: the new
+        // leader moves the clients (`leaders` queues nothing then).
         let job = self.leaders(self.move_all_from(&home.name, "home server down, its clients moved")?);
-        self.jobs.push_back(job);
+        self.jobs.extend(job);
         Ok(())
     }
 
@@ -899,9 +911,12 @@ impl Operations {
         Ok(MoveJob { from: server.to_owned(), left, moves: Vec::new(), reply: None, fence: None, why, retire: false })
     }
 
-    /// `job` as the leader's, made only while this term lasts.
-    fn leaders(&self, job: MoveJob) -> MoveJob {
-        MoveJob { fence: self.leading.clone(), ..job }
+    /// `job` as the leader's, made only while this term lasts; none when
+    /// this edge does not lead (it may just have been deposed): an
+    /// unfenced job would pass for an operator's and outlive the term.
+    fn leaders(&self, job: MoveJob) -> Option<MoveJob> {
+        let fence = self.leading.clone()?;
+        Some(MoveJob { fence: Some(fence), ..job })
     }
 
     /// One batch of a job: `aors` off `from`, each to where rendezvous

@@ -100,7 +100,7 @@ impl Operations {
             );
             let why = "assigned by another edge to a server that takes no new clients; moved";
             let job = super::MoveJob { from, left, moves: Vec::new(), reply: None, fence: None, why, retire: false };
-            self.jobs.push_back(self.leaders(job));
+            self.jobs.extend(self.leaders(job));
         }
     }
 
