@@ -74,15 +74,15 @@
 //!    written; an on-link client with a neighbour has a /32 or /128 of its
 //!    own; a prefix no one hop may stand for, such as a multipath route,
 //!    an on-link prefix as such or the kernel's local table, has an entry
-//!    that is never fresh; with policy routing, or more prefixes than the
-//!    trie holds, it is empty). A kept hop is followed when it is fresh:
-//!    its generation is `HOP_STATE`'s (the daemon bumps it when the
-//!    kernel's tables change, before it recomputes the hops), the daemon's
-//!    lease in `HOP_STATE` has not run out (a daemon that died stops
-//!    vouching within a second), a server's hop was computed for the
-//!    server's present address, and the packet as it will leave fits the
-//!    hop's MTU. Otherwise the kernel FIB is asked (`bpf_fib_lookup`) as
-//!    the kernel would route it. Whenever the FIB has no complete answer, the packet is
+//!    that is never fresh; it holds none of a family under that family's
+//!    policy routing, and nothing when the prefixes outnumber its room).
+//!    A kept hop is followed when it is fresh: its generation is
+//!    `HOP_STATE`'s (the daemon bumps it when the kernel's tables change,
+//!    before it recomputes the hops), the daemon's lease in `HOP_STATE`
+//!    has not run out (a daemon that died stops vouching within a second),
+//!    a server's hop was computed for the server's present address, and
+//!    the packet as it will leave fits the hop's MTU. Otherwise the kernel
+//!    FIB is asked (`bpf_fib_lookup`) as the kernel would route it. Whenever the FIB has no complete answer, the packet is
 //!    passed untouched (`fib_miss`): it is never rewritten before the route is known. Passed
 //!    up, it reaches the daemon as a first contact; a client's FIB miss is
 //!    also reported in `EVENTS` with its server, so the daemon makes the

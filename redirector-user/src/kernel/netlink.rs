@@ -258,7 +258,7 @@ impl Tables {
     }
 
     /// The MAC of `address` on `ifindex`, if the kernel holds it valid.
-    pub fn neighbour(&mut self, ifindex: u32, address: IpAddr) -> Result<Option<Mac>> {
+    fn neighbour(&mut self, ifindex: u32, address: IpAddr) -> Result<Option<Mac>> {
         let mut message = NeighbourMessage::default();
         message.header.family = family(address);
         let replies = self.request(RouteNetlinkMessage::GetNeighbour(message), NLM_F_REQUEST | NLM_F_DUMP)?;
