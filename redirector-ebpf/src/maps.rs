@@ -72,6 +72,41 @@ pub const fn server_hop(slot: u32, family: u8) -> u32 {
     slot * 2 + (family == FAMILY_V6) as u32
 }
 
+/// Next hops the keeper keeps for nat replies (`NextHop`), by the prefix
+/// the kernel routes a client by (`ReplyKey`, an LPM trie); never pinned.
+pub const REPLY_HOPS_MAP: &str = "REPLY_HOPS";
+/// The routes of both families plus the on-link clients the keeper keeps
+/// a hop for; a client without one is left to the FIB.
+pub const MAX_REPLY_HOPS: u32 = 1024;
+
+/// `REPLY_HOPS`' key data: the family, then the address in
+/// `Endpoint::addr`'s form, so both families share one trie; its prefix
+/// length is `reply_prefix_bits` of the address bits matched.
+pub type ReplyKey = [u8; 17];
+
+/// The `REPLY_HOPS` key data of `addr` in `family`.
+pub const fn reply_key(family: u8, addr: &[u8; 16]) -> ReplyKey {
+    let mut key = [0u8; 17];
+    key[0] = family;
+    let mut i = 0;
+    while i < 16 {
+        key[i + 1] = addr[i];
+        i += 1;
+    }
+    key
+}
+
+/// The LPM prefix length of a prefix of `bits` address bits: the family
+/// byte always matches.
+pub const fn reply_prefix_bits(bits: u8) -> u32 {
+    8 + bits as u32
+}
+
+/// An address's own bits in `family`: what a packet's lookup matches with.
+pub const fn address_bits(family: u8) -> u8 {
+    if family == FAMILY_V4 { 32 } else { 128 }
+}
+
 /// An address and UDP port of either family. IPv4 uses the first 4 bytes of
 /// `addr` and leaves the rest zero, so one key type serves both families.
 #[repr(C)]
@@ -283,9 +318,16 @@ pub struct HopState {
 }
 
 impl HopState {
-    /// Whether `hop` may be followed to `addr` at `now_ns`.
+    /// Whether home server hop `hop` may be followed to `addr` at `now_ns`.
     pub fn fresh(&self, hop: &NextHop, addr: &[u8; 16], now_ns: u64) -> bool {
-        hop.generation == self.generation && hop.ifindex != 0 && now_ns < self.lease_until_ns && hop.addr == *addr
+        self.vouches(hop, now_ns) && hop.addr == *addr
+    }
+
+    /// Whether `hop` may be followed at `now_ns`, whatever address in its
+    /// prefix it serves (a `REPLY_HOPS` entry: `addr` is its gateway or
+    /// on-link client, not each destination).
+    pub fn vouches(&self, hop: &NextHop, now_ns: u64) -> bool {
+        hop.generation == self.generation && hop.ifindex != 0 && now_ns < self.lease_until_ns
     }
 }
 

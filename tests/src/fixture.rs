@@ -157,14 +157,15 @@ impl Fixture {
     }
 
     /// Takes the program's kept next hops and fills them as the daemon's
-    /// keeper does, from this namespace's tables, vouched for `lease`.
+    /// keeper does in nat mode (home servers' and replies'), from this
+    /// namespace's tables, vouched for `lease`.
     pub fn keep_hops(&mut self, lease: Duration) -> Keeper {
         let maps = self.dataplane().take_hops().expect("taking the hop maps");
         let tables = {
             let _inside = self.ns.enter();
             Tables::open().expect("an rtnetlink socket")
         };
-        let mut keeper = Keeper::new(maps, tables, self.sources, lease);
+        let mut keeper = Keeper::new(maps, tables, self.sources, lease).keeping_replies();
         keeper.recompute(&self.destinations).expect("resolving next hops");
         keeper.renew().expect("publishing the hop state");
         keeper

@@ -11,6 +11,7 @@ use redirector::{
         fast_path::monotonic_ns,
         hops::{Destination, HopMaps},
         loader::endpoint,
+        netlink::Prefix,
     },
     model::Origin,
     sip::Aor,
@@ -405,6 +406,125 @@ fn keeper_resolves_hops_from_the_kernel_tables() {
         "dsr",
         [vec![to_home("dsr", "v4 hit by the hop the keeper resolved", &v4, (EDGE_MAC, HOME1_MAC), 0)]],
     );
+}
+
+/// Kept reply hops (nat): the `REPLY_HOPS` entry of the longest prefix
+/// holding the client is followed while fresh, whatever address it was
+/// computed for (a gateway's serves every client behind it), with its MACs,
+/// which no neighbour table holds. One of another generation (even under a
+/// fresh shorter prefix), too small for the reply, or past the keeper's
+/// lease is not, and the FIB routes the reply as before.
+#[test]
+fn kept_reply_hop_fixtures() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("nat");
+    let mut hops = fx.dataplane().take_hops().unwrap();
+    let gateway = endpoint("10.0.0.254".parse().unwrap(), 0).addr;
+    let kept = NextHop {
+        ifindex: fx.ifindex,
+        mtu: 1500,
+        generation: GENERATION,
+        dst_mac: KEPT_DST,
+        src_mac: KEPT_SRC,
+        addr: gateway,
+    };
+    hops.set_reply(prefix("10.0.0.0/24"), kept).unwrap();
+    hops.set_reply(prefix("fd00::/64"), kept).unwrap();
+    lease(&mut hops, monotonic_ns() + 3_600_000_000_000);
+    let via_kept = |name, v6| reply_to_client(name, v6, (KEPT_SRC, KEPT_DST));
+    let via_fib = |name, v6| reply_to_client(name, v6, (EDGE_MAC, CLIENT_MAC));
+    run_table(
+        &mut fx,
+        "nat",
+        [vec![
+            via_kept("v4 reply follows the fresh kept hop of its client's prefix", false),
+            via_kept("v6 reply follows the fresh kept hop of its client's prefix", true),
+        ]],
+    );
+    hops.set_reply(prefix("10.0.0.2/32"), NextHop { generation: GENERATION - 1, ..kept }).unwrap();
+    run_table(&mut fx, "nat", [vec![via_fib("v4 reply whose longest prefix's hop is stale: the FIB", false)]]);
+    hops.remove_reply(prefix("10.0.0.2/32")).unwrap();
+    let leaving = via_kept("v4 reply of exactly the kept hop's MTU follows it", false).output.len() - 14;
+    hops.set_reply(prefix("10.0.0.0/24"), NextHop { mtu: leaving as u32, ..kept }).unwrap();
+    run_table(&mut fx, "nat", [vec![via_kept("v4 reply of exactly the kept hop's MTU follows it", false)]]);
+    hops.set_reply(prefix("10.0.0.0/24"), NextHop { mtu: leaving as u32 - 1, ..kept }).unwrap();
+    run_table(&mut fx, "nat", [vec![via_fib("v4 reply too big for the kept hop's MTU: the FIB", false)]]);
+    lease(&mut hops, 1);
+    run_table(&mut fx, "nat", [vec![via_fib("v6 reply past the keeper's lease: the FIB", true)]]);
+}
+
+/// The keeper mirrors the prefixes the kernel routes replies by: off-link
+/// clients get their route's gateway hop (with the route's MTU), on-link
+/// clients with a neighbour their own, and what one hop cannot stand for
+/// (an on-link prefix as such, a multipath route, a route without a
+/// neighbour, the edge's own addresses) an entry left to the FIB; a reply
+/// to the on-link client then leaves by its kept hop. Under a family's
+/// policy routing, none of that family's is kept.
+#[test]
+fn keeper_resolves_reply_hops_from_the_kernel_tables() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("nat");
+    fx.ns.ip("route add 198.51.100.0/24 via 10.0.0.13 mtu 1400");
+    fx.ns.ip("route add 203.0.113.0/24 nexthop via 10.0.0.11 dev fx0 nexthop via 10.0.0.13 dev fx0");
+    fx.ns.ip("-6 route add default via fd00::11");
+    let keeper = fx.keep_hops(Duration::from_secs(3600));
+    let ifindex = fx.ifindex;
+    let hop = |text: &str| keeper.reply_hop(prefix(text)).unwrap().expect(text);
+    let kept = |mtu, dst_mac, via: &str| NextHop {
+        ifindex,
+        mtu,
+        generation: hop("10.0.0.2/32").generation,
+        dst_mac,
+        src_mac: EDGE_MAC,
+        addr: endpoint(via.parse().unwrap(), 0).addr,
+    };
+    assert_eq!(hop("198.51.100.0/24"), kept(1400, [0x02, 0, 0, 0, 0, 0x13], "10.0.0.13"), "off-link: the gateway's");
+    assert_eq!(hop("::/0"), kept(1500, HOME1_MAC, "fd00::11"), "the default route's gateway");
+    assert_eq!(hop("10.0.0.2/32"), kept(1500, CLIENT_MAC, "10.0.0.2"), "an on-link client: its own");
+    assert_eq!(hop("fd00::2/128"), kept(1500, CLIENT_MAC, "fd00::2"), "an on-link client: its own");
+    for (text, why) in [
+        ("10.0.0.0/24", "an on-link prefix"),
+        ("203.0.113.0/24", "a multipath route"),
+        ("10.0.0.99/32", "a route without a neighbour"),
+        ("10.0.0.1/32", "the edge's own address"),
+    ] {
+        assert_eq!(hop(text), NextHop::default(), "{why}: left to the FIB");
+    }
+    let reply = reply_to_client("v4 reply by the hop the keeper resolved", false, (EDGE_MAC, CLIENT_MAC));
+    run_table(&mut fx, "nat", [vec![reply]]);
+
+    // Policy routing: a reply's route may depend on more than its client's
+    // address, so no prefix stands for its addresses any more.
+    let mut keeper = keeper;
+    fx.ns.ip("rule add from 10.9.0.0/16 table 100");
+    keeper.recompute(&fx.destinations).unwrap();
+    for text in ["198.51.100.0/24", "10.0.0.2/32", "10.0.0.0/24"] {
+        assert_eq!(keeper.reply_hop(prefix(text)).unwrap(), None, "{text}: no entry under IPv4 policy routing");
+    }
+    assert!(keeper.reply_hop(prefix("::/0")).unwrap().is_some_and(|hop| hop.ifindex == ifindex), "IPv6's kept");
+}
+
+fn prefix(text: &str) -> Prefix {
+    let (address, len) = text.split_once('/').expect("address/length");
+    Prefix { address: address.parse().unwrap(), len: len.parse().unwrap() }
+}
+
+/// Home1's reply to the nat fixture's static client (IPv6 if `v6`), from
+/// its edge port, rewritten back to it with Ethernet addresses `(src, dst)`.
+fn reply_to_client(name: &str, v6: bool, (src, dst): (Mac, Mac)) -> Case {
+    let (reply, back) = if v6 {
+        (Datagram::new("[fd00::11]:5060", "[fd00::1]:20001"), Datagram::new(VIP6, "[fd00::2]:5060"))
+    } else {
+        let ok = b"SIP/2.0 200 OK\r\n\r\n";
+        (with_payload("10.0.0.11:5060", "10.0.0.1:20000", ok), with_payload(VIP4, "10.0.0.2:5060", ok))
+    };
+    let input = ethernet(HOME1_MAC, EDGE_MAC, None, reply.ethertype(), &reply.ip_packet());
+    let output = ethernet(src, dst, None, back.ethertype(), &back.ip_packet());
+    Case::new(name, input, XDP_TX, output, Counter::NatReply)
 }
 
 fn lease(hops: &mut HopMaps, until_ns: u64) {
@@ -1120,31 +1240,12 @@ fn rport_not_added() -> Vec<Case> {
 }
 
 fn nat_replies() -> Vec<Case> {
-    let ok = b"SIP/2.0 200 OK\r\n\r\n";
-    let reply = with_payload("10.0.0.11:5060", "10.0.0.1:20000", ok);
-    let back = with_payload(VIP4, "10.0.0.2:5060", ok);
-    let reply6 = Datagram::new("[fd00::11]:5060", "[fd00::1]:20001");
-    let back6 = Datagram::new(VIP6, "[fd00::2]:5060");
     let from_home =
         |datagram: &Datagram, mac| ethernet(mac, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet());
-    let to_client =
-        |datagram: &Datagram| ethernet(EDGE_MAC, CLIENT_MAC, None, datagram.ethertype(), &datagram.ip_packet());
     let spoofed = |name, src, dst| passed(name, from_home(&Datagram::new(src, dst), HOME2_MAC), Counter::NotService);
     vec![
-        Case::new(
-            "nat v4 reply rewritten back to the client",
-            from_home(&reply, HOME1_MAC),
-            XDP_TX,
-            to_client(&back),
-            Counter::NatReply,
-        ),
-        Case::new(
-            "nat v6 reply rewritten back to the client",
-            from_home(&reply6, HOME1_MAC),
-            XDP_TX,
-            to_client(&back6),
-            Counter::NatReply,
-        ),
+        reply_to_client("nat v4 reply rewritten back to the client", false, (EDGE_MAC, CLIENT_MAC)),
+        reply_to_client("nat v6 reply rewritten back to the client", true, (EDGE_MAC, CLIENT_MAC)),
         spoofed("nat reply from another server not rewritten", "10.0.0.12:5060", "10.0.0.1:20000"),
         spoofed("nat reply from the server's other port not rewritten", "10.0.0.11:5061", "10.0.0.1:20000"),
         spoofed("nat reply to an unknown edge port not rewritten", "10.0.0.11:5060", "10.0.0.1:29999"),

@@ -2,12 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use redirector_ebpf::{
     AorRoute, COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, FloorHop, HopState,
-    MAX_CLIENTS, MAX_DECAP_ADDRESSES, MAX_FLOOR_HOPS, MAX_HOPS, MAX_SERVERS, MAX_SERVICES, MAX_THROTTLED, NatEntry,
-    NatKey, NextHop, Server, ServerStats, Throttle, probe::ProbeConfig,
+    MAX_CLIENTS, MAX_DECAP_ADDRESSES, MAX_FLOOR_HOPS, MAX_HOPS, MAX_REPLY_HOPS, MAX_SERVERS, MAX_SERVICES,
+    MAX_THROTTLED, NatEntry, NatKey, NextHop, ReplyKey, Server, ServerStats, Throttle, probe::ProbeConfig,
 };
 
 #[map]
@@ -58,7 +58,12 @@ pub static SERVER_STATS: PerCpuArray<ServerStats> = PerCpuArray::with_max_entrie
 #[map]
 pub static HOPS: Array<NextHop> = Array::with_max_entries(MAX_HOPS, 0);
 
-/// Which `HOPS` are fresh: one entry.
+/// Next hops the daemon keeps for nat replies, by the prefix the kernel
+/// routes the client by (`redirector_ebpf::reply_key`).
+#[map]
+pub static REPLY_HOPS: LpmTrie<ReplyKey, NextHop> = LpmTrie::with_max_entries(MAX_REPLY_HOPS, 0);
+
+/// Which `HOPS` and `REPLY_HOPS` are fresh: one entry.
 #[map]
 pub static HOP_STATE: Array<HopState> = Array::with_max_entries(1, 0);
 

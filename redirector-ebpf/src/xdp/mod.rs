@@ -84,17 +84,27 @@
 //!    stamp is at least a second old (`stamps_last_seen`): idle expiry sees
 //!    a client to within `LAST_SEEN_GRANULARITY_NS`.
 //! 7. In nat mode, UDP to the edge address on a port in `NAT_REPLIES` from
-//!    that entry's home server is rewritten back to the client.
+//!    that entry's home server is rewritten back to the client, by the
+//!    reply hop of rule 8.
 //! 8. Next hops. A client's packet goes to its home server by the hop the
 //!    daemon keeps for that server and family (`HOPS[server_hop(..)]`:
 //!    egress device, MTU, both MACs, from the kernel's route and neighbour
-//!    tables) when that hop is fresh: its generation is `HOP_STATE`'s (the
-//!    daemon bumps it when the kernel's tables change, before it recomputes
-//!    the hops), the daemon's lease in `HOP_STATE` has not run out (a
-//!    daemon that died stops vouching within a second), and the packet as
-//!    it will leave fits the hop's MTU. Otherwise, and always for nat
-//!    replies, the kernel FIB is asked (`bpf_fib_lookup`) as the kernel
-//!    would route it. Whenever the FIB has no complete answer, the packet is
+//!    tables). A nat reply goes to its client by the hop kept for the
+//!    longest prefix holding the client's address (`REPLY_HOPS`, an LPM
+//!    trie mirroring the kernel's route prefixes: one lookup, so the
+//!    clients behind one gateway share its hop and no per-client state is
+//!    written; an on-link client with a neighbour has a /32 or /128 of its
+//!    own; a prefix no one hop may stand for, such as a multipath route,
+//!    an on-link prefix as such or the kernel's local table, has an entry
+//!    that is never fresh; it holds none of a family under that family's
+//!    policy routing, and nothing when the prefixes outnumber its room).
+//!    A kept hop is followed when it is fresh: its generation is
+//!    `HOP_STATE`'s (the daemon bumps it when the kernel's tables change,
+//!    before it recomputes the hops), the daemon's lease in `HOP_STATE`
+//!    has not run out (a daemon that died stops vouching within a second),
+//!    a server's hop was computed for the server's present address, and
+//!    the packet as it will leave fits the hop's MTU. Otherwise the kernel
+//!    FIB is asked (`bpf_fib_lookup`) as the kernel would route it. Whenever the FIB has no complete answer, the packet is
 //!    passed untouched (`fib_miss`): it is never rewritten before the route is known. Passed
 //!    up, it reaches the daemon as a first contact; a client's FIB miss is
 //!    also reported in `EVENTS` with its server, so the daemon makes the

@@ -386,12 +386,14 @@ fn route_nat_reply(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
     if !udp_header_ok(ctx, &datagram.ip) {
         return MALFORMED_OURS;
     }
-    let (service, client) = (entry.service, entry.client);
+    // Read in place, not copied: the combined stack of the reply path and
+    // its FIB lookup stays within the verifier's 512 bytes.
+    let (service, client) = (&entry.service, &entry.client);
     let mut hop = NextHop::default();
-    if route::lookup(ctx, &service, &client, datagram.ip.len, &mut hop) != route::FOUND {
+    if route::resolve_reply(ctx, service, client, datagram.ip.len, &mut hop) != route::FOUND {
         return FIB_MISS;
     }
-    if nat::rewrite(ctx, &datagram.ip, &service, &client).is_none() {
+    if nat::rewrite(ctx, &datagram.ip, service, client).is_none() {
         return BROKEN;
     }
     match route::send(ctx, &hop, datagram.ip.vlan) {

@@ -6,13 +6,14 @@ use core::mem::offset_of;
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    maps::lpm_trie::Key,
     programs::XdpContext,
 };
-use redirector_ebpf::{Endpoint, FAMILY_V4, NextHop};
+use redirector_ebpf::{Endpoint, FAMILY_V4, NextHop, address_bits, reply_key, reply_prefix_bits};
 
 use super::{
     headers::EthHdr,
-    maps::{HOP_STATE, HOPS},
+    maps::{HOP_STATE, HOPS, REPLY_HOPS},
     packet::write_at,
 };
 
@@ -25,18 +26,36 @@ const AF_INET6: u8 = 10;
 /// reason for not answering.
 #[inline(always)]
 pub fn resolve(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, len: usize, kept: u32, hop: &mut NextHop) -> u32 {
-    if take_kept(kept, dst, len, hop) { FOUND } else { lookup(ctx, src, dst, len, hop) }
+    let taken = HOPS.get(kept).is_some_and(|kept| kept.addr == dst.addr && take_kept(kept, len, hop));
+    if taken { FOUND } else { lookup(ctx, src, dst, len, hop) }
 }
 
-/// Copies `HOPS[index]` into `hop` if it may be followed to `dst` with `len` bytes.
+/// As `resolve`, for a nat reply to client `dst`: the kept hop is the
+/// `REPLY_HOPS` entry of the longest prefix holding `dst`, as the kernel
+/// would match its route (one lookup; clients behind one gateway share
+/// its hop, an on-link client has its own or none).
 #[inline(always)]
-fn take_kept(index: u32, dst: &Endpoint, len: usize, hop: &mut NextHop) -> bool {
-    let (Some(state), Some(kept)) = (HOP_STATE.get(0), HOPS.get(index)) else {
+pub fn resolve_reply(ctx: &XdpContext, src: &Endpoint, dst: &Endpoint, len: usize, hop: &mut NextHop) -> u32 {
+    if take_kept_reply(dst, len, hop) { FOUND } else { lookup(ctx, src, dst, len, hop) }
+}
+
+// A separate BPF subprogram: the trie key's stack is not added to the
+// FIB lookup's, its sibling.
+#[inline(never)]
+fn take_kept_reply(dst: &Endpoint, len: usize, hop: &mut NextHop) -> bool {
+    let key = Key::new(reply_prefix_bits(address_bits(dst.family)), reply_key(dst.family, &dst.addr));
+    REPLY_HOPS.get(&key).is_some_and(|kept| take_kept(kept, len, hop))
+}
+
+/// Copies `kept` into `hop` if `HOP_STATE` vouches for it and `len` bytes fit it.
+#[inline(always)]
+fn take_kept(kept: &NextHop, len: usize, hop: &mut NextHop) -> bool {
+    let Some(state) = HOP_STATE.get(0) else {
         return false;
     };
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if !state.fresh(kept, &dst.addr, now) || len > kept.mtu as usize {
+    if !state.vouches(kept, now) || len > kept.mtu as usize {
         return false;
     }
     *hop = *kept;

@@ -1,7 +1,8 @@
-//! The hop keeper's thread: keeps `HOPS` in step with the kernel's route,
-//! neighbour and link tables (rtnetlink events) and with the pool's home
-//! server addresses, and renews its lease while it runs. It is the maps'
-//! only writer; the state owner never touches them, so no lock is shared.
+//! The hop keeper's thread: keeps `HOPS` (and in nat mode `REPLY_HOPS`)
+//! in step with the kernel's route, neighbour and link tables (rtnetlink
+//! events) and with the pool's home server addresses, and renews its
+//! lease while it runs. It is the maps' only writer; the state owner never
+//! touches them, so no lock is shared.
 //! Netlink and map writes block, hence a thread of its own, off the runtime.
 
 use std::{

@@ -571,8 +571,9 @@ fn start_hop_keeper(maps: HopMaps, config: &Config, pool: pool::PoolView) -> Res
     let tables = Tables::open().map_err(HopError::from)?;
     let changes = Changes::open().map_err(HopError::from)?;
     let sources = Sources { v4: config.edge.ipv4, v6: config.edge.ipv6 };
-    HopKeeper::start(Keeper::new(maps, tables, sources, LEASE), changes, pool)
-        .map_err(io("starting the hop keeper thread"))
+    let keeper = Keeper::new(maps, tables, sources, LEASE);
+    let keeper = if config.mode == config::ForwardingMode::Nat { keeper.keeping_replies() } else { keeper };
+    HopKeeper::start(keeper, changes, pool).map_err(io("starting the hop keeper thread"))
 }
 
 /// How long ua-profile subscriptions last, and how many are kept.

@@ -1,9 +1,11 @@
 //! The next hops the program follows without asking the FIB: one per home
-//! server slot and family (`HOPS`), fresh while `HOP_STATE` says so (see
-//! the rules in `redirector-ebpf/src/xdp/mod.rs`). The `Keeper` is the one
-//! writer of both maps: it resolves each home server's address through the
-//! kernel's tables (`netlink`), and makes every hop stale at once when the
-//! tables change under them, until it has recomputed them.
+//! server slot and family (`HOPS`), and in nat mode those of replies to
+//! clients (`REPLY_HOPS`, see `reply_hops`), fresh while `HOP_STATE` says
+//! so (see the rules in `redirector-ebpf/src/xdp/mod.rs`). The `Keeper` is
+//! the one writer of the three maps: it resolves each home server's
+//! address through the kernel's tables (`netlink`), mirrors the route
+//! prefixes replies are routed by, and makes every hop stale at once when
+//! the tables change under them, until it has recomputed them.
 
 use std::{
     collections::HashMap,
@@ -11,15 +13,20 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, MapData, MapError};
-use redirector_ebpf::{HOP_STATE_MAP, HOPS_MAP, HopState, NextHop, server_hop};
+use aya::maps::{Array, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
+use netlink_packet_route::AddressFamily;
+use redirector_ebpf::{
+    HOP_STATE_MAP, HOPS_MAP, HopState, MAX_REPLY_HOPS, NextHop, REPLY_HOPS_MAP, ReplyKey, reply_key, reply_prefix_bits,
+    server_hop,
+};
 
 use crate::model::HomeServer;
 
 use super::{
     fast_path::monotonic_ns,
     loader::endpoint,
-    netlink::{Change, NetlinkError, Route, Tables},
+    netlink::{Change, Mac, NetlinkError, Prefix, Reach, Route, Tables},
+    reply_hops::{Planned, plan},
 };
 
 /// How long the keeper vouches for the hops after each renewal: if it
@@ -36,15 +43,41 @@ pub enum HopError {
 
 type Result<T, E = HopError> = std::result::Result<T, E>;
 
-/// `HOPS` and `HOP_STATE`, taken out of the data plane for their writer.
+/// `HOPS`, `REPLY_HOPS` and `HOP_STATE`, taken out of the data plane for
+/// their writer.
 pub struct HopMaps {
     hops: Array<MapData, NextHop>,
+    replies: LpmTrie<MapData, ReplyKey, NextHop>,
     state: Array<MapData, HopState>,
 }
 
 impl HopMaps {
-    pub fn new(hops: Array<MapData, NextHop>, state: Array<MapData, HopState>) -> Self {
-        Self { hops, state }
+    pub fn new(
+        hops: Array<MapData, NextHop>,
+        replies: LpmTrie<MapData, ReplyKey, NextHop>,
+        state: Array<MapData, HopState>,
+    ) -> Self {
+        Self { hops, replies, state }
+    }
+
+    /// Writes the reply hop of `prefix`.
+    pub fn set_reply(&mut self, prefix: Prefix, hop: NextHop) -> Result<()> {
+        self.replies
+            .insert(&reply_entry_key(prefix), hop, 0)
+            .map_err(|source| HopError::Map { name: REPLY_HOPS_MAP, source })
+    }
+
+    /// The reply hop written for exactly `prefix`, if any.
+    pub fn reply(&self, prefix: Prefix) -> Result<Option<NextHop>> {
+        match self.replies.get(&reply_entry_key(prefix), 0) {
+            Ok(hop) => Ok(Some(hop)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(HopError::Map { name: REPLY_HOPS_MAP, source }),
+        }
+    }
+
+    pub fn remove_reply(&mut self, prefix: Prefix) -> Result<()> {
+        self.replies.remove(&reply_entry_key(prefix)).map_err(|source| HopError::Map { name: REPLY_HOPS_MAP, source })
     }
 
     pub fn set(&mut self, index: u32, hop: NextHop) -> Result<()> {
@@ -101,6 +134,12 @@ impl Sources {
     }
 }
 
+/// `prefix` as a `REPLY_HOPS` key.
+fn reply_entry_key(prefix: Prefix) -> Key<ReplyKey> {
+    let address = endpoint(prefix.address, 0);
+    Key::new(reply_prefix_bits(prefix.len), reply_key(address.family, &address.addr))
+}
+
 pub struct Keeper {
     maps: HopMaps,
     tables: Tables,
@@ -111,11 +150,24 @@ pub struct Keeper {
     /// What each destination resolved to when last computed (`None`: no
     /// route out of an Ethernet device).
     kept: HashMap<Destination, Option<Route>>,
+    /// Whether reply hops are kept (nat mode).
+    keeps_replies: bool,
+    /// The reply hops written, by prefix (`None`: left to the FIB).
+    replies: HashMap<Prefix, Option<Route>>,
+    /// The on-link prefixes, by device: a neighbour appearing in one is a
+    /// client that may get a hop of its own.
+    on_link: Vec<(u32, Prefix)>,
 }
 
 impl Keeper {
     pub fn new(maps: HopMaps, tables: Tables, sources: Sources, lease: Duration) -> Self {
-        Self { maps, tables, sources, lease, generation: 1, kept: HashMap::new() }
+        let (kept, replies, on_link) = (HashMap::new(), HashMap::new(), Vec::new());
+        Self { maps, tables, sources, lease, generation: 1, kept, keeps_replies: false, replies, on_link }
+    }
+
+    /// Keeps the hops of nat replies too.
+    pub fn keeping_replies(self) -> Self {
+        Self { keeps_replies: true, ..self }
     }
 
     /// The destinations hops are kept for.
@@ -135,7 +187,7 @@ impl Keeper {
         let mut kept = HashMap::with_capacity(destinations.len());
         for &destination in destinations {
             let route = self.tables.resolve(destination.address, self.sources.of(destination.address))?;
-            let hop = route.and_then(|route| self.entry(destination, &route)).unwrap_or_default();
+            let hop = route.and_then(|route| self.entry(&route, destination.address)).unwrap_or_default();
             self.maps.set(destination.index(), hop)?;
             kept.insert(destination, route);
         }
@@ -144,7 +196,56 @@ impl Keeper {
             self.maps.set(gone, NextHop::default())?;
         }
         self.kept = kept;
+        if self.keeps_replies {
+            self.recompute_replies()?;
+        }
         self.renew()
+    }
+
+    /// Writes the reply hops of the kernel's route prefixes and on-link
+    /// clients now (`reply_hops::plan`) under the current generation, and
+    /// removes those of prefixes gone.
+    fn recompute_replies(&mut self) -> Result<()> {
+        let mut prefixes = Vec::new();
+        let mut neighbours = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            prefixes.extend(self.tables.prefixes(family)?.unwrap_or_default());
+            neighbours.extend(self.tables.neighbours(family)?);
+        }
+        let mut links: HashMap<u32, Option<(Mac, u32)>> = HashMap::new();
+        let mut written = HashMap::new();
+        for (prefix, planned) in plan(&prefixes, &neighbours, MAX_REPLY_HOPS as usize) {
+            let route = match planned {
+                Planned::Hop { ifindex, via, mtu, mac } => {
+                    let link = match links.get(&ifindex) {
+                        Some(link) => *link,
+                        None => *links.entry(ifindex).or_insert(self.tables.link(ifindex)?),
+                    };
+                    link.map(|link| Route::through(link, ifindex, via, mtu, mac))
+                }
+                Planned::Fib => None,
+            };
+            let hop = route.and_then(|route| self.entry(&route, route.via)).unwrap_or_default();
+            self.maps.set_reply(prefix, hop)?;
+            written.insert(prefix, route);
+        }
+        for &gone in self.replies.keys().filter(|prefix| !written.contains_key(prefix)) {
+            self.maps.remove_reply(gone)?;
+        }
+        self.replies = written;
+        self.on_link = prefixes
+            .iter()
+            .filter_map(|(prefix, reach)| match reach {
+                Reach::OnLink { ifindex, .. } => Some((*ifindex, *prefix)),
+                _ => None,
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// The reply hop written for exactly `prefix` (`None`: no entry).
+    pub fn reply_hop(&self, prefix: Prefix) -> Result<Option<NextHop>> {
+        self.maps.reply(prefix)
     }
 
     /// The hop written for `destination`.
@@ -152,14 +253,15 @@ impl Keeper {
         self.maps.get(destination.index())
     }
 
-    fn entry(&self, destination: Destination, route: &Route) -> Option<NextHop> {
+    /// The hop of `route`, computed for `address`.
+    fn entry(&self, route: &Route, address: IpAddr) -> Option<NextHop> {
         Some(NextHop {
             ifindex: route.ifindex,
             mtu: route.mtu,
             generation: self.generation,
             dst_mac: route.dst_mac?,
             src_mac: route.src_mac,
-            addr: endpoint(destination.address, 0).addr,
+            addr: endpoint(address, 0).addr,
         })
     }
 
@@ -181,9 +283,18 @@ impl Keeper {
         self.maps.publish(HopState { generation: self.generation, _pad: 0, lease_until_ns: 0 })
     }
 
-    /// Whether `change` may make a kept hop wrong (see `affects`).
+    /// Whether `change` may make a kept hop wrong (see `affects`), or is a
+    /// new on-link client a reply hop could be kept for.
     pub fn affected_by(&self, change: &Change) -> bool {
-        affects(self.kept.values().flatten(), change)
+        affects(self.kept.values().flatten().chain(self.replies.values().flatten()), change)
+            || self.is_new_on_link_client(change)
+    }
+
+    fn is_new_on_link_client(&self, change: &Change) -> bool {
+        let Change::Neighbour { ifindex, address, mac: Some(_) } = *change else { return false };
+        let room = self.replies.len() < MAX_REPLY_HOPS as usize;
+        room && !self.replies.contains_key(&Prefix::host(address))
+            && self.on_link.iter().any(|(at, prefix)| *at == ifindex && prefix.contains(address))
     }
 }
 

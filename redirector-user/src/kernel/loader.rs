@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -21,8 +21,8 @@ use redirector_ebpf::{
     AORS_MAP, AorRoute, CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry,
     Counter, DECAP_ADDRESSES_MAP, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM, FloorHop,
     HOP_STATE_MAP, HOPS_MAP, LIMIT_MAP, LIMIT_PROGRAM, LOADS_MAP, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PROBE_MAP,
-    REDIRECTOR_PROGRAM, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP,
-    SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle, probe::ProbeConfig,
+    REDIRECTOR_PROGRAM, REPLY_HOPS_MAP, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE,
+    SERVICE_SIP, SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle, probe::ProbeConfig,
 };
 
 use super::pins::{PINNED_MAPS, PinError, Pins};
@@ -475,13 +475,15 @@ impl DataPlane {
         RingBuf::try_from(map).map_err(map_error(EVENTS_MAP))
     }
 
-    /// The kept next hops (`HOPS`, `HOP_STATE`), taken out for their one
-    /// writer (`hops::Keeper`).
+    /// The kept next hops (`HOPS`, `REPLY_HOPS`, `HOP_STATE`), taken out
+    /// for their one writer (`hops::Keeper`).
     pub fn take_hops(&mut self) -> Result<super::hops::HopMaps> {
         let hops = self.ebpf.take_map(HOPS_MAP).ok_or(DataPlaneError::MissingMap(HOPS_MAP))?;
+        let replies = self.ebpf.take_map(REPLY_HOPS_MAP).ok_or(DataPlaneError::MissingMap(REPLY_HOPS_MAP))?;
         let state = self.ebpf.take_map(HOP_STATE_MAP).ok_or(DataPlaneError::MissingMap(HOP_STATE_MAP))?;
         Ok(super::hops::HopMaps::new(
             Array::try_from(hops).map_err(map_error(HOPS_MAP))?,
+            LpmTrie::try_from(replies).map_err(map_error(REPLY_HOPS_MAP))?,
             Array::try_from(state).map_err(map_error(HOP_STATE_MAP))?,
         ))
     }

@@ -12,6 +12,7 @@ pub mod netlink;
 pub mod numbers;
 pub mod packets;
 pub mod pins;
+pub mod reply_hops;
 
 /// The XDP object built from `redirector-ebpf` by this crate's build script.
 pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector.bpf.o"));

@@ -3,8 +3,9 @@
 //! `ip neigh` tell), and the changes to them (`Changes`).
 
 use std::{
+    collections::HashMap,
     io,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, RawFd},
 };
 
@@ -13,7 +14,8 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     link::{LinkAttribute, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-    route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteType},
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteType},
+    rule::{RuleAction, RuleAttribute, RuleMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -50,6 +52,57 @@ pub struct Route {
     pub dst_mac: Option<Mac>,
 }
 
+impl Route {
+    /// The route out of `link` (its MAC and MTU) on `ifindex` to neighbour
+    /// `via`; the route's own MTU, if set, bounds the packets it takes.
+    pub fn through(link: (Mac, u32), ifindex: u32, via: IpAddr, route_mtu: Option<u32>, dst_mac: Option<Mac>) -> Self {
+        let (src_mac, link_mtu) = link;
+        let mtu = route_mtu.filter(|&mtu| mtu != 0).unwrap_or(link_mtu);
+        Self { ifindex, mtu, src_mac, via, dst_mac }
+    }
+}
+
+/// A route table's destination prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefix {
+    pub address: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// `address` alone.
+    pub fn host(address: IpAddr) -> Self {
+        Self { address, len: if address.is_ipv4() { 32 } else { 128 } }
+    }
+
+    pub fn contains(&self, address: IpAddr) -> bool {
+        match (self.address, address) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How a table's route reaches the destinations of its prefix, as far as
+/// one kept hop may stand for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Through one gateway out of one device: every destination's next hop.
+    Gateway { ifindex: u32, gateway: IpAddr, mtu: Option<u32> },
+    /// On-link out of `ifindex`: each destination is its own next hop.
+    OnLink { ifindex: u32, mtu: Option<u32> },
+    /// Anything else (multipath, local, unreachable, a nexthop object, a
+    /// tunnel, a dead link): the FIB decides each packet.
+    Fib,
+}
+
 /// A change to the kernel's tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -77,12 +130,75 @@ impl Tables {
     /// `None` when it does not route it out of an Ethernet device (no
     /// route, unreachable, local).
     pub fn resolve(&mut self, dst: IpAddr, src: Option<IpAddr>) -> Result<Option<Route>> {
-        let Some(route) = self.route(dst, src)? else { return Ok(None) };
-        let (ifindex, via, route_mtu) = route;
-        let Some((src_mac, link_mtu)) = self.link(ifindex)? else { return Ok(None) };
+        let Some((ifindex, via, route_mtu)) = self.route(dst, src)? else { return Ok(None) };
+        let Some(link) = self.link(ifindex)? else { return Ok(None) };
         let dst_mac = self.neighbour(ifindex, via)?;
-        let mtu = route_mtu.filter(|&mtu| mtu != 0).unwrap_or(link_mtu);
-        Ok(Some(Route { ifindex, mtu, src_mac, via, dst_mac }))
+        Ok(Some(Route::through(link, ifindex, via, route_mtu, dst_mac)))
+    }
+
+    /// The prefixes the kernel routes `family`'s destinations by, each with
+    /// how its lowest-metric route reaches them; `None` when the
+    /// destination alone does not decide (a policy rule beyond the default
+    /// local, main and default lookups, a route in the default table, a
+    /// route by TOS or by source), so no prefix may stand for its addresses.
+    pub fn prefixes(&mut self, family: AddressFamily) -> Result<Option<Vec<(Prefix, Reach)>>> {
+        if !self.default_rules_only(family)? {
+            return Ok(None);
+        }
+        let mut message = RouteMessage::default();
+        message.header.address_family = family;
+        let replies = self.request(RouteNetlinkMessage::GetRoute(message), NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut best: HashMap<Prefix, (u32, Reach)> = HashMap::new();
+        for reply in replies {
+            let RouteNetlinkMessage::NewRoute(route) = reply else { continue };
+            let table = table_of(&route);
+            if table != u32::from(RouteHeader::RT_TABLE_MAIN) && table != RT_TABLE_LOCAL {
+                if table == RT_TABLE_DEFAULT {
+                    return Ok(None);
+                }
+                continue;
+            }
+            if route.header.tos != 0 || route.header.source_prefix_length != 0 {
+                return Ok(None);
+            }
+            let Some(prefix) = prefix_of(&route) else { continue };
+            // The local table is looked up first: whatever it holds is the kernel's own.
+            let (metric, reach) =
+                if table == RT_TABLE_LOCAL { (0, Reach::Fib) } else { (priority_of(&route), reach_of(&route)) };
+            if best.get(&prefix).is_none_or(|(kept, _)| metric < *kept) {
+                best.insert(prefix, (metric, reach));
+            }
+        }
+        Ok(Some(best.into_iter().map(|(prefix, (_, reach))| (prefix, reach)).collect()))
+    }
+
+    /// Whether `family`'s policy rules are the kernel's defaults alone:
+    /// lookups in the local, main and default tables, by nothing else.
+    fn default_rules_only(&mut self, family: AddressFamily) -> Result<bool> {
+        let mut message = RuleMessage::default();
+        message.header.family = family;
+        let replies = self.request(RouteNetlinkMessage::GetRule(message), NLM_F_REQUEST | NLM_F_DUMP)?;
+        Ok(replies.iter().all(|reply| match reply {
+            RouteNetlinkMessage::NewRule(rule) => is_default_rule(rule),
+            _ => true,
+        }))
+    }
+
+    /// The valid neighbours of `family`: device, address and MAC.
+    pub fn neighbours(&mut self, family: AddressFamily) -> Result<Vec<(u32, IpAddr, Mac)>> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = family;
+        let replies = self.request(RouteNetlinkMessage::GetNeighbour(message), NLM_F_REQUEST | NLM_F_DUMP)?;
+        Ok(replies
+            .iter()
+            .filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewNeighbour(neighbour) => match neighbour_change(neighbour, false)? {
+                    Change::Neighbour { ifindex, address, mac } => Some((ifindex, address, mac?)),
+                    Change::Other => None,
+                },
+                _ => None,
+            })
+            .collect())
     }
 
     /// `ip route get`: the egress device, the next hop and the route's MTU;
@@ -121,7 +237,7 @@ impl Tables {
     }
 
     /// A link's MAC and MTU; `None` for a device without a MAC.
-    fn link(&mut self, ifindex: u32) -> Result<Option<(Mac, u32)>> {
+    pub fn link(&mut self, ifindex: u32) -> Result<Option<(Mac, u32)>> {
         let mut message = LinkMessage::default();
         message.header.index = ifindex;
         let replies = self.request(RouteNetlinkMessage::GetLink(message), NLM_F_REQUEST)?;
@@ -201,6 +317,90 @@ fn next_hop(route: &RouteMessage, dst: IpAddr) -> Option<(u32, IpAddr, Option<u3
         }
     }
     Some((hop.0?, hop.1, hop.2))
+}
+
+const RT_TABLE_LOCAL: u32 = 255;
+const RT_TABLE_DEFAULT: u32 = 253;
+
+fn table_of(route: &RouteMessage) -> u32 {
+    let table = route.attributes.iter().find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None });
+    table.unwrap_or(u32::from(route.header.table))
+}
+
+fn priority_of(route: &RouteMessage) -> u32 {
+    route.attributes.iter().find_map(|a| if let RouteAttribute::Priority(p) = a { Some(*p) } else { None }).unwrap_or(0)
+}
+
+fn prefix_of(route: &RouteMessage) -> Option<Prefix> {
+    let len = route.header.destination_prefix_length;
+    let address = route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    });
+    match (address, route.header.address_family) {
+        (Some(address), _) => Some(Prefix { address, len }),
+        // A default route has no destination attribute.
+        (None, AddressFamily::Inet) if len == 0 => Some(Prefix { address: Ipv4Addr::UNSPECIFIED.into(), len }),
+        (None, AddressFamily::Inet6) if len == 0 => Some(Prefix { address: Ipv6Addr::UNSPECIFIED.into(), len }),
+        _ => None,
+    }
+}
+
+/// A main-table route's `Reach`: a plain unicast route through at most one
+/// gateway on a live link, else the FIB's.
+fn reach_of(route: &RouteMessage) -> Reach {
+    let dead = route.header.flags.intersects(RouteFlags::Dead | RouteFlags::Linkdown);
+    if route.header.kind != RouteType::Unicast || dead {
+        return Reach::Fib;
+    }
+    let (mut ifindex, mut gateway, mut mtu) = (None, None, None);
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Oif(index) => ifindex = Some(*index),
+            RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gateway = Some(IpAddr::V4(*v4)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => gateway = Some(IpAddr::V6(*v6)),
+            RouteAttribute::Metrics(metrics) => {
+                mtu = metrics.iter().find_map(|m| if let RouteMetric::Mtu(mtu) = m { Some(*mtu) } else { None });
+            }
+            RouteAttribute::MultiPath(_)
+            | RouteAttribute::Via(_)
+            | RouteAttribute::Encap(_)
+            | RouteAttribute::EncapType(_)
+            | RouteAttribute::NewDestination(_)
+            | RouteAttribute::Other(_) => return Reach::Fib,
+            _ => {}
+        }
+    }
+    match (ifindex, gateway) {
+        (Some(ifindex), Some(gateway)) => Reach::Gateway { ifindex, gateway, mtu },
+        (Some(ifindex), None) => Reach::OnLink { ifindex, mtu },
+        (None, _) => Reach::Fib,
+    }
+}
+
+/// One of the kernel's default rules: a lookup in the local, main or
+/// default table, selecting by nothing.
+fn is_default_rule(rule: &RuleMessage) -> bool {
+    let header = &rule.header;
+    let table = rule.attributes.iter().find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None });
+    let table = table.unwrap_or(u32::from(header.table));
+    // The kernel sends a suppress_prefixlength of -1 (none) with every rule.
+    let selects_nothing = rule.attributes.iter().all(|a| {
+        matches!(
+            a,
+            RuleAttribute::Table(_)
+                | RuleAttribute::Priority(_)
+                | RuleAttribute::Protocol(_)
+                | RuleAttribute::SuppressPrefixLen(u32::MAX)
+        )
+    });
+    header.action == RuleAction::ToTable
+        && header.src_len == 0
+        && header.dst_len == 0
+        && header.tos == 0
+        && selects_nothing
+        && [RT_TABLE_LOCAL, u32::from(RouteHeader::RT_TABLE_MAIN), RT_TABLE_DEFAULT].contains(&table)
 }
 
 /// The messages in one datagram.

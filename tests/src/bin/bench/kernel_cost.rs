@@ -17,10 +17,12 @@
 //! Every case asserts that all repetitions were counted on its path and
 //! that the last ended with its verdict.
 //!
-//! The hits run with next hops kept as the daemon's hop keeper keeps them
-//! (resolved from the fixture's tables by the same `Keeper`); the
-//! `FIB fallback` rows run the same hits on fixtures without kept hops,
-//! where every packet asks `bpf_fib_lookup` (a missing or stale hop).
+//! The hits and nat replies run with next hops kept as the daemon's hop
+//! keeper keeps them (resolved from the fixture's tables by the same
+//! `Keeper`: home servers' and, in nat mode, replies' to the on-link
+//! client); the `FIB fallback` rows run the same packets on fixtures
+//! without kept hops, where every packet asks `bpf_fib_lookup` (a missing
+//! or stale hop).
 //!
 //! Two references per method, in the same run: a bare `XDP_PASS` program
 //! (what the kernel's test harness costs) and the floor (`redirector_floor`:
@@ -131,6 +133,9 @@ fn cases() -> Vec<Case> {
     let probe4 = Datagram::new("10.0.0.2:40000", &format!("192.0.2.10:{PROBE_PORT}"))
         .with(|d| d.payload = redirector_ebpf::probe::probe(7).to_vec());
     let probe4 = ethernet(CLIENT_MAC, EDGE_MAC, None, probe4.ethertype(), &probe4.ip_packet());
+    // Home1's answer to the nat fixture's static client, by its edge port.
+    let reply4 = Datagram::new("10.0.0.11:5060", "10.0.0.1:20000");
+    let reply4 = ethernet(HOME1_MAC, EDGE_MAC, None, reply4.ethertype(), &reply4.ip_packet());
     let mut malformed = hit4.clone();
     malformed.truncate(30);
     let case = |name, method, setup, program, frame: &Vec<u8>, counter: Option<Counter>| Case {
@@ -141,7 +146,7 @@ fn cases() -> Vec<Case> {
         frame: frame.clone(),
         counter,
         action: match counter {
-            Some(Counter::Forwarded | Counter::ProbeAnswered) => XDP_TX,
+            Some(Counter::Forwarded | Counter::ProbeAnswered | Counter::NatReply) => XDP_TX,
             Some(_) => XDP_PASS,
             None if program == FLOOR_PROGRAM => XDP_TX,
             None => XDP_PASS,
@@ -180,6 +185,8 @@ fn cases() -> Vec<Case> {
         case("hit, nat, IPv4, ;rport added", Single, Nat, REDIRECTOR_PROGRAM, &no_rport, Some(Counter::Forwarded)),
         case("FIB fallback: hit, dsr, IPv4", Single, DsrFib, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
         case("FIB fallback: hit, nat, IPv4", Repeat, NatFib, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
+        case("nat reply, IPv4", Single, Nat, REDIRECTOR_PROGRAM, &reply4, Some(Counter::NatReply)),
+        case("FIB fallback: nat reply, IPv4", Single, NatFib, REDIRECTOR_PROGRAM, &reply4, Some(Counter::NatReply)),
         case("probe answered (edge), IPv4", Single, Dsr, REDIRECTOR_PROGRAM, &probe4, Some(Counter::ProbeAnswered)),
     ]
 }
