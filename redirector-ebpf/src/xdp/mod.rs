@@ -42,8 +42,12 @@
 //!    `AorRoute`) and its home is active or draining, the request is
 //!    encapsulated to that home exactly as a client's dsr hit is (rules 6
 //!    and 8; the home answers the proxy directly), counted
-//!    `forwarded_by_aor` and in the home's `SERVER_STATS`; its source is
-//!    not installed (it speaks for many clients). Everything else goes up
+//!    `forwarded_by_aor` and in the home's `SERVER_STATS`, and the route's
+//!    `last_seen_ns` is stamped (at most once a second; expiry's only
+//!    sighting of such an AOR); its source is not installed (it speaks
+//!    for many clients). The hash is not keyed: a request for an AOR the
+//!    daemon never assigned, crafted to share an assigned AOR's hash,
+//!    would reach that AOR's home. Everything else goes up
 //!    as a miss, within the throttle: at most one Via value, an AOR not
 //!    read or not in `AORS` (`pass_miss`); a home that is down
 //!    (`pass_server_down`); Via values the program cannot count with
