@@ -296,9 +296,10 @@ fn route_by_aor(ctx: &XdpContext, datagram: &Datagram) -> AorAnswer {
 /// a time of now.
 #[inline(always)]
 unsafe fn stamp_last_seen(last_seen: *mut u64) {
-    let now = bpf_ktime_get_coarse_ns();
-    // SAFETY: the caller's.
+    // SAFETY: the clock helper has no preconditions; the pointer is the
+    // caller's.
     unsafe {
+        let now = bpf_ktime_get_coarse_ns();
         if stamps_last_seen(now, *last_seen) {
             *last_seen = now;
         }
