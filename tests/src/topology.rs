@@ -823,21 +823,26 @@ pub fn receive(socket: &UdpSocket, expected: usize, limit: Duration) -> Vec<(Soc
 /// Answers every datagram but edge pings with "echo:" + payload, `count`
 /// times at most.
 pub fn echo(socket: UdpSocket, count: usize, limit: Duration) -> std::thread::JoinHandle<usize> {
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + limit;
-        let mut answered = 0;
-        let mut buf = [0u8; 2048];
-        while answered < count && Instant::now() < deadline {
-            if let Ok((len, from)) = socket.recv_from(&mut buf)
-                && !is_edge_ping(&buf[..len])
-            {
-                let reply = [b"echo:".as_slice(), &buf[..len]].concat();
-                socket.send_to(&reply, from).expect("echo reply");
-                answered += 1;
-            }
+    std::thread::spawn(move || echo_while(&socket, limit, |answered| answered < count))
+}
+
+/// Echoes every datagram but edge pings back to its sender, prefixed
+/// `echo:`, while `go_on(answered so far)` holds and `limit` has not passed;
+/// how many it answered.
+pub fn echo_while(socket: &UdpSocket, limit: Duration, go_on: impl Fn(usize) -> bool) -> usize {
+    let deadline = Instant::now() + limit;
+    let mut answered = 0;
+    let mut buf = [0u8; 2048];
+    while go_on(answered) && Instant::now() < deadline {
+        if let Ok((len, from)) = socket.recv_from(&mut buf)
+            && !is_edge_ping(&buf[..len])
+        {
+            let reply = [b"echo:".as_slice(), &buf[..len]].concat();
+            socket.send_to(&reply, from).expect("echo reply");
+            answered += 1;
         }
-        answered
-    })
+    }
+    answered
 }
 
 pub mod tempdir {

@@ -5,19 +5,28 @@
 use std::{
     net::SocketAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, Map, MapData, MapInfo};
+use aya::maps::{
+    Array, Map, MapData, MapInfo,
+    lpm_trie::{Key, LpmTrie},
+};
 use redirector::{
     kernel::{fast_path::monotonic_ns, loader::endpoint},
     ops::api::Route,
 };
-use redirector_ebpf::{FAMILY_V4, HOP_STATE_MAP, HOPS_MAP, HopState, NextHop, server_hop};
+use redirector_ebpf::{
+    FAMILY_V4, HOP_STATE_MAP, HOPS_MAP, HopState, NextHop, REPLY_HOPS_MAP, ReplyKey, address_bits, reply_key,
+    reply_prefix_bits, server_hop,
+};
 use redirector_tests::{
     netns::NetNs,
     privileged,
-    topology::{Attach, CLIENT, Family, SERVICE, Topology, echo, home_listen_address, mac, receive, socket_in},
+    topology::{
+        Attach, CLIENT, Family, SERVICE, Topology, echo, echo_while, home_listen_address, mac, receive, socket_in,
+    },
 };
 
 const DATAGRAMS: usize = 200;
@@ -277,6 +286,29 @@ fn sent_by_kept_hop(
     label: &str,
     limit: Duration,
 ) -> Result<Duration, String> {
+    let leg = Leg { seen: |marker: &[u8]| marker.to_vec(), kept: || kept_hop(topology, 0) };
+    sent_by_kept(client, capture, mac, label, limit, leg)
+}
+
+/// Which frame of a client's datagram the test watches, and the daemon's
+/// kept hop that should carry it.
+struct Leg<S, K> {
+    /// The bytes that frame carries, given the datagram's.
+    seen: S,
+    /// The destination MAC of the daemon's fresh kept hop for it.
+    kept: K,
+}
+
+/// `sent_by_kept_hop` for any leg: until the leg's frame of a datagram
+/// leaves the edge for `mac` while its kept hop says `mac` too.
+fn sent_by_kept(
+    client: &std::net::UdpSocket,
+    capture: &Capture,
+    mac: &str,
+    label: &str,
+    limit: Duration,
+    leg: Leg<impl Fn(&[u8]) -> Vec<u8>, impl Fn() -> Option<String>>,
+) -> Result<Duration, String> {
     let start = Instant::now();
     let mut last = String::from("nothing");
     for i in 0.. {
@@ -285,14 +317,59 @@ fn sent_by_kept_hop(
         }
         let marker = format!("datagram {i} after {label}");
         client.send_to(marker.as_bytes(), SERVICE).unwrap();
-        let sent_to = capture.destination_of(marker.as_bytes(), Duration::from_millis(50));
-        let kept = kept_hop(topology, 0);
+        let sent_to = capture.destination_of(&(leg.seen)(marker.as_bytes()), Duration::from_millis(50));
+        let kept = (leg.kept)();
         if sent_to.as_deref() == Some(mac) && kept.as_deref() == Some(mac) {
             return Ok(start.elapsed());
         }
         last = format!("datagram {i} sent to {sent_to:?}, kept hop {kept:?}");
     }
     Err(last)
+}
+
+/// The nat edge keeps its clients' reply hops in step with the kernel: the
+/// client's new MAC (`ip neigh replace`), then a new route to it (through
+/// home 1 as a gateway), is in the daemon's kept reply hop (`REPLY_HOPS`),
+/// and on the replies the fast path rewrites back to the client, within a
+/// second of the change.
+#[test]
+fn kept_reply_hops_follow_neighbour_and_route_changes() {
+    if !privileged() {
+        return;
+    }
+    let mut topology = Topology::new("nat", Attach::Native, 2);
+    let client_address: SocketAddr = format!("{CLIENT}:5060").parse().unwrap();
+    let client = socket_in(&topology.client, &client_address.to_string());
+    let home_socket = socket_in(&topology.homes[0], &home_listen_address("nat", Family::V4));
+    topology.start(&[(client_address, 0)]);
+    let capture = Capture::open(&topology.lan, "e0-br");
+    let testing = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        scope.spawn(|| echo_while(&home_socket, Duration::from_secs(30), |_| testing.load(Ordering::Relaxed)));
+        replies_follow_hop_changes(&topology, &client, &capture);
+        testing.store(false, Ordering::Relaxed);
+    });
+}
+
+/// The client's replies leave by its kept reply hop, then follow a new
+/// neighbour MAC and a new route within a second each.
+fn replies_follow_hop_changes(topology: &Topology, client: &std::net::UdpSocket, capture: &Capture) {
+    let reply = |marker: &[u8]| [b"echo:".as_slice(), marker].concat();
+    let leg = || Leg { seen: reply, kept: || kept_reply_hop(topology) };
+    if let Err(last) = sent_by_kept(client, capture, &mac(0x02), "start", WAIT, leg()) {
+        panic!("the daemon's kept reply hop to the client never carried its replies: {last}");
+    }
+    let gateway = redirector_tests::topology::home_address(1);
+    for (change, mac) in [
+        (format!("neigh replace {CLIENT} lladdr 02:00:00:00:00:b1 dev e0 nud permanent"), "02:00:00:00:00:b1".into()),
+        (format!("route replace {CLIENT}/32 via {gateway} dev e0"), mac(0x12)),
+    ] {
+        topology.edge.ip(&change);
+        let followed = sent_by_kept(client, capture, &mac, &change, Duration::from_secs(2), leg());
+        let followed =
+            followed.unwrap_or_else(|last| panic!("after `ip {change}`: no reply sent to {mac} by a kept hop: {last}"));
+        assert!(followed <= Duration::from_secs(1), "after `ip {change}`: followed in {followed:?}, not within 1 s");
+    }
 }
 
 /// The destination MAC of the edge daemon's fresh kept hop for home server
@@ -305,6 +382,19 @@ fn kept_hop(topology: &Topology, slot: u32) -> Option<String> {
     let (hop, state) = (hops.get(&server_hop(slot, FAMILY_V4), 0).ok()?, state.get(&0, 0).ok()?);
     let home = endpoint(redirector_tests::topology::home_address(slot as usize).into(), 0);
     state.fresh(&hop, &home.addr, monotonic_ns()).then(|| hop.dst_mac.map(|b| format!("{b:02x}")).join(":"))
+}
+
+/// The destination MAC of the nat edge daemon's fresh kept reply hop for
+/// the client (its longest `REPLY_HOPS` prefix), read from its maps.
+fn kept_reply_hop(topology: &Topology) -> Option<String> {
+    let pid = topology.edge_pid().expect("the edge daemon runs");
+    let hops: LpmTrie<MapData, ReplyKey, NextHop> =
+        LpmTrie::try_from(Map::LpmTrie(daemon_map(pid, REPLY_HOPS_MAP)?)).ok()?;
+    let state: Array<MapData, HopState> = Array::try_from(Map::Array(daemon_map(pid, HOP_STATE_MAP)?)).ok()?;
+    let client = endpoint(CLIENT.into(), 0);
+    let key = Key::new(reply_prefix_bits(address_bits(FAMILY_V4)), reply_key(FAMILY_V4, &client.addr));
+    let (hop, state) = (hops.get(&key, 0).ok()?, state.get(&0, 0).ok()?);
+    state.vouches(&hop, monotonic_ns()).then(|| hop.dst_mac.map(|b| format!("{b:02x}")).join(":"))
 }
 
 /// The map called `name` among those process `pid` holds.
