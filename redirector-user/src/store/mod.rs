@@ -140,6 +140,10 @@ crate::counters::counters! {
     resumes,
     /// Writes to the local replica that failed.
     replica_failures,
+    /// Writes to the local replica dropped because its writer fell
+    /// `QUEUED_WRITES` behind (the copy then stays at its last revision
+    /// until the edge reads etcd's history again).
+    replica_overflows,
 }
 
 #[derive(Debug, thiserror::Error)]
