@@ -634,6 +634,23 @@ fn run(
     reached.into_inner()
 }
 
+/// `check` over payloads as written, mutated ones and random bytes; the
+/// counters the first two reached.
+fn run_each(
+    fx: &mut Fixture,
+    check: Check,
+    written: impl Strategy<Value = Vec<u8>>,
+    mutated: impl Strategy<Value = Vec<u8>>,
+) -> (BTreeMap<&'static str, u32>, BTreeMap<&'static str, u32>) {
+    let written = run(fx, check, written, 1500);
+    eprintln!("written: {written:?}");
+    let mutated = run(fx, check, mutated, 3000);
+    eprintln!("mutated: {mutated:?}");
+    let random = run(fx, check, prop::collection::vec(any::<u8>(), 0..600), 500);
+    eprintln!("random: {random:?}");
+    (written, mutated)
+}
+
 #[test]
 fn proxied_requests_go_to_their_aors_home_or_up() {
     if !privileged() {
@@ -641,12 +658,8 @@ fn proxied_requests_go_to_their_aors_home_or_up() {
     }
     let mut fx = Fixture::new("dsr");
     route_lines(&mut fx);
-    let written = run(&mut fx, check, proxied_request().prop_map(|proxied| proxied.text.into_bytes()), 1500);
-    eprintln!("written: {written:?}");
-    let mutated = run(&mut fx, check, mutated_proxied(), 3000);
-    eprintln!("mutated: {mutated:?}");
-    let random = run(&mut fx, check, prop::collection::vec(any::<u8>(), 0..600), 500);
-    eprintln!("random: {random:?}");
+    let written = proxied_request().prop_map(|proxied| proxied.text.into_bytes());
+    let (written, mutated) = run_each(&mut fx, check, written, mutated_proxied());
     for outcome in ["forwarded_by_aor", "pass_miss", "pass_server_down", "pass_vias_unseen"] {
         assert!(written.get(outcome).copied().unwrap_or(0) >= 15, "{outcome} reached: {written:?}");
         assert!(mutated.get(outcome).copied().unwrap_or(0) >= 30, "{outcome} reached: {mutated:?}");
@@ -745,12 +758,8 @@ fn a_shared_sockets_lines_go_to_their_own_homes_or_up() {
     };
     let socket = SHARED_SOCKET.parse::<std::net::SocketAddr>().unwrap();
     fx.dataplane().install_client(redirector::kernel::loader::endpoint(socket.ip(), socket.port()), entry).unwrap();
-    let written = run(&mut fx, check_shared, line_message().prop_map(String::into_bytes), 1500);
-    eprintln!("written: {written:?}");
-    let mutated = run(&mut fx, check_shared, mutated_from(line_message()), 3000);
-    eprintln!("mutated: {mutated:?}");
-    let random = run(&mut fx, check_shared, prop::collection::vec(any::<u8>(), 0..600), 500);
-    eprintln!("random: {random:?}");
+    let written = line_message().prop_map(String::into_bytes);
+    let (written, mutated) = run_each(&mut fx, check_shared, written, mutated_from(line_message()));
     for outcome in ["forwarded", "forwarded_other_aor", "pass_other_aor", "pass_server_down"] {
         assert!(written.get(outcome).copied().unwrap_or(0) >= 10, "{outcome} reached: {written:?}");
         assert!(mutated.get(outcome).copied().unwrap_or(0) >= 10, "{outcome} reached: {mutated:?}");
