@@ -77,6 +77,9 @@ const REGISTER: [u8; 9] = *b"REGISTER ";
 /// SUBSCRIBE up before it reads one (rule 5): declined, not read.
 const SUBSCRIBE: [u8; 10] = *b"SUBSCRIBE ";
 
+/// A response's status line starts so.
+const RESPONSE: [u8; 8] = *b"SIP/2.0 ";
+
 /// Which header names a request's AOR, as its request line tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestLine {
@@ -140,6 +143,34 @@ pub fn request_line(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> Request
         return RequestLine::Unknown;
     }
     RequestLine::Reads(Header::From as u8)
+}
+
+/// What the message at `bytes[start..end]` is, read as a socket that
+/// carries several AORs is (`CLIENT_SHARED`): a request as `request_line`
+/// says; a response (`SIP/2.0 ` and a status code) by its `To`, the line
+/// that answered (a response's `From` is whoever sent the request).
+/// Anything else starting `SIP/` is `Unknown`.
+#[inline(always)]
+pub fn message_line(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> RequestLine {
+    let end = if end > VIA_SCAN { VIA_SCAN } else { end };
+    if start > VIA_SCAN - SUBSCRIBE.len() {
+        return RequestLine::Unknown;
+    }
+    if start + SUBSCRIBE.len() > end || !starts_with(bytes, start, b"SIP/") {
+        return request_line(bytes, start, end);
+    }
+    if starts_with(bytes, start, &RESPONSE) { RequestLine::Reads(Header::To as u8) } else { RequestLine::Unknown }
+}
+
+/// Reads the SIP message at `bytes[start..end]` as a shared socket's:
+/// `message_line`, then `header_aor`.
+#[inline(always)]
+pub fn message_aor(bytes: &[u8; VIA_SCAN], start: usize, end: usize) -> RequestAor {
+    match message_line(bytes, start, end) {
+        RequestLine::NotRequest => RequestAor::NotRequest,
+        RequestLine::Unknown => RequestAor::Unknown,
+        RequestLine::Reads(header) => header_aor(bytes, start, end, header),
+    }
 }
 
 /// The hash of the AOR in the first `header` (a `Header` as a byte) of

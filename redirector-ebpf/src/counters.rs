@@ -32,6 +32,12 @@ counters! {
     /// sent to the AOR's home server without user space, the source not
     /// installed (see `xdp/mod.rs`).
     ForwardedByAor => "forwarded_by_aor",
+    /// dsr: a request (or response) from a socket that carries several
+    /// AORs (`CLIENT_SHARED`) for another of them than its entry's, whose
+    /// AOR `AORS` routes: sent to that AOR's home server without user
+    /// space, its entry's load and `last_seen_ns` untouched (see
+    /// `xdp/mod.rs`).
+    ForwardedOtherAor => "forwarded_other_aor",
     /// nat mode: a home server's reply rewritten back to its client.
     NatReply => "nat_reply",
     /// Client unknown: passed to user space for first contact.

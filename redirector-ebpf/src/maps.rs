@@ -28,12 +28,14 @@ pub const PROBE_MAP: &str = "PROBE";
 pub const LOADS_MAP: &str = "LOADS";
 /// Assigned AORs' homes, by `aor::aor_hash` (`AorRoute`).
 pub const AORS_MAP: &str = "AORS";
+/// The program array `redirector` tail-calls `OTHER_LINE_PROGRAM` through.
+pub const OTHER_LINES_MAP: &str = "OTHER_LINES";
 
 /// The layout of the maps a daemon pins (their keys, values and what they
 /// mean). A daemon adopts pinned maps only of its own layout; bump this
 /// whenever a pinned map's key or value type changes, even if its size
 /// does not.
-pub const MAP_LAYOUT: u32 = 6;
+pub const MAP_LAYOUT: u32 = 7;
 pub const THROTTLED_MAP: &str = "THROTTLED";
 
 /// `SERVICES` values: what the program does with UDP to that endpoint.
@@ -49,6 +51,9 @@ pub const EVENTS_BYTES: u32 = 64 * 1024;
 pub const REDIRECTOR_PROGRAM: &str = "redirector";
 pub const DECAP_PROGRAM: &str = "redirector_decap";
 pub const PASS_PROGRAM: &str = "redirector_pass";
+/// dsr: a shared socket's other lines, tail-called by `redirector`
+/// through `OTHER_LINES`.
+pub const OTHER_LINE_PROGRAM: &str = "redirector_other_line";
 /// The benchmark's floor: the least a forwarder does (`xdp/floor.rs`).
 pub const FLOOR_PROGRAM: &str = "redirector_floor";
 /// The floor's one map, never pinned: source endpoint to `FloorHop`.

@@ -53,6 +53,7 @@ fn dsr_fixtures() {
     fx.dataplane().install_client(client, ClientEntry { server: HOME5, ..Default::default() }).unwrap();
     install_line_socket(&mut fx);
     route_proxied_aors(&mut fx);
+    route_other_lines(&mut fx);
     for (edge, home) in [("10.0.0.1", "10.0.0.11"), ("fd00::1", "fd00::11")] {
         fx.dataplane().add_decap_address(home.parse().unwrap()).unwrap();
         fx.dataplane().add_decap_source(edge.parse().unwrap()).unwrap();
@@ -77,6 +78,9 @@ fn dsr_fixtures() {
     // Expiry's only sighting of an AOR whose requests come through a proxy.
     assert_ne!(aor_route_stamp(&mut fx, "proxied1"), 0, "a request routed by AOR stamps its route");
     assert_eq!(aor_route_stamp(&mut fx, "proxied3"), 0, "one its down home did not take leaves it");
+    assert_ne!(aor_route_stamp(&mut fx, "line2"), 0, "a shared socket's other line routed by AOR stamps its route");
+    let own = fx.dataplane().client_packets(SHARED_LOAD_SLOT).unwrap();
+    assert_eq!(own, 5, "only its own line's datagrams (and keepalives) count as the shared socket's load");
 }
 
 #[test]
@@ -89,7 +93,15 @@ fn nat_fixtures() {
     let asked = ClientEntry { server: HOME1, nat_port_be: 20050u16.to_be(), ..Default::default() };
     let client = endpoint("10.0.0.2".parse().unwrap(), 5066);
     fx.dataplane().install_client(client, asked).unwrap();
+    let shared = ClientEntry {
+        flags: CLIENT_CHECKS_REGISTER | CLIENT_SHARED,
+        aor_hash: aor_hash(b"sip:line1@x"),
+        nat_port_be: 20051u16.to_be(),
+        ..asked
+    };
+    fx.dataplane().install_client(endpoint("10.0.0.2".parse().unwrap(), SHARED_SOCKET_PORT), shared).unwrap();
     route_proxied_aors(&mut fx);
+    route_other_lines(&mut fx);
     let cases = [
         unknown_clients(),
         not_routed_by_aor_in_nat(),
@@ -635,7 +647,9 @@ fn install_line_socket(fx: &mut Fixture) {
         aor_hash: aor_hash(b"sip:line1@x"),
         ..Default::default()
     };
-    let shared = ClientEntry { flags: CLIENT_CHECKS_REGISTER | CLIENT_SHARED, ..line1 };
+    // A load slot of its own: what counts as its load is checked.
+    let shared = ClientEntry { flags: CLIENT_CHECKS_REGISTER | CLIENT_SHARED, load_slot: SHARED_LOAD_SLOT, ..line1 };
+    fx.dataplane().reset_load(SHARED_LOAD_SLOT).unwrap();
     for (port, entry) in [(LINE_SOCKET_PORT, line1), (SHARED_SOCKET_PORT, shared)] {
         fx.dataplane().install_client(endpoint("10.0.0.2".parse().unwrap(), port), entry).unwrap();
     }
@@ -643,6 +657,7 @@ fn install_line_socket(fx: &mut Fixture) {
 
 const LINE_SOCKET_PORT: u16 = 5080;
 const SHARED_SOCKET_PORT: u16 = 5081;
+const SHARED_LOAD_SLOT: u32 = 77;
 
 fn line_register(line: &str) -> Vec<u8> {
     format!("REGISTER sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;rport\r\nTo: <sip:{line}@x>\r\nCSeq: 1 REGISTER\r\n\r\n")
@@ -753,6 +768,12 @@ fn from_proxy(payload: Vec<u8>) -> Datagram {
 /// `datagram` from the proxy, tunnelled to the home of `slot` as its
 /// AOR's route says.
 fn routed_to(name: &str, datagram: &Datagram, slot: u32) -> Case {
+    tunnelled_to(name, datagram, slot, Counter::ForwardedByAor)
+}
+
+/// `datagram` tunnelled to the home of `slot` (home1 or home2), counted
+/// as `counter`.
+fn tunnelled_to(name: &str, datagram: &Datagram, slot: u32, counter: Counter) -> Case {
     let v4 = datagram.src.is_ipv4();
     let (mac, edge, home) = match (slot, v4) {
         (HOME2, _) => (HOME2_MAC, "10.0.0.1", "10.0.0.12"),
@@ -760,7 +781,16 @@ fn routed_to(name: &str, datagram: &Datagram, slot: u32) -> Case {
         (_, false) => (HOME1_MAC, "fd00::1", "fd00::11"),
     };
     let expected = tunnelled(datagram, EDGE_MAC, mac, None, edge, home);
-    Case::new(name, from_client(datagram), XDP_TX, expected, Counter::ForwardedByAor).forwarded_to(slot)
+    Case::new(name, from_client(datagram), XDP_TX, expected, counter).forwarded_to(slot)
+}
+
+/// The shared socket's other lines `AORS` routes: `line2` to home2
+/// (draining), `line3` to home3 (down); `line4` it lacks.
+fn route_other_lines(fx: &mut Fixture) {
+    let routes = [("line2", HOME2), ("line3", HOME3)];
+    let hashes: Vec<u64> = routes.iter().map(|(user, _)| aor_hash(format!("sip:{user}@x").as_bytes())).collect();
+    let values: Vec<AorRoute> = routes.iter().map(|&(_, server)| AorRoute { server, ..AorRoute::default() }).collect();
+    fx.dataplane().route_aors(&hashes, &values).unwrap();
 }
 
 /// dsr: a request from a source on no fast path with more than one Via
@@ -834,52 +864,70 @@ fn routed_by_aor() -> Vec<Case> {
     ]
 }
 
-/// nat: a proxied request whose AOR `AORS` routes goes up, as any miss.
+/// nat: a proxied request whose AOR `AORS` routes goes up, as any miss;
+/// so does a shared socket's other line's (its edge port's replies come
+/// back only from its entry's home).
 fn not_routed_by_aor_in_nat() -> Vec<Case> {
     let register = from_client(&from_proxy(proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>")));
-    vec![passed("nat: a proxied REGISTER of a routed AOR goes up", register, Counter::PassMiss)]
+    let other_line = from_client(&from_shared_socket(line_request("MESSAGE", "<sip:line2@x>;tag=1")));
+    vec![
+        passed("nat: a proxied REGISTER of a routed AOR goes up", register, Counter::PassMiss),
+        passed("nat: a shared socket's other line goes up, routed or not", other_line, Counter::PassOtherAor),
+    ]
 }
 
 /// A STUN binding request (RFC 5389 §6), as phones send to keep NAT
 /// bindings open: no SIP request line.
 const STUN_BINDING: [u8; 20] = [0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
 
-/// A socket shared by several lines takes only its own line's requests
-/// (From, To for a REGISTER) and whatever is no request (responses,
-/// keepalives, STUN); another line's, or one the program cannot read with
-/// certainty, goes up.
+/// A socket shared by several lines (dsr) takes its own line's requests
+/// (From, To for a REGISTER) and responses (To: the line that answered),
+/// and whatever is no SIP message (keepalives, STUN); another line's goes
+/// to that line's home as `AORS` routes it, without touching the entry,
+/// or up if `AORS` lacks it or its home is down; one the program cannot
+/// read with certainty goes up.
 fn shared_socket_checks() -> Vec<Case> {
     let late_from = String::from_utf8(line_request("MESSAGE", "<sip:line1@x>;tag=1"))
         .unwrap()
         .replace("Via:", &format!("Subject: {}\r\nVia:", "s".repeat(VIA_SCAN)));
-    let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\nFrom: <sip:line2@x>;tag=1\r\nTo: <sip:line9@x>\r\n\r\n";
+    let response = |to: &str| {
+        format!("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\nFrom: <sip:line9@x>;tag=1\r\nTo: {to}\r\n\r\n").into_bytes()
+    };
+    let other_line = |name: &str, payload: Vec<u8>| {
+        tunnelled_to(name, &from_shared_socket(payload), HOME2, Counter::ForwardedOtherAor)
+    };
+    let up = |name: &str, payload: Vec<u8>, counter| passed(name, from_client(&from_shared_socket(payload)), counter);
+    let subscribe = [b"SUBSCRIBE".as_slice(), &line_register("line1")[8..]].concat();
     vec![
         dsr_to_home1(
             "a request from the shared socket's own line takes the fast path",
             &from_shared_socket(line_request("INVITE", "\"One\" <sip:line1@X>;tag=1")),
         ),
         dsr_to_home1("a REGISTER of its own line too", &from_shared_socket(line_register("line1"))),
-        dsr_to_home1("a response takes the fast path unread", &from_shared_socket(response.to_vec())),
+        dsr_to_home1("a response of its own line (To) too", &from_shared_socket(response("<sip:line1@x>;tag=2"))),
         dsr_to_home1("a CRLF keepalive takes the fast path unread", &from_shared_socket(b"\r\n\r\n".to_vec())),
         dsr_to_home1("a STUN binding request takes the fast path unread", &from_shared_socket(STUN_BINDING.to_vec())),
-        passed(
-            "a request of another line from the shared socket goes up",
-            from_client(&from_shared_socket(line_request("MESSAGE", "<sip:line2@x>;tag=1"))),
-            Counter::PassOtherAor,
+        other_line("another line's request goes to that line's home", line_request("MESSAGE", "<sip:line2@x>;tag=1")),
+        other_line("another line's REGISTER goes to that line's home", line_register("line2")),
+        other_line("another line's response (To) goes to that line's home", response("Two <sip:line2@x>;tag=2")),
+        up("another line AORS lacks goes up", line_request("MESSAGE", "<sip:line4@x>;tag=1"), Counter::PassOtherAor),
+        up("a REGISTER of a line AORS lacks goes up", line_register("line4"), Counter::PassOtherAor),
+        up(
+            "another line whose home is down goes up",
+            line_request("OPTIONS", "<sip:line3@x>;tag=1"),
+            Counter::PassServerDown,
         ),
-        passed(
-            "a REGISTER of another line goes up",
-            from_client(&from_shared_socket(line_register("line2"))),
-            Counter::PassOtherAor,
-        ),
-        passed(
-            "a folded From goes up unread",
-            from_client(&from_shared_socket(line_request("OPTIONS", "<sip:line1@x>\r\n ;tag=1"))),
+        up("a SUBSCRIBE of its own line goes up", subscribe, Counter::PassSubscribe),
+        up("a folded From goes up unread", line_request("OPTIONS", "<sip:line1@x>\r\n ;tag=1"), Counter::PassAorUnseen),
+        up("a From past the bytes read goes up unread", late_from.into_bytes(), Counter::PassAorUnseen),
+        up(
+            "a response without a To goes up unread",
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\n\r\n".to_vec(),
             Counter::PassAorUnseen,
         ),
-        passed(
-            "a From past the bytes read goes up unread",
-            from_client(&from_shared_socket(late_from.into_bytes())),
+        up(
+            "a response of another version goes up unread",
+            [&b"SIP/3.0"[..], &response("<sip:line1@x>")[7..]].concat(),
             Counter::PassAorUnseen,
         ),
     ]

@@ -232,33 +232,22 @@ fn register_line(line: usize, port: u16, seq: u32) -> String {
 
 /// One socket registering six lines, as an IP-PBX or a multi-line phone
 /// does, with the default configuration and stock Kamailio homes. The
-/// socket goes on the fast path for the first line; the kernel passes up a
-/// REGISTER for any other line (its `To` is not the socket's), so the
-/// daemon assigns each line a home of its own and registers it there, and
-/// `routes` lists all six. Twice round: every REGISTER is answered 200 by a
-/// registrar, with the line's binding.
+/// socket goes on the fast path for the first line; the kernel passes up
+/// the first REGISTER of any other line (its `To` is not the socket's, and
+/// `AORS` has no route for it yet), so the daemon assigns each line a home
+/// of its own and registers it there, and `routes` lists all six. Twice
+/// round: every REGISTER is answered 200 by a registrar, with the line's
+/// binding. Round two no longer meets first contact: line1's REGISTER takes
+/// the socket's entry, every other line's goes to its own home by `AORS`
+/// (`forwarded_other_aor`; before the kernel routed shared sockets by AOR,
+/// round two went up as round one did).
 #[test]
 fn one_socket_registering_six_lines_registers_each_at_its_own_home() {
     if !privileged() {
         return;
     }
-    const LINES: usize = 6;
-    let mut topology = Topology::new("dsr", Attach::Native, 3);
-    topology.first_contact = None;
-    start_registrars(&mut topology, Registrar::Kamailio);
-    let edge = InProcessEdge::start(&mut topology, &[]);
-    let socket = socket_in(&topology.client, &format!("{CLIENT}:5080"));
-    for seq in 1..=2 {
-        for line in 1..=LINES {
-            socket.send_to(register_line(line, 5080, seq).as_bytes(), SERVICE).expect("sending a REGISTER");
-            let answers = receive(&socket, 1, Duration::from_secs(5));
-            let answer = answers.first().map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned());
-            let answer = answer.unwrap_or_else(|| panic!("line{line}, round {seq}: no answer"));
-            assert!(answer.starts_with("SIP/2.0 200"), "line{line}, round {seq}: {answer}");
-            let binding = format!("<sip:line{line}@{CLIENT}:5080>;expires=");
-            assert!(answer.contains(&binding), "line{line}, round {seq}: the registrar's binding in {answer}");
-        }
-    }
+    let (_topology, edge, socket) = six_line_pool("");
+    register_lines(&socket, 1);
     let routes = edge.routes();
     let mut lines: Vec<&str> = routes.iter().map(|r| r.aor.as_str()).collect();
     lines.sort();
@@ -270,6 +259,11 @@ fn one_socket_registering_six_lines_registers_each_at_its_own_home() {
     // Each line's first REGISTER went by the daemon's proxy, which sends it
     // to the home the line is assigned (first_contact_tests pin that).
     assert!(edge.first_contact("proxied") >= LINES as u64, "every line proxied to its own home");
+
+    let (requests, others) = (edge.first_contact("requests"), edge.kernel(Counter::ForwardedOtherAor));
+    register_lines(&socket, 2);
+    assert_eq!(edge.first_contact("requests"), requests, "round two's REGISTERs went up");
+    assert_eq!(edge.kernel(Counter::ForwardedOtherAor) - others, LINES as u64 - 1, "the other lines by AORS");
 
     // The socket stays line1's (its first REGISTER), shared with the others.
     let owner = edge.entries("sip:line1@example.net");
@@ -300,37 +294,123 @@ fn one_socket_registering_six_lines_registers_each_at_its_own_home() {
     each_line_reaches_its_own_home(&edge, &socket, &after, 2);
 }
 
-/// A request from each line of the six-line socket (an OPTIONS, From and
-/// To the line): line1's, the socket's own, the kernel sends to line1's
-/// home, whose Kamailio answers it, and first contact never sees; any
-/// other line's the kernel passes up, and first contact answers with a
-/// 302 naming that line's home, never line1's.
-fn each_line_reaches_its_own_home(edge: &InProcessEdge, socket: &std::net::UdpSocket, routes: &[Route], round: u32) {
-    for line in 1..=6 {
-        let requests = edge.first_contact("requests");
-        let options = format!(
-            "OPTIONS sip:line{line}@example.net SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {CLIENT}:5080;branch=z9hG4bKopt{line}x{round};rport\r\nMax-Forwards: 70\r\n\
-             To: <sip:line{line}@example.net>\r\nFrom: <sip:line{line}@example.net>;tag=o{line}\r\n\
-             Call-ID: opt{line}x{round}@pbx\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-        );
-        socket.send_to(options.as_bytes(), SERVICE).expect("sending an OPTIONS");
+const LINES: usize = 6;
+
+/// A dsr edge with the config's `extra` and three stock Kamailio homes,
+/// and the client socket the lines register from.
+fn six_line_pool(extra: &str) -> (Topology, InProcessEdge, std::net::UdpSocket) {
+    let mut topology = Topology::new("dsr", Attach::Native, 3);
+    topology.first_contact = None;
+    topology.extra_config = extra.to_owned();
+    start_registrars(&mut topology, Registrar::Kamailio);
+    let edge = InProcessEdge::start(&mut topology, &[]);
+    let socket = socket_in(&topology.client, &format!("{CLIENT}:5080"));
+    (topology, edge, socket)
+}
+
+/// Round `seq` of REGISTERs for every line from `socket`: each answered
+/// 200 by a registrar, with the line's binding.
+fn register_lines(socket: &std::net::UdpSocket, seq: u32) {
+    for line in 1..=LINES {
+        socket.send_to(register_line(line, 5080, seq).as_bytes(), SERVICE).expect("sending a REGISTER");
         let answers = receive(socket, 1, Duration::from_secs(5));
-        let answer = answers.first().map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned()).unwrap_or_default();
-        if line == 1 {
-            assert!(
-                answer.starts_with("SIP/2.0 200"),
-                "round {round}: line1's home answered line1's OPTIONS: {answer:?}"
-            );
-            assert_eq!(edge.first_contact("requests"), requests, "round {round}: line1's OPTIONS went up");
-            continue;
-        }
-        assert!(answer.starts_with("SIP/2.0 302"), "round {round}, line{line}: first contact's 302: {answer:?}");
-        let aor = format!("sip:line{line}@example.net");
-        let home = routes.iter().find(|r| r.aor == aor).and_then(|r| r.address).expect("the line's home address");
-        let contact = format!("Contact: <sip:line{line}@{home}>");
-        assert!(answer.contains(&contact), "round {round}, line{line}: the 302 names its home {home}: {answer}");
+        let answer = answers.first().map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned());
+        let answer = answer.unwrap_or_else(|| panic!("line{line}, round {seq}: no answer"));
+        assert!(answer.starts_with("SIP/2.0 200"), "line{line}, round {seq}: {answer}");
+        let binding = format!("<sip:line{line}@{CLIENT}:5080>;expires=");
+        assert!(answer.contains(&binding), "line{line}, round {seq}: the registrar's binding in {answer}");
     }
+}
+
+/// `line`'s OPTIONS (From and To the line) from the six-line socket, and
+/// the answer.
+fn options_of(socket: &std::net::UdpSocket, line: usize, round: u32) -> String {
+    let options = format!(
+        "OPTIONS sip:line{line}@example.net SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {CLIENT}:5080;branch=z9hG4bKopt{line}x{round};rport\r\nMax-Forwards: 70\r\n\
+         To: <sip:line{line}@example.net>\r\nFrom: <sip:line{line}@example.net>;tag=o{line}\r\n\
+         Call-ID: opt{line}x{round}@pbx\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    socket.send_to(options.as_bytes(), SERVICE).expect("sending an OPTIONS");
+    let answers = receive(socket, 1, Duration::from_secs(5));
+    answers.first().map(|(_, bytes)| String::from_utf8_lossy(bytes).into_owned()).unwrap_or_default()
+}
+
+/// The fast path's packets to each home, by name.
+fn sent_to_homes(edge: &InProcessEdge) -> std::collections::BTreeMap<String, u64> {
+    edge.servers().into_iter().map(|s| (s.name, s.packets)).collect()
+}
+
+/// A request from each line of the six-line socket (an OPTIONS): the
+/// kernel sends every line's to that line's home, whose Kamailio answers
+/// it, and first contact never sees it: line1's, the socket's own, by the
+/// socket's entry (`forwarded`), any other line's by `AORS`
+/// (`forwarded_other_aor`). Before the kernel routed shared sockets by
+/// AOR, the other lines' went up and first contact answered them with a
+/// 302 naming their homes.
+fn each_line_reaches_its_own_home(edge: &InProcessEdge, socket: &std::net::UdpSocket, routes: &[Route], round: u32) {
+    for line in 1..=LINES {
+        let aor = format!("sip:line{line}@example.net");
+        let home = &routes.iter().find(|r| r.aor == aor).expect("the line's route").server;
+        let counter = if line == 1 { Counter::Forwarded } else { Counter::ForwardedOtherAor };
+        let (requests, forwarded, sent) = (edge.first_contact("requests"), edge.kernel(counter), sent_to_homes(edge));
+        let answer = options_of(socket, line, round);
+        assert!(answer.starts_with("SIP/2.0 200"), "round {round}, line{line}: its home answered: {answer:?}");
+        assert_eq!(edge.first_contact("requests"), requests, "round {round}: line{line}'s OPTIONS went up");
+        assert_eq!(edge.kernel(counter) - forwarded, 1, "round {round}, line{line}: {}", counter.label());
+        let now = sent_to_homes(edge);
+        for (name, packets) in &now {
+            let expected = sent[name] + u64::from(name == home);
+            assert_eq!(*packets, expected, "round {round}, line{line} (at {home}): what the kernel sent {name}");
+        }
+    }
+}
+
+/// Expiring the line a shared socket was put on the fast path for (it
+/// fell silent) takes the fast path from none of the others: the socket's
+/// entry is handed to another line, whose requests and the third line's
+/// still reach their homes through the kernel, and the expired line's
+/// next request goes up to first contact.
+#[test]
+fn expiring_a_shared_sockets_first_line_leaves_the_others_on_the_fast_path() {
+    if !privileged() {
+        return;
+    }
+    let (_topology, edge, socket) = six_line_pool("[store]\nexpire_after = 3\n");
+    register_lines(&socket, 1);
+    let line1 = "sip:line1@example.net";
+    assert_eq!(edge.entries(line1).len(), 1, "the socket is line1's");
+    // Every line but line1 keeps talking (through the kernel) until line1
+    // expires.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut round = 10;
+    while edge.home_of(line1).is_some() {
+        assert!(Instant::now() < deadline, "line1 never expired");
+        for line in 2..=LINES {
+            assert!(options_of(&socket, line, round).starts_with("SIP/2.0 200"), "line{line} answered");
+        }
+        round += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let routes = edge.routes();
+    assert_eq!(routes.len(), LINES - 1, "only line1 expired: {routes:?}");
+    let owners: Vec<String> =
+        routes.iter().filter(|r| !edge.entries(&r.aor).is_empty()).map(|r| r.aor.clone()).collect();
+    assert_eq!(owners.len(), 1, "the socket was handed to one other line: {owners:?}");
+    for line in 2..=LINES {
+        let aor = format!("sip:line{line}@example.net");
+        let home = &routes.iter().find(|r| r.aor == aor).expect("the line's route").server;
+        let counter = if owners[0] == aor { Counter::Forwarded } else { Counter::ForwardedOtherAor };
+        let (requests, forwarded, sent) = (edge.first_contact("requests"), edge.kernel(counter), sent_to_homes(&edge));
+        assert!(options_of(&socket, line, 99).starts_with("SIP/2.0 200"), "line{line} answered");
+        assert_eq!(edge.first_contact("requests"), requests, "line{line} went up");
+        assert_eq!(edge.kernel(counter) - forwarded, 1, "line{line}: {}", counter.label());
+        assert_eq!(sent_to_homes(&edge)[home] - sent[home], 1, "line{line}: to its own home {home}");
+    }
+    let (requests, other) = (edge.first_contact("requests"), edge.kernel(Counter::PassOtherAor));
+    options_of(&socket, 1, 99);
+    assert_eq!(edge.kernel(Counter::PassOtherAor) - other, 1, "the expired line goes up");
+    assert_eq!(edge.first_contact("requests") - requests, 1, "to first contact");
 }
 
 /// How a fast-path client's request comes to be passed up by the program.

@@ -19,6 +19,13 @@
 //! names for the daemon's AOR of that datagram, unchanged inside its
 //! tunnel, and only when the daemon reads more than one Via in it.
 //!
+//! And from a socket that carries several lines (`CLIENT_SHARED`, its
+//! entry line1's): requests and responses of its lines and mutations of
+//! them, and random bytes, never `XDP_ABORTED`, exactly one counter moved;
+//! one forwarded goes to the home `AORS` names for the daemon's AOR of
+//! that datagram (a response's: its `To`), its own line's alone by the
+//! entry (`forwarded`), another's by `AORS` (`forwarded_other_aor`).
+//!
 //! The program runs the same code: `fixtures.rs` and
 //! `malformed_properties.rs` check the kernel's frames byte for byte.
 
@@ -31,11 +38,11 @@ use proptest::{
 };
 use redirector::{
     edge::first_contact::identity,
-    sip::{Aor, Message, Via},
+    sip::{Aor, HeaderKind, Message, NameAddr, Via},
 };
 use redirector_ebpf::{
-    AorRoute, Counter,
-    aor::{RequestAor, aor_hash, request_aor},
+    AorRoute, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Counter,
+    aor::{RequestAor, aor_hash, message_aor, request_aor},
     via::{RPORT, TopVia, VIA_SCAN, rport_checksum_diff, top_via},
     vias::{Vias, count_vias},
 };
@@ -559,29 +566,43 @@ fn daemon_route(message: &[u8]) -> Option<(Option<u32>, usize)> {
     Some((routes().get(&aor_hash(aor.as_str().as_bytes())).copied(), parsed.via_values().count()))
 }
 
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let datagram = Datagram::new("10.0.0.9:5060", "192.0.2.10:5060").with(|d| d.payload = payload.to_vec());
+fn frame(source: &str, payload: &[u8]) -> Vec<u8> {
+    let datagram = Datagram::new(source, "192.0.2.10:5060").with(|d| d.payload = payload.to_vec());
     ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet())
 }
 
-/// One payload from the proxy through the program; the counter it moved.
-fn check(fx: &mut Fixture, payload: &[u8]) -> Result<Counter, TestCaseError> {
-    let input = frame(payload);
+/// One payload from `source` through the program: the counter it moved,
+/// and the home a forwarded one was tunnelled to (the request unchanged
+/// inside); anything else is passed untouched.
+fn run_one(
+    fx: &mut Fixture,
+    source: &str,
+    payload: &[u8],
+    forwarded: &[Counter],
+) -> Result<(Counter, Option<Ipv4Addr>), TestCaseError> {
+    let input = frame(source, payload);
     let before = fx.counters();
     let outcome = fx.run(&input);
     let moved: Vec<Counter> = before.iter().zip(fx.counters()).filter(|(b, a)| a.1 != b.1).map(|(b, _)| b.0).collect();
     prop_assert_eq!(moved.len(), 1, "exactly one counter moves: {:?}", moved);
     prop_assert_ne!(outcome.action, XDP_ABORTED);
     let counter = moved[0];
-    let text = String::from_utf8_lossy(payload);
-    if counter != Counter::ForwardedByAor {
-        prop_assert_eq!(outcome.action, XDP_PASS, "{}: {}", counter.label(), text);
+    if !forwarded.contains(&counter) {
+        prop_assert_eq!(outcome.action, XDP_PASS, "{}: {}", counter.label(), String::from_utf8_lossy(payload));
         prop_assert_eq!(&outcome.frame, &input, "passed frames are untouched");
-        return Ok(counter);
+        return Ok((counter, None));
     }
     prop_assert_eq!(outcome.action, XDP_TX);
     let home = Ipv4Addr::from(<[u8; 4]>::try_from(&outcome.frame[30..34]).unwrap());
-    prop_assert_eq!(&outcome.frame[34..], &input[14..], "the request goes unchanged inside the tunnel");
+    prop_assert_eq!(&outcome.frame[34..], &input[14..], "the datagram goes unchanged inside the tunnel");
+    Ok((counter, Some(home)))
+}
+
+/// One payload from the proxy through the program; the counter it moved.
+fn check(fx: &mut Fixture, payload: &[u8]) -> Result<Counter, TestCaseError> {
+    let (counter, home) = run_one(fx, "10.0.0.9:5060", payload, &[Counter::ForwardedByAor])?;
+    let Some(home) = home else { return Ok(counter) };
+    let text = String::from_utf8_lossy(payload);
     if let Some((route, vias)) = daemon_route(payload) {
         let slot = route.ok_or_else(|| TestCaseError::fail(format!("forwarded an AOR AORS lacks: {text}")))?;
         let (_, address, forwards) = HOMES[slot as usize];
@@ -592,7 +613,14 @@ fn check(fx: &mut Fixture, payload: &[u8]) -> Result<Counter, TestCaseError> {
     Ok(counter)
 }
 
-fn run(fx: &mut Fixture, strategy: impl Strategy<Value = Vec<u8>>, cases: u32) -> BTreeMap<&'static str, u32> {
+type Check = fn(&mut Fixture, &[u8]) -> Result<Counter, TestCaseError>;
+
+fn run(
+    fx: &mut Fixture,
+    check: Check,
+    strategy: impl Strategy<Value = Vec<u8>>,
+    cases: u32,
+) -> BTreeMap<&'static str, u32> {
     let fx = std::cell::RefCell::new(fx);
     let reached = std::cell::RefCell::new(BTreeMap::new());
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
@@ -606,23 +634,135 @@ fn run(fx: &mut Fixture, strategy: impl Strategy<Value = Vec<u8>>, cases: u32) -
     reached.into_inner()
 }
 
+/// `check` over payloads as written, mutated ones and random bytes; the
+/// counters the first two reached.
+fn run_each(
+    fx: &mut Fixture,
+    check: Check,
+    written: impl Strategy<Value = Vec<u8>>,
+    mutated: impl Strategy<Value = Vec<u8>>,
+) -> (BTreeMap<&'static str, u32>, BTreeMap<&'static str, u32>) {
+    let written = run(fx, check, written, 1500);
+    eprintln!("written: {written:?}");
+    let mutated = run(fx, check, mutated, 3000);
+    eprintln!("mutated: {mutated:?}");
+    let random = run(fx, check, prop::collection::vec(any::<u8>(), 0..600), 500);
+    eprintln!("random: {random:?}");
+    (written, mutated)
+}
+
 #[test]
 fn proxied_requests_go_to_their_aors_home_or_up() {
     if !privileged() {
         return;
     }
     let mut fx = Fixture::new("dsr");
-    let routes = routes();
-    let values: Vec<AorRoute> = routes.values().map(|&server| AorRoute { server, ..AorRoute::default() }).collect();
-    fx.dataplane().route_aors(&routes.keys().copied().collect::<Vec<_>>(), &values).unwrap();
-    let written = run(&mut fx, proxied_request().prop_map(|proxied| proxied.text.into_bytes()), 1500);
-    eprintln!("written: {written:?}");
-    let mutated = run(&mut fx, mutated_proxied(), 3000);
-    eprintln!("mutated: {mutated:?}");
-    let random = run(&mut fx, prop::collection::vec(any::<u8>(), 0..600), 500);
-    eprintln!("random: {random:?}");
+    route_lines(&mut fx);
+    let written = proxied_request().prop_map(|proxied| proxied.text.into_bytes());
+    let (written, mutated) = run_each(&mut fx, check, written, mutated_proxied());
     for outcome in ["forwarded_by_aor", "pass_miss", "pass_server_down", "pass_vias_unseen"] {
         assert!(written.get(outcome).copied().unwrap_or(0) >= 15, "{outcome} reached: {written:?}");
         assert!(mutated.get(outcome).copied().unwrap_or(0) >= 30, "{outcome} reached: {mutated:?}");
     }
+}
+
+/// `AORS` as `routes` has it.
+fn route_lines(fx: &mut Fixture) {
+    let routes = routes();
+    let values: Vec<AorRoute> = routes.values().map(|&server| AorRoute { server, ..AorRoute::default() }).collect();
+    fx.dataplane().route_aors(&routes.keys().copied().collect::<Vec<_>>(), &values).unwrap();
+}
+
+/// A socket that carries several lines, put on the fast path for line1
+/// (at its home, as `routes` has it).
+const SHARED_SOCKET: &str = "10.0.0.2:5081";
+
+fn line1() -> u64 {
+    aor_hash(b"sip:line1@example.net")
+}
+
+/// The hash of the daemon's AOR of a shared socket's datagram: a
+/// request's (`identity`), a response's `To`.
+fn daemon_line(message: &[u8]) -> Option<u64> {
+    let parsed = Message::parse(message).ok()?;
+    let aor = if parsed.is_request() {
+        identity(&parsed).ok()?
+    } else {
+        let value = parsed.value(HeaderKind::To)?;
+        Aor::from_uri(NameAddr::parse(&value, "To").ok()?.uri, "To").ok()?
+    };
+    Some(aor_hash(aor.as_str().as_bytes()))
+}
+
+/// A request of a line (`proxied_request`'s, one Via or several) or a
+/// response with a line's AOR in its `To`.
+fn line_message() -> impl Strategy<Value = String> {
+    (proxied_request(), any::<bool>()).prop_map(|(proxied, response)| {
+        if !response {
+            return proxied.text;
+        }
+        // The line's AOR is where the request had it: moved to the To.
+        let (line, rest) = proxied.text.split_once("\r\n").unwrap();
+        let method = line.split(' ').next().unwrap();
+        let rest = if method == "REGISTER" {
+            rest.to_owned()
+        } else {
+            rest.replacen("From: ", "X-From: ", 1).replacen("To: ", "From: ", 1).replacen("X-From: ", "To: ", 1)
+        };
+        format!("SIP/2.0 200 OK\r\n{rest}")
+    })
+}
+
+/// One payload from the shared socket through the program; the counter
+/// it moved.
+fn check_shared(fx: &mut Fixture, payload: &[u8]) -> Result<Counter, TestCaseError> {
+    let forwarded = [Counter::Forwarded, Counter::ForwardedOtherAor];
+    let (counter, home) = run_one(fx, SHARED_SOCKET, payload, &forwarded)?;
+    let text = String::from_utf8_lossy(payload);
+    let (Some(home), Some(line)) = (home, daemon_line(payload)) else { return Ok(counter) };
+    let slot = routes().get(&line).copied();
+    let slot = slot.ok_or_else(|| TestCaseError::fail(format!("forwarded a line AORS lacks: {text}")))?;
+    let (_, address, forwards) = HOMES[slot as usize];
+    prop_assert!(forwards, "forwarded to a home that is down: {}", text);
+    prop_assert_eq!(home, address, "forwarded to another home than the daemon's line's: {}", text);
+    prop_assert_eq!(counter == Counter::Forwarded, line == line1(), "only its own line takes the entry: {}", text);
+    Ok(counter)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A shared socket's responses are read by their `To`: where the
+    /// kernel reads an AOR it is the daemon's.
+    #[test]
+    fn the_kernel_reads_a_shared_sockets_line_as_the_daemon_does(message in mutated_from(line_message())) {
+        let (buffer, end) = framed(&message);
+        if let (RequestAor::Hash(kernel), Some(daemon)) = (message_aor(&buffer, HEADERS, end), daemon_line(&message)) {
+            prop_assert_eq!(kernel, daemon, "{}", String::from_utf8_lossy(&message));
+        }
+    }
+}
+
+#[test]
+fn a_shared_sockets_lines_go_to_their_own_homes_or_up() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    route_lines(&mut fx);
+    let entry = ClientEntry {
+        server: routes()[&line1()],
+        flags: CLIENT_CHECKS_REGISTER | CLIENT_SHARED,
+        aor_hash: line1(),
+        ..ClientEntry::default()
+    };
+    let socket = SHARED_SOCKET.parse::<std::net::SocketAddr>().unwrap();
+    fx.dataplane().install_client(redirector::kernel::loader::endpoint(socket.ip(), socket.port()), entry).unwrap();
+    let written = line_message().prop_map(String::into_bytes);
+    let (written, mutated) = run_each(&mut fx, check_shared, written, mutated_from(line_message()));
+    for outcome in ["forwarded", "forwarded_other_aor", "pass_other_aor", "pass_server_down"] {
+        assert!(written.get(outcome).copied().unwrap_or(0) >= 10, "{outcome} reached: {written:?}");
+        assert!(mutated.get(outcome).copied().unwrap_or(0) >= 10, "{outcome} reached: {mutated:?}");
+    }
+    assert!(mutated.get("pass_aor_unseen").copied().unwrap_or(0) >= 10, "pass_aor_unseen reached: {mutated:?}");
 }

@@ -1,11 +1,12 @@
 //! A request from a socket on the fast path takes it only if it is for the
-//! AOR the socket was put there for; one from another source that came
-//! through another proxy may go to its AOR's home (see
+//! AOR the socket was put there for (a shared socket's responses too, by
+//! their `To`); one of another AOR from a shared socket, or from another
+//! source that came through another proxy, may go to its AOR's home (see
 //! `redirector_ebpf::aor`, `redirector_ebpf::vias`).
 
 use aya_ebpf::programs::XdpContext;
 use redirector_ebpf::{
-    aor::{RequestAor, RequestLine, header_aor, request_line},
+    aor::{RequestAor, RequestLine, header_aor, message_line, request_line},
     vias::{Vias, count_vias},
 };
 
@@ -16,7 +17,8 @@ use super::{
 
 /// The datagram may take the entry.
 pub const TAKES: u32 = 0;
-/// A request for another AOR.
+/// A request (a shared socket's response) for another AOR, whose hash
+/// `hashed` returns.
 pub const OTHER_AOR: u32 = 1;
 /// A request whose AOR the program cannot read with certainty.
 pub const UNSEEN: u32 = 2;
@@ -29,8 +31,9 @@ pub const HASHED: u32 = 1;
 pub const UNKNOWN: u32 = 2;
 
 /// Whether the datagram may take a fast path installed for the AOR that
-/// hashes to `aor_hash`: what is no request (a response, a keepalive,
-/// STUN) does, a request only with that hash.
+/// hashes to `aor_hash`: what is no SIP message (a keepalive, STUN) does,
+/// a request or response only with that hash (a response's AOR is its
+/// `To`: only a shared socket's responses are checked).
 #[inline(always)]
 pub fn check(ctx: &XdpContext, ip: &Ip, aor_hash: u64) -> u32 {
     match read(ctx, ip) {
@@ -41,13 +44,14 @@ pub fn check(ctx: &XdpContext, ip: &Ip, aor_hash: u64) -> u32 {
     }
 }
 
-/// Reads the datagram's AOR into the scratch: `NOT_REQUEST`, `HASHED`
-/// (then `hashed` is its `aor_hash`) or `UNKNOWN`.
+/// Reads the datagram's AOR into the scratch (`message_line`: a
+/// response's `To` too): `NOT_REQUEST`, `HASHED` (then `hashed` is its
+/// `aor_hash`) or `UNKNOWN`.
 /// A subprogram: its stack does not add to its siblings'.
 #[inline(never)]
 pub fn read(ctx: &XdpContext, ip: &Ip) -> u32 {
     match scratch::load(ctx, ip) {
-        Some(scratch) => hash(scratch),
+        Some(scratch) => hash_message(scratch),
         None => UNKNOWN,
     }
 }
@@ -105,7 +109,19 @@ pub fn reread() -> u32 {
 #[inline(never)]
 fn hash(scratch: &mut Scratch) -> u32 {
     let (start, end) = scratch::bounds(scratch);
-    match request_line(&scratch.bytes, start, end) {
+    hash_header(scratch, request_line(&scratch.bytes, start, end))
+}
+
+/// As `hash`, a response read by its `To` (`message_line`).
+#[inline(never)]
+fn hash_message(scratch: &mut Scratch) -> u32 {
+    let (start, end) = scratch::bounds(scratch);
+    hash_header(scratch, message_line(&scratch.bytes, start, end))
+}
+
+#[inline(always)]
+fn hash_header(scratch: &mut Scratch, line: RequestLine) -> u32 {
+    match line {
         RequestLine::NotRequest => NOT_REQUEST,
         RequestLine::Unknown => UNKNOWN,
         RequestLine::Reads(header) => {

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use redirector_ebpf::{
     AorRoute, COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, FloorHop, HopState,
@@ -34,6 +34,12 @@ pub static CLIENTS: LruHashMap<Endpoint, ClientEntry> = LruHashMap::with_max_ent
 /// leaves the AOR's requests to user space, as before.
 #[map]
 pub static AORS: HashMap<u64, AorRoute> = HashMap::with_max_entries(MAX_CLIENTS, 0);
+
+/// `redirector_other_line` at 0, which `redirector` tail-calls for a shared
+/// socket's datagram of another line (dsr). Set by the daemon when it
+/// loads `redirector`, and pinned, so it outlives the daemon with the link.
+#[map]
+pub static OTHER_LINES: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Packets of each client on the fast path, by `ClientEntry::load_slot`
 /// (per CPU: a hit adds to its own CPU's copy, no shared line, no hash).

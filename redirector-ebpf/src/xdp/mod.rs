@@ -56,23 +56,60 @@
 //!    the program reads nothing of a miss (`pass_miss`). A home server's own
 //!    requests never take this path: in dsr mode it owns the service
 //!    address, so they never reach the edge's program.
-//!    A client's entry says which requests may take it (`aor.rs`: the
+//!    A client's entry says which datagrams may take it (`aor.rs`: the
 //!    daemon's canonical AOR of a request's `To` for a REGISTER, its
-//!    `From` otherwise, hashed, read within the frame's first 512 bytes):
-//!    with `CLIENT_SHARED` (a socket that carries several AORs, a
-//!    multi-line phone or an IP-PBX) every request, with
+//!    `From` otherwise, and of a shared socket's response its `To`, the
+//!    line that answered; hashed, read within the frame's first 512
+//!    bytes): with `CLIENT_SHARED` (a socket that carries several AORs, a
+//!    multi-line phone or an IP-PBX) every request and response, with
 //!    `CLIENT_CHECKS_REGISTER` (every client first contact installed) a
 //!    REGISTER (its method in any case), takes the fast path only if that
-//!    hash is the entry's `aor_hash`. A request for another AOR from the
-//!    socket (a phone's second line, a scanner enumerating extensions) is
-//!    passed to user space (`pass_other_aor`), which routes it by its own
-//!    AOR; one whose AOR the program cannot read with certainty (a folded
+//!    hash is the entry's `aor_hash`.
+//!    In dsr mode, a shared socket's request or response of another AOR
+//!    (the phone's second line) is routed by that AOR as a proxied request
+//!    is, in `redirector_other_line`, which the program tail-calls through
+//!    `OTHER_LINES` for any datagram of another AOR than its entry's (the
+//!    edge program's verification has no room left for a second forward;
+//!    without that program in `OTHER_LINES` the datagram goes up as
+//!    `pass_other_aor`): if `AORS` has it and its home is active or
+//!    draining, it is
+//!    encapsulated to that home (rules 6 and 8), counted
+//!    `forwarded_other_aor` and in the home's `SERVER_STATS`, and the
+//!    route's `last_seen_ns` is stamped (the line's sighting for expiry);
+//!    the entry's load and `last_seen_ns` are not touched. An AOR `AORS`
+//!    lacks goes up (`pass_other_aor`, within the throttle), and the
+//!    daemon routes it by its own AOR; one whose home is down goes up as
+//!    `pass_server_down`. In nat mode another line's datagram always goes
+//!    up (`pass_other_aor`): the socket has one edge port, whose replies
+//!    rule 7 takes from the entry's home alone, so no other line's home
+//!    could answer through it.
+//!    A non-shared socket's REGISTER of another AOR (a scanner enumerating
+//!    extensions, or the first sign of a second line) goes up
+//!    (`pass_other_aor`): the daemon marks the socket shared. A datagram
+//!    checked whose AOR the program cannot read with certainty (a folded
 //!    or escaped value, an IPv6 host, a password, another scheme, a method
-//!    the daemon would read otherwise, a value not complete within the
-//!    bytes read) is passed up too (`pass_aor_unseen`). What is no request
-//!    (a response; a datagram shorter than any request line, as RFC 5626
-//!    keepalives; one whose first byte no method starts with, as STUN) and
-//!    a non-shared socket's other requests are not read.
+//!    the daemon would read otherwise, a response of another SIP version
+//!    or without a `To`, a value not complete within the bytes read) is
+//!    passed up too (`pass_aor_unseen`). The daemon sends a passed-up
+//!    datagram of a shared socket on to the entry's home only when the
+//!    program would (its own line's); another line's request is a first
+//!    contact, another line's or an unread response is dropped, counted
+//!    (`dropped`): no response reaches another line's home. What is no SIP
+//!    message (a datagram shorter than any request line, as RFC 5626
+//!    keepalives; one whose first byte no method starts with, as STUN),
+//!    and a non-shared socket's responses and requests other than
+//!    REGISTERs, take the entry unread.
+//!    The daemon keeps a shared socket's entry while another of its lines
+//!    is routed (dsr): when the line the entry is for is withdrawn (moved
+//!    to a home this edge does not know, or a rewrite failed) or expires,
+//!    the entry is handed to another line that `AORS` routes (that line's
+//!    home, hash and owner; the edge port and load slot kept), and the
+//!    withdrawn line goes up as `pass_other_aor`; when it comes back,
+//!    first contact routes it in `AORS` again and leaves the entry as it
+//!    is. The daemon learns a socket's other lines at their first contact;
+//!    one restarted knows none until they come up again, so a withdrawal
+//!    takes the entry, and the next line that comes up takes the socket
+//!    over.
 //!    In nat mode, a client whose entry has `CLIENT_ADDS_RPORT` (its first
 //!    request's Via did not ask for rport) gets `;rport` added at the end of
 //!    its request's top Via value when the value has none (`via.rs`; a

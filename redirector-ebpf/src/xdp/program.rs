@@ -11,8 +11,8 @@ use redirector_ebpf::{
 use super::{
     aor, decap, encap,
     maps::{
-        AORS, CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, PROBE, SERVERS, SERVICES, THROTTLED, count, count_load,
-        count_server, report,
+        AORS, CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, OTHER_LINES, PROBE, SERVERS, SERVICES, THROTTLED, count,
+        count_load, count_server, report,
     },
     nat,
     packet::{self, Datagram, parse_udp, udp_header_ok},
@@ -132,6 +132,36 @@ pub fn redirector_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// A datagram of another AOR than its socket's entry, tail-called by
+/// `redirector` once `aor::check` read its AOR (the hash still in this
+/// CPU's scratch). dsr, a shared socket's: to that line's home as `AORS`
+/// names it, if that home forwards, the entry untouched; anything else
+/// goes up (rule 6).
+#[xdp]
+pub fn redirector_other_line(ctx: XdpContext) -> u32 {
+    let verdict = match (parse_udp(&ctx), CONFIG.get(0)) {
+        (Ok(datagram), Some(config)) => route_other_line(&ctx, config, &datagram),
+        (Err(counter), _) => Verdict::new(xdp_action::XDP_PASS, counter),
+        (Ok(_), None) => NOT_SERVICE,
+    };
+    count(verdict.counter());
+    verdict.action()
+}
+
+#[inline(always)]
+fn route_other_line(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict {
+    // SAFETY: the value is read once; no reference outlives the call.
+    let shared = unsafe { CLIENTS.get(datagram.src) }.is_some_and(|client| client.flags & CLIENT_SHARED != 0);
+    if !shared || config.mode != Mode::Dsr as u8 {
+        return to_first_contact(datagram, PASS_OTHER_AOR);
+    }
+    let answer = route_hashed(datagram, PASS_OTHER_AOR);
+    match answer.home() {
+        Some(home) => forwarded_as(forward_to(ctx, config, datagram, Hit(home as u64)), Counter::ForwardedOtherAor),
+        None => answer.verdict(),
+    }
+}
+
 #[inline(always)]
 fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
     let Some(config) = CONFIG.get(0) else {
@@ -171,17 +201,25 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     };
     // SAFETY: a live map value (RCU keeps it mapped for this run), copied out.
     let client: ClientEntry = unsafe { *entry };
-    // A shared socket's every request is read; another's REGISTERs only.
+    // A shared socket's every datagram is read; another's REGISTERs only.
     let checked = client.flags & CLIENT_SHARED != 0
         || (client.flags & CLIENT_CHECKS_REGISTER != 0 && packet::is_register(ctx, &datagram.ip));
     if checked {
         match aor::check(ctx, &datagram.ip, client.aor_hash) {
             aor::TAKES => {}
-            aor::OTHER_AOR => return to_first_contact(datagram, PASS_OTHER_AOR),
+            aor::OTHER_AOR => {
+                // Another line's: `redirector_other_line` decides, in a
+                // program of its own (this one's verification has no room
+                // left for it). Not there, it goes up.
+                // SAFETY: `ctx` is this program's; on success the call does
+                // not return, on failure nothing was changed.
+                unsafe { OTHER_LINES.tail_call(ctx, 0) };
+                return to_first_contact(datagram, PASS_OTHER_AOR);
+            }
             _ => return to_first_contact(datagram, PASS_AOR_UNSEEN),
         }
     }
-    // Only what takes the entry is its client's: another line's request
+    // Only what takes the entry is its client's: another line's datagram
     // neither keeps it from going idle nor counts as its load.
     // SAFETY: as above.
     unsafe { stamp_last_seen(&raw mut (*entry).last_seen_ns) };
@@ -220,8 +258,14 @@ fn forward_to(ctx: &XdpContext, config: &Config, datagram: &Datagram, hit: Hit) 
 /// A forwarded request of another proxy's is counted as routed by its AOR.
 #[inline(always)]
 fn by_aor(verdict: Verdict) -> Verdict {
+    forwarded_as(verdict, Counter::ForwardedByAor)
+}
+
+/// A forwarded datagram is counted as `counter`, anything else as it was.
+#[inline(always)]
+fn forwarded_as(verdict: Verdict, counter: Counter) -> Verdict {
     if verdict.counter() == Counter::Forwarded as u32 {
-        return Verdict::new(verdict.action(), Counter::ForwardedByAor);
+        return Verdict::new(verdict.action(), counter);
     }
     verdict
 }
@@ -270,20 +314,29 @@ fn route_by_aor(ctx: &XdpContext, datagram: &Datagram) -> AorAnswer {
     if aor::reread() != aor::HASHED {
         return AorAnswer::up(to_first_contact(datagram, PASS_MISS));
     }
+    route_hashed(datagram, PASS_MISS)
+}
+
+/// The home `AORS` names for the AOR `aor::hashed` holds, if that home
+/// forwards (the route's `last_seen_ns` stamped: the AOR's only sighting,
+/// its datagram taking no client entry); else the verdict the datagram
+/// goes up with, `unrouted` if `AORS` lacks the AOR.
+// A separate BPF subprogram: its stack does not add to its siblings'.
+#[inline(never)]
+fn route_hashed(datagram: &Datagram, unrouted: Verdict) -> AorAnswer {
     let Some(route) = AORS.get_ptr_mut(aor::hashed()) else {
-        return AorAnswer::up(to_first_contact(datagram, PASS_MISS));
+        return AorAnswer::up(to_first_contact(datagram, unrouted));
     };
     // SAFETY: a live map value (RCU keeps it mapped for this run), read once.
     let home = unsafe { (*route).server };
     let passed = match SERVERS.get(home) {
         Some(server) if ServerState::forwards(server.state) => {
-            // The AOR's only sighting: its proxy's source is on no entry.
             // SAFETY: as above.
             unsafe { stamp_last_seen(&raw mut (*route).last_seen_ns) };
             return AorAnswer::home_at(home);
         }
         Some(_) => PASS_SERVER_DOWN,
-        None => PASS_MISS,
+        None => unrouted,
     };
     AorAnswer::up(to_first_contact(datagram, passed))
 }

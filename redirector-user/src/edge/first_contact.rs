@@ -37,7 +37,7 @@ use std::{
 };
 
 use redirector_ebpf::{
-    aor::{RequestAor, request_aor},
+    aor::{RequestAor, message_aor, request_aor},
     via::VIA_SCAN,
 };
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
@@ -274,13 +274,16 @@ impl Request<'_> {
 
 /// What the kernel reads of `datagram`'s AOR (`redirector_ebpf::aor`),
 /// on the same bytes: a frame's first `VIA_SCAN`, after the Ethernet, IP
-/// and UDP headers of a plain frame of `source`'s family.
-fn request_aor_of(datagram: &[u8], source: SocketAddr) -> RequestAor {
+/// and UDP headers of a plain frame of `source`'s family. A shared
+/// socket's datagram is read as the program reads it (`message_aor`: a
+/// response by its `To`), any other's as a request (`request_aor`).
+fn kernel_aor_of(datagram: &[u8], source: SocketAddr, shared: bool) -> RequestAor {
     let start = if source.is_ipv4() { 14 + 20 + 8 } else { 14 + 40 + 8 };
     let mut frame = [0u8; VIA_SCAN];
     let len = datagram.len().min(VIA_SCAN - start);
     frame[start..start + len].copy_from_slice(&datagram[..len]);
-    request_aor(&frame, start, start + len)
+    let read = if shared { message_aor } else { request_aor };
+    read(&frame, start, start + len)
 }
 
 /// The program's REGISTER test (`xdp/packet.rs` `is_register`): any case.
@@ -401,10 +404,12 @@ impl FirstContact {
         let route = self.installed.get(source)?;
         // A request for another AOR than the socket's, or one whose AOR the
         // program cannot read, is first contact's (rule 6's AOR check):
-        // every request from a shared socket, REGISTERs from the others.
+        // every request and response from a shared socket, REGISTERs from
+        // the others. A response of another line is dropped (counted), not
+        // sent to this socket's line's home.
         if let Some(hash) = route.aor_hash
             && (route.shared || is_register_any_case(datagram))
-            && !request_aor_of(datagram, source).takes(hash)
+            && !kernel_aor_of(datagram, source, route.shared).takes(hash)
         {
             return None;
         }

@@ -1039,6 +1039,34 @@ fn a_shared_sockets_request_goes_by_its_aor_as_the_kernel_sends_it() {
     }
 }
 
+/// A passed-up response from a socket shared by several lines is read by
+/// its `To` (the line that answered), as the kernel reads it: its own
+/// line's goes to the socket's home, another line's is dropped, counted,
+/// never sent to the socket's home. A socket that is not shared sends
+/// every response on unread.
+#[test]
+fn a_shared_sockets_response_goes_by_its_to_or_is_dropped() {
+    let alice = redirector_ebpf::aor::aor_hash(b"sip:alice@example.net");
+    let response = |to: &str| {
+        format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKh1\r\nFrom: <sip:home@example.net>;tag=h\r\n\
+             To: <sip:{to}@example.net>;tag=c\r\nCall-ID: r1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let sent_on = |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::Encapsulate { .. }));
+    for shared in [true, false] {
+        let s = setup(Policy::Auto);
+        s.fc.kernel
+            .put(client(), KernelRoute { server: 1, nat_port: None, adds_rport: false, aor_hash: Some(alice), shared });
+        let own = s.fc.on_service_datagram(response("alice").as_bytes(), client(), service());
+        assert!(sent_on(&own), "shared {shared}: the socket's own line's response not sent on");
+        let dropped = s.fc.counters.dropped.load(Ordering::Relaxed);
+        let other = s.fc.on_service_datagram(response("bob").as_bytes(), client(), service());
+        assert_eq!(sent_on(&other), !shared, "shared {shared}: another line's response");
+        assert_eq!(s.fc.counters.dropped.load(Ordering::Relaxed) - dropped, u64::from(shared), "shared {shared}");
+    }
+}
+
 const HOME1: &str = "198.51.100.11:5060";
 const HOME2: &str = "198.51.100.12:5060";
 

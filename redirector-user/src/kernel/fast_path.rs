@@ -70,6 +70,11 @@ pub struct FastPath {
     learned: HashMap<Endpoint, Learned, Seeded>,
     /// AOR → (client key, service endpoint it talked to).
     installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>, Seeded>,
+    /// A shared socket's other lines: the AORs first contact installed it
+    /// for after its owner, which the kernel routes by `AORS` (dsr). One
+    /// of them takes the socket over when its owner's entries are
+    /// withdrawn (`hand_over`).
+    lines: HashMap<Endpoint, Vec<Aor>, Seeded>,
     /// The AORs the current scan has yet to look at.
     scanning: Vec<Aor>,
     /// The client entries as first contact reads them, kept in step with
@@ -251,6 +256,7 @@ impl FastPath {
             load_slot_of: HashMap::default(),
             learned: HashMap::default(),
             installed: HashMap::default(),
+            lines: HashMap::default(),
             scanning: Vec::new(),
             shared: Arc::default(),
             static_clients,
@@ -360,17 +366,30 @@ impl FastPath {
 
     /// Forwards `origin`'s traffic to the server in slot `server` (`origin`
     /// names the service address:port it talked to, the source of nat
-    /// replies, and whether its Via asked for rport); or, when the socket
-    /// is installed for another AOR, marks it shared (see `share_socket`).
+    /// replies, and whether its Via asked for rport); or, when the kernel
+    /// holds the socket for another AOR, marks it shared (see
+    /// `share_socket`) and routes `aor` by `AORS` to `server` (dsr: the
+    /// program sends the line's requests from the socket there). A socket
+    /// another AOR owned that is off the kernel (withdrawn, idle) is taken
+    /// over by `aor`, shared still.
     pub fn install(&mut self, aor: &Aor, origin: Origin, server: u32) -> Result<Installed, FastPathError> {
         let (client, service) = (origin.client, origin.service);
         let entry = (endpoint(client.ip(), client.port()), endpoint(service.ip(), service.port()));
-        if self.learned.get(&entry.0).is_some_and(|learned| learned.owner != owner_of(aor)) {
-            return self.share_socket(entry.0).map(|()| Installed::Shared);
-        }
         let in_kernel = self.shared.get(client).is_some();
-        let learned = Learned::of(&origin, aor, self.learned.get(&entry.0).copied());
+        let before = self.learned.get(&entry.0).copied();
+        let owned_by_other = before.is_some_and(|learned| learned.owner != owner_of(aor));
+        if owned_by_other && in_kernel {
+            self.share_socket(entry.0)?;
+            self.add_line(entry.0, aor);
+            self.route_aors(&[(aor, server)])?;
+            return Ok(Installed::Shared);
+        }
+        let mut learned = Learned::of(&origin, aor, before);
+        learned.shared |= owned_by_other;
         self.learned.insert(entry.0, learned);
+        if let Some(lines) = self.lines.get_mut(&entry.0) {
+            lines.retain(|line| line != aor);
+        }
         if let Err(error) = self.put(entry.0, server, entry.1) {
             // A client the kernel did not hold and did not take keeps no
             // load slot or edge port.
@@ -406,6 +425,19 @@ impl FastPath {
         Ok(())
     }
 
+    /// Records `aor` as one of a shared socket's other lines.
+    fn add_line(&mut self, client: Endpoint, aor: &Aor) {
+        let lines = self.lines.entry(client).or_default();
+        if !lines.contains(aor) {
+            lines.push(aor.clone());
+        }
+    }
+
+    /// The other lines a shared socket carries (`lines`), for tests.
+    pub fn lines(&self, client: Endpoint) -> Vec<Aor> {
+        self.lines.get(&client).cloned().unwrap_or_default()
+    }
+
     /// The client keys installed for `aor`.
     pub fn installed(&self, aor: &Aor) -> Vec<Endpoint> {
         self.installed.get(aor).map_or_else(Vec::new, |entries| entries.iter().map(|(client, _)| *client).collect())
@@ -416,12 +448,25 @@ impl FastPath {
     /// first contact, which answers from the assignments and installs them
     /// again (with the edge ports and load slots they keep meanwhile).
     /// Returns the clients withdrawn.
+    /// A shared socket one of whose other lines is still routed (dsr)
+    /// stays on the fast path, handed over to that line (`hand_over`):
+    /// withdrawing one line takes the fast path from no other.
     pub fn withdraw_many(&mut self, aors: &[Aor]) -> Result<Vec<Endpoint>, FastPathError> {
         self.unroute_aors(aors)?;
+        self.drop_lines(aors);
         let withdrawn: Vec<(Aor, Vec<(Endpoint, Endpoint)>)> =
             aors.iter().filter_map(|aor| self.installed.remove_entry(aor)).collect();
-        let clients: Vec<Endpoint> =
-            withdrawn.iter().flat_map(|(_, entries)| entries.iter().map(|(client, _)| *client)).collect();
+        let mut clients = Vec::new();
+        for (aor, entries) in &withdrawn {
+            let owner = owner_of(aor);
+            for &(client, service) in entries {
+                // A socket another AOR took since is that AOR's to withdraw.
+                let own = self.learned.get(&client).is_none_or(|learned| learned.owner == owner);
+                if own && !self.hand_over(client, service) {
+                    clients.push(client);
+                }
+            }
+        }
         let removed = self.dataplane.remove_clients(&clients);
         let done = entries_done(&removed, clients.len());
         clients[..done].iter().for_each(|client| self.shared.remove(socket_address(client)));
@@ -433,6 +478,50 @@ impl FastPath {
             return Err(error.into());
         }
         Ok(clients)
+    }
+
+    /// The AORs are no longer any shared socket's other lines.
+    fn drop_lines(&mut self, aors: &[Aor]) {
+        if self.lines.is_empty() {
+            return;
+        }
+        let gone: HashSet<&Aor> = aors.iter().collect();
+        self.lines.retain(|_, lines| {
+            lines.retain(|line| !gone.contains(line));
+            !lines.is_empty()
+        });
+    }
+
+    /// dsr: gives a shared socket whose owner is withdrawn to the first of
+    /// its other lines that `AORS` routes: its entry becomes that line's
+    /// (home, hash, owner; edge port and load slot kept), as if the line
+    /// had been first, and the line's requests from it take the entry.
+    /// Whether it did; on a failed write the socket is withdrawn.
+    fn hand_over(&mut self, client: Endpoint, service: Endpoint) -> bool {
+        if self.mode != ForwardingMode::Dsr {
+            return false;
+        }
+        let Some(before) = self.learned.get(&client).copied() else { return false };
+        let Some((line, home)) = self.lines.get(&client).and_then(|lines| {
+            lines.iter().find_map(|line| {
+                let route = self.dataplane.aor_route(self.aor_routes.routed(line)?).ok()??;
+                Some((line.clone(), route.server))
+            })
+        }) else {
+            return false;
+        };
+        let owner = owner_of(&line);
+        self.learned.insert(client, Learned { aor_hash: hash_of(&line), owner, shared: true, ..before });
+        if let Err(error) = self.put(client, home, service) {
+            tracing::warn!(%error, %line, "a shared socket could not be handed to its other line: withdrawn with its owner");
+            self.learned.insert(client, before);
+            return false;
+        }
+        if let Some(lines) = self.lines.get_mut(&client) {
+            lines.retain(|other| *other != line);
+        }
+        self.installed.entry(line).or_default().push((client, service));
+        true
     }
 
     /// Points the AORs' clients at their new servers (slots), in place:
@@ -687,6 +776,7 @@ impl FastPath {
     /// slot, and its edge port and reply entry, if it has one.
     fn forget_client(&mut self, client: Endpoint) -> Result<(), FastPathError> {
         self.learned.remove(&client);
+        self.lines.remove(&client);
         if let Some(slot) = self.load_slot_of.remove(&client) {
             self.load_slots.release(slot);
         }

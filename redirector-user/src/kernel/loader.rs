@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -20,9 +20,10 @@ use aya::{
 use redirector_ebpf::{
     AORS_MAP, AorRoute, CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry,
     Counter, DECAP_ADDRESSES_MAP, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM, FloorHop,
-    HOP_STATE_MAP, HOPS_MAP, LIMIT_MAP, LIMIT_PROGRAM, LOADS_MAP, Mode, NAT_REPLIES_MAP, NatEntry, NatKey, PROBE_MAP,
-    REDIRECTOR_PROGRAM, REPLY_HOPS_MAP, SERVER_HAS_V4, SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE,
-    SERVICE_SIP, SERVICES_MAP, Server, ServerStats, THROTTLED_MAP, Throttle, probe::ProbeConfig,
+    HOP_STATE_MAP, HOPS_MAP, LIMIT_MAP, LIMIT_PROGRAM, LOADS_MAP, Mode, NAT_REPLIES_MAP, NatEntry, NatKey,
+    OTHER_LINE_PROGRAM, OTHER_LINES_MAP, PROBE_MAP, REDIRECTOR_PROGRAM, REPLY_HOPS_MAP, SERVER_HAS_V4, SERVER_HAS_V6,
+    SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server, ServerStats, THROTTLED_MAP,
+    Throttle, probe::ProbeConfig,
 };
 
 use super::pins::{PINNED_MAPS, PinError, Pins};
@@ -179,8 +180,24 @@ impl DataPlane {
         Ok(false)
     }
 
+    /// Program `name`, loaded; `redirector` with `redirector_other_line`
+    /// in its `OTHER_LINES` slot.
     pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp> {
+        if name == REDIRECTOR_PROGRAM {
+            self.link_other_lines()?;
+        }
         program(&mut self.ebpf, name)
+    }
+
+    /// Puts `redirector_other_line` where `redirector` tail-calls it for a
+    /// shared socket's other lines (`OTHER_LINES`, pinned with the maps).
+    fn link_other_lines(&mut self) -> Result<()> {
+        let name = OTHER_LINE_PROGRAM;
+        let fd = program(&mut self.ebpf, name)?.fd().map_err(|source| DataPlaneError::Program { name, source })?;
+        let fd = fd.try_clone().map_err(|source| DataPlaneError::Program { name, source: source.into() })?;
+        let map = self.ebpf.map_mut(OTHER_LINES_MAP).ok_or(DataPlaneError::MissingMap(OTHER_LINES_MAP))?;
+        let mut slots: ProgramArray<_> = ProgramArray::try_from(map).map_err(map_error(OTHER_LINES_MAP))?;
+        slots.set(0, &fd, 0).map_err(map_error(OTHER_LINES_MAP))
     }
 
     /// Attaches a program; it stays attached until this `DataPlane` is dropped.

@@ -15,8 +15,8 @@ use std::{
 
 use aya::maps::MapInfo;
 use redirector_ebpf::{
-    AORS_MAP, CLIENTS_MAP, CONFIG_MAP, COUNTERS_MAP, LOADS_MAP, MAP_LAYOUT, NAT_REPLIES_MAP, PROBE_MAP,
-    SERVER_STATS_MAP, SERVERS_MAP, SERVICES_MAP, THROTTLED_MAP,
+    AORS_MAP, CLIENTS_MAP, CONFIG_MAP, COUNTERS_MAP, LOADS_MAP, MAP_LAYOUT, NAT_REPLIES_MAP, OTHER_LINES_MAP,
+    PROBE_MAP, SERVER_STATS_MAP, SERVERS_MAP, SERVICES_MAP, THROTTLED_MAP,
 };
 
 use super::loader::CLIENT_MAPS;
@@ -25,7 +25,7 @@ use super::loader::CLIENT_MAPS;
 /// probes with: `AORS` too, rewritten from the store at start), and the counters (the clients' loads too: an adopted
 /// entry's slot keeps its count). Not the event ring (each daemon reads
 /// its own), nor the per-CPU scratch space.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     CONFIG_MAP,
     SERVICES_MAP,
     SERVERS_MAP,
@@ -37,6 +37,9 @@ pub const PINNED_MAPS: [&str; 11] = [
     SERVER_STATS_MAP,
     THROTTLED_MAP,
     PROBE_MAP,
+    // Its slot outlives the daemon only while the map is pinned: the
+    // kernel empties a program array no file refers to.
+    OTHER_LINES_MAP,
 ];
 
 /// `statfs(2)`'s `f_type` of bpffs (include/uapi/linux/magic.h).

@@ -1,0 +1,148 @@
+//! A socket that carries several lines (a multi-line phone, an IP-PBX),
+//! through `FastPath` and the program (BPF_PROG_TEST_RUN, dsr): each line
+//! reaches its own home, and withdrawing, moving, expiring or restoring
+//! one line changes where no other line goes.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use redirector::{
+    kernel::{
+        fast_path::{FastPath, Installed},
+        loader::endpoint,
+    },
+    model::Origin,
+    sip::Aor,
+};
+use redirector_ebpf::{CLIENT_SHARED, ClientEntry, Counter, aor::aor_hash};
+use redirector_tests::{
+    fixture::{CLIENT_MAC, EDGE_MAC, Fixture},
+    packets::{Datagram, ethernet},
+    privileged,
+};
+
+/// Server slots, in the fixture config's order (home3 is down, home4 has
+/// no neighbour; home5 is on another link).
+const HOME1: u32 = 0;
+const HOME2: u32 = 1;
+const HOME5: u32 = 4;
+
+const SOCKET: &str = "10.0.0.2:7002";
+
+fn aor(user: &str) -> Aor {
+    Aor::from_uri(&format!("sip:{user}@example.net"), "To").unwrap()
+}
+
+fn origin() -> Origin {
+    Origin { client: SOCKET.parse().unwrap(), service: "192.0.2.10:5060".parse().unwrap(), asks_rport: true }
+}
+
+fn socket_entry(fast_path: &mut FastPath) -> Option<ClientEntry> {
+    let socket: SocketAddr = SOCKET.parse().unwrap();
+    fast_path.dataplane().client(endpoint(socket.ip(), socket.port())).unwrap()
+}
+
+/// The home address `user`'s OPTIONS from the socket is tunnelled to, and
+/// the counter it moved; `None` if it went up.
+fn sent(fx: &mut Fixture, user: &str) -> (Option<Ipv4Addr>, Counter) {
+    let payload = format!(
+        "OPTIONS sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:7002;rport;branch=z9hG4bK1\r\n\
+         From: <sip:{user}@example.net>;tag=1\r\nTo: <sip:{user}@example.net>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    );
+    let datagram = Datagram::new(SOCKET, "192.0.2.10:5060").with(|d| d.payload = payload.into_bytes());
+    let frame = ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet());
+    let before = fx.counters();
+    let outcome = fx.run(&frame);
+    let moved: Vec<Counter> = before.iter().zip(fx.counters()).filter(|(b, a)| a.1 != b.1).map(|(b, _)| b.0).collect();
+    assert_eq!(moved.len(), 1, "{user}: exactly one counter moves: {moved:?}");
+    // XDP_TX, or XDP_REDIRECT to home5's link.
+    let home =
+        matches!(outcome.action, 3 | 4).then(|| Ipv4Addr::from(<[u8; 4]>::try_from(&outcome.frame[30..34]).unwrap()));
+    (home, moved[0])
+}
+
+const AT_HOME1: Option<Ipv4Addr> = Some(Ipv4Addr::new(10, 0, 0, 11));
+const AT_HOME2: Option<Ipv4Addr> = Some(Ipv4Addr::new(10, 0, 0, 12));
+const AT_HOME5: Option<Ipv4Addr> = Some(Ipv4Addr::new(10, 1, 0, 5));
+
+/// Three lines on one socket, line1 first (the entry's), line2 and line3
+/// routed by `AORS`: a move of line2 moves line2 alone; withdrawing line1
+/// hands the socket to line2, so line2 and line3 stay on the fast path
+/// and line1 goes up; restoring line1 leaves the entry line2's; expiring
+/// line2 hands it on to a line still routed; the last line's expiry takes
+/// it off the fast path.
+#[test]
+fn each_line_of_a_shared_socket_is_withdrawn_moved_and_restored_alone() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    let (line1, line2, line3) = (aor("line1"), aor("line2"), aor("line3"));
+    // As first contact's assignments do: each line routed, then installed.
+    fx.fast_path.route_aors(&[(&line1, HOME1)]).unwrap();
+    assert_eq!(fx.fast_path.install(&line1, origin(), HOME1).unwrap(), Installed::ForAor);
+    for (line, home) in [(&line2, HOME2), (&line3, HOME5)] {
+        assert_eq!(fx.fast_path.install(line, origin(), home).unwrap(), Installed::Shared);
+    }
+    let entry = socket_entry(&mut fx.fast_path).expect("the socket's entry");
+    assert_eq!((entry.server, entry.aor_hash), (HOME1, aor_hash(b"sip:line1@example.net")), "line1's");
+    assert_ne!(entry.flags & CLIENT_SHARED, 0, "shared");
+    assert_eq!(sent(&mut fx, "line1"), (AT_HOME1, Counter::Forwarded));
+    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::ForwardedOtherAor));
+    assert_eq!(sent(&mut fx, "line3"), (AT_HOME5, Counter::ForwardedOtherAor));
+
+    fx.fast_path.repoint_many(&[(&line2, HOME5)]).unwrap();
+    assert_eq!(sent(&mut fx, "line2"), (AT_HOME5, Counter::ForwardedOtherAor), "line2 moved");
+    assert_eq!(sent(&mut fx, "line1"), (AT_HOME1, Counter::Forwarded), "line1 stays");
+    assert_eq!(socket_entry(&mut fx.fast_path).map(|e| e.server), Some(HOME1), "the entry stays line1's");
+    fx.fast_path.repoint_many(&[(&line2, HOME2)]).unwrap();
+
+    let withdrawn = fx.fast_path.withdraw_many(std::slice::from_ref(&line1)).unwrap();
+    assert!(withdrawn.is_empty(), "the socket stays on the fast path: {withdrawn:?}");
+    let entry = socket_entry(&mut fx.fast_path).expect("the socket's entry, kept");
+    assert_eq!((entry.server, entry.aor_hash), (HOME2, aor_hash(b"sip:line2@example.net")), "handed to line2");
+    assert_eq!(sent(&mut fx, "line1"), (None, Counter::PassOtherAor), "line1 goes up to first contact");
+    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::Forwarded));
+    assert_eq!(sent(&mut fx, "line3"), (AT_HOME5, Counter::ForwardedOtherAor));
+
+    // First contact answers line1 again, at a new home.
+    fx.fast_path.route_aors(&[(&line1, HOME5)]).unwrap();
+    assert_eq!(fx.fast_path.install(&line1, origin(), HOME5).unwrap(), Installed::Shared);
+    assert_eq!(
+        socket_entry(&mut fx.fast_path).map(|e| e.server),
+        Some(HOME2),
+        "line2's entry is not pointed at line1's home"
+    );
+    assert_eq!(sent(&mut fx, "line1"), (AT_HOME5, Counter::ForwardedOtherAor));
+    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::Forwarded));
+
+    fx.fast_path.forget_many(std::slice::from_ref(&line2)).unwrap();
+    let entry = socket_entry(&mut fx.fast_path).expect("the socket's entry, kept");
+    let (hash1, hash3) = (aor_hash(b"sip:line1@example.net"), aor_hash(b"sip:line3@example.net"));
+    assert!(entry.aor_hash == hash1 || entry.aor_hash == hash3, "handed on to a line still routed");
+    assert_eq!(entry.server, HOME5, "at that line's home");
+    assert_eq!(sent(&mut fx, "line2"), (None, Counter::PassOtherAor), "an expired line goes up");
+    for (line, hash) in [("line1", hash1), ("line3", hash3)] {
+        let by = if entry.aor_hash == hash { Counter::Forwarded } else { Counter::ForwardedOtherAor };
+        assert_eq!(sent(&mut fx, line), (AT_HOME5, by), "{line}");
+    }
+
+    // The last line withdrawn takes the socket off the fast path.
+    fx.fast_path.forget_many(&[line1, line3]).unwrap();
+    assert_eq!(socket_entry(&mut fx.fast_path), None, "no line left: the entry is gone");
+}
+
+/// nat: a socket's other lines go up (the edge port's replies come back
+/// from the entry's home only), so withdrawing its owner removes it.
+#[test]
+fn a_shared_socket_in_nat_mode_is_withdrawn_with_its_owner() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("nat");
+    let (line1, line2) = (aor("line1"), aor("line2"));
+    assert_eq!(fx.fast_path.install(&line1, origin(), HOME1).unwrap(), Installed::ForAor);
+    assert_eq!(fx.fast_path.install(&line2, origin(), HOME2).unwrap(), Installed::Shared);
+    assert_eq!(sent(&mut fx, "line2"), (None, Counter::PassOtherAor));
+    fx.fast_path.withdraw_many(std::slice::from_ref(&line1)).unwrap();
+    assert_eq!(socket_entry(&mut fx.fast_path), None);
+}
