@@ -615,6 +615,7 @@ fn proxied_requests_go_to_their_aors_home_or_up() {
     let routes = routes();
     let values: Vec<AorRoute> = routes.values().map(|&server| AorRoute { server, ..AorRoute::default() }).collect();
     fx.dataplane().route_aors(&routes.keys().copied().collect::<Vec<_>>(), &values).unwrap();
+    fx.dataplane().add_proxy("10.0.0.9".parse().unwrap()).unwrap();
     let written = run(&mut fx, proxied_request().prop_map(|proxied| proxied.text.into_bytes()), 1500);
     eprintln!("written: {written:?}");
     let mutated = run(&mut fx, mutated_proxied(), 3000);

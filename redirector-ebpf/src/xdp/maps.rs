@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use redirector_ebpf::{
     AorRoute, COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, FloorHop, HopState,
-    MAX_CLIENTS, MAX_DECAP_ADDRESSES, MAX_FLOOR_HOPS, MAX_HOPS, MAX_REPLY_HOPS, MAX_SERVERS, MAX_SERVICES,
+    MAX_CLIENTS, MAX_DECAP_ADDRESSES, MAX_FLOOR_HOPS, MAX_HOPS, MAX_PROXIES, MAX_REPLY_HOPS, MAX_SERVERS, MAX_SERVICES,
     MAX_THROTTLED, NatEntry, NatKey, NextHop, ReplyKey, Server, ServerStats, Throttle, probe::ProbeConfig,
 };
 
@@ -34,6 +34,12 @@ pub static CLIENTS: LruHashMap<Endpoint, ClientEntry> = LruHashMap::with_max_ent
 /// leaves the AOR's requests to user space, as before.
 #[map]
 pub static AORS: HashMap<u64, AorRoute> = HashMap::with_max_entries(MAX_CLIENTS, 0);
+
+/// Upstream proxies' addresses (`redirector_ebpf::proxy_key`): in dsr,
+/// the only sources whose misses have their Vias read. The value is
+/// unused. LRU: a proxy that sends nothing more gives way to new ones.
+#[map]
+pub static PROXIES: LruHashMap<Endpoint, u8> = LruHashMap::with_max_entries(MAX_PROXIES, 0);
 
 /// Packets of each client on the fast path, by `ClientEntry::load_slot`
 /// (per CPU: a hit adds to its own CPU's copy, no shared line, no hash).

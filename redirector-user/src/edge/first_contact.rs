@@ -34,6 +34,7 @@ use std::{
     fmt::Write,
     net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::AtomicU64},
+    time::Instant,
 };
 
 use redirector_ebpf::{
@@ -98,6 +99,10 @@ pub enum Action {
     /// since this was decided); `service` is where it sent to (the source
     /// of nat replies).
     Install { origin: Origin, server: u32, aor: Aor, generation: u64 },
+    /// A request came through `source`, an upstream proxy (more than one
+    /// Via value): in dsr, the kernel is to read its misses' Vias, to send
+    /// its requests of known AORs home itself (`PROXIES`).
+    RecordProxy { source: IpAddr },
     /// The server in slot `server` answered health ping `sequence`.
     PingAnswered { server: u32, sequence: u32 },
     /// A SUBSCRIBE is being proxied: record its dialog, routed by the
@@ -162,6 +167,11 @@ crate::counters::counters! {
     reassigned,
     /// Client addresses put on the fast path (by the state owner).
     installed,
+    /// dsr: upstream proxies' addresses written to the kernel's `PROXIES`
+    /// (by the state owner), whose misses the program reads for an AOR to
+    /// route by: a proxy's first request that comes up, and again one a
+    /// minute or more later if its requests still come up.
+    proxies_recorded,
     /// Reachability pings (OPTIONS) sent to home servers; they are also the
     /// health checks.
     pings_sent,
@@ -364,6 +374,7 @@ impl FirstContact {
                     if waited {
                         request.refresh(&self.cache);
                     }
+                    actions.extend(self.proxy_to_record(&request));
                     actions.extend(self.answer_request(&mut request, assigned, &pool));
                 }
             }
@@ -598,6 +609,14 @@ impl FirstContact {
                 None
             }
         }
+    }
+
+    /// A request that came through an upstream proxy (more than one Via
+    /// value) has its source recorded, unless it was lately.
+    fn proxy_to_record(&self, request: &Request<'_>) -> Option<Action> {
+        let source = request.source.ip();
+        (request.basis.vias.len() > 1 && self.installed.proxy_unwritten(source, Instant::now()))
+            .then_some(Action::RecordProxy { source })
     }
 
     fn answer_request(&self, request: &mut Request<'_>, assigned: Assignments<'_>, pool: &Pool) -> Vec<Action> {
