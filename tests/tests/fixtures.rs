@@ -883,7 +883,8 @@ fn routed_by_aor() -> Vec<Case> {
     ]
 }
 
-/// nat: a proxied request whose AOR `AORS` routes goes up, as any miss.
+/// nat: a proxied request whose AOR `AORS` routes goes up, as any miss,
+/// though its source is in `PROXIES`: nat reads no miss.
 fn not_routed_by_aor_in_nat() -> Vec<Case> {
     let register = from_client(&from_proxy(proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>")));
     vec![passed("nat: a proxied REGISTER of a routed AOR goes up", register, Counter::PassMiss)]
