@@ -20,7 +20,9 @@
 //!   back to its sender, and never redirected (see `from_homes`).
 //! * A client that talked to us directly has its source address put on the
 //!   fast path. A forwarded request's source is the upstream proxy, which
-//!   speaks for many clients, so it is never installed.
+//!   speaks for many clients, so it is never installed; its address is
+//!   recorded instead (`Action::RecordProxy`), for the kernel to read its
+//!   misses and send its requests of known AORs home itself (dsr).
 //! * A datagram from a client already on the fast path is no first contact:
 //!   the program passed it up only because it was an IP fragment (the
 //!   kernel reassembled it) or too big for the egress MTU once forwarded.
