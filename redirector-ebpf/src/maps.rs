@@ -30,6 +30,22 @@ pub const LOADS_MAP: &str = "LOADS";
 pub const AORS_MAP: &str = "AORS";
 /// The program array `redirector` tail-calls `OTHER_LINE_PROGRAM` through.
 pub const OTHER_LINES_MAP: &str = "OTHER_LINES";
+/// Upstream proxies' addresses, keyed by `proxy_key`: in dsr, only a miss
+/// from one of them has its Vias read (see `xdp/mod.rs`, rule 6). Never
+/// pinned: a new program starts empty, and each proxy's next request that
+/// goes up puts it back.
+pub const PROXIES_MAP: &str = "PROXIES";
+/// Upstream proxies (SBCs, other proxies) known at once; the LRU forgets
+/// the one least lately seen beyond this, and the daemon writes it back
+/// when a request of its goes up again.
+pub const MAX_PROXIES: u32 = 4096;
+
+/// The `PROXIES` key of a datagram's source: its address alone (an SBC
+/// sends from many ports), as an `Endpoint` with port 0.
+#[inline(always)]
+pub const fn proxy_key(source: &Endpoint) -> Endpoint {
+    Endpoint { port_be: 0, ..*source }
+}
 
 /// The layout of the maps a daemon pins (their keys, values and what they
 /// mean). A daemon adopts pinned maps only of its own layout; bump this

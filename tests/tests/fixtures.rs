@@ -126,9 +126,12 @@ fn throttle_fixtures() {
     }
     let mut fx = Fixture::new("dsr");
     install_line_socket(&mut fx);
+    route_proxied_aors(&mut fx);
+    fx.dataplane().add_proxy(THROTTLED_PROXY.parse::<std::net::SocketAddr>().unwrap().ip()).unwrap();
     let hour_from_now = monotonic_ns() + 3_600_000_000_000;
     for (address, throttle) in [
         ("10.0.0.77", Throttle::new(hour_from_now, 0)),
+        ("10.0.5.77", Throttle::new(hour_from_now, 1)),
         ("10.0.6.77", Throttle::new(hour_from_now, 1)),
         ("10.0.7.77", Throttle::new(1, 0)),
         ("fd00::77", Throttle::new(hour_from_now, 0)),
@@ -152,6 +155,19 @@ fn throttle_fixtures() {
             XDP_DROP,
             Counter::DropThrottled,
         ),
+        Case::untouched(
+            "a throttled proxy's REGISTER of a routed AOR dropped unread",
+            from_client(&from_proxy(proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>"))),
+            XDP_DROP,
+            Counter::DropThrottled,
+        ),
+        routed_to("a throttled proxy's request within the allowance is read and routed", &throttled_proxy(), HOME1),
+        Case::untouched(
+            "the next, past the allowance, dropped unread",
+            from_client(&throttled_proxy()),
+            XDP_DROP,
+            Counter::DropThrottled,
+        ),
         unknown("the allowance of a window passed up", "10.0.6.2:5060", VIP4),
         throttled("past the allowance in the same window dropped", "10.0.6.3:5060", VIP4),
         unknown("a throttle that has lifted passes", "10.0.7.2:5060", VIP4),
@@ -171,6 +187,13 @@ fn throttle_fixtures() {
         ),
     ];
     run_table(&mut fx, "throttle", [cases]);
+}
+
+/// An upstream proxy in a /24 throttled with an allowance of one datagram.
+const THROTTLED_PROXY: &str = "10.0.5.9:5060";
+
+fn throttled_proxy() -> Datagram {
+    with_payload(THROTTLED_PROXY, VIP4, &proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>"))
 }
 
 /// The benchmark's floor program: the one IPv4 source it knows gets that
@@ -728,12 +751,17 @@ fn register_checks() -> Vec<Case> {
 }
 
 /// The AORs `AORS` routes: `proxied1` to home1 (active), `proxied2` to
-/// home2 (draining), `proxied3` to home3 (down).
+/// home2 (draining), `proxied3` to home3 (down); and the upstream proxies
+/// whose misses the program reads (`PROXIES`): `PROXY4`'s and `PROXY6`'s
+/// addresses.
 fn route_proxied_aors(fx: &mut Fixture) {
     let routes = [("proxied1", HOME1), ("proxied2", HOME2), ("proxied3", HOME3)];
     let hashes: Vec<u64> = routes.iter().map(|(user, _)| aor_hash(format!("sip:{user}@x").as_bytes())).collect();
     let values: Vec<AorRoute> = routes.iter().map(|&(_, server)| AorRoute { server, ..AorRoute::default() }).collect();
     fx.dataplane().route_aors(&hashes, &values).unwrap();
+    for proxy in [PROXY4, PROXY6] {
+        fx.dataplane().add_proxy(proxy.parse::<std::net::SocketAddr>().unwrap().ip()).unwrap();
+    }
 }
 
 /// The `last_seen_ns` of `user`'s route in `AORS`.
@@ -793,9 +821,10 @@ fn route_other_lines(fx: &mut Fixture) {
     fx.dataplane().route_aors(&hashes, &values).unwrap();
 }
 
-/// dsr: a request from a source on no fast path with more than one Via
-/// value (an upstream proxy's) goes to its AOR's home as `AORS` routes
-/// it; one the program cannot be sure of goes up.
+/// dsr: a request from an upstream proxy (its address in `PROXIES`, on no
+/// fast path) with more than one Via value goes to its AOR's home as
+/// `AORS` routes it; one the program cannot be sure of goes up, and so
+/// does every request from another source, unread.
 fn routed_by_aor() -> Vec<Case> {
     let folded_via = "Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKp\r\n ,SIP/2.0/UDP 10.9.0.1;branch=z9hG4bKc\r\n";
     let quoted_via = "Via: SIP/2.0/UDP 10.0.0.9;x=\"a,b\";branch=z9hG4bKp\r\n";
@@ -833,6 +862,26 @@ fn routed_by_aor() -> Vec<Case> {
             &with_payload(PROXY6, VIP6, &proxied("MESSAGE", TWO_VIAS, "<sip:proxied1@x>")),
             HOME1,
         ),
+        routed_to(
+            "a proxy's request from another port of its address goes there too",
+            &with_payload("10.0.0.9:5999", VIP4, &proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>")),
+            HOME1,
+        ),
+        passed(
+            "a proxied REGISTER of a routed AOR from a source not in PROXIES goes up unread",
+            from_client(&with_payload("10.0.0.8:5060", VIP4, &proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>"))),
+            Counter::PassMiss,
+        ),
+        passed(
+            "the same from an IPv6 source not in PROXIES",
+            from_client(&with_payload("[fd00::8]:5060", VIP6, &proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>"))),
+            Counter::PassMiss,
+        ),
+        passed(
+            "a folded Via from a source not in PROXIES goes up as a plain miss: not read",
+            from_client(&with_payload("10.0.0.8:5060", VIP4, &proxied("REGISTER", folded_via, "<sip:proxied1@x>"))),
+            Counter::PassMiss,
+        ),
         pass(
             "one Via goes up (first contact redirects)",
             proxied("REGISTER", "Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKp\r\n", "<sip:proxied1@x>"),
@@ -864,9 +913,10 @@ fn routed_by_aor() -> Vec<Case> {
     ]
 }
 
-/// nat: a proxied request whose AOR `AORS` routes goes up, as any miss;
-/// so does a shared socket's other line's (its edge port's replies come
-/// back only from its entry's home).
+/// nat: a proxied request whose AOR `AORS` routes goes up, as any miss,
+/// though its source is in `PROXIES` (nat reads no miss); so does a shared
+/// socket's other line's (its edge port's replies come back only from its
+/// entry's home).
 fn not_routed_by_aor_in_nat() -> Vec<Case> {
     let register = from_client(&from_proxy(proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>")));
     let other_line = from_client(&from_shared_socket(line_request("MESSAGE", "<sip:line2@x>;tag=1")));

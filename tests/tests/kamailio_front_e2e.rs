@@ -269,6 +269,8 @@ fn kamailio_forwarding_to_the_service_has_its_registers_routed_by_aor_in_the_ker
     wait_until(|| proxied_and_routed(&topology).0 >= CLIENTS as u64, "the daemon proxied the first REGISTERs");
     let (proxied, routed) = proxied_and_routed(&topology);
     assert_eq!(routed, 0, "nothing was routed by AOR before the AORs were assigned");
+    let stats: Stats = cli_json(&topology, &["stats", "--json"]);
+    assert_eq!(stats.first_contact["proxies_recorded"], 1, "the proxy's address, recorded once for the kernel");
 
     // Assigned: the kernel sends them home; the daemon sees none.
     let homes_before: Vec<u64> = topology.homes.iter().map(udp_received).collect();

@@ -658,6 +658,7 @@ fn proxied_requests_go_to_their_aors_home_or_up() {
     }
     let mut fx = Fixture::new("dsr");
     route_lines(&mut fx);
+    fx.dataplane().add_proxy("10.0.0.9".parse().unwrap()).unwrap();
     let written = proxied_request().prop_map(|proxied| proxied.text.into_bytes());
     let (written, mutated) = run_each(&mut fx, check, written, mutated_proxied());
     for outcome in ["forwarded_by_aor", "pass_miss", "pass_server_down", "pass_vias_unseen"] {

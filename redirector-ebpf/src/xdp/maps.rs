@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use redirector_ebpf::{
     AorRoute, COUNTER_COUNT, ClientEntry, Config, EVENTS_BYTES, Endpoint, Event, EventKind, FloorHop, HopState,
-    MAX_CLIENTS, MAX_DECAP_ADDRESSES, MAX_FLOOR_HOPS, MAX_HOPS, MAX_REPLY_HOPS, MAX_SERVERS, MAX_SERVICES,
+    MAX_CLIENTS, MAX_DECAP_ADDRESSES, MAX_FLOOR_HOPS, MAX_HOPS, MAX_PROXIES, MAX_REPLY_HOPS, MAX_SERVERS, MAX_SERVICES,
     MAX_THROTTLED, NatEntry, NatKey, NextHop, ReplyKey, Server, ServerStats, Throttle, probe::ProbeConfig,
 };
 
@@ -40,6 +40,11 @@ pub static AORS: HashMap<u64, AorRoute> = HashMap::with_max_entries(MAX_CLIENTS,
 /// loads `redirector`, and pinned, so it outlives the daemon with the link.
 #[map]
 pub static OTHER_LINES: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// Upstream proxies' addresses (`redirector_ebpf::proxy_key`): in dsr,
+/// the only sources whose misses have their Vias read. The value is
+/// unused. LRU: a proxy that sends nothing more gives way to new ones.
+#[map]
+pub static PROXIES: LruHashMap<Endpoint, u8> = LruHashMap::with_max_entries(MAX_PROXIES, 0);
 
 /// Packets of each client on the fast path, by `ClientEntry::load_slot`
 /// (per CPU: a hit adds to its own CPU's copy, no shared line, no hash).

@@ -30,9 +30,15 @@
 //!    `XDP_TX` with its tag); an unknown client, a nat entry without an edge
 //!    port, or a down server is passed to user space (`pass_miss`,
 //!    `pass_server_down`).
-//!    In dsr mode, a request from a source not in `CLIENTS` (what is no
+//!    A datagram from a source not in `CLIENTS` is first checked against
+//!    the throttle (rule 5: `drop_throttled` past its allowance, before
+//!    anything of it is read). In nat mode, and in dsr mode from a source
+//!    whose address is not in `PROXIES` (the upstream proxies the daemon
+//!    saw forward a request, with more than one Via value: any port of
+//!    the address), it goes up unread (`pass_miss`).
+//!    In dsr mode, a request from an upstream proxy (what is no
 //!    request, or one whose AOR the program would not read, as below, is
-//!    not) is first read for its Via values (`vias.rs`: lines named `Via`
+//!    not) is read for its Via values (`vias.rs`: lines named `Via`
 //!    or `v` in any case, values separated by commas in one line; the scan
 //!    stops at the line after a lone top Via that is no Via, as proxies
 //!    put theirs together at the top), and one that came through another
@@ -48,12 +54,18 @@
 //!    for many clients). The hash is not keyed: a request for an AOR the
 //!    daemon never assigned, crafted to share an assigned AOR's hash,
 //!    would reach that AOR's home. Everything else goes up
-//!    as a miss, within the throttle: at most one Via value, an AOR not
+//!    as a miss: at most one Via value, an AOR not
 //!    read or not in `AORS` (`pass_miss`); a home that is down
 //!    (`pass_server_down`); Via values the program cannot count with
 //!    certainty: a folded Via line, a quote or `<` before the second
-//!    value, headers past the bytes read (`pass_vias_unseen`). In nat mode
-//!    the program reads nothing of a miss (`pass_miss`). A home server's own
+//!    value, headers past the bytes read (`pass_vias_unseen`). A proxy in
+//!    a throttled prefix has all its misses, routed by AOR or not, count
+//!    against the allowance (the daemon throttles only prefixes whose own
+//!    clients flood it, never for a proxy's requests). `PROXIES` is an LRU
+//!    of `MAX_PROXIES`, not pinned: a new program starts it empty, and the
+//!    daemon writes a proxy back (again at most once a minute) whenever a
+//!    request of its goes up; an address no longer used costs a slot until
+//!    the LRU reuses it, and a request from it a read. A home server's own
 //!    requests never take this path: in dsr mode it owns the service
 //!    address, so they never reach the edge's program.
 //!    A client's entry says which datagrams may take it (`aor.rs`: the

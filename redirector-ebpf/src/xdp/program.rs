@@ -5,14 +5,14 @@ use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns
 use redirector_ebpf::{
     CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry,
     Config, Counter, Endpoint, EventKind, FAMILY_V4, Mode, NatKey, NextHop, SERVER_HAS_V4, SERVER_HAS_V6,
-    SERVICE_PROBE, Server, ServerState, server_hop, source_prefix, stamps_last_seen,
+    SERVICE_PROBE, Server, ServerState, proxy_key, server_hop, source_prefix, stamps_last_seen,
 };
 
 use super::{
     aor, decap, encap,
     maps::{
-        AORS, CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, OTHER_LINES, PROBE, SERVERS, SERVICES, THROTTLED, count,
-        count_load, count_server, report,
+        AORS, CLIENTS, CONFIG, DECAP_ADDRESSES, NAT_REPLIES, OTHER_LINES, PROBE, PROXIES, SERVERS, SERVICES, THROTTLED,
+        count, count_load, count_server, report,
     },
     nat,
     packet::{self, Datagram, parse_udp, udp_header_ok},
@@ -155,10 +155,10 @@ fn route_other_line(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> V
     if !shared || config.mode != Mode::Dsr as u8 {
         return to_first_contact(datagram, PASS_OTHER_AOR);
     }
-    let answer = route_hashed(datagram, PASS_OTHER_AOR);
+    let answer = route_hashed(PASS_OTHER_AOR);
     match answer.home() {
         Some(home) => forwarded_as(forward_to(ctx, config, datagram, Hit(home as u64)), Counter::ForwardedOtherAor),
-        None => answer.verdict(),
+        None => to_first_contact(datagram, answer.verdict()),
     }
 }
 
@@ -190,14 +190,7 @@ fn route_datagram(ctx: &XdpContext, datagram: &Datagram) -> Verdict {
 #[inline(always)]
 fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict {
     let Some(entry) = CLIENTS.get_ptr_mut(datagram.src) else {
-        if config.mode != Mode::Dsr as u8 {
-            return to_first_contact(datagram, PASS_MISS);
-        }
-        let answer = route_by_aor(ctx, datagram);
-        return match answer.home() {
-            Some(home) => by_aor(forward_to(ctx, config, datagram, Hit(home as u64))),
-            None => answer.verdict(),
-        };
+        return route_miss(ctx, config, datagram);
     };
     // SAFETY: a live map value (RCU keeps it mapped for this run), copied out.
     let client: ClientEntry = unsafe { *entry };
@@ -255,6 +248,26 @@ fn forward_to(ctx: &XdpContext, config: &Config, datagram: &Datagram, hit: Hit) 
     verdict
 }
 
+/// A source not on the fast path: first contact's, within the throttle,
+/// its payload unread; in dsr, an upstream proxy's request (its address in
+/// `PROXIES`) may first be routed by its AOR. The throttle comes first: a
+/// throttled prefix's flood costs no read of its Vias.
+#[inline(always)]
+fn route_miss(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict {
+    if !admitted(datagram) {
+        return DROP_THROTTLED;
+    }
+    // SAFETY: only presence is read; no reference outlives the call.
+    if config.mode != Mode::Dsr as u8 || unsafe { PROXIES.get(proxy_key(&datagram.src)) }.is_none() {
+        return PASS_MISS;
+    }
+    let answer = route_by_aor(ctx, datagram);
+    match answer.home() {
+        Some(home) => by_aor(forward_to(ctx, config, datagram, Hit(home as u64))),
+        None => answer.verdict(),
+    }
+}
+
 /// A forwarded request of another proxy's is counted as routed by its AOR.
 #[inline(always)]
 fn by_aor(verdict: Verdict) -> Verdict {
@@ -297,10 +310,10 @@ impl AorAnswer {
     }
 }
 
-/// dsr: a request from a source not on the fast path that came through
-/// another proxy (more than one Via value) goes to its AOR's home as
-/// `AORS` names it, if that home forwards; anything else goes up as a
-/// first contact (rule 6).
+/// dsr: a request from an upstream proxy that came through it (more than
+/// one Via value) goes to its AOR's home as `AORS` names it, if that home
+/// forwards; anything else goes up as a first contact (rule 6), already
+/// admitted by the throttle.
 // A separate BPF subprogram: its stack does not add to its siblings'.
 #[inline(never)]
 fn route_by_aor(ctx: &XdpContext, datagram: &Datagram) -> AorAnswer {
@@ -308,13 +321,13 @@ fn route_by_aor(ctx: &XdpContext, datagram: &Datagram) -> AorAnswer {
     // top Via's next line.
     match aor::vias(ctx, &datagram.ip) {
         aor::SEVERAL_VIAS => {}
-        aor::NOT_SEVERAL_VIAS => return AorAnswer::up(to_first_contact(datagram, PASS_MISS)),
-        _ => return AorAnswer::up(to_first_contact(datagram, PASS_VIAS_UNSEEN)),
+        aor::NOT_SEVERAL_VIAS => return AorAnswer::up(PASS_MISS),
+        _ => return AorAnswer::up(PASS_VIAS_UNSEEN),
     }
     if aor::reread() != aor::HASHED {
-        return AorAnswer::up(to_first_contact(datagram, PASS_MISS));
+        return AorAnswer::up(PASS_MISS);
     }
-    route_hashed(datagram, PASS_MISS)
+    route_hashed(PASS_MISS)
 }
 
 /// The home `AORS` names for the AOR `aor::hashed` holds, if that home
@@ -323,9 +336,9 @@ fn route_by_aor(ctx: &XdpContext, datagram: &Datagram) -> AorAnswer {
 /// goes up with, `unrouted` if `AORS` lacks the AOR.
 // A separate BPF subprogram: its stack does not add to its siblings'.
 #[inline(never)]
-fn route_hashed(datagram: &Datagram, unrouted: Verdict) -> AorAnswer {
+fn route_hashed(unrouted: Verdict) -> AorAnswer {
     let Some(route) = AORS.get_ptr_mut(aor::hashed()) else {
-        return AorAnswer::up(to_first_contact(datagram, unrouted));
+        return AorAnswer::up(unrouted);
     };
     // SAFETY: a live map value (RCU keeps it mapped for this run), read once.
     let home = unsafe { (*route).server };
@@ -338,7 +351,7 @@ fn route_hashed(datagram: &Datagram, unrouted: Verdict) -> AorAnswer {
         Some(_) => PASS_SERVER_DOWN,
         None => unrouted,
     };
-    AorAnswer::up(to_first_contact(datagram, passed))
+    AorAnswer::up(passed)
 }
 
 /// Stamps a map value's `last_seen` with now, at most once a second.
@@ -365,11 +378,18 @@ unsafe fn stamp_last_seen(last_seen: *mut u64) {
 /// allowance.
 #[inline(always)]
 fn to_first_contact(datagram: &Datagram, passed: Verdict) -> Verdict {
+    if admitted(datagram) { passed } else { DROP_THROTTLED }
+}
+
+/// Whether a datagram for first contact may go on: its source prefix is
+/// not throttled, or has allowance left (which this one uses).
+#[inline(always)]
+fn admitted(datagram: &Datagram) -> bool {
     let Some(throttle) = THROTTLED.get_ptr_mut(source_prefix(&datagram.src)) else {
-        return passed;
+        return true;
     };
     // SAFETY: a live map value, updated without atomics (see `Throttle::admits`).
-    if unsafe { (*throttle).admits(bpf_ktime_get_coarse_ns()) } { passed } else { DROP_THROTTLED }
+    unsafe { (*throttle).admits(bpf_ktime_get_coarse_ns()) }
 }
 
 // A separate BPF subprogram: its stack does not add to its siblings'.

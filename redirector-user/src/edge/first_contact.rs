@@ -20,7 +20,9 @@
 //!   back to its sender, and never redirected (see `from_homes`).
 //! * A client that talked to us directly has its source address put on the
 //!   fast path. A forwarded request's source is the upstream proxy, which
-//!   speaks for many clients, so it is never installed.
+//!   speaks for many clients, so it is never installed; its address is
+//!   recorded instead (`Action::RecordProxy`), for the kernel to read its
+//!   misses and send its requests of known AORs home itself (dsr).
 //! * A datagram from a client already on the fast path is no first contact:
 //!   the program passed it up only because it was an IP fragment (the
 //!   kernel reassembled it) or too big for the egress MTU once forwarded.
@@ -34,6 +36,7 @@ use std::{
     fmt::Write,
     net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::AtomicU64},
+    time::Instant,
 };
 
 use redirector_ebpf::{
@@ -98,6 +101,10 @@ pub enum Action {
     /// since this was decided); `service` is where it sent to (the source
     /// of nat replies).
     Install { origin: Origin, server: u32, aor: Aor, generation: u64 },
+    /// A request came through `source`, an upstream proxy (more than one
+    /// Via value): in dsr, the kernel is to read its misses' Vias, to send
+    /// its requests of known AORs home itself (`PROXIES`).
+    RecordProxy { source: IpAddr },
     /// The server in slot `server` answered health ping `sequence`.
     PingAnswered { server: u32, sequence: u32 },
     /// A SUBSCRIBE is being proxied: record its dialog, routed by the
@@ -162,6 +169,11 @@ crate::counters::counters! {
     reassigned,
     /// Client addresses put on the fast path (by the state owner).
     installed,
+    /// dsr: upstream proxies' addresses written to the kernel's `PROXIES`
+    /// (by the state owner), whose misses the program reads for an AOR to
+    /// route by: a proxy's first request that comes up, and again one a
+    /// minute or more later if its requests still come up.
+    proxies_recorded,
     /// Reachability pings (OPTIONS) sent to home servers; they are also the
     /// health checks.
     pings_sent,
@@ -367,6 +379,7 @@ impl FirstContact {
                     if waited {
                         request.refresh(&self.cache);
                     }
+                    actions.extend(self.proxy_to_record(&request));
                     actions.extend(self.answer_request(&mut request, assigned, &pool));
                 }
             }
@@ -603,6 +616,14 @@ impl FirstContact {
                 None
             }
         }
+    }
+
+    /// A request that came through an upstream proxy (more than one Via
+    /// value) has its source recorded, unless it was lately.
+    fn proxy_to_record(&self, request: &Request<'_>) -> Option<Action> {
+        let source = request.source.ip();
+        (request.basis.vias.len() > 1 && self.installed.proxy_unwritten(source, Instant::now()))
+            .then_some(Action::RecordProxy { source })
     }
 
     fn answer_request(&self, request: &mut Request<'_>, assigned: Assignments<'_>, pool: &Pool) -> Vec<Action> {

@@ -42,6 +42,8 @@ struct Harness {
     /// The kernel's client entries as first contact reads them (the
     /// tests write them as `FastPath` would).
     kernel: Arc<InstalledClients>,
+    /// Upstream proxies the owner wrote to `PROXIES` (`Action::RecordProxy`).
+    proxies: RefCell<Vec<std::net::IpAddr>>,
 }
 
 /// Limits no test but the one about them reaches.
@@ -62,7 +64,8 @@ impl Harness {
         let core = FirstContact::new(settings, pool.clone(), assignments.cache(), kernel.clone(), counters.clone());
         let (assignments, admission) = (RefCell::new(assignments), RefCell::new(Admission::new(GENEROUS)));
         let (moved, installed) = (RefCell::default(), RefCell::default());
-        Self { core, pool, assignments, counters, moved, installed, admission, kernel }
+        let proxies = RefCell::default();
+        Self { core, pool, assignments, counters, moved, installed, admission, kernel, proxies }
     }
 
     fn on_service_datagram(&self, datagram: &[u8], source: SocketAddr, local: SocketAddr) -> Vec<Action> {
@@ -89,7 +92,25 @@ impl Harness {
             .map(|(aor, _)| aor.clone())
             .collect();
         self.install(&unassigned, assigned.as_ref().ok());
-        self.core.answer(read, assigned.as_ref())
+        let actions = self.core.answer(read, assigned.as_ref());
+        self.record_proxies(actions)
+    }
+
+    /// The owner's part of `Action::RecordProxy`, as `FastPath::record_proxy`
+    /// does it: the proxy is written and first contact told so; the other
+    /// actions are returned.
+    fn record_proxies(&self, actions: Vec<Action>) -> Vec<Action> {
+        let (records, others): (Vec<Action>, Vec<Action>) =
+            actions.into_iter().partition(|action| matches!(action, Action::RecordProxy { .. }));
+        for record in records {
+            let Action::RecordProxy { source } = record else { continue };
+            let now = std::time::Instant::now();
+            if self.kernel.proxy_unwritten(source, now) {
+                self.kernel.proxy_written(source, now);
+                self.proxies.borrow_mut().push(source);
+            }
+        }
+        others
     }
 
     /// The owner's part: new clients straight from their client go on the
@@ -300,6 +321,43 @@ fn forwarded_register_is_proxied_with_our_via_on_top_and_not_installed() {
     assert!(forwarded.contains("X-Custom: kept\r\n") && forwarded.starts_with("REGISTER sip:example.net SIP/2.0\r\n"));
     let again = s.fc.on_service_datagram(&request, upstream, service());
     assert_eq!(actions, again, "a retransmission gets the same branch");
+}
+
+/// An upstream proxy's address is recorded for the kernel (`PROXIES`) the
+/// first time a request of its comes up with more than one Via value,
+/// whatever its answer; a client's own request (one Via) records nothing,
+/// and a recorded proxy is not recorded again at once.
+#[test]
+fn a_request_with_several_vias_records_its_source_as_a_proxy_and_one_via_does_not() {
+    for policy in [Policy::ByVia, Policy::Redirect] {
+        let s = setup(policy);
+        s.fc.on_service_datagram(&register(ONE_VIA, ""), client(), service());
+        assert!(s.fc.proxies.borrow().is_empty(), "{policy:?}: a client's own request records nothing");
+        let upstream: SocketAddr = "192.0.2.99:5060".parse().unwrap();
+        let other_port: SocketAddr = "192.0.2.99:5999".parse().unwrap();
+        s.fc.on_service_datagram(&register(TWO_VIAS, ""), upstream, service());
+        s.fc.on_service_datagram(&register(TWO_VIAS, ""), other_port, service());
+        let upstream6: SocketAddr = "[2001:db8::99]:5060".parse().unwrap();
+        s.fc.on_service_datagram(&register(TWO_VIAS, ""), upstream6, service());
+        assert_eq!(*s.fc.proxies.borrow(), [upstream.ip(), upstream6.ip()], "{policy:?}: each address once");
+    }
+}
+
+/// The record is asked for again once a proxy was written long enough ago
+/// that `PROXIES`' LRU may have dropped it, and forgotten wholesale rather
+/// than grow past the map's size.
+#[test]
+fn a_proxy_is_written_again_after_a_while_and_the_record_stays_bounded() {
+    let kernel = InstalledClients::default();
+    let (proxy, now) = ("192.0.2.99".parse().unwrap(), std::time::Instant::now());
+    assert!(kernel.proxy_unwritten(proxy, now));
+    kernel.proxy_written(proxy, now);
+    assert!(!kernel.proxy_unwritten(proxy, now + Duration::from_secs(1)));
+    assert!(kernel.proxy_unwritten(proxy, now + crate::kernel::installed::PROXY_REWRITTEN_AFTER));
+    for n in 0..redirector_ebpf::MAX_PROXIES {
+        kernel.proxy_written(std::net::IpAddr::from(n.to_be_bytes()), now);
+    }
+    assert!(kernel.proxy_unwritten(proxy, now), "forgotten rather than grown past MAX_PROXIES");
 }
 
 #[test]

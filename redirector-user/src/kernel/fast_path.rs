@@ -14,9 +14,9 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use redirector_ebpf::{
@@ -436,6 +436,21 @@ impl FastPath {
     /// The other lines a shared socket carries (`lines`), for tests.
     pub fn lines(&self, client: Endpoint) -> Vec<Aor> {
         self.lines.get(&client).cloned().unwrap_or_default()
+    }
+
+    /// Marks `source` an upstream proxy in `PROXIES` (dsr: only its misses
+    /// have their Vias read, nat reads none), unless it was lately;
+    /// whether it was written.
+    pub fn record_proxy(&mut self, source: IpAddr, now: Instant) -> Result<bool, FastPathError> {
+        if !self.shared.proxy_unwritten(source, now) {
+            return Ok(false);
+        }
+        let write = self.mode == ForwardingMode::Dsr;
+        if write {
+            self.dataplane.add_proxy(source)?;
+        }
+        self.shared.proxy_written(source, now);
+        Ok(write)
     }
 
     /// The client keys installed for `aor`.

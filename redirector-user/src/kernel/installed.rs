@@ -7,9 +7,14 @@
 //! sends the client's small ones, not answered as a first contact. In nat
 //! mode the reply entries are kept too, by edge port, so a home server's
 //! reply that came as fragments is relayed to its client as the program
-//! relays the small ones.
+//! relays the small ones. The upstream proxies whose misses the program
+//! reads (`PROXIES`) are kept too, so first contact asks the owner to
+//! write only a proxy not written lately.
 
-use std::net::SocketAddr;
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
 
 use dashmap::DashMap;
 
@@ -46,7 +51,14 @@ pub struct InstalledClients {
     routes: DashMap<SocketAddr, KernelRoute, foldhash::fast::RandomState>,
     /// By (IPv4?, edge port).
     nat_replies: DashMap<(bool, u16), NatReply, foldhash::fast::RandomState>,
+    /// Upstream proxies' addresses, by when they were last put in `PROXIES`.
+    proxies: DashMap<IpAddr, Instant, foldhash::fast::RandomState>,
 }
+
+/// How long a proxy written to `PROXIES` is taken to be there: its LRU may
+/// have dropped it since (more proxies than `MAX_PROXIES`), so one whose
+/// requests still go up is written again after this.
+pub const PROXY_REWRITTEN_AFTER: Duration = Duration::from_secs(60);
 
 impl InstalledClients {
     pub fn get(&self, client: SocketAddr) -> Option<KernelRoute> {
@@ -71,6 +83,27 @@ impl InstalledClients {
     /// A reply entry was written.
     pub fn put_nat_reply(&self, edge_port: u16, reply: NatReply) {
         self.nat_replies.insert((reply.client.is_ipv4(), edge_port), reply);
+    }
+
+    /// Whether upstream proxy `source` is to be written to `PROXIES`: not
+    /// written in the last `PROXY_REWRITTEN_AFTER`.
+    pub fn proxy_unwritten(&self, source: IpAddr, now: Instant) -> bool {
+        self.proxies.get(&source).is_none_or(|at| now.saturating_duration_since(*at) >= PROXY_REWRITTEN_AFTER)
+    }
+
+    /// Upstream proxy `source` was written to `PROXIES` at `now`. As many
+    /// are remembered as the map holds: beyond that, those written before
+    /// the last `PROXY_REWRITTEN_AFTER` are forgotten, and if that is not
+    /// enough (a flood of forged sources), all of them (each is written
+    /// again at its next request that goes up).
+    pub fn proxy_written(&self, source: IpAddr, now: Instant) {
+        if self.proxies.len() >= redirector_ebpf::MAX_PROXIES as usize {
+            self.proxies.retain(|_, at| now.saturating_duration_since(*at) < PROXY_REWRITTEN_AFTER);
+            if self.proxies.len() >= redirector_ebpf::MAX_PROXIES as usize {
+                self.proxies.clear();
+            }
+        }
+        self.proxies.insert(source, now);
     }
 
     /// A reply entry was removed.

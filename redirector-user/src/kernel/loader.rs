@@ -21,9 +21,9 @@ use redirector_ebpf::{
     AORS_MAP, AorRoute, CLIENTS_MAP, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, CONFIG_MAP, COUNTERS_MAP, ClientEntry,
     Counter, DECAP_ADDRESSES_MAP, DECAP_SOURCES_MAP, EVENTS_MAP, Endpoint, Event, FLOOR_MAP, FLOOR_PROGRAM, FloorHop,
     HOP_STATE_MAP, HOPS_MAP, LIMIT_MAP, LIMIT_PROGRAM, LOADS_MAP, Mode, NAT_REPLIES_MAP, NatEntry, NatKey,
-    OTHER_LINE_PROGRAM, OTHER_LINES_MAP, PROBE_MAP, REDIRECTOR_PROGRAM, REPLY_HOPS_MAP, SERVER_HAS_V4, SERVER_HAS_V6,
-    SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server, ServerStats, THROTTLED_MAP,
-    Throttle, probe::ProbeConfig,
+    OTHER_LINE_PROGRAM, OTHER_LINES_MAP, PROBE_MAP, PROXIES_MAP, REDIRECTOR_PROGRAM, REPLY_HOPS_MAP, SERVER_HAS_V4,
+    SERVER_HAS_V6, SERVER_STATS_MAP, SERVERS_MAP, SERVICE_PROBE, SERVICE_SIP, SERVICES_MAP, Server, ServerStats,
+    THROTTLED_MAP, Throttle, probe::ProbeConfig,
 };
 
 use super::pins::{PINNED_MAPS, PinError, Pins};
@@ -264,6 +264,13 @@ impl DataPlane {
     pub fn add_service(&mut self, service: Endpoint, kind: u8) -> Result<()> {
         let mut map: HashMap<_, Endpoint, u8> = self.map(SERVICES_MAP)?;
         map.insert(service, kind, 0).map_err(map_error(SERVICES_MAP))
+    }
+
+    /// Marks `source` an upstream proxy, whose misses the program reads
+    /// for their Vias (dsr, `PROXIES`).
+    pub fn add_proxy(&mut self, source: IpAddr) -> Result<()> {
+        let mut map: HashMap<_, Endpoint, u8> = self.map(PROXIES_MAP)?;
+        map.insert(endpoint(source, 0), 0, 0).map_err(map_error(PROXIES_MAP))
     }
 
     /// What probes are answered with (`redirector_ebpf::probe`).

@@ -513,6 +513,7 @@ impl Operations {
         match action {
             Action::Install { origin, server, aor, generation } => self.install(&aor, origin, server, generation),
             Action::Watch { subscription, expires, generation } => self.watch(*subscription, expires, generation),
+            Action::RecordProxy { source } => self.record_proxy(source),
             Action::SubscribeAnswered { id, code, notifier_tag } => {
                 self.watchers.answered(&id, code, notifier_tag.as_deref())
             }
@@ -568,6 +569,20 @@ impl Operations {
             }
             Ok(Installed::Shared) => tracing::debug!(%aor, %client, "a socket shared with another AOR: left to it"),
             Err(error) => tracing::warn!(%aor, %client, %error, "could not put the client on the fast path"),
+        }
+    }
+
+    /// Has the kernel read the Vias of `source`'s misses (dsr): its
+    /// requests for known AORs go home from XDP from then on. A failure
+    /// costs only that: they are proxied here, as before.
+    fn record_proxy(&mut self, source: std::net::IpAddr) {
+        match self.fast_path.record_proxy(source, Instant::now()) {
+            Ok(true) => {
+                bump(&self.counters.proxies_recorded);
+                tracing::debug!(%source, "an upstream proxy: its requests are routed by AOR in the kernel");
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%source, %error, "could not record an upstream proxy in the kernel"),
         }
     }
 

@@ -168,6 +168,14 @@ fn cases() -> Vec<Case> {
             &frame("10.0.0.2:7777", "192.0.2.10:5060"),
             Some(Counter::PassMiss),
         ),
+        case(
+            "miss from an upstream proxy, one Via (read)",
+            Repeat,
+            Dsr,
+            REDIRECTOR_PROGRAM,
+            &frame(&format!("{UPSTREAM_PROXY}:7777"), "192.0.2.10:5060"),
+            Some(Counter::PassMiss),
+        ),
         case("malformed", Repeat, Dsr, REDIRECTOR_PROGRAM, &malformed, Some(Counter::Malformed)),
         case(
             "not for the service",
@@ -190,6 +198,9 @@ fn cases() -> Vec<Case> {
         case("probe answered (edge), IPv4", Single, Dsr, REDIRECTOR_PROGRAM, &probe4, Some(Counter::ProbeAnswered)),
     ]
 }
+
+/// An address in `PROXIES`: its misses are read for their Vias (dsr).
+const UPSTREAM_PROXY: &str = "10.0.0.9";
 
 /// How long the kept hops are vouched for: longer than any run.
 const KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -280,6 +291,7 @@ pub fn run(quick: bool) -> Section {
     let mut fixtures = [Fixture::new("dsr"), Fixture::new("nat"), Fixture::new("dsr"), Fixture::new("nat")];
     answer_probes(&mut fixtures[0]);
     load_floor(&mut fixtures[0]);
+    fixtures[0].dataplane().add_proxy(UPSTREAM_PROXY.parse().unwrap()).expect("recording a proxy");
     for nat in [1, 3] {
         make_nat_hits_fixed_points(&mut fixtures[nat]);
     }
