@@ -162,22 +162,33 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
     while let Some(first) = next(&operations, &commands) {
         let mut queued: Vec<Command> = first.into_iter().collect();
         queued.extend(commands.try_iter());
-        let mut assigns = Vec::new();
-        for command in queued {
+        // Commands keep their order; consecutive ones of a kind go together:
+        // assignments in one commit, installs in one kernel write.
+        let mut queued = queued.into_iter().peekable();
+        while let Some(command) = queued.next() {
             match command {
-                Command::Assign { clients, reply } => assigns.push((clients, reply)),
-                Command::Stop => {
-                    assign(&mut operations, assigns);
-                    return;
+                Command::Assign { clients, reply } => {
+                    let mut requests = vec![(clients, reply)];
+                    while let Some(Command::Assign { clients, reply }) =
+                        queued.next_if(|c| matches!(c, Command::Assign { .. }))
+                    {
+                        requests.push((clients, reply));
+                    }
+                    assign(&mut operations, requests);
                 }
-                other => {
-                    // Commands keep their order: queued assignments commit first.
-                    assign(&mut operations, std::mem::take(&mut assigns));
-                    execute(&mut operations, other);
+                Command::Apply { changes, done } => {
+                    let mut batches = vec![(changes, done)];
+                    while let Some(Command::Apply { changes, done }) =
+                        queued.next_if(|c| matches!(c, Command::Apply { .. }))
+                    {
+                        batches.push((changes, done));
+                    }
+                    apply(&mut operations, batches);
                 }
+                Command::Stop => return,
+                other => execute(&mut operations, other),
             }
         }
-        assign(&mut operations, assigns);
         // One batch of queued moves (or expiry) between rounds of commands.
         operations.work();
         operations.publish_routes();
@@ -202,6 +213,19 @@ fn next(operations: &Operations, commands: &std::sync::mpsc::Receiver<Command>) 
 /// A batch's new clients, and where the owner's answer goes.
 type AssignRequest = (Vec<NewClient>, oneshot::Sender<AssignReply>);
 
+/// A batch's state changes, and where to say they are applied.
+type ApplyRequest = (Vec<Action>, oneshot::Sender<()>);
+
+/// The changes of consecutive `Apply` commands, together; each batch is
+/// told once all are applied.
+fn apply(operations: &mut Operations, batches: Vec<ApplyRequest>) {
+    let (changes, done): (Vec<Vec<Action>>, Vec<oneshot::Sender<()>>) = batches.into_iter().unzip();
+    operations.apply(changes.into_iter().flatten().collect());
+    for done in done {
+        let _ = done.send(());
+    }
+}
+
 /// One transaction for the clients of every queued `Assign`.
 fn assign(operations: &mut Operations, requests: Vec<AssignRequest>) {
     if requests.is_empty() {
@@ -223,11 +247,7 @@ fn assign(operations: &mut Operations, requests: Vec<AssignRequest>) {
 
 fn execute(operations: &mut Operations, command: Command) {
     match command {
-        Command::Assign { .. } | Command::Stop => unreachable!("`run` handles these itself"),
-        Command::Apply { changes, done } => {
-            changes.into_iter().for_each(|change| operations.apply(change));
-            let _ = done.send(());
-        }
+        Command::Assign { .. } | Command::Apply { .. } | Command::Stop => unreachable!("`run` handles these itself"),
         Command::Control { request, reply } => operations.answer(request, reply),
         Command::Profiles { requests, reply } => {
             let _ = reply.send(operations.subscribe_profiles(requests));
