@@ -223,7 +223,7 @@ enum Item<'a> {
 
 struct Request<'a> {
     message: Message<'a>,
-    basis: Basis,
+    basis: Basis<'a>,
     source: SocketAddr,
     local: SocketAddr,
     redirect: bool,
