@@ -162,31 +162,12 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
     while let Some(first) = next(&operations, &commands) {
         let mut queued: Vec<Command> = first.into_iter().collect();
         queued.extend(commands.try_iter());
-        // Commands keep their order; consecutive ones of a kind go together:
-        // assignments in one commit, installs in one kernel write.
-        let mut queued = queued.into_iter().peekable();
-        while let Some(command) = queued.next() {
-            match command {
-                Command::Assign { clients, reply } => {
-                    let mut requests = vec![(clients, reply)];
-                    while let Some(Command::Assign { clients, reply }) =
-                        queued.next_if(|c| matches!(c, Command::Assign { .. }))
-                    {
-                        requests.push((clients, reply));
-                    }
-                    assign(&mut operations, requests);
-                }
-                Command::Apply { changes, done } => {
-                    let mut batches = vec![(changes, done)];
-                    while let Some(Command::Apply { changes, done }) =
-                        queued.next_if(|c| matches!(c, Command::Apply { .. }))
-                    {
-                        batches.push((changes, done));
-                    }
-                    apply(&mut operations, batches);
-                }
-                Command::Stop => return,
-                other => execute(&mut operations, other),
+        for run in runs(queued) {
+            match run {
+                Run::Assigns(requests) => assign(&mut operations, requests),
+                Run::Applies(batches) => apply(&mut operations, batches),
+                Run::One(Command::Stop) => return,
+                Run::One(other) => execute(&mut operations, other),
             }
         }
         // One batch of queued moves (or expiry) between rounds of commands.
@@ -194,6 +175,31 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
         operations.publish_routes();
         operations.publish_pool();
     }
+}
+
+/// Queued commands as the owner carries them out, in order.
+enum Run {
+    /// Consecutive `Assign`s: one commit.
+    Assigns(Vec<AssignRequest>),
+    /// Consecutive `Apply`s: their installs in one kernel write.
+    Applies(Vec<ApplyRequest>),
+    /// Any other command.
+    One(Command),
+}
+
+/// `commands` with consecutive ones of a kind gathered; nothing changes order.
+fn runs(commands: Vec<Command>) -> Vec<Run> {
+    let mut runs = Vec::new();
+    for command in commands {
+        match (command, runs.last_mut()) {
+            (Command::Assign { clients, reply }, Some(Run::Assigns(run))) => run.push((clients, reply)),
+            (Command::Assign { clients, reply }, _) => runs.push(Run::Assigns(vec![(clients, reply)])),
+            (Command::Apply { changes, done }, Some(Run::Applies(run))) => run.push((changes, done)),
+            (Command::Apply { changes, done }, _) => runs.push(Run::Applies(vec![(changes, done)])),
+            (other, _) => runs.push(Run::One(other)),
+        }
+    }
+    runs
 }
 
 /// The next command: waited for until the owner's own work (moves, the
@@ -269,5 +275,42 @@ fn execute(operations: &mut Operations, command: Command) {
         Command::Load { clients, seconds } => operations.observe_load(&clients, seconds),
         Command::Followed(events) => operations.follow(events),
         Command::Lead(leading) => operations.lead(leading),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assign() -> Command {
+        Command::Assign { clients: Vec::new(), reply: oneshot::channel().0 }
+    }
+
+    fn apply(changes: usize) -> Command {
+        let ping = Action::PingAnswered { server: 0, sequence: 1 };
+        Command::Apply { changes: vec![ping; changes], done: oneshot::channel().0 }
+    }
+
+    /// (kind, commands gathered) of each run.
+    fn shape(runs: &[Run]) -> Vec<(&'static str, usize)> {
+        runs.iter()
+            .map(|run| match run {
+                Run::Assigns(requests) => ("assign", requests.len()),
+                Run::Applies(batches) => ("apply", batches.len()),
+                Run::One(_) => ("other", 1),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_commands_of_a_kind_are_carried_out_together_in_order() {
+        let queued = vec![apply(3), apply(2), apply(1), assign(), assign(), Command::Expire, apply(4), Command::Stop];
+        let runs = runs(queued);
+        assert_eq!(shape(&runs), [("apply", 3), ("assign", 2), ("other", 1), ("apply", 1), ("other", 1)]);
+        let Run::Applies(batches) = &runs[0] else { unreachable!("checked above") };
+        let sizes: Vec<usize> = batches.iter().map(|(changes, _)| changes.len()).collect();
+        assert_eq!(sizes, [3, 2, 1], "each batch whole, in order");
+        assert!(matches!(runs[2], Run::One(Command::Expire)));
+        assert!(matches!(runs[4], Run::One(Command::Stop)));
     }
 }
