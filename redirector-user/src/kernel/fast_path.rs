@@ -394,11 +394,13 @@ impl FastPath {
             }
             let learned = Learned::of(&origin, aor, self.learned.get(&entry.0).copied());
             self.learned.insert(entry.0, learned);
+            let in_kernel = self.shared.get(origin.client).is_some();
             if let Err(error) = self.entry_for(entry.0, (server, entry.1), &mut pending.writes) {
-                results.push(Err(Arc::new(self.forget_unless_in_kernel(entry.0).err().unwrap_or(error))));
+                let forgotten = if in_kernel { Ok(()) } else { self.forget_client(entry.0) };
+                results.push(Err(Arc::new(forgotten.err().unwrap_or(error))));
                 continue;
             }
-            pending.installs.push((results.len(), aor, entry));
+            pending.installs.push(PendingInstall { result: results.len(), aor, entry, in_kernel });
             // Settled by `flush` once the kernel has the entry.
             results.push(Ok(Installed::ForAor));
         }
@@ -408,7 +410,8 @@ impl FastPath {
 
     /// Writes the pending installs' entries and records those the kernel
     /// took; the others get the write's error, and a client the kernel
-    /// holds no entry of keeps no load slot or edge port.
+    /// held no entry of before and holds none of now (an earlier install
+    /// of the batch may have written one) keeps no load slot or edge port.
     fn flush(&mut self, pending: &mut Pending<'_>, results: &mut [Result<Installed, Arc<FastPathError>>]) {
         if pending.installs.is_empty() {
             return;
@@ -418,7 +421,7 @@ impl FastPath {
             Ok(()) => (installs.len(), None),
             Err(stopped) => (stopped.clients, Some(Arc::new(stopped.error))),
         };
-        for (k, (index, aor, entry)) in installs.into_iter().enumerate() {
+        for (k, PendingInstall { result, aor, entry, in_kernel }) in installs.into_iter().enumerate() {
             if k < written {
                 let entries = self.installed.entry(aor.clone()).or_default();
                 if !entries.contains(&entry) {
@@ -427,17 +430,10 @@ impl FastPath {
                 continue;
             }
             let error = error.clone().expect("a write that stopped short has an error");
-            results[index] = Err(self.forget_unless_in_kernel(entry.0).map_err(Arc::new).err().unwrap_or(error));
+            let held = in_kernel || self.shared.get(socket_address(&entry.0)).is_some();
+            let forgotten = if held { Ok(()) } else { self.forget_client(entry.0) };
+            results[result] = Err(forgotten.map_err(Arc::new).err().unwrap_or(error));
         }
-    }
-
-    /// Forgets `client` (see `forget_client`) unless the kernel holds an
-    /// entry of it.
-    fn forget_unless_in_kernel(&mut self, client: Endpoint) -> Result<(), FastPathError> {
-        if self.shared.get(socket_address(&client)).is_some() {
-            return Ok(());
-        }
-        self.forget_client(client)
     }
 
     /// A socket installed for one AOR sent a request of another: it stays
@@ -903,11 +899,21 @@ pub struct Install<'a> {
     pub server: u32,
 }
 
-/// `install_many`'s installs gathered for one write: where each one's
-/// result is, its AOR and its (client, service) entry.
+/// `install_many`'s installs gathered for one write.
 struct Pending<'a> {
     writes: Writes,
-    installs: Vec<(usize, &'a Aor, (Endpoint, Endpoint))>,
+    installs: Vec<PendingInstall<'a>>,
+}
+
+/// An install waiting in `Pending`.
+struct PendingInstall<'a> {
+    /// Where its result is.
+    result: usize,
+    aor: &'a Aor,
+    /// (client, service).
+    entry: (Endpoint, Endpoint),
+    /// The kernel held an entry of the client before.
+    in_kernel: bool,
 }
 
 impl Pending<'_> {
