@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use redirector::{
     kernel::{
-        fast_path::monotonic_ns,
+        fast_path::{Install, Installed, monotonic_ns},
         hops::{Destination, HopMaps},
         loader::endpoint,
         netlink::Prefix,
@@ -309,29 +309,84 @@ fn a_load_slot_handed_out_again_starts_from_zero() {
         return;
     }
     let mut fx = Fixture::new("dsr");
-    let origin = |port| Origin {
-        client: std::net::SocketAddr::new("10.0.0.2".parse().unwrap(), port),
-        service: VIP4.parse().unwrap(),
-        asks_rport: true,
-    };
     let (alice, bob) = (aor("alice"), aor("bob"));
-    fx.fast_path.install(&alice, origin(7001), HOME1).unwrap();
-    // Not a REGISTER: alice's socket takes only REGISTERs of her own `To`.
-    let frame = from_client(&with_payload("10.0.0.2:7001", VIP4, b"OPTIONS sip:x SIP/2.0\r\n\r\n"));
-    for _ in 0..3 {
-        assert_eq!(fx.run(&frame).action, XDP_TX, "alice's hit");
-    }
-    let slot = |fx: &mut Fixture, port| fx.dataplane().client(endpoint("10.0.0.2".parse().unwrap(), port)).unwrap();
-    let alice_slot = slot(&mut fx, 7001).expect("alice's entry").load_slot;
+    let alice_slot = installed_with_three_hits(&mut fx, &alice, 7001);
+    let slot = |fx: &mut Fixture, port| fx.dataplane().client(port_key(port)).unwrap();
     let readings = fx.fast_path.scan(Duration::from_secs(60), 100).unwrap().readings;
     let packets: Vec<(String, u64)> = readings.iter().map(|r| (r.aor.to_string(), r.packets)).collect();
     assert_eq!(packets, [(alice.to_string(), 3)], "the scan reads alice's packets from her slot");
 
     fx.fast_path.forget_many(std::slice::from_ref(&alice)).unwrap();
-    fx.fast_path.install(&bob, origin(7002), HOME1).unwrap();
+    fx.fast_path.install(&bob, port_origin(7002), HOME1).unwrap();
     let bob_slot = slot(&mut fx, 7002).expect("bob's entry").load_slot;
     assert_eq!(bob_slot, alice_slot, "the freed slot is handed out first");
     assert_eq!(fx.dataplane().client_packets(bob_slot).unwrap(), 0, "bob does not start with alice's packets");
+}
+
+/// A round's installs are written together (`install_many`): each client
+/// gets its entry and a slot of its own, a slot a counted client freed
+/// starts from zero for the client of the round it is handed to, and a
+/// socket an earlier install of the same round took for another AOR is
+/// marked shared in the kernel, as installs one at a time would leave it.
+#[test]
+fn a_round_of_installs_is_written_together_with_fresh_slots_zeroed() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    let (alice, bob, carol, dave) = (aor("alice"), aor("bob"), aor("carol"), aor("dave"));
+    let alice_slot = installed_with_three_hits(&mut fx, &alice, 7001);
+    assert_eq!(fx.dataplane().client_packets(alice_slot).unwrap(), 3);
+    fx.fast_path.forget_many(std::slice::from_ref(&alice)).unwrap();
+    let (origin, key) = (port_origin, port_key);
+
+    let round = [
+        Install { aor: &bob, origin: origin(7002), server: HOME1 },
+        Install { aor: &carol, origin: origin(7003), server: HOME1 },
+        Install { aor: &dave, origin: origin(7002), server: HOME1 },
+    ];
+    let results: Vec<Installed> = fx.fast_path.install_many(&round).into_iter().map(Result::unwrap).collect();
+    assert_eq!(results, [Installed::ForAor, Installed::ForAor, Installed::Shared]);
+    let bob_entry = fx.dataplane().client(key(7002)).unwrap().expect("bob's entry");
+    let carol_entry = fx.dataplane().client(key(7003)).unwrap().expect("carol's entry");
+    assert_eq!(bob_entry.load_slot, alice_slot, "the freed slot is handed out first");
+    assert_ne!(carol_entry.load_slot, bob_entry.load_slot, "each client its own slot");
+    assert_eq!(
+        fx.dataplane().client_packets(bob_entry.load_slot).unwrap(),
+        0,
+        "bob does not start with alice's packets"
+    );
+    assert_eq!(bob_entry.aor_hash, aor_hash(bob.as_str().as_bytes()), "the socket stays bob's");
+    assert_ne!(bob_entry.flags & CLIENT_SHARED, 0, "dave's install from bob's socket marked it shared");
+    assert_eq!(fx.fast_path.installed(&bob), [key(7002)]);
+    assert_eq!(fx.fast_path.installed(&carol), [key(7003)]);
+    assert_eq!(fx.fast_path.installed(&dave), [], "not dave's");
+}
+
+/// Installs `aor` from 10.0.0.2:`port` and sends three of its packets
+/// through the fast path; its load slot.
+fn installed_with_three_hits(fx: &mut Fixture, aor: &Aor, port: u16) -> u32 {
+    fx.fast_path.install(aor, port_origin(port), HOME1).unwrap();
+    // Not a REGISTER: the socket takes only REGISTERs of its own `To`.
+    let source = format!("10.0.0.2:{port}");
+    let frame = from_client(&with_payload(&source, VIP4, b"OPTIONS sip:x SIP/2.0\r\n\r\n"));
+    for _ in 0..3 {
+        assert_eq!(fx.run(&frame).action, XDP_TX, "{aor}'s hit");
+    }
+    fx.dataplane().client(port_key(port)).unwrap().expect("its entry").load_slot
+}
+
+/// A client at 10.0.0.2:`port` talking to the IPv4 service address.
+fn port_origin(port: u16) -> Origin {
+    Origin {
+        client: std::net::SocketAddr::new("10.0.0.2".parse().unwrap(), port),
+        service: VIP4.parse().unwrap(),
+        asks_rport: true,
+    }
+}
+
+fn port_key(port: u16) -> redirector_ebpf::Endpoint {
+    endpoint("10.0.0.2".parse().unwrap(), port)
 }
 
 fn aor(user: &str) -> Aor {
@@ -672,7 +727,7 @@ fn install_line_socket(fx: &mut Fixture) {
     };
     // A load slot of its own: what counts as its load is checked.
     let shared = ClientEntry { flags: CLIENT_CHECKS_REGISTER | CLIENT_SHARED, load_slot: SHARED_LOAD_SLOT, ..line1 };
-    fx.dataplane().reset_load(SHARED_LOAD_SLOT).unwrap();
+    fx.dataplane().reset_loads(&[SHARED_LOAD_SLOT]).unwrap();
     for (port, entry) in [(LINE_SOCKET_PORT, line1), (SHARED_SOCKET_PORT, shared)] {
         fx.dataplane().install_client(endpoint("10.0.0.2".parse().unwrap(), port), entry).unwrap();
     }

@@ -235,7 +235,7 @@ enum Item<'a> {
 
 struct Request<'a> {
     message: Message<'a>,
-    basis: Basis,
+    basis: Basis<'a>,
     source: SocketAddr,
     local: SocketAddr,
     redirect: bool,

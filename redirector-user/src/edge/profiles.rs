@@ -88,7 +88,7 @@ pub struct ProfileId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileRequest {
     /// What a response copies, its top Via stamped with the source.
-    pub basis: Basis,
+    pub basis: Basis<'static>,
     /// Where the SUBSCRIBE came from (and its NOTIFYs go).
     pub source: SocketAddr,
     /// The service address it arrived at: our Contact, where refreshes come.
@@ -174,7 +174,7 @@ impl ProfileRequest {
             return Err(Unreadable::NotAcceptable);
         }
         let route_set: Vec<String> = message.record_route_set();
-        let mut basis = Basis::of(message);
+        let mut basis = Basis::of(message).into_owned();
         let direct = basis.vias.len() == 1;
         basis.stamp_top_via(source);
         let request = Self {

@@ -72,13 +72,45 @@ const PER_CALL: usize = 1 << 20;
 /// # Safety
 /// `K` and `V` are `map`'s key and value types (their sizes its sizes).
 pub unsafe fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> Result<(), BatchError> {
-    assert_eq!(keys.len(), values.len(), "one value per key");
+    // SAFETY: the caller's contract, with one value per key.
+    unsafe { update_values(map, keys, values, 1) }
+}
+
+/// `update` for a per-CPU map: `values` holds each key's value for every
+/// possible CPU, `cpus` of them a key, as the kernel lays them out.
+///
+/// # Safety
+/// `K` is `map`'s key type and `V` its value type, 8 bytes long (the
+/// kernel rounds each CPU's value up to 8 bytes); `cpus` is the number of
+/// possible CPUs.
+pub unsafe fn update_per_cpu<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+    cpus: usize,
+) -> Result<(), BatchError> {
+    assert_eq!(size_of::<V>(), 8, "per-CPU values are laid out 8 bytes apart");
+    // SAFETY: the caller's contract, with `cpus` values per key.
+    unsafe { update_values(map, keys, values, cpus) }
+}
+
+/// `update` with `per_key` consecutive values a key.
+///
+/// # Safety
+/// As `update`; the map's value is `per_key` values of `V`.
+unsafe fn update_values<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+    per_key: usize,
+) -> Result<(), BatchError> {
+    assert_eq!(keys.len() * per_key, values.len(), "one value per key (per CPU)");
     let mut done = 0;
     while done < keys.len() {
         let asked = (keys.len() - done).min(PER_CALL);
         let mut attr = BatchAttr {
             keys: keys[done..].as_ptr() as u64,
-            values: values[done..].as_ptr() as u64,
+            values: values[done * per_key..].as_ptr() as u64,
             count: asked as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
@@ -86,7 +118,7 @@ pub unsafe fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[
         match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
             Ok(()) => done += asked,
             // Writing an entry again is harmless, so all from `done` on.
-            Err(error) if unsupported(&error) => return update_each(map, keys, values, done),
+            Err(error) if unsupported(&error) => return update_each(map, keys, values, per_key, done),
             Err(source) => return Err(BatchError { done: done + attr.count as usize, source }),
         }
     }
@@ -126,12 +158,18 @@ fn unsupported(error: &io::Error) -> bool {
 }
 
 /// `update`, one call per entry from `from` on.
-fn update_each<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V], from: usize) -> Result<(), BatchError> {
-    for (done, (key, value)) in keys.iter().zip(values).enumerate().skip(from) {
+fn update_each<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+    per_key: usize,
+    from: usize,
+) -> Result<(), BatchError> {
+    for (done, (key, value)) in keys.iter().zip(values.chunks_exact(per_key)).enumerate().skip(from) {
         let mut attr = ElemAttr {
             map_fd: map.as_raw_fd() as u32,
             key: std::ptr::from_ref(key) as u64,
-            value: std::ptr::from_ref(value) as u64,
+            value: value.as_ptr() as u64,
             ..ElemAttr::default()
         };
         bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source| BatchError { done, source })?;

@@ -10,7 +10,9 @@
 //! reads. A slot stays with its address across moves and re-installs, so
 //! its count only grows; it is freed with the address's edge port (idle,
 //! evicted, forgotten) and zeroed when handed out again, so no client
-//! starts with another's count.
+//! starts with another's count: a slot handed out waits in
+//! `unzeroed_slots` until the next write, which zeroes every waiting slot
+//! in one batched call before it writes any entry naming one.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -65,6 +67,8 @@ pub struct FastPath {
     load_slots: Numbers,
     /// A client keeps its load slot (and count) across re-installs.
     load_slot_of: HashMap<Endpoint, u32, Seeded>,
+    /// Slots handed out and not yet zeroed in the kernel (`write` does).
+    unzeroed_slots: Vec<u32>,
     /// What first contact learned of a client (static clients have none),
     /// kept across re-installs.
     learned: HashMap<Endpoint, Learned, Seeded>,
@@ -254,6 +258,7 @@ impl FastPath {
             nat_port_of: HashMap::default(),
             load_slots: Numbers::new(0..=slots.saturating_sub(1)),
             load_slot_of: HashMap::default(),
+            unzeroed_slots: Vec::new(),
             learned: HashMap::default(),
             installed: HashMap::default(),
             lines: HashMap::default(),
@@ -372,37 +377,81 @@ impl FastPath {
     /// program sends the line's requests from the socket there). A socket
     /// another AOR owned that is off the kernel (withdrawn, idle) is taken
     /// over by `aor`, shared still.
-    pub fn install(&mut self, aor: &Aor, origin: Origin, server: u32) -> Result<Installed, FastPathError> {
-        let (client, service) = (origin.client, origin.service);
-        let entry = (endpoint(client.ip(), client.port()), endpoint(service.ip(), service.port()));
-        let in_kernel = self.shared.get(client).is_some();
-        let before = self.learned.get(&entry.0).copied();
-        let owned_by_other = before.is_some_and(|learned| learned.owner != owner_of(aor));
-        if owned_by_other && in_kernel {
-            self.share_socket(entry.0)?;
-            self.add_line(entry.0, aor);
-            self.route_aors(&[(aor, server)])?;
-            return Ok(Installed::Shared);
-        }
-        let mut learned = Learned::of(&origin, aor, before);
-        learned.shared |= owned_by_other;
-        self.learned.insert(entry.0, learned);
-        if let Some(lines) = self.lines.get_mut(&entry.0) {
-            lines.retain(|line| line != aor);
-        }
-        if let Err(error) = self.put(entry.0, server, entry.1) {
-            // A client the kernel did not hold and did not take keeps no
-            // load slot or edge port.
-            if !in_kernel {
-                self.forget_client(entry.0)?;
+    pub fn install(&mut self, aor: &Aor, origin: Origin, server: u32) -> Result<Installed, Arc<FastPathError>> {
+        let mut results = self.install_many(&[Install { aor, origin, server }]);
+        results.pop().expect("one result per install")
+    }
+
+    /// `install` for many clients, in order, with one result each. Their
+    /// kernel entries go in one batched write (and their fresh load slots'
+    /// zeroing in one more), not two calls a client. A socket found to be
+    /// another AOR's has what came before it written first, so marking it
+    /// shared finds the kernel as one install at a time would. A failed
+    /// write's error is shared by every client it did not write.
+    pub fn install_many(&mut self, installs: &[Install<'_>]) -> Vec<Result<Installed, Arc<FastPathError>>> {
+        let mut results = Vec::with_capacity(installs.len());
+        let mut pending = Pending::new();
+        for install in installs {
+            let Install { aor, origin, server } = *install;
+            let entry = (
+                endpoint(origin.client.ip(), origin.client.port()),
+                endpoint(origin.service.ip(), origin.service.port()),
+            );
+            let before = self.learned.get(&entry.0).copied();
+            let owned_by_other = before.is_some_and(|learned| learned.owner != owner_of(aor));
+            if owned_by_other {
+                self.flush(&mut pending, &mut results);
+                if self.shared.get(origin.client).is_some() {
+                    results.push(self.add_shared_line(entry.0, aor, server).map_err(Arc::new));
+                    continue;
+                }
             }
-            return Err(error);
+            let mut learned = Learned::of(&origin, aor, before);
+            learned.shared |= owned_by_other;
+            self.learned.insert(entry.0, learned);
+            if let Some(lines) = self.lines.get_mut(&entry.0) {
+                lines.retain(|line| line != aor);
+            }
+            let in_kernel = self.shared.get(origin.client).is_some();
+            if let Err(error) = self.entry_for(entry.0, (server, entry.1), &mut pending.writes) {
+                let forgotten = if in_kernel { Ok(()) } else { self.forget_client(entry.0) };
+                results.push(Err(Arc::new(forgotten.err().unwrap_or(error))));
+                continue;
+            }
+            pending.installs.push(PendingInstall { result: results.len(), aor, entry, in_kernel });
+            // Settled by `flush` once the kernel has the entry.
+            results.push(Ok(Installed::ForAor));
         }
-        let entries = self.installed.entry(aor.clone()).or_default();
-        if !entries.contains(&entry) {
-            entries.push(entry);
+        self.flush(&mut pending, &mut results);
+        results
+    }
+
+    /// Writes the pending installs' entries and records those the kernel
+    /// took; the others get the write's error, and a client the kernel
+    /// held no entry of before and holds none of now (an earlier install
+    /// of the batch may have written one) keeps no load slot or edge port.
+    fn flush(&mut self, pending: &mut Pending<'_>, results: &mut [Result<Installed, Arc<FastPathError>>]) {
+        if pending.installs.is_empty() {
+            return;
         }
-        Ok(Installed::ForAor)
+        let Pending { writes, installs } = std::mem::replace(pending, Pending::new());
+        let (written, error) = match self.write(&writes) {
+            Ok(()) => (installs.len(), None),
+            Err(stopped) => (stopped.clients, Some(Arc::new(stopped.error))),
+        };
+        for (k, PendingInstall { result, aor, entry, in_kernel }) in installs.into_iter().enumerate() {
+            if k < written {
+                let entries = self.installed.entry(aor.clone()).or_default();
+                if !entries.contains(&entry) {
+                    entries.push(entry);
+                }
+                continue;
+            }
+            let error = error.clone().expect("a write that stopped short has an error");
+            let held = in_kernel || self.shared.get(socket_address(&entry.0)).is_some();
+            let forgotten = if held { Ok(()) } else { self.forget_client(entry.0) };
+            results[result] = Err(forgotten.map_err(Arc::new).err().unwrap_or(error));
+        }
     }
 
     /// A socket installed for one AOR sent a request of another: it stays
@@ -423,6 +472,15 @@ impl FastPath {
         self.dataplane.install_client(client, entry)?;
         self.share(&client, &entry);
         Ok(())
+    }
+
+    /// `aor`, another line of the socket `client` the kernel holds for its
+    /// owner: the socket is marked shared and `aor` routed by `AORS`.
+    fn add_shared_line(&mut self, client: Endpoint, aor: &Aor, server: u32) -> Result<Installed, FastPathError> {
+        self.share_socket(client)?;
+        self.add_line(client, aor);
+        self.route_aors(&[(aor, server)])?;
+        Ok(Installed::Shared)
     }
 
     /// Records `aor` as one of a shared socket's other lines.
@@ -807,7 +865,7 @@ impl FastPath {
     fn put(&mut self, client: Endpoint, server: u32, service: Endpoint) -> Result<(), FastPathError> {
         let mut writes = Writes::new();
         self.entry_for(client, (server, service), &mut writes)?;
-        self.write(&writes)
+        Ok(self.write(&writes)?)
     }
 
     /// The kernel entries that forward `client` to the server in slot
@@ -831,45 +889,48 @@ impl FastPath {
             writes.nat_keys.push(NatKey { edge_port_be: port.to_be(), family: client.family, _pad: 0 });
             writes.nat_entries.push(NatEntry { client, service, server });
         }
-        entry.load_slot = self.load_slot(client)?;
+        entry.load_slot = self.load_slot(client);
         writes.clients.push(client);
         writes.entries.push(entry);
         Ok(())
     }
 
-    /// `client`'s load slot, a fresh one, zeroed, if it has none. With
-    /// every slot held (more addresses than the client map holds, the LRU's
-    /// evictions not yet scanned), `NO_LOAD_SLOT`: the client is forwarded
-    /// uncounted until it is installed again.
-    fn load_slot(&mut self, client: Endpoint) -> Result<u32, FastPathError> {
+    /// `client`'s load slot, a fresh one if it has none (zeroed by the
+    /// next `write`, before any entry names it). With every slot held
+    /// (more addresses than the client map holds, the LRU's evictions not
+    /// yet scanned), `NO_LOAD_SLOT`: the client is forwarded uncounted
+    /// until it is installed again.
+    fn load_slot(&mut self, client: Endpoint) -> u32 {
         if let Some(&slot) = self.load_slot_of.get(&client) {
-            return Ok(slot);
+            return slot;
         }
         let Some(slot) = self.load_slots.allocate() else {
             tracing::warn!(client = %socket_address(&client), "every load slot is held: a client is forwarded without counting its load");
-            return Ok(NO_LOAD_SLOT);
+            return NO_LOAD_SLOT;
         };
-        // Zeroed before anyone holds it: a count left over would look like
-        // the new client's burst.
-        if let Err(error) = self.dataplane.reset_load(slot) {
-            self.load_slots.release(slot);
-            return Err(error.into());
-        }
+        self.unzeroed_slots.push(slot);
         self.load_slot_of.insert(client, slot);
-        Ok(slot)
+        slot
     }
 
     /// Reply entries first: a client's forwarded packet may be answered at
-    /// once. First contact's copy gets exactly what the kernel took, also
-    /// when a batch stops part way.
-    fn write(&mut self, writes: &Writes) -> Result<(), FastPathError> {
+    /// once. Load slots handed out are zeroed before either: a count left
+    /// over would look like the new client's burst (they stay waiting if
+    /// that fails). First contact's copy gets exactly what the kernel
+    /// took, also when a batch stops part way.
+    fn write(&mut self, writes: &Writes) -> Result<(), Stopped> {
+        let stopped = |error: DataPlaneError, clients| Stopped { clients, error: error.into() };
+        if !self.unzeroed_slots.is_empty() {
+            self.dataplane.reset_loads(&self.unzeroed_slots).map_err(|error| stopped(error, 0))?;
+            self.unzeroed_slots.clear();
+        }
         if !writes.nat_keys.is_empty() {
             let written = self.dataplane.install_nat_replies(&writes.nat_keys, &writes.nat_entries);
             let done = entries_done(&written, writes.nat_keys.len());
             for (key, entry) in writes.nat_keys.iter().zip(&writes.nat_entries).take(done) {
                 self.share_nat_reply(key, entry);
             }
-            written?;
+            written.map_err(|error| stopped(error, 0))?;
         }
         if writes.clients.len() >= SHARED_ASIDE_FROM {
             return self.write_clients_sharing_aside(writes);
@@ -880,7 +941,7 @@ impl FastPath {
             for (client, entry) in writes.clients.iter().zip(&writes.entries).take(done) {
                 self.share(client, entry);
             }
-            written?;
+            written.map_err(|error| stopped(error, done))?;
         }
         Ok(())
     }
@@ -890,7 +951,7 @@ impl FastPath {
     /// the batch, and the entries the kernel did not take (it stopped part
     /// way) are taken out of the copy again, so the copy never names a
     /// route the kernel does not have.
-    fn write_clients_sharing_aside(&mut self, writes: &Writes) -> Result<(), FastPathError> {
+    fn write_clients_sharing_aside(&mut self, writes: &Writes) -> Result<(), Stopped> {
         let (dataplane, shared) = (&mut self.dataplane, &*self.shared);
         let written = std::thread::scope(|scope| {
             scope.spawn(|| {
@@ -902,7 +963,7 @@ impl FastPath {
         });
         let done = entries_done(&written, writes.clients.len());
         writes.clients[done..].iter().for_each(|client| self.shared.remove(socket_address(client)));
-        Ok(written?)
+        written.map_err(|error| Stopped { clients: done, error: error.into() })
     }
 
     /// First contact's copy of a client entry written to the kernel.
@@ -941,6 +1002,51 @@ fn route_of(entry: &ClientEntry) -> KernelRoute {
 /// beside the kernel's, on a second thread (below it, starting the thread
 /// costs more than it saves).
 const SHARED_ASIDE_FROM: usize = 16_384;
+
+/// A client for `FastPath::install_many` to put on the fast path.
+#[derive(Debug, Clone, Copy)]
+pub struct Install<'a> {
+    pub aor: &'a Aor,
+    pub origin: Origin,
+    /// The slot of the server its traffic goes to.
+    pub server: u32,
+}
+
+/// `install_many`'s installs gathered for one write.
+struct Pending<'a> {
+    writes: Writes,
+    installs: Vec<PendingInstall<'a>>,
+}
+
+/// An install waiting in `Pending`.
+struct PendingInstall<'a> {
+    /// Where its result is.
+    result: usize,
+    aor: &'a Aor,
+    /// (client, service).
+    entry: (Endpoint, Endpoint),
+    /// The kernel held an entry of the client before.
+    in_kernel: bool,
+}
+
+impl Pending<'_> {
+    fn new() -> Self {
+        Self { writes: Writes::new(), installs: Vec::new() }
+    }
+}
+
+/// A `FastPath::write` that stopped part way: the first `clients` client
+/// entries are in the kernel, the others are not.
+struct Stopped {
+    clients: usize,
+    error: FastPathError,
+}
+
+impl From<Stopped> for FastPathError {
+    fn from(stopped: Stopped) -> Self {
+        stopped.error
+    }
+}
 
 /// Kernel entries to write together.
 struct Writes {

@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -387,10 +387,11 @@ impl DataPlane {
         unsafe { super::batch::delete(fd, keys) }.map_err(batch_error(NAT_REPLIES_MAP, "delete"))
     }
 
-    /// A hash map's file descriptor, for the batched calls aya lacks.
+    /// A hash (or per-CPU array) map's file descriptor, for the batched
+    /// calls aya lacks.
     fn map_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>> {
         match self.ebpf.map(name).ok_or(DataPlaneError::MissingMap(name))? {
-            Map::LruHashMap(data) | Map::HashMap(data) => Ok(data.fd().as_fd()),
+            Map::LruHashMap(data) | Map::HashMap(data) | Map::PerCpuArray(data) => Ok(data.fd().as_fd()),
             _ => Err(DataPlaneError::Map { name, source: MapError::InvalidMapType { map_type: 0 } }),
         }
     }
@@ -484,13 +485,16 @@ impl DataPlane {
         Ok(map.get(&slot, 0).map_err(map_error(LOADS_MAP))?.iter().sum())
     }
 
-    /// Zeroes load slot `slot` on every CPU, before it is handed to a
-    /// client: a slot freed by another keeps that one's count until then.
-    pub fn reset_load(&mut self, slot: u32) -> Result<()> {
-        let mut map: PerCpuArray<_, u64> = self.map(LOADS_MAP)?;
-        let zeros = PerCpuValues::try_from(vec![0u64; cpus()?])
-            .map_err(|error| DataPlaneError::Map { name: LOADS_MAP, source: MapError::IoError(error) })?;
-        map.set(slot, zeros, 0).map_err(map_error(LOADS_MAP))
+    /// Zeroes load slots on every CPU, in one system call (or a few),
+    /// before they are handed to clients: a slot freed by another keeps
+    /// that one's count until then.
+    pub fn reset_loads(&mut self, slots: &[u32]) -> Result<()> {
+        let cpus = cpus()?;
+        let zeros = vec![0u64; slots.len() * cpus];
+        let fd = self.map_fd(LOADS_MAP)?;
+        // SAFETY: LOADS is a per-CPU array of u64 keyed by u32 (xdp/maps.rs),
+        // and `cpus` is the number of possible CPUs.
+        unsafe { super::batch::update_per_cpu(fd, slots, &zeros, cpus) }.map_err(batch_error(LOADS_MAP, "update"))
     }
 
     /// The program's event ring buffer, taken out for its one reader.

@@ -27,6 +27,7 @@
 //! time, paced).
 
 mod followed;
+mod installs;
 mod profiles;
 
 use std::{
@@ -55,10 +56,10 @@ use crate::{
         watchers::{Subscription, Watchers},
     },
     kernel::{
-        fast_path::{FastPath, FastPathError, Installed, Reading, monotonic_ns},
+        fast_path::{FastPath, FastPathError, Install, Installed, Reading, monotonic_ns},
         loader,
     },
-    model::{HomeServer, Origin, ServerSpec, ServerState},
+    model::{HomeServer, ServerSpec, ServerState},
     ops::{
         api::{
             Client, DaemonStatus, Entry, Move, PlannedMove, RecentMove, Reloaded, Reply, Request, Route, RouteTable,
@@ -70,6 +71,8 @@ use crate::{
     sip::{Aor, ParseError},
     store::{Cached, DialogKind, StoreError, Term, unix_seconds},
 };
+
+use installs::{Due, Step, installs_of_new, steps};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperationError {
@@ -487,31 +490,34 @@ impl Operations {
         let routed: Vec<&Aor> = assigned.iter().filter(|(_, result)| result.is_ok()).map(|(aor, _)| aor).collect();
         self.route_current(&routed);
         for client in clients {
-            let Some(Ok(done)) = assigned.get(&client.aor) else { continue };
-            if done.moved {
+            if assigned.get(&client.aor).is_some_and(|result| result.as_ref().is_ok_and(|done| done.moved)) {
                 self.client_moved(&client.aor);
             }
-            let Some(home) = pool.server(&done.assignment.server) else { continue };
-            if home.effective_state() == ServerState::Down {
-                continue;
-            }
-            // As first contact answers: a client of a family the home has
-            // no address of gets a 503, and no fast path.
-            let answered = client.installs.iter().filter(|origin| home.address_for(origin.client).is_some());
-            for &install in answered.collect::<Vec<_>>() {
-                self.install(&client.aor, install, home.index, done.assignment.generation);
-            }
         }
+        self.install_all(&installs_of_new(clients, &assigned, &pool));
         self.save_watchers();
         self.save_profiles();
         Ok(assigned)
     }
 
     /// What first contact decided that changes state: installs, watchers'
-    /// dialogs, health answers. Sends are not the owner's.
-    pub fn apply(&mut self, action: Action) {
+    /// dialogs, health answers, in order; each run of installs together
+    /// (one batched kernel write). Sends are not the owner's.
+    pub fn apply(&mut self, actions: Vec<Action>) {
+        for step in steps(actions) {
+            match step {
+                Step::Installs(installs) => self.install_all(&installs),
+                Step::One(action) => self.apply_one(action),
+            }
+        }
+        self.save_watchers();
+    }
+
+    fn apply_one(&mut self, action: Action) {
         match action {
-            Action::Install { origin, server, aor, generation } => self.install(&aor, origin, server, generation),
+            Action::Install { origin, server, aor, generation } => {
+                self.install_all(&[Due { aor, origin, server, generation }])
+            }
             Action::Watch { subscription, expires, generation } => self.watch(*subscription, expires, generation),
             Action::RecordProxy { source } => self.record_proxy(source),
             Action::SubscribeAnswered { id, code, notifier_tag } => {
@@ -530,7 +536,6 @@ impl Operations {
             | Action::NotifyAnswered { .. }
             | Action::Profile(_) => {}
         }
-        self.save_watchers();
     }
 
     /// Writes the watchers' dialogs that changed to the store, so that a
@@ -553,22 +558,33 @@ impl Operations {
         }
     }
 
-    /// Puts `client` on the fast path if the assignment it was routed by
-    /// is still current: a move between decision and install must not be
-    /// undone.
-    fn install(&mut self, aor: &Aor, origin: Origin, server: u32, generation: u64) {
-        let client = origin.client;
-        if self.assignments.generation(aor) != Some(generation) {
-            tracing::debug!(%aor, %client, "not installed: the assignment moved meanwhile");
-            return;
-        }
-        match self.fast_path.install(aor, origin, server) {
-            Ok(Installed::ForAor) => {
-                bump(&self.counters.installed);
-                tracing::debug!(%aor, %client, server, "on the fast path");
+    /// Puts the clients on the fast path whose assignment they were routed
+    /// by is still current (a move between decision and install must not
+    /// be undone), in one batched kernel write.
+    fn install_all(&mut self, due: &[Due]) {
+        let current: Vec<&Due> = due
+            .iter()
+            .filter(|due| {
+                let current = self.assignments.generation(&due.aor) == Some(due.generation);
+                if !current {
+                    tracing::debug!(aor = %due.aor, client = %due.origin.client, "not installed: the assignment moved meanwhile");
+                }
+                current
+            })
+            .collect();
+        let installs: Vec<Install<'_>> =
+            current.iter().map(|due| Install { aor: &due.aor, origin: due.origin, server: due.server }).collect();
+        let results = self.fast_path.install_many(&installs);
+        for (due, result) in current.iter().zip(results) {
+            let (aor, client, server) = (&due.aor, due.origin.client, due.server);
+            match result {
+                Ok(Installed::ForAor) => {
+                    bump(&self.counters.installed);
+                    tracing::debug!(%aor, %client, server, "on the fast path");
+                }
+                Ok(Installed::Shared) => tracing::debug!(%aor, %client, "a socket shared with another AOR: left to it"),
+                Err(error) => tracing::warn!(%aor, %client, %error, "could not put the client on the fast path"),
             }
-            Ok(Installed::Shared) => tracing::debug!(%aor, %client, "a socket shared with another AOR: left to it"),
-            Err(error) => tracing::warn!(%aor, %client, %error, "could not put the client on the fast path"),
         }
     }
 

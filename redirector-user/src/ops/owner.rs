@@ -162,27 +162,44 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
     while let Some(first) = next(&operations, &commands) {
         let mut queued: Vec<Command> = first.into_iter().collect();
         queued.extend(commands.try_iter());
-        let mut assigns = Vec::new();
-        for command in queued {
-            match command {
-                Command::Assign { clients, reply } => assigns.push((clients, reply)),
-                Command::Stop => {
-                    assign(&mut operations, assigns);
-                    return;
-                }
-                other => {
-                    // Commands keep their order: queued assignments commit first.
-                    assign(&mut operations, std::mem::take(&mut assigns));
-                    execute(&mut operations, other);
-                }
+        for run in runs(queued) {
+            match run {
+                Run::Assigns(requests) => assign(&mut operations, requests),
+                Run::Applies(batches) => apply(&mut operations, batches),
+                Run::One(Command::Stop) => return,
+                Run::One(other) => execute(&mut operations, other),
             }
         }
-        assign(&mut operations, assigns);
         // One batch of queued moves (or expiry) between rounds of commands.
         operations.work();
         operations.publish_routes();
         operations.publish_pool();
     }
+}
+
+/// Queued commands as the owner carries them out, in order.
+enum Run {
+    /// Consecutive `Assign`s: one commit.
+    Assigns(Vec<AssignRequest>),
+    /// Consecutive `Apply`s: their installs in one kernel write.
+    Applies(Vec<ApplyRequest>),
+    /// Any other command.
+    One(Command),
+}
+
+/// `commands` with consecutive ones of a kind gathered; nothing changes order.
+fn runs(commands: Vec<Command>) -> Vec<Run> {
+    let mut runs = Vec::new();
+    for command in commands {
+        match (command, runs.last_mut()) {
+            (Command::Assign { clients, reply }, Some(Run::Assigns(run))) => run.push((clients, reply)),
+            (Command::Assign { clients, reply }, _) => runs.push(Run::Assigns(vec![(clients, reply)])),
+            (Command::Apply { changes, done }, Some(Run::Applies(run))) => run.push((changes, done)),
+            (Command::Apply { changes, done }, _) => runs.push(Run::Applies(vec![(changes, done)])),
+            (other, _) => runs.push(Run::One(other)),
+        }
+    }
+    runs
 }
 
 /// The next command: waited for until the owner's own work (moves, the
@@ -201,6 +218,19 @@ fn next(operations: &Operations, commands: &std::sync::mpsc::Receiver<Command>) 
 
 /// A batch's new clients, and where the owner's answer goes.
 type AssignRequest = (Vec<NewClient>, oneshot::Sender<AssignReply>);
+
+/// A batch's state changes, and where to say they are applied.
+type ApplyRequest = (Vec<Action>, oneshot::Sender<()>);
+
+/// The changes of consecutive `Apply` commands, together; each batch is
+/// told once all are applied.
+fn apply(operations: &mut Operations, batches: Vec<ApplyRequest>) {
+    let (changes, done): (Vec<Vec<Action>>, Vec<oneshot::Sender<()>>) = batches.into_iter().unzip();
+    operations.apply(changes.into_iter().flatten().collect());
+    for done in done {
+        let _ = done.send(());
+    }
+}
 
 /// One transaction for the clients of every queued `Assign`.
 fn assign(operations: &mut Operations, requests: Vec<AssignRequest>) {
@@ -223,11 +253,7 @@ fn assign(operations: &mut Operations, requests: Vec<AssignRequest>) {
 
 fn execute(operations: &mut Operations, command: Command) {
     match command {
-        Command::Assign { .. } | Command::Stop => unreachable!("`run` handles these itself"),
-        Command::Apply { changes, done } => {
-            changes.into_iter().for_each(|change| operations.apply(change));
-            let _ = done.send(());
-        }
+        Command::Assign { .. } | Command::Apply { .. } | Command::Stop => unreachable!("`run` handles these itself"),
         Command::Control { request, reply } => operations.answer(request, reply),
         Command::Profiles { requests, reply } => {
             let _ = reply.send(operations.subscribe_profiles(requests));
@@ -249,5 +275,42 @@ fn execute(operations: &mut Operations, command: Command) {
         Command::Load { clients, seconds } => operations.observe_load(&clients, seconds),
         Command::Followed(events) => operations.follow(events),
         Command::Lead(leading) => operations.lead(leading),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assign() -> Command {
+        Command::Assign { clients: Vec::new(), reply: oneshot::channel().0 }
+    }
+
+    fn apply(changes: usize) -> Command {
+        let ping = Action::PingAnswered { server: 0, sequence: 1 };
+        Command::Apply { changes: vec![ping; changes], done: oneshot::channel().0 }
+    }
+
+    /// (kind, commands gathered) of each run.
+    fn shape(runs: &[Run]) -> Vec<(&'static str, usize)> {
+        runs.iter()
+            .map(|run| match run {
+                Run::Assigns(requests) => ("assign", requests.len()),
+                Run::Applies(batches) => ("apply", batches.len()),
+                Run::One(_) => ("other", 1),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consecutive_commands_of_a_kind_are_carried_out_together_in_order() {
+        let queued = vec![apply(3), apply(2), apply(1), assign(), assign(), Command::Expire, apply(4), Command::Stop];
+        let runs = runs(queued);
+        assert_eq!(shape(&runs), [("apply", 3), ("assign", 2), ("other", 1), ("apply", 1), ("other", 1)]);
+        let Run::Applies(batches) = &runs[0] else { unreachable!("checked above") };
+        let sizes: Vec<usize> = batches.iter().map(|(changes, _)| changes.len()).collect();
+        assert_eq!(sizes, [3, 2, 1], "each batch whole, in order");
+        assert!(matches!(runs[2], Run::One(Command::Expire)));
+        assert!(matches!(runs[4], Run::One(Command::Stop)));
     }
 }

@@ -1,51 +1,64 @@
 //! Building responses (RFC 3261 §8.2.6) from what a request carried, even
 //! when the request itself was malformed.
 
-use std::{fmt::Write, net::SocketAddr};
+use std::{borrow::Cow, fmt::Write, net::SocketAddr};
 
 use super::{HeaderKind, Message, StartLine, Via, split_list, tag, unfold};
 
-/// The request headers a response copies. From a parsed message or, for a
+/// The request headers a response copies. From a parsed message, borrowed
+/// from its datagram (a folded value is unfolded into a copy); or, for a
 /// request that failed to parse, salvaged line by line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Basis {
-    pub vias: Vec<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub call_id: Option<String>,
-    pub cseq: Option<String>,
+pub struct Basis<'a> {
+    pub vias: Vec<Cow<'a, str>>,
+    pub from: Option<Cow<'a, str>>,
+    pub to: Option<Cow<'a, str>>,
+    pub call_id: Option<Cow<'a, str>>,
+    pub cseq: Option<Cow<'a, str>>,
 }
 
-impl Basis {
-    pub fn of(message: &Message<'_>) -> Self {
-        let value = |kind| message.value(kind).map(|v| v.into_owned());
+impl<'a> Basis<'a> {
+    pub fn of(message: &Message<'a>) -> Self {
         Self {
-            vias: message.via_values().map(|v| v.into_owned()).collect(),
-            from: value(HeaderKind::From),
-            to: value(HeaderKind::To),
-            call_id: value(HeaderKind::CallId),
-            cseq: value(HeaderKind::CSeq),
+            vias: message.via_values().collect(),
+            from: message.value(HeaderKind::From),
+            to: message.value(HeaderKind::To),
+            call_id: message.value(HeaderKind::CallId),
+            cseq: message.value(HeaderKind::CSeq),
         }
     }
 
     /// Whatever response headers can be read from a datagram that did not
     /// parse: every line that looks like `Name: value` is tried.
-    pub fn salvage(datagram: &[u8]) -> Self {
+    pub fn salvage(datagram: &[u8]) -> Basis<'static> {
         let text = String::from_utf8_lossy(datagram);
-        let mut basis = Self::default();
+        let mut basis = Basis::default();
         for line in text.lines().skip(1).take_while(|l| !l.trim().is_empty()) {
             let Some((name, value)) = line.split_once(':') else { continue };
-            let value = value.trim().to_owned();
+            let value = value.trim();
+            let owned = || Some(Cow::Owned(value.to_owned()));
             match HeaderKind::of(name.trim()) {
-                HeaderKind::Via => basis.vias.extend(split_list(&value).map(|v| unfold(v).into_owned())),
-                HeaderKind::From => basis.from = basis.from.or(Some(value)),
-                HeaderKind::To => basis.to = basis.to.or(Some(value)),
-                HeaderKind::CallId => basis.call_id = basis.call_id.or(Some(value)),
-                HeaderKind::CSeq => basis.cseq = basis.cseq.or(Some(value)),
+                HeaderKind::Via => basis.vias.extend(split_list(value).map(|v| Cow::Owned(unfold(v).into_owned()))),
+                HeaderKind::From => basis.from = basis.from.or_else(owned),
+                HeaderKind::To => basis.to = basis.to.or_else(owned),
+                HeaderKind::CallId => basis.call_id = basis.call_id.or_else(owned),
+                HeaderKind::CSeq => basis.cseq = basis.cseq.or_else(owned),
                 _ => {}
             }
         }
         basis
+    }
+
+    /// The basis with every header copied, to outlive its datagram.
+    pub fn into_owned(self) -> Basis<'static> {
+        let owned = |value: Option<Cow<'_, str>>| value.map(|v| Cow::Owned(v.into_owned()));
+        Basis {
+            vias: self.vias.into_iter().map(|v| Cow::Owned(v.into_owned())).collect(),
+            from: owned(self.from),
+            to: owned(self.to),
+            call_id: owned(self.call_id),
+            cseq: owned(self.cseq),
+        }
     }
 
     /// The top Via stamped with where the request really came from, so the
@@ -55,7 +68,7 @@ impl Basis {
         let Some(top) = self.vias.first_mut() else { return source };
         let Ok(via) = Via::parse(top) else { return source };
         let to = via.stamped_response_address(source);
-        *top = via.stamped(source);
+        *top = Cow::Owned(via.stamped(source));
         to
     }
 
@@ -67,7 +80,7 @@ impl Basis {
 
 /// A response with the basis headers, `to_tag` added to To when it has
 /// none, then `extra` headers, and an empty body.
-pub fn build(basis: &Basis, code: u16, reason: &str, to_tag: &str, extra: &[(&str, String)]) -> Vec<u8> {
+pub fn build(basis: &Basis<'_>, code: u16, reason: &str, to_tag: &str, extra: &[(&str, String)]) -> Vec<u8> {
     let mut out = String::with_capacity(512);
     // Writing to a String cannot fail.
     let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
@@ -80,22 +93,22 @@ pub fn build(basis: &Basis, code: u16, reason: &str, to_tag: &str, extra: &[(&st
         out.push_str("\r\n");
     };
     for via in &basis.vias {
-        line("Via", &[via]);
+        line("Via", &[via.as_ref()]);
     }
-    if let Some(from) = &basis.from {
+    if let Some(from) = basis.from.as_deref() {
         line("From", &[from]);
     }
-    if let Some(to) = &basis.to {
+    if let Some(to) = basis.to.as_deref() {
         if tag(to).is_none() && code > 100 {
             line("To", &[to, ";tag=", to_tag]);
         } else {
             line("To", &[to]);
         }
     }
-    if let Some(call_id) = &basis.call_id {
+    if let Some(call_id) = basis.call_id.as_deref() {
         line("Call-ID", &[call_id]);
     }
-    if let Some(cseq) = &basis.cseq {
+    if let Some(cseq) = basis.cseq.as_deref() {
         line("CSeq", &[cseq]);
     }
     for (name, value) in extra {
