@@ -3,7 +3,10 @@
 //! reaches its own home, and withdrawing, moving, expiring or restoring
 //! one line changes where no other line goes.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use redirector::{
     kernel::{
@@ -129,6 +132,34 @@ fn each_line_of_a_shared_socket_is_withdrawn_moved_and_restored_alone() {
     // The last line withdrawn takes the socket off the fast path.
     fx.fast_path.forget_many(&[line1, line3]).unwrap();
     assert_eq!(socket_entry(&mut fx.fast_path), None, "no line left: the entry is gone");
+}
+
+/// The idle sweep: a shared socket whose own line went quiet while
+/// another line kept using it is handed to that line, not taken off the
+/// fast path; once no line used it lately, it goes.
+#[test]
+fn an_idle_shared_socket_is_handed_to_a_line_still_busy() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    let (line1, line2) = (aor("line1"), aor("line2"));
+    fx.fast_path.route_aors(&[(&line1, HOME1), (&line2, HOME2)]).unwrap();
+    assert_eq!(fx.fast_path.install(&line1, origin(), HOME1).unwrap(), Installed::ForAor);
+    assert_eq!(fx.fast_path.install(&line2, origin(), HOME2).unwrap(), Installed::Shared);
+    let idle = Duration::from_millis(40);
+    std::thread::sleep(idle * 2);
+    // line2 speaks (its route stamped), line1 stays quiet past `idle`.
+    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::ForwardedOtherAor));
+    let scanned = fx.fast_path.scan(idle, 100).unwrap();
+    assert_eq!(scanned.removed, 0, "nothing taken off the fast path");
+    let entry = socket_entry(&mut fx.fast_path).expect("the socket's entry, kept");
+    assert_eq!((entry.server, entry.aor_hash), (HOME2, aor_hash(b"sip:line2@example.net")), "handed to line2");
+    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::Forwarded), "line2's now");
+
+    std::thread::sleep(idle * 2);
+    fx.fast_path.scan(idle, 100).unwrap();
+    assert_eq!(socket_entry(&mut fx.fast_path), None, "no line used it lately: gone");
 }
 
 /// nat: a socket's other lines go up (the edge port's replies come back

@@ -88,13 +88,17 @@
 //!    encapsulated to that home (rules 6 and 8), counted
 //!    `forwarded_other_aor` and in the home's `SERVER_STATS`, and the
 //!    route's `last_seen_ns` is stamped (the line's sighting for expiry);
-//!    the entry's load and `last_seen_ns` are not touched. An AOR `AORS`
-//!    lacks goes up (`pass_other_aor`, within the throttle), and the
-//!    daemon routes it by its own AOR; one whose home is down goes up as
-//!    `pass_server_down`. In nat mode another line's datagram always goes
-//!    up (`pass_other_aor`): the socket has one edge port, whose replies
+//!    the entry's load and `last_seen_ns` are not touched. A request for
+//!    an AOR `AORS` lacks goes up (`pass_other_aor`, within the throttle),
+//!    and the daemon routes it by its own AOR; a response whose `To` is an
+//!    AOR `AORS` lacks (a call to a number the socket's PBX serves, a
+//!    home's ping to a contact) takes the entry, as before other lines
+//!    were routed; one whose home is down goes up as `pass_server_down`.
+//!    In nat mode another line's datagram always goes up
+//!    (`pass_other_aor`): the socket has one edge port, whose replies
 //!    rule 7 takes from the entry's home alone, so no other line's home
-//!    could answer through it.
+//!    could answer through it (the daemon sends such a response on by the
+//!    entry).
 //!    A non-shared socket's REGISTER of another AOR (a scanner enumerating
 //!    extensions, or the first sign of a second line) goes up
 //!    (`pass_other_aor`): the daemon marks the socket shared. A datagram
@@ -105,8 +109,9 @@
 //!    passed up too (`pass_aor_unseen`). The daemon sends a passed-up
 //!    datagram of a shared socket on to the entry's home only when the
 //!    program would (its own line's); another line's request is a first
-//!    contact, another line's or an unread response is dropped, counted
-//!    (`dropped`): no response reaches another line's home. What is no SIP
+//!    contact; a response goes to the home of the line its `To` names if
+//!    that line is assigned (dsr), else by the entry (an unread `To`, nat
+//!    too). What is no SIP
 //!    message (a datagram shorter than any request line, as RFC 5626
 //!    keepalives; one whose first byte no method starts with, as STUN),
 //!    and a non-shared socket's responses and requests other than
@@ -114,6 +119,8 @@
 //!    The daemon keeps a shared socket's entry while another of its lines
 //!    is routed (dsr): when the line the entry is for is withdrawn (moved
 //!    to a home this edge does not know, or a rewrite failed) or expires,
+//!    or its entry goes idle while another line's route was stamped
+//!    within the idle timeout (the socket busy for that line),
 //!    the entry is handed to another line that `AORS` routes (that line's
 //!    home, hash and owner; the edge port and load slot kept), and the
 //!    withdrawn line goes up as `pass_other_aor`; when it comes back,

@@ -414,21 +414,44 @@ impl FirstContact {
         if datagram.starts_with(b"SUBSCRIBE ") {
             return None;
         }
-        let route = self.installed.get(source)?;
+        let mut route = self.installed.get(source)?;
         // A request for another AOR than the socket's, or one whose AOR the
         // program cannot read, is first contact's (rule 6's AOR check):
-        // every request and response from a shared socket, REGISTERs from
-        // the others. A response of another line is dropped (counted), not
-        // sent to this socket's line's home.
+        // every request from a shared socket, REGISTERs from the others. A
+        // shared socket's response of another line goes to that line's
+        // home, or by the entry (`shared_response_route`).
         if let Some(hash) = route.aor_hash
             && (route.shared || is_register_any_case(datagram))
             && !kernel_aor_of(datagram, source, route.shared).takes(hash)
         {
-            return None;
+            if !(route.shared && datagram.starts_with(b"SIP/")) {
+                return None;
+            }
+            route = self.shared_response_route(datagram, route);
         }
         let forwards =
             self.pool.load().by_index(route.server).is_some_and(|home| home.effective_state() != ServerState::Down);
         forwards.then_some(route)
+    }
+
+    /// Where a shared socket's response that is not its entry's line's
+    /// goes, as the program sends it (`redirector_other_line`): in dsr to
+    /// the home of the line its `To` names when that line is assigned
+    /// (`AORS` routes it), otherwise (a number the socket's PBX serves, a
+    /// `To` not read, nat) by the entry.
+    fn shared_response_route(&self, datagram: &[u8], entry: KernelRoute) -> KernelRoute {
+        if entry.nat_port.is_some() {
+            return entry;
+        }
+        let line = Message::parse(datagram).ok().and_then(|message| {
+            let value = message.value(HeaderKind::To)?;
+            Aor::from_uri(NameAddr::parse(&value, "To").ok()?.uri, "To").ok()
+        });
+        let home = line.and_then(|line| self.cache.get(&line)).and_then(|cached| {
+            let pool = self.pool.load();
+            pool.server(&cached.server).map(|home| home.index)
+        });
+        home.map_or(entry, |server| KernelRoute { server, ..entry })
     }
 
     /// A datagram from a client on the fast path, sent on as the kernel

@@ -1099,11 +1099,13 @@ fn a_shared_sockets_request_goes_by_its_aor_as_the_kernel_sends_it() {
 
 /// A passed-up response from a socket shared by several lines is read by
 /// its `To` (the line that answered), as the kernel reads it: its own
-/// line's goes to the socket's home, another line's is dropped, counted,
-/// never sent to the socket's home. A socket that is not shared sends
-/// every response on unread.
+/// line's goes to the socket's home (home2 here), another assigned line's
+/// to that line's home (bob's, home1), and one whose `To` is no assigned
+/// line (a call to a number the PBX serves) by the socket's entry, as
+/// before lines were routed: none is dropped. A socket that is not shared
+/// sends every response on unread, by its entry.
 #[test]
-fn a_shared_sockets_response_goes_by_its_to_or_is_dropped() {
+fn a_shared_sockets_response_goes_by_its_to_line_or_by_the_entry() {
     let alice = redirector_ebpf::aor::aor_hash(b"sip:alice@example.net");
     let response = |to: &str| {
         format!(
@@ -1111,17 +1113,22 @@ fn a_shared_sockets_response_goes_by_its_to_or_is_dropped() {
              To: <sip:{to}@example.net>;tag=c\r\nCall-ID: r1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         )
     };
-    let sent_on = |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::Encapsulate { .. }));
+    let sent_to = |actions: &[Action]| match actions {
+        [Action::Encapsulate { home, .. }] => Some(home.to_string()),
+        _ => None,
+    };
+    let (home1, home2) = (Some("198.51.100.11".to_owned()), Some("198.51.100.12".to_owned()));
     for shared in [true, false] {
         let s = setup(Policy::Auto);
+        s.fc.reassign_many(&[(&aor("sip:bob@example.net"), "home1")], None);
         s.fc.kernel
             .put(client(), KernelRoute { server: 1, nat_port: None, adds_rport: false, aor_hash: Some(alice), shared });
-        let own = s.fc.on_service_datagram(response("alice").as_bytes(), client(), service());
-        assert!(sent_on(&own), "shared {shared}: the socket's own line's response not sent on");
-        let dropped = s.fc.counters.dropped.load(Ordering::Relaxed);
-        let other = s.fc.on_service_datagram(response("bob").as_bytes(), client(), service());
-        assert_eq!(sent_on(&other), !shared, "shared {shared}: another line's response");
-        assert_eq!(s.fc.counters.dropped.load(Ordering::Relaxed) - dropped, u64::from(shared), "shared {shared}");
+        let answer = |to: &str| sent_to(&s.fc.on_service_datagram(response(to).as_bytes(), client(), service()));
+        assert_eq!(answer("alice"), home2, "shared {shared}: the socket's own line's response");
+        let bob = if shared { &home1 } else { &home2 };
+        assert_eq!(&answer("bob"), bob, "shared {shared}: another assigned line's response");
+        assert_eq!(answer("4912345"), home2, "shared {shared}: a response for no line goes by the entry");
+        assert_eq!(s.fc.counters.dropped.load(Ordering::Relaxed), 0, "shared {shared}: nothing dropped");
     }
 }
 

@@ -461,16 +461,19 @@ impl FastPath {
     /// the kernel (its owner moving, or evicted) gets the flag when it is
     /// written again.
     fn share_socket(&mut self, client: Endpoint) -> Result<(), FastPathError> {
-        let Some(learned) = self.learned.get_mut(&client).filter(|learned| !learned.shared) else {
+        if self.learned.get(&client).is_none_or(|learned| learned.shared) {
             return Ok(());
-        };
-        learned.shared = true;
-        let Some(mut entry) = self.dataplane.client(client)? else {
-            return Ok(());
-        };
-        entry.flags |= CLIENT_SHARED;
-        self.dataplane.install_client(client, entry)?;
-        self.share(&client, &entry);
+        }
+        // Recorded shared only once the kernel's entry is flagged: a failed
+        // write is tried again by the next install of another line.
+        if let Some(mut entry) = self.dataplane.client(client)? {
+            entry.flags |= CLIENT_SHARED;
+            self.dataplane.install_client(client, entry)?;
+            self.share(&client, &entry);
+        }
+        if let Some(learned) = self.learned.get_mut(&client) {
+            learned.shared = true;
+        }
         Ok(())
     }
 
@@ -535,7 +538,7 @@ impl FastPath {
             for &(client, service) in entries {
                 // A socket another AOR took since is that AOR's to withdraw.
                 let own = self.learned.get(&client).is_none_or(|learned| learned.owner == owner);
-                if own && !self.hand_over(client, service) {
+                if own && !self.hand_over(client, service, None) {
                     clients.push(client);
                 }
             }
@@ -569,16 +572,22 @@ impl FastPath {
     /// its other lines that `AORS` routes: its entry becomes that line's
     /// (home, hash, owner; edge port and load slot kept), as if the line
     /// had been first, and the line's requests from it take the entry.
-    /// Whether it did; on a failed write the socket is withdrawn.
-    fn hand_over(&mut self, client: Endpoint, service: Endpoint) -> bool {
+    /// Whether it did; on a failed write the socket is withdrawn. With
+    /// `busy_within`, only to a line the kernel routed within that time
+    /// (the idle sweep: the socket is busy for that line).
+    fn hand_over(&mut self, client: Endpoint, service: Endpoint, busy_within: Option<Duration>) -> bool {
         if self.mode != ForwardingMode::Dsr {
             return false;
         }
         let Some(before) = self.learned.get(&client).copied() else { return false };
+        let now = monotonic_ns();
+        let busy = |last_seen_ns: u64| {
+            busy_within.is_none_or(|within| Duration::from_nanos(now.saturating_sub(last_seen_ns)) <= within)
+        };
         let Some((line, home)) = self.lines.get(&client).and_then(|lines| {
             lines.iter().find_map(|line| {
                 let route = self.dataplane.aor_route(self.aor_routes.routed(line)?).ok()??;
-                Some((line.clone(), route.server))
+                busy(route.last_seen_ns).then(|| (line.clone(), route.server))
             })
         }) else {
             return false;
@@ -724,6 +733,10 @@ impl FastPath {
                         kept.push((client, service));
                     })
                 }
+                // Idle too long, but a shared socket another of whose lines
+                // the kernel routed lately: handed to that line (no longer
+                // this AOR's).
+                Ok(Some(_)) if self.hand_over(client, service, Some(idle)) => Ok(()),
                 // Gone from the map (the LRU evicted it) or idle too long.
                 Ok(_) => self.remove(client).map(|()| removed += 1),
                 Err(error) => Err(error.into()),
