@@ -191,6 +191,12 @@ impl DataPlane {
 
     /// Puts `redirector_other_line` where `redirector` tail-calls it for a
     /// shared socket's other lines (`OTHER_LINES`, pinned with the maps).
+    /// Set before the pinned link is given the new `redirector`, never
+    /// after: the other-line program reads the AOR hash its own object's
+    /// `redirector` left in that object's scratch, so an old `redirector`
+    /// calling the new one finds no hash of its own (zero: nothing routed,
+    /// the datagram goes up), where a new `redirector` calling the old one
+    /// would find the old program's last hash, another datagram's.
     fn link_other_lines(&mut self) -> Result<()> {
         let name = OTHER_LINE_PROGRAM;
         let fd = program(&mut self.ebpf, name)?.fd().map_err(|source| DataPlaneError::Program { name, source })?;
