@@ -135,31 +135,35 @@ fn each_line_of_a_shared_socket_is_withdrawn_moved_and_restored_alone() {
 }
 
 /// The idle sweep: a shared socket whose own line went quiet while
-/// another line kept using it is handed to that line, not taken off the
-/// fast path; once no line used it lately, it goes.
+/// another line kept using it is handed to that line (line3, stamped),
+/// not to one that did not (line2, listed first) and not taken off the
+/// fast path; once no line used it lately, it goes, though line2 is
+/// still routed.
 #[test]
 fn an_idle_shared_socket_is_handed_to_a_line_still_busy() {
     if !privileged() {
         return;
     }
     let mut fx = Fixture::new("dsr");
-    let (line1, line2) = (aor("line1"), aor("line2"));
-    fx.fast_path.route_aors(&[(&line1, HOME1), (&line2, HOME2)]).unwrap();
+    let (line1, line2, line3) = (aor("line1"), aor("line2"), aor("line3"));
+    fx.fast_path.route_aors(&[(&line1, HOME1), (&line2, HOME2), (&line3, HOME5)]).unwrap();
     assert_eq!(fx.fast_path.install(&line1, origin(), HOME1).unwrap(), Installed::ForAor);
-    assert_eq!(fx.fast_path.install(&line2, origin(), HOME2).unwrap(), Installed::Shared);
-    let idle = Duration::from_millis(40);
+    for (line, home) in [(&line2, HOME2), (&line3, HOME5)] {
+        assert_eq!(fx.fast_path.install(line, origin(), home).unwrap(), Installed::Shared);
+    }
+    let idle = Duration::from_millis(300);
     std::thread::sleep(idle * 2);
-    // line2 speaks (its route stamped), line1 stays quiet past `idle`.
-    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::ForwardedOtherAor));
+    // line3 speaks (its route stamped); line1 and line2 stay quiet.
+    assert_eq!(sent(&mut fx, "line3"), (AT_HOME5, Counter::ForwardedOtherAor));
     let scanned = fx.fast_path.scan(idle, 100).unwrap();
     assert_eq!(scanned.removed, 0, "nothing taken off the fast path");
     let entry = socket_entry(&mut fx.fast_path).expect("the socket's entry, kept");
-    assert_eq!((entry.server, entry.aor_hash), (HOME2, aor_hash(b"sip:line2@example.net")), "handed to line2");
-    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::Forwarded), "line2's now");
+    assert_eq!((entry.server, entry.aor_hash), (HOME5, aor_hash(b"sip:line3@example.net")), "handed to line3");
+    assert_eq!(sent(&mut fx, "line3"), (AT_HOME5, Counter::Forwarded), "line3's now");
 
     std::thread::sleep(idle * 2);
     fx.fast_path.scan(idle, 100).unwrap();
-    assert_eq!(socket_entry(&mut fx.fast_path), None, "no line used it lately: gone");
+    assert_eq!(socket_entry(&mut fx.fast_path), None, "no line used it lately (line2 routed, quiet): gone");
 }
 
 /// nat: a socket's other lines go up (the edge port's replies come back

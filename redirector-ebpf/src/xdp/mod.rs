@@ -88,17 +88,16 @@
 //!    encapsulated to that home (rules 6 and 8), counted
 //!    `forwarded_other_aor` and in the home's `SERVER_STATS`, and the
 //!    route's `last_seen_ns` is stamped (the line's sighting for expiry);
-//!    the entry's load and `last_seen_ns` are not touched. A request for
-//!    an AOR `AORS` lacks goes up (`pass_other_aor`, within the throttle),
-//!    and the daemon routes it by its own AOR; a response whose `To` is an
-//!    AOR `AORS` lacks (a call to a number the socket's PBX serves, a
-//!    home's ping to a contact) takes the entry, as before other lines
-//!    were routed; one whose home is down goes up as `pass_server_down`.
-//!    In nat mode another line's datagram always goes up
-//!    (`pass_other_aor`): the socket has one edge port, whose replies
-//!    rule 7 takes from the entry's home alone, so no other line's home
-//!    could answer through it (the daemon sends such a response on by the
-//!    entry).
+//!    the entry's load and `last_seen_ns` are not touched. An AOR `AORS`
+//!    lacks goes up (`pass_other_aor`, within the throttle): the daemon
+//!    routes a request by its own AOR, and sends a response (one whose
+//!    `To` is a number the socket's PBX serves, say) to its `To` line's
+//!    home if that line is assigned, else by the entry; one whose home is
+//!    down goes up as `pass_server_down`. In nat mode another line's
+//!    datagram always goes up (`pass_other_aor`): the socket has one edge
+//!    port, whose replies rule 7 takes from the entry's home alone, so no
+//!    other line's home could answer through it (the daemon sends such a
+//!    response on by the entry).
 //!    A non-shared socket's REGISTER of another AOR (a scanner enumerating
 //!    extensions, or the first sign of a second line) goes up
 //!    (`pass_other_aor`): the daemon marks the socket shared. A datagram
@@ -107,7 +106,7 @@
 //!    the daemon would read otherwise, a response of another SIP version
 //!    or without a `To`, a value not complete within the bytes read) is
 //!    passed up too (`pass_aor_unseen`). The daemon sends a passed-up
-//!    datagram of a shared socket on to the entry's home only when the
+//!    request of a shared socket on to the entry's home only when the
 //!    program would (its own line's); another line's request is a first
 //!    contact; a response goes to the home of the line its `To` names if
 //!    that line is assigned (dsr), else by the entry (an unread `To`, nat

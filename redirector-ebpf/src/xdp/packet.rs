@@ -170,16 +170,6 @@ pub fn is_subscribe(ctx: &XdpContext, ip: &Ip) -> bool {
     head == SUBSCRIBE_HEAD && tail == SUBSCRIBE_TAIL
 }
 
-/// `SIP/` as one load: what a response starts with (`redirector_ebpf::aor`
-/// reads any other message starting so as `Unknown`).
-const RESPONSE_HEAD: u32 = u32::from_ne_bytes(*b"SIP/");
-
-/// The UDP payload starts as a response does (`SIP/`).
-#[inline(always)]
-pub fn is_response(ctx: &XdpContext, ip: &Ip) -> bool {
-    read_at::<[u8; 4]>(ctx, ip.l4 + UDP_HLEN).is_some_and(|bytes| u32::from_ne_bytes(bytes) == RESPONSE_HEAD)
-}
-
 /// `register` as one load: with each byte's 0x20 bit set, only the letters
 /// of `REGISTER` in either case give it.
 const REGISTER_ANY_CASE: u64 = u64::from_ne_bytes(*b"register");

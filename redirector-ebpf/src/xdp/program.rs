@@ -135,11 +135,8 @@ pub fn redirector_pass(_ctx: XdpContext) -> u32 {
 /// A datagram of another AOR than its socket's entry, tail-called by
 /// `redirector` once `aor::check` read its AOR (the hash still in this
 /// CPU's scratch). dsr, a shared socket's: to that line's home as `AORS`
-/// names it, if that home forwards, the entry untouched. A response whose
-/// `To` is no line `AORS` routes (a call to a number the socket's PBX
-/// serves, a home's ping to a contact; any response in nat) takes the
-/// entry, as before other lines were routed; anything else goes up
-/// (rule 6).
+/// names it, if that home forwards, the entry untouched; anything else
+/// goes up (rule 6).
 #[xdp]
 pub fn redirector_other_line(ctx: XdpContext) -> u32 {
     let verdict = match (parse_udp(&ctx), CONFIG.get(0)) {
@@ -153,36 +150,16 @@ pub fn redirector_other_line(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn route_other_line(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict {
-    // The entry's home is all a dsr hit needs (no nat port, so none of
-    // nat's rewrite is built into this program's stack).
-    // SAFETY: the value is read at once; no reference outlives the call.
-    let entry_home = unsafe { CLIENTS.get(datagram.src) }.filter(|client| client.flags & CLIENT_SHARED != 0);
-    let Some(entry_home) = entry_home.map(|client| client.server) else {
-        return to_first_contact(datagram, PASS_OTHER_AOR);
-    };
-    // nat: up, a response too (first contact sends it by the entry).
-    if config.mode != Mode::Dsr as u8 {
+    // SAFETY: the value is read once; no reference outlives the call.
+    let shared = unsafe { CLIENTS.get(datagram.src) }.is_some_and(|client| client.flags & CLIENT_SHARED != 0);
+    if !shared || config.mode != Mode::Dsr as u8 {
         return to_first_contact(datagram, PASS_OTHER_AOR);
     }
-    let answer = other_line_answer(packet::is_response(ctx, &datagram.ip));
-    let home = match answer.home() {
-        Some(home) => home,
-        None if answer.takes_entry() => entry_home,
-        None => return to_first_contact(datagram, answer.verdict()),
-    };
-    // One `forward_to` for both: its stack once, within BPF's bound.
-    let verdict = forward_to(ctx, config, datagram, Hit(home as u64));
-    if answer.home().is_some() { forwarded_as(verdict, Counter::ForwardedOtherAor) } else { verdict }
-}
-
-/// dsr: where another line's datagram goes: its home by `AORS`, the
-/// entry (a response for no line `AORS` routes), or up with the verdict.
-// A separate BPF subprogram: its stack does not add to `forward_to`'s.
-#[inline(never)]
-fn other_line_answer(response: bool) -> AorAnswer {
     let answer = route_hashed(PASS_OTHER_AOR);
-    let unrouted = answer.home().is_none() && answer.verdict().counter() == Counter::PassOtherAor as u32;
-    if response && unrouted { AorAnswer::ENTRY } else { answer }
+    match answer.home() {
+        Some(home) => forwarded_as(forward_to(ctx, config, datagram, Hit(home as u64)), Counter::ForwardedOtherAor),
+        None => to_first_contact(datagram, answer.verdict()),
+    }
 }
 
 #[inline(always)]
@@ -315,8 +292,6 @@ struct AorAnswer(u64);
 impl AorAnswer {
     /// Set in a slot's answer; a verdict's action never reaches it.
     const HOME: u64 = 1 << 63;
-    /// The datagram takes its socket's entry (`redirector_other_line`).
-    const ENTRY: Self = Self(1 << 62);
 
     const fn home_at(slot: u32) -> Self {
         Self(Self::HOME | slot as u64)
@@ -324,10 +299,6 @@ impl AorAnswer {
 
     const fn up(verdict: Verdict) -> Self {
         Self(verdict.0)
-    }
-
-    fn takes_entry(self) -> bool {
-        self.0 == Self::ENTRY.0
     }
 
     fn home(self) -> Option<u32> {

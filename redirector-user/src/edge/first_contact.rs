@@ -435,10 +435,11 @@ impl FirstContact {
     }
 
     /// Where a shared socket's response that is not its entry's line's
-    /// goes, as the program sends it (`redirector_other_line`): in dsr to
-    /// the home of the line its `To` names when that line is assigned
-    /// (`AORS` routes it), otherwise (a number the socket's PBX serves, a
-    /// `To` not read, nat) by the entry.
+    /// goes: in dsr to the home of the line its `To` names when that line
+    /// is assigned (as the program sends it, `redirector_other_line`, when
+    /// `AORS` routes the line), otherwise (a number the socket's PBX
+    /// serves, a `To` not read, nat, a line `AORS` lacks: the program
+    /// passes all of these up) by the entry, as before lines were routed.
     fn shared_response_route(&self, datagram: &[u8], entry: KernelRoute) -> KernelRoute {
         if entry.nat_port.is_some() {
             return entry;
@@ -447,7 +448,7 @@ impl FirstContact {
             let value = message.value(HeaderKind::To)?;
             Aor::from_uri(NameAddr::parse(&value, "To").ok()?.uri, "To").ok()
         });
-        let home = line.and_then(|line| self.cache.get(&line)).and_then(|cached| {
+        let home = line.and_then(|line| self.cache.current(&line)).and_then(|cached| {
             let pool = self.pool.load();
             pool.server(&cached.server).map(|home| home.index)
         });

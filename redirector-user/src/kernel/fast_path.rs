@@ -466,10 +466,15 @@ impl FastPath {
         }
         // Recorded shared only once the kernel's entry is flagged: a failed
         // write is tried again by the next install of another line.
-        if let Some(mut entry) = self.dataplane.client(client)? {
-            entry.flags |= CLIENT_SHARED;
-            self.dataplane.install_client(client, entry)?;
-            self.share(&client, &entry);
+        match self.dataplane.client(client)? {
+            Some(mut entry) => {
+                entry.flags |= CLIENT_SHARED;
+                self.dataplane.install_client(client, entry)?;
+                self.share(&client, &entry);
+            }
+            // Evicted: first contact's copy goes too, as the kernel's entry
+            // did, so it routes no other line's datagram by the entry.
+            None => self.shared.remove(socket_address(&client)),
         }
         if let Some(learned) = self.learned.get_mut(&client) {
             learned.shared = true;
