@@ -216,14 +216,13 @@ fn malformed() -> Vec<Case> {
 fn not_probes() -> Vec<Case> {
     let to = |dst: &str| from_client(&Datagram::new("10.0.0.2:40000", dst).with(|d| d.payload = probe(7)), None);
     vec![
-        // Up to first contact; counted as a request whose Via values the
-        // program could not count (it starts with a token byte and has no
-        // line end), since dsr looks for an upstream proxy's requests.
+        // Up to first contact, unread: its source is no upstream proxy's
+        // (`PROXIES`), the only misses dsr reads.
         Case::untouched(
             "a probe to the SIP port is first contact's",
             to(&socket(VIP4, 5060)),
             XDP_PASS,
-            Counter::PassViasUnseen,
+            Counter::PassMiss,
         ),
         Case::untouched(
             "a probe to the edge's own address is not answered",
