@@ -444,10 +444,7 @@ impl FirstContact {
         if entry.nat_port.is_some() {
             return entry;
         }
-        let line = Message::parse(datagram).ok().and_then(|message| {
-            let value = message.value(HeaderKind::To)?;
-            Aor::from_uri(NameAddr::parse(&value, "To").ok()?.uri, "To").ok()
-        });
+        let line = Message::parse(datagram).ok().and_then(|message| header_aor(&message, HeaderKind::To, "To").ok());
         let home = line.and_then(|line| self.cache.current(&line)).and_then(|cached| {
             let pool = self.pool.load();
             pool.server(&cached.server).map(|home| home.index)
@@ -929,6 +926,11 @@ pub fn identity(message: &Message<'_>) -> Result<Aor, ParseError> {
         Some("REGISTER" | "SUBSCRIBE") => (HeaderKind::To, "To"),
         _ => (HeaderKind::From, "From"),
     };
+    header_aor(message, kind, name)
+}
+
+/// The AOR of the URI in `message`'s `kind` header (`name` in errors).
+fn header_aor(message: &Message<'_>, kind: HeaderKind, name: &'static str) -> Result<Aor, ParseError> {
     let value = message.value(kind).ok_or(ParseError::Missing(name))?;
     Aor::from_uri(NameAddr::parse(&value, name)?.uri, name)
 }
