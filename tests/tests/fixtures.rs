@@ -205,11 +205,15 @@ fn a_miss_looks_up_only_what_config_flags() {
     }
     let mut fx = Fixture::new("dsr");
     route_aors_of_proxied(&mut fx);
-    let proxied1 = || from_client(&from_proxy(proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>")));
+    let proxied1 = || from_proxy(proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>"));
     let miss = |name: &str, src: &str| passed(name, from_client(&Datagram::new(src, VIP4)), Counter::PassMiss);
     let nothing_flagged = vec![
         miss("nothing throttled, no proxy known: a client's miss goes up", "10.0.6.2:7777"),
-        passed("no proxy known: a proxy's request for a routed AOR goes up unread", proxied1(), Counter::PassMiss),
+        passed(
+            "no proxy known: a proxy's request for a routed AOR goes up unread",
+            from_client(&proxied1()),
+            Counter::PassMiss,
+        ),
     ];
     run_table(&mut fx, "nothing flagged", [nothing_flagged]);
 
@@ -218,11 +222,7 @@ fn a_miss_looks_up_only_what_config_flags() {
     let prefix = source_prefix(&endpoint("10.0.6.77".parse().unwrap(), 0));
     fx.dataplane().throttle(&[prefix], Throttle::new(hour_from_now, 0)).unwrap();
     let flagged = vec![
-        routed_to(
-            "a proxy known: its request is routed by AOR",
-            &from_proxy(proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>")),
-            HOME1,
-        ),
+        routed_to("a proxy known: its request is routed by AOR", &proxied1(), HOME1),
         Case::untouched(
             "a prefix throttled: its client's miss is dropped",
             from_client(&Datagram::new("10.0.6.2:7777", VIP4)),

@@ -396,7 +396,8 @@ fn to_first_contact(datagram: &Datagram, passed: Verdict) -> Verdict {
 fn admitted(datagram: &Datagram) -> bool {
     // `CONFIG` read here, not passed down: an array lookup the verifier
     // inlines, and the callers' signatures stay as they are.
-    if !CONFIG.get(0).is_some_and(|config| config.flags & CONFIG_THROTTLING != 0) {
+    let throttling = CONFIG.get(0).is_some_and(|config| config.flags & CONFIG_THROTTLING != 0);
+    if !throttling {
         return true;
     }
     let Some(throttle) = THROTTLED.get_ptr_mut(source_prefix(&datagram.src)) else {
