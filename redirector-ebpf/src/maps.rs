@@ -166,9 +166,19 @@ pub enum Mode {
 
 pub const CONFIG_HAS_EDGE_V4: u8 = 1;
 pub const CONFIG_HAS_EDGE_V6: u8 = 2;
+/// `THROTTLED` may hold a throttle that has not lifted: the program looks
+/// a first contact's source prefix up only while this is set (a miss
+/// costs no lookup while nothing is throttled). Set before a throttle is
+/// written; cleared only once every throttle written has lifted.
+pub const CONFIG_THROTTLING: u8 = 4;
+/// `PROXIES` may hold an upstream proxy: the program looks a dsr miss's
+/// source address up only while this is set. Set before the first proxy
+/// is written, never cleared while the program runs.
+pub const CONFIG_KNOWS_PROXIES: u8 = 8;
 
 /// `CONFIG[0]`: the edge's own addresses (outer source in dsr, rewritten
-/// source in nat) and the mode.
+/// source in nat), the mode, and which of the lookups a miss may need
+/// (`CONFIG_THROTTLING`, `CONFIG_KNOWS_PROXIES`) can find anything.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Config {

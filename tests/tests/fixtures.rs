@@ -11,6 +11,7 @@ use redirector::{
         fast_path::{Install, Installed, monotonic_ns},
         hops::{Destination, HopMaps},
         loader::endpoint,
+        miss_lookups::LIFT_MARGIN_NS,
         netlink::Prefix,
     },
     model::Origin,
@@ -187,6 +188,54 @@ fn throttle_fixtures() {
         ),
     ];
     run_table(&mut fx, "throttle", [cases]);
+}
+
+/// A miss looks `THROTTLED` and `PROXIES` up only while `CONFIG` says they
+/// may hold something (`CONFIG_THROTTLING`, `CONFIG_KNOWS_PROXIES`, which
+/// `DataPlane` sets before it writes the first entry of each): with
+/// neither set, a client's miss and a proxy's request for a routed AOR go
+/// up alike; once the proxy is recorded its request is routed by AOR, and
+/// a throttle holds from its write; once the daemon has lifted the
+/// throttling (the flag cleared, the entry still in the map, as only a
+/// lifted throttle's is), that prefix's first contacts go up unchecked.
+#[test]
+fn a_miss_looks_up_only_what_config_flags() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("dsr");
+    route_aors_of_proxied(&mut fx);
+    let proxied1 = || from_proxy(proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>"));
+    let miss = |name: &str, src: &str| passed(name, from_client(&Datagram::new(src, VIP4)), Counter::PassMiss);
+    let nothing_flagged = vec![
+        miss("nothing throttled, no proxy known: a client's miss goes up", "10.0.6.2:7777"),
+        passed(
+            "no proxy known: a proxy's request for a routed AOR goes up unread",
+            from_client(&proxied1()),
+            Counter::PassMiss,
+        ),
+    ];
+    run_table(&mut fx, "nothing flagged", [nothing_flagged]);
+
+    record_proxies(&mut fx);
+    let hour_from_now = monotonic_ns() + 3_600_000_000_000;
+    let prefix = source_prefix(&endpoint("10.0.6.77".parse().unwrap(), 0));
+    fx.dataplane().throttle(&[prefix], Throttle::new(hour_from_now, 0)).unwrap();
+    let flagged = vec![
+        routed_to("a proxy known: its request is routed by AOR", &proxied1(), HOME1),
+        Case::untouched(
+            "a prefix throttled: its client's miss is dropped",
+            from_client(&Datagram::new("10.0.6.2:7777", VIP4)),
+            XDP_DROP,
+            Counter::DropThrottled,
+        ),
+        miss("a prefix throttled: another's miss goes up", "10.0.8.2:7777"),
+    ];
+    run_table(&mut fx, "flagged", [flagged]);
+
+    fx.dataplane().lift_throttles(hour_from_now + LIFT_MARGIN_NS).unwrap();
+    let lifted = vec![miss("the throttling lifted: the prefix's miss goes up unchecked", "10.0.6.2:7777")];
+    run_table(&mut fx, "lifted", [lifted]);
 }
 
 /// An upstream proxy in a /24 throttled with an allowance of one datagram.
@@ -810,10 +859,20 @@ fn register_checks() -> Vec<Case> {
 /// whose misses the program reads (`PROXIES`): `PROXY4`'s and `PROXY6`'s
 /// addresses.
 fn route_proxied_aors(fx: &mut Fixture) {
+    route_aors_of_proxied(fx);
+    record_proxies(fx);
+}
+
+/// `AORS`' routes of `route_proxied_aors`, no proxy recorded.
+fn route_aors_of_proxied(fx: &mut Fixture) {
     let routes = [("proxied1", HOME1), ("proxied2", HOME2), ("proxied3", HOME3)];
     let hashes: Vec<u64> = routes.iter().map(|(user, _)| aor_hash(format!("sip:{user}@x").as_bytes())).collect();
     let values: Vec<AorRoute> = routes.iter().map(|&(_, server)| AorRoute { server, ..AorRoute::default() }).collect();
     fx.dataplane().route_aors(&hashes, &values).unwrap();
+}
+
+/// The upstream proxies of `route_proxied_aors`, recorded in `PROXIES`.
+fn record_proxies(fx: &mut Fixture) {
     for proxy in [PROXY4, PROXY6] {
         fx.dataplane().add_proxy(proxy.parse::<std::net::SocketAddr>().unwrap().ip()).unwrap();
     }

@@ -3,7 +3,8 @@
 //! (and `FastPath::adopting` what in them its store still assigns, and
 //! `FastPath::sync_aors` the AOR routes), and
 //! pins the program could not use (another map layout, another
-//! `max_clients`) are refused with an error that says to detach.
+//! `max_clients`) are refused with an error that says to detach. A
+//! throttle not lifted is looked up by the next daemon's program too.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,14 +17,14 @@ use redirector::{
     config::Config,
     kernel::{
         aor_routes::hash_of,
-        fast_path::{Adopted, FastPath, owner_of},
+        fast_path::{Adopted, FastPath, monotonic_ns, owner_of},
         loader::{DataPlane, DataPlaneError, endpoint},
         pins::{PinError, Pins, is_bpffs},
     },
     model::Origin,
     sip::Aor,
 };
-use redirector_ebpf::{CLIENT_SHARED, ClientEntry, Endpoint, REDIRECTOR_PROGRAM};
+use redirector_ebpf::{CLIENT_SHARED, ClientEntry, Endpoint, REDIRECTOR_PROGRAM, Throttle, source_prefix};
 use redirector_tests::{
     fixture::{CLIENT_MAC, EDGE_MAC, config_text},
     packets::{Datagram, ethernet},
@@ -212,6 +213,40 @@ fn aor_routes_are_pinned_and_kept_as_the_store_has_them() {
     assert_eq!(aor_routes(&mut fast_path).get(&hash_of(&alice)), None, "an expired AOR's route is removed");
 }
 
+/// A throttle outlives its daemon: the next one, adopting the pinned
+/// `THROTTLED`, has the program look first contacts up there again
+/// (`CONFIG_THROTTLING`) while the throttle has not lifted.
+#[test]
+fn a_second_daemon_keeps_a_throttle_that_has_not_lifted() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("throttle");
+    let pins = Pins::new(&scratch.0, "fx0");
+    let config = Config::parse(&config_text("dsr")).expect("the fixture config");
+    {
+        let mut dataplane = DataPlane::load_pinned(&pins, CLIENTS).unwrap();
+        dataplane.configure_edge(&config).unwrap();
+        assert_eq!(first_contact(&mut dataplane), XDP_PASS, "nothing throttled yet");
+        let prefix = source_prefix(&endpoint("10.0.0.2".parse().unwrap(), 0));
+        let hour_from_now = monotonic_ns() + 3_600_000_000_000;
+        dataplane.throttle(&[prefix], Throttle::new(hour_from_now, 0)).unwrap();
+        assert_eq!(first_contact(&mut dataplane), XDP_DROP, "throttled");
+    }
+    let mut dataplane = DataPlane::load_pinned(&pins, CLIENTS).unwrap();
+    assert!(dataplane.adopted());
+    dataplane.configure_edge(&config).unwrap();
+    assert_eq!(first_contact(&mut dataplane), XDP_DROP, "the adopted throttle still holds");
+}
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// The verdict on a datagram from an unknown client of 10.0.0.2's /24.
+fn first_contact(dataplane: &mut DataPlane) -> u32 {
+    run(dataplane, &Datagram::new("10.0.0.2:7777", "192.0.2.10:5060"))
+}
+
 /// One datagram from 10.0.0.2:`port` to the service through the program
 /// (BPF_PROG_TEST_RUN): a hit counts in the client's load slot before any
 /// route is looked up, so no namespace is needed. A response, which the
@@ -219,10 +254,14 @@ fn aor_routes_are_pinned_and_kept_as_the_store_has_them() {
 /// for.
 fn hit(dataplane: &mut DataPlane, port: u16) {
     let response = b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec();
-    let datagram = Datagram::new(&format!("10.0.0.2:{port}"), "192.0.2.10:5060").with(|d| d.payload = response);
+    run(dataplane, &Datagram::new(&format!("10.0.0.2:{port}"), "192.0.2.10:5060").with(|d| d.payload = response));
+}
+
+/// `datagram` from the client's MAC through the program; its verdict.
+fn run(dataplane: &mut DataPlane, datagram: &Datagram) -> u32 {
     let frame = ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet());
     let options = TestRunOptions { data_in: Some(&frame), ..Default::default() };
-    dataplane.program(REDIRECTOR_PROGRAM).unwrap().test_run(options).expect("BPF_PROG_TEST_RUN");
+    dataplane.program(REDIRECTOR_PROGRAM).unwrap().test_run(options).expect("BPF_PROG_TEST_RUN").return_value
 }
 
 fn aor(user: &str) -> Aor {

@@ -23,7 +23,15 @@
 //!    against `THROTTLED`: a source prefix the daemon throttled (it brought
 //!    in new clients past the flood limits) gets its allowance of such
 //!    datagrams a second, the rest are `XDP_DROP`ped (`drop_throttled`;
-//!    `throttle.rs`).
+//!    `throttle.rs`). `THROTTLED` is looked up only while `CONFIG` has
+//!    `CONFIG_THROTTLING`, so that while nothing is throttled a first
+//!    contact costs no lookup. No throttle that still holds is skipped:
+//!    the daemon (`DataPlane`, `CONFIG`'s one writer, `MissLookups`) sets
+//!    the flag before it writes a throttle, and clears it only a second
+//!    (`LIFT_MARGIN_NS`) after the end of the latest throttle it wrote,
+//!    when every entry admits everything anyway (an entry the LRU evicted
+//!    early only keeps the flag set longer); a daemon that starts sets it
+//!    if the pinned `THROTTLED` holds a throttle that has not lifted.
 //! 6. A client in `CLIENTS` whose home server is active or draining is
 //!    forwarded (dsr or nat, `XDP_TX`, or `XDP_REDIRECT` when its next hop
 //!    (rule 8) is on another interface; a VLAN-tagged frame always leaves by
@@ -35,7 +43,15 @@
 //!    anything of it is read). In nat mode, and in dsr mode from a source
 //!    whose address is not in `PROXIES` (the upstream proxies the daemon
 //!    saw forward a request, with more than one Via value: any port of
-//!    the address), it goes up unread (`pass_miss`).
+//!    the address), it goes up unread (`pass_miss`). `PROXIES` is looked
+//!    up only while `CONFIG` has `CONFIG_KNOWS_PROXIES`: until a proxy is
+//!    known a miss costs no lookup. The daemon sets the flag before it
+//!    writes its first proxy and never clears it while its program runs;
+//!    a flag it found set when it started (a previous daemon's program,
+//!    still attached, knows proxies of its own in its unpinned `PROXIES`)
+//!    is kept until its own program is attached in that one's place. So
+//!    a miss with both flags clear costs the `SERVICES` and `CLIENTS`
+//!    lookups and its counter; each flag set adds its lookup.
 //!    In dsr mode, a request from an upstream proxy (what is no
 //!    request, or one whose AOR the program would not read, as below, is
 //!    not) is read for its Via values (`vias.rs`: lines named `Via`

@@ -3,9 +3,10 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use redirector_ebpf::{
-    CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6, ClientEntry,
-    Config, Counter, Endpoint, EventKind, FAMILY_V4, Mode, NatKey, NextHop, SERVER_HAS_V4, SERVER_HAS_V6,
-    SERVICE_PROBE, Server, ServerState, proxy_key, server_hop, source_prefix, stamps_last_seen,
+    CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, CONFIG_HAS_EDGE_V4, CONFIG_HAS_EDGE_V6,
+    CONFIG_KNOWS_PROXIES, CONFIG_THROTTLING, ClientEntry, Config, Counter, Endpoint, EventKind, FAMILY_V4, Mode,
+    NatKey, NextHop, SERVER_HAS_V4, SERVER_HAS_V6, SERVICE_PROBE, Server, ServerState, proxy_key, server_hop,
+    source_prefix, stamps_last_seen,
 };
 
 use super::{
@@ -257,8 +258,7 @@ fn route_miss(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict
     if !admitted(datagram) {
         return DROP_THROTTLED;
     }
-    // SAFETY: only presence is read; no reference outlives the call.
-    if config.mode != Mode::Dsr as u8 || unsafe { PROXIES.get(proxy_key(&datagram.src)) }.is_none() {
+    if config.mode != Mode::Dsr as u8 || !is_known_proxy(config, &datagram.src) {
         return PASS_MISS;
     }
     let answer = route_by_aor(ctx, datagram);
@@ -266,6 +266,14 @@ fn route_miss(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict
         Some(home) => by_aor(forward_to(ctx, config, datagram, Hit(home as u64))),
         None => answer.verdict(),
     }
+}
+
+/// Whether `source` is in `PROXIES`, looked up only while the daemon says
+/// the map may hold one.
+#[inline(always)]
+fn is_known_proxy(config: &Config, source: &Endpoint) -> bool {
+    // SAFETY: only presence is read; no reference outlives the call.
+    config.flags & CONFIG_KNOWS_PROXIES != 0 && unsafe { PROXIES.get(proxy_key(source)) }.is_some()
 }
 
 /// A forwarded request of another proxy's is counted as routed by its AOR.
@@ -382,9 +390,16 @@ fn to_first_contact(datagram: &Datagram, passed: Verdict) -> Verdict {
 }
 
 /// Whether a datagram for first contact may go on: its source prefix is
-/// not throttled, or has allowance left (which this one uses).
+/// not throttled, or has allowance left (which this one uses). `THROTTLED`
+/// is looked up only while the daemon says it may hold a throttle.
 #[inline(always)]
 fn admitted(datagram: &Datagram) -> bool {
+    // `CONFIG` read here, not passed down: an array lookup the verifier
+    // inlines, and the callers' signatures stay as they are.
+    let throttling = CONFIG.get(0).is_some_and(|config| config.flags & CONFIG_THROTTLING != 0);
+    if !throttling {
+        return true;
+    }
     let Some(throttle) = THROTTLED.get_ptr_mut(source_prefix(&datagram.src)) else {
         return true;
     };

@@ -26,7 +26,11 @@ use redirector_ebpf::{
     THROTTLED_MAP, Throttle, probe::ProbeConfig,
 };
 
-use super::pins::{PINNED_MAPS, PinError, Pins};
+use super::{
+    fast_path::monotonic_ns,
+    miss_lookups::MissLookups,
+    pins::{PINNED_MAPS, PinError, Pins},
+};
 use crate::{
     config::Config,
     model::{AttachMode, ForwardingMode, HomeServer, ServerState},
@@ -78,6 +82,10 @@ pub struct DataPlane {
     ebpf: Ebpf,
     /// Whether the maps were a previous daemon's, adopted from pins.
     adopted: bool,
+    /// `CONFIG` as configured, without the lookups' flags.
+    edge: redirector_ebpf::Config,
+    /// The lookups a miss may need (`CONFIG`'s other flags).
+    lookups: MissLookups,
 }
 
 impl DataPlane {
@@ -127,7 +135,12 @@ impl DataPlane {
     /// The maps are created; each program is loaded when first asked for
     /// (`program`).
     fn load_object(mut loader: EbpfLoader<'_>, object: &[u8]) -> Result<Self> {
-        Ok(Self { ebpf: loader.load(object)?, adopted: false })
+        Ok(Self {
+            ebpf: loader.load(object)?,
+            adopted: false,
+            edge: Default::default(),
+            lookups: MissLookups::default(),
+        })
     }
 
     /// Loads the benchmark's floor program and gives it one next hop, for
@@ -169,6 +182,7 @@ impl DataPlane {
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| link_error("taking over")(e.into()))?;
             // A link whose interface is gone (defunct) refuses the update.
             self.program(name)?.attach_to_link(link).map_err(|e| link_error("updating")(e.into()))?;
+            self.attached()?;
             return Ok(true);
         }
         let program = self.program(name)?;
@@ -177,7 +191,14 @@ impl DataPlane {
         let link = FdLink::try_from(link).map_err(|e| link_error("pinning")(e.into()))?;
         // Pinned, the link outlives this process (and this handle).
         link.pin(&path).map_err(|e| link_error("pinning")(e.into()))?;
+        self.attached()?;
         Ok(false)
+    }
+
+    /// This object's program runs in place of any other: `CONFIG` no
+    /// longer speaks for another program's proxies.
+    fn attached(&mut self) -> Result<()> {
+        self.change_lookups(MissLookups::attached)
     }
 
     /// Program `name`, loaded; `redirector` with `redirector_other_line`
@@ -229,7 +250,9 @@ impl DataPlane {
     /// Writes mode, edge addresses and services, not the servers (the
     /// daemon writes the pool's, which may differ from the config's).
     pub fn configure_edge(&mut self, config: &Config) -> Result<()> {
-        self.set_config(edge_config(config))?;
+        self.edge = edge_config(config);
+        self.lookups = self.found_lookups()?;
+        self.write_config()?;
         let services: Vec<Endpoint> = service_endpoints(config).collect();
         let probes: Vec<Endpoint> = probe_endpoints(config).collect();
         self.remove_services_but(&[services.as_slice(), probes.as_slice()].concat())?;
@@ -261,9 +284,39 @@ impl DataPlane {
         self.remove_nat_replies(&replies)
     }
 
-    pub fn set_config(&mut self, value: redirector_ebpf::Config) -> Result<()> {
+    /// `CONFIG`'s one writer: the edge as configured, with the lookups'
+    /// flags.
+    fn write_config(&mut self) -> Result<()> {
+        let value = redirector_ebpf::Config { flags: self.edge.flags | self.lookups.flags(), ..self.edge };
         let mut map: Array<_, redirector_ebpf::Config> = self.map(CONFIG_MAP)?;
         map.set(0, value, 0).map_err(map_error(CONFIG_MAP))
+    }
+
+    /// The lookups the maps need as found (adopted, or new and empty).
+    fn found_lookups(&mut self) -> Result<MissLookups> {
+        let map: Array<_, redirector_ebpf::Config> = self.map(CONFIG_MAP)?;
+        let flags = map.get(&0, 0).map_err(map_error(CONFIG_MAP))?.flags;
+        let fd = self.map_fd(THROTTLED_MAP)?;
+        // SAFETY: THROTTLED maps Endpoint to Throttle (xdp/maps.rs).
+        let throttles: Vec<(Endpoint, Throttle)> =
+            unsafe { super::batch::lookup_all(fd) }.map_err(batch_error(THROTTLED_MAP, "lookup"))?;
+        Ok(MissLookups::found(flags, throttles.iter().map(|(_, throttle)| throttle.until_ns), monotonic_ns()))
+    }
+
+    /// Changes the lookups, writing `CONFIG` if their flags changed.
+    fn change_lookups(&mut self, change: impl FnOnce(&mut MissLookups)) -> Result<()> {
+        let before = self.lookups.flags();
+        change(&mut self.lookups);
+        if self.lookups.flags() == before {
+            return Ok(());
+        }
+        self.write_config()
+    }
+
+    /// Has the program skip `THROTTLED` once every throttle written has
+    /// lifted (`MissLookups::lift`), at `now_ns` (CLOCK_MONOTONIC).
+    pub fn lift_throttles(&mut self, now_ns: u64) -> Result<()> {
+        self.change_lookups(|lookups| lookups.lift(now_ns))
     }
 
     /// `kind`: `SERVICE_SIP` or `SERVICE_PROBE`.
@@ -275,6 +328,8 @@ impl DataPlane {
     /// Marks `source` an upstream proxy, whose misses the program reads
     /// for their Vias (dsr, `PROXIES`).
     pub fn add_proxy(&mut self, source: IpAddr) -> Result<()> {
+        // The flag first: the entry is looked up from the moment it is in.
+        self.change_lookups(MissLookups::proxy_known)?;
         let mut map: HashMap<_, Endpoint, u8> = self.map(PROXIES_MAP)?;
         map.insert(endpoint(source, 0), 0, 0).map_err(map_error(PROXIES_MAP))
     }
@@ -333,6 +388,8 @@ impl DataPlane {
     /// Throttles the first contact of many source prefixes (keys from
     /// `redirector_ebpf::source_prefix`), each anew, in one system call.
     pub fn throttle(&mut self, prefixes: &[Endpoint], throttle: Throttle) -> Result<()> {
+        // The flag first: each throttle holds from the moment it is in.
+        self.change_lookups(|lookups| lookups.throttling(throttle.until_ns))?;
         let fd = self.map_fd(THROTTLED_MAP)?;
         let entries = vec![throttle; prefixes.len()];
         // SAFETY: THROTTLED maps Endpoint to Throttle (xdp/maps.rs).

@@ -7,6 +7,7 @@ pub mod fast_path;
 pub mod hops;
 pub mod installed;
 pub mod loader;
+pub mod miss_lookups;
 pub mod nat_ports;
 pub mod netlink;
 pub mod numbers;

@@ -422,6 +422,14 @@ impl Operations {
         }
     }
 
+    /// Has the program stop looking first contacts up in `THROTTLED` once
+    /// every throttle there has lifted (a miss then costs no lookup).
+    pub fn lift_throttles(&mut self) {
+        if let Err(error) = self.fast_path.dataplane().lift_throttles(monotonic_ns()) {
+            tracing::warn!(%error, "clearing the kernel's throttling flag failed: misses still look the throttle up");
+        }
+    }
+
     /// Answers a control API request on `reply`: at once, or for a drain
     /// once its moves are made (see `work`).
     pub fn answer(&mut self, request: Request, reply: oneshot::Sender<Reply>) {

@@ -172,6 +172,7 @@ fn run(mut operations: Operations, commands: std::sync::mpsc::Receiver<Command>)
         }
         // One batch of queued moves (or expiry) between rounds of commands.
         operations.work();
+        operations.lift_throttles();
         operations.publish_routes();
         operations.publish_pool();
     }

@@ -35,10 +35,10 @@
 use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
-use redirector::kernel::loader::endpoint;
+use redirector::kernel::{fast_path::monotonic_ns, loader::endpoint};
 use redirector_ebpf::{
     CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Counter, FLOOR_PROGRAM, FloorHop, PASS_PROGRAM,
-    REDIRECTOR_PROGRAM, aor::aor_hash,
+    REDIRECTOR_PROGRAM, Throttle, aor::aor_hash, source_prefix,
 };
 use redirector_tests::{
     fixture::{CLIENT_MAC, EDGE_MAC, Fixture, HOME1_MAC},
@@ -59,13 +59,17 @@ const HIT_GOAL: f64 = 1.5;
 const MISS_GOAL: f64 = 1.2;
 
 /// Which fixture a case runs on: a mode, with next hops kept as the
-/// daemon keeps them, or with none (every hit asks the FIB, the fallback).
+/// daemon keeps them, or with none (every hit asks the FIB, the fallback);
+/// or dsr with a prefix throttled and an upstream proxy known, where every
+/// miss looks up `THROTTLED` and `PROXIES` (elsewhere nothing is throttled
+/// and no proxy known, so a miss skips both).
 #[derive(Clone, Copy, PartialEq)]
 enum Setup {
     Dsr,
     Nat,
     DsrFib,
     NatFib,
+    DsrThrottlingWithProxy,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -153,25 +157,27 @@ fn cases() -> Vec<Case> {
         },
     };
     use Method::{Repeat, Single};
-    use Setup::{Dsr, DsrFib, Nat, NatFib};
+    use Setup::{Dsr, DsrFib, DsrThrottlingWithProxy, Nat, NatFib};
+    let client_miss = frame("10.0.0.2:7777", "192.0.2.10:5060");
     vec![
         case("baseline: XDP_PASS program", Repeat, Dsr, PASS_PROGRAM, &hit4, None),
         case(FLOOR, Repeat, Dsr, FLOOR_PROGRAM, &hit4, None),
         case("hit, nat, IPv4", Repeat, Nat, REDIRECTOR_PROGRAM, &hit4, Some(Counter::Forwarded)),
         case("hit, nat, IPv6", Repeat, Nat, REDIRECTOR_PROGRAM, &hit6, Some(Counter::Forwarded)),
         case("hit, nat, IPv4, shared socket", Repeat, Nat, REDIRECTOR_PROGRAM, &shared4, Some(Counter::Forwarded)),
+        case("miss (first contact)", Repeat, Dsr, REDIRECTOR_PROGRAM, &client_miss, Some(Counter::PassMiss)),
         case(
-            "miss (first contact)",
+            "miss (first contact), a prefix throttled, a proxy known",
             Repeat,
-            Dsr,
+            DsrThrottlingWithProxy,
             REDIRECTOR_PROGRAM,
-            &frame("10.0.0.2:7777", "192.0.2.10:5060"),
+            &client_miss,
             Some(Counter::PassMiss),
         ),
         case(
             "miss from an upstream proxy, one Via (read)",
             Repeat,
-            Dsr,
+            DsrThrottlingWithProxy,
             REDIRECTOR_PROGRAM,
             &frame(&format!("{UPSTREAM_PROXY}:7777"), "192.0.2.10:5060"),
             Some(Counter::PassMiss),
@@ -201,6 +207,18 @@ fn cases() -> Vec<Case> {
 
 /// An address in `PROXIES`: its misses are read for their Vias (dsr).
 const UPSTREAM_PROXY: &str = "10.0.0.9";
+
+/// A prefix throttled for the whole run, not the clients' or the proxy's.
+const THROTTLED_HOST: &str = "10.0.99.1";
+
+/// Makes every miss of `fx` look up both maps a miss may need: a prefix
+/// throttled (not the miss's: it goes up) and an upstream proxy known.
+fn throttle_and_know_a_proxy(fx: &mut Fixture) {
+    fx.dataplane().add_proxy(UPSTREAM_PROXY.parse().unwrap()).expect("recording a proxy");
+    let prefix = source_prefix(&endpoint(THROTTLED_HOST.parse().unwrap(), 0));
+    let until = monotonic_ns() + 2 * KEPT_FOR.as_nanos() as u64;
+    fx.dataplane().throttle(&[prefix], Throttle::new(until, 0)).expect("throttling a prefix");
+}
 
 /// How long the kept hops are vouched for: longer than any run.
 const KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -288,10 +306,11 @@ fn measure(fx: &mut Fixture, case: &Case) -> f64 {
 
 pub fn run(quick: bool) -> Section {
     let rounds = if quick { 1 } else { 5 };
-    let mut fixtures = [Fixture::new("dsr"), Fixture::new("nat"), Fixture::new("dsr"), Fixture::new("nat")];
+    let mut fixtures =
+        [Fixture::new("dsr"), Fixture::new("nat"), Fixture::new("dsr"), Fixture::new("nat"), Fixture::new("dsr")];
     answer_probes(&mut fixtures[0]);
     load_floor(&mut fixtures[0]);
-    fixtures[0].dataplane().add_proxy(UPSTREAM_PROXY.parse().unwrap()).expect("recording a proxy");
+    throttle_and_know_a_proxy(&mut fixtures[Setup::DsrThrottlingWithProxy as usize]);
     for nat in [1, 3] {
         make_nat_hits_fixed_points(&mut fixtures[nat]);
     }
