@@ -27,8 +27,9 @@
 //!    `CONFIG_THROTTLING`, so that while nothing is throttled a first
 //!    contact costs no lookup. No throttle that still holds is skipped:
 //!    the daemon (`DataPlane`, `CONFIG`'s one writer, `MissLookups`) sets
-//!    the flag before it writes a throttle, and clears it only a second
-//!    (`LIFT_MARGIN_NS`) after the end of the latest throttle it wrote,
+//!    the flag before it writes a throttle, and clears it no sooner than a
+//!    second (`LIFT_MARGIN_NS`) after the end of the latest throttle it
+//!    wrote (at the state owner's next round),
 //!    when every entry admits everything anyway (an entry the LRU evicted
 //!    early only keeps the flag set longer); a daemon that starts sets it
 //!    if the pinned `THROTTLED` holds a throttle that has not lifted.

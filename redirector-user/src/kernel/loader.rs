@@ -287,7 +287,11 @@ impl DataPlane {
     /// `CONFIG`'s one writer: the edge as configured, with the lookups'
     /// flags.
     fn write_config(&mut self) -> Result<()> {
-        let value = redirector_ebpf::Config { flags: self.edge.flags | self.lookups.flags(), ..self.edge };
+        self.write_config_with(self.lookups)
+    }
+
+    fn write_config_with(&mut self, lookups: MissLookups) -> Result<()> {
+        let value = redirector_ebpf::Config { flags: self.edge.flags | lookups.flags(), ..self.edge };
         let mut map: Array<_, redirector_ebpf::Config> = self.map(CONFIG_MAP)?;
         map.set(0, value, 0).map_err(map_error(CONFIG_MAP))
     }
@@ -303,14 +307,18 @@ impl DataPlane {
         Ok(MissLookups::found(flags, throttles.iter().map(|(_, throttle)| throttle.until_ns), monotonic_ns()))
     }
 
-    /// Changes the lookups, writing `CONFIG` if their flags changed.
+    /// Changes the lookups, writing `CONFIG` if their flags changed. Kept
+    /// only once written: after a failed write the next change writes
+    /// again, where a flag already taken would leave the program skipping
+    /// a map the daemon fills.
     fn change_lookups(&mut self, change: impl FnOnce(&mut MissLookups)) -> Result<()> {
-        let before = self.lookups.flags();
-        change(&mut self.lookups);
-        if self.lookups.flags() == before {
-            return Ok(());
+        let mut next = self.lookups;
+        change(&mut next);
+        if next.flags() != self.lookups.flags() {
+            self.write_config_with(next)?;
         }
-        self.write_config()
+        self.lookups = next;
+        Ok(())
     }
 
     /// Has the program skip `THROTTLED` once every throttle written has
