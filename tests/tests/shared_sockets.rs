@@ -47,20 +47,24 @@ fn socket_entry(fast_path: &mut FastPath) -> Option<ClientEntry> {
 /// The home address `user`'s OPTIONS from the socket is tunnelled to, and
 /// the counter it moved; `None` if it went up.
 fn sent(fx: &mut Fixture, user: &str) -> (Option<Ipv4Addr>, Counter) {
-    let payload = format!(
-        "OPTIONS sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:7002;rport;branch=z9hG4bK1\r\n\
-         From: <sip:{user}@example.net>;tag=1\r\nTo: <sip:{user}@example.net>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
-    );
-    let datagram = Datagram::new(SOCKET, "192.0.2.10:5060").with(|d| d.payload = payload.into_bytes());
-    let frame = ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet());
     let before = fx.counters();
-    let outcome = fx.run(&frame);
+    let outcome = fx.run(&options_of(user));
     let moved: Vec<Counter> = before.iter().zip(fx.counters()).filter(|(b, a)| a.1 != b.1).map(|(b, _)| b.0).collect();
     assert_eq!(moved.len(), 1, "{user}: exactly one counter moves: {moved:?}");
     // XDP_TX, or XDP_REDIRECT to home5's link.
     let home =
         matches!(outcome.action, 3 | 4).then(|| Ipv4Addr::from(<[u8; 4]>::try_from(&outcome.frame[30..34]).unwrap()));
     (home, moved[0])
+}
+
+/// `user`'s OPTIONS from the socket, as a frame to the edge.
+fn options_of(user: &str) -> Vec<u8> {
+    let payload = format!(
+        "OPTIONS sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:7002;rport;branch=z9hG4bK1\r\n\
+         From: <sip:{user}@example.net>;tag=1\r\nTo: <sip:{user}@example.net>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    );
+    let datagram = Datagram::new(SOCKET, "192.0.2.10:5060").with(|d| d.payload = payload.into_bytes());
+    ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet())
 }
 
 const AT_HOME1: Option<Ipv4Addr> = Some(Ipv4Addr::new(10, 0, 0, 11));
@@ -99,13 +103,7 @@ fn each_line_of_a_shared_socket_is_withdrawn_moved_and_restored_alone() {
     assert_eq!(socket_entry(&mut fx.fast_path).map(|e| e.server), Some(HOME1), "the entry stays line1's");
     fx.fast_path.repoint_many(&[(&line2, HOME2)]).unwrap();
 
-    let withdrawn = fx.fast_path.withdraw_many(std::slice::from_ref(&line1)).unwrap();
-    assert!(withdrawn.is_empty(), "the socket stays on the fast path: {withdrawn:?}");
-    let entry = socket_entry(&mut fx.fast_path).expect("the socket's entry, kept");
-    assert_eq!((entry.server, entry.aor_hash), (HOME2, aor_hash(b"sip:line2@example.net")), "handed to line2");
-    assert_eq!(sent(&mut fx, "line1"), (None, Counter::PassOtherAor), "line1 goes up to first contact");
-    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::Forwarded));
-    assert_eq!(sent(&mut fx, "line3"), (AT_HOME5, Counter::ForwardedOtherAor));
+    withdrawing_line1_hands_the_socket_to_line2(&mut fx, &line1);
 
     // First contact answers line1 again, at a new home.
     fx.fast_path.route_aors(&[(&line1, HOME5)]).unwrap();
@@ -166,15 +164,22 @@ fn an_idle_shared_socket_is_handed_to_a_line_still_busy() {
     assert_eq!(socket_entry(&mut fx.fast_path), None, "no line used it lately (line2 routed, quiet): gone");
 }
 
-/// The edge port a nat datagram the program sent left from.
+/// line1 (home1, the entry's) withdrawn, with line2 (home2) and line3
+/// (home5) routed: the socket stays on the fast path, handed to line2;
+/// line1 goes up, line2 takes the entry, line3 keeps its route.
+fn withdrawing_line1_hands_the_socket_to_line2(fx: &mut Fixture, line1: &Aor) {
+    let withdrawn = fx.fast_path.withdraw_many(std::slice::from_ref(line1)).unwrap();
+    assert!(withdrawn.is_empty(), "the socket stays on the fast path: {withdrawn:?}");
+    let entry = socket_entry(&mut fx.fast_path).expect("the socket's entry, kept");
+    assert_eq!((entry.server, entry.aor_hash), (HOME2, aor_hash(b"sip:line2@example.net")), "handed to line2");
+    assert_eq!(sent(fx, "line1"), (None, Counter::PassOtherAor), "line1 goes up to first contact");
+    assert_eq!(sent(fx, "line2"), (AT_HOME2, Counter::Forwarded));
+    assert_eq!(sent(fx, "line3"), (AT_HOME5, Counter::ForwardedOtherAor), "line3 keeps the kernel path");
+}
+
+/// The edge port `user`'s OPTIONS left from (nat).
 fn source_port(fx: &mut Fixture, user: &str) -> u16 {
-    let payload = format!(
-        "OPTIONS sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:7002;rport;branch=z9hG4bK1\r\n\
-         From: <sip:{user}@example.net>;tag=1\r\nTo: <sip:{user}@example.net>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
-    );
-    let datagram = Datagram::new(SOCKET, "192.0.2.10:5060").with(|d| d.payload = payload.into_bytes());
-    let frame = ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet());
-    let outcome = fx.run(&frame);
+    let outcome = fx.run(&options_of(user));
     assert!(matches!(outcome.action, 3 | 4), "{user}: sent");
     u16::from_be_bytes([outcome.frame[34], outcome.frame[35]])
 }
@@ -224,13 +229,7 @@ fn each_line_of_a_shared_socket_in_nat_mode_has_an_edge_port_of_its_own() {
     assert_eq!(socket_replies(&mut fx), [(own, HOME1), (port2, HOME5), (port3, HOME5)], "line2's replies from HOME5");
     fx.fast_path.repoint_many(&[(&line2, HOME2)]).unwrap();
 
-    let withdrawn = fx.fast_path.withdraw_many(std::slice::from_ref(&line1)).unwrap();
-    assert!(withdrawn.is_empty(), "the socket stays on the fast path: {withdrawn:?}");
-    let entry = socket_entry(&mut fx.fast_path).expect("the socket's entry, kept");
-    assert_eq!((entry.server, entry.aor_hash), (HOME2, aor_hash(b"sip:line2@example.net")), "handed to line2");
-    assert_eq!(sent(&mut fx, "line1"), (None, Counter::PassOtherAor), "line1 goes up to first contact");
-    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::Forwarded));
-    assert_eq!(sent(&mut fx, "line3"), (AT_HOME5, Counter::ForwardedOtherAor), "line3 keeps the kernel path");
+    withdrawing_line1_hands_the_socket_to_line2(&mut fx, &line1);
 
     // line1 comes back as another line and goes again, over and over: its
     // port is freed each time, so the socket never holds more.
