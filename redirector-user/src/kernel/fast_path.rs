@@ -524,7 +524,9 @@ impl FastPath {
     }
 
     /// nat: `aor`, another line of socket `client`, gets an edge port of
-    /// its own, for `route_aors` to write with its home. A line that holds
+    /// its own, for `route_aors` to write with its home; also a line homed
+    /// where the entry is, whose port then does not follow the entry's
+    /// line when that one moves. A line that holds
     /// one on another socket (the AOR registered from two) keeps it there:
     /// the program sends it from that socket alone, and from this one it
     /// goes up.
