@@ -163,7 +163,7 @@ fn route_other_line(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> V
             // The endpoints in this CPU's scratch, not on the stack: the
             // parse's and the forward's frames leave no room for them
             // within the verifier's 512 bytes.
-            let Some(ends) = scratch::ends() else { return NOT_SERVICE };
+            let Some(ends) = scratch::ends() else { return PASS_OTHER_AOR };
             forwarded_as(forward_to(ctx, config, datagram, hit, ends), Counter::ForwardedOtherAor)
         }
         None => answer.verdict(),
@@ -173,9 +173,7 @@ fn route_other_line(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> V
 /// Where a shared socket's other line goes: the home `AORS` names (nat:
 /// with the route's port, if `is_line_port`, and the socket's flags, for
 /// `;rport`), or the verdict it goes up with (within the throttle).
-// A separate BPF subprogram: its stack (the throttle's key among it) is
-// not added to the forward's, which leaves no room for it within the
-// verifier's 512 bytes.
+// A separate BPF subprogram: its stack is not added to the forward's.
 #[inline(never)]
 fn other_line_answer(config: &Config, datagram: &Datagram) -> AorAnswer {
     // SAFETY: the flags are copied out; no reference outlives the call.
