@@ -51,7 +51,7 @@ pub const fn proxy_key(source: &Endpoint) -> Endpoint {
 /// mean). A daemon adopts pinned maps only of its own layout; bump this
 /// whenever a pinned map's key or value type changes, even if its size
 /// does not.
-pub const MAP_LAYOUT: u32 = 7;
+pub const MAP_LAYOUT: u32 = 8;
 pub const THROTTLED_MAP: &str = "THROTTLED";
 
 /// `SERVICES` values: what the program does with UDP to that endpoint.
@@ -286,15 +286,20 @@ pub const CLIENT_SHARED: u16 = 4;
 
 /// `AORS[aor_hash(canonical AOR)]`: the home server an assigned AOR's
 /// requests go to when they come through another proxy (more than one
-/// Via, dsr mode; see `xdp/mod.rs`). Written by the daemon, in step with
-/// its assignments: rewritten in place after a move's commit, removed when
-/// the AOR expires. The program writes only `last_seen_ns`.
+/// Via, dsr mode) or from a shared socket as its other line (dsr; nat by
+/// the line's own edge port; see `xdp/mod.rs`). Written by the daemon, in
+/// step with its assignments: rewritten in place after a move's commit,
+/// removed when the AOR expires. The program writes only `last_seen_ns`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct AorRoute {
     /// The home server's slot in `SERVERS`, as `ClientEntry::server`.
     pub server: u32,
-    pub _pad: u32,
+    /// nat: the edge port (network order) the line's datagrams leave from,
+    /// whose `NAT_REPLIES` entry names the one socket that may use it and
+    /// this home; 0 in dsr, and for a line the kernel does not send (nat).
+    pub nat_port_be: u16,
+    pub _pad: u16,
     /// When the program last routed a request by this entry
     /// (`bpf_ktime_get_coarse_ns`), at most once a second as
     /// `ClientEntry::last_seen_ns`; 0 until it does. Requests routed here

@@ -18,9 +18,9 @@ use redirector::{
     sip::Aor,
 };
 use redirector_ebpf::{
-    AorRoute, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Counter, DECAP_PROGRAM, Event, EventKind, FAMILY_V4,
-    FAMILY_V6, FLOOR_PROGRAM, FloorHop, HopState, LAST_SEEN_GRANULARITY_NS, LIMIT_PROGRAM, NextHop, Throttle,
-    aor::aor_hash, server_hop, source_prefix, via::VIA_SCAN,
+    AorRoute, CLIENT_ADDS_RPORT, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Counter, DECAP_PROGRAM, Event,
+    EventKind, FAMILY_V4, FAMILY_V6, FLOOR_PROGRAM, FloorHop, HopState, LAST_SEEN_GRANULARITY_NS, LIMIT_PROGRAM,
+    NatEntry, NatKey, NextHop, Throttle, aor::aor_hash, server_hop, source_prefix, via::VIA_SCAN,
 };
 use redirector_tests::{
     fixture::{CLIENT_MAC, Case, EDGE_MAC, Fixture, HOME1_MAC, HOME2_MAC, HOME5_MAC, OTHER_EDGE_MAC, Outcome},
@@ -95,17 +95,19 @@ fn nat_fixtures() {
     let client = endpoint("10.0.0.2".parse().unwrap(), 5066);
     fx.dataplane().install_client(client, asked).unwrap();
     let shared = ClientEntry {
-        flags: CLIENT_CHECKS_REGISTER | CLIENT_SHARED,
+        flags: CLIENT_CHECKS_REGISTER | CLIENT_SHARED | CLIENT_ADDS_RPORT,
         aor_hash: aor_hash(b"sip:line1@x"),
-        nat_port_be: 20051u16.to_be(),
+        nat_port_be: SHARED_SOCKET_NAT_PORT.to_be(),
         ..asked
     };
     fx.dataplane().install_client(endpoint("10.0.0.2".parse().unwrap(), SHARED_SOCKET_PORT), shared).unwrap();
     route_proxied_aors(&mut fx);
     route_other_lines(&mut fx);
+    route_line_ports(&mut fx);
     let cases = [
         unknown_clients(),
         not_routed_by_aor_in_nat(),
+        other_lines_in_nat(),
         nat_hits(),
         rport_added(),
         rport_not_added(),
@@ -115,7 +117,8 @@ fn nat_fixtures() {
         udp_lies_v6_and_nat_reply(),
     ];
     run_table(&mut fx, "nat", cases);
-    assert_eq!(aor_route_stamp(&mut fx, "proxied1"), 0, "nat routes nothing by AOR");
+    assert_eq!(aor_route_stamp(&mut fx, "proxied1"), 0, "nat routes no proxied request by AOR");
+    assert_ne!(aor_route_stamp(&mut fx, "line2"), 0, "a shared socket's other line sent by its port stamps its route");
 }
 
 /// Source prefixes the daemon throttled: their unknown clients' datagrams
@@ -1028,15 +1031,108 @@ fn routed_by_aor() -> Vec<Case> {
 }
 
 /// nat: a proxied request whose AOR `AORS` routes goes up, as any miss,
-/// though its source is in `PROXIES` (nat reads no miss); so does a shared
-/// socket's other line's (its edge port's replies come back only from its
-/// entry's home).
+/// though its source is in `PROXIES` (nat reads no miss).
 fn not_routed_by_aor_in_nat() -> Vec<Case> {
     let register = from_client(&from_proxy(proxied("REGISTER", TWO_VIAS, "<sip:proxied1@x>")));
-    let other_line = from_client(&from_shared_socket(line_request("MESSAGE", "<sip:line2@x>;tag=1")));
+    vec![passed("nat: a proxied REGISTER of a routed AOR goes up", register, Counter::PassMiss)]
+}
+
+/// The shared socket's nat port (its entry's, for line1 at home1).
+const SHARED_SOCKET_NAT_PORT: u16 = 20051;
+/// line2's own edge port on the shared socket.
+const LINE2_NAT_PORT: u16 = 20062;
+
+/// nat: the shared socket's other lines' own edge ports, as the daemon
+/// writes them (a reply entry, then the route naming its port): line2's
+/// (home2) and line3's (home3, down) name the socket; line5's reply entry
+/// names another socket (the AOR is routed from there), line6's another
+/// home than its route (a move between the two writes); line7 is routed
+/// with no port.
+fn route_line_ports(fx: &mut Fixture) {
+    let socket = endpoint("10.0.0.2".parse().unwrap(), SHARED_SOCKET_PORT);
+    let elsewhere = endpoint("10.0.0.2".parse().unwrap(), 5090);
+    let service = endpoint("192.0.2.10".parse().unwrap(), 5060);
+    let lines = [
+        ("line2", HOME2, LINE2_NAT_PORT, socket, HOME2),
+        ("line3", HOME3, 20063, socket, HOME3),
+        ("line5", HOME2, 20065, elsewhere, HOME2),
+        ("line6", HOME2, 20066, socket, HOME1),
+    ];
+    let keys: Vec<NatKey> = lines
+        .iter()
+        .map(|&(.., port, _, _)| NatKey { edge_port_be: port.to_be(), family: FAMILY_V4, _pad: 0 })
+        .collect();
+    let entries: Vec<NatEntry> =
+        lines.iter().map(|&(.., client, server)| NatEntry { client, service, server }).collect();
+    fx.dataplane().install_nat_replies(&keys, &entries).unwrap();
+    let mut routes: Vec<(&str, AorRoute)> = lines
+        .iter()
+        .map(|&(user, server, port, ..)| (user, AorRoute { server, nat_port_be: port.to_be(), ..AorRoute::default() }))
+        .collect();
+    routes.push(("line7", AorRoute { server: HOME2, ..AorRoute::default() }));
+    let hashes: Vec<u64> = routes.iter().map(|(user, _)| aor_hash(format!("sip:{user}@x").as_bytes())).collect();
+    let values: Vec<AorRoute> = routes.iter().map(|&(_, route)| route).collect();
+    fx.dataplane().route_aors(&hashes, &values).unwrap();
+}
+
+/// nat: a shared socket's other line leaves from that line's own edge
+/// port for its home (`;rport` added as for the entry), and its home's
+/// replies to that port come back to the socket; a route whose port is
+/// not this socket's for that home, or has none, goes up, as does a line
+/// whose home is down; the socket's own line takes its entry's port.
+fn other_lines_in_nat() -> Vec<Case> {
+    let to_home2 = |name: &str, payload: Vec<u8>, sent: Vec<u8>| {
+        let rewritten = with_payload(&format!("10.0.0.1:{LINE2_NAT_PORT}"), "10.0.0.12:5060", &sent);
+        let expected = ethernet(EDGE_MAC, HOME2_MAC, None, rewritten.ethertype(), &rewritten.ip_packet());
+        let input = from_client(&from_shared_socket(payload));
+        Case::new(format!("nat: {name}"), input, XDP_TX, expected, Counter::ForwardedOtherAor).forwarded_to(HOME2)
+    };
+    let message = line_request("MESSAGE", "<sip:line2@x>;tag=1");
+    let without_rport = String::from_utf8(message.clone()).unwrap().replace("h;rport", "h").into_bytes();
+    let response = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h\r\nFrom: <sip:line9@x>;tag=1\r\nTo: <sip:line2@x>\r\n\r\n";
+    let up = |name: &str, from: &str, counter| {
+        passed(format!("nat: {name}"), from_client(&from_shared_socket(line_request("MESSAGE", from))), counter)
+    };
+    let own = line_request("MESSAGE", "<sip:line1@x>;tag=1");
+    let own_sent = with_payload(&format!("10.0.0.1:{SHARED_SOCKET_NAT_PORT}"), "10.0.0.11:5060", &own);
+    let ok = b"SIP/2.0 200 OK\r\n\r\n";
+    let from_home = |src: &str, mac| {
+        let reply = with_payload(src, &format!("10.0.0.1:{LINE2_NAT_PORT}"), ok);
+        ethernet(mac, EDGE_MAC, None, reply.ethertype(), &reply.ip_packet())
+    };
+    let back = with_payload(VIP4, &format!("10.0.0.2:{SHARED_SOCKET_PORT}"), ok);
     vec![
-        passed("nat: a proxied REGISTER of a routed AOR goes up", register, Counter::PassMiss),
-        passed("nat: a shared socket's other line goes up, routed or not", other_line, Counter::PassOtherAor),
+        to_home2("another line's request leaves from its own port for its home", message.clone(), message),
+        to_home2(
+            "another line's request gets ;rport added as its socket's",
+            without_rport.clone(),
+            with_rport_before(&without_rport, "\r\nFrom"),
+        ),
+        to_home2("another line's REGISTER goes to its home", line_register("line2"), line_register("line2")),
+        to_home2("a response of another line goes to that line's home", response.to_vec(), response.to_vec()),
+        Case::new(
+            "nat: the line's home's reply to the line's port comes back to the socket",
+            from_home("10.0.0.12:5060", HOME2_MAC),
+            XDP_TX,
+            ethernet(EDGE_MAC, CLIENT_MAC, None, back.ethertype(), &back.ip_packet()),
+            Counter::NatReply,
+        ),
+        passed(
+            "nat: another home's reply to the line's port is not rewritten",
+            from_home("10.0.0.11:5060", HOME1_MAC),
+            Counter::NotService,
+        ),
+        up("a line whose port is another socket's goes up", "<sip:line5@x>;tag=1", Counter::PassOtherAor),
+        up("a line whose port names another home goes up", "<sip:line6@x>;tag=1", Counter::PassOtherAor),
+        up("a line routed with no port goes up", "<sip:line7@x>;tag=1", Counter::PassOtherAor),
+        up("a line AORS lacks goes up", "<sip:line4@x>;tag=1", Counter::PassOtherAor),
+        up("a line whose home is down goes up", "<sip:line3@x>;tag=1", Counter::PassServerDown),
+        nat_to_home1(
+            "nat: the socket's own line takes its entry's port",
+            from_client(&from_shared_socket(own)),
+            &own_sent,
+            None,
+        ),
     ]
 }
 

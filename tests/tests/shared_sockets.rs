@@ -1,6 +1,6 @@
 //! A socket that carries several lines (a multi-line phone, an IP-PBX),
-//! through `FastPath` and the program (BPF_PROG_TEST_RUN, dsr): each line
-//! reaches its own home, and withdrawing, moving, expiring or restoring
+//! through `FastPath` and the program (BPF_PROG_TEST_RUN, dsr and nat):
+//! each line reaches its own home, and withdrawing, moving, expiring or restoring
 //! one line changes where no other line goes.
 
 use std::{
@@ -47,20 +47,24 @@ fn socket_entry(fast_path: &mut FastPath) -> Option<ClientEntry> {
 /// The home address `user`'s OPTIONS from the socket is tunnelled to, and
 /// the counter it moved; `None` if it went up.
 fn sent(fx: &mut Fixture, user: &str) -> (Option<Ipv4Addr>, Counter) {
-    let payload = format!(
-        "OPTIONS sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:7002;rport;branch=z9hG4bK1\r\n\
-         From: <sip:{user}@example.net>;tag=1\r\nTo: <sip:{user}@example.net>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
-    );
-    let datagram = Datagram::new(SOCKET, "192.0.2.10:5060").with(|d| d.payload = payload.into_bytes());
-    let frame = ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet());
     let before = fx.counters();
-    let outcome = fx.run(&frame);
+    let outcome = fx.run(&options_of(user));
     let moved: Vec<Counter> = before.iter().zip(fx.counters()).filter(|(b, a)| a.1 != b.1).map(|(b, _)| b.0).collect();
     assert_eq!(moved.len(), 1, "{user}: exactly one counter moves: {moved:?}");
     // XDP_TX, or XDP_REDIRECT to home5's link.
     let home =
         matches!(outcome.action, 3 | 4).then(|| Ipv4Addr::from(<[u8; 4]>::try_from(&outcome.frame[30..34]).unwrap()));
     (home, moved[0])
+}
+
+/// `user`'s OPTIONS from the socket, as a frame to the edge.
+fn options_of(user: &str) -> Vec<u8> {
+    let payload = format!(
+        "OPTIONS sip:example.net SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:7002;rport;branch=z9hG4bK1\r\n\
+         From: <sip:{user}@example.net>;tag=1\r\nTo: <sip:{user}@example.net>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    );
+    let datagram = Datagram::new(SOCKET, "192.0.2.10:5060").with(|d| d.payload = payload.into_bytes());
+    ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet())
 }
 
 const AT_HOME1: Option<Ipv4Addr> = Some(Ipv4Addr::new(10, 0, 0, 11));
@@ -99,13 +103,7 @@ fn each_line_of_a_shared_socket_is_withdrawn_moved_and_restored_alone() {
     assert_eq!(socket_entry(&mut fx.fast_path).map(|e| e.server), Some(HOME1), "the entry stays line1's");
     fx.fast_path.repoint_many(&[(&line2, HOME2)]).unwrap();
 
-    let withdrawn = fx.fast_path.withdraw_many(std::slice::from_ref(&line1)).unwrap();
-    assert!(withdrawn.is_empty(), "the socket stays on the fast path: {withdrawn:?}");
-    let entry = socket_entry(&mut fx.fast_path).expect("the socket's entry, kept");
-    assert_eq!((entry.server, entry.aor_hash), (HOME2, aor_hash(b"sip:line2@example.net")), "handed to line2");
-    assert_eq!(sent(&mut fx, "line1"), (None, Counter::PassOtherAor), "line1 goes up to first contact");
-    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::Forwarded));
-    assert_eq!(sent(&mut fx, "line3"), (AT_HOME5, Counter::ForwardedOtherAor));
+    withdrawing_line1_hands_the_socket_to_line2(&mut fx, &line1);
 
     // First contact answers line1 again, at a new home.
     fx.fast_path.route_aors(&[(&line1, HOME5)]).unwrap();
@@ -166,18 +164,92 @@ fn an_idle_shared_socket_is_handed_to_a_line_still_busy() {
     assert_eq!(socket_entry(&mut fx.fast_path), None, "no line used it lately (line2 routed, quiet): gone");
 }
 
-/// nat: a socket's other lines go up (the edge port's replies come back
-/// from the entry's home only), so withdrawing its owner removes it.
+/// line1 (home1, the entry's) withdrawn, with line2 (home2) and line3
+/// (home5) routed: the socket stays on the fast path, handed to line2;
+/// line1 goes up, line2 takes the entry, line3 keeps its route.
+fn withdrawing_line1_hands_the_socket_to_line2(fx: &mut Fixture, line1: &Aor) {
+    let withdrawn = fx.fast_path.withdraw_many(std::slice::from_ref(line1)).unwrap();
+    assert!(withdrawn.is_empty(), "the socket stays on the fast path: {withdrawn:?}");
+    let entry = socket_entry(&mut fx.fast_path).expect("the socket's entry, kept");
+    assert_eq!((entry.server, entry.aor_hash), (HOME2, aor_hash(b"sip:line2@example.net")), "handed to line2");
+    assert_eq!(sent(fx, "line1"), (None, Counter::PassOtherAor), "line1 goes up to first contact");
+    assert_eq!(sent(fx, "line2"), (AT_HOME2, Counter::Forwarded));
+    assert_eq!(sent(fx, "line3"), (AT_HOME5, Counter::ForwardedOtherAor), "line3 keeps the kernel path");
+}
+
+/// The edge port `user`'s OPTIONS left from (nat).
+fn source_port(fx: &mut Fixture, user: &str) -> u16 {
+    let outcome = fx.run(&options_of(user));
+    assert!(matches!(outcome.action, 3 | 4), "{user}: sent");
+    u16::from_be_bytes([outcome.frame[34], outcome.frame[35]])
+}
+
+/// The reply entries that name the socket, by edge port.
+fn socket_replies(fx: &mut Fixture) -> Vec<(u16, u32)> {
+    let socket: SocketAddr = SOCKET.parse().unwrap();
+    let socket = endpoint(socket.ip(), socket.port());
+    let mut replies: Vec<(u16, u32)> = (fx.fast_path.dataplane().all_nat_replies().unwrap().into_iter())
+        .filter(|(_, reply)| reply.client == socket)
+        .map(|(key, reply)| (u16::from_be(key.edge_port_be), reply.server))
+        .collect();
+    replies.sort();
+    replies
+}
+
+/// nat: a shared socket's other lines leave from edge ports of their own,
+/// each reply entry naming the socket and the line's home: a move of
+/// line2 moves line2 alone (route and reply entry), withdrawing line1
+/// hands the socket to line2 and the others keep the kernel path, and a
+/// line's port is freed when it is withdrawn or its socket goes idle,
+/// so that coming and going over and over holds no more ports.
 #[test]
-fn a_shared_socket_in_nat_mode_is_withdrawn_with_its_owner() {
+fn each_line_of_a_shared_socket_in_nat_mode_has_an_edge_port_of_its_own() {
     if !privileged() {
         return;
     }
     let mut fx = Fixture::new("nat");
-    let (line1, line2) = (aor("line1"), aor("line2"));
+    let (line1, line2, line3) = (aor("line1"), aor("line2"), aor("line3"));
     assert_eq!(fx.fast_path.install(&line1, origin(), HOME1).unwrap(), Installed::ForAor);
-    assert_eq!(fx.fast_path.install(&line2, origin(), HOME2).unwrap(), Installed::Shared);
-    assert_eq!(sent(&mut fx, "line2"), (None, Counter::PassOtherAor));
-    fx.fast_path.withdraw_many(std::slice::from_ref(&line1)).unwrap();
-    assert_eq!(socket_entry(&mut fx.fast_path), None);
+    for (line, home) in [(&line2, HOME2), (&line3, HOME5)] {
+        assert_eq!(fx.fast_path.install(line, origin(), home).unwrap(), Installed::Shared);
+    }
+    let own = u16::from_be(socket_entry(&mut fx.fast_path).expect("the socket's entry").nat_port_be);
+    let (port2, port3) = (fx.fast_path.line_port(&line2).unwrap(), fx.fast_path.line_port(&line3).unwrap());
+    assert_eq!(socket_replies(&mut fx), [(own, HOME1), (port2, HOME2), (port3, HOME5)], "one port per line");
+    assert_eq!(sent(&mut fx, "line1"), (AT_HOME1, Counter::Forwarded));
+    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::ForwardedOtherAor));
+    assert_eq!(sent(&mut fx, "line3"), (AT_HOME5, Counter::ForwardedOtherAor));
+    for (line, port) in [("line1", own), ("line2", port2), ("line3", port3)] {
+        assert_eq!(source_port(&mut fx, line), port, "{line} leaves from its own port");
+    }
+
+    fx.fast_path.repoint_many(&[(&line2, HOME5)]).unwrap();
+    assert_eq!(sent(&mut fx, "line2"), (AT_HOME5, Counter::ForwardedOtherAor), "line2 moved");
+    assert_eq!(sent(&mut fx, "line1"), (AT_HOME1, Counter::Forwarded), "line1 stays");
+    assert_eq!(socket_replies(&mut fx), [(own, HOME1), (port2, HOME5), (port3, HOME5)], "line2's replies from HOME5");
+    fx.fast_path.repoint_many(&[(&line2, HOME2)]).unwrap();
+
+    withdrawing_line1_hands_the_socket_to_line2(&mut fx, &line1);
+
+    // line1 comes back as another line and goes again, over and over: its
+    // port is freed each time, so the socket never holds more.
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..20 {
+        assert_eq!(fx.fast_path.install(&line1, origin(), HOME1).unwrap(), Installed::Shared);
+        ports.insert(fx.fast_path.line_port(&line1).expect("line1's own port"));
+        assert_eq!(sent(&mut fx, "line1"), (AT_HOME1, Counter::ForwardedOtherAor));
+        fx.fast_path.withdraw_many(std::slice::from_ref(&line1)).unwrap();
+        assert_eq!(fx.fast_path.line_port(&line1), None, "freed");
+    }
+    assert_eq!(ports.len(), 1, "one port, reused: {ports:?}");
+    assert_eq!(socket_replies(&mut fx), [(own, HOME2), (port2, HOME2), (port3, HOME5)], "nothing left of line1's");
+
+    // Idle: the socket leaves the fast path, and its lines' ports with it.
+    let idle = Duration::from_millis(300);
+    std::thread::sleep(idle * 2);
+    fx.fast_path.scan(idle, 100).unwrap();
+    assert_eq!(socket_entry(&mut fx.fast_path), None, "gone");
+    assert_eq!(socket_replies(&mut fx), [], "no reply entry of the socket's is left");
+    assert_eq!((fx.fast_path.line_port(&line2), fx.fast_path.line_port(&line3)), (None, None));
+    assert_eq!(sent(&mut fx, "line3"), (None, Counter::PassMiss), "up, as any unknown socket");
 }

@@ -240,13 +240,11 @@ fn register_line(line: usize, port: u16, seq: u32) -> String {
 /// binding. Round two no longer meets first contact: line1's REGISTER takes
 /// the socket's entry, every other line's goes to its own home by `AORS`
 /// (`forwarded_other_aor`; before the kernel routed shared sockets by AOR,
-/// round two went up as round one did).
-#[test]
-fn one_socket_registering_six_lines_registers_each_at_its_own_home() {
-    if !privileged() {
-        return;
-    }
-    let (_topology, edge, socket) = six_line_pool("");
+/// round two went up as round one did). In nat mode each other line
+/// leaves from an edge port of its own, through which its home's answers
+/// come back (`nat_reply`).
+fn one_socket_registering_six_lines_registers_each_at_its_own_home(mode: &'static str) {
+    let (_topology, edge, socket) = six_line_pool(mode, "");
     register_lines(&socket, 1);
     let routes = edge.routes();
     let mut lines: Vec<&str> = routes.iter().map(|r| r.aor.as_str()).collect();
@@ -261,9 +259,14 @@ fn one_socket_registering_six_lines_registers_each_at_its_own_home() {
     assert!(edge.first_contact("proxied") >= LINES as u64, "every line proxied to its own home");
 
     let (requests, others) = (edge.first_contact("requests"), edge.kernel(Counter::ForwardedOtherAor));
+    let replies = edge.kernel(Counter::NatReply);
     register_lines(&socket, 2);
-    assert_eq!(edge.first_contact("requests"), requests, "round two's REGISTERs went up");
-    assert_eq!(edge.kernel(Counter::ForwardedOtherAor) - others, LINES as u64 - 1, "the other lines by AORS");
+    assert_eq!(edge.first_contact("requests"), requests, "{mode}: round two's REGISTERs went up");
+    assert_eq!(edge.kernel(Counter::ForwardedOtherAor) - others, LINES as u64 - 1, "{mode}: the other lines by AORS");
+    if mode == "nat" {
+        let replies = edge.kernel(Counter::NatReply) - replies;
+        assert_eq!(replies, LINES as u64, "nat: every line's 200 came back through the kernel");
+    }
 
     // The socket stays line1's (its first REGISTER), shared with the others.
     let owner = edge.entries("sip:line1@example.net");
@@ -294,12 +297,26 @@ fn one_socket_registering_six_lines_registers_each_at_its_own_home() {
     each_line_reaches_its_own_home(&edge, &socket, &after, 2);
 }
 
+#[test]
+fn one_socket_registering_six_lines_through_a_dsr_edge_registers_each_at_its_own_home() {
+    if privileged() {
+        one_socket_registering_six_lines_registers_each_at_its_own_home("dsr");
+    }
+}
+
+#[test]
+fn one_socket_registering_six_lines_through_a_nat_edge_registers_each_at_its_own_home() {
+    if privileged() {
+        one_socket_registering_six_lines_registers_each_at_its_own_home("nat");
+    }
+}
+
 const LINES: usize = 6;
 
-/// A dsr edge with the config's `extra` and three stock Kamailio homes,
-/// and the client socket the lines register from.
-fn six_line_pool(extra: &str) -> (Topology, InProcessEdge, std::net::UdpSocket) {
-    let mut topology = Topology::new("dsr", Attach::Native, 3);
+/// An edge of `mode` with the config's `extra` and three stock Kamailio
+/// homes, and the client socket the lines register from.
+fn six_line_pool(mode: &'static str, extra: &str) -> (Topology, InProcessEdge, std::net::UdpSocket) {
+    let mut topology = Topology::new(mode, Attach::Native, 3);
     topology.first_contact = None;
     topology.extra_config = extra.to_owned();
     start_registrars(&mut topology, Registrar::Kamailio);
@@ -376,7 +393,7 @@ fn expiring_a_shared_sockets_first_line_leaves_the_others_on_the_fast_path() {
     if !privileged() {
         return;
     }
-    let (_topology, edge, socket) = six_line_pool("[store]\nexpire_after = 3\n");
+    let (_topology, edge, socket) = six_line_pool("dsr", "[store]\nexpire_after = 3\n");
     register_lines(&socket, 1);
     let line1 = "sip:line1@example.net";
     assert_eq!(edge.entries(line1).len(), 1, "the socket is line1's");

@@ -24,7 +24,10 @@
 //! them, and random bytes, never `XDP_ABORTED`, exactly one counter moved;
 //! one forwarded goes to the home `AORS` names for the daemon's AOR of
 //! that datagram (a response's: its `To`), its own line's alone by the
-//! entry (`forwarded`), another's by `AORS` (`forwarded_other_aor`).
+//! entry (`forwarded`), another's by `AORS` (`forwarded_other_aor`). The
+//! same from a nat edge, where each line leaves from its own edge port
+//! (line1 from the entry's), and a line whose port another socket holds
+//! is never sent.
 //!
 //! The program runs the same code: `fixtures.rs` and
 //! `malformed_properties.rs` check the kernel's frames byte for byte.
@@ -41,7 +44,7 @@ use redirector::{
     sip::{Aor, HeaderKind, Message, NameAddr, Via},
 };
 use redirector_ebpf::{
-    AorRoute, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Counter,
+    AorRoute, CLIENT_CHECKS_REGISTER, CLIENT_SHARED, ClientEntry, Counter, FAMILY_V4, NatEntry, NatKey,
     aor::{RequestAor, aor_hash, message_aor, request_aor},
     via::{RPORT, TopVia, VIA_SCAN, rport_checksum_diff, top_via},
     vias::{Vias, count_vias},
@@ -571,15 +574,26 @@ fn frame(source: &str, payload: &[u8]) -> Vec<u8> {
     ethernet(CLIENT_MAC, EDGE_MAC, None, datagram.ethertype(), &datagram.ip_packet())
 }
 
+/// How the program sends what it forwards.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sends {
+    /// dsr: tunnelled, the datagram unchanged inside.
+    Tunnelled,
+    /// nat: rewritten from an edge port, the payload unchanged (the
+    /// fixtures' shared socket asked for rport).
+    Rewritten,
+}
+
 /// One payload from `source` through the program: the counter it moved,
-/// and the home a forwarded one was tunnelled to (the request unchanged
-/// inside); anything else is passed untouched.
+/// and the home a forwarded one was sent to with the edge port it left
+/// from (nat; 0 in dsr); anything else is passed untouched.
 fn run_one(
     fx: &mut Fixture,
+    sends: Sends,
     source: &str,
     payload: &[u8],
     forwarded: &[Counter],
-) -> Result<(Counter, Option<Ipv4Addr>), TestCaseError> {
+) -> Result<(Counter, Option<(Ipv4Addr, u16)>), TestCaseError> {
     let input = frame(source, payload);
     let before = fx.counters();
     let outcome = fx.run(&input);
@@ -594,14 +608,18 @@ fn run_one(
     }
     prop_assert_eq!(outcome.action, XDP_TX);
     let home = Ipv4Addr::from(<[u8; 4]>::try_from(&outcome.frame[30..34]).unwrap());
-    prop_assert_eq!(&outcome.frame[34..], &input[14..], "the datagram goes unchanged inside the tunnel");
-    Ok((counter, Some(home)))
+    if sends == Sends::Tunnelled {
+        prop_assert_eq!(&outcome.frame[34..], &input[14..], "the datagram goes unchanged inside the tunnel");
+        return Ok((counter, Some((home, 0))));
+    }
+    prop_assert_eq!(&outcome.frame[42..], &input[42..], "the payload goes unchanged");
+    Ok((counter, Some((home, u16::from_be_bytes([outcome.frame[34], outcome.frame[35]])))))
 }
 
 /// One payload from the proxy through the program; the counter it moved.
 fn check(fx: &mut Fixture, payload: &[u8]) -> Result<Counter, TestCaseError> {
-    let (counter, home) = run_one(fx, "10.0.0.9:5060", payload, &[Counter::ForwardedByAor])?;
-    let Some(home) = home else { return Ok(counter) };
+    let (counter, home) = run_one(fx, Sends::Tunnelled, "10.0.0.9:5060", payload, &[Counter::ForwardedByAor])?;
+    let Some((home, _)) = home else { return Ok(counter) };
     let text = String::from_utf8_lossy(payload);
     if let Some((route, vias)) = daemon_route(payload) {
         let slot = route.ok_or_else(|| TestCaseError::fail(format!("forwarded an AOR AORS lacks: {text}")))?;
@@ -720,26 +738,52 @@ fn line_message() -> impl Strategy<Value = String> {
 /// by the entry); what names no routed line is forwarded only if it is no
 /// SIP message, by the entry, never by AOR.
 fn check_shared(fx: &mut Fixture, payload: &[u8]) -> Result<Counter, TestCaseError> {
+    check_shared_sent(fx, Sends::Tunnelled, payload, routes()).map(|(counter, _)| counter)
+}
+
+/// `check_shared` for a nat edge, whose lines leave from their own edge
+/// ports: those on this socket (`line_ports`) do, to their homes; a line
+/// whose port another socket holds goes up, as one `AORS` lacks.
+fn check_shared_nat(fx: &mut Fixture, payload: &[u8]) -> Result<Counter, TestCaseError> {
+    let ours: BTreeMap<u64, u32> =
+        routes().into_iter().filter(|(line, _)| *line == line1() || line_ports()[line].1).collect();
+    let (counter, sent) = check_shared_sent(fx, Sends::Rewritten, payload, ours)?;
+    if let (Some(port), Some(line)) = (sent, daemon_line(payload)) {
+        let expected = if line == line1() { ENTRY_PORT } else { line_ports()[&line].0 };
+        prop_assert_eq!(port, expected, "left from another port than its line's: {}", String::from_utf8_lossy(payload));
+    }
+    Ok(counter)
+}
+
+/// One payload from the shared socket through the program, checked
+/// against the lines the daemon would send by `routes`; the counter it
+/// moved, and the edge port a datagram the daemon parses left from.
+fn check_shared_sent(
+    fx: &mut Fixture,
+    sends: Sends,
+    payload: &[u8],
+    routes: BTreeMap<u64, u32>,
+) -> Result<(Counter, Option<u16>), TestCaseError> {
     let forwarded = [Counter::Forwarded, Counter::ForwardedOtherAor];
-    let (counter, home) = run_one(fx, SHARED_SOCKET, payload, &forwarded)?;
+    let (counter, sent) = run_one(fx, sends, SHARED_SOCKET, payload, &forwarded)?;
     // A datagram the daemon does not parse at all is the home's to refuse
     // (as `check`): the program reads only its first bytes.
-    let Some(home) = home.filter(|_| Message::parse(payload).is_ok()) else { return Ok(counter) };
+    let Some((home, port)) = sent.filter(|_| Message::parse(payload).is_ok()) else { return Ok((counter, None)) };
     let text = String::from_utf8_lossy(payload);
-    let routed = daemon_line(payload).and_then(|line| Some((line, routes().get(&line).copied()?)));
+    let routed = daemon_line(payload).and_then(|line| Some((line, routes.get(&line).copied()?)));
     let Some((line, slot)) = routed else {
         prop_assert_eq!(counter, Counter::Forwarded, "routed by AOR, no line the daemon routes: {}", text);
-        prop_assert_eq!(home, HOMES[routes()[&line1()] as usize].1, "not the entry's home: {}", text);
+        prop_assert_eq!(home, HOMES[routes[&line1()] as usize].1, "not the entry's home: {}", text);
         let (buffer, end) = framed(payload);
         let no_request = matches!(message_aor(&buffer, HEADERS, end), RequestAor::NotRequest);
         prop_assert!(no_request, "a message for no routed line forwarded: {}", text);
-        return Ok(counter);
+        return Ok((counter, None));
     };
     let (_, address, forwards) = HOMES[slot as usize];
     prop_assert!(forwards, "forwarded to a home that is down: {}", text);
     prop_assert_eq!(home, address, "forwarded to another home than the daemon's line's: {}", text);
     prop_assert_eq!(counter == Counter::Forwarded, line == line1(), "only its own line takes the entry: {}", text);
-    Ok(counter)
+    Ok((counter, Some(port)))
 }
 
 proptest! {
@@ -763,14 +807,7 @@ fn a_shared_sockets_lines_go_to_their_own_homes_or_up() {
     }
     let mut fx = Fixture::new("dsr");
     route_lines(&mut fx);
-    let entry = ClientEntry {
-        server: routes()[&line1()],
-        flags: CLIENT_CHECKS_REGISTER | CLIENT_SHARED,
-        aor_hash: line1(),
-        ..ClientEntry::default()
-    };
-    let socket = SHARED_SOCKET.parse::<std::net::SocketAddr>().unwrap();
-    fx.dataplane().install_client(redirector::kernel::loader::endpoint(socket.ip(), socket.port()), entry).unwrap();
+    install_shared_socket(&mut fx, 0);
     let written = line_message().prop_map(String::into_bytes);
     let (written, mutated) = run_each(&mut fx, check_shared, written, mutated_from(line_message()));
     for outcome in ["forwarded", "forwarded_other_aor", "pass_other_aor", "pass_server_down"] {
@@ -778,4 +815,71 @@ fn a_shared_sockets_lines_go_to_their_own_homes_or_up() {
         assert!(mutated.get(outcome).copied().unwrap_or(0) >= 10, "{outcome} reached: {mutated:?}");
     }
     assert!(mutated.get("pass_aor_unseen").copied().unwrap_or(0) >= 10, "pass_aor_unseen reached: {mutated:?}");
+}
+
+/// The shared socket's entry, line1's at its home (nat: from `nat_port`).
+fn install_shared_socket(fx: &mut Fixture, nat_port: u16) {
+    let entry = ClientEntry {
+        server: routes()[&line1()],
+        flags: CLIENT_CHECKS_REGISTER | CLIENT_SHARED,
+        aor_hash: line1(),
+        nat_port_be: nat_port.to_be(),
+        ..ClientEntry::default()
+    };
+    fx.dataplane().install_client(endpoint_of(SHARED_SOCKET), entry).unwrap();
+}
+
+fn endpoint_of(socket: &str) -> redirector_ebpf::Endpoint {
+    let socket = socket.parse::<std::net::SocketAddr>().unwrap();
+    redirector::kernel::loader::endpoint(socket.ip(), socket.port())
+}
+
+/// The shared socket's edge port in nat mode.
+const ENTRY_PORT: u16 = 20051;
+
+/// nat: each routed line's own edge port, and whether its reply entry
+/// names the shared socket (every fifth line's names another socket, the
+/// AOR registered from there).
+fn line_ports() -> BTreeMap<u64, (u16, bool)> {
+    (1..ROUTED_LINES)
+        .map(|n| (aor_hash(format!("sip:line{n}@example.net").as_bytes()), (21000 + n as u16, n % 5 != 0)))
+        .collect()
+}
+
+/// nat: `AORS` as `routes` has it, each route with its line's port, whose
+/// reply entry names the line's home and its socket.
+fn route_line_ports(fx: &mut Fixture) {
+    let (routes, ports) = (routes(), line_ports());
+    let (shared, elsewhere) = (endpoint_of(SHARED_SOCKET), endpoint_of("10.0.0.2:5999"));
+    let service = endpoint_of("192.0.2.10:5060");
+    let mut keys = Vec::new();
+    let mut replies = Vec::new();
+    let mut values = Vec::new();
+    for (line, &server) in &routes {
+        let (port, ours) = ports[line];
+        keys.push(NatKey { edge_port_be: port.to_be(), family: FAMILY_V4, _pad: 0 });
+        replies.push(NatEntry { client: if ours { shared } else { elsewhere }, service, server });
+        values.push(AorRoute { server, nat_port_be: port.to_be(), ..AorRoute::default() });
+    }
+    fx.dataplane().install_nat_replies(&keys, &replies).unwrap();
+    fx.dataplane().route_aors(&routes.keys().copied().collect::<Vec<_>>(), &values).unwrap();
+}
+
+/// nat: a shared socket's lines leave from their own edge ports to their
+/// own homes (line1 from the entry's), or go up; a line whose port is
+/// another socket's is never sent with it.
+#[test]
+fn a_shared_sockets_lines_in_nat_mode_go_to_their_own_homes_by_their_own_ports_or_up() {
+    if !privileged() {
+        return;
+    }
+    let mut fx = Fixture::new("nat");
+    route_line_ports(&mut fx);
+    install_shared_socket(&mut fx, ENTRY_PORT);
+    let written = line_message().prop_map(String::into_bytes);
+    let (written, mutated) = run_each(&mut fx, check_shared_nat, written, mutated_from(line_message()));
+    for outcome in ["forwarded", "forwarded_other_aor", "pass_other_aor", "pass_server_down"] {
+        assert!(written.get(outcome).copied().unwrap_or(0) >= 10, "{outcome} reached: {written:?}");
+        assert!(mutated.get(outcome).copied().unwrap_or(0) >= 10, "{outcome} reached: {mutated:?}");
+    }
 }

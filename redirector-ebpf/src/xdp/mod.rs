@@ -94,27 +94,33 @@
 //!    `CLIENT_CHECKS_REGISTER` (every client first contact installed) a
 //!    REGISTER (its method in any case), takes the fast path only if that
 //!    hash is the entry's `aor_hash`.
-//!    In dsr mode, a shared socket's request or response of another AOR
-//!    (the phone's second line) is routed by that AOR as a proxied request
-//!    is, in `redirector_other_line`, which the program tail-calls through
+//!    A shared socket's request or response of another AOR (the phone's
+//!    second line) is routed by that AOR as a proxied request is, in
+//!    `redirector_other_line`, which the program tail-calls through
 //!    `OTHER_LINES` for any datagram of another AOR than its entry's (the
 //!    edge program's verification has no room left for a second forward;
 //!    without that program in `OTHER_LINES` the datagram goes up as
 //!    `pass_other_aor`): if `AORS` has it and its home is active or
-//!    draining, it is
-//!    encapsulated to that home (rules 6 and 8), counted
-//!    `forwarded_other_aor` and in the home's `SERVER_STATS`, and the
-//!    route's `last_seen_ns` is stamped (the line's sighting for expiry);
-//!    the entry's load and `last_seen_ns` are not touched. An AOR `AORS`
+//!    draining, it is sent to that home, counted `forwarded_other_aor`
+//!    and in the home's `SERVER_STATS`, and the route's `last_seen_ns` is
+//!    stamped (the line's sighting for expiry); the entry's load and
+//!    `last_seen_ns` are not touched. In dsr mode it is encapsulated
+//!    (rules 6 and 8). In nat mode it is rewritten as the entry's hits are
+//!    (`;rport` added by the entry's `CLIENT_ADDS_RPORT`, or up as
+//!    `pass_via_unseen` / `no_headroom`), but from the line's own edge
+//!    port, `AorRoute::nat_port_be`, and only if that port's `NAT_REPLIES`
+//!    entry names this very socket, the service it sent to and the route's
+//!    home (so the home's replies to the port come back to it by rule 7);
+//!    otherwise it goes up (`pass_other_aor`): a route with no port, a
+//!    port the same line holds on another socket (never another socket's
+//!    translation), or a move between the daemon's two writes (it writes
+//!    the reply entry's home first, then the route's). An AOR `AORS`
 //!    lacks goes up (`pass_other_aor`, within the throttle): the daemon
 //!    routes a request by its own AOR, and sends a response (one whose
 //!    `To` is a number the socket's PBX serves, say) to its `To` line's
-//!    home if that line is assigned, else by the entry; one whose home is
-//!    down goes up as `pass_server_down`. In nat mode another line's
-//!    datagram always goes up (`pass_other_aor`): the socket has one edge
-//!    port, whose replies rule 7 takes from the entry's home alone, so no
-//!    other line's home could answer through it (the daemon sends such a
-//!    response on by the entry).
+//!    home if that line is assigned (nat: if the program would send it by
+//!    the line's port, by the same checks), else by the entry; one whose
+//!    home is down goes up as `pass_server_down`.
 //!    A non-shared socket's REGISTER of another AOR (a scanner enumerating
 //!    extensions, or the first sign of a second line) goes up
 //!    (`pass_other_aor`): the daemon marks the socket shared. A datagram
@@ -126,19 +132,20 @@
 //!    request of a shared socket on to the entry's home only when the
 //!    program would (its own line's); another line's request is a first
 //!    contact; a response goes to the home of the line its `To` names if
-//!    that line is assigned (dsr), else by the entry (an unread `To`, nat
-//!    too). What is no SIP
+//!    that line is assigned (dsr; nat: from the line's port, by the checks
+//!    above), else by the entry (an unread `To`). What is no SIP
 //!    message (a datagram shorter than any request line, as RFC 5626
 //!    keepalives; one whose first byte no method starts with, as STUN),
 //!    and a non-shared socket's responses and requests other than
 //!    REGISTERs, take the entry unread.
 //!    The daemon keeps a shared socket's entry while another of its lines
-//!    is routed (dsr): when the line the entry is for is withdrawn (moved
+//!    is routed: when the line the entry is for is withdrawn (moved
 //!    to a home this edge does not know, or a rewrite failed) or expires,
 //!    or its entry goes idle while another line's route was stamped
 //!    within the idle timeout (the socket busy for that line),
 //!    the entry is handed to another line that `AORS` routes (that line's
-//!    home, hash and owner; the edge port and load slot kept), and the
+//!    home, hash and owner; the edge port and load slot kept; nat: the
+//!    line's own port too, as its home may hold it), and the
 //!    withdrawn line goes up as `pass_other_aor`; when it comes back,
 //!    first contact routes it in `AORS` again and leaves the entry as it
 //!    is. The daemon learns a socket's other lines at their first contact;
@@ -161,7 +168,9 @@
 //!    a client to within `LAST_SEEN_GRANULARITY_NS`.
 //! 7. In nat mode, UDP to the edge address on a port in `NAT_REPLIES` from
 //!    that entry's home server is rewritten back to the client, by the
-//!    reply hop of rule 8.
+//!    reply hop of rule 8. A shared socket's other line's own port (rule
+//!    6) is such an entry too: its line's home's replies and requests go
+//!    back to the socket, from the service address it sent to.
 //! 8. Next hops. A client's packet goes to its home server by the hop the
 //!    daemon keeps for that server and family (`HOPS[server_hop(..)]`:
 //!    egress device, MTU, both MACs, from the kernel's route and neighbour

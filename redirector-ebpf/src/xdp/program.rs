@@ -18,6 +18,7 @@ use super::{
     nat,
     packet::{self, Datagram, parse_udp, udp_header_ok},
     probe, route, rport,
+    scratch::{self, Ends},
 };
 
 /// An XDP action and the counter it is accounted to, in one register:
@@ -48,7 +49,11 @@ struct Hit(u64);
 
 impl Hit {
     fn of(client: &ClientEntry) -> Self {
-        Self(((client.nat_port_be as u64) << 48) | ((client.flags as u64) << 32) | client.server as u64)
+        Self::new(client.server, client.flags, client.nat_port_be)
+    }
+
+    const fn new(server: u32, flags: u16, nat_port_be: u16) -> Self {
+        Self(((nat_port_be as u64) << 48) | ((flags as u64) << 32) | server as u64)
     }
 
     const fn server(self) -> u32 {
@@ -135,9 +140,10 @@ pub fn redirector_pass(_ctx: XdpContext) -> u32 {
 
 /// A datagram of another AOR than its socket's entry, tail-called by
 /// `redirector` once `aor::check` read its AOR (the hash still in this
-/// CPU's scratch). dsr, a shared socket's: to that line's home as `AORS`
-/// names it, if that home forwards, the entry untouched; anything else
-/// goes up (rule 6).
+/// CPU's scratch). A shared socket's: to that line's home as `AORS` names
+/// it, if that home forwards (nat: from the line's own edge port, whose
+/// reply entry names this socket and that home), the entry untouched;
+/// anything else goes up (rule 6).
 #[xdp]
 pub fn redirector_other_line(ctx: XdpContext) -> u32 {
     let verdict = match (parse_udp(&ctx), CONFIG.get(0)) {
@@ -151,16 +157,54 @@ pub fn redirector_other_line(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn route_other_line(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict {
-    // SAFETY: the value is read once; no reference outlives the call.
-    let shared = unsafe { CLIENTS.get(datagram.src) }.is_some_and(|client| client.flags & CLIENT_SHARED != 0);
-    if !shared || config.mode != Mode::Dsr as u8 {
-        return to_first_contact(datagram, PASS_OTHER_AOR);
-    }
-    let answer = route_hashed(PASS_OTHER_AOR);
+    let answer = other_line_answer(config, datagram);
     match answer.home() {
-        Some(home) => forwarded_as(forward_to(ctx, config, datagram, Hit(home as u64)), Counter::ForwardedOtherAor),
-        None => to_first_contact(datagram, answer.verdict()),
+        Some(home) => {
+            let hit = Hit::new(home, answer.flags(), answer.nat_port_be());
+            // The endpoints in this CPU's scratch, not on the stack: the
+            // parse's and the forward's frames leave no room for them
+            // within the verifier's 512 bytes.
+            let Some(ends) = scratch::ends() else { return PASS_OTHER_AOR };
+            forwarded_as(forward_to(ctx, config, datagram, hit, ends), Counter::ForwardedOtherAor)
+        }
+        None => answer.verdict(),
     }
+}
+
+/// Where a shared socket's other line goes: the home `AORS` names (nat:
+/// with the route's port, if `is_line_port`, and the socket's flags, for
+/// `;rport`), or the verdict it goes up with (within the throttle).
+// A separate BPF subprogram: its stack is not added to the forward's.
+#[inline(never)]
+fn other_line_answer(config: &Config, datagram: &Datagram) -> AorAnswer {
+    // SAFETY: the flags are copied out; no reference outlives the call.
+    let flags = unsafe { CLIENTS.get(datagram.src) }.map_or(0, |client| client.flags);
+    let answer = if flags & CLIENT_SHARED == 0 { AorAnswer::up(PASS_OTHER_AOR) } else { route_hashed(PASS_OTHER_AOR) };
+    let Some(home) = answer.home() else {
+        return AorAnswer::up(to_first_contact(datagram, answer.verdict()));
+    };
+    if config.mode == Mode::Dsr as u8 {
+        return answer;
+    }
+    if !is_line_port(datagram, home, answer.nat_port_be()) {
+        // No port of this socket's for the line (the AOR is routed from
+        // another socket, or its port is being rewritten for a move).
+        return AorAnswer::up(to_first_contact(datagram, PASS_OTHER_AOR));
+    }
+    AorAnswer::home_at(home, answer.nat_port_be(), flags)
+}
+
+/// nat: whether edge port `port_be` is this socket's for a line homed at
+/// `home`: its reply entry names the datagram's source and service and
+/// that home, so the home's replies come back to this very socket and a
+/// datagram never leaves with another socket's translation.
+#[inline(always)]
+fn is_line_port(datagram: &Datagram, home: u32, port_be: u16) -> bool {
+    let key = NatKey { edge_port_be: port_be, family: datagram.ip.family, _pad: 0 };
+    // SAFETY: the entry is read in place once; no reference outlives the call.
+    port_be != 0
+        && unsafe { NAT_REPLIES.get(key) }
+            .is_some_and(|entry| entry.server == home && entry.client == datagram.src && entry.service == datagram.dst)
 }
 
 #[inline(always)]
@@ -218,13 +262,13 @@ fn route_client(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdi
     // SAFETY: as above.
     unsafe { stamp_last_seen(&raw mut (*entry).last_seen_ns) };
     count_load(client.load_slot);
-    forward_to(ctx, config, datagram, Hit::of(&client))
+    forward_to(ctx, config, datagram, Hit::of(&client), &mut Ends::default())
 }
 
 /// Sends the datagram to the hit's home server, dsr or nat as configured,
 /// and counts it there; passes it up if that server does not forward.
 #[inline(always)]
-fn forward_to(ctx: &XdpContext, config: &Config, datagram: &Datagram, hit: Hit) -> Verdict {
+fn forward_to(ctx: &XdpContext, config: &Config, datagram: &Datagram, hit: Hit, ends: &mut Ends) -> Verdict {
     let index = hit.server();
     let Some(server) = SERVERS.get(index) else {
         return PASS_MISS;
@@ -237,11 +281,13 @@ fn forward_to(ctx: &XdpContext, config: &Config, datagram: &Datagram, hit: Hit) 
     else {
         return NO_ADDRESS;
     };
+    ends.edge = edge;
+    ends.server = server_addr;
     let received_bytes = (ctx.data_end() - ctx.data()) as u64;
     let verdict = if config.mode == Mode::Nat as u8 {
-        forward_nat(ctx, datagram, &edge, &server_addr, hit)
+        forward_nat(ctx, datagram, &ends.edge, &ends.server, hit)
     } else {
-        forward_dsr(ctx, datagram, &edge, &server_addr, index)
+        forward_dsr(ctx, datagram, &ends.edge, &ends.server, index)
     };
     if verdict.counter() == Counter::Forwarded as u32 {
         count_server(index, received_bytes);
@@ -263,7 +309,7 @@ fn route_miss(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> Verdict
     }
     let answer = route_by_aor(ctx, datagram);
     match answer.home() {
-        Some(home) => by_aor(forward_to(ctx, config, datagram, Hit(home as u64))),
+        Some(home) => by_aor(forward_to(ctx, config, datagram, Hit(home as u64), &mut Ends::default())),
         None => answer.verdict(),
     }
 }
@@ -292,7 +338,9 @@ fn forwarded_as(verdict: Verdict, counter: Counter) -> Verdict {
 }
 
 /// What `route_by_aor` found, in one register: the home server slot to
-/// send the datagram to, or the verdict it goes up with.
+/// send the datagram to (with the route's nat port and, for a shared
+/// socket's other line in nat, the socket's flags), or the verdict it goes
+/// up with.
 #[derive(Clone, Copy)]
 #[repr(transparent)]
 struct AorAnswer(u64);
@@ -301,8 +349,11 @@ impl AorAnswer {
     /// Set in a slot's answer; a verdict's action never reaches it.
     const HOME: u64 = 1 << 63;
 
-    const fn home_at(slot: u32) -> Self {
-        Self(Self::HOME | slot as u64)
+    /// Client flags kept: what fits below `HOME` (all there are).
+    const FLAGS: u16 = 0x7fff;
+
+    const fn home_at(slot: u32, nat_port_be: u16, flags: u16) -> Self {
+        Self(Self::HOME | (((flags & Self::FLAGS) as u64) << 48) | ((nat_port_be as u64) << 32) | slot as u64)
     }
 
     const fn up(verdict: Verdict) -> Self {
@@ -311,6 +362,15 @@ impl AorAnswer {
 
     fn home(self) -> Option<u32> {
         (self.0 & Self::HOME != 0).then_some(self.0 as u32)
+    }
+
+    const fn flags(self) -> u16 {
+        (self.0 >> 48) as u16 & Self::FLAGS
+    }
+
+    /// The route's nat port (network order), 0 if it has none.
+    const fn nat_port_be(self) -> u16 {
+        (self.0 >> 32) as u16
     }
 
     const fn verdict(self) -> Verdict {
@@ -349,12 +409,12 @@ fn route_hashed(unrouted: Verdict) -> AorAnswer {
         return AorAnswer::up(unrouted);
     };
     // SAFETY: a live map value (RCU keeps it mapped for this run), read once.
-    let home = unsafe { (*route).server };
+    let (home, nat_port_be) = unsafe { ((*route).server, (*route).nat_port_be) };
     let passed = match SERVERS.get(home) {
         Some(server) if ServerState::forwards(server.state) => {
             // SAFETY: as above.
             unsafe { stamp_last_seen(&raw mut (*route).last_seen_ns) };
-            return AorAnswer::home_at(home);
+            return AorAnswer::home_at(home, nat_port_be, 0);
         }
         Some(_) => PASS_SERVER_DOWN,
         None => unrouted,

@@ -7,7 +7,7 @@
 //! it can end at.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_load_bytes, macros::map, maps::PerCpuArray, programs::XdpContext};
-use redirector_ebpf::via::VIA_SCAN;
+use redirector_ebpf::{Endpoint, via::VIA_SCAN};
 
 use super::{
     headers::*,
@@ -22,6 +22,17 @@ pub struct Scratch {
     pub end: usize,
     /// What the last scan found.
     pub result: u64,
+    /// Where a shared socket's other line is sent from and to
+    /// (`redirector_other_line`, whose stack has no room for them).
+    pub ends: Ends,
+}
+
+/// The edge's and the home server's endpoints a forward goes between.
+#[repr(C)]
+#[derive(Default)]
+pub struct Ends {
+    pub edge: Endpoint,
+    pub server: Endpoint,
 }
 
 #[map]
@@ -58,6 +69,12 @@ pub fn current() -> Option<&'static mut Scratch> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: as in `load`.
     Some(unsafe { &mut *scratch })
+}
+
+/// This CPU's scratch's endpoints, for a forward to fill.
+#[inline(always)]
+pub fn ends() -> Option<&'static mut Ends> {
+    current().map(|scratch| &mut scratch.ends)
 }
 
 /// The scan's bounds, read back from memory (see the module docs).

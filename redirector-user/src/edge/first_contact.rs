@@ -55,7 +55,10 @@ use crate::{
         profiles::{self, ProfileCounters, ProfileRequest, Unreadable},
         watchers::{DialogId, Subscription},
     },
-    kernel::installed::{InstalledClients, KernelRoute, NatReply},
+    kernel::{
+        aor_routes::hash_of,
+        installed::{InstalledClients, KernelRoute, NatReply},
+    },
     model::{HomeServer, Origin, Policy, ServerState},
     probe::Keys,
     sip::{
@@ -388,7 +391,7 @@ impl FirstContact {
     }
 
     fn read_one<'a>(&self, datagram: &'a [u8], source: SocketAddr, local: SocketAddr) -> Item<'a> {
-        if let Some(route) = self.kernel_route(datagram, source) {
+        if let Some(route) = self.kernel_route(datagram, source, local) {
             return Item::Done(self.forward_as_kernel(datagram, source, local, route));
         }
         match Message::parse(datagram) {
@@ -409,7 +412,7 @@ impl FirstContact {
 
     /// Where the kernel sends `source`'s datagrams, if it forwards this one:
     /// the program's rules 5 and 6 (`redirector_ebpf` `xdp/mod.rs`).
-    fn kernel_route(&self, datagram: &[u8], source: SocketAddr) -> Option<KernelRoute> {
+    fn kernel_route(&self, datagram: &[u8], source: SocketAddr, local: SocketAddr) -> Option<KernelRoute> {
         // Every SUBSCRIBE is first contact's, whoever sends it.
         if datagram.starts_with(b"SUBSCRIBE ") {
             return None;
@@ -427,7 +430,7 @@ impl FirstContact {
             if !(route.shared && datagram.starts_with(b"SIP/")) {
                 return None;
             }
-            route = self.shared_response_route(datagram, route);
+            route = self.shared_response_route(datagram, (source, local), route);
         }
         let forwards =
             self.pool.load().by_index(route.server).is_some_and(|home| home.effective_state() != ServerState::Down);
@@ -437,19 +440,44 @@ impl FirstContact {
     /// Where a shared socket's response that is not its entry's line's
     /// goes: in dsr to the home of the line its `To` names when that line
     /// is assigned (as the program sends it, `redirector_other_line`, when
-    /// `AORS` routes the line), otherwise (a number the socket's PBX
-    /// serves, a `To` not read, nat, a line `AORS` lacks: the program
-    /// passes all of these up) by the entry, as before lines were routed.
-    fn shared_response_route(&self, datagram: &[u8], entry: KernelRoute) -> KernelRoute {
-        if entry.nat_port.is_some() {
-            return entry;
-        }
+    /// `AORS` routes the line); in nat to the line's home from the line's
+    /// own edge port when `AORS` routes it by a port whose reply entry
+    /// names this socket and that home (as the program checks it);
+    /// otherwise (a number the socket's PBX serves, a `To` not read, a
+    /// line `AORS` lacks: the program passes all of these up) by the
+    /// entry, as before lines were routed.
+    fn shared_response_route(
+        &self,
+        datagram: &[u8],
+        ends: (SocketAddr, SocketAddr),
+        entry: KernelRoute,
+    ) -> KernelRoute {
         let line = Message::parse(datagram).ok().and_then(|message| header_aor(&message, HeaderKind::To, "To").ok());
+        if entry.nat_port.is_some() {
+            return line.and_then(|line| self.line_route(&line, ends, entry)).unwrap_or(entry);
+        }
         let home = line.and_then(|line| self.cache.current(&line)).and_then(|cached| {
             let pool = self.pool.load();
             pool.server(&cached.server).map(|home| home.index)
         });
         home.map_or(entry, |server| KernelRoute { server, ..entry })
+    }
+
+    /// nat: the route of `line`, another line of the shared socket
+    /// `source` (which sent to `local`), by the line's own edge port, if
+    /// `AORS` has one whose reply entry names this socket, service and the
+    /// route's home.
+    fn line_route(
+        &self,
+        line: &Aor,
+        (source, local): (SocketAddr, SocketAddr),
+        entry: KernelRoute,
+    ) -> Option<KernelRoute> {
+        let route = self.installed.line_route(hash_of(line))?;
+        let reply = self.installed.nat_reply(source.is_ipv4(), route.nat_port)?;
+        let same = |a: SocketAddr, b: SocketAddr| a.ip() == b.ip() && a.port() == b.port();
+        (same(reply.client, source) && same(reply.service, local) && reply.server == route.server)
+            .then_some(KernelRoute { server: route.server, nat_port: Some(route.nat_port), ..entry })
     }
 
     /// A datagram from a client on the fast path, sent on as the kernel

@@ -1107,12 +1107,6 @@ fn a_shared_sockets_request_goes_by_its_aor_as_the_kernel_sends_it() {
 #[test]
 fn a_shared_sockets_response_goes_by_its_to_line_or_by_the_entry() {
     let alice = redirector_ebpf::aor::aor_hash(b"sip:alice@example.net");
-    let response = |to: &str| {
-        format!(
-            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKh1\r\nFrom: <sip:home@example.net>;tag=h\r\n\
-             To: <sip:{to}@example.net>;tag=c\r\nCall-ID: r1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
-        )
-    };
     let sent_to = |actions: &[Action]| match actions {
         [Action::Encapsulate { home, .. }] => Some(home.to_string()),
         _ => None,
@@ -1123,13 +1117,56 @@ fn a_shared_sockets_response_goes_by_its_to_line_or_by_the_entry() {
         s.fc.reassign_many(&[(&aor("sip:bob@example.net"), "home1")], None);
         s.fc.kernel
             .put(client(), KernelRoute { server: 1, nat_port: None, adds_rport: false, aor_hash: Some(alice), shared });
-        let answer = |to: &str| sent_to(&s.fc.on_service_datagram(response(to).as_bytes(), client(), service()));
+        let answer = |to: &str| sent_to(&s.fc.on_service_datagram(line_response(to).as_bytes(), client(), service()));
         assert_eq!(answer("alice"), home2, "shared {shared}: the socket's own line's response");
         let bob = if shared { &home1 } else { &home2 };
         assert_eq!(&answer("bob"), bob, "shared {shared}: another assigned line's response");
         assert_eq!(answer("4912345"), home2, "shared {shared}: a response for no line goes by the entry");
         assert_eq!(s.fc.counters.dropped.load(Ordering::Relaxed), 0, "shared {shared}: nothing dropped");
     }
+}
+
+/// nat: a passed-up response of another line from a shared socket goes
+/// where the program sends it: to the line's home from the line's own
+/// edge port when `AORS` routes the line by a port whose reply entry
+/// names this socket, its service and that home (bob: home1, port
+/// 20002), else by the entry (port 20001, home2): its own line's, a line
+/// whose port another socket holds (carol) or whose reply entry names
+/// another home than its route (dave, mid-move), a line with no route.
+#[test]
+fn a_shared_sockets_response_in_nat_mode_goes_by_its_lines_own_port_or_by_the_entry() {
+    use crate::kernel::{aor_routes::hash_of, installed::LineRoute};
+    let alice = redirector_ebpf::aor::aor_hash(b"sip:alice@example.net");
+    let s = setup(Policy::Auto);
+    let entry =
+        KernelRoute { server: 1, nat_port: Some(20001), adds_rport: false, aor_hash: Some(alice), shared: true };
+    s.fc.kernel.put(client(), entry);
+    let elsewhere: SocketAddr = "203.0.113.99:5060".parse().unwrap();
+    for (line, port, socket, server) in
+        [("bob", 20002, client(), 0), ("carol", 20003, elsewhere, 0), ("dave", 20004, client(), 1)]
+    {
+        s.fc.kernel
+            .put_line_route(hash_of(&aor(&format!("sip:{line}@example.net"))), LineRoute { server: 0, nat_port: port });
+        s.fc.kernel.put_nat_reply(port, NatReply { client: socket, service: service(), server });
+    }
+    let sent = |to: &str| match s.fc.on_service_datagram(line_response(to).as_bytes(), client(), service()).as_slice() {
+        [Action::Translate { edge_port, home, .. }] => Some((*edge_port, home.to_string())),
+        _ => None,
+    };
+    let by_entry = Some((20001, HOME2.to_owned()));
+    assert_eq!(sent("bob"), Some((20002, HOME1.to_owned())), "another line's, by its own port to its home");
+    assert_eq!(sent("alice"), by_entry, "the socket's own line's");
+    assert_eq!(sent("carol"), by_entry, "a line whose port another socket holds");
+    assert_eq!(sent("dave"), by_entry, "a line whose reply entry names another home");
+    assert_eq!(sent("erin"), by_entry, "a line with no route");
+}
+
+/// A 200 a line of the client's socket sends to an INVITE for `to`.
+fn line_response(to: &str) -> String {
+    format!(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKh1\r\nFrom: <sip:home@example.net>;tag=h\r\n\
+         To: <sip:{to}@example.net>;tag=c\r\nCall-ID: r1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
 }
 
 const HOME1: &str = "198.51.100.11:5060";

@@ -30,7 +30,7 @@ use crate::{
     config::{Config, ForwardingMode},
     kernel::{
         aor_routes::{AorRoutes, Claim, hash_of},
-        installed::{InstalledClients, KernelRoute, NatReply},
+        installed::{InstalledClients, KernelRoute, LineRoute, NatReply},
         loader::{DataPlane, DataPlaneError, endpoint, endpoint_ip, service_endpoints},
         nat_ports::{NatPorts, NatPortsExhausted},
         numbers::Numbers,
@@ -75,10 +75,15 @@ pub struct FastPath {
     /// AOR → (client key, service endpoint it talked to).
     installed: HashMap<Aor, Vec<(Endpoint, Endpoint)>, Seeded>,
     /// A shared socket's other lines: the AORs first contact installed it
-    /// for after its owner, which the kernel routes by `AORS` (dsr). One
-    /// of them takes the socket over when its owner's entries are
-    /// withdrawn (`hand_over`).
+    /// for after its owner, which the kernel routes by `AORS`. One of them
+    /// takes the socket over when its owner's entries are withdrawn
+    /// (`hand_over`).
     lines: HashMap<Endpoint, Vec<Aor>, Seeded>,
+    /// nat: each other line's own edge port, on the socket that first got
+    /// one for it: its `AORS` route names the port, whose reply entry
+    /// names the socket and the line's home. Held until the line is
+    /// withdrawn or expires, or the socket leaves the fast path.
+    line_ports: HashMap<Aor, LinePort, Seeded>,
     /// The AORs the current scan has yet to look at.
     scanning: Vec<Aor>,
     /// The client entries as first contact reads them, kept in step with
@@ -88,6 +93,22 @@ pub struct FastPath {
     static_clients: HashSet<Endpoint>,
     /// Which AORs `AORS` routes.
     aor_routes: AorRoutes,
+}
+
+/// nat: a shared socket's other line's own edge port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LinePort {
+    /// The socket.
+    client: Endpoint,
+    /// The service address:port it talked to: its replies' source.
+    service: Endpoint,
+    port: u16,
+}
+
+impl LinePort {
+    fn key(&self) -> NatKey {
+        NatKey { edge_port_be: self.port.to_be(), family: self.client.family, _pad: 0 }
+    }
 }
 
 /// What first contact learned of a client, for its kernel entry.
@@ -262,6 +283,7 @@ impl FastPath {
             learned: HashMap::default(),
             installed: HashMap::default(),
             lines: HashMap::default(),
+            line_ports: HashMap::default(),
             scanning: Vec::new(),
             shared: Arc::default(),
             static_clients,
@@ -373,8 +395,9 @@ impl FastPath {
     /// names the service address:port it talked to, the source of nat
     /// replies, and whether its Via asked for rport); or, when the kernel
     /// holds the socket for another AOR, marks it shared (see
-    /// `share_socket`) and routes `aor` by `AORS` to `server` (dsr: the
-    /// program sends the line's requests from the socket there). A socket
+    /// `share_socket`) and routes `aor` by `AORS` to `server` (the program
+    /// sends the line's datagrams from the socket there; nat: from an edge
+    /// port of the line's own, `give_line_port`). A socket
     /// another AOR owned that is off the kernel (withdrawn, idle) is taken
     /// over by `aor`, shared still.
     pub fn install(&mut self, aor: &Aor, origin: Origin, server: u32) -> Result<Installed, Arc<FastPathError>> {
@@ -402,7 +425,7 @@ impl FastPath {
             if owned_by_other {
                 self.flush(&mut pending, &mut results);
                 if self.shared.get(origin.client).is_some() {
-                    results.push(self.add_shared_line(entry.0, aor, server).map_err(Arc::new));
+                    results.push(self.add_shared_line(entry, aor, server).map_err(Arc::new));
                     continue;
                 }
             }
@@ -483,12 +506,61 @@ impl FastPath {
     }
 
     /// `aor`, another line of the socket `client` the kernel holds for its
-    /// owner: the socket is marked shared and `aor` routed by `AORS`.
-    fn add_shared_line(&mut self, client: Endpoint, aor: &Aor, server: u32) -> Result<Installed, FastPathError> {
+    /// owner (talking to `service`): the socket is marked shared and `aor`
+    /// routed by `AORS` (nat: by a port of its own).
+    fn add_shared_line(
+        &mut self,
+        (client, service): (Endpoint, Endpoint),
+        aor: &Aor,
+        server: u32,
+    ) -> Result<Installed, FastPathError> {
         self.share_socket(client)?;
         self.add_line(client, aor);
+        if self.mode == ForwardingMode::Nat {
+            self.give_line_port(client, service, aor)?;
+        }
         self.route_aors(&[(aor, server)])?;
         Ok(Installed::Shared)
+    }
+
+    /// nat: `aor`, another line of socket `client`, gets an edge port of
+    /// its own, for `route_aors` to write with its home; also a line homed
+    /// where the entry is, whose port then does not follow the entry's
+    /// line when that one moves. A line that holds
+    /// one on another socket (the AOR registered from two) keeps it there:
+    /// the program sends it from that socket alone, and from this one it
+    /// goes up.
+    fn give_line_port(&mut self, client: Endpoint, service: Endpoint, aor: &Aor) -> Result<(), FastPathError> {
+        if !self.line_ports.contains_key(aor) {
+            let port = self.nat_ports.allocate()?;
+            self.line_ports.insert(aor.clone(), LinePort { client, service, port });
+        }
+        Ok(())
+    }
+
+    /// nat: frees the AORs' own edge ports and their reply entries (their
+    /// routes already out of `AORS`). A port stays held while the kernel
+    /// keeps its entry.
+    fn free_line_ports<'a>(&mut self, aors: impl IntoIterator<Item = &'a Aor>) -> Result<(), FastPathError> {
+        for aor in aors {
+            let Some(line) = self.line_ports.get(aor).copied() else { continue };
+            self.dataplane.remove_nat_reply(line.key())?;
+            self.shared.remove_nat_reply(line.client.family == redirector_ebpf::FAMILY_V4, line.port);
+            self.nat_ports.release(line.port);
+            self.line_ports.remove(aor);
+        }
+        Ok(())
+    }
+
+    /// nat: the lines that hold an edge port on socket `client`.
+    fn lines_with_ports_on(&self, client: Endpoint) -> Vec<Aor> {
+        self.line_ports.iter().filter(|(_, line)| line.client == client).map(|(aor, _)| aor.clone()).collect()
+    }
+
+    /// The edge port `aor` holds as another line of a shared socket
+    /// (nat), for tests.
+    pub fn line_port(&self, aor: &Aor) -> Option<u16> {
+        self.line_ports.get(aor).map(|line| line.port)
     }
 
     /// Records `aor` as one of a shared socket's other lines.
@@ -531,10 +603,12 @@ impl FastPath {
     /// Returns the clients withdrawn.
     /// A shared socket one of whose other lines is still routed (dsr)
     /// stays on the fast path, handed over to that line (`hand_over`):
-    /// withdrawing one line takes the fast path from no other.
+    /// withdrawing one line takes the fast path from no other. nat: a
+    /// withdrawn line's own edge port is freed with its reply entry.
     pub fn withdraw_many(&mut self, aors: &[Aor]) -> Result<Vec<Endpoint>, FastPathError> {
         self.unroute_aors(aors)?;
         self.drop_lines(aors);
+        self.free_line_ports(aors)?;
         let withdrawn: Vec<(Aor, Vec<(Endpoint, Endpoint)>)> =
             aors.iter().filter_map(|aor| self.installed.remove_entry(aor)).collect();
         let mut clients = Vec::new();
@@ -573,17 +647,16 @@ impl FastPath {
         });
     }
 
-    /// dsr: gives a shared socket whose owner is withdrawn to the first of
-    /// its other lines that `AORS` routes: its entry becomes that line's
+    /// Gives a shared socket whose owner is withdrawn to the first of its
+    /// other lines that `AORS` routes: its entry becomes that line's
     /// (home, hash, owner; edge port and load slot kept), as if the line
     /// had been first, and the line's requests from it take the entry.
+    /// nat: the line keeps its own port too (its home may have it as the
+    /// line's contact) until the line is withdrawn or the socket leaves.
     /// Whether it did; on a failed write the socket is withdrawn. With
     /// `busy_within`, only to a line the kernel routed within that time
     /// (the idle sweep: the socket is busy for that line).
     fn hand_over(&mut self, client: Endpoint, service: Endpoint, busy_within: Option<Duration>) -> bool {
-        if self.mode != ForwardingMode::Dsr {
-            return false;
-        }
         let Some(before) = self.learned.get(&client).copied() else { return false };
         let now = monotonic_ns();
         let busy = |last_seen_ns: u64| {
@@ -757,36 +830,57 @@ impl FastPath {
 
     /// Routes each AOR to the server in its slot in `AORS` (one batched
     /// write; a hash another AOR shares is removed instead, see
-    /// `aor_routes`). Only in dsr mode: nat never reads `AORS`. A route the
-    /// kernel does not take (the map is full) is logged and left out: that
-    /// AOR's requests through other proxies go up to first contact, which
-    /// proxies them, as before; the others are written all the same.
+    /// `aor_routes`). In nat mode only the shared sockets' other lines
+    /// that hold an edge port of their own (`line_ports`) are routed, each
+    /// with that port, whose reply entry is rewritten to name the home
+    /// first: a datagram between the two writes finds the two homes differ
+    /// and goes up, never to the home the line left. A route the kernel
+    /// does not take (the map is full) is logged and left out: that AOR's
+    /// datagrams go up to first contact, which proxies them, as before;
+    /// the others are written all the same.
     pub fn route_aors(&mut self, routes: &[(&Aor, u32)]) -> Result<(), FastPathError> {
-        if self.mode != ForwardingMode::Dsr {
-            return Ok(());
-        }
+        let nat = self.mode == ForwardingMode::Nat;
         let (mut hashes, mut values, mut shared) = (Vec::new(), Vec::new(), Vec::new());
+        let mut replies = Writes::new();
         for &(aor, server) in routes {
+            let line = self.line_ports.get(aor).copied();
+            if nat && line.is_none() {
+                continue;
+            }
             match self.aor_routes.claim(aor) {
                 Claim::Route(hash) => {
+                    let mut route = AorRoute { server, ..AorRoute::default() };
+                    if let Some(line) = line {
+                        route.nat_port_be = line.port.to_be();
+                        replies.nat_keys.push(line.key());
+                        replies.nat_entries.push(NatEntry { client: line.client, service: line.service, server });
+                    }
                     hashes.push(hash);
-                    values.push(AorRoute { server, ..AorRoute::default() });
+                    values.push(route);
                 }
                 Claim::Shared(hash) => shared.push(hash),
             }
         }
         if !shared.is_empty() {
             self.dataplane.unroute_aors(&shared)?;
+            shared.iter().for_each(|&hash| self.shared.remove_line_route(hash));
         }
-        self.write_aor_routes(&hashes, &values);
+        self.write(&replies)?;
+        let refused = self.write_aor_routes(&hashes, &values);
+        for (&hash, route) in hashes.iter().zip(&values) {
+            if route.nat_port_be != 0 && !refused.contains(&hash) {
+                let line = LineRoute { server: route.server, nat_port: u16::from_be(route.nat_port_be) };
+                self.shared.put_line_route(hash, line);
+            }
+        }
         Ok(())
     }
 
     /// Writes AOR routes, past any the kernel refuses (one call per
     /// refusal: a full map takes updates of the routes it holds, not new
     /// ones). A refused route is deleted, so that none is left naming the
-    /// home an AOR moved off, and forgotten.
-    fn write_aor_routes(&mut self, hashes: &[u64], values: &[AorRoute]) {
+    /// home an AOR moved off, and forgotten. Returns the refused ones.
+    fn write_aor_routes(&mut self, hashes: &[u64], values: &[AorRoute]) -> Vec<u64> {
         let mut refused = Vec::new();
         let mut from = 0;
         while from < hashes.len() {
@@ -799,7 +893,7 @@ impl FastPath {
             from = failed + 1;
         }
         if refused.is_empty() {
-            return;
+            return refused;
         }
         tracing::warn!(
             refused = refused.len(),
@@ -809,7 +903,11 @@ impl FastPath {
         if let Err(error) = self.dataplane.unroute_aors(&refused) {
             tracing::error!(%error, "AOR routes the kernel refused could not be deleted either: proxied requests of those AORs may reach a home they left");
         }
-        refused.iter().for_each(|&hash| self.aor_routes.forget(hash));
+        refused.iter().for_each(|&hash| {
+            self.aor_routes.forget(hash);
+            self.shared.remove_line_route(hash);
+        });
+        refused
     }
 
     /// Takes the AORs' routes out of `AORS` (one batched delete); a route
@@ -823,7 +921,10 @@ impl FastPath {
         let hashes: Vec<u64> = routed.iter().map(|&(_, hash)| hash).collect();
         let removed = self.dataplane.unroute_aors(&hashes);
         let done = entries_done(&removed, hashes.len());
-        routed[..done].iter().for_each(|(aor, _)| self.aor_routes.release(aor));
+        for &(aor, hash) in &routed[..done] {
+            self.aor_routes.release(aor);
+            self.shared.remove_line_route(hash);
+        }
         Ok(removed?)
     }
 
@@ -838,12 +939,11 @@ impl FastPath {
 
     /// At start: `AORS` routes exactly `routes` (every assigned AOR with
     /// its home's slot), whatever a previous daemon left in it; what it
-    /// left is removed first, so that a full map makes room.
+    /// left is removed first, so that a full map makes room. nat: it
+    /// routes none (no line holds a port of its own yet).
     pub fn sync_aors(&mut self, routes: &[(&Aor, u32)]) -> Result<(), FastPathError> {
-        if self.mode != ForwardingMode::Dsr {
-            return Ok(());
-        }
-        let wanted: HashSet<u64> = routes.iter().map(|(aor, _)| hash_of(aor)).collect();
+        let nat = self.mode == ForwardingMode::Nat;
+        let wanted: HashSet<u64> = routes.iter().filter(|_| !nat).map(|(aor, _)| hash_of(aor)).collect();
         let stale: Vec<u64> = self
             .dataplane
             .all_aor_routes()?
@@ -866,7 +966,13 @@ impl FastPath {
     /// Forgets what first contact learned of `client`, and frees its load
     /// slot, and its edge port and reply entry, if it has one.
     fn forget_client(&mut self, client: Endpoint) -> Result<(), FastPathError> {
-        self.learned.remove(&client);
+        // nat: the lines sent by ports of their own from a shared socket go
+        // up with it, and their ports are freed.
+        if self.learned.remove(&client).is_some_and(|learned| learned.shared) && !self.line_ports.is_empty() {
+            let lines = self.lines_with_ports_on(client);
+            self.unroute_aors(&lines)?;
+            self.free_line_ports(&lines)?;
+        }
         self.lines.remove(&client);
         if let Some(slot) = self.load_slot_of.remove(&client) {
             self.load_slots.release(slot);

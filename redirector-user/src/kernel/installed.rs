@@ -53,6 +53,16 @@ pub struct InstalledClients {
     nat_replies: DashMap<(bool, u16), NatReply, foldhash::fast::RandomState>,
     /// Upstream proxies' addresses, by when they were last put in `PROXIES`.
     proxies: DashMap<IpAddr, Instant, foldhash::fast::RandomState>,
+    /// nat: shared sockets' other lines `AORS` routes by an edge port of
+    /// their own, by `aor_hash`: their home's slot and that port.
+    line_routes: DashMap<u64, LineRoute, foldhash::fast::RandomState>,
+}
+
+/// nat: where `AORS` routes a shared socket's other line (`AorRoute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineRoute {
+    pub server: u32,
+    pub nat_port: u16,
 }
 
 /// How long a proxy written to `PROXIES` is taken to be there: its LRU may
@@ -109,5 +119,21 @@ impl InstalledClients {
     /// A reply entry was removed.
     pub fn remove_nat_reply(&self, ipv4: bool, edge_port: u16) {
         self.nat_replies.remove(&(ipv4, edge_port));
+    }
+
+    /// nat: the route of the line whose AOR hashes to `hash`, if `AORS`
+    /// sends it by a port of its own.
+    pub fn line_route(&self, hash: u64) -> Option<LineRoute> {
+        self.line_routes.get(&hash).map(|route| *route)
+    }
+
+    /// A line's route with its own port was written.
+    pub fn put_line_route(&self, hash: u64, route: LineRoute) {
+        self.line_routes.insert(hash, route);
+    }
+
+    /// The route under `hash` was removed, or written without a port.
+    pub fn remove_line_route(&self, hash: u64) {
+        self.line_routes.remove(&hash);
     }
 }
