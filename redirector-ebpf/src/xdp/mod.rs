@@ -129,9 +129,11 @@
 //!    the daemon would read otherwise, a response of another SIP version
 //!    or without a `To`, a value not complete within the bytes read) is
 //!    passed up too (`pass_aor_unseen`). The daemon sends a passed-up
-//!    request of a shared socket on to the entry's home only when the
-//!    program would (its own line's); another line's request is a first
-//!    contact; a response goes to the home of the line its `To` names if
+//!    request of a shared socket (IP fragments, too big once forwarded)
+//!    on where the program would have: its own line's to the entry's
+//!    home, another line's to the home `AORS` routes it to (nat: from the
+//!    line's port, by the checks above); any other request of another
+//!    line is a first contact; a response goes to the home of the line its `To` names if
 //!    that line is assigned (dsr; nat: from the line's port, by the checks
 //!    above), else by the entry (an unread `To`). What is no SIP
 //!    message (a datagram shorter than any request line, as RFC 5626

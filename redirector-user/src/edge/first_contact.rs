@@ -420,17 +420,22 @@ impl FirstContact {
         let mut route = self.installed.get(source)?;
         // A request for another AOR than the socket's, or one whose AOR the
         // program cannot read, is first contact's (rule 6's AOR check):
-        // every request from a shared socket, REGISTERs from the others. A
-        // shared socket's response of another line goes to that line's
+        // REGISTERs from a socket not shared, and a shared socket's requests
+        // of a line the program would not route (`shared_request_route`).
+        // A shared socket's response of another line goes to that line's
         // home, or by the entry (`shared_response_route`).
         if let Some(hash) = route.aor_hash
             && (route.shared || is_register_any_case(datagram))
-            && !kernel_aor_of(datagram, source, route.shared).takes(hash)
         {
-            if !(route.shared && datagram.starts_with(b"SIP/")) {
-                return None;
+            let read = kernel_aor_of(datagram, source, route.shared);
+            if !read.takes(hash) {
+                let ends = (source, local);
+                route = match (route.shared, read) {
+                    (true, _) if datagram.starts_with(b"SIP/") => self.shared_response_route(datagram, ends, route),
+                    (true, RequestAor::Hash(line)) => self.shared_request_route(datagram, line, ends, route)?,
+                    _ => return None,
+                };
             }
-            route = self.shared_response_route(datagram, (source, local), route);
         }
         let forwards =
             self.pool.load().by_index(route.server).is_some_and(|home| home.effective_state() != ServerState::Down);
@@ -438,14 +443,10 @@ impl FirstContact {
     }
 
     /// Where a shared socket's response that is not its entry's line's
-    /// goes: in dsr to the home of the line its `To` names when that line
-    /// is assigned (as the program sends it, `redirector_other_line`, when
-    /// `AORS` routes the line); in nat to the line's home from the line's
-    /// own edge port when `AORS` routes it by a port whose reply entry
-    /// names this socket and that home (as the program checks it);
-    /// otherwise (a number the socket's PBX serves, a `To` not read, a
-    /// line `AORS` lacks: the program passes all of these up) by the
-    /// entry, as before lines were routed.
+    /// goes: to its `To` line's route (`other_line_route`) when there is
+    /// one; otherwise (a number the socket's PBX serves, a `To` not read,
+    /// a line the program does not route: it passes all of these up) by
+    /// the entry, as before lines were routed.
     fn shared_response_route(
         &self,
         datagram: &[u8],
@@ -453,14 +454,42 @@ impl FirstContact {
         entry: KernelRoute,
     ) -> KernelRoute {
         let line = Message::parse(datagram).ok().and_then(|message| header_aor(&message, HeaderKind::To, "To").ok());
+        line.and_then(|line| self.other_line_route(&line, ends, entry)).unwrap_or(entry)
+    }
+
+    /// A shared socket's request of another line, whose AOR the program
+    /// reads as hashing to `line_hash`, that came up whole only because it
+    /// could not take the fast path as it was (IP fragments, too big once
+    /// forwarded): it goes where the program sends that line's small
+    /// requests (`other_line_route`), not to first contact, which would
+    /// answer a request its home expects with a 302. None (first contact)
+    /// where the program would pass it up too.
+    fn shared_request_route(
+        &self,
+        datagram: &[u8],
+        line_hash: u64,
+        ends: (SocketAddr, SocketAddr),
+        entry: KernelRoute,
+    ) -> Option<KernelRoute> {
+        let line = identity(&Message::parse(datagram).ok()?).ok()?;
+        // The daemon's reading must be the program's, or it is not the
+        // program's choice (`sip_scan_properties` shows they agree).
+        (hash_of(&line) == line_hash).then_some(())?;
+        self.other_line_route(&line, ends, entry)
+    }
+
+    /// Where the program sends a shared socket's datagram of `line`, not
+    /// its entry's (`redirector_other_line`): in dsr to the home `AORS`
+    /// routes the line to (the daemon's assignment); in nat to that home
+    /// from the line's own edge port, when its reply entry names this
+    /// socket and that home (`line_route`). None where it passes it up.
+    fn other_line_route(&self, line: &Aor, ends: (SocketAddr, SocketAddr), entry: KernelRoute) -> Option<KernelRoute> {
         if entry.nat_port.is_some() {
-            return line.and_then(|line| self.line_route(&line, ends, entry)).unwrap_or(entry);
+            return self.line_route(line, ends, entry);
         }
-        let home = line.and_then(|line| self.cache.current(&line)).and_then(|cached| {
-            let pool = self.pool.load();
-            pool.server(&cached.server).map(|home| home.index)
-        });
-        home.map_or(entry, |server| KernelRoute { server, ..entry })
+        let cached = self.cache.current(line)?;
+        let server = self.pool.load().server(&cached.server)?.index;
+        Some(KernelRoute { server, ..entry })
     }
 
     /// nat: the route of `line`, another line of the shared socket

@@ -1075,8 +1075,9 @@ fn a_register_for_another_aor_from_a_fast_path_socket_is_first_contact() {
 
 /// A passed-up request from a socket shared by several lines goes where
 /// the kernel sends a small one: its own line's to the socket's home,
-/// another line's to first contact. A socket that is not shared sends
-/// every request but a REGISTER unread.
+/// another line's to first contact while that line has no assignment,
+/// and to the line's home once it has one (bob's INVITE assigned him). A
+/// socket that is not shared sends every request but a REGISTER unread.
 #[test]
 fn a_shared_sockets_request_goes_by_its_aor_as_the_kernel_sends_it() {
     let alice = redirector_ebpf::aor::aor_hash(b"sip:alice@example.net");
@@ -1093,7 +1094,7 @@ fn a_shared_sockets_request_goes_by_its_aor_as_the_kernel_sends_it() {
         assert_eq!(sent_on(&other), !shared, "shared {shared}: another line's INVITE");
         // Its To is bob's: REGISTERs are read on either.
         let register = s.fc.on_service_datagram(&big("REGISTER", ONE_VIA), client(), service());
-        assert!(!sent_on(&register), "shared {shared}: bob's REGISTER from alice's socket sent on");
+        assert_eq!(sent_on(&register), shared, "shared {shared}: bob's REGISTER, bob now assigned");
     }
 }
 
@@ -1159,6 +1160,72 @@ fn a_shared_sockets_response_in_nat_mode_goes_by_its_lines_own_port_or_by_the_en
     assert_eq!(sent("carol"), by_entry, "a line whose port another socket holds");
     assert_eq!(sent("dave"), by_entry, "a line whose reply entry names another home");
     assert_eq!(sent("erin"), by_entry, "a line with no route");
+}
+
+/// A shared socket's request of another line that came up whole (IP
+/// fragments, too big once forwarded) goes where the program sends that
+/// line's small ones, not to first contact: in dsr to the line's home
+/// (bob's REGISTER and INVITE: home1), its own line's by the entry
+/// (alice: home2); a line with no assignment (erin) is first contact's,
+/// as the program passes it up. A socket not shared sends a request of
+/// another AOR by its entry unread, a REGISTER of another AOR up.
+#[test]
+fn a_shared_sockets_request_of_another_line_goes_by_that_lines_route() {
+    let alice = redirector_ebpf::aor::aor_hash(b"sip:alice@example.net");
+    for shared in [true, false] {
+        let s = setup(Policy::Auto);
+        s.fc.reassign_many(&[(&aor("sip:bob@example.net"), "home1")], None);
+        s.fc.kernel
+            .put(client(), KernelRoute { server: 1, nat_port: None, adds_rport: false, aor_hash: Some(alice), shared });
+        let sent = |datagram: Vec<u8>| match s.fc.on_service_datagram(&datagram, client(), service()).as_slice() {
+            [Action::Encapsulate { home, .. }] => Some(home.to_string()),
+            _ => None,
+        };
+        let (home1, home2) = (Some("198.51.100.11".to_owned()), Some("198.51.100.12".to_owned()));
+        assert_eq!(sent(register_as("alice")), home2, "shared {shared}: its own line's REGISTER");
+        let bob = if shared { &home1 } else { &None };
+        assert_eq!(&sent(register_as("bob")), bob, "shared {shared}: another assigned line's REGISTER");
+        let bob = if shared { &home1 } else { &home2 };
+        assert_eq!(&sent(line_request("bob")), bob, "shared {shared}: another assigned line's INVITE");
+        let erin = if shared { None } else { home2.clone() };
+        assert_eq!(sent(line_request("erin")), erin, "shared {shared}: a line with no assignment");
+    }
+}
+
+/// nat: as above, by the line's own edge port when its reply entry names
+/// this socket and the route's home (bob); a line whose port another
+/// socket holds (carol) is first contact's, as the program passes it up.
+#[test]
+fn a_shared_sockets_request_in_nat_mode_goes_by_its_lines_own_port() {
+    use crate::kernel::{aor_routes::hash_of, installed::LineRoute};
+    let alice = redirector_ebpf::aor::aor_hash(b"sip:alice@example.net");
+    let s = setup(Policy::Auto);
+    let entry =
+        KernelRoute { server: 1, nat_port: Some(20001), adds_rport: false, aor_hash: Some(alice), shared: true };
+    s.fc.kernel.put(client(), entry);
+    let elsewhere: SocketAddr = "203.0.113.99:5060".parse().unwrap();
+    for (line, port, socket) in [("bob", 20002, client()), ("carol", 20003, elsewhere)] {
+        s.fc.kernel
+            .put_line_route(hash_of(&aor(&format!("sip:{line}@example.net"))), LineRoute { server: 0, nat_port: port });
+        s.fc.kernel.put_nat_reply(port, NatReply { client: socket, service: service(), server: 0 });
+    }
+    let sent = |from: &str| match s.fc.on_service_datagram(&line_request(from), client(), service()).as_slice() {
+        [Action::Translate { edge_port, home, .. }] => Some((*edge_port, home.to_string())),
+        _ => None,
+    };
+    assert_eq!(sent("bob"), Some((20002, HOME1.to_owned())), "another line's, by its own port to its home");
+    assert_eq!(sent("alice"), Some((20001, HOME2.to_owned())), "the socket's own line's, by the entry");
+    assert_eq!(sent("carol"), None, "a line whose port another socket holds: first contact's");
+}
+
+/// An INVITE the line `from` of the client's socket sends.
+fn line_request(from: &str) -> Vec<u8> {
+    format!(
+        "INVITE sip:4912345@example.net SIP/2.0\r\n{ONE_VIA}From: <sip:{from}@example.net>;tag=l\r\n\
+         To: <sip:4912345@example.net>\r\nCall-ID: l1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n\
+         Contact: <sip:{from}@203.0.113.7:5062>\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 /// A 200 a line of the client's socket sends to an INVITE for `to`.
