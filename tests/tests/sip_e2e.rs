@@ -275,6 +275,7 @@ fn one_socket_registering_six_lines_registers_each_at_its_own_home(mode: &'stati
         assert_eq!(edge.entries(&format!("sip:line{line}@example.net")), [], "line{line} does not take the socket");
     }
     each_line_reaches_its_own_home(&edge, &socket, &routes, 1);
+    a_big_request_of_another_line_reaches_its_home(&edge, &socket, mode);
 
     // Moving one line moves it alone: the others keep their homes, the
     // socket its entry.
@@ -342,11 +343,17 @@ fn register_lines(socket: &std::net::UdpSocket, seq: u32) {
 /// `line`'s OPTIONS (From and To the line) from the six-line socket, and
 /// the answer.
 fn options_of(socket: &std::net::UdpSocket, line: usize, round: u32) -> String {
+    padded_options_of(socket, line, round, "")
+}
+
+/// As `options_of`, with `pad` in a header of its own (none if empty).
+fn padded_options_of(socket: &std::net::UdpSocket, line: usize, round: u32, pad: &str) -> String {
+    let pad = if pad.is_empty() { String::new() } else { format!("X-Pad: {pad}\r\n") };
     let options = format!(
         "OPTIONS sip:line{line}@example.net SIP/2.0\r\n\
          Via: SIP/2.0/UDP {CLIENT}:5080;branch=z9hG4bKopt{line}x{round};rport\r\nMax-Forwards: 70\r\n\
          To: <sip:line{line}@example.net>\r\nFrom: <sip:line{line}@example.net>;tag=o{line}\r\n\
-         Call-ID: opt{line}x{round}@pbx\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+         Call-ID: opt{line}x{round}@pbx\r\nCSeq: 1 OPTIONS\r\n{pad}Content-Length: 0\r\n\r\n"
     );
     socket.send_to(options.as_bytes(), SERVICE).expect("sending an OPTIONS");
     let answers = receive(socket, 1, Duration::from_secs(5));
@@ -380,6 +387,26 @@ fn each_line_reaches_its_own_home(edge: &InProcessEdge, socket: &std::net::UdpSo
             let expected = sent[name] + u64::from(name == home);
             assert_eq!(*packets, expected, "round {round}, line{line} (at {home}): what the kernel sent {name}");
         }
+    }
+}
+
+/// line3's OPTIONS padded past one frame comes up as IP fragments: the
+/// daemon sends it on as the kernel sends line3's small ones (dsr: through
+/// the tunnel to line3's home; nat: from line3's own edge port, so the
+/// home's 200 comes back through the kernel's rule 7, which takes it from
+/// line3's home alone), not to first contact, whose answer was a 302.
+fn a_big_request_of_another_line_reaches_its_home(edge: &InProcessEdge, socket: &std::net::UdpSocket, mode: &str) {
+    let (requests, sent_on) = (edge.first_contact("requests"), edge.first_contact("forwarded_for_fast_path"));
+    let (fragments, replies) = (edge.kernel(Counter::Fragment), edge.kernel(Counter::NatReply));
+    let answer = padded_options_of(socket, 3, 99, &"x".repeat(2000));
+    assert!(answer.starts_with("SIP/2.0 200"), "{mode}: line3's big OPTIONS answered by a home: {answer:?}");
+    assert_eq!(edge.first_contact("requests"), requests, "{mode}: line3's big OPTIONS met first contact");
+    let sent_on = edge.first_contact("forwarded_for_fast_path") - sent_on;
+    assert_eq!(sent_on, 1, "{mode}: line3's big OPTIONS sent on as the kernel sends its small ones");
+    let fragments = edge.kernel(Counter::Fragment) - fragments;
+    assert!(fragments >= 2, "{mode}: line3's big OPTIONS came as IP fragments: {fragments}");
+    if mode == "nat" {
+        assert_eq!(edge.kernel(Counter::NatReply) - replies, 1, "nat: the 200 came back by line3's port");
     }
 }
 
