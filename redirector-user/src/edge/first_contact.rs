@@ -444,9 +444,12 @@ impl FirstContact {
 
     /// Where a shared socket's response that is not its entry's line's
     /// goes: to its `To` line's route (`other_line_route`) when there is
-    /// one; otherwise (a number the socket's PBX serves, a `To` not read,
-    /// a line the program does not route: it passes all of these up) by
-    /// the entry, as before lines were routed.
+    /// one; else, in nat, to that line's assigned home from the entry's
+    /// port (a line without a port of its own, after a restart or while
+    /// moving: a response wants no reply, so any port of the socket's
+    /// will do); otherwise (a number the socket's PBX serves, a `To` not
+    /// read, a line not assigned) by the entry, as before lines were
+    /// routed.
     fn shared_response_route(
         &self,
         datagram: &[u8],
@@ -454,7 +457,8 @@ impl FirstContact {
         entry: KernelRoute,
     ) -> KernelRoute {
         let line = Message::parse(datagram).ok().and_then(|message| header_aor(&message, HeaderKind::To, "To").ok());
-        line.and_then(|line| self.other_line_route(&line, ends, entry)).unwrap_or(entry)
+        line.and_then(|line| self.other_line_route(&line, ends, entry).or_else(|| self.assigned_home(&line, entry)))
+            .unwrap_or(entry)
     }
 
     /// A shared socket's request of another line, whose AOR the program
@@ -487,6 +491,11 @@ impl FirstContact {
         if entry.nat_port.is_some() {
             return self.line_route(line, ends, entry);
         }
+        self.assigned_home(line, entry)
+    }
+
+    /// `entry` pointed at `line`'s assigned home, if it has one.
+    fn assigned_home(&self, line: &Aor, entry: KernelRoute) -> Option<KernelRoute> {
         let cached = self.cache.current(line)?;
         let server = self.pool.load().server(&cached.server)?.index;
         Some(KernelRoute { server, ..entry })

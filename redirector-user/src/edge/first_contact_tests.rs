@@ -1133,7 +1133,9 @@ fn a_shared_sockets_response_goes_by_its_to_line_or_by_the_entry() {
 /// names this socket, its service and that home (bob: home1, port
 /// 20002), else by the entry (port 20001, home2): its own line's, a line
 /// whose port another socket holds (carol) or whose reply entry names
-/// another home than its route (dave, mid-move), a line with no route.
+/// another home than its route (dave, mid-move), a line with no route;
+/// an assigned line without a port of its own (frank, after a restart)
+/// goes to its home from the entry's port.
 #[test]
 fn a_shared_sockets_response_in_nat_mode_goes_by_its_lines_own_port_or_by_the_entry() {
     use crate::kernel::{aor_routes::hash_of, installed::LineRoute};
@@ -1160,6 +1162,8 @@ fn a_shared_sockets_response_in_nat_mode_goes_by_its_lines_own_port_or_by_the_en
     assert_eq!(sent("carol"), by_entry, "a line whose port another socket holds");
     assert_eq!(sent("dave"), by_entry, "a line whose reply entry names another home");
     assert_eq!(sent("erin"), by_entry, "a line with no route");
+    s.fc.reassign_many(&[(&aor("sip:frank@example.net"), "home1")], None);
+    assert_eq!(sent("frank"), Some((20001, HOME1.to_owned())), "an assigned line without a port: to its home");
 }
 
 /// A shared socket's request of another line that came up whole (IP

@@ -4,7 +4,7 @@
 
 use std::ops::RangeInclusive;
 
-use super::numbers::Numbers;
+use super::numbers::{Numbers, Reuse};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("all {size} nat ports in {start}-{end} are in use; widen edge.nat_ports")]
@@ -14,13 +14,16 @@ pub struct NatPortsExhausted {
     pub size: usize,
 }
 
-/// Hands out ports from a range in order; freed ports are reused first.
+/// Hands out ports from a range in order; a freed port only once every
+/// port was handed out, the first freed first: a home may still hold a
+/// binding of a port freed (a line withdrawn, a daemon restarted), and
+/// its requests to that port reach whoever holds it next.
 #[derive(Debug)]
 pub struct NatPorts(Numbers);
 
 impl NatPorts {
     pub fn new(range: RangeInclusive<u16>) -> Self {
-        Self(Numbers::new(u32::from(*range.start())..=u32::from(*range.end())))
+        Self(Numbers::new(u32::from(*range.start())..=u32::from(*range.end()), Reuse::Latest))
     }
 
     pub fn allocate(&mut self) -> Result<u16, NatPortsExhausted> {
@@ -29,7 +32,7 @@ impl NatPorts {
     }
 
     /// Marks `ports` as handed out (a previous daemon's, adopted): the
-    /// next ones come after the highest, and the free ones below it first.
+    /// free ones below the highest count as freed.
     pub fn reserve(&mut self, ports: impl Iterator<Item = u16>) {
         self.0.reserve(ports.map(u32::from));
     }
@@ -44,11 +47,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reserved_ports_are_never_handed_out_and_the_gaps_first() {
-        let mut ports = NatPorts::new(100..=110);
+    fn reserved_ports_are_never_handed_out_and_the_gaps_last() {
+        let mut ports = NatPorts::new(100..=106);
         ports.reserve([103, 101, 7].into_iter());
-        let handed: Vec<u16> = (0..4).map(|_| ports.allocate().unwrap()).collect();
-        assert_eq!(handed, [100, 102, 104, 105]);
+        let handed: Vec<u16> = (0..5).map(|_| ports.allocate().unwrap()).collect();
+        assert_eq!(handed, [104, 105, 106, 100, 102]);
     }
 
     #[test]
@@ -62,14 +65,14 @@ mod tests {
     }
 
     #[test]
-    fn released_ports_are_reused_and_foreign_ones_ignored() {
+    fn released_ports_are_reused_last_and_foreign_ones_ignored() {
         let mut ports = NatPorts::new(100..=101);
         let first = ports.allocate().unwrap();
         ports.release(first);
         ports.release(first);
         ports.release(5);
-        assert_eq!(ports.allocate(), Ok(first));
         assert_eq!(ports.allocate(), Ok(101));
+        assert_eq!(ports.allocate(), Ok(first));
         assert!(ports.allocate().is_err());
     }
 }

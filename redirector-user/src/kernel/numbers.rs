@@ -1,24 +1,37 @@
 //! Numbers of a range handed out one holder at a time (nat edge ports,
-//! load slots): in order, freed ones first, each freed once however often
-//! it is released.
+//! load slots): in order, freed ones first or last (`Reuse`), each freed
+//! once however often it is released.
 
-use std::ops::RangeInclusive;
+use std::{collections::VecDeque, ops::RangeInclusive};
+
+/// When a freed number is handed out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Before any number never handed out, the last freed first (load
+    /// slots: the range stays dense).
+    Soonest,
+    /// Only once every number was handed out, the first freed first (nat
+    /// edge ports: a home may still hold a binding of a freed port, which
+    /// must reach its next holder as late as the range allows).
+    Latest,
+}
 
 #[derive(Debug)]
 pub struct Numbers {
     range: RangeInclusive<u32>,
+    reuse: Reuse,
     /// Every number below it has been handed out at some point.
     next: u32,
-    freed: Vec<u32>,
+    freed: VecDeque<u32>,
     /// By number − start, for those below `next`: whether it is in `freed`
     /// (so a release is checked in constant time).
     is_free: Vec<bool>,
 }
 
 impl Numbers {
-    pub fn new(range: RangeInclusive<u32>) -> Self {
+    pub fn new(range: RangeInclusive<u32>, reuse: Reuse) -> Self {
         let next = *range.start();
-        Self { range, next, freed: Vec::new(), is_free: Vec::new() }
+        Self { range, reuse, next, freed: VecDeque::new(), is_free: Vec::new() }
     }
 
     /// How many the range holds.
@@ -36,11 +49,24 @@ impl Numbers {
 
     /// A number nobody holds, or `None` when all are held.
     pub fn allocate(&mut self) -> Option<u32> {
-        if let Some(number) = self.freed.pop() {
-            let at = self.offset(number);
-            self.is_free[at] = false;
-            return Some(number);
+        match self.reuse {
+            Reuse::Soonest => self.reuse_freed().or_else(|| self.fresh()),
+            Reuse::Latest => self.fresh().or_else(|| self.reuse_freed()),
         }
+    }
+
+    fn reuse_freed(&mut self) -> Option<u32> {
+        let number = match self.reuse {
+            Reuse::Soonest => self.freed.pop_back(),
+            Reuse::Latest => self.freed.pop_front(),
+        }?;
+        let at = self.offset(number);
+        self.is_free[at] = false;
+        Some(number)
+    }
+
+    /// A number never handed out.
+    fn fresh(&mut self) -> Option<u32> {
         if self.range.is_empty() || self.next > *self.range.end() {
             return None;
         }
@@ -50,14 +76,18 @@ impl Numbers {
         Some(number)
     }
 
-    /// Marks `numbers` as held (a previous daemon's, adopted): the next ones
-    /// come after the highest, and the free ones below it first.
+    /// Marks `numbers` as held (a previous daemon's, adopted): the free
+    /// ones below the highest count as freed, lowest first.
     pub fn reserve(&mut self, numbers: impl Iterator<Item = u32>) {
         let used: std::collections::HashSet<u32> = numbers.filter(|n| self.range.contains(n)).collect();
         let Some(&highest) = used.iter().max() else { return };
         self.next = self.next.max(highest + 1);
         let below = *self.range.start()..self.next;
-        self.freed = below.filter(|n| !used.contains(n)).rev().collect();
+        let gaps = below.filter(|n| !used.contains(n));
+        self.freed = match self.reuse {
+            Reuse::Soonest => gaps.rev().collect(),
+            Reuse::Latest => gaps.collect(),
+        };
         self.is_free = vec![false; self.offset(self.next)];
         for &number in &self.freed {
             let at = self.offset(number);
@@ -72,7 +102,7 @@ impl Numbers {
         let at = self.offset(number);
         if !self.is_free[at] {
             self.is_free[at] = true;
-            self.freed.push(number);
+            self.freed.push_back(number);
         }
     }
 
@@ -87,7 +117,7 @@ mod tests {
 
     #[test]
     fn a_number_released_twice_is_handed_out_once() {
-        let mut numbers = Numbers::new(0..=2);
+        let mut numbers = Numbers::new(0..=2, Reuse::Soonest);
         let first = numbers.allocate().unwrap();
         numbers.release(first);
         numbers.release(first);
@@ -97,10 +127,24 @@ mod tests {
 
     #[test]
     fn reserved_numbers_stay_held_until_released() {
-        let mut numbers = Numbers::new(10..=13);
+        let mut numbers = Numbers::new(10..=13, Reuse::Soonest);
         numbers.reserve([12, 10].into_iter());
         assert_eq!((numbers.allocate(), numbers.allocate(), numbers.allocate()), (Some(11), Some(13), None));
         numbers.release(12);
         assert_eq!(numbers.allocate(), Some(12));
+    }
+
+    #[test]
+    fn reused_latest_hands_out_every_number_before_the_first_freed() {
+        let mut numbers = Numbers::new(0..=3, Reuse::Latest);
+        let (a, b) = (numbers.allocate().unwrap(), numbers.allocate().unwrap());
+        numbers.release(b);
+        numbers.release(a);
+        assert_eq!((numbers.allocate(), numbers.allocate()), (Some(2), Some(3)), "never handed out, first");
+        assert_eq!((numbers.allocate(), numbers.allocate(), numbers.allocate()), (Some(b), Some(a), None));
+        let mut adopted = Numbers::new(10..=13, Reuse::Latest);
+        adopted.reserve([12].into_iter());
+        assert_eq!(adopted.allocate(), Some(13), "past the highest held, first");
+        assert_eq!((adopted.allocate(), adopted.allocate(), adopted.allocate()), (Some(10), Some(11), None));
     }
 }
