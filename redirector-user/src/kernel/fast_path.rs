@@ -865,7 +865,9 @@ impl FastPath {
             self.dataplane.unroute_aors(&shared)?;
             shared.iter().for_each(|&hash| self.shared.remove_line_route(hash));
         }
-        self.write(&replies)?;
+        if !replies.nat_keys.is_empty() {
+            self.write(&replies)?;
+        }
         let refused = self.write_aor_routes(&hashes, &values);
         for (&hash, route) in hashes.iter().zip(&values) {
             if route.nat_port_be != 0 && !refused.contains(&hash) {
