@@ -64,7 +64,7 @@ pub fn start_registrar(topology: &mut Topology, index: usize, registrar: Registr
             &topology.homes[index],
             &listen,
             &topology.scratch(&format!("kamailio{index}")),
-            REGISTRAR_ONLY,
+            &REGISTRAR_ONLY.replace("HOME_NAME", &format!("home{index}")),
         ),
         Registrar::KamailioCalls => {
             let edge = std::net::SocketAddr::new(topology.families[0].edge(), 5060);
@@ -76,11 +76,13 @@ pub fn start_registrar(topology: &mut Topology, index: usize, registrar: Registr
     wait_for_udp_listener(&topology.homes[index], 5060);
 }
 
-/// A plain registrar: every other request is answered 404.
+/// A plain registrar: every other request is answered 404. Its answer to
+/// an OPTIONS names the home (`HOME_NAME`, the edge's name for it), for
+/// tests that must know which home a request reached.
 const REGISTRAR_ONLY: &str = r#"request_route {
     if (!mf_process_maxfwd_header("10")) { sl_send_reply("483", "Too Many Hops"); exit; }
     if (is_method("REGISTER")) { if (!save("location")) { sl_reply_error(); } exit; }
-    if (is_method("OPTIONS")) { sl_send_reply("200", "OK"); exit; }
+    if (is_method("OPTIONS")) { append_to_reply("X-Home: HOME_NAME\r\n"); sl_send_reply("200", "OK"); exit; }
     sl_send_reply("404", "Not Here");
 }
 "#;

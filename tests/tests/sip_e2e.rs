@@ -275,7 +275,7 @@ fn one_socket_registering_six_lines_registers_each_at_its_own_home(mode: &'stati
         assert_eq!(edge.entries(&format!("sip:line{line}@example.net")), [], "line{line} does not take the socket");
     }
     each_line_reaches_its_own_home(&edge, &socket, &routes, 1);
-    a_big_request_of_another_line_reaches_its_home(&edge, &socket, mode);
+    a_big_request_of_another_line_reaches_its_home(&edge, &socket, &routes, mode);
 
     // Moving one line moves it alone: the others keep their homes, the
     // socket its entry.
@@ -380,6 +380,7 @@ fn each_line_reaches_its_own_home(edge: &InProcessEdge, socket: &std::net::UdpSo
         let (requests, forwarded, sent) = (edge.first_contact("requests"), edge.kernel(counter), sent_to_homes(edge));
         let answer = options_of(socket, line, round);
         assert!(answer.starts_with("SIP/2.0 200"), "round {round}, line{line}: its home answered: {answer:?}");
+        assert!(answer.contains(&format!("X-Home: {home}\r\n")), "round {round}, line{line}: not {home}: {answer:?}");
         assert_eq!(edge.first_contact("requests"), requests, "round {round}: line{line}'s OPTIONS went up");
         assert_eq!(edge.kernel(counter) - forwarded, 1, "round {round}, line{line}: {}", counter.label());
         let now = sent_to_homes(edge);
@@ -395,11 +396,18 @@ fn each_line_reaches_its_own_home(edge: &InProcessEdge, socket: &std::net::UdpSo
 /// the tunnel to line3's home; nat: from line3's own edge port, so the
 /// home's 200 comes back through the kernel's rule 7, which takes it from
 /// line3's home alone), not to first contact, whose answer was a 302.
-fn a_big_request_of_another_line_reaches_its_home(edge: &InProcessEdge, socket: &std::net::UdpSocket, mode: &str) {
+fn a_big_request_of_another_line_reaches_its_home(
+    edge: &InProcessEdge,
+    socket: &std::net::UdpSocket,
+    routes: &[Route],
+    mode: &str,
+) {
+    let home = &routes.iter().find(|r| r.aor == "sip:line3@example.net").expect("line3's route").server;
     let (requests, sent_on) = (edge.first_contact("requests"), edge.first_contact("forwarded_for_fast_path"));
     let (fragments, replies) = (edge.kernel(Counter::Fragment), edge.kernel(Counter::NatReply));
     let answer = padded_options_of(socket, 3, 99, &"x".repeat(2000));
     assert!(answer.starts_with("SIP/2.0 200"), "{mode}: line3's big OPTIONS answered by a home: {answer:?}");
+    assert!(answer.contains(&format!("X-Home: {home}\r\n")), "{mode}: answered by line3's home {home}: {answer:?}");
     assert_eq!(edge.first_contact("requests"), requests, "{mode}: line3's big OPTIONS met first contact");
     let sent_on = edge.first_contact("forwarded_for_fast_path") - sent_on;
     assert_eq!(sent_on, 1, "{mode}: line3's big OPTIONS sent on as the kernel sends its small ones");

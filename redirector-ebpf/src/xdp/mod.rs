@@ -134,9 +134,8 @@
 //!    home, another line's to the home `AORS` routes it to (nat: from the
 //!    line's port, by the checks above); any other request of another
 //!    line is a first contact; a response goes to the home of the line
-//!    its `To` names if that line is assigned (nat: from the line's port
-//!    by the checks above, else from the entry's: a response wants no
-//!    reply), else by the entry (an unread `To`). What is no SIP
+//!    its `To` names if that line is assigned (nat: from the line's port,
+//!    by the checks above), else by the entry (an unread `To`). What is no SIP
 //!    message (a datagram shorter than any request line, as RFC 5626
 //!    keepalives; one whose first byte no method starts with, as STUN),
 //!    and a non-shared socket's responses and requests other than

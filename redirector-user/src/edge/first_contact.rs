@@ -444,12 +444,9 @@ impl FirstContact {
 
     /// Where a shared socket's response that is not its entry's line's
     /// goes: to its `To` line's route (`other_line_route`) when there is
-    /// one; else, in nat, to that line's assigned home from the entry's
-    /// port (a line without a port of its own, after a restart or while
-    /// moving: a response wants no reply, so any port of the socket's
-    /// will do); otherwise (a number the socket's PBX serves, a `To` not
-    /// read, a line not assigned) by the entry, as before lines were
-    /// routed.
+    /// one; otherwise (a number the socket's PBX serves, a `To` not read,
+    /// a line not assigned, in nat a line without a port of its own on
+    /// this socket) by the entry, as before lines were routed.
     fn shared_response_route(
         &self,
         datagram: &[u8],
@@ -457,8 +454,7 @@ impl FirstContact {
         entry: KernelRoute,
     ) -> KernelRoute {
         let line = Message::parse(datagram).ok().and_then(|message| header_aor(&message, HeaderKind::To, "To").ok());
-        line.and_then(|line| self.other_line_route(&line, ends, entry).or_else(|| self.assigned_home(&line, entry)))
-            .unwrap_or(entry)
+        line.and_then(|line| self.other_line_route(&line, ends, entry)).unwrap_or(entry)
     }
 
     /// A shared socket's request of another line, whose AOR the program
@@ -479,6 +475,9 @@ impl FirstContact {
         // The daemon's reading must be the program's, or it is not the
         // program's choice (`sip_scan_properties` shows they agree).
         (hash_of(&line) == line_hash).then_some(())?;
+        // Seen, as the program's stamp of the line's route would record
+        // it; a line held while it moves is first contact's.
+        self.cache.sighted(&line, unix_seconds())?;
         self.other_line_route(&line, ends, entry)
     }
 
@@ -491,11 +490,6 @@ impl FirstContact {
         if entry.nat_port.is_some() {
             return self.line_route(line, ends, entry);
         }
-        self.assigned_home(line, entry)
-    }
-
-    /// `entry` pointed at `line`'s assigned home, if it has one.
-    fn assigned_home(&self, line: &Aor, entry: KernelRoute) -> Option<KernelRoute> {
         let cached = self.cache.current(line)?;
         let server = self.pool.load().server(&cached.server)?.index;
         Some(KernelRoute { server, ..entry })
