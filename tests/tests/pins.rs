@@ -8,7 +8,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    ffi::CString,
     net::SocketAddr,
 };
 
@@ -26,30 +25,10 @@ use redirector::{
 };
 use redirector_ebpf::{CLIENT_SHARED, ClientEntry, Endpoint, REDIRECTOR_PROGRAM, Throttle, source_prefix};
 use redirector_tests::{
-    fixture::{CLIENT_MAC, EDGE_MAC, config_text},
+    fixture::{CLIENT_MAC, EDGE_MAC, Scratch, config_text},
     packets::{Datagram, ethernet},
     privileged,
 };
-
-/// A scratch directory, with whatever is mounted on it unmounted on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("redirector-pins-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let target = CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a NUL-terminated path that outlives the call.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const CLIENTS: u32 = 1024;
 
