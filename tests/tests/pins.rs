@@ -118,6 +118,8 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
         [(&alice, 0), (&bob, 1)].into_iter().map(|(aor, slot)| (owner_of(aor), (aor.clone(), slot))).collect();
     let (mut fast_path, adopted) = FastPath::adopting(dataplane, &config, &servers, &homes).unwrap();
     assert_eq!(adopted, Adopted { kept: 1, repointed: 1, removed: 1 });
+    // As the daemon does next: erin's AOR is gone, so is her line's port.
+    fast_path.sync_aors(&[(&alice, 0), (&bob, 1)]).unwrap();
     let after = entries(&mut fast_path);
     let client = |port: u16| endpoint("10.0.0.2".parse().unwrap(), port);
     assert_eq!(after[&client(7001)], before[&client(7001)], "alice's entry as it was");
