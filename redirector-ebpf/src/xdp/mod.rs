@@ -103,7 +103,8 @@
 //!    `pass_other_aor`): if `AORS` has it and its home is active or
 //!    draining, it is sent to that home, counted `forwarded_other_aor`
 //!    and in the home's `SERVER_STATS`, and the route's `last_seen_ns` is
-//!    stamped (the line's sighting for expiry); the entry's load and
+//!    stamped once it is sent (the line's sighting for expiry: one the
+//!    port check or the FIB sends up stamps nothing); the entry's load and
 //!    `last_seen_ns` are not touched. In dsr mode it is encapsulated
 //!    (rules 6 and 8). In nat mode it is rewritten as the entry's hits are
 //!    (`;rport` added by the entry's `CLIENT_ADDS_RPORT`, or up as
