@@ -20,11 +20,13 @@ use std::time::Duration;
 use redirector::{
     config::Config,
     kernel::{
-        fast_path::FastPath,
+        fast_path::{Adopted, FastPath, owner_of},
         hops::{Destination, Keeper, Sources},
         loader::{DataPlane, decode_event},
         netlink::Tables,
+        pins::Pins,
     },
+    sip::Aor,
 };
 use redirector_ebpf::{Counter, Event, MAX_SERVERS, REDIRECTOR_PROGRAM};
 
@@ -107,6 +109,27 @@ pub struct Fixture {
     events: Option<RingBuf<MapData>>,
 }
 
+/// A scratch directory for pins (bpffs is mounted there by the first
+/// pinned load), with whatever is mounted on it unmounted on drop.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("redirector-pins-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// What the program did with one frame.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -122,6 +145,34 @@ impl Fixture {
 
     /// A fixture whose edge has the config `text` (`config_text` and more).
     pub fn with_config(text: &str) -> Self {
+        let dataplane = DataPlane::load_with_client_capacity(CLIENT_CAPACITY).expect("loading the XDP object");
+        Self::with_dataplane(text, dataplane)
+    }
+
+    /// As `new`, its maps pinned under `pins`, for `restart` to adopt.
+    pub fn pinned(mode: &str, pins: &Pins) -> Self {
+        let dataplane = DataPlane::load_pinned(pins, CLIENT_CAPACITY).expect("loading the XDP object, pinned");
+        Self::with_dataplane(&config_text(mode), dataplane)
+    }
+
+    /// A daemon restart on a `pinned` fixture: a second `FastPath` adopts
+    /// the pinned maps as the daemon does (`adopting`, then `sync_aors`),
+    /// with the store assigning `homes` (AOR, server slot), and takes the
+    /// first one's place.
+    pub fn restart(&mut self, mode: &str, pins: &Pins, homes: &[(&Aor, u32)]) -> Adopted {
+        let config = Config::parse(&config_text(mode)).expect("fixture config");
+        let mut dataplane = DataPlane::load_pinned(pins, CLIENT_CAPACITY).expect("adopting the pinned maps");
+        assert!(dataplane.adopted(), "the first fast path's maps");
+        dataplane.configure(&config).expect("configuring maps");
+        let by_owner = homes.iter().map(|&(aor, slot)| (owner_of(aor), (aor.clone(), slot))).collect();
+        let (mut fast_path, adopted) =
+            FastPath::adopting(dataplane, &config, &config.home_servers(), &by_owner).expect("adopting");
+        fast_path.sync_aors(homes).expect("syncing the AOR routes");
+        self.fast_path = fast_path;
+        adopted
+    }
+
+    fn with_dataplane(text: &str, mut dataplane: DataPlane) -> Self {
         let ns = NetNs::new("rdr-fx");
         ns.ip("link add fx0 address 02:00:00:00:00:01 type veth peer name fx1");
         ns.ip("link add fx2 address 02:00:00:00:00:f2 type veth peer name fx3");
@@ -147,7 +198,6 @@ impl Fixture {
             ns.sysctl(setting);
         }
         let config = Config::parse(text).expect("fixture config");
-        let mut dataplane = DataPlane::load_with_client_capacity(CLIENT_CAPACITY).expect("loading the XDP object");
         dataplane.configure(&config).expect("configuring maps");
         let fast_path = FastPath::new(dataplane, &config).expect("installing static clients");
         let ifindex = ns.ifindex("fx0");

@@ -119,6 +119,10 @@ fn nat_fixtures() {
     run_table(&mut fx, "nat", cases);
     assert_eq!(aor_route_stamp(&mut fx, "proxied1"), 0, "nat routes no proxied request by AOR");
     assert_ne!(aor_route_stamp(&mut fx, "line2"), 0, "a shared socket's other line sent by its port stamps its route");
+    // Sent up, the datagram keeps this socket's line from looking busy.
+    for line in ["line5", "line6", "line7"] {
+        assert_eq!(aor_route_stamp(&mut fx, line), 0, "{line}: a route whose port check sent it up is not stamped");
+    }
 }
 
 /// Source prefixes the daemon throttled: their unknown clients' datagrams

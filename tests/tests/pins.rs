@@ -8,7 +8,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    ffi::CString,
     net::SocketAddr,
 };
 
@@ -26,30 +25,10 @@ use redirector::{
 };
 use redirector_ebpf::{CLIENT_SHARED, ClientEntry, Endpoint, REDIRECTOR_PROGRAM, Throttle, source_prefix};
 use redirector_tests::{
-    fixture::{CLIENT_MAC, EDGE_MAC, config_text},
+    fixture::{CLIENT_MAC, EDGE_MAC, Scratch, config_text},
     packets::{Datagram, ethernet},
     privileged,
 };
-
-/// A scratch directory, with whatever is mounted on it unmounted on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("redirector-pins-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let target = CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a NUL-terminated path that outlives the call.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const CLIENTS: u32 = 1024;
 
@@ -139,6 +118,8 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
         [(&alice, 0), (&bob, 1)].into_iter().map(|(aor, slot)| (owner_of(aor), (aor.clone(), slot))).collect();
     let (mut fast_path, adopted) = FastPath::adopting(dataplane, &config, &servers, &homes).unwrap();
     assert_eq!(adopted, Adopted { kept: 1, repointed: 1, removed: 1 });
+    // As the daemon does next: erin's AOR is gone, so is her line's port.
+    fast_path.sync_aors(&[(&alice, 0), (&bob, 1)]).unwrap();
     let after = entries(&mut fast_path);
     let client = |port: u16| endpoint("10.0.0.2".parse().unwrap(), port);
     assert_eq!(after[&client(7001)], before[&client(7001)], "alice's entry as it was");

@@ -10,15 +10,18 @@ use std::{
 
 use redirector::{
     kernel::{
-        fast_path::{FastPath, Installed},
+        aor_routes::hash_of,
+        fast_path::{Adopted, FastPath, Installed},
+        installed::LineRoute,
         loader::endpoint,
+        pins::Pins,
     },
     model::Origin,
     sip::Aor,
 };
-use redirector_ebpf::{CLIENT_SHARED, ClientEntry, Counter, aor::aor_hash};
+use redirector_ebpf::{CLIENT_SHARED, ClientEntry, Counter, FAMILY_V4, NatKey, aor::aor_hash};
 use redirector_tests::{
-    fixture::{CLIENT_MAC, EDGE_MAC, Fixture},
+    fixture::{CLIENT_MAC, EDGE_MAC, Fixture, HOME2_MAC, Outcome, Scratch},
     packets::{Datagram, ethernet},
     privileged,
 };
@@ -254,4 +257,99 @@ fn each_line_of_a_shared_socket_in_nat_mode_has_an_edge_port_of_its_own() {
     assert_eq!(socket_replies(&mut fx), [], "no reply entry of the socket's is left");
     assert_eq!((fx.fast_path.line_port(&line2), fx.fast_path.line_port(&line3)), (None, None));
     assert_eq!(sent(&mut fx, "line3"), (None, Counter::PassMiss), "up, as any unknown socket");
+}
+
+/// Home2's reply to edge port `port`, and what the program sends the
+/// socket when it rewrites it back (rule 7).
+fn home2_reply_to(port: u16) -> (Vec<u8>, Vec<u8>) {
+    let ok = b"SIP/2.0 200 OK\r\n\r\n".to_vec();
+    let reply = Datagram::new("10.0.0.12:5060", &format!("10.0.0.1:{port}")).with(|d| d.payload = ok.clone());
+    let back = Datagram::new("192.0.2.10:5060", SOCKET).with(|d| d.payload = ok);
+    (
+        ethernet(HOME2_MAC, EDGE_MAC, None, reply.ethertype(), &reply.ip_packet()),
+        ethernet(EDGE_MAC, CLIENT_MAC, None, back.ethertype(), &back.ip_packet()),
+    )
+}
+
+/// nat: a daemon restart keeps each other line of a shared socket on its
+/// own edge port (the home holds the line's binding there until the line
+/// registers again): the home's replies to the port still come back to
+/// the socket, the line's requests still leave from it, the port is
+/// still the line's and no client installed afterwards gets it. A line
+/// the store moved while no daemon ran keeps its port, pointed at its
+/// new home; a line the store no longer assigns, or whose reply entry
+/// names another home than its route, loses its route, reply entry and
+/// port.
+#[test]
+fn a_restarted_daemon_keeps_each_line_of_a_shared_socket_on_its_own_edge_port() {
+    if !privileged() {
+        return;
+    }
+    let scratch = Scratch::new("lines");
+    let pins = Pins::new(&scratch.0, "fx0");
+    let mut fx = Fixture::pinned("nat", &pins);
+    let (line1, line2, line3, line4, line5) = (aor("line1"), aor("line2"), aor("line3"), aor("line4"), aor("line5"));
+    assert_eq!(fx.fast_path.install(&line1, origin(), HOME1).unwrap(), Installed::ForAor);
+    for (line, home) in [(&line2, HOME2), (&line3, HOME5), (&line4, HOME2), (&line5, HOME2)] {
+        assert_eq!(fx.fast_path.install(line, origin(), home).unwrap(), Installed::Shared);
+    }
+    let own = u16::from_be(socket_entry(&mut fx.fast_path).expect("the socket's entry").nat_port_be);
+    let port_of = |fx: &Fixture, line: &Aor| fx.fast_path.line_port(line).expect("a port of its own");
+    let (port2, port3, port4, port5) =
+        (port_of(&fx, &line2), port_of(&fx, &line3), port_of(&fx, &line4), port_of(&fx, &line5));
+    // A daemon stopped between line5's two writes of a move: its reply
+    // entry names home1, its route still home2.
+    let key5 = NatKey { edge_port_be: port5.to_be(), family: FAMILY_V4, _pad: 0 };
+    let mut reply5 = fx.dataplane().all_nat_replies().unwrap().into_iter().find(|(key, _)| *key == key5).unwrap().1;
+    reply5.server = HOME1;
+    fx.dataplane().install_nat_replies(&[key5], &[reply5]).unwrap();
+
+    // line3 moves to home1 and line4 expires while no daemon runs.
+    let homes = [(&line1, HOME1), (&line2, HOME2), (&line3, HOME1), (&line5, HOME1)];
+    let adopted = fx.restart("nat", &pins, &homes);
+    assert_eq!(adopted, Adopted { kept: 1, repointed: 0, removed: 0 }, "the socket's entry");
+    assert_eq!((fx.fast_path.line_port(&line2), fx.fast_path.line_port(&line3)), (Some(port2), Some(port3)));
+    assert_eq!(fx.fast_path.line_port(&line4), None, "line4's AOR is gone, and so is its port");
+    assert_eq!(fx.fast_path.line_port(&line5), None, "line5's route and reply entry disagree");
+    let mut lines = fx.fast_path.lines(endpoint(SOCKET.parse::<SocketAddr>().unwrap().ip(), 7002));
+    lines.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    assert_eq!(lines, [line2.clone(), line3.clone()], "the socket's other lines");
+    assert_eq!(
+        socket_replies(&mut fx),
+        [(own, HOME1), (port2, HOME2), (port3, HOME1)],
+        "line3's reply entry follows its move; line4's and line5's are removed"
+    );
+
+    let (reply, back) = home2_reply_to(port2);
+    let replies = fx.counter(Counter::NatReply);
+    assert_eq!(fx.run(&reply), Outcome { action: 3, frame: back }, "home2's reply to line2's port: XDP_TX, rewritten");
+    assert_eq!(fx.counter(Counter::NatReply), replies + 1);
+    assert_eq!(sent(&mut fx, "line2"), (AT_HOME2, Counter::ForwardedOtherAor));
+    assert_eq!(source_port(&mut fx, "line2"), port2, "line2 leaves from its port still");
+    assert_eq!(sent(&mut fx, "line3"), (AT_HOME1, Counter::ForwardedOtherAor), "line3 to its new home");
+    assert_eq!(source_port(&mut fx, "line3"), port3, "from its port still");
+    for line in ["line4", "line5"] {
+        assert_eq!(sent(&mut fx, line), (None, Counter::PassOtherAor), "{line} goes up to first contact");
+    }
+
+    // First contact reads what the kernel has.
+    let shared = fx.fast_path.shared();
+    for (line, port, home) in [(&line2, port2, HOME2), (&line3, port3, HOME1)] {
+        assert_eq!(shared.line_route(hash_of(line)), Some(LineRoute { server: home, nat_port: port }));
+        assert_eq!(
+            shared.nat_reply(true, port).map(|reply| (reply.client, reply.server)),
+            Some((SOCKET.parse().unwrap(), home))
+        );
+    }
+    assert_eq!((shared.nat_reply(true, port4), shared.nat_reply(true, port5)), (None, None));
+
+    // Ports handed out afterwards are none of the kept lines'.
+    let other = Origin { client: "10.0.0.2:7010".parse().unwrap(), ..origin() };
+    assert_eq!(fx.fast_path.install(&aor("fresh"), other, HOME1).unwrap(), Installed::ForAor);
+    assert_eq!(fx.fast_path.install(&line4, origin(), HOME2).unwrap(), Installed::Shared);
+    let fresh = fx.dataplane().client(endpoint(other.client.ip(), other.client.port())).unwrap().unwrap();
+    let taken = [u16::from_be(fresh.nat_port_be), port_of(&fx, &line4)];
+    for port in taken {
+        assert!(![own, port2, port3].contains(&port), "{port} is held by a line kept across the restart");
+    }
 }

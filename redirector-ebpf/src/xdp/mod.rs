@@ -103,7 +103,8 @@
 //!    `pass_other_aor`): if `AORS` has it and its home is active or
 //!    draining, it is sent to that home, counted `forwarded_other_aor`
 //!    and in the home's `SERVER_STATS`, and the route's `last_seen_ns` is
-//!    stamped (the line's sighting for expiry); the entry's load and
+//!    stamped once it is sent (the line's sighting for expiry: one the
+//!    port check or the FIB sends up stamps nothing); the entry's load and
 //!    `last_seen_ns` are not touched. In dsr mode it is encapsulated
 //!    (rules 6 and 8). In nat mode it is rewritten as the entry's hits are
 //!    (`;rport` added by the entry's `CLIENT_ADDS_RPORT`, or up as
@@ -151,9 +152,9 @@
 //!    withdrawn line goes up as `pass_other_aor`; when it comes back,
 //!    first contact routes it in `AORS` again and leaves the entry as it
 //!    is. The daemon learns a socket's other lines at their first contact;
-//!    one restarted knows none until they come up again, so a withdrawal
-//!    takes the entry, and the next line that comes up takes the socket
-//!    over.
+//!    one restarted knows none until they come up again (nat: but for the
+//!    lines whose own ports it keeps, see rule 7), so a withdrawal takes
+//!    the entry, and the next line that comes up takes the socket over.
 //!    In nat mode, a client whose entry has `CLIENT_ADDS_RPORT` (its first
 //!    request's Via did not ask for rport) gets `;rport` added at the end of
 //!    its request's top Via value when the value has none (`via.rs`; a
@@ -172,7 +173,10 @@
 //!    that entry's home server is rewritten back to the client, by the
 //!    reply hop of rule 8. A shared socket's other line's own port (rule
 //!    6) is such an entry too: its line's home's replies and requests go
-//!    back to the socket, from the service address it sent to.
+//!    back to the socket, from the service address it sent to. A restarted
+//!    daemon keeps such a port (the home holds the line's binding there)
+//!    while its line's pinned `AORS` route names it and the entry names
+//!    the route's home, the store still assigning the line.
 //! 8. Next hops. A client's packet goes to its home server by the hop the
 //!    daemon keeps for that server and family (`HOPS[server_hop(..)]`:
 //!    egress device, MTU, both MACs, from the kernel's route and neighbour

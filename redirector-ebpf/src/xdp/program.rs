@@ -165,7 +165,11 @@ fn route_other_line(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> V
             // parse's and the forward's frames leave no room for them
             // within the verifier's 512 bytes.
             let Some(ends) = scratch::ends() else { return PASS_OTHER_AOR };
-            forwarded_as(forward_to(ctx, config, datagram, hit, ends), Counter::ForwardedOtherAor)
+            let verdict = forward_to(ctx, config, datagram, hit, ends);
+            if verdict.counter() == Counter::Forwarded as u32 {
+                stamp_route();
+            }
+            forwarded_as(verdict, Counter::ForwardedOtherAor)
         }
         None => answer.verdict(),
     }
@@ -395,31 +399,44 @@ fn route_by_aor(ctx: &XdpContext, datagram: &Datagram) -> AorAnswer {
     if aor::reread() != aor::HASHED {
         return AorAnswer::up(PASS_MISS);
     }
-    route_hashed(PASS_MISS)
+    let answer = route_hashed(PASS_MISS);
+    if answer.home().is_some() {
+        stamp_route();
+    }
+    answer
 }
 
 /// The home `AORS` names for the AOR `aor::hashed` holds, if that home
-/// forwards (the route's `last_seen_ns` stamped: the AOR's only sighting,
-/// its datagram taking no client entry); else the verdict the datagram
-/// goes up with, `unrouted` if `AORS` lacks the AOR.
+/// forwards; else the verdict the datagram goes up with, `unrouted` if
+/// `AORS` lacks the AOR.
 // A separate BPF subprogram: its stack does not add to its siblings'.
 #[inline(never)]
 fn route_hashed(unrouted: Verdict) -> AorAnswer {
-    let Some(route) = AORS.get_ptr_mut(aor::hashed()) else {
+    // SAFETY: the fields are copied out; no reference outlives the call.
+    let Some((home, nat_port_be)) = unsafe { AORS.get(aor::hashed()) }.map(|route| (route.server, route.nat_port_be))
+    else {
         return AorAnswer::up(unrouted);
     };
-    // SAFETY: a live map value (RCU keeps it mapped for this run), read once.
-    let (home, nat_port_be) = unsafe { ((*route).server, (*route).nat_port_be) };
     let passed = match SERVERS.get(home) {
-        Some(server) if ServerState::forwards(server.state) => {
-            // SAFETY: as above.
-            unsafe { stamp_last_seen(&raw mut (*route).last_seen_ns) };
-            return AorAnswer::home_at(home, nat_port_be, 0);
-        }
+        Some(server) if ServerState::forwards(server.state) => return AorAnswer::home_at(home, nat_port_be, 0),
         Some(_) => PASS_SERVER_DOWN,
         None => unrouted,
     };
     AorAnswer::up(passed)
+}
+
+/// Stamps the `last_seen_ns` of the route `aor::hashed` names: the AOR's
+/// only sighting, its datagram taking no client entry. Called once the
+/// datagram is sent by the route (a shared socket's other line: once
+/// forwarded, so that a datagram the line's port check or the FIB sends
+/// up keeps no socket looking busy).
+// A separate BPF subprogram: its stack does not add to its caller's frame.
+#[inline(never)]
+fn stamp_route() {
+    if let Some(route) = AORS.get_ptr_mut(aor::hashed()) {
+        // SAFETY: a live map value (RCU keeps it mapped for this run).
+        unsafe { stamp_last_seen(&raw mut (*route).last_seen_ns) };
+    }
 }
 
 /// Stamps a map value's `last_seen` with now, at most once a second.

@@ -94,6 +94,11 @@ pub struct FastPath {
     /// names the socket and the line's home. Held until the line is
     /// withdrawn or expires, or the socket leaves the fast path.
     line_ports: HashMap<Aor, LinePort, Seeded>,
+    /// nat, between `adopt` and `sync_aors`: the reply entries a previous
+    /// daemon left naming an adopted shared socket (its other lines'
+    /// ports), by edge port; their ports are held until `sync_aors` keeps
+    /// those a consistent route names and removes the rest.
+    adopted_line_replies: HashMap<u16, (NatKey, NatEntry), Seeded>,
     /// The AORs the current scan has yet to look at.
     scanning: Vec<Aor>,
     /// The client entries as first contact reads them, kept in step with
@@ -294,6 +299,7 @@ impl FastPath {
             installed: HashMap::default(),
             lines: HashMap::default(),
             line_ports: HashMap::default(),
+            adopted_line_replies: HashMap::default(),
             scanning: Vec::new(),
             shared: Arc::default(),
             static_clients,
@@ -323,6 +329,8 @@ impl FastPath {
     /// or is gone; nat: the entry has no port or reply entry of its own,
     /// which the LRU may have evicted), and come back through first
     /// contact. Static clients' entries are left to `install_static`.
+    /// nat: reply entries that name an adopted shared socket are held for
+    /// `sync_aors`, which keeps the lines' ports its routes still name.
     /// Entries that need no change keep their last-seen time, and every
     /// kept entry its load slot and count (one whose slot another entry
     /// took first, or beyond the map, is rewritten with a fresh one).
@@ -365,8 +373,12 @@ impl FastPath {
                 repoint.push((client, *server, service));
             }
         }
+        if nat {
+            self.hold_line_replies(&mut replies);
+        }
         // Every adopted port and slot is taken before a repointed entry is written.
         self.nat_ports.reserve(self.nat_port_of.values().copied());
+        self.nat_ports.reserve(self.adopted_line_replies.keys().copied());
         self.load_slots.reserve(self.load_slot_of.values().copied());
         let mut writes = Writes::new();
         for &(client, server, service) in &repoint {
@@ -379,6 +391,19 @@ impl FastPath {
         self.dataplane.remove_nat_replies(&replies.into_keys().collect::<Vec<_>>())?;
         self.write(&writes)?;
         Ok(adopted)
+    }
+
+    /// nat: moves the reply entries that name an adopted shared socket
+    /// out of `replies` (left over once every client took its own) into
+    /// `adopted_line_replies`: they may be its other lines' ports.
+    fn hold_line_replies(&mut self, replies: &mut HashMap<NatKey, NatEntry>) {
+        replies.retain(|key, reply| {
+            let shared = self.learned.get(&reply.client).is_some_and(|learned| learned.shared);
+            if shared {
+                self.adopted_line_replies.insert(u16::from_be(key.edge_port_be), (*key, *reply));
+            }
+            !shared
+        });
     }
 
     /// Gives `client` the load slot its adopted entry names, unless the
@@ -952,21 +977,57 @@ impl FastPath {
     /// At start: `AORS` routes exactly `routes` (every assigned AOR with
     /// its home's slot), whatever a previous daemon left in it; what it
     /// left is removed first, so that a full map makes room. nat: it
-    /// routes none (no line holds a port of its own yet).
+    /// routes the lines whose ports `adopt_line_ports` keeps (their homes
+    /// still hold the lines' bindings at those ports), each to the home
+    /// `routes` gives it now.
     pub fn sync_aors(&mut self, routes: &[(&Aor, u32)]) -> Result<(), FastPathError> {
-        let nat = self.mode == ForwardingMode::Nat;
-        let wanted: HashSet<u64> = routes.iter().filter(|_| !nat).map(|(aor, _)| hash_of(aor)).collect();
-        let stale: Vec<u64> = self
-            .dataplane
-            .all_aor_routes()?
-            .into_iter()
-            .map(|(hash, _)| hash)
-            .filter(|hash| !wanted.contains(hash))
-            .collect();
+        let held = self.dataplane.all_aor_routes()?;
+        let wanted: HashSet<u64> = if self.mode == ForwardingMode::Nat {
+            self.adopt_line_ports(routes, &held)?
+        } else {
+            routes.iter().map(|(aor, _)| hash_of(aor)).collect()
+        };
+        let stale: Vec<u64> = held.into_iter().map(|(hash, _)| hash).filter(|hash| !wanted.contains(hash)).collect();
         if !stale.is_empty() {
             self.dataplane.unroute_aors(&stale)?;
         }
         self.route_aors(routes)
+    }
+
+    /// nat, at start: a pinned route that names an edge port keeps it
+    /// for its line when the reply entry `adopt` held for that port names
+    /// the route's home (and an adopted shared socket), and the store
+    /// still assigns the route's AOR: the port, the socket's line and
+    /// the port's reply entry are taken back. The other held reply
+    /// entries are removed and their ports freed. Returns the kept
+    /// routes' hashes.
+    fn adopt_line_ports(
+        &mut self,
+        routes: &[(&Aor, u32)],
+        held: &[(u64, AorRoute)],
+    ) -> Result<HashSet<u64>, FastPathError> {
+        let mut replies = std::mem::take(&mut self.adopted_line_replies);
+        let mut kept = HashSet::new();
+        if !replies.is_empty() {
+            let assigned: HashMap<u64, &Aor> = routes.iter().map(|&(aor, _)| (hash_of(aor), aor)).collect();
+            for (hash, route) in held {
+                let port = u16::from_be(route.nat_port_be);
+                let Some(aor) = assigned.get(hash).filter(|_| port != 0) else { continue };
+                let Some(&(_, reply)) = replies.get(&port).filter(|(_, reply)| reply.server == route.server) else {
+                    continue;
+                };
+                replies.remove(&port);
+                self.line_ports.insert((*aor).clone(), LinePort { client: reply.client, service: reply.service, port });
+                self.add_line(reply.client, aor);
+                kept.insert(*hash);
+            }
+        }
+        let gone: Vec<NatKey> = replies.values().map(|(key, _)| *key).collect();
+        if !gone.is_empty() {
+            self.dataplane.remove_nat_replies(&gone)?;
+        }
+        replies.into_keys().for_each(|port| self.nat_ports.release(port));
+        Ok(kept)
     }
 
     fn remove(&mut self, client: Endpoint) -> Result<(), FastPathError> {
