@@ -16,8 +16,9 @@ pub struct NatPortsExhausted {
 
 /// Hands out ports from a range in order; a freed port only once every
 /// port was handed out, the first freed first: a home may still hold a
-/// binding of a port freed (a line withdrawn, a daemon restarted), and
-/// its requests to that port reach whoever holds it next.
+/// binding of a port freed (a line withdrawn or expired, or not kept by a
+/// restarted daemon), and its requests to that port reach whoever holds it
+/// next.
 #[derive(Debug)]
 pub struct NatPorts(Numbers);
 

@@ -76,11 +76,13 @@ impl Numbers {
         Some(number)
     }
 
-    /// Marks `numbers` as held (a previous daemon's, adopted): the free
-    /// ones below the highest count as freed, lowest first.
+    /// Marks `numbers` as held (a previous daemon's, adopted), besides
+    /// those held already: the free ones below the highest count as freed,
+    /// lowest first.
     pub fn reserve(&mut self, numbers: impl Iterator<Item = u32>) {
-        let used: std::collections::HashSet<u32> = numbers.filter(|n| self.range.contains(n)).collect();
+        let mut used: std::collections::HashSet<u32> = numbers.filter(|n| self.range.contains(n)).collect();
         let Some(&highest) = used.iter().max() else { return };
+        used.extend((*self.range.start()..self.next).filter(|&n| !self.is_free[self.offset(n)]));
         self.next = self.next.max(highest + 1);
         let below = *self.range.start()..self.next;
         let gaps = below.filter(|n| !used.contains(n));
@@ -132,6 +134,15 @@ mod tests {
         assert_eq!((numbers.allocate(), numbers.allocate(), numbers.allocate()), (Some(11), Some(13), None));
         numbers.release(12);
         assert_eq!(numbers.allocate(), Some(12));
+    }
+
+    #[test]
+    fn numbers_reserved_in_two_calls_all_stay_held() {
+        let mut numbers = Numbers::new(0..=5, Reuse::Latest);
+        numbers.reserve([1, 3].into_iter());
+        numbers.reserve([4].into_iter());
+        let handed: Vec<Option<u32>> = (0..4).map(|_| numbers.allocate()).collect();
+        assert_eq!(handed, [Some(5), Some(0), Some(2), None], "1, 3 and 4 held");
     }
 
     #[test]
