@@ -123,6 +123,13 @@ fn nat_fixtures() {
     for line in ["line5", "line6", "line7"] {
         assert_eq!(aor_route_stamp(&mut fx, line), 0, "{line}: a route whose port check sent it up is not stamped");
     }
+    // Adding `;rport` rescans the frame into the scratch that held the
+    // line's hash: the route is stamped all the same.
+    route_line_ports(&mut fx);
+    assert_eq!(aor_route_stamp(&mut fx, "line2"), 0, "line2's route written again, unstamped");
+    let rport_added = other_lines_in_nat().into_iter().filter(|case| case.name.contains(";rport added")).collect();
+    run_table(&mut fx, "nat", [rport_added]);
+    assert_ne!(aor_route_stamp(&mut fx, "line2"), 0, "a line's request sent with ;rport added stamps its route");
 }
 
 /// Source prefixes the daemon throttled: their unknown clients' datagrams

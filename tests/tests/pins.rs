@@ -158,7 +158,8 @@ fn a_second_daemon_adopts_what_its_store_still_assigns_and_removes_the_rest() {
 /// A dsr edge's AOR routes (`AORS`, read by the program for requests
 /// from upstream proxies) are pinned with the clients; a second daemon
 /// keeps exactly the routes its store has, a move rewrites a route in
-/// place, a withdrawal or an expiry removes it. A nat edge writes none.
+/// place, a withdrawal or an expiry removes it. A nat edge routes only a
+/// shared socket's other lines (`shared_sockets.rs`).
 #[test]
 fn aor_routes_are_pinned_and_kept_as_the_store_has_them() {
     if !privileged() {

@@ -165,9 +165,12 @@ fn route_other_line(ctx: &XdpContext, config: &Config, datagram: &Datagram) -> V
             // parse's and the forward's frames leave no room for them
             // within the verifier's 512 bytes.
             let Some(ends) = scratch::ends() else { return PASS_OTHER_AOR };
+            // Taken before the forward: adding `;rport` rescans the frame
+            // into the scratch that holds it.
+            let line = aor::hashed();
             let verdict = forward_to(ctx, config, datagram, hit, ends);
             if verdict.counter() == Counter::Forwarded as u32 {
-                stamp_route();
+                stamp_route(line);
             }
             forwarded_as(verdict, Counter::ForwardedOtherAor)
         }
@@ -401,7 +404,7 @@ fn route_by_aor(ctx: &XdpContext, datagram: &Datagram) -> AorAnswer {
     }
     let answer = route_hashed(PASS_MISS);
     if answer.home().is_some() {
-        stamp_route();
+        stamp_route(aor::hashed());
     }
     answer
 }
@@ -425,15 +428,15 @@ fn route_hashed(unrouted: Verdict) -> AorAnswer {
     AorAnswer::up(passed)
 }
 
-/// Stamps the `last_seen_ns` of the route `aor::hashed` names: the AOR's
+/// Stamps the `last_seen_ns` of the route of AOR hash `line`: the AOR's
 /// only sighting, its datagram taking no client entry. Called once the
 /// datagram is sent by the route (a shared socket's other line: once
 /// forwarded, so that a datagram the line's port check or the FIB sends
 /// up keeps no socket looking busy).
 // A separate BPF subprogram: its stack does not add to its caller's frame.
 #[inline(never)]
-fn stamp_route() {
-    if let Some(route) = AORS.get_ptr_mut(aor::hashed()) {
+fn stamp_route(line: u64) {
+    if let Some(route) = AORS.get_ptr_mut(line) {
         // SAFETY: a live map value (RCU keeps it mapped for this run).
         unsafe { stamp_last_seen(&raw mut (*route).last_seen_ns) };
     }
