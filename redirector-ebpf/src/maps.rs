@@ -67,7 +67,7 @@ pub const EVENTS_BYTES: u32 = 64 * 1024;
 pub const REDIRECTOR_PROGRAM: &str = "redirector";
 pub const DECAP_PROGRAM: &str = "redirector_decap";
 pub const PASS_PROGRAM: &str = "redirector_pass";
-/// dsr: a shared socket's other lines, tail-called by `redirector`
+/// A shared socket's other lines, tail-called by `redirector`
 /// through `OTHER_LINES`.
 pub const OTHER_LINE_PROGRAM: &str = "redirector_other_line";
 /// The benchmark's floor: the least a forwarder does (`xdp/floor.rs`).

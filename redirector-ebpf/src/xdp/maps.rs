@@ -36,7 +36,7 @@ pub static CLIENTS: LruHashMap<Endpoint, ClientEntry> = LruHashMap::with_max_ent
 pub static AORS: HashMap<u64, AorRoute> = HashMap::with_max_entries(MAX_CLIENTS, 0);
 
 /// `redirector_other_line` at 0, which `redirector` tail-calls for a shared
-/// socket's datagram of another line (dsr). Set by the daemon when it
+/// socket's datagram of another line. Set by the daemon when it
 /// loads `redirector`, and pinned, so it outlives the daemon with the link.
 #[map]
 pub static OTHER_LINES: ProgramArray = ProgramArray::with_max_entries(1, 0);

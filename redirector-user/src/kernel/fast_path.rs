@@ -636,7 +636,7 @@ impl FastPath {
     /// first contact, which answers from the assignments and installs them
     /// again (with the edge ports and load slots they keep meanwhile).
     /// Returns the clients withdrawn.
-    /// A shared socket one of whose other lines is still routed (dsr)
+    /// A shared socket one of whose other lines is still routed
     /// stays on the fast path, handed over to that line (`hand_over`):
     /// withdrawing one line takes the fast path from no other. nat: a
     /// withdrawn line's own edge port is freed with its reply entry.
